@@ -1,0 +1,2 @@
+//! Shared helpers of the benchmarks.
+#![forbid(unsafe_code)]

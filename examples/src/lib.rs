@@ -1,0 +1,5 @@
+//! Shared code of the `hicamp` command-line tool and the experiments.
+#![forbid(unsafe_code)]
+
+pub mod pagededup;
+pub mod workload;

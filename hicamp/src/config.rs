@@ -1,0 +1,77 @@
+//! Memory configuration.
+
+use crate::error::{Error, Result};
+
+/// Parameters of a [`Memory`](crate::Memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Line size in bytes: a power of two in `16..=4096`. Default 64.
+    pub line_size: usize,
+    /// How many lines the memory can hold (the all-zero line is free and not
+    /// counted). At most `u32::MAX - 1`. The arena is reserved virtually and
+    /// only touched pages use RAM, so a generous capacity is cheap.
+    pub capacity_lines: u64,
+    /// How many entries the segment map can hold.
+    pub map_capacity: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            line_size: 64,
+            capacity_lines: 1 << 24,
+            map_capacity: 1 << 20,
+        }
+    }
+}
+
+/// Smallest line size (four child ids per interior line).
+pub const MIN_LINE_SIZE: usize = 16;
+/// Largest line size.
+pub const MAX_LINE_SIZE: usize = 4096;
+
+impl Config {
+    /// A default config with another line size.
+    pub fn with_line_size(line_size: usize) -> Self {
+        Config {
+            line_size,
+            ..Config::default()
+        }
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        if !self.line_size.is_power_of_two()
+            || !(MIN_LINE_SIZE..=MAX_LINE_SIZE).contains(&self.line_size)
+        {
+            return Err(Error::BadConfig(format!(
+                "line size {} is not a power of two in {MIN_LINE_SIZE}..={MAX_LINE_SIZE}",
+                self.line_size
+            )));
+        }
+        if self.capacity_lines == 0 || self.capacity_lines > u64::from(u32::MAX - 1) {
+            return Err(Error::BadConfig(format!(
+                "capacity of {} lines is not in 1..={}",
+                self.capacity_lines,
+                u32::MAX - 1
+            )));
+        }
+        let arena = (self.capacity_lines + 1)
+            .checked_mul(self.line_size as u64)
+            .filter(|b| *b <= isize::MAX as u64 / 2);
+        if arena.is_none() {
+            return Err(Error::BadConfig(format!(
+                "{} lines of {} bytes do not fit the address space",
+                self.capacity_lines, self.line_size
+            )));
+        }
+        if self.map_capacity == 0 || self.map_capacity == u32::MAX {
+            return Err(Error::BadConfig(format!(
+                "map capacity {} is not in 1..{}",
+                self.map_capacity,
+                u32::MAX
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,395 @@
+//! Segment DAGs: the canonical shape, building, copy-on-write rebuilding and
+//! the cursor (HICAMP's iterator register).
+//!
+//! The shape of a segment of `len` bytes on lines of `B` bytes, fanout
+//! `F = B / 4`, is fixed by `len` alone:
+//!
+//! ```text
+//!   n = ceil(len / B) leaves       height h = smallest h with F^h >= n
+//!
+//!   h = 2, F = 4, n = 6:                   root
+//!                                  /      |     \     \
+//!                              I0        I1      0     0     <- all-zero subtree = line 0
+//!                           / | | \    / |  \ \
+//!                          D0 D1 D2 D3 D4 D5 0 0             <- last leaf zero-padded
+//! ```
+//!
+//! A complete F-ary tree of height `h` with the leaves packed to the left and
+//! every all-zero subtree (at any level) replaced by line 0. Leaves are
+//! interned by content and interior lines by their child ids, so equal content
+//! of equal length gives the same root whatever history of writes built it:
+//! `(root, len)` is the identity of a segment, and equality is O(1).
+//! (Length is part of the identity because bytes past the end are zero:
+//! `b"a"` and `b"a\0"` share their root.)
+
+use crate::error::{Error, Result};
+use crate::id::LineId;
+use crate::store::Store;
+
+/// Longest segment: 2^48 bytes keeps every span computation inside `u64`.
+pub const MAX_SEGMENT_LEN: u64 = 1 << 48;
+/// Tallest possible DAG (16-byte lines, fanout 4, 2^44 leaves).
+pub(crate) const MAX_HEIGHT: usize = 24;
+
+/// The geometry of a segment and its root (a reference owned by whoever holds
+/// the `Tree`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub(crate) struct Tree {
+    pub root: LineId,
+    pub height: u32,
+    pub len: u64,
+}
+
+#[inline]
+pub(crate) fn leaves_for(len: u64, shift: u32) -> u64 {
+    len.div_ceil(1 << shift)
+}
+
+/// log2 of the fanout.
+#[inline]
+fn fanout_shift(store: &Store) -> u32 {
+    store.shift() - 2
+}
+
+pub(crate) fn height_for(n: u64, fshift: u32) -> u32 {
+    let mut h = 0;
+    while h * fshift < 64 && (1u64 << (h * fshift)) < n {
+        h += 1;
+    }
+    h
+}
+
+pub(crate) fn check_len(len: u64) -> Result<()> {
+    if len > MAX_SEGMENT_LEN {
+        return Err(Error::TooLong {
+            len,
+            max: MAX_SEGMENT_LEN,
+        });
+    }
+    Ok(())
+}
+
+/// Builds the canonical DAG of `data` bottom-up, one level at a time.
+pub(crate) fn build(store: &Store, data: &[u8]) -> Result<Tree> {
+    check_len(data.len() as u64)?;
+    if data.is_empty() {
+        return Ok(Tree::default());
+    }
+    let mut level = Vec::with_capacity(leaves_for(data.len() as u64, store.shift()) as usize);
+    store.intern_leaves(data, &mut level)?;
+    let n = level.len() as u64;
+    let height = height_for(n, fanout_shift(store));
+    let mut next = Vec::with_capacity(level.len() / store.fanout() + 1);
+    for _ in 0..height {
+        next.clear();
+        store.intern_interior_level(&level, &mut next)?;
+        std::mem::swap(&mut level, &mut next);
+    }
+    debug_assert_eq!(level.len(), 1);
+    Ok(Tree {
+        root: level[0],
+        height,
+        len: data.len() as u64,
+    })
+}
+
+/// The leaf holding leaf index `i` (line 0 beyond the end or in zero subtrees).
+pub(crate) fn leaf_at(store: &Store, tree: &Tree, i: u64) -> LineId {
+    let fs = fanout_shift(store);
+    let fmask = (1u64 << fs) - 1;
+    if i >= leaves_for(tree.len, store.shift()) {
+        return LineId::ZERO;
+    }
+    let mut node = tree.root;
+    for l in (1..=tree.height).rev() {
+        if node.is_zero() {
+            return node;
+        }
+        node = store.child(node, ((i >> (fs * (l - 1))) & fmask) as usize);
+    }
+    node
+}
+
+struct Rebuild<'a> {
+    store: &'a Store,
+    fshift: u32,
+    new_n: u64,
+    old_n: u64,
+}
+
+impl Rebuild<'_> {
+    /// Builds the node at (`level`, `idx`) of the new tree. `old` is the node
+    /// at the same place in the old tree (borrowed); `changes` are the new
+    /// leaves under this node, sorted (borrowed). Returns an owned reference.
+    fn node(&self, level: u32, idx: u64, old: LineId, changes: &[(u64, LineId)]) -> Result<LineId> {
+        let span_shift = self.fshift * level;
+        let start = idx << span_shift;
+        if start >= self.new_n {
+            return Ok(LineId::ZERO);
+        }
+        let end = start + (1u64 << span_shift);
+        if changes.is_empty() && (end <= self.new_n || self.new_n >= self.old_n) {
+            // Nothing under this node changes: share it.
+            self.store.acquire(old);
+            return Ok(old);
+        }
+        if level == 0 {
+            debug_assert!(changes.len() == 1 && changes[0].0 == idx);
+            let id = changes[0].1;
+            self.store.acquire(id);
+            return Ok(id);
+        }
+        let child_span = 1u64 << (span_shift - self.fshift);
+        let mut kids = Vec::with_capacity(1 << self.fshift);
+        let mut rest = changes;
+        for j in 0..(1u64 << self.fshift) {
+            let cidx = (idx << self.fshift) + j;
+            let cstart = cidx * child_span;
+            if cstart >= self.new_n {
+                break;
+            }
+            let k = rest.partition_point(|c| c.0 < cstart + child_span);
+            let (mine, tail) = rest.split_at(k);
+            rest = tail;
+            match self.node(level - 1, cidx, self.store.child(old, j as usize), mine) {
+                Ok(c) => kids.push(c),
+                Err(e) => {
+                    self.store.release_all(&kids);
+                    return Err(e);
+                }
+            }
+        }
+        self.store.intern_interior(&kids)
+    }
+}
+
+/// The tree of `new_len` bytes whose leaves are those of `old`, except the
+/// leaves in `changes` (sorted by index, unique, all below the new leaf
+/// count; borrowed) and zeros past `new_len`. Shares every untouched subtree.
+/// A partial last leaf must already be zero past `new_len` (the callers
+/// ensure it by passing a rewritten leaf in `changes`).
+fn rebuild(store: &Store, old: &Tree, new_len: u64, changes: &[(u64, LineId)]) -> Result<Tree> {
+    check_len(new_len)?;
+    let fshift = fanout_shift(store);
+    let new_n = leaves_for(new_len, store.shift());
+    if new_n == 0 {
+        return Ok(Tree::default());
+    }
+    let new_h = height_for(new_n, fshift);
+    let old_n = leaves_for(old.len, store.shift());
+    // Bring the old tree to the new height: wrap a short root in left spines,
+    // or descend the left spine of a tall one.
+    let (top, old_n) = if old.height < new_h {
+        store.acquire(old.root);
+        let mut r = old.root;
+        for _ in old.height..new_h {
+            r = store.intern_interior(&[r])?;
+        }
+        (r, old_n)
+    } else {
+        let mut r = old.root;
+        for _ in new_h..old.height {
+            r = store.child(r, 0);
+        }
+        store.acquire(r);
+        (r, old_n.min(1u64 << (fshift * new_h)))
+    };
+    let ctx = Rebuild {
+        store,
+        fshift,
+        new_n,
+        old_n,
+    };
+    let res = ctx.node(new_h, 0, top, changes);
+    store.release(top);
+    Ok(Tree {
+        root: res?,
+        height: new_h,
+        len: new_len,
+    })
+}
+
+/// Copy-on-write write of `data` at `off` (which may lie past the end: the
+/// gap reads as zeros). Returns a new owned tree; `old` is untouched.
+pub(crate) fn write_at(store: &Store, old: &Tree, off: u64, data: &[u8]) -> Result<Tree> {
+    let end = off
+        .checked_add(data.len() as u64)
+        .filter(|e| *e <= crate::dag::MAX_SEGMENT_LEN)
+        .ok_or(Error::TooLong {
+            len: off.saturating_add(data.len() as u64),
+            max: MAX_SEGMENT_LEN,
+        })?;
+    let new_len = old.len.max(end);
+    if data.is_empty() {
+        return rebuild(store, old, new_len, &[]);
+    }
+    let shift = store.shift();
+    let ls = store.line_size() as u64;
+    let first = off >> shift;
+    let last = (end - 1) >> shift;
+    let mut ids = Vec::with_capacity((last - first + 1) as usize);
+    let res = (|| {
+        let patch = |i: u64, ids: &mut Vec<LineId>| -> Result<()> {
+            let mut buf = [0u8; crate::config::MAX_LINE_SIZE];
+            let line = &mut buf[..ls as usize];
+            line.copy_from_slice(store.line(leaf_at(store, old, i)));
+            let lstart = i << shift;
+            let from = off.max(lstart);
+            let to = end.min(lstart + ls);
+            line[(from - lstart) as usize..(to - lstart) as usize]
+                .copy_from_slice(&data[(from - off) as usize..(to - off) as usize]);
+            ids.push(store.intern(crate::LineKind::Leaf, line)?.0);
+            Ok(())
+        };
+        // Leaves fully covered by `data` are interned straight from it.
+        let full_first = off.div_ceil(ls);
+        let full_end = end / ls; // exclusive
+        if full_first >= full_end {
+            for i in first..=last {
+                patch(i, &mut ids)?;
+            }
+        } else {
+            if first < full_first {
+                patch(first, &mut ids)?;
+            }
+            let a = ((full_first << shift) - off) as usize;
+            let b = ((full_end << shift) - off) as usize;
+            store.intern_leaves(&data[a..b], &mut ids)?;
+            if full_end <= last {
+                patch(last, &mut ids)?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = res {
+        store.release_all(&ids);
+        return Err(e);
+    }
+    let changes: Vec<(u64, LineId)> = (first..).zip(ids.iter().copied()).collect();
+    let t = rebuild(store, old, new_len, &changes);
+    store.release_all(&ids);
+    t
+}
+
+/// The tree of `old` cut or zero-extended to `new_len` bytes.
+pub(crate) fn resize(store: &Store, old: &Tree, new_len: u64) -> Result<Tree> {
+    if new_len >= old.len {
+        return rebuild(store, old, new_len, &[]);
+    }
+    let shift = store.shift();
+    let ls = store.line_size();
+    let tail = (new_len & (ls as u64 - 1)) as usize;
+    if tail == 0 {
+        return rebuild(store, old, new_len, &[]);
+    }
+    // The new last leaf keeps its first `tail` bytes and zeros after them.
+    let i = new_len >> shift;
+    let mut buf = [0u8; crate::config::MAX_LINE_SIZE];
+    buf[..tail].copy_from_slice(&store.line(leaf_at(store, old, i))[..tail]);
+    let (id, _) = store.intern(crate::LineKind::Leaf, &buf[..ls])?;
+    let t = rebuild(store, old, new_len, &[(i, id)]);
+    store.release(id);
+    t
+}
+
+/// Walks a DAG leaf by leaf, yielding contiguous chunks of bytes without
+/// flattening the segment: HICAMP's iterator register. It keeps the path from
+/// the root to the current leaf, so stepping to the next leaf usually reads a
+/// single child id.
+pub(crate) struct Walker<'a> {
+    store: &'a Store,
+    tree: Tree,
+    /// Byte offset of the next byte to yield.
+    pos: u64,
+    /// `path[l]` is the node at level `l` above the current leaf (`path[0]`).
+    path: [LineId; MAX_HEIGHT + 1],
+}
+
+impl<'a> Walker<'a> {
+    pub(crate) fn new(store: &'a Store, tree: Tree, pos: u64) -> Self {
+        let mut w = Walker {
+            store,
+            tree,
+            pos: pos.min(tree.len),
+            path: [LineId::ZERO; MAX_HEIGHT + 1],
+        };
+        w.descend_from(tree.height as usize, w.pos >> store.shift());
+        w
+    }
+
+    /// Refills `path[..top]` for leaf `i` from `path[top]` (or the root).
+    #[inline]
+    fn descend_from(&mut self, top: usize, i: u64) {
+        let fs = self.store.shift() - 2;
+        let fmask = (1u64 << fs) - 1;
+        if top == self.tree.height as usize {
+            self.path[top] = self.tree.root;
+        }
+        for l in (1..=top).rev() {
+            let j = (i >> (fs * (l as u32 - 1))) & fmask;
+            self.path[l - 1] = self.store.child(self.path[l], j as usize);
+        }
+    }
+
+    pub(crate) fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    pub(crate) fn remaining(&self) -> u64 {
+        self.tree.len - self.pos
+    }
+
+    /// The bytes from the current position to the end of the current leaf
+    /// (empty at the end of the segment).
+    #[inline]
+    pub(crate) fn chunk(&self) -> &'a [u8] {
+        if self.pos >= self.tree.len {
+            return &[];
+        }
+        let mask = self.store.line_size() as u64 - 1;
+        let within = (self.pos & mask) as usize;
+        let leaf_end = ((self.pos | mask) + 1).min(self.tree.len);
+        let line = self.store.line(self.path[0]);
+        &line[within..within + (leaf_end - self.pos) as usize]
+    }
+
+    /// Moves the position forward by `n` bytes (clamped to the end).
+    pub(crate) fn advance(&mut self, n: u64) {
+        let shift = self.store.shift();
+        let old_leaf = self.pos >> shift;
+        self.pos = self.pos.saturating_add(n).min(self.tree.len);
+        let leaf = self.pos >> shift;
+        if leaf == old_leaf || self.pos >= self.tree.len {
+            return;
+        }
+        if leaf == old_leaf + 1 {
+            // The common step: climb only as far as the carry goes.
+            let fs = shift - 2;
+            let fmask = (1u64 << fs) - 1;
+            let mut top = 1;
+            while top < self.tree.height as usize && (leaf >> (fs * (top as u32 - 1))) & fmask == 0
+            {
+                top += 1;
+            }
+            self.descend_from(top, leaf);
+        } else {
+            self.descend_from(self.tree.height as usize, leaf);
+        }
+    }
+
+    /// Copies bytes into `buf` until it is full or the segment ends.
+    pub(crate) fn copy_to(&mut self, buf: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < buf.len() {
+            let c = self.chunk();
+            if c.is_empty() {
+                break;
+            }
+            let n = c.len().min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&c[..n]);
+            done += n;
+            self.advance(n as u64);
+        }
+        done
+    }
+}

@@ -1,0 +1,79 @@
+//! A software emulation of HICAMP memory.
+//!
+//! # The problem
+//!
+//! A network stack copies payload bytes at every hand-off (application to
+//! kernel, socket queue, retransmission queue, NIC) because a buffer that was
+//! handed off may still change. HICAMP (Cheriton et al., ASPLOS 2012) makes
+//! memory itself immutable and deduplicated, so a hand-off becomes a snapshot:
+//! one reference-count increment instead of a copy.
+//!
+//! # Concepts
+//!
+//! * **Lines** are fixed-size (16..=4096 bytes, default 64) and immutable. A
+//!   [`LineId`] names one; line 0 is the all-zero line and costs nothing.
+//! * **Deduplication**: writing content that already exists returns the
+//!   existing line with one more reference. Lookup is a hash, then a full
+//!   comparison: a hash never decides equality.
+//! * **Segments** are DAGs of lines: leaves hold data, interior lines hold child
+//!   ids. The DAG shape depends on (content, length, line size) only, so equal
+//!   content gives the equal root and equality is O(1).
+//!
+//! ```text
+//!   Segment handle ----> root (interior)         segment map: S7 -> (root, h, len, ver)
+//!                        /   |    \      \
+//!                   interior  interior  0  0      0 = all-zero subtree, never stored
+//!                   /  |  \      |  \
+//!                 D1  D2  D1    D3  D4            D1 stored once, referenced twice
+//! ```
+//!
+//! * A **snapshot** ([`Segment::clone`], [`SegmentMap::snapshot`]) shares the
+//!   root; a **write** ([`SegmentMut::write_at`], [`SegmentMap::write_at`])
+//!   copies the changed leaves and their ancestors only.
+//! * **Reference counts**: every root held by a handle or a map entry, and
+//!   every child of an interior line, holds one reference; a line whose count
+//!   reaches zero releases its children and its slot.
+//!
+//! # Example
+//!
+//! ```
+//! use hicamp::{Config, Memory};
+//!
+//! let mem = Memory::new(Config::default())?;
+//! let a = mem.segment(&[7u8; 4096])?;
+//! let snap = a.clone();                 // O(1) snapshot
+//! let mut m = a.into_mut();
+//! m.write_at(100, b"hello")?;           // copy-on-write of one leaf + path
+//! let b = m.freeze();
+//! assert_eq!(snap.to_vec(), vec![7u8; 4096]);   // the snapshot never changes
+//! assert_eq!(&b.to_vec()[100..105], b"hello");
+//! assert_eq!(mem.segment(&b.to_vec())?, b);       // equal content, equal root
+//! # Ok::<(), hicamp::Error>(())
+//! ```
+//!
+//! Unsafe code lives in one module (`region`: the mappings and the line-slot
+//! protocol); the rest of the crate denies it.
+
+#![deny(unsafe_code)]
+
+mod config;
+mod dag;
+mod error;
+mod id;
+mod map;
+mod memory;
+#[allow(unsafe_code)]
+mod region;
+mod segment;
+mod stats;
+#[allow(unsafe_code)]
+mod store;
+
+pub use config::{Config, MAX_LINE_SIZE, MIN_LINE_SIZE};
+pub use dag::MAX_SEGMENT_LEN;
+pub use error::{Error, Result};
+pub use id::{LineId, LineKind, SegmentId};
+pub use map::{MapEntry, SegmentMap};
+pub use memory::Memory;
+pub use segment::{Cursor, Segment, SegmentMut};
+pub use stats::Stats;

@@ -1,0 +1,359 @@
+//! Value-style handles in the spirit of `bytes`: [`Segment`] (immutable;
+//! `Clone` is a snapshot, `Drop` a release), [`SegmentMut`] (copy-on-write
+//! writes, freezes into a `Segment`) and [`Cursor`] (walks the DAG chunk by
+//! chunk).
+
+use std::fmt;
+
+use crate::dag::{self, Tree, Walker};
+use crate::error::{Error, Result};
+use crate::id::LineId;
+use crate::memory::Memory;
+
+/// Owns one reference to a tree root and accounts its logical bytes.
+struct Handle {
+    mem: Memory,
+    tree: Tree,
+}
+
+impl Handle {
+    fn new(mem: Memory, tree: Tree) -> Handle {
+        mem.inner.logical.add(tree.len as i64);
+        Handle { mem, tree }
+    }
+
+    /// Replaces the tree by `new` (an owned reference) and releases the old.
+    fn replace(&mut self, new: Tree) {
+        let old = std::mem::replace(&mut self.tree, new);
+        self.mem.inner.logical.add(new.len as i64 - old.len as i64);
+        self.mem.inner.store.release(old.root);
+    }
+
+    /// Gives up the reference (and its logical bytes) without releasing it:
+    /// the caller moves both elsewhere, e.g. into a map entry.
+    fn into_tree(mut self) -> (Memory, Tree) {
+        // What is left behind is the empty tree, whose drop releases nothing.
+        let tree = std::mem::take(&mut self.tree);
+        (self.mem.clone(), tree)
+    }
+
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize> {
+        if off > self.tree.len {
+            return Err(Error::BadOffset {
+                offset: off,
+                len: buf.len() as u64,
+                seg_len: self.tree.len,
+            });
+        }
+        Ok(Walker::new(&self.mem.inner.store, self.tree, off).copy_to(buf))
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.mem.inner.logical.add(-(self.tree.len as i64));
+        self.mem.inner.store.release(self.tree.root);
+    }
+}
+
+/// An immutable segment: a snapshot of some bytes in a [`Memory`].
+///
+/// `clone()` is a HICAMP snapshot: one reference-count increment, no byte
+/// copied. Two segments of one memory are equal exactly when their contents
+/// are, and comparing them is O(1) (root line and length).
+pub struct Segment {
+    h: Handle,
+}
+
+impl Segment {
+    pub(crate) fn from_tree(mem: Memory, tree: Tree) -> Segment {
+        Segment {
+            h: Handle::new(mem, tree),
+        }
+    }
+
+    pub(crate) fn into_tree(self) -> (Memory, Tree) {
+        self.h.into_tree()
+    }
+
+    /// The memory this segment lives in.
+    pub fn memory(&self) -> &Memory {
+        &self.h.mem
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.h.tree.len
+    }
+
+    /// True for the empty segment.
+    pub fn is_empty(&self) -> bool {
+        self.h.tree.len == 0
+    }
+
+    /// The root line of the DAG (line 0 for an all-zero or empty segment).
+    pub fn root(&self) -> LineId {
+        self.h.tree.root
+    }
+
+    /// Height of the DAG (0: the root is the only leaf).
+    pub fn height(&self) -> u32 {
+        self.h.tree.height
+    }
+
+    /// Copies bytes from `off` into `buf`; returns how many (short at the end).
+    pub fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize> {
+        self.h.read_at(off, buf)
+    }
+
+    /// The whole content as a vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.len() as usize];
+        let n = self.cursor().copy_to_slice(&mut v);
+        debug_assert_eq!(n, v.len());
+        v
+    }
+
+    /// A cursor at offset 0.
+    pub fn cursor(&self) -> Cursor<'_> {
+        Cursor {
+            w: Walker::new(&self.h.mem.inner.store, self.h.tree, 0),
+        }
+    }
+
+    /// A cursor at `off` (clamped to the end).
+    pub fn cursor_at(&self, off: u64) -> Cursor<'_> {
+        Cursor {
+            w: Walker::new(&self.h.mem.inner.store, self.h.tree, off),
+        }
+    }
+
+    /// BLAKE3 of the bytes: equal content gives equal digests across memories
+    /// and line sizes.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new();
+        let mut c = self.cursor();
+        loop {
+            let chunk = c.chunk();
+            if chunk.is_empty() {
+                break;
+            }
+            hasher.update(chunk);
+            c.advance(chunk.len());
+        }
+        *hasher.finalize().as_bytes()
+    }
+
+    /// A mutable segment starting from this one's content (O(1): the DAG is
+    /// shared, and writes copy only the lines they change).
+    pub fn to_mut(&self) -> SegmentMut {
+        SegmentMut {
+            h: Handle::new(self.h.mem.clone(), self.acquired()),
+        }
+    }
+
+    /// Turns this handle into a mutable segment without a new reference.
+    pub fn into_mut(self) -> SegmentMut {
+        SegmentMut { h: self.h }
+    }
+
+    fn acquired(&self) -> Tree {
+        self.h.mem.inner.store.acquire(self.h.tree.root);
+        self.h.tree
+    }
+
+    /// True when `other` has the same bytes, whatever memory it lives in
+    /// (O(1) within one memory, a digest comparison across memories).
+    pub fn content_eq(&self, other: &Segment) -> bool {
+        if self.h.mem.same(&other.h.mem) {
+            return self == other;
+        }
+        self.len() == other.len() && self.digest() == other.digest()
+    }
+}
+
+impl Clone for Segment {
+    /// A snapshot: one reference-count increment.
+    fn clone(&self) -> Segment {
+        Segment {
+            h: Handle::new(self.h.mem.clone(), self.acquired()),
+        }
+    }
+}
+
+impl PartialEq for Segment {
+    fn eq(&self, other: &Segment) -> bool {
+        self.h.mem.same(&other.h.mem)
+            && self.h.tree.root == other.h.tree.root
+            && self.len() == other.len()
+    }
+}
+
+impl Eq for Segment {}
+
+impl std::hash::Hash for Segment {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.h.tree.root.hash(state);
+        self.h.tree.len.hash(state);
+    }
+}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("root", &self.h.tree.root)
+            .field("height", &self.h.tree.height)
+            .field("len", &self.h.tree.len)
+            .finish()
+    }
+}
+
+/// A mutable segment. Every write is copy-on-write of the changed leaves and
+/// their ancestors only; snapshots taken earlier never change.
+pub struct SegmentMut {
+    h: Handle,
+}
+
+impl SegmentMut {
+    pub(crate) fn from_tree(mem: Memory, tree: Tree) -> SegmentMut {
+        SegmentMut {
+            h: Handle::new(mem, tree),
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.h.tree.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.h.tree.len == 0
+    }
+
+    /// The current root line.
+    pub fn root(&self) -> LineId {
+        self.h.tree.root
+    }
+
+    /// Writes `data` at `off`. Writing past the end extends the segment and
+    /// the gap reads as zeros.
+    pub fn write_at(&mut self, off: u64, data: &[u8]) -> Result<()> {
+        let t = dag::write_at(&self.h.mem.inner.store, &self.h.tree, off, data)?;
+        self.h.replace(t);
+        Ok(())
+    }
+
+    /// Appends `data` at the end.
+    pub fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.write_at(self.len(), data)
+    }
+
+    /// Cuts the segment to `len` bytes (no-op when it is not longer).
+    pub fn truncate(&mut self, len: u64) -> Result<()> {
+        if len < self.len() {
+            self.resize(len)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the length: cut, or extended with zeros (which cost no lines).
+    pub fn resize(&mut self, len: u64) -> Result<()> {
+        if len == self.len() {
+            return Ok(());
+        }
+        let t = dag::resize(&self.h.mem.inner.store, &self.h.tree, len)?;
+        self.h.replace(t);
+        Ok(())
+    }
+
+    /// Copies bytes from `off` into `buf`; returns how many.
+    pub fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize> {
+        self.h.read_at(off, buf)
+    }
+
+    /// An immutable snapshot of the current content (O(1)); this segment
+    /// stays writable.
+    pub fn snapshot(&self) -> Segment {
+        self.h.mem.inner.store.acquire(self.h.tree.root);
+        Segment::from_tree(self.h.mem.clone(), self.h.tree)
+    }
+
+    /// Ends the mutable phase.
+    pub fn freeze(self) -> Segment {
+        Segment { h: self.h }
+    }
+}
+
+impl fmt::Debug for SegmentMut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SegmentMut")
+            .field("root", &self.h.tree.root)
+            .field("height", &self.h.tree.height)
+            .field("len", &self.h.tree.len)
+            .finish()
+    }
+}
+
+/// Walks a segment's DAG and yields contiguous chunks (at most one line each)
+/// without flattening the segment. Shaped like `bytes::Buf`: `chunk`,
+/// `advance`, `remaining`, `copy_to_slice`; it is also an `Iterator` over
+/// chunks and implements `std::io::Read`.
+pub struct Cursor<'a> {
+    w: Walker<'a>,
+}
+
+impl<'a> Cursor<'a> {
+    /// Bytes from the position to the end of the current line.
+    pub fn chunk(&self) -> &'a [u8] {
+        self.w.chunk()
+    }
+
+    /// Moves forward by `n` bytes (clamped to the end).
+    pub fn advance(&mut self, n: usize) {
+        self.w.advance(n as u64);
+    }
+
+    /// Bytes left.
+    pub fn remaining(&self) -> u64 {
+        self.w.remaining()
+    }
+
+    /// Current offset.
+    pub fn position(&self) -> u64 {
+        self.w.pos()
+    }
+
+    /// Copies until `buf` is full or the segment ends; returns the count.
+    pub fn copy_to_slice(&mut self, buf: &mut [u8]) -> usize {
+        self.w.copy_to(buf)
+    }
+}
+
+impl<'a> Iterator for Cursor<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let c = self.w.chunk();
+        if c.is_empty() {
+            return None;
+        }
+        self.w.advance(c.len() as u64);
+        Some(c)
+    }
+}
+
+impl std::io::Read for Cursor<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Ok(self.w.copy_to(buf))
+    }
+}
+
+impl fmt::Debug for Cursor<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cursor")
+            .field("position", &self.w.pos())
+            .field("remaining", &self.w.remaining())
+            .finish()
+    }
+}
