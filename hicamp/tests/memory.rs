@@ -341,7 +341,7 @@ fn stats_account_logical_and_metadata() {
     );
     let r = st.dedup_ratio();
     let expect = st.logical_bytes as f64 / (st.physical_bytes + st.metadata_bytes) as f64;
-    assert!((r - expect).abs() < 1e-12 && r > 1.0 && r < 2.0, "{r}");
+    assert!((r - expect).abs() < 1e-12 && r > 0.5 && r < 2.0, "{r}");
     drop((s, t));
     assert_eq!(m.stats().logical_bytes, 0);
 }
