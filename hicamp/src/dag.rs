@@ -379,8 +379,34 @@ impl<'a> Walker<'a> {
 
     /// Copies bytes into `buf` until it is full or the segment ends.
     pub(crate) fn copy_to(&mut self, buf: &mut [u8]) -> usize {
+        let shift = self.store.shift();
+        let ls = 1usize << shift;
+        let fmask = (1u64 << (shift - 2)) - 1;
         let mut done = 0;
         while done < buf.len() {
+            // Fast path: from a line boundary, copy the run of whole sibling
+            // leaves under the current bottom interior line in one loop.
+            if self.pos & (ls as u64 - 1) == 0 && self.tree.height >= 1 {
+                let j0 = (self.pos >> shift) & fmask;
+                let whole = ((buf.len() - done) >> shift)
+                    .min(((self.tree.len - self.pos) >> shift) as usize)
+                    .min((fmask + 1 - j0) as usize);
+                if whole >= 2 {
+                    let parent = self.path[1];
+                    let dst = &mut buf[done..done + (whole << shift)];
+                    if parent.is_zero() {
+                        dst.fill(0);
+                    } else {
+                        let kids = &self.store.line(parent)[(j0 as usize) * 4..];
+                        for (d, k) in dst.chunks_exact_mut(ls).zip(kids.as_chunks::<4>().0) {
+                            d.copy_from_slice(self.store.line(LineId(u32::from_le_bytes(*k))));
+                        }
+                    }
+                    done += whole << shift;
+                    self.advance((whole << shift) as u64);
+                    continue;
+                }
+            }
             let c = self.chunk();
             if c.is_empty() {
                 break;

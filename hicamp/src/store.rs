@@ -46,8 +46,19 @@ const SATURATED: u32 = 1 << 30;
 const FRESH_CHUNK: u64 = 64;
 const LOCAL_FREE_MAX: usize = 4096;
 const INITIAL_TABLE: usize = 64;
-/// Lines hashed (and their index slots prefetched) ahead of the lookups.
-const PIPELINE: usize = 16;
+/// Lines hashed, prefetched and sorted by shard together.
+const BATCH: usize = 1024;
+
+/// What happened to one line of a batch.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Status {
+    /// Not processed (an error stopped the batch first).
+    Pending,
+    /// A new line (or the zero line): it consumed the caller's child references.
+    Created,
+    /// An existing line gained a reference.
+    Hit,
+}
 
 #[inline]
 fn kind_bit(kind: LineKind) -> u32 {
@@ -482,71 +493,111 @@ impl Store {
     }
 
     /// Interns `lines` (a whole number of full lines), appending one id per
-    /// line to `out`, and the index (into `lines`) of every line that already
-    /// existed to `hits` when given. On error the lines of this call are
-    /// released again, and the error carries how many lines were done.
+    /// line to `out` and one [`Status`] per line to `status`.
+    ///
+    /// Lines go in batches of [`BATCH`]: hash every line (prefetching its
+    /// index slot), sort the batch by shard, and take each shard lock once for
+    /// all of its lines. On error every line of this call is released again;
+    /// `status` then tells which lines had been done (an interior caller needs
+    /// it to give back the child references of the groups that did not
+    /// consume theirs).
     fn intern_run(
         &self,
         kind: LineKind,
         lines: &[u8],
         out: &mut Vec<LineId>,
-        mut hits: Option<&mut Vec<usize>>,
-    ) -> Result<(), (usize, Error)> {
+        status: &mut Vec<Status>,
+    ) -> Result<()> {
         let ls = self.line_size();
         debug_assert_eq!(lines.len() % ls, 0);
         let n = lines.len() >> self.shift;
         let start = out.len();
-        out.reserve(n);
-        let mut hashes = [0u64; PIPELINE];
+        out.resize(start + n, LineId::ZERO);
+        let sstart = status.len();
+        status.resize(sstart + n, Status::Pending);
+        let mut hashes = [0u64; BATCH];
+        let mut order = [0u16; BATCH];
+        let mut counts = [0u16; SHARDS + 1];
         let mut zeros = 0u64;
         let mut base = 0;
-        while base < n {
-            let m = PIPELINE.min(n - base);
+        let mut result = Ok(());
+        'batches: while base < n {
+            let m = BATCH.min(n - base);
             let group = &lines[base * ls..(base + m) * ls];
+            counts.fill(0);
             for (j, line) in group.chunks_exact(ls).enumerate() {
                 if is_zero(line) {
-                    hashes[j] = 0;
+                    zeros += 1;
+                    status[sstart + base + j] = Status::Created;
+                    hashes[j] = u64::MAX; // no shard: sorted past the end
+                    counts[SHARDS] += 1;
                 } else {
-                    // A real hash of 0 just loses its prefetch-free fast path:
-                    // it is recomputed below.
                     let h = line_hash(kind, line);
                     self.prefetch_index(h);
                     hashes[j] = h;
+                    counts[h as usize & (SHARDS - 1)] += 1;
                 }
             }
-            for (j, line) in group.chunks_exact(ls).enumerate() {
-                let mut h = hashes[j];
-                if h == 0 {
-                    if is_zero(line) {
-                        zeros += 1;
-                        out.push(LineId::ZERO);
-                        continue;
-                    }
-                    h = line_hash(kind, line);
-                }
-                match self.intern_hashed(kind, h, line) {
-                    Ok((id, created)) => {
-                        if !created {
-                            if let Some(hits) = hits.as_deref_mut() {
-                                hits.push(base + j);
-                            }
+            // Counting sort of the batch by shard (zero lines last).
+            let mut at = 0u16;
+            for c in counts.iter_mut() {
+                let k = *c;
+                *c = at;
+                at += k;
+            }
+            for j in 0..m {
+                let sh = if hashes[j] == u64::MAX && is_zero(&group[j * ls..(j + 1) * ls]) {
+                    SHARDS
+                } else {
+                    hashes[j] as usize & (SHARDS - 1)
+                };
+                order[counts[sh] as usize] = j as u16;
+                counts[sh] += 1;
+            }
+            let nonzero = m - (counts[SHARDS] - counts[SHARDS - 1]) as usize;
+            let mut i = 0;
+            while i < nonzero {
+                let sh = hashes[order[i] as usize] as usize & (SHARDS - 1);
+                let cell = &self.shards[sh];
+                let mut shard = cell.lock.lock();
+                while i < nonzero && hashes[order[i] as usize] as usize & (SHARDS - 1) == sh {
+                    let j = order[i] as usize;
+                    let line = &group[j * ls..(j + 1) * ls];
+                    let r = match self.find_or_insert(cell, &mut shard, kind, hashes[j], line) {
+                        Some(r) => Ok(r),
+                        None => {
+                            drop(shard);
+                            let r = self.intern_hashed(kind, hashes[j], line);
+                            shard = cell.lock.lock();
+                            r
                         }
-                        out.push(id);
-                    }
-                    Err(e) => {
-                        self.zero[kind_index(kind)].fetch_add(zeros, Relaxed);
-                        let done = out.len() - start;
-                        for id in out.drain(start..) {
-                            self.release(id);
+                    };
+                    match r {
+                        Ok((id, created)) => {
+                            out[start + base + j] = id;
+                            status[sstart + base + j] = if created {
+                                Status::Created
+                            } else {
+                                Status::Hit
+                            };
                         }
-                        return Err((done, e));
+                        Err(e) => {
+                            result = Err(e);
+                            break 'batches;
+                        }
                     }
+                    i += 1;
                 }
             }
             base += m;
         }
         self.zero[kind_index(kind)].fetch_add(zeros, Relaxed);
-        Ok(())
+        if result.is_err() {
+            for id in out.drain(start..) {
+                self.release(id);
+            }
+        }
+        result
     }
 
     /// Interns `data` as leaf lines (the last one zero-padded), appending one
@@ -555,8 +606,7 @@ impl Store {
         let ls = self.line_size();
         let full = data.len() / ls * ls;
         let start = out.len();
-        self.intern_run(LineKind::Leaf, &data[..full], out, None)
-            .map_err(|(_, e)| e)?;
+        self.intern_run(LineKind::Leaf, &data[..full], out, &mut Vec::new())?;
         if full < data.len() {
             let mut buf = [0u8; crate::config::MAX_LINE_SIZE];
             buf[..data.len() - full].copy_from_slice(&data[full..]);
@@ -587,19 +637,16 @@ impl Store {
         for (b, c) in bytes.chunks_exact_mut(4).zip(children) {
             b.copy_from_slice(&c.0.to_le_bytes());
         }
-        let mut hits = Vec::new();
-        let res = self.intern_run(LineKind::Interior, &bytes, out, Some(&mut hits));
-        // Groups that found an existing line give their child references back.
-        for &g in &hits {
-            self.release_all(&children[g * f..((g + 1) * f).min(children.len())]);
-        }
-        match res {
-            Ok(()) => Ok(()),
-            Err((done, e)) => {
-                self.release_all(&children[(done * f).min(children.len())..]);
-                Err(e)
+        let mut status = Vec::with_capacity(groups);
+        let res = self.intern_run(LineKind::Interior, &bytes, out, &mut status);
+        // Groups that found an existing line, or were never done, still own
+        // their child references: give them back.
+        for (g, st) in status.iter().enumerate() {
+            if *st != Status::Created {
+                self.release_all(&children[g * f..((g + 1) * f).min(children.len())]);
             }
         }
+        res
     }
 
     /// Interns one interior line over `children` (at most `fanout`, the rest
