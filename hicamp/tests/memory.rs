@@ -367,3 +367,52 @@ fn concurrent_use_from_many_threads() {
     });
     assert_eq!(m.live_lines(), 0);
 }
+
+#[test]
+fn memory_and_handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Memory>();
+    check::<hicamp::Segment>();
+    check::<hicamp::SegmentMut>();
+}
+
+/// Optimistic transactions: every thread reads a counter segment, increments
+/// it in a private copy-on-write version and commits with compare-and-swap,
+/// retrying on conflict. No increment may be lost.
+#[test]
+fn concurrent_commits_lose_no_update() {
+    let m = mem(64);
+    let id = m.map().create(&0u64.to_le_bytes().repeat(64)).unwrap();
+    let threads = 4;
+    let per = 300;
+    let conflicts = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| {
+                for _ in 0..per {
+                    loop {
+                        let (seg, v) = m.map().get_versioned(id).unwrap();
+                        let mut b = [0u8; 8];
+                        seg.read_at(8 * 37, &mut b).unwrap();
+                        let mut w = seg.to_mut();
+                        w.write_at(8 * 37, &(u64::from_le_bytes(b) + 1).to_le_bytes())
+                            .unwrap();
+                        match m.map().commit(id, v, w.freeze()) {
+                            Ok(_) => break,
+                            Err(Error::Conflict { .. }) => {
+                                conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut b = [0u8; 8];
+    m.map().read_at(id, 8 * 37, &mut b).unwrap();
+    assert_eq!(u64::from_le_bytes(b), (threads * per) as u64);
+    assert_eq!(m.map().entry(id).unwrap().version, (threads * per) as u64);
+    m.map().delete(id).unwrap();
+    assert_eq!(m.live_lines(), 0);
+}
