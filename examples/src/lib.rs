@@ -3,3 +3,6 @@
 
 pub mod pagededup;
 pub mod workload;
+pub mod dedup;
+pub mod report;
+pub mod zero;

@@ -63,14 +63,10 @@ impl Arena {
     #[inline]
     pub(crate) unsafe fn line(&self, slot: u32) -> &[u8] {
         debug_assert!((slot as usize) < self.slots);
-        // SAFETY: in bounds by the caller's contract; the mapping lives as long
-        // as `self`; no concurrent writer by the line protocol.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.base.add((slot as usize) << self.shift),
-                1 << self.shift,
-            )
-        }
+        let p = self.base.wrapping_add((slot as usize) << self.shift);
+        // SAFETY: `p` is in bounds by the caller's contract; the mapping lives
+        // as long as `self`; no concurrent writer by the line protocol.
+        unsafe { std::slice::from_raw_parts(p, 1 << self.shift) }
     }
 
     /// Writes a line's content (zero-padded when `data` is short).
@@ -82,15 +78,12 @@ impl Arena {
     pub(crate) unsafe fn write(&self, slot: u32, data: &[u8]) {
         let ls = 1usize << self.shift;
         debug_assert!(slot != 0 && (slot as usize) < self.slots && data.len() <= ls);
-        // SAFETY: in bounds and exclusively owned by the caller's contract; the
-        // source is a separate allocation (never the arena slot itself).
-        unsafe {
-            let dst = self.base.add((slot as usize) << self.shift);
-            std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
-            if data.len() < ls {
-                std::ptr::write_bytes(dst.add(data.len()), 0, ls - data.len());
-            }
-        }
+        let dst = self.base.wrapping_add((slot as usize) << self.shift);
+        // SAFETY: `dst..dst + ls` is in bounds and exclusively owned by the
+        // caller's contract; `data` is never the arena slot itself.
+        let line = unsafe { std::slice::from_raw_parts_mut(dst, ls) };
+        line[..data.len()].copy_from_slice(data);
+        line[data.len()..].fill(0);
     }
 }
 
