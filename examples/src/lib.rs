@@ -1,8 +1,8 @@
 //! Shared code of the `hicamp` command-line tool and the experiments.
 #![forbid(unsafe_code)]
 
-pub mod pagededup;
-pub mod workload;
 pub mod dedup;
+pub mod pagededup;
 pub mod report;
+pub mod workload;
 pub mod zero;

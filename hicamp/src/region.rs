@@ -19,8 +19,11 @@ use crate::error::{Error, Result};
 fn map_anon(bytes: usize) -> Result<MmapMut> {
     // A zero-length mapping is an error in mmap(2); keep one page at least.
     let len = bytes.max(4096);
+    // MAP_NORESERVE: the arena is a reservation of address space; only the
+    // pages that lines are written to take memory.
     MmapOptions::new()
         .len(len)
+        .no_reserve_swap()
         .map_anon()
         .map_err(|e| Error::BadConfig(format!("cannot map {len} bytes: {e}")))
 }

@@ -91,7 +91,8 @@ impl Stats {
     }
 
     /// Logical bytes per footprint byte (metadata included). Above 1 the
-    /// memory saves space; 1.0 for an empty memory.
+    /// memory saves space; 0 for a memory that references nothing (its
+    /// metadata still costs bytes).
     pub fn dedup_ratio(&self) -> f64 {
         ratio(self.logical_bytes, self.footprint_bytes())
     }

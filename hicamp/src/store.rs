@@ -24,7 +24,7 @@
 //! like the kernel's `refcount_t`.
 //!
 //! Slots come from the shard's own free list, then a global overflow list, then
-//! fresh slots taken 64 at a time from a bump counter. When all of those are
+//! fresh slots taken 16 at a time from a bump counter. When all of those are
 //! empty the other shards' free lists are drained and the lookup is retried
 //! once before the store reports `CapacityExhausted`.
 
@@ -43,9 +43,9 @@ const SHARDS: usize = 1 << SHARD_BITS;
 const INTERIOR_BIT: u32 = 1 << 31;
 const COUNT_MASK: u32 = !INTERIOR_BIT;
 const SATURATED: u32 = 1 << 30;
-const FRESH_CHUNK: u64 = 64;
+const FRESH_CHUNK: u64 = 16;
 const LOCAL_FREE_MAX: usize = 4096;
-const INITIAL_TABLE: usize = 64;
+const INITIAL_TABLE: usize = 8;
 /// Lines hashed, prefetched and sorted by shard together.
 const BATCH: usize = 1024;
 

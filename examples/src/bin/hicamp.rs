@@ -12,7 +12,7 @@
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use hicamp_examples::dedup::{self, IngestOptions, InputSet, DEFAULT_LINE_SIZES};
@@ -128,28 +128,25 @@ fn progress_bar(quiet: bool) -> ProgressBar {
     if quiet || !io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let pb = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    // Hidden until `ingest` knows the length and draws the first step.
+    let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     pb.set_style(
         ProgressStyle::with_template(
-            "{msg} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} \
-             ({binary_bytes_per_sec}, eta {eta})",
+            "{msg} {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
         )
         .expect("valid progress template"),
     );
-    pb.set_message("ingesting (bytes x line sizes)");
-    pb.enable_steady_tick(Duration::from_millis(200));
+    // Bytes count once per line size: the total is the input size times the line sizes.
+    pb.set_message("ingesting");
     pb
 }
 
 fn run_dedup(cli: &Cli, args: &DedupArgs) -> Result<(), Failure> {
     let start = Instant::now();
-    let pb = progress_bar(cli.quiet);
-    // Warnings must not tear the progress bar.
-    let mut warn_fn = |msg: &str| pb.suspend(|| warn(msg));
     let input = if args.paths.is_empty() {
         InputSet::default_workload()
     } else {
-        InputSet::from_paths(&args.paths, &mut warn_fn)?
+        InputSet::from_paths(&args.paths, &mut |msg: &str| warn(msg))?
     };
     let mut opts = IngestOptions {
         line_sizes: args.line_sizes.clone(),
@@ -159,6 +156,9 @@ fn run_dedup(cli: &Cli, args: &DedupArgs) -> Result<(), Failure> {
     if let Some(t) = args.threads {
         opts.threads = usize::from(t);
     }
+    let pb = progress_bar(cli.quiet);
+    // Warnings must not tear the progress bar.
+    let mut warn_fn = |msg: &str| pb.suspend(|| warn(msg));
     let report = dedup::ingest(&input, &opts, &pb, &mut warn_fn);
     pb.finish_and_clear();
     let report = report?;

@@ -1,0 +1,331 @@
+//! `hicamp dedup`, run as a program.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use hicamp_examples::zero::zero_line_bytes;
+use serde_json::Value;
+
+const ALL_LINE_SIZES: [u64; 9] = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
+
+fn hicamp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hicamp"))
+        .args(args)
+        .output()
+        .expect("run the hicamp binary")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs with `--json`, checks success and no panic, and parses stdout.
+fn dedup_json(args: &[&str]) -> (Value, String) {
+    let mut all = vec!["dedup", "--json"];
+    all.extend_from_slice(args);
+    let o = hicamp(&all);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{args:?} failed: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let text = String::from_utf8(o.stdout).expect("UTF-8 output");
+    let v: Value = serde_json::from_str(&text).expect("valid JSON");
+    (v, err)
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not a u64 in {v}"))
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    let x = v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"));
+    assert!(x.is_finite(), "{key} = {x}");
+    x
+}
+
+fn line_sizes(v: &Value) -> &Vec<Value> {
+    v["line_sizes"].as_array().expect("line_sizes array")
+}
+
+/// A memory big enough for the tests (`Config::with_line_size` reserves 2^24 lines, 64 GiB of
+/// address space at 4 KiB lines).
+fn config(line_size: usize) -> hicamp::Config {
+    hicamp::Config {
+        line_size,
+        capacity_lines: 1 << 20,
+        map_capacity: 16,
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temp path")
+}
+
+#[test]
+fn same_file_twice_dedups() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = noise(1, 1 << 20);
+    fs::write(dir.path().join("a.bin"), &data).unwrap();
+    fs::write(dir.path().join("b.bin"), &data).unwrap();
+    let small = noise(2, 3000);
+    fs::write(dir.path().join("small.bin"), &small).unwrap();
+    let total = 2 * data.len() as u64 + small.len() as u64;
+
+    let (v, _) = dedup_json(&[path_str(dir.path())]);
+    assert_eq!(u(&v["input"], "files"), 3);
+    assert_eq!(u(&v["input"], "bytes"), total);
+    assert_eq!(u(&v["input"], "skipped"), 0);
+    let ls = line_sizes(&v);
+    assert_eq!(ls.len(), 9);
+    for (r, want) in ls.iter().zip(ALL_LINE_SIZES) {
+        let line = u(r, "line_size");
+        assert_eq!(line, want);
+        assert_eq!(u(r, "logical_bytes"), total, "line size {line}");
+        assert_eq!(
+            u(r, "footprint_bytes"),
+            u(r, "physical_bytes") + u(r, "metadata_bytes")
+        );
+        if line >= 1024 {
+            // The second copy costs no line: physical is one copy plus a few lines.
+            let unique = data.len() as u64 + small.len() as u64;
+            assert!(
+                u(r, "physical_bytes") <= unique + unique / 50,
+                "line size {line}: {r}"
+            );
+            // ~1.9: two copies over one, less the memory's fixed metadata (its dedup index
+            // and reference-count batches, ~64 KiB whatever the data) on a 1 MiB payload.
+            let ratio = f(r, "dedup_ratio");
+            assert!(ratio >= 1.85, "line size {line}: ratio {ratio}");
+        }
+    }
+    let p = &v["page_baseline"];
+    assert_eq!(u(p, "logical_bytes"), total);
+    assert_eq!(u(p, "pages"), 2 * 256 + 1);
+    assert_eq!(u(p, "unique_pages"), 256 + 1);
+    assert!(f(p, "dedup_ratio") > 1.9);
+}
+
+#[test]
+fn default_workload_is_deterministic() {
+    let a = hicamp(&["dedup", "--json"]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    let b = hicamp(&["dedup", "--json", "--threads", "1"]);
+    assert!(b.status.success(), "{}", stderr(&b));
+    assert_eq!(
+        String::from_utf8_lossy(&a.stdout),
+        String::from_utf8_lossy(&b.stdout),
+        "same JSON across runs and thread counts"
+    );
+    let v: Value = serde_json::from_slice(&a.stdout).unwrap();
+    assert_eq!(v["input"]["source"], "default_workload");
+    let files = u(&v["input"], "files");
+    let bytes = u(&v["input"], "bytes");
+    assert!(files > 100 && bytes > 16 << 20, "{}", v["input"]);
+    let ls = line_sizes(&v);
+    let got: Vec<u64> = ls.iter().map(|r| u(r, "line_size")).collect();
+    assert_eq!(got, ALL_LINE_SIZES);
+    for r in ls {
+        assert_eq!(u(r, "logical_bytes"), bytes);
+        let ratio = f(r, "dedup_ratio");
+        let excl = f(r, "dedup_ratio_excl_zero");
+        assert!(ratio > 1.0 && excl <= ratio, "{r}");
+        assert!(u(r, "zero_bytes") <= bytes);
+        for key in [
+            "leaf_lines",
+            "interior_lines",
+            "dedup_hits",
+            "metadata_bytes",
+        ] {
+            u(r, key);
+        }
+    }
+    let p = &v["page_baseline"];
+    assert_eq!(u(p, "page_size"), 4096);
+    assert_eq!(u(p, "logical_bytes"), bytes);
+    f(p, "dedup_ratio");
+    f(p, "dedup_ratio_excl_zero");
+}
+
+#[test]
+fn human_output_describes_the_input() {
+    let o = hicamp(&["dedup", "--line-sizes", "64,4096"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(text.contains("built-in default workload"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("64 B ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("4096 B ")), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("16 B ")), "{text}");
+    assert!(text.contains("KSM"), "{text}");
+}
+
+#[test]
+fn nonexistent_path_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-file");
+    let o = hicamp(&["dedup", path_str(&missing)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("no-such-file"), "{err}");
+    assert!(err.contains("cannot access"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn empty_directory_has_finite_ratios() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("sub")).unwrap();
+    fs::write(dir.path().join("sub/empty-file"), b"").unwrap();
+    let o = hicamp(&["dedup", "--json", path_str(dir.path())]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    for bad in ["NaN", "null", "inf"] {
+        assert!(!text.contains(bad), "{bad} in {text}");
+    }
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(u(&v["input"], "bytes"), 0);
+    assert_eq!(u(&v["input"], "files"), 1);
+    assert_eq!(line_sizes(&v).len(), 9);
+    for r in line_sizes(&v) {
+        assert_eq!(u(r, "logical_bytes"), 0);
+        assert_eq!(f(r, "dedup_ratio"), 1.0);
+        assert_eq!(f(r, "dedup_ratio_excl_zero"), 1.0);
+    }
+    let p = &v["page_baseline"];
+    assert_eq!(f(p, "dedup_ratio"), 1.0);
+    assert_eq!(u(p, "pages"), 0);
+}
+
+/// A file longer than one read chunk (4 MiB), with repeats and zero runs: the streamed
+/// segments hold exactly the lines of the one-shot canonical DAG, and the zero bytes match.
+#[test]
+fn streamed_big_file_matches_one_shot() {
+    let dir = tempfile::tempdir().unwrap();
+    let block = noise(3, 1 << 20);
+    let mut data = Vec::new();
+    for i in 0..9 {
+        if i % 3 == 2 {
+            data.resize(data.len() + 700_001, 0);
+        } else {
+            data.extend_from_slice(&block);
+        }
+    }
+    data.extend_from_slice(&noise(4, 12_345));
+    let tail = [0u8; 100];
+    fs::write(dir.path().join("big"), &data).unwrap();
+    fs::write(dir.path().join("tail"), tail).unwrap();
+
+    let (v, _) = dedup_json(&["--line-sizes", "16,64,4096", path_str(dir.path())]);
+    let ls = line_sizes(&v);
+    assert_eq!(ls.len(), 3);
+    for r in ls {
+        let line = u(r, "line_size") as usize;
+        let mem = hicamp::Memory::new(config(line)).unwrap();
+        let _a = mem.segment(&data).unwrap();
+        let _b = mem.segment(&tail).unwrap();
+        let s = mem.stats();
+        assert_eq!(u(r, "logical_bytes"), s.logical_bytes);
+        assert_eq!(u(r, "leaf_lines"), s.leaf_lines, "line size {line}");
+        assert_eq!(u(r, "interior_lines"), s.interior_lines, "line size {line}");
+        assert_eq!(u(r, "physical_bytes"), s.physical_bytes);
+        let zero = zero_line_bytes(&data, line) + zero_line_bytes(&tail, line);
+        assert_eq!(u(r, "zero_bytes"), zero, "line size {line}");
+    }
+    let p = &v["page_baseline"];
+    let mut pd = hicamp_examples::pagededup::PageDedup::new(4096);
+    pd.add(&data);
+    pd.add(&tail);
+    let want = pd.report();
+    assert_eq!(u(p, "pages"), want.pages);
+    assert_eq!(u(p, "unique_pages"), want.unique_pages);
+    assert_eq!(u(p, "zero_pages"), want.zero_pages);
+    assert_eq!(u(p, "logical_bytes"), want.logical_bytes);
+    assert!((f(p, "dedup_ratio") - want.dedup_ratio).abs() < 1e-12);
+    assert!((f(p, "dedup_ratio_excl_zero") - want.dedup_ratio_excl_zero).abs() < 1e-12);
+}
+
+#[test]
+fn capacity_exhausted_is_an_error_not_a_panic() {
+    let o = hicamp(&[
+        "dedup",
+        "--line-sizes",
+        "64",
+        "--capacity-lines",
+        "100",
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("capacity exhausted"), "{err}");
+    assert!(err.contains("line size 64"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_line_size_is_a_usage_error() {
+    for bad in ["48", "8", "8192", "x"] {
+        let o = hicamp(&["dedup", "--line-sizes", bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(stderr(&o).contains("--line-sizes"), "{bad}: {}", stderr(&o));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn links_loops_and_unreadable_files_are_handled() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fs::create_dir(root.join("sub")).unwrap();
+    let data = noise(5, 10_000);
+    fs::write(root.join("sub/file"), &data).unwrap();
+    symlink("..", root.join("sub/up")).unwrap(); // a loop
+    symlink("file", root.join("sub/alias")).unwrap(); // the same file again
+    fs::hard_link(root.join("sub/file"), root.join("hard")).unwrap(); // and again
+    symlink("nowhere", root.join("dangling")).unwrap();
+    let secret = root.join("secret");
+    fs::write(&secret, b"unreadable").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
+    // Privileged users read it anyway; then it is ingested.
+    let secret_readable = fs::read(&secret).is_ok();
+
+    let (v, err) = dedup_json(&["--line-sizes", "64", path_str(root)]);
+    let input = &v["input"];
+    assert_eq!(u(input, "duplicates"), 3, "{input}");
+    assert!(err.contains("dangling"), "{err}");
+    assert!(err.contains("loop"), "{err}");
+    if secret_readable {
+        assert_eq!(u(input, "files"), 2);
+        assert_eq!(u(input, "skipped"), 1, "the dangling link");
+    } else {
+        assert!(err.contains("secret"), "{err}");
+        assert_eq!(u(input, "files"), 1);
+        assert_eq!(
+            u(input, "skipped"),
+            2,
+            "the dangling link and the unreadable file"
+        );
+    }
+    let expect = data.len() as u64 + if secret_readable { 10 } else { 0 };
+    assert_eq!(u(input, "bytes"), expect);
+    assert_eq!(u(&line_sizes(&v)[0], "logical_bytes"), expect);
+}
