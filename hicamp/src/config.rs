@@ -13,6 +13,49 @@ pub struct Config {
     pub capacity_lines: u64,
     /// How many entries the segment map can hold.
     pub map_capacity: u32,
+    /// How commits reach stable storage (meaningful for file-backed memories).
+    pub durability: Durability,
+    /// Emulated persistent-memory write latency, spun once per persist barrier
+    /// (PASTE's 10 us experiment). 0 for none.
+    pub pm_write_latency_ns: u32,
+}
+
+/// How a commit is made durable before it returns.
+///
+/// Lines are always written before the map entry that refers to them; the
+/// mode decides what forces them out of the CPU caches and page cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// No flushing (DRAM emulation). A killed process loses nothing that was
+    /// stored (the page cache keeps it); a power cut may.
+    #[default]
+    None,
+    /// Persistent-memory style: write back each new line and the map entry
+    /// with clwb (or clflushopt, or clflush) and order with sfence, as PASTE
+    /// does on a DAX file.
+    CacheLine,
+    /// File durability: msync(MS_SYNC) of the new lines' pages and of the
+    /// entry's page.
+    Msync,
+}
+
+impl Durability {
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            Durability::None => 0,
+            Durability::CacheLine => 1,
+            Durability::Msync => 2,
+        }
+    }
+
+    pub(crate) fn from_code(c: u32) -> Option<Durability> {
+        Some(match c {
+            0 => Durability::None,
+            1 => Durability::CacheLine,
+            2 => Durability::Msync,
+            _ => return None,
+        })
+    }
 }
 
 impl Default for Config {
@@ -21,6 +64,8 @@ impl Default for Config {
             line_size: 64,
             capacity_lines: 1 << 24,
             map_capacity: 1 << 20,
+            durability: Durability::None,
+            pm_write_latency_ns: 0,
         }
     }
 }
@@ -65,9 +110,9 @@ impl Config {
                 self.capacity_lines, self.line_size
             )));
         }
-        if self.map_capacity == 0 || self.map_capacity == u32::MAX {
+        if self.map_capacity < 2 || self.map_capacity == u32::MAX {
             return Err(Error::BadConfig(format!(
-                "map capacity {} is not in 1..{}",
+                "map capacity {} is not in 2..{} (entry 0 is the directory)",
                 self.map_capacity,
                 u32::MAX
             )));

@@ -57,6 +57,59 @@ pub enum Error {
     /// A segment handle from another memory was passed in.
     #[error("segment belongs to another memory")]
     ForeignSegment,
+    /// An I/O error on a memory file.
+    #[error("{path}: {op}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What was being done.
+        op: &'static str,
+        /// The operating system's message.
+        message: String,
+    },
+    /// The file is not a memory file (wrong magic).
+    #[error("{path}: not a hicamp memory file")]
+    NotAMemoryFile {
+        /// The file.
+        path: String,
+    },
+    /// The file was written by a newer format version.
+    #[error("{path}: format version {found} is newer than the supported {supported}")]
+    UnsupportedVersion {
+        /// The file.
+        path: String,
+        /// Version in the file.
+        found: u32,
+        /// Newest version this build reads.
+        supported: u32,
+    },
+    /// The file is shorter than its header says.
+    #[error("{path}: truncated: {actual} bytes, expected {expected}")]
+    Truncated {
+        /// The file.
+        path: String,
+        /// Bytes the header (or format) requires.
+        expected: u64,
+        /// Bytes present.
+        actual: u64,
+    },
+    /// The file's content is inconsistent.
+    #[error("{path}: corrupt: {what}")]
+    Corrupt {
+        /// The file (or "memory").
+        path: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// Another process has the file open.
+    #[error("{path}: in use by another process")]
+    InUse {
+        /// The file.
+        path: String,
+    },
+    /// A name is not usable in the directory of named segments.
+    #[error("bad segment name {0:?}: 1..=1024 bytes of UTF-8 expected")]
+    BadName(String),
 }
 
 /// Result alias of this crate.

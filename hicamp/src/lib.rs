@@ -58,10 +58,12 @@
 
 mod config;
 mod dag;
+mod directory;
 mod error;
 mod id;
 mod map;
 mod memory;
+mod persist;
 #[allow(unsafe_code)]
 mod region;
 mod segment;
@@ -69,11 +71,13 @@ mod stats;
 #[allow(unsafe_code)]
 mod store;
 
-pub use config::{Config, MAX_LINE_SIZE, MIN_LINE_SIZE};
+pub use config::{Config, Durability, MAX_LINE_SIZE, MIN_LINE_SIZE};
+pub use directory::{NamedSegment, DIRECTORY};
 pub use dag::MAX_SEGMENT_LEN;
 pub use error::{Error, Result};
 pub use id::{LineId, LineKind, SegmentId};
 pub use map::{MapEntry, SegmentMap};
-pub use memory::Memory;
+pub use memory::{Memory, Recovery};
+pub use persist::{FORMAT_VERSION, MAGIC};
 pub use segment::{Cursor, Segment, SegmentMut};
 pub use stats::Stats;

@@ -9,22 +9,25 @@
 //! (HICAMP's merge-update as compare-and-swap).
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::config::{Config, Durability};
 use crate::dag::{self, Tree};
 use crate::error::{Error, Result};
 use crate::id::{LineId, SegmentId};
 use crate::memory::Memory;
-use crate::region::AtomicU64Array;
+use crate::persist::{current_slot, slot_checksum, Layout, ENTRY_WORDS, LIVE_BIT};
+use crate::region::{store_fence, AtomicU64Array, Backing};
 use crate::segment::Segment;
 
-const WORDS: usize = 3;
-const LIVE: u64 = 1 << 63;
 const STRIPES: usize = 256;
-/// Bytes of one entry in the mapped array.
-pub(crate) const ENTRY_BYTES: u64 = (WORDS * 8) as u64;
+/// Bytes of one entry in the mapped array (two slots of four words).
+pub(crate) const ENTRY_BYTES: u64 = (ENTRY_WORDS * 8) as u64;
+/// `cur` value of an entry that was never written.
+const NEVER: u8 = 2;
 
 struct Ids {
     next: u32,
@@ -33,10 +36,15 @@ struct Ids {
 
 pub(crate) struct MapTable {
     words: AtomicU64Array,
+    /// Byte offset of the entries in the backing mapping.
+    off: usize,
     capacity: u32,
+    /// Which slot of each entry is current (volatile, rebuilt on open).
+    cur: Box<[AtomicU8]>,
     stripes: Box<[Mutex<()>]>,
     ids: Mutex<Ids>,
     live: AtomicU64,
+    durability: Durability,
 }
 
 /// One entry of the segment map.
@@ -53,55 +61,147 @@ pub struct MapEntry {
 }
 
 impl MapTable {
-    pub(crate) fn new(capacity: u32) -> Result<MapTable> {
-        Ok(MapTable {
-            words: AtomicU64Array::new(capacity as usize * WORDS)?,
+    pub(crate) fn new(backing: &Arc<Backing>, layout: &Layout, config: &Config) -> MapTable {
+        let capacity = config.map_capacity;
+        MapTable {
+            words: backing.u64s(layout.map_off as usize, capacity as usize * ENTRY_WORDS),
+            off: layout.map_off as usize,
             capacity,
+            cur: (0..capacity).map(|_| AtomicU8::new(NEVER)).collect(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             ids: Mutex::new(Ids {
                 next: 0,
                 free: Vec::new(),
             }),
             live: AtomicU64::new(0),
-        })
+            durability: if backing.is_file() {
+                config.durability
+            } else {
+                Durability::None
+            },
+        }
     }
 
-    fn slot(&self, id: SegmentId) -> Result<&[AtomicU64]> {
+    /// Rebuilds the volatile state from the entries of a file: the current
+    /// slots, the id allocator and the live count. Returns the logical bytes.
+    pub(crate) fn recover(&self, path: &str) -> Result<u64> {
+        let words = self.words.as_slice();
+        let mut live = 0;
+        let mut logical = 0;
+        let mut used = Vec::new();
+        for i in 0..self.capacity {
+            match current_slot(words, i).map_err(|what| Error::Corrupt {
+                path: path.to_string(),
+                what,
+            })? {
+                None => {}
+                Some((slot, w0, len, _)) => {
+                    self.cur[i as usize].store(slot, Relaxed);
+                    used.push((i, w0 & LIVE_BIT != 0));
+                    if w0 & LIVE_BIT != 0 {
+                        live += 1;
+                        logical += len;
+                    }
+                }
+            }
+        }
+        let next = used.last().map_or(0, |u| u.0 + 1);
+        let mut ids = self.ids.lock();
+        ids.next = next;
+        ids.free = used.iter().filter(|u| !u.1).map(|u| u.0).rev().collect();
+        self.live.store(live, Relaxed);
+        Ok(logical)
+    }
+
+    pub(crate) fn words(&self) -> &AtomicU64Array {
+        &self.words
+    }
+
+    fn check(&self, id: SegmentId) -> Result<()> {
         if id.0 >= self.capacity {
             return Err(Error::NoSuchSegment(id));
         }
-        let i = id.0 as usize * WORDS;
-        Ok(&self.words.as_slice()[i..i + WORDS])
+        Ok(())
     }
 
     fn lock(&self, id: SegmentId) -> MutexGuard<'_, ()> {
         self.stripes[id.0 as usize % STRIPES].lock()
     }
 
-    /// Reads a live entry; the caller holds its stripe lock.
-    fn read(&self, id: SegmentId) -> Result<(Tree, u64)> {
-        let w = self.slot(id)?;
-        let w0 = w[0].load(Relaxed);
-        if w0 & LIVE == 0 {
-            return Err(Error::NoSuchSegment(id));
+    /// The current slot's words (w0, len, version), live or not; `None` for an
+    /// entry never written. The caller holds the stripe lock.
+    fn read_any(&self, id: SegmentId) -> Option<(u64, u64, u64)> {
+        let slot = self.cur[id.0 as usize].load(Relaxed);
+        if slot == NEVER {
+            return None;
         }
-        let tree = Tree {
-            root: LineId(w0 as u32),
-            height: ((w0 >> 32) & 0xff) as u32,
-            len: w[1].load(Relaxed),
-        };
-        Ok((tree, w[2].load(Relaxed)))
+        let w = &self.words.as_slice()[id.0 as usize * ENTRY_WORDS + slot as usize * 4..][..3];
+        Some((w[0].load(Relaxed), w[1].load(Relaxed), w[2].load(Relaxed)))
     }
 
-    /// Writes an entry; the caller holds its stripe lock.
-    fn write(&self, id: SegmentId, tree: Tree, version: u64) {
-        let w = &self.words.as_slice()[id.0 as usize * WORDS..][..WORDS];
-        w[0].store(
-            LIVE | (u64::from(tree.height) << 32) | u64::from(tree.root.0),
-            Relaxed,
-        );
-        w[1].store(tree.len, Relaxed);
+    /// Reads a live entry; the caller holds its stripe lock.
+    fn read(&self, id: SegmentId) -> Result<(Tree, u64)> {
+        self.check(id)?;
+        match self.read_any(id) {
+            Some((w0, len, version)) if w0 & LIVE_BIT != 0 => Ok((
+                Tree {
+                    root: LineId(w0 as u32),
+                    height: ((w0 >> 32) & 0xff) as u32,
+                    len,
+                },
+                version,
+            )),
+            _ => Err(Error::NoSuchSegment(id)),
+        }
+    }
+
+    /// The version the next write of `id` gets: one past the current one, 0
+    /// for an entry never written. The caller holds the stripe lock.
+    fn next_version(&self, id: SegmentId) -> u64 {
+        self.read_any(id).map_or(0, |(_, _, v)| v + 1)
+    }
+
+    /// Publishes `tree` (or a tombstone) as `version` of entry `id`: writes the
+    /// slot that is not current, then makes the entry durable. A crash in
+    /// between leaves the old slot current. The caller holds the stripe lock
+    /// and has already made the tree's lines durable. The entry is published
+    /// whatever happens: an error only says it may not be durable, and the
+    /// caller finishes its bookkeeping before returning it.
+    fn write(&self, id: SegmentId, tree: Option<Tree>, version: u64) -> Result<()> {
+        let i = id.0 as usize;
+        let slot = match self.cur[i].load(Relaxed) {
+            0 => 1,
+            _ => 0,
+        };
+        let w0 = tree.map_or(0, |t| {
+            LIVE_BIT | (u64::from(t.height) << 32) | u64::from(t.root.0)
+        });
+        let len = tree.map_or(0, |t| t.len);
+        let w = &self.words.as_slice()[i * ENTRY_WORDS + slot as usize * 4..][..4];
+        w[0].store(w0, Relaxed);
+        w[1].store(len, Relaxed);
         w[2].store(version, Relaxed);
+        w[3].store(slot_checksum(id.0, w0, len, version), Relaxed);
+        self.cur[i].store(slot, Relaxed);
+        self.persist_entry(i)
+    }
+
+    fn persist_entry(&self, i: usize) -> Result<()> {
+        let off = self.off + i * ENTRY_WORDS * 8;
+        let backing = self.words.backing();
+        match self.durability {
+            Durability::None => Ok(()),
+            Durability::CacheLine => {
+                backing.flush_cache_lines(off, ENTRY_WORDS * 8);
+                store_fence();
+                Ok(())
+            }
+            Durability::Msync => backing.msync(off, ENTRY_WORDS * 8).map_err(|e| Error::Io {
+                path: "memory file".into(),
+                op: "msync map entry",
+                message: e.to_string(),
+            }),
+        }
     }
 
     fn alloc(&self) -> Result<SegmentId> {
@@ -131,10 +231,10 @@ impl MapTable {
     }
 
     /// Bytes of map metadata actually touched (entries up to the high-water
-    /// mark, plus the free list).
+    /// mark, the volatile current-slot bytes, the free list and the locks).
     pub(crate) fn bytes(&self) -> u64 {
         let ids = self.ids.lock();
-        u64::from(ids.next) * ENTRY_BYTES
+        u64::from(ids.next) * (ENTRY_BYTES + 1)
             + (ids.free.capacity() * 4) as u64
             + (STRIPES * std::mem::size_of::<Mutex<()>>()) as u64
     }
@@ -166,20 +266,33 @@ impl SegmentMap<'_> {
         }
     }
 
+    /// Makes the lines built so far durable (no-op for DRAM memories).
+    fn barrier(&self) -> Result<()> {
+        self.mem.inner.store.persist_barrier().map_err(|e| Error::Io {
+            path: "memory file".into(),
+            op: "persist lines",
+            message: e.to_string(),
+        })
+    }
+
     /// Binds a segment to a new id (the handle's reference moves into the
-    /// entry).
+    /// entry). Durable when it returns, for a file-backed memory.
     pub fn insert(&self, seg: Segment) -> Result<SegmentId> {
         self.check_mem(&seg)?;
         let t = self.table();
         let id = t.alloc()?;
+        if let Err(e) = self.barrier() {
+            t.free(id);
+            return Err(e);
+        }
         let (_, tree) = seg.into_tree();
         let _g = t.lock(id);
         // A reused id continues the version sequence of its previous life, so
         // a stale committer can never match it.
-        let version = t.slot(id)?[2].load(Relaxed);
-        t.write(id, tree, version);
+        let version = t.next_version(id);
+        let persisted = t.write(id, Some(tree), version);
         t.live.fetch_add(1, Relaxed);
-        Ok(id)
+        persisted.map(|()| id)
     }
 
     /// Creates a segment from bytes and binds it to a new id.
@@ -201,17 +314,21 @@ impl SegmentMap<'_> {
             ids.next += count;
             ids.next - count
         };
+        let mut persisted = Ok(());
         for i in start..start + count {
-            let _g = t.lock(SegmentId(i));
-            t.write(SegmentId(i), Tree::default(), 0);
+            let id = SegmentId(i);
+            let _g = t.lock(id);
+            let version = t.next_version(id);
+            persisted = persisted.and(t.write(id, Some(Tree::default()), version));
         }
         t.live.fetch_add(u64::from(count), Relaxed);
-        Ok(SegmentId(start)..SegmentId(start + count))
+        persisted.map(|()| SegmentId(start)..SegmentId(start + count))
     }
 
     /// The entry of `id`.
     pub fn entry(&self, id: SegmentId) -> Result<MapEntry> {
         let t = self.table();
+        t.check(id)?;
         let _g = t.lock(id);
         let (tree, version) = t.read(id)?;
         Ok(MapEntry {
@@ -225,6 +342,7 @@ impl SegmentMap<'_> {
     /// A snapshot handle of the segment and the version it was taken at.
     pub fn get_versioned(&self, id: SegmentId) -> Result<(Segment, u64)> {
         let t = self.table();
+        t.check(id)?;
         let (tree, version) = {
             let _g = t.lock(id);
             let (tree, version) = t.read(id)?;
@@ -255,17 +373,25 @@ impl SegmentMap<'_> {
     /// publishes the result with the next version.
     fn update(&self, id: SegmentId, f: impl FnOnce(&Tree) -> Result<Tree>) -> Result<u64> {
         let t = self.table();
+        t.check(id)?;
         let store = &self.mem.inner.store;
-        let (old, version) = {
+        let (old, version, persisted) = {
             let _g = t.lock(id);
             let (old, version) = t.read(id)?;
             let new = f(&old)?;
-            t.write(id, new, version + 1);
-            self.mem.inner.logical.add(new.len as i64 - old.len as i64);
-            (old, version + 1)
+            if let Err(e) = self.barrier() {
+                store.release(new.root);
+                return Err(e);
+            }
+            let persisted = t.write(id, Some(new), version + 1);
+            self.mem
+                .inner
+                .logical
+                .add(new.len as i64 - old.len as i64);
+            (old, version + 1, persisted)
         };
         store.release(old.root);
-        Ok(version)
+        persisted.map(|()| version)
     }
 
     /// Copy-on-write write at `off` (may extend). Returns the new version.
@@ -303,11 +429,14 @@ impl SegmentMap<'_> {
 
     /// Publishes `seg` as the new content of `id` if the entry is still at
     /// `expected` version; otherwise a [`Error::Conflict`] and nothing changes.
-    /// Returns the new version.
+    /// Returns the new version. Durable when it returns, for a file-backed
+    /// memory: the segment's lines reach the file before the entry does.
     pub fn commit(&self, id: SegmentId, expected: u64, seg: Segment) -> Result<u64> {
         self.check_mem(&seg)?;
         let t = self.table();
-        let old = {
+        t.check(id)?;
+        self.barrier()?;
+        let (old, persisted) = {
             let _g = t.lock(id);
             let (old, version) = t.read(id)?;
             if version != expected {
@@ -318,30 +447,28 @@ impl SegmentMap<'_> {
                 });
             }
             let (_, new) = seg.into_tree();
-            t.write(id, new, version + 1);
+            let persisted = t.write(id, Some(new), version + 1);
             self.mem.inner.logical.add(-(old.len as i64));
-            old
+            (old, persisted)
         };
         self.mem.inner.store.release(old.root);
-        Ok(expected + 1)
+        persisted.map(|()| expected + 1)
     }
 
     /// Removes the entry and releases its DAG.
     pub fn delete(&self, id: SegmentId) -> Result<()> {
         let t = self.table();
-        let old = {
+        t.check(id)?;
+        let (old, persisted) = {
             let _g = t.lock(id);
-            let (old, _) = t.read(id)?;
-            let w = t.slot(id)?;
-            w[0].store(0, Relaxed);
-            w[2].fetch_add(1, Relaxed);
-            old
+            let (old, version) = t.read(id)?;
+            (old, t.write(id, None, version + 1))
         };
         t.live.fetch_sub(1, Relaxed);
         self.mem.inner.logical.add(-(old.len as i64));
         self.mem.inner.store.release(old.root);
         t.free(id);
-        Ok(())
+        persisted
     }
 
     /// Entries in use.

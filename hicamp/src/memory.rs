@@ -7,10 +7,14 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
+use std::path::{Path, PathBuf};
+
 use crate::config::Config;
 use crate::dag::{self, Tree};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::map::MapTable;
+use crate::persist::{self, Layout};
+use crate::region::Backing;
 use crate::segment::{Segment, SegmentMut};
 use crate::stats::Stats;
 use crate::store::Store;
@@ -58,6 +62,44 @@ pub(crate) struct Inner {
     pub(crate) map: MapTable,
     /// Bytes referenced by live handles and map entries.
     pub(crate) logical: StripedCounter,
+    pub(crate) backing: Arc<Backing>,
+    path: Option<PathBuf>,
+    recovery: Option<Recovery>,
+}
+
+impl Drop for Inner {
+    /// A clean close of a file-backed memory: every handle is gone, so the
+    /// stored reference counts are exactly the committed references; flush
+    /// and mark the file clean.
+    fn drop(&mut self) {
+        if !self.backing.is_file() {
+            return;
+        }
+        let _ = self.store.persist_barrier();
+        let _ = self.backing.msync(0, self.backing.len());
+        let _ = persist::write_state(&self.backing, true);
+    }
+}
+
+/// What opening a memory file found and repaired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recovery {
+    /// The file had been closed cleanly.
+    pub was_clean: bool,
+    /// Live map entries.
+    pub entries: u64,
+    /// Lines reachable from them.
+    pub live_lines: u64,
+    /// Slots that held a count but were unreachable (written and never
+    /// committed, or freed and not yet recycled): reclaimed.
+    pub orphans_reclaimed: u64,
+    /// Reachable lines whose stored reference count was wrong: repaired.
+    pub refcounts_repaired: u64,
+    /// Reachable lines equal to another reachable line (a non-canonical file;
+    /// they stay usable, outside the dedup index).
+    pub duplicate_lines: u64,
+    /// Time the recovery took, in microseconds.
+    pub micros: u64,
 }
 
 /// A HICAMP memory: immutable, deduplicated lines; segments as canonical DAGs
@@ -78,19 +120,136 @@ impl std::fmt::Debug for Memory {
 }
 
 impl Memory {
-    /// A new, empty memory in anonymous mappings.
+    /// A new, empty memory in an anonymous mapping.
     pub fn new(config: Config) -> Result<Memory> {
         config.validate()?;
-        let store = Store::new(config.line_size, config.capacity_lines)?;
-        let map = MapTable::new(config.map_capacity)?;
-        Ok(Memory {
+        let layout = Layout::for_config(&config);
+        let backing = Backing::anon(layout.len as usize)?;
+        Memory::assemble(backing, config, layout, None, None)
+    }
+
+    /// Creates a memory file at `path` (an error if it exists) and returns the
+    /// new, empty memory. The file is locked while the memory is open.
+    pub fn create(path: impl AsRef<Path>, config: Config) -> Result<Memory> {
+        let path = path.as_ref();
+        let (backing, layout) = persist::create_file(path, &config)?;
+        persist::write_state(&backing, false).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            op: "write state",
+            message: e.to_string(),
+        })?;
+        Memory::assemble(backing, config, layout, Some(path.to_path_buf()), None)
+    }
+
+    /// Opens a memory file: checks its header, then recovers (see
+    /// [`Memory::recovery`]): reference counts, free lists and the dedup index
+    /// are rebuilt from the committed segment-map entries, and every line a
+    /// crash left unreferenced is reclaimed.
+    pub fn open(path: impl AsRef<Path>) -> Result<Memory> {
+        let path = path.as_ref();
+        let name = path.display().to_string();
+        let t = std::time::Instant::now();
+        let (backing, config, layout) = persist::open_file(path, true)?;
+        let was_clean = persist::read_clean(&backing);
+        persist::write_state(&backing, false).map_err(|e| Error::Io {
+            path: name.clone(),
+            op: "write state",
+            message: e.to_string(),
+        })?;
+        let store = Store::new(&backing, &layout, &config);
+        let map = MapTable::new(&backing, &layout, &config);
+        let a = persist::analyze(
+            &name,
+            store.arena(),
+            map.words(),
+            config.map_capacity,
+            store.shift() - 2,
+        )?;
+        if !a.entries.iter().any(|e| e.index == 0) {
+            return Err(Error::Corrupt {
+                path: name,
+                what: "map entry 0 (the directory of names) is missing".into(),
+            });
+        }
+        let repaired = (1..a.counts.len())
+            .filter(|&i| {
+                a.heights[i] != persist::UNREACHED
+                    && persist::stored_count(store.meta(), i) != a.counts[i]
+            })
+            .count() as u64;
+        let (orphans, duplicates) = store.rebuild(&a);
+        let logical = map.recover(&name)?;
+        let recovery = Recovery {
+            was_clean,
+            entries: a.entries.len() as u64,
+            live_lines: a.heights.iter().filter(|h| **h != persist::UNREACHED).count() as u64 - 1,
+            orphans_reclaimed: orphans,
+            refcounts_repaired: repaired,
+            duplicate_lines: duplicates,
+            micros: t.elapsed().as_micros() as u64,
+        };
+        let mem = Memory::from_parts(backing, config, store, map, Some(path.to_path_buf()), Some(recovery));
+        mem.inner.logical.add(logical as i64);
+        Ok(mem)
+    }
+
+    fn assemble(
+        backing: Arc<Backing>,
+        config: Config,
+        layout: Layout,
+        path: Option<PathBuf>,
+        recovery: Option<Recovery>,
+    ) -> Result<Memory> {
+        let store = Store::new(&backing, &layout, &config);
+        let map = MapTable::new(&backing, &layout, &config);
+        let mem = Memory::from_parts(backing, config, store, map, path, recovery);
+        // Entry 0 is the directory of named segments.
+        let dir = mem.map().insert(mem.empty())?;
+        debug_assert_eq!(dir.get(), 0);
+        Ok(mem)
+    }
+
+    fn from_parts(
+        backing: Arc<Backing>,
+        config: Config,
+        store: Store,
+        map: MapTable,
+        path: Option<PathBuf>,
+        recovery: Option<Recovery>,
+    ) -> Memory {
+        Memory {
             inner: Arc::new(Inner {
                 config,
                 store,
                 map,
                 logical: StripedCounter::new(),
+                backing,
+                path,
+                recovery,
             }),
-        })
+        }
+    }
+
+    /// The file behind a persistent memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    /// What [`Memory::open`] found and repaired (None for a new memory).
+    pub fn recovery(&self) -> Option<Recovery> {
+        self.inner.recovery
+    }
+
+    /// Forces everything to the file (a full msync), whatever the durability
+    /// mode. A no-op for an anonymous memory.
+    pub fn sync(&self) -> Result<()> {
+        let io = |e: std::io::Error| Error::Io {
+            path: self.path().map(|p| p.display().to_string()).unwrap_or_default(),
+            op: "sync",
+            message: e.to_string(),
+        };
+        self.inner.store.persist_barrier().map_err(io)?;
+        self.inner.backing.msync(0, self.inner.backing.len()).map_err(io)
     }
 
     /// A memory with the default config (64-byte lines).

@@ -1,8 +1,10 @@
-//! Mapped regions: the line arena and arrays of atomics.
+//! Mapped regions: the one mapping that holds a memory, and typed views into
+//! it (the line arena, arrays of atomics), plus cache-line flushing.
 //!
-//! This is the only module of the crate with `unsafe` code. Every region is one
-//! `memmap2` mapping (anonymous today, a file in the persistence issue), so all
-//! state is addressable by offsets into mappings.
+//! This is the only module of the crate with `unsafe` code. A memory is one
+//! `memmap2` mapping, anonymous or a shared file mapping, laid out by
+//! [`crate::persist::Layout`]; every piece of state is addressed by an offset
+//! into it.
 //!
 //! The arena hands out raw line slots. Its two `unsafe fn`s carry the line
 //! protocol of the store: a slot is written exactly once, by the thread that
@@ -10,31 +12,212 @@
 //! a parent line); after that it is only read, until the last reference to it
 //! is released and the slot goes back to a free list.
 
+use std::fs::File;
 use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::Arc;
 
-use memmap2::{MmapMut, MmapOptions};
+use memmap2::{MmapMut, MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
 
-fn map_anon(bytes: usize) -> Result<MmapMut> {
-    // A zero-length mapping is an error in mmap(2); keep one page at least.
-    let len = bytes.max(4096);
-    // MAP_NORESERVE: the arena is a reservation of address space; only the
-    // pages that lines are written to take memory.
-    MmapOptions::new()
-        .len(len)
-        .no_reserve_swap()
-        .map_anon()
-        .map_err(|e| Error::BadConfig(format!("cannot map {len} bytes: {e}")))
+/// The mapping behind a memory.
+pub(crate) struct Backing {
+    map: MmapRaw,
+    base: *mut u8,
+    len: usize,
+    /// The file, for a persistent memory (kept open: it holds the lock).
+    file: Option<File>,
 }
 
-/// The line arena: `slots` lines of `line_size` bytes, zero-filled; slot 0 is
-/// the all-zero line and is never written.
+// SAFETY: the mapping is plain memory; every access goes through the views
+// below, whose own contracts govern concurrency.
+unsafe impl Send for Backing {}
+// SAFETY: as above.
+unsafe impl Sync for Backing {}
+
+impl Backing {
+    /// An anonymous, zero-filled mapping of `len` bytes (MAP_NORESERVE: only
+    /// the pages written take memory).
+    pub(crate) fn anon(len: usize) -> Result<Arc<Backing>> {
+        let len = len.max(4096);
+        let map: MmapMut = MmapOptions::new()
+            .len(len)
+            .no_reserve_swap()
+            .map_anon()
+            .map_err(|e| Error::BadConfig(format!("cannot map {len} bytes: {e}")))?;
+        let map = MmapRaw::from(map);
+        Ok(Arc::new(Backing {
+            base: map.as_mut_ptr(),
+            map,
+            len,
+            file: None,
+        }))
+    }
+
+    /// A shared mapping of the whole of `file` (whose length the caller checked).
+    pub(crate) fn file(file: File, len: usize) -> std::io::Result<Arc<Backing>> {
+        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        Ok(Arc::new(Backing {
+            base: map.as_mut_ptr(),
+            map,
+            len,
+            file: Some(file),
+        }))
+    }
+
+    pub(crate) fn is_file(&self) -> bool {
+        self.file.is_some()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// A copy of `len` bytes at `off` (for headers: no reference into the
+    /// mapping escapes).
+    pub(crate) fn read_bytes(&self, off: usize, len: usize) -> Vec<u8> {
+        assert!(off + len <= self.len, "read outside the mapping");
+        let mut v = vec![0u8; len];
+        // SAFETY: in bounds (checked above); the header region is written only
+        // through `write_bytes` by the thread that owns the memory's lifecycle
+        // (create, open, close), never concurrently with this read.
+        let src = unsafe { std::slice::from_raw_parts(self.base.wrapping_add(off), len) };
+        v.copy_from_slice(src);
+        v
+    }
+
+    /// Writes bytes at `off` (headers only; see `read_bytes`).
+    pub(crate) fn write_bytes(&self, off: usize, data: &[u8]) {
+        assert!(off + data.len() <= self.len, "write outside the mapping");
+        // SAFETY: in bounds; header bytes are written only during create,
+        // open and close, when no other thread uses them.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.base.wrapping_add(off), data.len()) };
+        dst.copy_from_slice(data);
+    }
+
+    /// Forces `off..off + len` to the file (msync, MS_SYNC).
+    pub(crate) fn msync(&self, off: usize, len: usize) -> std::io::Result<()> {
+        if self.file.is_none() || len == 0 {
+            return Ok(());
+        }
+        let start = off & !4095;
+        let end = (off + len).min(self.len);
+        self.map.flush_range(start, end - start)
+    }
+
+    /// Writes back the cache lines of `off..off + len` (clwb, clflushopt or
+    /// clflush, whichever the CPU has). Order with [`store_fence`].
+    pub(crate) fn flush_cache_lines(&self, off: usize, len: usize) {
+        let end = (off + len).min(self.len);
+        let mut p = off & !63;
+        while p < end {
+            flush_line(self.base.wrapping_add(p));
+            p += 64;
+        }
+    }
+
+    /// A view of `slots` lines of `line_size` bytes at `off`.
+    pub(crate) fn arena(self: &Arc<Self>, off: usize, line_size: usize, slots: usize) -> Arena {
+        assert!(off % 4096 == 0 && off + slots * line_size <= self.len);
+        Arena {
+            base: self.base.wrapping_add(off),
+            off,
+            shift: line_size.trailing_zeros(),
+            slots,
+            backing: Arc::clone(self),
+        }
+    }
+
+    /// A view of `len` `AtomicU32`s at `off`.
+    pub(crate) fn u32s(self: &Arc<Self>, off: usize, len: usize) -> AtomicU32Array {
+        assert!(off % 4096 == 0 && off + len * 4 <= self.len);
+        AtomicU32Array {
+            ptr: self.base.wrapping_add(off) as *const AtomicU32,
+            len,
+            _backing: Arc::clone(self),
+        }
+    }
+
+    /// A view of `len` `AtomicU64`s at `off`.
+    pub(crate) fn u64s(self: &Arc<Self>, off: usize, len: usize) -> AtomicU64Array {
+        assert!(off % 4096 == 0 && off + len * 8 <= self.len);
+        AtomicU64Array {
+            ptr: self.base.wrapping_add(off) as *const AtomicU64,
+            len,
+            _backing: Arc::clone(self),
+        }
+    }
+}
+
+/// Which cache-line write-back instruction this CPU has.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum FlushInsn {
+    Clwb,
+    Clflushopt,
+    Clflush,
+    None,
+}
+
+pub(crate) fn flush_insn() -> FlushInsn {
+    use std::sync::OnceLock;
+    static INSN: OnceLock<FlushInsn> = OnceLock::new();
+    *INSN.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let ebx = std::arch::x86_64::__cpuid_count(7, 0).ebx;
+            if ebx & (1 << 24) != 0 {
+                FlushInsn::Clwb
+            } else if ebx & (1 << 23) != 0 {
+                FlushInsn::Clflushopt
+            } else {
+                FlushInsn::Clflush
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        FlushInsn::None
+    })
+}
+
+#[inline]
+fn flush_line(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    match flush_insn() {
+        // SAFETY: clwb only writes a cache line back; `p` lies in our mapping.
+        FlushInsn::Clwb => unsafe {
+            std::arch::asm!("clwb [{0}]", in(reg) p, options(nostack, preserves_flags));
+        },
+        // SAFETY: as above (clflushopt also evicts the line).
+        FlushInsn::Clflushopt => unsafe {
+            std::arch::asm!("clflushopt [{0}]", in(reg) p, options(nostack, preserves_flags));
+        },
+        // SAFETY: as above; clflush is in every x86_64 CPU.
+        FlushInsn::Clflush => unsafe { std::arch::x86_64::_mm_clflush(p) },
+        FlushInsn::None => {}
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Orders earlier cache-line write-backs before later stores (sfence).
+#[inline]
+pub(crate) fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: sfence has no memory-safety preconditions.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The line arena: `slots` lines of `line_size` bytes; slot 0 is the all-zero
+/// line and is never written.
 pub(crate) struct Arena {
-    _map: MmapMut,
     base: *mut u8,
+    off: usize,
     shift: u32,
     slots: usize,
+    backing: Arc<Backing>,
 }
 
 // SAFETY: the arena is a plain byte region; concurrent access is governed by
@@ -45,18 +228,6 @@ unsafe impl Send for Arena {}
 unsafe impl Sync for Arena {}
 
 impl Arena {
-    pub(crate) fn new(line_size: usize, slots: usize) -> Result<Arena> {
-        debug_assert!(line_size.is_power_of_two());
-        let mut map = map_anon(slots * line_size)?;
-        let base = map.as_mut_ptr();
-        Ok(Arena {
-            _map: map,
-            base,
-            shift: line_size.trailing_zeros(),
-            slots,
-        })
-    }
-
     /// The bytes of a line.
     ///
     /// # Safety
@@ -88,6 +259,20 @@ impl Arena {
         line[..data.len()].copy_from_slice(data);
         line[data.len()..].fill(0);
     }
+
+    /// Number of slots (including slot 0).
+    pub(crate) fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Offset of a slot in the backing mapping.
+    pub(crate) fn offset_of(&self, slot: u32) -> usize {
+        self.off + ((slot as usize) << self.shift)
+    }
+
+    pub(crate) fn backing(&self) -> &Arc<Backing> {
+        &self.backing
+    }
 }
 
 /// Hints the CPU to fetch the cache line at `p`. A prefetch never faults and
@@ -104,11 +289,11 @@ pub(crate) fn prefetch_ptr<T>(p: *const T) {
     let _ = p;
 }
 
-/// A zero-initialised array of `AtomicU32` in its own mapping.
+/// An array of `AtomicU32` inside a backing mapping.
 pub(crate) struct AtomicU32Array {
-    _map: MmapMut,
     ptr: *const AtomicU32,
     len: usize,
+    _backing: Arc<Backing>,
 }
 
 // SAFETY: the array is only accessed through atomics.
@@ -117,29 +302,19 @@ unsafe impl Send for AtomicU32Array {}
 unsafe impl Sync for AtomicU32Array {}
 
 impl AtomicU32Array {
-    pub(crate) fn new(len: usize) -> Result<Self> {
-        let mut map = map_anon(len * 4)?;
-        let ptr = map.as_mut_ptr() as *const AtomicU32;
-        Ok(AtomicU32Array {
-            _map: map,
-            ptr,
-            len,
-        })
-    }
-
     pub(crate) fn as_slice(&self) -> &[AtomicU32] {
-        // SAFETY: the mapping is page-aligned, zero-filled (a valid AtomicU32 is
-        // any bit pattern), `len * 4` bytes long and lives as long as `self`;
-        // AtomicU32 has the size and alignment of u32.
+        // SAFETY: the range is inside the mapping (checked at construction),
+        // 4096-aligned, and lives as long as `self` holds the backing; any bit
+        // pattern is a valid AtomicU32, which has the layout of u32.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
-/// A zero-initialised array of `AtomicU64` in its own mapping.
+/// An array of `AtomicU64` inside a backing mapping.
 pub(crate) struct AtomicU64Array {
-    _map: MmapMut,
     ptr: *const AtomicU64,
     len: usize,
+    _backing: Arc<Backing>,
 }
 
 // SAFETY: the array is only accessed through atomics.
@@ -148,19 +323,13 @@ unsafe impl Send for AtomicU64Array {}
 unsafe impl Sync for AtomicU64Array {}
 
 impl AtomicU64Array {
-    pub(crate) fn new(len: usize) -> Result<Self> {
-        let mut map = map_anon(len * 8)?;
-        let ptr = map.as_mut_ptr() as *const AtomicU64;
-        Ok(AtomicU64Array {
-            _map: map,
-            ptr,
-            len,
-        })
+    pub(crate) fn backing(&self) -> &Arc<Backing> {
+        &self._backing
     }
 
     pub(crate) fn as_slice(&self) -> &[AtomicU64] {
-        // SAFETY: page-aligned, zero-filled, `len * 8` bytes, lives as long as
-        // `self`; AtomicU64 has the size and alignment of u64.
+        // SAFETY: inside the mapping, 4096-aligned, alive as long as `self`;
+        // any bit pattern is a valid AtomicU64 (layout of u64).
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }

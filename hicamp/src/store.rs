@@ -34,9 +34,11 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use crate::config::Durability;
 use crate::error::{Error, Result};
 use crate::id::{LineId, LineKind};
-use crate::region::{prefetch_ptr, Arena, AtomicU32Array};
+use crate::persist::{Analysis, Layout, UNREACHED};
+use crate::region::{prefetch_ptr, store_fence, Arena, AtomicU32Array, Backing};
 
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
@@ -97,6 +99,8 @@ struct Shard {
     live: [u64; 2],
     created: [u64; 2],
     hits: [u64; 2],
+    /// Lines created since the last persist barrier (durable memories only).
+    pending: Vec<u32>,
 }
 
 struct ShardCell {
@@ -183,6 +187,30 @@ pub(crate) struct Store {
     shards: Box<[CachePadded<ShardCell>]>,
     global_free: Mutex<Vec<u32>>,
     zero: [AtomicU64; 2],
+    durability: Durability,
+    pm_latency_ns: u32,
+    /// Serialises persist barriers, so that a commit never passes lines that a
+    /// concurrent barrier took but has not finished flushing.
+    flush_lock: Mutex<()>,
+}
+
+/// The child ids of an interior line, read straight from the arena (for the
+/// single-threaded recovery walk and fsck, which hold no references).
+pub(crate) fn children_of(arena: &Arena, id: u32) -> impl Iterator<Item = u32> + '_ {
+    // SAFETY: callers run before the memory is shared (open) or on a mapping no
+    // other thread of this process writes (fsck), and `id` was range-checked.
+    let line = unsafe { arena.line(id) };
+    line.as_chunks::<4>()
+        .0
+        .iter()
+        .map(|b| u32::from_le_bytes(*b))
+        .filter(|c| *c != 0)
+}
+
+/// The bytes of a line, for the same single-threaded callers.
+pub(crate) fn line_of(arena: &Arena, id: u32) -> &[u8] {
+    // SAFETY: as in `children_of`.
+    unsafe { arena.line(id) }
 }
 
 impl std::fmt::Debug for Store {
@@ -195,10 +223,15 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    pub(crate) fn new(line_size: usize, capacity_lines: u64) -> Result<Store> {
-        let slots = capacity_lines + 1;
-        let arena = Arena::new(line_size, slots as usize)?;
-        let meta = AtomicU32Array::new(slots as usize)?;
+    /// A store over the arena and reference counts of `backing`.
+    pub(crate) fn new(
+        backing: &std::sync::Arc<Backing>,
+        layout: &Layout,
+        config: &crate::Config,
+    ) -> Store {
+        let slots = layout.slots;
+        let arena = backing.arena(layout.arena_off as usize, config.line_size, slots as usize);
+        let meta = backing.u32s(layout.meta_off as usize, slots as usize);
         let shards = (0..SHARDS)
             .map(|_| {
                 let mut shard = Shard {
@@ -208,6 +241,7 @@ impl Store {
                     live: [0; 2],
                     created: [0; 2],
                     hits: [0; 2],
+                    pending: Vec::new(),
                 };
                 let cell = ShardCell {
                     hint_ptr: AtomicPtr::new(shard.table.as_mut_ptr()),
@@ -217,16 +251,170 @@ impl Store {
                 CachePadded::new(cell)
             })
             .collect();
-        Ok(Store {
+        Store {
             arena,
             meta,
-            shift: line_size.trailing_zeros(),
+            shift: config.line_size.trailing_zeros(),
             slots,
             next_fresh: AtomicU64::new(1),
             shards,
             global_free: Mutex::new(Vec::new()),
             zero: [AtomicU64::new(0), AtomicU64::new(0)],
-        })
+            durability: if backing.is_file() {
+                config.durability
+            } else {
+                Durability::None
+            },
+            pm_latency_ns: config.pm_write_latency_ns,
+            flush_lock: Mutex::new(()),
+        }
+    }
+
+    /// Rebuilds the derived state (reference counts, index, free lists,
+    /// counters) from a walk of the committed roots. Runs before the memory is
+    /// shared. Returns (orphaned slots reclaimed, duplicate lines found).
+    pub(crate) fn rebuild(&self, a: &Analysis) -> (u64, u64) {
+        let meta = self.meta.as_slice();
+        let mut orphans = 0;
+        let mut duplicates = 0;
+        let high = u64::from(a.max_id) + 1;
+        let mut free = Vec::new();
+        for id in 1..self.slots as usize {
+            let h = a.heights[id];
+            let stored = meta[id].load(Relaxed);
+            if h == UNREACHED {
+                if stored != 0 {
+                    orphans += 1;
+                    meta[id].store(0, Relaxed);
+                }
+                if (id as u64) < high {
+                    free.push(id as u32);
+                }
+                continue;
+            }
+            let kind = if h > 0 { LineKind::Interior } else { LineKind::Leaf };
+            let count = a.counts[id].min(SATURATED);
+            meta[id].store(kind_bit(kind) | count, Relaxed);
+            let line = self.line(LineId(id as u32));
+            let hash = line_hash(kind, line);
+            let cell = &self.shards[hash as usize & (SHARDS - 1)];
+            let mut shard = cell.lock.lock();
+            shard.live[kind_index(kind)] += 1;
+            shard.created[kind_index(kind)] += 1;
+            if !self.index_insert_existing(cell, &mut shard, kind, hash, id as u32) {
+                duplicates += 1;
+            }
+        }
+        free.reverse();
+        *self.global_free.lock() = free;
+        self.next_fresh.store(high, Relaxed);
+        (orphans, duplicates)
+    }
+
+    /// Adds an existing line to the index; false when an equal line is already
+    /// there (a non-canonical file), in which case the line stays out of it.
+    fn index_insert_existing(
+        &self,
+        cell: &ShardCell,
+        shard: &mut Shard,
+        kind: LineKind,
+        h: u64,
+        id: u32,
+    ) -> bool {
+        if (shard.len + 1) * 4 > shard.table.len() * 3 {
+            shard.grow(cell);
+        }
+        let tag = (h >> 32) as u32;
+        let mask = shard.mask();
+        let mut i = tag as usize & mask;
+        let line = self.line(LineId(id));
+        let meta = self.meta.as_slice();
+        loop {
+            let s = shard.table[i];
+            if s == 0 {
+                break;
+            }
+            let other = s as u32;
+            if (s >> 32) as u32 == tag
+                && meta[other as usize].load(Relaxed) & INTERIOR_BIT == kind_bit(kind)
+                && self.line(LineId(other)) == line
+            {
+                return false;
+            }
+            i = (i + 1) & mask;
+        }
+        shard.table[i] = (u64::from(tag) << 32) | u64::from(id);
+        shard.len += 1;
+        true
+    }
+
+    /// Makes every line created so far durable (per the durability mode) before
+    /// the caller publishes a root that refers to them.
+    pub(crate) fn persist_barrier(&self) -> std::io::Result<()> {
+        if self.durability == Durability::None {
+            return Ok(());
+        }
+        let _g = self.flush_lock.lock();
+        let mut ids = Vec::new();
+        for cell in self.shards.iter() {
+            ids.append(&mut cell.lock.lock().pending);
+        }
+        let backing = self.arena.backing();
+        match self.durability {
+            Durability::None => {}
+            Durability::CacheLine => {
+                for &id in &ids {
+                    backing.flush_cache_lines(self.arena.offset_of(id), self.line_size());
+                }
+                store_fence();
+            }
+            Durability::Msync => {
+                let mut pages: Vec<usize> =
+                    ids.iter().map(|&id| self.arena.offset_of(id) / 4096).collect();
+                pages.sort_unstable();
+                pages.dedup();
+                let mut i = 0;
+                while i < pages.len() {
+                    let mut j = i + 1;
+                    while j < pages.len() && pages[j] == pages[j - 1] + 1 {
+                        j += 1;
+                    }
+                    // Lines never straddle pages (both are aligned, lines are
+                    // at most a page), so whole page runs cover them.
+                    backing.msync(pages[i] * 4096, (pages[j - 1] + 1 - pages[i]) * 4096)?;
+                    i = j;
+                }
+            }
+        }
+        self.pm_delay();
+        Ok(())
+    }
+
+    /// Spins for the emulated persistent-memory write latency.
+    pub(crate) fn pm_delay(&self) {
+        if self.pm_latency_ns > 0 {
+            let t = std::time::Instant::now();
+            let d = std::time::Duration::from_nanos(u64::from(self.pm_latency_ns));
+            while t.elapsed() < d {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    pub(crate) fn arena(&self) -> &Arena {
+        &self.arena
+    }
+
+    pub(crate) fn meta(&self) -> &AtomicU32Array {
+        &self.meta
+    }
+
+    pub(crate) fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    pub(crate) fn backing(&self) -> &std::sync::Arc<Backing> {
+        self.arena.backing()
     }
 
     #[inline]
@@ -460,6 +648,9 @@ impl Store {
         shard.len += 1;
         shard.live[kind_index(kind)] += 1;
         shard.created[kind_index(kind)] += 1;
+        if self.durability != Durability::None {
+            shard.pending.push(id);
+        }
         Some((LineId(id), true))
     }
 
@@ -680,7 +871,7 @@ impl Store {
                 c.hits[k] += s.hits[k];
             }
             c.index_bytes += (s.table.capacity() * 8) as u64;
-            c.free_list_bytes += (s.free.capacity() * 4) as u64;
+            c.free_list_bytes += ((s.free.capacity() + s.pending.capacity()) * 4) as u64;
         }
         c.free_list_bytes += (self.global_free.lock().capacity() * 4) as u64;
         c.zero = [self.zero[0].load(Relaxed), self.zero[1].load(Relaxed)];

@@ -7,6 +7,7 @@ fn mem(line_size: usize) -> Memory {
         line_size,
         capacity_lines: 1 << 16,
         map_capacity: 1024,
+        ..Config::default()
     })
     .unwrap()
 }
@@ -194,6 +195,7 @@ fn capacity_exhaustion_is_an_error_and_leaks_nothing() {
         line_size: 64,
         capacity_lines: 100,
         map_capacity: 16,
+        ..Config::default()
     })
     .unwrap();
     let keep = m.segment(&pattern(64 * 50, 1)).unwrap();
@@ -298,8 +300,11 @@ fn map_full_and_ranges() {
         ..Config::default()
     })
     .unwrap();
-    let r = m.map().reserve_range(6).unwrap();
-    assert_eq!(r.end.get() - r.start.get(), 6);
+    // Entry 0 is the directory of names; 7 entries are left.
+    assert_eq!(m.map().len(), 1);
+    let r = m.map().reserve_range(5).unwrap();
+    assert_eq!(r.start.get(), 1);
+    assert_eq!(r.end.get() - r.start.get(), 5);
     assert_eq!(m.map().get(r.start).unwrap().len(), 0);
     assert!(matches!(
         m.map().reserve_range(3),
