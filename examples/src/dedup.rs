@@ -584,6 +584,7 @@ pub fn ingest(
                 .capacity_lines
                 .unwrap_or_else(|| capacity_for(ls, input.items.iter().map(Item::len))),
             map_capacity: 1024,
+            ..Config::default()
         };
         let mem = Memory::new(config).map_err(|source| DedupError::Memory {
             line_size: ls,
