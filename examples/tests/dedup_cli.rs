@@ -72,6 +72,7 @@ fn config(line_size: usize) -> hicamp::Config {
         line_size,
         capacity_lines: 1 << 20,
         map_capacity: 16,
+        ..hicamp::Config::default()
     }
 }
 
