@@ -304,6 +304,7 @@ mod tests {
             line_size: 64,
             capacity_lines: 1 << 16,
             map_capacity: 16,
+            ..hicamp::Config::default()
         }
     }
 

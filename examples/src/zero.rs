@@ -231,6 +231,7 @@ mod tests {
             line_size,
             capacity_lines: 1 << 16,
             map_capacity: 16,
+            ..hicamp::Config::default()
         }
     }
 
