@@ -112,11 +112,13 @@ impl Memory {
             id,
             digest,
         };
-        let res = self.update_directory(|list| match list.binary_search_by(|e| e.name.as_str().cmp(name)) {
-            Ok(i) => Some(std::mem::replace(&mut list[i], entry.clone()).id),
-            Err(i) => {
-                list.insert(i, entry.clone());
-                None
+        let res = self.update_directory(|list| {
+            match list.binary_search_by(|e| e.name.as_str().cmp(name)) {
+                Ok(i) => Some(std::mem::replace(&mut list[i], entry.clone()).id),
+                Err(i) => {
+                    list.insert(i, entry.clone());
+                    None
+                }
             }
         });
         match res {

@@ -268,11 +268,15 @@ impl SegmentMap<'_> {
 
     /// Makes the lines built so far durable (no-op for DRAM memories).
     fn barrier(&self) -> Result<()> {
-        self.mem.inner.store.persist_barrier().map_err(|e| Error::Io {
-            path: "memory file".into(),
-            op: "persist lines",
-            message: e.to_string(),
-        })
+        self.mem
+            .inner
+            .store
+            .persist_barrier()
+            .map_err(|e| Error::Io {
+                path: "memory file".into(),
+                op: "persist lines",
+                message: e.to_string(),
+            })
     }
 
     /// Binds a segment to a new id (the handle's reference moves into the
@@ -384,10 +388,7 @@ impl SegmentMap<'_> {
                 return Err(e);
             }
             let persisted = t.write(id, Some(new), version + 1);
-            self.mem
-                .inner
-                .logical
-                .add(new.len as i64 - old.len as i64);
+            self.mem.inner.logical.add(new.len as i64 - old.len as i64);
             (old, version + 1, persisted)
         };
         store.release(old.root);
@@ -469,6 +470,19 @@ impl SegmentMap<'_> {
         self.mem.inner.store.release(old.root);
         t.free(id);
         persisted
+    }
+
+    /// The ids of every live entry, in order (entry 0 is the directory).
+    pub fn ids(&self) -> Vec<SegmentId> {
+        let t = self.table();
+        let next = t.ids.lock().next;
+        (0..next)
+            .map(SegmentId)
+            .filter(|&id| {
+                let _g = t.lock(id);
+                t.read(id).is_ok()
+            })
+            .collect()
     }
 
     /// Entries in use.

@@ -182,13 +182,25 @@ impl Memory {
         let recovery = Recovery {
             was_clean,
             entries: a.entries.len() as u64,
-            live_lines: a.heights.iter().filter(|h| **h != persist::UNREACHED).count() as u64 - 1,
+            live_lines: a
+                .heights
+                .iter()
+                .filter(|h| **h != persist::UNREACHED)
+                .count() as u64
+                - 1,
             orphans_reclaimed: orphans,
             refcounts_repaired: repaired,
             duplicate_lines: duplicates,
             micros: t.elapsed().as_micros() as u64,
         };
-        let mem = Memory::from_parts(backing, config, store, map, Some(path.to_path_buf()), Some(recovery));
+        let mem = Memory::from_parts(
+            backing,
+            config,
+            store,
+            map,
+            Some(path.to_path_buf()),
+            Some(recovery),
+        );
         mem.inner.logical.add(logical as i64);
         Ok(mem)
     }
@@ -244,12 +256,18 @@ impl Memory {
     /// mode. A no-op for an anonymous memory.
     pub fn sync(&self) -> Result<()> {
         let io = |e: std::io::Error| Error::Io {
-            path: self.path().map(|p| p.display().to_string()).unwrap_or_default(),
+            path: self
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             op: "sync",
             message: e.to_string(),
         };
         self.inner.store.persist_barrier().map_err(io)?;
-        self.inner.backing.msync(0, self.inner.backing.len()).map_err(io)
+        self.inner
+            .backing
+            .msync(0, self.inner.backing.len())
+            .map_err(io)
     }
 
     /// A memory with the default config (64-byte lines).

@@ -237,10 +237,7 @@ pub(crate) fn open_file(
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(path, "lock", e)),
         }
     }
-    let file_len = file
-        .metadata()
-        .map_err(|e| io_err(path, "stat", e))?
-        .len();
+    let file_len = file.metadata().map_err(|e| io_err(path, "stat", e))?.len();
     let name = path.display().to_string();
     let mut head = vec![0u8; HEADER_LEN.min(file_len as usize)];
     {
@@ -354,7 +351,9 @@ pub(crate) fn analyze(
         let root = w0 as u32;
         let height = ((w0 >> 32) & 0xff) as u32;
         if len > MAX_SEGMENT_LEN || height as usize > MAX_HEIGHT {
-            return Err(corrupt(format!("map entry {index}: length {len} or height {height} out of range")));
+            return Err(corrupt(format!(
+                "map entry {index}: length {len} or height {height} out of range"
+            )));
         }
         if height != height_for(leaves_for(len, line_shift), fanout_shift) {
             return Err(corrupt(format!(
@@ -362,7 +361,9 @@ pub(crate) fn analyze(
             )));
         }
         if root as usize >= slots {
-            return Err(corrupt(format!("map entry {index}: root L{root} out of range")));
+            return Err(corrupt(format!(
+                "map entry {index}: root L{root} out of range"
+            )));
         }
         a.entries.push(RootEntry {
             index,

@@ -91,7 +91,8 @@ impl Backing {
         assert!(off + data.len() <= self.len, "write outside the mapping");
         // SAFETY: in bounds; header bytes are written only during create,
         // open and close, when no other thread uses them.
-        let dst = unsafe { std::slice::from_raw_parts_mut(self.base.wrapping_add(off), data.len()) };
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(self.base.wrapping_add(off), data.len()) };
         dst.copy_from_slice(data);
     }
 
@@ -118,7 +119,7 @@ impl Backing {
 
     /// A view of `slots` lines of `line_size` bytes at `off`.
     pub(crate) fn arena(self: &Arc<Self>, off: usize, line_size: usize, slots: usize) -> Arena {
-        assert!(off % 4096 == 0 && off + slots * line_size <= self.len);
+        assert!(off.is_multiple_of(4096) && off + slots * line_size <= self.len);
         Arena {
             base: self.base.wrapping_add(off),
             off,
@@ -130,7 +131,7 @@ impl Backing {
 
     /// A view of `len` `AtomicU32`s at `off`.
     pub(crate) fn u32s(self: &Arc<Self>, off: usize, len: usize) -> AtomicU32Array {
-        assert!(off % 4096 == 0 && off + len * 4 <= self.len);
+        assert!(off.is_multiple_of(4096) && off + len * 4 <= self.len);
         AtomicU32Array {
             ptr: self.base.wrapping_add(off) as *const AtomicU32,
             len,
@@ -140,7 +141,7 @@ impl Backing {
 
     /// A view of `len` `AtomicU64`s at `off`.
     pub(crate) fn u64s(self: &Arc<Self>, off: usize, len: usize) -> AtomicU64Array {
-        assert!(off % 4096 == 0 && off + len * 8 <= self.len);
+        assert!(off.is_multiple_of(4096) && off + len * 8 <= self.len);
         AtomicU64Array {
             ptr: self.base.wrapping_add(off) as *const AtomicU64,
             len,
@@ -151,6 +152,7 @@ impl Backing {
 
 /// Which cache-line write-back instruction this CPU has.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 pub(crate) enum FlushInsn {
     Clwb,
     Clflushopt,

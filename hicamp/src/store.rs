@@ -279,22 +279,26 @@ impl Store {
         let mut duplicates = 0;
         let high = u64::from(a.max_id) + 1;
         let mut free = Vec::new();
-        for id in 1..self.slots as usize {
+        for (id, m) in meta.iter().enumerate().skip(1) {
             let h = a.heights[id];
-            let stored = meta[id].load(Relaxed);
+            let stored = m.load(Relaxed);
             if h == UNREACHED {
                 if stored != 0 {
                     orphans += 1;
-                    meta[id].store(0, Relaxed);
+                    m.store(0, Relaxed);
                 }
                 if (id as u64) < high {
                     free.push(id as u32);
                 }
                 continue;
             }
-            let kind = if h > 0 { LineKind::Interior } else { LineKind::Leaf };
+            let kind = if h > 0 {
+                LineKind::Interior
+            } else {
+                LineKind::Leaf
+            };
             let count = a.counts[id].min(SATURATED);
-            meta[id].store(kind_bit(kind) | count, Relaxed);
+            m.store(kind_bit(kind) | count, Relaxed);
             let line = self.line(LineId(id as u32));
             let hash = line_hash(kind, line);
             let cell = &self.shards[hash as usize & (SHARDS - 1)];
@@ -369,8 +373,10 @@ impl Store {
                 store_fence();
             }
             Durability::Msync => {
-                let mut pages: Vec<usize> =
-                    ids.iter().map(|&id| self.arena.offset_of(id) / 4096).collect();
+                let mut pages: Vec<usize> = ids
+                    .iter()
+                    .map(|&id| self.arena.offset_of(id) / 4096)
+                    .collect();
                 pages.sort_unstable();
                 pages.dedup();
                 let mut i = 0;
@@ -407,14 +413,6 @@ impl Store {
 
     pub(crate) fn meta(&self) -> &AtomicU32Array {
         &self.meta
-    }
-
-    pub(crate) fn durability(&self) -> Durability {
-        self.durability
-    }
-
-    pub(crate) fn backing(&self) -> &std::sync::Arc<Backing> {
-        self.arena.backing()
     }
 
     #[inline]

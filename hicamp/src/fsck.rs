@@ -1,0 +1,284 @@
+//! `fsck`: a read-only consistency check of a memory file.
+//!
+//! Checks that every stored reference count equals the references reachable
+//! from the committed roots, that stored kinds match the lines' places in the
+//! DAGs, that every DAG is canonical (no stored all-zero line, no two equal
+//! lines, zeros past each segment's end, heights that fit lengths), that the
+//! directory of names parses and every named segment's BLAKE3 digest
+//! verifies, and counts orphans (slots holding a count that nothing reaches).
+//! A file that was not closed cleanly is reported as such: its counts still
+//! include references of the process that died, which the next open repairs.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::dag::{leaves_for, MAX_HEIGHT};
+use crate::directory;
+use crate::error::Result;
+use crate::persist::{self, INTERIOR_BIT, UNREACHED};
+use crate::region::Arena;
+use crate::store::{is_zero, line_hash, line_of};
+use crate::LineKind;
+
+const MAX_MESSAGES: usize = 100;
+
+/// What [`fsck`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsckReport {
+    /// The file.
+    pub path: String,
+    /// The file was closed cleanly.
+    pub clean_close: bool,
+    /// Line size of the file.
+    pub line_size: u64,
+    /// Live map entries.
+    pub entries: u64,
+    /// Logical bytes of the live entries.
+    pub logical_bytes: u64,
+    /// Reachable leaf lines.
+    pub leaf_lines: u64,
+    /// Reachable interior lines.
+    pub interior_lines: u64,
+    /// Unreachable slots with a non-zero stored count.
+    pub orphans: u64,
+    /// Reachable lines whose stored count differs from the reachable references.
+    pub refcount_mismatches: u64,
+    /// Reachable lines whose stored kind does not match their height.
+    pub kind_mismatches: u64,
+    /// Stored all-zero lines, duplicate lines and bad right edges.
+    pub non_canonical: u64,
+    /// Named segments.
+    pub named: u64,
+    /// Named segments whose digest verified.
+    pub digests_verified: u64,
+    /// Every problem found (the first 100 are described in `problems`).
+    pub problem_count: u64,
+    /// Descriptions of the first problems.
+    pub problems: Vec<String>,
+}
+
+impl FsckReport {
+    /// True when nothing is wrong.
+    pub fn is_consistent(&self) -> bool {
+        self.problem_count == 0
+    }
+
+    fn problem(&mut self, what: String) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_MESSAGES {
+            self.problems.push(what);
+        }
+    }
+}
+
+/// Checks the memory file at `path` without changing it. Errors are for files
+/// that cannot be examined at all (missing, not a memory file, truncated
+/// header, in use by a writer); everything else is reported.
+pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let (backing, config, layout) = persist::open_file(path, false)?;
+    let mut r = FsckReport {
+        path: name.clone(),
+        clean_close: persist::read_clean(&backing),
+        line_size: config.line_size as u64,
+        ..FsckReport::default()
+    };
+    if !r.clean_close {
+        r.problem("not closed cleanly: stored counts still hold the references of the process that died (the next open recovers)".into());
+    }
+    let arena = backing.arena(
+        layout.arena_off as usize,
+        config.line_size,
+        layout.slots as usize,
+    );
+    let meta = backing.u32s(layout.meta_off as usize, layout.slots as usize);
+    let words = backing.u64s(
+        layout.map_off as usize,
+        config.map_capacity as usize * persist::ENTRY_WORDS,
+    );
+    let fshift = config.line_size.trailing_zeros() - 2;
+    let a = match persist::analyze(&name, &arena, &words, config.map_capacity, fshift) {
+        Ok(a) => a,
+        Err(e) => {
+            r.problem(e.to_string());
+            return Ok(r);
+        }
+    };
+    r.entries = a.entries.len() as u64;
+    r.logical_bytes = a.entries.iter().map(|e| e.len).sum();
+
+    // Counts, kinds and orphans.
+    let mut by_content: HashMap<(bool, u64), Vec<u32>> = HashMap::new();
+    for id in 1..layout.slots as usize {
+        let stored = meta.as_slice()[id].load(std::sync::atomic::Ordering::Relaxed);
+        let count = stored & !INTERIOR_BIT;
+        let h = a.heights[id];
+        if h == UNREACHED {
+            if count != 0 {
+                r.orphans += 1;
+            }
+            continue;
+        }
+        let interior = h > 0;
+        if interior {
+            r.interior_lines += 1;
+        } else {
+            r.leaf_lines += 1;
+        }
+        if count != a.counts[id] {
+            r.refcount_mismatches += 1;
+            if r.clean_close {
+                r.problem(format!(
+                    "L{id}: stored count {count}, {} references reach it",
+                    a.counts[id]
+                ));
+            }
+        }
+        if (stored & INTERIOR_BIT != 0) != interior {
+            r.kind_mismatches += 1;
+            r.problem(format!("L{id}: stored kind does not match height {h}"));
+        }
+        let line = line_of(&arena, id as u32);
+        if is_zero(line) {
+            r.non_canonical += 1;
+            r.problem(format!(
+                "L{id}: an all-zero line is stored (must be line 0)"
+            ));
+        }
+        let kind = if interior {
+            LineKind::Interior
+        } else {
+            LineKind::Leaf
+        };
+        by_content
+            .entry((interior, line_hash(kind, line)))
+            .or_default()
+            .push(id as u32);
+    }
+    if r.orphans > 0 {
+        r.problem(format!(
+            "{} orphaned lines (counted but unreachable)",
+            r.orphans
+        ));
+    }
+    if !r.clean_close && r.refcount_mismatches > 0 {
+        r.problem(format!(
+            "{} stored counts differ from reachable references",
+            r.refcount_mismatches
+        ));
+    }
+    for ids in by_content.values().filter(|v| v.len() > 1) {
+        for (i, &x) in ids.iter().enumerate() {
+            for &y in &ids[i + 1..] {
+                if line_of(&arena, x) == line_of(&arena, y) {
+                    r.non_canonical += 1;
+                    r.problem(format!(
+                        "L{x} and L{y} hold the same content (dedup violated)"
+                    ));
+                }
+            }
+        }
+    }
+
+    // Right edges: children past the last leaf are zero, bytes past the end
+    // of the last leaf are zero.
+    let ls = config.line_size as u64;
+    for e in &a.entries {
+        let n = leaves_for(e.len, config.line_size.trailing_zeros());
+        if n == 0 {
+            if e.root.0 != 0 {
+                r.non_canonical += 1;
+                r.problem(format!(
+                    "entry {}: empty segment with root L{}",
+                    e.index, e.root.0
+                ));
+            }
+            continue;
+        }
+        let last = n - 1;
+        let mut node = e.root.0;
+        for level in (1..=e.height).rev() {
+            if node == 0 {
+                break;
+            }
+            let j = ((last >> (fshift * (level - 1))) & ((1 << fshift) - 1)) as usize;
+            let line = line_of(&arena, node);
+            if !is_zero(&line[(j + 1) * 4..]) {
+                r.non_canonical += 1;
+                r.problem(format!(
+                    "entry {}: L{node} has children past the end",
+                    e.index
+                ));
+            }
+            node = u32::from_le_bytes(line[j * 4..j * 4 + 4].try_into().expect("4"));
+        }
+        let tail = (e.len % ls) as usize;
+        if node != 0 && tail != 0 && !is_zero(&line_of(&arena, node)[tail..]) {
+            r.non_canonical += 1;
+            r.problem(format!(
+                "entry {}: bytes past the end are not zero",
+                e.index
+            ));
+        }
+    }
+
+    // Named segments and their digests.
+    let dir = a.entries.iter().find(|e| e.index == directory::DIRECTORY.0);
+    match dir {
+        None => r.problem("map entry 0 (the directory of names) is missing".into()),
+        Some(d) => match directory::parse(&read_all(&arena, d.root.0, d.height, d.len, fshift)) {
+            Err(what) => r.problem(what),
+            Ok(list) => {
+                r.named = list.len() as u64;
+                for ns in list {
+                    match a.entries.iter().find(|e| e.index == ns.id.0) {
+                        None => {
+                            r.problem(format!("name {:?}: entry {} is not live", ns.name, ns.id))
+                        }
+                        Some(e) => {
+                            let bytes = read_all(&arena, e.root.0, e.height, e.len, fshift);
+                            if *blake3::hash(&bytes).as_bytes() == ns.digest {
+                                r.digests_verified += 1;
+                            } else {
+                                r.problem(format!("name {:?}: digest mismatch", ns.name));
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    }
+    Ok(r)
+}
+
+/// The bytes of a segment, from a DAG already checked by `analyze`.
+fn read_all(arena: &Arena, root: u32, height: u32, len: u64, fshift: u32) -> Vec<u8> {
+    let ls = 1usize << (fshift + 2);
+    let mut out = Vec::with_capacity(len as usize);
+    let mut stack = vec![(root, height.min(MAX_HEIGHT as u32))];
+    while let Some((id, h)) = stack.pop() {
+        if out.len() as u64 >= len {
+            break;
+        }
+        let span = (ls as u64) << (fshift * h);
+        if id == 0 {
+            let n = span.min(len - out.len() as u64) as usize;
+            out.resize(out.len() + n, 0);
+        } else if h == 0 {
+            let n = ls.min((len - out.len() as u64) as usize);
+            out.extend_from_slice(&line_of(arena, id)[..n]);
+        } else {
+            let line = line_of(arena, id);
+            let kids: Vec<u32> = line
+                .as_chunks::<4>()
+                .0
+                .iter()
+                .map(|b| u32::from_le_bytes(*b))
+                .collect();
+            stack.extend(kids.into_iter().rev().map(|c| (c, h - 1)));
+        }
+    }
+    out.truncate(len as usize);
+    out
+}

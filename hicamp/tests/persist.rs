@@ -1,0 +1,297 @@
+//! Memory files: round trips, named segments, fsck, and bad files.
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use hicamp::{fsck, Config, Durability, Error, Memory};
+
+fn cfg(durability: Durability) -> Config {
+    Config {
+        line_size: 64,
+        capacity_lines: 1 << 14,
+        map_capacity: 256,
+        durability,
+        pm_write_latency_ns: 0,
+    }
+}
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Some repeated and zero lines, like real data.
+            if (i / 64) % 5 == 0 {
+                0
+            } else if (i / 64) % 7 == 0 {
+                b'r'
+            } else {
+                x as u8
+            }
+        })
+        .collect()
+}
+
+fn tmp() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("mem.hicamp");
+    (d, p)
+}
+
+#[test]
+fn roundtrip_in_every_durability_mode() {
+    for mode in [Durability::None, Durability::CacheLine, Durability::Msync] {
+        let (_d, p) = tmp();
+        let mut ids = Vec::new();
+        {
+            let m = Memory::create(&p, cfg(mode)).unwrap();
+            assert!(m.recovery().is_none());
+            for i in 0..20u64 {
+                ids.push(m.map().create(&data(100 + 997 * i as usize, i)).unwrap());
+            }
+            m.map().write_at(ids[3], 10, b"persisted write").unwrap();
+            let snap = m.map().snapshot(ids[4]).unwrap();
+            ids.push(snap);
+            m.map().delete(ids[5]).unwrap();
+            // A handle that is never committed.
+            let _volatile = m.segment(&data(5000, 99)).unwrap();
+        }
+        let r = fsck(&p).unwrap();
+        assert!(r.is_consistent(), "{mode:?}: {:?}", r.problems);
+        assert!(r.clean_close);
+        let m = Memory::open(&p).unwrap();
+        let rec = m.recovery().unwrap();
+        assert!(rec.was_clean);
+        assert_eq!(rec.refcounts_repaired, 0);
+        assert_eq!(rec.orphans_reclaimed, 0, "a clean close leaves no orphan");
+        for (i, &id) in ids.iter().enumerate() {
+            if i == 5 {
+                assert!(m.map().get(id).is_err());
+                continue;
+            }
+            let mut want = data(100 + 997 * (i.min(20) as usize % 20), (i % 20) as u64);
+            if i == 3 {
+                want[10..25].copy_from_slice(b"persisted write");
+            }
+            if i == 20 {
+                want = data(100 + 997 * 4, 4);
+            }
+            assert_eq!(
+                m.map().get(id).unwrap().to_vec(),
+                want,
+                "{mode:?} entry {i}"
+            );
+        }
+        // Dedup works across the restart: the index was rebuilt.
+        let before = m.live_lines();
+        let again = m.segment(&data(100 + 997 * 7, 7)).unwrap();
+        assert_eq!(m.live_lines(), before);
+        assert_eq!(again, m.map().get(ids[7]).unwrap());
+    }
+}
+
+#[test]
+fn named_segments_survive_restarts() {
+    let (_d, p) = tmp();
+    {
+        let m = Memory::create(&p, cfg(Durability::Msync)).unwrap();
+        m.bind("config", m.segment(b"v1").unwrap()).unwrap();
+        m.bind("log", m.segment(&data(10_000, 1)).unwrap()).unwrap();
+        m.bind("config", m.segment(b"v2").unwrap()).unwrap();
+        assert!(matches!(m.bind("", m.empty()), Err(Error::BadName(_))));
+    }
+    {
+        let m = Memory::open(&p).unwrap();
+        let names: Vec<String> = m.names().unwrap().into_iter().map(|n| n.name).collect();
+        assert_eq!(names, ["config", "log"]);
+        assert_eq!(m.get_named("config").unwrap().unwrap().to_vec(), b"v2");
+        assert_eq!(
+            m.get_named("log").unwrap().unwrap().to_vec(),
+            data(10_000, 1)
+        );
+        assert!(m.unbind("log").unwrap());
+        assert!(!m.unbind("log").unwrap());
+        assert_eq!(m.map().len(), 2, "directory + config");
+    }
+    let r = fsck(&p).unwrap();
+    assert!(r.is_consistent(), "{:?}", r.problems);
+    assert_eq!((r.named, r.digests_verified), (1, 1));
+}
+
+#[test]
+fn a_second_opener_is_refused() {
+    let (_d, p) = tmp();
+    let _m = Memory::create(&p, cfg(Durability::None)).unwrap();
+    assert!(matches!(Memory::open(&p), Err(Error::InUse { .. })));
+    assert!(matches!(fsck(&p), Err(Error::InUse { .. })));
+    assert!(matches!(
+        Memory::create(&p, cfg(Durability::None)),
+        Err(Error::Io { .. })
+    ));
+}
+
+fn write_at(p: &Path, off: u64, bytes: &[u8]) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.seek(SeekFrom::Start(off)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+fn valid_file() -> (tempfile::TempDir, PathBuf) {
+    let (d, p) = tmp();
+    let m = Memory::create(&p, cfg(Durability::None)).unwrap();
+    for i in 0..8 {
+        m.map().create(&data(3000, i)).unwrap();
+    }
+    m.bind("x", m.segment(b"named").unwrap()).unwrap();
+    drop(m);
+    (d, p)
+}
+
+#[test]
+fn bad_files_get_typed_errors() {
+    let (_d, dir) = tmp();
+    let missing = dir.with_file_name("missing");
+    assert!(matches!(Memory::open(&missing), Err(Error::Io { .. })));
+
+    let (_d1, p) = valid_file();
+    std::fs::write(&p, b"").unwrap();
+    assert!(matches!(Memory::open(&p), Err(Error::Truncated { .. })));
+
+    let (_d2, p) = valid_file();
+    write_at(&p, 0, b"NOTHICAM");
+    assert!(matches!(
+        Memory::open(&p),
+        Err(Error::NotAMemoryFile { .. })
+    ));
+
+    let (_d3, p) = valid_file();
+    write_at(&p, 8, &99u32.to_le_bytes());
+    assert!(matches!(
+        Memory::open(&p),
+        Err(Error::UnsupportedVersion { found: 99, .. })
+    ));
+
+    let (_d4, p) = valid_file();
+    write_at(&p, 16, &12345u64.to_le_bytes());
+    assert!(matches!(Memory::open(&p), Err(Error::Corrupt { .. })));
+
+    let (_d5, p) = valid_file();
+    let len = std::fs::metadata(&p).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(len - 4096)
+        .unwrap();
+    assert!(matches!(Memory::open(&p), Err(Error::Truncated { .. })));
+}
+
+/// Finds the map region: the header's map offset.
+fn map_off(p: &Path) -> u64 {
+    let b = std::fs::read(p).unwrap();
+    u64::from_le_bytes(b[56..64].try_into().unwrap())
+}
+
+#[test]
+fn corrupt_entries_and_lines_are_detected() {
+    // Both slots of entry 2 destroyed: corrupt.
+    let (_d, p) = valid_file();
+    let off = map_off(&p) + 2 * 64;
+    write_at(&p, off, &[0xAB; 64]);
+    let e = Memory::open(&p).unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert!(!fsck(&p).unwrap().is_consistent());
+
+    // One slot torn (the way a crash tears a write): the other one is used.
+    let (_d, p) = valid_file();
+    let m = Memory::open(&p).unwrap();
+    let before = m.map().get(hicamp::SegmentId(2)).unwrap().to_vec();
+    m.map().write_at(hicamp::SegmentId(2), 0, b"newer").unwrap();
+    drop(m);
+    let b = std::fs::read(&p).unwrap();
+    let e2 = (map_off(&p) + 2 * 64) as usize;
+    // Tear the newer slot (the one with the larger version).
+    let v =
+        |s: usize| u64::from_le_bytes(b[e2 + s * 32 + 16..e2 + s * 32 + 24].try_into().unwrap());
+    let newer = if v(0) > v(1) { 0 } else { 1 };
+    write_at(&p, (e2 + newer * 32 + 8) as u64, &[0xFF; 8]);
+    let m = Memory::open(&p).unwrap();
+    assert_eq!(m.map().get(hicamp::SegmentId(2)).unwrap().to_vec(), before);
+    drop(m);
+    assert!(fsck(&p).unwrap().is_consistent());
+}
+
+#[test]
+fn fsck_reports_orphans_and_bad_counts() {
+    let (_d, p) = valid_file();
+    // An orphan: a slot with a count that nothing reaches (as a crash leaves).
+    let b = std::fs::read(&p).unwrap();
+    let meta_off = u64::from_le_bytes(b[48..56].try_into().unwrap());
+    write_at(&p, meta_off + 4 * 10_000, &3u32.to_le_bytes());
+    let r = fsck(&p).unwrap();
+    assert_eq!(r.orphans, 1);
+    assert!(!r.is_consistent());
+    // Open reclaims it; the file is then clean.
+    let m = Memory::open(&p).unwrap();
+    assert_eq!(m.recovery().unwrap().orphans_reclaimed, 1);
+    drop(m);
+    assert!(fsck(&p).unwrap().is_consistent());
+    // A wrong count on a reachable line.
+    let r0 = fsck(&p).unwrap();
+    assert!(r0.leaf_lines > 0);
+    write_at(&p, meta_off + 4, &77u32.to_le_bytes());
+    let r = fsck(&p).unwrap();
+    assert!(r.refcount_mismatches >= 1 || r.orphans >= 1, "{r:?}");
+    assert!(!r.is_consistent());
+}
+
+#[test]
+fn open_time_is_reported() {
+    let (_d, p) = valid_file();
+    let m = Memory::open(&p).unwrap();
+    let r = m.recovery().unwrap();
+    assert!(r.was_clean);
+    assert_eq!(r.entries, 10, "directory, 8 segments, 1 named");
+    assert!(r.live_lines > 0);
+}
+
+mod corruption {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        /// Random bytes of a valid file overwritten: open and fsck give a
+        /// result or a typed error, never a panic; what opens can be read.
+        #[test]
+        fn random_corruption_never_panics(hits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..20), region in 0u8..4) {
+            let (_d, p) = valid_file();
+            let mut b = std::fs::read(&p).unwrap();
+            let map = map_off(&p) as usize;
+            let meta = u64::from_le_bytes(b[48..56].try_into().unwrap()) as usize;
+            let (lo, hi) = match region {
+                0 => (0, 4096),                       // header
+                1 => (4096, 4096 + 64 * 1024),        // lines in use
+                2 => (meta, meta + 4096),             // reference counts
+                _ => (map, map + 64 * 16),            // map entries
+            };
+            for (i, v) in hits {
+                b[lo + i.index(hi - lo)] = v;
+            }
+            std::fs::write(&p, &b).unwrap();
+            let _ = fsck(&p);
+            if let Ok(m) = Memory::open(&p) {
+                for id in m.map().ids() {
+                    let s = m.map().get(id).unwrap();
+                    let v = s.to_vec();
+                    prop_assert_eq!(v.len() as u64, s.len());
+                    let _ = s.digest();
+                }
+                let _ = m.names();
+                let _ = m.stats();
+            }
+        }
+    }
+}
