@@ -80,9 +80,9 @@ pub fn xor_bytes(bytes: &[u8]) -> u64 {
 
 /// "1MiB", "256MiB", "4KiB", "64B".
 pub fn size_label(bytes: usize) -> String {
-    if bytes >= MIB && bytes % MIB == 0 {
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{}MiB", bytes / MIB)
-    } else if bytes >= KIB && bytes % KIB == 0 {
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
         format!("{}KiB", bytes / KIB)
     } else {
         format!("{bytes}B")
@@ -104,6 +104,7 @@ pub fn config_for(bytes: usize, line_size: usize, extra_lines: u64) -> Config {
         line_size,
         capacity_lines: 2 * (leaves + interior) + extra_lines + (1 << 16),
         map_capacity: 1 << 16,
+        ..Config::default()
     }
 }
 
@@ -289,7 +290,8 @@ impl<'c> Group<'c> {
             b.iter_custom(|iters| {
                 let d = routine(s, iters);
                 if let Some(r) = records().get_mut(&key) {
-                    r.per_iter_ns.push(d.as_nanos() as f64 / iters.max(1) as f64);
+                    r.per_iter_ns
+                        .push(d.as_nanos() as f64 / iters.max(1) as f64);
                 }
                 d
             });

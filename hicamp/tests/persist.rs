@@ -71,7 +71,7 @@ fn roundtrip_in_every_durability_mode() {
                 assert!(m.map().get(id).is_err());
                 continue;
             }
-            let mut want = data(100 + 997 * (i.min(20) as usize % 20), (i % 20) as u64);
+            let mut want = data(100 + 997 * (i % 20), (i % 20) as u64);
             if i == 3 {
                 want[10..25].copy_from_slice(b"persisted write");
             }
