@@ -167,14 +167,16 @@ fn crash_child() {
     }
 }
 
+/// A state an operation in flight may have left: `None` is "absent".
+type InFlight = Option<Option<Vec<u8>>>;
+
 /// What the log says the file must hold.
 #[derive(Default, Debug)]
 struct Model {
     /// key -> (committed value, value of an operation in flight).
-    keys: HashMap<u64, (Option<Vec<u8>>, Option<Option<Vec<u8>>>)>,
-    /// scratch id -> (committed bytes, bytes of an operation in flight, None
-    /// in flight meaning a delete).
-    scratch: HashMap<u32, (Vec<u8>, Option<Option<Vec<u8>>>)>,
+    keys: HashMap<u64, (Option<Vec<u8>>, InFlight)>,
+    /// scratch id -> (committed bytes, state of an operation in flight).
+    scratch: HashMap<u32, (Vec<u8>, InFlight)>,
 }
 
 fn replay(log: &str) -> Model {
