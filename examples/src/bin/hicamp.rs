@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! hicamp dedup [--json] [--line-sizes 16,32,...] [--threads N] [PATH...]
+//! hicamp fsck [--json] FILE
+//! hicamp stat [--json] FILE
 //! ```
 //!
 //! Policy lives in the library (`hicamp_examples`); this file only parses arguments, wires the
@@ -16,6 +18,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use hicamp_examples::dedup::{self, IngestOptions, InputSet, DEFAULT_LINE_SIZES};
+use hicamp_examples::report;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Debug, Parser)]
@@ -39,6 +42,23 @@ enum Command {
     /// Measure line-level dedup of files (or of a built-in workload) at several line sizes,
     /// against 4 KiB page dedup (the Linux KSM model).
     Dedup(DedupArgs),
+    /// Check a memory file without changing it: reference counts against the references
+    /// reachable from the committed roots, canonical DAGs, named segments' digests, orphans.
+    /// Exit status 0 when consistent, 3 when not, 1 when the file cannot be examined.
+    Fsck(FileArgs),
+    /// Open a memory file (which recovers it after a crash) and print its footprint.
+    Stat(FileArgs),
+}
+
+#[derive(Debug, Args)]
+struct FileArgs {
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+
+    /// The memory file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +106,14 @@ enum Failure {
     Error(String),
     /// stdout went away (`hicamp dedup | head`): exit quietly.
     BrokenPipe,
+    /// `fsck` found problems (already printed): exit 3.
+    Inconsistent,
+}
+
+impl From<hicamp::Error> for Failure {
+    fn from(e: hicamp::Error) -> Self {
+        Failure::Error(e.to_string())
+    }
 }
 
 impl From<dedup::DedupError> for Failure {
@@ -108,10 +136,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Dedup(args) => run_dedup(&cli, args),
+        Command::Fsck(args) => run_fsck(args),
+        Command::Stat(args) => run_stat(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::BrokenPipe) => ExitCode::SUCCESS,
+        Err(Failure::Inconsistent) => ExitCode::from(3),
         Err(Failure::Error(msg)) => {
             eprintln!("hicamp: error: {msg}");
             ExitCode::FAILURE
@@ -179,5 +210,140 @@ fn run_dedup(cli: &Cli, args: &DedupArgs) -> Result<(), Failure> {
         )?;
     }
     out.flush()?;
+    Ok(())
+}
+
+fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v).map_err(|e| Failure::from(io::Error::from(e)))?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+fn run_fsck(args: &FileArgs) -> Result<(), Failure> {
+    let r = hicamp::fsck(&args.file)?;
+    if args.json {
+        print_json(&serde_json::json!({
+            "path": r.path,
+            "consistent": r.is_consistent(),
+            "clean_close": r.clean_close,
+            "line_size": r.line_size,
+            "entries": r.entries,
+            "logical_bytes": r.logical_bytes,
+            "leaf_lines": r.leaf_lines,
+            "interior_lines": r.interior_lines,
+            "orphans": r.orphans,
+            "refcount_mismatches": r.refcount_mismatches,
+            "kind_mismatches": r.kind_mismatches,
+            "non_canonical": r.non_canonical,
+            "named": r.named,
+            "digests_verified": r.digests_verified,
+            "problem_count": r.problem_count,
+            "problems": r.problems,
+        }))?;
+    } else {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{}: {} entries, {} logical bytes, {} leaf + {} interior lines, {} named ({} digests verified)",
+            r.path, r.entries, r.logical_bytes, r.leaf_lines, r.interior_lines, r.named, r.digests_verified)?;
+        writeln!(out, "closed cleanly: {}; orphans: {}; refcount mismatches: {}; kind mismatches: {}; non-canonical: {}",
+            if r.clean_close { "yes" } else { "no" }, r.orphans, r.refcount_mismatches, r.kind_mismatches, r.non_canonical)?;
+        for p in &r.problems {
+            writeln!(out, "problem: {p}")?;
+        }
+        if r.problem_count > r.problems.len() as u64 {
+            writeln!(
+                out,
+                "... and {} more problems",
+                r.problem_count - r.problems.len() as u64
+            )?;
+        }
+        writeln!(
+            out,
+            "{}",
+            if r.is_consistent() {
+                "consistent"
+            } else {
+                "INCONSISTENT"
+            }
+        )?;
+        out.flush()?;
+    }
+    if r.is_consistent() {
+        Ok(())
+    } else {
+        Err(Failure::Inconsistent)
+    }
+}
+
+fn run_stat(args: &FileArgs) -> Result<(), Failure> {
+    let mem = hicamp::Memory::open(&args.file)?;
+    let rec = mem.recovery().unwrap_or_default();
+    let st = mem.stats();
+    let c = mem.config();
+    let names = mem.names()?.len();
+    if args.json {
+        print_json(&serde_json::json!({
+            "path": args.file.display().to_string(),
+            "line_size": st.line_size,
+            "capacity_lines": st.capacity_lines,
+            "durability": format!("{:?}", c.durability),
+            "map_entries": st.map_entries,
+            "named_segments": names,
+            "logical_bytes": st.logical_bytes,
+            "physical_bytes": st.physical_bytes,
+            "metadata_bytes": st.metadata_bytes,
+            "footprint_bytes": st.footprint_bytes(),
+            "dedup_ratio": st.dedup_ratio(),
+            "leaf_lines": st.leaf_lines,
+            "interior_lines": st.interior_lines,
+            "index_bytes": st.index_bytes,
+            "refcount_bytes": st.refcount_bytes,
+            "map_bytes": st.map_bytes,
+            "recovery": {
+                "was_clean": rec.was_clean,
+                "orphans_reclaimed": rec.orphans_reclaimed,
+                "refcounts_repaired": rec.refcounts_repaired,
+                "duplicate_lines": rec.duplicate_lines,
+                "open_micros": rec.micros,
+            },
+        }))?;
+    } else {
+        let mut out = io::stdout().lock();
+        let hb = report::human_bytes;
+        writeln!(
+            out,
+            "{}: line size {} B, capacity {} lines, durability {:?}",
+            args.file.display(),
+            st.line_size,
+            st.capacity_lines,
+            c.durability
+        )?;
+        writeln!(out, "entries {} ({} named); logical {}, physical {}, metadata {}, footprint {}, ratio {:.3}",
+            st.map_entries, names, hb(st.logical_bytes), hb(st.physical_bytes), hb(st.metadata_bytes), hb(st.footprint_bytes()), st.dedup_ratio())?;
+        writeln!(
+            out,
+            "lines: {} leaf, {} interior; metadata: index {}, refcounts {}, map {}",
+            st.leaf_lines,
+            st.interior_lines,
+            hb(st.index_bytes),
+            hb(st.refcount_bytes),
+            hb(st.map_bytes)
+        )?;
+        writeln!(
+            out,
+            "open: {} in {:.1} ms; {} orphans reclaimed, {} counts repaired, {} duplicate lines",
+            if rec.was_clean {
+                "clean"
+            } else {
+                "recovered after a crash"
+            },
+            rec.micros as f64 / 1000.0,
+            rec.orphans_reclaimed,
+            rec.refcounts_repaired,
+            rec.duplicate_lines
+        )?;
+        out.flush()?;
+    }
     Ok(())
 }
