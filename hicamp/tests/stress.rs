@@ -36,7 +36,7 @@ fn tagged(tag: u64, words: usize) -> Vec<u8> {
 }
 
 fn check_tagged(v: &[u8]) -> bool {
-    v.len() % 8 == 0 && v.chunks_exact(8).all(|w| w == &v[..8])
+    v.len().is_multiple_of(8) && v.chunks_exact(8).all(|w| w == &v[..8])
 }
 
 fn duration() -> Duration {
