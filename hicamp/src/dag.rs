@@ -24,7 +24,7 @@
 
 use crate::error::{Error, Result};
 use crate::id::LineId;
-use crate::store::Store;
+use crate::store::{with_line, Store};
 
 /// Longest segment: 2^48 bytes keeps every span computation inside `u64`.
 pub const MAX_SEGMENT_LEN: u64 = 1 << 48;
@@ -230,15 +230,16 @@ pub(crate) fn write_at(store: &Store, old: &Tree, off: u64, data: &[u8]) -> Resu
     let mut ids = Vec::with_capacity((last - first + 1) as usize);
     let res = (|| {
         let patch = |i: u64, ids: &mut Vec<LineId>| -> Result<()> {
-            let mut buf = [0u8; crate::config::MAX_LINE_SIZE];
-            let line = &mut buf[..ls as usize];
-            line.copy_from_slice(store.line(leaf_at(store, old, i)));
-            let lstart = i << shift;
-            let from = off.max(lstart);
-            let to = end.min(lstart + ls);
-            line[(from - lstart) as usize..(to - lstart) as usize]
-                .copy_from_slice(&data[(from - off) as usize..(to - off) as usize]);
-            ids.push(store.intern(crate::LineKind::Leaf, line)?.0);
+            let id = with_line(ls as usize, |line| {
+                line.copy_from_slice(store.line(leaf_at(store, old, i)));
+                let lstart = i << shift;
+                let from = off.max(lstart);
+                let to = end.min(lstart + ls);
+                line[(from - lstart) as usize..(to - lstart) as usize]
+                    .copy_from_slice(&data[(from - off) as usize..(to - off) as usize]);
+                store.intern(crate::LineKind::Leaf, line)
+            })?;
+            ids.push(id.0);
             Ok(())
         };
         // Leaves fully covered by `data` are interned straight from it.
@@ -284,9 +285,10 @@ pub(crate) fn resize(store: &Store, old: &Tree, new_len: u64) -> Result<Tree> {
     }
     // The new last leaf keeps its first `tail` bytes and zeros after them.
     let i = new_len >> shift;
-    let mut buf = [0u8; crate::config::MAX_LINE_SIZE];
-    buf[..tail].copy_from_slice(&store.line(leaf_at(store, old, i))[..tail]);
-    let (id, _) = store.intern(crate::LineKind::Leaf, &buf[..ls])?;
+    let (id, _) = with_line(ls, |buf| {
+        buf[..tail].copy_from_slice(&store.line(leaf_at(store, old, i))[..tail]);
+        store.intern(crate::LineKind::Leaf, buf)
+    })?;
     let t = rebuild(store, old, new_len, &[(i, id)]);
     store.release(id);
     t
@@ -354,6 +356,7 @@ impl<'a> Walker<'a> {
     }
 
     /// Moves the position forward by `n` bytes (clamped to the end).
+    #[inline]
     pub(crate) fn advance(&mut self, n: u64) {
         let shift = self.store.shift();
         let old_leaf = self.pos >> shift;

@@ -108,6 +108,8 @@ impl Segment {
 
     /// The whole content as a vector.
     pub fn to_vec(&self) -> Vec<u8> {
+        // A zeroed allocation is fresh pages from the OS for large sizes, and
+        // `copy_to_slice` copies runs of sibling leaves in one loop.
         let mut v = vec![0u8; self.len() as usize];
         let n = self.cursor().copy_to_slice(&mut v);
         debug_assert_eq!(n, v.len());
@@ -305,26 +307,31 @@ pub struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     /// Bytes from the position to the end of the current line.
+    #[inline]
     pub fn chunk(&self) -> &'a [u8] {
         self.w.chunk()
     }
 
     /// Moves forward by `n` bytes (clamped to the end).
+    #[inline]
     pub fn advance(&mut self, n: usize) {
         self.w.advance(n as u64);
     }
 
     /// Bytes left.
+    #[inline]
     pub fn remaining(&self) -> u64 {
         self.w.remaining()
     }
 
     /// Current offset.
+    #[inline]
     pub fn position(&self) -> u64 {
         self.w.pos()
     }
 
     /// Copies until `buf` is full or the segment ends; returns the count.
+    #[inline]
     pub fn copy_to_slice(&mut self, buf: &mut [u8]) -> usize {
         self.w.copy_to(buf)
     }
@@ -333,6 +340,7 @@ impl<'a> Cursor<'a> {
 impl<'a> Iterator for Cursor<'a> {
     type Item = &'a [u8];
 
+    #[inline]
     fn next(&mut self) -> Option<&'a [u8]> {
         let c = self.w.chunk();
         if c.is_empty() {

@@ -84,6 +84,18 @@ pub(crate) fn line_hash(kind: LineKind, line: &[u8]) -> u64 {
     xxh3_64_with_seed(line, kind_index(kind) as u64 + 0x9e37_79b9)
 }
 
+/// Runs `f` on a zeroed scratch line of `ls` bytes: on the stack for small
+/// lines (no 4 KiB memset per call), on the heap for large ones.
+#[inline]
+pub(crate) fn with_line<R>(ls: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    if ls <= 128 {
+        let mut b = [0u8; 128];
+        f(&mut b[..ls])
+    } else {
+        f(&mut vec![0u8; ls])
+    }
+}
+
 /// True when every byte is zero.
 #[inline]
 pub(crate) fn is_zero(line: &[u8]) -> bool {
@@ -797,9 +809,11 @@ impl Store {
         let start = out.len();
         self.intern_run(LineKind::Leaf, &data[..full], out, &mut Vec::new())?;
         if full < data.len() {
-            let mut buf = [0u8; crate::config::MAX_LINE_SIZE];
-            buf[..data.len() - full].copy_from_slice(&data[full..]);
-            match self.intern(LineKind::Leaf, &buf[..ls]) {
+            let interned = with_line(ls, |buf| {
+                buf[..data.len() - full].copy_from_slice(&data[full..]);
+                self.intern(LineKind::Leaf, buf)
+            });
+            match interned {
                 Ok((id, _)) => out.push(id),
                 Err(e) => {
                     for id in out.drain(start..) {
@@ -842,11 +856,13 @@ impl Store {
     /// zero). Consumes the caller's reference to every child.
     pub(crate) fn intern_interior(&self, children: &[LineId]) -> Result<LineId> {
         debug_assert!(children.len() <= self.fanout());
-        let mut buf = [0u8; crate::config::MAX_LINE_SIZE];
-        for (b, c) in buf.chunks_exact_mut(4).zip(children) {
-            b.copy_from_slice(&c.0.to_le_bytes());
-        }
-        match self.intern(LineKind::Interior, &buf[..self.line_size()]) {
+        let interned = with_line(self.line_size(), |buf| {
+            for (b, c) in buf.chunks_exact_mut(4).zip(children) {
+                b.copy_from_slice(&c.0.to_le_bytes());
+            }
+            self.intern(LineKind::Interior, buf)
+        });
+        match interned {
             Ok((id, true)) => Ok(id),
             Ok((id, false)) => {
                 self.release_all(children);
