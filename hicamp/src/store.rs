@@ -49,7 +49,7 @@ const FRESH_CHUNK: u64 = 16;
 const LOCAL_FREE_MAX: usize = 4096;
 const INITIAL_TABLE: usize = 8;
 /// Lines hashed, prefetched and sorted by shard together.
-const BATCH: usize = 1024;
+const BATCH: usize = 4096;
 
 /// What happened to one line of a batch.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -82,6 +82,21 @@ fn kind_index(kind: LineKind) -> usize {
 #[inline]
 pub(crate) fn line_hash(kind: LineKind, line: &[u8]) -> u64 {
     xxh3_64_with_seed(line, kind_index(kind) as u64 + 0x9e37_79b9)
+}
+
+std::thread_local! {
+    static ROTATION: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+}
+
+/// The shard this thread starts its batches at (spread over threads).
+fn shard_rotation() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    ROTATION.with(|r| {
+        if r.get() == usize::MAX {
+            r.set(NEXT.fetch_add(SHARDS / 2 + 5, Relaxed) % SHARDS);
+        }
+        r.get()
+    })
 }
 
 /// Runs `f` on a zeroed scratch line of `ls` bytes: on the stack for small
@@ -574,18 +589,25 @@ impl Store {
         if let Some(id) = shard.free.pop() {
             return Some(id);
         }
+        // Small memories take few slots at a time (little reserved metadata);
+        // busy shards take more (fewer trips to the shared lists).
+        let chunk = if shard.created[0] + shard.created[1] < 1024 {
+            FRESH_CHUNK
+        } else {
+            FRESH_CHUNK * 16
+        };
         {
             let mut global = self.global_free.lock();
             if !global.is_empty() {
-                let take = global.len().min(FRESH_CHUNK as usize);
+                let take = global.len().min(chunk as usize);
                 let at = global.len() - take;
                 shard.free.extend(global.drain(at..));
             }
         }
         if shard.free.is_empty() && self.next_fresh.load(Relaxed) < self.slots {
-            let start = self.next_fresh.fetch_add(FRESH_CHUNK, Relaxed);
+            let start = self.next_fresh.fetch_add(chunk, Relaxed);
             if start < self.slots {
-                let end = (start + FRESH_CHUNK).min(self.slots);
+                let end = (start + chunk).min(self.slots);
                 shard.free.extend((start as u32..end as u32).rev());
             }
         }
@@ -756,13 +778,23 @@ impl Store {
                 counts[sh] += 1;
             }
             let nonzero = m - (counts[SHARDS] - counts[SHARDS - 1]) as usize;
-            let mut i = 0;
-            while i < nonzero {
-                let sh = hashes[order[i] as usize] as usize & (SHARDS - 1);
+            // Walk the shards starting at this thread's own offset, so that
+            // threads interning at once do not queue on the same locks in
+            // lockstep.
+            let rot = shard_rotation();
+            let i0 = if rot == 0 {
+                0
+            } else {
+                counts[rot - 1] as usize
+            };
+            let at = |k: usize| order[(i0 + k) % nonzero.max(1)] as usize;
+            let mut k = 0;
+            while k < nonzero {
+                let sh = hashes[at(k)] as usize & (SHARDS - 1);
                 let cell = &self.shards[sh];
                 let mut shard = cell.lock.lock();
-                while i < nonzero && hashes[order[i] as usize] as usize & (SHARDS - 1) == sh {
-                    let j = order[i] as usize;
+                while k < nonzero && hashes[at(k)] as usize & (SHARDS - 1) == sh {
+                    let j = at(k);
                     let line = &group[j * ls..(j + 1) * ls];
                     let r = match self.find_or_insert(cell, &mut shard, kind, hashes[j], line) {
                         Some(r) => Ok(r),
@@ -787,7 +819,7 @@ impl Store {
                             break 'batches;
                         }
                     }
-                    i += 1;
+                    k += 1;
                 }
             }
             base += m;
