@@ -305,6 +305,19 @@ impl Store {
         let mut orphans = 0;
         let mut duplicates = 0;
         let high = u64::from(a.max_id) + 1;
+        // Size every shard's table for its share of the live lines up front, so
+        // that the rebuild never rehashes.
+        let live = a.heights.iter().filter(|h| **h != UNREACHED).count();
+        let per_shard = (live / SHARDS * 4 / 3 + 16).next_power_of_two();
+        for cell in self.shards.iter() {
+            let mut shard = cell.lock.lock();
+            debug_assert_eq!(shard.len, 0, "rebuild runs on a fresh store");
+            if shard.table.len() < per_shard {
+                shard.table = vec![0; per_shard];
+                cell.hint_ptr.store(shard.table.as_mut_ptr(), Relaxed);
+                cell.hint_mask.store(per_shard - 1, Relaxed);
+            }
+        }
         let mut free = Vec::new();
         for (id, m) in meta.iter().enumerate().skip(1) {
             let h = a.heights[id];
