@@ -744,6 +744,22 @@ impl Store {
         out: &mut Vec<LineId>,
         status: &mut Vec<Status>,
     ) -> Result<()> {
+        // Small runs (a write of a few lines) get small batch arrays: the
+        // arrays are initialised on every call.
+        if lines.len() >> self.shift <= 64 {
+            self.intern_batches::<64>(kind, lines, out, status)
+        } else {
+            self.intern_batches::<BATCH>(kind, lines, out, status)
+        }
+    }
+
+    fn intern_batches<const B: usize>(
+        &self,
+        kind: LineKind,
+        lines: &[u8],
+        out: &mut Vec<LineId>,
+        status: &mut Vec<Status>,
+    ) -> Result<()> {
         let ls = self.line_size();
         debug_assert_eq!(lines.len() % ls, 0);
         let n = lines.len() >> self.shift;
@@ -751,14 +767,14 @@ impl Store {
         out.resize(start + n, LineId::ZERO);
         let sstart = status.len();
         status.resize(sstart + n, Status::Pending);
-        let mut hashes = [0u64; BATCH];
-        let mut order = [0u16; BATCH];
+        let mut hashes = [0u64; B];
+        let mut order = [0u16; B];
         let mut counts = [0u16; SHARDS + 1];
         let mut zeros = 0u64;
         let mut base = 0;
         let mut result = Ok(());
         'batches: while base < n {
-            let m = BATCH.min(n - base);
+            let m = B.min(n - base);
             let group = &lines[base * ls..(base + m) * ls];
             counts.fill(0);
             for (j, line) in group.chunks_exact(ls).enumerate() {
