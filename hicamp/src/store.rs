@@ -84,21 +84,6 @@ pub(crate) fn line_hash(kind: LineKind, line: &[u8]) -> u64 {
     xxh3_64_with_seed(line, kind_index(kind) as u64 + 0x9e37_79b9)
 }
 
-std::thread_local! {
-    static ROTATION: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
-}
-
-/// The shard this thread starts its batches at (spread over threads).
-fn shard_rotation() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    ROTATION.with(|r| {
-        if r.get() == usize::MAX {
-            r.set(NEXT.fetch_add(SHARDS / 2 + 5, Relaxed) % SHARDS);
-        }
-        r.get()
-    })
-}
-
 /// Runs `f` on a zeroed scratch line of `ls` bytes: on the stack for small
 /// lines (no 4 KiB memset per call), on the heap for large ones.
 #[inline]
@@ -807,10 +792,12 @@ impl Store {
                 counts[sh] += 1;
             }
             let nonzero = m - (counts[SHARDS] - counts[SHARDS - 1]) as usize;
-            // Walk the shards starting at this thread's own offset, so that
-            // threads interning at once do not queue on the same locks in
-            // lockstep.
-            let rot = shard_rotation();
+            // Start the walk at a shard picked by the batch's own content, so
+            // that threads interning different data at once do not queue on
+            // the same locks in lockstep, and the same input always gives the
+            // same slot allocation order (footprint figures stay
+            // deterministic).
+            let rot = (hashes[0] ^ hashes[m - 1].rotate_left(17)) as usize & (SHARDS - 1);
             let i0 = if rot == 0 {
                 0
             } else {
