@@ -1,0 +1,16 @@
+//! A NIC DMA model on HICAMP memory (seed 004, sections 3.2 and 3.3).
+//!
+//! The NIC addresses memory by segment id. Its TX and RX rings are contiguous
+//! ranges of segment ids with a head and a tail; the DMA metadata (frame
+//! length, checksum and segmentation offload, completion status) lives in each
+//! segment's first bytes. The driver prepares a batch of segments and rings one
+//! doorbell; the NIC reads them through the memory (the "memory controller")
+//! and writes frames to a [`Port`]; received frames are deposited into RX
+//! segments, where line deduplication happens.
+#![deny(unsafe_code)]
+
+pub mod meta;
+pub mod port;
+
+pub use meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};
+pub use port::{Port, PortError, TxOutcome};
