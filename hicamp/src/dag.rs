@@ -24,7 +24,7 @@
 
 use crate::error::{Error, Result};
 use crate::id::LineId;
-use crate::store::{with_line, Store};
+use crate::store::{with_line, Store, WriteCounts};
 
 /// Longest segment: 2^48 bytes keeps every span computation inside `u64`.
 pub const MAX_SEGMENT_LEN: u64 = 1 << 48;
@@ -76,7 +76,7 @@ pub(crate) fn build(store: &Store, data: &[u8]) -> Result<Tree> {
         return Ok(Tree::default());
     }
     let mut level = Vec::with_capacity(leaves_for(data.len() as u64, store.shift()) as usize);
-    store.intern_leaves(data, &mut level)?;
+    store.intern_leaves(data, &mut level, &mut WriteCounts::default())?;
     let n = level.len() as u64;
     let height = height_for(n, fanout_shift(store));
     let mut next = Vec::with_capacity(level.len() / store.fanout() + 1);
@@ -212,6 +212,17 @@ fn rebuild(store: &Store, old: &Tree, new_len: u64, changes: &[(u64, LineId)]) -
 /// Copy-on-write write of `data` at `off` (which may lie past the end: the
 /// gap reads as zeros). Returns a new owned tree; `old` is untouched.
 pub(crate) fn write_at(store: &Store, old: &Tree, off: u64, data: &[u8]) -> Result<Tree> {
+    write_at_counted(store, old, off, data, &mut WriteCounts::default())
+}
+
+/// [`write_at`], adding what the new leaves did to `counts`.
+pub(crate) fn write_at_counted(
+    store: &Store,
+    old: &Tree,
+    off: u64,
+    data: &[u8],
+    counts: &mut WriteCounts,
+) -> Result<Tree> {
     let end = off
         .checked_add(data.len() as u64)
         .filter(|e| *e <= crate::dag::MAX_SEGMENT_LEN)
@@ -229,7 +240,7 @@ pub(crate) fn write_at(store: &Store, old: &Tree, off: u64, data: &[u8]) -> Resu
     let last = (end - 1) >> shift;
     let mut ids = Vec::with_capacity((last - first + 1) as usize);
     let res = (|| {
-        let patch = |i: u64, ids: &mut Vec<LineId>| -> Result<()> {
+        let patch = |i: u64, ids: &mut Vec<LineId>, counts: &mut WriteCounts| -> Result<()> {
             let id = with_line(ls as usize, |line| {
                 line.copy_from_slice(store.line(leaf_at(store, old, i)));
                 let lstart = i << shift;
@@ -239,6 +250,7 @@ pub(crate) fn write_at(store: &Store, old: &Tree, off: u64, data: &[u8]) -> Resu
                     .copy_from_slice(&data[(from - off) as usize..(to - off) as usize]);
                 store.intern(crate::LineKind::Leaf, line)
             })?;
+            counts.add(id.0, id.1);
             ids.push(id.0);
             Ok(())
         };
@@ -247,17 +259,17 @@ pub(crate) fn write_at(store: &Store, old: &Tree, off: u64, data: &[u8]) -> Resu
         let full_end = end / ls; // exclusive
         if full_first >= full_end {
             for i in first..=last {
-                patch(i, &mut ids)?;
+                patch(i, &mut ids, counts)?;
             }
         } else {
             if first < full_first {
-                patch(first, &mut ids)?;
+                patch(first, &mut ids, counts)?;
             }
             let a = ((full_first << shift) - off) as usize;
             let b = ((full_end << shift) - off) as usize;
-            store.intern_leaves(&data[a..b], &mut ids)?;
+            store.intern_leaves(&data[a..b], &mut ids, counts)?;
             if full_end <= last {
-                patch(last, &mut ids)?;
+                patch(last, &mut ids, counts)?;
             }
         }
         Ok(())

@@ -83,3 +83,4 @@ pub use memory::{Memory, Recovery};
 pub use persist::{FORMAT_VERSION, MAGIC};
 pub use segment::{Cursor, Segment, SegmentMut};
 pub use stats::Stats;
+pub use store::WriteCounts;

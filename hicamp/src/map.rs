@@ -456,6 +456,25 @@ impl SegmentMap<'_> {
         persisted.map(|()| expected + 1)
     }
 
+    /// Publishes `seg` as the content of `id` whatever its version (the
+    /// driver's "snapshot into the next ring slot"). Returns the new version.
+    pub fn replace(&self, id: SegmentId, seg: Segment) -> Result<u64> {
+        self.check_mem(&seg)?;
+        let t = self.table();
+        t.check(id)?;
+        self.barrier()?;
+        let (old, version, persisted) = {
+            let _g = t.lock(id);
+            let (old, version) = t.read(id)?;
+            let (_, new) = seg.into_tree();
+            let persisted = t.write(id, Some(new), version + 1);
+            self.mem.inner.logical.add(-(old.len as i64));
+            (old, version + 1, persisted)
+        };
+        self.mem.inner.store.release(old.root);
+        persisted.map(|()| version)
+    }
+
     /// Removes the entry and releases its DAG.
     pub fn delete(&self, id: SegmentId) -> Result<()> {
         let t = self.table();

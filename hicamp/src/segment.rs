@@ -246,6 +246,21 @@ impl SegmentMut {
         Ok(())
     }
 
+    /// [`SegmentMut::write_at`], returning what the written leaf lines did
+    /// (new, deduplicated, zero): a NIC model counts receive-side dedup so.
+    pub fn write_at_counted(&mut self, off: u64, data: &[u8]) -> Result<crate::WriteCounts> {
+        let mut counts = crate::WriteCounts::default();
+        let t = dag::write_at_counted(
+            &self.h.mem.inner.store,
+            &self.h.tree,
+            off,
+            data,
+            &mut counts,
+        )?;
+        self.h.replace(t);
+        Ok(counts)
+    }
+
     /// Appends `data` at the end.
     pub fn append(&mut self, data: &[u8]) -> Result<()> {
         self.write_at(self.len(), data)

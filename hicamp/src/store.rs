@@ -177,6 +177,36 @@ impl Shard {
     }
 }
 
+/// What the leaf lines of one write did: new lines stored, existing lines
+/// found (deduplicated) and all-zero lines (stored nowhere).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    /// Lines created.
+    pub new_lines: u64,
+    /// Lines that already existed and gained a reference.
+    pub dedup_hits: u64,
+    /// All-zero lines (line 0).
+    pub zero_lines: u64,
+}
+
+impl WriteCounts {
+    #[inline]
+    pub(crate) fn add(&mut self, id: LineId, created: bool) {
+        if id.is_zero() {
+            self.zero_lines += 1;
+        } else if created {
+            self.new_lines += 1;
+        } else {
+            self.dedup_hits += 1;
+        }
+    }
+
+    /// Lines written in all.
+    pub fn lines(&self) -> u64 {
+        self.new_lines + self.dedup_hits + self.zero_lines
+    }
+}
+
 /// Counters of the store, summed over shards.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct StoreCounters {
@@ -851,18 +881,30 @@ impl Store {
 
     /// Interns `data` as leaf lines (the last one zero-padded), appending one
     /// id per line to `out`. On error nothing of this call stays referenced.
-    pub(crate) fn intern_leaves(&self, data: &[u8], out: &mut Vec<LineId>) -> Result<()> {
+    pub(crate) fn intern_leaves(
+        &self,
+        data: &[u8],
+        out: &mut Vec<LineId>,
+        counts: &mut WriteCounts,
+    ) -> Result<()> {
         let ls = self.line_size();
         let full = data.len() / ls * ls;
         let start = out.len();
-        self.intern_run(LineKind::Leaf, &data[..full], out, &mut Vec::new())?;
+        let mut status = Vec::new();
+        self.intern_run(LineKind::Leaf, &data[..full], out, &mut status)?;
+        for (id, st) in out[start..].iter().zip(&status) {
+            counts.add(*id, *st == Status::Created);
+        }
         if full < data.len() {
             let interned = with_line(ls, |buf| {
                 buf[..data.len() - full].copy_from_slice(&data[full..]);
                 self.intern(LineKind::Leaf, buf)
             });
             match interned {
-                Ok((id, _)) => out.push(id),
+                Ok((id, created)) => {
+                    counts.add(id, created);
+                    out.push(id)
+                }
                 Err(e) => {
                     for id in out.drain(start..) {
                         self.release(id);

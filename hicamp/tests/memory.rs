@@ -421,3 +421,38 @@ fn concurrent_commits_lose_no_update() {
     m.map().delete(id).unwrap();
     assert_eq!(m.live_lines(), 0);
 }
+
+#[test]
+fn counted_writes_report_new_dedup_and_zero_lines() {
+    let m = mem(64);
+    let mut a = m.builder();
+    let mut data = vec![5u8; 64 * 3];
+    data.extend_from_slice(&[0u8; 64]);
+    data.extend_from_slice(&[6u8; 10]);
+    let c = a.write_at_counted(0, &data).unwrap();
+    assert_eq!(
+        (c.new_lines, c.dedup_hits, c.zero_lines),
+        (2, 2, 1),
+        "5s: 1 new + 2 hits; 6s: new; zeros"
+    );
+    let mut b = m.builder();
+    let c = b.write_at_counted(64, &data).unwrap();
+    assert_eq!(c.new_lines, 0);
+    assert_eq!(c.dedup_hits, 4);
+    assert_eq!(c.lines(), 5);
+}
+
+#[test]
+fn replace_publishes_whatever_the_version() {
+    let m = mem(64);
+    let id = m.map().create(b"one").unwrap();
+    m.map().append(id, b"!").unwrap();
+    let v = m.map().replace(id, m.segment(b"two").unwrap()).unwrap();
+    assert_eq!(v, 2);
+    assert_eq!(m.map().get(id).unwrap().to_vec(), b"two");
+    let other = mem(64);
+    assert_eq!(
+        m.map().replace(id, other.segment(b"x").unwrap()),
+        Err(Error::ForeignSegment)
+    );
+}
