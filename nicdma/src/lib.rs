@@ -11,6 +11,8 @@
 
 pub mod meta;
 pub mod port;
+pub mod ring;
 
 pub use meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};
 pub use port::{Port, PortError, TxOutcome};
+pub use ring::{Owner, RingError, SegRing};
