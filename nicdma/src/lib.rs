@@ -10,9 +10,12 @@
 #![deny(unsafe_code)]
 
 pub mod meta;
+pub mod nic;
 pub mod port;
 pub mod ring;
+pub mod sim;
 
 pub use meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};
+pub use nic::{frame_bytes, tx_segment, Nic, NicConfig, NicCounters, NicError, Work};
 pub use port::{Port, PortError, TxOutcome};
 pub use ring::{Owner, RingError, SegRing};

@@ -1,0 +1,420 @@
+//! `sim`: in-process wires between NICs, deterministic from a seed.
+//!
+//! A [`SimNet`] is a learning switch (a pair of ports is a switch of two)
+//! driven by a virtual [`SimClock`]: nothing happens by itself, frames are
+//! delivered when the clock reaches their time. Each port's ingress link has
+//! knobs for latency, rate (serialization delay and queueing), loss,
+//! duplication, reordering and corruption, drawn from one seeded generator.
+//! The same seed and the same sequence of calls give the same trace.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::meta::VirtioNetHdr;
+use crate::port::{Port, PortError, TxOutcome};
+
+/// Virtual time of a simulated network, in nanoseconds.
+#[derive(Debug, Clone, Default)]
+pub struct SimClock(Arc<AtomicU64>);
+
+impl SimClock {
+    /// A clock at time 0.
+    pub fn new() -> SimClock {
+        SimClock::default()
+    }
+
+    /// The time now.
+    pub fn now(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+
+    /// Moves the time forward.
+    pub fn advance(&self, ns: u64) {
+        self.0.fetch_add(ns, Relaxed);
+    }
+}
+
+/// The ingress link of a simulated port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkConfig {
+    /// Propagation delay.
+    pub latency_ns: u64,
+    /// Bits per second (0: unlimited): frames queue behind each other.
+    pub rate_bps: u64,
+    /// Probability that a frame is lost.
+    pub loss: f64,
+    /// Probability that a frame arrives twice.
+    pub duplicate: f64,
+    /// Probability that a frame is held back by up to `reorder_ns`.
+    pub reorder: f64,
+    /// The most a reordered frame is held back.
+    pub reorder_ns: u64,
+    /// Probability that one bit of the frame is flipped.
+    pub corrupt: f64,
+    /// Frames the link holds before it drops (and pushes back on a sender
+    /// whose every destination is full).
+    pub queue_frames: usize,
+    /// Largest frame carried.
+    pub mtu: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            latency_ns: 0,
+            rate_bps: 0,
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            reorder_ns: 100_000,
+            corrupt: 0.0,
+            queue_frames: 4096,
+            mtu: 65_535,
+        }
+    }
+}
+
+/// Counters of one simulated port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimCounters {
+    /// Frames sent by this port.
+    pub tx_frames: u64,
+    /// Frames delivered to this port.
+    pub rx_frames: u64,
+    /// Frames lost on this port's link.
+    pub lost: u64,
+    /// Extra copies delivered.
+    pub duplicated: u64,
+    /// Frames held back.
+    pub reordered: u64,
+    /// Frames with a flipped bit.
+    pub corrupted: u64,
+    /// Frames dropped because the link's queue was full.
+    pub overflow: u64,
+}
+
+/// One event of a trace (for determinism checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceEvent {
+    /// A frame left port `from` at `at`.
+    Sent { at: u64, from: usize, len: usize },
+    /// A frame for port `to` was lost.
+    Lost { at: u64, to: usize },
+    /// A frame was queued for `to`, due at `due`.
+    Queued {
+        at: u64,
+        to: usize,
+        due: u64,
+        seq: u64,
+        digest: u64,
+    },
+    /// Port `to` received frame `seq` at `at`.
+    Delivered { at: u64, to: usize, seq: u64 },
+}
+
+struct InFlight {
+    due: u64,
+    seq: u64,
+    vnet: VirtioNetHdr,
+    frame: Vec<u8>,
+}
+
+struct PortState {
+    cfg: LinkConfig,
+    queue: Vec<InFlight>,
+    busy_until: u64,
+    counters: SimCounters,
+    wake: UnixDatagram,
+}
+
+struct NetState {
+    rng: u64,
+    seq: u64,
+    ports: Vec<PortState>,
+    macs: HashMap<[u8; 6], usize>,
+    trace: Option<Vec<TraceEvent>>,
+}
+
+impl NetState {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    fn log(&mut self, e: TraceEvent) {
+        if let Some(t) = self.trace.as_mut() {
+            t.push(e);
+        }
+    }
+}
+
+/// A simulated network: a learning switch of ports on one virtual clock.
+#[derive(Clone)]
+pub struct SimNet {
+    state: Arc<Mutex<NetState>>,
+    clock: SimClock,
+}
+
+impl std::fmt::Debug for SimNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimNet")
+            .field("now", &self.clock.now())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(m: &Mutex<NetState>) -> MutexGuard<'_, NetState> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SimNet {
+    /// A network whose faults are drawn from `seed`.
+    pub fn new(seed: u64, clock: SimClock) -> SimNet {
+        SimNet {
+            state: Arc::new(Mutex::new(NetState {
+                rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+                seq: 0,
+                ports: Vec::new(),
+                macs: HashMap::new(),
+                trace: None,
+            })),
+            clock,
+        }
+    }
+
+    /// Two ports joined by links with `cfg` in both directions.
+    pub fn pair(seed: u64, cfg: LinkConfig) -> std::io::Result<(SimNet, SimPort, SimPort)> {
+        let net = SimNet::new(seed, SimClock::new());
+        let a = net.add_port(cfg.clone())?;
+        let b = net.add_port(cfg)?;
+        Ok((net, a, b))
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &SimClock {
+        &self.clock
+    }
+
+    /// Starts recording a trace of every event.
+    pub fn record_trace(&self) {
+        lock(&self.state).trace = Some(Vec::new());
+    }
+
+    /// The trace recorded so far.
+    pub fn trace(&self) -> Vec<TraceEvent> {
+        lock(&self.state).trace.clone().unwrap_or_default()
+    }
+
+    /// Counters of port `i`.
+    pub fn counters(&self, i: usize) -> SimCounters {
+        lock(&self.state).ports[i].counters
+    }
+
+    /// The earliest time a queued frame is due (to advance the clock to).
+    pub fn next_due(&self) -> Option<u64> {
+        let st = lock(&self.state);
+        st.ports
+            .iter()
+            .filter_map(|p| p.queue.first().map(|f| f.due))
+            .min()
+    }
+
+    /// Attaches a port whose ingress link has `cfg`.
+    pub fn add_port(&self, cfg: LinkConfig) -> std::io::Result<SimPort> {
+        let (wake, wait) = UnixDatagram::pair()?;
+        wake.set_nonblocking(true)?;
+        wait.set_nonblocking(true)?;
+        let mut st = lock(&self.state);
+        st.ports.push(PortState {
+            cfg,
+            queue: Vec::new(),
+            busy_until: 0,
+            counters: SimCounters::default(),
+            wake,
+        });
+        let index = st.ports.len() - 1;
+        Ok(SimPort {
+            state: Arc::clone(&self.state),
+            clock: self.clock.clone(),
+            index,
+            name: format!("sim{index}"),
+            wait,
+        })
+    }
+}
+
+/// A port of a [`SimNet`].
+pub struct SimPort {
+    state: Arc<Mutex<NetState>>,
+    clock: SimClock,
+    index: usize,
+    name: String,
+    wait: UnixDatagram,
+}
+
+impl std::fmt::Debug for SimPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimPort").field("name", &self.name).finish()
+    }
+}
+
+impl SimPort {
+    /// This port's index in its network.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Queues `frame` for port `to` through its link's faults.
+    fn deliver(st: &mut NetState, now: u64, to: usize, vnet: &VirtioNetHdr, frame: &[u8]) {
+        let cfg = st.ports[to].cfg.clone();
+        if st.chance(cfg.loss) {
+            st.ports[to].counters.lost += 1;
+            st.log(TraceEvent::Lost { at: now, to });
+            return;
+        }
+        let copies = if st.chance(cfg.duplicate) {
+            st.ports[to].counters.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            if st.ports[to].queue.len() >= cfg.queue_frames {
+                st.ports[to].counters.overflow += 1;
+                continue;
+            }
+            let mut f = frame.to_vec();
+            if !f.is_empty() && st.chance(cfg.corrupt) {
+                let bit = st.next() % (f.len() as u64 * 8);
+                f[(bit / 8) as usize] ^= 1 << (bit % 8);
+                st.ports[to].counters.corrupted += 1;
+            }
+            let mut due = now;
+            if cfg.rate_bps > 0 {
+                let start = st.ports[to].busy_until.max(now);
+                let ser = (f.len() as u64 * 8 * 1_000_000_000).div_ceil(cfg.rate_bps);
+                st.ports[to].busy_until = start + ser;
+                due = start + ser;
+            }
+            due += cfg.latency_ns;
+            if st.chance(cfg.reorder) {
+                due += 1 + st.next() % cfg.reorder_ns.max(1);
+                st.ports[to].counters.reordered += 1;
+            }
+            let seq = st.seq;
+            st.seq += 1;
+            let digest = f.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+            });
+            st.log(TraceEvent::Queued {
+                at: now,
+                to,
+                due,
+                seq,
+                digest,
+            });
+            let q = &mut st.ports[to].queue;
+            let at = q.partition_point(|x| (x.due, x.seq) <= (due, seq));
+            q.insert(
+                at,
+                InFlight {
+                    due,
+                    seq,
+                    vnet: *vnet,
+                    frame: f,
+                },
+            );
+        }
+        let _ = st.ports[to].wake.send(&[1]);
+    }
+}
+
+impl Port for SimPort {
+    fn transmit(&mut self, vnet: &VirtioNetHdr, chunks: &[&[u8]]) -> Result<TxOutcome, PortError> {
+        let len: usize = chunks.iter().map(|c| c.len()).sum();
+        let now = self.clock.now();
+        let mut st = lock(&self.state);
+        let mtu = st.ports[self.index].cfg.mtu;
+        if len > mtu {
+            return Err(PortError::TooLarge { len, max: mtu });
+        }
+        // The wire: the frame leaves the memory here.
+        let frame: Vec<u8> = chunks.concat();
+        let dests: Vec<usize> = match frame.get(0..6).and_then(|d| st.macs.get(d)) {
+            Some(&to) if to != self.index => vec![to],
+            Some(_) => Vec::new(),
+            None => (0..st.ports.len()).filter(|&i| i != self.index).collect(),
+        };
+        if !dests.is_empty()
+            && dests
+                .iter()
+                .all(|&d| st.ports[d].queue.len() >= st.ports[d].cfg.queue_frames)
+        {
+            return Ok(TxOutcome::Full);
+        }
+        if let Some(src) = frame.get(6..12) {
+            let src: [u8; 6] = src.try_into().expect("6 bytes");
+            if src[0] & 1 == 0 {
+                st.macs.insert(src, self.index);
+            }
+        }
+        st.ports[self.index].counters.tx_frames += 1;
+        st.log(TraceEvent::Sent {
+            at: now,
+            from: self.index,
+            len,
+        });
+        for d in dests {
+            SimPort::deliver(&mut st, now, d, vnet, &frame);
+        }
+        Ok(TxOutcome::Sent)
+    }
+
+    fn receive(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
+    ) -> Result<bool, PortError> {
+        let now = self.clock.now();
+        let f = {
+            let mut st = lock(&self.state);
+            let q = &mut st.ports[self.index].queue;
+            if q.first().is_none_or(|f| f.due > now) {
+                let mut b = [0u8; 64];
+                while self.wait.recv(&mut b).is_ok() {}
+                return Ok(false);
+            }
+            let f = q.remove(0);
+            st.ports[self.index].counters.rx_frames += 1;
+            st.log(TraceEvent::Delivered {
+                at: now,
+                to: self.index,
+                seq: f.seq,
+            });
+            f
+        };
+        deposit(&f.vnet, &f.frame);
+        Ok(true)
+    }
+
+    fn rx_fd(&self) -> Option<RawFd> {
+        Some(self.wait.as_raw_fd())
+    }
+
+    fn max_frame(&self) -> usize {
+        lock(&self.state).ports[self.index].cfg.mtu
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
