@@ -279,8 +279,8 @@ impl<P: Port> Nic<P> {
         Ok(n)
     }
 
-    /// Recycles completed TX slots (their segments are released). Returns
-    /// (completed OK, completed with an error).
+    /// Recycles completed TX slots (each keeps its segment until the next
+    /// prepare replaces it). Returns (completed OK, completed with an error).
     pub fn tx_reap(&mut self) -> Result<(u32, u32), NicError> {
         let n = self.tx.completed_unreaped();
         let (mut ok, mut bad) = (0, 0);
@@ -293,7 +293,8 @@ impl<P: Port> Nic<P> {
             } else {
                 bad += 1;
             }
-            self.mem.map().replace(slot, self.mem.empty())?;
+            // The slot keeps its segment until the next prepare replaces it
+            // (a ring buffer): no map update here.
         }
         self.tx.reap(n)?;
         Ok((ok, bad))
@@ -307,13 +308,14 @@ impl<P: Port> Nic<P> {
     }
 
     /// Takes up to `max` received segments (snapshots of the RX slots, which
-    /// are then emptied and become free). Returns how many.
+    /// become free). Returns how many.
     pub fn rx_harvest(&mut self, out: &mut Vec<Segment>, max: u32) -> Result<u32, NicError> {
         let n = self.rx.completed_unreaped().min(max);
         for i in 0..n {
             let slot = self.rx.completed_slot(i).expect("counted");
+            // The stack's snapshot; the slot keeps the segment until the next
+            // deposit replaces it.
             out.push(self.mem.map().get(slot)?);
-            self.mem.map().replace(slot, self.mem.empty())?;
         }
         self.rx.reap(n)?;
         Ok(n)
@@ -440,5 +442,16 @@ impl<P: Port> Nic<P> {
             done += 1;
         }
         Ok(done)
+    }
+}
+
+impl<P: Port> Drop for Nic<P> {
+    /// Gives the ring entries back to the segment map (releasing whatever
+    /// segments the slots still hold).
+    fn drop(&mut self) {
+        let map = self.mem.map();
+        for id in self.tx.ids().chain(self.rx.ids()) {
+            let _ = map.delete(SegmentId(id));
+        }
     }
 }

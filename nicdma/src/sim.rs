@@ -277,6 +277,7 @@ impl SimPort {
     /// Queues `frame` for port `to` through its link's faults.
     fn deliver(st: &mut NetState, now: u64, to: usize, vnet: &VirtioNetHdr, frame: &[u8]) {
         let cfg = st.ports[to].cfg.clone();
+        let was_empty = st.ports[to].queue.is_empty();
         if st.chance(cfg.loss) {
             st.ports[to].counters.lost += 1;
             st.log(TraceEvent::Lost { at: now, to });
@@ -313,16 +314,18 @@ impl SimPort {
             }
             let seq = st.seq;
             st.seq += 1;
-            let digest = f.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-            });
-            st.log(TraceEvent::Queued {
-                at: now,
-                to,
-                due,
-                seq,
-                digest,
-            });
+            if st.trace.is_some() {
+                let digest = f.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+                });
+                st.log(TraceEvent::Queued {
+                    at: now,
+                    to,
+                    due,
+                    seq,
+                    digest,
+                });
+            }
             let q = &mut st.ports[to].queue;
             let at = q.partition_point(|x| (x.due, x.seq) <= (due, seq));
             q.insert(
@@ -335,7 +338,11 @@ impl SimPort {
                 },
             );
         }
-        let _ = st.ports[to].wake.send(&[1]);
+        // Edge-triggered wake-up: only when the queue stops being empty (the
+        // receiver drains the channel when it finds the queue empty).
+        if was_empty && !st.ports[to].queue.is_empty() {
+            let _ = st.ports[to].wake.send(&[1]);
+        }
     }
 }
 

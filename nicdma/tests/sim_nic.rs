@@ -401,3 +401,29 @@ fn driver_rules_and_notifications() {
     assert_eq!(p.a.tx_reap().unwrap(), (0, 1));
     assert_eq!(p.a.counters().tx_bad, 1);
 }
+
+#[test]
+fn dropping_the_nics_releases_everything() {
+    let mem = mem();
+    let lines = mem.live_lines();
+    {
+        let (_net, pa, pb) = SimNet::pair(11, LinkConfig::default()).unwrap();
+        let mut a = Nic::new(&mem, pa, NicConfig::default()).unwrap();
+        let mut b = Nic::new(&mem, pb, NicConfig::default()).unwrap();
+        for f in frames(100, 3) {
+            let s = tx_segment(&mem, VirtioNetHdr::default(), 64, &f).unwrap();
+            a.tx_prepare(&s).unwrap();
+        }
+        a.tx_doorbell().unwrap();
+        a.dma().unwrap();
+        b.rx_refill().unwrap();
+        b.dma().unwrap();
+        assert!(mem.live_lines() > lines);
+    }
+    assert_eq!(
+        mem.live_lines(),
+        lines,
+        "ring slots released their segments"
+    );
+    assert_eq!(mem.map().len(), 1, "ring entries returned to the map");
+}
