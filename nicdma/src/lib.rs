@@ -11,6 +11,7 @@
 
 pub mod meta;
 pub mod nic;
+pub mod offload;
 pub mod port;
 pub mod ring;
 pub mod sim;

@@ -34,6 +34,9 @@ pub enum PortError {
         /// The maximum.
         max: usize,
     },
+    /// The offloads the metadata asks for cannot be applied to the frame.
+    #[error("the frame's offload request is malformed")]
+    BadOffload,
     /// The other end is gone.
     #[error("the port's peer is gone")]
     Disconnected,

@@ -355,9 +355,15 @@ impl Port for SimPort {
         if len > mtu {
             return Err(PortError::TooLarge { len, max: mtu });
         }
-        // The wire: the frame leaves the memory here.
-        let frame: Vec<u8> = chunks.concat();
-        let dests: Vec<usize> = match frame.get(0..6).and_then(|d| st.macs.get(d)) {
+        // The wire: the frame leaves the memory here, and the port's
+        // "hardware" does the offloads the metadata asks for.
+        let (vnet, frames) = match crate::offload::apply_tx(vnet, chunks.concat()) {
+            Ok(x) => x,
+            Err(_) => return Err(PortError::BadOffload),
+        };
+        let vnet = &vnet;
+        let first = &frames[0];
+        let dests: Vec<usize> = match first.get(0..6).and_then(|d| st.macs.get(d)) {
             Some(&to) if to != self.index => vec![to],
             Some(_) => Vec::new(),
             None => (0..st.ports.len()).filter(|&i| i != self.index).collect(),
@@ -369,20 +375,22 @@ impl Port for SimPort {
         {
             return Ok(TxOutcome::Full);
         }
-        if let Some(src) = frame.get(6..12) {
+        if let Some(src) = first.get(6..12) {
             let src: [u8; 6] = src.try_into().expect("6 bytes");
             if src[0] & 1 == 0 {
                 st.macs.insert(src, self.index);
             }
         }
-        st.ports[self.index].counters.tx_frames += 1;
-        st.log(TraceEvent::Sent {
-            at: now,
-            from: self.index,
-            len,
-        });
-        for d in dests {
-            SimPort::deliver(&mut st, now, d, vnet, &frame);
+        for frame in &frames {
+            st.ports[self.index].counters.tx_frames += 1;
+            st.log(TraceEvent::Sent {
+                at: now,
+                from: self.index,
+                len: frame.len(),
+            });
+            for &d in &dests {
+                SimPort::deliver(&mut st, now, d, vnet, frame);
+            }
         }
         Ok(TxOutcome::Sent)
     }

@@ -1,0 +1,253 @@
+//! Transmit offloads done in software, as a NIC does them in hardware: the
+//! checksum (`F_NEEDS_CSUM`: sum from `csum_start` to the end, the pseudo-
+//! header sum already in the checksum field, as Linux and virtio leave it) and
+//! TCP segmentation (`gso_type` TCPV4: cut the payload after `hdr_len` into
+//! `gso_size` pieces, each with the headers repeated and fixed up: IPv4 total
+//! length, id and header checksum; TCP sequence number, flags and checksum).
+//!
+//! Ports that put flattened frames on a wire (the sim backend) apply these;
+//! the TAP backend hands the metadata to the kernel instead.
+
+use crate::meta::{gso, VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM};
+
+/// Why offloads could not be applied (the frame is then dropped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OffloadError {
+    /// The checksum fields point outside the frame.
+    #[error("checksum offsets outside the frame")]
+    BadChecksumOffsets,
+    /// The frame is not the Ethernet/IPv4/TCP the GSO type says.
+    #[error("GSO frame is not Ethernet/IPv4/TCP with hdr_len {0}")]
+    BadGsoFrame(u16),
+    /// A GSO type this model does not segment.
+    #[error("unsupported GSO type {0}")]
+    UnsupportedGso(u8),
+}
+
+/// Internet checksum accumulation (ones' complement sum of 16-bit words).
+pub fn sum16(mut acc: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [b] = chunks.remainder() {
+        acc += u32::from(*b) << 8;
+    }
+    acc
+}
+
+/// Folds a sum into the final 16-bit checksum (complemented).
+pub fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+fn complete_checksum(vnet: &VirtioNetHdr, f: &mut [u8]) -> Result<(), OffloadError> {
+    let start = vnet.csum_start as usize;
+    let at = start + vnet.csum_offset as usize;
+    if at + 2 > f.len() {
+        return Err(OffloadError::BadChecksumOffsets);
+    }
+    // The field holds the pseudo-header sum: include it, then store.
+    let c = fold(sum16(0, &f[start..]));
+    f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+/// Applies the offloads `vnet` asks for to `frame`, returning the frames to
+/// put on the wire (one, or the GSO segments) and the metadata they carry
+/// (checksums valid, no GSO).
+pub fn apply_tx(
+    vnet: &VirtioNetHdr,
+    frame: Vec<u8>,
+) -> Result<(VirtioNetHdr, Vec<Vec<u8>>), OffloadError> {
+    let out_hdr = VirtioNetHdr {
+        flags: if vnet.flags & F_NEEDS_CSUM != 0 {
+            F_DATA_VALID
+        } else {
+            vnet.flags & F_DATA_VALID
+        },
+        ..VirtioNetHdr::default()
+    };
+    match vnet.gso_type & !gso::ECN {
+        gso::NONE => {
+            let mut f = frame;
+            if vnet.flags & F_NEEDS_CSUM != 0 {
+                complete_checksum(vnet, &mut f)?;
+            }
+            Ok((out_hdr, vec![f]))
+        }
+        gso::TCPV4 => Ok((out_hdr, tso4(vnet, &frame)?)),
+        other => Err(OffloadError::UnsupportedGso(other)),
+    }
+}
+
+fn tso4(vnet: &VirtioNetHdr, f: &[u8]) -> Result<Vec<Vec<u8>>, OffloadError> {
+    let bad = || OffloadError::BadGsoFrame(vnet.hdr_len);
+    let hdr_len = vnet.hdr_len as usize;
+    if f.len() < 14 + 20 + 20 || f[12..14] != [0x08, 0x00] || f[14] >> 4 != 4 {
+        return Err(bad());
+    }
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let l4 = 14 + ihl;
+    if ihl < 20 || f.len() < l4 + 20 || f[14 + 9] != 6 {
+        return Err(bad());
+    }
+    let tcp_len = usize::from(f[l4 + 12] >> 4) * 4;
+    if tcp_len < 20 || hdr_len != l4 + tcp_len || hdr_len > f.len() {
+        return Err(bad());
+    }
+    let mss = usize::from(vnet.gso_size);
+    if mss == 0 {
+        return Err(bad());
+    }
+    let payload = &f[hdr_len..];
+    let seq0 = u32::from_be_bytes(f[l4 + 4..l4 + 8].try_into().expect("4"));
+    let id0 = u16::from_be_bytes([f[18], f[19]]);
+    let flags0 = f[l4 + 13];
+    let n = payload.len().div_ceil(mss).max(1);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let piece = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
+        let mut s = Vec::with_capacity(hdr_len + piece.len());
+        s.extend_from_slice(&f[..hdr_len]);
+        s.extend_from_slice(piece);
+        // IPv4: total length, id, header checksum.
+        let total = (ihl + tcp_len + piece.len()) as u16;
+        s[16..18].copy_from_slice(&total.to_be_bytes());
+        s[18..20].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+        s[24..26].copy_from_slice(&[0, 0]);
+        let hc = fold(sum16(0, &s[14..l4]));
+        s[24..26].copy_from_slice(&hc.to_be_bytes());
+        // TCP: sequence number, flags (CWR on the first only; FIN and PSH on
+        // the last only), checksum over the pseudo-header and segment.
+        let seq = seq0.wrapping_add((i * mss) as u32);
+        s[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+        let mut fl = flags0;
+        if i > 0 {
+            fl &= !0x80; // CWR
+        }
+        if i + 1 < n {
+            fl &= !(0x01 | 0x08); // FIN, PSH
+        }
+        s[l4 + 13] = fl;
+        s[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+        let mut acc = sum16(0, &s[26..34]); // source and destination address
+        acc += 6 + (tcp_len + piece.len()) as u32;
+        let tc = fold(sum16(acc, &s[l4..]));
+        s[l4 + 16..l4 + 18].copy_from_slice(&tc.to_be_bytes());
+        out.push(s);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet/IPv4/TCP frame with `payload`, checksums correct.
+    fn tcp_frame(payload: &[u8], seq: u32, flags: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 20];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        let total = (40 + payload.len()) as u16;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f[18..20].copy_from_slice(&77u16.to_be_bytes());
+        f[22] = 64;
+        f[23] = 6;
+        f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+        f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+        f[34..36].copy_from_slice(&1234u16.to_be_bytes());
+        f[36..38].copy_from_slice(&80u16.to_be_bytes());
+        f[38..42].copy_from_slice(&seq.to_be_bytes());
+        f[46] = 0x50;
+        f[47] = flags;
+        f.extend_from_slice(payload);
+        let hc = fold(sum16(0, &f[14..34]));
+        f[24..26].copy_from_slice(&hc.to_be_bytes());
+        let mut acc = sum16(0, &f[26..34]) + 6 + (20 + payload.len()) as u32;
+        acc = sum16(acc, &f[34..]);
+        f[50..52].copy_from_slice(&fold(acc).to_be_bytes());
+        f
+    }
+
+    fn tcp_ok(f: &[u8]) -> bool {
+        let acc = sum16(0, &f[26..34]) + 6 + (f.len() - 34) as u32;
+        fold(sum16(0, &f[14..34])) == 0 && fold(sum16(acc, &f[34..])) == 0
+    }
+
+    #[test]
+    fn checksum_completion_matches_a_full_checksum() {
+        let want = tcp_frame(b"hello offload", 5, 0x18);
+        assert!(tcp_ok(&want));
+        // What Linux hands a NIC: the pseudo-header sum in the field.
+        let mut partial = want.clone();
+        let pseudo = sum16(0, &partial[26..34]) + 6 + (partial.len() - 34) as u32;
+        let mut p = pseudo;
+        while p > 0xffff {
+            p = (p & 0xffff) + (p >> 16);
+        }
+        partial[50..52].copy_from_slice(&(p as u16).to_be_bytes());
+        let vnet = VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        let (h, out) = apply_tx(&vnet, partial).unwrap();
+        assert_eq!(out, vec![want]);
+        assert_eq!(h.flags, F_DATA_VALID);
+        let bad = VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            csum_start: 60,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        assert_eq!(
+            apply_tx(&bad, tcp_frame(b"x", 0, 0)),
+            Err(OffloadError::BadChecksumOffsets)
+        );
+    }
+
+    #[test]
+    fn tso_cuts_and_fixes_every_segment() {
+        let payload: Vec<u8> = (0..3500u32).map(|i| i as u8).collect();
+        let big = tcp_frame(&payload, 1000, 0x18 | 0x01 | 0x80); // PSH, FIN, CWR
+        let vnet = VirtioNetHdr {
+            gso_type: gso::TCPV4,
+            gso_size: 1448,
+            hdr_len: 54,
+            ..Default::default()
+        };
+        let (_, segs) = apply_tx(&vnet, big).unwrap();
+        assert_eq!(segs.len(), 3);
+        let mut joined = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            assert!(tcp_ok(s), "segment {i} checksums");
+            let seq = u32::from_be_bytes(s[38..42].try_into().unwrap());
+            assert_eq!(seq, 1000 + 1448 * i as u32);
+            assert_eq!(u16::from_be_bytes([s[16], s[17]]) as usize, s.len() - 14);
+            assert_eq!(u16::from_be_bytes([s[18], s[19]]), 77 + i as u16);
+            let fl = s[47];
+            assert_eq!(fl & 0x80 != 0, i == 0, "CWR on the first only");
+            assert_eq!(fl & 0x09 != 0, i == 2, "FIN/PSH on the last only");
+            joined.extend_from_slice(&s[54..]);
+        }
+        assert_eq!(joined, payload);
+        let wrong = VirtioNetHdr {
+            hdr_len: 40,
+            ..vnet
+        };
+        assert!(apply_tx(&wrong, tcp_frame(b"abc", 0, 0)).is_err());
+        let udp = VirtioNetHdr {
+            gso_type: gso::UDP,
+            ..vnet
+        };
+        assert_eq!(
+            apply_tx(&udp, tcp_frame(b"abc", 0, 0)),
+            Err(OffloadError::UnsupportedGso(gso::UDP))
+        );
+    }
+}
