@@ -254,3 +254,21 @@ mod tests {
         assert!(DmaMeta::parse(&bad, 100).is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary bytes never panic the parser; what parses is in bounds.
+        #[test]
+        fn parse_never_panics(b in prop::collection::vec(any::<u8>(), 0..64), seg_len in 0u64..100_000) {
+            if let Ok(m) = DmaMeta::parse(&b, seg_len) {
+                prop_assert!(m.frame_off as usize >= META_LEN);
+                prop_assert!(u64::from(m.frame_off) + u64::from(m.frame_len) <= seg_len);
+                prop_assert_eq!(DmaMeta::parse(&m.to_bytes(), seg_len), Ok(m));
+            }
+        }
+    }
+}

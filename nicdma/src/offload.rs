@@ -251,3 +251,35 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary frames and offload requests never panic; segments never
+        /// exceed the headers plus one MSS.
+        #[test]
+        fn apply_tx_never_panics(
+            frame in prop::collection::vec(any::<u8>(), 0..3000),
+            flags in any::<u8>(), gso_type in any::<u8>(), hdr_len in 0u16..200,
+            gso_size in 0u16..2000, csum_start in 0u16..3000, csum_offset in 0u16..64,
+            tcp in any::<bool>(),
+        ) {
+            let mut f = frame;
+            if tcp && f.len() >= 54 {
+                // Often make it look like Ethernet/IPv4/TCP so TSO runs deep.
+                f[12] = 8; f[13] = 0; f[14] = 0x45; f[23] = 6; f[46] = 0x50;
+            }
+            let vnet = VirtioNetHdr { flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers: 0 };
+            if let Ok((_, segs)) = apply_tx(&vnet, f) {
+                if gso_type & !gso::ECN == gso::TCPV4 {
+                    for s in &segs {
+                        prop_assert!(s.len() <= hdr_len as usize + gso_size as usize);
+                    }
+                }
+            }
+        }
+    }
+}
