@@ -13,6 +13,7 @@ pub mod meta;
 pub mod nic;
 pub mod offload;
 pub mod port;
+pub mod responder;
 pub mod ring;
 pub mod sim;
 
