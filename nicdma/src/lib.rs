@@ -16,6 +16,9 @@ pub mod port;
 pub mod responder;
 pub mod ring;
 pub mod sim;
+#[allow(unsafe_code)]
+mod sys;
+pub mod tap;
 
 pub use meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};
 pub use nic::{frame_bytes, tx_segment, Nic, NicConfig, NicCounters, NicError, Work};

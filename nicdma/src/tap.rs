@@ -1,0 +1,603 @@
+//! The TAP backend: a [`Port`] on a Linux TAP device, so the kernel's network
+//! stack is the NIC's link partner.
+//!
+//! Every frame crossing the TAP file descriptor carries the 12-byte
+//! virtio-net header first (`IFF_VNET_HDR`, `TUNSETVNETHDRSZ` = 12), the same
+//! bytes as the first field of the ring segments' [`DmaMeta`](crate::DmaMeta):
+//!
+//! ```text
+//!  read()/writev() on /dev/net/tun
+//!  +-------------------------+---------------------------------------------+
+//!  | virtio_net_hdr_v1 (12)  | Ethernet frame (dst, src, type, payload...) |
+//!  +-------------------------+---------------------------------------------+
+//!    flags gso_type hdr_len     <- transmit: gathered from the segment's
+//!    gso_size csum_start           lines, one iovec per chunk (zero copy)
+//!    csum_offset num_buffers    <- receive: lent as (&hdr, &frame)
+//! ```
+//!
+//! With the default [`Offload`]s the kernel may hand over frames whose
+//! checksum is only partial (`F_NEEDS_CSUM`) and TCP super-frames of up to
+//! 64 KiB (`gso_type` TCPV4/TCPV6, `gso_size` = MSS): the receive path
+//! deposits them as they are, metadata included. In the other direction the
+//! kernel always accepts partial checksums and GSO frames from us.
+//!
+//! [`NetNs`] is the test and benchmark helper: a private network namespace
+//! (made and removed with iproute2's `ip`) that the TAP device moves into,
+//! so the traffic of a test stays inside it. The TAP file descriptor keeps
+//! working after the move.
+//!
+//! ```no_run
+//! use nicdma::tap::{NetNs, TapPort};
+//! use nicdma::Port;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut port = TapPort::open("")?; // the kernel picks the name (tapN)
+//! let ns = NetNs::create()?;
+//! ns.adopt(port.name(), Some("10.77.1.1/24"))?; // the kernel's side is 10.77.1.1
+//! // `ip netns exec <ns> ping 10.77.1.2` now sends ARP and ICMP to `port`.
+//! while port.wait_readable(std::time::Duration::from_millis(100))? {
+//!     port.receive(&mut |hdr, frame| println!("{} bytes, {hdr:?}", frame.len()))?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Read, Write};
+use std::ops::BitOr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::meta::{VirtioNetHdr, VNET_HDR_LEN};
+use crate::port::{Port, PortError, TxOutcome};
+use crate::sys;
+
+/// The largest frame a [`TapPort`] carries either way (without the virtio-net
+/// header): a 64 KiB GSO packet plus an Ethernet header with a VLAN tag and
+/// an IPv6 header, rounded up. The kernel never hands over more.
+pub const MAX_FRAME: usize = 65_536 + 64;
+
+/// The kernel's limit on iovecs per `writev` (`UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
+/// Iovecs kept on the stack by `transmit`; frames of more chunks use a
+/// vector (up to [`IOV_MAX`]) or are flattened (beyond).
+const STACK_IOV: usize = 128;
+
+/// Offloads the kernel may use on the frames it hands to us
+/// (`TUNSETOFFLOAD`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Offload(u32);
+
+impl Offload {
+    /// Only complete frames with complete checksums.
+    pub const NONE: Offload = Offload(0);
+    /// Partial checksums (`F_NEEDS_CSUM`, `csum_start`/`csum_offset`).
+    pub const CSUM: Offload = Offload(sys::TUN_F_CSUM);
+    /// TCP over IPv4 super-frames (needs `CSUM`).
+    pub const TSO4: Offload = Offload(sys::TUN_F_TSO4);
+    /// TCP over IPv6 super-frames (needs `CSUM`).
+    pub const TSO6: Offload = Offload(sys::TUN_F_TSO6);
+    /// TSO frames with the ECN bit in `gso_type`.
+    pub const TSO_ECN: Offload = Offload(sys::TUN_F_TSO_ECN);
+    /// What [`TapPort::open`] asks for: checksum, TSO4, TSO6 and ECN.
+    pub const DEFAULT: Offload =
+        Offload(sys::TUN_F_CSUM | sys::TUN_F_TSO4 | sys::TUN_F_TSO6 | sys::TUN_F_TSO_ECN);
+
+    /// The `TUN_F_*` bits.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// Whether every bit of `other` is set.
+    pub const fn contains(self, other: Offload) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl BitOr for Offload {
+    type Output = Offload;
+    fn bitor(self, rhs: Offload) -> Offload {
+        Offload(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Debug for Offload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = [
+            (Offload::CSUM, "CSUM"),
+            (Offload::TSO4, "TSO4"),
+            (Offload::TSO6, "TSO6"),
+            (Offload::TSO_ECN, "TSO_ECN"),
+        ];
+        let set: Vec<&str> = names
+            .iter()
+            .filter(|(o, _)| self.contains(*o))
+            .map(|(_, n)| *n)
+            .collect();
+        if set.is_empty() {
+            write!(f, "Offload(NONE)")
+        } else {
+            write!(f, "Offload({})", set.join(" | "))
+        }
+    }
+}
+
+/// A [`Port`] on a TAP device (`/dev/net/tun`, non-blocking, with the
+/// virtio-net header on every frame). Dropping it closes the descriptor, and
+/// the kernel removes the device.
+pub struct TapPort {
+    file: File,
+    name: String,
+    offload: Offload,
+    /// One received frame: the header, then up to [`MAX_FRAME`] bytes.
+    rx_buf: Box<[u8]>,
+    /// Frames of more than [`IOV_MAX`] chunks are flattened here.
+    flat: Vec<u8>,
+}
+
+impl fmt::Debug for TapPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TapPort")
+            .field("name", &self.name)
+            .field("fd", &self.file.as_raw_fd())
+            .field("offload", &self.offload)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps an error of the set-up calls; missing privileges get their own variant.
+fn setup_err(op: &'static str, source: io::Error) -> PortError {
+    match source.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => PortError::NotPermitted(op),
+        _ => PortError::Os { op, source },
+    }
+}
+
+/// Maps an error of the data path (back-pressure is handled by the callers).
+fn data_err(op: &'static str, source: io::Error) -> PortError {
+    match source.raw_os_error() {
+        // The device is gone (deleted, or its namespace was removed).
+        Some(libc::EBADFD) => PortError::Disconnected,
+        _ => PortError::Os { op, source },
+    }
+}
+
+impl TapPort {
+    /// Creates (or attaches to) the TAP device `name`; an empty name lets the
+    /// kernel pick one (`tap0`, `tap1`, ...; `"nic%d"` picks in that pattern).
+    /// The device starts down and in the caller's network namespace; it asks
+    /// for [`Offload::DEFAULT`].
+    ///
+    /// Errors: `NotPermitted` without CAP_NET_ADMIN (or without access to
+    /// `/dev/net/tun`); `Os` otherwise, e.g. for a name longer than 15 bytes
+    /// or one taken by a device that is not a free TAP device.
+    pub fn open(name: &str) -> Result<TapPort, PortError> {
+        let flags = sys::IFF_TAP | sys::IFF_NO_PI | sys::IFF_VNET_HDR;
+        let mut req = sys::IfReq::new(name, flags).ok_or_else(|| PortError::Os {
+            op: "TUNSETIFF",
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad interface name {name:?} (at most 15 bytes, no NUL)"),
+            ),
+        })?;
+        // std opens with O_CLOEXEC already.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/net/tun")
+            .map_err(|e| setup_err("open /dev/net/tun", e))?;
+        sys::tun_set_iff(file.as_fd(), &mut req).map_err(|e| setup_err("TUNSETIFF", e))?;
+        sys::tun_set_vnet_hdr_sz(file.as_fd(), VNET_HDR_LEN as libc::c_int)
+            .map_err(|e| setup_err("TUNSETVNETHDRSZ", e))?;
+        let mut port = TapPort {
+            file,
+            name: req.name(),
+            offload: Offload::NONE,
+            rx_buf: vec![0; VNET_HDR_LEN + MAX_FRAME].into_boxed_slice(),
+            flat: Vec::new(),
+        };
+        port.set_offload(Offload::DEFAULT)?;
+        Ok(port)
+    }
+
+    /// Changes the offloads the kernel may use on frames it hands to us
+    /// (TSO needs `CSUM`, or the kernel answers `EINVAL`).
+    pub fn set_offload(&mut self, offload: Offload) -> Result<(), PortError> {
+        sys::tun_set_offload(self.file.as_fd(), offload.bits())
+            .map_err(|e| setup_err("TUNSETOFFLOAD", e))?;
+        self.offload = offload;
+        Ok(())
+    }
+
+    /// The offloads in force.
+    pub fn offload(&self) -> Offload {
+        self.offload
+    }
+
+    /// Waits up to `timeout` for a frame to arrive; returns whether one (may
+    /// have) did. A zero timeout only checks.
+    pub fn wait_readable(&self, timeout: Duration) -> Result<bool, PortError> {
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        sys::poll_readable(self.file.as_fd(), ms).map_err(|e| data_err("poll", e))
+    }
+
+    fn write_frame(&mut self, hdr: &[u8; VNET_HDR_LEN], chunks: &[&[u8]]) -> io::Result<usize> {
+        let mut file = &self.file;
+        if chunks.len() < STACK_IOV {
+            let mut iov = [IoSlice::new(&[]); STACK_IOV];
+            iov[0] = IoSlice::new(hdr);
+            for (slot, chunk) in iov[1..].iter_mut().zip(chunks) {
+                *slot = IoSlice::new(chunk);
+            }
+            file.write_vectored(&iov[..=chunks.len()])
+        } else if chunks.len() < IOV_MAX {
+            let mut iov = Vec::with_capacity(chunks.len() + 1);
+            iov.push(IoSlice::new(hdr));
+            iov.extend(chunks.iter().map(|c| IoSlice::new(c)));
+            file.write_vectored(&iov)
+        } else {
+            self.flat.clear();
+            self.flat.extend_from_slice(hdr);
+            for chunk in chunks {
+                self.flat.extend_from_slice(chunk);
+            }
+            file.write(&self.flat)
+        }
+    }
+}
+
+impl Port for TapPort {
+    /// One `writev`: the header, then one iovec per chunk. `EAGAIN` (the
+    /// socket's send buffer is full) is back-pressure. A device that is down
+    /// refuses frames with `EIO` (an `Os` error).
+    fn transmit(&mut self, vnet: &VirtioNetHdr, chunks: &[&[u8]]) -> Result<TxOutcome, PortError> {
+        let len: usize = chunks.iter().map(|c| c.len()).sum();
+        if len > MAX_FRAME {
+            return Err(PortError::TooLarge {
+                len,
+                max: MAX_FRAME,
+            });
+        }
+        let hdr = vnet.to_bytes();
+        let written = loop {
+            match self.write_frame(&hdr, chunks) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(TxOutcome::Full),
+                Err(e) => return Err(data_err("writev", e)),
+            }
+        };
+        // The kernel takes a frame whole or not at all; anything else is a bug.
+        if written != VNET_HDR_LEN + len {
+            return Err(PortError::Os {
+                op: "writev",
+                source: io::Error::other(format!(
+                    "short write: {written} of {} bytes",
+                    VNET_HDR_LEN + len
+                )),
+            });
+        }
+        Ok(TxOutcome::Sent)
+    }
+
+    /// One `read` into the port's buffer; the header and the frame are lent
+    /// to `deposit`. `num_buffers` is 0 (the kernel does not merge buffers).
+    fn receive(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
+    ) -> Result<bool, PortError> {
+        // Older kernels write only the 10-byte legacy header and skip the
+        // rest: clear `num_buffers` so no stale bytes show through.
+        self.rx_buf[10..VNET_HDR_LEN].fill(0);
+        let n = loop {
+            match (&self.file).read(&mut self.rx_buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(data_err("read", e)),
+            }
+        };
+        // The kernel reports the whole length even when it had to truncate.
+        if n > self.rx_buf.len() {
+            return Err(PortError::TooLarge {
+                len: n - VNET_HDR_LEN,
+                max: MAX_FRAME,
+            });
+        }
+        let (Some(hdr), Some(frame)) = (
+            VirtioNetHdr::from_bytes(&self.rx_buf[..n]),
+            self.rx_buf.get(VNET_HDR_LEN..n),
+        ) else {
+            return Err(PortError::Os {
+                op: "read",
+                source: io::Error::other(format!("{n}-byte read is shorter than the header")),
+            });
+        };
+        deposit(&hdr, frame);
+        Ok(true)
+    }
+
+    fn rx_fd(&self) -> Option<RawFd> {
+        Some(self.file.as_raw_fd())
+    }
+
+    fn max_frame(&self) -> usize {
+        MAX_FRAME
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl AsFd for TapPort {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl AsRawFd for TapPort {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+/// Errors of the namespace helper.
+#[derive(Debug, thiserror::Error)]
+pub enum NetNsError {
+    /// Namespaces and TAP devices need root here.
+    #[error("not root (effective uid {0})")]
+    NotRoot(u32),
+    /// A command could not be started (iproute2 missing?).
+    #[error("cannot run `{cmd}`: {source}")]
+    Spawn {
+        /// The command line.
+        cmd: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// A command failed.
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Failed {
+        /// The command line.
+        cmd: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// What it said.
+        stderr: String,
+    },
+    /// A command's output was not what was expected.
+    #[error("`{cmd}`: unexpected output: {output}")]
+    Parse {
+        /// The command line.
+        cmd: String,
+        /// The output.
+        output: String,
+    },
+    /// Opening or entering the namespace failed.
+    #[error("entering namespace {ns}: {source}")]
+    Enter {
+        /// The namespace.
+        ns: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Checks that [`NetNs`] and [`TapPort`] can work here: root and iproute2's
+/// `ip`. Tests skip (with a message) when this fails.
+pub fn netns_supported() -> Result<(), NetNsError> {
+    let euid = sys::geteuid();
+    if euid != 0 {
+        return Err(NetNsError::NotRoot(euid));
+    }
+    ip(&["-V"]).map(drop)
+}
+
+/// Runs `ip args...`; returns its standard output.
+fn ip(args: &[&str]) -> Result<String, NetNsError> {
+    let cmd = format!("ip {}", args.join(" "));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| NetNsError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetNsError::Failed {
+            cmd,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+const NETNS_PREFIX: &str = "nicdma-";
+
+/// Deletes namespaces `nicdma-<pid>-<n>` left behind by processes that are gone
+/// (killed before their `Drop` ran).
+fn reap_stale_namespaces() {
+    let Ok(list) = ip(&["netns", "list"]) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name
+            .strip_prefix(NETNS_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
+/// Counters of a link as its namespace's kernel counts them: `rx` is what
+/// the kernel received (frames a [`TapPort`] transmitted), `tx` what it sent
+/// (frames for the port to receive; `tx_dropped` overflowed its queue).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Frames received by the kernel.
+    pub rx_packets: u64,
+    /// Frames the kernel dropped on receive.
+    pub rx_dropped: u64,
+    /// Frames sent by the kernel.
+    pub tx_packets: u64,
+    /// Frames the kernel dropped on send (queue full).
+    pub tx_dropped: u64,
+}
+
+/// Finds `"key":<number>` after `"section":{` in iproute2's JSON.
+fn json_counter(json: &str, section: &str, key: &str) -> Option<u64> {
+    let rest = &json[json.find(&format!("\"{section}\":{{"))?..];
+    let rest = &rest[rest.find(&format!("\"{key}\":"))? + key.len() + 3..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// A private network namespace `nicdma-<pid>-<n>`, deleted on drop (also
+/// when a test panics). Creating one needs root and iproute2
+/// ([`netns_supported`]).
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+static NEXT_NETNS: AtomicU32 = AtomicU32::new(0);
+
+impl NetNs {
+    /// Creates a namespace (with its loopback up), first deleting the
+    /// namespaces of earlier runs that were killed.
+    pub fn create() -> Result<NetNs, NetNsError> {
+        reap_stale_namespaces();
+        let n = NEXT_NETNS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{NETNS_PREFIX}{}-{n}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "dev", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name (for `ip netns exec`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n <ns> args...` and returns its standard output.
+    pub fn ip(&self, args: &[&str]) -> Result<String, NetNsError> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// A command that runs `program` inside the namespace
+    /// (`ip netns exec <ns> program`); add arguments and spawn it.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Moves the device `dev` (e.g. a [`TapPort`]'s, whose descriptor keeps
+    /// working) into the namespace, gives it the address `cidr` if any (like
+    /// `"10.77.1.1/24"`) and brings it up. IPv6 address generation is turned
+    /// off on it, so the only traffic is what the caller makes.
+    pub fn adopt(&self, dev: &str, cidr: Option<&str>) -> Result<(), NetNsError> {
+        ip(&["link", "set", "dev", dev, "netns", &self.name])?;
+        self.ip(&["link", "set", "dev", dev, "addrgenmode", "none"])?;
+        if let Some(cidr) = cidr {
+            self.ip(&["addr", "add", cidr, "dev", dev])?;
+        }
+        self.ip(&["link", "set", "dev", dev, "up"])?;
+        Ok(())
+    }
+
+    /// The counters of `dev` in the namespace.
+    pub fn link_stats(&self, dev: &str) -> Result<LinkStats, NetNsError> {
+        let json = self.ip(&["-j", "-s", "link", "show", "dev", dev])?;
+        let get = |section, key| {
+            json_counter(&json, section, key).ok_or_else(|| NetNsError::Parse {
+                cmd: format!("ip -n {} -j -s link show dev {dev}", self.name),
+                output: json.clone(),
+            })
+        };
+        Ok(LinkStats {
+            rx_packets: get("rx", "packets")?,
+            rx_dropped: get("rx", "dropped")?,
+            tx_packets: get("tx", "packets")?,
+            tx_dropped: get("tx", "dropped")?,
+        })
+    }
+
+    /// Moves the calling thread (only) into the namespace: sockets it opens
+    /// afterwards live there. Meant for a helper thread made for that.
+    pub fn enter_current_thread(&self) -> Result<(), NetNsError> {
+        let path = format!("/run/netns/{}", self.name);
+        let enter_err = |source| NetNsError::Enter {
+            ns: self.name.clone(),
+            source,
+        };
+        let file = File::open(&path).map_err(enter_err)?;
+        sys::setns_net(file.as_fd()).map_err(enter_err)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("nicdma: could not delete namespace {}: {e}", self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offload_bits() {
+        assert_eq!(Offload::DEFAULT.bits(), 0x0f);
+        assert!(Offload::DEFAULT.contains(Offload::CSUM | Offload::TSO6));
+        assert!(!Offload::CSUM.contains(Offload::TSO4));
+        assert_eq!(format!("{:?}", Offload::NONE), "Offload(NONE)");
+        assert_eq!(
+            format!("{:?}", Offload::CSUM | Offload::TSO4),
+            "Offload(CSUM | TSO4)"
+        );
+    }
+
+    #[test]
+    fn json_counters() {
+        let j = r#"[{"ifname":"tap0","stats64":{"rx":{"bytes":3193,"packets":29,"errors":0,"dropped":4},"tx":{"bytes":1,"packets":7,"dropped":0}}}]"#;
+        assert_eq!(json_counter(j, "rx", "packets"), Some(29));
+        assert_eq!(json_counter(j, "rx", "dropped"), Some(4));
+        assert_eq!(json_counter(j, "tx", "packets"), Some(7));
+        assert_eq!(json_counter(j, "tx", "missing"), None);
+    }
+
+    #[test]
+    fn bad_names_are_errors() {
+        let long = "a123456789abcdef";
+        assert!(matches!(
+            TapPort::open(long),
+            Err(PortError::Os {
+                op: "TUNSETIFF",
+                ..
+            })
+        ));
+    }
+}
