@@ -25,14 +25,7 @@ const KERNEL_MAC: [u8; 6] = [2, 0, 0, 0x78, 0, 1];
 const OUR_MAC: [u8; 6] = [2, 0, 0, 0x78, 0, 2];
 
 fn csum(data: &[u8]) -> u16 {
-    let mut acc: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
+    nicdma::offload::fold(nicdma::offload::sum16(0, data))
 }
 
 /// Ethernet/IPv4/UDP of `len` bytes from 10.78.0.2 to 10.78.0.1:9 (UDP

@@ -39,6 +39,17 @@ const IP_ICMP: u8 = 1;
 const IP_TCP: u8 = 6;
 const IP_UDP: u8 = 17;
 
+/// The ping tests need the kernel's `ping` (scripts/setup installs it).
+fn require_ping() {
+    assert!(
+        std::process::Command::new("ping")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "`ping` (Debian package iputils-ping) is missing: run scripts/setup"
+    );
+}
+
 fn skip() -> bool {
     match netns_supported() {
         Ok(()) => false,
@@ -336,13 +347,7 @@ fn kernel_pings_a_responder_on_the_port() {
     if skip() {
         return;
     }
-    assert!(
-        std::process::Command::new("ping")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "`ping` (Debian package iputils-ping) is missing"
-    );
+    require_ping();
     let mut lab = lab(1);
     let child = lab
         .ns
@@ -856,13 +861,7 @@ fn kernel_pings_the_nic_responder_through_the_rings() {
     if skip() {
         return;
     }
-    assert!(
-        std::process::Command::new("ping")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "`ping` (Debian package iputils-ping) is missing"
-    );
+    require_ping();
     let Lab {
         port, ns, our_ip, ..
     } = lab(3);
