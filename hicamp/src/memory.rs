@@ -171,26 +171,15 @@ impl Memory {
                 what: "map entry 0 (the directory of names) is missing".into(),
             });
         }
-        let repaired = (1..a.counts.len())
-            .filter(|&i| {
-                a.heights[i] != persist::UNREACHED
-                    && persist::stored_count(store.meta(), i) != a.counts[i]
-            })
-            .count() as u64;
-        let (orphans, duplicates) = store.rebuild(&a);
+        let rebuilt = store.rebuild(&a);
         let logical = map.recover(&name)?;
         let recovery = Recovery {
             was_clean,
             entries: a.entries.len() as u64,
-            live_lines: a
-                .heights
-                .iter()
-                .filter(|h| **h != persist::UNREACHED)
-                .count() as u64
-                - 1,
-            orphans_reclaimed: orphans,
-            refcounts_repaired: repaired,
-            duplicate_lines: duplicates,
+            live_lines: a.live,
+            orphans_reclaimed: rebuilt.orphans,
+            refcounts_repaired: rebuilt.repaired,
+            duplicate_lines: rebuilt.duplicates,
             micros: t.elapsed().as_micros() as u64,
         };
         let mem = Memory::from_parts(

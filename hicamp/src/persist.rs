@@ -30,7 +30,7 @@ use crate::config::{Config, Durability};
 use crate::dag::{height_for, leaves_for, MAX_HEIGHT, MAX_SEGMENT_LEN};
 use crate::error::{Error, Result};
 use crate::id::LineId;
-use crate::region::{Arena, AtomicU32Array, AtomicU64Array, Backing};
+use crate::region::{Arena, AtomicU64Array, Backing};
 
 /// The file magic.
 pub const MAGIC: [u8; 8] = *b"HICAMPMF";
@@ -313,6 +313,8 @@ pub(crate) struct Analysis {
     pub counts: Vec<u32>,
     /// Height of each reached line, `UNREACHED` otherwise.
     pub heights: Vec<u8>,
+    /// Lines reached (slot 0, the zero line, never is).
+    pub live: u64,
     pub max_id: u32,
 }
 
@@ -381,10 +383,9 @@ pub(crate) fn analyze(
             let i = id as usize;
             if a.heights[i] == UNREACHED {
                 a.heights[i] = h as u8;
+                a.live += 1;
                 a.max_id = a.max_id.max(id);
                 if h > 0 {
-                    // SAFETY-free: analysis is single-threaded over a memory no
-                    // one else uses (open in progress, or fsck's own mapping).
                     for c in crate::store::children_of(arena, id) {
                         if c as usize >= slots {
                             return Err(corrupt(format!("line L{id} has child L{c} out of range")));
@@ -402,9 +403,4 @@ pub(crate) fn analyze(
         }
     }
     Ok(a)
-}
-
-/// The stored reference count of each slot (without the kind bit).
-pub(crate) fn stored_count(meta: &AtomicU32Array, id: usize) -> u32 {
-    meta.as_slice()[id].load(std::sync::atomic::Ordering::Relaxed) & !INTERIOR_BIT
 }

@@ -207,6 +207,17 @@ impl WriteCounts {
     }
 }
 
+/// What a rebuild found and repaired.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RebuildReport {
+    /// Unreachable slots that held a count: reclaimed.
+    pub orphans: u64,
+    /// Reachable lines whose stored count was wrong: repaired.
+    pub repaired: u64,
+    /// Reachable lines equal to another one (kept out of the index).
+    pub duplicates: u64,
+}
+
 /// Counters of the store, summed over shards.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct StoreCounters {
@@ -313,17 +324,15 @@ impl Store {
     }
 
     /// Rebuilds the derived state (reference counts, index, free lists,
-    /// counters) from a walk of the committed roots. Runs before the memory is
-    /// shared. Returns (orphaned slots reclaimed, duplicate lines found).
-    pub(crate) fn rebuild(&self, a: &Analysis) -> (u64, u64) {
+    /// counters) from a walk of the committed roots, in one pass over the
+    /// slots. Runs before the memory is shared.
+    pub(crate) fn rebuild(&self, a: &Analysis) -> RebuildReport {
         let meta = self.meta.as_slice();
-        let mut orphans = 0;
-        let mut duplicates = 0;
+        let mut r = RebuildReport::default();
         let high = u64::from(a.max_id) + 1;
         // Size every shard's table for its share of the live lines up front, so
         // that the rebuild never rehashes.
-        let live = a.heights.iter().filter(|h| **h != UNREACHED).count();
-        let per_shard = (live / SHARDS * 4 / 3 + 16).next_power_of_two();
+        let per_shard = (a.live as usize / SHARDS * 4 / 3 + 16).next_power_of_two();
         for cell in self.shards.iter() {
             let mut shard = cell.lock.lock();
             debug_assert_eq!(shard.len, 0, "rebuild runs on a fresh store");
@@ -339,7 +348,7 @@ impl Store {
             let stored = m.load(Relaxed);
             if h == UNREACHED {
                 if stored != 0 {
-                    orphans += 1;
+                    r.orphans += 1;
                     m.store(0, Relaxed);
                 }
                 if (id as u64) < high {
@@ -353,6 +362,9 @@ impl Store {
                 LineKind::Leaf
             };
             let count = a.counts[id].min(SATURATED);
+            if stored & COUNT_MASK != a.counts[id] {
+                r.repaired += 1;
+            }
             m.store(kind_bit(kind) | count, Relaxed);
             let line = self.line(LineId(id as u32));
             let hash = line_hash(kind, line);
@@ -361,13 +373,13 @@ impl Store {
             shard.live[kind_index(kind)] += 1;
             shard.created[kind_index(kind)] += 1;
             if !self.index_insert_existing(cell, &mut shard, kind, hash, id as u32) {
-                duplicates += 1;
+                r.duplicates += 1;
             }
         }
         free.reverse();
         *self.global_free.lock() = free;
         self.next_fresh.store(high, Relaxed);
-        (orphans, duplicates)
+        r
     }
 
     /// Adds an existing line to the index; false when an equal line is already
@@ -464,10 +476,6 @@ impl Store {
 
     pub(crate) fn arena(&self) -> &Arena {
         &self.arena
-    }
-
-    pub(crate) fn meta(&self) -> &AtomicU32Array {
-        &self.meta
     }
 
     #[inline]

@@ -349,3 +349,14 @@ fn data_unique(len: usize, seed: u64) -> Vec<u8> {
     }
     v
 }
+
+#[test]
+fn an_empty_memory_file_reopens() {
+    let (_d, p) = tmp();
+    drop(Memory::create(&p, cfg(Durability::None)).unwrap());
+    let m = Memory::open(&p).unwrap();
+    let r = m.recovery().unwrap();
+    assert_eq!((r.entries, r.live_lines, r.orphans_reclaimed), (1, 0, 0));
+    drop(m);
+    assert!(fsck(&p).unwrap().is_consistent());
+}
