@@ -93,6 +93,31 @@ pub(crate) fn build(store: &Store, data: &[u8]) -> Result<Tree> {
     })
 }
 
+/// Builds the interior levels over `leaves` (owned references, consumed on
+/// success and on error) for a segment of `len` bytes.
+pub(crate) fn build_from_leaves(store: &Store, mut level: Vec<LineId>, len: u64) -> Result<Tree> {
+    debug_assert_eq!(level.len() as u64, leaves_for(len, store.shift()));
+    if let Err(e) = check_len(len) {
+        store.release_all(&level);
+        return Err(e);
+    }
+    if len == 0 {
+        return Ok(Tree::default());
+    }
+    let height = height_for(level.len() as u64, fanout_shift(store));
+    let mut next = Vec::with_capacity(level.len() / store.fanout() + 1);
+    for _ in 0..height {
+        next.clear();
+        store.intern_interior_level(&level, &mut next)?;
+        std::mem::swap(&mut level, &mut next);
+    }
+    Ok(Tree {
+        root: level[0],
+        height,
+        len,
+    })
+}
+
 /// The leaf holding leaf index `i` (line 0 beyond the end or in zero subtrees).
 pub(crate) fn leaf_at(store: &Store, tree: &Tree, i: u64) -> LineId {
     let fs = fanout_shift(store);
@@ -347,6 +372,11 @@ impl<'a> Walker<'a> {
 
     pub(crate) fn pos(&self) -> u64 {
         self.pos
+    }
+
+    /// The leaf line under the current position (borrowed).
+    pub(crate) fn leaf(&self) -> LineId {
+        self.path[0]
     }
 
     pub(crate) fn remaining(&self) -> u64 {

@@ -68,6 +68,7 @@ mod persist;
 #[allow(unsafe_code)]
 mod region;
 mod segment;
+mod splice;
 mod stats;
 #[allow(unsafe_code)]
 mod store;
@@ -82,5 +83,6 @@ pub use map::{MapEntry, SegmentMap};
 pub use memory::{Memory, Recovery};
 pub use persist::{FORMAT_VERSION, MAGIC};
 pub use segment::{Cursor, Segment, SegmentMut};
+pub use splice::{Piece, SpliceCounts};
 pub use stats::Stats;
 pub use store::WriteCounts;

@@ -72,6 +72,10 @@ impl Segment {
         }
     }
 
+    pub(crate) fn tree(&self) -> Tree {
+        self.h.tree
+    }
+
     pub(crate) fn into_tree(self) -> (Memory, Tree) {
         self.h.into_tree()
     }
