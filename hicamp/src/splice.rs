@@ -120,7 +120,7 @@ impl Builder<'_> {
         while w.pos() < end {
             let left = end - w.pos();
             let whole = left >= ls || (last && end == seg.len());
-            if self.fill == 0 && w.pos() % ls == 0 && whole {
+            if self.fill == 0 && w.pos().is_multiple_of(ls) && whole {
                 let id = w.leaf();
                 self.store.acquire(id);
                 self.leaves.push(id);
