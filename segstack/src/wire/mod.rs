@@ -3,9 +3,22 @@
 //!
 //! Parsers take untrusted bytes and return a typed error, never panic.
 
+pub mod arp;
+pub mod checksum;
+pub mod ethernet;
+pub mod fuzz;
+pub mod icmp;
+pub mod ipv4;
 pub mod tcp;
+pub mod udp;
 
-pub use tcp::{TcpFlags, TcpRepr};
+pub use arp::{ArpOp, ArpRepr};
+pub use checksum::Accumulator;
+pub use ethernet::{EthernetAddress, EthernetRepr};
+pub use icmp::IcmpRepr;
+pub use ipv4::Ipv4Repr;
+pub use tcp::{seq_ge, seq_gt, seq_le, seq_lt, TcpFlags, TcpRepr};
+pub use udp::UdpRepr;
 
 /// Why a header could not be parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
