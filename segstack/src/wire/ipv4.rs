@@ -79,6 +79,13 @@ impl Ipv4Repr {
     /// - [`WireError::Checksum`]: the header checksum does not verify;
     /// - [`WireError::Unsupported`]: a fragment (MF set or offset not 0).
     pub fn parse(bytes: &[u8]) -> Result<(Ipv4Repr, usize), WireError> {
+        Ipv4Repr::parse_header(bytes, bytes.len())
+    }
+
+    /// Like [`Ipv4Repr::parse`], for a packet of `packet_len` bytes of which
+    /// `bytes` holds at least the header (the rest stays where it is, e.g. in
+    /// a segment): the total length is checked against `packet_len`.
+    pub fn parse_header(bytes: &[u8], packet_len: usize) -> Result<(Ipv4Repr, usize), WireError> {
         if bytes.len() < HEADER_LEN {
             return Err(WireError::Truncated);
         }
@@ -93,7 +100,10 @@ impl Ipv4Repr {
         if total_len < header_len {
             return Err(WireError::Malformed);
         }
-        if bytes.len() < total_len {
+        if packet_len < total_len {
+            return Err(WireError::Truncated);
+        }
+        if bytes.len() < header_len {
             return Err(WireError::Truncated);
         }
         if checksum::fold(checksum::sum(0, &bytes[..header_len])) != 0xffff {

@@ -49,6 +49,13 @@ impl UdpRepr {
     /// than the length field; [`WireError::Malformed`] if the length field is
     /// below [`HEADER_LEN`].
     pub fn parse(bytes: &[u8]) -> Result<UdpRepr, WireError> {
+        UdpRepr::parse_header(bytes, bytes.len())
+    }
+
+    /// Like [`UdpRepr::parse`], for a datagram of `dgram_len` bytes of which
+    /// `bytes` holds at least the header: the length field is checked
+    /// against `dgram_len`.
+    pub fn parse_header(bytes: &[u8], dgram_len: usize) -> Result<UdpRepr, WireError> {
         if bytes.len() < HEADER_LEN {
             return Err(WireError::Truncated);
         }
@@ -56,7 +63,7 @@ impl UdpRepr {
         if usize::from(len) < HEADER_LEN {
             return Err(WireError::Malformed);
         }
-        if usize::from(len) > bytes.len() {
+        if usize::from(len) > dgram_len {
             return Err(WireError::Truncated);
         }
         Ok(UdpRepr {
