@@ -25,7 +25,8 @@ impl Payload {
     /// If the range does not lie inside the segment (a caller bug).
     pub fn new(seg: Segment, off: u64, len: usize) -> Payload {
         assert!(
-            off.checked_add(len as u64).is_some_and(|end| end <= seg.len()),
+            off.checked_add(len as u64)
+                .is_some_and(|end| end <= seg.len()),
             "payload range {off}+{len} outside a segment of {} bytes",
             seg.len()
         );
@@ -74,7 +75,11 @@ impl Payload {
     /// # Panics
     /// If `start > end` or `end > self.len()`.
     pub fn slice(&self, start: usize, end: usize) -> Payload {
-        assert!(start <= end && end <= self.len, "slice {start}..{end} of {}", self.len);
+        assert!(
+            start <= end && end <= self.len,
+            "slice {start}..{end} of {}",
+            self.len
+        );
         Payload {
             seg: self.seg.clone(),
             off: self.off + start as u64,
