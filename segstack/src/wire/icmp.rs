@@ -72,7 +72,7 @@ pub enum IcmpRepr {
     /// Destination unreachable (type 3); the payload is the offending IP
     /// header and the first 8 bytes of its payload.
     DestUnreachable {
-        /// Reason (see [`unreachable`]).
+        /// Reason (see [`unreachable`](mod@unreachable)).
         code: u8,
     },
     /// Any other message.
