@@ -1,0 +1,213 @@
+//! The shim's settings, from the environment (read once per process image).
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `HICAMP_SHIM_MODE` | `trace`, or `off` (every call a plain pass-through) | `trace` |
+//! | `HICAMP_SHIM_REPORT` | report path prefix: each process writes `PREFIX.PID.json` and `PREFIX.PID.txt` | none: the summary goes to stderr |
+//! | `HICAMP_SHIM_LINE_SIZES` | line sizes to intern at, comma-separated | `64,256,1024,4096` |
+//! | `HICAMP_SHIM_INTERVAL` | seconds between periodic reports (0 = none) | 0 |
+//! | `HICAMP_SHIM_SIGNAL` | a signal (number or name such as `USR2`) that writes a report | none |
+//! | `HICAMP_SHIM_RUN_ID` | copied into every report (the launcher merges by it) | none |
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// What the shim does with each call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Pass every call to the kernel; count and intern the payload.
+    Trace,
+    /// Pass every call to the kernel and do nothing else.
+    Off,
+}
+
+/// Parsed settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The mode.
+    pub mode: Mode,
+    /// Report path prefix.
+    pub report: Option<PathBuf>,
+    /// Line sizes, ascending, without repeats.
+    pub line_sizes: Vec<usize>,
+    /// Periodic report interval.
+    pub interval: Option<Duration>,
+    /// Signal that asks for a report.
+    pub signal: Option<i32>,
+    /// Run id of the launcher.
+    pub run_id: Option<String>,
+}
+
+/// Line sizes when none are given.
+pub const DEFAULT_LINE_SIZES: [usize; 4] = [64, 256, 1024, 4096];
+
+impl Config {
+    /// Parses settings from `get` (an environment lookup); bad values are reported through
+    /// `warn` and replaced by the default.
+    pub fn parse(get: impl Fn(&str) -> Option<String>, warn: &mut dyn FnMut(String)) -> Config {
+        let mode = match get("HICAMP_SHIM_MODE").as_deref().map(str::trim) {
+            None | Some("") | Some("trace") => Mode::Trace,
+            Some("off") => Mode::Off,
+            Some(other) => {
+                warn(format!(
+                    "HICAMP_SHIM_MODE={other}: unknown mode (trace or off); using trace"
+                ));
+                Mode::Trace
+            }
+        };
+        let report = get("HICAMP_SHIM_REPORT")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        let line_sizes = match get("HICAMP_SHIM_LINE_SIZES") {
+            None => DEFAULT_LINE_SIZES.to_vec(),
+            Some(s) => match parse_line_sizes(&s) {
+                Ok(v) => v,
+                Err(e) => {
+                    warn(format!(
+                        "HICAMP_SHIM_LINE_SIZES={s}: {e}; using {DEFAULT_LINE_SIZES:?}"
+                    ));
+                    DEFAULT_LINE_SIZES.to_vec()
+                }
+            },
+        };
+        let interval = match get("HICAMP_SHIM_INTERVAL") {
+            None => None,
+            Some(s) => match s.trim().parse::<f64>() {
+                Ok(0.0) => None,
+                Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Some(Duration::from_secs_f64(v)),
+                _ => {
+                    warn(format!(
+                        "HICAMP_SHIM_INTERVAL={s}: not a number of seconds; no periodic report"
+                    ));
+                    None
+                }
+            },
+        };
+        let signal = match get("HICAMP_SHIM_SIGNAL") {
+            None => None,
+            Some(s) => match parse_signal(&s) {
+                Some(n) => Some(n),
+                None => {
+                    warn(format!(
+                        "HICAMP_SHIM_SIGNAL={s}: not a signal this shim may catch (USR1, USR2, \
+                         HUP, or a real-time signal number); ignored"
+                    ));
+                    None
+                }
+            },
+        };
+        let run_id = get("HICAMP_SHIM_RUN_ID").filter(|s| !s.is_empty());
+        Config {
+            mode,
+            report,
+            line_sizes,
+            interval,
+            signal,
+            run_id,
+        }
+    }
+
+    /// The settings of this process image.
+    pub fn get() -> &'static Config {
+        static CONFIG: OnceLock<Config> = OnceLock::new();
+        CONFIG.get_or_init(|| {
+            Config::parse(
+                |k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned()),
+                &mut |msg| crate::sys::diag(&msg),
+            )
+        })
+    }
+}
+
+/// `"64, 256"` -> `[64, 256]`: powers of two in HICAMP's range, sorted, without repeats.
+pub fn parse_line_sizes(s: &str) -> Result<Vec<usize>, String> {
+    let mut v = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let n: usize = part
+            .parse()
+            .map_err(|_| format!("'{part}' is not a number"))?;
+        hicamp_examples::dedup::check_line_size(n).map_err(|e| e.to_string())?;
+        v.push(n);
+    }
+    v.sort_unstable();
+    v.dedup();
+    if v.is_empty() {
+        return Err("no line size".into());
+    }
+    Ok(v)
+}
+
+/// A signal the shim may take for on-demand reports.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    let s = s.trim();
+    let name = s.strip_prefix("SIG").unwrap_or(s);
+    let n = match name {
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "HUP" => libc::SIGHUP,
+        _ => name.parse().ok()?,
+    };
+    let allowed = n == libc::SIGUSR1
+        || n == libc::SIGUSR2
+        || n == libc::SIGHUP
+        || (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&n);
+    allowed.then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> (Config, Vec<String>) {
+        let mut warnings = Vec::new();
+        let c = Config::parse(
+            |k| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            },
+            &mut |m| warnings.push(m),
+        );
+        (c, warnings)
+    }
+
+    #[test]
+    fn defaults() {
+        let (c, w) = parse(&[]);
+        assert_eq!(c.mode, Mode::Trace);
+        assert_eq!(c.line_sizes, DEFAULT_LINE_SIZES);
+        assert!(c.report.is_none() && c.interval.is_none() && c.signal.is_none());
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn values_and_bad_values() {
+        let (c, w) = parse(&[
+            ("HICAMP_SHIM_MODE", "off"),
+            ("HICAMP_SHIM_LINE_SIZES", "4096, 16,16"),
+            ("HICAMP_SHIM_INTERVAL", "0.5"),
+            ("HICAMP_SHIM_SIGNAL", "SIGUSR2"),
+            ("HICAMP_SHIM_REPORT", "/tmp/r"),
+        ]);
+        assert_eq!(c.mode, Mode::Off);
+        assert_eq!(c.line_sizes, vec![16, 4096]);
+        assert_eq!(c.interval, Some(Duration::from_millis(500)));
+        assert_eq!(c.signal, Some(libc::SIGUSR2));
+        assert_eq!(c.report, Some(PathBuf::from("/tmp/r")));
+        assert!(w.is_empty());
+
+        let (c, w) = parse(&[
+            ("HICAMP_SHIM_MODE", "stack"),
+            ("HICAMP_SHIM_LINE_SIZES", "63"),
+            ("HICAMP_SHIM_INTERVAL", "soon"),
+            ("HICAMP_SHIM_SIGNAL", "KILL"),
+        ]);
+        assert_eq!(c.mode, Mode::Trace);
+        assert_eq!(c.line_sizes, DEFAULT_LINE_SIZES);
+        assert!(c.interval.is_none() && c.signal.is_none());
+        assert_eq!(w.len(), 4, "{w:?}");
+    }
+}

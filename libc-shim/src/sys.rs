@@ -1,0 +1,280 @@
+//! System calls the shim makes for itself: diagnostics, report files, asking the kernel what a
+//! descriptor is, socket addresses. Everything goes through the real functions, so nothing here
+//! re-enters a hook.
+
+use std::ffi::CString;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use libc::{c_int, c_void, sockaddr, sockaddr_storage, socklen_t};
+
+use crate::fdtable::{Family, SockType};
+use crate::real;
+
+/// Writes all of `bytes` to `fd` with the real `write`.
+pub fn write_all(fd: c_int, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a live slice of `bytes.len()` readable bytes.
+        let n = unsafe { real::write(fd, bytes.as_ptr().cast::<c_void>(), bytes.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
+/// A diagnostic line on stderr: `hicamp-shim[pid]: msg`.
+pub fn diag(msg: &str) {
+    let line = format!("hicamp-shim[{}]: {msg}\n", getpid());
+    let _ = write_all(2, line.as_bytes());
+}
+
+/// The calling process's id (a system call each time: never a value cached across fork).
+pub fn getpid() -> i32 {
+    // SAFETY: getpid has no precondition.
+    unsafe { libc::getpid() }
+}
+
+/// The parent's process id.
+pub fn getppid() -> i32 {
+    // SAFETY: getppid has no precondition.
+    unsafe { libc::getppid() }
+}
+
+fn cpath(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+fn close_fd(fd: c_int) {
+    // SAFETY: closing a descriptor this module opened.
+    unsafe { real::close(fd) };
+}
+
+/// Creates `path` exclusively (it must not exist) and writes `bytes`. `Ok(false)` when it exists.
+pub fn create_new(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    let c = cpath(path)?;
+    // SAFETY: `c` is a NUL-terminated path; open has no other precondition.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o644 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    let r = write_all(fd, bytes);
+    close_fd(fd);
+    r.map(|()| true)
+}
+
+/// Replaces `path` with `bytes` atomically (a temporary file renamed over it).
+pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", getpid()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let ctmp = cpath(&tmp)?;
+    // SAFETY: `ctmp` is a NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            ctmp.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o644 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let r = write_all(fd, bytes);
+    close_fd(fd);
+    r?;
+    let cpath = cpath(path)?;
+    // SAFETY: both are NUL-terminated paths.
+    if unsafe { libc::rename(ctmp.as_ptr(), cpath.as_ptr()) } != 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::unlink(ctmp.as_ptr()) };
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// What the kernel says `fd` is: `None` when it is not a socket (or not open).
+pub fn probe(fd: c_int) -> Option<(Family, SockType)> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable `stat`.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return None;
+    }
+    let domain = sockopt_int(fd, libc::SO_DOMAIN)?;
+    let ty = sockopt_int(fd, libc::SO_TYPE)?;
+    Some((Family::from_raw(domain), SockType::from_raw(ty)))
+}
+
+fn sockopt_int(fd: c_int, name: c_int) -> Option<c_int> {
+    let mut v: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: `v` and `len` are valid for writes and `len` is `v`'s size.
+    let r = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&mut v as *mut c_int).cast::<c_void>(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+/// A socket's local (`peer == false`) or peer address.
+pub fn sock_addr(fd: c_int, peer: bool) -> Option<SocketAddr> {
+    // SAFETY: an all-zero sockaddr_storage is a valid value.
+    let mut ss: sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<sockaddr_storage>() as socklen_t;
+    let p = (&mut ss as *mut sockaddr_storage).cast::<sockaddr>();
+    let r = if peer {
+        // SAFETY: `p` points to a sockaddr_storage of `len` bytes, `len` is writable.
+        unsafe { real::getpeername(fd, p, &mut len) }
+    } else {
+        // SAFETY: as above.
+        unsafe { real::getsockname(fd, p, &mut len) }
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: the kernel filled `len` bytes of `ss`.
+    unsafe { parse_sockaddr(p, len) }
+}
+
+/// Reads an AF_INET / AF_INET6 socket address.
+///
+/// # Safety
+/// `p` is null or points to `len` readable bytes.
+pub unsafe fn parse_sockaddr(p: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
+    if p.is_null() || (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
+        return None;
+    }
+    // SAFETY: the family field (first in every sockaddr) is readable (checked above);
+    // read_unaligned allows any alignment of the caller's buffer.
+    let family = unsafe { std::ptr::read_unaligned(p.cast::<libc::sa_family_t>()) };
+    match c_int::from(family) {
+        libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: `len` covers a sockaddr_in.
+            let a = unsafe { std::ptr::read_unaligned(p.cast::<libc::sockaddr_in>()) };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: `len` covers a sockaddr_in6.
+            let a = unsafe { std::ptr::read_unaligned(p.cast::<libc::sockaddr_in6>()) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// The program's command line (`/proc/self/cmdline`, arguments joined by spaces, at most
+/// 200 bytes).
+pub fn cmdline() -> String {
+    let mut out = String::new();
+    if let Ok(raw) = std::fs::read("/proc/self/cmdline") {
+        for (i, arg) in raw.split(|&b| b == 0).filter(|a| !a.is_empty()).enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(&String::from_utf8_lossy(arg));
+            if out.len() > 200 {
+                let mut cut = 200;
+                while !out.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.truncate(cut);
+                out.push_str("...");
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trip() {
+        let a = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 8080u16.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: `a` is a live sockaddr_in of the given size.
+        let got = unsafe {
+            parse_sockaddr(
+                (&a as *const libc::sockaddr_in).cast(),
+                std::mem::size_of_val(&a) as socklen_t,
+            )
+        };
+        assert_eq!(got, Some("127.0.0.1:8080".parse().unwrap()));
+        // SAFETY: null is allowed.
+        assert_eq!(unsafe { parse_sockaddr(std::ptr::null(), 16) }, None);
+    }
+
+    #[test]
+    fn probe_tells_sockets_from_files() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        use std::os::fd::AsRawFd;
+        assert_eq!(probe(l.as_raw_fd()), Some((Family::Inet, SockType::Stream)));
+        let f = std::fs::File::open("/proc/self/cmdline").unwrap();
+        assert_eq!(probe(f.as_raw_fd()), None);
+        assert_eq!(probe(-1), None);
+        assert!(sock_addr(l.as_raw_fd(), false).is_some());
+    }
+
+    #[test]
+    fn files_exclusive_and_replaced() {
+        let dir = std::env::temp_dir().join(format!("shim-sys-{}", getpid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.json");
+        let _ = std::fs::remove_file(&p);
+        assert!(create_new(&p, b"one").unwrap());
+        assert!(!create_new(&p, b"two").unwrap());
+        replace(&p, b"three").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"three");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
