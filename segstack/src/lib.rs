@@ -13,7 +13,9 @@
 //!   demultiplexing, batch RX/TX over a nicdma port.
 #![deny(unsafe_code)]
 
+pub mod iface;
 pub mod payload;
+pub mod sim;
 pub mod tcp;
 pub mod wire;
 

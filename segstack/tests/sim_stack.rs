@@ -1,0 +1,263 @@
+//! The whole stack on two interfaces over the simulated link: ARP, UDP, TCP
+//! bulk transfers under loss, reordering and duplication (seeded), many
+//! connections, and the zero-copy claim.
+
+use std::net::SocketAddrV4;
+
+use hicamp::{Config, Memory};
+use nicdma::sim::LinkConfig;
+use segstack::iface::{IfaceError, SocketHandle};
+use segstack::sim::{SimPair, A_IP, B_IP};
+use segstack::Payload;
+
+fn mem() -> Memory {
+    Memory::new(Config {
+        capacity_lines: 1 << 21,
+        map_capacity: 1 << 16,
+        ..Config::default()
+    })
+    .unwrap()
+}
+
+fn data(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+const PORT: u16 = 5001;
+
+/// Sends `bytes` from a to b over one connection, as line-aligned payload
+/// segments of `chunk` bytes (zero-copy API); returns what b received.
+fn bulk(pair: &mut SimPair, bytes: &[u8], chunk: usize, max_ns: u64) -> Vec<u8> {
+    let mem = pair.a.memory().clone();
+    let lst = pair.b.tcp_listen(PORT).unwrap();
+    let now = pair.now();
+    let c = pair
+        .a
+        .tcp_connect(SocketAddrV4::new(B_IP, PORT), now)
+        .unwrap();
+    let mut srv: Option<SocketHandle> = None;
+    let mut queued: Vec<Payload> = bytes
+        .chunks(chunk)
+        .map(|c| Payload::from_bytes(&mem, c).unwrap())
+        .collect();
+    queued.reverse();
+    let mut got = Vec::with_capacity(bytes.len());
+    let mut closed = false;
+    let deadline = pair.now() + max_ns;
+    loop {
+        assert!(
+            pair.now() < deadline,
+            "transfer stalled at {} of {} bytes",
+            got.len(),
+            bytes.len()
+        );
+        if !pair.step().unwrap() {
+            break;
+        }
+        // Sender: queue as much as the send buffer takes.
+        while let Some(p) = queued.pop() {
+            match pair.a.send(c, p.clone()) {
+                Ok(n) if n == p.len() => {}
+                Ok(n) => {
+                    queued.push(p.slice(n, p.len()));
+                    break;
+                }
+                Err(IfaceError::WouldBlock) => {
+                    queued.push(p);
+                    break;
+                }
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        if queued.is_empty() && !closed {
+            pair.a.close(c).unwrap();
+            closed = true;
+        }
+        if srv.is_none() {
+            srv = pair.b.tcp_accept(lst).unwrap();
+        }
+        if let Some(s) = srv {
+            loop {
+                match pair.b.recv(s, usize::MAX) {
+                    Ok(chunks) if chunks.is_empty() => {
+                        pair.b.close(s).unwrap();
+                        pair.b.close(lst).unwrap();
+                        // Let the FIN handshake finish.
+                        for _ in 0..10_000 {
+                            if !pair.step().unwrap() {
+                                break;
+                            }
+                        }
+                        return got;
+                    }
+                    Ok(chunks) => {
+                        for p in chunks {
+                            got.extend_from_slice(&p.to_vec());
+                        }
+                    }
+                    Err(IfaceError::WouldBlock) => break,
+                    Err(e) => panic!("recv: {e}"),
+                }
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn lossless_bulk_is_byte_exact_and_copies_no_payload() {
+    let m = mem();
+    let mut pair = SimPair::new(&m, LinkConfig::default(), 1, |_| {}).unwrap();
+    let bytes = data(8 << 20, 7);
+    let got = bulk(&mut pair, &bytes, 64 << 10, 60_000_000_000);
+    assert_eq!(got.len(), bytes.len());
+    assert!(got == bytes, "received bytes differ");
+    let s = pair.a.stats();
+    assert!(s.tx_payload_bytes >= bytes.len() as u64, "{s:?}");
+    assert_eq!(
+        s.tx_payload_copied, 0,
+        "the stack copied payload bytes: {s:?}"
+    );
+    assert_eq!(pair.a.nic().counters().payload_bytes_copied, 0);
+    assert_eq!(pair.b.nic().counters().payload_bytes_copied, 0);
+}
+
+fn lossy(seed: u64, loss: f64) {
+    let m = mem();
+    let link = LinkConfig {
+        loss,
+        duplicate: 0.01,
+        reorder: 0.02,
+        reorder_ns: 200_000,
+        latency_ns: 100_000,
+        ..LinkConfig::default()
+    };
+    let mut pair = SimPair::new(&m, link, seed, |_| {}).unwrap();
+    let bytes = data(2 << 20, seed);
+    let got = bulk(&mut pair, &bytes, 16 << 10, 600_000_000_000);
+    assert_eq!(got.len(), bytes.len(), "seed {seed} loss {loss}");
+    assert!(got == bytes, "seed {seed} loss {loss}: bytes differ");
+}
+
+#[test]
+fn bulk_survives_1_percent_loss_reordering_and_duplication() {
+    lossy(11, 0.01);
+}
+
+#[test]
+fn bulk_survives_5_percent_loss_reordering_and_duplication() {
+    lossy(12, 0.05);
+}
+
+#[test]
+fn bulk_survives_other_seeds() {
+    for seed in [21, 22, 23] {
+        lossy(seed, 0.03);
+    }
+}
+
+#[test]
+fn udp_datagrams_round_trip() {
+    let m = mem();
+    let mut pair = SimPair::new(&m, LinkConfig::default(), 3, |_| {}).unwrap();
+    let ua = pair.a.udp_bind(7000).unwrap();
+    let ub = pair.b.udp_bind(7001).unwrap();
+    let msgs: Vec<Vec<u8>> = (0..50).map(|i| data(1 + i * 29, i as u64)).collect();
+    let now = pair.now();
+    for msg in &msgs {
+        let p = Payload::from_bytes(&m, msg).unwrap();
+        pair.a
+            .udp_send(ua, SocketAddrV4::new(B_IP, 7001), &p, now)
+            .unwrap();
+    }
+    for _ in 0..1000 {
+        pair.step().unwrap();
+    }
+    for msg in &msgs {
+        let (from, p) = pair.b.udp_recv(ub).unwrap();
+        assert_eq!(from, SocketAddrV4::new(A_IP, 7000));
+        assert_eq!(&p.to_vec(), msg);
+    }
+    assert!(matches!(pair.b.udp_recv(ub), Err(IfaceError::WouldBlock)));
+    assert!(pair.a.stats().arp_requests >= 1);
+}
+
+#[test]
+fn connection_to_a_closed_port_is_reset() {
+    let m = mem();
+    let mut pair = SimPair::new(&m, LinkConfig::default(), 4, |_| {}).unwrap();
+    let now = pair.now();
+    let c = pair.a.tcp_connect(SocketAddrV4::new(B_IP, 9), now).unwrap();
+    let mut closed = false;
+    for _ in 0..1000 {
+        pair.step().unwrap();
+        if pair.a.tcp(c).unwrap().is_closed() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "state {:?}", pair.a.tcp(c).unwrap().state());
+    assert!(pair.b.stats().rx_no_socket >= 1);
+}
+
+#[test]
+fn hundred_concurrent_connections_echo() {
+    let m = mem();
+    let mut pair = SimPair::new(&m, LinkConfig::default(), 5, |_| {}).unwrap();
+    let lst = pair.b.tcp_listen(80).unwrap();
+    let now = pair.now();
+    let clients: Vec<SocketHandle> = (0..120)
+        .map(|_| {
+            pair.a
+                .tcp_connect(SocketAddrV4::new(B_IP, 80), now)
+                .unwrap()
+        })
+        .collect();
+    let msg = |i: usize| data(100 + i * 37, i as u64 + 100);
+    let mut sent = vec![false; clients.len()];
+    let mut servers = Vec::new();
+    let mut echoed = vec![Vec::new(); clients.len()];
+    for _ in 0..200_000 {
+        pair.step().unwrap();
+        while let Some(s) = pair.b.tcp_accept(lst).unwrap() {
+            servers.push(s);
+        }
+        for &s in &servers {
+            // Echo whatever arrived, as the same payload snapshots.
+            if let Ok(chunks) = pair.b.recv(s, usize::MAX) {
+                for p in chunks {
+                    pair.b.send(s, p).unwrap();
+                }
+            }
+        }
+        for (i, &c) in clients.iter().enumerate() {
+            if !sent[i] && pair.a.tcp(c).unwrap().can_send() {
+                let n = pair.a.send_slice(c, &msg(i)).unwrap();
+                assert_eq!(n, msg(i).len());
+                sent[i] = true;
+            }
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pair.a.recv_slice(c, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                echoed[i].extend_from_slice(&buf[..n]);
+            }
+        }
+        if (0..clients.len()).all(|i| echoed[i].len() == msg(i).len()) {
+            break;
+        }
+    }
+    assert_eq!(servers.len(), clients.len());
+    for (i, e) in echoed.iter().enumerate() {
+        assert_eq!(e, &msg(i), "connection {i}");
+    }
+}
