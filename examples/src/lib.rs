@@ -4,5 +4,6 @@
 pub mod dedup;
 pub mod pagededup;
 pub mod report;
+pub mod run;
 pub mod workload;
 pub mod zero;

@@ -4,6 +4,7 @@
 //! hicamp dedup [--json] [--line-sizes 16,32,...] [--threads N] [PATH...]
 //! hicamp fsck [--json] FILE
 //! hicamp stat [--json] FILE
+//! hicamp run [--report FILE] [--mode trace] -- CMD ARGS...
 //! ```
 //!
 //! Policy lives in the library (`hicamp_examples`); this file only parses arguments, wires the
@@ -48,6 +49,37 @@ enum Command {
     Fsck(FileArgs),
     /// Open a memory file (which recovers it after a crash) and print its footprint.
     Stat(FileArgs),
+    /// Run a command under the libc shim (LD_PRELOAD): every socket payload of its processes
+    /// is interned into HICAMP memory; print the merged report when it ends. Exit status: the
+    /// command's.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ShimMode {
+    /// Every call goes to the kernel; payloads are counted and interned.
+    Trace,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Write the merged report (JSON) to FILE; each process writes FILE.PID.json and
+    /// FILE.PID.txt beside it. Without it the reports go to a temporary directory.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+
+    /// What the shim does.
+    #[arg(long, value_enum, default_value = "trace")]
+    mode: ShimMode,
+
+    /// The command and its arguments (after `--`).
+    #[arg(
+        value_name = "CMD",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -134,10 +166,14 @@ impl From<io::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run(args) = &cli.command {
+        return run_command(&cli, args);
+    }
     let result = match &cli.command {
         Command::Dedup(args) => run_dedup(&cli, args),
         Command::Fsck(args) => run_fsck(args),
         Command::Stat(args) => run_stat(args),
+        Command::Run(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -346,4 +382,35 @@ fn run_stat(args: &FileArgs) -> Result<(), Failure> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// `hicamp run`: exits with the command's status (1 when the launcher itself fails).
+fn run_command(cli: &Cli, args: &RunArgs) -> ExitCode {
+    use hicamp_examples::run;
+    let ShimMode::Trace = args.mode;
+    let exe = std::env::current_exe().unwrap_or_default();
+    let result = run::find_shim(std::env::var_os("HICAMP_SHIM"), &exe).and_then(|shim| {
+        run::run(&run::RunOptions {
+            shim,
+            report: args.report.clone(),
+            command: args.command.clone(),
+            env: Vec::new(),
+        })
+    });
+    match result {
+        Ok(outcome) => {
+            if !cli.quiet {
+                let mut err = io::stderr().lock();
+                let _ = write!(err, "{}", outcome.merged.to_text());
+                if let Some(p) = &outcome.merged_path {
+                    let _ = writeln!(err, "merged report: {}", p.display());
+                }
+            }
+            ExitCode::from(run::exit_code(&outcome.status).clamp(0, 255) as u8)
+        }
+        Err(e) => {
+            eprintln!("hicamp: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

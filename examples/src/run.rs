@@ -1,0 +1,584 @@
+//! `hicamp run`: run a command under the libc shim and merge the reports of its processes.
+//!
+//! ```text
+//! hicamp run [--report FILE] [--mode trace] -- CMD ARGS...
+//! ```
+//!
+//! The launcher sets `LD_PRELOAD` to the shim (`liblibc_shim.so`: `$HICAMP_SHIM`, else next to
+//! the `hicamp` binary) and `HICAMP_SHIM_REPORT` to a path prefix, runs the command, and when it
+//! ends merges the reports its processes wrote.
+//!
+//! # Report files
+//!
+//! Every process that traced a socket (the command, its forked children, the programs they
+//! exec) writes its own report when it ends: `FILE.PID.json` and the human summary
+//! `FILE.PID.txt` (`FILE.PID.K.json` for the K-th program image of one process, after an
+//! exec). The launcher then writes the merged report to `FILE` (JSON): the sums of the byte and
+//! call totals, every connection tagged with its process id, every process's report under
+//! `processes`, and `line_sizes` summed over the processes (each process interns into its own
+//! memories: the sum is what the processes' memories hold together, with no dedup across
+//! processes). Only reports carrying this run's id are merged, so old files with the same
+//! prefix are never mixed in. Without `--report` the files go to a temporary directory that is
+//! removed afterwards. A process still running when the command ends (a daemon) writes its
+//! report later; it is not in the merge.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::report::{human_bytes, line_size_table, LineSizeReport};
+
+/// File name of the shim library.
+pub const SHIM_FILE: &str = "liblibc_shim.so";
+
+/// What the launcher can fail at.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The shim library was not found.
+    #[error(
+        "cannot find the libc shim: {0}; build it with `cargo build --release -p libc-shim` \
+         (or `cargo build -p libc-shim` for a debug hicamp: the library must sit next to the \
+         hicamp binary), or set HICAMP_SHIM=/path/to/{SHIM_FILE}"
+    )]
+    ShimNotFound(String),
+    /// The shim's path cannot go into LD_PRELOAD.
+    #[error("the shim's path '{0}' contains a space or a colon, which LD_PRELOAD cannot hold")]
+    BadShimPath(PathBuf),
+    /// No command was given.
+    #[error("no command to run (usage: hicamp run [--report FILE] -- CMD ARGS...)")]
+    NoCommand,
+    /// The command could not be started.
+    #[error("cannot run '{cmd}': {source}")]
+    Spawn {
+        /// The program.
+        cmd: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A report file or directory could not be used.
+    #[error("{what} '{}': {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Finds the shim: `env` (the value of `HICAMP_SHIM`) when set, else next to `exe`.
+pub fn find_shim(env: Option<OsString>, exe: &Path) -> Result<PathBuf, RunError> {
+    if let Some(p) = env.filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(RunError::ShimNotFound(format!(
+                "HICAMP_SHIM={} is not a file",
+                p.display()
+            )))
+        };
+    }
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let p = dir.join(SHIM_FILE);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(RunError::ShimNotFound(format!(
+            "no {SHIM_FILE} in {} and HICAMP_SHIM is not set",
+            dir.display()
+        )))
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The shim library.
+    pub shim: PathBuf,
+    /// Merged report path (per-process reports beside it); `None`: a temporary directory.
+    pub report: Option<PathBuf>,
+    /// The command and its arguments.
+    pub command: Vec<OsString>,
+    /// Extra environment for the command (tests, line sizes...).
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// The result of a run.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// How the command ended.
+    pub status: ExitStatus,
+    /// The merged report.
+    pub merged: MergedReport,
+    /// Where the merged JSON was written (with `--report`).
+    pub merged_path: Option<PathBuf>,
+}
+
+/// One process in the merged report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessSummary {
+    /// Process id.
+    pub pid: i64,
+    /// Command line.
+    pub program: String,
+    /// Its report file.
+    pub file: String,
+    /// Bytes sent.
+    pub sent_bytes: u64,
+    /// Bytes received.
+    pub received_bytes: u64,
+    /// Successful send-side calls.
+    pub send_calls: u64,
+    /// Successful receive-side calls.
+    pub recv_calls: u64,
+    /// Connections listed.
+    pub connections: u64,
+}
+
+/// The merged report of all the processes of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MergedReport {
+    /// The run id every merged report carries.
+    pub run_id: String,
+    /// The command.
+    pub command: Vec<String>,
+    /// Exit code of the command (128 + signal when killed by one).
+    pub exit_code: i32,
+    /// Sum over processes.
+    pub sent_bytes: u64,
+    /// Sum over processes.
+    pub received_bytes: u64,
+    /// Sum over processes.
+    pub send_calls: u64,
+    /// Sum over processes.
+    pub recv_calls: u64,
+    /// Sum over processes.
+    pub copy_avoided_bytes: u64,
+    /// One line per process.
+    pub process_summaries: Vec<ProcessSummary>,
+    /// Every process's connections, each with a `pid` field.
+    pub connections: Vec<Value>,
+    /// Per line size, summed over the processes' memories (no dedup across processes).
+    pub line_sizes: Vec<LineSizeReport>,
+    /// The processes' own reports, as written.
+    pub processes: Vec<Value>,
+}
+
+/// Exit code of a status as a shell reports it.
+pub fn exit_code(status: &ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
+
+/// Runs the command under the shim and merges the reports.
+pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
+    let Some((program, args)) = opts.command.split_first() else {
+        return Err(RunError::NoCommand);
+    };
+    let shim_str = opts.shim.to_string_lossy();
+    if shim_str.contains([' ', ':']) {
+        return Err(RunError::BadShimPath(opts.shim.clone()));
+    }
+    let shim = std::fs::canonicalize(&opts.shim).map_err(|source| RunError::Io {
+        what: "cannot resolve the shim",
+        path: opts.shim.clone(),
+        source,
+    })?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let run_id = format!("{}-{nanos}", std::process::id());
+    let (prefix, tempdir) = match &opts.report {
+        Some(p) => {
+            let p = absolute(p)?;
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| RunError::Io {
+                    what: "cannot create the report directory",
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+            (p, None)
+        }
+        None => {
+            let dir = std::env::temp_dir().join(format!("hicamp-run-{run_id}"));
+            std::fs::create_dir_all(&dir).map_err(|source| RunError::Io {
+                what: "cannot create a temporary directory",
+                path: dir.clone(),
+                source,
+            })?;
+            (dir.join("trace"), Some(dir))
+        }
+    };
+    let preload = match std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        Some(old) => {
+            let mut v = shim.clone().into_os_string();
+            v.push(":");
+            v.push(old);
+            v
+        }
+        None => shim.clone().into_os_string(),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env("LD_PRELOAD", preload)
+        .env("HICAMP_SHIM_MODE", "trace")
+        .env("HICAMP_SHIM_REPORT", &prefix)
+        .env("HICAMP_SHIM_RUN_ID", &run_id);
+    for (k, v) in &opts.env {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().map_err(|source| RunError::Spawn {
+        cmd: program.to_string_lossy().into_owned(),
+        source,
+    });
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(d) = &tempdir {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            return Err(e);
+        }
+    };
+    let command = opts
+        .command
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let merged = merge(&prefix, &run_id, command, exit_code(&status));
+    let result = match merged {
+        Ok(merged) => {
+            let mut merged_path = None;
+            if opts.report.is_some() {
+                let json = serde_json::to_vec_pretty(&merged).map_err(|e| RunError::Io {
+                    what: "cannot encode the merged report",
+                    path: prefix.clone(),
+                    source: e.into(),
+                })?;
+                std::fs::write(&prefix, json).map_err(|source| RunError::Io {
+                    what: "cannot write the merged report",
+                    path: prefix.clone(),
+                    source,
+                })?;
+                merged_path = Some(prefix.clone());
+            }
+            Ok(RunOutcome {
+                status,
+                merged,
+                merged_path,
+            })
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(d) = &tempdir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    result
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, RunError> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    std::env::current_dir()
+        .map(|d| d.join(p))
+        .map_err(|source| RunError::Io {
+            what: "cannot find the current directory for",
+            path: p.to_path_buf(),
+            source,
+        })
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// The per-process report files of prefix `prefix` (`PREFIX.PID.json`, `PREFIX.PID.K.json`).
+pub fn report_files(prefix: &Path) -> Result<Vec<PathBuf>, RunError> {
+    let dir = prefix.parent().unwrap_or(Path::new("."));
+    let stem = prefix
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rd = std::fs::read_dir(dir).map_err(|source| RunError::Io {
+        what: "cannot read the report directory",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name
+            .strip_prefix(&stem)
+            .and_then(|r| r.strip_prefix('.'))
+            .and_then(|r| r.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        if !rest.is_empty()
+            && rest
+                .split('.')
+                .all(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Merges the reports of run `run_id` found beside `prefix`.
+pub fn merge(
+    prefix: &Path,
+    run_id: &str,
+    command: Vec<String>,
+    exit_code: i32,
+) -> Result<MergedReport, RunError> {
+    let mut processes = Vec::new();
+    let mut summaries = Vec::new();
+    let mut connections = Vec::new();
+    for f in report_files(prefix)? {
+        let Ok(bytes) = std::fs::read(&f) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+            continue; // empty (being claimed) or foreign
+        };
+        if v.get("run_id").and_then(Value::as_str) != Some(run_id) {
+            continue;
+        }
+        let pid = v.get("pid").and_then(Value::as_i64).unwrap_or(0);
+        let conns = v
+            .get("connections")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        summaries.push(ProcessSummary {
+            pid,
+            program: v
+                .get("program")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            file: f.display().to_string(),
+            sent_bytes: u(&v, "sent_bytes"),
+            received_bytes: u(&v, "received_bytes"),
+            send_calls: u(&v, "send_calls"),
+            recv_calls: u(&v, "recv_calls"),
+            connections: conns.len() as u64,
+        });
+        for mut c in conns {
+            if let Some(o) = c.as_object_mut() {
+                o.insert("pid".into(), pid.into());
+            }
+            connections.push(c);
+        }
+        processes.push(v);
+    }
+    let line_sizes = sum_line_sizes(&processes);
+    let sum = |k: &str| processes.iter().map(|p| u(p, k)).sum::<u64>();
+    Ok(MergedReport {
+        run_id: run_id.to_string(),
+        command,
+        exit_code,
+        sent_bytes: sum("sent_bytes"),
+        received_bytes: sum("received_bytes"),
+        send_calls: sum("send_calls"),
+        recv_calls: sum("recv_calls"),
+        copy_avoided_bytes: sum("copy_avoided_bytes"),
+        process_summaries: summaries,
+        connections,
+        line_sizes,
+        processes,
+    })
+}
+
+/// Sums the processes' `line_sizes` per line size; ratios recomputed from the sums.
+fn sum_line_sizes(processes: &[Value]) -> Vec<LineSizeReport> {
+    let mut by_size: std::collections::BTreeMap<u64, LineSizeReport> = Default::default();
+    for p in processes {
+        let Some(arr) = p.get("line_sizes").and_then(Value::as_array) else {
+            continue;
+        };
+        for l in arr {
+            let ls = u(l, "line_size");
+            let e = by_size.entry(ls).or_insert_with(|| LineSizeReport {
+                line_size: ls,
+                logical_bytes: 0,
+                physical_bytes: 0,
+                metadata_bytes: 0,
+                footprint_bytes: 0,
+                zero_bytes: 0,
+                dedup_ratio: 1.0,
+                dedup_ratio_excl_zero: 1.0,
+                leaf_lines: 0,
+                interior_lines: 0,
+                dedup_hits: 0,
+                leaf_dedup_hits: 0,
+                interior_dedup_hits: 0,
+                zero_leaf_hits: 0,
+                zero_interior_hits: 0,
+                leaf_lines_created: 0,
+                interior_lines_created: 0,
+                refcount_bytes: 0,
+                index_bytes: 0,
+                map_bytes: 0,
+                free_list_bytes: 0,
+            });
+            e.logical_bytes += u(l, "logical_bytes");
+            e.physical_bytes += u(l, "physical_bytes");
+            e.metadata_bytes += u(l, "metadata_bytes");
+            e.footprint_bytes += u(l, "footprint_bytes");
+            e.zero_bytes += u(l, "zero_bytes");
+            e.leaf_lines += u(l, "leaf_lines");
+            e.interior_lines += u(l, "interior_lines");
+            e.dedup_hits += u(l, "dedup_hits");
+            e.leaf_dedup_hits += u(l, "leaf_dedup_hits");
+            e.interior_dedup_hits += u(l, "interior_dedup_hits");
+            e.zero_leaf_hits += u(l, "zero_leaf_hits");
+            e.zero_interior_hits += u(l, "zero_interior_hits");
+            e.leaf_lines_created += u(l, "leaf_lines_created");
+            e.interior_lines_created += u(l, "interior_lines_created");
+            e.refcount_bytes += u(l, "refcount_bytes");
+            e.index_bytes += u(l, "index_bytes");
+            e.map_bytes += u(l, "map_bytes");
+            e.free_list_bytes += u(l, "free_list_bytes");
+        }
+    }
+    by_size
+        .into_values()
+        .map(|mut e| {
+            if e.logical_bytes > 0 && e.footprint_bytes > 0 {
+                e.dedup_ratio = e.logical_bytes as f64 / e.footprint_bytes as f64;
+                e.dedup_ratio_excl_zero =
+                    e.logical_bytes.saturating_sub(e.zero_bytes) as f64 / e.footprint_bytes as f64;
+            }
+            e
+        })
+        .collect()
+}
+
+impl MergedReport {
+    /// The human summary printed when the command ends.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let n = self.process_summaries.len();
+        if n == 0 {
+            let _ = writeln!(
+                out,
+                "hicamp run: no process of the command traced a socket (statically linked \
+                 programs and Go programs bypass the shim)"
+            );
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "hicamp run: {n} process{} traced:",
+            if n == 1 { "" } else { "es" }
+        );
+        for p in &self.process_summaries {
+            let _ = writeln!(
+                out,
+                "  pid {} {}: sent {} B in {} calls, received {} B in {} calls, {} connection{}",
+                p.pid,
+                p.program,
+                p.sent_bytes,
+                p.send_calls,
+                p.received_bytes,
+                p.recv_calls,
+                p.connections,
+                if p.connections == 1 { "" } else { "s" }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "total: sent {} ({} B), received {} ({} B); payload copies a HICAMP stack avoids: {}",
+            human_bytes(self.sent_bytes),
+            self.sent_bytes,
+            human_bytes(self.received_bytes),
+            self.received_bytes,
+            human_bytes(self.copy_avoided_bytes)
+        );
+        if !self.line_sizes.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nPayload in HICAMP memory, summed over the processes' memories:\n"
+            );
+            out.push_str(&line_size_table(&self.line_sizes));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("hicamp");
+        let e = find_shim(None, &exe).unwrap_err().to_string();
+        assert!(e.contains("cargo build --release -p libc-shim"), "{e}");
+        std::fs::write(dir.path().join(SHIM_FILE), b"").unwrap();
+        assert_eq!(find_shim(None, &exe).unwrap(), dir.path().join(SHIM_FILE));
+        let e = find_shim(Some("/nonexistent/x.so".into()), &exe).unwrap_err();
+        assert!(
+            e.to_string().contains("HICAMP_SHIM=/nonexistent/x.so"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn merge_by_run_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("rep");
+        let report = |pid: u32, run: &str, sent: u64| {
+            serde_json::json!({
+                "run_id": run, "pid": pid, "program": "p", "sent_bytes": sent,
+                "received_bytes": 1, "send_calls": 2, "recv_calls": 3, "copy_avoided_bytes": 4,
+                "connections": [{"id": 1}],
+                "line_sizes": [{"line_size": 64, "logical_bytes": 100, "footprint_bytes": 50,
+                                "physical_bytes": 40, "metadata_bytes": 10}],
+            })
+            .to_string()
+        };
+        std::fs::write(dir.path().join("rep.10.json"), report(10, "A", 5)).unwrap();
+        std::fs::write(dir.path().join("rep.11.2.json"), report(11, "A", 7)).unwrap();
+        std::fs::write(dir.path().join("rep.12.json"), report(12, "B", 100)).unwrap();
+        std::fs::write(dir.path().join("rep.13.json"), b"").unwrap();
+        std::fs::write(dir.path().join("rep.x.json"), report(14, "A", 100)).unwrap();
+        let m = merge(&prefix, "A", vec!["cmd".into()], 0).unwrap();
+        assert_eq!(m.process_summaries.len(), 2);
+        assert_eq!(m.sent_bytes, 12);
+        assert_eq!(m.connections.len(), 2);
+        assert_eq!(m.connections[0]["pid"], 10);
+        assert_eq!(m.line_sizes.len(), 1);
+        assert_eq!(m.line_sizes[0].logical_bytes, 200);
+        assert_eq!(m.line_sizes[0].dedup_ratio, 2.0);
+        assert!(m.to_text().contains("2 processes traced"));
+        let empty = merge(&prefix, "C", vec![], 0).unwrap();
+        assert!(empty.to_text().contains("no process"));
+    }
+
+    #[test]
+    fn no_command() {
+        let opts = RunOptions {
+            shim: "/x.so".into(),
+            report: None,
+            command: vec![],
+            env: vec![],
+        };
+        assert!(matches!(run(&opts), Err(RunError::NoCommand)));
+    }
+}
