@@ -3,6 +3,7 @@
 
 pub mod dedup;
 pub mod pagededup;
+pub mod phttpd;
 pub mod report;
 pub mod run;
 pub mod workload;

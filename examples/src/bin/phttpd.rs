@@ -1,0 +1,208 @@
+//! phttpd on segstack: the PASTE RPC and WAL server (see
+//! `hicamp_examples::phttpd`).
+//!
+//! - `phttpd` (no arguments, the built-in default): the sim backend, with a
+//!   built-in closed-loop client on the other side of the simulated link
+//!   running the RPC and WAL workloads for a few seconds; prints requests/s.
+//! - `phttpd --tap [--port 80]`: needs root. A TAP device in a fresh network
+//!   namespace whose kernel side is 10.79.0.1/24; the server is 10.79.0.2.
+//!   It prints the `ip netns exec` command to reach it with curl or wrk and
+//!   serves until interrupted (or `--seconds N`).
+//! - `--wal FILE`: the memory is a file; POST bodies are logged in its
+//!   segment map and survive a restart.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hicamp::{Config, Memory};
+use hicamp_examples::phttpd::{rpc_request, Phttpd, RESPONSE_LEN};
+use nicdma::sim::LinkConfig;
+use nicdma::tap::{NetNs, TapPort};
+use nicdma::Port;
+use segstack::iface::{IfaceConfig, IfaceError, Interface};
+use segstack::sim::{SimPair, B_IP};
+
+#[derive(Parser, Debug)]
+#[command(about = "A PASTE-phttpd-like HTTP server on segstack")]
+struct Args {
+    /// Serve the Linux kernel over a TAP device in a new namespace (root).
+    #[arg(long)]
+    tap: bool,
+    /// TCP port.
+    #[arg(long, default_value_t = 80)]
+    port: u16,
+    /// Bytes of the object served at GET /obj/N.
+    #[arg(long, default_value_t = 64 << 20)]
+    object: usize,
+    /// Log POST bodies into this memory file's segment map.
+    #[arg(long)]
+    wal: Option<std::path::PathBuf>,
+    /// Stop after this many seconds (TAP mode; default: run until killed).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Connections of the built-in sim client.
+    #[arg(long, default_value_t = 50)]
+    connections: usize,
+}
+
+fn memory(args: &Args) -> Result<Memory, String> {
+    let cfg = Config {
+        capacity_lines: 1 << 24,
+        map_capacity: 1 << 20,
+        ..Config::default()
+    };
+    match &args.wal {
+        Some(p) if p.exists() => Memory::open(p).map_err(|e| format!("{}: {e}", p.display())),
+        Some(p) => Memory::create(p, cfg).map_err(|e| format!("{}: {e}", p.display())),
+        None => Memory::new(cfg).map_err(|e| e.to_string()),
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let r = if args.tap { tap(&args) } else { sim(&args) };
+    if let Err(e) = r {
+        eprintln!("phttpd: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn tap(args: &Args) -> Result<(), String> {
+    let mem = memory(args)?;
+    let port = TapPort::open("").map_err(|e| format!("TAP: {e}"))?;
+    let ns = NetNs::create().map_err(|e| format!("namespace: {e}"))?;
+    let dev = port.name().to_owned();
+    ns.adopt(&dev, Some("10.79.0.1/24"))
+        .map_err(|e| format!("namespace: {e}"))?;
+    let ip = Ipv4Addr::new(10, 79, 0, 2);
+    let mut iface = Interface::new(&mem, port, IfaceConfig::new([2, 0, 0, 0x79, 0, 2], ip, 24))
+        .map_err(|e| e.to_string())?;
+    let mut server = Phttpd::new(&mut iface, args.port, args.object, args.wal.is_some())
+        .map_err(|e| e.to_string())?;
+    println!(
+        "phttpd: serving on {ip}:{} (device {dev} in namespace {})",
+        args.port,
+        ns.name()
+    );
+    println!(
+        "  try: ip netns exec {} curl -s http://{ip}:{}/ ; ip netns exec {} wrk -c 50 -d 5 http://{ip}:{}/",
+        ns.name(),
+        args.port,
+        ns.name(),
+        args.port
+    );
+    let t0 = Instant::now();
+    let end = args.seconds.map(|s| t0 + Duration::from_secs(s));
+    let mut last = Instant::now();
+    loop {
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+        let now = t0.elapsed().as_nanos() as u64;
+        let ev = iface.poll(now).map_err(|e| e.to_string())?.to_vec();
+        server.handle(&mut iface, &ev).map_err(|e| e.to_string())?;
+        let wait = iface.poll_at().map_or(Duration::from_millis(5), |t| {
+            Duration::from_nanos(t.saturating_sub(now)).min(Duration::from_millis(5))
+        });
+        iface
+            .nic()
+            .port()
+            .wait_readable(wait)
+            .map_err(|e| e.to_string())?;
+        if last.elapsed() >= Duration::from_secs(5) {
+            last = Instant::now();
+            println!("phttpd: {:?}", server.stats());
+        }
+    }
+    println!("phttpd: {:?}", server.stats());
+    println!("phttpd: {:?}", iface.stats());
+    Ok(())
+}
+
+/// The built-in run: server on one sim interface, closed-loop clients on the
+/// other (RPC for 2 s, then WAL with 1 KiB bodies for 2 s).
+fn sim(args: &Args) -> Result<(), String> {
+    let mem = memory(args)?;
+    let e = |e: IfaceError| e.to_string();
+    let mut pair =
+        SimPair::new(&mem, LinkConfig::default(), 1, |c| c.tcp.nagle = false).map_err(e)?;
+    let mut server = Phttpd::new(&mut pair.b, args.port, 1 << 20, args.wal.is_some()).map_err(e)?;
+    let now = pair.now();
+    let conns: Vec<_> = (0..args.connections.max(1))
+        .map(|_| pair.a.tcp_connect(SocketAddrV4::new(B_IP, args.port), now))
+        .collect::<Result<_, _>>()
+        .map_err(e)?;
+    let body = vec![b'w'; 1024];
+    let wal_req = {
+        let mut r = format!(
+            "POST /log HTTP/1.1\r\nHost: phttpd\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(&body);
+        r
+    };
+    for (name, req) in [
+        ("RPC (GET, 44 B -> 151 B)", rpc_request().to_vec()),
+        ("WAL (POST 1 KiB)", wal_req),
+    ] {
+        let mut got = vec![0usize; conns.len()];
+        let mut need_send = vec![true; conns.len()];
+        let mut done = 0u64;
+        let t = Instant::now();
+        let mut buf = [0u8; 1024];
+        while t.elapsed() < Duration::from_secs(2) {
+            let now = pair.now();
+            let ev = pair.b.poll(now).map_err(e)?.to_vec();
+            server.handle(&mut pair.b, &ev).map_err(e)?;
+            pair.a.poll(now).map_err(e)?;
+            let mut progress = false;
+            for (i, &c) in conns.iter().enumerate() {
+                if need_send[i] && pair.a.tcp(c).map_err(e)?.can_send() {
+                    match pair.a.send_slice(c, &req) {
+                        Ok(n) if n == req.len() => need_send[i] = false,
+                        Ok(_) => return Err("short send of a small request".into()),
+                        Err(IfaceError::WouldBlock) => {}
+                        Err(x) => return Err(x.to_string()),
+                    }
+                }
+                while let Ok(n) = pair.a.recv_slice(c, &mut buf) {
+                    if n == 0 {
+                        return Err("server closed a connection".into());
+                    }
+                    got[i] += n;
+                    progress = true;
+                    if got[i] >= RESPONSE_LEN {
+                        got[i] -= RESPONSE_LEN;
+                        done += 1;
+                        need_send[i] = true;
+                    }
+                }
+            }
+            if !progress {
+                pair.step().map_err(e)?;
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "{name}: {} connections, {done} requests in {secs:.2} s: {:.0} requests/s (sim backend, both stacks in one thread)",
+            conns.len(),
+            done as f64 / secs
+        );
+    }
+    let s = server.stats();
+    println!(
+        "server: {} requests, {} WAL bytes logged ({} copied), {} header bytes parsed",
+        s.requests, s.wal_bytes, s.wal_copied, s.header_bytes_copied
+    );
+    let st = pair.b.stats();
+    println!(
+        "stack: tx payload {} B ({} shared, {} copied), rx payload {} B delivered as snapshots",
+        st.tx_payload_bytes, st.tx_payload_shared, st.tx_payload_copied, st.rx_payload_bytes
+    );
+    if args.wal.is_some() {
+        mem.sync().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
