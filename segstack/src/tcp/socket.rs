@@ -36,6 +36,8 @@ const PAWS_IDLE_NS: u64 = 24 * 24 * 3600 * 1_000_000_000;
 /// Out-of-window pure ACKs are answered at most this often (Linux's
 /// `tcp_invalid_ratelimit`), so two confused stacks cannot ACK-loop.
 const OOW_ACK_INTERVAL_NS: u64 = 500 * MS;
+/// Duplicate ACKs owed for out-of-order segments, at most.
+const MAX_DUPACKS_OWED: u32 = 64;
 /// Duplicate ACKs that trigger fast retransmit.
 const DUPTHRESH: u32 = 3;
 
@@ -335,6 +337,8 @@ pub struct TcpSocket {
     rtt_sample: Option<(u64, u64, u64)>,
     delack_at: Option<u64>,
     ack_now: bool,
+    /// Pure ACKs owed for out-of-order segments since the last dispatch.
+    dupacks_owed: u32,
     persist_at: Option<u64>,
     persist_backoff: u32,
     probes: u32,
@@ -464,6 +468,7 @@ impl TcpSocket {
             rtt_sample: None,
             delack_at: None,
             ack_now: false,
+            dupacks_owed: 0,
             persist_at: None,
             persist_backoff: 0,
             probes: 0,
@@ -882,6 +887,7 @@ impl TcpSocket {
         self.persist_at = None;
         self.timewait_at = None;
         self.ack_now = false;
+        self.dupacks_owed = 0;
         self.probe_due = false;
         self.persist_force = false;
         self.fast_rexmit = false;
@@ -1095,6 +1101,21 @@ impl TcpSocket {
     }
 
     fn process_synchronized(&mut self, now: u64, repr: &TcpRepr, payload: Payload) {
+        let mut repr = *repr;
+        // Simultaneous open: the peer's SYN-ACK reaches us in SYN-RECEIVED.
+        // Its SYN is old news; its ACK completes our side (as Linux does).
+        if self.state == State::SynReceived
+            && repr.flags.contains(TcpFlags::SYN | TcpFlags::ACK)
+            && !repr.flags.contains(TcpFlags::FIN)
+            && repr.seq == self.irs
+            && payload.is_empty()
+            && self.snd_max >= 1
+            && repr.ack == seq::wrap(self.iss, self.snd_max)
+        {
+            repr.flags = TcpFlags(repr.flags.0 & !TcpFlags::SYN.0);
+            repr.seq = seq::wrap(self.irs, self.rcv_nxt);
+        }
+        let repr = &repr;
         let f = repr.flags;
         let seg_off = seq::unwrap(repr.seq, seq::wrap(self.irs, self.rcv_nxt), self.rcv_nxt);
         let nxt = self.rcv_nxt as i64;
@@ -1321,6 +1342,7 @@ impl TcpSocket {
                 self.cwnd = self.ssthresh.min(out.max(mss) + mss);
                 self.in_recovery = false;
                 self.dupacks = 0;
+                self.fast_rexmit = false;
             } else {
                 // Partial ACK: retransmit the next hole, deflate.
                 self.cwnd = self.cwnd.saturating_sub(acked).max(mss);
@@ -1332,6 +1354,7 @@ impl TcpSocket {
             }
         } else {
             self.dupacks = 0;
+            self.fast_rexmit = false;
             // Grow only when the window was being used (RFC 7661 spirit).
             if 2 * flight >= self.cwnd {
                 if self.cwnd < self.ssthresh {
@@ -1420,6 +1443,10 @@ impl TcpSocket {
                     Ok(_) => self.stats.out_of_order += 1,
                     Err(_) => self.stats.dropped += 1,
                 }
+                // One duplicate ACK per out-of-order segment, even when the
+                // interface hands several over before the next dispatch:
+                // the sender counts them (fast retransmit, NewReno).
+                self.dupacks_owed = (self.dupacks_owed + 1).min(MAX_DUPACKS_OWED);
                 ack_at_once = true;
             }
         }
@@ -1623,6 +1650,7 @@ impl TcpSocket {
         }
         self.last_ack_sent = self.rcv_nxt;
         self.ack_now = false;
+        self.dupacks_owed = self.dupacks_owed.saturating_sub(1);
         self.delack_at = None;
         self.unacked_bytes = 0;
     }
@@ -1857,7 +1885,9 @@ impl TcpSocket {
             self.stats.segs_out += 1;
             self.sent_ack(&r);
         }
-        if self.ack_now && self.state != State::SynSent {
+        while (self.ack_now || self.dupacks_owed > 0)
+            && !matches!(self.state, State::SynSent | State::Closed)
+        {
             let mut r = TcpRepr {
                 src_port: self.local.port(),
                 dst_port: self.remote.port(),

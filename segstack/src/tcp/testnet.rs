@@ -117,6 +117,10 @@ pub(crate) struct Net {
     /// Refuse the next n emits (TX ring full).
     pub refuse: u32,
     pub iss: [u32; 2],
+    /// Endpoint 1 accepts SYNs when it has no socket.
+    pub listen: bool,
+    /// Wake the application at least this often (0: only on events).
+    pub tick: u64,
 }
 
 impl std::fmt::Debug for Net {
@@ -152,6 +156,8 @@ impl Net {
             unaligned_slices: 0,
             refuse: 0,
             iss,
+            listen: true,
+            tick: 0,
         }
     }
 
@@ -164,6 +170,19 @@ impl Net {
             self.iss[0],
             self.now,
         ));
+    }
+
+    /// Both ends connect to each other (simultaneous open).
+    pub(crate) fn connect_both(&mut self) {
+        for i in 0..2 {
+            self.socks[i] = Some(TcpSocket::connect(
+                self.cfgs[i].clone(),
+                self.addrs[i],
+                self.addrs[1 - i],
+                self.iss[i],
+                self.now,
+            ));
+        }
     }
 
     pub(crate) fn sock(&mut self, i: usize) -> &mut TcpSocket {
@@ -273,7 +292,7 @@ impl Net {
         let to = seg.to;
         match self.socks[to].as_mut() {
             Some(s) => s.process(self.now, &seg.repr, seg.payload),
-            None if to == 1 && seg.repr.flags == TcpFlags::SYN => {
+            None if to == 1 && self.listen && seg.repr.flags == TcpFlags::SYN => {
                 self.socks[1] = TcpSocket::accept(
                     self.cfgs[1].clone(),
                     self.addrs[1],
@@ -317,6 +336,10 @@ impl Net {
                 let t = t.max(self.now);
                 next = Some(next.map_or(t, |n: u64| n.min(t)));
             }
+        }
+        if self.tick > 0 {
+            let t = self.now + self.tick;
+            next = Some(next.map_or(t, |n: u64| n.min(t)));
         }
         let Some(next) = next else {
             return false;
@@ -402,6 +425,8 @@ pub(crate) struct Flow {
     pub close_when_done: bool,
     pub eof: bool,
     pub read_max: usize,
+    /// The receiver reads only when this is set.
+    pub reading: bool,
 }
 
 impl Flow {
@@ -417,6 +442,7 @@ impl Flow {
             close_when_done: true,
             eof: false,
             read_max: usize::MAX,
+            reading: true,
         }
     }
 
@@ -438,7 +464,7 @@ impl Flow {
                 net.sock(self.from).close();
             }
         }
-        if net.socks[to].is_some() && !self.eof {
+        if net.socks[to].is_some() && !self.eof && self.reading {
             loop {
                 match net.sock(to).recv(self.read_max) {
                     Ok(chunks) => {

@@ -2,6 +2,7 @@
 
 use super::testnet::{Flow, Link, Net, Rng, Seg, MS};
 use super::*;
+use crate::payload::Payload;
 use crate::wire::{TcpFlags, TcpRepr};
 
 fn cfg() -> TcpConfig {
@@ -232,4 +233,493 @@ fn trace_flags(net: &Net) -> Vec<(usize, TcpFlags, usize)> {
         .iter()
         .map(|(_, s): &(u64, Seg)| (s.to, s.repr.flags, s.payload.len()))
         .collect()
+}
+
+fn data_segs(net: &Net, to: usize) -> usize {
+    net.trace
+        .iter()
+        .filter(|(_, s)| s.to == to && !s.payload.is_empty())
+        .count()
+}
+
+#[test]
+fn simultaneous_open_and_close() {
+    let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 31);
+    net.connect_both();
+    assert!(net.run(5_000 * MS, |n| st(n, 0) == State::Established
+        && st(n, 1) == State::Established));
+    assert_eq!(
+        net.sock(0).stats().retransmits,
+        1,
+        "the SYN-ACK re-sends the SYN"
+    );
+    // Data both ways, then both close at once.
+    let mut f0 = Flow::new(&net, 0, Rng::new(1).bytes(50_000), 4096);
+    let mut f1 = Flow::new(&net, 1, Rng::new(2).bytes(70_000), 4096);
+    f0.close_when_done = false;
+    f1.close_when_done = false;
+    assert!(net.run(5_000 * MS, |n| {
+        let a = f0.pump(n);
+        let b = f1.pump(n);
+        a && b
+    }));
+    net.sock(0).close();
+    net.sock(1).close();
+    let mut saw_closing = [false; 2];
+    assert!(net.run(10_000 * MS, |n| {
+        for (i, seen) in saw_closing.iter_mut().enumerate() {
+            *seen |= st(n, i) == State::Closing;
+        }
+        st(n, 0) == State::TimeWait && st(n, 1) == State::TimeWait
+    }));
+    assert_eq!(saw_closing, [true, true]);
+    assert!(net.run(10_000 * MS, |n| n
+        .socks
+        .iter()
+        .flatten()
+        .all(TcpSocket::is_closed)));
+    for i in 0..2 {
+        assert_eq!(net.sock(i).error(), None);
+        assert_eq!(net.sock(i).recv(1), Err(TcpError::Finished));
+    }
+}
+
+#[test]
+fn half_close_then_data() {
+    let mut net = Net::new(cfg(), cfg(), Link::clean(2 * MS), 32);
+    net.establish();
+    let mut up = Flow::new(&net, 0, Rng::new(3).bytes(100_000), 8192);
+    let mut down = Flow::new(&net, 1, Rng::new(4).bytes(500_000), 8192);
+    let mut client_was_fw2 = false;
+    assert!(net.run(20_000 * MS, |n| {
+        if !up.pump(n) {
+            return false;
+        }
+        // The client half-closed; the server saw EOF and now sends.
+        client_was_fw2 |= st(n, 0) == State::FinWait2;
+        assert!(!n.sock(0).can_send());
+        down.pump(n)
+    }));
+    assert!(client_was_fw2);
+    assert!(!net.sock(0).may_recv());
+    assert!(net.run(10_000 * MS, |n| n
+        .socks
+        .iter()
+        .flatten()
+        .all(TcpSocket::is_closed)));
+    assert_eq!(
+        {
+            let x = net.payload(b"late");
+            net.sock(0).send(x)
+        },
+        Err(TcpError::Closed)
+    );
+}
+
+#[test]
+fn time_wait_reacks_a_retransmitted_fin() {
+    let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 33);
+    net.keep_trace = true;
+    let mut fin_end = None;
+    let mut dropped = 0;
+    net.filter = Some(Box::new(move |_, s| {
+        if s.to == 0 && s.repr.flags.contains(TcpFlags::FIN) {
+            fin_end = Some(s.repr.seq.wrapping_add(1));
+        }
+        if s.to == 1 && s.repr.flags == TcpFlags::ACK && Some(s.repr.ack) == fin_end && dropped == 0
+        {
+            dropped += 1;
+            return false;
+        }
+        true
+    }));
+    net.establish();
+    net.sock(0).close();
+    assert!(net.run(1_000 * MS, |n| st(n, 0) == State::FinWait2));
+    net.sock(1).close();
+    assert!(net.run(1_000 * MS, |n| st(n, 0) == State::TimeWait));
+    // The server's FIN is retransmitted after its RTO and re-ACKed.
+    assert!(net.run(5_000 * MS, |n| st(n, 1) == State::Closed));
+    assert_eq!(net.sock(1).error(), None);
+    assert!(net.sock(1).stats().retransmits >= 1);
+    assert_eq!(st(&net, 0), State::TimeWait);
+    assert!(net.run(10_000 * MS, |n| st(n, 0) == State::Closed));
+}
+
+#[test]
+fn rst_to_syn_sent_needs_an_acceptable_ack() {
+    let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 34);
+    net.listen = false;
+    net.connect();
+    net.dispatch(0);
+    let c = net.sock(0);
+    let iss = c.snd_nxt_seq().wrapping_sub(1);
+    let base = TcpRepr {
+        src_port: 80,
+        dst_port: 40_000,
+        flags: TcpFlags::RST,
+        ..TcpRepr::default()
+    };
+    let empty = net.payload(&[]);
+    // RST without ACK, and RST with a wrong ACK: ignored.
+    net.socks[0]
+        .as_mut()
+        .unwrap()
+        .process(net.now, &base, empty.clone());
+    let bad = TcpRepr {
+        flags: TcpFlags::RST | TcpFlags::ACK,
+        ack: iss.wrapping_add(7),
+        ..base
+    };
+    net.socks[0]
+        .as_mut()
+        .unwrap()
+        .process(net.now, &bad, empty.clone());
+    assert_eq!(st(&net, 0), State::SynSent);
+    // A bare ACK with a wrong ACK number is answered with a RST.
+    let stray = TcpRepr {
+        flags: TcpFlags::ACK,
+        ack: iss.wrapping_add(7),
+        ..base
+    };
+    net.socks[0]
+        .as_mut()
+        .unwrap()
+        .process(net.now, &stray, empty.clone());
+    let mut out = Vec::new();
+    net.socks[0]
+        .as_mut()
+        .unwrap()
+        .dispatch(net.now, &mut |r, _, _| {
+            out.push(*r);
+            true
+        });
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].flags, out[0].seq),
+        (TcpFlags::RST, iss.wrapping_add(7))
+    );
+    assert_eq!(st(&net, 0), State::SynSent);
+    // The interface's reply to the SYN (RST|ACK, ACK = ISS + 1) resets.
+    assert!(net.run(1_000 * MS, |n| st(n, 0) == State::Closed));
+    assert_eq!(net.unmatched_rsts, 1);
+    assert_eq!(net.sock(0).error(), Some(TcpError::Reset));
+    assert!(net.sock(0).is_closed());
+}
+
+#[test]
+fn blind_data_injection_is_rejected() {
+    let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 35);
+    net.establish();
+    let mut f = Flow::new(&net, 0, Rng::new(5).bytes(10_000), 10_000);
+    f.close_when_done = false;
+    assert!(net.run(1_000 * MS, |n| f.pump(n)));
+    let junk = net.payload(b"junk");
+    // In-window data whose ACK acknowledges what was never sent.
+    let mut r = forged(&mut net, TcpFlags::ACK | TcpFlags::PSH, 0);
+    r.ack = r.ack.wrapping_add(1 << 20);
+    net.inject(1, r, junk.clone());
+    // ... and one whose ACK is far too old.
+    let mut r = forged(&mut net, TcpFlags::ACK | TcpFlags::PSH, 0);
+    r.ack = r.ack.wrapping_sub(1 << 30);
+    net.inject(1, r, junk);
+    net.run(200 * MS, |_| false);
+    assert_eq!(net.sock(1).recv_queue(), 0);
+    assert_eq!(net.sock(1).stats().challenge_acks, 2);
+    assert_eq!(st(&net, 1), State::Established);
+}
+
+#[test]
+fn zero_window_persist_and_slow_reader() {
+    let small = TcpConfig {
+        recv_buf: 16 * 1024,
+        ..cfg()
+    };
+    let mut net = Net::new(cfg(), small, Link::clean(MS), 36);
+    net.establish();
+    let mut f = Flow::new(&net, 0, Rng::new(6).bytes(200_000), 32 * 1024);
+    f.read_max = 4096;
+    net.tick = 10 * MS;
+    let start = net.now;
+    let mut last_read = 0;
+    let mut min_wnd = u64::MAX;
+    assert!(net.run(120_000 * MS, |n| {
+        min_wnd = min_wnd.min(n.sock(0).send_window());
+        // The reader sleeps 3 s, then reads 4 KiB every 50 ms.
+        f.reading = n.now >= start + 3_000 * MS && n.now >= last_read + 50 * MS;
+        if f.reading {
+            last_read = n.now;
+        }
+        f.pump(n)
+    }));
+    assert_eq!(min_wnd, 0);
+    let s = net.sock(0).stats().clone();
+    assert!(s.window_probes >= 2, "{s:?}");
+    assert_eq!(net.sock(0).error(), None);
+    assert!(net.sock(1).stats().bytes_in >= 200_000);
+}
+
+#[test]
+fn nagle_coalesces_small_writes() {
+    for nagle in [true, false] {
+        let c = TcpConfig { nagle, ..cfg() };
+        let mut net = Net::new(c, cfg(), Link::clean(5 * MS), 37);
+        net.keep_trace = true;
+        net.establish();
+        let before = data_segs(&net, 1);
+        let mem = net.mem.clone();
+        for i in 0..10u8 {
+            net.sock(0).send_slice(&mem, &[i; 100]).unwrap();
+            net.dispatch(0);
+        }
+        net.run(1_000 * MS, |_| false);
+        let segs = data_segs(&net, 1) - before;
+        if nagle {
+            assert_eq!(
+                segs, 2,
+                "one 100-byte segment, then 900 bytes after the ACK"
+            );
+        } else {
+            assert_eq!(segs, 10);
+        }
+        let mut buf = [0u8; 2000];
+        assert_eq!(net.sock(1).recv_slice(&mut buf), Ok(1000));
+        assert!(buf[..1000]
+            .chunks(100)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+        assert_eq!(net.sock(1).stats().bytes_copied, 1000);
+        assert!(net.sock(0).stats().bytes_copied >= 1000);
+    }
+}
+
+#[test]
+fn send_back_pressure() {
+    let c = TcpConfig {
+        send_buf: 64 * 1024,
+        ..cfg()
+    };
+    let mut net = Net::new(c, cfg(), Link::clean(10 * MS), 38);
+    net.establish();
+    let data = Rng::new(8).bytes(1 << 20);
+    let src = net.payload(&data);
+    let mut sent = 0;
+    loop {
+        match net.sock(0).send(src.slice(sent, data.len())) {
+            Ok(n) => sent += n,
+            Err(TcpError::WouldBlock) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(sent, 64 * 1024);
+    assert_eq!(net.sock(0).send_queue(), 64 * 1024);
+    assert!(!net.sock(0).can_send());
+    let mut f = Flow::new(&net, 0, data, 1 << 20);
+    f.src = src;
+    f.sent = sent;
+    let mut blocked = 0;
+    assert!(net.run(60_000 * MS, |n| {
+        if !n.sock(0).can_send() {
+            blocked += 1;
+        }
+        assert!(n.sock(0).send_queue() <= 64 * 1024);
+        f.pump(n)
+    }));
+    assert!(blocked > 10);
+}
+
+#[test]
+fn retransmission_timeout_aborts() {
+    let c = TcpConfig {
+        max_retries: 5,
+        ..cfg()
+    };
+    let mut net = Net::new(c, cfg(), Link::clean(MS), 39);
+    net.establish();
+    net.link.loss = 1000;
+    let p = net.payload(&[1; 5000]);
+    net.sock(0).send(p).unwrap();
+    let start = net.now;
+    assert!(net.run(3_600_000 * MS, |n| st(n, 0) == State::Closed));
+    let s = net.sock(0).stats().clone();
+    assert_eq!(net.sock(0).error(), Some(TcpError::TimedOut));
+    assert_eq!(s.timeouts, 6);
+    assert_eq!(s.retransmits, 5);
+    // 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 6.4 s of backoff
+    let took = net.now - start;
+    assert!((12_000 * MS..13_000 * MS).contains(&took), "{took}");
+    assert_eq!(
+        {
+            let x = net.payload(b"x");
+            net.sock(0).send(x)
+        },
+        Err(TcpError::TimedOut)
+    );
+}
+
+#[test]
+fn syn_timeout() {
+    let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 40);
+    net.link.loss = 1000;
+    net.connect();
+    assert!(net.run(3_600_000 * MS, |n| st(n, 0) == State::Closed));
+    assert_eq!(net.sock(0).error(), Some(TcpError::TimedOut));
+    assert_eq!(net.sock(0).stats().segs_out, 7);
+}
+
+#[test]
+fn single_loss_is_fast_retransmitted() {
+    let mut net = Net::new(cfg(), cfg(), Link::clean(5 * MS), 41);
+    let mut n_data = 0;
+    net.filter = Some(Box::new(move |_, s| {
+        if s.to == 1 && !s.payload.is_empty() {
+            n_data += 1;
+            return n_data != 40;
+        }
+        true
+    }));
+    net.establish();
+    let mut f = Flow::new(&net, 0, Rng::new(9).bytes(1 << 20), 64 * 1024);
+    assert!(net.run(60_000 * MS, |n| f.pump(n)));
+    let s = net.sock(0).stats().clone();
+    assert_eq!(s.timeouts, 0, "{s:?} {:?}", net.sock(1).stats());
+    assert_eq!(s.fast_retransmits, 1, "{s:?}");
+    assert_eq!(s.retransmits, 1, "{s:?}");
+    assert!(s.dup_acks >= 3);
+    assert!(net.sock(1).stats().out_of_order >= 3);
+}
+
+#[test]
+fn delayed_ack_timer_and_every_second_segment() {
+    let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 42);
+    net.keep_trace = true;
+    net.establish();
+    net.run(100 * MS, |_| false);
+    let t0 = net.now;
+    let p = net.payload(&[1; 100]);
+    net.sock(0).send(p).unwrap();
+    let n0 = net.trace.len();
+    net.run(200 * MS, |_| false);
+    let acks: Vec<u64> = net.trace[n0..]
+        .iter()
+        .filter(|(_, s)| s.to == 0)
+        .map(|(t, _)| *t - t0)
+        .collect();
+    assert_eq!(acks, vec![41 * MS]);
+    // Two full segments: acknowledged at once.
+    let t1 = net.now;
+    let mss = net.sock(0).send_mss();
+    let p = net.payload(&vec![2; 2 * mss]);
+    net.sock(0).send(p).unwrap();
+    let n1 = net.trace.len();
+    net.run(200 * MS, |_| false);
+    let acks: Vec<u64> = net.trace[n1..]
+        .iter()
+        .filter(|(_, s)| s.to == 0)
+        .map(|(t, _)| *t - t1)
+        .collect();
+    assert_eq!(acks, vec![MS]);
+}
+
+#[test]
+fn rtt_and_window_scaling() {
+    let big = TcpConfig {
+        send_buf: 2 << 20,
+        recv_buf: 2 << 20,
+        ..cfg()
+    };
+    let mut net = Net::new(big.clone(), big, Link::clean(20 * MS), 43);
+    net.establish();
+    let mut f = Flow::new(&net, 0, Rng::new(10).bytes(8 << 20), 256 * 1024);
+    let mut max_wnd = 0;
+    assert!(net.run(60_000 * MS, |n| {
+        max_wnd = max_wnd.max(n.sock(0).send_window());
+        f.pump(n)
+    }));
+    assert!(max_wnd > 1 << 20, "{max_wnd}");
+    let srtt = net.sock(0).srtt_ns().unwrap();
+    assert!((40 * MS..45 * MS).contains(&srtt), "{srtt}");
+    assert_eq!(net.sock(0).rto_ns(), srtt + 200 * MS);
+}
+
+#[test]
+fn without_options() {
+    let plain = TcpConfig {
+        window_scale: false,
+        timestamps: false,
+        ..cfg()
+    };
+    let mut net = Net::new(plain, cfg(), Link::lossy(MS, 10), 44);
+    net.establish();
+    assert_eq!(net.sock(0).send_mss(), 1408);
+    assert_eq!(net.sock(1).send_mss(), 1408);
+    let mut f = Flow::new(&net, 1, Rng::new(11).bytes(1 << 20), 64 * 1024);
+    assert!(net.run(60_000 * MS, |n| f.pump(n)));
+    assert!(net.sock(1).send_window() <= 65535);
+}
+
+#[test]
+fn tso_bulk() {
+    let tso = TcpConfig {
+        tso_max: 64 * 1024,
+        ..cfg()
+    };
+    for (loss, seed) in [(0, 45), (10, 46)] {
+        let mut net = Net::new(tso.clone(), tso.clone(), Link::lossy(MS, loss), seed);
+        bulk(&mut net, 2 << 20, 1 << 20, 600_000 * MS);
+        assert_eq!(net.sock(0).stats().tx_unaligned_bytes, 0);
+        assert!(net.sock(0).stats().segs_out < 1500);
+    }
+}
+
+#[test]
+fn unaligned_payloads_are_cut_at_chunk_ends() {
+    let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 47);
+    net.establish();
+    // 1000-byte payloads, each starting at offset 0 of its own segment.
+    let data = Rng::new(12).bytes(200_000);
+    let mut f = Flow::new(&net, 0, data.clone(), 1000);
+    let pieces: Vec<Payload> = data.chunks(1000).map(|c| net.payload(c)).collect();
+    let mut next = 0;
+    assert!(net.run(60_000 * MS, |n| {
+        while next < pieces.len() && n.sock(0).send(pieces[next].clone()) == Ok(1000) {
+            next += 1;
+        }
+        f.sent = data.len();
+        f.pump(n)
+    }));
+    let s = net.sock(0).stats().clone();
+    assert_eq!(s.tx_unaligned_bytes, 0, "{s:?}");
+    assert_eq!(s.bytes_copied, 0);
+}
+
+#[test]
+fn byte_api_small_writes_stay_aligned() {
+    let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 48);
+    net.establish();
+    let data = Rng::new(13).bytes(300_000);
+    let mem = net.mem.clone();
+    let mut sent = 0;
+    let mut got = Vec::new();
+    assert!(net.run(60_000 * MS, |n| {
+        while sent < data.len() {
+            let k = 700.min(data.len() - sent);
+            match n.sock(0).send_slice(&mem, &data[sent..sent + k]) {
+                Ok(m) => sent += m,
+                Err(TcpError::WouldBlock) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let mut buf = [0u8; 5000];
+        while let Ok(m) = n.sock(1).recv_slice(&mut buf) {
+            got.extend_from_slice(&buf[..m]);
+        }
+        got.len() == data.len()
+    }));
+    assert_eq!(got, data);
+    let s = net.sock(0).stats().clone();
+    // Appends rewrite at most one partial line each.
+    assert!(s.bytes_copied >= data.len() as u64);
+    assert!(s.bytes_copied < data.len() as u64 * 11 / 10, "{s:?}");
+    assert!(s.tx_unaligned_bytes < data.len() as u64 / 100, "{s:?}");
 }
