@@ -39,6 +39,8 @@ use crate::wire::{
 
 const ETH_LEN: usize = ethernet::HEADER_LEN;
 const IP_LEN: usize = 20;
+/// Most entries in the ARP table.
+const MAX_NEIGHBOURS: usize = 4096;
 /// Enough for Ethernet + IPv4 with options + TCP with options.
 const MAX_HDRS: usize = ETH_LEN + 60 + 60;
 
@@ -960,6 +962,7 @@ impl<P: Port> Interface<P> {
     /// The MAC of `ip`, or None after (rate-limited) asking for it.
     fn lookup(&mut self, ip: Ipv4Addr, now: u64) -> Option<EthernetAddress> {
         let retry = self.cfg.arp_retry_ns;
+        self.make_room(ip, now);
         let n = self.neighbours.entry(ip).or_insert(Neighbour {
             mac: None,
             expires: 0,
@@ -993,8 +996,36 @@ impl<P: Port> Interface<P> {
         n_mac(self.neighbours.get(&ip))
     }
 
+    /// Keeps the neighbour table bounded (peers can make us answer any
+    /// address): before adding `ip` to a full table, forget expired and
+    /// unresolved entries (their waiting frames are dropped and counted).
+    fn make_room(&mut self, ip: Ipv4Addr, now: u64) {
+        if self.neighbours.len() < MAX_NEIGHBOURS || self.neighbours.contains_key(&ip) {
+            return;
+        }
+        let mut dropped = 0;
+        self.neighbours.retain(|_, n| {
+            let keep = n.mac.is_some() && n.expires > now;
+            if !keep {
+                dropped += n.waiting.len() as u64;
+            }
+            keep
+        });
+        if self.neighbours.len() >= MAX_NEIGHBOURS {
+            // All live: forget them all rather than grow without bound.
+            dropped += self
+                .neighbours
+                .values()
+                .map(|n| n.waiting.len() as u64)
+                .sum::<u64>();
+            self.neighbours.clear();
+        }
+        self.stats.tx_dropped += dropped;
+    }
+
     fn learn(&mut self, ip: Ipv4Addr, mac: EthernetAddress, now: u64) {
         let ttl = self.cfg.arp_ttl_ns;
+        self.make_room(ip, now);
         let n = self.neighbours.entry(ip).or_insert(Neighbour {
             mac: None,
             expires: 0,
@@ -1339,6 +1370,16 @@ impl IngressFuzzer {
             .tcp_connect(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 80), 0)
             .expect("connect");
         IngressFuzzer { iface, now: 0 }
+    }
+
+    /// The interface's counters.
+    pub fn stats(&self) -> &IfaceStats {
+        self.iface.stats()
+    }
+
+    /// Entries in the interface's ARP table.
+    pub fn neighbours(&self) -> usize {
+        self.iface.neighbours.len()
     }
 
     /// Feeds `data` as one frame. The first byte picks the metadata flags.

@@ -471,3 +471,96 @@ fn seed_corpus_is_valid() {
         Ok(())
     );
 }
+
+/// The whole interface's ingress (`segstack::iface::IngressFuzzer`, the body
+/// of the `ingress` fuzz target): mutated valid frames, readdressed to the
+/// interface most of the time so they reach ARP, ICMP, UDP and TCP (the
+/// listener, the open connection and the RST path), never panic, and every
+/// frame is counted.
+#[test]
+fn interface_ingress_never_panics() {
+    let mut r = rng();
+    let mut fz = segstack::iface::IngressFuzzer::new();
+    let n = iters() / 8;
+    for _ in 0..n {
+        let mut f = if r.chance(8) {
+            let k = r.below(120);
+            r.bytes(k)
+        } else {
+            mutated_frame(&mut r)
+        };
+        if f.len() >= ethernet::HEADER_LEN + 20 && !r.chance(5) {
+            // Our MAC, and (for IPv4) our address, with checksums fixed.
+            f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+            if f[12..14] == [0x08, 0x00] {
+                f[ethernet::HEADER_LEN + 16..ethernet::HEADER_LEN + 20]
+                    .copy_from_slice(&[10, 0, 0, 2]);
+                if r.chance(4) {
+                    // A port with a socket behind it.
+                    let hl = usize::from(f[ethernet::HEADER_LEN] & 0xf) * 4;
+                    let at = ethernet::HEADER_LEN + hl + 2;
+                    if f.len() >= at + 2 {
+                        let port: u16 = if r.chance(2) { 80 } else { 53 };
+                        f[at..at + 2].copy_from_slice(&port.to_be_bytes());
+                    }
+                }
+                fix_ipv4(&mut f[ethernet::HEADER_LEN..]);
+                fix_l4(&mut f[ethernet::HEADER_LEN..]);
+            }
+        }
+        let flags = r.byte();
+        let mut input = vec![flags];
+        input.extend_from_slice(&f);
+        fz.run(&input);
+    }
+    let s = *fz.stats();
+    eprintln!("{s:?}");
+    assert!(s.rx_frames > 0 && s.rx_frames <= n as u64, "{s:?}");
+    assert!(
+        s.rx_malformed > 0 && s.rx_bad_csum > 0 && s.rx_ignored > 0,
+        "{s:?}"
+    );
+    assert!(s.rx_no_socket > 0 && s.echo_replies > 0, "{s:?}");
+}
+
+/// A flood of echo requests from ever new addresses keeps the ARP table
+/// bounded.
+#[test]
+fn neighbour_table_stays_bounded() {
+    let mut fz = segstack::iface::IngressFuzzer::new();
+    let mut r = rng();
+    for i in 0..20_000u32 {
+        let src = Ipv4Addr::from(0x0a00_0000 | (i + 10));
+        let mut f = vec![0u8; ethernet::HEADER_LEN + 20 + 8 + 8];
+        EthernetRepr {
+            dst: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            src: mac(&mut r),
+            ethertype: ethernet::ethertype::IPV4,
+        }
+        .emit(&mut f);
+        Ipv4Repr {
+            src,
+            dst: Ipv4Addr::new(10, 0, 0, 2),
+            protocol: ipv4::protocol::ICMP,
+            ttl: 64,
+            tos: 0,
+            ident: 1,
+            dont_frag: false,
+            payload_len: 16,
+        }
+        .emit(&mut f[ethernet::HEADER_LEN..]);
+        let p = ethernet::HEADER_LEN + 20;
+        IcmpRepr::EchoRequest {
+            ident: 1,
+            seq_no: i as u16,
+        }
+        .emit(&mut f[p..p + 8], checksum::sum(0, &[0; 8]));
+        let mut input = vec![0u8];
+        input.extend_from_slice(&f);
+        fz.run(&input);
+    }
+    let s = fz.stats();
+    assert_eq!(s.echo_replies, 20_000, "{s:?}");
+    assert!(s.tx_dropped > 0, "{s:?}");
+    assert!(fz.neighbours() <= 4096);
+}
