@@ -91,6 +91,8 @@ mod socket;
 pub use socket::{reply_rst, Emit, State, TcpConfig, TcpError, TcpSocket, TcpStats};
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod testnet;
 #[cfg(test)]
 mod tests;

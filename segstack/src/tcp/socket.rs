@@ -861,7 +861,7 @@ impl TcpSocket {
                 self.pending_rst = Some(TcpRepr {
                     src_port: self.local.port(),
                     dst_port: self.remote.port(),
-                    seq: seq::wrap(self.iss, self.snd_nxt),
+                    seq: seq::wrap(self.iss, self.snd_max),
                     ack: seq::wrap(self.irs, self.rcv_nxt),
                     flags: TcpFlags::RST | TcpFlags::ACK,
                     ..TcpRepr::default()
@@ -1129,6 +1129,12 @@ impl TcpSocket {
             if self.snd_max > 0 {
                 self.snd_nxt = 0;
             }
+            // Echo the newest TSval, so the peer's RTT sample is not
+            // inflated by the lost round (Linux's request socks do so too).
+            if let (true, Some((tsval, _))) = (self.ts_enabled, repr.timestamp) {
+                self.ts_recent = tsval;
+                self.ts_recent_at = now;
+            }
             return;
         }
 
@@ -1181,7 +1187,10 @@ impl TcpSocket {
         if f.contains(TcpFlags::RST) {
             if seg_off == nxt {
                 self.stats.rst_in += 1;
-                self.become_closed(Some(TcpError::Reset));
+                // In TIME-WAIT the connection already completed: the RST
+                // only ends the wait (RFC 1337 hazards aside, as Linux).
+                let err = (self.state != State::TimeWait).then_some(TcpError::Reset);
+                self.become_closed(err);
             } else {
                 self.challenge_ack(now);
             }
@@ -1801,8 +1810,12 @@ impl TcpSocket {
     }
 
     /// Arms the persist timer when data waits for a window with nothing in
-    /// flight, and disarms it otherwise.
+    /// flight (also after a timeout rewound `SND.NXT`), and disarms it
+    /// otherwise.
     fn update_persist(&mut self, now: u64) {
+        if self.snd_nxt > self.snd_una && self.rto_at.is_none() && self.state != State::Closed {
+            self.rto_at = Some(now.saturating_add(self.rtt.rto()));
+        }
         let blocked = matches!(
             self.state,
             State::Established
@@ -1810,7 +1823,8 @@ impl TcpSocket {
                 | State::FinWait1
                 | State::Closing
                 | State::LastAck
-        ) && self.snd_una == self.snd_max
+        ) && self.snd_nxt == self.snd_una
+            && self.rto_at.is_none()
             && self.tx.end() > self.snd_nxt
             && !self.persist_force
             && self.plan().is_none();
@@ -1888,10 +1902,13 @@ impl TcpSocket {
         while (self.ack_now || self.dupacks_owed > 0)
             && !matches!(self.state, State::SynSent | State::Closed)
         {
+            // SND.MAX, not SND.NXT: after a timeout rewound SND.NXT, the
+            // peer may hold data up to SND.MAX and would find an ACK below
+            // its RCV.NXT unacceptable (BSD does the same).
             let mut r = TcpRepr {
                 src_port: self.local.port(),
                 dst_port: self.remote.port(),
-                seq: seq::wrap(self.iss, self.snd_nxt),
+                seq: seq::wrap(self.iss, self.snd_max),
                 ..TcpRepr::default()
             };
             self.ack_fields(&mut r, false);

@@ -121,6 +121,8 @@ pub(crate) struct Net {
     pub listen: bool,
     /// Wake the application at least this often (0: only on events).
     pub tick: u64,
+    /// The last segment emitted towards each endpoint.
+    pub last: [Option<Seg>; 2],
 }
 
 impl std::fmt::Debug for Net {
@@ -158,6 +160,7 @@ impl Net {
             iss,
             listen: true,
             tick: 0,
+            last: [None, None],
         }
     }
 
@@ -231,6 +234,19 @@ impl Net {
         });
         self.socks[i] = Some(s);
         for (r, slices, gso) in out {
+            if std::env::var_os("TCP_TRACE").is_some() {
+                let n: usize = slices.iter().map(Payload::len).sum();
+                eprintln!(
+                    "{:>8} {}-> {:?} seq={} ack={} len={} rto={}",
+                    self.now / 1000,
+                    i,
+                    r.flags,
+                    r.seq,
+                    r.ack,
+                    n,
+                    self.socks[i].as_ref().map_or(0, |s| s.rto_ns() / 1000)
+                );
+            }
             for p in &slices {
                 if p.offset() % self.mem.line_size() as u64 != 0 {
                     self.unaligned_slices += 1;
@@ -240,6 +256,7 @@ impl Net {
                 if self.keep_trace {
                     self.trace.push((self.now, seg.clone()));
                 }
+                self.last[seg.to] = Some(seg.clone());
                 self.enqueue(seg, 0);
             }
         }
@@ -290,6 +307,19 @@ impl Net {
     /// Delivers one segment to its endpoint, as the interface would.
     pub(crate) fn deliver(&mut self, seg: Seg) {
         let to = seg.to;
+        if std::env::var_os("TCP_TRACE").is_some() {
+            eprintln!(
+                "{:>8} ->{} {:?} seq={} ack={} len={} win={} | {:?}",
+                self.now / 1000,
+                to,
+                seg.repr.flags,
+                seg.repr.seq,
+                seg.repr.ack,
+                seg.payload.len(),
+                seg.repr.window,
+                self.socks[to].as_ref().map(|s| s.state())
+            );
+        }
         match self.socks[to].as_mut() {
             Some(s) => s.process(self.now, &seg.repr, seg.payload),
             None if to == 1 && self.listen && seg.repr.flags == TcpFlags::SYN => {
@@ -314,6 +344,11 @@ impl Net {
                 }
             }
         }
+    }
+
+    /// The last segment emitted towards `to`.
+    pub(crate) fn trace_last(&self, to: usize) -> Option<Seg> {
+        self.last[to].clone()
     }
 
     /// Puts a forged segment on the wire, arriving after the link delay.
