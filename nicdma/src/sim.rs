@@ -128,6 +128,9 @@ struct PortState {
     busy_until: u64,
     counters: SimCounters,
     wake: UnixDatagram,
+    /// A wake-up byte may be waiting in the channel (so the receiver makes
+    /// the system call to drain it only then).
+    armed: bool,
 }
 
 struct NetState {
@@ -241,6 +244,7 @@ impl SimNet {
             busy_until: 0,
             counters: SimCounters::default(),
             wake,
+            armed: false,
         });
         let index = st.ports.len() - 1;
         Ok(SimPort {
@@ -342,6 +346,7 @@ impl SimPort {
         // receiver drains the channel when it finds the queue empty).
         if was_empty && !st.ports[to].queue.is_empty() {
             let _ = st.ports[to].wake.send(&[1]);
+            st.ports[to].armed = true;
         }
     }
 }
@@ -404,8 +409,11 @@ impl Port for SimPort {
             let mut st = lock(&self.state);
             let q = &mut st.ports[self.index].queue;
             if q.first().is_none_or(|f| f.due > now) {
-                let mut b = [0u8; 64];
-                while self.wait.recv(&mut b).is_ok() {}
+                let port = &mut st.ports[self.index];
+                if std::mem::take(&mut port.armed) {
+                    let mut b = [0u8; 64];
+                    while self.wait.recv(&mut b).is_ok() {}
+                }
                 return Ok(false);
             }
             let f = q.remove(0);
