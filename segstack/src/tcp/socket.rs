@@ -357,6 +357,8 @@ pub struct TcpSocket {
     recover: u64,
     in_recovery: bool,
     fast_rexmit: bool,
+    /// When a segment carrying sequence space last went out.
+    last_send: u64,
 
     /// A reset to emit at the next dispatch.
     pending_rst: Option<TcpRepr>,
@@ -485,6 +487,7 @@ impl TcpSocket {
             recover: 0,
             in_recovery: false,
             fast_rexmit: false,
+            last_send: 0,
             pending_rst: None,
             stats: TcpStats::default(),
             cfg,
@@ -633,6 +636,25 @@ impl TcpSocket {
                     | State::FinWait1
                     | State::FinWait2
             )
+    }
+
+    /// Whether a SYN for this socket's address pair may end its TIME-WAIT
+    /// and open a new connection (RFC 1122 4.2.2.13, RFC 6191, as Linux):
+    /// a plain SYN whose sequence number is beyond `RCV.NXT`, or whose
+    /// timestamp is newer than the last one seen. The interface then drops
+    /// this socket and [`TcpSocket::accept`]s the SYN. False in every other
+    /// state (a SYN there gets a challenge ACK from [`TcpSocket::process`]).
+    pub fn accepts_reopen(&self, syn: &TcpRepr) -> bool {
+        if self.state != State::TimeWait
+            || syn.flags.0 & (TcpFlags::SYN.0 | TcpFlags::ACK.0 | TcpFlags::RST.0)
+                != TcpFlags::SYN.0
+        {
+            return false;
+        }
+        match (self.ts_enabled, syn.timestamp) {
+            (true, Some((tsval, _))) => seq::lt(self.ts_recent, tsval),
+            _ => seq::lt(seq::wrap(self.irs, self.rcv_nxt), syn.seq),
+        }
     }
 
     /// Whether the connection is over and emitted everything it had to: the
@@ -1554,7 +1576,14 @@ impl TcpSocket {
         let win_end = self.snd_una + self.snd_wnd;
         let win_avail = win_end.saturating_sub(self.snd_nxt) as usize;
         let in_flight = (self.snd_nxt - self.snd_una) as usize;
-        let cwnd_avail = self.cwnd.saturating_sub(in_flight);
+        // Limited transmit (RFC 3042): the first two duplicate ACKs each
+        // let one new segment out, so small windows still reach three.
+        let limited = if self.in_recovery {
+            0
+        } else {
+            self.dupacks.min(2) as usize * mss
+        };
+        let cwnd_avail = (self.cwnd + limited).saturating_sub(in_flight);
         let want = avail.min(self.max_seg());
         let mut len = want.min(win_avail);
         if cwnd_avail < len.min(mss) {
@@ -1711,6 +1740,9 @@ impl TcpSocket {
             }
             self.snd_max = end;
         }
+        if end > plan.off {
+            self.last_send = now;
+        }
         if end > plan.off && self.rto_at.is_none() {
             self.rto_at = Some(now.saturating_add(self.rtt.rto()));
         }
@@ -1861,6 +1893,14 @@ impl TcpSocket {
         self.run_timers(now);
         if self.state == State::Closed {
             return;
+        }
+        // Restart window (RFC 5681 4.1): after an idle RTO, at most IW.
+        if self.snd_una == self.snd_max
+            && self.snd_max > 1
+            && now.saturating_sub(self.last_send) > self.rtt.rto()
+        {
+            let iw = self.send_mss * (self.cfg.initial_cwnd.max(1) as usize);
+            self.cwnd = self.cwnd.min(iw);
         }
         // Bounded: every round moves snd_nxt or clears a flag.
         for _ in 0..4096 {

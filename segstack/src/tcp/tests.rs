@@ -84,15 +84,45 @@ fn bulk_both_directions_clean() {
 #[test]
 fn bulk_lossy_1_percent() {
     let mut net = Net::new(cfg(), cfg(), Link::lossy(2 * MS, 10), 11);
-    bulk(&mut net, 2 << 20, 1 << 20, 600_000 * MS);
-    let s = net.sock(0).stats().clone();
-    assert!(s.retransmits > 0 && s.fast_retransmits > 0, "{s:?}");
+    bulk(&mut net, 4 << 20, 2 << 20, 600_000 * MS);
+    for i in 0..2 {
+        let s = net.sock(i).stats().clone();
+        assert!(s.retransmits > 0 && s.fast_retransmits > 0, "{s:?}");
+        // Retransmissions stay near the loss rate (go-back-N after a
+        // timeout resends some segments the receiver already holds).
+        assert!(s.retransmitted_bytes * 100 < s.bytes_out * 4, "{s:?}");
+        assert_eq!(s.tx_unaligned_bytes, 0, "{s:?}");
+        assert_eq!(s.bytes_copied, 0);
+    }
 }
 
 #[test]
 fn bulk_lossy_5_percent() {
-    let mut net = Net::new(cfg(), cfg(), Link::lossy(2 * MS, 50), 12);
-    bulk(&mut net, 1 << 20, 1 << 20, 600_000 * MS);
+    for seed in [12, 13] {
+        let mut net = Net::new(cfg(), cfg(), Link::lossy(2 * MS, 50), seed);
+        bulk(&mut net, 2 << 20, 2 << 20, 3_600_000 * MS);
+        for i in 0..2 {
+            let s = net.sock(i).stats().clone();
+            assert!(s.retransmitted_bytes * 100 < s.bytes_out * 15, "{s:?}");
+            assert_eq!(s.tx_unaligned_bytes, 0, "{s:?}");
+        }
+    }
+}
+
+#[test]
+fn restart_window_after_idle() {
+    let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 14);
+    net.establish();
+    let mut f = Flow::new(&net, 0, Rng::new(1).bytes(1 << 20), 1 << 20);
+    f.close_when_done = false;
+    assert!(net.run(10_000 * MS, |n| f.pump(n)));
+    let mss = net.sock(0).send_mss();
+    assert!(net.sock(0).cwnd() > 20 * mss);
+    net.run(2_000 * MS, |_| false);
+    let p = net.payload(&[0; 100]);
+    net.sock(0).send(p).unwrap();
+    net.dispatch(0);
+    assert_eq!(net.sock(0).cwnd(), 10 * mss);
 }
 
 #[test]
@@ -343,6 +373,23 @@ fn time_wait_reacks_a_retransmitted_fin() {
     assert_eq!(net.sock(1).error(), None);
     assert!(net.sock(1).stats().retransmits >= 1);
     assert_eq!(st(&net, 0), State::TimeWait);
+    // A new SYN for the same pair may reopen it only with a higher sequence
+    // number (or a newer timestamp).
+    let rcv_nxt = net.sock(0).rcv_nxt_seq();
+    let mut syn = TcpRepr {
+        src_port: 80,
+        dst_port: 40_000,
+        seq: rcv_nxt.wrapping_add(100_000),
+        flags: TcpFlags::SYN,
+        ..TcpRepr::default()
+    };
+    assert!(net.sock(0).accepts_reopen(&syn));
+    syn.seq = rcv_nxt.wrapping_sub(10);
+    assert!(!net.sock(0).accepts_reopen(&syn));
+    syn.flags = TcpFlags::SYN | TcpFlags::ACK;
+    syn.seq = rcv_nxt.wrapping_add(100_000);
+    assert!(!net.sock(0).accepts_reopen(&syn));
+    assert!(!net.sock(1).accepts_reopen(&syn));
     assert!(net.run(10_000 * MS, |n| st(n, 0) == State::Closed));
 }
 
