@@ -1,0 +1,631 @@
+//! Real applications under `hicamp run` (the libc shim in trace mode): their output must not
+//! change, and the report's byte totals must equal the bytes they really moved.
+//!
+//! Each test skips with a message when its application is missing (`scripts/setup` installs
+//! python3, curl, redis-server and redis-tools). All traffic is on 127.0.0.1, on ports the
+//! kernel chose. The shim is built first (`cargo build -p libc-shim`, next to the `hicamp`
+//! binary under test).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const HICAMP: &str = env!("CARGO_BIN_EXE_hicamp");
+
+/// Builds the shim into the directory of the `hicamp` binary (once per test binary).
+fn shim() -> &'static Path {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    SHIM.get_or_init(|| {
+        let bin_dir = Path::new(HICAMP).parent().expect("binary directory");
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-q", "-p", "libc-shim"])
+            .current_dir(workspace);
+        if bin_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("run cargo");
+        assert!(
+            out.status.success(),
+            "cargo build -p libc-shim failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let so = bin_dir.join("liblibc_shim.so");
+        assert!(so.is_file(), "{} was not built", so.display());
+        so
+    })
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn skip(what: &str) {
+    eprintln!("SKIPPED: {what} is not installed (scripts/setup installs it when run as root)");
+}
+
+/// `hicamp run --report DIR/NAME -- args...`, waiting for the end.
+fn hicamp_run(dir: &Path, name: &str, args: &[&str]) -> (Output, Value) {
+    shim();
+    let report = dir.join(name);
+    let out = Command::new(HICAMP)
+        .arg("run")
+        .arg("--report")
+        .arg(&report)
+        .arg("--")
+        .args(args)
+        .output()
+        .expect("run hicamp");
+    let merged = read_json(&report);
+    (out, merged)
+}
+
+fn read_json(p: &Path) -> Value {
+    let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parse {}: {e}", p.display()))
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("no number '{k}' in {v}"))
+}
+
+fn processes(merged: &Value) -> Vec<Value> {
+    merged["processes"].as_array().cloned().unwrap_or_default()
+}
+
+/// Kills (SIGKILL) and reaps a child on drop: no process outlives a failed test.
+struct Reaper(Option<Child>, Vec<i32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for &pid in &self.1 {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on port {port}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// python3 TCP echo
+
+const ECHO_PY: &str = r#"
+import os, select, socket, sys, tempfile, threading, json, hashlib
+mode = sys.argv[1]
+srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+srv.bind(("127.0.0.1", 0)); srv.listen(4)
+port = srv.getsockname()[1]
+stats = {"server_recv": 0, "server_sent": 0}
+digest = hashlib.sha256()
+
+def serve():
+    c, _ = srv.accept()
+    if mode == "timeout":
+        c.settimeout(5.0)
+    while True:
+        d = c.recv(7000)
+        if not d:
+            break
+        stats["server_recv"] += len(d)
+        c.sendall(d)
+        stats["server_sent"] += len(d)
+    c.close()
+
+t = threading.Thread(target=serve); t.start()
+cl = socket.create_connection(("127.0.0.1", port))
+sent = got = 0
+msgs = [bytes([i % 251]) * (1 + (i * 977) % 20000) + b"line %d\n" % i for i in range(300)]
+if mode == "blocking":
+    for m in msgs:
+        cl.sendall(m); sent += len(m)
+        while got < sent:
+            if got % 2 == 0:
+                peek = cl.recv(16, socket.MSG_PEEK)  # never counted: the bytes stay queued
+            d = cl.recv(sent - got); got += len(d); digest.update(d)
+    # sendfile (counted, not captured)
+    with tempfile.TemporaryFile() as f:
+        f.write(b"F" * 100000); f.flush(); f.seek(0)
+        n = cl.sendfile(f); sent += n
+    while got < sent:
+        d = cl.recv(65536); got += len(d); digest.update(d)
+elif mode == "nonblocking":
+    cl.setblocking(False)
+    data = b"".join(msgs)
+    while got < len(data):
+        r, w, _ = select.select([cl], [cl] if sent < len(data) else [], [], 5)
+        if w:
+            try:
+                sent += cl.send(data[sent:sent + 65536])
+            except BlockingIOError:
+                pass
+        if r:
+            try:
+                d = cl.recv(65536)
+                got += len(d); digest.update(d)
+            except BlockingIOError:
+                pass
+else:  # timeout
+    cl.settimeout(5.0)
+    for m in msgs:
+        cl.sendall(m); sent += len(m)
+        while got < sent:
+            d = cl.recv(65536); got += len(d); digest.update(d)
+cl.setblocking(True)
+cl.shutdown(socket.SHUT_WR)
+assert cl.recv(10) == b""
+cl.close(); t.join(); srv.close()
+
+# UDP: sendto / recvfrom
+u1 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u1.bind(("127.0.0.1", 0))
+u2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u2.bind(("127.0.0.1", 0))
+udp = 0
+for i in range(20):
+    p = b"datagram %d " % i * 10
+    u1.sendto(p, u2.getsockname())
+    d, _ = u2.recvfrom(2048); udp += len(d)
+u1.close(); u2.close()
+print(json.dumps({"mode": mode, "client_sent": sent, "client_recv": got, "udp": udp,
+                  "server_recv": stats["server_recv"], "server_sent": stats["server_sent"],
+                  "digest": digest.hexdigest()}))
+"#;
+
+fn python_echo(mode: &str) {
+    if !have("python3") {
+        return skip("python3");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("echo.py");
+    std::fs::write(&script, ECHO_PY).unwrap();
+    let script = script.to_str().unwrap();
+    let plain = Command::new("python3")
+        .args([script, mode])
+        .output()
+        .unwrap();
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let (out, merged) = hicamp_run(dir.path(), "echo.json", &["python3", script, mode]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&plain.stdout),
+        "the application's output changed under the shim"
+    );
+    let app: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let procs = processes(&merged);
+    assert_eq!(procs.len(), 1, "{merged}");
+    let r = &procs[0];
+    let tcp_sent = u(&app, "client_sent") + u(&app, "server_sent");
+    let tcp_recv = u(&app, "client_recv") + u(&app, "server_recv");
+    let udp = u(&app, "udp");
+    assert_eq!(u(r, "sent_bytes"), tcp_sent + udp, "{}", r["calls"]);
+    assert_eq!(u(r, "received_bytes"), tcp_recv + udp);
+    assert_eq!(u(&merged, "sent_bytes"), tcp_sent + udp);
+    // Per connection: the client's and the server's ends mirror each other.
+    let conns = r["connections"].as_array().unwrap();
+    let streams: Vec<&Value> = conns.iter().filter(|c| c["type"] == "stream").collect();
+    assert_eq!(streams.len(), 2, "{conns:?}");
+    let client = streams.iter().find(|c| c["origin"] == "socket").unwrap();
+    let server = streams.iter().find(|c| c["origin"] == "accept").unwrap();
+    assert_eq!(u(client, "sent_bytes"), u(&app, "client_sent"));
+    assert_eq!(u(client, "received_bytes"), u(&app, "client_recv"));
+    assert_eq!(u(server, "received_bytes"), u(&app, "server_recv"));
+    assert_eq!(client["peer"], server["local"]);
+    let dgrams: u64 = conns
+        .iter()
+        .filter(|c| c["type"] == "dgram")
+        .map(|c| u(c, "sent_bytes") + u(c, "received_bytes"))
+        .sum();
+    assert_eq!(dgrams, 2 * udp);
+    // Everything but sendfile was interned, at every line size.
+    let uncaptured = u(r, "uncaptured_bytes");
+    assert_eq!(uncaptured, u(r, "sendfile_bytes"));
+    if mode == "blocking" {
+        assert_eq!(uncaptured, 100_000);
+    }
+    let interned = u(r, "payload_bytes_interned");
+    assert_eq!(interned + uncaptured, tcp_sent + tcp_recv + 2 * udp);
+    let ls = r["line_sizes"].as_array().unwrap();
+    assert!(!ls.is_empty());
+    for l in ls {
+        assert_eq!(u(l, "logical_bytes"), interned, "{l}");
+        assert!(l["dedup_ratio"].as_f64().unwrap() > 0.0);
+    }
+    if mode == "nonblocking" {
+        assert!(
+            r["calls"]["ioctl"].as_u64().unwrap_or(0) + r["calls"]["fcntl64"].as_u64().unwrap_or(0)
+                > 0
+        );
+    }
+}
+
+#[test]
+fn python_echo_blocking() {
+    python_echo("blocking");
+}
+
+#[test]
+fn python_echo_nonblocking() {
+    python_echo("nonblocking");
+}
+
+#[test]
+fn python_echo_timeouts() {
+    python_echo("timeout");
+}
+
+// ---------------------------------------------------------------------------------------------
+// fork and close_range
+
+const FORK_PY: &str = r#"
+import os, socket, json
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
+addr = srv.getsockname()
+# Before the fork: 300 bytes each way in the parent.
+a = socket.create_connection(addr); b, _ = srv.accept()
+a.sendall(b"p" * 300)
+got = 0
+while got < 300: got += len(b.recv(300 - got))
+pid = os.fork()
+if pid == 0:
+    c = socket.create_connection(addr)
+    c.sendall(b"c" * 1000)
+    got = 0
+    while got < 500: got += len(c.recv(500 - got))
+    c.close()
+    os._exit(0)
+s, _ = srv.accept()
+got = 0
+while got < 1000: got += len(s.recv(1000 - got))
+s.sendall(b"s" * 500); s.close()
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"child": pid, "status": status}))
+"#;
+
+#[test]
+fn fork_child_reports_its_own_traffic() {
+    if !have("python3") {
+        return skip("python3");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("fork.py");
+    std::fs::write(&script, FORK_PY).unwrap();
+    let (out, merged) = hicamp_run(
+        dir.path(),
+        "fork.json",
+        &["python3", script.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let app: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(app["status"], 0);
+    let procs = processes(&merged);
+    assert_eq!(procs.len(), 2, "{merged}");
+    let child = procs
+        .iter()
+        .find(|p| p["pid"] == app["child"])
+        .expect("child report");
+    let parent = procs.iter().find(|p| p["pid"] != app["child"]).unwrap();
+    assert_eq!(child["reason"], "_exit");
+    assert_eq!(
+        (u(child, "sent_bytes"), u(child, "received_bytes")),
+        (1000, 500)
+    );
+    assert_eq!(
+        (u(parent, "sent_bytes"), u(parent, "received_bytes")),
+        (800, 1300)
+    );
+    assert_eq!(u(&merged, "sent_bytes"), 1800);
+    assert_eq!(u(&merged, "received_bytes"), 1800);
+}
+
+const CLOSE_RANGE_C: &str = r#"
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <linux/close_range.h>
+
+static int xread(int fd, char *b, int n) { int got = 0; while (got < n) { int r = read(fd, b + got, n - got); if (r <= 0) return -1; got += r; } return got; }
+
+int main(void) {
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof a;
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    if (bind(l, (struct sockaddr *)&a, sizeof a) || listen(l, 4) || getsockname(l, (struct sockaddr *)&a, &len)) return 2;
+    int s1 = socket(AF_INET, SOCK_STREAM, 0); if (connect(s1, (struct sockaddr *)&a, sizeof a)) return 3;
+    int c1 = accept(l, NULL, NULL);
+    int s2 = socket(AF_INET, SOCK_STREAM, 0); if (connect(s2, (struct sockaddr *)&a, sizeof a)) return 4;
+    int c2 = accept(l, NULL, NULL);
+    char buf[1000]; memset(buf, 'x', sizeof buf);
+    if (write(s1, buf, 100) != 100 || xread(c1, buf, 100) != 100) return 5;
+    if (close_range(s1, s1, 0)) return 6;
+    int f = open("/dev/null", O_WRONLY);          /* takes s1's number */
+    if (write(f, buf, 1000) != 1000) return 7;    /* a file: not socket traffic */
+    if (close_range(0, ~0U, CLOSE_RANGE_CLOEXEC)) return 8; /* closes nothing */
+    if (write(s2, buf, 200) != 200 || xread(c2, buf, 200) != 200) return 9;
+    printf("reused %d\n", f == s1);
+    return 0;
+}
+"#;
+
+#[test]
+fn close_range_forgets_closed_sockets() {
+    if !have("cc") {
+        return skip("cc");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("cr.c");
+    let bin = dir.path().join("cr");
+    std::fs::write(&src, CLOSE_RANGE_C).unwrap();
+    let cc = Command::new("cc")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .unwrap();
+    if !cc.status.success() {
+        eprintln!(
+            "SKIPPED: this C library has no close_range: {}",
+            String::from_utf8_lossy(&cc.stderr)
+        );
+        return;
+    }
+    let (out, merged) = hicamp_run(dir.path(), "cr.json", &[bin.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "reused 1\n");
+    let procs = processes(&merged);
+    assert_eq!(procs.len(), 1);
+    let r = &procs[0];
+    assert_eq!(u(r, "sent_bytes"), 300, "the file write must not count");
+    assert_eq!(u(r, "received_bytes"), 300);
+    assert_eq!(r["calls"]["close_range"], 2);
+    let conns = r["connections"].as_array().unwrap();
+    assert!(
+        conns.iter().all(|c| c["origin"] != "found"),
+        "CLOSE_RANGE_CLOEXEC closed nothing: no socket had to be rediscovered: {conns:?}"
+    );
+    let s1 = conns.iter().find(|c| u(c, "sent_bytes") == 100).unwrap();
+    assert_eq!(s1["open"], false);
+}
+
+// ---------------------------------------------------------------------------------------------
+// curl against python's http.server
+
+#[test]
+fn curl_against_python_http_server() {
+    for app in ["python3", "curl"] {
+        if !have(app) {
+            return skip(app);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 7 * 31) as u8).collect();
+    std::fs::write(www.join("data.bin"), &body).unwrap();
+    let port = free_port().to_string();
+    let got = dir.path().join("got.bin");
+    // One shell under the shim: the server (python -m http.server, with SIGINT restored: a
+    // background job of a shell starts with it ignored) in the background, curl, then SIGINT
+    // to the server, which exits normally on KeyboardInterrupt and so writes its report.
+    let server =
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); \
+                  sys.argv = ['http.server'] + sys.argv[1:]; \
+                  runpy.run_module('http.server', run_name='__main__', alter_sys=True)";
+    let script = format!(
+        "python3 -c \"{server}\" --bind 127.0.0.1 --directory {www} {port} >/dev/null 2>&1 & \
+         srv=$!; \
+         for i in $(seq 200); do curl -s -o /dev/null http://127.0.0.1:{port}/nothing-here && break; sleep 0.05; done; \
+         curl -s -S -o {got} -w '%{{size_request}} %{{size_header}} %{{size_download}}\\n' \
+           http://127.0.0.1:{port}/data.bin; rc=$?; \
+         kill -INT $srv; wait $srv; exit $rc",
+        www = www.display(),
+        got = got.display(),
+    );
+    let (out, merged) = hicamp_run(dir.path(), "http.json", &["sh", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        body,
+        "curl's download changed"
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let sizes: Vec<u64> = line
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let [req, hdr, dl] = sizes[..] else {
+        panic!("curl printed {line}")
+    };
+    assert_eq!(dl, body.len() as u64);
+    let procs = processes(&merged);
+    let server = procs
+        .iter()
+        .find(|p| p["program"].as_str().unwrap().contains("http.server"))
+        .unwrap_or_else(|| panic!("no server report: {merged}"));
+    let curls: Vec<&Value> = procs
+        .iter()
+        .filter(|p| p["program"].as_str().unwrap().starts_with("curl"))
+        .collect();
+    // The probe loop's curls (404s) and the real one: all the server's traffic is theirs.
+    assert!(!curls.is_empty());
+    let real = curls
+        .iter()
+        .find(|p| u(p, "received_bytes") == hdr + dl)
+        .unwrap_or_else(|| panic!("no curl received {} bytes: {curls:?}", hdr + dl));
+    assert_eq!(u(real, "sent_bytes"), req);
+    let curl_sent: u64 = curls.iter().map(|p| u(p, "sent_bytes")).sum();
+    let curl_recv: u64 = curls.iter().map(|p| u(p, "received_bytes")).sum();
+    assert_eq!(u(server, "received_bytes"), curl_sent);
+    assert_eq!(u(server, "sent_bytes"), curl_recv);
+}
+
+// ---------------------------------------------------------------------------------------------
+// redis-server and redis-benchmark, each under its own launcher
+
+#[test]
+fn redis_benchmark_and_server_agree() {
+    for app in ["redis-server", "redis-benchmark"] {
+        if !have(app) {
+            return skip(app);
+        }
+    }
+    shim();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let pidfile = dir.path().join("redis.pid");
+    let server_report = dir.path().join("server.json");
+    let server = Command::new(HICAMP)
+        .args(["run", "--report"])
+        .arg(&server_report)
+        .args([
+            "--",
+            "redis-server",
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--pidfile",
+        ])
+        .arg(&pidfile)
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reaper = Reaper(Some(server), Vec::new());
+    wait_for_port(port);
+    let redis_pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    reaper.1.push(redis_pid);
+    let n: u64 = 20_000;
+    let (out, bench) = hicamp_run(
+        dir.path(),
+        "bench.json",
+        &[
+            "redis-benchmark",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "get,set",
+            "-n",
+            &n.to_string(),
+            "-q",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SET:") && text.contains("GET:"), "{text}");
+    // SIGTERM: redis shuts down cleanly and exits, which writes the server's report.
+    assert!(Command::new("kill")
+        .arg(redis_pid.to_string())
+        .status()
+        .unwrap()
+        .success());
+    let status = reaper.0.as_mut().unwrap().wait().unwrap();
+    reaper.0 = None;
+    reaper.1.clear();
+    assert!(status.success(), "{status:?}");
+    let server = read_json(&server_report);
+    let s = &processes(&server)[0];
+    let b = &processes(&bench)[0];
+    assert_eq!(u(b, "sent_bytes"), u(s, "received_bytes"));
+    assert_eq!(u(b, "received_bytes"), u(s, "sent_bytes"));
+    // n SETs of 45 bytes and n GETs of 36 (RESP, 3-byte values), answered by "+OK\r\n" and
+    // "$3\r\nxxx\r\n"; plus redis-benchmark's start-up CONFIG GET.
+    let sent = u(b, "sent_bytes");
+    let recv = u(b, "received_bytes");
+    assert!(sent >= 81 * n && sent - 81 * n < 1000, "client sent {sent}");
+    assert!(
+        recv >= 14 * n && recv - 14 * n < 1000,
+        "client received {recv}"
+    );
+    // 50 benchmark connections per test plus the start-up one, at least.
+    assert!(b["connections"].as_array().unwrap().len() >= 50);
+    assert_eq!(u(b, "payload_bytes_interned"), sent + recv);
+}
+
+#[test]
+fn missing_shim_is_a_clear_error() {
+    let out = Command::new(HICAMP)
+        .args(["run", "--", "true"])
+        .env("HICAMP_SHIM", "/nonexistent/liblibc_shim.so")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cargo build --release -p libc-shim"), "{err}");
+}
+
+#[test]
+fn exit_status_is_the_commands() {
+    shim();
+    let out = Command::new(HICAMP)
+        .args(["run", "--", "sh", "-c", "exit 7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no process"));
+}
