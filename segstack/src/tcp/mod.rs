@@ -88,7 +88,7 @@ mod sendq;
 mod seq;
 mod socket;
 
-pub use socket::{reply_rst, Emit, State, TcpConfig, TcpError, TcpSocket, TcpStats};
+pub use socket::{reply_rst, Emit, Keepalive, State, TcpConfig, TcpError, TcpSocket, TcpStats};
 
 #[cfg(test)]
 mod proptests;

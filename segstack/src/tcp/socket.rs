@@ -96,6 +96,30 @@ pub struct TcpConfig {
     /// Disjoint out-of-order ranges kept at most; a segment that would add
     /// more is dropped. Default 256.
     pub max_ooo_ranges: usize,
+    /// Keepalive (`SO_KEEPALIVE`): off by default.
+    pub keepalive: Option<Keepalive>,
+}
+
+/// Keepalive probing (RFC 1122 4.2.3.6), Linux's knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe (`TCP_KEEPIDLE`; Linux 7200 s).
+    pub idle_ns: u64,
+    /// Time between unanswered probes (`TCP_KEEPINTVL`; Linux 75 s).
+    pub interval_ns: u64,
+    /// Unanswered probes before the connection is dropped with
+    /// [`TcpError::TimedOut`] (`TCP_KEEPCNT`; Linux 9).
+    pub probes: u32,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            idle_ns: 7_200_000 * MS,
+            interval_ns: 75_000 * MS,
+            probes: 9,
+        }
+    }
 }
 
 impl Default for TcpConfig {
@@ -119,6 +143,7 @@ impl Default for TcpConfig {
             initial_cwnd: 10,
             challenge_ack_limit: 100,
             max_ooo_ranges: 256,
+            keepalive: None,
         }
     }
 }
@@ -235,6 +260,8 @@ pub struct TcpStats {
     pub rst_out: u64,
     /// Zero-window probes emitted.
     pub window_probes: u64,
+    /// Keepalive probes emitted.
+    pub keepalive_probes: u64,
     /// Bytes copied by the byte API (`send_slice`, `recv_slice`,
     /// `peek_slice`); 0 on the `Payload` path.
     pub bytes_copied: u64,
@@ -345,6 +372,9 @@ pub struct TcpSocket {
     probe_due: bool,
     persist_force: bool,
     timewait_at: Option<u64>,
+    keepalive_at: Option<u64>,
+    keepalive_sent: u32,
+    keepalive_due: bool,
     oow_ack_at: Option<u64>,
     challenge_epoch: u64,
     challenge_count: u32,
@@ -477,6 +507,9 @@ impl TcpSocket {
             probe_due: false,
             persist_force: false,
             timewait_at: None,
+            keepalive_at: None,
+            keepalive_sent: 0,
+            keepalive_due: false,
             oow_ack_at: None,
             challenge_epoch: 0,
             challenge_count: 0,
@@ -908,6 +941,8 @@ impl TcpSocket {
         self.delack_at = None;
         self.persist_at = None;
         self.timewait_at = None;
+        self.keepalive_at = None;
+        self.keepalive_due = false;
         self.ack_now = false;
         self.dupacks_owed = 0;
         self.probe_due = false;
@@ -1066,6 +1101,8 @@ impl TcpSocket {
             State::SynSent => self.process_syn_sent(now, repr, payload),
             _ => self.process_synchronized(now, repr, payload),
         }
+        self.keepalive_sent = 0;
+        self.keepalive_at = None;
         self.update_persist(now);
     }
 
@@ -1136,6 +1173,8 @@ impl TcpSocket {
         {
             repr.flags = TcpFlags(repr.flags.0 & !TcpFlags::SYN.0);
             repr.seq = seq::wrap(self.irs, self.rcv_nxt);
+            // A SYN's window is never scaled: pre-divide (rounding down).
+            repr.window >>= self.snd_wscale;
         }
         let repr = &repr;
         let f = repr.flags;
@@ -1452,7 +1491,10 @@ impl TcpSocket {
         let mut ack_at_once = false;
         if !p.is_empty() {
             self.stats.bytes_in += p.len() as u64;
-            self.rcv_mss = self.rcv_mss.max(p.len().min(usize::from(u16::MAX)));
+            // Capped at our MSS: a coalesced (LRO/GRO) segment is several.
+            self.rcv_mss = self
+                .rcv_mss
+                .max(p.len().min(usize::from(self.cfg.mss).max(1)));
             let start = start as u64;
             if start == self.rcv_nxt {
                 let n = p.len();
@@ -1780,6 +1822,22 @@ impl TcpSocket {
                 self.ack_now = true;
             }
         }
+        if let Some(t) = self.keepalive_at {
+            if now >= t {
+                self.keepalive_at = None;
+                if self.snd_una == self.snd_max && self.tx.len() == 0 {
+                    let ka = self.cfg.keepalive.unwrap_or_default();
+                    if self.keepalive_sent >= ka.probes {
+                        // As Linux: tell the peer, then give up.
+                        self.abort();
+                        self.error = Some(TcpError::TimedOut);
+                        return;
+                    }
+                    self.keepalive_sent += 1;
+                    self.keepalive_due = true;
+                }
+            }
+        }
         if let Some(t) = self.persist_at {
             if now >= t {
                 self.probes += 1;
@@ -1845,6 +1903,22 @@ impl TcpSocket {
     /// flight (also after a timeout rewound `SND.NXT`), and disarms it
     /// otherwise.
     fn update_persist(&mut self, now: u64) {
+        if let Some(ka) = self.cfg.keepalive {
+            let open = matches!(
+                self.state,
+                State::Established | State::CloseWait | State::FinWait2
+            );
+            if !open {
+                self.keepalive_at = None;
+            } else if self.keepalive_at.is_none() && !self.keepalive_due {
+                let wait = if self.keepalive_sent == 0 {
+                    ka.idle_ns
+                } else {
+                    ka.interval_ns
+                };
+                self.keepalive_at = Some(now.saturating_add(wait.max(1)));
+            }
+        }
         if self.snd_nxt > self.snd_una && self.rto_at.is_none() && self.state != State::Closed {
             self.rto_at = Some(now.saturating_add(self.rtt.rto()));
         }
@@ -1920,7 +1994,7 @@ impl TcpSocket {
             }
             self.commit(now, &plan, &r, &slices);
         }
-        if self.probe_due {
+        if self.probe_due || self.keepalive_due {
             let mut r = TcpRepr {
                 src_port: self.local.port(),
                 dst_port: self.remote.port(),
@@ -1934,8 +2008,13 @@ impl TcpSocket {
             if !emit(&r, &[], None) {
                 return;
             }
+            if self.probe_due {
+                self.stats.window_probes += 1;
+            } else {
+                self.stats.keepalive_probes += 1;
+            }
             self.probe_due = false;
-            self.stats.window_probes += 1;
+            self.keepalive_due = false;
             self.stats.segs_out += 1;
             self.sent_ack(&r);
         }
@@ -1975,7 +2054,10 @@ impl TcpSocket {
         if self.state == State::Closed {
             return None;
         }
-        if self.probe_due || (self.ack_now && self.state != State::SynSent) || self.plan().is_some()
+        if self.probe_due
+            || self.keepalive_due
+            || ((self.ack_now || self.dupacks_owed > 0) && self.state != State::SynSent)
+            || self.plan().is_some()
         {
             return Some(0);
         }
@@ -1984,6 +2066,7 @@ impl TcpSocket {
             self.delack_at,
             self.persist_at,
             self.timewait_at,
+            self.keepalive_at,
         ]
         .into_iter()
         .flatten()

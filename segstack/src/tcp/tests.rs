@@ -770,3 +770,36 @@ fn byte_api_small_writes_stay_aligned() {
     assert!(s.bytes_copied < data.len() as u64 * 11 / 10, "{s:?}");
     assert!(s.tx_unaligned_bytes < data.len() as u64 / 100, "{s:?}");
 }
+
+#[test]
+fn keepalive_probes_and_gives_up() {
+    let ka = TcpConfig {
+        keepalive: Some(Keepalive {
+            idle_ns: 10_000 * MS,
+            interval_ns: 1_000 * MS,
+            probes: 3,
+        }),
+        ..cfg()
+    };
+    let mut net = Net::new(ka, cfg(), Link::clean(MS), 50);
+    net.establish();
+    // Answered probes keep the connection up.
+    net.run(35_000 * MS, |_| false);
+    assert_eq!(st(&net, 0), State::Established);
+    assert_eq!(net.sock(0).stats().keepalive_probes, 3);
+    // A dead peer: three unanswered probes, then the connection is dropped.
+    net.link.loss = 1000;
+    let t0 = net.now;
+    assert!(net.run(60_000 * MS, |n| n.socks[0]
+        .as_ref()
+        .is_some_and(TcpSocket::is_closed)));
+    let s = net.sock(0).stats().clone();
+    assert_eq!(s.keepalive_probes, 6);
+    assert_eq!(s.rst_out, 1);
+    assert_eq!(net.sock(0).error(), Some(TcpError::TimedOut));
+    // The last answered probe was at 31 s; then probes at 41, 42, 43 s and
+    // the abort at 44 s (t0 = 36 s).
+    let took = net.now - t0;
+    assert!((7_900 * MS..8_100 * MS).contains(&took), "{took}");
+    assert_eq!(net.sock(1).stats().keepalive_probes, 0);
+}
