@@ -116,6 +116,9 @@ pub struct TraceReport {
     pub payloads_interned: u64,
     /// Their bytes.
     pub payload_bytes_interned: u64,
+    /// Payloads equal to a recent one, stored as a snapshot of it (one reference per memory,
+    /// no line lookup: the `dedup_hits` of `line_sizes` do not count them).
+    pub payload_snapshot_hits: u64,
     /// Traced sockets of this account.
     pub sockets_traced: u64,
     /// Traced sockets left out of `connections` (beyond the list's limit).
@@ -188,8 +191,9 @@ impl TraceReport {
         if !self.line_sizes.is_empty() {
             let _ = writeln!(
                 out,
-                "\nPayload in HICAMP memory ({} payloads, one segment each):\n",
-                self.payloads_interned
+                "\nPayload in HICAMP memory ({} payloads, one segment each; {} repeats of a \
+                 recent payload stored as snapshots):\n",
+                self.payloads_interned, self.payload_snapshot_hits
             );
             out.push_str(&line_size_table(&self.line_sizes));
         }

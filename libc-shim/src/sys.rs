@@ -221,6 +221,16 @@ pub fn cmdline() -> String {
     out
 }
 
+/// Puts the calling thread in the SCHED_IDLE class (best effort).
+pub fn set_idle_priority() {
+    // SAFETY: an all-zero sched_param is valid (priority 0, the only one SCHED_IDLE takes).
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
+    // SAFETY: pthread_self has no precondition.
+    let me = unsafe { libc::pthread_self() };
+    // SAFETY: `me` is this live thread and `param` a valid sched_param.
+    let _ = unsafe { libc::pthread_setschedparam(me, libc::SCHED_IDLE, &param) };
+}
+
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn unix_millis() -> u64 {
     std::time::SystemTime::now()

@@ -48,6 +48,10 @@ const MAX_PENDING: usize = 256 << 20;
 pub const MAX_CONNS: usize = 4096;
 /// Arena of each memory (reserved virtually; only used lines cost RAM).
 const ARENA_BYTES: u64 = 16 << 30;
+/// Payloads up to this size are remembered whole, so that a repeat is a snapshot.
+const CACHE_PAYLOAD_MAX: usize = 512;
+/// Payloads remembered.
+const CACHE_ENTRIES: usize = 1 << 14;
 
 /// Direction of a transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,12 +108,33 @@ struct Sink {
     error: Option<String>,
 }
 
+/// A recent small payload and its segment in each memory (`None` where that memory failed).
+///
+/// The cached handles are the first occurrence's own references (not extra ones), so the
+/// memories' statistics stay exact; an entry that leaves the cache forgets its handles.
+#[derive(Debug)]
+struct Cached {
+    bytes: Vec<u8>,
+    segs: Vec<Option<hicamp::Segment>>,
+}
+
+impl Drop for Cached {
+    fn drop(&mut self) {
+        for s in self.segs.drain(..).flatten() {
+            std::mem::forget(s);
+        }
+    }
+}
+
 /// The memories and what went into them.
 #[derive(Debug, Default)]
 struct Interner {
     sinks: Vec<Sink>,
     payloads: u64,
     bytes: u64,
+    /// Payloads that repeated a cached one whole (a snapshot per memory, no line lookup).
+    snapshot_hits: u64,
+    cache: std::collections::HashMap<u64, Cached>,
     spare: Pending,
 }
 
@@ -157,25 +182,66 @@ impl Interner {
             off += n;
             self.payloads += 1;
             self.bytes += n as u64;
-            for s in &mut self.sinks {
-                let Some(mem) = &s.mem else { continue };
-                match mem.segment(p) {
-                    // The handle is forgotten: its reference (and its logical bytes) stay
-                    // counted for the life of the process, which is what the report measures.
-                    Ok(seg) => std::mem::forget(seg),
-                    Err(e) => {
-                        s.error = Some(format!(
-                            "line size {}: interning stopped after {} payload bytes: {e}",
-                            s.line_size,
-                            mem.stats().logical_bytes
-                        ));
-                        s.mem = None;
-                        continue;
+            self.ingest_one(p);
+        }
+    }
+
+    /// Interns one payload into every memory. Every handle made is kept (in the cache) or
+    /// forgotten: its reference (and its logical bytes) stay counted for the life of the
+    /// process, which is what the report measures.
+    fn ingest_one(&mut self, p: &[u8]) {
+        let key = (p.len() <= CACHE_PAYLOAD_MAX).then(|| xxhash_rust::xxh3::xxh3_64(p));
+        if let Some(c) = key.and_then(|k| self.cache.get(&k)) {
+            if c.bytes == p {
+                // A repeat: one snapshot per memory, exactly what interning it again would
+                // leave behind (the same root, one more reference).
+                self.snapshot_hits += 1;
+                for (s, seg) in self.sinks.iter_mut().zip(&c.segs) {
+                    if let (Some(seg), Some(_)) = (seg, &s.mem) {
+                        std::mem::forget(seg.clone());
+                        s.zero.feed(p);
+                        s.zero.finish_item();
                     }
                 }
-                s.zero.feed(p);
-                s.zero.finish_item();
+                return;
             }
+        }
+        let mut segs = Vec::with_capacity(self.sinks.len());
+        for s in &mut self.sinks {
+            let Some(mem) = &s.mem else {
+                segs.push(None);
+                continue;
+            };
+            match mem.segment(p) {
+                Ok(seg) => segs.push(Some(seg)),
+                Err(e) => {
+                    s.error = Some(format!(
+                        "line size {}: interning stopped after {} payload bytes: {e}",
+                        s.line_size,
+                        mem.stats().logical_bytes
+                    ));
+                    s.mem = None;
+                    segs.push(None);
+                    continue;
+                }
+            }
+            s.zero.feed(p);
+            s.zero.finish_item();
+        }
+        match key {
+            Some(k) => {
+                if self.cache.len() >= CACHE_ENTRIES {
+                    self.cache.clear(); // the handles are forgotten, their counts stay
+                }
+                self.cache.insert(
+                    k,
+                    Cached {
+                        bytes: p.to_vec(),
+                        segs,
+                    },
+                );
+            }
+            None => segs.into_iter().flatten().for_each(std::mem::forget),
         }
     }
 
@@ -361,6 +427,8 @@ impl Account {
 
     fn thread_main(&'static self) {
         guard::enter_forever();
+        // Interning runs when a CPU would otherwise idle: the application's threads first.
+        sys::set_idle_priority();
         let interval = Config::get().interval;
         let mut next_report = interval.map(|d| Instant::now() + d);
         loop {
@@ -451,6 +519,7 @@ impl Account {
             copy_avoided_bytes: self.captured_sent.load(Relaxed)
                 + self.captured_received.load(Relaxed),
             payloads_interned: it.payloads,
+            payload_snapshot_hits: it.snapshot_hits,
             payload_bytes_interned: it.bytes,
             sockets_traced: total,
             connections_omitted: total.saturating_sub(MAX_CONNS as u64),
