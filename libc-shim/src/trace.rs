@@ -402,7 +402,10 @@ impl Account {
         }
         if len >= MAX_PENDING {
             let mut p = self.pending.lock();
-            while p.bytes.len() >= MAX_PENDING && self.bg.load(Acquire) == 1 {
+            while p.bytes.len() >= MAX_PENDING
+                && self.bg.load(Acquire) == 1
+                && !self.finished.load(Relaxed)
+            {
                 self.wake.notify_one();
                 self.space.wait_for(&mut p, TICK);
             }
