@@ -3,7 +3,8 @@
 //! A [`TcpSocket`] is one connection. The interface demultiplexes incoming
 //! segments by 4-tuple and hands each to [`TcpSocket::process`] with its
 //! payload; it calls [`TcpSocket::dispatch`] to collect what the socket wants
-//! to send (headers as [`TcpRepr`], payloads as [`Payload`] slices) and
+//! to send (headers as [`TcpRepr`](crate::wire::TcpRepr), payloads as
+//! [`Payload`](crate::Payload) slices) and
 //! [`TcpSocket::poll_at`] to learn when the next timer fires. Listeners,
 //! backlogs and segments that match no socket stay in the interface, which
 //! answers the latter with [`reply_rst`] and opens passive connections with
@@ -37,16 +38,27 @@
 //!
 //! # What is implemented
 //!
-//! Active, passive and simultaneous open and close, half-close, TIME-WAIT;
-//! RFC 5961 (exact-sequence RST, challenge ACKs for in-window RST and any
-//! SYN, ACK-value checks, rate limit); MSS, window scaling and timestamps
-//! (RTTM, PAWS) of RFC 7323; RFC 6298 RTO with Karn's rule and backoff;
-//! slow start, congestion avoidance, fast retransmit and NewReno (RFC 5681,
-//! RFC 6582) with an initial window of 10 segments; delayed ACKs (every
-//! second full segment, a timer otherwise, immediately on reordering);
-//! Nagle; sender and receiver silly-window avoidance; zero-window probes;
-//! out-of-order reassembly; bounded buffers with back-pressure. SACK is not
-//! implemented and not offered.
+//! Active, passive and simultaneous open and close, half-close, TIME-WAIT
+//! (and [`TcpSocket::accepts_reopen`] for a SYN that may end it); RFC 5961
+//! (exact-sequence RST, challenge ACKs for in-window RST and any SYN,
+//! ACK-value checks, rate limit); MSS, window scaling and timestamps (RTTM,
+//! PAWS) of RFC 7323; RFC 6298 RTO with Karn's rule and backoff; slow
+//! start, congestion avoidance, fast retransmit, limited transmit and
+//! NewReno (RFC 5681, RFC 3042, RFC 6582) with an initial window of 10
+//! segments and a restart window after idleness; delayed ACKs (every second
+//! full segment, a timer otherwise, at once on reordering, one duplicate ACK
+//! per out-of-order segment); Nagle; sender and receiver silly-window
+//! avoidance; zero-window probes; keepalive; out-of-order reassembly;
+//! bounded buffers with back-pressure. SACK is not implemented and not
+//! offered.
+//!
+//! # Reading and end of stream
+//!
+//! [`TcpSocket::recv`] hands out the received payload snapshots; it returns
+//! [`TcpError::WouldBlock`] while the stream is open and empty, and
+//! [`TcpError::Finished`] once the peer's FIN arrived and every byte before
+//! it was read ([`TcpSocket::recv_slice`] likewise; neither returns `Ok`
+//! with nothing unless asked for nothing).
 //!
 //! # Example
 //!

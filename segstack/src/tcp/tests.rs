@@ -803,3 +803,34 @@ fn keepalive_probes_and_gives_up() {
     assert!((7_900 * MS..8_100 * MS).contains(&took), "{took}");
     assert_eq!(net.sock(1).stats().keepalive_probes, 0);
 }
+
+#[test]
+fn paws_rejects_old_timestamps() {
+    let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 51);
+    net.keep_trace = true;
+    net.establish();
+    let mut f = Flow::new(&net, 0, Rng::new(14).bytes(20_000), 20_000);
+    f.close_when_done = false;
+    assert!(net.run(1_000 * MS, |n| f.pump(n)));
+    // Replay the client's first data segment with new numbers but its old
+    // timestamp: PAWS drops it (and answers with an ACK).
+    let (_, old) = net
+        .trace
+        .iter()
+        .find(|(_, s)| s.to == 1 && !s.payload.is_empty())
+        .cloned()
+        .unwrap();
+    let mut r = forged(&mut net, TcpFlags::ACK | TcpFlags::PSH, 0);
+    let (tsval, tsecr) = old.repr.timestamp.unwrap();
+    r.timestamp = Some((tsval.wrapping_sub(1000), tsecr));
+    net.inject(1, r, old.payload.clone());
+    net.run(100 * MS, |_| false);
+    assert_eq!(net.sock(1).stats().paws_rejected, 1);
+    assert_eq!(net.sock(1).recv_queue(), 0);
+    // With a current timestamp the same bytes are taken.
+    let mut r = forged(&mut net, TcpFlags::ACK | TcpFlags::PSH, 0);
+    r.timestamp = Some((tsval.wrapping_add(100_000), tsecr));
+    net.inject(1, r, old.payload.clone());
+    net.run(100 * MS, |_| false);
+    assert_eq!(net.sock(1).recv_queue(), old.payload.len());
+}
