@@ -70,15 +70,7 @@ fn seg_once(r: &mut SegRig) -> Duration {
         let mut s = TcpStream::connect(SocketAddrV4::new(Ipv4Addr::new(10, 81, 0, 2), port))
             .expect("connect");
         let t = Instant::now();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0;
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) => panic!("read: {e}"),
-            }
-        }
+        let n = drain(&mut s);
         tx.send(()).ok();
         (n, t.elapsed())
     });
@@ -124,6 +116,19 @@ fn seg_once(r: &mut SegRig) -> Duration {
     d
 }
 
+/// Reads `s` to its end; returns the bytes read.
+fn drain(s: &mut TcpStream) -> usize {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return n,
+            Ok(k) => n += k,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
 fn kernel_once(data: &Arc<Vec<u8>>) -> Duration {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
@@ -134,15 +139,7 @@ fn kernel_once(data: &Arc<Vec<u8>>) -> Duration {
     });
     let mut s = TcpStream::connect(addr).expect("connect");
     let t = Instant::now();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0;
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) => panic!("read: {e}"),
-        }
-    }
+    let n = drain(&mut s);
     let d = t.elapsed();
     server.join().expect("server");
     assert_eq!(n, LEN);

@@ -7,99 +7,26 @@
 //! Needs root and iproute2; without them each test prints "skipped: ..." and
 //! passes.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hicamp::{Config, Memory, Piece};
-use nicdma::tap::{netns_supported, NetNs, TapPort};
-use nicdma::Port;
-use segstack::iface::{Event, IfaceConfig, IfaceError, Interface, SocketHandle};
+use hicamp::Piece;
+use nicdma::tap::TapPort;
+use segstack::iface::{IfaceError, SocketHandle};
 use segstack::Payload;
 
 const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0x78, 0, 2];
 
-fn skip() -> bool {
-    match netns_supported() {
-        Ok(()) => false,
-        Err(e) => {
-            eprintln!("skipped: needs root and iproute2 ({e})");
-            true
-        }
-    }
-}
-
-/// A segstack interface on a TAP device whose kernel side is `10.78.k.1/24`
-/// in a fresh namespace; segstack is `10.78.k.2`.
-struct Lab {
-    iface: Interface<TapPort>,
-    ns: Arc<NetNs>,
-    kernel_ip: Ipv4Addr,
-    our_ip: Ipv4Addr,
-    t0: Instant,
-}
+type Lab = common::Lab<TapPort>;
 
 fn lab(k: u8) -> Lab {
-    let port = TapPort::open("").expect("open a TAP device");
-    let ns = NetNs::create().expect("create a namespace");
-    let name = port.name().to_owned();
-    ns.adopt(&name, Some(&format!("10.78.{k}.1/24")))
-        .expect("move the TAP device into the namespace");
-    let mem = Memory::new(Config {
-        capacity_lines: 1 << 23,
-        map_capacity: 1 << 16,
-        ..Config::default()
-    })
-    .unwrap();
-    let our_ip = Ipv4Addr::new(10, 78, k, 2);
-    let iface = Interface::new(&mem, port, IfaceConfig::new(OUR_MAC, our_ip, 24)).unwrap();
-    Lab {
-        iface,
-        ns: Arc::new(ns),
-        kernel_ip: Ipv4Addr::new(10, 78, k, 1),
-        our_ip,
-        t0: Instant::now(),
-    }
-}
-
-impl Lab {
-    fn now(&self) -> u64 {
-        self.t0.elapsed().as_nanos() as u64
-    }
-
-    /// Polls until `f` says stop (or 60 s pass, which fails the test).
-    fn run(&mut self, mut f: impl FnMut(&mut Interface<TapPort>, &[Event], u64) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            assert!(Instant::now() < deadline, "no completion within 60 s");
-            let now = self.now();
-            let ev = self.iface.poll(now).unwrap().to_vec();
-            if !f(&mut self.iface, &ev, now) {
-                return;
-            }
-            let wait = match self.iface.poll_at() {
-                Some(t) => {
-                    Duration::from_nanos(t.saturating_sub(self.now())).min(Duration::from_millis(2))
-                }
-                None => Duration::from_millis(2),
-            };
-            self.iface.nic().port().wait_readable(wait).unwrap();
-        }
-    }
-
-    /// Runs `client` on a thread inside the namespace.
-    fn kernel<T: Send + 'static>(
-        &self,
-        client: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let ns = Arc::clone(&self.ns);
-        std::thread::spawn(move || {
-            ns.enter_current_thread().expect("enter the namespace");
-            client()
-        })
-    }
+    let tap = TapPort::open("").expect("open a TAP device");
+    Lab::new(tap, [10, 78, k], OUR_MAC, |t| t, |_| {})
 }
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
@@ -114,7 +41,7 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn kernel_pings_segstack() {
-    if skip() {
+    if common::skip() {
         return;
     }
     let mut lab = lab(1);
@@ -192,7 +119,7 @@ fn serve_download(lab: &mut Lab, port: u16, data: &[u8]) {
 
 #[test]
 fn kernel_downloads_and_uploads_64_mib() {
-    if skip() {
+    if common::skip() {
         return;
     }
     let mut lab = lab(2);
@@ -260,7 +187,7 @@ fn kernel_downloads_and_uploads_64_mib() {
 
 #[test]
 fn many_concurrent_kernel_connections() {
-    if skip() {
+    if common::skip() {
         return;
     }
     let mut lab = lab(3);
@@ -304,7 +231,7 @@ fn many_concurrent_kernel_connections() {
 
 #[test]
 fn segstack_client_of_a_kernel_server() {
-    if skip() {
+    if common::skip() {
         return;
     }
     let mut lab = lab(4);
@@ -366,7 +293,7 @@ fn segstack_client_of_a_kernel_server() {
 
 #[test]
 fn kernel_peer_that_resets_or_half_closes() {
-    if skip() {
+    if common::skip() {
         return;
     }
     let mut lab = lab(5);

@@ -7,31 +7,22 @@
 //! Needs root and iproute2; without them each test prints "skipped: ..." and
 //! passes.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpStream};
+use std::net::{Shutdown, SocketAddrV4, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use hicamp::{Config, Memory};
 use nicdma::meta::VirtioNetHdr;
-use nicdma::tap::{netns_supported, NetNs, Offload, TapPort};
+use nicdma::tap::{Offload, TapPort};
 use nicdma::{Port, PortError, TxOutcome};
-use segstack::iface::{IfaceConfig, IfaceError, Interface, SocketHandle};
+use segstack::iface::{IfaceError, SocketHandle};
 use segstack::tcp::TcpStats;
 use segstack::Payload;
 
 const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0x79, 0, 2];
-
-fn skip() -> bool {
-    match netns_supported() {
-        Ok(()) => false,
-        Err(e) => {
-            eprintln!("skipped: needs root and iproute2 ({e})");
-            true
-        }
-    }
-}
 
 /// A port that drops TCP frames at random (per mille, seeded), both ways.
 struct LossyPort {
@@ -116,84 +107,29 @@ impl Port for LossyPort {
     }
 }
 
-struct Lab {
-    iface: Interface<LossyPort>,
-    ns: Arc<NetNs>,
-    our_ip: Ipv4Addr,
-    t0: Instant,
+type Lab = common::Lab<LossyPort>;
+
+impl common::OnTap for LossyPort {
+    fn tap(&self) -> &TapPort {
+        &self.inner
+    }
 }
 
 fn lab(k: u8, tx_loss: u32, rx_loss: u32, seed: u64) -> Lab {
-    let mut port = TapPort::open("").expect("open a TAP device");
+    let mut tap = TapPort::open("").expect("open a TAP device");
     // The kernel hands us single segments (no TSO super-frames), so a drop
     // loses one segment.
-    port.set_offload(Offload::CSUM).expect("TUNSETOFFLOAD");
-    let ns = NetNs::create().expect("create a namespace");
-    let name = port.name().to_owned();
-    ns.adopt(&name, Some(&format!("10.79.{k}.1/24")))
-        .expect("move the TAP device into the namespace");
-    let mem = Memory::new(Config {
-        capacity_lines: 1 << 22,
-        map_capacity: 1 << 16,
-        ..Config::default()
-    })
-    .unwrap();
-    let our_ip = Ipv4Addr::new(10, 79, k, 2);
-    let mut cfg = IfaceConfig::new(OUR_MAC, our_ip, 24);
-    // Our side too: one loss per segment, not per 44-segment TSO burst.
-    cfg.tso_max = 0;
-    let port = LossyPort {
-        inner: port,
+    tap.set_offload(Offload::CSUM).expect("TUNSETOFFLOAD");
+    let port = |inner| LossyPort {
+        inner,
         rng: seed,
         tx_loss,
         rx_loss,
         dropped_tx: 0,
         dropped_rx: 0,
     };
-    let iface = Interface::new(&mem, port, cfg).unwrap();
-    Lab {
-        iface,
-        ns: Arc::new(ns),
-        our_ip,
-        t0: Instant::now(),
-    }
-}
-
-impl Lab {
-    fn now(&self) -> u64 {
-        self.t0.elapsed().as_nanos() as u64
-    }
-
-    /// Polls until `f` says stop (or 120 s pass, which fails the test).
-    fn run(&mut self, mut f: impl FnMut(&mut Interface<LossyPort>) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            assert!(Instant::now() < deadline, "no completion within 120 s");
-            let now = self.now();
-            self.iface.poll(now).unwrap();
-            if !f(&mut self.iface) {
-                return;
-            }
-            let wait = match self.iface.poll_at() {
-                Some(t) => {
-                    Duration::from_nanos(t.saturating_sub(self.now())).min(Duration::from_millis(2))
-                }
-                None => Duration::from_millis(2),
-            };
-            self.iface.nic().port().inner.wait_readable(wait).unwrap();
-        }
-    }
-
-    fn kernel<T: Send + 'static>(
-        &self,
-        client: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let ns = Arc::clone(&self.ns);
-        std::thread::spawn(move || {
-            ns.enter_current_thread().expect("enter the namespace");
-            client()
-        })
-    }
+    // Our side too: one loss per segment, not per 44-segment TSO burst.
+    Lab::new(tap, [10, 79, k], OUR_MAC, port, |cfg| cfg.tso_max = 0)
 }
 
 fn pattern(n: usize, seed: u32) -> Vec<u8> {
@@ -220,7 +156,7 @@ fn download(lab: &mut Lab, port: u16, data: &[u8]) -> TcpStats {
     });
     let mut conn: Option<SocketHandle> = None;
     let mut stats = None;
-    lab.run(|i| {
+    lab.run(|i, _, _| {
         if conn.is_none() {
             conn = i.tcp_accept(lst).unwrap();
         }
@@ -271,7 +207,7 @@ fn upload(lab: &mut Lab, port: u16, data: Vec<u8>) -> TcpStats {
     let mut got: Vec<u8> = Vec::with_capacity(want.len());
     let mut answered = false;
     let mut stats = TcpStats::default();
-    lab.run(|i| {
+    lab.run(|i, _, _| {
         if conn.is_none() {
             conn = i.tcp_accept(lst).unwrap();
         }
@@ -306,7 +242,7 @@ fn upload(lab: &mut Lab, port: u16, data: Vec<u8>) -> TcpStats {
 
 #[test]
 fn kernel_transfers_through_2_percent_loss() {
-    if skip() {
+    if common::skip() {
         return;
     }
     let mut lab = lab(1, 20, 20, 0x1055);
@@ -327,7 +263,7 @@ fn kernel_transfers_through_2_percent_loss() {
 
 #[test]
 fn kernel_transfers_through_heavy_loss() {
-    if skip() {
+    if common::skip() {
         return;
     }
     let mut lab = lab(2, 60, 60, 0x2077);
