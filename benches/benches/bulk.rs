@@ -18,7 +18,7 @@ use hicamp::{Config, Memory};
 use hicamp_benches::{median_ns, print_header, print_vs, random_bytes, subject, Group, Profile};
 use nicdma::tap::{netns_supported, NetNs, TapPort};
 use nicdma::Port;
-use segstack::iface::{IfaceConfig, IfaceError, Interface};
+use segstack::iface::{IfaceConfig, Interface};
 use segstack::Payload;
 
 const LEN: usize = 64 << 20;
@@ -84,13 +84,7 @@ fn seg_once(r: &mut SegRig) -> Duration {
             conn = r.iface.tcp_accept(lst).expect("accept");
         }
         if let Some(c) = conn {
-            while !left.is_empty() {
-                match r.iface.send(c, left.clone()) {
-                    Ok(k) => left.advance(k),
-                    Err(IfaceError::WouldBlock) => break,
-                    Err(e) => panic!("send: {e}"),
-                }
-            }
+            r.iface.send_some(c, &mut left).expect("send");
             if left.is_empty() && !closed {
                 r.iface.close(c).expect("close");
                 closed = true;

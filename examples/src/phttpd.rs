@@ -412,15 +412,11 @@ impl Phttpd {
             return Ok(());
         };
         while let Some(p) = c.out.front_mut() {
-            match iface.send(h, p.clone()) {
-                Ok(n) if n == p.len() => {
+            match iface.send_some(h, p) {
+                Ok(_) if p.is_empty() => {
                     c.out.pop_front();
                 }
-                Ok(n) => {
-                    p.advance(n);
-                    break;
-                }
-                Err(IfaceError::WouldBlock) => break,
+                Ok(_) => break,
                 Err(IfaceError::Tcp(_)) => {
                     c.out.clear();
                     break;

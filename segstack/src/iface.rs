@@ -89,8 +89,6 @@ pub struct IfaceConfig {
     /// Ask the NIC to complete TCP/UDP checksums (else the stack computes
     /// them, reading the payload).
     pub tx_csum_offload: bool,
-    /// Let TCP hand the NIC segments of up to this many bytes (TSO); 0 = off.
-    pub tso_max: usize,
     /// Verify checksums of received frames the port has not vouched for.
     pub rx_verify_csum: bool,
     /// TCP settings for every connection.
@@ -121,9 +119,12 @@ impl IfaceConfig {
             gateway: None,
             mtu: 1500,
             tx_csum_offload: true,
-            tso_max: 65_536 - 256,
             rx_verify_csum: true,
-            tcp: TcpConfig::default(),
+            // TCP hands the NIC segments of up to 64 KiB (TSO); 0 turns it off.
+            tcp: TcpConfig {
+                tso_max: 65_536 - 256,
+                ..TcpConfig::default()
+            },
             backlog: 1024,
             udp_queue: 1024,
             arp_ttl_ns: 60_000_000_000,
@@ -230,7 +231,7 @@ enum Sock {
     Udp(UdpSock),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Neighbour {
     mac: Option<EthernetAddress>,
     expires: u64,
@@ -281,7 +282,6 @@ impl<P: Port> Interface<P> {
         cfg.tcp.line_size = mem.line_size();
         let mss_cap = cfg.mtu.saturating_sub(IP_LEN + 20).clamp(536, 65_495) as u16;
         cfg.tcp.mss = cfg.tcp.mss.min(mss_cap);
-        cfg.tcp.tso_max = cfg.tso_max;
         let h = std::collections::hash_map::RandomState::new();
         let mut a = h.build_hasher();
         a.write_u64(cfg.seed);
@@ -458,6 +458,24 @@ impl<P: Port> Interface<P> {
         }
     }
 
+    /// Queues as much of `p` as the send buffer takes (snapshots, no copy)
+    /// and advances `p` past it. Returns the bytes taken: 0 when the buffer
+    /// is full, and a writable event follows once there is room again.
+    pub fn send_some(&mut self, h: SocketHandle, p: &mut Payload) -> Result<usize, IfaceError> {
+        let mut taken = 0;
+        while !p.is_empty() {
+            match self.send(h, p.clone()) {
+                Ok(0) | Err(IfaceError::WouldBlock) => break,
+                Ok(n) => {
+                    p.advance(n);
+                    taken += n;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(taken)
+    }
+
     /// Queues a copy of `data` on a TCP connection (the byte API).
     pub fn send_slice(&mut self, h: SocketHandle, data: &[u8]) -> Result<usize, IfaceError> {
         let mem = self.mem.clone();
@@ -594,9 +612,8 @@ impl<P: Port> Interface<P> {
             wire::udp::fill_pseudo_checksum(&mut l4, src, *dst.ip(), udp.len);
             Some(wire::udp::CHECKSUM_OFFSET as u16)
         } else {
-            let mut acc = checksum::Accumulator::new();
-            p.for_each_chunk(|c| acc.add(c));
-            wire::udp::fill_checksum(&mut l4, src, *dst.ip(), acc.sum());
+            let sum = p.chunks().fold(0, checksum::sum);
+            wire::udp::fill_checksum(&mut l4, src, *dst.ip(), sum);
             None
         };
         self.send_ip(
@@ -659,8 +676,8 @@ impl<P: Port> Interface<P> {
         self.events.clear();
         let mut freed = Vec::new();
         for (i, s) in self.sockets.iter_mut().enumerate() {
-            let handle = SocketHandle(i);
-            match s {
+            // (readable, writable, closed) news of this socket, if any.
+            let news = match s {
                 Some(Sock::Tcp(t)) => {
                     if t.released {
                         if t.sock.is_closed() {
@@ -671,43 +688,29 @@ impl<P: Port> Interface<P> {
                     if t.listener.is_some() || t.queued {
                         continue;
                     }
-                    let closed = t.sock.is_closed() || t.sock.state() == State::Closed;
+                    let closed = t.sock.state() == State::Closed;
                     let readable = t.sock.can_recv() || !t.sock.may_recv();
                     let writable = t.want_write && t.sock.can_send();
-                    if writable {
-                        t.want_write = false;
-                    }
+                    t.want_write &= !writable;
                     let closed_news = closed && !t.reported_closed;
-                    if closed {
-                        t.reported_closed = true;
-                    }
-                    if (readable && !closed) || writable || closed_news {
-                        self.events.push(Event {
-                            handle,
-                            readable,
-                            writable,
-                            closed: closed_news,
-                        });
-                    }
+                    t.reported_closed |= closed;
+                    ((readable && !closed) || writable || closed_news).then_some((
+                        readable,
+                        writable,
+                        closed_news,
+                    ))
                 }
-                Some(Sock::Listener(l)) if !l.ready.is_empty() => {
-                    self.events.push(Event {
-                        handle,
-                        readable: true,
-                        writable: false,
-                        closed: false,
-                    });
-                }
-                Some(Sock::Udp(u)) if !u.rx.is_empty() => {
-                    self.events.push(Event {
-                        handle,
-                        readable: true,
-                        writable: false,
-                        closed: false,
-                    });
-                }
-                Some(_) => {}
-                None => {}
+                Some(Sock::Listener(l)) => (!l.ready.is_empty()).then_some((true, false, false)),
+                Some(Sock::Udp(u)) => (!u.rx.is_empty()).then_some((true, false, false)),
+                None => None,
+            };
+            if let Some((readable, writable, closed)) = news {
+                self.events.push(Event {
+                    handle: SocketHandle(i),
+                    readable,
+                    writable,
+                    closed,
+                });
             }
         }
         for i in freed {
@@ -810,19 +813,20 @@ impl<P: Port> Interface<P> {
         let tcp_len = (thl + plen) as u32;
         let csum_at = if self.cfg.tx_csum_offload {
             wire::tcp::fill_pseudo_checksum(&mut l4[..thl], *local.ip(), *remote.ip(), tcp_len);
-            Some(16)
+            Some(wire::tcp::CHECKSUM_OFFSET as u16)
         } else {
-            let mut acc = checksum::Accumulator::with_sum(checksum::pseudo_header(
+            let mut acc = checksum::Accumulator::new();
+            payload
+                .iter()
+                .flat_map(Payload::chunks)
+                .for_each(|c| acc.add(c));
+            wire::tcp::fill_checksum(
+                &mut l4[..thl],
                 *local.ip(),
                 *remote.ip(),
-                wire::ipv4::protocol::TCP,
+                acc.sum(),
                 tcp_len,
-            ));
-            acc.add(&l4[..thl]);
-            for p in payload {
-                p.for_each_chunk(|c| acc.add(c));
-            }
-            l4[16..18].copy_from_slice(&acc.checksum().to_be_bytes());
+            );
             None
         };
         let gso = gso_mss.filter(|&m| plen > usize::from(m));
@@ -963,21 +967,15 @@ impl<P: Port> Interface<P> {
     fn lookup(&mut self, ip: Ipv4Addr, now: u64) -> Option<EthernetAddress> {
         let retry = self.cfg.arp_retry_ns;
         self.make_room(ip, now);
-        let n = self.neighbours.entry(ip).or_insert(Neighbour {
-            mac: None,
-            expires: 0,
-            last_request: None,
-            waiting: Vec::new(),
-        });
-        if let Some(mac) = n.mac {
-            if n.expires > now {
-                return Some(mac);
-            }
+        let n = self.neighbours.entry(ip).or_default();
+        if n.mac.is_some() && n.expires > now {
+            return n.mac;
         }
-        let ask = n
-            .last_request
-            .is_none_or(|t| now.saturating_sub(t) >= retry);
-        if ask {
+        // A stale entry keeps working while we ask again.
+        let known = n.mac;
+        if n.last_request
+            .is_none_or(|t| now.saturating_sub(t) >= retry)
+        {
             n.last_request = Some(now);
             let req = ArpRepr {
                 op: ArpOp::Request,
@@ -987,13 +985,11 @@ impl<P: Port> Interface<P> {
                 target_ip: ip,
             };
             self.stats.arp_requests += 1;
-            if let Err(e) = self.send_arp(EthernetAddress::BROADCAST, &req) {
-                let _ = e;
+            if self.send_arp(EthernetAddress::BROADCAST, &req).is_err() {
                 self.stats.tx_dropped += 1;
             }
         }
-        // A stale entry keeps working while we ask again.
-        n_mac(self.neighbours.get(&ip))
+        known
     }
 
     /// Keeps the neighbour table bounded (peers can make us answer any
@@ -1026,12 +1022,7 @@ impl<P: Port> Interface<P> {
     fn learn(&mut self, ip: Ipv4Addr, mac: EthernetAddress, now: u64) {
         let ttl = self.cfg.arp_ttl_ns;
         self.make_room(ip, now);
-        let n = self.neighbours.entry(ip).or_insert(Neighbour {
-            mac: None,
-            expires: 0,
-            last_request: None,
-            waiting: Vec::new(),
-        });
+        let n = self.neighbours.entry(ip).or_default();
         n.mac = Some(mac);
         n.expires = now.saturating_add(ttl);
         let waiting = std::mem::take(&mut n.waiting);
@@ -1165,40 +1156,27 @@ impl<P: Port> Interface<P> {
         let l4_off = ETH_LEN + ihl;
         let l4_len = ip.payload_len;
         let l4 = Payload::new(seg.clone(), base + l4_off as u64, l4_len);
-        if !trusted && self.cfg.rx_verify_csum && ip.protocol != wire::ipv4::protocol::ICMP {
-            let mut acc = checksum::Accumulator::with_sum(checksum::pseudo_header(
-                ip.src,
-                ip.dst,
-                ip.protocol,
-                l4_len as u32,
-            ));
-            l4.for_each_chunk(|c| acc.add(c));
-            let skip_udp_zero = ip.protocol == wire::ipv4::protocol::UDP
-                && hdrs.get(l4_off + 6..l4_off + 8) == Some(&[0, 0]);
-            if !acc.verifies() && !skip_udp_zero {
-                self.stats.rx_bad_csum += 1;
-                return;
-            }
-        }
+        let verify = !trusted && self.cfg.rx_verify_csum;
         let l4h = &hdrs[l4_off.min(hdrs.len())..];
         match ip.protocol {
-            wire::ipv4::protocol::ICMP => self.ingress_icmp(now, &ip, l4h, l4, trusted),
-            wire::ipv4::protocol::UDP => self.ingress_udp(&ip, l4h, l4),
-            wire::ipv4::protocol::TCP => self.ingress_tcp(now, &ip, l4h, l4),
+            wire::ipv4::protocol::ICMP => self.ingress_icmp(now, &ip, l4h, l4, verify),
+            wire::ipv4::protocol::UDP => self.ingress_udp(&ip, l4h, l4, verify),
+            wire::ipv4::protocol::TCP => self.ingress_tcp(now, &ip, l4h, l4, verify),
             _ => self.stats.rx_ignored += 1,
         }
     }
 
-    fn ingress_icmp(&mut self, now: u64, ip: &Ipv4Repr, h: &[u8], msg: Payload, trusted: bool) {
+    fn ingress_icmp(&mut self, now: u64, ip: &Ipv4Repr, h: &[u8], msg: Payload, verify: bool) {
         let Ok(icmp) = IcmpRepr::parse(h) else {
             self.stats.rx_malformed += 1;
             return;
         };
         let data = msg.slice(wire::icmp::HEADER_LEN.min(msg.len()), msg.len());
+        // One pass over the data serves the check and the reply's checksum.
         let mut acc = checksum::Accumulator::new();
-        data.for_each_chunk(|c| acc.add(c));
+        data.chunks().for_each(|c| acc.add(c));
         let data_sum = acc.sum();
-        if !trusted && self.cfg.rx_verify_csum {
+        if verify {
             let mut full = checksum::Accumulator::with_sum(data_sum);
             full.add(&h[..wire::icmp::HEADER_LEN.min(h.len())]);
             if !full.verifies() {
@@ -1228,14 +1206,18 @@ impl<P: Port> Interface<P> {
         }
     }
 
-    fn ingress_udp(&mut self, ip: &Ipv4Repr, h: &[u8], dgram: Payload) {
+    fn ingress_udp(&mut self, ip: &Ipv4Repr, h: &[u8], dgram: Payload, verify: bool) {
         let Ok(udp) = UdpRepr::parse_header(h, dgram.len()) else {
             self.stats.rx_malformed += 1;
             return;
         };
         let len = usize::from(udp.len);
-        if len < 8 || len > dgram.len() {
-            self.stats.rx_malformed += 1;
+        let data = dgram.slice(wire::udp::HEADER_LEN, len);
+        if verify
+            && wire::udp::verify(ip.src, ip.dst, &h[..wire::udp::HEADER_LEN], data.chunks())
+                .is_err()
+        {
+            self.stats.rx_bad_csum += 1;
             return;
         }
         let Some(&hd) = self.udp_ports.get(&udp.dst_port) else {
@@ -1245,19 +1227,23 @@ impl<P: Port> Interface<P> {
         let cap = self.cfg.udp_queue;
         if let Some(Some(Sock::Udp(u))) = self.sockets.get_mut(hd.0) {
             if u.rx.len() < cap {
-                self.stats.rx_payload_bytes += (len - 8) as u64;
-                u.rx.push_back((SocketAddrV4::new(ip.src, udp.src_port), dgram.slice(8, len)));
+                self.stats.rx_payload_bytes += data.len() as u64;
+                u.rx.push_back((SocketAddrV4::new(ip.src, udp.src_port), data));
             } else {
                 self.stats.rx_no_socket += 1;
             }
         }
     }
 
-    fn ingress_tcp(&mut self, now: u64, ip: &Ipv4Repr, h: &[u8], seg: Payload) {
+    fn ingress_tcp(&mut self, now: u64, ip: &Ipv4Repr, h: &[u8], seg: Payload, verify: bool) {
         let Ok((tcp, thl)) = TcpRepr::parse(h) else {
             self.stats.rx_malformed += 1;
             return;
         };
+        if verify && wire::tcp::verify(ip.src, ip.dst, &[], seg.chunks()).is_err() {
+            self.stats.rx_bad_csum += 1;
+            return;
+        }
         if thl > seg.len() {
             self.stats.rx_malformed += 1;
             return;
@@ -1306,21 +1292,13 @@ impl<P: Port> Interface<P> {
             }
         }
         self.stats.rx_no_socket += 1;
+        // `reply_rst` swaps the ports.
         if let Some(rst) = crate::tcp::reply_rst(&tcp, payload.len()) {
-            let rst = TcpRepr {
-                src_port: tcp.dst_port,
-                dst_port: tcp.src_port,
-                ..rst
-            };
             if self.send_tcp(now, local, remote, &rst, &[], None).is_err() {
                 self.stats.tx_dropped += 1;
             }
         }
     }
-}
-
-fn n_mac(n: Option<&Neighbour>) -> Option<EthernetAddress> {
-    n.and_then(|n| n.mac)
 }
 
 /// `seg` (a built frame) with its Ethernet destination replaced: a

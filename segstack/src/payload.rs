@@ -125,21 +125,15 @@ impl Payload {
         v
     }
 
-    /// Calls `f` with each contiguous chunk of the bytes, in order, as the
-    /// memory holds them (no copy): how checksums and the DMA read them.
-    pub fn for_each_chunk(&self, mut f: impl FnMut(&[u8])) {
-        let mut cur = self.seg.cursor_at(self.off);
+    /// The bytes as the memory holds them, one contiguous chunk at a time,
+    /// in order (no copy): how checksums and the DMA read them.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let mut left = self.len;
-        while left > 0 {
-            let c = cur.chunk();
-            if c.is_empty() {
-                break;
-            }
+        self.seg.cursor_at(self.off).map_while(move |c| {
             let n = c.len().min(left);
-            f(&c[..n]);
-            cur.advance(n);
             left -= n;
-        }
+            (n > 0).then(|| &c[..n])
+        })
     }
 }
 
@@ -163,8 +157,7 @@ mod tests {
         let head = p.split_to(10);
         assert_eq!(head.to_vec(), &data[..10]);
         assert_eq!(p.to_vec(), &data[10..]);
-        let mut seen = Vec::new();
-        s.for_each_chunk(|c| seen.extend_from_slice(c));
-        assert_eq!(seen, &data[100..300]);
+        assert_eq!(s.chunks().collect::<Vec<_>>().concat(), &data[100..300]);
+        assert_eq!(p.slice(0, 0).chunks().count(), 0);
     }
 }

@@ -93,13 +93,7 @@ fn serve_download(lab: &mut Lab, port: u16, data: &[u8]) {
             conn = i.tcp_accept(lst).unwrap();
         }
         if let Some(c) = conn {
-            while !left.is_empty() {
-                match i.send(c, left.clone()) {
-                    Ok(k) => left.advance(k),
-                    Err(IfaceError::WouldBlock) => break,
-                    Err(e) => panic!("{e}"),
-                }
-            }
+            i.send_some(c, &mut left).expect("send");
             if left.is_empty() && !closed {
                 eprintln!("download: {:?}", i.tcp(c).unwrap().stats());
                 i.close(c).unwrap();
@@ -261,13 +255,7 @@ fn segstack_client_of_a_kernel_server() {
     let mut shut = false;
     let mut eof = false;
     lab.run(|i, _, _| {
-        while !left.is_empty() {
-            match i.send(c, left.clone()) {
-                Ok(k) => left.advance(k),
-                Err(IfaceError::WouldBlock) => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
+        i.send_some(c, &mut left).expect("send");
         if left.is_empty() && !shut {
             i.shutdown(c).unwrap();
             shut = true;

@@ -129,7 +129,7 @@ fn lab(k: u8, tx_loss: u32, rx_loss: u32, seed: u64) -> Lab {
         dropped_rx: 0,
     };
     // Our side too: one loss per segment, not per 44-segment TSO burst.
-    Lab::new(tap, [10, 79, k], OUR_MAC, port, |cfg| cfg.tso_max = 0)
+    Lab::new(tap, [10, 79, k], OUR_MAC, port, |cfg| cfg.tcp.tso_max = 0)
 }
 
 fn pattern(n: usize, seed: u32) -> Vec<u8> {
@@ -161,13 +161,7 @@ fn download(lab: &mut Lab, port: u16, data: &[u8]) -> TcpStats {
             conn = i.tcp_accept(lst).unwrap();
         }
         if let Some(c) = conn {
-            while !left.is_empty() {
-                match i.send(c, left.clone()) {
-                    Ok(k) => left.advance(k),
-                    Err(IfaceError::WouldBlock) => break,
-                    Err(e) => panic!("{e}"),
-                }
-            }
+            i.send_some(c, &mut left).expect("send");
             if left.is_empty() && stats.is_none() {
                 i.close(c).unwrap();
                 stats = Some(());
