@@ -251,7 +251,7 @@ fn streamed_big_file_matches_one_shot() {
         assert_eq!(u(r, "zero_bytes"), zero, "line size {line}");
     }
     let p = &v["page_baseline"];
-    let mut pd = hicamp_examples::pagededup::PageDedup::new(4096);
+    let mut pd = hicamp_examples::experiments::pagededup::PageDedup::new(4096);
     pd.add(&data);
     pd.add(&tail);
     let want = pd.report();

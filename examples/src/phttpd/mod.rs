@@ -25,6 +25,8 @@ use nicdma::Port;
 use segstack::iface::{Event, IfaceError, Interface, SocketHandle};
 use segstack::Payload;
 
+pub mod cli;
+
 /// The RPC response's body length (PASTE: 64 bytes).
 pub const BODY_LEN: usize = 64;
 /// The RPC response's total length (PASTE: 151 bytes).
