@@ -146,7 +146,7 @@ fn sim(args: &Args) -> Result<(), String> {
         r
     };
     for (name, req) in [
-        ("RPC (GET, 44 B -> 151 B)", rpc_request().to_vec()),
+        ("RPC (GET, 44 B -> 151 B)", rpc_request()),
         ("WAL (POST 1 KiB)", wal_req),
     ] {
         let mut got = vec![0usize; conns.len()];
