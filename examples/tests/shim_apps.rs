@@ -2,7 +2,8 @@
 //! change, and the report's byte totals must equal the bytes they really moved.
 //!
 //! Each test skips with a message when its application is missing (`scripts/setup` installs
-//! python3, curl, redis-server and redis-tools). All traffic is on 127.0.0.1, on ports the
+//! python3, curl, redis-server and redis-tools), or fails instead under `CI=true` or
+//! `HICAMP_REQUIRE_ALL=1` (`testkit::require_program`). All traffic is on 127.0.0.1, on ports the
 //! kernel chose. The shim is built first (`cargo build -p libc-shim`, next to the `hicamp`
 //! binary under test).
 
@@ -41,16 +42,11 @@ fn shim() -> &'static Path {
     })
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn skip(what: &str) {
-    eprintln!("SKIPPED: {what} is not installed (scripts/setup installs it when run as root)");
+/// True (the test returns) when one of `programs` does not run (`PROGRAM --version`).
+fn missing(programs: &[&str]) -> bool {
+    programs
+        .iter()
+        .any(|p| testkit::require_program(p, "--version"))
 }
 
 /// `hicamp run --report DIR/NAME -- args...`, waiting for the end.
@@ -198,8 +194,8 @@ print(json.dumps({"mode": mode, "client_sent": sent, "client_recv": got, "udp": 
 "#;
 
 fn python_echo(mode: &str) {
-    if !have("python3") {
-        return skip("python3");
+    if missing(&["python3"]) {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("echo.py");
@@ -318,8 +314,8 @@ print(json.dumps({"child": pid, "status": status}))
 
 #[test]
 fn fork_child_reports_its_own_traffic() {
-    if !have("python3") {
-        return skip("python3");
+    if missing(&["python3"]) {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("fork.py");
@@ -392,8 +388,8 @@ int main(void) {
 
 #[test]
 fn close_range_forgets_closed_sockets() {
-    if !have("cc") {
-        return skip("cc");
+    if missing(&["cc"]) {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("cr.c");
@@ -405,11 +401,12 @@ fn close_range_forgets_closed_sockets() {
         .arg(&src)
         .output()
         .unwrap();
-    if !cc.status.success() {
-        eprintln!(
-            "SKIPPED: this C library has no close_range: {}",
+    if !cc.status.success()
+        && testkit::skip(format_args!(
+            "this C library has no close_range: {}",
             String::from_utf8_lossy(&cc.stderr)
-        );
+        ))
+    {
         return;
     }
     let (out, merged) = hicamp_run(dir.path(), "cr.json", &[bin.to_str().unwrap()]);
@@ -435,10 +432,8 @@ fn close_range_forgets_closed_sockets() {
 
 #[test]
 fn curl_against_python_http_server() {
-    for app in ["python3", "curl"] {
-        if !have(app) {
-            return skip(app);
-        }
+    if missing(&["python3", "curl"]) {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let www = dir.path().join("www");
@@ -511,10 +506,8 @@ fn curl_against_python_http_server() {
 
 #[test]
 fn redis_benchmark_and_server_agree() {
-    for app in ["redis-server", "redis-benchmark"] {
-        if !have(app) {
-            return skip(app);
-        }
+    if missing(&["redis-server", "redis-benchmark"]) {
+        return;
     }
     shim();
     let dir = tempfile::tempdir().unwrap();
