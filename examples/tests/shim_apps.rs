@@ -43,10 +43,21 @@ fn shim() -> &'static Path {
 }
 
 /// True (the test returns) when one of `programs` does not run (`PROGRAM --version`).
+#[track_caller]
 fn missing(programs: &[&str]) -> bool {
     programs
         .iter()
         .any(|p| testkit::require_program(p, "--version"))
+}
+
+/// Asserts that a program exited with status 0, showing its stderr if not.
+#[track_caller]
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `hicamp run --report DIR/NAME -- args...`, waiting for the end.
@@ -205,17 +216,9 @@ fn python_echo(mode: &str) {
         .args([script, mode])
         .output()
         .unwrap();
-    assert!(
-        plain.status.success(),
-        "{}",
-        String::from_utf8_lossy(&plain.stderr)
-    );
+    assert_ok(&plain);
     let (out, merged) = hicamp_run(dir.path(), "echo.json", &["python3", script, mode]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&plain.stdout),
@@ -325,11 +328,7 @@ fn fork_child_reports_its_own_traffic() {
         "fork.json",
         &["python3", script.to_str().unwrap()],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let app: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(app["status"], 0);
     let procs = processes(&merged);
@@ -460,11 +459,7 @@ fn curl_against_python_http_server() {
         got = got.display(),
     );
     let (out, merged) = hicamp_run(dir.path(), "http.json", &["sh", "-c", &script]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(
         std::fs::read(&got).unwrap(),
         body,
@@ -564,11 +559,7 @@ fn redis_benchmark_and_server_agree() {
             "-q",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("SET:") && text.contains("GET:"), "{text}");
     // SIGTERM: redis shuts down cleanly and exits, which writes the server's report.

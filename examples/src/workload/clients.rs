@@ -4,6 +4,8 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use super::netmap::netmap_buffer;
+use super::paste::{text_response, RESPONSE_LEN};
 use super::rng::Rng;
 use super::{Item, EPOCH_SECS};
 
@@ -44,6 +46,16 @@ impl Conn {
             rx: Vec::new(),
             tx: Vec::new(),
         }
+    }
+
+    /// One request and its answer: `request` goes on the RX stream, the 151-byte response
+    /// with body `answer` on the TX stream. Returns the netmap buffer the request arrived in.
+    pub(super) fn exchange(&mut self, request: &[u8], answer: &str, now_us: u64) -> Vec<u8> {
+        let buf = netmap_buffer(self, request, now_us);
+        self.rx.extend_from_slice(request);
+        self.tx.extend_from_slice(&text_response(answer));
+        self.server_seq = self.server_seq.wrapping_add(RESPONSE_LEN as u32);
+        buf
     }
 }
 

@@ -1,8 +1,8 @@
 //! PASTE's RPC workload: 44-byte `GET`s, each answered by a 151-byte response.
 
 use super::clients::{conn_items, schedule, Conn};
-use super::netmap::{netmap_buffer, RingSnapshot};
-use super::paste::{rpc_request, text_response, RESPONSE_LEN};
+use super::netmap::RingSnapshot;
+use super::paste::rpc_request;
 use super::rng::Rng;
 use super::Item;
 
@@ -16,16 +16,12 @@ pub(super) fn rpc_workload(
     let mut ring = RingSnapshot::default();
     schedule(rng, connections, requests, |_, c, now| {
         let conn = &mut conns[c];
-        let req = rpc_request(&conn.host);
-        ring.push(netmap_buffer(conn, &req, now));
-        conn.rx.extend_from_slice(&req);
         let secs = now / 1_000_000;
-        let body = format!(
+        let answer = format!(
             "{{\"status\":\"ok\",\"time\":{secs},\"node\":\"srv{}\"}}",
             conn.server_ip[3]
         );
-        conn.tx.extend_from_slice(&text_response(&body));
-        conn.server_seq = conn.server_seq.wrapping_add(RESPONSE_LEN as u32);
+        ring.push(conn.exchange(&rpc_request(&conn.host), &answer, now));
     });
     (conn_items("rpc", conns), ring.into_bytes())
 }

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use super::clients::{conn_items, schedule, Conn};
 use super::date::iso_time;
-use super::netmap::{netmap_buffer, RingSnapshot};
-use super::paste::{pad_to, text_response, RESPONSE_LEN};
+use super::netmap::RingSnapshot;
+use super::paste::pad_to;
 use super::rng::Rng;
 use super::Item;
 
@@ -111,14 +111,11 @@ pub(super) fn wal_workload(
             past.push(post.clone());
             post
         };
-        held.push(netmap_buffer(conn, &post, now));
-        conn.rx.extend_from_slice(&post);
-        let body = format!(
+        let answer = format!(
             "{{\"status\":\"ok\",\"seq\":{seq},\"time\":{}}}",
             now / 1_000_000
         );
-        conn.tx.extend_from_slice(&text_response(&body));
-        conn.server_seq = conn.server_seq.wrapping_add(RESPONSE_LEN as u32);
+        held.push(conn.exchange(&post, &answer, now));
     });
     (conn_items("wal", conns), held.into_bytes())
 }
