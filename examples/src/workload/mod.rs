@@ -48,6 +48,18 @@
 //! Everything is generated from [`WorkloadConfig::seed`] by an internal SplitMix64 generator and
 //! a simulated clock (starting at 2023-11-14 22:13:20 UTC): no OS randomness, no wall clock. The
 //! default configuration gives about 38 MiB in about 400 items.
+//!
+//! # Files
+//!
+//! | file         | job                                                                  |
+//! |--------------|----------------------------------------------------------------------|
+//! | `rpc.rs`, `wal.rs`, `objects.rs` | the three workloads                              |
+//! | [`paste`]    | the 44-byte request and 151-byte response (shared with `phttpd`)     |
+//! | `clients.rs` | connections, their streams, and the closed-loop request schedule     |
+//! | `netmap.rs`  | packets in 2 KiB netmap buffers (checksums by `nicdma::offload`)     |
+//! | `png.rs`     | PNG chunks and their CRC-32                                          |
+//! | `date.rs`    | HTTP and RFC 3339 dates of the simulated clock                       |
+//! | `rng.rs`     | the SplitMix64 generator of every random choice                      |
 
 mod clients;
 mod date;
