@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use super::netmap::netmap_buffer;
+use super::netmap::{netmap_buffer, RingSnapshot};
 use super::paste::{text_response, RESPONSE_LEN};
 use super::rng::Rng;
 use super::{Item, EPOCH_SECS};
@@ -47,54 +47,71 @@ impl Conn {
             tx: Vec::new(),
         }
     }
-
-    /// One request and its answer: `request` goes on the RX stream, the 151-byte response
-    /// with body `answer` on the TX stream. Returns the netmap buffer the request arrived in.
-    pub(super) fn exchange(&mut self, request: &[u8], answer: &str, now_us: u64) -> Vec<u8> {
-        let buf = netmap_buffer(self, request, now_us);
-        self.rx.extend_from_slice(request);
-        self.tx.extend_from_slice(&text_response(answer));
-        self.server_seq = self.server_seq.wrapping_add(RESPONSE_LEN as u32);
-        buf
-    }
 }
 
-/// Closed-loop clients: each connection sends its next request a random gap after its previous
-/// one; the server sees the requests of all connections interleaved in time order. Calls
-/// `serve(conn, now_us)` for each of `requests` requests.
-pub(super) fn schedule(
-    rng: &mut Rng,
-    connections: usize,
-    requests: usize,
-    mut serve: impl FnMut(&mut Rng, usize, u64),
-) {
-    let start_us = EPOCH_SECS * 1_000_000;
-    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = (0..connections)
-        .map(|c| Reverse((start_us + rng.below(MEAN_GAP_US), c)))
-        .collect();
-    for _ in 0..requests {
-        let Some(Reverse((now, c))) = heap.pop() else {
-            break;
-        };
-        serve(rng, c, now);
-        heap.push(Reverse((now + rng.gap(MEAN_GAP_US), c)));
-    }
+/// The clients of one workload (RPC or WAL) and what the server saw of them.
+#[derive(Debug)]
+pub(super) struct Clients {
+    conns: Vec<Conn>,
+    /// The netmap buffers the last requests arrived in.
+    ring: RingSnapshot,
 }
 
-pub(super) fn conn_items(kind: &str, conns: Vec<Conn>) -> Vec<Item> {
-    let mut items = Vec::with_capacity(conns.len() * 2);
-    for (i, c) in conns.into_iter().enumerate() {
-        if c.rx.is_empty() {
-            continue;
+impl Clients {
+    /// `connections` connections, each with addresses and sequence numbers drawn from `rng`.
+    pub(super) fn new(rng: &mut Rng, connections: usize) -> Self {
+        Clients {
+            conns: (0..connections).map(|i| Conn::new(rng, i)).collect(),
+            ring: RingSnapshot::default(),
         }
-        items.push(Item {
-            name: format!("{kind}/conn{i:03}/rx"),
-            data: c.rx,
-        });
-        items.push(Item {
-            name: format!("{kind}/conn{i:03}/tx"),
-            data: c.tx,
-        });
     }
-    items
+
+    /// Closed-loop clients: each connection sends its next request a random gap after its
+    /// previous one; the server sees the requests of all connections interleaved in time
+    /// order. For each of `requests` requests, `serve(rng, index, conn, now_us)` returns the
+    /// request's bytes and the text of its answer's body; the request goes on the connection's
+    /// RX stream and into the ring, the 151-byte response on its TX stream.
+    pub(super) fn run(
+        &mut self,
+        rng: &mut Rng,
+        requests: usize,
+        mut serve: impl FnMut(&mut Rng, usize, &Conn, u64) -> (Vec<u8>, String),
+    ) {
+        let start_us = EPOCH_SECS * 1_000_000;
+        let mut heap: BinaryHeap<Reverse<(u64, usize)>> = (0..self.conns.len())
+            .map(|c| Reverse((start_us + rng.below(MEAN_GAP_US), c)))
+            .collect();
+        for _ in 0..requests {
+            let Some(Reverse((now, c))) = heap.pop() else {
+                break;
+            };
+            let (request, answer) = serve(rng, c, &self.conns[c], now);
+            let conn = &mut self.conns[c];
+            self.ring.push(netmap_buffer(conn, &request, now));
+            conn.rx.extend_from_slice(&request);
+            conn.tx.extend_from_slice(&text_response(&answer));
+            conn.server_seq = conn.server_seq.wrapping_add(RESPONSE_LEN as u32);
+            heap.push(Reverse((now + rng.gap(MEAN_GAP_US), c)));
+        }
+    }
+
+    /// Two items per connection that sent anything, `KIND/connNNN/rx` and `KIND/connNNN/tx`,
+    /// and the ring's buffers, concatenated.
+    pub(super) fn into_items(self, kind: &str) -> (Vec<Item>, Vec<u8>) {
+        let mut items = Vec::with_capacity(self.conns.len() * 2);
+        for (i, c) in self.conns.into_iter().enumerate() {
+            if c.rx.is_empty() {
+                continue;
+            }
+            items.push(Item {
+                name: format!("{kind}/conn{i:03}/rx"),
+                data: c.rx,
+            });
+            items.push(Item {
+                name: format!("{kind}/conn{i:03}/tx"),
+                data: c.tx,
+            });
+        }
+        (items, self.ring.into_bytes())
+    }
 }

@@ -3,9 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::clients::{conn_items, schedule, Conn};
+use super::clients::{Clients, Conn};
 use super::date::iso_time;
-use super::netmap::RingSnapshot;
 use super::paste::pad_to;
 use super::rng::Rng;
 use super::Item;
@@ -86,14 +85,12 @@ pub(super) fn wal_workload(
     connections: usize,
     posts: usize,
 ) -> (Vec<Item>, Vec<u8>) {
-    let mut conns: Vec<Conn> = (0..connections).map(|i| Conn::new(rng, i)).collect();
+    let mut clients = Clients::new(rng, connections);
     // The last few requests of each connection, for retries.
     let mut recent: Vec<Vec<Vec<u8>>> = vec![Vec::new(); connections];
-    let mut held = RingSnapshot::default();
     let mut seq = 0u64;
     let mut request_id = rng.next_u64() >> 8;
-    schedule(rng, connections, posts, |rng, c, now| {
-        let conn = &mut conns[c];
+    clients.run(rng, posts, |rng, c, conn, now| {
         let past = &mut recent[c];
         let post = if !past.is_empty() && rng.chance(100) {
             past[rng.below(past.len() as u64) as usize].clone()
@@ -115,7 +112,7 @@ pub(super) fn wal_workload(
             "{{\"status\":\"ok\",\"seq\":{seq},\"time\":{}}}",
             now / 1_000_000
         );
-        held.push(conn.exchange(&post, &answer, now));
+        (post, answer)
     });
-    (conn_items("wal", conns), held.into_bytes())
+    clients.into_items("wal")
 }
