@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use hicamp_examples::zero::zero_line_bytes;
 use serde_json::Value;
+use testkit::Rng;
 
 const ALL_LINE_SIZES: [u64; 9] = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
 
@@ -31,20 +32,6 @@ fn dedup_json(args: &[&str]) -> (Value, String) {
     let text = String::from_utf8(o.stdout).expect("UTF-8 output");
     let v: Value = serde_json::from_str(&text).expect("valid JSON");
     (v, err)
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*).
-fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        v.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    v.truncate(n);
-    v
 }
 
 fn u(v: &Value, key: &str) -> u64 {
@@ -83,10 +70,10 @@ fn path_str(p: &Path) -> &str {
 #[test]
 fn same_file_twice_dedups() {
     let dir = tempfile::tempdir().unwrap();
-    let data = noise(1, 1 << 20);
+    let data = Rng::new(1).bytes(1 << 20);
     fs::write(dir.path().join("a.bin"), &data).unwrap();
     fs::write(dir.path().join("b.bin"), &data).unwrap();
-    let small = noise(2, 3000);
+    let small = Rng::new(2).bytes(3000);
     fs::write(dir.path().join("small.bin"), &small).unwrap();
     let total = 2 * data.len() as u64 + small.len() as u64;
 
@@ -220,7 +207,7 @@ fn empty_directory_has_finite_ratios() {
 #[test]
 fn streamed_big_file_matches_one_shot() {
     let dir = tempfile::tempdir().unwrap();
-    let block = noise(3, 1 << 20);
+    let block = Rng::new(3).bytes(1 << 20);
     let mut data = Vec::new();
     for i in 0..9 {
         if i % 3 == 2 {
@@ -229,7 +216,7 @@ fn streamed_big_file_matches_one_shot() {
             data.extend_from_slice(&block);
         }
     }
-    data.extend_from_slice(&noise(4, 12_345));
+    data.extend_from_slice(&Rng::new(4).bytes(12_345));
     let tail = [0u8; 100];
     fs::write(dir.path().join("big"), &data).unwrap();
     fs::write(dir.path().join("tail"), tail).unwrap();
@@ -251,7 +238,7 @@ fn streamed_big_file_matches_one_shot() {
         assert_eq!(u(r, "zero_bytes"), zero, "line size {line}");
     }
     let p = &v["page_baseline"];
-    let mut pd = hicamp_examples::pagededup::PageDedup::new(4096);
+    let mut pd = hicamp_examples::experiments::pagededup::PageDedup::new(4096);
     pd.add(&data);
     pd.add(&tail);
     let want = pd.report();
@@ -297,7 +284,7 @@ fn links_loops_and_unreadable_files_are_handled() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     fs::create_dir(root.join("sub")).unwrap();
-    let data = noise(5, 10_000);
+    let data = Rng::new(5).bytes(10_000);
     fs::write(root.join("sub/file"), &data).unwrap();
     symlink("..", root.join("sub/up")).unwrap(); // a loop
     symlink("file", root.join("sub/alias")).unwrap(); // the same file again

@@ -3,11 +3,12 @@
 //! and WAL requests answer as PASTE's do, and `wrk` (when installed) runs
 //! against it.
 //!
-//! Needs root, iproute2 and curl (scripts/setup installs them); without root
-//! the tests print "skipped: ..." and pass.
+//! Needs root, iproute2 and curl (scripts/setup installs them); without them
+//! the tests print "skipped: ..." and pass, except under `CI=true` or
+//! `HICAMP_REQUIRE_ALL=1`, where they fail (`testkit::skip`).
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,21 +19,10 @@ use nicdma::tap::{netns_supported, NetNs, TapPort};
 use nicdma::Port;
 use segstack::iface::{IfaceConfig, IfaceStats, Interface};
 
+/// True (the test returns) when root and iproute2 are missing.
+#[track_caller]
 fn skip() -> bool {
-    if let Err(e) = netns_supported() {
-        eprintln!("skipped: needs root and iproute2 ({e})");
-        return true;
-    }
-    false
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new(cmd)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
+    testkit::require(netns_supported(), "root and iproute2")
 }
 
 /// Runs phttpd on a TAP device whose kernel side is 10.80.k.1 in a fresh
@@ -78,8 +68,10 @@ fn serve(
     (ns, ip, h)
 }
 
-fn run(child: Child) -> std::process::Output {
-    let out = child.wait_with_output().expect("wait");
+/// Runs `cmd` to its end, its output captured; asserts that it exited 0.
+#[track_caller]
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run");
     assert!(
         out.status.success(),
         "{}",
@@ -90,38 +82,28 @@ fn run(child: Child) -> std::process::Output {
 
 #[test]
 fn curl_downloads_64_mib_byte_exactly_and_rpc_wal_answer() {
-    if skip() {
+    if skip() || testkit::require_program("curl", "--version") {
         return;
     }
-    assert!(have("curl"), "curl is missing: run scripts/setup");
     let stop = Arc::new(AtomicBool::new(false));
     let len = 64 << 20;
     let (ns, ip, server) = serve(1, len, Arc::clone(&stop));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("obj");
-    let curl = ns
+    run(ns
         .command("curl")
         .args(["-sS", "--max-time", "60", "-o"])
         .arg(&file)
-        .arg(format!("http://{ip}/obj/{len}"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    run(curl);
+        .arg(format!("http://{ip}/obj/{len}")));
     let got = std::fs::read(&file).unwrap();
     assert_eq!(got.len(), len);
     assert!(got == object(len), "downloaded object differs");
 
     // RPC: the 151-byte response (curl -i prints header and body).
-    let rpc = ns
+    let out = run(ns
         .command("curl")
         .args(["-sS", "-i", "--max-time", "10"])
-        .arg(format!("http://{ip}/"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = run(rpc);
+        .arg(format!("http://{ip}/")));
     assert_eq!(
         out.stdout.len(),
         RESPONSE_LEN,
@@ -129,16 +111,11 @@ fn curl_downloads_64_mib_byte_exactly_and_rpc_wal_answer() {
         String::from_utf8_lossy(&out.stdout)
     );
     // WAL: a 1 KiB POST is logged and answered.
-    let wal = ns
+    run(ns
         .command("curl")
         .args(["-sS", "--max-time", "10", "-H", "Expect:", "--data-binary"])
         .arg(format!("@{}", write_body(&dir)))
-        .arg(format!("http://{ip}/log"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    run(wal);
+        .arg(format!("http://{ip}/log")));
     stop.store(true, Ordering::SeqCst);
     let (stats, istats) = server.join().unwrap();
     assert!(stats.gets >= 2 && stats.posts >= 1, "{stats:?}");
@@ -164,24 +141,17 @@ fn write_body(dir: &tempfile::TempDir) -> String {
 
 #[test]
 fn wrk_runs_against_phttpd() {
-    if skip() {
-        return;
-    }
-    if !have("wrk") && Command::new("wrk").arg("-v").output().is_err() {
-        eprintln!("skipped: wrk is not installed (scripts/setup installs it when root)");
+    // `wrk -v` prints its version but exits 1: it is there if it starts.
+    let wrk = Command::new("wrk").arg("-v").output().map(drop);
+    if skip() || testkit::require(wrk, "wrk") {
         return;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let (ns, ip, server) = serve(2, 4096, Arc::clone(&stop));
-    let wrk = ns
+    let out = run(ns
         .command("wrk")
         .args(["-t", "1", "-c", "20", "-d", "2"])
-        .arg(format!("http://{ip}/"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = run(wrk);
+        .arg(format!("http://{ip}/")));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     stop.store(true, Ordering::SeqCst);
     let (stats, _) = server.join().unwrap();

@@ -2,7 +2,8 @@
 //! change, and the report's byte totals must equal the bytes they really moved.
 //!
 //! Each test skips with a message when its application is missing (`scripts/setup` installs
-//! python3, curl, redis-server and redis-tools). All traffic is on 127.0.0.1, on ports the
+//! python3, curl, redis-server and redis-tools), or fails instead under `CI=true` or
+//! `HICAMP_REQUIRE_ALL=1` (`testkit::require_program`). All traffic is on 127.0.0.1, on ports the
 //! kernel chose. The shim is built first (`cargo build -p libc-shim`, next to the `hicamp`
 //! binary under test).
 
@@ -41,16 +42,22 @@ fn shim() -> &'static Path {
     })
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// True (the test returns) when one of `programs` does not run (`PROGRAM --version`).
+#[track_caller]
+fn missing(programs: &[&str]) -> bool {
+    programs
+        .iter()
+        .any(|p| testkit::require_program(p, "--version"))
 }
 
-fn skip(what: &str) {
-    eprintln!("SKIPPED: {what} is not installed (scripts/setup installs it when run as root)");
+/// Asserts that a program exited with status 0, showing its stderr if not.
+#[track_caller]
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `hicamp run --report DIR/NAME -- args...`, waiting for the end.
@@ -198,8 +205,8 @@ print(json.dumps({"mode": mode, "client_sent": sent, "client_recv": got, "udp": 
 "#;
 
 fn python_echo(mode: &str) {
-    if !have("python3") {
-        return skip("python3");
+    if missing(&["python3"]) {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("echo.py");
@@ -209,17 +216,9 @@ fn python_echo(mode: &str) {
         .args([script, mode])
         .output()
         .unwrap();
-    assert!(
-        plain.status.success(),
-        "{}",
-        String::from_utf8_lossy(&plain.stderr)
-    );
+    assert_ok(&plain);
     let (out, merged) = hicamp_run(dir.path(), "echo.json", &["python3", script, mode]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&plain.stdout),
@@ -318,8 +317,8 @@ print(json.dumps({"child": pid, "status": status}))
 
 #[test]
 fn fork_child_reports_its_own_traffic() {
-    if !have("python3") {
-        return skip("python3");
+    if missing(&["python3"]) {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("fork.py");
@@ -329,11 +328,7 @@ fn fork_child_reports_its_own_traffic() {
         "fork.json",
         &["python3", script.to_str().unwrap()],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let app: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(app["status"], 0);
     let procs = processes(&merged);
@@ -392,8 +387,8 @@ int main(void) {
 
 #[test]
 fn close_range_forgets_closed_sockets() {
-    if !have("cc") {
-        return skip("cc");
+    if missing(&["cc"]) {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("cr.c");
@@ -405,11 +400,12 @@ fn close_range_forgets_closed_sockets() {
         .arg(&src)
         .output()
         .unwrap();
-    if !cc.status.success() {
-        eprintln!(
-            "SKIPPED: this C library has no close_range: {}",
+    if !cc.status.success()
+        && testkit::skip(format_args!(
+            "this C library has no close_range: {}",
             String::from_utf8_lossy(&cc.stderr)
-        );
+        ))
+    {
         return;
     }
     let (out, merged) = hicamp_run(dir.path(), "cr.json", &[bin.to_str().unwrap()]);
@@ -435,10 +431,8 @@ fn close_range_forgets_closed_sockets() {
 
 #[test]
 fn curl_against_python_http_server() {
-    for app in ["python3", "curl"] {
-        if !have(app) {
-            return skip(app);
-        }
+    if missing(&["python3", "curl"]) {
+        return;
     }
     let dir = tempfile::tempdir().unwrap();
     let www = dir.path().join("www");
@@ -465,11 +459,7 @@ fn curl_against_python_http_server() {
         got = got.display(),
     );
     let (out, merged) = hicamp_run(dir.path(), "http.json", &["sh", "-c", &script]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(
         std::fs::read(&got).unwrap(),
         body,
@@ -511,10 +501,8 @@ fn curl_against_python_http_server() {
 
 #[test]
 fn redis_benchmark_and_server_agree() {
-    for app in ["redis-server", "redis-benchmark"] {
-        if !have(app) {
-            return skip(app);
-        }
+    if missing(&["redis-server", "redis-benchmark"]) {
+        return;
     }
     shim();
     let dir = tempfile::tempdir().unwrap();
@@ -571,11 +559,7 @@ fn redis_benchmark_and_server_agree() {
             "-q",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("SET:") && text.contains("GET:"), "{text}");
     // SIGTERM: redis shuts down cleanly and exits, which writes the server's report.

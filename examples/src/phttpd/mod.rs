@@ -25,10 +25,11 @@ use nicdma::Port;
 use segstack::iface::{Event, IfaceError, Interface, SocketHandle};
 use segstack::Payload;
 
-/// The RPC response's body length (PASTE: 64 bytes).
-pub const BODY_LEN: usize = 64;
-/// The RPC response's total length (PASTE: 151 bytes).
-pub const RESPONSE_LEN: usize = 151;
+use crate::workload::paste;
+pub use crate::workload::paste::{RESPONSE_BODY_LEN as BODY_LEN, RESPONSE_LEN};
+
+pub mod cli;
+
 /// Bytes in front of each WAL record's padding: body length, pad length.
 pub const RECORD_HEAD: usize = 8;
 
@@ -46,24 +47,15 @@ pub fn record_body(record: &Segment) -> Option<Vec<u8>> {
 /// Longest request header accepted.
 pub const MAX_HEADER: usize = 8192;
 
-/// The fixed RPC response (header + 64-byte body), exactly 151 bytes.
+/// The fixed RPC response: PASTE's `phttpd` header and a 64-byte body,
+/// exactly 151 bytes (the workload generator's responses, with a fixed body).
 pub fn rpc_response() -> Vec<u8> {
-    let body = [b'x'; BODY_LEN];
-    let head = "HTTP/1.1 200 OK\r\nServer: phttpd-segstack\r\nContent-Length: 64\r\n";
-    let mut r = head.as_bytes().to_vec();
-    // Pad with a header so the response has PASTE's exact size.
-    let pad = RESPONSE_LEN - BODY_LEN - r.len() - 2 - "X-Pad: \r\n".len();
-    r.extend_from_slice(b"X-Pad: ");
-    r.resize(r.len() + pad, b'p');
-    r.extend_from_slice(b"\r\n\r\n");
-    r.extend_from_slice(&body);
-    debug_assert_eq!(r.len(), RESPONSE_LEN);
-    r
+    paste::response(&[b'x'; BODY_LEN])
 }
 
 /// The 44-byte RPC request of the PASTE workload.
-pub fn rpc_request() -> &'static [u8] {
-    b"GET / HTTP/1.1\r\nHost: phttpd\r\nX-Id: 0001\r\n\r\n"
+pub fn rpc_request() -> Vec<u8> {
+    paste::rpc_request("192.168.11.2:60000")
 }
 
 /// Byte `i` of the object `GET /obj/N` serves.

@@ -7,10 +7,9 @@
 //! hicamp run [--report FILE] [--mode trace] -- CMD ARGS...
 //! ```
 //!
-//! Policy lives in the library (`hicamp_examples`); this file only parses arguments, wires the
-//! progress bar and prints. Exit status: 0 on success (even with skipped files, which are
+//! Policy lives in the experiments and in the memory; this module only parses arguments, wires
+//! the progress bar and prints. Exit status: 0 on success (even with skipped files, which are
 //! reported on stderr), 1 on an error, 2 on a usage error.
-#![forbid(unsafe_code)]
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
@@ -18,9 +17,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use hicamp_examples::dedup::{self, IngestOptions, InputSet, DEFAULT_LINE_SIZES};
-use hicamp_examples::report;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::experiments::dedup::{self, IngestOptions, InputSet, DEFAULT_LINE_SIZES};
+use crate::report;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -164,7 +164,8 @@ impl From<io::Error> for Failure {
     }
 }
 
-fn main() -> ExitCode {
+/// The `hicamp` program: parses the command line, runs the command, returns the exit status.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Run(args) = &cli.command {
         return run_command(&cli, args);
@@ -386,7 +387,7 @@ fn run_stat(args: &FileArgs) -> Result<(), Failure> {
 
 /// `hicamp run`: exits with the command's status (1 when the launcher itself fails).
 fn run_command(cli: &Cli, args: &RunArgs) -> ExitCode {
-    use hicamp_examples::run;
+    use crate::run;
     let ShimMode::Trace = args.mode;
     let exe = std::env::current_exe().unwrap_or_default();
     let result = run::find_shim(std::env::var_os("HICAMP_SHIM"), &exe).and_then(|shim| {

@@ -1,5 +1,5 @@
-//! phttpd on segstack: the PASTE RPC and WAL server (see
-//! `hicamp_examples::phttpd`).
+//! The `phttpd` command: the PASTE RPC and WAL server (see [`super`]) on
+//! the sim backend or over TAP.
 //!
 //! - `phttpd` (no arguments, the built-in default): the sim backend, with a
 //!   built-in closed-loop client on the other side of the simulated link
@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hicamp::{Config, Memory};
-use hicamp_examples::phttpd::{rpc_request, Phttpd, RESPONSE_LEN};
 use nicdma::sim::LinkConfig;
 use nicdma::tap::{NetNs, TapPort};
 use nicdma::Port;
 use segstack::iface::{IfaceConfig, IfaceError, Interface};
 use segstack::sim::{SimPair, B_IP};
+
+use super::{rpc_request, Phttpd, RESPONSE_LEN};
 
 #[derive(Parser, Debug)]
 #[command(about = "A PASTE-phttpd-like HTTP server on segstack")]
@@ -59,7 +60,8 @@ fn memory(args: &Args) -> Result<Memory, String> {
     }
 }
 
-fn main() {
+/// The `phttpd` program: exits 1 with a message on an error.
+pub fn main() {
     let args = Args::parse();
     let r = if args.tap { tap(&args) } else { sim(&args) };
     if let Err(e) = r {
@@ -144,7 +146,7 @@ fn sim(args: &Args) -> Result<(), String> {
         r
     };
     for (name, req) in [
-        ("RPC (GET, 44 B -> 151 B)", rpc_request().to_vec()),
+        ("RPC (GET, 44 B -> 151 B)", rpc_request()),
         ("WAL (POST 1 KiB)", wal_req),
     ] {
         let mut got = vec![0usize; conns.len()];

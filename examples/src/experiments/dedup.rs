@@ -27,7 +27,7 @@ use std::sync::Arc;
 use hicamp::{Config, Memory, Segment, SegmentMut};
 use indicatif::ProgressBar;
 
-use crate::pagededup::{PageDedup, PageDedupReport, DEFAULT_PAGE_SIZE};
+use super::pagededup::{PageDedup, PageDedupReport, DEFAULT_PAGE_SIZE};
 use crate::report::{human_bytes, DedupReport, InputReport, LineSizeReport};
 use crate::workload::{self, WorkloadConfig};
 use crate::zero::ZeroLineCounter;
