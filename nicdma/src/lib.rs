@@ -9,6 +9,7 @@
 //! segments, where line deduplication happens.
 #![deny(unsafe_code)]
 
+pub mod frame;
 pub mod meta;
 pub mod nic;
 pub mod offload;
@@ -21,6 +22,7 @@ mod sys;
 pub mod tap;
 
 pub use meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};
-pub use nic::{frame_bytes, tx_segment, Nic, NicConfig, NicCounters, NicError, Work};
+pub use frame::{frame_bytes, tx_segment};
+pub use nic::{Nic, NicConfig, NicCounters, NicError, Work};
 pub use port::{Port, PortError, TxOutcome};
 pub use ring::{Owner, RingError, SegRing};

@@ -6,7 +6,7 @@
 
 use hicamp::Segment;
 
-use crate::meta::{DmaMeta, VirtioNetHdr, META_LEN};
+use crate::meta::{DmaMeta, VirtioNetHdr};
 use crate::nic::{Nic, NicError};
 use crate::offload::{fold, sum16};
 use crate::port::Port;
@@ -86,12 +86,7 @@ impl Responder {
 
     /// The reply to one received ring segment, if it deserves one.
     pub fn answer(&mut self, seg: &Segment) -> Result<Option<Segment>, NicError> {
-        let mut head = [0u8; META_LEN];
-        if seg.read_at(0, &mut head)? < META_LEN {
-            self.counters.malformed += 1;
-            return Ok(None);
-        }
-        let Ok(meta) = DmaMeta::parse(&head, seg.len()) else {
+        let Ok(meta) = DmaMeta::read(seg) else {
             self.counters.malformed += 1;
             return Ok(None);
         };

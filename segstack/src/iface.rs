@@ -30,7 +30,7 @@ use hicamp::{Memory, Piece, Segment};
 use nicdma::meta::{gso, F_DATA_VALID, F_NEEDS_CSUM};
 use nicdma::{DmaMeta, Nic, NicConfig, NicError, Port, VirtioNetHdr, META_LEN};
 
-use crate::payload::Payload;
+use crate::Payload;
 use crate::tcp::{State, TcpConfig, TcpError, TcpSocket};
 use crate::wire::{
     self, checksum, ethernet, ArpOp, ArpRepr, EthernetAddress, EthernetRepr, IcmpRepr, Ipv4Repr,

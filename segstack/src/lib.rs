@@ -5,7 +5,7 @@
 //!
 //! - [`wire`]: zero-copy views and checked parsing of Ethernet, ARP, IPv4,
 //!   ICMP, UDP and TCP headers, and the Internet checksum;
-//! - [`payload`]: a [`Payload`] is a byte range of a segment snapshot, the
+//! - [`Payload`] (hicamp's [`SegmentSlice`](hicamp::SegmentSlice)) is a byte range of a segment snapshot, the
 //!   unit in which data moves between the application, the sockets and the
 //!   NIC without its bytes being copied;
 //! - [`tcp`]: the TCP state machine (sans-IO: segments in, segments out);
@@ -14,9 +14,10 @@
 #![deny(unsafe_code)]
 
 pub mod iface;
-pub mod payload;
 pub mod sim;
 pub mod tcp;
 pub mod wire;
 
-pub use payload::Payload;
+/// A payload is a byte range of a segment snapshot: hicamp's view type,
+/// under the name the stack's APIs read best with.
+pub use hicamp::SegmentSlice as Payload;

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::testnet::{Link, Net, Rng, MS};
 use super::*;
-use crate::payload::Payload;
+use crate::Payload;
 use crate::wire::{TcpFlags, TcpRepr};
 
 #[derive(Debug, Clone)]

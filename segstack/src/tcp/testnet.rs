@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use hicamp::{Config, Memory};
 
 use super::{reply_rst, TcpConfig, TcpSocket};
-use crate::payload::Payload;
+use crate::Payload;
 use crate::wire::{TcpFlags, TcpRepr};
 
 pub(crate) const MS: u64 = 1_000_000;

@@ -2,7 +2,7 @@
 
 use super::testnet::{Flow, Link, Net, Rng, Seg, MS};
 use super::*;
-use crate::payload::Payload;
+use crate::Payload;
 use crate::wire::{TcpFlags, TcpRepr};
 
 fn cfg() -> TcpConfig {

@@ -14,7 +14,7 @@ use super::assembler::Assembler;
 use super::rtt::RttEstimator;
 use super::sendq::SendQueue;
 use super::seq;
-use crate::payload::Payload;
+use crate::Payload;
 use crate::wire::{TcpFlags, TcpRepr};
 
 const MS: u64 = 1_000_000;
