@@ -9,11 +9,13 @@
 //! segments, where line deduplication happens.
 #![deny(unsafe_code)]
 
+pub mod checksum;
 pub mod frame;
 pub mod meta;
 pub mod nic;
 pub mod offload;
 pub mod port;
+#[cfg(any(test, feature = "test-support"))]
 pub mod responder;
 pub mod ring;
 pub mod sim;

@@ -430,7 +430,7 @@ fn dropping_the_nics_releases_everything() {
 
 #[test]
 fn the_sim_nic_does_checksum_and_segmentation_offload() {
-    use nicdma::offload::{fold, sum16};
+    use nicdma::checksum::{checksum, fold, sum};
     let mut p = pair(12, LinkConfig::default(), NicConfig::default());
     // Ethernet/IPv4/TCP with 4000 bytes of payload, TCP checksum field
     // holding only the pseudo-header sum (as Linux hands it to a NIC).
@@ -472,9 +472,9 @@ fn the_sim_nic_does_checksum_and_segmentation_offload() {
     for seg in &out {
         let (meta, g) = frame_bytes(seg).unwrap();
         assert_eq!(meta.vnet.flags, nicdma::meta::F_DATA_VALID);
-        assert_eq!(fold(sum16(0, &g[14..34])), 0, "IPv4 header checksum");
-        let acc = sum16(0, &g[26..34]) + 6 + (g.len() - 34) as u32;
-        assert_eq!(fold(sum16(acc, &g[34..])), 0, "TCP checksum");
+        assert_eq!(checksum(&g[14..34]), 0, "IPv4 header checksum");
+        let acc = sum(0, &g[26..34]) + 6 + (g.len() - 34) as u64;
+        assert_eq!(!fold(sum(acc, &g[34..])), 0, "TCP checksum");
         joined.extend_from_slice(&g[54..]);
     }
     assert_eq!(joined, payload);
