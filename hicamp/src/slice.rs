@@ -40,7 +40,10 @@ impl SegmentSlice {
     /// The range `[off, off + len)` of `seg`, or [`Error::BadOffset`] if it
     /// does not lie inside the segment.
     pub fn try_new(seg: Segment, off: u64, len: usize) -> Result<SegmentSlice> {
-        if off.checked_add(len as u64).is_none_or(|end| end > seg.len()) {
+        if off
+            .checked_add(len as u64)
+            .is_none_or(|end| end > seg.len())
+        {
             return Err(Error::BadOffset {
                 offset: off,
                 len: len as u64,
@@ -156,7 +159,11 @@ impl SegmentSlice {
 
 impl fmt::Debug for SegmentSlice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SegmentSlice({}+{} of {:?})", self.off, self.len, self.seg)
+        write!(
+            f,
+            "SegmentSlice({}+{} of {:?})",
+            self.off, self.len, self.seg
+        )
     }
 }
 

@@ -183,12 +183,9 @@ impl Memory {
             match *p {
                 Piece::Bytes(d) => b.bytes(d, false)?,
                 Piece::Zeros(n) => b.zeros(n)?,
-                Piece::Range(s) => b.range(
-                    s.segment(),
-                    s.offset(),
-                    s.len() as u64,
-                    Some(i) == last,
-                )?,
+                Piece::Range(s) => {
+                    b.range(s.segment(), s.offset(), s.len() as u64, Some(i) == last)?
+                }
             }
         }
         if b.fill > 0 {
@@ -249,7 +246,11 @@ mod tests {
         let app = m.segment(&payload).unwrap();
         let range = SegmentSlice::new(app.clone(), 10, 990);
         let (s, c) = m
-            .splice(&[Piece::Bytes(b"hdr"), Piece::Range(&range), Piece::Zeros(100)])
+            .splice(&[
+                Piece::Bytes(b"hdr"),
+                Piece::Range(&range),
+                Piece::Zeros(100),
+            ])
             .unwrap();
         let mut want = b"hdr".to_vec();
         want.extend_from_slice(&payload[10..]);

@@ -23,8 +23,8 @@ pub mod sim;
 mod sys;
 pub mod tap;
 
-pub use meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};
 pub use frame::{frame_bytes, tx_segment};
+pub use meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};
 pub use nic::{Nic, NicConfig, NicCounters, NicError, Work};
 pub use port::{Port, PortError, TxOutcome};
 pub use ring::{Owner, RingError, SegRing};

@@ -312,7 +312,9 @@ impl<P: Port> Nic<P> {
     }
 
     fn set_status(&self, slot: SegmentId, st: u16) -> Result<(), NicError> {
-        self.mem.map().write_at(slot, offset::STATUS, &st.to_le_bytes())?;
+        self.mem
+            .map()
+            .write_at(slot, offset::STATUS, &st.to_le_bytes())?;
         Ok(())
     }
 

@@ -6,9 +6,9 @@
 
 use hicamp::Segment;
 
+use crate::checksum::{checksum, fold, Accumulator};
 use crate::meta::{DmaMeta, VirtioNetHdr};
 use crate::nic::{Nic, NicError};
-use crate::checksum::{checksum, fold, Accumulator};
 use crate::port::Port;
 
 /// What the responder did.

@@ -245,7 +245,11 @@ impl<P: Port> Interface<P> {
         self.inner.stats.rx_no_socket += 1;
         // `reply_rst` swaps the ports.
         if let Some(rst) = crate::tcp::reply_rst(&tcp, payload.len()) {
-            if self.inner.send_tcp(now, local, remote, &rst, &[], None).is_err() {
+            if self
+                .inner
+                .send_tcp(now, local, remote, &rst, &[], None)
+                .is_err()
+            {
                 self.inner.stats.tx_dropped += 1;
             }
         }

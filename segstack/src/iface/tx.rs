@@ -173,7 +173,11 @@ impl Inner {
         }
     }
 
-    pub(super) fn send_arp(&mut self, dst: EthernetAddress, arp: &ArpRepr) -> Result<(), IfaceError> {
+    pub(super) fn send_arp(
+        &mut self,
+        dst: EthernetAddress,
+        arp: &ArpRepr,
+    ) -> Result<(), IfaceError> {
         let mut f = [0u8; ETH_LEN + 28];
         EthernetRepr {
             dst,

@@ -6,8 +6,8 @@ use proptest::prelude::*;
 
 use super::testnet::{Link, Net, Rng, MS};
 use super::*;
-use crate::Payload;
 use crate::wire::{TcpFlags, TcpRepr};
+use crate::Payload;
 
 #[derive(Debug, Clone)]
 enum Op {

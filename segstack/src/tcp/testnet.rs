@@ -8,8 +8,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use hicamp::{Config, Memory};
 
 use super::{reply_rst, TcpConfig, TcpSocket};
-use crate::Payload;
 use crate::wire::{TcpFlags, TcpRepr};
+use crate::Payload;
 
 pub(crate) const MS: u64 = 1_000_000;
 

@@ -2,8 +2,8 @@
 
 use super::testnet::{Flow, Link, Net, Rng, Seg, MS};
 use super::*;
-use crate::Payload;
 use crate::wire::{TcpFlags, TcpRepr};
+use crate::Payload;
 
 fn cfg() -> TcpConfig {
     TcpConfig {

@@ -14,8 +14,8 @@ use super::assembler::Assembler;
 use super::rtt::RttEstimator;
 use super::sendq::SendQueue;
 use super::seq;
-use crate::Payload;
 use crate::wire::{TcpFlags, TcpRepr};
+use crate::Payload;
 
 const MS: u64 = 1_000_000;
 /// RFC 7323's limit on the window shift.
