@@ -14,12 +14,11 @@ use super::assembler::Assembler;
 use super::rtt::RttEstimator;
 use super::sendq::SendQueue;
 use super::seq;
+use crate::wire::tcp::MAX_WSCALE;
 use crate::wire::{TcpFlags, TcpRepr};
 use crate::Payload;
 
 const MS: u64 = 1_000_000;
-/// RFC 7323's limit on the window shift.
-const MAX_WSCALE: u8 = 14;
 /// MSS assumed when the peer's SYN has no MSS option (RFC 9293).
 const DEFAULT_MSS: usize = 536;
 /// Smallest peer MSS we honour (Linux's `TCP_MIN_SND_MSS`).
