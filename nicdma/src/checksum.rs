@@ -52,7 +52,7 @@ pub fn sum(acc: u64, data: &[u8]) -> u64 {
 /// over their concatenation.
 pub fn checksum_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> u16 {
     let mut acc = Accumulator::new();
-    chunks.into_iter().for_each(|c| acc.add(c));
+    acc.add_chunks(chunks);
     acc.checksum()
 }
 
@@ -121,6 +121,15 @@ impl Accumulator {
         };
         self.acc = sum(self.acc, data);
         self.odd = data.len() % 2 == 1;
+    }
+
+    /// Adds the next bytes of the message given in chunks of any length;
+    /// returns how many bytes they were.
+    pub fn add_chunks<'a>(&mut self, chunks: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+        chunks.into_iter().fold(0, |n, c| {
+            self.add(c);
+            n + c.len() as u64
+        })
     }
 
     /// Adds a partial sum of other bytes (e.g. a pseudo header). The sum must

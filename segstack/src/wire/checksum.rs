@@ -3,6 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+use super::WireError;
+
 pub use nicdma::checksum::{checksum, checksum_chunks, fold, pseudo_header, sum, Accumulator};
 
 /// Reads the big-endian `u16` at `at` (caller checked the bounds).
@@ -18,4 +20,14 @@ pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
 /// Reads the IPv4 address at `at` (caller checked the bounds).
 pub(crate) fn ip4(b: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
+}
+
+/// `Ok` when the message added to `acc` (checksum field included) verifies,
+/// else [`WireError::Checksum`].
+pub(crate) fn verified(acc: &Accumulator) -> Result<(), WireError> {
+    if acc.verifies() {
+        Ok(())
+    } else {
+        Err(WireError::Checksum)
+    }
 }

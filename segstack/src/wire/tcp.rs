@@ -333,24 +333,15 @@ pub fn fill_pseudo_checksum(header: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, tcp
 pub fn verify<'a>(
     src: Ipv4Addr,
     dst: Ipv4Addr,
-    header: &[u8],
+    header: &'a [u8],
     payload: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<(), WireError> {
     let mut acc = Accumulator::new();
-    acc.add(header);
-    let mut len = header.len() as u64;
-    for chunk in payload {
-        acc.add(chunk);
-        len += chunk.len() as u64;
-    }
+    let len = acc.add_chunks(std::iter::once(header).chain(payload));
     // The pseudo header's length field is 32 bits wide.
     let len = u32::try_from(len).map_err(|_| WireError::Malformed)?;
     acc.add_sum(checksum::pseudo_header(src, dst, protocol::TCP, len));
-    if acc.verifies() {
-        Ok(())
-    } else {
-        Err(WireError::Checksum)
-    }
+    checksum::verified(&acc)
 }
 
 /// `a < b` in sequence space (RFC 9293 section 3.4: modulo 2^32, for

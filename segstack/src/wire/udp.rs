@@ -155,7 +155,7 @@ pub fn fill_pseudo_checksum(header: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, udp
 pub fn verify<'a>(
     src: Ipv4Addr,
     dst: Ipv4Addr,
-    header: &[u8],
+    header: &'a [u8],
     payload: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<(), WireError> {
     if header.len() < HEADER_LEN {
@@ -171,15 +171,8 @@ pub fn verify<'a>(
         protocol::UDP,
         u32::from(len),
     ));
-    acc.add(header);
-    for chunk in payload {
-        acc.add(chunk);
-    }
-    if acc.verifies() {
-        Ok(())
-    } else {
-        Err(WireError::Checksum)
-    }
+    acc.add_chunks(std::iter::once(header).chain(payload));
+    checksum::verified(&acc)
 }
 
 #[cfg(test)]

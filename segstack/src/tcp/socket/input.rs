@@ -38,13 +38,7 @@ impl TcpSocket {
             f.contains(TcpFlags::ACK) && self.snd_max >= 1 && repr.ack == seq::wrap(self.iss, 1);
         if f.contains(TcpFlags::ACK) && !ack_ok {
             if !f.contains(TcpFlags::RST) {
-                self.pending_rst = Some(TcpRepr {
-                    src_port: self.local.port(),
-                    dst_port: self.remote.port(),
-                    seq: repr.ack,
-                    flags: TcpFlags::RST,
-                    ..TcpRepr::default()
-                });
+                self.pending_rst = Some(self.rst_at(repr.ack));
             }
             self.stats.dropped += 1;
             return;
@@ -234,13 +228,7 @@ impl TcpSocket {
         let f = repr.flags;
         if self.state == State::SynReceived {
             if ack_off <= self.snd_una as i64 || ack_off > self.snd_max as i64 {
-                self.pending_rst = Some(TcpRepr {
-                    src_port: self.local.port(),
-                    dst_port: self.remote.port(),
-                    seq: repr.ack,
-                    flags: TcpFlags::RST,
-                    ..TcpRepr::default()
-                });
+                self.pending_rst = Some(self.rst_at(repr.ack));
                 self.stats.dropped += 1;
                 return false;
             }
@@ -444,6 +432,18 @@ impl TcpSocket {
         let new = edge - self.rcv_nxt;
         if edge > self.rcv_adv && (new >= 2 * cur || cur < self.rcv_mss as u64) {
             self.ack_now = true;
+        }
+    }
+
+    /// `<SEQ=ack><CTL=RST>`: the reset that answers an unacceptable ACK of
+    /// `ack` (RFC 9293 3.10.7.3 and 3.10.7.4).
+    pub(super) fn rst_at(&self, ack: u32) -> TcpRepr {
+        TcpRepr {
+            src_port: self.local.port(),
+            dst_port: self.remote.port(),
+            seq: ack,
+            flags: TcpFlags::RST,
+            ..TcpRepr::default()
         }
     }
 }

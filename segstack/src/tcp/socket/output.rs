@@ -102,6 +102,23 @@ impl TcpSocket {
         })
     }
 
+    /// A segment with no data at sequence number `seq` that carries the ACK
+    /// fields and, when on, a timestamp (pure ACKs, window probes,
+    /// keepalives).
+    pub(super) fn bare_ack(&self, now: u64, seq: u32) -> TcpRepr {
+        let mut r = TcpRepr {
+            src_port: self.local.port(),
+            dst_port: self.remote.port(),
+            seq,
+            ..TcpRepr::default()
+        };
+        self.ack_fields(&mut r, false);
+        if self.ts_enabled {
+            r.timestamp = Some((self.ts_now(now), self.ts_recent));
+        }
+        r
+    }
+
     pub(super) fn ack_fields(&self, r: &mut TcpRepr, syn: bool) {
         r.flags |= TcpFlags::ACK;
         r.ack = seq::wrap(self.irs, self.rcv_nxt);
@@ -396,16 +413,7 @@ impl TcpSocket {
             self.commit(now, &plan, &r, &slices);
         }
         if self.probe_due || self.keepalive_due {
-            let mut r = TcpRepr {
-                src_port: self.local.port(),
-                dst_port: self.remote.port(),
-                seq: seq::wrap(self.iss, self.snd_una).wrapping_sub(1),
-                ..TcpRepr::default()
-            };
-            self.ack_fields(&mut r, false);
-            if self.ts_enabled {
-                r.timestamp = Some((self.ts_now(now), self.ts_recent));
-            }
+            let r = self.bare_ack(now, seq::wrap(self.iss, self.snd_una).wrapping_sub(1));
             if !emit(&r, &[], None) {
                 return;
             }
@@ -425,16 +433,7 @@ impl TcpSocket {
             // SND.MAX, not SND.NXT: after a timeout rewound SND.NXT, the
             // peer may hold data up to SND.MAX and would find an ACK below
             // its RCV.NXT unacceptable (BSD does the same).
-            let mut r = TcpRepr {
-                src_port: self.local.port(),
-                dst_port: self.remote.port(),
-                seq: seq::wrap(self.iss, self.snd_max),
-                ..TcpRepr::default()
-            };
-            self.ack_fields(&mut r, false);
-            if self.ts_enabled {
-                r.timestamp = Some((self.ts_now(now), self.ts_recent));
-            }
+            let r = self.bare_ack(now, seq::wrap(self.iss, self.snd_max));
             if !emit(&r, &[], None) {
                 return;
             }
