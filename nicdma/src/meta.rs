@@ -1,6 +1,7 @@
-//! The DMA metadata embedded in each ring segment's first bytes (seed 004,
-//! section 3.2: "metadata is embedded within the segments instead of being
-//! stored in a separate descriptor ring").
+//! The DMA metadata embedded in each ring segment's first bytes
+//! ("Rethinking Network Stack Design with Memory Snapshots", section 3.2:
+//! "metadata is embedded within the segments instead of being stored in a
+//! separate descriptor ring").
 //!
 //! ```text
 //!  offset 0   virtio-net header (12 bytes, the TAP backend's own format):

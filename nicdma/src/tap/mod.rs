@@ -27,7 +27,7 @@
 //! so the traffic of a test stays inside it. The TAP file descriptor keeps
 //! working after the move.
 //!
-//! ```ignore
+//! ```no_run
 //! use nicdma::tap::{NetNs, TapPort};
 //! use nicdma::Port;
 //!

@@ -2,7 +2,8 @@
 //! subnet and a default gateway, ICMP echo, and UDP and TCP sockets, driven in
 //! batches by [`Interface::poll`].
 //!
-//! ## TX (seed 004, figures 3 and 4)
+//! ## TX ("Rethinking Network Stack Design with Memory Snapshots", figures 3
+//! and 4)
 //! A socket hands out payload slices (snapshots of the application's
 //! segments). The interface writes the Ethernet, IPv4 and TCP/UDP headers and
 //! the NIC metadata into *headroom* in front of the payload and splices the
