@@ -3,6 +3,7 @@
 //! counters, back-pressure and notifications.
 
 use hicamp::{Config, Memory, Segment};
+use testkit::Rng;
 use nicdma::sim::{LinkConfig, SimNet, SimPort};
 use nicdma::{frame_bytes, tx_segment, Nic, NicConfig, VirtioNetHdr};
 
@@ -20,11 +21,9 @@ fn mem() -> Memory {
 
 /// An Ethernet frame from A to B carrying `seq`: 60..1514 bytes, partly
 /// repetitive (so RX lines deduplicate), partly unique.
-fn frame(seq: u32, rng: &mut u64) -> Vec<u8> {
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    let len = 60 + (*rng % 1455) as usize;
+fn frame(seq: u32, rng: &mut Rng) -> Vec<u8> {
+    let x = rng.next_u64();
+    let len = 60 + (x % 1455) as usize;
     let mut f = Vec::with_capacity(len);
     f.extend_from_slice(&MAC_B);
     f.extend_from_slice(&MAC_A);
@@ -35,7 +34,7 @@ fn frame(seq: u32, rng: &mut u64) -> Vec<u8> {
         f.push(if (i / 64) % 2 == 0 {
             b'x'
         } else {
-            (*rng >> (i % 56)) as u8 ^ i as u8
+            (x >> (i % 56)) as u8 ^ i as u8
         });
     }
     f
@@ -101,7 +100,7 @@ fn exchange(p: &mut Pair, frames: &[Vec<u8>], batch: usize) -> Vec<Vec<u8>> {
 }
 
 fn frames(n: u32, seed: u64) -> Vec<Vec<u8>> {
-    let mut rng = seed | 1;
+    let mut rng = Rng::new(seed);
     (0..n).map(|i| frame(i, &mut rng)).collect()
 }
 
