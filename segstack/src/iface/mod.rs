@@ -22,6 +22,19 @@
 //! One [`Interface::poll`] runs the device, processes every received frame,
 //! runs every socket's timers and output, rings one doorbell, and returns the
 //! sockets with something to report.
+//!
+//! ## Files
+//! As in smoltcp, the socket set is kept apart from the interface state, so
+//! that a socket emits straight into the frame builder while the set is
+//! borrowed:
+//!
+//! - `socket_set`: the sockets by handle and the demultiplexing tables;
+//! - `sockets`: the application's calls (listen, connect, send, receive,
+//!   close, UDP);
+//! - `neighbour`: the ARP cache;
+//! - `tx`: frame building (headers, then nicdma's splicing frame builder);
+//! - `rx`: parsing and demultiplexing of received segments;
+//! - this file: configuration, counters, and the poll loop.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
