@@ -15,7 +15,7 @@
 //!
 //! ## RX (section 3.3)
 //! A harvested RX segment is parsed in place (headers are read into a small
-//! buffer); the payload handed to sockets is a [`Payload`] naming the bytes
+//! buffer); the payload handed to sockets is a [`Payload`](crate::Payload) naming the bytes
 //! inside that same segment.
 //!
 //! ## Batching (PASTE)
