@@ -31,3 +31,31 @@ pub(crate) fn verified(acc: &Accumulator) -> Result<(), WireError> {
         Err(WireError::Checksum)
     }
 }
+
+/// Stores at `at` in `header` the folded, non-complemented sum of the
+/// pseudo header (`CHECKSUM_PARTIAL`: the NIC completes it).
+pub(crate) fn put_pseudo(
+    header: &mut [u8],
+    at: usize,
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    protocol: u8,
+    len: u32,
+) {
+    let c = fold(pseudo_header(src, dst, protocol, len));
+    header[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The checksum of a transport header `h` whose checksum field at `at` is
+/// zeroed first, over the pseudo header and a payload of partial sum
+/// `payload_sum`; the field is left zero.
+pub(crate) fn transport(
+    h: &mut [u8],
+    at: usize,
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    protocol: u8,
+    len: u32,
+    payload_sum: u64,
+) -> u16 {
+    h[at..at + 2].copy_from_slice(&[0, 0]);
+    !fold(sum(pseudo_header(src, dst, protocol, len) + payload_sum, h))
+}
