@@ -3,9 +3,9 @@
 //! counters, back-pressure and notifications.
 
 use hicamp::{Config, Memory, Segment};
-use testkit::Rng;
 use nicdma::sim::{LinkConfig, SimNet, SimPort};
 use nicdma::{frame_bytes, tx_segment, Nic, NicConfig, VirtioNetHdr};
+use testkit::Rng;
 
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
