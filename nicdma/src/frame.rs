@@ -83,6 +83,8 @@ mod tests {
             assert_eq!((off + hdr) % ls, phase % ls);
             assert!(off + hdr < META_LEN + hdr + ls);
         }
+        // Ethernet + IPv4 + TCP with timestamps (66 bytes) on 64-byte lines.
+        assert_eq!(aligned_frame_off(64, 66, 0), 62);
     }
 
     #[test]

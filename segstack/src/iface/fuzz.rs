@@ -63,7 +63,8 @@ impl IngressFuzzer {
             ..VirtioNetHdr::default()
         };
         let mem = self.iface.memory().clone();
-        let Ok(seg) = nicdma::tx_segment(&mem, vnet, 62, frame) else {
+        let Ok(seg) = nicdma::tx_segment(&mem, vnet, self.iface.config().nic.rx_frame_off, frame)
+        else {
             return;
         };
         self.now += 1_000_000;

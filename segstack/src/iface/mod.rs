@@ -156,9 +156,10 @@ impl IfaceConfig {
             nic: NicConfig {
                 tx_slots: 1024,
                 rx_slots: 1024,
-                // Ethernet + IPv4 + TCP with timestamps is 66 bytes: with the
-                // frame at 2 * 64 - 66 a typical TCP payload starts on a line.
-                rx_frame_off: 62,
+                // Ethernet + IPv4 + TCP with timestamps is 66 bytes: the frame
+                // offset that starts a typical TCP payload on a 64-byte line
+                // (62).
+                rx_frame_off: nicdma::frame::aligned_frame_off(64, ETH_LEN + IP_LEN + 32, 0),
                 tx_batch: 256,
                 rx_batch: 256,
             },
