@@ -38,7 +38,7 @@
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use hicamp::{Memory, Segment};
 use nicdma::{Nic, NicConfig, NicError, Port};
@@ -228,6 +228,20 @@ struct Inner {
     ident: u16,
     next_port: u16,
     secret: (u64, u64),
+}
+
+impl Inner {
+    /// RFC 6528: a keyed hash of the 4-tuple plus a 4 µs clock.
+    pub(super) fn iss(&self, local: SocketAddrV4, remote: SocketAddrV4, now: u64) -> u32 {
+        let mut h = std::hash::DefaultHasher::new();
+        h.write_u64(self.secret.0);
+        h.write_u32(u32::from(*local.ip()));
+        h.write_u16(local.port());
+        h.write_u32(u32::from(*remote.ip()));
+        h.write_u16(remote.port());
+        h.write_u64(self.secret.1);
+        (h.finish() as u32).wrapping_add((now / 4_000) as u32)
+    }
 }
 
 /// An IPv4 interface over a NIC.

@@ -3,7 +3,6 @@
 //! frame builder ([`nicdma::frame`]); checksums and segmentation are left to
 //! the NIC when offload is on.
 
-use std::hash::Hasher;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use hicamp::Segment;
@@ -18,18 +17,9 @@ use crate::wire::{
 use crate::Payload;
 
 impl Inner {
-    /// RFC 6528: a keyed hash of the 4-tuple plus a 4 µs clock.
-    pub(super) fn iss(&self, local: SocketAddrV4, remote: SocketAddrV4, now: u64) -> u32 {
-        let mut h = std::hash::DefaultHasher::new();
-        h.write_u64(self.secret.0);
-        h.write_u32(u32::from(*local.ip()));
-        h.write_u16(local.port());
-        h.write_u32(u32::from(*remote.ip()));
-        h.write_u16(remote.port());
-        h.write_u64(self.secret.1);
-        (h.finish() as u32).wrapping_add((now / 4_000) as u32)
-    }
-
+    /// Builds and queues a TCP segment from `local` to `remote`: the header
+    /// of `repr`, then the `payload` slices, cut at `gso_mss` by the NIC when
+    /// longer.
     pub(super) fn send_tcp(
         &mut self,
         now: u64,
@@ -49,10 +39,7 @@ impl Inner {
             Some(wire::tcp::CHECKSUM_OFFSET as u16)
         } else {
             let mut acc = checksum::Accumulator::new();
-            payload
-                .iter()
-                .flat_map(Payload::chunks)
-                .for_each(|c| acc.add(c));
+            acc.add_chunks(payload.iter().flat_map(Payload::chunks));
             wire::tcp::fill_checksum(
                 &mut l4[..thl],
                 *local.ip(),
