@@ -25,7 +25,7 @@ const KERNEL_MAC: [u8; 6] = [2, 0, 0, 0x78, 0, 1];
 const OUR_MAC: [u8; 6] = [2, 0, 0, 0x78, 0, 2];
 
 fn csum(data: &[u8]) -> u16 {
-    nicdma::offload::fold(nicdma::offload::sum16(0, data))
+    nicdma::checksum::checksum(data)
 }
 
 /// Ethernet/IPv4/UDP of `len` bytes from 10.78.0.2 to 10.78.0.1:9 (UDP

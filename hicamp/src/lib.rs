@@ -68,6 +68,7 @@ mod persist;
 #[allow(unsafe_code)]
 mod region;
 mod segment;
+mod slice;
 mod splice;
 mod stats;
 #[allow(unsafe_code)]
@@ -83,6 +84,7 @@ pub use map::{MapEntry, SegmentMap};
 pub use memory::{Memory, Recovery};
 pub use persist::{FORMAT_VERSION, MAGIC};
 pub use segment::{Cursor, Segment, SegmentMut};
+pub use slice::SegmentSlice;
 pub use splice::{Piece, SpliceCounts};
 pub use stats::Stats;
 pub use store::WriteCounts;

@@ -1,7 +1,8 @@
 //! Splicing: a new segment made of pieces of others, sharing their lines.
 //!
 //! This is how a network stack puts headers in front of an application's
-//! payload without copying it (seed 004, figure 3): the new segment's leaves
+//! payload without copying it ("Rethinking Network Stack Design with Memory
+//! Snapshots", figure 3): the new segment's leaves
 //! are the source segment's own leaf lines wherever a whole source line lands
 //! on a whole line of the result, so the payload costs one reference-count
 //! increment per line and no byte. Only lines that mix pieces (headers and the
@@ -14,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::id::{LineId, LineKind};
 use crate::memory::Memory;
 use crate::segment::Segment;
+use crate::slice::SegmentSlice;
 use crate::store::Store;
 
 /// One piece of a spliced segment, in order.
@@ -23,15 +25,14 @@ pub enum Piece<'a> {
     Bytes(&'a [u8]),
     /// This many zero bytes.
     Zeros(u64),
-    /// `len` bytes at offset `off` of a segment of the same memory.
-    Range {
-        /// The source segment.
-        seg: &'a Segment,
-        /// First byte.
-        off: u64,
-        /// Number of bytes.
-        len: u64,
-    },
+    /// A slice of a segment of the same memory.
+    Range(&'a SegmentSlice),
+}
+
+impl<'a> From<&'a SegmentSlice> for Piece<'a> {
+    fn from(s: &'a SegmentSlice) -> Piece<'a> {
+        Piece::Range(s)
+    }
 }
 
 impl Piece<'_> {
@@ -39,7 +40,7 @@ impl Piece<'_> {
         match *self {
             Piece::Bytes(b) => b.len() as u64,
             Piece::Zeros(n) => n,
-            Piece::Range { len, .. } => len,
+            Piece::Range(s) => s.len() as u64,
         }
     }
 }
@@ -159,16 +160,10 @@ impl Memory {
     pub fn splice(&self, pieces: &[Piece<'_>]) -> Result<(Segment, SpliceCounts)> {
         let mut total: u64 = 0;
         for p in pieces {
-            if let Piece::Range { seg, off, len } = *p {
-                if !seg.memory().same(self) {
+            // A slice is in bounds by construction; it must be ours.
+            if let Piece::Range(s) = *p {
+                if !s.segment().memory().same(self) {
                     return Err(Error::ForeignSegment);
-                }
-                if off.checked_add(len).is_none_or(|e| e > seg.len()) {
-                    return Err(Error::BadOffset {
-                        offset: off,
-                        len,
-                        seg_len: seg.len(),
-                    });
                 }
             }
             total = total.saturating_add(p.len());
@@ -188,7 +183,9 @@ impl Memory {
             match *p {
                 Piece::Bytes(d) => b.bytes(d, false)?,
                 Piece::Zeros(n) => b.zeros(n)?,
-                Piece::Range { seg, off, len } => b.range(seg, off, len, Some(i) == last)?,
+                Piece::Range(s) => {
+                    b.range(s.segment(), s.offset(), s.len() as u64, Some(i) == last)?
+                }
             }
         }
         if b.fill > 0 {
@@ -222,15 +219,9 @@ mod tests {
         let app = m.segment(&payload).unwrap();
         let live = m.live_lines();
         let hdr = [0xabu8; 128];
+        let range = SegmentSlice::new(app.clone(), 1024, 2048);
         let (s, c) = m
-            .splice(&[
-                Piece::Bytes(&hdr),
-                Piece::Range {
-                    seg: &app,
-                    off: 1024,
-                    len: 2048,
-                },
-            ])
+            .splice(&[Piece::Bytes(&hdr), Piece::Range(&range)])
             .unwrap();
         assert_eq!(c.copied_bytes, 0);
         assert_eq!(c.shared_lines, 32);
@@ -243,6 +234,7 @@ mod tests {
         // lines over 34 leaves (3 + a root at fanout 16).
         assert_eq!(m.live_lines() - live, 5);
         drop(s);
+        drop(range);
         drop(app);
         assert_eq!(m.live_lines(), 0);
     }
@@ -252,14 +244,11 @@ mod tests {
         let m = mem(64);
         let payload: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
         let app = m.segment(&payload).unwrap();
+        let range = SegmentSlice::new(app.clone(), 10, 990);
         let (s, c) = m
             .splice(&[
                 Piece::Bytes(b"hdr"),
-                Piece::Range {
-                    seg: &app,
-                    off: 10,
-                    len: 990,
-                },
+                Piece::Range(&range),
                 Piece::Zeros(100),
             ])
             .unwrap();
@@ -279,15 +268,9 @@ mod tests {
         let payload: Vec<u8> = (0..1000u32).map(|i| (i % 13 + 1) as u8).collect();
         let app = m.segment(&payload).unwrap();
         let hdr = [1u8; 64];
+        let range = SegmentSlice::new(app.clone(), 0, 1000);
         let (s, c) = m
-            .splice(&[
-                Piece::Bytes(&hdr),
-                Piece::Range {
-                    seg: &app,
-                    off: 0,
-                    len: 1000,
-                },
-            ])
+            .splice(&[Piece::Bytes(&hdr), Piece::Range(&range)])
             .unwrap();
         assert_eq!(c.copied_bytes, 0);
         assert_eq!(c.shared_lines, 16);
@@ -302,17 +285,10 @@ mod tests {
         let other = mem(64);
         let a = m.segment(b"abc").unwrap();
         let b = other.segment(b"abc").unwrap();
-        let r = m.splice(&[Piece::Range {
-            seg: &a,
-            off: 2,
-            len: 2,
-        }]);
+        let r = SegmentSlice::try_new(a.clone(), 2, 2);
         assert!(matches!(r, Err(Error::BadOffset { .. })));
-        let r = m.splice(&[Piece::Range {
-            seg: &b,
-            off: 0,
-            len: 1,
-        }]);
+        let foreign = SegmentSlice::new(b.clone(), 0, 1);
+        let r = m.splice(&[Piece::Range(&foreign)]);
         assert!(matches!(r, Err(Error::ForeignSegment)));
         assert_eq!(m.splice(&[]).unwrap().0.len(), 0);
     }
@@ -336,8 +312,17 @@ mod tests {
                     owned.push(vec![(*a % 255) as u8 + 1; *b % 200]);
                 }
             }
+            let mut ranges: Vec<SegmentSlice> = Vec::new();
+            for (kind, a, b) in &ops {
+                if *kind == 2 {
+                    let off = (*a).min(src.len());
+                    let len = (*b).min(src.len() - off);
+                    ranges.push(SegmentSlice::new(seg.clone(), off as u64, len));
+                }
+            }
             let mut pieces = Vec::new();
             let mut oi = 0;
+            let mut ri = 0;
             let mut range_bytes = 0u64;
             for (kind, a, b) in &ops {
                 match kind {
@@ -355,7 +340,8 @@ mod tests {
                         let len = (*b).min(src.len() - off);
                         want.extend_from_slice(&src[off..off + len]);
                         range_bytes += len as u64;
-                        pieces.push(Piece::Range { seg: &seg, off: off as u64, len: len as u64 });
+                        pieces.push(Piece::Range(&ranges[ri]));
+                        ri += 1;
                     }
                 }
             }
@@ -364,6 +350,8 @@ mod tests {
             proptest::prop_assert_eq!(&s, &m.segment(&want).unwrap());
             proptest::prop_assert_eq!(c.copied_bytes + c.shared_bytes, range_bytes);
             drop(s);
+            drop(pieces);
+            drop(ranges);
             drop(seg);
             proptest::prop_assert_eq!(m.live_lines(), 0);
         }

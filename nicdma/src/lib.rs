@@ -1,18 +1,87 @@
-//! A NIC DMA model on HICAMP memory (seed 004, sections 3.2 and 3.3).
+//! A NIC DMA model on HICAMP memory ("Rethinking Network Stack Design with
+//! Memory Snapshots", sections 3.2 and 3.3).
 //!
-//! The NIC addresses memory by segment id. Its TX and RX rings are contiguous
-//! ranges of segment ids with a head and a tail; the DMA metadata (frame
-//! length, checksum and segmentation offload, completion status) lives in each
-//! segment's first bytes. The driver prepares a batch of segments and rings one
-//! doorbell; the NIC reads them through the memory (the "memory controller")
-//! and writes frames to a [`Port`]; received frames are deposited into RX
-//! segments, where line deduplication happens.
+//! # The problem
+//!
+//! A NIC normally reads descriptors from one ring and payload bytes from
+//! buffers the driver pinned for it, so a packet is copied into a DMA buffer
+//! and its metadata lives apart from it. On HICAMP memory a packet is a
+//! segment: an immutable, deduplicated snapshot that the NIC can be handed
+//! by id, with no copy and no pinning.
+//!
+//! # Concepts
+//!
+//! * A [`SegRing`] is a contiguous range of segment ids with a head and a
+//!   tail; the NIC owns the slots between them.
+//! * Each ring segment carries its DMA metadata ([`DmaMeta`]: offloads,
+//!   frame offset, completion status) in its first [`META_LEN`] bytes; the
+//!   frame follows after some headroom. [`frame`] builds and reads these
+//!   segments (the layout is drawn there), splicing the payload's own lines
+//!   behind the headers.
+//! * The [`Nic`] is the driver's batch interface and the DMA engine: the
+//!   driver prepares a batch of segments and rings one doorbell; the NIC
+//!   reads them through the memory (the "memory controller") and writes
+//!   frames to a [`Port`]; received frames are deposited into RX segments,
+//!   where line deduplication happens.
+//! * Ports: [`sim`] (a simulated link with loss, delay and reordering on a
+//!   virtual clock, applying the [`offload`]s in software) and [`tap`] (a
+//!   Linux TAP device, the kernel as the link partner).
+//! * [`checksum`] is the workspace's one Internet checksum.
+//!
+//! # Example
+//!
+//! Two NICs on a simulated link exchange one frame:
+//!
+//! ```
+//! use hicamp::{Config, Memory};
+//! use nicdma::sim::{LinkConfig, SimNet};
+//! use nicdma::{frame_bytes, tx_segment, Nic, NicConfig, VirtioNetHdr};
+//!
+//! let mem = Memory::new(Config::default())?;
+//! let (net, port_a, port_b) = SimNet::pair(1, LinkConfig::default())?;
+//! let mut a = Nic::new(&mem, port_a, NicConfig::default())?;
+//! let mut b = Nic::new(&mem, port_b, NicConfig::default())?;
+//!
+//! // Destination, source, an experimental ethertype, then the payload.
+//! let mut frame = vec![0xff; 6];
+//! frame.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x88, 0xb5]);
+//! frame.extend_from_slice(b"hello, segments");
+//! let seg = tx_segment(&mem, VirtioNetHdr::default(), 64, &frame)?;
+//!
+//! b.rx_refill()?; // post B's empty RX slots
+//! assert!(a.tx_prepare(&seg)?); // a snapshot into A's TX ring
+//! a.tx_doorbell()?; // one doorbell for the batch
+//! a.dma()?; // A's device transmits onto the link
+//! net.clock().advance(1_000);
+//! b.dma()?; // B's device deposits the frame into an RX segment
+//! let mut rx = Vec::new();
+//! assert_eq!(b.rx_harvest(&mut rx, 16)?, 1);
+//! let (_meta, got) = frame_bytes(&rx[0]).expect("a well-formed RX segment");
+//! assert_eq!(got, frame);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Unsafe code
+//!
+//! The crate denies unsafe code except in one private module, `sys` (the
+//! TAP ioctls, `poll`, `setns` and `geteuid`), where every block carries a
+//! `// SAFETY:` comment.
+//!
+//! # Test support
+//!
+//! With the `test-support` feature (and in this crate's tests), the
+//! namespace lab `tap::NetNs` and the ARP/ICMP `responder` are built: test
+//! doubles for tests, benches and tools, not part of the API.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
+pub mod checksum;
+pub mod frame;
 pub mod meta;
 pub mod nic;
 pub mod offload;
 pub mod port;
+#[cfg(any(test, feature = "test-support"))]
 pub mod responder;
 pub mod ring;
 pub mod sim;
@@ -20,7 +89,8 @@ pub mod sim;
 mod sys;
 pub mod tap;
 
+pub use frame::{frame_bytes, tx_segment};
 pub use meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};
-pub use nic::{frame_bytes, tx_segment, Nic, NicConfig, NicCounters, NicError, Work};
+pub use nic::{Nic, NicConfig, NicCounters, NicError, Work};
 pub use port::{Port, PortError, TxOutcome};
 pub use ring::{Owner, RingError, SegRing};

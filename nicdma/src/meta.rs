@@ -1,6 +1,7 @@
-//! The DMA metadata embedded in each ring segment's first bytes (seed 004,
-//! section 3.2: "metadata is embedded within the segments instead of being
-//! stored in a separate descriptor ring").
+//! The DMA metadata embedded in each ring segment's first bytes
+//! ("Rethinking Network Stack Design with Memory Snapshots", section 3.2:
+//! "metadata is embedded within the segments instead of being stored in a
+//! separate descriptor ring").
 //!
 //! ```text
 //!  offset 0   virtio-net header (12 bytes, the TAP backend's own format):
@@ -19,8 +20,25 @@
 //! host's order (as the kernel expects over TAP without VNET_LE tweaks; this
 //! model runs on little-endian hosts).
 
+use hicamp::Segment;
+
 /// Bytes reserved for the metadata at the start of every ring segment.
 pub const META_LEN: usize = 32;
+
+/// Where each field of the metadata lies in a ring segment (see the layout
+/// above).
+pub mod offset {
+    /// The virtio-net header ([`VNET_HDR_LEN`](super::VNET_HDR_LEN) bytes).
+    pub const VNET: u64 = 0;
+    /// `frame_off`, u16.
+    pub const FRAME_OFF: u64 = 12;
+    /// `status`, u16: the field the NIC writes on completion.
+    pub const STATUS: u64 = 14;
+    /// `frame_len`, u32.
+    pub const FRAME_LEN: u64 = 16;
+    /// `gso_segs`, u16.
+    pub const GSO_SEGS: u64 = 20;
+}
 
 /// `flags`: the frame needs a checksum computed from `csum_start`, stored at
 /// `csum_start + csum_offset` (VIRTIO_NET_HDR_F_NEEDS_CSUM).
@@ -163,11 +181,12 @@ impl DmaMeta {
     /// Encodes into [`META_LEN`] bytes.
     pub fn to_bytes(&self) -> [u8; META_LEN] {
         let mut b = [0u8; META_LEN];
-        b[..VNET_HDR_LEN].copy_from_slice(&self.vnet.to_bytes());
-        b[12..14].copy_from_slice(&self.frame_off.to_le_bytes());
-        b[14..16].copy_from_slice(&self.status.to_le_bytes());
-        b[16..20].copy_from_slice(&self.frame_len.to_le_bytes());
-        b[20..22].copy_from_slice(&self.gso_segs.to_le_bytes());
+        let mut put = |at: u64, v: &[u8]| b[at as usize..at as usize + v.len()].copy_from_slice(v);
+        put(offset::VNET, &self.vnet.to_bytes());
+        put(offset::FRAME_OFF, &self.frame_off.to_le_bytes());
+        put(offset::STATUS, &self.status.to_le_bytes());
+        put(offset::FRAME_LEN, &self.frame_len.to_le_bytes());
+        put(offset::GSO_SEGS, &self.gso_segs.to_le_bytes());
         b
     }
 
@@ -177,13 +196,15 @@ impl DmaMeta {
         if b.len() < META_LEN {
             return Err(MetaError::Short(b.len()));
         }
-        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let u16_at = |i: u64| u16::from_le_bytes([b[i as usize], b[i as usize + 1]]);
+        let f = offset::FRAME_LEN as usize;
         let m = DmaMeta {
-            vnet: VirtioNetHdr::from_bytes(b).ok_or(MetaError::Short(b.len()))?,
-            frame_off: u16_at(12),
-            status: u16_at(14),
-            frame_len: u32::from_le_bytes([b[16], b[17], b[18], b[19]]),
-            gso_segs: u16_at(20),
+            vnet: VirtioNetHdr::from_bytes(&b[offset::VNET as usize..])
+                .ok_or(MetaError::Short(b.len()))?,
+            frame_off: u16_at(offset::FRAME_OFF),
+            status: u16_at(offset::STATUS),
+            frame_len: u32::from_le_bytes([b[f], b[f + 1], b[f + 2], b[f + 3]]),
+            gso_segs: u16_at(offset::GSO_SEGS),
         };
         let end = u64::from(m.frame_off) + u64::from(m.frame_len);
         if (m.frame_off as usize) < META_LEN || end > seg_len {
@@ -203,6 +224,14 @@ impl DmaMeta {
             });
         }
         Ok(m)
+    }
+
+    /// Reads and [`parse`](DmaMeta::parse)s the metadata at the start of a
+    /// ring segment.
+    pub fn read(seg: &Segment) -> Result<DmaMeta, MetaError> {
+        let mut head = [0u8; META_LEN];
+        let n = seg.read_at(0, &mut head).map_err(|_| MetaError::Short(0))?;
+        DmaMeta::parse(&head[..n], seg.len())
     }
 }
 

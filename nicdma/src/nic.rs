@@ -28,7 +28,7 @@ use std::os::unix::net::UnixDatagram;
 
 use hicamp::{Memory, Segment, SegmentId};
 
-use crate::meta::{status, DmaMeta, VirtioNetHdr, META_LEN};
+use crate::meta::{offset, status, DmaMeta, VirtioNetHdr, META_LEN};
 use crate::port::{Port, PortError, TxOutcome};
 use crate::ring::{RingError, SegRing};
 
@@ -121,36 +121,6 @@ pub struct Work {
     pub tx: u32,
     /// RX slots completed.
     pub rx: u32,
-}
-
-/// Builds a TX segment: metadata, zero headroom up to `frame_off`, the frame.
-pub fn tx_segment(
-    mem: &Memory,
-    vnet: VirtioNetHdr,
-    frame_off: u16,
-    frame: &[u8],
-) -> Result<Segment, hicamp::Error> {
-    let off = frame_off.max(META_LEN as u16);
-    let meta = DmaMeta {
-        vnet,
-        frame_off: off,
-        frame_len: frame.len() as u32,
-        ..DmaMeta::default()
-    };
-    let mut b = mem.builder();
-    b.write_at(0, &meta.to_bytes())?;
-    b.write_at(u64::from(off), frame)?;
-    Ok(b.freeze())
-}
-
-/// The frame bytes of a ring segment (for tests and tools; copies).
-pub fn frame_bytes(seg: &Segment) -> Option<(DmaMeta, Vec<u8>)> {
-    let mut head = [0u8; META_LEN];
-    seg.read_at(0, &mut head).ok()?;
-    let meta = DmaMeta::parse(&head, seg.len()).ok()?;
-    let mut frame = vec![0u8; meta.frame_len as usize];
-    seg.read_at(u64::from(meta.frame_off), &mut frame).ok()?;
-    Some((meta, frame))
 }
 
 /// A NIC over a memory and a port.
@@ -287,7 +257,7 @@ impl<P: Port> Nic<P> {
         for i in 0..n {
             let slot = self.tx.completed_slot(i).expect("counted");
             let mut st = [0u8; 2];
-            self.mem.map().read_at(slot, 14, &mut st)?;
+            self.mem.map().read_at(slot, offset::STATUS, &mut st)?;
             if u16::from_le_bytes(st) == status::OK {
                 ok += 1;
             } else {
@@ -342,7 +312,9 @@ impl<P: Port> Nic<P> {
     }
 
     fn set_status(&self, slot: SegmentId, st: u16) -> Result<(), NicError> {
-        self.mem.map().write_at(slot, 14, &st.to_le_bytes())?;
+        self.mem
+            .map()
+            .write_at(slot, offset::STATUS, &st.to_le_bytes())?;
         Ok(())
     }
 
@@ -351,10 +323,8 @@ impl<P: Port> Nic<P> {
         while done < self.cfg.tx_batch && self.tx.nic_owned() > 0 {
             let slot = self.tx.nic_slot(0).expect("owned");
             let seg = self.mem.map().get(slot)?;
-            let mut head = [0u8; META_LEN];
-            let n = seg.read_at(0, &mut head)?;
             self.counters.tx_lines_read += 1;
-            let st = match DmaMeta::parse(&head[..n], seg.len()) {
+            let st = match DmaMeta::read(&seg) {
                 Err(_) => {
                     self.counters.tx_bad += 1;
                     status::BAD_FRAME

@@ -8,6 +8,7 @@
 //! Ports that put flattened frames on a wire (the sim backend) apply these;
 //! the TAP backend hands the metadata to the kernel instead.
 
+use crate::checksum::{checksum, fold, sum};
 use crate::meta::{gso, VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM};
 
 /// Why offloads could not be applied (the frame is then dropped).
@@ -24,26 +25,6 @@ pub enum OffloadError {
     UnsupportedGso(u8),
 }
 
-/// Internet checksum accumulation (ones' complement sum of 16-bit words).
-pub fn sum16(mut acc: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [b] = chunks.remainder() {
-        acc += u32::from(*b) << 8;
-    }
-    acc
-}
-
-/// Folds a sum into the final 16-bit checksum (complemented).
-pub fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
-
 fn complete_checksum(vnet: &VirtioNetHdr, f: &mut [u8]) -> Result<(), OffloadError> {
     let start = vnet.csum_start as usize;
     let at = start + vnet.csum_offset as usize;
@@ -51,7 +32,7 @@ fn complete_checksum(vnet: &VirtioNetHdr, f: &mut [u8]) -> Result<(), OffloadErr
         return Err(OffloadError::BadChecksumOffsets);
     }
     // The field holds the pseudo-header sum: include it, then store.
-    let c = fold(sum16(0, &f[start..]));
+    let c = checksum(&f[start..]);
     f[at..at + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
 }
@@ -119,7 +100,7 @@ fn tso4(vnet: &VirtioNetHdr, f: &[u8]) -> Result<Vec<Vec<u8>>, OffloadError> {
         s[16..18].copy_from_slice(&total.to_be_bytes());
         s[18..20].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
         s[24..26].copy_from_slice(&[0, 0]);
-        let hc = fold(sum16(0, &s[14..l4]));
+        let hc = checksum(&s[14..l4]);
         s[24..26].copy_from_slice(&hc.to_be_bytes());
         // TCP: sequence number, flags (CWR on the first only; FIN and PSH on
         // the last only), checksum over the pseudo-header and segment.
@@ -134,9 +115,9 @@ fn tso4(vnet: &VirtioNetHdr, f: &[u8]) -> Result<Vec<Vec<u8>>, OffloadError> {
         }
         s[l4 + 13] = fl;
         s[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
-        let mut acc = sum16(0, &s[26..34]); // source and destination address
-        acc += 6 + (tcp_len + piece.len()) as u32;
-        let tc = fold(sum16(acc, &s[l4..]));
+        let mut acc = sum(0, &s[26..34]); // source and destination address
+        acc += 6 + (tcp_len + piece.len()) as u64;
+        let tc = !fold(sum(acc, &s[l4..]));
         s[l4 + 16..l4 + 18].copy_from_slice(&tc.to_be_bytes());
         out.push(s);
     }
@@ -165,17 +146,17 @@ mod tests {
         f[46] = 0x50;
         f[47] = flags;
         f.extend_from_slice(payload);
-        let hc = fold(sum16(0, &f[14..34]));
+        let hc = checksum(&f[14..34]);
         f[24..26].copy_from_slice(&hc.to_be_bytes());
-        let mut acc = sum16(0, &f[26..34]) + 6 + (20 + payload.len()) as u32;
-        acc = sum16(acc, &f[34..]);
-        f[50..52].copy_from_slice(&fold(acc).to_be_bytes());
+        let mut acc = sum(0, &f[26..34]) + 6 + (20 + payload.len()) as u64;
+        acc = sum(acc, &f[34..]);
+        f[50..52].copy_from_slice(&(!fold(acc)).to_be_bytes());
         f
     }
 
     fn tcp_ok(f: &[u8]) -> bool {
-        let acc = sum16(0, &f[26..34]) + 6 + (f.len() - 34) as u32;
-        fold(sum16(0, &f[14..34])) == 0 && fold(sum16(acc, &f[34..])) == 0
+        let acc = sum(0, &f[26..34]) + 6 + (f.len() - 34) as u64;
+        checksum(&f[14..34]) == 0 && !fold(sum(acc, &f[34..])) == 0
     }
 
     #[test]
@@ -184,12 +165,8 @@ mod tests {
         assert!(tcp_ok(&want));
         // What Linux hands a NIC: the pseudo-header sum in the field.
         let mut partial = want.clone();
-        let pseudo = sum16(0, &partial[26..34]) + 6 + (partial.len() - 34) as u32;
-        let mut p = pseudo;
-        while p > 0xffff {
-            p = (p & 0xffff) + (p >> 16);
-        }
-        partial[50..52].copy_from_slice(&(p as u16).to_be_bytes());
+        let pseudo = sum(0, &partial[26..34]) + 6 + (partial.len() - 34) as u64;
+        partial[50..52].copy_from_slice(&fold(pseudo).to_be_bytes());
         let vnet = VirtioNetHdr {
             flags: F_NEEDS_CSUM,
             csum_start: 34,

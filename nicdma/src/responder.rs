@@ -6,9 +6,9 @@
 
 use hicamp::Segment;
 
-use crate::meta::{DmaMeta, VirtioNetHdr, META_LEN};
+use crate::checksum::{checksum, fold, Accumulator};
+use crate::meta::{DmaMeta, VirtioNetHdr};
 use crate::nic::{Nic, NicError};
-use crate::offload::{fold, sum16};
 use crate::port::Port;
 
 /// What the responder did.
@@ -86,12 +86,7 @@ impl Responder {
 
     /// The reply to one received ring segment, if it deserves one.
     pub fn answer(&mut self, seg: &Segment) -> Result<Option<Segment>, NicError> {
-        let mut head = [0u8; META_LEN];
-        if seg.read_at(0, &mut head)? < META_LEN {
-            self.counters.malformed += 1;
-            return Ok(None);
-        }
-        let Ok(meta) = DmaMeta::parse(&head, seg.len()) else {
+        let Ok(meta) = DmaMeta::read(seg) else {
             self.counters.malformed += 1;
             return Ok(None);
         };
@@ -171,7 +166,7 @@ impl Responder {
                 if ihl < 20 || h.len() < 14 + ihl + 8 || total < ihl + 8 || 14 + total > len {
                     return Ok(Verdict::Malformed);
                 }
-                if fold(sum16(0, &h[14..14 + ihl])) != 0 {
+                if checksum(&h[14..14 + ihl]) != 0 {
                     return Ok(Verdict::Malformed);
                 }
                 if h[23] != 1 || h[30..34] != self.ip {
@@ -183,20 +178,16 @@ impl Responder {
                 }
                 // The ICMP checksum covers the payload: walk it through the
                 // cursor (no copy) to check it.
-                let mut acc = 0u32;
-                let mut odd = false;
+                let mut acc = Accumulator::new();
                 let mut c = seg.cursor_at(u64::from(frame_off) + icmp as u64);
                 let mut left = total - ihl;
                 while left > 0 {
                     let chunk = &c.chunk()[..c.chunk().len().min(left)];
-                    for &b in chunk {
-                        acc += if odd { u32::from(b) } else { u32::from(b) << 8 };
-                        odd = !odd;
-                    }
+                    acc.add(chunk);
                     left -= chunk.len();
                     c.advance(chunk.len());
                 }
-                if fold(acc) != 0 {
+                if acc.checksum() != 0 {
                     return Ok(Verdict::Malformed);
                 }
                 self.counters.echo_replies += 1;
@@ -208,11 +199,11 @@ impl Responder {
                 ip[12..16].copy_from_slice(&self.ip);
                 ip[8] = 64;
                 ip[10..12].copy_from_slice(&[0, 0]);
-                let c = fold(sum16(0, &ip));
+                let c = checksum(&ip);
                 ip[10..12].copy_from_slice(&c.to_be_bytes());
                 // ICMP: type 0; the checksum changes by the type's difference.
                 let old = u16::from_be_bytes([h[icmp + 2], h[icmp + 3]]);
-                let new = fold(u32::from(!old) + 0xffff - 0x0800);
+                let new = !fold(u64::from(!old) + 0xffff - 0x0800);
                 let mut icmp_hdr = vec![0u8, 0];
                 icmp_hdr.extend_from_slice(&new.to_be_bytes());
                 Ok(Verdict::Reply(vec![(0, eth), (14, ip), (icmp, icmp_hdr)]))

@@ -1,5 +1,6 @@
 //! A ring of segments: a contiguous range of segment ids with a head and a
-//! tail (seed 004, section 3.2).
+//! tail ("Rethinking Network Stack Design with Memory Snapshots", section
+//! 3.2).
 //!
 //! ```text
 //!   base                                                    base+size-1

@@ -100,19 +100,43 @@ pub struct SimCounters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TraceEvent {
     /// A frame left port `from` at `at`.
-    Sent { at: u64, from: usize, len: usize },
+    Sent {
+        /// Virtual time (ns).
+        at: u64,
+        /// The sending port.
+        from: usize,
+        /// Frame length in bytes.
+        len: usize,
+    },
     /// A frame for port `to` was lost.
-    Lost { at: u64, to: usize },
+    Lost {
+        /// Virtual time (ns).
+        at: u64,
+        /// The port it was for.
+        to: usize,
+    },
     /// A frame was queued for `to`, due at `due`.
     Queued {
+        /// Virtual time (ns).
         at: u64,
+        /// The receiving port.
         to: usize,
+        /// When it is delivered (ns).
         due: u64,
+        /// The frame's sequence number on the link.
         seq: u64,
+        /// A hash of the frame's bytes (as queued, after any corruption).
         digest: u64,
     },
     /// Port `to` received frame `seq` at `at`.
-    Delivered { at: u64, to: usize, seq: u64 },
+    Delivered {
+        /// Virtual time (ns).
+        at: u64,
+        /// The receiving port.
+        to: usize,
+        /// The frame's sequence number on the link.
+        seq: u64,
+    },
 }
 
 struct InFlight {

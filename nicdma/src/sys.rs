@@ -172,6 +172,7 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<
     }
 }
 
+#[cfg(any(test, feature = "test-support"))]
 /// `setns(fd, CLONE_NEWNET)`: moves the calling thread (only) into the network
 /// namespace that `fd` refers to.
 pub fn setns_net(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -181,6 +182,7 @@ pub fn setns_net(fd: BorrowedFd<'_>) -> io::Result<()> {
     check(ret).map(drop)
 }
 
+#[cfg(any(test, feature = "test-support"))]
 /// The effective user id of the calling thread.
 pub fn geteuid() -> u32 {
     // SAFETY: `geteuid` has no preconditions and cannot fail.

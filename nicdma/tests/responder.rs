@@ -2,7 +2,7 @@
 //! ARP requests and pings and checks the replies byte by byte.
 
 use hicamp::{Config, Memory, Segment};
-use nicdma::offload::{fold, sum16};
+use nicdma::checksum::checksum;
 use nicdma::responder::Responder;
 use nicdma::sim::{LinkConfig, SimNet, SimPort};
 use nicdma::{frame_bytes, tx_segment, Nic, NicConfig, VirtioNetHdr};
@@ -63,14 +63,14 @@ fn echo_request(payload: &[u8], id: u16, seq: u16) -> Vec<u8> {
     ip.extend_from_slice(&[0, 9, 0x40, 0, 64, 1, 0, 0]);
     ip.extend_from_slice(&C_IP);
     ip.extend_from_slice(&R_IP);
-    let c = fold(sum16(0, &ip));
+    let c = checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&ip);
     let mut icmp = vec![8, 0, 0, 0];
     icmp.extend_from_slice(&id.to_be_bytes());
     icmp.extend_from_slice(&seq.to_be_bytes());
     icmp.extend_from_slice(payload);
-    let c = fold(sum16(0, &icmp));
+    let c = checksum(&icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&icmp);
     f
@@ -119,11 +119,11 @@ fn answers_pings_without_copying_the_payload() {
     for (seq, g) in got.iter().enumerate() {
         assert_eq!(&g[0..6], &C_MAC);
         assert_eq!(&g[6..12], &R_MAC);
-        assert_eq!(fold(sum16(0, &g[14..34])), 0, "IPv4 checksum");
+        assert_eq!(checksum(&g[14..34]), 0, "IPv4 checksum");
         assert_eq!(&g[26..30], &R_IP);
         assert_eq!(&g[30..34], &C_IP);
         assert_eq!(g[34], 0, "echo reply");
-        assert_eq!(fold(sum16(0, &g[34..])), 0, "ICMP checksum");
+        assert_eq!(checksum(&g[34..]), 0, "ICMP checksum");
         assert_eq!(u16::from_be_bytes([g[40], g[41]]), seq as u16);
         assert_eq!(&g[42..], &payload[..]);
     }

@@ -5,6 +5,7 @@
 use hicamp::{Config, Memory, Segment};
 use nicdma::sim::{LinkConfig, SimNet, SimPort};
 use nicdma::{frame_bytes, tx_segment, Nic, NicConfig, VirtioNetHdr};
+use testkit::Rng;
 
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
@@ -20,11 +21,9 @@ fn mem() -> Memory {
 
 /// An Ethernet frame from A to B carrying `seq`: 60..1514 bytes, partly
 /// repetitive (so RX lines deduplicate), partly unique.
-fn frame(seq: u32, rng: &mut u64) -> Vec<u8> {
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    let len = 60 + (*rng % 1455) as usize;
+fn frame(seq: u32, rng: &mut Rng) -> Vec<u8> {
+    let x = rng.next_u64();
+    let len = 60 + (x % 1455) as usize;
     let mut f = Vec::with_capacity(len);
     f.extend_from_slice(&MAC_B);
     f.extend_from_slice(&MAC_A);
@@ -35,7 +34,7 @@ fn frame(seq: u32, rng: &mut u64) -> Vec<u8> {
         f.push(if (i / 64) % 2 == 0 {
             b'x'
         } else {
-            (*rng >> (i % 56)) as u8 ^ i as u8
+            (x >> (i % 56)) as u8 ^ i as u8
         });
     }
     f
@@ -101,7 +100,7 @@ fn exchange(p: &mut Pair, frames: &[Vec<u8>], batch: usize) -> Vec<Vec<u8>> {
 }
 
 fn frames(n: u32, seed: u64) -> Vec<Vec<u8>> {
-    let mut rng = seed | 1;
+    let mut rng = Rng::new(seed);
     (0..n).map(|i| frame(i, &mut rng)).collect()
 }
 
@@ -430,7 +429,7 @@ fn dropping_the_nics_releases_everything() {
 
 #[test]
 fn the_sim_nic_does_checksum_and_segmentation_offload() {
-    use nicdma::offload::{fold, sum16};
+    use nicdma::checksum::{checksum, fold, sum};
     let mut p = pair(12, LinkConfig::default(), NicConfig::default());
     // Ethernet/IPv4/TCP with 4000 bytes of payload, TCP checksum field
     // holding only the pseudo-header sum (as Linux hands it to a NIC).
@@ -472,9 +471,9 @@ fn the_sim_nic_does_checksum_and_segmentation_offload() {
     for seg in &out {
         let (meta, g) = frame_bytes(seg).unwrap();
         assert_eq!(meta.vnet.flags, nicdma::meta::F_DATA_VALID);
-        assert_eq!(fold(sum16(0, &g[14..34])), 0, "IPv4 header checksum");
-        let acc = sum16(0, &g[26..34]) + 6 + (g.len() - 34) as u32;
-        assert_eq!(fold(sum16(acc, &g[34..])), 0, "TCP checksum");
+        assert_eq!(checksum(&g[14..34]), 0, "IPv4 header checksum");
+        let acc = sum(0, &g[26..34]) + 6 + (g.len() - 34) as u64;
+        assert_eq!(!fold(sum(acc, &g[34..])), 0, "TCP checksum");
         joined.extend_from_slice(&g[54..]);
     }
     assert_eq!(joined, payload);

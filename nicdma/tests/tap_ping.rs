@@ -24,6 +24,7 @@ use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use nicdma::checksum::{checksum, fold, pseudo_header, sum};
 use nicdma::meta::{gso, F_NEEDS_CSUM};
 use nicdma::tap::{netns_supported, NetNs, Offload, TapPort};
 use nicdma::{Port, PortError, TxOutcome, VirtioNetHdr};
@@ -39,25 +40,16 @@ const IP_ICMP: u8 = 1;
 const IP_TCP: u8 = 6;
 const IP_UDP: u8 = 17;
 
-/// The ping tests need the kernel's `ping` (scripts/setup installs it).
-fn require_ping() {
-    assert!(
-        std::process::Command::new("ping")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "`ping` (Debian package iputils-ping) is missing: run scripts/setup"
-    );
+/// True (after saying why; a failure under CI) when the test cannot make
+/// namespaces.
+fn skip() -> bool {
+    testkit::require(netns_supported(), "root and iproute2")
 }
 
-fn skip() -> bool {
-    match netns_supported() {
-        Ok(()) => false,
-        Err(e) => {
-            eprintln!("skipped: needs root and iproute2 ({e})");
-            true
-        }
-    }
+/// True (likewise) when the kernel's `ping` is missing (scripts/setup
+/// installs it).
+fn skip_ping() -> bool {
+    testkit::require_program("ping", "-V")
 }
 
 /// A TAP port whose device lives in a fresh namespace as `10.77.<k>.1/24`.
@@ -106,38 +98,9 @@ fn be32(b: &[u8], i: usize) -> u32 {
     u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
-/// One's-complement sum of big-endian 16-bit words (odd tail padded).
-fn sum16(mut acc: u32, data: &[u8]) -> u32 {
-    let mut words = data.chunks_exact(2);
-    for w in &mut words {
-        acc += u32::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [last] = words.remainder() {
-        acc += u32::from(*last) << 8;
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
-/// The Internet checksum of `data` (0 when `data` holds a correct one).
-fn csum(data: &[u8]) -> u16 {
-    !fold(sum16(0, data))
-}
-
 /// Sum of the IPv4 pseudo-header for TCP/UDP.
-fn pseudo_sum(src: [u8; 4], dst: [u8; 4], proto: u8, len: usize) -> u32 {
-    let mut p = [0u8; 12];
-    p[..4].copy_from_slice(&src);
-    p[4..8].copy_from_slice(&dst);
-    p[9] = proto;
-    p[10..12].copy_from_slice(&(len as u16).to_be_bytes());
-    sum16(0, &p)
+fn pseudo_sum(src: [u8; 4], dst: [u8; 4], proto: u8, len: usize) -> u64 {
+    pseudo_header(src.into(), dst.into(), proto, len as u32)
 }
 
 /// Completes a partial checksum (virtio `F_NEEDS_CSUM`): the field holds the
@@ -149,7 +112,7 @@ fn complete_csum(hdr: &VirtioNetHdr, frame: &mut [u8]) {
     let start = usize::from(hdr.csum_start);
     let at = start + usize::from(hdr.csum_offset);
     assert!(at + 2 <= frame.len(), "checksum field outside the frame");
-    let mut c = csum(&frame[start..]);
+    let mut c = checksum(&frame[start..]);
     // (These tests carry only untagged IPv4: byte 23 is the protocol.)
     if c == 0 && frame.get(23) == Some(&IP_UDP) {
         c = 0xffff; // UDP says "no checksum" with 0
@@ -176,7 +139,7 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, id: u16, payload: &[u8]) -> Vec<u
     p[9] = proto;
     p[12..16].copy_from_slice(&src);
     p[16..20].copy_from_slice(&dst);
-    let c = csum(&p);
+    let c = checksum(&p);
     p[10..12].copy_from_slice(&c.to_be_bytes());
     p.extend_from_slice(payload);
     p
@@ -196,7 +159,7 @@ fn udp(src: [u8; 4], dst: [u8; 4], ports: (u16, u16), payload: &[u8], partial: b
     let c = if partial {
         fold(pseudo)
     } else {
-        match !fold(sum16(pseudo, &u)) {
+        match !fold(sum(pseudo, &u)) {
             0 => 0xffff,
             c => c,
         }
@@ -212,7 +175,7 @@ fn check_ipv4(ip: &[u8]) -> Option<(usize, usize)> {
     }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(be16(ip, 2));
-    if ihl < 20 || total < ihl || total > ip.len() || csum(&ip[..ihl]) != 0 {
+    if ihl < 20 || total < ihl || total > ip.len() || checksum(&ip[..ihl]) != 0 {
         return None;
     }
     Some((ihl, total))
@@ -262,14 +225,14 @@ fn respond(frame: &[u8], mac: [u8; 6], ip: [u8; 4], answered: &mut Answered) -> 
                 return None;
             }
             let icmp = &body[ihl..total];
-            if icmp.len() < 8 || icmp[0] != 8 || icmp[1] != 0 || csum(icmp) != 0 {
+            if icmp.len() < 8 || icmp[0] != 8 || icmp[1] != 0 || checksum(icmp) != 0 {
                 answered.other += 1;
                 return None;
             }
             let mut reply = icmp.to_vec();
             reply[0] = 0; // echo reply
             reply[2..4].copy_from_slice(&[0, 0]);
-            let c = csum(&reply);
+            let c = checksum(&reply);
             reply[2..4].copy_from_slice(&c.to_be_bytes());
             let peer: [u8; 4] = body[12..16].try_into().unwrap();
             answered.echo += 1;
@@ -344,10 +307,9 @@ fn serve_until_exit(
 
 #[test]
 fn kernel_pings_a_responder_on_the_port() {
-    if skip() {
+    if skip() || skip_ping() {
         return;
     }
-    require_ping();
     let mut lab = lab(1);
     let child = lab
         .ns
@@ -459,8 +421,8 @@ fn tcp_segment(frame: &[u8]) -> (u32, Vec<u8>) {
     let ip = &frame[14..];
     let (ihl, total) = check_ipv4(ip).expect("valid IPv4 header");
     let tcp = &ip[ihl..total];
-    let sum = sum16(pseudo_sum(SRC_IP, DST_IP, IP_TCP, tcp.len()), tcp);
-    assert_eq!(fold(sum), 0xffff, "TCP checksum");
+    let acc = sum(pseudo_sum(SRC_IP, DST_IP, IP_TCP, tcp.len()), tcp);
+    assert_eq!(fold(acc), 0xffff, "TCP checksum");
     let doff = usize::from(tcp[12] >> 4) * 4;
     (be32(tcp, 4), tcp[doff..].to_vec())
 }
@@ -493,8 +455,8 @@ fn bridge_completes_partial_checksums_and_segments_gso() {
     let (hdr, out) = &got[0];
     assert_eq!(hdr.flags & F_NEEDS_CSUM, 0, "b has no CSUM offload");
     let udp_out = &out[34..];
-    let sum = sum16(pseudo_sum(SRC_IP, DST_IP, IP_UDP, udp_out.len()), udp_out);
-    assert_eq!(fold(sum), 0xffff, "the kernel completed the UDP checksum");
+    let acc = sum(pseudo_sum(SRC_IP, DST_IP, IP_UDP, udp_out.len()), udp_out);
+    assert_eq!(fold(acc), 0xffff, "the kernel completed the UDP checksum");
     assert_eq!(&udp_out[8..], &payload[..500]);
     assert_eq!(out.len(), frame.len());
 
@@ -508,8 +470,8 @@ fn bridge_completes_partial_checksums_and_segments_gso() {
     assert_eq!(out, frame, "handed over untouched");
     complete_csum(&hdr, &mut out);
     let udp_out = &out[34..];
-    let sum = sum16(pseudo_sum(SRC_IP, DST_IP, IP_UDP, udp_out.len()), udp_out);
-    assert_eq!(fold(sum), 0xffff);
+    let acc = sum(pseudo_sum(SRC_IP, DST_IP, IP_UDP, udp_out.len()), udp_out);
+    assert_eq!(fold(acc), 0xffff);
 
     // 3. A TCP GSO super-frame (3000 bytes, MSS 1000) in; with b's offloads
     //    off it comes out as three complete segments.
@@ -858,10 +820,9 @@ fn tap_frame_rate() {
 /// the requests posted on the TX ring and gathered line by line into writev.
 #[test]
 fn kernel_pings_the_nic_responder_through_the_rings() {
-    if skip() {
+    if skip() || skip_ping() {
         return;
     }
-    require_ping();
     let Lab {
         port, ns, our_ip, ..
     } = lab(3);

@@ -20,15 +20,7 @@ fn mem() -> Memory {
 }
 
 fn data(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    testkit::Rng::new(seed).bytes(n)
 }
 
 const PORT: u16 = 5001;

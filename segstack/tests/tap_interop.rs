@@ -151,14 +151,7 @@ fn kernel_downloads_and_uploads_64_mib() {
             match i.recv(c, usize::MAX) {
                 Ok(chunks) if chunks.is_empty() => {
                     if !answered {
-                        let pieces: Vec<Piece<'_>> = parts
-                            .iter()
-                            .map(|p| Piece::Range {
-                                seg: p.segment(),
-                                off: p.offset(),
-                                len: p.len() as u64,
-                            })
-                            .collect();
+                        let pieces: Vec<Piece<'_>> = parts.iter().map(Piece::Range).collect();
                         let (seg, _) = mem.splice(&pieces).unwrap();
                         i.send_slice(c, &seg.digest()).unwrap();
                         i.close(c).unwrap();

@@ -27,20 +27,11 @@ const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0x79, 0, 2];
 /// A port that drops TCP frames at random (per mille, seeded), both ways.
 struct LossyPort {
     inner: TapPort,
-    rng: u64,
+    rng: testkit::Rng,
     tx_loss: u32,
     rx_loss: u32,
     dropped_tx: u64,
     dropped_rx: u64,
-}
-
-/// SplitMix64 step: true with probability `permille / 1000`.
-fn roll(rng: &mut u64, permille: u32) -> bool {
-    *rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *rng;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z ^ (z >> 31)) % 1000 < u64::from(permille)
 }
 
 /// Whether the frame's first bytes are IPv4 carrying TCP.
@@ -60,7 +51,7 @@ impl Port for LossyPort {
                 break;
             }
         }
-        if is_tcp(&head[..n]) && roll(&mut self.rng, self.tx_loss) {
+        if is_tcp(&head[..n]) && self.rng.chance(self.tx_loss) {
             self.dropped_tx += 1;
             return Ok(TxOutcome::Sent);
         }
@@ -78,7 +69,7 @@ impl Port for LossyPort {
             let loss = self.rx_loss;
             let mut dropped = false;
             let got = self.inner.receive(&mut |h, f| {
-                if is_tcp(f) && roll(rng, loss) {
+                if is_tcp(f) && rng.chance(loss) {
                     dropped = true;
                 } else {
                     deposit(h, f);
@@ -122,7 +113,7 @@ fn lab(k: u8, tx_loss: u32, rx_loss: u32, seed: u64) -> Lab {
     tap.set_offload(Offload::CSUM).expect("TUNSETOFFLOAD");
     let port = |inner| LossyPort {
         inner,
-        rng: seed,
+        rng: testkit::Rng::new(seed),
         tx_loss,
         rx_loss,
         dropped_tx: 0,

@@ -14,29 +14,7 @@ use segstack::wire::{
     ArpOp, ArpRepr, EthernetAddress, EthernetRepr, IcmpRepr, Ipv4Repr, TcpFlags, TcpRepr, UdpRepr,
 };
 
-/// xorshift64*: small, seedable, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-    fn chance(&mut self, one_in: usize) -> bool {
-        self.below(one_in) == 0
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.byte()).collect()
-    }
-}
+use testkit::Rng;
 
 fn iters() -> usize {
     std::env::var("WIRE_FUZZ_ITERS")
@@ -50,11 +28,11 @@ fn rng() -> Rng {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x5e65_7ac4_u64);
-    Rng(seed | 1)
+    Rng::new(seed)
 }
 
 fn maybe<T>(r: &mut Rng, f: impl FnOnce(&mut Rng) -> T) -> Option<T> {
-    if r.chance(2) {
+    if r.one_in(2) {
         Some(f(r))
     } else {
         None
@@ -62,7 +40,7 @@ fn maybe<T>(r: &mut Rng, f: impl FnOnce(&mut Rng) -> T) -> Option<T> {
 }
 
 fn ip(r: &mut Rng) -> Ipv4Addr {
-    Ipv4Addr::from(r.next() as u32)
+    Ipv4Addr::from(r.next_u64() as u32)
 }
 
 fn mac(r: &mut Rng) -> EthernetAddress {
@@ -73,17 +51,17 @@ fn mac(r: &mut Rng) -> EthernetAddress {
 
 fn tcp_repr(r: &mut Rng) -> TcpRepr {
     TcpRepr {
-        src_port: r.next() as u16,
-        dst_port: r.next() as u16,
-        seq: r.next() as u32,
-        ack: r.next() as u32,
+        src_port: r.next_u64() as u16,
+        dst_port: r.next_u64() as u16,
+        seq: r.next_u64() as u32,
+        ack: r.next_u64() as u32,
         flags: TcpFlags(r.byte()),
-        window: r.next() as u16,
-        urgent: if r.chance(4) { r.next() as u16 } else { 0 },
-        mss: maybe(r, |r| r.next() as u16),
+        window: r.next_u64() as u16,
+        urgent: if r.one_in(4) { r.next_u64() as u16 } else { 0 },
+        mss: maybe(r, |r| r.next_u64() as u16),
         wscale: maybe(r, |r| r.byte() % 16),
-        sack_permitted: r.chance(2),
-        timestamp: maybe(r, |r| (r.next() as u32, r.next() as u32)),
+        sack_permitted: r.one_in(2),
+        timestamp: maybe(r, |r| (r.next_u64() as u32, r.next_u64() as u32)),
     }
 }
 
@@ -91,7 +69,7 @@ fn tcp_repr(r: &mut Rng) -> TcpRepr {
 /// correct checksums, sometimes IPv4 options and Ethernet padding.
 fn valid_frame(r: &mut Rng) -> Vec<u8> {
     let eth = |ethertype, r: &mut Rng| EthernetRepr {
-        dst: if r.chance(4) {
+        dst: if r.one_in(4) {
             EthernetAddress::BROADCAST
         } else {
             mac(r)
@@ -100,10 +78,10 @@ fn valid_frame(r: &mut Rng) -> Vec<u8> {
         ethertype,
     };
     let mut f = vec![0; ethernet::HEADER_LEN];
-    if r.chance(5) {
+    if r.one_in(5) {
         eth(ethernet::ethertype::ARP, r).emit(&mut f);
         let a = ArpRepr {
-            op: ArpOp::from(1 + r.below(3) as u16),
+            op: ArpOp::from(1 + r.index(3) as u16),
             sender_hw: mac(r),
             sender_ip: ip(r),
             target_hw: mac(r),
@@ -115,19 +93,19 @@ fn valid_frame(r: &mut Rng) -> Vec<u8> {
     } else {
         eth(ethernet::ethertype::IPV4, r).emit(&mut f);
         let (src, dst) = (ip(r), ip(r));
-        let n = if r.chance(3) { 0 } else { r.below(200) };
+        let n = if r.one_in(3) { 0 } else { r.index(200) };
         let payload = r.bytes(n);
         let mut l4 = Vec::new();
-        let proto = match r.below(3) {
+        let proto = match r.index(3) {
             0 => {
-                let m = match r.below(4) {
+                let m = match r.index(4) {
                     0 => IcmpRepr::EchoRequest {
-                        ident: r.next() as u16,
-                        seq_no: r.next() as u16,
+                        ident: r.next_u64() as u16,
+                        seq_no: r.next_u64() as u16,
                     },
                     1 => IcmpRepr::EchoReply {
-                        ident: r.next() as u16,
-                        seq_no: r.next() as u16,
+                        ident: r.next_u64() as u16,
+                        seq_no: r.next_u64() as u16,
                     },
                     2 => IcmpRepr::DestUnreachable {
                         code: r.byte() % 16,
@@ -143,8 +121,8 @@ fn valid_frame(r: &mut Rng) -> Vec<u8> {
             }
             1 => {
                 let u = UdpRepr {
-                    src_port: r.next() as u16,
-                    dst_port: r.next() as u16,
+                    src_port: r.next_u64() as u16,
+                    dst_port: r.next_u64() as u16,
                     len: (udp::HEADER_LEN + payload.len()) as u16,
                 };
                 l4.resize(udp::HEADER_LEN, 0);
@@ -167,15 +145,15 @@ fn valid_frame(r: &mut Rng) -> Vec<u8> {
             protocol: proto,
             ttl: r.byte(),
             tos: r.byte(),
-            ident: r.next() as u16,
-            dont_frag: r.chance(2),
+            ident: r.next_u64() as u16,
+            dont_frag: r.one_in(2),
             payload_len: l4.len(),
         };
         let mut iph = vec![0; ipv4::HEADER_LEN];
         h.emit(&mut iph);
-        if r.chance(5) {
+        if r.one_in(5) {
             // Options: IHL 5 + n words of NOPs ending in EOL.
-            let n = 1 + r.below(10);
+            let n = 1 + r.index(10);
             iph[0] = 0x45 + n as u8;
             let total = (ipv4::HEADER_LEN + 4 * n + l4.len()) as u16;
             iph[2..4].copy_from_slice(&total.to_be_bytes());
@@ -186,7 +164,7 @@ fn valid_frame(r: &mut Rng) -> Vec<u8> {
         f.extend_from_slice(&iph);
         f.extend_from_slice(&l4);
     }
-    if f.len() < 60 && r.chance(2) {
+    if f.len() < 60 && r.one_in(2) {
         f.resize(60, 0); // Ethernet padding
     }
     f
@@ -239,33 +217,33 @@ fn fix_l4(p: &mut [u8]) {
 
 /// A few random mutations, as libFuzzer makes them.
 fn mutate(r: &mut Rng, p: &mut Vec<u8>, from: usize) {
-    for _ in 0..1 + r.below(4) {
+    for _ in 0..1 + r.index(4) {
         let n = p.len();
-        match r.below(9) {
+        match r.index(9) {
             0 | 1 if n > from => {
-                let i = from + r.below(n - from);
-                p[i] ^= 1 << r.below(8);
+                let i = from + r.index(n - from);
+                p[i] ^= 1 << r.index(8);
             }
             2 | 3 if n > from => {
-                let i = from + r.below(n - from);
-                p[i] = [0, 1, 2, 3, 4, 5, 8, 10, 0x0f, 0x40, 0x45, 0x7f, 0x80, 0xff][r.below(14)];
+                let i = from + r.index(n - from);
+                p[i] = [0, 1, 2, 3, 4, 5, 8, 10, 0x0f, 0x40, 0x45, 0x7f, 0x80, 0xff][r.index(14)];
             }
             4 if n > from => {
-                let i = from + r.below(n - from);
+                let i = from + r.index(n - from);
                 p[i] = r.byte();
             }
-            5 => p.truncate(from + r.below(n - from + 1)),
+            5 => p.truncate(from + r.index(n - from + 1)),
             6 => {
-                let n = r.below(40);
+                let n = r.index(40);
                 let extra = r.bytes(n);
                 p.extend_from_slice(&extra);
             }
             7 if n > from => {
-                let i = from + r.below(n - from);
+                let i = from + r.index(n - from);
                 p.remove(i);
             }
             _ => {
-                let i = from + r.below(n - from + 1);
+                let i = from + r.index(n - from + 1);
                 p.insert(i, r.byte());
             }
         }
@@ -275,11 +253,11 @@ fn mutate(r: &mut Rng, p: &mut Vec<u8>, from: usize) {
 /// A mutated valid frame, its checksums fixed up half of the time.
 fn mutated_frame(r: &mut Rng) -> Vec<u8> {
     let mut f = valid_frame(r);
-    let from = if r.chance(3) { 0 } else { ethernet::HEADER_LEN };
+    let from = if r.one_in(3) { 0 } else { ethernet::HEADER_LEN };
     mutate(r, &mut f, from);
-    if f.len() > ethernet::HEADER_LEN && r.chance(2) {
+    if f.len() > ethernet::HEADER_LEN && r.one_in(2) {
         fix_ipv4(&mut f[ethernet::HEADER_LEN..]);
-        if r.chance(2) {
+        if r.one_in(2) {
             fix_l4(&mut f[ethernet::HEADER_LEN..]);
         }
     }
@@ -326,7 +304,7 @@ fn random_bytes_never_panic() {
     ];
     for t in targets {
         for _ in 0..iters() {
-            let n = r.below(100);
+            let n = r.index(100);
             let d = r.bytes(n);
             let _ = t(&d);
         }
@@ -358,7 +336,7 @@ fn mutated_headers_per_parser() {
     let mut r = rng();
     let frames: Vec<Vec<u8>> = (0..2000).map(|_| valid_frame(&mut r)).collect();
     let pick = |r: &mut Rng, ethertype: u16, proto: Option<u8>| loop {
-        let f = &frames[r.below(frames.len())];
+        let f = &frames[r.index(frames.len())];
         if u16::from_be_bytes([f[12], f[13]]) != ethertype {
             continue;
         }
@@ -398,9 +376,9 @@ fn mutated_headers_per_parser() {
             } else {
                 layer(&f, depth).to_vec()
             };
-            if depth == 1 && r.chance(2) {
+            if depth == 1 && r.one_in(2) {
                 mutate(&mut r, &mut p, 0);
-                if r.chance(2) {
+                if r.one_in(2) {
                     fix_ipv4(&mut p);
                 }
             } else {
@@ -483,24 +461,24 @@ fn interface_ingress_never_panics() {
     let mut fz = segstack::iface::IngressFuzzer::new();
     let n = iters() / 8;
     for _ in 0..n {
-        let mut f = if r.chance(8) {
-            let k = r.below(120);
+        let mut f = if r.one_in(8) {
+            let k = r.index(120);
             r.bytes(k)
         } else {
             mutated_frame(&mut r)
         };
-        if f.len() >= ethernet::HEADER_LEN + 20 && !r.chance(5) {
+        if f.len() >= ethernet::HEADER_LEN + 20 && !r.one_in(5) {
             // Our MAC, and (for IPv4) our address, with checksums fixed.
             f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
             if f[12..14] == [0x08, 0x00] {
                 f[ethernet::HEADER_LEN + 16..ethernet::HEADER_LEN + 20]
                     .copy_from_slice(&[10, 0, 0, 2]);
-                if r.chance(4) {
+                if r.one_in(4) {
                     // A port with a socket behind it.
                     let hl = usize::from(f[ethernet::HEADER_LEN] & 0xf) * 4;
                     let at = ethernet::HEADER_LEN + hl + 2;
                     if f.len() >= at + 2 {
-                        let port: u16 = if r.chance(2) { 80 } else { 53 };
+                        let port: u16 = if r.one_in(2) { 80 } else { 53 };
                         f[at..at + 2].copy_from_slice(&port.to_be_bytes());
                     }
                 }

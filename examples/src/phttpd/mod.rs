@@ -341,11 +341,7 @@ impl Phttpd {
         let c = self.conns.get_mut(&h).expect("known connection");
         let body = std::mem::take(&mut c.body);
         let kind = c.body_kind.take();
-        let ranges = body.iter().map(|p| Piece::Range {
-            seg: p.segment(),
-            off: p.offset(),
-            len: p.len() as u64,
-        });
+        let ranges = body.iter().map(Piece::Range);
         let body_len: usize = body.iter().map(Payload::len).sum();
         // A WAL record is [body length u32][pad length u32][pad zeros][body]:
         // the pad puts the body at the offset within a line it had in the RX

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::payload::Payload;
+use crate::Payload;
 
 /// The out-of-order queue.
 #[derive(Debug)]

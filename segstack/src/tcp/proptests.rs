@@ -4,10 +4,10 @@
 
 use proptest::prelude::*;
 
-use super::testnet::{Link, Net, Rng, MS};
+use super::testnet::{rng, Link, Net, Rng, MS};
 use super::*;
-use crate::payload::Payload;
 use crate::wire::{TcpFlags, TcpRepr};
+use crate::Payload;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -82,7 +82,7 @@ fn schedule(ops: Vec<Op>, seed: u64, loss: u32, delay_ms: u64) {
     };
     let mut net = Net::new(cfg.clone(), cfg, link, seed);
     net.establish();
-    let mut rng = Rng::new(seed ^ 0xabcd);
+    let mut rng = rng(seed ^ 0xabcd);
     let mem = net.mem.clone();
     // dirs[i]: data sent by side i.
     let mut dirs = [Dir::default(), Dir::default()];
@@ -201,7 +201,7 @@ proptest! {
         let cfg = TcpConfig { time_wait_ns: 500 * MS, max_retries: 4, ..TcpConfig::default() };
         let mut net = Net::new(cfg.clone(), cfg, Link::lossy(MS, 20), seed);
         net.connect();
-        let mut rng2 = Rng::new(seed ^ 1);
+        let mut rng2 = rng(seed ^ 1);
         let data = rng2.bytes(100_000);
         let src = net.payload(&data);
         let mut sent = 0;

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use crate::payload::Payload;
+use crate::Payload;
 
 /// Queued payload chunks from the first unacknowledged byte on.
 #[derive(Debug)]

@@ -20,10 +20,8 @@ pub(crate) fn wrap(isn: u32, off: u64) -> u32 {
     isn.wrapping_add(off as u32)
 }
 
-/// `a < b` in wrapping sequence space (RFC 1982 style).
-pub(crate) fn lt(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) < 0
-}
+/// `a < b` in wrapping sequence space: the wire layer's comparison.
+pub(crate) use crate::wire::seq_lt as lt;
 
 #[cfg(test)]
 mod tests {

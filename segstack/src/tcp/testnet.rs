@@ -8,46 +8,28 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use hicamp::{Config, Memory};
 
 use super::{reply_rst, TcpConfig, TcpSocket};
-use crate::payload::Payload;
 use crate::wire::{TcpFlags, TcpRepr};
+use crate::Payload;
 
 pub(crate) const MS: u64 = 1_000_000;
 
-/// SplitMix64: small, seeded, deterministic.
-#[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
+pub(crate) use testkit::Rng;
 
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
+/// The test PRNG for `seed` (the sequences the seeded tests were tuned on).
+pub(crate) fn rng(seed: u64) -> Rng {
+    Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15)
+}
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
+/// Uniform in `0..n` by remainder, as the link model has always drawn its
+/// losses, duplicates and delays: the seeds of the lossy tests were tuned on
+/// this reduction (`testkit::Rng::below` multiplies and shifts instead).
+fn draw(rng: &mut Rng, n: u64) -> u64 {
+    rng.next_u64() % n.max(1)
+}
 
-    /// Uniform in `0..n` (n > 0).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// True with probability `permille / 1000`.
-    pub(crate) fn chance(&mut self, permille: u32) -> bool {
-        self.below(1000) < u64::from(permille)
-    }
-
-    pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend_from_slice(&self.next_u64().to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
+/// True with probability `permille / 1000`, drawn as [`draw`] does.
+fn roll(rng: &mut Rng, permille: u32) -> bool {
+    draw(rng, 1000) < u64::from(permille)
 }
 
 /// Impairments of the link (both directions).
@@ -136,7 +118,7 @@ impl std::fmt::Debug for Net {
 
 impl Net {
     pub(crate) fn new(cfg_client: TcpConfig, cfg_server: TcpConfig, link: Link, seed: u64) -> Net {
-        let mut rng = Rng::new(seed);
+        let mut rng = rng(seed);
         let iss = [rng.next_u64() as u32, rng.next_u64() as u32];
         Net {
             mem: Memory::new(Config::default()).expect("memory"),
@@ -203,14 +185,14 @@ impl Net {
                 return;
             }
         }
-        if self.rng.chance(link.loss) {
+        if roll(&mut self.rng, link.loss) {
             return;
         }
-        let copies = if self.rng.chance(link.dup) { 2 } else { 1 };
+        let copies = if roll(&mut self.rng, link.dup) { 2 } else { 1 };
         for _ in 0..copies {
             let mut at = self.now + link.delay + extra;
-            if link.jitter > 0 && self.rng.chance(link.reorder) {
-                at += self.rng.below(link.jitter);
+            if link.jitter > 0 && roll(&mut self.rng, link.reorder) {
+                at += draw(&mut self.rng, link.jitter);
             }
             self.counter += 1;
             self.queue.insert((at, self.counter), seg.clone());

@@ -1,9 +1,9 @@
 //! Connection tests over the seeded test link (see `testnet`).
 
-use super::testnet::{Flow, Link, Net, Rng, Seg, MS};
+use super::testnet::{rng, Flow, Link, Net, Seg, MS};
 use super::*;
-use crate::payload::Payload;
 use crate::wire::{TcpFlags, TcpRepr};
+use crate::Payload;
 
 fn cfg() -> TcpConfig {
     TcpConfig {
@@ -22,7 +22,7 @@ fn st(net: &Net, i: usize) -> State {
 /// closes through TIME-WAIT.
 fn bulk(net: &mut Net, up: usize, down: usize, limit: u64) -> (Flow, Flow) {
     net.establish();
-    let mut rng = Rng::new(up as u64 ^ (down as u64) << 20);
+    let mut rng = rng(up as u64 ^ (down as u64) << 20);
     let mut f0 = Flow::new(net, 0, rng.bytes(up), 64 * 1024);
     let mut f1 = Flow::new(net, 1, rng.bytes(down), 48 * 1024);
     let ok = net.run(limit, |n| {
@@ -49,7 +49,7 @@ fn handshake_transfer_close() {
     let (c, s) = (net.sock(0).send_mss(), net.sock(1).send_mss());
     // 1460 - 12 (timestamps) = 1448, rounded down to 64-byte lines
     assert_eq!((c, s), (1408, 1408));
-    let mut f = Flow::new(&net, 0, Rng::new(7).bytes(300_000), 10_000);
+    let mut f = Flow::new(&net, 0, rng(7).bytes(300_000), 10_000);
     assert!(net.run(10_000 * MS, |n| f.pump(n)));
     assert!(net.run(100 * MS, |n| st(n, 0) == State::FinWait2));
     assert_eq!(st(&net, 1), State::CloseWait);
@@ -113,7 +113,7 @@ fn bulk_lossy_5_percent() {
 fn restart_window_after_idle() {
     let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 14);
     net.establish();
-    let mut f = Flow::new(&net, 0, Rng::new(1).bytes(1 << 20), 1 << 20);
+    let mut f = Flow::new(&net, 0, rng(1).bytes(1 << 20), 1 << 20);
     f.close_when_done = false;
     assert!(net.run(10_000 * MS, |n| f.pump(n)));
     let mss = net.sock(0).send_mss();
@@ -184,7 +184,7 @@ fn accept_needs_a_plain_syn() {
 fn refused_emit_is_not_sent() {
     let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 4);
     net.establish();
-    let mut f = Flow::new(&net, 0, Rng::new(3).bytes(200_000), 20_000);
+    let mut f = Flow::new(&net, 0, rng(3).bytes(200_000), 20_000);
     let mut k = 0;
     assert!(net.run(10_000 * MS, |n| {
         k += 1;
@@ -284,8 +284,8 @@ fn simultaneous_open_and_close() {
         "the SYN-ACK re-sends the SYN"
     );
     // Data both ways, then both close at once.
-    let mut f0 = Flow::new(&net, 0, Rng::new(1).bytes(50_000), 4096);
-    let mut f1 = Flow::new(&net, 1, Rng::new(2).bytes(70_000), 4096);
+    let mut f0 = Flow::new(&net, 0, rng(1).bytes(50_000), 4096);
+    let mut f1 = Flow::new(&net, 1, rng(2).bytes(70_000), 4096);
     f0.close_when_done = false;
     f1.close_when_done = false;
     assert!(net.run(5_000 * MS, |n| {
@@ -318,8 +318,8 @@ fn simultaneous_open_and_close() {
 fn half_close_then_data() {
     let mut net = Net::new(cfg(), cfg(), Link::clean(2 * MS), 32);
     net.establish();
-    let mut up = Flow::new(&net, 0, Rng::new(3).bytes(100_000), 8192);
-    let mut down = Flow::new(&net, 1, Rng::new(4).bytes(500_000), 8192);
+    let mut up = Flow::new(&net, 0, rng(3).bytes(100_000), 8192);
+    let mut down = Flow::new(&net, 1, rng(4).bytes(500_000), 8192);
     let mut client_was_fw2 = false;
     assert!(net.run(20_000 * MS, |n| {
         if !up.pump(n) {
@@ -458,7 +458,7 @@ fn rst_to_syn_sent_needs_an_acceptable_ack() {
 fn blind_data_injection_is_rejected() {
     let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 35);
     net.establish();
-    let mut f = Flow::new(&net, 0, Rng::new(5).bytes(10_000), 10_000);
+    let mut f = Flow::new(&net, 0, rng(5).bytes(10_000), 10_000);
     f.close_when_done = false;
     assert!(net.run(1_000 * MS, |n| f.pump(n)));
     let junk = net.payload(b"junk");
@@ -484,7 +484,7 @@ fn zero_window_persist_and_slow_reader() {
     };
     let mut net = Net::new(cfg(), small, Link::clean(MS), 36);
     net.establish();
-    let mut f = Flow::new(&net, 0, Rng::new(6).bytes(200_000), 32 * 1024);
+    let mut f = Flow::new(&net, 0, rng(6).bytes(200_000), 32 * 1024);
     f.read_max = 4096;
     net.tick = 10 * MS;
     let start = net.now;
@@ -548,7 +548,7 @@ fn send_back_pressure() {
     };
     let mut net = Net::new(c, cfg(), Link::clean(10 * MS), 38);
     net.establish();
-    let data = Rng::new(8).bytes(1 << 20);
+    let data = rng(8).bytes(1 << 20);
     let src = net.payload(&data);
     let mut sent = 0;
     loop {
@@ -626,7 +626,7 @@ fn single_loss_is_fast_retransmitted() {
         true
     }));
     net.establish();
-    let mut f = Flow::new(&net, 0, Rng::new(9).bytes(1 << 20), 64 * 1024);
+    let mut f = Flow::new(&net, 0, rng(9).bytes(1 << 20), 64 * 1024);
     assert!(net.run(60_000 * MS, |n| f.pump(n)));
     let s = net.sock(0).stats().clone();
     assert_eq!(s.timeouts, 0, "{s:?} {:?}", net.sock(1).stats());
@@ -677,7 +677,7 @@ fn rtt_and_window_scaling() {
     };
     let mut net = Net::new(big.clone(), big, Link::clean(20 * MS), 43);
     net.establish();
-    let mut f = Flow::new(&net, 0, Rng::new(10).bytes(8 << 20), 256 * 1024);
+    let mut f = Flow::new(&net, 0, rng(10).bytes(8 << 20), 256 * 1024);
     let mut max_wnd = 0;
     assert!(net.run(60_000 * MS, |n| {
         max_wnd = max_wnd.max(n.sock(0).send_window());
@@ -700,7 +700,7 @@ fn without_options() {
     net.establish();
     assert_eq!(net.sock(0).send_mss(), 1408);
     assert_eq!(net.sock(1).send_mss(), 1408);
-    let mut f = Flow::new(&net, 1, Rng::new(11).bytes(1 << 20), 64 * 1024);
+    let mut f = Flow::new(&net, 1, rng(11).bytes(1 << 20), 64 * 1024);
     assert!(net.run(60_000 * MS, |n| f.pump(n)));
     assert!(net.sock(1).send_window() <= 65535);
 }
@@ -724,7 +724,7 @@ fn unaligned_payloads_are_cut_at_chunk_ends() {
     let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 47);
     net.establish();
     // 1000-byte payloads, each starting at offset 0 of its own segment.
-    let data = Rng::new(12).bytes(200_000);
+    let data = rng(12).bytes(200_000);
     let mut f = Flow::new(&net, 0, data.clone(), 1000);
     let pieces: Vec<Payload> = data.chunks(1000).map(|c| net.payload(c)).collect();
     let mut next = 0;
@@ -744,7 +744,7 @@ fn unaligned_payloads_are_cut_at_chunk_ends() {
 fn byte_api_small_writes_stay_aligned() {
     let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 48);
     net.establish();
-    let data = Rng::new(13).bytes(300_000);
+    let data = rng(13).bytes(300_000);
     let mem = net.mem.clone();
     let mut sent = 0;
     let mut got = Vec::new();
@@ -809,7 +809,7 @@ fn paws_rejects_old_timestamps() {
     let mut net = Net::new(cfg(), cfg(), Link::clean(MS), 51);
     net.keep_trace = true;
     net.establish();
-    let mut f = Flow::new(&net, 0, Rng::new(14).bytes(20_000), 20_000);
+    let mut f = Flow::new(&net, 0, rng(14).bytes(20_000), 20_000);
     f.close_when_done = false;
     assert!(net.run(1_000 * MS, |n| f.pump(n)));
     // Replay the client's first data segment with new numbers but its old

@@ -159,19 +159,12 @@ impl IcmpRepr {
 /// # Errors
 /// [`WireError::Checksum`] if it does not verify.
 pub fn verify<'a>(
-    header: &[u8],
+    header: &'a [u8],
     payload: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<(), WireError> {
     let mut acc = Accumulator::new();
-    acc.add(header);
-    for chunk in payload {
-        acc.add(chunk);
-    }
-    if acc.verifies() {
-        Ok(())
-    } else {
-        Err(WireError::Checksum)
-    }
+    acc.add_chunks(std::iter::once(header).chain(payload));
+    checksum::verified(&acc)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod arp;
 pub mod checksum;
 pub mod ethernet;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fuzz;
 pub mod icmp;
 pub mod ipv4;

@@ -305,9 +305,14 @@ pub fn fill_checksum(
 ) {
     let header_len = usize::from(header[12] >> 4) * 4;
     let h = &mut header[..header_len.max(HEADER_LEN)];
-    h[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 2].copy_from_slice(&[0, 0]);
-    let acc = checksum::pseudo_header(src, dst, protocol::TCP, tcp_len) + payload_sum;
-    let c = !checksum::fold(checksum::sum(acc, h));
+    let c = checksum::transport(
+        h,
+        CHECKSUM_OFFSET,
+        (src, dst),
+        protocol::TCP,
+        tcp_len,
+        payload_sum,
+    );
     h[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 2].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -320,8 +325,7 @@ pub fn fill_checksum(
 /// # Panics
 /// If `header` is shorter than 18 bytes.
 pub fn fill_pseudo_checksum(header: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, tcp_len: u32) {
-    let c = checksum::fold(checksum::pseudo_header(src, dst, protocol::TCP, tcp_len));
-    header[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 2].copy_from_slice(&c.to_be_bytes());
+    checksum::put_pseudo(header, CHECKSUM_OFFSET, (src, dst), protocol::TCP, tcp_len);
 }
 
 /// Verifies the checksum of a segment from `src` to `dst` given as its
@@ -333,24 +337,15 @@ pub fn fill_pseudo_checksum(header: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, tcp
 pub fn verify<'a>(
     src: Ipv4Addr,
     dst: Ipv4Addr,
-    header: &[u8],
+    header: &'a [u8],
     payload: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<(), WireError> {
     let mut acc = Accumulator::new();
-    acc.add(header);
-    let mut len = header.len() as u64;
-    for chunk in payload {
-        acc.add(chunk);
-        len += chunk.len() as u64;
-    }
+    let len = acc.add_chunks(std::iter::once(header).chain(payload));
     // The pseudo header's length field is 32 bits wide.
     let len = u32::try_from(len).map_err(|_| WireError::Malformed)?;
     acc.add_sum(checksum::pseudo_header(src, dst, protocol::TCP, len));
-    if acc.verifies() {
-        Ok(())
-    } else {
-        Err(WireError::Checksum)
-    }
+    checksum::verified(&acc)
 }
 
 /// `a < b` in sequence space (RFC 9293 section 3.4: modulo 2^32, for

@@ -118,13 +118,19 @@ impl UdpRepr {
 pub fn fill_checksum(header: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, payload_sum: u64) {
     let h = &mut header[..HEADER_LEN];
     let len = be16(h, 4);
-    h[6..8].copy_from_slice(&[0, 0]);
-    let acc = checksum::pseudo_header(src, dst, protocol::UDP, u32::from(len)) + payload_sum;
-    let c = match !checksum::fold(checksum::sum(acc, h)) {
+    let sum = checksum::transport(
+        h,
+        CHECKSUM_OFFSET,
+        (src, dst),
+        protocol::UDP,
+        u32::from(len),
+        payload_sum,
+    );
+    let c = match sum {
         0 => 0xffff,
         c => c,
     };
-    h[6..8].copy_from_slice(&c.to_be_bytes());
+    h[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Stores in the checksum field of `header` the folded, **non-complemented**
@@ -135,13 +141,8 @@ pub fn fill_checksum(header: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, payload_su
 /// # Panics
 /// If `header` is shorter than [`HEADER_LEN`].
 pub fn fill_pseudo_checksum(header: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, udp_len: u16) {
-    let c = checksum::fold(checksum::pseudo_header(
-        src,
-        dst,
-        protocol::UDP,
-        u32::from(udp_len),
-    ));
-    header[CHECKSUM_OFFSET..CHECKSUM_OFFSET + 2].copy_from_slice(&c.to_be_bytes());
+    let len = u32::from(udp_len);
+    checksum::put_pseudo(header, CHECKSUM_OFFSET, (src, dst), protocol::UDP, len);
 }
 
 /// Verifies the checksum of a datagram from `src` to `dst` given as its
@@ -155,7 +156,7 @@ pub fn fill_pseudo_checksum(header: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, udp
 pub fn verify<'a>(
     src: Ipv4Addr,
     dst: Ipv4Addr,
-    header: &[u8],
+    header: &'a [u8],
     payload: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<(), WireError> {
     if header.len() < HEADER_LEN {
@@ -171,15 +172,8 @@ pub fn verify<'a>(
         protocol::UDP,
         u32::from(len),
     ));
-    acc.add(header);
-    for chunk in payload {
-        acc.add(chunk);
-    }
-    if acc.verifies() {
-        Ok(())
-    } else {
-        Err(WireError::Checksum)
-    }
+    acc.add_chunks(std::iter::once(header).chain(payload));
+    checksum::verified(&acc)
 }
 
 #[cfg(test)]

@@ -12,15 +12,10 @@ use nicdma::tap::{netns_supported, NetNs, TapPort};
 use nicdma::Port;
 use segstack::iface::{Event, IfaceConfig, Interface};
 
-/// True (after saying why) when the test cannot make namespaces.
+/// True (after saying why; a failure under CI) when the test cannot make
+/// namespaces.
 pub fn skip() -> bool {
-    match netns_supported() {
-        Ok(()) => false,
-        Err(e) => {
-            eprintln!("skipped: needs root and iproute2 ({e})");
-            true
-        }
-    }
+    testkit::require(netns_supported(), "root and iproute2")
 }
 
 /// A port with a TAP device underneath, whose descriptor the loop waits on.

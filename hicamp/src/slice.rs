@@ -1,53 +1,73 @@
-//! Payloads: byte ranges of segment snapshots.
+//! Slices: byte ranges of segment snapshots, the view type of this crate (as
+//! `bytes::Bytes` is a view of its storage).
 //!
-//! A [`Payload`] names `len` bytes at offset `off` of a [`Segment`]. Cloning,
-//! slicing and splitting it take snapshots (one reference-count increment) and
-//! never touch the bytes; the only copying operations are the explicitly named
-//! ones ([`Payload::copy_to`], [`Payload::to_vec`]), and the stack counts every
-//! byte they move.
+//! A [`SegmentSlice`] names `len` bytes at offset `off` of a [`Segment`].
+//! Cloning, slicing and splitting it take snapshots (one reference-count
+//! increment) and never touch the bytes; the only copying operations are the
+//! explicitly named ones ([`SegmentSlice::copy_to`], [`SegmentSlice::to_vec`]).
+//! It is what [`Piece::Range`](crate::Piece::Range) splices, and what the
+//! network stack calls a payload.
 
 use std::fmt;
 
-use hicamp::{Memory, Segment};
+use crate::error::{Error, Result};
+use crate::memory::Memory;
+use crate::segment::Segment;
 
-/// `len` bytes at offset `off` of a segment snapshot.
+/// `len` bytes at offset `off` of a segment snapshot (always in bounds).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Payload {
+pub struct SegmentSlice {
     seg: Segment,
     off: u64,
     len: usize,
 }
 
-impl Payload {
+impl SegmentSlice {
     /// The range `[off, off + len)` of `seg`.
     ///
     /// # Panics
     /// If the range does not lie inside the segment (a caller bug).
-    pub fn new(seg: Segment, off: u64, len: usize) -> Payload {
+    pub fn new(seg: Segment, off: u64, len: usize) -> SegmentSlice {
         assert!(
             off.checked_add(len as u64)
                 .is_some_and(|end| end <= seg.len()),
             "payload range {off}+{len} outside a segment of {} bytes",
             seg.len()
         );
-        Payload { seg, off, len }
+        SegmentSlice { seg, off, len }
+    }
+
+    /// The range `[off, off + len)` of `seg`, or [`Error::BadOffset`] if it
+    /// does not lie inside the segment.
+    pub fn try_new(seg: Segment, off: u64, len: usize) -> Result<SegmentSlice> {
+        if off
+            .checked_add(len as u64)
+            .is_none_or(|end| end > seg.len())
+        {
+            return Err(Error::BadOffset {
+                offset: off,
+                len: len as u64,
+                seg_len: seg.len(),
+            });
+        }
+        Ok(SegmentSlice { seg, off, len })
     }
 
     /// The whole of `seg`.
-    pub fn from_segment(seg: Segment) -> Payload {
+    pub fn from_segment(seg: Segment) -> SegmentSlice {
         let len = seg.len() as usize;
-        Payload { seg, off: 0, len }
+        SegmentSlice { seg, off: 0, len }
     }
 
     /// `data` interned into `mem` as a new segment (this copies `data` once,
     /// into lines: the byte API's one copy).
-    pub fn from_bytes(mem: &Memory, data: &[u8]) -> hicamp::Result<Payload> {
-        Ok(Payload::from_segment(mem.segment(data)?))
+    pub fn from_bytes(mem: &Memory, data: &[u8]) -> Result<SegmentSlice> {
+        Ok(SegmentSlice::from_segment(mem.segment(data)?))
     }
 
     /// An empty payload in `mem`.
-    pub fn empty(mem: &Memory) -> Payload {
-        Payload::from_segment(mem.empty())
+    pub fn empty(mem: &Memory) -> SegmentSlice {
+        SegmentSlice::from_segment(mem.empty())
     }
 
     /// Length in bytes.
@@ -65,7 +85,7 @@ impl Payload {
         &self.seg
     }
 
-    /// Offset of the first byte in [`Payload::segment`].
+    /// Offset of the first byte in [`SegmentSlice::segment`].
     pub fn offset(&self) -> u64 {
         self.off
     }
@@ -74,13 +94,13 @@ impl Payload {
     ///
     /// # Panics
     /// If `start > end` or `end > self.len()`.
-    pub fn slice(&self, start: usize, end: usize) -> Payload {
+    pub fn slice(&self, start: usize, end: usize) -> SegmentSlice {
         assert!(
             start <= end && end <= self.len,
             "slice {start}..{end} of {}",
             self.len
         );
-        Payload {
+        SegmentSlice {
             seg: self.seg.clone(),
             off: self.off + start as u64,
             len: end - start,
@@ -98,7 +118,7 @@ impl Payload {
     }
 
     /// Splits off and returns the first `n` bytes; `self` keeps the rest.
-    pub fn split_to(&mut self, n: usize) -> Payload {
+    pub fn split_to(&mut self, n: usize) -> SegmentSlice {
         let head = self.slice(0, n);
         self.advance(n);
         head
@@ -137,9 +157,13 @@ impl Payload {
     }
 }
 
-impl fmt::Debug for Payload {
+impl fmt::Debug for SegmentSlice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Payload({}+{} of {:?})", self.off, self.len, self.seg)
+        write!(
+            f,
+            "SegmentSlice({}+{} of {:?})",
+            self.off, self.len, self.seg
+        )
     }
 }
 
@@ -149,9 +173,9 @@ mod tests {
 
     #[test]
     fn slices_share_bytes() {
-        let mem = Memory::new(hicamp::Config::default()).unwrap();
+        let mem = Memory::new(crate::Config::default()).unwrap();
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
-        let mut p = Payload::from_bytes(&mem, &data).unwrap();
+        let mut p = SegmentSlice::from_bytes(&mem, &data).unwrap();
         let s = p.slice(100, 300);
         assert_eq!(s.to_vec(), &data[100..300]);
         let head = p.split_to(10);

@@ -21,7 +21,8 @@
 //! deposits them as they are, metadata included. In the other direction the
 //! kernel always accepts partial checksums and GSO frames from us.
 //!
-//! [`NetNs`] is the test and benchmark helper: a private network namespace
+//! `NetNs` (test support: built for tests and with the `test-support`
+//! feature) is the test and benchmark helper: a private network namespace
 //! (made and removed with iproute2's `ip`) that the TAP device moves into,
 //! so the traffic of a test stays inside it. The TAP file descriptor keeps
 //! working after the move.
@@ -48,13 +49,16 @@ use std::io::{self, IoSlice, Read, Write};
 use std::ops::BitOr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::meta::{VirtioNetHdr, VNET_HDR_LEN};
 use crate::port::{Port, PortError, TxOutcome};
 use crate::sys;
+
+#[cfg(any(test, feature = "test-support"))]
+mod netns;
+#[cfg(any(test, feature = "test-support"))]
+pub use netns::{netns_supported, LinkStats, NetNs, NetNsError};
 
 /// The largest frame a [`TapPort`] carries either way (without the virtio-net
 /// header): a 64 KiB GSO packet plus an Ethernet header with a VLAN tag and
@@ -348,222 +352,6 @@ impl AsRawFd for TapPort {
     }
 }
 
-/// Errors of the namespace helper.
-#[derive(Debug, thiserror::Error)]
-pub enum NetNsError {
-    /// Namespaces and TAP devices need root here.
-    #[error("not root (effective uid {0})")]
-    NotRoot(u32),
-    /// A command could not be started (iproute2 missing?).
-    #[error("cannot run `{cmd}`: {source}")]
-    Spawn {
-        /// The command line.
-        cmd: String,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
-    /// A command failed.
-    #[error("`{cmd}` failed ({status}): {stderr}")]
-    Failed {
-        /// The command line.
-        cmd: String,
-        /// How it ended.
-        status: ExitStatus,
-        /// What it said.
-        stderr: String,
-    },
-    /// A command's output was not what was expected.
-    #[error("`{cmd}`: unexpected output: {output}")]
-    Parse {
-        /// The command line.
-        cmd: String,
-        /// The output.
-        output: String,
-    },
-    /// Opening or entering the namespace failed.
-    #[error("entering namespace {ns}: {source}")]
-    Enter {
-        /// The namespace.
-        ns: String,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// Checks that [`NetNs`] and [`TapPort`] can work here: root and iproute2's
-/// `ip`. Tests skip (with a message) when this fails.
-pub fn netns_supported() -> Result<(), NetNsError> {
-    let euid = sys::geteuid();
-    if euid != 0 {
-        return Err(NetNsError::NotRoot(euid));
-    }
-    ip(&["-V"]).map(drop)
-}
-
-/// Runs `ip args...`; returns its standard output.
-fn ip(args: &[&str]) -> Result<String, NetNsError> {
-    let cmd = format!("ip {}", args.join(" "));
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|source| NetNsError::Spawn {
-            cmd: cmd.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(NetNsError::Failed {
-            cmd,
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-const NETNS_PREFIX: &str = "nicdma-";
-
-/// Deletes namespaces `nicdma-<pid>-<n>` left behind by processes that are gone
-/// (killed before their `Drop` ran).
-fn reap_stale_namespaces() {
-    let Ok(list) = ip(&["netns", "list"]) else {
-        return;
-    };
-    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = name
-            .strip_prefix(NETNS_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = ip(&["netns", "del", name]);
-        }
-    }
-}
-
-/// Counters of a link as its namespace's kernel counts them: `rx` is what
-/// the kernel received (frames a [`TapPort`] transmitted), `tx` what it sent
-/// (frames for the port to receive; `tx_dropped` overflowed its queue).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LinkStats {
-    /// Frames received by the kernel.
-    pub rx_packets: u64,
-    /// Frames the kernel dropped on receive.
-    pub rx_dropped: u64,
-    /// Frames sent by the kernel.
-    pub tx_packets: u64,
-    /// Frames the kernel dropped on send (queue full).
-    pub tx_dropped: u64,
-}
-
-/// Finds `"key":<number>` after `"section":{` in iproute2's JSON.
-fn json_counter(json: &str, section: &str, key: &str) -> Option<u64> {
-    let rest = &json[json.find(&format!("\"{section}\":{{"))?..];
-    let rest = &rest[rest.find(&format!("\"{key}\":"))? + key.len() + 3..];
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
-/// A private network namespace `nicdma-<pid>-<n>`, deleted on drop (also
-/// when a test panics). Creating one needs root and iproute2
-/// ([`netns_supported`]).
-#[derive(Debug)]
-pub struct NetNs {
-    name: String,
-}
-
-static NEXT_NETNS: AtomicU32 = AtomicU32::new(0);
-
-impl NetNs {
-    /// Creates a namespace (with its loopback up), first deleting the
-    /// namespaces of earlier runs that were killed.
-    pub fn create() -> Result<NetNs, NetNsError> {
-        reap_stale_namespaces();
-        let n = NEXT_NETNS.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{NETNS_PREFIX}{}-{n}", std::process::id());
-        ip(&["netns", "add", &name])?;
-        let ns = NetNs { name };
-        ns.ip(&["link", "set", "dev", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// The namespace's name (for `ip netns exec`).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Runs `ip -n <ns> args...` and returns its standard output.
-    pub fn ip(&self, args: &[&str]) -> Result<String, NetNsError> {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        ip(&all)
-    }
-
-    /// A command that runs `program` inside the namespace
-    /// (`ip netns exec <ns> program`); add arguments and spawn it.
-    pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
-    }
-
-    /// Moves the device `dev` (e.g. a [`TapPort`]'s, whose descriptor keeps
-    /// working) into the namespace, gives it the address `cidr` if any (like
-    /// `"10.77.1.1/24"`) and brings it up. IPv6 address generation is turned
-    /// off on it, so the only traffic is what the caller makes.
-    pub fn adopt(&self, dev: &str, cidr: Option<&str>) -> Result<(), NetNsError> {
-        ip(&["link", "set", "dev", dev, "netns", &self.name])?;
-        self.ip(&["link", "set", "dev", dev, "addrgenmode", "none"])?;
-        if let Some(cidr) = cidr {
-            self.ip(&["addr", "add", cidr, "dev", dev])?;
-        }
-        self.ip(&["link", "set", "dev", dev, "up"])?;
-        Ok(())
-    }
-
-    /// The counters of `dev` in the namespace.
-    pub fn link_stats(&self, dev: &str) -> Result<LinkStats, NetNsError> {
-        let json = self.ip(&["-j", "-s", "link", "show", "dev", dev])?;
-        let get = |section, key| {
-            json_counter(&json, section, key).ok_or_else(|| NetNsError::Parse {
-                cmd: format!("ip -n {} -j -s link show dev {dev}", self.name),
-                output: json.clone(),
-            })
-        };
-        Ok(LinkStats {
-            rx_packets: get("rx", "packets")?,
-            rx_dropped: get("rx", "dropped")?,
-            tx_packets: get("tx", "packets")?,
-            tx_dropped: get("tx", "dropped")?,
-        })
-    }
-
-    /// Moves the calling thread (only) into the namespace: sockets it opens
-    /// afterwards live there. Meant for a helper thread made for that.
-    pub fn enter_current_thread(&self) -> Result<(), NetNsError> {
-        let path = format!("/run/netns/{}", self.name);
-        let enter_err = |source| NetNsError::Enter {
-            ns: self.name.clone(),
-            source,
-        };
-        let file = File::open(&path).map_err(enter_err)?;
-        sys::setns_net(file.as_fd()).map_err(enter_err)
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!("nicdma: could not delete namespace {}: {e}", self.name);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,15 +366,6 @@ mod tests {
             format!("{:?}", Offload::CSUM | Offload::TSO4),
             "Offload(CSUM | TSO4)"
         );
-    }
-
-    #[test]
-    fn json_counters() {
-        let j = r#"[{"ifname":"tap0","stats64":{"rx":{"bytes":3193,"packets":29,"errors":0,"dropped":4},"tx":{"bytes":1,"packets":7,"dropped":0}}}]"#;
-        assert_eq!(json_counter(j, "rx", "packets"), Some(29));
-        assert_eq!(json_counter(j, "rx", "dropped"), Some(4));
-        assert_eq!(json_counter(j, "tx", "packets"), Some(7));
-        assert_eq!(json_counter(j, "tx", "missing"), None);
     }
 
     #[test]

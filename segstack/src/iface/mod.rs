@@ -1,0 +1,499 @@
+//! The interface: one IPv4 address on one nicdma port, with an ARP cache, a
+//! subnet and a default gateway, ICMP echo, and UDP and TCP sockets, driven in
+//! batches by [`Interface::poll`].
+//!
+//! ## TX ("Rethinking Network Stack Design with Memory Snapshots", figures 3
+//! and 4)
+//! A socket hands out payload slices (snapshots of the application's
+//! segments). The interface writes the Ethernet, IPv4 and TCP/UDP headers and
+//! the NIC metadata into *headroom* in front of the payload and splices the
+//! payload's own lines behind it ([`hicamp::Memory::splice`]): the headroom is
+//! sized so that the payload lands on the same offset within a line as in the
+//! application's segment, so every whole payload line is shared, not copied.
+//! Checksums and segmentation are left to the NIC (virtio-net offload
+//! metadata), so the stack never even reads the payload on TX.
+//!
+//! ## RX (section 3.3)
+//! A harvested RX segment is parsed in place (headers are read into a small
+//! buffer); the payload handed to sockets is a [`Payload`](crate::Payload) naming the bytes
+//! inside that same segment.
+//!
+//! ## Batching (PASTE)
+//! One [`Interface::poll`] runs the device, processes every received frame,
+//! runs every socket's timers and output, rings one doorbell, and returns the
+//! sockets with something to report.
+//!
+//! ## Files
+//! As in smoltcp, the socket set is kept apart from the interface state, so
+//! that a socket emits straight into the frame builder while the set is
+//! borrowed:
+//!
+//! - `socket_set`: the sockets by handle and the demultiplexing tables;
+//! - `sockets`: the application's calls (listen, connect, send, receive,
+//!   close, UDP);
+//! - `neighbour`: the ARP cache;
+//! - `tx`: frame building (headers, then nicdma's splicing frame builder);
+//! - `rx`: parsing and demultiplexing of received segments;
+//! - this file: configuration, counters, and the poll loop.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use hicamp::{Memory, Segment};
+use nicdma::{Nic, NicConfig, NicError, Port};
+
+use crate::tcp::{State, TcpConfig, TcpError};
+use crate::wire::ipv4::HEADER_LEN as IP_LEN;
+use crate::wire::{ethernet, EthernetAddress};
+
+#[cfg(any(test, feature = "test-support"))]
+mod fuzz;
+mod neighbour;
+mod rx;
+mod socket_set;
+mod sockets;
+mod tx;
+
+#[cfg(any(test, feature = "test-support"))]
+pub use fuzz::IngressFuzzer;
+pub use socket_set::SocketHandle;
+
+use neighbour::Neighbours;
+use socket_set::{Sock, SocketSet};
+
+const ETH_LEN: usize = ethernet::HEADER_LEN;
+/// Enough for Ethernet + IPv4 with options + TCP with options.
+const MAX_HDRS: usize = ETH_LEN + 60 + 60;
+
+/// Errors of the interface.
+#[derive(Debug, thiserror::Error)]
+pub enum IfaceError {
+    /// The NIC failed.
+    #[error("nic: {0}")]
+    Nic(#[from] NicError),
+    /// The memory refused (capacity).
+    #[error("memory: {0}")]
+    Memory(#[from] hicamp::Error),
+    /// No such socket, or a socket of another kind.
+    #[error("bad socket handle")]
+    BadHandle,
+    /// The port is already bound or listened on.
+    #[error("address in use")]
+    AddrInUse,
+    /// No free ephemeral port.
+    #[error("no free local port")]
+    NoPorts,
+    /// A TCP socket error.
+    #[error("tcp: {0}")]
+    Tcp(#[from] TcpError),
+    /// The datagram does not fit in one frame.
+    #[error("datagram too large")]
+    TooLarge,
+    /// Nothing to receive right now, or no room to send.
+    #[error("would block")]
+    WouldBlock,
+}
+
+/// Configuration of an interface.
+#[derive(Debug, Clone)]
+pub struct IfaceConfig {
+    /// Our MAC address.
+    pub mac: EthernetAddress,
+    /// Our IPv4 address.
+    pub ip: Ipv4Addr,
+    /// The subnet's prefix length.
+    pub prefix_len: u8,
+    /// Where packets outside the subnet go.
+    pub gateway: Option<Ipv4Addr>,
+    /// IP MTU of the link.
+    pub mtu: usize,
+    /// Ask the NIC to complete TCP/UDP checksums (else the stack computes
+    /// them, reading the payload).
+    pub tx_csum_offload: bool,
+    /// Verify checksums of received frames the port has not vouched for.
+    pub rx_verify_csum: bool,
+    /// TCP settings for every connection.
+    pub tcp: TcpConfig,
+    /// Connections a listener holds before its application accepts them.
+    pub backlog: usize,
+    /// Datagrams a UDP socket queues before dropping.
+    pub udp_queue: usize,
+    /// How long an ARP entry lives.
+    pub arp_ttl_ns: u64,
+    /// Interval between ARP requests for one address.
+    pub arp_retry_ns: u64,
+    /// Frames held per unresolved neighbour.
+    pub arp_queue: usize,
+    /// Seeds initial sequence numbers and ephemeral ports.
+    pub seed: u64,
+    /// The NIC's rings.
+    pub nic: NicConfig,
+}
+
+impl IfaceConfig {
+    /// A configuration for `mac` and `ip/prefix_len` with defaults.
+    pub fn new(mac: [u8; 6], ip: Ipv4Addr, prefix_len: u8) -> IfaceConfig {
+        IfaceConfig {
+            mac: EthernetAddress(mac),
+            ip,
+            prefix_len,
+            gateway: None,
+            mtu: 1500,
+            tx_csum_offload: true,
+            rx_verify_csum: true,
+            // TCP hands the NIC segments of up to 64 KiB (TSO); 0 turns it off.
+            tcp: TcpConfig {
+                tso_max: 65_536 - 256,
+                ..TcpConfig::default()
+            },
+            backlog: 1024,
+            udp_queue: 1024,
+            arp_ttl_ns: 60_000_000_000,
+            arp_retry_ns: 200_000_000,
+            arp_queue: 64,
+            seed: 0x5e65_7ac4,
+            nic: NicConfig {
+                tx_slots: 1024,
+                rx_slots: 1024,
+                // Ethernet + IPv4 + TCP with timestamps is 66 bytes: the frame
+                // offset that starts a typical TCP payload on a 64-byte line
+                // (62).
+                rx_frame_off: nicdma::frame::aligned_frame_off(64, ETH_LEN + IP_LEN + 32, 0),
+                tx_batch: 256,
+                rx_batch: 256,
+            },
+        }
+    }
+}
+
+/// What the interface did, in total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IfaceStats {
+    /// Frames received.
+    pub rx_frames: u64,
+    /// Frames dropped as malformed (truncated, bad fields, bad metadata).
+    pub rx_malformed: u64,
+    /// Frames dropped for a bad checksum.
+    pub rx_bad_csum: u64,
+    /// Frames not for us (other MAC or IP, unsupported protocol).
+    pub rx_ignored: u64,
+    /// TCP segments or UDP datagrams that matched no socket.
+    pub rx_no_socket: u64,
+    /// SYNs dropped because the listener's backlog was full.
+    pub rx_backlog_full: u64,
+    /// Frames transmitted (handed to the TX ring).
+    pub tx_frames: u64,
+    /// Frames dropped at TX (unresolved neighbour queue full, build error).
+    pub tx_dropped: u64,
+    /// ARP requests sent.
+    pub arp_requests: u64,
+    /// ICMP echo requests answered.
+    pub echo_replies: u64,
+    /// Payload bytes put into TX frames.
+    pub tx_payload_bytes: u64,
+    /// Of those, bytes carried by shared (reused) lines.
+    pub tx_payload_shared: u64,
+    /// Of those, bytes the stack copied into new lines (partial lines whose
+    /// offset did not line up with their place behind the headers).
+    pub tx_payload_copied: u64,
+    /// Payload bytes delivered to sockets (as segment snapshots: no copy).
+    pub rx_payload_bytes: u64,
+}
+
+/// One socket's news from a [`Interface::poll`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// The socket.
+    pub handle: SocketHandle,
+    /// Data (or a connection to accept, or EOF) is waiting.
+    pub readable: bool,
+    /// Room to send opened up after a send would have blocked.
+    pub writable: bool,
+    /// The connection is over (reset, timed out, or fully closed).
+    pub closed: bool,
+}
+
+/// The interface state a frame is built from: everything but the sockets
+/// and the NIC, so that a socket can emit into it while the socket set is
+/// borrowed.
+#[derive(Debug)]
+struct Inner {
+    mem: Memory,
+    cfg: IfaceConfig,
+    neighbours: Neighbours,
+    /// Built frames waiting for room in the TX ring.
+    txq: VecDeque<Segment>,
+    stats: IfaceStats,
+    ident: u16,
+    next_port: u16,
+    secret: (u64, u64),
+}
+
+impl Inner {
+    /// RFC 6528: a keyed hash of the 4-tuple plus a 4 µs clock.
+    pub(super) fn iss(&self, local: SocketAddrV4, remote: SocketAddrV4, now: u64) -> u32 {
+        let mut h = std::hash::DefaultHasher::new();
+        h.write_u64(self.secret.0);
+        h.write_u32(u32::from(*local.ip()));
+        h.write_u16(local.port());
+        h.write_u32(u32::from(*remote.ip()));
+        h.write_u16(remote.port());
+        h.write_u64(self.secret.1);
+        (h.finish() as u32).wrapping_add((now / 4_000) as u32)
+    }
+}
+
+/// An IPv4 interface over a NIC.
+pub struct Interface<P: Port> {
+    nic: Nic<P>,
+    inner: Inner,
+    sockets: SocketSet,
+    rx: Vec<Segment>,
+    events: Vec<Event>,
+}
+
+impl<P: Port> std::fmt::Debug for Interface<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interface")
+            .field("ip", &self.inner.cfg.ip)
+            .field("nic", &self.nic)
+            .field("sockets", &self.sockets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Port> Interface<P> {
+    /// An interface on a new NIC over `port`.
+    pub fn new(mem: &Memory, port: P, mut cfg: IfaceConfig) -> Result<Interface<P>, IfaceError> {
+        let nic = Nic::new(mem, port, cfg.nic)?;
+        cfg.tcp.line_size = mem.line_size();
+        let mss_cap = cfg.mtu.saturating_sub(IP_LEN + 20).clamp(536, 65_495) as u16;
+        cfg.tcp.mss = cfg.tcp.mss.min(mss_cap);
+        let h = std::collections::hash_map::RandomState::new();
+        let mut a = h.build_hasher();
+        a.write_u64(cfg.seed);
+        let mut b = h.build_hasher();
+        b.write_u64(!cfg.seed);
+        let secret = (a.finish(), b.finish());
+        Ok(Interface {
+            nic,
+            inner: Inner {
+                mem: mem.clone(),
+                next_port: 49_152 + (secret.0 % 16_000) as u16,
+                cfg,
+                neighbours: Neighbours::new(),
+                txq: VecDeque::new(),
+                stats: IfaceStats::default(),
+                ident: (secret.1 & 0xffff) as u16,
+                secret,
+            },
+            sockets: SocketSet::default(),
+            rx: Vec::new(),
+            events: Vec::new(),
+        })
+    }
+
+    /// The configuration (with the TCP settings the interface derived).
+    pub fn config(&self) -> &IfaceConfig {
+        &self.inner.cfg
+    }
+
+    /// The memory packets live in.
+    pub fn memory(&self) -> &Memory {
+        &self.inner.mem
+    }
+
+    /// The NIC.
+    pub fn nic(&self) -> &Nic<P> {
+        &self.nic
+    }
+
+    /// The NIC, mutably (e.g. to reach the port).
+    pub fn nic_mut(&mut self) -> &mut Nic<P> {
+        &mut self.nic
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &IfaceStats {
+        &self.inner.stats
+    }
+
+    /// Adds `mac` for `ip` to the ARP cache (static until it expires).
+    pub fn add_neighbour(&mut self, ip: Ipv4Addr, mac: [u8; 6], now: u64) {
+        self.inner.learn(ip, EthernetAddress(mac), now);
+    }
+
+    // ---- the poll loop ---------------------------------------------------------
+
+    /// One batch: run the device, process every received frame, run every
+    /// socket's timers and output, transmit with one doorbell. Returns the
+    /// sockets with news (readable, writable after back-pressure, closed).
+    pub fn poll(&mut self, now: u64) -> Result<&[Event], IfaceError> {
+        self.nic.rx_refill()?;
+        self.nic.dma()?;
+        self.nic.tx_reap()?;
+        let mut rx = std::mem::take(&mut self.rx);
+        loop {
+            rx.clear();
+            if self.nic.rx_harvest(&mut rx, 256)? == 0 {
+                break;
+            }
+            for seg in rx.drain(..) {
+                self.ingress(now, &seg);
+            }
+            self.nic.rx_refill()?;
+            self.nic.dma()?;
+        }
+        self.rx = rx;
+        self.nic.ack();
+        self.egress(now)?;
+        self.flush()?;
+        self.collect_events();
+        Ok(&self.events)
+    }
+
+    /// When the next poll is due for timers (absolute ns), if any.
+    pub fn poll_at(&self) -> Option<u64> {
+        let mut at = None::<u64>;
+        for t in self.sockets.tcp_iter() {
+            if let Some(p) = t.sock.poll_at() {
+                at = Some(at.map_or(p, |a| a.min(p)));
+            }
+        }
+        if !self.inner.txq.is_empty() {
+            at = Some(0);
+        }
+        at
+    }
+
+    fn collect_events(&mut self) {
+        self.events.clear();
+        let mut freed = Vec::new();
+        for (i, s) in self.sockets.slots.iter_mut().enumerate() {
+            // (readable, writable, closed) news of this socket, if any.
+            let news = match s {
+                Some(Sock::Tcp(t)) => {
+                    if t.released {
+                        if t.sock.is_closed() {
+                            freed.push(i);
+                        }
+                        continue;
+                    }
+                    if t.listener.is_some() || t.queued {
+                        continue;
+                    }
+                    let closed = t.sock.state() == State::Closed;
+                    let readable = t.sock.can_recv() || !t.sock.may_recv();
+                    let writable = t.want_write && t.sock.can_send();
+                    t.want_write &= !writable;
+                    let closed_news = closed && !t.reported_closed;
+                    t.reported_closed |= closed;
+                    ((readable && !closed) || writable || closed_news).then_some((
+                        readable,
+                        writable,
+                        closed_news,
+                    ))
+                }
+                Some(Sock::Listener(l)) => (!l.ready.is_empty()).then_some((true, false, false)),
+                Some(Sock::Udp(u)) => (!u.rx.is_empty()).then_some((true, false, false)),
+                None => None,
+            };
+            if let Some((readable, writable, closed)) = news {
+                self.events.push(Event {
+                    handle: SocketHandle(i),
+                    readable,
+                    writable,
+                    closed,
+                });
+            }
+        }
+        for i in freed {
+            if let Some(Sock::Tcp(t)) = self.sockets.remove(SocketHandle(i)) {
+                let key = (t.sock.local(), t.sock.remote());
+                self.sockets.tcp_demux.remove(&key);
+            }
+        }
+    }
+
+    /// Runs every TCP socket's output and timers; moves finished handshakes
+    /// to their listener's accept queue.
+    fn egress(&mut self, now: u64) -> Result<(), IfaceError> {
+        let mut established = Vec::new();
+        let mut dead = Vec::new();
+        let inner = &mut self.inner;
+        for (i, s) in self.sockets.slots.iter_mut().enumerate() {
+            let Some(Sock::Tcp(t)) = s else {
+                continue;
+            };
+            // Bound the burst by the frames the ring and queue can take.
+            let mut budget = (self.nic.tx_room() as usize + 512).saturating_sub(inner.txq.len());
+            let (local, remote) = (t.sock.local(), t.sock.remote());
+            let mut failed = None;
+            // The socket emits straight into the frame builder: the socket
+            // set and the interface state are borrowed apart.
+            t.sock.dispatch(now, &mut |repr, payload, gso| {
+                if budget == 0 || failed.is_some() {
+                    return false;
+                }
+                budget -= 1;
+                match inner.send_tcp(now, local, remote, repr, payload, gso) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if let Some(l) = t.listener {
+                match t.sock.state() {
+                    State::Established | State::CloseWait => established.push((l, i)),
+                    State::SynReceived => {}
+                    _ => dead.push((l, i)),
+                }
+            }
+        }
+        for (l, i) in established {
+            if let Some(lst) = self.sockets.listener_mut(l) {
+                lst.embryonic = lst.embryonic.saturating_sub(1);
+                lst.ready.push_back(SocketHandle(i));
+            }
+            if let Ok(t) = self.sockets.tcp_mut(SocketHandle(i)) {
+                t.listener = None;
+                t.queued = true;
+            }
+        }
+        for (l, i) in dead {
+            if let Some(lst) = self.sockets.listener_mut(l) {
+                lst.embryonic = lst.embryonic.saturating_sub(1);
+            }
+            if let Ok(t) = self.sockets.tcp_mut(SocketHandle(i)) {
+                t.listener = None;
+                t.released = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), IfaceError> {
+        loop {
+            while let Some(seg) = self.inner.txq.front() {
+                if !self.nic.tx_prepare(seg)? {
+                    break;
+                }
+                self.inner.txq.pop_front();
+                self.inner.stats.tx_frames += 1;
+            }
+            self.nic.tx_doorbell()?;
+            self.nic.dma()?;
+            self.nic.tx_reap()?;
+            if self.inner.txq.is_empty() || self.nic.tx_room() == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,257 @@
+//! RX: a harvested segment is parsed in place (headers are read into a
+//! small buffer) and demultiplexed; the payload handed to a socket is a
+//! [`Payload`] naming bytes inside that same segment.
+
+use std::net::SocketAddrV4;
+
+use hicamp::Segment;
+use nicdma::meta::{F_DATA_VALID, F_NEEDS_CSUM};
+use nicdma::{DmaMeta, Port};
+
+use super::socket_set::{Sock, TcpSock};
+use super::{Interface, ETH_LEN, MAX_HDRS};
+use crate::tcp::TcpSocket;
+use crate::wire::{
+    self, checksum, ethernet, ArpOp, ArpRepr, EthernetRepr, IcmpRepr, Ipv4Repr, TcpRepr, UdpRepr,
+};
+use crate::Payload;
+
+impl<P: Port> Interface<P> {
+    /// Processes `seg` (a frame segment with [`DmaMeta`] in front, as the
+    /// NIC deposits it) as if it had just been received: for tests and the
+    /// ingress fuzz target. Whatever it holds is parsed, counted, and either
+    /// delivered or dropped; nothing panics.
+    pub fn inject(&mut self, now: u64, seg: &Segment) {
+        self.ingress(now, seg);
+    }
+
+    pub(super) fn ingress(&mut self, now: u64, seg: &Segment) {
+        self.inner.stats.rx_frames += 1;
+        let Ok(meta) = DmaMeta::read(seg) else {
+            self.inner.stats.rx_malformed += 1;
+            return;
+        };
+        let base = u64::from(meta.frame_off);
+        let flen = meta.frame_len as usize;
+        let mut hdrs = [0u8; MAX_HDRS];
+        let hn = flen.min(MAX_HDRS);
+        if seg.read_at(base, &mut hdrs[..hn]).is_err() {
+            self.inner.stats.rx_malformed += 1;
+            return;
+        }
+        let hdrs = &hdrs[..hn];
+        let Ok(eth) = EthernetRepr::parse(hdrs) else {
+            self.inner.stats.rx_malformed += 1;
+            return;
+        };
+        if eth.dst != self.inner.cfg.mac && !eth.dst.is_broadcast() {
+            self.inner.stats.rx_ignored += 1;
+            return;
+        }
+        match eth.ethertype {
+            ethernet::ethertype::ARP => self.ingress_arp(now, &hdrs[ETH_LEN..]),
+            ethernet::ethertype::IPV4 => {
+                let trusted = meta.vnet.flags & (F_NEEDS_CSUM | F_DATA_VALID) != 0;
+                self.ingress_ipv4(now, seg, base, flen, hdrs, trusted)
+            }
+            _ => self.inner.stats.rx_ignored += 1,
+        }
+    }
+
+    fn ingress_arp(&mut self, now: u64, b: &[u8]) {
+        let Ok(arp) = ArpRepr::parse(b) else {
+            self.inner.stats.rx_malformed += 1;
+            return;
+        };
+        if arp.target_ip != self.inner.cfg.ip {
+            self.inner.stats.rx_ignored += 1;
+            return;
+        }
+        self.inner.learn(arp.sender_ip, arp.sender_hw, now);
+        if arp.op == ArpOp::Request {
+            let reply = ArpRepr {
+                op: ArpOp::Reply,
+                sender_hw: self.inner.cfg.mac,
+                sender_ip: self.inner.cfg.ip,
+                target_hw: arp.sender_hw,
+                target_ip: arp.sender_ip,
+            };
+            if self.inner.send_arp(arp.sender_hw, &reply).is_err() {
+                self.inner.stats.tx_dropped += 1;
+            }
+        }
+    }
+
+    fn ingress_ipv4(
+        &mut self,
+        now: u64,
+        seg: &Segment,
+        base: u64,
+        flen: usize,
+        hdrs: &[u8],
+        trusted: bool,
+    ) {
+        let ipb = &hdrs[ETH_LEN..];
+        let (ip, ihl) = match Ipv4Repr::parse_header(ipb, flen.saturating_sub(ETH_LEN)) {
+            Ok(v) => v,
+            Err(wire::WireError::Unsupported) => {
+                self.inner.stats.rx_ignored += 1;
+                return;
+            }
+            Err(wire::WireError::Checksum) => {
+                self.inner.stats.rx_bad_csum += 1;
+                return;
+            }
+            Err(_) => {
+                self.inner.stats.rx_malformed += 1;
+                return;
+            }
+        };
+        if ip.dst != self.inner.cfg.ip {
+            self.inner.stats.rx_ignored += 1;
+            return;
+        }
+        let l4_off = ETH_LEN + ihl;
+        let l4_len = ip.payload_len;
+        let l4 = Payload::new(seg.clone(), base + l4_off as u64, l4_len);
+        let verify = !trusted && self.inner.cfg.rx_verify_csum;
+        let l4h = &hdrs[l4_off.min(hdrs.len())..];
+        match ip.protocol {
+            wire::ipv4::protocol::ICMP => self.ingress_icmp(now, &ip, l4h, l4, verify),
+            wire::ipv4::protocol::UDP => self.ingress_udp(&ip, l4h, l4, verify),
+            wire::ipv4::protocol::TCP => self.ingress_tcp(now, &ip, l4h, l4, verify),
+            _ => self.inner.stats.rx_ignored += 1,
+        }
+    }
+
+    fn ingress_icmp(&mut self, now: u64, ip: &Ipv4Repr, h: &[u8], msg: Payload, verify: bool) {
+        let Ok(icmp) = IcmpRepr::parse(h) else {
+            self.inner.stats.rx_malformed += 1;
+            return;
+        };
+        let data = msg.slice(wire::icmp::HEADER_LEN.min(msg.len()), msg.len());
+        // One pass over the data serves the check and the reply's checksum.
+        let mut acc = checksum::Accumulator::new();
+        data.chunks().for_each(|c| acc.add(c));
+        let data_sum = acc.sum();
+        if verify {
+            let mut full = checksum::Accumulator::with_sum(data_sum);
+            full.add(&h[..wire::icmp::HEADER_LEN.min(h.len())]);
+            if !full.verifies() {
+                self.inner.stats.rx_bad_csum += 1;
+                return;
+            }
+        }
+        if let IcmpRepr::EchoRequest { ident, seq_no } = icmp {
+            let reply = IcmpRepr::EchoReply { ident, seq_no };
+            let mut hb = [0u8; 8];
+            reply.emit(&mut hb, data_sum);
+            self.inner.stats.echo_replies += 1;
+            if self
+                .inner
+                .send_ip(
+                    now,
+                    ip.src,
+                    wire::ipv4::protocol::ICMP,
+                    &hb,
+                    &[data],
+                    None,
+                    None,
+                )
+                .is_err()
+            {
+                self.inner.stats.tx_dropped += 1;
+            }
+        }
+    }
+
+    fn ingress_udp(&mut self, ip: &Ipv4Repr, h: &[u8], dgram: Payload, verify: bool) {
+        let Ok(udp) = UdpRepr::parse_header(h, dgram.len()) else {
+            self.inner.stats.rx_malformed += 1;
+            return;
+        };
+        let len = usize::from(udp.len);
+        let data = dgram.slice(wire::udp::HEADER_LEN, len);
+        if verify
+            && wire::udp::verify(ip.src, ip.dst, &h[..wire::udp::HEADER_LEN], data.chunks())
+                .is_err()
+        {
+            self.inner.stats.rx_bad_csum += 1;
+            return;
+        }
+        let Some(&hd) = self.sockets.udp_ports.get(&udp.dst_port) else {
+            self.inner.stats.rx_no_socket += 1;
+            return;
+        };
+        let cap = self.inner.cfg.udp_queue;
+        if let Some(Sock::Udp(u)) = self.sockets.get_mut(hd) {
+            if u.rx.len() < cap {
+                self.inner.stats.rx_payload_bytes += data.len() as u64;
+                u.rx.push_back((SocketAddrV4::new(ip.src, udp.src_port), data));
+            } else {
+                self.inner.stats.rx_no_socket += 1;
+            }
+        }
+    }
+
+    fn ingress_tcp(&mut self, now: u64, ip: &Ipv4Repr, h: &[u8], seg: Payload, verify: bool) {
+        let Ok((tcp, thl)) = TcpRepr::parse(h) else {
+            self.inner.stats.rx_malformed += 1;
+            return;
+        };
+        if verify && wire::tcp::verify(ip.src, ip.dst, &[], seg.chunks()).is_err() {
+            self.inner.stats.rx_bad_csum += 1;
+            return;
+        }
+        if thl > seg.len() {
+            self.inner.stats.rx_malformed += 1;
+            return;
+        }
+        let payload = seg.slice(thl, seg.len());
+        let local = SocketAddrV4::new(ip.dst, tcp.dst_port);
+        let remote = SocketAddrV4::new(ip.src, tcp.src_port);
+        if let Some(&hd) = self.sockets.tcp_demux.get(&(local, remote)) {
+            if let Some(Sock::Tcp(t)) = self.sockets.get_mut(hd) {
+                self.inner.stats.rx_payload_bytes += payload.len() as u64;
+                t.sock.process(now, &tcp, payload);
+                return;
+            }
+        }
+        let is_syn = tcp.flags.contains(wire::TcpFlags::SYN)
+            && !tcp.flags.contains(wire::TcpFlags::ACK)
+            && !tcp.flags.contains(wire::TcpFlags::RST);
+        if is_syn {
+            if let Some(&lh) = self.sockets.listeners.get(&tcp.dst_port) {
+                let full = match self.sockets.listener_mut(lh) {
+                    Some(l) => l.ready.len() + l.embryonic >= l.backlog,
+                    None => true,
+                };
+                if full {
+                    self.inner.stats.rx_backlog_full += 1;
+                    return;
+                }
+                let iss = self.inner.iss(local, remote, now);
+                if let Some(sock) =
+                    TcpSocket::accept(self.inner.cfg.tcp.clone(), local, remote, &tcp, iss, now)
+                {
+                    self.sockets.insert_tcp(TcpSock::new(sock, Some(lh)));
+                    if let Some(l) = self.sockets.listener_mut(lh) {
+                        l.embryonic += 1;
+                    }
+                }
+                return;
+            }
+        }
+        self.inner.stats.rx_no_socket += 1;
+        // `reply_rst` swaps the ports.
+        if let Some(rst) = crate::tcp::reply_rst(&tcp, payload.len()) {
+            if self
+                .inner
+                .send_tcp(now, local, remote, &rst, &[], None)
+                .is_err()
+            {
+                self.inner.stats.tx_dropped += 1;
+            }
+        }
+    }
+}

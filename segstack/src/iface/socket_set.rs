@@ -1,0 +1,155 @@
+//! The socket set: every socket of an interface and the tables that
+//! demultiplex incoming segments to them. It is kept apart from the
+//! interface state (addresses, neighbours, the TX queue), as smoltcp keeps
+//! its `SocketSet` apart from its `Interface`, so that a socket can emit
+//! straight into the frame builder while the set is borrowed.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddrV4;
+
+use crate::tcp::TcpSocket;
+use crate::Payload;
+
+use super::IfaceError;
+
+/// A socket of an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketHandle(pub usize);
+
+#[derive(Debug)]
+pub(super) struct TcpSock {
+    pub(super) sock: TcpSocket,
+    /// The listener it came from, while the handshake runs.
+    pub(super) listener: Option<SocketHandle>,
+    /// In a listener's accept queue, not yet accepted.
+    pub(super) queued: bool,
+    pub(super) want_write: bool,
+    /// The application gave it up: free it once TCP is done.
+    pub(super) released: bool,
+    pub(super) reported_closed: bool,
+}
+
+impl TcpSock {
+    /// A connection the application has not touched yet.
+    pub(super) fn new(sock: TcpSocket, listener: Option<SocketHandle>) -> Box<TcpSock> {
+        Box::new(TcpSock {
+            sock,
+            listener,
+            queued: false,
+            want_write: false,
+            released: false,
+            reported_closed: false,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Listener {
+    pub(super) port: u16,
+    pub(super) backlog: usize,
+    /// Established connections not yet accepted.
+    pub(super) ready: VecDeque<SocketHandle>,
+    /// Connections in the handshake.
+    pub(super) embryonic: usize,
+}
+
+#[derive(Debug)]
+pub(super) struct UdpSock {
+    pub(super) port: u16,
+    pub(super) rx: VecDeque<(SocketAddrV4, Payload)>,
+}
+
+#[derive(Debug)]
+pub(super) enum Sock {
+    Tcp(Box<TcpSock>),
+    Listener(Listener),
+    Udp(UdpSock),
+}
+
+/// The sockets, by handle, and the demultiplexing tables.
+#[derive(Debug, Default)]
+pub(super) struct SocketSet {
+    pub(super) slots: Vec<Option<Sock>>,
+    free: Vec<usize>,
+    /// Connections by (local, remote).
+    pub(super) tcp_demux: HashMap<(SocketAddrV4, SocketAddrV4), SocketHandle>,
+    /// Listeners by local port.
+    pub(super) listeners: HashMap<u16, SocketHandle>,
+    /// UDP sockets by local port.
+    pub(super) udp_ports: HashMap<u16, SocketHandle>,
+}
+
+impl SocketSet {
+    /// Sockets in use.
+    pub(super) fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    pub(super) fn insert(&mut self, s: Sock) -> SocketHandle {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(s);
+                SocketHandle(i)
+            }
+            None => {
+                self.slots.push(Some(s));
+                SocketHandle(self.slots.len() - 1)
+            }
+        }
+    }
+
+    /// Adds a TCP connection and its demultiplexing entry.
+    pub(super) fn insert_tcp(&mut self, t: Box<TcpSock>) -> SocketHandle {
+        let key = (t.sock.local(), t.sock.remote());
+        let h = self.insert(Sock::Tcp(t));
+        self.tcp_demux.insert(key, h);
+        h
+    }
+
+    /// Frees the slot of `h` (its demultiplexing entries are the caller's).
+    pub(super) fn remove(&mut self, h: SocketHandle) -> Option<Sock> {
+        let s = self.slots.get_mut(h.0)?.take()?;
+        self.free.push(h.0);
+        Some(s)
+    }
+
+    pub(super) fn get_mut(&mut self, h: SocketHandle) -> Option<&mut Sock> {
+        self.slots.get_mut(h.0)?.as_mut()
+    }
+
+    pub(super) fn tcp(&self, h: SocketHandle) -> Result<&TcpSock, IfaceError> {
+        match self.slots.get(h.0) {
+            Some(Some(Sock::Tcp(t))) => Ok(t),
+            _ => Err(IfaceError::BadHandle),
+        }
+    }
+
+    pub(super) fn tcp_mut(&mut self, h: SocketHandle) -> Result<&mut TcpSock, IfaceError> {
+        match self.get_mut(h) {
+            Some(Sock::Tcp(t)) => Ok(t),
+            _ => Err(IfaceError::BadHandle),
+        }
+    }
+
+    pub(super) fn listener_mut(&mut self, h: SocketHandle) -> Option<&mut Listener> {
+        match self.get_mut(h) {
+            Some(Sock::Listener(l)) => Some(l),
+            _ => None,
+        }
+    }
+
+    pub(super) fn udp_mut(&mut self, h: SocketHandle) -> Result<&mut UdpSock, IfaceError> {
+        match self.get_mut(h) {
+            Some(Sock::Udp(u)) => Ok(u),
+            _ => Err(IfaceError::BadHandle),
+        }
+    }
+
+    /// The TCP sockets with their handles.
+    pub(super) fn tcp_iter(&self) -> impl Iterator<Item = &TcpSock> + '_ {
+        self.slots.iter().flatten().filter_map(|s| match s {
+            Sock::Tcp(t) => Some(&**t),
+            _ => None,
+        })
+    }
+}
