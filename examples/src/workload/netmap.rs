@@ -1,7 +1,7 @@
 //! netmap buffers as PASTE holds packets in them: a fixed 2 KiB buffer per packet, headers and
 //! payload in place, zeros after.
 
-use nicdma::offload::{fold, sum16};
+use nicdma::checksum::{checksum, checksum_chunks};
 
 use super::clients::Conn;
 
@@ -35,7 +35,7 @@ pub(super) fn netmap_buffer(conn: &mut Conn, payload: &[u8], now_us: u64) -> Vec
     ip[9] = 6;
     ip[12..16].copy_from_slice(&conn.client_ip);
     ip[16..20].copy_from_slice(&conn.server_ip);
-    let ip_sum = fold(sum16(0, ip));
+    let ip_sum = checksum(ip);
     ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
     // TCP: data offset 8 words, PSH|ACK, window, NOP NOP TS(val, ecr).
     let tcp = &mut h[34..66];
@@ -55,7 +55,7 @@ pub(super) fn netmap_buffer(conn: &mut Conn, payload: &[u8], now_us: u64) -> Vec
     pseudo[4..8].copy_from_slice(&conn.server_ip);
     pseudo[9] = 6;
     pseudo[10..12].copy_from_slice(&((32 + payload.len()) as u16).to_be_bytes());
-    let tcp_sum = fold(sum16(sum16(sum16(0, &pseudo), tcp), payload));
+    let tcp_sum = checksum_chunks([&pseudo[..], &tcp[..], payload]);
     tcp[16..18].copy_from_slice(&tcp_sum.to_be_bytes());
     let start = NETMAP_BUF_HEADROOM + PACKET_HEADER_LEN;
     buf[start..start + payload.len()].copy_from_slice(payload);
