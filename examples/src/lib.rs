@@ -7,4 +7,3 @@ pub mod phttpd;
 pub mod report;
 pub mod run;
 pub mod workload;
-pub mod zero;

@@ -60,6 +60,7 @@ mod config;
 mod dag;
 mod directory;
 mod error;
+pub mod footprint;
 mod fsck;
 mod id;
 mod map;

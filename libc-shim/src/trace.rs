@@ -28,14 +28,13 @@ use std::sync::atomic::{
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hicamp::footprint::{LineSizeReport, ZeroLineCounter};
 use hicamp::Memory;
-use hicamp_examples::report::LineSizeReport;
-use hicamp_examples::zero::ZeroLineCounter;
 use parking_lot::{Condvar, Mutex};
 
 use crate::config::Config;
 use crate::fdtable::{traced, Conn, FdEntry, Kind, Origin, TABLE};
-use crate::report::{ConnReport, TraceReport};
+use crate::report::{conn_report, ConnReport, ShimReport};
 use crate::{guard, sys};
 
 /// The interning thread wakes at least this often.
@@ -480,7 +479,7 @@ impl Account {
     }
 
     /// Builds the report.
-    fn build(&self, reason: &str, final_report: bool) -> TraceReport {
+    fn build(&self, reason: &str, final_report: bool) -> ShimReport {
         let cfg = Config::get();
         let it = self.interner.lock();
         let mut conns: Vec<ConnReport> = self
@@ -493,13 +492,13 @@ impl Account {
                     || c.connected.load(Relaxed)
             })
             .filter(|c| !c.listening.load(Relaxed))
-            .map(|c| ConnReport::of(c))
+            .map(|c| conn_report(c))
             .collect();
         conns.sort_by_key(|c| c.id);
         let total = self.conns_total.load(Relaxed);
-        TraceReport {
-            tool: "hicamp libc-shim",
-            mode: "trace",
+        ShimReport {
+            tool: "hicamp libc-shim".to_string(),
+            mode: "trace".to_string(),
             run_id: cfg.run_id.clone(),
             pid: self.pid,
             ppid: sys::getppid(),

@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use hicamp_examples::dedup::{self, IngestOptions, InputSet, DEFAULT_LINE_SIZES};
-use hicamp_examples::report;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Debug, Parser)]
@@ -346,7 +345,7 @@ fn run_stat(args: &FileArgs) -> Result<(), Failure> {
         }))?;
     } else {
         let mut out = io::stdout().lock();
-        let hb = report::human_bytes;
+        let hb = hicamp::footprint::human_bytes;
         writeln!(
             out,
             "{}: line size {} B, capacity {} lines, durability {:?}",
