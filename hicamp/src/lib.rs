@@ -61,6 +61,7 @@ mod dag;
 mod directory;
 mod error;
 pub mod footprint;
+#[allow(unsafe_code)]
 mod fsck;
 mod id;
 mod map;
@@ -69,13 +70,13 @@ mod persist;
 #[allow(unsafe_code)]
 mod region;
 mod segment;
+mod shape;
 mod splice;
 mod stats;
 #[allow(unsafe_code)]
 mod store;
 
 pub use config::{Config, Durability, MAX_LINE_SIZE, MIN_LINE_SIZE};
-pub use dag::MAX_SEGMENT_LEN;
 pub use directory::{NamedSegment, DIRECTORY};
 pub use error::{Error, Result};
 pub use fsck::{fsck, FsckReport};
@@ -84,6 +85,7 @@ pub use map::{MapEntry, SegmentMap};
 pub use memory::{Memory, Recovery};
 pub use persist::{FORMAT_VERSION, MAGIC};
 pub use segment::{Cursor, Segment, SegmentMut};
+pub use shape::MAX_SEGMENT_LEN;
 pub use splice::{Piece, SpliceCounts};
 pub use stats::Stats;
 pub use store::WriteCounts;
