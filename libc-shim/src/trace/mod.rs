@@ -24,7 +24,9 @@
 //! counters, the pending buffer, the interning thread and the report), `events` (what the hooks
 //! and the process handlers tell the account).
 
+#[allow(unsafe_code)]
 mod account;
+#[allow(unsafe_code)]
 mod events;
 mod interner;
 
