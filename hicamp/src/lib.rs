@@ -51,10 +51,19 @@
 //! # Ok::<(), hicamp::Error>(())
 //! ```
 //!
-//! Unsafe code lives in one module (`region`: the mappings and the line-slot
-//! protocol); the rest of the crate denies it.
+//! The crate denies unsafe code except in these modules, where every unsafe
+//! block carries a `// SAFETY:` comment:
+//!
+//! * `region`: the mappings and the raw line reads and writes of the arena;
+//! * `store` (its root module, `store::index` and `store::recovery`): reading
+//!   lines the caller holds a reference to, writing a freshly taken slot under
+//!   its shard lock, and the unsafe `children_of`/`line_of` readers used by the
+//!   single-threaded recovery walk (`store::counts`, `store::intern` and
+//!   `store::durability` deny unsafe code again);
+//! * `fsck`: line reads (through `store::line_of`) of a file it mapped itself.
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 mod config;
 mod dag;
