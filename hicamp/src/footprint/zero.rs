@@ -76,6 +76,12 @@ impl ZeroLineCounter {
         }
     }
 
+    /// Counts one whole item: [`feed`](Self::feed) then [`finish_item`](Self::finish_item).
+    pub fn feed_item(&mut self, data: &[u8]) {
+        self.feed(data);
+        self.finish_item();
+    }
+
     /// Ends the current item: a last partial zero line counts its real bytes.
     pub fn finish_item(&mut self) {
         if self.in_line > 0 {
@@ -107,8 +113,7 @@ impl ZeroLineCounter {
 /// Logical bytes of `data` (one item) lying in all-zero lines of `line_size` bytes.
 pub fn zero_line_bytes(data: &[u8], line_size: usize) -> u64 {
     let mut c = ZeroLineCounter::new(line_size);
-    c.feed(data);
-    c.finish_item();
+    c.feed_item(data);
     c.zero_bytes()
 }
 

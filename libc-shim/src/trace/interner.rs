@@ -120,8 +120,7 @@ impl Interner {
                 for (s, seg) in self.sinks.iter_mut().zip(&c.segs) {
                     if let (Some(seg), Some(_)) = (seg, &s.mem) {
                         std::mem::forget(seg.clone());
-                        s.zero.feed(p);
-                        s.zero.finish_item();
+                        s.zero.feed_item(p);
                     }
                 }
                 return;
@@ -146,8 +145,7 @@ impl Interner {
                     continue;
                 }
             }
-            s.zero.feed(p);
-            s.zero.finish_item();
+            s.zero.feed_item(p);
         }
         match key {
             Some(k) => {
