@@ -84,6 +84,7 @@ mod splice;
 mod stats;
 #[allow(unsafe_code)]
 mod store;
+mod sync;
 
 pub use config::{Config, Durability, MAX_LINE_SIZE, MIN_LINE_SIZE};
 pub use directory::{NamedSegment, DIRECTORY};

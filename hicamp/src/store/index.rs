@@ -1,15 +1,14 @@
 //! The sharded dedup index (open addressing, linear probing, backward-shift
 //! delete) and the free lists of line slots.
 
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::*};
-
-use parking_lot::Mutex;
+use std::sync::atomic::Ordering::*;
 
 use super::counts::{kind_bit, COUNT_MASK, INTERIOR_BIT, SATURATED};
 use super::{kind_index, Store, SHARDS};
 use crate::config::Durability;
 use crate::id::{LineId, LineKind};
 use crate::region::prefetch_ptr;
+use crate::sync::{AtomicPtr, AtomicUsize, Mutex};
 
 const FRESH_CHUNK: u64 = 16;
 pub(super) const INITIAL_TABLE: usize = 8;

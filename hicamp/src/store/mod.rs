@@ -51,16 +51,16 @@ mod index;
 mod intern;
 mod recovery;
 
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::Ordering::*;
 
 use crossbeam_utils::CachePadded;
-use parking_lot::Mutex;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::config::Durability;
 use crate::id::{LineId, LineKind};
 use crate::persist::Layout;
-use crate::region::{Arena, AtomicU32Array, Backing};
+use crate::region::{Arena, Backing};
+use crate::sync::{count_array, AtomicPtr, AtomicU64, AtomicUsize, CountArray, Mutex};
 
 pub(crate) use counts::INTERIOR_BIT;
 use index::{Shard, ShardCell, INITIAL_TABLE};
@@ -147,7 +147,7 @@ pub(crate) struct StoreCounters {
 
 pub(crate) struct Store {
     arena: Arena,
-    meta: AtomicU32Array,
+    meta: CountArray,
     shift: u32,
     slots: u64,
     next_fresh: AtomicU64,
@@ -206,7 +206,7 @@ impl Store {
     ) -> Store {
         let slots = layout.slots;
         let arena = backing.arena(layout.arena_off as usize, config.line_size, slots as usize);
-        let meta = backing.u32s(layout.meta_off as usize, slots as usize);
+        let meta = count_array(backing, layout.meta_off as usize, slots as usize);
         let shards = (0..SHARDS)
             .map(|_| {
                 let mut shard = Shard {
