@@ -3,12 +3,13 @@
 //!
 //! | module          | what it holds                                                        |
 //! |-----------------|----------------------------------------------------------------------|
-//! | [`cli`]         | the `hicamp` command line (`dedup`, `fsck`, `stat`, `run`)           |
+//! | [`cli`]         | the `hicamp` command line (`dedup`, `fsck`, `stat`, `run` under the shim) |
 //! | [`phttpd`]      | a PASTE-phttpd-like HTTP server on segstack, and its `phttpd` command |
 //! | [`experiments`] | line-level dedup against page-level dedup (`hicamp dedup`)          |
 //! | [`workload`]    | deterministic PASTE-style traffic: RPC, WAL, static objects, netmap  |
-//! | [`run`]         | `hicamp run`: a command under the libc shim, reports merged          |
-//! | [`report`], [`zero`] | the footprint report and the all-zero-line count             |
+//!
+//! The footprint types (per line size, all-zero lines, the shim's report) live in
+//! `hicamp::footprint`, so that the libc shim needs only the memory.
 //!
 //! The binaries in `src/bin/` only call [`cli::main`] and [`phttpd::cli::main`].
 #![forbid(unsafe_code)]
@@ -16,13 +17,4 @@
 pub mod cli;
 pub mod experiments;
 pub mod phttpd;
-pub mod report;
-pub mod run;
 pub mod workload;
-pub mod zero;
-
-// The old paths, for the footprint-report code that is moving into hicamp (`report` names
-// `crate::pagededup`; libc-shim calls `hicamp_examples::dedup::check_line_size`): drop them
-// when it has moved.
-#[doc(hidden)]
-pub use experiments::{dedup, pagededup};

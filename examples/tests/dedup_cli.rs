@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use hicamp_examples::zero::zero_line_bytes;
+use hicamp::footprint::zero_line_bytes;
 use serde_json::Value;
 use testkit::Rng;
 

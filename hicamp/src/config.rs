@@ -84,16 +84,24 @@ impl Config {
         }
     }
 
+    /// Checks that `line_size` is one HICAMP supports: a power of two in
+    /// [`MIN_LINE_SIZE`]`..=`[`MAX_LINE_SIZE`]. The one line-size check: [`validate`]
+    /// makes it, and so do the tools that take line sizes from their users.
+    ///
+    /// [`validate`]: Config::validate
+    pub fn check_line_size(line_size: usize) -> Result<()> {
+        if line_size.is_power_of_two() && (MIN_LINE_SIZE..=MAX_LINE_SIZE).contains(&line_size) {
+            Ok(())
+        } else {
+            Err(Error::BadConfig(format!(
+                "line size {line_size} is not a power of two in {MIN_LINE_SIZE}..={MAX_LINE_SIZE}"
+            )))
+        }
+    }
+
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
-        if !self.line_size.is_power_of_two()
-            || !(MIN_LINE_SIZE..=MAX_LINE_SIZE).contains(&self.line_size)
-        {
-            return Err(Error::BadConfig(format!(
-                "line size {} is not a power of two in {MIN_LINE_SIZE}..={MAX_LINE_SIZE}",
-                self.line_size
-            )));
-        }
+        Config::check_line_size(self.line_size)?;
         if self.capacity_lines == 0 || self.capacity_lines > u64::from(u32::MAX - 1) {
             return Err(Error::BadConfig(format!(
                 "capacity of {} lines is not in 1..={}",

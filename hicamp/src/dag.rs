@@ -24,12 +24,8 @@
 
 use crate::error::{Error, Result};
 use crate::id::LineId;
+pub(crate) use crate::shape::{check_len, height_for, leaves_for, MAX_HEIGHT, MAX_SEGMENT_LEN};
 use crate::store::{with_line, Store, WriteCounts};
-
-/// Longest segment: 2^48 bytes keeps every span computation inside `u64`.
-pub const MAX_SEGMENT_LEN: u64 = 1 << 48;
-/// Tallest possible DAG (16-byte lines, fanout 4, 2^44 leaves).
-pub(crate) const MAX_HEIGHT: usize = 24;
 
 /// The geometry of a segment and its root (a reference owned by whoever holds
 /// the `Tree`).
@@ -40,33 +36,10 @@ pub(crate) struct Tree {
     pub len: u64,
 }
 
-#[inline]
-pub(crate) fn leaves_for(len: u64, shift: u32) -> u64 {
-    len.div_ceil(1 << shift)
-}
-
 /// log2 of the fanout.
 #[inline]
 fn fanout_shift(store: &Store) -> u32 {
     store.shift() - 2
-}
-
-pub(crate) fn height_for(n: u64, fshift: u32) -> u32 {
-    let mut h = 0;
-    while h * fshift < 64 && (1u64 << (h * fshift)) < n {
-        h += 1;
-    }
-    h
-}
-
-pub(crate) fn check_len(len: u64) -> Result<()> {
-    if len > MAX_SEGMENT_LEN {
-        return Err(Error::TooLong {
-            len,
-            max: MAX_SEGMENT_LEN,
-        });
-    }
-    Ok(())
 }
 
 /// Builds the canonical DAG of `data` bottom-up, one level at a time.
@@ -250,7 +223,7 @@ pub(crate) fn write_at_counted(
 ) -> Result<Tree> {
     let end = off
         .checked_add(data.len() as u64)
-        .filter(|e| *e <= crate::dag::MAX_SEGMENT_LEN)
+        .filter(|e| *e <= MAX_SEGMENT_LEN)
         .ok_or(Error::TooLong {
             len: off.saturating_add(data.len() as u64),
             max: MAX_SEGMENT_LEN,

@@ -12,12 +12,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::dag::{leaves_for, MAX_HEIGHT};
 use crate::directory;
 use crate::error::Result;
-use crate::persist::{self, INTERIOR_BIT, UNREACHED};
+use crate::persist;
 use crate::region::Arena;
-use crate::store::{is_zero, line_hash, line_of};
+use crate::shape::{leaves_for, MAX_HEIGHT};
+use crate::store::{self, is_zero, line_hash, line_of, INTERIOR_BIT, UNREACHED};
 use crate::LineKind;
 
 const MAX_MESSAGES: usize = 100;
@@ -98,7 +98,7 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
         config.map_capacity as usize * persist::ENTRY_WORDS,
     );
     let fshift = config.line_size.trailing_zeros() - 2;
-    let a = match persist::analyze(&name, &arena, &words, config.map_capacity, fshift) {
+    let a = match store::analyze(&name, &arena, &words, config.map_capacity, fshift) {
         Ok(a) => a,
         Err(e) => {
             r.problem(e.to_string());
@@ -139,7 +139,8 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
             r.kind_mismatches += 1;
             r.problem(format!("L{id}: stored kind does not match height {h}"));
         }
-        let line = line_of(&arena, id as u32);
+        // SAFETY: `id < slots`; fsck's own mapping (module docs).
+        let line = unsafe { line_of(&arena, id as u32) };
         if is_zero(line) {
             r.non_canonical += 1;
             r.problem(format!(
@@ -171,7 +172,13 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
     for ids in by_content.values().filter(|v| v.len() > 1) {
         for (i, &x) in ids.iter().enumerate() {
             for &y in &ids[i + 1..] {
-                if line_of(&arena, x) == line_of(&arena, y) {
+                // SAFETY: `x` comes from the loop over slots; fsck's own
+                // mapping (module docs).
+                let lx = unsafe { line_of(&arena, x) };
+                // SAFETY: as for `x`.
+                let ly = unsafe { line_of(&arena, y) };
+                let same = lx == ly;
+                if same {
                     r.non_canonical += 1;
                     r.problem(format!(
                         "L{x} and L{y} hold the same content (dedup violated)"
@@ -203,7 +210,9 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
                 break;
             }
             let j = ((last >> (fshift * (level - 1))) & ((1 << fshift) - 1)) as usize;
-            let line = line_of(&arena, node);
+            // SAFETY: `node` is the root or a child on a path `analyze`
+            // range-checked; fsck's own mapping (module docs).
+            let line = unsafe { line_of(&arena, node) };
             if !is_zero(&line[(j + 1) * 4..]) {
                 r.non_canonical += 1;
                 r.problem(format!(
@@ -214,7 +223,8 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
             node = u32::from_le_bytes(line[j * 4..j * 4 + 4].try_into().expect("4"));
         }
         let tail = (e.len % ls) as usize;
-        if node != 0 && tail != 0 && !is_zero(&line_of(&arena, node)[tail..]) {
+        // SAFETY: as above: a range-checked id, fsck's own mapping.
+        if node != 0 && tail != 0 && !is_zero(&unsafe { line_of(&arena, node) }[tail..]) {
             r.non_canonical += 1;
             r.problem(format!(
                 "entry {}: bytes past the end are not zero",
@@ -267,9 +277,12 @@ fn read_all(arena: &Arena, root: u32, height: u32, len: u64, fshift: u32) -> Vec
             out.resize(out.len() + n, 0);
         } else if h == 0 {
             let n = ls.min((len - out.len() as u64) as usize);
-            out.extend_from_slice(&line_of(arena, id)[..n]);
+            // SAFETY: `id` is reachable from a root `analyze` checked (so in
+            // range); fsck's own mapping (module docs).
+            out.extend_from_slice(&unsafe { line_of(arena, id) }[..n]);
         } else {
-            let line = line_of(arena, id);
+            // SAFETY: as above.
+            let line = unsafe { line_of(arena, id) };
             let kids: Vec<u32> = line
                 .as_chunks::<4>()
                 .0

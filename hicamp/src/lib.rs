@@ -51,15 +51,26 @@
 //! # Ok::<(), hicamp::Error>(())
 //! ```
 //!
-//! Unsafe code lives in one module (`region`: the mappings and the line-slot
-//! protocol); the rest of the crate denies it.
+//! The crate denies unsafe code except in these modules, where every unsafe
+//! block carries a `// SAFETY:` comment:
+//!
+//! * `region`: the mappings and the raw line reads and writes of the arena;
+//! * `store` (its root module, `store::index` and `store::recovery`): reading
+//!   lines the caller holds a reference to, writing a freshly taken slot under
+//!   its shard lock, and the unsafe `children_of`/`line_of` readers used by the
+//!   single-threaded recovery walk (`store::counts`, `store::intern` and
+//!   `store::durability` deny unsafe code again);
+//! * `fsck`: line reads (through `store::line_of`) of a file it mapped itself.
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 mod config;
 mod dag;
 mod directory;
 mod error;
+pub mod footprint;
+#[allow(unsafe_code)]
 mod fsck;
 mod id;
 mod map;
@@ -68,14 +79,15 @@ mod persist;
 #[allow(unsafe_code)]
 mod region;
 mod segment;
+mod shape;
 mod slice;
 mod splice;
 mod stats;
 #[allow(unsafe_code)]
 mod store;
+mod sync;
 
 pub use config::{Config, Durability, MAX_LINE_SIZE, MIN_LINE_SIZE};
-pub use dag::MAX_SEGMENT_LEN;
 pub use directory::{NamedSegment, DIRECTORY};
 pub use error::{Error, Result};
 pub use fsck::{fsck, FsckReport};
@@ -84,6 +96,7 @@ pub use map::{MapEntry, SegmentMap};
 pub use memory::{Memory, Recovery};
 pub use persist::{FORMAT_VERSION, MAGIC};
 pub use segment::{Cursor, Segment, SegmentMut};
+pub use shape::MAX_SEGMENT_LEN;
 pub use slice::SegmentSlice;
 pub use splice::{Piece, SpliceCounts};
 pub use stats::Stats;

@@ -17,7 +17,7 @@ use crate::persist::{self, Layout};
 use crate::region::Backing;
 use crate::segment::{Segment, SegmentMut};
 use crate::stats::Stats;
-use crate::store::Store;
+use crate::store::{self, Store};
 
 const STRIPES: usize = 16;
 
@@ -158,7 +158,7 @@ impl Memory {
         })?;
         let store = Store::new(&backing, &layout, &config);
         let map = MapTable::new(&backing, &layout, &config);
-        let a = persist::analyze(
+        let a = store::analyze(
             &name,
             store.arena(),
             map.words(),

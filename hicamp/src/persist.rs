@@ -1,4 +1,5 @@
-//! Memory files: layout, header, recovery, and the consistency check.
+//! Memory files: layout, header, and the map-entry slots. The recovery walk
+//! over a file's committed DAGs is the store's (`store::recovery`).
 //!
 //! ```text
 //!  offset 0        header page: magic, format version, config, region
@@ -27,10 +28,9 @@ use std::path::Path;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::config::{Config, Durability};
-use crate::dag::{height_for, leaves_for, MAX_HEIGHT, MAX_SEGMENT_LEN};
 use crate::error::{Error, Result};
 use crate::id::LineId;
-use crate::region::{Arena, AtomicU64Array, Backing};
+use crate::region::Backing;
 
 /// The file magic.
 pub const MAGIC: [u8; 8] = *b"HICAMPMF";
@@ -41,7 +41,6 @@ const STATE_OFF: usize = 2048;
 /// Words per map entry (two slots of four).
 pub(crate) const ENTRY_WORDS: usize = 8;
 pub(crate) const LIVE_BIT: u64 = 1 << 40;
-pub(crate) const INTERIOR_BIT: u32 = 1 << 31;
 
 fn round_page(n: u64) -> u64 {
     n.div_ceil(4096) * 4096
@@ -302,105 +301,4 @@ pub(crate) fn current_slot(
         None if any_written => Err(format!("map entry {index}: no valid slot")),
         None => Ok(None),
     }
-}
-
-/// What a walk of every committed DAG found.
-#[derive(Debug, Default)]
-pub(crate) struct Analysis {
-    /// Live entries (index, root, height, len).
-    pub entries: Vec<RootEntry>,
-    /// References to each slot from committed roots and interior lines.
-    pub counts: Vec<u32>,
-    /// Height of each reached line, `UNREACHED` otherwise.
-    pub heights: Vec<u8>,
-    /// Lines reached (slot 0, the zero line, never is).
-    pub live: u64,
-    pub max_id: u32,
-}
-
-pub(crate) const UNREACHED: u8 = u8::MAX;
-
-/// Walks every DAG reachable from a committed entry and counts references.
-/// Checks that ids are in range, heights agree with lengths, and no line is
-/// reached at two heights (which also rules out cycles). Reads only.
-pub(crate) fn analyze(
-    path: &str,
-    arena: &Arena,
-    map_words: &AtomicU64Array,
-    map_capacity: u32,
-    fanout_shift: u32,
-) -> Result<Analysis> {
-    let corrupt = |what: String| Error::Corrupt {
-        path: path.to_string(),
-        what,
-    };
-    let slots = arena.slots();
-    let mut a = Analysis {
-        counts: vec![0; slots],
-        heights: vec![UNREACHED; slots],
-        ..Analysis::default()
-    };
-    let words = map_words.as_slice();
-    let mut stack: Vec<(u32, u32)> = Vec::new();
-    let line_shift = fanout_shift + 2;
-    for index in 0..map_capacity {
-        let Some((slot, w0, len, version)) = current_slot(words, index).map_err(corrupt)? else {
-            continue;
-        };
-        if w0 & LIVE_BIT == 0 {
-            continue;
-        }
-        let root = w0 as u32;
-        let height = ((w0 >> 32) & 0xff) as u32;
-        if len > MAX_SEGMENT_LEN || height as usize > MAX_HEIGHT {
-            return Err(corrupt(format!(
-                "map entry {index}: length {len} or height {height} out of range"
-            )));
-        }
-        if height != height_for(leaves_for(len, line_shift), fanout_shift) {
-            return Err(corrupt(format!(
-                "map entry {index}: height {height} does not fit length {len}"
-            )));
-        }
-        if root as usize >= slots {
-            return Err(corrupt(format!(
-                "map entry {index}: root L{root} out of range"
-            )));
-        }
-        a.entries.push(RootEntry {
-            index,
-            root: LineId(root),
-            height,
-            len,
-            version,
-            slot,
-        });
-        stack.push((root, height));
-        while let Some((id, h)) = stack.pop() {
-            if id == 0 {
-                continue;
-            }
-            let i = id as usize;
-            if a.heights[i] == UNREACHED {
-                a.heights[i] = h as u8;
-                a.live += 1;
-                a.max_id = a.max_id.max(id);
-                if h > 0 {
-                    for c in crate::store::children_of(arena, id) {
-                        if c as usize >= slots {
-                            return Err(corrupt(format!("line L{id} has child L{c} out of range")));
-                        }
-                        stack.push((c, h - 1));
-                    }
-                }
-            } else if u32::from(a.heights[i]) != h {
-                return Err(corrupt(format!(
-                    "line L{id} is reached at heights {} and {h}",
-                    a.heights[i]
-                )));
-            }
-            a.counts[i] = a.counts[i].saturating_add(1);
-        }
-    }
-    Ok(a)
 }

@@ -17,37 +17,23 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hicamp::{fsck, Config, Durability, Error, Memory, SegmentId};
+use testkit::Rng;
 
 const KEYS: u64 = 12;
 const MAX_LIVE_LINES: u64 = 12_000;
 
 fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = Rng::new(seed);
     (0..len)
         .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.byte();
             match (i / 64 + seed as usize) % 6 {
                 0 => 0,
                 1 => b'=',
-                _ => x as u8,
+                _ => x,
             }
         })
         .collect()
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 fn config() -> Config {
@@ -123,9 +109,9 @@ fn crash_child() {
             mem.map().delete(id).unwrap();
         }
     }
-    let mut rng = Rng(seed.parse::<u64>().unwrap() | 1);
+    let mut rng = Rng::new(seed.parse::<u64>().unwrap());
     loop {
-        let s = rng.next() >> 16;
+        let s = rng.next_u64() >> 16;
         let len = rng.below(6000) as usize;
         match rng.below(10) {
             0..=4 => {
@@ -280,7 +266,7 @@ fn crash_recovery() {
     let file = dir.path().join("crash.hicamp");
     let log = dir.path().join("crash.log");
     let exe = std::env::current_exe().unwrap();
-    let mut rng = Rng(0x00C0_FFEE);
+    let mut rng = Rng::new(0x00C0_FFEE);
     let mut recovered_ops = 0usize;
     let t0 = Instant::now();
     for round in 0..rounds {
@@ -288,7 +274,7 @@ fn crash_recovery() {
             .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
             .env("HICAMP_CRASH_FILE", &file)
             .env("HICAMP_CRASH_LOG", &log)
-            .env("HICAMP_CRASH_SEED", (rng.next() | 1).to_string())
+            .env("HICAMP_CRASH_SEED", rng.next_u64().to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

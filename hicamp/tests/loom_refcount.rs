@@ -1,5 +1,5 @@
 //! A loom model of the reference-count / index / free-list protocol of
-//! `store.rs`, explored over every interleaving (and relaxed-memory outcome)
+//! `store/` (`counts.rs`, `index.rs`), explored over every interleaving (and relaxed-memory outcome)
 //! of a few threads:
 //!
 //! * a count goes from 1 to 0 only under the shard lock, which also removes
@@ -11,8 +11,9 @@
 //! Checked: a thread holding a reference never sees the slot recycled, a slot
 //! is freed exactly once per life, and at the end nothing is left.
 //!
-//! The model mirrors the protocol rather than running `Store` itself (which
-//! is built on parking_lot and std atomics that loom cannot instrument).
+//! The model mirrors the protocol by hand, so it runs in every `cargo test`;
+//! `tests/loom_store.rs` runs the real `Store` under loom (`--cfg loom`, which
+//! swaps the store's primitives for loom's in `src/sync.rs`).
 
 use loom::sync::atomic::{AtomicU32, Ordering::*};
 use loom::sync::{Arc, Mutex};

@@ -14,17 +14,7 @@ fn mem(line_size: usize) -> Memory {
 
 /// Pseudo-random bytes (splitmix64): no two 16-byte lines repeat in practice.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x1234_5678;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    testkit::Rng::new(u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x1234_5678).bytes(len)
 }
 
 #[test]

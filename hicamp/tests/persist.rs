@@ -16,19 +16,17 @@ fn cfg(durability: Durability) -> Config {
 }
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut rng = testkit::Rng::new(seed);
     (0..len)
         .map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.byte();
             // Some repeated and zero lines, like real data.
             if (i / 64) % 5 == 0 {
                 0
             } else if (i / 64) % 7 == 0 {
                 b'r'
             } else {
-                x as u8
+                x
             }
         })
         .collect()
@@ -339,15 +337,7 @@ fn open_time_of_a_1gib_file() {
 }
 
 fn data_unique(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v
+    testkit::Rng::new(seed).bytes(len)
 }
 
 #[test]

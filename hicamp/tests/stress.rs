@@ -9,19 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hicamp::{Config, Error, Memory, Segment, SegmentId};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use testkit::Rng;
 
 /// Content from a small family: lines repeat within and across threads.
 fn content(kind: u64, len: usize) -> Vec<u8> {
@@ -73,7 +61,7 @@ fn threads_share_lines_and_entries_safely() {
             let shared = &shared;
             let ops = &ops;
             sc.spawn(move || {
-                let mut rng = Rng(0x1234_5678 + t as u64 * 0x9E37);
+                let mut rng = Rng::new(0x1234_5678 + t as u64 * 0x9E37);
                 let mut pool: Vec<(Segment, Vec<u8>)> = Vec::new();
                 let mut n = 0u64;
                 while Instant::now() < end {
@@ -129,13 +117,13 @@ fn threads_share_lines_and_entries_safely() {
                         }
                         9 => {
                             let id = shared[rng.below(4) as usize];
-                            let tag = rng.next() % 8;
+                            let tag = rng.below(8);
                             mem.map().write_at(id, 0, &tagged(tag, 200)).unwrap();
                         }
                         10 => {
                             let id = shared[rng.below(4) as usize];
                             let (s, v) = mem.map().get_versioned(id).unwrap();
-                            let new = mem.segment(&tagged(rng.next() % 8, 200)).unwrap();
+                            let new = mem.segment(&tagged(rng.below(8), 200)).unwrap();
                             match mem.map().commit(id, v, new) {
                                 Ok(_) | Err(Error::Conflict { .. }) => {}
                                 Err(e) => panic!("{e}"),

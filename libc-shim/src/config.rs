@@ -128,7 +128,7 @@ pub fn parse_line_sizes(s: &str) -> Result<Vec<usize>, String> {
         let n: usize = part
             .parse()
             .map_err(|_| format!("'{part}' is not a number"))?;
-        hicamp_examples::dedup::check_line_size(n).map_err(|e| e.to_string())?;
+        hicamp::Config::check_line_size(n).map_err(|e| e.to_string())?;
         v.push(n);
     }
     v.sort_unstable();

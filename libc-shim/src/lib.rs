@@ -36,15 +36,30 @@
 //! * Fork: the fd table is locked across `fork` (`pthread_atfork`), the child starts a fresh
 //!   account. Exec: the report is written before the image goes.
 //!
-//! Unsafe code lives in `real` (symbol lookup), `hooks` (the C entry points), `sys` (the shim's
-//! own system calls) and the process hooks below; every block says why it is sound.
+//! The crate denies unsafe code except in these modules, each block with a `// SAFETY:`
+//! comment: `real` (symbol lookup), `hooks` (the C entry points), `sys` (the shim's own system
+//! calls), `lifecycle` (the constructor, exit, fork and signal handlers), `fdtable` (the fd
+//! table's lock held across `fork`), `guard` (errno kept across the bookkeeping) and, in `trace`,
+//! `account` (the process's one account, published once) and `events` (the fork handlers).
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod config;
+#[allow(unsafe_code)]
 pub mod fdtable;
+#[allow(unsafe_code)]
 pub mod guard;
+// Each hook is the libc function of its name, with libc's documented contract: the module
+// documents the rules they all keep instead of repeating the man pages.
+#[allow(unsafe_code, missing_docs)]
 pub mod hooks;
+#[allow(unsafe_code)]
+mod lifecycle;
+#[allow(unsafe_code)]
 pub mod real;
 pub mod report;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod trace;
 
@@ -75,80 +90,20 @@ pub fn disable() {
     STATE.store(2, Relaxed);
 }
 
-extern "C" fn on_exit() {
-    if let Some(_g) = guard::Guard::enter() {
-        guard::shielded(|| trace::finish("exit"));
-    }
-}
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    trace::signal_request();
-}
-
-unsafe extern "C" fn atfork_prepare() {
-    guard::shielded(trace::fork_prepare);
-}
-
-unsafe extern "C" fn atfork_parent() {
-    guard::shielded(trace::fork_parent);
-}
-
-unsafe extern "C" fn atfork_child() {
-    guard::shielded(trace::fork_child);
-}
-
-/// Registers the exit, fork and signal handlers (the library's constructor).
-extern "C" fn init() {
-    let Some(_g) = guard::Guard::enter() else {
-        return;
-    };
-    guard::shielded(|| {
-        if !enabled() {
-            return;
-        }
-        // SAFETY: registering a plain `extern "C" fn()` with no precondition.
-        if unsafe { libc::atexit(on_exit) } != 0 {
-            sys::diag("atexit failed: no report at exit");
-        }
-        // SAFETY: the three handlers are `unsafe extern "C" fn()` that never unwind.
-        let r = unsafe {
-            libc::pthread_atfork(
-                Some(atfork_prepare),
-                Some(atfork_parent),
-                Some(atfork_child),
-            )
-        };
-        if r != 0 {
-            sys::diag("pthread_atfork failed: tracing disabled");
-            disable();
-            return;
-        }
-        if let Some(sig) = Config::get().signal {
-            // SAFETY: an all-zero sigaction is a valid value of the C struct.
-            let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-            sa.sa_sigaction = on_signal as *const () as usize;
-            sa.sa_flags = libc::SA_RESTART;
-            // SAFETY: `sa` is a valid sigaction whose handler only stores to an atomic
-            // (async-signal-safe); the old action is not wanted.
-            if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } != 0 {
-                sys::diag(&format!("cannot catch signal {sig}: no report on it"));
-            }
-        }
-    });
-}
-
-#[cfg(not(test))]
-#[used]
-#[link_section = ".init_array"]
-static INIT: extern "C" fn() = init;
-
 #[cfg(test)]
 mod tests {
+    use crate::config::{Config, Mode};
+
     #[test]
-    fn init_is_harmless_in_tests() {
+    fn state_follows_the_mode_and_disable_is_final() {
         // The constructor is not registered in tests; calling it registers handlers that
         // write nothing (no socket was traced through hooks here).
-        super::init();
-        assert!(super::enabled() || !super::enabled());
+        crate::lifecycle::init();
+        assert_eq!(super::enabled(), Config::get().mode == Mode::Trace);
+        super::disable();
+        assert!(!super::enabled());
+        // A later look at the settings does not turn it back on.
+        crate::lifecycle::init();
+        assert!(!super::enabled());
     }
 }

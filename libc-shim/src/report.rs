@@ -1,205 +1,28 @@
-//! The trace report of one process: JSON (serde) and a short human summary.
-//!
-//! `line_sizes` has exactly the shape of `hicamp dedup --json` (the same
-//! [`LineSizeReport`] type), so the same tools read both.
+//! The trace report of one process: the typed [`ShimReport`] of the memory crate
+//! (`hicamp::footprint`), which `hicamp run` reads back with the same type. This module fills
+//! in its per-connection part.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
-use hicamp_examples::report::{human_bytes, line_size_table, LineSizeReport};
-use serde::Serialize;
+pub use hicamp::footprint::{ConnReport, ShimReport};
 
 use crate::fdtable::Conn;
 
-/// One traced socket in the report.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ConnReport {
-    /// Number within the process.
-    pub id: u64,
-    /// Last descriptor seen for it.
-    pub fd: i32,
-    /// `inet` or `inet6`.
-    pub family: &'static str,
-    /// `stream` or `dgram`.
-    #[serde(rename = "type")]
-    pub ty: &'static str,
-    /// `socket`, `accept` or `found`.
-    pub origin: &'static str,
-    /// Local address, when known.
-    pub local: Option<String>,
-    /// Peer address, when known.
-    pub peer: Option<String>,
-    /// Payload bytes sent.
-    pub sent_bytes: u64,
-    /// Payload bytes received.
-    pub received_bytes: u64,
-    /// Successful send-side calls.
-    pub send_calls: u64,
-    /// Successful receive-side calls.
-    pub recv_calls: u64,
-    /// A descriptor is still open on it.
-    pub open: bool,
-}
-
-impl ConnReport {
-    /// The report of one connection's account.
-    pub fn of(c: &Conn) -> ConnReport {
-        let (local, peer) = c.addrs.try_lock().map_or((None, None), |g| *g);
-        ConnReport {
-            id: c.id,
-            fd: c.fd.load(Relaxed),
-            family: c.family.name(),
-            ty: c.ty.name(),
-            origin: c.origin.name(),
-            local: local.map(|a| a.to_string()),
-            peer: peer.map(|a| a.to_string()),
-            sent_bytes: c.sent.load(Relaxed),
-            received_bytes: c.received.load(Relaxed),
-            send_calls: c.send_calls.load(Relaxed),
-            recv_calls: c.recv_calls.load(Relaxed),
-            open: c.open_fds.load(Relaxed) > 0,
-        }
-    }
-}
-
-/// The report of one process.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TraceReport {
-    /// Always `hicamp libc-shim`.
-    pub tool: &'static str,
-    /// Always `trace` for now.
-    pub mode: &'static str,
-    /// The launcher's run id (`HICAMP_SHIM_RUN_ID`).
-    pub run_id: Option<String>,
-    /// Process id.
-    pub pid: i32,
-    /// Parent process id.
-    pub ppid: i32,
-    /// Command line.
-    pub program: String,
-    /// Why it was written: `exit`, `_exit`, `exec`, `signal`, `periodic`.
-    pub reason: String,
-    /// True for the report written when the process ended (or replaced its image).
-    pub final_report: bool,
-    /// When the account started (process start, or fork), Unix milliseconds.
-    pub started_unix_ms: u64,
-    /// Seconds since then.
-    pub duration_secs: f64,
-    /// Payload bytes sent on AF_INET/AF_INET6 stream and datagram sockets (all send-side calls,
-    /// including sendfile and splice).
-    pub sent_bytes: u64,
-    /// Payload bytes received on them (MSG_PEEK reads are not counted: the bytes stay queued).
-    pub received_bytes: u64,
-    /// Successful send-side calls.
-    pub send_calls: u64,
-    /// Successful receive-side calls.
-    pub recv_calls: u64,
-    /// Send-side calls that failed (EAGAIN included).
-    pub send_errors: u64,
-    /// Receive-side calls that failed (EAGAIN included).
-    pub recv_errors: u64,
-    /// Sent bytes whose payload was interned.
-    pub captured_sent_bytes: u64,
-    /// Received bytes whose payload was interned.
-    pub captured_received_bytes: u64,
-    /// Counted bytes whose payload the shim did not see (sendfile, splice, MSG_TRUNC discards).
-    pub uncaptured_bytes: u64,
-    /// Bytes sent by sendfile/sendfile64 (part of `sent_bytes`).
-    pub sendfile_bytes: u64,
-    /// Bytes moved by splice to or from a socket (part of the totals).
-    pub splice_bytes: u64,
-    /// Payload bytes the application copied through the socket API that a HICAMP stack would
-    /// have passed as segment references (one copy each way avoided per byte).
-    pub copy_avoided_bytes: u64,
-    /// Payloads interned (one segment per call and line size).
-    pub payloads_interned: u64,
-    /// Their bytes.
-    pub payload_bytes_interned: u64,
-    /// Payloads equal to a recent one, stored as a snapshot of it (one reference per memory,
-    /// no line lookup: the `dedup_hits` of `line_sizes` do not count them).
-    pub payload_snapshot_hits: u64,
-    /// Traced sockets of this account.
-    pub sockets_traced: u64,
-    /// Traced sockets left out of `connections` (beyond the list's limit).
-    pub connections_omitted: u64,
-    /// Calls of each interposed function (all descriptors).
-    pub calls: BTreeMap<String, u64>,
-    /// Per-connection totals (listening sockets and idle sockets left out).
-    pub connections: Vec<ConnReport>,
-    /// Footprint of all the payload, one memory per line size (as `hicamp dedup --json`).
-    pub line_sizes: Vec<LineSizeReport>,
-    /// Why some line size stopped interning, if it did.
-    pub intern_errors: Vec<String>,
-}
-
-impl TraceReport {
-    /// The short human summary.
-    pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "hicamp libc-shim trace: pid {} ({}), {:.2} s, report at {}",
-            self.pid, self.program, self.duration_secs, self.reason
-        );
-        let _ = writeln!(
-            out,
-            "sent {} ({} B) in {} calls, received {} ({} B) in {} calls, {} connection{}",
-            human_bytes(self.sent_bytes),
-            self.sent_bytes,
-            self.send_calls,
-            human_bytes(self.received_bytes),
-            self.received_bytes,
-            self.recv_calls,
-            self.connections.len(),
-            if self.connections.len() == 1 { "" } else { "s" }
-        );
-        if self.uncaptured_bytes > 0 {
-            let _ = writeln!(
-                out,
-                "not seen by the shim: {} (sendfile {}, splice {})",
-                human_bytes(self.uncaptured_bytes),
-                human_bytes(self.sendfile_bytes),
-                human_bytes(self.splice_bytes)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "payload copies a HICAMP stack avoids (segment references instead): {}",
-            human_bytes(self.copy_avoided_bytes)
-        );
-        let mut top: Vec<&ConnReport> = self.connections.iter().collect();
-        top.sort_by_key(|c| std::cmp::Reverse(c.sent_bytes + c.received_bytes));
-        for c in top.iter().take(5) {
-            let _ = writeln!(
-                out,
-                "  conn {} {} {} {} -> {}: sent {} / {} calls, received {} / {} calls",
-                c.id,
-                c.family,
-                c.ty,
-                c.local.as_deref().unwrap_or("?"),
-                c.peer.as_deref().unwrap_or("?"),
-                c.sent_bytes,
-                c.send_calls,
-                c.received_bytes,
-                c.recv_calls
-            );
-        }
-        if self.connections.len() > 5 {
-            let _ = writeln!(out, "  ... and {} more", self.connections.len() - 5);
-        }
-        if !self.line_sizes.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nPayload in HICAMP memory ({} payloads, one segment each; {} repeats of a \
-                 recent payload stored as snapshots):\n",
-                self.payloads_interned, self.payload_snapshot_hits
-            );
-            out.push_str(&line_size_table(&self.line_sizes));
-        }
-        for e in &self.intern_errors {
-            let _ = writeln!(out, "warning: {e}");
-        }
-        out
+/// The report of one connection's account.
+pub fn conn_report(c: &Conn) -> ConnReport {
+    let (local, peer) = c.addrs.try_lock().map_or((None, None), |g| *g);
+    ConnReport {
+        id: c.id,
+        fd: c.fd.load(Relaxed),
+        family: c.family.name().to_string(),
+        ty: c.ty.name().to_string(),
+        origin: c.origin.name().to_string(),
+        local: local.map(|a| a.to_string()),
+        peer: peer.map(|a| a.to_string()),
+        sent_bytes: c.sent.load(Relaxed),
+        received_bytes: c.received.load(Relaxed),
+        send_calls: c.send_calls.load(Relaxed),
+        recv_calls: c.recv_calls.load(Relaxed),
+        open: c.open_fds.load(Relaxed) > 0,
     }
 }

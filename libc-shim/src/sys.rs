@@ -60,24 +60,32 @@ fn close_fd(fd: c_int) {
     unsafe { real::close(fd) };
 }
 
-/// Creates `path` exclusively (it must not exist) and writes `bytes`. `Ok(false)` when it exists.
-pub fn create_new(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+/// Opens `path` for writing, created with mode 0644 if absent, close-on-exec, with `flags`
+/// (`O_EXCL`, `O_TRUNC`) added.
+fn open_for_write(path: &Path, flags: libc::c_int) -> std::io::Result<libc::c_int> {
     let c = cpath(path)?;
     // SAFETY: `c` is a NUL-terminated path; open has no other precondition.
     let fd = unsafe {
         libc::open(
             c.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC | flags,
             0o644 as libc::c_uint,
         )
     };
     if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            return Ok(false);
-        }
-        return Err(e);
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(fd)
     }
+}
+
+/// Creates `path` exclusively (it must not exist) and writes `bytes`. `Ok(false)` when it exists.
+pub fn create_new(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    let fd = match open_for_write(path, libc::O_EXCL) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    };
     let r = write_all(fd, bytes);
     close_fd(fd);
     r.map(|()| true)
@@ -89,17 +97,7 @@ pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tmp.push(format!(".tmp{}", getpid()));
     let tmp = std::path::PathBuf::from(tmp);
     let ctmp = cpath(&tmp)?;
-    // SAFETY: `ctmp` is a NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            ctmp.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-            0o644 as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let fd = open_for_write(&tmp, libc::O_TRUNC)?;
     let r = write_all(fd, bytes);
     close_fd(fd);
     r?;

@@ -20,7 +20,8 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::experiments::dedup::{self, IngestOptions, InputSet, DEFAULT_LINE_SIZES};
-use crate::report;
+
+pub mod run;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -347,7 +348,7 @@ fn run_stat(args: &FileArgs) -> Result<(), Failure> {
         }))?;
     } else {
         let mut out = io::stdout().lock();
-        let hb = report::human_bytes;
+        let hb = hicamp::footprint::human_bytes;
         writeln!(
             out,
             "{}: line size {} B, capacity {} lines, durability {:?}",
@@ -387,7 +388,7 @@ fn run_stat(args: &FileArgs) -> Result<(), Failure> {
 
 /// `hicamp run`: exits with the command's status (1 when the launcher itself fails).
 fn run_command(cli: &Cli, args: &RunArgs) -> ExitCode {
-    use crate::run;
+    use crate::cli::run;
     let ShimMode::Trace = args.mode;
     let exe = std::env::current_exe().unwrap_or_default();
     let result = run::find_shim(std::env::var_os("HICAMP_SHIM"), &exe).and_then(|shim| {

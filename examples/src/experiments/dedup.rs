@@ -24,13 +24,13 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use hicamp::footprint::{human_bytes, LineSizeReport, ZeroLineCounter};
 use hicamp::{Config, Memory, Segment, SegmentMut};
 use indicatif::ProgressBar;
 
 use super::pagededup::{PageDedup, PageDedupReport, DEFAULT_PAGE_SIZE};
-use crate::report::{human_bytes, DedupReport, InputReport, LineSizeReport};
+use super::report::{DedupReport, InputReport};
 use crate::workload::{self, WorkloadConfig};
-use crate::zero::ZeroLineCounter;
 
 /// Line sizes measured when none are given: every size HICAMP allows.
 pub const DEFAULT_LINE_SIZES: [usize; 9] = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
@@ -86,15 +86,9 @@ fn capacity_hint(e: &hicamp::Error) -> &'static str {
     }
 }
 
-/// Checks that `line_size` is one HICAMP supports.
+/// Checks that `line_size` is one HICAMP supports ([`Config::check_line_size`]).
 pub fn check_line_size(line_size: usize) -> Result<(), DedupError> {
-    if line_size.is_power_of_two()
-        && (hicamp::MIN_LINE_SIZE..=hicamp::MAX_LINE_SIZE).contains(&line_size)
-    {
-        Ok(())
-    } else {
-        Err(DedupError::BadLineSize(line_size))
-    }
+    Config::check_line_size(line_size).map_err(|_| DedupError::BadLineSize(line_size))
 }
 
 // ---------------------------------------------------------------------------------------------

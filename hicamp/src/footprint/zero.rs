@@ -12,6 +12,8 @@
 //! [`ZeroLineCounter`] does this streaming (data may arrive in chunks of any size, not aligned
 //! to lines); [`zero_line_bytes`] is the one-shot form.
 
+use crate::store::is_zero;
+
 /// Streaming counter of bytes in all-zero lines, for one line size.
 ///
 /// Call [`feed`](Self::feed) with an item's bytes in order (any chunking), then
@@ -74,6 +76,12 @@ impl ZeroLineCounter {
         }
     }
 
+    /// Counts one whole item: [`feed`](Self::feed) then [`finish_item`](Self::finish_item).
+    pub fn feed_item(&mut self, data: &[u8]) {
+        self.feed(data);
+        self.finish_item();
+    }
+
     /// Ends the current item: a last partial zero line counts its real bytes.
     pub fn finish_item(&mut self) {
         if self.in_line > 0 {
@@ -105,17 +113,8 @@ impl ZeroLineCounter {
 /// Logical bytes of `data` (one item) lying in all-zero lines of `line_size` bytes.
 pub fn zero_line_bytes(data: &[u8], line_size: usize) -> u64 {
     let mut c = ZeroLineCounter::new(line_size);
-    c.feed(data);
-    c.finish_item();
+    c.feed_item(data);
     c.zero_bytes()
-}
-
-/// True iff every byte is 0. Blocks of 64 bytes are OR-folded (which vectorizes), with an
-/// early exit between blocks, so random data is rejected after its first block.
-fn is_zero(bytes: &[u8]) -> bool {
-    bytes
-        .chunks(64)
-        .all(|block| block.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 #[cfg(test)]
@@ -132,18 +131,11 @@ mod tests {
 
     fn pattern(len: usize, seed: u64) -> Vec<u8> {
         // Runs of zeros and non-zeros of varying length.
-        let mut x = seed | 1;
+        let mut rng = testkit::Rng::new(seed);
         let mut v = Vec::with_capacity(len);
         while v.len() < len {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let run = (x % 200) as usize + 1;
-            let byte = if x & 0x100 == 0 {
-                0
-            } else {
-                (x >> 32) as u8 | 1
-            };
+            let run = rng.index(200) + 1;
+            let byte = if rng.one_in(2) { 0 } else { rng.byte() | 1 };
             v.resize(v.len() + run.min(len - v.len()), byte);
         }
         v
@@ -226,12 +218,12 @@ mod tests {
 
     /// `Config::with_line_size` keeps 2^24 lines, too big an address-space reservation for
     /// 4 KiB lines on machines without overcommit.
-    fn small_config(line_size: usize) -> hicamp::Config {
-        hicamp::Config {
+    fn small_config(line_size: usize) -> crate::Config {
+        crate::Config {
             line_size,
             capacity_lines: 1 << 16,
             map_capacity: 16,
-            ..hicamp::Config::default()
+            ..crate::Config::default()
         }
     }
 
@@ -241,7 +233,7 @@ mod tests {
         for ls in [16usize, 64, 512, 4096] {
             let mut data = pattern(64 * 1024, 3);
             data.resize(data.len() + 3 * 4096, 0);
-            let mem = hicamp::Memory::new(small_config(ls)).unwrap();
+            let mem = crate::Memory::new(small_config(ls)).unwrap();
             let seg = mem.segment(&data).unwrap();
             let stats = mem.stats();
             assert_eq!(stats.logical_bytes, seg.len());

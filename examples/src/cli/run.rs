@@ -27,10 +27,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
+use hicamp::footprint::{human_bytes, line_size_table, ConnReport, LineSizeReport, ShimReport};
 use serde::Serialize;
-use serde_json::Value;
-
-use crate::report::{human_bytes, line_size_table, LineSizeReport};
 
 /// File name of the shim library.
 pub const SHIM_FILE: &str = "liblibc_shim.so";
@@ -163,11 +161,21 @@ pub struct MergedReport {
     /// One line per process.
     pub process_summaries: Vec<ProcessSummary>,
     /// Every process's connections, each with a `pid` field.
-    pub connections: Vec<Value>,
+    pub connections: Vec<ProcessConn>,
     /// Per line size, summed over the processes' memories (no dedup across processes).
     pub line_sizes: Vec<LineSizeReport>,
     /// The processes' own reports, as written.
-    pub processes: Vec<Value>,
+    pub processes: Vec<ShimReport>,
+}
+
+/// One connection of the merged report: the process's [`ConnReport`] and its process id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessConn {
+    /// The connection, as its process reported it.
+    #[serde(flatten)]
+    pub conn: ConnReport,
+    /// Its process.
+    pub pid: i64,
 }
 
 /// Exit code of a status as a shell reports it.
@@ -299,10 +307,6 @@ fn absolute(p: &Path) -> Result<PathBuf, RunError> {
         })
 }
 
-fn u(v: &Value, k: &str) -> u64 {
-    v.get(k).and_then(Value::as_u64).unwrap_or(0)
-}
-
 /// The per-process report files of prefix `prefix` (`PREFIX.PID.json`, `PREFIX.PID.K.json`).
 pub fn report_files(prefix: &Path) -> Result<Vec<PathBuf>, RunError> {
     let dir = prefix.parent().unwrap_or(Path::new("."));
@@ -351,121 +355,45 @@ pub fn merge(
         let Ok(bytes) = std::fs::read(&f) else {
             continue;
         };
-        let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+        let Ok(r) = serde_json::from_slice::<ShimReport>(&bytes) else {
             continue; // empty (being claimed) or foreign
         };
-        if v.get("run_id").and_then(Value::as_str) != Some(run_id) {
+        if r.run_id.as_deref() != Some(run_id) {
             continue;
         }
-        let pid = v.get("pid").and_then(Value::as_i64).unwrap_or(0);
-        let conns = v
-            .get("connections")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let pid = i64::from(r.pid);
         summaries.push(ProcessSummary {
             pid,
-            program: v
-                .get("program")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+            program: r.program.clone(),
             file: f.display().to_string(),
-            sent_bytes: u(&v, "sent_bytes"),
-            received_bytes: u(&v, "received_bytes"),
-            send_calls: u(&v, "send_calls"),
-            recv_calls: u(&v, "recv_calls"),
-            connections: conns.len() as u64,
+            sent_bytes: r.sent_bytes,
+            received_bytes: r.received_bytes,
+            send_calls: r.send_calls,
+            recv_calls: r.recv_calls,
+            connections: r.connections.len() as u64,
         });
-        for mut c in conns {
-            if let Some(o) = c.as_object_mut() {
-                o.insert("pid".into(), pid.into());
-            }
-            connections.push(c);
-        }
-        processes.push(v);
+        connections.extend(r.connections.iter().map(|c| ProcessConn {
+            conn: c.clone(),
+            pid,
+        }));
+        processes.push(r);
     }
-    let line_sizes = sum_line_sizes(&processes);
-    let sum = |k: &str| processes.iter().map(|p| u(p, k)).sum::<u64>();
+    let line_sizes = LineSizeReport::sum_by_line_size(processes.iter().flat_map(|p| &p.line_sizes));
+    let sum = |f: fn(&ShimReport) -> u64| processes.iter().map(f).sum::<u64>();
     Ok(MergedReport {
         run_id: run_id.to_string(),
         command,
         exit_code,
-        sent_bytes: sum("sent_bytes"),
-        received_bytes: sum("received_bytes"),
-        send_calls: sum("send_calls"),
-        recv_calls: sum("recv_calls"),
-        copy_avoided_bytes: sum("copy_avoided_bytes"),
+        sent_bytes: sum(|p| p.sent_bytes),
+        received_bytes: sum(|p| p.received_bytes),
+        send_calls: sum(|p| p.send_calls),
+        recv_calls: sum(|p| p.recv_calls),
+        copy_avoided_bytes: sum(|p| p.copy_avoided_bytes),
         process_summaries: summaries,
         connections,
         line_sizes,
         processes,
     })
-}
-
-/// Sums the processes' `line_sizes` per line size; ratios recomputed from the sums.
-fn sum_line_sizes(processes: &[Value]) -> Vec<LineSizeReport> {
-    let mut by_size: std::collections::BTreeMap<u64, LineSizeReport> = Default::default();
-    for p in processes {
-        let Some(arr) = p.get("line_sizes").and_then(Value::as_array) else {
-            continue;
-        };
-        for l in arr {
-            let ls = u(l, "line_size");
-            let e = by_size.entry(ls).or_insert_with(|| LineSizeReport {
-                line_size: ls,
-                logical_bytes: 0,
-                physical_bytes: 0,
-                metadata_bytes: 0,
-                footprint_bytes: 0,
-                zero_bytes: 0,
-                dedup_ratio: 1.0,
-                dedup_ratio_excl_zero: 1.0,
-                leaf_lines: 0,
-                interior_lines: 0,
-                dedup_hits: 0,
-                leaf_dedup_hits: 0,
-                interior_dedup_hits: 0,
-                zero_leaf_hits: 0,
-                zero_interior_hits: 0,
-                leaf_lines_created: 0,
-                interior_lines_created: 0,
-                refcount_bytes: 0,
-                index_bytes: 0,
-                map_bytes: 0,
-                free_list_bytes: 0,
-            });
-            e.logical_bytes += u(l, "logical_bytes");
-            e.physical_bytes += u(l, "physical_bytes");
-            e.metadata_bytes += u(l, "metadata_bytes");
-            e.footprint_bytes += u(l, "footprint_bytes");
-            e.zero_bytes += u(l, "zero_bytes");
-            e.leaf_lines += u(l, "leaf_lines");
-            e.interior_lines += u(l, "interior_lines");
-            e.dedup_hits += u(l, "dedup_hits");
-            e.leaf_dedup_hits += u(l, "leaf_dedup_hits");
-            e.interior_dedup_hits += u(l, "interior_dedup_hits");
-            e.zero_leaf_hits += u(l, "zero_leaf_hits");
-            e.zero_interior_hits += u(l, "zero_interior_hits");
-            e.leaf_lines_created += u(l, "leaf_lines_created");
-            e.interior_lines_created += u(l, "interior_lines_created");
-            e.refcount_bytes += u(l, "refcount_bytes");
-            e.index_bytes += u(l, "index_bytes");
-            e.map_bytes += u(l, "map_bytes");
-            e.free_list_bytes += u(l, "free_list_bytes");
-        }
-    }
-    by_size
-        .into_values()
-        .map(|mut e| {
-            if e.logical_bytes > 0 && e.footprint_bytes > 0 {
-                e.dedup_ratio = e.logical_bytes as f64 / e.footprint_bytes as f64;
-                e.dedup_ratio_excl_zero =
-                    e.logical_bytes.saturating_sub(e.zero_bytes) as f64 / e.footprint_bytes as f64;
-            }
-            e
-        })
-        .collect()
 }
 
 impl MergedReport {
@@ -562,7 +490,7 @@ mod tests {
         assert_eq!(m.process_summaries.len(), 2);
         assert_eq!(m.sent_bytes, 12);
         assert_eq!(m.connections.len(), 2);
-        assert_eq!(m.connections[0]["pid"], 10);
+        assert_eq!(m.connections[0].pid, 10);
         assert_eq!(m.line_sizes.len(), 1);
         assert_eq!(m.line_sizes[0].logical_bytes, 200);
         assert_eq!(m.line_sizes[0].dedup_ratio, 2.0);

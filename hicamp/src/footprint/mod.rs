@@ -1,17 +1,39 @@
-//! The shape of a dedup / footprint report, shared by `hicamp dedup` and every other producer
-//! (the `LD_PRELOAD` trace report reuses [`LineSizeReport`] as is), and its human rendering.
+//! Footprint reports: what some data costs in a memory of one line size, and
+//! its plain-text rendering.
+//!
+//! These are the shapes every footprint producer shares: `hicamp dedup`
+//! (one [`LineSizeReport`] per line size), the `LD_PRELOAD` shim's trace
+//! report ([`ShimReport`], which holds the same `line_sizes`) and the
+//! `hicamp run` launcher that reads the shim's reports back. They live in the
+//! memory crate, the one crate all of them depend on, so the shim needs
+//! nothing above the memory. With the `serde` feature they are `Serialize`
+//! and `Deserialize`; every field has a default, so a report written by an
+//! older shim (or a hand-written test fixture) still reads.
+//!
+//! [`ZeroLineCounter`] counts the logical bytes lying in all-zero lines, which
+//! the memory stores nowhere; [`LineSizeReport::from_stats`] needs that count
+//! for its "excluding zero lines" ratio.
 
-use std::fmt::Write as _;
+mod shim;
+mod zero;
 
-use serde::Serialize;
+use std::collections::BTreeMap;
 
-use crate::pagededup::PageDedupReport;
+pub use shim::{ConnReport, ShimReport};
+pub use zero::{zero_line_bytes, ZeroLineCounter};
+
+use crate::Stats;
 
 /// Footprint of some data in one HICAMP memory of one line size.
 ///
-/// Ratios are always finite numbers (JSON holds no NaN or infinity): with no logical bytes
-/// both are 1.0 (nothing to deduplicate), the convention of [`PageDedupReport`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Ratios are always finite numbers (JSON holds no NaN or infinity): with no
+/// logical bytes both are 1.0 (nothing to deduplicate).
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default)
+)]
 pub struct LineSizeReport {
     /// Line size, bytes.
     pub line_size: u64,
@@ -59,8 +81,8 @@ pub struct LineSizeReport {
 
 impl LineSizeReport {
     /// The report of a memory's statistics; `zero_bytes` is the logical bytes lying in all-zero
-    /// lines (see [`crate::zero`]).
-    pub fn from_stats(stats: &hicamp::Stats, zero_bytes: u64) -> Self {
+    /// lines (see [`ZeroLineCounter`]).
+    pub fn from_stats(stats: &Stats, zero_bytes: u64) -> Self {
         let empty = stats.logical_bytes == 0;
         let finite = |r: f64| {
             if empty {
@@ -96,38 +118,54 @@ impl LineSizeReport {
             free_list_bytes: stats.free_list_bytes,
         }
     }
-}
 
-/// What was ingested.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InputReport {
-    /// `"paths"` (files and directories) or `"default_workload"`.
-    pub source: String,
-    /// One line saying what the input was.
-    pub description: String,
-    /// Files (or workload items) ingested, each as one segment.
-    pub files: u64,
-    /// Bytes ingested.
-    pub bytes: u64,
-    /// Files and directories that could not be read, or were not regular files (each reported
-    /// on stderr).
-    pub skipped: u64,
-    /// Files whose reading failed part way: the bytes read before the error are ingested.
-    pub partial: u64,
-    /// Paths that named a file or directory already ingested (hard links, symbolic links,
-    /// repeated operands), ingested once only.
-    pub duplicates: u64,
-}
-
-/// The whole report of `hicamp dedup`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DedupReport {
-    /// What was ingested.
-    pub input: InputReport,
-    /// One entry per line size, ascending.
-    pub line_sizes: Vec<LineSizeReport>,
-    /// The same data deduplicated at page granularity (the Linux KSM model).
-    pub page_baseline: PageDedupReport,
+    /// Sums reports of separate memories per line size (ascending), for what the memories hold
+    /// together (no dedup across them). The ratios are recomputed from the sums; a line size
+    /// without logical bytes or footprint keeps ratios of 1.0.
+    pub fn sum_by_line_size<'a>(
+        reports: impl IntoIterator<Item = &'a LineSizeReport>,
+    ) -> Vec<LineSizeReport> {
+        let mut by_size: BTreeMap<u64, LineSizeReport> = BTreeMap::new();
+        for l in reports {
+            let e = by_size
+                .entry(l.line_size)
+                .or_insert_with(|| LineSizeReport {
+                    line_size: l.line_size,
+                    dedup_ratio: 1.0,
+                    dedup_ratio_excl_zero: 1.0,
+                    ..LineSizeReport::default()
+                });
+            e.logical_bytes += l.logical_bytes;
+            e.physical_bytes += l.physical_bytes;
+            e.metadata_bytes += l.metadata_bytes;
+            e.footprint_bytes += l.footprint_bytes;
+            e.zero_bytes += l.zero_bytes;
+            e.leaf_lines += l.leaf_lines;
+            e.interior_lines += l.interior_lines;
+            e.dedup_hits += l.dedup_hits;
+            e.leaf_dedup_hits += l.leaf_dedup_hits;
+            e.interior_dedup_hits += l.interior_dedup_hits;
+            e.zero_leaf_hits += l.zero_leaf_hits;
+            e.zero_interior_hits += l.zero_interior_hits;
+            e.leaf_lines_created += l.leaf_lines_created;
+            e.interior_lines_created += l.interior_lines_created;
+            e.refcount_bytes += l.refcount_bytes;
+            e.index_bytes += l.index_bytes;
+            e.map_bytes += l.map_bytes;
+            e.free_list_bytes += l.free_list_bytes;
+        }
+        by_size
+            .into_values()
+            .map(|mut e| {
+                if e.logical_bytes > 0 && e.footprint_bytes > 0 {
+                    e.dedup_ratio = e.logical_bytes as f64 / e.footprint_bytes as f64;
+                    e.dedup_ratio_excl_zero = e.logical_bytes.saturating_sub(e.zero_bytes) as f64
+                        / e.footprint_bytes as f64;
+                }
+                e
+            })
+            .collect()
+    }
 }
 
 /// `1536` -> `"1.5 KiB"`; bytes below 1 KiB are printed exactly.
@@ -146,8 +184,13 @@ pub fn human_bytes(n: u64) -> String {
     format!("{v:.digits$} {}", UNITS[unit])
 }
 
+/// A ratio as the tables print it (three decimals).
+pub fn ratio(r: f64) -> String {
+    format!("{r:.3}")
+}
+
 /// A plain-text table: the first row is the header; columns are right-aligned except the first.
-fn table(rows: &[Vec<String>]) -> String {
+pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -183,10 +226,6 @@ fn table(rows: &[Vec<String>]) -> String {
         }
     }
     out
-}
-
-fn ratio(r: f64) -> String {
-    format!("{r:.3}")
 }
 
 /// The per-line-size table (one row per report).
@@ -225,86 +264,17 @@ pub fn line_size_table(reports: &[LineSizeReport]) -> String {
     table(&rows)
 }
 
-/// The page-baseline table (one row).
-pub fn page_baseline_table(p: &PageDedupReport) -> String {
-    let rows = vec![
-        [
-            "page",
-            "logical",
-            "physical",
-            "metadata",
-            "footprint",
-            "ratio",
-            "excl. zero",
-            "pages",
-            "unique",
-            "zero pages",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>(),
-        vec![
-            format!("{} B", p.page_size),
-            human_bytes(p.logical_bytes),
-            human_bytes(p.physical_bytes),
-            human_bytes(p.metadata_bytes),
-            human_bytes(p.physical_bytes + p.metadata_bytes),
-            ratio(p.dedup_ratio),
-            ratio(p.dedup_ratio_excl_zero),
-            p.pages.to_string(),
-            p.unique_pages.to_string(),
-            p.zero_pages.to_string(),
-        ],
-    ];
-    table(&rows)
-}
-
-impl DedupReport {
-    /// The human-readable report: input, line-size table, page baseline.
-    pub fn to_text(&self) -> String {
-        let mut out = String::new();
-        let i = &self.input;
-        let _ = writeln!(out, "input: {}", i.description);
-        let mut notes = Vec::new();
-        if i.skipped > 0 {
-            notes.push(format!("{} skipped", i.skipped));
-        }
-        if i.partial > 0 {
-            notes.push(format!("{} read only in part", i.partial));
-        }
-        if i.duplicates > 0 {
-            notes.push(format!("{} duplicate paths ingested once", i.duplicates));
-        }
-        if !notes.is_empty() {
-            let _ = writeln!(out, "       ({})", notes.join(", "));
-        }
-        let _ = writeln!(
-            out,
-            "\nHICAMP line-level dedup (footprint = physical lines + metadata; \
-             ratio = logical / footprint; excl. zero = without bytes in all-zero lines):\n"
-        );
-        out.push_str(&line_size_table(&self.line_sizes));
-        let _ = writeln!(
-            out,
-            "\nBaseline: {} B page dedup, Linux KSM model (zero pages free, {} B metadata per page):\n",
-            self.page_baseline.page_size,
-            crate::pagededup::KSM_METADATA_PER_PAGE
-        );
-        out.push_str(&page_baseline_table(&self.page_baseline));
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Config, Memory};
 
-    fn small_config() -> hicamp::Config {
-        hicamp::Config {
+    fn small_config() -> Config {
+        Config {
             line_size: 64,
             capacity_lines: 1 << 16,
             map_capacity: 16,
-            ..hicamp::Config::default()
+            ..Config::default()
         }
     }
 
@@ -319,11 +289,12 @@ mod tests {
 
     #[test]
     fn empty_memory_ratios_are_one() {
-        let mem = hicamp::Memory::new(small_config()).unwrap();
+        let mem = Memory::new(small_config()).unwrap();
         let r = LineSizeReport::from_stats(&mem.stats(), 0);
         assert_eq!(r.logical_bytes, 0);
         assert_eq!(r.dedup_ratio, 1.0);
         assert_eq!(r.dedup_ratio_excl_zero, 1.0);
+        #[cfg(feature = "serde")]
         assert!(serde_json::to_string(&r)
             .unwrap()
             .contains("\"dedup_ratio\":1.0"));
@@ -331,7 +302,7 @@ mod tests {
 
     #[test]
     fn report_mirrors_stats() {
-        let mem = hicamp::Memory::new(small_config()).unwrap();
+        let mem = Memory::new(small_config()).unwrap();
         let mut data = vec![5u8; 64 * 10];
         data.extend_from_slice(&[0; 64 * 6]);
         let _a = mem.segment(&data).unwrap();
@@ -346,5 +317,26 @@ mod tests {
         let text = line_size_table(&[r]);
         assert!(text.lines().count() == 3, "{text}");
         assert!(text.starts_with("line"), "{text}");
+    }
+
+    #[test]
+    fn sums_per_line_size() {
+        let a = LineSizeReport {
+            line_size: 64,
+            logical_bytes: 100,
+            footprint_bytes: 50,
+            zero_bytes: 20,
+            ..LineSizeReport::default()
+        };
+        let b = LineSizeReport {
+            line_size: 16,
+            ..LineSizeReport::default()
+        };
+        let s = LineSizeReport::sum_by_line_size([&a, &b, &a]);
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].line_size, s[0].dedup_ratio), (16, 1.0));
+        assert_eq!(s[1].logical_bytes, 200);
+        assert_eq!(s[1].dedup_ratio, 2.0);
+        assert_eq!(s[1].dedup_ratio_excl_zero, 1.6);
     }
 }

@@ -1,0 +1,309 @@
+//! The line store: arena, reference counts, the sharded dedup index and the
+//! free lists.
+//!
+//! ```text
+//!            hash(kind, content) = h (xxh3, seeded by kind)
+//!   shard = h & 63            tag = h >> 32         position = tag & mask
+//!   +---------+---------+-----+   each shard: Mutex { open-addressing table of
+//!   | shard 0 | shard 1 | ... |   u64 slots (tag << 32 | line id, 0 = empty),
+//!   +---------+---------+-----+   linear probing, backward-shift delete;
+//!                                  a local free list of line slots }
+//! ```
+//!
+//! A lookup compares the tag and then the full content (and kind): a hash never
+//! decides equality. Line id 0 is the all-zero line and never enters the index.
+//!
+//! Reference counts live in a mapped `u32` array beside the arena: bit 31 is
+//! the kind (set = interior), bits 0..31 the count. The rule that makes the
+//! index and the counts agree: a count goes from 1 to 0 only under the shard
+//! lock, and in the same critical section the line leaves the index; a lookup
+//! increments under that same lock. So no lookup can revive a line that is
+//! being freed. Other increments happen without the lock, which is sound
+//! because whoever increments already holds a reference. A count that reaches
+//! 2^30 saturates: the line is never freed again (a leak, never corruption),
+//! like the kernel's `refcount_t`.
+//!
+//! Slots come from the shard's own free list, then a global overflow list, then
+//! fresh slots taken 16 at a time from a bump counter. When all of those are
+//! empty the other shards' free lists are drained and the lookup is retried
+//! once before the store reports `CapacityExhausted`.
+//!
+//! The store's modules, by job:
+//!
+//! * this module: the [`Store`] itself, line access and the counters;
+//! * `index`: the sharded dedup index and the free lists of line slots;
+//! * `counts`: reference counts (acquire, release, reclamation);
+//! * `intern`: interning single lines and batches of lines;
+//! * `durability`: the persist barrier (lines flushed before a root is
+//!   published);
+//! * `recovery`: the walk of a file's committed DAGs and the rebuild of the
+//!   derived state from it.
+//!
+//! Dependencies go one way: the store uses `persist` (the file layout) and
+//! `shape` (segment geometry); `dag` uses the store; nothing here uses `dag`.
+
+#[deny(unsafe_code)]
+mod counts;
+#[deny(unsafe_code)]
+mod durability;
+mod index;
+#[deny(unsafe_code)]
+mod intern;
+mod recovery;
+
+use std::sync::atomic::Ordering::*;
+
+use crossbeam_utils::CachePadded;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use crate::config::Durability;
+use crate::id::{LineId, LineKind};
+use crate::persist::Layout;
+use crate::region::{Arena, Backing};
+use crate::sync::{count_array, AtomicPtr, AtomicU64, AtomicUsize, CountArray, Mutex};
+
+pub(crate) use counts::INTERIOR_BIT;
+use index::{Shard, ShardCell, INITIAL_TABLE};
+pub(crate) use recovery::{analyze, UNREACHED};
+
+const SHARD_BITS: u32 = 6;
+const SHARDS: usize = 1 << SHARD_BITS;
+
+#[inline]
+fn kind_index(kind: LineKind) -> usize {
+    match kind {
+        LineKind::Leaf => 0,
+        LineKind::Interior => 1,
+    }
+}
+
+/// Content hash of a line; the kind seeds it so the domains are separate.
+#[inline]
+pub(crate) fn line_hash(kind: LineKind, line: &[u8]) -> u64 {
+    xxh3_64_with_seed(line, kind_index(kind) as u64 + 0x9e37_79b9)
+}
+
+/// Runs `f` on a zeroed scratch line of `ls` bytes: on the stack for small
+/// lines (no 4 KiB memset per call), on the heap for large ones.
+#[inline]
+pub(crate) fn with_line<R>(ls: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    if ls <= 128 {
+        let mut b = [0u8; 128];
+        f(&mut b[..ls])
+    } else {
+        f(&mut vec![0u8; ls])
+    }
+}
+
+/// True when every byte is zero.
+#[inline]
+pub(crate) fn is_zero(line: &[u8]) -> bool {
+    let (chunks, rest) = line.as_chunks::<8>();
+    chunks.iter().fold(0u64, |a, c| a | u64::from_ne_bytes(*c)) == 0 && rest.iter().all(|b| *b == 0)
+}
+
+/// What the leaf lines of one write did: new lines stored, existing lines
+/// found (deduplicated) and all-zero lines (stored nowhere).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    /// Lines created.
+    pub new_lines: u64,
+    /// Lines that already existed and gained a reference.
+    pub dedup_hits: u64,
+    /// All-zero lines (line 0).
+    pub zero_lines: u64,
+}
+
+impl WriteCounts {
+    #[inline]
+    pub(crate) fn add(&mut self, id: LineId, created: bool) {
+        if id.is_zero() {
+            self.zero_lines += 1;
+        } else if created {
+            self.new_lines += 1;
+        } else {
+            self.dedup_hits += 1;
+        }
+    }
+
+    /// Lines written in all.
+    pub fn lines(&self) -> u64 {
+        self.new_lines + self.dedup_hits + self.zero_lines
+    }
+}
+
+/// Counters of the store, summed over shards.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StoreCounters {
+    pub live: [u64; 2],
+    pub created: [u64; 2],
+    pub hits: [u64; 2],
+    pub zero: [u64; 2],
+    pub index_bytes: u64,
+    pub free_list_bytes: u64,
+    pub refcount_bytes: u64,
+    pub high_water: u64,
+}
+
+pub(crate) struct Store {
+    arena: Arena,
+    meta: CountArray,
+    shift: u32,
+    slots: u64,
+    next_fresh: AtomicU64,
+    shards: Box<[CachePadded<ShardCell>]>,
+    global_free: Mutex<Vec<u32>>,
+    zero: [AtomicU64; 2],
+    durability: Durability,
+    pm_latency_ns: u32,
+    /// Serialises persist barriers, so that a commit never passes lines that a
+    /// concurrent barrier took but has not finished flushing.
+    flush_lock: Mutex<()>,
+}
+
+/// The child ids of an interior line, read straight from the arena (for the
+/// single-threaded recovery walk and fsck, which hold no references).
+///
+/// # Safety
+/// `id < arena.slots()`, and no thread writes slot `id` while the iterator
+/// lives: the caller runs before the memory is shared (open), or on a mapping
+/// that no other thread of this process writes (fsck).
+pub(crate) unsafe fn children_of(arena: &Arena, id: u32) -> impl Iterator<Item = u32> + '_ {
+    // SAFETY: the caller's contract is `Arena::line`'s.
+    let line = unsafe { arena.line(id) };
+    line.as_chunks::<4>()
+        .0
+        .iter()
+        .map(|b| u32::from_le_bytes(*b))
+        .filter(|c| *c != 0)
+}
+
+/// The bytes of a line, for the same single-threaded callers.
+///
+/// # Safety
+/// As for [`children_of`]: `id < arena.slots()`, and no thread writes slot
+/// `id` while the returned slice lives.
+pub(crate) unsafe fn line_of(arena: &Arena, id: u32) -> &[u8] {
+    // SAFETY: the caller's contract is `Arena::line`'s.
+    unsafe { arena.line(id) }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("line_size", &self.line_size())
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// A store over the arena and reference counts of `backing`.
+    pub(crate) fn new(
+        backing: &std::sync::Arc<Backing>,
+        layout: &Layout,
+        config: &crate::Config,
+    ) -> Store {
+        let slots = layout.slots;
+        let arena = backing.arena(layout.arena_off as usize, config.line_size, slots as usize);
+        let meta = count_array(backing, layout.meta_off as usize, slots as usize);
+        let shards = (0..SHARDS)
+            .map(|_| {
+                let mut shard = Shard {
+                    table: vec![0; INITIAL_TABLE],
+                    len: 0,
+                    free: Vec::new(),
+                    live: [0; 2],
+                    created: [0; 2],
+                    hits: [0; 2],
+                    pending: Vec::new(),
+                };
+                let cell = ShardCell {
+                    hint_ptr: AtomicPtr::new(shard.table.as_mut_ptr()),
+                    hint_mask: AtomicUsize::new(INITIAL_TABLE - 1),
+                    lock: Mutex::new(shard),
+                };
+                CachePadded::new(cell)
+            })
+            .collect();
+        Store {
+            arena,
+            meta,
+            shift: config.line_size.trailing_zeros(),
+            slots,
+            next_fresh: AtomicU64::new(1),
+            shards,
+            global_free: Mutex::new(Vec::new()),
+            zero: [AtomicU64::new(0), AtomicU64::new(0)],
+            durability: if backing.is_file() {
+                config.durability
+            } else {
+                Durability::None
+            },
+            pm_latency_ns: config.pm_write_latency_ns,
+            flush_lock: Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn arena(&self) -> &Arena {
+        &self.arena
+    }
+
+    #[inline]
+    pub(crate) fn line_size(&self) -> usize {
+        1 << self.shift
+    }
+
+    #[inline]
+    pub(crate) fn shift(&self) -> u32 {
+        self.shift
+    }
+
+    /// Child ids per interior line.
+    #[inline]
+    pub(crate) fn fanout(&self) -> usize {
+        self.line_size() / 4
+    }
+
+    pub(crate) fn capacity(&self) -> u64 {
+        self.slots - 1
+    }
+
+    /// The bytes of a line the caller holds a reference to (or the zero line).
+    #[inline]
+    pub(crate) fn line(&self, id: LineId) -> &[u8] {
+        // SAFETY: ids reach here only from DAGs the caller holds a reference to
+        // (directly or through an ancestor), so the slot is live and immutable;
+        // slot 0 is never written.
+        unsafe { self.arena.line(id.0) }
+    }
+
+    /// Child `j` of an interior line.
+    #[inline]
+    pub(crate) fn child(&self, id: LineId, j: usize) -> LineId {
+        if id.is_zero() {
+            return LineId::ZERO;
+        }
+        let b = &self.line(id)[j * 4..j * 4 + 4];
+        LineId(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub(crate) fn counters(&self) -> StoreCounters {
+        let mut c = StoreCounters::default();
+        for cell in self.shards.iter() {
+            let s = cell.lock.lock();
+            for k in 0..2 {
+                c.live[k] += s.live[k];
+                c.created[k] += s.created[k];
+                c.hits[k] += s.hits[k];
+            }
+            c.index_bytes += (s.table.capacity() * 8) as u64;
+            c.free_list_bytes += ((s.free.capacity() + s.pending.capacity()) * 4) as u64;
+        }
+        c.free_list_bytes += (self.global_free.lock().capacity() * 4) as u64;
+        c.zero = [self.zero[0].load(Relaxed), self.zero[1].load(Relaxed)];
+        c.high_water = self.next_fresh.load(Relaxed).min(self.slots);
+        c.refcount_bytes = c.high_water * 4;
+        c
+    }
+}

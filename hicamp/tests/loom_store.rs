@@ -1,0 +1,100 @@
+//! loom runs the real store (`Memory` over `Store`, its shard locks, slot
+//! lists and reference counts swapped for loom's by `src/sync.rs`) over every
+//! interleaving of two threads that share one line: a last drop racing a
+//! lookup of the same content, and snapshots (increments without the lock)
+//! racing drops and lookups. Each thread checks every byte it reads while the
+//! other interns new content (which would take a slot freed too early), and
+//! at the end no line may be left.
+//!
+//! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p hicamp
+//! --test loom_store` (without `--cfg loom` this file is empty). `tests/loom_refcount.rs`
+//! models the same protocol by hand, and runs in every `cargo test`.
+#![cfg(loom)]
+
+use hicamp::{Config, Memory};
+use loom::thread;
+
+const LINE: [u8; 16] = [7; 16];
+/// Other content: interning it takes the slot `LINE` had if that was freed.
+const OTHER: [u8; 16] = [9; 16];
+
+fn memory() -> Memory {
+    Memory::new(Config {
+        line_size: 16,
+        capacity_lines: 64,
+        map_capacity: 2,
+        ..Config::default()
+    })
+    .unwrap()
+}
+
+/// Runs `f` on a loom thread with a real stack (the model's own thread has a
+/// small one, which `Memory::new` overflows), and waits for it.
+fn big_stack(f: impl FnOnce() + Send + 'static) -> thread::JoinHandle<()> {
+    thread::Builder::new().stack_size(STACK).spawn(f).unwrap()
+}
+
+const STACK: usize = 4 << 20;
+
+fn no_line_left(mem: &Memory) {
+    let s = mem.stats();
+    assert_eq!(
+        (s.leaf_lines, s.interior_lines),
+        (0, 0),
+        "a reference leaked"
+    );
+}
+
+/// Explores `body` over every interleaving, on a fresh memory, and checks
+/// that no line is left after it.
+fn model(body: fn(&Memory)) {
+    loom::model(move || {
+        big_stack(move || {
+            let mem = memory();
+            body(&mem);
+            no_line_left(&mem);
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+/// The last holder drops while another thread interns the same content.
+#[test]
+fn last_drop_races_a_lookup() {
+    model(|mem| {
+        let a = mem.segment(&LINE).unwrap();
+        let m = mem.clone();
+        let t = big_stack(move || {
+            let b = m.segment(&LINE).unwrap();
+            assert_eq!(b.to_vec(), LINE, "read a recycled line");
+        });
+        assert_eq!(a.to_vec(), LINE);
+        drop(a);
+        let o = mem.segment(&OTHER).unwrap();
+        t.join().unwrap();
+        drop(o);
+    });
+}
+
+/// A snapshot (an increment without the lock) and its drops race the last
+/// drop of another holder and a lookup.
+#[test]
+fn snapshots_race_drops_and_lookups() {
+    model(|mem| {
+        let a = mem.segment(&LINE).unwrap();
+        let b = a.clone();
+        let t = big_stack(move || {
+            let snap = b.clone();
+            drop(b);
+            assert_eq!(snap.to_vec(), LINE, "read a recycled line");
+        });
+        drop(a);
+        let c = mem.segment(&LINE).unwrap();
+        assert_eq!(c.to_vec(), LINE);
+        drop(c);
+        let o = mem.segment(&OTHER).unwrap();
+        t.join().unwrap();
+        drop(o);
+    });
+}

@@ -1,0 +1,92 @@
+//! Process hooks: fork, the exec family (the report is written before the image goes) and
+//! `_exit`/`_Exit` (which skip `atexit` handlers).
+
+#![allow(clippy::missing_safety_doc)]
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// `fork`: the child's fresh account is made by the `pthread_atfork` child handler (which also
+/// covers forks the shim does not see, such as the ones inside other libraries).
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn fork() -> libc::pid_t {
+    count(Call::Fork);
+    // SAFETY: as above.
+    unsafe { real::fork() }
+}
+
+/// Writes this image's report before `exec` replaces it.
+fn before_exec() {
+    if let Some(_g) = active() {
+        guard::shielded(|| {
+            account().count(Call::Exec);
+            trace::finish("exec");
+        });
+    }
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    before_exec();
+    // SAFETY: as above.
+    unsafe { real::execve(path, argv, envp) }
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    before_exec();
+    // SAFETY: as above.
+    unsafe { real::execv(path, argv) }
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    before_exec();
+    // SAFETY: as above.
+    unsafe { real::execvp(file, argv) }
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    before_exec();
+    // SAFETY: as above.
+    unsafe { real::execvpe(file, argv, envp) }
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn fexecve(
+    fd: c_int,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    before_exec();
+    // SAFETY: as above.
+    unsafe { real::fexecve(fd, argv, envp) }
+}
+
+/// `_exit` skips `atexit` handlers: write the report first.
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn _exit(code: c_int) -> ! {
+    if let Some(_g) = active() {
+        guard::shielded(|| {
+            account().count(Call::Exit);
+            trace::finish("_exit");
+        });
+    }
+    real::exit_now(code)
+}
+
+/// `_Exit` is `_exit` under another name.
+#[allow(non_snake_case)]
+#[cfg_attr(not(test), no_mangle)]
+pub extern "C" fn _Exit(code: c_int) -> ! {
+    _exit(code)
+}

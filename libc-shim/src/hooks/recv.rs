@@ -1,0 +1,133 @@
+//! Hooks of the receive side: recv, recvfrom, read, readv, recvmsg, recvmmsg and the `_chk`
+//! variants.
+
+#![allow(clippy::missing_safety_doc)]
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn recv(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+) -> ssize_t {
+    // SAFETY: as above.
+    let ret = unsafe { real::recv(fd, buf, len, flags) };
+    received_buf(Call::Recv, fd, ret, buf, len, flags);
+    ret
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn __recv_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    buflen: size_t,
+    flags: c_int,
+) -> ssize_t {
+    // SAFETY: as above.
+    let ret = unsafe { real::__recv_chk(fd, buf, len, buflen, flags) };
+    received_buf(Call::RecvChk, fd, ret, buf, len, flags);
+    ret
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> ssize_t {
+    // SAFETY: as above.
+    let ret = unsafe { real::recvfrom(fd, buf, len, flags, addr, alen) };
+    received_buf(Call::Recvfrom, fd, ret, buf, len, flags);
+    ret
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn __recvfrom_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    buflen: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> ssize_t {
+    // SAFETY: as above.
+    let ret = unsafe { real::__recvfrom_chk(fd, buf, len, buflen, flags, addr, alen) };
+    received_buf(Call::RecvfromChk, fd, ret, buf, len, flags);
+    ret
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn read(fd: c_int, buf: *mut c_void, len: size_t) -> ssize_t {
+    // SAFETY: as above.
+    let ret = unsafe { real::read(fd, buf, len) };
+    received_buf(Call::Read, fd, ret, buf, len, 0);
+    ret
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    buflen: size_t,
+) -> ssize_t {
+    // SAFETY: as above.
+    let ret = unsafe { real::__read_chk(fd, buf, len, buflen) };
+    received_buf(Call::ReadChk, fd, ret, buf, len, 0);
+    ret
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+    // SAFETY: as above.
+    let ret = unsafe { real::readv(fd, iov, cnt) };
+    if let Some(_g) = active() {
+        guard::shielded(|| {
+            account().count(Call::Readv);
+            let n = ret.max(0) as usize;
+            // SAFETY: the kernel wrote the first `ret` bytes of the caller's `cnt` iovecs.
+            let copy = |out: &mut Vec<u8>| unsafe { copy_iov(out, iov, cnt.max(0) as usize, n) };
+            trace::transfer(fd, Dir::Recv, ret, n, copy, Uncaptured::Other);
+        });
+    }
+    ret
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    // SAFETY: as above.
+    let ret = unsafe { real::recvmsg(fd, msg, flags) };
+    if let Some(_g) = active() {
+        guard::shielded(|| {
+            account().count(Call::Recvmsg);
+            if flags & libc::MSG_PEEK == 0 {
+                // SAFETY: the kernel accepted `msg` as a valid msghdr.
+                unsafe { msg_transfer(fd, Dir::Recv, ret, msg, flags) };
+            }
+        });
+    }
+    ret
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn recvmmsg(
+    fd: c_int,
+    msgs: *mut mmsghdr,
+    vlen: c_uint,
+    flags: c_int,
+    timeout: *mut timespec,
+) -> c_int {
+    // SAFETY: as above.
+    let ret = unsafe { real::recvmmsg(fd, msgs, vlen, flags, timeout) };
+    // SAFETY: on success the kernel filled the first `ret` of the caller's messages.
+    unsafe { mmsg_done(Call::Recvmmsg, fd, Dir::Recv, ret, msgs, flags) };
+    ret
+}

@@ -1,0 +1,394 @@
+//! One process's account: the counters the hooks bump, the pending payload buffer, the
+//! interning thread, and the report built from all of them.
+
+use std::path::PathBuf;
+use std::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel, Ordering::Acquire,
+    Ordering::Relaxed, Ordering::Release,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::interner::{Interner, Pending};
+use super::{Call, CALL_NAMES, N_CALLS};
+use crate::config::Config;
+use crate::fdtable::{Conn, Origin};
+use crate::report::{conn_report, ConnReport, ShimReport};
+use crate::{guard, sys};
+
+/// The interning thread wakes at least this often.
+const TICK: Duration = Duration::from_millis(100);
+/// Pending bytes that wake the interning thread early.
+const WAKE_BYTES: usize = 1 << 20;
+/// Pending bytes at which the application waits for the interning thread.
+const MAX_PENDING: usize = 256 << 20;
+/// Connections listed in a report (the totals count every one).
+pub const MAX_CONNS: usize = 4096;
+
+/// One process's account (a forked child gets a new one).
+#[derive(Debug)]
+pub struct Account {
+    pub(super) pid: i32,
+    pub(super) started: Instant,
+    pub(super) started_unix_ms: u64,
+    pub(super) next_conn: AtomicU64,
+    pub(super) conns: Mutex<Vec<Arc<Conn>>>,
+    pub(super) conns_total: AtomicU64,
+    pub(super) sockets_new: AtomicU64,
+    pub(super) calls: [AtomicU64; N_CALLS],
+    pub(super) sent_bytes: AtomicU64,
+    pub(super) received_bytes: AtomicU64,
+    pub(super) send_calls: AtomicU64,
+    pub(super) recv_calls: AtomicU64,
+    pub(super) send_errors: AtomicU64,
+    pub(super) recv_errors: AtomicU64,
+    pub(super) captured_sent: AtomicU64,
+    pub(super) captured_received: AtomicU64,
+    pub(super) uncaptured: AtomicU64,
+    pub(super) sendfile_bytes: AtomicU64,
+    pub(super) splice_bytes: AtomicU64,
+    pub(super) pending: Mutex<Pending>,
+    pub(super) pending_len: AtomicUsize,
+    pub(super) woken: AtomicBool,
+    pub(super) wake: Condvar,
+    pub(super) space: Condvar,
+    pub(super) interner: Mutex<Interner>,
+    /// 0: no interning thread yet; 1: running; 2: could not be started (interning inline).
+    pub(super) bg: AtomicU8,
+    pub(super) report_path: Mutex<Option<PathBuf>>,
+    pub(super) finished: AtomicBool,
+}
+
+pub(super) static ACCOUNT: AtomicPtr<Account> = AtomicPtr::new(std::ptr::null_mut());
+/// A report was asked for by a signal.
+pub(super) static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+impl Account {
+    pub(super) fn new() -> Account {
+        Account {
+            pid: sys::getpid(),
+            started: Instant::now(),
+            started_unix_ms: sys::unix_millis(),
+            next_conn: AtomicU64::new(1),
+            conns: Mutex::new(Vec::new()),
+            conns_total: AtomicU64::new(0),
+            sockets_new: AtomicU64::new(0),
+            calls: std::array::from_fn(|_| AtomicU64::new(0)),
+            sent_bytes: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
+            send_calls: AtomicU64::new(0),
+            recv_calls: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            recv_errors: AtomicU64::new(0),
+            captured_sent: AtomicU64::new(0),
+            captured_received: AtomicU64::new(0),
+            uncaptured: AtomicU64::new(0),
+            sendfile_bytes: AtomicU64::new(0),
+            splice_bytes: AtomicU64::new(0),
+            pending: Mutex::new(Pending::default()),
+            pending_len: AtomicUsize::new(0),
+            woken: AtomicBool::new(false),
+            wake: Condvar::new(),
+            space: Condvar::new(),
+            interner: Mutex::new(Interner::default()),
+            bg: AtomicU8::new(0),
+            report_path: Mutex::new(None),
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    /// A new connection account, listed in the report (up to [`MAX_CONNS`]).
+    pub fn new_conn(
+        &self,
+        family: crate::fdtable::Family,
+        ty: crate::fdtable::SockType,
+        origin: Origin,
+        fd: i32,
+    ) -> Arc<Conn> {
+        let c = Arc::new(Conn::new(
+            self.next_conn.fetch_add(1, Relaxed),
+            family,
+            ty,
+            origin,
+            fd,
+        ));
+        self.sockets_new.fetch_add(1, Relaxed);
+        self.register(&c);
+        c
+    }
+
+    pub(super) fn register(&self, c: &Arc<Conn>) {
+        self.conns_total.fetch_add(1, Relaxed);
+        let mut l = self.conns.lock();
+        if l.len() < MAX_CONNS {
+            l.push(c.clone());
+        }
+    }
+
+    /// Counts one call of an interposed function.
+    #[inline]
+    pub fn count(&self, call: Call) {
+        self.calls[call as usize].fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn has_activity(&self) -> bool {
+        self.sockets_new.load(Relaxed) > 0
+            || self.send_calls.load(Relaxed) > 0
+            || self.recv_calls.load(Relaxed) > 0
+    }
+
+    /// Appends one payload to the pending buffer (`copy` appends exactly `n` bytes).
+    pub(super) fn capture(&self, n: usize, copy: impl FnOnce(&mut Vec<u8>)) {
+        let mut p = self.pending.lock();
+        let start = p.bytes.len();
+        p.bytes.reserve(n);
+        copy(&mut p.bytes);
+        let got = p.bytes.len() - start;
+        p.lens.push(got);
+        self.pending_len.store(p.bytes.len(), Relaxed);
+    }
+
+    /// After a capture, with no lock held: start or wake the interning thread, or wait for it.
+    pub(super) fn after_capture(&'static self) {
+        let len = self.pending_len.load(Relaxed);
+        match self.bg.load(Acquire) {
+            1 => {}
+            0 => self.start_thread(),
+            _ => {
+                if len >= WAKE_BYTES {
+                    self.flush();
+                }
+                return;
+            }
+        }
+        if len >= WAKE_BYTES && !self.woken.swap(true, Relaxed) {
+            self.wake.notify_one();
+        }
+        if len >= MAX_PENDING {
+            let mut p = self.pending.lock();
+            while p.bytes.len() >= MAX_PENDING
+                && self.bg.load(Acquire) == 1
+                && !self.finished.load(Relaxed)
+            {
+                self.wake.notify_one();
+                self.space.wait_for(&mut p, TICK);
+            }
+        }
+    }
+
+    fn start_thread(&'static self) {
+        if self.bg.compare_exchange(0, 1, AcqRel, Acquire).is_err() {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("hicamp-shim".into())
+            .stack_size(256 << 10)
+            .spawn(move || self.thread_main());
+        if let Err(e) = spawned {
+            self.bg.store(2, Release);
+            sys::diag(&format!(
+                "cannot start the interning thread ({e}); interning in the application's threads"
+            ));
+        }
+    }
+
+    fn thread_main(&'static self) {
+        guard::enter_forever();
+        // Interning runs when a CPU would otherwise idle: the application's threads first.
+        sys::set_idle_priority();
+        let interval = Config::get().interval;
+        let mut next_report = interval.map(|d| Instant::now() + d);
+        loop {
+            {
+                let mut p = self.pending.lock();
+                if p.bytes.len() < WAKE_BYTES && !SIGNALLED.load(Relaxed) {
+                    self.wake.wait_for(&mut p, TICK);
+                }
+                self.woken.store(false, Relaxed);
+            }
+            if self.finished.load(Relaxed) {
+                return;
+            }
+            let _ = guard::shielded(|| {
+                self.flush();
+                let now = Instant::now();
+                let periodic = next_report.is_some_and(|t| now >= t);
+                if periodic {
+                    next_report = interval.map(|d| now + d);
+                }
+                if SIGNALLED.swap(false, Relaxed) {
+                    self.report("signal", false);
+                } else if periodic {
+                    self.report("periodic", false);
+                }
+            });
+        }
+    }
+
+    /// Interns everything pending.
+    fn flush(&self) {
+        let mut it = self.interner.lock();
+        let mut batch = std::mem::take(&mut it.spare);
+        {
+            let mut p = self.pending.lock();
+            std::mem::swap(&mut *p, &mut batch);
+            self.pending_len.store(p.bytes.len(), Relaxed);
+        }
+        self.space.notify_all();
+        it.ingest(&batch.bytes, &batch.lens);
+        batch.bytes.clear();
+        batch.lens.clear();
+        if batch.bytes.capacity() <= 2 * MAX_PENDING {
+            it.spare = batch;
+        }
+    }
+
+    /// Builds the report.
+    fn build(&self, reason: &str, final_report: bool) -> ShimReport {
+        let cfg = Config::get();
+        let it = self.interner.lock();
+        let mut conns: Vec<ConnReport> = self
+            .conns
+            .lock()
+            .iter()
+            .filter(|c| {
+                c.sent.load(Relaxed) + c.received.load(Relaxed) > 0
+                    || c.origin == Origin::Accept
+                    || c.connected.load(Relaxed)
+            })
+            .filter(|c| !c.listening.load(Relaxed))
+            .map(|c| conn_report(c))
+            .collect();
+        conns.sort_by_key(|c| c.id);
+        let total = self.conns_total.load(Relaxed);
+        ShimReport {
+            tool: "hicamp libc-shim".to_string(),
+            mode: "trace".to_string(),
+            run_id: cfg.run_id.clone(),
+            pid: self.pid,
+            ppid: sys::getppid(),
+            program: sys::cmdline(),
+            reason: reason.to_string(),
+            final_report,
+            started_unix_ms: self.started_unix_ms,
+            duration_secs: self.started.elapsed().as_secs_f64(),
+            sent_bytes: self.sent_bytes.load(Relaxed),
+            received_bytes: self.received_bytes.load(Relaxed),
+            send_calls: self.send_calls.load(Relaxed),
+            recv_calls: self.recv_calls.load(Relaxed),
+            send_errors: self.send_errors.load(Relaxed),
+            recv_errors: self.recv_errors.load(Relaxed),
+            captured_sent_bytes: self.captured_sent.load(Relaxed),
+            captured_received_bytes: self.captured_received.load(Relaxed),
+            uncaptured_bytes: self.uncaptured.load(Relaxed),
+            sendfile_bytes: self.sendfile_bytes.load(Relaxed),
+            splice_bytes: self.splice_bytes.load(Relaxed),
+            copy_avoided_bytes: self.captured_sent.load(Relaxed)
+                + self.captured_received.load(Relaxed),
+            payloads_interned: it.payloads,
+            payload_snapshot_hits: it.snapshot_hits,
+            payload_bytes_interned: it.bytes,
+            sockets_traced: total,
+            connections_omitted: total.saturating_sub(MAX_CONNS as u64),
+            calls: CALL_NAMES
+                .iter()
+                .zip(&self.calls)
+                .filter_map(|(n, c)| {
+                    let v = c.load(Relaxed);
+                    (v > 0).then(|| (n.to_string(), v))
+                })
+                .collect(),
+            connections: conns,
+            line_sizes: it.line_sizes(),
+            intern_errors: it.errors(),
+        }
+    }
+
+    /// Interns what is pending and writes the report (files when a prefix is set, else the
+    /// summary on stderr for a final report).
+    pub(super) fn report(&self, reason: &str, final_report: bool) {
+        self.flush();
+        let r = self.build(reason, final_report);
+        let text = r.to_text();
+        let Some(prefix) = &Config::get().report else {
+            if final_report {
+                let _ = sys::write_all(2, text.as_bytes());
+            }
+            return;
+        };
+        let json = match serde_json::to_vec_pretty(&r) {
+            Ok(mut j) => {
+                j.push(b'\n');
+                j
+            }
+            Err(e) => {
+                sys::diag(&format!("cannot encode the report: {e}"));
+                return;
+            }
+        };
+        let mut path = self.report_path.lock();
+        if path.is_none() {
+            *path = claim_report_path(prefix, self.pid);
+        }
+        let Some(p) = path.as_ref() else { return };
+        if let Err(e) = sys::replace(p, &json) {
+            sys::diag(&format!("cannot write the report {}: {e}", p.display()));
+            return;
+        }
+        if let Err(e) = sys::replace(&p.with_extension("txt"), text.as_bytes()) {
+            sys::diag(&format!("cannot write the summary: {e}"));
+        }
+    }
+}
+
+/// Picks `PREFIX.PID.json`, or `PREFIX.PID.K.json` when an earlier image of this process (before
+/// an exec) took it, creating the file so that no other image takes it.
+fn claim_report_path(prefix: &std::path::Path, pid: i32) -> Option<PathBuf> {
+    for k in 0..1000 {
+        let mut name = prefix.as_os_str().to_owned();
+        if k == 0 {
+            name.push(format!(".{pid}.json"));
+        } else {
+            name.push(format!(".{pid}.{k}.json"));
+        }
+        let p = PathBuf::from(name);
+        match sys::create_new(&p, b"") {
+            Ok(true) => return Some(p),
+            Ok(false) => continue,
+            Err(e) => {
+                sys::diag(&format!("cannot create the report {}: {e}", p.display()));
+                return None;
+            }
+        }
+    }
+    sys::diag("cannot find a free report file name");
+    None
+}
+
+/// This process's account (created on first use).
+pub fn account() -> &'static Account {
+    let p = ACCOUNT.load(Acquire);
+    if !p.is_null() {
+        // SAFETY: a non-null ACCOUNT points to a leaked `Box<Account>`, never freed.
+        return unsafe { &*p };
+    }
+    let fresh = Box::into_raw(Box::new(Account::new()));
+    match ACCOUNT.compare_exchange(std::ptr::null_mut(), fresh, AcqRel, Acquire) {
+        // SAFETY: `fresh` was just leaked and is now published, never freed.
+        Ok(_) => unsafe { &*fresh },
+        Err(existing) => {
+            // SAFETY: `fresh` was never published: this thread owns it.
+            drop(unsafe { Box::from_raw(fresh) });
+            // SAFETY: as above, a published account is never freed.
+            unsafe { &*existing }
+        }
+    }
+}
+
+pub(super) fn current() -> Option<&'static Account> {
+    let p = ACCOUNT.load(Acquire);
+    // SAFETY: a non-null ACCOUNT points to a leaked `Box<Account>`, never freed.
+    (!p.is_null()).then(|| unsafe { &*p })
+}

@@ -1,0 +1,181 @@
+//! The memories of one process (one per line size) and what went into them: payloads are
+//! interned in batches from the pending buffer, and small repeated payloads become snapshots.
+
+use hicamp::footprint::{LineSizeReport, ZeroLineCounter};
+use hicamp::Memory;
+
+use crate::config::Config;
+
+/// Arena of each memory (reserved virtually; only used lines cost RAM).
+const ARENA_BYTES: u64 = 16 << 30;
+/// Payloads up to this size are remembered whole, so that a repeat is a snapshot.
+const CACHE_PAYLOAD_MAX: usize = 512;
+/// Payloads remembered.
+const CACHE_ENTRIES: usize = 1 << 14;
+
+/// Payload waiting to be interned.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    pub(super) bytes: Vec<u8>,
+    pub(super) lens: Vec<usize>,
+}
+
+/// One memory of one line size.
+#[derive(Debug)]
+struct Sink {
+    line_size: usize,
+    mem: Option<Memory>,
+    zero: ZeroLineCounter,
+    error: Option<String>,
+}
+
+/// A recent small payload and its segment in each memory (`None` where that memory failed).
+///
+/// The cached handles are the first occurrence's own references (not extra ones), so the
+/// memories' statistics stay exact; an entry that leaves the cache forgets its handles.
+#[derive(Debug)]
+struct Cached {
+    bytes: Vec<u8>,
+    segs: Vec<Option<hicamp::Segment>>,
+}
+
+impl Drop for Cached {
+    fn drop(&mut self) {
+        for s in self.segs.drain(..).flatten() {
+            std::mem::forget(s);
+        }
+    }
+}
+
+/// The memories and what went into them.
+#[derive(Debug, Default)]
+pub(super) struct Interner {
+    sinks: Vec<Sink>,
+    pub(super) payloads: u64,
+    pub(super) bytes: u64,
+    /// Payloads that repeated a cached one whole (a snapshot per memory, no line lookup).
+    pub(super) snapshot_hits: u64,
+    cache: std::collections::HashMap<u64, Cached>,
+    pub(super) spare: Pending,
+}
+
+impl Interner {
+    fn memory_for(line_size: usize) -> Result<Memory, String> {
+        let mut capacity = (ARENA_BYTES / line_size as u64).min(u64::from(u32::MAX - 1));
+        loop {
+            let config = hicamp::Config {
+                line_size,
+                capacity_lines: capacity,
+                map_capacity: 2,
+                ..hicamp::Config::default()
+            };
+            match Memory::new(config) {
+                Ok(m) => return Ok(m),
+                Err(e) if capacity <= 1 << 16 => return Err(e.to_string()),
+                Err(_) => capacity /= 4,
+            }
+        }
+    }
+
+    pub(super) fn ingest(&mut self, bytes: &[u8], lens: &[usize]) {
+        if self.sinks.is_empty() {
+            for &ls in &Config::get().line_sizes {
+                let (mem, error) = match Interner::memory_for(ls) {
+                    Ok(m) => (Some(m), None),
+                    Err(e) => (
+                        None,
+                        Some(format!("line size {ls}: cannot create a memory: {e}")),
+                    ),
+                };
+                self.sinks.push(Sink {
+                    line_size: ls,
+                    mem,
+                    zero: ZeroLineCounter::new(ls),
+                    error,
+                });
+            }
+        }
+        let mut off = 0;
+        for &n in lens {
+            let Some(p) = bytes.get(off..off + n) else {
+                break;
+            };
+            off += n;
+            self.payloads += 1;
+            self.bytes += n as u64;
+            self.ingest_one(p);
+        }
+    }
+
+    /// Interns one payload into every memory. Every handle made is kept (in the cache) or
+    /// forgotten: its reference (and its logical bytes) stay counted for the life of the
+    /// process, which is what the report measures.
+    fn ingest_one(&mut self, p: &[u8]) {
+        let key = (p.len() <= CACHE_PAYLOAD_MAX).then(|| xxhash_rust::xxh3::xxh3_64(p));
+        if let Some(c) = key.and_then(|k| self.cache.get(&k)) {
+            if c.bytes == p {
+                // A repeat: one snapshot per memory, exactly what interning it again would
+                // leave behind (the same root, one more reference).
+                self.snapshot_hits += 1;
+                for (s, seg) in self.sinks.iter_mut().zip(&c.segs) {
+                    if let (Some(seg), Some(_)) = (seg, &s.mem) {
+                        std::mem::forget(seg.clone());
+                        s.zero.feed_item(p);
+                    }
+                }
+                return;
+            }
+        }
+        let mut segs = Vec::with_capacity(self.sinks.len());
+        for s in &mut self.sinks {
+            let Some(mem) = &s.mem else {
+                segs.push(None);
+                continue;
+            };
+            match mem.segment(p) {
+                Ok(seg) => segs.push(Some(seg)),
+                Err(e) => {
+                    s.error = Some(format!(
+                        "line size {}: interning stopped after {} payload bytes: {e}",
+                        s.line_size,
+                        mem.stats().logical_bytes
+                    ));
+                    s.mem = None;
+                    segs.push(None);
+                    continue;
+                }
+            }
+            s.zero.feed_item(p);
+        }
+        match key {
+            Some(k) => {
+                if self.cache.len() >= CACHE_ENTRIES {
+                    self.cache.clear(); // the handles are forgotten, their counts stay
+                }
+                self.cache.insert(
+                    k,
+                    Cached {
+                        bytes: p.to_vec(),
+                        segs,
+                    },
+                );
+            }
+            None => segs.into_iter().flatten().for_each(std::mem::forget),
+        }
+    }
+
+    pub(super) fn line_sizes(&self) -> Vec<LineSizeReport> {
+        self.sinks
+            .iter()
+            .filter_map(|s| {
+                s.mem
+                    .as_ref()
+                    .map(|m| LineSizeReport::from_stats(&m.stats(), s.zero.zero_bytes()))
+            })
+            .collect()
+    }
+
+    pub(super) fn errors(&self) -> Vec<String> {
+        self.sinks.iter().filter_map(|s| s.error.clone()).collect()
+    }
+}

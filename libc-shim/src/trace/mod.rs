@@ -1,0 +1,77 @@
+//! Trace mode: the per-process account of socket traffic, the payload capture on the hot path,
+//! and the interning thread.
+//!
+//! ```text
+//!  hook (app thread)                     pending (one mutex)          interning thread
+//!  real call -> counters (atomics) --->  bytes: [p1 p2 p3 ...]  --->  every 100 ms or 1 MiB:
+//!            -> copy payload ---------/  lens:  [n1 n2 n3 ...]        one segment per payload
+//!                                                                     per line size, kept alive
+//! ```
+//!
+//! The hot path copies the payload once into a shared buffer; interning (hashing, the dedup
+//! index) happens on one background thread, in batches. When the thread falls 256 MiB behind,
+//! the application waits for it (the report stays exact; only speed suffers).
+//!
+//! Every segment is kept alive until the process ends (its handle is forgotten, which keeps its
+//! reference and its logical bytes counted), so the memories' statistics describe all the
+//! payload the process ever moved: that is the footprint a HICAMP stack would need to hold it.
+//!
+//! A forked child starts a fresh account (new memories, zero counters, the parent's sockets
+//! with fresh per-connection counters): the interning thread does not exist there, the child's
+//! traffic is its own, and it writes its own report.
+//!
+//! The modules: `interner` (the memories and what goes into them), `account` (one process's
+//! counters, the pending buffer, the interning thread and the report), `events` (what the hooks
+//! and the process handlers tell the account).
+
+#[allow(unsafe_code)]
+mod account;
+#[allow(unsafe_code)]
+mod events;
+mod interner;
+
+pub use account::{account, Account, MAX_CONNS};
+pub use events::{
+    accepted, closing, closing_range, connected, duplicated, finish, fork_child, fork_parent,
+    fork_prepare, is_stream, listening, new_socket, set_nonblocking, signal_request, transfer,
+    Uncaptured,
+};
+
+/// Direction of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// The process sends.
+    Send,
+    /// The process receives.
+    Recv,
+}
+
+macro_rules! calls {
+    ($($v:ident = $n:literal,)*) => {
+        /// Every interposed function, for the per-call counts of the report.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[allow(missing_docs)]
+        pub enum Call { $($v,)* }
+        /// Names of [`Call`]s, in order.
+        pub const CALL_NAMES: &[&str] = &[$($n,)*];
+    };
+}
+
+calls! {
+    Socket = "socket", Socketpair = "socketpair", Bind = "bind", Listen = "listen",
+    Accept = "accept", Accept4 = "accept4", Connect = "connect", Shutdown = "shutdown",
+    Close = "close", CloseRange = "close_range", Dup = "dup", Dup2 = "dup2", Dup3 = "dup3",
+    Fcntl = "fcntl", Fcntl64 = "fcntl64", Ioctl = "ioctl", Getsockopt = "getsockopt",
+    Setsockopt = "setsockopt", Send = "send", Sendto = "sendto", Sendmsg = "sendmsg",
+    Sendmmsg = "sendmmsg", Write = "write", Writev = "writev", Recv = "recv",
+    Recvfrom = "recvfrom", Recvmsg = "recvmsg", Recvmmsg = "recvmmsg", Read = "read",
+    Readv = "readv", ReadChk = "__read_chk", RecvChk = "__recv_chk",
+    RecvfromChk = "__recvfrom_chk", Sendfile = "sendfile", Sendfile64 = "sendfile64",
+    Splice = "splice", Poll = "poll", PollChk = "__poll_chk", Ppoll = "ppoll",
+    PpollChk = "__ppoll_chk", Select = "select", Pselect = "pselect",
+    EpollCreate = "epoll_create", EpollCreate1 = "epoll_create1", EpollCtl = "epoll_ctl",
+    EpollWait = "epoll_wait", EpollPwait = "epoll_pwait", Fork = "fork", Exec = "exec",
+    Exit = "_exit",
+}
+
+pub(crate) const N_CALLS: usize = CALL_NAMES.len();
