@@ -296,7 +296,12 @@ fn links_loops_and_unreadable_files_are_handled() {
     // Privileged users read it anyway; then it is ingested.
     let secret_readable = fs::read(&secret).is_ok();
 
-    let (v, err) = dedup_json(&["--line-sizes", "64", path_str(root)]);
+    // By default the three links below the operand are not followed.
+    let (v, _) = dedup_json(&["--line-sizes", "64", path_str(root)]);
+    assert_eq!(u(&v["input"], "links_not_followed"), 3, "{}", v["input"]);
+    assert_eq!(u(&v["input"], "duplicates"), 1, "the hard link");
+
+    let (v, err) = dedup_json(&["--line-sizes", "64", "--follow-links", path_str(root)]);
     let input = &v["input"];
     assert_eq!(u(input, "duplicates"), 3, "{input}");
     assert!(err.contains("dangling"), "{err}");
@@ -316,4 +321,69 @@ fn links_loops_and_unreadable_files_are_handled() {
     let expect = data.len() as u64 + if secret_readable { 10 } else { 0 };
     assert_eq!(u(input, "bytes"), expect);
     assert_eq!(u(&line_sizes(&v)[0], "logical_bytes"), expect);
+}
+
+/// `/proc/self` is followed (an operand), but its `root` link to `/` is not: the walk stays
+/// small, its pseudo-files (size 0) are read to their end, and links are counted.
+#[test]
+fn proc_self_does_not_walk_the_machine() {
+    let (v, _err) = dedup_json(&["--line-sizes", "64", "/proc/self"]);
+    let input = &v["input"];
+    assert!(u(input, "links_not_followed") > 0, "{input}");
+    assert!(
+        u(input, "bytes") < 64 << 20,
+        "read {} bytes: the walk left /proc/self",
+        u(input, "bytes")
+    );
+    // /proc/self/status reports size 0 but has content: read to EOF.
+    assert!(u(input, "bytes") > 0, "{input}");
+}
+
+/// Links below an operand are followed only with --follow-links; other file systems are
+/// entered only with --cross-file-systems.
+#[test]
+fn links_below_operands_are_not_followed_by_default() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let target = tempfile::tempdir().unwrap();
+    fs::write(target.path().join("f"), Rng::new(9).bytes(10_000)).unwrap();
+    symlink(target.path(), root.join("elsewhere")).unwrap();
+    fs::write(root.join("own"), Rng::new(10).bytes(5_000)).unwrap();
+
+    let (v, _) = dedup_json(&["--line-sizes", "64", path_str(root)]);
+    assert_eq!(u(&v["input"], "bytes"), 5_000);
+    assert_eq!(u(&v["input"], "links_not_followed"), 1);
+    let (v, _) = dedup_json(&["--line-sizes", "64", "-L", path_str(root)]);
+    assert_eq!(u(&v["input"], "bytes"), 15_000);
+    assert_eq!(u(&v["input"], "links_not_followed"), 0);
+}
+
+/// An operand that cannot be read, and a closed stdout, end with a non-zero status.
+#[test]
+fn unreadable_operand_and_closed_stdout_fail() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("secret");
+    fs::write(&f, b"x").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o000)).unwrap();
+    if fs::read(&f).is_err() {
+        let out = hicamp(&["dedup", "-q", path_str(&f)]);
+        assert!(!out.status.success(), "an unreadable sole operand exits 0");
+    }
+    // Root reads every file: a path through a file fails for everyone.
+    let out = hicamp(&["dedup", "-q", &format!("{}/under", f.display())]);
+    assert!(!out.status.success());
+
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' dedup -q --line-sizes 64 '{}' >&-",
+            env!("CARGO_BIN_EXE_hicamp"),
+            dir.path().display()
+        ))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a closed stdout exits 0");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("standard output is closed"));
 }

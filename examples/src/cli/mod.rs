@@ -8,8 +8,10 @@
 //! ```
 //!
 //! Policy lives in the experiments and in the memory; this module only parses arguments, wires
-//! the progress bar and prints. Exit status: 0 on success (even with skipped files, which are
-//! reported on stderr), 1 on an error, 2 on a usage error.
+//! the progress bar and prints. Exit status: 0 on success (even with files below a directory
+//! that could not be read, which are reported on stderr and counted), 1 on an error (an
+//! operand that cannot be read, a closed stdout included), 2 on a usage error, 141 when the
+//! reader of stdout went away.
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
@@ -19,7 +21,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::experiments::dedup::{self, IngestOptions, InputSet, DEFAULT_LINE_SIZES};
+use crate::experiments::dedup::{self, IngestOptions, InputSet, WalkOptions, DEFAULT_LINE_SIZES};
 
 pub mod run;
 
@@ -113,6 +115,14 @@ struct DedupArgs {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
 
+    /// Follow symbolic links inside directories (operands are always followed).
+    #[arg(short = 'L', long)]
+    follow_links: bool,
+
+    /// Enter directories on other file systems than their operand's.
+    #[arg(long)]
+    cross_file_systems: bool,
+
     /// Line capacity of every memory instead of one sized from the input (for tests).
     #[arg(long, hide = true)]
     capacity_lines: Option<u64>,
@@ -137,7 +147,8 @@ fn parse_line_size(s: &str) -> Result<usize, String> {
 enum Failure {
     /// Print `error: ...` and exit 1.
     Error(String),
-    /// stdout went away (`hicamp dedup | head`): exit quietly.
+    /// stdout went away (`hicamp dedup | head`): exit quietly with 141, the status of a
+    /// process that SIGPIPE ended (as `cat` in the same pipe would).
     BrokenPipe,
     /// `fsck` found problems (already printed): exit 3.
     Inconsistent,
@@ -171,6 +182,10 @@ pub fn main() -> ExitCode {
     if let Command::Run(args) = &cli.command {
         return run_command(&cli, args);
     }
+    if stdout_was_closed() {
+        eprintln!("hicamp: error: standard output is closed: the report has nowhere to go");
+        return ExitCode::FAILURE;
+    }
     let result = match &cli.command {
         Command::Dedup(args) => run_dedup(&cli, args),
         Command::Fsck(args) => run_fsck(args),
@@ -179,13 +194,35 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::BrokenPipe) => ExitCode::SUCCESS,
+        Err(Failure::BrokenPipe) => ExitCode::from(141),
         Err(Failure::Inconsistent) => ExitCode::from(3),
         Err(Failure::Error(msg)) => {
             eprintln!("hicamp: error: {msg}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// True when the program started with descriptor 1 closed (`hicamp dedup >&-`). Rust's
+/// runtime then opens `/dev/null` read-write in its place before `main`, so the report would
+/// vanish with status 0. A shell's `>/dev/null` opens it write-only, which this tells apart
+/// (through `/proc/self/fdinfo/1`; false where that cannot be read).
+fn stdout_was_closed() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let same_as_null = match (
+        std::fs::metadata("/proc/self/fd/1"),
+        std::fs::metadata("/dev/null"),
+    ) {
+        (Ok(out), Ok(null)) => out.rdev() == null.rdev() && out.dev() == null.dev(),
+        _ => false,
+    };
+    let read_write = std::fs::read_to_string("/proc/self/fdinfo/1").is_ok_and(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .is_some_and(|flags| flags & 0o3 == 0o2)
+    });
+    same_as_null && read_write
 }
 
 fn warn(msg: &str) {
@@ -215,7 +252,11 @@ fn run_dedup(cli: &Cli, args: &DedupArgs) -> Result<(), Failure> {
     let input = if args.paths.is_empty() {
         InputSet::default_workload()
     } else {
-        InputSet::from_paths(&args.paths, &mut |msg: &str| warn(msg))?
+        let walk = WalkOptions {
+            follow_links: args.follow_links,
+            cross_file_systems: args.cross_file_systems,
+        };
+        InputSet::from_paths(&args.paths, walk, &mut |msg: &str| warn(msg))?
     };
     let mut opts = IngestOptions {
         line_sizes: args.line_sizes.clone(),

@@ -41,6 +41,26 @@ pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
 /// Chunks in flight per worker beyond the one it is processing.
 const CHANNEL_DEPTH: usize = 2;
 
+/// Most bytes read from one file whose size is not known (a regular file that reports size 0,
+/// as the pseudo-files of `/proc` and `/sys` do): it is read to its end, up to this.
+pub const UNSIZED_FILE_CAP: u64 = 64 << 10;
+
+/// Most bytes read from all files of unknown size together, so that the memories' sizing
+/// (done before reading) stays bounded on any input.
+pub const UNSIZED_TOTAL_CAP: u64 = 16 << 20;
+
+/// How directories are walked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalkOptions {
+    /// Follow symbolic links met inside directories (`du -L`). Operands are always followed
+    /// (`du -H`); by default links below them are not (`du -P`), so that `/proc/self/root`
+    /// does not lead to `/`.
+    pub follow_links: bool,
+    /// Enter directories on other file systems than their operand's (by default they are
+    /// left out and counted, as `du -x` does).
+    pub cross_file_systems: bool,
+}
+
 /// Everything that stops `hicamp dedup`.
 #[derive(Debug, thiserror::Error)]
 pub enum DedupError {
@@ -102,8 +122,11 @@ pub enum Item {
     File {
         /// The path.
         path: PathBuf,
-        /// Size when found.
+        /// Size when found; for a file of unknown size, the most that will be read of it.
         len: u64,
+        /// The file reported size 0 (a `/proc` or `/sys` pseudo-file, or an empty file): it
+        /// is read to its end, up to `len`.
+        unsized_: bool,
     },
     /// Bytes already in memory (a workload item).
     Bytes {
@@ -149,6 +172,10 @@ pub struct InputSet {
     pub skipped: u64,
     /// Paths naming a file or directory already found (ingested once).
     pub duplicates: u64,
+    /// Symbolic links below the operands that were not followed.
+    pub links_not_followed: u64,
+    /// Directories on another file system than their operand's, not entered.
+    pub other_file_systems: u64,
 }
 
 impl InputSet {
@@ -178,37 +205,56 @@ impl InputSet {
                 .collect(),
             skipped: 0,
             duplicates: 0,
+            links_not_followed: 0,
+            other_file_systems: 0,
         }
     }
 
     /// The regular files named by `paths`, directories walked recursively (entries in byte
-    /// order of their names). Symbolic links are followed; a directory or file already found
-    /// (a link loop, a hard link, a repeated operand) is ingested once. An operand that cannot
-    /// be examined is an error; anything below it that cannot be read is reported through
-    /// `warn` and counted as skipped.
+    /// order of their names), as `walk` says: operands are followed if they are symbolic
+    /// links, links below them only with [`WalkOptions::follow_links`], and directories on
+    /// other file systems are entered only with [`WalkOptions::cross_file_systems`]. A
+    /// directory or file already found (a link loop, a hard link, a repeated operand) is
+    /// ingested once. An operand that cannot be examined, opened or listed is an error;
+    /// anything below it that cannot be read is reported through `warn` and counted as
+    /// skipped.
     pub fn from_paths(
         paths: &[PathBuf],
+        walk: WalkOptions,
         warn: &mut dyn FnMut(&str),
     ) -> Result<InputSet, DedupError> {
         let mut w = Walker {
             items: Vec::new(),
             skipped: 0,
             duplicates: 0,
+            links_not_followed: 0,
+            other_file_systems: 0,
+            unsized_budget: UNSIZED_TOTAL_CAP,
             seen_files: HashSet::new(),
             seen_dirs: HashSet::new(),
+            opts: walk,
+            device: None,
             warn,
         };
-        // Check every operand first, so that a typo fails fast, before any walking.
+        // Check every operand first, so that a typo or an unreadable operand fails fast,
+        // before any walking.
         let mut metas = Vec::with_capacity(paths.len());
         for p in paths {
-            let meta = fs::metadata(p).map_err(|source| DedupError::Access {
+            let access = |source| DedupError::Access {
                 path: p.clone(),
                 source,
-            })?;
+            };
+            let meta = fs::metadata(p).map_err(access)?;
+            if meta.is_dir() {
+                fs::read_dir(p).map_err(access)?;
+            } else if meta.is_file() {
+                File::open(p).map_err(access)?;
+            }
             metas.push(meta);
         }
         let mut ancestors = Vec::new();
         for (p, meta) in paths.iter().zip(metas) {
+            w.device = file_key(&meta).map(|(dev, _)| dev);
             w.visit(p, &meta, &mut ancestors);
         }
         Ok(InputSet {
@@ -216,6 +262,8 @@ impl InputSet {
             items: w.items,
             skipped: w.skipped,
             duplicates: w.duplicates,
+            links_not_followed: w.links_not_followed,
+            other_file_systems: w.other_file_systems,
         })
     }
 
@@ -243,8 +291,15 @@ struct Walker<'w> {
     items: Vec<Item>,
     skipped: u64,
     duplicates: u64,
+    links_not_followed: u64,
+    other_file_systems: u64,
+    /// What is left of [`UNSIZED_TOTAL_CAP`].
+    unsized_budget: u64,
     seen_files: HashSet<FileKey>,
     seen_dirs: HashSet<FileKey>,
+    opts: WalkOptions,
+    /// The file system of the operand being walked.
+    device: Option<u64>,
     warn: &'w mut dyn FnMut(&str),
 }
 
@@ -264,11 +319,32 @@ impl Walker<'_> {
                     return;
                 }
             }
+            let unsized_ = meta.len() == 0;
+            let len = if unsized_ {
+                let len = self.unsized_budget.min(UNSIZED_FILE_CAP);
+                self.unsized_budget -= len;
+                len
+            } else {
+                meta.len()
+            };
             self.items.push(Item::File {
                 path: path.to_path_buf(),
-                len: meta.len(),
+                len,
+                unsized_,
             });
         } else if meta.is_dir() {
+            if let (Some((dev, _)), Some(root), false) =
+                (key, self.device, self.opts.cross_file_systems)
+            {
+                if dev != root {
+                    self.other_file_systems += 1;
+                    (self.warn)(&format!(
+                        "not entering '{}': another file system (--cross-file-systems enters it)",
+                        path.display()
+                    ));
+                    return;
+                }
+            }
             if let Some(k) = key {
                 if ancestors.contains(&k) {
                     self.duplicates += 1;
@@ -309,7 +385,13 @@ impl Walker<'_> {
         entries.sort_unstable();
         ancestors.extend(key);
         for p in entries {
-            match fs::metadata(&p) {
+            let meta = if self.opts.follow_links {
+                fs::metadata(&p)
+            } else {
+                fs::symlink_metadata(&p)
+            };
+            match meta {
+                Ok(meta) if meta.file_type().is_symlink() => self.links_not_followed += 1,
                 Ok(meta) => self.visit(&p, &meta, ancestors),
                 Err(e) => self.skip(format!("skipping '{}': {e}", p.display())),
             }
@@ -684,6 +766,8 @@ pub fn ingest(
         skipped: input.skipped + counts.skipped,
         partial: counts.partial,
         duplicates: input.duplicates,
+        links_not_followed: input.links_not_followed,
+        other_file_systems: input.other_file_systems,
     };
     Ok(DedupReport {
         input: input_report,
@@ -724,7 +808,11 @@ fn read_all(
                 }
                 counts.bytes += data.len() as u64;
             }
-            Item::File { path, len } => {
+            Item::File {
+                path,
+                len,
+                unsized_,
+            } => {
                 let file = match File::open(path) {
                     Ok(f) => f,
                     Err(e) => {
@@ -757,6 +845,18 @@ fn read_all(
                     }
                     if n < chunk_size {
                         break;
+                    }
+                }
+                // A file of unknown size read up to its cap: say so if it goes on.
+                if *unsized_ && r.limit() == 0 {
+                    let mut probe = [0u8; 1];
+                    if matches!(r.into_inner().read(&mut probe), Ok(1)) {
+                        counts.partial += 1;
+                        warn(&format!(
+                            "'{}' reports no size and holds more than {}: only that much is ingested",
+                            path.display(),
+                            human_bytes(*len)
+                        ));
                     }
                 }
             }

@@ -28,6 +28,11 @@ pub struct InputReport {
     /// Paths that named a file or directory already ingested (hard links, symbolic links,
     /// repeated operands), ingested once only.
     pub duplicates: u64,
+    /// Symbolic links below the operands, not followed (`--follow-links` follows them).
+    pub links_not_followed: u64,
+    /// Directories on other file systems than their operand's, not entered
+    /// (`--cross-file-systems` enters them).
+    pub other_file_systems: u64,
 }
 
 /// The whole report of `hicamp dedup`.
@@ -90,6 +95,18 @@ impl DedupReport {
         }
         if i.duplicates > 0 {
             notes.push(format!("{} duplicate paths ingested once", i.duplicates));
+        }
+        if i.links_not_followed > 0 {
+            notes.push(format!(
+                "{} symbolic links not followed",
+                i.links_not_followed
+            ));
+        }
+        if i.other_file_systems > 0 {
+            notes.push(format!(
+                "{} directories on other file systems not entered",
+                i.other_file_systems
+            ));
         }
         if !notes.is_empty() {
             let _ = writeln!(out, "       ({})", notes.join(", "));
