@@ -93,4 +93,4 @@ pub use frame::{frame_bytes, tx_segment};
 pub use meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};
 pub use nic::{Nic, NicConfig, NicCounters, NicError, Work};
 pub use port::{Port, PortError, TxOutcome};
-pub use ring::{Owner, RingError, SegRing};
+pub use ring::{Owner, RingError, SegRing, SlotMap};

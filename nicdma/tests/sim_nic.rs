@@ -110,7 +110,11 @@ fn hamming(a: &[u8], b: &[u8]) -> u32 {
 
 #[test]
 fn batches_arrive_byte_exact_and_in_order() {
-    let mut p = pair(1, LinkConfig::default(), NicConfig::default());
+    let cfg = NicConfig {
+        rx_dedup_counts: true,
+        ..NicConfig::default()
+    };
+    let mut p = pair(1, LinkConfig::default(), cfg);
     let sent = frames(1000, 7);
     let got = exchange(&mut p, &sent, 32);
     assert_eq!(got.len(), sent.len());
@@ -359,6 +363,60 @@ fn a_switch_of_three_learns_and_delivers() {
     assert_eq!(recv(&mut nics), vec![1, 0, 0]);
     send(&mut nics, 2, 0);
     assert_eq!(recv(&mut nics), vec![1, 0, 0]);
+}
+
+/// The plain deposit (one splice) and the counted one (with dedup counts)
+/// give the very same RX segments and the same written and zero line counts.
+#[test]
+fn both_deposits_give_the_same_segments() {
+    let mut got = Vec::new();
+    for count in [false, true] {
+        for off in [64u16, 62, 32, 100] {
+            let cfg = NicConfig {
+                rx_dedup_counts: count,
+                rx_frame_off: off,
+                ..NicConfig::default()
+            };
+            let mut p = pair(2, LinkConfig::default(), cfg);
+            let mut sent = frames(64, 5);
+            // Zero runs, so that whole zero lines occur at every offset.
+            for f in sent.iter_mut().step_by(3) {
+                let n = f.len();
+                f[20..n].fill(0);
+            }
+            let segs: Vec<Segment> = sent
+                .iter()
+                .map(|f| tx_segment(&p.mem, VirtioNetHdr::default(), 64, f).unwrap())
+                .collect();
+            for s in &segs {
+                assert!(p.a.tx_prepare(s).unwrap());
+            }
+            p.a.tx_doorbell().unwrap();
+            p.a.dma().unwrap();
+            p.b.rx_refill().unwrap();
+            p.b.dma().unwrap();
+            let mut out = Vec::new();
+            assert_eq!(p.b.rx_harvest(&mut out, 100).unwrap(), 64);
+            for (s, f) in out.iter().zip(&sent) {
+                let (meta, g) = frame_bytes(s).unwrap();
+                assert_eq!((meta.frame_off, &g), (off, f));
+                // The canonical segment of the same bytes, however written.
+                let mut want = meta.to_bytes().to_vec();
+                want.resize(usize::from(off), 0);
+                want.extend_from_slice(f);
+                assert_eq!(s, &p.mem.segment(&want).unwrap());
+            }
+            let c = *p.b.counters();
+            assert!(c.rx_lines_zero > 0);
+            assert_eq!(c.rx_lines_dedup > 0, count);
+            got.push((off, c.rx_lines_zero, c.rx_lines_written));
+        }
+    }
+    let (plain, counted) = got.split_at(4);
+    assert_eq!(
+        plain, counted,
+        "the same zero and written lines at every offset"
+    );
 }
 
 #[test]
