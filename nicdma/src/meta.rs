@@ -229,6 +229,11 @@ impl DmaMeta {
     /// Reads and [`parse`](DmaMeta::parse)s the metadata at the start of a
     /// ring segment.
     pub fn read(seg: &Segment) -> Result<DmaMeta, MetaError> {
+        // The metadata normally lies in the first line: parse it in place.
+        let first = seg.cursor().chunk();
+        if first.len() >= META_LEN {
+            return DmaMeta::parse(&first[..META_LEN], seg.len());
+        }
         let mut head = [0u8; META_LEN];
         let n = seg.read_at(0, &mut head).map_err(|_| MetaError::Short(0))?;
         DmaMeta::parse(&head[..n], seg.len())

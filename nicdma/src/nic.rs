@@ -237,7 +237,9 @@ fn deposit(
     let mut zero = 0;
     let mut at = 0;
     while at < frame.len() {
-        let line_end = ((off + at) / ls + 1) * ls - off;
+        // The end of the line holding frame byte `at` (lines are a power
+        // of two bytes).
+        let line_end = ((off + at) | (ls - 1)) + 1 - off;
         let part = &frame[at..line_end.min(frame.len())];
         if off + at >= ls && part.iter().all(|b| *b == 0) {
             zero += 1;
@@ -408,12 +410,20 @@ impl<P: Port> Nic<P> {
         let (mut ok, mut bad) = (0, 0);
         for i in 0..n {
             let slot = self.tx.completed_slot(i).expect("counted");
-            let mut st = [0u8; 2];
-            let read = self
-                .tx_slots
-                .get(slot)
-                .map_or(Ok(0), |s| s.read_at(offset::STATUS, &mut st))?;
-            if read == 2 && status_ok(u16::from_le_bytes(st)) {
+            let st = self.tx_slots.get(slot).and_then(|seg| {
+                let at = offset::STATUS as usize;
+                let mut st = [0u8; 2];
+                match seg.cursor().chunk().get(at..at + 2) {
+                    Some(b) => st.copy_from_slice(b),
+                    None => {
+                        if seg.read_at(offset::STATUS, &mut st).ok()? < 2 {
+                            return None;
+                        }
+                    }
+                }
+                Some(u16::from_le_bytes(st))
+            });
+            if st.is_some_and(status_ok) {
                 ok += 1;
             } else {
                 bad += 1;
@@ -490,17 +500,26 @@ impl<P: Port> Nic<P> {
             // The device reads the slot's segment through the memory: the
             // metadata first, then the frame's lines into the gather list.
             let seg = self.tx_slots.get(slot);
-            let meta = seg.map(DmaMeta::read);
+            let meta = seg.map(|seg| {
+                // One cursor walks the metadata's line, then the frame's.
+                let c = seg.cursor();
+                let first = c.chunk();
+                let meta = if first.len() >= META_LEN {
+                    DmaMeta::parse(&first[..META_LEN], seg.len())
+                } else {
+                    DmaMeta::read(seg)
+                };
+                (meta, c)
+            });
             let write = match meta {
-                None | Some(Err(_)) => {
+                None | Some((Err(_), _)) => {
                     self.counters.tx_bad += 1;
                     Some(status::BAD_FRAME)
                 }
-                Some(Ok(meta)) => {
-                    let seg = seg.expect("metadata was read from it");
+                Some((Ok(meta), mut c)) => {
                     let mut chunks = reuse(std::mem::take(&mut self.gather));
                     let mut left = meta.frame_len as usize;
-                    let mut c = seg.cursor_at(u64::from(meta.frame_off));
+                    c.advance(usize::from(meta.frame_off));
                     while left > 0 {
                         let chunk = c.chunk();
                         let take = chunk.len().min(left);
