@@ -528,7 +528,7 @@ impl Port for SimPort {
                 st.macs.insert(src, self.index);
             }
         }
-        let last = others.clone().last();
+        let last = others.clone().next_back();
         frames.for_each(|frame| {
             st.ports[self.index].counters.tx_frames += 1;
             st.log(TraceEvent::Sent {
@@ -538,16 +538,16 @@ impl Port for SimPort {
             });
             if let Some(d) = one {
                 SimPort::deliver(st, now, d, &vnet, frame);
-            } else if flood && last.is_some() {
+            } else if let (true, Some(last)) = (flood, last) {
                 // Every other port gets a copy; the last one the buffer.
                 for d in others.clone() {
-                    if Some(d) != last {
+                    if d != last {
                         let mut b = st.buffer();
                         b.extend_from_slice(&frame);
                         SimPort::deliver(st, now, d, &vnet, b);
                     }
                 }
-                SimPort::deliver(st, now, last.expect("checked"), &vnet, frame);
+                SimPort::deliver(st, now, last, &vnet, frame);
             } else {
                 st.recycle(frame);
             }

@@ -459,6 +459,49 @@ fn driver_rules_and_notifications() {
     assert_eq!(p.a.counters().tx_bad, 1);
 }
 
+/// Success writes no status: the TX slot still holds the driver's very
+/// segment. Errors are written into the slot's copy (copy-on-write), and a
+/// stale error status on a segment that is sent is cleared.
+#[test]
+fn the_device_writes_a_status_only_to_report_something() {
+    let mut p = pair(13, LinkConfig::default(), NicConfig::default());
+    let s = tx_segment(&p.mem, VirtioNetHdr::default(), 64, &frames(1, 2)[0]).unwrap();
+    let live = p.mem.live_lines();
+    assert!(p.a.tx_prepare(&s).unwrap());
+    let slot = p.a.tx_ring().head();
+    p.a.tx_doorbell().unwrap();
+    p.a.dma().unwrap();
+    assert_eq!(p.a.tx_slots().get(slot), Some(&s), "the very segment");
+    assert_eq!(p.mem.live_lines(), live, "no line written on success");
+    assert_eq!(p.a.tx_reap().unwrap(), (1, 0));
+
+    // A segment carrying an error status from an earlier attempt.
+    let mut m = s.to_mut();
+    m.write_at(
+        nicdma::meta::offset::STATUS,
+        &nicdma::meta::status::PORT_ERROR.to_le_bytes(),
+    )
+    .unwrap();
+    let stale = m.freeze();
+    p.a.tx_prepare(&stale).unwrap();
+    let slot = p.a.tx_ring().head();
+    p.a.tx_doorbell().unwrap();
+    p.a.dma().unwrap();
+    assert_eq!(p.a.tx_reap().unwrap(), (1, 0));
+    let meta = nicdma::DmaMeta::read(p.a.tx_slots().get(slot).unwrap()).unwrap();
+    assert_eq!(meta.status, nicdma::meta::status::OK);
+    assert_eq!(
+        nicdma::DmaMeta::read(&stale).unwrap().status,
+        nicdma::meta::status::PORT_ERROR,
+        "the driver's snapshot keeps its bytes"
+    );
+
+    // A segment of another memory is refused at prepare.
+    let other = mem();
+    let foreign = tx_segment(&other, VirtioNetHdr::default(), 64, &frames(1, 2)[0]).unwrap();
+    assert!(p.a.tx_prepare(&foreign).is_err());
+}
+
 #[test]
 fn dropping_the_nics_releases_everything() {
     let mem = mem();
