@@ -275,6 +275,21 @@ mod tests {
         assert_eq!(r.free_slot(0), Some(SegmentId(1059)));
     }
 
+    #[test]
+    fn slot_map_binds_ring_ids() {
+        let mem = hicamp::Memory::new(hicamp::Config::default()).unwrap();
+        let r = SegRing::new(SegmentId(40), 4);
+        let mut m = SlotMap::new(&r);
+        let a = mem.segment(b"frame a").unwrap();
+        assert!(m.get(SegmentId(41)).is_none(), "the empty segment");
+        assert!(m.replace(SegmentId(41), a.clone()).is_none());
+        assert_eq!(m.get(SegmentId(41)), Some(&a));
+        assert_eq!(m.take(SegmentId(41)), Some(a));
+        assert!(m.get(SegmentId(41)).is_none());
+        let outside = std::panic::catch_unwind(|| SlotMap::new(&r).get(SegmentId(44)).is_none());
+        assert!(outside.is_err(), "an id outside the ring is a bug");
+    }
+
     proptest! {
         /// Random producer/consumer schedules: every slot has exactly one
         /// owner, the counts add up, out-of-turn moves are refused, and the
