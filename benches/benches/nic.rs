@@ -6,6 +6,14 @@
 //!
 //! Baseline from the same run: the same frames moved as plain `Vec<u8>`
 //! copies through an mpsc channel (copy in, send, receive, copy out).
+//!
+//! Profiling: `NIC_PROFILE=<frame bytes>:<batches>` runs only the segment
+//! path (64 warm-up batches, then the given number) and prints ns/frame.
+//! Every phase of a batch (prepare, doorbell, TX DMA, reap, refill, RX DMA,
+//! harvest) is its own non-inlined function, so that
+//! `valgrind --tool=callgrind` (instruction counts, immune to the noise of
+//! a shared machine; run with 0 and with N batches and take the difference)
+//! or `perf record -g` attribute every instruction to a phase.
 #![forbid(unsafe_code)]
 
 use std::sync::mpsc;
@@ -58,23 +66,68 @@ fn rig(size: usize) -> Rig {
     }
 }
 
-/// One batch end to end.
-fn batch(r: &mut Rig) {
+// The phases of a batch, each its own function so that a profiler
+// (callgrind, perf) attributes every instruction to one of them.
+
+/// Driver A: snapshots of a batch into free TX slots.
+#[inline(never)]
+fn phase_prepare(r: &mut Rig) {
     for _ in 0..BATCH {
         let s = &r.frames[r.next % r.frames.len()];
         r.next += 1;
         r.a.tx_prepare(s).expect("prepare");
     }
+}
+
+/// Driver A: one doorbell for the batch.
+#[inline(never)]
+fn phase_doorbell(r: &mut Rig) {
     r.a.tx_doorbell().expect("doorbell");
+}
+
+/// Device A: DMA reads of the TX segments, onto the wire.
+#[inline(never)]
+fn phase_dma_tx(r: &mut Rig) {
     r.a.dma().expect("dma");
+}
+
+/// Driver A: completions.
+#[inline(never)]
+fn phase_reap(r: &mut Rig) {
     r.a.tx_reap().expect("reap");
     r.a.ack();
+}
+
+/// Driver B: RX slots posted.
+#[inline(never)]
+fn phase_refill(r: &mut Rig) {
     r.b.rx_refill().expect("refill");
+}
+
+/// Device B: frames off the wire, deposited into RX segments.
+#[inline(never)]
+fn phase_dma_rx(r: &mut Rig) {
     r.b.dma().expect("dma");
+}
+
+/// Driver B: snapshots of the RX segments for the stack.
+#[inline(never)]
+fn phase_harvest(r: &mut Rig) {
     r.out.clear();
     let n = r.b.rx_harvest(&mut r.out, BATCH as u32).expect("harvest");
     assert_eq!(n as usize, BATCH);
     r.b.ack();
+}
+
+/// One batch end to end.
+fn batch(r: &mut Rig) {
+    phase_prepare(r);
+    phase_doorbell(r);
+    phase_dma_tx(r);
+    phase_reap(r);
+    phase_refill(r);
+    phase_dma_rx(r);
+    phase_harvest(r);
 }
 
 fn benches(c: &mut Criterion) {
@@ -146,7 +199,31 @@ fn benches(c: &mut Criterion) {
     }
 }
 
+/// `NIC_PROFILE=<size>:<batches>`: run only the segment path, for a profiler
+/// (callgrind's instruction counts per frame, `perf record`), and exit.
+fn profile(spec: &str) {
+    let (size, batches) = spec
+        .split_once(':')
+        .and_then(|(s, b)| Some((s.parse::<usize>().ok()?, b.parse::<u64>().ok()?)))
+        .expect("NIC_PROFILE=<frame bytes>:<batches>");
+    let mut r = rig(size);
+    // Warm up: every ring slot and every frame used once.
+    for _ in 0..64 {
+        batch(&mut r);
+    }
+    let t = Instant::now();
+    for _ in 0..batches {
+        batch(&mut r);
+    }
+    let ns = t.elapsed().as_nanos() as f64 / (batches as f64 * BATCH as f64);
+    println!("{size} B: {batches} batches, {ns:.0} ns/frame");
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("NIC_PROFILE") {
+        profile(&spec);
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     benches(&mut c);
     c.final_summary();

@@ -12,9 +12,14 @@
 //! # Concepts
 //!
 //! * A [`SegRing`] is a contiguous range of segment ids with a head and a
-//!   tail; the NIC owns the slots between them.
+//!   tail; the NIC owns the slots between them. The ring's region of the
+//!   segment map is held by the ring itself ([`SlotMap`]: slot id -> the
+//!   segment bound to it), so a slot changes hands between driver and
+//!   device with no map lock, as a NIC's descriptor ring is its own memory.
 //! * Each ring segment carries its DMA metadata ([`DmaMeta`]: offloads,
-//!   frame offset, completion status) in its first [`META_LEN`] bytes; the
+//!   frame offset, completion status) in its first [`META_LEN`] bytes (the
+//!   device writes a TX status only to report an error: a completed slot
+//!   whose status still reads `PENDING` was sent); the
 //!   frame follows after some headroom. [`frame`] builds and reads these
 //!   segments (the layout is drawn there), splicing the payload's own lines
 //!   behind the headers.
@@ -93,4 +98,4 @@ pub use frame::{frame_bytes, tx_segment};
 pub use meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};
 pub use nic::{Nic, NicConfig, NicCounters, NicError, Work};
 pub use port::{Port, PortError, TxOutcome};
-pub use ring::{Owner, RingError, SegRing};
+pub use ring::{Owner, RingError, SegRing, SlotMap};

@@ -8,7 +8,7 @@
 //!             flags u8 | gso_type u8 | hdr_len u16 | gso_size u16 |
 //!             csum_start u16 | csum_offset u16 | num_buffers u16
 //!  offset 12  frame_off u16   where the frame starts in the segment
-//!  offset 14  status u16      completion status written by the NIC
+//!  offset 14  status u16      completion status (the NIC writes errors)
 //!  offset 16  frame_len u32   bytes of the frame
 //!  offset 20  gso_segs u16    segments the NIC cut a GSO frame into
 //!  offset 22  reserved (0) up to META_LEN
@@ -32,7 +32,8 @@ pub mod offset {
     pub const VNET: u64 = 0;
     /// `frame_off`, u16.
     pub const FRAME_OFF: u64 = 12;
-    /// `status`, u16: the field the NIC writes on completion.
+    /// `status`, u16: the field the NIC writes on completion when there is
+    /// something to report (see [`status`](super::status)).
     pub const STATUS: u64 = 14;
     /// `frame_len`, u32.
     pub const FRAME_LEN: u64 = 16;
@@ -61,8 +62,15 @@ pub mod gso {
 }
 
 /// Completion status values.
+///
+/// A TX segment is prepared with `PENDING`. Completion is the ring's tail
+/// moving past the slot; the device rewrites the status (copy-on-write, so
+/// the driver's own snapshot keeps its bytes) only to report an error, or to
+/// set `OK` over a stale error status. So a completed slot reading `PENDING`
+/// or `OK` was sent, and success costs no new line. RX segments are
+/// deposited with `OK`.
 pub mod status {
-    /// Not completed yet.
+    /// Not completed yet (on a completed TX slot: sent without error).
     pub const PENDING: u16 = 0;
     /// Done.
     pub const OK: u16 = 1;
@@ -229,6 +237,11 @@ impl DmaMeta {
     /// Reads and [`parse`](DmaMeta::parse)s the metadata at the start of a
     /// ring segment.
     pub fn read(seg: &Segment) -> Result<DmaMeta, MetaError> {
+        // The metadata normally lies in the first line: parse it in place.
+        let first = seg.cursor().chunk();
+        if first.len() >= META_LEN {
+            return DmaMeta::parse(&first[..META_LEN], seg.len());
+        }
         let mut head = [0u8; META_LEN];
         let n = seg.read_at(0, &mut head).map_err(|_| MetaError::Short(0))?;
         DmaMeta::parse(&head[..n], seg.len())

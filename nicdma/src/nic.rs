@@ -22,15 +22,35 @@
 //!
 //! A ring segment holds [`DmaMeta`] at offset 0 and the frame at
 //! `frame_off`; the bytes between are headroom for protocol headers.
+//!
+//! # What a frame costs
+//!
+//! The per-frame work is what a NIC does and no more:
+//!
+//! * a slot changes hands through the ring's own region of the segment map
+//!   ([`SlotMap`]): prepare binds a snapshot (one reference), the device
+//!   borrows it, harvest snapshots it (one reference); no map lock, no map
+//!   entry written;
+//! * the TX DMA reads the metadata and gathers the frame's lines through the
+//!   memory into a reused gather list; no allocation;
+//! * completion is the tail moving past the slot. A transmitted segment keeps
+//!   the status its driver gave it (`PENDING`): the device rewrites the
+//!   status, copy-on-write, only to report an error (or to clear a stale
+//!   one), so success costs no new line;
+//! * the RX DMA interns the frame's lines once, where dedup happens;
+//! * notifications and the port's wake-ups are `UnixDatagram` writes only
+//!   once someone asked for the file descriptor to poll (an interrupt line
+//!   is unmasked only when the driver wants to sleep on it).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use hicamp::{Memory, Segment, SegmentId};
 
 use crate::meta::{offset, status, DmaMeta, VirtioNetHdr, META_LEN};
 use crate::port::{Port, PortError, TxOutcome};
-use crate::ring::{RingError, SegRing};
+use crate::ring::{RingError, SegRing, SlotMap};
 
 /// Errors of the NIC.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +84,10 @@ pub struct NicConfig {
     pub tx_batch: u32,
     /// Frames the device receives per pass, at most.
     pub rx_batch: u32,
+    /// Count deduplicated lines on receive (`rx_lines_dedup`): the RX DMA
+    /// then writes through the memory's counted copy-on-write path, which
+    /// costs about 1.4x the plain deposit. Off by default.
+    pub rx_dedup_counts: bool,
 }
 
 impl Default for NicConfig {
@@ -74,6 +98,7 @@ impl Default for NicConfig {
             rx_frame_off: 64,
             tx_batch: 64,
             rx_batch: 64,
+            rx_dedup_counts: false,
         }
     }
 }
@@ -99,11 +124,13 @@ pub struct NicCounters {
     pub rx_frames: u64,
     /// Frame bytes received.
     pub rx_bytes: u64,
-    /// Leaf lines the RX DMA wrote (new, deduplicated and zero).
+    /// Leaf lines holding frame bytes the RX DMA wrote (new, deduplicated
+    /// and zero).
     pub rx_lines_written: u64,
-    /// Of those, lines that already existed (deduplicated on receive).
+    /// Of those, lines that already existed (deduplicated on receive);
+    /// counted only with [`NicConfig::rx_dedup_counts`].
     pub rx_lines_dedup: u64,
-    /// Of those, all-zero lines (stored nowhere).
+    /// Of the frame lines written, all-zero lines (stored nowhere).
     pub rx_lines_zero: u64,
     /// Passes that ran out of posted RX slots (frames then wait in the port).
     pub rx_no_slot: u64,
@@ -130,11 +157,102 @@ pub struct Nic<P: Port> {
     cfg: NicConfig,
     tx: SegRing,
     rx: SegRing,
+    /// The TX ring's region of the segment map.
+    tx_slots: SlotMap,
+    /// The RX ring's region of the segment map.
+    rx_slots: SlotMap,
     tx_prepared: u32,
     counters: NicCounters,
+    /// The TX DMA's gather list, reused from frame to frame (empty between
+    /// frames; its element lifetime is re-chosen per frame by [`reuse`]).
+    gather: Vec<&'static [u8]>,
     irq_raise: UnixDatagram,
     irq_wait: UnixDatagram,
     irq_pending: bool,
+    /// Someone asked for [`Nic::notify_fd`]: notifications are written to it.
+    irq_unmasked: AtomicBool,
+    /// A notification byte may be waiting in the channel.
+    irq_sent: AtomicBool,
+}
+
+/// An empty vector of slices with the allocation of `v` (an in-place
+/// `collect` keeps the allocation: the element layout is the same).
+fn reuse<'b>(mut v: Vec<&[u8]>) -> Vec<&'b [u8]> {
+    v.clear();
+    v.into_iter().map(|_| -> &'b [u8] { &[] }).collect()
+}
+
+/// A transmitted segment's status says it completed without error: `OK`, or
+/// `PENDING` (the device writes no status on success).
+fn status_ok(st: u16) -> bool {
+    st == status::OK || st == status::PENDING
+}
+
+/// What one RX DMA write did to the memory's lines.
+#[derive(Debug, Clone, Copy, Default)]
+struct DepositCounts {
+    /// Leaf lines holding frame bytes interned (new, deduplicated or zero).
+    written: u64,
+    /// Of those, lines that already existed (known only when counted).
+    dedup: u64,
+    /// Of those, all-zero lines.
+    zero: u64,
+}
+
+/// The RX DMA write: a new segment holding `meta` at offset 0 and `frame` at
+/// `off` (zeros in between), its lines interned where dedup happens.
+///
+/// The fast form is one splice (each line assembled and interned once, the
+/// interior levels built bottom-up). With `count_dedup`, the frame goes
+/// through the memory's counted write instead, which tells new lines from
+/// deduplicated ones at the price of a copy-on-write rebuild of the DAG.
+fn deposit(
+    mem: &Memory,
+    meta: &DmaMeta,
+    off: u16,
+    frame: &[u8],
+    count_dedup: bool,
+) -> Result<(Segment, DepositCounts), hicamp::Error> {
+    let meta = meta.to_bytes();
+    if count_dedup {
+        let mut b = mem.builder();
+        b.write_at(0, &meta)?;
+        let c = b.write_at_counted(u64::from(off), frame)?;
+        let counts = DepositCounts {
+            written: c.lines(),
+            dedup: c.dedup_hits,
+            zero: c.zero_lines,
+        };
+        return Ok((b.freeze(), counts));
+    }
+    let (seg, c) = mem.splice(&[
+        hicamp::Piece::Bytes(&meta),
+        hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64),
+        hicamp::Piece::Bytes(frame),
+    ])?;
+    // The lines the frame touches that hold only zeros were interned as line
+    // 0 (line 0 of the segment holds the metadata, which is never zero).
+    let ls = mem.line_size();
+    let off = usize::from(off);
+    let mut zero = 0;
+    let mut at = 0;
+    while at < frame.len() {
+        // The end of the line holding frame byte `at` (lines are a power
+        // of two bytes).
+        let line_end = ((off + at) | (ls - 1)) + 1 - off;
+        let part = &frame[at..line_end.min(frame.len())];
+        if off + at >= ls && part.iter().all(|b| *b == 0) {
+            zero += 1;
+        }
+        at = line_end;
+    }
+    let counts = DepositCounts {
+        // Lines that hold frame bytes: not the metadata's own line.
+        written: c.assembled_lines - u64::from(off >= ls),
+        dedup: 0,
+        zero,
+    };
+    Ok((seg, counts))
 }
 
 impl<P: Port> std::fmt::Debug for Nic<P> {
@@ -155,6 +273,8 @@ impl<P: Port> Nic<P> {
         let (irq_raise, irq_wait) = UnixDatagram::pair().map_err(NicError::Notify)?;
         irq_raise.set_nonblocking(true).map_err(NicError::Notify)?;
         irq_wait.set_nonblocking(true).map_err(NicError::Notify)?;
+        let tx = SegRing::new(tx.start, cfg.tx_slots);
+        let rx = SegRing::new(rx.start, cfg.rx_slots);
         Ok(Nic {
             mem: mem.clone(),
             port,
@@ -162,13 +282,18 @@ impl<P: Port> Nic<P> {
                 rx_frame_off: cfg.rx_frame_off.max(META_LEN as u16),
                 ..cfg
             },
-            tx: SegRing::new(tx.start, cfg.tx_slots),
-            rx: SegRing::new(rx.start, cfg.rx_slots),
+            tx_slots: SlotMap::new(&tx),
+            rx_slots: SlotMap::new(&rx),
+            tx,
+            rx,
             tx_prepared: 0,
             counters: NicCounters::default(),
+            gather: Vec::new(),
             irq_raise,
             irq_wait,
             irq_pending: false,
+            irq_unmasked: AtomicBool::new(false),
+            irq_sent: AtomicBool::new(false),
         })
     }
 
@@ -202,9 +327,30 @@ impl<P: Port> Nic<P> {
         &self.mem
     }
 
+    /// The TX ring's region of the segment map: the segment each TX slot id
+    /// holds.
+    pub fn tx_slots(&self) -> &SlotMap {
+        &self.tx_slots
+    }
+
+    /// The RX ring's region of the segment map.
+    pub fn rx_slots(&self) -> &SlotMap {
+        &self.rx_slots
+    }
+
     /// Polls readable after a pass that completed work (interrupt emulation).
+    /// Asking for it unmasks the interrupt: from then on every notification
+    /// is written to it.
     pub fn notify_fd(&self) -> RawFd {
+        if !self.irq_unmasked.swap(true, Relaxed) && self.irq_pending {
+            self.raise();
+        }
         self.irq_wait.as_raw_fd()
+    }
+
+    fn raise(&self) {
+        let _ = self.irq_raise.send(&[1]);
+        self.irq_sent.store(true, Relaxed);
     }
 
     /// True when a notification is pending (without consuming it).
@@ -214,8 +360,10 @@ impl<P: Port> Nic<P> {
 
     /// Acknowledges notifications (drains the channel).
     pub fn ack(&mut self) {
-        let mut b = [0u8; 16];
-        while self.irq_wait.recv(&mut b).is_ok() {}
+        if self.irq_sent.swap(false, Relaxed) {
+            let mut b = [0u8; 16];
+            while self.irq_wait.recv(&mut b).is_ok() {}
+        }
         self.irq_pending = false;
     }
 
@@ -232,7 +380,11 @@ impl<P: Port> Nic<P> {
         let Some(slot) = self.tx.free_slot(self.tx_prepared) else {
             return Ok(false);
         };
-        self.mem.map().replace(slot, frame.clone())?;
+        if !frame.memory().same(&self.mem) {
+            return Err(hicamp::Error::ForeignSegment.into());
+        }
+        // The snapshot: one reference moves into the slot's entry.
+        self.tx_slots.replace(slot, frame.clone());
         self.tx_prepared += 1;
         Ok(true)
     }
@@ -249,22 +401,33 @@ impl<P: Port> Nic<P> {
         Ok(n)
     }
 
-    /// Recycles completed TX slots (each keeps its segment until the next
-    /// prepare replaces it). Returns (completed OK, completed with an error).
+    /// Recycles completed TX slots: reads each one's status from its
+    /// metadata (each slot keeps its segment until the next prepare replaces
+    /// it, as a ring buffer does). Returns (completed OK, completed with an
+    /// error).
     pub fn tx_reap(&mut self) -> Result<(u32, u32), NicError> {
         let n = self.tx.completed_unreaped();
         let (mut ok, mut bad) = (0, 0);
         for i in 0..n {
             let slot = self.tx.completed_slot(i).expect("counted");
-            let mut st = [0u8; 2];
-            self.mem.map().read_at(slot, offset::STATUS, &mut st)?;
-            if u16::from_le_bytes(st) == status::OK {
+            let st = self.tx_slots.get(slot).and_then(|seg| {
+                let at = offset::STATUS as usize;
+                let mut st = [0u8; 2];
+                match seg.cursor().chunk().get(at..at + 2) {
+                    Some(b) => st.copy_from_slice(b),
+                    None => {
+                        if seg.read_at(offset::STATUS, &mut st).ok()? < 2 {
+                            return None;
+                        }
+                    }
+                }
+                Some(u16::from_le_bytes(st))
+            });
+            if st.is_some_and(status_ok) {
                 ok += 1;
             } else {
                 bad += 1;
             }
-            // The slot keeps its segment until the next prepare replaces it
-            // (a ring buffer): no map update here.
         }
         self.tx.reap(n)?;
         Ok((ok, bad))
@@ -278,14 +441,16 @@ impl<P: Port> Nic<P> {
     }
 
     /// Takes up to `max` received segments (snapshots of the RX slots, which
-    /// become free). Returns how many.
+    /// become free; each keeps its segment until the next deposit replaces
+    /// it). Returns how many.
     pub fn rx_harvest(&mut self, out: &mut Vec<Segment>, max: u32) -> Result<u32, NicError> {
         let n = self.rx.completed_unreaped().min(max);
+        out.reserve(n as usize);
         for i in 0..n {
             let slot = self.rx.completed_slot(i).expect("counted");
-            // The stack's snapshot; the slot keeps the segment until the next
-            // deposit replaces it.
-            out.push(self.mem.map().get(slot)?);
+            // The stack's snapshot: one reference, no lock.
+            let seg = self.rx_slots.get(slot).cloned();
+            out.push(seg.unwrap_or_else(|| self.mem.empty()));
         }
         self.rx.reap(n)?;
         Ok(n)
@@ -304,36 +469,57 @@ impl<P: Port> Nic<P> {
         // Interrupt moderation: one notification per pass with completions,
         // and none while an earlier one is still unacknowledged.
         if work.tx + work.rx > 0 && !self.irq_pending {
-            let _ = self.irq_raise.send(&[1]);
             self.irq_pending = true;
             self.counters.notifications += 1;
+            if self.irq_unmasked.load(Relaxed) {
+                self.raise();
+            }
         }
         Ok(work)
     }
 
-    fn set_status(&self, slot: SegmentId, st: u16) -> Result<(), NicError> {
-        self.mem
-            .map()
-            .write_at(slot, offset::STATUS, &st.to_le_bytes())?;
+    /// Writes `st` into the metadata of the segment in TX slot `slot`
+    /// (copy-on-write: the driver's own snapshot keeps its bytes).
+    fn set_status(&mut self, slot: SegmentId, st: u16) -> Result<(), NicError> {
+        let mut m = match self.tx_slots.take(slot) {
+            Some(seg) => seg.into_mut(),
+            None => self.mem.builder(),
+        };
+        m.write_at(offset::STATUS, &st.to_le_bytes())?;
+        self.tx_slots.replace(slot, m.freeze());
         Ok(())
     }
 
     fn dma_tx(&mut self) -> Result<u32, NicError> {
         let mut done = 0;
-        while done < self.cfg.tx_batch && self.tx.nic_owned() > 0 {
-            let slot = self.tx.nic_slot(0).expect("owned");
-            let seg = self.mem.map().get(slot)?;
+        while done < self.cfg.tx_batch {
+            let Some(slot) = self.tx.nic_slot(0) else {
+                break;
+            };
             self.counters.tx_lines_read += 1;
-            let st = match DmaMeta::read(&seg) {
-                Err(_) => {
+            // The device reads the slot's segment through the memory: the
+            // metadata first, then the frame's lines into the gather list.
+            let seg = self.tx_slots.get(slot);
+            let meta = seg.map(|seg| {
+                // One cursor walks the metadata's line, then the frame's.
+                let c = seg.cursor();
+                let first = c.chunk();
+                let meta = if first.len() >= META_LEN {
+                    DmaMeta::parse(&first[..META_LEN], seg.len())
+                } else {
+                    DmaMeta::read(seg)
+                };
+                (meta, c)
+            });
+            let write = match meta {
+                None | Some((Err(_), _)) => {
                     self.counters.tx_bad += 1;
-                    status::BAD_FRAME
+                    Some(status::BAD_FRAME)
                 }
-                Ok(meta) => {
-                    // Gather the frame line by line: no flattening.
-                    let mut chunks: Vec<&[u8]> = Vec::new();
+                Some((Ok(meta), mut c)) => {
+                    let mut chunks = reuse(std::mem::take(&mut self.gather));
                     let mut left = meta.frame_len as usize;
-                    let mut c = seg.cursor_at(u64::from(meta.frame_off));
+                    c.advance(usize::from(meta.frame_off));
                     while left > 0 {
                         let chunk = c.chunk();
                         let take = chunk.len().min(left);
@@ -341,7 +527,10 @@ impl<P: Port> Nic<P> {
                         c.advance(take);
                         left -= take;
                     }
-                    match self.port.transmit(&meta.vnet, &chunks) {
+                    let sent = self.port.transmit(&meta.vnet, &chunks);
+                    let lines = chunks.len() as u64;
+                    self.gather = reuse(chunks);
+                    match sent {
                         Ok(TxOutcome::Full) => {
                             self.counters.tx_full += 1;
                             break;
@@ -349,19 +538,22 @@ impl<P: Port> Nic<P> {
                         Ok(TxOutcome::Sent) => {
                             self.counters.tx_frames += 1;
                             self.counters.tx_bytes += u64::from(meta.frame_len);
-                            self.counters.tx_lines_read += chunks.len() as u64;
-                            status::OK
+                            self.counters.tx_lines_read += lines;
+                            // Success leaves the segment as the driver made it,
+                            // unless it carries a stale error status.
+                            (!status_ok(meta.status)).then_some(status::OK)
                         }
                         Err(PortError::Disconnected) => return Err(PortError::Disconnected.into()),
                         Err(_) => {
                             self.counters.tx_port_errors += 1;
-                            status::PORT_ERROR
+                            Some(status::PORT_ERROR)
                         }
                     }
                 }
             };
-            drop(seg);
-            self.set_status(slot, st)?;
+            if let Some(st) = write {
+                self.set_status(slot, st)?;
+            }
             self.tx.complete(1)?;
             done += 1;
         }
@@ -371,6 +563,7 @@ impl<P: Port> Nic<P> {
     fn dma_rx(&mut self) -> Result<u32, NicError> {
         let mut done = 0;
         let off = self.cfg.rx_frame_off;
+        let count_dedup = self.cfg.rx_dedup_counts;
         while done < self.cfg.rx_batch {
             let Some(slot) = self.rx.nic_slot(0) else {
                 // Out of posted RX slots: whatever waits stays in the port
@@ -379,8 +572,7 @@ impl<P: Port> Nic<P> {
                 break;
             };
             let mem = &self.mem;
-            let mut result: Option<Result<(Segment, hicamp::WriteCounts, usize), hicamp::Error>> =
-                None;
+            let mut result = None;
             let got = self
                 .port
                 .receive(&mut |vnet: &VirtioNetHdr, frame: &[u8]| {
@@ -391,24 +583,24 @@ impl<P: Port> Nic<P> {
                         frame_len: frame.len() as u32,
                         gso_segs: 0,
                     };
-                    let mut b = mem.builder();
-                    result = Some((|| {
-                        b.write_at(0, &meta.to_bytes())?;
-                        let counts = b.write_at_counted(u64::from(off), frame)?;
-                        Ok((b.freeze(), counts, frame.len()))
-                    })());
+                    result = Some(
+                        deposit(mem, &meta, off, frame, count_dedup)
+                            .map(|(s, c)| (s, c, frame.len())),
+                    );
                 })?;
             if !got {
                 break;
             }
             let (seg, counts, len) = result.expect("deposit ran")?;
-            self.mem.map().replace(slot, seg)?;
+            // The slot's previous segment (if the stack never harvested it)
+            // is released here.
+            drop(self.rx_slots.replace(slot, seg));
             self.rx.complete(1)?;
             self.counters.rx_frames += 1;
             self.counters.rx_bytes += len as u64;
-            self.counters.rx_lines_written += counts.lines();
-            self.counters.rx_lines_dedup += counts.dedup_hits;
-            self.counters.rx_lines_zero += counts.zero_lines;
+            self.counters.rx_lines_written += counts.written;
+            self.counters.rx_lines_dedup += counts.dedup;
+            self.counters.rx_lines_zero += counts.zero;
             done += 1;
         }
         Ok(done)
@@ -416,8 +608,8 @@ impl<P: Port> Nic<P> {
 }
 
 impl<P: Port> Drop for Nic<P> {
-    /// Gives the ring entries back to the segment map (releasing whatever
-    /// segments the slots still hold).
+    /// Gives the ring's ids back to the segment map (the slots release their
+    /// segments when the slot maps drop).
     fn drop(&mut self) {
         let map = self.mem.map();
         for id in self.tx.ids().chain(self.rx.ids()) {

@@ -20,8 +20,19 @@
 //! * the host owns `[posted, completed + size)`, made of free slots
 //!   `[posted, reaped + size)` it may prepare and post, and completed slots
 //!   `[reaped + size, completed + size)` it has still to reap or harvest.
+//!
+//! # The ring's region of the segment map
+//!
+//! A ring's ids are reserved in the memory's segment map (no other segment
+//! can take them), and the entries of that region are held by the ring
+//! itself, in a [`SlotMap`]: id `base + i` maps to slot `i`. Only the driver
+//! and the device that own the ring ever bind or read those entries, and the
+//! ownership rule above already says which of the two may touch a slot, so
+//! a slot changes hands with no lock and no map update, as a NIC's descriptor
+//! ring is its own memory. The segment a slot holds is still reached by its
+//! segment id, and still carries its DMA metadata in its first bytes.
 
-use hicamp::SegmentId;
+use hicamp::{Segment, SegmentId};
 
 /// Who owns a ring slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +208,50 @@ impl SegRing {
     }
 }
 
+/// The entries of a ring's region of the segment map: the segment each slot
+/// id is bound to (`None`: the empty segment).
+///
+/// Binding a segment to a slot moves one reference into the slot (a
+/// snapshot, when the caller cloned it); taking it moves the reference out.
+#[derive(Debug)]
+pub struct SlotMap {
+    base: SegmentId,
+    slots: Box<[Option<Segment>]>,
+}
+
+impl SlotMap {
+    /// The entries of `ring`'s ids, all bound to the empty segment.
+    pub fn new(ring: &SegRing) -> SlotMap {
+        SlotMap {
+            base: ring.base,
+            slots: (0..ring.size).map(|_| None).collect(),
+        }
+    }
+
+    fn index(&self, id: SegmentId) -> usize {
+        let i = id.get().wrapping_sub(self.base.get()) as usize;
+        assert!(i < self.slots.len(), "{id:?} is not a slot of this ring");
+        i
+    }
+
+    /// The segment bound to slot `id` (`None`: the empty segment).
+    pub fn get(&self, id: SegmentId) -> Option<&Segment> {
+        self.slots[self.index(id)].as_ref()
+    }
+
+    /// Binds `seg` to slot `id`; returns what the slot held.
+    pub fn replace(&mut self, id: SegmentId, seg: Segment) -> Option<Segment> {
+        let i = self.index(id);
+        self.slots[i].replace(seg)
+    }
+
+    /// Takes the segment out of slot `id`, leaving the empty segment.
+    pub fn take(&mut self, id: SegmentId) -> Option<Segment> {
+        let i = self.index(id);
+        self.slots[i].take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +273,21 @@ mod tests {
         assert!(r.reap(5).is_err());
         r.reap(4).unwrap();
         assert_eq!(r.free_slot(0), Some(SegmentId(1059)));
+    }
+
+    #[test]
+    fn slot_map_binds_ring_ids() {
+        let mem = hicamp::Memory::new(hicamp::Config::default()).unwrap();
+        let r = SegRing::new(SegmentId(40), 4);
+        let mut m = SlotMap::new(&r);
+        let a = mem.segment(b"frame a").unwrap();
+        assert!(m.get(SegmentId(41)).is_none(), "the empty segment");
+        assert!(m.replace(SegmentId(41), a.clone()).is_none());
+        assert_eq!(m.get(SegmentId(41)), Some(&a));
+        assert_eq!(m.take(SegmentId(41)), Some(a));
+        assert!(m.get(SegmentId(41)).is_none());
+        let outside = std::panic::catch_unwind(|| SlotMap::new(&r).get(SegmentId(44)).is_none());
+        assert!(outside.is_err(), "an id outside the ring is a bug");
     }
 
     proptest! {

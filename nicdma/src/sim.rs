@@ -6,14 +6,21 @@
 //! knobs for latency, rate (serialization delay and queueing), loss,
 //! duplication, reordering and corruption, drawn from one seeded generator.
 //! The same seed and the same sequence of calls give the same trace.
+//!
+//! The wire holds each frame as bytes (the frame leaves the memory when the
+//! sending NIC puts it on the wire); those byte buffers are recycled through
+//! a pool, so a frame in flight costs one copy onto the wire and no
+//! allocation. A port's wake-up channel is written only once someone asked
+//! for its [`Port::rx_fd`] to poll.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::meta::VirtioNetHdr;
+use crate::meta::{VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM};
 use crate::port::{Port, PortError, TxOutcome};
 
 /// Virtual time of a simulated network, in nanoseconds.
@@ -148,21 +155,69 @@ struct InFlight {
 
 struct PortState {
     cfg: LinkConfig,
-    queue: Vec<InFlight>,
+    /// Frames in flight to this port, by (due, seq).
+    queue: VecDeque<InFlight>,
     busy_until: u64,
     counters: SimCounters,
     wake: UnixDatagram,
     /// A wake-up byte may be waiting in the channel (so the receiver makes
     /// the system call to drain it only then).
     armed: bool,
+    /// Someone asked for the port's `rx_fd`: wake-ups are written to it.
+    polled: bool,
 }
+
+/// Hashes a MAC address key (6 bytes, written as one slice) in a few
+/// instructions: the switch's table is small and not exposed to attackers.
+#[derive(Default)]
+struct MacHasher(u64);
+
+impl Hasher for MacHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).rotate_left(3);
+        }
+    }
+}
+
+/// The frames one transmission puts on the wire: one, or the segments of a
+/// GSO frame.
+enum Frames {
+    One(Vec<u8>),
+    Many(Vec<Vec<u8>>),
+}
+
+impl Frames {
+    fn first(&self) -> &[u8] {
+        match self {
+            Frames::One(f) => f,
+            Frames::Many(v) => v.first().map_or(&[], |f| f),
+        }
+    }
+
+    fn for_each(self, mut f: impl FnMut(Vec<u8>)) {
+        match self {
+            Frames::One(b) => f(b),
+            Frames::Many(v) => v.into_iter().for_each(f),
+        }
+    }
+}
+
+/// Most wire buffers kept for reuse.
+const POOL_MAX: usize = 4096;
 
 struct NetState {
     rng: u64,
     seq: u64,
     ports: Vec<PortState>,
-    macs: HashMap<[u8; 6], usize>,
+    macs: HashMap<[u8; 6], usize, BuildHasherDefault<MacHasher>>,
     trace: Option<Vec<TraceEvent>>,
+    /// Wire buffers of delivered frames, for reuse.
+    pool: Vec<Vec<u8>>,
 }
 
 impl NetState {
@@ -181,6 +236,19 @@ impl NetState {
     fn log(&mut self, e: TraceEvent) {
         if let Some(t) = self.trace.as_mut() {
             t.push(e);
+        }
+    }
+
+    /// An empty wire buffer.
+    fn buffer(&mut self) -> Vec<u8> {
+        let mut b = self.pool.pop().unwrap_or_default();
+        b.clear();
+        b
+    }
+
+    fn recycle(&mut self, b: Vec<u8>) {
+        if self.pool.len() < POOL_MAX && b.capacity() > 0 {
+            self.pool.push(b);
         }
     }
 }
@@ -212,8 +280,9 @@ impl SimNet {
                 rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
                 seq: 0,
                 ports: Vec::new(),
-                macs: HashMap::new(),
+                macs: HashMap::default(),
                 trace: None,
+                pool: Vec::new(),
             })),
             clock,
         }
@@ -252,7 +321,7 @@ impl SimNet {
         let st = lock(&self.state);
         st.ports
             .iter()
-            .filter_map(|p| p.queue.first().map(|f| f.due))
+            .filter_map(|p| p.queue.front().map(|f| f.due))
             .min()
     }
 
@@ -264,11 +333,12 @@ impl SimNet {
         let mut st = lock(&self.state);
         st.ports.push(PortState {
             cfg,
-            queue: Vec::new(),
+            queue: VecDeque::new(),
             busy_until: 0,
             counters: SimCounters::default(),
             wake,
             armed: false,
+            polled: false,
         });
         let index = st.ports.len() - 1;
         Ok(SimPort {
@@ -277,6 +347,7 @@ impl SimNet {
             index,
             name: format!("sim{index}"),
             wait,
+            spare: None,
         })
     }
 }
@@ -288,6 +359,9 @@ pub struct SimPort {
     index: usize,
     name: String,
     wait: UnixDatagram,
+    /// The wire buffer of the last frame received, returned to the pool on
+    /// the next receive (under the lock taken anyway).
+    spare: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for SimPort {
@@ -302,42 +376,59 @@ impl SimPort {
         self.index
     }
 
-    /// Queues `frame` for port `to` through its link's faults.
-    fn deliver(st: &mut NetState, now: u64, to: usize, vnet: &VirtioNetHdr, frame: &[u8]) {
-        let cfg = st.ports[to].cfg.clone();
+    /// Queues `frame` for port `to` through its link's faults (the buffer
+    /// moves onto the link, or back to the pool if the link drops it).
+    fn deliver(st: &mut NetState, now: u64, to: usize, vnet: &VirtioNetHdr, frame: Vec<u8>) {
+        let cfg = &st.ports[to].cfg;
+        let (loss, duplicate, corrupt, reorder) =
+            (cfg.loss, cfg.duplicate, cfg.corrupt, cfg.reorder);
+        let (queue_frames, rate_bps, latency_ns, reorder_ns) = (
+            cfg.queue_frames,
+            cfg.rate_bps,
+            cfg.latency_ns,
+            cfg.reorder_ns,
+        );
         let was_empty = st.ports[to].queue.is_empty();
-        if st.chance(cfg.loss) {
+        if st.chance(loss) {
             st.ports[to].counters.lost += 1;
             st.log(TraceEvent::Lost { at: now, to });
+            st.recycle(frame);
             return;
         }
-        let copies = if st.chance(cfg.duplicate) {
+        let copies = if st.chance(duplicate) {
             st.ports[to].counters.duplicated += 1;
             2
         } else {
             1
         };
-        for _ in 0..copies {
-            if st.ports[to].queue.len() >= cfg.queue_frames {
+        let mut frame = Some(frame);
+        for copy in 0..copies {
+            if st.ports[to].queue.len() >= queue_frames {
                 st.ports[to].counters.overflow += 1;
                 continue;
             }
-            let mut f = frame.to_vec();
-            if !f.is_empty() && st.chance(cfg.corrupt) {
+            let mut f = if copy + 1 == copies {
+                frame.take().expect("the last copy")
+            } else {
+                let mut b = st.buffer();
+                b.extend_from_slice(frame.as_deref().expect("not the last copy"));
+                b
+            };
+            if !f.is_empty() && st.chance(corrupt) {
                 let bit = st.next() % (f.len() as u64 * 8);
                 f[(bit / 8) as usize] ^= 1 << (bit % 8);
                 st.ports[to].counters.corrupted += 1;
             }
             let mut due = now;
-            if cfg.rate_bps > 0 {
+            if rate_bps > 0 {
                 let start = st.ports[to].busy_until.max(now);
-                let ser = (f.len() as u64 * 8 * 1_000_000_000).div_ceil(cfg.rate_bps);
+                let ser = (f.len() as u64 * 8 * 1_000_000_000).div_ceil(rate_bps);
                 st.ports[to].busy_until = start + ser;
                 due = start + ser;
             }
-            due += cfg.latency_ns;
-            if st.chance(cfg.reorder) {
-                due += 1 + st.next() % cfg.reorder_ns.max(1);
+            due += latency_ns;
+            if st.chance(reorder) {
+                due += 1 + st.next() % reorder_ns.max(1);
                 st.ports[to].counters.reordered += 1;
             }
             let seq = st.seq;
@@ -355,22 +446,30 @@ impl SimPort {
                 });
             }
             let q = &mut st.ports[to].queue;
-            let at = q.partition_point(|x| (x.due, x.seq) <= (due, seq));
-            q.insert(
-                at,
-                InFlight {
-                    due,
-                    seq,
-                    vnet: *vnet,
-                    frame: f,
-                },
-            );
+            let item = InFlight {
+                due,
+                seq,
+                vnet: *vnet,
+                frame: f,
+            };
+            // In order of (due, seq): usually the end of the queue.
+            if q.back().is_none_or(|x| (x.due, x.seq) <= (due, seq)) {
+                q.push_back(item);
+            } else {
+                let at = q.partition_point(|x| (x.due, x.seq) <= (due, seq));
+                q.insert(at, item);
+            }
+        }
+        if let Some(f) = frame {
+            st.recycle(f);
         }
         // Edge-triggered wake-up: only when the queue stops being empty (the
-        // receiver drains the channel when it finds the queue empty).
-        if was_empty && !st.ports[to].queue.is_empty() {
-            let _ = st.ports[to].wake.send(&[1]);
-            st.ports[to].armed = true;
+        // receiver drains the channel when it finds the queue empty), and
+        // only for a port someone polls.
+        let port = &mut st.ports[to];
+        if was_empty && !port.queue.is_empty() && port.polled {
+            let _ = port.wake.send(&[1]);
+            port.armed = true;
         }
     }
 }
@@ -379,48 +478,80 @@ impl Port for SimPort {
     fn transmit(&mut self, vnet: &VirtioNetHdr, chunks: &[&[u8]]) -> Result<TxOutcome, PortError> {
         let len: usize = chunks.iter().map(|c| c.len()).sum();
         let now = self.clock.now();
-        let mut st = lock(&self.state);
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
         let mtu = st.ports[self.index].cfg.mtu;
         if len > mtu {
             return Err(PortError::TooLarge { len, max: mtu });
         }
-        // The wire: the frame leaves the memory here, and the port's
-        // "hardware" does the offloads the metadata asks for.
-        let (vnet, frames) = match crate::offload::apply_tx(vnet, chunks.concat()) {
-            Ok(x) => x,
-            Err(_) => return Err(PortError::BadOffload),
+        // The wire: the frame leaves the memory here (gathered into a wire
+        // buffer), and the port's "hardware" does the offloads the metadata
+        // asks for.
+        let mut wire = st.buffer();
+        for c in chunks {
+            wire.extend_from_slice(c);
+        }
+        let needs_offload =
+            vnet.flags & F_NEEDS_CSUM != 0 || vnet.gso_type & !crate::meta::gso::ECN != 0;
+        let (vnet, frames) = if needs_offload {
+            match crate::offload::apply_tx(vnet, wire) {
+                Ok((vnet, frames)) => (vnet, Frames::Many(frames)),
+                Err(_) => return Err(PortError::BadOffload),
+            }
+        } else {
+            let vnet = VirtioNetHdr {
+                flags: vnet.flags & F_DATA_VALID,
+                ..VirtioNetHdr::default()
+            };
+            (vnet, Frames::One(wire))
         };
-        let vnet = &vnet;
-        let first = &frames[0];
-        let dests: Vec<usize> = match first.get(0..6).and_then(|d| st.macs.get(d)) {
-            Some(&to) if to != self.index => vec![to],
-            Some(_) => Vec::new(),
-            None => (0..st.ports.len()).filter(|&i| i != self.index).collect(),
+        let first = frames.first();
+        let (one, flood) = match first.get(0..6).and_then(|d| st.macs.get(d)) {
+            Some(&to) if to != self.index => (Some(to), false),
+            Some(_) => (None, false),
+            None => (None, true),
         };
-        if !dests.is_empty()
-            && dests
-                .iter()
-                .all(|&d| st.ports[d].queue.len() >= st.ports[d].cfg.queue_frames)
-        {
+        let full =
+            |st: &NetState, d: usize| st.ports[d].queue.len() >= st.ports[d].cfg.queue_frames;
+        let others = (0..st.ports.len()).filter(|&i| i != self.index);
+        let blocked = match one {
+            Some(d) => full(st, d),
+            None => flood && others.clone().next().is_some() && others.clone().all(|d| full(st, d)),
+        };
+        if blocked {
+            frames.for_each(|f| st.recycle(f));
             return Ok(TxOutcome::Full);
         }
         if let Some(src) = first.get(6..12) {
             let src: [u8; 6] = src.try_into().expect("6 bytes");
-            if src[0] & 1 == 0 {
+            if src[0] & 1 == 0 && st.macs.get(&src) != Some(&self.index) {
                 st.macs.insert(src, self.index);
             }
         }
-        for frame in &frames {
+        let last = others.clone().next_back();
+        frames.for_each(|frame| {
             st.ports[self.index].counters.tx_frames += 1;
             st.log(TraceEvent::Sent {
                 at: now,
                 from: self.index,
                 len: frame.len(),
             });
-            for &d in &dests {
-                SimPort::deliver(&mut st, now, d, vnet, frame);
+            if let Some(d) = one {
+                SimPort::deliver(st, now, d, &vnet, frame);
+            } else if let (true, Some(last)) = (flood, last) {
+                // Every other port gets a copy; the last one the buffer.
+                for d in others.clone() {
+                    if d != last {
+                        let mut b = st.buffer();
+                        b.extend_from_slice(&frame);
+                        SimPort::deliver(st, now, d, &vnet, b);
+                    }
+                }
+                SimPort::deliver(st, now, last, &vnet, frame);
+            } else {
+                st.recycle(frame);
             }
-        }
+        });
         Ok(TxOutcome::Sent)
     }
 
@@ -431,17 +562,19 @@ impl Port for SimPort {
         let now = self.clock.now();
         let f = {
             let mut st = lock(&self.state);
-            let q = &mut st.ports[self.index].queue;
-            if q.first().is_none_or(|f| f.due > now) {
-                let port = &mut st.ports[self.index];
+            if let Some(b) = self.spare.take() {
+                st.recycle(b);
+            }
+            let port = &mut st.ports[self.index];
+            if port.queue.front().is_none_or(|f| f.due > now) {
                 if std::mem::take(&mut port.armed) {
                     let mut b = [0u8; 64];
                     while self.wait.recv(&mut b).is_ok() {}
                 }
                 return Ok(false);
             }
-            let f = q.remove(0);
-            st.ports[self.index].counters.rx_frames += 1;
+            let f = port.queue.pop_front().expect("a frame is due");
+            port.counters.rx_frames += 1;
             st.log(TraceEvent::Delivered {
                 at: now,
                 to: self.index,
@@ -450,10 +583,22 @@ impl Port for SimPort {
             f
         };
         deposit(&f.vnet, &f.frame);
+        self.spare = Some(f.frame);
         Ok(true)
     }
 
+    /// Asking for it turns the port's wake-ups on (and wakes at once if
+    /// frames are already waiting).
     fn rx_fd(&self) -> Option<RawFd> {
+        let mut st = lock(&self.state);
+        let port = &mut st.ports[self.index];
+        if !port.polled {
+            port.polled = true;
+            if !port.queue.is_empty() && !port.armed {
+                let _ = port.wake.send(&[1]);
+                port.armed = true;
+            }
+        }
         Some(self.wait.as_raw_fd())
     }
 

@@ -110,7 +110,11 @@ fn hamming(a: &[u8], b: &[u8]) -> u32 {
 
 #[test]
 fn batches_arrive_byte_exact_and_in_order() {
-    let mut p = pair(1, LinkConfig::default(), NicConfig::default());
+    let cfg = NicConfig {
+        rx_dedup_counts: true,
+        ..NicConfig::default()
+    };
+    let mut p = pair(1, LinkConfig::default(), cfg);
     let sent = frames(1000, 7);
     let got = exchange(&mut p, &sent, 32);
     assert_eq!(got.len(), sent.len());
@@ -361,6 +365,60 @@ fn a_switch_of_three_learns_and_delivers() {
     assert_eq!(recv(&mut nics), vec![1, 0, 0]);
 }
 
+/// The plain deposit (one splice) and the counted one (with dedup counts)
+/// give the very same RX segments and the same written and zero line counts.
+#[test]
+fn both_deposits_give_the_same_segments() {
+    let mut got = Vec::new();
+    for count in [false, true] {
+        for off in [64u16, 62, 32, 100] {
+            let cfg = NicConfig {
+                rx_dedup_counts: count,
+                rx_frame_off: off,
+                ..NicConfig::default()
+            };
+            let mut p = pair(2, LinkConfig::default(), cfg);
+            let mut sent = frames(64, 5);
+            // Zero runs, so that whole zero lines occur at every offset.
+            for f in sent.iter_mut().step_by(3) {
+                let n = f.len();
+                f[20..n].fill(0);
+            }
+            let segs: Vec<Segment> = sent
+                .iter()
+                .map(|f| tx_segment(&p.mem, VirtioNetHdr::default(), 64, f).unwrap())
+                .collect();
+            for s in &segs {
+                assert!(p.a.tx_prepare(s).unwrap());
+            }
+            p.a.tx_doorbell().unwrap();
+            p.a.dma().unwrap();
+            p.b.rx_refill().unwrap();
+            p.b.dma().unwrap();
+            let mut out = Vec::new();
+            assert_eq!(p.b.rx_harvest(&mut out, 100).unwrap(), 64);
+            for (s, f) in out.iter().zip(&sent) {
+                let (meta, g) = frame_bytes(s).unwrap();
+                assert_eq!((meta.frame_off, &g), (off, f));
+                // The canonical segment of the same bytes, however written.
+                let mut want = meta.to_bytes().to_vec();
+                want.resize(usize::from(off), 0);
+                want.extend_from_slice(f);
+                assert_eq!(s, &p.mem.segment(&want).unwrap());
+            }
+            let c = *p.b.counters();
+            assert!(c.rx_lines_zero > 0);
+            assert_eq!(c.rx_lines_dedup > 0, count);
+            got.push((off, c.rx_lines_zero, c.rx_lines_written));
+        }
+    }
+    let (plain, counted) = got.split_at(4);
+    assert_eq!(
+        plain, counted,
+        "the same zero and written lines at every offset"
+    );
+}
+
 #[test]
 fn driver_rules_and_notifications() {
     let cfg = NicConfig {
@@ -399,6 +457,49 @@ fn driver_rules_and_notifications() {
     p.a.dma().unwrap();
     assert_eq!(p.a.tx_reap().unwrap(), (0, 1));
     assert_eq!(p.a.counters().tx_bad, 1);
+}
+
+/// Success writes no status: the TX slot still holds the driver's very
+/// segment. Errors are written into the slot's copy (copy-on-write), and a
+/// stale error status on a segment that is sent is cleared.
+#[test]
+fn the_device_writes_a_status_only_to_report_something() {
+    let mut p = pair(13, LinkConfig::default(), NicConfig::default());
+    let s = tx_segment(&p.mem, VirtioNetHdr::default(), 64, &frames(1, 2)[0]).unwrap();
+    let live = p.mem.live_lines();
+    assert!(p.a.tx_prepare(&s).unwrap());
+    let slot = p.a.tx_ring().head();
+    p.a.tx_doorbell().unwrap();
+    p.a.dma().unwrap();
+    assert_eq!(p.a.tx_slots().get(slot), Some(&s), "the very segment");
+    assert_eq!(p.mem.live_lines(), live, "no line written on success");
+    assert_eq!(p.a.tx_reap().unwrap(), (1, 0));
+
+    // A segment carrying an error status from an earlier attempt.
+    let mut m = s.to_mut();
+    m.write_at(
+        nicdma::meta::offset::STATUS,
+        &nicdma::meta::status::PORT_ERROR.to_le_bytes(),
+    )
+    .unwrap();
+    let stale = m.freeze();
+    p.a.tx_prepare(&stale).unwrap();
+    let slot = p.a.tx_ring().head();
+    p.a.tx_doorbell().unwrap();
+    p.a.dma().unwrap();
+    assert_eq!(p.a.tx_reap().unwrap(), (1, 0));
+    let meta = nicdma::DmaMeta::read(p.a.tx_slots().get(slot).unwrap()).unwrap();
+    assert_eq!(meta.status, nicdma::meta::status::OK);
+    assert_eq!(
+        nicdma::DmaMeta::read(&stale).unwrap().status,
+        nicdma::meta::status::PORT_ERROR,
+        "the driver's snapshot keeps its bytes"
+    );
+
+    // A segment of another memory is refused at prepare.
+    let other = mem();
+    let foreign = tx_segment(&other, VirtioNetHdr::default(), 64, &frames(1, 2)[0]).unwrap();
+    assert!(p.a.tx_prepare(&foreign).is_err());
 }
 
 #[test]

@@ -162,6 +162,7 @@ impl IfaceConfig {
                 rx_frame_off: nicdma::frame::aligned_frame_off(64, ETH_LEN + IP_LEN + 32, 0),
                 tx_batch: 256,
                 rx_batch: 256,
+                rx_dedup_counts: false,
             },
         }
     }
