@@ -1,11 +1,21 @@
-//! Bulk TCP transfer into the Linux kernel: a segstack sender on a TAP device
-//! (the payload is one segment sent as snapshots; headers go into headroom,
-//! checksums and segmentation to the "NIC"), received by a std `TcpStream`
-//! in a namespace; against the kernel sending to itself over loopback TCP in
-//! the same run. 64 MiB per iteration.
+//! Bulk TCP transfer between segstack on a TAP device and the Linux kernel,
+//! both directions, 64 MiB per iteration:
+//!
+//! - segstack -> kernel: the payload is one segment sent as snapshots
+//!   (headers go into headroom, checksums and segmentation to the "NIC"),
+//!   received by a std `TcpStream` in a namespace;
+//! - kernel -> segstack: a std `TcpStream` in the namespace writes the bytes,
+//!   segstack receives them as payload snapshots of the RX segments (the
+//!   kernel hands 64 KiB TSO frames over the TAP) and drops them;
+//! - baseline, same run: the kernel sending to itself over loopback TCP.
 //!
 //! Needs root (TAP, namespaces); without it the segstack side is skipped with
 //! a message and only the baseline runs.
+//!
+//! `BULK_PROFILE=tx:<MiB>` or `rx:<MiB>` runs no benchmark: one transfer of
+//! that size, the segstack side inside `seg_once` / `seg_rx_once`, for
+//! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect=*seg_once*`
+//! (instructions per MiB) or perf.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -22,6 +32,17 @@ use segstack::iface::{IfaceConfig, Interface};
 use segstack::Payload;
 
 const LEN: usize = 64 << 20;
+
+fn len() -> usize {
+    std::env::var("BULK_PROFILE")
+        .ok()
+        .and_then(|s| {
+            s.split(':')
+                .nth(1)
+                .map(|m| m.parse::<usize>().expect("MiB") << 20)
+        })
+        .unwrap_or(LEN)
+}
 
 struct SegRig {
     iface: Interface<TapPort>,
@@ -48,7 +69,7 @@ fn seg_rig() -> SegRig {
         IfaceConfig::new([2, 0, 0, 0x81, 0, 2], Ipv4Addr::new(10, 81, 0, 2), 24),
     )
     .expect("iface");
-    let object = Payload::from_bytes(&mem, &random_bytes(LEN, 0xb0)).expect("object");
+    let object = Payload::from_bytes(&mem, &random_bytes(len(), 0xb0)).expect("object");
     SegRig {
         iface,
         object,
@@ -59,6 +80,7 @@ fn seg_rig() -> SegRig {
 }
 
 /// One 64 MiB download by the kernel from segstack; returns its duration.
+#[inline(never)]
 fn seg_once(r: &mut SegRig) -> Duration {
     r.port += 1;
     let port = r.port;
@@ -99,15 +121,77 @@ fn seg_once(r: &mut SegRig) -> Duration {
         r.iface.nic().port().wait_readable(wait).expect("wait");
     }
     let (n, d) = client.join().expect("client");
-    assert_eq!(n, LEN);
+    assert_eq!(n, r.object.len());
     r.iface.close(lst).expect("close listener");
-    // Let the closing handshakes finish.
+    settle(r);
+    d
+}
+
+/// Lets the closing handshakes finish.
+fn settle(r: &mut SegRig) {
     for _ in 0..50 {
         let now = r.t0.elapsed().as_nanos() as u64;
         r.iface.poll(now).expect("poll");
         std::thread::sleep(Duration::from_micros(200));
     }
-    d
+}
+
+/// One upload of `data` by the kernel into segstack, which receives it as
+/// payload snapshots and drops them; returns the time from the kernel's
+/// connect to segstack's end of stream.
+#[inline(never)]
+fn seg_rx_once(r: &mut SegRig, data: &Arc<Vec<u8>>) -> Duration {
+    r.port += 1;
+    let port = r.port;
+    let lst = r.iface.tcp_listen(port).expect("listen");
+    let ns = Arc::clone(&r.ns);
+    let d = Arc::clone(data);
+    let t = Instant::now();
+    let client = std::thread::spawn(move || {
+        ns.enter_current_thread().expect("enter namespace");
+        let mut s = TcpStream::connect(SocketAddrV4::new(Ipv4Addr::new(10, 81, 0, 2), port))
+            .expect("connect");
+        s.write_all(&d).expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        // Wait for segstack's FIN, so the socket is not reset.
+        let mut b = [0u8; 16];
+        let _ = s.read(&mut b);
+    });
+    let mut conn = None;
+    let mut got = 0usize;
+    let elapsed = loop {
+        let now = r.t0.elapsed().as_nanos() as u64;
+        r.iface.poll(now).expect("poll");
+        if conn.is_none() {
+            conn = r.iface.tcp_accept(lst).expect("accept");
+        }
+        if let Some(c) = conn {
+            match r.iface.recv(c, usize::MAX) {
+                Ok(chunks) if chunks.is_empty() => {
+                    let e = t.elapsed();
+                    r.iface.close(c).expect("close");
+                    break e;
+                }
+                Ok(chunks) => got += chunks.iter().map(Payload::len).sum::<usize>(),
+                Err(segstack::iface::IfaceError::WouldBlock) => {}
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+        let wait = r.iface.poll_at().map_or(Duration::from_millis(1), |t| {
+            Duration::from_nanos(t.saturating_sub(now)).min(Duration::from_millis(1))
+        });
+        r.iface.nic().port().wait_readable(wait).expect("wait");
+    };
+    // Send our FIN, then let the client see it.
+    for _ in 0..5 {
+        let now = r.t0.elapsed().as_nanos() as u64;
+        r.iface.poll(now).expect("poll");
+    }
+    client.join().expect("client");
+    assert_eq!(got, data.len());
+    r.iface.close(lst).expect("close listener");
+    settle(r);
+    elapsed
 }
 
 /// Reads `s` to its end; returns the bytes read.
@@ -136,7 +220,7 @@ fn kernel_once(data: &Arc<Vec<u8>>) -> Duration {
     let n = drain(&mut s);
     let d = t.elapsed();
     server.join().expect("server");
-    assert_eq!(n, LEN);
+    assert_eq!(n, data.len());
     d
 }
 
@@ -149,6 +233,11 @@ fn benches(c: &mut Criterion) {
         g.bench("segstack-tap-to-kernel", seg_rig, |r, iters| {
             (0..iters).map(|_| seg_once(r)).sum()
         });
+        g.bench(
+            "kernel-to-segstack-tap",
+            || (seg_rig(), Arc::new(random_bytes(LEN, 0xb1))),
+            |(r, d), iters| (0..iters).map(|_| seg_rx_once(r, d)).sum(),
+        );
     }
     g.bench(
         "kernel-loopback",
@@ -159,15 +248,45 @@ fn benches(c: &mut Criterion) {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var("BULK_PROFILE") {
+        let mut r = seg_rig();
+        let n = len();
+        let d = if spec.starts_with("rx") {
+            let data = Arc::new(random_bytes(n, 0xb1));
+            seg_rx_once(&mut r, &data)
+        } else {
+            seg_once(&mut r)
+        };
+        println!(
+            "bulk profile {spec}: {n} bytes in {d:?} ({:.2} GB/s)",
+            n as f64 / d.as_secs_f64() / 1e9
+        );
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     benches(&mut c);
     c.final_summary();
-    print_header("Bulk TCP, 64 MiB into the kernel");
+    print_header("Bulk TCP, 64 MiB between segstack and the kernel");
     if median_ns("bulk/segstack-tap-to-kernel").is_some() {
         print_vs(
             &subject(
                 "segstack over TAP -> kernel",
                 "bulk/segstack-tap-to-kernel",
+                Some(LEN as u64),
+            ),
+            &subject(
+                "kernel -> kernel over loopback",
+                "bulk/kernel-loopback",
+                Some(LEN as u64),
+            ),
+            None,
+        );
+    }
+    if median_ns("bulk/kernel-to-segstack-tap").is_some() {
+        print_vs(
+            &subject(
+                "kernel -> segstack over TAP",
+                "bulk/kernel-to-segstack-tap",
                 Some(LEN as u64),
             ),
             &subject(
