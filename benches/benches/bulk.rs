@@ -12,8 +12,8 @@
 //! Needs root (TAP, namespaces); without it the segstack side is skipped with
 //! a message and only the baseline runs.
 //!
-//! `BULK_PROFILE=tx:<MiB>` or `rx:<MiB>` runs no benchmark: one transfer of
-//! that size, the segstack side inside `seg_once` / `seg_rx_once`, for
+//! `BULK_PROFILE=tx:<MiB>[:<reps>]` or `rx:<MiB>[:<reps>]` runs no benchmark:
+//! transfers of that size, the segstack side inside `seg_once` / `seg_rx_once`, for
 //! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect=*seg_once*`
 //! (instructions per MiB) or perf.
 
@@ -251,17 +251,24 @@ fn main() {
     if let Ok(spec) = std::env::var("BULK_PROFILE") {
         let mut r = seg_rig();
         let n = len();
-        let d = if spec.starts_with("rx") {
-            let data = Arc::new(random_bytes(n, 0xb1));
-            seg_rx_once(&mut r, &data)
-        } else {
-            seg_once(&mut r)
-        };
-        println!(
-            "bulk profile {spec}: {n} bytes in {d:?} ({:.2} GB/s)",
-            n as f64 / d.as_secs_f64() / 1e9
-        );
-        return;
+        let reps: usize = spec
+            .split(':')
+            .nth(2)
+            .map_or(1, |x| x.parse().expect("reps"));
+        let data = Arc::new(random_bytes(n, 0xb1));
+        for _ in 0..reps {
+            let d = if spec.starts_with("rx") {
+                seg_rx_once(&mut r, &data)
+            } else {
+                seg_once(&mut r)
+            };
+            println!(
+                "bulk profile {spec}: {n} bytes in {d:?} ({:.2} GB/s)",
+                n as f64 / d.as_secs_f64() / 1e9
+            );
+        }
+        // Skip the teardown (releasing the object) in profiles.
+        std::process::exit(0);
     }
     let mut c = Criterion::default().configure_from_args();
     benches(&mut c);

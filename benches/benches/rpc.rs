@@ -46,7 +46,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nicdma::sim::{LinkConfig, SimPort};
 use nicdma::Port;
-use segstack::iface::{IfaceError, Interface, SocketHandle};
+use segstack::iface::{Event, IfaceError, Interface, SocketHandle};
 use segstack::sim::{SimPair, B_IP};
 
 /// The client logic both stacks run: per connection, send the request, read
@@ -185,9 +185,10 @@ fn moved(iface: &Interface<SimPort>) -> u64 {
 /// The server's share of one round: a poll of its interface and the
 /// answers to what it brought.
 #[inline(never)]
-fn server_step(iface: &mut Interface<SimPort>, server: &mut Phttpd, now: u64) {
-    let ev = iface.poll(now).expect("poll").to_vec();
-    server.handle(iface, &ev).expect("serve");
+fn server_step(iface: &mut Interface<SimPort>, server: &mut Phttpd, ev: &mut Vec<Event>, now: u64) {
+    ev.clear();
+    ev.extend_from_slice(iface.poll(now).expect("poll"));
+    server.handle(iface, ev).expect("serve");
 }
 
 /// The clients' share of one round: a poll of their interface, then every
@@ -284,9 +285,10 @@ fn seg_rig(n: usize) -> SegRig {
         .name("rpc-server".into())
         .spawn(move || {
             let mut w = Waiter::on_fd(iface.nic().port().rx_fd().expect("sim fd"));
+            let mut ev = Vec::new();
             while !s2.load(Ordering::Relaxed) {
                 let m = moved(&iface);
-                server_step(&mut iface, &mut server, ns_since(t0));
+                server_step(&mut iface, &mut server, &mut ev, ns_since(t0));
                 w.after(moved(&iface) != m);
             }
         })
@@ -322,9 +324,10 @@ fn seg_run(r: &mut SegRig, iters: u64) -> Duration {
 fn profile(n: usize, requests: u64) {
     let mut p = seg_parts(n);
     let mut state = vec![RpcConn::default(); n];
+    let mut ev = Vec::new();
     let mut round = |p: &mut SegParts| {
         let now = ns_since(p.t0);
-        server_step(&mut p.server_iface, &mut p.server, now);
+        server_step(&mut p.server_iface, &mut p.server, &mut ev, now);
         client_step(&mut p.client, &p.conns, &mut state, now)
     };
     let mut done = 0;

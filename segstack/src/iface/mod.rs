@@ -346,7 +346,12 @@ impl<P: Port> Interface<P> {
             self.nic.dma()?;
         }
         self.rx = rx;
-        self.nic.ack();
+        // Only when a notification was raised: draining an empty channel is
+        // a system call per poll for nothing (busy-polling callers poll
+        // often).
+        if self.nic.notified() {
+            self.nic.ack();
+        }
         self.egress(now)?;
         self.flush()?;
         self.collect_events();
