@@ -116,6 +116,14 @@ fn ns_since(t0: Instant) -> u64 {
 /// same way for both stacks.
 const SPIN: Duration = Duration::from_micros(50);
 
+/// The segstack threads' spin (`RPC_SEG_SPIN_US` overrides [`SPIN`]).
+fn seg_spin() -> Duration {
+    std::env::var("RPC_SEG_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(SPIN, Duration::from_micros)
+}
+
 /// Spin-then-block on one epoll instance.
 struct Waiter {
     poll: Poll,
@@ -148,7 +156,7 @@ impl Waiter {
             .expect("register");
         Waiter {
             always: false,
-            ..Waiter::new(poll, SPIN)
+            ..Waiter::new(poll, seg_spin())
         }
     }
 
