@@ -28,6 +28,13 @@ pub(super) struct TcpSock {
     /// The application gave it up: free it once TCP is done.
     pub(super) released: bool,
     pub(super) reported_closed: bool,
+    /// Something may have changed since the last dispatch (a segment
+    /// arrived, or the application touched the socket): the next poll
+    /// dispatches it.
+    pub(super) dirty: bool,
+    /// What `poll_at` said after the last dispatch: when a clean socket
+    /// needs a dispatch again (timers), `None` for never.
+    pub(super) wake_at: Option<u64>,
 }
 
 impl TcpSock {
@@ -40,6 +47,8 @@ impl TcpSock {
             want_write: false,
             released: false,
             reported_closed: false,
+            dirty: true,
+            wake_at: None,
         })
     }
 }
@@ -189,8 +198,14 @@ impl SocketSet {
         Some(s)
     }
 
+    /// The socket behind `h`; a TCP socket reached this way is marked
+    /// dirty (dispatched at the next poll), since the caller may change it.
     pub(super) fn get_mut(&mut self, h: SocketHandle) -> Option<&mut Sock> {
-        self.slots.get_mut(h.0)?.as_mut()
+        let s = self.slots.get_mut(h.0)?.as_mut()?;
+        if let Sock::Tcp(t) = s {
+            t.dirty = true;
+        }
+        Some(s)
     }
 
     pub(super) fn tcp(&self, h: SocketHandle) -> Result<&TcpSock, IfaceError> {

@@ -189,6 +189,7 @@ impl<P: Port> Interface<P> {
                 for s in set.slots.iter_mut().flatten() {
                     if let Sock::Tcp(t) = s {
                         if t.listener == Some(h) {
+                            t.dirty = true;
                             t.sock.abort();
                             t.released = true;
                             t.listener = None;
