@@ -39,7 +39,9 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use hicamp::{Config, Memory};
-use hicamp_benches::{median_ns, print_header, print_vs, samples_ns, subject, Group, Profile};
+use hicamp_benches::{
+    median_ns, print_header, print_vs, run_mode, subject, Group, Profile, RunMode,
+};
 use hicamp_examples::phttpd::{rpc_request, rpc_response, Phttpd, RESPONSE_LEN};
 use mio::net::{TcpListener as MioListener, TcpStream as MioStream};
 use mio::unix::SourceFd;
@@ -478,20 +480,50 @@ fn kernel_run(r: &mut KernelRig, iters: u64) -> Duration {
 
 const CONNS: [usize; 3] = [1, 50, 100];
 
+/// Every call's ns per iteration, by benchmark key (for the spreads).
+static SAMPLES: std::sync::Mutex<std::collections::BTreeMap<String, Vec<f64>>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// `run`, recording each call's time per iteration under `key`.
+fn recorded<S>(
+    key: String,
+    mut run: impl FnMut(&mut S, u64) -> Duration,
+) -> impl FnMut(&mut S, u64) -> Duration {
+    move |s, iters| {
+        let d = run(s, iters);
+        let mut m = SAMPLES.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(key.clone())
+            .or_default()
+            .push(d.as_nanos() as f64 / iters.max(1) as f64);
+        d
+    }
+}
+
+/// The measured samples of `key` (criterion's last 20, or 2 in quick
+/// mode), sorted.
+fn samples_ns(key: &str) -> Vec<f64> {
+    let m = SAMPLES.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(v) = m.get(key) else {
+        return Vec::new();
+    };
+    let keep = if run_mode() == RunMode::Quick { 2 } else { 20 };
+    let mut v = v[v.len().saturating_sub(keep)..].to_vec();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
 fn benches(c: &mut Criterion) {
     let mut g = Group::new(c, "rpc", Profile::Small);
     for n in CONNS {
-        g.bench(&format!("segstack-sim/{n}"), || seg_rig(n), seg_run);
-        g.bench(
-            &format!("kernel-loopback/{n}"),
-            || kernel_rig(n, Duration::ZERO),
-            kernel_run,
-        );
-        g.bench(
-            &format!("kernel-loopback-spin/{n}"),
-            || kernel_rig(n, SPIN),
-            kernel_run,
-        );
+        let id = format!("segstack-sim/{n}");
+        let run = recorded(g.key(&id), seg_run);
+        g.bench(&id, || seg_rig(n), run);
+        let id = format!("kernel-loopback/{n}");
+        let run = recorded(g.key(&id), kernel_run);
+        g.bench(&id, || kernel_rig(n, Duration::ZERO), run);
+        let id = format!("kernel-loopback-spin/{n}");
+        let run = recorded(g.key(&id), kernel_run);
+        g.bench(&id, || kernel_rig(n, SPIN), run);
     }
     g.finish();
 }

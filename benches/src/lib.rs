@@ -541,20 +541,3 @@ mod tests {
         }
     }
 }
-
-/// Every measured sample of benchmark `key` (ns per iteration), sorted; empty
-/// when nothing was measured. For spreads (min / median / max) of bimodal
-/// figures.
-pub fn samples_ns(key: &str) -> Vec<f64> {
-    if !measuring() {
-        return Vec::new();
-    }
-    let recs = records();
-    let Some(r) = recs.get(key) else {
-        return Vec::new();
-    };
-    let n = r.per_iter_ns.len();
-    let mut v = r.per_iter_ns[n - r.measured.min(n)..].to_vec();
-    v.sort_by(f64::total_cmp);
-    v
-}
