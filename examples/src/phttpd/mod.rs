@@ -19,6 +19,7 @@
 //! copied out of the segments they arrived in.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use hicamp::{Memory, Piece, Segment};
 use nicdma::Port;
@@ -108,12 +109,36 @@ struct Conn {
     eof: bool,
 }
 
+/// Hashes socket handles (small integers the interface hands out, not
+/// chosen by peers) with one multiplication instead of SipHash.
+#[derive(Debug, Default, Clone, Copy)]
+struct HandleHasher(u64);
+
+impl Hasher for HandleHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.0 = (self.0 ^ i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+type Conns = HashMap<SocketHandle, Conn, BuildHasherDefault<HandleHasher>>;
+
 /// A phttpd-like server on one listening port of an interface.
 #[derive(Debug)]
 pub struct Phttpd {
     listener: SocketHandle,
     mem: Memory,
-    conns: HashMap<SocketHandle, Conn>,
+    conns: Conns,
+    /// Received chunks being consumed (kept for reuse: no allocation per
+    /// request).
+    scratch: Vec<Payload>,
     response: Payload,
     object: Payload,
     wal: Vec<Segment>,
@@ -138,7 +163,8 @@ impl Phttpd {
         Ok(Phttpd {
             listener,
             mem,
-            conns: HashMap::new(),
+            conns: Conns::default(),
+            scratch: Vec::new(),
             response,
             object,
             wal: Vec::new(),
@@ -205,9 +231,11 @@ impl Phttpd {
         iface: &mut Interface<P>,
         h: SocketHandle,
     ) -> Result<(), IfaceError> {
+        let mut chunks = std::mem::take(&mut self.scratch);
         loop {
-            let chunks = match iface.recv(h, 1 << 20) {
-                Ok(c) => c,
+            chunks.clear();
+            match iface.recv_into(h, 1 << 20, &mut chunks) {
+                Ok(_) => {}
                 Err(IfaceError::WouldBlock) => break,
                 Err(IfaceError::Tcp(_)) => {
                     self.conns.remove(&h);
@@ -222,7 +250,7 @@ impl Phttpd {
                 }
                 break;
             }
-            for chunk in chunks {
+            for chunk in chunks.drain(..) {
                 if !self.consume(h, chunk)? {
                     self.stats.bad_requests += 1;
                     self.conns.remove(&h);
@@ -232,6 +260,8 @@ impl Phttpd {
                 }
             }
         }
+        chunks.clear();
+        self.scratch = chunks;
         self.flush(iface, h)?;
         if let Some(c) = self.conns.get(&h) {
             if c.eof && c.out.is_empty() {
@@ -274,8 +304,15 @@ impl Phttpd {
             self.stats.header_bytes_copied += used as u64;
             c.head.truncate(end);
             chunk.advance(used);
-            let head = std::mem::take(&mut c.head);
-            if !self.request(h, &head)? {
+            // Parse from the connection's buffer, then give it back
+            // emptied (its capacity stays: no allocation per request).
+            let mut head = std::mem::take(&mut c.head);
+            let ok = self.request(h, &head)?;
+            head.clear();
+            if let Some(c) = self.conns.get_mut(&h) {
+                c.head = head;
+            }
+            if !ok {
                 return Ok(false);
             }
         }
@@ -284,25 +321,31 @@ impl Phttpd {
 
     /// Handles a complete request header.
     fn request(&mut self, h: SocketHandle, head: &[u8]) -> Result<bool, IfaceError> {
-        let Ok(text) = std::str::from_utf8(head) else {
+        // Lines end in "\n" (the "\r" before it is trimmed); the request
+        // line is "METHOD PATH VERSION".
+        let mut lines = head
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let mut first = lines.next().unwrap_or(b"").split(|&b| b == b' ');
+        let (method, path) = (first.next().unwrap_or(b""), first.next().unwrap_or(b""));
+        let Ok(path) = std::str::from_utf8(path) else {
             return Ok(false);
         };
-        let mut lines = text.split("\r\n");
-        let mut first = lines.next().unwrap_or("").split(' ');
-        let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
         let mut content_len = 0usize;
         for l in lines {
-            if let Some((k, v)) = l.split_once(':') {
-                if k.trim().eq_ignore_ascii_case("content-length") {
-                    match v.trim().parse() {
-                        Ok(n) => content_len = n,
-                        Err(_) => return Ok(false),
-                    }
+            let Some(colon) = l.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let (k, v) = (l[..colon].trim_ascii(), l[colon + 1..].trim_ascii());
+            if k.eq_ignore_ascii_case(b"content-length") {
+                match std::str::from_utf8(v).ok().and_then(|v| v.parse().ok()) {
+                    Some(n) => content_len = n,
+                    None => return Ok(false),
                 }
             }
         }
         match method {
-            "GET" => {
+            b"GET" => {
                 self.stats.gets += 1;
                 if let Some(n) = path.strip_prefix("/obj/") {
                     let Ok(n) = n.parse::<usize>() else {
@@ -319,7 +362,7 @@ impl Phttpd {
                 }
                 Ok(true)
             }
-            "POST" => {
+            b"POST" => {
                 self.stats.posts += 1;
                 let c = self.conns.get_mut(&h).expect("known connection");
                 c.body_kind = Some(if path == "/upload" {

@@ -68,8 +68,9 @@ pub const MAX_FRAME: usize = 65_536 + 64;
 /// The kernel's limit on iovecs per `writev` (`UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
 
-/// Iovecs kept on the stack by `transmit`; frames of more chunks use a
-/// vector (up to [`IOV_MAX`]) or are flattened (beyond).
+/// Iovecs of small frames (ACKs, RPC messages) gathered in a small stack
+/// array; larger frames (TSO) use one of [`IOV_MAX`] entries, also on the
+/// stack (no allocation per frame).
 const STACK_IOV: usize = 128;
 
 /// Offloads the kernel may use on the frames it hands to us
@@ -140,7 +141,9 @@ pub struct TapPort {
     offload: Offload,
     /// One received frame: the header, then up to [`MAX_FRAME`] bytes.
     rx_buf: Box<[u8]>,
-    /// Frames of more than [`IOV_MAX`] chunks are flattened here.
+    /// Frames of more chunks than [`IOV_MAX`] allows: their first few
+    /// chunks are gathered here into one iovec (only as many bytes as it
+    /// takes to fit, a few lines, never the whole frame).
     flat: Vec<u8>,
 }
 
@@ -239,19 +242,44 @@ impl TapPort {
             for (slot, chunk) in iov[1..].iter_mut().zip(chunks) {
                 *slot = IoSlice::new(chunk);
             }
-            file.write_vectored(&iov[..=chunks.len()])
-        } else if chunks.len() < IOV_MAX {
-            let mut iov = Vec::with_capacity(chunks.len() + 1);
-            iov.push(IoSlice::new(hdr));
-            iov.extend(chunks.iter().map(|c| IoSlice::new(c)));
-            file.write_vectored(&iov)
-        } else {
-            self.flat.clear();
-            self.flat.extend_from_slice(hdr);
-            for chunk in chunks {
-                self.flat.extend_from_slice(chunk);
+            return file.write_vectored(&iov[..=chunks.len()]);
+        }
+        // The header takes one iovec. Beyond IOV_MAX, the first `k` chunks
+        // are gathered into one bounce iovec so that exactly IOV_MAX remain.
+        let k = (chunks.len() + 2).saturating_sub(IOV_MAX);
+        self.flat.clear();
+        if k > 1 {
+            for c in &chunks[..k] {
+                self.flat.extend_from_slice(c);
             }
-            file.write(&self.flat)
+        }
+        let rest = if k > 1 { &chunks[k..] } else { chunks };
+        let mut iov = [IoSlice::new(&[]); IOV_MAX];
+        iov[0] = IoSlice::new(hdr);
+        let mut n = 1;
+        if k > 1 {
+            iov[1] = IoSlice::new(&self.flat);
+            n = 2;
+        }
+        for (slot, chunk) in iov[n..].iter_mut().zip(rest) {
+            *slot = IoSlice::new(chunk);
+        }
+        file.write_vectored(&iov[..n + rest.len()])
+    }
+
+    /// Iovecs `write_frame` uses for a frame of `chunks` chunks, and the bytes
+    /// it copies into its bounce buffer (test support).
+    #[cfg(test)]
+    fn plan_iov(chunks: &[&[u8]]) -> (usize, usize) {
+        if chunks.len() < STACK_IOV {
+            return (chunks.len() + 1, 0);
+        }
+        let k = (chunks.len() + 2).saturating_sub(IOV_MAX);
+        if k > 1 {
+            let copied = chunks[..k].iter().map(|c| c.len()).sum();
+            (1 + 1 + chunks.len() - k, copied)
+        } else {
+            (chunks.len() + 1, 0)
         }
     }
 }
@@ -366,6 +394,23 @@ mod tests {
             format!("{:?}", Offload::CSUM | Offload::TSO4),
             "Offload(CSUM | TSO4)"
         );
+    }
+
+    #[test]
+    fn huge_frames_fit_iov_max_copying_only_a_few_lines() {
+        let line = [7u8; 64];
+        for n in [1, 127, 128, 1022, 1023, 1024, 1025, 1100, 2000] {
+            let chunks = vec![&line[..]; n];
+            let (iov, copied) = TapPort::plan_iov(&chunks);
+            assert!(iov <= IOV_MAX, "{n} chunks: {iov} iovecs");
+            assert!(
+                copied <= (n + 2).saturating_sub(IOV_MAX) * 64,
+                "{n}: {copied}"
+            );
+            if n < IOV_MAX {
+                assert_eq!(copied, 0, "{n} chunks fit without copying");
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,10 @@ use crate::wire::{
 };
 use crate::Payload;
 
+/// Bytes read at once from the start of a received segment: the metadata,
+/// the headroom up to the usual frame offset (62) and the longest headers.
+const HEAD_READ: usize = 64 + MAX_HDRS;
+
 impl<P: Port> Interface<P> {
     /// Processes `seg` (a frame segment with [`DmaMeta`] in front, as the
     /// NIC deposits it) as if it had just been received: for tests and the
@@ -27,7 +31,11 @@ impl<P: Port> Interface<P> {
 
     pub(super) fn ingress(&mut self, now: u64, seg: &Segment) {
         self.inner.stats.rx_frames += 1;
-        let Ok(meta) = DmaMeta::read(seg) else {
+        // One read for the metadata and the headers when the frame starts
+        // where the NIC deposits it (one walk of the segment, not two).
+        let mut head = [0u8; HEAD_READ];
+        let got = seg.read_at(0, &mut head).unwrap_or(0);
+        let Ok(meta) = DmaMeta::parse(&head[..got], seg.len()) else {
             self.inner.stats.rx_malformed += 1;
             return;
         };
@@ -35,7 +43,10 @@ impl<P: Port> Interface<P> {
         let flen = meta.frame_len as usize;
         let mut hdrs = [0u8; MAX_HDRS];
         let hn = flen.min(MAX_HDRS);
-        if seg.read_at(base, &mut hdrs[..hn]).is_err() {
+        let start = base as usize;
+        if start + hn <= got {
+            hdrs[..hn].copy_from_slice(&head[start..start + hn]);
+        } else if seg.read_at(base, &mut hdrs[..hn]).is_err() {
             self.inner.stats.rx_malformed += 1;
             return;
         }

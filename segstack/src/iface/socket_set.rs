@@ -5,6 +5,7 @@
 //! straight into the frame builder while the set is borrowed.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddrV4;
 
 use crate::tcp::TcpSocket;
@@ -27,6 +28,13 @@ pub(super) struct TcpSock {
     /// The application gave it up: free it once TCP is done.
     pub(super) released: bool,
     pub(super) reported_closed: bool,
+    /// Something may have changed since the last dispatch (a segment
+    /// arrived, or the application touched the socket): the next poll
+    /// dispatches it.
+    pub(super) dirty: bool,
+    /// What `poll_at` said after the last dispatch: when a clean socket
+    /// needs a dispatch again (timers), `None` for never.
+    pub(super) wake_at: Option<u64>,
 }
 
 impl TcpSock {
@@ -39,6 +47,8 @@ impl TcpSock {
             want_write: false,
             released: false,
             reported_closed: false,
+            dirty: true,
+            wake_at: None,
         })
     }
 }
@@ -66,17 +76,92 @@ pub(super) enum Sock {
     Udp(UdpSock),
 }
 
+/// The hash of the demultiplexing tables: a multiply-and-fold over the key's
+/// few bytes, keyed by a random per-table seed (so remote peers cannot aim
+/// their ports at one bucket), far cheaper than SipHash on a 12-byte key
+/// looked up for every segment.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DemuxHash {
+    seed: u64,
+}
+
+impl Default for DemuxHash {
+    fn default() -> DemuxHash {
+        DemuxHash {
+            seed: std::collections::hash_map::RandomState::new().hash_one(0x5e65_u64) | 1,
+        }
+    }
+}
+
+impl BuildHasher for DemuxHash {
+    type Hasher = DemuxHasher;
+    fn build_hasher(&self) -> DemuxHasher {
+        DemuxHasher(self.seed)
+    }
+}
+
+/// See [`DemuxHash`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DemuxHasher(u64);
+
+const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl DemuxHasher {
+    #[inline]
+    fn mix(&mut self, v: u64) {
+        let m = u128::from(self.0 ^ v) * u128::from(K);
+        self.0 = (m as u64) ^ ((m >> 64) as u64);
+    }
+}
+
+impl Hasher for DemuxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            self.mix(u64::from_le_bytes(b) ^ ((c.len() as u64) << 56));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.mix(u64::from(i));
+    }
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.mix(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.mix(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.mix(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.mix(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0.rotate_left(23) ^ self.0
+    }
+}
+
+type Table<K> = HashMap<K, SocketHandle, DemuxHash>;
+
 /// The sockets, by handle, and the demultiplexing tables.
 #[derive(Debug, Default)]
 pub(super) struct SocketSet {
     pub(super) slots: Vec<Option<Sock>>,
     free: Vec<usize>,
     /// Connections by (local, remote).
-    pub(super) tcp_demux: HashMap<(SocketAddrV4, SocketAddrV4), SocketHandle>,
+    pub(super) tcp_demux: Table<(SocketAddrV4, SocketAddrV4)>,
     /// Listeners by local port.
-    pub(super) listeners: HashMap<u16, SocketHandle>,
+    pub(super) listeners: Table<u16>,
     /// UDP sockets by local port.
-    pub(super) udp_ports: HashMap<u16, SocketHandle>,
+    pub(super) udp_ports: Table<u16>,
 }
 
 impl SocketSet {
@@ -113,8 +198,14 @@ impl SocketSet {
         Some(s)
     }
 
+    /// The socket behind `h`; a TCP socket reached this way is marked
+    /// dirty (dispatched at the next poll), since the caller may change it.
     pub(super) fn get_mut(&mut self, h: SocketHandle) -> Option<&mut Sock> {
-        self.slots.get_mut(h.0)?.as_mut()
+        let s = self.slots.get_mut(h.0)?.as_mut()?;
+        if let Sock::Tcp(t) = s {
+            t.dirty = true;
+        }
+        Some(s)
     }
 
     pub(super) fn tcp(&self, h: SocketHandle) -> Result<&TcpSock, IfaceError> {

@@ -128,6 +128,22 @@ impl<P: Port> Interface<P> {
         }
     }
 
+    /// [`Interface::recv`] appending to `out`, a vector the caller reuses
+    /// (no allocation per call). Returns the bytes taken; `Ok(0)` at end of
+    /// stream.
+    pub fn recv_into(
+        &mut self,
+        h: SocketHandle,
+        max: usize,
+        out: &mut Vec<Payload>,
+    ) -> Result<usize, IfaceError> {
+        match self.sockets.tcp_mut(h)?.sock.recv_into(max, out) {
+            Err(TcpError::WouldBlock) => Err(IfaceError::WouldBlock),
+            Err(TcpError::Finished) => Ok(0),
+            r => Ok(r?),
+        }
+    }
+
     /// Copies received bytes into `buf` (the byte API); 0 at end of stream.
     pub fn recv_slice(&mut self, h: SocketHandle, buf: &mut [u8]) -> Result<usize, IfaceError> {
         match self.sockets.tcp_mut(h)?.sock.recv_slice(buf) {
@@ -173,6 +189,7 @@ impl<P: Port> Interface<P> {
                 for s in set.slots.iter_mut().flatten() {
                     if let Sock::Tcp(t) = s {
                         if t.listener == Some(h) {
+                            t.dirty = true;
                             t.sock.abort();
                             t.released = true;
                             t.listener = None;

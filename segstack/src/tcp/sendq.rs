@@ -95,10 +95,18 @@ impl SendQueue {
     }
 
     /// The slices covering `[off, off + len)`.
+    #[cfg(test)]
     pub(crate) fn slices(&self, off: u64, len: usize) -> Vec<Payload> {
         let mut out = Vec::new();
+        self.slices_into(off, len, &mut out);
+        out
+    }
+
+    /// Appends the slices covering `[off, off + len)` to `out` (a scratch
+    /// vector the caller reuses, so emitting a segment allocates nothing).
+    pub(crate) fn slices_into(&self, off: u64, len: usize, out: &mut Vec<Payload>) {
         if len == 0 || off < self.start || off + len as u64 > self.end {
-            return out;
+            return;
         }
         let mut pos = off;
         let end = off + len as u64;
@@ -111,7 +119,6 @@ impl SendQueue {
             out.push(p.slice(from, to));
             pos = s + to as u64;
         }
-        out
     }
 
     /// The line phase (offset in its segment modulo `line`) of the byte at

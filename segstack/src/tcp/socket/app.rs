@@ -116,13 +116,20 @@ impl TcpSocket {
     /// data); [`TcpError::Reset`] / [`TcpError::TimedOut`] after the
     /// connection failed (data that arrived before is still returned first).
     pub fn recv(&mut self, max: usize) -> Result<Vec<Payload>, TcpError> {
+        let mut out = Vec::new();
+        self.recv_into(max, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`TcpSocket::recv`] appending to `out` (a vector the caller reuses);
+    /// returns the bytes taken.
+    pub fn recv_into(&mut self, max: usize, out: &mut Vec<Payload>) -> Result<usize, TcpError> {
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         if self.rx_len == 0 {
             return Err(self.recv_error());
         }
-        let mut out = Vec::new();
         let mut left = max;
         while left > 0 {
             let Some(front) = self.rx.front_mut() else {
@@ -140,7 +147,7 @@ impl TcpSocket {
         }
         self.rx_len -= max - left;
         self.after_read();
-        Ok(out)
+        Ok(max - left)
     }
 
     /// Byte API: copies up to `buf.len()` bytes of received data into `buf`
@@ -148,11 +155,27 @@ impl TcpSocket {
     /// [`TcpSocket::recv`]: `Ok(0)` only for an empty `buf`, and
     /// [`TcpError::Finished`] at end of stream.
     pub fn recv_slice(&mut self, buf: &mut [u8]) -> Result<usize, TcpError> {
-        let chunks = self.recv(buf.len())?;
-        let mut n = 0;
-        for c in &chunks {
-            n += c.copy_to(&mut buf[n..]);
+        if buf.is_empty() {
+            return Ok(0);
         }
+        if self.rx_len == 0 {
+            return Err(self.recv_error());
+        }
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(front) = self.rx.front_mut() else {
+                break;
+            };
+            let k = front.copy_to(&mut buf[n..]);
+            n += k;
+            if k == front.len() {
+                self.rx.pop_front();
+            } else {
+                front.advance(k);
+            }
+        }
+        self.rx_len -= n;
+        self.after_read();
         self.stats.bytes_copied += n as u64;
         Ok(n)
     }

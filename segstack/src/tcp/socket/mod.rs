@@ -166,6 +166,8 @@ pub struct TcpSocket {
     /// A reset to emit at the next dispatch.
     pending_rst: Option<TcpRepr>,
     stats: TcpStats,
+    /// The payload slices of the segment being emitted (kept for reuse).
+    scratch: Vec<Payload>,
 }
 
 impl fmt::Debug for TcpSocket {
@@ -301,6 +303,7 @@ impl TcpSocket {
             last_send: 0,
             pending_rst: None,
             stats: TcpStats::default(),
+            scratch: Vec::new(),
             cfg,
         }
     }

@@ -400,17 +400,20 @@ impl TcpSocket {
                 break;
             };
             let r = self.build(now, &plan);
-            let slices = if plan.len > 0 {
-                self.tx.slices(plan.off, plan.len)
-            } else {
-                Vec::new()
-            };
+            // A scratch vector kept by the socket: no allocation per segment.
+            let mut slices = std::mem::take(&mut self.scratch);
+            slices.clear();
+            self.tx.slices_into(plan.off, plan.len, &mut slices);
             let gso = (plan.len > self.send_mss).then_some(self.send_mss as u16);
             if !emit(&r, &slices, gso) {
+                slices.clear();
+                self.scratch = slices;
                 self.update_persist(now);
                 return;
             }
             self.commit(now, &plan, &r, &slices);
+            slices.clear();
+            self.scratch = slices;
         }
         if self.probe_due || self.keepalive_due {
             let r = self.bare_ack(now, seq::wrap(self.iss, self.snd_una).wrapping_sub(1));
