@@ -126,6 +126,13 @@ fn seg_spin() -> Duration {
         .map_or(SPIN, Duration::from_micros)
 }
 
+/// Busy-poll mode for the segstack threads' sim ports (`RPC_SEG_BUSY_POLL=0`
+/// turns it off: the port then writes a wake-up per burst and the threads
+/// make an epoll call per round, as before).
+fn seg_busy_poll() -> bool {
+    std::env::var("RPC_SEG_BUSY_POLL").map_or(true, |v| v != "0")
+}
+
 /// Spin-then-block on one epoll instance.
 struct Waiter {
     poll: Poll,
@@ -136,6 +143,8 @@ struct Waiter {
     always: bool,
     /// How long to spin before blocking.
     spin: Duration,
+    /// The sim port is in busy-poll mode ([`Waiter::after_sim`]).
+    busy_poll: bool,
 }
 
 impl Waiter {
@@ -147,6 +156,18 @@ impl Waiter {
             idle_since: None,
             always: true,
             spin,
+            busy_poll: false,
+        }
+    }
+
+    /// On the sim port's wake-up channel, in busy-poll mode unless
+    /// `RPC_SEG_BUSY_POLL=0` (see [`Waiter::after_sim`]).
+    fn on_port(port: &SimPort) -> Waiter {
+        let busy_poll = seg_busy_poll();
+        port.set_busy_poll(busy_poll);
+        Waiter {
+            busy_poll,
+            ..Waiter::on_fd(port.rx_fd().expect("sim fd"))
         }
     }
 
@@ -160,6 +181,27 @@ impl Waiter {
             always: false,
             ..Waiter::new(poll, seg_spin())
         }
+    }
+
+    /// After one round of a segstack thread: a round that worked, or one
+    /// within the spin, makes no system call (the port wakes no one while
+    /// its receiver polls); past the spin, one wake-up is armed and the
+    /// thread sleeps in epoll unless a frame is already waiting.
+    fn after_sim(&mut self, worked: bool, port: &SimPort) {
+        if !self.busy_poll {
+            return self.after(worked);
+        }
+        if worked {
+            self.idle_since = None;
+            return;
+        }
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.spin || port.arm_wakeup() {
+            return;
+        }
+        self.poll
+            .poll(&mut self.events, Some(Duration::from_millis(1)))
+            .expect("epoll");
     }
 
     /// After one round: `worked` says whether it did something.
@@ -294,17 +336,17 @@ fn seg_rig(n: usize) -> SegRig {
     let handle = std::thread::Builder::new()
         .name("rpc-server".into())
         .spawn(move || {
-            let mut w = Waiter::on_fd(iface.nic().port().rx_fd().expect("sim fd"));
+            let mut w = Waiter::on_port(iface.nic().port());
             let mut ev = Vec::new();
             while !s2.load(Ordering::Relaxed) {
                 let m = moved(&iface);
                 server_step(&mut iface, &mut server, &mut ev, ns_since(t0));
-                w.after(moved(&iface) != m);
+                w.after_sim(moved(&iface) != m, iface.nic().port());
             }
         })
         .expect("server thread");
     let mut rig = SegRig {
-        waiter: Waiter::on_fd(p.client.nic().port().rx_fd().expect("sim fd")),
+        waiter: Waiter::on_port(p.client.nic().port()),
         client: p.client,
         conns: p.conns,
         state: vec![RpcConn::default(); n],
@@ -324,7 +366,8 @@ fn seg_run(r: &mut SegRig, iters: u64) -> Duration {
         let m = moved(&r.client);
         let d = client_step(&mut r.client, &r.conns, &mut r.state, ns_since(r.t0));
         done += d;
-        r.waiter.after(d > 0 || moved(&r.client) != m);
+        r.waiter
+            .after_sim(d > 0 || moved(&r.client) != m, r.client.nic().port());
     }
     t.elapsed()
 }

@@ -45,12 +45,22 @@ pub fn build(
         ..DmaMeta::frame(frame_off, (hdrs.len() + plen) as u32)
     }
     .to_bytes();
-    let mut pieces = Vec::with_capacity(3 + payload.len());
-    pieces.push(Piece::Bytes(&meta));
-    pieces.push(Piece::Zeros(u64::from(frame_off) - META_LEN as u64));
-    pieces.push(Piece::Bytes(hdrs));
-    pieces.extend(payload.iter().map(Piece::Range));
-    mem.splice(&pieces)
+    let m = Piece::Bytes(&meta);
+    let z = Piece::Zeros(u64::from(frame_off) - META_LEN as u64);
+    let h = Piece::Bytes(hdrs);
+    // The common shapes (a frame of up to two payload slices) on the stack:
+    // no allocation per frame.
+    match payload {
+        [] => mem.splice(&[m, z, h]),
+        [a] => mem.splice(&[m, z, h, Piece::Range(a)]),
+        [a, b] => mem.splice(&[m, z, h, Piece::Range(a), Piece::Range(b)]),
+        _ => {
+            let mut pieces = Vec::with_capacity(3 + payload.len());
+            pieces.extend([m, z, h]);
+            pieces.extend(payload.iter().map(Piece::Range));
+            mem.splice(&pieces)
+        }
+    }
 }
 
 /// [`build`] with the whole frame given as bytes.

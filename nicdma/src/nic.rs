@@ -162,6 +162,10 @@ pub struct Nic<P: Port> {
     /// The RX ring's region of the segment map.
     rx_slots: SlotMap,
     tx_prepared: u32,
+    /// Error statuses the device wrote into completed TX slots not yet
+    /// reaped: while 0, reaping reads no segment (every completed slot kept
+    /// its driver's status, which reads as success).
+    tx_errors_unreaped: u32,
     counters: NicCounters,
     /// The TX DMA's gather list, reused from frame to frame (empty between
     /// frames; its element lifetime is re-chosen per frame by [`reuse`]).
@@ -287,6 +291,7 @@ impl<P: Port> Nic<P> {
             tx,
             rx,
             tx_prepared: 0,
+            tx_errors_unreaped: 0,
             counters: NicCounters::default(),
             gather: Vec::new(),
             irq_raise,
@@ -407,6 +412,13 @@ impl<P: Port> Nic<P> {
     /// error).
     pub fn tx_reap(&mut self) -> Result<(u32, u32), NicError> {
         let n = self.tx.completed_unreaped();
+        if self.tx_errors_unreaped == 0 {
+            // The device wrote no status: every slot reads as its driver
+            // left it (PENDING or OK).
+            self.tx.reap(n)?;
+            return Ok((n, 0));
+        }
+        self.tx_errors_unreaped = 0;
         let (mut ok, mut bad) = (0, 0);
         for i in 0..n {
             let slot = self.tx.completed_slot(i).expect("counted");
@@ -553,6 +565,9 @@ impl<P: Port> Nic<P> {
             };
             if let Some(st) = write {
                 self.set_status(slot, st)?;
+                if !status_ok(st) {
+                    self.tx_errors_unreaped += 1;
+                }
             }
             self.tx.complete(1)?;
             done += 1;

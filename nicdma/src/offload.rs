@@ -65,6 +65,32 @@ pub fn apply_tx(
     }
 }
 
+/// [`apply_tx`] for a frame that needs no segmentation, in place: completes
+/// the checksum if asked and returns the header the receiver sees. `None`
+/// when the frame asks for segmentation (use [`apply_tx`]).
+pub fn apply_tx_in_place(
+    vnet: &VirtioNetHdr,
+    frame: &mut [u8],
+) -> Option<Result<VirtioNetHdr, OffloadError>> {
+    if vnet.gso_type & !gso::ECN != gso::NONE {
+        return None;
+    }
+    let out_hdr = VirtioNetHdr {
+        flags: if vnet.flags & F_NEEDS_CSUM != 0 {
+            F_DATA_VALID
+        } else {
+            vnet.flags & F_DATA_VALID
+        },
+        ..VirtioNetHdr::default()
+    };
+    if vnet.flags & F_NEEDS_CSUM != 0 {
+        if let Err(e) = complete_checksum(vnet, frame) {
+            return Some(Err(e));
+        }
+    }
+    Some(Ok(out_hdr))
+}
+
 fn tso4(vnet: &VirtioNetHdr, f: &[u8]) -> Result<Vec<Vec<u8>>, OffloadError> {
     let bad = || OffloadError::BadGsoFrame(vnet.hdr_len);
     let hdr_len = vnet.hdr_len as usize;

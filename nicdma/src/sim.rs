@@ -163,8 +163,12 @@ struct PortState {
     /// A wake-up byte may be waiting in the channel (so the receiver makes
     /// the system call to drain it only then).
     armed: bool,
-    /// Someone asked for the port's `rx_fd`: wake-ups are written to it.
+    /// Wake-ups are written to the port's channel: someone asked for its
+    /// `rx_fd` (and the port is not busy-polling), or a busy-polling
+    /// receiver armed one wake-up before it sleeps.
     polled: bool,
+    /// Busy-poll mode: `polled` is one-shot, set by `arm_wakeup`.
+    busy_poll: bool,
 }
 
 /// Hashes a MAC address key (6 bytes, written as one slice) in a few
@@ -339,6 +343,7 @@ impl SimNet {
             wake,
             armed: false,
             polled: false,
+            busy_poll: false,
         });
         let index = st.ports.len() - 1;
         Ok(SimPort {
@@ -470,7 +475,41 @@ impl SimPort {
         if was_empty && !port.queue.is_empty() && port.polled {
             let _ = port.wake.send(&[1]);
             port.armed = true;
+            // A busy-polling receiver asked for this one wake-up only.
+            port.polled = !port.busy_poll;
         }
+    }
+}
+
+impl SimPort {
+    /// Busy-poll mode (NAPI's interrupt mitigation): the sender writes no
+    /// wake-up per burst to a receiver that is polling anyway (a `send` on
+    /// the sender's side and a `recv` on the receiver's per burst). The
+    /// receiver calls [`SimPort::arm_wakeup`] just before it sleeps on
+    /// [`Port::rx_fd`]; that arms one wake-up.
+    pub fn set_busy_poll(&self, on: bool) {
+        let mut st = lock(&self.state);
+        let port = &mut st.ports[self.index];
+        port.busy_poll = on;
+        port.polled = !on;
+    }
+
+    /// Before sleeping on [`Port::rx_fd`] in busy-poll mode: arms one
+    /// wake-up for the next frame. Returns true (and writes the wake-up at
+    /// once) when a frame is already waiting, so the caller need not sleep.
+    pub fn arm_wakeup(&self) -> bool {
+        let mut st = lock(&self.state);
+        let port = &mut st.ports[self.index];
+        if port.queue.is_empty() {
+            port.polled = true;
+            return false;
+        }
+        if !port.armed {
+            let _ = port.wake.send(&[1]);
+            port.armed = true;
+        }
+        port.polled = !port.busy_poll;
+        true
     }
 }
 
@@ -493,7 +532,21 @@ impl Port for SimPort {
         }
         let needs_offload =
             vnet.flags & F_NEEDS_CSUM != 0 || vnet.gso_type & !crate::meta::gso::ECN != 0;
-        let (vnet, frames) = if needs_offload {
+        let in_place = if needs_offload {
+            crate::offload::apply_tx_in_place(vnet, &mut wire)
+        } else {
+            None
+        };
+        let (vnet, frames) = if let Some(done) = in_place {
+            // Checksum only: completed in the wire buffer, no new buffer.
+            match done {
+                Ok(vnet) => (vnet, Frames::One(wire)),
+                Err(_) => {
+                    st.recycle(wire);
+                    return Err(PortError::BadOffload);
+                }
+            }
+        } else if needs_offload {
             match crate::offload::apply_tx(vnet, wire) {
                 Ok((vnet, frames)) => (vnet, Frames::Many(frames)),
                 Err(_) => return Err(PortError::BadOffload),
@@ -588,11 +641,12 @@ impl Port for SimPort {
     }
 
     /// Asking for it turns the port's wake-ups on (and wakes at once if
-    /// frames are already waiting).
+    /// frames are already waiting), unless the port busy-polls
+    /// ([`SimPort::set_busy_poll`]): then only [`SimPort::arm_wakeup`] does.
     fn rx_fd(&self) -> Option<RawFd> {
         let mut st = lock(&self.state);
         let port = &mut st.ports[self.index];
-        if !port.polled {
+        if !port.polled && !port.busy_poll {
             port.polled = true;
             if !port.queue.is_empty() && !port.armed {
                 let _ = port.wake.send(&[1]);

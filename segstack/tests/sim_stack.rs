@@ -8,6 +8,7 @@ use hicamp::{Config, Memory};
 use nicdma::sim::LinkConfig;
 use segstack::iface::{IfaceError, SocketHandle};
 use segstack::sim::{SimPair, A_IP, B_IP};
+use segstack::tcp::State;
 use segstack::Payload;
 
 fn mem() -> Memory {
@@ -51,10 +52,10 @@ fn bulk(pair: &mut SimPair, bytes: &[u8], chunk: usize, max_ns: u64) -> Vec<u8> 
             got.len(),
             bytes.len()
         );
-        if !pair.step().unwrap() {
-            break;
-        }
-        // Sender: queue as much as the send buffer takes.
+        // Sender: queue as much as the send buffer takes, before the step
+        // (a step that finds the network quiet ends the loop: right after
+        // the handshake, with a send buffer that took everything at once,
+        // nothing would be in flight yet).
         while let Some(p) = queued.pop() {
             match pair.a.send(c, p.clone()) {
                 Ok(n) if n == p.len() => {}
@@ -69,9 +70,16 @@ fn bulk(pair: &mut SimPair, bytes: &[u8], chunk: usize, max_ns: u64) -> Vec<u8> 
                 Err(e) => panic!("send: {e}"),
             }
         }
-        if queued.is_empty() && !closed {
+        // Close once everything is queued and the connection is up (a close
+        // in SYN-SENT drops the connection and what was queued, as Linux
+        // does: a send buffer that takes the whole transfer at once gets
+        // here before the handshake is over).
+        if queued.is_empty() && !closed && pair.a.tcp(c).unwrap().state() != State::SynSent {
             pair.a.close(c).unwrap();
             closed = true;
+        }
+        if !pair.step().unwrap() {
+            break;
         }
         if srv.is_none() {
             srv = pair.b.tcp_accept(lst).unwrap();

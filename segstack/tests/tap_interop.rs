@@ -18,6 +18,7 @@ use std::time::Duration;
 use hicamp::Piece;
 use nicdma::tap::TapPort;
 use segstack::iface::{IfaceError, SocketHandle};
+use segstack::tcp::State;
 use segstack::Payload;
 
 const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0x78, 0, 2];
@@ -249,7 +250,9 @@ fn segstack_client_of_a_kernel_server() {
     let mut eof = false;
     lab.run(|i, _, _| {
         i.send_some(c, &mut left).expect("send");
-        if left.is_empty() && !shut {
+        // Shut down once everything is queued and the connection is up (a
+        // 4 MiB send buffer queues it all before the handshake is over).
+        if left.is_empty() && !shut && i.tcp(c).unwrap().state() != State::SynSent {
             i.shutdown(c).unwrap();
             shut = true;
         }

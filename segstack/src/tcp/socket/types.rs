@@ -9,7 +9,9 @@ pub struct TcpConfig {
     /// bytes of IPv4 and TCP headers. Default 1460.
     pub mss: u16,
     /// Send buffer bound in bytes (queued unsent plus unacknowledged data);
-    /// `send` returns [`TcpError::WouldBlock`] beyond it. Default 256 KiB.
+    /// `send` returns [`TcpError::WouldBlock`] beyond it. Default 4 MiB (a
+    /// send buffer is snapshots of the application's segments, not a copy;
+    /// 256 KiB left bulk senders waiting for ACKs with a few TSO frames out).
     pub send_buf: usize,
     /// Receive buffer bound in bytes: received data not yet read, and the
     /// window we advertise. Default 256 KiB.
@@ -87,7 +89,7 @@ impl Default for TcpConfig {
     fn default() -> Self {
         TcpConfig {
             mss: 1460,
-            send_buf: 256 * 1024,
+            send_buf: 4 << 20,
             recv_buf: 256 * 1024,
             nagle: true,
             delayed_ack_ns: 40 * MS,
