@@ -12,7 +12,10 @@
 //!   main thread, joined by the sim backend. The sim link has no latency, so
 //!   its virtual clock is never advanced: a frame is due as soon as it is
 //!   sent, and the stacks' timers run on the wall clock. Both interfaces
-//!   share one memory, as two cores of one HICAMP machine would.
+//!   share one memory, as two cores of one HICAMP machine would. The sim
+//!   ports busy-poll (`SimPort::set_busy_poll`): no wake-up is written
+//!   while a thread polls, and a thread arms one just before it blocks
+//!   (`RPC_SEG_BUSY_POLL=0` turns this off).
 //! - baseline, same run: the Linux kernel over loopback TCP, an epoll server
 //!   thread answering the same bytes, the clients on non-blocking sockets in
 //!   the main thread with the same client logic; twice, blocking in epoll at
