@@ -32,7 +32,10 @@
 //!   borrows it, harvest snapshots it (one reference); no map lock, no map
 //!   entry written;
 //! * the TX DMA reads the metadata and gathers the frame's lines through the
-//!   memory into a reused gather list; no allocation;
+//!   memory into a reused gather list, no allocation; a port that copies
+//!   frames anyway (the sim's wire) reads them straight from the segment
+//!   instead ([`Port::transmit_from`]: one pass, whole runs of sibling
+//!   lines at a time, no gather list and no second copy);
 //! * completion is the tail moving past the slot. A transmitted segment keeps
 //!   the status its driver gave it (`PENDING`): the device rewrites the
 //!   status, copy-on-write, only to report an error (or to clear a stale
@@ -529,19 +532,37 @@ impl<P: Port> Nic<P> {
                     Some(status::BAD_FRAME)
                 }
                 Some((Ok(meta), mut c)) => {
-                    let mut chunks = reuse(std::mem::take(&mut self.gather));
-                    let mut left = meta.frame_len as usize;
-                    c.advance(usize::from(meta.frame_off));
-                    while left > 0 {
-                        let chunk = c.chunk();
-                        let take = chunk.len().min(left);
-                        chunks.push(&chunk[..take]);
-                        c.advance(take);
-                        left -= take;
-                    }
-                    let sent = self.port.transmit(&meta.vnet, &chunks);
-                    let lines = chunks.len() as u64;
-                    self.gather = reuse(chunks);
+                    let seg = seg.expect("parsed from it");
+                    let (off, len) = (u64::from(meta.frame_off), meta.frame_len as usize);
+                    // A port that copies the frame reads it straight from the
+                    // segment; else the lines go into the gather list.
+                    let (sent, lines) = match self.port.transmit_from(&meta.vnet, seg, off, len) {
+                        Some(sent) => {
+                            let shift = self.mem.line_size().trailing_zeros();
+                            let lines = if len == 0 {
+                                0
+                            } else {
+                                ((off + len as u64 - 1) >> shift) - (off >> shift) + 1
+                            };
+                            (sent, lines)
+                        }
+                        None => {
+                            let mut chunks = reuse(std::mem::take(&mut self.gather));
+                            let mut left = len;
+                            c.advance(usize::from(meta.frame_off));
+                            while left > 0 {
+                                let chunk = c.chunk();
+                                let take = chunk.len().min(left);
+                                chunks.push(&chunk[..take]);
+                                c.advance(take);
+                                left -= take;
+                            }
+                            let sent = self.port.transmit(&meta.vnet, &chunks);
+                            let lines = chunks.len() as u64;
+                            self.gather = reuse(chunks);
+                            (sent, lines)
+                        }
+                    };
                     match sent {
                         Ok(TxOutcome::Full) => {
                             self.counters.tx_full += 1;

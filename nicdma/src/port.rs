@@ -9,6 +9,8 @@
 
 use std::os::fd::RawFd;
 
+use hicamp::Segment;
+
 use crate::meta::VirtioNetHdr;
 
 /// Errors of a port.
@@ -55,6 +57,22 @@ pub enum TxOutcome {
 pub trait Port: Send {
     /// Sends one frame gathered from `chunks` (in order), with its metadata.
     fn transmit(&mut self, vnet: &VirtioNetHdr, chunks: &[&[u8]]) -> Result<TxOutcome, PortError>;
+
+    /// Sends one frame that lies in `seg` at `off..off + len`, for a port
+    /// that copies frames out of the memory anyway (the sim's wire): it reads
+    /// the segment in one pass (whole runs of sibling lines at a time) with
+    /// no gather list. `None`: the port has no such path (it gathers the
+    /// lines, e.g. into an iovec), and the NIC calls [`Port::transmit`].
+    fn transmit_from(
+        &mut self,
+        vnet: &VirtioNetHdr,
+        seg: &Segment,
+        off: u64,
+        len: usize,
+    ) -> Option<Result<TxOutcome, PortError>> {
+        let _ = (vnet, seg, off, len);
+        None
+    }
 
     /// Lends the next received frame to `deposit`; returns false when none is
     /// waiting.

@@ -20,6 +20,8 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use hicamp::Segment;
+
 use crate::meta::{VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM};
 use crate::port::{Port, PortError, TxOutcome};
 
@@ -516,6 +518,71 @@ impl SimPort {
 impl Port for SimPort {
     fn transmit(&mut self, vnet: &VirtioNetHdr, chunks: &[&[u8]]) -> Result<TxOutcome, PortError> {
         let len: usize = chunks.iter().map(|c| c.len()).sum();
+        self.transmit_with(vnet, len, |wire| {
+            for c in chunks {
+                wire.extend_from_slice(c);
+            }
+        })
+    }
+
+    /// Copies the frame from the segment into the wire buffer in one pass
+    /// (the cursor copies whole runs of sibling lines): no gather list, no
+    /// second copy.
+    fn transmit_from(
+        &mut self,
+        vnet: &VirtioNetHdr,
+        seg: &Segment,
+        off: u64,
+        len: usize,
+    ) -> Option<Result<TxOutcome, PortError>> {
+        Some(self.transmit_with(vnet, len, |wire| {
+            wire.resize(len, 0);
+            let n = seg.cursor_at(off).copy_to_slice(wire);
+            wire.truncate(n);
+        }))
+    }
+
+    fn receive(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
+    ) -> Result<bool, PortError> {
+        self.receive_one(deposit)
+    }
+
+    /// Asking for it turns the port's wake-ups on (and wakes at once if
+    /// frames are already waiting), unless the port busy-polls
+    /// ([`SimPort::set_busy_poll`]): then only [`SimPort::arm_wakeup`] does.
+    fn rx_fd(&self) -> Option<RawFd> {
+        let mut st = lock(&self.state);
+        let port = &mut st.ports[self.index];
+        if !port.polled && !port.busy_poll {
+            port.polled = true;
+            if !port.queue.is_empty() && !port.armed {
+                let _ = port.wake.send(&[1]);
+                port.armed = true;
+            }
+        }
+        Some(self.wait.as_raw_fd())
+    }
+
+    fn max_frame(&self) -> usize {
+        lock(&self.state).ports[self.index].cfg.mtu
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl SimPort {
+    /// Transmits a frame of `len` bytes that `fill` writes into an empty
+    /// wire buffer.
+    fn transmit_with(
+        &mut self,
+        vnet: &VirtioNetHdr,
+        len: usize,
+        fill: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<TxOutcome, PortError> {
         let now = self.clock.now();
         let mut guard = lock(&self.state);
         let st = &mut *guard;
@@ -523,13 +590,11 @@ impl Port for SimPort {
         if len > mtu {
             return Err(PortError::TooLarge { len, max: mtu });
         }
-        // The wire: the frame leaves the memory here (gathered into a wire
+        // The wire: the frame leaves the memory here (copied into a wire
         // buffer), and the port's "hardware" does the offloads the metadata
         // asks for.
         let mut wire = st.buffer();
-        for c in chunks {
-            wire.extend_from_slice(c);
-        }
+        fill(&mut wire);
         let needs_offload =
             vnet.flags & F_NEEDS_CSUM != 0 || vnet.gso_type & !crate::meta::gso::ECN != 0;
         let in_place = if needs_offload {
@@ -608,7 +673,7 @@ impl Port for SimPort {
         Ok(TxOutcome::Sent)
     }
 
-    fn receive(
+    fn receive_one(
         &mut self,
         deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
     ) -> Result<bool, PortError> {
@@ -638,29 +703,5 @@ impl Port for SimPort {
         deposit(&f.vnet, &f.frame);
         self.spare = Some(f.frame);
         Ok(true)
-    }
-
-    /// Asking for it turns the port's wake-ups on (and wakes at once if
-    /// frames are already waiting), unless the port busy-polls
-    /// ([`SimPort::set_busy_poll`]): then only [`SimPort::arm_wakeup`] does.
-    fn rx_fd(&self) -> Option<RawFd> {
-        let mut st = lock(&self.state);
-        let port = &mut st.ports[self.index];
-        if !port.polled && !port.busy_poll {
-            port.polled = true;
-            if !port.queue.is_empty() && !port.armed {
-                let _ = port.wake.send(&[1]);
-                port.armed = true;
-            }
-        }
-        Some(self.wait.as_raw_fd())
-    }
-
-    fn max_frame(&self) -> usize {
-        lock(&self.state).ports[self.index].cfg.mtu
-    }
-
-    fn name(&self) -> &str {
-        &self.name
     }
 }
