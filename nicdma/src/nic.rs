@@ -532,11 +532,11 @@ impl<P: Port> Nic<P> {
                     Some(status::BAD_FRAME)
                 }
                 Some((Ok(meta), mut c)) => {
-                    let seg = seg.expect("parsed from it");
                     let (off, len) = (u64::from(meta.frame_off), meta.frame_len as usize);
-                    // A port that copies the frame reads it straight from the
-                    // segment; else the lines go into the gather list.
-                    let (sent, lines) = match self.port.transmit_from(&meta.vnet, seg, off, len) {
+                    c.advance(usize::from(meta.frame_off));
+                    // A port that copies the frame reads it straight through
+                    // the cursor; else the lines go into the gather list.
+                    let (sent, lines) = match self.port.transmit_from(&meta.vnet, &mut c, len) {
                         Some(sent) => {
                             let shift = self.mem.line_size().trailing_zeros();
                             let lines = if len == 0 {
@@ -549,7 +549,6 @@ impl<P: Port> Nic<P> {
                         None => {
                             let mut chunks = reuse(std::mem::take(&mut self.gather));
                             let mut left = len;
-                            c.advance(usize::from(meta.frame_off));
                             while left > 0 {
                                 let chunk = c.chunk();
                                 let take = chunk.len().min(left);

@@ -9,7 +9,7 @@
 
 use std::os::fd::RawFd;
 
-use hicamp::Segment;
+use hicamp::Cursor;
 
 use crate::meta::VirtioNetHdr;
 
@@ -58,19 +58,19 @@ pub trait Port: Send {
     /// Sends one frame gathered from `chunks` (in order), with its metadata.
     fn transmit(&mut self, vnet: &VirtioNetHdr, chunks: &[&[u8]]) -> Result<TxOutcome, PortError>;
 
-    /// Sends one frame that lies in `seg` at `off..off + len`, for a port
-    /// that copies frames out of the memory anyway (the sim's wire): it reads
-    /// the segment in one pass (whole runs of sibling lines at a time) with
-    /// no gather list. `None`: the port has no such path (it gathers the
-    /// lines, e.g. into an iovec), and the NIC calls [`Port::transmit`].
+    /// Sends one frame of `len` bytes read through `frame` (a cursor at the
+    /// frame's first byte), for a port that copies frames out of the memory
+    /// anyway (the sim's wire): it reads the segment in one pass (whole runs
+    /// of sibling lines at a time) with no gather list. `None`: the port has
+    /// no such path (it gathers the lines, e.g. into an iovec), and the NIC
+    /// calls [`Port::transmit`].
     fn transmit_from(
         &mut self,
         vnet: &VirtioNetHdr,
-        seg: &Segment,
-        off: u64,
+        frame: &mut Cursor<'_>,
         len: usize,
     ) -> Option<Result<TxOutcome, PortError>> {
-        let _ = (vnet, seg, off, len);
+        let _ = (vnet, frame, len);
         None
     }
 

@@ -20,7 +20,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use hicamp::Segment;
+use hicamp::Cursor;
 
 use crate::meta::{VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM};
 use crate::port::{Port, PortError, TxOutcome};
@@ -212,6 +212,10 @@ impl Frames {
         }
     }
 }
+
+/// Frames up to this many bytes are copied onto the wire chunk by chunk;
+/// longer ones by the cursor's run copy (after zero-filling the buffer).
+const SMALL_FRAME: usize = 256;
 
 /// Most wire buffers kept for reuse.
 const POOL_MAX: usize = 4096;
@@ -531,14 +535,26 @@ impl Port for SimPort {
     fn transmit_from(
         &mut self,
         vnet: &VirtioNetHdr,
-        seg: &Segment,
-        off: u64,
+        frame: &mut Cursor<'_>,
         len: usize,
     ) -> Option<Result<TxOutcome, PortError>> {
         Some(self.transmit_with(vnet, len, |wire| {
-            wire.resize(len, 0);
-            let n = seg.cursor_at(off).copy_to_slice(wire);
-            wire.truncate(n);
+            if len <= SMALL_FRAME {
+                // A few lines: appended chunk by chunk (no zero fill first).
+                while wire.len() < len {
+                    let c = frame.chunk();
+                    if c.is_empty() {
+                        break;
+                    }
+                    let take = c.len().min(len - wire.len());
+                    wire.extend_from_slice(&c[..take]);
+                    frame.advance(take);
+                }
+            } else {
+                wire.resize(len, 0);
+                let n = frame.copy_to_slice(wire);
+                wire.truncate(n);
+            }
         }))
     }
 
