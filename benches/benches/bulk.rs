@@ -68,11 +68,9 @@ fn seg_rig() -> SegRig {
     // queue holds snapshots, so depth costs references, not bytes. With the
     // default 256 KiB a bulk sender over TAP spends most of its time waiting
     // for the ACK that frees the next 64 KiB (about 4 TSO frames per poll;
-    // 45 with 4 MiB, 1.4-1.8x the throughput both ways). Not the interface's
-    // default yet: segstack's lossy sim tests (tests/sim_stack.rs `bulk`)
-    // stop at the first quiet step, which with 4 MiB buffers comes right
-    // after the handshake, before they queue any data; that harness needs
-    // to queue first.
+    // 45 with 4 MiB, 1.4-1.8x the throughput both ways). 4 MiB is also the
+    // interface's default send buffer now (the receive buffer's default
+    // stays 256 KiB); set here so that `BULK_BUF_KIB` moves both.
     let kib = std::env::var("BULK_BUF_KIB")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
