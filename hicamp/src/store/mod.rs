@@ -50,6 +50,7 @@ mod index;
 #[deny(unsafe_code)]
 mod intern;
 mod recovery;
+mod table;
 
 use std::sync::atomic::Ordering::*;
 
@@ -63,8 +64,9 @@ use crate::region::{Arena, Backing};
 use crate::sync::{count_array, AtomicPtr, AtomicU64, AtomicUsize, CountArray, Mutex};
 
 pub(crate) use counts::INTERIOR_BIT;
-use index::{Shard, ShardCell, INITIAL_TABLE};
+use index::{Shard, ShardCell};
 pub(crate) use recovery::{analyze, UNREACHED};
+use table::Table;
 
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
@@ -207,11 +209,13 @@ impl Store {
         let slots = layout.slots;
         let arena = backing.arena(layout.arena_off as usize, config.line_size, slots as usize);
         let meta = count_array(backing, layout.meta_off as usize, slots as usize);
+        // A line id takes the bits its largest slot needs; the rest of each
+        // index slot holds tag bits of the hash.
+        let id_bits = (u64::BITS - (slots - 1).leading_zeros()).clamp(1, 32);
         let shards = (0..SHARDS)
             .map(|_| {
-                let mut shard = Shard {
-                    table: vec![0; INITIAL_TABLE],
-                    len: 0,
+                let shard = Shard {
+                    table: Table::new(id_bits, 1),
                     free: Vec::new(),
                     live: [0; 2],
                     created: [0; 2],
@@ -219,10 +223,11 @@ impl Store {
                     pending: Vec::new(),
                 };
                 let cell = ShardCell {
-                    hint_ptr: AtomicPtr::new(shard.table.as_mut_ptr()),
-                    hint_mask: AtomicUsize::new(INITIAL_TABLE - 1),
+                    hint_ptr: AtomicPtr::new(std::ptr::null_mut()),
+                    hint_len: AtomicUsize::new(0),
                     lock: Mutex::new(shard),
                 };
+                cell.set_hint(&cell.lock.lock().table);
                 CachePadded::new(cell)
             })
             .collect();
@@ -297,7 +302,7 @@ impl Store {
                 c.created[k] += s.created[k];
                 c.hits[k] += s.hits[k];
             }
-            c.index_bytes += (s.table.capacity() * 8) as u64;
+            c.index_bytes += s.table.bytes() as u64;
             c.free_list_bytes += ((s.free.capacity() + s.pending.capacity()) * 4) as u64;
         }
         c.free_list_bytes += (self.global_free.lock().capacity() * 4) as u64;
