@@ -9,6 +9,8 @@ use super::{kind_index, line_hash, Store, SHARDS};
 use crate::config::Durability;
 use crate::id::{LineId, LineKind};
 use crate::region::prefetch_ptr;
+use crossbeam_utils::CachePadded;
+
 use crate::sync::{AtomicPtr, AtomicUsize, Mutex};
 
 const FRESH_CHUNK: u64 = 16;
@@ -27,11 +29,13 @@ pub(super) struct Shard {
 }
 
 pub(super) struct ShardCell {
-    pub(super) lock: Mutex<Shard>,
     /// Table base and bucket count for prefetching without the lock: only
-    /// ever used as a hint, so a stale value is harmless.
+    /// ever used as a hint, so a stale value is harmless. They sit on their
+    /// own cache line, apart from the lock: every hashed line reads them,
+    /// and a lock word beside them would bounce that line between threads.
     pub(super) hint_ptr: AtomicPtr<Bucket>,
     pub(super) hint_len: AtomicUsize,
+    pub(super) lock: CachePadded<Mutex<Shard>>,
 }
 
 impl ShardCell {
@@ -92,6 +96,26 @@ impl Store {
         let base = cell.hint_ptr.load(Relaxed);
         let n = cell.hint_len.load(Relaxed);
         prefetch_ptr(base.wrapping_add(Table::home_of(h, n)));
+    }
+
+    /// Before a run of lookups in one shard (lock held): prefetches the
+    /// count word and the line of every tag-matching candidate, and, for the
+    /// lookups that have none (likely new lines), the slots the free list
+    /// will hand out next, so that the misses of the whole run overlap.
+    pub(super) fn prefetch_run(&self, shard: &Shard, hashes: impl Iterator<Item = u64>) {
+        let meta = self.meta.as_slice();
+        let mut misses = 0;
+        for h in hashes {
+            let n = shard.table.candidates(h, |id| {
+                prefetch_ptr(meta.as_ptr().wrapping_add(id as usize));
+                prefetch_ptr(self.line(LineId(id)).as_ptr());
+            });
+            misses += usize::from(n == 0);
+        }
+        for &id in shard.free.iter().rev().take(misses) {
+            prefetch_ptr(meta.as_ptr().wrapping_add(id as usize));
+            prefetch_ptr(self.line(LineId(id)).as_ptr());
+        }
     }
 
     /// Grows a shard's table by 1.5x, rehashing its lines (they are live and

@@ -225,7 +225,7 @@ impl Store {
                 let cell = ShardCell {
                     hint_ptr: AtomicPtr::new(std::ptr::null_mut()),
                     hint_len: AtomicUsize::new(0),
-                    lock: Mutex::new(shard),
+                    lock: CachePadded::new(Mutex::new(shard)),
                 };
                 cell.set_hint(&cell.lock.lock().table);
                 CachePadded::new(cell)

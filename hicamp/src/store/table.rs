@@ -172,6 +172,21 @@ impl Table {
         None
     }
 
+    /// Calls `f` on each id of the home bucket of `h` whose tag matches
+    /// (the candidates a lookup will compare first); returns how many.
+    #[inline]
+    pub(super) fn candidates(&self, h: u64, mut f: impl FnMut(u32)) -> u32 {
+        let b = Self::home_of(h, self.buckets.len());
+        let mut m = self.matches(b, self.tag(h));
+        let n = m.count_ones();
+        while m != 0 {
+            let s = m.trailing_zeros() as usize;
+            m &= m - 1;
+            f(self.buckets[b].slots[s] & self.id_mask());
+        }
+        n
+    }
+
     /// Adds `id` under hash `h`. The caller grows the table first when
     /// [`Table::full`] (so a free slot exists) and knows `id` is absent.
     pub(super) fn insert(&mut self, h: u64, id: u32) {
