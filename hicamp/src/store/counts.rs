@@ -185,7 +185,11 @@ impl Store {
         }
         order.clear();
         order.resize(batch.len(), 0);
-        for (j, h) in hashes.iter().enumerate() {
+        // Each shard gets its lines in reverse order, so that its free list
+        // (a stack) hands the slots out again in the order they were first
+        // allocated: a re-intern of similar data then writes the arena and
+        // the counts in ascending runs, as the first fill did.
+        for (j, h) in hashes.iter().enumerate().rev() {
             let sh = *h as usize & (SHARDS - 1);
             order[counts[sh] as usize] = j as u32;
             counts[sh] += 1;

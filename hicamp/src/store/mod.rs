@@ -3,15 +3,17 @@
 //!
 //! ```text
 //!            hash(kind, content) = h (xxh3, seeded by kind)
-//!   shard = h & 63            tag = h >> 32         position = tag & mask
-//!   +---------+---------+-----+   each shard: Mutex { open-addressing table of
-//!   | shard 0 | shard 1 | ... |   u64 slots (tag << 32 | line id, 0 = empty),
-//!   +---------+---------+-----+   linear probing, backward-shift delete;
-//!                                  a local free list of line slots }
+//!   shard = h & 63      home bucket = ((h >> 32) * buckets) >> 32      tag = h >> 8
+//!   +---------+---------+-----+   each shard: Mutex { table of 64-byte buckets,
+//!   | shard 0 | shard 1 | ... |   15 u32 slots (tag bits | line id) + an overflow
+//!   +---------+---------+-----+   count each (see `table`); a local free list }
 //! ```
 //!
-//! A lookup compares the tag and then the full content (and kind): a hash never
-//! decides equality. Line id 0 is the all-zero line and never enters the index.
+//! A lookup compares the tag bits and then the full content (and kind): a
+//! hash never decides equality. Line id 0 is the all-zero line and never
+//! enters the index. Metadata per live line: 4 bytes of count, and 64/15
+//! bytes per index slot at a load between 7/12 and 7/8 (growth is 1.5x),
+//! about 5-7 bytes per line.
 //!
 //! Reference counts live in a mapped `u32` array beside the arena: bit 31 is
 //! the kind (set = interior), bits 0..31 the count. The rule that makes the
@@ -23,15 +25,55 @@
 //! 2^30 saturates: the line is never freed again (a leak, never corruption),
 //! like the kernel's `refcount_t`.
 //!
+//! Releases are batched (`release_all`, which `release` also ends in when a
+//! count reaches its last reference): counts above one are decremented without
+//! a lock; the lines at their last reference are hashed together (their lines
+//! and index buckets prefetched), sorted by shard, and decided under one lock
+//! acquisition per shard and batch; the children of the interior lines that
+//! die form the next batch. Interning is batched the same way (hash and
+//! prefetch a batch, sort by shard, one lock per shard, and under it prefetch
+//! the candidates' counts and lines before comparing).
+//!
 //! Slots come from the shard's own free list, then a global overflow list, then
-//! fresh slots taken 16 at a time from a bump counter. When all of those are
-//! empty the other shards' free lists are drained and the lookup is retried
-//! once before the store reports `CapacityExhausted`.
+//! fresh slots taken 16 (later 256) at a time from a bump counter. When all of
+//! those are empty the other shards' free lists are drained and the lookup is
+//! retried once before the store reports `CapacityExhausted`.
+//!
+//! # Lock-free hits, epochs and shared memories: the decision
+//!
+//! A hit could take no lock (and, for an interior line whose children all
+//! hit, no round trip of counts) if readers could search the index and
+//! compare a line without the shard lock. That needs two guarantees: a table
+//! a reader walks is not freed under it, and a line slot a reader compares is
+//! not rewritten under it. Both are deferred reclamation. The decision, for
+//! both kinds of memory:
+//!
+//! * **process-local memories** (anonymous, or a file opened by one process:
+//!   every memory today) get their reader protection from `crossbeam-epoch`:
+//!   a freed line slot and a replaced bucket array go back only after every
+//!   thread pinned at the time has unpinned; a lock-free hit is "pin, find,
+//!   compare, increment unless zero"; a zero count (a line being freed) falls
+//!   back to the locked path, whose rules above stay as they are.
+//! * **memories mapped by several processes** (the shim's local mode) keep the
+//!   locked path: shard locks become process-shared robust mutexes in the
+//!   region, and a process that dies holding one leaves a state that the
+//!   next locker repairs from the counts (they are in the mapping). A
+//!   per-process epoch slot in the region would also work, but a process
+//!   that dies pinned would stall reclamation for everyone until its death is
+//!   detected, and the locked path costs one uncontended lock per shard per
+//!   batch of 4096 lines, which the profiles show is not where the time goes
+//!   (hashing and cache misses on the index, counts and lines are).
+//!
+//! The locked, batched path is the one implemented today, for both kinds:
+//! the epoch path for process-local memories is the next step (it changes
+//! `table` slots to atomics and the free lists to deferred pushes, and
+//! leaves the file format alone).
 //!
 //! The store's modules, by job:
 //!
 //! * this module: the [`Store`] itself, line access and the counters;
 //! * `index`: the sharded dedup index and the free lists of line slots;
+//! * `table`: one shard's table (buckets, tags, overflow counts);
 //! * `counts`: reference counts (acquire, release, reclamation);
 //! * `intern`: interning single lines and batches of lines;
 //! * `durability`: the persist barrier (lines flushed before a root is

@@ -25,11 +25,15 @@ pub(super) const BUCKET_SLOTS: usize = 15;
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Default)]
 pub(super) struct Bucket {
-    slots: [u32; BUCKET_SLOTS],
-    /// Entries whose home bucket lies at or before this one and that live
-    /// after it.
-    overflow: u32,
+    /// Words 0..15 are the slots; word 15 ([`OVERFLOW`]) counts the entries
+    /// whose home bucket lies at or before this one and that live after it.
+    words: [u32; 16],
 }
+
+/// The word of a bucket that holds its overflow count.
+const OVERFLOW: usize = BUCKET_SLOTS;
+/// The slot bits of a mask over a bucket's words.
+const SLOT_BITS: u32 = (1 << BUCKET_SLOTS) - 1;
 
 const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
 
@@ -107,44 +111,33 @@ impl Table {
         self.buckets.len() + self.buckets.len() / 2 + 1
     }
 
-    /// Bit `s` set when slot `s` of bucket `b` is used and has `tag`.
+    /// Bit `s` set when slot `s` of bucket `b` is used and equals `tag`
+    /// under `tmask`; and bit `s` set when slot `s` is empty.
     #[inline(always)]
-    fn matches(&self, b: usize, tag: u32) -> u32 {
-        let tmask = !self.id_mask();
-        let bucket = &self.buckets[b];
+    fn masks(&self, b: usize, tag: u32, tmask: u32) -> (u32, u32) {
+        let w = &self.buckets[b].words;
         #[cfg(target_arch = "x86_64")]
         {
-            use std::arch::x86_64::*;
-            let p = bucket as *const Bucket as *const __m128i;
-            let mut m = 0u32;
-            // SAFETY: SSE2 is part of the x86_64 baseline, so these
-            // intrinsics are available; a bucket is 64 bytes, so the four
-            // unaligned 16-byte loads at offsets 0, 16, 32 and 48 are in
-            // bounds of `*bucket`, which is borrowed for the whole block.
-            unsafe {
-                let t = _mm_set1_epi32(tag as i32);
-                let k = _mm_set1_epi32(tmask as i32);
-                let z = _mm_setzero_si128();
-                for q in 0..4 {
-                    let v = _mm_loadu_si128(p.add(q));
-                    let hit = _mm_andnot_si128(
-                        _mm_cmpeq_epi32(v, z),
-                        _mm_cmpeq_epi32(_mm_and_si128(v, k), t),
-                    );
-                    m |= (_mm_movemask_ps(_mm_castsi128_ps(hit)) as u32) << (4 * q);
-                }
-            }
-            // Lane 15 is the overflow count, not a slot.
-            m & ((1 << BUCKET_SLOTS) - 1)
+            // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64
+            // CPU has the feature `masks_sse2` is compiled for.
+            let (hit, empty) = unsafe { masks_sse2(w, tag, tmask) };
+            (hit & SLOT_BITS, empty & SLOT_BITS)
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let mut m = 0u32;
-            for (s, &v) in bucket.slots.iter().enumerate() {
-                m |= u32::from((v & tmask) == tag && v != 0) << s;
+            let (mut hit, mut empty) = (0u32, 0u32);
+            for (s, &v) in w[..BUCKET_SLOTS].iter().enumerate() {
+                hit |= u32::from((v & tmask) == tag && v != 0) << s;
+                empty |= u32::from(v == 0) << s;
             }
-            m
+            (hit, empty)
         }
+    }
+
+    /// Bit `s` set when slot `s` of bucket `b` is used and has `tag`.
+    #[inline(always)]
+    fn matches(&self, b: usize, tag: u32) -> u32 {
+        self.masks(b, tag, !self.id_mask()).0
     }
 
     /// The first id in the probe sequence of `h` for which `eq` holds.
@@ -159,12 +152,12 @@ impl Table {
             while m != 0 {
                 let s = m.trailing_zeros() as usize;
                 m &= m - 1;
-                let id = self.buckets[b].slots[s] & idm;
+                let id = self.buckets[b].words[s] & idm;
                 if eq(id) {
                     return Some(id);
                 }
             }
-            if self.buckets[b].overflow == 0 {
+            if self.buckets[b].words[OVERFLOW] == 0 {
                 return None;
             }
             b = if b + 1 == n { 0 } else { b + 1 };
@@ -182,7 +175,7 @@ impl Table {
         while m != 0 {
             let s = m.trailing_zeros() as usize;
             m &= m - 1;
-            f(self.buckets[b].slots[s] & self.id_mask());
+            f(self.buckets[b].words[s] & self.id_mask());
         }
         n
     }
@@ -196,13 +189,13 @@ impl Table {
         let v = self.tag(h) | id;
         let mut b = Self::home_of(h, n);
         loop {
-            let bucket = &mut self.buckets[b];
-            if let Some(s) = bucket.slots.iter_mut().find(|s| **s == 0) {
-                *s = v;
+            let empty = self.masks(b, 0, 0).1;
+            if empty != 0 {
+                self.buckets[b].words[empty.trailing_zeros() as usize] = v;
                 self.len += 1;
                 return;
             }
-            bucket.overflow += 1;
+            self.buckets[b].words[OVERFLOW] += 1;
             b = if b + 1 == n { 0 } else { b + 1 };
         }
     }
@@ -214,17 +207,18 @@ impl Table {
         let home = Self::home_of(h, n);
         let mut b = home;
         for _ in 0..n {
-            if let Some(s) = self.buckets[b].slots.iter().position(|s| *s == v) {
-                self.buckets[b].slots[s] = 0;
+            let hit = self.masks(b, v, u32::MAX).0;
+            if hit != 0 {
+                self.buckets[b].words[hit.trailing_zeros() as usize] = 0;
                 self.len -= 1;
                 let mut p = home;
                 while p != b {
-                    self.buckets[p].overflow -= 1;
+                    self.buckets[p].words[OVERFLOW] -= 1;
                     p = if p + 1 == n { 0 } else { p + 1 };
                 }
                 return true;
             }
-            if self.buckets[b].overflow == 0 {
+            if self.buckets[b].words[OVERFLOW] == 0 {
                 break;
             }
             b = if b + 1 == n { 0 } else { b + 1 };
@@ -237,7 +231,12 @@ impl Table {
         let idm = self.id_mask();
         let mut v = Vec::with_capacity(self.len);
         for b in &self.buckets {
-            v.extend(b.slots.iter().filter(|s| **s != 0).map(|s| s & idm));
+            v.extend(
+                b.words[..BUCKET_SLOTS]
+                    .iter()
+                    .filter(|s| **s != 0)
+                    .map(|s| s & idm),
+            );
         }
         v
     }
@@ -252,6 +251,30 @@ impl Table {
         }
         *self = t;
     }
+}
+
+/// For each word `s` of `w`: bit `s` of the first mask when the word is
+/// non-zero and equals `tag` under `tmask`, bit `s` of the second when it is
+/// zero (four 4-lane compares; the caller masks off word 15).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn masks_sse2(w: &[u32; 16], tag: u32, tmask: u32) -> (u32, u32) {
+    use std::arch::x86_64::*;
+    let t = _mm_set1_epi32(tag as i32);
+    let k = _mm_set1_epi32(tmask as i32);
+    let z = _mm_setzero_si128();
+    let (mut hit, mut empty) = (0u32, 0u32);
+    for q in 0..4 {
+        let p = w[4 * q..4 * q + 4].as_ptr().cast::<__m128i>();
+        // SAFETY: `p` points at 4 words (16 bytes) of `w`; the load is
+        // unaligned.
+        let v = unsafe { _mm_loadu_si128(p) };
+        let zero = _mm_cmpeq_epi32(v, z);
+        let eq = _mm_cmpeq_epi32(_mm_and_si128(v, k), t);
+        hit |= (_mm_movemask_ps(_mm_castsi128_ps(_mm_andnot_si128(zero, eq))) as u32) << (4 * q);
+        empty |= (_mm_movemask_ps(_mm_castsi128_ps(zero)) as u32) << (4 * q);
+    }
+    (hit, empty)
 }
 
 #[cfg(test)]
@@ -340,12 +363,12 @@ mod tests {
                     let home = Table::home_of(h, n);
                     let v = t.tag(h) | k;
                     let mut b = home;
-                    while !t.buckets[b].slots.contains(&v) {
+                    while !t.buckets[b].words[..BUCKET_SLOTS].contains(&v) {
                         want[b] += 1;
                         b = (b + 1) % n;
                     }
                 }
-                let got: Vec<u32> = t.buckets.iter().map(|b| b.overflow).collect();
+                let got: Vec<u32> = t.buckets.iter().map(|b| b.words[OVERFLOW]).collect();
                 prop_assert_eq!(got, want);
             }
         }
