@@ -100,6 +100,9 @@ fn main() {
             drop(s);
             td.push(t.elapsed().as_secs_f64());
             assert_eq!(mem.live_lines(), 0);
+            if std::env::var_os("SPEED_INDEX").is_some() {
+                println!("index bytes after drop: {}", mem.stats().index_bytes);
+            }
         }
         println!("unique {mib} MiB: {:.2} GB/s", gbps(size, median(ti)));
         println!("drop {mib} MiB: {:.3} s", median(td));
