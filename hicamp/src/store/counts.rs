@@ -15,8 +15,10 @@ use crate::region::prefetch_ptr;
 pub(crate) const INTERIOR_BIT: u32 = 1 << 31;
 pub(super) const COUNT_MASK: u32 = !INTERIOR_BIT;
 pub(super) const SATURATED: u32 = 1 << 30;
-/// A shard's free list spills half of itself to the global list beyond this.
-const LOCAL_FREE_MAX: usize = 4096;
+/// Freed slots a shard keeps on its own list (for quick reuse by small
+/// workloads); the rest go to the free bitmap, which hands them out again
+/// in ascending runs.
+const LOCAL_FREE_MAX: usize = 256;
 /// Lines whose last reference goes, freed together (hashed, sorted by shard,
 /// one lock acquisition per shard).
 const RELEASE_BATCH: usize = 2048;
@@ -185,15 +187,16 @@ impl Store {
         }
         order.clear();
         order.resize(batch.len(), 0);
-        // Each shard gets its lines in reverse order, so that its free list
-        // (a stack) hands the slots out again in the order they were first
-        // allocated: a re-intern of similar data then writes the arena and
-        // the counts in ascending runs, as the first fill did.
+        // Each shard gets its lines in reverse order, so that its short free
+        // list (a stack) hands the slots out again in the order they were
+        // first allocated. (Most freed slots go to the free bitmap, which
+        // hands them out in ascending runs; see `Store::alloc_slot`.)
         for (j, h) in hashes.iter().enumerate().rev() {
             let sh = *h as usize & (SHARDS - 1);
             order[counts[sh] as usize] = j as u32;
             counts[sh] += 1;
         }
+        let mut to_bitmap = 0u64;
         let mut k = 0;
         while k < order.len() {
             let sh = hashes[order[k] as usize] as usize & (SHARDS - 1);
@@ -226,13 +229,14 @@ impl Store {
                     );
                 }
                 m.store(0, Relaxed);
-                shard.free.push(id);
-            }
-            if shard.free.len() > LOCAL_FREE_MAX {
-                let spill = shard.free.len() - LOCAL_FREE_MAX / 2;
-                let mut global = self.global_free.lock();
-                global.extend(shard.free.drain(..spill));
+                if shard.free.len() < LOCAL_FREE_MAX {
+                    shard.free.push(id);
+                } else {
+                    self.free_slot(id);
+                    to_bitmap += 1;
+                }
             }
         }
+        self.free_count.fetch_add(to_bitmap, Relaxed);
     }
 }

@@ -48,25 +48,30 @@ impl ShardCell {
 }
 
 impl Store {
-    /// Takes a free slot for `shard` (lock order: shard, then global).
+    /// Takes a free slot for `shard` (lock order: shard, then the bitmap
+    /// cursor): the shard's own list first, then a run of freed slots taken
+    /// from the free bitmap in ascending order (when enough are free, or the
+    /// fresh range is used up), then fresh slots from the bump counter.
+    ///
+    /// The bitmap is what keeps a warm memory as fast as a fresh one: the
+    /// slots of a mass release are handed out again in ascending runs, so
+    /// the next intern writes the arena and the counts a few pages at a time
+    /// (as a fresh memory does), not at random across the whole arena.
     pub(super) fn alloc_slot(&self, shard: &mut Shard) -> Option<u32> {
         if let Some(id) = shard.free.pop() {
             return Some(id);
         }
         // Small memories take few slots at a time (little reserved metadata);
-        // busy shards take more (fewer trips to the shared lists).
+        // busy shards take more (fewer trips to the shared state).
         let chunk = if shard.created[0] + shard.created[1] < 1024 {
             FRESH_CHUNK
         } else {
             FRESH_CHUNK * 16
         };
-        {
-            let mut global = self.global_free.lock();
-            if !global.is_empty() {
-                let take = global.len().min(chunk as usize);
-                let at = global.len() - take;
-                shard.free.extend(global.drain(at..));
-            }
+        let fresh_left = self.next_fresh.load(Relaxed) < self.slots;
+        let freed = self.free_count.load(Relaxed) as i64;
+        if freed >= chunk as i64 || (!fresh_left && freed > 0) {
+            self.take_freed(shard, chunk as usize);
         }
         if shard.free.is_empty() && self.next_fresh.load(Relaxed) < self.slots {
             let start = self.next_fresh.fetch_add(chunk, Relaxed);
@@ -78,15 +83,59 @@ impl Store {
         shard.free.pop()
     }
 
-    /// Moves every shard's free list to the global list (used only when the
+    /// Moves at least `want` freed slots (or all there are) from the free
+    /// bitmap to the shard's list, scanning on from the shared cursor so
+    /// that the shards take consecutive runs; the list pops them in
+    /// ascending order.
+    fn take_freed(&self, shard: &mut Shard, want: usize) {
+        let words = &self.free_bits[..];
+        let mut cursor = self.free_cursor.lock();
+        let at = shard.free.len();
+        let mut w = *cursor;
+        for _ in 0..words.len() {
+            if w >= words.len() {
+                w = 0;
+            }
+            if words[w].load(Relaxed) != 0 {
+                // Acquire: pairs with the release in `free_slot`, so the
+                // freeing thread's last reads of the line come before our
+                // rewrite of it.
+                let mut bits = words[w].swap(0, Acquire);
+                while bits != 0 {
+                    shard.free.push((w as u32) << 6 | bits.trailing_zeros());
+                    bits &= bits - 1;
+                }
+            }
+            w += 1;
+            if shard.free.len() - at >= want {
+                break;
+            }
+        }
+        *cursor = w;
+        drop(cursor);
+        let took = shard.free.len() - at;
+        self.free_count.fetch_sub(took as u64, Relaxed);
+        shard.free[at..].reverse();
+    }
+
+    /// Marks a slot free in the bitmap (its count word is already zero);
+    /// the caller adds the number of slots it marked to `free_count`.
+    #[inline]
+    pub(super) fn free_slot(&self, id: u32) {
+        // Release: see `take_freed`.
+        self.free_bits[(id >> 6) as usize].fetch_or(1 << (id & 63), Release);
+    }
+
+    /// Moves every shard's free list to the free bitmap (used only when the
     /// memory is otherwise full).
     pub(super) fn drain_free_lists(&self) {
         for cell in self.shards.iter() {
             let mut shard = cell.lock.lock();
-            if !shard.free.is_empty() {
-                let mut global = self.global_free.lock();
-                global.append(&mut shard.free);
+            let n = shard.free.len();
+            for id in shard.free.drain(..) {
+                self.free_slot(id);
             }
+            self.free_count.fetch_add(n as u64, Relaxed);
         }
     }
 

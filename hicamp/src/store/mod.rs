@@ -13,7 +13,7 @@
 //! hash never decides equality. Line id 0 is the all-zero line and never
 //! enters the index. Metadata per live line: 4 bytes of count, and 64/15
 //! bytes per index slot at a load between 7/12 and 7/8 (growth is 1.5x),
-//! about 5-7 bytes per line.
+//! about 5-7 bytes per line, plus one bit per slot of free bitmap.
 //!
 //! Reference counts live in a mapped `u32` array beside the arena: bit 31 is
 //! the kind (set = interior), bits 0..31 the count. The rule that makes the
@@ -34,10 +34,20 @@
 //! prefetch a batch, sort by shard, one lock per shard, and under it prefetch
 //! the candidates' counts and lines before comparing).
 //!
-//! Slots come from the shard's own free list, then a global overflow list, then
-//! fresh slots taken 16 (later 256) at a time from a bump counter. When all of
-//! those are empty the other shards' free lists are drained and the lookup is
-//! retried once before the store reports `CapacityExhausted`.
+//! Slots come from the shard's own short free list (at most 256 freed slots
+//! kept for quick reuse), then a run of freed slots taken in ascending order
+//! from the free bitmap (one bit per slot below the high-water mark; a shared
+//! cursor makes the shards take consecutive runs), then fresh slots taken 16
+//! (later 256) at a time from a bump counter. The bitmap is scanned when it
+//! holds at least a run's worth of slots, or when the fresh range is used up.
+//! Handing freed slots out in ascending runs is what keeps a warm memory as
+//! fast as a fresh one: after a mass release, a free list in release order
+//! handed out slots scattered over the whole arena, and the next intern's
+//! line and count writes each touched a different page (3745 distinct 4 KiB
+//! pages per 4096 allocations, against 130 with the bitmap). When all of
+//! those are empty the other shards' free lists are drained into the bitmap
+//! and the lookup is retried once before the store reports
+//! `CapacityExhausted`.
 //!
 //! # Lock-free hits, epochs and shared memories: the decision
 //!
@@ -196,7 +206,14 @@ pub(crate) struct Store {
     slots: u64,
     next_fresh: AtomicU64,
     shards: Box<[CachePadded<ShardCell>]>,
-    global_free: Mutex<Vec<u32>>,
+    /// One bit per slot, set = free (beyond the shards' short local lists);
+    /// taken in ascending runs from `free_cursor` (see `index`).
+    free_bits: Box<[AtomicU64]>,
+    /// Slots marked in `free_bits` (transiently off by a batch in flight:
+    /// read it as signed).
+    free_count: AtomicU64,
+    /// The word of `free_bits` the next scan starts at.
+    free_cursor: Mutex<usize>,
     zero: [AtomicU64; 2],
     durability: Durability,
     pm_latency_ns: u32,
@@ -280,7 +297,9 @@ impl Store {
             slots,
             next_fresh: AtomicU64::new(1),
             shards,
-            global_free: Mutex::new(Vec::new()),
+            free_bits: (0..slots.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            free_count: AtomicU64::new(0),
+            free_cursor: Mutex::new(0),
             zero: [AtomicU64::new(0), AtomicU64::new(0)],
             durability: if backing.is_file() {
                 config.durability
@@ -347,9 +366,10 @@ impl Store {
             c.index_bytes += s.table.bytes() as u64;
             c.free_list_bytes += ((s.free.capacity() + s.pending.capacity()) * 4) as u64;
         }
-        c.free_list_bytes += (self.global_free.lock().capacity() * 4) as u64;
         c.zero = [self.zero[0].load(Relaxed), self.zero[1].load(Relaxed)];
         c.high_water = self.next_fresh.load(Relaxed).min(self.slots);
+        // The bitmap's pages beyond the high-water mark are never touched.
+        c.free_list_bytes += c.high_water.div_ceil(64) * 8;
         c.refcount_bytes = c.high_water * 4;
         c
     }

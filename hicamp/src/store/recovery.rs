@@ -181,8 +181,10 @@ impl Store {
                 r.duplicates += 1;
             }
         }
-        free.reverse();
-        *self.global_free.lock() = free;
+        for &id in &free {
+            self.free_slot(id);
+        }
+        self.free_count.store(free.len() as u64, Relaxed);
         self.next_fresh.store(high, Relaxed);
         r
     }
