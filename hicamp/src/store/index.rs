@@ -170,7 +170,10 @@ impl Store {
     /// Grows a shard's table by 1.5x, rehashing its lines (they are live and
     /// the shard lock is held, so their content is stable).
     pub(super) fn grow(&self, cell: &ShardCell, shard: &mut Shard) {
-        let ids = shard.table.ids();
+        // In ascending id order the lines are read in runs (a shard's slots
+        // come in runs), not at random over the arena.
+        let mut ids = shard.table.ids();
+        ids.sort_unstable();
         let mut hashes = Vec::with_capacity(ids.len());
         let meta = self.meta.as_slice();
         for (j, &id) in ids.iter().enumerate() {
