@@ -491,6 +491,46 @@ impl SegmentMap<'_> {
         persisted
     }
 
+    /// Deletes many entries and releases their DAGs in one batched release
+    /// (see [`Memory::release_segments`]): the lines that die are freed
+    /// with one lock acquisition per index shard and batch, not one per line.
+    /// Stops at the first id that is not a live entry (the entries before it
+    /// are deleted) and returns that error; otherwise returns the first
+    /// persistence error, if any.
+    pub fn delete_many(&self, ids: &[SegmentId]) -> Result<()> {
+        let t = self.table();
+        let mut roots = Vec::with_capacity(ids.len());
+        let mut done = Vec::with_capacity(ids.len());
+        let mut result = Ok(());
+        for &id in ids {
+            let r = t.check(id).and_then(|()| {
+                let _g = t.lock(id);
+                let (old, version) = t.read(id)?;
+                Ok((old, t.write(id, None, version + 1)))
+            });
+            match r {
+                Ok((old, persisted)) => {
+                    t.live.fetch_sub(1, Relaxed);
+                    self.mem.inner.logical.add(-(old.len as i64));
+                    roots.push(old.root);
+                    done.push(id);
+                    if result.is_ok() {
+                        result = persisted;
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.mem.inner.store.release_all(&roots);
+        for id in done {
+            t.free(id);
+        }
+        result
+    }
+
     /// The ids of every live entry, in order (entry 0 is the directory).
     pub fn ids(&self) -> Vec<SegmentId> {
         let t = self.table();

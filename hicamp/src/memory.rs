@@ -314,6 +314,30 @@ impl Memory {
         SegmentMut::from_tree(self.clone(), Tree::default())
     }
 
+    /// Drops many segments at once: their roots lose their reference in
+    /// one batched release. Counts that stay above zero are decremented
+    /// without a lock; the lines that die are hashed together, sorted by
+    /// index shard and freed with one lock acquisition per shard and batch,
+    /// level after level of their DAGs (dropping the segments one by one
+    /// takes a lock per dying line). For callers that retire many segments
+    /// together: a NIC's completed TX frames, a socket's acknowledged
+    /// retransmission queue. Segments of another memory are simply dropped.
+    pub fn release_segments(&self, segs: impl IntoIterator<Item = Segment>) {
+        let mut roots = Vec::new();
+        let mut bytes = 0i64;
+        for seg in segs {
+            if seg.memory().same(self) {
+                let (_, tree) = seg.into_tree();
+                bytes += tree.len as i64;
+                roots.push(tree.root);
+            } else {
+                drop(seg);
+            }
+        }
+        self.inner.logical.add(-bytes);
+        self.inner.store.release_all(&roots);
+    }
+
     /// Footprint statistics (takes each shard lock briefly).
     pub fn stats(&self) -> Stats {
         Stats::collect(self)

@@ -8,7 +8,7 @@ use crate::memory::Memory;
 ///   (a snapshot counts again: that is what copying would have cost).
 /// * `physical_bytes`: lines in use times the line size (leaf and interior).
 /// * `metadata_bytes`: reference counts (4 bytes per slot ever used), the dedup
-///   index (8 bytes per table slot, at its real allocated size), the free lists
+///   index (64 bytes per bucket of 15 slots, at its real allocated size), the free lists
 ///   and the touched part of the segment map. The arena's address-space
 ///   reservation is not counted: untouched pages use no memory.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -98,3 +98,36 @@ fn snapshots_race_drops_and_lookups() {
         drop(o);
     });
 }
+
+/// A batched release (`Memory::release_segments`: counts above one drop
+/// without the lock, the dying interior line and then its leaves are freed in
+/// batches sorted by shard) races a lookup of one of its leaves, and a
+/// snapshot's drop: the lookup either revives the leaf under its shard lock
+/// or makes a new one, never a recycled slot.
+#[test]
+fn batched_release_races_a_lookup() {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(|| {
+        big_stack(|| {
+            let mem = memory();
+            let mut two = LINE.to_vec();
+            two.extend_from_slice(&OTHER);
+            let s = mem.segment(&two).unwrap();
+            let snap = s.clone();
+            let m = mem.clone();
+            let t = big_stack(move || {
+                let leaf = m.segment(&LINE).unwrap();
+                assert_eq!(leaf.to_vec(), LINE, "read a recycled line");
+                drop(leaf);
+            });
+            mem.release_segments([s, snap]);
+            let o = mem.segment(&[3u8; 16]).unwrap();
+            t.join().unwrap();
+            drop(o);
+            no_line_left(&mem);
+        })
+        .join()
+        .unwrap();
+    });
+}

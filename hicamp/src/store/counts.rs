@@ -8,14 +8,22 @@ use std::sync::atomic::Ordering::*;
 
 use super::{kind_index, line_hash, Store, SHARDS};
 use crate::id::{LineId, LineKind};
+use crate::region::prefetch_ptr;
 
 /// Kind bit of a reference-count word (set = interior line). The one
 /// definition: the file format (`persist`) and `fsck` read the same words.
 pub(crate) const INTERIOR_BIT: u32 = 1 << 31;
 pub(super) const COUNT_MASK: u32 = !INTERIOR_BIT;
 pub(super) const SATURATED: u32 = 1 << 30;
-/// A shard's free list spills half of itself to the global list beyond this.
-const LOCAL_FREE_MAX: usize = 4096;
+/// Freed slots a shard keeps on its own list (for quick reuse by small
+/// workloads); the rest go to the free bitmap, which hands them out again
+/// in ascending runs.
+const LOCAL_FREE_MAX: usize = 256;
+/// Lines whose last reference goes, freed together (hashed, sorted by shard,
+/// one lock acquisition per shard).
+const RELEASE_BATCH: usize = 2048;
+/// How far ahead of its use a line or count word is prefetched.
+const PREFETCH_AHEAD: usize = 8;
 
 #[inline]
 pub(super) fn kind_bit(kind: LineKind) -> u32 {
@@ -55,77 +63,180 @@ impl Store {
     }
 
     /// Drops one reference; a line whose count reaches zero releases its
-    /// children and its slot.
+    /// children and its slot (through the batched path of
+    /// [`Store::release_all`]).
     pub(crate) fn release(&self, id: LineId) {
-        if id.is_zero() {
-            return;
+        if !id.is_zero() && self.dec_unless_last(id.0) {
+            self.release_last(vec![id.0]);
         }
-        let mut stack = Vec::new();
-        let mut cur = id.0;
-        loop {
-            self.release_one(cur, &mut stack);
-            match stack.pop() {
-                Some(next) => cur = next,
-                None => break,
+    }
+
+    /// Drops one reference to each line of a list (a line listed twice loses
+    /// two). The releases are batched: the counts that stay above zero are
+    /// decremented without any lock, and the lines whose last reference goes
+    /// are hashed together (prefetching their index slots), sorted by shard
+    /// and freed under one lock acquisition per shard and batch, level after
+    /// level of their DAGs.
+    pub(crate) fn release_all(&self, ids: &[LineId]) {
+        let meta = self.meta.as_slice();
+        let mut last = Vec::new();
+        for (j, id) in ids.iter().enumerate() {
+            if let Some(next) = ids.get(j + PREFETCH_AHEAD) {
+                prefetch_ptr(meta.as_ptr().wrapping_add(next.0 as usize));
+            }
+            if !id.is_zero() && self.dec_unless_last(id.0) {
+                last.push(id.0);
             }
         }
-    }
-
-    /// Releases each id of a list.
-    pub(crate) fn release_all(&self, ids: &[LineId]) {
-        for &id in ids {
-            self.release(id);
+        if !last.is_empty() {
+            self.release_last(last);
         }
     }
 
-    fn release_one(&self, id: u32, stack: &mut Vec<u32>) {
+    /// Drops one reference unless it is the last; true when it is the last
+    /// (the count is left at 1, the caller finishes under the shard lock).
+    #[inline]
+    fn dec_unless_last(&self, id: u32) -> bool {
         let m = &self.meta.as_slice()[id as usize];
         let mut c = m.load(Relaxed);
         loop {
             let count = c & COUNT_MASK;
             debug_assert!(count != 0, "release of a free line L{id}");
             if count >= SATURATED || count == 0 {
-                return;
+                return false;
             }
             if count == 1 {
-                break;
+                return true;
             }
             match m.compare_exchange_weak(c, c - 1, Release, Relaxed) {
-                Ok(_) => return,
+                Ok(_) => return false,
                 Err(now) => c = now,
             }
         }
-        // Possibly the last reference: decide under the shard lock.
-        let kind = if c & INTERIOR_BIT != 0 {
-            LineKind::Interior
-        } else {
-            LineKind::Leaf
-        };
-        let line = self.line(LineId(id));
-        let h = line_hash(kind, line);
-        let cell = &self.shards[h as usize & (SHARDS - 1)];
-        let mut shard = cell.lock.lock();
-        let prev = m.fetch_sub(1, AcqRel);
-        if prev & COUNT_MASK != 1 {
-            return; // a lookup took a reference meanwhile
+    }
+
+    /// Finishes the release of `last`: lines whose count this thread saw at 1
+    /// while owning that one reference. Works in batches of [`RELEASE_BATCH`]
+    /// taken off the end of the pending list (so the list stays short: about
+    /// one batch per DAG level); the children of every freed interior line
+    /// join the pending list and lose their reference in a later batch.
+    fn release_last(&self, last: Vec<u32>) {
+        let meta = self.meta.as_slice();
+        // `pending`: references still to drop; `cand`: lines at their last
+        // reference, to decide under the shard lock.
+        let mut pending: Vec<u32> = Vec::new();
+        let mut cand = last;
+        let mut hashes: Vec<u64> = Vec::new();
+        let mut order: Vec<u32> = Vec::new();
+        loop {
+            if cand.is_empty() {
+                if pending.is_empty() {
+                    break;
+                }
+                let at = pending.len().saturating_sub(RELEASE_BATCH);
+                for j in at..pending.len() {
+                    if let Some(&next) = pending.get(j + PREFETCH_AHEAD) {
+                        prefetch_ptr(meta.as_ptr().wrapping_add(next as usize));
+                    }
+                    let id = pending[j];
+                    if self.dec_unless_last(id) {
+                        cand.push(id);
+                    }
+                }
+                pending.truncate(at);
+                continue;
+            }
+            for chunk in cand.chunks(RELEASE_BATCH) {
+                self.free_batch(chunk, &mut pending, &mut hashes, &mut order);
+            }
+            cand.clear();
         }
-        shard.remove((h >> 32) as u32, id);
-        shard.live[kind_index(kind)] -= 1;
-        if kind == LineKind::Interior {
-            stack.extend(
-                line.as_chunks::<4>()
-                    .0
-                    .iter()
-                    .map(|b| u32::from_le_bytes(*b))
-                    .filter(|c| *c != 0),
-            );
+    }
+
+    /// Frees the lines of `batch` whose last reference this thread owns,
+    /// unless a lookup took a new reference meanwhile; the children of each
+    /// freed interior line go to `pending`.
+    fn free_batch(
+        &self,
+        batch: &[u32],
+        pending: &mut Vec<u32>,
+        hashes: &mut Vec<u64>,
+        order: &mut Vec<u32>,
+    ) {
+        let meta = self.meta.as_slice();
+        let mut counts = [0u32; SHARDS];
+        // Hash every line of the batch (prefetching lines ahead and index slots).
+        hashes.clear();
+        for j in 0..batch.len() {
+            if let Some(&next) = batch.get(j + PREFETCH_AHEAD) {
+                prefetch_ptr(self.line(LineId(next)).as_ptr());
+                prefetch_ptr(meta.as_ptr().wrapping_add(next as usize));
+            }
+            let id = batch[j];
+            let h = line_hash(self.kind(LineId(id)), self.line(LineId(id)));
+            self.prefetch_index(h);
+            counts[h as usize & (SHARDS - 1)] += 1;
+            hashes.push(h);
         }
-        m.store(0, Relaxed);
-        shard.free.push(id);
-        if shard.free.len() > LOCAL_FREE_MAX {
-            let spill = shard.free.len() - LOCAL_FREE_MAX / 2;
-            let mut global = self.global_free.lock();
-            global.extend(shard.free.drain(..spill));
+        // Counting sort by shard.
+        let mut at = 0;
+        for c in counts.iter_mut() {
+            let k = *c;
+            *c = at;
+            at += k;
         }
+        order.clear();
+        order.resize(batch.len(), 0);
+        // Each shard gets its lines in reverse order, so that its short free
+        // list (a stack) hands the slots out again in the order they were
+        // first allocated. (Most freed slots go to the free bitmap, which
+        // hands them out in ascending runs; see `Store::alloc_slot`.)
+        for (j, h) in hashes.iter().enumerate().rev() {
+            let sh = *h as usize & (SHARDS - 1);
+            order[counts[sh] as usize] = j as u32;
+            counts[sh] += 1;
+        }
+        let mut to_bitmap = 0u64;
+        let mut k = 0;
+        while k < order.len() {
+            let sh = hashes[order[k] as usize] as usize & (SHARDS - 1);
+            let mut shard = self.shards[sh].lock.lock();
+            while k < order.len() && hashes[order[k] as usize] as usize & (SHARDS - 1) == sh {
+                let j = order[k] as usize;
+                k += 1;
+                let id = batch[j];
+                let m = &meta[id as usize];
+                let prev = m.fetch_sub(1, AcqRel);
+                if prev & COUNT_MASK != 1 {
+                    continue; // a lookup took a reference meanwhile
+                }
+                let kind = if prev & INTERIOR_BIT != 0 {
+                    LineKind::Interior
+                } else {
+                    LineKind::Leaf
+                };
+                let removed = shard.table.remove(hashes[j], id);
+                debug_assert!(removed, "line L{id} missing from its shard");
+                shard.live[kind_index(kind)] -= 1;
+                if kind == LineKind::Interior {
+                    pending.extend(
+                        self.line(LineId(id))
+                            .as_chunks::<4>()
+                            .0
+                            .iter()
+                            .map(|b| u32::from_le_bytes(*b))
+                            .filter(|c| *c != 0),
+                    );
+                }
+                m.store(0, Relaxed);
+                if shard.free.len() < LOCAL_FREE_MAX {
+                    shard.free.push(id);
+                } else {
+                    self.free_slot(id);
+                    to_bitmap += 1;
+                }
+            }
+        }
+        self.free_count.fetch_add(to_bitmap, Relaxed);
     }
 }

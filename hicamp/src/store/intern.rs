@@ -141,12 +141,21 @@ impl Store {
             } else {
                 counts[rot - 1] as usize
             };
-            let at = |k: usize| order[(i0 + k) % nonzero.max(1)] as usize;
+            // The walk order, rotated to start at `i0` (no division per line).
+            let at = |k: usize| {
+                let i = i0 + k;
+                order[if i >= nonzero { i - nonzero } else { i }] as usize
+            };
             let mut k = 0;
             while k < nonzero {
                 let sh = hashes[at(k)] as usize & (SHARDS - 1);
                 let cell = &self.shards[sh];
                 let mut shard = cell.lock.lock();
+                let mut run_end = k;
+                while run_end < nonzero && hashes[at(run_end)] as usize & (SHARDS - 1) == sh {
+                    run_end += 1;
+                }
+                self.prefetch_run(&shard, (k..run_end).map(|i| hashes[at(i)]));
                 while k < nonzero && hashes[at(k)] as usize & (SHARDS - 1) == sh {
                     let j = at(k);
                     let line = &group[j * ls..(j + 1) * ls];

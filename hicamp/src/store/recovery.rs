@@ -140,15 +140,12 @@ impl Store {
         let high = u64::from(a.max_id) + 1;
         // Size every shard's table for its share of the live lines up front, so
         // that the rebuild never rehashes.
-        let per_shard = (a.live as usize / SHARDS * 4 / 3 + 16).next_power_of_two();
+        let per_shard = super::Table::buckets_for(a.live as usize / SHARDS + 16);
         for cell in self.shards.iter() {
             let mut shard = cell.lock.lock();
-            debug_assert_eq!(shard.len, 0, "rebuild runs on a fresh store");
-            if shard.table.len() < per_shard {
-                shard.table = vec![0; per_shard];
-                cell.hint_ptr.store(shard.table.as_mut_ptr(), Relaxed);
-                cell.hint_mask.store(per_shard - 1, Relaxed);
-            }
+            debug_assert_eq!(shard.table.len(), 0, "rebuild runs on a fresh store");
+            shard.table.rebuild(per_shard, &[], &[]);
+            cell.set_hint(&shard.table);
         }
         let mut free = Vec::new();
         for (id, m) in meta.iter().enumerate().skip(1) {
@@ -184,8 +181,10 @@ impl Store {
                 r.duplicates += 1;
             }
         }
-        free.reverse();
-        *self.global_free.lock() = free;
+        for &id in &free {
+            self.free_slot(id);
+        }
+        self.free_count.store(free.len() as u64, Relaxed);
         self.next_fresh.store(high, Relaxed);
         r
     }
