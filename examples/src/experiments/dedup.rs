@@ -445,9 +445,9 @@ impl Walker<'_> {
             self.skip(
                 path,
                 format!(
-                "skipping '{}': not a regular file or directory",
-                path.display()
-            ),
+                    "skipping '{}': not a regular file or directory",
+                    path.display()
+                ),
             );
         }
     }
@@ -463,7 +463,10 @@ impl Walker<'_> {
         for entry in rd {
             match entry {
                 Ok(entry) => entries.push(entry.path()),
-                Err(e) => self.skip(dir, format!("skipping an entry of '{}': {e}", dir.display())),
+                Err(e) => self.skip(
+                    dir,
+                    format!("skipping an entry of '{}': {e}", dir.display()),
+                ),
             }
         }
         entries.sort_unstable();
@@ -834,7 +837,10 @@ fn exact_sinks(
     sinks.push(Sink::Page(PageDedup::new(DEFAULT_PAGE_SIZE)));
     if opts.cdc {
         for avg in CDC_AVERAGES {
-            sinks.push(Sink::Cdc(Box::new(CdcCounter::new(avg, opts.memory_budget / 8))));
+            sinks.push(Sink::Cdc(Box::new(CdcCounter::new(
+                avg,
+                opts.memory_budget / 8,
+            ))));
         }
     }
     Ok(sinks)
@@ -1212,7 +1218,14 @@ fn read_all(
             Item::Stdin => {
                 let mut stdin = io::stdin().lock();
                 if send_stream(
-                    &mut stdin, "-", &mut pool, &mut counts, &send, abort, progress, warn,
+                    &mut stdin,
+                    "-",
+                    &mut pool,
+                    &mut counts,
+                    &send,
+                    abort,
+                    progress,
+                    warn,
                 )
                 .is_err()
                 {
@@ -1260,13 +1273,18 @@ fn read_all(
                     }
                     let member = format!(
                         "{name}:{}",
-                        entry.path().map_or_else(
-                            |_| "?".to_string(),
-                            |p| p.display().to_string()
-                        )
+                        entry
+                            .path()
+                            .map_or_else(|_| "?".to_string(), |p| p.display().to_string())
                     );
                     if send_stream(
-                        &mut entry, &member, &mut pool, &mut counts, &send, abort, progress,
+                        &mut entry,
+                        &member,
+                        &mut pool,
+                        &mut counts,
+                        &send,
+                        abort,
+                        progress,
                         warn,
                     )
                     .is_err()
@@ -1297,7 +1315,14 @@ fn read_all(
                 let mut r = file.take(*len);
                 let name = path.display().to_string();
                 if send_stream(
-                    &mut r, &name, &mut pool, &mut counts, &send, abort, progress, warn,
+                    &mut r,
+                    &name,
+                    &mut pool,
+                    &mut counts,
+                    &send,
+                    abort,
+                    progress,
+                    warn,
                 )
                 .is_err()
                 {

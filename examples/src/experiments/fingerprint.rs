@@ -37,8 +37,6 @@ const LEAF_SEED: u64 = 0x6869_6361_6d70_4c46;
 const INTERIOR_SEED: u64 = 0x6869_6361_6d70_494e;
 const SHARD_BITS: u32 = 6;
 const SHARDS: usize = 1 << SHARD_BITS;
-/// The slot in a shard's table comes from the fingerprint's bits from here up.
-const HOME_SHIFT: u32 = 24;
 /// Highest sampling level: keeps one line in 2^22.
 pub const MAX_LEVEL: u32 = 22;
 const INITIAL_TABLE: usize = 8;
@@ -81,17 +79,93 @@ pub fn expected_false_merges(n: u64) -> f64 {
     n * (n - 1.0) / 2.0 / 2f64.powi(64)
 }
 
+/// Tables from this size up are mapped on their own and backed by transparent huge pages
+/// where the kernel offers them: random probes into tables of gigabytes would miss the TLB on
+/// every access with 4 KiB pages.
+const HUGE_TABLE_BYTES: usize = 2 << 20;
+
+/// The slots of a table (native-endian `u64`s in bytes).
+#[derive(Debug)]
+enum Slots {
+    Heap(Vec<u8>),
+    Map(memmap2::MmapMut),
+}
+
+impl Clone for Slots {
+    fn clone(&self) -> Self {
+        let mut t = Slots::zeroed(self.len());
+        t.bytes_mut().copy_from_slice(self.bytes());
+        t
+    }
+}
+
+impl Slots {
+    fn zeroed(n: usize) -> Self {
+        let bytes = n * 8;
+        if bytes >= HUGE_TABLE_BYTES {
+            if let Ok(m) = memmap2::MmapMut::map_anon(bytes) {
+                #[cfg(target_os = "linux")]
+                let _ = m.advise(memmap2::Advice::HugePage);
+                return Slots::Map(m);
+            }
+        }
+        Slots::Heap(vec![0; bytes])
+    }
+
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Slots::Heap(v) => v,
+            Slots::Map(m) => m,
+        }
+    }
+
+    #[inline]
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Slots::Heap(v) => v,
+            Slots::Map(m) => m,
+        }
+    }
+
+    #[inline]
+    fn len(&self) -> usize {
+        self.bytes().len() / 8
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> u64 {
+        let b = self.bytes();
+        u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+    }
+
+    #[inline]
+    fn set(&mut self, i: usize, v: u64) {
+        self.bytes_mut()[i * 8..i * 8 + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.bytes()
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Shard {
-    table: Vec<u64>,
+    table: Slots,
     len: usize,
+    /// `64 - log2(table.len())`.
+    shift: u32,
 }
 
 impl Shard {
     fn with_len(len: usize) -> Self {
+        let n = table_for(len);
         Shard {
-            table: vec![0; table_for(len)],
+            table: Slots::zeroed(n),
             len: 0,
+            shift: 64 - n.trailing_zeros(),
         }
     }
 
@@ -100,18 +174,26 @@ impl Shard {
         self.table.len() - 1
     }
 
+    /// The home slot of `fp`: the bits right below the shard bits, so that the order of the
+    /// entries in the table follows their fingerprints and growing a table is one sequential
+    /// pass over the old and the new table.
+    #[inline]
+    fn home(&self, fp: u64) -> usize {
+        ((fp << SHARD_BITS) >> self.shift) as usize
+    }
+
     /// Inserts into a table with room. True when `fp` was not there.
     #[inline]
     fn insert(&mut self, fp: u64) -> bool {
         let mask = self.mask();
-        let mut i = (fp >> HOME_SHIFT) as usize & mask;
+        let mut i = self.home(fp);
         loop {
-            let e = self.table[i];
+            let e = self.table.get(i);
             if e == fp {
                 return false;
             }
             if e == 0 {
-                self.table[i] = fp;
+                self.table.set(i, fp);
                 self.len += 1;
                 return true;
             }
@@ -125,10 +207,10 @@ impl Shard {
 
     /// Rebuilds the table for its entries that `keep`, sized for them.
     fn rebuild(&mut self, keep: impl Fn(u64) -> bool, extra: usize) {
-        let old = std::mem::take(&mut self.table);
-        let n = old.iter().filter(|&&e| e != 0 && keep(e)).count();
+        let old = std::mem::replace(&mut self.table, Slots::Heap(Vec::new()));
+        let n = old.iter().filter(|&e| e != 0 && keep(e)).count();
         *self = Shard::with_len(n + extra);
-        for e in old {
+        for e in old.iter() {
             if e != 0 && keep(e) {
                 self.insert(e);
             }
@@ -163,7 +245,7 @@ impl FpSet {
     /// An empty set that keeps its tables within `budget` bytes (at least a minimal table per
     /// shard).
     pub fn new(budget: u64) -> Self {
-        let shards = vec![Shard::with_len(0); SHARDS];
+        let shards = (0..SHARDS).map(|_| Shard::with_len(0)).collect();
         let bytes = (SHARDS * INITIAL_TABLE) as u64 * SLOT_BYTES;
         FpSet {
             shards,
@@ -221,7 +303,8 @@ impl FpSet {
             if shard.full() {
                 let before = shard.table.len() as u64;
                 shard.rebuild(|_| true, 1);
-                self.bytes = self.bytes - before * SLOT_BYTES + shard.table.len() as u64 * SLOT_BYTES;
+                self.bytes =
+                    self.bytes - before * SLOT_BYTES + shard.table.len() as u64 * SLOT_BYTES;
                 self.peak_bytes = self.peak_bytes.max(self.bytes + before * SLOT_BYTES);
             }
         }
@@ -232,15 +315,21 @@ impl FpSet {
         new
     }
 
-    /// Inserts a batch, touching every slot first so that the cache misses overlap.
+    /// Inserts a batch, loading each slot a few inserts ahead so that the cache misses
+    /// overlap.
     pub fn insert_batch(&mut self, fps: &[u64]) {
-        let mut touch = 0u64;
-        for &fp in fps {
-            let sh = &self.shards[(fp >> (64 - SHARD_BITS)) as usize];
-            touch ^= sh.table[(fp >> HOME_SHIFT) as usize & sh.mask()];
+        const AHEAD: usize = 8;
+        let pre = |s: &Self, fp: u64| {
+            let sh = &s.shards[(fp >> (64 - SHARD_BITS)) as usize];
+            std::hint::black_box(sh.table.get(sh.home(fp)));
+        };
+        for &fp in fps.iter().take(AHEAD) {
+            pre(self, fp);
         }
-        std::hint::black_box(touch);
-        for &fp in fps {
+        for (i, &fp) in fps.iter().enumerate() {
+            if let Some(&next) = fps.get(i + AHEAD) {
+                pre(self, next);
+            }
             self.insert(fp);
         }
     }
@@ -255,7 +344,7 @@ impl FpSet {
         for sh in &mut self.shards {
             sh.rebuild(keep, 0);
             self.bytes += sh.table.len() as u64 * SLOT_BYTES;
-            for &e in sh.table.iter().filter(|&&e| e != 0) {
+            for e in sh.table.iter().filter(|&e| e != 0) {
                 self.counts[(e & INTERIOR_BIT) as usize] += 1;
             }
         }
@@ -486,7 +575,8 @@ impl LineCounter {
     #[inline]
     fn child(&mut self, level: usize, fp: u64) {
         if self.levels.len() <= level {
-            self.levels.resize_with(level + 1, || Vec::with_capacity(self.fanout));
+            self.levels
+                .resize_with(level + 1, || Vec::with_capacity(self.fanout));
         }
         self.levels[level].push(fp);
         if self.levels[level].len() == self.fanout {

@@ -164,8 +164,7 @@ pub fn comparison_table(r: &DedupReport) -> String {
             human_bytes(l.metadata_bytes),
             human_bytes(l.footprint_bytes),
             ratio(l.dedup_ratio),
-            (l.leaf_lines + l.leaf_dedup_hits + l.zero_leaf_hits)
-                .to_string(),
+            (l.leaf_lines + l.leaf_dedup_hits + l.zero_leaf_hits).to_string(),
             (l.leaf_lines + l.interior_lines).to_string(),
             err_cell(e.map(|e| e.rel_err_95)),
         ]);
