@@ -656,13 +656,15 @@ enum SinkOutput {
     Cdc(CdcReport),
 }
 
-/// Relative cost per byte of a set of `unit`-byte lines (a fixed cost per line plus hashing).
-fn line_weight(unit: usize) -> f64 {
-    30.0 / unit as f64 + 0.15
+/// Relative cost per byte (about ns per byte, measured with `perf`) of a set of `unit`-byte
+/// lines: a set insertion (a cache miss, ~40 ns) per line, interior lines included, plus
+/// hashing and zero checks.
+fn line_weight(unit: usize, tree: bool) -> f64 {
+    40.0 * budget_weight(unit, tree) + 0.3
 }
 
-/// Relative share of the budget for a set of `unit`-byte lines with fanout `f` (0: no tree):
-/// the lines per byte it can hold at most.
+/// Relative share of the budget for a set of `unit`-byte lines (with the interior lines of
+/// their DAGs when `tree`): the lines per byte it can hold at most.
 fn budget_weight(unit: usize, tree: bool) -> f64 {
     let leaves = 1.0 / unit as f64;
     if tree {
@@ -676,10 +678,10 @@ impl Sink {
     /// Relative cost per byte, for spreading sinks over workers.
     fn weight(&self) -> f64 {
         match self {
-            Sink::Line(l) => line_weight(l.mem.line_size()),
-            Sink::Page(p) => line_weight(p.page_size()),
-            Sink::Fp(c, _) => line_weight(c.line_size()),
-            Sink::Cdc(_) => 1.2,
+            Sink::Line(l) => line_weight(l.mem.line_size(), true),
+            Sink::Page(p) => line_weight(p.page_size(), false),
+            Sink::Fp(c, tree) => line_weight(c.line_size(), *tree),
+            Sink::Cdc(_) => 0.4,
         }
     }
 
