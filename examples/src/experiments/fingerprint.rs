@@ -155,37 +155,42 @@ impl Slots {
 struct Shard {
     table: Slots,
     len: usize,
-    /// `64 - log2(table.len())`.
-    shift: u32,
+    /// `table.len()`.
+    cap: usize,
+}
+
+/// A shard's table is full past this load (4/5); it is rebuilt at twice its entries (load
+/// 1/2), so the tables stay between 1/2 and 4/5 full: 10 to 16 bytes per fingerprint.
+fn full_at(len: usize, cap: usize) -> bool {
+    (len + 1) * 5 > cap * 4
+}
+
+/// Slots of a table rebuilt for `len` entries.
+fn cap_for(len: usize) -> usize {
+    (2 * (len + 1)).next_multiple_of(8).max(INITIAL_TABLE)
 }
 
 impl Shard {
     fn with_len(len: usize) -> Self {
-        let n = table_for(len);
+        let cap = cap_for(len);
         Shard {
-            table: Slots::zeroed(n),
+            table: Slots::zeroed(cap),
             len: 0,
-            shift: 64 - n.trailing_zeros(),
+            cap,
         }
     }
 
-    #[inline]
-    fn mask(&self) -> usize {
-        self.table.len() - 1
-    }
-
-    /// The home slot of `fp`: the bits right below the shard bits, so that the order of the
-    /// entries in the table follows their fingerprints and growing a table is one sequential
-    /// pass over the old and the new table.
+    /// The home slot of `fp`: its bits below the shard bits scaled to the table, so that the
+    /// order of the entries in the table follows their fingerprints and growing a table is one
+    /// sequential pass over the old and the new table.
     #[inline]
     fn home(&self, fp: u64) -> usize {
-        ((fp << SHARD_BITS) >> self.shift) as usize
+        ((u128::from(fp << SHARD_BITS) * self.cap as u128) >> 64) as usize
     }
 
     /// Inserts into a table with room. True when `fp` was not there.
     #[inline]
     fn insert(&mut self, fp: u64) -> bool {
-        let mask = self.mask();
         let mut i = self.home(fp);
         loop {
             let e = self.table.get(i);
@@ -197,12 +202,15 @@ impl Shard {
                 self.len += 1;
                 return true;
             }
-            i = (i + 1) & mask;
+            i += 1;
+            if i == self.cap {
+                i = 0;
+            }
         }
     }
 
     fn full(&self) -> bool {
-        (self.len + 1) * 4 > self.table.len() * 3
+        full_at(self.len, self.cap)
     }
 
     /// Rebuilds the table for its entries that `keep`, sized for them.
@@ -292,7 +300,7 @@ impl FpSet {
         }
         let s = (fp >> (64 - SHARD_BITS)) as usize;
         if self.shards[s].full() {
-            let grow = self.shards[s].table.len() as u64 * SLOT_BYTES;
+            let grow = cap_for(self.shards[s].len + 1) as u64 * SLOT_BYTES;
             if self.bytes + grow > self.budget && self.level < MAX_LEVEL {
                 self.raise_level();
                 if !self.accepts(fp) {
