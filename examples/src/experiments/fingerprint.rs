@@ -323,22 +323,21 @@ impl FpSet {
         new
     }
 
-    /// Inserts a batch, loading each slot a few inserts ahead so that the cache misses
-    /// overlap.
+    /// Inserts a batch. The first slot of each of a group of fingerprints is loaded first, with
+    /// no branch between the loads, so that their cache misses overlap; the inserts then find
+    /// the slots in the cache.
     pub fn insert_batch(&mut self, fps: &[u64]) {
-        const AHEAD: usize = 8;
-        let pre = |s: &Self, fp: u64| {
-            let sh = &s.shards[(fp >> (64 - SHARD_BITS)) as usize];
-            std::hint::black_box(sh.table.get(sh.home(fp)));
-        };
-        for &fp in fps.iter().take(AHEAD) {
-            pre(self, fp);
-        }
-        for (i, &fp) in fps.iter().enumerate() {
-            if let Some(&next) = fps.get(i + AHEAD) {
-                pre(self, next);
+        const GROUP: usize = 16;
+        for group in fps.chunks(GROUP) {
+            let mut acc = 0u64;
+            for &fp in group {
+                let sh = &self.shards[(fp >> (64 - SHARD_BITS)) as usize];
+                acc = acc.wrapping_add(sh.table.get(sh.home(fp)));
             }
-            self.insert(fp);
+            std::hint::black_box(acc);
+            for &fp in group {
+                self.insert(fp);
+            }
         }
     }
 
