@@ -1,7 +1,8 @@
 //! `hicamp`: the command-line tool of the HICAMP memory emulation.
 //!
 //! ```text
-//! hicamp dedup [--json] [--line-sizes 16,32,...] [--threads N] [PATH...]
+//! hicamp dedup [--json] [--line-sizes 16,32,...] [--threads N] [--memory SIZE] [--exact]
+//!              [--tar] [--no-cdc] [-L] [--cross-file-systems] [PATH|-...]
 //! hicamp fsck [--json] FILE
 //! hicamp stat [--json] FILE
 //! hicamp run [--report FILE] [--mode trace] -- CMD ARGS...
@@ -21,7 +22,10 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::experiments::dedup::{self, IngestOptions, InputSet, WalkOptions, DEFAULT_LINE_SIZES};
+use crate::experiments::dedup::{
+    self, IngestOptions, InputSet, Method, WalkOptions, DEFAULT_LINE_SIZES,
+};
+use crate::experiments::report::RunInfo;
 
 pub mod run;
 
@@ -44,7 +48,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Measure line-level dedup of files (or of a built-in workload) at several line sizes,
-    /// against 4 KiB page dedup (the Linux KSM model).
+    /// against 4 KiB page dedup (the Linux KSM model) and content-defined chunking (FastCDC).
     Dedup(DedupArgs),
     /// Check a memory file without changing it: reference counts against the references
     /// reachable from the committed roots, canonical DAGs, named segments' digests, orphans.
@@ -127,10 +131,58 @@ struct DedupArgs {
     #[arg(long, hide = true)]
     capacity_lines: Option<u64>,
 
-    /// Files and directories to ingest (directories recursively; each file is one segment).
-    /// Without any, a built-in deterministic workload of PASTE-style traffic is used.
+    /// Intern every line size into a real HICAMP memory (exact, but it needs many times the
+    /// input's size in RAM). The default for files counts by fingerprints within --memory.
+    /// The built-in workload is always measured exactly.
+    #[arg(long)]
+    exact: bool,
+
+    /// Memory budget of the fingerprint sets (bytes, or with a K, M, G or T suffix; default:
+    /// half of RAM). Past it, distinct lines are sampled by fingerprint and the report states
+    /// the sample rate and the 95% interval.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+
+    /// Every file operand (and `-`) is a tar stream: each regular member is one file.
+    #[arg(long)]
+    tar: bool,
+
+    /// Leave out the content-defined chunking baseline.
+    #[arg(long)]
+    no_cdc: bool,
+
+    /// Files and directories to ingest (directories recursively; each file is one segment);
+    /// `-` is standard input. Without any, a built-in deterministic workload of PASTE-style
+    /// traffic is used.
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
+}
+
+/// `"512M"` -> 512 MiB; a bare number is bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("'{s}': unknown unit '{c}' (K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: f64 = num
+        .trim()
+        .trim_end_matches(['i', 'I'])
+        .parse()
+        .map_err(|e| format!("'{s}' is not a size: {e}"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("'{s}' is not a positive size"));
+    }
+    Ok((n * (1u64 << shift) as f64) as u64)
 }
 
 fn parse_line_size(s: &str) -> Result<usize, String> {
@@ -242,8 +294,8 @@ fn progress_bar(quiet: bool) -> ProgressBar {
         )
         .expect("valid progress template"),
     );
-    // Bytes count once per line size: the total is the input size times the line sizes.
-    pb.set_message("ingesting");
+    // Bytes read from the input (all line sizes take each byte in together).
+    pb.set_message("reading");
     pb
 }
 
@@ -256,13 +308,22 @@ fn run_dedup(cli: &Cli, args: &DedupArgs) -> Result<(), Failure> {
             follow_links: args.follow_links,
             cross_file_systems: args.cross_file_systems,
         };
-        InputSet::from_paths(&args.paths, walk, &mut |msg: &str| warn(msg))?
+        InputSet::from_operands(&args.paths, walk, args.tar, &mut |msg: &str| warn(msg))?
     };
     let mut opts = IngestOptions {
         line_sizes: args.line_sizes.clone(),
         capacity_lines: args.capacity_lines,
+        method: if args.exact || args.paths.is_empty() {
+            Method::Exact
+        } else {
+            Method::Fingerprint
+        },
+        cdc: !args.no_cdc,
         ..IngestOptions::default()
     };
+    if let Some(m) = args.memory {
+        opts.memory_budget = m;
+    }
     if let Some(t) = args.threads {
         opts.threads = usize::from(t);
     }
@@ -271,8 +332,14 @@ fn run_dedup(cli: &Cli, args: &DedupArgs) -> Result<(), Failure> {
     let mut warn_fn = |msg: &str| pb.suspend(|| warn(msg));
     let report = dedup::ingest(&input, &opts, &pb, &mut warn_fn);
     pb.finish_and_clear();
-    let report = report?;
+    let mut report = report?;
     let elapsed = start.elapsed();
+    report.run = Some(RunInfo {
+        elapsed_seconds: elapsed.as_secs_f64(),
+        bytes_per_second: report.input.bytes as f64 / elapsed.as_secs_f64().max(1e-9),
+        peak_rss_bytes: peak_rss_bytes(),
+        threads: opts.threads as u64,
+    });
 
     let mut out = io::stdout().lock();
     if args.json {
@@ -283,13 +350,29 @@ fn run_dedup(cli: &Cli, args: &DedupArgs) -> Result<(), Failure> {
         write!(out, "{}", report.to_text())?;
         writeln!(
             out,
-            "\n{} line sizes and the page baseline in {:.2} s",
+            "\n{} line sizes and the baselines in {:.2} s ({}/s), peak resident memory {}",
             report.line_sizes.len(),
-            elapsed.as_secs_f64()
+            elapsed.as_secs_f64(),
+            hicamp::footprint::human_bytes(
+                (report.input.bytes as f64 / elapsed.as_secs_f64().max(1e-9)) as u64
+            ),
+            hicamp::footprint::human_bytes(peak_rss_bytes())
         )?;
     }
     out.flush()?;
     Ok(())
+}
+
+/// Peak resident memory of this process (`VmHWM` of `/proc/self/status`), 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 fn print_json(v: &serde_json::Value) -> Result<(), Failure> {

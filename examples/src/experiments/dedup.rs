@@ -1,19 +1,32 @@
-//! `hicamp dedup`: ingest files (or the built-in workload) into one HICAMP memory per line size
-//! and into the page-dedup baseline, and report the footprints.
+//! `hicamp dedup`: measure how much memory files (or the built-in workload) need on
+//! line-deduplicated memory at several line sizes, against 4 KiB page sharing (Linux KSM) and
+//! content-defined chunking (restic, borg, casync).
+//!
+//! # Methods
+//!
+//! - [`Method::Fingerprint`] (the default for files): every line size is counted by 64-bit
+//!   fingerprints of its leaves and of the interior lines of its canonical DAGs
+//!   ([`super::fingerprint`]): exactly what a memory would store (up to fingerprint collisions,
+//!   whose expected number is reported), without storing a line. The sets stay within a memory
+//!   budget; past it they are sampled by fingerprint and the report gives the sample rate and
+//!   the 95% interval. Metadata follows the model of `hicamp::Stats`
+//!   ([`super::fingerprint::memory_metadata`]).
+//! - [`Method::Exact`] (the built-in workload, or `--exact`): one real HICAMP memory per line
+//!   size; the stats are the memory's own. It needs many times the input's size in RAM.
 //!
 //! # Pipeline
 //!
 //! ```text
 //!   reader (calling thread)              workers (scoped threads, each owns some sinks)
-//!   walk -> open -> read 4 MiB chunks ---> chunk, chunk, ..., end-of-item --> Memory(16 B): append, freeze
-//!            (one buffer, shared by Arc,                                  --> Memory(4 KiB) ...
-//!             broadcast to every worker)                                  --> PageDedup (KSM model)
+//!   walk -> open -> read 4 MiB chunks ---> chunk, chunk, ..., end-of-item --> line size 16 B
+//!            (one buffer, shared by Arc,                                  --> ... 4096 B
+//!             broadcast to every worker)                                  --> pages (KSM model)
+//!                                                                         --> CDC 2/8/64 KiB
 //! ```
 //!
 //! Every file is read once, whatever the number of line sizes, and streamed: a file never has
 //! to fit in RAM. Each sink is fed by exactly one worker, in input order, so the result does
-//! not depend on the number of threads. Each item becomes one segment, and every segment stays
-//! alive until the memory's statistics are taken (they are the data being measured).
+//! not depend on the number of threads. Each item becomes one segment.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -28,8 +41,12 @@ use hicamp::footprint::{human_bytes, LineSizeReport, ZeroLineCounter};
 use hicamp::{Config, Memory, Segment, SegmentMut};
 use indicatif::ProgressBar;
 
-use super::pagededup::{PageDedup, PageDedupReport, DEFAULT_PAGE_SIZE};
-use super::report::{DedupReport, InputReport};
+use super::cdc::{CdcCounter, CdcReport, CDC_AVERAGES};
+use super::fingerprint::{
+    expected_false_merges, memory_metadata, Estimate, LineCounter, LineCounts,
+};
+use super::pagededup::{PageDedup, PageDedupReport, DEFAULT_PAGE_SIZE, KSM_METADATA_PER_PAGE};
+use super::report::{DedupReport, InputReport, LineEstimate};
 use crate::workload::{self, WorkloadConfig};
 
 /// Line sizes measured when none are given: every size HICAMP allows.
@@ -135,15 +152,31 @@ pub enum Item {
         /// The bytes.
         data: Arc<Vec<u8>>,
     },
+    /// Standard input (the operand `-`), read to its end as one item.
+    Stdin,
+    /// A tar stream: a file, or standard input when `path` is `None`. Each regular member is
+    /// one item; other members (directories, links, devices) are left out.
+    Tar {
+        /// The archive, or `None` for standard input.
+        path: Option<PathBuf>,
+        /// Size of the archive when known (for the progress bar), else 0.
+        len: u64,
+    },
 }
 
 impl Item {
     /// Size in bytes (as found, for files).
     pub fn len(&self) -> u64 {
         match self {
-            Item::File { len, .. } => *len,
+            Item::File { len, .. } | Item::Tar { len, .. } => *len,
             Item::Bytes { data, .. } => data.len() as u64,
+            Item::Stdin => 0,
         }
+    }
+
+    /// True for a stream whose size is not known before it is read (stdin, a tar stream).
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Item::Stdin | Item::Tar { .. })
     }
 
     /// True when the item holds no byte.
@@ -176,6 +209,18 @@ pub struct InputSet {
     pub links_not_followed: u64,
     /// Directories on another file system than their operand's, not entered.
     pub other_file_systems: u64,
+    /// The first [`MAX_NAMED`] paths that could not be read.
+    pub unreadable: Vec<String>,
+}
+
+/// Most unreadable paths named in the report (all are counted).
+pub const MAX_NAMED: usize = 20;
+
+/// Adds `name` to a bounded list of names.
+pub fn name_unreadable(list: &mut Vec<String>, name: String) {
+    if list.len() < MAX_NAMED {
+        list.push(name);
+    }
 }
 
 impl InputSet {
@@ -207,6 +252,7 @@ impl InputSet {
             duplicates: 0,
             links_not_followed: 0,
             other_file_systems: 0,
+            unreadable: Vec::new(),
         }
     }
 
@@ -223,7 +269,20 @@ impl InputSet {
         walk: WalkOptions,
         warn: &mut dyn FnMut(&str),
     ) -> Result<InputSet, DedupError> {
+        Self::from_operands(paths, walk, false, warn)
+    }
+
+    /// [`InputSet::from_paths`], where the operand `-` is standard input and, with `tar`,
+    /// every operand that is a file (or `-`) is a tar stream whose regular members are the
+    /// items.
+    pub fn from_operands(
+        paths: &[PathBuf],
+        walk: WalkOptions,
+        tar: bool,
+        warn: &mut dyn FnMut(&str),
+    ) -> Result<InputSet, DedupError> {
         let mut w = Walker {
+            unreadable: Vec::new(),
             items: Vec::new(),
             skipped: 0,
             duplicates: 0,
@@ -240,6 +299,10 @@ impl InputSet {
         // before any walking.
         let mut metas = Vec::with_capacity(paths.len());
         for p in paths {
+            if p.as_os_str() == "-" {
+                metas.push(None);
+                continue;
+            }
             let access = |source| DedupError::Access {
                 path: p.clone(),
                 source,
@@ -250,10 +313,25 @@ impl InputSet {
             } else if meta.is_file() {
                 File::open(p).map_err(access)?;
             }
-            metas.push(meta);
+            metas.push(Some(meta));
         }
         let mut ancestors = Vec::new();
         for (p, meta) in paths.iter().zip(metas) {
+            let Some(meta) = meta else {
+                w.items.push(if tar {
+                    Item::Tar { path: None, len: 0 }
+                } else {
+                    Item::Stdin
+                });
+                continue;
+            };
+            if tar && meta.is_file() {
+                w.items.push(Item::Tar {
+                    path: Some(p.clone()),
+                    len: meta.len(),
+                });
+                continue;
+            }
             w.device = file_key(&meta).map(|(dev, _)| dev);
             w.visit(p, &meta, &mut ancestors);
         }
@@ -264,6 +342,7 @@ impl InputSet {
             duplicates: w.duplicates,
             links_not_followed: w.links_not_followed,
             other_file_systems: w.other_file_systems,
+            unreadable: w.unreadable,
         })
     }
 
@@ -289,6 +368,7 @@ fn file_key(_meta: &fs::Metadata) -> Option<FileKey> {
 
 struct Walker<'w> {
     items: Vec<Item>,
+    unreadable: Vec<String>,
     skipped: u64,
     duplicates: u64,
     links_not_followed: u64,
@@ -304,8 +384,9 @@ struct Walker<'w> {
 }
 
 impl Walker<'_> {
-    fn skip(&mut self, msg: String) {
+    fn skip(&mut self, path: &Path, msg: String) {
         self.skipped += 1;
+        name_unreadable(&mut self.unreadable, path.display().to_string());
         (self.warn)(&msg);
     }
 
@@ -361,10 +442,13 @@ impl Walker<'_> {
             }
             self.walk_dir(path, key, ancestors);
         } else {
-            self.skip(format!(
-                "skipping '{}': not a regular file or directory",
-                path.display()
-            ));
+            self.skip(
+                path,
+                format!(
+                    "skipping '{}': not a regular file or directory",
+                    path.display()
+                ),
+            );
         }
     }
 
@@ -372,14 +456,17 @@ impl Walker<'_> {
         let rd = match fs::read_dir(dir) {
             Ok(rd) => rd,
             Err(e) => {
-                return self.skip(format!("skipping directory '{}': {e}", dir.display()));
+                return self.skip(dir, format!("skipping directory '{}': {e}", dir.display()));
             }
         };
         let mut entries = Vec::new();
         for entry in rd {
             match entry {
                 Ok(entry) => entries.push(entry.path()),
-                Err(e) => self.skip(format!("skipping an entry of '{}': {e}", dir.display())),
+                Err(e) => self.skip(
+                    dir,
+                    format!("skipping an entry of '{}': {e}", dir.display()),
+                ),
             }
         }
         entries.sort_unstable();
@@ -393,7 +480,7 @@ impl Walker<'_> {
             match meta {
                 Ok(meta) if meta.file_type().is_symlink() => self.links_not_followed += 1,
                 Ok(meta) => self.visit(&p, &meta, ancestors),
-                Err(e) => self.skip(format!("skipping '{}': {e}", p.display())),
+                Err(e) => self.skip(&p, format!("skipping '{}': {e}", p.display())),
             }
         }
         if key.is_some() {
@@ -405,18 +492,40 @@ impl Walker<'_> {
 // ---------------------------------------------------------------------------------------------
 // Ingestion
 
+/// How the line sizes are measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Every line size interned into a real HICAMP memory (bytes compared, exact stats): the
+    /// memory holds every unique line, its DAG and its metadata, so it needs many times the
+    /// input's size. The page baseline compares page bytes.
+    Exact,
+    /// Lines, DAGs, pages and chunks counted by 64-bit fingerprints in a memory budget
+    /// ([`super::fingerprint`]); sampled by fingerprint when the budget is reached.
+    #[default]
+    Fingerprint,
+}
+
 /// How to ingest.
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
     /// Line sizes, one memory each (reported in ascending order, without repeats).
     pub line_sizes: Vec<usize>,
-    /// Worker threads (at least 1; more than the number of memories plus one is useless).
+    /// Worker threads (at least 1; more than the number of line sizes plus four is useless).
     pub threads: usize,
     /// Read size: a positive multiple of 4096 (so that chunks keep every line and page
     /// boundary of a file).
     pub chunk_size: usize,
-    /// Line capacity of every memory; `None` sizes each from the input ([`capacity_for`]).
+    /// Line capacity of every memory (exact method); `None` sizes each from the input
+    /// ([`capacity_for`]).
     pub capacity_lines: Option<u64>,
+    /// Exact memories, or fingerprints in a budget.
+    pub method: Method,
+    /// Bytes the fingerprint sets may hold together (fingerprint method); beyond it they are
+    /// sampled. Split over the sets in proportion to the lines each can expect per byte.
+    pub memory_budget: u64,
+    /// Measure the content-defined chunking baseline ([`CDC_AVERAGES`]).
+    pub cdc: bool,
 }
 
 impl Default for IngestOptions {
@@ -426,8 +535,30 @@ impl Default for IngestOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             chunk_size: DEFAULT_CHUNK_SIZE,
             capacity_lines: None,
+            method: Method::Fingerprint,
+            memory_budget: default_memory_budget(),
+            cdc: true,
         }
     }
+}
+
+/// Half of the machine's RAM (`MemTotal` of `/proc/meminfo`; 4 GiB where it cannot be read).
+pub fn default_memory_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kib| kib * 1024 / 2)
+}
+
+/// Bytes held outside the fingerprint sets: read buffers in flight, per-sink scratch, the
+/// program itself. Taken off the budget before it is split over the sets.
+pub fn fixed_overhead(opts: &IngestOptions) -> u64 {
+    let workers = opts.threads.max(1) as u64;
+    (workers * (CHANNEL_DEPTH as u64 + 2) + 4) * opts.chunk_size as u64 + (32 << 20)
 }
 
 /// Lines a memory of `line_size` needs for items of `lens`: every leaf, every interior line
@@ -512,29 +643,52 @@ impl LineSink {
 enum Sink {
     Line(Box<LineSink>),
     Page(PageDedup),
+    /// Fingerprint counting of one line size (`tree`) or of pages.
+    Fp(Box<LineCounter>, bool),
+    Cdc(Box<CdcCounter>),
 }
 
 enum SinkOutput {
     Line(usize, Result<LineSizeReport, hicamp::Error>),
     Page(PageDedupReport),
+    FpLine(Box<LineCounts>),
+    FpPage(Box<LineCounts>),
+    Cdc(CdcReport),
+}
+
+/// Relative cost per byte (about ns per byte, measured with `perf`) of a set of `unit`-byte
+/// lines: a set insertion (a cache miss, ~40 ns) per line, interior lines included, plus
+/// hashing and zero checks.
+fn line_weight(unit: usize, tree: bool) -> f64 {
+    40.0 * budget_weight(unit, tree) + 0.3
+}
+
+/// Relative share of the budget for a set of `unit`-byte lines (with the interior lines of
+/// their DAGs when `tree`): the lines per byte it can hold at most.
+fn budget_weight(unit: usize, tree: bool) -> f64 {
+    let leaves = 1.0 / unit as f64;
+    if tree {
+        leaves * (1.0 + 1.0 / ((unit / 4) as f64 - 1.0))
+    } else {
+        leaves
+    }
 }
 
 impl Sink {
-    /// Relative cost per byte, for spreading sinks over workers: a fixed cost per line plus a
-    /// cost per byte.
+    /// Relative cost per byte, for spreading sinks over workers.
     fn weight(&self) -> f64 {
-        let unit = match self {
-            Sink::Line(l) => l.mem.line_size(),
-            Sink::Page(p) => p.page_size(),
-        };
-        1.0 / unit as f64 + 1.0 / 400.0
+        match self {
+            Sink::Line(l) => line_weight(l.mem.line_size(), true),
+            Sink::Page(p) => line_weight(p.page_size(), false),
+            Sink::Fp(c, tree) => line_weight(c.line_size(), *tree),
+            Sink::Cdc(_) => 0.4,
+        }
     }
 
-    fn apply(&mut self, msg: &Msg, progress: &ProgressBar) -> bool {
+    fn apply(&mut self, msg: &Msg) -> bool {
         match (self, msg) {
             (Sink::Line(l), Msg::Chunk(buf, r)) => {
                 l.chunk(&buf[r.clone()]);
-                progress.inc(r.len() as u64);
                 l.error.is_none()
             }
             (Sink::Line(l), Msg::End) => {
@@ -548,6 +702,22 @@ impl Sink {
                 true
             }
             (Sink::Page(_), Msg::End) => true,
+            (Sink::Fp(c, _), Msg::Chunk(buf, r)) => {
+                c.feed(&buf[r.clone()]);
+                true
+            }
+            (Sink::Fp(c, _), Msg::End) => {
+                c.finish_item();
+                true
+            }
+            (Sink::Cdc(c), Msg::Chunk(buf, r)) => {
+                c.feed(&buf[r.clone()]);
+                true
+            }
+            (Sink::Cdc(c), Msg::End) => {
+                c.finish_item();
+                true
+            }
         }
     }
 
@@ -558,6 +728,9 @@ impl Sink {
                 SinkOutput::Line(ls, l.report())
             }
             Sink::Page(p) => SinkOutput::Page(p.report()),
+            Sink::Fp(mut c, true) => SinkOutput::FpLine(Box::new(c.counts())),
+            Sink::Fp(mut c, false) => SinkOutput::FpPage(Box::new(c.counts())),
+            Sink::Cdc(c) => SinkOutput::Cdc(c.report()),
         }
     }
 }
@@ -583,7 +756,7 @@ impl BufferPool {
 
 /// Reads until `buf` is full or the reader ends. Returns the bytes read, and the error that
 /// stopped it early, if any.
-fn fill(r: &mut impl Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+fn fill(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> (usize, Option<io::Error>) {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
@@ -603,6 +776,7 @@ struct ReadCounts {
     bytes: u64,
     skipped: u64,
     partial: u64,
+    unreadable: Vec<String>,
 }
 
 /// Spreads sinks over `workers` groups, heaviest first onto the lightest group (LPT), keeping
@@ -627,33 +801,21 @@ fn assign(sinks: Vec<Sink>, workers: usize) -> Vec<Vec<(usize, Sink)>> {
         .collect()
 }
 
-/// Ingests `input` into one memory per line size and into the 4 KiB page baseline.
-///
-/// `progress` is advanced by the bytes each memory has taken in (its length is set here to
-/// the input size times the number of line sizes); pass [`ProgressBar::hidden`] for none.
-/// Files that cannot be opened or read are reported through `warn` (and counted as skipped or
-/// partial); every other failure is an error.
-pub fn ingest(
+/// The sinks of the exact method: one memory per line size and the byte-comparing pages.
+fn exact_sinks(
     input: &InputSet,
+    line_sizes: &[usize],
     opts: &IngestOptions,
-    progress: &ProgressBar,
-    warn: &mut dyn FnMut(&str),
-) -> Result<DedupReport, DedupError> {
-    let mut line_sizes = opts.line_sizes.clone();
-    line_sizes.sort_unstable();
-    line_sizes.dedup();
-    for &ls in &line_sizes {
-        check_line_size(ls)?;
+) -> Result<Vec<Sink>, DedupError> {
+    if input.items.iter().any(Item::is_stream) {
+        return Err(DedupError::BadOptions(
+            "the exact method sizes its memories from the input: it cannot read standard \
+             input or tar streams (leave out --exact)"
+                .into(),
+        ));
     }
-    if opts.chunk_size == 0 || opts.chunk_size % DEFAULT_PAGE_SIZE != 0 {
-        return Err(DedupError::BadOptions(format!(
-            "chunk size {} is not a positive multiple of {DEFAULT_PAGE_SIZE}",
-            opts.chunk_size
-        )));
-    }
-
     let mut sinks = Vec::with_capacity(line_sizes.len() + 1);
-    for &ls in &line_sizes {
+    for &ls in line_sizes {
         let config = Config {
             line_size: ls,
             capacity_lines: opts
@@ -675,8 +837,79 @@ pub fn ingest(
         })));
     }
     sinks.push(Sink::Page(PageDedup::new(DEFAULT_PAGE_SIZE)));
+    if opts.cdc {
+        for avg in CDC_AVERAGES {
+            sinks.push(Sink::Cdc(Box::new(CdcCounter::new(
+                avg,
+                opts.memory_budget / 8,
+            ))));
+        }
+    }
+    Ok(sinks)
+}
 
-    progress.set_length(input.total_bytes() * line_sizes.len() as u64);
+/// The sinks of the fingerprint method, the budget split over their sets.
+fn fingerprint_sinks(line_sizes: &[usize], opts: &IngestOptions) -> Vec<Sink> {
+    let cdc: &[usize] = if opts.cdc { &CDC_AVERAGES } else { &[] };
+    let weights: Vec<f64> = line_sizes
+        .iter()
+        .map(|&ls| budget_weight(ls, true))
+        .chain(std::iter::once(budget_weight(DEFAULT_PAGE_SIZE, false)))
+        .chain(cdc.iter().map(|&a| budget_weight(a, false)))
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let sets_budget = opts.memory_budget.saturating_sub(fixed_overhead(opts));
+    let share = |w: f64| ((sets_budget as f64 * w / total) as u64).max(1 << 20);
+    let mut sinks = Vec::with_capacity(weights.len());
+    let mut w = weights.iter();
+    for &ls in line_sizes {
+        let b = share(*w.next().expect("weight"));
+        sinks.push(Sink::Fp(Box::new(LineCounter::new(ls, true, b)), true));
+    }
+    let b = share(*w.next().expect("weight"));
+    sinks.push(Sink::Fp(
+        Box::new(LineCounter::new(DEFAULT_PAGE_SIZE, false, b)),
+        false,
+    ));
+    for &avg in cdc {
+        let b = share(*w.next().expect("weight"));
+        sinks.push(Sink::Cdc(Box::new(CdcCounter::new(avg, b))));
+    }
+    sinks
+}
+
+/// Ingests `input` into one memory (or fingerprint counter) per line size, the 4 KiB page
+/// baseline and, with the fingerprint method, the CDC baseline.
+///
+/// `progress` is advanced by the bytes read (its length is set here to the input's size when
+/// known); pass [`ProgressBar::hidden`] for none. Files that cannot be opened or read are
+/// reported through `warn` (and counted as skipped or partial); every other failure is an
+/// error.
+pub fn ingest(
+    input: &InputSet,
+    opts: &IngestOptions,
+    progress: &ProgressBar,
+    warn: &mut dyn FnMut(&str),
+) -> Result<DedupReport, DedupError> {
+    let mut line_sizes = opts.line_sizes.clone();
+    line_sizes.sort_unstable();
+    line_sizes.dedup();
+    for &ls in &line_sizes {
+        check_line_size(ls)?;
+    }
+    if opts.chunk_size == 0 || opts.chunk_size % DEFAULT_PAGE_SIZE != 0 {
+        return Err(DedupError::BadOptions(format!(
+            "chunk size {} is not a positive multiple of {DEFAULT_PAGE_SIZE}",
+            opts.chunk_size
+        )));
+    }
+
+    let sinks = match opts.method {
+        Method::Exact => exact_sinks(input, &line_sizes, opts)?,
+        Method::Fingerprint => fingerprint_sinks(&line_sizes, opts),
+    };
+
+    progress.set_length(input.total_bytes());
     let groups = assign(sinks, opts.threads.max(1));
     let abort = AtomicBool::new(false);
 
@@ -693,7 +926,7 @@ pub fn ingest(
                         continue; // drain, so that the reader never blocks
                     }
                     for (_, sink) in group.iter_mut() {
-                        if !sink.apply(&msg, progress) {
+                        if !sink.apply(&msg) {
                             abort.store(true, Relaxed);
                         }
                     }
@@ -704,7 +937,7 @@ pub fn ingest(
                     .collect::<Vec<_>>()
             }));
         }
-        let counts = read_all(input, opts.chunk_size, &senders, &abort, warn);
+        let counts = read_all(input, opts.chunk_size, &senders, &abort, progress, warn);
         drop(senders);
         let mut outputs = Vec::new();
         let mut panicked = false;
@@ -720,13 +953,30 @@ pub fn ingest(
     outputs.sort_by_key(|(i, _)| *i);
 
     let mut reports = Vec::with_capacity(line_sizes.len());
+    let mut estimates = Vec::new();
     let mut page = None;
+    let mut page_estimate = None;
+    let mut cdc = Vec::new();
+    let mut set_peak = 0;
     for (_, out) in outputs {
         match out {
             SinkOutput::Line(line_size, r) => {
                 reports.push(r.map_err(|source| DedupError::Memory { line_size, source })?)
             }
             SinkOutput::Page(p) => page = Some(p),
+            SinkOutput::FpLine(c) => {
+                set_peak += c.set_peak_bytes;
+                let (r, e) = line_report_from_counts(&c);
+                reports.push(r);
+                estimates.push(e);
+            }
+            SinkOutput::FpPage(c) => {
+                set_peak += c.set_peak_bytes;
+                let (p, e) = page_report_from_counts(&c);
+                page = Some(p);
+                page_estimate = Some(e);
+            }
+            SinkOutput::Cdc(r) => cdc.push(r),
         }
     }
     let page_baseline = page.expect("the page sink always reports");
@@ -754,6 +1004,10 @@ pub fn ingest(
             )
         }
     };
+    let mut unreadable = input.unreadable.clone();
+    for n in counts.unreadable {
+        name_unreadable(&mut unreadable, n);
+    }
     let input_report = InputReport {
         source: match input.source {
             Source::Paths(_) => "paths",
@@ -768,12 +1022,165 @@ pub fn ingest(
         duplicates: input.duplicates,
         links_not_followed: input.links_not_followed,
         other_file_systems: input.other_file_systems,
+        unreadable,
     };
+    let sampled = estimates.iter().any(|e: &LineEstimate| e.sample_rate < 1.0)
+        || page_estimate.is_some_and(|e: Estimate| e.rate < 1.0)
+        || cdc.iter().any(|c| c.estimate.rate < 1.0);
     Ok(DedupReport {
+        method: opts.method,
+        sampled,
+        memory_budget_bytes: (opts.method == Method::Fingerprint).then_some(opts.memory_budget),
+        set_peak_bytes: set_peak,
         input: input_report,
         line_sizes: reports,
+        line_estimates: estimates,
         page_baseline,
+        page_estimate,
+        cdc,
+        run: None,
     })
+}
+
+/// The line-size report of fingerprint counts, in the model of `hicamp::Stats` (see
+/// [`memory_metadata`]), and its estimate.
+pub fn line_report_from_counts(c: &LineCounts) -> (LineSizeReport, LineEstimate) {
+    let ls = c.line_size;
+    let leaves = c.leaves.value;
+    let interior = c.interior.value;
+    let lines = leaves + interior;
+    let (refcount, index, free) = memory_metadata(lines);
+    let map = empty_map_bytes();
+    let metadata = refcount + index + free + map;
+    let physical = lines * ls;
+    let footprint = physical + metadata;
+    let ratio = |num: u64| {
+        if c.logical_bytes == 0 {
+            1.0
+        } else {
+            num as f64 / footprint as f64
+        }
+    };
+    let r = LineSizeReport {
+        line_size: ls,
+        logical_bytes: c.logical_bytes,
+        physical_bytes: physical,
+        metadata_bytes: metadata,
+        footprint_bytes: footprint,
+        zero_bytes: c.zero_bytes,
+        dedup_ratio: ratio(c.logical_bytes),
+        dedup_ratio_excl_zero: ratio(c.logical_bytes - c.zero_bytes),
+        leaf_lines: leaves,
+        interior_lines: interior,
+        dedup_hits: c.leaf_writes.saturating_sub(leaves)
+            + c.interior_writes.saturating_sub(interior),
+        leaf_dedup_hits: c.leaf_writes.saturating_sub(leaves),
+        interior_dedup_hits: c.interior_writes.saturating_sub(interior),
+        zero_leaf_hits: c.zero_leaves,
+        zero_interior_hits: c.zero_interior,
+        leaf_lines_created: leaves,
+        interior_lines_created: interior,
+        refcount_bytes: refcount,
+        index_bytes: index,
+        map_bytes: map,
+        free_list_bytes: free,
+    };
+    let e = LineEstimate {
+        line_size: ls,
+        sample_rate: c.lines.rate,
+        sampled_lines: c.lines.sampled,
+        rel_err_95: c.lines.rel_err_95,
+        expected_false_merges: expected_false_merges(lines),
+    };
+    (r, e)
+}
+
+/// The page-baseline report of fingerprint counts (KSM model, as [`PageDedup`]).
+pub fn page_report_from_counts(c: &LineCounts) -> (PageDedupReport, Estimate) {
+    let page_size = c.line_size;
+    let pages = c.leaf_writes + c.zero_leaves;
+    let unique_pages = c.leaves.value;
+    let physical_bytes = unique_pages * page_size;
+    let metadata_bytes = pages * KSM_METADATA_PER_PAGE;
+    let cost = physical_bytes + metadata_bytes;
+    let ratio = |bytes: u64| {
+        if cost == 0 {
+            1.0
+        } else {
+            bytes as f64 / cost as f64
+        }
+    };
+    let p = PageDedupReport {
+        page_size,
+        logical_bytes: c.logical_bytes,
+        pages,
+        zero_pages: c.zero_leaves,
+        unique_pages,
+        physical_bytes,
+        metadata_bytes,
+        dedup_ratio: ratio(c.logical_bytes),
+        dedup_ratio_excl_zero: ratio(c.logical_bytes - c.zero_bytes),
+    };
+    (p, c.leaves)
+}
+
+/// The segment map's bytes in a memory that holds no map entry (the constant part of the
+/// model: `hicamp dedup` keeps its segments as handles, not map entries).
+fn empty_map_bytes() -> u64 {
+    static MAP: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *MAP.get_or_init(|| {
+        let config = Config {
+            line_size: 64,
+            capacity_lines: 1024,
+            map_capacity: 1024,
+            ..Config::default()
+        };
+        Memory::new(config).map_or(0, |m| m.stats().map_bytes)
+    })
+}
+
+/// Sends the chunks of one reader (an item) to the workers, then the end of the item.
+/// Returns false when the workers are gone or failed.
+#[allow(clippy::too_many_arguments)]
+fn send_stream(
+    r: &mut dyn Read,
+    name: &str,
+    pool: &mut BufferPool,
+    counts: &mut ReadCounts,
+    send: &dyn Fn(&dyn Fn() -> Msg) -> bool,
+    abort: &AtomicBool,
+    progress: &ProgressBar,
+    warn: &mut dyn FnMut(&str),
+) -> Result<(), ()> {
+    let chunk_size = pool.size;
+    let mut total = 0u64;
+    loop {
+        if abort.load(Relaxed) {
+            return Err(());
+        }
+        let mut buf = pool.take();
+        let (n, err) = fill(r, Arc::get_mut(&mut buf).expect("buffer is free"));
+        let shared = buf.clone();
+        pool.give(buf);
+        if n > 0 && !send(&|| Msg::Chunk(shared.clone(), 0..n)) {
+            return Err(());
+        }
+        counts.bytes += n as u64;
+        total += n as u64;
+        progress.inc(n as u64);
+        if let Some(e) = err {
+            counts.partial += 1;
+            name_unreadable(&mut counts.unreadable, name.to_string());
+            warn(&format!(
+                "error reading '{name}' after {total} bytes: {e} (the bytes read are ingested)"
+            ));
+            break;
+        }
+        if n < chunk_size {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Reads every item and broadcasts its chunks to the workers. Stops early when a worker
@@ -783,6 +1190,7 @@ fn read_all(
     chunk_size: usize,
     senders: &[mpsc::SyncSender<Msg>],
     abort: &AtomicBool,
+    progress: &ProgressBar,
     warn: &mut dyn FnMut(&str),
 ) -> ReadCounts {
     let mut counts = ReadCounts::default();
@@ -807,6 +1215,90 @@ fn read_all(
                     off = end;
                 }
                 counts.bytes += data.len() as u64;
+                progress.inc(data.len() as u64);
+            }
+            Item::Stdin => {
+                let mut stdin = io::stdin().lock();
+                if send_stream(
+                    &mut stdin,
+                    "-",
+                    &mut pool,
+                    &mut counts,
+                    &send,
+                    abort,
+                    progress,
+                    warn,
+                )
+                .is_err()
+                {
+                    break 'items;
+                }
+            }
+            Item::Tar { path, .. } => {
+                let name = path
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |p| p.display().to_string());
+                let reader: Box<dyn Read> = match path {
+                    None => Box::new(io::stdin().lock()),
+                    Some(p) => match File::open(p) {
+                        Ok(f) => Box::new(f),
+                        Err(e) => {
+                            counts.skipped += 1;
+                            name_unreadable(&mut counts.unreadable, name.clone());
+                            warn(&format!("skipping '{name}': {e}"));
+                            continue;
+                        }
+                    },
+                };
+                let mut archive = tar::Archive::new(reader);
+                let entries = match archive.entries() {
+                    Ok(e) => e,
+                    Err(e) => {
+                        counts.skipped += 1;
+                        name_unreadable(&mut counts.unreadable, name.clone());
+                        warn(&format!("skipping '{name}': not a tar stream: {e}"));
+                        continue;
+                    }
+                };
+                for entry in entries {
+                    let mut entry = match entry {
+                        Ok(e) => e,
+                        Err(e) => {
+                            counts.partial += 1;
+                            name_unreadable(&mut counts.unreadable, name.clone());
+                            warn(&format!("error reading tar stream '{name}': {e}"));
+                            break;
+                        }
+                    };
+                    if !entry.header().entry_type().is_file() {
+                        continue;
+                    }
+                    let member = format!(
+                        "{name}:{}",
+                        entry
+                            .path()
+                            .map_or_else(|_| "?".to_string(), |p| p.display().to_string())
+                    );
+                    if send_stream(
+                        &mut entry,
+                        &member,
+                        &mut pool,
+                        &mut counts,
+                        &send,
+                        abort,
+                        progress,
+                        warn,
+                    )
+                    .is_err()
+                    {
+                        break 'items;
+                    }
+                    if !send(&|| Msg::End) {
+                        break 'items;
+                    }
+                    counts.files += 1;
+                }
+                continue;
             }
             Item::File {
                 path,
@@ -817,35 +1309,26 @@ fn read_all(
                     Ok(f) => f,
                     Err(e) => {
                         counts.skipped += 1;
+                        name_unreadable(&mut counts.unreadable, path.display().to_string());
                         warn(&format!("skipping '{}': {e}", path.display()));
                         continue;
                     }
                 };
                 let mut r = file.take(*len);
-                loop {
-                    if abort.load(Relaxed) {
-                        break 'items;
-                    }
-                    let mut buf = pool.take();
-                    let (n, err) = fill(&mut r, Arc::get_mut(&mut buf).expect("buffer is free"));
-                    let shared = buf.clone();
-                    pool.give(buf);
-                    if n > 0 && !send(&|| Msg::Chunk(shared.clone(), 0..n)) {
-                        break 'items;
-                    }
-                    counts.bytes += n as u64;
-                    if let Some(e) = err {
-                        counts.partial += 1;
-                        warn(&format!(
-                            "error reading '{}' after {} bytes: {e} (the bytes read are ingested)",
-                            path.display(),
-                            *len - r.limit()
-                        ));
-                        break;
-                    }
-                    if n < chunk_size {
-                        break;
-                    }
+                let name = path.display().to_string();
+                if send_stream(
+                    &mut r,
+                    &name,
+                    &mut pool,
+                    &mut counts,
+                    &send,
+                    abort,
+                    progress,
+                    warn,
+                )
+                .is_err()
+                {
+                    break 'items;
                 }
                 // A file of unknown size read up to its cap: say so if it goes on.
                 if *unsized_ && r.limit() == 0 {

@@ -1,11 +1,16 @@
 //! Experiments: how much memory data needs on line-deduplicated memory.
 //!
-//! - [`dedup`]: `hicamp dedup` ingests files (or the [`crate::workload`]) into one memory per
-//!   line size and into the page baseline, and reports the footprints.
+//! - [`dedup`]: `hicamp dedup` measures files (or the [`crate::workload`]) at every line size,
+//!   against the page and CDC baselines, and reports the footprints.
+//! - [`fingerprint`]: the bounded-memory measurement: canonical DAGs counted by fingerprints,
+//!   sampled by fingerprint past a memory budget.
 //! - [`pagededup`]: the baseline, deduplication of whole pages (the Linux KSM model).
-//! - [`report`]: the dedup report: inputs, the page baseline, and the per-line-size table
+//! - [`cdc`]: the baseline of backup stores, FastCDC content-defined chunks.
+//! - [`report`]: the dedup report: inputs, the baselines, and the per-line-size table
 //!   (whose rows are `hicamp::footprint::LineSizeReport`).
 
+pub mod cdc;
 pub mod dedup;
+pub mod fingerprint;
 pub mod pagededup;
 pub mod report;

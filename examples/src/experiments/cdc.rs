@@ -1,0 +1,198 @@
+//! The content-defined chunking baseline: what backup and sync stores (restic, borg, casync)
+//! achieve, FastCDC (the `fastcdc` crate's 2020 algorithm, normalization level 1) with a
+//! minimum of a quarter and a maximum of four times the average chunk size, as casync sets them.
+//!
+//! Each item (file) is chunked from its own start. Distinct chunks are counted by a 64-bit
+//! fingerprint of their bytes in an [`FpSet`] (sampled when over budget, as the line sets are).
+//! The metadata model ([`CDC_REF_BYTES`], [`CDC_INDEX_BYTES`]): every chunk reference costs
+//! one casync `.caidx` record (8-byte end offset + 32-byte chunk id), and every distinct chunk
+//! one index entry in the chunk store (32-byte id + 8-byte location).
+
+use fastcdc::v2020::FastCDC;
+
+use super::fingerprint::{block_fp, Estimate, FpSet};
+
+/// Average chunk sizes of the baseline.
+pub const CDC_AVERAGES: [usize; 3] = [2 << 10, 8 << 10, 64 << 10];
+/// Metadata per chunk reference (a casync `.caidx` record).
+pub const CDC_REF_BYTES: u64 = 40;
+/// Metadata per distinct chunk (a chunk-store index entry).
+pub const CDC_INDEX_BYTES: u64 = 40;
+
+/// What content-defined chunking at one average size achieves.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CdcReport {
+    /// Average chunk size asked for.
+    pub avg_size: u64,
+    /// Minimum chunk size.
+    pub min_size: u64,
+    /// Maximum chunk size.
+    pub max_size: u64,
+    /// Bytes chunked.
+    pub logical_bytes: u64,
+    /// Chunks cut (references).
+    pub chunks: u64,
+    /// Distinct chunks (estimated when sampled).
+    pub unique_chunks: u64,
+    /// Bytes of the distinct chunks (estimated when sampled).
+    pub physical_bytes: u64,
+    /// `chunks * CDC_REF_BYTES + unique_chunks * CDC_INDEX_BYTES`.
+    pub metadata_bytes: u64,
+    /// `physical_bytes + metadata_bytes`.
+    pub footprint_bytes: u64,
+    /// `logical_bytes / footprint_bytes` (1.0 when empty).
+    pub dedup_ratio: f64,
+    /// The estimate of the distinct chunks (rate 1.0: exact).
+    pub estimate: Estimate,
+}
+
+/// Streaming FastCDC over items fed in pieces.
+#[derive(Debug)]
+pub struct CdcCounter {
+    min: usize,
+    avg: usize,
+    max: usize,
+    /// Bytes of the current item not yet cut (always fewer than `max` between calls).
+    carry: Vec<u8>,
+    set: FpSet,
+    logical: u64,
+    chunks: u64,
+    /// Bytes of the distinct sampled chunks.
+    sampled_bytes: u64,
+}
+
+impl CdcCounter {
+    /// A chunker for `avg`-byte chunks whose set stays within `budget` bytes.
+    pub fn new(avg: usize, budget: u64) -> Self {
+        CdcCounter {
+            min: avg / 4,
+            avg,
+            max: avg * 4,
+            carry: Vec::with_capacity(avg * 8),
+            set: FpSet::new(budget),
+            logical: 0,
+            chunks: 0,
+            sampled_bytes: 0,
+        }
+    }
+
+    /// The average chunk size.
+    pub fn avg(&self) -> usize {
+        self.avg
+    }
+
+    /// Adds the next bytes of the current item.
+    pub fn feed(&mut self, data: &[u8]) {
+        self.logical += data.len() as u64;
+        let mut carry = std::mem::take(&mut self.carry);
+        carry.extend_from_slice(data);
+        let done = self.cut(&carry, false);
+        carry.drain(..done);
+        self.carry = carry;
+    }
+
+    /// Ends the current item: the rest is cut.
+    pub fn finish_item(&mut self) {
+        let carry = std::mem::take(&mut self.carry);
+        self.cut(&carry, true);
+        self.carry = carry;
+        self.carry.clear();
+    }
+
+    /// Cuts chunks off the front of `buf` while the cut cannot depend on bytes still to come
+    /// (more than `max` bytes left, or the item's end). Returns the bytes consumed.
+    fn cut(&mut self, buf: &[u8], last: bool) -> usize {
+        if buf.is_empty() {
+            return 0;
+        }
+        let cdc = FastCDC::new(buf, self.min as u32, self.avg as u32, self.max as u32);
+        let mut pos = 0;
+        while pos < buf.len() {
+            let remaining = buf.len() - pos;
+            if !last && remaining <= self.max {
+                break;
+            }
+            let (_, end) = cdc.cut(pos, remaining);
+            let chunk = &buf[pos..end];
+            self.chunks += 1;
+            if self.set.insert(block_fp(chunk)) {
+                self.sampled_bytes += chunk.len() as u64;
+            }
+            pos = end;
+        }
+        pos
+    }
+
+    /// The report so far (after [`finish_item`](Self::finish_item)).
+    pub fn report(&self) -> CdcReport {
+        let rate = self.set.rate();
+        let est = Estimate::new(self.set.sampled().0, rate);
+        let physical = (self.sampled_bytes as f64 / rate).round() as u64;
+        let metadata = self.chunks * CDC_REF_BYTES + est.value * CDC_INDEX_BYTES;
+        let footprint = physical + metadata;
+        CdcReport {
+            avg_size: self.avg as u64,
+            min_size: self.min as u64,
+            max_size: self.max as u64,
+            logical_bytes: self.logical,
+            chunks: self.chunks,
+            unique_chunks: est.value,
+            physical_bytes: physical,
+            metadata_bytes: metadata,
+            footprint_bytes: footprint,
+            dedup_ratio: if footprint == 0 {
+                1.0
+            } else {
+                self.logical as f64 / footprint as f64
+            },
+            estimate: est,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunking_does_not_depend_on_feeding() {
+        let data = noise(3, 300_000);
+        let mut whole = CdcCounter::new(2048, u64::MAX);
+        whole.feed(&data);
+        whole.finish_item();
+        let mut parts = CdcCounter::new(2048, u64::MAX);
+        for p in data.chunks(7_777) {
+            parts.feed(p);
+        }
+        parts.finish_item();
+        assert_eq!(whole.report(), parts.report());
+        let direct = FastCDC::new(&data, 512, 2048, 8192).count() as u64;
+        assert_eq!(whole.report().chunks, direct);
+    }
+
+    #[test]
+    fn repeated_item_dedups() {
+        let data = noise(5, 100_000);
+        let mut c = CdcCounter::new(2048, u64::MAX);
+        for _ in 0..3 {
+            c.feed(&data);
+            c.finish_item();
+        }
+        let r = c.report();
+        assert_eq!(r.logical_bytes, 300_000);
+        assert_eq!(r.physical_bytes, 100_000);
+        assert_eq!(r.unique_chunks * 3, r.chunks);
+    }
+}
