@@ -50,8 +50,8 @@ fn udp_frame(len: usize) -> Vec<u8> {
 }
 
 fn benches(c: &mut Criterion) {
-    if let Err(e) = netns_supported() {
-        println!("tap bench skipped: needs root and iproute2 ({e})");
+    // Skips with a message, or fails under CI=true (`cargo test --benches` runs this once).
+    if testkit::require(netns_supported(), "root and iproute2 (the tap bench)") {
         return;
     }
     let port = TapPort::open("").expect("open a TAP device");
