@@ -426,6 +426,51 @@ fn close_range_forgets_closed_sockets() {
     assert_eq!(s1["open"], false);
 }
 
+/// Compiles a C program of `examples/tests/` into `dir`; `None` (skipped) without a compiler.
+fn compile_c(dir: &Path, src: &str, name: &str) -> Option<PathBuf> {
+    if missing(&["cc"]) {
+        return None;
+    }
+    let c = dir.join(format!("{name}.c"));
+    let bin = dir.join(name);
+    std::fs::write(&c, src).unwrap();
+    let out = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Some(bin)
+}
+
+/// Four threads do TCP I/O (and dup/close: fd-table writes) while the main thread forks 300
+/// times; each child takes the table's locks (dup, close, a write) and exits. A child that
+/// hangs for 10 s is killed and counted. Before the fork-safe fd-table lock, 1-3 runs in 8 had
+/// a child stuck in `fork_child -> for_each_mut -> RwLock::write -> wait_for_readers`.
+#[test]
+fn fork_with_threads_stress() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = compile_c(dir.path(), include_str!("fork_stress.c"), "forkstress") else {
+        return;
+    };
+    for run in 0..4 {
+        let (out, merged) = hicamp_run(
+            dir.path(),
+            &format!("fs{run}.json"),
+            &[bin.to_str().unwrap(), "300"],
+        );
+        assert!(out.status.success(), "run {run}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "forks 300 hung 0\n");
+        let procs = processes(&merged);
+        let parent = procs
+            .iter()
+            .find(|p| u(p, "sent_bytes") > 0)
+            .expect("the parent's report");
+        assert_eq!(u(parent, "sent_bytes"), u(parent, "received_bytes"));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // curl against python's http.server
 

@@ -220,7 +220,7 @@ pub fn fork_child() {
     }
     // SAFETY: `fork_prepare` locked the table in the thread that forked, which is this
     // process's only thread now.
-    unsafe { TABLE.unlock_all() };
+    unsafe { TABLE.unlock_all_in_child() };
     let fresh: &'static Account = Box::leak(Box::new(Account::new()));
     // The parent's account is abandoned, not freed: its locks may be held by threads that do
     // not exist here.
