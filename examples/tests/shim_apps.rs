@@ -658,3 +658,82 @@ fn exit_status_is_the_commands() {
     assert_eq!(out.status.code(), Some(7));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// inetd-style service: fd 2 is the client's socket
+
+/// `socat TCP-LISTEN EXEC:cat,stderr,nofork`: `cat` runs with stdin, stdout and stderr on the
+/// client's TCP socket, under the shim without a report prefix and with a bad setting (a
+/// diagnostic to write). The client must get back exactly what it sent: before, the shim's
+/// warning and its exit summary arrived inside the stream. The summary goes to
+/// `$TMPDIR/hicamp-shim.PID.txt`, the diagnostic to `hicamp-shim.PID.log` there.
+#[test]
+fn inetd_style_echo_gets_no_shim_bytes() {
+    if testkit::require_program("socat", "-V") || missing(&["cat"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new("socat")
+        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"))
+        .arg("EXEC:cat,stderr,nofork")
+        .env("LD_PRELOAD", shim())
+        .env_remove("HICAMP_SHIM_REPORT")
+        .env("HICAMP_SHIM_LINE_SIZES", "63")
+        .env("TMPDIR", dir.path())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reaper = Reaper(Some(child), vec![]);
+    wait_for_port_once(port);
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let writer = {
+        let mut s = s.try_clone().unwrap();
+        let data = data.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            s.write_all(&data).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    let mut got = Vec::new();
+    use std::io::Read;
+    s.read_to_end(&mut got).unwrap();
+    writer.join().unwrap();
+    assert_eq!(got.len(), data.len(), "extra bytes: {:?}", String::from_utf8_lossy(&got[data.len().min(got.len())..]));
+    assert!(got == data, "the stream changed");
+    let status = reaper.0.take().unwrap().wait().unwrap();
+    assert!(status.success(), "{status}");
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let summary = files
+        .iter()
+        .find(|f| f.starts_with("hicamp-shim.") && f.ends_with(".txt"))
+        .unwrap_or_else(|| panic!("no summary file: {files:?}"));
+    let text = std::fs::read_to_string(dir.path().join(summary)).unwrap();
+    assert!(text.contains("200000"), "{text}");
+    let log = files
+        .iter()
+        .find(|f| f.starts_with("hicamp-shim.") && f.ends_with(".log"))
+        .unwrap_or_else(|| panic!("no diagnostics file: {files:?}"));
+    let log = std::fs::read_to_string(dir.path().join(log)).unwrap();
+    assert!(log.contains("HICAMP_SHIM_LINE_SIZES=63"), "{log}");
+}
+
+/// Waits for a listener without connecting to it (a one-connection server must get the test's
+/// connection, not a probe): polls `ss`-free, through /proc/net/tcp.
+fn wait_for_port_once(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let needle = format!(":{port:04X} 00000000:0000 0A");
+    while Instant::now() < deadline {
+        if std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| t.contains(&needle)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on port {port}");
+}

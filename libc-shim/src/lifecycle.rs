@@ -35,6 +35,10 @@ pub(crate) extern "C" fn init() {
         if !enabled() {
             return;
         }
+        // The standard library's default panic message goes to fd 2, which may be the
+        // application's socket: the shim's panics are diagnostics like any other.
+        #[cfg(not(test))]
+        std::panic::set_hook(Box::new(|info| sys::diag(&format!("panic: {info}"))));
         // SAFETY: registering a plain `extern "C" fn()` with no precondition.
         if unsafe { libc::atexit(on_exit) } != 0 {
             sys::diag("atexit failed: no report at exit");

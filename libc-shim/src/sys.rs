@@ -32,10 +32,48 @@ pub fn write_all(fd: c_int, mut bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A diagnostic line on stderr: `hicamp-shim[pid]: msg`.
+/// A diagnostic line, `hicamp-shim[pid]: msg`, appended to this process's diagnostics file
+/// ([`diag_path`]). The shim never writes to a descriptor of the application's: fd 2 may be a
+/// socket (an inetd-style service, `socat ... EXEC:cmd,stderr`) or a file the application
+/// opened under that number. The one exception is a terminal on fd 2 ([`stderr_is_terminal`]),
+/// which gets the line too, so that an interactive user sees it.
 pub fn diag(msg: &str) {
     let line = format!("hicamp-shim[{}]: {msg}\n", getpid());
-    let _ = write_all(2, line.as_bytes());
+    if let Ok(fd) = open_for_write(&diag_path(), libc::O_APPEND) {
+        let _ = write_all(fd, line.as_bytes());
+        close_fd(fd);
+    }
+    if stderr_is_terminal() {
+        let _ = write_all(2, line.as_bytes());
+    }
+}
+
+/// True when fd 2 is a terminal (never a socket, and not a data channel of the application).
+pub fn stderr_is_terminal() -> bool {
+    // SAFETY: isatty has no precondition.
+    unsafe { libc::isatty(2) == 1 }
+}
+
+/// The directory for the shim's files when no report prefix is set: `$TMPDIR`, else `/tmp`.
+pub fn tmp_dir() -> std::path::PathBuf {
+    std::env::var_os("TMPDIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| "/tmp".into(), std::path::PathBuf::from)
+}
+
+/// Where this process's diagnostics go: `PREFIX.PID.log` beside its reports
+/// (`HICAMP_SHIM_REPORT`), else `$TMPDIR/hicamp-shim.PID.log`. (Read from the environment
+/// directly: the settings' parser itself reports through here.)
+pub fn diag_path() -> std::path::PathBuf {
+    let pid = getpid();
+    match std::env::var_os("HICAMP_SHIM_REPORT").filter(|p| !p.is_empty()) {
+        Some(prefix) => {
+            let mut p = prefix;
+            p.push(format!(".{pid}.log"));
+            p.into()
+        }
+        None => tmp_dir().join(format!("hicamp-shim.{pid}.log")),
+    }
 }
 
 /// The calling process's id (a system call each time: never a value cached across fork).

@@ -313,8 +313,22 @@ impl Account {
         let r = self.build(reason, final_report);
         let text = r.to_text();
         let Some(prefix) = &Config::get().report else {
+            // No report prefix: the summary goes to a file of its own, never to a descriptor
+            // (fd 2 may be the application's socket); a terminal on fd 2 is told its name.
             if final_report {
-                let _ = sys::write_all(2, text.as_bytes());
+                let p = sys::tmp_dir().join(format!("hicamp-shim.{}.txt", self.pid));
+                match sys::replace(&p, text.as_bytes()) {
+                    Ok(()) if sys::stderr_is_terminal() => {
+                        let line = format!(
+                            "hicamp-shim[{}]: summary in {}\n",
+                            self.pid,
+                            p.display()
+                        );
+                        let _ = sys::write_all(2, line.as_bytes());
+                    }
+                    Ok(()) => {}
+                    Err(e) => sys::diag(&format!("cannot write {}: {e}", p.display())),
+                }
             }
             return;
         };
