@@ -737,3 +737,62 @@ fn wait_for_port_once(port: u16) {
     }
     panic!("nothing listens on port {port}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// vfork: python's subprocess
+
+const VFORK_PY: &str = r#"
+import socket, subprocess, json
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
+a = socket.create_connection(srv.getsockname()); b, _ = srv.accept()
+def move(n):
+    a.sendall(b"v" * n)
+    got = 0
+    while got < n: got += len(b.recv(n - got))
+move(1000)
+# close_fds=True: the vfork child closes every descriptor above 2 (close_range) before exec.
+for _ in range(3):
+    subprocess.run(["true"], check=True, close_fds=True)
+move(1000)
+print(json.dumps({"vfork": subprocess._USE_VFORK}))
+"#;
+
+/// Python's `subprocess` vforks; the child's `close_range` used to edit the parent's fd table
+/// (shared memory until exec), so the parent's socket was found again as a second connection:
+/// 1000 B + 1000 B instead of 2000 B.
+#[test]
+fn vfork_child_changes_nothing_of_the_parent() {
+    if missing(&["python3", "true"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("vfork.py");
+    std::fs::write(&script, VFORK_PY).unwrap();
+    let (out, merged) = hicamp_run(
+        dir.path(),
+        "vfork.json",
+        &["python3", script.to_str().unwrap()],
+    );
+    assert_ok(&out);
+    let app: Value = serde_json::from_slice(&out.stdout).unwrap();
+    if app["vfork"] != true
+        && testkit::skip(format_args!("this python's subprocess does not use vfork"))
+    {
+        return;
+    }
+    let procs = processes(&merged);
+    let py = procs
+        .iter()
+        .find(|p| u(p, "sent_bytes") > 0)
+        .expect("python's report");
+    assert_eq!(py["calls"]["vfork"], 3, "{py}");
+    let conns = py["connections"].as_array().unwrap();
+    assert!(
+        conns.iter().all(|c| c["origin"] != "found"),
+        "the socket was forgotten and found again: {conns:?}"
+    );
+    let sender = conns.iter().find(|c| u(c, "sent_bytes") > 0).unwrap();
+    assert_eq!(u(sender, "sent_bytes"), 2000, "{conns:?}");
+    assert_eq!(u(py, "sent_bytes"), 2000);
+    assert_eq!(u(py, "received_bytes"), 2000);
+}

@@ -185,3 +185,15 @@ pub fn exit_now(code: c_int) -> ! {
     unsafe { libc::syscall(libc::SYS_exit_group, code as libc::c_long) };
     std::process::abort()
 }
+
+/// Address of libc's `vfork` (0 when there is none): the `vfork` hook jumps to it.
+pub fn vfork_address() -> usize {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    resolve(&SLOT, b"vfork\0")
+}
+
+/// Address of libc's `fork` (the `vfork` hook's fallback).
+pub fn fork_address() -> usize {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    resolve(&SLOT, b"fork\0")
+}

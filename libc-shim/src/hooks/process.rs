@@ -15,6 +15,49 @@ pub unsafe extern "C-unwind" fn fork() -> libc::pid_t {
     unsafe { real::fork() }
 }
 
+/// `vfork` (x86-64): records the calling process in a thread-local (so that hooks in the
+/// child, which runs on this thread's memory until it execs or exits, change nothing of the
+/// parent's: [`guard::in_vfork_child`]), then *jumps* to libc's `vfork`. A wrapper that called
+/// it and returned would break: the child's return pops the frame the parent returns through.
+/// Jumping leaves the application's return address on the stack, as a direct call would.
+#[cfg(all(target_arch = "x86_64", not(test)))]
+#[unsafe(naked)]
+#[no_mangle]
+pub unsafe extern "C" fn vfork() -> libc::pid_t {
+    core::arch::naked_asm!(
+        // Entry: rsp = 8 mod 16 (the return address). Align, call, restore, jump.
+        "sub rsp, 8",
+        "call {prepare}",
+        "add rsp, 8",
+        "jmp rax",
+        prepare = sym vfork_prepare,
+    )
+}
+
+/// `__vfork` is `vfork` under glibc's internal name.
+#[cfg(all(target_arch = "x86_64", not(test)))]
+#[unsafe(naked)]
+#[no_mangle]
+pub unsafe extern "C" fn __vfork() -> libc::pid_t {
+    core::arch::naked_asm!("jmp {v}", v = sym vfork)
+}
+
+/// Notes the vfork and returns the address of libc's `vfork` (of `fork` if there is none:
+/// POSIX allows `vfork` to be `fork`).
+#[cfg(all(target_arch = "x86_64", not(test)))]
+extern "C" fn vfork_prepare() -> usize {
+    let _ = guard::shielded(|| {
+        if crate::enabled() {
+            count(Call::Vfork);
+        }
+        guard::vforking(crate::sys::getpid());
+    });
+    match real::vfork_address() {
+        0 => real::fork_address(),
+        a => a,
+    }
+}
+
 /// Writes this image's report before `exec` replaces it.
 fn before_exec() {
     if let Some(_g) = active() {
