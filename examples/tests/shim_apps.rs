@@ -796,3 +796,96 @@ fn vfork_child_changes_nothing_of_the_parent() {
     assert_eq!(u(py, "sent_bytes"), 2000);
     assert_eq!(u(py, "received_bytes"), 2000);
 }
+
+// ---------------------------------------------------------------------------------------------
+// sshd: a seccomp-sandboxed pre-authentication child
+
+/// `sshd -i` (one connection on stdin/stdout, behind `socat ... EXEC:sshd,nofork`) under
+/// `hicamp run`; an untraced `ssh` client fetches 5 MiB. sshd's pre-authentication child
+/// installs a seccomp filter (`prctl(PR_SET_SECCOMP)`); before, the shim started its interning
+/// thread there and the child died of SIGSYS (`clone3`): "Connection reset". Needs root (sshd's
+/// privilege separation).
+#[test]
+fn sshd_with_seccomp_sandbox_serves_5_mib() {
+    if testkit::require_program("/usr/sbin/sshd", "-V")
+        || testkit::require_program("ssh", "-V")
+        || testkit::require_program("socat", "-V")
+    {
+        return;
+    }
+    if !testkit::is_root() && testkit::skip(format_args!("sshd needs root")) {
+        return;
+    }
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for k in ["hk", "key"] {
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join(k))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    std::fs::copy(d.join("key.pub"), d.join("ak")).unwrap();
+    let cfg = d.join("sshd_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "HostKey {}\nPidFile none\nUsePAM no\nAuthorizedKeysFile {}\nStrictModes no\n\
+             PermitRootLogin yes\n",
+            d.join("hk").display(),
+            d.join("ak").display()
+        ),
+    )
+    .unwrap();
+    shim();
+    let port = free_port();
+    let report = d.join("sshd.json");
+    let server = Command::new(HICAMP)
+        .arg("run")
+        .arg("--report")
+        .arg(&report)
+        .args(["--", "socat"])
+        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"))
+        .arg(format!("EXEC:/usr/sbin/sshd -i -e -f {},nofork", cfg.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reaper = Reaper(Some(server), vec![]);
+    wait_for_port_once(port);
+    let client = Command::new("ssh")
+        .arg("-i")
+        .arg(d.join("key"))
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-p",
+            &port.to_string(),
+            "root@127.0.0.1",
+            "head -c 5242880 /dev/zero",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let server = reaper.0.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(
+        client.stdout.len(),
+        5 << 20,
+        "ssh: {}\nsshd: {}",
+        String::from_utf8_lossy(&client.stderr),
+        String::from_utf8_lossy(&server.stderr)
+    );
+    // (`sshd -i` exits 255 after the client disconnects, traced or not.)
+    let merged = read_json(&report);
+    assert!(
+        u(&merged, "sent_bytes") > 5 << 20,
+        "the encrypted 5 MiB and more: {merged}"
+    );
+}

@@ -197,3 +197,23 @@ pub fn fork_address() -> usize {
     static SLOT: AtomicUsize = AtomicUsize::new(0);
     resolve(&SLOT, b"fork\0")
 }
+
+/// The next `prctl` (`int prctl(int option, ...)`: four unsigned long arguments follow, as
+/// glibc reads them).
+///
+/// # Safety
+/// The C function's contract.
+pub unsafe fn prctl(option: c_int, a2: c_ulong, a3: c_ulong, a4: c_ulong, a5: c_ulong) -> c_int {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    let p = resolve(&SLOT, b"prctl\0");
+    if p == 0 {
+        set_errno(libc::ENOSYS);
+        return -1;
+    }
+    // SAFETY: `p` is libc's `prctl`, of C type `int (int, ...)`.
+    let f: unsafe extern "C-unwind" fn(c_int, ...) -> c_int = unsafe {
+        std::mem::transmute::<usize, unsafe extern "C-unwind" fn(c_int, ...) -> c_int>(p)
+    };
+    // SAFETY: the caller's arguments, passed on as they came.
+    unsafe { f(option, a2, a3, a4, a5) }
+}

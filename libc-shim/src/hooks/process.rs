@@ -115,6 +115,33 @@ pub unsafe extern "C-unwind" fn fexecve(
     unsafe { real::fexecve(fd, argv, envp) }
 }
 
+/// `prctl(PR_SET_SECCOMP, ...)`: the process sandboxes itself (sshd's pre-authentication
+/// child). After that, a system call the application never makes (a thread's `clone3`, `open`
+/// for a report, `getsockopt` to probe a descriptor) may kill it with SIGSYS. So the shim
+/// writes this image's report now (reason `sandbox`; the traffic after it is not counted) and
+/// becomes a plain pass-through for the rest of the image: no system call of its own again.
+/// (A filter installed with the raw `seccomp` system call is not seen.)
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn prctl(
+    option: c_int,
+    a2: c_ulong,
+    a3: c_ulong,
+    a4: c_ulong,
+    a5: c_ulong,
+) -> c_int {
+    if option == libc::PR_SET_SECCOMP {
+        if let Some(_g) = active() {
+            guard::shielded(|| {
+                account().count(Call::Prctl);
+                trace::finish("sandbox");
+            });
+        }
+        crate::disable();
+    }
+    // SAFETY: as above.
+    unsafe { real::prctl(option, a2, a3, a4, a5) }
+}
+
 /// `_exit` skips `atexit` handlers: write the report first.
 #[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn _exit(code: c_int) -> ! {

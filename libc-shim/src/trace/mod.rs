@@ -70,7 +70,7 @@ calls! {
     Splice = "splice", Poll = "poll", PollChk = "__poll_chk", Ppoll = "ppoll",
     PpollChk = "__ppoll_chk", Select = "select", Pselect = "pselect",
     EpollCreate = "epoll_create", EpollCreate1 = "epoll_create1", EpollCtl = "epoll_ctl",
-    EpollWait = "epoll_wait", EpollPwait = "epoll_pwait", Fork = "fork", Vfork = "vfork", Exec = "exec",
+    EpollWait = "epoll_wait", EpollPwait = "epoll_pwait", Fork = "fork", Vfork = "vfork", Prctl = "prctl", Exec = "exec",
     Exit = "_exit",
 }
 
