@@ -889,3 +889,64 @@ fn sshd_with_seccomp_sandbox_serves_5_mib() {
         "the encrypted 5 MiB and more: {merged}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// launcher messages and status
+
+const MANY_PY: &str = r#"
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+u2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u2.sendto(b"d" * 100, u.getsockname()); u.recvfrom(200)
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
+for i in range(5000):
+    c = socket.create_connection(srv.getsockname()); s, _ = srv.accept()
+    c.send(b"x"); s.recv(1); c.close(); s.close()
+print(u.getsockname()[1])
+"#;
+
+/// 10,000 TCP connections (5000 each side) and two UDP sockets: the summary counts 10,002
+/// connections (it said 4095: the shim lists 4096 sockets, the listener not shown), and the
+/// bound UDP socket has its local address (it was `null`: only `connect`/`accept` set it).
+#[test]
+fn launcher_counts_every_connection_and_udp_local_addresses() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("many.py");
+    std::fs::write(&script, MANY_PY).unwrap();
+    let (out, merged) = hicamp_run(dir.path(), "many.json", &["python3", script.to_str().unwrap()]);
+    assert_ok(&out);
+    let port: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let s = &merged["process_summaries"][0];
+    assert_eq!(u(s, "connections"), 10_002, "{s}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("10002 connections"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conns = merged["connections"].as_array().unwrap();
+    let udp = conns
+        .iter()
+        .find(|c| c["type"] == "dgram" && u(c, "received_bytes") == 100)
+        .expect("the bound UDP socket");
+    assert_eq!(udp["local"], format!("127.0.0.1:{port}"), "{udp}");
+}
+
+/// A `--report` path that cannot be written is an error before the command runs (it used to
+/// run the command and then exit 1, losing its status).
+#[test]
+fn unwritable_report_path_fails_before_running() {
+    shim();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let out = Command::new(HICAMP)
+        .args(["run", "--report", "/proc/self/no/such/report.json", "--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!marker.exists(), "the command ran");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("report"), "{out:?}");
+}

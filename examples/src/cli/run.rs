@@ -215,6 +215,17 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
                     source,
                 })?;
             }
+            // The merged report must be writable: found out before the command runs, not
+            // after (which lost the command's status).
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .map_err(|source| RunError::Io {
+                    what: "cannot write the report",
+                    path: p.clone(),
+                    source,
+                })?;
             (p, None)
         }
         None => {
@@ -370,7 +381,8 @@ pub fn merge(
             received_bytes: r.received_bytes,
             send_calls: r.send_calls,
             recv_calls: r.recv_calls,
-            connections: r.connections.len() as u64,
+            // The listing stops at the shim's MAX_CONNS; the omitted ones count too.
+            connections: r.connections.len() as u64 + r.connections_omitted,
         });
         connections.extend(r.connections.iter().map(|c| ProcessConn {
             conn: c.clone(),

@@ -140,6 +140,14 @@ pub fn connected(fd: i32, peer: Option<std::net::SocketAddr>) {
     }
 }
 
+/// `bind` succeeded: the local address (a datagram socket's, which no `connect` or `accept`
+/// reports) is known now, with the port the kernel picked for port 0.
+pub fn bound(fd: i32) {
+    if let Some(c) = TABLE.with(fd, |e| e.conn().cloned()).flatten() {
+        c.addrs.lock().0 = sys::sock_addr(fd, false);
+    }
+}
+
 /// `listen` succeeded.
 pub fn listening(fd: i32) {
     if let Some(c) = TABLE.with(fd, |e| e.conn().cloned()).flatten() {
