@@ -950,3 +950,32 @@ fn unwritable_report_path_fails_before_running() {
     assert!(!marker.exists(), "the command ran");
     assert!(String::from_utf8_lossy(&out.stderr).contains("report"), "{out:?}");
 }
+
+/// `python3 -m http.server` stopped by SIGTERM (its default action) writes its report
+/// (reason `SIGTERM`) and still dies of the signal (the shell sees 143). Before, it left no
+/// report and the launcher blamed static linking.
+#[test]
+fn sigterm_writes_the_report_and_still_kills() {
+    if missing(&["python3", "curl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let script = format!(
+        "python3 -m http.server --bind 127.0.0.1 --directory {d} {port} >/dev/null 2>&1 & \
+         srv=$!; \
+         for i in $(seq 200); do curl -s -o /dev/null http://127.0.0.1:{port}/ && break; sleep 0.05; done; \
+         kill -TERM $srv; wait $srv; echo $?",
+        d = dir.path().display()
+    );
+    let (out, merged) = hicamp_run(dir.path(), "term.json", &["sh", "-c", &script]);
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "143");
+    let procs = processes(&merged);
+    let server = procs
+        .iter()
+        .find(|p| p["program"].as_str().unwrap().contains("http.server"))
+        .unwrap_or_else(|| panic!("no server report: {merged}"));
+    assert_eq!(server["reason"], "SIGTERM");
+    assert!(u(server, "sent_bytes") > 0);
+}

@@ -71,6 +71,7 @@ macro_rules! real {
 }
 
 real! {
+    sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
     socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
     socketpair(domain: c_int, ty: c_int, protocol: c_int, sv: *mut c_int) -> c_int;
     bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
@@ -216,4 +217,22 @@ pub unsafe fn prctl(option: c_int, a2: c_ulong, a3: c_ulong, a4: c_ulong, a5: c_
     };
     // SAFETY: the caller's arguments, passed on as they came.
     unsafe { f(option, a2, a3, a4, a5) }
+}
+
+/// The next `signal` (`SIG_ERR` with ENOSYS when there is none).
+///
+/// # Safety
+/// The C function's contract.
+pub unsafe fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    let p = resolve(&SLOT, b"signal\0");
+    if p == 0 {
+        set_errno(libc::ENOSYS);
+        return libc::SIG_ERR;
+    }
+    type F = unsafe extern "C-unwind" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
+    // SAFETY: `p` is libc's `signal`, of this C type.
+    let f = unsafe { std::mem::transmute::<usize, F>(p) };
+    // SAFETY: the caller upholds the contract.
+    unsafe { f(sig, handler) }
 }

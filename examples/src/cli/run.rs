@@ -414,11 +414,21 @@ impl MergedReport {
         let mut out = String::new();
         let n = self.process_summaries.len();
         if n == 0 {
-            let _ = writeln!(
-                out,
-                "hicamp run: no process of the command traced a socket (statically linked \
-                 programs and Go programs bypass the shim)"
-            );
+            if self.exit_code > 128 {
+                let _ = writeln!(
+                    out,
+                    "hicamp run: no report: the command was killed by signal {} (SIGKILL and \
+                     signals whose handler the program set leave none)",
+                    self.exit_code - 128
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "hicamp run: no process of the command wrote a report: none traced a socket, \
+                     or they still run (a daemon writes its report when it ends), or they are \
+                     statically linked (as Go programs are) and bypass the shim"
+                );
+            }
             return out;
         }
         let _ = writeln!(

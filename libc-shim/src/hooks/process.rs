@@ -142,6 +142,68 @@ pub unsafe extern "C-unwind" fn prctl(
     unsafe { real::prctl(option, a2, a3, a4, a5) }
 }
 
+/// Writes `SIG_DFL` (no flags, empty mask) into the application's `old`, if any.
+///
+/// # Safety
+/// `old` is null or a writable sigaction.
+unsafe fn default_action(old: *mut libc::sigaction) {
+    if !old.is_null() {
+        // SAFETY: the caller's writable sigaction; all-zero is SIG_DFL.
+        unsafe { std::ptr::write(old, std::mem::zeroed()) };
+    }
+}
+
+/// `sigaction`: for SIGTERM and SIGINT while the shim's report handler holds them, the
+/// application sees and keeps the default disposition it believes in (see `lifecycle`).
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
+    if let Some(i) = crate::lifecycle::ours(sig) {
+        // SAFETY: the caller's `act` is null or a valid sigaction.
+        let keeps_default = act.is_null() || unsafe { (*act).sa_sigaction } == libc::SIG_DFL;
+        if keeps_default {
+            // SAFETY: the caller's `old` is null or writable.
+            unsafe { default_action(old) };
+            return 0;
+        }
+        // SAFETY: as above.
+        let ret = unsafe { real::sigaction(sig, act, old) };
+        if ret == 0 {
+            crate::lifecycle::forget_ours(i);
+            // SAFETY: as above.
+            unsafe { default_action(old) };
+        }
+        return ret;
+    }
+    // SAFETY: as above.
+    unsafe { real::sigaction(sig, act, old) }
+}
+
+/// `signal`: as [`sigaction`] (glibc's `signal` does not go through the exported `sigaction`).
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn signal(
+    sig: c_int,
+    handler: libc::sighandler_t,
+) -> libc::sighandler_t {
+    if let Some(i) = crate::lifecycle::ours(sig) {
+        if handler == libc::SIG_DFL {
+            return libc::SIG_DFL;
+        }
+        // SAFETY: as above.
+        let ret = unsafe { real::signal(sig, handler) };
+        if ret != libc::SIG_ERR {
+            crate::lifecycle::forget_ours(i);
+            return libc::SIG_DFL;
+        }
+        return ret;
+    }
+    // SAFETY: as above.
+    unsafe { real::signal(sig, handler) }
+}
+
 /// `_exit` skips `atexit` handlers: write the report first.
 #[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn _exit(code: c_int) -> ! {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{
-    AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel, Ordering::Acquire,
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel, Ordering::Acquire,
     Ordering::Relaxed, Ordering::Release,
 };
 use std::sync::Arc;
@@ -64,6 +64,11 @@ pub struct Account {
 pub(super) static ACCOUNT: AtomicPtr<Account> = AtomicPtr::new(std::ptr::null_mut());
 /// A report was asked for by a signal.
 pub(super) static SIGNALLED: AtomicBool = AtomicBool::new(false);
+/// A terminating signal (SIGTERM, SIGINT) arrived: its number; the interning thread writes the
+/// final report while the handler waits for [`TERM_DONE`].
+pub(super) static TERMINATING: AtomicI32 = AtomicI32::new(0);
+/// The final report for [`TERMINATING`] is written (or there was nothing to write).
+pub static TERM_DONE: AtomicBool = AtomicBool::new(false);
 
 impl Account {
     pub(super) fn new() -> Account {
@@ -178,6 +183,11 @@ impl Account {
         }
     }
 
+    /// True when this process's interning thread runs (it writes the report on SIGTERM).
+    pub(crate) fn thread_running(&self) -> bool {
+        self.bg.load(Acquire) == 1 && self.pid == sys::getpid()
+    }
+
     fn start_thread(&'static self) {
         if self.bg.compare_exchange(0, 1, AcqRel, Acquire).is_err() {
             return;
@@ -203,10 +213,24 @@ impl Account {
         loop {
             {
                 let mut p = self.pending.lock();
-                if p.bytes.len() < WAKE_BYTES && !SIGNALLED.load(Relaxed) {
+                if p.bytes.len() < WAKE_BYTES
+                    && !SIGNALLED.load(Relaxed)
+                    && TERMINATING.load(Relaxed) == 0
+                {
                     self.wake.wait_for(&mut p, TICK);
                 }
                 self.woken.store(false, Relaxed);
+            }
+            let term = TERMINATING.load(Relaxed);
+            if term != 0 {
+                let _ = guard::shielded(|| {
+                    if !self.finished.swap(true, Relaxed) && self.has_activity() {
+                        let name = if term == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+                        self.report(name, true);
+                    }
+                });
+                TERM_DONE.store(true, Release);
+                return;
             }
             if self.finished.load(Relaxed) {
                 return;

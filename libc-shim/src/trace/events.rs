@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
 
-use super::account::{account, current, Account, ACCOUNT, SIGNALLED};
+use super::account::{account, current, Account, ACCOUNT, SIGNALLED, TERMINATING};
+pub use super::account::TERM_DONE;
 use super::Dir;
 use crate::fdtable::{traced, FdEntry, Kind, Origin, TABLE};
 use crate::{guard, sys};
@@ -192,6 +193,18 @@ pub fn finish(reason: &str) {
     if acct.has_activity() {
         acct.report(reason, true);
     }
+}
+
+/// SIGTERM or SIGINT arrived, with the default action (termination) pending. Returns true when
+/// the interning thread will write the final report ([`TERM_DONE`] says when); async-signal-safe
+/// (atomics, and `getpid`).
+pub fn terminating(sig: i32) -> bool {
+    let Some(acct) = current() else { return false };
+    if !crate::enabled() || !acct.thread_running() || acct.finished.load(Relaxed) {
+        return false;
+    }
+    TERMINATING.store(sig, Relaxed);
+    true
 }
 
 /// A report was asked for by a signal (async-signal-safe: only sets a flag).
