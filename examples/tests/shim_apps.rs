@@ -979,3 +979,66 @@ fn sigterm_writes_the_report_and_still_kills() {
     assert_eq!(server["reason"], "SIGTERM");
     assert!(u(server, "sent_bytes") > 0);
 }
+
+/// A daemonizing command (a server forked into the background, the parent exits): the launcher
+/// says the server still runs and where its report will go, and without `--report` it keeps the
+/// temporary directory for it (it used to remove it: the daemon's report was lost).
+#[test]
+fn daemon_is_named_and_its_late_report_arrives() {
+    if missing(&["python3"]) {
+        return;
+    }
+    shim();
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let script = r#"
+import os, socket, sys, time
+if os.fork() > 0:
+    os._exit(0)
+os.setsid()
+a = socket.socket(); a.bind(("127.0.0.1", 0)); a.listen(1)
+c = socket.create_connection(a.getsockname()); s, _ = a.accept()
+time.sleep(1.5)
+c.sendall(b"z" * 777); s.recv(1000)
+"#;
+    let out = Command::new(HICAMP)
+        .args(["run", "--", "python3", "-c", script])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("still run"), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reports: Vec<PathBuf> = walk(&tmp)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        if let Some(r) = reports.iter().find(|p| {
+            std::fs::read(p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| v["sent_bytes"] == 777)
+        }) {
+            let _ = r;
+            break;
+        }
+        assert!(Instant::now() < deadline, "no late report in {reports:?}: {err}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -19,8 +19,10 @@
 //! memories: the sum is what the processes' memories hold together, with no dedup across
 //! processes). Only reports carrying this run's id are merged, so old files with the same
 //! prefix are never mixed in. Without `--report` the files go to a temporary directory that is
-//! removed afterwards. A process still running when the command ends (a daemon) writes its
-//! report later; it is not in the merge.
+//! removed afterwards. A process still running when the command ends (a daemon, found by the
+//! run id in its environment) writes its report later; it is not in the merge, the launcher
+//! names it and where its report goes, and keeps a temporary directory for it. A `--report`
+//! path that cannot be written is an error before the command runs.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -166,6 +168,11 @@ pub struct MergedReport {
     pub line_sizes: Vec<LineSizeReport>,
     /// The processes' own reports, as written.
     pub processes: Vec<ShimReport>,
+    /// Processes of the run still alive when the command ended (daemons): they write their
+    /// reports when they end, beside the prefix, after this merge.
+    pub still_running: Vec<i32>,
+    /// The prefix those late reports go to.
+    pub late_reports: Option<String>,
 }
 
 /// One connection of the merged report: the process's [`ConnReport`] and its process id.
@@ -275,8 +282,16 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let merged = merge(&prefix, &run_id, command, exit_code(&status));
+    let lingering = still_running(&run_id);
+    // A temporary report directory stays while processes of the run live on: they write into it
+    // when they end.
+    let tempdir = tempdir.filter(|_| lingering.is_empty());
     let result = match merged {
-        Ok(merged) => {
+        Ok(mut merged) => {
+            if !lingering.is_empty() {
+                merged.late_reports = Some(format!("{}.PID.json", prefix.display()));
+            }
+            merged.still_running = lingering;
             let mut merged_path = None;
             if opts.report.is_some() {
                 let json = serde_json::to_vec_pretty(&merged).map_err(|e| RunError::Io {
@@ -405,10 +420,56 @@ pub fn merge(
         connections,
         line_sizes,
         processes,
+        still_running: Vec::new(),
+        late_reports: None,
     })
 }
 
+/// The processes, other than this one, that carry this run's id in their environment: the
+/// command's descendants still alive (daemons detach from the process group, not from their
+/// environment).
+pub fn still_running(run_id: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let needle = format!("HICAMP_SHIM_RUN_ID={run_id}\0");
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.windows(needle.len()).any(|w| w == needle.as_bytes())
+            })
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 impl MergedReport {
+    /// The note on processes of the run that outlived the command (empty when none).
+    fn still_running_note(&self) -> String {
+        if self.still_running.is_empty() {
+            return String::new();
+        }
+        let pids: Vec<String> = self.still_running.iter().map(i32::to_string).collect();
+        format!(
+            "hicamp run: {} process{} of the command still run{} (pid {}): a daemon writes its \
+             report when it ends, to {}\n",
+            pids.len(),
+            if pids.len() == 1 { "" } else { "es" },
+            if self.sent_bytes + self.received_bytes == 0 {
+                ", which is why no traffic is counted yet"
+            } else {
+                ""
+            },
+            pids.join(", "),
+            self.late_reports.as_deref().unwrap_or("its report file"),
+        )
+    }
+
     /// The human summary printed when the command ends.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
@@ -429,6 +490,7 @@ impl MergedReport {
                      statically linked (as Go programs are) and bypass the shim"
                 );
             }
+            out.push_str(&self.still_running_note());
             return out;
         }
         let _ = writeln!(
@@ -466,6 +528,7 @@ impl MergedReport {
             );
             out.push_str(&line_size_table(&self.line_sizes));
         }
+        out.push_str(&self.still_running_note());
         out
     }
 }
