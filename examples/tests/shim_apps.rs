@@ -1042,3 +1042,92 @@ fn walk(d: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------------
+// nginx: workers that give up root
+
+/// nginx started as root, with its default user (`nobody`) for the workers, serves a 261 KB
+/// file to curl 5 times. The workers cannot create files in the report directory (a temporary
+/// directory of mode 0700 here, 0755 in the issue): before, their reports were lost and the
+/// launcher printed "sent 0 B". Now they open their report files before `setuid`.
+#[test]
+fn nginx_workers_as_nobody_report() {
+    if testkit::require_program("nginx", "-v") || missing(&["curl"]) {
+        return;
+    }
+    if !testkit::is_root() && testkit::skip(format_args!("nginx drops privileges only as root")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let www = d.join("www");
+    std::fs::create_dir(&www).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    // The workers (nobody) must read the files: the directory is searchable, not writable.
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let body: Vec<u8> = (0..261_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(www.join("f.bin"), &body).unwrap();
+    let port = free_port();
+    let conf = d.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process on; worker_processes 2; pid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; sendfile off;\n\
+               client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;\n\
+               uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
+               server {{ listen 127.0.0.1:{port}; root {www}; }} }}\n",
+            d = d.display(),
+            www = www.display()
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "nginx -c {conf} -p {d} & srv=$!; \
+         for i in $(seq 200); do curl -s -o /dev/null http://127.0.0.1:{port}/ && break; sleep 0.05; done; \
+         for i in 1 2 3 4 5; do curl -s -S -o /dev/null -w '%{{size_download}}\\n' http://127.0.0.1:{port}/f.bin; done; \
+         kill -QUIT $srv; wait $srv",
+        conf = conf.display(),
+        d = d.display()
+    );
+    let (out, merged) = hicamp_run(d, "nginx.json", &["sh", "-c", &script]);
+    assert_ok(&out);
+    let sizes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(sizes.lines().filter(|l| *l == "261000").count(), 5, "{sizes}");
+    let procs = processes(&merged);
+    let nginx_sent: u64 = procs
+        .iter()
+        .filter(|p| p["program"].as_str().unwrap().starts_with("nginx"))
+        .map(|p| u(p, "sent_bytes"))
+        .sum();
+    assert!(
+        nginx_sent >= 5 * 261_000,
+        "nginx's workers sent {nginx_sent} B: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A process that gave up root (its report file claimed ahead) and is then killed with SIGKILL
+/// writes no report: the launcher says that one did not arrive instead of staying silent.
+#[test]
+fn launcher_says_when_a_report_did_not_arrive() {
+    if missing(&["python3"]) {
+        return;
+    }
+    if !testkit::is_root() && testkit::skip(format_args!("setuid needs root")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = "import os, signal, socket\n\
+                  a = socket.socket(); a.bind(('127.0.0.1', 0)); a.listen(1)\n\
+                  os.setuid(65534)\n\
+                  c = socket.socket(); c.connect(a.getsockname()); c.sendall(b'k' * 10)\n\
+                  os.kill(os.getpid(), signal.SIGKILL)\n";
+    let (out, merged) = hicamp_run(dir.path(), "killed.json", &["python3", "-c", script]);
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 report did not arrive"), "{err}");
+    assert_eq!(merged["unwritten_reports"].as_array().unwrap().len(), 1);
+}

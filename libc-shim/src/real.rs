@@ -71,6 +71,9 @@ macro_rules! real {
 }
 
 real! {
+    setuid(uid: libc::uid_t) -> c_int;
+    setreuid(r: libc::uid_t, e: libc::uid_t) -> c_int;
+    setresuid(r: libc::uid_t, e: libc::uid_t, s: libc::uid_t) -> c_int;
     sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
     socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
     socketpair(domain: c_int, ty: c_int, protocol: c_int, sv: *mut c_int) -> c_int;

@@ -150,6 +150,65 @@ pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A report file kept open across a change of user (`setuid` to an unprivileged user): its
+/// descriptor and identity. The shim writes through it only while `fd` still is that file
+/// (device and inode checked first): an application that closed the number and reused it
+/// gets nothing written into its own descriptor.
+#[derive(Debug)]
+pub struct HeldFile {
+    fd: c_int,
+    dev: u64,
+    ino: u64,
+}
+
+impl HeldFile {
+    /// Opens `path` (created if absent) for later rewrites, close-on-exec.
+    pub fn open(path: &Path) -> std::io::Result<HeldFile> {
+        let fd = open_for_write(path, 0)?;
+        match identity(fd) {
+            Some((dev, ino)) => Ok(HeldFile { fd, dev, ino }),
+            None => {
+                let e = std::io::Error::last_os_error();
+                close_fd(fd);
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces the file's contents with `bytes`; an error when the descriptor is no longer
+    /// this file.
+    pub fn rewrite(&self, bytes: &[u8]) -> std::io::Result<()> {
+        if identity(self.fd) != Some((self.dev, self.ino)) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Other,
+                "the held report descriptor was closed by the application",
+            ));
+        }
+        // SAFETY: the descriptor is the shim's own file (checked above).
+        if unsafe { libc::ftruncate(self.fd, 0) } != 0
+            // SAFETY: as above.
+            || unsafe { libc::lseek(self.fd, 0, libc::SEEK_SET) } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        write_all(self.fd, bytes)
+    }
+}
+
+/// Device and inode of an open descriptor.
+fn identity(fd: c_int) -> Option<(u64, u64)> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable `stat`.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
+/// The effective user id.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid has no precondition.
+    unsafe { libc::geteuid() }
+}
+
 /// What the kernel says `fd` is: `None` when it is not a socket (or not open).
 pub fn probe(fd: c_int) -> Option<(Family, SockType)> {
     // SAFETY: an all-zero `stat` is a valid value of this plain C struct.

@@ -173,6 +173,9 @@ pub struct MergedReport {
     pub still_running: Vec<i32>,
     /// The prefix those late reports go to.
     pub late_reports: Option<String>,
+    /// Report files of this run that a process claimed (created) but never wrote: killed while
+    /// writing, or unable to write.
+    pub unwritten_reports: Vec<String>,
 }
 
 /// One connection of the merged report: the process's [`ConnReport`] and its process id.
@@ -212,6 +215,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let run_id = format!("{}-{nanos}", std::process::id());
+    let started = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
     let (prefix, tempdir) = match &opts.report {
         Some(p) => {
             let p = absolute(p)?;
@@ -292,6 +296,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
                 merged.late_reports = Some(format!("{}.PID.json", prefix.display()));
             }
             merged.still_running = lingering;
+            merged.unwritten_reports = unwritten_reports(&prefix, started);
             let mut merged_path = None;
             if opts.report.is_some() {
                 let json = serde_json::to_vec_pretty(&merged).map_err(|e| RunError::Io {
@@ -422,7 +427,23 @@ pub fn merge(
         processes,
         still_running: Vec::new(),
         late_reports: None,
+        unwritten_reports: Vec::new(),
     })
+}
+
+/// Report files beside `prefix` that are still empty and were created since `since`: their
+/// processes claimed them and never wrote the report.
+pub fn unwritten_reports(prefix: &Path, since: std::time::SystemTime) -> Vec<String> {
+    report_files(prefix)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| {
+            std::fs::metadata(f).is_ok_and(|m| {
+                m.len() == 0 && m.modified().is_ok_and(|t| t >= since)
+            })
+        })
+        .map(|f| f.display().to_string())
+        .collect()
 }
 
 /// The processes, other than this one, that carry this run's id in their environment: the
@@ -451,11 +472,22 @@ pub fn still_running(run_id: &str) -> Vec<i32> {
 impl MergedReport {
     /// The note on processes of the run that outlived the command (empty when none).
     fn still_running_note(&self) -> String {
+        let mut out = String::new();
+        if !self.unwritten_reports.is_empty() {
+            let _ = writeln!(
+                out,
+                "hicamp run: {} report{} did not arrive (the process claimed the file and did not \
+                 write it: killed, or it could not write): {}",
+                self.unwritten_reports.len(),
+                if self.unwritten_reports.len() == 1 { "" } else { "s" },
+                self.unwritten_reports.join(", ")
+            );
+        }
         if self.still_running.is_empty() {
-            return String::new();
+            return out;
         }
         let pids: Vec<String> = self.still_running.iter().map(i32::to_string).collect();
-        format!(
+        out + &format!(
             "hicamp run: {} process{} of the command still run{} (pid {}): a daemon writes its \
              report when it ends, to {}\n",
             pids.len(),

@@ -204,6 +204,39 @@ pub unsafe extern "C-unwind" fn signal(
     unsafe { real::signal(sig, handler) }
 }
 
+/// Before a process running as root switches to another user (nginx's workers to `nobody`),
+/// its report files are opened (`trace::dropping_privileges`): that user may not create files
+/// in the report directory.
+fn before_uid_change(uid: libc::uid_t) {
+    if uid == libc::uid_t::MAX {
+        return; // -1: unchanged
+    }
+    if let Some(_g) = active() {
+        guard::shielded(|| trace::dropping_privileges(uid));
+    }
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn setuid(uid: libc::uid_t) -> c_int {
+    before_uid_change(uid);
+    // SAFETY: as above.
+    unsafe { real::setuid(uid) }
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn setreuid(r: libc::uid_t, e: libc::uid_t) -> c_int {
+    before_uid_change(if e == libc::uid_t::MAX { r } else { e });
+    // SAFETY: as above.
+    unsafe { real::setreuid(r, e) }
+}
+
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn setresuid(r: libc::uid_t, e: libc::uid_t, s: libc::uid_t) -> c_int {
+    before_uid_change(if e == libc::uid_t::MAX { r } else { e });
+    // SAFETY: as above.
+    unsafe { real::setresuid(r, e, s) }
+}
+
 /// `_exit` skips `atexit` handlers: write the report first.
 #[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn _exit(code: c_int) -> ! {

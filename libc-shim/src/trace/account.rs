@@ -58,6 +58,9 @@ pub struct Account {
     /// 0: no interning thread yet; 1: running; 2: could not be started (interning inline).
     pub(super) bg: AtomicU8,
     pub(super) report_path: Mutex<Option<PathBuf>>,
+    /// The report files, opened before the process gave up root (`setuid`): written through
+    /// these descriptors, since the unprivileged user may not create files there.
+    pub(super) held: Mutex<Option<(sys::HeldFile, sys::HeldFile)>>,
     pub(super) finished: AtomicBool,
 }
 
@@ -100,6 +103,7 @@ impl Account {
             interner: Mutex::new(Interner::default()),
             bg: AtomicU8::new(0),
             report_path: Mutex::new(None),
+            held: Mutex::new(None),
             finished: AtomicBool::new(false),
         }
     }
@@ -366,6 +370,15 @@ impl Account {
                 return;
             }
         };
+        if let Some((j, t)) = self.held.lock().as_ref() {
+            match j.rewrite(&json) {
+                Ok(()) => {
+                    let _ = t.rewrite(text.as_bytes());
+                    return;
+                }
+                Err(e) => sys::diag(&format!("cannot write the held report: {e}")),
+            }
+        }
         let mut path = self.report_path.lock();
         if path.is_none() {
             *path = claim_report_path(prefix, self.pid);
@@ -377,6 +390,35 @@ impl Account {
         }
         if let Err(e) = sys::replace(&p.with_extension("txt"), text.as_bytes()) {
             sys::diag(&format!("cannot write the summary: {e}"));
+        }
+    }
+}
+
+impl Account {
+    /// The process is about to give up root for another user: claim the report files now and
+    /// keep them open, so that the report can be written whatever the directory's permissions
+    /// say to that user.
+    pub(super) fn hold_report_files(&self) {
+        let Some(prefix) = &Config::get().report else {
+            return;
+        };
+        let mut held = self.held.lock();
+        if held.is_some() {
+            return;
+        }
+        let mut path = self.report_path.lock();
+        if path.is_none() {
+            *path = claim_report_path(prefix, self.pid);
+        }
+        let Some(p) = path.as_ref() else { return };
+        match (
+            sys::HeldFile::open(p),
+            sys::HeldFile::open(&p.with_extension("txt")),
+        ) {
+            (Ok(j), Ok(t)) => *held = Some((j, t)),
+            (Err(e), _) | (_, Err(e)) => {
+                sys::diag(&format!("cannot open the report {} ahead: {e}", p.display()));
+            }
         }
     }
 }

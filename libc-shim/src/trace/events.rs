@@ -190,7 +190,9 @@ pub fn finish(reason: &str) {
     if final_report && acct.finished.swap(true, Relaxed) {
         return;
     }
-    if acct.has_activity() {
+    // A process that opened its report files ahead (before giving up root) fills them even
+    // without traffic: an empty report file tells the launcher that a report did not arrive.
+    if acct.has_activity() || acct.held.lock().is_some() {
         acct.report(reason, true);
     }
 }
@@ -205,6 +207,17 @@ pub fn terminating(sig: i32) -> bool {
     }
     TERMINATING.store(sig, Relaxed);
     true
+}
+
+/// The process (running as root) is about to switch to user `uid`: open its report files now.
+pub fn dropping_privileges(uid: u32) {
+    if sys::geteuid() != 0 || uid == 0 {
+        return;
+    }
+    let acct = account();
+    if acct.pid == sys::getpid() {
+        acct.hold_report_files();
+    }
 }
 
 /// A report was asked for by a signal (async-signal-safe: only sets a flag).
