@@ -440,7 +440,11 @@ fn compile_c(dir: &Path, src: &str, name: &str) -> Option<PathBuf> {
         .arg(&c)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Some(bin)
 }
 
@@ -702,7 +706,12 @@ fn inetd_style_echo_gets_no_shim_bytes() {
     use std::io::Read;
     s.read_to_end(&mut got).unwrap();
     writer.join().unwrap();
-    assert_eq!(got.len(), data.len(), "extra bytes: {:?}", String::from_utf8_lossy(&got[data.len().min(got.len())..]));
+    assert_eq!(
+        got.len(),
+        data.len(),
+        "extra bytes: {:?}",
+        String::from_utf8_lossy(&got[data.len().min(got.len())..])
+    );
     assert!(got == data, "the stream changed");
     let status = reaper.0.take().unwrap().wait().unwrap();
     assert!(status.success(), "{status}");
@@ -848,7 +857,10 @@ fn sshd_with_seccomp_sandbox_serves_5_mib() {
         .arg(&report)
         .args(["--", "socat"])
         .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"))
-        .arg(format!("EXEC:/usr/sbin/sshd -i -e -f {},nofork", cfg.display()))
+        .arg(format!(
+            "EXEC:/usr/sbin/sshd -i -e -f {},nofork",
+            cfg.display()
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -916,7 +928,11 @@ fn launcher_counts_every_connection_and_udp_local_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("many.py");
     std::fs::write(&script, MANY_PY).unwrap();
-    let (out, merged) = hicamp_run(dir.path(), "many.json", &["python3", script.to_str().unwrap()]);
+    let (out, merged) = hicamp_run(
+        dir.path(),
+        "many.json",
+        &["python3", script.to_str().unwrap()],
+    );
     assert_ok(&out);
     let port: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     let s = &merged["process_summaries"][0];
@@ -942,13 +958,22 @@ fn unwritable_report_path_fails_before_running() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("ran");
     let out = Command::new(HICAMP)
-        .args(["run", "--report", "/proc/self/no/such/report.json", "--", "touch"])
+        .args([
+            "run",
+            "--report",
+            "/proc/self/no/such/report.json",
+            "--",
+            "touch",
+        ])
         .arg(&marker)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(!marker.exists(), "the command ran");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("report"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("report"),
+        "{out:?}"
+    );
 }
 
 /// `python3 -m http.server` stopped by SIGTERM (its default action) writes its report
@@ -1025,7 +1050,10 @@ c.sendall(b"z" * 777); s.recv(1000)
             let _ = r;
             break;
         }
-        assert!(Instant::now() < deadline, "no late report in {reports:?}: {err}");
+        assert!(
+            Instant::now() < deadline,
+            "no late report in {reports:?}: {err}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -1095,7 +1123,11 @@ fn nginx_workers_as_nobody_report() {
     let (out, merged) = hicamp_run(d, "nginx.json", &["sh", "-c", &script]);
     assert_ok(&out);
     let sizes = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(sizes.lines().filter(|l| *l == "261000").count(), 5, "{sizes}");
+    assert_eq!(
+        sizes.lines().filter(|l| *l == "261000").count(),
+        5,
+        "{sizes}"
+    );
     let procs = processes(&merged);
     let nginx_sent: u64 = procs
         .iter()

@@ -366,10 +366,7 @@ impl<T> ForkRwLock<T> {
         let mut spins = 0u32;
         loop {
             if s & (WRITER | WRITER_WAITING) == 0 && s & READERS < READERS {
-                match self
-                    .state
-                    .compare_exchange_weak(s, s + 1, Acquire, Relaxed)
-                {
+                match self.state.compare_exchange_weak(s, s + 1, Acquire, Relaxed) {
                     Ok(_) => return ReadGuard(self),
                     Err(now) => s = now,
                 }
@@ -386,12 +383,10 @@ impl<T> ForkRwLock<T> {
         loop {
             if s & (WRITER | READERS) == 0 {
                 // Taking the lock clears WRITER_WAITING: another waiting writer sets it again.
-                match self.state.compare_exchange_weak(
-                    s,
-                    (s & SLEEPERS) | WRITER,
-                    Acquire,
-                    Relaxed,
-                ) {
+                match self
+                    .state
+                    .compare_exchange_weak(s, (s & SLEEPERS) | WRITER, Acquire, Relaxed)
+                {
                     Ok(_) => return WriteGuard(self),
                     Err(now) => s = now,
                 }
@@ -486,7 +481,9 @@ impl FdTable {
     /// An empty table.
     pub fn new() -> FdTable {
         FdTable {
-            shards: (0..SHARDS).map(|_| ForkRwLock::new(Shard::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| ForkRwLock::new(Shard::default()))
+                .collect(),
         }
     }
 

@@ -179,8 +179,7 @@ impl HeldFile {
     /// this file.
     pub fn rewrite(&self, bytes: &[u8]) -> std::io::Result<()> {
         if identity(self.fd) != Some((self.dev, self.ino)) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Other,
+            return Err(std::io::Error::other(
                 "the held report descriptor was closed by the application",
             ));
         }

@@ -438,9 +438,8 @@ pub fn unwritten_reports(prefix: &Path, since: std::time::SystemTime) -> Vec<Str
         .unwrap_or_default()
         .into_iter()
         .filter(|f| {
-            std::fs::metadata(f).is_ok_and(|m| {
-                m.len() == 0 && m.modified().is_ok_and(|t| t >= since)
-            })
+            std::fs::metadata(f)
+                .is_ok_and(|m| m.len() == 0 && m.modified().is_ok_and(|t| t >= since))
         })
         .map(|f| f.display().to_string())
         .collect()
@@ -460,9 +459,8 @@ pub fn still_running(run_id: &str) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != me)
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                env.windows(needle.len()).any(|w| w == needle.as_bytes())
-            })
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
         })
         .collect();
     pids.sort_unstable();
@@ -474,7 +472,8 @@ impl MergedReport {
     fn still_running_note(&self) -> String {
         let mut out = String::new();
         if !self.unwritten_reports.is_empty() {
-            let _ = writeln!(
+            let _ =
+                writeln!(
                 out,
                 "hicamp run: {} report{} did not arrive (the process claimed the file and did not \
                  write it: killed, or it could not write): {}",

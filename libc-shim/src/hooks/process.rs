@@ -148,8 +148,10 @@ pub unsafe extern "C-unwind" fn prctl(
 /// `old` is null or a writable sigaction.
 unsafe fn default_action(old: *mut libc::sigaction) {
     if !old.is_null() {
-        // SAFETY: the caller's writable sigaction; all-zero is SIG_DFL.
-        unsafe { std::ptr::write(old, std::mem::zeroed()) };
+        // SAFETY: an all-zero sigaction is SIG_DFL with no flags and an empty mask.
+        let dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: the caller's writable sigaction.
+        unsafe { std::ptr::write(old, dfl) };
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel, Ordering::Acquire,
-    Ordering::Relaxed, Ordering::Release,
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel,
+    Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -229,7 +229,11 @@ impl Account {
             if term != 0 {
                 let _ = guard::shielded(|| {
                     if !self.finished.swap(true, Relaxed) && self.has_activity() {
-                        let name = if term == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+                        let name = if term == libc::SIGINT {
+                            "SIGINT"
+                        } else {
+                            "SIGTERM"
+                        };
                         self.report(name, true);
                     }
                 });
@@ -347,11 +351,8 @@ impl Account {
                 let p = sys::tmp_dir().join(format!("hicamp-shim.{}.txt", self.pid));
                 match sys::replace(&p, text.as_bytes()) {
                     Ok(()) if sys::stderr_is_terminal() => {
-                        let line = format!(
-                            "hicamp-shim[{}]: summary in {}\n",
-                            self.pid,
-                            p.display()
-                        );
+                        let line =
+                            format!("hicamp-shim[{}]: summary in {}\n", self.pid, p.display());
                         let _ = sys::write_all(2, line.as_bytes());
                     }
                     Ok(()) => {}
@@ -417,7 +418,10 @@ impl Account {
         ) {
             (Ok(j), Ok(t)) => *held = Some((j, t)),
             (Err(e), _) | (_, Err(e)) => {
-                sys::diag(&format!("cannot open the report {} ahead: {e}", p.display()));
+                sys::diag(&format!(
+                    "cannot open the report {} ahead: {e}",
+                    p.display()
+                ));
             }
         }
     }

@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
 
-use super::account::{account, current, Account, ACCOUNT, SIGNALLED, TERMINATING};
 pub use super::account::TERM_DONE;
+use super::account::{account, current, Account, ACCOUNT, SIGNALLED, TERMINATING};
 use super::Dir;
 use crate::fdtable::{traced, FdEntry, Kind, Origin, TABLE};
 use crate::{guard, sys};

@@ -32,10 +32,9 @@ mod interner;
 
 pub use account::{account, Account, MAX_CONNS};
 pub use events::{
-    accepted, bound, closing, closing_range, connected, dropping_privileges, duplicated, finish, fork_child, fork_parent,
-    fork_prepare, is_stream, listening, new_socket, set_nonblocking, signal_request, terminating,
-    transfer, TERM_DONE,
-    Uncaptured,
+    accepted, bound, closing, closing_range, connected, dropping_privileges, duplicated, finish,
+    fork_child, fork_parent, fork_prepare, is_stream, listening, new_socket, set_nonblocking,
+    signal_request, terminating, transfer, Uncaptured, TERM_DONE,
 };
 
 /// Direction of a transfer.
