@@ -426,6 +426,55 @@ fn close_range_forgets_closed_sockets() {
     assert_eq!(s1["open"], false);
 }
 
+/// Compiles a C program of `examples/tests/` into `dir`; `None` (skipped) without a compiler.
+fn compile_c(dir: &Path, src: &str, name: &str) -> Option<PathBuf> {
+    if missing(&["cc"]) {
+        return None;
+    }
+    let c = dir.join(format!("{name}.c"));
+    let bin = dir.join(name);
+    std::fs::write(&c, src).unwrap();
+    let out = Command::new("cc")
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(bin)
+}
+
+/// Four threads do TCP I/O (and dup/close: fd-table writes) while the main thread forks 300
+/// times; each child takes the table's locks (dup, close, a write) and exits. A child that
+/// hangs for 10 s is killed and counted. Before the fork-safe fd-table lock, 1-3 runs in 8 had
+/// a child stuck in `fork_child -> for_each_mut -> RwLock::write -> wait_for_readers`.
+#[test]
+fn fork_with_threads_stress() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bin) = compile_c(dir.path(), include_str!("fork_stress.c"), "forkstress") else {
+        return;
+    };
+    for run in 0..4 {
+        let (out, merged) = hicamp_run(
+            dir.path(),
+            &format!("fs{run}.json"),
+            &[bin.to_str().unwrap(), "300"],
+        );
+        assert!(out.status.success(), "run {run}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "forks 300 hung 0\n");
+        let procs = processes(&merged);
+        let parent = procs
+            .iter()
+            .find(|p| u(p, "sent_bytes") > 0)
+            .expect("the parent's report");
+        assert_eq!(u(parent, "sent_bytes"), u(parent, "received_bytes"));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // curl against python's http.server
 
@@ -612,4 +661,505 @@ fn exit_status_is_the_commands() {
         .unwrap();
     assert_eq!(out.status.code(), Some(7));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// inetd-style service: fd 2 is the client's socket
+
+/// `socat TCP-LISTEN EXEC:cat,stderr,nofork`: `cat` runs with stdin, stdout and stderr on the
+/// client's TCP socket, under the shim without a report prefix and with a bad setting (a
+/// diagnostic to write). The client must get back exactly what it sent: before, the shim's
+/// warning and its exit summary arrived inside the stream. The summary goes to
+/// `$TMPDIR/hicamp-shim.PID.txt`, the diagnostic to `hicamp-shim.PID.log` there.
+#[test]
+fn inetd_style_echo_gets_no_shim_bytes() {
+    if testkit::require_program("socat", "-V") || missing(&["cat"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new("socat")
+        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"))
+        .arg("EXEC:cat,stderr,nofork")
+        .env("LD_PRELOAD", shim())
+        .env_remove("HICAMP_SHIM_REPORT")
+        .env("HICAMP_SHIM_LINE_SIZES", "63")
+        .env("TMPDIR", dir.path())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reaper = Reaper(Some(child), vec![]);
+    wait_for_port_once(port);
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let writer = {
+        let mut s = s.try_clone().unwrap();
+        let data = data.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            s.write_all(&data).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    let mut got = Vec::new();
+    use std::io::Read;
+    s.read_to_end(&mut got).unwrap();
+    writer.join().unwrap();
+    assert_eq!(
+        got.len(),
+        data.len(),
+        "extra bytes: {:?}",
+        String::from_utf8_lossy(&got[data.len().min(got.len())..])
+    );
+    assert!(got == data, "the stream changed");
+    let status = reaper.0.take().unwrap().wait().unwrap();
+    assert!(status.success(), "{status}");
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let summary = files
+        .iter()
+        .find(|f| f.starts_with("hicamp-shim.") && f.ends_with(".txt"))
+        .unwrap_or_else(|| panic!("no summary file: {files:?}"));
+    let text = std::fs::read_to_string(dir.path().join(summary)).unwrap();
+    assert!(text.contains("200000"), "{text}");
+    let log = files
+        .iter()
+        .find(|f| f.starts_with("hicamp-shim.") && f.ends_with(".log"))
+        .unwrap_or_else(|| panic!("no diagnostics file: {files:?}"));
+    let log = std::fs::read_to_string(dir.path().join(log)).unwrap();
+    assert!(log.contains("HICAMP_SHIM_LINE_SIZES=63"), "{log}");
+}
+
+/// Waits for a listener without connecting to it (a one-connection server must get the test's
+/// connection, not a probe): polls `ss`-free, through /proc/net/tcp.
+fn wait_for_port_once(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let needle = format!(":{port:04X} 00000000:0000 0A");
+    while Instant::now() < deadline {
+        if std::fs::read_to_string("/proc/net/tcp").is_ok_and(|t| t.contains(&needle)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on port {port}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// vfork: python's subprocess
+
+const VFORK_PY: &str = r#"
+import socket, subprocess, json
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
+a = socket.create_connection(srv.getsockname()); b, _ = srv.accept()
+def move(n):
+    a.sendall(b"v" * n)
+    got = 0
+    while got < n: got += len(b.recv(n - got))
+move(1000)
+# close_fds=True: the vfork child closes every descriptor above 2 (close_range) before exec.
+for _ in range(3):
+    subprocess.run(["true"], check=True, close_fds=True)
+move(1000)
+print(json.dumps({"vfork": subprocess._USE_VFORK}))
+"#;
+
+/// Python's `subprocess` vforks; the child's `close_range` used to edit the parent's fd table
+/// (shared memory until exec), so the parent's socket was found again as a second connection:
+/// 1000 B + 1000 B instead of 2000 B.
+#[test]
+fn vfork_child_changes_nothing_of_the_parent() {
+    if missing(&["python3", "true"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("vfork.py");
+    std::fs::write(&script, VFORK_PY).unwrap();
+    let (out, merged) = hicamp_run(
+        dir.path(),
+        "vfork.json",
+        &["python3", script.to_str().unwrap()],
+    );
+    assert_ok(&out);
+    let app: Value = serde_json::from_slice(&out.stdout).unwrap();
+    if app["vfork"] != true
+        && testkit::skip(format_args!("this python's subprocess does not use vfork"))
+    {
+        return;
+    }
+    let procs = processes(&merged);
+    let py = procs
+        .iter()
+        .find(|p| u(p, "sent_bytes") > 0)
+        .expect("python's report");
+    assert_eq!(py["calls"]["vfork"], 3, "{py}");
+    let conns = py["connections"].as_array().unwrap();
+    assert!(
+        conns.iter().all(|c| c["origin"] != "found"),
+        "the socket was forgotten and found again: {conns:?}"
+    );
+    let sender = conns.iter().find(|c| u(c, "sent_bytes") > 0).unwrap();
+    assert_eq!(u(sender, "sent_bytes"), 2000, "{conns:?}");
+    assert_eq!(u(py, "sent_bytes"), 2000);
+    assert_eq!(u(py, "received_bytes"), 2000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// sshd: a seccomp-sandboxed pre-authentication child
+
+/// `sshd -i` (one connection on stdin/stdout, behind `socat ... EXEC:sshd,nofork`) under
+/// `hicamp run`; an untraced `ssh` client fetches 5 MiB. sshd's pre-authentication child
+/// installs a seccomp filter (`prctl(PR_SET_SECCOMP)`); before, the shim started its interning
+/// thread there and the child died of SIGSYS (`clone3`): "Connection reset". Needs root (sshd's
+/// privilege separation).
+#[test]
+fn sshd_with_seccomp_sandbox_serves_5_mib() {
+    if testkit::require_program("/usr/sbin/sshd", "-V")
+        || testkit::require_program("ssh", "-V")
+        || testkit::require_program("socat", "-V")
+    {
+        return;
+    }
+    if !testkit::is_root() && testkit::skip(format_args!("sshd needs root")) {
+        return;
+    }
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for k in ["hk", "key"] {
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join(k))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    std::fs::copy(d.join("key.pub"), d.join("ak")).unwrap();
+    let cfg = d.join("sshd_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "HostKey {}\nPidFile none\nUsePAM no\nAuthorizedKeysFile {}\nStrictModes no\n\
+             PermitRootLogin yes\n",
+            d.join("hk").display(),
+            d.join("ak").display()
+        ),
+    )
+    .unwrap();
+    shim();
+    let port = free_port();
+    let report = d.join("sshd.json");
+    let server = Command::new(HICAMP)
+        .arg("run")
+        .arg("--report")
+        .arg(&report)
+        .args(["--", "socat"])
+        .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"))
+        .arg(format!(
+            "EXEC:/usr/sbin/sshd -i -e -f {},nofork",
+            cfg.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reaper = Reaper(Some(server), vec![]);
+    wait_for_port_once(port);
+    let client = Command::new("ssh")
+        .arg("-i")
+        .arg(d.join("key"))
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-p",
+            &port.to_string(),
+            "root@127.0.0.1",
+            "head -c 5242880 /dev/zero",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let server = reaper.0.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(
+        client.stdout.len(),
+        5 << 20,
+        "ssh: {}\nsshd: {}",
+        String::from_utf8_lossy(&client.stderr),
+        String::from_utf8_lossy(&server.stderr)
+    );
+    // (`sshd -i` exits 255 after the client disconnects, traced or not.)
+    let merged = read_json(&report);
+    assert!(
+        u(&merged, "sent_bytes") > 5 << 20,
+        "the encrypted 5 MiB and more: {merged}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// launcher messages and status
+
+const MANY_PY: &str = r#"
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+u2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u2.sendto(b"d" * 100, u.getsockname()); u.recvfrom(200)
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(64)
+for i in range(5000):
+    c = socket.create_connection(srv.getsockname()); s, _ = srv.accept()
+    c.send(b"x"); s.recv(1); c.close(); s.close()
+print(u.getsockname()[1])
+"#;
+
+/// 10,000 TCP connections (5000 each side) and two UDP sockets: the summary counts 10,002
+/// connections (it said 4095: the shim lists 4096 sockets, the listener not shown), and the
+/// bound UDP socket has its local address (it was `null`: only `connect`/`accept` set it).
+#[test]
+fn launcher_counts_every_connection_and_udp_local_addresses() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("many.py");
+    std::fs::write(&script, MANY_PY).unwrap();
+    let (out, merged) = hicamp_run(
+        dir.path(),
+        "many.json",
+        &["python3", script.to_str().unwrap()],
+    );
+    assert_ok(&out);
+    let port: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let s = &merged["process_summaries"][0];
+    assert_eq!(u(s, "connections"), 10_002, "{s}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("10002 connections"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conns = merged["connections"].as_array().unwrap();
+    let udp = conns
+        .iter()
+        .find(|c| c["type"] == "dgram" && u(c, "received_bytes") == 100)
+        .expect("the bound UDP socket");
+    assert_eq!(udp["local"], format!("127.0.0.1:{port}"), "{udp}");
+}
+
+/// A `--report` path that cannot be written is an error before the command runs (it used to
+/// run the command and then exit 1, losing its status).
+#[test]
+fn unwritable_report_path_fails_before_running() {
+    shim();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let out = Command::new(HICAMP)
+        .args([
+            "run",
+            "--report",
+            "/proc/self/no/such/report.json",
+            "--",
+            "touch",
+        ])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(!marker.exists(), "the command ran");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("report"),
+        "{out:?}"
+    );
+}
+
+/// `python3 -m http.server` stopped by SIGTERM (its default action) writes its report
+/// (reason `SIGTERM`) and still dies of the signal (the shell sees 143). Before, it left no
+/// report and the launcher blamed static linking.
+#[test]
+fn sigterm_writes_the_report_and_still_kills() {
+    if missing(&["python3", "curl"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let script = format!(
+        "python3 -m http.server --bind 127.0.0.1 --directory {d} {port} >/dev/null 2>&1 & \
+         srv=$!; \
+         for i in $(seq 200); do curl -s -o /dev/null http://127.0.0.1:{port}/ && break; sleep 0.05; done; \
+         kill -TERM $srv; wait $srv; echo $?",
+        d = dir.path().display()
+    );
+    let (out, merged) = hicamp_run(dir.path(), "term.json", &["sh", "-c", &script]);
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "143");
+    let procs = processes(&merged);
+    let server = procs
+        .iter()
+        .find(|p| p["program"].as_str().unwrap().contains("http.server"))
+        .unwrap_or_else(|| panic!("no server report: {merged}"));
+    assert_eq!(server["reason"], "SIGTERM");
+    assert!(u(server, "sent_bytes") > 0);
+}
+
+/// A daemonizing command (a server forked into the background, the parent exits): the launcher
+/// says the server still runs and where its report will go, and without `--report` it keeps the
+/// temporary directory for it (it used to remove it: the daemon's report was lost).
+#[test]
+fn daemon_is_named_and_its_late_report_arrives() {
+    if missing(&["python3"]) {
+        return;
+    }
+    shim();
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let script = r#"
+import os, socket, sys, time
+if os.fork() > 0:
+    os._exit(0)
+os.setsid()
+a = socket.socket(); a.bind(("127.0.0.1", 0)); a.listen(1)
+c = socket.create_connection(a.getsockname()); s, _ = a.accept()
+time.sleep(1.5)
+c.sendall(b"z" * 777); s.recv(1000)
+"#;
+    let out = Command::new(HICAMP)
+        .args(["run", "--", "python3", "-c", script])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("still run"), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reports: Vec<PathBuf> = walk(&tmp)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        if let Some(r) = reports.iter().find(|p| {
+            std::fs::read(p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| v["sent_bytes"] == 777)
+        }) {
+            let _ = r;
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no late report in {reports:?}: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// nginx: workers that give up root
+
+/// nginx started as root, with its default user (`nobody`) for the workers, serves a 261 KB
+/// file to curl 5 times. The workers cannot create files in the report directory (a temporary
+/// directory of mode 0700 here, 0755 in the issue): before, their reports were lost and the
+/// launcher printed "sent 0 B". Now they open their report files before `setuid`.
+#[test]
+fn nginx_workers_as_nobody_report() {
+    if testkit::require_program("nginx", "-v") || missing(&["curl"]) {
+        return;
+    }
+    if !testkit::is_root() && testkit::skip(format_args!("nginx drops privileges only as root")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let www = d.join("www");
+    std::fs::create_dir(&www).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    // The workers (nobody) must read the files: the directory is searchable, not writable.
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let body: Vec<u8> = (0..261_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(www.join("f.bin"), &body).unwrap();
+    let port = free_port();
+    let conf = d.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process on; worker_processes 2; pid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; sendfile off;\n\
+               client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;\n\
+               uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
+               server {{ listen 127.0.0.1:{port}; root {www}; }} }}\n",
+            d = d.display(),
+            www = www.display()
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "nginx -c {conf} -p {d} & srv=$!; \
+         for i in $(seq 200); do curl -s -o /dev/null http://127.0.0.1:{port}/ && break; sleep 0.05; done; \
+         for i in 1 2 3 4 5; do curl -s -S -o /dev/null -w '%{{size_download}}\\n' http://127.0.0.1:{port}/f.bin; done; \
+         kill -QUIT $srv; wait $srv",
+        conf = conf.display(),
+        d = d.display()
+    );
+    let (out, merged) = hicamp_run(d, "nginx.json", &["sh", "-c", &script]);
+    assert_ok(&out);
+    let sizes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        sizes.lines().filter(|l| *l == "261000").count(),
+        5,
+        "{sizes}"
+    );
+    let procs = processes(&merged);
+    let nginx_sent: u64 = procs
+        .iter()
+        .filter(|p| p["program"].as_str().unwrap().starts_with("nginx"))
+        .map(|p| u(p, "sent_bytes"))
+        .sum();
+    assert!(
+        nginx_sent >= 5 * 261_000,
+        "nginx's workers sent {nginx_sent} B: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A process that gave up root (its report file claimed ahead) and is then killed with SIGKILL
+/// writes no report: the launcher says that one did not arrive instead of staying silent.
+#[test]
+fn launcher_says_when_a_report_did_not_arrive() {
+    if missing(&["python3"]) {
+        return;
+    }
+    if !testkit::is_root() && testkit::skip(format_args!("setuid needs root")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = "import os, signal, socket\n\
+                  a = socket.socket(); a.bind(('127.0.0.1', 0)); a.listen(1)\n\
+                  os.setuid(65534)\n\
+                  c = socket.socket(); c.connect(a.getsockname()); c.sendall(b'k' * 10)\n\
+                  os.kill(os.getpid(), signal.SIGKILL)\n";
+    let (out, merged) = hicamp_run(dir.path(), "killed.json", &["python3", "-c", script]);
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 report did not arrive"), "{err}");
+    assert_eq!(merged["unwritten_reports"].as_array().unwrap().len(), 1);
 }

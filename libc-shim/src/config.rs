@@ -3,7 +3,7 @@
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `HICAMP_SHIM_MODE` | `trace`, or `off` (every call a plain pass-through) | `trace` |
-//! | `HICAMP_SHIM_REPORT` | report path prefix: each process writes `PREFIX.PID.json` and `PREFIX.PID.txt` | none: the summary goes to stderr |
+//! | `HICAMP_SHIM_REPORT` | report path prefix: each process writes `PREFIX.PID.json` and `PREFIX.PID.txt` | none: the summary goes to `$TMPDIR/hicamp-shim.PID.txt` (never to fd 2, which may be a socket), diagnostics to `hicamp-shim.PID.log` there (`PREFIX.PID.log` with a prefix) |
 //! | `HICAMP_SHIM_LINE_SIZES` | line sizes to intern at, comma-separated | `64,256,1024,4096` |
 //! | `HICAMP_SHIM_INTERVAL` | seconds between periodic reports (0 = none) | 0 |
 //! | `HICAMP_SHIM_SIGNAL` | a signal (number or name such as `USR2`) that writes a report | none |

@@ -12,13 +12,24 @@
 //!
 //! Across `fork` the table is locked in the prepare handler, so the child's copy is consistent;
 //! the child keeps the entries (its descriptors are the parent's) with fresh accounts.
+//!
+//! The shards' lock is [`ForkRwLock`], not a general-purpose one: a waiting thread leaves no
+//! trace in the lock word except a "someone may sleep" bit, and a release never hands the lock
+//! over to waiters. So in a forked child, the thread that forked (the prepare handler took every
+//! shard for writing, waiting for the readers to leave) releases what it really holds, and no
+//! reader of the parent's, absent in the child, is counted as holding the lock. (A
+//! `parking_lot::RwLock` forced open in the child handed the lock to the parent's parked readers,
+//! which do not exist there: the child's next `write` waited for them forever.)
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed,
+    Ordering::Release,
+};
 use std::sync::{Arc, LazyLock};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 const SHARDS: usize = 32;
 
@@ -257,10 +268,204 @@ impl Hasher for FdHasher {
 
 type Shard = HashMap<i32, FdEntry, BuildHasherDefault<FdHasher>>;
 
+/// A readers-writer lock whose state is one word and whose waiters leave nothing in it but the
+/// [`SLEEPERS`] bit: safe to take in a fork prepare handler and release in the child.
+///
+/// Readers enter only while no writer holds or waits; a writer announces itself
+/// ([`WRITER_WAITING`]) so that a steady stream of readers cannot starve it (the fork prepare
+/// handler must get every shard while the application's threads do I/O). Waiting spins briefly,
+/// then sleeps on the word with `futex` (a system call every sandbox allows: glibc's own locks
+/// use it).
+pub struct ForkRwLock<T> {
+    state: AtomicU32,
+    data: std::cell::UnsafeCell<T>,
+}
+
+/// The lock is held for writing.
+const WRITER: u32 = 1 << 31;
+/// A writer waits: readers stay out.
+const WRITER_WAITING: u32 = 1 << 30;
+/// A thread may sleep on the word: an unlock wakes them.
+const SLEEPERS: u32 = 1 << 29;
+/// The number of readers inside.
+const READERS: u32 = SLEEPERS - 1;
+
+// SAFETY: the lock gives `&T` to many threads only while no `&mut T` exists, and `&mut T` to one
+// thread at a time, like `std::sync::RwLock`; so it is Sync when `T` is Send + Sync.
+unsafe impl<T: Send + Sync> Sync for ForkRwLock<T> {}
+// SAFETY: moving the lock moves the `T`.
+unsafe impl<T: Send> Send for ForkRwLock<T> {}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for ForkRwLock<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkRwLock")
+            .field("state", &self.state.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shared access; released on drop.
+#[derive(Debug)]
+pub struct ReadGuard<'a, T>(&'a ForkRwLock<T>);
+/// Exclusive access; released on drop.
+#[derive(Debug)]
+pub struct WriteGuard<'a, T>(&'a ForkRwLock<T>);
+
+impl<T> std::ops::Deref for ReadGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: a read guard exists only while the lock counts this reader, so no writer
+        // holds it and no `&mut T` exists.
+        unsafe { &*self.0.data.get() }
+    }
+}
+
+impl<T> Drop for ReadGuard<'_, T> {
+    fn drop(&mut self) {
+        let prev = self.0.state.fetch_sub(1, Release);
+        if prev & READERS == 1 && prev & SLEEPERS != 0 {
+            self.0.wake_all();
+        }
+    }
+}
+
+impl<T> std::ops::Deref for WriteGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the write guard is the only access to the data while it lives.
+        unsafe { &*self.0.data.get() }
+    }
+}
+
+impl<T> std::ops::DerefMut for WriteGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as above; `&mut self` makes this borrow unique.
+        unsafe { &mut *self.0.data.get() }
+    }
+}
+
+impl<T> Drop for WriteGuard<'_, T> {
+    fn drop(&mut self) {
+        self.0.unlock_write();
+    }
+}
+
+impl<T> ForkRwLock<T> {
+    /// An unlocked lock around `v`.
+    pub const fn new(v: T) -> ForkRwLock<T> {
+        ForkRwLock {
+            state: AtomicU32::new(0),
+            data: std::cell::UnsafeCell::new(v),
+        }
+    }
+
+    /// Shared access.
+    #[inline]
+    pub fn read(&self) -> ReadGuard<'_, T> {
+        let mut s = self.state.load(Relaxed);
+        let mut spins = 0u32;
+        loop {
+            if s & (WRITER | WRITER_WAITING) == 0 && s & READERS < READERS {
+                match self.state.compare_exchange_weak(s, s + 1, Acquire, Relaxed) {
+                    Ok(_) => return ReadGuard(self),
+                    Err(now) => s = now,
+                }
+                continue;
+            }
+            s = self.wait(s, &mut spins);
+        }
+    }
+
+    /// Exclusive access.
+    pub fn write(&self) -> WriteGuard<'_, T> {
+        let mut s = self.state.load(Relaxed);
+        let mut spins = 0u32;
+        loop {
+            if s & (WRITER | READERS) == 0 {
+                // Taking the lock clears WRITER_WAITING: another waiting writer sets it again.
+                match self
+                    .state
+                    .compare_exchange_weak(s, (s & SLEEPERS) | WRITER, Acquire, Relaxed)
+                {
+                    Ok(_) => return WriteGuard(self),
+                    Err(now) => s = now,
+                }
+                continue;
+            }
+            if s & WRITER_WAITING == 0 {
+                s = self.state.fetch_or(WRITER_WAITING, Relaxed) | WRITER_WAITING;
+                continue;
+            }
+            s = self.wait(s, &mut spins);
+        }
+    }
+
+    fn unlock_write(&self) {
+        let prev = self.state.fetch_and(!WRITER, Release);
+        if prev & SLEEPERS != 0 {
+            self.wake_all();
+        }
+    }
+
+    /// Waits for the word to change from `seen`; returns its new value.
+    #[cold]
+    fn wait(&self, seen: u32, spins: &mut u32) -> u32 {
+        if *spins < 100 {
+            *spins += 1;
+            std::hint::spin_loop();
+            return self.state.load(Relaxed);
+        }
+        let want = seen | SLEEPERS;
+        if seen & SLEEPERS == 0
+            && self
+                .state
+                .compare_exchange(seen, want, Relaxed, Relaxed)
+                .is_err()
+        {
+            return self.state.load(Relaxed);
+        }
+        // SAFETY: FUTEX_WAIT on a live, aligned u32 of this process with no timeout: it
+        // sleeps only while the word still holds `want`, until a FUTEX_WAKE on it.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.state.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                want,
+                std::ptr::null::<libc::timespec>(),
+            )
+        };
+        self.state.load(Relaxed)
+    }
+
+    #[cold]
+    fn wake_all(&self) {
+        self.state.fetch_and(!SLEEPERS, Relaxed);
+        // SAFETY: FUTEX_WAKE on a live, aligned u32 of this process.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.state.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            )
+        };
+    }
+
+    /// In a forked child, releases the write lock that the forking thread took in the prepare
+    /// handler (`guard` is that lock, kept across `fork`). The marks that other threads of the
+    /// parent left (a writer waiting, sleepers) describe threads that do not exist in the child:
+    /// they go too. No reader is counted: the writer held the lock.
+    fn unlock_write_in_child(&self) {
+        debug_assert_eq!(self.state.load(Relaxed) & (WRITER | READERS), WRITER);
+        self.state.store(0, Release);
+    }
+}
+
 /// The table.
 #[derive(Debug)]
 pub struct FdTable {
-    shards: Vec<RwLock<Shard>>,
+    shards: Vec<ForkRwLock<Shard>>,
 }
 
 /// The process's table.
@@ -276,11 +481,13 @@ impl FdTable {
     /// An empty table.
     pub fn new() -> FdTable {
         FdTable {
-            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| ForkRwLock::new(Shard::default()))
+                .collect(),
         }
     }
 
-    fn shard(&self, fd: i32) -> &RwLock<Shard> {
+    fn shard(&self, fd: i32) -> &ForkRwLock<Shard> {
         &self.shards[(fd as u32 as usize) % SHARDS]
     }
 
@@ -373,22 +580,33 @@ impl FdTable {
         }
     }
 
-    /// Locks every shard for writing and keeps them locked (the fork prepare handler).
+    /// Locks every shard for writing and keeps them locked (the fork prepare handler): waits,
+    /// as any writer, for the readers inside to leave.
     pub fn lock_all(&self) {
         for s in &self.shards {
             std::mem::forget(s.write());
         }
     }
 
-    /// Undoes [`FdTable::lock_all`].
+    /// Undoes [`FdTable::lock_all`] in the fork parent.
     ///
     /// # Safety
-    /// Only after `lock_all` in this process image, once, in the thread that locked (the fork
-    /// parent) or the only thread there is (the fork child).
+    /// Only after `lock_all` in this thread, once.
     pub unsafe fn unlock_all(&self) {
         for s in &self.shards {
-            // SAFETY: the caller guarantees `lock_all` locked this shard and nobody unlocked it.
-            unsafe { s.force_unlock_write() };
+            s.unlock_write();
+        }
+    }
+
+    /// Undoes [`FdTable::lock_all`] in a forked child, releasing what the forking thread (the
+    /// child's only thread) took.
+    ///
+    /// # Safety
+    /// Only in the child of a `fork` whose prepare handler ran `lock_all` in the forking
+    /// thread, once.
+    pub unsafe fn unlock_all_in_child(&self) {
+        for s in &self.shards {
+            s.unlock_write_in_child();
         }
     }
 }
@@ -454,6 +672,43 @@ mod tests {
         // SAFETY: locked just above, in this thread.
         unsafe { t.unlock_all() };
         assert!(t.with(1, |_| ()).is_some());
+        t.lock_all();
+        // SAFETY: as in a fork child: locked above, by this thread.
+        unsafe { t.unlock_all_in_child() };
+        t.update(1, |e| e.nonblocking = true);
+        assert_eq!(t.with(1, |e| e.nonblocking), Some(true));
+    }
+
+    #[test]
+    fn lock_excludes_and_writers_are_not_starved() {
+        let l = Arc::new(ForkRwLock::new(0u64));
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (l, stop) = (l.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Relaxed) {
+                        let g = l.read();
+                        assert_eq!(*g % 2, 0, "a reader saw a write half done");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        for _ in 0..2000 {
+            let mut g = l.write();
+            *g += 1;
+            std::hint::spin_loop();
+            *g += 1;
+        }
+        stop.store(true, Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_eq!(*l.read(), 4000);
+        assert_eq!(l.state.load(Relaxed) & !SLEEPERS, 0);
     }
 
     #[test]

@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 thread_local! {
     static IN_SHIM: Cell<bool> = const { Cell::new(false) };
+    /// The process id of this thread's process when it called `vfork`, until its first hook
+    /// after the child is gone (0: no vfork pending).
+    static VFORK_PARENT: Cell<i32> = const { Cell::new(0) };
 }
 
 /// Set once an internal failure (a panic) happened: every hook is then a plain pass-through.
@@ -51,6 +54,30 @@ impl Drop for Guard {
 /// True when this thread is inside the shim.
 pub fn inside() -> bool {
     IN_SHIM.try_with(Cell::get).unwrap_or(true)
+}
+
+/// This thread is about to `vfork` (process `pid`): until it is seen back in that process, a
+/// hook on it may run in the vfork child.
+pub fn vforking(pid: i32) {
+    let _ = VFORK_PARENT.try_with(|c| c.set(pid));
+}
+
+/// True when this thread runs in a `vfork` child, which shares the parent's memory until it
+/// execs or exits: the hooks then change nothing (the fd table, the account and even this
+/// thread-local are the parent's). Costs a `getpid` only on the first hook after a `vfork`:
+/// the parent resumes only once the child is gone, so a thread that sees its own process id
+/// again is the parent, and forgets the vfork.
+#[inline]
+pub fn in_vfork_child() -> bool {
+    let p = VFORK_PARENT.try_with(Cell::get).unwrap_or(0);
+    if p == 0 {
+        return false;
+    }
+    if crate::sys::getpid() != p {
+        return true;
+    }
+    let _ = VFORK_PARENT.try_with(|c| c.set(0));
+    false
 }
 
 /// Marks this thread as inside the shim for good (the interning thread).

@@ -31,16 +31,24 @@
 //! * No application-visible change: results, errno, short counts, flags are the kernel's.
 //! * Any internal failure (a panic) is caught at the hook, disables the shim and falls back to
 //!   the real call; nothing unwinds into C.
-//! * Thread-locals are const-initialised and have no destructor; diagnostics go through the
-//!   real `write`.
-//! * Fork: the fd table is locked across `fork` (`pthread_atfork`), the child starts a fresh
-//!   account. Exec: the report is written before the image goes.
+//! * Thread-locals are const-initialised and have no destructor.
+//! * The shim never writes to a descriptor of the application's (fd 2 may be a socket):
+//!   diagnostics go to a file of their own (`sys::diag`), the summary without a report prefix too.
+//! * Fork: the fd table's fork-safe lock is taken for writing across `fork`
+//!   (`pthread_atfork`), the child starts a fresh account. vfork: hooks in the child (which runs
+//!   on the parent's memory) change nothing (`guard::in_vfork_child`). Exec: the report is
+//!   written before the image goes.
+//! * A process that sandboxes itself (`prctl(PR_SET_SECCOMP)`) gets its report first, then the
+//!   shim passes everything through: no system call of its own afterwards. A root process
+//!   switching user opens its report files first. SIGTERM/SIGINT with the default action write
+//!   the final report before they kill.
 //!
 //! The crate denies unsafe code except in these modules, each block with a `// SAFETY:`
 //! comment: `real` (symbol lookup), `hooks` (the C entry points), `sys` (the shim's own system
 //! calls), `lifecycle` (the constructor, exit, fork and signal handlers), `fdtable` (the fd
 //! table's lock held across `fork`), `guard` (errno kept across the bookkeeping) and, in `trace`,
-//! `account` (the process's one account, published once) and `events` (the fork handlers).
+//! `account` (the process's one account, published once) and `events` (the fork handlers). The
+//! `vfork` hook is a naked function (x86-64).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -71,6 +71,10 @@ macro_rules! real {
 }
 
 real! {
+    setuid(uid: libc::uid_t) -> c_int;
+    setreuid(r: libc::uid_t, e: libc::uid_t) -> c_int;
+    setresuid(r: libc::uid_t, e: libc::uid_t, s: libc::uid_t) -> c_int;
+    sigaction(sig: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
     socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
     socketpair(domain: c_int, ty: c_int, protocol: c_int, sv: *mut c_int) -> c_int;
     bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
@@ -184,4 +188,54 @@ pub fn exit_now(code: c_int) -> ! {
     // SAFETY: the raw exit_group system call has no precondition and does not return.
     unsafe { libc::syscall(libc::SYS_exit_group, code as libc::c_long) };
     std::process::abort()
+}
+
+/// Address of libc's `vfork` (0 when there is none): the `vfork` hook jumps to it.
+pub fn vfork_address() -> usize {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    resolve(&SLOT, b"vfork\0")
+}
+
+/// Address of libc's `fork` (the `vfork` hook's fallback).
+pub fn fork_address() -> usize {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    resolve(&SLOT, b"fork\0")
+}
+
+/// The next `prctl` (`int prctl(int option, ...)`: four unsigned long arguments follow, as
+/// glibc reads them).
+///
+/// # Safety
+/// The C function's contract.
+pub unsafe fn prctl(option: c_int, a2: c_ulong, a3: c_ulong, a4: c_ulong, a5: c_ulong) -> c_int {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    let p = resolve(&SLOT, b"prctl\0");
+    if p == 0 {
+        set_errno(libc::ENOSYS);
+        return -1;
+    }
+    // SAFETY: `p` is libc's `prctl`, of C type `int (int, ...)`.
+    let f: unsafe extern "C-unwind" fn(c_int, ...) -> c_int = unsafe {
+        std::mem::transmute::<usize, unsafe extern "C-unwind" fn(c_int, ...) -> c_int>(p)
+    };
+    // SAFETY: the caller's arguments, passed on as they came.
+    unsafe { f(option, a2, a3, a4, a5) }
+}
+
+/// The next `signal` (`SIG_ERR` with ENOSYS when there is none).
+///
+/// # Safety
+/// The C function's contract.
+pub unsafe fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    static SLOT: AtomicUsize = AtomicUsize::new(0);
+    let p = resolve(&SLOT, b"signal\0");
+    if p == 0 {
+        set_errno(libc::ENOSYS);
+        return libc::SIG_ERR;
+    }
+    type F = unsafe extern "C-unwind" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
+    // SAFETY: `p` is libc's `signal`, of this C type.
+    let f = unsafe { std::mem::transmute::<usize, F>(p) };
+    // SAFETY: the caller upholds the contract.
+    unsafe { f(sig, handler) }
 }

@@ -32,10 +32,48 @@ pub fn write_all(fd: c_int, mut bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A diagnostic line on stderr: `hicamp-shim[pid]: msg`.
+/// A diagnostic line, `hicamp-shim[pid]: msg`, appended to this process's diagnostics file
+/// ([`diag_path`]). The shim never writes to a descriptor of the application's: fd 2 may be a
+/// socket (an inetd-style service, `socat ... EXEC:cmd,stderr`) or a file the application
+/// opened under that number. The one exception is a terminal on fd 2 ([`stderr_is_terminal`]),
+/// which gets the line too, so that an interactive user sees it.
 pub fn diag(msg: &str) {
     let line = format!("hicamp-shim[{}]: {msg}\n", getpid());
-    let _ = write_all(2, line.as_bytes());
+    if let Ok(fd) = open_for_write(&diag_path(), libc::O_APPEND) {
+        let _ = write_all(fd, line.as_bytes());
+        close_fd(fd);
+    }
+    if stderr_is_terminal() {
+        let _ = write_all(2, line.as_bytes());
+    }
+}
+
+/// True when fd 2 is a terminal (never a socket, and not a data channel of the application).
+pub fn stderr_is_terminal() -> bool {
+    // SAFETY: isatty has no precondition.
+    unsafe { libc::isatty(2) == 1 }
+}
+
+/// The directory for the shim's files when no report prefix is set: `$TMPDIR`, else `/tmp`.
+pub fn tmp_dir() -> std::path::PathBuf {
+    std::env::var_os("TMPDIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| "/tmp".into(), std::path::PathBuf::from)
+}
+
+/// Where this process's diagnostics go: `PREFIX.PID.log` beside its reports
+/// (`HICAMP_SHIM_REPORT`), else `$TMPDIR/hicamp-shim.PID.log`. (Read from the environment
+/// directly: the settings' parser itself reports through here.)
+pub fn diag_path() -> std::path::PathBuf {
+    let pid = getpid();
+    match std::env::var_os("HICAMP_SHIM_REPORT").filter(|p| !p.is_empty()) {
+        Some(prefix) => {
+            let mut p = prefix;
+            p.push(format!(".{pid}.log"));
+            p.into()
+        }
+        None => tmp_dir().join(format!("hicamp-shim.{pid}.log")),
+    }
 }
 
 /// The calling process's id (a system call each time: never a value cached across fork).
@@ -110,6 +148,64 @@ pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+/// A report file kept open across a change of user (`setuid` to an unprivileged user): its
+/// descriptor and identity. The shim writes through it only while `fd` still is that file
+/// (device and inode checked first): an application that closed the number and reused it
+/// gets nothing written into its own descriptor.
+#[derive(Debug)]
+pub struct HeldFile {
+    fd: c_int,
+    dev: u64,
+    ino: u64,
+}
+
+impl HeldFile {
+    /// Opens `path` (created if absent) for later rewrites, close-on-exec.
+    pub fn open(path: &Path) -> std::io::Result<HeldFile> {
+        let fd = open_for_write(path, 0)?;
+        match identity(fd) {
+            Some((dev, ino)) => Ok(HeldFile { fd, dev, ino }),
+            None => {
+                let e = std::io::Error::last_os_error();
+                close_fd(fd);
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces the file's contents with `bytes`; an error when the descriptor is no longer
+    /// this file.
+    pub fn rewrite(&self, bytes: &[u8]) -> std::io::Result<()> {
+        if identity(self.fd) != Some((self.dev, self.ino)) {
+            return Err(std::io::Error::other(
+                "the held report descriptor was closed by the application",
+            ));
+        }
+        // SAFETY: the descriptor is the shim's own file (checked above).
+        if unsafe { libc::ftruncate(self.fd, 0) } != 0
+            // SAFETY: as above.
+            || unsafe { libc::lseek(self.fd, 0, libc::SEEK_SET) } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        write_all(self.fd, bytes)
+    }
+}
+
+/// Device and inode of an open descriptor.
+fn identity(fd: c_int) -> Option<(u64, u64)> {
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable `stat`.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
+/// The effective user id.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid has no precondition.
+    unsafe { libc::geteuid() }
 }
 
 /// What the kernel says `fd` is: `None` when it is not a socket (or not open).

@@ -19,8 +19,10 @@
 //! memories: the sum is what the processes' memories hold together, with no dedup across
 //! processes). Only reports carrying this run's id are merged, so old files with the same
 //! prefix are never mixed in. Without `--report` the files go to a temporary directory that is
-//! removed afterwards. A process still running when the command ends (a daemon) writes its
-//! report later; it is not in the merge.
+//! removed afterwards. A process still running when the command ends (a daemon, found by the
+//! run id in its environment) writes its report later; it is not in the merge, the launcher
+//! names it and where its report goes, and keeps a temporary directory for it. A `--report`
+//! path that cannot be written is an error before the command runs.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -166,6 +168,14 @@ pub struct MergedReport {
     pub line_sizes: Vec<LineSizeReport>,
     /// The processes' own reports, as written.
     pub processes: Vec<ShimReport>,
+    /// Processes of the run still alive when the command ended (daemons): they write their
+    /// reports when they end, beside the prefix, after this merge.
+    pub still_running: Vec<i32>,
+    /// The prefix those late reports go to.
+    pub late_reports: Option<String>,
+    /// Report files of this run that a process claimed (created) but never wrote: killed while
+    /// writing, or unable to write.
+    pub unwritten_reports: Vec<String>,
 }
 
 /// One connection of the merged report: the process's [`ConnReport`] and its process id.
@@ -205,6 +215,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let run_id = format!("{}-{nanos}", std::process::id());
+    let started = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
     let (prefix, tempdir) = match &opts.report {
         Some(p) => {
             let p = absolute(p)?;
@@ -215,6 +226,17 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
                     source,
                 })?;
             }
+            // The merged report must be writable: found out before the command runs, not
+            // after (which lost the command's status).
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .map_err(|source| RunError::Io {
+                    what: "cannot write the report",
+                    path: p.clone(),
+                    source,
+                })?;
             (p, None)
         }
         None => {
@@ -264,8 +286,17 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let merged = merge(&prefix, &run_id, command, exit_code(&status));
+    let lingering = still_running(&run_id);
+    // A temporary report directory stays while processes of the run live on: they write into it
+    // when they end.
+    let tempdir = tempdir.filter(|_| lingering.is_empty());
     let result = match merged {
-        Ok(merged) => {
+        Ok(mut merged) => {
+            if !lingering.is_empty() {
+                merged.late_reports = Some(format!("{}.PID.json", prefix.display()));
+            }
+            merged.still_running = lingering;
+            merged.unwritten_reports = unwritten_reports(&prefix, started);
             let mut merged_path = None;
             if opts.report.is_some() {
                 let json = serde_json::to_vec_pretty(&merged).map_err(|e| RunError::Io {
@@ -370,7 +401,8 @@ pub fn merge(
             received_bytes: r.received_bytes,
             send_calls: r.send_calls,
             recv_calls: r.recv_calls,
-            connections: r.connections.len() as u64,
+            // The listing stops at the shim's MAX_CONNS; the omitted ones count too.
+            connections: r.connections.len() as u64 + r.connections_omitted,
         });
         connections.extend(r.connections.iter().map(|c| ProcessConn {
             conn: c.clone(),
@@ -393,20 +425,103 @@ pub fn merge(
         connections,
         line_sizes,
         processes,
+        still_running: Vec::new(),
+        late_reports: None,
+        unwritten_reports: Vec::new(),
     })
 }
 
+/// Report files beside `prefix` that are still empty and were created since `since`: their
+/// processes claimed them and never wrote the report.
+pub fn unwritten_reports(prefix: &Path, since: std::time::SystemTime) -> Vec<String> {
+    report_files(prefix)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| {
+            std::fs::metadata(f)
+                .is_ok_and(|m| m.len() == 0 && m.modified().is_ok_and(|t| t >= since))
+        })
+        .map(|f| f.display().to_string())
+        .collect()
+}
+
+/// The processes, other than this one, that carry this run's id in their environment: the
+/// command's descendants still alive (daemons detach from the process group, not from their
+/// environment).
+pub fn still_running(run_id: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let needle = format!("HICAMP_SHIM_RUN_ID={run_id}\0");
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 impl MergedReport {
+    /// The note on processes of the run that outlived the command (empty when none).
+    fn still_running_note(&self) -> String {
+        let mut out = String::new();
+        if !self.unwritten_reports.is_empty() {
+            let _ =
+                writeln!(
+                out,
+                "hicamp run: {} report{} did not arrive (the process claimed the file and did not \
+                 write it: killed, or it could not write): {}",
+                self.unwritten_reports.len(),
+                if self.unwritten_reports.len() == 1 { "" } else { "s" },
+                self.unwritten_reports.join(", ")
+            );
+        }
+        if self.still_running.is_empty() {
+            return out;
+        }
+        let pids: Vec<String> = self.still_running.iter().map(i32::to_string).collect();
+        out + &format!(
+            "hicamp run: {} process{} of the command still run{} (pid {}): a daemon writes its \
+             report when it ends, to {}\n",
+            pids.len(),
+            if pids.len() == 1 { "" } else { "es" },
+            if self.sent_bytes + self.received_bytes == 0 {
+                ", which is why no traffic is counted yet"
+            } else {
+                ""
+            },
+            pids.join(", "),
+            self.late_reports.as_deref().unwrap_or("its report file"),
+        )
+    }
+
     /// The human summary printed when the command ends.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         let n = self.process_summaries.len();
         if n == 0 {
-            let _ = writeln!(
-                out,
-                "hicamp run: no process of the command traced a socket (statically linked \
-                 programs and Go programs bypass the shim)"
-            );
+            if self.exit_code > 128 {
+                let _ = writeln!(
+                    out,
+                    "hicamp run: no report: the command was killed by signal {} (SIGKILL and \
+                     signals whose handler the program set leave none)",
+                    self.exit_code - 128
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "hicamp run: no process of the command wrote a report: none traced a socket, \
+                     or they still run (a daemon writes its report when it ends), or they are \
+                     statically linked (as Go programs are) and bypass the shim"
+                );
+            }
+            out.push_str(&self.still_running_note());
             return out;
         }
         let _ = writeln!(
@@ -444,6 +559,7 @@ impl MergedReport {
             );
             out.push_str(&line_size_table(&self.line_sizes));
         }
+        out.push_str(&self.still_running_note());
         out
     }
 }

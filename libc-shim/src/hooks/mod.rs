@@ -33,7 +33,7 @@ use crate::trace::{self, account, Call, Dir, Uncaptured};
 /// Enters the shim for bookkeeping, unless it is off, broken, or already entered.
 #[inline]
 fn active() -> Option<Guard> {
-    if !crate::enabled() {
+    if !crate::enabled() || guard::in_vfork_child() {
         return None;
     }
     Guard::enter()

@@ -48,7 +48,14 @@ pub unsafe extern "C-unwind" fn socketpair(
 pub unsafe extern "C-unwind" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     // SAFETY: as above.
     let ret = unsafe { real::bind(fd, addr, len) };
-    count(Call::Bind);
+    if let Some(_g) = active() {
+        guard::shielded(|| {
+            account().count(Call::Bind);
+            if ret == 0 {
+                trace::bound(fd);
+            }
+        });
+    }
     ret
 }
 

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{
-    AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel, Ordering::Acquire,
-    Ordering::Relaxed, Ordering::Release,
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel,
+    Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,12 +58,20 @@ pub struct Account {
     /// 0: no interning thread yet; 1: running; 2: could not be started (interning inline).
     pub(super) bg: AtomicU8,
     pub(super) report_path: Mutex<Option<PathBuf>>,
+    /// The report files, opened before the process gave up root (`setuid`): written through
+    /// these descriptors, since the unprivileged user may not create files there.
+    pub(super) held: Mutex<Option<(sys::HeldFile, sys::HeldFile)>>,
     pub(super) finished: AtomicBool,
 }
 
 pub(super) static ACCOUNT: AtomicPtr<Account> = AtomicPtr::new(std::ptr::null_mut());
 /// A report was asked for by a signal.
 pub(super) static SIGNALLED: AtomicBool = AtomicBool::new(false);
+/// A terminating signal (SIGTERM, SIGINT) arrived: its number; the interning thread writes the
+/// final report while the handler waits for [`TERM_DONE`].
+pub(super) static TERMINATING: AtomicI32 = AtomicI32::new(0);
+/// The final report for [`TERMINATING`] is written (or there was nothing to write).
+pub static TERM_DONE: AtomicBool = AtomicBool::new(false);
 
 impl Account {
     pub(super) fn new() -> Account {
@@ -95,6 +103,7 @@ impl Account {
             interner: Mutex::new(Interner::default()),
             bg: AtomicU8::new(0),
             report_path: Mutex::new(None),
+            held: Mutex::new(None),
             finished: AtomicBool::new(false),
         }
     }
@@ -178,6 +187,11 @@ impl Account {
         }
     }
 
+    /// True when this process's interning thread runs (it writes the report on SIGTERM).
+    pub(crate) fn thread_running(&self) -> bool {
+        self.bg.load(Acquire) == 1 && self.pid == sys::getpid()
+    }
+
     fn start_thread(&'static self) {
         if self.bg.compare_exchange(0, 1, AcqRel, Acquire).is_err() {
             return;
@@ -203,10 +217,28 @@ impl Account {
         loop {
             {
                 let mut p = self.pending.lock();
-                if p.bytes.len() < WAKE_BYTES && !SIGNALLED.load(Relaxed) {
+                if p.bytes.len() < WAKE_BYTES
+                    && !SIGNALLED.load(Relaxed)
+                    && TERMINATING.load(Relaxed) == 0
+                {
                     self.wake.wait_for(&mut p, TICK);
                 }
                 self.woken.store(false, Relaxed);
+            }
+            let term = TERMINATING.load(Relaxed);
+            if term != 0 {
+                let _ = guard::shielded(|| {
+                    if !self.finished.swap(true, Relaxed) && self.has_activity() {
+                        let name = if term == libc::SIGINT {
+                            "SIGINT"
+                        } else {
+                            "SIGTERM"
+                        };
+                        self.report(name, true);
+                    }
+                });
+                TERM_DONE.store(true, Release);
+                return;
             }
             if self.finished.load(Relaxed) {
                 return;
@@ -313,8 +345,19 @@ impl Account {
         let r = self.build(reason, final_report);
         let text = r.to_text();
         let Some(prefix) = &Config::get().report else {
+            // No report prefix: the summary goes to a file of its own, never to a descriptor
+            // (fd 2 may be the application's socket); a terminal on fd 2 is told its name.
             if final_report {
-                let _ = sys::write_all(2, text.as_bytes());
+                let p = sys::tmp_dir().join(format!("hicamp-shim.{}.txt", self.pid));
+                match sys::replace(&p, text.as_bytes()) {
+                    Ok(()) if sys::stderr_is_terminal() => {
+                        let line =
+                            format!("hicamp-shim[{}]: summary in {}\n", self.pid, p.display());
+                        let _ = sys::write_all(2, line.as_bytes());
+                    }
+                    Ok(()) => {}
+                    Err(e) => sys::diag(&format!("cannot write {}: {e}", p.display())),
+                }
             }
             return;
         };
@@ -328,6 +371,15 @@ impl Account {
                 return;
             }
         };
+        if let Some((j, t)) = self.held.lock().as_ref() {
+            match j.rewrite(&json) {
+                Ok(()) => {
+                    let _ = t.rewrite(text.as_bytes());
+                    return;
+                }
+                Err(e) => sys::diag(&format!("cannot write the held report: {e}")),
+            }
+        }
         let mut path = self.report_path.lock();
         if path.is_none() {
             *path = claim_report_path(prefix, self.pid);
@@ -339,6 +391,38 @@ impl Account {
         }
         if let Err(e) = sys::replace(&p.with_extension("txt"), text.as_bytes()) {
             sys::diag(&format!("cannot write the summary: {e}"));
+        }
+    }
+}
+
+impl Account {
+    /// The process is about to give up root for another user: claim the report files now and
+    /// keep them open, so that the report can be written whatever the directory's permissions
+    /// say to that user.
+    pub(super) fn hold_report_files(&self) {
+        let Some(prefix) = &Config::get().report else {
+            return;
+        };
+        let mut held = self.held.lock();
+        if held.is_some() {
+            return;
+        }
+        let mut path = self.report_path.lock();
+        if path.is_none() {
+            *path = claim_report_path(prefix, self.pid);
+        }
+        let Some(p) = path.as_ref() else { return };
+        match (
+            sys::HeldFile::open(p),
+            sys::HeldFile::open(&p.with_extension("txt")),
+        ) {
+            (Ok(j), Ok(t)) => *held = Some((j, t)),
+            (Err(e), _) | (_, Err(e)) => {
+                sys::diag(&format!(
+                    "cannot open the report {} ahead: {e}",
+                    p.display()
+                ));
+            }
         }
     }
 }

@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
 
-use super::account::{account, current, Account, ACCOUNT, SIGNALLED};
+pub use super::account::TERM_DONE;
+use super::account::{account, current, Account, ACCOUNT, SIGNALLED, TERMINATING};
 use super::Dir;
 use crate::fdtable::{traced, FdEntry, Kind, Origin, TABLE};
 use crate::{guard, sys};
@@ -140,6 +141,14 @@ pub fn connected(fd: i32, peer: Option<std::net::SocketAddr>) {
     }
 }
 
+/// `bind` succeeded: the local address (a datagram socket's, which no `connect` or `accept`
+/// reports) is known now, with the port the kernel picked for port 0.
+pub fn bound(fd: i32) {
+    if let Some(c) = TABLE.with(fd, |e| e.conn().cloned()).flatten() {
+        c.addrs.lock().0 = sys::sock_addr(fd, false);
+    }
+}
+
 /// `listen` succeeded.
 pub fn listening(fd: i32) {
     if let Some(c) = TABLE.with(fd, |e| e.conn().cloned()).flatten() {
@@ -181,8 +190,33 @@ pub fn finish(reason: &str) {
     if final_report && acct.finished.swap(true, Relaxed) {
         return;
     }
-    if acct.has_activity() {
+    // A process that opened its report files ahead (before giving up root) fills them even
+    // without traffic: an empty report file tells the launcher that a report did not arrive.
+    if acct.has_activity() || acct.held.lock().is_some() {
         acct.report(reason, true);
+    }
+}
+
+/// SIGTERM or SIGINT arrived, with the default action (termination) pending. Returns true when
+/// the interning thread will write the final report ([`TERM_DONE`] says when); async-signal-safe
+/// (atomics, and `getpid`).
+pub fn terminating(sig: i32) -> bool {
+    let Some(acct) = current() else { return false };
+    if !crate::enabled() || !acct.thread_running() || acct.finished.load(Relaxed) {
+        return false;
+    }
+    TERMINATING.store(sig, Relaxed);
+    true
+}
+
+/// The process (running as root) is about to switch to user `uid`: open its report files now.
+pub fn dropping_privileges(uid: u32) {
+    if sys::geteuid() != 0 || uid == 0 {
+        return;
+    }
+    let acct = account();
+    if acct.pid == sys::getpid() {
+        acct.hold_report_files();
     }
 }
 
@@ -220,7 +254,7 @@ pub fn fork_child() {
     }
     // SAFETY: `fork_prepare` locked the table in the thread that forked, which is this
     // process's only thread now.
-    unsafe { TABLE.unlock_all() };
+    unsafe { TABLE.unlock_all_in_child() };
     let fresh: &'static Account = Box::leak(Box::new(Account::new()));
     // The parent's account is abandoned, not freed: its locks may be held by threads that do
     // not exist here.

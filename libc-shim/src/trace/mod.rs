@@ -32,9 +32,9 @@ mod interner;
 
 pub use account::{account, Account, MAX_CONNS};
 pub use events::{
-    accepted, closing, closing_range, connected, duplicated, finish, fork_child, fork_parent,
-    fork_prepare, is_stream, listening, new_socket, set_nonblocking, signal_request, transfer,
-    Uncaptured,
+    accepted, bound, closing, closing_range, connected, dropping_privileges, duplicated, finish,
+    fork_child, fork_parent, fork_prepare, is_stream, listening, new_socket, set_nonblocking,
+    signal_request, terminating, transfer, Uncaptured, TERM_DONE,
 };
 
 /// Direction of a transfer.
@@ -70,7 +70,7 @@ calls! {
     Splice = "splice", Poll = "poll", PollChk = "__poll_chk", Ppoll = "ppoll",
     PpollChk = "__ppoll_chk", Select = "select", Pselect = "pselect",
     EpollCreate = "epoll_create", EpollCreate1 = "epoll_create1", EpollCtl = "epoll_ctl",
-    EpollWait = "epoll_wait", EpollPwait = "epoll_pwait", Fork = "fork", Exec = "exec",
+    EpollWait = "epoll_wait", EpollPwait = "epoll_pwait", Fork = "fork", Vfork = "vfork", Prctl = "prctl", Exec = "exec",
     Exit = "_exit",
 }
 
