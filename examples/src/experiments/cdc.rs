@@ -154,16 +154,9 @@ impl CdcCounter {
 mod tests {
     use super::*;
 
+    /// Deterministic pseudo-random bytes (testkit's PRNG).
     fn noise(seed: u64, n: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
+        testkit::Rng::new(seed).bytes(n)
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub use super::input::{
     name_unreadable, InputSet, Item, Source, WalkOptions, MAX_NAMED, UNSIZED_FILE_CAP,
     UNSIZED_TOTAL_CAP,
 };
-use super::pagededup::{PageDedup, PageDedupReport, DEFAULT_PAGE_SIZE, KSM_METADATA_PER_PAGE};
+use super::pagededup::{PageDedup, PageDedupReport, DEFAULT_PAGE_SIZE};
 use super::report::{DedupReport, InputReport, LineEstimate};
 
 /// Line sizes measured when none are given: every size HICAMP allows.
@@ -400,6 +400,15 @@ struct ReadCounts {
     unreadable: Vec<String>,
 }
 
+impl ReadCounts {
+    /// Counts `name` as skipped, names it in the report and warns with `msg`.
+    fn skip(&mut self, name: String, msg: &str, warn: &mut dyn FnMut(&str)) {
+        self.skipped += 1;
+        name_unreadable(&mut self.unreadable, name);
+        warn(msg);
+    }
+}
+
 /// Spreads sinks over `workers` groups, heaviest first onto the lightest group (LPT), keeping
 /// the result a pure function of the sinks.
 fn assign(sinks: Vec<Sink>, workers: usize) -> Vec<Vec<(usize, Sink)>> {
@@ -718,30 +727,14 @@ pub fn line_report_from_counts(c: &LineCounts) -> (LineSizeReport, LineEstimate)
 
 /// The page-baseline report of fingerprint counts (KSM model, as [`PageDedup`]).
 pub fn page_report_from_counts(c: &LineCounts) -> (PageDedupReport, Estimate) {
-    let page_size = c.line_size;
-    let pages = c.leaf_writes + c.zero_leaves;
-    let unique_pages = c.leaves.value;
-    let physical_bytes = unique_pages * page_size;
-    let metadata_bytes = pages * KSM_METADATA_PER_PAGE;
-    let cost = physical_bytes + metadata_bytes;
-    let ratio = |bytes: u64| {
-        if cost == 0 {
-            1.0
-        } else {
-            bytes as f64 / cost as f64
-        }
-    };
-    let p = PageDedupReport {
-        page_size,
-        logical_bytes: c.logical_bytes,
-        pages,
-        zero_pages: c.zero_leaves,
-        unique_pages,
-        physical_bytes,
-        metadata_bytes,
-        dedup_ratio: ratio(c.logical_bytes),
-        dedup_ratio_excl_zero: ratio(c.logical_bytes - c.zero_bytes),
-    };
+    let p = PageDedupReport::new(
+        c.line_size,
+        c.logical_bytes,
+        c.leaf_writes + c.zero_leaves,
+        c.zero_leaves,
+        c.leaves.value,
+        c.zero_bytes,
+    );
     (p, c.leaves)
 }
 
@@ -864,9 +857,7 @@ fn read_all(
                     Some(p) => match File::open(p) {
                         Ok(f) => Box::new(f),
                         Err(e) => {
-                            counts.skipped += 1;
-                            name_unreadable(&mut counts.unreadable, name.clone());
-                            warn(&format!("skipping '{name}': {e}"));
+                            counts.skip(name.clone(), &format!("skipping '{name}': {e}"), warn);
                             continue;
                         }
                     },
@@ -875,9 +866,8 @@ fn read_all(
                 let entries = match archive.entries() {
                     Ok(e) => e,
                     Err(e) => {
-                        counts.skipped += 1;
-                        name_unreadable(&mut counts.unreadable, name.clone());
-                        warn(&format!("skipping '{name}': not a tar stream: {e}"));
+                        let msg = format!("skipping '{name}': not a tar stream: {e}");
+                        counts.skip(name.clone(), &msg, warn);
                         continue;
                     }
                 };
@@ -929,9 +919,8 @@ fn read_all(
                 let file = match File::open(path) {
                     Ok(f) => f,
                     Err(e) => {
-                        counts.skipped += 1;
-                        name_unreadable(&mut counts.unreadable, path.display().to_string());
-                        warn(&format!("skipping '{}': {e}", path.display()));
+                        let name = path.display().to_string();
+                        counts.skip(name.clone(), &format!("skipping '{name}': {e}"), warn);
                         continue;
                     }
                 };

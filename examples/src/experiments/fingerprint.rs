@@ -638,15 +638,8 @@ pub fn height_for(n: u64, f: u64) -> u32 {
     h
 }
 
-/// True when every byte is zero.
-#[inline]
-pub fn is_zero(b: &[u8]) -> bool {
-    let mut words = b.chunks_exact(8);
-    let acc = (&mut words).fold(0u64, |a, w| {
-        a | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
-    });
-    acc == 0 && words.remainder().iter().all(|&x| x == 0)
-}
+/// True when every byte is zero (hicamp's own test, so the counts agree with the memory).
+pub use hicamp::footprint::is_zero;
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use hicamp::footprint::is_zero;
+
 /// The page size of the KSM model: 4 KiB.
 pub const DEFAULT_PAGE_SIZE: usize = 4096;
 
@@ -52,6 +54,42 @@ pub struct PageDedupReport {
     /// padding. 1.0 when nothing was added; 0.0 when everything added was zero (then there is
     /// metadata but nothing non-zero to store).
     pub dedup_ratio_excl_zero: f64,
+}
+
+impl PageDedupReport {
+    /// The report of `pages` pages of `page_size` bytes covering `logical_bytes`, of which
+    /// `zero_pages` are all zero (covering `zero_page_bytes` of data) and `unique_pages` are
+    /// distinct non-zero pages: the KSM cost model of this module.
+    pub fn new(
+        page_size: u64,
+        logical_bytes: u64,
+        pages: u64,
+        zero_pages: u64,
+        unique_pages: u64,
+        zero_page_bytes: u64,
+    ) -> PageDedupReport {
+        let physical_bytes = unique_pages * page_size;
+        let metadata_bytes = pages * KSM_METADATA_PER_PAGE;
+        let cost = physical_bytes + metadata_bytes;
+        let ratio = |bytes: u64| {
+            if cost == 0 {
+                1.0
+            } else {
+                bytes as f64 / cost as f64
+            }
+        };
+        PageDedupReport {
+            page_size,
+            logical_bytes,
+            pages,
+            zero_pages,
+            unique_pages,
+            physical_bytes,
+            metadata_bytes,
+            dedup_ratio: ratio(logical_bytes),
+            dedup_ratio_excl_zero: ratio(logical_bytes - zero_page_bytes),
+        }
+    }
 }
 
 /// A page-content hash function.
@@ -161,39 +199,15 @@ impl PageDedup {
 
     /// What deduplication achieves on everything added so far.
     pub fn report(&self) -> PageDedupReport {
-        let page_size = self.page_size as u64;
-        let unique_pages = self.unique_pages();
-        let physical_bytes = unique_pages * page_size;
-        let metadata_bytes = self.pages * KSM_METADATA_PER_PAGE;
-        let cost = physical_bytes + metadata_bytes;
-        let ratio = |bytes: u64| {
-            if cost == 0 {
-                1.0
-            } else {
-                bytes as f64 / cost as f64
-            }
-        };
-        PageDedupReport {
-            page_size,
-            logical_bytes: self.logical_bytes,
-            pages: self.pages,
-            zero_pages: self.zero_pages,
-            unique_pages,
-            physical_bytes,
-            metadata_bytes,
-            dedup_ratio: ratio(self.logical_bytes),
-            dedup_ratio_excl_zero: ratio(self.logical_bytes - self.zero_page_bytes),
-        }
+        PageDedupReport::new(
+            self.page_size as u64,
+            self.logical_bytes,
+            self.pages,
+            self.zero_pages,
+            self.unique_pages(),
+            self.zero_page_bytes,
+        )
     }
-}
-
-/// True iff every byte is 0.
-fn is_zero(page: &[u8]) -> bool {
-    let mut words = page.chunks_exact(8);
-    let acc = (&mut words).fold(0u64, |acc, w| {
-        acc | u64::from_ne_bytes(w.try_into().expect("8-byte chunk"))
-    });
-    acc == 0 && words.remainder().iter().all(|&b| b == 0)
 }
 
 /// A fast 64-bit hash of a page: 8-byte words mixed by multiply-rotate, finished with the
@@ -218,17 +232,11 @@ fn page_hash(page: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
-    /// Deterministic non-zero pseudo-random bytes.
+    /// Deterministic pseudo-random bytes (testkit's PRNG), none of them zero.
     fn noise(seed: u64, n: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8 | 1
-            })
-            .collect()
+        let mut v = testkit::Rng::new(seed).bytes(n);
+        v.iter_mut().for_each(|b| *b |= 1);
+        v
     }
 
     #[test]

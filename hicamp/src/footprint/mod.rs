@@ -22,6 +22,10 @@ use std::collections::BTreeMap;
 pub use shim::{ConnReport, ShimReport};
 pub use zero::{zero_line_bytes, ZeroLineCounter};
 
+/// True when every byte is zero: the test that makes a line the all-zero line 0 (stored
+/// nowhere). The same function the store uses, for measurements that must agree with it.
+pub use crate::store::is_zero;
+
 use crate::Stats;
 
 /// Footprint of some data in one HICAMP memory of one line size.

@@ -151,7 +151,7 @@ pub(crate) fn with_line<R>(ls: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
 
 /// True when every byte is zero.
 #[inline]
-pub(crate) fn is_zero(line: &[u8]) -> bool {
+pub fn is_zero(line: &[u8]) -> bool {
     let (chunks, rest) = line.as_chunks::<8>();
     chunks.iter().fold(0u64, |a, c| a | u64::from_ne_bytes(*c)) == 0 && rest.iter().all(|b| *b == 0)
 }
