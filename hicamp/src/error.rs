@@ -93,6 +93,25 @@ pub enum Error {
         /// Bytes present.
         actual: u64,
     },
+    /// The file was written by an older format version this build does not read.
+    #[error("{path}: format version {found} is older than the supported {supported}: re-create the file (copy its named segments out with the build that wrote it)")]
+    OldFormat {
+        /// The file.
+        path: String,
+        /// Version in the file.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The file system holding a memory file has no room for the space it
+    /// needs next (the memory is unchanged; free space, or use a smaller write).
+    #[error("{path}: no space left on the file system: cannot reserve {bytes} more bytes for the memory file")]
+    NoSpace {
+        /// The file.
+        path: String,
+        /// Bytes the reservation asked for.
+        bytes: u64,
+    },
     /// The file's content is inconsistent.
     #[error("{path}: corrupt: {what}")]
     Corrupt {

@@ -51,6 +51,12 @@ pub struct FsckReport {
     pub named: u64,
     /// Named segments whose digest verified.
     pub digests_verified: u64,
+    /// Bytes of the file's reserved ranges (header, and the arena, count and
+    /// map pages in use): all that fsck reads.
+    pub reserved_bytes: u64,
+    /// Reserved bytes the file system holds no blocks for (a sparse copy;
+    /// the next open allocates them).
+    pub unallocated_bytes: u64,
     /// Every problem found (the first 100 are described in `problems`).
     pub problem_count: u64,
     /// Descriptions of the first problems.
@@ -77,13 +83,23 @@ impl FsckReport {
 pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
     let path = path.as_ref();
     let name = path.display().to_string();
-    let (backing, config, layout) = persist::open_file(path, false)?;
+    let (backing, checked) = persist::read_file(path)?;
+    let (config, layout, reserved) = (checked.config, checked.layout, checked.reserved);
     let mut r = FsckReport {
         path: name.clone(),
         clean_close: persist::read_clean(&backing),
         line_size: config.line_size as u64,
+        reserved_bytes: reserved.bytes(&layout, config.line_size as u64),
+        unallocated_bytes: checked.unallocated,
         ..FsckReport::default()
     };
+    drop(checked.file);
+    if r.unallocated_bytes > 0 {
+        r.problem(format!(
+            "sparse: {} of the {} reserved bytes have no blocks on the file system (a sparse copy?); the next open allocates them, or fails with \"no space\"",
+            r.unallocated_bytes, r.reserved_bytes
+        ));
+    }
     if !r.clean_close {
         r.problem("not closed cleanly: stored counts still hold the references of the process that died (the next open recovers)".into());
     }
@@ -98,7 +114,15 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
         config.map_capacity as usize * persist::ENTRY_WORDS,
     );
     let fshift = config.line_size.trailing_zeros() - 2;
-    let a = match store::analyze(&name, &arena, &words, config.map_capacity, fshift) {
+    let slots = reserved.slots as usize;
+    let a = match store::analyze(
+        &name,
+        &arena,
+        &words,
+        reserved.entries as u32,
+        slots,
+        fshift,
+    ) {
         Ok(a) => a,
         Err(e) => {
             r.problem(e.to_string());
@@ -110,7 +134,7 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
 
     // Counts, kinds and orphans.
     let mut by_content: HashMap<(bool, u64), Vec<u32>> = HashMap::new();
-    for id in 1..layout.slots as usize {
+    for id in 1..slots.min(layout.slots as usize) {
         let stored = meta.as_slice()[id].load(std::sync::atomic::Ordering::Relaxed);
         let count = stored & !INTERIOR_BIT;
         let h = a.heights[id];

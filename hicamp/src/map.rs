@@ -10,7 +10,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, MutexGuard};
 
@@ -29,6 +29,42 @@ pub(crate) const ENTRY_BYTES: u64 = (ENTRY_WORDS * 8) as u64;
 /// `cur` value of an entry that was never written.
 const NEVER: u8 = 2;
 
+/// The current slot of each entry, allocated in chunks of 64Ki entries as
+/// entries are used (a map of 4G entries costs nothing until it is used).
+struct CurSlots {
+    chunks: Box<[OnceLock<Box<[AtomicU8]>>]>,
+    capacity: usize,
+}
+
+const CUR_CHUNK_BITS: u32 = 16;
+
+impl CurSlots {
+    fn new(capacity: usize) -> CurSlots {
+        CurSlots {
+            chunks: (0..capacity.div_ceil(1 << CUR_CHUNK_BITS))
+                .map(|_| OnceLock::new())
+                .collect(),
+            capacity,
+        }
+    }
+
+    fn load(&self, i: usize) -> u8 {
+        match self.chunks[i >> CUR_CHUNK_BITS].get() {
+            Some(c) => c[i & ((1 << CUR_CHUNK_BITS) - 1)].load(Relaxed),
+            None => NEVER,
+        }
+    }
+
+    fn store(&self, i: usize, v: u8) {
+        let k = i >> CUR_CHUNK_BITS;
+        let c = self.chunks[k].get_or_init(|| {
+            let n = (self.capacity - (k << CUR_CHUNK_BITS)).min(1 << CUR_CHUNK_BITS);
+            (0..n).map(|_| AtomicU8::new(NEVER)).collect()
+        });
+        c[i & ((1 << CUR_CHUNK_BITS) - 1)].store(v, Relaxed);
+    }
+}
+
 struct Ids {
     next: u32,
     free: Vec<u32>,
@@ -40,7 +76,7 @@ pub(crate) struct MapTable {
     off: usize,
     capacity: u32,
     /// Which slot of each entry is current (volatile, rebuilt on open).
-    cur: Box<[AtomicU8]>,
+    cur: CurSlots,
     stripes: Box<[Mutex<()>]>,
     ids: Mutex<Ids>,
     live: AtomicU64,
@@ -67,7 +103,7 @@ impl MapTable {
             words: backing.u64s(layout.map_off as usize, capacity as usize * ENTRY_WORDS),
             off: layout.map_off as usize,
             capacity,
-            cur: (0..capacity).map(|_| AtomicU8::new(NEVER)).collect(),
+            cur: CurSlots::new(capacity as usize),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             ids: Mutex::new(Ids {
                 next: 0,
@@ -89,14 +125,14 @@ impl MapTable {
         let mut live = 0;
         let mut logical = 0;
         let mut used = Vec::new();
-        for i in 0..self.capacity {
+        for i in 0..self.reserved_entries() {
             match current_slot(words, i).map_err(|what| Error::Corrupt {
                 path: path.to_string(),
                 what,
             })? {
                 None => {}
                 Some((slot, w0, len, _)) => {
-                    self.cur[i as usize].store(slot, Relaxed);
+                    self.cur.store(i as usize, slot);
                     used.push((i, w0 & LIVE_BIT != 0));
                     if w0 & LIVE_BIT != 0 {
                         live += 1;
@@ -117,6 +153,15 @@ impl MapTable {
         &self.words
     }
 
+    /// Entries whose file space is reserved (all of them for an anonymous
+    /// memory): the ones that can have been written.
+    pub(crate) fn reserved_entries(&self) -> u32 {
+        match self.words.backing().space() {
+            Some(s) => s.reserved().entries.min(u64::from(self.capacity)) as u32,
+            None => self.capacity,
+        }
+    }
+
     fn check(&self, id: SegmentId) -> Result<()> {
         if id.0 >= self.capacity {
             return Err(Error::NoSuchSegment(id));
@@ -131,7 +176,7 @@ impl MapTable {
     /// The current slot's words (w0, len, version), live or not; `None` for an
     /// entry never written. The caller holds the stripe lock.
     fn read_any(&self, id: SegmentId) -> Option<(u64, u64, u64)> {
-        let slot = self.cur[id.0 as usize].load(Relaxed);
+        let slot = self.cur.load(id.0 as usize);
         if slot == NEVER {
             return None;
         }
@@ -169,7 +214,7 @@ impl MapTable {
     /// caller finishes its bookkeeping before returning it.
     fn write(&self, id: SegmentId, tree: Option<Tree>, version: u64) -> Result<()> {
         let i = id.0 as usize;
-        let slot = match self.cur[i].load(Relaxed) {
+        let slot = match self.cur.load(i) {
             0 => 1,
             _ => 0,
         };
@@ -182,7 +227,7 @@ impl MapTable {
         w[1].store(len, Relaxed);
         w[2].store(version, Relaxed);
         w[3].store(slot_checksum(id.0, w0, len, version), Relaxed);
-        self.cur[i].store(slot, Relaxed);
+        self.cur.store(i, slot);
         self.persist_entry(i)
     }
 
@@ -209,6 +254,9 @@ impl MapTable {
         let id = match ids.free.pop() {
             Some(id) => id,
             None if ids.next < self.capacity => {
+                self.words
+                    .backing()
+                    .reserve_entries(u64::from(ids.next) + 1)?;
                 ids.next += 1;
                 ids.next - 1
             }
@@ -315,6 +363,9 @@ impl SegmentMap<'_> {
                     capacity: u64::from(t.capacity),
                 });
             }
+            t.words
+                .backing()
+                .reserve_entries(u64::from(ids.next) + u64::from(count))?;
             ids.next += count;
             ids.next - count
         };

@@ -130,15 +130,33 @@ impl Memory {
 
     /// Creates a memory file at `path` (an error if it exists) and returns the
     /// new, empty memory. The file is locked while the memory is open.
+    ///
+    /// Creation is atomic: the file is built under a temporary name in the
+    /// same directory, synced, and renamed into place, so a crash during
+    /// create leaves no file at `path` (a later create removes the leftover
+    /// temporary). Space is reserved as the memory fills (fallocate): a full
+    /// file system is [`Error::NoSpace`] from the operation that needed room.
     pub fn create(path: impl AsRef<Path>, config: Config) -> Result<Memory> {
         let path = path.as_ref();
-        let (backing, layout) = persist::create_file(path, &config)?;
+        let (backing, layout, creating) = persist::create_file(path, &config)?;
         persist::write_state(&backing, false).map_err(|e| Error::Io {
             path: path.display().to_string(),
             op: "write state",
             message: e.to_string(),
         })?;
-        Memory::assemble(backing, config, layout, Some(path.to_path_buf()), None)
+        let mem = Memory::assemble(
+            Arc::clone(&backing),
+            config,
+            layout,
+            Some(path.to_path_buf()),
+            None,
+        )?;
+        mem.inner
+            .store
+            .persist_barrier()
+            .map_err(|e| persist::io_err(path, "sync", e))?;
+        creating.finish(&backing)?;
+        Ok(mem)
     }
 
     /// Opens a memory file: checks its header, then recovers (see
@@ -149,7 +167,7 @@ impl Memory {
         let path = path.as_ref();
         let name = path.display().to_string();
         let t = std::time::Instant::now();
-        let (backing, config, layout) = persist::open_file(path, true)?;
+        let (backing, config, layout) = persist::open_file(path)?;
         let was_clean = persist::read_clean(&backing);
         persist::write_state(&backing, false).map_err(|e| Error::Io {
             path: name.clone(),
@@ -158,11 +176,15 @@ impl Memory {
         })?;
         let store = Store::new(&backing, &layout, &config);
         let map = MapTable::new(&backing, &layout, &config);
+        let reserved_slots = backing
+            .space()
+            .map_or(layout.slots, |s| s.reserved().slots);
         let a = store::analyze(
             &name,
             store.arena(),
             map.words(),
-            config.map_capacity,
+            map.reserved_entries(),
+            reserved_slots as usize,
             store.shift() - 2,
         )?;
         if !a.entries.iter().any(|e| e.index == 0) {

@@ -24,6 +24,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+
+use parking_lot::Mutex;
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -35,9 +38,15 @@ use crate::region::Backing;
 /// The file magic.
 pub const MAGIC: [u8; 8] = *b"HICAMPMF";
 /// Format version written by this build (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 added the reserved-space words (the file is allocated as it
+/// fills, never written where it is sparse) and single-bit repair of map
+/// slots; version 1 files are refused with a clear error.
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 80;
 const STATE_OFF: usize = 2048;
+/// The two reserved-space words (line slots, map entries).
+const SPACE_OFF: usize = 2056;
 /// Words per map entry (two slots of four).
 pub(crate) const ENTRY_WORDS: usize = 8;
 pub(crate) const LIVE_BIT: u64 = 1 << 40;
@@ -128,6 +137,13 @@ pub(crate) fn decode_header(path: &str, b: &[u8], file_len: u64) -> Result<(Conf
             supported: FORMAT_VERSION,
         });
     }
+    if version >= 1 && version < FORMAT_VERSION && get_u64(b, 72) == xxh3_64(&b[..72]) {
+        return Err(Error::OldFormat {
+            path: path.into(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
     if version == 0 || get_u64(b, 72) != xxh3_64(&b[..72]) {
         return Err(corrupt("header checksum mismatch".into()));
     }
@@ -173,7 +189,7 @@ pub(crate) fn read_clean(b: &Backing) -> bool {
     b.read_bytes(STATE_OFF, 8) == 1u64.to_le_bytes()
 }
 
-fn io_err(path: &Path, op: &'static str, e: std::io::Error) -> Error {
+pub(crate) fn io_err(path: &Path, op: &'static str, e: std::io::Error) -> Error {
     Error::Io {
         path: path.display().to_string(),
         op,
@@ -181,25 +197,382 @@ fn io_err(path: &Path, op: &'static str, e: std::io::Error) -> Error {
     }
 }
 
-/// Creates a new memory file (refusing to overwrite one) and maps it.
-pub(crate) fn create_file(path: &Path, c: &Config) -> Result<(std::sync::Arc<Backing>, Layout)> {
+/// A reservation failure: ENOSPC (and EDQUOT, EFBIG) become [`Error::NoSpace`].
+fn space_err(path: &str, bytes: u64, e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG) => Error::NoSpace {
+            path: path.to_string(),
+            bytes,
+        },
+        _ => Error::Io {
+            path: path.to_string(),
+            op: "reserve file space",
+            message: e.to_string(),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reserved space.
+//
+// The file is as long as its layout (so every offset is mapped), but only the
+// space reserved with fallocate is ever touched: the header page, the arena
+// and count pages of slots `0..slots`, and the map pages of entries
+// `0..entries`. The two high-water marks are words of the header page (each
+// with its own check bits, written with one store), raised only after the
+// space under them is allocated, and never lowered. A write to a page the file
+// system has no block for would kill the process with SIGBUS when the file
+// system is full; with every touched page reserved first, running out of
+// space is an `Error::NoSpace` from the operation that needed it.
+// ---------------------------------------------------------------------------
+
+fn space_word(which: u64, v: u32) -> u64 {
+    let check = xxh3_64_with_seed(&v.to_le_bytes(), 0x5ace_0000 + which) as u32;
+    u64::from(v) | (u64::from(check) << 32)
+}
+
+fn parse_space_word(which: u64, w: u64) -> Option<u32> {
+    let v = w as u32;
+    (space_word(which, v) == w).then_some(v)
+}
+
+/// The reserved high-water marks of a file: line slots (arena and counts) and
+/// map entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Reserved {
+    pub slots: u64,
+    pub entries: u64,
+}
+
+impl Reserved {
+    /// The byte ranges of the file these marks cover (page-rounded).
+    pub(crate) fn ranges(&self, l: &Layout, line_size: u64) -> [(u64, u64); 4] {
+        [
+            (0, 4096),
+            (l.arena_off, round_page(self.slots * line_size)),
+            (l.meta_off, round_page(self.slots * 4)),
+            (l.map_off, round_page(self.entries * ENTRY_WORDS as u64 * 8)),
+        ]
+    }
+
+    /// Bytes the reserved ranges take.
+    pub(crate) fn bytes(&self, l: &Layout, line_size: u64) -> u64 {
+        self.ranges(l, line_size).iter().map(|r| r.1).sum()
+    }
+}
+
+/// Reads and checks the high-water marks from the header page.
+pub(crate) fn decode_reserved(
+    path: &str,
+    page: &[u8],
+    c: &Config,
+    l: &Layout,
+) -> Result<Reserved> {
+    let corrupt = |what: String| Error::Corrupt {
+        path: path.to_string(),
+        what,
+    };
+    let slots = parse_space_word(0, get_u64(page, SPACE_OFF))
+        .ok_or_else(|| corrupt("reserved-space word (line slots) is damaged".into()))?;
+    let entries = parse_space_word(1, get_u64(page, SPACE_OFF + 8))
+        .ok_or_else(|| corrupt("reserved-space word (map entries) is damaged".into()))?;
+    let r = Reserved {
+        slots: u64::from(slots),
+        entries: u64::from(entries),
+    };
+    if r.slots > l.slots || r.entries > u64::from(c.map_capacity) {
+        return Err(corrupt(format!(
+            "reserved space ({} slots, {} entries) exceeds the capacity ({} slots, {} entries)",
+            r.slots, r.entries, l.slots, c.map_capacity
+        )));
+    }
+    Ok(r)
+}
+
+/// The reserved space of an open file, and how it grows.
+pub(crate) struct Space {
+    path: String,
+    layout: Layout,
+    line_size: u64,
+    durability: Durability,
+    slots: AtomicU64,
+    entries: AtomicU64,
+    grow: Mutex<()>,
+    /// The last reservation failed for lack of space.
+    failed: AtomicBool,
+}
+
+impl Space {
+    pub(crate) fn new(path: &str, c: &Config, layout: Layout, r: Reserved) -> Space {
+        Space {
+            path: path.to_string(),
+            layout,
+            line_size: c.line_size as u64,
+            durability: c.durability,
+            slots: AtomicU64::new(r.slots),
+            entries: AtomicU64::new(r.entries),
+            grow: Mutex::new(()),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn reserved(&self) -> Reserved {
+        Reserved {
+            slots: self.slots.load(Acquire),
+            entries: self.entries.load(Acquire),
+        }
+    }
+
+    pub(crate) fn failed(&self) -> bool {
+        self.failed.load(Relaxed)
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Allocates the pages of `off..off + len` (page-rounded).
+    fn allocate(&self, file: &File, off: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let start = off & !4095;
+        let end = round_page(off + len);
+        crate::region::fallocate(file, start, end - start).map_err(|e| {
+            self.failed.store(true, Relaxed);
+            space_err(&self.path, end - start, e)
+        })
+    }
+
+    /// Allocates every reserved range again (a no-op where the blocks exist;
+    /// fills the holes of a sparse copy, or fails with `NoSpace`).
+    pub(crate) fn reallocate(&self, file: &File) -> Result<()> {
+        for (off, len) in self.reserved().ranges(&self.layout, self.line_size) {
+            self.allocate(file, off, len)?;
+        }
+        Ok(())
+    }
+
+    fn publish(&self, b: &Backing, which: usize, v: u64) {
+        let off = SPACE_OFF + which * 8;
+        b.write_bytes(off, &space_word(which as u64, v as u32).to_le_bytes());
+        match self.durability {
+            Durability::None => {}
+            Durability::CacheLine => {
+                b.flush_cache_lines(off, 8);
+                crate::region::store_fence();
+            }
+            Durability::Msync => {
+                // An error here is the file system's; the next msync of a
+                // commit reports it.
+                let _ = b.msync(off, 8);
+            }
+        }
+    }
+
+    /// Makes line slots `0..end` usable: their arena and count pages are
+    /// allocated (in chunks of about 1 MiB of lines, or an eighth of what is
+    /// reserved, whichever is more; exactly what is needed when the file
+    /// system cannot give a chunk).
+    pub(crate) fn reserve_slots(&self, b: &Backing, file: &File, end: u64) -> Result<()> {
+        if end <= self.slots.load(Acquire) {
+            return Ok(());
+        }
+        let _g = self.grow.lock();
+        let cur = self.slots.load(Acquire);
+        if end <= cur {
+            return Ok(());
+        }
+        let per_mib = (1 << 20) / self.line_size;
+        let want = end.max(cur + cur / 8).div_ceil(per_mib) * per_mib;
+        let l = self.layout;
+        let ls = self.line_size;
+        let try_to = |to: u64| -> Result<()> {
+            self.allocate(file, l.arena_off + cur * ls, (to - cur) * ls)?;
+            self.allocate(file, l.meta_off + cur * 4, (to - cur) * 4)
+        };
+        let mut to = want.min(l.slots);
+        if try_to(to).is_err() {
+            to = end.min(l.slots);
+            try_to(to)?;
+        }
+        self.failed.store(false, Relaxed);
+        self.publish(b, 0, to);
+        self.slots.store(to, Release);
+        Ok(())
+    }
+
+    /// Makes map entries `0..end` usable (chunks of 1024 entries).
+    pub(crate) fn reserve_entries(&self, b: &Backing, file: &File, end: u64) -> Result<()> {
+        if end <= self.entries.load(Acquire) {
+            return Ok(());
+        }
+        let _g = self.grow.lock();
+        let cur = self.entries.load(Acquire);
+        if end <= cur {
+            return Ok(());
+        }
+        let cap = u64::from(u32::MAX).min(self.layout_entries());
+        let eb = ENTRY_WORDS as u64 * 8;
+        let mut to = end.div_ceil(1024).saturating_mul(1024).min(cap);
+        let off = self.layout.map_off + cur * eb;
+        if self.allocate(file, off, (to - cur) * eb).is_err() {
+            to = end.min(cap);
+            self.allocate(file, off, (to - cur) * eb)?;
+        }
+        self.failed.store(false, Relaxed);
+        self.publish(b, 1, to);
+        self.entries.store(to, Release);
+        Ok(())
+    }
+
+    fn layout_entries(&self) -> u64 {
+        (self.layout.len - self.layout.map_off) / (ENTRY_WORDS as u64 * 8)
+    }
+}
+
+/// The temporary name a create builds the file under (same directory).
+fn temp_name(path: &Path) -> Result<(std::path::PathBuf, String)> {
+    let file = path
+        .file_name()
+        .ok_or_else(|| Error::Io {
+            path: path.display().to_string(),
+            op: "create",
+            message: "not a file name".into(),
+        })?
+        .to_string_lossy()
+        .into_owned();
+    let prefix = format!(".{file}.creating.");
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let name = format!("{prefix}{}.{nonce:x}", std::process::id());
+    Ok((path.with_file_name(name), prefix))
+}
+
+/// Removes temporaries of earlier creates at `path` that died: a temporary
+/// whose lock nobody holds.
+fn clean_stale_temps(path: &Path, prefix: &str) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        if let Ok(f) = OpenOptions::new().read(true).open(e.path()) {
+            if f.try_lock().is_ok() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// A file being created: built under a temporary name, renamed into place by
+/// [`Creating::finish`]; dropped unfinished, the temporary is removed.
+pub(crate) struct Creating {
+    pub temp: std::path::PathBuf,
+    pub target: std::path::PathBuf,
+    done: bool,
+}
+
+impl Drop for Creating {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Test hook: `HICAMP_CREATE_FAIL_AT=<step>` makes create fail at that step
+/// (1: after the temporary exists, 2: after its header is written, 3: before
+/// the rename), as a kill there would stop it.
+fn fail_point(step: u32, path: &Path) -> Result<()> {
+    if std::env::var("HICAMP_CREATE_FAIL_AT").ok().and_then(|v| v.parse().ok()) == Some(step) {
+        if std::env::var_os("HICAMP_CREATE_FAIL_ABORT").is_some() {
+            std::process::abort();
+        }
+        return Err(Error::Io {
+            path: path.display().to_string(),
+            op: "create",
+            message: format!("injected failure at step {step}"),
+        });
+    }
+    Ok(())
+}
+
+impl Creating {
+    /// Syncs the new file and renames it to the target (never replacing a
+    /// file there), then syncs the directory.
+    pub(crate) fn finish(mut self, b: &Backing) -> Result<()> {
+        let t = &self.target;
+        b.msync(0, 4096).map_err(|e| io_err(t, "sync", e))?;
+        if let Some(f) = b.file_handle() {
+            f.sync_all().map_err(|e| io_err(t, "sync", e))?;
+        }
+        fail_point(3, t)?;
+        crate::region::rename_noreplace(&self.temp, t).map_err(|e| io_err(t, "create", e))?;
+        self.done = true;
+        let dir = match t.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// Creates a new memory file under a temporary name (refusing if `path`
+/// exists) and maps it; [`Creating::finish`] puts it in place.
+pub(crate) fn create_file(
+    path: &Path,
+    c: &Config,
+) -> Result<(std::sync::Arc<Backing>, Layout, Creating)> {
     c.validate()?;
     let layout = Layout::for_config(c);
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Err(io_err(
+            path,
+            "create",
+            std::io::Error::from_raw_os_error(libc::EEXIST),
+        ));
+    }
+    let (temp, prefix) = temp_name(path)?;
+    clean_stale_temps(path, &prefix);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(path)
+        .open(&temp)
         .map_err(|e| io_err(path, "create", e))?;
+    let creating = Creating {
+        temp,
+        target: path.to_path_buf(),
+        done: false,
+    };
     lock(&file, path)?;
+    fail_point(1, path)?;
     file.set_len(layout.len)
         .map_err(|e| io_err(path, "set length", e))?;
-    let backing = Backing::file(file, layout.len as usize).map_err(|e| io_err(path, "map", e))?;
+    let name = path.display().to_string();
+    crate::region::fallocate(&file, 0, 4096).map_err(|e| space_err(&name, 4096, e))?;
+    let space = Space::new(&name, c, layout, Reserved::default());
+    let backing =
+        Backing::file(file, layout.len as usize, space).map_err(|e| io_err(path, "map", e))?;
     backing.write_bytes(0, &encode_header(c, &layout));
+    backing.write_bytes(SPACE_OFF, &space_word(0, 0).to_le_bytes());
+    backing.write_bytes(SPACE_OFF + 8, &space_word(1, 0).to_le_bytes());
     backing
         .msync(0, 4096)
         .map_err(|e| io_err(path, "sync header", e))?;
-    Ok((backing, layout))
+    fail_point(2, path)?;
+    Ok((backing, layout, creating))
 }
 
 fn lock(file: &File, path: &Path) -> Result<()> {
@@ -212,18 +585,29 @@ fn lock(file: &File, path: &Path) -> Result<()> {
     }
 }
 
-/// Opens and maps an existing memory file, checking its header. With
-/// `exclusive`, takes the file lock (a writer); without, a shared lock.
-pub(crate) fn open_file(
-    path: &Path,
-    exclusive: bool,
-) -> Result<(std::sync::Arc<Backing>, Config, Layout)> {
+/// What [`read_checked`] found about a file before mapping anything.
+pub(crate) struct Checked {
+    pub file: File,
+    pub config: Config,
+    pub layout: Layout,
+    pub reserved: Reserved,
+    /// Bytes of the reserved ranges the file system holds no block for
+    /// (a sparse copy), from `st_blocks`.
+    pub unallocated: u64,
+}
+
+/// Opens a memory file and checks its header, reserved space and length
+/// against each other, reading with `pread` only (nothing is mapped, so a
+/// short or sparse file cannot fault). With `write`, opens it read-write and
+/// takes the exclusive lock; otherwise read-only with a shared lock.
+pub(crate) fn read_checked(path: &Path, write: bool) -> Result<Checked> {
+    use std::os::unix::fs::{FileExt, MetadataExt};
     let file = OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(write)
         .open(path)
         .map_err(|e| io_err(path, "open", e))?;
-    if exclusive {
+    if write {
         lock(&file, path)?;
     } else {
         match file.try_lock_shared() {
@@ -236,20 +620,74 @@ pub(crate) fn open_file(
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(path, "lock", e)),
         }
     }
-    let file_len = file.metadata().map_err(|e| io_err(path, "stat", e))?.len();
-    let name = path.display().to_string();
-    let mut head = vec![0u8; HEADER_LEN.min(file_len as usize)];
-    {
-        use std::io::Read;
-        (&file)
-            .read_exact(&mut head)
-            .map_err(|e| io_err(path, "read header", e))?;
+    let meta = file.metadata().map_err(|e| io_err(path, "stat", e))?;
+    if !meta.is_file() {
+        return Err(Error::NotAMemoryFile {
+            path: path.display().to_string(),
+        });
     }
-    let (config, layout) = decode_header(&name, &head, file_len)?;
-    let backing = Backing::file(file, layout.len as usize).map_err(|e| io_err(path, "map", e))?;
-    Ok((backing, config, layout))
+    let file_len = meta.len();
+    let name = path.display().to_string();
+    let mut page = vec![0u8; 4096.min(file_len as usize)];
+    file.read_exact_at(&mut page, 0)
+        .map_err(|e| io_err(path, "read header", e))?;
+    let (config, layout) = decode_header(&name, &page, file_len)?;
+    let reserved = decode_reserved(&name, &page, &config, &layout)?;
+    let need = reserved.bytes(&layout, config.line_size as u64);
+    let unallocated = need.saturating_sub(meta.blocks() * 512);
+    Ok(Checked {
+        file,
+        config,
+        layout,
+        reserved,
+        unallocated,
+    })
 }
 
+/// Opens and maps an existing memory file for writing, after the checks of
+/// [`read_checked`]; allocates the reserved ranges again (filling the holes
+/// of a sparse copy, or failing with `NoSpace`) before any page is touched.
+pub(crate) fn open_file(path: &Path) -> Result<(std::sync::Arc<Backing>, Config, Layout)> {
+    let c = read_checked(path, true)?;
+    let name = path.display().to_string();
+    let space = Space::new(&name, &c.config, c.layout, c.reserved);
+    space.reallocate(&c.file)?;
+    let backing = Backing::file(c.file, c.layout.len as usize, space)
+        .map_err(|e| io_err(path, "map", e))?;
+    Ok((backing, c.config, c.layout))
+}
+
+/// Reads a memory file's reserved ranges into an anonymous mapping (for
+/// fsck: read-only, and immune to a file that shrinks or runs out of space).
+pub(crate) fn read_file(path: &Path) -> Result<(std::sync::Arc<Backing>, Checked)> {
+    use std::os::unix::fs::FileExt;
+    let c = read_checked(path, false)?;
+    let backing = Backing::anon(c.layout.len as usize)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for (off, len) in c.reserved.ranges(&c.layout, c.config.line_size as u64) {
+        let mut at = off;
+        let end = (off + len).min(c.layout.len);
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            let got = c
+                .file
+                .read_at(&mut buf[..n], at)
+                .map_err(|e| io_err(path, "read", e))?;
+            if got == 0 {
+                return Err(Error::Truncated {
+                    path: path.display().to_string(),
+                    expected: end,
+                    actual: at,
+                });
+            }
+            if !crate::store::is_zero(&buf[..got]) {
+                backing.write_bytes(at as usize, &buf[..got]);
+            }
+            at += got as u64;
+        }
+    }
+    Ok((backing, c))
+}
 /// One committed map entry found in a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RootEntry {

@@ -19,6 +19,52 @@ use std::sync::Arc;
 use memmap2::{MmapMut, MmapOptions, MmapRaw};
 
 use crate::error::{Error, Result};
+use crate::persist::Space;
+
+/// Allocates `off..off + len` of `file` (posix_fallocate, mode 0: blocks are
+/// reserved, the file length is unchanged when it already covers the range).
+pub(crate) fn fallocate(file: &File, off: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain system call on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), off as libc::off_t, len as libc::off_t) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// Renames `from` to `to` unless `to` exists (renameat2 RENAME_NOREPLACE;
+/// link + unlink where the file system lacks it).
+pub(crate) fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cs = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+    };
+    let (f, t) = (cs(from)?, cs(to)?);
+    // SAFETY: both are NUL-terminated strings that live across the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
+        }
+        _ => Err(e),
+    }
+}
 
 /// The mapping behind a memory.
 pub(crate) struct Backing {
@@ -27,6 +73,8 @@ pub(crate) struct Backing {
     len: usize,
     /// The file, for a persistent memory (kept open: it holds the lock).
     file: Option<File>,
+    /// The file's reserved space (see `persist::Space`).
+    space: Option<Space>,
 }
 
 // SAFETY: the mapping is plain memory; every access goes through the views
@@ -51,18 +99,60 @@ impl Backing {
             map,
             len,
             file: None,
+            space: None,
         }))
     }
 
-    /// A shared mapping of the whole of `file` (whose length the caller checked).
-    pub(crate) fn file(file: File, len: usize) -> std::io::Result<Arc<Backing>> {
+    /// A shared mapping of the whole of `file` (whose length the caller
+    /// checked). Only its reserved space (`space`) is ever touched.
+    pub(crate) fn file(file: File, len: usize, space: Space) -> std::io::Result<Arc<Backing>> {
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         Ok(Arc::new(Backing {
             base: map.as_mut_ptr(),
             map,
             len,
             file: Some(file),
+            space: Some(space),
         }))
+    }
+
+    /// The file of a persistent memory.
+    pub(crate) fn file_handle(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
+    /// The reserved space of a persistent memory.
+    pub(crate) fn space(&self) -> Option<&Space> {
+        self.space.as_ref()
+    }
+
+    /// Makes line slots `0..end` safe to touch (a no-op for an anonymous
+    /// mapping); `Error::NoSpace` when the file system is full.
+    pub(crate) fn reserve_slots(&self, end: u64) -> Result<()> {
+        match (&self.space, &self.file) {
+            (Some(s), Some(f)) => s.reserve_slots(self, f, end),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes map entries `0..end` safe to touch (see `reserve_slots`).
+    pub(crate) fn reserve_entries(&self, end: u64) -> Result<()> {
+        match (&self.space, &self.file) {
+            (Some(s), Some(f)) => s.reserve_entries(self, f, end),
+            _ => Ok(()),
+        }
+    }
+
+    /// The error for "no free line slot": `NoSpace` when the file system
+    /// refused the last reservation, else `CapacityExhausted`.
+    pub(crate) fn exhausted(&self, capacity: u64) -> Error {
+        match &self.space {
+            Some(s) if s.failed() => Error::NoSpace {
+                path: s.path().to_string(),
+                bytes: 0,
+            },
+            _ => Error::CapacityExhausted { capacity },
+        }
     }
 
     pub(crate) fn is_file(&self) -> bool {

@@ -171,6 +171,17 @@ fn bad_files_get_typed_errors() {
         Err(Error::UnsupportedVersion { found: 99, .. })
     ));
 
+    // A version-1 file (before reserved space): refused by name.
+    let (_d3b, p) = valid_file();
+    let mut head = std::fs::read(&p).unwrap()[..80].to_vec();
+    head[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&head[..72]);
+    head[72..80].copy_from_slice(&sum.to_le_bytes());
+    write_at(&p, 0, &head);
+    let e = Memory::open(&p).unwrap_err();
+    assert!(matches!(e, Error::OldFormat { found: 1, .. }), "{e}");
+    assert!(e.to_string().contains("re-create"), "{e}");
+
     let (_d4, p) = valid_file();
     write_at(&p, 16, &12345u64.to_le_bytes());
     assert!(matches!(Memory::open(&p), Err(Error::Corrupt { .. })));

@@ -73,10 +73,9 @@ impl Store {
         if freed >= chunk as i64 || (!fresh_left && freed > 0) {
             self.take_freed(shard, chunk as usize);
         }
-        if shard.free.is_empty() && self.next_fresh.load(Relaxed) < self.slots {
-            let start = self.next_fresh.fetch_add(chunk, Relaxed);
-            if start < self.slots {
-                let end = (start + chunk).min(self.slots);
+        if shard.free.is_empty() {
+            // Fresh slots whose file space is reserved (`recovery::take_fresh`).
+            if let Some((start, end)) = self.take_fresh(chunk) {
                 shard.free.extend((start as u32..end as u32).rev());
             }
         }

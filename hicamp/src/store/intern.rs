@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering::*;
 
 use super::{is_zero, kind_index, line_hash, with_line, Store, WriteCounts, SHARDS};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::id::{LineId, LineKind};
 
 /// Lines hashed, prefetched and sorted by shard together.
@@ -35,9 +35,7 @@ impl Store {
         self.drain_free_lists();
         let mut shard = cell.lock.lock();
         self.find_or_insert(cell, &mut shard, kind, h, line)
-            .ok_or(Error::CapacityExhausted {
-                capacity: self.capacity(),
-            })
+            .ok_or_else(|| self.arena().backing().exhausted(self.capacity()))
     }
 
     /// Interns one full line (any content); the caller owns the returned

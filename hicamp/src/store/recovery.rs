@@ -34,18 +34,23 @@ pub(crate) const UNREACHED: u8 = u8::MAX;
 /// Walks every DAG reachable from a committed entry and counts references.
 /// Checks that ids are in range, heights agree with lengths, and no line is
 /// reached at two heights (which also rules out cycles). Reads only.
+///
+/// Only the reserved part of the file is read: map entries `0..entries` and
+/// line slots `0..slots` (nothing beyond was ever written), so the walk's
+/// structures are sized by what the file holds, not by its capacity.
 pub(crate) fn analyze(
     path: &str,
     arena: &Arena,
     map_words: &AtomicU64Array,
     map_capacity: u32,
+    slots: usize,
     fanout_shift: u32,
 ) -> Result<Analysis> {
     let corrupt = |what: String| Error::Corrupt {
         path: path.to_string(),
         what,
     };
-    let slots = arena.slots();
+    let slots = slots.max(1).min(arena.slots());
     let mut a = Analysis {
         counts: vec![0; slots],
         heights: vec![UNREACHED; slots],
@@ -148,7 +153,8 @@ impl Store {
             cell.set_hint(&shard.table);
         }
         let mut free = Vec::new();
-        for (id, m) in meta.iter().enumerate().skip(1) {
+        // Slots past the walk's (the reserved ones) were never written.
+        for (id, m) in meta.iter().enumerate().take(a.heights.len()).skip(1) {
             let h = a.heights[id];
             let stored = m.load(Relaxed);
             if h == UNREACHED {
@@ -187,5 +193,34 @@ impl Store {
         self.free_count.store(free.len() as u64, Relaxed);
         self.next_fresh.store(high, Relaxed);
         r
+    }
+}
+
+impl Store {
+    /// Takes up to `chunk` fresh slots (`start..end`) from the bump counter,
+    /// after making sure the file has space for them (their arena and count
+    /// pages are allocated): a slot is never handed out whose page the file
+    /// system could refuse. `None` when the capacity is used up, or when the
+    /// file system is full (the backing then reports `NoSpace`).
+    pub(super) fn take_fresh(&self, chunk: u64) -> Option<(u64, u64)> {
+        let backing = self.arena.backing();
+        let mut start = self.next_fresh.load(Relaxed);
+        loop {
+            if start >= self.slots {
+                return None;
+            }
+            let mut end = (start + chunk).min(self.slots);
+            if backing.reserve_slots(end).is_err() {
+                end = start + 1;
+                backing.reserve_slots(end).ok()?;
+            }
+            match self
+                .next_fresh
+                .compare_exchange_weak(start, end, Relaxed, Relaxed)
+            {
+                Ok(_) => return Some((start, end)),
+                Err(s) => start = s,
+            }
+        }
     }
 }
