@@ -353,7 +353,7 @@ impl Space {
         Ok(())
     }
 
-    fn publish(&self, b: &Backing, which: usize, v: u64) {
+    pub(crate) fn publish(&self, b: &Backing, which: usize, v: u64) {
         let off = SPACE_OFF + which * 8;
         b.write_bytes(off, &space_word(which as u64, v as u32).to_le_bytes());
         match self.durability {
@@ -591,6 +591,8 @@ pub(crate) struct Checked {
     pub config: Config,
     pub layout: Layout,
     pub reserved: Reserved,
+    /// The marks as the header states them (`reserved` is trimmed to data).
+    pub claimed: Reserved,
     /// Bytes of the reserved ranges the file system holds no block for
     /// (a sparse copy), from `st_blocks`.
     pub unallocated: u64,
@@ -632,14 +634,34 @@ pub(crate) fn read_checked(path: &Path, write: bool) -> Result<Checked> {
     file.read_exact_at(&mut page, 0)
         .map_err(|e| io_err(path, "read header", e))?;
     let (config, layout) = decode_header(&name, &page, file_len)?;
-    let reserved = decode_reserved(&name, &page, &config, &layout)?;
-    let need = reserved.bytes(&layout, config.line_size as u64);
+    let claimed = decode_reserved(&name, &page, &config, &layout)?;
+    // Trim the marks to the data the file holds: past the last byte of data
+    // of a region, nothing was ever written (a crash or a sparse copy can
+    // leave reserved space unwritten, and a hostile header can claim any
+    // amount); what follows is sized by this, not by the claim.
+    let ls = config.line_size as u64;
+    let data_end = |off: u64, len: u64| {
+        crate::region::last_data_end(&file, off, off + len).map_err(|e| io_err(path, "seek", e))
+    };
+    let arena_end = data_end(layout.arena_off, claimed.slots * ls)?;
+    let map_bytes = claimed.entries * ENTRY_WORDS as u64 * 8;
+    let map_end = data_end(layout.map_off, map_bytes)?;
+    let reserved = Reserved {
+        slots: claimed
+            .slots
+            .min((arena_end - layout.arena_off).div_ceil(ls)),
+        entries: claimed
+            .entries
+            .min((map_end - layout.map_off).div_ceil(ENTRY_WORDS as u64 * 8)),
+    };
+    let need = reserved.bytes(&layout, ls);
     let unallocated = need.saturating_sub(meta.blocks() * 512);
     Ok(Checked {
         file,
         config,
         layout,
         reserved,
+        claimed,
         unallocated,
     })
 }
@@ -651,9 +673,25 @@ pub(crate) fn open_file(path: &Path) -> Result<(std::sync::Arc<Backing>, Config,
     let c = read_checked(path, true)?;
     let name = path.display().to_string();
     let space = Space::new(&name, &c.config, c.layout, c.reserved);
+    if c.unallocated > 0 {
+        // Holes to fill: refuse at once when the file system cannot hold them
+        // (rather than fill it on the way to failing).
+        let avail = crate::region::available_bytes(&c.file).map_err(|e| io_err(path, "statvfs", e))?;
+        if c.unallocated > avail {
+            return Err(Error::NoSpace {
+                path: name,
+                bytes: c.unallocated,
+            });
+        }
+    }
     space.reallocate(&c.file)?;
     let backing = Backing::file(c.file, c.layout.len as usize, space)
         .map_err(|e| io_err(path, "map", e))?;
+    if c.reserved != c.claimed {
+        let s = backing.space().expect("a file backing has its space");
+        s.publish(&backing, 0, c.reserved.slots);
+        s.publish(&backing, 1, c.reserved.entries);
+    }
     Ok((backing, c.config, c.layout))
 }
 

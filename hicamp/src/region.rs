@@ -21,6 +21,21 @@ use memmap2::{MmapMut, MmapOptions, MmapRaw};
 use crate::error::{Error, Result};
 use crate::persist::Space;
 
+const _: () = assert!(
+    std::mem::align_of::<u64>() == std::mem::align_of::<AtomicU64>()
+        && std::mem::size_of::<u64>() == std::mem::size_of::<AtomicU64>()
+);
+
+/// `n` zeroed `AtomicU64`s in memory from the zeroing allocator (calloc,
+/// mmap for large sizes): the pages nobody writes are never touched.
+pub(crate) fn zeroed_atomic_u64s(n: usize) -> Box<[AtomicU64]> {
+    let v: Box<[u64]> = vec![0u64; n].into_boxed_slice();
+    // SAFETY: AtomicU64 has the size, alignment (asserted above) and bit
+    // validity of u64, so a boxed slice of one is a boxed slice of the other;
+    // the allocation's layout is unchanged.
+    unsafe { Box::from_raw(Box::into_raw(v) as *mut [AtomicU64]) }
+}
+
 /// Allocates `off..off + len` of `file` (posix_fallocate, mode 0: blocks are
 /// reserved, the file length is unchanged when it already covers the range).
 pub(crate) fn fallocate(file: &File, off: u64, len: u64) -> std::io::Result<()> {
@@ -32,6 +47,53 @@ pub(crate) fn fallocate(file: &File, off: u64, len: u64) -> std::io::Result<()> 
     } else {
         Err(std::io::Error::from_raw_os_error(rc))
     }
+}
+
+/// The end of the last extent of data of `file` in `start..end` (`start`
+/// when there is none), by SEEK_DATA/SEEK_HOLE: holes and unwritten
+/// (fallocated, never written) extents are not data.
+pub(crate) fn last_data_end(file: &File, start: u64, end: u64) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let seek = |off: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
+        // SAFETY: lseek on a descriptor we own; the file offset it moves is
+        // not used (every read and write is positional).
+        let r = unsafe { libc::lseek(fd, off as libc::off_t, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        }
+    };
+    let mut last = start;
+    let mut at = start;
+    while at < end {
+        let Some(data) = seek(at, libc::SEEK_DATA)? else {
+            break;
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end);
+        last = hole.min(end);
+        at = hole;
+    }
+    Ok(last)
+}
+
+/// Bytes an unprivileged writer can still allocate on `file`'s file system.
+pub(crate) fn available_bytes(file: &File) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statvfs is plain old data, fully written by a successful call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a pointer to a live statvfs.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Renames `from` to `to` unless `to` exists (renameat2 RENAME_NOREPLACE;

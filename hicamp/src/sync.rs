@@ -67,3 +67,16 @@ pub(crate) fn count_array(
 ) -> CountArray {
     CountArray((0..slots).map(|_| AtomicU32::new(0)).collect())
 }
+
+/// `n` zeroed atomics from zeroed allocator memory: pages never written cost
+/// nothing (a free bitmap sized by capacity costs what is used of it).
+#[cfg(not(loom))]
+pub(crate) fn zeroed_u64s(n: usize) -> Box<[AtomicU64]> {
+    crate::region::zeroed_atomic_u64s(n)
+}
+
+/// `n` zeroed atomics (loom: one by one).
+#[cfg(loom)]
+pub(crate) fn zeroed_u64s(n: usize) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}

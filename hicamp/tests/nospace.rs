@@ -131,9 +131,16 @@ fn a_sparse_copy_is_reported_and_reallocated() {
     let p = mount.path().join("m.hicamp");
     {
         let m = Memory::create(&p, cfg(Durability::None)).unwrap();
+        // 4096 unique lines, then a named segment above them; the first
+        // lines are freed, so their count pages are all zero.
+        let a = m
+            .map()
+            .create(&testkit::Rng::new(1).bytes(4096 * 64))
+            .unwrap();
         m.bind("x", m.segment(&[7u8; 100_000]).unwrap()).unwrap();
+        m.map().delete(a).unwrap();
     }
-    // A sparse copy: the reserved but never written pages become holes.
+    // A sparse copy: the zero pages inside the reserved ranges become holes.
     let q = mount.path().join("copy.hicamp");
     let st = std::process::Command::new("cp")
         .arg("--sparse=always")

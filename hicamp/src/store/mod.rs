@@ -297,7 +297,8 @@ impl Store {
             slots,
             next_fresh: AtomicU64::new(1),
             shards,
-            free_bits: (0..slots.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            // Zeroed by the allocator: pages no slot reaches are never touched.
+            free_bits: crate::sync::zeroed_u64s(slots.div_ceil(64) as usize),
             free_count: AtomicU64::new(0),
             free_cursor: Mutex::new(0),
             zero: [AtomicU64::new(0), AtomicU64::new(0)],
