@@ -2,9 +2,11 @@
 //! in map entry 0, updated by compare-and-swap like any other commit.
 //!
 //! Record format (little-endian), sorted by name:
-//! `u16 name length | name (UTF-8) | u32 segment id | 32-byte BLAKE3 digest`.
-//! The digest is of the named segment's bytes at bind time; `hicamp fsck`
-//! verifies it.
+//! `u16 name length | name (UTF-8) | u32 segment id | 32-byte BLAKE3 digest |
+//! u32 check` (the check is xxh3 of the record before it, so a damaged name
+//! or id is detected, and the record skipped, as long as its length is
+//! intact). The digest is of the named segment's bytes at bind time; open
+//! and `hicamp fsck` verify it.
 
 use crate::error::{Error, Result};
 use crate::id::SegmentId;
@@ -26,39 +28,99 @@ pub struct NamedSegment {
     pub digest: [u8; 32],
 }
 
-/// Parses directory bytes.
-pub(crate) fn parse(b: &[u8]) -> std::result::Result<Vec<NamedSegment>, String> {
-    let mut out = Vec::new();
+/// Parses directory bytes as far as they are well formed: every record
+/// whose check verifies (a damaged record with an intact length is skipped;
+/// a damaged length ends the parse), and what was wrong, if anything.
+pub(crate) fn parse_prefix(b: &[u8]) -> (Vec<NamedSegment>, Option<String>) {
+    let mut out: Vec<NamedSegment> = Vec::new();
+    let mut err = None;
     let mut i = 0;
     while i < b.len() {
-        let n = b
+        let Some(n) = b
             .get(i..i + 2)
             .map(|x| u16::from_le_bytes([x[0], x[1]]) as usize)
-            .ok_or("directory: truncated record")?;
-        let rec = b
-            .get(i + 2..i + 2 + n + 36)
-            .ok_or("directory: truncated record")?;
-        let name = std::str::from_utf8(&rec[..n])
-            .map_err(|_| "directory: name is not UTF-8")?
-            .to_string();
-        let id = SegmentId(u32::from_le_bytes(rec[n..n + 4].try_into().expect("4")));
-        let digest: [u8; 32] = rec[n + 4..n + 36].try_into().expect("32");
-        if n == 0 || out.last().is_some_and(|p: &NamedSegment| p.name >= name) {
-            return Err("directory: names empty or not sorted".into());
+        else {
+            err = Some("directory: truncated record".to_string());
+            break;
+        };
+        let Some(rec) = b.get(i..i + 2 + n + 40) else {
+            err = Some("directory: truncated record".to_string());
+            break;
+        };
+        i += 2 + n + 40;
+        match record(rec, n, out.last()) {
+            Ok(ns) => out.push(ns),
+            Err(e) => {
+                err = Some(match std::str::from_utf8(&rec[2..2 + n]) {
+                    Ok(name) => format!("{e} (the damaged name reads {name:?})"),
+                    Err(_) => e.to_string(),
+                })
+            }
         }
-        out.push(NamedSegment { name, id, digest });
-        i += 2 + n + 36;
     }
-    Ok(out)
+    (out, err)
+}
+
+fn record_check(rec: &[u8]) -> u32 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(rec, 0xd1_4ec7) as u32
+}
+
+/// One record (`rec` is all of it, `n` its name length).
+fn record(
+    rec: &[u8],
+    n: usize,
+    prev: Option<&NamedSegment>,
+) -> std::result::Result<NamedSegment, &'static str> {
+    let body = &rec[..2 + n + 36];
+    let check = u32::from_le_bytes(rec[2 + n + 36..].try_into().expect("4"));
+    if check != record_check(body) {
+        return Err("directory: a damaged record");
+    }
+    let name = std::str::from_utf8(&body[2..2 + n])
+        .map_err(|_| "directory: name is not UTF-8")?
+        .to_string();
+    let id = SegmentId(u32::from_le_bytes(
+        body[2 + n..2 + n + 4].try_into().expect("4"),
+    ));
+    let digest: [u8; 32] = body[2 + n + 4..].try_into().expect("32");
+    if n == 0 || prev.is_some_and(|p| p.name >= name) {
+        return Err("directory: names empty or not sorted");
+    }
+    Ok(NamedSegment { name, id, digest })
+}
+
+/// Rewrites the directory to `list` (a salvaging open dropping the names of
+/// lost entries).
+pub(crate) fn rewrite(mem: &Memory, list: &[NamedSegment]) -> Result<()> {
+    let seg = mem.segment(&encode(list))?;
+    match mem.map().entry(DIRECTORY) {
+        Ok(e) => mem.map().commit(DIRECTORY, e.version, seg).map(|_| ()),
+        Err(_) => {
+            let id = mem.map().insert(seg)?;
+            debug_assert_eq!(id, DIRECTORY);
+            Ok(())
+        }
+    }
+}
+
+/// Parses directory bytes.
+pub(crate) fn parse(b: &[u8]) -> std::result::Result<Vec<NamedSegment>, String> {
+    match parse_prefix(b) {
+        (list, None) => Ok(list),
+        (_, Some(e)) => Err(e),
+    }
 }
 
 fn encode(list: &[NamedSegment]) -> Vec<u8> {
     let mut b = Vec::new();
     for e in list {
+        let start = b.len();
         b.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
         b.extend_from_slice(e.name.as_bytes());
         b.extend_from_slice(&e.id.0.to_le_bytes());
         b.extend_from_slice(&e.digest);
+        let check = record_check(&b[start..]);
+        b.extend_from_slice(&check.to_le_bytes());
     }
     b
 }

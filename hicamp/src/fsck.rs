@@ -12,11 +12,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::directory;
 use crate::error::Result;
+use crate::memory::Damage;
 use crate::persist;
-use crate::region::Arena;
-use crate::shape::{leaves_for, MAX_HEIGHT};
+use crate::shape::leaves_for;
 use crate::store::{self, is_zero, line_hash, line_of, INTERIOR_BIT, UNREACHED};
 use crate::LineKind;
 
@@ -57,6 +56,9 @@ pub struct FsckReport {
     /// Reserved bytes the file system holds no blocks for (a sparse copy;
     /// the next open allocates them).
     pub unallocated_bytes: u64,
+    /// What the open-time checks find (map slots, lost entries, digests,
+    /// the directory); each finding is also one of `problems`.
+    pub damage: Damage,
     /// Every problem found (the first 100 are described in `problems`).
     pub problem_count: u64,
     /// Descriptions of the first problems.
@@ -122,6 +124,8 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
         reserved.entries as u32,
         slots,
         fshift,
+        r.clean_close,
+        false,
     ) {
         Ok(a) => a,
         Err(e) => {
@@ -129,6 +133,12 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
             return Ok(r);
         }
     };
+    for p in a.damage.problems() {
+        r.problem(p);
+    }
+    r.named = a.damage.named;
+    r.digests_verified = a.damage.digests_verified;
+    r.damage = a.damage.clone();
     r.entries = a.entries.len() as u64;
     r.logical_bytes = a.entries.iter().map(|e| e.len).sum();
 
@@ -257,65 +267,5 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
         }
     }
 
-    // Named segments and their digests.
-    let dir = a.entries.iter().find(|e| e.index == directory::DIRECTORY.0);
-    match dir {
-        None => r.problem("map entry 0 (the directory of names) is missing".into()),
-        Some(d) => match directory::parse(&read_all(&arena, d.root.0, d.height, d.len, fshift)) {
-            Err(what) => r.problem(what),
-            Ok(list) => {
-                r.named = list.len() as u64;
-                for ns in list {
-                    match a.entries.iter().find(|e| e.index == ns.id.0) {
-                        None => {
-                            r.problem(format!("name {:?}: entry {} is not live", ns.name, ns.id))
-                        }
-                        Some(e) => {
-                            let bytes = read_all(&arena, e.root.0, e.height, e.len, fshift);
-                            if *blake3::hash(&bytes).as_bytes() == ns.digest {
-                                r.digests_verified += 1;
-                            } else {
-                                r.problem(format!("name {:?}: digest mismatch", ns.name));
-                            }
-                        }
-                    }
-                }
-            }
-        },
-    }
     Ok(r)
-}
-
-/// The bytes of a segment, from a DAG already checked by `analyze`.
-fn read_all(arena: &Arena, root: u32, height: u32, len: u64, fshift: u32) -> Vec<u8> {
-    let ls = 1usize << (fshift + 2);
-    let mut out = Vec::with_capacity(len as usize);
-    let mut stack = vec![(root, height.min(MAX_HEIGHT as u32))];
-    while let Some((id, h)) = stack.pop() {
-        if out.len() as u64 >= len {
-            break;
-        }
-        let span = (ls as u64) << (fshift * h);
-        if id == 0 {
-            let n = span.min(len - out.len() as u64) as usize;
-            out.resize(out.len() + n, 0);
-        } else if h == 0 {
-            let n = ls.min((len - out.len() as u64) as usize);
-            // SAFETY: `id` is reachable from a root `analyze` checked (so in
-            // range); fsck's own mapping (module docs).
-            out.extend_from_slice(&unsafe { line_of(arena, id) }[..n]);
-        } else {
-            // SAFETY: as above.
-            let line = unsafe { line_of(arena, id) };
-            let kids: Vec<u32> = line
-                .as_chunks::<4>()
-                .0
-                .iter()
-                .map(|b| u32::from_le_bytes(*b))
-                .collect();
-            stack.extend(kids.into_iter().rev().map(|c| (c, h - 1)));
-        }
-    }
-    out.truncate(len as usize);
-    out
 }

@@ -93,7 +93,7 @@ pub use error::{Error, Result};
 pub use fsck::{fsck, FsckReport};
 pub use id::{LineId, LineKind, SegmentId};
 pub use map::{MapEntry, SegmentMap};
-pub use memory::{Memory, Recovery};
+pub use memory::{Damage, Memory, OpenOptions, Recovery};
 pub use persist::{FORMAT_VERSION, MAGIC};
 pub use segment::{Cursor, Segment, SegmentMut};
 pub use shape::MAX_SEGMENT_LEN;

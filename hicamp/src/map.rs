@@ -19,9 +19,10 @@ use crate::dag::{self, Tree};
 use crate::error::{Error, Result};
 use crate::id::{LineId, SegmentId};
 use crate::memory::Memory;
-use crate::persist::{current_slot, slot_checksum, Layout, ENTRY_WORDS, LIVE_BIT};
+use crate::persist::{slot_checksum, Layout, ENTRY_WORDS, LIVE_BIT};
 use crate::region::{store_fence, AtomicU64Array, Backing};
 use crate::segment::Segment;
+use crate::store::{Analysis, EntryState};
 
 const STRIPES: usize = 256;
 /// Bytes of one entry in the mapped array (two slots of four words).
@@ -118,25 +119,72 @@ impl MapTable {
         }
     }
 
-    /// Rebuilds the volatile state from the entries of a file: the current
-    /// slots, the id allocator and the live count. Returns the logical bytes.
-    pub(crate) fn recover(&self, path: &str) -> Result<u64> {
+    /// Writes what recovery decided (before the memory is shared): slots
+    /// with a flipped bit get their corrected words; lost entries become
+    /// tombstones (both slots rewritten), so that their ids can be reused.
+    pub(crate) fn repair(&self, a: &Analysis) -> Result<()> {
         let words = self.words.as_slice();
+        let mut touched = Vec::new();
+        for &(index, slot, w) in &a.repairs {
+            let base = index as usize * ENTRY_WORDS + slot as usize * 4;
+            for (k, v) in w.iter().enumerate() {
+                words[base + k].store(*v, Relaxed);
+            }
+            touched.push(index as usize);
+        }
+        for &(index, slot) in &a.clear {
+            let base = index as usize * ENTRY_WORDS + slot as usize * 4;
+            for k in 0..4 {
+                words[base + k].store(0, Relaxed);
+            }
+            touched.push(index as usize);
+        }
+        for (index, state) in a.states.iter().enumerate() {
+            if *state != EntryState::Lost {
+                continue;
+            }
+            let base = index * ENTRY_WORDS;
+            let version = (0..2)
+                .map(|s| words[base + s * 4 + 2].load(Relaxed))
+                .max()
+                .unwrap_or(0)
+                .wrapping_add(1);
+            let tomb = [0, 0, version, slot_checksum(index as u32, 0, 0, version)];
+            for k in 0..4 {
+                words[base + 4 + k].store(0, Relaxed);
+                words[base + k].store(tomb[k], Relaxed);
+            }
+            touched.push(index);
+        }
+        let mut result = Ok(());
+        for i in touched {
+            result = result.and(self.persist_entry(i));
+        }
+        result
+    }
+
+    /// Rebuilds the volatile state from what recovery found (after
+    /// [`MapTable::repair`]): the current slots, the id allocator and the
+    /// live count. Returns the logical bytes.
+    pub(crate) fn recover(&self, a: &Analysis) -> u64 {
         let mut live = 0;
         let mut logical = 0;
         let mut used = Vec::new();
-        for i in 0..self.reserved_entries() {
-            match current_slot(words, i).map_err(|what| Error::Corrupt {
-                path: path.to_string(),
-                what,
-            })? {
-                None => {}
-                Some((slot, w0, len, _)) => {
-                    self.cur.store(i as usize, slot);
-                    used.push((i, w0 & LIVE_BIT != 0));
-                    if w0 & LIVE_BIT != 0 {
+        let walked: std::collections::HashSet<u32> = a.entries.iter().map(|e| e.index).collect();
+        for (i, state) in a.states.iter().enumerate() {
+            match *state {
+                EntryState::Never => {}
+                EntryState::Lost => {
+                    self.cur.store(i, 0);
+                    used.push((i as u32, false));
+                }
+                EntryState::Current { slot, words: w } => {
+                    self.cur.store(i, slot);
+                    let is_live = w[0] & LIVE_BIT != 0 && walked.contains(&(i as u32));
+                    used.push((i as u32, is_live));
+                    if is_live {
                         live += 1;
-                        logical += len;
+                        logical += w[1];
                     }
                 }
             }
@@ -146,7 +194,7 @@ impl MapTable {
         ids.next = next;
         ids.free = used.iter().filter(|u| !u.1).map(|u| u.0).rev().collect();
         self.live.store(live, Relaxed);
-        Ok(logical)
+        logical
     }
 
     pub(crate) fn words(&self) -> &AtomicU64Array {

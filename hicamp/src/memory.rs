@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::dag::{self, Tree};
+use crate::directory;
 use crate::error::{Error, Result};
+use crate::id::SegmentId;
 use crate::map::MapTable;
 use crate::persist::{self, Layout};
 use crate::region::Backing;
@@ -65,6 +67,7 @@ pub(crate) struct Inner {
     pub(crate) backing: Arc<Backing>,
     path: Option<PathBuf>,
     recovery: Option<Recovery>,
+    damage: Option<Damage>,
 }
 
 impl Drop for Inner {
@@ -100,6 +103,105 @@ pub struct Recovery {
     pub duplicate_lines: u64,
     /// Time the recovery took, in microseconds.
     pub micros: u64,
+}
+
+/// How [`Memory::open_with`] treats a damaged file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpenOptions {
+    /// Refuse ([`Error::Corrupt`]) a file with any damage (a corrected bit
+    /// flip, an unreadable map slot of a cleanly closed file, a lost entry, a
+    /// digest mismatch, a damaged directory) instead of salvaging it. A write
+    /// torn by a crash is not damage.
+    pub strict: bool,
+}
+
+/// What opening (or checking) a memory file found damaged. Everything named
+/// here is also described by [`Damage::problems`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Damage {
+    /// Map slots (entry, slot) with one flipped bit, corrected.
+    pub slots_repaired: Vec<(SegmentId, u8)>,
+    /// Entries of a cleanly closed file with an unreadable slot: the other
+    /// slot's version (given) is used. The unreadable one may have been
+    /// newer, so a change may be lost: corruption.
+    pub slots_damaged: Vec<(SegmentId, u64)>,
+    /// Entries of a file that was not closed cleanly with an unreadable slot:
+    /// a write torn by the crash, rolled back to the version given (that
+    /// write never returned). Not corruption.
+    pub torn_writes: Vec<(SegmentId, u64)>,
+    /// Entries lost, and why: no readable slot, or a DAG that does not hold
+    /// together. A salvaging open deletes them.
+    pub lost: Vec<(SegmentId, String)>,
+    /// Names bound to lost entries (a salvaging open unbinds them).
+    pub lost_names: Vec<String>,
+    /// Named segments whose bytes no longer match the digest taken when they
+    /// were bound (kept: their bytes are readable but wrong).
+    pub digest_mismatches: Vec<String>,
+    /// What is wrong with the directory of names, if anything (a salvaging
+    /// open keeps the bindings before the damage).
+    pub directory: Option<String>,
+    /// Named segments.
+    pub named: u64,
+    /// Named segments whose digest verified.
+    pub digests_verified: u64,
+}
+
+impl Damage {
+    /// True when something was corrupted (anything but torn writes).
+    pub fn is_corrupt(&self) -> bool {
+        !(self.slots_repaired.is_empty()
+            && self.slots_damaged.is_empty()
+            && self.lost.is_empty()
+            && self.lost_names.is_empty()
+            && self.digest_mismatches.is_empty()
+            && self.directory.is_none())
+    }
+
+    /// True when nothing at all was found (not even a torn write).
+    pub fn is_clean(&self) -> bool {
+        !self.is_corrupt() && self.torn_writes.is_empty()
+    }
+
+    /// One line per finding.
+    pub fn problems(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for (id, s) in &self.slots_repaired {
+            v.push(format!(
+                "map entry {}: a flipped bit in slot {s}, corrected",
+                id.0
+            ));
+        }
+        for (id, ver) in &self.slots_damaged {
+            v.push(format!(
+                "map entry {}: a slot is unreadable in a cleanly closed file; version {ver} is used (a newer one may be lost)",
+                id.0
+            ));
+        }
+        for (id, ver) in &self.torn_writes {
+            v.push(format!(
+                "map entry {}: a write torn by the crash, rolled back to version {ver}",
+                id.0
+            ));
+        }
+        for (id, why) in &self.lost {
+            v.push(format!("map entry {}: lost ({why})", id.0));
+        }
+        for n in &self.lost_names {
+            v.push(format!("name {n:?}: its segment is lost"));
+        }
+        for n in &self.digest_mismatches {
+            v.push(format!("name {n:?}: digest mismatch (its bytes changed)"));
+        }
+        if let Some(d) = &self.directory {
+            v.push(d.clone());
+        }
+        v
+    }
+
+    /// The findings on one line.
+    pub fn summary(&self) -> String {
+        self.problems().join("; ")
+    }
 }
 
 /// A HICAMP memory: immutable, deduplicated lines; segments as canonical DAGs
@@ -163,22 +265,28 @@ impl Memory {
     /// [`Memory::recovery`]): reference counts, free lists and the dedup index
     /// are rebuilt from the committed segment-map entries, and every line a
     /// crash left unreferenced is reclaimed.
+    ///
+    /// Damage is salvaged and reported ([`Memory::damage`]): map slots with
+    /// one flipped bit are corrected; entries that cannot be read, or whose
+    /// DAGs do not hold together, are dropped (their names removed from the
+    /// directory) so that every healthy segment survives; named segments
+    /// whose bytes no longer match their digests are kept and named. Use
+    /// [`Memory::open_with`] and [`OpenOptions::strict`] to refuse a damaged
+    /// file instead.
     pub fn open(path: impl AsRef<Path>) -> Result<Memory> {
+        Memory::open_with(path, OpenOptions::default())
+    }
+
+    /// [`Memory::open`] with options.
+    pub fn open_with(path: impl AsRef<Path>, options: OpenOptions) -> Result<Memory> {
         let path = path.as_ref();
         let name = path.display().to_string();
         let t = std::time::Instant::now();
         let (backing, config, layout) = persist::open_file(path)?;
         let was_clean = persist::read_clean(&backing);
-        persist::write_state(&backing, false).map_err(|e| Error::Io {
-            path: name.clone(),
-            op: "write state",
-            message: e.to_string(),
-        })?;
         let store = Store::new(&backing, &layout, &config);
         let map = MapTable::new(&backing, &layout, &config);
-        let reserved_slots = backing
-            .space()
-            .map_or(layout.slots, |s| s.reserved().slots);
+        let reserved_slots = backing.space().map_or(layout.slots, |s| s.reserved().slots);
         let a = store::analyze(
             &name,
             store.arena(),
@@ -186,15 +294,27 @@ impl Memory {
             map.reserved_entries(),
             reserved_slots as usize,
             store.shift() - 2,
+            was_clean,
+            options.strict,
         )?;
-        if !a.entries.iter().any(|e| e.index == 0) {
+        if a.states
+            .first()
+            .is_none_or(|s| *s == store::EntryState::Never)
+        {
             return Err(Error::Corrupt {
                 path: name,
                 what: "map entry 0 (the directory of names) is missing".into(),
             });
         }
+        // From here on the file changes: it is not clean until closed.
+        persist::write_state(&backing, false).map_err(|e| Error::Io {
+            path: name.clone(),
+            op: "write state",
+            message: e.to_string(),
+        })?;
+        map.repair(&a)?;
         let rebuilt = store.rebuild(&a);
-        let logical = map.recover(&name)?;
+        let logical = map.recover(&a);
         let recovery = Recovery {
             was_clean,
             entries: a.entries.len() as u64,
@@ -202,7 +322,7 @@ impl Memory {
             orphans_reclaimed: rebuilt.orphans,
             refcounts_repaired: rebuilt.repaired,
             duplicate_lines: rebuilt.duplicates,
-            micros: t.elapsed().as_micros() as u64,
+            micros: 0,
         };
         let mem = Memory::from_parts(
             backing,
@@ -213,7 +333,22 @@ impl Memory {
             Some(recovery),
         );
         mem.inner.logical.add(logical as i64);
-        Ok(mem)
+        if a.rewrite_directory {
+            directory::rewrite(&mem, &a.names)?;
+        }
+        let mut inner = mem.inner;
+        let i = Arc::get_mut(&mut inner).expect("not shared yet");
+        if let Some(r) = i.recovery.as_mut() {
+            r.micros = t.elapsed().as_micros() as u64;
+        }
+        i.damage = Some(a.damage);
+        Ok(Memory { inner })
+    }
+
+    /// What [`Memory::open`] found damaged and salvaged (None for a new
+    /// memory).
+    pub fn damage(&self) -> Option<&Damage> {
+        self.inner.damage.as_ref()
     }
 
     fn assemble(
@@ -249,6 +384,7 @@ impl Memory {
                 backing,
                 path,
                 recovery,
+                damage: None,
             }),
         }
     }

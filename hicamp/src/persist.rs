@@ -262,12 +262,7 @@ impl Reserved {
 }
 
 /// Reads and checks the high-water marks from the header page.
-pub(crate) fn decode_reserved(
-    path: &str,
-    page: &[u8],
-    c: &Config,
-    l: &Layout,
-) -> Result<Reserved> {
+pub(crate) fn decode_reserved(path: &str, page: &[u8], c: &Config, l: &Layout) -> Result<Reserved> {
     let corrupt = |what: String| Error::Corrupt {
         path: path.to_string(),
         what,
@@ -492,7 +487,11 @@ impl Drop for Creating {
 /// (1: after the temporary exists, 2: after its header is written, 3: before
 /// the rename), as a kill there would stop it.
 fn fail_point(step: u32, path: &Path) -> Result<()> {
-    if std::env::var("HICAMP_CREATE_FAIL_AT").ok().and_then(|v| v.parse().ok()) == Some(step) {
+    if std::env::var("HICAMP_CREATE_FAIL_AT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        == Some(step)
+    {
         if std::env::var_os("HICAMP_CREATE_FAIL_ABORT").is_some() {
             std::process::abort();
         }
@@ -676,7 +675,8 @@ pub(crate) fn open_file(path: &Path) -> Result<(std::sync::Arc<Backing>, Config,
     if c.unallocated > 0 {
         // Holes to fill: refuse at once when the file system cannot hold them
         // (rather than fill it on the way to failing).
-        let avail = crate::region::available_bytes(&c.file).map_err(|e| io_err(path, "statvfs", e))?;
+        let avail =
+            crate::region::available_bytes(&c.file).map_err(|e| io_err(path, "statvfs", e))?;
         if c.unallocated > avail {
             return Err(Error::NoSpace {
                 path: name,
@@ -685,8 +685,8 @@ pub(crate) fn open_file(path: &Path) -> Result<(std::sync::Arc<Backing>, Config,
         }
     }
     space.reallocate(&c.file)?;
-    let backing = Backing::file(c.file, c.layout.len as usize, space)
-        .map_err(|e| io_err(path, "map", e))?;
+    let backing =
+        Backing::file(c.file, c.layout.len as usize, space).map_err(|e| io_err(path, "map", e))?;
     if c.reserved != c.claimed {
         let s = backing.space().expect("a file backing has its space");
         s.publish(&backing, 0, c.reserved.slots);
@@ -747,34 +747,91 @@ pub(crate) fn slot_checksum(index: u32, w0: u64, w1: u64, w2: u64) -> u64 {
     xxh3_64_with_seed(&b, u64::from(index)) | 1
 }
 
-/// The current slot of an entry: `Ok(None)` for an entry never written,
-/// `Ok(Some((slot, w0, len, version)))` otherwise.
-pub(crate) fn current_slot(
-    words: &[std::sync::atomic::AtomicU64],
-    index: u32,
-) -> std::result::Result<Option<(u8, u64, u64, u64)>, String> {
+/// One slot of a map entry as read from the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotRead {
+    /// All zero: never written.
+    Empty,
+    /// The checksum verifies.
+    Valid([u64; 4]),
+    /// One flipped bit, corrected (the words as they were written; all zero
+    /// for a never-written slot with one bit set).
+    Repaired([u64; 4]),
+    /// Neither valid nor one bit from valid: a torn write, or worse damage.
+    Invalid,
+}
+
+/// Reads a slot, correcting a single flipped bit: a 64-bit checksum over 192
+/// bits of payload tells each of the 256 single-bit errors apart from a valid
+/// slot (a torn write differs from any valid slot in many bits, except with
+/// negligible probability, and then only when it equals the slot's previous
+/// content).
+pub(crate) fn read_slot(index: u32, w: [u64; 4]) -> SlotRead {
+    if w == [0; 4] {
+        return SlotRead::Empty;
+    }
+    let sum = slot_checksum(index, w[0], w[1], w[2]);
+    if w[3] == sum {
+        return SlotRead::Valid(w);
+    }
+    if w.iter().map(|x| x.count_ones()).sum::<u32>() == 1 {
+        return SlotRead::Repaired([0; 4]);
+    }
+    if (w[3] ^ sum).count_ones() == 1 {
+        return SlotRead::Repaired([w[0], w[1], w[2], sum]);
+    }
+    for word in 0..3 {
+        for bit in 0..64 {
+            let mut x = w;
+            x[word] ^= 1 << bit;
+            if x[3] == slot_checksum(index, x[0], x[1], x[2]) {
+                return SlotRead::Repaired(x);
+            }
+        }
+    }
+    SlotRead::Invalid
+}
+
+/// What the two slots of an entry say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EntryRead {
+    /// The current slot (the valid or repaired one with the larger version)
+    /// and its words; `None` when no slot is (the entry was never written,
+    /// or is lost when `invalid` is set).
+    pub current: Option<(u8, [u64; 4])>,
+    /// Slots corrected by one bit, with their corrected words.
+    pub repaired: [Option<[u64; 4]>; 2],
+    /// Slots that are invalid.
+    pub invalid: [bool; 2],
+}
+
+pub(crate) fn read_entry(words: &[std::sync::atomic::AtomicU64], index: u32) -> EntryRead {
     use std::sync::atomic::Ordering::Relaxed;
     let base = index as usize * ENTRY_WORDS;
-    let mut best: Option<(u8, u64, u64, u64)> = None;
-    let mut any_written = false;
-    for s in 0..2u8 {
-        let w = &words[base + s as usize * 4..base + s as usize * 4 + 4];
-        let (w0, w1, w2, w3) = (
-            w[0].load(Relaxed),
-            w[1].load(Relaxed),
-            w[2].load(Relaxed),
-            w[3].load(Relaxed),
-        );
-        if w0 | w1 | w2 | w3 != 0 {
-            any_written = true;
-        }
-        if w3 == slot_checksum(index, w0, w1, w2) && best.is_none_or(|b| w2 > b.3) {
-            best = Some((s, w0, w1, w2));
+    let mut e = EntryRead {
+        current: None,
+        repaired: [None; 2],
+        invalid: [false; 2],
+    };
+    for s in 0..2usize {
+        let w: [u64; 4] = std::array::from_fn(|k| words[base + s * 4 + k].load(Relaxed));
+        let good = match read_slot(index, w) {
+            SlotRead::Empty => None,
+            SlotRead::Valid(w) => Some(w),
+            SlotRead::Repaired(w) => {
+                e.repaired[s] = Some(w);
+                (w != [0; 4]).then_some(w)
+            }
+            SlotRead::Invalid => {
+                e.invalid[s] = true;
+                None
+            }
+        };
+        if let Some(w) = good {
+            if e.current.is_none_or(|(_, c)| w[2] > c[2]) {
+                e.current = Some((s as u8, w));
+            }
         }
     }
-    match best {
-        Some(b) => Ok(Some(b)),
-        None if any_written => Err(format!("map entry {index}: no valid slot")),
-        None => Ok(None),
-    }
+    e
 }

@@ -41,7 +41,8 @@ pub(crate) fn zeroed_atomic_u64s(n: usize) -> Box<[AtomicU64]> {
 pub(crate) fn fallocate(file: &File, off: u64, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: plain system call on a descriptor we own; no memory is passed.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), off as libc::off_t, len as libc::off_t) };
+    let rc =
+        unsafe { libc::posix_fallocate(file.as_raw_fd(), off as libc::off_t, len as libc::off_t) };
     if rc == 0 {
         Ok(())
     } else {
@@ -98,7 +99,10 @@ pub(crate) fn available_bytes(file: &File) -> std::io::Result<u64> {
 
 /// Renames `from` to `to` unless `to` exists (renameat2 RENAME_NOREPLACE;
 /// link + unlink where the file system lacks it).
-pub(crate) fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn rename_noreplace(
+    from: &std::path::Path,
+    to: &std::path::Path,
+) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let cs = |p: &std::path::Path| {
         std::ffi::CString::new(p.as_os_str().as_bytes())

@@ -41,7 +41,10 @@ fn capacity_child() {
     } else {
         let m = Memory::open(&file).unwrap();
         if std::env::var("HICAMP_CAP_EMPTY").is_err() {
-            assert_eq!(m.get_named("x").unwrap().unwrap().to_vec(), vec![5u8; 100_000]);
+            assert_eq!(
+                m.get_named("x").unwrap().unwrap().to_vec(),
+                vec![5u8; 100_000]
+            );
         }
     }
     println!("HWM_DELTA_KIB={}", vm_hwm_kib() - before);
@@ -49,14 +52,23 @@ fn capacity_child() {
 
 fn child_delta(file: &Path, fsck: bool) -> u64 {
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["capacity_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env("HICAMP_CAP_FILE", file);
+    c.args([
+        "capacity_child",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("HICAMP_CAP_FILE", file);
     if fsck {
         c.env("HICAMP_CAP_FSCK", "1");
     }
     let out = c.output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{s}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{s}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     s.lines()
         .find_map(|l| l.split("HWM_DELTA_KIB=").nth(1))
         .and_then(|v| v.parse().ok())
@@ -114,7 +126,10 @@ fn a_header_claiming_more_than_the_file_holds_is_refused_quickly() {
     let head = {
         use std::io::Read;
         let mut h = vec![0u8; 4096];
-        std::fs::File::open(&big).unwrap().read_exact(&mut h).unwrap();
+        std::fs::File::open(&big)
+            .unwrap()
+            .read_exact(&mut h)
+            .unwrap();
         h
     };
     bytes[..4096].copy_from_slice(&head);
@@ -159,15 +174,24 @@ fn a_header_claiming_more_than_the_file_holds_is_refused_quickly() {
 
 fn child_delta_empty(file: &Path, fsck: bool) -> u64 {
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["capacity_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env("HICAMP_CAP_FILE", file)
-        .env("HICAMP_CAP_EMPTY", "1");
+    c.args([
+        "capacity_child",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("HICAMP_CAP_FILE", file)
+    .env("HICAMP_CAP_EMPTY", "1");
     if fsck {
         c.env("HICAMP_CAP_FSCK", "1");
     }
     let out = c.output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{s}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{s}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     s.lines()
         .find_map(|l| l.split("HWM_DELTA_KIB=").nth(1))
         .and_then(|v| v.parse().ok())

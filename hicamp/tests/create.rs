@@ -98,7 +98,11 @@ fn a_create_killed_at_each_step_leaves_no_target() {
             .status()
             .unwrap();
         assert!(!st.success());
-        assert!(entries(dir.path()).is_empty(), "step {step}: {:?}", entries(dir.path()));
+        assert!(
+            entries(dir.path()).is_empty(),
+            "step {step}: {:?}",
+            entries(dir.path())
+        );
     }
 }
 

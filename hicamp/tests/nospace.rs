@@ -43,16 +43,26 @@ fn fill(p: &Path, mode: Durability) -> Vec<(hicamp::SegmentId, Vec<u8>)> {
     let e = err.expect("the file system never filled up");
     assert!(matches!(e, Error::NoSpace { .. }), "{mode:?}: {e}");
     assert!(e.to_string().contains("no space left"), "{e}");
-    assert!(kept.len() >= 20, "{mode:?}: only {} segments fit", kept.len());
+    assert!(
+        kept.len() >= 20,
+        "{mode:?}: only {} segments fit",
+        kept.len()
+    );
     // The memory still works: reads, deletes, and writes that reuse space.
     assert_eq!(m.map().get(kept[0].0).unwrap().to_vec(), kept[0].1);
     let (gone, _) = kept.pop().unwrap();
     m.map().delete(gone).unwrap();
     let small = m.map().create(b"fits in a freed line").unwrap();
-    assert_eq!(m.map().get(small).unwrap().to_vec(), b"fits in a freed line");
+    assert_eq!(
+        m.map().get(small).unwrap().to_vec(),
+        b"fits in a freed line"
+    );
     m.map().delete(small).unwrap();
     // Named bindings fail cleanly too, or succeed.
-    match m.bind("late", m.segment(&rng.bytes(1 << 20)).unwrap_or_else(|_| m.empty())) {
+    match m.bind(
+        "late",
+        m.segment(&rng.bytes(1 << 20)).unwrap_or_else(|_| m.empty()),
+    ) {
         Ok(_) | Err(Error::NoSpace { .. }) => {}
         Err(e) => panic!("{mode:?}: bind on a full file system: {e}"),
     }
@@ -154,10 +164,12 @@ fn a_sparse_copy_is_reported_and_reallocated() {
     assert!(!r.is_consistent());
     // Open allocates the holes again; the copy is then whole.
     let m = Memory::open(&q).unwrap();
-    assert_eq!(m.get_named("x").unwrap().unwrap().to_vec(), vec![7u8; 100_000]);
+    assert_eq!(
+        m.get_named("x").unwrap().unwrap().to_vec(),
+        vec![7u8; 100_000]
+    );
     drop(m);
     let r = fsck(&q).unwrap();
     assert_eq!(r.unallocated_bytes, 0);
     assert!(r.is_consistent(), "{:?}", r.problems);
 }
-

@@ -3,7 +3,7 @@
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use hicamp::{fsck, Config, Durability, Error, Memory};
+use hicamp::{fsck, Config, Durability, Error, Memory, OpenOptions};
 
 fn cfg(durability: Durability) -> Config {
     Config {
@@ -205,20 +205,42 @@ fn map_off(p: &Path) -> u64 {
 
 #[test]
 fn corrupt_entries_and_lines_are_detected() {
-    // Both slots of entry 2 destroyed: corrupt.
+    // Both slots of entry 2 destroyed: strict open refuses; open salvages
+    // the rest and names the entry lost; fsck reports it.
     let (_d, p) = valid_file();
     let off = map_off(&p) + 2 * 64;
     write_at(&p, off, &[0xAB; 64]);
-    let e = Memory::open(&p).unwrap_err();
-    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
     assert!(!fsck(&p).unwrap().is_consistent());
+    let e = Memory::open_with(&p, OpenOptions { strict: true }).unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("map entry 2"), "{e}");
+    let m = Memory::open(&p).unwrap();
+    let d = m.damage().unwrap().clone();
+    assert!(d.is_corrupt());
+    assert_eq!(d.lost.len(), 1, "{d:?}");
+    assert_eq!(d.lost[0].0, hicamp::SegmentId(2));
+    assert!(m.map().get(hicamp::SegmentId(2)).is_err());
+    for i in [1u32, 3, 4, 5, 6, 7, 8] {
+        assert_eq!(
+            m.map().get(hicamp::SegmentId(i)).unwrap().to_vec(),
+            data(3000, u64::from(i) - 1)
+        );
+    }
+    assert_eq!(m.get_named("x").unwrap().unwrap().to_vec(), b"named");
+    drop(m);
+    // The salvaged file is consistent, and opens clean.
+    let r = fsck(&p).unwrap();
+    assert!(r.is_consistent(), "{:?}", r.problems);
+    assert!(Memory::open(&p).unwrap().damage().unwrap().is_clean());
 
-    // One slot torn (the way a crash tears a write): the other one is used.
+    // One slot torn (the way a crash tears a write, in a file that was not
+    // closed cleanly): the other one is used, and that is not corruption.
     let (_d, p) = valid_file();
     let m = Memory::open(&p).unwrap();
     let before = m.map().get(hicamp::SegmentId(2)).unwrap().to_vec();
     m.map().write_at(hicamp::SegmentId(2), 0, b"newer").unwrap();
     drop(m);
+    write_at(&p, 2048, &0u64.to_le_bytes()); // as a crash leaves it
     let b = std::fs::read(&p).unwrap();
     let e2 = (map_off(&p) + 2 * 64) as usize;
     // Tear the newer slot (the one with the larger version).
@@ -228,8 +250,23 @@ fn corrupt_entries_and_lines_are_detected() {
     write_at(&p, (e2 + newer * 32 + 8) as u64, &[0xFF; 8]);
     let m = Memory::open(&p).unwrap();
     assert_eq!(m.map().get(hicamp::SegmentId(2)).unwrap().to_vec(), before);
+    let d = m.damage().unwrap();
+    assert!(!d.is_corrupt(), "{d:?}");
+    assert_eq!(d.torn_writes.len(), 1);
     drop(m);
     assert!(fsck(&p).unwrap().is_consistent());
+
+    // The same damage in a cleanly closed file is corruption.
+    let (_d, p) = valid_file();
+    let m = Memory::open(&p).unwrap();
+    m.map().write_at(hicamp::SegmentId(2), 0, b"newer").unwrap();
+    drop(m);
+    write_at(&p, (e2 + newer * 32 + 8) as u64, &[0xFF; 8]);
+    let r = fsck(&p).unwrap();
+    assert!(!r.is_consistent());
+    assert!(Memory::open_with(&p, OpenOptions { strict: true }).is_err());
+    let m = Memory::open(&p).unwrap();
+    assert_eq!(m.damage().unwrap().slots_damaged.len(), 1);
 }
 
 #[test]

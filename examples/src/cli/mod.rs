@@ -401,6 +401,9 @@ fn run_fsck(args: &FileArgs) -> Result<(), Failure> {
             "non_canonical": r.non_canonical,
             "named": r.named,
             "digests_verified": r.digests_verified,
+            "reserved_bytes": r.reserved_bytes,
+            "unallocated_bytes": r.unallocated_bytes,
+            "damaged": r.damage.is_corrupt(),
             "problem_count": r.problem_count,
             "problems": r.problems,
         }))?;
@@ -410,6 +413,17 @@ fn run_fsck(args: &FileArgs) -> Result<(), Failure> {
             r.path, r.entries, r.logical_bytes, r.leaf_lines, r.interior_lines, r.named, r.digests_verified)?;
         writeln!(out, "closed cleanly: {}; orphans: {}; refcount mismatches: {}; kind mismatches: {}; non-canonical: {}",
             if r.clean_close { "yes" } else { "no" }, r.orphans, r.refcount_mismatches, r.kind_mismatches, r.non_canonical)?;
+        writeln!(
+            out,
+            "reserved: {} bytes ({} without blocks); damage: {}",
+            r.reserved_bytes,
+            r.unallocated_bytes,
+            if r.damage.is_corrupt() {
+                "yes (see the problems; open salvages, open --strict refuses)"
+            } else {
+                "none"
+            }
+        )?;
         for p in &r.problems {
             writeln!(out, "problem: {p}")?;
         }
@@ -441,6 +455,7 @@ fn run_fsck(args: &FileArgs) -> Result<(), Failure> {
 fn run_stat(args: &FileArgs) -> Result<(), Failure> {
     let mem = hicamp::Memory::open(&args.file)?;
     let rec = mem.recovery().unwrap_or_default();
+    let damage = mem.damage().cloned().unwrap_or_default();
     let st = mem.stats();
     let c = mem.config();
     let names = mem.names()?.len();
@@ -468,6 +483,11 @@ fn run_stat(args: &FileArgs) -> Result<(), Failure> {
                 "refcounts_repaired": rec.refcounts_repaired,
                 "duplicate_lines": rec.duplicate_lines,
                 "open_micros": rec.micros,
+            },
+            "damage": {
+                "corrupt": damage.is_corrupt(),
+                "digests_verified": damage.digests_verified,
+                "problems": damage.problems(),
             },
         }))?;
     } else {
@@ -505,6 +525,22 @@ fn run_stat(args: &FileArgs) -> Result<(), Failure> {
             rec.refcounts_repaired,
             rec.duplicate_lines
         )?;
+        writeln!(
+            out,
+            "checked: {} of {} named digests verified; damage: {}",
+            damage.digests_verified,
+            damage.named,
+            if damage.is_clean() {
+                "none"
+            } else if damage.is_corrupt() {
+                "SALVAGED (below)"
+            } else {
+                "a torn write rolled back"
+            }
+        )?;
+        for p in damage.problems() {
+            writeln!(out, "damage: {p}")?;
+        }
         out.flush()?;
     }
     Ok(())
