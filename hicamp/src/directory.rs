@@ -133,6 +133,23 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 impl Memory {
+    /// Sizes the line reserve kept for unbinding (see [`Memory::unbind`]) by
+    /// a directory of `len` bytes: its lines, leaves and interior (an
+    /// unbind's new directory is smaller; an empty directory needs none).
+    /// An error when a larger reserve is not available (the memory is too
+    /// full for a directory that large).
+    pub(crate) fn keep_directory_reserve(&self, len: u64) -> Result<()> {
+        let ls = self.line_size() as u64;
+        let fanout = ls / 4;
+        let mut n = len.div_ceil(ls);
+        let mut lines = n;
+        while n > 1 {
+            n = n.div_ceil(fanout);
+            lines += n;
+        }
+        self.inner.store.keep_reserve(lines)
+    }
+
     fn read_directory(&self) -> Result<(Vec<NamedSegment>, u64)> {
         let (seg, version) = self.map().get_versioned(DIRECTORY)?;
         let list = parse(&seg.to_vec()).map_err(|what| Error::Corrupt {
@@ -152,10 +169,19 @@ impl Memory {
     ) -> Result<Option<SegmentId>> {
         loop {
             let (mut list, version) = self.read_directory()?;
+            let old_len = encode(&list).len() as u64;
             let displaced = f(&mut list);
-            let seg = self.segment(&encode(&list))?;
+            let bytes = encode(&list);
+            let seg = self.segment(&bytes)?;
+            // A larger directory needs a larger reserve first (so that any
+            // of its names can be unbound however full the memory gets).
+            self.keep_directory_reserve(bytes.len() as u64)
+                .or_else(|e| if seg.len() <= old_len { Ok(()) } else { Err(e) })?;
             match self.map().commit(DIRECTORY, version, seg) {
-                Ok(_) => return Ok(displaced),
+                Ok(_) => {
+                    let _ = self.keep_directory_reserve(bytes.len() as u64);
+                    return Ok(displaced);
+                }
                 Err(Error::Conflict { .. }) => continue,
                 Err(e) => return Err(e),
             }
@@ -215,10 +241,16 @@ impl Memory {
     }
 
     /// Removes the binding of `name` and deletes its entry; false if unbound.
+    ///
+    /// Works in a full memory: the new directory's lines may come from a
+    /// reserve of line slots (and file space) that only unbinding uses, kept
+    /// at the directory's size in lines; deleting the entry then frees lines.
     pub fn unbind(&self, name: &str) -> Result<bool> {
-        let old = self.update_directory(|list| {
-            let i = list.iter().position(|e| e.name == name)?;
-            Some(list.remove(i).id)
+        let old = crate::store::using_reserve(|| {
+            self.update_directory(|list| {
+                let i = list.iter().position(|e| e.name == name)?;
+                Some(list.remove(i).id)
+            })
         })?;
         match old {
             Some(id) => {

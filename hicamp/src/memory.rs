@@ -336,6 +336,11 @@ impl Memory {
         if a.rewrite_directory {
             directory::rewrite(&mem, &a.names)?;
         }
+        if let Ok(d) = mem.map().entry(directory::DIRECTORY) {
+            // Best effort: a file filled before the reserve existed may not
+            // have room for it.
+            let _ = mem.keep_directory_reserve(d.len);
+        }
         let mut inner = mem.inner;
         let i = Arc::get_mut(&mut inner).expect("not shared yet");
         if let Some(r) = i.recovery.as_mut() {

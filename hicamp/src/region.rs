@@ -141,6 +141,8 @@ pub(crate) struct Backing {
     file: Option<File>,
     /// The file's reserved space (see `persist::Space`).
     space: Option<Space>,
+    /// Free line slots set aside for unbinding (see `store::keep_reserve`).
+    line_reserve: parking_lot::Mutex<Vec<u32>>,
 }
 
 // SAFETY: the mapping is plain memory; every access goes through the views
@@ -166,6 +168,7 @@ impl Backing {
             len,
             file: None,
             space: None,
+            line_reserve: parking_lot::Mutex::new(Vec::new()),
         }))
     }
 
@@ -179,7 +182,14 @@ impl Backing {
             len,
             file: Some(file),
             space: Some(space),
+            line_reserve: parking_lot::Mutex::new(Vec::new()),
         }))
+    }
+
+    /// The free line slots set aside for unbinding (see
+    /// `store::keep_reserve`).
+    pub(crate) fn line_reserve(&self) -> parking_lot::MutexGuard<'_, Vec<u32>> {
+        self.line_reserve.lock()
     }
 
     /// The file of a persistent memory.

@@ -117,7 +117,7 @@ use crate::sync::{count_array, AtomicPtr, AtomicU64, AtomicUsize, CountArray, Mu
 
 pub(crate) use counts::INTERIOR_BIT;
 use index::{Shard, ShardCell};
-pub(crate) use recovery::{analyze, Analysis, EntryState, UNREACHED};
+pub(crate) use recovery::{analyze, using_reserve, Analysis, EntryState, UNREACHED};
 use table::Table;
 
 const SHARD_BITS: u32 = 6;

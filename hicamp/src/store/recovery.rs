@@ -458,23 +458,94 @@ impl Store {
     }
 }
 
+thread_local! {
+    static RESERVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread allowed to take the line reserve (unbinding in
+/// a full memory: see `Store::keep_reserve`). The reserve is a list of free
+/// slots (their file space allocated) that ordinary allocations never see,
+/// kept as large as the directory of names; an unbind's new directory is
+/// smaller, so it always finds its lines, and deleting the entry then frees
+/// lines.
+pub(crate) fn using_reserve<R>(f: impl FnOnce() -> R) -> R {
+    let was = RESERVE.with(|c| c.replace(true));
+    let r = f();
+    RESERVE.with(|c| c.set(was));
+    r
+}
+
 impl Store {
     /// Takes up to `chunk` fresh slots (`start..end`) from the bump counter,
     /// after making sure the file has space for them (their arena and count
     /// pages are allocated): a slot is never handed out whose page the file
     /// system could refuse. `None` when the capacity is used up, or when the
     /// file system is full (the backing then reports `NoSpace`).
+    ///
+    /// The reserve: ordinary allocations leave the backing's `line_reserve`
+    /// fresh slots, with their file space already allocated, ahead of the
+    /// bump counter; only a thread in [`using_reserve`] takes them. So an
+    /// unbind can always build its new directory in a full memory (or on a
+    /// full file system), and then frees lines.
+    /// Keeps `n` free line slots set aside for [`using_reserve`] (taken from
+    /// the free lists or the fresh range, or given back to the free bitmap);
+    /// an error when they cannot all be found (the memory is too full), in
+    /// which case the caller must not make the directory that needs them.
+    pub(crate) fn keep_reserve(&self, n: u64) -> Result<()> {
+        let backing = self.arena.backing();
+        {
+            let mut list = backing.line_reserve();
+            while list.len() as u64 > n {
+                let id = list.pop().expect("non-empty");
+                self.free_slot(id);
+                self.free_count.fetch_add(1, Relaxed);
+            }
+            if list.len() as u64 == n {
+                return Ok(());
+            }
+        }
+        let mut drained = false;
+        loop {
+            if backing.line_reserve().len() as u64 >= n {
+                return Ok(());
+            }
+            // Ordinary slots only (never the reserve itself).
+            let was = RESERVE.with(|c| c.replace(false));
+            let got = {
+                let mut shard = self.shards[0].lock.lock();
+                self.alloc_slot(&mut shard)
+            };
+            RESERVE.with(|c| c.set(was));
+            match got {
+                Some(id) => backing.line_reserve().push(id),
+                None if !drained => {
+                    self.drain_free_lists();
+                    drained = true;
+                }
+                None => return Err(backing.exhausted(self.capacity())),
+            }
+        }
+    }
+
+    /// Takes up to `chunk` fresh slots (`start..end`) from the bump counter,
+    /// after making sure the file has space for them (their arena and count
+    /// pages are allocated): a slot is never handed out whose page the file
+    /// system could refuse. `None` when the capacity is used up, or when the
+    /// file system is full (the backing then reports `NoSpace`). Then a
+    /// thread in [`using_reserve`] gets one slot of the reserve.
     pub(super) fn take_fresh(&self, chunk: u64) -> Option<(u64, u64)> {
         let backing = self.arena.backing();
         let mut start = self.next_fresh.load(Relaxed);
         loop {
             if start >= self.slots {
-                return None;
+                break;
             }
             let mut end = (start + chunk).min(self.slots);
             if backing.reserve_slots(end).is_err() {
                 end = start + 1;
-                backing.reserve_slots(end).ok()?;
+                if backing.reserve_slots(end).is_err() {
+                    break;
+                }
             }
             match self
                 .next_fresh
@@ -484,5 +555,10 @@ impl Store {
                 Err(s) => start = s,
             }
         }
+        if RESERVE.with(|c| c.get()) {
+            let id = u64::from(backing.line_reserve().pop()?);
+            return Some((id, id + 1));
+        }
+        None
     }
 }
