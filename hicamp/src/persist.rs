@@ -137,7 +137,7 @@ pub(crate) fn decode_header(path: &str, b: &[u8], file_len: u64) -> Result<(Conf
             supported: FORMAT_VERSION,
         });
     }
-    if version >= 1 && version < FORMAT_VERSION && get_u64(b, 72) == xxh3_64(&b[..72]) {
+    if (1..FORMAT_VERSION).contains(&version) && get_u64(b, 72) == xxh3_64(&b[..72]) {
         return Err(Error::OldFormat {
             path: path.into(),
             found: version,
