@@ -21,11 +21,13 @@ use memmap2::{MmapMut, MmapOptions, MmapRaw};
 use crate::error::{Error, Result};
 use crate::persist::Space;
 
+#[cfg(not(loom))]
 const _: () = assert!(
     std::mem::align_of::<u64>() == std::mem::align_of::<AtomicU64>()
         && std::mem::size_of::<u64>() == std::mem::size_of::<AtomicU64>()
 );
 
+#[cfg(not(loom))]
 /// `n` zeroed `AtomicU64`s in memory from the zeroing allocator (calloc,
 /// mmap for large sizes): the pages nobody writes are never touched.
 pub(crate) fn zeroed_atomic_u64s(n: usize) -> Box<[AtomicU64]> {
