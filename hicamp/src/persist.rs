@@ -267,14 +267,12 @@ pub(crate) fn decode_reserved(path: &str, page: &[u8], c: &Config, l: &Layout) -
         path: path.to_string(),
         what,
     };
-    let slots = parse_space_word(0, get_u64(page, SPACE_OFF))
-        .ok_or_else(|| corrupt("reserved-space word (line slots) is damaged".into()))?;
+    // A damaged word (a flipped bit) claims the whole region instead: the
+    // claim is trimmed to the data the file holds anyway (`read_checked`).
+    let slots = parse_space_word(0, get_u64(page, SPACE_OFF)).map_or(l.slots, u64::from);
     let entries = parse_space_word(1, get_u64(page, SPACE_OFF + 8))
-        .ok_or_else(|| corrupt("reserved-space word (map entries) is damaged".into()))?;
-    let r = Reserved {
-        slots: u64::from(slots),
-        entries: u64::from(entries),
-    };
+        .map_or(u64::from(c.map_capacity), u64::from);
+    let r = Reserved { slots, entries };
     if r.slots > l.slots || r.entries > u64::from(c.map_capacity) {
         return Err(corrupt(format!(
             "reserved space ({} slots, {} entries) exceeds the capacity ({} slots, {} entries)",
