@@ -67,6 +67,10 @@ pub enum NicError {
     /// A ring rule was broken (a bug in the caller).
     #[error("ring: {0}")]
     Ring(#[from] RingError),
+    /// A ring id given to [`Nic::with_rings`] holds a segment (or the two
+    /// rings overlap).
+    #[error("ring id {0:?} is in use")]
+    RingInUse(SegmentId),
     /// The notification channel failed.
     #[error("notification: {0}")]
     Notify(std::io::Error),
@@ -137,6 +141,9 @@ pub struct NicCounters {
     pub rx_lines_zero: u64,
     /// Passes that ran out of posted RX slots (frames then wait in the port).
     pub rx_no_slot: u64,
+    /// Frames dropped because the memory refused their lines (full): a NIC
+    /// out of buffers drops, the host keeps running.
+    pub rx_dropped_nomem: u64,
     /// Notifications raised (at most one per pass with completions).
     pub notifications: u64,
     /// Payload bytes the NIC copied through an intermediate buffer (the
@@ -180,6 +187,9 @@ pub struct Nic<P: Port> {
     irq_unmasked: AtomicBool,
     /// A notification byte may be waiting in the channel.
     irq_sent: AtomicBool,
+    /// The ring ids go back to the map on drop (they were reserved by
+    /// [`Nic::new`], not handed in).
+    owns_ids: bool,
 }
 
 /// An empty vector of slices with the allocation of `v` (an in-place
@@ -277,11 +287,52 @@ impl<P: Port> Nic<P> {
     pub fn new(mem: &Memory, port: P, cfg: NicConfig) -> Result<Nic<P>, NicError> {
         let tx = mem.map().reserve_range(cfg.tx_slots)?;
         let rx = mem.map().reserve_range(cfg.rx_slots)?;
+        Self::build(mem, port, cfg, tx.start, rx.start, true)
+    }
+
+    /// A NIC whose rings are ranges of `mem`'s segment map the caller
+    /// reserved earlier (`cfg.tx_slots` ids from `tx`, `cfg.rx_slots` from
+    /// `rx`), each bound to the empty segment: a server that records its
+    /// rings (under a name, say) reuses them after a restart or a crash
+    /// instead of leaking them. The NIC does not give these ids back to the
+    /// map when it drops; they stay bound to the empty segment.
+    pub fn with_rings(
+        mem: &Memory,
+        port: P,
+        cfg: NicConfig,
+        tx: SegmentId,
+        rx: SegmentId,
+    ) -> Result<Nic<P>, NicError> {
+        let map = mem.map();
+        for (base, n) in [(tx, cfg.tx_slots), (rx, cfg.rx_slots)] {
+            for i in 0..n {
+                let id = SegmentId(base.get().checked_add(i).ok_or(NicError::RingInUse(base))?);
+                if map.entry(id)?.len != 0 {
+                    return Err(NicError::RingInUse(id));
+                }
+            }
+        }
+        let overlap = tx.get() < rx.get().saturating_add(cfg.rx_slots)
+            && rx.get() < tx.get().saturating_add(cfg.tx_slots);
+        if overlap {
+            return Err(NicError::RingInUse(rx));
+        }
+        Self::build(mem, port, cfg, tx, rx, false)
+    }
+
+    fn build(
+        mem: &Memory,
+        port: P,
+        cfg: NicConfig,
+        tx: SegmentId,
+        rx: SegmentId,
+        owns_ids: bool,
+    ) -> Result<Nic<P>, NicError> {
         let (irq_raise, irq_wait) = UnixDatagram::pair().map_err(NicError::Notify)?;
         irq_raise.set_nonblocking(true).map_err(NicError::Notify)?;
         irq_wait.set_nonblocking(true).map_err(NicError::Notify)?;
-        let tx = SegRing::new(tx.start, cfg.tx_slots);
-        let rx = SegRing::new(rx.start, cfg.rx_slots);
+        let tx = SegRing::new(tx, cfg.tx_slots);
+        let rx = SegRing::new(rx, cfg.rx_slots);
         Ok(Nic {
             mem: mem.clone(),
             port,
@@ -302,6 +353,7 @@ impl<P: Port> Nic<P> {
             irq_pending: false,
             irq_unmasked: AtomicBool::new(false),
             irq_sent: AtomicBool::new(false),
+            owns_ids,
         })
     }
 
@@ -626,7 +678,14 @@ impl<P: Port> Nic<P> {
             if !got {
                 break;
             }
-            let (seg, counts, len) = result.expect("deposit ran")?;
+            let (seg, counts, len) = match result.expect("deposit ran") {
+                Ok(r) => r,
+                Err(_) => {
+                    // The frame is gone from the port; the slot stays posted.
+                    self.counters.rx_dropped_nomem += 1;
+                    continue;
+                }
+            };
             // The slot's previous segment (if the stack never harvested it)
             // is released here.
             drop(self.rx_slots.replace(slot, seg));
@@ -646,6 +705,9 @@ impl<P: Port> Drop for Nic<P> {
     /// Gives the ring's ids back to the segment map (the slots release their
     /// segments when the slot maps drop).
     fn drop(&mut self) {
+        if !self.owns_ids {
+            return;
+        }
         let map = self.mem.map();
         for id in self.tx.ids().chain(self.rx.ids()) {
             let _ = map.delete(SegmentId(id));

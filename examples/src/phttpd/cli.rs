@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hicamp::{Config, Memory};
-use nicdma::sim::LinkConfig;
+use nicdma::sim::{LinkConfig, SimNet};
 use nicdma::tap::{NetNs, TapPort};
 use nicdma::Port;
 use segstack::iface::{IfaceConfig, IfaceError, Interface};
-use segstack::sim::{SimPair, B_IP};
+use segstack::sim::{SimPair, A_IP, B_IP};
 
-use super::{rpc_request, Phttpd, RESPONSE_LEN};
+use super::{is_transient, persistent_interface, rpc_request, Limits, Phttpd, RESPONSE_LEN};
 
 #[derive(Parser, Debug)]
 #[command(about = "A PASTE-phttpd-like HTTP server on segstack")]
@@ -45,6 +45,36 @@ struct Args {
     /// Connections of the built-in sim client.
     #[arg(long, default_value_t = 50)]
     connections: usize,
+    /// Longest request body accepted (413 and close past it).
+    #[arg(long, default_value_t = 64 << 20)]
+    max_body: u64,
+    /// Longest request head accepted (431 and close past it).
+    #[arg(long, default_value_t = super::MAX_HEADER)]
+    max_header: usize,
+}
+
+impl Args {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_header: self.max_header,
+            max_body: self.max_body,
+        }
+    }
+}
+
+/// The server's interface: with `--wal`, on the rings the file records
+/// (reused across restarts and kills, see [`persistent_interface`]).
+fn interface<P: Port>(
+    mem: &Memory,
+    wal: bool,
+    port: P,
+    cfg: IfaceConfig,
+) -> Result<Interface<P>, IfaceError> {
+    if wal {
+        persistent_interface(mem, port, cfg)
+    } else {
+        Interface::new(mem, port, cfg)
+    }
 }
 
 fn memory(args: &Args) -> Result<Memory, String> {
@@ -78,10 +108,11 @@ fn tap(args: &Args) -> Result<(), String> {
     ns.adopt(&dev, Some("10.79.0.1/24"))
         .map_err(|e| format!("namespace: {e}"))?;
     let ip = Ipv4Addr::new(10, 79, 0, 2);
-    let mut iface = Interface::new(&mem, port, IfaceConfig::new([2, 0, 0, 0x79, 0, 2], ip, 24))
-        .map_err(|e| e.to_string())?;
+    let cfg = IfaceConfig::new([2, 0, 0, 0x79, 0, 2], ip, 24);
+    let mut iface = interface(&mem, args.wal.is_some(), port, cfg).map_err(|e| e.to_string())?;
     let mut server = Phttpd::new(&mut iface, args.port, args.object, args.wal.is_some())
         .map_err(|e| e.to_string())?;
+    server.set_limits(args.limits());
     println!(
         "phttpd: serving on {ip}:{} (device {dev} in namespace {})",
         args.port,
@@ -102,8 +133,7 @@ fn tap(args: &Args) -> Result<(), String> {
             break;
         }
         let now = t0.elapsed().as_nanos() as u64;
-        let ev = iface.poll(now).map_err(|e| e.to_string())?.to_vec();
-        server.handle(&mut iface, &ev).map_err(|e| e.to_string())?;
+        server.poll(&mut iface, now).map_err(|e| e.to_string())?;
         let wait = iface.poll_at().map_or(Duration::from_millis(5), |t| {
             Duration::from_nanos(t.saturating_sub(now)).min(Duration::from_millis(5))
         });
@@ -127,9 +157,22 @@ fn tap(args: &Args) -> Result<(), String> {
 fn sim(args: &Args) -> Result<(), String> {
     let mem = memory(args)?;
     let e = |e: IfaceError| e.to_string();
-    let mut pair =
-        SimPair::new(&mem, LinkConfig::default(), 1, |c| c.tcp.nagle = false).map_err(e)?;
+    // The client side lives in a memory of its own: the server's (a
+    // `--wal` file) holds only the server's rings and records.
+    let client_mem = Memory::new(Config::default()).map_err(|e| e.to_string())?;
+    let (net, pa, pb) =
+        SimNet::pair(1, LinkConfig::default()).map_err(|e| format!("sim link: {e}"))?;
+    let mut ca = IfaceConfig::new([2, 0, 0, 0, 0, 1], A_IP, 24);
+    ca.seed = 1;
+    ca.tcp.nagle = false;
+    let mut cb = IfaceConfig::new([2, 0, 0, 0, 0, 2], B_IP, 24);
+    cb.seed = 2;
+    cb.tcp.nagle = false;
+    let a = Interface::new(&client_mem, pa, ca).map_err(e)?;
+    let b = interface(&mem, args.wal.is_some(), pb, cb).map_err(e)?;
+    let mut pair = SimPair::from_parts(net, a, b);
     let mut server = Phttpd::new(&mut pair.b, args.port, 1 << 20, args.wal.is_some()).map_err(e)?;
+    server.set_limits(args.limits());
     let now = pair.now();
     let conns: Vec<_> = (0..args.connections.max(1))
         .map(|_| pair.a.tcp_connect(SocketAddrV4::new(B_IP, args.port), now))
@@ -156,8 +199,7 @@ fn sim(args: &Args) -> Result<(), String> {
         let mut buf = [0u8; 1024];
         while t.elapsed() < Duration::from_secs(2) {
             let now = pair.now();
-            let ev = pair.b.poll(now).map_err(e)?.to_vec();
-            server.handle(&mut pair.b, &ev).map_err(e)?;
+            server.poll(&mut pair.b, now).map_err(e)?;
             pair.a.poll(now).map_err(e)?;
             let mut progress = false;
             for (i, &c) in conns.iter().enumerate() {
@@ -183,7 +225,12 @@ fn sim(args: &Args) -> Result<(), String> {
                 }
             }
             if !progress {
-                pair.step().map_err(e)?;
+                match pair.step() {
+                    Err(x) if is_transient(&x) => {}
+                    r => {
+                        r.map_err(e)?;
+                    }
+                }
             }
         }
         let secs = t.elapsed().as_secs_f64();

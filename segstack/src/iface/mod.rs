@@ -266,8 +266,16 @@ impl<P: Port> std::fmt::Debug for Interface<P> {
 
 impl<P: Port> Interface<P> {
     /// An interface on a new NIC over `port`.
-    pub fn new(mem: &Memory, port: P, mut cfg: IfaceConfig) -> Result<Interface<P>, IfaceError> {
+    pub fn new(mem: &Memory, port: P, cfg: IfaceConfig) -> Result<Interface<P>, IfaceError> {
         let nic = Nic::new(mem, port, cfg.nic)?;
+        Ok(Self::with_nic(nic, cfg))
+    }
+
+    /// An interface on `nic` (made with `cfg.nic`: [`Nic::with_rings`], for
+    /// rings a server keeps across restarts).
+    pub fn with_nic(nic: Nic<P>, mut cfg: IfaceConfig) -> Interface<P> {
+        let mem = nic.memory().clone();
+        let mem = &mem;
         cfg.tcp.line_size = mem.line_size();
         let mss_cap = cfg.mtu.saturating_sub(IP_LEN + 20).clamp(536, 65_495) as u16;
         cfg.tcp.mss = cfg.tcp.mss.min(mss_cap);
@@ -277,7 +285,7 @@ impl<P: Port> Interface<P> {
         let mut b = h.build_hasher();
         b.write_u64(!cfg.seed);
         let secret = (a.finish(), b.finish());
-        Ok(Interface {
+        Interface {
             nic,
             inner: Inner {
                 mem: mem.clone(),
@@ -292,7 +300,7 @@ impl<P: Port> Interface<P> {
             sockets: SocketSet::default(),
             rx: Vec::new(),
             events: Vec::new(),
-        })
+        }
     }
 
     /// The configuration (with the TCP settings the interface derived).
