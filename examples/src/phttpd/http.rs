@@ -287,6 +287,75 @@ pub fn parse(buf: &[u8], max_head: usize) -> Result<Option<(usize, Request<'_>)>
     }
 }
 
+/// The fuzz targets' body (cargo-fuzz `http_head` and the stable
+/// `http_fuzz` test): parses `data` whole and fed in pieces, and checks
+/// what a parse promises. Panics on a broken promise.
+pub fn fuzz_one(data: &[u8]) {
+    let max = 1 << 16;
+    let whole = head_end(data, 0);
+    // Fed in pieces (cut points taken from the data itself), the end found
+    // and the error raised are the same.
+    let step = 1 + data.first().map_or(0, |&b| usize::from(b % 13));
+    let mut fed = Ok(None);
+    let mut n = 0;
+    while n < data.len() {
+        let m = (n + step).min(data.len());
+        fed = head_end(&data[..m], n);
+        if !matches!(fed, Ok(None)) {
+            break;
+        }
+        n = m;
+    }
+    match (&whole, &fed) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "incremental end differs"),
+        (Err(_), Err(_)) => {}
+        _ => panic!("whole {whole:?} vs fed {fed:?}"),
+    }
+    match parse(data, max) {
+        Ok(Some((end, req))) => {
+            assert!(end <= data.len() && end <= max);
+            let head = &data[..end];
+            assert!(head.ends_with(b"\r\n\r\n"));
+            // No bare LF or CR in the head.
+            for (i, &b) in head.iter().enumerate() {
+                if b == b'\n' {
+                    assert!(i > 0 && head[i - 1] == b'\r', "bare LF accepted");
+                }
+                if b == b'\r' {
+                    assert_eq!(head.get(i + 1), Some(&b'\n'), "bare CR accepted");
+                }
+            }
+            assert!(!req.target.is_empty());
+            assert!(req.target.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+            assert!(req.minor <= 1);
+            // No field line starts with whitespace, and a Content-Length
+            // field is digits (and commas, spaces) only.
+            let text = &head[leading_empty_lines(head)..];
+            for line in text.split(|&b| b == b'\n').skip(1) {
+                assert!(
+                    !matches!(line.first(), Some(b' ' | b'\t')),
+                    "obs-fold accepted"
+                );
+                if line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:") {
+                    assert!(
+                        line[15..]
+                            .iter()
+                            .all(|b| b.is_ascii_digit() || b" \t,\r".contains(b)),
+                        "odd Content-Length accepted"
+                    );
+                }
+                if line.len() > 18 && line[..18].eq_ignore_ascii_case(b"transfer-encoding:") {
+                    panic!("Transfer-Encoding accepted");
+                }
+            }
+        }
+        Ok(None) => assert!(data.len() <= max && matches!(whole, Ok(None))),
+        Err(e) => {
+            assert!(matches!(e.status(), 400 | 431 | 501 | 505));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
