@@ -287,3 +287,52 @@ fn kernel_client_gets_507_from_a_full_map_and_the_server_serves_on() {
     let (stats, _) = server.join().unwrap();
     assert_eq!(stats.storage_full, 3, "{stats:?}");
 }
+
+/// Namespaces `ip netns list` shows.
+fn netns_list() -> String {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn sigint_and_sigterm_remove_the_namespace() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    if skip() || testkit::require_program("kill", "-l") {
+        return;
+    }
+    for sig in ["INT", "TERM"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_phttpd"))
+            .args(["--tap", "--port", "8080", "--object", "4096"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        // "phttpd: serving on ... (device D in namespace NS)"
+        let ns = line
+            .trim_end()
+            .trim_end_matches(')')
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(line.contains("serving"), "{line}");
+        assert!(netns_list().contains(&ns), "{ns} not created");
+        let kill = Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = child.wait().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        assert!(status.success(), "SIG{sig}: {status:?}\n{rest}");
+        assert!(rest.contains("interrupted"), "{rest}");
+        assert!(
+            !netns_list().split_whitespace().any(|w| w == ns),
+            "SIG{sig}: namespace {ns} left behind"
+        );
+    }
+}

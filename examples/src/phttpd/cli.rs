@@ -7,11 +7,14 @@
 //! - `phttpd --tap [--port 80]`: needs root. A TAP device in a fresh network
 //!   namespace whose kernel side is 10.79.0.1/24; the server is 10.79.0.2.
 //!   It prints the `ip netns exec` command to reach it with curl or wrk and
-//!   serves until interrupted (or `--seconds N`).
+//!   serves until interrupted (or `--seconds N`); SIGINT or SIGTERM stops it
+//!   and removes the namespace.
 //! - `--wal FILE`: the memory is a file; POST bodies are logged in its
 //!   segment map and survive a restart.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -100,7 +103,23 @@ pub fn main() {
     }
 }
 
+/// A flag that SIGINT and SIGTERM raise (a second one of either ends the
+/// process at once, as an unhandled one would).
+fn stop_flag() -> Result<Arc<AtomicBool>, String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)))
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    Ok(stop)
+}
+
 fn tap(args: &Args) -> Result<(), String> {
+    // Before the namespace exists: an interrupt from here on ends the poll
+    // loop, and the namespace is deleted on the way out.
+    let stop = stop_flag()?;
     let mem = memory(args)?;
     let port = TapPort::open("").map_err(|e| format!("TAP: {e}"))?;
     let ns = NetNs::create().map_err(|e| format!("namespace: {e}"))?;
@@ -132,16 +151,21 @@ fn tap(args: &Args) -> Result<(), String> {
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
+        if stop.load(Ordering::Relaxed) {
+            println!("phttpd: interrupted; removing namespace {}", ns.name());
+            break;
+        }
         let now = t0.elapsed().as_nanos() as u64;
         server.poll(&mut iface, now).map_err(|e| e.to_string())?;
         let wait = iface.poll_at().map_or(Duration::from_millis(5), |t| {
             Duration::from_nanos(t.saturating_sub(now)).min(Duration::from_millis(5))
         });
-        iface
-            .nic()
-            .port()
-            .wait_readable(wait)
-            .map_err(|e| e.to_string())?;
+        if let Err(e) = iface.nic().port().wait_readable(wait) {
+            // A signal may interrupt the wait: the flag says which.
+            if !stop.load(Ordering::Relaxed) {
+                return Err(e.to_string());
+            }
+        }
         if last.elapsed() >= Duration::from_secs(5) {
             last = Instant::now();
             println!("phttpd: {:?}", server.stats());
