@@ -149,7 +149,7 @@ impl Lab {
                 out.push(a);
                 buf.drain(..used);
             }
-            if out.len() >= n && (ended || out.len() > n) || ended {
+            if ended || out.len() > n {
                 break;
             }
             if out.len() >= n {
@@ -364,7 +364,7 @@ fn a_full_memory_costs_the_hog_its_connection_not_the_server() {
     // Bytes that do not deduplicate.
     let mut rng = testkit::Rng::new(5);
     let body = rng.bytes(16 << 20);
-    let sent = lab.send(hog, &body);
+    lab.send(hog, &body);
     let s = *lab.server.stats();
     assert!(s.memory_full > 0 && s.resets > 0, "{s:?}");
     assert!(lab.ended(hog));

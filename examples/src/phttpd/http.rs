@@ -216,7 +216,7 @@ pub fn parse_head(head: &[u8]) -> Result<Request<'_>, HttpError> {
     let mut hosts = 0;
     let mut close = minor == 0;
     for l in lines {
-        if l.iter().any(|&b| b == b'\r') {
+        if l.contains(&b'\r') {
             return Err(HttpError::Bad("bare CR"));
         }
         if matches!(l.first(), Some(b' ' | b'\t')) {
