@@ -38,6 +38,10 @@ fn configs() -> (IfaceConfig, IfaceConfig) {
 
 impl Lab {
     fn new(mem: &Memory, wal: bool, limits: Limits) -> Lab {
+        Self::with_object(mem, wal, limits, 4096)
+    }
+
+    fn with_object(mem: &Memory, wal: bool, limits: Limits, object_len: usize) -> Lab {
         let (net, pa, pb) = SimNet::pair(3, LinkConfig::default()).unwrap();
         let (ca, cb) = configs();
         let b = if wal {
@@ -45,7 +49,7 @@ impl Lab {
         } else {
             Interface::new(mem, pb, cb).unwrap()
         };
-        Self::with(net, pa, ca, b, wal, limits)
+        Self::with(net, pa, ca, b, wal, limits, object_len)
     }
 
     fn with(
@@ -55,11 +59,12 @@ impl Lab {
         b: Interface<SimPort>,
         wal: bool,
         limits: Limits,
+        object_len: usize,
     ) -> Lab {
         let client_mem = Memory::new(Config::default()).unwrap();
         let a = Interface::new(&client_mem, pa, ca).unwrap();
         let mut pair = SimPair::from_parts(net, a, b);
-        let mut server = Phttpd::new(&mut pair.b, 80, 4096, wal).unwrap();
+        let mut server = Phttpd::new(&mut pair.b, 80, object_len, wal).unwrap();
         server.set_limits(limits);
         Lab {
             pair,
@@ -504,4 +509,21 @@ fn sigkilled_wal_servers_leak_no_ring_entries() {
     }
     // One TX and one RX ring of 1024, the same ones after every kill.
     assert_eq!(sizes, [2048; 3]);
+}
+
+#[test]
+fn a_memory_too_full_for_the_object_still_starts_and_serves() {
+    // 2 MiB of lines; the object wants 64 MiB.
+    let mem = Memory::new(Config {
+        capacity_lines: 1 << 15,
+        map_capacity: 1 << 13,
+        ..Config::default()
+    })
+    .unwrap();
+    let mut lab = Lab::with_object(&mem, false, Limits::default(), 64 << 20);
+    let (a, ended) = lab.ask(b"GET /obj/100 HTTP/1.1\r\nHost: t\r\n\r\n", 1);
+    assert_eq!(statuses(&a), [507]);
+    assert!(!ended);
+    let (a, _) = lab.ask(&rpc_request(), 1);
+    assert_eq!(statuses(&a), [200]);
 }

@@ -318,7 +318,8 @@ pub struct Phttpd {
     /// request).
     scratch: Vec<Payload>,
     response: Payload,
-    object: Payload,
+    /// `None`: the memory had no room for it.
+    object: Option<Payload>,
     /// Prebuilt error answers: (status, keep-alive answer, closing answer).
     errors: Vec<(u16, Payload, Payload)>,
     last_record: Option<Segment>,
@@ -333,7 +334,8 @@ pub struct Phttpd {
 
 impl Phttpd {
     /// Listens on `port`; `object_len` bytes of the object are prepared for
-    /// `GET /obj/N`. With `log_to_map`, WAL bodies go into the memory's
+    /// `GET /obj/N` (if the memory has no room for them, `GET /obj/N` is
+    /// answered 507: a full file still serves). With `log_to_map`, WAL bodies go into the memory's
     /// segment map (persistent when the memory is a file); without, a body
     /// is released once answered.
     pub fn new<P: Port>(
@@ -344,7 +346,8 @@ impl Phttpd {
     ) -> Result<Phttpd, IfaceError> {
         let mem = iface.memory().clone();
         let response = Payload::from_bytes(&mem, &rpc_response())?;
-        let object = Payload::from_bytes(&mem, &object(object_len))?;
+        // Any store error (full, or out of space on disk) leaves no object.
+        let object = Payload::from_bytes(&mem, &object(object_len)).ok();
         let errors = ERROR_STATUSES
             .iter()
             .map(|&s| {
@@ -691,13 +694,16 @@ impl Phttpd {
                         self.reject(h, HttpError::Bad("object length"));
                         return;
                     };
-                    let n = n.min(self.object.len());
+                    let Some(object) = &self.object else {
+                        self.insufficient_storage(h);
+                        self.end_request(h);
+                        return;
+                    };
+                    let n = n.min(object.len());
+                    let body = object.slice(0, n);
                     let hdr = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
                     match Payload::from_bytes(&self.mem, hdr.as_bytes()) {
-                        Ok(hdr) => {
-                            let body = self.object.slice(0, n);
-                            self.respond(h, [hdr, body]);
-                        }
+                        Ok(hdr) => self.respond(h, [hdr, body]),
                         Err(_) => self.insufficient_storage(h),
                     }
                 } else {
