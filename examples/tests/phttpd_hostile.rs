@@ -527,3 +527,28 @@ fn a_memory_too_full_for_the_object_still_starts_and_serves() {
     let (a, _) = lab.ask(&rpc_request(), 1);
     assert_eq!(statuses(&a), [200]);
 }
+
+#[test]
+fn rings_taken_over_by_someone_else_are_left_alone() {
+    let mem = dram();
+    let record = |mem: &Memory| {
+        let seg = mem.get_named("phttpd.rings").unwrap().unwrap();
+        let mut b = [0u8; 16];
+        seg.read_at(0, &mut b).unwrap();
+        b
+    };
+    drop(Lab::new(&mem, true, Limits::default()));
+    let first = record(&mem);
+    // Someone deletes a ring entry and the id is reused for data.
+    let tx = u32::from_le_bytes(first[..4].try_into().unwrap());
+    mem.map().delete(hicamp::SegmentId(tx + 5)).unwrap();
+    let id = mem.map().create(b"someone else's").unwrap();
+    assert_eq!(id.get(), tx + 5);
+    let mut lab = Lab::new(&mem, true, Limits::default());
+    assert_ne!(record(&mem), first, "new rings recorded");
+    let (a, _) = lab.ask(&rpc_request(), 1);
+    assert_eq!(statuses(&a), [200]);
+    let mut b = [0u8; 14];
+    mem.map().read_at(id, 0, &mut b).unwrap();
+    assert_eq!(&b, b"someone else's");
+}

@@ -262,17 +262,21 @@ pub fn persistent_interface<P: Port>(
         None => None,
     };
     if let Some((tx, tn, rx, rn)) = recorded {
-        if (tn, rn) == (tx_n, rx_n) {
+        if (tn, rn) == (tx_n, rx_n) && ranges_free(mem, &[(tx, tn), (rx, rn)]) {
             let nic = Nic::with_rings(mem, port, cfg.nic, SegmentId(tx), SegmentId(rx))?;
             return Ok(Interface::with_nic(nic, cfg));
         }
         // Other ring sizes: give the old ranges back (only entries still
         // bound to the empty segment: the rings never hold anything else).
-        let map = mem.map();
-        for (base, n) in [(tx, tn), (rx, rn)] {
-            for id in (base..base.saturating_add(n)).map(SegmentId) {
-                if map.entry(id).is_ok_and(|e| e.len == 0) {
-                    let _ = map.delete(id);
+        // A range someone else took over (its entries deleted and reused)
+        // is left alone, and new rings are made.
+        if (tn, rn) != (tx_n, rx_n) {
+            let map = mem.map();
+            for (base, n) in [(tx, tn), (rx, rn)] {
+                for id in (base..base.saturating_add(n)).map(SegmentId) {
+                    if map.entry(id).is_ok_and(|e| e.len == 0) {
+                        let _ = map.delete(id);
+                    }
                 }
             }
         }
@@ -306,6 +310,18 @@ pub fn persistent_interface<P: Port>(
     }
     let nic = Nic::with_rings(mem, port, cfg.nic, tx.start, rx.start)?;
     Ok(Interface::with_nic(nic, cfg))
+}
+
+/// True if every id of the ranges `(base, count)` is a live entry bound to
+/// the empty segment (as ring entries are).
+fn ranges_free(mem: &Memory, ranges: &[(u32, u32)]) -> bool {
+    let map = mem.map();
+    ranges.iter().all(|&(base, n)| {
+        (0..n).all(|i| {
+            base.checked_add(i)
+                .is_some_and(|id| map.entry(SegmentId(id)).is_ok_and(|e| e.len == 0))
+        })
+    })
 }
 
 /// A phttpd-like server on one listening port of an interface.
