@@ -93,7 +93,7 @@ impl Lab {
             .tcp_connect(SocketAddrV4::new(B_IP, 80), now)
             .unwrap();
         for _ in 0..10_000 {
-            if self.pair.a.tcp(c).unwrap().can_send() {
+            if self.pair.a.tcp(c).unwrap().state() == segstack::tcp::State::Established {
                 return c;
             }
             self.turn();
@@ -551,4 +551,79 @@ fn rings_taken_over_by_someone_else_are_left_alone() {
     let mut b = [0u8; 14];
     mem.map().read_at(id, 0, &mut b).unwrap();
     assert_eq!(&b, b"someone else's");
+}
+
+/// Request streams built from valid requests, cut, mutated and pipelined:
+/// every answer the server gives is a well-formed HTTP/1.1 response, the
+/// server never fails, and it still answers afterwards.
+#[test]
+fn random_request_streams_get_well_formed_answers() {
+    let mem = dram();
+    let limits = Limits {
+        max_header: 2048,
+        max_body: 4096,
+    };
+    let mut lab = Lab::new(&mem, false, limits);
+    let mut rng = testkit::Rng::new(0x57_4e);
+    let valid: Vec<Vec<u8>> = vec![
+        rpc_request(),
+        post("/log", b"hello"),
+        post("/upload", &[7u8; 300]),
+        b"GET /obj/77 HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+        b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+    ];
+    let pieces: [&[u8]; 12] = [
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b" ",
+        b":",
+        b"+",
+        b"-1",
+        b"99999",
+        b"Content-Length: ",
+        b"Transfer-Encoding: chunked\r\n",
+        b"\x00",
+        b"Connection: close\r\n",
+    ];
+    for _ in 0..150 {
+        let mut stream = Vec::new();
+        for _ in 0..1 + rng.below(4) {
+            let mut r = valid[rng.index(valid.len())].clone();
+            for _ in 0..rng.below(3) {
+                let at = rng.index(r.len() + 1);
+                match rng.below(3) {
+                    0 if !r.is_empty() => {
+                        let i = rng.index(r.len());
+                        r[i] = rng.byte();
+                    }
+                    1 => {
+                        let p = pieces[rng.index(pieces.len())];
+                        r.splice(at..at, p.iter().copied());
+                    }
+                    _ => r.truncate(at),
+                }
+            }
+            stream.extend_from_slice(&r);
+        }
+        let c = lab.connect();
+        lab.send(c, &stream);
+        // Half-close: the server sees the end of what we send.
+        lab.pair.a.shutdown(c).unwrap();
+        let (answers, _) = lab.answers(c, 8);
+        for a in &answers {
+            assert!(
+                [200, 400, 413, 431, 501, 505, 507].contains(&a.status),
+                "{} for {:?}",
+                a.status,
+                String::from_utf8_lossy(&stream)
+            );
+        }
+        let _ = lab.pair.a.close(c);
+    }
+    let s = *lab.server.stats();
+    assert!(s.bad_requests > 0 && s.requests > s.bad_requests, "{s:?}");
+    let (a, _) = lab.ask(&rpc_request(), 1);
+    assert_eq!(statuses(&a), [200]);
 }
