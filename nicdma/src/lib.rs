@@ -85,10 +85,12 @@ pub mod frame;
 pub mod meta;
 pub mod nic;
 pub mod offload;
+pub mod packet;
 pub mod port;
 #[cfg(any(test, feature = "test-support"))]
 pub mod responder;
 pub mod ring;
+mod ringtx;
 pub mod sim;
 #[allow(unsafe_code)]
 mod sys;
@@ -97,5 +99,5 @@ pub mod tap;
 pub use frame::{frame_bytes, tx_segment};
 pub use meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};
 pub use nic::{Nic, NicConfig, NicCounters, NicError, Work};
-pub use port::{Port, PortError, TxOutcome};
+pub use port::{Port, PortCopies, PortError, TxOutcome};
 pub use ring::{Owner, RingError, SegRing, SlotMap};

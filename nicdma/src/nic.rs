@@ -477,8 +477,17 @@ impl<P: Port> Nic<P> {
     /// into posted RX slots, in batches; one notification if anything
     /// completed.
     pub fn dma(&mut self) -> Result<Work, NicError> {
+        let tx = self.dma_tx()?;
+        if tx > 0 {
+            // One kick for the pass's batch (ports that queue frames).
+            match self.port.flush() {
+                Ok(()) => {}
+                Err(PortError::Disconnected) => return Err(PortError::Disconnected.into()),
+                Err(_) => self.counters.tx_port_errors += 1,
+            }
+        }
         let work = Work {
-            tx: self.dma_tx()?,
+            tx,
             rx: self.dma_rx()?,
         };
         // Interrupt moderation: one notification per pass with completions,
