@@ -95,6 +95,7 @@ pub mod sim;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tap;
+pub mod xdp;
 
 pub use frame::{frame_bytes, tx_segment};
 pub use meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use nicdma::packet::PacketPort;
 use nicdma::tap::{netns_supported, NetNs};
-use nicdma::{Port, PortCopies};
+use nicdma::xdp::{XdpConfig, XdpPort};
+use nicdma::{Port, PortCopies, PortError};
 
 fn skip() -> bool {
     testkit::require(netns_supported(), "root and iproute2")
@@ -82,4 +83,108 @@ fn af_packet_kernel_pings_the_nic_responder() {
         .expect("AF_PACKET port");
     let mac = port.mac();
     ping_through(&ns, port, mac, [10, 78, 1, 2]);
+}
+
+#[test]
+fn af_xdp_kernel_pings_the_nic_responder() {
+    if skip() {
+        return;
+    }
+    let ns = lab(2);
+    let port = ns
+        .run_in(|| XdpPort::open("p0"))
+        .expect("enter")
+        .expect("AF_XDP port");
+    let mac = port.mac();
+    let link = ns.ip(&["link", "show", "dev", "p0"]).expect("ip link");
+    assert!(link.contains("xdpgeneric"), "program attached in SKB mode:\n{link}");
+    ping_through(&ns, port, mac, [10, 78, 2, 2]);
+    // The port is gone: so is its program.
+    let link = ns.ip(&["link", "show", "dev", "p0"]).expect("ip link");
+    assert!(!link.contains("xdp"), "program detached:\n{link}");
+}
+
+#[test]
+fn af_xdp_errors_are_typed() {
+    if skip() {
+        return;
+    }
+    // A veth with two queues: a second port on queue 1 binds, but the
+    // interface already has the first port's program.
+    let ns = NetNs::create().expect("namespace");
+    ns.ip(&[
+        "link", "add", "k0", "numrxqueues", "2", "numtxqueues", "2", "type", "veth", "peer",
+        "name", "p0", "numrxqueues", "2", "numtxqueues", "2",
+    ])
+    .expect("veth");
+    for dev in ["p0", "k0"] {
+        ns.ip(&["link", "set", "dev", dev, "up"]).expect("up");
+    }
+    let (missing, busy) = ns
+        .run_in(|| {
+            let missing = XdpPort::open("nonesuch0").map(drop);
+            let first = XdpPort::open("p0").expect("the first port");
+            let busy = XdpPort::with_config(
+                "p0",
+                XdpConfig {
+                    queue: 1,
+                    ..XdpConfig::default()
+                },
+            )
+            .map(drop);
+            drop(first);
+            (missing, busy)
+        })
+        .expect("enter");
+    assert!(
+        matches!(missing, Err(PortError::NoSuchInterface(ref n)) if n == "nonesuch0"),
+        "{missing:?}"
+    );
+    assert!(matches!(busy, Err(PortError::XdpBusy(ref n)) if n == "p0"), "{busy:?}");
+    let msg = busy.unwrap_err().to_string();
+    assert!(msg.contains("already has an XDP program"), "{msg}");
+    // With the first port gone, queue 1 works.
+    let again = ns
+        .run_in(|| {
+            XdpPort::with_config(
+                "p0",
+                XdpConfig {
+                    queue: 1,
+                    ..XdpConfig::default()
+                },
+            )
+            .map(drop)
+        })
+        .expect("enter");
+    assert!(again.is_ok(), "{again:?}");
+}
+
+#[test]
+fn without_privileges_ports_are_not_permitted() {
+    if skip() {
+        return;
+    }
+    let ns = lab(4);
+    let (xdp, packet) = ns
+        .run_in(|| {
+            // Drop to nobody in this thread only (setresuid on the thread,
+            // through the raw system call: glibc's setuid changes all threads).
+            let r = drop_privileges_in_this_thread();
+            assert!(r, "setresuid");
+            (XdpPort::open("p0").map(drop), PacketPort::open("p0").map(drop))
+        })
+        .expect("enter");
+    assert!(matches!(xdp, Err(PortError::NotPermitted(_))), "{xdp:?}");
+    assert!(matches!(packet, Err(PortError::NotPermitted(_))), "{packet:?}");
+}
+
+/// Drops this thread (only) to uid/gid 65534 with the raw system calls
+/// (glibc's wrappers would change every thread); the thread ends soon after.
+fn drop_privileges_in_this_thread() -> bool {
+    // SAFETY: `setresgid`/`setresuid` take integers and touch no memory; as
+    // raw system calls they affect only this short-lived helper thread.
+    unsafe {
+        libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534) == 0
+            && libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) == 0
+    }
 }
