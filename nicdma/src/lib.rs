@@ -80,6 +80,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod checksum;
 pub mod frame;
 pub mod meta;

@@ -478,13 +478,12 @@ impl<P: Port> Nic<P> {
     /// completed.
     pub fn dma(&mut self) -> Result<Work, NicError> {
         let tx = self.dma_tx()?;
-        if tx > 0 {
-            // One kick for the pass's batch (ports that queue frames).
-            match self.port.flush() {
-                Ok(()) => {}
-                Err(PortError::Disconnected) => return Err(PortError::Disconnected.into()),
-                Err(_) => self.counters.tx_port_errors += 1,
-            }
+        // One kick for the pass's batch (ports that queue frames; also
+        // frames an earlier kick could not hand over yet).
+        match self.port.flush() {
+            Ok(()) => {}
+            Err(PortError::Disconnected) => return Err(PortError::Disconnected.into()),
+            Err(_) => self.counters.tx_port_errors += 1,
         }
         let work = Work {
             tx,

@@ -176,6 +176,18 @@ pub(crate) fn partial_csum_hdr(frame: &[u8]) -> VirtioNetHdr {
     h
 }
 
+/// Whether AF_PACKET works here (a packet socket opens), and if not, why.
+pub fn probe() -> Result<(), String> {
+    match sock::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(match e.raw_os_error() {
+            Some(libc::EPERM | libc::EACCES) => "needs root (CAP_NET_RAW)".into(),
+            Some(libc::EAFNOSUPPORT) => "the kernel has no AF_PACKET sockets".into(),
+            _ => format!("packet socket: {e}"),
+        }),
+    }
+}
+
 impl PacketPort {
     /// Opens the interface `name` (in the calling thread's network
     /// namespace) with the default ring sizes.

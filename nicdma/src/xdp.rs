@@ -144,13 +144,8 @@ impl Ring {
 
     /// (producer side) Entries we may still produce.
     fn room(&mut self) -> u32 {
-        let size = self.mask + 1;
-        let used = self.local.wrapping_sub(self.cached);
-        if used < size {
-            return size - used;
-        }
         self.cached = self.word(self.consumer).load(Ordering::Acquire);
-        size - self.local.wrapping_sub(self.cached)
+        (self.mask + 1).saturating_sub(self.local.wrapping_sub(self.cached))
     }
 
     fn needs_wakeup(&self) -> bool {
@@ -221,6 +216,27 @@ pub(crate) fn iface_info(name: &str) -> Result<([u8; 6], u32), PortError> {
     Ok((mac, mtu))
 }
 
+/// Whether AF_XDP works here (an AF_XDP socket opens, and the redirect
+/// program with its XSKMAP loads), and if not, why.
+pub fn probe() -> Result<(), String> {
+    if let Err(e) = sock::socket(AF_XDP, libc::SOCK_RAW, 0) {
+        return Err(match e.raw_os_error() {
+            Some(libc::EAFNOSUPPORT) => "the kernel has no AF_XDP sockets (CONFIG_XDP_SOCKETS)".into(),
+            Some(libc::EPERM | libc::EACCES) => "needs root (CAP_NET_RAW)".into(),
+            _ => format!("AF_XDP socket: {e}"),
+        });
+    }
+    let map = bpf::xskmap_create(1).map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => "bpf() needs root (CAP_BPF and CAP_NET_ADMIN)".to_string(),
+        Some(libc::ENOSYS) => "the kernel has no bpf() system call".into(),
+        _ => format!("bpf(MAP_CREATE XSKMAP): {e}"),
+    })?;
+    let mut log = [0u8; 0];
+    bpf::prog_load_xdp(&bpf::redirect_program(map.as_fd()), &mut log)
+        .map(drop)
+        .map_err(|e| format!("bpf(PROG_LOAD) of the XDP redirect program: {e}"))
+}
+
 impl XdpPort {
     /// Opens queue 0 of interface `name` (in the calling thread's network
     /// namespace) with the default sizes.
@@ -257,6 +273,13 @@ impl XdpPort {
             },
             _ => os("AF_XDP socket")(e),
         })?;
+        // The kernel's copy-mode TX holds each frame's skb against the
+        // socket's send buffer until the peer frees it: make room for every
+        // TX frame (best effort: SO_SNDBUFFORCE needs CAP_NET_ADMIN).
+        let want = (cfg.frames as usize / 2 * (cfg.frame_size as usize + 1024)).min(i32::MAX as usize) as i32;
+        if sock::setsockopt_int(xsk.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want).is_err() {
+            let _ = sock::setsockopt_int(xsk.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, want);
+        }
         let fs = cfg.frame_size as usize;
         let umem = Mmap::anonymous(cfg.frames as usize * fs).map_err(os("mmap UMEM"))?;
         // struct xdp_umem_reg { u64 addr, len; u32 chunk_size, headroom,

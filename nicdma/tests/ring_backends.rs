@@ -188,3 +188,89 @@ fn drop_privileges_in_this_thread() -> bool {
             && libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) == 0
     }
 }
+
+/// A UDP frame from 10.78.<k>.2:9 to the kernel's 10.78.<k>.1:9 (discard),
+/// with full checksums, `payload` bytes of payload.
+fn udp_frame(k: u8, src_mac: [u8; 6], dst_mac: [u8; 6], payload: usize) -> Vec<u8> {
+    use nicdma::checksum::{checksum, fold, pseudo_header, sum};
+    let mut f = Vec::with_capacity(42 + payload);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[10, 78, k, 2]);
+    ip[16..20].copy_from_slice(&[10, 78, k, 1]);
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let ulen = (8 + payload) as u16;
+    let mut udp = vec![0u8; 8 + payload];
+    udp[0..2].copy_from_slice(&9u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&9u16.to_be_bytes());
+    udp[4..6].copy_from_slice(&ulen.to_be_bytes());
+    for (i, b) in udp[8..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let acc = pseudo_header(
+        std::net::Ipv4Addr::new(10, 78, k, 2),
+        std::net::Ipv4Addr::new(10, 78, k, 1),
+        17,
+        u32::from(ulen),
+    );
+    let c = !fold(sum(acc, &udp));
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// Sends `n` frames through `port` (flushing as a NIC pass would), returns
+/// how many the port took.
+fn blast<P: Port>(port: &mut P, frame: &[u8], n: usize) -> usize {
+    let vnet = nicdma::VirtioNetHdr::default();
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sent < n && Instant::now() < deadline {
+        for _ in 0..64 {
+            match port.transmit(&vnet, &[frame]).expect("transmit") {
+                nicdma::TxOutcome::Sent => sent += 1,
+                nicdma::TxOutcome::Full => break,
+            }
+            if sent == n {
+                break;
+            }
+        }
+        port.flush().expect("flush");
+    }
+    port.flush().expect("flush");
+    sent
+}
+
+#[test]
+fn tx_frames_are_recycled_through_many_rings_worth() {
+    if skip() {
+        return;
+    }
+    let ns = lab(5);
+    let kmac = {
+        let out = ns.ip(&["-br", "link", "show", "dev", "k0"]).expect("ip");
+        out.split_whitespace().nth(2).unwrap_or("").to_owned()
+    };
+    let kmac: Vec<u8> = kmac.split(['@', ':']).filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+    let kmac: [u8; 6] = kmac[..6].try_into().expect("MAC of k0");
+    let n = 3 * 2048 + 100;
+    let before = ns.link_stats("k0").expect("stats").rx_packets;
+    let mut xdp = ns.run_in(|| XdpPort::open("p0")).unwrap().expect("AF_XDP");
+    let frame = udp_frame(5, xdp.mac(), kmac, 1000);
+    assert_eq!(blast(&mut xdp, &frame, n), n, "AF_XDP: {:?}", xdp.copies());
+    drop(xdp);
+    let mut pk = ns.run_in(|| PacketPort::open("p0")).unwrap().expect("AF_PACKET");
+    assert_eq!(blast(&mut pk, &frame, n), n, "AF_PACKET: {:?}", pk.copies());
+    std::thread::sleep(Duration::from_millis(100));
+    let after = ns.link_stats("k0").expect("stats").rx_packets;
+    assert!(after - before >= 2 * n as u64, "{before} -> {after}");
+}

@@ -74,11 +74,6 @@ impl Mmap {
         self.len
     }
 
-    /// Whether the region is empty (never: mappings are not).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The region's address (for registering it with the kernel).
     pub fn addr(&self) -> u64 {
         self.ptr.as_ptr() as u64
