@@ -191,3 +191,43 @@ fn phttpd_over_af_xdp() {
     }
     exercise(2, "af_xdp");
 }
+
+#[test]
+fn backend_choice_errors_are_clear_and_backends_are_listed() {
+    let phttpd = env!("CARGO_BIN_EXE_phttpd");
+    let out = Command::new(phttpd)
+        .args(["--backend", "netmap:vale0:0", "--ip", "10.0.0.2/24"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    if !std::path::Path::new("/dev/netmap").exists() {
+        assert!(
+            err.contains("netmap: /dev/netmap not found; backends that work here: sim"),
+            "{err}"
+        );
+    }
+    let out = Command::new(phttpd)
+        .args(["--backend", "pcap:eth0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("af_xdp:IFACE[:QUEUE]"), "{err}");
+    let out = Command::new(phttpd)
+        .args(["--backend", "af_packet:lo"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --ip"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_hicamp"))
+        .arg("backends")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(names, ["sim", "tap", "af_packet", "af_xdp", "netmap"], "{text}");
+    assert!(text.lines().next().unwrap().ends_with("works here"), "{text}");
+}

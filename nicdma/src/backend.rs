@@ -190,7 +190,7 @@ fn netmap_unavailable() -> BackendError {
     let why = if std::path::Path::new(NETMAP_DEVICE).exists() {
         format!("{NETMAP_DEVICE} exists, but this build has no netmap port yet")
     } else {
-        format!("{NETMAP_DEVICE} not found (the netmap kernel module is not loaded)")
+        format!("{NETMAP_DEVICE} not found")
     };
     BackendError::Unavailable {
         backend: "netmap",
@@ -254,7 +254,7 @@ pub fn probe() -> Vec<BackendStatus> {
             works: if std::path::Path::new(NETMAP_DEVICE).exists() {
                 Err("/dev/netmap exists, but this build has no netmap port yet".into())
             } else {
-                Err(format!("{NETMAP_DEVICE} not found (the netmap kernel module is not loaded)"))
+                Err(format!("{NETMAP_DEVICE} not found (no netmap kernel module)"))
             },
         },
     ]
