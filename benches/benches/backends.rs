@@ -60,7 +60,9 @@ struct Lab {
 }
 
 fn mac_of(ns: &NetNs, dev: &str) -> [u8; 6] {
-    let out = ns.ip(&["-br", "link", "show", "dev", dev]).expect("ip link");
+    let out = ns
+        .ip(&["-br", "link", "show", "dev", dev])
+        .expect("ip link");
     let text = out.split_whitespace().nth(2).unwrap_or("");
     let v: Vec<u8> = text
         .split(':')
@@ -96,12 +98,24 @@ fn lab() -> Lab {
     // address at p0, B knows A's.
     for ip in [SEG_IP, KERNEL_B] {
         a.ip(&[
-            "neigh", "replace", &ip.to_string(), "lladdr", &mac_str(p0_mac), "dev", "k0",
+            "neigh",
+            "replace",
+            &ip.to_string(),
+            "lladdr",
+            &mac_str(p0_mac),
+            "dev",
+            "k0",
         ])
         .expect("neigh");
     }
     b.ip(&[
-        "neigh", "replace", &KERNEL_A.to_string(), "lladdr", &mac_str(k0_mac), "dev", "p0",
+        "neigh",
+        "replace",
+        &KERNEL_A.to_string(),
+        "lladdr",
+        &mac_str(k0_mac),
+        "dev",
+        "p0",
     ])
     .expect("neigh");
     Lab {
@@ -198,7 +212,10 @@ fn port_rx(port: &mut AnyPort, iters: u64) -> Duration {
             got += 1;
             idle = Instant::now();
         } else {
-            assert!(idle.elapsed() < Duration::from_secs(10), "no frames for 10 s");
+            assert!(
+                idle.elapsed() < Duration::from_secs(10),
+                "no frames for 10 s"
+            );
             nicdma::port::wait_readable(&*port, Duration::from_millis(1)).expect("poll");
         }
     }
@@ -425,9 +442,15 @@ fn benches(c: &mut Criterion) {
                     .run_in(|| UdpSocket::bind(SocketAddrV4::new(KERNEL_B, 7000)))
                     .expect("enter")
                     .expect("bind");
-                s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+                s.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
                 let stop = Arc::new(AtomicBool::new(false));
-                sender(Arc::clone(&lab.a), SocketAddrV4::new(KERNEL_B, 7000), payload, Arc::clone(&stop));
+                sender(
+                    Arc::clone(&lab.a),
+                    SocketAddrV4::new(KERNEL_B, 7000),
+                    payload,
+                    Arc::clone(&stop),
+                );
                 (s, StopOnDrop(stop), vec![0u8; 2048])
             },
             |(s, _, buf), iters| {
@@ -444,7 +467,12 @@ fn benches(c: &mut Criterion) {
                 || {
                     let p = open_port(&lab, kind);
                     let stop = Arc::new(AtomicBool::new(false));
-                    sender(Arc::clone(&lab.a), SocketAddrV4::new(SEG_IP, 7000), payload, Arc::clone(&stop));
+                    sender(
+                        Arc::clone(&lab.a),
+                        SocketAddrV4::new(SEG_IP, 7000),
+                        payload,
+                        Arc::clone(&stop),
+                    );
                     (p, StopOnDrop(stop))
                 },
                 |(p, _), iters| port_rx(p, iters),
@@ -464,7 +492,11 @@ fn benches(c: &mut Criterion) {
     g.bench(
         "kernel-tcp-veth-a-to-b",
         || (),
-        |(), iters| (0..iters).map(|_| kernel_tcp_once(&lab, &data, false)).sum(),
+        |(), iters| {
+            (0..iters)
+                .map(|_| kernel_tcp_once(&lab, &data, false))
+                .sum()
+        },
     );
     g.bench(
         "segstack-af_xdp-to-kernel",

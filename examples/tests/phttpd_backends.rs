@@ -51,7 +51,12 @@ fn lab(k: u8, backend: &str) -> Lab {
     let ip = format!("10.82.{k}.2");
     let mut server = ns
         .command(env!("CARGO_BIN_EXE_phttpd"))
-        .args(["--backend", &format!("{backend}:p0"), "--ip", &format!("{ip}/24")])
+        .args([
+            "--backend",
+            &format!("{backend}:p0"),
+            "--ip",
+            &format!("{ip}/24"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -107,7 +112,10 @@ fn exercise(k: u8, backend: &str) {
     }
 
     // ping
-    let out = run(lab.ns.command("ping").args(["-c", "3", "-i", "0.2", "-W", "2", &ip]));
+    let out = run(lab
+        .ns
+        .command("ping")
+        .args(["-c", "3", "-i", "0.2", "-W", "2", &ip]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(" 3 received"), "{text}");
 
@@ -127,7 +135,9 @@ fn exercise(k: u8, backend: &str) {
     drop(got);
 
     // 16 MiB upload: the answer is the digest of the segment received.
-    let body: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let body: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let up = dir.path().join("up");
     std::fs::write(&up, &body).unwrap();
     let out = run(lab
@@ -139,7 +149,11 @@ fn exercise(k: u8, backend: &str) {
     let mem = Memory::new(Config::default()).unwrap();
     let (seg, _) = mem.splice(&[Piece::Bytes(&body)]).unwrap();
     let want: String = seg.digest().iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), want, "uploaded bytes differ");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        want,
+        "uploaded bytes differ"
+    );
 
     // 100 concurrent connections: all open at once, then each gets its answer.
     let addr: SocketAddrV4 = format!("{ip}:80").parse().unwrap();
@@ -227,7 +241,17 @@ fn backend_choice_errors_are_clear_and_backends_are_listed() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    let names: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
-    assert_eq!(names, ["sim", "tap", "af_packet", "af_xdp", "netmap"], "{text}");
-    assert!(text.lines().next().unwrap().ends_with("works here"), "{text}");
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        names,
+        ["sim", "tap", "af_packet", "af_xdp", "netmap"],
+        "{text}"
+    );
+    assert!(
+        text.lines().next().unwrap().ends_with("works here"),
+        "{text}"
+    );
 }

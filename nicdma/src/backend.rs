@@ -127,9 +127,10 @@ impl FromStr for BackendSpec {
                 Ok(BackendSpec::AfPacket(i.to_owned()))
             }
             ("netmap", Some(p)) if !p.is_empty() => Ok(BackendSpec::Netmap(p.to_owned())),
-            ("tap" | "af_xdp" | "afxdp" | "xdp" | "af_packet" | "afpacket" | "packet" | "netmap", _) => {
-                Err(err("missing or bad interface name"))
-            }
+            (
+                "tap" | "af_xdp" | "afxdp" | "xdp" | "af_packet" | "afpacket" | "packet" | "netmap",
+                _,
+            ) => Err(err("missing or bad interface name")),
             _ => Err(err("unknown backend")),
         }
     }
@@ -178,7 +179,9 @@ impl BackendSpec {
             )
             .map(AnyPort::AfXdp)
             .map_err(port_err),
-            BackendSpec::AfPacket(i) => PacketPort::open(i).map(AnyPort::AfPacket).map_err(port_err),
+            BackendSpec::AfPacket(i) => {
+                PacketPort::open(i).map(AnyPort::AfPacket).map_err(port_err)
+            }
             BackendSpec::Netmap(_) => Err(netmap_unavailable()),
         }
     }
@@ -254,7 +257,9 @@ pub fn probe() -> Vec<BackendStatus> {
             works: if std::path::Path::new(NETMAP_DEVICE).exists() {
                 Err("/dev/netmap exists, but this build has no netmap port yet".into())
             } else {
-                Err(format!("{NETMAP_DEVICE} not found (no netmap kernel module)"))
+                Err(format!(
+                    "{NETMAP_DEVICE} not found (no netmap kernel module)"
+                ))
             },
         },
     ]
@@ -285,6 +290,9 @@ pub fn parse_cidr(text: &str) -> Result<Cidr, BackendError> {
 }
 
 /// A port of any of the kernel backends.
+// A port is made once per interface and lives as long as it: the size of
+// the largest variant (AF_XDP's rings) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum AnyPort {
     /// A TAP device.
@@ -354,7 +362,10 @@ impl Port for AnyPort {
         self.port_mut().transmit_from(vnet, frame, len)
     }
 
-    fn receive(&mut self, deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8])) -> Result<bool, PortError> {
+    fn receive(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
+    ) -> Result<bool, PortError> {
         self.port_mut().receive(deposit)
     }
 
@@ -412,8 +423,15 @@ mod tests {
             assert_eq!(again, spec);
         }
         for bad in [
-            "", "sim:x", "af_xdp:", "af_xdp:veth1:q", "af_xdp:a/b", "af_packet:",
-            "af_packet:0123456789abcdef", "netmap:", "pcap:eth0",
+            "",
+            "sim:x",
+            "af_xdp:",
+            "af_xdp:veth1:q",
+            "af_xdp:a/b",
+            "af_packet:",
+            "af_packet:0123456789abcdef",
+            "netmap:",
+            "pcap:eth0",
         ] {
             let e = bad.parse::<BackendSpec>().unwrap_err();
             assert!(e.to_string().contains("one of: sim"), "{bad}: {e}");
@@ -422,8 +440,14 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(parse_cidr("10.0.0.2/24").unwrap(), (Ipv4Addr::new(10, 0, 0, 2), 24));
-        assert_eq!(parse_cidr("10.0.0.2").unwrap(), (Ipv4Addr::new(10, 0, 0, 2), 24));
+        assert_eq!(
+            parse_cidr("10.0.0.2/24").unwrap(),
+            (Ipv4Addr::new(10, 0, 0, 2), 24)
+        );
+        assert_eq!(
+            parse_cidr("10.0.0.2").unwrap(),
+            (Ipv4Addr::new(10, 0, 0, 2), 24)
+        );
         for bad in ["10.0.0.2/33", "10.0.0/24", "x/1", "10.0.0.2/", "/24"] {
             assert!(parse_cidr(bad).is_err(), "{bad}");
         }
@@ -436,10 +460,7 @@ mod tests {
         }
         let e = BackendSpec::Netmap("vale0:0".into()).open().unwrap_err();
         let msg = e.to_string();
-        assert!(
-            msg.starts_with("netmap: /dev/netmap not found"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("netmap: /dev/netmap not found"), "{msg}");
         assert!(msg.contains("backends that work here: sim"), "{msg}");
         let p = probe();
         assert_eq!(p.len(), 5);

@@ -116,7 +116,11 @@ pub struct Tso4Plan {
 impl Tso4Plan {
     /// Plans the segments of a frame of `frame_len` bytes whose first bytes
     /// are `head` (at least the headers: `vnet.hdr_len`).
-    pub fn new(vnet: &VirtioNetHdr, head: &[u8], frame_len: usize) -> Result<Tso4Plan, OffloadError> {
+    pub fn new(
+        vnet: &VirtioNetHdr,
+        head: &[u8],
+        frame_len: usize,
+    ) -> Result<Tso4Plan, OffloadError> {
         let bad = || OffloadError::BadGsoFrame(vnet.hdr_len);
         let f = head;
         let hdr_len = vnet.hdr_len as usize;

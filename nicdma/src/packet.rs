@@ -202,7 +202,7 @@ impl PacketPort {
             source: io::Error::new(io::ErrorKind::InvalidInput, what.to_owned()),
         };
         if cfg.block_size == 0
-            || cfg.block_size % 4096 != 0
+            || !cfg.block_size.is_multiple_of(4096)
             || cfg.blocks == 0
             || cfg.tx_frames == 0
             || !cfg.tx_frame_size.is_power_of_two()
@@ -211,7 +211,8 @@ impl PacketPort {
         {
             return Err(bad_cfg("block size a multiple of 4096, frame size a power of two >= 2048, counts and timeout > 0"));
         }
-        let ifindex = sock::if_index(name).ok_or_else(|| PortError::NoSuchInterface(name.into()))?;
+        let ifindex =
+            sock::if_index(name).ok_or_else(|| PortError::NoSuchInterface(name.into()))?;
         let open = |proto: u16| {
             sock::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto.to_be())).map_err(|e| {
                 match e.raw_os_error() {
@@ -313,7 +314,10 @@ impl PacketPort {
             return Ok(true);
         }
         let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        sys::poll_readable(self.rx.as_fd(), ms).map_err(|e| PortError::Os { op: "poll", source: e })
+        sys::poll_readable(self.rx.as_fd(), ms).map_err(|e| PortError::Os {
+            op: "poll",
+            source: e,
+        })
     }
 
     /// Whether a frame is ready to lend without waiting.
@@ -334,7 +338,10 @@ impl PacketPort {
     /// Gives the held block back to the kernel.
     fn release_block(&mut self) {
         if let Some(b) = self.block.take() {
-            if let Some(st) = self.rx_ring.atomic_u32(b * self.cfg.block_size + BLK_STATUS) {
+            if let Some(st) = self
+                .rx_ring
+                .atomic_u32(b * self.cfg.block_size + BLK_STATUS)
+            {
                 st.store(TP_STATUS_KERNEL, Ordering::Release);
             }
             self.pkt_left = 0;
@@ -368,9 +375,10 @@ impl TxSlots for PacketPort {
 
     fn next(&mut self, len: usize) -> Result<&mut [u8], PortError> {
         let at = self.tx_head * self.cfg.tx_frame_size + TP2_DATA_OFF;
-        self.tx_ring
-            .slice_mut(at, len)
-            .ok_or(PortError::TooLarge { len, max: self.cfg.tx_frame_size - TP2_DATA_OFF })
+        self.tx_ring.slice_mut(at, len).ok_or(PortError::TooLarge {
+            len,
+            max: self.cfg.tx_frame_size - TP2_DATA_OFF,
+        })
     }
 
     fn commit(&mut self, len: usize) {
@@ -414,15 +422,21 @@ impl Port for PacketPort {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The device queue is full: the frames stay queued and go
                 // at a later flush.
-                Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS)) =>
-                {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS)) => {
                     return Ok(())
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ENXIO) || e.raw_os_error() == Some(libc::ENETDOWN) => {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENXIO)
+                        || e.raw_os_error() == Some(libc::ENETDOWN) =>
+                {
                     return Err(PortError::Disconnected)
                 }
-                Err(e) => return Err(PortError::Os { op: "sendto (TX ring)", source: e }),
+                Err(e) => {
+                    return Err(PortError::Os {
+                        op: "sendto (TX ring)",
+                        source: e,
+                    })
+                }
             }
         }
         self.tx_pending = 0;
@@ -432,7 +446,10 @@ impl Port for PacketPort {
     /// Lends the next frame of the held block (taking the next block when
     /// the kernel has handed it over); frames the kernel truncated are
     /// dropped and counted.
-    fn receive(&mut self, deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8])) -> Result<bool, PortError> {
+    fn receive(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
+    ) -> Result<bool, PortError> {
         // Any frame lent by the previous call is done with.
         loop {
             if self.pkt_left == 0 {
@@ -442,9 +459,10 @@ impl Port for PacketPort {
                 if self.block_status(b) & TP_STATUS_USER == 0 {
                     return Ok(false);
                 }
-                let (Some(num), Some(first)) =
-                    (self.read_u32(base + BLK_NUM_PKTS), self.read_u32(base + BLK_FIRST))
-                else {
+                let (Some(num), Some(first)) = (
+                    self.read_u32(base + BLK_NUM_PKTS),
+                    self.read_u32(base + BLK_FIRST),
+                ) else {
                     return Ok(false);
                 };
                 self.block = Some(b);
@@ -468,7 +486,10 @@ impl Port for PacketPort {
             let len = word(16) as usize;
             let status = word(20);
             let mac = usize::from(u16::from_ne_bytes([hdr[24], hdr[25]]));
-            let pkttype = self.rx_ring.read::<1>(at + TP3_HDR_LEN + 10).map_or(0, |b| b[0]);
+            let pkttype = self
+                .rx_ring
+                .read::<1>(at + TP3_HDR_LEN + 10)
+                .map_or(0, |b| b[0]);
             self.pkt_left -= 1;
             if self.pkt_left > 0 {
                 if next == 0 {
@@ -538,7 +559,10 @@ mod tests {
         f[14] = 0x45;
         f[23] = 6;
         let h = partial_csum_hdr(&f);
-        assert_eq!((h.flags, h.csum_start, h.csum_offset), (F_NEEDS_CSUM, 34, 16));
+        assert_eq!(
+            (h.flags, h.csum_start, h.csum_offset),
+            (F_NEEDS_CSUM, 34, 16)
+        );
         f[23] = 1;
         assert_eq!(partial_csum_hdr(&f).flags, 0);
         assert_eq!(partial_csum_hdr(&f[..20]).flags, 0);

@@ -155,7 +155,8 @@ pub fn wait_readable<P: Port + ?Sized>(
     match port.rx_fd() {
         Some(fd) => {
             let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-            crate::sys::poll_raw_readable(fd, ms).map_err(|source| PortError::Os { op: "poll", source })
+            crate::sys::poll_raw_readable(fd, ms)
+                .map_err(|source| PortError::Os { op: "poll", source })
         }
         None => {
             std::thread::sleep(timeout.min(std::time::Duration::from_millis(1)));

@@ -220,9 +220,15 @@ mod tests {
         };
         let mut c = PortCopies::default();
         let vnet = VirtioNetHdr::default();
-        assert_eq!(place(&vnet, &chunks, &mut slots, &mut c).unwrap(), TxOutcome::Sent);
+        assert_eq!(
+            place(&vnet, &chunks, &mut slots, &mut c).unwrap(),
+            TxOutcome::Sent
+        );
         assert_eq!(slots.out[0], f);
-        assert_eq!(place(&vnet, &chunks, &mut slots, &mut c).unwrap(), TxOutcome::Full);
+        assert_eq!(
+            place(&vnet, &chunks, &mut slots, &mut c).unwrap(),
+            TxOutcome::Full
+        );
         slots.cap = 10;
         slots.free = 1;
         assert!(matches!(

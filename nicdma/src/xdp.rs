@@ -221,13 +221,17 @@ pub(crate) fn iface_info(name: &str) -> Result<([u8; 6], u32), PortError> {
 pub fn probe() -> Result<(), String> {
     if let Err(e) = sock::socket(AF_XDP, libc::SOCK_RAW, 0) {
         return Err(match e.raw_os_error() {
-            Some(libc::EAFNOSUPPORT) => "the kernel has no AF_XDP sockets (CONFIG_XDP_SOCKETS)".into(),
+            Some(libc::EAFNOSUPPORT) => {
+                "the kernel has no AF_XDP sockets (CONFIG_XDP_SOCKETS)".into()
+            }
             Some(libc::EPERM | libc::EACCES) => "needs root (CAP_NET_RAW)".into(),
             _ => format!("AF_XDP socket: {e}"),
         });
     }
     let map = bpf::xskmap_create(1).map_err(|e| match e.raw_os_error() {
-        Some(libc::EPERM | libc::EACCES) => "bpf() needs root (CAP_BPF and CAP_NET_ADMIN)".to_string(),
+        Some(libc::EPERM | libc::EACCES) => {
+            "bpf() needs root (CAP_BPF and CAP_NET_ADMIN)".to_string()
+        }
         Some(libc::ENOSYS) => "the kernel has no bpf() system call".into(),
         _ => format!("bpf(MAP_CREATE XSKMAP): {e}"),
     })?;
@@ -265,7 +269,8 @@ impl XdpPort {
                 ),
             });
         }
-        let ifindex = sock::if_index(name).ok_or_else(|| PortError::NoSuchInterface(name.into()))?;
+        let ifindex =
+            sock::if_index(name).ok_or_else(|| PortError::NoSuchInterface(name.into()))?;
         let xsk = sock::socket(AF_XDP, libc::SOCK_RAW, 0).map_err(|e| match e.raw_os_error() {
             Some(libc::EAFNOSUPPORT) => PortError::Unsupported {
                 backend: "af_xdp",
@@ -276,8 +281,10 @@ impl XdpPort {
         // The kernel's copy-mode TX holds each frame's skb against the
         // socket's send buffer until the peer frees it: make room for every
         // TX frame (best effort: SO_SNDBUFFORCE needs CAP_NET_ADMIN).
-        let want = (cfg.frames as usize / 2 * (cfg.frame_size as usize + 1024)).min(i32::MAX as usize) as i32;
-        if sock::setsockopt_int(xsk.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want).is_err() {
+        let want = (cfg.frames as usize / 2 * (cfg.frame_size as usize + 1024))
+            .min(i32::MAX as usize) as i32;
+        if sock::setsockopt_int(xsk.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want).is_err()
+        {
             let _ = sock::setsockopt_int(xsk.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, want);
         }
         let fs = cfg.frame_size as usize;
@@ -297,7 +304,8 @@ impl XdpPort {
             (XDP_RX_RING, "XDP_RX_RING"),
             (XDP_TX_RING, "XDP_TX_RING"),
         ] {
-            sock::setsockopt(xsk.as_fd(), SOL_XDP, opt, &cfg.ring.to_ne_bytes()).map_err(os(what))?;
+            sock::setsockopt(xsk.as_fd(), SOL_XDP, opt, &cfg.ring.to_ne_bytes())
+                .map_err(os(what))?;
         }
         // struct xdp_mmap_offsets: rx, tx, fr, cr, each { producer,
         // consumer, desc, flags } (u64; without `flags` before Linux 5.4).
@@ -344,11 +352,15 @@ impl XdpPort {
         let half = cfg.frames / 2;
         for i in 0..half {
             let at = fill.slot(i, 8);
-            fill.map.write(at, &(u64::from(i) * fs as u64).to_ne_bytes());
+            fill.map
+                .write(at, &(u64::from(i) * fs as u64).to_ne_bytes());
         }
         fill.local = half;
         fill.publish(fill.producer);
-        let tx_free = (half..cfg.frames).rev().map(|i| u64::from(i) * fs as u64).collect();
+        let tx_free = (half..cfg.frames)
+            .rev()
+            .map(|i| u64::from(i) * fs as u64)
+            .collect();
 
         // struct sockaddr_xdp { u16 family, flags; u32 ifindex, queue_id,
         // shared_umem_fd; }
@@ -363,7 +375,10 @@ impl XdpPort {
         loop {
             match sock::bind(xsk.as_fd(), &sa) {
                 Ok(()) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && t0.elapsed() < Duration::from_secs(3) => {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && t0.elapsed() < Duration::from_secs(3) =>
+                {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -371,7 +386,10 @@ impl XdpPort {
                         op: "bind AF_XDP",
                         source: io::Error::new(
                             io::ErrorKind::InvalidInput,
-                            format!("{name} has no queue {} (or cannot take AF_XDP): {e}", cfg.queue),
+                            format!(
+                                "{name} has no queue {} (or cannot take AF_XDP): {e}",
+                                cfg.queue
+                            ),
                         ),
                     })
                 }
@@ -379,7 +397,8 @@ impl XdpPort {
             }
         }
 
-        let map = bpf::xskmap_create(64.max(cfg.queue + 1)).map_err(os("bpf(MAP_CREATE XSKMAP)"))?;
+        let map =
+            bpf::xskmap_create(64.max(cfg.queue + 1)).map_err(os("bpf(MAP_CREATE XSKMAP)"))?;
         bpf::map_update_u32(map.as_fd(), cfg.queue, xsk.as_raw_fd() as u32)
             .map_err(os("bpf(MAP_UPDATE_ELEM)"))?;
         let insns = bpf::redirect_program(map.as_fd());
@@ -392,25 +411,29 @@ impl XdpPort {
                     op: "bpf(PROG_LOAD)",
                     source: io::Error::new(
                         e.kind(),
-                        format!("{e}; verifier: {}", String::from_utf8_lossy(&log[..end]).trim()),
+                        format!(
+                            "{e}; verifier: {}",
+                            String::from_utf8_lossy(&log[..end]).trim()
+                        ),
                     ),
                 }
             }
         })?;
-        let link = bpf::xdp_link_create(prog.as_fd(), ifindex, bpf::XDP_FLAGS_SKB_MODE).map_err(
-            |e| match e.raw_os_error() {
-                Some(libc::EBUSY | libc::EEXIST) => PortError::XdpBusy(name.into()),
-                Some(libc::EPERM | libc::EACCES) => PortError::NotPermitted("bpf(LINK_CREATE)"),
-                Some(libc::EINVAL) => PortError::Unsupported {
-                    backend: "af_xdp",
-                    why: format!("XDP links (BPF_LINK_CREATE, Linux 5.9+) refused: {e}"),
-                },
-                _ => PortError::Os {
-                    op: "bpf(LINK_CREATE)",
-                    source: e,
-                },
-            },
-        )?;
+        let link =
+            bpf::xdp_link_create(prog.as_fd(), ifindex, bpf::XDP_FLAGS_SKB_MODE).map_err(|e| {
+                match e.raw_os_error() {
+                    Some(libc::EBUSY | libc::EEXIST) => PortError::XdpBusy(name.into()),
+                    Some(libc::EPERM | libc::EACCES) => PortError::NotPermitted("bpf(LINK_CREATE)"),
+                    Some(libc::EINVAL) => PortError::Unsupported {
+                        backend: "af_xdp",
+                        why: format!("XDP links (BPF_LINK_CREATE, Linux 5.9+) refused: {e}"),
+                    },
+                    _ => PortError::Os {
+                        op: "bpf(LINK_CREATE)",
+                        source: e,
+                    },
+                }
+            })?;
         let (mac, mtu) = iface_info(name)?;
         Ok(XdpPort {
             link,
@@ -510,7 +533,10 @@ impl TxSlots for XdpPort {
         let addr = *self.tx_free.last().ok_or(PortError::Disconnected)?;
         self.umem
             .slice_mut(addr as usize, len)
-            .ok_or(PortError::TooLarge { len, max: self.cfg.frame_size as usize })
+            .ok_or(PortError::TooLarge {
+                len,
+                max: self.cfg.frame_size as usize,
+            })
     }
 
     fn commit(&mut self, len: usize) {
@@ -562,13 +588,23 @@ impl Port for XdpPort {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // More to send, or the completion ring is full: make room.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS)
+                    ) =>
+                {
                     self.reap();
                 }
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENETDOWN | libc::ENXIO)) => {
                     return Err(PortError::Disconnected)
                 }
-                Err(e) => return Err(PortError::Os { op: "sendto (AF_XDP TX)", source: e }),
+                Err(e) => {
+                    return Err(PortError::Os {
+                        op: "sendto (AF_XDP TX)",
+                        source: e,
+                    })
+                }
             }
         }
         // Still not all taken: they go at the next flush.
@@ -577,7 +613,10 @@ impl Port for XdpPort {
 
     /// Lends the next frame of the RX ring (the previous one goes back to
     /// the fill ring first).
-    fn receive(&mut self, deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8])) -> Result<bool, PortError> {
+    fn receive(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
+    ) -> Result<bool, PortError> {
         if let Some(addr) = self.rx_held.take() {
             self.refill(addr);
         }
@@ -653,7 +692,10 @@ mod tests {
         };
         assert!(matches!(
             XdpPort::with_config("lo", cfg),
-            Err(PortError::Os { op: "AF_XDP sizes", .. })
+            Err(PortError::Os {
+                op: "AF_XDP sizes",
+                ..
+            })
         ));
         assert!(matches!(
             XdpPort::open("nicdma-nonesuch"),

@@ -60,14 +60,25 @@ fn ping_through<P: Port>(ns: &NetNs, port: P, mac: [u8; 6], our_ip: [u8; 4]) -> 
     let out = child.wait_with_output().expect("ping output");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let copies = nic.port().copies();
-    println!("{stdout}\nresponder: {:?}\nnic: {:?}\nport: {copies:?}", resp.counters(), nic.counters());
-    assert!(out.status.success() && stdout.contains(" 5 received"), "{stdout}");
+    println!(
+        "{stdout}\nresponder: {:?}\nnic: {:?}\nport: {copies:?}",
+        resp.counters(),
+        nic.counters()
+    );
+    assert!(
+        out.status.success() && stdout.contains(" 5 received"),
+        "{stdout}"
+    );
     assert_eq!(resp.counters().echo_replies, 5);
     assert!(copies.rx_frames >= 6 && copies.tx_frames >= 6, "{copies:?}");
     // Every received frame was copied once out of the shared region, every
     // sent one gathered once into it.
     assert!(copies.rx_copy_bytes >= 6 * 42, "{copies:?}");
-    assert_eq!(copies.tx_gather_bytes, nic.counters().tx_bytes, "{copies:?}");
+    assert_eq!(
+        copies.tx_gather_bytes,
+        nic.counters().tx_bytes,
+        "{copies:?}"
+    );
     copies
 }
 
@@ -97,7 +108,10 @@ fn af_xdp_kernel_pings_the_nic_responder() {
         .expect("AF_XDP port");
     let mac = port.mac();
     let link = ns.ip(&["link", "show", "dev", "p0"]).expect("ip link");
-    assert!(link.contains("xdpgeneric"), "program attached in SKB mode:\n{link}");
+    assert!(
+        link.contains("xdpgeneric"),
+        "program attached in SKB mode:\n{link}"
+    );
     ping_through(&ns, port, mac, [10, 78, 2, 2]);
     // The port is gone: so is its program.
     let link = ns.ip(&["link", "show", "dev", "p0"]).expect("ip link");
@@ -113,8 +127,22 @@ fn af_xdp_errors_are_typed() {
     // interface already has the first port's program.
     let ns = NetNs::create().expect("namespace");
     ns.ip(&[
-        "link", "add", "k0", "numrxqueues", "2", "numtxqueues", "2", "type", "veth", "peer",
-        "name", "p0", "numrxqueues", "2", "numtxqueues", "2",
+        "link",
+        "add",
+        "k0",
+        "numrxqueues",
+        "2",
+        "numtxqueues",
+        "2",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "p0",
+        "numrxqueues",
+        "2",
+        "numtxqueues",
+        "2",
     ])
     .expect("veth");
     for dev in ["p0", "k0"] {
@@ -140,7 +168,10 @@ fn af_xdp_errors_are_typed() {
         matches!(missing, Err(PortError::NoSuchInterface(ref n)) if n == "nonesuch0"),
         "{missing:?}"
     );
-    assert!(matches!(busy, Err(PortError::XdpBusy(ref n)) if n == "p0"), "{busy:?}");
+    assert!(
+        matches!(busy, Err(PortError::XdpBusy(ref n)) if n == "p0"),
+        "{busy:?}"
+    );
     let msg = busy.unwrap_err().to_string();
     assert!(msg.contains("already has an XDP program"), "{msg}");
     // With the first port gone, queue 1 works.
@@ -171,22 +202,28 @@ fn without_privileges_ports_are_not_permitted() {
             // through the raw system call: glibc's setuid changes all threads).
             let r = drop_privileges_in_this_thread();
             assert!(r, "setresuid");
-            (XdpPort::open("p0").map(drop), PacketPort::open("p0").map(drop))
+            (
+                XdpPort::open("p0").map(drop),
+                PacketPort::open("p0").map(drop),
+            )
         })
         .expect("enter");
     assert!(matches!(xdp, Err(PortError::NotPermitted(_))), "{xdp:?}");
-    assert!(matches!(packet, Err(PortError::NotPermitted(_))), "{packet:?}");
+    assert!(
+        matches!(packet, Err(PortError::NotPermitted(_))),
+        "{packet:?}"
+    );
 }
 
 /// Drops this thread (only) to uid/gid 65534 with the raw system calls
 /// (glibc's wrappers would change every thread); the thread ends soon after.
 fn drop_privileges_in_this_thread() -> bool {
-    // SAFETY: `setresgid`/`setresuid` take integers and touch no memory; as
-    // raw system calls they affect only this short-lived helper thread.
-    unsafe {
-        libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534) == 0
-            && libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) == 0
-    }
+    // SAFETY: `setresgid` takes integers and touches no memory; as a raw
+    // system call it affects only this short-lived helper thread.
+    let gid = unsafe { libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534) };
+    // SAFETY: likewise for `setresuid`.
+    let uid = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+    gid == 0 && uid == 0
 }
 
 /// A UDP frame from 10.78.<k>.2:9 to the kernel's 10.78.<k>.1:9 (discard),
@@ -260,7 +297,10 @@ fn tx_frames_are_recycled_through_many_rings_worth() {
         let out = ns.ip(&["-br", "link", "show", "dev", "k0"]).expect("ip");
         out.split_whitespace().nth(2).unwrap_or("").to_owned()
     };
-    let kmac: Vec<u8> = kmac.split(['@', ':']).filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+    let kmac: Vec<u8> = kmac
+        .split(['@', ':'])
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect();
     let kmac: [u8; 6] = kmac[..6].try_into().expect("MAC of k0");
     let n = 3 * 2048 + 100;
     let before = ns.link_stats("k0").expect("stats").rx_packets;
@@ -268,7 +308,10 @@ fn tx_frames_are_recycled_through_many_rings_worth() {
     let frame = udp_frame(5, xdp.mac(), kmac, 1000);
     assert_eq!(blast(&mut xdp, &frame, n), n, "AF_XDP: {:?}", xdp.copies());
     drop(xdp);
-    let mut pk = ns.run_in(|| PacketPort::open("p0")).unwrap().expect("AF_PACKET");
+    let mut pk = ns
+        .run_in(|| PacketPort::open("p0"))
+        .unwrap()
+        .expect("AF_PACKET");
     assert_eq!(blast(&mut pk, &frame, n), n, "AF_PACKET: {:?}", pk.copies());
     std::thread::sleep(Duration::from_millis(100));
     let after = ns.link_stats("k0").expect("stats").rx_packets;

@@ -267,7 +267,10 @@ fn run_backends() -> Result<(), Failure> {
             Ok(()) => "works here".to_owned(),
             Err(why) => format!("unavailable: {why}"),
         };
-        out.push_str(&format!("{:<10} --backend {:<22} {state}\n", b.name, b.usage));
+        out.push_str(&format!(
+            "{:<10} --backend {:<22} {state}\n",
+            b.name, b.usage
+        ));
     }
     let mut stdout = io::stdout().lock();
     stdout

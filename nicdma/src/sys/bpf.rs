@@ -196,6 +196,9 @@ mod tests {
             insn(0x18, 1, 1, 0, 7).to_le_bytes(),
             [0x18, 0x11, 0, 0, 7, 0, 0, 0]
         );
-        assert_eq!(insn(0x95, 0, 0, 0, 0).to_le_bytes(), [0x95, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            insn(0x95, 0, 0, 0, 0).to_le_bytes(),
+            [0x95, 0, 0, 0, 0, 0, 0, 0]
+        );
     }
 }

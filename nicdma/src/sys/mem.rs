@@ -29,7 +29,12 @@ impl Mmap {
     /// Maps `len` bytes of `fd` at `offset`, shared and populated (a
     /// kernel ring: AF_PACKET's or one of AF_XDP's).
     pub fn shared_fd(fd: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<Mmap> {
-        Self::map(len, libc::MAP_SHARED | libc::MAP_POPULATE, fd.as_raw_fd(), offset)
+        Self::map(
+            len,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            offset,
+        )
     }
 
     /// Maps `len` bytes of private anonymous memory, populated (AF_XDP's
@@ -79,6 +84,12 @@ impl Mmap {
         self.ptr.as_ptr() as u64
     }
 
+    /// The address of byte `off` (callers check bounds first; computing it
+    /// is safe either way).
+    fn at(&self, off: usize) -> *mut u8 {
+        self.ptr.as_ptr().wrapping_add(off)
+    }
+
     fn in_bounds(&self, off: usize, len: usize) -> bool {
         off.checked_add(len).is_some_and(|end| end <= self.len)
     }
@@ -86,13 +97,14 @@ impl Mmap {
     /// The 32-bit word at `off` as an atomic (a ring's producer, consumer or
     /// flags word, or a frame's status); `None` out of bounds or misaligned.
     pub fn atomic_u32(&self, off: usize) -> Option<&AtomicU32> {
-        if !self.in_bounds(off, 4) || off % 4 != 0 {
+        if !self.in_bounds(off, 4) || !off.is_multiple_of(4) {
             return None;
         }
+        let p = self.at(off).cast::<AtomicU32>();
         // SAFETY: in bounds and 4-aligned (the mapping is page-aligned); the
         // word lives as long as `self`, and every access to it, ours and the
         // kernel's, is atomic (the kernel uses READ_ONCE/smp_store_release).
-        Some(unsafe { &*self.ptr.as_ptr().add(off).cast::<AtomicU32>() })
+        Some(unsafe { &*p })
     }
 
     /// Reads `N` bytes at `off` (a descriptor the kernel published before the
@@ -102,15 +114,10 @@ impl Mmap {
             return None;
         }
         let mut out = [0u8; N];
-        // SAFETY: `off..off + N` is inside the mapping; a volatile copy
-        // reads bytes the kernel may own concurrently without the compiler
-        // assuming they are stable. `out` is a distinct local.
-        unsafe {
-            let src = self.ptr.as_ptr().add(off);
-            for (i, b) in out.iter_mut().enumerate() {
-                *b = std::ptr::read_volatile(src.add(i));
-            }
-        }
+        // SAFETY: `off..off + N` is inside the mapping and `out` is a
+        // distinct local of N bytes; the bytes were published to us by the
+        // acquire load of the ring's producer index before this read.
+        unsafe { std::ptr::copy_nonoverlapping(self.at(off), out.as_mut_ptr(), N) };
         Some(out)
     }
 
@@ -125,7 +132,7 @@ impl Mmap {
         // until we publish them. `bytes` cannot overlap the mapping's
         // exclusive borrow.
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(off), bytes.len());
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.at(off), bytes.len());
         }
         true
     }
@@ -139,7 +146,7 @@ impl Mmap {
         // SAFETY: in bounds, lives as long as `&self`; the kernel does not
         // write a frame it handed over until we give it back (which needs
         // `&mut self` or a later call).
-        Some(unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) })
+        Some(unsafe { std::slice::from_raw_parts(self.at(off), len) })
     }
 
     /// The bytes `off..off + len` for writing (a TX frame we own);
@@ -151,7 +158,7 @@ impl Mmap {
         // SAFETY: in bounds; the exclusive borrow of `self` excludes other
         // user-space access for the slice's lifetime, and the kernel does not
         // read a TX frame before we publish it.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(off), len) })
+        Some(unsafe { std::slice::from_raw_parts_mut(self.at(off), len) })
     }
 }
 

@@ -147,7 +147,10 @@ pub fn hw_addr(fd: BorrowedFd<'_>, name: &str) -> io::Result<[u8; 6]> {
     let mut req = [0u8; 40]; // struct ifreq: name[16], then sockaddr ifr_hwaddr
     let b = name.as_bytes();
     if b.is_empty() || b.len() >= super::IFNAMSIZ || b.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name",
+        ));
     }
     req[..b.len()].copy_from_slice(b);
     // SAFETY: SIOCGIFHWADDR reads the name and writes the `sockaddr` of a
@@ -165,7 +168,10 @@ pub fn mtu(fd: BorrowedFd<'_>, name: &str) -> io::Result<u32> {
     let mut req = [0u8; 40];
     let b = name.as_bytes();
     if b.is_empty() || b.len() >= super::IFNAMSIZ || b.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name",
+        ));
     }
     req[..b.len()].copy_from_slice(b);
     // SAFETY: SIOCGIFMTU reads the name and writes an `int` after it, inside

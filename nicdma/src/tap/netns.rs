@@ -209,7 +209,10 @@ impl NetNs {
         if no_offloads {
             let mut cmd = self.command("ethtool");
             cmd.args(["-K", kernel, "tx", "off", "tso", "off", "gso", "off"]);
-            let line = format!("ip netns exec {} ethtool -K {kernel} tx off tso off gso off", self.name);
+            let line = format!(
+                "ip netns exec {} ethtool -K {kernel} tx off tso off gso off",
+                self.name
+            );
             let out = cmd.output().map_err(|source| NetNsError::Spawn {
                 cmd: line.clone(),
                 source,
