@@ -40,6 +40,16 @@ use nicdma::{Port, TxOutcome, VirtioNetHdr};
 use segstack::iface::{IfaceConfig, Interface};
 use segstack::Payload;
 
+/// The last copy counters of each port bench, printed in the summary.
+static COPIES: std::sync::Mutex<Vec<(String, nicdma::PortCopies)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn record_copies(key: String, port: &AnyPort) {
+    let mut v = COPIES.lock().unwrap_or_else(|e| e.into_inner());
+    v.retain(|(k, _)| *k != key);
+    v.push((key, port.copies()));
+}
+
 const KERNEL_A: Ipv4Addr = Ipv4Addr::new(10, 83, 0, 1);
 const SEG_IP: Ipv4Addr = Ipv4Addr::new(10, 83, 0, 2);
 const KERNEL_B: Ipv4Addr = Ipv4Addr::new(10, 83, 0, 3);
@@ -430,7 +440,11 @@ fn benches(c: &mut Criterion) {
             g.bench(
                 &format!("tx-{kind}-{size}"),
                 || (open_port(&lab, kind), udp_frame(&lab, size)),
-                |(p, f), iters| port_tx(p, f, iters),
+                |(p, f), iters| {
+                    let d = port_tx(p, f, iters);
+                    record_copies(format!("tx {kind} {size} B"), p);
+                    d
+                },
             );
         }
         // RX: A's kernel sends UDP to B over the veth.
@@ -475,7 +489,11 @@ fn benches(c: &mut Criterion) {
                     );
                     (p, StopOnDrop(stop))
                 },
-                |(p, _), iters| port_rx(p, iters),
+                |(p, _), iters| {
+                    let d = port_rx(p, iters);
+                    record_copies(format!("rx {kind} {size} B"), p);
+                    d
+                },
             );
         }
     }
@@ -501,12 +519,20 @@ fn benches(c: &mut Criterion) {
     g.bench(
         "segstack-af_xdp-to-kernel",
         || bulk_rig(&lab),
-        |r, iters| (0..iters).map(|_| seg_tx_once(r)).sum(),
+        |r, iters| {
+            let d = (0..iters).map(|_| seg_tx_once(r)).sum();
+            record_copies("bulk segstack -> kernel".into(), r.iface.nic().port());
+            d
+        },
     );
     g.bench(
         "kernel-to-segstack-af_xdp",
         || bulk_rig(&lab),
-        |r, iters| (0..iters).map(|_| seg_rx_once(r)).sum(),
+        |r, iters| {
+            let d = (0..iters).map(|_| seg_rx_once(r)).sum();
+            record_copies("bulk kernel -> segstack".into(), r.iface.nic().port());
+            d
+        },
     );
     g.finish();
 }
@@ -543,6 +569,15 @@ fn main() {
         }
     }
     let len = Some(bulk_len() as u64);
+    if hicamp_benches::measuring() {
+        println!("port copy counters (cumulative per port; rx_copy_bytes: the one RX copy out of the kernel-shared region into lines; tx_gather_bytes: the DMA gather into it):");
+        for (k, c) in COPIES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            println!(
+                "  {k}: rx {} frames, {} B copied, {} dropped; tx {} frames, {} B gathered, {} TSO segments; {} kicks",
+                c.rx_frames, c.rx_copy_bytes, c.rx_dropped, c.tx_frames, c.tx_gather_bytes, c.tx_tso_segments, c.kicks
+            );
+        }
+    }
     print_vs(
         &subject(
             "segstack over AF_XDP -> kernel",
