@@ -369,6 +369,13 @@ impl Port for AnyPort {
         self.port_mut().receive(deposit)
     }
 
+    fn receive_chunks(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
+    ) -> Result<bool, PortError> {
+        self.port_mut().receive_chunks(deposit)
+    }
+
     fn flush(&mut self) -> Result<(), PortError> {
         self.port_mut().flush()
     }

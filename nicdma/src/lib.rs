@@ -101,6 +101,7 @@ pub mod port;
 #[cfg(any(test, feature = "test-support"))]
 pub mod responder;
 pub mod ring;
+mod ringrx;
 mod ringtx;
 pub mod sim;
 #[allow(unsafe_code)]

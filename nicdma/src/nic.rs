@@ -206,8 +206,9 @@ struct DepositCounts {
     zero: u64,
 }
 
-/// The RX DMA write: a new segment holding `meta` at offset 0 and `frame` at
-/// `off` (zeros in between), its lines interned where dedup happens.
+/// The RX DMA write: a new segment holding `meta` at offset 0 and the frame
+/// (`chunks`, in order) at `off` (zeros in between), its lines interned
+/// where dedup happens.
 ///
 /// The fast form is one splice (each line assembled and interned once, the
 /// interior levels built bottom-up). With `count_dedup`, the frame goes
@@ -217,41 +218,62 @@ fn deposit(
     mem: &Memory,
     meta: &DmaMeta,
     off: u16,
-    frame: &[u8],
+    chunks: &[&[u8]],
     count_dedup: bool,
 ) -> Result<(Segment, DepositCounts), hicamp::Error> {
     let meta = meta.to_bytes();
     if count_dedup {
         let mut b = mem.builder();
         b.write_at(0, &meta)?;
-        let c = b.write_at_counted(u64::from(off), frame)?;
-        let counts = DepositCounts {
-            written: c.lines(),
-            dedup: c.dedup_hits,
-            zero: c.zero_lines,
-        };
+        let mut counts = DepositCounts::default();
+        let mut at = u64::from(off);
+        for c in chunks {
+            let w = b.write_at_counted(at, c)?;
+            at += c.len() as u64;
+            counts.written += w.lines();
+            counts.dedup += w.dedup_hits;
+            counts.zero += w.zero_lines;
+        }
         return Ok((b.freeze(), counts));
     }
-    let (seg, c) = mem.splice(&[
-        hicamp::Piece::Bytes(&meta),
-        hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64),
-        hicamp::Piece::Bytes(frame),
-    ])?;
+    let mut pieces = Vec::with_capacity(2 + chunks.len());
+    pieces.push(hicamp::Piece::Bytes(&meta));
+    pieces.push(hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64));
+    pieces.extend(chunks.iter().map(|c| hicamp::Piece::Bytes(c)));
+    let (seg, c) = mem.splice(&pieces)?;
     // The lines the frame touches that hold only zeros were interned as line
     // 0 (line 0 of the segment holds the metadata, which is never zero).
     let ls = mem.line_size();
     let off = usize::from(off);
     let mut zero = 0;
-    let mut at = 0;
-    while at < frame.len() {
-        // The end of the line holding frame byte `at` (lines are a power
-        // of two bytes).
-        let line_end = ((off + at) | (ls - 1)) + 1 - off;
-        let part = &frame[at..line_end.min(frame.len())];
-        if off + at >= ls && part.iter().all(|b| *b == 0) {
-            zero += 1;
+    // Frame position, and whether the line being walked is zero so far
+    // (and where its frame bytes start, absolutely).
+    let mut pos = 0usize;
+    let mut line_zero = true;
+    let mut line_first = off;
+    for c in chunks {
+        let mut i = 0;
+        while i < c.len() {
+            // The end of the line holding frame byte `pos` (lines are a
+            // power of two bytes).
+            let line_end = ((off + pos) | (ls - 1)) + 1 - off;
+            let take = (line_end - pos).min(c.len() - i);
+            if line_zero && c[i..i + take].iter().any(|b| *b != 0) {
+                line_zero = false;
+            }
+            i += take;
+            pos += take;
+            if pos == line_end {
+                if line_first >= ls && line_zero {
+                    zero += 1;
+                }
+                line_zero = true;
+                line_first = off + pos;
+            }
         }
-        at = line_end;
+    }
+    if off + pos != line_first && line_first >= ls && line_zero {
+        zero += 1;
     }
     let counts = DepositCounts {
         // Lines that hold frame bytes: not the metadata's own line.
@@ -618,17 +640,17 @@ impl<P: Port> Nic<P> {
             let mut result = None;
             let got = self
                 .port
-                .receive(&mut |vnet: &VirtioNetHdr, frame: &[u8]| {
+                .receive_chunks(&mut |vnet: &VirtioNetHdr, chunks: &[&[u8]]| {
+                    let len: usize = chunks.iter().map(|c| c.len()).sum();
                     let meta = DmaMeta {
                         vnet: *vnet,
                         frame_off: off,
                         status: status::OK,
-                        frame_len: frame.len() as u32,
+                        frame_len: len as u32,
                         gso_segs: 0,
                     };
                     result = Some(
-                        deposit(mem, &meta, off, frame, count_dedup)
-                            .map(|(s, c)| (s, c, frame.len())),
+                        deposit(mem, &meta, off, chunks, count_dedup).map(|(s, c)| (s, c, len)),
                     );
                 })?;
             if !got {

@@ -69,6 +69,9 @@ pub struct PortCopies {
     /// Bytes copied by the CPU out of the kernel-shared region into lines on
     /// receive (the backend's one RX copy: the region is not line memory).
     pub rx_copy_bytes: u64,
+    /// Of the frames received, those merged into a preceding frame's GSO
+    /// frame (receive coalescing: no copy, fewer frames for the stack).
+    pub rx_coalesced: u64,
     /// Frames the kernel handed over that the port dropped (truncated or
     /// malformed descriptors).
     pub rx_dropped: u64,
@@ -117,6 +120,18 @@ pub trait Port: Send {
     /// waiting.
     fn receive(&mut self, deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]))
         -> Result<bool, PortError>;
+
+    /// Lends the next received frame to `deposit` as chunks in order (a
+    /// port that coalesces frames lends the merged headers and the frames'
+    /// payloads where they lie, so the one copy into lines stays one);
+    /// returns false when none is waiting. The default lends
+    /// [`Port::receive`]'s frame as one chunk.
+    fn receive_chunks(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
+    ) -> Result<bool, PortError> {
+        self.receive(&mut |h, f| deposit(h, &[f]))
+    }
 
     /// Hands everything [`Port::transmit`] queued since the last flush to
     /// the kernel (one kick per batch); the NIC calls it at the end of each

@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use crate::meta::VirtioNetHdr;
 use crate::port::{Port, PortCopies, PortError, TxOutcome};
+use crate::ringrx;
 use crate::ringtx::{self, TxSlots};
 use crate::sys::bpf;
 use crate::sys::mem::Mmap;
@@ -82,6 +83,9 @@ pub struct XdpConfig {
     pub frame_size: u32,
     /// Entries of each ring (a power of two, at least `frames / 2`).
     pub ring: u32,
+    /// Coalesce runs of TCP segments into GSO frames on receive (LRO, see
+    /// `ringrx`); no extra copy.
+    pub lro: bool,
 }
 
 impl Default for XdpConfig {
@@ -91,6 +95,7 @@ impl Default for XdpConfig {
             frames: 4096,
             frame_size: 2048,
             ring: 2048,
+            lro: true,
         }
     }
 }
@@ -185,7 +190,7 @@ pub struct XdpPort {
     /// TX descriptors published but not yet taken by the kernel.
     tx_pending: bool,
     /// The RX frame lent by the last `receive`, to go back to the fill ring.
-    rx_held: Option<u64>,
+    rx_held: Vec<u64>,
     copies: PortCopies,
 }
 
@@ -451,7 +456,7 @@ impl XdpPort {
             mtu,
             tx_free,
             tx_pending: false,
-            rx_held: None,
+            rx_held: Vec::with_capacity(ringrx::LRO_MAX),
             copies: PortCopies::default(),
         })
     }
@@ -516,6 +521,97 @@ impl XdpPort {
         self.fill.map.write(at, &addr.to_ne_bytes());
         self.fill.local = self.fill.local.wrapping_add(1);
         self.fill.publish(self.fill.producer);
+    }
+}
+
+impl XdpPort {
+    /// The receive path: gives the frames lent last time back to the fill
+    /// ring, then lends the next frame (or, with `lro`, a coalesced run).
+    fn lend(
+        &mut self,
+        lro: bool,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
+    ) -> Result<bool, PortError> {
+        let mut held = std::mem::take(&mut self.rx_held);
+        for &addr in &held {
+            self.refill(addr);
+        }
+        held.clear();
+        self.rx_held = held;
+        let fs = u64::from(self.cfg.frame_size);
+        loop {
+            let avail = self.rx.available() as usize;
+            if avail == 0 {
+                if self.fill.needs_wakeup() {
+                    self.copies.kicks += 1;
+                    let _ = sock::kick_rx(self.xsk.as_fd());
+                }
+                return Ok(false);
+            }
+            let n = if lro { avail.min(ringrx::LRO_MAX) } else { 1 };
+            // The waiting descriptors: (frame base, address, length, valid).
+            let mut descs = [(0u64, 0usize, 0usize, false); ringrx::LRO_MAX];
+            for (i, d) in descs.iter_mut().enumerate().take(n) {
+                let at = self.rx.slot(self.rx.local.wrapping_add(i as u32), 16);
+                if let Some(b) = self.rx.map.read::<16>(at) {
+                    let addr = u64::from_ne_bytes(b[0..8].try_into().expect("8"));
+                    let len = u32::from_ne_bytes(b[8..12].try_into().expect("4")) as usize;
+                    let base = addr & !(fs - 1);
+                    let ok = (addr - base) as usize + len <= fs as usize
+                        && self.umem.slice(addr as usize, len).is_some();
+                    *d = (base, addr as usize, len, ok);
+                }
+            }
+            if !descs[0].3 {
+                // A descriptor outside the UMEM or past its frame: drop it
+                // (the frame, if it is one of ours, goes back).
+                self.copies.rx_dropped += 1;
+                self.rx.local = self.rx.local.wrapping_add(1);
+                self.rx.publish(self.rx.consumer);
+                if descs[0].0 < self.umem.len() as u64 {
+                    self.refill(descs[0].0);
+                }
+                continue;
+            }
+            let umem = &self.umem;
+            let frame = |i: usize| {
+                descs
+                    .get(i)
+                    .filter(|d| i < n && d.3)
+                    .and_then(|d| umem.slice(d.1, d.2))
+            };
+            let mut hdr = [0u8; ringrx::LRO_HDR_MAX];
+            let (k, merged) = if lro {
+                ringrx::plan(n, frame, &mut hdr)
+            } else {
+                (1, None)
+            };
+            let mut pieces: [&[u8]; ringrx::LRO_MAX + 1] = [&[]; ringrx::LRO_MAX + 1];
+            let (vnet, count) = match merged {
+                None => {
+                    pieces[0] = frame(0).unwrap_or(&[]);
+                    (VirtioNetHdr::default(), 1)
+                }
+                Some((vnet, hl)) => {
+                    pieces[0] = &hdr[..hl];
+                    for (i, p) in pieces[1..=k].iter_mut().enumerate() {
+                        *p = frame(i).map_or(&[][..], |f| &f[hl.min(f.len())..]);
+                    }
+                    (vnet, k + 1)
+                }
+            };
+            let bytes: usize = pieces[..count].iter().map(|p| p.len()).sum();
+            deposit(&vnet, &pieces[..count]);
+            for d in &descs[..k] {
+                self.rx_held.push(d.0);
+            }
+            self.rx.local = self.rx.local.wrapping_add(k as u32);
+            self.rx.publish(self.rx.consumer);
+            self.copies.rx_frames += k as u64;
+            self.copies.rx_coalesced += k as u64 - 1;
+            self.copies.rx_copy_bytes += bytes as u64;
+            return Ok(true);
+        }
     }
 }
 
@@ -612,55 +708,26 @@ impl Port for XdpPort {
     }
 
     /// Lends the next frame of the RX ring (the previous one goes back to
-    /// the fill ring first).
+    /// the fill ring first); never coalesces.
     fn receive(
         &mut self,
         deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
     ) -> Result<bool, PortError> {
-        if let Some(addr) = self.rx_held.take() {
-            self.refill(addr);
-        }
-        loop {
-            if self.rx.available() == 0 {
-                if self.fill.needs_wakeup() {
-                    self.copies.kicks += 1;
-                    let _ = sock::kick_rx(self.xsk.as_fd());
-                }
-                return Ok(false);
+        self.lend(false, &mut |h, chunks| {
+            if let [f] = chunks {
+                deposit(h, f);
             }
-            let at = self.rx.slot(self.rx.local, 16);
-            let d = self.rx.map.read::<16>(at);
-            self.rx.local = self.rx.local.wrapping_add(1);
-            self.rx.publish(self.rx.consumer);
-            let Some(d) = d else {
-                self.copies.rx_dropped += 1;
-                continue;
-            };
-            let addr = u64::from_ne_bytes(d[0..8].try_into().expect("8"));
-            let len = u32::from_ne_bytes(d[8..12].try_into().expect("4")) as usize;
-            let fs = u64::from(self.cfg.frame_size);
-            let base = addr & !(fs - 1);
-            let in_frame = (addr - base) as usize + len <= fs as usize;
-            let frame = if in_frame {
-                self.umem.slice(addr as usize, len)
-            } else {
-                None
-            };
-            let Some(frame) = frame else {
-                // A descriptor outside the UMEM or past its frame: drop it
-                // (the frame, if it is one of ours, goes back).
-                self.copies.rx_dropped += 1;
-                if base < self.umem.len() as u64 {
-                    self.refill(base);
-                }
-                continue;
-            };
-            deposit(&VirtioNetHdr::default(), frame);
-            self.copies.rx_frames += 1;
-            self.copies.rx_copy_bytes += len as u64;
-            self.rx_held = Some(base);
-            return Ok(true);
-        }
+        })
+    }
+
+    /// Lends the next frame, or a run of TCP segments coalesced into one
+    /// GSO frame (with [`XdpConfig::lro`]), as chunks of the UMEM.
+    fn receive_chunks(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
+    ) -> Result<bool, PortError> {
+        let lro = self.cfg.lro;
+        self.lend(lro, deposit)
     }
 
     fn copies(&self) -> PortCopies {
