@@ -573,8 +573,8 @@ fn main() {
         println!("port copy counters (cumulative per port; rx_copy_bytes: the one RX copy out of the kernel-shared region into lines; tx_gather_bytes: the DMA gather into it):");
         for (k, c) in COPIES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             println!(
-                "  {k}: rx {} frames, {} B copied, {} dropped; tx {} frames, {} B gathered, {} TSO segments; {} kicks",
-                c.rx_frames, c.rx_copy_bytes, c.rx_dropped, c.tx_frames, c.tx_gather_bytes, c.tx_tso_segments, c.kicks
+                "  {k}: rx {} frames ({} coalesced into GSO frames), {} B copied, {} dropped; tx {} frames, {} B gathered, {} TSO segments; {} kicks",
+                c.rx_frames, c.rx_coalesced, c.rx_copy_bytes, c.rx_dropped, c.tx_frames, c.tx_gather_bytes, c.tx_tso_segments, c.kicks
             );
         }
     }

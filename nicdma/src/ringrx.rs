@@ -211,7 +211,10 @@ mod tests {
         let (k, m) = run(&frames);
         assert_eq!(k, 3, "the PSH segment ends the run");
         let (vnet, hdr) = m.unwrap();
-        assert_eq!((vnet.gso_type, vnet.gso_size, vnet.hdr_len), (gso::TCPV4, 1000, 66));
+        assert_eq!(
+            (vnet.gso_type, vnet.gso_size, vnet.hdr_len),
+            (gso::TCPV4, 1000, 66)
+        );
         assert_eq!(vnet.flags, F_DATA_VALID);
         assert_eq!(u16::from_be_bytes([hdr[16], hdr[17]]) as usize, 52 + 2300);
         assert_eq!(checksum(&hdr[14..34]), 0);

@@ -32,6 +32,11 @@
 //!   a zero-copy driver and a line store whose leaf lines live in the UMEM
 //!   (frames of whole lines interned where they lie, the frame given back to
 //!   the fill ring only when its lines are released).
+//! * Receive coalescing ([`XdpConfig::lro`], on by default): a run of one
+//!   TCP flow's in-order segments waiting in the RX ring is lent as one GSO
+//!   frame, its merged headers in a small buffer and the payloads where they
+//!   lie in the UMEM (see `ringrx`), so the stack handles one frame and
+//!   sends one ACK; the copy into lines stays one.
 //! * need_wakeup is on: the TX kick (`sendto`) and the fill-ring kick
 //!   (`recvfrom`) are made only when the kernel asks (in copy mode, TX
 //!   always needs the kick); TX is batched: frames queue during a NIC pass
