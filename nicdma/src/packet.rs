@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use crate::meta::{VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM};
 use crate::port::{Port, PortCopies, PortError, TxOutcome};
+use crate::ringrx;
 use crate::ringtx::{self, TxSlots};
 use crate::sys;
 use crate::sys::mem::Mmap;
@@ -90,6 +91,9 @@ pub struct PacketConfig {
     pub tx_frames: usize,
     /// Bytes of one TX frame slot (a power of two, at least 2048).
     pub tx_frame_size: usize,
+    /// Coalesce runs of TCP segments in a block into GSO frames on receive
+    /// (LRO, see `ringrx`); no extra copy.
+    pub lro: bool,
 }
 
 impl Default for PacketConfig {
@@ -100,6 +104,7 @@ impl Default for PacketConfig {
             block_timeout_ms: 1,
             tx_frames: 1024,
             tx_frame_size: 2048,
+            lro: true,
         }
     }
 }
@@ -354,6 +359,175 @@ impl PacketPort {
     }
 }
 
+/// One frame of a held RX block, as its `tpacket3_hdr` describes it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pkt {
+    /// Where the next frame's header is (0: none).
+    next: usize,
+    /// The frame's bytes in the ring, when they are whole and in the block.
+    frame: Option<(usize, usize)>,
+    status: u32,
+    outgoing: bool,
+    /// The header itself was readable inside the block.
+    ok: bool,
+}
+
+impl PacketPort {
+    fn pkt(&self, at: usize, block_end: usize) -> Pkt {
+        let Some(hdr) = self
+            .rx_ring
+            .read::<28>(at)
+            .filter(|_| at + TP3_HDR_LEN + 12 <= block_end)
+        else {
+            return Pkt::default();
+        };
+        let word = |i: usize| u32::from_ne_bytes(hdr[i..i + 4].try_into().expect("4"));
+        let snaplen = word(12) as usize;
+        let len = word(16) as usize;
+        let mac = usize::from(u16::from_ne_bytes([hdr[24], hdr[25]]));
+        let pkttype = self
+            .rx_ring
+            .read::<1>(at + TP3_HDR_LEN + 10)
+            .map_or(0, |b| b[0]);
+        Pkt {
+            next: word(0) as usize,
+            frame: (snaplen == len && at + mac + snaplen <= block_end)
+                .then_some((at + mac, snaplen)),
+            status: word(20),
+            outgoing: pkttype == PACKET_OUTGOING,
+            ok: true,
+        }
+    }
+
+    /// The receive path: lends the next frame of the held block (or, with
+    /// `lro`, a coalesced run of its frames).
+    fn lend(
+        &mut self,
+        lro: bool,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
+    ) -> Result<bool, PortError> {
+        // Frames lent by the previous call are done with.
+        loop {
+            if self.pkt_left == 0 {
+                self.release_block();
+                let b = self.next_block;
+                let base = b * self.cfg.block_size;
+                if self.block_status(b) & TP_STATUS_USER == 0 {
+                    return Ok(false);
+                }
+                let (Some(num), Some(first)) = (
+                    self.read_u32(base + BLK_NUM_PKTS),
+                    self.read_u32(base + BLK_FIRST),
+                ) else {
+                    return Ok(false);
+                };
+                self.block = Some(b);
+                self.pkt_left = num;
+                self.pkt_off = base + first as usize;
+                continue;
+            }
+            let block_end = (self.block.unwrap_or(0) + 1) * self.cfg.block_size;
+            // The frames waiting in the block from here: a run of good ones
+            // (only the first, without `lro`).
+            let want = if lro {
+                (self.pkt_left as usize).min(ringrx::LRO_MAX)
+            } else {
+                1
+            };
+            let mut run = [(0usize, Pkt::default()); ringrx::LRO_MAX];
+            let mut n = 0;
+            let mut at = self.pkt_off;
+            while n < want {
+                let p = self.pkt(at, block_end);
+                run[n] = (at, p);
+                n += 1;
+                if !p.ok || p.outgoing || p.frame.is_none() || p.next == 0 {
+                    break;
+                }
+                at += p.next;
+            }
+            let first = run[0].1;
+            let advance = |port: &mut PacketPort, k: usize| {
+                port.pkt_left -= k as u32;
+                if port.pkt_left > 0 {
+                    let (last_at, last) = run[k - 1];
+                    if last.next == 0 {
+                        port.copies.rx_dropped += u64::from(port.pkt_left);
+                        port.pkt_left = 0;
+                    } else {
+                        port.pkt_off = last_at + last.next;
+                    }
+                }
+            };
+            if !first.ok {
+                // A header outside its block: the block is corrupt; drop it.
+                self.copies.rx_dropped += u64::from(self.pkt_left);
+                self.pkt_left = 0;
+                continue;
+            }
+            if first.outgoing {
+                advance(self, 1);
+                continue;
+            }
+            let Some((f0, l0)) = first.frame else {
+                self.copies.rx_dropped += 1;
+                advance(self, 1);
+                continue;
+            };
+            // The good frames of the run (a bad one ends it).
+            let good = run[..n]
+                .iter()
+                .take_while(|(_, p)| p.ok && !p.outgoing && p.frame.is_some())
+                .count();
+            let ring = &self.rx_ring;
+            let frame = |i: usize| {
+                run.get(i)
+                    .filter(|_| i < good)
+                    .and_then(|(_, p)| p.frame)
+                    .and_then(|(o, l)| ring.slice(o, l))
+            };
+            let mut hdr = [0u8; ringrx::LRO_HDR_MAX];
+            let (k, merged) = if lro && good > 1 {
+                ringrx::plan(good, frame, &mut hdr)
+            } else {
+                (1, None)
+            };
+            let mut pieces: [&[u8]; ringrx::LRO_MAX + 1] = [&[]; ringrx::LRO_MAX + 1];
+            let (vnet, count) = match merged {
+                None => {
+                    let f = ring.slice(f0, l0).unwrap_or(&[]);
+                    pieces[0] = f;
+                    let vnet = if first.status & TP_STATUS_CSUMNOTREADY != 0 {
+                        partial_csum_hdr(f)
+                    } else if first.status & TP_STATUS_CSUM_VALID != 0 {
+                        VirtioNetHdr {
+                            flags: F_DATA_VALID,
+                            ..VirtioNetHdr::default()
+                        }
+                    } else {
+                        VirtioNetHdr::default()
+                    };
+                    (vnet, 1)
+                }
+                Some((vnet, hl)) => {
+                    pieces[0] = &hdr[..hl];
+                    for (i, p) in pieces[1..=k].iter_mut().enumerate() {
+                        *p = frame(i).map_or(&[][..], |f| &f[hl.min(f.len())..]);
+                    }
+                    (vnet, k + 1)
+                }
+            };
+            let bytes: usize = pieces[..count].iter().map(|p| p.len()).sum();
+            deposit(&vnet, &pieces[..count]);
+            self.copies.rx_frames += k as u64;
+            self.copies.rx_coalesced += k as u64 - 1;
+            self.copies.rx_copy_bytes += bytes as u64;
+            advance(self, k);
+            return Ok(true);
+        }
+    }
+}
+
 impl TxSlots for PacketPort {
     fn free(&mut self) -> usize {
         let n = self.cfg.tx_frames;
@@ -445,86 +619,27 @@ impl Port for PacketPort {
 
     /// Lends the next frame of the held block (taking the next block when
     /// the kernel has handed it over); frames the kernel truncated are
-    /// dropped and counted.
+    /// dropped and counted. Never coalesces.
     fn receive(
         &mut self,
         deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
     ) -> Result<bool, PortError> {
-        // Any frame lent by the previous call is done with.
-        loop {
-            if self.pkt_left == 0 {
-                self.release_block();
-                let b = self.next_block;
-                let base = b * self.cfg.block_size;
-                if self.block_status(b) & TP_STATUS_USER == 0 {
-                    return Ok(false);
-                }
-                let (Some(num), Some(first)) = (
-                    self.read_u32(base + BLK_NUM_PKTS),
-                    self.read_u32(base + BLK_FIRST),
-                ) else {
-                    return Ok(false);
-                };
-                self.block = Some(b);
-                self.pkt_left = num;
-                self.pkt_off = base + first as usize;
-                continue;
+        self.lend(false, &mut |h, chunks| {
+            if let [f] = chunks {
+                deposit(h, f);
             }
-            let b = self.block.unwrap_or(0);
-            let block_end = (b + 1) * self.cfg.block_size;
-            let at = self.pkt_off;
-            let hdr = self.rx_ring.read::<28>(at);
-            let Some(hdr) = hdr.filter(|_| at + TP3_HDR_LEN + 12 <= block_end) else {
-                // A header outside its block: the block is corrupt; drop it.
-                self.copies.rx_dropped += u64::from(self.pkt_left);
-                self.pkt_left = 0;
-                continue;
-            };
-            let word = |i: usize| u32::from_ne_bytes(hdr[i..i + 4].try_into().expect("4"));
-            let next = word(0) as usize;
-            let snaplen = word(12) as usize;
-            let len = word(16) as usize;
-            let status = word(20);
-            let mac = usize::from(u16::from_ne_bytes([hdr[24], hdr[25]]));
-            let pkttype = self
-                .rx_ring
-                .read::<1>(at + TP3_HDR_LEN + 10)
-                .map_or(0, |b| b[0]);
-            self.pkt_left -= 1;
-            if self.pkt_left > 0 {
-                if next == 0 {
-                    self.copies.rx_dropped += u64::from(self.pkt_left);
-                    self.pkt_left = 0;
-                } else {
-                    self.pkt_off = at + next;
-                }
-            }
-            if pkttype == PACKET_OUTGOING {
-                continue;
-            }
-            if snaplen < len || at + mac + snaplen > block_end {
-                self.copies.rx_dropped += 1;
-                continue;
-            }
-            let Some(frame) = self.rx_ring.slice(at + mac, snaplen) else {
-                self.copies.rx_dropped += 1;
-                continue;
-            };
-            let vnet = if status & TP_STATUS_CSUMNOTREADY != 0 {
-                partial_csum_hdr(frame)
-            } else if status & TP_STATUS_CSUM_VALID != 0 {
-                VirtioNetHdr {
-                    flags: F_DATA_VALID,
-                    ..VirtioNetHdr::default()
-                }
-            } else {
-                VirtioNetHdr::default()
-            };
-            deposit(&vnet, frame);
-            self.copies.rx_frames += 1;
-            self.copies.rx_copy_bytes += snaplen as u64;
-            return Ok(true);
-        }
+        })
+    }
+
+    /// Lends the next frame, or a run of TCP segments of the held block
+    /// coalesced into one GSO frame (with [`PacketConfig::lro`]), as chunks
+    /// of the ring.
+    fn receive_chunks(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
+    ) -> Result<bool, PortError> {
+        let lro = self.cfg.lro;
+        self.lend(lro, deposit)
     }
 
     fn copies(&self) -> PortCopies {
