@@ -28,6 +28,11 @@
 //!   What would remove the RX copy: lines that are 64-byte slots of the ring
 //!   itself, which AF_PACKET cannot give (it places frames at offsets of its
 //!   own choosing inside blocks it reuses).
+//! * Receive coalescing ([`PacketConfig::lro`], on by default): a run of
+//!   one TCP flow's in-order segments in the held block is lent as one GSO
+//!   frame (merged headers in a small buffer, payloads where they lie in
+//!   the ring; see `ringrx`), so the stack handles one frame and sends one
+//!   ACK; the copy into lines stays one.
 //! * The link partner must not hand over GSO super-frames (the frames would
 //!   be truncated to the ring's frame size and dropped, counted in
 //!   `rx_dropped`): on a veth, turn segmentation offloads off on the other
