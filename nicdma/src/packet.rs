@@ -493,7 +493,11 @@ impl PacketPort {
             };
             let mut hdr = [0u8; ringrx::LRO_HDR_MAX];
             let (k, merged) = if lro && good > 1 {
-                ringrx::plan(good, frame, &mut hdr)
+                let partial = |i: usize| {
+                    run.get(i)
+                        .is_some_and(|(_, p)| p.status & TP_STATUS_CSUMNOTREADY != 0)
+                };
+                ringrx::plan(good, frame, partial, &mut hdr)
             } else {
                 (1, None)
             };

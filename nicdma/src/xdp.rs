@@ -587,7 +587,7 @@ impl XdpPort {
             };
             let mut hdr = [0u8; ringrx::LRO_HDR_MAX];
             let (k, merged) = if lro {
-                ringrx::plan(n, frame, &mut hdr)
+                ringrx::plan(n, frame, |_| false, &mut hdr)
             } else {
                 (1, None)
             };
