@@ -279,6 +279,14 @@ impl XdpPort {
                 ),
             });
         }
+        if name == "lo" {
+            // The program would take every loopback frame of the namespace
+            // away from the kernel (every local connection).
+            return Err(PortError::Unsupported {
+                backend: "af_xdp",
+                why: "refusing the loopback interface: its program would take every local connection's frames; use a veth".into(),
+            });
+        }
         let ifindex =
             sock::if_index(name).ok_or_else(|| PortError::NoSuchInterface(name.into()))?;
         let xsk = sock::socket(AF_XDP, libc::SOCK_RAW, 0).map_err(|e| match e.raw_os_error() {
@@ -772,6 +780,13 @@ mod tests {
         assert!(matches!(
             XdpPort::open("nicdma-nonesuch"),
             Err(PortError::NoSuchInterface(_))
+        ));
+        assert!(matches!(
+            XdpPort::open("lo"),
+            Err(PortError::Unsupported {
+                backend: "af_xdp",
+                ..
+            })
         ));
     }
 }
