@@ -216,8 +216,9 @@ struct DepositCounts {
     zero: u64,
 }
 
-/// The RX DMA write: a new segment holding `meta` at offset 0 and `frame` at
-/// `off` (zeros in between), its lines interned where dedup happens.
+/// The RX DMA write: a new segment holding `meta` at offset 0 and the frame
+/// (`chunks`, in order) at `off` (zeros in between), its lines interned
+/// where dedup happens.
 ///
 /// The fast form is one splice (each line assembled and interned once, the
 /// interior levels built bottom-up). With `count_dedup`, the frame goes
@@ -227,13 +228,23 @@ fn deposit(
     mem: &Memory,
     meta: &DmaMeta,
     off: u16,
-    frame: &[u8],
+    chunks: &[&[u8]],
     count_dedup: bool,
 ) -> Result<(Segment, DepositCounts), hicamp::Error> {
     let meta = meta.to_bytes();
     if count_dedup {
         let mut b = mem.builder();
         b.write_at(0, &meta)?;
+        // One counted write, so that lines are counted once: a coalesced
+        // frame is flattened first (this measurement mode is off by default).
+        let flat;
+        let frame: &[u8] = match chunks {
+            [one] => one,
+            _ => {
+                flat = chunks.concat();
+                &flat
+            }
+        };
         let c = b.write_at_counted(u64::from(off), frame)?;
         let counts = DepositCounts {
             written: c.lines(),
@@ -242,26 +253,44 @@ fn deposit(
         };
         return Ok((b.freeze(), counts));
     }
-    let (seg, c) = mem.splice(&[
-        hicamp::Piece::Bytes(&meta),
-        hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64),
-        hicamp::Piece::Bytes(frame),
-    ])?;
+    let mut pieces = Vec::with_capacity(2 + chunks.len());
+    pieces.push(hicamp::Piece::Bytes(&meta));
+    pieces.push(hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64));
+    pieces.extend(chunks.iter().map(|c| hicamp::Piece::Bytes(c)));
+    let (seg, c) = mem.splice(&pieces)?;
     // The lines the frame touches that hold only zeros were interned as line
     // 0 (line 0 of the segment holds the metadata, which is never zero).
     let ls = mem.line_size();
     let off = usize::from(off);
     let mut zero = 0;
-    let mut at = 0;
-    while at < frame.len() {
-        // The end of the line holding frame byte `at` (lines are a power
-        // of two bytes).
-        let line_end = ((off + at) | (ls - 1)) + 1 - off;
-        let part = &frame[at..line_end.min(frame.len())];
-        if off + at >= ls && part.iter().all(|b| *b == 0) {
-            zero += 1;
+    // Frame position, and whether the line being walked is zero so far
+    // (and where its frame bytes start, absolutely).
+    let mut pos = 0usize;
+    let mut line_zero = true;
+    let mut line_first = off;
+    for c in chunks {
+        let mut i = 0;
+        while i < c.len() {
+            // The end of the line holding frame byte `pos` (lines are a
+            // power of two bytes).
+            let line_end = ((off + pos) | (ls - 1)) + 1 - off;
+            let take = (line_end - pos).min(c.len() - i);
+            if line_zero && c[i..i + take].iter().any(|b| *b != 0) {
+                line_zero = false;
+            }
+            i += take;
+            pos += take;
+            if pos == line_end {
+                if line_first >= ls && line_zero {
+                    zero += 1;
+                }
+                line_zero = true;
+                line_first = off + pos;
+            }
         }
-        at = line_end;
+    }
+    if off + pos != line_first && line_first >= ls && line_zero {
+        zero += 1;
     }
     let counts = DepositCounts {
         // Lines that hold frame bytes: not the metadata's own line.
@@ -529,8 +558,16 @@ impl<P: Port> Nic<P> {
     /// into posted RX slots, in batches; one notification if anything
     /// completed.
     pub fn dma(&mut self) -> Result<Work, NicError> {
+        let tx = self.dma_tx()?;
+        // One kick for the pass's batch (ports that queue frames; also
+        // frames an earlier kick could not hand over yet).
+        match self.port.flush() {
+            Ok(()) => {}
+            Err(PortError::Disconnected) => return Err(PortError::Disconnected.into()),
+            Err(_) => self.counters.tx_port_errors += 1,
+        }
         let work = Work {
-            tx: self.dma_tx()?,
+            tx,
             rx: self.dma_rx()?,
         };
         // Interrupt moderation: one notification per pass with completions,
@@ -662,17 +699,17 @@ impl<P: Port> Nic<P> {
             let mut result = None;
             let got = self
                 .port
-                .receive(&mut |vnet: &VirtioNetHdr, frame: &[u8]| {
+                .receive_chunks(&mut |vnet: &VirtioNetHdr, chunks: &[&[u8]]| {
+                    let len: usize = chunks.iter().map(|c| c.len()).sum();
                     let meta = DmaMeta {
                         vnet: *vnet,
                         frame_off: off,
                         status: status::OK,
-                        frame_len: frame.len() as u32,
+                        frame_len: len as u32,
                         gso_segs: 0,
                     };
                     result = Some(
-                        deposit(mem, &meta, off, frame, count_dedup)
-                            .map(|(s, c)| (s, c, frame.len())),
+                        deposit(mem, &meta, off, chunks, count_dedup).map(|(s, c)| (s, c, len)),
                     );
                 })?;
             if !got {
@@ -711,6 +748,56 @@ impl<P: Port> Drop for Nic<P> {
         let map = self.mem.map();
         for id in self.tx.ids().chain(self.rx.ids()) {
             let _ = map.delete(SegmentId(id));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hicamp::Config;
+
+    /// Depositing a frame as chunks gives the same segment and counts as
+    /// depositing it whole, wherever the chunks are cut.
+    #[test]
+    fn chunked_deposits_match_whole_ones() {
+        let mem = Memory::new(Config::default()).unwrap();
+        let mut frame = vec![0u8; 1500];
+        for (i, b) in frame.iter_mut().enumerate() {
+            // Zero lines here and there, so the zero count is exercised.
+            if (i / 64) % 3 != 1 {
+                *b = (i * 7 + 1) as u8 | 1;
+            }
+        }
+        for off in [META_LEN as u16, 62, 64, 100] {
+            let meta = DmaMeta::frame(off, frame.len() as u32);
+            let (whole, wc) = deposit(&mem, &meta, off, &[&frame], false).unwrap();
+            for cuts in [
+                vec![1usize],
+                vec![63, 64, 65],
+                vec![66, 1000],
+                vec![700, 701, 1499],
+            ] {
+                let mut chunks = Vec::new();
+                let mut at = 0;
+                for &c in &cuts {
+                    chunks.push(&frame[at..c]);
+                    at = c;
+                }
+                chunks.push(&frame[at..]);
+                let (seg, c) = deposit(&mem, &meta, off, &chunks, false).unwrap();
+                assert!(seg == whole, "off {off} cuts {cuts:?}");
+                assert_eq!(
+                    (c.written, c.zero),
+                    (wc.written, wc.zero),
+                    "off {off} cuts {cuts:?}"
+                );
+                let (_, cc) = deposit(&mem, &meta, off, &chunks, true).unwrap();
+                assert_eq!(cc.zero, wc.zero, "counted, off {off} cuts {cuts:?}");
+            }
+            if off % 64 == 0 {
+                assert!(wc.zero > 0, "off {off}");
+            }
         }
     }
 }

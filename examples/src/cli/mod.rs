@@ -6,6 +6,7 @@
 //! hicamp fsck [--json] FILE
 //! hicamp stat [--json] FILE
 //! hicamp run [--report FILE] [--mode trace] -- CMD ARGS...
+//! hicamp backends
 //! ```
 //!
 //! Policy lives in the experiments and in the memory; this module only parses arguments, wires
@@ -60,6 +61,9 @@ enum Command {
     /// is interned into HICAMP memory; print the merged report when it ends. Exit status: the
     /// command's.
     Run(RunArgs),
+    /// List the NIC backends (`--backend` of phttpd and the benches) and whether each works
+    /// on this host, and if not, why.
+    Backends,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -242,6 +246,7 @@ pub fn main() -> ExitCode {
         Command::Dedup(args) => run_dedup(&cli, args),
         Command::Fsck(args) => run_fsck(args),
         Command::Stat(args) => run_stat(args),
+        Command::Backends => run_backends(),
         Command::Run(_) => unreachable!("handled above"),
     };
     match result {
@@ -253,6 +258,31 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_backends() -> Result<(), Failure> {
+    let mut out = String::new();
+    for b in nicdma::backend::probe() {
+        let state = match &b.works {
+            Ok(()) => "works here".to_owned(),
+            Err(why) => format!("unavailable: {why}"),
+        };
+        out.push_str(&format!(
+            "{:<10} --backend {:<22} {state}\n",
+            b.name, b.usage
+        ));
+    }
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                Failure::BrokenPipe
+            } else {
+                Failure::Error(format!("stdout: {e}"))
+            }
+        })
 }
 
 /// True when the program started with descriptor 1 closed (`hicamp dedup >&-`). Rust's

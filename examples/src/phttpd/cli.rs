@@ -9,6 +9,13 @@
 //!   It prints the `ip netns exec` command to reach it with curl or wrk and
 //!   serves until interrupted (or `--seconds N`); SIGINT or SIGTERM stops it
 //!   and removes the namespace.
+//! - `phttpd --backend SPEC --ip ADDR/PREFIX [--gateway ADDR]`: needs root.
+//!   Serves on an existing interface through the chosen backend
+//!   (`af_xdp:IFACE[:QUEUE]`, `af_packet:IFACE`, `tap:NAME`; `sim` is the
+//!   built-in run; see `nicdma::backend`), as `ADDR`, until interrupted or
+//!   `--seconds N`. On a veth, turn the peer's offloads off first
+//!   (`ethtool -K PEER tx off tso off gso off`): AF_XDP and AF_PACKET see
+//!   wire frames only.
 //! - `--wal FILE`: the memory is a file; POST bodies are logged in its
 //!   segment map and survive a restart.
 
@@ -19,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hicamp::{Config, Memory};
+use nicdma::backend::{parse_cidr, AnyPort, BackendSpec};
 use nicdma::sim::{LinkConfig, SimNet};
 use nicdma::tap::{NetNs, TapPort};
 use nicdma::Port;
@@ -30,9 +38,20 @@ use super::{is_transient, persistent_interface, rpc_request, Limits, Phttpd, RES
 #[derive(Parser, Debug)]
 #[command(about = "A PASTE-phttpd-like HTTP server on segstack")]
 struct Args {
-    /// Serve the Linux kernel over a TAP device in a new namespace (root).
-    #[arg(long)]
+    /// Serve the Linux kernel over a TAP device in a new namespace (root):
+    /// the shortcut for a TAP lab of its own.
+    #[arg(long, conflicts_with = "backend")]
     tap: bool,
+    /// The backend: sim, tap:NAME, af_xdp:IFACE[:QUEUE], af_packet:IFACE or
+    /// netmap:PORT (`hicamp backends` lists what works here).
+    #[arg(long, value_parser = |s: &str| s.parse::<BackendSpec>().map_err(|e| e.to_string()))]
+    backend: Option<BackendSpec>,
+    /// Our address and prefix on the backend's link (ADDR/PREFIX).
+    #[arg(long)]
+    ip: Option<String>,
+    /// Where packets outside the subnet go.
+    #[arg(long)]
+    gateway: Option<std::net::Ipv4Addr>,
     /// TCP port.
     #[arg(long, default_value_t = 80)]
     port: u16,
@@ -96,7 +115,11 @@ fn memory(args: &Args) -> Result<Memory, String> {
 /// The `phttpd` program: exits 1 with a message on an error.
 pub fn main() {
     let args = Args::parse();
-    let r = if args.tap { tap(&args) } else { sim(&args) };
+    let r = match &args.backend {
+        _ if args.tap => tap(&args),
+        None | Some(BackendSpec::Sim) => sim(&args),
+        Some(spec) => backend(&args, spec),
+    };
     if let Err(e) = r {
         eprintln!("phttpd: {e}");
         std::process::exit(1);
@@ -116,6 +139,27 @@ fn stop_flag() -> Result<Arc<AtomicBool>, String> {
     Ok(stop)
 }
 
+/// Serves on a port of the chosen backend, on an interface that exists.
+fn backend(args: &Args, spec: &BackendSpec) -> Result<(), String> {
+    let Some(cidr) = &args.ip else {
+        return Err(format!("--backend {spec} needs --ip ADDR/PREFIX"));
+    };
+    let (ip, prefix) = parse_cidr(cidr).map_err(|e| e.to_string())?;
+    let stop = stop_flag()?;
+    let mem = memory(args)?;
+    let port = spec.open().map_err(|e| e.to_string())?;
+    // The interface's own MAC where the port binds one; else a local one.
+    let mac = port.mac().unwrap_or([2, 0, 0, 0x79, 0, 2]);
+    let mut cfg = IfaceConfig::new(mac, ip, prefix);
+    cfg.gateway = args.gateway;
+    if let Some(mtu) = port.mtu() {
+        cfg.mtu = mtu as usize;
+    }
+    let iface = interface(&mem, args.wal.is_some(), port, cfg).map_err(|e| e.to_string())?;
+    println!("phttpd: serving on {ip}:{} through {spec}", args.port);
+    serve(args, iface, &stop)
+}
+
 fn tap(args: &Args) -> Result<(), String> {
     // Before the namespace exists: an interrupt from here on ends the poll
     // loop, and the namespace is deleted on the way out.
@@ -128,10 +172,8 @@ fn tap(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("namespace: {e}"))?;
     let ip = Ipv4Addr::new(10, 79, 0, 2);
     let cfg = IfaceConfig::new([2, 0, 0, 0x79, 0, 2], ip, 24);
-    let mut iface = interface(&mem, args.wal.is_some(), port, cfg).map_err(|e| e.to_string())?;
-    let mut server = Phttpd::new(&mut iface, args.port, args.object, args.wal.is_some())
+    let iface = interface(&mem, args.wal.is_some(), AnyPort::Tap(port), cfg)
         .map_err(|e| e.to_string())?;
-    server.set_limits(args.limits());
     println!(
         "phttpd: serving on {ip}:{} (device {dev} in namespace {})",
         args.port,
@@ -144,15 +186,24 @@ fn tap(args: &Args) -> Result<(), String> {
         ns.name(),
         args.port
     );
+    let r = serve(args, iface, &stop);
+    if stop.load(Ordering::Relaxed) {
+        println!("phttpd: interrupted; removing namespace {}", ns.name());
+    }
+    r
+}
+
+/// The server loop (TAP or another backend) until `--seconds` runs out or
+/// SIGINT/SIGTERM raises `stop`.
+fn serve(args: &Args, mut iface: Interface<AnyPort>, stop: &AtomicBool) -> Result<(), String> {
+    let mut server = Phttpd::new(&mut iface, args.port, args.object, args.wal.is_some())
+        .map_err(|e| e.to_string())?;
+    server.set_limits(args.limits());
     let t0 = Instant::now();
     let end = args.seconds.map(|s| t0 + Duration::from_secs(s));
     let mut last = Instant::now();
     loop {
-        if end.is_some_and(|e| Instant::now() >= e) {
-            break;
-        }
-        if stop.load(Ordering::Relaxed) {
-            println!("phttpd: interrupted; removing namespace {}", ns.name());
+        if end.is_some_and(|e| Instant::now() >= e) || stop.load(Ordering::Relaxed) {
             break;
         }
         let now = t0.elapsed().as_nanos() as u64;
@@ -160,7 +211,7 @@ fn tap(args: &Args) -> Result<(), String> {
         let wait = iface.poll_at().map_or(Duration::from_millis(5), |t| {
             Duration::from_nanos(t.saturating_sub(now)).min(Duration::from_millis(5))
         });
-        if let Err(e) = iface.nic().port().wait_readable(wait) {
+        if let Err(e) = nicdma::port::wait_readable(iface.nic().port(), wait) {
             // A signal may interrupt the wait: the flag says which.
             if !stop.load(Ordering::Relaxed) {
                 return Err(e.to_string());
@@ -169,10 +220,16 @@ fn tap(args: &Args) -> Result<(), String> {
         if last.elapsed() >= Duration::from_secs(5) {
             last = Instant::now();
             println!("phttpd: {:?}", server.stats());
+            println!("phttpd: {:?}", iface.nic().counters());
+            println!("phttpd: port copies {:?}", iface.nic().port().copies());
         }
     }
     println!("phttpd: {:?}", server.stats());
     println!("phttpd: {:?}", iface.stats());
+    println!("phttpd: port copies {:?}", iface.nic().port().copies());
+    if args.wal.is_some() {
+        iface.nic().memory().sync().map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
