@@ -1,29 +1,91 @@
 //! Interning: one line, or runs of lines in batches (hash and prefetch every
-//! line, sort the batch by shard, take each shard lock once).
+//! line, probe the index without the lock, then sort the misses by shard and
+//! take each shard lock once).
+//!
+//! Two kinds of hit come out of the lock-free probe (see the store's module
+//! documentation for why it is safe):
+//!
+//! * an *owned* hit ([`Status::Hit`]): the probe found the line and took a
+//!   reference with "increment unless zero" (a zero count, a line being
+//!   freed, makes it a miss for the locked path);
+//! * a *borrowed* hit ([`Status::Borrowed`], segment builds only): no
+//!   reference at all. The id is only good while the build's guard is
+//!   pinned: the slot cannot be reused before it unpins, but the line may be
+//!   dying. A borrowed child costs nothing when its parent is a hit too (the
+//!   parent holds its own reference to it); when the parent is a miss, the
+//!   child is made owned (increment unless zero) before the parent is
+//!   created, and if that fails (the child died meanwhile) the build starts
+//!   again on the locked path. The root, if borrowed, is made owned last.
+//!
+//! So a duplicate segment build writes no count at all except its root's,
+//! and no interior line's children go through an acquire and a release.
 
 use std::sync::atomic::Ordering::*;
 
 use super::{is_zero, kind_index, line_hash, with_line, Store, WriteCounts, SHARDS};
 use crate::error::{Error, Result};
 use crate::id::{LineId, LineKind};
+use crate::sync::epoch::{Guard, LOCK_FREE_HITS};
 
 /// Lines hashed, prefetched and sorted by shard together.
 const BATCH: usize = 4096;
+/// How far ahead of its probe a line's candidates are prefetched.
+const PREFETCH_AHEAD: usize = 8;
+/// `key` of a line that needs no locked lookup (zero, or found lock-free).
+const SKIP: u8 = SHARDS as u8;
 
 /// What happened to one line of a batch.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Status {
-    /// Not processed (an error stopped the batch first).
+pub(crate) enum Status {
+    /// Not processed (an error stopped the batch first), or a miss of the
+    /// lock-free probe not yet decided.
     Pending,
     /// A new line (or the zero line): it consumed the caller's child references.
     Created,
     /// An existing line gained a reference.
     Hit,
+    /// An existing line found without a reference (see the module docs).
+    Borrowed,
+}
+
+impl Status {
+    /// The caller owns a reference to the line.
+    #[inline]
+    fn owned(self) -> bool {
+        matches!(self, Status::Created | Status::Hit)
+    }
+}
+
+/// How a run of lines failed.
+pub(crate) enum Fail {
+    /// A real error (the memory is full).
+    Error(Error),
+    /// A borrowed child died before its parent could take a reference, or
+    /// the memory filled while pinned: start again on the locked path.
+    Retry,
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        Fail::Error(e)
+    }
+}
+
+/// What a lock-free hit turns into.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// No lock-free probe (loom, or the locked rerun of a build).
+    Off,
+    /// Owned hits (increment unless zero).
+    Own,
+    /// Borrowed hits (segment builds).
+    Borrow,
 }
 
 impl Store {
-    /// Interns one full, non-zero line whose hash is `h`. Returns the line and
-    /// whether it was created (false: an existing line gained a reference).
+    /// Interns one full, non-zero line whose hash is `h` on the locked path.
+    /// Returns the line and whether it was created (false: an existing line
+    /// gained a reference).
     fn intern_hashed(&self, kind: LineKind, h: u64, line: &[u8]) -> Result<(LineId, bool)> {
         let cell = &self.shards[h as usize & (SHARDS - 1)];
         {
@@ -41,48 +103,70 @@ impl Store {
     }
 
     /// Interns one full line (any content); the caller owns the returned
-    /// reference.
+    /// reference. A duplicate costs a hash, a lock-free probe and one
+    /// increment.
     pub(crate) fn intern(&self, kind: LineKind, line: &[u8]) -> Result<(LineId, bool)> {
         debug_assert_eq!(line.len(), self.line_size());
         if is_zero(line) {
             self.zero[kind_index(kind)].fetch_add(1, Relaxed);
             return Ok((LineId::ZERO, false));
         }
-        self.intern_hashed(kind, line_hash(kind, line), line)
+        let h = line_hash(kind, line);
+        if LOCK_FREE_HITS {
+            let guard = self.epochs.pin();
+            if let Some(id) = self.find_pinned(h, line, &guard) {
+                if self.inc_unless_zero(id) {
+                    self.pinned_hits[kind_index(kind)].fetch_add(1, Relaxed);
+                    return Ok((LineId(id), false));
+                }
+            }
+        }
+        self.intern_hashed(kind, h, line)
     }
 
     /// Interns `lines` (a whole number of full lines), appending one id per
-    /// line to `out` and one [`Status`] per line to `status`.
+    /// line to `out` and one [`Status`] per line to `status`. With a guard
+    /// the index is probed without the lock first (`probe`); `prepare(i)`
+    /// runs on each line `i` of the call that the probe missed, before any
+    /// lock is taken, and returning false stops the run with
+    /// [`Fail::Retry`].
     ///
     /// Lines go in batches of [`BATCH`]: hash every line (prefetching its
-    /// index slot), sort the batch by shard, and take each shard lock once for
-    /// all of its lines. On error every line of this call is released again;
-    /// `status` then tells which lines had been done (an interior caller needs
-    /// it to give back the child references of the groups that did not
-    /// consume theirs).
+    /// index slot), probe, sort the misses by shard, and take each shard lock
+    /// once for all of its lines. On error every owned line of this call is
+    /// released again; `status` then tells which lines had been done (an
+    /// interior caller needs it to give back the child references of the
+    /// groups that did not consume theirs).
     fn intern_run(
         &self,
         kind: LineKind,
         lines: &[u8],
         out: &mut Vec<LineId>,
         status: &mut Vec<Status>,
-    ) -> Result<()> {
+        guard: Option<&Guard>,
+        probe: Probe,
+        prepare: &mut dyn FnMut(usize) -> bool,
+    ) -> std::result::Result<(), Fail> {
         // Small runs (a write of a few lines) get small batch arrays: the
         // arrays are initialised on every call.
         if lines.len() >> self.shift <= 64 {
-            self.intern_batches::<64>(kind, lines, out, status)
+            self.intern_batches::<64>(kind, lines, out, status, guard, probe, prepare)
         } else {
-            self.intern_batches::<BATCH>(kind, lines, out, status)
+            self.intern_batches::<BATCH>(kind, lines, out, status, guard, probe, prepare)
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn intern_batches<const B: usize>(
         &self,
         kind: LineKind,
         lines: &[u8],
         out: &mut Vec<LineId>,
         status: &mut Vec<Status>,
-    ) -> Result<()> {
+        guard: Option<&Guard>,
+        probe: Probe,
+        prepare: &mut dyn FnMut(usize) -> bool,
+    ) -> std::result::Result<(), Fail> {
         let ls = self.line_size();
         debug_assert_eq!(lines.len() % ls, 0);
         let n = lines.len() >> self.shift;
@@ -90,30 +174,67 @@ impl Store {
         out.resize(start + n, LineId::ZERO);
         let sstart = status.len();
         status.resize(sstart + n, Status::Pending);
+        let probe = match guard {
+            Some(g) if LOCK_FREE_HITS && probe != Probe::Off => Some((g, probe)),
+            _ => None,
+        };
         let mut hashes = [0u64; B];
+        let mut key = [SKIP; B];
         let mut order = [0u16; B];
         let mut counts = [0u16; SHARDS + 1];
         let mut zeros = 0u64;
+        let mut pinned_hits = 0u64;
         let mut base = 0;
         let mut result = Ok(());
         'batches: while base < n {
             let m = B.min(n - base);
             let group = &lines[base * ls..(base + m) * ls];
-            counts.fill(0);
             for (j, line) in group.chunks_exact(ls).enumerate() {
                 if is_zero(line) {
                     zeros += 1;
                     status[sstart + base + j] = Status::Created;
-                    hashes[j] = u64::MAX; // no shard: sorted past the end
-                    counts[SHARDS] += 1;
+                    key[j] = SKIP;
                 } else {
                     let h = line_hash(kind, line);
                     self.prefetch_index(h);
                     hashes[j] = h;
-                    counts[h as usize & (SHARDS - 1)] += 1;
+                    key[j] = (h as usize & (SHARDS - 1)) as u8;
                 }
             }
-            // Counting sort of the batch by shard (zero lines last).
+            if let Some((g, mode)) = probe {
+                for j in 0..m {
+                    if j + PREFETCH_AHEAD < m && key[j + PREFETCH_AHEAD] != SKIP {
+                        self.prefetch_pinned(hashes[j + PREFETCH_AHEAD], g);
+                    }
+                    if key[j] == SKIP {
+                        continue;
+                    }
+                    let line = &group[j * ls..(j + 1) * ls];
+                    let Some(id) = self.find_pinned(hashes[j], line, g) else {
+                        continue;
+                    };
+                    let st = match mode {
+                        Probe::Borrow => Status::Borrowed,
+                        _ if self.inc_unless_zero(id) => Status::Hit,
+                        _ => continue, // dying: the locked path decides
+                    };
+                    out[start + base + j] = LineId(id);
+                    status[sstart + base + j] = st;
+                    key[j] = SKIP;
+                    pinned_hits += 1;
+                }
+                for j in 0..m {
+                    if key[j] != SKIP && !prepare(base + j) {
+                        result = Err(Fail::Retry);
+                        break 'batches;
+                    }
+                }
+            }
+            // Counting sort of the misses by shard (the others last).
+            counts.fill(0);
+            for &k in &key[..m] {
+                counts[k as usize] += 1;
+            }
             let mut at = 0u16;
             for c in counts.iter_mut() {
                 let k = *c;
@@ -121,15 +242,11 @@ impl Store {
                 at += k;
             }
             for j in 0..m {
-                let sh = if hashes[j] == u64::MAX && is_zero(&group[j * ls..(j + 1) * ls]) {
-                    SHARDS
-                } else {
-                    hashes[j] as usize & (SHARDS - 1)
-                };
-                order[counts[sh] as usize] = j as u16;
-                counts[sh] += 1;
+                let k = key[j] as usize;
+                order[counts[k] as usize] = j as u16;
+                counts[k] += 1;
             }
-            let nonzero = m - (counts[SHARDS] - counts[SHARDS - 1]) as usize;
+            let misses = m - (counts[SHARDS] - counts[SHARDS - 1]) as usize;
             // Start the walk at a shard picked by the batch's own content, so
             // that threads interning different data at once do not queue on
             // the same locks in lockstep, and the same input always gives the
@@ -144,23 +261,30 @@ impl Store {
             // The walk order, rotated to start at `i0` (no division per line).
             let at = |k: usize| {
                 let i = i0 + k;
-                order[if i >= nonzero { i - nonzero } else { i }] as usize
+                order[if i >= misses { i - misses } else { i }] as usize
             };
             let mut k = 0;
-            while k < nonzero {
-                let sh = hashes[at(k)] as usize & (SHARDS - 1);
+            while k < misses {
+                let sh = key[at(k)] as usize;
                 let cell = &self.shards[sh];
                 let mut shard = cell.lock.lock();
                 let mut run_end = k;
-                while run_end < nonzero && hashes[at(run_end)] as usize & (SHARDS - 1) == sh {
+                while run_end < misses && key[at(run_end)] as usize == sh {
                     run_end += 1;
                 }
                 self.prefetch_run(&shard, (k..run_end).map(|i| hashes[at(i)]));
-                while k < nonzero && hashes[at(k)] as usize & (SHARDS - 1) == sh {
+                while k < misses && key[at(k)] as usize == sh {
                     let j = at(k);
                     let line = &group[j * ls..(j + 1) * ls];
                     let r = match self.find_or_insert(cell, &mut shard, kind, hashes[j], line) {
                         Some(r) => Ok(r),
+                        None if matches!(probe, Some((_, Probe::Borrow))) => {
+                            // Full while a build is pinned: slots its own pin
+                            // holds back cannot return; the build reruns
+                            // unpinned.
+                            result = Err(Fail::Retry);
+                            break 'batches;
+                        }
                         None => {
                             drop(shard);
                             let r = self.intern_hashed(kind, hashes[j], line);
@@ -178,7 +302,7 @@ impl Store {
                             };
                         }
                         Err(e) => {
-                            result = Err(e);
+                            result = Err(e.into());
                             break 'batches;
                         }
                     }
@@ -188,12 +312,67 @@ impl Store {
             base += m;
         }
         self.zero[kind_index(kind)].fetch_add(zeros, Relaxed);
+        if pinned_hits != 0 {
+            self.pinned_hits[kind_index(kind)].fetch_add(pinned_hits, Relaxed);
+        }
         if result.is_err() {
-            for id in out.drain(start..) {
-                self.release(id);
-            }
+            let owned: Vec<LineId> = out[start..]
+                .iter()
+                .zip(&status[sstart..])
+                .filter(|(_, st)| st.owned())
+                .map(|(id, _)| *id)
+                .collect();
+            out.truncate(start);
+            self.release_all(&owned);
         }
         result
+    }
+
+    /// Interns `data` as leaf lines (the last one zero-padded), appending
+    /// one id and one status per line. On error nothing of this call stays
+    /// referenced.
+    fn leaves_run(
+        &self,
+        data: &[u8],
+        out: &mut Vec<LineId>,
+        status: &mut Vec<Status>,
+        guard: Option<&Guard>,
+        probe: Probe,
+    ) -> std::result::Result<(), Fail> {
+        let ls = self.line_size();
+        let full = data.len() / ls * ls;
+        let start = out.len();
+        let sstart = status.len();
+        self.intern_run(
+            LineKind::Leaf,
+            &data[..full],
+            out,
+            status,
+            guard,
+            probe,
+            &mut |_| true,
+        )?;
+        if full < data.len() {
+            let r = with_line(ls, |buf| {
+                buf[..data.len() - full].copy_from_slice(&data[full..]);
+                self.intern_run(LineKind::Leaf, buf, out, status, guard, probe, &mut |_| {
+                    true
+                })
+            });
+            if let Err(e) = r {
+                let owned: Vec<LineId> = out[start..]
+                    .iter()
+                    .zip(&status[sstart..])
+                    .filter(|(_, st)| st.owned())
+                    .map(|(id, _)| *id)
+                    .collect();
+                out.truncate(start);
+                status.truncate(sstart);
+                self.release_all(&owned);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Interns `data` as leaf lines (the last one zero-padded), appending one
@@ -204,33 +383,95 @@ impl Store {
         out: &mut Vec<LineId>,
         counts: &mut WriteCounts,
     ) -> Result<()> {
-        let ls = self.line_size();
-        let full = data.len() / ls * ls;
         let start = out.len();
         let mut status = Vec::new();
-        self.intern_run(LineKind::Leaf, &data[..full], out, &mut status)?;
-        for (id, st) in out[start..].iter().zip(&status) {
-            counts.add(*id, *st == Status::Created);
-        }
-        if full < data.len() {
-            let interned = with_line(ls, |buf| {
-                buf[..data.len() - full].copy_from_slice(&data[full..]);
-                self.intern(LineKind::Leaf, buf)
-            });
-            match interned {
-                Ok((id, created)) => {
-                    counts.add(id, created);
-                    out.push(id)
+        let r = if LOCK_FREE_HITS {
+            let guard = self.epochs.pin();
+            self.leaves_run(data, out, &mut status, Some(&guard), Probe::Own)
+        } else {
+            Err(Fail::Retry)
+        };
+        let r = match r {
+            Err(Fail::Retry) => {
+                status.clear();
+                self.leaves_run(data, out, &mut status, None, Probe::Off)
+            }
+            r => r,
+        };
+        match r {
+            Ok(()) => {
+                for (id, st) in out[start..].iter().zip(&status) {
+                    counts.add(*id, *st == Status::Created);
                 }
-                Err(e) => {
-                    for id in out.drain(start..) {
-                        self.release(id);
+                Ok(())
+            }
+            Err(Fail::Error(e)) => Err(e),
+            Err(Fail::Retry) => unreachable!("the locked path does not retry"),
+        }
+    }
+
+    /// One level of interior lines over `children` (grouped `fanout` at a
+    /// time, the last group zero-padded), whose statuses are `cst` (owned or
+    /// borrowed). Consumes the caller's owned child references on success
+    /// and on error alike; on success `cst` is stale.
+    fn interior_run(
+        &self,
+        children: &[LineId],
+        cst: &mut [Status],
+        out: &mut Vec<LineId>,
+        status: &mut Vec<Status>,
+        guard: Option<&Guard>,
+        probe: Probe,
+    ) -> std::result::Result<(), Fail> {
+        let f = self.fanout();
+        let groups = children.len().div_ceil(f);
+        let mut bytes = vec![0u8; groups << self.shift];
+        for (b, c) in bytes.chunks_exact_mut(4).zip(children) {
+            b.copy_from_slice(&c.0.to_le_bytes());
+        }
+        let sstart = status.len();
+        // A group the probe missed will create its line on the locked path
+        // (or find it there): it needs a reference to every child first.
+        let mut prepare = |g: usize| {
+            let range = g * f..((g + 1) * f).min(children.len());
+            for (c, st) in children[range.clone()].iter().zip(&mut cst[range]) {
+                if *st == Status::Borrowed {
+                    if !self.inc_unless_zero(c.0) {
+                        return false;
                     }
-                    return Err(e);
+                    *st = Status::Hit;
                 }
             }
+            true
+        };
+        let res = self.intern_run(
+            LineKind::Interior,
+            &bytes,
+            out,
+            status,
+            guard,
+            probe,
+            &mut prepare,
+        );
+        // Groups that did not create their line (found it, or were never
+        // done) still own their owned child references: give them back.
+        // A created group's line consumed them (on error it was released
+        // with this call's lines, and its children with it).
+        let mut back = Vec::new();
+        for g in 0..groups {
+            if status.get(sstart + g) != Some(&Status::Created) {
+                let range = g * f..((g + 1) * f).min(children.len());
+                back.extend(
+                    children[range.clone()]
+                        .iter()
+                        .zip(&cst[range])
+                        .filter(|(_, st)| st.owned())
+                        .map(|(c, _)| *c),
+                );
+            }
         }
-        Ok(())
+        self.release_all(&back);
+        res
     }
 
     /// Interns one level of interior lines over `children` (grouped `fanout`
@@ -241,22 +482,84 @@ impl Store {
         children: &[LineId],
         out: &mut Vec<LineId>,
     ) -> Result<()> {
-        let f = self.fanout();
-        let groups = children.len().div_ceil(f);
-        let mut bytes = vec![0u8; groups << self.shift];
-        for (b, c) in bytes.chunks_exact_mut(4).zip(children) {
-            b.copy_from_slice(&c.0.to_le_bytes());
+        let mut cst = vec![Status::Hit; children.len()];
+        let mut status = Vec::new();
+        let r = if LOCK_FREE_HITS {
+            let guard = self.epochs.pin();
+            self.interior_run(
+                children,
+                &mut cst,
+                out,
+                &mut status,
+                Some(&guard),
+                Probe::Own,
+            )
+        } else {
+            self.interior_run(children, &mut cst, out, &mut status, None, Probe::Off)
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(Fail::Error(e)) => Err(e),
+            // Only a full memory while pinned (children are owned, none can
+            // die): the children are consumed, so report it.
+            Err(Fail::Retry) => Err(Error::CapacityExhausted {
+                capacity: self.capacity(),
+            }),
         }
-        let mut status = Vec::with_capacity(groups);
-        let res = self.intern_run(LineKind::Interior, &bytes, out, &mut status);
-        // Groups that found an existing line, or were never done, still own
-        // their child references: give them back.
-        for (g, st) in status.iter().enumerate() {
-            if *st != Status::Created {
-                self.release_all(&children[g * f..((g + 1) * f).min(children.len())]);
+    }
+
+    /// Builds the canonical DAG of `data` (non-empty) bottom-up: the leaves,
+    /// then `height(leaves)` interior levels. Returns the root (a reference
+    /// the caller owns) and the height. Duplicate lines are borrowed (see the
+    /// module docs); a build that cannot finish that way (a borrowed line
+    /// died, or the memory filled while pinned) runs again on the locked path.
+    pub(crate) fn intern_tree(
+        &self,
+        data: &[u8],
+        height: impl Fn(usize) -> u32,
+    ) -> Result<(LineId, u32)> {
+        if LOCK_FREE_HITS {
+            let guard = self.epochs.pin();
+            match self.tree_pass(data, &height, Some(&guard), Probe::Borrow) {
+                Ok(r) => return Ok(r),
+                Err(Fail::Error(e)) => return Err(e),
+                Err(Fail::Retry) => {}
             }
         }
-        res
+        match self.tree_pass(data, &height, None, Probe::Off) {
+            Ok(r) => Ok(r),
+            Err(Fail::Error(e)) => Err(e),
+            Err(Fail::Retry) => unreachable!("the locked path does not retry"),
+        }
+    }
+
+    fn tree_pass(
+        &self,
+        data: &[u8],
+        height: &impl Fn(usize) -> u32,
+        guard: Option<&Guard>,
+        probe: Probe,
+    ) -> std::result::Result<(LineId, u32), Fail> {
+        let ls = self.line_size();
+        let mut level = Vec::with_capacity(data.len().div_ceil(ls));
+        let mut st = Vec::with_capacity(level.capacity());
+        self.leaves_run(data, &mut level, &mut st, guard, probe)?;
+        let h = height(level.len());
+        let mut next = Vec::with_capacity(level.len() / self.fanout() + 1);
+        let mut nst = Vec::with_capacity(next.capacity());
+        for _ in 0..h {
+            next.clear();
+            nst.clear();
+            self.interior_run(&level, &mut st, &mut next, &mut nst, guard, probe)?;
+            std::mem::swap(&mut level, &mut next);
+            std::mem::swap(&mut st, &mut nst);
+        }
+        debug_assert_eq!(level.len(), 1);
+        let root = level[0];
+        if st[0] == Status::Borrowed && !self.inc_unless_zero(root.0) {
+            return Err(Fail::Retry);
+        }
+        Ok((root, h))
     }
 
     /// Interns one interior line over `children` (at most `fanout`, the rest

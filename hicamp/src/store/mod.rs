@@ -105,6 +105,7 @@ mod recovery;
 mod table;
 
 use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -113,6 +114,7 @@ use crate::config::Durability;
 use crate::id::{LineId, LineKind};
 use crate::persist::Layout;
 use crate::region::{Arena, Backing};
+use crate::sync::epoch::Epochs;
 use crate::sync::{count_array, AtomicPtr, AtomicU64, AtomicUsize, CountArray, Mutex};
 
 pub(crate) use counts::INTERIOR_BIT;
@@ -131,10 +133,18 @@ fn kind_index(kind: LineKind) -> usize {
     }
 }
 
-/// Content hash of a line; the kind seeds it so the domains are separate.
+/// Bit of a line's hash that is its kind, so that the shard (`h & 63`)
+/// holds one kind only: leaves in shards 0..32, interior lines in 32..64.
+const KIND_HASH_BIT: u64 = 1 << (SHARD_BITS - 1);
+
+/// Content hash of a line; the kind seeds it so the domains are separate,
+/// and is bit 5 of it, so that a shard's table holds lines of one kind and a
+/// lookup that matches content has matched the kind too (the lock-free path
+/// never reads the count word to check it).
 #[inline]
 pub(crate) fn line_hash(kind: LineKind, line: &[u8]) -> u64 {
-    xxh3_64_with_seed(line, kind_index(kind) as u64 + 0x9e37_79b9)
+    let h = xxh3_64_with_seed(line, kind_index(kind) as u64 + 0x9e37_79b9);
+    (h & !KIND_HASH_BIT) | (kind_index(kind) as u64 * KIND_HASH_BIT)
 }
 
 /// Runs `f` on a zeroed scratch line of `ls` bytes: on the stack for small
@@ -208,10 +218,18 @@ pub(crate) struct Store {
     shards: Box<[CachePadded<ShardCell>]>,
     /// One bit per slot, set = free (beyond the shards' short local lists);
     /// taken in ascending runs from `free_cursor` (see `index`).
-    free_bits: Box<[AtomicU64]>,
+    /// Shared with the epoch-deferred functions that return freed slots,
+    /// which may run after the store is gone.
+    free_bits: Arc<[AtomicU64]>,
     /// Slots marked in `free_bits` (transiently off by a batch in flight:
     /// read it as signed).
-    free_count: AtomicU64,
+    free_count: Arc<AtomicU64>,
+    /// Freed slots waiting for an epoch before they return to `free_bits`.
+    limbo: Arc<AtomicU64>,
+    /// Dedup hits of the lock-free path, by kind (added once per call).
+    pinned_hits: [CachePadded<AtomicU64>; 2],
+    /// The store's epoch collector (see `sync::epoch`).
+    epochs: Epochs,
     /// The word of `free_bits` the next scan starts at.
     free_cursor: Mutex<usize>,
     zero: [AtomicU64; 2],
@@ -271,6 +289,7 @@ impl Store {
         // A line id takes the bits its largest slot needs; the rest of each
         // index slot holds tag bits of the hash.
         let id_bits = (u64::BITS - (slots - 1).leading_zeros()).clamp(1, 32);
+        let epochs = Epochs::new();
         let shards = (0..SHARDS)
             .map(|_| {
                 let shard = Shard {
@@ -284,6 +303,8 @@ impl Store {
                 let cell = ShardCell {
                     hint_ptr: AtomicPtr::new(std::ptr::null_mut()),
                     hint_len: AtomicUsize::new(0),
+                    published: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+                    epochs: epochs.clone(),
                     lock: CachePadded::new(Mutex::new(shard)),
                 };
                 cell.set_hint(&cell.lock.lock().table);
@@ -298,7 +319,13 @@ impl Store {
             next_fresh: AtomicU64::new(1),
             shards,
             free_bits: (0..slots.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-            free_count: AtomicU64::new(0),
+            free_count: Arc::new(AtomicU64::new(0)),
+            limbo: Arc::new(AtomicU64::new(0)),
+            epochs,
+            pinned_hits: [
+                CachePadded::new(AtomicU64::new(0)),
+                CachePadded::new(AtomicU64::new(0)),
+            ],
             free_cursor: Mutex::new(0),
             zero: [AtomicU64::new(0), AtomicU64::new(0)],
             durability: if backing.is_file() {
@@ -365,6 +392,9 @@ impl Store {
             }
             c.index_bytes += s.table.bytes() as u64;
             c.free_list_bytes += ((s.free.capacity() + s.pending.capacity()) * 4) as u64;
+        }
+        for k in 0..2 {
+            c.hits[k] += self.pinned_hits[k].load(Relaxed);
         }
         c.zero = [self.zero[0].load(Relaxed), self.zero[1].load(Relaxed)];
         c.high_water = self.next_fresh.load(Relaxed).min(self.slots);
