@@ -238,14 +238,39 @@ impl Store {
         t.find(h, |id| self.line_pinned(id, guard) == line)
     }
 
-    /// Prefetches the candidate lines of `h` for a pinned reader.
+    /// The first step of a pinned lookup of `h` (see
+    /// `Buckets::first_candidate`), prefetching the candidate's line.
     #[inline]
-    pub(super) fn prefetch_pinned(&self, h: u64, guard: &epoch::Guard) {
+    pub(super) fn first_pinned(&self, h: u64, guard: &epoch::Guard) -> (u32, bool) {
         let cell = &self.shards[h as usize & (SHARDS - 1)];
         let p = cell.published.load(Acquire);
         // SAFETY: as in `find_pinned`.
         let t = unsafe { &*p };
-        t.candidates(h, |id| prefetch_ptr(self.line_pinned(id, guard).as_ptr()));
+        let (id, more) = t.first_candidate(h);
+        if id != 0 {
+            prefetch_ptr(self.line_pinned(id, guard).as_ptr());
+        }
+        (id, more)
+    }
+
+    /// The second step: `line` is at `id` (from `first_pinned`), or, when
+    /// there are `more` candidates, wherever the full lookup finds it.
+    #[inline]
+    pub(super) fn finish_pinned(
+        &self,
+        h: u64,
+        line: &[u8],
+        (id, more): (u32, bool),
+        guard: &epoch::Guard,
+    ) -> Option<u32> {
+        if id != 0 && self.line_pinned(id, guard) == line {
+            return Some(id);
+        }
+        if more {
+            self.find_pinned(h, line, guard)
+        } else {
+            None
+        }
     }
 
     #[inline]

@@ -181,6 +181,7 @@ impl Store {
         let mut hashes = [0u64; B];
         let mut key = [SKIP; B];
         let mut order = [0u16; B];
+        let mut first = [(0u32, false); B];
         let mut counts = [0u16; SHARDS + 1];
         let mut zeros = 0u64;
         let mut pinned_hits = 0u64;
@@ -202,15 +203,21 @@ impl Store {
                 }
             }
             if let Some((g, mode)) = probe {
-                for j in 0..m {
-                    if j + PREFETCH_AHEAD < m && key[j + PREFETCH_AHEAD] != SKIP {
-                        self.prefetch_pinned(hashes[j + PREFETCH_AHEAD], g);
+                // Pipelined: the home bucket of line `j + PREFETCH_AHEAD` is
+                // read (prefetched while hashing) and its first candidate's
+                // line prefetched while line `j` is compared.
+                for j in 0..m + PREFETCH_AHEAD {
+                    if j < m && key[j] != SKIP {
+                        first[j] = self.first_pinned(hashes[j], g);
                     }
+                    let Some(j) = j.checked_sub(PREFETCH_AHEAD) else {
+                        continue;
+                    };
                     if key[j] == SKIP {
                         continue;
                     }
                     let line = &group[j * ls..(j + 1) * ls];
-                    let Some(id) = self.find_pinned(hashes[j], line, g) else {
+                    let Some(id) = self.finish_pinned(hashes[j], line, first[j], g) else {
                         continue;
                     };
                     let st = match mode {

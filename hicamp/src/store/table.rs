@@ -91,14 +91,22 @@ impl Bucket {
 /// lock needs to probe.
 pub(super) struct Buckets {
     id_bits: u32,
+    /// The tag bits of a slot (`!id_mask`; 0 when ids take all 32 bits).
+    tmask: u32,
     b: Box<[Bucket]>,
 }
 
 impl Buckets {
     fn new(id_bits: u32, n: usize) -> Buckets {
         debug_assert!((1..=32).contains(&id_bits));
+        let idm = if id_bits >= 32 {
+            u32::MAX
+        } else {
+            (1 << id_bits) - 1
+        };
         Buckets {
             id_bits,
+            tmask: !idm,
             b: (0..n.max(1)).map(|_| Bucket::default()).collect(),
         }
     }
@@ -110,21 +118,13 @@ impl Buckets {
 
     #[inline]
     fn id_mask(&self) -> u32 {
-        if self.id_bits >= 32 {
-            u32::MAX
-        } else {
-            (1 << self.id_bits) - 1
-        }
+        !self.tmask
     }
 
     /// The tag field of hash `h` (already in place above the id bits).
     #[inline]
     fn tag(&self, h: u64) -> u32 {
-        if self.id_bits >= 32 {
-            0
-        } else {
-            ((h >> 8) as u32) << self.id_bits
-        }
+        (((h >> 8) as u32) << (self.id_bits & 31)) & self.tmask
     }
 
     /// Bit `s` set when slot `s` of bucket `b` is used and equals `tag`
@@ -154,7 +154,29 @@ impl Buckets {
     /// Bit `s` set when slot `s` of bucket `b` is used and has `tag`.
     #[inline(always)]
     fn matches(&self, b: usize, tag: u32) -> u32 {
-        self.masks(b, tag, !self.id_mask()).0
+        self.masks(b, tag, self.tmask).0
+    }
+
+    /// The first step of a lookup, for a pipelined probe: the first id of the
+    /// home bucket of `h` whose tag matches (0 if none), and whether the
+    /// lookup could have any other candidate (a second tag match, or entries
+    /// that overflowed past the home bucket).
+    #[inline]
+    pub(super) fn first_candidate(&self, h: u64) -> (u32, bool) {
+        let b = Table::home_of(h, self.n());
+        let w = self.b[b].load();
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
+        let m = unsafe { masks_sse2(&w, self.tag(h), self.tmask) }.0 & SLOT_BITS;
+        #[cfg(not(target_arch = "x86_64"))]
+        let m = self.masks(b, self.tag(h), self.tmask).0;
+        let overflow = (w[7] >> 32) as u32;
+        if m == 0 {
+            return (0, overflow != 0);
+        }
+        let s = m.trailing_zeros() as usize;
+        let id = (w[s / 2] >> (32 * (s & 1))) as u32 & self.id_mask();
+        (id, m & (m - 1) != 0 || overflow != 0)
     }
 
     /// The first id in the probe sequence of `h` for which `eq` holds. Without
