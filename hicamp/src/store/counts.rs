@@ -181,7 +181,9 @@ impl Store {
             cand.clear();
         }
         drop(guard);
-        if freed >= FLUSH_AFTER {
+        // Near capacity (the fresh range used up) every freed slot counts.
+        let near_full = self.next_fresh.load(Relaxed) >= self.slots;
+        if freed >= FLUSH_AFTER || (freed > 0 && near_full) {
             // Two advances of the epoch retire this release's bag when no
             // other thread is pinned; a third collects it.
             for _ in 0..3 {

@@ -76,8 +76,12 @@ impl From<Error> for Fail {
 enum Probe {
     /// No lock-free probe (loom, or the locked rerun of a build).
     Off,
-    /// Owned hits (increment unless zero).
+    /// Owned hits (increment unless zero); a full memory makes the run
+    /// stop with [`Fail::Retry`] (the caller reruns unpinned).
     Own,
+    /// Owned hits, for a caller that cannot rerun (its child references
+    /// are consumed): a full memory is handled pinned.
+    OwnFinal,
     /// Borrowed hits (segment builds).
     Borrow,
 }
@@ -285,9 +289,9 @@ impl Store {
                     let line = &group[j * ls..(j + 1) * ls];
                     let r = match self.find_or_insert(cell, &mut shard, kind, hashes[j], line) {
                         Some(r) => Ok(r),
-                        None if matches!(probe, Some((_, Probe::Borrow))) => {
-                            // Full while a build is pinned: slots its own pin
-                            // holds back cannot return; the build reruns
+                        None if matches!(probe, Some((_, Probe::Borrow | Probe::Own))) => {
+                            // Full while pinned: slots this thread's own pin
+                            // holds back cannot return; the caller reruns
                             // unpinned.
                             result = Err(Fail::Retry);
                             break 'batches;
@@ -499,7 +503,7 @@ impl Store {
                 out,
                 &mut status,
                 Some(&guard),
-                Probe::Own,
+                Probe::OwnFinal,
             )
         } else {
             self.interior_run(children, &mut cst, out, &mut status, None, Probe::Off)
@@ -507,11 +511,7 @@ impl Store {
         match r {
             Ok(()) => Ok(()),
             Err(Fail::Error(e)) => Err(e),
-            // Only a full memory while pinned (children are owned, none can
-            // die): the children are consumed, so report it.
-            Err(Fail::Retry) => Err(Error::CapacityExhausted {
-                capacity: self.capacity(),
-            }),
+            Err(Fail::Retry) => unreachable!("no borrowed child, and a full memory is an error"),
         }
     }
 
