@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering::*;
 use super::{kind_index, line_hash, Store, SHARDS};
 use crate::id::{LineId, LineKind};
 use crate::region::prefetch_ptr;
-use crate::sync::epoch;
 
 /// Kind bit of a reference-count word (set = interior line). The one
 /// definition: the file format (`persist`) and `fsck` read the same words.
@@ -156,7 +155,7 @@ impl Store {
         let mut hashes: Vec<u64> = Vec::new();
         let mut order: Vec<u32> = Vec::new();
         let guard = self.epochs.pin();
-        let mut freed = 0;
+        let mut freed = Vec::new();
         loop {
             if cand.is_empty() {
                 if pending.is_empty() {
@@ -176,14 +175,18 @@ impl Store {
                 continue;
             }
             for chunk in cand.chunks(RELEASE_BATCH) {
-                freed += self.free_batch(chunk, &mut pending, &mut hashes, &mut order, &guard);
+                self.free_batch(chunk, &mut pending, &mut hashes, &mut order, &mut freed);
             }
             cand.clear();
         }
+        // One deferred function for the whole release (a collection step
+        // takes a bounded number of them).
+        let freed_n = freed.len();
+        self.defer_free(freed, &guard);
         drop(guard);
         // Near capacity (the fresh range used up) every freed slot counts.
         let near_full = self.next_fresh.load(Relaxed) >= self.slots;
-        if freed >= FLUSH_AFTER || (freed > 0 && near_full) {
+        if freed_n >= FLUSH_AFTER || (freed_n > 0 && near_full) {
             // Two advances of the epoch retire this release's bag when no
             // other thread is pinned; a third collects it.
             for _ in 0..3 {
@@ -194,16 +197,16 @@ impl Store {
 
     /// Frees the lines of `batch` whose last reference this thread owns,
     /// unless a lookup took a new reference meanwhile; the children of each
-    /// freed interior line go to `pending`. The freed slots return to the
-    /// free bitmap after an epoch (`defer_free`). Returns how many it freed.
+    /// freed interior line go to `pending`, and the freed slots to `freed`
+    /// (they return to the free bitmap after an epoch: `defer_free`).
     fn free_batch(
         &self,
         batch: &[u32],
         pending: &mut Vec<u32>,
         hashes: &mut Vec<u64>,
         order: &mut Vec<u32>,
-        guard: &epoch::Guard,
-    ) -> usize {
+        freed: &mut Vec<u32>,
+    ) {
         let meta = self.meta.as_slice();
         let mut counts = [0u32; SHARDS];
         // Hash every line of the batch (prefetching lines ahead and index slots).
@@ -237,7 +240,6 @@ impl Store {
             order[counts[sh] as usize] = j as u32;
             counts[sh] += 1;
         }
-        let mut freed = Vec::new();
         let mut k = 0;
         while k < order.len() {
             let sh = hashes[order[k] as usize] as usize & (SHARDS - 1);
@@ -273,8 +275,5 @@ impl Store {
                 freed.push(id);
             }
         }
-        let n = freed.len();
-        self.defer_free(freed, guard);
-        n
     }
 }

@@ -235,7 +235,7 @@ impl Store {
         // which defers the old array's release past every guard pinned before
         // the replacement, this one included.
         let t = unsafe { &*p };
-        t.find(h, |id| self.line_pinned(id, guard) == line)
+        t.find::<false>(h, |id| self.line_pinned(id, guard) == line)
     }
 
     /// The first step of a pinned lookup of `h` (see

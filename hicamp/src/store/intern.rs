@@ -31,6 +31,8 @@ use crate::sync::epoch::{Guard, LOCK_FREE_HITS};
 const BATCH: usize = 4096;
 /// How far ahead of its probe a line's candidates are prefetched.
 const PREFETCH_AHEAD: usize = 8;
+/// Lines of a batch probed before a batch of misses stops probing.
+const SAMPLE: usize = 64;
 /// `key` of a line that needs no locked lookup (zero, or found lock-free).
 const SKIP: u8 = SHARDS as u8;
 
@@ -209,14 +211,24 @@ impl Store {
             if let Some((g, mode)) = probe {
                 // Pipelined: the home bucket of line `j + PREFETCH_AHEAD` is
                 // read (prefetched while hashing) and its first candidate's
-                // line prefetched while line `j` is compared.
+                // line prefetched while line `j` is compared. A batch whose
+                // first `SAMPLE` lines are nearly all misses (new data) stops
+                // probing: its lines would pay the lookup twice.
+                let mut probe_end = m;
+                let mut batch_hits = 0;
                 for j in 0..m + PREFETCH_AHEAD {
-                    if j < m && key[j] != SKIP {
+                    if j < probe_end && key[j] != SKIP {
                         first[j] = self.first_pinned(hashes[j], g);
                     }
                     let Some(j) = j.checked_sub(PREFETCH_AHEAD) else {
                         continue;
                     };
+                    if j >= probe_end {
+                        break;
+                    }
+                    if j + 1 == SAMPLE && batch_hits * 8 < SAMPLE {
+                        probe_end = j + 1;
+                    }
                     if key[j] == SKIP {
                         continue;
                     }
@@ -232,8 +244,9 @@ impl Store {
                     out[start + base + j] = LineId(id);
                     status[sstart + base + j] = st;
                     key[j] = SKIP;
-                    pinned_hits += 1;
+                    batch_hits += 1;
                 }
+                pinned_hits += batch_hits as u64;
                 for j in 0..m {
                     if key[j] != SKIP && !prepare(base + j) {
                         result = Err(Fail::Retry);

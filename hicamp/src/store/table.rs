@@ -128,10 +128,20 @@ impl Buckets {
     }
 
     /// Bit `s` set when slot `s` of bucket `b` is used and equals `tag`
-    /// under `tmask`; and bit `s` set when slot `s` is empty.
+    /// under `tmask`; and bit `s` set when slot `s` is empty. `LOCKED`: the
+    /// caller is the table's writer side (see [`Table`]), so nothing writes
+    /// the bucket meanwhile and it is read with plain loads.
     #[inline(always)]
-    fn masks(&self, b: usize, tag: u32, tmask: u32) -> (u32, u32) {
-        let w = self.b[b].load();
+    fn masks<const LOCKED: bool>(&self, b: usize, tag: u32, tmask: u32) -> (u32, u32) {
+        let w = if LOCKED {
+            // SAFETY: only the table's writer side writes buckets, and the
+            // caller is it (`LOCKED`), so this read races with no write
+            // (lock-free readers only read); `[AtomicU64; 8]` has the layout
+            // of `[u64; 8]`.
+            unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) }
+        } else {
+            self.b[b].load()
+        };
         #[cfg(target_arch = "x86_64")]
         {
             // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64
@@ -153,8 +163,8 @@ impl Buckets {
 
     /// Bit `s` set when slot `s` of bucket `b` is used and has `tag`.
     #[inline(always)]
-    fn matches(&self, b: usize, tag: u32) -> u32 {
-        self.masks(b, tag, self.tmask).0
+    fn matches<const LOCKED: bool>(&self, b: usize, tag: u32) -> u32 {
+        self.masks::<LOCKED>(b, tag, self.tmask).0
     }
 
     /// The first step of a lookup, for a pipelined probe: the first id of the
@@ -169,7 +179,7 @@ impl Buckets {
         // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
         let m = unsafe { masks_sse2(&w, self.tag(h), self.tmask) }.0 & SLOT_BITS;
         #[cfg(not(target_arch = "x86_64"))]
-        let m = self.masks(b, self.tag(h), self.tmask).0;
+        let m = self.masks::<false>(b, self.tag(h), self.tmask).0;
         let overflow = (w[7] >> 32) as u32;
         if m == 0 {
             return (0, overflow != 0);
@@ -179,17 +189,22 @@ impl Buckets {
         (id, m & (m - 1) != 0 || overflow != 0)
     }
 
-    /// The first id in the probe sequence of `h` for which `eq` holds. Without
+    /// The first id in the probe sequence of `h` for which `eq` holds
+    /// (`LOCKED`: called by the writer side, see [`Table`]). Without
     /// the shard lock this may miss an entry that a concurrent update moves,
     /// never return one that is not in the table.
     #[inline]
-    pub(super) fn find(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+    pub(super) fn find<const LOCKED: bool>(
+        &self,
+        h: u64,
+        mut eq: impl FnMut(u32) -> bool,
+    ) -> Option<u32> {
         let n = self.n();
         let tag = self.tag(h);
         let idm = self.id_mask();
         let mut b = Table::home_of(h, n);
         for _ in 0..n {
-            let mut m = self.matches(b, tag);
+            let mut m = self.matches::<LOCKED>(b, tag);
             while m != 0 {
                 let s = m.trailing_zeros() as usize;
                 m &= m - 1;
@@ -208,10 +223,11 @@ impl Buckets {
 
     /// Calls `f` on each id of the home bucket of `h` whose tag matches
     /// (the candidates a lookup will compare first); returns how many.
+    /// Writer side only (plain loads: see [`Table`]).
     #[inline]
-    pub(super) fn candidates(&self, h: u64, mut f: impl FnMut(u32)) -> u32 {
+    fn candidates(&self, h: u64, mut f: impl FnMut(u32)) -> u32 {
         let b = Table::home_of(h, self.n());
-        let mut m = self.matches(b, self.tag(h));
+        let mut m = self.matches::<true>(b, self.tag(h));
         let n = m.count_ones();
         while m != 0 {
             let s = m.trailing_zeros() as usize;
@@ -227,7 +243,7 @@ impl Buckets {
         let v = self.tag(h) | id;
         let mut b = Table::home_of(h, n);
         loop {
-            let empty = self.masks(b, 0, 0).1;
+            let empty = self.masks::<true>(b, 0, 0).1;
             if empty != 0 {
                 self.b[b].set_slot(empty.trailing_zeros() as usize, v);
                 return;
@@ -246,7 +262,7 @@ impl Buckets {
         let home = Table::home_of(h, n);
         let mut b = home;
         for _ in 0..n {
-            let hit = self.masks(b, v, u32::MAX).0;
+            let hit = self.masks::<true>(b, v, u32::MAX).0;
             if hit != 0 {
                 self.b[b].set_slot(hit.trailing_zeros() as usize, 0);
                 let mut p = home;
@@ -289,7 +305,11 @@ impl Retired {
     }
 }
 
-/// One shard's table (see the module docs).
+/// One shard's table (see the module docs): the writer side of the
+/// buckets. It lives in its shard's `Mutex`, so holding `&Table` or `&mut
+/// Table` means holding the lock (or owning a table not yet shared), and the
+/// only writes to its buckets are made through `&mut Table`: a `&Table` may
+/// read them with plain loads (`Buckets::masks::<true>`).
 pub(super) struct Table {
     /// The current array, from `Box::into_raw`; freed by `Drop`, or retired
     /// by `rebuild`.
@@ -389,7 +409,7 @@ impl Table {
     /// The first id in the probe sequence of `h` for which `eq` holds.
     #[inline]
     pub(super) fn find(&self, h: u64, eq: impl FnMut(u32) -> bool) -> Option<u32> {
-        self.shared().find(h, eq)
+        self.shared().find::<true>(h, eq)
     }
 
     /// See [`Buckets::candidates`].
