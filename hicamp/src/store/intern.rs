@@ -31,6 +31,8 @@ use crate::sync::epoch::{Guard, LOCK_FREE_HITS};
 const BATCH: usize = 4096;
 /// How far ahead of its probe a line's candidates are prefetched.
 const PREFETCH_AHEAD: usize = 8;
+/// Runs of at most this many lines go one line at a time.
+const SMALL_RUN: usize = 32;
 /// Lines of a batch probed before a batch of misses stops probing.
 const SAMPLE: usize = 64;
 /// `key` of a line that needs no locked lookup (zero, or found lock-free).
@@ -155,7 +157,9 @@ impl Store {
     ) -> std::result::Result<(), Fail> {
         // Small runs (a write of a few lines) get small batch arrays: the
         // arrays are initialised on every call.
-        if lines.len() >> self.shift <= 64 {
+        if lines.len() >> self.shift <= SMALL_RUN {
+            self.intern_small(kind, lines, out, status, guard, probe, prepare)
+        } else if lines.len() >> self.shift <= 64 {
             self.intern_batches::<64>(kind, lines, out, status, guard, probe, prepare)
         } else {
             self.intern_batches::<BATCH>(kind, lines, out, status, guard, probe, prepare)
@@ -335,7 +339,30 @@ impl Store {
             }
             base += m;
         }
-        self.zero[kind_index(kind)].fetch_add(zeros, Relaxed);
+        self.end_run(
+            kind,
+            (start, sstart),
+            out,
+            status,
+            (zeros, pinned_hits),
+            result,
+        )
+    }
+
+    /// The end of a run: counters, and on error the release of every owned
+    /// line of the run (`from`: where the run's ids and statuses start).
+    fn end_run(
+        &self,
+        kind: LineKind,
+        (start, sstart): (usize, usize),
+        out: &mut Vec<LineId>,
+        status: &[Status],
+        (zeros, pinned_hits): (u64, u64),
+        result: std::result::Result<(), Fail>,
+    ) -> std::result::Result<(), Fail> {
+        if zeros != 0 {
+            self.zero[kind_index(kind)].fetch_add(zeros, Relaxed);
+        }
         if pinned_hits != 0 {
             self.pinned_hits[kind_index(kind)].fetch_add(pinned_hits, Relaxed);
         }
@@ -350,6 +377,95 @@ impl Store {
             self.release_all(&owned);
         }
         result
+    }
+
+    /// [`Store::intern_run`] for a few lines: one at a time, with none of
+    /// the batch arrays (whose set-up dominated small segment builds).
+    #[allow(clippy::too_many_arguments)]
+    fn intern_small(
+        &self,
+        kind: LineKind,
+        lines: &[u8],
+        out: &mut Vec<LineId>,
+        status: &mut Vec<Status>,
+        guard: Option<&Guard>,
+        probe: Probe,
+        prepare: &mut dyn FnMut(usize) -> bool,
+    ) -> std::result::Result<(), Fail> {
+        let ls = self.line_size();
+        let n = lines.len() >> self.shift;
+        let start = out.len();
+        out.resize(start + n, LineId::ZERO);
+        let sstart = status.len();
+        status.resize(sstart + n, Status::Pending);
+        let probe = match guard {
+            Some(g) if LOCK_FREE_HITS && probe != Probe::Off => Some((g, probe)),
+            _ => None,
+        };
+        let (mut zeros, mut pinned_hits) = (0, 0);
+        let mut result = Ok(());
+        for (j, line) in lines.chunks_exact(ls).enumerate() {
+            if is_zero(line) {
+                zeros += 1;
+                status[sstart + j] = Status::Created;
+                continue;
+            }
+            let h = line_hash(kind, line);
+            if let Some((g, mode)) = probe {
+                if let Some(id) = self.find_pinned(h, line, g) {
+                    let st = match mode {
+                        Probe::Borrow => Some(Status::Borrowed),
+                        _ if self.inc_unless_zero(id) => Some(Status::Hit),
+                        _ => None, // dying: the locked path decides
+                    };
+                    if let Some(st) = st {
+                        out[start + j] = LineId(id);
+                        status[sstart + j] = st;
+                        pinned_hits += 1;
+                        continue;
+                    }
+                }
+                if !prepare(j) {
+                    result = Err(Fail::Retry);
+                    break;
+                }
+            }
+            let cell = &self.shards[h as usize & (SHARDS - 1)];
+            let mut shard = cell.lock.lock();
+            let r = match self.find_or_insert(cell, &mut shard, kind, h, line) {
+                Some(r) => Ok(r),
+                None if matches!(probe, Some((_, Probe::Borrow | Probe::Own))) => {
+                    result = Err(Fail::Retry);
+                    break;
+                }
+                None => {
+                    drop(shard);
+                    self.intern_hashed(kind, h, line)
+                }
+            };
+            match r {
+                Ok((id, created)) => {
+                    out[start + j] = id;
+                    status[sstart + j] = if created {
+                        Status::Created
+                    } else {
+                        Status::Hit
+                    };
+                }
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            }
+        }
+        self.end_run(
+            kind,
+            (start, sstart),
+            out,
+            status,
+            (zeros, pinned_hits),
+            result,
+        )
     }
 
     /// Interns `data` as leaf lines (the last one zero-padded), appending
