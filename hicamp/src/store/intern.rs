@@ -145,6 +145,7 @@ impl Store {
     /// released again; `status` then tells which lines had been done (an
     /// interior caller needs it to give back the child references of the
     /// groups that did not consume theirs).
+    #[allow(clippy::too_many_arguments)]
     fn intern_run(
         &self,
         kind: LineKind,
@@ -251,8 +252,8 @@ impl Store {
                     batch_hits += 1;
                 }
                 pinned_hits += batch_hits as u64;
-                for j in 0..m {
-                    if key[j] != SKIP && !prepare(base + j) {
+                for (j, &k) in key[..m].iter().enumerate() {
+                    if k != SKIP && !prepare(base + j) {
                         result = Err(Fail::Retry);
                         break 'batches;
                     }
@@ -269,8 +270,8 @@ impl Store {
                 *c = at;
                 at += k;
             }
-            for j in 0..m {
-                let k = key[j] as usize;
+            for (j, &k) in key[..m].iter().enumerate() {
+                let k = k as usize;
                 order[counts[k] as usize] = j as u16;
                 counts[k] += 1;
             }
