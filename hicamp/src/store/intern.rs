@@ -722,3 +722,52 @@ impl Store {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{Fail, Probe, Status};
+    use crate::id::LineKind;
+    use crate::store::line_hash;
+    use crate::{Config, Memory};
+
+    /// A borrowed child that dies before its parent is created stops the
+    /// level with `Retry`, and the level still consumes the owned children.
+    #[test]
+    fn a_dead_borrowed_child_makes_the_build_retry() {
+        let m = Memory::new(Config {
+            line_size: 64,
+            capacity_lines: 256,
+            map_capacity: 2,
+            ..Config::default()
+        })
+        .unwrap();
+        let store = &m.inner.store;
+        let (a, b) = ([1u8; 64], [2u8; 64]);
+        let (ia, _) = store.intern(LineKind::Leaf, &a).unwrap();
+        let (ib, _) = store.intern(LineKind::Leaf, &b).unwrap();
+        let guard = store.epochs.pin();
+        assert_eq!(
+            store.find_pinned(line_hash(LineKind::Leaf, &a), &a, &guard),
+            Some(ia.0)
+        );
+        store.release(ia); // the borrowed child dies
+        let mut cst = [Status::Borrowed, Status::Hit];
+        let (mut out, mut st) = (Vec::new(), Vec::new());
+        let r = store.interior_run(
+            &[ia, ib],
+            &mut cst,
+            &mut out,
+            &mut st,
+            Some(&guard),
+            Probe::Borrow,
+        );
+        assert!(matches!(r, Err(Fail::Retry)));
+        assert!(out.is_empty());
+        drop(guard);
+        assert_eq!(m.live_lines(), 0, "the owned child was not given back");
+        // The same build through the public path succeeds (and reruns
+        // nothing here: no line is dying).
+        let s = m.segment(&[a, b].concat()).unwrap();
+        assert_eq!(s.to_vec(), [a, b].concat());
+    }
+}
