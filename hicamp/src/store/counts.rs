@@ -1,8 +1,10 @@
 //! Reference counts: one `u32` per slot, mapped beside the arena. Bit 31 is
 //! the kind (set = interior), bits 0..31 the count; a count that reaches
 //! [`SATURATED`] is never freed again. A count goes from 1 to 0 only under the
-//! line's shard lock, which is what keeps the index and the counts in step
-//! (see the store's module documentation).
+//! line's shard lock, which is what keeps the index and the counts in step;
+//! a lookup without the lock only ever increments a count it sees above 0
+//! ([`Store::inc_unless_zero`]). A freed slot returns to the free bitmap
+//! after an epoch (see the store's module documentation).
 
 use std::sync::atomic::Ordering::*;
 

@@ -1,5 +1,7 @@
-//! The sharded dedup index (one [`Table`] per shard, under the shard lock)
-//! and the free lists of line slots.
+//! The sharded dedup index (one [`Table`] per shard: written under the
+//! shard lock, read by pinned lock-free lookups through the published bucket
+//! array) and the free lists of line slots, which freed slots reach only
+//! after an epoch (see the store's module documentation).
 
 use std::sync::atomic::Ordering::*;
 
