@@ -186,8 +186,10 @@ impl Store {
         let freed_n = freed.len();
         self.defer_free(freed, &guard);
         drop(guard);
-        // Near capacity (the fresh range used up) every freed slot counts.
-        let near_full = self.next_fresh.load(Relaxed) >= self.slots;
+        // Near capacity (the fresh range used up, or many slots waiting)
+        // every freed slot counts.
+        let near_full = self.next_fresh.load(Relaxed) >= self.slots
+            || self.limbo.load(Relaxed) > self.slots / 32;
         if freed_n >= FLUSH_AFTER || (freed_n > 0 && near_full) {
             // Two advances of the epoch retire this release's bag when no
             // other thread is pinned; a third collects it.

@@ -31,6 +31,9 @@ use crate::sync::epoch::{Guard, LOCK_FREE_HITS};
 const BATCH: usize = 4096;
 /// How far ahead of its probe a line's candidates are prefetched.
 const PREFETCH_AHEAD: usize = 8;
+/// Attempts to reclaim slots waiting for an epoch before a full memory is
+/// reported.
+const RECLAIM_TRIES: usize = 112;
 /// Runs of at most this many lines go one line at a time.
 const SMALL_RUN: usize = 32;
 /// Lines of a batch probed before a batch of misses stops probing.
@@ -102,12 +105,29 @@ impl Store {
                 return Ok(r);
             }
         }
-        self.drain_free_lists();
-        let mut shard = cell.lock.lock();
-        self.find_or_insert(cell, &mut shard, kind, h, line)
-            .ok_or(Error::CapacityExhausted {
-                capacity: self.capacity(),
-            })
+        // Full: return what waits for an epoch and retry. Slots that other
+        // threads freed may still wait for them (a pin of theirs, perhaps
+        // preempted, or their local bag): while any slot waits, give them a
+        // moment: a few yields, then sleeps of 1 ms, about 0.1 s in all.
+        for t in 0..RECLAIM_TRIES {
+            self.drain_free_lists();
+            let mut shard = cell.lock.lock();
+            if let Some(r) = self.find_or_insert(cell, &mut shard, kind, h, line) {
+                return Ok(r);
+            }
+            drop(shard);
+            if self.limbo.load(Relaxed) == 0 {
+                break;
+            }
+            if t < 16 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Err(Error::CapacityExhausted {
+            capacity: self.capacity(),
+        })
     }
 
     /// Interns one full line (any content); the caller owns the returned
@@ -252,6 +272,10 @@ impl Store {
                     batch_hits += 1;
                 }
                 pinned_hits += batch_hits as u64;
+                if key[..m].iter().all(|&k| k == SKIP) {
+                    base += m; // every line found (or zero): nothing to lock
+                    continue;
+                }
                 for (j, &k) in key[..m].iter().enumerate() {
                     if k != SKIP && !prepare(base + j) {
                         result = Err(Fail::Retry);

@@ -110,11 +110,16 @@
 //! slots freed meanwhile (by any thread) come back only after it. A release
 //! that frees at least 64 lines pushes its deferred slots to the collector
 //! and advances the epoch at once; smaller ones leave them in the thread's
-//! local bag (at most 64 deferred batches), which the thread hands over the
-//! next time it pins 128 times, flushes, or exits. Near capacity the store
-//! flushes its own bag and advances the epoch before it gives up; slots held
-//! back by another thread's pin or bag can make a nearly full memory report
-//! `CapacityExhausted` a little early, never corrupt it.
+//! local bag (at most 64 deferred releases; a full bag is handed over), which
+//! the thread hands over the next time it frees 64 lines at once, or when the memory is nearly full
+//! (the fresh range used up, or more than 1/32 of the slots waiting), or
+//! when it exits. A full memory flushes this thread's bag, advances the
+//! epoch and retries, waiting up to about 0.1 s (yields, then 1 ms sleeps)
+//! while other threads' pins or bags hold slots back; slots held back longer
+//! than that make a nearly full memory report `CapacityExhausted` a little
+//! early, never corrupt it. A process that forks while another thread is
+//! pinned leaves the child's epoch stuck (that thread does not exist there):
+//! the child's frees then never return, as with any epoch scheme.
 //!
 //! Under `cfg(loom)` there is no lock-free reader: `sync::epoch` is a stub
 //! whose `defer` runs at once (sound with no such readers), every hit goes
