@@ -3,12 +3,13 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel,
-    Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+    Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hicamp::footprint::{sampled, DedupEstimate, LineSampler, PayloadFps, EXACT_METHOD};
 use parking_lot::{Condvar, Mutex};
 
 use super::interner::{Interner, Pending};
@@ -22,8 +23,48 @@ use crate::{guard, sys};
 const TICK: Duration = Duration::from_millis(100);
 /// Pending bytes that wake the interning thread early.
 const WAKE_BYTES: usize = 1 << 20;
-/// Pending bytes at which the application waits for the interning thread.
-const MAX_PENDING: usize = 256 << 20;
+/// At exit (or a terminating signal) the interning gets this long to finish; then the estimate
+/// stands in (the report says so).
+const EXIT_GRACE: Duration = Duration::from_millis(80);
+/// Payloads from this size on are looked up whole in the fingerprint cache.
+const FPS_CACHE_MIN: usize = 1024;
+/// Payloads in the fingerprint cache at most.
+const FPS_CACHE_ENTRIES: usize = 256;
+/// Line sizes the account's sampler handles at most (their levels are mirrored in atomics).
+const MAX_SIZES: usize = 16;
+
+/// Fingerprints of recent large payloads.
+#[derive(Debug, Default)]
+pub(super) struct FpsCache {
+    map: std::collections::HashMap<(usize, u128), Arc<PayloadFps>>,
+    bytes: u64,
+}
+
+/// How one process's budget is shared.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shares {
+    /// The whole budget.
+    pub(super) budget: u64,
+    /// Sample tables of the estimate, all line sizes together.
+    pub(super) sampler: u64,
+    /// One pending buffer (there are two: the one filling and the one being interned).
+    pub(super) pending: usize,
+    /// The memories and the payload cache.
+    pub(super) memories: u64,
+}
+
+impl Shares {
+    pub(super) fn of(budget: u64) -> Shares {
+        let sampler = budget / 4;
+        let pending = (budget / 16).min(64 << 20);
+        Shares {
+            budget,
+            sampler,
+            pending: pending as usize,
+            memories: budget - sampler - 2 * pending,
+        }
+    }
+}
 /// Connections listed in a report (the totals count every one).
 pub const MAX_CONNS: usize = 4096;
 
@@ -53,8 +94,27 @@ pub struct Account {
     pub(super) pending_len: AtomicUsize,
     pub(super) woken: AtomicBool,
     pub(super) wake: Condvar,
-    pub(super) space: Condvar,
     pub(super) interner: Mutex<Interner>,
+    pub(super) shares: Shares,
+    /// The estimate's fingerprint tables (every payload goes through them).
+    pub(super) sampler: Mutex<LineSampler>,
+    /// The sampler's levels, read without its lock by the hot path.
+    pub(super) levels: [AtomicU32; MAX_SIZES],
+    /// Spare fingerprint buffers for the hot path.
+    pub(super) fps_pool: Mutex<Vec<PayloadFps>>,
+    /// The fingerprints of recent large payloads, by (length, xxh3-128 of the bytes): a payload
+    /// sent or received again (a bulk sender's buffer, a static page) is hashed once, not line
+    /// by line (the fingerprints are a function of the bytes).
+    pub(super) fps_cache: Mutex<FpsCache>,
+    /// The memories still hold every payload: the report is exact.
+    pub(super) exact: AtomicBool,
+    /// Why the memories were given up.
+    pub(super) exact_stop: Mutex<Option<String>>,
+    /// Captured payload bytes that did not go into the memories.
+    pub(super) not_interned: AtomicU64,
+    /// A final report is being written: interning must end by this instant (nanoseconds after
+    /// `started`; 0: no hurry).
+    pub(super) hurry_until: AtomicU64,
     /// 0: no interning thread yet; 1: running; 2: could not be started (interning inline).
     pub(super) bg: AtomicU8,
     pub(super) report_path: Mutex<Option<PathBuf>>,
@@ -99,8 +159,20 @@ impl Account {
             pending_len: AtomicUsize::new(0),
             woken: AtomicBool::new(false),
             wake: Condvar::new(),
-            space: Condvar::new(),
             interner: Mutex::new(Interner::default()),
+            shares: Shares::of(Config::get().budget),
+            sampler: Mutex::new(LineSampler::new(
+                &Config::get().line_sizes,
+                // An eighth of the share is the fingerprint cache's.
+                Shares::of(Config::get().budget).sampler / 8 * 7,
+            )),
+            levels: std::array::from_fn(|_| AtomicU32::new(0)),
+            fps_pool: Mutex::new(Vec::new()),
+            fps_cache: Mutex::new(FpsCache::default()),
+            exact: AtomicBool::new(true),
+            exact_stop: Mutex::new(None),
+            not_interned: AtomicU64::new(0),
+            hurry_until: AtomicU64::new(0),
             bg: AtomicU8::new(0),
             report_path: Mutex::new(None),
             held: Mutex::new(None),
@@ -148,42 +220,114 @@ impl Account {
             || self.recv_calls.load(Relaxed) > 0
     }
 
-    /// Appends one payload to the pending buffer (`copy` appends exactly `n` bytes).
-    pub(super) fn capture(&self, n: usize, copy: impl FnOnce(&mut Vec<u8>)) {
+    /// One captured payload: `direct` in place, or what `copy` appends (exactly `n` bytes).
+    /// Its lines are fingerprinted for the estimate (always: the estimate must see all the
+    /// payload); while the memories are exact it is also copied to the pending buffer for the
+    /// interning thread, unless that buffer is full (the thread is behind): then the memories
+    /// are given up and the estimate reports.
+    pub(super) fn capture(&self, n: usize, direct: Option<&[u8]>, copy: impl FnOnce(&mut Vec<u8>)) {
+        let gathered;
+        let data: &[u8] = match direct {
+            Some(d) => d,
+            None => {
+                let mut v = Vec::with_capacity(n);
+                copy(&mut v);
+                gathered = v;
+                &gathered
+            }
+        };
+        let sizes = &Config::get().line_sizes;
+        let k = sizes.len().min(MAX_SIZES);
+        let mut levels = [0u32; MAX_SIZES];
+        for (l, a) in levels.iter_mut().zip(&self.levels[..k]) {
+            *l = a.load(Relaxed);
+        }
+        let key = (data.len() >= FPS_CACHE_MIN)
+            .then(|| (data.len(), xxhash_rust::xxh3::xxh3_128(data)));
+        let cached = key.and_then(|k| self.fps_cache.lock().map.get(&k).cloned());
+        let absorb = |fps: &PayloadFps| {
+            let mut s = self.sampler.lock();
+            s.absorb(fps);
+            for (a, l) in self.levels.iter().zip(s.levels()) {
+                a.store(l, Relaxed);
+            }
+        };
+        if let Some(fps) = cached {
+            // Fingerprinted at levels no higher than now: absorb drops what no longer
+            // qualifies.
+            absorb(&fps);
+        } else {
+            let mut fps = self.fps_pool.lock().pop().unwrap_or_default();
+            fps.compute(data, &sizes[..k], &levels[..k]);
+            absorb(&fps);
+            if let Some(k) = key {
+                let keep = Arc::new(fps.without_scratch());
+                let mut c = self.fps_cache.lock();
+                let bytes = keep.heap_bytes() as u64;
+                if c.map.len() >= FPS_CACHE_ENTRIES || c.bytes + bytes > self.shares.sampler / 8 {
+                    c.map.clear();
+                    c.bytes = 0;
+                }
+                c.bytes += bytes;
+                c.map.insert(k, keep);
+            }
+            let mut pool = self.fps_pool.lock();
+            if pool.len() < 8 {
+                pool.push(fps);
+            }
+        }
+        if !self.exact.load(Relaxed) {
+            self.not_interned.fetch_add(data.len() as u64, Relaxed);
+            return;
+        }
         let mut p = self.pending.lock();
-        let start = p.bytes.len();
-        p.bytes.reserve(n);
-        copy(&mut p.bytes);
-        let got = p.bytes.len() - start;
-        p.lens.push(got);
+        if p.bytes.len() + data.len() > self.shares.pending {
+            let behind = p.bytes.len();
+            drop(p);
+            self.not_interned.fetch_add(data.len() as u64, Relaxed);
+            self.stop_exact(format!(
+                "the interning thread fell behind by {} (the pending buffer's share of the \
+                 budget)",
+                hicamp::footprint::human_bytes(behind as u64)
+            ));
+            return;
+        }
+        p.bytes.extend_from_slice(data);
+        p.lens.push(data.len());
         self.pending_len.store(p.bytes.len(), Relaxed);
     }
 
-    /// After a capture, with no lock held: start or wake the interning thread, or wait for it.
+    /// Gives up the exact memories (the first reason stays); the interning thread frees them.
+    pub(super) fn stop_exact(&self, reason: String) {
+        if self.exact.swap(false, AcqRel) {
+            *self.exact_stop.lock() = Some(reason);
+            if !self.woken.swap(true, Relaxed) {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// After a capture, with no lock held: start or wake the interning thread (the application
+    /// never waits for it).
     pub(super) fn after_capture(&'static self) {
         let len = self.pending_len.load(Relaxed);
         match self.bg.load(Acquire) {
             1 => {}
-            0 => self.start_thread(),
+            0 => {
+                if !self.exact.load(Relaxed) {
+                    return; // nothing to intern: no thread needed
+                }
+                self.start_thread();
+            }
             _ => {
-                if len >= WAKE_BYTES {
-                    self.flush();
+                if len >= WAKE_BYTES || (!self.exact.load(Relaxed) && len > 0) {
+                    self.flush(None);
                 }
                 return;
             }
         }
         if len >= WAKE_BYTES && !self.woken.swap(true, Relaxed) {
             self.wake.notify_one();
-        }
-        if len >= MAX_PENDING {
-            let mut p = self.pending.lock();
-            while p.bytes.len() >= MAX_PENDING
-                && self.bg.load(Acquire) == 1
-                && !self.finished.load(Relaxed)
-            {
-                self.wake.notify_one();
-                self.space.wait_for(&mut p, TICK);
-            }
         }
     }
 
@@ -244,7 +388,7 @@ impl Account {
                 return;
             }
             let _ = guard::shielded(|| {
-                self.flush();
+                self.flush(None);
                 let now = Instant::now();
                 let periodic = next_report.is_some_and(|t| now >= t);
                 if periodic {
@@ -259,28 +403,77 @@ impl Account {
         }
     }
 
-    /// Interns everything pending.
-    fn flush(&self) {
-        let mut it = self.interner.lock();
+    /// Nanoseconds since the account started.
+    fn now_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos().min(u128::from(u64::MAX - 1)) as u64
+    }
+
+    /// Interns everything pending; with a `deadline` (a final report), gives up the memories
+    /// if that cannot be done by then. Once the memories are given up, frees them and the
+    /// pending buffers.
+    fn flush(&self, deadline: Option<Instant>) {
+        let mut it = match deadline {
+            None => self.interner.lock(),
+            Some(d) => match self.interner.try_lock_until(d) {
+                Some(g) => g,
+                None => {
+                    self.stop_exact(
+                        "exit came while the interning thread was busy (at most 100 ms are \
+                         spent on it)"
+                            .into(),
+                    );
+                    return;
+                }
+            },
+        };
+        if !self.exact.load(Acquire) {
+            let dropped = std::mem::take(&mut *self.pending.lock());
+            self.pending_len.store(0, Relaxed);
+            self.not_interned
+                .fetch_add(dropped.bytes.len() as u64, Relaxed);
+            it.drop_all();
+            return;
+        }
         let mut batch = std::mem::take(&mut it.spare);
         {
             let mut p = self.pending.lock();
             std::mem::swap(&mut *p, &mut batch);
             self.pending_len.store(p.bytes.len(), Relaxed);
         }
-        self.space.notify_all();
-        it.ingest(&batch.bytes, &batch.lens);
+        let hurry = || {
+            let h = self.hurry_until.load(Relaxed);
+            h == 0 || self.now_ns() < h
+        };
+        let r = it.ingest(&batch.bytes, &batch.lens, self.shares.memories, &hurry);
         batch.bytes.clear();
         batch.lens.clear();
-        if batch.bytes.capacity() <= 2 * MAX_PENDING {
-            it.spare = batch;
+        match r {
+            Ok(()) => {
+                if batch.bytes.capacity() <= self.shares.pending {
+                    it.spare = batch;
+                }
+            }
+            Err(stop) => {
+                self.not_interned.fetch_add(stop.left, Relaxed);
+                self.stop_exact(stop.reason);
+                let dropped = std::mem::take(&mut *self.pending.lock());
+                self.pending_len.store(0, Relaxed);
+                self.not_interned
+                    .fetch_add(dropped.bytes.len() as u64, Relaxed);
+                it.drop_all();
+            }
         }
     }
 
     /// Builds the report.
     fn build(&self, reason: &str, final_report: bool) -> ShimReport {
         let cfg = Config::get();
-        let it = self.interner.lock();
+        // The interning thread may hold the memories past a final report's deadline (then it
+        // gives them up at that deadline): the wait is bounded.
+        let it = self.interner.try_lock_for(EXIT_GRACE + TICK);
+        if it.is_none() {
+            self.stop_exact("the memories could not be read in time for the report".into());
+        }
         let mut conns: Vec<ConnReport> = self
             .conns
             .lock()
@@ -295,6 +488,29 @@ impl Account {
             .collect();
         conns.sort_by_key(|c| c.id);
         let total = self.conns_total.load(Relaxed);
+        let (line_sizes, dedup_method, dedup_estimate) = if self.exact.load(Acquire) {
+            let ls = it.as_ref().map(|i| i.line_sizes()).unwrap_or_default();
+            (ls, EXACT_METHOD.to_string(), None)
+        } else {
+            let per_line_size = self.sampler.lock().estimates();
+            let reason = self
+                .exact_stop
+                .lock()
+                .clone()
+                .unwrap_or_else(|| "the memories were given up".into());
+            (
+                per_line_size
+                    .iter()
+                    .map(|e| e.line_size_report())
+                    .collect(),
+                sampled::METHOD.to_string(),
+                Some(DedupEstimate {
+                    method: sampled::METHOD.to_string(),
+                    reason,
+                    per_line_size,
+                }),
+            )
+        };
         ShimReport {
             tool: "hicamp libc-shim".to_string(),
             mode: "trace".to_string(),
@@ -319,9 +535,9 @@ impl Account {
             splice_bytes: self.splice_bytes.load(Relaxed),
             copy_avoided_bytes: self.captured_sent.load(Relaxed)
                 + self.captured_received.load(Relaxed),
-            payloads_interned: it.payloads,
-            payload_snapshot_hits: it.snapshot_hits,
-            payload_bytes_interned: it.bytes,
+            payloads_interned: it.as_ref().map_or(0, |i| i.payloads),
+            payload_snapshot_hits: it.as_ref().map_or(0, |i| i.snapshot_hits),
+            payload_bytes_interned: it.as_ref().map_or(0, |i| i.bytes),
             sockets_traced: total,
             connections_omitted: total.saturating_sub(MAX_CONNS as u64),
             calls: CALL_NAMES
@@ -333,15 +549,27 @@ impl Account {
                 })
                 .collect(),
             connections: conns,
-            line_sizes: it.line_sizes(),
-            intern_errors: it.errors(),
+            line_sizes,
+            intern_errors: it.as_ref().map(|i| i.errors()).unwrap_or_default(),
+            dedup_method,
+            dedup_estimate,
+            budget_bytes: self.shares.budget,
+            payload_bytes_not_interned: self.not_interned.load(Relaxed),
         }
     }
 
     /// Interns what is pending and writes the report (files when a prefix is set, else the
     /// summary on stderr for a final report).
     pub(super) fn report(&self, reason: &str, final_report: bool) {
-        self.flush();
+        if final_report {
+            // Interning gets a bounded time; past it the estimate reports.
+            let deadline = Instant::now() + EXIT_GRACE;
+            self.hurry_until
+                .store(self.now_ns() + EXIT_GRACE.as_nanos() as u64, Relaxed);
+            self.flush(Some(deadline));
+        } else {
+            self.flush(None);
+        }
         let r = self.build(reason, final_report);
         let text = r.to_text();
         let Some(prefix) = &Config::get().report else {
