@@ -28,8 +28,10 @@
 //!
 //! **Cost floor.** Past [`FLOOR_AFTER`] bytes of one line size the level is at least
 //! [`floor_level`] (about one sampled line per 2 KiB of payload), whatever room the table has:
-//! a table lookup per line would cost a bulk sender more than hashing does. Small traffic
-//! stays at level 0.
+//! a table lookup per line would cost a bulk transfer more than hashing does. Traffic below it
+//! stays at level 0 until its table fills. A payload absorbed again while no level changed
+//! (a tracer's cache of whole payloads) adds its counts only
+//! ([`LineSampler::absorb_again`]): its sampled lines are in the table already.
 //!
 //! Logical bytes, zero-line bytes and the line writes are counted exactly; the footprint is
 //! `distinct lines * line_size` plus the metadata of a memory holding that many lines
@@ -58,7 +60,7 @@ pub const Z95: f64 = 1.96;
 /// Smallest table, slots.
 const MIN_TABLE: usize = 1024;
 /// Bytes of one line size after which its level is at least [`floor_level`].
-pub const FLOOR_AFTER: u64 = 64 << 20;
+pub const FLOOR_AFTER: u64 = 1 << 30;
 
 /// The lowest level of a line size past [`FLOOR_AFTER`] bytes: `log2(2048 / line_size)`, so
 /// that about one leaf in 2 KiB of payload is looked up.
@@ -324,6 +326,8 @@ pub struct LineSampler {
     sizes: Vec<SizeSet>,
     /// Most slots one table may have (its rebuild holds two tables at once).
     max_slots: usize,
+    /// Bumped whenever a level rises (entries leave a table only then).
+    version: u64,
 }
 
 impl LineSampler {
@@ -347,7 +351,32 @@ impl LineSampler {
                 })
                 .collect(),
             max_slots,
+            version: 0,
         }
+    }
+
+    /// Changes whenever a level rises: a payload absorbed at version `v` has all its sampled
+    /// lines in the tables while the version is still `v`.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Adds the counts of a payload absorbed before at the current [`version`](Self::version)
+    /// (its sampled lines are in the tables already). Returns false, doing nothing, when the
+    /// version changed since: absorb it whole then.
+    pub fn absorb_again(&mut self, p: &PayloadFps, version: u64) -> bool {
+        if version != self.version
+            || self
+                .sizes
+                .iter()
+                .any(|s| s.counts.logical_bytes > FLOOR_AFTER && s.level < floor_level(s.line_size))
+        {
+            return false;
+        }
+        for (set, f) in self.sizes.iter_mut().zip(&p.sizes) {
+            set.counts.add(&f.counts);
+        }
+        true
     }
 
     /// The sampling level of each line size (the argument of [`PayloadFps::compute`]).
@@ -368,6 +397,7 @@ impl LineSampler {
                 let floor = floor_level(set.line_size);
                 if set.level < floor {
                     set.level = floor;
+                    self.version += 1;
                     let slots = set.table.len();
                     set.rebuild(slots);
                 }
@@ -384,6 +414,7 @@ impl LineSampler {
                     } else {
                         while (set.len + 1) * 4 > set.table.len() * 3 && set.level < MAX_LEVEL {
                             set.level += 1;
+                            self.version += 1;
                             let slots = set.table.len();
                             set.rebuild(slots);
                         }
@@ -646,5 +677,13 @@ mod tests {
             crate::footprint::zero_line_bytes(&data, 256)
         );
         assert_eq!(e[0].counts.items, 2);
+        // Absorbed again at the same version: counts only.
+        let mut p = PayloadFps::default();
+        let levels: Vec<u32> = s.levels().collect();
+        p.compute(&data, &sizes, &levels);
+        let v = s.version();
+        assert!(s.absorb_again(&p, v));
+        assert_eq!(s.estimates()[0].counts.items, 3);
+        assert!(!s.absorb_again(&p, v + 1));
     }
 }

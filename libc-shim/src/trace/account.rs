@@ -36,7 +36,7 @@ const MAX_SIZES: usize = 16;
 /// Fingerprints of recent large payloads.
 #[derive(Debug, Default)]
 pub(super) struct FpsCache {
-    map: std::collections::HashMap<(usize, u128), Arc<PayloadFps>>,
+    map: std::collections::HashMap<(usize, u128), (Arc<PayloadFps>, u64)>,
     bytes: u64,
 }
 
@@ -245,21 +245,30 @@ impl Account {
         let key = (data.len() >= FPS_CACHE_MIN)
             .then(|| (data.len(), xxhash_rust::xxh3::xxh3_128(data)));
         let cached = key.and_then(|k| self.fps_cache.lock().map.get(&k).cloned());
-        let absorb = |fps: &PayloadFps| {
+        // Returns the sampler's version after the payload went in.
+        let absorb = |fps: &PayloadFps, again: Option<u64>| {
             let mut s = self.sampler.lock();
-            s.absorb(fps);
-            for (a, l) in self.levels.iter().zip(s.levels()) {
-                a.store(l, Relaxed);
+            if !again.is_some_and(|v| s.absorb_again(fps, v)) {
+                s.absorb(fps);
+                for (a, l) in self.levels.iter().zip(s.levels()) {
+                    a.store(l, Relaxed);
+                }
             }
+            s.version()
         };
-        if let Some(fps) = cached {
+        if let (Some((fps, v)), Some(k)) = (cached, key) {
             // Fingerprinted at levels no higher than now: absorb drops what no longer
-            // qualifies.
-            absorb(&fps);
+            // qualifies; at the same version only the counts change.
+            let now = absorb(&fps, Some(v));
+            if now != v {
+                if let Some(e) = self.fps_cache.lock().map.get_mut(&k) {
+                    e.1 = now;
+                }
+            }
         } else {
             let mut fps = self.fps_pool.lock().pop().unwrap_or_default();
             fps.compute(data, &sizes[..k], &levels[..k]);
-            absorb(&fps);
+            let version = absorb(&fps, None);
             if let Some(k) = key {
                 let keep = Arc::new(fps.without_scratch());
                 let mut c = self.fps_cache.lock();
@@ -269,7 +278,7 @@ impl Account {
                     c.bytes = 0;
                 }
                 c.bytes += bytes;
-                c.map.insert(k, keep);
+                c.map.insert(k, (keep, version));
             }
             let mut pool = self.fps_pool.lock();
             if pool.len() < 8 {
