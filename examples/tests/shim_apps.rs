@@ -1270,7 +1270,11 @@ fn memcached_memory_stays_within_the_budget() {
     const BUDGET: u64 = 32 << 20;
     const MARGIN: u64 = 48 << 20;
     const OPS: u64 = 200_000;
-    let user: &[&str] = if testkit::is_root() { &["-u", "root"] } else { &[] };
+    let user: &[&str] = if testkit::is_root() {
+        &["-u", "root"]
+    } else {
+        &[]
+    };
     let mc_args = |port: u16| -> Vec<String> {
         let mut a: Vec<String> = ["-l", "127.0.0.1", "-U", "0", "-m", "256", "-p"]
             .iter()
@@ -1351,7 +1355,10 @@ fn memcached_memory_stays_within_the_budget() {
         "{summary}"
     );
     let est = &p["dedup_estimate"];
-    assert!(est["reason"].as_str().is_some_and(|r| !r.is_empty()), "{est}");
+    assert!(
+        est["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{est}"
+    );
     for e in est["per_line_size"].as_array().unwrap() {
         assert!(e["sample_rate"].as_f64().unwrap() > 0.0, "{e}");
         assert!(e["rel_err_95"].as_f64().unwrap() < 0.5, "{e}");

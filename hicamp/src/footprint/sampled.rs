@@ -185,7 +185,10 @@ impl PayloadFps {
 
     /// Bytes this holds (for a cache's budget).
     pub fn heap_bytes(&self) -> usize {
-        self.sizes.iter().map(|s| s.sampled.capacity() * 8 + 64).sum::<usize>()
+        self.sizes
+            .iter()
+            .map(|s| s.sampled.capacity() * 8 + 64)
+            .sum::<usize>()
             + (self.level.capacity() + self.next.capacity()) * 8
     }
 

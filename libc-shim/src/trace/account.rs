@@ -242,8 +242,8 @@ impl Account {
         for (l, a) in levels.iter_mut().zip(&self.levels[..k]) {
             *l = a.load(Relaxed);
         }
-        let key = (data.len() >= FPS_CACHE_MIN)
-            .then(|| (data.len(), xxhash_rust::xxh3::xxh3_128(data)));
+        let key =
+            (data.len() >= FPS_CACHE_MIN).then(|| (data.len(), xxhash_rust::xxh3::xxh3_128(data)));
         let cached = key.and_then(|k| self.fps_cache.lock().map.get(&k).cloned());
         // Returns the sampler's version after the payload went in.
         let absorb = |fps: &PayloadFps, again: Option<u64>| {
@@ -414,7 +414,10 @@ impl Account {
 
     /// Nanoseconds since the account started.
     fn now_ns(&self) -> u64 {
-        self.started.elapsed().as_nanos().min(u128::from(u64::MAX - 1)) as u64
+        self.started
+            .elapsed()
+            .as_nanos()
+            .min(u128::from(u64::MAX - 1)) as u64
     }
 
     /// Interns everything pending; with a `deadline` (a final report), gives up the memories
@@ -508,10 +511,7 @@ impl Account {
                 .clone()
                 .unwrap_or_else(|| "the memories were given up".into());
             (
-                per_line_size
-                    .iter()
-                    .map(|e| e.line_size_report())
-                    .collect(),
+                per_line_size.iter().map(|e| e.line_size_report()).collect(),
                 sampled::METHOD.to_string(),
                 Some(DedupEstimate {
                     method: sampled::METHOD.to_string(),
