@@ -164,9 +164,11 @@ unsafe fn msg_transfer(fd: c_int, dir: Dir, ret: ssize_t, msg: *const msghdr, fl
     // SAFETY: the kernel read (send) or wrote (receive) the first `n` bytes of the iovecs.
     let copy = |out: &mut Vec<u8>| unsafe { copy_iov(out, m.msg_iov, cnt, n) };
     // One buffer (the usual case) is read in place.
-    let direct = if cnt == 1 {
-        // SAFETY: the msghdr has one iovec, of at least `n` bytes read or written.
-        unsafe { slice(std::ptr::read(m.msg_iov).iov_base, n) }
+    let direct = if cnt == 1 && n > 0 && !m.msg_iov.is_null() {
+        // SAFETY: the msghdr has one iovec (not null: checked).
+        let v = unsafe { std::ptr::read(m.msg_iov) };
+        // SAFETY: the kernel read or wrote `n <= iov_len` bytes of that iovec.
+        unsafe { slice(v.iov_base, n) }
     } else {
         None
     };

@@ -112,6 +112,9 @@ pub struct Account {
     pub(super) exact_stop: Mutex<Option<String>>,
     /// Captured payload bytes that did not go into the memories.
     pub(super) not_interned: AtomicU64,
+    /// The interner's payload, byte and snapshot-hit counts after its last batch (a report
+    /// that cannot wait for the memories reads these).
+    pub(super) interned: [AtomicU64; 3],
     /// A final report is being written: interning must end by this instant (nanoseconds after
     /// `started`; 0: no hurry).
     pub(super) hurry_until: AtomicU64,
@@ -172,6 +175,7 @@ impl Account {
             exact: AtomicBool::new(true),
             exact_stop: Mutex::new(None),
             not_interned: AtomicU64::new(0),
+            interned: std::array::from_fn(|_| AtomicU64::new(0)),
             hurry_until: AtomicU64::new(0),
             bg: AtomicU8::new(0),
             report_path: Mutex::new(None),
@@ -443,7 +447,10 @@ impl Account {
             self.pending_len.store(0, Relaxed);
             self.not_interned
                 .fetch_add(dropped.bytes.len() as u64, Relaxed);
-            it.drop_all();
+            // At exit the memories go with the process (unmapping them takes time).
+            if deadline.is_none() {
+                it.drop_all();
+            }
             return;
         }
         let mut batch = std::mem::take(&mut it.spare);
@@ -457,6 +464,13 @@ impl Account {
             h == 0 || self.now_ns() < h
         };
         let r = it.ingest(&batch.bytes, &batch.lens, self.shares.memories, &hurry);
+        for (a, v) in self
+            .interned
+            .iter()
+            .zip([it.payloads, it.bytes, it.snapshot_hits])
+        {
+            a.store(v, Relaxed);
+        }
         batch.bytes.clear();
         batch.lens.clear();
         match r {
@@ -472,18 +486,26 @@ impl Account {
                 self.pending_len.store(0, Relaxed);
                 self.not_interned
                     .fetch_add(dropped.bytes.len() as u64, Relaxed);
-                it.drop_all();
+                if deadline.is_none() {
+                    it.drop_all();
+                }
             }
         }
     }
 
     /// Builds the report.
-    fn build(&self, reason: &str, final_report: bool) -> ShimReport {
+    fn build(&self, reason: &str, final_report: bool, deadline: Option<Instant>) -> ShimReport {
         let cfg = Config::get();
         // The interning thread may hold the memories past a final report's deadline (then it
         // gives them up at that deadline): the wait is bounded.
-        let it = self.interner.try_lock_for(EXIT_GRACE + TICK);
-        if it.is_none() {
+        // A final report waits for the memories until its deadline (the interning thread stops
+        // there, counting what it did not intern); others wait when the report is exact.
+        let it = match deadline {
+            Some(d) => self.interner.try_lock_until(d + Duration::from_millis(5)),
+            None if self.exact.load(Acquire) => Some(self.interner.lock()),
+            None => self.interner.try_lock(),
+        };
+        if it.is_none() && self.exact.load(Acquire) {
             self.stop_exact("the memories could not be read in time for the report".into());
         }
         let mut conns: Vec<ConnReport> = self
@@ -544,9 +566,9 @@ impl Account {
             splice_bytes: self.splice_bytes.load(Relaxed),
             copy_avoided_bytes: self.captured_sent.load(Relaxed)
                 + self.captured_received.load(Relaxed),
-            payloads_interned: it.as_ref().map_or(0, |i| i.payloads),
-            payload_snapshot_hits: it.as_ref().map_or(0, |i| i.snapshot_hits),
-            payload_bytes_interned: it.as_ref().map_or(0, |i| i.bytes),
+            payloads_interned: self.interned[0].load(Relaxed),
+            payload_bytes_interned: self.interned[1].load(Relaxed),
+            payload_snapshot_hits: self.interned[2].load(Relaxed),
             sockets_traced: total,
             connections_omitted: total.saturating_sub(MAX_CONNS as u64),
             calls: CALL_NAMES
@@ -570,16 +592,18 @@ impl Account {
     /// Interns what is pending and writes the report (files when a prefix is set, else the
     /// summary on stderr for a final report).
     pub(super) fn report(&self, reason: &str, final_report: bool) {
-        if final_report {
+        let deadline = final_report.then(|| Instant::now() + EXIT_GRACE);
+        if deadline.is_some() {
             // Interning gets a bounded time; past it the estimate reports.
-            let deadline = Instant::now() + EXIT_GRACE;
             self.hurry_until
                 .store(self.now_ns() + EXIT_GRACE.as_nanos() as u64, Relaxed);
-            self.flush(Some(deadline));
-        } else {
-            self.flush(None);
         }
-        let r = self.build(reason, final_report);
+        self.flush(deadline);
+        let r = self.build(reason, final_report, deadline);
+        if !self.finished.load(Relaxed) {
+            // The process goes on (a failed exec): no more hurry.
+            self.hurry_until.store(0, Relaxed);
+        }
         let text = r.to_text();
         let Some(prefix) = &Config::get().report else {
             // No report prefix: the summary goes to a file of its own, never to a descriptor

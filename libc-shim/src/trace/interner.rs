@@ -93,7 +93,7 @@ impl Interner {
     }
 
     /// Interns a batch of payloads while the memories (with the cache) stay within `limit`
-    /// bytes and `go_on` says yes (checked every few payloads).
+    /// bytes and `go_on` says yes (asked before each payload).
     pub(super) fn ingest(
         &mut self,
         bytes: &[u8],
@@ -119,11 +119,11 @@ impl Interner {
             }
         }
         let mut off = 0;
-        for (i, &n) in lens.iter().enumerate() {
+        for &n in lens {
             let Some(p) = bytes.get(off..off + n) else {
                 break;
             };
-            if i % 16 == 0 && !go_on() {
+            if !go_on() {
                 return Err(Stop {
                     reason: "exit came before the interning thread caught up (at most 100 ms \
                              are spent on it)"
