@@ -110,8 +110,6 @@ pub struct Account {
     pub(super) exact: AtomicBool,
     /// Why the memories were given up.
     pub(super) exact_stop: Mutex<Option<String>>,
-    /// Captured payload bytes that did not go into the memories.
-    pub(super) not_interned: AtomicU64,
     /// The interner's payload, byte and snapshot-hit counts after its last batch (a report
     /// that cannot wait for the memories reads these).
     pub(super) interned: [AtomicU64; 3],
@@ -174,7 +172,6 @@ impl Account {
             fps_cache: Mutex::new(FpsCache::default()),
             exact: AtomicBool::new(true),
             exact_stop: Mutex::new(None),
-            not_interned: AtomicU64::new(0),
             interned: std::array::from_fn(|_| AtomicU64::new(0)),
             hurry_until: AtomicU64::new(0),
             bg: AtomicU8::new(0),
@@ -290,14 +287,12 @@ impl Account {
             }
         }
         if !self.exact.load(Relaxed) {
-            self.not_interned.fetch_add(data.len() as u64, Relaxed);
             return;
         }
         let mut p = self.pending.lock();
         if p.bytes.len() + data.len() > self.shares.pending {
             let behind = p.bytes.len();
             drop(p);
-            self.not_interned.fetch_add(data.len() as u64, Relaxed);
             self.stop_exact(format!(
                 "the interning thread fell behind by {} (the pending buffer's share of the \
                  budget)",
@@ -438,15 +433,15 @@ impl Account {
                          spent on it)"
                             .into(),
                     );
+                    drop(std::mem::take(&mut *self.pending.lock()));
+                    self.pending_len.store(0, Relaxed);
                     return;
                 }
             },
         };
         if !self.exact.load(Acquire) {
-            let dropped = std::mem::take(&mut *self.pending.lock());
+            drop(std::mem::take(&mut *self.pending.lock()));
             self.pending_len.store(0, Relaxed);
-            self.not_interned
-                .fetch_add(dropped.bytes.len() as u64, Relaxed);
             // At exit the memories go with the process (unmapping them takes time).
             if deadline.is_none() {
                 it.drop_all();
@@ -480,12 +475,9 @@ impl Account {
                 }
             }
             Err(stop) => {
-                self.not_interned.fetch_add(stop.left, Relaxed);
                 self.stop_exact(stop.reason);
-                let dropped = std::mem::take(&mut *self.pending.lock());
+                drop(std::mem::take(&mut *self.pending.lock()));
                 self.pending_len.store(0, Relaxed);
-                self.not_interned
-                    .fetch_add(dropped.bytes.len() as u64, Relaxed);
                 if deadline.is_none() {
                     it.drop_all();
                 }
@@ -585,7 +577,11 @@ impl Account {
             dedup_method,
             dedup_estimate,
             budget_bytes: self.shares.budget,
-            payload_bytes_not_interned: self.not_interned.load(Relaxed),
+            // Captured and not in the memories when the report was built (past the budget,
+            // behind, or still pending).
+            payload_bytes_not_interned: (self.captured_sent.load(Relaxed)
+                + self.captured_received.load(Relaxed))
+            .saturating_sub(self.interned[1].load(Relaxed)),
         }
     }
 

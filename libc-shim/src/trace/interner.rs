@@ -20,8 +20,6 @@ const CHECK_BYTES: u64 = 1 << 20;
 pub(super) struct Stop {
     /// Why.
     pub(super) reason: String,
-    /// Payload bytes of the batch not interned.
-    pub(super) left: u64,
 }
 
 /// Payload waiting to be interned.
@@ -128,7 +126,6 @@ impl Interner {
                     reason: "exit came before the interning thread caught up (at most 100 ms \
                              are spent on it)"
                         .into(),
-                    left: (bytes.len() - off) as u64,
                 });
             }
             if self.since_check >= CHECK_BYTES {
@@ -143,7 +140,6 @@ impl Interner {
                             hicamp::footprint::human_bytes(limit),
                             self.bytes
                         ),
-                        left: (bytes.len() - off) as u64,
                     });
                 }
             }
