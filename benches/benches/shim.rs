@@ -132,7 +132,20 @@ impl Preload<'_> {
 /// One round's result: the rates (one or two figures) and the client's wall time.
 type Round = Result<(Vec<f64>, f64), String>;
 
-/// iperf3 TCP for `secs`: Gbit/s received.
+/// A number after `"key":` in `text` (iperf3's JSON, read without a parser).
+fn json_number(text: &str, key: &str) -> Option<f64> {
+    text.split(&format!("\"{key}\":"))
+        .nth(1)?
+        .split([',', '\n', '}'])
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// iperf3 TCP for `secs`: Gbit/s received, and the CPU seconds both ends spent per GB (from
+/// iperf3's own `cpu_utilization_percent`: a cost that a loaded machine disturbs less than
+/// the rate).
 fn iperf3_round(p: Preload, secs: u64) -> Round {
     let port = free_port().to_string();
     let mut server = Command::new("iperf3");
@@ -163,16 +176,22 @@ fn iperf3_round(p: Preload, secs: u64) -> Round {
     if !out.status.success() {
         return Err(format!("iperf3 client failed: {:?}", out.status));
     }
-    // "sum_received": { ... "bits_per_second": N ... } (iperf3's JSON, read without a parser).
     let text = String::from_utf8_lossy(&out.stdout);
-    let rate = text
+    let received = text
         .split("\"sum_received\"")
         .nth(1)
-        .and_then(|s| s.split("\"bits_per_second\":").nth(1))
-        .and_then(|s| s.split([',', '\n', '}']).next())
-        .and_then(|v| v.trim().parse::<f64>().ok())
         .ok_or_else(|| "no sum_received in iperf3's JSON".to_string())?;
-    Ok((vec![rate / 1e9], wall))
+    let rate = json_number(received, "bits_per_second").ok_or("no bits_per_second")?;
+    let bytes = json_number(received, "bytes").ok_or("no bytes")?;
+    let seconds = json_number(received, "seconds").ok_or("no seconds")?;
+    let cpu = text
+        .split("\"cpu_utilization_percent\"")
+        .nth(1)
+        .ok_or("no cpu_utilization_percent")?;
+    let host = json_number(cpu, "host_total").ok_or("no host_total")?;
+    let remote = json_number(cpu, "remote_total").ok_or("no remote_total")?;
+    let cpu_s_per_gb = (host + remote) / 100.0 * seconds / (bytes / 1e9);
+    Ok((vec![rate / 1e9, cpu_s_per_gb], wall))
 }
 
 /// nginx (one worker) and wrk for `secs`: requests/s.
@@ -419,13 +438,18 @@ fn main() {
     ]];
     if !testkit::require_program("iperf3", "-v") {
         let mut s = rounds("iperf3", n, &so, &prefix, |p| iperf3_round(p, secs));
-        table.extend(rows(
+        let mut r = rows(
             "iperf3 TCP",
-            &[""],
+            &["", " CPU (both ends)"],
             "Gbit/s",
             ">= 0.75, <= 100 ms",
             &mut s,
-        ));
+        );
+        if let Some(cpu) = r.get_mut(1) {
+            cpu[1] = "s/GB".into();
+            cpu[6] = "(cost ratio)".into();
+        }
+        table.extend(r);
     }
     // `wrk -v` exits 1 after printing its version: run it at all is the test.
     let wrk = Command::new("wrk")

@@ -36,8 +36,25 @@ const MAX_SIZES: usize = 16;
 /// Fingerprints of recent large payloads.
 #[derive(Debug, Default)]
 pub(super) struct FpsCache {
-    map: std::collections::HashMap<(usize, u128), (Arc<PayloadFps>, u64)>,
+    map: std::collections::HashMap<(usize, u64), CacheEntry>,
     bytes: u64,
+}
+
+/// A cached payload: its fingerprints, the sampler version they were absorbed at, its bytes.
+type CacheEntry = (Arc<PayloadFps>, u64, Arc<[u8]>);
+
+/// The cache's key of a payload: the xxh3 of up to three 1 KiB pieces (start, middle, end),
+/// cheap whatever the length; equal bytes are checked on a hit (a compare is faster than
+/// hashing it all).
+fn probe_key(data: &[u8]) -> u64 {
+    const PIECE: usize = 1024;
+    if data.len() <= 3 * PIECE {
+        return xxhash_rust::xxh3::xxh3_64(data);
+    }
+    let mid = data.len() / 2 - PIECE / 2;
+    let mut h = xxhash_rust::xxh3::xxh3_64(&data[..PIECE]);
+    h ^= xxhash_rust::xxh3::xxh3_64_with_seed(&data[mid..mid + PIECE], 1).rotate_left(21);
+    h ^ xxhash_rust::xxh3::xxh3_64_with_seed(&data[data.len() - PIECE..], 2).rotate_left(42)
 }
 
 /// How one process's budget is shared.
@@ -102,9 +119,10 @@ pub struct Account {
     pub(super) levels: [AtomicU32; MAX_SIZES],
     /// Spare fingerprint buffers for the hot path.
     pub(super) fps_pool: Mutex<Vec<PayloadFps>>,
-    /// The fingerprints of recent large payloads, by (length, xxh3-128 of the bytes): a payload
-    /// sent or received again (a bulk sender's buffer, a static page) is hashed once, not line
-    /// by line (the fingerprints are a function of the bytes).
+    /// The fingerprints of recent large payloads, by length and a hash of three pieces, with
+    /// their bytes (compared on a hit): a payload sent or received again (a bulk sender's
+    /// buffer, a static page) is fingerprinted once, not line by line (the fingerprints are a
+    /// function of the bytes). Within an eighth of the sample tables' share of the budget.
     pub(super) fps_cache: Mutex<FpsCache>,
     /// The memories still hold every payload: the report is exact.
     pub(super) exact: AtomicBool,
@@ -243,9 +261,12 @@ impl Account {
         for (l, a) in levels.iter_mut().zip(&self.levels[..k]) {
             *l = a.load(Relaxed);
         }
-        let key =
-            (data.len() >= FPS_CACHE_MIN).then(|| (data.len(), xxhash_rust::xxh3::xxh3_128(data)));
-        let cached = key.and_then(|k| self.fps_cache.lock().map.get(&k).cloned());
+        let key = (data.len() >= FPS_CACHE_MIN).then(|| (data.len(), probe_key(data)));
+        // A candidate with the same length and probe is a hit only if its bytes are equal.
+        let cached = key
+            .and_then(|k| self.fps_cache.lock().map.get(&k).cloned())
+            .filter(|(_, _, bytes)| **bytes == *data)
+            .map(|(fps, v, _)| (fps, v));
         // Returns the sampler's version after the payload went in.
         let absorb = |fps: &PayloadFps, again: Option<u64>| {
             let mut s = self.sampler.lock();
@@ -272,14 +293,15 @@ impl Account {
             let version = absorb(&fps, None);
             if let Some(k) = key {
                 let keep = Arc::new(fps.without_scratch());
+                let copy: Arc<[u8]> = Arc::from(data);
                 let mut c = self.fps_cache.lock();
-                let bytes = keep.heap_bytes() as u64;
+                let bytes = (keep.heap_bytes() + copy.len()) as u64;
                 if c.map.len() >= FPS_CACHE_ENTRIES || c.bytes + bytes > self.shares.sampler / 8 {
                     c.map.clear();
                     c.bytes = 0;
                 }
                 c.bytes += bytes;
-                c.map.insert(k, (keep, version));
+                c.map.insert(k, (keep, version, copy));
             }
             let mut pool = self.fps_pool.lock();
             if pool.len() < 8 {
