@@ -26,10 +26,12 @@
 //! count is exact up to fingerprint collisions (about `n^2 / 2^65` false merges among `n`
 //! lines).
 //!
-//! **Cost floor.** Past [`FLOOR_AFTER`] bytes of one line size the level is at least
+//! **Cost floor.** Past [`FLOOR_AFTER`] bytes of one line size, while its table lookups have
+//! been more than one per [`FLOOR_BYTES_PER_LOOKUP`] bytes, the level is at least
 //! [`floor_level`] (about one sampled line per 2 KiB of payload), whatever room the table has:
-//! a table lookup per line would cost a bulk transfer more than hashing does. Traffic below it
-//! stays at level 0 until its table fills. A payload absorbed again while no level changed
+//! a table lookup per line would cost a bulk transfer more than hashing does. (Distinct data
+//! fills the table and raises the level by itself; the floor is for highly repetitive data
+//! that is not repeated whole.) Traffic below it stays at level 0 until its table fills. A payload absorbed again while no level changed
 //! (a tracer's cache of whole payloads) adds its counts only
 //! ([`LineSampler::absorb_again`]): its sampled lines are in the table already.
 //!
@@ -61,6 +63,8 @@ pub const Z95: f64 = 1.96;
 const MIN_TABLE: usize = 1024;
 /// Bytes of one line size after which its level is at least [`floor_level`].
 pub const FLOOR_AFTER: u64 = 1 << 30;
+/// The floor applies while a line size's lookups are more than one per this many bytes.
+pub const FLOOR_BYTES_PER_LOOKUP: u64 = 512;
 
 /// The lowest level of a line size past [`FLOOR_AFTER`] bytes: `log2(2048 / line_size)`, so
 /// that about one leaf in 2 KiB of payload is looked up.
@@ -284,9 +288,18 @@ struct SizeSet {
     /// Sampled distinct (leaf, interior) lines.
     kinds: [u64; 2],
     counts: Counts,
+    /// Fingerprints looked up in the table.
+    lookups: u64,
 }
 
 impl SizeSet {
+    /// True when the cost floor applies (see the module's documentation).
+    fn below_floor(&self) -> bool {
+        self.counts.logical_bytes > FLOOR_AFTER
+            && self.lookups * FLOOR_BYTES_PER_LOOKUP > self.counts.logical_bytes
+            && self.level < floor_level(self.line_size)
+    }
+
     fn home(&self, fp: u64) -> usize {
         // The low bits are the sampling bits (zero in every entry): place by the high ones.
         (fp.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) as usize & (self.table.len() - 1)
@@ -351,6 +364,7 @@ impl LineSampler {
                     len: 0,
                     kinds: [0; 2],
                     counts: Counts::default(),
+                    lookups: 0,
                 })
                 .collect(),
             max_slots,
@@ -368,12 +382,7 @@ impl LineSampler {
     /// (its sampled lines are in the tables already). Returns false, doing nothing, when the
     /// version changed since: absorb it whole then.
     pub fn absorb_again(&mut self, p: &PayloadFps, version: u64) -> bool {
-        if version != self.version
-            || self
-                .sizes
-                .iter()
-                .any(|s| s.counts.logical_bytes > FLOOR_AFTER && s.level < floor_level(s.line_size))
-        {
+        if version != self.version || self.sizes.iter().any(SizeSet::below_floor) {
             return false;
         }
         for (set, f) in self.sizes.iter_mut().zip(&p.sizes) {
@@ -396,14 +405,12 @@ impl LineSampler {
     pub fn absorb(&mut self, p: &PayloadFps) {
         for (set, f) in self.sizes.iter_mut().zip(&p.sizes) {
             set.counts.add(&f.counts);
-            if set.counts.logical_bytes > FLOOR_AFTER {
-                let floor = floor_level(set.line_size);
-                if set.level < floor {
-                    set.level = floor;
-                    self.version += 1;
-                    let slots = set.table.len();
-                    set.rebuild(slots);
-                }
+            set.lookups += f.sampled.len() as u64;
+            if set.below_floor() {
+                set.level = floor_level(set.line_size);
+                self.version += 1;
+                let slots = set.table.len();
+                set.rebuild(slots);
             }
             for &fp in &f.sampled {
                 let mask = (1u64 << set.level) - 1;
