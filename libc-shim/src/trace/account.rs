@@ -755,3 +755,58 @@ pub(super) fn current() -> Option<&'static Account> {
     // SAFETY: a non-null ACCOUNT points to a leaked `Box<Account>`, never freed.
     (!p.is_null()).then(|| unsafe { &*p })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shares never add up to more than the budget, for the smallest budget too.
+    #[test]
+    fn shares_fit_the_budget() {
+        for budget in [crate::config::MIN_BUDGET, 32 << 20, 256 << 20, 64 << 30] {
+            let s = Shares::of(budget);
+            assert!(
+                s.sampler + 2 * s.pending as u64 + s.memories <= budget,
+                "{s:?}"
+            );
+            assert!(s.memories >= budget / 2, "{s:?}");
+            assert!(s.pending as u64 <= 64 << 20);
+        }
+    }
+
+    /// A cached payload with the same key but other bytes is fingerprinted anew; an equal one
+    /// counts as it would have: the sampler ends as if every payload had been hashed.
+    #[test]
+    fn the_fingerprint_cache_changes_no_count() {
+        let acct = Account::new();
+        let a: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let mut c = a.clone();
+        c[3_000] ^= 0x55;
+        assert_eq!(probe_key(&a), probe_key(&c));
+        for d in [&a, &c, &c, &a] {
+            acct.capture(d.len(), Some(d), |_| {});
+        }
+        let sizes = &Config::get().line_sizes;
+        let mut s = LineSampler::new(sizes, 1 << 30);
+        let mut p = PayloadFps::default();
+        for d in [&a, &c, &c, &a] {
+            p.compute(d, sizes, &vec![0; sizes.len()]);
+            s.absorb(&p);
+        }
+        assert_eq!(acct.sampler.lock().estimates(), s.estimates());
+        assert_eq!(acct.pending.lock().lens.len(), 4);
+    }
+
+    #[test]
+    fn probe_key_sees_length_and_pieces() {
+        let a = vec![7u8; 10_000];
+        let mut b = a.clone();
+        assert_eq!(probe_key(&a), probe_key(&b));
+        b[9_999] = 8;
+        assert_ne!(probe_key(&a), probe_key(&b));
+        // A change between the pieces is not seen by the key: the cache compares bytes.
+        let mut c = a.clone();
+        c[3_000] = 9;
+        assert_eq!(probe_key(&a), probe_key(&c));
+    }
+}
