@@ -445,6 +445,12 @@ impl Account {
     /// if that cannot be done by then. Once the memories are given up, frees them and the
     /// pending buffers.
     fn flush(&self, deadline: Option<Instant>) {
+        if deadline.is_some() && !self.exact.load(Acquire) {
+            // A final report of an estimate: nothing to intern, nothing to wait for.
+            drop(std::mem::take(&mut *self.pending.lock()));
+            self.pending_len.store(0, Relaxed);
+            return;
+        }
         let mut it = match deadline {
             None => self.interner.lock(),
             Some(d) => match self.interner.try_lock_until(d) {
@@ -466,7 +472,9 @@ impl Account {
             self.pending_len.store(0, Relaxed);
             // At exit the memories go with the process (unmapping them takes time).
             if deadline.is_none() {
-                it.drop_all();
+                let mems = it.drop_all();
+                drop(it);
+                drop(mems);
             }
             return;
         }
@@ -476,9 +484,11 @@ impl Account {
             std::mem::swap(&mut *p, &mut batch);
             self.pending_len.store(p.bytes.len(), Relaxed);
         }
+        // Interning goes on while the memories are exact and a final report's deadline (if
+        // any) has not passed.
         let hurry = || {
             let h = self.hurry_until.load(Relaxed);
-            h == 0 || self.now_ns() < h
+            self.exact.load(Relaxed) && (h == 0 || self.now_ns() < h)
         };
         let r = it.ingest(&batch.bytes, &batch.lens, self.shares.memories, &hurry);
         for (a, v) in self
@@ -501,7 +511,9 @@ impl Account {
                 drop(std::mem::take(&mut *self.pending.lock()));
                 self.pending_len.store(0, Relaxed);
                 if deadline.is_none() {
-                    it.drop_all();
+                    let mems = it.drop_all();
+                    drop(it);
+                    drop(mems);
                 }
             }
         }
@@ -512,12 +524,13 @@ impl Account {
         let cfg = Config::get();
         // The interning thread may hold the memories past a final report's deadline (then it
         // gives them up at that deadline): the wait is bounded.
-        // A final report waits for the memories until its deadline (the interning thread stops
-        // there, counting what it did not intern); others wait when the report is exact.
+        // Exact: the report needs the memories; a final report waits for them until its
+        // deadline (the interning thread stops there). Estimated: they give only their errors,
+        // not worth waiting for (the interned counts are atomics).
         let it = match deadline {
+            _ if !self.exact.load(Acquire) => self.interner.try_lock(),
             Some(d) => self.interner.try_lock_until(d + Duration::from_millis(5)),
-            None if self.exact.load(Acquire) => Some(self.interner.lock()),
-            None => self.interner.try_lock(),
+            None => Some(self.interner.lock()),
         };
         if it.is_none() && self.exact.load(Acquire) {
             self.stop_exact("the memories could not be read in time for the report".into());

@@ -163,14 +163,13 @@ impl Interner {
         mems + self.cache_bytes
     }
 
-    /// Gives up the memories (the estimate takes over): their RAM goes back.
-    pub(super) fn drop_all(&mut self) {
+    /// Gives up the memories (the estimate takes over). Returns them: the caller drops them
+    /// (their RAM goes back, which takes a while) after letting the interner go.
+    pub(super) fn drop_all(&mut self) -> Vec<Memory> {
         self.cache.clear();
         self.cache_bytes = 0;
-        for s in &mut self.sinks {
-            s.mem = None;
-        }
         self.spare = Pending::default();
+        self.sinks.iter_mut().filter_map(|s| s.mem.take()).collect()
     }
 
     /// Interns one payload into every memory. Every handle made is kept (in the cache) or
