@@ -343,12 +343,8 @@ impl Account {
         let len = self.pending_len.load(Relaxed);
         match self.bg.load(Acquire) {
             1 => {}
-            0 => {
-                if !self.exact.load(Relaxed) {
-                    return; // nothing to intern: no thread needed
-                }
-                self.start_thread();
-            }
+            // Started even when nothing is to be interned: it writes the report on SIGTERM.
+            0 => self.start_thread(),
             _ => {
                 if len >= WAKE_BYTES || (!self.exact.load(Relaxed) && len > 0) {
                     self.flush(None);
