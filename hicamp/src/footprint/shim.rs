@@ -79,16 +79,25 @@ impl DedupEstimate {
     pub fn to_text(&self) -> String {
         let mut out = format!("dedup estimated by {} ({})\n", self.method, self.reason);
         for e in &self.per_line_size {
-            let _ = writeln!(
-                out,
-                "  {} B lines: sample rate 1/{} (level {}), {} distinct lines sampled, \
-                 estimate within +-{:.2}% (95%)",
-                e.line_size,
-                1u64 << e.level.min(63),
-                e.level,
-                e.sampled_leaf_lines + e.sampled_interior_lines,
-                e.rel_err_95 * 100.0
-            );
+            let sampled = e.sampled_leaf_lines + e.sampled_interior_lines;
+            if e.level == 0 {
+                let _ = writeln!(
+                    out,
+                    "  {} B lines: sample rate 1/1, all {sampled} distinct lines counted (exact \
+                     up to fingerprint collisions)",
+                    e.line_size
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  {} B lines: sample rate 1/{} (level {}), {sampled} distinct lines \
+                     sampled, estimate within +-{:.2}% (95%)",
+                    e.line_size,
+                    1u64 << e.level.min(63),
+                    e.level,
+                    e.rel_err_95 * 100.0
+                );
+            }
         }
         out
     }
