@@ -83,6 +83,12 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "trace")]
     mode: ShimMode,
 
+    /// Memory each traced process's shim may use (`256M`, `1G`, bytes); past it the dedup
+    /// footprint is estimated by content-defined line sampling (the report names the method,
+    /// the sample rate and the error bound). Default 256M.
+    #[arg(long, value_name = "SIZE", value_parser = run::parse_budget)]
+    budget: Option<u64>,
+
     /// The command and its arguments (after `--`).
     #[arg(
         value_name = "CMD",
@@ -550,7 +556,10 @@ fn run_command(cli: &Cli, args: &RunArgs) -> ExitCode {
             shim,
             report: args.report.clone(),
             command: args.command.clone(),
-            env: Vec::new(),
+            env: args
+                .budget
+                .map(|b| vec![("HICAMP_SHIM_BUDGET".into(), b.to_string().into())])
+                .unwrap_or_default(),
         })
     });
     match result {
