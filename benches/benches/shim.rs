@@ -1,30 +1,32 @@
-//! Overhead of the libc shim in trace mode: redis-benchmark GET and SET throughput with
-//! redis-server and redis-benchmark both under the shim, against both without it, in the same
-//! run (rounds alternate, so drift hits both sides alike).
+//! Overhead of the libc shim in trace mode, both ends traced, against both ends untraced in the
+//! same run (rounds alternate, so drift hits both sides alike):
+//!
+//! - iperf3 TCP over loopback (`iperf3 -c -t SECS`): Gbit/s;
+//! - nginx (one worker, `sendfile off`: the body goes through `write`, which the shim sees)
+//!   serving a 38 KiB page to wrk (`-t1 -c8 -d SECS`): requests/s;
+//! - redis-benchmark GET and SET against redis-server: requests/s.
+//!
+//! Each prints the median of each side, their ratio (target >= 0.75 for iperf3 and nginx +
+//! wrk), and the exit delay: the median wall time of the traced client (iperf3, wrk,
+//! redis-benchmark) less the untraced one's, which is what writing the report at exit adds
+//! (target <= 100 ms). A workload whose programs are missing is skipped with a message
+//! (`testkit::require_program`: a failure under `CI=true`).
 //!
 //! ```sh
-//! cargo bench -p hicamp-benches --bench shim            # 7 rounds of 100000 requests each way
-//! HICAMP_SHIM_BENCH_ROUNDS=3 HICAMP_SHIM_BENCH_REQUESTS=50000 cargo bench -p hicamp-benches --bench shim
+//! cargo bench -p hicamp-benches --bench shim          # 3 rounds of 3 s (or 100000 requests)
+//! HICAMP_SHIM_BENCH_ROUNDS=5 HICAMP_SHIM_BENCH_SECS=5 cargo bench -p hicamp-benches --bench shim
 //! ```
 //!
 //! Not a criterion benchmark: the subject is two processes talking over loopback, timed by
-//! redis-benchmark itself. It prints the median requests/s of each side and their ratio. The
-//! shim (`liblibc_shim.so`, release profile) is built first when missing. Skips, saying so,
-//! when redis-server or redis-benchmark is missing; does nothing in test mode.
+//! the load generators themselves. The shim (`liblibc_shim.so`) is built first (release for
+//! `cargo bench`). Under `cargo test --benches` one short iperf3 round each way runs as a smoke
+//! test (the debug shim), nothing is measured.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hicamp_benches::{run_mode, RunMode};
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -34,13 +36,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The release shim, built when missing.
+/// The shim of this build's profile (target/release or target/debug), built when missing.
 fn shim() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("HICAMP_SHIM") {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    // target/release/deps/shim-HASH -> target/release
+    // target/<profile>/deps/shim-HASH -> target/<profile>
     let dir = exe
         .parent()
         .and_then(Path::parent)
@@ -49,14 +51,16 @@ fn shim() -> Result<PathBuf, String> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("no workspace")?;
-    let out = Command::new(env!("CARGO"))
-        .args(["build", "-q", "--release", "-p", "libc-shim"])
-        .current_dir(workspace)
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "-q", "-p", "libc-shim"])
+        .current_dir(workspace);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "cargo build --release -p libc-shim failed: {}",
+            "cargo build -p libc-shim failed: {}",
             String::from_utf8_lossy(&out.stderr)
         ));
     }
@@ -73,40 +77,188 @@ fn free_port() -> u16 {
         .map_or(6399, |a| a.port())
 }
 
-struct Server(Child);
+/// True when a TCP socket listens on `port` (read from /proc/net/tcp*: a probing connection
+/// would use up `iperf3 -s -1`'s one session).
+fn listening(port: u16) -> bool {
+    let want = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines().skip(1).any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.len() > 3 && format!("{} ", cols[1]).ends_with(&want) && cols[3] == "0A"
+            })
+        })
+    })
+}
+
+fn wait_port(port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !listening(port) {
+        if Instant::now() > deadline {
+            return Err(format!("nothing listens on port {port}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A server process, stopped (the signal) and reaped on drop.
+struct Server(Child, &'static str);
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = Command::new("kill")
+            .args([self.1, &self.0.id().to_string()])
+            .status();
         let _ = self.0.wait();
     }
 }
 
-/// One redis-server + redis-benchmark round; returns (GET, SET) requests per second.
-fn round(preload: Option<(&Path, &Path)>, requests: u64) -> Result<(f64, f64), String> {
-    let port = free_port().to_string();
-    let with_shim = |c: &mut Command| {
-        if let Some((so, report)) = preload {
+/// The shim's environment, or none.
+#[derive(Clone, Copy)]
+struct Preload<'a>(Option<(&'a Path, &'a Path)>);
+
+impl Preload<'_> {
+    fn apply(self, c: &mut Command) -> &mut Command {
+        if let Some((so, report)) = self.0 {
             c.env("LD_PRELOAD", so)
                 .env("HICAMP_SHIM_REPORT", report)
                 .env("HICAMP_SHIM_MODE", "trace");
         }
-    };
+        c
+    }
+}
+
+/// One round's result: the rates (one or two figures) and the client's wall time.
+type Round = Result<(Vec<f64>, f64), String>;
+
+/// A number after `"key":` in `text` (iperf3's JSON, read without a parser).
+fn json_number(text: &str, key: &str) -> Option<f64> {
+    text.split(&format!("\"{key}\":"))
+        .nth(1)?
+        .split([',', '\n', '}'])
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// iperf3 TCP for `secs`: Gbit/s received, and the CPU seconds both ends spent per GB (from
+/// iperf3's own `cpu_utilization_percent`: a cost that a loaded machine disturbs less than
+/// the rate).
+fn iperf3_round(p: Preload, secs: u64) -> Round {
+    let port = free_port().to_string();
+    let mut server = Command::new("iperf3");
+    server
+        .args(["-s", "-1", "-p", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = Server(
+        p.apply(&mut server).spawn().map_err(|e| e.to_string())?,
+        "-TERM",
+    );
+    wait_port(port.parse().unwrap_or(0))?;
+    let mut client = Command::new("iperf3");
+    client
+        .args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ])
+        .stderr(Stdio::null());
+    let t = Instant::now();
+    let out = p.apply(&mut client).output().map_err(|e| e.to_string())?;
+    let wall = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!("iperf3 client failed: {:?}", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let received = text
+        .split("\"sum_received\"")
+        .nth(1)
+        .ok_or_else(|| "no sum_received in iperf3's JSON".to_string())?;
+    let rate = json_number(received, "bits_per_second").ok_or("no bits_per_second")?;
+    let bytes = json_number(received, "bytes").ok_or("no bytes")?;
+    let seconds = json_number(received, "seconds").ok_or("no seconds")?;
+    let cpu = text
+        .split("\"cpu_utilization_percent\"")
+        .nth(1)
+        .ok_or("no cpu_utilization_percent")?;
+    let host = json_number(cpu, "host_total").ok_or("no host_total")?;
+    let remote = json_number(cpu, "remote_total").ok_or("no remote_total")?;
+    let cpu_s_per_gb = (host + remote) / 100.0 * seconds / (bytes / 1e9);
+    Ok((vec![rate / 1e9, cpu_s_per_gb], wall))
+}
+
+/// nginx (one worker) and wrk for `secs`: requests/s.
+fn nginx_round(p: Preload, secs: u64, dir: &Path) -> Round {
+    let port = free_port();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process on; worker_processes 1; pid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{ access_log off; sendfile off;\n\
+               client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;\n\
+               uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
+               server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}\n",
+            d = dir.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut server = Command::new("nginx");
+    server
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = Server(
+        p.apply(&mut server).spawn().map_err(|e| e.to_string())?,
+        "-QUIT",
+    );
+    wait_port(port)?;
+    let mut client = Command::new("wrk");
+    client
+        .args(["-t1", "-c8", &format!("-d{secs}s")])
+        .arg(format!("http://127.0.0.1:{port}/page.html"))
+        .stderr(Stdio::null());
+    let t = Instant::now();
+    let out = p.apply(&mut client).output().map_err(|e| e.to_string())?;
+    let wall = t.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        return Err(format!("wrk saw errors: {text}"));
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| format!("no Requests/sec in wrk's output: {text}"))?;
+    Ok((vec![rps], wall))
+}
+
+/// redis-server and redis-benchmark GET/SET: requests/s of each.
+fn redis_round(p: Preload, requests: u64) -> Round {
+    let port = free_port().to_string();
     let mut server = Command::new("redis-server");
     server
         .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
         .args(["--appendonly", "no", "--daemonize", "no"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    with_shim(&mut server);
-    let _server = Server(server.spawn().map_err(|e| e.to_string())?);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap_or(0))).is_err() {
-        if Instant::now() > deadline {
-            return Err("redis-server did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _server = Server(
+        p.apply(&mut server).spawn().map_err(|e| e.to_string())?,
+        "-TERM",
+    );
+    wait_port(port.parse().unwrap_or(0))?;
     let mut bench = Command::new("redis-benchmark");
     bench
         .args([
@@ -119,8 +271,9 @@ fn round(preload: Option<(&Path, &Path)>, requests: u64) -> Result<(f64, f64), S
             "--csv",
         ])
         .stderr(Stdio::null());
-    with_shim(&mut bench);
-    let out = bench.output().map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let out = p.apply(&mut bench).output().map_err(|e| e.to_string())?;
+    let wall = t.elapsed().as_secs_f64();
     if !out.status.success() {
         return Err(format!("redis-benchmark failed: {:?}", out.status));
     }
@@ -132,100 +285,225 @@ fn round(preload: Option<(&Path, &Path)>, requests: u64) -> Result<(f64, f64), S
             .and_then(|v| v.trim_matches('"').parse().ok())
             .ok_or_else(|| format!("no {name} line in redis-benchmark's output: {text}"))
     };
-    Ok((rps("GET")?, rps("SET")?))
+    Ok((vec![rps("GET")?, rps("SET")?], wall))
 }
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 {
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
-fn main() {
-    match run_mode() {
-        RunMode::Measure | RunMode::Quick => {}
-        RunMode::Test => {
-            println!(
-                "shim overhead: test mode, nothing measured (the shim tests run the applications)"
-            );
-            return;
-        }
-        RunMode::Other => return,
-    }
-    for app in ["redis-server", "redis-benchmark"] {
-        if !have(app) {
-            println!("shim overhead: SKIPPED: {app} is not installed (scripts/setup installs it as root)");
-            return;
-        }
-    }
-    let so = match shim() {
-        Ok(p) => p,
-        Err(e) => {
-            println!("shim overhead: SKIPPED: {e}");
-            return;
-        }
+/// The rounds of one workload, alternating sides; prints each round, returns per side the
+/// per-figure samples and the wall times.
+struct Sides {
+    base: (Vec<Vec<f64>>, Vec<f64>),
+    shim: (Vec<Vec<f64>>, Vec<f64>),
+}
+
+fn rounds(
+    name: &str,
+    n: u64,
+    so: &Path,
+    prefix: &Path,
+    mut round: impl FnMut(Preload) -> Round,
+) -> Sides {
+    let mut s = Sides {
+        base: (Vec::new(), Vec::new()),
+        shim: (Vec::new(), Vec::new()),
     };
-    let rounds = env_u64("HICAMP_SHIM_BENCH_ROUNDS", 7);
-    let requests = env_u64("HICAMP_SHIM_BENCH_REQUESTS", 100_000);
-    let reports = std::env::temp_dir().join(format!("hicamp-shim-bench-{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir_all(&reports) {
-        println!(
-            "shim overhead: SKIPPED: cannot create {}: {e}",
-            reports.display()
-        );
-        return;
-    }
-    let prefix = reports.join("r");
-    let (mut base_get, mut base_set, mut shim_get, mut shim_set) = (vec![], vec![], vec![], vec![]);
-    println!();
-    println!(
-        "=== libc shim, trace mode: redis-benchmark -t get,set -n {requests}, {rounds} rounds ==="
-    );
-    for r in 0..rounds {
-        // Alternate which side goes first.
-        let order: [bool; 2] = if r % 2 == 0 {
+    for r in 0..n {
+        let order = if r % 2 == 0 {
             [false, true]
         } else {
             [true, false]
         };
         for with in order {
-            let res = round(with.then_some((so.as_path(), prefix.as_path())), requests);
-            match res {
-                Ok((get, set)) => {
+            let p = Preload(with.then_some((so, prefix)));
+            match round(p) {
+                Ok((figs, wall)) => {
                     println!(
-                        "round {r} {:<8} GET {get:>10.0} req/s  SET {set:>10.0} req/s",
-                        if with { "shim" } else { "baseline" }
+                        "{name} round {r} {:<8} {}  client {wall:.3} s",
+                        if with { "shim" } else { "baseline" },
+                        figs.iter()
+                            .map(|f| format!("{f:>10.2}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
                     );
-                    if with {
-                        shim_get.push(get);
-                        shim_set.push(set);
-                    } else {
-                        base_get.push(get);
-                        base_set.push(set);
-                    }
+                    let side = if with { &mut s.shim } else { &mut s.base };
+                    side.0.push(figs);
+                    side.1.push(wall);
                 }
-                Err(e) => println!("round {r}: {e}"),
+                Err(e) => println!("{name} round {r}: {e}"),
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&reports);
-    if base_get.is_empty() || shim_get.is_empty() {
-        println!("shim overhead: no complete round");
+    s
+}
+
+/// Table rows: (workload, unit, baseline, shim, ratio, exit delay ms, target).
+fn rows(name: &str, figures: &[&str], unit: &str, target: &str, s: &mut Sides) -> Vec<[String; 7]> {
+    if s.base.0.is_empty() || s.shim.0.is_empty() {
+        return vec![[
+            name.to_string(),
+            unit.to_string(),
+            "-".into(),
+            "-".into(),
+            "no complete round".into(),
+            "-".into(),
+            target.into(),
+        ]];
+    }
+    let delay = (median(&mut s.shim.1) - median(&mut s.base.1)) * 1e3;
+    figures
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut b: Vec<f64> = s.base.0.iter().map(|v| v[i]).collect();
+            let mut w: Vec<f64> = s.shim.0.iter().map(|v| v[i]).collect();
+            let (b, w) = (median(&mut b), median(&mut w));
+            [
+                format!("{name}{f}"),
+                unit.to_string(),
+                format!("{b:.2}"),
+                format!("{w:.2}"),
+                format!("{:.3}", w / b),
+                format!("{delay:+.0}"),
+                target.to_string(),
+            ]
+        })
+        .collect()
+}
+
+fn smoke(so: &Path, prefix: &Path) {
+    if testkit::require_program("iperf3", "-v") {
         return;
     }
-    for (name, base, shim) in [
-        ("GET", &mut base_get, &mut shim_get),
-        ("SET", &mut base_set, &mut shim_set),
-    ] {
-        let (b, s) = (median(base), median(shim));
-        println!(
-            "{name}: shim {s:.0} req/s ; baseline {b:.0} req/s ; ratio {:.3} ; overhead {:+.1}% (target < 10%)",
-            s / b,
-            (1.0 - s / b) * 100.0
-        );
+    let base = iperf3_round(Preload(None), 1).expect("iperf3 without the shim");
+    let shim = iperf3_round(Preload(Some((so, prefix))), 1).expect("iperf3 under the shim");
+    println!(
+        "shim overhead: test mode, one 1 s iperf3 round each way ({:.2} vs {:.2} Gbit/s): \
+         nothing measured",
+        shim.0[0], base.0[0]
+    );
+}
+
+fn main() {
+    let mode = run_mode();
+    if mode == RunMode::Other {
+        return;
     }
+    let so = match shim() {
+        Ok(p) => p,
+        Err(e) => {
+            testkit::skip(format_args!(
+                "shim overhead: the shim could not be built: {e}"
+            ));
+            return;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("hicamp-shim-bench-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(dir.join("www")) {
+        testkit::skip(format_args!(
+            "shim overhead: cannot create {}: {e}",
+            dir.display()
+        ));
+        return;
+    }
+    let prefix = dir.join("r");
+    if mode == RunMode::Test {
+        smoke(&so, &prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    let n = env_u64("HICAMP_SHIM_BENCH_ROUNDS", 3);
+    let secs = env_u64("HICAMP_SHIM_BENCH_SECS", 3);
+    let requests = env_u64("HICAMP_SHIM_BENCH_REQUESTS", 100_000);
+    println!();
+    println!("=== libc shim, trace mode, both ends traced vs both untraced: {n} rounds ===");
+    let mut table: Vec<[String; 7]> = vec![[
+        "workload".into(),
+        "unit".into(),
+        "baseline".into(),
+        "shim".into(),
+        "ratio".into(),
+        "exit delay ms".into(),
+        "target".into(),
+    ]];
+    if !testkit::require_program("iperf3", "-v") {
+        let mut s = rounds("iperf3", n, &so, &prefix, |p| iperf3_round(p, secs));
+        let mut r = rows(
+            "iperf3 TCP",
+            &["", " CPU (both ends)"],
+            "Gbit/s",
+            ">= 0.75, <= 100 ms",
+            &mut s,
+        );
+        if let Some(cpu) = r.get_mut(1) {
+            cpu[1] = "s/GB".into();
+            cpu[6] = "(cost ratio)".into();
+        }
+        table.extend(r);
+    }
+    // `wrk -v` exits 1 after printing its version: run it at all is the test.
+    let wrk = Command::new("wrk")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+        || !testkit::skip("wrk is not installed (scripts/setup installs it when run as root)");
+    if wrk && !testkit::require_program("nginx", "-v") {
+        let page: Vec<u8> = (0..38 * 1024u32)
+            .map(|i| b'a' + (i * 7 % 26) as u8)
+            .collect();
+        match std::fs::write(dir.join("www/page.html"), page) {
+            Ok(()) => {
+                let mut s = rounds("nginx+wrk", n, &so, &prefix, |p| nginx_round(p, secs, &dir));
+                table.extend(rows(
+                    "nginx + wrk (38 KiB)",
+                    &[""],
+                    "req/s",
+                    ">= 0.75, <= 100 ms",
+                    &mut s,
+                ));
+            }
+            Err(e) => println!("nginx+wrk: cannot write the page: {e}"),
+        }
+    }
+    if !testkit::require_program("redis-server", "--version")
+        && !testkit::require_program("redis-benchmark", "--version")
+    {
+        let mut s = rounds("redis", n, &so, &prefix, |p| redis_round(p, requests));
+        table.extend(rows("redis ", &["GET", "SET"], "req/s", "-", &mut s));
+    }
+    println!();
+    let widths: Vec<usize> = (0..7)
+        .map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for (i, r) in table.iter().enumerate() {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (s, w))| {
+                if c == 0 {
+                    format!("{s:<w$}")
+                } else {
+                    format!("{s:>w$}")
+                }
+            })
+            .collect();
+        println!("{}", line.join("  "));
+        if i == 0 {
+            println!("{}", "-".repeat(widths.iter().sum::<usize>() + 12));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

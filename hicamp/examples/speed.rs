@@ -2,7 +2,9 @@
 //! callgrind; the criterion benches in `benches/` are the published figures).
 //!
 //! `cargo run --release -p hicamp --example speed -- [MiB] [what]`, where
-//! `what` is one of `dup`, `unique`, `drop`, `scale`, `meta` or `all`.
+//! `what` is one of `dup`, `unique`, `drop`, `scale`, `meta` or `all`, or
+//! `frames` (`reps * 1000` duplicate builds of one 1500-byte segment, for
+//! instruction counts per build under callgrind).
 //! Single-thread figures are on-CPU time of the thread (the machines are
 //! shared); the scaling figures are wall time.
 
@@ -153,6 +155,18 @@ fn main() {
             );
             drop(keep);
         }
+    }
+    if what == "frames" {
+        // Small segments (a 1500-byte frame), for instruction counts under
+        // callgrind: `reps * 1000` duplicate builds of one frame.
+        let mem = mem_for(1 << 20);
+        let frame = &data[..1500];
+        let keep = mem.segment(frame).expect("intern");
+        for _ in 0..reps * 1000 {
+            drop(std::hint::black_box(mem.segment(frame).expect("intern")));
+        }
+        drop(keep);
+        println!("frames: {} duplicate builds", reps * 1000);
     }
     if all || what == "meta" {
         let mem = mem_for(size);

@@ -48,19 +48,10 @@ pub(crate) fn build(store: &Store, data: &[u8]) -> Result<Tree> {
     if data.is_empty() {
         return Ok(Tree::default());
     }
-    let mut level = Vec::with_capacity(leaves_for(data.len() as u64, store.shift()) as usize);
-    store.intern_leaves(data, &mut level, &mut WriteCounts::default())?;
-    let n = level.len() as u64;
-    let height = height_for(n, fanout_shift(store));
-    let mut next = Vec::with_capacity(level.len() / store.fanout() + 1);
-    for _ in 0..height {
-        next.clear();
-        store.intern_interior_level(&level, &mut next)?;
-        std::mem::swap(&mut level, &mut next);
-    }
-    debug_assert_eq!(level.len(), 1);
+    let fs = fanout_shift(store);
+    let (root, height) = store.intern_tree(data, |n| height_for(n as u64, fs))?;
     Ok(Tree {
-        root: level[0],
+        root,
         height,
         len: data.len() as u64,
     })

@@ -99,5 +99,5 @@ pub use segment::{Cursor, Segment, SegmentMut};
 pub use shape::MAX_SEGMENT_LEN;
 pub use slice::SegmentSlice;
 pub use splice::{Piece, SpliceCounts};
-pub use stats::Stats;
+pub use stats::{MetadataPerLine, Stats};
 pub use store::WriteCounts;

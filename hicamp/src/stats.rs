@@ -80,6 +80,26 @@ impl Stats {
         }
     }
 
+    /// Metadata bytes per live line, by structure (all 0 when no line is
+    /// live): what each line costs beside its content.
+    pub fn metadata_per_line(&self) -> MetadataPerLine {
+        let live = self.live_lines();
+        let per = |b: u64| {
+            if live == 0 {
+                0.0
+            } else {
+                b as f64 / live as f64
+            }
+        };
+        MetadataPerLine {
+            total: per(self.metadata_bytes),
+            refcounts: per(self.refcount_bytes),
+            index: per(self.index_bytes),
+            map: per(self.map_bytes),
+            free_lists: per(self.free_list_bytes),
+        }
+    }
+
     /// Lines in use.
     pub fn live_lines(&self) -> u64 {
         self.leaf_lines + self.interior_lines
@@ -116,6 +136,21 @@ impl Stats {
     }
 }
 
+/// Metadata bytes per live line, by structure ([`Stats::metadata_per_line`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct MetadataPerLine {
+    /// All metadata (the sum of the others).
+    pub total: f64,
+    /// Reference counts (4 bytes per slot ever used).
+    pub refcounts: f64,
+    /// The dedup index at its allocated size.
+    pub index: f64,
+    /// The touched part of the segment map.
+    pub map: f64,
+    /// Free lists and the free bitmap.
+    pub free_lists: f64,
+}
+
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 {
         if a == 0 {
@@ -125,5 +160,31 @@ fn ratio(a: u64, b: u64) -> f64 {
         }
     } else {
         a as f64 / b as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, Memory};
+
+    #[test]
+    fn metadata_per_line_adds_up() {
+        let m = Memory::new(Config {
+            line_size: 64,
+            capacity_lines: 1 << 12,
+            map_capacity: 4,
+            ..Config::default()
+        })
+        .unwrap();
+        assert_eq!(m.stats().metadata_per_line().total, 0.0);
+        let data: Vec<u8> = (0..64 * 100u32).map(|i| (i * 7 / 3) as u8).collect();
+        let _s = m.segment(&data).unwrap();
+        let st = m.stats();
+        let p = st.metadata_per_line();
+        let live = st.live_lines() as f64;
+        assert!((p.total * live - st.metadata_bytes as f64).abs() < 1e-6);
+        let sum = p.refcounts + p.index + p.map + p.free_lists;
+        assert!((p.total - sum).abs() < 1e-9, "{p:?}");
+        assert!(p.refcounts >= 4.0 && p.index > 0.0, "{p:?}");
     }
 }

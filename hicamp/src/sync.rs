@@ -80,3 +80,107 @@ pub(crate) fn zeroed_u64s(n: usize) -> Box<[AtomicU64]> {
 pub(crate) fn zeroed_u64s(n: usize) -> Box<[AtomicU64]> {
     (0..n).map(|_| AtomicU64::new(0)).collect()
 }
+
+/// Deferred reclamation for the lock-free hit path (see the store's module
+/// documentation), with `crossbeam-epoch`.
+///
+/// A thread pins ([`epoch::Epochs::pin`]) before it reads the index or a line
+/// without the shard lock; whatever such a reader might still reach (a
+/// replaced bucket array, a freed line slot) is handed back through
+/// [`epoch::Guard::defer`], which runs it only after every thread pinned at
+/// the time has unpinned.
+///
+/// Each store has its own collector, so that one memory's long pins (a
+/// segment build stays pinned from its first leaf to its root) never hold
+/// back another memory's reclamation. A thread keeps one registration per
+/// collector it used, in a thread-local list that drops the registrations of
+/// dead stores whenever it registers a new one.
+#[cfg(not(loom))]
+pub(crate) mod epoch {
+    use std::cell::RefCell;
+    use std::sync::{Arc, Weak};
+
+    pub(crate) use crossbeam_epoch::Guard;
+    use crossbeam_epoch::{Collector, LocalHandle};
+
+    /// The lock-free hit path is compiled in.
+    pub(crate) const LOCK_FREE_HITS: bool = true;
+
+    /// One store's epoch collector.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Epochs {
+        collector: Collector,
+        /// Identifies the store; its death retires the thread registrations.
+        alive: Arc<()>,
+    }
+
+    thread_local! {
+        static HANDLES: RefCell<Vec<(Weak<()>, LocalHandle)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    impl Epochs {
+        pub(crate) fn new() -> Epochs {
+            Epochs {
+                collector: Collector::new(),
+                alive: Arc::new(()),
+            }
+        }
+
+        /// Pins the current thread in this store's collector.
+        #[inline]
+        pub(crate) fn pin(&self) -> Guard {
+            HANDLES.with(|h| {
+                let mut h = h.borrow_mut();
+                let me = Arc::as_ptr(&self.alive);
+                if let Some((_, local)) = h.iter().find(|(w, _)| w.as_ptr() == me) {
+                    return local.pin();
+                }
+                h.retain(|(w, _)| w.strong_count() > 0);
+                let local = self.collector.register();
+                let g = local.pin();
+                h.push((Arc::downgrade(&self.alive), local));
+                g
+            })
+        }
+    }
+}
+
+/// The loom substitute: `crossbeam-epoch` keeps its own thread-locals and
+/// atomics, which loom cannot instrument, so under `cfg(loom)` there are no
+/// lock-free readers at all (every hit goes through the locked path, which
+/// is what `tests/loom_store.rs` model-checks), and with no such reader a
+/// deferred function may run at once: [`epoch::Guard::defer`] calls it
+/// immediately, which is exactly the store's reclamation before epochs.
+#[cfg(loom)]
+pub(crate) mod epoch {
+    /// A pin that protects nothing (there is nothing to protect from).
+    #[derive(Debug)]
+    pub(crate) struct Guard(());
+
+    impl Guard {
+        /// Runs `f` now.
+        pub(crate) fn defer<F: FnOnce() -> R, R>(&self, f: F) {
+            f();
+        }
+
+        /// Nothing is ever pending.
+        pub(crate) fn flush(&self) {}
+    }
+
+    /// A collector that has nothing to collect.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Epochs;
+
+    impl Epochs {
+        pub(crate) fn new() -> Epochs {
+            Epochs
+        }
+
+        pub(crate) fn pin(&self) -> Guard {
+            Guard(())
+        }
+    }
+
+    /// Hits take the shard lock.
+    pub(crate) const LOCK_FREE_HITS: bool = false;
+}

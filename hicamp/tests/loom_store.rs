@@ -6,6 +6,15 @@
 //! other interns new content (which would take a slot freed too early), and
 //! at the end no line may be left.
 //!
+//! Under `cfg(loom)` the store has no lock-free readers (`src/sync.rs`:
+//! crossbeam-epoch is outside loom's model, so the epoch is a stub whose
+//! deferred functions run at once, and every hit takes the shard lock): what
+//! is checked here is the locked path, which the lock-free path falls back
+//! to. The lock-free path's own guarantees are tested deterministically by
+//! the store's unit tests (a pinned reader keeps a freed slot; a dead
+//! borrowed child makes a build retry) and under contention by
+//! `tests/epoch_hits.rs`.
+//!
 //! Run: `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p hicamp
 //! --test loom_store` (without `--cfg loom` this file is empty). `tests/loom_refcount.rs`
 //! models the same protocol by hand, and runs in every `cargo test`.

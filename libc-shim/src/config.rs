@@ -8,6 +8,7 @@
 //! | `HICAMP_SHIM_INTERVAL` | seconds between periodic reports (0 = none) | 0 |
 //! | `HICAMP_SHIM_SIGNAL` | a signal (number or name such as `USR2`) that writes a report | none |
 //! | `HICAMP_SHIM_RUN_ID` | copied into every report (the launcher merges by it) | none |
+//! | `HICAMP_SHIM_BUDGET` | memory the shim may use per process (`256M`, `1G`, `65536`...); past it dedup is estimated by content-defined line sampling | `256M` |
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -37,7 +38,14 @@ pub struct Config {
     pub signal: Option<i32>,
     /// Run id of the launcher.
     pub run_id: Option<String>,
+    /// Memory budget of the shim's tracing data (memories, buffers, sample tables), bytes.
+    pub budget: u64,
 }
+
+/// Memory budget when none is given.
+pub const DEFAULT_BUDGET: u64 = 256 << 20;
+/// Smallest budget accepted.
+pub const MIN_BUDGET: u64 = 1 << 20;
 
 /// Line sizes when none are given.
 pub const DEFAULT_LINE_SIZES: [usize; 4] = [64, 256, 1024, 4096];
@@ -98,6 +106,24 @@ impl Config {
             },
         };
         let run_id = get("HICAMP_SHIM_RUN_ID").filter(|s| !s.is_empty());
+        let budget = match get("HICAMP_SHIM_BUDGET") {
+            None => DEFAULT_BUDGET,
+            Some(s) => match parse_size(&s) {
+                Some(b) if b >= MIN_BUDGET => b,
+                Some(_) => {
+                    warn(format!(
+                        "HICAMP_SHIM_BUDGET={s}: below the minimum of 1M; using 1M"
+                    ));
+                    MIN_BUDGET
+                }
+                None => {
+                    warn(format!(
+                        "HICAMP_SHIM_BUDGET={s}: not a size (bytes, or with K, M, G); using 256M"
+                    ));
+                    DEFAULT_BUDGET
+                }
+            },
+        };
         Config {
             mode,
             report,
@@ -105,6 +131,7 @@ impl Config {
             interval,
             signal,
             run_id,
+            budget,
         }
     }
 
@@ -137,6 +164,23 @@ pub fn parse_line_sizes(s: &str) -> Result<Vec<usize>, String> {
         return Err("no line size".into());
     }
     Ok(v)
+}
+
+/// `"256M"`, `"1GiB"`, `"4096"`, `"64k"` -> bytes (binary units); `None` when not a size.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
 }
 
 /// A signal the shim may take for on-demand reports.
@@ -179,6 +223,7 @@ mod tests {
         let (c, w) = parse(&[]);
         assert_eq!(c.mode, Mode::Trace);
         assert_eq!(c.line_sizes, DEFAULT_LINE_SIZES);
+        assert_eq!(c.budget, DEFAULT_BUDGET);
         assert!(c.report.is_none() && c.interval.is_none() && c.signal.is_none());
         assert!(w.is_empty());
     }
@@ -191,7 +236,9 @@ mod tests {
             ("HICAMP_SHIM_INTERVAL", "0.5"),
             ("HICAMP_SHIM_SIGNAL", "SIGUSR2"),
             ("HICAMP_SHIM_REPORT", "/tmp/r"),
+            ("HICAMP_SHIM_BUDGET", "32M"),
         ]);
+        assert_eq!(c.budget, 32 << 20);
         assert_eq!(c.mode, Mode::Off);
         assert_eq!(c.line_sizes, vec![16, 4096]);
         assert_eq!(c.interval, Some(Duration::from_millis(500)));
@@ -204,10 +251,17 @@ mod tests {
             ("HICAMP_SHIM_LINE_SIZES", "63"),
             ("HICAMP_SHIM_INTERVAL", "soon"),
             ("HICAMP_SHIM_SIGNAL", "KILL"),
+            ("HICAMP_SHIM_BUDGET", "lots"),
         ]);
         assert_eq!(c.mode, Mode::Trace);
+        assert_eq!(c.budget, DEFAULT_BUDGET);
         assert_eq!(c.line_sizes, DEFAULT_LINE_SIZES);
         assert!(c.interval.is_none() && c.signal.is_none());
-        assert_eq!(w.len(), 4, "{w:?}");
+        assert_eq!(w.len(), 5, "{w:?}");
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("64 KiB"), Some(64 << 10));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("M"), None);
+        assert_eq!(parse_size("99999999999999T"), None);
     }
 }

@@ -10,16 +10,20 @@
 //! # Trace mode
 //!
 //! Every call goes to the kernel unchanged. The payload of every send and receive on AF_INET and
-//! AF_INET6 stream and datagram sockets is copied into a buffer on the calling thread and
-//! interned by a background thread into one HICAMP memory per line size (one segment per call).
-//! When the process ends (`exit`, `_exit`, `exec`), on a signal or periodically, it writes a
-//! report: bytes and calls per direction, per-connection totals, the footprint of all that
-//! payload in HICAMP memory at each line size (the `line_sizes` of `hicamp dedup --json`), and
-//! the payload copies a HICAMP stack would not have made. See [`config`] for the settings.
+//! AF_INET6 stream and datagram sockets is fingerprinted line by line on the calling thread (the
+//! estimate by content-defined line sampling) and, while the memory budget allows and the
+//! background thread keeps up, copied to a bounded buffer that thread interns into one HICAMP
+//! memory per line size (one segment per call). When the process ends (`exit`, `_exit`,
+//! `exec`), on a signal or periodically, it writes a report: bytes and calls per direction,
+//! per-connection totals, the footprint of all that payload in HICAMP memory at each line size
+//! (the `line_sizes` of `hicamp dedup --json`: exact, or estimated past the budget with the
+//! method, rate and error bound named), and the payload copies a HICAMP stack would not have
+//! made. See [`config`] for the settings.
 //!
 //! ```text
 //!   application --call--> hook --real call (dlsym RTLD_NEXT)--> libc --> kernel
 //!                          |  fd table: fd -> Route::Kernel, socket kind, account
+//!                          |-> line fingerprints -> sampled set (the estimate)
 //!                          '-> payload copy -> pending buffer -> interning thread -> memories
 //! ```
 //!

@@ -29,8 +29,16 @@
 //!   frames to a [`Port`]; received frames are deposited into RX segments,
 //!   where line deduplication happens.
 //! * Ports: [`sim`] (a simulated link with loss, delay and reordering on a
-//!   virtual clock, applying the [`offload`]s in software) and [`tap`] (a
-//!   Linux TAP device, the kernel as the link partner).
+//!   virtual clock, applying the [`offload`]s in software), [`tap`] (a
+//!   Linux TAP device, the kernel as the link partner), [`packet`]
+//!   (AF_PACKET rings on an interface, the fallback) and [`xdp`] (AF_XDP:
+//!   a UMEM and its four rings, with the redirect program this crate loads
+//!   and attaches itself). The ring backends count what they copy in
+//!   [`PortCopies`]: one RX copy out of the kernel-shared region into lines,
+//!   and the TX gather into it, apart from the stack's copies.
+//! * [`backend`]: one way to choose a backend (`sim`, `tap:NAME`,
+//!   `af_xdp:IFACE[:QUEUE]`, `af_packet:IFACE`, `netmap:PORT`) and to
+//!   learn which work on this host.
 //! * [`checksum`] is the workspace's one Internet checksum.
 //!
 //! # Example
@@ -69,7 +77,9 @@
 //! # Unsafe code
 //!
 //! The crate denies unsafe code except in one private module, `sys` (the
-//! TAP ioctls, `poll`, `setns` and `geteuid`), where every block carries a
+//! TAP ioctls, `poll`, `setns` and `geteuid`) and its submodules (`mem`:
+//! memory mapped with the kernel; `sock`: socket options, binds and kicks;
+//! `bpf`: the `bpf()` system call), where every block carries a
 //! `// SAFETY:` comment.
 //!
 //! # Test support
@@ -80,22 +90,27 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod checksum;
 pub mod frame;
 pub mod meta;
 pub mod nic;
 pub mod offload;
+pub mod packet;
 pub mod port;
 #[cfg(any(test, feature = "test-support"))]
 pub mod responder;
 pub mod ring;
+mod ringrx;
+mod ringtx;
 pub mod sim;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tap;
+pub mod xdp;
 
 pub use frame::{frame_bytes, tx_segment};
 pub use meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};
 pub use nic::{Nic, NicConfig, NicCounters, NicError, Work};
-pub use port::{Port, PortError, TxOutcome};
+pub use port::{Port, PortCopies, PortError, TxOutcome};
 pub use ring::{Owner, RingError, SegRing, SlotMap};

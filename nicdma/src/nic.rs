@@ -67,6 +67,10 @@ pub enum NicError {
     /// A ring rule was broken (a bug in the caller).
     #[error("ring: {0}")]
     Ring(#[from] RingError),
+    /// A ring id given to [`Nic::with_rings`] holds a segment (or the two
+    /// rings overlap).
+    #[error("ring id {0:?} is in use")]
+    RingInUse(SegmentId),
     /// The notification channel failed.
     #[error("notification: {0}")]
     Notify(std::io::Error),
@@ -137,6 +141,9 @@ pub struct NicCounters {
     pub rx_lines_zero: u64,
     /// Passes that ran out of posted RX slots (frames then wait in the port).
     pub rx_no_slot: u64,
+    /// Frames dropped because the memory refused their lines (full): a NIC
+    /// out of buffers drops, the host keeps running.
+    pub rx_dropped_nomem: u64,
     /// Notifications raised (at most one per pass with completions).
     pub notifications: u64,
     /// Payload bytes the NIC copied through an intermediate buffer (the
@@ -180,6 +187,9 @@ pub struct Nic<P: Port> {
     irq_unmasked: AtomicBool,
     /// A notification byte may be waiting in the channel.
     irq_sent: AtomicBool,
+    /// The ring ids go back to the map on drop (they were reserved by
+    /// [`Nic::new`], not handed in).
+    owns_ids: bool,
 }
 
 /// An empty vector of slices with the allocation of `v` (an in-place
@@ -206,8 +216,9 @@ struct DepositCounts {
     zero: u64,
 }
 
-/// The RX DMA write: a new segment holding `meta` at offset 0 and `frame` at
-/// `off` (zeros in between), its lines interned where dedup happens.
+/// The RX DMA write: a new segment holding `meta` at offset 0 and the frame
+/// (`chunks`, in order) at `off` (zeros in between), its lines interned
+/// where dedup happens.
 ///
 /// The fast form is one splice (each line assembled and interned once, the
 /// interior levels built bottom-up). With `count_dedup`, the frame goes
@@ -217,13 +228,23 @@ fn deposit(
     mem: &Memory,
     meta: &DmaMeta,
     off: u16,
-    frame: &[u8],
+    chunks: &[&[u8]],
     count_dedup: bool,
 ) -> Result<(Segment, DepositCounts), hicamp::Error> {
     let meta = meta.to_bytes();
     if count_dedup {
         let mut b = mem.builder();
         b.write_at(0, &meta)?;
+        // One counted write, so that lines are counted once: a coalesced
+        // frame is flattened first (this measurement mode is off by default).
+        let flat;
+        let frame: &[u8] = match chunks {
+            [one] => one,
+            _ => {
+                flat = chunks.concat();
+                &flat
+            }
+        };
         let c = b.write_at_counted(u64::from(off), frame)?;
         let counts = DepositCounts {
             written: c.lines(),
@@ -232,26 +253,44 @@ fn deposit(
         };
         return Ok((b.freeze(), counts));
     }
-    let (seg, c) = mem.splice(&[
-        hicamp::Piece::Bytes(&meta),
-        hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64),
-        hicamp::Piece::Bytes(frame),
-    ])?;
+    let mut pieces = Vec::with_capacity(2 + chunks.len());
+    pieces.push(hicamp::Piece::Bytes(&meta));
+    pieces.push(hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64));
+    pieces.extend(chunks.iter().map(|c| hicamp::Piece::Bytes(c)));
+    let (seg, c) = mem.splice(&pieces)?;
     // The lines the frame touches that hold only zeros were interned as line
     // 0 (line 0 of the segment holds the metadata, which is never zero).
     let ls = mem.line_size();
     let off = usize::from(off);
     let mut zero = 0;
-    let mut at = 0;
-    while at < frame.len() {
-        // The end of the line holding frame byte `at` (lines are a power
-        // of two bytes).
-        let line_end = ((off + at) | (ls - 1)) + 1 - off;
-        let part = &frame[at..line_end.min(frame.len())];
-        if off + at >= ls && part.iter().all(|b| *b == 0) {
-            zero += 1;
+    // Frame position, and whether the line being walked is zero so far
+    // (and where its frame bytes start, absolutely).
+    let mut pos = 0usize;
+    let mut line_zero = true;
+    let mut line_first = off;
+    for c in chunks {
+        let mut i = 0;
+        while i < c.len() {
+            // The end of the line holding frame byte `pos` (lines are a
+            // power of two bytes).
+            let line_end = ((off + pos) | (ls - 1)) + 1 - off;
+            let take = (line_end - pos).min(c.len() - i);
+            if line_zero && c[i..i + take].iter().any(|b| *b != 0) {
+                line_zero = false;
+            }
+            i += take;
+            pos += take;
+            if pos == line_end {
+                if line_first >= ls && line_zero {
+                    zero += 1;
+                }
+                line_zero = true;
+                line_first = off + pos;
+            }
         }
-        at = line_end;
+    }
+    if off + pos != line_first && line_first >= ls && line_zero {
+        zero += 1;
     }
     let counts = DepositCounts {
         // Lines that hold frame bytes: not the metadata's own line.
@@ -277,11 +316,52 @@ impl<P: Port> Nic<P> {
     pub fn new(mem: &Memory, port: P, cfg: NicConfig) -> Result<Nic<P>, NicError> {
         let tx = mem.map().reserve_range(cfg.tx_slots)?;
         let rx = mem.map().reserve_range(cfg.rx_slots)?;
+        Self::build(mem, port, cfg, tx.start, rx.start, true)
+    }
+
+    /// A NIC whose rings are ranges of `mem`'s segment map the caller
+    /// reserved earlier (`cfg.tx_slots` ids from `tx`, `cfg.rx_slots` from
+    /// `rx`), each bound to the empty segment: a server that records its
+    /// rings (under a name, say) reuses them after a restart or a crash
+    /// instead of leaking them. The NIC does not give these ids back to the
+    /// map when it drops; they stay bound to the empty segment.
+    pub fn with_rings(
+        mem: &Memory,
+        port: P,
+        cfg: NicConfig,
+        tx: SegmentId,
+        rx: SegmentId,
+    ) -> Result<Nic<P>, NicError> {
+        let map = mem.map();
+        for (base, n) in [(tx, cfg.tx_slots), (rx, cfg.rx_slots)] {
+            for i in 0..n {
+                let id = SegmentId(base.get().checked_add(i).ok_or(NicError::RingInUse(base))?);
+                if map.entry(id)?.len != 0 {
+                    return Err(NicError::RingInUse(id));
+                }
+            }
+        }
+        let overlap = tx.get() < rx.get().saturating_add(cfg.rx_slots)
+            && rx.get() < tx.get().saturating_add(cfg.tx_slots);
+        if overlap {
+            return Err(NicError::RingInUse(rx));
+        }
+        Self::build(mem, port, cfg, tx, rx, false)
+    }
+
+    fn build(
+        mem: &Memory,
+        port: P,
+        cfg: NicConfig,
+        tx: SegmentId,
+        rx: SegmentId,
+        owns_ids: bool,
+    ) -> Result<Nic<P>, NicError> {
         let (irq_raise, irq_wait) = UnixDatagram::pair().map_err(NicError::Notify)?;
         irq_raise.set_nonblocking(true).map_err(NicError::Notify)?;
         irq_wait.set_nonblocking(true).map_err(NicError::Notify)?;
-        let tx = SegRing::new(tx.start, cfg.tx_slots);
-        let rx = SegRing::new(rx.start, cfg.rx_slots);
+        let tx = SegRing::new(tx, cfg.tx_slots);
+        let rx = SegRing::new(rx, cfg.rx_slots);
         Ok(Nic {
             mem: mem.clone(),
             port,
@@ -302,6 +382,7 @@ impl<P: Port> Nic<P> {
             irq_pending: false,
             irq_unmasked: AtomicBool::new(false),
             irq_sent: AtomicBool::new(false),
+            owns_ids,
         })
     }
 
@@ -477,8 +558,16 @@ impl<P: Port> Nic<P> {
     /// into posted RX slots, in batches; one notification if anything
     /// completed.
     pub fn dma(&mut self) -> Result<Work, NicError> {
+        let tx = self.dma_tx()?;
+        // One kick for the pass's batch (ports that queue frames; also
+        // frames an earlier kick could not hand over yet).
+        match self.port.flush() {
+            Ok(()) => {}
+            Err(PortError::Disconnected) => return Err(PortError::Disconnected.into()),
+            Err(_) => self.counters.tx_port_errors += 1,
+        }
         let work = Work {
-            tx: self.dma_tx()?,
+            tx,
             rx: self.dma_rx()?,
         };
         // Interrupt moderation: one notification per pass with completions,
@@ -610,23 +699,30 @@ impl<P: Port> Nic<P> {
             let mut result = None;
             let got = self
                 .port
-                .receive(&mut |vnet: &VirtioNetHdr, frame: &[u8]| {
+                .receive_chunks(&mut |vnet: &VirtioNetHdr, chunks: &[&[u8]]| {
+                    let len: usize = chunks.iter().map(|c| c.len()).sum();
                     let meta = DmaMeta {
                         vnet: *vnet,
                         frame_off: off,
                         status: status::OK,
-                        frame_len: frame.len() as u32,
+                        frame_len: len as u32,
                         gso_segs: 0,
                     };
                     result = Some(
-                        deposit(mem, &meta, off, frame, count_dedup)
-                            .map(|(s, c)| (s, c, frame.len())),
+                        deposit(mem, &meta, off, chunks, count_dedup).map(|(s, c)| (s, c, len)),
                     );
                 })?;
             if !got {
                 break;
             }
-            let (seg, counts, len) = result.expect("deposit ran")?;
+            let (seg, counts, len) = match result.expect("deposit ran") {
+                Ok(r) => r,
+                Err(_) => {
+                    // The frame is gone from the port; the slot stays posted.
+                    self.counters.rx_dropped_nomem += 1;
+                    continue;
+                }
+            };
             // The slot's previous segment (if the stack never harvested it)
             // is released here.
             drop(self.rx_slots.replace(slot, seg));
@@ -646,9 +742,62 @@ impl<P: Port> Drop for Nic<P> {
     /// Gives the ring's ids back to the segment map (the slots release their
     /// segments when the slot maps drop).
     fn drop(&mut self) {
+        if !self.owns_ids {
+            return;
+        }
         let map = self.mem.map();
         for id in self.tx.ids().chain(self.rx.ids()) {
             let _ = map.delete(SegmentId(id));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hicamp::Config;
+
+    /// Depositing a frame as chunks gives the same segment and counts as
+    /// depositing it whole, wherever the chunks are cut.
+    #[test]
+    fn chunked_deposits_match_whole_ones() {
+        let mem = Memory::new(Config::default()).unwrap();
+        let mut frame = vec![0u8; 1500];
+        for (i, b) in frame.iter_mut().enumerate() {
+            // Zero lines here and there, so the zero count is exercised.
+            if (i / 64) % 3 != 1 {
+                *b = (i * 7 + 1) as u8 | 1;
+            }
+        }
+        for off in [META_LEN as u16, 62, 64, 100] {
+            let meta = DmaMeta::frame(off, frame.len() as u32);
+            let (whole, wc) = deposit(&mem, &meta, off, &[&frame], false).unwrap();
+            for cuts in [
+                vec![1usize],
+                vec![63, 64, 65],
+                vec![66, 1000],
+                vec![700, 701, 1499],
+            ] {
+                let mut chunks = Vec::new();
+                let mut at = 0;
+                for &c in &cuts {
+                    chunks.push(&frame[at..c]);
+                    at = c;
+                }
+                chunks.push(&frame[at..]);
+                let (seg, c) = deposit(&mem, &meta, off, &chunks, false).unwrap();
+                assert!(seg == whole, "off {off} cuts {cuts:?}");
+                assert_eq!(
+                    (c.written, c.zero),
+                    (wc.written, wc.zero),
+                    "off {off} cuts {cuts:?}"
+                );
+                let (_, cc) = deposit(&mem, &meta, off, &chunks, true).unwrap();
+                assert_eq!(cc.zero, wc.zero, "counted, off {off} cuts {cuts:?}");
+            }
+            if off % 64 == 0 {
+                assert!(wc.zero > 0, "off {off}");
+            }
         }
     }
 }

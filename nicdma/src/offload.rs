@@ -91,60 +91,142 @@ pub fn apply_tx_in_place(
     Some(Ok(out_hdr))
 }
 
-fn tso4(vnet: &VirtioNetHdr, f: &[u8]) -> Result<Vec<Vec<u8>>, OffloadError> {
-    let bad = || OffloadError::BadGsoFrame(vnet.hdr_len);
-    let hdr_len = vnet.hdr_len as usize;
-    if f.len() < 14 + 20 + 20 || f[12..14] != [0x08, 0x00] || f[14] >> 4 != 4 {
-        return Err(bad());
+/// The longest header block a TCPv4 GSO frame can have: Ethernet, IPv4 and
+/// TCP with all options.
+pub const TSO4_MAX_HDR: usize = 14 + 60 + 60;
+
+/// TCPv4 segmentation of one GSO super-frame, planned from its headers, for
+/// ports that write each wire segment straight into a kernel-shared buffer
+/// (no intermediate frame): [`Tso4Plan::write`] puts the headers, fixed up,
+/// in front of the payload piece the caller copies in.
+#[derive(Debug, Clone)]
+pub struct Tso4Plan {
+    hdr: [u8; TSO4_MAX_HDR],
+    hdr_len: usize,
+    ihl: usize,
+    tcp_len: usize,
+    mss: usize,
+    payload_len: usize,
+    n: usize,
+    seq0: u32,
+    id0: u16,
+    flags0: u8,
+}
+
+impl Tso4Plan {
+    /// Plans the segments of a frame of `frame_len` bytes whose first bytes
+    /// are `head` (at least the headers: `vnet.hdr_len`).
+    pub fn new(
+        vnet: &VirtioNetHdr,
+        head: &[u8],
+        frame_len: usize,
+    ) -> Result<Tso4Plan, OffloadError> {
+        let bad = || OffloadError::BadGsoFrame(vnet.hdr_len);
+        let f = head;
+        let hdr_len = vnet.hdr_len as usize;
+        if f.len() < 14 + 20 + 20 || f[12..14] != [0x08, 0x00] || f[14] >> 4 != 4 {
+            return Err(bad());
+        }
+        let ihl = usize::from(f[14] & 0x0f) * 4;
+        let l4 = 14 + ihl;
+        if ihl < 20 || f.len() < l4 + 20 || f[14 + 9] != 6 {
+            return Err(bad());
+        }
+        let tcp_len = usize::from(f[l4 + 12] >> 4) * 4;
+        if tcp_len < 20 || hdr_len != l4 + tcp_len || hdr_len > f.len() || hdr_len > frame_len {
+            return Err(bad());
+        }
+        let mss = usize::from(vnet.gso_size);
+        if mss == 0 {
+            return Err(bad());
+        }
+        let mut hdr = [0u8; TSO4_MAX_HDR];
+        hdr[..hdr_len].copy_from_slice(&f[..hdr_len]);
+        let payload_len = frame_len - hdr_len;
+        Ok(Tso4Plan {
+            hdr,
+            hdr_len,
+            ihl,
+            tcp_len,
+            mss,
+            payload_len,
+            n: payload_len.div_ceil(mss).max(1),
+            seq0: u32::from_be_bytes(f[l4 + 4..l4 + 8].try_into().expect("4")),
+            id0: u16::from_be_bytes([f[18], f[19]]),
+            flags0: f[l4 + 13],
+        })
     }
-    let ihl = usize::from(f[14] & 0x0f) * 4;
-    let l4 = 14 + ihl;
-    if ihl < 20 || f.len() < l4 + 20 || f[14 + 9] != 6 {
-        return Err(bad());
+
+    /// The header bytes (Ethernet, IPv4, TCP).
+    pub fn hdr_len(&self) -> usize {
+        self.hdr_len
     }
-    let tcp_len = usize::from(f[l4 + 12] >> 4) * 4;
-    if tcp_len < 20 || hdr_len != l4 + tcp_len || hdr_len > f.len() {
-        return Err(bad());
+
+    /// How many wire segments.
+    pub fn segments(&self) -> usize {
+        self.n
     }
-    let mss = usize::from(vnet.gso_size);
-    if mss == 0 {
-        return Err(bad());
+
+    /// The payload bytes of segment `i`.
+    pub fn piece_len(&self, i: usize) -> usize {
+        let a = (i * self.mss).min(self.payload_len);
+        let b = ((i + 1) * self.mss).min(self.payload_len);
+        b - a
     }
-    let payload = &f[hdr_len..];
-    let seq0 = u32::from_be_bytes(f[l4 + 4..l4 + 8].try_into().expect("4"));
-    let id0 = u16::from_be_bytes([f[18], f[19]]);
-    let flags0 = f[l4 + 13];
-    let n = payload.len().div_ceil(mss).max(1);
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let piece = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
-        let mut s = Vec::with_capacity(hdr_len + piece.len());
-        s.extend_from_slice(&f[..hdr_len]);
-        s.extend_from_slice(piece);
+
+    /// The bytes of segment `i` on the wire.
+    pub fn segment_len(&self, i: usize) -> usize {
+        self.hdr_len + self.piece_len(i)
+    }
+
+    /// Writes segment `i` into `s` (exactly [`Tso4Plan::segment_len`]
+    /// bytes): the headers, then `fill` copies the payload piece into the
+    /// rest; then lengths, id, sequence number, flags and both checksums are
+    /// fixed up.
+    pub fn write(&self, i: usize, s: &mut [u8], fill: impl FnOnce(&mut [u8])) {
+        let (hdr_len, ihl, tcp_len) = (self.hdr_len, self.ihl, self.tcp_len);
+        let l4 = 14 + ihl;
+        let piece = self.piece_len(i);
+        debug_assert_eq!(s.len(), hdr_len + piece);
+        s[..hdr_len].copy_from_slice(&self.hdr[..hdr_len]);
+        fill(&mut s[hdr_len..]);
         // IPv4: total length, id, header checksum.
-        let total = (ihl + tcp_len + piece.len()) as u16;
+        let total = (ihl + tcp_len + piece) as u16;
         s[16..18].copy_from_slice(&total.to_be_bytes());
-        s[18..20].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+        s[18..20].copy_from_slice(&self.id0.wrapping_add(i as u16).to_be_bytes());
         s[24..26].copy_from_slice(&[0, 0]);
         let hc = checksum(&s[14..l4]);
         s[24..26].copy_from_slice(&hc.to_be_bytes());
         // TCP: sequence number, flags (CWR on the first only; FIN and PSH on
         // the last only), checksum over the pseudo-header and segment.
-        let seq = seq0.wrapping_add((i * mss) as u32);
+        let seq = self.seq0.wrapping_add((i * self.mss) as u32);
         s[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
-        let mut fl = flags0;
+        let mut fl = self.flags0;
         if i > 0 {
             fl &= !0x80; // CWR
         }
-        if i + 1 < n {
+        if i + 1 < self.n {
             fl &= !(0x01 | 0x08); // FIN, PSH
         }
         s[l4 + 13] = fl;
         s[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
         let mut acc = sum(0, &s[26..34]); // source and destination address
-        acc += 6 + (tcp_len + piece.len()) as u64;
+        acc += 6 + (tcp_len + piece) as u64;
         let tc = !fold(sum(acc, &s[l4..]));
         s[l4 + 16..l4 + 18].copy_from_slice(&tc.to_be_bytes());
+    }
+}
+
+fn tso4(vnet: &VirtioNetHdr, f: &[u8]) -> Result<Vec<Vec<u8>>, OffloadError> {
+    let plan = Tso4Plan::new(vnet, &f[..f.len().min(TSO4_MAX_HDR)], f.len())?;
+    let payload = &f[plan.hdr_len()..];
+    let mut at = 0;
+    let mut out = Vec::with_capacity(plan.segments());
+    for i in 0..plan.segments() {
+        let mut s = vec![0u8; plan.segment_len(i)];
+        let n = plan.piece_len(i);
+        plan.write(i, &mut s, |dst| dst.copy_from_slice(&payload[at..at + n]));
+        at += n;
         out.push(s);
     }
     Ok(out)

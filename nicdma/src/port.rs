@@ -42,6 +42,48 @@ pub enum PortError {
     /// The other end is gone.
     #[error("the port's peer is gone")]
     Disconnected,
+    /// The network interface the port was to bind does not exist (in the
+    /// calling thread's network namespace).
+    #[error("no network interface {0:?} here")]
+    NoSuchInterface(String),
+    /// The interface already has an XDP program (or link) attached.
+    #[error("{0}: the interface already has an XDP program attached (detach it with `ip link set dev {0} xdp off`, or use another interface)")]
+    XdpBusy(String),
+    /// The kernel lacks what the backend needs.
+    #[error("{backend}: not supported by this kernel: {why}")]
+    Unsupported {
+        /// The backend.
+        backend: &'static str,
+        /// What is missing.
+        why: String,
+    },
+}
+
+/// Bytes a backend moves between its kernel-shared region and the segment
+/// lines, counted apart from the stack's own copies: what a real NIC's DMA
+/// would do, and what a backend forces on top of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortCopies {
+    /// Frames received out of the kernel-shared region.
+    pub rx_frames: u64,
+    /// Bytes copied by the CPU out of the kernel-shared region into lines on
+    /// receive (the backend's one RX copy: the region is not line memory).
+    pub rx_copy_bytes: u64,
+    /// Of the frames received, those merged into a preceding frame's GSO
+    /// frame (receive coalescing: no copy, fewer frames for the stack).
+    pub rx_coalesced: u64,
+    /// Frames the kernel handed over that the port dropped (truncated or
+    /// malformed descriptors).
+    pub rx_dropped: u64,
+    /// Frames placed into the kernel-shared TX region.
+    pub tx_frames: u64,
+    /// Bytes gathered from a segment's lines into the kernel-shared TX
+    /// region (the emulated DMA gather).
+    pub tx_gather_bytes: u64,
+    /// Wire frames made by software segmentation (TSO) in the port.
+    pub tx_tso_segments: u64,
+    /// System calls made to kick the kernel (TX sends, RX/fill wake-ups).
+    pub kicks: u64,
 }
 
 /// What happened to a frame offered for transmission.
@@ -79,6 +121,30 @@ pub trait Port: Send {
     fn receive(&mut self, deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]))
         -> Result<bool, PortError>;
 
+    /// Lends the next received frame to `deposit` as chunks in order (a
+    /// port that coalesces frames lends the merged headers and the frames'
+    /// payloads where they lie, so the one copy into lines stays one);
+    /// returns false when none is waiting. The default lends
+    /// [`Port::receive`]'s frame as one chunk.
+    fn receive_chunks(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
+    ) -> Result<bool, PortError> {
+        self.receive(&mut |h, f| deposit(h, &[f]))
+    }
+
+    /// Hands everything [`Port::transmit`] queued since the last flush to
+    /// the kernel (one kick per batch); the NIC calls it at the end of each
+    /// TX pass. Ports that send immediately need not override it.
+    fn flush(&mut self) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    /// The port's copy counters (zero for ports that do not count).
+    fn copies(&self) -> PortCopies {
+        PortCopies::default()
+    }
+
     /// A file descriptor that polls readable when frames may be waiting (for
     /// poll/epoll), if the port has one.
     fn rx_fd(&self) -> Option<RawFd> {
@@ -92,4 +158,24 @@ pub trait Port: Send {
 
     /// A short name for diagnostics.
     fn name(&self) -> &str;
+}
+
+/// Waits up to `timeout` until `port` may have a frame to receive (its
+/// [`Port::rx_fd`] polls readable); a port without a descriptor just sleeps
+/// a little. Returns whether it may have one.
+pub fn wait_readable<P: Port + ?Sized>(
+    port: &P,
+    timeout: std::time::Duration,
+) -> Result<bool, PortError> {
+    match port.rx_fd() {
+        Some(fd) => {
+            let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+            crate::sys::poll_raw_readable(fd, ms)
+                .map_err(|source| PortError::Os { op: "poll", source })
+        }
+        None => {
+            std::thread::sleep(timeout.min(std::time::Duration::from_millis(1)));
+            Ok(true)
+        }
+    }
 }

@@ -1,7 +1,10 @@
 //! Raw Linux bindings for the TAP backend: the TUN/TAP ioctls, `poll`,
-//! `setns` and `geteuid`.
+//! `setns` and `geteuid`; and, in submodules, for the AF_PACKET and AF_XDP
+//! backends: [`mem`] (memory mapped with the kernel), [`sock`] (socket
+//! options, binds, kicks, interface look-ups) and [`bpf`] (the `bpf()` system
+//! call).
 //!
-//! This is the crate's only module with `unsafe` code. Each function here is a
+//! This is the crate's only module (with its submodules) with `unsafe` code. Each function here is a
 //! safe wrapper around one system call: it takes borrowed file descriptors and
 //! references (so the kernel never sees a dangling fd or pointer), checks the
 //! return value and turns `-1` into [`io::Error::last_os_error`].
@@ -15,6 +18,10 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+
+pub mod bpf;
+pub mod mem;
+pub mod sock;
 
 /// Bytes of an interface name, including the terminating NUL (`IFNAMSIZ`).
 pub const IFNAMSIZ: usize = 16;
@@ -172,6 +179,28 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<
     }
 }
 
+/// [`poll_readable`] on a raw descriptor (a port's [`rx_fd`]): `poll` touches
+/// no memory through the descriptor, so a stale one only reads as
+/// `POLLNVAL` (reported as readable, so the caller looks and finds the
+/// error).
+///
+/// [`rx_fd`]: crate::Port::rx_fd
+pub fn poll_raw_readable(fd: std::os::fd::RawFd, timeout_ms: libc::c_int) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid, exclusively borrowed `pollfd` (nfds = 1)
+    // that lives across the call; an invalid fd is reported in `revents`.
+    let ret = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    match check(ret) {
+        Ok(n) => Ok(n > 0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(any(test, feature = "test-support"))]
 /// `setns(fd, CLONE_NEWNET)`: moves the calling thread (only) into the network
 /// namespace that `fd` refers to.
@@ -182,7 +211,6 @@ pub fn setns_net(fd: BorrowedFd<'_>) -> io::Result<()> {
     check(ret).map(drop)
 }
 
-#[cfg(any(test, feature = "test-support"))]
 /// The effective user id of the calling thread.
 pub fn geteuid() -> u32 {
     // SAFETY: `geteuid` has no preconditions and cannot fail.

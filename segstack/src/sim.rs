@@ -59,6 +59,17 @@ impl SimPair {
         })
     }
 
+    /// A pair of interfaces the caller made on `net`'s ports (in memories of
+    /// its choice: a file-backed server facing a DRAM client, say).
+    pub fn from_parts(net: SimNet, a: Interface<SimPort>, b: Interface<SimPort>) -> SimPair {
+        SimPair {
+            net,
+            a,
+            b,
+            moved: 0,
+        }
+    }
+
     /// The virtual time in ns.
     pub fn now(&self) -> u64 {
         self.net.clock().now()

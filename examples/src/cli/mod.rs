@@ -6,6 +6,7 @@
 //! hicamp fsck [--json] FILE
 //! hicamp stat [--json] FILE
 //! hicamp run [--report FILE] [--mode trace] -- CMD ARGS...
+//! hicamp backends
 //! ```
 //!
 //! Policy lives in the experiments and in the memory; this module only parses arguments, wires
@@ -60,6 +61,9 @@ enum Command {
     /// is interned into HICAMP memory; print the merged report when it ends. Exit status: the
     /// command's.
     Run(RunArgs),
+    /// List the NIC backends (`--backend` of phttpd and the benches) and whether each works
+    /// on this host, and if not, why.
+    Backends,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,6 +82,12 @@ struct RunArgs {
     /// What the shim does.
     #[arg(long, value_enum, default_value = "trace")]
     mode: ShimMode,
+
+    /// Memory each traced process's shim may use (`256M`, `1G`, bytes); past it the dedup
+    /// footprint is estimated by content-defined line sampling (the report names the method,
+    /// the sample rate and the error bound). Default 256M.
+    #[arg(long, value_name = "SIZE", value_parser = run::parse_budget)]
+    budget: Option<u64>,
 
     /// The command and its arguments (after `--`).
     #[arg(
@@ -242,6 +252,7 @@ pub fn main() -> ExitCode {
         Command::Dedup(args) => run_dedup(&cli, args),
         Command::Fsck(args) => run_fsck(args),
         Command::Stat(args) => run_stat(args),
+        Command::Backends => run_backends(),
         Command::Run(_) => unreachable!("handled above"),
     };
     match result {
@@ -253,6 +264,31 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_backends() -> Result<(), Failure> {
+    let mut out = String::new();
+    for b in nicdma::backend::probe() {
+        let state = match &b.works {
+            Ok(()) => "works here".to_owned(),
+            Err(why) => format!("unavailable: {why}"),
+        };
+        out.push_str(&format!(
+            "{:<10} --backend {:<22} {state}\n",
+            b.name, b.usage
+        ));
+    }
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                Failure::BrokenPipe
+            } else {
+                Failure::Error(format!("stdout: {e}"))
+            }
+        })
 }
 
 /// True when the program started with descriptor 1 closed (`hicamp dedup >&-`). Rust's
@@ -556,7 +592,10 @@ fn run_command(cli: &Cli, args: &RunArgs) -> ExitCode {
             shim,
             report: args.report.clone(),
             command: args.command.clone(),
-            env: Vec::new(),
+            env: args
+                .budget
+                .map(|b| vec![("HICAMP_SHIM_BUDGET".into(), b.to_string().into())])
+                .unwrap_or_default(),
         })
     });
     match result {

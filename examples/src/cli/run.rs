@@ -1,8 +1,12 @@
 //! `hicamp run`: run a command under the libc shim and merge the reports of its processes.
 //!
 //! ```text
-//! hicamp run [--report FILE] [--mode trace] -- CMD ARGS...
+//! hicamp run [--report FILE] [--mode trace] [--budget SIZE] -- CMD ARGS...
 //! ```
+//!
+//! `--budget` bounds each traced process's shim memory (`HICAMP_SHIM_BUDGET`, default 256M):
+//! past it a process's footprint is estimated by content-defined line sampling, and the
+//! summary names the method, the sample rate and the 95% error bound.
 //!
 //! The launcher sets `LD_PRELOAD` to the shim (`liblibc_shim.so`: `$HICAMP_SHIM`, else next to
 //! the `hicamp` binary) and `HICAMP_SHIM_REPORT` to a path prefix, runs the command, and when it
@@ -31,6 +35,30 @@ use std::process::{Command, ExitStatus};
 
 use hicamp::footprint::{human_bytes, line_size_table, ConnReport, LineSizeReport, ShimReport};
 use serde::Serialize;
+
+/// `--budget`: `256M`, `1G`, `65536` (binary units), at least 1M.
+pub fn parse_budget(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (bytes, or with K, M, G)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("'{s}': unknown unit (K, M or G)")),
+    };
+    let b = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))?;
+    if b < 1 << 20 {
+        return Err(format!("'{s}': the budget must be at least 1M"));
+    }
+    Ok(b)
+}
 
 /// File name of the shim library.
 pub const SHIM_FILE: &str = "liblibc_shim.so";
@@ -166,6 +194,13 @@ pub struct MergedReport {
     pub connections: Vec<ProcessConn>,
     /// Per line size, summed over the processes' memories (no dedup across processes).
     pub line_sizes: Vec<LineSizeReport>,
+    /// How `line_sizes` were obtained: `exact (HICAMP memories)` when every process's were,
+    /// else the estimate's method (some processes estimated theirs).
+    pub dedup_method: String,
+    /// Processes whose footprint is an estimate (past their budget).
+    pub estimated_processes: u64,
+    /// The largest 95% error bound of those estimates (relative).
+    pub max_rel_err_95: f64,
     /// The processes' own reports, as written.
     pub processes: Vec<ShimReport>,
     /// Processes of the run still alive when the command ended (daemons): they write their
@@ -411,6 +446,14 @@ pub fn merge(
         processes.push(r);
     }
     let line_sizes = LineSizeReport::sum_by_line_size(processes.iter().flat_map(|p| &p.line_sizes));
+    let estimates: Vec<_> = processes
+        .iter()
+        .filter_map(|p| p.dedup_estimate.as_ref())
+        .collect();
+    let dedup_method = estimates.first().map_or_else(
+        || hicamp::footprint::EXACT_METHOD.to_string(),
+        |e| e.method.clone(),
+    );
     let sum = |f: fn(&ShimReport) -> u64| processes.iter().map(f).sum::<u64>();
     Ok(MergedReport {
         run_id: run_id.to_string(),
@@ -424,6 +467,12 @@ pub fn merge(
         process_summaries: summaries,
         connections,
         line_sizes,
+        dedup_method,
+        estimated_processes: estimates.len() as u64,
+        max_rel_err_95: estimates
+            .iter()
+            .map(|e| e.max_rel_err_95())
+            .fold(0.0, f64::max),
         processes,
         still_running: Vec::new(),
         late_reports: None,
@@ -555,9 +604,32 @@ impl MergedReport {
         if !self.line_sizes.is_empty() {
             let _ = writeln!(
                 out,
-                "\nPayload in HICAMP memory, summed over the processes' memories:\n"
+                "\nPayload in HICAMP memory, summed over the processes' memories{}:\n",
+                if self.estimated_processes > 0 {
+                    format!(
+                        " ({} of {} estimated by {}, within +-{:.2}% at 95%)",
+                        self.estimated_processes,
+                        self.processes.len(),
+                        self.dedup_method,
+                        self.max_rel_err_95 * 100.0
+                    )
+                } else {
+                    String::new()
+                }
             );
             out.push_str(&line_size_table(&self.line_sizes));
+        }
+        for p in &self.processes {
+            if let Some(e) = &p.dedup_estimate {
+                let _ = write!(
+                    out,
+                    "pid {}: budget {}, {} of the payload not interned; {}",
+                    p.pid,
+                    human_bytes(p.budget_bytes),
+                    human_bytes(p.payload_bytes_not_interned),
+                    e.to_text()
+                );
+            }
         }
         out.push_str(&self.still_running_note());
         out
@@ -613,6 +685,15 @@ mod tests {
         assert!(m.to_text().contains("2 processes traced"));
         let empty = merge(&prefix, "C", vec![], 0).unwrap();
         assert!(empty.to_text().contains("no process"));
+    }
+
+    #[test]
+    fn budget_sizes() {
+        assert_eq!(parse_budget("32M"), Ok(32 << 20));
+        assert_eq!(parse_budget("1g"), Ok(1 << 30));
+        assert!(parse_budget("12").is_err());
+        assert!(parse_budget("lots").is_err());
+        assert!(parse_budget("5Q").is_err());
     }
 
     #[test]

@@ -7,29 +7,51 @@
 //! - `phttpd --tap [--port 80]`: needs root. A TAP device in a fresh network
 //!   namespace whose kernel side is 10.79.0.1/24; the server is 10.79.0.2.
 //!   It prints the `ip netns exec` command to reach it with curl or wrk and
-//!   serves until interrupted (or `--seconds N`).
+//!   serves until interrupted (or `--seconds N`); SIGINT or SIGTERM stops it
+//!   and removes the namespace.
+//! - `phttpd --backend SPEC --ip ADDR/PREFIX [--gateway ADDR]`: needs root.
+//!   Serves on an existing interface through the chosen backend
+//!   (`af_xdp:IFACE[:QUEUE]`, `af_packet:IFACE`, `tap:NAME`; `sim` is the
+//!   built-in run; see `nicdma::backend`), as `ADDR`, until interrupted or
+//!   `--seconds N`. On a veth, turn the peer's offloads off first
+//!   (`ethtool -K PEER tx off tso off gso off`): AF_XDP and AF_PACKET see
+//!   wire frames only.
 //! - `--wal FILE`: the memory is a file; POST bodies are logged in its
 //!   segment map and survive a restart.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hicamp::{Config, Memory};
-use nicdma::sim::LinkConfig;
+use nicdma::backend::{parse_cidr, AnyPort, BackendSpec};
+use nicdma::sim::{LinkConfig, SimNet};
 use nicdma::tap::{NetNs, TapPort};
 use nicdma::Port;
 use segstack::iface::{IfaceConfig, IfaceError, Interface};
-use segstack::sim::{SimPair, B_IP};
+use segstack::sim::{SimPair, A_IP, B_IP};
 
-use super::{rpc_request, Phttpd, RESPONSE_LEN};
+use super::{is_transient, persistent_interface, rpc_request, Limits, Phttpd, RESPONSE_LEN};
 
 #[derive(Parser, Debug)]
 #[command(about = "A PASTE-phttpd-like HTTP server on segstack")]
 struct Args {
-    /// Serve the Linux kernel over a TAP device in a new namespace (root).
-    #[arg(long)]
+    /// Serve the Linux kernel over a TAP device in a new namespace (root):
+    /// the shortcut for a TAP lab of its own.
+    #[arg(long, conflicts_with = "backend")]
     tap: bool,
+    /// The backend: sim, tap:NAME, af_xdp:IFACE[:QUEUE], af_packet:IFACE or
+    /// netmap:PORT (`hicamp backends` lists what works here).
+    #[arg(long, value_parser = |s: &str| s.parse::<BackendSpec>().map_err(|e| e.to_string()))]
+    backend: Option<BackendSpec>,
+    /// Our address and prefix on the backend's link (ADDR/PREFIX).
+    #[arg(long)]
+    ip: Option<String>,
+    /// Where packets outside the subnet go.
+    #[arg(long)]
+    gateway: Option<std::net::Ipv4Addr>,
     /// TCP port.
     #[arg(long, default_value_t = 80)]
     port: u16,
@@ -45,6 +67,36 @@ struct Args {
     /// Connections of the built-in sim client.
     #[arg(long, default_value_t = 50)]
     connections: usize,
+    /// Longest request body accepted (413 and close past it).
+    #[arg(long, default_value_t = 64 << 20)]
+    max_body: u64,
+    /// Longest request head accepted (431 and close past it).
+    #[arg(long, default_value_t = super::MAX_HEADER)]
+    max_header: usize,
+}
+
+impl Args {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_header: self.max_header,
+            max_body: self.max_body,
+        }
+    }
+}
+
+/// The server's interface: with `--wal`, on the rings the file records
+/// (reused across restarts and kills, see [`persistent_interface`]).
+fn interface<P: Port>(
+    mem: &Memory,
+    wal: bool,
+    port: P,
+    cfg: IfaceConfig,
+) -> Result<Interface<P>, IfaceError> {
+    if wal {
+        persistent_interface(mem, port, cfg)
+    } else {
+        Interface::new(mem, port, cfg)
+    }
 }
 
 fn memory(args: &Args) -> Result<Memory, String> {
@@ -63,14 +115,55 @@ fn memory(args: &Args) -> Result<Memory, String> {
 /// The `phttpd` program: exits 1 with a message on an error.
 pub fn main() {
     let args = Args::parse();
-    let r = if args.tap { tap(&args) } else { sim(&args) };
+    let r = match &args.backend {
+        _ if args.tap => tap(&args),
+        None | Some(BackendSpec::Sim) => sim(&args),
+        Some(spec) => backend(&args, spec),
+    };
     if let Err(e) = r {
         eprintln!("phttpd: {e}");
         std::process::exit(1);
     }
 }
 
+/// A flag that SIGINT and SIGTERM raise (a second one of either ends the
+/// process at once, as an unhandled one would).
+fn stop_flag() -> Result<Arc<AtomicBool>, String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)))
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    Ok(stop)
+}
+
+/// Serves on a port of the chosen backend, on an interface that exists.
+fn backend(args: &Args, spec: &BackendSpec) -> Result<(), String> {
+    let Some(cidr) = &args.ip else {
+        return Err(format!("--backend {spec} needs --ip ADDR/PREFIX"));
+    };
+    let (ip, prefix) = parse_cidr(cidr).map_err(|e| e.to_string())?;
+    let stop = stop_flag()?;
+    let mem = memory(args)?;
+    let port = spec.open().map_err(|e| e.to_string())?;
+    // The interface's own MAC where the port binds one; else a local one.
+    let mac = port.mac().unwrap_or([2, 0, 0, 0x79, 0, 2]);
+    let mut cfg = IfaceConfig::new(mac, ip, prefix);
+    cfg.gateway = args.gateway;
+    if let Some(mtu) = port.mtu() {
+        cfg.mtu = mtu as usize;
+    }
+    let iface = interface(&mem, args.wal.is_some(), port, cfg).map_err(|e| e.to_string())?;
+    println!("phttpd: serving on {ip}:{} through {spec}", args.port);
+    serve(args, iface, &stop)
+}
+
 fn tap(args: &Args) -> Result<(), String> {
+    // Before the namespace exists: an interrupt from here on ends the poll
+    // loop, and the namespace is deleted on the way out.
+    let stop = stop_flag()?;
     let mem = memory(args)?;
     let port = TapPort::open("").map_err(|e| format!("TAP: {e}"))?;
     let ns = NetNs::create().map_err(|e| format!("namespace: {e}"))?;
@@ -78,9 +171,8 @@ fn tap(args: &Args) -> Result<(), String> {
     ns.adopt(&dev, Some("10.79.0.1/24"))
         .map_err(|e| format!("namespace: {e}"))?;
     let ip = Ipv4Addr::new(10, 79, 0, 2);
-    let mut iface = Interface::new(&mem, port, IfaceConfig::new([2, 0, 0, 0x79, 0, 2], ip, 24))
-        .map_err(|e| e.to_string())?;
-    let mut server = Phttpd::new(&mut iface, args.port, args.object, args.wal.is_some())
+    let cfg = IfaceConfig::new([2, 0, 0, 0x79, 0, 2], ip, 24);
+    let iface = interface(&mem, args.wal.is_some(), AnyPort::Tap(port), cfg)
         .map_err(|e| e.to_string())?;
     println!(
         "phttpd: serving on {ip}:{} (device {dev} in namespace {})",
@@ -94,31 +186,50 @@ fn tap(args: &Args) -> Result<(), String> {
         ns.name(),
         args.port
     );
+    let r = serve(args, iface, &stop);
+    if stop.load(Ordering::Relaxed) {
+        println!("phttpd: interrupted; removing namespace {}", ns.name());
+    }
+    r
+}
+
+/// The server loop (TAP or another backend) until `--seconds` runs out or
+/// SIGINT/SIGTERM raises `stop`.
+fn serve(args: &Args, mut iface: Interface<AnyPort>, stop: &AtomicBool) -> Result<(), String> {
+    let mut server = Phttpd::new(&mut iface, args.port, args.object, args.wal.is_some())
+        .map_err(|e| e.to_string())?;
+    server.set_limits(args.limits());
     let t0 = Instant::now();
     let end = args.seconds.map(|s| t0 + Duration::from_secs(s));
     let mut last = Instant::now();
     loop {
-        if end.is_some_and(|e| Instant::now() >= e) {
+        if end.is_some_and(|e| Instant::now() >= e) || stop.load(Ordering::Relaxed) {
             break;
         }
         let now = t0.elapsed().as_nanos() as u64;
-        let ev = iface.poll(now).map_err(|e| e.to_string())?.to_vec();
-        server.handle(&mut iface, &ev).map_err(|e| e.to_string())?;
+        server.poll(&mut iface, now).map_err(|e| e.to_string())?;
         let wait = iface.poll_at().map_or(Duration::from_millis(5), |t| {
             Duration::from_nanos(t.saturating_sub(now)).min(Duration::from_millis(5))
         });
-        iface
-            .nic()
-            .port()
-            .wait_readable(wait)
-            .map_err(|e| e.to_string())?;
+        if let Err(e) = nicdma::port::wait_readable(iface.nic().port(), wait) {
+            // A signal may interrupt the wait: the flag says which.
+            if !stop.load(Ordering::Relaxed) {
+                return Err(e.to_string());
+            }
+        }
         if last.elapsed() >= Duration::from_secs(5) {
             last = Instant::now();
             println!("phttpd: {:?}", server.stats());
+            println!("phttpd: {:?}", iface.nic().counters());
+            println!("phttpd: port copies {:?}", iface.nic().port().copies());
         }
     }
     println!("phttpd: {:?}", server.stats());
     println!("phttpd: {:?}", iface.stats());
+    println!("phttpd: port copies {:?}", iface.nic().port().copies());
+    if args.wal.is_some() {
+        iface.nic().memory().sync().map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
@@ -127,9 +238,22 @@ fn tap(args: &Args) -> Result<(), String> {
 fn sim(args: &Args) -> Result<(), String> {
     let mem = memory(args)?;
     let e = |e: IfaceError| e.to_string();
-    let mut pair =
-        SimPair::new(&mem, LinkConfig::default(), 1, |c| c.tcp.nagle = false).map_err(e)?;
+    // The client side lives in a memory of its own: the server's (a
+    // `--wal` file) holds only the server's rings and records.
+    let client_mem = Memory::new(Config::default()).map_err(|e| e.to_string())?;
+    let (net, pa, pb) =
+        SimNet::pair(1, LinkConfig::default()).map_err(|e| format!("sim link: {e}"))?;
+    let mut ca = IfaceConfig::new([2, 0, 0, 0, 0, 1], A_IP, 24);
+    ca.seed = 1;
+    ca.tcp.nagle = false;
+    let mut cb = IfaceConfig::new([2, 0, 0, 0, 0, 2], B_IP, 24);
+    cb.seed = 2;
+    cb.tcp.nagle = false;
+    let a = Interface::new(&client_mem, pa, ca).map_err(e)?;
+    let b = interface(&mem, args.wal.is_some(), pb, cb).map_err(e)?;
+    let mut pair = SimPair::from_parts(net, a, b);
     let mut server = Phttpd::new(&mut pair.b, args.port, 1 << 20, args.wal.is_some()).map_err(e)?;
+    server.set_limits(args.limits());
     let now = pair.now();
     let conns: Vec<_> = (0..args.connections.max(1))
         .map(|_| pair.a.tcp_connect(SocketAddrV4::new(B_IP, args.port), now))
@@ -156,8 +280,7 @@ fn sim(args: &Args) -> Result<(), String> {
         let mut buf = [0u8; 1024];
         while t.elapsed() < Duration::from_secs(2) {
             let now = pair.now();
-            let ev = pair.b.poll(now).map_err(e)?.to_vec();
-            server.handle(&mut pair.b, &ev).map_err(e)?;
+            server.poll(&mut pair.b, now).map_err(e)?;
             pair.a.poll(now).map_err(e)?;
             let mut progress = false;
             for (i, &c) in conns.iter().enumerate() {
@@ -183,7 +306,12 @@ fn sim(args: &Args) -> Result<(), String> {
                 }
             }
             if !progress {
-                pair.step().map_err(e)?;
+                match pair.step() {
+                    Err(x) if is_transient(&x) => {}
+                    r => {
+                        r.map_err(e)?;
+                    }
+                }
             }
         }
         let secs = t.elapsed().as_secs_f64();

@@ -14,12 +14,14 @@
 //! the memory stores nowhere; [`LineSizeReport::from_stats`] needs that count
 //! for its "excluding zero lines" ratio.
 
+pub mod sampled;
 mod shim;
 mod zero;
 
 use std::collections::BTreeMap;
 
-pub use shim::{ConnReport, ShimReport};
+pub use sampled::{LineSampler, PayloadFps, SizeEstimate};
+pub use shim::{ConnReport, DedupEstimate, ShimReport, EXACT_METHOD};
 pub use zero::{zero_line_bytes, ZeroLineCounter};
 
 /// True when every byte is zero: the test that makes a line the all-zero line 0 (stored

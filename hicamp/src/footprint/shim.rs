@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::{human_bytes, line_size_table, LineSizeReport};
+use super::{human_bytes, line_size_table, LineSizeReport, SizeEstimate};
 
 /// One traced socket in the report.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -48,6 +48,63 @@ pub struct ConnReport {
     /// A descriptor is still open on it.
     pub open: bool,
 }
+
+/// How a report's `line_sizes` were estimated, when the payload outgrew the memory budget (or
+/// the interning fell behind, or exit came before it finished).
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default)
+)]
+pub struct DedupEstimate {
+    /// The method ([`super::sampled::METHOD`]).
+    pub method: String,
+    /// Why the exact memories were given up.
+    pub reason: String,
+    /// Per line size: sampling level and rate, sampled and estimated lines, 95% error bound.
+    pub per_line_size: Vec<SizeEstimate>,
+}
+
+impl DedupEstimate {
+    /// The largest relative error bound (95%) over the line sizes.
+    pub fn max_rel_err_95(&self) -> f64 {
+        self.per_line_size
+            .iter()
+            .map(|e| e.rel_err_95)
+            .fold(0.0, f64::max)
+    }
+
+    /// One line per line size: rate and bound.
+    pub fn to_text(&self) -> String {
+        let mut out = format!("dedup estimated by {} ({})\n", self.method, self.reason);
+        for e in &self.per_line_size {
+            let sampled = e.sampled_leaf_lines + e.sampled_interior_lines;
+            if e.level == 0 {
+                let _ = writeln!(
+                    out,
+                    "  {} B lines: sample rate 1/1, all {sampled} distinct lines counted (exact \
+                     up to fingerprint collisions)",
+                    e.line_size
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  {} B lines: sample rate 1/{} (level {}), {sampled} distinct lines \
+                     sampled, estimate within +-{:.2}% (95%)",
+                    e.line_size,
+                    1u64 << e.level.min(63),
+                    e.level,
+                    e.rel_err_95 * 100.0
+                );
+            }
+        }
+        out
+    }
+}
+
+/// What `dedup_method` says when the footprint comes from real memories.
+pub const EXACT_METHOD: &str = "exact (HICAMP memories)";
 
 /// The report of one process traced by the shim.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -122,6 +179,15 @@ pub struct ShimReport {
     pub line_sizes: Vec<LineSizeReport>,
     /// Why some line size stopped interning, if it did.
     pub intern_errors: Vec<String>,
+    /// How `line_sizes` were obtained: [`EXACT_METHOD`] or the estimate's method.
+    pub dedup_method: String,
+    /// The estimate, when `line_sizes` are estimated.
+    pub dedup_estimate: Option<DedupEstimate>,
+    /// The shim's memory budget (`HICAMP_SHIM_BUDGET`), bytes.
+    pub budget_bytes: u64,
+    /// Captured payload bytes that did not go into the memories (past the budget, or while
+    /// the interning thread was behind); the estimate counts them.
+    pub payload_bytes_not_interned: u64,
 }
 
 impl ShimReport {
@@ -179,7 +245,16 @@ impl ShimReport {
         if self.connections.len() > 5 {
             let _ = writeln!(out, "  ... and {} more", self.connections.len() - 5);
         }
-        if !self.line_sizes.is_empty() {
+        if !self.line_sizes.is_empty() && self.dedup_estimate.is_some() {
+            let _ = writeln!(
+                out,
+                "\nPayload in HICAMP memory, estimated (memory budget {}; {} of the payload \
+                 not interned):\n",
+                human_bytes(self.budget_bytes),
+                human_bytes(self.payload_bytes_not_interned)
+            );
+            out.push_str(&line_size_table(&self.line_sizes));
+        } else if !self.line_sizes.is_empty() {
             let _ = writeln!(
                 out,
                 "\nPayload in HICAMP memory ({} payloads, one segment each; {} repeats of a \
@@ -187,6 +262,9 @@ impl ShimReport {
                 self.payloads_interned, self.payload_snapshot_hits
             );
             out.push_str(&line_size_table(&self.line_sizes));
+        }
+        if let Some(e) = &self.dedup_estimate {
+            out.push_str(&e.to_text());
         }
         for e in &self.intern_errors {
             let _ = writeln!(out, "warning: {e}");

@@ -1,8 +1,10 @@
 //! Reference counts: one `u32` per slot, mapped beside the arena. Bit 31 is
 //! the kind (set = interior), bits 0..31 the count; a count that reaches
 //! [`SATURATED`] is never freed again. A count goes from 1 to 0 only under the
-//! line's shard lock, which is what keeps the index and the counts in step
-//! (see the store's module documentation).
+//! line's shard lock, which is what keeps the index and the counts in step;
+//! a lookup without the lock only ever increments a count it sees above 0
+//! ([`Store::inc_unless_zero`]). A freed slot returns to the free bitmap
+//! after an epoch (see the store's module documentation).
 
 use std::sync::atomic::Ordering::*;
 
@@ -15,10 +17,10 @@ use crate::region::prefetch_ptr;
 pub(crate) const INTERIOR_BIT: u32 = 1 << 31;
 pub(super) const COUNT_MASK: u32 = !INTERIOR_BIT;
 pub(super) const SATURATED: u32 = 1 << 30;
-/// Freed slots a shard keeps on its own list (for quick reuse by small
-/// workloads); the rest go to the free bitmap, which hands them out again
-/// in ascending runs.
-const LOCAL_FREE_MAX: usize = 256;
+/// A release that frees at least this many lines pushes its deferred slots
+/// to the epoch collector and advances the epoch (so that a large release's
+/// slots come back at once); smaller ones leave them in the thread's bag.
+const FLUSH_AFTER: usize = 64;
 /// Lines whose last reference goes, freed together (hashed, sorted by shard,
 /// one lock acquisition per shard).
 const RELEASE_BATCH: usize = 2048;
@@ -93,6 +95,32 @@ impl Store {
         }
     }
 
+    /// Takes a reference to a line found without one (by a pinned reader),
+    /// unless its count is zero: a line being freed, or freed and waiting
+    /// for its epoch, which must not be revived. The 1 -> 0 step happens
+    /// under the shard lock (`free_batch`), and both are read-modify-writes
+    /// of the same word, so exactly one of this increment and that step sees
+    /// the count at 1: either the line stays (the free sees 2 and backs off)
+    /// or this returns false.
+    #[inline]
+    pub(super) fn inc_unless_zero(&self, id: u32) -> bool {
+        let m = &self.meta.as_slice()[id as usize];
+        let mut c = m.load(Relaxed);
+        loop {
+            let count = c & COUNT_MASK;
+            if count == 0 {
+                return false;
+            }
+            if count >= SATURATED {
+                return true;
+            }
+            match m.compare_exchange_weak(c, c + 1, Relaxed, Relaxed) {
+                Ok(_) => return true,
+                Err(now) => c = now,
+            }
+        }
+    }
+
     /// Drops one reference unless it is the last; true when it is the last
     /// (the count is left at 1, the caller finishes under the shard lock).
     #[inline]
@@ -128,6 +156,8 @@ impl Store {
         let mut cand = last;
         let mut hashes: Vec<u64> = Vec::new();
         let mut order: Vec<u32> = Vec::new();
+        let guard = self.epochs.pin();
+        let mut freed = Vec::new();
         loop {
             if cand.is_empty() {
                 if pending.is_empty() {
@@ -147,21 +177,39 @@ impl Store {
                 continue;
             }
             for chunk in cand.chunks(RELEASE_BATCH) {
-                self.free_batch(chunk, &mut pending, &mut hashes, &mut order);
+                self.free_batch(chunk, &mut pending, &mut hashes, &mut order, &mut freed);
             }
             cand.clear();
+        }
+        // One deferred function for the whole release (a collection step
+        // takes a bounded number of them).
+        let freed_n = freed.len();
+        self.defer_free(freed, &guard);
+        drop(guard);
+        // Near capacity (the fresh range used up, or many slots waiting)
+        // every freed slot counts.
+        let near_full = self.next_fresh.load(Relaxed) >= self.slots
+            || self.limbo.load(Relaxed) > self.slots / 32;
+        if freed_n >= FLUSH_AFTER || (freed_n > 0 && near_full) {
+            // Two advances of the epoch retire this release's bag when no
+            // other thread is pinned; a third collects it.
+            for _ in 0..3 {
+                self.epochs.pin().flush();
+            }
         }
     }
 
     /// Frees the lines of `batch` whose last reference this thread owns,
     /// unless a lookup took a new reference meanwhile; the children of each
-    /// freed interior line go to `pending`.
+    /// freed interior line go to `pending`, and the freed slots to `freed`
+    /// (they return to the free bitmap after an epoch: `defer_free`).
     fn free_batch(
         &self,
         batch: &[u32],
         pending: &mut Vec<u32>,
         hashes: &mut Vec<u64>,
         order: &mut Vec<u32>,
+        freed: &mut Vec<u32>,
     ) {
         let meta = self.meta.as_slice();
         let mut counts = [0u32; SHARDS];
@@ -196,7 +244,6 @@ impl Store {
             order[counts[sh] as usize] = j as u32;
             counts[sh] += 1;
         }
-        let mut to_bitmap = 0u64;
         let mut k = 0;
         while k < order.len() {
             let sh = hashes[order[k] as usize] as usize & (SHARDS - 1);
@@ -229,14 +276,8 @@ impl Store {
                     );
                 }
                 m.store(0, Relaxed);
-                if shard.free.len() < LOCAL_FREE_MAX {
-                    shard.free.push(id);
-                } else {
-                    self.free_slot(id);
-                    to_bitmap += 1;
-                }
+                freed.push(id);
             }
         }
-        self.free_count.fetch_add(to_bitmap, Relaxed);
     }
 }

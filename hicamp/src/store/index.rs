@@ -1,17 +1,19 @@
-//! The sharded dedup index (one [`Table`] per shard, under the shard lock)
-//! and the free lists of line slots.
+//! The sharded dedup index (one [`Table`] per shard: written under the
+//! shard lock, read by pinned lock-free lookups through the published bucket
+//! array) and the free lists of line slots, which freed slots reach only
+//! after an epoch (see the store's module documentation).
 
 use std::sync::atomic::Ordering::*;
 
 use super::counts::{kind_bit, COUNT_MASK, INTERIOR_BIT, SATURATED};
-use super::table::{Bucket, Table};
+use super::table::{Bucket, Buckets, Table};
 use super::{kind_index, line_hash, Store, SHARDS};
 use crate::config::Durability;
 use crate::id::{LineId, LineKind};
 use crate::region::prefetch_ptr;
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{AtomicPtr, AtomicUsize, Mutex};
+use crate::sync::{epoch, AtomicPtr, AtomicUsize, Mutex};
 
 const FRESH_CHUNK: u64 = 16;
 /// How far ahead of its use a line is prefetched when a table grows.
@@ -35,15 +37,40 @@ pub(super) struct ShardCell {
     /// and a lock word beside them would bounce that line between threads.
     pub(super) hint_ptr: AtomicPtr<Bucket>,
     pub(super) hint_len: AtomicUsize,
+    /// The table's current bucket array, for lock-free readers (pinned;
+    /// see [`Store::find_pinned`]). Replaced only under the lock, by
+    /// [`ShardCell::set_hint`], which defers the release of the old array.
+    pub(super) published: std::sync::atomic::AtomicPtr<Buckets>,
+    /// The store's collector (for the arrays `set_hint` retires).
+    pub(super) epochs: epoch::Epochs,
     pub(super) lock: CachePadded<Mutex<Shard>>,
 }
 
 impl ShardCell {
-    /// Publishes the table's current base and size as the prefetch hint.
+    /// Publishes the table's current bucket array (for lock-free readers,
+    /// and its base and size as the prefetch hint), then hands the arrays it
+    /// replaced to the epoch collector. Called under the shard lock after
+    /// every `Table::rebuild`.
     pub(super) fn set_hint(&self, table: &Table) {
         let (p, n) = table.hint();
         self.hint_ptr.store(p.cast_mut(), Relaxed);
         self.hint_len.store(n, Relaxed);
+        // Release: a reader that loads the pointer sees the array's entries.
+        self.published.store(table.published(), Release);
+        let retired = table.take_retired();
+        if !retired.is_empty() {
+            let guard = self.epochs.pin();
+            for r in retired {
+                guard.defer(move || {
+                    // SAFETY: `r` is no longer published (the store above
+                    // replaced it, before this `defer`), so only readers
+                    // pinned before now can hold it, and the collector runs
+                    // this after all of them unpinned. Under `cfg(loom)` it
+                    // runs at once: there are no lock-free readers there.
+                    unsafe { r.free() }
+                });
+            }
+        }
     }
 }
 
@@ -125,9 +152,11 @@ impl Store {
         self.free_bits[(id >> 6) as usize].fetch_or(1 << (id & 63), Release);
     }
 
-    /// Moves every shard's free list to the free bitmap (used only when the
+    /// Moves every shard's free list to the free bitmap, and returns the
+    /// slots waiting for an epoch that can be returned (used only when the
     /// memory is otherwise full).
     pub(super) fn drain_free_lists(&self) {
+        self.reclaim();
         for cell in self.shards.iter() {
             let mut shard = cell.lock.lock();
             let n = shard.free.len();
@@ -135,6 +164,113 @@ impl Store {
                 self.free_slot(id);
             }
             self.free_count.fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    /// Returns the freed slots still waiting for an epoch, as far as this
+    /// thread can: it pushes its own deferred functions to the collector and
+    /// advances the epoch, which succeeds when no other thread is pinned in an
+    /// older one. Slots deferred by other threads that have not pinned since
+    /// stay in their local bags until they do (at most 64 deferred batches
+    /// per thread; a thread that exits hands its bag over).
+    pub(super) fn reclaim(&self) {
+        for _ in 0..64 {
+            if self.limbo.load(Relaxed) == 0 {
+                break;
+            }
+            self.epochs.pin().flush();
+        }
+    }
+
+    /// Hands the slots of `ids` (freed: count 0, out of the index) back to
+    /// the free bitmap once no lock-free reader can still compare them (see
+    /// the module docs): after every thread pinned now has unpinned.
+    pub(super) fn defer_free(&self, ids: Vec<u32>, guard: &epoch::Guard) {
+        if ids.is_empty() {
+            return;
+        }
+        let n = ids.len() as u64;
+        self.limbo.fetch_add(n, Relaxed);
+        let bits = self.free_bits.clone();
+        let count = self.free_count.clone();
+        let limbo = self.limbo.clone();
+        guard.defer(move || {
+            for id in ids {
+                // Release: see `take_freed`.
+                bits[(id >> 6) as usize].fetch_or(1 << (id & 63), Release);
+            }
+            count.fetch_add(n, Relaxed);
+            limbo.fetch_sub(n, Relaxed);
+        });
+    }
+
+    /// The line in slot `id`, read without a reference by a pinned reader.
+    ///
+    /// The slot cannot be rewritten while `_guard` lives: a slot is written
+    /// only when allocated, a freed slot is allocated only after its
+    /// epoch-deferred return to the free bitmap ran (`defer_free`), which
+    /// waits for this guard; and a slot's entry reaches the index (with a
+    /// `Release` store, loaded here with `Acquire`) only after its content
+    /// was written.
+    #[inline]
+    fn line_pinned(&self, id: u32, _guard: &epoch::Guard) -> &[u8] {
+        debug_assert!((id as u64) < self.slots);
+        // SAFETY: `id` came from an index entry, so `id < slots`; the slot is
+        // not written while the guard lives (above).
+        unsafe { self.arena.line(id) }
+    }
+
+    /// Looks a full line up without the shard lock and without taking a
+    /// reference: a pinned reader walks the published bucket array and
+    /// compares candidates. A hit is a line with this content and kind that
+    /// was in the index at some point during the pin (the table of a shard
+    /// holds one kind: see [`super::line_hash`]); it may be dying (count 0),
+    /// which the caller handles. `None` also when a concurrent update hid
+    /// the entry: the locked path decides then.
+    #[inline]
+    pub(super) fn find_pinned(&self, h: u64, line: &[u8], guard: &epoch::Guard) -> Option<u32> {
+        let cell = &self.shards[h as usize & (SHARDS - 1)];
+        let p = cell.published.load(Acquire);
+        // SAFETY: `published` always points at a live array: set from the
+        // table before the store is shared, and replaced only by `set_hint`,
+        // which defers the old array's release past every guard pinned before
+        // the replacement, this one included.
+        let t = unsafe { &*p };
+        t.find::<false>(h, |id| self.line_pinned(id, guard) == line)
+    }
+
+    /// The first step of a pinned lookup of `h` (see
+    /// `Buckets::first_candidate`), prefetching the candidate's line.
+    #[inline]
+    pub(super) fn first_pinned(&self, h: u64, guard: &epoch::Guard) -> (u32, bool) {
+        let cell = &self.shards[h as usize & (SHARDS - 1)];
+        let p = cell.published.load(Acquire);
+        // SAFETY: as in `find_pinned`.
+        let t = unsafe { &*p };
+        let (id, more) = t.first_candidate(h);
+        if id != 0 {
+            prefetch_ptr(self.line_pinned(id, guard).as_ptr());
+        }
+        (id, more)
+    }
+
+    /// The second step: `line` is at `id` (from `first_pinned`), or, when
+    /// there are `more` candidates, wherever the full lookup finds it.
+    #[inline]
+    pub(super) fn finish_pinned(
+        &self,
+        h: u64,
+        line: &[u8],
+        (id, more): (u32, bool),
+        guard: &epoch::Guard,
+    ) -> Option<u32> {
+        if id != 0 && self.line_pinned(id, guard) == line {
+            return Some(id);
+        }
+        if more {
+            self.find_pinned(h, line, guard)
+        } else {
+            None
         }
     }
 
@@ -253,5 +389,66 @@ impl Store {
         }
         shard.table.insert(h, id);
         true
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::id::LineKind;
+    use crate::store::line_hash;
+    use crate::{Config, Memory};
+
+    fn leaf(k: u32) -> [u8; 64] {
+        let mut l = [0u8; 64];
+        l[..4].copy_from_slice(&k.to_le_bytes());
+        l
+    }
+
+    /// A pinned reader that found a line keeps its slot: after the line's
+    /// last release the slot is not handed out again (the memory fills up
+    /// around it), its content stays, and "increment unless zero" refuses to
+    /// revive it; once the reader unpins, the slot comes back.
+    #[test]
+    fn a_pinned_reader_keeps_a_freed_slot() {
+        let m = Memory::new(Config {
+            line_size: 64,
+            capacity_lines: 64,
+            map_capacity: 2,
+            ..Config::default()
+        })
+        .unwrap();
+        let store = &m.inner.store;
+        let line = [7u8; 64];
+        let (id, created) = store.intern(LineKind::Leaf, &line).unwrap();
+        assert!(created);
+        let h = line_hash(LineKind::Leaf, &line);
+        let guard = store.epochs.pin();
+        assert_eq!(store.find_pinned(h, &line, &guard), Some(id.0));
+        store.release(id);
+        assert_eq!(store.refcount(id), 0);
+        let mut held = Vec::new();
+        for k in 1..1000 {
+            match store.intern(LineKind::Leaf, &leaf(k)) {
+                Ok((x, _)) => {
+                    assert_ne!(x, id, "a freed slot was reused under a pinned reader");
+                    held.push(x);
+                }
+                Err(_) => break,
+            }
+        }
+        assert!(
+            held.len() > 8 && held.len() < 1000,
+            "the memory never filled"
+        );
+        assert_eq!(store.line_pinned(id.0, &guard), &line[..]);
+        assert!(!store.inc_unless_zero(id.0));
+        assert_eq!(store.find_pinned(h, &line, &guard), None);
+        drop(guard);
+        // Unpinned, the slot comes back (the store reclaims when full).
+        let (x, _) = store.intern(LineKind::Leaf, &leaf(5000)).unwrap();
+        assert_eq!(x, id);
+        held.push(x);
+        store.release_all(&held);
+        assert_eq!(m.live_lines(), 0);
     }
 }

@@ -1,29 +1,102 @@
 //! Interning: one line, or runs of lines in batches (hash and prefetch every
-//! line, sort the batch by shard, take each shard lock once).
+//! line, probe the index without the lock, then sort the misses by shard and
+//! take each shard lock once).
+//!
+//! Two kinds of hit come out of the lock-free probe (see the store's module
+//! documentation for why it is safe):
+//!
+//! * an *owned* hit ([`Status::Hit`]): the probe found the line and took a
+//!   reference with "increment unless zero" (a zero count, a line being
+//!   freed, makes it a miss for the locked path);
+//! * a *borrowed* hit ([`Status::Borrowed`], segment builds only): no
+//!   reference at all. The id is only good while the build's guard is
+//!   pinned: the slot cannot be reused before it unpins, but the line may be
+//!   dying. A borrowed child costs nothing when its parent is a hit too (the
+//!   parent holds its own reference to it); when the parent is a miss, the
+//!   child is made owned (increment unless zero) before the parent is
+//!   created, and if that fails (the child died meanwhile) the build starts
+//!   again on the locked path. The root, if borrowed, is made owned last.
+//!
+//! So a duplicate segment build writes no count at all except its root's,
+//! and no interior line's children go through an acquire and a release.
 
 use std::sync::atomic::Ordering::*;
 
 use super::{is_zero, kind_index, line_hash, with_line, Store, WriteCounts, SHARDS};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::{LineId, LineKind};
+use crate::sync::epoch::{Guard, LOCK_FREE_HITS};
 
 /// Lines hashed, prefetched and sorted by shard together.
 const BATCH: usize = 4096;
+/// How far ahead of its probe a line's candidates are prefetched.
+const PREFETCH_AHEAD: usize = 8;
+/// Attempts to reclaim slots waiting for an epoch before a full memory is
+/// reported.
+const RECLAIM_TRIES: usize = 112;
+/// Runs of at most this many lines go one line at a time.
+const SMALL_RUN: usize = 32;
+/// Lines of a batch probed before a batch of misses stops probing.
+const SAMPLE: usize = 64;
+/// `key` of a line that needs no locked lookup (zero, or found lock-free).
+const SKIP: u8 = SHARDS as u8;
 
 /// What happened to one line of a batch.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Status {
-    /// Not processed (an error stopped the batch first).
+pub(crate) enum Status {
+    /// Not processed (an error stopped the batch first), or a miss of the
+    /// lock-free probe not yet decided.
     Pending,
     /// A new line (or the zero line): it consumed the caller's child references.
     Created,
     /// An existing line gained a reference.
     Hit,
+    /// An existing line found without a reference (see the module docs).
+    Borrowed,
+}
+
+impl Status {
+    /// The caller owns a reference to the line.
+    #[inline]
+    fn owned(self) -> bool {
+        matches!(self, Status::Created | Status::Hit)
+    }
+}
+
+/// How a run of lines failed.
+pub(crate) enum Fail {
+    /// A real error (the memory is full).
+    Error(Error),
+    /// A borrowed child died before its parent could take a reference, or
+    /// the memory filled while pinned: start again on the locked path.
+    Retry,
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        Fail::Error(e)
+    }
+}
+
+/// What a lock-free hit turns into.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// No lock-free probe (loom, or the locked rerun of a build).
+    Off,
+    /// Owned hits (increment unless zero); a full memory makes the run
+    /// stop with [`Fail::Retry`] (the caller reruns unpinned).
+    Own,
+    /// Owned hits, for a caller that cannot rerun (its child references
+    /// are consumed): a full memory is handled pinned.
+    OwnFinal,
+    /// Borrowed hits (segment builds).
+    Borrow,
 }
 
 impl Store {
-    /// Interns one full, non-zero line whose hash is `h`. Returns the line and
-    /// whether it was created (false: an existing line gained a reference).
+    /// Interns one full, non-zero line whose hash is `h` on the locked path.
+    /// Returns the line and whether it was created (false: an existing line
+    /// gained a reference).
     fn intern_hashed(&self, kind: LineKind, h: u64, line: &[u8]) -> Result<(LineId, bool)> {
         let cell = &self.shards[h as usize & (SHARDS - 1)];
         {
@@ -32,55 +105,97 @@ impl Store {
                 return Ok(r);
             }
         }
-        self.drain_free_lists();
-        let mut shard = cell.lock.lock();
-        self.find_or_insert(cell, &mut shard, kind, h, line)
-            .ok_or_else(|| self.arena().backing().exhausted(self.capacity()))
+        // Full: return what waits for an epoch and retry. Slots that other
+        // threads freed may still wait for them (a pin of theirs, perhaps
+        // preempted, or their local bag): while any slot waits, give them a
+        // moment: a few yields, then sleeps of 1 ms, about 0.1 s in all.
+        for t in 0..RECLAIM_TRIES {
+            self.drain_free_lists();
+            let mut shard = cell.lock.lock();
+            if let Some(r) = self.find_or_insert(cell, &mut shard, kind, h, line) {
+                return Ok(r);
+            }
+            drop(shard);
+            if self.limbo.load(Relaxed) == 0 {
+                break;
+            }
+            if t < 16 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        Err(self.arena().backing().exhausted(self.capacity()))
     }
 
     /// Interns one full line (any content); the caller owns the returned
-    /// reference.
+    /// reference. A duplicate costs a hash, a lock-free probe and one
+    /// increment.
     pub(crate) fn intern(&self, kind: LineKind, line: &[u8]) -> Result<(LineId, bool)> {
         debug_assert_eq!(line.len(), self.line_size());
         if is_zero(line) {
             self.zero[kind_index(kind)].fetch_add(1, Relaxed);
             return Ok((LineId::ZERO, false));
         }
-        self.intern_hashed(kind, line_hash(kind, line), line)
+        let h = line_hash(kind, line);
+        if LOCK_FREE_HITS {
+            let guard = self.epochs.pin();
+            if let Some(id) = self.find_pinned(h, line, &guard) {
+                if self.inc_unless_zero(id) {
+                    self.pinned_hits[kind_index(kind)].fetch_add(1, Relaxed);
+                    return Ok((LineId(id), false));
+                }
+            }
+        }
+        self.intern_hashed(kind, h, line)
     }
 
     /// Interns `lines` (a whole number of full lines), appending one id per
-    /// line to `out` and one [`Status`] per line to `status`.
+    /// line to `out` and one [`Status`] per line to `status`. With a guard
+    /// the index is probed without the lock first (`probe`); `prepare(i)`
+    /// runs on each line `i` of the call that the probe missed, before any
+    /// lock is taken, and returning false stops the run with
+    /// [`Fail::Retry`].
     ///
     /// Lines go in batches of [`BATCH`]: hash every line (prefetching its
-    /// index slot), sort the batch by shard, and take each shard lock once for
-    /// all of its lines. On error every line of this call is released again;
-    /// `status` then tells which lines had been done (an interior caller needs
-    /// it to give back the child references of the groups that did not
-    /// consume theirs).
+    /// index slot), probe, sort the misses by shard, and take each shard lock
+    /// once for all of its lines. On error every owned line of this call is
+    /// released again; `status` then tells which lines had been done (an
+    /// interior caller needs it to give back the child references of the
+    /// groups that did not consume theirs).
+    #[allow(clippy::too_many_arguments)]
     fn intern_run(
         &self,
         kind: LineKind,
         lines: &[u8],
         out: &mut Vec<LineId>,
         status: &mut Vec<Status>,
-    ) -> Result<()> {
+        guard: Option<&Guard>,
+        probe: Probe,
+        prepare: &mut dyn FnMut(usize) -> bool,
+    ) -> std::result::Result<(), Fail> {
         // Small runs (a write of a few lines) get small batch arrays: the
         // arrays are initialised on every call.
-        if lines.len() >> self.shift <= 64 {
-            self.intern_batches::<64>(kind, lines, out, status)
+        if lines.len() >> self.shift <= SMALL_RUN {
+            self.intern_small(kind, lines, out, status, guard, probe, prepare)
+        } else if lines.len() >> self.shift <= 64 {
+            self.intern_batches::<64>(kind, lines, out, status, guard, probe, prepare)
         } else {
-            self.intern_batches::<BATCH>(kind, lines, out, status)
+            self.intern_batches::<BATCH>(kind, lines, out, status, guard, probe, prepare)
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn intern_batches<const B: usize>(
         &self,
         kind: LineKind,
         lines: &[u8],
         out: &mut Vec<LineId>,
         status: &mut Vec<Status>,
-    ) -> Result<()> {
+        guard: Option<&Guard>,
+        probe: Probe,
+        prepare: &mut dyn FnMut(usize) -> bool,
+    ) -> std::result::Result<(), Fail> {
         let ls = self.line_size();
         debug_assert_eq!(lines.len() % ls, 0);
         let n = lines.len() >> self.shift;
@@ -88,46 +203,101 @@ impl Store {
         out.resize(start + n, LineId::ZERO);
         let sstart = status.len();
         status.resize(sstart + n, Status::Pending);
+        let probe = match guard {
+            Some(g) if LOCK_FREE_HITS && probe != Probe::Off => Some((g, probe)),
+            _ => None,
+        };
         let mut hashes = [0u64; B];
+        let mut key = [SKIP; B];
         let mut order = [0u16; B];
+        let mut first = [(0u32, false); B];
         let mut counts = [0u16; SHARDS + 1];
         let mut zeros = 0u64;
+        let mut pinned_hits = 0u64;
         let mut base = 0;
         let mut result = Ok(());
         'batches: while base < n {
             let m = B.min(n - base);
             let group = &lines[base * ls..(base + m) * ls];
-            counts.fill(0);
             for (j, line) in group.chunks_exact(ls).enumerate() {
                 if is_zero(line) {
                     zeros += 1;
                     status[sstart + base + j] = Status::Created;
-                    hashes[j] = u64::MAX; // no shard: sorted past the end
-                    counts[SHARDS] += 1;
+                    key[j] = SKIP;
                 } else {
                     let h = line_hash(kind, line);
                     self.prefetch_index(h);
                     hashes[j] = h;
-                    counts[h as usize & (SHARDS - 1)] += 1;
+                    key[j] = (h as usize & (SHARDS - 1)) as u8;
                 }
             }
-            // Counting sort of the batch by shard (zero lines last).
+            if let Some((g, mode)) = probe {
+                // Pipelined: the home bucket of line `j + PREFETCH_AHEAD` is
+                // read (prefetched while hashing) and its first candidate's
+                // line prefetched while line `j` is compared. A batch whose
+                // first `SAMPLE` lines are nearly all misses (new data) stops
+                // probing: its lines would pay the lookup twice.
+                let mut probe_end = m;
+                let mut batch_hits = 0;
+                for j in 0..m + PREFETCH_AHEAD {
+                    if j < probe_end && key[j] != SKIP {
+                        first[j] = self.first_pinned(hashes[j], g);
+                    }
+                    let Some(j) = j.checked_sub(PREFETCH_AHEAD) else {
+                        continue;
+                    };
+                    if j >= probe_end {
+                        break;
+                    }
+                    if j + 1 == SAMPLE && batch_hits * 8 < SAMPLE {
+                        probe_end = j + 1;
+                    }
+                    if key[j] == SKIP {
+                        continue;
+                    }
+                    let line = &group[j * ls..(j + 1) * ls];
+                    let Some(id) = self.finish_pinned(hashes[j], line, first[j], g) else {
+                        continue;
+                    };
+                    let st = match mode {
+                        Probe::Borrow => Status::Borrowed,
+                        _ if self.inc_unless_zero(id) => Status::Hit,
+                        _ => continue, // dying: the locked path decides
+                    };
+                    out[start + base + j] = LineId(id);
+                    status[sstart + base + j] = st;
+                    key[j] = SKIP;
+                    batch_hits += 1;
+                }
+                pinned_hits += batch_hits as u64;
+                if key[..m].iter().all(|&k| k == SKIP) {
+                    base += m; // every line found (or zero): nothing to lock
+                    continue;
+                }
+                for (j, &k) in key[..m].iter().enumerate() {
+                    if k != SKIP && !prepare(base + j) {
+                        result = Err(Fail::Retry);
+                        break 'batches;
+                    }
+                }
+            }
+            // Counting sort of the misses by shard (the others last).
+            counts.fill(0);
+            for &k in &key[..m] {
+                counts[k as usize] += 1;
+            }
             let mut at = 0u16;
             for c in counts.iter_mut() {
                 let k = *c;
                 *c = at;
                 at += k;
             }
-            for j in 0..m {
-                let sh = if hashes[j] == u64::MAX && is_zero(&group[j * ls..(j + 1) * ls]) {
-                    SHARDS
-                } else {
-                    hashes[j] as usize & (SHARDS - 1)
-                };
-                order[counts[sh] as usize] = j as u16;
-                counts[sh] += 1;
+            for (j, &k) in key[..m].iter().enumerate() {
+                let k = k as usize;
+                order[counts[k] as usize] = j as u16;
+                counts[k] += 1;
             }
-            let nonzero = m - (counts[SHARDS] - counts[SHARDS - 1]) as usize;
+            let misses = m - (counts[SHARDS] - counts[SHARDS - 1]) as usize;
             // Start the walk at a shard picked by the batch's own content, so
             // that threads interning different data at once do not queue on
             // the same locks in lockstep, and the same input always gives the
@@ -142,23 +312,30 @@ impl Store {
             // The walk order, rotated to start at `i0` (no division per line).
             let at = |k: usize| {
                 let i = i0 + k;
-                order[if i >= nonzero { i - nonzero } else { i }] as usize
+                order[if i >= misses { i - misses } else { i }] as usize
             };
             let mut k = 0;
-            while k < nonzero {
-                let sh = hashes[at(k)] as usize & (SHARDS - 1);
+            while k < misses {
+                let sh = key[at(k)] as usize;
                 let cell = &self.shards[sh];
                 let mut shard = cell.lock.lock();
                 let mut run_end = k;
-                while run_end < nonzero && hashes[at(run_end)] as usize & (SHARDS - 1) == sh {
+                while run_end < misses && key[at(run_end)] as usize == sh {
                     run_end += 1;
                 }
                 self.prefetch_run(&shard, (k..run_end).map(|i| hashes[at(i)]));
-                while k < nonzero && hashes[at(k)] as usize & (SHARDS - 1) == sh {
+                while k < misses && key[at(k)] as usize == sh {
                     let j = at(k);
                     let line = &group[j * ls..(j + 1) * ls];
                     let r = match self.find_or_insert(cell, &mut shard, kind, hashes[j], line) {
                         Some(r) => Ok(r),
+                        None if matches!(probe, Some((_, Probe::Borrow | Probe::Own))) => {
+                            // Full while pinned: slots this thread's own pin
+                            // holds back cannot return; the caller reruns
+                            // unpinned.
+                            result = Err(Fail::Retry);
+                            break 'batches;
+                        }
                         None => {
                             drop(shard);
                             let r = self.intern_hashed(kind, hashes[j], line);
@@ -176,7 +353,7 @@ impl Store {
                             };
                         }
                         Err(e) => {
-                            result = Err(e);
+                            result = Err(e.into());
                             break 'batches;
                         }
                     }
@@ -185,13 +362,180 @@ impl Store {
             }
             base += m;
         }
-        self.zero[kind_index(kind)].fetch_add(zeros, Relaxed);
+        self.end_run(
+            kind,
+            (start, sstart),
+            out,
+            status,
+            (zeros, pinned_hits),
+            result,
+        )
+    }
+
+    /// The end of a run: counters, and on error the release of every owned
+    /// line of the run (`from`: where the run's ids and statuses start).
+    fn end_run(
+        &self,
+        kind: LineKind,
+        (start, sstart): (usize, usize),
+        out: &mut Vec<LineId>,
+        status: &[Status],
+        (zeros, pinned_hits): (u64, u64),
+        result: std::result::Result<(), Fail>,
+    ) -> std::result::Result<(), Fail> {
+        if zeros != 0 {
+            self.zero[kind_index(kind)].fetch_add(zeros, Relaxed);
+        }
+        if pinned_hits != 0 {
+            self.pinned_hits[kind_index(kind)].fetch_add(pinned_hits, Relaxed);
+        }
         if result.is_err() {
-            for id in out.drain(start..) {
-                self.release(id);
-            }
+            let owned: Vec<LineId> = out[start..]
+                .iter()
+                .zip(&status[sstart..])
+                .filter(|(_, st)| st.owned())
+                .map(|(id, _)| *id)
+                .collect();
+            out.truncate(start);
+            self.release_all(&owned);
         }
         result
+    }
+
+    /// [`Store::intern_run`] for a few lines: one at a time, with none of
+    /// the batch arrays (whose set-up dominated small segment builds).
+    #[allow(clippy::too_many_arguments)]
+    fn intern_small(
+        &self,
+        kind: LineKind,
+        lines: &[u8],
+        out: &mut Vec<LineId>,
+        status: &mut Vec<Status>,
+        guard: Option<&Guard>,
+        probe: Probe,
+        prepare: &mut dyn FnMut(usize) -> bool,
+    ) -> std::result::Result<(), Fail> {
+        let ls = self.line_size();
+        let n = lines.len() >> self.shift;
+        let start = out.len();
+        out.resize(start + n, LineId::ZERO);
+        let sstart = status.len();
+        status.resize(sstart + n, Status::Pending);
+        let probe = match guard {
+            Some(g) if LOCK_FREE_HITS && probe != Probe::Off => Some((g, probe)),
+            _ => None,
+        };
+        let (mut zeros, mut pinned_hits) = (0, 0);
+        let mut result = Ok(());
+        for (j, line) in lines.chunks_exact(ls).enumerate() {
+            if is_zero(line) {
+                zeros += 1;
+                status[sstart + j] = Status::Created;
+                continue;
+            }
+            let h = line_hash(kind, line);
+            if let Some((g, mode)) = probe {
+                if let Some(id) = self.find_pinned(h, line, g) {
+                    let st = match mode {
+                        Probe::Borrow => Some(Status::Borrowed),
+                        _ if self.inc_unless_zero(id) => Some(Status::Hit),
+                        _ => None, // dying: the locked path decides
+                    };
+                    if let Some(st) = st {
+                        out[start + j] = LineId(id);
+                        status[sstart + j] = st;
+                        pinned_hits += 1;
+                        continue;
+                    }
+                }
+                if !prepare(j) {
+                    result = Err(Fail::Retry);
+                    break;
+                }
+            }
+            let cell = &self.shards[h as usize & (SHARDS - 1)];
+            let mut shard = cell.lock.lock();
+            let r = match self.find_or_insert(cell, &mut shard, kind, h, line) {
+                Some(r) => Ok(r),
+                None if matches!(probe, Some((_, Probe::Borrow | Probe::Own))) => {
+                    result = Err(Fail::Retry);
+                    break;
+                }
+                None => {
+                    drop(shard);
+                    self.intern_hashed(kind, h, line)
+                }
+            };
+            match r {
+                Ok((id, created)) => {
+                    out[start + j] = id;
+                    status[sstart + j] = if created {
+                        Status::Created
+                    } else {
+                        Status::Hit
+                    };
+                }
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            }
+        }
+        self.end_run(
+            kind,
+            (start, sstart),
+            out,
+            status,
+            (zeros, pinned_hits),
+            result,
+        )
+    }
+
+    /// Interns `data` as leaf lines (the last one zero-padded), appending
+    /// one id and one status per line. On error nothing of this call stays
+    /// referenced.
+    fn leaves_run(
+        &self,
+        data: &[u8],
+        out: &mut Vec<LineId>,
+        status: &mut Vec<Status>,
+        guard: Option<&Guard>,
+        probe: Probe,
+    ) -> std::result::Result<(), Fail> {
+        let ls = self.line_size();
+        let full = data.len() / ls * ls;
+        let start = out.len();
+        let sstart = status.len();
+        self.intern_run(
+            LineKind::Leaf,
+            &data[..full],
+            out,
+            status,
+            guard,
+            probe,
+            &mut |_| true,
+        )?;
+        if full < data.len() {
+            let r = with_line(ls, |buf| {
+                buf[..data.len() - full].copy_from_slice(&data[full..]);
+                self.intern_run(LineKind::Leaf, buf, out, status, guard, probe, &mut |_| {
+                    true
+                })
+            });
+            if let Err(e) = r {
+                let owned: Vec<LineId> = out[start..]
+                    .iter()
+                    .zip(&status[sstart..])
+                    .filter(|(_, st)| st.owned())
+                    .map(|(id, _)| *id)
+                    .collect();
+                out.truncate(start);
+                status.truncate(sstart);
+                self.release_all(&owned);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Interns `data` as leaf lines (the last one zero-padded), appending one
@@ -202,33 +546,95 @@ impl Store {
         out: &mut Vec<LineId>,
         counts: &mut WriteCounts,
     ) -> Result<()> {
-        let ls = self.line_size();
-        let full = data.len() / ls * ls;
         let start = out.len();
         let mut status = Vec::new();
-        self.intern_run(LineKind::Leaf, &data[..full], out, &mut status)?;
-        for (id, st) in out[start..].iter().zip(&status) {
-            counts.add(*id, *st == Status::Created);
-        }
-        if full < data.len() {
-            let interned = with_line(ls, |buf| {
-                buf[..data.len() - full].copy_from_slice(&data[full..]);
-                self.intern(LineKind::Leaf, buf)
-            });
-            match interned {
-                Ok((id, created)) => {
-                    counts.add(id, created);
-                    out.push(id)
+        let r = if LOCK_FREE_HITS {
+            let guard = self.epochs.pin();
+            self.leaves_run(data, out, &mut status, Some(&guard), Probe::Own)
+        } else {
+            Err(Fail::Retry)
+        };
+        let r = match r {
+            Err(Fail::Retry) => {
+                status.clear();
+                self.leaves_run(data, out, &mut status, None, Probe::Off)
+            }
+            r => r,
+        };
+        match r {
+            Ok(()) => {
+                for (id, st) in out[start..].iter().zip(&status) {
+                    counts.add(*id, *st == Status::Created);
                 }
-                Err(e) => {
-                    for id in out.drain(start..) {
-                        self.release(id);
+                Ok(())
+            }
+            Err(Fail::Error(e)) => Err(e),
+            Err(Fail::Retry) => unreachable!("the locked path does not retry"),
+        }
+    }
+
+    /// One level of interior lines over `children` (grouped `fanout` at a
+    /// time, the last group zero-padded), whose statuses are `cst` (owned or
+    /// borrowed). Consumes the caller's owned child references on success
+    /// and on error alike; on success `cst` is stale.
+    fn interior_run(
+        &self,
+        children: &[LineId],
+        cst: &mut [Status],
+        out: &mut Vec<LineId>,
+        status: &mut Vec<Status>,
+        guard: Option<&Guard>,
+        probe: Probe,
+    ) -> std::result::Result<(), Fail> {
+        let f = self.fanout();
+        let groups = children.len().div_ceil(f);
+        let mut bytes = vec![0u8; groups << self.shift];
+        for (b, c) in bytes.chunks_exact_mut(4).zip(children) {
+            b.copy_from_slice(&c.0.to_le_bytes());
+        }
+        let sstart = status.len();
+        // A group the probe missed will create its line on the locked path
+        // (or find it there): it needs a reference to every child first.
+        let mut prepare = |g: usize| {
+            let range = g * f..((g + 1) * f).min(children.len());
+            for (c, st) in children[range.clone()].iter().zip(&mut cst[range]) {
+                if *st == Status::Borrowed {
+                    if !self.inc_unless_zero(c.0) {
+                        return false;
                     }
-                    return Err(e);
+                    *st = Status::Hit;
                 }
             }
+            true
+        };
+        let res = self.intern_run(
+            LineKind::Interior,
+            &bytes,
+            out,
+            status,
+            guard,
+            probe,
+            &mut prepare,
+        );
+        // Groups that did not create their line (found it, or were never
+        // done) still own their owned child references: give them back.
+        // A created group's line consumed them (on error it was released
+        // with this call's lines, and its children with it).
+        let mut back = Vec::new();
+        for g in 0..groups {
+            if status.get(sstart + g) != Some(&Status::Created) {
+                let range = g * f..((g + 1) * f).min(children.len());
+                back.extend(
+                    children[range.clone()]
+                        .iter()
+                        .zip(&cst[range])
+                        .filter(|(_, st)| st.owned())
+                        .map(|(c, _)| *c),
+                );
+            }
         }
-        Ok(())
+        self.release_all(&back);
+        res
     }
 
     /// Interns one level of interior lines over `children` (grouped `fanout`
@@ -239,22 +645,80 @@ impl Store {
         children: &[LineId],
         out: &mut Vec<LineId>,
     ) -> Result<()> {
-        let f = self.fanout();
-        let groups = children.len().div_ceil(f);
-        let mut bytes = vec![0u8; groups << self.shift];
-        for (b, c) in bytes.chunks_exact_mut(4).zip(children) {
-            b.copy_from_slice(&c.0.to_le_bytes());
+        let mut cst = vec![Status::Hit; children.len()];
+        let mut status = Vec::new();
+        let r = if LOCK_FREE_HITS {
+            let guard = self.epochs.pin();
+            self.interior_run(
+                children,
+                &mut cst,
+                out,
+                &mut status,
+                Some(&guard),
+                Probe::OwnFinal,
+            )
+        } else {
+            self.interior_run(children, &mut cst, out, &mut status, None, Probe::Off)
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(Fail::Error(e)) => Err(e),
+            Err(Fail::Retry) => unreachable!("no borrowed child, and a full memory is an error"),
         }
-        let mut status = Vec::with_capacity(groups);
-        let res = self.intern_run(LineKind::Interior, &bytes, out, &mut status);
-        // Groups that found an existing line, or were never done, still own
-        // their child references: give them back.
-        for (g, st) in status.iter().enumerate() {
-            if *st != Status::Created {
-                self.release_all(&children[g * f..((g + 1) * f).min(children.len())]);
+    }
+
+    /// Builds the canonical DAG of `data` (non-empty) bottom-up: the leaves,
+    /// then `height(leaves)` interior levels. Returns the root (a reference
+    /// the caller owns) and the height. Duplicate lines are borrowed (see the
+    /// module docs); a build that cannot finish that way (a borrowed line
+    /// died, or the memory filled while pinned) runs again on the locked path.
+    pub(crate) fn intern_tree(
+        &self,
+        data: &[u8],
+        height: impl Fn(usize) -> u32,
+    ) -> Result<(LineId, u32)> {
+        if LOCK_FREE_HITS {
+            let guard = self.epochs.pin();
+            match self.tree_pass(data, &height, Some(&guard), Probe::Borrow) {
+                Ok(r) => return Ok(r),
+                Err(Fail::Error(e)) => return Err(e),
+                Err(Fail::Retry) => {}
             }
         }
-        res
+        match self.tree_pass(data, &height, None, Probe::Off) {
+            Ok(r) => Ok(r),
+            Err(Fail::Error(e)) => Err(e),
+            Err(Fail::Retry) => unreachable!("the locked path does not retry"),
+        }
+    }
+
+    fn tree_pass(
+        &self,
+        data: &[u8],
+        height: &impl Fn(usize) -> u32,
+        guard: Option<&Guard>,
+        probe: Probe,
+    ) -> std::result::Result<(LineId, u32), Fail> {
+        let ls = self.line_size();
+        let mut level = Vec::with_capacity(data.len().div_ceil(ls));
+        let mut st = Vec::with_capacity(level.capacity());
+        self.leaves_run(data, &mut level, &mut st, guard, probe)?;
+        let h = height(level.len());
+        let mut next = Vec::with_capacity(level.len() / self.fanout() + 1);
+        let mut nst = Vec::with_capacity(next.capacity());
+        for _ in 0..h {
+            next.clear();
+            nst.clear();
+            self.interior_run(&level, &mut st, &mut next, &mut nst, guard, probe)?;
+            std::mem::swap(&mut level, &mut next);
+            std::mem::swap(&mut st, &mut nst);
+        }
+        debug_assert_eq!(level.len(), 1);
+        let root = level[0];
+        if st[0] == Status::Borrowed && !self.inc_unless_zero(root.0) {
+            return Err(Fail::Retry);
+        }
+        Ok((root, h))
     }
 
     /// Interns one interior line over `children` (at most `fanout`, the rest
@@ -278,5 +742,54 @@ impl Store {
                 Err(e)
             }
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{Fail, Probe, Status};
+    use crate::id::LineKind;
+    use crate::store::line_hash;
+    use crate::{Config, Memory};
+
+    /// A borrowed child that dies before its parent is created stops the
+    /// level with `Retry`, and the level still consumes the owned children.
+    #[test]
+    fn a_dead_borrowed_child_makes_the_build_retry() {
+        let m = Memory::new(Config {
+            line_size: 64,
+            capacity_lines: 256,
+            map_capacity: 2,
+            ..Config::default()
+        })
+        .unwrap();
+        let store = &m.inner.store;
+        let (a, b) = ([1u8; 64], [2u8; 64]);
+        let (ia, _) = store.intern(LineKind::Leaf, &a).unwrap();
+        let (ib, _) = store.intern(LineKind::Leaf, &b).unwrap();
+        let guard = store.epochs.pin();
+        assert_eq!(
+            store.find_pinned(line_hash(LineKind::Leaf, &a), &a, &guard),
+            Some(ia.0)
+        );
+        store.release(ia); // the borrowed child dies
+        let mut cst = [Status::Borrowed, Status::Hit];
+        let (mut out, mut st) = (Vec::new(), Vec::new());
+        let r = store.interior_run(
+            &[ia, ib],
+            &mut cst,
+            &mut out,
+            &mut st,
+            Some(&guard),
+            Probe::Borrow,
+        );
+        assert!(matches!(r, Err(Fail::Retry)));
+        assert!(out.is_empty());
+        drop(guard);
+        assert_eq!(m.live_lines(), 0, "the owned child was not given back");
+        // The same build through the public path succeeds (and reruns
+        // nothing here: no line is dying).
+        let s = m.segment(&[a, b].concat()).unwrap();
+        assert_eq!(s.to_vec(), [a, b].concat());
     }
 }

@@ -2,28 +2,35 @@
 //! free lists.
 //!
 //! ```text
-//!            hash(kind, content) = h (xxh3, seeded by kind)
+//!            hash(kind, content) = h (xxh3, seeded by kind; bit 5 = kind)
 //!   shard = h & 63      home bucket = ((h >> 32) * buckets) >> 32      tag = h >> 8
-//!   +---------+---------+-----+   each shard: Mutex { table of 64-byte buckets,
-//!   | shard 0 | shard 1 | ... |   15 u32 slots (tag bits | line id) + an overflow
-//!   +---------+---------+-----+   count each (see `table`); a local free list }
+//!   +---------+---------+-----+   each shard: a table of 64-byte buckets, 15
+//!   | shard 0 | shard 1 | ... |   atomic u32 slots (tag bits | line id) + an
+//!   +---------+---------+-----+   overflow count each (see `table`), published
+//!    leaves 0..32, interior 32..64  for lock-free readers; Mutex { the table's
+//!                                   writer side, a local free list, counters }
 //! ```
 //!
-//! A lookup compares the tag bits and then the full content (and kind): a
-//! hash never decides equality. Line id 0 is the all-zero line and never
-//! enters the index. Metadata per live line: 4 bytes of count, and 64/15
-//! bytes per index slot at a load between 7/12 and 7/8 (growth is 1.5x),
-//! about 5-7 bytes per line, plus one bit per slot of free bitmap.
+//! A lookup compares the tag bits and then the full content: a hash never
+//! decides equality. The kind is bit 5 of the hash, so a shard's table holds
+//! lines of one kind, and a content match is a kind match. Line id 0 is the
+//! all-zero line and never enters the index. Metadata per live line: 4 bytes
+//! of count, and 64/15 bytes per index slot at a load between 7/12 and 7/8
+//! (growth is 1.5x), about 5-7 bytes per line, plus one bit per slot of free
+//! bitmap.
 //!
 //! Reference counts live in a mapped `u32` array beside the arena: bit 31 is
 //! the kind (set = interior), bits 0..31 the count. The rule that makes the
 //! index and the counts agree: a count goes from 1 to 0 only under the shard
-//! lock, and in the same critical section the line leaves the index; a lookup
-//! increments under that same lock. So no lookup can revive a line that is
-//! being freed. Other increments happen without the lock, which is sound
-//! because whoever increments already holds a reference. A count that reaches
-//! 2^30 saturates: the line is never freed again (a leak, never corruption),
-//! like the kernel's `refcount_t`.
+//! lock, and in the same critical section the line leaves the index. A
+//! lookup under the lock increments a count it sees in the index (never 0
+//! there); a lookup without the lock increments with "increment unless
+//! zero" (a compare-and-swap from n > 0 to n + 1), and the 1 -> 0 step is a
+//! read-modify-write of the same word, so exactly one of them sees the 1. So
+//! no lookup revives a line that is being freed. Other increments happen
+//! without the lock, which is sound because whoever increments already holds
+//! a reference. A count that reaches 2^30 saturates: the line is never freed
+//! again (a leak, never corruption), like the kernel's `refcount_t`.
 //!
 //! Releases are batched (`release_all`, which `release` also ends in when a
 //! count reaches its last reference): counts above one are decremented without
@@ -31,12 +38,13 @@
 //! and index buckets prefetched), sorted by shard, and decided under one lock
 //! acquisition per shard and batch; the children of the interior lines that
 //! die form the next batch. Interning is batched the same way (hash and
-//! prefetch a batch, sort by shard, one lock per shard, and under it prefetch
-//! the candidates' counts and lines before comparing).
+//! prefetch a batch, probe every line without the lock, then sort the misses
+//! by shard, one lock per shard, and under it prefetch the candidates' counts
+//! and lines before comparing).
 //!
-//! Slots come from the shard's own short free list (at most 256 freed slots
-//! kept for quick reuse), then a run of freed slots taken in ascending order
-//! from the free bitmap (one bit per slot below the high-water mark; a shared
+//! Slots come from the shard's own short list (fresh slots and runs taken
+//! from the bitmap), then a run of freed slots taken in ascending order from
+//! the free bitmap (one bit per slot below the high-water mark; a shared
 //! cursor makes the shards take consecutive runs), then fresh slots taken 16
 //! (later 256) at a time from a bump counter. The bitmap is scanned when it
 //! holds at least a run's worth of slots, or when the fresh range is used up.
@@ -44,40 +52,88 @@
 //! fast as a fresh one: after a mass release, a free list in release order
 //! handed out slots scattered over the whole arena, and the next intern's
 //! line and count writes each touched a different page (3745 distinct 4 KiB
-//! pages per 4096 allocations, against 130 with the bitmap). When all of
-//! those are empty the other shards' free lists are drained into the bitmap
-//! and the lookup is retried once before the store reports
-//! `CapacityExhausted`.
+//! pages per 4096 allocations, against 130 with the bitmap). A freed slot
+//! reaches the bitmap only after an epoch (below). When all of those are
+//! empty the store returns the slots waiting for an epoch that it can, drains
+//! the other shards' lists into the bitmap and retries once before it
+//! reports `CapacityExhausted`.
 //!
-//! # Lock-free hits, epochs and shared memories: the decision
+//! # Lock-free hits under epochs
 //!
-//! A hit could take no lock (and, for an interior line whose children all
-//! hit, no round trip of counts) if readers could search the index and
-//! compare a line without the shard lock. That needs two guarantees: a table
-//! a reader walks is not freed under it, and a line slot a reader compares is
-//! not rewritten under it. Both are deferred reclamation. The decision, for
-//! both kinds of memory:
+//! A hit takes no lock: a duplicate line costs a hash, a probe of its home
+//! bucket's tags, a compare and at most one increment; in a segment build,
+//! not even that (borrowed hits, below). Readers search the index and
+//! compare lines without the shard lock, which needs two guarantees, both
+//! given by deferred reclamation with `crossbeam-epoch` (one collector per
+//! store, `sync::epoch`):
 //!
-//! * **process-local memories** (anonymous, or a file opened by one process:
-//!   every memory today) get their reader protection from `crossbeam-epoch`:
-//!   a freed line slot and a replaced bucket array go back only after every
-//!   thread pinned at the time has unpinned; a lock-free hit is "pin, find,
-//!   compare, increment unless zero"; a zero count (a line being freed) falls
-//!   back to the locked path, whose rules above stay as they are.
-//! * **memories mapped by several processes** (the shim's local mode) keep the
-//!   locked path: shard locks become process-shared robust mutexes in the
-//!   region, and a process that dies holding one leaves a state that the
-//!   next locker repairs from the counts (they are in the mapping). A
-//!   per-process epoch slot in the region would also work, but a process
-//!   that dies pinned would stall reclamation for everyone until its death is
-//!   detected, and the locked path costs one uncontended lock per shard per
-//!   batch of 4096 lines, which the profiles show is not where the time goes
-//!   (hashing and cache misses on the index, counts and lines are).
+//! 1. **A table a reader walks is not freed under it.** Each shard publishes
+//!    its bucket array through an atomic pointer (`ShardCell::published`);
+//!    growth builds the new array aside, publishes it, and only then defers
+//!    the old array's release to the collector. Slots are atomic (`table`):
+//!    written only by the lock holder (`Release`), read with `Acquire`, so a
+//!    reader that sees an entry sees the line and count written before it; a
+//!    reader racing an update may miss an entry (and falls back to the locked
+//!    path), never see one that was not there.
+//! 2. **A line slot a reader compares is not rewritten under it.** A freed
+//!    slot (count 0, removed from the index under the lock) goes back to the
+//!    free bitmap only through an epoch-deferred function (`defer_free`), and
+//!    a slot is written only when allocated. So from the moment a pinned
+//!    reader loads an id from the index until it unpins, that slot holds the
+//!    content it had when its entry was stored. (crossbeam's contract: an
+//!    object unlinked before `defer` is unreachable to threads that pin
+//!    after the deferred function could run; the index entry is the link.)
 //!
-//! The locked, batched path is the one implemented today, for both kinds:
-//! the epoch path for process-local memories is the next step (it changes
-//! `table` slots to atomics and the free lists to deferred pushes, and
-//! leaves the file format alone).
+//! The chosen design is "defer slot reuse", not "compare, then validate": a
+//! validating reader (compare, CAS the count from n > 0 to n + 1, re-check
+//! the slot) would still read bytes that a new owner may be writing at the
+//! same time, a data race even when the re-check rejects the result, and it
+//! could not borrow (a borrowed id has no count to validate against).
+//!
+//! A hit is then *pin, probe, compare*, and either *increment unless zero*
+//! (an owned hit: `intern`, `intern_leaves`, `intern_interior_level`) or
+//! nothing (a borrowed hit: `intern_tree`, the segment build). A borrowed id
+//! holds no reference; it is good while the build stays pinned (its slot
+//! cannot be reused) but the line may be dying. When its parent is a hit as
+//! well, the parent holds its own reference to it and the child costs
+//! nothing: an interior line whose children all hit makes no round trip of
+//! counts (the locked path took a reference to each child and gave it back
+//! when the parent turned out to exist). When the parent is a miss, each
+//! borrowed child becomes owned (increment unless zero) before the parent is
+//! created; if a child is at zero (it died meanwhile), or the memory is full
+//! while the build is pinned, the build drops what it owns, unpins and runs
+//! again on the locked path. The root, if borrowed, is made owned last the
+//! same way. A zero count met by an owned hit is a line being freed: that
+//! lookup falls back to the locked path, whose rules above are unchanged.
+//!
+//! What it costs: a build stays pinned from its first leaf to its root, so
+//! slots freed meanwhile (by any thread) come back only after it. A release
+//! that frees at least 64 lines pushes its deferred slots to the collector
+//! and advances the epoch at once; smaller ones leave them in the thread's
+//! local bag (at most 64 deferred releases; a full bag is handed over), which
+//! the thread hands over the next time it frees 64 lines at once, or when the memory is nearly full
+//! (the fresh range used up, or more than 1/32 of the slots waiting), or
+//! when it exits. A full memory flushes this thread's bag, advances the
+//! epoch and retries, waiting up to about 0.1 s (yields, then 1 ms sleeps)
+//! while other threads' pins or bags hold slots back; slots held back longer
+//! than that make a nearly full memory report `CapacityExhausted` a little
+//! early, never corrupt it. A process that forks while another thread is
+//! pinned leaves the child's epoch stuck (that thread does not exist there):
+//! the child's frees then never return, as with any epoch scheme.
+//!
+//! Under `cfg(loom)` there is no lock-free reader: `sync::epoch` is a stub
+//! whose `defer` runs at once (sound with no such readers), every hit goes
+//! through the locked path, and `tests/loom_store.rs` model-checks that path
+//! (crossbeam-epoch's thread-locals and atomics are outside loom's model).
+//!
+//! Memories mapped by several processes (the shim's local mode, when it
+//! exists) would keep the locked path: shard locks as process-shared robust
+//! mutexes in the region, repaired from the counts by the next locker when a
+//! process dies holding one. A per-process epoch slot in the region would
+//! also work, but a process that dies pinned would stall reclamation for
+//! everyone until its death is detected. Every memory today is
+//! process-local (anonymous, or a file opened by one process) and takes the
+//! lock-free path.
 //!
 //! The store's modules, by job:
 //!
@@ -105,6 +161,7 @@ mod recovery;
 mod table;
 
 use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -113,6 +170,7 @@ use crate::config::Durability;
 use crate::id::{LineId, LineKind};
 use crate::persist::Layout;
 use crate::region::{Arena, Backing};
+use crate::sync::epoch::Epochs;
 use crate::sync::{count_array, AtomicPtr, AtomicU64, AtomicUsize, CountArray, Mutex};
 
 pub(crate) use counts::INTERIOR_BIT;
@@ -131,10 +189,18 @@ fn kind_index(kind: LineKind) -> usize {
     }
 }
 
-/// Content hash of a line; the kind seeds it so the domains are separate.
+/// Bit of a line's hash that is its kind, so that the shard (`h & 63`)
+/// holds one kind only: leaves in shards 0..32, interior lines in 32..64.
+const KIND_HASH_BIT: u64 = 1 << (SHARD_BITS - 1);
+
+/// Content hash of a line; the kind seeds it so the domains are separate,
+/// and is bit 5 of it, so that a shard's table holds lines of one kind and a
+/// lookup that matches content has matched the kind too (the lock-free path
+/// never reads the count word to check it).
 #[inline]
 pub(crate) fn line_hash(kind: LineKind, line: &[u8]) -> u64 {
-    xxh3_64_with_seed(line, kind_index(kind) as u64 + 0x9e37_79b9)
+    let h = xxh3_64_with_seed(line, kind_index(kind) as u64 + 0x9e37_79b9);
+    (h & !KIND_HASH_BIT) | (kind_index(kind) as u64 * KIND_HASH_BIT)
 }
 
 /// Runs `f` on a zeroed scratch line of `ls` bytes: on the stack for small
@@ -208,10 +274,18 @@ pub(crate) struct Store {
     shards: Box<[CachePadded<ShardCell>]>,
     /// One bit per slot, set = free (beyond the shards' short local lists);
     /// taken in ascending runs from `free_cursor` (see `index`).
-    free_bits: Box<[AtomicU64]>,
+    /// Shared with the epoch-deferred functions that return freed slots,
+    /// which may run after the store is gone.
+    free_bits: Arc<Box<[AtomicU64]>>,
     /// Slots marked in `free_bits` (transiently off by a batch in flight:
     /// read it as signed).
-    free_count: AtomicU64,
+    free_count: Arc<AtomicU64>,
+    /// Freed slots waiting for an epoch before they return to `free_bits`.
+    limbo: Arc<AtomicU64>,
+    /// Dedup hits of the lock-free path, by kind (added once per call).
+    pinned_hits: [CachePadded<AtomicU64>; 2],
+    /// The store's epoch collector (see `sync::epoch`).
+    epochs: Epochs,
     /// The word of `free_bits` the next scan starts at.
     free_cursor: Mutex<usize>,
     zero: [AtomicU64; 2],
@@ -271,6 +345,7 @@ impl Store {
         // A line id takes the bits its largest slot needs; the rest of each
         // index slot holds tag bits of the hash.
         let id_bits = (u64::BITS - (slots - 1).leading_zeros()).clamp(1, 32);
+        let epochs = Epochs::new();
         let shards = (0..SHARDS)
             .map(|_| {
                 let shard = Shard {
@@ -284,6 +359,8 @@ impl Store {
                 let cell = ShardCell {
                     hint_ptr: AtomicPtr::new(std::ptr::null_mut()),
                     hint_len: AtomicUsize::new(0),
+                    published: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+                    epochs: epochs.clone(),
                     lock: CachePadded::new(Mutex::new(shard)),
                 };
                 cell.set_hint(&cell.lock.lock().table);
@@ -298,8 +375,14 @@ impl Store {
             next_fresh: AtomicU64::new(1),
             shards,
             // Zeroed by the allocator: pages no slot reaches are never touched.
-            free_bits: crate::sync::zeroed_u64s(slots.div_ceil(64) as usize),
-            free_count: AtomicU64::new(0),
+            free_bits: Arc::new(crate::sync::zeroed_u64s(slots.div_ceil(64) as usize)),
+            free_count: Arc::new(AtomicU64::new(0)),
+            limbo: Arc::new(AtomicU64::new(0)),
+            epochs,
+            pinned_hits: [
+                CachePadded::new(AtomicU64::new(0)),
+                CachePadded::new(AtomicU64::new(0)),
+            ],
             free_cursor: Mutex::new(0),
             zero: [AtomicU64::new(0), AtomicU64::new(0)],
             durability: if backing.is_file() {
@@ -366,6 +449,9 @@ impl Store {
             }
             c.index_bytes += s.table.bytes() as u64;
             c.free_list_bytes += ((s.free.capacity() + s.pending.capacity()) * 4) as u64;
+        }
+        for k in 0..2 {
+            c.hits[k] += self.pinned_hits[k].load(Relaxed);
         }
         c.zero = [self.zero[0].load(Relaxed), self.zero[1].load(Relaxed)];
         c.high_water = self.next_fresh.load(Relaxed).min(self.slots);

@@ -17,66 +17,359 @@
 //! deletion needs no shifting (F14's scheme). The table stores no hash: growth
 //! rehashes the lines themselves (the caller passes the hashes), which is
 //! what lets a slot be 4 bytes.
+//!
+//! Readers without the shard lock (the lock-free hit path) walk the same
+//! buckets, so every word is read and written atomically: a bucket is eight
+//! `AtomicU64`, two slots each (slot `2k` in the low half of word `k`, the
+//! overflow count in the high half of word 7), which keeps the 64-byte layout
+//! and lets a reader take a whole bucket in eight plain loads. Only the holder
+//! of the shard lock writes (load, change one half, store with `Release`), so
+//! a word never needs a compare-and-swap; a reader loads with `Acquire`, so a
+//! slot it sees comes with the line and count written before it was stored.
+//! A reader may see a bucket mid-update (an entry moved by a removal, an
+//! overflow count not yet raised): it can then miss an entry, never invent
+//! one, and a miss falls back to the locked path, which is exact.
+//!
+//! The bucket array is a [`Buckets`] on the heap that the table owns through a
+//! raw pointer (readers hold shared references into it while the lock holder
+//! changes it through atomics, so it is never behind a `Box` or `&mut`).
+//! Growth builds the new array aside and keeps the old one as *retired*; the
+//! shard publishes the new one (`ShardCell::set_hint`) and only then hands the
+//! retired array to the epoch collector, so no reader pinned after the switch
+//! can reach it and the ones pinned before it keep it alive.
 
 /// Slots per bucket.
 pub(super) const BUCKET_SLOTS: usize = 15;
 
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::*;
+
 /// One cache line of the table.
 #[repr(C, align(64))]
-#[derive(Clone, Copy, Default)]
+#[derive(Default)]
 pub(super) struct Bucket {
-    /// Words 0..15 are the slots; word 15 ([`OVERFLOW`]) counts the entries
-    /// whose home bucket lies at or before this one and that live after it.
-    words: [u32; 16],
+    /// Slot `s` is the low (`s` even) or high (`s` odd) half of word `s / 2`;
+    /// slot 15 ([`OVERFLOW`]) counts the entries whose home bucket lies at or
+    /// before this one and that live after it.
+    words: [AtomicU64; 8],
 }
 
-/// The word of a bucket that holds its overflow count.
+/// The slot of a bucket that holds its overflow count.
 const OVERFLOW: usize = BUCKET_SLOTS;
 /// The slot bits of a mask over a bucket's words.
 const SLOT_BITS: u32 = (1 << BUCKET_SLOTS) - 1;
 
 const _: () = assert!(std::mem::size_of::<Bucket>() == 64);
 
-/// One shard's table (see the module docs).
-pub(super) struct Table {
-    buckets: Vec<Bucket>,
-    len: usize,
-    id_bits: u32,
+impl Bucket {
+    /// Slot `s` (`Acquire`: see the module docs).
+    #[inline(always)]
+    fn slot(&self, s: usize) -> u32 {
+        (self.words[s / 2].load(Acquire) >> (32 * (s & 1))) as u32
+    }
+
+    /// Sets slot `s` to `v`. Only the shard lock holder writes, so reading
+    /// the word and storing it back loses no concurrent update.
+    #[inline(always)]
+    fn set_slot(&self, s: usize, v: u32) {
+        let w = &self.words[s / 2];
+        let shift = 32 * (s & 1);
+        let old = w.load(Relaxed);
+        let new = (old & !(0xffff_ffffu64 << shift)) | (u64::from(v) << shift);
+        w.store(new, Release);
+    }
+
+    /// The sixteen words (slots and overflow count).
+    #[inline(always)]
+    fn load(&self) -> [u64; 8] {
+        std::array::from_fn(|k| self.words[k].load(Acquire))
+    }
 }
 
-impl Table {
-    /// An empty table of `buckets` buckets for line ids of `id_bits` bits.
-    pub(super) fn new(id_bits: u32, buckets: usize) -> Table {
+/// A bucket array and the id width its slots use: what a reader without the
+/// lock needs to probe.
+pub(super) struct Buckets {
+    id_bits: u32,
+    /// The tag bits of a slot (`!id_mask`; 0 when ids take all 32 bits).
+    tmask: u32,
+    b: Box<[Bucket]>,
+}
+
+impl Buckets {
+    fn new(id_bits: u32, n: usize) -> Buckets {
         debug_assert!((1..=32).contains(&id_bits));
-        Table {
-            buckets: vec![Bucket::default(); buckets.max(1)],
-            len: 0,
+        let idm = if id_bits >= 32 {
+            u32::MAX
+        } else {
+            (1 << id_bits) - 1
+        };
+        Buckets {
             id_bits,
+            tmask: !idm,
+            b: (0..n.max(1)).map(|_| Bucket::default()).collect(),
         }
     }
 
-    /// Buckets needed to hold `n` entries at a load of 3/4.
-    pub(super) fn buckets_for(n: usize) -> usize {
-        (n * 4).div_ceil(BUCKET_SLOTS * 3).max(1)
+    #[inline]
+    fn n(&self) -> usize {
+        self.b.len()
     }
 
     #[inline]
     fn id_mask(&self) -> u32 {
-        if self.id_bits >= 32 {
-            u32::MAX
-        } else {
-            (1 << self.id_bits) - 1
-        }
+        !self.tmask
     }
 
     /// The tag field of hash `h` (already in place above the id bits).
     #[inline]
     fn tag(&self, h: u64) -> u32 {
-        if self.id_bits >= 32 {
-            0
+        (((h >> 8) as u32) << (self.id_bits & 31)) & self.tmask
+    }
+
+    /// Bit `s` set when slot `s` of bucket `b` is used and equals `tag`
+    /// under `tmask`; and bit `s` set when slot `s` is empty. `LOCKED`: the
+    /// caller is the table's writer side (see [`Table`]), so nothing writes
+    /// the bucket meanwhile and it is read with plain loads.
+    #[inline(always)]
+    fn masks<const LOCKED: bool>(&self, b: usize, tag: u32, tmask: u32) -> (u32, u32) {
+        let w = if LOCKED {
+            // SAFETY: only the table's writer side writes buckets, and the
+            // caller is it (`LOCKED`), so this read races with no write
+            // (lock-free readers only read); `[AtomicU64; 8]` has the layout
+            // of `[u64; 8]`.
+            unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) }
         } else {
-            ((h >> 8) as u32) << self.id_bits
+            self.b[b].load()
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64
+            // CPU has the feature `masks_sse2` is compiled for.
+            let (hit, empty) = unsafe { masks_sse2(&w, tag, tmask) };
+            (hit & SLOT_BITS, empty & SLOT_BITS)
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let (mut hit, mut empty) = (0u32, 0u32);
+            for s in 0..BUCKET_SLOTS {
+                let v = (w[s / 2] >> (32 * (s & 1))) as u32;
+                hit |= u32::from((v & tmask) == tag && v != 0) << s;
+                empty |= u32::from(v == 0) << s;
+            }
+            (hit, empty)
+        }
+    }
+
+    /// Bit `s` set when slot `s` of bucket `b` is used and has `tag`.
+    #[inline(always)]
+    fn matches<const LOCKED: bool>(&self, b: usize, tag: u32) -> u32 {
+        self.masks::<LOCKED>(b, tag, self.tmask).0
+    }
+
+    /// The first step of a lookup, for a pipelined probe: the first id of the
+    /// home bucket of `h` whose tag matches (0 if none), and whether the
+    /// lookup could have any other candidate (a second tag match, or entries
+    /// that overflowed past the home bucket).
+    #[inline]
+    pub(super) fn first_candidate(&self, h: u64) -> (u32, bool) {
+        let b = Table::home_of(h, self.n());
+        let w = self.b[b].load();
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
+        let m = unsafe { masks_sse2(&w, self.tag(h), self.tmask) }.0 & SLOT_BITS;
+        #[cfg(not(target_arch = "x86_64"))]
+        let m = self.masks::<false>(b, self.tag(h), self.tmask).0;
+        let overflow = (w[7] >> 32) as u32;
+        if m == 0 {
+            return (0, overflow != 0);
+        }
+        let s = m.trailing_zeros() as usize;
+        let id = (w[s / 2] >> (32 * (s & 1))) as u32 & self.id_mask();
+        (id, m & (m - 1) != 0 || overflow != 0)
+    }
+
+    /// The first id in the probe sequence of `h` for which `eq` holds
+    /// (`LOCKED`: called by the writer side, see [`Table`]). Without
+    /// the shard lock this may miss an entry that a concurrent update moves,
+    /// never return one that is not in the table.
+    #[inline]
+    pub(super) fn find<const LOCKED: bool>(
+        &self,
+        h: u64,
+        mut eq: impl FnMut(u32) -> bool,
+    ) -> Option<u32> {
+        let n = self.n();
+        let tag = self.tag(h);
+        let idm = self.id_mask();
+        let mut b = Table::home_of(h, n);
+        for _ in 0..n {
+            let mut m = self.matches::<LOCKED>(b, tag);
+            while m != 0 {
+                let s = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let id = self.b[b].slot(s) & idm;
+                if id != 0 && eq(id) {
+                    return Some(id);
+                }
+            }
+            if self.b[b].slot(OVERFLOW) == 0 {
+                return None;
+            }
+            b = if b + 1 == n { 0 } else { b + 1 };
+        }
+        None
+    }
+
+    /// Calls `f` on each id of the home bucket of `h` whose tag matches
+    /// (the candidates a lookup will compare first); returns how many.
+    /// Writer side only (plain loads: see [`Table`]).
+    #[inline]
+    fn candidates(&self, h: u64, mut f: impl FnMut(u32)) -> u32 {
+        let b = Table::home_of(h, self.n());
+        let mut m = self.matches::<true>(b, self.tag(h));
+        let n = m.count_ones();
+        while m != 0 {
+            let s = m.trailing_zeros() as usize;
+            m &= m - 1;
+            f(self.b[b].slot(s) & self.id_mask());
+        }
+        n
+    }
+
+    /// Adds `id` under hash `h` (the lock holder; a free slot exists).
+    fn insert(&self, h: u64, id: u32) {
+        let n = self.n();
+        let v = self.tag(h) | id;
+        let mut b = Table::home_of(h, n);
+        loop {
+            let empty = self.masks::<true>(b, 0, 0).1;
+            if empty != 0 {
+                self.b[b].set_slot(empty.trailing_zeros() as usize, v);
+                return;
+            }
+            let o = self.b[b].slot(OVERFLOW);
+            self.b[b].set_slot(OVERFLOW, o + 1);
+            b = if b + 1 == n { 0 } else { b + 1 };
+        }
+    }
+
+    /// Removes `id`, inserted under hash `h` (the lock holder); false when
+    /// absent.
+    fn remove(&self, h: u64, id: u32) -> bool {
+        let n = self.n();
+        let v = self.tag(h) | id;
+        let home = Table::home_of(h, n);
+        let mut b = home;
+        for _ in 0..n {
+            let hit = self.masks::<true>(b, v, u32::MAX).0;
+            if hit != 0 {
+                self.b[b].set_slot(hit.trailing_zeros() as usize, 0);
+                let mut p = home;
+                while p != b {
+                    let o = self.b[p].slot(OVERFLOW);
+                    self.b[p].set_slot(OVERFLOW, o - 1);
+                    p = if p + 1 == n { 0 } else { p + 1 };
+                }
+                return true;
+            }
+            if self.b[b].slot(OVERFLOW) == 0 {
+                break;
+            }
+            b = if b + 1 == n { 0 } else { b + 1 };
+        }
+        false
+    }
+}
+
+/// A bucket array replaced by growth, waiting to be handed to the epoch
+/// collector once the new one is published.
+pub(super) struct Retired(NonNull<Buckets>);
+
+// SAFETY: a `Retired` owns its array exclusively (it came from
+// `Box::into_raw`), and `Buckets` is plain atomics and a box: it may be freed
+// from any thread.
+unsafe impl Send for Retired {}
+
+impl Retired {
+    /// Frees the array.
+    ///
+    /// # Safety
+    /// No thread can still read it: it is no longer published, and every
+    /// reader that could have loaded it has unpinned (the caller runs this
+    /// from an epoch-deferred function), or there never were such readers.
+    pub(super) unsafe fn free(self) {
+        // SAFETY: from `Box::into_raw` (`Table::new`/`rebuild`), freed once
+        // (`self` is consumed); no reader is left by the caller's contract.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+/// One shard's table (see the module docs): the writer side of the
+/// buckets. It lives in its shard's `Mutex`, so holding `&Table` or `&mut
+/// Table` means holding the lock (or owning a table not yet shared), and the
+/// only writes to its buckets are made through `&mut Table`: a `&Table` may
+/// read them with plain loads (`Buckets::masks::<true>`).
+pub(super) struct Table {
+    /// The current array, from `Box::into_raw`; freed by `Drop`, or retired
+    /// by `rebuild`.
+    cur: NonNull<Buckets>,
+    len: usize,
+    /// Arrays replaced since the last publication (see `ShardCell::set_hint`).
+    retired: std::cell::Cell<Vec<Retired>>,
+}
+
+// SAFETY: the table owns its arrays (`cur`, `retired`) exclusively; other
+// threads only read the published array through shared references and
+// atomics, which `Buckets` (atomics and a box) allows from any thread.
+unsafe impl Send for Table {}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        // SAFETY: the table is dropped with its store: no lock-free reader
+        // (they borrow the store) is left; `cur` came from `Box::into_raw`.
+        drop(unsafe { Box::from_raw(self.cur.as_ptr()) });
+        for r in self.retired.take() {
+            // SAFETY: as above, and a retired array is freed only here or by
+            // the one deferred function its publication schedules.
+            unsafe { r.free() };
+        }
+    }
+}
+
+impl Table {
+    /// An empty table of `buckets` buckets for line ids of `id_bits` bits.
+    pub(super) fn new(id_bits: u32, buckets: usize) -> Table {
+        Table {
+            cur: NonNull::from(Box::leak(Box::new(Buckets::new(id_bits, buckets)))),
+            len: 0,
+            retired: Default::default(),
+        }
+    }
+
+    /// The current bucket array.
+    #[inline]
+    pub(super) fn shared(&self) -> &Buckets {
+        // SAFETY: `cur` is live while the table owns it: it is freed only by
+        // `Drop` or, once retired, by a deferred function after `self` has
+        // moved on to a new array.
+        unsafe { self.cur.as_ref() }
+    }
+
+    /// The current array, for publication to lock-free readers.
+    pub(super) fn published(&self) -> *mut Buckets {
+        self.cur.as_ptr()
+    }
+
+    /// The arrays replaced since the last call (the caller publishes the
+    /// current one first, then defers their release).
+    pub(super) fn take_retired(&self) -> Vec<Retired> {
+        self.retired.take()
+    }
+
+    /// Buckets needed to hold `n` entries at a load of 3/4.
+    pub(super) fn buckets_for(n: usize) -> usize {
+        (n * 4).div_ceil(BUCKET_SLOTS * 3).max(1)
     }
 
     /// Home bucket of hash `h` among `n` buckets.
@@ -92,149 +385,65 @@ impl Table {
 
     /// Allocated bytes.
     pub(super) fn bytes(&self) -> usize {
-        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+        self.shared().n() * std::mem::size_of::<Bucket>()
     }
 
     /// Base of the bucket array and the bucket count (for prefetch hints).
     pub(super) fn hint(&self) -> (*const Bucket, usize) {
-        (self.buckets.as_ptr(), self.buckets.len())
+        let b = self.shared();
+        (b.b.as_ptr(), b.n())
     }
 
     /// True when one more entry would pass the maximum load (7/8).
     #[inline]
     pub(super) fn full(&self) -> bool {
-        (self.len + 1) * 8 > self.buckets.len() * BUCKET_SLOTS * 7
+        (self.len + 1) * 8 > self.shared().n() * BUCKET_SLOTS * 7
     }
 
     /// The bucket count after the next growth (1.5x).
     pub(super) fn grown(&self) -> usize {
-        self.buckets.len() + self.buckets.len() / 2 + 1
-    }
-
-    /// Bit `s` set when slot `s` of bucket `b` is used and equals `tag`
-    /// under `tmask`; and bit `s` set when slot `s` is empty.
-    #[inline(always)]
-    fn masks(&self, b: usize, tag: u32, tmask: u32) -> (u32, u32) {
-        let w = &self.buckets[b].words;
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64
-            // CPU has the feature `masks_sse2` is compiled for.
-            let (hit, empty) = unsafe { masks_sse2(w, tag, tmask) };
-            (hit & SLOT_BITS, empty & SLOT_BITS)
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let (mut hit, mut empty) = (0u32, 0u32);
-            for (s, &v) in w[..BUCKET_SLOTS].iter().enumerate() {
-                hit |= u32::from((v & tmask) == tag && v != 0) << s;
-                empty |= u32::from(v == 0) << s;
-            }
-            (hit, empty)
-        }
-    }
-
-    /// Bit `s` set when slot `s` of bucket `b` is used and has `tag`.
-    #[inline(always)]
-    fn matches(&self, b: usize, tag: u32) -> u32 {
-        self.masks(b, tag, !self.id_mask()).0
+        let n = self.shared().n();
+        n + n / 2 + 1
     }
 
     /// The first id in the probe sequence of `h` for which `eq` holds.
     #[inline]
-    pub(super) fn find(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
-        let n = self.buckets.len();
-        let tag = self.tag(h);
-        let idm = self.id_mask();
-        let mut b = Self::home_of(h, n);
-        for _ in 0..n {
-            let mut m = self.matches(b, tag);
-            while m != 0 {
-                let s = m.trailing_zeros() as usize;
-                m &= m - 1;
-                let id = self.buckets[b].words[s] & idm;
-                if eq(id) {
-                    return Some(id);
-                }
-            }
-            if self.buckets[b].words[OVERFLOW] == 0 {
-                return None;
-            }
-            b = if b + 1 == n { 0 } else { b + 1 };
-        }
-        None
+    pub(super) fn find(&self, h: u64, eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        self.shared().find::<true>(h, eq)
     }
 
-    /// Calls `f` on each id of the home bucket of `h` whose tag matches
-    /// (the candidates a lookup will compare first); returns how many.
+    /// See [`Buckets::candidates`].
     #[inline]
-    pub(super) fn candidates(&self, h: u64, mut f: impl FnMut(u32)) -> u32 {
-        let b = Self::home_of(h, self.buckets.len());
-        let mut m = self.matches(b, self.tag(h));
-        let n = m.count_ones();
-        while m != 0 {
-            let s = m.trailing_zeros() as usize;
-            m &= m - 1;
-            f(self.buckets[b].words[s] & self.id_mask());
-        }
-        n
+    pub(super) fn candidates(&self, h: u64, f: impl FnMut(u32)) -> u32 {
+        self.shared().candidates(h, f)
     }
 
     /// Adds `id` under hash `h`. The caller grows the table first when
     /// [`Table::full`] (so a free slot exists) and knows `id` is absent.
     pub(super) fn insert(&mut self, h: u64, id: u32) {
-        debug_assert!(id != 0 && id & !self.id_mask() == 0);
-        debug_assert!(self.len < self.buckets.len() * BUCKET_SLOTS);
-        let n = self.buckets.len();
-        let v = self.tag(h) | id;
-        let mut b = Self::home_of(h, n);
-        loop {
-            let empty = self.masks(b, 0, 0).1;
-            if empty != 0 {
-                self.buckets[b].words[empty.trailing_zeros() as usize] = v;
-                self.len += 1;
-                return;
-            }
-            self.buckets[b].words[OVERFLOW] += 1;
-            b = if b + 1 == n { 0 } else { b + 1 };
-        }
+        debug_assert!(id != 0 && id & !self.shared().id_mask() == 0);
+        debug_assert!(self.len < self.shared().n() * BUCKET_SLOTS);
+        self.shared().insert(h, id);
+        self.len += 1;
     }
 
     /// Removes `id`, which was inserted under hash `h`; false when absent.
     pub(super) fn remove(&mut self, h: u64, id: u32) -> bool {
-        let n = self.buckets.len();
-        let v = self.tag(h) | id;
-        let home = Self::home_of(h, n);
-        let mut b = home;
-        for _ in 0..n {
-            let hit = self.masks(b, v, u32::MAX).0;
-            if hit != 0 {
-                self.buckets[b].words[hit.trailing_zeros() as usize] = 0;
-                self.len -= 1;
-                let mut p = home;
-                while p != b {
-                    self.buckets[p].words[OVERFLOW] -= 1;
-                    p = if p + 1 == n { 0 } else { p + 1 };
-                }
-                return true;
-            }
-            if self.buckets[b].words[OVERFLOW] == 0 {
-                break;
-            }
-            b = if b + 1 == n { 0 } else { b + 1 };
-        }
-        false
+        let r = self.shared().remove(h, id);
+        self.len -= usize::from(r);
+        r
     }
 
     /// Every id in the table.
     pub(super) fn ids(&self) -> Vec<u32> {
-        let idm = self.id_mask();
+        let t = self.shared();
+        let idm = t.id_mask();
         let mut v = Vec::with_capacity(self.len);
-        for b in &self.buckets {
+        for b in t.b.iter() {
             v.extend(
-                b.words[..BUCKET_SLOTS]
-                    .iter()
-                    .filter(|s| **s != 0)
+                (0..BUCKET_SLOTS)
+                    .map(|s| b.slot(s))
+                    .filter(|s| *s != 0)
                     .map(|s| s & idm),
             );
         }
@@ -242,33 +451,38 @@ impl Table {
     }
 
     /// Rebuilds the table with `buckets` buckets from `ids` (every entry) and
-    /// their `hashes`.
+    /// their `hashes`. The old array is retired (see the module docs).
     pub(super) fn rebuild(&mut self, buckets: usize, ids: &[u32], hashes: &[u64]) {
         debug_assert_eq!(ids.len(), hashes.len());
-        let mut t = Table::new(self.id_bits, buckets.max(Self::buckets_for(ids.len())));
+        let t = Buckets::new(
+            self.shared().id_bits,
+            buckets.max(Self::buckets_for(ids.len())),
+        );
         for (&id, &h) in ids.iter().zip(hashes) {
             t.insert(h, id);
         }
-        *self = t;
+        let old = std::mem::replace(&mut self.cur, NonNull::from(Box::leak(Box::new(t))));
+        let mut r = self.retired.take();
+        r.push(Retired(old));
+        self.retired.set(r);
+        self.len = ids.len();
     }
 }
 
-/// For each word `s` of `w`: bit `s` of the first mask when the word is
-/// non-zero and equals `tag` under `tmask`, bit `s` of the second when it is
-/// zero (four 4-lane compares; the caller masks off word 15).
+/// For each word `s` of `w` (sixteen `u32`, two per `u64`): bit `s` of the
+/// first mask when the word is non-zero and equals `tag` under `tmask`, bit
+/// `s` of the second when it is zero (four 4-lane compares; the caller masks
+/// off word 15).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse2")]
-fn masks_sse2(w: &[u32; 16], tag: u32, tmask: u32) -> (u32, u32) {
+fn masks_sse2(w: &[u64; 8], tag: u32, tmask: u32) -> (u32, u32) {
     use std::arch::x86_64::*;
     let t = _mm_set1_epi32(tag as i32);
     let k = _mm_set1_epi32(tmask as i32);
     let z = _mm_setzero_si128();
     let (mut hit, mut empty) = (0u32, 0u32);
     for q in 0..4 {
-        let p = w[4 * q..4 * q + 4].as_ptr().cast::<__m128i>();
-        // SAFETY: `p` points at 4 words (16 bytes) of `w`; the load is
-        // unaligned.
-        let v = unsafe { _mm_loadu_si128(p) };
+        let v = _mm_set_epi64x(w[2 * q + 1] as i64, w[2 * q] as i64);
         let zero = _mm_cmpeq_epi32(v, z);
         let eq = _mm_cmpeq_epi32(_mm_and_si128(v, k), t);
         hit |= (_mm_movemask_ps(_mm_castsi128_ps(_mm_andnot_si128(zero, eq))) as u32) << (4 * q);
@@ -355,20 +569,20 @@ mod tests {
                 let mut keys: Vec<u32> = model.keys().copied().collect();
                 keys.sort_unstable();
                 prop_assert_eq!(ids, keys);
-                prop_assert!(t.len() <= t.buckets.len() * BUCKET_SLOTS);
+                prop_assert!(t.len() <= t.shared().n() * BUCKET_SLOTS);
                 // The overflow counts are exactly the entries probing past.
-                let n = t.buckets.len();
+                let n = t.shared().n();
                 let mut want = vec![0u32; n];
                 for (&k, &h) in &model {
                     let home = Table::home_of(h, n);
-                    let v = t.tag(h) | k;
+                    let v = t.shared().tag(h) | k;
                     let mut b = home;
-                    while !t.buckets[b].words[..BUCKET_SLOTS].contains(&v) {
+                    while !(0..BUCKET_SLOTS).any(|s| t.shared().b[b].slot(s) == v) {
                         want[b] += 1;
                         b = (b + 1) % n;
                     }
                 }
-                let got: Vec<u32> = t.buckets.iter().map(|b| b.words[OVERFLOW]).collect();
+                let got: Vec<u32> = t.shared().b.iter().map(|b| b.slot(OVERFLOW)).collect();
                 prop_assert_eq!(got, want);
             }
         }

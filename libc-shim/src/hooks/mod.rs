@@ -59,6 +59,18 @@ unsafe fn copy_buf(out: &mut Vec<u8>, buf: *const c_void, n: usize) {
     out.extend_from_slice(unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), n) });
 }
 
+/// The `n` bytes at `buf` (`None` when there are none).
+///
+/// # Safety
+/// `buf` points to at least `n` readable bytes that stay unchanged while the slice lives.
+unsafe fn slice<'a>(buf: *const c_void, n: usize) -> Option<&'a [u8]> {
+    if n == 0 || buf.is_null() {
+        return None;
+    }
+    // SAFETY: the caller guarantees `n` readable bytes at `buf`.
+    Some(unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), n) })
+}
+
 /// Appends the first `n` bytes of an iovec array.
 ///
 /// # Safety
@@ -101,9 +113,10 @@ fn sent_buf(call: Call, fd: c_int, ret: ssize_t, buf: *const c_void) {
         guard::shielded(|| {
             account().count(call);
             let n = ret.max(0) as usize;
-            // SAFETY: the kernel read `ret` bytes from `buf`, so they are readable.
-            let copy = |out: &mut Vec<u8>| unsafe { copy_buf(out, buf, n) };
-            trace::transfer(fd, Dir::Send, ret, n, copy, Uncaptured::Other);
+            // SAFETY: the kernel read `ret` bytes from `buf`, so they are readable (and the
+            // caller does not change them during its own call).
+            let direct = unsafe { slice(buf, n) };
+            trace::transfer(fd, Dir::Send, ret, n, direct, |_| {}, Uncaptured::Other);
         });
     }
 }
@@ -123,8 +136,8 @@ fn received_buf(call: Call, fd: c_int, ret: ssize_t, buf: *const c_void, len: us
                 (ret.max(0) as usize).min(len)
             };
             // SAFETY: the kernel wrote `n <= len` bytes into `buf`.
-            let copy = |out: &mut Vec<u8>| unsafe { copy_buf(out, buf, n) };
-            trace::transfer(fd, Dir::Recv, ret, n, copy, Uncaptured::Other);
+            let direct = unsafe { slice(buf, n) };
+            trace::transfer(fd, Dir::Recv, ret, n, direct, |_| {}, Uncaptured::Other);
         });
     }
 }
@@ -136,7 +149,7 @@ fn received_buf(call: Call, fd: c_int, ret: ssize_t, buf: *const c_void, len: us
 /// `msg` is the caller's valid msghdr.
 unsafe fn msg_transfer(fd: c_int, dir: Dir, ret: ssize_t, msg: *const msghdr, flags: c_int) {
     if msg.is_null() {
-        return trace::transfer(fd, dir, ret, 0, |_| {}, Uncaptured::Other);
+        return trace::transfer(fd, dir, ret, 0, None, |_| {}, Uncaptured::Other);
     }
     // SAFETY: the caller guarantees a valid msghdr.
     let m = unsafe { std::ptr::read(msg) };
@@ -150,7 +163,16 @@ unsafe fn msg_transfer(fd: c_int, dir: Dir, ret: ssize_t, msg: *const msghdr, fl
     };
     // SAFETY: the kernel read (send) or wrote (receive) the first `n` bytes of the iovecs.
     let copy = |out: &mut Vec<u8>| unsafe { copy_iov(out, m.msg_iov, cnt, n) };
-    trace::transfer(fd, dir, ret, n, copy, Uncaptured::Other);
+    // One buffer (the usual case) is read in place.
+    let direct = if cnt == 1 && n > 0 && !m.msg_iov.is_null() {
+        // SAFETY: the msghdr has one iovec (not null: checked).
+        let v = unsafe { std::ptr::read(m.msg_iov) };
+        // SAFETY: the kernel read or wrote `n <= iov_len` bytes of that iovec.
+        unsafe { slice(v.iov_base, n) }
+    } else {
+        None
+    };
+    trace::transfer(fd, dir, ret, n, direct, copy, Uncaptured::Other);
 }
 
 /// Bookkeeping of `sendmmsg`/`recvmmsg`: one transfer per message handled.
@@ -165,7 +187,7 @@ unsafe fn mmsg_done(call: Call, fd: c_int, dir: Dir, ret: c_int, msgs: *mut mmsg
                 return;
             }
             if ret < 0 || msgs.is_null() {
-                trace::transfer(fd, dir, -1, 0, |_| {}, Uncaptured::Other);
+                trace::transfer(fd, dir, -1, 0, None, |_| {}, Uncaptured::Other);
                 return;
             }
             for i in 0..ret as usize {

@@ -95,7 +95,7 @@ pub unsafe extern "C-unwind" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) 
             let n = ret.max(0) as usize;
             // SAFETY: the kernel wrote the first `ret` bytes of the caller's `cnt` iovecs.
             let copy = |out: &mut Vec<u8>| unsafe { copy_iov(out, iov, cnt.max(0) as usize, n) };
-            trace::transfer(fd, Dir::Recv, ret, n, copy, Uncaptured::Other);
+            trace::transfer(fd, Dir::Recv, ret, n, None, copy, Uncaptured::Other);
         });
     }
     ret

@@ -51,7 +51,7 @@ pub unsafe extern "C-unwind" fn writev(fd: c_int, iov: *const iovec, cnt: c_int)
             let n = ret.max(0) as usize;
             // SAFETY: the kernel read the first `ret` bytes of the caller's `cnt` iovecs.
             let copy = |out: &mut Vec<u8>| unsafe { copy_iov(out, iov, cnt.max(0) as usize, n) };
-            trace::transfer(fd, Dir::Send, ret, n, copy, Uncaptured::Other);
+            trace::transfer(fd, Dir::Send, ret, n, None, copy, Uncaptured::Other);
         });
     }
     ret
@@ -115,7 +115,7 @@ fn uncaptured_send(call: Call, fd: c_int, ret: ssize_t, what: Uncaptured) {
     if let Some(_g) = active() {
         guard::shielded(|| {
             account().count(call);
-            trace::transfer(fd, Dir::Send, ret, 0, |_| {}, what);
+            trace::transfer(fd, Dir::Send, ret, 0, None, |_| {}, what);
         });
     }
 }
@@ -135,8 +135,8 @@ pub unsafe extern "C-unwind" fn splice(
         guard::shielded(|| {
             account().count(Call::Splice);
             // One end is a pipe (never traced): the other end, if a traced socket, counts.
-            trace::transfer(fd_out, Dir::Send, ret, 0, |_| {}, Uncaptured::Splice);
-            trace::transfer(fd_in, Dir::Recv, ret, 0, |_| {}, Uncaptured::Splice);
+            trace::transfer(fd_out, Dir::Send, ret, 0, None, |_| {}, Uncaptured::Splice);
+            trace::transfer(fd_in, Dir::Recv, ret, 0, None, |_| {}, Uncaptured::Splice);
         });
     }
     ret

@@ -3,12 +3,13 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::AcqRel,
-    Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+    Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hicamp::footprint::{sampled, DedupEstimate, LineSampler, PayloadFps, EXACT_METHOD};
 use parking_lot::{Condvar, Mutex};
 
 use super::interner::{Interner, Pending};
@@ -22,8 +23,65 @@ use crate::{guard, sys};
 const TICK: Duration = Duration::from_millis(100);
 /// Pending bytes that wake the interning thread early.
 const WAKE_BYTES: usize = 1 << 20;
-/// Pending bytes at which the application waits for the interning thread.
-const MAX_PENDING: usize = 256 << 20;
+/// At exit (or a terminating signal) the interning gets this long to finish; then the estimate
+/// stands in (the report says so).
+const EXIT_GRACE: Duration = Duration::from_millis(80);
+/// Payloads from this size on are looked up whole in the fingerprint cache.
+const FPS_CACHE_MIN: usize = 1024;
+/// Payloads in the fingerprint cache at most.
+const FPS_CACHE_ENTRIES: usize = 256;
+/// Line sizes the account's sampler handles at most (their levels are mirrored in atomics).
+const MAX_SIZES: usize = 16;
+
+/// Fingerprints of recent large payloads.
+#[derive(Debug, Default)]
+pub(super) struct FpsCache {
+    map: std::collections::HashMap<(usize, u64), CacheEntry>,
+    bytes: u64,
+}
+
+/// A cached payload: its fingerprints, the sampler version they were absorbed at, its bytes.
+type CacheEntry = (Arc<PayloadFps>, u64, Arc<[u8]>);
+
+/// The cache's key of a payload: the xxh3 of up to three 1 KiB pieces (start, middle, end),
+/// cheap whatever the length; equal bytes are checked on a hit (a compare is faster than
+/// hashing it all).
+fn probe_key(data: &[u8]) -> u64 {
+    const PIECE: usize = 1024;
+    if data.len() <= 3 * PIECE {
+        return xxhash_rust::xxh3::xxh3_64(data);
+    }
+    let mid = data.len() / 2 - PIECE / 2;
+    let mut h = xxhash_rust::xxh3::xxh3_64(&data[..PIECE]);
+    h ^= xxhash_rust::xxh3::xxh3_64_with_seed(&data[mid..mid + PIECE], 1).rotate_left(21);
+    h ^ xxhash_rust::xxh3::xxh3_64_with_seed(&data[data.len() - PIECE..], 2).rotate_left(42)
+}
+
+/// How one process's budget is shared.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shares {
+    /// The whole budget.
+    pub(super) budget: u64,
+    /// Sample tables of the estimate, all line sizes together.
+    pub(super) sampler: u64,
+    /// One pending buffer (there are two: the one filling and the one being interned).
+    pub(super) pending: usize,
+    /// The memories and the payload cache.
+    pub(super) memories: u64,
+}
+
+impl Shares {
+    pub(super) fn of(budget: u64) -> Shares {
+        let sampler = budget / 4;
+        let pending = (budget / 16).min(64 << 20);
+        Shares {
+            budget,
+            sampler,
+            pending: pending as usize,
+            memories: budget - sampler - 2 * pending,
+        }
+    }
+}
 /// Connections listed in a report (the totals count every one).
 pub const MAX_CONNS: usize = 4096;
 
@@ -53,8 +111,29 @@ pub struct Account {
     pub(super) pending_len: AtomicUsize,
     pub(super) woken: AtomicBool,
     pub(super) wake: Condvar,
-    pub(super) space: Condvar,
     pub(super) interner: Mutex<Interner>,
+    pub(super) shares: Shares,
+    /// The estimate's fingerprint tables (every payload goes through them).
+    pub(super) sampler: Mutex<LineSampler>,
+    /// The sampler's levels, read without its lock by the hot path.
+    pub(super) levels: [AtomicU32; MAX_SIZES],
+    /// Spare fingerprint buffers for the hot path.
+    pub(super) fps_pool: Mutex<Vec<PayloadFps>>,
+    /// The fingerprints of recent large payloads, by length and a hash of three pieces, with
+    /// their bytes (compared on a hit): a payload sent or received again (a bulk sender's
+    /// buffer, a static page) is fingerprinted once, not line by line (the fingerprints are a
+    /// function of the bytes). Within an eighth of the sample tables' share of the budget.
+    pub(super) fps_cache: Mutex<FpsCache>,
+    /// The memories still hold every payload: the report is exact.
+    pub(super) exact: AtomicBool,
+    /// Why the memories were given up.
+    pub(super) exact_stop: Mutex<Option<String>>,
+    /// The interner's payload, byte and snapshot-hit counts after its last batch (a report
+    /// that cannot wait for the memories reads these).
+    pub(super) interned: [AtomicU64; 3],
+    /// A final report is being written: interning must end by this instant (nanoseconds after
+    /// `started`; 0: no hurry).
+    pub(super) hurry_until: AtomicU64,
     /// 0: no interning thread yet; 1: running; 2: could not be started (interning inline).
     pub(super) bg: AtomicU8,
     pub(super) report_path: Mutex<Option<PathBuf>>,
@@ -99,8 +178,20 @@ impl Account {
             pending_len: AtomicUsize::new(0),
             woken: AtomicBool::new(false),
             wake: Condvar::new(),
-            space: Condvar::new(),
             interner: Mutex::new(Interner::default()),
+            shares: Shares::of(Config::get().budget),
+            sampler: Mutex::new(LineSampler::new(
+                &Config::get().line_sizes,
+                // An eighth of the share is the fingerprint cache's.
+                Shares::of(Config::get().budget).sampler / 8 * 7,
+            )),
+            levels: std::array::from_fn(|_| AtomicU32::new(0)),
+            fps_pool: Mutex::new(Vec::new()),
+            fps_cache: Mutex::new(FpsCache::default()),
+            exact: AtomicBool::new(true),
+            exact_stop: Mutex::new(None),
+            interned: std::array::from_fn(|_| AtomicU64::new(0)),
+            hurry_until: AtomicU64::new(0),
             bg: AtomicU8::new(0),
             report_path: Mutex::new(None),
             held: Mutex::new(None),
@@ -148,42 +239,121 @@ impl Account {
             || self.recv_calls.load(Relaxed) > 0
     }
 
-    /// Appends one payload to the pending buffer (`copy` appends exactly `n` bytes).
-    pub(super) fn capture(&self, n: usize, copy: impl FnOnce(&mut Vec<u8>)) {
+    /// One captured payload: `direct` in place, or what `copy` appends (exactly `n` bytes).
+    /// Its lines are fingerprinted for the estimate (always: the estimate must see all the
+    /// payload); while the memories are exact it is also copied to the pending buffer for the
+    /// interning thread, unless that buffer is full (the thread is behind): then the memories
+    /// are given up and the estimate reports.
+    pub(super) fn capture(&self, n: usize, direct: Option<&[u8]>, copy: impl FnOnce(&mut Vec<u8>)) {
+        let gathered;
+        let data: &[u8] = match direct {
+            Some(d) => d,
+            None => {
+                let mut v = Vec::with_capacity(n);
+                copy(&mut v);
+                gathered = v;
+                &gathered
+            }
+        };
+        let sizes = &Config::get().line_sizes;
+        let k = sizes.len().min(MAX_SIZES);
+        let mut levels = [0u32; MAX_SIZES];
+        for (l, a) in levels.iter_mut().zip(&self.levels[..k]) {
+            *l = a.load(Relaxed);
+        }
+        let key = (data.len() >= FPS_CACHE_MIN).then(|| (data.len(), probe_key(data)));
+        // A candidate with the same length and probe is a hit only if its bytes are equal.
+        let cached = key
+            .and_then(|k| self.fps_cache.lock().map.get(&k).cloned())
+            .filter(|(_, _, bytes)| **bytes == *data)
+            .map(|(fps, v, _)| (fps, v));
+        // Returns the sampler's version after the payload went in.
+        let absorb = |fps: &PayloadFps, again: Option<u64>| {
+            let mut s = self.sampler.lock();
+            if !again.is_some_and(|v| s.absorb_again(fps, v)) {
+                s.absorb(fps);
+                for (a, l) in self.levels.iter().zip(s.levels()) {
+                    a.store(l, Relaxed);
+                }
+            }
+            s.version()
+        };
+        if let (Some((fps, v)), Some(k)) = (cached, key) {
+            // Fingerprinted at levels no higher than now: absorb drops what no longer
+            // qualifies; at the same version only the counts change.
+            let now = absorb(&fps, Some(v));
+            if now != v {
+                if let Some(e) = self.fps_cache.lock().map.get_mut(&k) {
+                    e.1 = now;
+                }
+            }
+        } else {
+            let mut fps = self.fps_pool.lock().pop().unwrap_or_default();
+            fps.compute(data, &sizes[..k], &levels[..k]);
+            let version = absorb(&fps, None);
+            if let Some(k) = key {
+                let keep = Arc::new(fps.without_scratch());
+                let copy: Arc<[u8]> = Arc::from(data);
+                let mut c = self.fps_cache.lock();
+                let bytes = (keep.heap_bytes() + copy.len()) as u64;
+                if c.map.len() >= FPS_CACHE_ENTRIES || c.bytes + bytes > self.shares.sampler / 8 {
+                    c.map.clear();
+                    c.bytes = 0;
+                }
+                c.bytes += bytes;
+                c.map.insert(k, (keep, version, copy));
+            }
+            let mut pool = self.fps_pool.lock();
+            if pool.len() < 8 {
+                pool.push(fps);
+            }
+        }
+        if !self.exact.load(Relaxed) {
+            return;
+        }
         let mut p = self.pending.lock();
-        let start = p.bytes.len();
-        p.bytes.reserve(n);
-        copy(&mut p.bytes);
-        let got = p.bytes.len() - start;
-        p.lens.push(got);
+        if p.bytes.len() + data.len() > self.shares.pending {
+            let behind = p.bytes.len();
+            drop(p);
+            self.stop_exact(format!(
+                "the interning thread fell behind by {} (the pending buffer's share of the \
+                 budget)",
+                hicamp::footprint::human_bytes(behind as u64)
+            ));
+            return;
+        }
+        p.bytes.extend_from_slice(data);
+        p.lens.push(data.len());
         self.pending_len.store(p.bytes.len(), Relaxed);
     }
 
-    /// After a capture, with no lock held: start or wake the interning thread, or wait for it.
+    /// Gives up the exact memories (the first reason stays); the interning thread frees them.
+    pub(super) fn stop_exact(&self, reason: String) {
+        if self.exact.swap(false, AcqRel) {
+            *self.exact_stop.lock() = Some(reason);
+            if !self.woken.swap(true, Relaxed) {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// After a capture, with no lock held: start or wake the interning thread (the application
+    /// never waits for it).
     pub(super) fn after_capture(&'static self) {
         let len = self.pending_len.load(Relaxed);
         match self.bg.load(Acquire) {
             1 => {}
+            // Started even when nothing is to be interned: it writes the report on SIGTERM.
             0 => self.start_thread(),
             _ => {
-                if len >= WAKE_BYTES {
-                    self.flush();
+                if len >= WAKE_BYTES || (!self.exact.load(Relaxed) && len > 0) {
+                    self.flush(None);
                 }
                 return;
             }
         }
         if len >= WAKE_BYTES && !self.woken.swap(true, Relaxed) {
             self.wake.notify_one();
-        }
-        if len >= MAX_PENDING {
-            let mut p = self.pending.lock();
-            while p.bytes.len() >= MAX_PENDING
-                && self.bg.load(Acquire) == 1
-                && !self.finished.load(Relaxed)
-            {
-                self.wake.notify_one();
-                self.space.wait_for(&mut p, TICK);
-            }
         }
     }
 
@@ -244,7 +414,7 @@ impl Account {
                 return;
             }
             let _ = guard::shielded(|| {
-                self.flush();
+                self.flush(None);
                 let now = Instant::now();
                 let periodic = next_report.is_some_and(|t| now >= t);
                 if periodic {
@@ -259,28 +429,108 @@ impl Account {
         }
     }
 
-    /// Interns everything pending.
-    fn flush(&self) {
-        let mut it = self.interner.lock();
+    /// Nanoseconds since the account started.
+    fn now_ns(&self) -> u64 {
+        self.started
+            .elapsed()
+            .as_nanos()
+            .min(u128::from(u64::MAX - 1)) as u64
+    }
+
+    /// Interns everything pending; with a `deadline` (a final report), gives up the memories
+    /// if that cannot be done by then. Once the memories are given up, frees them and the
+    /// pending buffers.
+    fn flush(&self, deadline: Option<Instant>) {
+        if deadline.is_some() && !self.exact.load(Acquire) {
+            // A final report of an estimate: nothing to intern, nothing to wait for.
+            drop(std::mem::take(&mut *self.pending.lock()));
+            self.pending_len.store(0, Relaxed);
+            return;
+        }
+        let mut it = match deadline {
+            None => self.interner.lock(),
+            Some(d) => match self.interner.try_lock_until(d) {
+                Some(g) => g,
+                None => {
+                    self.stop_exact(
+                        "exit came while the interning thread was busy (at most 100 ms are \
+                         spent on it)"
+                            .into(),
+                    );
+                    drop(std::mem::take(&mut *self.pending.lock()));
+                    self.pending_len.store(0, Relaxed);
+                    return;
+                }
+            },
+        };
+        if !self.exact.load(Acquire) {
+            drop(std::mem::take(&mut *self.pending.lock()));
+            self.pending_len.store(0, Relaxed);
+            // At exit the memories go with the process (unmapping them takes time).
+            if deadline.is_none() {
+                let mems = it.drop_all();
+                drop(it);
+                drop(mems);
+            }
+            return;
+        }
         let mut batch = std::mem::take(&mut it.spare);
         {
             let mut p = self.pending.lock();
             std::mem::swap(&mut *p, &mut batch);
             self.pending_len.store(p.bytes.len(), Relaxed);
         }
-        self.space.notify_all();
-        it.ingest(&batch.bytes, &batch.lens);
+        // Interning goes on while the memories are exact and a final report's deadline (if
+        // any) has not passed.
+        let hurry = || {
+            let h = self.hurry_until.load(Relaxed);
+            self.exact.load(Relaxed) && (h == 0 || self.now_ns() < h)
+        };
+        let r = it.ingest(&batch.bytes, &batch.lens, self.shares.memories, &hurry);
+        for (a, v) in self
+            .interned
+            .iter()
+            .zip([it.payloads, it.bytes, it.snapshot_hits])
+        {
+            a.store(v, Relaxed);
+        }
         batch.bytes.clear();
         batch.lens.clear();
-        if batch.bytes.capacity() <= 2 * MAX_PENDING {
-            it.spare = batch;
+        match r {
+            Ok(()) => {
+                if batch.bytes.capacity() <= self.shares.pending {
+                    it.spare = batch;
+                }
+            }
+            Err(stop) => {
+                self.stop_exact(stop.reason);
+                drop(std::mem::take(&mut *self.pending.lock()));
+                self.pending_len.store(0, Relaxed);
+                if deadline.is_none() {
+                    let mems = it.drop_all();
+                    drop(it);
+                    drop(mems);
+                }
+            }
         }
     }
 
     /// Builds the report.
-    fn build(&self, reason: &str, final_report: bool) -> ShimReport {
+    fn build(&self, reason: &str, final_report: bool, deadline: Option<Instant>) -> ShimReport {
         let cfg = Config::get();
-        let it = self.interner.lock();
+        // The interning thread may hold the memories past a final report's deadline (then it
+        // gives them up at that deadline): the wait is bounded.
+        // Exact: the report needs the memories; a final report waits for them until its
+        // deadline (the interning thread stops there). Estimated: they give only their errors,
+        // not worth waiting for (the interned counts are atomics).
+        let it = match deadline {
+            _ if !self.exact.load(Acquire) => self.interner.try_lock(),
+            Some(d) => self.interner.try_lock_until(d + Duration::from_millis(5)),
+            None => Some(self.interner.lock()),
+        };
+        if it.is_none() && self.exact.load(Acquire) {
+            self.stop_exact("the memories could not be read in time for the report".into());
+        }
         let mut conns: Vec<ConnReport> = self
             .conns
             .lock()
@@ -295,6 +545,26 @@ impl Account {
             .collect();
         conns.sort_by_key(|c| c.id);
         let total = self.conns_total.load(Relaxed);
+        let (line_sizes, dedup_method, dedup_estimate) = if self.exact.load(Acquire) {
+            let ls = it.as_ref().map(|i| i.line_sizes()).unwrap_or_default();
+            (ls, EXACT_METHOD.to_string(), None)
+        } else {
+            let per_line_size = self.sampler.lock().estimates();
+            let reason = self
+                .exact_stop
+                .lock()
+                .clone()
+                .unwrap_or_else(|| "the memories were given up".into());
+            (
+                per_line_size.iter().map(|e| e.line_size_report()).collect(),
+                sampled::METHOD.to_string(),
+                Some(DedupEstimate {
+                    method: sampled::METHOD.to_string(),
+                    reason,
+                    per_line_size,
+                }),
+            )
+        };
         ShimReport {
             tool: "hicamp libc-shim".to_string(),
             mode: "trace".to_string(),
@@ -319,9 +589,9 @@ impl Account {
             splice_bytes: self.splice_bytes.load(Relaxed),
             copy_avoided_bytes: self.captured_sent.load(Relaxed)
                 + self.captured_received.load(Relaxed),
-            payloads_interned: it.payloads,
-            payload_snapshot_hits: it.snapshot_hits,
-            payload_bytes_interned: it.bytes,
+            payloads_interned: self.interned[0].load(Relaxed),
+            payload_bytes_interned: self.interned[1].load(Relaxed),
+            payload_snapshot_hits: self.interned[2].load(Relaxed),
             sockets_traced: total,
             connections_omitted: total.saturating_sub(MAX_CONNS as u64),
             calls: CALL_NAMES
@@ -333,16 +603,34 @@ impl Account {
                 })
                 .collect(),
             connections: conns,
-            line_sizes: it.line_sizes(),
-            intern_errors: it.errors(),
+            line_sizes,
+            intern_errors: it.as_ref().map(|i| i.errors()).unwrap_or_default(),
+            dedup_method,
+            dedup_estimate,
+            budget_bytes: self.shares.budget,
+            // Captured and not in the memories when the report was built (past the budget,
+            // behind, or still pending).
+            payload_bytes_not_interned: (self.captured_sent.load(Relaxed)
+                + self.captured_received.load(Relaxed))
+            .saturating_sub(self.interned[1].load(Relaxed)),
         }
     }
 
     /// Interns what is pending and writes the report (files when a prefix is set, else the
     /// summary on stderr for a final report).
     pub(super) fn report(&self, reason: &str, final_report: bool) {
-        self.flush();
-        let r = self.build(reason, final_report);
+        let deadline = final_report.then(|| Instant::now() + EXIT_GRACE);
+        if deadline.is_some() {
+            // Interning gets a bounded time; past it the estimate reports.
+            self.hurry_until
+                .store(self.now_ns() + EXIT_GRACE.as_nanos() as u64, Relaxed);
+        }
+        self.flush(deadline);
+        let r = self.build(reason, final_report, deadline);
+        if !self.finished.load(Relaxed) {
+            // The process goes on (a failed exec): no more hurry.
+            self.hurry_until.store(0, Relaxed);
+        }
         let text = r.to_text();
         let Some(prefix) = &Config::get().report else {
             // No report prefix: the summary goes to a file of its own, never to a descriptor
@@ -475,4 +763,59 @@ pub(super) fn current() -> Option<&'static Account> {
     let p = ACCOUNT.load(Acquire);
     // SAFETY: a non-null ACCOUNT points to a leaked `Box<Account>`, never freed.
     (!p.is_null()).then(|| unsafe { &*p })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shares never add up to more than the budget, for the smallest budget too.
+    #[test]
+    fn shares_fit_the_budget() {
+        for budget in [crate::config::MIN_BUDGET, 32 << 20, 256 << 20, 64 << 30] {
+            let s = Shares::of(budget);
+            assert!(
+                s.sampler + 2 * s.pending as u64 + s.memories <= budget,
+                "{s:?}"
+            );
+            assert!(s.memories >= budget / 2, "{s:?}");
+            assert!(s.pending as u64 <= 64 << 20);
+        }
+    }
+
+    /// A cached payload with the same key but other bytes is fingerprinted anew; an equal one
+    /// counts as it would have: the sampler ends as if every payload had been hashed.
+    #[test]
+    fn the_fingerprint_cache_changes_no_count() {
+        let acct = Account::new();
+        let a: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let mut c = a.clone();
+        c[3_000] ^= 0x55;
+        assert_eq!(probe_key(&a), probe_key(&c));
+        for d in [&a, &c, &c, &a] {
+            acct.capture(d.len(), Some(d), |_| {});
+        }
+        let sizes = &Config::get().line_sizes;
+        let mut s = LineSampler::new(sizes, 1 << 30);
+        let mut p = PayloadFps::default();
+        for d in [&a, &c, &c, &a] {
+            p.compute(d, sizes, &vec![0; sizes.len()]);
+            s.absorb(&p);
+        }
+        assert_eq!(acct.sampler.lock().estimates(), s.estimates());
+        assert_eq!(acct.pending.lock().lens.len(), 4);
+    }
+
+    #[test]
+    fn probe_key_sees_length_and_pieces() {
+        let a = vec![7u8; 10_000];
+        let mut b = a.clone();
+        assert_eq!(probe_key(&a), probe_key(&b));
+        b[9_999] = 8;
+        assert_ne!(probe_key(&a), probe_key(&b));
+        // A change between the pieces is not seen by the key: the cache compares bytes.
+        let mut c = a.clone();
+        c[3_000] = 9;
+        assert_eq!(probe_key(&a), probe_key(&c));
+    }
 }

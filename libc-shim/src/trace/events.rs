@@ -28,12 +28,13 @@ fn found_entry(fd: i32) -> FdEntry {
 }
 
 /// A transfer finished: `ret` is the call's result (bytes, or -1), `captured` the payload bytes
-/// `copy` appends (at most `ret`). `uncaptured_kind` says where the bytes not captured went.
+/// `copy` appends (at most `ret`), or `direct` holds in place. `uncaptured_kind` says where the bytes not captured went.
 pub fn transfer(
     fd: i32,
     dir: Dir,
     ret: isize,
     captured: usize,
+    direct: Option<&[u8]>,
     copy: impl FnOnce(&mut Vec<u8>),
     uncaptured: Uncaptured,
 ) {
@@ -82,14 +83,15 @@ pub fn transfer(
             }
             if captured > 0 {
                 cap.fetch_add(captured as u64, Relaxed);
-                acct.capture(captured, copy);
                 true
             } else {
                 false
             }
         },
     );
+    // The payload's bookkeeping runs without the fd table's lock.
     if did {
+        acct.capture(captured, direct, copy);
         acct.after_capture();
     }
 }

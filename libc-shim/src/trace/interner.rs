@@ -12,6 +12,15 @@ const ARENA_BYTES: u64 = 16 << 30;
 const CACHE_PAYLOAD_MAX: usize = 512;
 /// Payloads remembered.
 const CACHE_ENTRIES: usize = 1 << 14;
+/// The memories' footprint is checked against the budget after this many payload bytes.
+const CHECK_BYTES: u64 = 1 << 20;
+
+/// Why an ingest stopped before the end of its batch: the exact memories are given up.
+#[derive(Debug)]
+pub(super) struct Stop {
+    /// Why.
+    pub(super) reason: String,
+}
 
 /// Payload waiting to be interned.
 #[derive(Debug, Default)]
@@ -56,7 +65,11 @@ pub(super) struct Interner {
     /// Payloads that repeated a cached one whole (a snapshot per memory, no line lookup).
     pub(super) snapshot_hits: u64,
     cache: std::collections::HashMap<u64, Cached>,
+    /// Bytes of the payloads in `cache`.
+    cache_bytes: u64,
     pub(super) spare: Pending,
+    /// Payload bytes since the last budget check.
+    since_check: u64,
 }
 
 impl Interner {
@@ -77,7 +90,15 @@ impl Interner {
         }
     }
 
-    pub(super) fn ingest(&mut self, bytes: &[u8], lens: &[usize]) {
+    /// Interns a batch of payloads while the memories (with the cache) stay within `limit`
+    /// bytes and `go_on` says yes (asked before each payload).
+    pub(super) fn ingest(
+        &mut self,
+        bytes: &[u8],
+        lens: &[usize],
+        limit: u64,
+        go_on: &dyn Fn() -> bool,
+    ) -> Result<(), Stop> {
         if self.sinks.is_empty() {
             for &ls in &Config::get().line_sizes {
                 let (mem, error) = match Interner::memory_for(ls) {
@@ -100,11 +121,55 @@ impl Interner {
             let Some(p) = bytes.get(off..off + n) else {
                 break;
             };
+            if !go_on() {
+                return Err(Stop {
+                    reason: "exit came before the interning thread caught up (at most 100 ms \
+                             are spent on it)"
+                        .into(),
+                });
+            }
+            if self.since_check >= CHECK_BYTES {
+                self.since_check = 0;
+                let used = self.memory_bytes();
+                if used > limit {
+                    return Err(Stop {
+                        reason: format!(
+                            "the memories reached the memory budget ({} of {} allowed for \
+                             them) after {} payload bytes",
+                            hicamp::footprint::human_bytes(used),
+                            hicamp::footprint::human_bytes(limit),
+                            self.bytes
+                        ),
+                    });
+                }
+            }
             off += n;
             self.payloads += 1;
             self.bytes += n as u64;
+            self.since_check += n as u64;
             self.ingest_one(p);
         }
+        Ok(())
+    }
+
+    /// What the memories and the cache hold now, bytes.
+    pub(super) fn memory_bytes(&self) -> u64 {
+        let mems: u64 = self
+            .sinks
+            .iter()
+            .filter_map(|s| s.mem.as_ref())
+            .map(|m| m.stats().footprint_bytes())
+            .sum();
+        mems + self.cache_bytes
+    }
+
+    /// Gives up the memories (the estimate takes over). Returns them: the caller drops them
+    /// (their RAM goes back, which takes a while) after letting the interner go.
+    pub(super) fn drop_all(&mut self) -> Vec<Memory> {
+        self.cache.clear();
+        self.cache_bytes = 0;
+        self.spare = Pending::default();
+        self.sinks.iter_mut().filter_map(|s| s.mem.take()).collect()
     }
 
     /// Interns one payload into every memory. Every handle made is kept (in the cache) or
@@ -151,7 +216,9 @@ impl Interner {
             Some(k) => {
                 if self.cache.len() >= CACHE_ENTRIES {
                     self.cache.clear(); // the handles are forgotten, their counts stay
+                    self.cache_bytes = 0;
                 }
+                self.cache_bytes += p.len() as u64 + 64;
                 self.cache.insert(
                     k,
                     Cached {

@@ -2,19 +2,29 @@
 //! and the interning thread.
 //!
 //! ```text
-//!  hook (app thread)                     pending (one mutex)          interning thread
-//!  real call -> counters (atomics) --->  bytes: [p1 p2 p3 ...]  --->  every 100 ms or 1 MiB:
-//!            -> copy payload ---------/  lens:  [n1 n2 n3 ...]        one segment per payload
+//!  hook (app thread)                         sampler (one mutex)         interning thread
+//!  real call -> counters (atomics)
+//!            -> fingerprint every line  ---> sampled fingerprints
+//!               (no lock; cached for a       (content-defined sample)
+//!               repeated large payload)
+//!            -> while exact: copy ------>  pending (bounded)  ------>  one segment per payload
 //!                                                                     per line size, kept alive
 //! ```
 //!
-//! The hot path copies the payload once into a shared buffer; interning (hashing, the dedup
-//! index) happens on one background thread, in batches. When the thread falls 256 MiB behind,
-//! the application waits for it (the report stays exact; only speed suffers).
+//! Every payload's lines are fingerprinted on the calling thread for the estimate of
+//! `hicamp::footprint::sampled` (content-defined line sampling), which always sees all the
+//! payload and keeps its tables within their share of the budget. While the exact memories fit
+//! the budget (`HICAMP_SHIM_BUDGET`), the payload is also copied to a bounded pending buffer
+//! and interned by one background thread at idle priority. The application never waits for
+//! that thread: when the buffer is full (the thread is behind), when the memories reach their
+//! share, or when a final report cannot finish interning within 80 ms, the memories are given
+//! up (freed, except at exit) and the report's footprint is the estimate, saying why, with the
+//! method, sample rate and 95% bound. Byte, call and per-connection totals are exact always.
 //!
-//! Every segment is kept alive until the process ends (its handle is forgotten, which keeps its
-//! reference and its logical bytes counted), so the memories' statistics describe all the
-//! payload the process ever moved: that is the footprint a HICAMP stack would need to hold it.
+//! While exact, every segment is kept alive until the process ends (its handle is forgotten,
+//! which keeps its reference and its logical bytes counted), so the memories' statistics
+//! describe all the payload the process moved: the footprint a HICAMP stack would need to hold
+//! it.
 //!
 //! A forked child starts a fresh account (new memories, zero counters, the parent's sockets
 //! with fresh per-connection counters): the interning thread does not exist there, the child's

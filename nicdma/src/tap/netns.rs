@@ -188,6 +188,63 @@ impl NetNs {
         Ok(())
     }
 
+    /// Makes a veth pair inside the namespace: `kernel` (the kernel's end,
+    /// with address `kernel_cidr`) and `ours` (no address: a port binds it).
+    /// Both are up, with IPv6 address generation off. With `no_offloads`,
+    /// the kernel end's checksum and segmentation offloads are turned off
+    /// (`ethtool -K kernel tx off tso off gso off`), so that frames cross as
+    /// wire frames with full checksums, as AF_XDP in copy mode needs.
+    pub fn veth_pair(
+        &self,
+        kernel: &str,
+        ours: &str,
+        kernel_cidr: &str,
+        no_offloads: bool,
+    ) -> Result<(), NetNsError> {
+        self.ip(&["link", "add", kernel, "type", "veth", "peer", "name", ours])?;
+        for dev in [kernel, ours] {
+            self.ip(&["link", "set", "dev", dev, "addrgenmode", "none"])?;
+        }
+        self.ip(&["addr", "add", kernel_cidr, "dev", kernel])?;
+        if no_offloads {
+            let mut cmd = self.command("ethtool");
+            cmd.args(["-K", kernel, "tx", "off", "tso", "off", "gso", "off"]);
+            let line = format!(
+                "ip netns exec {} ethtool -K {kernel} tx off tso off gso off",
+                self.name
+            );
+            let out = cmd.output().map_err(|source| NetNsError::Spawn {
+                cmd: line.clone(),
+                source,
+            })?;
+            if !out.status.success() {
+                return Err(NetNsError::Failed {
+                    cmd: line,
+                    status: out.status,
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                });
+            }
+        }
+        for dev in [ours, kernel] {
+            self.ip(&["link", "set", "dev", dev, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a helper thread inside the namespace and returns its
+    /// result: sockets and ports it opens live in the namespace (and keep
+    /// working from any thread afterwards).
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetNsError> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter_current_thread()?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
     /// The counters of `dev` in the namespace.
     pub fn link_stats(&self, dev: &str) -> Result<LinkStats, NetNsError> {
         let json = self.ip(&["-j", "-s", "link", "show", "dev", dev])?;

@@ -117,6 +117,9 @@ pub struct IfaceConfig {
     pub tcp: TcpConfig,
     /// Connections a listener holds before its application accepts them.
     pub backlog: usize,
+    /// Answer SYNs with SYN cookies while a listener's backlog is full
+    /// (else they are dropped); on by default.
+    pub syn_cookies: bool,
     /// Datagrams a UDP socket queues before dropping.
     pub udp_queue: usize,
     /// How long an ARP entry lives.
@@ -148,6 +151,7 @@ impl IfaceConfig {
                 ..TcpConfig::default()
             },
             backlog: 1024,
+            syn_cookies: true,
             udp_queue: 1024,
             arp_ttl_ns: 60_000_000_000,
             arp_retry_ns: 200_000_000,
@@ -181,8 +185,13 @@ pub struct IfaceStats {
     pub rx_ignored: u64,
     /// TCP segments or UDP datagrams that matched no socket.
     pub rx_no_socket: u64,
-    /// SYNs dropped because the listener's backlog was full.
+    /// SYNs dropped because the listener's backlog was full (and SYN
+    /// cookies were off).
     pub rx_backlog_full: u64,
+    /// SYNs answered with a SYN cookie (the listener's backlog was full).
+    pub syn_cookies_sent: u64,
+    /// Connections opened by a valid SYN cookie.
+    pub syn_cookies_accepted: u64,
     /// Frames transmitted (handed to the TX ring).
     pub tx_frames: u64,
     /// Frames dropped at TX (unresolved neighbour queue full, build error).
@@ -266,8 +275,16 @@ impl<P: Port> std::fmt::Debug for Interface<P> {
 
 impl<P: Port> Interface<P> {
     /// An interface on a new NIC over `port`.
-    pub fn new(mem: &Memory, port: P, mut cfg: IfaceConfig) -> Result<Interface<P>, IfaceError> {
+    pub fn new(mem: &Memory, port: P, cfg: IfaceConfig) -> Result<Interface<P>, IfaceError> {
         let nic = Nic::new(mem, port, cfg.nic)?;
+        Ok(Self::with_nic(nic, cfg))
+    }
+
+    /// An interface on `nic` (made with `cfg.nic`: [`Nic::with_rings`], for
+    /// rings a server keeps across restarts).
+    pub fn with_nic(nic: Nic<P>, mut cfg: IfaceConfig) -> Interface<P> {
+        let mem = nic.memory().clone();
+        let mem = &mem;
         cfg.tcp.line_size = mem.line_size();
         let mss_cap = cfg.mtu.saturating_sub(IP_LEN + 20).clamp(536, 65_495) as u16;
         cfg.tcp.mss = cfg.tcp.mss.min(mss_cap);
@@ -277,7 +294,7 @@ impl<P: Port> Interface<P> {
         let mut b = h.build_hasher();
         b.write_u64(!cfg.seed);
         let secret = (a.finish(), b.finish());
-        Ok(Interface {
+        Interface {
             nic,
             inner: Inner {
                 mem: mem.clone(),
@@ -292,7 +309,7 @@ impl<P: Port> Interface<P> {
             sockets: SocketSet::default(),
             rx: Vec::new(),
             events: Vec::new(),
-        })
+        }
     }
 
     /// The configuration (with the TCP settings the interface derived).

@@ -8,9 +8,9 @@ use hicamp::Segment;
 use nicdma::meta::{F_DATA_VALID, F_NEEDS_CSUM};
 use nicdma::{DmaMeta, Port};
 
-use super::socket_set::{Sock, TcpSock};
+use super::socket_set::{Sock, SocketHandle, TcpSock};
 use super::{Interface, ETH_LEN, MAX_HDRS};
-use crate::tcp::TcpSocket;
+use crate::tcp::{State, TcpSocket};
 use crate::wire::{
     self, checksum, ethernet, ArpOp, ArpRepr, EthernetRepr, IcmpRepr, Ipv4Repr, TcpRepr, UdpRepr,
 };
@@ -238,7 +238,11 @@ impl<P: Port> Interface<P> {
                     None => true,
                 };
                 if full {
-                    self.inner.stats.rx_backlog_full += 1;
+                    if self.inner.cfg.syn_cookies {
+                        self.send_cookie(now, lh, local, remote, &tcp);
+                    } else {
+                        self.inner.stats.rx_backlog_full += 1;
+                    }
                     return;
                 }
                 let iss = self.inner.iss(local, remote, now);
@@ -253,6 +257,16 @@ impl<P: Port> Interface<P> {
                 return;
             }
         }
+        let is_ack = tcp.flags.contains(wire::TcpFlags::ACK)
+            && !tcp.flags.contains(wire::TcpFlags::SYN)
+            && !tcp.flags.contains(wire::TcpFlags::RST);
+        if is_ack {
+            if let Some(&lh) = self.sockets.listeners.get(&tcp.dst_port) {
+                if self.accept_cookie(now, lh, local, remote, &tcp, &payload) {
+                    return;
+                }
+            }
+        }
         self.inner.stats.rx_no_socket += 1;
         // `reply_rst` swaps the ports.
         if let Some(rst) = crate::tcp::reply_rst(&tcp, payload.len()) {
@@ -264,5 +278,128 @@ impl<P: Port> Interface<P> {
                 self.inner.stats.tx_dropped += 1;
             }
         }
+    }
+
+    /// Answers a SYN to a full listener with a SYN cookie: a SYN-ACK whose
+    /// sequence number encodes the connection (MSS, no window scaling,
+    /// timestamps or SACK), no state kept. The SYN-ACK is the one a socket
+    /// made from the SYN would send, so the socket made when the cookie
+    /// comes back agrees with it.
+    fn send_cookie(
+        &mut self,
+        now: u64,
+        lh: SocketHandle,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        syn: &TcpRepr,
+    ) {
+        let Some(l) = self.sockets.listener_mut(lh) else {
+            return;
+        };
+        let (cookie, mss) = l.cookies.encode(local, remote, syn.seq, syn.mss, now);
+        l.cookie_sent_at = Some(now);
+        let Some(mut sock) = TcpSocket::accept(
+            self.inner.cfg.tcp.clone(),
+            local,
+            remote,
+            &cookie_syn(syn, mss),
+            cookie,
+            now,
+        ) else {
+            return;
+        };
+        self.inner.stats.syn_cookies_sent += 1;
+        let inner = &mut self.inner;
+        let mut sent = false;
+        sock.dispatch(now, &mut |repr, payload, gso| {
+            if sent {
+                return false;
+            }
+            sent = true;
+            if inner
+                .send_tcp(now, local, remote, repr, payload, gso)
+                .is_err()
+            {
+                inner.stats.tx_dropped += 1;
+            }
+            true
+        });
+    }
+
+    /// Opens a connection from an ACK that returns a valid SYN cookie of
+    /// listener `lh` (whose accept queue has room). True if it did.
+    fn accept_cookie(
+        &mut self,
+        now: u64,
+        lh: SocketHandle,
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        ack: &TcpRepr,
+        payload: &Payload,
+    ) -> bool {
+        let Some(l) = self.sockets.listener_mut(lh) else {
+            return false;
+        };
+        let recent = l.cookie_sent_at.is_some_and(|t| {
+            now.saturating_sub(t)
+                <= (crate::tcp::cookie::COOKIE_MAX_AGE + 1) * crate::tcp::cookie::COOKIE_PERIOD_NS
+        });
+        if !recent || l.ready.len() >= l.backlog {
+            return false;
+        }
+        let (iss, irs) = (ack.ack.wrapping_sub(1), ack.seq.wrapping_sub(1));
+        let Some(mss) = l.cookies.decode(local, remote, irs, iss, now) else {
+            return false;
+        };
+        let syn = TcpRepr {
+            src_port: remote.port(),
+            dst_port: local.port(),
+            seq: irs,
+            ack: 0,
+            flags: wire::TcpFlags::SYN,
+            window: ack.window,
+            urgent: 0,
+            mss: Some(mss),
+            wscale: None,
+            sack_permitted: false,
+            timestamp: None,
+        };
+        let Some(mut sock) =
+            TcpSocket::accept(self.inner.cfg.tcp.clone(), local, remote, &syn, iss, now)
+        else {
+            return false;
+        };
+        // The SYN-ACK went out when the cookie was made: let the socket
+        // emit it again into nothing, so it knows what it said.
+        let mut once = false;
+        sock.dispatch(now, &mut |_, _, _| !std::mem::replace(&mut once, true));
+        self.inner.stats.rx_payload_bytes += payload.len() as u64;
+        sock.process(now, ack, payload.clone());
+        if !matches!(
+            sock.state(),
+            State::Established | State::CloseWait | State::FinWait1
+        ) {
+            return false;
+        }
+        self.inner.stats.syn_cookies_accepted += 1;
+        self.sockets.insert_tcp(TcpSock::new(sock, Some(lh)));
+        if let Some(l) = self.sockets.listener_mut(lh) {
+            // Counted as in the handshake until the next poll moves it to
+            // the accept queue.
+            l.embryonic += 1;
+        }
+        true
+    }
+}
+
+/// The SYN a cookie SYN-ACK answers: the peer's, with the cookie's MSS and
+/// without the options a cookie does not carry.
+fn cookie_syn(syn: &TcpRepr, mss: u16) -> TcpRepr {
+    TcpRepr {
+        mss: Some(mss),
+        wscale: None,
+        sack_permitted: false,
+        timestamp: None,
+        ..*syn
     }
 }

@@ -61,6 +61,11 @@ pub(super) struct Listener {
     pub(super) ready: VecDeque<SocketHandle>,
     /// Connections in the handshake.
     pub(super) embryonic: usize,
+    /// The secret of its SYN cookies (sent while the queue is full).
+    pub(super) cookies: crate::tcp::cookie::SynCookies,
+    /// When it last answered a SYN with a cookie (ACKs are checked for
+    /// cookies only for a while after).
+    pub(super) cookie_sent_at: Option<u64>,
 }
 
 #[derive(Debug)]

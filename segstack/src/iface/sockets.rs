@@ -29,6 +29,8 @@ impl<P: Port> Interface<P> {
             backlog,
             ready: VecDeque::new(),
             embryonic: 0,
+            cookies: crate::tcp::cookie::SynCookies::random(),
+            cookie_sent_at: None,
         }));
         self.sockets.listeners.insert(port, h);
         Ok(h)

@@ -95,6 +95,7 @@
 //! ```
 
 mod assembler;
+pub mod cookie;
 mod rtt;
 mod sendq;
 mod seq;

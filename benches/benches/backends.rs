@@ -1,0 +1,607 @@
+//! The kernel backends over one veth pair, against the kernel's own socket
+//! path over the same veth, in the same run:
+//!
+//! - TX and RX frames/s at 64 B and 1500 B for AF_PACKET and AF_XDP (the
+//!   port's transmit: the gather into the kernel-shared ring, offloads, the
+//!   batched kick; its receive: the frame lent out of the ring and copied
+//!   once, as the NIC's deposit copies it into lines), against a kernel UDP
+//!   socket sending, or receiving, the same frames over the veth;
+//! - segstack bulk TCP over AF_XDP, 64 MiB each way, against kernel TCP over
+//!   the same veth pair.
+//!
+//! The lab: namespace A holds `k0` (the kernel peer, 10.83.0.1/24,
+//! offloads off: the ring backends see wire frames), namespace B holds `p0`,
+//! where the ports bind (segstack is 10.83.0.2) and where B's own kernel,
+//! for the baselines, is 10.83.0.3. RX is measured against a sender thread
+//! (one `send` per frame), so both sides are sender-limited on a 2-CPU VM:
+//! read the RX ratios as "keeps up", not as headroom.
+//!
+//! Needs root, iproute2 and ethtool; without them it says why and skips (it
+//! fails under CI=true). Under `cargo test --benches` every routine runs once
+//! with 1 MiB transfers.
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use hicamp::{Config, Memory};
+use hicamp_benches::{
+    median_ns, print_header, print_vs, random_bytes, run_mode, subject, Group, Profile, RunMode,
+};
+use nicdma::backend::AnyPort;
+use nicdma::packet::PacketPort;
+use nicdma::tap::{netns_supported, NetNs};
+use nicdma::xdp::XdpPort;
+use nicdma::{Port, TxOutcome, VirtioNetHdr};
+use segstack::iface::{IfaceConfig, Interface};
+use segstack::Payload;
+
+/// The last copy counters of each port bench, printed in the summary.
+static COPIES: std::sync::Mutex<Vec<(String, nicdma::PortCopies)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn record_copies(key: String, port: &AnyPort) {
+    let mut v = COPIES.lock().unwrap_or_else(|e| e.into_inner());
+    v.retain(|(k, _)| *k != key);
+    v.push((key, port.copies()));
+}
+
+const KERNEL_A: Ipv4Addr = Ipv4Addr::new(10, 83, 0, 1);
+const SEG_IP: Ipv4Addr = Ipv4Addr::new(10, 83, 0, 2);
+const KERNEL_B: Ipv4Addr = Ipv4Addr::new(10, 83, 0, 3);
+
+fn bulk_len() -> usize {
+    if run_mode() == RunMode::Test {
+        1 << 20
+    } else {
+        64 << 20
+    }
+}
+
+struct Lab {
+    a: Arc<NetNs>,
+    b: Arc<NetNs>,
+    k0_mac: [u8; 6],
+    p0_mac: [u8; 6],
+}
+
+fn mac_of(ns: &NetNs, dev: &str) -> [u8; 6] {
+    let out = ns
+        .ip(&["-br", "link", "show", "dev", dev])
+        .expect("ip link");
+    let text = out.split_whitespace().nth(2).unwrap_or("");
+    let v: Vec<u8> = text
+        .split(':')
+        .filter_map(|h| u8::from_str_radix(h, 16).ok())
+        .collect();
+    v.get(..6)
+        .and_then(|m| m.try_into().ok())
+        .unwrap_or_else(|| panic!("MAC of {dev}: {out}"))
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn lab() -> Lab {
+    let a = NetNs::create().expect("namespace A");
+    let b = NetNs::create().expect("namespace B");
+    a.veth_pair("k0", "p0", &format!("{KERNEL_A}/24"), true)
+        .expect("veth");
+    a.ip(&["link", "set", "dev", "p0", "netns", b.name()])
+        .expect("move p0");
+    b.ip(&["link", "set", "dev", "p0", "addrgenmode", "none"])
+        .expect("p0");
+    b.ip(&["addr", "add", &format!("{KERNEL_B}/24"), "dev", "p0"])
+        .expect("p0 address");
+    b.ip(&["link", "set", "dev", "p0", "up"]).expect("p0 up");
+    let k0_mac = mac_of(&a, "k0");
+    let p0_mac = mac_of(&b, "p0");
+    // No ARP in the measured paths: A knows segstack's and B's kernel's
+    // address at p0, B knows A's.
+    for ip in [SEG_IP, KERNEL_B] {
+        a.ip(&[
+            "neigh",
+            "replace",
+            &ip.to_string(),
+            "lladdr",
+            &mac_str(p0_mac),
+            "dev",
+            "k0",
+        ])
+        .expect("neigh");
+    }
+    b.ip(&[
+        "neigh",
+        "replace",
+        &KERNEL_A.to_string(),
+        "lladdr",
+        &mac_str(k0_mac),
+        "dev",
+        "p0",
+    ])
+    .expect("neigh");
+    Lab {
+        a: Arc::new(a),
+        b: Arc::new(b),
+        k0_mac,
+        p0_mac,
+    }
+}
+
+/// Ethernet/IPv4/UDP of `len` bytes from segstack's address to A's kernel
+/// (port 9), checksums complete (UDP's 0: none).
+fn udp_frame(lab: &Lab, len: usize) -> Vec<u8> {
+    let mut f = lab.k0_mac.to_vec();
+    f.extend_from_slice(&lab.p0_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let ip_len = (len - 14) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&ip_len.to_be_bytes());
+    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&SEG_IP.octets());
+    ip.extend_from_slice(&KERNEL_A.octets());
+    let c = nicdma::checksum::checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[0x30, 0x39, 0, 9]);
+    f.extend_from_slice(&(ip_len - 20).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.resize(len, 0x5a);
+    f
+}
+
+fn open_port(lab: &Lab, kind: &str) -> AnyPort {
+    lab.b
+        .run_in(|| match kind {
+            "af_packet" => PacketPort::open("p0").map(AnyPort::AfPacket),
+            _ => XdpPort::open("p0").map(AnyPort::AfXdp),
+        })
+        .expect("enter B")
+        .unwrap_or_else(|e| panic!("{kind}: {e}"))
+}
+
+/// Transmits `iters` copies of `frame`, one flush per 64; returns the time.
+fn port_tx(port: &mut AnyPort, frame: &[u8], iters: u64) -> Duration {
+    let vnet = VirtioNetHdr::default();
+    let chunks: Vec<&[u8]> = frame.chunks(64).collect();
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < iters {
+        let mut batch = 0;
+        while batch < 64 && sent < iters {
+            match port.transmit(&vnet, &chunks).expect("transmit") {
+                TxOutcome::Sent => {
+                    sent += 1;
+                    batch += 1;
+                }
+                TxOutcome::Full => break,
+            }
+        }
+        port.flush().expect("flush");
+    }
+    t.elapsed()
+}
+
+/// A kernel UDP socket in `ns` sending `payload`-byte datagrams to `to`
+/// until `stop`.
+fn sender(ns: Arc<NetNs>, to: SocketAddrV4, payload: usize, stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        ns.enter_current_thread().expect("enter");
+        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        s.connect(to).expect("connect");
+        let buf = vec![0x5au8; payload];
+        while !stop.load(Ordering::Relaxed) {
+            let _ = s.send(&buf);
+        }
+    });
+}
+
+/// Receives `iters` frames through `port` (each copied once, as the NIC's
+/// deposit copies it); returns the time.
+fn port_rx(port: &mut AnyPort, iters: u64) -> Duration {
+    let mut sink = vec![0u8; 2048];
+    let t = Instant::now();
+    let mut got = 0;
+    let mut idle = Instant::now();
+    while got < iters {
+        let took = port
+            .receive(&mut |_, f| {
+                let n = f.len().min(sink.len());
+                sink[..n].copy_from_slice(&f[..n]);
+            })
+            .expect("receive");
+        if took {
+            got += 1;
+            idle = Instant::now();
+        } else {
+            assert!(
+                idle.elapsed() < Duration::from_secs(10),
+                "no frames for 10 s"
+            );
+            nicdma::port::wait_readable(&*port, Duration::from_millis(1)).expect("poll");
+        }
+    }
+    t.elapsed()
+}
+
+struct BulkRig {
+    iface: Interface<AnyPort>,
+    object: Payload,
+    data: Arc<Vec<u8>>,
+    a: Arc<NetNs>,
+    t0: Instant,
+    port: u16,
+}
+
+fn bulk_rig(lab: &Lab) -> BulkRig {
+    let port = open_port(lab, "af_xdp");
+    let mem = Memory::new(Config {
+        capacity_lines: 1 << 22,
+        map_capacity: 1 << 16,
+        ..Config::default()
+    })
+    .expect("memory");
+    let mut cfg = IfaceConfig::new(port.mac().expect("mac"), SEG_IP, 24);
+    cfg.tcp.send_buf = 4 << 20;
+    cfg.tcp.recv_buf = 4 << 20;
+    let iface = Interface::new(&mem, port, cfg).expect("iface");
+    let object = Payload::from_bytes(&mem, &random_bytes(bulk_len(), 0xb0)).expect("object");
+    BulkRig {
+        iface,
+        object,
+        data: Arc::new(random_bytes(bulk_len(), 0xb1)),
+        a: Arc::clone(&lab.a),
+        t0: Instant::now(),
+        port: 6000,
+    }
+}
+
+fn step(r: &mut BulkRig) {
+    let now = r.t0.elapsed().as_nanos() as u64;
+    r.iface.poll(now).expect("poll");
+    let wait = r.iface.poll_at().map_or(Duration::from_millis(1), |t| {
+        Duration::from_nanos(t.saturating_sub(now)).min(Duration::from_millis(1))
+    });
+    nicdma::port::wait_readable(r.iface.nic().port(), wait).expect("wait");
+}
+
+fn drain(s: &mut TcpStream) -> usize {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return n,
+            Ok(k) => n += k,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// segstack sends the object to A's kernel; returns the client's time.
+fn seg_tx_once(r: &mut BulkRig) -> Duration {
+    r.port += 1;
+    let port = r.port;
+    let lst = r.iface.tcp_listen(port).expect("listen");
+    let a = Arc::clone(&r.a);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let client = std::thread::spawn(move || {
+        a.enter_current_thread().expect("enter A");
+        let mut s = TcpStream::connect(SocketAddrV4::new(SEG_IP, port)).expect("connect");
+        let t = Instant::now();
+        let n = drain(&mut s);
+        tx.send(()).ok();
+        (n, t.elapsed())
+    });
+    let mut conn = None;
+    let mut left = r.object.clone();
+    let mut closed = false;
+    while rx.try_recv().is_err() {
+        step(r);
+        if conn.is_none() {
+            conn = r.iface.tcp_accept(lst).expect("accept");
+        }
+        if let Some(c) = conn {
+            r.iface.send_some(c, &mut left).expect("send");
+            if left.is_empty() && !closed {
+                r.iface.close(c).expect("close");
+                closed = true;
+            }
+        }
+    }
+    let (n, d) = client.join().expect("client");
+    assert_eq!(n, r.object.len());
+    r.iface.close(lst).expect("close listener");
+    for _ in 0..50 {
+        step(r);
+    }
+    d
+}
+
+/// A's kernel sends the data to segstack; returns the time to segstack's
+/// end of stream.
+fn seg_rx_once(r: &mut BulkRig) -> Duration {
+    r.port += 1;
+    let port = r.port;
+    let lst = r.iface.tcp_listen(port).expect("listen");
+    let a = Arc::clone(&r.a);
+    let d = Arc::clone(&r.data);
+    let t = Instant::now();
+    let client = std::thread::spawn(move || {
+        a.enter_current_thread().expect("enter A");
+        let mut s = TcpStream::connect(SocketAddrV4::new(SEG_IP, port)).expect("connect");
+        s.write_all(&d).expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut b = [0u8; 16];
+        let _ = s.read(&mut b);
+    });
+    let mut conn = None;
+    let mut got = 0usize;
+    let elapsed = loop {
+        step(r);
+        if conn.is_none() {
+            conn = r.iface.tcp_accept(lst).expect("accept");
+        }
+        if let Some(c) = conn {
+            match r.iface.recv(c, usize::MAX) {
+                Ok(chunks) if chunks.is_empty() => {
+                    let e = t.elapsed();
+                    r.iface.close(c).expect("close");
+                    break e;
+                }
+                Ok(chunks) => got += chunks.iter().map(Payload::len).sum::<usize>(),
+                Err(segstack::iface::IfaceError::WouldBlock) => {}
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+    };
+    for _ in 0..5 {
+        step(r);
+    }
+    client.join().expect("client");
+    assert_eq!(got, r.data.len());
+    r.iface.close(lst).expect("close listener");
+    for _ in 0..50 {
+        step(r);
+    }
+    elapsed
+}
+
+/// Kernel TCP over the same veth: B's kernel (`from_b`) or A's sends the
+/// data to the other; returns the receiver's time.
+fn kernel_tcp_once(lab: &Lab, data: &Arc<Vec<u8>>, from_b: bool) -> Duration {
+    let (srv_ns, cli_ns) = if from_b {
+        (Arc::clone(&lab.b), Arc::clone(&lab.a))
+    } else {
+        (Arc::clone(&lab.a), Arc::clone(&lab.b))
+    };
+    let srv_ip = if from_b { KERNEL_B } else { KERNEL_A };
+    let (ltx, lrx) = std::sync::mpsc::channel();
+    let d = Arc::clone(data);
+    let server = std::thread::spawn(move || {
+        srv_ns.enter_current_thread().expect("enter");
+        let l = TcpListener::bind(SocketAddrV4::new(srv_ip, 0)).expect("bind");
+        ltx.send(l.local_addr().expect("addr")).expect("send addr");
+        let (mut s, _) = l.accept().expect("accept");
+        s.write_all(&d).expect("write");
+    });
+    let addr = lrx.recv().expect("addr");
+    let client = std::thread::spawn(move || {
+        cli_ns.enter_current_thread().expect("enter");
+        let mut s = TcpStream::connect(addr).expect("connect");
+        let t = Instant::now();
+        let n = drain(&mut s);
+        (n, t.elapsed())
+    });
+    let (n, d) = client.join().expect("client");
+    server.join().expect("server");
+    assert_eq!(n, data.len());
+    d
+}
+
+fn benches(c: &mut Criterion) {
+    if testkit::require(netns_supported(), "root and iproute2 (the backends bench)")
+        || testkit::require_program("ethtool", "--version")
+    {
+        return;
+    }
+    let lab = lab();
+    let mut g = Group::new(c, "backends", Profile::Small);
+    for size in [64usize, 1500] {
+        // TX: the kernel's UDP socket in B sends to A over the veth.
+        let payload = size - 42;
+        g.bench(
+            &format!("tx-kernel-udp-{size}"),
+            || {
+                let b = Arc::clone(&lab.b);
+                let s = b
+                    .run_in(|| UdpSocket::bind(SocketAddrV4::new(KERNEL_B, 0)))
+                    .expect("enter")
+                    .expect("bind");
+                s.connect(SocketAddrV4::new(KERNEL_A, 9)).expect("connect");
+                (s, vec![0x5au8; payload])
+            },
+            |(s, buf), iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    let _ = s.send(buf);
+                }
+                t.elapsed()
+            },
+        );
+        for kind in ["af_packet", "af_xdp"] {
+            g.bench(
+                &format!("tx-{kind}-{size}"),
+                || (open_port(&lab, kind), udp_frame(&lab, size)),
+                |(p, f), iters| {
+                    let d = port_tx(p, f, iters);
+                    record_copies(format!("tx {kind} {size} B"), p);
+                    d
+                },
+            );
+        }
+        // RX: A's kernel sends UDP to B over the veth.
+        g.bench(
+            &format!("rx-kernel-udp-{size}"),
+            || {
+                let s = lab
+                    .b
+                    .run_in(|| UdpSocket::bind(SocketAddrV4::new(KERNEL_B, 7000)))
+                    .expect("enter")
+                    .expect("bind");
+                s.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                let stop = Arc::new(AtomicBool::new(false));
+                sender(
+                    Arc::clone(&lab.a),
+                    SocketAddrV4::new(KERNEL_B, 7000),
+                    payload,
+                    Arc::clone(&stop),
+                );
+                (s, StopOnDrop(stop), vec![0u8; 2048])
+            },
+            |(s, _, buf), iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    s.recv(buf).expect("recv");
+                }
+                t.elapsed()
+            },
+        );
+        for kind in ["af_packet", "af_xdp"] {
+            g.bench(
+                &format!("rx-{kind}-{size}"),
+                || {
+                    let p = open_port(&lab, kind);
+                    let stop = Arc::new(AtomicBool::new(false));
+                    sender(
+                        Arc::clone(&lab.a),
+                        SocketAddrV4::new(SEG_IP, 7000),
+                        payload,
+                        Arc::clone(&stop),
+                    );
+                    (p, StopOnDrop(stop))
+                },
+                |(p, _), iters| {
+                    let d = port_rx(p, iters);
+                    record_copies(format!("rx {kind} {size} B"), p);
+                    d
+                },
+            );
+        }
+    }
+    g.finish();
+
+    let mut g = Group::new(c, "backends-bulk", Profile::Large);
+    g.throughput_bytes(bulk_len() as u64);
+    let data = Arc::new(random_bytes(bulk_len(), 0xb2));
+    g.bench(
+        "kernel-tcp-veth-b-to-a",
+        || (),
+        |(), iters| (0..iters).map(|_| kernel_tcp_once(&lab, &data, true)).sum(),
+    );
+    g.bench(
+        "kernel-tcp-veth-a-to-b",
+        || (),
+        |(), iters| {
+            (0..iters)
+                .map(|_| kernel_tcp_once(&lab, &data, false))
+                .sum()
+        },
+    );
+    g.bench(
+        "segstack-af_xdp-to-kernel",
+        || bulk_rig(&lab),
+        |r, iters| {
+            let d = (0..iters).map(|_| seg_tx_once(r)).sum();
+            record_copies("bulk segstack -> kernel".into(), r.iface.nic().port());
+            d
+        },
+    );
+    g.bench(
+        "kernel-to-segstack-af_xdp",
+        || bulk_rig(&lab),
+        |r, iters| {
+            let d = (0..iters).map(|_| seg_rx_once(r)).sum();
+            record_copies("bulk kernel -> segstack".into(), r.iface.nic().port());
+            d
+        },
+    );
+    g.finish();
+}
+
+/// Stops a sender thread when the bench's state drops.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    benches(&mut c);
+    c.final_summary();
+    print_header("Backends over one veth pair vs the kernel's socket path over the same veth");
+    for size in [64, 1500] {
+        for dir in ["tx", "rx"] {
+            for kind in ["af_packet", "af_xdp"] {
+                let key = format!("backends/{dir}-{kind}-{size}");
+                let base = format!("backends/{dir}-kernel-udp-{size}");
+                if let (Some(n), Some(b)) = (median_ns(&key), median_ns(&base)) {
+                    println!(
+                        "{dir} {size} B: {kind} {:.0} frames/s ; kernel UDP socket {:.0} frames/s ; ratio {:.2}x",
+                        1e9 / n,
+                        1e9 / b,
+                        b / n
+                    );
+                }
+            }
+        }
+    }
+    let len = Some(bulk_len() as u64);
+    if hicamp_benches::measuring() {
+        println!("port copy counters (cumulative per port; rx_copy_bytes: the one RX copy out of the kernel-shared region into lines; tx_gather_bytes: the DMA gather into it):");
+        for (k, c) in COPIES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            println!(
+                "  {k}: rx {} frames ({} coalesced into GSO frames), {} B copied, {} dropped; tx {} frames, {} B gathered, {} TSO segments; {} kicks",
+                c.rx_frames, c.rx_coalesced, c.rx_copy_bytes, c.rx_dropped, c.tx_frames, c.tx_gather_bytes, c.tx_tso_segments, c.kicks
+            );
+        }
+    }
+    print_vs(
+        &subject(
+            "segstack over AF_XDP -> kernel",
+            "backends-bulk/segstack-af_xdp-to-kernel",
+            len,
+        ),
+        &subject(
+            "kernel TCP over the veth (B -> A)",
+            "backends-bulk/kernel-tcp-veth-b-to-a",
+            len,
+        ),
+        Some(hicamp_benches::Target::MinRatio(1.0)),
+    );
+    print_vs(
+        &subject(
+            "kernel -> segstack over AF_XDP",
+            "backends-bulk/kernel-to-segstack-af_xdp",
+            len,
+        ),
+        &subject(
+            "kernel TCP over the veth (A -> B)",
+            "backends-bulk/kernel-tcp-veth-a-to-b",
+            len,
+        ),
+        Some(hicamp_benches::Target::MinRatio(1.0)),
+    );
+}

@@ -1,0 +1,792 @@
+//! The AF_XDP backend: a [`Port`] on one queue of a Linux interface (a veth
+//! end) through an AF_XDP socket, its UMEM and four rings, with the
+//! XSKMAP-redirect XDP program loaded and attached by this process.
+//!
+//! ```text
+//!            UMEM (this process's memory, registered with XDP_UMEM_REG)
+//!  +------------------------------+------------------------------+
+//!  | RX frames 0 .. n/2           | TX frames n/2 .. n           |
+//!  +------------------------------+------------------------------+
+//!    ^ fill ring: empty frames      ^ TX ring: frames to send
+//!    | for the kernel               | (the TX DMA gathers lines here,
+//!    v RX ring: frames it wrote     v  offloads applied; flush() kicks)
+//!      (receive() lends each;         completion ring: frames sent,
+//!       the NIC copies it into        reused
+//!       lines, then it goes back
+//!       to the fill ring)
+//! ```
+//!
+//! * The program: `r2 = ctx->rx_queue_index; r1 = xskmap; r3 = XDP_PASS;
+//!   call bpf_redirect_map; exit` (see `sys::bpf::redirect_program`), loaded
+//!   with the `bpf()` system call, attached in generic (SKB) mode through a
+//!   BPF link: the link is a descriptor of this process, so the program goes
+//!   away when the port drops or the process dies, even by SIGKILL. Frames
+//!   for other queues, or while no socket is in the map, pass to the kernel.
+//! * On a veth the socket runs in copy mode (zero-copy binds fail there): the
+//!   kernel copies each frame into a UMEM frame (at offset 256), and the
+//!   port copies it once more into segment lines (counted in
+//!   [`PortCopies::rx_copy_bytes`]). The UMEM cannot be the line memory: the
+//!   kernel writes whole frames (up to a frame size of 2048 bytes, at an
+//!   offset of its choosing) while the memory's lines are 64-byte slots
+//!   that are hashed and deduplicated in place. What would remove the copy:
+//!   a zero-copy driver and a line store whose leaf lines live in the UMEM
+//!   (frames of whole lines interned where they lie, the frame given back to
+//!   the fill ring only when its lines are released).
+//! * Receive coalescing ([`XdpConfig::lro`], on by default): a run of one
+//!   TCP flow's in-order segments waiting in the RX ring is lent as one GSO
+//!   frame, its merged headers in a small buffer and the payloads where they
+//!   lie in the UMEM (see `ringrx`), so the stack handles one frame and
+//!   sends one ACK; the copy into lines stays one.
+//! * need_wakeup is on: the TX kick (`sendto`) and the fill-ring kick
+//!   (`recvfrom`) are made only when the kernel asks (in copy mode, TX
+//!   always needs the kick); TX is batched: frames queue during a NIC pass
+//!   and one [`Port::flush`] kicks them out.
+//! * The link partner must send wire frames: on a veth, turn its checksum
+//!   and segmentation offloads off (`ethtool -K <peer> tx off tso off gso
+//!   off`): XDP sees neither the partial-checksum metadata nor GSO.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::meta::VirtioNetHdr;
+use crate::port::{Port, PortCopies, PortError, TxOutcome};
+use crate::ringrx;
+use crate::ringtx::{self, TxSlots};
+use crate::sys::bpf;
+use crate::sys::mem::Mmap;
+use crate::sys::sock;
+
+const AF_XDP: libc::c_int = 44;
+const SOL_XDP: libc::c_int = 283;
+const XDP_MMAP_OFFSETS: libc::c_int = 1;
+const XDP_RX_RING: libc::c_int = 2;
+const XDP_TX_RING: libc::c_int = 3;
+const XDP_UMEM_REG: libc::c_int = 4;
+const XDP_UMEM_FILL_RING: libc::c_int = 5;
+const XDP_UMEM_COMPLETION_RING: libc::c_int = 6;
+const XDP_STATISTICS: libc::c_int = 7;
+const XDP_COPY: u16 = 1 << 1;
+const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+const XDP_RING_NEED_WAKEUP: u32 = 1;
+const PGOFF_RX: u64 = 0;
+const PGOFF_TX: u64 = 0x8000_0000;
+const PGOFF_FILL: u64 = 0x1_0000_0000;
+const PGOFF_COMP: u64 = 0x1_8000_0000;
+
+/// Sizes of an AF_XDP port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// The interface queue to bind (a veth has one per CPU it was made
+    /// with; 0 is always there).
+    pub queue: u32,
+    /// UMEM frames (half for RX, half for TX; a power of two).
+    pub frames: u32,
+    /// Bytes of one UMEM frame (2048 or 4096).
+    pub frame_size: u32,
+    /// Entries of each ring (a power of two, at least `frames / 2`).
+    pub ring: u32,
+    /// Coalesce runs of TCP segments into GSO frames on receive (LRO, see
+    /// `ringrx`); no extra copy.
+    pub lro: bool,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        XdpConfig {
+            queue: 0,
+            frames: 4096,
+            frame_size: 2048,
+            ring: 2048,
+            lro: true,
+        }
+    }
+}
+
+/// The kernel's drop counters of an AF_XDP socket (`XDP_STATISTICS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XdpStats {
+    /// Frames dropped for reasons other than a full ring.
+    pub rx_dropped: u64,
+    /// Invalid RX descriptors.
+    pub rx_invalid_descs: u64,
+    /// Invalid TX descriptors.
+    pub tx_invalid_descs: u64,
+    /// Frames dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Times the fill ring was empty when a frame came.
+    pub rx_fill_ring_empty: u64,
+    /// Times the TX ring was empty when kicked.
+    pub tx_ring_empty: u64,
+}
+
+/// One of the four rings: producer, consumer and flags words and the
+/// descriptor array, in a mapping of the socket.
+struct Ring {
+    map: Mmap,
+    producer: usize,
+    consumer: usize,
+    flags: Option<usize>,
+    desc: usize,
+    mask: u32,
+    /// Our copy of the index we advance.
+    local: u32,
+    /// The other side's index as last read.
+    cached: u32,
+}
+
+impl Ring {
+    fn word(&self, off: usize) -> &AtomicU32 {
+        self.map
+            .atomic_u32(off)
+            .expect("ring word offsets were checked when mapped")
+    }
+
+    /// (consumer side) Entries the kernel produced that we have not taken.
+    fn available(&mut self) -> u32 {
+        if self.cached == self.local {
+            self.cached = self.word(self.producer).load(Ordering::Acquire);
+        }
+        self.cached.wrapping_sub(self.local)
+    }
+
+    /// (producer side) Entries we may still produce.
+    fn room(&mut self) -> u32 {
+        self.cached = self.word(self.consumer).load(Ordering::Acquire);
+        (self.mask + 1).saturating_sub(self.local.wrapping_sub(self.cached))
+    }
+
+    fn needs_wakeup(&self) -> bool {
+        self.flags
+            .is_some_and(|f| self.word(f).load(Ordering::Relaxed) & XDP_RING_NEED_WAKEUP != 0)
+    }
+
+    fn slot(&self, idx: u32, size: usize) -> usize {
+        self.desc + (idx & self.mask) as usize * size
+    }
+
+    /// Publishes our index (producer or consumer, per `off`).
+    fn publish(&self, off: usize) {
+        self.word(off).store(self.local, Ordering::Release);
+    }
+}
+
+/// A [`Port`] on one queue of an interface through AF_XDP.
+pub struct XdpPort {
+    // Declared first: dropped first, detaching the program before the socket
+    // goes.
+    link: OwnedFd,
+    _prog: OwnedFd,
+    _map: OwnedFd,
+    rx: Ring,
+    tx: Ring,
+    fill: Ring,
+    comp: Ring,
+    xsk: OwnedFd,
+    umem: Mmap,
+    cfg: XdpConfig,
+    name: String,
+    mac: [u8; 6],
+    mtu: u32,
+    /// Free TX frames (UMEM addresses).
+    tx_free: Vec<u64>,
+    /// TX descriptors published but not yet taken by the kernel.
+    tx_pending: bool,
+    /// The RX frame lent by the last `receive`, to go back to the fill ring.
+    rx_held: Vec<u64>,
+    copies: PortCopies,
+}
+
+impl fmt::Debug for XdpPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XdpPort")
+            .field("name", &self.name)
+            .field("fd", &self.xsk.as_raw_fd())
+            .field("link_fd", &self.link.as_raw_fd())
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn os(op: &'static str) -> impl Fn(io::Error) -> PortError {
+    move |source| match source.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => PortError::NotPermitted(op),
+        _ => PortError::Os { op, source },
+    }
+}
+
+/// The (MAC, MTU) of interface `name`, asked through a throw-away UDP socket
+/// of the calling thread's namespace.
+pub(crate) fn iface_info(name: &str) -> Result<([u8; 6], u32), PortError> {
+    let s = sock::socket(libc::AF_INET, libc::SOCK_DGRAM, 0).map_err(os("socket"))?;
+    let mac = sock::hw_addr(s.as_fd(), name).map_err(os("SIOCGIFHWADDR"))?;
+    let mtu = sock::mtu(s.as_fd(), name).map_err(os("SIOCGIFMTU"))?;
+    Ok((mac, mtu))
+}
+
+/// Whether AF_XDP works here (an AF_XDP socket opens, and the redirect
+/// program with its XSKMAP loads), and if not, why.
+pub fn probe() -> Result<(), String> {
+    if let Err(e) = sock::socket(AF_XDP, libc::SOCK_RAW, 0) {
+        return Err(match e.raw_os_error() {
+            Some(libc::EAFNOSUPPORT) => {
+                "the kernel has no AF_XDP sockets (CONFIG_XDP_SOCKETS)".into()
+            }
+            Some(libc::EPERM | libc::EACCES) => "needs root (CAP_NET_RAW)".into(),
+            _ => format!("AF_XDP socket: {e}"),
+        });
+    }
+    let map = bpf::xskmap_create(1).map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => {
+            "bpf() needs root (CAP_BPF and CAP_NET_ADMIN)".to_string()
+        }
+        Some(libc::ENOSYS) => "the kernel has no bpf() system call".into(),
+        _ => format!("bpf(MAP_CREATE XSKMAP): {e}"),
+    })?;
+    let mut log = [0u8; 0];
+    bpf::prog_load_xdp(&bpf::redirect_program(map.as_fd()), &mut log)
+        .map(drop)
+        .map_err(|e| format!("bpf(PROG_LOAD) of the XDP redirect program: {e}"))
+}
+
+impl XdpPort {
+    /// Opens queue 0 of interface `name` (in the calling thread's network
+    /// namespace) with the default sizes.
+    pub fn open(name: &str) -> Result<XdpPort, PortError> {
+        Self::with_config(name, XdpConfig::default())
+    }
+
+    /// Opens `cfg.queue` of interface `name`.
+    ///
+    /// Errors: [`PortError::NotPermitted`] without CAP_NET_ADMIN/CAP_BPF,
+    /// [`PortError::NoSuchInterface`], [`PortError::XdpBusy`] when the
+    /// interface already has an XDP program, [`PortError::Unsupported`] on a
+    /// kernel without AF_XDP (or without XDP links).
+    pub fn with_config(name: &str, cfg: XdpConfig) -> Result<XdpPort, PortError> {
+        if !cfg.frames.is_power_of_two()
+            || cfg.frames < 4
+            || !matches!(cfg.frame_size, 2048 | 4096)
+            || !cfg.ring.is_power_of_two()
+            || cfg.ring < cfg.frames / 2
+        {
+            return Err(PortError::Os {
+                op: "AF_XDP sizes",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "frames a power of two >= 4, frame size 2048 or 4096, rings powers of two >= frames/2",
+                ),
+            });
+        }
+        if name == "lo" {
+            // The program would take every loopback frame of the namespace
+            // away from the kernel (every local connection).
+            return Err(PortError::Unsupported {
+                backend: "af_xdp",
+                why: "refusing the loopback interface: its program would take every local connection's frames; use a veth".into(),
+            });
+        }
+        let ifindex =
+            sock::if_index(name).ok_or_else(|| PortError::NoSuchInterface(name.into()))?;
+        let xsk = sock::socket(AF_XDP, libc::SOCK_RAW, 0).map_err(|e| match e.raw_os_error() {
+            Some(libc::EAFNOSUPPORT) => PortError::Unsupported {
+                backend: "af_xdp",
+                why: "no AF_XDP sockets (CONFIG_XDP_SOCKETS)".into(),
+            },
+            _ => os("AF_XDP socket")(e),
+        })?;
+        // The kernel's copy-mode TX holds each frame's skb against the
+        // socket's send buffer until the peer frees it: make room for every
+        // TX frame (best effort: SO_SNDBUFFORCE needs CAP_NET_ADMIN).
+        let want = (cfg.frames as usize / 2 * (cfg.frame_size as usize + 1024))
+            .min(i32::MAX as usize) as i32;
+        if sock::setsockopt_int(xsk.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want).is_err()
+        {
+            let _ = sock::setsockopt_int(xsk.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, want);
+        }
+        let fs = cfg.frame_size as usize;
+        let umem = Mmap::anonymous(cfg.frames as usize * fs).map_err(os("mmap UMEM"))?;
+        // struct xdp_umem_reg { u64 addr, len; u32 chunk_size, headroom,
+        // flags, tx_metadata_len; }
+        let mut reg = Vec::with_capacity(32);
+        reg.extend_from_slice(&umem.addr().to_ne_bytes());
+        reg.extend_from_slice(&(umem.len() as u64).to_ne_bytes());
+        for v in [cfg.frame_size, 0, 0, 0] {
+            reg.extend_from_slice(&v.to_ne_bytes());
+        }
+        sock::setsockopt(xsk.as_fd(), SOL_XDP, XDP_UMEM_REG, &reg).map_err(os("XDP_UMEM_REG"))?;
+        for (opt, what) in [
+            (XDP_UMEM_FILL_RING, "XDP_UMEM_FILL_RING"),
+            (XDP_UMEM_COMPLETION_RING, "XDP_UMEM_COMPLETION_RING"),
+            (XDP_RX_RING, "XDP_RX_RING"),
+            (XDP_TX_RING, "XDP_TX_RING"),
+        ] {
+            sock::setsockopt(xsk.as_fd(), SOL_XDP, opt, &cfg.ring.to_ne_bytes())
+                .map_err(os(what))?;
+        }
+        // struct xdp_mmap_offsets: rx, tx, fr, cr, each { producer,
+        // consumer, desc, flags } (u64; without `flags` before Linux 5.4).
+        let mut off = [0u8; 128];
+        let n = sock::getsockopt(xsk.as_fd(), SOL_XDP, XDP_MMAP_OFFSETS, &mut off)
+            .map_err(os("XDP_MMAP_OFFSETS"))?;
+        let fields = if n >= 128 { 4 } else { 3 };
+        let get = |ring: usize, field: usize| -> usize {
+            let at = (ring * fields + field) * 8;
+            u64::from_ne_bytes(off[at..at + 8].try_into().expect("8")) as usize
+        };
+        let map_ring = |idx: usize, entry: usize, pgoff: u64, what: &'static str| {
+            let desc = get(idx, 2);
+            let len = desc + cfg.ring as usize * entry;
+            let map = Mmap::shared_fd(xsk.as_fd(), len, pgoff).map_err(os(what))?;
+            let ring = Ring {
+                producer: get(idx, 0),
+                consumer: get(idx, 1),
+                flags: (fields == 4).then(|| get(idx, 3)),
+                desc,
+                mask: cfg.ring - 1,
+                local: 0,
+                cached: 0,
+                map,
+            };
+            let words_ok = [Some(ring.producer), Some(ring.consumer), ring.flags]
+                .into_iter()
+                .flatten()
+                .all(|o| ring.map.atomic_u32(o).is_some());
+            if !words_ok {
+                return Err(PortError::Os {
+                    op: what,
+                    source: io::Error::other("ring offsets outside the mapping"),
+                });
+            }
+            Ok(ring)
+        };
+        let rx = map_ring(0, 16, PGOFF_RX, "mmap RX ring")?;
+        let tx = map_ring(1, 16, PGOFF_TX, "mmap TX ring")?;
+        let mut fill = map_ring(2, 8, PGOFF_FILL, "mmap fill ring")?;
+        let comp = map_ring(3, 8, PGOFF_COMP, "mmap completion ring")?;
+        // Every RX frame goes to the fill ring (the kernel's indices start at
+        // 0, like ours).
+        let half = cfg.frames / 2;
+        for i in 0..half {
+            let at = fill.slot(i, 8);
+            fill.map
+                .write(at, &(u64::from(i) * fs as u64).to_ne_bytes());
+        }
+        fill.local = half;
+        fill.publish(fill.producer);
+        let tx_free = (half..cfg.frames)
+            .rev()
+            .map(|i| u64::from(i) * fs as u64)
+            .collect();
+
+        // struct sockaddr_xdp { u16 family, flags; u32 ifindex, queue_id,
+        // shared_umem_fd; }
+        let mut sa = [0u8; 16];
+        sa[0..2].copy_from_slice(&(AF_XDP as u16).to_ne_bytes());
+        sa[2..4].copy_from_slice(&(XDP_COPY | XDP_USE_NEED_WAKEUP).to_ne_bytes());
+        sa[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+        sa[8..12].copy_from_slice(&cfg.queue.to_ne_bytes());
+        // A queue freed by a process that just exited stays busy for about
+        // a second: retry for a while.
+        let t0 = Instant::now();
+        loop {
+            match sock::bind(xsk.as_fd(), &sa) {
+                Ok(()) => break,
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EBUSY)
+                        && t0.elapsed() < Duration::from_secs(3) =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    return Err(PortError::Os {
+                        op: "bind AF_XDP",
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "{name} has no queue {} (or cannot take AF_XDP): {e}",
+                                cfg.queue
+                            ),
+                        ),
+                    })
+                }
+                Err(e) => return Err(os("bind AF_XDP")(e)),
+            }
+        }
+
+        let map =
+            bpf::xskmap_create(64.max(cfg.queue + 1)).map_err(os("bpf(MAP_CREATE XSKMAP)"))?;
+        bpf::map_update_u32(map.as_fd(), cfg.queue, xsk.as_raw_fd() as u32)
+            .map_err(os("bpf(MAP_UPDATE_ELEM)"))?;
+        let insns = bpf::redirect_program(map.as_fd());
+        let mut log = vec![0u8; 4096];
+        let prog = bpf::prog_load_xdp(&insns, &mut log).map_err(|e| match e.raw_os_error() {
+            Some(libc::EPERM | libc::EACCES) => PortError::NotPermitted("bpf(PROG_LOAD)"),
+            _ => {
+                let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+                PortError::Os {
+                    op: "bpf(PROG_LOAD)",
+                    source: io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{e}; verifier: {}",
+                            String::from_utf8_lossy(&log[..end]).trim()
+                        ),
+                    ),
+                }
+            }
+        })?;
+        let link =
+            bpf::xdp_link_create(prog.as_fd(), ifindex, bpf::XDP_FLAGS_SKB_MODE).map_err(|e| {
+                match e.raw_os_error() {
+                    Some(libc::EBUSY | libc::EEXIST) => PortError::XdpBusy(name.into()),
+                    Some(libc::EPERM | libc::EACCES) => PortError::NotPermitted("bpf(LINK_CREATE)"),
+                    Some(libc::EINVAL) => PortError::Unsupported {
+                        backend: "af_xdp",
+                        why: format!("XDP links (BPF_LINK_CREATE, Linux 5.9+) refused: {e}"),
+                    },
+                    _ => PortError::Os {
+                        op: "bpf(LINK_CREATE)",
+                        source: e,
+                    },
+                }
+            })?;
+        let (mac, mtu) = iface_info(name)?;
+        Ok(XdpPort {
+            link,
+            _prog: prog,
+            _map: map,
+            rx,
+            tx,
+            fill,
+            comp,
+            xsk,
+            umem,
+            cfg,
+            name: name.to_owned(),
+            mac,
+            mtu,
+            tx_free,
+            tx_pending: false,
+            rx_held: Vec::with_capacity(ringrx::LRO_MAX),
+            copies: PortCopies::default(),
+        })
+    }
+
+    /// The interface's MAC address (use it as the stack's).
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// The interface's MTU.
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    /// The sizes in force.
+    pub fn config(&self) -> &XdpConfig {
+        &self.cfg
+    }
+
+    /// The kernel's drop counters for the socket.
+    pub fn stats(&self) -> Result<XdpStats, PortError> {
+        let mut b = [0u8; 48];
+        let n = sock::getsockopt(self.xsk.as_fd(), SOL_XDP, XDP_STATISTICS, &mut b)
+            .map_err(os("XDP_STATISTICS"))?;
+        let get = |i: usize| {
+            if (i + 1) * 8 <= n {
+                u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().expect("8"))
+            } else {
+                0
+            }
+        };
+        Ok(XdpStats {
+            rx_dropped: get(0),
+            rx_invalid_descs: get(1),
+            tx_invalid_descs: get(2),
+            rx_ring_full: get(3),
+            rx_fill_ring_empty: get(4),
+            tx_ring_empty: get(5),
+        })
+    }
+
+    /// Takes completed TX frames back.
+    fn reap(&mut self) {
+        let n = self.comp.available();
+        for _ in 0..n {
+            let at = self.comp.slot(self.comp.local, 8);
+            if let Some(b) = self.comp.map.read::<8>(at) {
+                let addr = u64::from_ne_bytes(b) & !(u64::from(self.cfg.frame_size) - 1);
+                self.tx_free.push(addr);
+            }
+            self.comp.local = self.comp.local.wrapping_add(1);
+        }
+        if n > 0 {
+            self.comp.publish(self.comp.consumer);
+        }
+    }
+
+    /// Gives an RX frame back to the kernel through the fill ring (which
+    /// always has room: it holds every RX frame).
+    fn refill(&mut self, addr: u64) {
+        let at = self.fill.slot(self.fill.local, 8);
+        self.fill.map.write(at, &addr.to_ne_bytes());
+        self.fill.local = self.fill.local.wrapping_add(1);
+        self.fill.publish(self.fill.producer);
+    }
+}
+
+impl XdpPort {
+    /// The receive path: gives the frames lent last time back to the fill
+    /// ring, then lends the next frame (or, with `lro`, a coalesced run).
+    fn lend(
+        &mut self,
+        lro: bool,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
+    ) -> Result<bool, PortError> {
+        let mut held = std::mem::take(&mut self.rx_held);
+        for &addr in &held {
+            self.refill(addr);
+        }
+        held.clear();
+        self.rx_held = held;
+        let fs = u64::from(self.cfg.frame_size);
+        loop {
+            let avail = self.rx.available() as usize;
+            if avail == 0 {
+                if self.fill.needs_wakeup() {
+                    self.copies.kicks += 1;
+                    let _ = sock::kick_rx(self.xsk.as_fd());
+                }
+                return Ok(false);
+            }
+            let n = if lro { avail.min(ringrx::LRO_MAX) } else { 1 };
+            // The waiting descriptors: (frame base, address, length, valid).
+            let mut descs = [(0u64, 0usize, 0usize, false); ringrx::LRO_MAX];
+            for (i, d) in descs.iter_mut().enumerate().take(n) {
+                let at = self.rx.slot(self.rx.local.wrapping_add(i as u32), 16);
+                if let Some(b) = self.rx.map.read::<16>(at) {
+                    let addr = u64::from_ne_bytes(b[0..8].try_into().expect("8"));
+                    let len = u32::from_ne_bytes(b[8..12].try_into().expect("4")) as usize;
+                    let base = addr & !(fs - 1);
+                    let ok = (addr - base) as usize + len <= fs as usize
+                        && self.umem.slice(addr as usize, len).is_some();
+                    *d = (base, addr as usize, len, ok);
+                }
+            }
+            if !descs[0].3 {
+                // A descriptor outside the UMEM or past its frame: drop it
+                // (the frame, if it is one of ours, goes back).
+                self.copies.rx_dropped += 1;
+                self.rx.local = self.rx.local.wrapping_add(1);
+                self.rx.publish(self.rx.consumer);
+                if descs[0].0 < self.umem.len() as u64 {
+                    self.refill(descs[0].0);
+                }
+                continue;
+            }
+            let umem = &self.umem;
+            let frame = |i: usize| {
+                descs
+                    .get(i)
+                    .filter(|d| i < n && d.3)
+                    .and_then(|d| umem.slice(d.1, d.2))
+            };
+            let mut hdr = [0u8; ringrx::LRO_HDR_MAX];
+            let (k, merged) = if lro {
+                ringrx::plan(n, frame, |_| false, &mut hdr)
+            } else {
+                (1, None)
+            };
+            let mut pieces: [&[u8]; ringrx::LRO_MAX + 1] = [&[]; ringrx::LRO_MAX + 1];
+            let (vnet, count) = match merged {
+                None => {
+                    pieces[0] = frame(0).unwrap_or(&[]);
+                    (VirtioNetHdr::default(), 1)
+                }
+                Some((vnet, hl)) => {
+                    pieces[0] = &hdr[..hl];
+                    for (i, p) in pieces[1..=k].iter_mut().enumerate() {
+                        *p = frame(i).map_or(&[][..], |f| &f[hl.min(f.len())..]);
+                    }
+                    (vnet, k + 1)
+                }
+            };
+            let bytes: usize = pieces[..count].iter().map(|p| p.len()).sum();
+            deposit(&vnet, &pieces[..count]);
+            for d in &descs[..k] {
+                self.rx_held.push(d.0);
+            }
+            self.rx.local = self.rx.local.wrapping_add(k as u32);
+            self.rx.publish(self.rx.consumer);
+            self.copies.rx_frames += k as u64;
+            self.copies.rx_coalesced += k as u64 - 1;
+            self.copies.rx_copy_bytes += bytes as u64;
+            return Ok(true);
+        }
+    }
+}
+
+impl TxSlots for XdpPort {
+    fn free(&mut self) -> usize {
+        self.reap();
+        (self.tx.room() as usize).min(self.tx_free.len())
+    }
+
+    fn capacity(&self) -> usize {
+        (self.cfg.frame_size as usize).min(self.mtu as usize + 14)
+    }
+
+    fn next(&mut self, len: usize) -> Result<&mut [u8], PortError> {
+        let addr = *self.tx_free.last().ok_or(PortError::Disconnected)?;
+        self.umem
+            .slice_mut(addr as usize, len)
+            .ok_or(PortError::TooLarge {
+                len,
+                max: self.cfg.frame_size as usize,
+            })
+    }
+
+    fn commit(&mut self, len: usize) {
+        let Some(addr) = self.tx_free.pop() else {
+            return;
+        };
+        let at = self.tx.slot(self.tx.local, 16);
+        let mut d = [0u8; 16];
+        d[0..8].copy_from_slice(&addr.to_ne_bytes());
+        d[8..12].copy_from_slice(&(len as u32).to_ne_bytes());
+        self.tx.map.write(at, &d);
+        self.tx.local = self.tx.local.wrapping_add(1);
+        self.tx.publish(self.tx.producer);
+        self.tx_pending = true;
+    }
+}
+
+impl Port for XdpPort {
+    /// Gathers the frame (offloads applied) into free UMEM TX frames and
+    /// queues their descriptors; [`Port::flush`] kicks them out.
+    fn transmit(&mut self, vnet: &VirtioNetHdr, chunks: &[&[u8]]) -> Result<TxOutcome, PortError> {
+        let mut copies = self.copies;
+        let r = ringtx::place(vnet, chunks, self, &mut copies);
+        self.copies = copies;
+        if matches!(r, Ok(TxOutcome::Full)) && self.tx_pending {
+            self.flush()?;
+        }
+        r
+    }
+
+    /// Kicks the kernel (`sendto`) until it has taken every queued
+    /// descriptor; in copy mode each kick sends up to 32 frames.
+    fn flush(&mut self) -> Result<(), PortError> {
+        if !self.tx_pending {
+            return Ok(());
+        }
+        for _ in 0..256 {
+            let taken = self.tx.word(self.tx.consumer).load(Ordering::Acquire);
+            if taken == self.tx.local {
+                self.tx_pending = false;
+                return Ok(());
+            }
+            if !self.tx.needs_wakeup() && self.tx.flags.is_some() {
+                // The kernel drives the ring itself.
+                return Ok(());
+            }
+            self.copies.kicks += 1;
+            match sock::kick_tx(self.xsk.as_fd()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // More to send, or the completion ring is full: make room.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS)
+                    ) =>
+                {
+                    self.reap();
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENETDOWN | libc::ENXIO)) => {
+                    return Err(PortError::Disconnected)
+                }
+                Err(e) => {
+                    return Err(PortError::Os {
+                        op: "sendto (AF_XDP TX)",
+                        source: e,
+                    })
+                }
+            }
+        }
+        // Still not all taken: they go at the next flush.
+        Ok(())
+    }
+
+    /// Lends the next frame of the RX ring (the previous one goes back to
+    /// the fill ring first); never coalesces.
+    fn receive(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
+    ) -> Result<bool, PortError> {
+        self.lend(false, &mut |h, chunks| {
+            if let [f] = chunks {
+                deposit(h, f);
+            }
+        })
+    }
+
+    /// Lends the next frame, or a run of TCP segments coalesced into one
+    /// GSO frame (with [`XdpConfig::lro`]), as chunks of the UMEM.
+    fn receive_chunks(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
+    ) -> Result<bool, PortError> {
+        let lro = self.cfg.lro;
+        self.lend(lro, deposit)
+    }
+
+    fn copies(&self) -> PortCopies {
+        self.copies
+    }
+
+    fn rx_fd(&self) -> Option<RawFd> {
+        Some(self.xsk.as_raw_fd())
+    }
+
+    fn max_frame(&self) -> usize {
+        self.capacity()
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_sizes_and_missing_interfaces_are_errors() {
+        let cfg = XdpConfig {
+            frame_size: 1000,
+            ..XdpConfig::default()
+        };
+        assert!(matches!(
+            XdpPort::with_config("lo", cfg),
+            Err(PortError::Os {
+                op: "AF_XDP sizes",
+                ..
+            })
+        ));
+        assert!(matches!(
+            XdpPort::open("nicdma-nonesuch"),
+            Err(PortError::NoSuchInterface(_))
+        ));
+        assert!(matches!(
+            XdpPort::open("lo"),
+            Err(PortError::Unsupported {
+                backend: "af_xdp",
+                ..
+            })
+        ));
+    }
+}
