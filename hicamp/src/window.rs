@@ -122,7 +122,9 @@ pub enum WindowError {
     },
     /// The map entry changed since the window opened (or last committed): the
     /// changes stay in the window, dirty; discard them or reopen.
-    #[error("window commit conflict on {id}: based on version {expected}, the entry is at {actual}")]
+    #[error(
+        "window commit conflict on {id}: based on version {expected}, the entry is at {actual}"
+    )]
     Conflict {
         /// The map entry.
         id: SegmentId,
@@ -314,7 +316,12 @@ impl Shared {
                         .map_err(|e| format!("UFFDIO_WAKE: {e}"))?;
                     done += self.page;
                 }
-                _ => return Err(format!("UFFDIO_COPY at +{}: {errno}", dst + done - self.base)),
+                _ => {
+                    return Err(format!(
+                        "UFFDIO_COPY at +{}: {errno}",
+                        dst + done - self.base
+                    ))
+                }
             }
         }
         Ok(())
@@ -413,7 +420,13 @@ impl Shared {
             *f = Some(why);
         }
         // SAFETY: the range is our own mapping; PROT_NONE only removes access.
-        unsafe { libc::mprotect(self.base as *mut libc::c_void, self.map_len, libc::PROT_NONE) };
+        unsafe {
+            libc::mprotect(
+                self.base as *mut libc::c_void,
+                self.map_len,
+                libc::PROT_NONE,
+            )
+        };
         let _ = self.uffd.wake(self.base as *mut libc::c_void, self.map_len);
     }
 }
@@ -451,10 +464,8 @@ impl Handler {
                 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                     continue;
                 }
-                self.shared.fail(format!(
-                    "poll: {}",
-                    std::io::Error::last_os_error()
-                ));
+                self.shared
+                    .fail(format!("poll: {}", std::io::Error::last_os_error()));
                 return;
             }
             if fds[1].revents != 0 {
@@ -487,7 +498,13 @@ impl Handler {
         }
     }
 
-    fn serve(&mut self, src: &Segment, kind: FaultKind, rw: ReadWrite, addr: usize) -> Result<(), String> {
+    fn serve(
+        &mut self,
+        src: &Segment,
+        kind: FaultKind,
+        rw: ReadWrite,
+        addr: usize,
+    ) -> Result<(), String> {
         let sh = Arc::clone(&self.shared);
         if addr < sh.base || addr >= sh.base + sh.map_len {
             return Err(format!("fault at {addr:#x} outside the window"));

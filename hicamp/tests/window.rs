@@ -86,7 +86,11 @@ fn random_reads_equal_the_segment() {
             }
             let off = rng.below(len as u64) as usize;
             let n = (rng.below(10_000) as usize).min(len - off);
-            assert_eq!(&s[off..off + n], &data[off..off + n], "len {len} at {off}+{n}");
+            assert_eq!(
+                &s[off..off + n],
+                &data[off..off + n],
+                "len {len} at {off}+{n}"
+            );
         }
         assert_eq!(s, &data[..], "whole window of {len}");
         let st = w.stats();
@@ -250,7 +254,11 @@ fn writes_then_commit_give_the_root_of_segment_mut() {
         let v1 = w.commit().unwrap();
         assert_eq!(v1, v0 + 1);
         let e = mem.map().entry(id).unwrap();
-        assert_eq!(e.root, expect.root(), "round {round}: same root as SegmentMut");
+        assert_eq!(
+            e.root,
+            expect.root(),
+            "round {round}: same root as SegmentMut"
+        );
         assert_eq!(e.len, expect.len());
         assert_eq!(mem.map().get(id).unwrap(), expect);
         // The snapshot taken before the commit never changed.
@@ -299,9 +307,20 @@ fn commit_conflict_and_discard() {
     assert!(w.stats().dirty_pages >= 1);
     w.discard().unwrap();
     assert_eq!(w.stats().dirty_pages, 0);
-    assert_eq!(&w.as_slice()[100..105], b"qqqqq", "discard reads the base again");
+    assert_eq!(
+        &w.as_slice()[100..105],
+        b"qqqqq",
+        "discard reads the base again"
+    );
     assert_eq!(w.as_slice(), &data[..]);
-    assert_eq!(mem.map().get(id).unwrap().read_at(30_000, &mut [0; 6]).unwrap(), 6);
+    assert_eq!(
+        mem.map()
+            .get(id)
+            .unwrap()
+            .read_at(30_000, &mut [0; 6])
+            .unwrap(),
+        6
+    );
     // Reopen on the new version: commit succeeds.
     drop(w);
     let mut w = Window::open_entry(&mem, id).unwrap();
@@ -408,7 +427,12 @@ fn window_crash_child() {
         return;
     };
     let mem = Memory::open(&file).unwrap();
-    let id = SegmentId(std::env::var("HICAMP_WINDOW_CRASH_ID").unwrap().parse().unwrap());
+    let id = SegmentId(
+        std::env::var("HICAMP_WINDOW_CRASH_ID")
+            .unwrap()
+            .parse()
+            .unwrap(),
+    );
     let mut w = Window::open_entry(&mem, id).unwrap();
     if std::env::var("HICAMP_WINDOW_COMMIT_FIRST").is_ok() {
         w.as_mut_slice().unwrap()[..9].copy_from_slice(b"committed");
@@ -442,11 +466,16 @@ fn crash_round(dir: &Path, commit_first: bool) {
     };
     let exe = std::env::current_exe().unwrap();
     let mut cmd = Command::new(exe);
-    cmd.args(["window_crash_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env("HICAMP_WINDOW_CRASH_FILE", &file)
-        .env("HICAMP_WINDOW_CRASH_ID", id.get().to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "window_crash_child",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("HICAMP_WINDOW_CRASH_FILE", &file)
+    .env("HICAMP_WINDOW_CRASH_ID", id.get().to_string())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     if commit_first {
         cmd.env("HICAMP_WINDOW_COMMIT_FIRST", "1");
     }

@@ -6,6 +6,8 @@
 //! hicamp fsck [--json] FILE
 //! hicamp stat [--json] FILE
 //! hicamp run [--report FILE] [--mode trace] -- CMD ARGS...
+//! hicamp put [--create] FILE NAME PATH
+//! hicamp grep [--count] [--max-count N] FILE NAME PATTERN
 //! ```
 //!
 //! Policy lives in the experiments and in the memory; this module only parses arguments, wires
@@ -28,6 +30,7 @@ use crate::experiments::dedup::{
 use crate::experiments::report::RunInfo;
 
 pub mod run;
+mod window;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +63,11 @@ enum Command {
     /// is interned into HICAMP memory; print the merged report when it ends. Exit status: the
     /// command's.
     Run(RunArgs),
+    /// Store a file's bytes in a memory file as a named segment.
+    Put(window::PutArgs),
+    /// Search a named segment of a memory file for a byte string through a window (the
+    /// segment mapped at virtual addresses, paged in on touch); print the match offsets.
+    Grep(window::GrepArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -242,6 +250,8 @@ pub fn main() -> ExitCode {
         Command::Dedup(args) => run_dedup(&cli, args),
         Command::Fsck(args) => run_fsck(args),
         Command::Stat(args) => run_stat(args),
+        Command::Put(args) => window::run_put(args, cli.quiet),
+        Command::Grep(args) => window::run_grep(args, cli.quiet),
         Command::Run(_) => unreachable!("handled above"),
     };
     match result {
