@@ -57,7 +57,7 @@ use userfaultfd::{Event, EventBuffer, FaultKind, IoctlFlags, ReadWrite, Register
 use userfaultfd_sys as sys;
 
 use crate::error::Error;
-use crate::id::SegmentId;
+use crate::id::{LineId, SegmentId};
 use crate::memory::Memory;
 use crate::segment::Segment;
 
@@ -242,6 +242,73 @@ struct Counters {
     ahead: AtomicU64,
 }
 
+/// Lines prefetched ahead of the copy in [`gather`].
+const PREFETCH_AHEAD: usize = 32;
+
+/// Copies the bytes of `src` from `off` (a multiple of the line size) into
+/// `buf`; returns how many (short at the end of the segment).
+///
+/// The leaves of a large segment lie scattered over the arena, and a copy
+/// that waits for one line at a time runs at the memory latency, not its
+/// bandwidth. So: the interior lines right above the leaves are found (the
+/// levels above them are few and stay cached) and prefetched, the leaf ids
+/// are read from them, and each leaf is copied while the one
+/// [`PREFETCH_AHEAD`] places later is prefetched.
+fn gather(src: &Segment, off: u64, buf: &mut [u8], s: &mut Ids) -> usize {
+    let store = &src.memory().inner.store;
+    let tree = src.tree();
+    let shift = store.shift();
+    let ls = 1usize << shift;
+    let end = off.saturating_add(buf.len() as u64).min(tree.len);
+    if off >= end {
+        return 0;
+    }
+    let total = (end - off) as usize;
+    let n = total.div_ceil(ls) as u64;
+    let first = off >> shift;
+    s.leaves.clear();
+    if tree.height == 0 {
+        s.leaves.push(tree.root);
+    } else {
+        let fs = shift - 2;
+        let mask = (1u64 << fs) - 1;
+        let (k0, k1) = (first >> fs, (first + n - 1) >> fs);
+        s.nodes.clear();
+        for k in k0..=k1 {
+            let mut node = tree.root;
+            for l in (2..=tree.height).rev() {
+                node = store.child(node, ((k >> (fs * (l - 2))) & mask) as usize);
+            }
+            crate::region::prefetch_ptr(store.line(node).as_ptr());
+            s.nodes.push(node);
+        }
+        for i in first..first + n {
+            let node = s.nodes[((i >> fs) - k0) as usize];
+            s.leaves.push(store.child(node, (i & mask) as usize));
+        }
+    }
+    let ids = &s.leaves;
+    for id in ids.iter().take(PREFETCH_AHEAD) {
+        crate::region::prefetch_ptr(store.line(*id).as_ptr());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if let Some(next) = ids.get(i + PREFETCH_AHEAD) {
+            crate::region::prefetch_ptr(store.line(*next).as_ptr());
+        }
+        let at = i * ls;
+        let take = ls.min(total - at);
+        buf[at..at + take].copy_from_slice(&store.line(*id)[..take]);
+    }
+    total
+}
+
+/// Line ids of one fill: the interior lines above the leaves, the leaves.
+#[derive(Default)]
+struct Ids {
+    nodes: Vec<LineId>,
+    leaves: Vec<LineId>,
+}
+
 /// What the window and its handler thread share.
 struct Shared {
     uffd: Uffd,
@@ -358,18 +425,14 @@ impl Shared {
     fn fill(
         &self,
         src: &Segment,
-        buf: &mut [u8],
+        scratch: &mut Scratch,
         first: usize,
         n: usize,
         wp: bool,
     ) -> Result<(), String> {
-        let buf = &mut buf[..n * self.page];
+        let buf = &mut scratch.buf[..n * self.page];
         let off = (first * self.page) as u64;
-        let got = if off < self.len {
-            src.read_at(off, buf).map_err(|e| e.to_string())?
-        } else {
-            0
-        };
+        let got = gather(src, off, buf, &mut scratch.ids);
         buf[got..].fill(0);
         // Counted (and marked filled) before the copies wake the faulting
         // threads, so that a thread that saw its page sees it counted.
@@ -431,11 +494,17 @@ impl Shared {
     }
 }
 
+/// The handler's buffers: the pages being filled, the leaf ids of a fill.
+struct Scratch {
+    buf: Vec<u8>,
+    ids: Ids,
+}
+
 /// The handler thread's own state.
 struct Handler {
     shared: Arc<Shared>,
     stop: RawFd,
-    buf: Vec<u8>,
+    scratch: Scratch,
     last_fault: usize,
     last_end: usize,
     ahead: usize,
@@ -530,22 +599,21 @@ impl Handler {
             n += 1;
         }
         sh.counters.ahead.fetch_add(n as u64 - 1, Ordering::Relaxed);
-        let mut buf = std::mem::take(&mut self.buf);
+        let buf = &mut self.scratch;
         let res = if sh.writable && rw == ReadWrite::Write {
             // A first write to a missing page: dirty at once, copied in
             // writable (one fault instead of two).
             sh.dirty.set(p);
-            sh.fill(src, &mut buf, p, 1, false).and_then(|()| {
+            sh.fill(src, buf, p, 1, false).and_then(|()| {
                 if n > 1 {
-                    sh.fill(src, &mut buf, p + 1, n - 1, true)
+                    sh.fill(src, buf, p + 1, n - 1, true)
                 } else {
                     Ok(())
                 }
             })
         } else {
-            sh.fill(src, &mut buf, p, n, sh.writable)
+            sh.fill(src, buf, p, n, sh.writable)
         };
-        self.buf = buf;
         self.last_fault = p;
         self.last_end = p + n;
         res
@@ -849,7 +917,10 @@ impl Window {
         let handler = Handler {
             shared: Arc::clone(&shared),
             stop: stop.as_raw_fd(),
-            buf: vec![0u8; read_ahead.min(pages) * page],
+            scratch: Scratch {
+                buf: vec![0u8; read_ahead.min(pages) * page],
+                ids: Ids::default(),
+            },
             last_fault: usize::MAX - 1,
             last_end: usize::MAX,
             ahead: 1,

@@ -526,3 +526,25 @@ fn windows_of_a_map_entry_need_a_live_entry() {
         Err(WindowError::Memory(hicamp::Error::NoSuchSegment(_)))
     ));
 }
+
+#[test]
+fn reads_on_every_line_size() {
+    let _g = serial();
+    for ls in [16usize, 256, 4096] {
+        let mem = Memory::new(Config {
+            line_size: ls,
+            capacity_lines: (4 << 20) / ls as u64 * 2 + (1 << 16),
+            map_capacity: 16,
+            ..Config::default()
+        })
+        .unwrap();
+        if !uffd_ok(&mem, false) {
+            return;
+        }
+        let mut rng = Rng::new(ls as u64);
+        let data = random_content(&mut rng, (1 << 20) + 1234);
+        let seg = mem.segment(&data).unwrap();
+        let w = Window::open(&seg).unwrap();
+        assert_eq!(w.as_slice(), &data[..], "line size {ls}");
+    }
+}
