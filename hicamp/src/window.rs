@@ -590,7 +590,7 @@ impl Handler {
         sh.counters.missing.fetch_add(1, Ordering::Relaxed);
         let sequential = p == self.last_end || (p > 0 && p == self.last_fault + 1);
         self.ahead = if sequential && sh.read_ahead > 1 {
-            (self.ahead * 2).clamp(16, sh.read_ahead)
+            (self.ahead * 2).max(16).min(sh.read_ahead)
         } else {
             1
         };

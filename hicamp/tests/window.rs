@@ -146,6 +146,16 @@ fn sequential_read_uses_read_ahead() {
     let st = w.stats();
     assert_eq!(st.read_ahead_pages, 0, "no read-ahead: {st:?}");
     assert_eq!(st.filled_pages, 1024, "{st:?}");
+    // A read-ahead shorter than the first step (16 pages).
+    let w = Window::open_with(
+        &seg,
+        WindowOptions {
+            read_ahead_pages: 8,
+        },
+    )
+    .unwrap();
+    assert_eq!(w.as_slice(), &data[..]);
+    assert!(w.stats().read_ahead_pages > 0);
 }
 
 #[test]
@@ -547,4 +557,42 @@ fn reads_on_every_line_size() {
         let w = Window::open(&seg).unwrap();
         assert_eq!(w.as_slice(), &data[..], "line size {ls}");
     }
+}
+
+#[test]
+fn concurrent_writers_then_commit() {
+    let _g = serial();
+    let mem = mem();
+    if !uffd_ok(&mem, true) {
+        return;
+    }
+    let mut rng = Rng::new(77);
+    let data = random_content(&mut rng, 2 << 20);
+    let id = mem.map().create(&data).unwrap();
+    let mut w = Window::open_entry(&mem, id).unwrap();
+    let mut want = data.clone();
+    let part = data.len() / 4;
+    // Each thread writes its quarter (safe: disjoint &mut chunks of the window).
+    std::thread::scope(|s| {
+        for (t, chunk) in w.as_mut_slice().unwrap().chunks_mut(part).enumerate() {
+            s.spawn(move || {
+                let mut rng = Rng::new(500 + t as u64);
+                for _ in 0..300 {
+                    let off = rng.below(chunk.len() as u64 - 64) as usize;
+                    chunk[off..off + 64].fill(t as u8 + 1);
+                }
+            });
+        }
+    });
+    for t in 0..4usize {
+        let mut rng = Rng::new(500 + t as u64);
+        let chunk = &mut want[t * part..(t + 1) * part];
+        for _ in 0..300 {
+            let off = rng.below(chunk.len() as u64 - 64) as usize;
+            chunk[off..off + 64].fill(t as u8 + 1);
+        }
+    }
+    assert_eq!(w.as_slice(), &want[..]);
+    w.commit().unwrap();
+    assert_eq!(mem.map().get(id).unwrap(), mem.segment(&want).unwrap());
 }
