@@ -1062,16 +1062,44 @@ impl Window {
         }
     }
 
-    /// The base segment with the dirty pages' bytes written over it.
+    /// The base segment with the dirty pages' bytes written over it. Each
+    /// dirty page is compared with the base line by line, and only the runs
+    /// of changed lines are written (the result is the same canonical DAG as
+    /// writing whole pages, for a fraction of the interning).
     fn build(&self, dirty: &[usize]) -> Result<Segment, WindowError> {
         let sh = &self.shared;
-        let mut m = sh.source.lock().to_mut();
+        let src = sh.source.lock().clone();
+        let ls = src.memory().line_size();
+        let mut m = src.to_mut();
         let bytes = self.as_slice();
-        for r in runs(dirty) {
-            let from = (r.start * sh.page) as u64;
-            let to = ((r.end * sh.page) as u64).min(sh.len);
-            if from < to {
-                m.write_at(from, &bytes[from as usize..to as usize])?;
+        let mut base = vec![0u8; sh.page];
+        let mut ids = Ids::default();
+        for &p in dirty {
+            let from = p * sh.page;
+            let to = ((p + 1) * sh.page).min(sh.len as usize);
+            if from >= to {
+                continue;
+            }
+            let cur = &bytes[from..to];
+            let old = &mut base[..to - from];
+            let got = gather(&src, from as u64, old, &mut ids);
+            old[got..].fill(0);
+            let mut i = 0;
+            while i < cur.len() {
+                let same = |i: usize| {
+                    let e = (i + ls).min(cur.len());
+                    cur[i..e] == old[i..e]
+                };
+                if same(i) {
+                    i += ls;
+                    continue;
+                }
+                let start = i;
+                while i < cur.len() && !same(i) {
+                    i += ls;
+                }
+                let end = i.min(cur.len());
+                m.write_at((from + start) as u64, &cur[start..end])?;
             }
         }
         Ok(m.freeze())
