@@ -65,7 +65,7 @@ use crate::segment::Segment;
 pub const MAX_WINDOW_LEN: u64 = 1 << 40;
 
 /// Default read-ahead on sequential faults, in pages.
-pub const DEFAULT_READ_AHEAD_PAGES: usize = 64;
+pub const DEFAULT_READ_AHEAD_PAGES: usize = 256;
 
 /// `_IO(USERFAULTFD_IOC, 0x00)` of linux/userfaultfd.h (`USERFAULTFD_IOC` is 0xAA):
 /// asks `/dev/userfaultfd` for a new userfaultfd (Linux 6.1).
@@ -508,6 +508,8 @@ struct Handler {
     last_fault: usize,
     last_end: usize,
     ahead: usize,
+    /// A chunk to fill ahead of a sequential reader: (first page, pages).
+    next_chunk: Option<(usize, usize)>,
 }
 
 impl Handler {
@@ -527,8 +529,15 @@ impl Handler {
                     revents: 0,
                 },
             ];
+            // With a read-ahead to do in the background, only look for
+            // events; else wait for one.
+            let timeout = if self.next_chunk.is_some() && !failed {
+                0
+            } else {
+                -1
+            };
             // SAFETY: `fds` is a valid array of two pollfd for the call.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
             if r < 0 {
                 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                     continue;
@@ -540,7 +549,16 @@ impl Handler {
             if fds[1].revents != 0 {
                 return;
             }
-            if fds[0].revents == 0 || failed {
+            if r == 0 {
+                if let Some((q, n)) = self.next_chunk.take() {
+                    if let Err(e) = self.fill_ahead(q, n) {
+                        self.shared.fail(e);
+                        failed = true;
+                    }
+                }
+                continue;
+            }
+            if fds[0].revents == 0 {
                 continue;
             }
             let batch: Vec<Event> = match self.shared.uffd.read_events(&mut events) {
@@ -551,6 +569,13 @@ impl Handler {
                     continue;
                 }
             };
+            if failed {
+                // The mapping is inaccessible: whoever still waits takes a
+                // SIGSEGV once woken.
+                let sh = &self.shared;
+                let _ = sh.uffd.wake(sh.base as *mut libc::c_void, sh.map_len);
+                continue;
+            }
             if batch.is_empty() {
                 continue;
             }
@@ -565,6 +590,26 @@ impl Handler {
                 }
             }
         }
+    }
+
+    /// Fills up to `n` pages from `q` ahead of the reader (stopping at the
+    /// first page already there). Holds the source lock throughout, so that a
+    /// commit (which swaps the source) or a discard (which unmaps pages)
+    /// cannot interleave with a fill no faulting thread is waiting for.
+    fn fill_ahead(&mut self, q: usize, n: usize) -> Result<(), String> {
+        let sh = Arc::clone(&self.shared);
+        let src = sh.source.lock();
+        let mut m = 0;
+        while m < n && q + m < sh.pages() && !sh.filled.get(q + m) {
+            m += 1;
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        sh.counters.ahead.fetch_add(m as u64, Ordering::Relaxed);
+        sh.fill(&src, &mut self.scratch, q, m, sh.writable)?;
+        self.last_end = q + m;
+        Ok(())
     }
 
     fn serve(
@@ -616,6 +661,9 @@ impl Handler {
         };
         self.last_fault = p;
         self.last_end = p + n;
+        // A sequential reader gets the next chunk filled in the background,
+        // while it works on this one (when no fault is waiting).
+        self.next_chunk = (sequential && n > 1).then_some((p + n, n));
         res
     }
 }
@@ -924,6 +972,7 @@ impl Window {
             last_fault: usize::MAX - 1,
             last_end: usize::MAX,
             ahead: 1,
+            next_chunk: None,
         };
         let thread = std::thread::Builder::new()
             .name("hicamp-window".into())
@@ -1179,6 +1228,8 @@ impl Window {
         }
         self.check_handler()?;
         let sh = &self.shared;
+        // No background fill while pages go (see `Handler::fill_ahead`).
+        let _source = sh.source.lock();
         let dirty = sh.dirty.take();
         for r in runs(&dirty) {
             // SAFETY: the range lies in our private anonymous mapping and no
