@@ -596,3 +596,86 @@ fn concurrent_writers_then_commit() {
     w.commit().unwrap();
     assert_eq!(mem.map().get(id).unwrap(), mem.segment(&want).unwrap());
 }
+
+/// The child of `unprivileged_process_gets_user_mode_only_or_the_fix`: run as
+/// nobody. A no-op when run as an ordinary test.
+#[test]
+fn window_unprivileged_child() {
+    if std::env::var("HICAMP_WINDOW_UNPRIV").is_err() {
+        return;
+    }
+    let mem = mem();
+    let data: Vec<u8> = (0..3 * 4096).map(|i| (i % 13) as u8 + 1).collect();
+    let seg = mem.segment(&data).unwrap();
+    match Window::open(&seg) {
+        Ok(w) => {
+            // A system call handed an untouched page: EFAULT when the
+            // userfaultfd only serves user-mode faults.
+            use std::io::Write;
+            let sys = tempfile::tempfile().unwrap().write(&w.as_slice()[8192..]);
+            assert_eq!(w.as_slice(), &data[..]);
+            println!(
+                "UNPRIV-OK user_mode_only={} syscall_on_untouched={}",
+                w.user_mode_only(),
+                match sys {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e.raw_os_error().unwrap_or(0).to_string(),
+                }
+            );
+        }
+        Err(e) => println!("UNPRIV-ERR {e}"),
+    }
+}
+
+#[test]
+fn unprivileged_process_gets_user_mode_only_or_the_fix() {
+    use std::os::unix::process::CommandExt;
+    let _g = serial();
+    if !uffd_ok(&mem(), false) {
+        return;
+    }
+    if !testkit::is_root() {
+        testkit::skip("needs root (to run a child as nobody)");
+        return;
+    }
+    let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "window_unprivileged_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("HICAMP_WINDOW_UNPRIV", "1")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child: {stdout}{stderr}");
+    eprintln!("vm.unprivileged_userfaultfd = {sysctl:?}: {stdout}");
+    if let Some(i) = stdout.find("UNPRIV-ERR ") {
+        // Only acceptable where even user-mode-only userfaultfd is refused,
+        // and then the message names the fix.
+        let msg = &stdout[i..];
+        assert_eq!(sysctl, "0", "{msg}");
+        assert!(msg.contains("vm.unprivileged_userfaultfd=1"), "{msg}");
+        assert!(msg.contains("/dev/userfaultfd"), "{msg}");
+    } else if sysctl == "1" {
+        assert!(
+            stdout.contains("UNPRIV-OK user_mode_only=false"),
+            "{stdout}"
+        );
+    } else {
+        // Linux >= 5.11: user-mode faults only; a system call on an untouched
+        // page fails with EFAULT (14) instead of blocking or reading zeros.
+        assert!(
+            stdout.contains("UNPRIV-OK user_mode_only=true syscall_on_untouched=14"),
+            "{stdout}"
+        );
+    }
+}
