@@ -317,6 +317,8 @@ struct Shared {
     /// Length of the mapping (whole pages, at least one).
     map_len: usize,
     page: usize,
+    /// Line size of the memory.
+    line_size: usize,
     /// Bytes of the segment visible through the window.
     len: u64,
     writable: bool,
@@ -445,15 +447,23 @@ impl Shared {
             self.counters.copied.fetch_add(n as u64, Ordering::Relaxed);
             self.copy(self.addr(first), buf, wp)?;
         } else {
+            // A page is all zeros when all its leaves are line 0 (the DAG
+            // says so without a scan of the bytes).
+            let leaves = &scratch.ids.leaves[..got.div_ceil(self.line_size)];
+            let lpp = self.page / self.line_size;
+            let zero = |i: usize| {
+                let a = (i * lpp).min(leaves.len());
+                let b = ((i + 1) * lpp).min(leaves.len());
+                leaves[a..b].iter().all(|id| id.is_zero())
+            };
             let mut i = 0;
             while i < n {
-                let zero = crate::store::is_zero(&buf[i * self.page..(i + 1) * self.page]);
+                let z = zero(i);
                 let mut j = i + 1;
-                while j < n
-                    && crate::store::is_zero(&buf[j * self.page..(j + 1) * self.page]) == zero
-                {
+                while j < n && zero(j) == z {
                     j += 1;
                 }
+                let zero = z;
                 if zero {
                     self.counters
                         .zero
@@ -953,6 +963,7 @@ impl Window {
             base: base as usize,
             map_len,
             page,
+            line_size: mem.line_size(),
             len,
             writable,
             read_ahead,
