@@ -458,13 +458,12 @@ impl Shared {
             };
             let mut i = 0;
             while i < n {
-                let z = zero(i);
+                let all_zero = zero(i);
                 let mut j = i + 1;
-                while j < n && zero(j) == z {
+                while j < n && zero(j) == all_zero {
                     j += 1;
                 }
-                let zero = z;
-                if zero {
+                if all_zero {
                     self.counters
                         .zero
                         .fetch_add((j - i) as u64, Ordering::Relaxed);
