@@ -1,8 +1,9 @@
 //! Windows (a segment at virtual addresses, paged in through userfaultfd):
 //!
 //! * first-touch fault-in of a 64 MiB segment (one byte read per page, in
-//!   order) through a new read-only window, with the default read-ahead and
-//!   without; baselines: memcpy of the same 64 MiB into a buffer whose pages
+//!   order) through a new read-only window, with the default read-ahead (by the
+//!   fault handler), with a second thread filling the next chunk meanwhile,
+//!   and without read-ahead; baselines: memcpy of the same 64 MiB into a buffer whose pages
 //!   are resident, and `Segment::to_vec` (the copy-out a window avoids);
 //! * sequential read (xor of every byte) of a 64 MiB window, cold (a new
 //!   window) and warm (pages resident); baseline: the cursor
@@ -87,6 +88,11 @@ fn benches(c: &mut Criterion) {
     let ra = WindowOptions::default();
     let no_ra = WindowOptions {
         read_ahead_pages: 0,
+        ..WindowOptions::default()
+    };
+    let ra_two_threads = WindowOptions {
+        background_read_ahead: true,
+        ..WindowOptions::default()
     };
 
     let mut g = Group::new(c, TOUCH, Profile::for_bytes(size));
@@ -95,6 +101,11 @@ fn benches(c: &mut Criterion) {
         "window_read_ahead",
         || (),
         |_, iters| per_new_window(&seg, ra, iters, touch_pages),
+    );
+    g.bench(
+        "window_read_ahead_two_threads",
+        || (),
+        |_, iters| per_new_window(&seg, ra_two_threads, iters, touch_pages),
     );
     g.bench(
         "window_no_read_ahead",
@@ -223,6 +234,13 @@ fn summary() {
     let ra = s(TOUCH, "first touch, read-ahead", "window_read_ahead");
     print_vs(&ra, &memcpy, Some(Target::MinGbps(2.0)));
     print_vs(&ra, &to_vec, None);
+    let two = s(
+        TOUCH,
+        "first touch, read-ahead + read-ahead thread",
+        "window_read_ahead_two_threads",
+    );
+    print_vs(&two, &memcpy, None);
+    print_vs(&two, &ra, None);
     let no_ra = s(TOUCH, "first touch, no read-ahead", "window_no_read_ahead");
     print_vs(&no_ra, &memcpy, None);
     print_vs(&no_ra, &ra, None);

@@ -14,7 +14,9 @@
 //!   +-------+-------+-------+-------+           Segment snapshot the window holds,
 //!       ^ first touch: missing fault            UFFDIO_COPY (UFFDIO_ZEROPAGE for
 //!       ^ first write (read-write): WP fault    all-zero pages of read-only windows),
-//!         -> page marked dirty, unprotected     read-ahead on sequential faults
+//!         -> page marked dirty, unprotected     read-ahead on sequential faults;
+//!                                               the next chunk is filled by a
+//!                                               second (read-ahead) thread meanwhile
 //! ```
 //!
 //! * A **read-only** window ([`Window::open`]) maps a [`Segment`]; the mapping is
@@ -36,7 +38,7 @@
 //! carries a `// SAFETY:` comment. The window owns a [`Segment`] snapshot, so
 //! the lines a fault reads stay alive as long as the handler can run; `Drop`
 //! stops the handler thread (through an eventfd it polls with the uffd) and
-//! joins it before unmapping. Safe code reaches the mapping only through
+//! the read-ahead thread, and joins both before unmapping. Safe code reaches the mapping only through
 //! [`Window::as_slice`] and [`Window::as_mut_slice`], whose borrows end before
 //! the window can be dropped, committed or discarded. The mapping is
 //! `MADV_DONTFORK`: a forked child has no window (a touch is a SIGSEGV, never
@@ -52,7 +54,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use userfaultfd::{Event, EventBuffer, FaultKind, IoctlFlags, ReadWrite, RegisterMode, Uffd};
 use userfaultfd_sys as sys;
 
@@ -156,12 +158,18 @@ pub struct WindowOptions {
     /// fault at page `p` right after the previous fill, the handler fills up
     /// to this many pages from `p`, doubling from 16 fault after fault.
     pub read_ahead_pages: usize,
+    /// Whether a second thread fills the next chunk of a sequential reader
+    /// while the handler serves the current fault and the reader works. Off
+    /// by default: on the 2-core machine this was written on, under load, it
+    /// measured no faster (benches/benches/window.rs compares both).
+    pub background_read_ahead: bool,
 }
 
 impl Default for WindowOptions {
     fn default() -> Self {
         WindowOptions {
             read_ahead_pages: DEFAULT_READ_AHEAD_PAGES,
+            background_read_ahead: false,
         }
     }
 }
@@ -323,12 +331,24 @@ struct Shared {
     len: u64,
     writable: bool,
     read_ahead: usize,
+    background: bool,
     /// The version the pages are filled from. Holding it keeps its lines alive.
     source: Mutex<Segment>,
     filled: Bitmap,
     dirty: Bitmap,
     counters: Counters,
     failed: Mutex<Option<String>>,
+    /// The chunk the read-ahead thread is asked to fill next.
+    ahead: Mutex<AheadRequest>,
+    ahead_cv: Condvar,
+}
+
+/// A request to the read-ahead thread.
+#[derive(Default)]
+struct AheadRequest {
+    /// (first page, pages); a newer request replaces one not yet taken.
+    next: Option<(usize, usize)>,
+    stop: bool,
 }
 
 impl Shared {
@@ -484,6 +504,48 @@ impl Shared {
         Ok(())
     }
 
+    /// Fills up to `n` pages from `q` ahead of the reader (stopping at the
+    /// first page already there). Holds the source lock throughout, so that a
+    /// commit (which swaps the source) or a discard (which unmaps pages)
+    /// cannot interleave with a fill no faulting thread is waiting for.
+    fn fill_ahead(&self, scratch: &mut Scratch, q: usize, n: usize) -> Result<(), String> {
+        let src = self.source.lock();
+        let mut m = 0;
+        while m < n && q + m < self.pages() && !self.filled.get(q + m) {
+            m += 1;
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        self.counters.ahead.fetch_add(m as u64, Ordering::Relaxed);
+        self.fill(&src, scratch, q, m, self.writable)
+    }
+
+    /// The read-ahead thread: fills the chunks the fault handler asks for,
+    /// in parallel with it (and with the reader).
+    fn run_ahead(&self, mut scratch: Scratch) {
+        loop {
+            let (q, n) = {
+                let mut r = self.ahead.lock();
+                loop {
+                    if r.stop {
+                        return;
+                    }
+                    if let Some(x) = r.next.take() {
+                        break x;
+                    }
+                    self.ahead_cv.wait(&mut r);
+                }
+            };
+            if self.failed.lock().is_some() {
+                continue;
+            }
+            if let Err(e) = self.fill_ahead(&mut scratch, q, n) {
+                self.fail(e);
+            }
+        }
+    }
+
     /// Makes the mapping inaccessible and wakes every waiter: a fault that
     /// cannot be served ends in SIGSEGV, never in wrong bytes or a hang.
     fn fail(&self, why: String) {
@@ -517,8 +579,6 @@ struct Handler {
     last_fault: usize,
     last_end: usize,
     ahead: usize,
-    /// A chunk to fill ahead of a sequential reader: (first page, pages).
-    next_chunk: Option<(usize, usize)>,
 }
 
 impl Handler {
@@ -538,15 +598,8 @@ impl Handler {
                     revents: 0,
                 },
             ];
-            // With a read-ahead to do in the background, only look for
-            // events; else wait for one.
-            let timeout = if self.next_chunk.is_some() && !failed {
-                0
-            } else {
-                -1
-            };
             // SAFETY: `fds` is a valid array of two pollfd for the call.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
             if r < 0 {
                 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                     continue;
@@ -557,15 +610,6 @@ impl Handler {
             }
             if fds[1].revents != 0 {
                 return;
-            }
-            if r == 0 {
-                if let Some((q, n)) = self.next_chunk.take() {
-                    if let Err(e) = self.fill_ahead(q, n) {
-                        self.shared.fail(e);
-                        failed = true;
-                    }
-                }
-                continue;
             }
             if fds[0].revents == 0 {
                 continue;
@@ -601,26 +645,6 @@ impl Handler {
         }
     }
 
-    /// Fills up to `n` pages from `q` ahead of the reader (stopping at the
-    /// first page already there). Holds the source lock throughout, so that a
-    /// commit (which swaps the source) or a discard (which unmaps pages)
-    /// cannot interleave with a fill no faulting thread is waiting for.
-    fn fill_ahead(&mut self, q: usize, n: usize) -> Result<(), String> {
-        let sh = Arc::clone(&self.shared);
-        let src = sh.source.lock();
-        let mut m = 0;
-        while m < n && q + m < sh.pages() && !sh.filled.get(q + m) {
-            m += 1;
-        }
-        if m == 0 {
-            return Ok(());
-        }
-        sh.counters.ahead.fetch_add(m as u64, Ordering::Relaxed);
-        sh.fill(&src, &mut self.scratch, q, m, sh.writable)?;
-        self.last_end = q + m;
-        Ok(())
-    }
-
     fn serve(
         &mut self,
         src: &Segment,
@@ -642,7 +666,10 @@ impl Handler {
                 .map_err(|e| format!("UFFDIO_WRITEPROTECT (clear) at +{}: {e}", p * sh.page));
         }
         sh.counters.missing.fetch_add(1, Ordering::Relaxed);
-        let sequential = p == self.last_end || (p > 0 && p == self.last_fault + 1);
+        // Sequential: right after the last fault, or inside (or at the end
+        // of) the span filled or asked for after it.
+        let sequential = p.wrapping_sub(self.last_fault).wrapping_sub(1)
+            < self.last_end.wrapping_sub(self.last_fault);
         self.ahead = if sequential && sh.read_ahead > 1 {
             (self.ahead * 2).max(16).min(sh.read_ahead)
         } else {
@@ -670,9 +697,13 @@ impl Handler {
         };
         self.last_fault = p;
         self.last_end = p + n;
-        // A sequential reader gets the next chunk filled in the background,
-        // while it works on this one (when no fault is waiting).
-        self.next_chunk = (sequential && n > 1).then_some((p + n, n));
+        // A sequential reader gets the next chunk filled by the read-ahead
+        // thread, while it works on this one.
+        if sh.background && sequential && n > 1 && p + n < sh.pages() {
+            sh.ahead.lock().next = Some((p + n, n));
+            sh.ahead_cv.notify_one();
+            self.last_end = (p + 2 * n).min(sh.pages());
+        }
         res
     }
 }
@@ -694,6 +725,7 @@ pub struct Window {
     shared: Arc<Shared>,
     stop: OwnedFd,
     thread: Option<JoinHandle<()>>,
+    ahead_thread: Option<JoinHandle<()>>,
     /// The memory (for read-write windows: the map entry and the version the
     /// pages are based on).
     mem: Memory,
@@ -966,28 +998,50 @@ impl Window {
             len,
             writable,
             read_ahead,
+            background: opts.background_read_ahead && read_ahead > 1,
             source: Mutex::new(seg),
             filled: Bitmap::new(pages),
             dirty: Bitmap::new(pages),
             counters: Counters::default(),
             failed: Mutex::new(None),
+            ahead: Mutex::new(AheadRequest::default()),
+            ahead_cv: Condvar::new(),
         });
+        let scratch = || Scratch {
+            buf: vec![0u8; read_ahead.min(pages) * page],
+            ids: Ids::default(),
+        };
         let handler = Handler {
             shared: Arc::clone(&shared),
             stop: stop.as_raw_fd(),
-            scratch: Scratch {
-                buf: vec![0u8; read_ahead.min(pages) * page],
-                ids: Ids::default(),
-            },
-            last_fault: usize::MAX - 1,
+            scratch: scratch(),
+            last_fault: usize::MAX,
             last_end: usize::MAX,
             ahead: 1,
-            next_chunk: None,
+        };
+        let ahead_thread = if shared.background {
+            let sh = Arc::clone(&shared);
+            let scratch = scratch();
+            Some(
+                std::thread::Builder::new()
+                    .name("hicamp-window-ra".into())
+                    .spawn(move || sh.run_ahead(scratch))
+                    .map_err(|e| {
+                        unmap(WindowError::Os {
+                            op: "spawn the read-ahead thread",
+                            message: e.to_string(),
+                        })
+                    })?,
+            )
+        } else {
+            None
         };
         let thread = std::thread::Builder::new()
             .name("hicamp-window".into())
             .spawn(move || handler.run())
             .map_err(|e| {
+                shared.ahead.lock().stop = true;
+                shared.ahead_cv.notify_all();
                 unmap(WindowError::Os {
                     op: "spawn the fault handler",
                     message: e.to_string(),
@@ -997,6 +1051,7 @@ impl Window {
             shared,
             stop,
             thread: Some(thread),
+            ahead_thread,
             mem,
             entry,
             user_mode_only,
@@ -1280,11 +1335,17 @@ impl Drop for Window {
                 8,
             )
         };
+        self.shared.ahead.lock().stop = true;
+        self.shared.ahead_cv.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        if let Some(t) = self.ahead_thread.take() {
+            let _ = t.join();
+        }
         // SAFETY: the mapping is ours; no borrow of it outlives `self`, and the
-        // handler, the only other user, has been joined.
+        // handler and the read-ahead thread, its only other users, have been
+        // joined.
         unsafe { libc::munmap(self.shared.base as *mut libc::c_void, self.shared.map_len) };
     }
 }

@@ -140,6 +140,7 @@ fn sequential_read_uses_read_ahead() {
     );
     let off = WindowOptions {
         read_ahead_pages: 0,
+        ..WindowOptions::default()
     };
     let w = Window::open_with(&seg, off).unwrap();
     assert_eq!(w.as_slice(), &data[..]);
@@ -151,11 +152,24 @@ fn sequential_read_uses_read_ahead() {
         &seg,
         WindowOptions {
             read_ahead_pages: 8,
+            background_read_ahead: false,
         },
     )
     .unwrap();
     assert_eq!(w.as_slice(), &data[..]);
     assert!(w.stats().read_ahead_pages > 0);
+    // The read-ahead thread: same bytes, fewer faults than pages.
+    let bg = WindowOptions {
+        background_read_ahead: true,
+        ..WindowOptions::default()
+    };
+    for _ in 0..5 {
+        let w = Window::open_with(&seg, bg).unwrap();
+        assert_eq!(w.as_slice(), &data[..]);
+        let st = w.stats();
+        assert_eq!(st.filled_pages, 1024, "{st:?}");
+        assert!(st.missing_faults < 1024 / 8, "{st:?}");
+    }
 }
 
 #[test]
@@ -297,7 +311,11 @@ fn commit_conflict_and_discard() {
     }
     let data = vec![b'q'; 40_000];
     let id = mem.map().create(&data).unwrap();
-    let mut w = Window::open_entry(&mem, id).unwrap();
+    let bg = WindowOptions {
+        background_read_ahead: true,
+        ..WindowOptions::default()
+    };
+    let mut w = Window::open_entry_with(&mem, id, bg).unwrap();
     let (_, v0) = w.entry().unwrap();
     w.as_mut_slice().unwrap()[100..105].copy_from_slice(b"mine!");
     // Someone else commits first.
