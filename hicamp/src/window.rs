@@ -159,9 +159,10 @@ pub struct WindowOptions {
     /// to this many pages from `p`, doubling from 16 fault after fault.
     pub read_ahead_pages: usize,
     /// Whether a second thread fills the next chunk of a sequential reader
-    /// while the handler serves the current fault and the reader works (on
-    /// by default; benches/benches/window.rs compares both in one run: 1.01x
-    /// and 1.16x on a 2-core machine at load average 7-9).
+    /// while the handler serves the current fault and the reader works. Off
+    /// by default: benches/benches/window.rs compares both in one run, and on
+    /// the 2-core machine this was written on (load average 7-11) it gave
+    /// 1.01x, 1.16x and 0.57x: it needs an idle core.
     pub background_read_ahead: bool,
 }
 
@@ -169,7 +170,7 @@ impl Default for WindowOptions {
     fn default() -> Self {
         WindowOptions {
             read_ahead_pages: DEFAULT_READ_AHEAD_PAGES,
-            background_read_ahead: true,
+            background_read_ahead: false,
         }
     }
 }
