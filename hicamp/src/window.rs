@@ -162,7 +162,8 @@ pub struct WindowOptions {
     /// while the handler serves the current fault and the reader works. Off
     /// by default: benches/benches/window.rs compares both in one run, and on
     /// the 2-core machine this was written on (load average 7-11) it gave
-    /// 1.01x, 1.16x and 0.57x: it needs an idle core.
+    /// 1.01x and 1.16x (quick mode), 0.57x and 0.51x (full mode): it
+    /// needs an idle core.
     pub background_read_ahead: bool,
 }
 
