@@ -60,7 +60,9 @@
 //!   its shard lock, and the unsafe `children_of`/`line_of` readers used by the
 //!   single-threaded recovery walk (`store::counts`, `store::intern` and
 //!   `store::durability` deny unsafe code again);
-//! * `fsck`: line reads (through `store::line_of`) of a file it mapped itself.
+//! * `fsck`: line reads (through `store::line_of`) of a file it mapped itself;
+//! * `window`: the userfaultfd mapping of a [`Window`] (mmap, the fill and
+//!   write-protect ioctls, the slices over the mapping).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -86,6 +88,8 @@ mod stats;
 #[allow(unsafe_code)]
 mod store;
 mod sync;
+#[allow(unsafe_code)]
+mod window;
 
 pub use config::{Config, Durability, MAX_LINE_SIZE, MIN_LINE_SIZE};
 pub use directory::{NamedSegment, DIRECTORY};
@@ -101,3 +105,6 @@ pub use slice::SegmentSlice;
 pub use splice::{Piece, SpliceCounts};
 pub use stats::{MetadataPerLine, Stats};
 pub use store::WriteCounts;
+pub use window::{
+    Window, WindowError, WindowOptions, WindowStats, DEFAULT_READ_AHEAD_PAGES, MAX_WINDOW_LEN,
+};

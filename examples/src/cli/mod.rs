@@ -7,6 +7,8 @@
 //! hicamp stat [--json] FILE
 //! hicamp run [--report FILE] [--mode trace] -- CMD ARGS...
 //! hicamp backends
+//! hicamp put [--create] FILE NAME PATH
+//! hicamp grep [--count] [--max-count N] FILE NAME PATTERN
 //! ```
 //!
 //! Policy lives in the experiments and in the memory; this module only parses arguments, wires
@@ -29,6 +31,7 @@ use crate::experiments::dedup::{
 use crate::experiments::report::RunInfo;
 
 pub mod run;
+mod window;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,6 +67,11 @@ enum Command {
     /// List the NIC backends (`--backend` of phttpd and the benches) and whether each works
     /// on this host, and if not, why.
     Backends,
+    /// Store a file's bytes in a memory file as a named segment.
+    Put(window::PutArgs),
+    /// Search a named segment of a memory file for a byte string through a window (the
+    /// segment mapped at virtual addresses, paged in on touch); print the match offsets.
+    Grep(window::GrepArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -253,6 +261,8 @@ pub fn main() -> ExitCode {
         Command::Fsck(args) => run_fsck(args),
         Command::Stat(args) => run_stat(args),
         Command::Backends => run_backends(),
+        Command::Put(args) => window::run_put(args, cli.quiet),
+        Command::Grep(args) => window::run_grep(args, cli.quiet),
         Command::Run(_) => unreachable!("handled above"),
     };
     match result {

@@ -1,0 +1,274 @@
+//! Windows (a segment at virtual addresses, paged in through userfaultfd):
+//!
+//! * first-touch fault-in of a 64 MiB segment (one byte read per page, in
+//!   order) through a new read-only window, with read-ahead by the fault handler
+//!   (the default), with a second thread filling the next chunk meanwhile,
+//!   and without read-ahead; baselines: memcpy of the same 64 MiB into a buffer whose pages
+//!   are resident, and `Segment::to_vec` (the copy-out a window avoids);
+//! * sequential read (xor of every byte) of a 64 MiB window, cold (a new
+//!   window) and warm (pages resident); baseline: the cursor
+//!   (`chunk`/`advance`) over the same segment, and the xor of a `Vec`;
+//! * write + commit of 256 dirty pages (8 bytes written in each, through the
+//!   pointer: one write-protect fault per page, then `commit`); baseline:
+//!   `SegmentMut::write_at` of the same 8-byte writes.
+//!
+//! Target: sequential first-touch read >= 2 GB/s with read-ahead.
+//!
+//! On 64-byte lines. Under `cargo test --benches` the segments are 4 MiB and
+//! every routine runs once.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use hicamp::{Memory, Segment, SegmentId, Window, WindowOptions};
+use hicamp_benches::{
+    memory_for, print_header, print_vs, random_bytes, run_mode, subject, time_loop, xor_bytes,
+    Group, Profile, RunMode, Target, MIB,
+};
+
+const SEED: u64 = 0x3141_0019;
+const TOUCH: &str = "window_first_touch";
+const READ: &str = "window_seq_read";
+const COMMIT: &str = "window_commit";
+const DIRTY: usize = 256;
+const PAGE: usize = 4096;
+
+fn size() -> usize {
+    if run_mode() == RunMode::Test {
+        4 * MIB
+    } else {
+        64 * MIB
+    }
+}
+
+/// Reads one byte of every page, in order.
+fn touch_pages(b: &[u8]) -> u64 {
+    b.iter().step_by(PAGE).map(|&x| u64::from(x)).sum()
+}
+
+/// XOR of a segment's bytes, walking it chunk by chunk.
+fn cursor_xor(seg: &Segment) -> u64 {
+    let mut cur = seg.cursor();
+    let mut acc = 0;
+    loop {
+        let c = cur.chunk();
+        if c.is_empty() {
+            break;
+        }
+        acc ^= xor_bytes(c);
+        cur.advance(c.len());
+    }
+    acc
+}
+
+/// Times `f` on a new window per iteration (the open and the drop are not timed).
+fn per_new_window(
+    seg: &Segment,
+    opts: WindowOptions,
+    iters: u64,
+    mut f: impl FnMut(&[u8]) -> u64,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let w = Window::open_with(seg, opts).expect("window (needs userfaultfd)");
+        let t = Instant::now();
+        black_box(f(w.as_slice()));
+        total += t.elapsed();
+        drop(w);
+    }
+    total
+}
+
+fn benches(c: &mut Criterion) {
+    let size = size();
+    let data = random_bytes(size, SEED);
+    let mem = memory_for(size, 64, 1 << 20);
+    let seg = mem.segment(&data).expect("intern");
+    let no_ra = WindowOptions {
+        read_ahead_pages: 0,
+        ..WindowOptions::default()
+    };
+    let ra = WindowOptions::default();
+    let ra_two_threads = WindowOptions {
+        background_read_ahead: true,
+        ..WindowOptions::default()
+    };
+
+    let mut g = Group::new(c, TOUCH, Profile::for_bytes(size));
+    g.throughput_bytes(size as u64);
+    g.bench(
+        "window_read_ahead",
+        || (),
+        |_, iters| per_new_window(&seg, ra, iters, touch_pages),
+    );
+    g.bench(
+        "window_read_ahead_two_threads",
+        || (),
+        |_, iters| per_new_window(&seg, ra_two_threads, iters, touch_pages),
+    );
+    g.bench(
+        "window_no_read_ahead",
+        || (),
+        |_, iters| per_new_window(&seg, no_ra, iters, touch_pages),
+    );
+    g.bench(
+        "memcpy",
+        || vec![1u8; size],
+        |dst, iters| {
+            time_loop(iters, || {
+                dst.copy_from_slice(black_box(&data));
+                black_box(dst.as_ptr());
+            })
+        },
+    );
+    g.bench(
+        "segment_to_vec",
+        || (),
+        |_, iters| time_loop(iters, || black_box(&seg).to_vec()),
+    );
+    g.finish();
+
+    let mut g = Group::new(c, READ, Profile::for_bytes(size));
+    g.throughput_bytes(size as u64);
+    g.bench(
+        "window_cold_xor",
+        || (),
+        |_, iters| per_new_window(&seg, ra, iters, xor_bytes),
+    );
+    g.bench(
+        "window_warm_xor",
+        || {
+            let w = Window::open(&seg).expect("window (needs userfaultfd)");
+            assert_eq!(xor_bytes(w.as_slice()), xor_bytes(&data));
+            w
+        },
+        |w, iters| time_loop(iters, || xor_bytes(black_box(w.as_slice()))),
+    );
+    g.bench(
+        "cursor_xor",
+        || (),
+        |_, iters| time_loop(iters, || cursor_xor(black_box(&seg))),
+    );
+    g.bench(
+        "vec_xor",
+        || (),
+        |_, iters| time_loop(iters, || xor_bytes(black_box(&data))),
+    );
+    g.finish();
+
+    // Write + commit: DIRTY random distinct pages, 8 bytes each.
+    let pages = {
+        let mut s = SEED;
+        let mut v: Vec<usize> = Vec::new();
+        while v.len() < DIRTY {
+            let p = (hicamp_benches::splitmix64(&mut s) % (size / PAGE) as u64) as usize;
+            if !v.contains(&p) {
+                v.push(p);
+            }
+        }
+        v
+    };
+    let id: SegmentId = mem.map().insert(seg.clone()).expect("map entry");
+    let mut g = Group::new(c, COMMIT, Profile::Small);
+    g.bench(
+        "window_write_commit",
+        || Window::open_entry(&mem, id).expect("window (needs userfaultfd)"),
+        |w, iters| {
+            // Fault the pages in first, so that the timing holds the
+            // write-protect faults and the commit only.
+            let _ = touch_pages(w.as_slice());
+            let mut total = Duration::ZERO;
+            for i in 0..iters {
+                let t = Instant::now();
+                let s = w.as_mut_slice().expect("writable");
+                for &p in &pages {
+                    s[p * PAGE + 100..p * PAGE + 108]
+                        .copy_from_slice(&(i ^ p as u64).to_le_bytes());
+                }
+                w.commit().expect("commit");
+                total += t.elapsed();
+            }
+            total
+        },
+    );
+    g.bench(
+        "segment_mut_write_at",
+        || seg.to_mut(),
+        |m, iters| {
+            let t = Instant::now();
+            for i in 0..iters {
+                for &p in &pages {
+                    m.write_at((p * PAGE + 100) as u64, &(i ^ p as u64).to_le_bytes())
+                        .expect("write_at");
+                }
+            }
+            t.elapsed()
+        },
+    );
+    g.finish();
+    check_commit_matches(&mem, id, &pages);
+}
+
+/// The window's commit and SegmentMut agree (checked once, outside the timing).
+fn check_commit_matches(mem: &Memory, id: SegmentId, pages: &[usize]) {
+    let base = mem.map().get(id).expect("entry");
+    let mut m = base.to_mut();
+    let mut w = Window::open_entry(mem, id).expect("window");
+    let s = w.as_mut_slice().expect("writable");
+    for &p in pages {
+        s[p * PAGE..p * PAGE + 8].copy_from_slice(b"checked!");
+        m.write_at((p * PAGE) as u64, b"checked!")
+            .expect("write_at");
+    }
+    w.commit().expect("commit");
+    assert_eq!(mem.map().get(id).expect("entry"), m.freeze());
+}
+
+fn summary() {
+    print_header("window summary (64 MiB segment on 64 B lines; 256 dirty pages)");
+    let b = Some(size() as u64);
+    let s = |g: &str, label: &str, id: &str| subject(label, format!("{g}/{id}"), b);
+    let memcpy = s(TOUCH, "memcpy of the same pages", "memcpy");
+    let to_vec = s(TOUCH, "Segment::to_vec", "segment_to_vec");
+    let ra = s(
+        TOUCH,
+        "first touch, read-ahead (default: by the handler)",
+        "window_read_ahead",
+    );
+    print_vs(&ra, &memcpy, Some(Target::MinGbps(2.0)));
+    print_vs(&ra, &to_vec, None);
+    let two = s(
+        TOUCH,
+        "first touch, read-ahead + read-ahead thread",
+        "window_read_ahead_two_threads",
+    );
+    print_vs(&two, &memcpy, None);
+    print_vs(&two, &ra, None);
+    let no_ra = s(TOUCH, "first touch, no read-ahead", "window_no_read_ahead");
+    print_vs(&no_ra, &memcpy, None);
+    print_vs(&no_ra, &ra, None);
+    let cursor = s(READ, "cursor chunk/advance xor", "cursor_xor");
+    let vec_xor = s(READ, "Vec xor", "vec_xor");
+    for (label, id) in [
+        ("window xor, cold (first touch)", "window_cold_xor"),
+        ("window xor, warm", "window_warm_xor"),
+    ] {
+        let x = s(READ, label, id);
+        print_vs(&x, &cursor, None);
+        print_vs(&x, &vec_xor, None);
+    }
+    let c = |label: &str, id: &str| subject(label, format!("{COMMIT}/{id}"), None);
+    print_vs(
+        &c("window: 256 page writes + commit", "window_write_commit"),
+        &c("SegmentMut::write_at x256", "segment_mut_write_at"),
+        None,
+    );
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    benches(&mut c);
+    c.final_summary();
+    summary();
+}
