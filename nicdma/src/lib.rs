@@ -94,6 +94,7 @@ pub mod backend;
 pub mod checksum;
 pub mod frame;
 pub mod meta;
+pub mod netmap;
 pub mod nic;
 pub mod offload;
 pub mod packet;

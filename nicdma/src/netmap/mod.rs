@@ -1,0 +1,2 @@
+//! The netmap backend (in progress).
+pub mod abi;
