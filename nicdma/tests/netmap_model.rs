@@ -138,10 +138,16 @@ fn run(seed: u64) -> Coverage {
             _ => {
                 // Draining: push everything out and take everything in.
                 port.flush().expect("flush");
-                while port
-                    .receive(&mut |_, f| got.push(f.to_vec()))
-                    .expect("receive")
-                {}
+                // Bounded: a port that never advances must fail, not eat
+                // memory.
+                for _ in 0..=2 * cfg.slots {
+                    if !port
+                        .receive(&mut |_, f| got.push(f.to_vec()))
+                        .expect("receive")
+                    {
+                        break;
+                    }
+                }
             }
         }
     }
