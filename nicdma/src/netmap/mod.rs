@@ -677,7 +677,7 @@ impl<S: NetmapSync> NetmapPort<S> {
         let b = lay.buf(head)?;
         let next = r.u32_at(b)?;
         r.put_u32(lay.nifp + off::IF_BUFS_HEAD, next);
-        self.spares -= 1;
+        self.spares = self.spares.saturating_sub(1);
         Some(head)
     }
 

@@ -581,3 +581,182 @@ mod tests {
         assert!(matches!(model.audit(), Some(Err(_))));
     }
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use super::super::Layout;
+    use super::*;
+    use crate::Port;
+
+    /// A kernel side that is never asked anything.
+    struct NoSync;
+
+    impl NetmapSync for NoSync {
+        fn sync(&mut self, _: SyncDir, region: Region) -> (Option<Region>, io::Result<()>) {
+            (Some(region), Err(io::Error::other("no kernel")))
+        }
+    }
+
+    /// A fresh model region, corrupted by `f`, opened as a port.
+    fn open_corrupted(f: impl FnOnce(&mut Region, Layout)) -> Result<(), PortError> {
+        let (mut port, _model) = loopback(ModelConfig {
+            slots: 8,
+            extra_bufs: 3,
+            ..ModelConfig::default()
+        })
+        .unwrap();
+        let lay = port.lay;
+        let mut region = port.region.take().unwrap();
+        f(&mut region, lay);
+        NetmapPort::from_registered(NoSync, region, lay.nifp, 0, "bad").map(drop)
+    }
+
+    #[test]
+    fn bad_kernel_data_is_a_typed_error() {
+        assert!(open_corrupted(|_, _| {}).is_ok());
+        let cases: Vec<(&str, Box<dyn FnOnce(&mut Region, Layout)>)> = vec![
+            (
+                "ring offset outside",
+                Box::new(|r, l| {
+                    r.map
+                        .write(l.nifp + off::IF_RING_OFS, &(1i64 << 40).to_ne_bytes());
+                }),
+            ),
+            (
+                "negative ring offset",
+                Box::new(|r, l| {
+                    r.map
+                        .write(l.nifp + off::IF_RING_OFS, &(-4096i64).to_ne_bytes());
+                }),
+            ),
+            (
+                "unbound ring (offset 0)",
+                Box::new(|r, l| {
+                    r.map.write(l.nifp + off::IF_RING_OFS, &0i64.to_ne_bytes());
+                }),
+            ),
+            (
+                "no slots",
+                Box::new(|r, l| {
+                    r.put_u32(l.tx.off + off::RING_NUM_SLOTS, 0);
+                }),
+            ),
+            (
+                "slots past the region",
+                Box::new(|r, l| {
+                    r.put_u32(l.rx.off + off::RING_NUM_SLOTS, 1 << 20);
+                }),
+            ),
+            (
+                "tiny buffers",
+                Box::new(|r, l| {
+                    r.put_u32(l.tx.off + off::RING_BUF_SIZE, 10);
+                }),
+            ),
+            (
+                "wrong direction",
+                Box::new(|r, l| {
+                    r.map.write(l.rx.off + off::RING_DIR, &0u16.to_ne_bytes());
+                }),
+            ),
+            (
+                "pools differ",
+                Box::new(|r, l| {
+                    let b = r.i64_at(l.rx.off + off::RING_BUF_OFS).unwrap();
+                    r.map
+                        .write(l.rx.off + off::RING_BUF_OFS, &(b + 64).to_ne_bytes());
+                }),
+            ),
+            (
+                "tail out of range",
+                Box::new(|r, l| {
+                    r.put_u32(l.tx.off + off::RING_TAIL, 8);
+                }),
+            ),
+            (
+                "reserved buffer on the extra list",
+                Box::new(|r, l| {
+                    r.put_u32(l.nifp + off::IF_BUFS_HEAD, 1);
+                }),
+            ),
+            (
+                "extra list loops",
+                Box::new(|r, l| {
+                    let head = r.u32_at(l.nifp + off::IF_BUFS_HEAD).unwrap();
+                    let b = l.buf(head).unwrap();
+                    r.put_u32(b, head);
+                }),
+            ),
+            (
+                "ring asked beyond the port's",
+                Box::new(|r, l| {
+                    r.put_u32(l.nifp + off::IF_TX_RINGS, 0);
+                }),
+            ),
+        ];
+        for (what, f) in cases {
+            match open_corrupted(f) {
+                Err(PortError::Os { op, source }) => {
+                    assert_eq!(op, "netmap rings", "{what}");
+                    assert_eq!(source.kind(), io::ErrorKind::InvalidData, "{what}");
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // The netmap_if itself outside the region.
+        let (mut port, _m) = loopback(ModelConfig::default()).unwrap();
+        let region = port.region.take().unwrap();
+        let len = region.map.len();
+        assert!(NetmapPort::from_registered(NoSync, region, len - 8, 0, "bad").is_err());
+    }
+
+    #[test]
+    fn bad_rx_slots_are_dropped_and_counted() {
+        let (mut port, model) = loopback(ModelConfig {
+            slots: 8,
+            ..ModelConfig::default()
+        })
+        .unwrap();
+        for i in 0..3u8 {
+            let f = [i; 60];
+            assert_eq!(
+                port.transmit(&crate::VirtioNetHdr::default(), &[&f])
+                    .unwrap(),
+                crate::TxOutcome::Sent
+            );
+        }
+        port.flush().unwrap();
+        // Let the kernel deliver: sync until three frames wait.
+        for _ in 0..1000 {
+            port.rxsync().unwrap();
+            if port.lay.rx.dist(port.rx_head, port.rx_tail) == 3 {
+                break;
+            }
+        }
+        assert_eq!(port.lay.rx.dist(port.rx_head, port.rx_tail), 3);
+        // The "kernel" hands over a bad index, then a fragment: both go.
+        let lay = port.lay;
+        let r = port.region.as_mut().unwrap();
+        let mut s0 = r.slot_at(lay.rx.slot(port.rx_head)).unwrap();
+        let keep0 = s0;
+        s0.buf_idx = u32::MAX;
+        r.put_slot(lay.rx.slot(port.rx_head), &s0);
+        let mut s1 = r.slot_at(lay.rx.slot(lay.rx.next(port.rx_head))).unwrap();
+        s1.flags |= NS_MOREFRAG;
+        r.put_slot(lay.rx.slot(lay.rx.next(port.rx_head)), &s1);
+        let mut got = Vec::new();
+        // All three slots are dropped, then the empty ring is synced: the
+        // model refuses the bad index coming back (as the corruption was
+        // the "kernel's" own).
+        assert!(port.receive(&mut |_, f| got.push(f.to_vec())).is_err());
+        // Frame 0 (bad index) dropped; frames 1 and 2 were one two-slot
+        // packet: dropped as one.
+        assert!(got.is_empty(), "{got:?}");
+        assert_eq!(port.copies().rx_dropped, 2);
+        let v = model.violations();
+        assert!(v.iter().any(|m| m.contains("bad buffer")), "{v:?}");
+        let r = port.region.as_mut().unwrap();
+        r.put_slot(lay.rx.slot(0), &keep0);
+        port.rxsync().unwrap();
+    }
+}

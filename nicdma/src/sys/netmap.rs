@@ -83,3 +83,42 @@ pub fn txsync(fd: BorrowedFd<'_>) -> io::Result<()> {
 pub fn rxsync(fd: BorrowedFd<'_>) -> io::Result<()> {
     sync(fd, NIOCRXSYNC)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netmap::abi::NmreqPoolsInfo;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn the_ioctls_reach_the_kernel_and_fail_cleanly_on_a_non_netmap_device() {
+        assert!(open_device("/nonexistent/netmap").is_err());
+        assert!(open_device("a\0b").is_err());
+        // /dev/null is no netmap device: each ioctl is refused (ENOTTY)
+        // without touching our structs.
+        let fd = open_device("/dev/null").unwrap();
+        let mut hdr = NmreqHeader::new(NETMAP_REQ_REGISTER, "eth0").unwrap();
+        let mut req = NmreqRegister::default();
+        let mut ext = NmreqOptExtmem {
+            nro_info: NmreqPoolsInfo {
+                nr_memsize: 4096,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = register_extmem(fd.as_fd(), &mut hdr, &mut req, &mut ext).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTTY));
+        assert_eq!(hdr.nr_body, &req as *const NmreqRegister as u64);
+        assert_eq!(hdr.nr_options, &ext as *const NmreqOptExtmem as u64);
+        assert_eq!(ext.nro_opt.nro_reqtype, NETMAP_REQ_OPT_EXTMEM);
+        assert_eq!(req, NmreqRegister::default());
+        assert_eq!(
+            txsync(fd.as_fd()).unwrap_err().raw_os_error(),
+            Some(libc::ENOTTY)
+        );
+        assert_eq!(
+            rxsync(fd.as_fd()).unwrap_err().raw_os_error(),
+            Some(libc::ENOTTY)
+        );
+    }
+}
