@@ -597,6 +597,9 @@ mod layout_tests {
         }
     }
 
+    /// A corruption of a fresh model region.
+    type Corrupt = Box<dyn FnOnce(&mut Region, Layout)>;
+
     /// A fresh model region, corrupted by `f`, opened as a port.
     fn open_corrupted(f: impl FnOnce(&mut Region, Layout)) -> Result<(), PortError> {
         let (mut port, _model) = loopback(ModelConfig {
@@ -614,7 +617,7 @@ mod layout_tests {
     #[test]
     fn bad_kernel_data_is_a_typed_error() {
         assert!(open_corrupted(|_, _| {}).is_ok());
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut Region, Layout)>)> = vec![
+        let cases: Vec<(&str, Corrupt)> = vec![
             (
                 "ring offset outside",
                 Box::new(|r, l| {
