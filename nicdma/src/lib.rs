@@ -83,9 +83,8 @@
 //! The crate denies unsafe code except in one private module, `sys` (the
 //! TAP ioctls, `poll`, `setns` and `geteuid`) and its submodules (`mem`:
 //! memory mapped with the kernel; `sock`: socket options, binds and kicks;
-//! `bpf`: the `bpf()` system call; `netmap`: `/dev/netmap`'s ioctls), where
-//! every block carries a
-//! `// SAFETY:` comment.
+//! `bpf`: the `bpf()` system call; `netmap`: `/dev/netmap`'s ioctls),
+//! where every block carries a `// SAFETY:` comment.
 //!
 //! # Test support
 //!

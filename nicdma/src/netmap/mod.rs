@@ -836,7 +836,8 @@ impl<S: NetmapSync> TxSlots for NetmapPort<S> {
     }
 
     fn capacity(&self) -> usize {
-        self.lay.buf_size.min(usize::from(u16::MAX))
+        let wire = self.mtu.map_or(usize::MAX, |m| m as usize + 14);
+        self.lay.buf_size.min(usize::from(u16::MAX)).min(wire)
     }
 
     fn next(&mut self, len: usize) -> Result<&mut [u8], PortError> {
