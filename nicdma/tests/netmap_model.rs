@@ -50,6 +50,7 @@ fn run(seed: u64) -> Coverage {
         extra_bufs: rng.below(12) as u32,
         buf_size: [64, 256, 2048][rng.index(3)],
         seed: rng.next_u64(),
+        fragments: true,
     };
     let (mut port, model) = loopback(cfg).expect("model port");
     let max = port.max_frame();
@@ -62,6 +63,7 @@ fn run(seed: u64) -> Coverage {
     let mut pending: Option<Vec<u8>> = None;
     let ctx = format!("seed {seed}, {cfg:?}");
     let (mut zc_bytes, mut zc_frames, mut full, mut no_spare) = (0u64, 0u64, 0u64, 0u64);
+    let mut chunked = 0usize;
 
     for _ in 0..50_000 {
         if seq as usize >= total && pending.is_none() && got.len() == sent.len() {
@@ -89,8 +91,16 @@ fn run(seed: u64) -> Coverage {
             3 => port.flush().expect("flush"),
             4 | 5 => {
                 let mut one = None;
-                port.receive(&mut |_, f| one = Some(f.to_vec()))
-                    .expect("receive");
+                if rng.one_in(2) {
+                    port.receive(&mut |_, f| one = Some(f.to_vec()))
+                        .expect("receive");
+                } else {
+                    port.receive_chunks(&mut |_, c| {
+                        chunked = chunked.max(c.len());
+                        one = Some(c.concat());
+                    })
+                    .expect("receive_chunks");
+                }
                 got.extend(one);
             }
             6 => match port.receive_keep() {
@@ -100,13 +110,20 @@ fn run(seed: u64) -> Coverage {
                     kept.push((k, b));
                 }
                 Ok(None) => {}
-                Err(PortError::Os { op, .. }) if op.contains("keep") => {
-                    assert_eq!(
-                        port.spares(),
-                        0,
-                        "{ctx}: no spare, yet the list is not empty"
-                    );
-                    no_spare += 1;
+                Err(PortError::Os { op, source }) if op.contains("keep") => {
+                    if source.kind() == std::io::ErrorKind::Unsupported {
+                        // A packet of several slots: take it as chunks.
+                        assert!(port
+                            .receive_chunks(&mut |_, c| got.push(c.concat()))
+                            .expect("receive_chunks"));
+                    } else {
+                        assert_eq!(
+                            port.spares(),
+                            0,
+                            "{ctx}: no spare, yet the list is not empty"
+                        );
+                        no_spare += 1;
+                    }
                 }
                 Err(e) => panic!("{ctx}: {e}"),
             },
@@ -192,6 +209,7 @@ fn run(seed: u64) -> Coverage {
         swapped: s.tx_swapped,
         full,
         no_spare,
+        fragmented: u64::from(chunked > 1),
     }
 }
 
@@ -201,6 +219,7 @@ struct Coverage {
     swapped: u64,
     full: u64,
     no_spare: u64,
+    fragmented: u64,
 }
 
 #[test]
@@ -212,11 +231,12 @@ fn every_frame_arrives_once_in_order_byte_exact_under_random_schedules() {
         all.swapped += c.swapped;
         all.full += c.full;
         all.no_spare += c.no_spare;
+        all.fragmented += c.fragmented;
     }
     // The schedules reached every path: keeps, zero-copy sends, a full TX
-    // ring, an empty spare list.
+    // ring, an empty spare list, packets of two slots lent as chunks.
     assert!(
-        all.kept > 0 && all.swapped > 0 && all.full > 0 && all.no_spare > 0,
+        all.kept > 0 && all.swapped > 0 && all.full > 0 && all.no_spare > 0 && all.fragmented > 0,
         "{all:?}"
     );
 }
@@ -229,6 +249,7 @@ fn a_one_slot_ring_pair_still_moves_frames() {
         extra_bufs: 0,
         buf_size: 128,
         seed: 7,
+        fragments: true,
     })
     .unwrap();
     for i in 0..20u8 {
@@ -270,6 +291,7 @@ fn a_nic_on_the_model_port_moves_segments_through_the_rings() {
         extra_bufs: 4,
         buf_size: 2048,
         seed: 3,
+        fragments: true,
     })
     .unwrap();
     let mut nic = Nic::new(&mem, port, NicConfig::default()).unwrap();

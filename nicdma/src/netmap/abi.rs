@@ -40,6 +40,8 @@ pub const NS_TXMON: u16 = 0x0040;
 pub const NS_PORT_SHIFT: u16 = 8;
 /// `NS_PORT_MASK`: `0xff << NS_PORT_SHIFT`.
 pub const NS_PORT_MASK: u16 = 0xff << NS_PORT_SHIFT;
+/// `NETMAP_MAX_FRAGS`: the most slots one packet spans.
+pub const NETMAP_MAX_FRAGS: usize = 64;
 
 // Ring flags (`netmap_ring.flags`).
 /// `NR_TIMESTAMP`: set `ts` on every sync.

@@ -36,9 +36,10 @@
 //!   `test-support` feature). The region is handed over by value for each
 //!   sync, so nothing of ours reads the rings while the kernel side owns
 //!   them.
-//! * Not done: multi-slot packets (`NS_MOREFRAG`) are dropped on receive
-//!   (counted in [`PortCopies::rx_dropped`]); one ring pair per port (use
-//!   `ethtool -L IFACE combined 1`, or one port per `IFACE-K`); no LRO.
+//! * A packet of several slots (`NS_MOREFRAG` on all but the last) is
+//!   lent as one chunk per slot. Not done: sending one (a frame must fit a
+//!   buffer); one ring pair per port (use `ethtool -L IFACE combined 1`, or
+//!   one port per `IFACE-K`); no LRO.
 
 pub mod abi;
 #[cfg(any(test, feature = "test-support"))]
@@ -352,8 +353,8 @@ pub struct NetmapPort<S: NetmapSync = DevSync> {
     tx_queued: bool,
     rx_head: u32,
     rx_tail: u32,
-    /// Dropping the fragments of a multi-slot packet.
-    rx_in_frag: bool,
+    /// Where `receive` assembles a packet of several slots.
+    scratch: Vec<u8>,
     spares: u32,
     /// Buffers lent out as [`Kept`].
     held: Vec<bool>,
@@ -587,7 +588,7 @@ impl<S: NetmapSync> NetmapPort<S> {
             tx_queued: false,
             rx_head,
             rx_tail,
-            rx_in_frag: false,
+            scratch: Vec::new(),
             spares,
             sync_err: None,
             name: name.to_owned(),
@@ -693,48 +694,102 @@ impl<S: NetmapSync> NetmapPort<S> {
         self.spares += 1;
     }
 
-    /// The next received slot (syncing when the user range is empty);
-    /// drops malformed and multi-slot packets.
-    fn rx_next(&mut self) -> Result<Option<NetmapSlot>, PortError> {
+    /// The next received packet: its first slot and how many slots it
+    /// spans (fragments with `NS_MOREFRAG` on all but the last), syncing
+    /// when the user range is empty or ends inside a packet; drops
+    /// malformed packets (counted).
+    fn rx_next(&mut self) -> Result<Option<(NetmapSlot, u32)>, PortError> {
         let mut synced = false;
         loop {
-            if self.rx_head == self.rx_tail {
-                if synced {
-                    return Ok(None);
+            let avail = self.lay.rx.dist(self.rx_head, self.rx_tail);
+            let mut k = 0;
+            let mut bad = false;
+            let mut complete = false;
+            let mut i = self.rx_head;
+            let mut first = None;
+            while k < avail {
+                let s = self
+                    .reg()?
+                    .slot_at(self.lay.rx.slot(i))
+                    .ok_or_else(|| bad_layout("RX slot outside the region"))?;
+                first.get_or_insert(s);
+                k += 1;
+                bad |= self.lay.buf(s.buf_idx).is_none() || usize::from(s.len) > self.lay.buf_size;
+                if s.flags & NS_MOREFRAG == 0 {
+                    complete = true;
+                    break;
                 }
-                self.do_sync(SyncDir::Rx)?;
-                synced = true;
+                i = self.lay.rx.next(i);
+            }
+            let too_long = k as usize >= abi::NETMAP_MAX_FRAGS || k + 1 >= self.lay.rx.n;
+            if complete && !bad {
+                return Ok(first.map(|s| (s, k)));
+            }
+            if bad || (!complete && too_long) {
+                // Give the packet's slots back unread.
+                self.copies.rx_dropped += 1;
+                for _ in 0..k {
+                    self.rx_head = self.lay.rx.next(self.rx_head);
+                }
                 continue;
             }
-            let at = self.lay.rx.slot(self.rx_head);
-            let s = self
-                .reg()?
-                .slot_at(at)
-                .ok_or_else(|| bad_layout("RX slot outside the region"))?;
-            let frag = s.flags & NS_MOREFRAG != 0;
-            let ok = self.lay.buf(s.buf_idx).is_some()
-                && usize::from(s.len) <= self.lay.buf_size
-                && !frag
-                && !self.rx_in_frag;
-            if ok {
-                return Ok(Some(s));
+            // Nothing, or the start of a packet whose end has not come.
+            if synced {
+                return Ok(None);
             }
-            if !self.rx_in_frag {
-                self.copies.rx_dropped += 1;
-            }
-            self.rx_in_frag = frag;
-            self.rx_head = self.lay.rx.next(self.rx_head);
+            self.do_sync(SyncDir::Rx)?;
+            synced = true;
         }
+    }
+
+    /// Lends the `k` slots from `rx_head` as chunks, then moves past them.
+    fn lend(
+        &mut self,
+        k: u32,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
+    ) -> Result<usize, PortError> {
+        let lay = self.lay;
+        let r = self.reg()?;
+        let mut parts: [&[u8]; abi::NETMAP_MAX_FRAGS] = [&[]; abi::NETMAP_MAX_FRAGS];
+        let mut i = self.rx_head;
+        let mut bytes = 0;
+        for p in parts.iter_mut().take(k as usize) {
+            let s = r
+                .slot_at(lay.rx.slot(i))
+                .ok_or_else(|| bad_layout("RX slot outside the region"))?;
+            let b = lay.buf(s.buf_idx).ok_or(PortError::Disconnected)?;
+            *p = r
+                .map
+                .slice(b, usize::from(s.len))
+                .ok_or_else(|| bad_layout("RX buffer outside the region"))?;
+            bytes += usize::from(s.len);
+            i = lay.rx.next(i);
+        }
+        deposit(&VirtioNetHdr::default(), &parts[..k as usize]);
+        self.rx_head = i;
+        self.copies.rx_frames += 1;
+        self.copies.rx_copy_bytes += bytes as u64;
+        Ok(bytes)
     }
 
     /// Receives the next frame and keeps its buffer (no copy): a spare
     /// buffer is swapped into the RX slot (`NS_BUF_CHANGED`). `Ok(None)`
     /// when nothing is waiting; an error when no spare is left (release
-    /// kept buffers first).
+    /// kept buffers first) or the packet spans several slots (take it with
+    /// [`Port::receive_chunks`]).
     pub fn receive_keep(&mut self) -> Result<Option<Kept>, PortError> {
-        let Some(s) = self.rx_next()? else {
+        let Some((s, k)) = self.rx_next()? else {
             return Ok(None);
         };
+        if k > 1 {
+            return Err(PortError::Os {
+                op: "netmap: keep a received buffer",
+                source: io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a packet of several slots (NS_MOREFRAG): receive it as chunks",
+                ),
+            });
+        }
         let spare = self.spare_pop().ok_or_else(|| PortError::Os {
             op: "netmap: keep a received buffer",
             source: io::Error::new(
@@ -901,23 +956,42 @@ impl<S: NetmapSync> Port for NetmapPort<S> {
         Ok(())
     }
 
+    /// Lends the next packet; one of several slots is first gathered into
+    /// a scratch buffer (counted as a copy too).
     fn receive(
         &mut self,
         deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
     ) -> Result<bool, PortError> {
-        let Some(s) = self.rx_next()? else {
+        let Some((_, k)) = self.rx_next()? else {
             return Ok(false);
         };
-        let b = self.lay.buf(s.buf_idx).ok_or(PortError::Disconnected)?;
-        let frame = self
-            .reg()?
-            .map
-            .slice(b, usize::from(s.len))
-            .ok_or_else(|| bad_layout("RX buffer outside the region"))?;
-        deposit(&VirtioNetHdr::default(), frame);
-        self.rx_head = self.lay.rx.next(self.rx_head);
-        self.copies.rx_frames += 1;
-        self.copies.rx_copy_bytes += u64::from(s.len);
+        if k == 1 {
+            self.lend(1, &mut |h, c| deposit(h, c[0]))?;
+            return Ok(true);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let n = self.lend(k, &mut |_, c| {
+            for p in c {
+                scratch.extend_from_slice(p);
+            }
+        })?;
+        self.copies.rx_copy_bytes += n as u64;
+        deposit(&VirtioNetHdr::default(), &scratch);
+        self.scratch = scratch;
+        Ok(true)
+    }
+
+    /// Lends the next packet as its slots' buffers, where they lie (one
+    /// chunk per fragment).
+    fn receive_chunks(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
+    ) -> Result<bool, PortError> {
+        let Some((_, k)) = self.rx_next()? else {
+            return Ok(false);
+        };
+        self.lend(k, deposit)?;
         Ok(true)
     }
 
