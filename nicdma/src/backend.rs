@@ -21,13 +21,14 @@ use std::str::FromStr;
 use hicamp::Cursor;
 
 use crate::meta::VirtioNetHdr;
+use crate::netmap::NetmapPort;
 use crate::packet::PacketPort;
 use crate::port::{Port, PortCopies, PortError, TxOutcome};
 use crate::tap::TapPort;
 use crate::xdp::{XdpConfig, XdpPort};
 
 /// Where the netmap device would be.
-pub const NETMAP_DEVICE: &str = "/dev/netmap";
+pub const NETMAP_DEVICE: &str = crate::netmap::NETMAP_DEVICE;
 
 /// A backend, as named on a command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,22 +183,21 @@ impl BackendSpec {
             BackendSpec::AfPacket(i) => {
                 PacketPort::open(i).map(AnyPort::AfPacket).map_err(port_err)
             }
-            BackendSpec::Netmap(_) => Err(netmap_unavailable()),
+            BackendSpec::Netmap(p) => {
+                if !std::path::Path::new(NETMAP_DEVICE).exists() {
+                    return Err(netmap_unavailable());
+                }
+                NetmapPort::open(p).map(AnyPort::Netmap).map_err(port_err)
+            }
         }
     }
 }
 
-/// The error for netmap: no device here (this build has no netmap port
-/// yet either way).
+/// The error for netmap on a host without the device.
 fn netmap_unavailable() -> BackendError {
-    let why = if std::path::Path::new(NETMAP_DEVICE).exists() {
-        format!("{NETMAP_DEVICE} exists, but this build has no netmap port yet")
-    } else {
-        format!("{NETMAP_DEVICE} not found")
-    };
     BackendError::Unavailable {
         backend: "netmap",
-        why,
+        why: format!("{NETMAP_DEVICE} not found"),
         working: working_here(),
     }
 }
@@ -254,13 +254,7 @@ pub fn probe() -> Vec<BackendStatus> {
         BackendStatus {
             name: "netmap",
             usage: "netmap:PORT",
-            works: if std::path::Path::new(NETMAP_DEVICE).exists() {
-                Err("/dev/netmap exists, but this build has no netmap port yet".into())
-            } else {
-                Err(format!(
-                    "{NETMAP_DEVICE} not found (no netmap kernel module)"
-                ))
-            },
+            works: crate::netmap::probe(),
         },
     ]
 }
@@ -301,6 +295,8 @@ pub enum AnyPort {
     AfPacket(PacketPort),
     /// An AF_XDP socket.
     AfXdp(XdpPort),
+    /// A netmap port.
+    Netmap(NetmapPort),
 }
 
 impl AnyPort {
@@ -312,6 +308,7 @@ impl AnyPort {
             AnyPort::Tap(_) => None,
             AnyPort::AfPacket(p) => Some(p.mac()),
             AnyPort::AfXdp(p) => Some(p.mac()),
+            AnyPort::Netmap(p) => p.mac(),
         }
     }
 
@@ -321,6 +318,7 @@ impl AnyPort {
             AnyPort::Tap(_) => None,
             AnyPort::AfPacket(p) => Some(p.mtu()),
             AnyPort::AfXdp(p) => Some(p.mtu()),
+            AnyPort::Netmap(p) => p.mtu(),
         }
     }
 
@@ -336,6 +334,7 @@ impl AnyPort {
             AnyPort::Tap(p) => p,
             AnyPort::AfPacket(p) => p,
             AnyPort::AfXdp(p) => p,
+            AnyPort::Netmap(p) => p,
         }
     }
 
@@ -344,6 +343,7 @@ impl AnyPort {
             AnyPort::Tap(p) => p,
             AnyPort::AfPacket(p) => p,
             AnyPort::AfXdp(p) => p,
+            AnyPort::Netmap(p) => p,
         }
     }
 }

@@ -31,9 +31,13 @@
 //! * Ports: [`sim`] (a simulated link with loss, delay and reordering on a
 //!   virtual clock, applying the [`offload`]s in software), [`tap`] (a
 //!   Linux TAP device, the kernel as the link partner), [`packet`]
-//!   (AF_PACKET rings on an interface, the fallback) and [`xdp`] (AF_XDP:
+//!   (AF_PACKET rings on an interface, the fallback), [`xdp`] (AF_XDP:
 //!   a UMEM and its four rings, with the redirect program this crate loads
-//!   and attaches itself). The ring backends count what they copy in
+//!   and attaches itself) and [`netmap`] (the netmap user ABI: one ring
+//!   pair whose rings and buffers live in a region the port maps and
+//!   registers as extmem, with PASTE's buffer swaps; tested against an
+//!   in-process model of netmap's kernel side where `/dev/netmap` is
+//!   missing). The ring backends count what they copy in
 //!   [`PortCopies`]: one RX copy out of the kernel-shared region into lines,
 //!   and the TX gather into it, apart from the stack's copies.
 //! * [`backend`]: one way to choose a backend (`sim`, `tap:NAME`,
@@ -79,8 +83,8 @@
 //! The crate denies unsafe code except in one private module, `sys` (the
 //! TAP ioctls, `poll`, `setns` and `geteuid`) and its submodules (`mem`:
 //! memory mapped with the kernel; `sock`: socket options, binds and kicks;
-//! `bpf`: the `bpf()` system call), where every block carries a
-//! `// SAFETY:` comment.
+//! `bpf`: the `bpf()` system call; `netmap`: `/dev/netmap`'s ioctls),
+//! where every block carries a `// SAFETY:` comment.
 //!
 //! # Test support
 //!
@@ -94,6 +98,7 @@ pub mod backend;
 pub mod checksum;
 pub mod frame;
 pub mod meta;
+pub mod netmap;
 pub mod nic;
 pub mod offload;
 pub mod packet;

@@ -2,7 +2,7 @@
 //! `setns` and `geteuid`; and, in submodules, for the AF_PACKET and AF_XDP
 //! backends: [`mem`] (memory mapped with the kernel), [`sock`] (socket
 //! options, binds, kicks, interface look-ups) and [`bpf`] (the `bpf()` system
-//! call).
+//! call); for the netmap backend, [`netmap`] (`/dev/netmap`'s ioctls).
 //!
 //! This is the crate's only module (with its submodules) with `unsafe` code. Each function here is a
 //! safe wrapper around one system call: it takes borrowed file descriptors and
@@ -21,6 +21,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 pub mod bpf;
 pub mod mem;
+pub mod netmap;
 pub mod sock;
 
 /// Bytes of an interface name, including the terminating NUL (`IFNAMSIZ`).

@@ -48,6 +48,19 @@ impl Mmap {
         )
     }
 
+    /// Maps `len` bytes (a multiple of 2 MiB) of private anonymous memory
+    /// in huge pages, populated (netmap's extmem region: a ring object
+    /// larger than a page must be physically contiguous). Fails where no
+    /// huge pages are reserved.
+    pub fn anonymous_huge(len: usize) -> io::Result<Mmap> {
+        Self::map(
+            len,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE | libc::MAP_HUGETLB,
+            -1,
+            0,
+        )
+    }
+
     fn map(len: usize, flags: libc::c_int, fd: RawFdOrNone, offset: u64) -> io::Result<Mmap> {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
