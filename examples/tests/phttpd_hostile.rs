@@ -627,3 +627,117 @@ fn random_request_streams_get_well_formed_answers() {
     let (a, _) = lab.ask(&rpc_request(), 1);
     assert_eq!(statuses(&a), [200]);
 }
+
+/// A tmpfs of `size` that this test mounts and unmounts (lazily, however the
+/// test ends).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "phttpd-test"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// Issue: `phttpd --wal` on a full tmpfs died by SIGBUS after 456 POSTs.
+/// Now the file's space is reserved before it is touched: a POST that finds
+/// the file system full is refused (507, or its connection reset when the
+/// body could not even be received), the server goes on answering what needs
+/// no new space, and every acknowledged record is in the file when it is
+/// opened again.
+#[test]
+fn a_full_file_system_under_wal_refuses_posts_and_the_server_keeps_serving() {
+    if testkit::require(
+        if testkit::is_root() {
+            Ok(())
+        } else {
+            Err("not root")
+        },
+        "root (mounts a tmpfs)",
+    ) {
+        return;
+    }
+    let fs = Tmpfs::mount("24m").expect("mount tmpfs");
+    let path = fs.0.path().join("wal.hicamp");
+    // The file could grow to 256 MiB of lines: far more than the tmpfs.
+    let mem = Memory::create(
+        &path,
+        Config {
+            capacity_lines: 1 << 22,
+            map_capacity: 1 << 14,
+            ..Config::default()
+        },
+    )
+    .expect("create on the tmpfs");
+    let mut lab = Lab::new(&mem, true, Limits::default());
+    let mut c = lab.connect();
+    let mut rng = testkit::Rng::new(11);
+    let (mut ok, mut refused, mut resets) = (0u32, 0u32, 0u32);
+    // 4 KiB bodies that do not deduplicate, one at a time, until 5 in a row
+    // are refused (24 MiB holds a few thousand). A body is received straight
+    // into the memory's lines, so a full file system shows while receiving
+    // (the connection holding the most unanswered bytes is reset, and the
+    // client reconnects) or while logging (507).
+    let mut refused_in_a_row = 0;
+    for _ in 0..20_000 {
+        lab.send(c, &post("/log", &rng.bytes(4096)));
+        let (a, ended) = lab.answers(c, 1);
+        match (&statuses(&a)[..], ended) {
+            ([200], false) => {
+                ok += 1;
+                refused_in_a_row = 0;
+                continue;
+            }
+            ([507], false) => refused += 1,
+            ([] | [507], true) => {
+                resets += 1;
+                c = lab.connect();
+            }
+            (s, e) => panic!("unexpected answers {s:?} (ended: {e}) after {ok} records"),
+        }
+        refused_in_a_row += 1;
+        if refused_in_a_row == 5 {
+            break;
+        }
+    }
+    eprintln!("{ok} records logged, then {refused} answered 507 and {resets} connections reset");
+    assert!(ok > 100, "only {ok} records fit");
+    assert_eq!(
+        refused_in_a_row, 5,
+        "the file system never filled ({ok} records)"
+    );
+    assert!(lab.server.stats().storage_full >= u64::from(refused));
+    // What needs no new space is still served, on this connection and a new one.
+    lab.send(c, &rpc_request());
+    let (a, _) = lab.answers(c, 1);
+    assert_eq!(statuses(&a), [200]);
+    let (a, _) = lab.ask(&rpc_request(), 1);
+    assert_eq!(statuses(&a), [200]);
+    drop(lab);
+    mem.sync().expect("sync");
+    drop(mem);
+    // Reopened: every acknowledged record is there.
+    let mem = Memory::open(&path).expect("reopen after the file system filled");
+    let used = mem.map().len();
+    assert!(
+        used >= u64::from(ok),
+        "{used} live map entries for {ok} acknowledged records"
+    );
+}
