@@ -287,6 +287,9 @@ pub(crate) struct Space {
     path: String,
     layout: Layout,
     line_size: u64,
+    /// The map's capacity in entries (the header's; the map region is
+    /// rounded up to whole pages, which may hold more).
+    map_capacity: u64,
     durability: Durability,
     slots: AtomicU64,
     entries: AtomicU64,
@@ -301,6 +304,7 @@ impl Space {
             path: path.to_string(),
             layout,
             line_size: c.line_size as u64,
+            map_capacity: u64::from(c.map_capacity),
             durability: c.durability,
             slots: AtomicU64::new(r.slots),
             entries: AtomicU64::new(r.entries),
@@ -405,7 +409,10 @@ impl Space {
         if end <= cur {
             return Ok(());
         }
-        let cap = u64::from(u32::MAX).min(self.layout_entries());
+        // Never past the header's capacity: open refuses a file whose
+        // reserved mark claims more (the page rounding of the map region
+        // would otherwise let a chunk reach past it).
+        let cap = self.map_capacity.min(self.layout_entries());
         let eb = ENTRY_WORDS as u64 * 8;
         let mut to = end.div_ceil(1024).saturating_mul(1024).min(cap);
         let off = self.layout.map_off + cur * eb;

@@ -398,3 +398,36 @@ fn an_empty_memory_file_reopens() {
     drop(m);
     assert!(fsck(&p).unwrap().is_consistent());
 }
+
+/// The map's reserved space grows in chunks of 1024 entries, never past the
+/// header's capacity: a capacity that is not a multiple of the chunk (here
+/// the page-rounded map region holds more entries than the header allows)
+/// fills and reopens.
+#[test]
+fn a_full_map_of_odd_capacity_reopens() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("odd.hicamp");
+    let cap = 2048 + 22;
+    {
+        let m = Memory::create(
+            &p,
+            Config {
+                line_size: 64,
+                capacity_lines: 1 << 14,
+                map_capacity: cap,
+                ..Config::default()
+            },
+        )
+        .unwrap();
+        let map = m.map();
+        let mut made = 0;
+        while map.create(b"entry").is_ok() {
+            made += 1;
+            assert!(made <= cap, "more entries than the capacity");
+        }
+        assert!(made > 2048, "only {made} entries");
+        m.sync().unwrap();
+    }
+    let m = Memory::open(&p).expect("reopen a full map of odd capacity");
+    assert!(m.map().len() > 2048);
+}
