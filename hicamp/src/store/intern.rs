@@ -38,6 +38,12 @@ const RECLAIM_TRIES: usize = 112;
 const SMALL_RUN: usize = 32;
 /// Lines of a batch probed before a batch of misses stops probing.
 const SAMPLE: usize = 64;
+/// An interior level of at most this many bytes of lines is assembled on the
+/// stack (a frame's or a message's tree: no allocation per level).
+const SMALL_LEVEL_BYTES: usize = 512;
+/// An interior level over at most this many children keeps their statuses on
+/// the stack.
+const SMALL_LEVEL_CHILDREN: usize = 64;
 /// `key` of a line that needs no locked lookup (zero, or found lock-free).
 const SKIP: u8 = SHARDS as u8;
 
@@ -549,7 +555,8 @@ impl Store {
         counts: &mut WriteCounts,
     ) -> Result<()> {
         let start = out.len();
-        let mut status = Vec::new();
+        // Sized once (the full lines and the tail line would grow it twice).
+        let mut status = Vec::with_capacity(data.len().div_ceil(self.line_size()));
         let r = if LOCK_FREE_HITS {
             let guard = self.epochs.pin();
             self.leaves_run(data, out, &mut status, Some(&guard), Probe::Own)
@@ -590,7 +597,16 @@ impl Store {
     ) -> std::result::Result<(), Fail> {
         let f = self.fanout();
         let groups = children.len().div_ceil(f);
-        let mut bytes = vec![0u8; groups << self.shift];
+        // The level's lines: on the stack for a small level (a frame's or a
+        // message's tree: no allocation per build), else on the heap.
+        let mut stack = [0u8; SMALL_LEVEL_BYTES];
+        let mut heap;
+        let bytes: &mut [u8] = if groups << self.shift <= SMALL_LEVEL_BYTES {
+            &mut stack[..groups << self.shift]
+        } else {
+            heap = vec![0u8; groups << self.shift];
+            &mut heap
+        };
         for (b, c) in bytes.chunks_exact_mut(4).zip(children) {
             b.copy_from_slice(&c.0.to_le_bytes());
         }
@@ -611,7 +627,7 @@ impl Store {
         };
         let res = self.intern_run(
             LineKind::Interior,
-            &bytes,
+            bytes,
             out,
             status,
             guard,
@@ -647,20 +663,28 @@ impl Store {
         children: &[LineId],
         out: &mut Vec<LineId>,
     ) -> Result<()> {
-        let mut cst = vec![Status::Hit; children.len()];
-        let mut status = Vec::new();
+        // Statuses on the stack for a small level (no allocation per build).
+        let mut stack = [Status::Hit; SMALL_LEVEL_CHILDREN];
+        let mut heap;
+        let cst: &mut [Status] = if children.len() <= SMALL_LEVEL_CHILDREN {
+            &mut stack[..children.len()]
+        } else {
+            heap = vec![Status::Hit; children.len()];
+            &mut heap
+        };
+        let mut status = Vec::with_capacity(children.len().div_ceil(self.fanout()));
         let r = if LOCK_FREE_HITS {
             let guard = self.epochs.pin();
             self.interior_run(
                 children,
-                &mut cst,
+                cst,
                 out,
                 &mut status,
                 Some(&guard),
                 Probe::OwnFinal,
             )
         } else {
-            self.interior_run(children, &mut cst, out, &mut status, None, Probe::Off)
+            self.interior_run(children, cst, out, &mut status, None, Probe::Off)
         };
         match r {
             Ok(()) => Ok(()),
