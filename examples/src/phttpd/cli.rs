@@ -172,8 +172,8 @@ fn tap(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("namespace: {e}"))?;
     let ip = Ipv4Addr::new(10, 79, 0, 2);
     let cfg = IfaceConfig::new([2, 0, 0, 0x79, 0, 2], ip, 24);
-    let iface = interface(&mem, args.wal.is_some(), AnyPort::Tap(port), cfg)
-        .map_err(|e| e.to_string())?;
+    let iface =
+        interface(&mem, args.wal.is_some(), AnyPort::Tap(port), cfg).map_err(|e| e.to_string())?;
     println!(
         "phttpd: serving on {ip}:{} (device {dev} in namespace {})",
         args.port,

@@ -638,20 +638,28 @@ impl Store {
         // done) still own their owned child references: give them back.
         // A created group's line consumed them (on error it was released
         // with this call's lines, and its children with it).
-        let mut back = Vec::new();
+        // Gathered on the stack and released in batches of 64 (a level of
+        // hits gives back every child: no vector grown per level).
+        let mut back = [LineId::ZERO; 64];
+        let mut nb = 0;
         for g in 0..groups {
             if status.get(sstart + g) != Some(&Status::Created) {
                 let range = g * f..((g + 1) * f).min(children.len());
-                back.extend(
-                    children[range.clone()]
-                        .iter()
-                        .zip(&cst[range])
-                        .filter(|(_, st)| st.owned())
-                        .map(|(c, _)| *c),
-                );
+                for (c, st) in children[range.clone()].iter().zip(&cst[range]) {
+                    if st.owned() {
+                        if nb == back.len() {
+                            self.release_all(&back);
+                            nb = 0;
+                        }
+                        back[nb] = *c;
+                        nb += 1;
+                    }
+                }
             }
         }
-        self.release_all(&back);
+        if nb > 0 {
+            self.release_all(&back[..nb]);
+        }
         res
     }
 
