@@ -425,6 +425,44 @@ impl<'a> Walker<'a> {
         Some((Some(kids), n))
     }
 
+    /// Appends the chunks of the next `len` bytes (fewer at the end of the
+    /// segment) to `out`, at most one line each, and moves past them: a
+    /// gather list. From a line boundary, a run of whole sibling leaves is
+    /// read straight from their parent's child ids (no step leaf by leaf).
+    /// Returns the bytes gathered.
+    pub(crate) fn gather(&mut self, len: u64, out: &mut Vec<&'a [u8]>) -> u64 {
+        let shift = self.store.shift();
+        let ls = 1u64 << shift;
+        let end = self.pos.saturating_add(len).min(self.tree.len);
+        let start = self.pos;
+        while self.pos < end {
+            if let Some((kids, n)) = self.leaf_run((end - self.pos) >> shift) {
+                match kids {
+                    Some(kids) => out.extend(
+                        kids.as_chunks::<4>()
+                            .0
+                            .iter()
+                            .map(|k| self.store.line(LineId(u32::from_le_bytes(*k)))),
+                    ),
+                    None => {
+                        let zero = self.store.line(LineId::ZERO);
+                        out.extend((0..n).map(|_| zero));
+                    }
+                }
+                self.advance(n as u64 * ls);
+                continue;
+            }
+            let c = self.chunk();
+            if c.is_empty() {
+                break;
+            }
+            let take = (c.len() as u64).min(end - self.pos) as usize;
+            out.push(&c[..take]);
+            self.advance(take as u64);
+        }
+        self.pos - start
+    }
+
     /// Copies bytes into `buf` until it is full or the segment ends.
     pub(crate) fn copy_to(&mut self, buf: &mut [u8]) -> usize {
         let shift = self.store.shift();

@@ -659,14 +659,10 @@ impl<P: Port> Nic<P> {
                         }
                         None => {
                             let mut chunks = reuse(std::mem::take(&mut self.gather));
-                            let mut left = len;
-                            while left > 0 {
-                                let chunk = c.chunk();
-                                let take = chunk.len().min(left);
-                                chunks.push(&chunk[..take]);
-                                c.advance(take);
-                                left -= take;
-                            }
+                            // Runs of sibling lines straight from their
+                            // parent line (DmaMeta::parse checked that the
+                            // frame lies within the segment).
+                            c.gather(len, &mut chunks);
                             let sent = self.port.transmit(&meta.vnet, &chunks);
                             let lines = chunks.len() as u64;
                             self.gather = reuse(chunks);
