@@ -188,6 +188,10 @@ impl Store {
             self.intern_small(kind, lines, out, status, guard, probe, prepare)
         } else if lines.len() >> self.shift <= 64 {
             self.intern_batches::<64>(kind, lines, out, status, guard, probe, prepare)
+        } else if lines.len() >> self.shift <= 1024 {
+            // A received 64 KiB GSO frame: batch arrays of 1024 lines, not
+            // 4096 (their zeroing was 8% of a bulk receive).
+            self.intern_batches::<1024>(kind, lines, out, status, guard, probe, prepare)
         } else {
             self.intern_batches::<BATCH>(kind, lines, out, status, guard, probe, prepare)
         }
