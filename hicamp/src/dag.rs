@@ -69,8 +69,19 @@ pub(crate) fn build_from_leaves(store: &Store, mut level: Vec<LineId>, len: u64)
         return Ok(Tree::default());
     }
     let height = height_for(level.len() as u64, fanout_shift(store));
-    let mut next = Vec::with_capacity(level.len() / store.fanout() + 1);
+    let mut next = Vec::new();
     for _ in 0..height {
+        if level.len() <= store.fanout() {
+            // The top line (a small segment's only interior line): one
+            // intern, no level vectors (no allocation per frame or message).
+            let id = store.intern_interior(&level)?;
+            level.clear();
+            level.push(id);
+            continue;
+        }
+        if next.capacity() == 0 {
+            next.reserve(level.len() / store.fanout() + 1);
+        }
         next.clear();
         store.intern_interior_level(&level, &mut next)?;
         std::mem::swap(&mut level, &mut next);
@@ -384,6 +395,72 @@ impl<'a> Walker<'a> {
         } else {
             self.descend_from(self.tree.height as usize, leaf);
         }
+    }
+
+    /// From a line boundary: the run of whole sibling leaves from the current
+    /// one to the end of their bottom interior line, at most `max` leaves,
+    /// as the parent's child-id bytes (4 per leaf; `None`: the parent is the
+    /// zero line, so every leaf of the run is line 0) and the run's length.
+    /// `None` when the position is not on a line boundary, the tree has no
+    /// interior level, or fewer than 2 whole leaves follow.
+    #[inline]
+    pub(crate) fn leaf_run(&self, max: u64) -> Option<(Option<&'a [u8]>, usize)> {
+        let shift = self.store.shift();
+        let fmask = (1u64 << (shift - 2)) - 1;
+        if self.pos & ((1u64 << shift) - 1) != 0 || self.tree.height == 0 {
+            return None;
+        }
+        let j0 = (self.pos >> shift) & fmask;
+        let n = max
+            .min((self.tree.len - self.pos) >> shift)
+            .min(fmask + 1 - j0) as usize;
+        if n < 2 {
+            return None;
+        }
+        let parent = self.path[1];
+        if parent.is_zero() {
+            return Some((None, n));
+        }
+        let kids = &self.store.line(parent)[(j0 as usize) * 4..(j0 as usize + n) * 4];
+        Some((Some(kids), n))
+    }
+
+    /// Appends the chunks of the next `len` bytes (fewer at the end of the
+    /// segment) to `out`, at most one line each, and moves past them: a
+    /// gather list. From a line boundary, a run of whole sibling leaves is
+    /// read straight from their parent's child ids (no step leaf by leaf).
+    /// Returns the bytes gathered.
+    pub(crate) fn gather(&mut self, len: u64, out: &mut Vec<&'a [u8]>) -> u64 {
+        let shift = self.store.shift();
+        let ls = 1u64 << shift;
+        let end = self.pos.saturating_add(len).min(self.tree.len);
+        let start = self.pos;
+        while self.pos < end {
+            if let Some((kids, n)) = self.leaf_run((end - self.pos) >> shift) {
+                match kids {
+                    Some(kids) => out.extend(
+                        kids.as_chunks::<4>()
+                            .0
+                            .iter()
+                            .map(|k| self.store.line(LineId(u32::from_le_bytes(*k)))),
+                    ),
+                    None => {
+                        let zero = self.store.line(LineId::ZERO);
+                        out.extend((0..n).map(|_| zero));
+                    }
+                }
+                self.advance(n as u64 * ls);
+                continue;
+            }
+            let c = self.chunk();
+            if c.is_empty() {
+                break;
+            }
+            let take = (c.len() as u64).min(end - self.pos) as usize;
+            out.push(&c[..take]);
+            self.advance(take as u64);
+        }
+        self.pos - start
     }
 
     /// Copies bytes into `buf` until it is full or the segment ends.

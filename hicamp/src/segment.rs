@@ -354,6 +354,15 @@ impl<'a> Cursor<'a> {
     pub fn copy_to_slice(&mut self, buf: &mut [u8]) -> usize {
         self.w.copy_to(buf)
     }
+
+    /// Appends the next `len` bytes (fewer at the end) to `out` as chunks of
+    /// at most one line each, and moves past them: a DMA gather list. Runs
+    /// of whole sibling lines are read from their parent line at once.
+    /// Returns the bytes gathered.
+    #[inline]
+    pub fn gather(&mut self, len: usize, out: &mut Vec<&'a [u8]>) -> usize {
+        self.w.gather(len as u64, out) as usize
+    }
 }
 
 impl<'a> Iterator for Cursor<'a> {

@@ -16,7 +16,7 @@ use crate::id::{LineId, LineKind};
 use crate::memory::Memory;
 use crate::segment::Segment;
 use crate::slice::SegmentSlice;
-use crate::store::Store;
+use crate::store::{Store, WriteCounts};
 
 /// One piece of a spliced segment, in order.
 #[derive(Debug, Clone, Copy)]
@@ -58,11 +58,50 @@ pub struct SpliceCounts {
     pub assembled_lines: u64,
 }
 
+/// The line being assembled: on the stack for lines of up to 128 bytes (no
+/// allocation per splice: a received frame, a protocol message).
+enum LineBuf {
+    Stack([u8; 128], usize),
+    Heap(Vec<u8>),
+}
+
+impl LineBuf {
+    fn new(ls: usize) -> LineBuf {
+        if ls <= 128 {
+            LineBuf::Stack([0; 128], ls)
+        } else {
+            LineBuf::Heap(vec![0; ls])
+        }
+    }
+}
+
+impl std::ops::Deref for LineBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            LineBuf::Stack(b, n) => &b[..*n],
+            LineBuf::Heap(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for LineBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            LineBuf::Stack(b, n) => &mut b[..*n],
+            LineBuf::Heap(v) => v,
+        }
+    }
+}
+
+/// Whole input lines from this many on are interned as one batch.
+const BATCH_LINES: usize = 2;
+
 /// Assembles the result leaf by leaf; owns the references in `leaves`.
 struct Builder<'a> {
     store: &'a Store,
     leaves: Vec<LineId>,
-    buf: Vec<u8>,
+    buf: LineBuf,
     fill: usize,
     counts: SpliceCounts,
 }
@@ -78,7 +117,30 @@ impl Builder<'_> {
     }
 
     fn bytes(&mut self, mut data: &[u8], from_range: bool) -> Result<()> {
+        let ls = self.buf.len();
         while !data.is_empty() {
+            if self.fill == 0 && data.len() >= BATCH_LINES * ls {
+                // Whole lines straight from the input, interned as one batch
+                // (hashes and index probes pipelined, misses locked once per
+                // shard) instead of one `intern` per line.
+                let k = data.len() / ls * ls;
+                let start = self.leaves.len();
+                let mut wc = WriteCounts::default();
+                if let Err(e) = self
+                    .store
+                    .intern_leaves(&data[..k], &mut self.leaves, &mut wc)
+                {
+                    // Nothing of the failed batch stays referenced.
+                    self.leaves.truncate(start);
+                    return Err(e);
+                }
+                self.counts.assembled_lines += (k / ls) as u64;
+                if from_range {
+                    self.counts.copied_bytes += k as u64;
+                }
+                data = &data[k..];
+                continue;
+            }
             let n = data.len().min(self.buf.len() - self.fill);
             self.buf[self.fill..self.fill + n].copy_from_slice(&data[..n]);
             self.fill += n;
@@ -121,6 +183,26 @@ impl Builder<'_> {
         while w.pos() < end {
             let left = end - w.pos();
             let whole = left >= ls || (last && end == seg.len());
+            if self.fill == 0 && left >= 2 * ls {
+                // A run of whole sibling leaves under one interior line: their
+                // ids straight from the parent, no walk leaf by leaf.
+                if let Some((kids, n)) = w.leaf_run(left / ls) {
+                    match kids {
+                        Some(kids) => {
+                            for k in kids.as_chunks::<4>().0 {
+                                let id = LineId(u32::from_le_bytes(*k));
+                                self.store.acquire(id);
+                                self.leaves.push(id);
+                            }
+                        }
+                        None => self.leaves.extend((0..n).map(|_| LineId::ZERO)),
+                    }
+                    self.counts.shared_lines += n as u64;
+                    self.counts.shared_bytes += n as u64 * ls;
+                    w.advance(n as u64 * ls);
+                    continue;
+                }
+            }
             if self.fill == 0 && w.pos().is_multiple_of(ls) && whole {
                 let id = w.leaf();
                 self.store.acquire(id);
@@ -173,7 +255,7 @@ impl Memory {
         let mut b = Builder {
             store,
             leaves: Vec::with_capacity(dag::leaves_for(total, store.shift()) as usize),
-            buf: vec![0; store.line_size()],
+            buf: LineBuf::new(store.line_size()),
             fill: 0,
             counts: SpliceCounts::default(),
         };

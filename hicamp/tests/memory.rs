@@ -475,3 +475,35 @@ fn a_mass_release_is_reused() {
         assert_eq!(m.live_lines(), 0);
     }
 }
+
+/// `Cursor::gather` lists the same bytes as reading them, from any offset,
+/// for any length, over zero runs and segment ends, with chunks of at most
+/// one line that never cross a line boundary.
+#[test]
+fn cursor_gather_matches_the_bytes() {
+    for ls in [16usize, 64] {
+        let m = mem(ls);
+        let mut data: Vec<u8> = (0..5000u32).map(|i| (i * 7 + 3) as u8).collect();
+        // A run of zero lines (a zero subtree) in the middle.
+        data[1024..3072].fill(0);
+        let s = m.segment(&data).unwrap();
+        for off in [0usize, 1, 63, 64, 100, 1000, 4990] {
+            for len in [0usize, 1, 64, 129, 1500, 4096, 10_000] {
+                let mut c = s.cursor();
+                c.advance(off);
+                let mut out = Vec::new();
+                let n = c.gather(len, &mut out);
+                let want = &data[off..(off + len).min(data.len())];
+                assert_eq!(n, want.len(), "ls {ls} off {off} len {len}");
+                assert_eq!(out.concat(), want, "ls {ls} off {off} len {len}");
+                assert_eq!(c.position() as usize, off + n);
+                let mut at = off;
+                for ch in &out {
+                    assert!(!ch.is_empty() && ch.len() <= ls);
+                    assert!(at / ls == (at + ch.len() - 1) / ls, "one line per chunk");
+                    at += ch.len();
+                }
+            }
+        }
+    }
+}

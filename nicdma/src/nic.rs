@@ -205,6 +205,9 @@ fn status_ok(st: u16) -> bool {
     st == status::OK || st == status::PENDING
 }
 
+/// Chunks of a received frame whose splice pieces fit on the stack.
+const SMALL_CHUNKS: usize = 8;
+
 /// What one RX DMA write did to the memory's lines.
 #[derive(Debug, Clone, Copy, Default)]
 struct DepositCounts {
@@ -253,11 +256,25 @@ fn deposit(
         };
         return Ok((b.freeze(), counts));
     }
-    let mut pieces = Vec::with_capacity(2 + chunks.len());
-    pieces.push(hicamp::Piece::Bytes(&meta));
-    pieces.push(hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64));
-    pieces.extend(chunks.iter().map(|c| hicamp::Piece::Bytes(c)));
-    let (seg, c) = mem.splice(&pieces)?;
+    // The splice's piece list: on the stack for a frame of a few chunks (no
+    // allocation per frame), on the heap for a long coalesced one.
+    let head = [
+        hicamp::Piece::Bytes(&meta),
+        hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64),
+    ];
+    let (seg, c) = if chunks.len() <= SMALL_CHUNKS {
+        let mut stack = [hicamp::Piece::Zeros(0); 2 + SMALL_CHUNKS];
+        stack[..2].copy_from_slice(&head);
+        for (p, c) in stack[2..].iter_mut().zip(chunks) {
+            *p = hicamp::Piece::Bytes(c);
+        }
+        mem.splice(&stack[..2 + chunks.len()])?
+    } else {
+        let mut pieces = Vec::with_capacity(2 + chunks.len());
+        pieces.extend_from_slice(&head);
+        pieces.extend(chunks.iter().map(|c| hicamp::Piece::Bytes(c)));
+        mem.splice(&pieces)?
+    };
     // The lines the frame touches that hold only zeros were interned as line
     // 0 (line 0 of the segment holds the metadata, which is never zero).
     let ls = mem.line_size();
@@ -472,7 +489,12 @@ impl<P: Port> Nic<P> {
         if !frame.memory().same(&self.mem) {
             return Err(hicamp::Error::ForeignSegment.into());
         }
-        // The snapshot: one reference moves into the slot's entry.
+        // The snapshot: one reference moves into the slot's entry. The
+        // slot's previous segment is released here, one root: its dying
+        // lines go level by level in batches already. (Retiring a batch of
+        // them through `Memory::release_segments` at the doorbell measured
+        // +100 instructions per frame on the NIC bench, where the old
+        // frames live on, and nothing on bulk TX.)
         self.tx_slots.replace(slot, frame.clone());
         self.tx_prepared += 1;
         Ok(true)
@@ -637,14 +659,10 @@ impl<P: Port> Nic<P> {
                         }
                         None => {
                             let mut chunks = reuse(std::mem::take(&mut self.gather));
-                            let mut left = len;
-                            while left > 0 {
-                                let chunk = c.chunk();
-                                let take = chunk.len().min(left);
-                                chunks.push(&chunk[..take]);
-                                c.advance(take);
-                                left -= take;
-                            }
+                            // Runs of sibling lines straight from their
+                            // parent line (DmaMeta::parse checked that the
+                            // frame lies within the segment).
+                            c.gather(len, &mut chunks);
                             let sent = self.port.transmit(&meta.vnet, &chunks);
                             let lines = chunks.len() as u64;
                             self.gather = reuse(chunks);
