@@ -51,9 +51,9 @@ fn fsck_and_stat_of_a_clean_file() {
     let (code, out, _) = hicamp(&["stat", "--json", ps]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    // 5000 + 7 bytes of data and the 43-byte directory record of "a" (with
-    // its 4-byte check).
-    assert_eq!(v["logical_bytes"], 5000 + 7 + 43);
+    // 5000 + 7 bytes of data and the 51-byte directory record of "a" (with
+    // its bind-time version and 4-byte check).
+    assert_eq!(v["logical_bytes"], 5000 + 7 + 51);
     assert_eq!(v["named_segments"], 1);
     assert_eq!(v["recovery"]["was_clean"], true);
     let (code, out, _) = hicamp(&["stat", ps]);

@@ -2,11 +2,13 @@
 //! in map entry 0, updated by compare-and-swap like any other commit.
 //!
 //! Record format (little-endian), sorted by name:
-//! `u16 name length | name (UTF-8) | u32 segment id | 32-byte BLAKE3 digest |
-//! u32 check` (the check is xxh3 of the record before it, so a damaged name
-//! or id is detected, and the record skipped, as long as its length is
-//! intact). The digest is of the named segment's bytes at bind time; open
-//! and `hicamp fsck` verify it.
+//! `u16 name length | name (UTF-8) | u32 segment id | u64 entry version |
+//! 32-byte BLAKE3 digest | u32 check` (the check is xxh3 of the record before
+//! it, so a damaged name or id is detected, and the record skipped, as long
+//! as its length is intact). The digest is of the named segment's bytes at
+//! bind time, when the entry had the recorded version; open and `hicamp
+//! fsck` verify it while the entry still has that version (a named entry
+//! written since, through the map or a window, is a change, not damage).
 
 use crate::error::{Error, Result};
 use crate::id::SegmentId;
@@ -24,6 +26,8 @@ pub struct NamedSegment {
     pub name: String,
     /// The map entry it names.
     pub id: SegmentId,
+    /// The entry's version when it was bound (the digest is of that version).
+    pub version: u64,
     /// BLAKE3 of the segment's bytes when it was bound.
     pub digest: [u8; 32],
 }
@@ -43,11 +47,11 @@ pub(crate) fn parse_prefix(b: &[u8]) -> (Vec<NamedSegment>, Option<String>) {
             err = Some("directory: truncated record".to_string());
             break;
         };
-        let Some(rec) = b.get(i..i + 2 + n + 40) else {
+        let Some(rec) = b.get(i..i + 2 + n + FIXED) else {
             err = Some("directory: truncated record".to_string());
             break;
         };
-        i += 2 + n + 40;
+        i += 2 + n + FIXED;
         match record(rec, n, out.last()) {
             Ok(ns) => out.push(ns),
             Err(e) => {
@@ -61,6 +65,10 @@ pub(crate) fn parse_prefix(b: &[u8]) -> (Vec<NamedSegment>, Option<String>) {
     (out, err)
 }
 
+/// Bytes of a record besides its length word and name: id, version, digest,
+/// check.
+const FIXED: usize = 4 + 8 + 32 + 4;
+
 fn record_check(rec: &[u8]) -> u32 {
     xxhash_rust::xxh3::xxh3_64_with_seed(rec, 0xd1_4ec7) as u32
 }
@@ -71,8 +79,8 @@ fn record(
     n: usize,
     prev: Option<&NamedSegment>,
 ) -> std::result::Result<NamedSegment, &'static str> {
-    let body = &rec[..2 + n + 36];
-    let check = u32::from_le_bytes(rec[2 + n + 36..].try_into().expect("4"));
+    let body = &rec[..2 + n + FIXED - 4];
+    let check = u32::from_le_bytes(rec[2 + n + FIXED - 4..].try_into().expect("4"));
     if check != record_check(body) {
         return Err("directory: a damaged record");
     }
@@ -82,11 +90,17 @@ fn record(
     let id = SegmentId(u32::from_le_bytes(
         body[2 + n..2 + n + 4].try_into().expect("4"),
     ));
-    let digest: [u8; 32] = body[2 + n + 4..].try_into().expect("32");
+    let version = u64::from_le_bytes(body[2 + n + 4..2 + n + 12].try_into().expect("8"));
+    let digest: [u8; 32] = body[2 + n + 12..].try_into().expect("32");
     if n == 0 || prev.is_some_and(|p| p.name >= name) {
         return Err("directory: names empty or not sorted");
     }
-    Ok(NamedSegment { name, id, digest })
+    Ok(NamedSegment {
+        name,
+        id,
+        version,
+        digest,
+    })
 }
 
 /// Rewrites the directory to `list` (a salvaging open dropping the names of
@@ -118,6 +132,7 @@ fn encode(list: &[NamedSegment]) -> Vec<u8> {
         b.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
         b.extend_from_slice(e.name.as_bytes());
         b.extend_from_slice(&e.id.0.to_le_bytes());
+        b.extend_from_slice(&e.version.to_le_bytes());
         b.extend_from_slice(&e.digest);
         let check = record_check(&b[start..]);
         b.extend_from_slice(&check.to_le_bytes());
@@ -195,9 +210,17 @@ impl Memory {
         check_name(name)?;
         let digest = seg.digest();
         let id = self.map().insert(seg)?;
+        let version = match self.map().entry(id) {
+            Ok(e) => e.version,
+            Err(e) => {
+                let _ = self.map().delete(id);
+                return Err(e);
+            }
+        };
         let entry = NamedSegment {
             name: name.to_string(),
             id,
+            version,
             digest,
         };
         let res = self.update_directory(|list| {

@@ -144,6 +144,10 @@ pub struct Damage {
     pub named: u64,
     /// Named segments whose digest verified.
     pub digests_verified: u64,
+    /// Named segments written since they were bound (their entry's version
+    /// moved on; the bind-time digest is of an older version and is not
+    /// checked). Not damage.
+    pub changed_since_bind: u64,
 }
 
 impl Damage {

@@ -331,6 +331,14 @@ pub(crate) fn analyze(
             continue;
         };
         let e = candidates[i];
+        if e.version != ns.version {
+            // Written since it was bound (through the map or a window): the
+            // digest is of an older version; the entry is walked like any
+            // other.
+            a.damage.changed_since_bind += 1;
+            keep.push(ns);
+            continue;
+        }
         let mut h = blake3::Hasher::new();
         match for_each_chunk(arena, slots, &e, fanout_shift, |c| {
             h.update(c);
