@@ -57,8 +57,17 @@ pub struct CdcCounter {
     set: FpSet,
     logical: u64,
     chunks: u64,
-    /// Bytes of the distinct sampled chunks.
-    sampled_bytes: u64,
+    /// Bytes of the distinct sampled chunks, by the trailing zeros of their fingerprint's
+    /// sampling bits (capped at 64): a chunk stays in the sample at level `l` exactly when
+    /// that count is at least `l`, so the bytes still sampled after the set raised its level
+    /// are the sum from `l` up (a single running total kept the bytes of chunks the set had
+    /// dropped, and overstated the stored bytes past the budget).
+    sampled_bytes: [u64; 65],
+}
+
+/// The bucket of [`CdcCounter::sampled_bytes`] a fingerprint's chunk counts in.
+fn sample_depth(fp: u64) -> usize {
+    ((fp >> 1).trailing_zeros() as usize).min(64)
 }
 
 impl CdcCounter {
@@ -72,7 +81,7 @@ impl CdcCounter {
             set: FpSet::new(budget),
             logical: 0,
             chunks: 0,
-            sampled_bytes: 0,
+            sampled_bytes: [0; 65],
         }
     }
 
@@ -115,8 +124,9 @@ impl CdcCounter {
             let (_, end) = cdc.cut(pos, remaining);
             let chunk = &buf[pos..end];
             self.chunks += 1;
-            if self.set.insert(block_fp(chunk)) {
-                self.sampled_bytes += chunk.len() as u64;
+            let fp = block_fp(chunk);
+            if self.set.insert(fp) {
+                self.sampled_bytes[sample_depth(fp)] += chunk.len() as u64;
             }
             pos = end;
         }
@@ -127,7 +137,9 @@ impl CdcCounter {
     pub fn report(&self) -> CdcReport {
         let rate = self.set.rate();
         let est = Estimate::new(self.set.sampled().0, rate);
-        let physical = (self.sampled_bytes as f64 / rate).round() as u64;
+        let level = (self.set.level() as usize).min(64);
+        let sampled: u64 = self.sampled_bytes[level..].iter().sum();
+        let physical = (sampled as f64 / rate).round() as u64;
         let metadata = self.chunks * CDC_REF_BYTES + est.value * CDC_INDEX_BYTES;
         let footprint = physical + metadata;
         CdcReport {
@@ -173,6 +185,34 @@ mod tests {
         assert_eq!(whole.report(), parts.report());
         let direct = FastCDC::new(&data, 512, 2048, 8192).count() as u64;
         assert_eq!(whole.report().chunks, direct);
+    }
+
+    /// Past its budget the set samples; the stored bytes are estimated from the chunks still
+    /// in the sample, so they stay near the exact figure (and never above the logical bytes
+    /// for data that is all distinct).
+    #[test]
+    fn sampled_bytes_follow_the_sample() {
+        let data = noise(9, 4 << 20);
+        let mut exact = CdcCounter::new(2048, u64::MAX);
+        // Room for a few hundred fingerprints: the level rises several times.
+        let mut sampled = CdcCounter::new(2048, 8 << 10);
+        for c in [&mut exact, &mut sampled] {
+            for _ in 0..2 {
+                c.feed(&data);
+                c.finish_item();
+            }
+        }
+        let (e, s) = (exact.report(), sampled.report());
+        assert_eq!(e.physical_bytes, 4 << 20);
+        assert!(s.estimate.rate <= 0.25, "not sampled: {:?}", s.estimate);
+        let err = (s.physical_bytes as f64 / e.physical_bytes as f64 - 1.0).abs();
+        assert!(
+            err < 3.0 * s.estimate.rel_err_95.max(0.05),
+            "stored {} estimated {} ({:?})",
+            e.physical_bytes,
+            s.physical_bytes,
+            s.estimate
+        );
     }
 
     #[test]
