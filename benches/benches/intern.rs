@@ -5,7 +5,8 @@
 //! `std::collections::HashMap<[u8; 64], u32>` insert-or-lookup of the same
 //! lines (a straightforward dedup table with std's default SipHash).
 //!
-//! Targets (one core): unique intern >= 1.5 GB/s, duplicate >= 3 GB/s.
+//! Targets (one core, issue 11): duplicate intern >= 3 GB/s at a 1 MiB working set and
+//! >= 1.5 GB/s at 256 MiB; unique intern >= 1.5 GB/s at 256 MiB.
 #![forbid(unsafe_code)]
 
 use std::cell::OnceCell;
@@ -210,10 +211,15 @@ fn summary() {
         let dup = s("hicamp duplicate", "hicamp_duplicate");
         let map_unique = s("HashMap unique", "hashmap_unique");
         let map_dup = s("HashMap duplicate", "hashmap_duplicate");
-        print_vs(&unique, &memcpy, Some(Target::MinGbps(1.5)));
+        // The issue's targets: duplicates 3 GB/s cache-resident and 1.5 GB/s at 256 MiB;
+        // unique lines 1.5 GB/s at 256 MiB.
+        let small = size <= 1 << 20;
+        let unique_target = (!small).then_some(Target::MinGbps(1.5));
+        let dup_target = Target::MinGbps(if small { 3.0 } else { 1.5 });
+        print_vs(&unique, &memcpy, unique_target);
         print_vs(&unique, &map_unique, None);
         print_vs(&fresh, &unique, None);
-        print_vs(&dup, &memcpy, Some(Target::MinGbps(3.0)));
+        print_vs(&dup, &memcpy, Some(dup_target));
         print_vs(&dup, &map_dup, None);
     }
 }

@@ -42,8 +42,7 @@ pub const MAX_LEVEL: u32 = 22;
 const INITIAL_TABLE: usize = 8;
 /// Bytes per table slot.
 pub const SLOT_BYTES: u64 = 8;
-/// z for a two-sided 95% interval.
-pub const Z95: f64 = 1.96;
+pub use hicamp::footprint::sampled::Z95;
 
 /// Kind bit of a fingerprint: set for interior lines.
 const INTERIOR_BIT: u64 = 1;
@@ -226,16 +225,6 @@ impl Shard {
     }
 }
 
-/// Smallest power-of-two table (at least [`INITIAL_TABLE`]) that holds `len` entries below
-/// the 3/4 load limit.
-fn table_for(len: usize) -> usize {
-    let mut cap = INITIAL_TABLE;
-    while (len + 1) * 4 > cap * 3 {
-        cap *= 2;
-    }
-    cap
-}
-
 /// A set of fingerprints in a memory budget, sampled by fingerprint when the budget is reached
 /// (see the module documentation).
 #[derive(Debug, Clone)]
@@ -394,23 +383,9 @@ impl Estimate {
 // ---------------------------------------------------------------------------------------------
 // The metadata model
 
-/// Index shards of a HICAMP memory (the store's `SHARDS`).
-pub const MEMORY_INDEX_SHARDS: u64 = 64;
-
-/// The metadata a HICAMP memory holding `lines` lines (leaf and interior) would report, in the
-/// model of `hicamp::Stats`: reference counts at 4 bytes per slot (`lines + 1`: slot 0 is the
-/// zero line), the dedup index at 8 bytes per slot of 64 power-of-two shard tables kept under
-/// 3/4 load (the lines spread evenly over the shards), the free lists at one slot batch per
-/// shard (16 slots, 256 once a shard has created 1024 lines), and `map_bytes` for the segment
-/// map. Returns (refcount, index, free list) bytes.
-pub fn memory_metadata(lines: u64) -> (u64, u64, u64) {
-    let refcount = 4 * (lines + 1);
-    let per_shard = lines.div_ceil(MEMORY_INDEX_SHARDS) as usize;
-    let index = MEMORY_INDEX_SHARDS * table_for(per_shard) as u64 * 8;
-    let batch = if per_shard >= 1024 { 256 } else { 16 };
-    let free = MEMORY_INDEX_SHARDS * batch * 4;
-    (refcount, index, free)
-}
+/// The metadata model of a HICAMP memory holding a number of lines (one model, the shim's
+/// and this tool's).
+pub use hicamp::footprint::sampled::memory_metadata;
 
 // ---------------------------------------------------------------------------------------------
 // Streaming counters
