@@ -96,6 +96,12 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
         ..FsckReport::default()
     };
     drop(checked.file);
+    if checked.header_restored {
+        r.damage.header_restored = true;
+        r.problem(
+            "the header failed its checks: its copy is whole (the next open restores it)".into(),
+        );
+    }
     if r.unallocated_bytes > 0 {
         r.problem(format!(
             "sparse: {} of the {} reserved bytes have no blocks on the file system (a sparse copy?); the next open allocates them, or fails with \"no space\"",
@@ -138,7 +144,10 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
     }
     r.named = a.damage.named;
     r.digests_verified = a.damage.digests_verified;
-    r.damage = a.damage.clone();
+    r.damage = Damage {
+        header_restored: r.damage.header_restored,
+        ..a.damage.clone()
+    };
     r.entries = a.entries.len() as u64;
     r.logical_bytes = a.entries.iter().map(|e| e.len).sum();
 

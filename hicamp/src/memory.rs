@@ -148,12 +148,16 @@ pub struct Damage {
     /// moved on; the bind-time digest is of an older version and is not
     /// checked). Not damage.
     pub changed_since_bind: u64,
+    /// The file's header failed its checks and was restored from its copy
+    /// (a salvaging open rewrites it).
+    pub header_restored: bool,
 }
 
 impl Damage {
     /// True when something was corrupted (anything but torn writes).
     pub fn is_corrupt(&self) -> bool {
         !(self.slots_repaired.is_empty()
+            && !self.header_restored
             && self.slots_damaged.is_empty()
             && self.lost.is_empty()
             && self.lost_names.is_empty()
@@ -169,6 +173,9 @@ impl Damage {
     /// One line per finding.
     pub fn problems(&self) -> Vec<String> {
         let mut v = Vec::new();
+        if self.header_restored {
+            v.push("the header failed its checks: restored from its copy".to_string());
+        }
         for (id, s) in &self.slots_repaired {
             v.push(format!(
                 "map entry {}: a flipped bit in slot {s}, corrected",
@@ -286,12 +293,13 @@ impl Memory {
         let path = path.as_ref();
         let name = path.display().to_string();
         let t = std::time::Instant::now();
-        let (backing, config, layout) = persist::open_file(path)?;
+        let opened = persist::open_file(path)?;
+        let (backing, config, layout) = (opened.backing.clone(), opened.config, opened.layout);
         let was_clean = persist::read_clean(&backing);
         let store = Store::new(&backing, &layout, &config);
         let map = MapTable::new(&backing, &layout, &config);
         let reserved_slots = backing.space().map_or(layout.slots, |s| s.reserved().slots);
-        let a = store::analyze(
+        let mut a = store::analyze(
             &name,
             store.arena(),
             map.words(),
@@ -301,6 +309,13 @@ impl Memory {
             was_clean,
             options.strict,
         )?;
+        if opened.header_restored && options.strict {
+            return Err(Error::Corrupt {
+                path: name,
+                what: "strict open refuses a damaged file: the header failed its checks (its copy is whole)".into(),
+            });
+        }
+        a.damage.header_restored = opened.header_restored;
         if a.states
             .first()
             .is_none_or(|s| *s == store::EntryState::Never)
@@ -311,6 +326,10 @@ impl Memory {
             });
         }
         // From here on the file changes: it is not clean until closed.
+        if opened.header_rewrite {
+            persist::rewrite_header(path, &opened)?;
+        }
+        drop(opened);
         persist::write_state(&backing, false).map_err(|e| Error::Io {
             path: name.clone(),
             op: "write state",

@@ -3,7 +3,9 @@
 //!
 //! ```text
 //!  offset 0        header page: magic, format version, config, region
-//!                  offsets, checksum; at 2048 the state word (clean close)
+//!                  offsets, checksum; at 1024 a copy of all that (a damaged
+//!                  header is restored from it); at 2048 the state word
+//!                  (clean close)
 //!  arena_off       line arena: (capacity + 1) lines, slot 0 = the zero line
 //!  meta_off        reference counts: one u32 per slot (bit 31 = interior)
 //!  map_off         segment map: 64 bytes per entry = two 32-byte slots
@@ -44,6 +46,10 @@ pub const MAGIC: [u8; 8] = *b"HICAMPMF";
 /// slots; version 1 files are refused with a clear error.
 pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 80;
+/// The header's copy. Written at create, and on every read-write open that
+/// finds it missing (files of earlier builds) or different; a header that
+/// fails its checks is restored from it.
+const BACKUP_OFF: usize = 1024;
 const STATE_OFF: usize = 2048;
 /// The two reserved-space words (line slots, map entries).
 const SPACE_OFF: usize = 2056;
@@ -569,7 +575,9 @@ pub(crate) fn create_file(
     let space = Space::new(&name, c, layout, Reserved::default());
     let backing =
         Backing::file(file, layout.len as usize, space).map_err(|e| io_err(path, "map", e))?;
-    backing.write_bytes(0, &encode_header(c, &layout));
+    let header = encode_header(c, &layout);
+    backing.write_bytes(0, &header);
+    backing.write_bytes(BACKUP_OFF, &header);
     backing.write_bytes(SPACE_OFF, &space_word(0, 0).to_le_bytes());
     backing.write_bytes(SPACE_OFF + 8, &space_word(1, 0).to_le_bytes());
     backing
@@ -600,6 +608,11 @@ pub(crate) struct Checked {
     /// Bytes of the reserved ranges the file system holds no block for
     /// (a sparse copy), from `st_blocks`.
     pub unallocated: u64,
+    /// The header failed its checks and its copy was used.
+    pub header_restored: bool,
+    /// The header's copy is missing or differs from the header (a file of
+    /// an earlier build, or a damaged copy): a read-write open rewrites it.
+    pub backup_stale: bool,
 }
 
 /// Opens a memory file and checks its header, reserved space and length
@@ -637,7 +650,28 @@ pub(crate) fn read_checked(path: &Path, write: bool) -> Result<Checked> {
     let mut page = vec![0u8; 4096.min(file_len as usize)];
     file.read_exact_at(&mut page, 0)
         .map_err(|e| io_err(path, "read header", e))?;
-    let (config, layout) = decode_header(&name, &page, file_len)?;
+    let (config, layout, header_restored) = match decode_header(&name, &page, file_len) {
+        Ok((c, l)) => (c, l, false),
+        // A header damaged in place (a flipped bit fails the checksum, or
+        // the magic) is restored from its copy, when the copy is whole.
+        // A flip in the version field reads as a newer format: a copy that
+        // decodes as this format says which it was.
+        Err(
+            e @ (Error::Corrupt { .. }
+            | Error::NotAMemoryFile { .. }
+            | Error::UnsupportedVersion { .. }),
+        ) => {
+            match page
+                .get(BACKUP_OFF..)
+                .map(|b| decode_header(&name, b, file_len))
+            {
+                Some(Ok((c, l))) => (c, l, true),
+                _ => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let backup_stale = page.get(..HEADER_LEN) != page.get(BACKUP_OFF..BACKUP_OFF + HEADER_LEN);
     let claimed = decode_reserved(&name, &page, &config, &layout)?;
     // Trim the marks to the data the file holds: past the last byte of data
     // of a region, nothing was ever written (a crash or a sparse copy can
@@ -667,13 +701,15 @@ pub(crate) fn read_checked(path: &Path, write: bool) -> Result<Checked> {
         reserved,
         claimed,
         unallocated,
+        header_restored,
+        backup_stale,
     })
 }
 
 /// Opens and maps an existing memory file for writing, after the checks of
 /// [`read_checked`]; allocates the reserved ranges again (filling the holes
 /// of a sparse copy, or failing with `NoSpace`) before any page is touched.
-pub(crate) fn open_file(path: &Path) -> Result<(std::sync::Arc<Backing>, Config, Layout)> {
+pub(crate) fn open_file(path: &Path) -> Result<Opened> {
     let c = read_checked(path, true)?;
     let name = path.display().to_string();
     let space = Space::new(&name, &c.config, c.layout, c.reserved);
@@ -697,7 +733,36 @@ pub(crate) fn open_file(path: &Path) -> Result<(std::sync::Arc<Backing>, Config,
         s.publish(&backing, 0, c.reserved.slots);
         s.publish(&backing, 1, c.reserved.entries);
     }
-    Ok((backing, c.config, c.layout))
+    Ok(Opened {
+        backing,
+        config: c.config,
+        layout: c.layout,
+        header_restored: c.header_restored,
+        header_rewrite: c.header_restored || c.backup_stale,
+    })
+}
+
+/// A memory file opened for writing by [`open_file`].
+pub(crate) struct Opened {
+    pub backing: std::sync::Arc<Backing>,
+    pub config: Config,
+    pub layout: Layout,
+    /// The header failed its checks and its copy was used.
+    pub header_restored: bool,
+    /// The header or its copy is to be rewritten ([`rewrite_header`]) once
+    /// the open goes ahead.
+    pub header_rewrite: bool,
+}
+
+/// Writes the header and its copy from the checked config (the header page
+/// is reserved space, allocated at create) and syncs them.
+pub(crate) fn rewrite_header(path: &Path, o: &Opened) -> Result<()> {
+    let header = encode_header(&o.config, &o.layout);
+    o.backing.write_bytes(0, &header);
+    o.backing.write_bytes(BACKUP_OFF, &header);
+    o.backing
+        .msync(0, 4096)
+        .map_err(|e| io_err(path, "sync header", e))
 }
 
 /// Reads a memory file's reserved ranges into an anonymous mapping (for

@@ -189,3 +189,59 @@ fn every_bit_of_the_reserved_space_words() {
         std::fs::write(&p, &pristine).unwrap();
     }
 }
+
+#[test]
+fn every_bit_of_the_header() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("m.hicamp");
+    let named = build(&p);
+    let pristine = std::fs::read(&p).unwrap();
+    // The header (80 bytes at 0) has a copy at 1024.
+    assert_eq!(pristine[..80], pristine[1024..1104]);
+    for bit in 0..80 * 8 {
+        let what = format!("header bit {bit}");
+        flip(&p, &pristine, bit);
+        let report = fsck(&p).unwrap_or_else(|e| panic!("{what}: fsck: {e}"));
+        assert!(report.damage.header_restored, "{what}: {report:?}");
+        assert!(!report.is_consistent(), "{what}");
+        assert!(
+            Memory::open_with(&p, OpenOptions { strict: true }).is_err(),
+            "{what}: strict open took it"
+        );
+        // The strict open changed nothing.
+        assert!(fsck(&p).unwrap().damage.header_restored, "{what}");
+        let m = Memory::open(&p).unwrap_or_else(|e| panic!("{what}: open: {e}"));
+        let dmg = m.damage().unwrap().clone();
+        assert!(dmg.header_restored && dmg.is_corrupt(), "{what}: {dmg:?}");
+        for (name, bytes) in &named {
+            assert_eq!(
+                &m.get_named(name).unwrap().unwrap().to_vec(),
+                bytes,
+                "{what}"
+            );
+        }
+        drop(m);
+        // Restored in the file: the next look finds nothing.
+        let after = fsck(&p).unwrap();
+        assert!(after.is_consistent(), "{what}: {:?}", after.problems);
+        assert_eq!(std::fs::read(&p).unwrap()[..80], pristine[..80], "{what}");
+        std::fs::write(&p, &pristine).unwrap();
+    }
+    // Both copies damaged: a clear error, never a panic.
+    let mut b = pristine.clone();
+    b[20] ^= 1;
+    b[1024 + 20] ^= 1;
+    std::fs::write(&p, &b).unwrap();
+    assert!(matches!(
+        Memory::open(&p),
+        Err(hicamp::Error::Corrupt { .. })
+    ));
+    assert!(fsck(&p).is_err());
+    // A copy that is missing (a file of an earlier build) or damaged is
+    // rewritten by the next read-write open.
+    let mut b = pristine.clone();
+    b[1024..1104].fill(0);
+    std::fs::write(&p, &b).unwrap();
+    drop(Memory::open(&p).unwrap());
+    assert_eq!(std::fs::read(&p).unwrap()[1024..1104], pristine[..80]);
+}

@@ -136,6 +136,12 @@ fn write_at(p: &Path, off: u64, bytes: &[u8]) {
     f.write_all(bytes).unwrap();
 }
 
+/// Writes `bytes` at `off` of the header and of its copy.
+fn write_header(p: &Path, off: u64, bytes: &[u8]) {
+    write_at(p, off, bytes);
+    write_at(p, 1024 + off, bytes);
+}
+
 fn valid_file() -> (tempfile::TempDir, PathBuf) {
     let (d, p) = tmp();
     let m = Memory::create(&p, cfg(Durability::None)).unwrap();
@@ -157,15 +163,17 @@ fn bad_files_get_typed_errors() {
     std::fs::write(&p, b"").unwrap();
     assert!(matches!(Memory::open(&p), Err(Error::Truncated { .. })));
 
+    // The header has a copy at 1024 that restores it when only one is
+    // damaged (tests/bitflip.rs): here both are.
     let (_d2, p) = valid_file();
-    write_at(&p, 0, b"NOTHICAM");
+    write_header(&p, 0, b"NOTHICAM");
     assert!(matches!(
         Memory::open(&p),
         Err(Error::NotAMemoryFile { .. })
     ));
 
     let (_d3, p) = valid_file();
-    write_at(&p, 8, &99u32.to_le_bytes());
+    write_header(&p, 8, &99u32.to_le_bytes());
     assert!(matches!(
         Memory::open(&p),
         Err(Error::UnsupportedVersion { found: 99, .. })
@@ -183,7 +191,7 @@ fn bad_files_get_typed_errors() {
     assert!(e.to_string().contains("re-create"), "{e}");
 
     let (_d4, p) = valid_file();
-    write_at(&p, 16, &12345u64.to_le_bytes());
+    write_header(&p, 16, &12345u64.to_le_bytes());
     assert!(matches!(Memory::open(&p), Err(Error::Corrupt { .. })));
 
     let (_d5, p) = valid_file();
