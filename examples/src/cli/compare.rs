@@ -39,6 +39,10 @@ pub struct CompareArgs {
     /// Traffic seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// HICAMP's durable commits: one per RX batch (as PASTE fences once per batch), or one per
+    /// record (phttpd's policy).
+    #[arg(long, value_enum, default_value_t = Commit::Batch)]
+    hicamp_commit: Commit,
     /// (internal) Be the recovery experiment's server: MODEL serves WAL batches and prints
     /// `ack K` per answered request.
     #[arg(long, hide = true, value_name = "MODEL")]
@@ -52,6 +56,15 @@ pub struct CompareArgs {
     /// (internal) Records a child logs at most.
     #[arg(long, hide = true, default_value_t = 100_000)]
     limit: u64,
+}
+
+/// HICAMP's commit policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Commit {
+    /// One durable map commit per RX batch.
+    Batch,
+    /// One per record.
+    Record,
 }
 
 fn model_of(s: &str) -> Option<ModelKind> {
@@ -85,6 +98,7 @@ pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
             extra: args.extra,
             log_records: args.log_records,
             limit: args.limit,
+            group_commit: args.hicamp_commit == Commit::Batch,
         };
         let mut out = io::stdout().lock();
         return recovery::serve_wal(&spec, &mut out).map_err(|e| e.to_string());
@@ -100,6 +114,7 @@ pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
     if let Some(s) = args.seed {
         opts.seed = s;
     }
+    opts.hicamp_group_commit = args.hicamp_commit == Commit::Batch;
     let total = opts.workloads.len() * opts.connections.len() * opts.memories.len() * opts.models.len();
     let pb = bar(quiet, total as u64 + if args.no_recovery { 0 } else { 4 });
     let result = (|| -> Result<Report, String> {
@@ -122,6 +137,7 @@ pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
                     &opts.dir,
                     opts.seed,
                     opts.recovery_records,
+                    opts.hicamp_group_commit,
                 )?);
                 pb.inc(1);
             }
@@ -153,7 +169,7 @@ pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
     text.push_str(&format!(
         "hicamp compare: HICAMP segments vs PASTE's buffer model vs Linux on PASTE's workloads\n\
          flushes: {} per cache line + sfence per barrier; pm = {} us spun per barrier; files in {}\n\
-         requests/s = requests / server time (one thread; arrival timed apart); latency = batch start to answer queued\n",
+         requests/s = connections / median batch service time (one thread; arrival timed apart); latency = batch start to answer queued\n",
         report.flush_instruction,
         PM_LATENCY_NS / 1000,
         report.files_dir

@@ -20,11 +20,10 @@ use std::time::{Duration, Instant};
 use hicamp::{Durability, Memory};
 use serde::Serialize;
 
-use super::models::{HicampModel, LinuxModel, Model, ModelError, ModelKind, PasteModel};
+use super::models::{entry_bodies, HicampModel, LinuxModel, Model, ModelError, ModelKind, PasteModel};
 use super::paste::{copy_entry_len, decode_record, CopyLog, ZeroCopyLog, BUF_SIZE};
 use super::region::Region;
 use super::traffic::{unique_body, Traffic, Workload};
-use crate::phttpd::record_body;
 use crate::workload::WAL_BODY_LEN;
 
 /// Connections (requests per batch) of the recovery runs.
@@ -45,6 +44,8 @@ pub struct ServeSpec {
     pub log_records: usize,
     /// Stop after this many records (the parent kills it earlier).
     pub limit: u64,
+    /// HICAMP: one commit per batch.
+    pub group_commit: bool,
 }
 
 /// One model's recovery result.
@@ -78,7 +79,9 @@ pub fn serve_wal(spec: &ServeSpec, out: &mut impl Write) -> Result<(), ModelErro
     let mut m: Box<dyn Model> = match spec.model {
         ModelKind::Hicamp => {
             let mem = HicampModel::memory(&spec.dir, true, 0, spec.limit.max(1024))?;
-            Box::new(HicampModel::new(mem, true)?)
+            let mut h = HicampModel::new(mem, true)?;
+            h.set_group_commit(spec.group_commit);
+            Box::new(h)
         }
         ModelKind::Paste | ModelKind::PasteCopy => Box::new(PasteModel::new(
             Some(spec.model == ModelKind::Paste),
@@ -152,10 +155,9 @@ pub fn recover(spec: &ServeSpec) -> Result<(u64, HashSet<u64>, u64), ModelError>
             let map = mem.map();
             for id in map.ids() {
                 let Ok(seg) = map.get(id) else { continue };
-                let Some(body) = record_body(&seg) else {
-                    continue;
-                };
-                count(None, Some(&body));
+                for body in entry_bodies(&seg) {
+                    count(None, Some(&body));
+                }
             }
         }
         ModelKind::Paste => {
@@ -190,6 +192,7 @@ pub fn experiment(
     base: &Path,
     seed: u64,
     kill_after: u64,
+    group_commit: bool,
 ) -> Result<RecoveryResult, String> {
     let dir = base.join(format!("recovery-{}", model.name()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -201,6 +204,7 @@ pub fn experiment(
         extra: (kill_after / 3).max(16) as u32,
         log_records: (kill_after * 5) as usize,
         limit: kill_after * 4,
+        group_commit,
     };
     let mut child = Command::new(exe)
         .args([
@@ -217,6 +221,8 @@ pub fn experiment(
             &spec.log_records.to_string(),
             "--limit",
             &spec.limit.to_string(),
+            "--hicamp-commit",
+            if group_commit { "batch" } else { "record" },
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -262,7 +268,10 @@ pub fn experiment(
     let recovered = acked.iter().filter(|k| ok.contains(k)).count() as u64;
     let acknowledged = acked.len() as u64;
     let note = match model {
-        ModelKind::Hicamp => "Memory::open recovers the file; every map entry committed before its ack is a record (phttpd's layout)".to_string(),
+        ModelKind::Hicamp => format!(
+            "Memory::open recovers the file; each map entry committed before its ack holds {} (phttpd's record layout)",
+            if group_commit { "one RX batch of records" } else { "one record" }
+        ),
         ModelKind::Paste => format!(
             "{} extra buffers + {} RX slots: a body survives until its recycled buffer is overwritten by a later frame; older records then point at other requests' bytes and nothing marks them stale (no head, sequence or checksum); PASTE has no recovery code",
             spec.extra, super::models::RING_SLOTS
