@@ -87,10 +87,7 @@ fn bar(quiet: bool, total: u64) -> ProgressBar {
 pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
     if let Some(m) = &args.serve_wal {
         let model = model_of(m).ok_or_else(|| format!("unknown model '{m}'"))?;
-        let dir = args
-            .files
-            .clone()
-            .ok_or("--serve-wal needs --files DIR")?;
+        let dir = args.files.clone().ok_or("--serve-wal needs --files DIR")?;
         let spec = ServeSpec {
             model,
             dir,
@@ -115,7 +112,8 @@ pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
         opts.seed = s;
     }
     opts.hicamp_group_commit = args.hicamp_commit == Commit::Batch;
-    let total = opts.workloads.len() * opts.connections.len() * opts.memories.len() * opts.models.len();
+    let total =
+        opts.workloads.len() * opts.connections.len() * opts.memories.len() * opts.models.len();
     let pb = bar(quiet, total as u64 + if args.no_recovery { 0 } else { 4 });
     let result = (|| -> Result<Report, String> {
         let (mut runs, series) = run_all(&opts, |_, _, r| {
@@ -187,7 +185,13 @@ pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
         for r in &report.recovery {
             text.push_str(&format!(
                 "{:<11} {:>6} {:>9} {:>6} {:>6} {:>7}  {}\n",
-                r.model, r.acknowledged, r.recovered, r.lost, r.stale_records, r.records_found, r.note
+                r.model,
+                r.acknowledged,
+                r.recovered,
+                r.lost,
+                r.stale_records,
+                r.records_found,
+                r.note
             ));
         }
     }

@@ -269,7 +269,10 @@ fn build(
         }
         ModelKind::Linux => {
             let log = if wal {
-                Some(region("linux.log", records as usize * copy_entry_len(1024))?)
+                Some(region(
+                    "linux.log",
+                    records as usize * copy_entry_len(1024),
+                )?)
             } else {
                 None
             };
@@ -328,7 +331,11 @@ pub fn run_one(
         .copied()
         .unwrap_or(0);
     batch_ns.sort_unstable();
-    let median_batch = batch_ns.get(batch_ns.len() / 2).copied().unwrap_or(0).max(1);
+    let median_batch = batch_ns
+        .get(batch_ns.len() / 2)
+        .copied()
+        .unwrap_or(0)
+        .max(1);
     let footprint = m.footprint();
     if workload.is_wal() && points.last().is_some_and(|p| p.0 != c.records) {
         points.push((c.records, footprint));
@@ -342,7 +349,13 @@ pub fn run_one(
         dag_nodes_visited_per_req: None,
     });
     drop(m);
-    for f in ["hicamp.mem", "paste.pool", "paste.log", "paste-copy.log", "linux.log"] {
+    for f in [
+        "hicamp.mem",
+        "paste.pool",
+        "paste.log",
+        "paste-copy.log",
+        "linux.log",
+    ] {
         let _ = std::fs::remove_file(opts.dir.join(f));
     }
     let run = Run {

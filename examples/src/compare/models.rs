@@ -395,11 +395,12 @@ impl Model for HicampModel {
         let s = self.mem.stats();
         let created = (s.leaf_lines_created + s.interior_lines_created)
             - (self.base.leaf_lines_created + self.base.interior_lines_created);
-        let hits = (s.leaf_dedup_hits + s.interior_dedup_hits + s.zero_leaf_hits + s.zero_interior_hits)
-            - (self.base.leaf_dedup_hits
-                + self.base.interior_dedup_hits
-                + self.base.zero_leaf_hits
-                + self.base.zero_interior_hits);
+        let hits =
+            (s.leaf_dedup_hits + s.interior_dedup_hits + s.zero_leaf_hits + s.zero_interior_hits)
+                - (self.base.leaf_dedup_hits
+                    + self.base.interior_dedup_hits
+                    + self.base.zero_leaf_hits
+                    + self.base.zero_interior_hits);
         let mut c = self.counts;
         c.lines_created = created;
         c.lines_deduplicated = hits;

@@ -387,7 +387,11 @@ pub fn encode_record(buf_idx: u32, off: usize, len: usize) -> Result<u64, PasteE
 
 /// Decodes a zero-copy log record: `(buf_idx, off, len)`.
 pub fn decode_record(r: u64) -> (u32, usize, usize) {
-    ((r >> 32) as u32, ((r >> 16) & 0xffff) as usize, (r & 0xffff) as usize)
+    (
+        (r >> 32) as u32,
+        ((r >> 16) & 0xffff) as usize,
+        (r & 0xffff) as usize,
+    )
 }
 
 /// PASTE's zero-copy WAL: a circular log of 8-byte records pointing into held buffers.
@@ -663,7 +667,10 @@ mod tests {
     fn record_fields_are_checked() {
         assert!(encode_record(5, 2000, 100).is_err());
         assert!(encode_record(5, 0, 70_000).is_err());
-        assert_eq!(decode_record(encode_record(7, 230, 1024).unwrap()), (7, 230, 1024));
+        assert_eq!(
+            decode_record(encode_record(7, 230, 1024).unwrap()),
+            (7, 230, 1024)
+        );
     }
 
     proptest::proptest! {

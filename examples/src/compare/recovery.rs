@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use hicamp::{Durability, Memory};
 use serde::Serialize;
 
-use super::models::{entry_bodies, HicampModel, LinuxModel, Model, ModelError, ModelKind, PasteModel};
+use super::models::{
+    entry_bodies, HicampModel, LinuxModel, Model, ModelError, ModelKind, PasteModel,
+};
 use super::paste::{copy_entry_len, decode_record, CopyLog, ZeroCopyLog, BUF_SIZE};
 use super::region::Region;
 use super::traffic::{unique_body, Traffic, Workload};
@@ -235,7 +237,10 @@ pub fn experiment(
     let mut killed = false;
     for line in lines.by_ref() {
         let line = line.map_err(|e| e.to_string())?;
-        if let Some(k) = line.strip_prefix("ack ").and_then(|k| k.parse::<u64>().ok()) {
+        if let Some(k) = line
+            .strip_prefix("ack ")
+            .and_then(|k| k.parse::<u64>().ok())
+        {
             acked.insert(k);
         }
         if acked.len() as u64 >= kill_after || t.elapsed() > Duration::from_secs(60) {
@@ -248,7 +253,10 @@ pub fn experiment(
     // Acknowledgements already written before the kill still count.
     for line in lines {
         let Ok(line) = line else { break };
-        if let Some(k) = line.strip_prefix("ack ").and_then(|k| k.parse::<u64>().ok()) {
+        if let Some(k) = line
+            .strip_prefix("ack ")
+            .and_then(|k| k.parse::<u64>().ok())
+        {
             acked.insert(k);
         }
     }

@@ -122,12 +122,18 @@ fn find<'a>(
     kind: &str,
 ) -> Option<&'a Run> {
     runs.iter().find(|r| {
-        r.model == model && r.workload == w && r.connections == n && r.memory == mem && r.kind == kind
+        r.model == model
+            && r.workload == w
+            && r.connections == n
+            && r.memory == mem
+            && r.kind == kind
     })
 }
 
 fn cell(r: Option<&Run>) -> String {
-    r.map_or("-".into(), |r| format!("{:>9.0} /{:>7.1}", r.req_per_s, r.mean_us))
+    r.map_or("-".into(), |r| {
+        format!("{:>9.0} /{:>7.1}", r.req_per_s, r.mean_us)
+    })
 }
 
 /// Same-run ratios of requests/s.
@@ -230,14 +236,24 @@ pub fn tables(runs: &[Run], kind: &str, connections: &[usize]) -> String {
                 (_, "dram") => "WAL-repeat (the generator's bodies: JSON logs, retries), DRAM",
                 _ => "WAL-repeat, 10 us emulated PM write latency per barrier",
             };
-            if !runs.iter().any(|r| r.workload == w && r.memory == mem && r.kind == kind) {
+            if !runs
+                .iter()
+                .any(|r| r.workload == w && r.memory == mem && r.kind == kind)
+            {
                 continue;
             }
             let _ = writeln!(s, "\n{title}");
             let _ = writeln!(
                 s,
                 "{:>5} | {:>18} {:>18} {:>18} {:>18} | {:>9} {:>9} {:>9}",
-                "conns", "linux", "paste-copy", "paste", "hicamp", "pub Linux", "pub copy", "pub zc"
+                "conns",
+                "linux",
+                "paste-copy",
+                "paste",
+                "hicamp",
+                "pub Linux",
+                "pub copy",
+                "pub zc"
             );
             for &n in connections {
                 let p = PUBLISHED_WAL.iter().find(|p| p.0 == n && p.1 == mem);
@@ -264,7 +280,16 @@ pub fn tables(runs: &[Run], kind: &str, connections: &[usize]) -> String {
     let _ = writeln!(
         s,
         "{:<11} {:<10} | {:>13} {:>6} {:>7} {:>6} {:>8} | {:>8} {:>8} {:>12}",
-        "model", "workload", "copied(hdr)", "resp", "flushed", "fences", "p99 us", "records", "B/record", "footprint B"
+        "model",
+        "workload",
+        "copied(hdr)",
+        "resp",
+        "flushed",
+        "fences",
+        "p99 us",
+        "records",
+        "B/record",
+        "footprint B"
     );
     for w in ["rpc", "wal", "wal-repeat"] {
         for m in ["linux", "paste-copy", "paste", "hicamp"] {
@@ -290,7 +315,9 @@ pub fn tables(runs: &[Run], kind: &str, connections: &[usize]) -> String {
     }
     let hs: Vec<&Run> = runs
         .iter()
-        .filter(|r| r.model == "hicamp" && r.connections == n && r.memory == "dram" && r.kind == kind)
+        .filter(|r| {
+            r.model == "hicamp" && r.connections == n && r.memory == "dram" && r.kind == kind
+        })
         .collect();
     if !hs.is_empty() {
         let _ = writeln!(
@@ -320,14 +347,18 @@ pub fn tables(runs: &[Run], kind: &str, connections: &[usize]) -> String {
     }
     let rs = ratios(runs, kind);
     if !rs.is_empty() {
-        let _ = writeln!(s, "\nSame-run ratios of requests/s (published ratio beside)");
+        let _ = writeln!(
+            s,
+            "\nSame-run ratios of requests/s (published ratio beside)"
+        );
         for r in rs {
             let _ = writeln!(
                 s,
                 "  {:<42} {:>6.2}x   {}",
                 r.what,
                 r.measured,
-                r.published.map_or(String::new(), |p| format!("(PASTE: {p:.2}x)"))
+                r.published
+                    .map_or(String::new(), |p| format!("(PASTE: {p:.2}x)"))
             );
         }
     }

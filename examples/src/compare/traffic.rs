@@ -110,19 +110,22 @@ impl Traffic {
     }
 }
 
-/// A unique 1 KiB body of random bytes for request `k` (its first 8 bytes are `k`).
+/// The SplitMix64 finalizer.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A unique 1 KiB body of random bytes for request `k` (its first 8 bytes are `k`). Each
+/// body's generator starts from a hash of `k`, so that no body is a shifted copy of another.
 pub fn unique_body(seed: u64, k: u64) -> Vec<u8> {
-    let mut x = seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut x = mix(seed ^ mix(k.wrapping_add(0x632B_E59B_D9B4_E019)));
     let mut v = Vec::with_capacity(WAL_BODY_LEN);
     v.extend_from_slice(&k.to_le_bytes());
     while v.len() < WAL_BODY_LEN {
-        // SplitMix64.
         x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        v.extend_from_slice(&z.to_le_bytes());
+        v.extend_from_slice(&mix(x).to_le_bytes());
     }
     v.truncate(WAL_BODY_LEN);
     v
@@ -198,6 +201,15 @@ mod tests {
         let t = Traffic::new(Workload::Wal, 100, 1);
         assert_eq!(t.payload(5, 0).len(), 1156);
         assert_ne!(t.payload(5, 0)[132..], t.payload(6, 0)[132..]);
+        // No line of one body is a line of another.
+        let lines = |k| {
+            unique_body(1, k)
+                .chunks(64)
+                .map(<[u8]>::to_vec)
+                .collect::<Vec<_>>()
+        };
+        let a: std::collections::HashSet<Vec<u8>> = (0..64).flat_map(lines).collect();
+        assert_eq!(a.len(), 64 * 16);
         let t = Traffic::new(Workload::WalRepeat, 100, 1);
         assert!(t.generated() >= 100);
         assert_eq!(t.payload(7, 0).len(), 1156);
