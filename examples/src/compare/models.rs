@@ -386,7 +386,7 @@ impl Model for HicampModel {
         }
         if self.group {
             self.commit_batch()?;
-            done.extend(std::iter::repeat_n(ns(t0), served));
+            done.extend(std::iter::repeat(ns(t0)).take(served));
         }
         Ok(())
     }
@@ -524,7 +524,7 @@ impl Model for PasteModel {
         self.port.txsync();
         self.port.release_rx()?;
         let t = ns(t0);
-        done.extend(std::iter::repeat_n(t, n));
+        done.extend(std::iter::repeat(t).take(n));
         self.counts.requests += n as u64;
         Ok(())
     }

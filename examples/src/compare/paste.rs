@@ -542,7 +542,7 @@ mod tests {
 
     fn frame(tag: u8, payload: usize) -> Vec<u8> {
         let mut f = vec![0xEE; 66];
-        f.extend(std::iter::repeat_n(tag, payload));
+        f.extend(std::iter::repeat(tag).take(payload));
         f
     }
 
