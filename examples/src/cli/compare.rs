@@ -142,7 +142,7 @@ pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
         }
         if args.end_to_end {
             pb.set_message("end-to-end");
-            runs.extend(end_to_end::run_all(&opts.connections)?);
+            runs.extend(end_to_end::run_all(&opts.connections, &opts.dir)?);
         }
         let mut r = ratios(&runs, "buffer-model");
         r.extend(ratios(&runs, "end-to-end"));

@@ -231,6 +231,9 @@ pub fn tables(runs: &[Run], kind: &str, connections: &[usize]) -> String {
     for w in ["wal", "wal-repeat"] {
         for mem in ["dram", "pm"] {
             let title = match (w, mem) {
+                ("wal", "dram") if kind == "end-to-end" => {
+                    "WAL (wrk's POST with one fixed 1 KiB body, 151 B response), DRAM"
+                }
                 ("wal", "dram") => "WAL (1156 B POST, unique 1 KiB body, 151 B response), DRAM",
                 ("wal", _) => "WAL, 10 us emulated PM write latency per barrier",
                 (_, "dram") => "WAL-repeat (the generator's bodies: JSON logs, retries), DRAM",
