@@ -14,7 +14,13 @@ fn end_to_end_runs_have_wrk_figures() {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("c.json");
     let out = Command::new(env!("CARGO_BIN_EXE_hicamp"))
-        .args(["compare", "--quick", "--no-recovery", "--end-to-end", "--json"])
+        .args([
+            "compare",
+            "--quick",
+            "--no-recovery",
+            "--end-to-end",
+            "--json",
+        ])
         .arg(&json)
         .arg("--files")
         .arg(tmp.path().join("files"))

@@ -10,9 +10,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::compare::models::ModelKind;
 use crate::compare::recovery::{self, ServeSpec};
-use crate::compare::report::{published, ratios, tables, Report};
+use crate::compare::report::{published, ratios, sim_table, tables, Report};
 use crate::compare::traffic::Workload;
-use crate::compare::{default_dir, end_to_end, plots, run_all, Options, PM_LATENCY_NS};
+use crate::compare::{default_dir, end_to_end, plots, run_all, sim_link, Options, PM_LATENCY_NS};
 
 /// Arguments of `hicamp compare`.
 #[derive(Debug, Args)]
@@ -114,7 +114,11 @@ pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
     opts.hicamp_group_commit = args.hicamp_commit == Commit::Batch;
     let total =
         opts.workloads.len() * opts.connections.len() * opts.memories.len() * opts.models.len();
-    let pb = bar(quiet, total as u64 + if args.no_recovery { 0 } else { 4 });
+    let sims = 3 * opts.connections.len() as u64;
+    let pb = bar(
+        quiet,
+        total as u64 + sims + if args.no_recovery { 0 } else { 4 },
+    );
     let result = (|| -> Result<Report, String> {
         let (mut runs, series) = run_all(&opts, |_, _, r| {
             pb.set_message(format!(
@@ -124,6 +128,13 @@ pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
             pb.inc(1);
         })
         .map_err(|e| e.to_string())?;
+        let sim = sim_link::run_all(&opts, |r| {
+            pb.set_message(format!(
+                "sim link: {} {}c {}",
+                r.workload, r.connections, r.memory
+            ));
+            pb.inc(1);
+        })?;
         let mut rec = Vec::new();
         if !args.no_recovery {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -153,6 +164,7 @@ pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
             files_dir: opts.dir.display().to_string(),
             runs,
             footprint: series,
+            sim_link: sim,
             recovery: rec,
             published: published(),
             ratios: r,
@@ -173,6 +185,7 @@ pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
         report.files_dir
     ));
     text.push_str(&tables(&report.runs, "buffer-model", &opts.connections));
+    text.push_str(&sim_table(&report.sim_link));
     if report.runs.iter().any(|r| r.kind == "end-to-end") {
         text.push_str(&tables(&report.runs, "end-to-end", &opts.connections));
     }

@@ -9,6 +9,7 @@
 //! | [`models`]      | the four servers' real operations                                  |
 //! | [`report`]      | the tables beside PASTE's published numbers, and the JSON          |
 //! | [`plots`]       | the SVG plots                                                      |
+//! | [`sim_link`]    | HICAMP's whole path: phttpd on segstack over the sim link          |
 //! | [`recovery`]    | SIGKILL mid-run, restart, count acknowledged against recovered     |
 //! | [`end_to_end`]  | `--end-to-end`: the servers under `wrk` over TAP (root)            |
 //!
@@ -26,6 +27,7 @@ pub mod recovery;
 #[allow(unsafe_code)]
 pub mod region;
 pub mod report;
+pub mod sim_link;
 pub mod traffic;
 
 use std::path::{Path, PathBuf};
@@ -60,7 +62,7 @@ impl MemKind {
             MemKind::Pm => "pm",
         }
     }
-    fn latency_ns(self) -> u32 {
+    pub(crate) fn latency_ns(self) -> u32 {
         match self {
             MemKind::Dram => 0,
             MemKind::Pm => PM_LATENCY_NS,

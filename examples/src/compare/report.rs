@@ -94,6 +94,8 @@ pub struct Report {
     pub runs: Vec<Run>,
     /// Footprint against records logged.
     pub footprint: Vec<FootprintSeries>,
+    /// HICAMP's whole software path over the sim link (kind `sim-link`).
+    pub sim_link: Vec<super::sim_link::SimRun>,
     /// The recovery experiment.
     pub recovery: Vec<RecoveryResult>,
     /// PASTE's published numbers.
@@ -364,6 +366,55 @@ pub fn tables(runs: &[Run], kind: &str, connections: &[usize]) -> String {
                     .map_or(String::new(), |p| format!("(PASTE: {p:.2}x)"))
             );
         }
+    }
+    s
+}
+
+/// The sim-link table.
+pub fn sim_table(runs: &[super::sim_link::SimRun]) -> String {
+    let mut s = String::new();
+    if runs.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "\nHICAMP's whole path over the sim link (phttpd on segstack, server polls timed, client stack not; one durable map insert per record)"
+    );
+    let _ = writeln!(
+        s,
+        "{:<4} {:<5} {:>5} | {:>10} {:>9} {:>9} | {:>7} {:>6} {:>8} {:>6} | {:>9}",
+        "wl",
+        "mem",
+        "conns",
+        "req/s",
+        "mean us",
+        "p99 us",
+        "copied",
+        "hdr",
+        "flushed",
+        "fences",
+        "B/record"
+    );
+    for r in runs {
+        let _ = writeln!(
+            s,
+            "{:<4} {:<5} {:>5} | {:>10.0} {:>9.1} {:>9.1} | {:>7.1} {:>6.0} {:>8.1} {:>6.2} | {:>9}",
+            r.workload,
+            r.memory,
+            r.connections,
+            r.req_per_s,
+            r.mean_us,
+            r.p99_us,
+            r.copied_bytes_per_req,
+            r.header_bytes_copied_per_req,
+            r.flushed_lines_per_req,
+            r.fences_per_req,
+            if r.records > 0 {
+                format!("{:.0}", r.footprint_bytes as f64 / r.records as f64)
+            } else {
+                "-".into()
+            }
+        );
     }
     s
 }
