@@ -73,6 +73,16 @@ fn compare_quick_writes_json_plots_and_recovery() {
         let svg = std::fs::read_to_string(plots.join(f)).unwrap();
         assert!(svg.starts_with("<svg"), "{f}");
     }
+    // HICAMP's whole path over the sim link: rpc, wal DRAM, wal PM at 1, 50, 100.
+    let sim = v["sim_link"].as_array().unwrap();
+    assert_eq!(sim.len(), 9);
+    for r in sim {
+        assert!(r["req_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        if r["workload"] == "wal" {
+            assert!(r["records"].as_u64().unwrap() > 0, "{r}");
+            assert!(r["fences_per_req"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
     let rec = v["recovery"].as_array().unwrap();
     assert_eq!(rec.len(), 4);
     for r in rec {
@@ -80,6 +90,7 @@ fn compare_quick_writes_json_plots_and_recovery() {
         assert!(acked > 0, "{r}");
         if r["model"] == "hicamp" {
             assert_eq!(r["recovered"].as_u64().unwrap(), acked, "{r}");
+            assert_eq!(r["restarts"].as_u64().unwrap(), 1, "{r}");
         }
     }
 }

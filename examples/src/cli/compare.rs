@@ -53,6 +53,9 @@ pub struct CompareArgs {
     /// (internal) Log records of a child.
     #[arg(long, hide = true, default_value_t = 16_384)]
     log_records: usize,
+    /// (internal) First request number of a child.
+    #[arg(long, hide = true, default_value_t = 0)]
+    first: u64,
     /// (internal) Records a child logs at most.
     #[arg(long, hide = true, default_value_t = 100_000)]
     limit: u64,
@@ -96,6 +99,7 @@ pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
             log_records: args.log_records,
             limit: args.limit,
             group_commit: args.hicamp_commit == Commit::Batch,
+            first: args.first,
         };
         let mut out = io::stdout().lock();
         return recovery::serve_wal(&spec, &mut out).map_err(|e| e.to_string());
@@ -192,18 +196,19 @@ pub fn run(args: &CompareArgs, quiet: bool) -> Result<(), String> {
     if !report.recovery.is_empty() {
         text.push_str("\nRecovery: SIGKILL mid-run (WAL, unique bodies), restart, acknowledged vs recovered intact\n");
         text.push_str(&format!(
-            "{:<11} {:>6} {:>9} {:>6} {:>6} {:>7}  note\n",
-            "model", "acked", "recovered", "lost", "stale", "found"
+            "{:<11} {:>6} {:>9} {:>6} {:>6} {:>7} {:>8}  note\n",
+            "model", "acked", "recovered", "lost", "stale", "found", "restarts"
         ));
         for r in &report.recovery {
             text.push_str(&format!(
-                "{:<11} {:>6} {:>9} {:>6} {:>6} {:>7}  {}\n",
+                "{:<11} {:>6} {:>9} {:>6} {:>6} {:>7} {:>8}  {}\n",
                 r.model,
                 r.acknowledged,
                 r.recovered,
                 r.lost,
                 r.stale_records,
                 r.records_found,
+                r.restarts,
                 r.note
             ));
         }

@@ -48,6 +48,8 @@ pub struct ServeSpec {
     pub limit: u64,
     /// HICAMP: one commit per batch.
     pub group_commit: bool,
+    /// First request number (a restarted server continues after the acknowledged ones).
+    pub first: u64,
 }
 
 /// One model's recovery result.
@@ -66,6 +68,8 @@ pub struct RecoveryResult {
     pub stale_records: u64,
     /// Log records or map entries found.
     pub records_found: u64,
+    /// Restarts after the first kill that logged more before being killed again.
+    pub restarts: u32,
     /// Setup and explanation.
     pub note: String,
 }
@@ -80,7 +84,13 @@ pub fn serve_wal(spec: &ServeSpec, out: &mut impl Write) -> Result<(), ModelErro
     let dir = spec.dir.clone();
     let mut m: Box<dyn Model> = match spec.model {
         ModelKind::Hicamp => {
-            let mem = HicampModel::memory(&spec.dir, true, 0, spec.limit.max(1024))?;
+            let path = spec.dir.join("hicamp.mem");
+            let mem = if path.exists() {
+                // A restart: opening the file recovers it after the kill.
+                Memory::open(&path)?
+            } else {
+                HicampModel::memory(&spec.dir, true, 0, spec.limit.max(1024) * 2)?
+            };
             let mut h = HicampModel::new(mem, true)?;
             h.set_group_commit(spec.group_commit);
             Box::new(h)
@@ -103,8 +113,8 @@ pub fn serve_wal(spec: &ServeSpec, out: &mut impl Write) -> Result<(), ModelErro
     let traffic = Traffic::new(Workload::Wal, 64, spec.seed);
     let conns: Vec<usize> = (0..RECOVERY_CONNECTIONS).collect();
     let mut done = Vec::new();
-    let mut k = 0u64;
-    while k < spec.limit {
+    let mut k = spec.first;
+    while k < spec.first + spec.limit {
         let frames: Vec<(usize, Vec<u8>)> = conns
             .iter()
             .map(|&c| (c, traffic.frame(k + c as u64, c)))
@@ -186,6 +196,80 @@ pub fn recover(spec: &ServeSpec) -> Result<(u64, HashSet<u64>, u64), ModelError>
     Ok((found, ok, stale))
 }
 
+/// Runs the child server (requests from `first` on) until `acked` holds `kill_after`
+/// acknowledgements, then SIGKILLs it; acknowledgements written before the kill count.
+fn run_and_kill(
+    exe: &Path,
+    spec: &ServeSpec,
+    first: u64,
+    kill_after: u64,
+    acked: &mut HashSet<u64>,
+) -> Result<(), String> {
+    let mut child = Command::new(exe)
+        .args([
+            "compare",
+            "--serve-wal",
+            spec.model.name(),
+            "--files",
+            &spec.dir.to_string_lossy(),
+            "--seed",
+            &spec.seed.to_string(),
+            "--extra",
+            &spec.extra.to_string(),
+            "--log-records",
+            &spec.log_records.to_string(),
+            "--limit",
+            &spec.limit.to_string(),
+            "--first",
+            &first.to_string(),
+            "--hicamp-commit",
+            if spec.group_commit { "batch" } else { "record" },
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", exe.display()))?;
+    let stdout = child.stdout.take().ok_or("no child stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let t = Instant::now();
+    let mut killed = false;
+    let parse = |line: &str| {
+        line.strip_prefix("ack ")
+            .and_then(|k| k.parse::<u64>().ok())
+    };
+    for line in lines.by_ref() {
+        let line = line.map_err(|e| e.to_string())?;
+        if let Some(k) = parse(&line) {
+            acked.insert(k);
+        }
+        if acked.len() as u64 >= kill_after || t.elapsed() > Duration::from_secs(60) {
+            // SIGKILL, mid-run: the server is still serving.
+            child.kill().map_err(|e| e.to_string())?;
+            killed = true;
+            break;
+        }
+    }
+    for line in lines {
+        let Ok(line) = line else { break };
+        if let Some(k) = parse(&line) {
+            acked.insert(k);
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !killed {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = io::Read::read_to_string(&mut e, &mut err);
+        }
+        return Err(format!(
+            "{} server ended before the kill ({status}): {}",
+            spec.model.name(),
+            err.trim()
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the experiment for `model`: `exe` is the `hicamp` binary (its hidden
 /// `compare --serve-wal` mode is the child); killed after `kill_after` acknowledgements.
 pub fn experiment(
@@ -207,77 +291,24 @@ pub fn experiment(
         log_records: (kill_after * 5) as usize,
         limit: kill_after * 4,
         group_commit,
+        first: 0,
     };
-    let mut child = Command::new(exe)
-        .args([
-            "compare",
-            "--serve-wal",
-            model.name(),
-            "--files",
-            &dir.to_string_lossy(),
-            "--seed",
-            &seed.to_string(),
-            "--extra",
-            &spec.extra.to_string(),
-            "--log-records",
-            &spec.log_records.to_string(),
-            "--limit",
-            &spec.limit.to_string(),
-            "--hicamp-commit",
-            if group_commit { "batch" } else { "record" },
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", exe.display()))?;
-    let stdout = child.stdout.take().ok_or("no child stdout")?;
     let mut acked = HashSet::new();
-    let mut lines = BufReader::new(stdout).lines();
-    let t = Instant::now();
-    let mut killed = false;
-    for line in lines.by_ref() {
-        let line = line.map_err(|e| e.to_string())?;
-        if let Some(k) = line
-            .strip_prefix("ack ")
-            .and_then(|k| k.parse::<u64>().ok())
-        {
-            acked.insert(k);
-        }
-        if acked.len() as u64 >= kill_after || t.elapsed() > Duration::from_secs(60) {
-            // SIGKILL, mid-run: the server is still serving.
-            child.kill().map_err(|e| e.to_string())?;
-            killed = true;
-            break;
-        }
-    }
-    // Acknowledgements already written before the kill still count.
-    for line in lines {
-        let Ok(line) = line else { break };
-        if let Some(k) = line
-            .strip_prefix("ack ")
-            .and_then(|k| k.parse::<u64>().ok())
-        {
-            acked.insert(k);
-        }
-    }
-    let status = child.wait().map_err(|e| e.to_string())?;
-    if !killed {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = io::Read::read_to_string(&mut e, &mut err);
-        }
-        return Err(format!(
-            "{} server ended before the kill ({status}): {}",
-            model.name(),
-            err.trim()
-        ));
+    run_and_kill(exe, &spec, 0, kill_after, &mut acked)?;
+    // HICAMP: restart on the same file (Memory::open recovers it), log more, kill again.
+    let mut restarts = 0;
+    if model == ModelKind::Hicamp {
+        let first = acked.iter().max().map_or(0, |k| k + 1);
+        let before = acked.len() as u64;
+        run_and_kill(exe, &spec, first, before + kill_after / 2, &mut acked)?;
+        restarts = 1;
     }
     let (found, ok, stale) = recover(&spec).map_err(|e| e.to_string())?;
     let recovered = acked.iter().filter(|k| ok.contains(k)).count() as u64;
     let acknowledged = acked.len() as u64;
     let note = match model {
         ModelKind::Hicamp => format!(
-            "Memory::open recovers the file; each map entry committed before its ack holds {} (phttpd's record layout)",
+            "killed, restarted on its file (Memory::open recovers it), killed again; each map entry committed before its ack holds {} (phttpd's record layout)",
             if group_commit { "one RX batch of records" } else { "one record" }
         ),
         ModelKind::Paste => format!(
@@ -301,6 +332,7 @@ pub fn experiment(
         lost: acknowledged - recovered,
         stale_records: stale,
         records_found: found,
+        restarts,
         note,
     })
 }
