@@ -9,6 +9,7 @@
 //! hicamp backends
 //! hicamp put [--create] FILE NAME PATH
 //! hicamp grep [--count] [--max-count N] FILE NAME PATTERN
+//! hicamp compare [--json FILE] [--plots DIR] [--end-to-end] [--quick] [--no-recovery]
 //! ```
 //!
 //! Policy lives in the experiments and in the memory; this module only parses arguments, wires
