@@ -265,7 +265,12 @@ fn build(
             Box::new(h)
         }
         ModelKind::Paste | ModelKind::PasteCopy => {
-            let extra = records.min(u64::from(u32::MAX) / 2) as u32;
+            // Zero-copy keeps a buffer per record; the copy WAL keeps none.
+            let extra = if model == ModelKind::Paste {
+                records.min(u64::from(u32::MAX) / 2) as u32
+            } else {
+                0
+            };
             let w = wal.then_some(model == ModelKind::Paste);
             Box::new(PasteModel::new(w, extra, records as usize, region)?)
         }
