@@ -4,6 +4,7 @@
 //! | module          | what it holds                                                        |
 //! |-----------------|----------------------------------------------------------------------|
 //! | [`cli`]         | the `hicamp` command line (`dedup`, `fsck`, `stat`, `run` under the shim) |
+//! | [`compare`]     | HICAMP against PASTE's buffer model and Linux (`hicamp compare`)     |
 //! | [`phttpd`]      | a PASTE-phttpd-like HTTP server on segstack, and its `phttpd` command |
 //! | [`experiments`] | line-level dedup against page-level dedup (`hicamp dedup`)          |
 //! | [`workload`]    | deterministic PASTE-style traffic: RPC, WAL, static objects, netmap  |
@@ -12,9 +13,10 @@
 //! `hicamp::footprint`, so that the libc shim needs only the memory.
 //!
 //! The binaries in `src/bin/` only call [`cli::main`] and [`phttpd::cli::main`].
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod cli;
+pub mod compare;
 pub mod experiments;
 pub mod phttpd;
 pub mod workload;

@@ -368,6 +368,44 @@ fn flush_line(p: *const u8) {
     let _ = p;
 }
 
+/// Writes back the CPU cache lines that cover `buf` (clwb, clflushopt or
+/// clflush, whichever the CPU has; nothing off x86-64) and returns how many
+/// 64-byte lines that was. For buffers outside a memory (the PASTE model of
+/// `hicamp compare`); order with [`persist_fence`].
+pub fn flush_cache_lines_of(buf: &[u8]) -> u64 {
+    if buf.is_empty() {
+        return 0;
+    }
+    let start = buf.as_ptr() as usize;
+    let end = start + buf.len();
+    let mut p = start & !63;
+    let mut n = 0;
+    while p < end {
+        // The line at `p` holds at least one byte of `buf`.
+        flush_line(buf.as_ptr().wrapping_add(p.max(start) - start));
+        p += 64;
+        n += 1;
+    }
+    n
+}
+
+/// Orders earlier cache-line write-backs before later stores (sfence), as
+/// the memory's persist barrier does.
+pub fn persist_fence() {
+    store_fence();
+}
+
+/// The cache-line write-back instruction [`flush_cache_lines_of`] uses on
+/// this CPU: `"clwb"`, `"clflushopt"`, `"clflush"` or `"none"`.
+pub fn flush_instruction() -> &'static str {
+    match flush_insn() {
+        FlushInsn::Clwb => "clwb",
+        FlushInsn::Clflushopt => "clflushopt",
+        FlushInsn::Clflush => "clflush",
+        FlushInsn::None => "none",
+    }
+}
+
 /// Orders earlier cache-line write-backs before later stores (sfence).
 #[inline]
 pub(crate) fn store_fence() {

@@ -9,6 +9,7 @@
 //! hicamp backends
 //! hicamp put [--create] FILE NAME PATH
 //! hicamp grep [--count] [--max-count N] FILE NAME PATTERN
+//! hicamp compare [--json FILE] [--plots DIR] [--end-to-end] [--quick] [--no-recovery]
 //! ```
 //!
 //! Policy lives in the experiments and in the memory; this module only parses arguments, wires
@@ -30,6 +31,7 @@ use crate::experiments::dedup::{
 };
 use crate::experiments::report::RunInfo;
 
+mod compare;
 pub mod run;
 mod window;
 
@@ -72,6 +74,10 @@ enum Command {
     /// Search a named segment of a memory file for a byte string through a window (the
     /// segment mapped at virtual addresses, paged in on touch); print the match offsets.
     Grep(window::GrepArgs),
+    /// Compare HICAMP segments with PASTE's buffer model (zero-copy and copy) and a Linux
+    /// epoll server on PASTE's RPC and WAL workloads: tables beside PASTE's published
+    /// numbers, JSON, SVG plots, and a SIGKILL recovery experiment.
+    Compare(compare::CompareArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -263,6 +269,7 @@ pub fn main() -> ExitCode {
         Command::Backends => run_backends(),
         Command::Put(args) => window::run_put(args, cli.quiet),
         Command::Grep(args) => window::run_grep(args, cli.quiet),
+        Command::Compare(args) => compare::run(args, cli.quiet).map_err(Failure::Error),
         Command::Run(_) => unreachable!("handled above"),
     };
     match result {
