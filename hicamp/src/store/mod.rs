@@ -347,8 +347,13 @@ impl Store {
         let id_bits = (u64::BITS - (slots - 1).leading_zeros()).clamp(1, 32);
         let epochs = Epochs::new();
         let shards = (0..SHARDS)
-            .map(|_| {
+            .map(|i| {
                 let shard = Shard {
+                    kind: if i as u64 & KIND_HASH_BIT != 0 {
+                        LineKind::Interior
+                    } else {
+                        LineKind::Leaf
+                    },
                     table: Table::new(id_bits, 1),
                     free: Vec::new(),
                     live: [0; 2],
