@@ -99,6 +99,54 @@ enum Probe {
     Borrow,
 }
 
+/// The level vectors of a tree build, kept per thread between builds of up
+/// to [`SCRATCH_KEEP`] lines (a frame's or a message's build allocated four
+/// vectors: a quarter of its instructions).
+#[derive(Default)]
+struct Scratch {
+    level: Vec<LineId>,
+    st: Vec<Status>,
+    next: Vec<LineId>,
+    nst: Vec<Status>,
+}
+
+/// Builds of at most this many lines reuse the thread's scratch vectors.
+const SCRATCH_KEEP: usize = 4096;
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Option<Box<Scratch>>> = const { std::cell::Cell::new(None) };
+}
+
+impl Scratch {
+    /// Empty vectors for a build of `lines` leaves (the thread's kept ones
+    /// when the build is small).
+    fn take(lines: usize) -> Box<Scratch> {
+        let kept = if lines <= SCRATCH_KEEP {
+            SCRATCH.try_with(|c| c.take()).ok().flatten()
+        } else {
+            None
+        };
+        let mut sc = kept.unwrap_or_default();
+        sc.level.reserve(lines);
+        sc.st.reserve(lines);
+        sc.next.reserve(lines / 16 + 1);
+        sc.nst.reserve(lines / 16 + 1);
+        sc
+    }
+
+    /// Keeps the vectors (emptied) for the thread's next build, unless they
+    /// are large.
+    fn put_back(mut self: Box<Self>) {
+        if self.level.capacity().max(self.next.capacity()) <= SCRATCH_KEEP {
+            self.level.clear();
+            self.st.clear();
+            self.next.clear();
+            self.nst.clear();
+            let _ = SCRATCH.try_with(|c| c.set(Some(self)));
+        }
+    }
+}
+
 impl Store {
     /// Interns one full, non-zero line whose hash is `h` on the locked path.
     /// Returns the line and whether it was created (false: an existing line
@@ -736,18 +784,35 @@ impl Store {
         probe: Probe,
     ) -> std::result::Result<(LineId, u32), Fail> {
         let ls = self.line_size();
-        let mut level = Vec::with_capacity(data.len().div_ceil(ls));
-        let mut st = Vec::with_capacity(level.capacity());
-        self.leaves_run(data, &mut level, &mut st, guard, probe)?;
+        let lines = data.len().div_ceil(ls);
+        let mut sc = Scratch::take(lines);
+        let r = self.tree_levels(data, height, guard, probe, &mut sc);
+        sc.put_back();
+        r
+    }
+
+    fn tree_levels(
+        &self,
+        data: &[u8],
+        height: &impl Fn(usize) -> u32,
+        guard: Option<&Guard>,
+        probe: Probe,
+        sc: &mut Box<Scratch>,
+    ) -> std::result::Result<(LineId, u32), Fail> {
+        let Scratch {
+            level,
+            st,
+            next,
+            nst,
+        } = &mut **sc;
+        self.leaves_run(data, level, st, guard, probe)?;
         let h = height(level.len());
-        let mut next = Vec::with_capacity(level.len() / self.fanout() + 1);
-        let mut nst = Vec::with_capacity(next.capacity());
         for _ in 0..h {
             next.clear();
             nst.clear();
-            self.interior_run(&level, &mut st, &mut next, &mut nst, guard, probe)?;
-            std::mem::swap(&mut level, &mut next);
-            std::mem::swap(&mut st, &mut nst);
+            self.interior_run(level, st, next, nst, guard, probe)?;
+            std::mem::swap(level, next);
+            std::mem::swap(st, nst);
         }
         debug_assert_eq!(level.len(), 1);
         let root = level[0];

@@ -189,6 +189,34 @@ impl Buckets {
         (id, m & (m - 1) != 0 || overflow != 0)
     }
 
+    /// [`Buckets::find`] for a reader without the lock, with the home
+    /// bucket done from one load of its words (the ids taken from them, the
+    /// overflow count too): most lookups end there. Entries that overflowed
+    /// past the home bucket take the general walk.
+    #[inline]
+    pub(super) fn find_pinned(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        let b = Table::home_of(h, self.n());
+        let w = self.b[b].load();
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
+        let mut m = unsafe { hits_sse2(&w, self.tag(h), self.tmask) } & SLOT_BITS;
+        #[cfg(not(target_arch = "x86_64"))]
+        let mut m = self.masks::<false>(b, self.tag(h), self.tmask).0;
+        let idm = self.id_mask();
+        while m != 0 {
+            let s = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let id = (w[s / 2] >> (32 * (s & 1))) as u32 & idm;
+            if id != 0 && eq(id) {
+                return Some(id);
+            }
+        }
+        if (w[7] >> 32) as u32 == 0 {
+            return None;
+        }
+        self.find::<false>(h, eq)
+    }
+
     /// The first id in the probe sequence of `h` for which `eq` holds
     /// (`LOCKED`: called by the writer side, see [`Table`]). Without
     /// the shard lock this may miss an entry that a concurrent update moves,
@@ -489,6 +517,25 @@ fn masks_sse2(w: &[u64; 8], tag: u32, tmask: u32) -> (u32, u32) {
         empty |= (_mm_movemask_ps(_mm_castsi128_ps(zero)) as u32) << (4 * q);
     }
     (hit, empty)
+}
+
+/// The first mask of [`masks_sse2`] alone (bit `s` when word `s` is
+/// non-zero and equals `tag` under `tmask`): what a lock-free lookup needs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn hits_sse2(w: &[u64; 8], tag: u32, tmask: u32) -> u32 {
+    use std::arch::x86_64::*;
+    let t = _mm_set1_epi32(tag as i32);
+    let k = _mm_set1_epi32(tmask as i32);
+    let z = _mm_setzero_si128();
+    let mut hit = 0u32;
+    for q in 0..4 {
+        let v = _mm_set_epi64x(w[2 * q + 1] as i64, w[2 * q] as i64);
+        let zero = _mm_cmpeq_epi32(v, z);
+        let eq = _mm_cmpeq_epi32(_mm_and_si128(v, k), t);
+        hit |= (_mm_movemask_ps(_mm_castsi128_ps(_mm_andnot_si128(zero, eq))) as u32) << (4 * q);
+    }
+    hit
 }
 
 #[cfg(test)]
