@@ -265,6 +265,9 @@ impl Store {
             Some(g) if LOCK_FREE_HITS && probe != Probe::Off => Some((g, probe)),
             _ => None,
         };
+        // A zero line is told by its hash first (one compare per line, not
+        // a scan of its bytes), then checked.
+        let zero_h = self.zero_hash[kind_index(kind)];
         let mut hashes = [0u64; B];
         let mut key = [SKIP; B];
         let mut order = [0u16; B];
@@ -278,12 +281,12 @@ impl Store {
             let m = B.min(n - base);
             let group = &lines[base * ls..(base + m) * ls];
             for (j, line) in group.chunks_exact(ls).enumerate() {
-                if is_zero(line) {
+                let h = line_hash(kind, line);
+                if h == zero_h && is_zero(line) {
                     zeros += 1;
                     status[sstart + base + j] = Status::Created;
                     key[j] = SKIP;
                 } else {
-                    let h = line_hash(kind, line);
                     self.prefetch_index(h);
                     hashes[j] = h;
                     key[j] = (h as usize & (SHARDS - 1)) as u8;
@@ -485,13 +488,14 @@ impl Store {
         };
         let (mut zeros, mut pinned_hits) = (0, 0);
         let mut result = Ok(());
+        let zero_h = self.zero_hash[kind_index(kind)];
         for (j, line) in lines.chunks_exact(ls).enumerate() {
-            if is_zero(line) {
+            let h = line_hash(kind, line);
+            if h == zero_h && is_zero(line) {
                 zeros += 1;
                 status[sstart + j] = Status::Created;
                 continue;
             }
-            let h = line_hash(kind, line);
             if let Some((g, mode)) = probe {
                 if let Some(id) = self.find_pinned(h, line, g) {
                     let st = match mode {
