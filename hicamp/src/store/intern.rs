@@ -271,6 +271,7 @@ impl Store {
         let mut hashes = [0u64; B];
         let mut key = [SKIP; B];
         let mut order = [0u16; B];
+        let mut walk = [0u16; B];
         let mut first = [(0u32, false); B];
         let mut counts = [0u16; SHARDS + 1];
         let mut zeros = 0u64;
@@ -370,11 +371,11 @@ impl Store {
             } else {
                 counts[rot - 1] as usize
             };
-            // The walk order, rotated to start at `i0` (no division per line).
-            let at = |k: usize| {
-                let i = i0 + k;
-                order[if i >= misses { i - misses } else { i }] as usize
-            };
+            // The walk order, rotated to start at `i0`, in `walk` (one pass,
+            // not an index computation at every step).
+            walk[..misses - i0].copy_from_slice(&order[i0..misses]);
+            walk[misses - i0..misses].copy_from_slice(&order[..i0]);
+            let at = |k: usize| walk[k] as usize;
             let mut k = 0;
             while k < misses {
                 let sh = key[at(k)] as usize;

@@ -161,6 +161,25 @@ impl Buckets {
         }
     }
 
+    /// Bit `s` set when slot `s` of bucket `b` is empty (writer side: plain
+    /// loads, see [`Table`]).
+    #[inline(always)]
+    fn empties(&self, b: usize) -> u32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: as in `masks::<true>`: only the writer side, the
+            // caller, writes buckets; `[AtomicU64; 8]` has the layout of
+            // `[u64; 8]`.
+            let w = unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) };
+            // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
+            unsafe { empties_sse2(&w) & SLOT_BITS }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self.masks::<true>(b, 0, 0).1
+        }
+    }
+
     /// Bit `s` set when slot `s` of bucket `b` is used and has `tag`.
     #[inline(always)]
     fn matches<const LOCKED: bool>(&self, b: usize, tag: u32) -> u32 {
@@ -271,7 +290,7 @@ impl Buckets {
         let v = self.tag(h) | id;
         let mut b = Table::home_of(h, n);
         loop {
-            let empty = self.masks::<true>(b, 0, 0).1;
+            let empty = self.empties(b);
             if empty != 0 {
                 self.b[b].set_slot(empty.trailing_zeros() as usize, v);
                 return;
@@ -517,6 +536,20 @@ fn masks_sse2(w: &[u64; 8], tag: u32, tmask: u32) -> (u32, u32) {
         empty |= (_mm_movemask_ps(_mm_castsi128_ps(zero)) as u32) << (4 * q);
     }
     (hit, empty)
+}
+
+/// The second mask of [`masks_sse2`] alone (bit `s` when word `s` is zero).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn empties_sse2(w: &[u64; 8]) -> u32 {
+    use std::arch::x86_64::*;
+    let z = _mm_setzero_si128();
+    let mut empty = 0u32;
+    for q in 0..4 {
+        let v = _mm_set_epi64x(w[2 * q + 1] as i64, w[2 * q] as i64);
+        empty |= (_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(v, z))) as u32) << (4 * q);
+    }
+    empty
 }
 
 /// The first mask of [`masks_sse2`] alone (bit `s` when word `s` is
