@@ -161,6 +161,23 @@ impl Buckets {
         }
     }
 
+    /// Bit `s` set when slot `s` of bucket `b` holds exactly `v` (non-zero;
+    /// writer side: plain loads, see [`Table`]).
+    #[inline(always)]
+    fn hits_locked(&self, b: usize, v: u32) -> u32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: as in `empties`.
+            let w = unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) };
+            // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
+            unsafe { hits_sse2(&w, v, u32::MAX) & SLOT_BITS }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self.masks::<true>(b, v, u32::MAX).0
+        }
+    }
+
     /// Bit `s` set when slot `s` of bucket `b` is empty (writer side: plain
     /// loads, see [`Table`]).
     #[inline(always)]
@@ -309,7 +326,7 @@ impl Buckets {
         let home = Table::home_of(h, n);
         let mut b = home;
         for _ in 0..n {
-            let hit = self.masks::<true>(b, v, u32::MAX).0;
+            let hit = self.hits_locked(b, v);
             if hit != 0 {
                 self.b[b].set_slot(hit.trailing_zeros() as usize, 0);
                 let mut p = home;
