@@ -478,7 +478,10 @@ impl Store {
             free_cursor: Mutex::new(0),
             zero: [AtomicU64::new(0), AtomicU64::new(0)],
             zero_hash: with_line(config.line_size, |z| {
-                [line_hash(LineKind::Leaf, z), line_hash(LineKind::Interior, z)]
+                [
+                    line_hash(LineKind::Leaf, z),
+                    line_hash(LineKind::Interior, z),
+                ]
             }),
             durability: if backing.is_file() {
                 config.durability
