@@ -279,9 +279,9 @@ mod hash_tests {
                 x ^= x << 17;
                 *b = x as u8;
             }
-            for k in 0..2 {
+            for (k, keys) in XXH3_KEYS.iter().enumerate() {
                 let want = xxh3_64_with_seed(&l, HASH_SEED + k as u64);
-                assert_eq!(xxh3_64b(&l, &XXH3_KEYS[k]), want);
+                assert_eq!(xxh3_64b(&l, keys), want);
             }
         }
     }
