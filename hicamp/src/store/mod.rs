@@ -197,7 +197,7 @@ const KIND_HASH_BIT: u64 = 1 << (SHARD_BITS - 1);
 /// and is bit 5 of it, so that a shard's table holds lines of one kind and a
 /// lookup that matches content has matched the kind too (the lock-free path
 /// never reads the count word to check it).
-#[inline]
+#[inline(always)]
 pub(crate) fn line_hash(kind: LineKind, line: &[u8]) -> u64 {
     let h = match <&[u8; 64]>::try_from(line) {
         Ok(l) => xxh3_64b(l, &XXH3_KEYS[kind_index(kind)]),
