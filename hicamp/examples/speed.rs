@@ -3,6 +3,7 @@
 //!
 //! `cargo run --release -p hicamp --example speed -- [MiB] [what]`, where
 //! `what` is one of `dup`, `unique`, `drop`, `scale`, `meta` or `all`, or
+//! `fresh` (one intern into a fresh memory and its drop), or
 //! `frames` (`reps * 1000` duplicate builds of one 1500-byte segment, for
 //! instruction counts per build under callgrind).
 //! Single-thread figures are on-CPU time of the thread (the machines are
@@ -155,6 +156,21 @@ fn main() {
             );
             drop(keep);
         }
+    }
+    if what == "fresh" {
+        // One intern into a fresh memory (first-touch cost: page faults,
+        // index growth), then its drop.
+        let mem = mem_for(size);
+        let t = Instant::now();
+        let s = mem.segment(&data).expect("intern");
+        let ti = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        drop(s);
+        println!(
+            "fresh {mib} MiB: intern {:.2} GB/s, drop {:.3} s",
+            gbps(size, ti),
+            t.elapsed().as_secs_f64()
+        );
     }
     if what == "frames" {
         // Small segments (a 1500-byte frame), for instruction counts under

@@ -465,7 +465,11 @@ impl Arena {
         // caller's contract; `data` is never the arena slot itself.
         let line = unsafe { std::slice::from_raw_parts_mut(dst, ls) };
         line[..data.len()].copy_from_slice(data);
-        line[data.len()..].fill(0);
+        if data.len() < ls {
+            // (A zero-length fill is still a call to `memset`: a full line,
+            // the common case, skips it.)
+            line[data.len()..].fill(0);
+        }
     }
 
     /// Number of slots (including slot 0).

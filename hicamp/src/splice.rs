@@ -232,7 +232,77 @@ impl Drop for Builder<'_> {
     }
 }
 
+/// A splice of bytes and zeros only (a received frame: its metadata line,
+/// padding and the frame's bytes) of at most this many bytes is built from
+/// one flat copy, as `Memory::segment` builds: duplicate lines are borrowed
+/// (no count touched) instead of each taking a reference that its parent,
+/// when it exists too, gives back.
+const FLAT_MAX: u64 = 1 << 20;
+/// ... and of more than this many lines (a splice of a few lines costs less
+/// interned line by line than through the batch of a tree build).
+const FLAT_MIN_LINES: u64 = 4;
+/// Flat copies of at most this many bytes are on the stack.
+const FLAT_STACK: usize = 2048;
+
+/// The lines that [`Builder`] assembles for `pieces` (no `Range` among
+/// them): every line but those it skips as whole lines of a `Zeros` piece.
+fn assembled_lines(pieces: &[Piece<'_>], ls: u64) -> u64 {
+    let (mut fill, mut lines) = (0u64, 0u64);
+    for p in pieces {
+        let mut n = p.len();
+        let zeros = matches!(p, Piece::Zeros(_));
+        while n > 0 {
+            if fill == 0 && n >= ls && (zeros || n >= BATCH_LINES as u64 * ls) {
+                let k = n / ls;
+                if !zeros {
+                    lines += k;
+                }
+                n -= k * ls;
+                continue;
+            }
+            let k = n.min(ls - fill);
+            fill += k;
+            n -= k;
+            if fill == ls {
+                lines += 1;
+                fill = 0;
+            }
+        }
+    }
+    lines + u64::from(fill > 0)
+}
+
 impl Memory {
+    /// [`Memory::splice`] of `Bytes` and `Zeros` pieces only (`total`
+    /// bytes, at most [`FLAT_MAX`]): one flat copy built as a segment.
+    fn splice_flat(&self, pieces: &[Piece<'_>], total: usize) -> Result<(Segment, SpliceCounts)> {
+        let mut stack = [0u8; FLAT_STACK];
+        let mut heap;
+        let flat: &mut [u8] = if total <= FLAT_STACK {
+            &mut stack[..total]
+        } else {
+            heap = vec![0u8; total];
+            &mut heap
+        };
+        let mut at = 0;
+        for p in pieces {
+            match *p {
+                Piece::Bytes(d) => flat[at..at + d.len()].copy_from_slice(d),
+                // Already zero.
+                Piece::Zeros(_) => {}
+                Piece::Range(_) => unreachable!("splice_flat takes no ranges"),
+            }
+            at += p.len() as usize;
+        }
+        let store = &self.inner.store;
+        let tree = dag::build(store, flat)?;
+        let counts = SpliceCounts {
+            assembled_lines: assembled_lines(pieces, store.line_size() as u64),
+            ..SpliceCounts::default()
+        };
+        Ok((Segment::from_tree(self.clone(), tree), counts))
+    }
+
     /// A new segment holding `pieces` one after another.
     ///
     /// Whole lines of [`Piece::Range`]s that fall on whole lines of the result
@@ -251,6 +321,15 @@ impl Memory {
             total = total.saturating_add(p.len());
         }
         dag::check_len(total)?;
+        let flat = total > FLAT_MIN_LINES << self.inner.store.shift() && total <= FLAT_MAX;
+        if flat && !pieces.iter().any(|p| matches!(p, Piece::Range(_))) {
+            return self.splice_flat(pieces, total as usize);
+        }
+        self.splice_built(pieces, total)
+    }
+
+    /// [`Memory::splice`] leaf by leaf (`total`: the pieces' length, checked).
+    fn splice_built(&self, pieces: &[Piece<'_>], total: u64) -> Result<(Segment, SpliceCounts)> {
         let store = &self.inner.store;
         let mut b = Builder {
             store,
@@ -435,6 +514,32 @@ mod tests {
             drop(pieces);
             drop(ranges);
             drop(seg);
+            proptest::prop_assert_eq!(m.live_lines(), 0);
+        }
+
+        /// A splice of bytes and zeros built from a flat copy gives the
+        /// segment and the counts of the leaf-by-leaf build.
+        #[test]
+        fn flat_splice_matches_the_leaf_build(
+            ls_shift in 4u32..8,
+            ops in proptest::collection::vec((proptest::prelude::any::<bool>(), 0usize..300, 0u8..3), 0..8),
+        ) {
+            let m = mem(1 << ls_shift);
+            let owned: Vec<Vec<u8>> = ops
+                .iter()
+                .map(|(_, n, v)| vec![*v; *n])
+                .collect();
+            let pieces: Vec<Piece<'_>> = ops
+                .iter()
+                .zip(&owned)
+                .map(|((bytes, n, _), o)| if *bytes { Piece::Bytes(o) } else { Piece::Zeros(*n as u64) })
+                .collect();
+            let total = pieces.iter().map(Piece::len).sum::<u64>();
+            let (a, ca) = m.splice_flat(&pieces, total as usize).unwrap();
+            let (b, cb) = m.splice_built(&pieces, total).unwrap();
+            proptest::prop_assert_eq!(&a, &b);
+            proptest::prop_assert_eq!(ca, cb);
+            drop((a, b));
             proptest::prop_assert_eq!(m.live_lines(), 0);
         }
     }

@@ -99,6 +99,54 @@ enum Probe {
     Borrow,
 }
 
+/// The level vectors of a tree build, kept per thread between builds of up
+/// to [`SCRATCH_KEEP`] lines (a frame's or a message's build allocated four
+/// vectors: a quarter of its instructions).
+#[derive(Default)]
+struct Scratch {
+    level: Vec<LineId>,
+    st: Vec<Status>,
+    next: Vec<LineId>,
+    nst: Vec<Status>,
+}
+
+/// Builds of at most this many lines reuse the thread's scratch vectors.
+const SCRATCH_KEEP: usize = 4096;
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Option<Box<Scratch>>> = const { std::cell::Cell::new(None) };
+}
+
+impl Scratch {
+    /// Empty vectors for a build of `lines` leaves (the thread's kept ones
+    /// when the build is small).
+    fn take(lines: usize) -> Box<Scratch> {
+        let kept = if lines <= SCRATCH_KEEP {
+            SCRATCH.try_with(|c| c.take()).ok().flatten()
+        } else {
+            None
+        };
+        let mut sc = kept.unwrap_or_default();
+        sc.level.reserve(lines);
+        sc.st.reserve(lines);
+        sc.next.reserve(lines / 16 + 1);
+        sc.nst.reserve(lines / 16 + 1);
+        sc
+    }
+
+    /// Keeps the vectors (emptied) for the thread's next build, unless they
+    /// are large.
+    fn put_back(mut self: Box<Self>) {
+        if self.level.capacity().max(self.next.capacity()) <= SCRATCH_KEEP {
+            self.level.clear();
+            self.st.clear();
+            self.next.clear();
+            self.nst.clear();
+            let _ = SCRATCH.try_with(|c| c.set(Some(self)));
+        }
+    }
+}
+
 impl Store {
     /// Interns one full, non-zero line whose hash is `h` on the locked path.
     /// Returns the line and whether it was created (false: an existing line
@@ -217,9 +265,13 @@ impl Store {
             Some(g) if LOCK_FREE_HITS && probe != Probe::Off => Some((g, probe)),
             _ => None,
         };
+        // A zero line is told by its hash first (one compare per line, not
+        // a scan of its bytes), then checked.
+        let zero_h = self.zero_hash[kind_index(kind)];
         let mut hashes = [0u64; B];
         let mut key = [SKIP; B];
         let mut order = [0u16; B];
+        let mut walk = [0u16; B];
         let mut first = [(0u32, false); B];
         let mut counts = [0u16; SHARDS + 1];
         let mut zeros = 0u64;
@@ -230,12 +282,12 @@ impl Store {
             let m = B.min(n - base);
             let group = &lines[base * ls..(base + m) * ls];
             for (j, line) in group.chunks_exact(ls).enumerate() {
-                if is_zero(line) {
+                let h = line_hash(kind, line);
+                if h == zero_h && is_zero(line) {
                     zeros += 1;
                     status[sstart + base + j] = Status::Created;
                     key[j] = SKIP;
                 } else {
-                    let h = line_hash(kind, line);
                     self.prefetch_index(h);
                     hashes[j] = h;
                     key[j] = (h as usize & (SHARDS - 1)) as u8;
@@ -319,11 +371,11 @@ impl Store {
             } else {
                 counts[rot - 1] as usize
             };
-            // The walk order, rotated to start at `i0` (no division per line).
-            let at = |k: usize| {
-                let i = i0 + k;
-                order[if i >= misses { i - misses } else { i }] as usize
-            };
+            // The walk order, rotated to start at `i0`, in `walk` (one pass,
+            // not an index computation at every step).
+            walk[..misses - i0].copy_from_slice(&order[i0..misses]);
+            walk[misses - i0..misses].copy_from_slice(&order[..i0]);
+            let at = |k: usize| walk[k] as usize;
             let mut k = 0;
             while k < misses {
                 let sh = key[at(k)] as usize;
@@ -437,13 +489,14 @@ impl Store {
         };
         let (mut zeros, mut pinned_hits) = (0, 0);
         let mut result = Ok(());
+        let zero_h = self.zero_hash[kind_index(kind)];
         for (j, line) in lines.chunks_exact(ls).enumerate() {
-            if is_zero(line) {
+            let h = line_hash(kind, line);
+            if h == zero_h && is_zero(line) {
                 zeros += 1;
                 status[sstart + j] = Status::Created;
                 continue;
             }
-            let h = line_hash(kind, line);
             if let Some((g, mode)) = probe {
                 if let Some(id) = self.find_pinned(h, line, g) {
                     let st = match mode {
@@ -736,18 +789,35 @@ impl Store {
         probe: Probe,
     ) -> std::result::Result<(LineId, u32), Fail> {
         let ls = self.line_size();
-        let mut level = Vec::with_capacity(data.len().div_ceil(ls));
-        let mut st = Vec::with_capacity(level.capacity());
-        self.leaves_run(data, &mut level, &mut st, guard, probe)?;
+        let lines = data.len().div_ceil(ls);
+        let mut sc = Scratch::take(lines);
+        let r = self.tree_levels(data, height, guard, probe, &mut sc);
+        sc.put_back();
+        r
+    }
+
+    fn tree_levels(
+        &self,
+        data: &[u8],
+        height: &impl Fn(usize) -> u32,
+        guard: Option<&Guard>,
+        probe: Probe,
+        sc: &mut Box<Scratch>,
+    ) -> std::result::Result<(LineId, u32), Fail> {
+        let Scratch {
+            level,
+            st,
+            next,
+            nst,
+        } = &mut **sc;
+        self.leaves_run(data, level, st, guard, probe)?;
         let h = height(level.len());
-        let mut next = Vec::with_capacity(level.len() / self.fanout() + 1);
-        let mut nst = Vec::with_capacity(next.capacity());
         for _ in 0..h {
             next.clear();
             nst.clear();
-            self.interior_run(&level, &mut st, &mut next, &mut nst, guard, probe)?;
-            std::mem::swap(&mut level, &mut next);
-            std::mem::swap(&mut st, &mut nst);
+            self.interior_run(level, st, next, nst, guard, probe)?;
+            std::mem::swap(level, next);
+            std::mem::swap(st, nst);
         }
         debug_assert_eq!(level.len(), 1);
         let root = level[0];

@@ -161,6 +161,42 @@ impl Buckets {
         }
     }
 
+    /// Bit `s` set when slot `s` of bucket `b` holds exactly `v` (non-zero;
+    /// writer side: plain loads, see [`Table`]).
+    #[inline(always)]
+    fn hits_locked(&self, b: usize, v: u32) -> u32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: as in `empties`.
+            let w = unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) };
+            // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
+            unsafe { hits_sse2(&w, v, u32::MAX) & SLOT_BITS }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self.masks::<true>(b, v, u32::MAX).0
+        }
+    }
+
+    /// Bit `s` set when slot `s` of bucket `b` is empty (writer side: plain
+    /// loads, see [`Table`]).
+    #[inline(always)]
+    fn empties(&self, b: usize) -> u32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: as in `masks::<true>`: only the writer side, the
+            // caller, writes buckets; `[AtomicU64; 8]` has the layout of
+            // `[u64; 8]`.
+            let w = unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) };
+            // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
+            unsafe { empties_sse2(&w) & SLOT_BITS }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self.masks::<true>(b, 0, 0).1
+        }
+    }
+
     /// Bit `s` set when slot `s` of bucket `b` is used and has `tag`.
     #[inline(always)]
     fn matches<const LOCKED: bool>(&self, b: usize, tag: u32) -> u32 {
@@ -187,6 +223,34 @@ impl Buckets {
         let s = m.trailing_zeros() as usize;
         let id = (w[s / 2] >> (32 * (s & 1))) as u32 & self.id_mask();
         (id, m & (m - 1) != 0 || overflow != 0)
+    }
+
+    /// [`Buckets::find`] for a reader without the lock, with the home
+    /// bucket done from one load of its words (the ids taken from them, the
+    /// overflow count too): most lookups end there. Entries that overflowed
+    /// past the home bucket take the general walk.
+    #[inline]
+    pub(super) fn find_pinned(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        let b = Table::home_of(h, self.n());
+        let w = self.b[b].load();
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
+        let mut m = unsafe { hits_sse2(&w, self.tag(h), self.tmask) } & SLOT_BITS;
+        #[cfg(not(target_arch = "x86_64"))]
+        let mut m = self.masks::<false>(b, self.tag(h), self.tmask).0;
+        let idm = self.id_mask();
+        while m != 0 {
+            let s = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let id = (w[s / 2] >> (32 * (s & 1))) as u32 & idm;
+            if id != 0 && eq(id) {
+                return Some(id);
+            }
+        }
+        if (w[7] >> 32) as u32 == 0 {
+            return None;
+        }
+        self.find::<false>(h, eq)
     }
 
     /// The first id in the probe sequence of `h` for which `eq` holds
@@ -243,7 +307,7 @@ impl Buckets {
         let v = self.tag(h) | id;
         let mut b = Table::home_of(h, n);
         loop {
-            let empty = self.masks::<true>(b, 0, 0).1;
+            let empty = self.empties(b);
             if empty != 0 {
                 self.b[b].set_slot(empty.trailing_zeros() as usize, v);
                 return;
@@ -262,7 +326,7 @@ impl Buckets {
         let home = Table::home_of(h, n);
         let mut b = home;
         for _ in 0..n {
-            let hit = self.masks::<true>(b, v, u32::MAX).0;
+            let hit = self.hits_locked(b, v);
             if hit != 0 {
                 self.b[b].set_slot(hit.trailing_zeros() as usize, 0);
                 let mut p = home;
@@ -489,6 +553,39 @@ fn masks_sse2(w: &[u64; 8], tag: u32, tmask: u32) -> (u32, u32) {
         empty |= (_mm_movemask_ps(_mm_castsi128_ps(zero)) as u32) << (4 * q);
     }
     (hit, empty)
+}
+
+/// The second mask of [`masks_sse2`] alone (bit `s` when word `s` is zero).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn empties_sse2(w: &[u64; 8]) -> u32 {
+    use std::arch::x86_64::*;
+    let z = _mm_setzero_si128();
+    let mut empty = 0u32;
+    for q in 0..4 {
+        let v = _mm_set_epi64x(w[2 * q + 1] as i64, w[2 * q] as i64);
+        empty |= (_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(v, z))) as u32) << (4 * q);
+    }
+    empty
+}
+
+/// The first mask of [`masks_sse2`] alone (bit `s` when word `s` is
+/// non-zero and equals `tag` under `tmask`): what a lock-free lookup needs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn hits_sse2(w: &[u64; 8], tag: u32, tmask: u32) -> u32 {
+    use std::arch::x86_64::*;
+    let t = _mm_set1_epi32(tag as i32);
+    let k = _mm_set1_epi32(tmask as i32);
+    let z = _mm_setzero_si128();
+    let mut hit = 0u32;
+    for q in 0..4 {
+        let v = _mm_set_epi64x(w[2 * q + 1] as i64, w[2 * q] as i64);
+        let zero = _mm_cmpeq_epi32(v, z);
+        let eq = _mm_cmpeq_epi32(_mm_and_si128(v, k), t);
+        hit |= (_mm_movemask_ps(_mm_castsi128_ps(_mm_andnot_si128(zero, eq))) as u32) << (4 * q);
+    }
+    hit
 }
 
 #[cfg(test)]
