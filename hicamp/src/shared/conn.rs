@@ -362,6 +362,21 @@ impl Conn {
         self.wait(&w.rseq, &w.writer_waiting, || self.writable())
     }
 
+    /// Entries of ours the reader has not consumed.
+    fn in_flight(&self) -> u32 {
+        let w = self.wring();
+        w.head.load(Relaxed).wrapping_sub(w.tail.load(Acquire))
+    }
+
+    /// Waits until the reader consumes an entry of ours (or closes).
+    fn wait_consumed(&self) -> SharedResult<()> {
+        let w = self.wring();
+        let t = w.tail.load(Acquire);
+        self.wait(&w.rseq, &w.writer_waiting, || {
+            w.tail.load(Acquire) != t || !matches!(self.wstate(), WState::Space | WState::Full)
+        })
+    }
+
     fn check_open(&self) -> SharedResult<()> {
         self.shm.check_fork()?;
         if self.closed {
@@ -414,12 +429,23 @@ impl Conn {
             let n = (data.len() - sent).min(MAX_ENTRY);
             let chunk = &data[sent..sent + n];
             let shm = &self.shm;
-            shm.run(|| {
+            let r = shm.run(|| {
                 let (root, height) = shm.build(chunk)?;
                 self.publish(root, height, n as u64, 0, n as u64);
                 Ok(())
-            })?;
-            sent += n;
+            });
+            match r {
+                Ok(()) => sent += n,
+                // The memory is full: like a full socket buffer, wait until
+                // the reader consumes something of ours, if anything of ours
+                // is in flight; otherwise report it.
+                Err(SharedError::CapacityExhausted { .. })
+                    if !self.nonblocking && self.in_flight() > 0 =>
+                {
+                    self.wait_consumed()?;
+                }
+                Err(e) => return if sent > 0 { Ok(sent) } else { Err(e) },
+            }
         }
         Ok(sent)
     }
