@@ -248,9 +248,9 @@ fn sigkill_at_random_moments_loses_nothing_and_leaks_nothing() {
     let mut kids: Vec<Child> = (0..3)
         .map(|i| spawn("stress", &path, &[("SHM_SEED", i.to_string()), ("SHM_ITERS", "0".into())]))
         .collect();
-    let rounds = 12;
+    let rounds = 30;
     for r in 0..rounds {
-        std::thread::sleep(Duration::from_millis(20 + rng.below(150)));
+        std::thread::sleep(Duration::from_millis(10 + rng.below(100)));
         let i = rng.index(kids.len());
         if let Ok(Some(st)) = kids[i].try_wait() {
             panic!("a stress child exited by itself: {st}");
@@ -268,6 +268,17 @@ fn sigkill_at_random_moments_loses_nothing_and_leaks_nothing() {
             assert!(self_consistent(&a.to_vec().unwrap(), LINE));
         }
     }
+    // Let the last children attach, so that they die holding references.
+    mem.reclaim().unwrap();
+    while mem.stats().processes < 1 + kids.len() as u64 {
+        for k in &mut kids {
+            if let Ok(Some(st)) = k.try_wait() {
+                panic!("a stress child exited by itself: {st}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
     for k in &mut kids {
         if let Ok(Some(st)) = k.try_wait() {
             panic!("a stress child exited by itself: {st}");
@@ -275,9 +286,9 @@ fn sigkill_at_random_moments_loses_nothing_and_leaks_nothing() {
         kill(k);
     }
     let c = mem.check().unwrap();
-    assert!(c.dead_processes > 0 || c.is_clean(), "{c:?}");
+    assert_eq!(c.dead_processes, kids.len() as u64, "{c:?}");
     let n = mem.reclaim().unwrap();
-    assert!(n > 0, "the last children died unreclaimed");
+    assert_eq!(n as usize, kids.len(), "the last children died unreclaimed");
     let c = mem.check().unwrap();
     assert!(c.is_clean(), "{c:?}");
     assert_eq!(c.dead_processes, 0);
