@@ -7,7 +7,7 @@
 //!            fresh-slot counter, free-stack top
 //!   procs    P x 64 B process slots: pid, start time, in-operation counter
 //!   ledger   P x E x u32: root lines each attached process holds
-//!   stripes  S x 64 B: robust lock word + a cache of up to 14 free slots
+//!   stripes  S x 256 B: robust lock word + a cache of up to 62 free slots
 //!   index    S x B x u32: open-addressing tables of line ids, one per stripe
 //!   meta     N x 16 B: count (bit 31 = interior) and content hash per line
 //!   free     N x u32: the free stack of line slots
@@ -24,9 +24,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"HICSHM01";
 pub(crate) const VERSION: u32 = 1;
 pub(crate) const HEADER: usize = 4096;
 pub(crate) const PROC_SLOT: usize = 64;
-pub(crate) const STRIPE: usize = 64;
-/// Free slots one stripe keeps for itself (the rest of its 64 bytes).
-pub(crate) const STRIPE_CACHE: usize = 14;
+pub(crate) const STRIPE: usize = 256;
+/// Free slots one stripe keeps for itself (the rest of its 256 bytes).
+pub(crate) const STRIPE_CACHE: usize = 62;
 pub(crate) const META: usize = 16;
 pub(crate) const NAME_ENTRY: usize = 128;
 /// Longest name in the shared segment map.

@@ -614,6 +614,7 @@ impl Shm {
         let h = self.v.header();
         let _g = self.lock(&h.alloc_lock)?;
         let want = (STRIPE_CACHE / 2 + 1) as u32;
+        debug_assert!(want as usize <= STRIPE_CACHE + 1);
         let mut got = Vec::with_capacity(want as usize);
         let top = h.free_top.load(Relaxed).min(self.v.geo.capacity);
         let take = top.min(want);
@@ -644,23 +645,33 @@ impl Shm {
         Ok(id)
     }
 
-    /// Gives slot `id` back; the caller holds stripe `s`'s lock.
+    /// Gives slot `id` back; the caller holds stripe `s`'s lock. A full
+    /// stripe cache moves half of itself to the free stack under one
+    /// allocator lock.
     fn free(&self, s: u32, id: u32) -> R<()> {
         let st = self.v.stripe(s);
-        let n = st.ncache.load(Relaxed);
-        if (n as usize) < STRIPE_CACHE {
-            st.cache[n as usize].store(id, Relaxed);
-            st.ncache.store(n + 1, Relaxed);
+        let n = (st.ncache.load(Relaxed) as usize).min(STRIPE_CACHE);
+        if n < STRIPE_CACHE {
+            st.cache[n].store(id, Relaxed);
+            st.ncache.store(n as u32 + 1, Relaxed);
             return Ok(());
         }
         let h = self.v.header();
         let _g = self.lock(&h.alloc_lock)?;
+        let keep = STRIPE_CACHE / 2;
         let top = h.free_top.load(Relaxed);
-        if top >= self.v.geo.capacity {
+        let moved = (n - keep) as u32 + 1;
+        if top.checked_add(moved).is_none_or(|t| t > self.v.geo.capacity) {
             return Err(Fail::E(SharedError::Corrupt("free stack overflow".into())));
         }
-        self.v.free_slot(top).store(id, Relaxed);
-        h.free_top.store(top + 1, Relaxed);
+        for (k, i) in (keep..n).enumerate() {
+            self.v
+                .free_slot(top + k as u32)
+                .store(st.cache[i].load(Relaxed), Relaxed);
+        }
+        self.v.free_slot(top + moved - 1).store(id, Relaxed);
+        h.free_top.store(top + moved, Relaxed);
+        st.ncache.store(keep as u32, Relaxed);
         Ok(())
     }
 
