@@ -156,6 +156,13 @@ fn child() {
     let mem = SharedMemory::open(env("SHM_PATH")).unwrap();
     match role.as_str() {
         "stress" => stress(&mem, env_u64("SHM_SEED"), env_u64("SHM_ITERS")),
+        "hold_locks" => {
+            let s = mem.intern(b"held by the lock holder").unwrap();
+            std::mem::forget(s);
+            mem.test_hold_locks_forever(|| {
+                std::fs::write(format!("{}.held", env("SHM_PATH")), b"").unwrap();
+            });
+        }
         "send" => {
             let c = mem.accept(ConnId(env_u64("SHM_CONN") as u32)).unwrap();
             let total = env_u64("SHM_BYTES");
@@ -446,4 +453,35 @@ fn reader_killed_mid_transfer_resets_the_writer_and_no_leak() {
     drop(c);
     let chk = mem.check().unwrap();
     assert!(chk.is_clean() && chk.reachable == 0, "{chk:?}");
+}
+
+#[test]
+fn locks_held_by_a_killed_process_are_recovered_by_the_next_locker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mem) = create(dir.path(), LINE, 1 << 14);
+    let a = mem.intern(&content(5, 10, LINE)).unwrap();
+    mem.bind("a", &a).unwrap();
+    let mut kid = spawn("hold_locks", &path, &[]);
+    // Wait until it holds them.
+    let flag = PathBuf::from(format!("{}.held", path.display()));
+    while !flag.exists() {
+        if let Ok(Some(st)) = kid.try_wait() {
+            panic!("the lock holder exited: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kill(&mut kid);
+    // No explicit reclaim: the intern, the bind and the lookup meet the dead
+    // owner's locks, give up their operation, recover and retry.
+    let recoveries = mem.stats().recoveries;
+    let b = mem.intern(&content(6, 40, LINE)).unwrap();
+    mem.bind("b", &b).unwrap();
+    assert_eq!(mem.lookup("a").unwrap().unwrap(), a);
+    assert!(mem.stats().recoveries > recoveries, "recovered by the locker");
+    assert_eq!(b.to_vec().unwrap(), content(6, 40, LINE));
+    drop((a, b));
+    mem.unbind("a").unwrap();
+    mem.unbind("b").unwrap();
+    let c = mem.check().unwrap();
+    assert!(c.is_clean() && c.reachable == 0 && c.dead_processes == 0, "{c:?}");
 }

@@ -1278,6 +1278,27 @@ impl SharedMemory {
         self.shm.check()
     }
 
+    /// Test support: takes every lock of the memory inside an operation and
+    /// never returns, so that a test can kill the process holding them and
+    /// check that the others recover; `held` runs once they are held. Not
+    /// for use outside tests.
+    #[doc(hidden)]
+    pub fn test_hold_locks_forever(&self, held: impl FnOnce()) -> ! {
+        let shm = &self.shm;
+        let _op = shm.enter().expect("enter");
+        let h = shm.v.header();
+        let mut guards = Vec::new();
+        for s in 0..shm.v.geo.stripes {
+            guards.push(shm.lock(&shm.v.stripe(s).lock).ok().expect("stripe lock"));
+        }
+        guards.push(shm.lock(&h.alloc_lock).ok().expect("alloc lock"));
+        guards.push(shm.lock(&h.map_lock).ok().expect("map lock"));
+        held();
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+
     /// Occupancy figures.
     pub fn stats(&self) -> SharedStats {
         let v = &self.shm.v;
