@@ -77,7 +77,9 @@ fn child(role: &str) {
     match role {
         "shm_sink" | "shm_echo" => {
             let mem = SharedMemory::open(var("LOCAL_PATH")).unwrap();
-            let mut c = mem.accept(ConnId(var("LOCAL_CONN").parse().unwrap())).unwrap();
+            let mut c = mem
+                .accept(ConnId(var("LOCAL_CONN").parse().unwrap()))
+                .unwrap();
             c.set_spin(spin_of());
             let mut buf = vec![0u8; MSG];
             if role == "shm_sink" {
@@ -285,7 +287,11 @@ fn main() {
     let (mut p_tcp, mut p_spin, mut p_sleep) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..p.samples {
         // Alternate which transport goes first.
-        let tcp = || with_tcp("tcp_sink", p.stream_bytes, |s| stream_sample(s, &data, p.stream_bytes));
+        let tcp = || {
+            with_tcp("tcp_sink", p.stream_bytes, |s| {
+                stream_sample(s, &data, p.stream_bytes)
+            })
+        };
         if i % 2 == 0 {
             s_tcp.push(tcp());
         }
@@ -295,9 +301,13 @@ fn main() {
         if i % 2 == 1 {
             s_tcp.push(tcp());
         }
-        s_64.push(with_local(&l64, "shm_sink", spin, p.stream_bytes / 4, |c| {
-            stream_sample(c, &data, p.stream_bytes / 4)
-        }));
+        s_64.push(with_local(
+            &l64,
+            "shm_sink",
+            spin,
+            p.stream_bytes / 4,
+            |c| stream_sample(c, &data, p.stream_bytes / 4),
+        ));
         p_tcp.push(with_tcp("tcp_echo", 0, |s| pingpong_sample(s, p.rounds)));
         p_spin.push(with_local(&l4k, "shm_echo", spin, 0, |c| {
             pingpong_sample(c, p.rounds)

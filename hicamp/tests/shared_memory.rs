@@ -88,7 +88,10 @@ fn bad_ranges_and_files_give_errors() {
         a.read_at(u64::MAX, &mut buf),
         Err(SharedError::BadRange { .. })
     ));
-    assert!(SharedMemory::create(&path, opts(64, 1024)).is_err(), "exists");
+    assert!(
+        SharedMemory::create(&path, opts(64, 1024)).is_err(),
+        "exists"
+    );
     let junk = d.path().join("junk");
     std::fs::write(&junk, vec![7u8; 10_000]).unwrap();
     assert!(matches!(
@@ -127,7 +130,10 @@ fn capacity_exhaustion_is_an_error_and_leaves_nothing() {
             Err(e) => break e,
         }
     };
-    assert!(matches!(err, SharedError::CapacityExhausted { .. }), "{err}");
+    assert!(
+        matches!(err, SharedError::CapacityExhausted { .. }),
+        "{err}"
+    );
     clean(&mem);
     held.clear();
     clean(&mem);
@@ -146,10 +152,19 @@ fn names_bind_rebind_lookup_unbind() {
     drop(a);
     let other = SharedMemory::open(&path).unwrap();
     let b = other.intern(&[2u8; 500]).unwrap();
-    assert!(matches!(mem.bind("y", &b), Err(SharedError::BadParameter(_))));
-    assert_eq!(other.lookup("x").unwrap().unwrap().to_vec().unwrap(), [1u8; 300]);
+    assert!(matches!(
+        mem.bind("y", &b),
+        Err(SharedError::BadParameter(_))
+    ));
+    assert_eq!(
+        other.lookup("x").unwrap().unwrap().to_vec().unwrap(),
+        [1u8; 300]
+    );
     other.bind("x", &b).unwrap();
-    assert_eq!(mem.lookup("x").unwrap().unwrap().to_vec().unwrap(), [2u8; 500]);
+    assert_eq!(
+        mem.lookup("x").unwrap().unwrap().to_vec().unwrap(),
+        [2u8; 500]
+    );
     assert_eq!(mem.names(), vec!["x".to_string()]);
     assert!(mem.lookup("nope").unwrap().is_none());
     drop(b);
@@ -307,7 +322,10 @@ fn connection_segments_pass_without_copy_and_resets() {
     let (_d, _p, mem) = fresh(64, 1 << 12);
     let a = mem.connect().unwrap();
     let mut b = mem.accept(a.id()).unwrap();
-    assert!(matches!(mem.accept(a.id()), Err(SharedError::NotAcceptable(_))));
+    assert!(matches!(
+        mem.accept(a.id()),
+        Err(SharedError::NotAcceptable(_))
+    ));
     let seg = mem.intern(&[9u8; 1000]).unwrap();
     a.send_segment(&seg, 100, 500).unwrap();
     assert!(matches!(

@@ -226,7 +226,10 @@ fn processes_share_lines_names_and_counts() {
             spawn(
                 "stress",
                 &path,
-                &[("SHM_SEED", (100 + i).to_string()), ("SHM_ITERS", "3000".into())],
+                &[
+                    ("SHM_SEED", (100 + i).to_string()),
+                    ("SHM_ITERS", "3000".into()),
+                ],
             )
         })
         .collect();
@@ -253,7 +256,13 @@ fn sigkill_at_random_moments_loses_nothing_and_leaks_nothing() {
     mem.bind("anchor", &a).unwrap();
     let mut rng = Rng::new(5);
     let mut kids: Vec<Child> = (0..3)
-        .map(|i| spawn("stress", &path, &[("SHM_SEED", i.to_string()), ("SHM_ITERS", "0".into())]))
+        .map(|i| {
+            spawn(
+                "stress",
+                &path,
+                &[("SHM_SEED", i.to_string()), ("SHM_ITERS", "0".into())],
+            )
+        })
         .collect();
     let rounds = 30;
     for r in 0..rounds {
@@ -266,7 +275,10 @@ fn sigkill_at_random_moments_loses_nothing_and_leaks_nothing() {
         kids[i] = spawn(
             "stress",
             &path,
-            &[("SHM_SEED", (1000 + r).to_string()), ("SHM_ITERS", "0".into())],
+            &[
+                ("SHM_SEED", (1000 + r).to_string()),
+                ("SHM_ITERS", "0".into()),
+            ],
         );
         // The survivors (and we) go on; our segment is intact.
         assert!(self_consistent(&a.to_vec().unwrap(), LINE));
@@ -477,11 +489,17 @@ fn locks_held_by_a_killed_process_are_recovered_by_the_next_locker() {
     let b = mem.intern(&content(6, 40, LINE)).unwrap();
     mem.bind("b", &b).unwrap();
     assert_eq!(mem.lookup("a").unwrap().unwrap(), a);
-    assert!(mem.stats().recoveries > recoveries, "recovered by the locker");
+    assert!(
+        mem.stats().recoveries > recoveries,
+        "recovered by the locker"
+    );
     assert_eq!(b.to_vec().unwrap(), content(6, 40, LINE));
     drop((a, b));
     mem.unbind("a").unwrap();
     mem.unbind("b").unwrap();
     let c = mem.check().unwrap();
-    assert!(c.is_clean() && c.reachable == 0 && c.dead_processes == 0, "{c:?}");
+    assert!(
+        c.is_clean() && c.reachable == 0 && c.dead_processes == 0,
+        "{c:?}"
+    );
 }

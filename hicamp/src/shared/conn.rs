@@ -130,8 +130,7 @@ impl SharedMemory {
             if end_bits(e, 1) != END_NONE || end_bits(e, 0) == END_NONE {
                 return Err(SharedError::NotAcceptable(id.0).into());
             }
-            if h
-                .ends
+            if h.ends
                 .compare_exchange(e, with_end(e, 1, END_OPEN), AcqRel, Relaxed)
                 .is_err()
             {
@@ -325,7 +324,7 @@ impl Conn {
                     }
                 }
                 i += 1;
-                if i % 4 == 0 && t0.elapsed() >= self.spin {
+                if i.is_multiple_of(4) && t0.elapsed() >= self.spin {
                     break;
                 }
             }
@@ -573,7 +572,11 @@ impl Conn {
         let t = r.tail.load(Relaxed);
         let off = r.tail_off.load(Relaxed);
         let (root, height, len, eoff, elen) = self.entry_of(t)?;
-        let slot = if root == 0 { NO_SLOT } else { shm.ledger_take()? };
+        let slot = if root == 0 {
+            NO_SLOT
+        } else {
+            shm.ledger_take()?
+        };
         shm.run(|| {
             if root != 0 {
                 shm.ledger_set(slot, root);

@@ -221,14 +221,13 @@ impl Geometry {
         if !(4..=12).contains(&line_shift) {
             return bad("line size must be a power of two in 16..=4096");
         }
-        if capacity < 2 || capacity > (1 << 30) {
+        if !(2..=(1 << 30)).contains(&capacity) {
             return bad("capacity must be 2..=2^30 lines");
         }
         if !stripes.is_power_of_two() || stripes > 4096 {
             return bad("stripes must be a power of two <= 4096");
         }
-        if !stripe_buckets.is_power_of_two() || (stripes as u64 * stripe_buckets as u64) > 1 << 32
-        {
+        if !stripe_buckets.is_power_of_two() || (stripes as u64 * stripe_buckets as u64) > 1 << 32 {
             return bad("index buckets per stripe must be a power of two");
         }
         if procs == 0 || procs > 0xFFFF {
@@ -247,7 +246,10 @@ impl Geometry {
         let off_ledger = align(off_procs + procs as usize * PROC_SLOT, 64);
         let off_stripes = align(off_ledger + procs as usize * ledger as usize * 4, 64);
         let off_index = align(off_stripes + stripes as usize * STRIPE, 64);
-        let off_meta = align(off_index + stripes as usize * stripe_buckets as usize * 4, 64);
+        let off_meta = align(
+            off_index + stripes as usize * stripe_buckets as usize * 4,
+            64,
+        );
         let off_free = align(off_meta + capacity as usize * META, 64);
         let off_names = align(off_free + capacity as usize * 4, 64);
         let off_conns = align(off_names + names as usize * NAME_ENTRY, 64);
@@ -306,9 +308,11 @@ impl View {
     #[inline]
     unsafe fn at<T>(&self, off: usize) -> &T {
         debug_assert!(off + std::mem::size_of::<T>() <= self.geo.total);
-        debug_assert!(off % std::mem::align_of::<T>() == 0);
-        // SAFETY: the caller's contract.
-        unsafe { &*(self.base.add(off) as *const T) }
+        debug_assert!(off.is_multiple_of(std::mem::align_of::<T>()));
+        // SAFETY: off is inside the mapping (the caller's contract).
+        let p = unsafe { self.base.add(off) } as *const T;
+        // SAFETY: p is in bounds, aligned, and T is atomics (the contract).
+        unsafe { &*p }
     }
 
     #[inline]
@@ -406,10 +410,11 @@ impl View {
     pub unsafe fn line(&self, id: u32) -> &[u8] {
         assert!(id < self.geo.capacity);
         let l = self.geo.line_size();
-        // SAFETY: inside the arena; immutability is the caller's contract.
-        unsafe {
-            std::slice::from_raw_parts(self.base.add(self.geo.off_arena + id as usize * l), l)
-        }
+        // SAFETY: id < capacity: the line lies inside the arena.
+        let p = unsafe { self.base.add(self.geo.off_arena + id as usize * l) };
+        // SAFETY: l bytes at p are mapped; immutability while the slice
+        // lives is the caller's contract.
+        unsafe { std::slice::from_raw_parts(p, l) }
     }
 
     /// Writes a freshly allocated line.
@@ -420,13 +425,10 @@ impl View {
     #[inline]
     pub unsafe fn write_line(&self, id: u32, data: &[u8]) {
         assert!(id < self.geo.capacity && data.len() == self.geo.line_size());
-        // SAFETY: inside the arena; exclusive by the caller's contract.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.base.add(self.geo.off_arena + id as usize * data.len()),
-                data.len(),
-            )
-        }
+        // SAFETY: id < capacity: the line lies inside the arena.
+        let p = unsafe { self.base.add(self.geo.off_arena + id as usize * data.len()) };
+        // SAFETY: the line is mapped and ours alone (the caller's contract);
+        // `data` is a separate heap or stack buffer.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) }
     }
 }

@@ -84,8 +84,8 @@ mod sys;
 use std::fs::OpenOptions as FileOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::atomic::Ordering::*;
 use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -249,7 +249,9 @@ impl SharedOptions {
         }
         let shift = self.line_size.trailing_zeros();
         let stripes = self.stripes.max(1);
-        let per = (4 * self.capacity_lines as u64).div_ceil(stripes as u64).max(16);
+        let per = (4 * self.capacity_lines as u64)
+            .div_ceil(stripes as u64)
+            .max(16);
         let buckets = u32::try_from(per.next_power_of_two())
             .map_err(|_| SharedError::BadParameter("index too large".into()))?;
         Geometry::new(
@@ -357,26 +359,36 @@ impl Shm {
             .map_raw(&file)
             .map_err(|e| io_err(&ps, "mmap", e))?;
         let base = map.as_mut_ptr();
-        // SAFETY: the file was just created (create_new) and is not ready:
-        // no other process reads the header's parameters until `ready` is 1,
-        // published below with Release after these writes.
-        unsafe {
-            let h = base as *mut layout::Header;
-            std::ptr::addr_of_mut!((*h).magic).write(MAGIC);
-            std::ptr::addr_of_mut!((*h).version).write(VERSION);
-            std::ptr::addr_of_mut!((*h).line_shift).write(geo.line_shift);
-            std::ptr::addr_of_mut!((*h).capacity).write(geo.capacity);
-            std::ptr::addr_of_mut!((*h).stripes).write(geo.stripes);
-            std::ptr::addr_of_mut!((*h).stripe_buckets).write(geo.stripe_buckets);
-            std::ptr::addr_of_mut!((*h).procs).write(geo.procs);
-            std::ptr::addr_of_mut!((*h).ledger).write(geo.ledger);
-            std::ptr::addr_of_mut!((*h).names).write(geo.names);
-            std::ptr::addr_of_mut!((*h).conns).write(geo.conns);
-            std::ptr::addr_of_mut!((*h).ring_entries).write(geo.ring_entries);
-            std::ptr::addr_of_mut!((*h).total).write(geo.total as u64);
-        }
+        let header = layout::Header {
+            magic: MAGIC,
+            version: VERSION,
+            ready: AtomicU32::new(0),
+            line_shift: geo.line_shift,
+            capacity: geo.capacity,
+            stripes: geo.stripes,
+            stripe_buckets: geo.stripe_buckets,
+            procs: geo.procs,
+            ledger: geo.ledger,
+            names: geo.names,
+            conns: geo.conns,
+            ring_entries: geo.ring_entries,
+            _pad0: 0,
+            total: geo.total as u64,
+            _pad1: [0; 8],
+            stop: AtomicU32::new(0),
+            _pad2: [0; 60],
+            alloc_lock: AtomicU32::new(0),
+            next_fresh: AtomicU32::new(1),
+            free_top: AtomicU32::new(0),
+            _pad3: [0; 52],
+            map_lock: AtomicU32::new(0),
+            recoveries: std::sync::atomic::AtomicU64::new(0),
+        };
+        // SAFETY: the file was just created (create_new), is at least HEADER
+        // bytes, page aligned, and not ready: no other process reads the
+        // header until `ready` is 1, published below with Release.
+        unsafe { (base as *mut layout::Header).write(header) };
         let v = View { base, geo };
-        v.header().next_fresh.store(1, Relaxed);
         v.header().ready.store(1, Release);
         Shm::attach(map, v, ps)
     }
@@ -388,10 +400,7 @@ impl Shm {
             .write(true)
             .open(path)
             .map_err(|e| io_err(&ps, "open", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| io_err(&ps, "stat", e))?
-            .len();
+        let len = file.metadata().map_err(|e| io_err(&ps, "stat", e))?.len();
         let not = || SharedError::NotShared { path: ps.clone() };
         if len < layout::HEADER as u64 {
             return Err(not());
@@ -557,8 +566,7 @@ impl Shm {
         loop {
             let v = w.load(Relaxed);
             if v == 0 {
-                if w
-                    .compare_exchange(0, self.token | WAITERS, Acquire, Relaxed)
+                if w.compare_exchange(0, self.token | WAITERS, Acquire, Relaxed)
                     .is_ok()
                 {
                     return Ok(LockGuard(w));
@@ -570,7 +578,10 @@ impl Shm {
                 std::hint::spin_loop();
                 continue;
             }
-            if v & WAITERS == 0 && w.compare_exchange(v, v | WAITERS, Relaxed, Relaxed).is_err() {
+            if v & WAITERS == 0
+                && w.compare_exchange(v, v | WAITERS, Relaxed, Relaxed)
+                    .is_err()
+            {
                 continue;
             }
             if self.stopped() {
@@ -593,7 +604,10 @@ impl Shm {
     #[inline]
     fn stripe_of(&self, h: u64) -> (u32, u32) {
         let g = &self.v.geo;
-        ((h as u32) & (g.stripes - 1), ((h >> 32) as u32) & (g.stripe_buckets - 1))
+        (
+            (h as u32) & (g.stripes - 1),
+            ((h >> 32) as u32) & (g.stripe_buckets - 1),
+        )
     }
 
     pub(crate) fn check_line(&self, id: u32) -> SharedResult<()> {
@@ -661,7 +675,10 @@ impl Shm {
         let keep = STRIPE_CACHE / 2;
         let top = h.free_top.load(Relaxed);
         let moved = (n - keep) as u32 + 1;
-        if top.checked_add(moved).is_none_or(|t| t > self.v.geo.capacity) {
+        if top
+            .checked_add(moved)
+            .is_none_or(|t| t > self.v.geo.capacity)
+        {
             return Err(Fail::E(SharedError::Corrupt("free stack overflow".into())));
         }
         for (k, i) in (keep..n).enumerate() {
@@ -701,12 +718,12 @@ impl Shm {
             self.check_line(id)?;
             let m = self.v.meta(id);
             let c = m.count.load(Relaxed);
-            // SAFETY: `id` is in the index and we hold its stripe's lock, so
-            // its count cannot reach 0 and its slot cannot be rewritten.
-            if m.hash.load(Relaxed) == h
-                && c & INTERIOR == kind
-                && unsafe { self.v.line(id) } == data
-            {
+            if m.hash.load(Relaxed) == h && c & INTERIOR == kind && {
+                // SAFETY: `id` is in the index and we hold its stripe's lock,
+                // so its count cannot reach 0 and its slot cannot be rewritten.
+                let line = unsafe { self.v.line(id) };
+                line == data
+            } {
                 if c & COUNT < SATURATED {
                     m.count.fetch_add(1, Relaxed);
                 }
@@ -917,7 +934,13 @@ impl Shm {
 
     /// Copies bytes `off..off + buf.len()` of the segment (root, height) into
     /// `buf`. The caller holds a reference to the root.
-    pub(crate) fn read(&self, root: u32, height: u32, off: u64, buf: &mut [u8]) -> SharedResult<()> {
+    pub(crate) fn read(
+        &self,
+        root: u32,
+        height: u32,
+        off: u64,
+        buf: &mut [u8],
+    ) -> SharedResult<()> {
         self.read_node(root, height, 0, off, buf)
     }
 

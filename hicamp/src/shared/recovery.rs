@@ -73,7 +73,7 @@ impl Shm {
                 n += 1;
                 // A live process leaves soon: it finishes, or gives up at its
                 // next wait. Check its liveness now and then only.
-                if n % 64 == 0 && !self.slot_alive(i) {
+                if n.is_multiple_of(64) && !self.slot_alive(i) {
                     break;
                 }
                 std::thread::sleep(Duration::from_micros(50));
