@@ -503,3 +503,43 @@ fn locks_held_by_a_killed_process_are_recovered_by_the_next_locker() {
         "{c:?}"
     );
 }
+
+#[test]
+fn a_dead_process_slot_is_taken_over_when_all_are_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shm");
+    let mem = SharedMemory::create(
+        &path,
+        SharedOptions {
+            line_size: LINE,
+            capacity_lines: 1 << 12,
+            procs: 2,
+            ..SharedOptions::default()
+        },
+    )
+    .unwrap();
+    let mut kid = spawn("hold_locks", &path, &[]);
+    let flag = PathBuf::from(format!("{}.held", path.display()));
+    while !flag.exists() {
+        if let Ok(Some(st)) = kid.try_wait() {
+            panic!("the child exited: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Both slots are used; a third attachment fails while the child lives.
+    assert!(matches!(
+        SharedMemory::open(&path),
+        Err(SharedError::TooManyProcesses(2))
+    ));
+    kill(&mut kid);
+    let second = SharedMemory::open(&path).unwrap();
+    let s = second.intern(b"after the takeover").unwrap();
+    assert_eq!(s.to_vec().unwrap(), b"after the takeover");
+    drop(s);
+    drop(second);
+    let c = mem.check().unwrap();
+    assert!(
+        c.is_clean() && c.reachable == 0 && c.dead_processes == 0,
+        "{c:?}"
+    );
+}

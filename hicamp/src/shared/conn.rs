@@ -314,17 +314,22 @@ impl Conn {
             return Err(SharedError::WouldBlock);
         }
         if !self.spin.is_zero() {
+            // Poll, yielding the core between polls: a peer on the same
+            // core runs at once, and a peer on another core is seen without
+            // a futex round trip.
             let t0 = Instant::now();
-            let mut i = 0u32;
             loop {
-                for _ in 0..64 {
+                for _ in 0..32 {
                     std::hint::spin_loop();
                     if ready() {
                         return Ok(());
                     }
                 }
-                i += 1;
-                if i.is_multiple_of(4) && t0.elapsed() >= self.spin {
+                std::thread::yield_now();
+                if ready() {
+                    return Ok(());
+                }
+                if t0.elapsed() >= self.spin {
                     break;
                 }
             }

@@ -463,14 +463,30 @@ impl Shm {
                 }
             })
         };
-        let me = match claim(&v) {
-            Some(i) => i,
-            None => {
-                // Reclaim with a borrowed slot is impossible; find dead slots
-                // and free them by a recovery run from a temporary attachment
-                // is not possible either without a slot: report.
-                return Err(SharedError::TooManyProcesses(v.geo.procs));
-            }
+        // No free slot: take over one whose process is dead, and drop what
+        // it held in a recovery of our own before anything else.
+        let steal = |v: &View| {
+            (0..v.geo.procs).find(|&i| {
+                let s = v.proc_slot(i);
+                let (p, st) = (s.pid.load(Acquire), s.start.load(Acquire));
+                if p == 0 || sys::alive(p, st) {
+                    return false;
+                }
+                if s.pid.compare_exchange(p, pid, AcqRel, Relaxed).is_ok() {
+                    s.start.store(start, Relaxed);
+                    s.in_op.store(0, SeqCst);
+                    true
+                } else {
+                    false
+                }
+            })
+        };
+        let (me, inherited) = match claim(&v) {
+            Some(i) => (i, false),
+            None => match steal(&v) {
+                Some(i) => (i, true),
+                None => return Err(SharedError::TooManyProcesses(v.geo.procs)),
+            },
         };
         let ledger = v.geo.ledger;
         let shm = Shm {
@@ -482,6 +498,9 @@ impl Shm {
             ledger_free: parking_lot::Mutex::new((0..ledger).rev().collect()),
             path,
         };
+        if inherited {
+            while shm.recover_with(0, true)?.is_none() {}
+        }
         shm.reclaim()?;
         Ok(shm)
     }

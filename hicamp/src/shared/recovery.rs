@@ -101,24 +101,38 @@ impl Shm {
     /// processes' ledgers and connection ends, and rebuilds counts, index and
     /// free slots from the roots. Returns the dead processes reclaimed.
     pub(crate) fn recover(&self, expect: u32) -> SharedResult<u32> {
+        Ok(self.recover_with(expect, false)?.unwrap_or(0))
+    }
+
+    /// [`recover`](Self::recover); with `inherited`, our own slot was taken
+    /// over from a dead process: its ledger and connection ends are dropped
+    /// as a dead process's are (our pid stays). `None` if another process
+    /// ran the recovery instead.
+    pub(crate) fn recover_with(&self, expect: u32, inherited: bool) -> SharedResult<Option<u32>> {
         self.check_fork()?;
         if !self.stop_world(expect) {
             // Someone else is at it: wait for them (or take over if they die).
             self.wait_world()?;
-            return Ok(0);
+            return Ok(None);
         }
         self.quiesce();
         let v = &self.v;
         let dead: Vec<u32> = (0..v.geo.procs)
             .filter(|&i| v.proc_slot(i).pid.load(SeqCst) != 0 && !self.slot_alive(i))
             .collect();
-        for c in 0..v.geo.conns {
-            self.recover_conn(c, &dead);
+        let mut dropped = dead.clone();
+        if inherited {
+            dropped.push(self.me);
         }
-        for &i in &dead {
+        for c in 0..v.geo.conns {
+            self.recover_conn(c, &dropped);
+        }
+        for &i in &dropped {
             for k in 0..v.geo.ledger {
                 v.ledger(i, k).store(0, Relaxed);
             }
+        }
+        for &i in &dead {
             let s = v.proc_slot(i);
             s.in_op.store(0, SeqCst);
             s.start.store(0, SeqCst);
@@ -128,7 +142,7 @@ impl Shm {
         let r = self.rebuild(&counts);
         v.header().recoveries.fetch_add(1, Relaxed);
         self.start_world();
-        r.map(|()| dead.len() as u32)
+        r.map(|()| Some(dead.len() as u32 + inherited as u32))
     }
 
     /// References to each line `0..high_water` from the roots: live (and,
