@@ -52,6 +52,25 @@ const PEER_CHECK: Duration = Duration::from_millis(50);
 /// 10 us spin made the ping-pong 7x slower than sleeping at once.
 const DEFAULT_SPIN: Duration = Duration::ZERO;
 
+/// `writer_waiting` values: the writer sleeps until the ring is half empty,
+/// or until any entry is consumed.
+const WAIT_HALF: u32 = 1;
+const WAIT_ANY: u32 = 2;
+
+/// True when ring `g` holds at most half its entries and half its bytes.
+fn half_empty(shm: &Shm, g: &super::layout::RingHeader) -> bool {
+    let used = g.head.load(Acquire).wrapping_sub(g.tail.load(Acquire));
+    used <= shm.v.geo.ring_entries / 2 && g.bytes.load(Acquire) <= RING_BYTES / 2
+}
+
+/// After a consume: wakes a sleeping writer if what it waits for happened.
+fn wake_writer(shm: &Shm, g: &super::layout::RingHeader) {
+    let w = g.writer_waiting.load(SeqCst);
+    if w == WAIT_ANY || (w == WAIT_HALF && half_empty(shm, g)) {
+        sys::futex_wake(&g.rseq, 1);
+    }
+}
+
 fn end_bits(ends: u32, e: u32) -> u32 {
     (ends >> (2 * e)) & 3
 }
@@ -305,6 +324,7 @@ impl Conn {
         &self,
         seq: &std::sync::atomic::AtomicU32,
         waiting: &std::sync::atomic::AtomicU32,
+        flag: u32,
         ready: impl Fn() -> bool,
     ) -> SharedResult<()> {
         if ready() {
@@ -337,7 +357,7 @@ impl Conn {
         let mut slept = Duration::ZERO;
         loop {
             let s = seq.load(SeqCst);
-            waiting.store(1, SeqCst);
+            waiting.store(flag, SeqCst);
             if ready() {
                 waiting.store(0, SeqCst);
                 return Ok(());
@@ -360,12 +380,23 @@ impl Conn {
 
     fn wait_readable(&self) -> SharedResult<()> {
         let r = self.rring();
-        self.wait(&r.wseq, &r.reader_waiting, || self.readable())
+        self.wait(&r.wseq, &r.reader_waiting, 1, || self.readable())
     }
 
     fn wait_writable(&self) -> SharedResult<()> {
+        if self.writable() {
+            return Ok(());
+        }
+        // A full ring: sleep until it is half empty (the reader wakes us
+        // then, not at every entry it consumes), or until an error.
         let w = self.wring();
-        self.wait(&w.rseq, &w.writer_waiting, || self.writable())
+        self.wait(&w.rseq, &w.writer_waiting, WAIT_HALF, || {
+            match self.wstate() {
+                WState::Full => false,
+                WState::Space => half_empty(&self.shm, w),
+                _ => true,
+            }
+        })
     }
 
     /// Entries of ours the reader has not consumed.
@@ -378,7 +409,7 @@ impl Conn {
     fn wait_consumed(&self) -> SharedResult<()> {
         let w = self.wring();
         let t = w.tail.load(Acquire);
-        self.wait(&w.rseq, &w.writer_waiting, || {
+        self.wait(&w.rseq, &w.writer_waiting, WAIT_ANY, || {
             w.tail.load(Acquire) != t || !matches!(self.wstate(), WState::Space | WState::Full)
         })
     }
@@ -514,9 +545,7 @@ impl Conn {
             r.bytes.fetch_sub(bytes, Release);
             r.tail.store(t, SeqCst);
             r.rseq.fetch_add(1, SeqCst);
-            if r.writer_waiting.load(SeqCst) != 0 {
-                sys::futex_wake(&r.rseq, 1);
-            }
+            wake_writer(&self.shm, r);
             committed = true;
             shm.release(dead)
         })
@@ -590,9 +619,7 @@ impl Conn {
             r.bytes.fetch_sub(elen, Release);
             r.tail.store(t.wrapping_add(1), SeqCst);
             r.rseq.fetch_add(1, SeqCst);
-            if r.writer_waiting.load(SeqCst) != 0 {
-                sys::futex_wake(&r.rseq, 1);
-            }
+            wake_writer(&self.shm, r);
             Ok(())
         })?;
         let seg = SharedSegment {
