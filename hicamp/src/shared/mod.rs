@@ -714,7 +714,29 @@ impl Shm {
     /// Interns one line: returns it with one more reference, and whether it
     /// already existed.
     fn intern_line(&self, interior: bool, data: &[u8]) -> R<(u32, bool)> {
-        let h = line_hash(interior, data);
+        self.intern_hashed(interior, data, line_hash(interior, data))
+    }
+
+    /// Prefetches the home bucket of hash `h` (stage 1 of a batch).
+    #[inline]
+    fn prefetch_home(&self, h: u64) {
+        let (s, home) = self.stripe_of(h);
+        crate::region::prefetch_ptr(self.v.bucket(s, home));
+    }
+
+    /// Prefetches the count/hash word and the line of the id in the home
+    /// bucket of `h`, if any (stage 2: the bucket was prefetched earlier).
+    #[inline]
+    fn prefetch_candidate(&self, h: u64) {
+        let (s, home) = self.stripe_of(h);
+        let id = self.v.bucket(s, home).load(Relaxed);
+        if id != 0 && id < self.v.geo.capacity {
+            crate::region::prefetch_ptr(self.v.meta(id));
+        }
+    }
+
+    /// [`intern_line`](Self::intern_line) with its hash computed already.
+    fn intern_hashed(&self, interior: bool, data: &[u8], h: u64) -> R<(u32, bool)> {
         let (s, home) = self.stripe_of(h);
         let _g = self.lock(&self.v.stripe(s).lock)?;
         let mask = self.v.geo.stripe_buckets - 1;
@@ -833,8 +855,20 @@ impl Shm {
     /// their children) at zero.
     pub(crate) fn release(&self, ids: &[u32]) -> R<()> {
         let mut work: Vec<u32> = ids.iter().copied().filter(|&x| x != 0).collect();
+        for &id in &work {
+            if id < self.v.geo.capacity {
+                crate::region::prefetch_ptr(self.v.meta(id));
+            }
+        }
         while let Some(id) = work.pop() {
             self.check_line(id)?;
+            if let Some(&next) = work.last() {
+                // Its count word was prefetched when it was pushed; now its
+                // home bucket, which a last reference will probe.
+                if next < self.v.geo.capacity {
+                    self.prefetch_home(self.v.meta(next).hash.load(Relaxed));
+                }
+            }
             let m = self.v.meta(id);
             let mut c = m.count.load(Acquire);
             let last = loop {
@@ -873,6 +907,9 @@ impl Shm {
                 for ch in line.chunks_exact(4) {
                     let x = u32::from_le_bytes(ch.try_into().expect("4 bytes"));
                     if x != 0 {
+                        if x < self.v.geo.capacity {
+                            crate::region::prefetch_ptr(self.v.meta(x));
+                        }
                         work.push(x);
                     }
                 }
@@ -894,21 +931,45 @@ impl Shm {
         let l = self.v.geo.line_size();
         let fshift = self.v.geo.line_shift - 2;
         let fan = l / 4;
-        let mut level: Vec<u32> = Vec::with_capacity(data.len().div_ceil(l));
+        let n = data.len().div_ceil(l);
+        let mut level: Vec<u32> = Vec::with_capacity(n);
         let mut pad = vec![0u8; l];
-        for chunk in data.chunks(l) {
-            let line: &[u8] = if chunk.len() == l {
-                chunk
-            } else {
-                pad.fill(0);
-                pad[..chunk.len()].copy_from_slice(chunk);
+        let tail = data.len() % l;
+        if tail != 0 {
+            pad[..tail].copy_from_slice(&data[data.len() - tail..]);
+        }
+        let line_at = |i: usize| -> &[u8] {
+            if i == n - 1 && tail != 0 {
                 &pad
-            };
-            if line.iter().all(|&b| b == 0) {
+            } else {
+                &data[i * l..(i + 1) * l]
+            }
+        };
+        // Hash every leaf first (0 = the zero line), so that the index
+        // buckets, then the candidates' words, are prefetched ahead of use:
+        // on a large memory each probe is otherwise a cache miss.
+        let hashes: Vec<Option<u64>> = (0..n)
+            .map(|i| {
+                let line = line_at(i);
+                (!line.iter().all(|&b| b == 0)).then(|| line_hash(false, line))
+            })
+            .collect();
+        const AHEAD: usize = 8;
+        for h in hashes.iter().take(AHEAD).flatten() {
+            self.prefetch_home(*h);
+        }
+        for (i, &h) in hashes.iter().enumerate() {
+            if let Some(&Some(h2)) = hashes.get(i + AHEAD) {
+                self.prefetch_home(h2);
+            }
+            if let Some(&Some(h1)) = hashes.get(i + AHEAD / 2) {
+                self.prefetch_candidate(h1);
+            }
+            let Some(h) = h else {
                 level.push(0);
                 continue;
-            }
-            match self.intern_line(false, line) {
+            };
+            match self.intern_hashed(false, line_at(i), h) {
                 Ok((id, _)) => level.push(id),
                 Err(Fail::E(e)) => {
                     let _ = self.release(&level);
