@@ -466,6 +466,7 @@ impl Conn {
             let n = (data.len() - sent).min(MAX_ENTRY);
             let chunk = &data[sent..sent + n];
             let shm = &self.shm;
+            let tail_before = self.wring().tail.load(Acquire);
             let r = shm.run(|| {
                 let (root, height) = shm.build(chunk)?;
                 self.publish(root, height, n as u64, 0, n as u64);
@@ -477,9 +478,15 @@ impl Conn {
                 // the reader consumes something of ours, if anything of ours
                 // is in flight; otherwise report it.
                 Err(SharedError::CapacityExhausted { .. })
-                    if !self.nonblocking && self.in_flight() > 0 =>
+                    if !self.nonblocking
+                        && (self.in_flight() > 0
+                            || self.wring().tail.load(Acquire) != tail_before) =>
                 {
-                    self.wait_consumed()?;
+                    // (Entries consumed since the build began freed lines:
+                    // retry at once; entries still in flight: wait for them.)
+                    if self.in_flight() > 0 {
+                        self.wait_consumed()?;
+                    }
                 }
                 Err(e) => return if sent > 0 { Ok(sent) } else { Err(e) },
             }

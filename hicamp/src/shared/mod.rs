@@ -284,6 +284,27 @@ fn line_hash(interior: bool, data: &[u8]) -> u64 {
     xxh3_64_with_seed(data, if interior { SEED_INTERIOR } else { SEED_LEAF })
 }
 
+/// Sorts `(stripe, id)` pairs by stripe: a counting sort for long lists.
+fn group_by_stripe(v: &mut Vec<(u32, u32)>, stripes: u32) {
+    if v.len() <= 32 {
+        v.sort_unstable_by_key(|x| x.0);
+        return;
+    }
+    let mut start = vec![0usize; stripes as usize + 1];
+    for x in v.iter() {
+        start[x.0 as usize + 1] += 1;
+    }
+    for k in 0..stripes as usize {
+        start[k + 1] += start[k];
+    }
+    let mut out = vec![(0u32, 0u32); v.len()];
+    for &x in v.iter() {
+        out[start[x.0 as usize]] = x;
+        start[x.0 as usize] += 1;
+    }
+    *v = out;
+}
+
 /// One attachment of a process to a shared memory: the mapping, its process
 /// slot and the free entries of its ledger.
 pub(crate) struct Shm {
@@ -646,10 +667,16 @@ impl Shm {
         }
         let h = self.v.header();
         let _g = self.lock(&h.alloc_lock)?;
-        let want = (STRIPE_CACHE / 2 + 1) as u32;
-        debug_assert!(want as usize <= STRIPE_CACHE + 1);
-        let mut got = Vec::with_capacity(want as usize);
         let top = h.free_top.load(Relaxed).min(self.v.geo.capacity);
+        let fresh = self
+            .v
+            .geo
+            .capacity
+            .saturating_sub(h.next_fresh.load(Relaxed));
+        // Take a batch, but no more than a fair share of what is left, so
+        // that a small memory is not emptied into a few stripes' caches.
+        let want = ((top + fresh) / self.v.geo.stripes).clamp(1, (STRIPE_CACHE / 2 + 1) as u32);
+        let mut got = Vec::with_capacity(want as usize);
         let take = top.min(want);
         for i in 0..take {
             got.push(self.v.free_slot(top - 1 - i).load(Relaxed));
@@ -657,14 +684,41 @@ impl Shm {
         h.free_top.store(top - take, Relaxed);
         if got.is_empty() {
             let f = h.next_fresh.load(Relaxed);
-            let k = self.v.geo.capacity.saturating_sub(f).min(want);
-            if k == 0 {
-                return Err(Fail::E(SharedError::CapacityExhausted {
-                    capacity: self.v.geo.capacity as u64,
-                }));
+            let k = fresh.min(want);
+            if k > 0 {
+                h.next_fresh.store(f + k, Relaxed);
+                got.extend((f..f + k).rev());
             }
-            h.next_fresh.store(f + k, Relaxed);
-            got.extend((f..f + k).rev());
+        }
+        if got.is_empty() {
+            // Everything left sits in other stripes' caches: take half of one
+            // whose lock is free (try-lock only: we hold our own stripe's).
+            for t in (0..self.v.geo.stripes).filter(|&t| t != s) {
+                let other = self.v.stripe(t);
+                if other
+                    .lock
+                    .compare_exchange(0, self.token, Acquire, Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                let _og = LockGuard(&other.lock);
+                let m = (other.ncache.load(Relaxed) as usize).min(STRIPE_CACHE);
+                if m == 0 {
+                    continue;
+                }
+                let keep = m / 2;
+                for i in keep..m {
+                    got.push(other.cache[i].load(Relaxed));
+                }
+                other.ncache.store(keep as u32, Relaxed);
+                break;
+            }
+        }
+        if got.is_empty() {
+            return Err(Fail::E(SharedError::CapacityExhausted {
+                capacity: self.v.geo.capacity as u64,
+            }));
         }
         let id = got.pop().expect("got is not empty");
         for &x in &got {
@@ -739,6 +793,19 @@ impl Shm {
     fn intern_hashed(&self, interior: bool, data: &[u8], h: u64) -> R<(u32, bool)> {
         let (s, home) = self.stripe_of(h);
         let _g = self.lock(&self.v.stripe(s).lock)?;
+        self.intern_locked(s, home, interior, data, h)
+    }
+
+    /// The body of [`intern_hashed`](Self::intern_hashed): stripe `s`'s lock
+    /// is held by the caller.
+    fn intern_locked(
+        &self,
+        s: u32,
+        home: u32,
+        interior: bool,
+        data: &[u8],
+        h: u64,
+    ) -> R<(u32, bool)> {
         let mask = self.v.geo.stripe_buckets - 1;
         let kind = if interior { INTERIOR } else { 0 };
         let mut b = home;
@@ -852,70 +919,78 @@ impl Shm {
     }
 
     /// Drops one reference to each of `ids`, freeing lines (and releasing
-    /// their children) at zero.
+    /// their children) at zero. Works a level at a time: counts above one
+    /// drop without a lock; the lines at their last reference are grouped
+    /// by stripe, and each stripe's lock is taken once per level.
     pub(crate) fn release(&self, ids: &[u32]) -> R<()> {
-        let mut work: Vec<u32> = ids.iter().copied().filter(|&x| x != 0).collect();
-        for &id in &work {
-            if id < self.v.geo.capacity {
-                crate::region::prefetch_ptr(self.v.meta(id));
-            }
-        }
-        while let Some(id) = work.pop() {
-            self.check_line(id)?;
-            if let Some(&next) = work.last() {
-                // Its count word was prefetched when it was pushed; now its
-                // home bucket, which a last reference will probe.
-                if next < self.v.geo.capacity {
-                    self.prefetch_home(self.v.meta(next).hash.load(Relaxed));
+        let mut round: Vec<u32> = ids.iter().copied().filter(|&x| x != 0).collect();
+        let mut last: Vec<(u32, u32)> = Vec::new();
+        let mut next: Vec<u32> = Vec::new();
+        while !round.is_empty() {
+            for &id in &round {
+                if id < self.v.geo.capacity {
+                    crate::region::prefetch_ptr(self.v.meta(id));
                 }
             }
-            let m = self.v.meta(id);
-            let mut c = m.count.load(Acquire);
-            let last = loop {
-                let n = c & COUNT;
-                if n == 0 {
-                    return Err(Fail::E(SharedError::Corrupt(format!(
-                        "release of free line {id}"
-                    ))));
-                }
-                if n >= SATURATED {
-                    break false;
-                }
-                if n == 1 {
-                    break true;
-                }
-                match m.count.compare_exchange_weak(c, c - 1, Release, Acquire) {
-                    Ok(_) => break false,
-                    Err(x) => c = x,
-                }
-            };
-            if !last {
-                continue;
-            }
-            let (s, home) = self.place_of(id);
-            let _g = self.lock(&self.v.stripe(s).lock)?;
-            let c = m.count.fetch_sub(1, AcqRel);
-            if c & COUNT != 1 {
-                continue;
-            }
-            self.unindex(s, home, id)?;
-            if c & INTERIOR != 0 {
-                // SAFETY: the line is out of the index with count 0 under its
-                // stripe's lock: no one else can reach it; its slot is not
-                // free yet.
-                let line = unsafe { self.v.line(id) };
-                for ch in line.chunks_exact(4) {
-                    let x = u32::from_le_bytes(ch.try_into().expect("4 bytes"));
-                    if x != 0 {
-                        if x < self.v.geo.capacity {
-                            crate::region::prefetch_ptr(self.v.meta(x));
-                        }
-                        work.push(x);
+            last.clear();
+            for &id in &round {
+                self.check_line(id)?;
+                let m = self.v.meta(id);
+                let mut c = m.count.load(Acquire);
+                loop {
+                    let n = c & COUNT;
+                    if n == 0 {
+                        return Err(Fail::E(SharedError::Corrupt(format!(
+                            "release of free line {id}"
+                        ))));
+                    }
+                    if n >= SATURATED {
+                        break;
+                    }
+                    if n == 1 {
+                        let (s, home) = self.place_of(id);
+                        crate::region::prefetch_ptr(self.v.bucket(s, home));
+                        last.push((s, id));
+                        break;
+                    }
+                    match m.count.compare_exchange_weak(c, c - 1, Release, Acquire) {
+                        Ok(_) => break,
+                        Err(x) => c = x,
                     }
                 }
             }
-            m.count.store(0, Relaxed);
-            self.free(s, id)?;
+            group_by_stripe(&mut last, self.v.geo.stripes);
+            next.clear();
+            let mut i = 0;
+            while i < last.len() {
+                let s = last[i].0;
+                let _g = self.lock(&self.v.stripe(s).lock)?;
+                while i < last.len() && last[i].0 == s {
+                    let id = last[i].1;
+                    i += 1;
+                    let m = self.v.meta(id);
+                    let c = m.count.fetch_sub(1, AcqRel);
+                    if c & COUNT != 1 {
+                        continue;
+                    }
+                    self.unindex(s, self.place_of(id).1, id)?;
+                    if c & INTERIOR != 0 {
+                        // SAFETY: the line is out of the index with count 0
+                        // under its stripe's lock: no one else can reach it;
+                        // its slot is not free yet.
+                        let line = unsafe { self.v.line(id) };
+                        for ch in line.chunks_exact(4) {
+                            let x = u32::from_le_bytes(ch.try_into().expect("4 bytes"));
+                            if x != 0 {
+                                next.push(x);
+                            }
+                        }
+                    }
+                    m.count.store(0, Relaxed);
+                    self.free(s, id)?;
+                }
+            }
+            std::mem::swap(&mut round, &mut next);
         }
         Ok(())
     }
@@ -933,6 +1008,7 @@ impl Shm {
         let fan = l / 4;
         let n = data.len().div_ceil(l);
         let mut level: Vec<u32> = Vec::with_capacity(n);
+        debug_assert!(n > 0);
         let mut pad = vec![0u8; l];
         let tail = data.len() % l;
         if tail != 0 {
@@ -954,28 +1030,54 @@ impl Shm {
                 (!line.iter().all(|&b| b == 0)).then(|| line_hash(false, line))
             })
             .collect();
-        const AHEAD: usize = 8;
-        for h in hashes.iter().take(AHEAD).flatten() {
-            self.prefetch_home(*h);
+        // Group the leaves by stripe (a counting sort), so that each stripe's
+        // lock is taken once per segment rather than once per line.
+        let nstripes = self.v.geo.stripes as usize;
+        let stripe = |h: u64| self.stripe_of(h).0 as usize;
+        let mut start = vec![0u32; nstripes + 1];
+        for h in hashes.iter().flatten() {
+            start[stripe(*h) + 1] += 1;
         }
-        for (i, &h) in hashes.iter().enumerate() {
-            if let Some(&Some(h2)) = hashes.get(i + AHEAD) {
-                self.prefetch_home(h2);
+        for k in 0..nstripes {
+            start[k + 1] += start[k];
+        }
+        let mut order = vec![0u32; start[nstripes] as usize];
+        for (i, h) in hashes.iter().enumerate() {
+            if let Some(h) = h {
+                let k = stripe(*h);
+                order[start[k] as usize] = i as u32;
+                start[k] += 1;
             }
-            if let Some(&Some(h1)) = hashes.get(i + AHEAD / 2) {
-                self.prefetch_candidate(h1);
-            }
-            let Some(h) = h else {
-                level.push(0);
-                continue;
-            };
-            match self.intern_hashed(false, line_at(i), h) {
-                Ok((id, _)) => level.push(id),
-                Err(Fail::E(e)) => {
-                    let _ = self.release(&level);
-                    return Err(Fail::E(e));
+        }
+        level.resize(n, 0);
+        const AHEAD: usize = 8;
+        let hash_of = |j: usize| hashes[order[j] as usize].expect("ordered leaves are non-zero");
+        for j in 0..order.len().min(AHEAD) {
+            self.prefetch_home(hash_of(j));
+        }
+        let mut j = 0;
+        while j < order.len() {
+            let s = stripe(hash_of(j)) as u32;
+            let _g = self.lock(&self.v.stripe(s).lock)?;
+            while j < order.len() && stripe(hash_of(j)) as u32 == s {
+                if j + AHEAD < order.len() {
+                    self.prefetch_home(hash_of(j + AHEAD));
                 }
-                Err(f) => return Err(f),
+                if j + AHEAD / 2 < order.len() {
+                    self.prefetch_candidate(hash_of(j + AHEAD / 2));
+                }
+                let i = order[j] as usize;
+                let h = hash_of(j);
+                match self.intern_locked(s, self.stripe_of(h).1, false, line_at(i), h) {
+                    Ok((id, _)) => level[i] = id,
+                    Err(Fail::E(e)) => {
+                        drop(_g);
+                        let _ = self.release(&level);
+                        return Err(Fail::E(e));
+                    }
+                    Err(f) => return Err(f),
+                }
+                j += 1;
             }
         }
         let height = crate::shape::height_for(level.len() as u64, fshift);
