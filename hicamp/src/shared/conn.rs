@@ -80,6 +80,10 @@ fn with_end(ends: u32, e: u32, bits: u32) -> u32 {
 }
 
 /// One end of a connection. Dropping it closes it.
+///
+/// Each ring has one producer and one consumer: at most one thread may be
+/// in `send`/`send_segment` and one in `recv`/`recv_segment` on an end at a
+/// time (a caller with more threads, like the shim, serializes them).
 pub struct Conn {
     shm: Arc<Shm>,
     c: u32,

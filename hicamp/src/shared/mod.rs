@@ -56,6 +56,17 @@
 //! taken for the dead process; zombies count as dead. All processes must
 //! share a pid namespace.
 //!
+//! A fsck of a memory no process uses is `SharedMemory::open(path)?.check()`:
+//! the open reclaims what dead processes held, the check compares every
+//! count with the references from the roots, every reachable line with the
+//! index, and every other slot with the free lists.
+//!
+//! Slots: each stripe keeps up to 62 free slots for itself (taken under its
+//! lock), refilled from a free stack and a fresh-slot counter under one
+//! allocator lock; a stripe that finds those empty takes half of another
+//! stripe's cache if that stripe's lock is free. So `CapacityExhausted` can
+//! come while a few slots sit in caches of busy stripes.
+//!
 //! A handle inherited through `fork` is not the child's: its operations
 //! return [`SharedError::Forked`], and its drop does nothing. The child opens
 //! the memory again.
