@@ -543,3 +543,53 @@ fn a_dead_process_slot_is_taken_over_when_all_are_used() {
         "{c:?}"
     );
 }
+
+#[test]
+fn a_forked_child_must_open_the_memory_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mem) = create(dir.path(), LINE, 1 << 12);
+    let a = mem.intern(b"the parent's").unwrap();
+    // SAFETY: the child only calls this crate's functions (which touch the
+    // mapping, /proc and the allocator, all fork-safe in glibc) and _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = (|| {
+            // The inherited handle refuses to work, its segment too.
+            if !matches!(mem.intern(b"x"), Err(SharedError::Forked)) {
+                return 1;
+            }
+            if !matches!(a.snapshot(), Err(SharedError::Forked)) {
+                return 2;
+            }
+            // A fresh attachment works.
+            let Ok(own) = SharedMemory::open(&path) else {
+                return 3;
+            };
+            match own.intern(b"the parent's") {
+                Ok(s) if s.root() == a.root() => {}
+                _ => return 4,
+            }
+            0
+        })();
+        // Skip every destructor: the inherited handles must not detach the
+        // parent (their drops would be no-ops anyway).
+        // SAFETY: _exit ends the child at once.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(libc::WIFEXITED(status), "child died: {status}");
+    assert_eq!(libc::WEXITSTATUS(status), 0, "child step failed");
+    // The parent's handle still works, and the child's attachment (which
+    // exited without detaching) is reclaimed.
+    assert_eq!(a.snapshot().unwrap().to_vec().unwrap(), b"the parent's");
+    mem.reclaim().unwrap();
+    drop(a);
+    let c = mem.check().unwrap();
+    assert!(
+        c.is_clean() && c.reachable == 0 && c.dead_processes == 0,
+        "{c:?}"
+    );
+}

@@ -1307,6 +1307,7 @@ impl SharedMemory {
     /// line of the memory, whichever process wrote it.
     pub fn intern(&self, data: &[u8]) -> SharedResult<SharedSegment> {
         let shm = &self.shm;
+        shm.check_fork()?;
         let slot = shm.ledger_take()?;
         let r = shm.run(|| {
             let (root, height) = shm.build(data)?;
@@ -1589,6 +1590,7 @@ impl SharedSegment {
     /// An O(1) snapshot: one count increment and one ledger entry.
     pub fn snapshot(&self) -> SharedResult<SharedSegment> {
         let shm = &self.shm;
+        shm.check_fork()?;
         if self.root == 0 {
             return Ok(SharedSegment {
                 shm: shm.clone(),
