@@ -56,6 +56,21 @@ fn intern_dedups_and_reads_back() {
 }
 
 #[test]
+fn check_finds_a_leaked_reference_and_repairs_it() {
+    let (_d, _p, mem) = fresh(64, 1024);
+    let a = mem.intern(&[3u8; 200]).unwrap();
+    mem.test_leak_reference(&a).unwrap();
+    let c = mem.check().unwrap();
+    assert_eq!(c.count_mismatches, 1, "{c:?}");
+    assert!(!c.is_clean());
+    // The check rebuilt the counts from the roots.
+    clean(&mem);
+    drop(a);
+    let c = mem.check().unwrap();
+    assert!(c.is_clean() && c.reachable == 0, "{c:?}");
+}
+
+#[test]
 fn zeros_and_empty_cost_nothing() {
     let (_d, _p, mem) = fresh(64, 1024);
     let z = mem.intern(&vec![0u8; 1 << 20]).unwrap();

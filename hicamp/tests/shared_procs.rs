@@ -155,7 +155,16 @@ fn child() {
     }
     let mem = SharedMemory::open(env("SHM_PATH")).unwrap();
     match role.as_str() {
-        "stress" => stress(&mem, env_u64("SHM_SEED"), env_u64("SHM_ITERS")),
+        "stress" => {
+            // Two threads on one attachment: the in-operation counter and
+            // lock words shared by the threads of a process.
+            let seed = env_u64("SHM_SEED");
+            let iters = env_u64("SHM_ITERS");
+            std::thread::scope(|sc| {
+                sc.spawn(|| stress(&mem, seed ^ 0x5555, iters));
+                stress(&mem, seed, iters);
+            });
+        }
         "hold_locks" => {
             let s = mem.intern(b"held by the lock holder").unwrap();
             std::mem::forget(s);
@@ -304,10 +313,18 @@ fn sigkill_at_random_moments_loses_nothing_and_leaks_nothing() {
         }
         kill(k);
     }
+    // The check counts the dead children's ledgers as roots. (If one was
+    // killed in the middle of a recovery of its own, the check first takes
+    // that recovery over, which reclaims them all.)
+    let recoveries = mem.stats().recoveries;
     let c = mem.check().unwrap();
-    assert_eq!(c.dead_processes, kids.len() as u64, "{c:?}");
-    let n = mem.reclaim().unwrap();
-    assert_eq!(n as usize, kids.len(), "the last children died unreclaimed");
+    if mem.stats().recoveries == recoveries {
+        assert_eq!(c.dead_processes, kids.len() as u64, "{c:?}");
+        let n = mem.reclaim().unwrap();
+        assert_eq!(n as usize, kids.len(), "the last children died unreclaimed");
+    } else {
+        assert_eq!(c.dead_processes, 0, "{c:?}");
+    }
     let c = mem.check().unwrap();
     assert!(c.is_clean(), "{c:?}");
     assert_eq!(c.dead_processes, 0);

@@ -1516,6 +1516,13 @@ impl SharedMemory {
         }
     }
 
+    /// Test support: adds a reference to `seg`'s root that no root records
+    /// (a leak, for tests that show [`check`](Self::check) finds one).
+    #[doc(hidden)]
+    pub fn test_leak_reference(&self, seg: &SharedSegment) -> SharedResult<()> {
+        self.shm.run(|| Ok(self.shm.inc(seg.root)?))
+    }
+
     /// Occupancy figures.
     pub fn stats(&self) -> SharedStats {
         let v = &self.shm.v;
