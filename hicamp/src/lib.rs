@@ -61,6 +61,9 @@
 //!   single-threaded recovery walk (`store::counts`, `store::intern` and
 //!   `store::durability` deny unsafe code again);
 //! * `fsck`: line reads (through `store::line_of`) of a file it mapped itself;
+//! * `shared`: the memory mapped by several processes ([`shared`]): its
+//!   mapping accessors, line reads and writes under its own protocol, and the
+//!   futex and liveness system calls;
 //! * `window`: the userfaultfd mapping of a [`Window`] (mmap, the fill and
 //!   write-protect ioctls, the slices over the mapping).
 
@@ -82,6 +85,8 @@ mod persist;
 mod region;
 mod segment;
 mod shape;
+#[allow(unsafe_code)]
+pub mod shared;
 mod slice;
 mod splice;
 mod stats;

@@ -1,0 +1,722 @@
+//! Connections: two single-producer single-consumer rings of snapshots in
+//! the mapping, one per direction, with futex wake-ups.
+//!
+//! ```text
+//!   end A --- ring 0: [tail .. head) snapshots (root, height, len, off, n) ---> end B
+//!   end A <-- ring 1 ------------------------------------------------------- end B
+//! ```
+//!
+//! Each entry owns one reference to its root: `send` copies the caller's
+//! bytes into lines once (deduplicated) and publishes the root; `recv`
+//! copies out of the lines once and releases the entry when it is used up.
+//! A reader with nothing to read sleeps on the ring's event word (`wseq`),
+//! after an optional bounded spin ([`Conn::set_spin`], off by default); the
+//! writer wakes it only when it says it sleeps (`reader_waiting`), so a busy
+//! stream makes no system calls. The writer waits the same way on `rseq`
+//! when the ring is full (entries, or 4 MiB of bytes in flight).
+//!
+//! Closing follows TCP: `shutdown_write` (and `close`) sends FIN, so the
+//! reader gets the data then EOF; `close` with unread data sends RST, so the
+//! reader gets [`SharedError::Reset`]; writing to a peer that closed gives
+//! `Reset` (EPIPE). A peer that dies is closed for it by the recovery the
+//! survivor starts after a sleep that found the peer's process gone: FIN, or
+//! RST if it had unread data, as the kernel does for a killed process.
+//! A connection whose second end never accepts stays allocated until it is
+//! accepted and closed, or until the connecting process dies.
+
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{sys, SharedError, SharedMemory, SharedResult, SharedSegment, Shm, NO_SLOT};
+
+/// Names a connection in its shared memory: the connecting process passes it
+/// to the accepting one (the shim sends it over the kernel connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId(pub u32);
+
+const FIN: u32 = 1;
+const RST: u32 = 2;
+const CLOSED: u32 = 1;
+const END_NONE: u32 = 0;
+const END_OPEN: u32 = 1;
+const END_CLOSED: u32 = 2;
+/// Bytes in flight per direction before the writer waits.
+pub(crate) const RING_BYTES: u64 = 4 << 20;
+/// Longest segment one `send` entry holds.
+const MAX_ENTRY: usize = 1 << 20;
+/// Sleep between liveness checks of the peer.
+const PEER_CHECK: Duration = Duration::from_millis(50);
+/// Default spin before sleeping: none. On a loaded machine (two cores shared
+/// by many processes) a spinning waiter takes the core its peer needs: a
+/// 10 us spin made the ping-pong 7x slower than sleeping at once.
+const DEFAULT_SPIN: Duration = Duration::ZERO;
+
+/// `writer_waiting` values: the writer sleeps until the ring is half empty,
+/// or until any entry is consumed.
+const WAIT_HALF: u32 = 1;
+const WAIT_ANY: u32 = 2;
+
+/// True when ring `g` holds at most half its entries and half its bytes.
+fn half_empty(shm: &Shm, g: &super::layout::RingHeader) -> bool {
+    let used = g.head.load(Acquire).wrapping_sub(g.tail.load(Acquire));
+    used <= shm.v.geo.ring_entries / 2 && g.bytes.load(Acquire) <= RING_BYTES / 2
+}
+
+/// After a consume: wakes a sleeping writer if what it waits for happened.
+fn wake_writer(shm: &Shm, g: &super::layout::RingHeader) {
+    let w = g.writer_waiting.load(SeqCst);
+    if w == WAIT_ANY || (w == WAIT_HALF && half_empty(shm, g)) {
+        sys::futex_wake(&g.rseq, 1);
+    }
+}
+
+fn end_bits(ends: u32, e: u32) -> u32 {
+    (ends >> (2 * e)) & 3
+}
+
+fn with_end(ends: u32, e: u32, bits: u32) -> u32 {
+    (ends & !(3 << (2 * e))) | (bits << (2 * e))
+}
+
+/// One end of a connection. Dropping it closes it.
+///
+/// Each ring has one producer and one consumer: at most one thread may be
+/// in `send`/`send_segment` and one in `recv`/`recv_segment` on an end at a
+/// time (a caller with more threads, like the shim, serializes them).
+pub struct Conn {
+    shm: Arc<Shm>,
+    c: u32,
+    end: u32,
+    nonblocking: bool,
+    spin: Duration,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Conn({}, end {})", self.c, self.end)
+    }
+}
+
+enum RState {
+    Data,
+    Eof,
+    Reset,
+    Empty,
+}
+
+enum WState {
+    Space,
+    Full,
+    Shutdown,
+    Reset,
+}
+
+impl SharedMemory {
+    /// Opens a connection as its first end; give [`Conn::id`] to the peer,
+    /// which calls [`accept`](Self::accept).
+    pub fn connect(&self) -> SharedResult<Conn> {
+        let shm = &self.shm;
+        let v = &shm.v;
+        let c = shm.run(|| {
+            for c in 0..v.geo.conns {
+                let h = v.conn(c);
+                if h.state.compare_exchange(0, 1, AcqRel, Relaxed).is_ok() {
+                    for r in 0..2 {
+                        reset_ring(shm, c, r);
+                    }
+                    h.slot[0].store(shm.token, Relaxed);
+                    h.slot[1].store(0, Relaxed);
+                    h.ends.store(with_end(0, 0, END_OPEN), Release);
+                    return Ok(c);
+                }
+            }
+            Err(SharedError::ConnsFull(v.geo.conns).into())
+        })?;
+        Ok(Conn::new(shm.clone(), c, 0))
+    }
+
+    /// Attaches as the second end of connection `id`.
+    pub fn accept(&self, id: ConnId) -> SharedResult<Conn> {
+        let shm = &self.shm;
+        let v = &shm.v;
+        if id.0 >= v.geo.conns {
+            return Err(SharedError::NotAcceptable(id.0));
+        }
+        let h = v.conn(id.0);
+        shm.run(|| {
+            if h.state.load(Acquire) != 1 {
+                return Err(SharedError::NotAcceptable(id.0).into());
+            }
+            let e = h.ends.load(Acquire);
+            if end_bits(e, 1) != END_NONE || end_bits(e, 0) == END_NONE {
+                return Err(SharedError::NotAcceptable(id.0).into());
+            }
+            if h.ends
+                .compare_exchange(e, with_end(e, 1, END_OPEN), AcqRel, Relaxed)
+                .is_err()
+            {
+                return Err(SharedError::NotAcceptable(id.0).into());
+            }
+            h.slot[1].store(shm.token, Release);
+            Ok(())
+        })?;
+        Ok(Conn::new(shm.clone(), id.0, 1))
+    }
+}
+
+fn reset_ring(shm: &Shm, c: u32, r: u32) {
+    let g = shm.v.ring(c, r);
+    g.head.store(0, Relaxed);
+    g.tail.store(0, Relaxed);
+    g.tail_off.store(0, Relaxed);
+    g.bytes.store(0, Relaxed);
+    g.wflags.store(0, Relaxed);
+    g.rflags.store(0, Relaxed);
+    g.reader_waiting.store(0, Relaxed);
+    g.writer_waiting.store(0, Relaxed);
+}
+
+impl Shm {
+    /// Roots held by ring `r` of connection `c` (its published, unconsumed
+    /// entries).
+    pub(crate) fn ring_roots(&self, c: u32, r: u32) -> Vec<u32> {
+        let g = self.v.ring(c, r);
+        let t = g.tail.load(Acquire);
+        let h = g.head.load(Acquire);
+        let n = h.wrapping_sub(t);
+        if n > self.v.geo.ring_entries {
+            return Vec::new();
+        }
+        (0..n)
+            .map(|i| self.v.entry(c, r, t.wrapping_add(i)).root.load(Relaxed))
+            .collect()
+    }
+
+    /// Recovery's part for connection `c`: closes the ends owned by dead
+    /// processes, frees the connection once no live end remains (the world
+    /// is stopped; the recount that follows drops the freed entries).
+    pub(crate) fn recover_conn(&self, c: u32, dead: &[u32]) {
+        let v = &self.v;
+        let h = v.conn(c);
+        if h.state.load(SeqCst) != 1 {
+            return;
+        }
+        let mut ends = h.ends.load(SeqCst);
+        let mut connector_died = false;
+        for e in 0..2u32 {
+            let s = h.slot[e as usize].load(SeqCst);
+            if s == 0 || !dead.contains(&(s - 1)) || end_bits(ends, e) != END_OPEN {
+                continue;
+            }
+            let wr = v.ring(c, e);
+            let rr = v.ring(c, 1 - e);
+            let unread = rr.head.load(SeqCst) != rr.tail.load(SeqCst);
+            wr.wflags
+                .fetch_or(if unread { FIN | RST } else { FIN }, SeqCst);
+            rr.rflags.fetch_or(CLOSED, SeqCst);
+            h.slot[e as usize].store(0, SeqCst);
+            ends = with_end(ends, e, END_CLOSED);
+            connector_died |= e == 0;
+        }
+        let (a, b) = (end_bits(ends, 0), end_bits(ends, 1));
+        // Free when no end can use it any more: both closed, none attached
+        // (the connector died inside `connect`), or the connector died before
+        // anyone accepted. A connector that closed normally before the accept
+        // leaves its data (and FIN) for the acceptor.
+        let waiting_accept = a == END_CLOSED && b == END_NONE && !connector_died;
+        if a != END_OPEN && b != END_OPEN && !waiting_accept {
+            for r in 0..2 {
+                reset_ring(self, c, r);
+            }
+            h.slot[0].store(0, SeqCst);
+            h.slot[1].store(0, SeqCst);
+            h.ends.store(0, SeqCst);
+            h.state.store(0, SeqCst);
+        } else {
+            h.ends.store(ends, SeqCst);
+        }
+    }
+}
+
+impl Conn {
+    fn new(shm: Arc<Shm>, c: u32, end: u32) -> Conn {
+        Conn {
+            shm,
+            c,
+            end,
+            nonblocking: false,
+            spin: DEFAULT_SPIN,
+            closed: false,
+        }
+    }
+
+    /// The connection's id, for [`SharedMemory::accept`].
+    pub fn id(&self) -> ConnId {
+        ConnId(self.c)
+    }
+
+    /// Makes `send`/`recv` return [`SharedError::WouldBlock`] instead of waiting.
+    pub fn set_nonblocking(&mut self, on: bool) {
+        self.nonblocking = on;
+    }
+
+    /// How long a waiting call spins before it sleeps on the futex
+    /// (default zero: it sleeps at once).
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
+    }
+
+    fn wring(&self) -> &super::layout::RingHeader {
+        self.shm.v.ring(self.c, self.end)
+    }
+
+    fn rring(&self) -> &super::layout::RingHeader {
+        self.shm.v.ring(self.c, 1 - self.end)
+    }
+
+    fn rstate(&self) -> RState {
+        let r = self.rring();
+        let f = r.wflags.load(Acquire);
+        if f & RST != 0 {
+            return RState::Reset;
+        }
+        if r.head.load(Acquire) != r.tail.load(Relaxed) {
+            return RState::Data;
+        }
+        if f & FIN != 0 {
+            return RState::Eof;
+        }
+        RState::Empty
+    }
+
+    fn wstate(&self) -> WState {
+        let w = self.wring();
+        if w.wflags.load(Relaxed) & FIN != 0 {
+            return WState::Shutdown;
+        }
+        if w.rflags.load(Acquire) & CLOSED != 0 {
+            return WState::Reset;
+        }
+        let used = w.head.load(Relaxed).wrapping_sub(w.tail.load(Acquire));
+        if used < self.shm.v.geo.ring_entries && w.bytes.load(Acquire) < RING_BYTES {
+            WState::Space
+        } else {
+            WState::Full
+        }
+    }
+
+    /// True when `recv` would not block: data, EOF or a reset.
+    pub fn readable(&self) -> bool {
+        !matches!(self.rstate(), RState::Empty)
+    }
+
+    /// True when `send` would not block (room, or an error to report).
+    pub fn writable(&self) -> bool {
+        !matches!(self.wstate(), WState::Full)
+    }
+
+    /// True if the peer's process slot holds a dead process.
+    fn peer_dead(&self) -> bool {
+        let s = self.shm.v.conn(self.c).slot[1 - self.end as usize].load(Acquire);
+        s != 0 && !self.shm.slot_alive(s - 1)
+    }
+
+    /// Waits on `seq` until `ready()`; spins for `self.spin` first.
+    fn wait(
+        &self,
+        seq: &std::sync::atomic::AtomicU32,
+        waiting: &std::sync::atomic::AtomicU32,
+        flag: u32,
+        ready: impl Fn() -> bool,
+    ) -> SharedResult<()> {
+        if ready() {
+            return Ok(());
+        }
+        if self.nonblocking {
+            return Err(SharedError::WouldBlock);
+        }
+        if !self.spin.is_zero() {
+            // Poll, yielding the core between polls: a peer on the same
+            // core runs at once, and a peer on another core is seen without
+            // a futex round trip.
+            let t0 = Instant::now();
+            loop {
+                for _ in 0..32 {
+                    std::hint::spin_loop();
+                    if ready() {
+                        return Ok(());
+                    }
+                }
+                std::thread::yield_now();
+                if ready() {
+                    return Ok(());
+                }
+                if t0.elapsed() >= self.spin {
+                    break;
+                }
+            }
+        }
+        let mut slept = Duration::ZERO;
+        loop {
+            let s = seq.load(SeqCst);
+            waiting.store(flag, SeqCst);
+            if ready() {
+                waiting.store(0, SeqCst);
+                return Ok(());
+            }
+            let t0 = Instant::now();
+            sys::futex_wait(seq, s, PEER_CHECK);
+            waiting.store(0, SeqCst);
+            if ready() {
+                return Ok(());
+            }
+            slept += t0.elapsed();
+            if slept >= PEER_CHECK {
+                slept = Duration::ZERO;
+                if self.peer_dead() {
+                    self.shm.reclaim()?;
+                }
+            }
+        }
+    }
+
+    fn wait_readable(&self) -> SharedResult<()> {
+        let r = self.rring();
+        self.wait(&r.wseq, &r.reader_waiting, 1, || self.readable())
+    }
+
+    fn wait_writable(&self) -> SharedResult<()> {
+        if self.writable() {
+            return Ok(());
+        }
+        // A full ring: sleep until it is half empty (the reader wakes us
+        // then, not at every entry it consumes), or until an error.
+        let w = self.wring();
+        self.wait(&w.rseq, &w.writer_waiting, WAIT_HALF, || {
+            match self.wstate() {
+                WState::Full => false,
+                WState::Space => half_empty(&self.shm, w),
+                _ => true,
+            }
+        })
+    }
+
+    /// Entries of ours the reader has not consumed.
+    fn in_flight(&self) -> u32 {
+        let w = self.wring();
+        w.head.load(Relaxed).wrapping_sub(w.tail.load(Acquire))
+    }
+
+    /// Waits until the reader consumes an entry of ours (or closes).
+    fn wait_consumed(&self) -> SharedResult<()> {
+        let w = self.wring();
+        let t = w.tail.load(Acquire);
+        self.wait(&w.rseq, &w.writer_waiting, WAIT_ANY, || {
+            w.tail.load(Acquire) != t || !matches!(self.wstate(), WState::Space | WState::Full)
+        })
+    }
+
+    fn check_open(&self) -> SharedResult<()> {
+        self.shm.check_fork()?;
+        if self.closed {
+            return Err(SharedError::Shutdown);
+        }
+        Ok(())
+    }
+
+    /// Publishes one entry (the caller owns the root's reference, which
+    /// passes to the ring); inside an operation.
+    fn publish(&self, root: u32, height: u32, seg_len: u64, off: u64, n: u64) {
+        let w = self.wring();
+        let h = w.head.load(Relaxed);
+        let e = self.shm.v.entry(self.c, self.end, h);
+        e.root.store(root, Relaxed);
+        e.height.store(height, Relaxed);
+        e.seg_len.store(seg_len, Relaxed);
+        e.off.store(off, Relaxed);
+        e.len.store(n, Relaxed);
+        w.bytes.fetch_add(n, Release);
+        w.head.store(h.wrapping_add(1), SeqCst);
+        w.wseq.fetch_add(1, SeqCst);
+        if w.reader_waiting.load(SeqCst) != 0 {
+            sys::futex_wake(&w.wseq, 1);
+        }
+    }
+
+    fn ready_to_write(&self) -> SharedResult<()> {
+        self.wait_writable()?;
+        match self.wstate() {
+            WState::Space => Ok(()),
+            WState::Shutdown => Err(SharedError::Shutdown),
+            WState::Reset => Err(SharedError::Reset),
+            WState::Full => Err(SharedError::WouldBlock),
+        }
+    }
+
+    /// Sends `data`: copied once into lines of the shared memory
+    /// (deduplicated), and its snapshot published. Blocks until all is
+    /// queued (non-blocking: queues what fits and returns its length, or
+    /// `WouldBlock`). An error after some bytes were queued returns the
+    /// count; the next call reports the error.
+    pub fn send(&self, data: &[u8]) -> SharedResult<usize> {
+        self.check_open()?;
+        let mut sent = 0;
+        while sent < data.len() {
+            if let Err(e) = self.ready_to_write() {
+                return if sent > 0 { Ok(sent) } else { Err(e) };
+            }
+            let n = (data.len() - sent).min(MAX_ENTRY);
+            let chunk = &data[sent..sent + n];
+            let shm = &self.shm;
+            let tail_before = self.wring().tail.load(Acquire);
+            let r = shm.run(|| {
+                let (root, height) = shm.build(chunk)?;
+                self.publish(root, height, n as u64, 0, n as u64);
+                Ok(())
+            });
+            match r {
+                Ok(()) => sent += n,
+                // The memory is full: like a full socket buffer, wait until
+                // the reader consumes something of ours, if anything of ours
+                // is in flight; otherwise report it.
+                Err(SharedError::CapacityExhausted { .. })
+                    if !self.nonblocking
+                        && (self.in_flight() > 0
+                            || self.wring().tail.load(Acquire) != tail_before) =>
+                {
+                    // (Entries consumed since the build began freed lines:
+                    // retry at once; entries still in flight: wait for them.)
+                    if self.in_flight() > 0 {
+                        self.wait_consumed()?;
+                    }
+                }
+                Err(e) => return if sent > 0 { Ok(sent) } else { Err(e) },
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Sends bytes `off..off + n` of `seg` without copying: one count
+    /// increment and one ring entry.
+    pub fn send_segment(&self, seg: &SharedSegment, off: u64, n: u64) -> SharedResult<()> {
+        self.check_open()?;
+        if !Arc::ptr_eq(&seg.shm, &self.shm) {
+            return Err(SharedError::BadParameter(
+                "segment of another attachment".into(),
+            ));
+        }
+        let (root, height, len) = seg.parts();
+        if off.checked_add(n).is_none_or(|e| e > len) {
+            return Err(SharedError::BadRange {
+                offset: off,
+                len: n,
+                seg_len: len,
+            });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.ready_to_write()?;
+        let shm = &self.shm;
+        shm.run(|| {
+            shm.inc(root)?;
+            self.publish(root, height, len, off, n);
+            Ok(())
+        })
+    }
+
+    fn entry_of(&self, t: u32) -> SharedResult<(u32, u32, u64, u64, u64)> {
+        let e = self.shm.v.entry(self.c, 1 - self.end, t);
+        let x = (
+            e.root.load(Relaxed),
+            e.height.load(Relaxed),
+            e.seg_len.load(Relaxed),
+            e.off.load(Relaxed),
+            e.len.load(Relaxed),
+        );
+        if x.3.checked_add(x.4).is_none_or(|end| end > x.2) {
+            return Err(SharedError::Corrupt("ring entry range".into()));
+        }
+        Ok(x)
+    }
+
+    /// Commits consumption up to `t`/`off` (`bytes` consumed) and releases
+    /// the used-up roots.
+    fn consume(&self, t: u32, off: u64, bytes: u64, dead: &[u32]) -> SharedResult<()> {
+        let r = self.rring();
+        let shm = &self.shm;
+        let mut committed = false;
+        shm.run(|| {
+            if committed {
+                return Ok(());
+            }
+            r.tail_off.store(off, Relaxed);
+            r.bytes.fetch_sub(bytes, Release);
+            r.tail.store(t, SeqCst);
+            r.rseq.fetch_add(1, SeqCst);
+            wake_writer(&self.shm, r);
+            committed = true;
+            shm.release(dead)
+        })
+    }
+
+    /// Receives into `buf`: copies what is queued (one copy, out of the
+    /// lines), blocking while nothing is. 0 is EOF.
+    pub fn recv(&self, buf: &mut [u8]) -> SharedResult<usize> {
+        self.check_open()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.wait_readable()?;
+        match self.rstate() {
+            RState::Reset => return Err(SharedError::Reset),
+            RState::Eof => return Ok(0),
+            RState::Empty => return Err(SharedError::WouldBlock),
+            RState::Data => {}
+        }
+        let r = self.rring();
+        let mut t = r.tail.load(Relaxed);
+        let h = r.head.load(Acquire);
+        let mut off = r.tail_off.load(Relaxed);
+        let mut done = 0usize;
+        let mut consumed = 0u64;
+        let mut dead = Vec::new();
+        while done < buf.len() && t != h {
+            let (root, height, _len, eoff, elen) = self.entry_of(t)?;
+            let n = ((elen - off.min(elen)) as usize).min(buf.len() - done);
+            self.shm
+                .read(root, height, eoff + off, &mut buf[done..done + n])?;
+            done += n;
+            off += n as u64;
+            if off >= elen {
+                dead.push(root);
+                consumed += elen;
+                t = t.wrapping_add(1);
+                off = 0;
+            }
+        }
+        self.consume(t, off, consumed, &dead)?;
+        Ok(done)
+    }
+
+    /// Receives the front entry as a snapshot without copying:
+    /// (segment, offset, length). `None` is EOF.
+    pub fn recv_segment(&self) -> SharedResult<Option<(SharedSegment, u64, u64)>> {
+        self.check_open()?;
+        self.wait_readable()?;
+        match self.rstate() {
+            RState::Reset => return Err(SharedError::Reset),
+            RState::Eof => return Ok(None),
+            RState::Empty => return Err(SharedError::WouldBlock),
+            RState::Data => {}
+        }
+        let shm = &self.shm;
+        let r = self.rring();
+        let t = r.tail.load(Relaxed);
+        let off = r.tail_off.load(Relaxed);
+        let (root, height, len, eoff, elen) = self.entry_of(t)?;
+        let slot = if root == 0 {
+            NO_SLOT
+        } else {
+            shm.ledger_take()?
+        };
+        shm.run(|| {
+            if root != 0 {
+                shm.ledger_set(slot, root);
+            }
+            r.tail_off.store(0, Relaxed);
+            r.bytes.fetch_sub(elen, Release);
+            r.tail.store(t.wrapping_add(1), SeqCst);
+            r.rseq.fetch_add(1, SeqCst);
+            wake_writer(&self.shm, r);
+            Ok(())
+        })?;
+        let seg = SharedSegment {
+            shm: shm.clone(),
+            root,
+            height,
+            len,
+            slot,
+        };
+        Ok(Some((seg, eoff + off, elen - off.min(elen))))
+    }
+
+    /// Shuts down the writing side: the peer reads what is queued, then EOF.
+    pub fn shutdown_write(&self) -> SharedResult<()> {
+        self.check_open()?;
+        let w = self.wring();
+        self.shm.run(|| {
+            w.wflags.fetch_or(FIN, SeqCst);
+            w.wseq.fetch_add(1, SeqCst);
+            sys::futex_wake(&w.wseq, i32::MAX);
+            Ok(())
+        })
+    }
+
+    /// Closes this end (as dropping it does): FIN, or RST if data sent to us
+    /// is unread; the connection is freed when both ends are closed.
+    pub fn close(mut self) -> SharedResult<()> {
+        self.close_inner()
+    }
+
+    fn close_inner(&mut self) -> SharedResult<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        self.shm.check_fork()?;
+        let shm = &self.shm;
+        let (c, end) = (self.c, self.end);
+        let h = shm.v.conn(c);
+        let mut dead: Vec<u32> = Vec::new();
+        let mut committed = false;
+        shm.run(|| {
+            if committed {
+                return Ok(());
+            }
+            let wr = shm.v.ring(c, end);
+            let rr = shm.v.ring(c, 1 - end);
+            dead = shm.ring_roots(c, 1 - end);
+            let unread = !dead.is_empty();
+            rr.tail.store(rr.head.load(Acquire), SeqCst);
+            rr.tail_off.store(0, Relaxed);
+            rr.bytes.store(0, Relaxed);
+            rr.rflags.fetch_or(CLOSED, SeqCst);
+            rr.rseq.fetch_add(1, SeqCst);
+            sys::futex_wake(&rr.rseq, i32::MAX);
+            wr.wflags
+                .fetch_or(if unread { FIN | RST } else { FIN }, SeqCst);
+            wr.wseq.fetch_add(1, SeqCst);
+            sys::futex_wake(&wr.wseq, i32::MAX);
+            h.slot[end as usize].store(0, SeqCst);
+            let mut e = h.ends.load(Acquire);
+            loop {
+                let ne = with_end(e, end, END_CLOSED);
+                match h.ends.compare_exchange(e, ne, AcqRel, Acquire) {
+                    Ok(_) => {
+                        if end_bits(ne, 1 - end) == END_CLOSED {
+                            dead.extend(shm.ring_roots(c, end));
+                            for r in 0..2 {
+                                reset_ring(shm, c, r);
+                            }
+                            h.ends.store(0, Release);
+                            h.state.store(0, Release);
+                        }
+                        break;
+                    }
+                    Err(x) => e = x,
+                }
+            }
+            committed = true;
+            shm.release(&dead)
+        })
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let _ = self.close_inner();
+    }
+}
