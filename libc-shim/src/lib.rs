@@ -73,6 +73,8 @@ pub mod real;
 pub mod report;
 #[allow(unsafe_code)]
 pub mod sys;
+#[allow(unsafe_code)]
+pub mod stack;
 pub mod trace;
 
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
