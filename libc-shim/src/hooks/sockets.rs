@@ -32,6 +32,9 @@ pub unsafe extern "C-unwind" fn socketpair(
 ) -> c_int {
     // SAFETY: as above.
     let ret = unsafe { real::socketpair(domain, ty, protocol, sv) };
+    if ret == 0 {
+        stk::socketpair_made(domain);
+    }
     if let Some(_g) = active() {
         guard::shielded(|| {
             account().count(Call::Socketpair);

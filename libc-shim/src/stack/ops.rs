@@ -164,6 +164,20 @@ pub fn socket_made(fd: c_int, domain: c_int, ty: c_int) {
     });
 }
 
+/// After a successful `socketpair()` (unix sockets: the kernel's).
+pub fn socketpair_made(domain: c_int) {
+    if !on() {
+        return;
+    }
+    let Some(_g) = Guard::enter() else {
+        return;
+    };
+    guard::shielded(|| {
+        let _ = domain;
+        lock().counters.kernel_other_sockets += 2;
+    });
+}
+
 /// A pending socket stays in the kernel: forget it.
 fn to_kernel(w: &mut World, fd: c_int, why: &'static str) {
     if let Some(p) = w.pending.remove(&fd) {
