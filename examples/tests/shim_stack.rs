@@ -811,3 +811,160 @@ fn line_aligned_bulk_send_copies_nothing_below_the_socket_api() {
         "line-aligned writes: no payload copied below the socket API: {r}"
     );
 }
+
+/// Kernel peers for the semantics test: TCP echo on 9100, a server that resets each
+/// connection after reading a line on 9101 (SO_LINGER 0), a UDP echo on 9102.
+const KERNEL_PEERS: &str = r#"
+import socket, struct, threading
+def tcp_echo():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 9100)); s.listen(8)
+    def serve(c):
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+        c.close()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+def resetter():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 9101)); s.listen(8)
+    while True:
+        c, _ = s.accept()
+        c.recv(100)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+def udp_echo():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 9102))
+    while True:
+        d, a = u.recvfrom(65536)
+        u.sendto(d, a)
+threading.Thread(target=resetter, daemon=True).start()
+threading.Thread(target=udp_echo, daemon=True).start()
+tcp_echo()
+"#;
+
+/// The socket calls an application relies on, on stack sockets; prints `SEMANTICS OK`.
+const SEMANTICS: &str = r#"
+import errno, fcntl, os, select, signal, socket, struct, sys, termios, time
+K = sys.argv[1]
+def expect_errno(f, want):
+    try:
+        f()
+    except OSError as e:
+        assert e.errno == want, (e, want)
+        return
+    raise AssertionError("no error, wanted %s" % errno.errorcode[want])
+# Non-blocking connect: EINPROGRESS, POLLOUT, SO_ERROR 0.
+c = socket.socket(); c.setblocking(False)
+assert c.connect_ex((K, 9100)) == errno.EINPROGRESS
+_, w, _ = select.select([], [c], [], 10); assert w == [c]
+assert c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+c.setblocking(True)
+assert c.getpeername() == (K, 9100), c.getpeername()
+me = c.getsockname(); assert me[0] == sys.argv[2] and me[1] > 0, me
+# Refused: non-blocking connect, then SO_ERROR; blocking connect raises.
+r = socket.socket(); r.setblocking(False)
+assert r.connect_ex((K, 9999)) == errno.EINPROGRESS
+select.select([], [r], [], 10)
+assert r.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+expect_errno(lambda: socket.create_connection((K, 9999), timeout=None), errno.ECONNREFUSED)
+# Options.
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+assert c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+c.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+assert c.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+assert c.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM
+assert c.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) > 0
+info = c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+assert info[0] == 1, info[0]  # TCP_ESTABLISHED
+expect_errno(lambda: c.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10), errno.ENOPROTOOPT)
+# Data: MSG_PEEK, FIONREAD, MSG_WAITALL, MSG_DONTWAIT.
+c.sendall(b"0123456789")
+time.sleep(0.3)
+assert c.recv(4, socket.MSG_PEEK) == b"0123"
+n = struct.unpack("i", fcntl.ioctl(c.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+assert n == 10, n
+assert c.recv(10, socket.MSG_WAITALL) == b"0123456789"
+expect_errno(lambda: c.recv(10, socket.MSG_DONTWAIT), errno.EAGAIN)
+# SO_RCVTIMEO: a blocking recv gives up with EAGAIN.
+c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 200000))
+t0 = time.time(); expect_errno(lambda: c.recv(10), errno.EAGAIN); assert time.time() - t0 >= 0.15
+c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
+# fcntl O_NONBLOCK and FIONBIO.
+fl = fcntl.fcntl(c.fileno(), fcntl.F_GETFL)
+fcntl.fcntl(c.fileno(), fcntl.F_SETFL, fl | os.O_NONBLOCK)
+expect_errno(lambda: c.recv(10), errno.EAGAIN)
+fcntl.fcntl(c.fileno(), fcntl.F_SETFL, fl)
+fcntl.ioctl(c.fileno(), termios.FIONBIO, struct.pack("i", 1))
+expect_errno(lambda: c.recv(10), errno.EAGAIN)
+fcntl.ioctl(c.fileno(), termios.FIONBIO, struct.pack("i", 0))
+# dup and dup2: the copy works after the original closes.
+d = os.dup(c.fileno())
+fd2 = os.open("/dev/null", os.O_RDONLY); os.dup2(c.fileno(), fd2)
+c.close()
+os.write(d, b"dup!"); assert os.read(d, 4) == b"dup!"
+os.write(fd2, b"dup2"); assert os.read(fd2, 4) == b"dup2"
+os.close(d)
+# shutdown(SHUT_WR): the peer sees EOF and closes; we read EOF.
+os.write(fd2, b"last"); s = socket.socket(fileno=fd2)
+s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    x = s.recv(100)
+    if not x: break
+    got += x
+assert got == b"last", got
+expect_errno(lambda: s.send(b"x"), errno.EPIPE)
+s.close()
+# Reset by the peer: ECONNRESET, then EPIPE without SIGPIPE (MSG_NOSIGNAL).
+x = socket.create_connection((K, 9101)); x.sendall(b"bye\n")
+time.sleep(0.5)
+expect_errno(lambda: x.recv(10), errno.ECONNRESET)
+expect_errno(lambda: x.send(b"y", socket.MSG_NOSIGNAL), errno.EPIPE)
+x.close()
+# UDP: sendto/recvfrom with a kernel echo; connect + send/recv.
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(b"datagram", (K, 9102))
+u.settimeout(5)
+d, a = u.recvfrom(100); assert d == b"datagram" and a == (K, 9102), (d, a)
+u.connect((K, 9102)); u.send(b"again"); assert u.recv(100) == b"again"
+assert u.getsockname()[1] > 0
+u.close()
+print("SEMANTICS OK", flush=True)
+"#;
+
+#[test]
+fn socket_semantics_on_stack_sockets() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let _peers = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_PEERS]));
+    wait_port(&lab, "127.0.0.1", 9100);
+    let out = lab
+        .stack(
+            "tsem0",
+            "10.98.0",
+            "sem.json",
+            &["python3", "-c", SEMANTICS, "10.98.0.1", "10.98.0.2"],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("SEMANTICS OK"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merged = lab.report("sem.json");
+    let r = stack_report(&merged);
+    let notes = r["notes"].as_object().expect("notes");
+    assert!(
+        notes.keys().any(|k| k.contains("ENOPROTOOPT")),
+        "the refused option is noted: {notes:?}"
+    );
+}

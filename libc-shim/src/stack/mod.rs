@@ -44,9 +44,11 @@
 //!   are counted in the report, beside the interface's `tx_payload_copied` (bytes copied below
 //!   the socket API: 0 when the payload stays line-aligned).
 //! * **Processes.** A forked child shares nothing of the stack (its thread and port stay with
-//!   the parent): its stack descriptors fail with `EIO`, new sockets go to the kernel. Stack
-//!   descriptors do not survive `exec` as sockets (the new image sees the unix end). See the
-//!   README for the planned multi-process design.
+//!   the parent): its stack descriptors become unix sockets whose peer is gone (end of
+//!   stream, `EPIPE`: the connection is the parent's), and its new sockets go to the kernel.
+//!   A stack descriptor inherited across `exec` is the unix end of its pair: the new image's
+//!   shim does not know it (its data path was the old image's stack, which is gone). See the
+//!   README for the planned multi-process design (one stack process, shared segment rings).
 //! * **Exit.** At `exit` the stack keeps running up to 2 s so that data and FINs of closed
 //!   connections leave (the kernel would send them after the process is gone), then writes the
 //!   report `PREFIX.stack.PID.json`.
@@ -469,6 +471,9 @@ fn start() -> Result<Engine, (c_int, String)> {
         };
         (errno, format!("{}: {s}", settings.backend))
     })?;
+    if let BackendSpec::Tap(name) = &settings.backend {
+        wait_operational(name);
+    }
     let mac = port.mac().unwrap_or([2, 0x68, 0x63, 0x61, 0x6d, 0x70]);
     let mut cfg = IfaceConfig::new(mac, settings.ip, settings.prefix);
     cfg.gateway = settings.gateway;
@@ -506,8 +511,60 @@ fn start() -> Result<Engine, (c_int, String)> {
     Ok(engine)
 }
 
+/// In a forked child: the stack (its thread, its port, its lock) stayed with the parent. Each
+/// stack descriptor becomes a unix socket whose peer is gone (reads see end of stream, writes
+/// `EPIPE`), never a number a later `open` could take over; pending sockets are plain kernel
+/// sockets, and new sockets go to the kernel. Only system calls: the lock is never touched.
+/// Waits (at most 3 s) until the kernel has the TAP device operational again after this
+/// process attached it: the kernel turns its queue on from a deferred work item (up to a
+/// second after the carrier came back), and until then it drops what it sends to us.
+fn wait_operational(name: &str) {
+    let path = format!("/sys/class/net/{name}/operstate");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(&path) {
+            Ok(s) if s.trim() == "up" => return,
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => return,
+        }
+    }
+}
+
 unsafe extern "C" fn atfork_child() {
     FORKED.store(true, Relaxed);
+    let mut sv = [-1; 2];
+    // SAFETY: `sv` has room for two descriptors.
+    let ok = unsafe {
+        real::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } == 0;
+    if ok {
+        // SAFETY: our own descriptor.
+        unsafe { real::close(sv[1]) };
+    }
+    for (w, word) in MARKS.iter().enumerate() {
+        let mut bits = word.swap(0, Relaxed);
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let fd = (w * 64 + b) as c_int;
+            if ok {
+                // SAFETY: both descriptors are open; `fd` keeps its number.
+                unsafe { real::dup3(sv[0], fd, 0) };
+            }
+        }
+    }
+    for word in PMARKS.iter() {
+        word.store(0, Relaxed);
+    }
+    if ok {
+        // SAFETY: our own descriptor.
+        unsafe { real::close(sv[0]) };
+    }
 }
 
 extern "C" fn at_exit() {
@@ -714,9 +771,13 @@ fn stack_thread() {
             let now = e.now();
             let at = e.iface.poll_at();
             SLEEP_UNTIL.store(at.unwrap_or(u64::MAX), Relaxed);
-            // While frames flow, the thread also looks every 2 ms: a wake-up is missed
-            // somewhere under load (a 64 MiB download stalled for seconds without this; the
-            // cause is not found yet). Idle, it sleeps until a frame or a timer.
+            // While frames flow, the thread also runs the interface every 2 ms. Without it a
+            // 64 MiB download from the kernel stalls: the connection's counters then show the
+            // kernel's segments cut at the right edge the stack recorded (bytes beyond it are
+            // dropped, `bytes_in` stops), and nothing is due in `poll_at`, so nothing answers
+            // until the kernel's backed-off retransmission. Root cause not found yet (segstack's
+            // window bookkeeping on an active open is the suspect). Idle, the thread sleeps
+            // until a frame or a timer.
             let busy = now.saturating_sub(LAST_ACTIVE.load(Relaxed)) < 200_000_000;
             let t = match at {
                 None if busy => 2,
@@ -754,7 +815,19 @@ fn stack_thread() {
             unsafe { real::read(fds[1].fd, buf.as_mut_ptr().cast(), 8) };
         }
         let mut w = lock();
+        let rx0 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
         pump(&mut w);
+        let rx1 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
+        if std::env::var_os("HICAMP_STACK_DEBUG").is_some() {
+            let why = match (fds[0].revents != 0, fds[1].revents != 0, rx1 > rx0) {
+                (false, false, true) => "tick found frames",
+                (true, _, false) => "port readable, no frame",
+                (true, _, true) => "port readable, frames",
+                (false, true, _) => "woken",
+                (false, false, false) => "tick",
+            };
+            note(&mut w, format!("debug: {why}"));
+        }
     }
 }
 

@@ -140,7 +140,7 @@ fn deadline(t: Option<Duration>) -> Option<Instant> {
 
 /// After a successful `socket()`: an AF_INET stream or datagram socket is pending.
 pub fn socket_made(fd: c_int, domain: c_int, ty: c_int) {
-    if !on() || fd < 0 {
+    if !on() || fd < 0 || FORKED.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
     let Some(_g) = Guard::enter() else {
@@ -708,6 +708,9 @@ pub fn send(
                 data.extend_from_slice(b);
             }
             let p = Payload::from_bytes(&e.mem, &data).map_err(|_| libc::ENOBUFS)?;
+            if std::env::var_os("HICAMP_STACK_DEBUG").is_some() {
+                crate::sys::diag(&format!("debug: udp send fd {fd} {:?} port {port} to {to}", h));
+            }
             let now = e.now();
             let hh = h.ok_or(libc::EINVAL)?;
             e.iface.udp_send(hh, to, &p, now).map_err(|err| match err {
@@ -784,9 +787,21 @@ pub fn send(
                             off = 0;
                         }
                     }
-                    Err(IfaceError::Tcp(TcpError::Reset)) => return Step::Err(libc::ECONNRESET),
+                    // The error is reported once (the kernel's sk_err); then EPIPE.
+                    Err(IfaceError::Tcp(TcpError::Reset | TcpError::TimedOut))
+                        if s.err_taken =>
+                    {
+                        return Step::Err(libc::EPIPE)
+                    }
+                    Err(IfaceError::Tcp(TcpError::Reset)) => {
+                        s.err_taken = true;
+                        s.so_error = 0;
+                        return Step::Err(libc::ECONNRESET);
+                    }
                     Err(IfaceError::Tcp(TcpError::TimedOut)) => {
-                        return Step::Err(libc::ETIMEDOUT)
+                        s.err_taken = true;
+                        s.so_error = 0;
+                        return Step::Err(libc::ETIMEDOUT);
                     }
                     Err(IfaceError::Tcp(TcpError::NoMemory)) => return Step::Err(libc::ENOBUFS),
                     Err(_) => return Step::Err(libc::EPIPE),
@@ -1146,6 +1161,10 @@ fn release(w: &mut World, fd: c_int) {
     let Some(mut s) = w.socks.get_mut(id).and_then(Option::take) else {
         return;
     };
+    if std::env::var_os("HICAMP_STACK_DEBUG").is_some() {
+        let what = format!("debug: release fd {fd} {:?}", s.kind);
+        note(w, what);
+    }
     if let Some(e) = w.engine.as_mut() {
         match &mut s.kind {
             Kind::Tcp(Tcp::Connected(h)) | Kind::Tcp(Tcp::Connecting(h)) => {
