@@ -164,9 +164,8 @@ fn assert_ok(out: &Output) {
 /// Waits until `ip:port` accepts a kernel connection from inside the namespace.
 fn wait_port(lab: &Lab, ip: &str, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let probe = format!(
-        "import socket; socket.create_connection(('{ip}', {port}), timeout=1).close()"
-    );
+    let probe =
+        format!("import socket; socket.create_connection(('{ip}', {port}), timeout=1).close()");
     while Instant::now() < deadline {
         if lab
             .kernel("python3", &["-c", &probe])
@@ -203,8 +202,14 @@ fn launcher_refuses_bad_settings_before_the_command_runs() {
     let cases: [(&[&str], &str); 5] = [
         (&["--ip", "10.0.0.2/24"], "needs --backend"),
         (&["--backend", "tap:t0"], "needs --ip"),
-        (&["--backend", "tap:t0", "--ip", "300.1.2.3/24"], "bad address"),
-        (&["--backend", "ethernet:x", "--ip", "10.0.0.2/24"], "unknown backend"),
+        (
+            &["--backend", "tap:t0", "--ip", "300.1.2.3/24"],
+            "bad address",
+        ),
+        (
+            &["--backend", "ethernet:x", "--ip", "10.0.0.2/24"],
+            "unknown backend",
+        ),
         (
             &[
                 "--backend",
@@ -409,7 +414,10 @@ fn python_asyncio_echo_server_in_stack_mode() {
     assert_eq!(n(&r["totals"]["sent_bytes"]), total);
     // An echo writes what each read returned: not line-aligned traffic, so the stack may copy
     // partial lines below the socket API (counted, never more than what was sent).
-    assert!(n(&r["payload_bytes_copied_below_socket_api"]) <= total, "{r}");
+    assert!(
+        n(&r["payload_bytes_copied_below_socket_api"]) <= total,
+        "{r}"
+    );
     let stack_conns = r["connections"]
         .as_array()
         .unwrap()
@@ -632,7 +640,12 @@ fn loopback_and_unix_sockets_stay_in_the_kernel() {
     let _echo = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_ECHO]));
     wait_port(&lab, "127.0.0.1", 9100);
     let out = lab
-        .stack("tloop0", "10.95.0", "loop.json", &["python3", "-c", LOOPBACK])
+        .stack(
+            "tloop0",
+            "10.95.0",
+            "loop.json",
+            &["python3", "-c", LOOPBACK],
+        )
         .output()
         .unwrap();
     assert_ok(&out);
@@ -790,16 +803,28 @@ fn line_aligned_bulk_send_copies_nothing_below_the_socket_api() {
             "tbulk0",
             "10.97.0",
             "bulk.json",
-            &["python3", "-c", BULK_SENDER, "10.97.0.1", file.to_str().unwrap()],
+            &[
+                "python3",
+                "-c",
+                BULK_SENDER,
+                "10.97.0.1",
+                file.to_str().unwrap(),
+            ],
         )
         .output()
         .unwrap();
     assert_ok(&out);
     let total = 65536u64 * (256 + 64 + 128);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("sent {total}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("sent {total}")
+    );
     // (wait_port's probe was an empty connection: the sink counts the first with data.)
     let sunk = sink.finish(60);
-    assert_eq!(String::from_utf8_lossy(&sunk.stdout).trim(), total.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&sunk.stdout).trim(),
+        total.to_string()
+    );
     let merged = lab.report("bulk.json");
     let r = stack_report(&merged);
     assert_eq!(n(&r["totals"]["sent_bytes"]), total);

@@ -5,7 +5,7 @@
 //!              [--tar] [--no-cdc] [-L] [--cross-file-systems] [PATH|-...]
 //! hicamp fsck [--json] FILE
 //! hicamp stat [--json] FILE
-//! hicamp run [--report FILE] [--mode trace] -- CMD ARGS...
+//! hicamp run [--report FILE] [--mode trace|stack ...] -- CMD ARGS...
 //! hicamp backends
 //! hicamp put [--create] FILE NAME PATH
 //! hicamp grep [--count] [--max-count N] FILE NAME PATTERN

@@ -171,7 +171,9 @@ struct MadeTap(Option<String>);
 impl Drop for MadeTap {
     fn drop(&mut self) {
         if let Some(dev) = &self.0 {
-            let _ = Command::new("ip").args(["link", "del", "dev", dev]).output();
+            let _ = Command::new("ip")
+                .args(["link", "del", "dev", dev])
+                .output();
         }
     }
 }
@@ -200,7 +202,10 @@ fn prepare_stack(o: &StackOptions) -> Result<(Vec<(OsString, OsString)>, MadeTap
             "--mode stack needs --backend (tap:NAME, af_packet:IFACE, af_xdp:IFACE)".into(),
         ));
     }
-    let spec: BackendSpec = o.backend.parse().map_err(|e| err(format!("--backend: {e}")))?;
+    let spec: BackendSpec = o
+        .backend
+        .parse()
+        .map_err(|e| err(format!("--backend: {e}")))?;
     if spec == BackendSpec::Sim {
         return Err(err(
             "--backend sim: the simulated link has no peer for an application".into(),

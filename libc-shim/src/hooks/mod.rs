@@ -26,9 +26,9 @@ use libc::{
 };
 
 use crate::fdtable::Origin;
-use crate::stack::ops as stk;
 use crate::guard::{self, Guard};
 use crate::real;
+use crate::stack::ops as stk;
 use crate::trace::{self, account, Call, Dir, Uncaptured};
 
 /// Enters the shim for bookkeeping, unless it is off, broken, or already entered.

@@ -480,8 +480,8 @@ fn start() -> Result<Engine, (c_int, String)> {
     if let Some(mtu) = port.mtu() {
         cfg.mtu = mtu as usize;
     }
-    let iface = Interface::new(&mem, port, cfg)
-        .map_err(|e| (libc::ENETDOWN, format!("interface: {e}")))?;
+    let iface =
+        Interface::new(&mem, port, cfg).map_err(|e| (libc::ENETDOWN, format!("interface: {e}")))?;
     // SAFETY: eventfd has no memory precondition.
     let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
     if wake < 0 {
@@ -906,8 +906,8 @@ fn sync(e: &mut Engine, s: &mut Sock) {
                             _ => libc::ECONNRESET,
                         };
                     }
-                    let full = matches!(state, State::Established | State::CloseWait)
-                        && !t.can_send();
+                    let full =
+                        matches!(state, State::Established | State::CloseWait) && !t.can_send();
                     Now {
                         readable: t.can_recv() || !t.may_recv() || s.rd_shut,
                         eof: !t.may_recv() || s.rd_shut,
@@ -966,7 +966,9 @@ fn sync(e: &mut Engine, s: &mut Sock) {
     }
     if !s.eof_sig {
         if st.readable {
-            if (s.tokens == 0 || st.rxq > s.last_rxq) && s.tokens < TOKEN_CAP && send_raw(s.b, &[1]) == 1
+            if (s.tokens == 0 || st.rxq > s.last_rxq)
+                && s.tokens < TOKEN_CAP
+                && send_raw(s.b, &[1]) == 1
             {
                 s.tokens += 1;
             }

@@ -709,7 +709,10 @@ pub fn send(
             }
             let p = Payload::from_bytes(&e.mem, &data).map_err(|_| libc::ENOBUFS)?;
             if std::env::var_os("HICAMP_STACK_DEBUG").is_some() {
-                crate::sys::diag(&format!("debug: udp send fd {fd} {:?} port {port} to {to}", h));
+                crate::sys::diag(&format!(
+                    "debug: udp send fd {fd} {:?} port {port} to {to}",
+                    h
+                ));
             }
             let now = e.now();
             let hh = h.ok_or(libc::EINVAL)?;
@@ -788,9 +791,7 @@ pub fn send(
                         }
                     }
                     // The error is reported once (the kernel's sk_err); then EPIPE.
-                    Err(IfaceError::Tcp(TcpError::Reset | TcpError::TimedOut))
-                        if s.err_taken =>
-                    {
+                    Err(IfaceError::Tcp(TcpError::Reset | TcpError::TimedOut)) if s.err_taken => {
                         return Step::Err(libc::EPIPE)
                     }
                     Err(IfaceError::Tcp(TcpError::Reset)) => {
@@ -1170,7 +1171,10 @@ fn release(w: &mut World, fd: c_int) {
             Kind::Tcp(Tcp::Connected(h)) | Kind::Tcp(Tcp::Connecting(h)) => {
                 let h = *h;
                 s.rec.tcp = super::tcp_summary(e, h);
-                if s.opts.linger.is_some_and(|l| l.l_onoff != 0 && l.l_linger == 0) {
+                if s.opts
+                    .linger
+                    .is_some_and(|l| l.l_onoff != 0 && l.l_linger == 0)
+                {
                     let _ = e.iface.abort(h);
                 } else {
                     let _ = e.iface.close(h);
@@ -1428,7 +1432,13 @@ fn timeval(d: Option<Duration>) -> libc::timeval {
 ///
 /// # Safety
 /// `val` points to `len` readable bytes.
-unsafe fn record(o: &mut Opts, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> bool {
+unsafe fn record(
+    o: &mut Opts,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> bool {
     let int = || -> Option<c_int> {
         if val.is_null() || (len as usize) < 4 {
             return None;
@@ -1519,7 +1529,9 @@ pub unsafe fn setsockopt(
     }
     note(
         &mut w,
-        format!("setsockopt(level {level}, option {name}): not supported by the stack (ENOPROTOOPT)"),
+        format!(
+            "setsockopt(level {level}, option {name}): not supported by the stack (ENOPROTOOPT)"
+        ),
     );
     Some(fail(libc::ENOPROTOOPT))
 }
@@ -1585,13 +1597,17 @@ pub unsafe fn getsockopt(
             }
             (libc::SOL_SOCKET, libc::SO_RCVTIMEO) => V::Tv(timeval(s.opts.rcvtimeo)),
             (libc::SOL_SOCKET, libc::SO_SNDTIMEO) => V::Tv(timeval(s.opts.sndtimeo)),
-            (libc::SOL_SOCKET, libc::SO_LINGER) => V::Linger(s.opts.linger.unwrap_or(libc::linger {
-                l_onoff: 0,
-                l_linger: 0,
-            })),
+            (libc::SOL_SOCKET, libc::SO_LINGER) => {
+                V::Linger(s.opts.linger.unwrap_or(libc::linger {
+                    l_onoff: 0,
+                    l_linger: 0,
+                }))
+            }
             (libc::IPPROTO_TCP, libc::TCP_NODELAY) if tcp => b(s.opts.nodelay),
             (libc::IPPROTO_TCP, libc::TCP_MAXSEG) if tcp => V::Int(match s.kind {
-                Kind::Tcp(Tcp::Connected(h)) => e.iface.tcp(h).map_or(536, |t| t.send_mss()) as c_int,
+                Kind::Tcp(Tcp::Connected(h)) => {
+                    e.iface.tcp(h).map_or(536, |t| t.send_mss()) as c_int
+                }
                 _ => c_int::from(e.iface.config().tcp.mss),
             }),
             (libc::IPPROTO_TCP, libc::TCP_INFO) if tcp => {
@@ -1638,7 +1654,9 @@ pub unsafe fn getsockopt(
     };
     fn raw<T>(v: &T) -> &[u8] {
         // SAFETY: a plain C struct's bytes (no padding read as anything but bytes).
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
     }
     match v {
         V::Int(x) => put(&x.to_ne_bytes()),
