@@ -76,6 +76,18 @@ impl Lab {
     /// `hicamp run --mode stack` on TAP `tap` with the stack at `net.2` and the kernel at
     /// `net.1`, inside the namespace.
     fn stack(&self, tap: &str, net: &str, report: &str, args: &[&str]) -> Command {
+        self.stack_with(tap, net, report, &[], args)
+    }
+
+    /// [`Lab::stack`] with more launcher options (`--gateway ...`).
+    fn stack_with(
+        &self,
+        tap: &str,
+        net: &str,
+        report: &str,
+        more: &[&str],
+        args: &[&str],
+    ) -> Command {
         let mut c = self.ns.command(HICAMP);
         c.args([
             "run",
@@ -90,6 +102,7 @@ impl Lab {
             "--report",
         ])
         .arg(self.path(report))
+        .args(more)
         .arg("--")
         .args(args);
         c
@@ -992,4 +1005,93 @@ fn socket_semantics_on_stack_sockets() {
         notes.keys().any(|k| k.contains("ENOPROTOOPT")),
         "the refused option is noted: {notes:?}"
     );
+}
+
+#[test]
+fn redis_benchmark_and_redis_server_both_in_stack_mode_on_their_own_taps() {
+    if missing(&["redis-server", "redis-benchmark"]) {
+        return;
+    }
+    let lab = Lab::new();
+    // The namespace's kernel routes between the two TAP links.
+    let fwd = lab
+        .kernel("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .output()
+        .unwrap();
+    assert_ok(&fwd);
+    let server = lab.stack_with(
+        "trs0",
+        "10.103.0",
+        "rs.json",
+        &["--gateway", "10.103.0.1"],
+        &[
+            "redis-server",
+            "--port",
+            "6379",
+            "--bind",
+            "0.0.0.0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+    );
+    let srv = Reaper::spawn(server);
+    wait_port(&lab, "10.103.0.2", 6379);
+    let mut bench = lab.stack_with(
+        "trc0",
+        "10.104.0",
+        "rc.json",
+        &["--gateway", "10.104.0.1"],
+        &[
+            "redis-benchmark",
+            "-h",
+            "10.103.0.2",
+            "-t",
+            "get,set",
+            "-n",
+            "20000",
+            "-c",
+            "50",
+            "-P",
+            "16",
+            "-q",
+        ],
+    );
+    let out = bench.output().unwrap();
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SET: ") && text.contains("GET: "), "{text}");
+    // SHUTDOWN NOSAVE from a kernel client: 30 bytes the server receives besides the
+    // benchmark's.
+    let shutdown = lab
+        .kernel(
+            "python3",
+            &[
+                "-c",
+                "import socket; s = socket.create_connection(('10.103.0.2', 6379)); \
+                 s.sendall(b'*2\\r\\n$8\\r\\nSHUTDOWN\\r\\n$6\\r\\nNOSAVE\\r\\n'); s.recv(10)",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&shutdown);
+    let out = srv.finish(30);
+    assert_ok(&out);
+    let s = lab.report("rs.json");
+    let c = lab.report("rc.json");
+    let (s, c) = (stack_report(&s), stack_report(&c));
+    assert_eq!(
+        n(&s["totals"]["received_bytes"]),
+        n(&c["totals"]["sent_bytes"]) + 30,
+        "server received = benchmark sent + SHUTDOWN"
+    );
+    assert_eq!(
+        n(&s["totals"]["sent_bytes"]),
+        n(&c["totals"]["received_bytes"]),
+        "server sent = benchmark received"
+    );
+    assert!(n(&c["totals"]["sent_bytes"]) > 0);
 }

@@ -802,7 +802,7 @@ fn stack_thread() {
             },
         ];
         // A port without a descriptor is polled every millisecond.
-        let timeout = if port_fd < 0 && (timeout < 0 || timeout > 1) {
+        let timeout = if port_fd < 0 && !(0..=1).contains(&timeout) {
             1
         } else {
             timeout

@@ -499,10 +499,12 @@ pub unsafe fn accept4(
             unsafe { real::fcntl(na, libc::F_SETFD, 0) };
         }
         // Accepted sockets inherit the listener's options that carry over in Linux.
-        let mut o = Opts::default();
-        o.nodelay = opts.nodelay;
-        o.keepalive = opts.keepalive;
-        o.linger = opts.linger;
+        let o = Opts {
+            nodelay: opts.nodelay,
+            keepalive: opts.keepalive,
+            linger: opts.linger,
+            ..Opts::default()
+        };
         let nid = w.new_sock(
             Kind::Tcp(Tcp::Connected(h)),
             na,
@@ -655,9 +657,7 @@ pub fn send(
     let mut w = lock();
     if w.pending.contains_key(&fd) {
         // sendto on a pending datagram socket decides its route.
-        let Some((addr, len)) = dst.filter(|d| !d.0.is_null()) else {
-            return None;
-        };
+        let (addr, len) = dst.filter(|d| !d.0.is_null())?;
         // SAFETY: the caller's address of `len` bytes.
         match unsafe { read_addr(addr, len) } {
             Ok(d) if !d.ip().is_loopback() && w.pending[&fd].dgram => {
@@ -685,8 +685,8 @@ pub fn send(
         Some(Kind::Udp { .. })
     );
     if is_udp {
-        // SAFETY: the caller's address when given.
         let d = match dst.filter(|d| !d.0.is_null()) {
+            // SAFETY: the caller's address of `l` bytes.
             Some((a, l)) => match unsafe { read_addr(a, l) } {
                 Ok(d) => Some(d),
                 Err(e) => return Some(fail::<isize>(e)),
@@ -1091,11 +1091,11 @@ pub unsafe fn sendfile(out: c_int, inf: c_int, off: *mut i64, count: usize) -> O
     while total < count {
         let want = (count - total).min(buf.len());
         // SAFETY: `buf` has `want` writable bytes.
-        let n = unsafe {
-            match pos {
-                Some(p) => libc::pread(inf, buf.as_mut_ptr().cast(), want, p),
-                None => real::read(inf, buf.as_mut_ptr().cast(), want),
-            }
+        let n = match pos {
+            // SAFETY: `buf` has `want` writable bytes.
+            Some(p) => unsafe { libc::pread(inf, buf.as_mut_ptr().cast(), want, p) },
+            // SAFETY: as above.
+            None => unsafe { real::read(inf, buf.as_mut_ptr().cast(), want) },
         };
         if n < 0 {
             if total > 0 {
