@@ -44,27 +44,23 @@ fn hicamp() -> Result<PathBuf, String> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("no workspace")?;
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args([
-        "build",
-        "-q",
-        "-p",
-        "libc-shim",
-        "-p",
-        "hicamp-examples",
-        "--bin",
-        "hicamp",
-    ])
-    .current_dir(workspace);
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "cargo build failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+    // Two builds: `--bin` would leave the shim's library out.
+    for args in [
+        &["build", "-q", "-p", "libc-shim"][..],
+        &["build", "-q", "-p", "hicamp-examples", "--bin", "hicamp"][..],
+    ] {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(args).current_dir(workspace);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cargo build failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
     }
     let h = dir.join("hicamp");
     if h.is_file() && dir.join("liblibc_shim.so").is_file() {

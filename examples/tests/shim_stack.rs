@@ -1095,3 +1095,78 @@ fn redis_benchmark_and_redis_server_both_in_stack_mode_on_their_own_taps() {
     );
     assert!(n(&c["totals"]["sent_bytes"]) > 0);
 }
+
+#[test]
+fn nginx_single_process_in_stack_mode_serves_curl_and_wrk() {
+    // `nginx -v` and `wrk -v` print their versions (wrk exits 1): there if they start.
+    let starts = |p: &str| Command::new(p).arg("-v").output().map(drop);
+    if missing(&["curl"])
+        || testkit::require(starts("nginx"), "nginx")
+        || testkit::require(starts("wrk"), "wrk")
+    {
+        return;
+    }
+    // One process (`master_process off`): a master with workers forks, which stack mode does
+    // not serve yet. `sendfile on`: the page goes through the shim's sendfile.
+    let lab = Lab::new();
+    let root = lab.path("ngx");
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::create_dir_all(root.join("logs")).unwrap();
+    let page = testkit::Rng::new(38).bytes(38_000);
+    std::fs::write(root.join("www/page"), &page).unwrap();
+    let r = root.display();
+    let conf = format!(
+        "daemon off; master_process off; worker_processes 1; error_log {r}/logs/error.log; \
+         pid {r}/nginx.pid; events {{ worker_connections 256; }} \
+         http {{ access_log off; sendfile on; server {{ listen 8080; root {r}/www; }} }}"
+    );
+    std::fs::write(root.join("nginx.conf"), conf).unwrap();
+    let conf = root.join("nginx.conf");
+    let (conf, prefix) = (conf.to_str().unwrap(), root.to_str().unwrap());
+    let srv = Reaper::spawn(lab.stack(
+        "tngx0",
+        "10.106.0",
+        "ngx.json",
+        &["nginx", "-c", conf, "-p", prefix],
+    ));
+    wait_port(&lab, "10.106.0.2", 8080);
+    let got = lab.path("got");
+    let out = lab
+        .kernel(
+            "curl",
+            &[
+                "-sS",
+                "-o",
+                got.to_str().unwrap(),
+                "http://10.106.0.2:8080/page",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(std::fs::read(&got).unwrap() == page, "the page differs");
+    let out = lab
+        .kernel(
+            "wrk",
+            &["-t1", "-c8", "-d2s", "http://10.106.0.2:8080/page"],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Requests/sec"), "{text}");
+    assert!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "{text}"
+    );
+    let quit = lab
+        .kernel("nginx", &["-s", "quit", "-c", conf, "-p", prefix])
+        .output()
+        .unwrap();
+    assert_ok(&quit);
+    let out = srv.finish(30);
+    assert_ok(&out);
+    let merged = lab.report("ngx.json");
+    let r = stack_report(&merged);
+    assert!(n(&r["totals"]["sendfile_bytes"]) >= 38_000, "{r}");
+}

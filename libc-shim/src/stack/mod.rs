@@ -991,3 +991,74 @@ fn sync(e: &mut Engine, s: &mut Sock) {
         s.filled = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Settings, String> {
+        Settings::parse(|k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn settings_from_the_environment() {
+        let s = parse(&[
+            ("HICAMP_STACK_BACKEND", "tap:t0"),
+            ("HICAMP_STACK_IP", "10.1.2.3/16"),
+            ("HICAMP_STACK_GATEWAY", "10.1.0.1"),
+        ])
+        .unwrap();
+        assert_eq!(s.backend, BackendSpec::Tap("t0".into()));
+        assert_eq!((s.ip, s.prefix), (Ipv4Addr::new(10, 1, 2, 3), 16));
+        assert_eq!(s.gateway, Some(Ipv4Addr::new(10, 1, 0, 1)));
+        for (pairs, want) in [
+            (
+                &[("HICAMP_STACK_IP", "10.0.0.2/24")][..],
+                "HICAMP_STACK_BACKEND",
+            ),
+            (&[("HICAMP_STACK_BACKEND", "tap:t0")][..], "HICAMP_STACK_IP"),
+            (
+                &[
+                    ("HICAMP_STACK_BACKEND", "sim"),
+                    ("HICAMP_STACK_IP", "10.0.0.2"),
+                ][..],
+                "sim",
+            ),
+            (
+                &[
+                    ("HICAMP_STACK_BACKEND", "tap:t0"),
+                    ("HICAMP_STACK_IP", "127.0.0.2/8"),
+                ][..],
+                "cannot be",
+            ),
+            (
+                &[
+                    ("HICAMP_STACK_BACKEND", "tap:t0"),
+                    ("HICAMP_STACK_IP", "10.0.0.2"),
+                    ("HICAMP_STACK_GATEWAY", "x"),
+                ][..],
+                "GATEWAY",
+            ),
+        ] {
+            let e = parse(pairs).unwrap_err();
+            assert!(e.contains(want), "{pairs:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn marks_are_per_descriptor() {
+        assert!(!marked(70_000) && !marked(-1));
+        mark(1000);
+        assert!(marked(1000) && is_stack(1000) && !marked(1001));
+        unmark(1000);
+        mark_pending(1001, true);
+        assert!(marked(1001) && !is_stack(1001));
+        mark_pending(1001, false);
+        assert!(!marked(1000) && !marked(1001));
+    }
+}
