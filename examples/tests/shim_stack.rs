@@ -921,10 +921,21 @@ info = c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
 assert info[0] == 1, info[0]  # TCP_ESTABLISHED
 expect_errno(lambda: c.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10), errno.ENOPROTOOPT)
 # Data: MSG_PEEK, FIONREAD, MSG_WAITALL, MSG_DONTWAIT.
+def fionread(f):
+    return struct.unpack("i", fcntl.ioctl(f, termios.FIONREAD, b"\0" * 4))[0]
+def readn(f, k):
+    out = b""
+    while len(out) < k:
+        x = os.read(f, k - len(out))
+        assert x, out
+        out += x
+    return out
 c.sendall(b"0123456789")
-time.sleep(0.3)
+deadline = time.time() + 10
+while fionread(c.fileno()) < 10 and time.time() < deadline:
+    time.sleep(0.05)
 assert c.recv(4, socket.MSG_PEEK) == b"0123"
-n = struct.unpack("i", fcntl.ioctl(c.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+n = fionread(c.fileno())
 assert n == 10, n
 assert c.recv(10, socket.MSG_WAITALL) == b"0123456789"
 expect_errno(lambda: c.recv(10, socket.MSG_DONTWAIT), errno.EAGAIN)
@@ -944,8 +955,8 @@ fcntl.ioctl(c.fileno(), termios.FIONBIO, struct.pack("i", 0))
 d = os.dup(c.fileno())
 fd2 = os.open("/dev/null", os.O_RDONLY); os.dup2(c.fileno(), fd2)
 c.close()
-os.write(d, b"dup!"); assert os.read(d, 4) == b"dup!"
-os.write(fd2, b"dup2"); assert os.read(fd2, 4) == b"dup2"
+os.write(d, b"dup!"); assert readn(d, 4) == b"dup!"
+os.write(fd2, b"dup2"); assert readn(fd2, 4) == b"dup2"
 os.close(d)
 # shutdown(SHUT_WR): the peer sees EOF and closes; we read EOF.
 os.write(fd2, b"last"); s = socket.socket(fileno=fd2)

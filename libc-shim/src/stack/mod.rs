@@ -818,7 +818,7 @@ fn stack_thread() {
         let rx0 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
         pump(&mut w);
         let rx1 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
-        if std::env::var_os("HICAMP_STACK_DEBUG").is_some() {
+        if debug() {
             let why = match (fds[0].revents != 0, fds[1].revents != 0, rx1 > rx0) {
                 (false, false, true) => "tick found frames",
                 (true, _, false) => "port readable, no frame",
@@ -847,15 +847,23 @@ fn send_raw(fd: c_int, buf: &[u8]) -> isize {
     }
 }
 
+/// Reads and discards what `fd` holds (tokens, or the bytes that filled a send buffer); stops
+/// at a short read, without the extra call that would only say `EAGAIN`.
 fn drain(fd: c_int) {
     let mut buf = [0u8; 4096];
     for _ in 0..64 {
         // SAFETY: a valid buffer.
         let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-        if n <= 0 {
+        if n <= 0 || (n as usize) < buf.len() {
             break;
         }
     }
+}
+
+/// `HICAMP_STACK_DEBUG` is set: the report notes what woke the stack thread, and each release.
+pub(crate) fn debug() -> bool {
+    static DEBUG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DEBUG.get_or_init(|| std::env::var_os("HICAMP_STACK_DEBUG").is_some())
 }
 
 fn shutdown_raw(fd: c_int, how: c_int) {

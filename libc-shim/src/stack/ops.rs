@@ -708,7 +708,7 @@ pub fn send(
                 data.extend_from_slice(b);
             }
             let p = Payload::from_bytes(&e.mem, &data).map_err(|_| libc::ENOBUFS)?;
-            if std::env::var_os("HICAMP_STACK_DEBUG").is_some() {
+            if super::debug() {
                 crate::sys::diag(&format!(
                     "debug: udp send fd {fd} {:?} port {port} to {to}",
                     h
@@ -1162,7 +1162,7 @@ fn release(w: &mut World, fd: c_int) {
     let Some(mut s) = w.socks.get_mut(id).and_then(Option::take) else {
         return;
     };
-    if std::env::var_os("HICAMP_STACK_DEBUG").is_some() {
+    if super::debug() {
         let what = format!("debug: release fd {fd} {:?}", s.kind);
         note(w, what);
     }
