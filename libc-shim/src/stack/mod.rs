@@ -63,10 +63,10 @@ use hicamp::Memory;
 use libc::c_int;
 use nicdma::backend::{parse_cidr, AnyPort, BackendSpec};
 use nicdma::Port;
-use parking_lot::{Mutex, MutexGuard};
 use segstack::iface::{IfaceConfig, Interface, SocketHandle};
 use segstack::tcp::State;
 use segstack::Payload;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::real;
 
@@ -360,13 +360,22 @@ static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| {
 
 /// The stack thread's wake-up eventfd (-1 until the stack exists).
 static WAKE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// When the interface last ran (engine ns).
+static LAST_PUMP: AtomicU64 = AtomicU64::new(0);
 /// When the interface last moved a frame (engine ns).
 static LAST_ACTIVE: AtomicU64 = AtomicU64::new(0);
 /// When the stack thread will wake by itself (engine ns; `u64::MAX`: never).
 static SLEEP_UNTIL: AtomicU64 = AtomicU64::new(u64::MAX);
 
+/// The world's lock. A futex lock (std's), not a spinning one: the application's threads and
+/// the stack thread hand it back and forth on every frame, and a lock that yields while it
+/// spins spent a fifth of redis-server's time in the scheduler. A panic inside cannot leave
+/// the world half-changed in a way the next call could not live with (every hook is
+/// shielded), so a poisoned lock is taken as it is.
 fn lock() -> MutexGuard<'static, World> {
-    WORLD.lock()
+    WORLD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn note(w: &mut World, what: String) {
@@ -724,6 +733,11 @@ fn write_report(reason: &str) {
 /// Runs the interface once and brings every socket's descriptor up to date; wakes the stack
 /// thread when a timer became due earlier than it planned.
 fn pump(w: &mut World) {
+    pump_from(w, true);
+}
+
+/// [`pump`]; `app` is false on the stack thread, which computes its own next wake-up.
+fn pump_from(w: &mut World, app: bool) {
     let World {
         engine,
         socks,
@@ -743,6 +757,10 @@ fn pump(w: &mut World) {
     }
     for s in socks.iter_mut().flatten() {
         sync(e, s);
+    }
+    LAST_PUMP.store(now, Relaxed);
+    if !app {
+        return;
     }
     let at = e.iface.poll_at().unwrap_or(u64::MAX);
     if at < SLEEP_UNTIL.load(Relaxed) {
@@ -814,9 +832,18 @@ fn stack_thread() {
             // SAFETY: an 8-byte buffer for an eventfd read.
             unsafe { real::read(fds[1].fd, buf.as_mut_ptr().cast(), 8) };
         }
+        // A tick right after an application thread ran the interface has nothing to add.
+        let idle_tick = fds[0].revents == 0 && fds[1].revents == 0;
         let mut w = lock();
+        if idle_tick {
+            if let Some(e) = w.engine.as_ref() {
+                if e.now().saturating_sub(LAST_PUMP.load(Relaxed)) < 2_000_000 {
+                    continue;
+                }
+            }
+        }
         let rx0 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
-        pump(&mut w);
+        pump_from(&mut w, false);
         let rx1 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
         if debug() {
             let why = match (fds[0].revents != 0, fds[1].revents != 0, rx1 > rx0) {
