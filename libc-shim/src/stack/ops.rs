@@ -254,6 +254,15 @@ fn pair(nonblock: bool) -> Result<(c_int, c_int), c_int> {
             4,
         )
     };
+    // B moves to a high number, so that the application's own descriptors stay where the
+    // kernel would have put them (below FD_SETSIZE when theirs would be).
+    // SAFETY: F_DUPFD_CLOEXEC with an int lower bound.
+    let high = unsafe { real::fcntl(sv[1], libc::F_DUPFD_CLOEXEC, high_floor() as libc::c_ulong) };
+    if high >= 0 {
+        // SAFETY: our own descriptor, now duplicated.
+        unsafe { real::close(sv[1]) };
+        sv[1] = high;
+    }
     // SAFETY: F_SETFL with an int flag word.
     unsafe { real::fcntl(sv[1], libc::F_SETFL, libc::O_NONBLOCK as libc::c_ulong) };
     if nonblock {
@@ -261,6 +270,21 @@ fn pair(nonblock: bool) -> Result<(c_int, c_int), c_int> {
         unsafe { real::fcntl(sv[0], libc::F_SETFL, libc::O_NONBLOCK as libc::c_ulong) };
     }
     Ok((sv[0], sv[1]))
+}
+
+/// Where the stack's own descriptors go: the upper half of the soft descriptor limit (at most
+/// 32768), above the numbers an application takes first.
+fn high_floor() -> u64 {
+    static FLOOR: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *FLOOR.get_or_init(|| {
+        // SAFETY: an all-zero rlimit is valid.
+        let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: `r` is writable.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+            return 0;
+        }
+        (r.rlim_cur / 2).min(32_768)
+    })
 }
 
 fn sock_id(w: &World, fd: c_int) -> Result<usize, c_int> {
