@@ -790,12 +790,11 @@ fn stack_thread() {
             let at = e.iface.poll_at();
             SLEEP_UNTIL.store(at.unwrap_or(u64::MAX), Relaxed);
             // While frames flow, the thread also runs the interface every 2 ms. Without it a
-            // 64 MiB download from the kernel stalls: the connection's counters then show the
-            // kernel's segments cut at the right edge the stack recorded (bytes beyond it are
-            // dropped, `bytes_in` stops), and nothing is due in `poll_at`, so nothing answers
-            // until the kernel's backed-off retransmission. Root cause not found yet (segstack's
-            // window bookkeeping on an active open is the suspect). Idle, the thread sleeps
-            // until a frame or a timer.
+            // 64 MiB download from the kernel stops after 100-160 KB: the kernel has every
+            // segment it sent acknowledged, the connection stands at a lower `rcv_nxt` with its
+            // window open and nothing due in `poll_at`, and each side waits for the other. Root
+            // cause not found yet (segstack's receive of GSO frames after an active open is the
+            // suspect). Idle, the thread sleeps until a frame or a timer.
             let busy = now.saturating_sub(LAST_ACTIVE.load(Relaxed)) < 200_000_000;
             let t = match at {
                 None if busy => 2,
