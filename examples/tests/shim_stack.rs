@@ -1181,3 +1181,55 @@ fn nginx_single_process_in_stack_mode_serves_curl_and_wrk() {
     let r = stack_report(&merged);
     assert!(n(&r["totals"]["sendfile_bytes"]) >= 38_000, "{r}");
 }
+
+/// A forked child: its copy of a stack connection reads end of stream and cannot send (the
+/// connection is the parent's, which still works); its new sockets go to the kernel.
+const FORK_CHILD: &str = r#"
+import os, socket, sys
+K = sys.argv[1]
+c = socket.create_connection((K, 9100))
+c.sendall(b"before"); assert c.recv(6) == b"before"
+pid = os.fork()
+if pid == 0:
+    ok = c.recv(10) == b""
+    try:
+        c.send(b"x", socket.MSG_NOSIGNAL); ok = False
+    except OSError:
+        pass
+    k = socket.create_connection((K, 9100)); k.sendall(b"kernel"); ok = ok and k.recv(6) == b"kernel"
+    os._exit(0 if ok else 3)
+_, st = os.waitpid(pid, 0)
+assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
+c.sendall(b"after"); assert c.recv(5) == b"after"
+print("FORK OK", flush=True)
+"#;
+
+#[test]
+fn a_forked_child_leaves_the_parents_stack_connections_alone() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let _echo = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_ECHO]));
+    wait_port(&lab, "127.0.0.1", 9100);
+    let out = lab
+        .stack(
+            "tfork0",
+            "10.109.0",
+            "fork.json",
+            &["python3", "-c", FORK_CHILD, "10.109.0.1"],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("FORK OK"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merged = lab.report("fork.json");
+    let r = stack_report(&merged);
+    // Only the parent's connection went through the stack: 11 bytes each way.
+    assert_eq!(n(&r["totals"]["sent_bytes"]), 11);
+    assert_eq!(n(&r["totals"]["received_bytes"]), 11);
+}
