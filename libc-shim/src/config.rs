@@ -2,7 +2,7 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `HICAMP_SHIM_MODE` | `trace`, or `off` (every call a plain pass-through) | `trace` |
+//! | `HICAMP_SHIM_MODE` | `trace`, `stack` (AF_INET sockets served by segstack: see [`crate::stack`] for its settings), or `off` (every call a plain pass-through) | `trace` |
 //! | `HICAMP_SHIM_REPORT` | report path prefix: each process writes `PREFIX.PID.json` and `PREFIX.PID.txt` | none: the summary goes to `$TMPDIR/hicamp-shim.PID.txt` (never to fd 2, which may be a socket), diagnostics to `hicamp-shim.PID.log` there (`PREFIX.PID.log` with a prefix) |
 //! | `HICAMP_SHIM_LINE_SIZES` | line sizes to intern at, comma-separated | `64,256,1024,4096` |
 //! | `HICAMP_SHIM_INTERVAL` | seconds between periodic reports (0 = none) | 0 |
@@ -19,6 +19,9 @@ use std::time::Duration;
 pub enum Mode {
     /// Pass every call to the kernel; count and intern the payload.
     Trace,
+    /// Serve AF_INET stream and datagram sockets with segstack over a nicdma port
+    /// ([`crate::stack`]); everything else goes to the kernel unchanged.
+    Stack,
     /// Pass every call to the kernel and do nothing else.
     Off,
 }
@@ -57,9 +60,10 @@ impl Config {
         let mode = match get("HICAMP_SHIM_MODE").as_deref().map(str::trim) {
             None | Some("") | Some("trace") => Mode::Trace,
             Some("off") => Mode::Off,
+            Some("stack") => Mode::Stack,
             Some(other) => {
                 warn(format!(
-                    "HICAMP_SHIM_MODE={other}: unknown mode (trace or off); using trace"
+                    "HICAMP_SHIM_MODE={other}: unknown mode (trace, stack or off); using trace"
                 ));
                 Mode::Trace
             }
@@ -247,7 +251,7 @@ mod tests {
         assert!(w.is_empty());
 
         let (c, w) = parse(&[
-            ("HICAMP_SHIM_MODE", "stack"),
+            ("HICAMP_SHIM_MODE", "local"),
             ("HICAMP_SHIM_LINE_SIZES", "63"),
             ("HICAMP_SHIM_INTERVAL", "soon"),
             ("HICAMP_SHIM_SIGNAL", "KILL"),

@@ -5,7 +5,8 @@
 //! To know what a zero-copy stack on deduplicated memory would save for real applications, one
 //! has to see their real traffic, unmodified. This library is preloaded into dynamically linked
 //! programs (`hicamp run -- CMD`, or `LD_PRELOAD=liblibc_shim.so CMD`), interposes the socket
-//! calls, and routes each descriptor (for now always to the kernel).
+//! calls, and routes each descriptor: to the kernel (trace mode), or AF_INET sockets to segstack
+//! (stack mode, [`stack`]).
 //!
 //! # Trace mode
 //!
@@ -26,6 +27,13 @@
 //!                          |-> line fingerprints -> sampled set (the estimate)
 //!                          '-> payload copy -> pending buffer -> interning thread -> memories
 //! ```
+//!
+//! # Stack mode
+//!
+//! `HICAMP_SHIM_MODE=stack`: the application's AF_INET stream and datagram sockets (except
+//! 127.0.0.0/8) are served by segstack over a nicdma port in this process; each is a real
+//! descriptor whose readiness the stack drives, so kernel `epoll`/`poll`/`select` work on
+//! mixed sets. See [`stack`]. Trace mode's hooks pay one bitmap load for it.
 //!
 //! # Rules the hooks keep
 //!
@@ -50,7 +58,8 @@
 //! The crate denies unsafe code except in these modules, each block with a `// SAFETY:`
 //! comment: `real` (symbol lookup), `hooks` (the C entry points), `sys` (the shim's own system
 //! calls), `lifecycle` (the constructor, exit, fork and signal handlers), `fdtable` (the fd
-//! table's lock held across `fork`), `guard` (errno kept across the bookkeeping) and, in `trace`,
+//! table's lock held across `fork`), `guard` (errno kept across the bookkeeping), `stack` (the
+//! stack's descriptors, its fork handler and the socket calls it serves) and, in `trace`,
 //! `account` (the process's one account, published once) and `events` (the fork handlers). The
 //! `vfork` hook is a naked function (x86-64).
 
@@ -71,6 +80,8 @@ mod lifecycle;
 #[allow(unsafe_code)]
 pub mod real;
 pub mod report;
+#[allow(unsafe_code)]
+pub mod stack;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod trace;

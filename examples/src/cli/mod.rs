@@ -5,7 +5,7 @@
 //!              [--tar] [--no-cdc] [-L] [--cross-file-systems] [PATH|-...]
 //! hicamp fsck [--json] FILE
 //! hicamp stat [--json] FILE
-//! hicamp run [--report FILE] [--mode trace] -- CMD ARGS...
+//! hicamp run [--report FILE] [--mode trace|stack ...] -- CMD ARGS...
 //! hicamp backends
 //! hicamp put [--create] FILE NAME PATH
 //! hicamp grep [--count] [--max-count N] FILE NAME PATTERN
@@ -84,6 +84,9 @@ enum Command {
 enum ShimMode {
     /// Every call goes to the kernel; payloads are counted and interned.
     Trace,
+    /// AF_INET sockets are served by segstack over `--backend` (needs `--ip`); unix sockets,
+    /// other families and 127.0.0.0/8 stay in the kernel.
+    Stack,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +105,22 @@ struct RunArgs {
     /// the sample rate and the error bound). Default 256M.
     #[arg(long, value_name = "SIZE", value_parser = run::parse_budget)]
     budget: Option<u64>,
+
+    /// Stack mode: the NIC backend (`tap:NAME` is created and brought up if missing).
+    #[arg(long, value_name = "BACKEND")]
+    backend: Option<String>,
+
+    /// Stack mode: the stack's address, ADDR/PREFIX.
+    #[arg(long, value_name = "ADDR/PREFIX")]
+    ip: Option<String>,
+
+    /// Stack mode: the default gateway.
+    #[arg(long, value_name = "ADDR")]
+    gateway: Option<String>,
+
+    /// Stack mode with tap:NAME: the kernel's address on the TAP device, ADDR/PREFIX.
+    #[arg(long, value_name = "ADDR/PREFIX")]
+    host_ip: Option<String>,
 
     /// The command and its arguments (after `--`).
     #[arg(
@@ -602,7 +621,15 @@ fn run_stat(args: &FileArgs) -> Result<(), Failure> {
 /// `hicamp run`: exits with the command's status (1 when the launcher itself fails).
 fn run_command(cli: &Cli, args: &RunArgs) -> ExitCode {
     use crate::cli::run;
-    let ShimMode::Trace = args.mode;
+    let stack = match args.mode {
+        ShimMode::Trace => None,
+        ShimMode::Stack => Some(run::StackOptions {
+            backend: args.backend.clone().unwrap_or_default(),
+            ip: args.ip.clone().unwrap_or_default(),
+            gateway: args.gateway.clone(),
+            host_ip: args.host_ip.clone(),
+        }),
+    };
     let exe = std::env::current_exe().unwrap_or_default();
     let result = run::find_shim(std::env::var_os("HICAMP_SHIM"), &exe).and_then(|shim| {
         run::run(&run::RunOptions {
@@ -613,6 +640,7 @@ fn run_command(cli: &Cli, args: &RunArgs) -> ExitCode {
                 .budget
                 .map(|b| vec![("HICAMP_SHIM_BUDGET".into(), b.to_string().into())])
                 .unwrap_or_default(),
+            stack,
         })
     });
     match result {

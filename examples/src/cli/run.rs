@@ -2,7 +2,16 @@
 //!
 //! ```text
 //! hicamp run [--report FILE] [--mode trace] [--budget SIZE] -- CMD ARGS...
+//! hicamp run --mode stack --backend tap:NAME --ip ADDR/PREFIX [--gateway ADDR]
+//!            [--host-ip ADDR/PREFIX] [--report FILE] -- CMD ARGS...
 //! ```
+//!
+//! In stack mode the command's AF_INET sockets are served by segstack over the backend (see the
+//! shim's `stack` module). Before the command starts, the launcher checks the settings and the
+//! backend, and for `tap:NAME` creates the device if it is missing (persistent, removed again
+//! afterwards), gives the kernel's side `--host-ip` and brings it up; any failure is an error
+//! and the command does not run. Each process that used the stack writes
+//! `FILE.stack.PID.json`; the merged report lists them under `stack`.
 //!
 //! `--budget` bounds each traced process's shim memory (`HICAMP_SHIM_BUDGET`, default 256M):
 //! past it a process's footprint is estimated by content-defined line sampling, and the
@@ -87,6 +96,9 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+    /// Stack mode cannot start (settings, privileges, backend).
+    #[error("stack mode: {0}")]
+    Stack(String),
     /// A report file or directory could not be used.
     #[error("{what} '{}': {source}", path.display())]
     Io {
@@ -135,6 +147,186 @@ pub struct RunOptions {
     pub command: Vec<OsString>,
     /// Extra environment for the command (tests, line sizes...).
     pub env: Vec<(OsString, OsString)>,
+    /// Stack mode, when given.
+    pub stack: Option<StackOptions>,
+}
+
+/// `--mode stack`'s settings, as given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// `--backend`.
+    pub backend: String,
+    /// `--ip`.
+    pub ip: String,
+    /// `--gateway`.
+    pub gateway: Option<String>,
+    /// `--host-ip`.
+    pub host_ip: Option<String>,
+}
+
+/// A TAP device the launcher made (deleted when the run ends).
+#[derive(Debug)]
+struct MadeTap(Option<String>);
+
+impl Drop for MadeTap {
+    fn drop(&mut self) {
+        if let Some(dev) = &self.0 {
+            let _ = Command::new("ip")
+                .args(["link", "del", "dev", dev])
+                .output();
+        }
+    }
+}
+
+fn ip_cmd(args: &[&str]) -> Result<(), RunError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| RunError::Stack(format!("cannot run `ip {}`: {e}", args.join(" "))))?;
+    if !out.status.success() {
+        return Err(RunError::Stack(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the stack settings and prepares the backend; returns the environment for the shim.
+fn prepare_stack(o: &StackOptions) -> Result<(Vec<(OsString, OsString)>, MadeTap), RunError> {
+    use nicdma::backend::{parse_cidr, BackendSpec};
+    let err = |m: String| RunError::Stack(m);
+    if o.backend.is_empty() {
+        return Err(err(
+            "--mode stack needs --backend (tap:NAME, af_packet:IFACE, af_xdp:IFACE)".into(),
+        ));
+    }
+    let spec: BackendSpec = o
+        .backend
+        .parse()
+        .map_err(|e| err(format!("--backend: {e}")))?;
+    if spec == BackendSpec::Sim {
+        return Err(err(
+            "--backend sim: the simulated link has no peer for an application".into(),
+        ));
+    }
+    if o.ip.is_empty() {
+        return Err(err("--mode stack needs --ip ADDR/PREFIX".into()));
+    }
+    let (ip, prefix) = parse_cidr(&o.ip).map_err(|e| err(format!("--ip: {e}")))?;
+    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+        return Err(err(format!("--ip: {ip} cannot be the stack's address")));
+    }
+    if let Some(g) = &o.gateway {
+        g.parse::<std::net::Ipv4Addr>()
+            .map_err(|_| err(format!("--gateway: bad address {g:?}")))?;
+    }
+    let host = match &o.host_ip {
+        Some(h) => {
+            let (hip, _) = parse_cidr(h).map_err(|e| err(format!("--host-ip: {e}")))?;
+            if hip == ip {
+                return Err(err(format!(
+                    "--host-ip {hip} is the stack's own address (--ip)"
+                )));
+            }
+            Some(h.clone())
+        }
+        None => None,
+    };
+    let mut made = MadeTap(None);
+    match &spec {
+        BackendSpec::Tap(name) => {
+            if name.is_empty() || name.contains('%') {
+                return Err(err(
+                    "--backend tap:NAME needs a fixed device name (the launcher and the \
+                     application must agree on it)"
+                        .into(),
+                ));
+            }
+            // SAFETY-free check of privileges: the device needs CAP_NET_ADMIN.
+            if !is_root() {
+                return Err(err(format!(
+                    "--backend {spec}: making and using a TAP device needs root \
+                     (CAP_NET_ADMIN); run as root"
+                )));
+            }
+            let exists = Path::new("/sys/class/net").join(name).exists();
+            if !exists {
+                ip_cmd(&["tuntap", "add", "dev", name, "mode", "tap"])?;
+                made.0 = Some(name.clone());
+                let _ = ip_cmd(&["link", "set", "dev", name, "addrgenmode", "none"]);
+            }
+            if let Some(h) = &host {
+                ip_cmd(&["addr", "replace", h, "dev", name])?;
+            }
+            ip_cmd(&["link", "set", "dev", name, "up"])?;
+        }
+        _ => {
+            if host.is_some() {
+                return Err(err(format!(
+                    "--host-ip applies to tap:NAME only ({spec} binds an existing interface)"
+                )));
+            }
+        }
+    }
+    // The backend must open here (a TAP attached by another process, a missing interface,
+    // missing privileges): found out before the command starts.
+    drop(
+        spec.open()
+            .map_err(|e| err(format!("--backend {spec} does not work here: {e}")))?,
+    );
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("HICAMP_SHIM_MODE".into(), "stack".into()),
+        ("HICAMP_STACK_BACKEND".into(), spec.to_string().into()),
+        ("HICAMP_STACK_IP".into(), format!("{ip}/{prefix}").into()),
+    ];
+    if let Some(g) = &o.gateway {
+        env.push(("HICAMP_STACK_GATEWAY".into(), g.into()));
+    }
+    Ok((env, made))
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
+
+/// The stack reports of run `run_id` beside `prefix` (`PREFIX.stack.PID.json`).
+pub fn stack_reports(prefix: &Path, run_id: &str) -> Vec<serde_json::Value> {
+    let dir = prefix.parent().unwrap_or(Path::new("."));
+    let stem = format!(
+        "{}.stack.",
+        prefix
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&stem) || !name.ends_with(".json") {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(e.path()) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        if v["run_id"].as_str() == Some(run_id) {
+            out.push(v);
+        }
+    }
+    out.sort_by_key(|v| v["pid"].as_i64());
+    out
 }
 
 /// The result of a run.
@@ -211,6 +403,11 @@ pub struct MergedReport {
     /// Report files of this run that a process claimed (created) but never wrote: killed while
     /// writing, or unable to write.
     pub unwritten_reports: Vec<String>,
+    /// Stack mode: the report of each process that used the stack (`FILE.stack.PID.json`):
+    /// totals, copies made at the socket API and below it, every connection with its route
+    /// (`stack` or `kernel` and why), the interface's and the port's counters, notes on
+    /// options the stack does not honour.
+    pub stack: Vec<serde_json::Value>,
 }
 
 /// One connection of the merged report: the process's [`ConnReport`] and its process id.
@@ -236,6 +433,10 @@ pub fn exit_code(status: &ExitStatus) -> i32 {
 pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
     let Some((program, args)) = opts.command.split_first() else {
         return Err(RunError::NoCommand);
+    };
+    let (stack_env, _made_tap) = match &opts.stack {
+        Some(o) => prepare_stack(o)?,
+        None => (Vec::new(), MadeTap(None)),
     };
     let shim_str = opts.shim.to_string_lossy();
     if shim_str.contains([' ', ':']) {
@@ -299,7 +500,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
         .env("HICAMP_SHIM_MODE", "trace")
         .env("HICAMP_SHIM_REPORT", &prefix)
         .env("HICAMP_SHIM_RUN_ID", &run_id);
-    for (k, v) in &opts.env {
+    for (k, v) in stack_env.iter().chain(&opts.env) {
         cmd.env(k, v);
     }
     let status = cmd.status().map_err(|source| RunError::Spawn {
@@ -331,6 +532,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
                 merged.late_reports = Some(format!("{}.PID.json", prefix.display()));
             }
             merged.still_running = lingering;
+            merged.stack = stack_reports(&prefix, &run_id);
             merged.unwritten_reports = unwritten_reports(&prefix, started);
             let mut merged_path = None;
             if opts.report.is_some() {
@@ -477,6 +679,7 @@ pub fn merge(
         still_running: Vec::new(),
         late_reports: None,
         unwritten_reports: Vec::new(),
+        stack: Vec::new(),
     })
 }
 
@@ -550,9 +753,51 @@ impl MergedReport {
         )
     }
 
+    /// The stack mode's lines of the summary (empty in trace mode).
+    fn stack_text(&self) -> String {
+        let mut out = String::new();
+        for p in &self.stack {
+            let t = &p["totals"];
+            let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+            let conns = p["connections"].as_array().map_or(0, Vec::len);
+            let stack_conns = p["connections"]
+                .as_array()
+                .map_or(0, |c| c.iter().filter(|c| c["route"] == "stack").count());
+            let _ = writeln!(
+                out,
+                "hicamp run (stack {} {}): pid {} {}: sent {} B, received {} B; copied at the \
+                 socket API {} B in, {} B out; below it {} B; {} sockets ({} on the stack)",
+                p["backend"].as_str().unwrap_or("?"),
+                p["ip"].as_str().unwrap_or("?"),
+                p["pid"],
+                p["program"].as_str().unwrap_or("?"),
+                n(&t["sent_bytes"]),
+                n(&t["received_bytes"]),
+                n(&t["api_copy_in_bytes"]),
+                n(&t["api_copy_out_bytes"]),
+                n(&p["payload_bytes_copied_below_socket_api"]),
+                conns,
+                stack_conns,
+            );
+            if let Some(e) = p["stack_error"].as_str() {
+                let _ = writeln!(out, "  stack error: {e}");
+            }
+            if let Some(notes) = p["notes"].as_object() {
+                for (k, v) in notes {
+                    let _ = writeln!(out, "  note ({v}x): {k}");
+                }
+            }
+        }
+        out
+    }
+
     /// The human summary printed when the command ends.
     pub fn to_text(&self) -> String {
-        let mut out = String::new();
+        let mut out = self.stack_text();
+        if !self.stack.is_empty() && self.process_summaries.is_empty() {
+            out.push_str(&self.still_running_note());
+            return out;
+        }
         let n = self.process_summaries.len();
         if n == 0 {
             if self.exit_code > 128 {
@@ -703,6 +948,7 @@ mod tests {
             report: None,
             command: vec![],
             env: vec![],
+            stack: None,
         };
         assert!(matches!(run(&opts), Err(RunError::NoCommand)));
     }

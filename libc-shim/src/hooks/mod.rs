@@ -28,6 +28,7 @@ use libc::{
 use crate::fdtable::Origin;
 use crate::guard::{self, Guard};
 use crate::real;
+use crate::stack::ops as stk;
 use crate::trace::{self, account, Call, Dir, Uncaptured};
 
 /// Enters the shim for bookkeeping, unless it is off, broken, or already entered.
@@ -104,6 +105,109 @@ unsafe fn iov_len(iov: *const iovec, cnt: usize) -> usize {
         // SAFETY: `i < cnt`, and the caller guarantees `cnt` iovecs.
         .map(|i| unsafe { std::ptr::read(iov.wrapping_add(i)) }.iov_len)
         .fold(0usize, usize::saturating_add)
+}
+
+/// The buffers of an iovec array (stack mode: the caller's, for the duration of the call).
+///
+/// # Safety
+/// `iov` points to `cnt` iovecs (or is null) whose buffers are readable.
+unsafe fn iov_slices<'a>(iov: *const iovec, cnt: c_int) -> Vec<&'a [u8]> {
+    if iov.is_null() || cnt <= 0 {
+        return Vec::new();
+    }
+    (0..cnt as usize)
+        .map(|i| {
+            // SAFETY: `i < cnt`, and the caller guarantees `cnt` iovecs.
+            let v = unsafe { std::ptr::read(iov.wrapping_add(i)) };
+            // SAFETY: an iovec of the caller's describes readable bytes.
+            unsafe { slice(v.iov_base, v.iov_len) }.unwrap_or(&[])
+        })
+        .collect()
+}
+
+/// The writable buffers of an iovec array.
+///
+/// # Safety
+/// `iov` points to `cnt` iovecs (or is null) whose buffers are writable and do not overlap.
+unsafe fn iov_slices_mut<'a>(iov: *const iovec, cnt: c_int) -> Vec<&'a mut [u8]> {
+    if iov.is_null() || cnt <= 0 {
+        return Vec::new();
+    }
+    (0..cnt as usize)
+        .map(|i| {
+            // SAFETY: `i < cnt`, and the caller guarantees `cnt` iovecs.
+            let v = unsafe { std::ptr::read(iov.wrapping_add(i)) };
+            if v.iov_base.is_null() || v.iov_len == 0 {
+                return &mut [][..];
+            }
+            // SAFETY: an iovec of the caller's describes writable bytes.
+            unsafe { std::slice::from_raw_parts_mut(v.iov_base.cast::<u8>(), v.iov_len) }
+        })
+        .collect()
+}
+
+/// A receive into one buffer on a stack socket (`None`: not one).
+///
+/// # Safety
+/// `buf` has `len` writable bytes; `addr`/`alen` are null or the caller's.
+unsafe fn stack_recv1(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> Option<ssize_t> {
+    if !crate::stack::marked(fd) {
+        return None;
+    }
+    let b: &mut [u8] = if buf.is_null() || len == 0 {
+        &mut []
+    } else {
+        // SAFETY: the caller's buffer of `len` writable bytes.
+        unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) }
+    };
+    let from = (!addr.is_null()).then_some((addr, alen));
+    stk::recv(fd, &mut [b], flags, from).map(|r| r.0)
+}
+
+/// A message receive on a stack socket.
+///
+/// # Safety
+/// `msg` is the caller's valid msghdr.
+unsafe fn stack_recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> Option<ssize_t> {
+    if !crate::stack::marked(fd) || msg.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's valid msghdr.
+    let m = unsafe { &mut *msg };
+    // SAFETY: its iovecs are the caller's writable buffers.
+    let mut bufs = unsafe { iov_slices_mut(m.msg_iov, m.msg_iovlen as c_int) };
+    let name = m.msg_name.cast::<sockaddr>();
+    let from = (!name.is_null()).then_some((name, &mut m.msg_namelen as *mut socklen_t));
+    let (r, mf) = stk::recv(fd, &mut bufs, flags, from)?;
+    if r >= 0 {
+        m.msg_controllen = 0;
+        m.msg_flags = mf;
+    }
+    Some(r)
+}
+
+/// A message send on a stack socket.
+///
+/// # Safety
+/// `msg` is the caller's valid msghdr.
+unsafe fn stack_sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<ssize_t> {
+    if !crate::stack::marked(fd) || msg.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's valid msghdr.
+    let m = unsafe { &*msg };
+    // SAFETY: its iovecs are the caller's readable buffers.
+    let bufs = unsafe { iov_slices(m.msg_iov, m.msg_iovlen as c_int) };
+    let dst = (!m.msg_name.is_null())
+        .then_some((m.msg_name.cast::<sockaddr>().cast_const(), m.msg_namelen));
+    stk::send(fd, &bufs, flags, dst)
 }
 
 /// Bookkeeping of a send-side call that sent from one buffer.

@@ -60,6 +60,7 @@ extern "C" fn vfork_prepare() -> usize {
 
 /// Writes this image's report before `exec` replaces it.
 fn before_exec() {
+    crate::stack::exiting("exec");
     if let Some(_g) = active() {
         guard::shielded(|| {
             account().count(Call::Exec);
@@ -242,6 +243,7 @@ pub unsafe extern "C-unwind" fn setresuid(r: libc::uid_t, e: libc::uid_t, s: lib
 /// `_exit` skips `atexit` handlers: write the report first.
 #[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn _exit(code: c_int) -> ! {
+    crate::stack::exiting("_exit");
     if let Some(_g) = active() {
         guard::shielded(|| {
             account().count(Call::Exit);

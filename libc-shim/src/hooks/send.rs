@@ -12,6 +12,13 @@ pub unsafe extern "C-unwind" fn send(
     len: size_t,
     flags: c_int,
 ) -> ssize_t {
+    if crate::stack::marked(fd) {
+        // SAFETY: the caller's buffer of `len` bytes.
+        let b = unsafe { slice(buf, len) }.unwrap_or(&[]);
+        if let Some(r) = stk::send(fd, &[b], flags, None) {
+            return r;
+        }
+    }
     // SAFETY: as above.
     let ret = unsafe { real::send(fd, buf, len, flags) };
     sent_buf(Call::Send, fd, ret, buf);
@@ -27,6 +34,14 @@ pub unsafe extern "C-unwind" fn sendto(
     addr: *const sockaddr,
     alen: socklen_t,
 ) -> ssize_t {
+    if crate::stack::marked(fd) {
+        // SAFETY: the caller's buffer of `len` bytes.
+        let b = unsafe { slice(buf, len) }.unwrap_or(&[]);
+        let dst = (!addr.is_null()).then_some((addr, alen));
+        if let Some(r) = stk::send(fd, &[b], flags, dst) {
+            return r;
+        }
+    }
     // SAFETY: as above.
     let ret = unsafe { real::sendto(fd, buf, len, flags, addr, alen) };
     sent_buf(Call::Sendto, fd, ret, buf);
@@ -35,6 +50,13 @@ pub unsafe extern "C-unwind" fn sendto(
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn write(fd: c_int, buf: *const c_void, len: size_t) -> ssize_t {
+    if crate::stack::marked(fd) {
+        // SAFETY: the caller's buffer of `len` bytes.
+        let b = unsafe { slice(buf, len) }.unwrap_or(&[]);
+        if let Some(r) = stk::send(fd, &[b], 0, None) {
+            return r;
+        }
+    }
     // SAFETY: as above.
     let ret = unsafe { real::write(fd, buf, len) };
     sent_buf(Call::Write, fd, ret, buf);
@@ -43,6 +65,13 @@ pub unsafe extern "C-unwind" fn write(fd: c_int, buf: *const c_void, len: size_t
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+    if crate::stack::marked(fd) {
+        // SAFETY: the caller's iovecs.
+        let bufs = unsafe { iov_slices(iov, cnt) };
+        if let Some(r) = stk::send(fd, &bufs, 0, None) {
+            return r;
+        }
+    }
     // SAFETY: as above.
     let ret = unsafe { real::writev(fd, iov, cnt) };
     if let Some(_g) = active() {
@@ -59,6 +88,10 @@ pub unsafe extern "C-unwind" fn writev(fd: c_int, iov: *const iovec, cnt: c_int)
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    // SAFETY: the caller's msghdr.
+    if let Some(r) = unsafe { stack_sendmsg(fd, msg, flags) } {
+        return r;
+    }
     // SAFETY: as above.
     let ret = unsafe { real::sendmsg(fd, msg, flags) };
     if let Some(_g) = active() {
@@ -78,6 +111,25 @@ pub unsafe extern "C-unwind" fn sendmmsg(
     vlen: c_uint,
     flags: c_int,
 ) -> c_int {
+    if crate::stack::marked(fd) && !msgs.is_null() {
+        let mut n = 0;
+        for i in 0..vlen as usize {
+            // SAFETY: the caller's `vlen` messages.
+            let m = unsafe { &mut *msgs.wrapping_add(i) };
+            // SAFETY: a valid msghdr of the caller's.
+            match unsafe { stack_sendmsg(fd, &m.msg_hdr, flags) } {
+                None => break,
+                Some(r) if r < 0 => return if n > 0 { n } else { -1 },
+                Some(r) => {
+                    m.msg_len = r as c_uint;
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 || vlen == 0 {
+            return n;
+        }
+    }
     // SAFETY: as above.
     let ret = unsafe { real::sendmmsg(fd, msgs, vlen, flags) };
     // SAFETY: on success the kernel sent the first `ret` of the caller's messages.
@@ -92,6 +144,10 @@ pub unsafe extern "C-unwind" fn sendfile(
     off: *mut off_t,
     count: size_t,
 ) -> ssize_t {
+    // SAFETY: the caller's offset pointer (off_t is 64-bit here).
+    if let Some(r) = unsafe { stk::sendfile(out_fd, in_fd, off.cast(), count) } {
+        return r;
+    }
     // SAFETY: as above.
     let ret = unsafe { real::sendfile(out_fd, in_fd, off, count) };
     uncaptured_send(Call::Sendfile, out_fd, ret, Uncaptured::Sendfile);
@@ -105,6 +161,10 @@ pub unsafe extern "C-unwind" fn sendfile64(
     off: *mut off64_t,
     count: size_t,
 ) -> ssize_t {
+    // SAFETY: the caller's offset pointer.
+    if let Some(r) = unsafe { stk::sendfile(out_fd, in_fd, off, count) } {
+        return r;
+    }
     // SAFETY: as above.
     let ret = unsafe { real::sendfile64(out_fd, in_fd, off, count) };
     uncaptured_send(Call::Sendfile64, out_fd, ret, Uncaptured::Sendfile);

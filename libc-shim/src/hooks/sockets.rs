@@ -9,6 +9,9 @@ use super::*;
 pub unsafe extern "C-unwind" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     // SAFETY: the caller's arguments, passed on unchanged (here and in every hook below).
     let ret = unsafe { real::socket(domain, ty, protocol) };
+    if ret >= 0 {
+        stk::socket_made(ret, domain, ty);
+    }
     if let Some(_g) = active() {
         guard::shielded(|| {
             account().count(Call::Socket);
@@ -29,6 +32,9 @@ pub unsafe extern "C-unwind" fn socketpair(
 ) -> c_int {
     // SAFETY: as above.
     let ret = unsafe { real::socketpair(domain, ty, protocol, sv) };
+    if ret == 0 {
+        stk::socketpair_made(domain);
+    }
     if let Some(_g) = active() {
         guard::shielded(|| {
             account().count(Call::Socketpair);
@@ -46,6 +52,10 @@ pub unsafe extern "C-unwind" fn socketpair(
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: the caller's address.
+    if let Some(r) = unsafe { stk::bind(fd, addr, len) } {
+        return r;
+    }
     // SAFETY: as above.
     let ret = unsafe { real::bind(fd, addr, len) };
     if let Some(_g) = active() {
@@ -61,6 +71,9 @@ pub unsafe extern "C-unwind" fn bind(fd: c_int, addr: *const sockaddr, len: sock
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    if let Some(r) = stk::listen(fd, backlog) {
+        return r;
+    }
     // SAFETY: as above.
     let ret = unsafe { real::listen(fd, backlog) };
     if let Some(_g) = active() {
@@ -109,6 +122,10 @@ pub unsafe extern "C-unwind" fn accept(
     addr: *mut sockaddr,
     len: *mut socklen_t,
 ) -> c_int {
+    // SAFETY: the caller's buffers.
+    if let Some(r) = unsafe { stk::accept4(fd, addr, len, 0) } {
+        return r;
+    }
     // SAFETY: as above.
     let ret = unsafe { real::accept(fd, addr, len) };
     accepted(Call::Accept, fd, ret, addr, len, 0);
@@ -122,6 +139,10 @@ pub unsafe extern "C-unwind" fn accept4(
     len: *mut socklen_t,
     flags: c_int,
 ) -> c_int {
+    // SAFETY: the caller's buffers.
+    if let Some(r) = unsafe { stk::accept4(fd, addr, len, flags) } {
+        return r;
+    }
     // SAFETY: as above.
     let ret = unsafe { real::accept4(fd, addr, len, flags) };
     accepted(Call::Accept4, fd, ret, addr, len, flags);
@@ -130,6 +151,10 @@ pub unsafe extern "C-unwind" fn accept4(
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: the caller's address.
+    if let Some(r) = unsafe { stk::connect(fd, addr, len) } {
+        return r;
+    }
     // SAFETY: as above.
     let ret = unsafe { real::connect(fd, addr, len) };
     if let Some(_g) = active() {
@@ -148,6 +173,9 @@ pub unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: s
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn shutdown(fd: c_int, how: c_int) -> c_int {
+    if let Some(r) = stk::shutdown(fd, how) {
+        return r;
+    }
     // SAFETY: as above.
     let ret = unsafe { real::shutdown(fd, how) };
     count(Call::Shutdown);
@@ -156,6 +184,7 @@ pub unsafe extern "C-unwind" fn shutdown(fd: c_int, how: c_int) -> c_int {
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
+    stk::closing(fd);
     if let Some(_g) = active() {
         guard::shielded(|| {
             account().count(Call::Close);
@@ -168,6 +197,9 @@ pub unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    if flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) == 0 {
+        stk::closing_range(first, last);
+    }
     // SAFETY: as above.
     let ret = unsafe { real::close_range(first, last, flags) };
     if let Some(_g) = active() {
@@ -182,6 +214,7 @@ pub unsafe extern "C-unwind" fn close_range(first: c_uint, last: c_uint, flags: 
 }
 
 fn dup_done(call: Call, old: c_int, ret: c_int) {
+    stk::duplicated(old, ret);
     if let Some(_g) = active() {
         guard::shielded(|| {
             account().count(call);
@@ -203,7 +236,11 @@ pub unsafe extern "C-unwind" fn dup(fd: c_int) -> c_int {
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn dup2(old: c_int, new: c_int) -> c_int {
     // SAFETY: as above.
-    let ret = unsafe { real::dup2(old, new) };
+    let ret = {
+        stk::dup_onto(old, new);
+        // SAFETY: as above.
+        unsafe { real::dup2(old, new) }
+    };
     dup_done(Call::Dup2, old, ret);
     ret
 }
@@ -211,12 +248,23 @@ pub unsafe extern "C-unwind" fn dup2(old: c_int, new: c_int) -> c_int {
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     // SAFETY: as above.
-    let ret = unsafe { real::dup3(old, new, flags) };
+    let ret = {
+        stk::dup_onto(old, new);
+        // SAFETY: as above.
+        unsafe { real::dup3(old, new, flags) }
+    };
     dup_done(Call::Dup3, old, ret);
     ret
 }
 
 fn fcntl_done(call: Call, fd: c_int, cmd: c_int, arg: c_ulong, ret: c_int) {
+    if ret >= 0 && crate::stack::marked(fd) {
+        match cmd {
+            libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => stk::duplicated(fd, ret),
+            libc::F_SETFL => stk::set_nonblocking(fd, arg as c_int & libc::O_NONBLOCK != 0),
+            _ => {}
+        }
+    }
     if let Some(_g) = active() {
         guard::shielded(|| {
             account().count(call);
@@ -253,6 +301,10 @@ pub unsafe extern "C-unwind" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> 
 /// `ioctl` is variadic in C, like [`fcntl`].
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
+    // SAFETY: the caller's argument for this request.
+    if let Some(r) = unsafe { stk::ioctl(fd, req, arg) } {
+        return r;
+    }
     // SAFETY: as above.
     let ret = unsafe { real::ioctl(fd, req, arg) };
     if let Some(_g) = active() {
@@ -276,6 +328,10 @@ pub unsafe extern "C-unwind" fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
+    // SAFETY: the caller's buffers.
+    if let Some(r) = unsafe { stk::getsockopt(fd, level, name, val, len) } {
+        return r;
+    }
     // SAFETY: as above.
     let ret = unsafe { real::getsockopt(fd, level, name, val, len) };
     count(Call::Getsockopt);
@@ -290,8 +346,42 @@ pub unsafe extern "C-unwind" fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> c_int {
+    // SAFETY: the caller's option bytes.
+    if let Some(r) = unsafe { stk::setsockopt(fd, level, name, val, len) } {
+        return r;
+    }
     // SAFETY: as above.
     let ret = unsafe { real::setsockopt(fd, level, name, val, len) };
     count(Call::Setsockopt);
     ret
+}
+
+/// `getsockname`: passed through, except on stack sockets.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn getsockname(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> c_int {
+    // SAFETY: the caller's buffers.
+    if let Some(r) = unsafe { stk::name(fd, addr, len, false) } {
+        return r;
+    }
+    // SAFETY: as above.
+    unsafe { real::getsockname(fd, addr, len) }
+}
+
+/// `getpeername`: passed through, except on stack sockets.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn getpeername(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> c_int {
+    // SAFETY: the caller's buffers.
+    if let Some(r) = unsafe { stk::name(fd, addr, len, true) } {
+        return r;
+    }
+    // SAFETY: as above.
+    unsafe { real::getpeername(fd, addr, len) }
 }

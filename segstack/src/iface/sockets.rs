@@ -155,6 +155,35 @@ impl<P: Port> Interface<P> {
         }
     }
 
+    /// Copies received bytes into `buf` without consuming them (`MSG_PEEK`);
+    /// 0 at end of stream.
+    pub fn peek_slice(&mut self, h: SocketHandle, buf: &mut [u8]) -> Result<usize, IfaceError> {
+        match self.sockets.tcp_mut(h)?.sock.peek_slice(buf) {
+            Err(TcpError::WouldBlock) => Err(IfaceError::WouldBlock),
+            Err(TcpError::Finished) => Ok(0),
+            r => Ok(r?),
+        }
+    }
+
+    /// Turns Nagle's algorithm on or off on a connection (`TCP_NODELAY`
+    /// turns it off).
+    pub fn set_nagle(&mut self, h: SocketHandle, on: bool) -> Result<(), IfaceError> {
+        self.sockets.tcp_mut(h)?.sock.set_nagle(on);
+        Ok(())
+    }
+
+    /// Turns keepalive probing on or off on a connection (`SO_KEEPALIVE`).
+    pub fn set_keepalive(
+        &mut self,
+        h: SocketHandle,
+        ka: Option<crate::tcp::Keepalive>,
+    ) -> Result<(), IfaceError> {
+        let t = self.sockets.tcp_mut(h)?;
+        t.sock.set_keepalive(ka);
+        t.dirty = true;
+        Ok(())
+    }
+
     /// Half-closes a connection: FIN after the queued data.
     pub fn shutdown(&mut self, h: SocketHandle) -> Result<(), IfaceError> {
         self.sockets.tcp_mut(h)?.sock.close();

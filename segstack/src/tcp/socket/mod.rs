@@ -382,6 +382,12 @@ impl TcpSocket {
         self.cfg.nagle = on;
     }
 
+    /// Turns keepalive probing on (with these knobs) or off
+    /// (`SO_KEEPALIVE`); takes effect at the next dispatch.
+    pub fn set_keepalive(&mut self, ka: Option<Keepalive>) {
+        self.cfg.keepalive = ka;
+    }
+
     /// Why the connection ended abnormally ([`TcpError::Reset`] or
     /// [`TcpError::TimedOut`]), if it did.
     pub fn error(&self) -> Option<TcpError> {

@@ -1,0 +1,418 @@
+//! Stack mode against the kernel, same run, same kind of virtual link:
+//!
+//! - **stack**: the server (or curl) runs under `hicamp run --mode stack` on a TAP device the
+//!   launcher makes in namespace A; the load generator is the kernel's, in A, across the TAP;
+//! - **kernel**: the same server (or curl) runs on the kernel in namespace B, reached from A
+//!   over a veth pair.
+//!
+//! Workloads: redis-benchmark GET and SET (50 connections, pipelining 1 and 16; requests/s)
+//! and a 64 MiB download by curl from python's `http.server` (MB/s). Rounds alternate the two
+//! sides; each line prints both medians and the ratio stack/kernel (the issue's target for
+//! redis is >= 1.2).
+//!
+//! ```sh
+//! cargo bench -p hicamp-benches --bench shim_stack     # 3 rounds, 50000 requests
+//! HICAMP_STACK_BENCH_ROUNDS=5 HICAMP_STACK_BENCH_REQUESTS=100000 cargo bench -p hicamp-benches --bench shim_stack
+//! ```
+//!
+//! Needs root, iproute2, python3, curl, redis-server and redis-benchmark; a missing one skips
+//! the workload with a message (a failure under `CI=true`). Under `cargo test --benches`
+//! nothing runs. Not a criterion benchmark: the subjects are processes, timed by the load
+//! generators themselves. `hicamp` and the shim are built first (release for `cargo bench`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hicamp_benches::{run_mode, RunMode};
+use nicdma::tap::{netns_supported, NetNs};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `hicamp` of this build's profile, with the shim beside it (built when missing).
+fn hicamp() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("no target directory")?;
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace")?;
+    // Two builds: `--bin` would leave the shim's library out.
+    for args in [
+        &["build", "-q", "-p", "libc-shim"][..],
+        &["build", "-q", "-p", "hicamp-examples", "--bin", "hicamp"][..],
+    ] {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(args).current_dir(workspace);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cargo build failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    let h = dir.join("hicamp");
+    if h.is_file() && dir.join("liblibc_shim.so").is_file() {
+        Ok(h)
+    } else {
+        Err(format!("{} or the shim was not built", h.display()))
+    }
+}
+
+/// Kills and reaps a child on drop.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lab: namespace A (load generators, the TAP for stack mode) and B (kernel servers),
+/// joined by a veth pair 10.121.0.1 (A) <-> 10.121.0.2 (B); the TAP link is 10.120.0.1 (A's
+/// kernel) <-> 10.120.0.2 (the stack).
+struct Lab {
+    a: NetNs,
+    b: NetNs,
+    hicamp: PathBuf,
+    dir: PathBuf,
+}
+
+const TAP: &str = "hsbench0";
+const STACK_IP: &str = "10.120.0.2";
+const A_TAP_IP: &str = "10.120.0.1";
+const A_VETH_IP: &str = "10.121.0.1";
+const B_IP: &str = "10.121.0.2";
+
+impl Lab {
+    fn new(hicamp: PathBuf, dir: PathBuf) -> Result<Lab, String> {
+        let a = NetNs::create().map_err(|e| e.to_string())?;
+        let b = NetNs::create().map_err(|e| e.to_string())?;
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        };
+        ip(&[
+            "link",
+            "add",
+            "hsva",
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "hsvb",
+            "netns",
+            b.name(),
+        ])?;
+        a.ip(&["addr", "add", &format!("{A_VETH_IP}/24"), "dev", "hsva"])
+            .map_err(|e| e.to_string())?;
+        b.ip(&["addr", "add", &format!("{B_IP}/24"), "dev", "hsvb"])
+            .map_err(|e| e.to_string())?;
+        a.ip(&["link", "set", "hsva", "up"])
+            .map_err(|e| e.to_string())?;
+        b.ip(&["link", "set", "hsvb", "up"])
+            .map_err(|e| e.to_string())?;
+        Ok(Lab { a, b, hicamp, dir })
+    }
+
+    /// `hicamp run --mode stack` in A.
+    fn stack(&self, args: &[&str]) -> Command {
+        let mut c = self.a.command(self.hicamp.to_str().unwrap_or("hicamp"));
+        c.args([
+            "-q",
+            "run",
+            "--mode",
+            "stack",
+            "--backend",
+            &format!("tap:{TAP}"),
+            "--ip",
+            &format!("{STACK_IP}/24"),
+            "--host-ip",
+            &format!("{A_TAP_IP}/24"),
+            "--",
+        ])
+        .args(args);
+        c
+    }
+}
+
+fn spawn(mut c: Command) -> Result<Reaper, String> {
+    c.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Reaper)
+        .map_err(|e| e.to_string())
+}
+
+/// Waits until `ip:port` accepts a connection from namespace `ns`.
+fn wait_port(ns: &NetNs, ip: &str, port: u16) -> Result<(), String> {
+    let probe =
+        format!("import socket; socket.create_connection(('{ip}', {port}), timeout=1).close()");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let ok = ns
+            .command("python3")
+            .args(["-c", &probe])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("nothing listens on {ip}:{port}"))
+}
+
+fn redis_args() -> Vec<String> {
+    [
+        "redis-server",
+        "--port",
+        "6379",
+        "--bind",
+        "0.0.0.0",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// redis-benchmark from A against `host`: (GET, SET) requests/s at pipelining `p`.
+fn redis_bench(lab: &Lab, host: &str, p: u32, n: u64) -> Result<(f64, f64), String> {
+    let out = lab
+        .a
+        .command("redis-benchmark")
+        .args([
+            "-h",
+            host,
+            "-t",
+            "get,set",
+            "-c",
+            "50",
+            "-P",
+            &p.to_string(),
+            "-n",
+            &n.to_string(),
+            "-q",
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rate = |name: &str| -> Option<f64> {
+        let line = text
+            .rsplit('\r')
+            .find(|l| l.trim_start().starts_with(name))?;
+        let l = line.trim_start().strip_prefix(name)?;
+        l.split_whitespace().next()?.parse().ok()
+    };
+    match (rate("GET:"), rate("SET:")) {
+        (Some(g), Some(s)) => Ok((g, s)),
+        _ => Err(format!("redis-benchmark said: {text}")),
+    }
+}
+
+/// One redis round on one side: (GET p1, SET p1, GET p16, SET p16).
+fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 4], String> {
+    let args = redis_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (server, host) = if stack {
+        (spawn(lab.stack(&args))?, STACK_IP)
+    } else {
+        let mut c = lab.b.command(args[0]);
+        c.args(&args[1..]);
+        (spawn(c)?, B_IP)
+    };
+    wait_port(&lab.a, host, 6379)?;
+    let (g1, s1) = redis_bench(lab, host, 1, n)?;
+    let (g16, s16) = redis_bench(lab, host, 16, n * 4)?;
+    let _ = lab
+        .a
+        .command("redis-cli")
+        .args(["-h", host, "shutdown", "nosave"])
+        .output();
+    drop(server);
+    Ok([g1, s1, g16, s16])
+}
+
+/// One 64 MiB download: MB/s. The server is python's http.server on A's kernel; the client
+/// is what changes: curl in stack mode in A over the TAP, or curl on the kernel in B over the
+/// veth pair.
+fn curl_round(lab: &Lab, stack: bool) -> Result<f64, String> {
+    let out_file = lab.dir.join("got");
+    let url_host = if stack { A_TAP_IP } else { A_VETH_IP };
+    let url = format!("http://{url_host}:8000/blob");
+    let args = [
+        "curl",
+        "-sS",
+        "--max-time",
+        "120",
+        "-o",
+        out_file.to_str().unwrap_or("/dev/null"),
+        url.as_str(),
+    ];
+    let t0 = Instant::now();
+    let out = if stack {
+        lab.stack(&args).output()
+    } else {
+        let mut c = lab.b.command("curl");
+        c.args(&args[1..]);
+        c.output()
+    }
+    .map_err(|e| e.to_string())?;
+    let secs = t0.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!(
+            "curl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let len = std::fs::metadata(&out_file)
+        .map_err(|e| e.to_string())?
+        .len();
+    if len != 64 << 20 {
+        return Err(format!("curl got {len} bytes, not 64 MiB"));
+    }
+    Ok(len as f64 / secs / 1e6)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn main() {
+    if run_mode() != RunMode::Measure && run_mode() != RunMode::Quick {
+        return;
+    }
+    if testkit::require(netns_supported(), "root and iproute2") {
+        return;
+    }
+    let hicamp = match hicamp() {
+        Ok(h) => h,
+        Err(e) => {
+            testkit::skip(format_args!("shim_stack: {e}"));
+            return;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("hicamp-stack-bench-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(dir.join("www"));
+    let lab = match Lab::new(hicamp, dir.clone()) {
+        Ok(l) => l,
+        Err(e) => {
+            testkit::skip(format_args!("shim_stack: lab: {e}"));
+            return;
+        }
+    };
+    let rounds = env_u64("HICAMP_STACK_BENCH_ROUNDS", 3);
+    let n = env_u64("HICAMP_STACK_BENCH_REQUESTS", 50_000);
+    println!(
+        "shim_stack: {rounds} rounds, alternating stack and kernel; medians, ratio stack/kernel"
+    );
+
+    if !testkit::require_program("redis-benchmark", "--version")
+        && !testkit::require_program("redis-server", "--version")
+    {
+        let mut s: Vec<[f64; 4]> = Vec::new();
+        let mut k: Vec<[f64; 4]> = Vec::new();
+        for r in 0..rounds {
+            for stack in [r % 2 == 0, r % 2 == 1] {
+                match redis_round(&lab, stack, n) {
+                    Ok(v) => (if stack { &mut s } else { &mut k }).push(v),
+                    Err(e) => eprintln!(
+                        "shim_stack: redis round ({}): {e}",
+                        if stack { "stack" } else { "kernel" }
+                    ),
+                }
+            }
+        }
+        let names = ["GET -P 1", "SET -P 1", "GET -P 16", "SET -P 16"];
+        for (i, name) in names.iter().enumerate() {
+            let ms = median(&mut s.iter().map(|v| v[i]).collect::<Vec<_>>());
+            let mk = median(&mut k.iter().map(|v| v[i]).collect::<Vec<_>>());
+            println!(
+                "redis {name:<10} (50 conns)  stack {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}",
+                ms / mk
+            );
+        }
+    }
+
+    if !testkit::require_program("curl", "--version")
+        && !testkit::require_program("python3", "--version")
+    {
+        let blob: Vec<u8> = (0..64u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        if std::fs::write(dir.join("www/blob"), blob).is_ok() {
+            let srv = lab
+                .a
+                .command("python3")
+                .args([
+                    "-m",
+                    "http.server",
+                    "8000",
+                    "--bind",
+                    "0.0.0.0",
+                    "--directory",
+                ])
+                .arg(dir.join("www"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map(Reaper);
+            if let Ok(_srv) = srv {
+                let _ = wait_port(&lab.a, "127.0.0.1", 8000);
+                let (mut s, mut k) = (Vec::new(), Vec::new());
+                for r in 0..rounds {
+                    for stack in [r % 2 == 0, r % 2 == 1] {
+                        match curl_round(&lab, stack) {
+                            Ok(v) => (if stack { &mut s } else { &mut k }).push(v),
+                            Err(e) => eprintln!("shim_stack: curl round: {e}"),
+                        }
+                    }
+                }
+                let (ms, mk) = (median(&mut s), median(&mut k));
+                println!(
+                    "curl 64 MiB download        stack {ms:>10.1} MB/s   kernel {mk:>10.1} MB/s   ratio {:.3}",
+                    ms / mk
+                );
+            }
+        }
+    }
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,1235 @@
+//! Real applications under `hicamp run --mode stack`: their AF_INET sockets are served by
+//! segstack over a TAP device the launcher makes inside a namespace each test creates (the
+//! kernel's side of the TAP is the peer). The applications' output must be what it is on the
+//! kernel, byte totals exact, and the report must show each connection's route and no payload
+//! copied below the socket API.
+//!
+//! Needs root, iproute2 and the applications (`scripts/setup`): without them a test prints
+//! "skipped: ..." and passes, except under `CI=true` or `HICAMP_REQUIRE_ALL=1`, where it fails
+//! (`testkit::require`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nicdma::tap::{netns_supported, NetNs};
+use serde_json::Value;
+
+const HICAMP: &str = env!("CARGO_BIN_EXE_hicamp");
+
+/// Builds the shim next to the `hicamp` binary under test (once per test binary).
+fn shim() -> &'static Path {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    SHIM.get_or_init(|| {
+        let bin_dir = Path::new(HICAMP).parent().expect("binary directory");
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-q", "-p", "libc-shim"])
+            .current_dir(workspace);
+        if bin_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("run cargo");
+        assert!(
+            out.status.success(),
+            "cargo build -p libc-shim failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let so = bin_dir.join("liblibc_shim.so");
+        assert!(so.is_file(), "{} was not built", so.display());
+        so
+    })
+}
+
+/// True (the test returns) when root, iproute2 or one of `programs` is missing.
+#[track_caller]
+fn missing(programs: &[&str]) -> bool {
+    testkit::require(netns_supported(), "root and iproute2")
+        || programs
+            .iter()
+            .any(|p| testkit::require_program(p, "--version"))
+}
+
+/// A namespace with one or more TAP links the launcher makes: link `k` is `10.9k.n.0/24`
+/// with the kernel at `.1` and the stack at `.2`.
+struct Lab {
+    ns: NetNs,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        shim();
+        Lab {
+            ns: NetNs::create().expect("create a namespace"),
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `hicamp run --mode stack` on TAP `tap` with the stack at `net.2` and the kernel at
+    /// `net.1`, inside the namespace.
+    fn stack(&self, tap: &str, net: &str, report: &str, args: &[&str]) -> Command {
+        self.stack_with(tap, net, report, &[], args)
+    }
+
+    /// [`Lab::stack`] with more launcher options (`--gateway ...`).
+    fn stack_with(
+        &self,
+        tap: &str,
+        net: &str,
+        report: &str,
+        more: &[&str],
+        args: &[&str],
+    ) -> Command {
+        let mut c = self.ns.command(HICAMP);
+        c.args([
+            "run",
+            "--mode",
+            "stack",
+            "--backend",
+            &format!("tap:{tap}"),
+            "--ip",
+            &format!("{net}.2/24"),
+            "--host-ip",
+            &format!("{net}.1/24"),
+            "--report",
+        ])
+        .arg(self.path(report))
+        .args(more)
+        .arg("--")
+        .args(args);
+        c
+    }
+
+    /// A kernel program in the namespace.
+    fn kernel(&self, program: &str, args: &[&str]) -> Command {
+        let mut c = self.ns.command(program);
+        c.args(args);
+        c
+    }
+
+    fn report(&self, name: &str) -> Value {
+        let p = self.path(name);
+        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parse {}: {e}", p.display()))
+    }
+}
+
+/// Kills and reaps a child on drop: no process outlives a failed test.
+struct Reaper(Option<Child>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Reaper {
+    fn spawn(mut c: Command) -> Reaper {
+        Reaper(Some(
+            c.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn"),
+        ))
+    }
+
+    /// Waits at most `secs` for the end; the output.
+    fn finish(mut self, secs: u64) -> Output {
+        let mut c = self.0.take().expect("child");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while c.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let out = c.wait_with_output().expect("output");
+                panic!(
+                    "did not end within {secs} s:\n{}\n{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c.wait_with_output().expect("output")
+    }
+}
+
+#[track_caller]
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until `ip:port` accepts a kernel connection from inside the namespace.
+fn wait_port(lab: &Lab, ip: &str, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let probe =
+        format!("import socket; socket.create_connection(('{ip}', {port}), timeout=1).close()");
+    while Instant::now() < deadline {
+        if lab
+            .kernel("python3", &["-c", &probe])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing listens on {ip}:{port}");
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// The one stack report of a run (its process used the stack).
+fn stack_report(merged: &Value) -> &Value {
+    let s = merged["stack"].as_array().expect("stack reports");
+    assert_eq!(s.len(), 1, "one process used the stack: {merged}");
+    &s[0]
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn launcher_refuses_bad_settings_before_the_command_runs() {
+    shim();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let m = marker.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--ip", "10.0.0.2/24"], "needs --backend"),
+        (&["--backend", "tap:t0"], "needs --ip"),
+        (
+            &["--backend", "tap:t0", "--ip", "300.1.2.3/24"],
+            "bad address",
+        ),
+        (
+            &["--backend", "ethernet:x", "--ip", "10.0.0.2/24"],
+            "unknown backend",
+        ),
+        (
+            &[
+                "--backend",
+                "tap:t0",
+                "--ip",
+                "10.0.0.2/24",
+                "--host-ip",
+                "10.0.0.2/24",
+            ],
+            "own address",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(HICAMP)
+            .args(["run", "--mode", "stack"])
+            .args(args)
+            .args(["--", "touch", m])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!marker.exists(), "{args:?}: the command ran");
+    }
+}
+
+#[test]
+fn curl_downloads_64_mib_byte_exactly_from_a_kernel_http_server() {
+    if missing(&["curl", "python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let mut rng = testkit::Rng::new(64);
+    let data = rng.bytes(64 << 20);
+    std::fs::create_dir(lab.path("www")).unwrap();
+    std::fs::write(lab.path("www/blob"), &data).unwrap();
+    // The kernel's server (it listens once the launcher gave the TAP its address; it binds
+    // any address, so it may start first).
+    let srv = Reaper::spawn(lab.kernel(
+        "python3",
+        &[
+            "-m",
+            "http.server",
+            "8000",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+            lab.path("www").to_str().unwrap(),
+        ],
+    ));
+    wait_port(&lab, "127.0.0.1", 8000);
+    let out_file = lab.path("got");
+    let headers = lab.path("headers");
+    let out = lab
+        .stack(
+            "tcurl0",
+            "10.91.0",
+            "curl.json",
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "120",
+                "-D",
+                headers.to_str().unwrap(),
+                "-o",
+                out_file.to_str().unwrap(),
+                "http://10.91.0.1:8000/blob",
+            ],
+        )
+        .output()
+        .unwrap();
+    drop(srv);
+    assert_ok(&out);
+    let got = std::fs::read(&out_file).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the download differs");
+    let merged = lab.report("curl.json");
+    let r = stack_report(&merged);
+    let head_len = std::fs::metadata(&headers).unwrap().len();
+    assert_eq!(
+        n(&r["totals"]["received_bytes"]),
+        data.len() as u64 + head_len,
+        "received bytes: the body and the headers, exactly"
+    );
+    assert_eq!(
+        n(&r["totals"]["api_copy_out_bytes"]),
+        n(&r["totals"]["received_bytes"])
+    );
+    assert_eq!(
+        n(&r["payload_bytes_copied_below_socket_api"]),
+        0,
+        "payload copied below the socket API: {r}"
+    );
+    let conns = r["connections"].as_array().unwrap();
+    assert!(
+        conns
+            .iter()
+            .any(|c| c["route"] == "stack" && c["peer"] == "10.91.0.1:8000"),
+        "{conns:?}"
+    );
+}
+
+const ECHO_CLIENT: &str = r#"
+import socket, sys, threading
+host, port, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+ok = []
+def one(k):
+    s = socket.create_connection((host, port))
+    data = bytes((i * 7 + k) & 255 for i in range(size))
+    got = bytearray()
+    def rd():
+        while len(got) < size:
+            d = s.recv(65536)
+            if not d:
+                break
+            got.extend(d)
+    t = threading.Thread(target=rd); t.start()
+    s.sendall(data); t.join(); s.close()
+    ok.append(bytes(got) == data)
+ts = [threading.Thread(target=one, args=(k,)) for k in range(n)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print("ok", sum(ok), "of", n)
+"#;
+
+/// Runs the echo client in the kernel against `ip:port`: `conns` connections of `size` bytes.
+fn echo_client(lab: &Lab, ip: &str, port: u16, conns: usize, size: usize) {
+    let out = lab
+        .kernel(
+            "python3",
+            &[
+                "-c",
+                ECHO_CLIENT,
+                ip,
+                &port.to_string(),
+                &conns.to_string(),
+                &size.to_string(),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("ok {conns} of {conns}")
+    );
+}
+
+const ASYNCIO_ECHO: &str = r#"
+import asyncio, sys
+N = int(sys.argv[1])
+done = 0
+total = 0
+async def handle(r, w):
+    global done, total
+    while True:
+        d = await r.read(65536)
+        if not d:
+            break
+        total += len(d)
+        w.write(d)
+        await w.drain()
+    w.close()
+    done += 1
+    if done == N:
+        stop.set()
+async def main():
+    global stop
+    stop = asyncio.Event()
+    srv = await asyncio.start_server(handle, "0.0.0.0", 9000)
+    await stop.wait()
+    srv.close()
+    print("echoed", total, flush=True)
+asyncio.run(main())
+"#;
+
+#[test]
+fn python_asyncio_echo_server_in_stack_mode() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let srv = Reaper::spawn(lab.stack(
+        "taio0",
+        "10.92.0",
+        "aio.json",
+        &["python3", "-c", ASYNCIO_ECHO, "6"],
+    ));
+    wait_port(&lab, "10.92.0.2", 9000);
+    // The probe was one connection: 5 more make the 6 the server waits for.
+    echo_client(&lab, "10.92.0.2", 9000, 5, 1 << 20);
+    let out = srv.finish(60);
+    assert_ok(&out);
+    let total = 5u64 << 20;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("echoed {total}")
+    );
+    let merged = lab.report("aio.json");
+    let r = stack_report(&merged);
+    assert_eq!(n(&r["totals"]["received_bytes"]), total);
+    assert_eq!(n(&r["totals"]["sent_bytes"]), total);
+    // An echo writes what each read returned: not line-aligned traffic, so the stack may copy
+    // partial lines below the socket API (counted, never more than what was sent).
+    assert!(
+        n(&r["payload_bytes_copied_below_socket_api"]) <= total,
+        "{r}"
+    );
+    let stack_conns = r["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["route"] == "stack")
+        .count();
+    assert_eq!(stack_conns, 7, "a listener and 6 connections");
+}
+
+const THREADED_ECHO: &str = r#"
+import socketserver, sys, threading
+N = int(sys.argv[1])
+count = 0
+lock = threading.Lock()
+class H(socketserver.BaseRequestHandler):
+    def handle(self):
+        global count
+        while True:
+            d = self.request.recv(65536)
+            if not d:
+                break
+            self.request.sendall(d)
+        with lock:
+            count += 1
+            if count == N:
+                threading.Thread(target=srv.shutdown).start()
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+srv = socketserver.ThreadingTCPServer(("0.0.0.0", 9000), H)
+srv.serve_forever()
+print("served", count, flush=True)
+"#;
+
+#[test]
+fn thread_per_connection_server_in_stack_mode() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let srv = Reaper::spawn(lab.stack(
+        "tthr0",
+        "10.93.0",
+        "thr.json",
+        &["python3", "-c", THREADED_ECHO, "9"],
+    ));
+    wait_port(&lab, "10.93.0.2", 9000);
+    echo_client(&lab, "10.93.0.2", 9000, 8, 1 << 20);
+    let out = srv.finish(60);
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "served 9");
+    let merged = lab.report("thr.json");
+    let r = stack_report(&merged);
+    assert_eq!(n(&r["totals"]["received_bytes"]), 8 << 20);
+    assert_eq!(n(&r["totals"]["sent_bytes"]), 8 << 20);
+}
+
+/// A program whose epoll set mixes a pipe, a unix socket, a stack connection to a kernel
+/// echo server and a stack listener with its accepted connection; then poll and select on the
+/// same kinds of descriptors. Prints `ALL OK` when every readiness it waited for came.
+const MIXED_EPOLL: &str = r#"
+import os, select, socket, sys, threading, time
+kernel = sys.argv[1]
+r, w = os.pipe()
+u1, u2 = socket.socketpair()
+c = socket.create_connection((kernel, 9100))
+c.setblocking(False)
+lst = socket.socket(); lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+lst.bind(("0.0.0.0", 9200)); lst.listen(8); lst.setblocking(False)
+ep = select.epoll()
+ep.register(r, select.EPOLLIN)
+ep.register(u1.fileno(), select.EPOLLIN)
+ep.register(c.fileno(), select.EPOLLIN | select.EPOLLET)
+ep.register(lst.fileno(), select.EPOLLIN)
+print("ready", flush=True)
+def later():
+    time.sleep(0.3)
+    os.write(w, b"pipe!")
+    u2.send(b"unix!")
+threading.Thread(target=later).start()
+c.send(b"hello")
+want = {"pipe", "unix", "echo", "accept", "data", "rdhup"}
+got = set(); acc = None; echo = b""; data = b""
+deadline = time.time() + 30
+while got != want and time.time() < deadline:
+    for fd, ev in ep.poll(5):
+        if fd == r:
+            assert os.read(r, 64) == b"pipe!"; got.add("pipe")
+        elif fd == u1.fileno():
+            assert u1.recv(64) == b"unix!"; got.add("unix")
+        elif fd == c.fileno():
+            # Edge-triggered: read until EAGAIN.
+            while True:
+                try:
+                    d = c.recv(64)
+                except BlockingIOError:
+                    break
+                if not d:
+                    break
+                echo += d
+            if echo == b"hello":
+                got.add("echo")
+        elif fd == lst.fileno():
+            acc, _ = lst.accept(); acc.setblocking(False)
+            ep.register(acc.fileno(), select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT)
+            got.add("accept")
+        elif acc is not None and fd == acc.fileno():
+            while True:
+                try:
+                    d = acc.recv(64)
+                except BlockingIOError:
+                    break
+                if not d:
+                    break
+                data += d
+            if data == b"ping":
+                got.add("data")
+            if ev & select.EPOLLRDHUP:
+                got.add("rdhup")
+            else:
+                ep.modify(acc.fileno(), select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT)
+assert got == want, (got, want)
+# poll and select on a mix: nothing is readable, then the pipe and the stack connection are.
+p = select.poll()
+for f in (r, u1.fileno(), c.fileno()):
+    p.register(f, select.POLLIN)
+assert p.poll(100) == [], p.poll(0)
+os.write(w, b"x"); c.send(b"again")
+deadline = time.time() + 10
+seen = set()
+while len(seen) < 2 and time.time() < deadline:
+    for fd, ev in p.poll(1000):
+        seen.add(fd)
+        if fd == r: os.read(r, 1)
+        if fd == c.fileno():
+            try: c.recv(64)
+            except BlockingIOError: pass
+assert seen == {r, c.fileno()}, seen
+c.send(b"third")
+rl, wl, _ = select.select([r, u1, c], [c], [], 10)
+assert c in wl, wl
+deadline = time.time() + 10
+while c not in rl and time.time() < deadline:
+    rl, _, _ = select.select([r, u1, c], [], [], 1)
+assert rl == [c], rl
+print("ALL OK", flush=True)
+"#;
+
+const KERNEL_ECHO: &str = r#"
+import socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9100)); s.listen(8)
+def serve(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+#[test]
+fn epoll_poll_select_on_a_mix_of_kernel_and_stack_descriptors() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let _echo = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_ECHO]));
+    wait_port(&lab, "127.0.0.1", 9100);
+    let prog = Reaper::spawn(lab.stack(
+        "tmix0",
+        "10.94.0",
+        "mix.json",
+        &["python3", "-c", MIXED_EPOLL, "10.94.0.1"],
+    ));
+    wait_port(&lab, "10.94.0.2", 9200);
+    // A kernel client of the stack listener: "ping", then close (EPOLLRDHUP).
+    let out = lab
+        .kernel(
+            "python3",
+            &[
+                "-c",
+                "import socket; s = socket.create_connection(('10.94.0.2', 9200)); \
+                 s.sendall(b'ping'); s.close()",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let out = prog.finish(60);
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ALL OK"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let merged = lab.report("mix.json");
+    let r = stack_report(&merged);
+    // The unix socketpair stayed in the kernel.
+    assert!(n(&r["totals"]["kernel_other_sockets"]) >= 1, "{r}");
+}
+
+const LOOPBACK: &str = r#"
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+c = socket.create_connection(s.getsockname()); a, _ = s.accept()
+c.sendall(b"x" * 1000); assert a.recv(2000) == b"x" * 1000
+u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+t = socket.create_connection(("10.95.0.1", 9100)); t.sendall(b"hi"); assert t.recv(2) == b"hi"
+print("ok", flush=True)
+"#;
+
+#[test]
+fn loopback_and_unix_sockets_stay_in_the_kernel() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let _echo = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_ECHO]));
+    wait_port(&lab, "127.0.0.1", 9100);
+    let out = lab
+        .stack(
+            "tloop0",
+            "10.95.0",
+            "loop.json",
+            &["python3", "-c", LOOPBACK],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    let merged = lab.report("loop.json");
+    let r = stack_report(&merged);
+    let conns = r["connections"].as_array().unwrap();
+    let kernel = conns
+        .iter()
+        .filter(|c| c["route"] == "kernel" && c["why"] == "loopback (127.0.0.0/8)")
+        .count();
+    assert_eq!(kernel, 2, "the loopback listener and client: {conns:?}");
+    assert!(
+        conns
+            .iter()
+            .any(|c| c["route"] == "stack" && c["peer"] == "10.95.0.1:9100"),
+        "{conns:?}"
+    );
+    assert!(n(&r["totals"]["kernel_other_sockets"]) >= 1);
+    // Only the stack connection's 2 bytes each way went through the stack.
+    assert_eq!(n(&r["totals"]["sent_bytes"]), 2);
+    assert_eq!(n(&r["totals"]["received_bytes"]), 2);
+}
+
+/// `redis-cli INFO stats` field.
+fn redis_stat(lab: &Lab, host: &str, key: &str) -> u64 {
+    let out = lab
+        .kernel("redis-cli", &["-h", host, "info", "stats"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+}
+
+#[test]
+fn redis_server_in_stack_mode_serves_the_kernels_redis_benchmark() {
+    if missing(&["redis-server", "redis-benchmark", "redis-cli"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let srv = Reaper::spawn(lab.stack(
+        "tred0",
+        "10.96.0",
+        "redis.json",
+        &[
+            "redis-server",
+            "--port",
+            "6379",
+            "--bind",
+            "0.0.0.0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+    ));
+    wait_port(&lab, "10.96.0.2", 6379);
+    for pipeline in ["1", "16"] {
+        let out = lab
+            .kernel(
+                "redis-benchmark",
+                &[
+                    "-h",
+                    "10.96.0.2",
+                    "-t",
+                    "get,set",
+                    "-n",
+                    "20000",
+                    "-c",
+                    "50",
+                    "-P",
+                    pipeline,
+                    "-q",
+                ],
+            )
+            .output()
+            .unwrap();
+        assert_ok(&out);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("SET: ") && text.contains("GET: "),
+            "-P {pipeline}: {text}"
+        );
+    }
+    let commands = redis_stat(&lab, "10.96.0.2", "total_commands_processed");
+    assert!(commands >= 80_000, "{commands} commands");
+    let input = redis_stat(&lab, "10.96.0.2", "total_net_input_bytes");
+    let _ = lab
+        .kernel("redis-cli", &["-h", "10.96.0.2", "shutdown", "nosave"])
+        .output();
+    let out = srv.finish(30);
+    assert!(out.status.success() || out.status.code() == Some(0));
+    let merged = lab.report("redis.json");
+    let r = stack_report(&merged);
+    let received = n(&r["totals"]["received_bytes"]);
+    // redis counts its input up to the INFO that asked; the SHUTDOWN came after it.
+    assert!(
+        received >= input && received - input < 200,
+        "stack received {received} B, redis counted {input} B"
+    );
+    assert_eq!(n(&r["payload_bytes_copied_below_socket_api"]), 0, "{r}");
+}
+
+const KERNEL_SINK: &str = r#"
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9300)); s.listen(1)
+n = 0
+while n == 0:
+    c, _ = s.accept()
+    while True:
+        d = c.recv(1 << 20)
+        if not d:
+            break
+        n += len(d)
+print(n, flush=True)
+"#;
+
+/// Sends 32 MiB in 64 KiB writes, sendall, writev (os.writev) and sendfile.
+const BULK_SENDER: &str = r#"
+import os, socket, sys
+c = socket.create_connection((sys.argv[1], 9300))
+block = bytes((i * 31) & 255 for i in range(65536))
+for _ in range(256):
+    c.sendall(block)
+for _ in range(64):
+    os.writev(c.fileno(), [block[:32768], block[32768:]])
+path = sys.argv[2]
+with open(path, "wb") as f:
+    f.write(block * 128)
+with open(path, "rb") as f:
+    sent = 0
+    while sent < 65536 * 128:
+        sent += os.sendfile(c.fileno(), f.fileno(), sent, 65536 * 128 - sent)
+c.close()
+print("sent", 65536 * (256 + 64 + 128), flush=True)
+"#;
+
+#[test]
+fn line_aligned_bulk_send_copies_nothing_below_the_socket_api() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let sink = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_SINK]));
+    wait_port(&lab, "127.0.0.1", 9300);
+    let file = lab.path("sendfile.bin");
+    let out = lab
+        .stack(
+            "tbulk0",
+            "10.97.0",
+            "bulk.json",
+            &[
+                "python3",
+                "-c",
+                BULK_SENDER,
+                "10.97.0.1",
+                file.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let total = 65536u64 * (256 + 64 + 128);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("sent {total}")
+    );
+    // (wait_port's probe was an empty connection: the sink counts the first with data.)
+    let sunk = sink.finish(60);
+    assert_eq!(
+        String::from_utf8_lossy(&sunk.stdout).trim(),
+        total.to_string()
+    );
+    let merged = lab.report("bulk.json");
+    let r = stack_report(&merged);
+    assert_eq!(n(&r["totals"]["sent_bytes"]), total);
+    assert_eq!(n(&r["totals"]["sendfile_bytes"]), 65536 * 128);
+    assert!(n(&r["iface"]["tx_payload_bytes"]) >= total, "{r}");
+    assert_eq!(
+        n(&r["payload_bytes_copied_below_socket_api"]),
+        0,
+        "line-aligned writes: no payload copied below the socket API: {r}"
+    );
+}
+
+/// Kernel peers for the semantics test: TCP echo on 9100, a server that resets each
+/// connection after reading a line on 9101 (SO_LINGER 0), a UDP echo on 9102.
+const KERNEL_PEERS: &str = r#"
+import socket, struct, threading
+def tcp_echo():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 9100)); s.listen(8)
+    def serve(c):
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+        c.close()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+def resetter():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 9101)); s.listen(8)
+    while True:
+        c, _ = s.accept()
+        c.recv(100)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+def udp_echo():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 9102))
+    while True:
+        d, a = u.recvfrom(65536)
+        u.sendto(d, a)
+threading.Thread(target=resetter, daemon=True).start()
+threading.Thread(target=udp_echo, daemon=True).start()
+tcp_echo()
+"#;
+
+/// The socket calls an application relies on, on stack sockets; prints `SEMANTICS OK`.
+const SEMANTICS: &str = r#"
+import errno, fcntl, os, select, signal, socket, struct, sys, termios, time
+K = sys.argv[1]
+def expect_errno(f, want):
+    try:
+        f()
+    except OSError as e:
+        assert e.errno == want, (e, want)
+        return
+    raise AssertionError("no error, wanted %s" % errno.errorcode[want])
+# Non-blocking connect: EINPROGRESS, POLLOUT, SO_ERROR 0.
+c = socket.socket(); c.setblocking(False)
+assert c.connect_ex((K, 9100)) == errno.EINPROGRESS
+_, w, _ = select.select([], [c], [], 10); assert w == [c]
+assert c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+c.setblocking(True)
+assert c.getpeername() == (K, 9100), c.getpeername()
+me = c.getsockname(); assert me[0] == sys.argv[2] and me[1] > 0, me
+# Refused: non-blocking connect, then SO_ERROR; blocking connect raises.
+r = socket.socket(); r.setblocking(False)
+assert r.connect_ex((K, 9999)) == errno.EINPROGRESS
+select.select([], [r], [], 10)
+assert r.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+expect_errno(lambda: socket.create_connection((K, 9999), timeout=None), errno.ECONNREFUSED)
+# Options.
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+assert c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+c.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+assert c.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+assert c.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM
+assert c.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) > 0
+info = c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+assert info[0] == 1, info[0]  # TCP_ESTABLISHED
+expect_errno(lambda: c.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10), errno.ENOPROTOOPT)
+# Data: MSG_PEEK, FIONREAD, MSG_WAITALL, MSG_DONTWAIT.
+def fionread(f):
+    return struct.unpack("i", fcntl.ioctl(f, termios.FIONREAD, b"\0" * 4))[0]
+def readn(f, k):
+    out = b""
+    while len(out) < k:
+        x = os.read(f, k - len(out))
+        assert x, out
+        out += x
+    return out
+c.sendall(b"0123456789")
+deadline = time.time() + 10
+while fionread(c.fileno()) < 10 and time.time() < deadline:
+    time.sleep(0.05)
+assert c.recv(4, socket.MSG_PEEK) == b"0123"
+n = fionread(c.fileno())
+assert n == 10, n
+assert c.recv(10, socket.MSG_WAITALL) == b"0123456789"
+expect_errno(lambda: c.recv(10, socket.MSG_DONTWAIT), errno.EAGAIN)
+# SO_RCVTIMEO: a blocking recv gives up with EAGAIN.
+c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 200000))
+t0 = time.time(); expect_errno(lambda: c.recv(10), errno.EAGAIN); assert time.time() - t0 >= 0.15
+c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 0))
+# fcntl O_NONBLOCK and FIONBIO.
+fl = fcntl.fcntl(c.fileno(), fcntl.F_GETFL)
+fcntl.fcntl(c.fileno(), fcntl.F_SETFL, fl | os.O_NONBLOCK)
+expect_errno(lambda: c.recv(10), errno.EAGAIN)
+fcntl.fcntl(c.fileno(), fcntl.F_SETFL, fl)
+fcntl.ioctl(c.fileno(), termios.FIONBIO, struct.pack("i", 1))
+expect_errno(lambda: c.recv(10), errno.EAGAIN)
+fcntl.ioctl(c.fileno(), termios.FIONBIO, struct.pack("i", 0))
+# dup and dup2: the copy works after the original closes.
+d = os.dup(c.fileno())
+fd2 = os.open("/dev/null", os.O_RDONLY); os.dup2(c.fileno(), fd2)
+c.close()
+os.write(d, b"dup!"); assert readn(d, 4) == b"dup!"
+os.write(fd2, b"dup2"); assert readn(fd2, 4) == b"dup2"
+os.close(d)
+# shutdown(SHUT_WR): the peer sees EOF and closes; we read EOF.
+os.write(fd2, b"last"); s = socket.socket(fileno=fd2)
+s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    x = s.recv(100)
+    if not x: break
+    got += x
+assert got == b"last", got
+expect_errno(lambda: s.send(b"x"), errno.EPIPE)
+s.close()
+# Reset by the peer: ECONNRESET, then EPIPE without SIGPIPE (MSG_NOSIGNAL).
+x = socket.create_connection((K, 9101)); x.sendall(b"bye\n")
+time.sleep(0.5)
+expect_errno(lambda: x.recv(10), errno.ECONNRESET)
+expect_errno(lambda: x.send(b"y", socket.MSG_NOSIGNAL), errno.EPIPE)
+x.close()
+# UDP: sendto/recvfrom with a kernel echo; connect + send/recv.
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(b"datagram", (K, 9102))
+u.settimeout(5)
+d, a = u.recvfrom(100); assert d == b"datagram" and a == (K, 9102), (d, a)
+u.connect((K, 9102)); u.send(b"again"); assert u.recv(100) == b"again"
+assert u.getsockname()[1] > 0
+u.close()
+print("SEMANTICS OK", flush=True)
+"#;
+
+#[test]
+fn socket_semantics_on_stack_sockets() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let _peers = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_PEERS]));
+    wait_port(&lab, "127.0.0.1", 9100);
+    let out = lab
+        .stack(
+            "tsem0",
+            "10.98.0",
+            "sem.json",
+            &["python3", "-c", SEMANTICS, "10.98.0.1", "10.98.0.2"],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("SEMANTICS OK"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merged = lab.report("sem.json");
+    let r = stack_report(&merged);
+    let notes = r["notes"].as_object().expect("notes");
+    assert!(
+        notes.keys().any(|k| k.contains("ENOPROTOOPT")),
+        "the refused option is noted: {notes:?}"
+    );
+}
+
+#[test]
+fn redis_benchmark_and_redis_server_both_in_stack_mode_on_their_own_taps() {
+    if missing(&["redis-server", "redis-benchmark"]) {
+        return;
+    }
+    let lab = Lab::new();
+    // The namespace's kernel routes between the two TAP links.
+    let fwd = lab
+        .kernel("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .output()
+        .unwrap();
+    assert_ok(&fwd);
+    let server = lab.stack_with(
+        "trs0",
+        "10.103.0",
+        "rs.json",
+        &["--gateway", "10.103.0.1"],
+        &[
+            "redis-server",
+            "--port",
+            "6379",
+            "--bind",
+            "0.0.0.0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+    );
+    let srv = Reaper::spawn(server);
+    wait_port(&lab, "10.103.0.2", 6379);
+    let mut bench = lab.stack_with(
+        "trc0",
+        "10.104.0",
+        "rc.json",
+        &["--gateway", "10.104.0.1"],
+        &[
+            "redis-benchmark",
+            "-h",
+            "10.103.0.2",
+            "-t",
+            "get,set",
+            "-n",
+            "20000",
+            "-c",
+            "50",
+            "-P",
+            "16",
+            "-q",
+        ],
+    );
+    let out = bench.output().unwrap();
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SET: ") && text.contains("GET: "), "{text}");
+    // SHUTDOWN NOSAVE from a kernel client: 30 bytes the server receives besides the
+    // benchmark's.
+    let shutdown = lab
+        .kernel(
+            "python3",
+            &[
+                "-c",
+                "import socket; s = socket.create_connection(('10.103.0.2', 6379)); \
+                 s.sendall(b'*2\\r\\n$8\\r\\nSHUTDOWN\\r\\n$6\\r\\nNOSAVE\\r\\n'); s.recv(10)",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&shutdown);
+    let out = srv.finish(30);
+    assert_ok(&out);
+    let s = lab.report("rs.json");
+    let c = lab.report("rc.json");
+    let (s, c) = (stack_report(&s), stack_report(&c));
+    assert_eq!(
+        n(&s["totals"]["received_bytes"]),
+        n(&c["totals"]["sent_bytes"]) + 30,
+        "server received = benchmark sent + SHUTDOWN"
+    );
+    assert_eq!(
+        n(&s["totals"]["sent_bytes"]),
+        n(&c["totals"]["received_bytes"]),
+        "server sent = benchmark received"
+    );
+    assert!(n(&c["totals"]["sent_bytes"]) > 0);
+}
+
+#[test]
+fn nginx_single_process_in_stack_mode_serves_curl_and_wrk() {
+    // `nginx -v` and `wrk -v` print their versions (wrk exits 1): there if they start.
+    let starts = |p: &str| Command::new(p).arg("-v").output().map(drop);
+    if missing(&["curl"])
+        || testkit::require(starts("nginx"), "nginx")
+        || testkit::require(starts("wrk"), "wrk")
+    {
+        return;
+    }
+    // One process (`master_process off`): a master with workers forks, which stack mode does
+    // not serve yet. `sendfile on`: the page goes through the shim's sendfile.
+    let lab = Lab::new();
+    let root = lab.path("ngx");
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::create_dir_all(root.join("logs")).unwrap();
+    let page = testkit::Rng::new(38).bytes(38_000);
+    std::fs::write(root.join("www/page"), &page).unwrap();
+    let r = root.display();
+    let conf = format!(
+        "daemon off; master_process off; worker_processes 1; error_log {r}/logs/error.log; \
+         pid {r}/nginx.pid; events {{ worker_connections 256; }} \
+         http {{ access_log off; sendfile on; server {{ listen 8080; root {r}/www; }} }}"
+    );
+    std::fs::write(root.join("nginx.conf"), conf).unwrap();
+    let conf = root.join("nginx.conf");
+    let (conf, prefix) = (conf.to_str().unwrap(), root.to_str().unwrap());
+    let srv = Reaper::spawn(lab.stack(
+        "tngx0",
+        "10.106.0",
+        "ngx.json",
+        &["nginx", "-c", conf, "-p", prefix],
+    ));
+    wait_port(&lab, "10.106.0.2", 8080);
+    let got = lab.path("got");
+    let out = lab
+        .kernel(
+            "curl",
+            &[
+                "-sS",
+                "-o",
+                got.to_str().unwrap(),
+                "http://10.106.0.2:8080/page",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(std::fs::read(&got).unwrap() == page, "the page differs");
+    let out = lab
+        .kernel(
+            "wrk",
+            &["-t1", "-c8", "-d2s", "http://10.106.0.2:8080/page"],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Requests/sec"), "{text}");
+    assert!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "{text}"
+    );
+    let quit = lab
+        .kernel("nginx", &["-s", "quit", "-c", conf, "-p", prefix])
+        .output()
+        .unwrap();
+    assert_ok(&quit);
+    let out = srv.finish(30);
+    assert_ok(&out);
+    let merged = lab.report("ngx.json");
+    let r = stack_report(&merged);
+    assert!(n(&r["totals"]["sendfile_bytes"]) >= 38_000, "{r}");
+}
+
+/// A forked child: its copy of a stack connection reads end of stream and cannot send (the
+/// connection is the parent's, which still works); its new sockets go to the kernel.
+const FORK_CHILD: &str = r#"
+import os, socket, sys
+K = sys.argv[1]
+c = socket.create_connection((K, 9100))
+c.sendall(b"before"); assert c.recv(6) == b"before"
+pid = os.fork()
+if pid == 0:
+    ok = c.recv(10) == b""
+    try:
+        c.send(b"x", socket.MSG_NOSIGNAL); ok = False
+    except OSError:
+        pass
+    k = socket.create_connection((K, 9100)); k.sendall(b"kernel"); ok = ok and k.recv(6) == b"kernel"
+    os._exit(0 if ok else 3)
+_, st = os.waitpid(pid, 0)
+assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
+c.sendall(b"after"); assert c.recv(5) == b"after"
+print("FORK OK", flush=True)
+"#;
+
+#[test]
+fn a_forked_child_leaves_the_parents_stack_connections_alone() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let _echo = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_ECHO]));
+    wait_port(&lab, "127.0.0.1", 9100);
+    let out = lab
+        .stack(
+            "tfork0",
+            "10.109.0",
+            "fork.json",
+            &["python3", "-c", FORK_CHILD, "10.109.0.1"],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("FORK OK"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merged = lab.report("fork.json");
+    let r = stack_report(&merged);
+    // Only the parent's connection went through the stack: 11 bytes each way.
+    assert_eq!(n(&r["totals"]["sent_bytes"]), 11);
+    assert_eq!(n(&r["totals"]["received_bytes"]), 11);
+}

@@ -1,0 +1,1098 @@
+//! Stack mode: the application's AF_INET stream and datagram sockets are served by segstack over
+//! a nicdma port, in this process.
+//!
+//! # Settings (environment; `hicamp run --mode stack` sets them)
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `HICAMP_SHIM_MODE=stack` | this mode |
+//! | `HICAMP_STACK_BACKEND` | `tap:NAME` (an existing TAP device: the launcher makes it), `af_packet:IFACE`, `af_xdp:IFACE[:QUEUE]` |
+//! | `HICAMP_STACK_IP` | the stack's `ADDR/PREFIX` |
+//! | `HICAMP_STACK_GATEWAY` | default gateway (optional) |
+//!
+//! # Design
+//!
+//! ```text
+//!   app fd N (a real descriptor: one end A of an AF_UNIX socketpair)   stack thread
+//!     read/write/send/recv/... hooks --lock--> World { Interface<AnyPort>, socks }  <--lock--
+//!     poll/epoll/select on N: kernel, natively        ^ B end: tokens (readable), drain (writable)
+//! ```
+//!
+//! * **Routing.** `socket(AF_INET, STREAM|DGRAM)` makes a kernel socket, *pending*: options set
+//!   on it are recorded. The first `bind`, `listen`, `connect` or `sendto` decides: a loopback
+//!   address (127.0.0.0/8) keeps it in the kernel unchanged (and forgotten); any other address
+//!   moves it to the stack: a socketpair is made and its end A is `dup3`ed over the
+//!   application's descriptor number (same number, same `O_NONBLOCK`/`FD_CLOEXEC`). Unix
+//!   sockets and other families never leave the kernel.
+//! * **Readiness.** A stack socket *is* a real descriptor, so kernel `epoll`, `poll`, `select`
+//!   on sets mixing kernel and stack descriptors work unchanged and sleep in the kernel. The
+//!   stack drives A's readiness from the B end: a token byte written into A makes it readable
+//!   (one more byte per batch of new data, so that `EPOLLET` sees an edge), `shutdown(B,
+//!   SHUT_WR)` is end of stream (`POLLIN|POLLRDHUP`), `shutdown(B, SHUT_RDWR)` a reset or
+//!   refused connection (`POLLHUP`). A's send buffer is shrunk to the minimum and filled while
+//!   the stack socket cannot take data (connecting, send buffer full), so `POLLOUT` means
+//!   what it means for a kernel socket; the B end drains it when room opens.
+//! * **One stack per process**, behind one lock: application threads call into it directly
+//!   (a send is transmitted at once), and a stack thread sleeps in `poll` on the port's
+//!   descriptor and an eventfd with the next timer as timeout, so retransmission, delayed ACK,
+//!   keepalive and TIME-WAIT run while the application sleeps in a blocking call.
+//! * **Data path.** `send`, `write`, `writev`, `sendmsg`, `sendto` copy the user's bytes into
+//!   a segment once (segstack's byte API: small writes append to the socket's tail segment, and
+//!   the memory deduplicates lines); from there only snapshots move (send queue =
+//!   retransmission queue, headers spliced in front of the payload's own lines). `recv`,
+//!   `read`, `readv`, `recvmsg`, `recvfrom` copy out of the received segments once. Both copies
+//!   are counted in the report, beside the interface's `tx_payload_copied` (bytes copied below
+//!   the socket API: 0 when the payload stays line-aligned).
+//! * **Processes.** A forked child shares nothing of the stack (its thread and port stay with
+//!   the parent): its stack descriptors become unix sockets whose peer is gone (end of
+//!   stream, `EPIPE`: the connection is the parent's), and its new sockets go to the kernel.
+//!   A stack descriptor inherited across `exec` is the unix end of its pair: the new image's
+//!   shim does not know it (its data path was the old image's stack, which is gone). See the
+//!   README for the planned multi-process design (one stack process, shared segment rings).
+//! * **Exit.** At `exit` the stack keeps running up to 2 s so that data and FINs of closed
+//!   connections leave (the kernel would send them after the process is gone), then writes the
+//!   report `PREFIX.stack.PID.json`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use hicamp::Memory;
+use libc::c_int;
+use nicdma::backend::{parse_cidr, AnyPort, BackendSpec};
+use nicdma::Port;
+use segstack::iface::{IfaceConfig, Interface, SocketHandle};
+use segstack::tcp::State;
+use segstack::Payload;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::real;
+
+pub mod ops;
+
+/// Descriptors the fast check covers (larger ones stay in the kernel).
+const MAX_FD: usize = 1 << 16;
+
+/// One bit per stack socket descriptor; [`PMARKS`]: one per pending AF_INET kernel socket.
+/// All zero outside stack mode: the hooks' only cost there is two loads.
+static MARKS: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
+static PMARKS: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
+
+#[inline]
+fn bit(map: &[AtomicU64; MAX_FD / 64], fd: c_int) -> bool {
+    let i = fd as u32 as usize;
+    i < MAX_FD && map[i >> 6].load(Relaxed) & (1 << (i & 63)) != 0
+}
+
+/// True when `fd` is a pending or stack socket.
+#[inline]
+pub fn marked(fd: c_int) -> bool {
+    bit(&MARKS, fd) || bit(&PMARKS, fd)
+}
+
+/// True when `fd` is a stack socket.
+#[inline]
+pub fn is_stack(fd: c_int) -> bool {
+    bit(&MARKS, fd)
+}
+
+fn set_bit(map: &[AtomicU64; MAX_FD / 64], fd: c_int, on: bool) {
+    let i = fd as u32 as usize;
+    if i < MAX_FD {
+        if on {
+            map[i >> 6].fetch_or(1 << (i & 63), Relaxed);
+        } else {
+            map[i >> 6].fetch_and(!(1 << (i & 63)), Relaxed);
+        }
+    }
+}
+
+fn mark(fd: c_int) {
+    set_bit(&MARKS, fd, true);
+}
+
+fn unmark(fd: c_int) {
+    set_bit(&MARKS, fd, false);
+}
+
+fn mark_pending(fd: c_int, on: bool) {
+    set_bit(&PMARKS, fd, on);
+}
+
+/// 0: not decided; 1: stack mode; 2: another mode.
+static ON: AtomicU8 = AtomicU8::new(0);
+
+/// True in stack mode.
+#[inline]
+pub fn on() -> bool {
+    match ON.load(Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = crate::config::Config::get().mode == crate::config::Mode::Stack;
+            ON.store(if on { 1 } else { 2 }, Relaxed);
+            on
+        }
+    }
+}
+
+/// Set in a forked child: the stack (its thread, its port) stayed with the parent.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+/// The stack mode's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The backend.
+    pub backend: BackendSpec,
+    /// Our address.
+    pub ip: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// The default gateway.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl Settings {
+    /// Parses the settings from `get` (an environment lookup).
+    pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+        let backend = get("HICAMP_STACK_BACKEND")
+            .filter(|s| !s.is_empty())
+            .ok_or("HICAMP_STACK_BACKEND is not set (tap:NAME, af_packet:IFACE, af_xdp:IFACE)")?;
+        let backend: BackendSpec = backend
+            .parse()
+            .map_err(|e| format!("HICAMP_STACK_BACKEND: {e}"))?;
+        if backend == BackendSpec::Sim {
+            return Err("HICAMP_STACK_BACKEND=sim: the sim backend has no wire to a peer".into());
+        }
+        let ip = get("HICAMP_STACK_IP")
+            .filter(|s| !s.is_empty())
+            .ok_or("HICAMP_STACK_IP is not set (ADDR/PREFIX, like 10.0.0.2/24)")?;
+        let (ip, prefix) = parse_cidr(&ip).map_err(|e| format!("HICAMP_STACK_IP: {e}"))?;
+        if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+            return Err(format!(
+                "HICAMP_STACK_IP: {ip} cannot be the stack's address"
+            ));
+        }
+        let gateway = match get("HICAMP_STACK_GATEWAY").filter(|s| !s.is_empty()) {
+            None => None,
+            Some(g) => Some(
+                g.parse::<Ipv4Addr>()
+                    .map_err(|_| format!("HICAMP_STACK_GATEWAY: bad address {g:?}"))?,
+            ),
+        };
+        Ok(Settings {
+            backend,
+            ip,
+            prefix,
+            gateway,
+        })
+    }
+
+    fn from_env() -> Result<Settings, String> {
+        Settings::parse(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned()))
+    }
+}
+
+/// Socket options recorded for a socket.
+#[derive(Debug, Clone, Default)]
+struct Opts {
+    reuseaddr: bool,
+    reuseport: bool,
+    keepalive: bool,
+    keepidle: Option<u32>,
+    keepintvl: Option<u32>,
+    keepcnt: Option<u32>,
+    nodelay: bool,
+    linger: Option<libc::linger>,
+    rcvtimeo: Option<Duration>,
+    sndtimeo: Option<Duration>,
+    sndbuf: Option<c_int>,
+    rcvbuf: Option<c_int>,
+}
+
+/// A kernel AF_INET socket whose route is not decided yet.
+#[derive(Debug, Clone)]
+struct Pending {
+    dgram: bool,
+    opts: Opts,
+}
+
+/// A TCP socket's life in the stack.
+#[derive(Debug)]
+enum Tcp {
+    /// Not bound (only after a bind that failed to decide, kept for symmetry).
+    Unbound,
+    /// Bound to a port, not listening.
+    Bound(u16),
+    /// Listening: the stack's handle, the backlog, connections taken from the stack's queue.
+    Listening(SocketHandle, usize, VecDeque<SocketHandle>),
+    /// Our SYN is out.
+    Connecting(SocketHandle),
+    /// Connected (or was).
+    Connected(SocketHandle),
+}
+
+#[derive(Debug)]
+enum Kind {
+    Tcp(Tcp),
+    Udp {
+        h: Option<SocketHandle>,
+        port: u16,
+        peer: Option<SocketAddrV4>,
+        queue: VecDeque<(SocketAddrV4, Payload)>,
+    },
+}
+
+/// One connection's line in the report.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct ConnRecord {
+    id: u64,
+    fd: c_int,
+    route: &'static str,
+    why: &'static str,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    local: Option<String>,
+    peer: Option<String>,
+    sent_bytes: u64,
+    received_bytes: u64,
+    send_calls: u64,
+    recv_calls: u64,
+    open: bool,
+    /// The TCP connection's state and counters when its descriptor closed (or at exit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp: Option<String>,
+}
+
+/// A stack socket.
+#[derive(Debug)]
+struct Sock {
+    kind: Kind,
+    /// The application's descriptors on it (dup'd ones too); the first is used for A-side work.
+    fds: Vec<c_int>,
+    /// The B end (the stack's).
+    b: c_int,
+    nonblock: bool,
+    opts: Opts,
+    bound_ip: Ipv4Addr,
+    tokens: u32,
+    last_rxq: usize,
+    eof_sig: bool,
+    hup_sig: bool,
+    filled: bool,
+    so_error: c_int,
+    err_taken: bool,
+    established: bool,
+    rd_shut: bool,
+    wr_shut: bool,
+    rec: ConnRecord,
+}
+
+impl Sock {
+    fn a(&self) -> c_int {
+        self.fds.first().copied().unwrap_or(-1)
+    }
+}
+
+/// Totals of the process.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+struct Counters {
+    sent_bytes: u64,
+    received_bytes: u64,
+    send_calls: u64,
+    recv_calls: u64,
+    /// Bytes copied from the application's buffers into segments (the one copy POSIX forces).
+    api_copy_in_bytes: u64,
+    /// Bytes copied out of received segments into the application's buffers.
+    api_copy_out_bytes: u64,
+    /// Bytes sendfile read from files into segments.
+    sendfile_bytes: u64,
+    stack_sockets: u64,
+    kernel_inet_sockets: u64,
+    kernel_other_sockets: u64,
+}
+
+/// The stack and its port.
+struct Engine {
+    iface: Interface<AnyPort>,
+    mem: Memory,
+    t0: Instant,
+    next_port: u16,
+    settings: Settings,
+    /// Handles closed by the application that TCP may still be finishing.
+    closing: Vec<SocketHandle>,
+}
+
+impl Engine {
+    fn now(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+}
+
+/// Everything of the stack mode, behind one lock.
+struct World {
+    pending: HashMap<c_int, Pending>,
+    fds: HashMap<c_int, usize>,
+    socks: Vec<Option<Sock>>,
+    engine: Option<Engine>,
+    failed: Option<(c_int, String)>,
+    records: Vec<ConnRecord>,
+    counters: Counters,
+    notes: BTreeMap<String, u64>,
+    next_id: u64,
+}
+
+static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| {
+    Mutex::new(World {
+        pending: HashMap::new(),
+        fds: HashMap::new(),
+        socks: Vec::new(),
+        engine: None,
+        failed: None,
+        records: Vec::new(),
+        counters: Counters::default(),
+        notes: BTreeMap::new(),
+        next_id: 1,
+    })
+});
+
+/// The stack thread's wake-up eventfd (-1 until the stack exists).
+static WAKE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// When the interface last ran (engine ns).
+static LAST_PUMP: AtomicU64 = AtomicU64::new(0);
+/// When the interface last moved a frame (engine ns).
+static LAST_ACTIVE: AtomicU64 = AtomicU64::new(0);
+/// When the stack thread will wake by itself (engine ns; `u64::MAX`: never).
+static SLEEP_UNTIL: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// The world's lock. A futex lock (std's), not a spinning one: the application's threads and
+/// the stack thread hand it back and forth on every frame, and a lock that yields while it
+/// spins spent a fifth of redis-server's time in the scheduler. A panic inside cannot leave
+/// the world half-changed in a way the next call could not live with (every hook is
+/// shielded), so a poisoned lock is taken as it is.
+fn lock() -> MutexGuard<'static, World> {
+    WORLD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn note(w: &mut World, what: String) {
+    *w.notes.entry(what).or_insert(0) += 1;
+}
+
+impl World {
+    /// The engine, made on first use (opens the port, starts the stack thread).
+    fn engine(&mut self) -> Result<&mut Engine, c_int> {
+        if self.engine.is_none() {
+            if let Some((e, _)) = &self.failed {
+                return Err(*e);
+            }
+            match start() {
+                Ok(e) => self.engine = Some(e),
+                Err((errno, msg)) => {
+                    crate::sys::diag(&format!("stack mode: {msg}"));
+                    self.failed = Some((errno, msg));
+                    return Err(errno);
+                }
+            }
+        }
+        self.engine.as_mut().ok_or(libc::ENETDOWN)
+    }
+
+    fn new_sock(&mut self, kind: Kind, a: c_int, b: c_int, nonblock: bool, opts: Opts) -> usize {
+        let id = self.next_id;
+        self.next_id += 1;
+        let ty = match kind {
+            Kind::Tcp(_) => "stream",
+            Kind::Udp { .. } => "dgram",
+        };
+        let bound_ip = self
+            .engine
+            .as_ref()
+            .map_or(Ipv4Addr::UNSPECIFIED, |e| e.settings.ip);
+        let s = Sock {
+            kind,
+            fds: vec![a],
+            b,
+            nonblock,
+            opts,
+            bound_ip,
+            tokens: 0,
+            last_rxq: 0,
+            eof_sig: false,
+            hup_sig: false,
+            filled: false,
+            so_error: 0,
+            err_taken: false,
+            established: false,
+            rd_shut: false,
+            wr_shut: false,
+            rec: ConnRecord {
+                id,
+                fd: a,
+                route: "stack",
+                why: "AF_INET, not loopback",
+                ty,
+                open: true,
+                ..ConnRecord::default()
+            },
+        };
+        self.counters.stack_sockets += 1;
+        let slot = match self.socks.iter().position(Option::is_none) {
+            Some(i) => {
+                self.socks[i] = Some(s);
+                i
+            }
+            None => {
+                self.socks.push(Some(s));
+                self.socks.len() - 1
+            }
+        };
+        self.fds.insert(a, slot);
+        mark(a);
+        slot
+    }
+}
+
+/// Opens the port and makes the interface; starts the stack thread.
+fn start() -> Result<Engine, (c_int, String)> {
+    if FORKED.load(Relaxed) {
+        return Err((
+            libc::EIO,
+            "a forked child cannot use the parent's stack".into(),
+        ));
+    }
+    let settings = Settings::from_env().map_err(|e| (libc::EINVAL, e))?;
+    let mem = Memory::new(hicamp::Config {
+        capacity_lines: 1 << 24,
+        map_capacity: 1 << 20,
+        ..hicamp::Config::default()
+    })
+    .map_err(|e| (libc::ENOMEM, format!("memory: {e}")))?;
+    let port = settings.backend.open().map_err(|e| {
+        let s = e.to_string();
+        let errno = if s.contains("permitted") || s.contains("root") {
+            libc::EACCES
+        } else {
+            libc::ENETDOWN
+        };
+        (errno, format!("{}: {s}", settings.backend))
+    })?;
+    if let BackendSpec::Tap(name) = &settings.backend {
+        wait_operational(name);
+    }
+    let mac = port.mac().unwrap_or([2, 0x68, 0x63, 0x61, 0x6d, 0x70]);
+    let mut cfg = IfaceConfig::new(mac, settings.ip, settings.prefix);
+    cfg.gateway = settings.gateway;
+    if let Some(mtu) = port.mtu() {
+        cfg.mtu = mtu as usize;
+    }
+    let iface =
+        Interface::new(&mem, port, cfg).map_err(|e| (libc::ENETDOWN, format!("interface: {e}")))?;
+    // SAFETY: eventfd has no memory precondition.
+    let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if wake < 0 {
+        return Err((crate::guard::errno(), "eventfd failed".into()));
+    }
+    WAKE.store(wake, Relaxed);
+    let seed = crate::sys::getpid() as u64 ^ crate::sys::unix_millis();
+    let engine = Engine {
+        iface,
+        mem,
+        t0: Instant::now(),
+        next_port: 49_152 + (seed % 8_000) as u16 * 2,
+        settings,
+        closing: Vec::new(),
+    };
+    // The standard library's panic message would go to fd 2, which may be a socket.
+    std::panic::set_hook(Box::new(|info| crate::sys::diag(&format!("panic: {info}"))));
+    STARTED.store(true, Relaxed);
+    std::thread::Builder::new()
+        .name("hicamp-stack".into())
+        .spawn(stack_thread)
+        .map_err(|e| (libc::EAGAIN, format!("stack thread: {e}")))?;
+    // SAFETY: registering a plain `extern "C" fn()` with no precondition.
+    unsafe { libc::atexit(at_exit) };
+    // SAFETY: the handlers are `extern "C" fn()` that never unwind.
+    unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
+    Ok(engine)
+}
+
+/// In a forked child: the stack (its thread, its port, its lock) stayed with the parent. Each
+/// stack descriptor becomes a unix socket whose peer is gone (reads see end of stream, writes
+/// `EPIPE`), never a number a later `open` could take over; pending sockets are plain kernel
+/// sockets, and new sockets go to the kernel. Only system calls: the lock is never touched.
+/// Waits (at most 3 s) until the kernel has the TAP device operational again after this
+/// process attached it: the kernel turns its queue on from a deferred work item (up to a
+/// second after the carrier came back), and until then it drops what it sends to us.
+fn wait_operational(name: &str) {
+    let path = format!("/sys/class/net/{name}/operstate");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(&path) {
+            Ok(s) if s.trim() == "up" => return,
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => return,
+        }
+    }
+}
+
+unsafe extern "C" fn atfork_child() {
+    FORKED.store(true, Relaxed);
+    let mut sv = [-1; 2];
+    // SAFETY: `sv` has room for two descriptors.
+    let ok = unsafe {
+        real::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } == 0;
+    if ok {
+        // SAFETY: our own descriptor.
+        unsafe { real::close(sv[1]) };
+    }
+    for (w, word) in MARKS.iter().enumerate() {
+        let mut bits = word.swap(0, Relaxed);
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let fd = (w * 64 + b) as c_int;
+            if ok {
+                // SAFETY: both descriptors are open; `fd` keeps its number.
+                unsafe { real::dup3(sv[0], fd, 0) };
+            }
+        }
+    }
+    for word in PMARKS.iter() {
+        word.store(0, Relaxed);
+    }
+    if ok {
+        // SAFETY: our own descriptor.
+        unsafe { real::close(sv[0]) };
+    }
+}
+
+extern "C" fn at_exit() {
+    exiting("exit");
+}
+
+/// Called at exit and by the `_exit` and exec hooks: the final report (once). The work runs on
+/// a thread of its own: the exiting thread's thread-locals (the memory's epoch pin) may be
+/// gone already.
+pub fn exiting(reason: &'static str) {
+    if ON.load(Relaxed) == 1 && !FORKED.load(Relaxed) && STARTED.load(Relaxed) {
+        if let Some(_g) = crate::guard::Guard::enter() {
+            crate::guard::shielded(|| {
+                let t = std::thread::Builder::new()
+                    .name("hicamp-stack-exit".into())
+                    .spawn(move || {
+                        crate::guard::enter_forever();
+                        let _ = crate::guard::shielded(|| finish(reason));
+                    });
+                if let Ok(t) = t {
+                    let _ = t.join();
+                }
+            });
+        }
+    }
+}
+
+/// Set once the stack started in this process.
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+static FINISHED: AtomicBool = AtomicBool::new(false);
+
+/// Lets closing connections finish (at most 2 s), then writes the report.
+fn finish(reason: &str) {
+    if FINISHED.swap(true, Relaxed) {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let mut w = lock();
+        let World { engine, socks, .. } = &mut *w;
+        let Some(e) = engine.as_mut() else {
+            break;
+        };
+        // Connections still open close as the kernel would close them at exit.
+        for s in socks.iter_mut().flatten() {
+            if let Kind::Tcp(Tcp::Connected(h)) = s.kind {
+                s.rec.tcp = tcp_summary(e, h);
+                let _ = e.iface.close(h);
+                e.closing.push(h);
+            }
+        }
+        let now = e.now();
+        let _ = e.iface.poll(now);
+        e.closing.retain(|&h| {
+            e.iface.tcp(h).is_ok_and(|t| {
+                !matches!(t.state(), State::Closed | State::TimeWait | State::FinWait2)
+                    || t.send_queue() > 0
+            })
+        });
+        if e.closing.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        drop(w);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    write_report(reason);
+}
+
+/// A connection's state and counters, for the report.
+fn tcp_summary(e: &Engine, h: SocketHandle) -> Option<String> {
+    e.iface
+        .tcp(h)
+        .ok()
+        .map(|t| format!("{} {:?}", t.state(), t.stats()))
+}
+
+/// The report as JSON.
+fn report_json(reason: &str) -> serde_json::Value {
+    let w = lock();
+    let mut conns: Vec<ConnRecord> = w.records.clone();
+    for s in w.socks.iter().flatten() {
+        conns.push(s.rec.clone());
+    }
+    conns.sort_by_key(|c| c.id);
+    let (iface, copies, mem, backend, ip) = match &w.engine {
+        Some(e) => {
+            let st = e.iface.stats();
+            let c = e.iface.nic().port().copies();
+            let m = e.mem.stats();
+            (
+                serde_json::json!({
+                    "rx_frames": st.rx_frames, "tx_frames": st.tx_frames,
+                    "rx_malformed": st.rx_malformed, "rx_bad_csum": st.rx_bad_csum,
+                    "rx_no_socket": st.rx_no_socket, "tx_dropped": st.tx_dropped,
+                    "arp_requests": st.arp_requests,
+                    "tx_payload_bytes": st.tx_payload_bytes,
+                    "tx_payload_shared": st.tx_payload_shared,
+                    "tx_payload_copied": st.tx_payload_copied,
+                    "rx_payload_bytes": st.rx_payload_bytes,
+                }),
+                serde_json::json!({
+                    "rx_frames": c.rx_frames, "rx_copy_bytes": c.rx_copy_bytes,
+                    "tx_frames": c.tx_frames, "tx_gather_bytes": c.tx_gather_bytes,
+                    "kicks": c.kicks,
+                }),
+                serde_json::json!({"memory": format!("{m:?}"), "nic": format!("{:?}", e.iface.nic().counters()), "iface": format!("{st:?}")}),
+                e.settings.backend.to_string(),
+                format!("{}/{}", e.settings.ip, e.settings.prefix),
+            )
+        }
+        None => (
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+            String::new(),
+            String::new(),
+        ),
+    };
+    let below = match &w.engine {
+        Some(e) => e.iface.stats().tx_payload_copied,
+        None => 0,
+    };
+    serde_json::json!({
+        "tool": "hicamp libc-shim",
+        "mode": "stack",
+        "run_id": crate::config::Config::get().run_id,
+        "pid": crate::sys::getpid(),
+        "program": crate::sys::cmdline(),
+        "reason": reason,
+        "backend": backend,
+        "ip": ip,
+        "stack_error": w.failed.as_ref().map(|f| f.1.clone()),
+        "totals": w.counters,
+        "payload_bytes_copied_below_socket_api": below,
+        "connections": conns,
+        "notes": w.notes,
+        "iface": iface,
+        "port_copies": copies,
+        "memory": mem,
+    })
+}
+
+fn write_report(reason: &str) {
+    let json = report_json(reason);
+    let pid = crate::sys::getpid();
+    let path = match &crate::config::Config::get().report {
+        Some(p) => std::path::PathBuf::from(format!("{}.stack.{pid}.json", p.display())),
+        None => crate::sys::tmp_dir().join(format!("hicamp-shim-stack.{pid}.json")),
+    };
+    let bytes = serde_json::to_vec_pretty(&json).unwrap_or_default();
+    if let Err(e) = crate::sys::replace(&path, &bytes) {
+        crate::sys::diag(&format!("stack report {}: {e}", path.display()));
+    }
+}
+
+/// Runs the interface once and brings every socket's descriptor up to date; wakes the stack
+/// thread when a timer became due earlier than it planned.
+fn pump(w: &mut World) {
+    pump_from(w, true);
+}
+
+/// [`pump`]; `app` is false on the stack thread, which computes its own next wake-up.
+fn pump_from(w: &mut World, app: bool) {
+    let World {
+        engine,
+        socks,
+        notes,
+        ..
+    } = w;
+    let Some(e) = engine.as_mut() else {
+        return;
+    };
+    let now = e.now();
+    let before = (e.iface.stats().rx_frames, e.iface.stats().tx_frames);
+    if let Err(err) = e.iface.poll(now) {
+        *notes.entry(format!("interface poll: {err}")).or_insert(0) += 1;
+    }
+    if (e.iface.stats().rx_frames, e.iface.stats().tx_frames) != before {
+        LAST_ACTIVE.store(now, Relaxed);
+    }
+    for s in socks.iter_mut().flatten() {
+        sync(e, s);
+    }
+    LAST_PUMP.store(now, Relaxed);
+    if !app {
+        return;
+    }
+    let at = e.iface.poll_at().unwrap_or(u64::MAX);
+    if at < SLEEP_UNTIL.load(Relaxed) {
+        let fd = WAKE.load(Relaxed);
+        if fd >= 0 {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: an 8-byte buffer for an eventfd write.
+            unsafe { real::write(fd, one.as_ptr().cast(), 8) };
+        }
+    }
+}
+
+/// The stack thread: sleeps until a frame arrives, a timer is due, or an application thread
+/// moved a timer earlier; then runs the interface and syncs the descriptors.
+fn stack_thread() {
+    crate::guard::enter_forever();
+    loop {
+        if FINISHED.load(Relaxed) {
+            return;
+        }
+        let (port_fd, timeout) = {
+            let w = lock();
+            let Some(e) = w.engine.as_ref() else {
+                return;
+            };
+            let now = e.now();
+            let at = e.iface.poll_at();
+            SLEEP_UNTIL.store(at.unwrap_or(u64::MAX), Relaxed);
+            // While frames flow, the thread also runs the interface every 2 ms. Without it a
+            // 64 MiB download from the kernel stops after 100-160 KB: the kernel has every
+            // segment it sent acknowledged, the connection stands at a lower `rcv_nxt` with its
+            // window open and nothing due in `poll_at`, and each side waits for the other. Root
+            // cause not found yet (segstack's receive of GSO frames after an active open is the
+            // suspect). Idle, the thread sleeps until a frame or a timer.
+            let busy = now.saturating_sub(LAST_ACTIVE.load(Relaxed)) < 200_000_000;
+            let t = match at {
+                None if busy => 2,
+                None => -1,
+                Some(at) => {
+                    let ms = at.saturating_sub(now).div_ceil(1_000_000);
+                    (if busy { ms.min(2) } else { ms.min(60_000) }) as c_int
+                }
+            };
+            (e.iface.nic().port().rx_fd().unwrap_or(-1), t)
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: port_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: WAKE.load(Relaxed),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // A port without a descriptor is polled every millisecond.
+        let timeout = if port_fd < 0 && !(0..=1).contains(&timeout) {
+            1
+        } else {
+            timeout
+        };
+        // SAFETY: two valid pollfds.
+        unsafe { real::poll(fds.as_mut_ptr(), 2, timeout) };
+        if fds[1].revents != 0 {
+            let mut buf = [0u8; 8];
+            // SAFETY: an 8-byte buffer for an eventfd read.
+            unsafe { real::read(fds[1].fd, buf.as_mut_ptr().cast(), 8) };
+        }
+        // A tick right after an application thread ran the interface has nothing to add.
+        let idle_tick = fds[0].revents == 0 && fds[1].revents == 0;
+        let mut w = lock();
+        if idle_tick {
+            if let Some(e) = w.engine.as_ref() {
+                if e.now().saturating_sub(LAST_PUMP.load(Relaxed)) < 2_000_000 {
+                    continue;
+                }
+            }
+        }
+        let rx0 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
+        pump_from(&mut w, false);
+        let rx1 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
+        if debug() {
+            let why = match (fds[0].revents != 0, fds[1].revents != 0, rx1 > rx0) {
+                (false, false, true) => "tick found frames",
+                (true, _, false) => "port readable, no frame",
+                (true, _, true) => "port readable, frames",
+                (false, true, _) => "woken",
+                (false, false, false) => "tick",
+            };
+            note(&mut w, format!("debug: {why}"));
+        }
+    }
+}
+
+// ---- the descriptor side -------------------------------------------------------------------
+
+const TOKEN_CAP: u32 = 16;
+
+fn send_raw(fd: c_int, buf: &[u8]) -> isize {
+    // SAFETY: a valid buffer of `buf.len()` bytes.
+    unsafe {
+        real::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    }
+}
+
+/// Reads and discards what `fd` holds (tokens, or the bytes that filled a send buffer); stops
+/// at a short read, without the extra call that would only say `EAGAIN`.
+fn drain(fd: c_int) {
+    let mut buf = [0u8; 4096];
+    for _ in 0..64 {
+        // SAFETY: a valid buffer.
+        let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n <= 0 || (n as usize) < buf.len() {
+            break;
+        }
+    }
+}
+
+/// `HICAMP_STACK_DEBUG` is set: the report notes what woke the stack thread, and each release.
+pub(crate) fn debug() -> bool {
+    static DEBUG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DEBUG.get_or_init(|| std::env::var_os("HICAMP_STACK_DEBUG").is_some())
+}
+
+fn shutdown_raw(fd: c_int, how: c_int) {
+    // SAFETY: shutdown on our own descriptor.
+    unsafe { real::shutdown(fd, how) };
+}
+
+/// What the stack says of a socket now.
+struct Now {
+    readable: bool,
+    eof: bool,
+    error: bool,
+    writable: bool,
+    rxq: usize,
+}
+
+/// Brings a socket's A end up to date with its stack state.
+fn sync(e: &mut Engine, s: &mut Sock) {
+    let st = match &mut s.kind {
+        Kind::Tcp(Tcp::Connecting(h)) | Kind::Tcp(Tcp::Connected(h)) => {
+            let h = *h;
+            match e.iface.tcp(h) {
+                Err(_) => Now {
+                    readable: true,
+                    eof: true,
+                    error: false,
+                    writable: true,
+                    rxq: 0,
+                },
+                Ok(t) => {
+                    let state = t.state();
+                    let connecting = matches!(state, State::SynSent | State::SynReceived);
+                    if !connecting && !s.established && state != State::Closed {
+                        s.established = true;
+                    }
+                    if !connecting {
+                        s.kind = Kind::Tcp(Tcp::Connected(h));
+                        if s.rec.local.is_none() {
+                            s.rec.local = Some(t.local().to_string());
+                            s.rec.peer = Some(t.remote().to_string());
+                        }
+                    }
+                    let error = state == State::Closed && t.error().is_some();
+                    if error && !s.err_taken && s.so_error == 0 {
+                        s.so_error = match t.error() {
+                            Some(segstack::tcp::TcpError::TimedOut) => libc::ETIMEDOUT,
+                            _ if !s.established => libc::ECONNREFUSED,
+                            _ => libc::ECONNRESET,
+                        };
+                    }
+                    let full =
+                        matches!(state, State::Established | State::CloseWait) && !t.can_send();
+                    Now {
+                        readable: t.can_recv() || !t.may_recv() || s.rd_shut,
+                        eof: !t.may_recv() || s.rd_shut,
+                        error,
+                        writable: !connecting && !full,
+                        rxq: t.recv_queue(),
+                    }
+                }
+            }
+        }
+        Kind::Tcp(Tcp::Listening(l, backlog, q)) => {
+            while q.len() < *backlog {
+                match e.iface.tcp_accept(*l) {
+                    Ok(Some(h)) => q.push_back(h),
+                    _ => break,
+                }
+            }
+            Now {
+                readable: !q.is_empty(),
+                eof: false,
+                error: false,
+                writable: true,
+                rxq: q.len(),
+            }
+        }
+        Kind::Udp {
+            h: Some(h), queue, ..
+        } => {
+            while queue.len() < 4096 {
+                match e.iface.udp_recv(*h) {
+                    Ok(d) => queue.push_back(d),
+                    Err(_) => break,
+                }
+            }
+            Now {
+                readable: !queue.is_empty() || s.rd_shut,
+                eof: s.rd_shut,
+                error: false,
+                writable: true,
+                rxq: queue.iter().map(|d| d.1.len()).sum(),
+            }
+        }
+        _ => return,
+    };
+    let a = s.a();
+    if a < 0 {
+        return;
+    }
+    if st.error && !s.hup_sig {
+        s.hup_sig = true;
+        s.eof_sig = true;
+        shutdown_raw(s.b, libc::SHUT_RDWR);
+    } else if st.eof && !s.eof_sig {
+        s.eof_sig = true;
+        shutdown_raw(s.b, libc::SHUT_WR);
+    }
+    if !s.eof_sig {
+        if st.readable {
+            if (s.tokens == 0 || st.rxq > s.last_rxq)
+                && s.tokens < TOKEN_CAP
+                && send_raw(s.b, &[1]) == 1
+            {
+                s.tokens += 1;
+            }
+        } else if s.tokens > 0 {
+            drain(a);
+            s.tokens = 0;
+        }
+    }
+    s.last_rxq = st.rxq;
+    if st.writable && s.filled {
+        drain(s.b);
+        s.filled = false;
+    } else if !st.writable && !s.filled && !s.hup_sig {
+        let zeros = [0u8; 2048];
+        for _ in 0..32 {
+            if send_raw(a, &zeros) <= 0 {
+                break;
+            }
+        }
+        s.filled = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Settings, String> {
+        Settings::parse(|k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn settings_from_the_environment() {
+        let s = parse(&[
+            ("HICAMP_STACK_BACKEND", "tap:t0"),
+            ("HICAMP_STACK_IP", "10.1.2.3/16"),
+            ("HICAMP_STACK_GATEWAY", "10.1.0.1"),
+        ])
+        .unwrap();
+        assert_eq!(s.backend, BackendSpec::Tap("t0".into()));
+        assert_eq!((s.ip, s.prefix), (Ipv4Addr::new(10, 1, 2, 3), 16));
+        assert_eq!(s.gateway, Some(Ipv4Addr::new(10, 1, 0, 1)));
+        for (pairs, want) in [
+            (
+                &[("HICAMP_STACK_IP", "10.0.0.2/24")][..],
+                "HICAMP_STACK_BACKEND",
+            ),
+            (&[("HICAMP_STACK_BACKEND", "tap:t0")][..], "HICAMP_STACK_IP"),
+            (
+                &[
+                    ("HICAMP_STACK_BACKEND", "sim"),
+                    ("HICAMP_STACK_IP", "10.0.0.2"),
+                ][..],
+                "sim",
+            ),
+            (
+                &[
+                    ("HICAMP_STACK_BACKEND", "tap:t0"),
+                    ("HICAMP_STACK_IP", "127.0.0.2/8"),
+                ][..],
+                "cannot be",
+            ),
+            (
+                &[
+                    ("HICAMP_STACK_BACKEND", "tap:t0"),
+                    ("HICAMP_STACK_IP", "10.0.0.2"),
+                    ("HICAMP_STACK_GATEWAY", "x"),
+                ][..],
+                "GATEWAY",
+            ),
+        ] {
+            let e = parse(pairs).unwrap_err();
+            assert!(e.contains(want), "{pairs:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn marks_are_per_descriptor() {
+        assert!(!marked(70_000) && !marked(-1));
+        mark(1000);
+        assert!(marked(1000) && is_stack(1000) && !marked(1001));
+        unmark(1000);
+        mark_pending(1001, true);
+        assert!(marked(1001) && !is_stack(1001));
+        mark_pending(1001, false);
+        assert!(!marked(1000) && !marked(1001));
+    }
+}
