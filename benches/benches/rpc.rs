@@ -391,14 +391,18 @@ fn profile(n: usize, requests: u64) {
         done += round(&mut p);
     }
     let mut done = 0;
+    let (c0, s0) = (p.client.stats().tx_frames, p.server_iface.stats().tx_frames);
     let t = Instant::now();
     while done < requests {
         done += round(&mut p);
     }
     let d = t.elapsed();
+    let per = |x: u64| x as f64 / done.max(1) as f64;
     println!(
-        "rpc profile: {done} requests over {n} connections in {d:?} ({:.0} requests/s, both stacks on one thread)",
-        done as f64 / d.as_secs_f64()
+        "rpc profile: {done} requests over {n} connections in {d:?} ({:.0} requests/s, both stacks on one thread); frames per request: client {:.2}, server {:.2}",
+        done as f64 / d.as_secs_f64(),
+        per(p.client.stats().tx_frames - c0),
+        per(p.server_iface.stats().tx_frames - s0),
     );
 }
 
