@@ -156,7 +156,11 @@ fn main() {
     let rx = format!("bulk/kernel-to-segstack-{kind}");
     if median_ns(&tx).is_some() {
         print_vs(
-            &subject(format!("segstack over {kind} -> kernel"), tx, Some(LEN as u64)),
+            &subject(
+                format!("segstack over {kind} -> kernel"),
+                tx,
+                Some(LEN as u64),
+            ),
             &subject(
                 "kernel -> kernel over loopback",
                 "bulk/kernel-loopback",
@@ -167,7 +171,11 @@ fn main() {
     }
     if median_ns(&rx).is_some() {
         print_vs(
-            &subject(format!("kernel -> segstack over {kind}"), rx, Some(LEN as u64)),
+            &subject(
+                format!("kernel -> segstack over {kind}"),
+                rx,
+                Some(LEN as u64),
+            ),
             &subject(
                 "kernel -> kernel over loopback",
                 "bulk/kernel-loopback",

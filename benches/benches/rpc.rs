@@ -606,7 +606,11 @@ fn summary() {
         };
         // Each stack's better mode in this run (spinning starves the other
         // thread on two shared cores, so blocking often wins for both).
-        let seg = if sb <= ss { seg_block.clone() } else { seg_spin.clone() };
+        let seg = if sb <= ss {
+            seg_block.clone()
+        } else {
+            seg_spin.clone()
+        };
         let ker = if b <= s { block.clone() } else { spin.clone() };
         for (label, key) in [
             ("segstack, spin 50us", &seg_spin),

@@ -196,8 +196,8 @@ pub struct BulkRig<P: Port> {
 impl<P: Port> BulkRig<P> {
     /// A rig on `iface`, `len` bytes each way.
     pub fn new(iface: Interface<P>, peer: Arc<NetNs>, seg_ip: Ipv4Addr, len: usize) -> Self {
-        let object = Payload::from_bytes(iface.memory(), &crate::random_bytes(len, 0xb0))
-            .expect("object");
+        let object =
+            Payload::from_bytes(iface.memory(), &crate::random_bytes(len, 0xb0)).expect("object");
         BulkRig {
             iface,
             object,
@@ -235,7 +235,11 @@ impl<P: Port> BulkRig<P> {
         if let Some(t) = conn.and_then(|c| self.iface.tcp(c).ok()) {
             eprintln!("{:?}", t.stats());
         }
-        eprintln!("{:?}\n{:?}", self.iface.stats(), self.iface.nic().counters());
+        eprintln!(
+            "{:?}\n{:?}",
+            self.iface.stats(),
+            self.iface.nic().counters()
+        );
     }
 
     /// The kernel peer downloads the object from segstack; returns the

@@ -47,8 +47,8 @@ use std::time::Duration;
 
 use crate::meta::{VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM};
 use crate::port::{PortCopies, PortError};
-use crate::ringrx;
 use crate::ringport::{ring_port, RingBackend};
+use crate::ringrx;
 use crate::ringtx::TxSlots;
 use crate::sys;
 use crate::sys::mem::Mmap;

@@ -53,8 +53,8 @@ use std::time::{Duration, Instant};
 
 use crate::meta::VirtioNetHdr;
 use crate::port::{PortCopies, PortError};
-use crate::ringrx;
 use crate::ringport::{ring_port, RingBackend};
+use crate::ringrx;
 use crate::ringtx::TxSlots;
 use crate::sys::bpf;
 use crate::sys::mem::Mmap;

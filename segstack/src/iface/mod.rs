@@ -389,11 +389,7 @@ impl<P: Port> Interface<P> {
         // socket's timer is in the floor).
         for &i in &set.active {
             if let Some(Some(Sock::Tcp(t))) = set.slots.get(i) {
-                let p = if t.dirty {
-                    t.sock.poll_at()
-                } else {
-                    t.wake_at
-                };
+                let p = if t.dirty { t.sock.poll_at() } else { t.wake_at };
                 if let Some(p) = p {
                     at = Some(at.map_or(p, |a| a.min(p)));
                 }
