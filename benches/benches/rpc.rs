@@ -639,6 +639,17 @@ fn summary() {
 }
 
 fn main() {
+    // Both stacks live in this process, joined by the sim link: `--backend
+    // sim` is the only choice (the ring backends' bulk figures are in the
+    // `bulk` and `backends` benches).
+    let kind = hicamp_benches::net::backend_choice("sim");
+    if kind != "sim" {
+        eprintln!(
+            "--backend {kind}: the rpc bench runs both stacks in one process over the sim link (--backend sim); \
+             bulk over tap, af_xdp or af_packet: --bench bulk -- --backend KIND"
+        );
+        std::process::exit(2);
+    }
     if let Ok(spec) = std::env::var("RPC_PROFILE") {
         let mut it = spec.split(':').map(|x| {
             x.parse::<u64>()
