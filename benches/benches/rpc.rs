@@ -195,9 +195,16 @@ impl Waiter {
     /// within the spin, makes no system call (the port wakes no one while
     /// its receiver polls); past the spin, one wake-up is armed and the
     /// thread sleeps in epoll unless a frame is already waiting.
-    fn after_sim(&mut self, worked: bool, port: &SimPort) {
+    ///
+    /// `due`: the stack has work due now (output queued, a timer): poll
+    /// again at once.
+    fn after_sim(&mut self, worked: bool, due: bool, port: &SimPort) {
         if !self.busy_poll {
-            return self.after(worked);
+            return self.after(worked || due);
+        }
+        if due {
+            self.idle_since = None;
+            return;
         }
         if worked {
             self.idle_since = None;
@@ -249,6 +256,17 @@ fn server_step(iface: &mut Interface<SimPort>, server: &mut Phttpd, ev: &mut Vec
     ev.clear();
     ev.extend_from_slice(iface.poll(now).expect("poll"));
     server.handle(iface, ev).expect("serve");
+    // Run to completion: the answers leave in this step, as a kernel
+    // server's `write` sends at once (the events of this poll come again at
+    // the next one: they are level-triggered).
+    if due(iface, now) {
+        iface.poll(now).expect("poll");
+    }
+}
+
+/// The interface has output or a timer due at `now`.
+fn due(iface: &Interface<SimPort>, now: u64) -> bool {
+    iface.poll_at().is_some_and(|t| t <= now)
 }
 
 /// The clients' share of one round: a poll of their interface, then every
@@ -261,8 +279,8 @@ fn client_step(
     now: u64,
 ) -> u64 {
     iface.poll(now).expect("poll");
-    let cell = std::cell::RefCell::new(iface);
-    pump(
+    let cell = std::cell::RefCell::new(&mut *iface);
+    let done = pump(
         state,
         |i, b| match cell.borrow_mut().send_slice(conns[i], b) {
             Ok(n) => Ok(n),
@@ -274,7 +292,12 @@ fn client_step(
             Err(IfaceError::WouldBlock) => Err(would_block()),
             Err(e) => Err(io::Error::other(e.to_string())),
         },
-    )
+    );
+    // The requests leave in this step (see `server_step`).
+    if due(iface, now) {
+        iface.poll(now).expect("poll");
+    }
+    done
 }
 
 /// Both stacks, built and connected (nothing sent yet).
@@ -350,7 +373,8 @@ fn seg_rig(n: usize, spin: Duration) -> SegRig {
             while !s2.load(Ordering::Relaxed) {
                 let m = moved(&iface);
                 server_step(&mut iface, &mut server, &mut ev, ns_since(t0));
-                w.after_sim(moved(&iface) != m, iface.nic().port());
+                let now = ns_since(t0);
+                w.after_sim(moved(&iface) != m, due(&iface, now), iface.nic().port());
             }
         })
         .expect("server thread");
@@ -375,8 +399,11 @@ fn seg_run(r: &mut SegRig, iters: u64) -> Duration {
         let m = moved(&r.client);
         let d = client_step(&mut r.client, &r.conns, &mut r.state, ns_since(r.t0));
         done += d;
-        r.waiter
-            .after_sim(d > 0 || moved(&r.client) != m, r.client.nic().port());
+        r.waiter.after_sim(
+            d > 0 || moved(&r.client) != m,
+            due(&r.client, ns_since(r.t0)),
+            r.client.nic().port(),
+        );
     }
     t.elapsed()
 }

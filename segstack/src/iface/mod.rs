@@ -572,6 +572,12 @@ impl<P: Port> Interface<P> {
     }
 
     fn flush(&mut self) -> Result<(), IfaceError> {
+        // Nothing to send (an idle poll): no second DMA pass, which would
+        // only take the port's lock again (the poll's first pass ran the
+        // device).
+        if self.inner.txq.is_empty() {
+            return Ok(());
+        }
         loop {
             while let Some(seg) = self.inner.txq.front() {
                 if !self.nic.tx_prepare(seg)? {
