@@ -17,11 +17,12 @@
 //! ```
 //!
 //! The kernel copies every frame written to a TAP device. A small frame
-//! goes as one iovec per chunk, with no copy of ours; a frame of 128 chunks
-//! or more (a TSO frame of 64-byte lines) is gathered into the port's bounce
-//! buffer first and written as one iovec, because the kernel's walk of a
-//! thousand 64-byte iovecs cost more than that gather plus one contiguous
-//! copy. The gather is the port's one CPU copy on TX, counted in
+//! goes as one iovec per chunk, with no copy of ours; a frame of 8 KiB or
+//! more (a TSO frame of 64-byte lines) is read straight out of its segment
+//! into the port's bounce buffer (`Port::transmit_from`, no gather list;
+//! through `Port::transmit`, frames of 128 chunks or more are gathered
+//! there) and written as one iovec, because the kernel's walk of a thousand
+//! 64-byte iovecs cost more than that copy plus one contiguous copy. The gather is the port's one CPU copy on TX, counted in
 //! [`PortCopies::tx_gather_bytes`](crate::PortCopies::tx_gather_bytes).
 //!
 //! With the default [`Offload`]s the kernel may hand over frames whose
@@ -60,6 +61,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
+use hicamp::Cursor;
+
 use crate::meta::{VirtioNetHdr, VNET_HDR_LEN};
 use crate::port::{Port, PortCopies, PortError, TxOutcome};
 use crate::sys;
@@ -78,6 +81,10 @@ pub const MAX_FRAME: usize = 65_536 + 64;
 /// chunk from a stack array; frames of more (TSO) are gathered into the
 /// port's bounce buffer first (see `TapPort::write_frame`).
 const STACK_IOV: usize = 128;
+
+/// Frames of at least this many bytes (128 lines of 64 bytes) are copied
+/// out of their segment by [`Port::transmit_from`] into one iovec.
+const FLAT_FROM: usize = 8192;
 
 /// Offloads the kernel may use on the frames it hands to us
 /// (`TUNSETOFFLOAD`).
@@ -150,6 +157,9 @@ pub struct TapPort {
     /// The bounce buffer large frames are gathered into (one CPU copy,
     /// counted in `copies.tx_gather_bytes`).
     flat: Vec<u8>,
+    /// The bounce buffer of [`Port::transmit_from`] ([`MAX_FRAME`] bytes,
+    /// zeroed once).
+    wire: Box<[u8]>,
     /// The copy counters.
     copies: PortCopies,
 }
@@ -215,6 +225,7 @@ impl TapPort {
             offload: Offload::NONE,
             rx_buf: vec![0; VNET_HDR_LEN + MAX_FRAME].into_boxed_slice(),
             flat: Vec::with_capacity(MAX_FRAME),
+            wire: vec![0; MAX_FRAME].into_boxed_slice(),
             copies: PortCopies::default(),
         };
         port.set_offload(Offload::DEFAULT)?;
@@ -317,8 +328,61 @@ impl Port for TapPort {
         Ok(TxOutcome::Sent)
     }
 
-    /// TX: frames written, bytes gathered into the bounce buffer (frames of
-    /// many chunks), one `writev` each. RX is the NIC's deposit from the
+    /// A large frame (at least [`FLAT_FROM`] bytes: a TSO frame) is read
+    /// straight out of the segment into the bounce buffer (whole runs of
+    /// sibling lines at a time, no gather list) and written as one iovec;
+    /// smaller frames go through [`Port::transmit`] as one iovec per line.
+    fn transmit_from(
+        &mut self,
+        vnet: &VirtioNetHdr,
+        frame: &mut Cursor<'_>,
+        len: usize,
+    ) -> Option<Result<TxOutcome, PortError>> {
+        if len < FLAT_FROM {
+            return None;
+        }
+        if len > MAX_FRAME {
+            return Some(Err(PortError::TooLarge {
+                len,
+                max: MAX_FRAME,
+            }));
+        }
+        let n = frame.copy_to_slice(&mut self.wire[..len]);
+        if n != len {
+            return Some(Err(PortError::Os {
+                op: "transmit",
+                source: io::Error::other(format!("frame ends after {n} of {len} bytes")),
+            }));
+        }
+        let hdr = vnet.to_bytes();
+        let iov = [IoSlice::new(&hdr), IoSlice::new(&self.wire[..len])];
+        let written = loop {
+            match (&self.file).write_vectored(&iov) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Some(Ok(TxOutcome::Full))
+                }
+                Err(e) => return Some(Err(data_err("writev", e))),
+            }
+        };
+        if written != VNET_HDR_LEN + len {
+            return Some(Err(PortError::Os {
+                op: "writev",
+                source: io::Error::other(format!(
+                    "short write: {written} of {} bytes",
+                    VNET_HDR_LEN + len
+                )),
+            }));
+        }
+        self.copies.tx_frames += 1;
+        self.copies.kicks += 1;
+        self.copies.tx_gather_bytes += len as u64;
+        Some(Ok(TxOutcome::Sent))
+    }
+
+    /// TX: frames written, bytes gathered into the bounce buffers (large
+    /// frames), one `writev` each. RX is the NIC's deposit from the
     /// port's read buffer (counted by the NIC), not here.
     fn copies(&self) -> PortCopies {
         self.copies
