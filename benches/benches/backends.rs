@@ -6,8 +6,10 @@
 //!   batched kick; its receive: the frame lent out of the ring and copied
 //!   once, as the NIC's deposit copies it into lines), against a kernel UDP
 //!   socket sending, or receiving, the same frames over the veth;
-//! - segstack bulk TCP over AF_XDP, 64 MiB each way, against kernel TCP over
-//!   the same veth pair.
+//! - segstack bulk TCP over AF_XDP (`--backend af_packet`: AF_PACKET), 64
+//!   MiB each way, against kernel TCP over the same veth pair; the segstack
+//!   loop is the backend-generic one of `hicamp_benches::net`, which the
+//!   `bulk` bench runs over TAP.
 //!
 //! The lab: namespace A holds `k0` (the kernel peer, 10.83.0.1/24,
 //! offloads off: the ring backends see wire frames), namespace B holds `p0`,
@@ -21,14 +23,16 @@
 //! with 1 MiB transfers.
 #![forbid(unsafe_code)]
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::io::Write;
+use std::net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use hicamp::{Config, Memory};
+use hicamp_benches::net::{
+    self, veth_lab as lab, BulkRig, VethLab as Lab, KERNEL_A, KERNEL_B, SEG_IP,
+};
 use hicamp_benches::{
     median_ns, print_header, print_vs, random_bytes, run_mode, subject, Group, Profile, RunMode,
 };
@@ -37,8 +41,7 @@ use nicdma::packet::PacketPort;
 use nicdma::tap::{netns_supported, NetNs};
 use nicdma::xdp::XdpPort;
 use nicdma::{Port, TxOutcome, VirtioNetHdr};
-use segstack::iface::{IfaceConfig, Interface};
-use segstack::Payload;
+use segstack::iface::Interface;
 
 /// The last copy counters of each port bench, printed in the summary.
 static COPIES: std::sync::Mutex<Vec<(String, nicdma::PortCopies)>> =
@@ -50,89 +53,11 @@ fn record_copies(key: String, port: &AnyPort) {
     v.push((key, port.copies()));
 }
 
-const KERNEL_A: Ipv4Addr = Ipv4Addr::new(10, 83, 0, 1);
-const SEG_IP: Ipv4Addr = Ipv4Addr::new(10, 83, 0, 2);
-const KERNEL_B: Ipv4Addr = Ipv4Addr::new(10, 83, 0, 3);
-
 fn bulk_len() -> usize {
     if run_mode() == RunMode::Test {
         1 << 20
     } else {
         64 << 20
-    }
-}
-
-struct Lab {
-    a: Arc<NetNs>,
-    b: Arc<NetNs>,
-    k0_mac: [u8; 6],
-    p0_mac: [u8; 6],
-}
-
-fn mac_of(ns: &NetNs, dev: &str) -> [u8; 6] {
-    let out = ns
-        .ip(&["-br", "link", "show", "dev", dev])
-        .expect("ip link");
-    let text = out.split_whitespace().nth(2).unwrap_or("");
-    let v: Vec<u8> = text
-        .split(':')
-        .filter_map(|h| u8::from_str_radix(h, 16).ok())
-        .collect();
-    v.get(..6)
-        .and_then(|m| m.try_into().ok())
-        .unwrap_or_else(|| panic!("MAC of {dev}: {out}"))
-}
-
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-fn lab() -> Lab {
-    let a = NetNs::create().expect("namespace A");
-    let b = NetNs::create().expect("namespace B");
-    a.veth_pair("k0", "p0", &format!("{KERNEL_A}/24"), true)
-        .expect("veth");
-    a.ip(&["link", "set", "dev", "p0", "netns", b.name()])
-        .expect("move p0");
-    b.ip(&["link", "set", "dev", "p0", "addrgenmode", "none"])
-        .expect("p0");
-    b.ip(&["addr", "add", &format!("{KERNEL_B}/24"), "dev", "p0"])
-        .expect("p0 address");
-    b.ip(&["link", "set", "dev", "p0", "up"]).expect("p0 up");
-    let k0_mac = mac_of(&a, "k0");
-    let p0_mac = mac_of(&b, "p0");
-    // No ARP in the measured paths: A knows segstack's and B's kernel's
-    // address at p0, B knows A's.
-    for ip in [SEG_IP, KERNEL_B] {
-        a.ip(&[
-            "neigh",
-            "replace",
-            &ip.to_string(),
-            "lladdr",
-            &mac_str(p0_mac),
-            "dev",
-            "k0",
-        ])
-        .expect("neigh");
-    }
-    b.ip(&[
-        "neigh",
-        "replace",
-        &KERNEL_A.to_string(),
-        "lladdr",
-        &mac_str(k0_mac),
-        "dev",
-        "p0",
-    ])
-    .expect("neigh");
-    Lab {
-        a: Arc::new(a),
-        b: Arc::new(b),
-        k0_mac,
-        p0_mac,
     }
 }
 
@@ -232,146 +157,14 @@ fn port_rx(port: &mut AnyPort, iters: u64) -> Duration {
     t.elapsed()
 }
 
-struct BulkRig {
-    iface: Interface<AnyPort>,
-    object: Payload,
-    data: Arc<Vec<u8>>,
-    a: Arc<NetNs>,
-    t0: Instant,
-    port: u16,
-}
-
-fn bulk_rig(lab: &Lab) -> BulkRig {
-    let port = open_port(lab, "af_xdp");
-    let mem = Memory::new(Config {
-        capacity_lines: 1 << 22,
-        map_capacity: 1 << 16,
-        ..Config::default()
-    })
-    .expect("memory");
-    let mut cfg = IfaceConfig::new(port.mac().expect("mac"), SEG_IP, 24);
-    cfg.tcp.send_buf = 4 << 20;
-    cfg.tcp.recv_buf = 4 << 20;
-    let iface = Interface::new(&mem, port, cfg).expect("iface");
-    let object = Payload::from_bytes(&mem, &random_bytes(bulk_len(), 0xb0)).expect("object");
-    BulkRig {
-        iface,
-        object,
-        data: Arc::new(random_bytes(bulk_len(), 0xb1)),
-        a: Arc::clone(&lab.a),
-        t0: Instant::now(),
-        port: 6000,
-    }
-}
-
-fn step(r: &mut BulkRig) {
-    let now = r.t0.elapsed().as_nanos() as u64;
-    r.iface.poll(now).expect("poll");
-    let wait = r.iface.poll_at().map_or(Duration::from_millis(1), |t| {
-        Duration::from_nanos(t.saturating_sub(now)).min(Duration::from_millis(1))
-    });
-    nicdma::port::wait_readable(r.iface.nic().port(), wait).expect("wait");
-}
-
-fn drain(s: &mut TcpStream) -> usize {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0;
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return n,
-            Ok(k) => n += k,
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-}
-
-/// segstack sends the object to A's kernel; returns the client's time.
-fn seg_tx_once(r: &mut BulkRig) -> Duration {
-    r.port += 1;
-    let port = r.port;
-    let lst = r.iface.tcp_listen(port).expect("listen");
-    let a = Arc::clone(&r.a);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let client = std::thread::spawn(move || {
-        a.enter_current_thread().expect("enter A");
-        let mut s = TcpStream::connect(SocketAddrV4::new(SEG_IP, port)).expect("connect");
-        let t = Instant::now();
-        let n = drain(&mut s);
-        tx.send(()).ok();
-        (n, t.elapsed())
-    });
-    let mut conn = None;
-    let mut left = r.object.clone();
-    let mut closed = false;
-    while rx.try_recv().is_err() {
-        step(r);
-        if conn.is_none() {
-            conn = r.iface.tcp_accept(lst).expect("accept");
-        }
-        if let Some(c) = conn {
-            r.iface.send_some(c, &mut left).expect("send");
-            if left.is_empty() && !closed {
-                r.iface.close(c).expect("close");
-                closed = true;
-            }
-        }
-    }
-    let (n, d) = client.join().expect("client");
-    assert_eq!(n, r.object.len());
-    r.iface.close(lst).expect("close listener");
-    for _ in 0..50 {
-        step(r);
-    }
-    d
-}
-
-/// A's kernel sends the data to segstack; returns the time to segstack's
-/// end of stream.
-fn seg_rx_once(r: &mut BulkRig) -> Duration {
-    r.port += 1;
-    let port = r.port;
-    let lst = r.iface.tcp_listen(port).expect("listen");
-    let a = Arc::clone(&r.a);
-    let d = Arc::clone(&r.data);
-    let t = Instant::now();
-    let client = std::thread::spawn(move || {
-        a.enter_current_thread().expect("enter A");
-        let mut s = TcpStream::connect(SocketAddrV4::new(SEG_IP, port)).expect("connect");
-        s.write_all(&d).expect("write");
-        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
-        let mut b = [0u8; 16];
-        let _ = s.read(&mut b);
-    });
-    let mut conn = None;
-    let mut got = 0usize;
-    let elapsed = loop {
-        step(r);
-        if conn.is_none() {
-            conn = r.iface.tcp_accept(lst).expect("accept");
-        }
-        if let Some(c) = conn {
-            match r.iface.recv(c, usize::MAX) {
-                Ok(chunks) if chunks.is_empty() => {
-                    let e = t.elapsed();
-                    r.iface.close(c).expect("close");
-                    break e;
-                }
-                Ok(chunks) => got += chunks.iter().map(Payload::len).sum::<usize>(),
-                Err(segstack::iface::IfaceError::WouldBlock) => {}
-                Err(e) => panic!("recv: {e}"),
-            }
-        }
-    };
-    for _ in 0..5 {
-        step(r);
-    }
-    client.join().expect("client");
-    assert_eq!(got, r.data.len());
-    r.iface.close(lst).expect("close listener");
-    for _ in 0..50 {
-        step(r);
-    }
-    elapsed
+/// segstack over the `kind` port on the lab's `p0`, the kernel peer in A.
+fn bulk_rig(lab: &Lab, kind: &str) -> BulkRig<AnyPort> {
+    let port = open_port(lab, kind);
+    let cfg = net::bulk_config(port.mac().expect("mac"), SEG_IP, 24);
+    let iface = Interface::new(&net::bulk_memory(), port, cfg).expect("iface");
+    let mut r = BulkRig::new(iface, Arc::clone(&lab.a), SEG_IP, bulk_len());
+    r.port = 6000;
+    r
 }
 
 /// Kernel TCP over the same veth: B's kernel (`from_b`) or A's sends the
@@ -397,7 +190,7 @@ fn kernel_tcp_once(lab: &Lab, data: &Arc<Vec<u8>>, from_b: bool) -> Duration {
         cli_ns.enter_current_thread().expect("enter");
         let mut s = TcpStream::connect(addr).expect("connect");
         let t = Instant::now();
-        let n = drain(&mut s);
+        let n = net::drain(&mut s);
         (n, t.elapsed())
     });
     let (n, d) = client.join().expect("client");
@@ -406,7 +199,7 @@ fn kernel_tcp_once(lab: &Lab, data: &Arc<Vec<u8>>, from_b: bool) -> Duration {
     d
 }
 
-fn benches(c: &mut Criterion) {
+fn benches(c: &mut Criterion, kind: &str) {
     if testkit::require(netns_supported(), "root and iproute2 (the backends bench)")
         || testkit::require_program("ethtool", "--version")
     {
@@ -517,19 +310,19 @@ fn benches(c: &mut Criterion) {
         },
     );
     g.bench(
-        "segstack-af_xdp-to-kernel",
-        || bulk_rig(&lab),
+        &format!("segstack-{kind}-to-kernel"),
+        || bulk_rig(&lab, kind),
         |r, iters| {
-            let d = (0..iters).map(|_| seg_tx_once(r)).sum();
+            let d = (0..iters).map(|_| r.send_once()).sum();
             record_copies("bulk segstack -> kernel".into(), r.iface.nic().port());
             d
         },
     );
     g.bench(
-        "kernel-to-segstack-af_xdp",
-        || bulk_rig(&lab),
+        &format!("kernel-to-segstack-{kind}"),
+        || bulk_rig(&lab, kind),
         |r, iters| {
-            let d = (0..iters).map(|_| seg_rx_once(r)).sum();
+            let d = (0..iters).map(|_| r.recv_once()).sum();
             record_copies("bulk kernel -> segstack".into(), r.iface.nic().port());
             d
         },
@@ -548,8 +341,17 @@ impl Drop for StopOnDrop {
 }
 
 fn main() {
+    // The bulk transfers' backend (`--backend af_packet` for the other).
+    let kind = net::backend_choice("af_xdp");
+    let kind = match kind.as_str() {
+        "af_xdp" | "af_packet" => kind,
+        other => {
+            eprintln!("--backend {other}: the backends bench runs its bulk transfers over af_xdp or af_packet (TAP: the bulk bench)");
+            std::process::exit(2);
+        }
+    };
     let mut c = Criterion::default().configure_from_args();
-    benches(&mut c);
+    benches(&mut c, &kind);
     c.final_summary();
     print_header("Backends over one veth pair vs the kernel's socket path over the same veth");
     for size in [64, 1500] {
@@ -580,8 +382,8 @@ fn main() {
     }
     print_vs(
         &subject(
-            "segstack over AF_XDP -> kernel",
-            "backends-bulk/segstack-af_xdp-to-kernel",
+            format!("segstack over {kind} -> kernel"),
+            format!("backends-bulk/segstack-{kind}-to-kernel"),
             len,
         ),
         &subject(
@@ -593,8 +395,8 @@ fn main() {
     );
     print_vs(
         &subject(
-            "kernel -> segstack over AF_XDP",
-            "backends-bulk/kernel-to-segstack-af_xdp",
+            format!("kernel -> segstack over {kind}"),
+            format!("backends-bulk/kernel-to-segstack-{kind}"),
             len,
         ),
         &subject(

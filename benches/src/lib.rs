@@ -9,6 +9,9 @@
 //!   targets to stdout from those very samples: criterion's report and the
 //!   summary describe the same measurements, and nothing is timed twice.
 //!
+//! * [`net`]: the network benches' backend choice (`--backend`), veth lab and
+//!   backend-generic segstack bulk loop.
+//!
 //! Every benchmark file has its own `main`: it runs the criterion groups, then
 //! prints its summary. `cargo test --benches` (and so `cargo test
 //! --all-targets`) runs each routine once in criterion's test mode; there the
@@ -24,6 +27,8 @@ use std::time::{Duration, Instant};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use hicamp::{Config, Memory};
+
+pub mod net;
 
 /// One kibibyte.
 pub const KIB: usize = 1 << 10;

@@ -106,6 +106,7 @@ pub mod port;
 #[cfg(any(test, feature = "test-support"))]
 pub mod responder;
 pub mod ring;
+mod ringport;
 mod ringrx;
 mod ringtx;
 pub mod sim;

@@ -46,9 +46,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::meta::{VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM};
-use crate::port::{Port, PortCopies, PortError, TxOutcome};
+use crate::port::{PortCopies, PortError};
+use crate::ringport::{ring_port, RingBackend};
 use crate::ringrx;
-use crate::ringtx::{self, TxSlots};
+use crate::ringtx::TxSlots;
 use crate::sys;
 use crate::sys::mem::Mmap;
 use crate::sys::sock;
@@ -578,23 +579,17 @@ impl TxSlots for PacketPort {
     }
 }
 
-impl Port for PacketPort {
-    /// Gathers the frame (offloads applied) into free TX ring frames; the
-    /// kernel sends them at the next [`Port::flush`]. `Full` when the ring
-    /// has no room.
-    fn transmit(&mut self, vnet: &VirtioNetHdr, chunks: &[&[u8]]) -> Result<TxOutcome, PortError> {
-        let mut copies = self.copies;
-        let r = ringtx::place(vnet, chunks, self, &mut copies);
-        self.copies = copies;
-        if matches!(r, Ok(TxOutcome::Full)) && self.tx_pending > 0 {
-            // Make room: send what is queued.
-            self.flush()?;
-        }
-        r
+impl RingBackend for PacketPort {
+    fn counters(&mut self) -> &mut PortCopies {
+        &mut self.copies
+    }
+
+    fn tx_queued(&self) -> bool {
+        self.tx_pending > 0
     }
 
     /// One `sendto` for every queued frame.
-    fn flush(&mut self) -> Result<(), PortError> {
+    fn kick(&mut self) -> Result<(), PortError> {
         if self.tx_pending == 0 {
             return Ok(());
         }
@@ -626,47 +621,28 @@ impl Port for PacketPort {
         Ok(())
     }
 
-    /// Lends the next frame of the held block (taking the next block when
-    /// the kernel has handed it over); frames the kernel truncated are
-    /// dropped and counted. Never coalesces.
-    fn receive(
+    fn lend(
         &mut self,
-        deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
-    ) -> Result<bool, PortError> {
-        self.lend(false, &mut |h, chunks| {
-            if let [f] = chunks {
-                deposit(h, f);
-            }
-        })
-    }
-
-    /// Lends the next frame, or a run of TCP segments of the held block
-    /// coalesced into one GSO frame (with [`PacketConfig::lro`]), as chunks
-    /// of the ring.
-    fn receive_chunks(
-        &mut self,
+        lro: bool,
         deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
     ) -> Result<bool, PortError> {
-        let lro = self.cfg.lro;
-        self.lend(lro, deposit)
+        PacketPort::lend(self, lro, deposit)
     }
 
-    fn copies(&self) -> PortCopies {
-        self.copies
+    fn lro(&self) -> bool {
+        self.cfg.lro
     }
 
-    fn rx_fd(&self) -> Option<RawFd> {
-        Some(self.rx.as_raw_fd())
+    fn fd(&self) -> RawFd {
+        self.rx.as_raw_fd()
     }
 
-    fn max_frame(&self) -> usize {
-        self.capacity()
-    }
-
-    fn name(&self) -> &str {
+    fn iface_name(&self) -> &str {
         &self.name
     }
 }
+
+ring_port!(PacketPort);
 
 #[cfg(test)]
 mod tests {

@@ -52,9 +52,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::meta::VirtioNetHdr;
-use crate::port::{Port, PortCopies, PortError, TxOutcome};
+use crate::port::{PortCopies, PortError};
+use crate::ringport::{ring_port, RingBackend};
 use crate::ringrx;
-use crate::ringtx::{self, TxSlots};
+use crate::ringtx::TxSlots;
 use crate::sys::bpf;
 use crate::sys::mem::Mmap;
 use crate::sys::sock;
@@ -663,22 +664,18 @@ impl TxSlots for XdpPort {
     }
 }
 
-impl Port for XdpPort {
-    /// Gathers the frame (offloads applied) into free UMEM TX frames and
-    /// queues their descriptors; [`Port::flush`] kicks them out.
-    fn transmit(&mut self, vnet: &VirtioNetHdr, chunks: &[&[u8]]) -> Result<TxOutcome, PortError> {
-        let mut copies = self.copies;
-        let r = ringtx::place(vnet, chunks, self, &mut copies);
-        self.copies = copies;
-        if matches!(r, Ok(TxOutcome::Full)) && self.tx_pending {
-            self.flush()?;
-        }
-        r
+impl RingBackend for XdpPort {
+    fn counters(&mut self) -> &mut PortCopies {
+        &mut self.copies
+    }
+
+    fn tx_queued(&self) -> bool {
+        self.tx_pending
     }
 
     /// Kicks the kernel (`sendto`) until it has taken every queued
     /// descriptor; in copy mode each kick sends up to 32 frames.
-    fn flush(&mut self) -> Result<(), PortError> {
+    fn kick(&mut self) -> Result<(), PortError> {
         if !self.tx_pending {
             return Ok(());
         }
@@ -720,45 +717,28 @@ impl Port for XdpPort {
         Ok(())
     }
 
-    /// Lends the next frame of the RX ring (the previous one goes back to
-    /// the fill ring first); never coalesces.
-    fn receive(
+    fn lend(
         &mut self,
-        deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
-    ) -> Result<bool, PortError> {
-        self.lend(false, &mut |h, chunks| {
-            if let [f] = chunks {
-                deposit(h, f);
-            }
-        })
-    }
-
-    /// Lends the next frame, or a run of TCP segments coalesced into one
-    /// GSO frame (with [`XdpConfig::lro`]), as chunks of the UMEM.
-    fn receive_chunks(
-        &mut self,
+        lro: bool,
         deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
     ) -> Result<bool, PortError> {
-        let lro = self.cfg.lro;
-        self.lend(lro, deposit)
+        XdpPort::lend(self, lro, deposit)
     }
 
-    fn copies(&self) -> PortCopies {
-        self.copies
+    fn lro(&self) -> bool {
+        self.cfg.lro
     }
 
-    fn rx_fd(&self) -> Option<RawFd> {
-        Some(self.xsk.as_raw_fd())
+    fn fd(&self) -> RawFd {
+        self.xsk.as_raw_fd()
     }
 
-    fn max_frame(&self) -> usize {
-        self.capacity()
-    }
-
-    fn name(&self) -> &str {
+    fn iface_name(&self) -> &str {
         &self.name
     }
 }
+
+ring_port!(XdpPort);
 
 #[cfg(test)]
 mod tests {

@@ -261,3 +261,94 @@ fn hundred_concurrent_connections_echo() {
         assert_eq!(e, &msg(i), "connection {i}");
     }
 }
+
+/// A poll works on the sockets that changed since the last one (and those
+/// it reported), not on every socket; what it reports must not change.
+/// Among 40 idle connections, an unread one is reported readable at every
+/// poll until the application reads it, and the TIME-WAIT timer of a
+/// closed one still frees it although nothing else touches it.
+#[test]
+fn idle_sockets_keep_their_events_and_timers() {
+    let m = mem();
+    let mut pair = SimPair::new(&m, LinkConfig::default(), 9, |_| {}).unwrap();
+    let lst = pair.b.tcp_listen(80).unwrap();
+    let now = pair.now();
+    let clients: Vec<SocketHandle> = (0..40)
+        .map(|_| {
+            pair.a
+                .tcp_connect(SocketAddrV4::new(B_IP, 80), now)
+                .unwrap()
+        })
+        .collect();
+    let mut servers = Vec::new();
+    for _ in 0..10_000 {
+        pair.step().unwrap();
+        while let Some(s) = pair.b.tcp_accept(lst).unwrap() {
+            servers.push(s);
+        }
+        let up = |c: &SocketHandle| pair.a.tcp(*c).unwrap().state() == State::Established;
+        if servers.len() == clients.len() && clients.iter().all(up) {
+            break;
+        }
+    }
+    assert_eq!(servers.len(), clients.len());
+    let peer_of = |pair: &SimPair, c: SocketHandle| {
+        let local = pair.a.tcp(c).unwrap().local();
+        *servers
+            .iter()
+            .find(|&&s| pair.b.tcp(s).unwrap().remote() == local)
+            .unwrap()
+    };
+    // A message to one server socket, left unread: readable at every poll.
+    let (c7, s7) = (clients[7], peer_of(&pair, clients[7]));
+    assert_eq!(pair.a.send_slice(c7, b"hello").unwrap(), 5);
+    for _ in 0..50 {
+        pair.step().unwrap();
+    }
+    for _ in 0..5 {
+        let now = pair.now();
+        let ev = pair.b.poll(now).unwrap().to_vec();
+        let readable: Vec<SocketHandle> =
+            ev.iter().filter(|e| e.readable).map(|e| e.handle).collect();
+        assert_eq!(readable, vec![s7], "{ev:?}");
+    }
+    let mut buf = [0u8; 16];
+    assert_eq!(pair.b.recv_slice(s7, &mut buf).unwrap(), 5);
+    assert_eq!(&buf[..5], b"hello");
+    let now = pair.now();
+    assert!(pair.b.poll(now).unwrap().iter().all(|e| !e.readable));
+    // The client side of another connection closes first (TIME-WAIT); the
+    // server closes on EOF. Both slots are freed by their own timers and
+    // ACKs, with the other 38 connections idle throughout.
+    let (c3, s3) = (clients[3], peer_of(&pair, clients[3]));
+    pair.a.close(c3).unwrap();
+    let mut server_closed = false;
+    let mut freed = false;
+    for _ in 0..100_000 {
+        let busy = pair.step().unwrap();
+        if !server_closed && matches!(pair.b.recv_slice(s3, &mut buf), Ok(0)) {
+            pair.b.close(s3).unwrap();
+            server_closed = true;
+        }
+        if server_closed
+            && matches!(pair.a.tcp(c3), Err(IfaceError::BadHandle))
+            && matches!(pair.b.tcp(s3), Err(IfaceError::BadHandle))
+        {
+            freed = true;
+            break;
+        }
+        if !busy {
+            break;
+        }
+    }
+    assert!(server_closed, "no EOF at the server");
+    assert!(
+        freed,
+        "client {:?}, server {:?}",
+        pair.a.tcp(c3).map(|t| t.state()),
+        pair.b.tcp(s3).map(|t| t.state())
+    );
+    for (&c, _) in clients.iter().zip(0..).filter(|(_, i)| *i != 3) {
+        assert_eq!(pair.a.tcp(c).unwrap().state(), State::Established);
+    }
+}

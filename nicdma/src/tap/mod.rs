@@ -11,9 +11,19 @@
 //!  | virtio_net_hdr_v1 (12)  | Ethernet frame (dst, src, type, payload...) |
 //!  +-------------------------+---------------------------------------------+
 //!    flags gso_type hdr_len     <- transmit: gathered from the segment's
-//!    gso_size csum_start           lines, one iovec per chunk (zero copy)
-//!    csum_offset num_buffers    <- receive: lent as (&hdr, &frame)
+//!    gso_size csum_start           lines, one iovec per chunk (small frames)
+//!    csum_offset num_buffers       or one gather into a bounce buffer (TSO)
+//!                               <- receive: lent as (&hdr, &frame)
 //! ```
+//!
+//! The kernel copies every frame written to a TAP device. A small frame
+//! goes as one iovec per chunk, with no copy of ours; a frame of 8 KiB or
+//! more (a TSO frame of 64-byte lines) is read straight out of its segment
+//! into the port's bounce buffer (`Port::transmit_from`, no gather list;
+//! through `Port::transmit`, frames of 128 chunks or more are gathered
+//! there) and written as one iovec, because the kernel's walk of a thousand
+//! 64-byte iovecs cost more than that copy plus one contiguous copy. The gather is the port's one CPU copy on TX, counted in
+//! [`PortCopies::tx_gather_bytes`](crate::PortCopies::tx_gather_bytes).
 //!
 //! With the default [`Offload`]s the kernel may hand over frames whose
 //! checksum is only partial (`F_NEEDS_CSUM`) and TCP super-frames of up to
@@ -51,8 +61,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
+use hicamp::Cursor;
+
 use crate::meta::{VirtioNetHdr, VNET_HDR_LEN};
-use crate::port::{Port, PortError, TxOutcome};
+use crate::port::{Port, PortCopies, PortError, TxOutcome};
 use crate::sys;
 
 #[cfg(any(test, feature = "test-support"))]
@@ -65,13 +77,14 @@ pub use netns::{netns_supported, LinkStats, NetNs, NetNsError};
 /// an IPv6 header, rounded up. The kernel never hands over more.
 pub const MAX_FRAME: usize = 65_536 + 64;
 
-/// The kernel's limit on iovecs per `writev` (`UIO_MAXIOV`).
-const IOV_MAX: usize = 1024;
-
-/// Iovecs of small frames (ACKs, RPC messages) gathered in a small stack
-/// array; larger frames (TSO) use one of [`IOV_MAX`] entries, also on the
-/// stack (no allocation per frame).
+/// Frames of fewer chunks (ACKs, RPC messages) go out as one iovec per
+/// chunk from a stack array; frames of more (TSO) are gathered into the
+/// port's bounce buffer first (see `TapPort::write_frame`).
 const STACK_IOV: usize = 128;
+
+/// Frames of at least this many bytes (128 lines of 64 bytes) are copied
+/// out of their segment by [`Port::transmit_from`] into one iovec.
+const FLAT_FROM: usize = 8192;
 
 /// Offloads the kernel may use on the frames it hands to us
 /// (`TUNSETOFFLOAD`).
@@ -141,10 +154,14 @@ pub struct TapPort {
     offload: Offload,
     /// One received frame: the header, then up to [`MAX_FRAME`] bytes.
     rx_buf: Box<[u8]>,
-    /// Frames of more chunks than [`IOV_MAX`] allows: their first few
-    /// chunks are gathered here into one iovec (only as many bytes as it
-    /// takes to fit, a few lines, never the whole frame).
+    /// The bounce buffer large frames are gathered into (one CPU copy,
+    /// counted in `copies.tx_gather_bytes`).
     flat: Vec<u8>,
+    /// The bounce buffer of [`Port::transmit_from`] ([`MAX_FRAME`] bytes,
+    /// zeroed once).
+    wire: Box<[u8]>,
+    /// The copy counters.
+    copies: PortCopies,
 }
 
 impl fmt::Debug for TapPort {
@@ -207,7 +224,9 @@ impl TapPort {
             name: req.name(),
             offload: Offload::NONE,
             rx_buf: vec![0; VNET_HDR_LEN + MAX_FRAME].into_boxed_slice(),
-            flat: Vec::new(),
+            flat: Vec::with_capacity(MAX_FRAME),
+            wire: vec![0; MAX_FRAME].into_boxed_slice(),
+            copies: PortCopies::default(),
         };
         port.set_offload(Offload::DEFAULT)?;
         Ok(port)
@@ -244,48 +263,34 @@ impl TapPort {
             }
             return file.write_vectored(&iov[..=chunks.len()]);
         }
-        // The header takes one iovec. Beyond IOV_MAX, the first `k` chunks
-        // are gathered into one bounce iovec so that exactly IOV_MAX remain.
-        let k = (chunks.len() + 2).saturating_sub(IOV_MAX);
+        // A frame of many small chunks (a TSO frame of 64-byte lines): one
+        // gather into the bounce buffer, then one contiguous iovec. The
+        // kernel copies the frame either way; walking a thousand 64-byte
+        // iovecs in `copy_from_iter` cost more than this gather plus one
+        // contiguous copy (bulk TX over TAP 0.21 -> 0.32 GB/s, medians of
+        // nine interleaved runs each).
         self.flat.clear();
-        if k > 1 {
-            for c in &chunks[..k] {
-                self.flat.extend_from_slice(c);
-            }
+        for c in chunks {
+            self.flat.extend_from_slice(c);
         }
-        let rest = if k > 1 { &chunks[k..] } else { chunks };
-        let mut iov = [IoSlice::new(&[]); IOV_MAX];
-        iov[0] = IoSlice::new(hdr);
-        let mut n = 1;
-        if k > 1 {
-            iov[1] = IoSlice::new(&self.flat);
-            n = 2;
-        }
-        for (slot, chunk) in iov[n..].iter_mut().zip(rest) {
-            *slot = IoSlice::new(chunk);
-        }
-        file.write_vectored(&iov[..n + rest.len()])
+        file.write_vectored(&[IoSlice::new(hdr), IoSlice::new(&self.flat)])
     }
 
     /// Iovecs `write_frame` uses for a frame of `chunks` chunks, and the bytes
-    /// it copies into its bounce buffer (test support).
+    /// it gathers into its bounce buffer (test support).
     #[cfg(test)]
     fn plan_iov(chunks: &[&[u8]]) -> (usize, usize) {
         if chunks.len() < STACK_IOV {
-            return (chunks.len() + 1, 0);
-        }
-        let k = (chunks.len() + 2).saturating_sub(IOV_MAX);
-        if k > 1 {
-            let copied = chunks[..k].iter().map(|c| c.len()).sum();
-            (1 + 1 + chunks.len() - k, copied)
-        } else {
             (chunks.len() + 1, 0)
+        } else {
+            (2, chunks.iter().map(|c| c.len()).sum())
         }
     }
 }
 
 impl Port for TapPort {
-    /// One `writev`: the header, then one iovec per chunk. `EAGAIN` (the
+    /// One `writev`: the header, then one iovec per chunk (a frame of many
+    /// chunks: one gathered iovec, see `write_frame`). `EAGAIN` (the
     /// socket's send buffer is full) is back-pressure. A device that is down
     /// refuses frames with `EIO` (an `Os` error).
     fn transmit(&mut self, vnet: &VirtioNetHdr, chunks: &[&[u8]]) -> Result<TxOutcome, PortError> {
@@ -315,7 +320,72 @@ impl Port for TapPort {
                 )),
             });
         }
+        self.copies.tx_frames += 1;
+        self.copies.kicks += 1;
+        if chunks.len() >= STACK_IOV {
+            self.copies.tx_gather_bytes += len as u64;
+        }
         Ok(TxOutcome::Sent)
+    }
+
+    /// A large frame (at least [`FLAT_FROM`] bytes: a TSO frame) is read
+    /// straight out of the segment into the bounce buffer (whole runs of
+    /// sibling lines at a time, no gather list) and written as one iovec;
+    /// smaller frames go through [`Port::transmit`] as one iovec per line.
+    fn transmit_from(
+        &mut self,
+        vnet: &VirtioNetHdr,
+        frame: &mut Cursor<'_>,
+        len: usize,
+    ) -> Option<Result<TxOutcome, PortError>> {
+        if len < FLAT_FROM {
+            return None;
+        }
+        if len > MAX_FRAME {
+            return Some(Err(PortError::TooLarge {
+                len,
+                max: MAX_FRAME,
+            }));
+        }
+        let n = frame.copy_to_slice(&mut self.wire[..len]);
+        if n != len {
+            return Some(Err(PortError::Os {
+                op: "transmit",
+                source: io::Error::other(format!("frame ends after {n} of {len} bytes")),
+            }));
+        }
+        let hdr = vnet.to_bytes();
+        let iov = [IoSlice::new(&hdr), IoSlice::new(&self.wire[..len])];
+        let written = loop {
+            match (&self.file).write_vectored(&iov) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Some(Ok(TxOutcome::Full))
+                }
+                Err(e) => return Some(Err(data_err("writev", e))),
+            }
+        };
+        if written != VNET_HDR_LEN + len {
+            return Some(Err(PortError::Os {
+                op: "writev",
+                source: io::Error::other(format!(
+                    "short write: {written} of {} bytes",
+                    VNET_HDR_LEN + len
+                )),
+            }));
+        }
+        self.copies.tx_frames += 1;
+        self.copies.kicks += 1;
+        self.copies.tx_gather_bytes += len as u64;
+        Some(Ok(TxOutcome::Sent))
+    }
+
+    /// TX: frames written, bytes gathered into the bounce buffers (large
+    /// frames), one `writev` each. RX is the NIC's deposit from the
+    /// port's read buffer (counted by the NIC), not here.
+    fn copies(&self) -> PortCopies {
+        self.copies
     }
 
     /// One `read` into the port's buffer; the header and the frame are lent
@@ -397,18 +467,15 @@ mod tests {
     }
 
     #[test]
-    fn huge_frames_fit_iov_max_copying_only_a_few_lines() {
+    fn small_frames_go_as_iovecs_and_large_ones_are_gathered_once() {
         let line = [7u8; 64];
         for n in [1, 127, 128, 1022, 1023, 1024, 1025, 1100, 2000] {
             let chunks = vec![&line[..]; n];
             let (iov, copied) = TapPort::plan_iov(&chunks);
-            assert!(iov <= IOV_MAX, "{n} chunks: {iov} iovecs");
-            assert!(
-                copied <= (n + 2).saturating_sub(IOV_MAX) * 64,
-                "{n}: {copied}"
-            );
-            if n < IOV_MAX {
-                assert_eq!(copied, 0, "{n} chunks fit without copying");
+            if n < STACK_IOV {
+                assert_eq!((iov, copied), (n + 1, 0), "{n} chunks: no copy");
+            } else {
+                assert_eq!((iov, copied), (2, n * 64), "{n} chunks: one gather");
             }
         }
     }

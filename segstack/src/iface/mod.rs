@@ -376,52 +376,75 @@ impl<P: Port> Interface<P> {
         Ok(&self.events)
     }
 
-    /// When the next poll is due for timers (absolute ns), if any.
+    /// When the next poll is due for timers (absolute ns), if any. Early
+    /// rather than late: it may name a time at which no timer turns out to
+    /// be due (a timer that moved later since the last poll).
     pub fn poll_at(&self) -> Option<u64> {
-        let mut at = None::<u64>;
-        for t in self.sockets.tcp_iter() {
-            if let Some(p) = t.sock.poll_at() {
-                at = Some(at.map_or(p, |a| a.min(p)));
-            }
-        }
         if !self.inner.txq.is_empty() {
-            at = Some(0);
+            return Some(0);
+        }
+        let set = &self.sockets;
+        let mut at = (set.timer_floor != u64::MAX).then_some(set.timer_floor);
+        // Sockets touched since the last dispatch: their own answer (a clean
+        // socket's timer is in the floor).
+        for &i in &set.active {
+            if let Some(Some(Sock::Tcp(t))) = set.slots.get(i) {
+                let p = if t.dirty { t.sock.poll_at() } else { t.wake_at };
+                if let Some(p) = p {
+                    at = Some(at.map_or(p, |a| a.min(p)));
+                }
+            }
         }
         at
     }
 
+    /// The events of the active sockets (see `SocketSet::active`); a socket
+    /// with news stays active, so that it is reported again at the next
+    /// poll unless the application took what it was told about.
     fn collect_events(&mut self) {
         self.events.clear();
-        let mut freed = Vec::new();
-        for (i, s) in self.sockets.slots.iter_mut().enumerate() {
+        let mut active = std::mem::take(&mut self.sockets.active);
+        active.sort_unstable();
+        let mut keep = 0;
+        for k in 0..active.len() {
+            let i = active[k];
+            let set = &mut self.sockets;
             // (readable, writable, closed) news of this socket, if any.
-            let news = match s {
-                Some(Sock::Tcp(t)) => {
+            let news = match set.slots.get_mut(i) {
+                Some(Some(Sock::Tcp(t))) => {
                     if t.released {
                         if t.sock.is_closed() {
-                            freed.push(i);
+                            if let Some(Sock::Tcp(t)) = set.remove(SocketHandle(i)) {
+                                let key = (t.sock.local(), t.sock.remote());
+                                set.tcp_demux.remove(&key);
+                            }
                         }
-                        continue;
+                        None
+                    } else if t.listener.is_some() || t.queued {
+                        None
+                    } else {
+                        let closed = t.sock.state() == State::Closed;
+                        let readable = t.sock.can_recv() || !t.sock.may_recv();
+                        let writable = t.want_write && t.sock.can_send();
+                        t.want_write &= !writable;
+                        let closed_news = closed && !t.reported_closed;
+                        t.reported_closed |= closed;
+                        ((readable && !closed) || writable || closed_news).then_some((
+                            readable,
+                            writable,
+                            closed_news,
+                        ))
                     }
-                    if t.listener.is_some() || t.queued {
-                        continue;
-                    }
-                    let closed = t.sock.state() == State::Closed;
-                    let readable = t.sock.can_recv() || !t.sock.may_recv();
-                    let writable = t.want_write && t.sock.can_send();
-                    t.want_write &= !writable;
-                    let closed_news = closed && !t.reported_closed;
-                    t.reported_closed |= closed;
-                    ((readable && !closed) || writable || closed_news).then_some((
-                        readable,
-                        writable,
-                        closed_news,
-                    ))
                 }
-                Some(Sock::Listener(l)) => (!l.ready.is_empty()).then_some((true, false, false)),
-                Some(Sock::Udp(u)) => (!u.rx.is_empty()).then_some((true, false, false)),
-                None => None,
+                Some(Some(Sock::Listener(l))) => {
+                    (!l.ready.is_empty()).then_some((true, false, false))
+                }
+                Some(Some(Sock::Udp(u))) => (!u.rx.is_empty()).then_some((true, false, false)),
+                _ => None,
             };
+            // A socket still waiting for a timer or output stays on the
+            // list too, so that the next egress finds it.
+            let pending = matches!(set.slots.get(i), Some(Some(Sock::Tcp(t))) if t.dirty);
             if let Some((readable, writable, closed)) = news {
                 self.events.push(Event {
                     handle: SocketHandle(i),
@@ -430,29 +453,56 @@ impl<P: Port> Interface<P> {
                     closed,
                 });
             }
-        }
-        for i in freed {
-            if let Some(Sock::Tcp(t)) = self.sockets.remove(SocketHandle(i)) {
-                let key = (t.sock.local(), t.sock.remote());
-                self.sockets.tcp_demux.remove(&key);
+            if news.is_some() || pending {
+                active[keep] = i;
+                keep += 1;
+            } else {
+                set.unlist(i);
             }
         }
+        active.truncate(keep);
+        // Sockets the loop above marked (none today) come after.
+        active.append(&mut self.sockets.active);
+        self.sockets.active = active;
     }
 
-    /// Runs every TCP socket's output and timers; moves finished handshakes
-    /// to their listener's accept queue.
+    /// Runs the TCP output and timers of the active sockets and of those
+    /// whose timer is due; moves finished handshakes to their listener's
+    /// accept queue.
     fn egress(&mut self, now: u64) -> Result<(), IfaceError> {
+        let set = &mut self.sockets;
+        if now >= set.timer_floor {
+            // A timer may be due: find the clean sockets whose timer is, and
+            // the next one of the rest (the only scan of every socket).
+            let mut floor = u64::MAX;
+            let mut due = Vec::new();
+            for (i, s) in set.slots.iter().enumerate() {
+                if let Some(Sock::Tcp(t)) = s {
+                    match t.wake_at {
+                        Some(w) if w <= now => due.push(i),
+                        Some(w) => floor = floor.min(w),
+                        None => {}
+                    }
+                }
+            }
+            set.timer_floor = floor;
+            for i in due {
+                set.mark(i);
+            }
+        }
         let mut established = Vec::new();
         let mut dead = Vec::new();
         let inner = &mut self.inner;
-        for (i, s) in self.sockets.slots.iter_mut().enumerate() {
-            let Some(Sock::Tcp(t)) = s else {
+        let mut active = std::mem::take(&mut set.active);
+        // In handle order, as a scan of every slot would go.
+        active.sort_unstable();
+        let mut result = Ok(());
+        for &i in &active {
+            let Some(Some(Sock::Tcp(t))) = set.slots.get_mut(i) else {
                 continue;
             };
             // A socket nothing happened to since its last dispatch, with no
-            // timer due, has nothing to emit: skip it (a busy-polling server
-            // with many idle connections pays per active socket, not per
-            // socket).
+            // timer due, has nothing to emit: skip it.
             if !t.dirty && t.wake_at.is_none_or(|w| w > now) {
                 continue;
             }
@@ -477,9 +527,17 @@ impl<P: Port> Interface<P> {
                 }
             });
             t.wake_at = t.sock.poll_at();
+            match t.wake_at {
+                // More to emit (the burst ran out of budget): the next poll
+                // dispatches it again.
+                Some(w) if w <= now => t.dirty = true,
+                Some(w) => set.timer_floor = set.timer_floor.min(w),
+                None => {}
+            }
             if let Some(e) = failed {
                 t.dirty = true;
-                return Err(e);
+                result = Err(e);
+                break;
             }
             if let Some(l) = t.listener {
                 match t.sock.state() {
@@ -489,6 +547,8 @@ impl<P: Port> Interface<P> {
                 }
             }
         }
+        active.append(&mut set.active);
+        set.active = active;
         for (l, i) in established {
             if let Some(lst) = self.sockets.listener_mut(l) {
                 lst.embryonic = lst.embryonic.saturating_sub(1);
@@ -508,10 +568,16 @@ impl<P: Port> Interface<P> {
                 t.released = true;
             }
         }
-        Ok(())
+        result
     }
 
     fn flush(&mut self) -> Result<(), IfaceError> {
+        // Nothing to send (an idle poll): no second DMA pass, which would
+        // only take the port's lock again (the poll's first pass ran the
+        // device).
+        if self.inner.txq.is_empty() {
+            return Ok(());
+        }
         loop {
             while let Some(seg) = self.inner.txq.front() {
                 if !self.nic.tx_prepare(seg)? {

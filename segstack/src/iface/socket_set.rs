@@ -167,6 +167,18 @@ pub(super) struct SocketSet {
     pub(super) listeners: Table<u16>,
     /// UDP sockets by local port.
     pub(super) udp_ports: Table<u16>,
+    /// Slots that may have news or output since the last
+    /// `collect_events`: every socket reached through [`SocketSet::get_mut`]
+    /// or inserted, plus the sockets that had news at the last collection
+    /// (events are level-triggered). A poll dispatches and checks these
+    /// slots only, so its cost follows the active sockets, not all of them.
+    pub(super) active: Vec<usize>,
+    /// `listed[i]`: slot `i` is in `active`.
+    listed: Vec<bool>,
+    /// No clean socket's timer is due before this (ns; `u64::MAX`: none).
+    /// A lower bound: a socket whose timer moved later leaves it early, and
+    /// the scan it triggers makes it exact again.
+    pub(super) timer_floor: u64,
 }
 
 impl SocketSet {
@@ -176,15 +188,38 @@ impl SocketSet {
     }
 
     pub(super) fn insert(&mut self, s: Sock) -> SocketHandle {
-        match self.free.pop() {
+        let i = match self.free.pop() {
             Some(i) => {
                 self.slots[i] = Some(s);
-                SocketHandle(i)
+                i
             }
             None => {
                 self.slots.push(Some(s));
-                SocketHandle(self.slots.len() - 1)
+                self.listed.push(false);
+                self.slots.len() - 1
             }
+        };
+        self.mark(i);
+        SocketHandle(i)
+    }
+
+    /// Puts slot `i` on the active list (once).
+    #[inline]
+    pub(super) fn mark(&mut self, i: usize) {
+        if let Some(l) = self.listed.get_mut(i) {
+            if !*l {
+                *l = true;
+                self.active.push(i);
+            }
+        }
+    }
+
+    /// Takes slot `i` off the active list's flags (the caller rebuilds the
+    /// list).
+    #[inline]
+    pub(super) fn unlist(&mut self, i: usize) {
+        if let Some(l) = self.listed.get_mut(i) {
+            *l = false;
         }
     }
 
@@ -203,14 +238,31 @@ impl SocketSet {
         Some(s)
     }
 
-    /// The socket behind `h`; a TCP socket reached this way is marked
-    /// dirty (dispatched at the next poll), since the caller may change it.
+    /// The socket behind `h`; a socket reached this way goes on the active
+    /// list and a TCP socket is marked dirty (dispatched at the next poll),
+    /// since the caller may change it.
     pub(super) fn get_mut(&mut self, h: SocketHandle) -> Option<&mut Sock> {
+        self.slots.get(h.0)?.as_ref()?;
+        self.mark(h.0);
         let s = self.slots.get_mut(h.0)?.as_mut()?;
         if let Sock::Tcp(t) = s {
             t.dirty = true;
         }
         Some(s)
+    }
+
+    /// The TCP socket behind `h` without marking it: for calls that change
+    /// it only when they succeed ([`SocketSet::touch`] then).
+    pub(super) fn tcp_quiet(&mut self, h: SocketHandle) -> Result<&mut TcpSock, IfaceError> {
+        match self.slots.get_mut(h.0) {
+            Some(Some(Sock::Tcp(t))) => Ok(t),
+            _ => Err(IfaceError::BadHandle),
+        }
+    }
+
+    /// Marks `h` as [`SocketSet::get_mut`] does.
+    pub(super) fn touch(&mut self, h: SocketHandle) {
+        let _ = self.get_mut(h);
     }
 
     pub(super) fn tcp(&self, h: SocketHandle) -> Result<&TcpSock, IfaceError> {
@@ -239,13 +291,5 @@ impl SocketSet {
             Some(Sock::Udp(u)) => Ok(u),
             _ => Err(IfaceError::BadHandle),
         }
-    }
-
-    /// The TCP sockets with their handles.
-    pub(super) fn tcp_iter(&self) -> impl Iterator<Item = &TcpSock> + '_ {
-        self.slots.iter().flatten().filter_map(|s| match s {
-            Sock::Tcp(t) => Some(&**t),
-            _ => None,
-        })
     }
 }

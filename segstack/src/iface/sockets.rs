@@ -123,10 +123,18 @@ impl<P: Port> Interface<P> {
     /// Received in-order payload snapshots, up to `max` bytes, as they
     /// arrived (no byte copied). Empty at end of stream.
     pub fn recv(&mut self, h: SocketHandle, max: usize) -> Result<Vec<Payload>, IfaceError> {
-        match self.sockets.tcp_mut(h)?.sock.recv(max) {
+        // A receive that finds nothing changes nothing: the socket stays
+        // off the active list.
+        match self.sockets.tcp_quiet(h)?.sock.recv(max) {
             Err(TcpError::WouldBlock) => Err(IfaceError::WouldBlock),
-            Err(TcpError::Finished) => Ok(Vec::new()),
-            r => Ok(r?),
+            Err(TcpError::Finished) => {
+                self.sockets.touch(h);
+                Ok(Vec::new())
+            }
+            r => {
+                self.sockets.touch(h);
+                Ok(r?)
+            }
         }
     }
 
@@ -139,19 +147,35 @@ impl<P: Port> Interface<P> {
         max: usize,
         out: &mut Vec<Payload>,
     ) -> Result<usize, IfaceError> {
-        match self.sockets.tcp_mut(h)?.sock.recv_into(max, out) {
+        // A receive that finds nothing changes nothing: the socket stays
+        // off the active list.
+        match self.sockets.tcp_quiet(h)?.sock.recv_into(max, out) {
             Err(TcpError::WouldBlock) => Err(IfaceError::WouldBlock),
-            Err(TcpError::Finished) => Ok(0),
-            r => Ok(r?),
+            Err(TcpError::Finished) => {
+                self.sockets.touch(h);
+                Ok(0)
+            }
+            r => {
+                self.sockets.touch(h);
+                Ok(r?)
+            }
         }
     }
 
     /// Copies received bytes into `buf` (the byte API); 0 at end of stream.
     pub fn recv_slice(&mut self, h: SocketHandle, buf: &mut [u8]) -> Result<usize, IfaceError> {
-        match self.sockets.tcp_mut(h)?.sock.recv_slice(buf) {
+        // A receive that finds nothing changes nothing: the socket stays
+        // off the active list.
+        match self.sockets.tcp_quiet(h)?.sock.recv_slice(buf) {
             Err(TcpError::WouldBlock) => Err(IfaceError::WouldBlock),
-            Err(TcpError::Finished) => Ok(0),
-            r => Ok(r?),
+            Err(TcpError::Finished) => {
+                self.sockets.touch(h);
+                Ok(0)
+            }
+            r => {
+                self.sockets.touch(h);
+                Ok(r?)
+            }
         }
     }
 
@@ -217,15 +241,20 @@ impl<P: Port> Interface<P> {
                     }
                 }
                 // Connections still in the handshake are reset too.
-                for s in set.slots.iter_mut().flatten() {
-                    if let Sock::Tcp(t) = s {
+                let mut embryos = Vec::new();
+                for (i, s) in set.slots.iter_mut().enumerate() {
+                    if let Some(Sock::Tcp(t)) = s {
                         if t.listener == Some(h) {
                             t.dirty = true;
                             t.sock.abort();
                             t.released = true;
                             t.listener = None;
+                            embryos.push(i);
                         }
                     }
+                }
+                for i in embryos {
+                    set.mark(i);
                 }
                 set.remove(h);
                 Ok(())
