@@ -73,12 +73,24 @@ fn sample_depth(fp: u64) -> usize {
 impl CdcCounter {
     /// A chunker for `avg`-byte chunks whose set stays within `budget` bytes.
     pub fn new(avg: usize, budget: u64) -> Self {
+        Self::with_set(avg, FpSet::new(budget))
+    }
+
+    /// [`CdcCounter::new`] with a set sized once for the most chunks items of `lens` bytes can
+    /// be cut into (one per minimum chunk size, and one per item).
+    pub fn with_lens(avg: usize, budget: u64, lens: impl Iterator<Item = u64>) -> Self {
+        let min = (avg / 4) as u64;
+        let max_chunks = lens.map(|l| l.div_ceil(min) + 1).sum();
+        Self::with_set(avg, FpSet::with_max_entries(budget, max_chunks))
+    }
+
+    fn with_set(avg: usize, set: FpSet) -> Self {
         CdcCounter {
             min: avg / 4,
             avg,
             max: avg * 4,
             carry: Vec::with_capacity(avg * 8),
-            set: FpSet::new(budget),
+            set,
             logical: 0,
             chunks: 0,
             sampled_bytes: [0; 65],

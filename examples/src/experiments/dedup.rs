@@ -42,7 +42,8 @@ use indicatif::ProgressBar;
 
 use super::cdc::{CdcCounter, CdcReport, CDC_AVERAGES};
 use super::fingerprint::{
-    expected_false_merges, memory_metadata, Estimate, LineCounter, LineCounts,
+    expected_false_merges, max_lines, memory_metadata, slots_for, Estimate, LineCounter,
+    LineCounts, SLOT_BYTES,
 };
 pub use super::input::{
     name_unreadable, InputSet, Item, Source, WalkOptions, MAX_NAMED, UNSIZED_FILE_CAP,
@@ -479,33 +480,112 @@ fn exact_sinks(
 }
 
 /// The sinks of the fingerprint method, the budget split over their sets.
-fn fingerprint_sinks(line_sizes: &[usize], opts: &IngestOptions) -> Vec<Sink> {
+///
+/// When every item's size is known (no stream), each set is sized once for the most distinct
+/// things it can meet ([`max_lines`]: every line, page or chunk of the input distinct), so it
+/// never grows; a set that cannot have that much of the budget gets what is left of it in
+/// proportion to the lines it can hold per byte, and samples past it. With streams, the sets
+/// grow as needed within those shares.
+fn fingerprint_sinks(input: &InputSet, line_sizes: &[usize], opts: &IngestOptions) -> Vec<Sink> {
     let cdc: &[usize] = if opts.cdc { &CDC_AVERAGES } else { &[] };
-    let weights: Vec<f64> = line_sizes
-        .iter()
-        .map(|&ls| budget_weight(ls, true))
-        .chain(std::iter::once(budget_weight(DEFAULT_PAGE_SIZE, false)))
-        .chain(cdc.iter().map(|&a| budget_weight(a, false)))
-        .collect();
-    let total: f64 = weights.iter().sum();
-    let sets_budget = opts.memory_budget.saturating_sub(fixed_overhead(opts));
-    let share = |w: f64| ((sets_budget as f64 * w / total) as u64).max(1 << 20);
-    let mut sinks = Vec::with_capacity(weights.len());
-    let mut w = weights.iter();
+    let lens = || input.items.iter().map(Item::len);
+    let known = !input.items.iter().any(Item::is_stream);
+    // (weight, slots wanted) per set: line sizes, pages, CDC.
+    let mut sets: Vec<(f64, Option<u64>)> = Vec::new();
     for &ls in line_sizes {
-        let b = share(*w.next().expect("weight"));
-        sinks.push(Sink::Fp(Box::new(LineCounter::new(ls, true, b)), true));
+        sets.push((
+            budget_weight(ls, true),
+            known.then(|| slots_for(max_lines(ls, true, lens()))),
+        ));
     }
-    let b = share(*w.next().expect("weight"));
+    sets.push((
+        budget_weight(DEFAULT_PAGE_SIZE, false),
+        known.then(|| slots_for(max_lines(DEFAULT_PAGE_SIZE, false, lens()))),
+    ));
+    for &avg in cdc {
+        let min = (avg / 4) as u64;
+        let chunks = lens().map(|l| l.div_ceil(min) + 1).sum();
+        sets.push((budget_weight(avg, false), known.then(|| slots_for(chunks))));
+    }
+    let budgets = split_budget(
+        opts.memory_budget.saturating_sub(fixed_overhead(opts)),
+        &sets,
+    );
+    let mut sinks = Vec::with_capacity(sets.len());
+    let mut b = budgets.into_iter();
+    for &ls in line_sizes {
+        let b = b.next().expect("budget");
+        sinks.push(Sink::Fp(
+            Box::new(if known {
+                LineCounter::with_max_lines(ls, true, b, max_lines(ls, true, lens()))
+            } else {
+                LineCounter::new(ls, true, b)
+            }),
+            true,
+        ));
+    }
+    let bp = b.next().expect("budget");
     sinks.push(Sink::Fp(
-        Box::new(LineCounter::new(DEFAULT_PAGE_SIZE, false, b)),
+        Box::new(if known {
+            LineCounter::with_max_lines(
+                DEFAULT_PAGE_SIZE,
+                false,
+                bp,
+                max_lines(DEFAULT_PAGE_SIZE, false, lens()),
+            )
+        } else {
+            LineCounter::new(DEFAULT_PAGE_SIZE, false, bp)
+        }),
         false,
     ));
     for &avg in cdc {
-        let b = share(*w.next().expect("weight"));
-        sinks.push(Sink::Cdc(Box::new(CdcCounter::new(avg, b))));
+        let bc = b.next().expect("budget");
+        sinks.push(Sink::Cdc(Box::new(if known {
+            CdcCounter::with_lens(avg, bc, lens())
+        } else {
+            CdcCounter::new(avg, bc)
+        })));
     }
     sinks
+}
+
+/// Smallest budget of a set, bytes.
+const MIN_SET_BUDGET: u64 = 1 << 20;
+
+/// Splits `total` bytes over sets of `(weight, slots wanted)`: a set that wants known slots
+/// gets no more than their bytes; the rest is shared in proportion to the weights, again
+/// capped by what each wants, until the budget or the wants run out. Every set gets at least
+/// [`MIN_SET_BUDGET`].
+fn split_budget(total: u64, sets: &[(f64, Option<u64>)]) -> Vec<u64> {
+    let want: Vec<Option<u64>> = sets
+        .iter()
+        .map(|(_, s)| s.map(|s| s.saturating_mul(SLOT_BYTES)))
+        .collect();
+    let mut given = vec![0u64; sets.len()];
+    let mut open: Vec<usize> = (0..sets.len()).collect();
+    let mut left = total;
+    while !open.is_empty() && left > 0 {
+        let weight: f64 = open.iter().map(|&i| sets[i].0).sum();
+        let mut capped = false;
+        for &i in &open {
+            let share = (left as f64 * sets[i].0 / weight) as u64;
+            if let Some(w) = want[i] {
+                if w <= share {
+                    given[i] = w;
+                    capped = true;
+                }
+            }
+        }
+        if !capped {
+            for &i in &open {
+                given[i] = (left as f64 * sets[i].0 / weight) as u64;
+            }
+            break;
+        }
+        open.retain(|&i| want[i].is_none_or(|w| given[i] < w));
+        left = total.saturating_sub(given.iter().sum());
+    }
+    given.into_iter().map(|g| g.max(MIN_SET_BUDGET)).collect()
 }
 
 /// Ingests `input` into one memory (or fingerprint counter) per line size, the 4 KiB page
@@ -536,7 +616,7 @@ pub fn ingest(
 
     let sinks = match opts.method {
         Method::Exact => exact_sinks(input, &line_sizes, opts)?,
-        Method::Fingerprint => fingerprint_sinks(&line_sizes, opts),
+        Method::Fingerprint => fingerprint_sinks(input, &line_sizes, opts),
     };
 
     progress.set_length(input.total_bytes());
