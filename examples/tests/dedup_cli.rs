@@ -473,3 +473,40 @@ fn skipped_files_are_named() {
     );
     assert!(text.contains("CDC (FastCDC)"), "{text}");
 }
+
+/// A directory on another file system (here one on /dev/shm, reached through a followed
+/// link) is not entered unless --cross-file-systems is given; it is counted either way.
+#[test]
+fn other_file_systems_are_entered_only_when_asked() {
+    use std::os::unix::fs::{symlink, MetadataExt};
+    let dir = tempfile::tempdir().unwrap();
+    let shm = match tempfile::tempdir_in("/dev/shm") {
+        Ok(d) => d,
+        Err(e) => {
+            testkit::skip(format!("needs a directory on /dev/shm: {e}"));
+            return;
+        }
+    };
+    let dev = |p: &Path| fs::metadata(p).unwrap().dev();
+    if dev(dir.path()) == dev(shm.path())
+        && testkit::skip("the temporary directory and /dev/shm are on one file system")
+    {
+        return;
+    }
+    fs::write(dir.path().join("own"), Rng::new(11).bytes(5_000)).unwrap();
+    fs::write(shm.path().join("there"), Rng::new(12).bytes(7_000)).unwrap();
+    symlink(shm.path(), dir.path().join("to-shm")).unwrap();
+    let root = path_str(dir.path());
+
+    let (v, err) = dedup_json(&["--line-sizes", "64", "-L", root]);
+    assert_eq!(u(&v["input"], "bytes"), 5_000, "{}", v["input"]);
+    assert_eq!(u(&v["input"], "other_file_systems"), 1, "{}", v["input"]);
+    assert!(err.contains("another file system"), "{err}");
+    let (v, _) = dedup_json(&["--line-sizes", "64", "-L", "--cross-file-systems", root]);
+    assert_eq!(u(&v["input"], "bytes"), 12_000, "{}", v["input"]);
+    assert_eq!(u(&v["input"], "other_file_systems"), 0, "{}", v["input"]);
+    // Without -L the link is not followed at all.
+    let (v, _) = dedup_json(&["--line-sizes", "64", "--cross-file-systems", root]);
+    assert_eq!(u(&v["input"], "bytes"), 5_000);
+    assert_eq!(u(&v["input"], "links_not_followed"), 1);
+}
