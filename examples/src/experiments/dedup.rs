@@ -1045,3 +1045,37 @@ fn read_all(
     }
     counts
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_split_caps_known_sets_and_shares_the_rest() {
+        const M: u64 = 1 << 20;
+        // Everything fits: each set gets what it wants (at least the minimum).
+        let sets = [
+            (4.0, Some(100 * M / 8)),
+            (1.0, Some(10 * M / 8)),
+            (1.0, Some(0)),
+        ];
+        assert_eq!(
+            split_budget(1000 * M, &sets),
+            [100 * M, 10 * M, MIN_SET_BUDGET]
+        );
+        // Too little: the small set is capped at its want, the rest shared 4:1.
+        let sets = [
+            (4.0, Some(1000 * M / 8)),
+            (1.0, Some(1000 * M / 8)),
+            (1.0, Some(8 * M / 8)),
+        ];
+        let b = split_budget(208 * M, &sets);
+        assert_eq!(b[2], 8 * M);
+        assert_eq!(b[0], 160 * M);
+        assert_eq!(b[1], 40 * M);
+        // Unknown wants (streams) share by weight.
+        let b = split_budget(100 * M, &[(3.0, None), (1.0, None)]);
+        assert_eq!(b, [75 * M, 25 * M]);
+        assert!(b.iter().sum::<u64>() <= 100 * M);
+    }
+}
