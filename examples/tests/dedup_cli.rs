@@ -121,7 +121,13 @@ fn default_workload_is_deterministic() {
     let without_run = |o: &Output| {
         let mut v: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert!(v["run"]["elapsed_seconds"].as_f64().is_some(), "{v}");
-        v.as_object_mut().unwrap().remove("run");
+        let o = v.as_object_mut().unwrap();
+        o.remove("run");
+        let cpu = o.remove("cpu").expect("a cpu report on Linux");
+        assert!(
+            cpu["ns_per_byte"].as_f64().is_some_and(|x| x > 0.0),
+            "{cpu}"
+        );
         v
     };
     assert_eq!(

@@ -50,7 +50,7 @@ pub use super::input::{
     UNSIZED_TOTAL_CAP,
 };
 use super::pagededup::{PageDedup, PageDedupReport, DEFAULT_PAGE_SIZE};
-use super::report::{DedupReport, InputReport, LineEstimate};
+use super::report::{CpuReport, DedupReport, InputReport, LineEstimate};
 
 /// Line sizes measured when none are given: every size HICAMP allows.
 pub const DEFAULT_LINE_SIZES: [usize; 9] = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
@@ -645,25 +645,46 @@ pub fn ingest(
                         }
                     }
                 }
-                group
+                let out = group
                     .into_iter()
                     .map(|(i, s)| (i, s.finish()))
-                    .collect::<Vec<_>>()
+                    .collect::<Vec<_>>();
+                (out, thread_cpu())
             }));
         }
+        let reader0 = thread_cpu();
         let counts = read_all(input, opts.chunk_size, &senders, &abort, progress, warn);
+        let reader = thread_cpu()
+            .zip(reader0)
+            .map(|(b, a)| (b.0 - a.0, b.1 - a.1));
         drop(senders);
         let mut outputs = Vec::new();
         let mut panicked = false;
+        let mut workers = Some(Vec::new());
         for h in handles {
             match h.join() {
-                Ok(o) => outputs.extend(o),
+                Ok((o, cpu)) => {
+                    outputs.extend(o);
+                    workers = workers.zip(cpu).map(|(mut w, c)| {
+                        w.push(c);
+                        w
+                    });
+                }
                 Err(_) => panicked = true,
             }
         }
-        (counts, (!panicked).then_some(outputs))
+        let cpu = reader.zip(workers).map(|(r, w)| {
+            let run: f64 = r.0 + w.iter().map(|c| c.0).sum::<f64>();
+            CpuReport {
+                reader_seconds: r.0,
+                worker_seconds: w.iter().map(|c| c.0).collect(),
+                waiting_seconds: r.1 + w.iter().map(|c| c.1).sum::<f64>(),
+                ns_per_byte: run * 1e9 / (counts.bytes.max(1) as f64),
+            }
+        });
+        (counts, (!panicked).then_some((outputs, cpu)))
     });
-    let mut outputs = outputs.ok_or(DedupError::WorkerPanicked)?;
+    let (mut outputs, cpu) = outputs.ok_or(DedupError::WorkerPanicked)?;
     outputs.sort_by_key(|(i, _)| *i);
 
     let mut reports = Vec::with_capacity(line_sizes.len());
@@ -752,6 +773,7 @@ pub fn ingest(
         page_baseline,
         page_estimate,
         cdc,
+        cpu,
         run: None,
     })
 }
@@ -835,6 +857,16 @@ fn empty_map_bytes() -> u64 {
         };
         Memory::new(config).map_or(0, |m| m.stats().map_bytes)
     })
+}
+
+/// Seconds the calling thread has run and has waited, runnable, for a CPU
+/// (`/proc/thread-self/schedstat`); `None` where the system does not tell.
+fn thread_cpu() -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let run = f.next()??;
+    let wait = f.next()??;
+    Some((run as f64 * 1e-9, wait as f64 * 1e-9))
 }
 
 /// Sends the chunks of one reader (an item) to the workers, then the end of the item.
