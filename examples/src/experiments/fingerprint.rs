@@ -543,7 +543,6 @@ impl LineCounter {
             }
         }
         self.leaves_in_item = 0;
-        self.flush();
     }
 
     #[inline]
