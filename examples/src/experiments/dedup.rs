@@ -144,7 +144,9 @@ pub struct IngestOptions {
     /// Exact memories, or fingerprints in a budget.
     pub method: Method,
     /// Bytes the fingerprint sets may hold together (fingerprint method); beyond it they are
-    /// sampled. Split over the sets in proportion to the lines each can expect per byte.
+    /// sampled. Each set gets what the input can fill at most (when sizes are known), or a
+    /// share of what is left in proportion to the lines it can hold per byte
+    /// (`split_budget`).
     pub memory_budget: u64,
     /// Measure the content-defined chunking baseline ([`CDC_AVERAGES`]).
     pub cdc: bool,

@@ -22,8 +22,9 @@
 //!
 //! # Bounded memory: distinct-count sampling
 //!
-//! A set has a budget in bytes. When growing would exceed it, the set raises its sampling level
-//! `s`: it then keeps a fingerprint iff `s` of its bits are zero (probability `2^-s`), and drops
+//! A set has a budget in bytes. `hicamp dedup` sizes each set once from the input (every line
+//! distinct), within its budget. When the table is full and growing would exceed the budget,
+//! the set raises its sampling level `s`: it then keeps a fingerprint iff `s` of its bits are zero (probability `2^-s`), and drops
 //! the entries that no longer qualify. The decision depends only on the fingerprint, so a
 //! sampled line is counted at every occurrence or at none (a line is in the sample or it is
 //! not, wherever it appears). The number of distinct lines is estimated as `k * 2^s` for `k`
