@@ -516,3 +516,60 @@ fn other_file_systems_are_entered_only_when_asked() {
     assert_eq!(u(&v["input"], "bytes"), 5_000);
     assert_eq!(u(&v["input"], "links_not_followed"), 1);
 }
+
+/// Files (whose sizes are known, so the sets are sized from them) stay under the memory
+/// budget too: 256 MiB of generated data, half of it distinct, with a budget that forces
+/// sampling.
+#[test]
+fn files_stay_under_the_budget() {
+    const TOTAL: usize = 256 << 20;
+    let budget: u64 = 120 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(fs::File::create(&path).unwrap());
+        let block = 4 << 20;
+        let mut rng = Rng::new(21);
+        let mut first = Vec::new();
+        for i in 0..TOTAL / block {
+            match i % 4 {
+                0 | 1 => {
+                    let b = rng.bytes(block);
+                    if first.is_empty() {
+                        first = b.clone();
+                    }
+                    f.write_all(&b).unwrap();
+                }
+                2 => f.write_all(&first).unwrap(),
+                _ => f.write_all(&vec![0u8; block]).unwrap(),
+            }
+        }
+    }
+    let (v, _) = dedup_json(&[
+        "-q",
+        "--line-sizes",
+        "16,64,4096",
+        "--memory",
+        &budget.to_string(),
+        path_str(&path),
+    ]);
+    assert_eq!(u(&v["input"], "bytes"), TOTAL as u64);
+    assert_eq!(v["sampled"], Value::Bool(true), "{}", v["line_estimates"]);
+    let rss = u(&v["run"], "peak_rss_bytes");
+    assert!(
+        rss > 0 && rss <= budget,
+        "peak RSS {rss} over the budget {budget}"
+    );
+    assert!(u(&v, "set_peak_bytes") <= budget);
+    // The 16 B lines: 1/2 of 16 Mi lines distinct, plus interior lines; within the interval.
+    let e = &v["line_estimates"][0];
+    assert!(f(e, "sample_rate") < 1.0, "{e}");
+    let l = &line_sizes(&v)[0];
+    let leaves = u(l, "leaf_lines") as f64;
+    let want = (TOTAL / 2 / 16) as f64;
+    assert!(
+        (leaves - want).abs() / want <= 3.0 * f(e, "rel_err_95"),
+        "{leaves} leaves, want {want}: {e}"
+    );
+}
