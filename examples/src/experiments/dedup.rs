@@ -588,7 +588,7 @@ fn split_budget(total: u64, sets: &[(f64, Option<u64>)]) -> Vec<u64> {
             }
             break;
         }
-        open.retain(|&i| want[i].is_none_or(|w| given[i] < w));
+        open.retain(|&i| !matches!(want[i], Some(w) if given[i] >= w));
         left = total.saturating_sub(given.iter().sum());
     }
     given.into_iter().map(|g| g.max(MIN_SET_BUDGET)).collect()
