@@ -93,20 +93,21 @@ enum Slots {
 }
 
 impl Slots {
-    fn zeroed(n: usize) -> Self {
-        let bytes = n * 8;
+    /// A zeroed table of `n` slots, or `None` when the system refuses the mapping of a large
+    /// one (the caller then makes do with a smaller table).
+    fn try_zeroed(n: usize) -> Option<Self> {
+        let bytes = n.checked_mul(8)?;
         if bytes >= HUGE_TABLE_BYTES {
             // Map 2 MiB more than needed, so that the slots can start at a huge-page boundary
             // (the pages of the slack are never touched, so never resident).
-            if let Ok(m) = memmap2::MmapMut::map_anon(bytes + HUGE_TABLE_BYTES) {
-                #[cfg(target_os = "linux")]
-                let _ = m.advise(memmap2::Advice::HugePage);
-                let start =
-                    (m.as_ptr() as usize).next_multiple_of(HUGE_TABLE_BYTES) - m.as_ptr() as usize;
-                return Slots::Map(m, start..start + bytes);
-            }
+            let m = memmap2::MmapMut::map_anon(bytes.checked_add(HUGE_TABLE_BYTES)?).ok()?;
+            #[cfg(target_os = "linux")]
+            let _ = m.advise(memmap2::Advice::HugePage);
+            let start =
+                (m.as_ptr() as usize).next_multiple_of(HUGE_TABLE_BYTES) - m.as_ptr() as usize;
+            return Some(Slots::Map(m, start..start + bytes));
         }
-        Slots::Heap(vec![0; bytes])
+        Some(Slots::Heap(vec![0; bytes]))
     }
 
     #[inline]
@@ -196,12 +197,19 @@ impl FpSet {
     }
 
     fn with_slots(budget: u64, slots: u64) -> Self {
-        let cap = usize::try_from(slots)
+        let mut cap = usize::try_from(slots)
             .unwrap_or(usize::MAX / 16)
             .max(INITIAL_TABLE);
+        // A table the system will not map is halved until it will (a small one always is).
+        let table = loop {
+            match Slots::try_zeroed(cap) {
+                Some(t) => break t,
+                None => cap = (cap / 2).max(INITIAL_TABLE),
+            }
+        };
         let bytes = cap as u64 * SLOT_BYTES;
         FpSet {
-            table: Slots::zeroed(cap),
+            table,
             cap,
             len: 0,
             level: 0,
@@ -312,9 +320,10 @@ impl FpSet {
     fn make_room(&mut self) {
         while full_at(self.len, self.cap) {
             let bytes = self.cap as u64 * SLOT_BYTES;
-            if bytes * 3 <= self.budget || self.level >= MAX_LEVEL {
-                self.grow(self.cap * 2);
-            } else {
+            let may_grow = bytes * 3 <= self.budget || self.level >= MAX_LEVEL;
+            // Past MAX_LEVEL only when the system refuses a bigger table (the level can go
+            // up to 62, where no fingerprint qualifies any more).
+            if !(may_grow && self.grow(self.cap * 2)) && self.level < 62 {
                 self.raise_level();
             }
         }
@@ -322,8 +331,12 @@ impl FpSet {
 
     /// Rebuilds the table at `cap` slots (one pass over the old table in slot order, which is
     /// about fingerprint order, so the new table is written about sequentially).
-    fn grow(&mut self, cap: usize) {
-        let old = std::mem::replace(&mut self.table, Slots::zeroed(cap));
+    /// False (and nothing changed) when the system refuses the new table.
+    fn grow(&mut self, cap: usize) -> bool {
+        let Some(new) = Slots::try_zeroed(cap) else {
+            return false;
+        };
+        let old = std::mem::replace(&mut self.table, new);
         let old_bytes = self.cap as u64 * SLOT_BYTES;
         self.cap = cap;
         self.len = 0;
@@ -332,6 +345,7 @@ impl FpSet {
         }
         let bytes = cap as u64 * SLOT_BYTES;
         self.peak_bytes = self.peak_bytes.max(bytes + old_bytes);
+        true
     }
 
     /// Halves the sample (one more level) and drops, in place, the entries that no longer
@@ -731,6 +745,19 @@ mod tests {
         grown.insert_batch(&fps);
         assert_eq!(grown.sampled(), (50_000, 0));
         assert!(grown.bytes().1 > grown.bytes().0);
+    }
+
+    /// A set asked for more slots than the system can map makes do with a table it can.
+    #[test]
+    fn unmappable_table_is_halved_not_fatal() {
+        let mut s = FpSet::with_max_entries(u64::MAX, 1 << 61);
+        let (bytes, _) = s.bytes();
+        assert!(bytes >= INITIAL_TABLE as u64 * SLOT_BYTES && bytes < 1 << 62);
+        // A few inserts only: each may touch a 2 MiB page of the (large) table.
+        for i in 1..=8u64 {
+            assert!(s.insert(leaf_fp(&i.to_le_bytes())));
+        }
+        assert_eq!(s.sampled(), (8, 0));
     }
 
     #[test]
