@@ -573,3 +573,32 @@ fn files_stay_under_the_budget() {
         "{leaves} leaves, want {want}: {e}"
     );
 }
+
+/// On a terminal the progress bar shows the bytes read, the rate and an ETA (run under
+/// `script`, which gives the program a pseudo-terminal).
+#[test]
+fn progress_bar_shows_rate_and_eta() {
+    if testkit::require_program("script", "--version") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    fs::write(&path, Rng::new(31).bytes(48 << 20)).unwrap();
+    let cmd = format!(
+        "'{}' dedup --line-sizes 16,4096 '{}' >/dev/null",
+        env!("CARGO_BIN_EXE_hicamp"),
+        path_str(&path)
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let screen = String::from_utf8_lossy(&o.stdout);
+    let bar = screen
+        .split(['\r', '\n'])
+        .find(|l| l.contains("reading") && l.contains("/48.00 MiB"))
+        .unwrap_or_else(|| panic!("no progress line with the input's size in {screen:?}"));
+    assert!(bar.contains("/s"), "no rate in {bar:?}");
+    assert!(bar.contains("eta "), "no ETA in {bar:?}");
+}
