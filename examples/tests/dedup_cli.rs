@@ -121,7 +121,13 @@ fn default_workload_is_deterministic() {
     let without_run = |o: &Output| {
         let mut v: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert!(v["run"]["elapsed_seconds"].as_f64().is_some(), "{v}");
-        v.as_object_mut().unwrap().remove("run");
+        let o = v.as_object_mut().unwrap();
+        o.remove("run");
+        let cpu = o.remove("cpu").expect("a cpu report on Linux");
+        assert!(
+            cpu["ns_per_byte"].as_f64().is_some_and(|x| x > 0.0),
+            "{cpu}"
+        );
         v
     };
     assert_eq!(
@@ -472,4 +478,127 @@ fn skipped_files_are_named() {
         "{text}"
     );
     assert!(text.contains("CDC (FastCDC)"), "{text}");
+}
+
+/// A directory on another file system (here one on /dev/shm, reached through a followed
+/// link) is not entered unless --cross-file-systems is given; it is counted either way.
+#[test]
+fn other_file_systems_are_entered_only_when_asked() {
+    use std::os::unix::fs::{symlink, MetadataExt};
+    let dir = tempfile::tempdir().unwrap();
+    let shm = match tempfile::tempdir_in("/dev/shm") {
+        Ok(d) => d,
+        Err(e) => {
+            testkit::skip(format!("needs a directory on /dev/shm: {e}"));
+            return;
+        }
+    };
+    let dev = |p: &Path| fs::metadata(p).unwrap().dev();
+    if dev(dir.path()) == dev(shm.path())
+        && testkit::skip("the temporary directory and /dev/shm are on one file system")
+    {
+        return;
+    }
+    fs::write(dir.path().join("own"), Rng::new(11).bytes(5_000)).unwrap();
+    fs::write(shm.path().join("there"), Rng::new(12).bytes(7_000)).unwrap();
+    symlink(shm.path(), dir.path().join("to-shm")).unwrap();
+    let root = path_str(dir.path());
+
+    let (v, err) = dedup_json(&["--line-sizes", "64", "-L", root]);
+    assert_eq!(u(&v["input"], "bytes"), 5_000, "{}", v["input"]);
+    assert_eq!(u(&v["input"], "other_file_systems"), 1, "{}", v["input"]);
+    assert!(err.contains("another file system"), "{err}");
+    let (v, _) = dedup_json(&["--line-sizes", "64", "-L", "--cross-file-systems", root]);
+    assert_eq!(u(&v["input"], "bytes"), 12_000, "{}", v["input"]);
+    assert_eq!(u(&v["input"], "other_file_systems"), 0, "{}", v["input"]);
+    // Without -L the link is not followed at all.
+    let (v, _) = dedup_json(&["--line-sizes", "64", "--cross-file-systems", root]);
+    assert_eq!(u(&v["input"], "bytes"), 5_000);
+    assert_eq!(u(&v["input"], "links_not_followed"), 1);
+}
+
+/// Files (whose sizes are known, so the sets are sized from them) stay under the memory
+/// budget too: 256 MiB of generated data, half of it distinct, with a budget that forces
+/// sampling.
+#[test]
+fn files_stay_under_the_budget() {
+    const TOTAL: usize = 256 << 20;
+    let budget: u64 = 120 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(fs::File::create(&path).unwrap());
+        let block = 4 << 20;
+        let mut rng = Rng::new(21);
+        let mut first = Vec::new();
+        for i in 0..TOTAL / block {
+            match i % 4 {
+                0 | 1 => {
+                    let b = rng.bytes(block);
+                    if first.is_empty() {
+                        first = b.clone();
+                    }
+                    f.write_all(&b).unwrap();
+                }
+                2 => f.write_all(&first).unwrap(),
+                _ => f.write_all(&vec![0u8; block]).unwrap(),
+            }
+        }
+    }
+    let (v, _) = dedup_json(&[
+        "-q",
+        "--line-sizes",
+        "16,64,4096",
+        "--memory",
+        &budget.to_string(),
+        path_str(&path),
+    ]);
+    assert_eq!(u(&v["input"], "bytes"), TOTAL as u64);
+    assert_eq!(v["sampled"], Value::Bool(true), "{}", v["line_estimates"]);
+    let rss = u(&v["run"], "peak_rss_bytes");
+    assert!(
+        rss > 0 && rss <= budget,
+        "peak RSS {rss} over the budget {budget}"
+    );
+    assert!(u(&v, "set_peak_bytes") <= budget);
+    // The 16 B lines: 1/2 of 16 Mi lines distinct, plus interior lines; within the interval.
+    let e = &v["line_estimates"][0];
+    assert!(f(e, "sample_rate") < 1.0, "{e}");
+    let l = &line_sizes(&v)[0];
+    let leaves = u(l, "leaf_lines") as f64;
+    let want = (TOTAL / 2 / 16) as f64;
+    assert!(
+        (leaves - want).abs() / want <= 3.0 * f(e, "rel_err_95"),
+        "{leaves} leaves, want {want}: {e}"
+    );
+}
+
+/// On a terminal the progress bar shows the bytes read, the rate and an ETA (run under
+/// `script`, which gives the program a pseudo-terminal).
+#[test]
+fn progress_bar_shows_rate_and_eta() {
+    if testkit::require_program("script", "--version") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    fs::write(&path, Rng::new(31).bytes(48 << 20)).unwrap();
+    let cmd = format!(
+        "'{}' dedup --line-sizes 16,4096 '{}' >/dev/null",
+        env!("CARGO_BIN_EXE_hicamp"),
+        path_str(&path)
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let screen = String::from_utf8_lossy(&o.stdout);
+    let bar = screen
+        .split(['\r', '\n'])
+        .find(|l| l.contains("reading") && l.contains("/48.00 MiB"))
+        .unwrap_or_else(|| panic!("no progress line with the input's size in {screen:?}"));
+    assert!(bar.contains("/s"), "no rate in {bar:?}");
+    assert!(bar.contains("eta "), "no ETA in {bar:?}");
 }

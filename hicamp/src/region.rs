@@ -545,3 +545,20 @@ impl AtomicU64Array {
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
+
+/// Asks the CPU to bring the cache line holding `x` into its caches, so that a later access
+/// to it does not wait for memory (a hint only: no effect on what the program computes).
+/// Callers with many independent random accesses (hash-table inserts) prefetch a few ahead.
+#[inline(always)]
+pub fn prefetch_read<T: ?Sized>(x: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch has no architectural effect and cannot fault; the address comes
+    // from a live reference. (SSE, which it needs, is in every x86_64 CPU.)
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (x as *const T).cast::<i8>(),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}

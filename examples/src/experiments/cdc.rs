@@ -73,12 +73,24 @@ fn sample_depth(fp: u64) -> usize {
 impl CdcCounter {
     /// A chunker for `avg`-byte chunks whose set stays within `budget` bytes.
     pub fn new(avg: usize, budget: u64) -> Self {
+        Self::with_set(avg, FpSet::new(budget))
+    }
+
+    /// [`CdcCounter::new`] with a set sized once for the most chunks items of `lens` bytes can
+    /// be cut into (one per minimum chunk size, and one per item).
+    pub fn with_lens(avg: usize, budget: u64, lens: impl Iterator<Item = u64>) -> Self {
+        let min = (avg / 4) as u64;
+        let max_chunks = lens.map(|l| l.div_ceil(min) + 1).sum();
+        Self::with_set(avg, FpSet::with_max_entries(budget, max_chunks))
+    }
+
+    fn with_set(avg: usize, set: FpSet) -> Self {
         CdcCounter {
             min: avg / 4,
             avg,
             max: avg * 4,
             carry: Vec::with_capacity(avg * 8),
-            set: FpSet::new(budget),
+            set,
             logical: 0,
             chunks: 0,
             sampled_bytes: [0; 65],
@@ -91,13 +103,32 @@ impl CdcCounter {
     }
 
     /// Adds the next bytes of the current item.
-    pub fn feed(&mut self, data: &[u8]) {
+    ///
+    /// Only the bytes that cannot be cut yet are copied: the carry of the last call, with
+    /// enough of `data` that the cuts pass the carried bytes, is cut first; the rest is cut in
+    /// place. A cut depends only on the `max` bytes from its start, so the chunks are those of
+    /// the item cut whole.
+    pub fn feed(&mut self, mut data: &[u8]) {
         self.logical += data.len() as u64;
-        let mut carry = std::mem::take(&mut self.carry);
-        carry.extend_from_slice(data);
-        let done = self.cut(&carry, false);
-        carry.drain(..done);
-        self.carry = carry;
+        if !self.carry.is_empty() {
+            let old = self.carry.len();
+            let take = data.len().min(2 * self.max);
+            let mut carry = std::mem::take(&mut self.carry);
+            carry.extend_from_slice(&data[..take]);
+            let done = self.cut(&carry, false);
+            if take == data.len() {
+                carry.drain(..done);
+                self.carry = carry;
+                return;
+            }
+            // `old < max` and `2 * max` more bytes: the cuts went past the carried bytes.
+            debug_assert!(done >= old);
+            data = &data[done - old..];
+            carry.clear();
+            self.carry = carry;
+        }
+        let done = self.cut(data, false);
+        self.carry.extend_from_slice(&data[done..]);
     }
 
     /// Ends the current item: the rest is cut.
@@ -183,6 +214,23 @@ mod tests {
         }
         parts.finish_item();
         assert_eq!(whole.report(), parts.report());
+        // Pieces smaller and larger than twice the maximum chunk, in turn (the carry is cut
+        // with part of the next piece, or with all of it).
+        let mut mixed = CdcCounter::new(2048, u64::MAX);
+        let mut rest = &data[..];
+        for n in [3usize, 40_000, 100, 16_384, 9_000, 70_001, 1]
+            .iter()
+            .cycle()
+        {
+            let (p, r) = rest.split_at((*n).min(rest.len()));
+            mixed.feed(p);
+            rest = r;
+            if rest.is_empty() {
+                break;
+            }
+        }
+        mixed.finish_item();
+        assert_eq!(whole.report(), mixed.report());
         let direct = FastCDC::new(&data, 512, 2048, 8192).count() as u64;
         assert_eq!(whole.report().chunks, direct);
     }

@@ -42,14 +42,15 @@ use indicatif::ProgressBar;
 
 use super::cdc::{CdcCounter, CdcReport, CDC_AVERAGES};
 use super::fingerprint::{
-    expected_false_merges, memory_metadata, Estimate, LineCounter, LineCounts,
+    expected_false_merges, max_lines, memory_metadata, slots_for, Estimate, LineCounter,
+    LineCounts, SLOT_BYTES,
 };
 pub use super::input::{
     name_unreadable, InputSet, Item, Source, WalkOptions, MAX_NAMED, UNSIZED_FILE_CAP,
     UNSIZED_TOTAL_CAP,
 };
 use super::pagededup::{PageDedup, PageDedupReport, DEFAULT_PAGE_SIZE};
-use super::report::{DedupReport, InputReport, LineEstimate};
+use super::report::{CpuReport, DedupReport, InputReport, LineEstimate};
 
 /// Line sizes measured when none are given: every size HICAMP allows.
 pub const DEFAULT_LINE_SIZES: [usize; 9] = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
@@ -143,7 +144,9 @@ pub struct IngestOptions {
     /// Exact memories, or fingerprints in a budget.
     pub method: Method,
     /// Bytes the fingerprint sets may hold together (fingerprint method); beyond it they are
-    /// sampled. Split over the sets in proportion to the lines each can expect per byte.
+    /// sampled. Each set gets what the input can fill at most (when sizes are known), or a
+    /// share of what is left in proportion to the lines it can hold per byte
+    /// (`split_budget`).
     pub memory_budget: u64,
     /// Measure the content-defined chunking baseline ([`CDC_AVERAGES`]).
     pub cdc: bool,
@@ -277,12 +280,16 @@ enum SinkOutput {
     Cdc(CdcReport),
 }
 
-/// Relative cost per byte (about ns per byte, measured with `perf`) of a set of `unit`-byte
-/// lines: a set insertion (a cache miss, ~40 ns) per line, interior lines included, plus
-/// hashing and zero checks.
+/// Relative cost per byte of a set of `unit`-byte lines: a set insertion per line, interior
+/// lines included, plus hashing and zero checks. Fitted to the time each sink took on
+/// /usr/lib/gcc and /usr/lib/llvm-14 (the 16 B lines about 40% of all, each FastCDC size
+/// about 7%), so that the workers get about equal shares.
 fn line_weight(unit: usize, tree: bool) -> f64 {
-    40.0 * budget_weight(unit, tree) + 0.3
+    40.0 * budget_weight(unit, tree) + 0.05
 }
+
+/// Relative cost per byte of one FastCDC sink, on the scale of [`line_weight`].
+const CDC_WEIGHT: f64 = 0.55;
 
 /// Relative share of the budget for a set of `unit`-byte lines (with the interior lines of
 /// their DAGs when `tree`): the lines per byte it can hold at most.
@@ -302,7 +309,7 @@ impl Sink {
             Sink::Line(l) => line_weight(l.mem.line_size(), true),
             Sink::Page(p) => line_weight(p.page_size(), false),
             Sink::Fp(c, tree) => line_weight(c.line_size(), *tree),
-            Sink::Cdc(_) => 0.4,
+            Sink::Cdc(_) => CDC_WEIGHT,
         }
     }
 
@@ -479,33 +486,112 @@ fn exact_sinks(
 }
 
 /// The sinks of the fingerprint method, the budget split over their sets.
-fn fingerprint_sinks(line_sizes: &[usize], opts: &IngestOptions) -> Vec<Sink> {
+///
+/// When every item's size is known (no stream), each set is sized once for the most distinct
+/// things it can meet ([`max_lines`]: every line, page or chunk of the input distinct), so it
+/// never grows; a set that cannot have that much of the budget gets what is left of it in
+/// proportion to the lines it can hold per byte, and samples past it. With streams, the sets
+/// grow as needed within those shares.
+fn fingerprint_sinks(input: &InputSet, line_sizes: &[usize], opts: &IngestOptions) -> Vec<Sink> {
     let cdc: &[usize] = if opts.cdc { &CDC_AVERAGES } else { &[] };
-    let weights: Vec<f64> = line_sizes
-        .iter()
-        .map(|&ls| budget_weight(ls, true))
-        .chain(std::iter::once(budget_weight(DEFAULT_PAGE_SIZE, false)))
-        .chain(cdc.iter().map(|&a| budget_weight(a, false)))
-        .collect();
-    let total: f64 = weights.iter().sum();
-    let sets_budget = opts.memory_budget.saturating_sub(fixed_overhead(opts));
-    let share = |w: f64| ((sets_budget as f64 * w / total) as u64).max(1 << 20);
-    let mut sinks = Vec::with_capacity(weights.len());
-    let mut w = weights.iter();
+    let lens = || input.items.iter().map(Item::len);
+    let known = !input.items.iter().any(Item::is_stream);
+    // (weight, slots wanted) per set: line sizes, pages, CDC.
+    let mut sets: Vec<(f64, Option<u64>)> = Vec::new();
     for &ls in line_sizes {
-        let b = share(*w.next().expect("weight"));
-        sinks.push(Sink::Fp(Box::new(LineCounter::new(ls, true, b)), true));
+        sets.push((
+            budget_weight(ls, true),
+            known.then(|| slots_for(max_lines(ls, true, lens()))),
+        ));
     }
-    let b = share(*w.next().expect("weight"));
+    sets.push((
+        budget_weight(DEFAULT_PAGE_SIZE, false),
+        known.then(|| slots_for(max_lines(DEFAULT_PAGE_SIZE, false, lens()))),
+    ));
+    for &avg in cdc {
+        let min = (avg / 4) as u64;
+        let chunks = lens().map(|l| l.div_ceil(min) + 1).sum();
+        sets.push((budget_weight(avg, false), known.then(|| slots_for(chunks))));
+    }
+    let budgets = split_budget(
+        opts.memory_budget.saturating_sub(fixed_overhead(opts)),
+        &sets,
+    );
+    let mut sinks = Vec::with_capacity(sets.len());
+    let mut b = budgets.into_iter();
+    for &ls in line_sizes {
+        let b = b.next().expect("budget");
+        sinks.push(Sink::Fp(
+            Box::new(if known {
+                LineCounter::with_max_lines(ls, true, b, max_lines(ls, true, lens()))
+            } else {
+                LineCounter::new(ls, true, b)
+            }),
+            true,
+        ));
+    }
+    let bp = b.next().expect("budget");
     sinks.push(Sink::Fp(
-        Box::new(LineCounter::new(DEFAULT_PAGE_SIZE, false, b)),
+        Box::new(if known {
+            LineCounter::with_max_lines(
+                DEFAULT_PAGE_SIZE,
+                false,
+                bp,
+                max_lines(DEFAULT_PAGE_SIZE, false, lens()),
+            )
+        } else {
+            LineCounter::new(DEFAULT_PAGE_SIZE, false, bp)
+        }),
         false,
     ));
     for &avg in cdc {
-        let b = share(*w.next().expect("weight"));
-        sinks.push(Sink::Cdc(Box::new(CdcCounter::new(avg, b))));
+        let bc = b.next().expect("budget");
+        sinks.push(Sink::Cdc(Box::new(if known {
+            CdcCounter::with_lens(avg, bc, lens())
+        } else {
+            CdcCounter::new(avg, bc)
+        })));
     }
     sinks
+}
+
+/// Smallest budget of a set, bytes.
+const MIN_SET_BUDGET: u64 = 1 << 20;
+
+/// Splits `total` bytes over sets of `(weight, slots wanted)`: a set that wants known slots
+/// gets no more than their bytes; the rest is shared in proportion to the weights, again
+/// capped by what each wants, until the budget or the wants run out. Every set gets at least
+/// [`MIN_SET_BUDGET`].
+fn split_budget(total: u64, sets: &[(f64, Option<u64>)]) -> Vec<u64> {
+    let want: Vec<Option<u64>> = sets
+        .iter()
+        .map(|(_, s)| s.map(|s| s.saturating_mul(SLOT_BYTES)))
+        .collect();
+    let mut given = vec![0u64; sets.len()];
+    let mut open: Vec<usize> = (0..sets.len()).collect();
+    let mut left = total;
+    while !open.is_empty() && left > 0 {
+        let weight: f64 = open.iter().map(|&i| sets[i].0).sum();
+        let mut capped = false;
+        for &i in &open {
+            let share = (left as f64 * sets[i].0 / weight) as u64;
+            if let Some(w) = want[i] {
+                if w <= share {
+                    given[i] = w;
+                    capped = true;
+                }
+            }
+        }
+        if !capped {
+            for &i in &open {
+                given[i] = (left as f64 * sets[i].0 / weight) as u64;
+            }
+            break;
+        }
+        open.retain(|&i| !matches!(want[i], Some(w) if given[i] >= w));
+        left = total.saturating_sub(given.iter().sum());
+    }
+    given.into_iter().map(|g| g.max(MIN_SET_BUDGET)).collect()
 }
 
 /// Ingests `input` into one memory (or fingerprint counter) per line size, the 4 KiB page
@@ -536,7 +622,7 @@ pub fn ingest(
 
     let sinks = match opts.method {
         Method::Exact => exact_sinks(input, &line_sizes, opts)?,
-        Method::Fingerprint => fingerprint_sinks(&line_sizes, opts),
+        Method::Fingerprint => fingerprint_sinks(input, &line_sizes, opts),
     };
 
     progress.set_length(input.total_bytes());
@@ -561,25 +647,46 @@ pub fn ingest(
                         }
                     }
                 }
-                group
+                let out = group
                     .into_iter()
                     .map(|(i, s)| (i, s.finish()))
-                    .collect::<Vec<_>>()
+                    .collect::<Vec<_>>();
+                (out, thread_cpu())
             }));
         }
+        let reader0 = thread_cpu();
         let counts = read_all(input, opts.chunk_size, &senders, &abort, progress, warn);
+        let reader = thread_cpu()
+            .zip(reader0)
+            .map(|(b, a)| (b.0 - a.0, b.1 - a.1));
         drop(senders);
         let mut outputs = Vec::new();
         let mut panicked = false;
+        let mut workers = Some(Vec::new());
         for h in handles {
             match h.join() {
-                Ok(o) => outputs.extend(o),
+                Ok((o, cpu)) => {
+                    outputs.extend(o);
+                    workers = workers.zip(cpu).map(|(mut w, c)| {
+                        w.push(c);
+                        w
+                    });
+                }
                 Err(_) => panicked = true,
             }
         }
-        (counts, (!panicked).then_some(outputs))
+        let cpu = reader.zip(workers).map(|(r, w)| {
+            let run: f64 = r.0 + w.iter().map(|c| c.0).sum::<f64>();
+            CpuReport {
+                reader_seconds: r.0,
+                worker_seconds: w.iter().map(|c| c.0).collect(),
+                waiting_seconds: r.1 + w.iter().map(|c| c.1).sum::<f64>(),
+                ns_per_byte: run * 1e9 / (counts.bytes.max(1) as f64),
+            }
+        });
+        (counts, (!panicked).then_some((outputs, cpu)))
     });
-    let mut outputs = outputs.ok_or(DedupError::WorkerPanicked)?;
+    let (mut outputs, cpu) = outputs.ok_or(DedupError::WorkerPanicked)?;
     outputs.sort_by_key(|(i, _)| *i);
 
     let mut reports = Vec::with_capacity(line_sizes.len());
@@ -668,6 +775,7 @@ pub fn ingest(
         page_baseline,
         page_estimate,
         cdc,
+        cpu,
         run: None,
     })
 }
@@ -751,6 +859,16 @@ fn empty_map_bytes() -> u64 {
         };
         Memory::new(config).map_or(0, |m| m.stats().map_bytes)
     })
+}
+
+/// Seconds the calling thread has run and has waited, runnable, for a CPU
+/// (`/proc/thread-self/schedstat`); `None` where the system does not tell.
+fn thread_cpu() -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    let run = f.next()??;
+    let wait = f.next()??;
+    Some((run as f64 * 1e-9, wait as f64 * 1e-9))
 }
 
 /// Sends the chunks of one reader (an item) to the workers, then the end of the item.
@@ -960,4 +1078,38 @@ fn read_all(
         counts.files += 1;
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_split_caps_known_sets_and_shares_the_rest() {
+        const M: u64 = 1 << 20;
+        // Everything fits: each set gets what it wants (at least the minimum).
+        let sets = [
+            (4.0, Some(100 * M / 8)),
+            (1.0, Some(10 * M / 8)),
+            (1.0, Some(0)),
+        ];
+        assert_eq!(
+            split_budget(1000 * M, &sets),
+            [100 * M, 10 * M, MIN_SET_BUDGET]
+        );
+        // Too little: the small set is capped at its want, the rest shared 4:1.
+        let sets = [
+            (4.0, Some(1000 * M / 8)),
+            (1.0, Some(1000 * M / 8)),
+            (1.0, Some(8 * M / 8)),
+        ];
+        let b = split_budget(208 * M, &sets);
+        assert_eq!(b[2], 8 * M);
+        assert_eq!(b[0], 160 * M);
+        assert_eq!(b[1], 40 * M);
+        // Unknown wants (streams) share by weight.
+        let b = split_budget(100 * M, &[(3.0, None), (1.0, None)]);
+        assert_eq!(b, [75 * M, 25 * M]);
+        assert!(b.iter().sum::<u64>() <= 100 * M);
+    }
 }

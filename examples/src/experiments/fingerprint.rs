@@ -22,8 +22,9 @@
 //!
 //! # Bounded memory: distinct-count sampling
 //!
-//! A set has a budget in bytes. When growing would exceed it, the set raises its sampling level
-//! `s`: it then keeps a fingerprint iff `s` of its bits are zero (probability `2^-s`), and drops
+//! A set has a budget in bytes. `hicamp dedup` sizes each set once from the input (every line
+//! distinct), within its budget. When the table is full and growing would exceed the budget,
+//! the set raises its sampling level `s`: it then keeps a fingerprint iff `s` of its bits are zero (probability `2^-s`), and drops
 //! the entries that no longer qualify. The decision depends only on the fingerprint, so a
 //! sampled line is counted at every occurrence or at none (a line is in the sample or it is
 //! not, wherever it appears). The number of distinct lines is estimated as `k * 2^s` for `k`
@@ -31,15 +32,15 @@
 //! `sqrt((1 - p) / k)` with `p = 2^-s`, and the report gives the 95% interval
 //! (`1.96` standard errors).
 
+use std::ops::Range;
+
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 const LEAF_SEED: u64 = 0x6869_6361_6d70_4c46;
 const INTERIOR_SEED: u64 = 0x6869_6361_6d70_494e;
-const SHARD_BITS: u32 = 6;
-const SHARDS: usize = 1 << SHARD_BITS;
 /// Highest sampling level: keeps one line in 2^22.
 pub const MAX_LEVEL: u32 = 22;
-const INITIAL_TABLE: usize = 8;
+const INITIAL_TABLE: usize = 1024;
 /// Bytes per table slot.
 pub const SLOT_BYTES: u64 = 8;
 pub use hicamp::footprint::sampled::Z95;
@@ -78,44 +79,42 @@ pub fn expected_false_merges(n: u64) -> f64 {
     n * (n - 1.0) / 2.0 / 2f64.powi(64)
 }
 
-/// Tables from this size up are mapped on their own and backed by transparent huge pages
-/// where the kernel offers them: random probes into tables of gigabytes would miss the TLB on
-/// every access with 4 KiB pages.
+/// Tables from this size up are mapped on their own, aligned to 2 MiB and advised for
+/// transparent huge pages where the kernel offers them: random probes into tables of
+/// gigabytes would miss the TLB on nearly every access with 4 KiB pages.
 const HUGE_TABLE_BYTES: usize = 2 << 20;
 
 /// The slots of a table (native-endian `u64`s in bytes).
 #[derive(Debug)]
 enum Slots {
     Heap(Vec<u8>),
-    Map(memmap2::MmapMut),
-}
-
-impl Clone for Slots {
-    fn clone(&self) -> Self {
-        let mut t = Slots::zeroed(self.len());
-        t.bytes_mut().copy_from_slice(self.bytes());
-        t
-    }
+    /// A mapping, and the byte range of the slots in it (starting at a 2 MiB boundary).
+    Map(memmap2::MmapMut, Range<usize>),
 }
 
 impl Slots {
-    fn zeroed(n: usize) -> Self {
-        let bytes = n * 8;
+    /// A zeroed table of `n` slots, or `None` when the system refuses the mapping of a large
+    /// one (the caller then makes do with a smaller table).
+    fn try_zeroed(n: usize) -> Option<Self> {
+        let bytes = n.checked_mul(8)?;
         if bytes >= HUGE_TABLE_BYTES {
-            if let Ok(m) = memmap2::MmapMut::map_anon(bytes) {
-                #[cfg(target_os = "linux")]
-                let _ = m.advise(memmap2::Advice::HugePage);
-                return Slots::Map(m);
-            }
+            // Map 2 MiB more than needed, so that the slots can start at a huge-page boundary
+            // (the pages of the slack are never touched, so never resident).
+            let m = memmap2::MmapMut::map_anon(bytes.checked_add(HUGE_TABLE_BYTES)?).ok()?;
+            #[cfg(target_os = "linux")]
+            let _ = m.advise(memmap2::Advice::HugePage);
+            let start =
+                (m.as_ptr() as usize).next_multiple_of(HUGE_TABLE_BYTES) - m.as_ptr() as usize;
+            return Some(Slots::Map(m, start..start + bytes));
         }
-        Slots::Heap(vec![0; bytes])
+        Some(Slots::Heap(vec![0; bytes]))
     }
 
     #[inline]
     fn bytes(&self) -> &[u8] {
         match self {
             Slots::Heap(v) => v,
-            Slots::Map(m) => m,
+            Slots::Map(m, r) => &m[r.clone()],
         }
     }
 
@@ -123,13 +122,8 @@ impl Slots {
     fn bytes_mut(&mut self) -> &mut [u8] {
         match self {
             Slots::Heap(v) => v,
-            Slots::Map(m) => m,
+            Slots::Map(m, r) => &mut m[r.clone()],
         }
-    }
-
-    #[inline]
-    fn len(&self) -> usize {
-        self.bytes().len() / 8
     }
 
     #[inline]
@@ -150,46 +144,117 @@ impl Slots {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Shard {
-    table: Slots,
-    len: usize,
-    /// `table.len()`.
-    cap: usize,
-}
-
-/// A shard's table is full past this load (4/5); it is rebuilt at twice its entries (load
-/// 1/2), so the tables stay between 1/2 and 4/5 full: 10 to 16 bytes per fingerprint.
+/// A table is full past this load (4/5).
 fn full_at(len: usize, cap: usize) -> bool {
     (len + 1) * 5 > cap * 4
 }
 
-/// Slots of a table rebuilt for `len` entries.
-fn cap_for(len: usize) -> usize {
-    (2 * (len + 1)).next_multiple_of(8).max(INITIAL_TABLE)
+/// Slots for at most `entries` fingerprints without passing the full load.
+pub fn slots_for(entries: u64) -> u64 {
+    (entries.saturating_mul(5) / 4).saturating_add(8)
 }
 
-impl Shard {
-    fn with_len(len: usize) -> Self {
-        let cap = cap_for(len);
-        Shard {
-            table: Slots::zeroed(cap),
-            len: 0,
+/// Fingerprints a set looks ahead of the one it inserts, prefetching their home slots so that
+/// the cache misses of several inserts overlap.
+const PREFETCH_AHEAD: usize = 16;
+
+/// A set of fingerprints in a memory budget, sampled by fingerprint when the budget is reached
+/// (see the module documentation).
+///
+/// One open-addressing table with linear probing; the home slot of a fingerprint is its top
+/// bits scaled to the table, so the table is ordered by fingerprint (up to the probing runs)
+/// and growing it is one sequential pass. A set told the most fingerprints it can get
+/// ([`FpSet::with_max_entries`], as `hicamp dedup` does from the input's size) is sized for
+/// them once and never grows; otherwise it doubles when 4/5 full. When the budget forbids the
+/// size it needs, the set raises its sampling level and drops, in place, the entries that no
+/// longer qualify.
+#[derive(Debug)]
+pub struct FpSet {
+    table: Slots,
+    /// Slots.
+    cap: usize,
+    /// Entries.
+    len: usize,
+    level: u32,
+    budget: u64,
+    peak_bytes: u64,
+    /// Distinct sampled fingerprints by kind (leaf, interior).
+    counts: [u64; 2],
+}
+
+impl FpSet {
+    /// An empty set that grows as needed and keeps its table within `budget` bytes (at least a
+    /// minimal table).
+    pub fn new(budget: u64) -> Self {
+        Self::with_slots(budget, INITIAL_TABLE as u64)
+    }
+
+    /// An empty set sized once for `max_entries` distinct fingerprints (at a load of at most
+    /// 4/5, so it never grows), or for what `budget` allows if that is less.
+    pub fn with_max_entries(budget: u64, max_entries: u64) -> Self {
+        let slots = slots_for(max_entries).min(budget / SLOT_BYTES);
+        Self::with_slots(budget, slots)
+    }
+
+    fn with_slots(budget: u64, slots: u64) -> Self {
+        let mut cap = usize::try_from(slots)
+            .unwrap_or(usize::MAX / 16)
+            .max(INITIAL_TABLE);
+        // A table the system will not map is halved until it will (a small one always is).
+        let table = loop {
+            match Slots::try_zeroed(cap) {
+                Some(t) => break t,
+                None => cap = (cap / 2).max(INITIAL_TABLE),
+            }
+        };
+        let bytes = cap as u64 * SLOT_BYTES;
+        FpSet {
+            table,
             cap,
+            len: 0,
+            level: 0,
+            budget,
+            peak_bytes: bytes,
+            counts: [0; 2],
         }
     }
 
-    /// The home slot of `fp`: its bits below the shard bits scaled to the table, so that the
-    /// order of the entries in the table follows their fingerprints and growing a table is one
-    /// sequential pass over the old and the new table.
-    #[inline]
-    fn home(&self, fp: u64) -> usize {
-        ((u128::from(fp << SHARD_BITS) * self.cap as u128) >> 64) as usize
+    /// The sampling level: one fingerprint in `2^level` is kept.
+    pub fn level(&self) -> u32 {
+        self.level
     }
 
-    /// Inserts into a table with room. True when `fp` was not there.
+    /// The sampling rate, `2^-level`.
+    pub fn rate(&self) -> f64 {
+        0.5f64.powi(self.level as i32)
+    }
+
+    /// Bytes held by the table now, and at most so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.cap as u64 * SLOT_BYTES, self.peak_bytes)
+    }
+
+    /// True when `fp` is in the sample at the current level.
     #[inline]
-    fn insert(&mut self, fp: u64) -> bool {
+    pub fn accepts(&self, fp: u64) -> bool {
+        (fp >> 1) & ((1u64 << self.level) - 1) == 0
+    }
+
+    /// Distinct sampled fingerprints: (leaves, interior).
+    pub fn sampled(&self) -> (u64, u64) {
+        (self.counts[0], self.counts[1])
+    }
+
+    /// The home slot of `fp`: its top bits scaled to the table.
+    #[inline]
+    fn home(&self, fp: u64) -> usize {
+        ((u128::from(fp) * self.cap as u128) >> 64) as usize
+    }
+
+    /// Puts `fp` at the first free slot from its home unless it is there already; the table
+    /// has a free slot. True when it was not there.
+    #[inline]
+    fn place(&mut self, fp: u64) -> bool {
         let mut i = self.home(fp);
         loop {
             let e = self.table.get(i);
@@ -208,78 +273,6 @@ impl Shard {
         }
     }
 
-    fn full(&self) -> bool {
-        full_at(self.len, self.cap)
-    }
-
-    /// Rebuilds the table for its entries that `keep`, sized for them.
-    fn rebuild(&mut self, keep: impl Fn(u64) -> bool, extra: usize) {
-        let old = std::mem::replace(&mut self.table, Slots::Heap(Vec::new()));
-        let n = old.iter().filter(|&e| e != 0 && keep(e)).count();
-        *self = Shard::with_len(n + extra);
-        for e in old.iter() {
-            if e != 0 && keep(e) {
-                self.insert(e);
-            }
-        }
-    }
-}
-
-/// A set of fingerprints in a memory budget, sampled by fingerprint when the budget is reached
-/// (see the module documentation).
-#[derive(Debug, Clone)]
-pub struct FpSet {
-    shards: Vec<Shard>,
-    level: u32,
-    budget: u64,
-    bytes: u64,
-    peak_bytes: u64,
-    /// Distinct sampled fingerprints by kind (leaf, interior).
-    counts: [u64; 2],
-}
-
-impl FpSet {
-    /// An empty set that keeps its tables within `budget` bytes (at least a minimal table per
-    /// shard).
-    pub fn new(budget: u64) -> Self {
-        let shards = (0..SHARDS).map(|_| Shard::with_len(0)).collect();
-        let bytes = (SHARDS * INITIAL_TABLE) as u64 * SLOT_BYTES;
-        FpSet {
-            shards,
-            level: 0,
-            budget,
-            bytes,
-            peak_bytes: bytes,
-            counts: [0; 2],
-        }
-    }
-
-    /// The sampling level: one fingerprint in `2^level` is kept.
-    pub fn level(&self) -> u32 {
-        self.level
-    }
-
-    /// The sampling rate, `2^-level`.
-    pub fn rate(&self) -> f64 {
-        0.5f64.powi(self.level as i32)
-    }
-
-    /// Bytes held by the tables now, and at most so far.
-    pub fn bytes(&self) -> (u64, u64) {
-        (self.bytes, self.peak_bytes)
-    }
-
-    /// True when `fp` is in the sample at the current level.
-    #[inline]
-    pub fn accepts(&self, fp: u64) -> bool {
-        (fp >> 1) & ((1u64 << self.level) - 1) == 0
-    }
-
-    /// Distinct sampled fingerprints: (leaves, interior).
-    pub fn sampled(&self) -> (u64, u64) {
-        (self.counts[0], self.counts[1])
-    }
-
     /// Adds a fingerprint (non-zero). True when it is in the sample and was not there yet.
     #[inline]
     pub fn insert(&mut self, fp: u64) -> bool {
@@ -287,60 +280,100 @@ impl FpSet {
         if !self.accepts(fp) {
             return false;
         }
-        let s = (fp >> (64 - SHARD_BITS)) as usize;
-        if self.shards[s].full() {
-            let grow = cap_for(self.shards[s].len + 1) as u64 * SLOT_BYTES;
-            if self.bytes + grow > self.budget && self.level < MAX_LEVEL {
-                self.raise_level();
-                if !self.accepts(fp) {
-                    return false;
-                }
-            }
-            let shard = &mut self.shards[s];
-            if shard.full() {
-                let before = shard.table.len() as u64;
-                shard.rebuild(|_| true, 1);
-                self.bytes =
-                    self.bytes - before * SLOT_BYTES + shard.table.len() as u64 * SLOT_BYTES;
-                self.peak_bytes = self.peak_bytes.max(self.bytes + before * SLOT_BYTES);
+        if full_at(self.len, self.cap) {
+            self.make_room();
+            if !self.accepts(fp) {
+                return false;
             }
         }
-        let new = self.shards[s].insert(fp);
+        let new = self.place(fp);
         if new {
             self.counts[(fp & INTERIOR_BIT) as usize] += 1;
         }
         new
     }
 
-    /// Inserts a batch. The first slot of each of a group of fingerprints is loaded first, with
-    /// no branch between the loads, so that their cache misses overlap; the inserts then find
-    /// the slots in the cache.
+    /// Inserts a batch, prefetching the home slots of the fingerprints a few places ahead so
+    /// that their cache misses overlap.
     pub fn insert_batch(&mut self, fps: &[u64]) {
-        const GROUP: usize = 16;
-        for group in fps.chunks(GROUP) {
-            let mut acc = 0u64;
-            for &fp in group {
-                let sh = &self.shards[(fp >> (64 - SHARD_BITS)) as usize];
-                acc = acc.wrapping_add(sh.table.get(sh.home(fp)));
+        for &fp in fps.iter().take(PREFETCH_AHEAD) {
+            self.prefetch(fp);
+        }
+        for (i, &fp) in fps.iter().enumerate() {
+            if let Some(&ahead) = fps.get(i + PREFETCH_AHEAD) {
+                self.prefetch(ahead);
             }
-            std::hint::black_box(acc);
-            for &fp in group {
-                self.insert(fp);
+            self.insert(fp);
+        }
+    }
+
+    #[inline]
+    fn prefetch(&self, fp: u64) {
+        let i = self.home(fp);
+        hicamp::footprint::sampled::prefetch_read(&self.table.bytes()[i * 8]);
+    }
+
+    /// Makes room for one more entry: doubles the table when the budget allows the old and
+    /// the new table at once, else raises the sampling level (at the highest level the table
+    /// grows regardless).
+    #[cold]
+    fn make_room(&mut self) {
+        while full_at(self.len, self.cap) {
+            let bytes = self.cap as u64 * SLOT_BYTES;
+            let may_grow = bytes * 3 <= self.budget || self.level >= MAX_LEVEL;
+            // Past MAX_LEVEL only when the system refuses a bigger table (the level can go
+            // up to 62, where no fingerprint qualifies any more).
+            if !(may_grow && self.grow(self.cap * 2)) && self.level < 62 {
+                self.raise_level();
             }
         }
     }
 
-    /// Halves the sample (one more level) and rebuilds the tables for what stays.
+    /// Rebuilds the table at `cap` slots (one pass over the old table in slot order, which is
+    /// about fingerprint order, so the new table is written about sequentially).
+    /// False (and nothing changed) when the system refuses the new table.
+    fn grow(&mut self, cap: usize) -> bool {
+        let Some(new) = Slots::try_zeroed(cap) else {
+            return false;
+        };
+        let old = std::mem::replace(&mut self.table, new);
+        let old_bytes = self.cap as u64 * SLOT_BYTES;
+        self.cap = cap;
+        self.len = 0;
+        for e in old.iter().filter(|&e| e != 0) {
+            self.place(e);
+        }
+        let bytes = cap as u64 * SLOT_BYTES;
+        self.peak_bytes = self.peak_bytes.max(bytes + old_bytes);
+        true
+    }
+
+    /// Halves the sample (one more level) and drops, in place, the entries that no longer
+    /// qualify.
+    ///
+    /// The slots are visited once, in order, starting just after a free slot (so no probing
+    /// run crosses the start): each entry is taken out and, if it stays, put back at the first
+    /// free slot from its home. That slot is at or before the one it was taken from (which is
+    /// free now), and every slot between its home and it is taken, so lookups find it; the
+    /// slots freed later all lie past the entries already put back.
     fn raise_level(&mut self) {
         self.level += 1;
         let level = self.level;
         let keep = move |fp: u64| (fp >> 1) & ((1u64 << level) - 1) == 0;
-        self.bytes = 0;
+        let start = (0..self.cap)
+            .find(|&i| self.table.get(i) == 0)
+            .expect("a table below full load has a free slot");
+        self.len = 0;
         self.counts = [0; 2];
-        for sh in &mut self.shards {
-            sh.rebuild(keep, 0);
-            self.bytes += sh.table.len() as u64 * SLOT_BYTES;
-            for e in sh.table.iter().filter(|&e| e != 0) {
+        for k in 1..=self.cap {
+            let p = (start + k) % self.cap;
+            let e = self.table.get(p);
+            if e == 0 {
+                continue;
+            }
+            self.table.set(p, 0);
+            if keep(e) {
+                self.place(e);
                 self.counts[(e & INTERIOR_BIT) as usize] += 1;
             }
         }
@@ -447,6 +480,16 @@ impl LineCounter {
     /// A counter for lines of `line_size` bytes (a power of two from 16 for trees; any size
     /// without), keeping its set within `budget` bytes.
     pub fn new(line_size: usize, tree: bool, budget: u64) -> Self {
+        Self::with_set(line_size, tree, FpSet::new(budget))
+    }
+
+    /// [`LineCounter::new`] with a set sized once for at most `max_lines` distinct lines
+    /// (see [`max_lines`]).
+    pub fn with_max_lines(line_size: usize, tree: bool, budget: u64, max_lines: u64) -> Self {
+        Self::with_set(line_size, tree, FpSet::with_max_entries(budget, max_lines))
+    }
+
+    fn with_set(line_size: usize, tree: bool, set: FpSet) -> Self {
         let fanout = (line_size / 4).max(2);
         LineCounter {
             ls: line_size,
@@ -457,7 +500,7 @@ impl LineCounter {
             leaves_in_item: 0,
             batch: Vec::with_capacity(BATCH),
             scratch: vec![0; fanout * 8],
-            set: FpSet::new(budget),
+            set,
             c: LineCounts {
                 line_size: line_size as u64,
                 ..LineCounts::default()
@@ -515,7 +558,6 @@ impl LineCounter {
             }
         }
         self.leaves_in_item = 0;
-        self.flush();
     }
 
     #[inline]
@@ -602,6 +644,27 @@ impl LineCounter {
     }
 }
 
+/// The most non-zero lines (leaves and, with `tree`, interior lines of the canonical DAGs) a
+/// [`LineCounter`] of `line_size` can meet in items of `lens` bytes: an upper bound of its
+/// distinct lines.
+pub fn max_lines(line_size: usize, tree: bool, lens: impl Iterator<Item = u64>) -> u64 {
+    let ls = line_size as u64;
+    let fanout = (ls / 4).max(2);
+    let mut lines: u64 = 0;
+    for len in lens {
+        let leaves = len.div_ceil(ls);
+        lines = lines.saturating_add(leaves);
+        if tree {
+            let mut level = leaves;
+            while level > 1 {
+                level = level.div_ceil(fanout);
+                lines = lines.saturating_add(level);
+            }
+        }
+    }
+    lines
+}
+
 /// Height of the canonical DAG over `n` leaves with fanout `f` (`hicamp::shape::height_for`).
 pub fn height_for(n: u64, f: u64) -> u32 {
     let mut h = 0;
@@ -647,6 +710,54 @@ mod tests {
         let e = Estimate::new(small.sampled().0, small.rate());
         let err = (e.value as f64 - 200_000.0).abs() / 200_000.0;
         assert!(err <= e.rel_err_95 * 1.5, "{e:?} err {err}");
+    }
+
+    /// Raising the level in place keeps exactly the entries that qualify, each findable.
+    #[test]
+    fn level_raise_in_place_keeps_what_qualifies() {
+        let fps: Vec<u64> = (1..=30_000u64).map(|i| leaf_fp(&i.to_le_bytes())).collect();
+        // A table that cannot grow (budget = its size) and cannot hold them all.
+        let mut s = FpSet::with_max_entries(16 << 10, 1 << 20);
+        assert_eq!(s.bytes().0, 16 << 10);
+        for &fp in &fps {
+            s.insert(fp);
+        }
+        assert!(s.level() > 0);
+        assert_eq!(s.bytes(), (16 << 10, 16 << 10), "never grew");
+        let want: Vec<u64> = fps.iter().copied().filter(|&f| s.accepts(f)).collect();
+        assert_eq!(s.sampled().0, want.len() as u64);
+        for &fp in &want {
+            assert!(!s.insert(fp), "a kept entry is still found");
+        }
+        assert_eq!(s.sampled().0, want.len() as u64);
+    }
+
+    /// A set sized for its entries never grows; one that is not grows and says so in its peak.
+    #[test]
+    fn presized_sets_do_not_grow() {
+        let fps: Vec<u64> = (1..=50_000u64).map(|i| leaf_fp(&i.to_le_bytes())).collect();
+        let mut sized = FpSet::with_max_entries(u64::MAX, fps.len() as u64);
+        sized.insert_batch(&fps);
+        sized.insert_batch(&fps);
+        assert_eq!(sized.sampled(), (50_000, 0));
+        assert_eq!(sized.bytes().0, sized.bytes().1);
+        let mut grown = FpSet::new(u64::MAX);
+        grown.insert_batch(&fps);
+        assert_eq!(grown.sampled(), (50_000, 0));
+        assert!(grown.bytes().1 > grown.bytes().0);
+    }
+
+    /// A set asked for more slots than the system can map makes do with a table it can.
+    #[test]
+    fn unmappable_table_is_halved_not_fatal() {
+        let mut s = FpSet::with_max_entries(u64::MAX, 1 << 61);
+        let (bytes, _) = s.bytes();
+        assert!(bytes >= INITIAL_TABLE as u64 * SLOT_BYTES && bytes < 1 << 62);
+        // A few inserts only: each may touch a 2 MiB page of the (large) table.
+        for i in 1..=8u64 {
+            assert!(s.insert(leaf_fp(&i.to_le_bytes())));
+        }
+        assert_eq!(s.sampled(), (8, 0));
     }
 
     #[test]

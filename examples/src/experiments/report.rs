@@ -69,6 +69,20 @@ pub struct RunInfo {
     pub threads: u64,
 }
 
+/// CPU time of the run by thread (from Linux's per-thread scheduler statistics): on a shared
+/// machine the steadier figure than wall-clock time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CpuReport {
+    /// Seconds the reading thread ran while reading (the walk before it excluded).
+    pub reader_seconds: f64,
+    /// Seconds each worker thread ran.
+    pub worker_seconds: Vec<f64>,
+    /// Seconds these threads were ready to run but waited for a CPU (other load).
+    pub waiting_seconds: f64,
+    /// CPU nanoseconds (reader and workers) per input byte.
+    pub ns_per_byte: f64,
+}
+
 /// The whole report of `hicamp dedup`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DedupReport {
@@ -93,6 +107,8 @@ pub struct DedupReport {
     pub page_estimate: Option<Estimate>,
     /// Content-defined chunking (FastCDC) at several average chunk sizes.
     pub cdc: Vec<CdcReport>,
+    /// CPU time by thread, where the system tells it.
+    pub cpu: Option<CpuReport>,
     /// Time and memory of the run.
     pub run: Option<RunInfo>,
 }
@@ -305,6 +321,18 @@ impl DedupReport {
                  {CDC_INDEX_BYTES} B per distinct chunk; units = lines written, pages or chunks):\n"
             );
             out.push_str(&comparison_table(self));
+        }
+        if let Some(c) = &self.cpu {
+            let workers: Vec<String> = c.worker_seconds.iter().map(|s| format!("{s:.2}")).collect();
+            let _ = writeln!(
+                out,
+                "\nCPU: workers {} s, reader {:.2} s ({:.1} ns per input byte); {:.2} s \
+                 waiting for a CPU (other load)",
+                workers.join(" + "),
+                c.reader_seconds,
+                c.ns_per_byte,
+                c.waiting_seconds
+            );
         }
         out
     }

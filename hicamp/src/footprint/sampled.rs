@@ -48,6 +48,10 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 use super::LineSizeReport;
 use crate::store::is_zero;
 
+/// A prefetch hint for one cache line (for hash tables probed at random), re-exported for the
+/// fingerprint sets of `hicamp dedup`, whose crate has no unsafe code.
+pub use crate::region::prefetch_read;
+
 /// The method's name, as reports give it.
 pub const METHOD: &str = "content-defined line sampling";
 
