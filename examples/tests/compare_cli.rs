@@ -60,7 +60,14 @@ fn compare_quick_writes_json_plots_and_recovery() {
             assert!(r["footprint_bytes"].as_u64().unwrap() > 0, "{r}");
         }
         if model == "hicamp" {
-            assert!(r["line_ops"]["lines_written_per_req"].as_f64().unwrap() > 0.0);
+            let ops = &r["line_ops"];
+            assert!(ops["lines_written_per_req"].as_f64().unwrap() > 0.0);
+            // Every request's parse window reads at least one line, on a path from the root.
+            assert!(ops["lines_read_per_req"].as_f64().unwrap() >= 1.0, "{r}");
+            assert!(
+                ops["dag_nodes_visited_per_req"].as_f64().unwrap() >= 1.0,
+                "{r}"
+            );
         }
     }
     // PASTE holds whole 2 KiB buffers per record.

@@ -93,6 +93,55 @@ pub(crate) fn build_from_leaves(store: &Store, mut level: Vec<LineId>, len: u64)
     })
 }
 
+/// The lines a read of leaves `first..=last` reaches, walking the DAG as a
+/// cursor does: every interior line on the paths from the root, once each
+/// (no descent into an all-zero subtree), and every non-zero leaf line.
+/// Returns (interior lines, leaf lines).
+pub(crate) fn read_visits(store: &Store, tree: &Tree, first: u64, last: u64) -> (u64, u64) {
+    fn walk(
+        store: &Store,
+        fs: u32,
+        node: LineId,
+        level: u32,
+        start: u64,
+        range: (u64, u64),
+        acc: &mut (u64, u64),
+    ) {
+        if node.is_zero() {
+            return;
+        }
+        if level == 0 {
+            acc.1 += 1;
+            return;
+        }
+        acc.0 += 1;
+        let span = 1u64 << (fs * (level - 1));
+        let fanout = 1u64 << fs;
+        let lo = range.0.saturating_sub(start) / span;
+        let hi = ((range.1 - start) / span).min(fanout - 1);
+        for j in lo..=hi {
+            let child = store.child(node, j as usize);
+            walk(store, fs, child, level - 1, start + j * span, range, acc);
+        }
+    }
+    let n = leaves_for(tree.len, store.shift());
+    if n == 0 || first > last || first >= n {
+        return (0, 0);
+    }
+    let mut acc = (0, 0);
+    let range = (first, last.min(n - 1));
+    walk(
+        store,
+        fanout_shift(store),
+        tree.root,
+        tree.height,
+        0,
+        range,
+        &mut acc,
+    );
+    acc
+}
+
 /// The leaf holding leaf index `i` (line 0 beyond the end or in zero subtrees).
 pub(crate) fn leaf_at(store: &Store, tree: &Tree, i: u64) -> LineId {
     let fs = fanout_shift(store);

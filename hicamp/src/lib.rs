@@ -105,7 +105,7 @@ pub use map::{MapEntry, SegmentMap};
 pub use memory::{Damage, Memory, OpenOptions, Recovery};
 pub use persist::{FORMAT_VERSION, MAGIC};
 pub use region::{flush_cache_lines_of, flush_instruction, persist_fence};
-pub use segment::{Cursor, Segment, SegmentMut};
+pub use segment::{Cursor, ReadCost, Segment, SegmentMut};
 pub use shape::MAX_SEGMENT_LEN;
 pub use slice::SegmentSlice;
 pub use splice::{Piece, SpliceCounts};

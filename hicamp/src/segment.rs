@@ -65,6 +65,15 @@ pub struct Segment {
     h: Handle,
 }
 
+/// What a read of a byte range reaches in the DAG ([`Segment::read_cost`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadCost {
+    /// Interior lines on the paths from the root (DAG nodes visited).
+    pub interior_lines: u64,
+    /// Stored leaf lines read (all-zero leaves are not stored, not read).
+    pub leaf_lines: u64,
+}
+
 impl Segment {
     pub(crate) fn from_tree(mem: Memory, tree: Tree) -> Segment {
         Segment {
@@ -103,6 +112,27 @@ impl Segment {
     /// Height of the DAG (0: the root is the only leaf).
     pub fn height(&self) -> u32 {
         self.h.tree.height
+    }
+
+    /// The lines a read of `len` bytes from `off` reaches (clamped to the
+    /// segment), counted by walking the DAG the way a cursor does: the
+    /// interior lines on the paths from the root, each once, and the stored
+    /// (non-zero) leaf lines. All-zero subtrees are not entered, as a read
+    /// does not enter them. This is the cost of the read in line accesses.
+    pub fn read_cost(&self, off: u64, len: u64) -> ReadCost {
+        let tree = self.h.tree;
+        let end = off.saturating_add(len).min(tree.len);
+        if off >= end {
+            return ReadCost::default();
+        }
+        let store = &self.h.mem.inner.store;
+        let shift = store.shift();
+        let (interior, leaves) =
+            crate::dag::read_visits(store, &tree, off >> shift, (end - 1) >> shift);
+        ReadCost {
+            interior_lines: interior,
+            leaf_lines: leaves,
+        }
     }
 
     /// Copies bytes from `off` into `buf`; returns how many (short at the end).

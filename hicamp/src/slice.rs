@@ -129,6 +129,11 @@ impl SegmentSlice {
         self.len = self.len.min(n);
     }
 
+    /// The lines a read of these bytes reaches ([`Segment::read_cost`]).
+    pub fn read_cost(&self) -> crate::segment::ReadCost {
+        self.seg.read_cost(self.off, self.len as u64)
+    }
+
     /// Copies up to `buf.len()` bytes into `buf`; returns how many (a copy:
     /// callers count it).
     pub fn copy_to(&self, buf: &mut [u8]) -> usize {

@@ -139,10 +139,10 @@ pub struct LineOps {
     pub lines_created_per_req: f64,
     /// Received lines a record referenced without reading or copying them.
     pub lines_shared_per_req: f64,
-    /// Lines read (parse window and assembled partial lines; an estimate).
-    pub lines_read_est_per_req: f64,
-    /// DAG nodes visited: not counted (hicamp has no read-path counter yet).
-    pub dag_nodes_visited_per_req: Option<f64>,
+    /// Stored leaf lines read (the parse window's, and partial lines a splice assembled).
+    pub lines_read_per_req: f64,
+    /// Interior lines (DAG nodes) visited by those reads and by the body's splice.
+    pub dag_nodes_visited_per_req: f64,
 }
 
 /// One run's figures.
@@ -352,8 +352,8 @@ pub fn run_one(
         lines_deduplicated_per_req: c.lines_deduplicated as f64 / n,
         lines_created_per_req: c.lines_created as f64 / n,
         lines_shared_per_req: c.lines_shared as f64 / n,
-        lines_read_est_per_req: c.lines_read_est as f64 / n,
-        dag_nodes_visited_per_req: None,
+        lines_read_per_req: c.lines_read as f64 / n,
+        dag_nodes_visited_per_req: c.dag_nodes_visited as f64 / n,
     });
     drop(m);
     for f in [

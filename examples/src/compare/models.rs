@@ -36,7 +36,7 @@ use super::paste::{
     buffers_needed, copy_entry_len, CopyLog, PasteError, PastePort, ZeroCopyLog, BUF_SIZE,
     RECORD_LEN,
 };
-use super::region::{lines_covering, Region};
+use super::region::Region;
 use super::traffic::DOFF;
 use crate::phttpd::http::{head_end, parse_head};
 use crate::phttpd::{rpc_response, RECORD_HEAD};
@@ -120,9 +120,13 @@ pub struct Counts {
     pub lines_created: u64,
     /// HICAMP: source lines a splice referenced without reading them.
     pub lines_shared: u64,
-    /// HICAMP: lines read (the parse window's lines, and the lines splices assembled from
-    /// bytes) — an estimate from the splice counts: hicamp has no read counter.
-    pub lines_read_est: u64,
+    /// HICAMP: stored leaf lines read: the parse window's (`Segment::read_cost`, a walk of
+    /// the DAG as the read takes it) and the partial lines splices assembled from bytes
+    /// (`SpliceCounts::assembled_lines`).
+    pub lines_read: u64,
+    /// HICAMP: interior lines (DAG nodes) visited on the way: by the parse window's read and
+    /// by the record's splice of the body's lines (`Segment::read_cost` of each range).
+    pub dag_nodes_visited: u64,
     /// Nanoseconds spent in arrival (NIC DMA or deposit; not in the server's time).
     pub arrival_ns: u64,
 }
@@ -319,6 +323,8 @@ impl HicampModel {
             Piece::Zeros((ls - RECORD_HEAD) as u64),
             Piece::Range(&range),
         ];
+        // The splice walks the body's range of the received DAG to reference its lines.
+        self.counts.dag_nodes_visited += range.read_cost().interior_lines;
         let (seg, c) = self.mem.splice(&pieces)?;
         if self.group {
             self.batch.push(seg);
@@ -367,13 +373,15 @@ impl Model for HicampModel {
             let n = payload.copy_to(&mut self.window);
             let (hlen, clen) = parse(&self.window[..n])?;
             self.counts.header_bytes_copied += hlen as u64;
-            self.counts.lines_read_est += lines_covering(payload.offset() as usize, n);
+            let cost = payload.slice(0, n).read_cost();
+            self.counts.lines_read += cost.leaf_lines;
+            self.counts.dag_nodes_visited += cost.interior_lines;
             if self.wal && clen > 0 {
                 let body = payload.slice(hlen, hlen + clen);
                 let c = self.store(&body)?;
                 self.counts.copied_bytes += c.copied_bytes;
                 self.counts.lines_shared += c.shared_lines;
-                self.counts.lines_read_est += c.assembled_lines;
+                self.counts.lines_read += c.assembled_lines;
             }
             // The answer: a snapshot of the prebuilt response (sent by reference).
             let answer = self.response.clone();
