@@ -53,6 +53,8 @@ mod neighbour;
 mod rx;
 mod socket_set;
 mod sockets;
+#[cfg(test)]
+mod tests;
 mod tx;
 
 #[cfg(any(test, feature = "test-support"))]
