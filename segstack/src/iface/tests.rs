@@ -11,7 +11,7 @@ use crate::wire::checksum;
 use crate::wire::ethernet::{ethertype, EthernetRepr};
 use crate::wire::ipv4::{protocol, Ipv4Repr};
 use crate::wire::udp::{self, UdpRepr};
-use crate::wire::EthernetAddress;
+use crate::wire::{icmp, EthernetAddress, IcmpRepr};
 use crate::Payload;
 
 const US: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -54,6 +54,40 @@ impl Port for LatePort {
     fn name(&self) -> &str {
         "late"
     }
+}
+
+/// The Ethernet and IPv4 headers of a frame from the peer to us.
+fn headers(proto: u8, payload_len: usize) -> Vec<u8> {
+    let ip = Ipv4Repr {
+        src: PEER,
+        dst: US,
+        protocol: proto,
+        ttl: 64,
+        tos: 0,
+        ident: 1,
+        dont_frag: true,
+        payload_len,
+    };
+    let eth = EthernetRepr {
+        dst: EthernetAddress(US_MAC),
+        src: EthernetAddress(PEER_MAC),
+        ethertype: ethertype::IPV4,
+    };
+    let mut f = vec![0; 14 + 20];
+    eth.emit(&mut f);
+    ip.emit(&mut f[14..]);
+    f
+}
+
+/// An ICMP echo request from the peer.
+fn ping(seq_no: u16) -> Vec<u8> {
+    let data = [0x5au8; 32];
+    let mut f = headers(protocol::ICMP, icmp::HEADER_LEN + data.len());
+    let mut h = [0u8; 8];
+    IcmpRepr::EchoRequest { ident: 7, seq_no }.emit(&mut h, checksum::sum(0, &data));
+    f.extend_from_slice(&h);
+    f.extend_from_slice(&data);
+    f
 }
 
 /// An Ethernet/IPv4/UDP frame from the peer's port 9 to our port 7.
@@ -130,4 +164,42 @@ fn a_frame_deposited_by_the_flush_is_ingested_by_the_same_poll() {
     assert_eq!(p.to_vec(), b"late news");
     assert!(events.iter().any(|e| e.handle == h && e.readable));
     assert_eq!(iface.poll_at(), None, "nothing left to do");
+}
+
+/// A peer that answers every frame at once (each echo reply lets the next
+/// echo request arrive) keeps the flush depositing: a poll stops after a few
+/// rounds, and `poll_at` says `Some(0)` while frames wait in the RX ring, so
+/// a caller sleeping until `poll_at` polls again instead of sleeping on a
+/// descriptor that will not turn readable.
+#[test]
+fn poll_at_is_due_while_received_frames_wait_in_the_ring() {
+    let mem = Memory::new(hicamp::Config {
+        capacity_lines: 1 << 16,
+        map_capacity: 1 << 12,
+        ..hicamp::Config::default()
+    })
+    .expect("memory");
+    let port = LatePort {
+        script: (1..12).map(ping).collect(),
+        arrived: VecDeque::from([ping(0)]),
+        sent: 0,
+    };
+    let mut iface =
+        Interface::new(&mem, port, IfaceConfig::new(US_MAC, US, 24)).expect("interface");
+    iface.add_neighbour(PEER, PEER_MAC, 0);
+    iface.poll(1).expect("poll");
+    let first = iface.stats().echo_replies;
+    assert!(
+        (1..12).contains(&first),
+        "one poll answers some of the chain: {first}"
+    );
+    assert_eq!(iface.poll_at(), Some(0), "frames wait in the RX ring");
+    let mut polls = 1;
+    while iface.poll_at() == Some(0) && polls < 100 {
+        iface.poll(1).expect("poll");
+        polls += 1;
+    }
+    assert_eq!(iface.stats().echo_replies, 12, "every request answered");
+    assert_eq!(iface.nic().port().sent, 12);
+    assert_eq!(iface.poll_at(), None, "nothing left after {polls} polls");
 }
