@@ -286,6 +286,8 @@ fn curl_downloads_64_mib_byte_exactly_from_a_kernel_http_server() {
                 "-sS",
                 "--max-time",
                 "120",
+                "-w",
+                "%{time_total}",
                 "-D",
                 headers.to_str().unwrap(),
                 "-o",
@@ -297,6 +299,10 @@ fn curl_downloads_64_mib_byte_exactly_from_a_kernel_http_server() {
         .unwrap();
     drop(srv);
     assert_ok(&out);
+    eprintln!(
+        "curl 64 MiB: {} s",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
     let got = std::fs::read(&out_file).unwrap();
     assert_eq!(got.len(), data.len());
     assert!(got == data, "the download differs");

@@ -360,10 +360,6 @@ static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| {
 
 /// The stack thread's wake-up eventfd (-1 until the stack exists).
 static WAKE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
-/// When the interface last ran (engine ns).
-static LAST_PUMP: AtomicU64 = AtomicU64::new(0);
-/// When the interface last moved a frame (engine ns).
-static LAST_ACTIVE: AtomicU64 = AtomicU64::new(0);
 /// When the stack thread will wake by itself (engine ns; `u64::MAX`: never).
 static SLEEP_UNTIL: AtomicU64 = AtomicU64::new(u64::MAX);
 
@@ -748,17 +744,12 @@ fn pump_from(w: &mut World, app: bool) {
         return;
     };
     let now = e.now();
-    let before = (e.iface.stats().rx_frames, e.iface.stats().tx_frames);
     if let Err(err) = e.iface.poll(now) {
         *notes.entry(format!("interface poll: {err}")).or_insert(0) += 1;
-    }
-    if (e.iface.stats().rx_frames, e.iface.stats().tx_frames) != before {
-        LAST_ACTIVE.store(now, Relaxed);
     }
     for s in socks.iter_mut().flatten() {
         sync(e, s);
     }
-    LAST_PUMP.store(now, Relaxed);
     if !app {
         return;
     }
@@ -789,20 +780,15 @@ fn stack_thread() {
             let now = e.now();
             let at = e.iface.poll_at();
             SLEEP_UNTIL.store(at.unwrap_or(u64::MAX), Relaxed);
-            // While frames flow, the thread also runs the interface every 2 ms. Without it a
-            // 64 MiB download from the kernel stops after 100-160 KB: the kernel has every
-            // segment it sent acknowledged, the connection stands at a lower `rcv_nxt` with its
-            // window open and nothing due in `poll_at`, and each side waits for the other. Root
-            // cause not found yet (segstack's receive of GSO frames after an active open is the
-            // suspect). Idle, the thread sleeps until a frame or a timer.
-            let busy = now.saturating_sub(LAST_ACTIVE.load(Relaxed)) < 200_000_000;
+            // The thread sleeps until a frame, a timer, or an application thread's wake-up:
+            // no periodic tick. Frames the interface already took out of the port (the
+            // device pass of its flush deposits what arrived meanwhile into the RX ring,
+            // and the TAP descriptor is then no longer readable) are ingested by the same
+            // `poll`, and any left make `poll_at` say `Some(0)` (a stall of a download from
+            // the kernel once needed a 2 ms busy tick here).
             let t = match at {
-                None if busy => 2,
                 None => -1,
-                Some(at) => {
-                    let ms = at.saturating_sub(now).div_ceil(1_000_000);
-                    (if busy { ms.min(2) } else { ms.min(60_000) }) as c_int
-                }
+                Some(at) => at.saturating_sub(now).div_ceil(1_000_000).min(60_000) as c_int,
             };
             (e.iface.nic().port().rx_fd().unwrap_or(-1), t)
         };
@@ -831,26 +817,17 @@ fn stack_thread() {
             // SAFETY: an 8-byte buffer for an eventfd read.
             unsafe { real::read(fds[1].fd, buf.as_mut_ptr().cast(), 8) };
         }
-        // A tick right after an application thread ran the interface has nothing to add.
-        let idle_tick = fds[0].revents == 0 && fds[1].revents == 0;
         let mut w = lock();
-        if idle_tick {
-            if let Some(e) = w.engine.as_ref() {
-                if e.now().saturating_sub(LAST_PUMP.load(Relaxed)) < 2_000_000 {
-                    continue;
-                }
-            }
-        }
         let rx0 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
         pump_from(&mut w, false);
         let rx1 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
         if debug() {
             let why = match (fds[0].revents != 0, fds[1].revents != 0, rx1 > rx0) {
-                (false, false, true) => "tick found frames",
+                (false, false, true) => "timer found frames",
                 (true, _, false) => "port readable, no frame",
                 (true, _, true) => "port readable, frames",
                 (false, true, _) => "woken",
-                (false, false, false) => "tick",
+                (false, false, false) => "timer",
             };
             note(&mut w, format!("debug: {why}"));
         }

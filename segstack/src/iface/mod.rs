@@ -53,6 +53,8 @@ mod neighbour;
 mod rx;
 mod socket_set;
 mod sockets;
+#[cfg(test)]
+mod tests;
 mod tx;
 
 #[cfg(any(test, feature = "test-support"))]
@@ -351,36 +353,62 @@ impl<P: Port> Interface<P> {
         self.nic.rx_refill()?;
         self.nic.dma()?;
         self.nic.tx_reap()?;
-        let mut rx = std::mem::take(&mut self.rx);
-        loop {
-            rx.clear();
-            if self.nic.rx_harvest(&mut rx, 256)? == 0 {
+        // The device pass of `flush` also deposits frames that arrived in the
+        // meantime: they are in the RX ring, no longer in the port (a TAP
+        // descriptor is then not readable, so a caller sleeping on it would
+        // not wake for them). Ingest them in this poll too, a few rounds at
+        // most; what is left shows in `poll_at` as `Some(0)`.
+        for _ in 0..Self::RX_ROUNDS {
+            self.harvest(now)?;
+            // Only when a notification was raised: draining an empty channel
+            // is a system call per poll for nothing (busy-polling callers
+            // poll often).
+            if self.nic.notified() {
+                self.nic.ack();
+            }
+            self.egress(now)?;
+            self.flush()?;
+            if self.nic.rx_ring().completed_unreaped() == 0 {
                 break;
+            }
+        }
+        self.collect_events();
+        Ok(&self.events)
+    }
+
+    /// Rounds of receive, output and flush one [`Interface::poll`] runs at
+    /// most while the flush keeps depositing received frames.
+    const RX_ROUNDS: usize = 4;
+
+    /// Ingests every received frame, refilling the ring and running the
+    /// device until no more completes.
+    fn harvest(&mut self, now: u64) -> Result<(), IfaceError> {
+        let mut rx = std::mem::take(&mut self.rx);
+        let result = loop {
+            rx.clear();
+            match self.nic.rx_harvest(&mut rx, 256) {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(e),
             }
             for seg in rx.drain(..) {
                 self.ingress(now, &seg);
             }
-            self.nic.rx_refill()?;
-            self.nic.dma()?;
-        }
+            if let Err(e) = self.nic.rx_refill().and_then(|_| self.nic.dma()) {
+                break Err(e);
+            }
+        };
         self.rx = rx;
-        // Only when a notification was raised: draining an empty channel is
-        // a system call per poll for nothing (busy-polling callers poll
-        // often).
-        if self.nic.notified() {
-            self.nic.ack();
-        }
-        self.egress(now)?;
-        self.flush()?;
-        self.collect_events();
-        Ok(&self.events)
+        result.map_err(Into::into)
     }
 
     /// When the next poll is due for timers (absolute ns), if any. Early
     /// rather than late: it may name a time at which no timer turns out to
     /// be due (a timer that moved later since the last poll).
     pub fn poll_at(&self) -> Option<u64> {
-        if !self.inner.txq.is_empty() {
+        // Frames queued to send, or received frames already in the RX ring
+        // (deposited by the last device pass, after the poll harvested).
+        if !self.inner.txq.is_empty() || self.nic.rx_ring().completed_unreaped() > 0 {
             return Some(0);
         }
         let set = &self.sockets;

@@ -1,0 +1,205 @@
+//! Interface poll-loop tests on a scripted port.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use hicamp::Memory;
+use nicdma::{Port, PortError, TxOutcome, VirtioNetHdr};
+
+use super::{IfaceConfig, Interface};
+use crate::wire::checksum;
+use crate::wire::ethernet::{ethertype, EthernetRepr};
+use crate::wire::ipv4::{protocol, Ipv4Repr};
+use crate::wire::udp::{self, UdpRepr};
+use crate::wire::{icmp, EthernetAddress, IcmpRepr};
+use crate::Payload;
+
+const US: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const US_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+/// A port whose peer answers while we transmit: each frame sent lets the next
+/// scripted frame arrive (as a frame from the kernel lands in a TAP device
+/// while the stack writes its ACKs).
+#[derive(Default)]
+struct LatePort {
+    script: VecDeque<Vec<u8>>,
+    arrived: VecDeque<Vec<u8>>,
+    sent: usize,
+}
+
+impl Port for LatePort {
+    fn transmit(&mut self, _: &VirtioNetHdr, _: &[&[u8]]) -> Result<TxOutcome, PortError> {
+        self.sent += 1;
+        if let Some(f) = self.script.pop_front() {
+            self.arrived.push_back(f);
+        }
+        Ok(TxOutcome::Sent)
+    }
+
+    fn receive(
+        &mut self,
+        deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
+    ) -> Result<bool, PortError> {
+        match self.arrived.pop_front() {
+            Some(f) => {
+                deposit(&VirtioNetHdr::default(), &f);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn name(&self) -> &str {
+        "late"
+    }
+}
+
+/// The Ethernet and IPv4 headers of a frame from the peer to us.
+fn headers(proto: u8, payload_len: usize) -> Vec<u8> {
+    let ip = Ipv4Repr {
+        src: PEER,
+        dst: US,
+        protocol: proto,
+        ttl: 64,
+        tos: 0,
+        ident: 1,
+        dont_frag: true,
+        payload_len,
+    };
+    let eth = EthernetRepr {
+        dst: EthernetAddress(US_MAC),
+        src: EthernetAddress(PEER_MAC),
+        ethertype: ethertype::IPV4,
+    };
+    let mut f = vec![0; 14 + 20];
+    eth.emit(&mut f);
+    ip.emit(&mut f[14..]);
+    f
+}
+
+/// An ICMP echo request from the peer.
+fn ping(seq_no: u16) -> Vec<u8> {
+    let data = [0x5au8; 32];
+    let mut f = headers(protocol::ICMP, icmp::HEADER_LEN + data.len());
+    let mut h = [0u8; 8];
+    IcmpRepr::EchoRequest { ident: 7, seq_no }.emit(&mut h, checksum::sum(0, &data));
+    f.extend_from_slice(&h);
+    f.extend_from_slice(&data);
+    f
+}
+
+/// An Ethernet/IPv4/UDP frame from the peer's port 9 to our port 7.
+fn udp_frame(payload: &[u8]) -> Vec<u8> {
+    let ip = Ipv4Repr {
+        src: PEER,
+        dst: US,
+        protocol: protocol::UDP,
+        ttl: 64,
+        tos: 0,
+        ident: 1,
+        dont_frag: true,
+        payload_len: udp::HEADER_LEN + payload.len(),
+    };
+    let u = UdpRepr {
+        src_port: 9,
+        dst_port: 7,
+        len: ip.payload_len as u16,
+    };
+    let eth = EthernetRepr {
+        dst: EthernetAddress(US_MAC),
+        src: EthernetAddress(PEER_MAC),
+        ethertype: ethertype::IPV4,
+    };
+    let mut f = vec![0; 14 + 20 + 8];
+    eth.emit(&mut f);
+    ip.emit(&mut f[14..]);
+    u.emit(&mut f[34..], PEER, US, checksum::sum(0, payload));
+    f.extend_from_slice(payload);
+    f.resize(f.len().max(60), 0);
+    f
+}
+
+/// A frame that arrives during the poll's own transmission is deposited by
+/// the flush's device pass into the RX ring, out of the port: a caller that
+/// sleeps on the port's descriptor would never be woken for it. The poll
+/// ingests it (and `poll_at` would say `Some(0)` if it could not). Without
+/// this, the shim's stack mode stalled a download from the kernel over TAP
+/// until the kernel's retransmission timer fired.
+#[test]
+fn a_frame_deposited_by_the_flush_is_ingested_by_the_same_poll() {
+    let mem = Memory::new(hicamp::Config {
+        capacity_lines: 1 << 16,
+        map_capacity: 1 << 12,
+        ..hicamp::Config::default()
+    })
+    .expect("memory");
+    let port = LatePort {
+        script: VecDeque::from([udp_frame(b"late news")]),
+        ..LatePort::default()
+    };
+    let mut iface =
+        Interface::new(&mem, port, IfaceConfig::new(US_MAC, US, 24)).expect("interface");
+    iface.add_neighbour(PEER, PEER_MAC, 0);
+    let h = iface.udp_bind(7).expect("bind");
+    let hello = Payload::from_bytes(&mem, b"hello").expect("payload");
+    iface
+        .udp_send(h, SocketAddrV4::new(PEER, 9), &hello, 0)
+        .expect("send");
+    let events = iface.poll(1).expect("poll").to_vec();
+    assert_eq!(iface.nic().port().sent, 1, "the datagram went out");
+    assert!(
+        iface.nic().port().arrived.is_empty(),
+        "the answer left the port during the poll"
+    );
+    let got = iface.udp_recv(h);
+    assert!(
+        got.is_ok(),
+        "the answer waits in the RX ring after the poll: {events:?}, poll_at {:?}",
+        iface.poll_at()
+    );
+    let (from, p) = got.unwrap();
+    assert_eq!(from, SocketAddrV4::new(PEER, 9));
+    assert_eq!(p.to_vec(), b"late news");
+    assert!(events.iter().any(|e| e.handle == h && e.readable));
+    assert_eq!(iface.poll_at(), None, "nothing left to do");
+}
+
+/// A peer that answers every frame at once (each echo reply lets the next
+/// echo request arrive) keeps the flush depositing: a poll stops after a few
+/// rounds, and `poll_at` says `Some(0)` while frames wait in the RX ring, so
+/// a caller sleeping until `poll_at` polls again instead of sleeping on a
+/// descriptor that will not turn readable.
+#[test]
+fn poll_at_is_due_while_received_frames_wait_in_the_ring() {
+    let mem = Memory::new(hicamp::Config {
+        capacity_lines: 1 << 16,
+        map_capacity: 1 << 12,
+        ..hicamp::Config::default()
+    })
+    .expect("memory");
+    let port = LatePort {
+        script: (1..12).map(ping).collect(),
+        arrived: VecDeque::from([ping(0)]),
+        sent: 0,
+    };
+    let mut iface =
+        Interface::new(&mem, port, IfaceConfig::new(US_MAC, US, 24)).expect("interface");
+    iface.add_neighbour(PEER, PEER_MAC, 0);
+    iface.poll(1).expect("poll");
+    let first = iface.stats().echo_replies;
+    assert!(
+        (1..12).contains(&first),
+        "one poll answers some of the chain: {first}"
+    );
+    assert_eq!(iface.poll_at(), Some(0), "frames wait in the RX ring");
+    let mut polls = 1;
+    while iface.poll_at() == Some(0) && polls < 100 {
+        iface.poll(1).expect("poll");
+        polls += 1;
+    }
+    assert_eq!(iface.stats().echo_replies, 12, "every request answered");
+    assert_eq!(iface.nic().port().sent, 12);
+    assert_eq!(iface.poll_at(), None, "nothing left after {polls} polls");
+}
