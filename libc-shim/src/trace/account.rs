@@ -52,6 +52,9 @@ struct SmallEntry {
     version: u64,
     bytes: Box<[u8]>,
     repeats: u64,
+    /// Where the payload is in the thread's batch (`gen`: the batch it is in).
+    slot: usize,
+    gen: u64,
 }
 
 /// One thread's part of the account: taken by its own thread on each capture (uncontended),
@@ -60,6 +63,10 @@ struct SmallEntry {
 pub(super) struct Local {
     /// Payload for the interning thread, handed to the pending buffer in batches.
     batch: Pending,
+    /// Bumped whenever `batch` is emptied (the small entries' slots are then stale).
+    batch_gen: u64,
+    /// Payloads (repeats too) in `batch`.
+    batch_calls: u64,
     small: std::collections::HashMap<u64, SmallEntry>,
     small_bytes: usize,
     /// Scratch fingerprints.
@@ -369,8 +376,7 @@ impl Account {
             ));
             return;
         }
-        p.bytes.extend_from_slice(data);
-        p.lens.push(data.len());
+        p.push(data);
         self.pending_len.store(p.bytes.len(), Relaxed);
     }
 
@@ -401,8 +407,24 @@ impl Account {
     /// absorbed now. While exact, the bytes join the thread's batch for the interning thread.
     fn capture_small(&self, l: &mut Local, data: &[u8]) {
         let key = xxhash_rust::xxh3::xxh3_64(data);
+        let exact = self.exact.load(Relaxed);
+        if !exact && !l.batch.lens.is_empty() {
+            l.batch = Pending::default();
+            l.batch_gen += 1;
+        }
         match l.small.get_mut(&key) {
-            Some(e) if *e.bytes == *data => e.repeats += 1,
+            Some(e) if *e.bytes == *data => {
+                e.repeats += 1;
+                if exact {
+                    if e.gen == l.batch_gen && e.slot < l.batch.reps.len() {
+                        l.batch.reps[e.slot] += 1;
+                    } else {
+                        e.slot = l.batch.lens.len();
+                        e.gen = l.batch_gen;
+                        l.batch.push(data);
+                    }
+                }
+            }
             _ => {
                 let sizes = &Config::get().line_sizes;
                 let k = sizes.len().min(MAX_SIZES);
@@ -433,6 +455,10 @@ impl Account {
                         self.publish_levels(&s);
                     }
                 }
+                let slot = l.batch.lens.len();
+                if exact {
+                    l.batch.push(data);
+                }
                 l.small.insert(
                     key,
                     SmallEntry {
@@ -440,20 +466,18 @@ impl Account {
                         version,
                         bytes: data.into(),
                         repeats: 0,
+                        slot,
+                        gen: l.batch_gen,
                     },
                 );
             }
         }
-        if !self.exact.load(Relaxed) {
-            if !l.batch.lens.is_empty() {
-                l.batch = Pending::default();
-            }
-            return;
-        }
-        l.batch.bytes.extend_from_slice(data);
-        l.batch.lens.push(data.len());
-        if l.batch.bytes.len() >= LOCAL_BATCH {
+        // A batch of repeats is handed over too (after 64 Ki calls at most), so that the
+        // interning thread keeps up with the bytes it stands for.
+        if l.batch.bytes.len() >= LOCAL_BATCH || l.batch_calls >= 1 << 16 {
             self.hand_over(l);
+        } else {
+            l.batch_calls += 1;
         }
     }
 
@@ -470,6 +494,8 @@ impl Account {
         if l.batch.lens.is_empty() {
             return;
         }
+        l.batch_gen += 1;
+        l.batch_calls = 0;
         if !self.exact.load(Relaxed) {
             l.batch = Pending::default();
             return;
@@ -488,12 +514,10 @@ impl Account {
         }
         if p.lens.is_empty() && p.bytes.capacity() <= l.batch.bytes.capacity() {
             std::mem::swap(&mut *p, &mut l.batch);
+            l.batch.clear();
         } else {
-            p.bytes.extend_from_slice(&l.batch.bytes);
-            p.lens.extend_from_slice(&l.batch.lens);
+            p.append(&mut l.batch);
         }
-        l.batch.bytes.clear();
-        l.batch.lens.clear();
         self.pending_len.store(p.bytes.len(), Relaxed);
     }
 
@@ -672,7 +696,13 @@ impl Account {
             let h = self.hurry_until.load(Relaxed);
             self.exact.load(Relaxed) && (h == 0 || self.now_ns() < h)
         };
-        let r = it.ingest(&batch.bytes, &batch.lens, self.shares.memories, &hurry);
+        let r = it.ingest(
+            &batch.bytes,
+            &batch.lens,
+            &batch.reps,
+            self.shares.memories,
+            &hurry,
+        );
         for (a, v) in self
             .interned
             .iter()
@@ -680,8 +710,7 @@ impl Account {
         {
             a.store(v, Relaxed);
         }
-        batch.bytes.clear();
-        batch.lens.clear();
+        batch.clear();
         match r {
             Ok(()) => {
                 if batch.bytes.capacity() <= self.shares.pending {
@@ -1047,12 +1076,21 @@ mod tests {
             );
             assert_eq!(x.line_size_report(), y.line_size_report());
         }
+        // Each distinct payload once, with its count: the same bytes in all.
         let pending = acct.pending.lock();
-        assert_eq!(pending.lens.len(), payloads.len());
-        assert_eq!(
-            pending.bytes.len(),
-            payloads.iter().map(Vec::len).sum::<usize>()
-        );
+        assert_eq!(pending.reps.iter().sum::<u64>(), payloads.len() as u64);
+        let mut off = 0;
+        let mut total = 0;
+        for (&n, &r) in pending.lens.iter().zip(&pending.reps) {
+            let p = &pending.bytes[off..off + n];
+            assert_eq!(
+                payloads.iter().filter(|q| q.as_slice() == p).count() as u64,
+                r
+            );
+            off += n;
+            total += n as u64 * r;
+        }
+        assert_eq!(total, payloads.iter().map(|p| p.len() as u64).sum::<u64>());
     }
 
     #[test]
