@@ -525,15 +525,28 @@ impl Account {
     /// after this the shared state holds all the payload captured so far.
     pub(super) fn drain_locals(&self) {
         let locals: Vec<Arc<Mutex<Local>>> = self.locals.lock().clone();
-        for l in locals {
-            let mut l = l.lock();
-            if l.small.values().any(|e| e.repeats > 0) {
-                let mut s = self.sampler.lock();
-                merge_repeats(&mut l, &mut s);
-                self.publish_levels(&s);
-            }
-            self.hand_over(&mut l);
+        for l in &locals {
+            self.drain_one(&mut l.lock());
         }
+        drop(locals);
+        // The states of threads that ended (only this list holds them now, so nothing can
+        // add to them): drained once more and let go.
+        self.locals.lock().retain(|l| {
+            if Arc::strong_count(l) > 1 {
+                return true;
+            }
+            self.drain_one(&mut l.lock());
+            false
+        });
+    }
+
+    fn drain_one(&self, l: &mut Local) {
+        if l.small.values().any(|e| e.repeats > 0) {
+            let mut s = self.sampler.lock();
+            merge_repeats(l, &mut s);
+            self.publish_levels(&s);
+        }
+        self.hand_over(l);
     }
 
     /// Gives up the exact memories (the first reason stays); the interning thread frees them.
@@ -1091,6 +1104,28 @@ mod tests {
             total += n as u64 * r;
         }
         assert_eq!(total, payloads.iter().map(|p| p.len() as u64).sum::<u64>());
+    }
+
+    /// The state of a thread that ended is drained and let go (a thread-per-connection server
+    /// does not pile them up), its payload counted.
+    #[test]
+    fn an_ended_thread_state_is_drained_and_dropped() {
+        let acct: &'static Account = Box::leak(Box::new(Account::new()));
+        for _ in 0..3 {
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    acct.capture(5, Some(b"+OK\r\n"), |_| {});
+                }
+            })
+            .join()
+            .unwrap();
+        }
+        assert_eq!(acct.locals.lock().len(), 3);
+        acct.drain_locals();
+        assert!(acct.locals.lock().is_empty());
+        let e = acct.sampler.lock().estimates();
+        assert_eq!(e[0].line_size_report().logical_bytes, 150);
+        assert_eq!(acct.pending.lock().reps.iter().sum::<u64>(), 30);
     }
 
     #[test]
