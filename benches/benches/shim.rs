@@ -1,5 +1,5 @@
-//! Overhead of the libc shim in trace mode, both ends traced, against both ends untraced in the
-//! same run (rounds alternate, so drift hits both sides alike):
+//! Overhead of the libc shim in trace mode against the same programs untraced in the
+//! same run (rounds alternate, so drift hits both sides alike; iperf3 and nginx + wrk trace both ends):
 //!
 //! - iperf3 TCP over loopback (`iperf3 -c -t SECS`): Gbit/s;
 //! - nginx (one worker, `sendfile off`: the body goes through `write`, which the shim sees)
@@ -448,7 +448,9 @@ fn main() {
     let secs = env_u64("HICAMP_SHIM_BENCH_SECS", 3);
     let requests = env_u64("HICAMP_SHIM_BENCH_REQUESTS", 100_000);
     println!();
-    println!("=== libc shim, trace mode, both ends traced vs both untraced: {n} rounds ===");
+    println!(
+        "=== libc shim, trace mode vs untraced (redis: the server alone traced): {n} rounds ==="
+    );
     let mut table: Vec<[String; 7]> = vec![[
         "workload".into(),
         "unit".into(),
