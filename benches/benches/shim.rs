@@ -1,5 +1,6 @@
-//! Overhead of the libc shim in trace mode against the same programs untraced in the
-//! same run (rounds alternate, so drift hits both sides alike; iperf3 and nginx + wrk trace both ends):
+//! Overhead of the libc shim in trace mode against the same programs untraced in the same
+//! run (rounds alternate, so drift hits both sides alike; iperf3 and nginx + wrk trace both
+//! ends):
 //!
 //! - iperf3 TCP over loopback (`iperf3 -c -t SECS`): Gbit/s;
 //! - nginx (one worker, `sendfile off`: the body goes through `write`, which the shim sees)
