@@ -33,6 +33,52 @@ const FPS_CACHE_ENTRIES: usize = 256;
 /// Line sizes the account's sampler handles at most (their levels are mirrored in atomics).
 const MAX_SIZES: usize = 16;
 
+/// A thread's payloads smaller than [`FPS_CACHE_MIN`] are remembered whole (per thread) so
+/// that a repeat costs one hash and a compare: its counts are merged into the sampler later.
+const SMALL_ENTRIES: usize = 1024;
+/// Bytes of one thread's small-payload cache at most (payloads and fingerprints).
+const SMALL_BYTES: usize = 256 << 10;
+/// A thread hands its payload batch to the pending buffer from this size on.
+const LOCAL_BATCH: usize = 64 << 10;
+
+/// Ids of accounts (a thread's state belongs to one).
+static ACCOUNT_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// A small payload a thread saw, and its repeats not yet merged into the sampler.
+#[derive(Debug)]
+struct SmallEntry {
+    fps: PayloadFps,
+    /// The sampler's version when `fps` went in.
+    version: u64,
+    bytes: Box<[u8]>,
+    repeats: u64,
+    /// Where the payload is in the thread's batch (`gen`: the batch it is in).
+    slot: usize,
+    gen: u64,
+}
+
+/// One thread's part of the account: taken by its own thread on each capture (uncontended),
+/// and by the interning thread or a report to drain it.
+#[derive(Debug, Default)]
+pub(super) struct Local {
+    /// Payload for the interning thread, handed to the pending buffer in batches.
+    batch: Pending,
+    /// Bumped whenever `batch` is emptied (the small entries' slots are then stale).
+    batch_gen: u64,
+    /// Payloads (repeats too) in `batch`.
+    batch_calls: u64,
+    small: std::collections::HashMap<u64, SmallEntry>,
+    small_bytes: usize,
+    /// Scratch fingerprints.
+    fps: PayloadFps,
+}
+
+thread_local! {
+    /// This thread's state, with the id of the account it belongs to.
+    static LOCAL: std::cell::RefCell<Option<(u64, Arc<Mutex<Local>>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Fingerprints of recent large payloads.
 #[derive(Debug, Default)]
 pub(super) struct FpsCache {
@@ -88,6 +134,9 @@ pub const MAX_CONNS: usize = 4096;
 /// One process's account (a forked child gets a new one).
 #[derive(Debug)]
 pub struct Account {
+    pub(super) id: u64,
+    /// Every thread's state (drained by the interning thread and by reports).
+    pub(super) locals: Mutex<Vec<Arc<Mutex<Local>>>>,
     pub(super) pid: i32,
     pub(super) started: Instant,
     pub(super) started_unix_ms: u64,
@@ -155,6 +204,8 @@ pub static TERM_DONE: AtomicBool = AtomicBool::new(false);
 impl Account {
     pub(super) fn new() -> Account {
         Account {
+            id: ACCOUNT_IDS.fetch_add(1, Relaxed),
+            locals: Mutex::new(Vec::new()),
             pid: sys::getpid(),
             started: Instant::now(),
             started_unix_ms: sys::unix_millis(),
@@ -255,6 +306,9 @@ impl Account {
                 &gathered
             }
         };
+        if data.len() < FPS_CACHE_MIN && self.with_local(|l| self.capture_small(l, data)) {
+            return;
+        }
         let sizes = &Config::get().line_sizes;
         let k = sizes.len().min(MAX_SIZES);
         let mut levels = [0u32; MAX_SIZES];
@@ -322,9 +376,177 @@ impl Account {
             ));
             return;
         }
-        p.bytes.extend_from_slice(data);
-        p.lens.push(data.len());
+        p.push(data);
         self.pending_len.store(p.bytes.len(), Relaxed);
+    }
+
+    /// Runs `f` on this thread's state (made and registered on first use). False when the
+    /// thread has none to give (its thread-locals are gone, or a nested call).
+    fn with_local(&self, f: impl FnOnce(&mut Local)) -> bool {
+        LOCAL
+            .try_with(|cell| {
+                let Ok(mut slot) = cell.try_borrow_mut() else {
+                    return false;
+                };
+                if slot.as_ref().is_none_or(|(id, _)| *id != self.id) {
+                    let l = Arc::new(Mutex::new(Local::default()));
+                    self.locals.lock().push(l.clone());
+                    *slot = Some((self.id, l));
+                }
+                let Some((_, l)) = slot.as_ref() else {
+                    return false;
+                };
+                f(&mut l.lock());
+                true
+            })
+            .unwrap_or(false)
+    }
+
+    /// A small payload on this thread: a repeat of one it saw is counted (merged into the
+    /// sampler later: the same counts as absorbing it again); a new one is fingerprinted and
+    /// absorbed now. While exact, the bytes join the thread's batch for the interning thread.
+    fn capture_small(&self, l: &mut Local, data: &[u8]) {
+        let key = xxhash_rust::xxh3::xxh3_64(data);
+        let exact = self.exact.load(Relaxed);
+        if !exact && !l.batch.lens.is_empty() {
+            l.batch = Pending::default();
+            l.batch_gen += 1;
+        }
+        match l.small.get_mut(&key) {
+            Some(e) if *e.bytes == *data => {
+                e.repeats += 1;
+                if exact {
+                    if e.gen == l.batch_gen && e.slot < l.batch.reps.len() {
+                        l.batch.reps[e.slot] += 1;
+                    } else {
+                        e.slot = l.batch.lens.len();
+                        e.gen = l.batch_gen;
+                        l.batch.push(data);
+                    }
+                }
+            }
+            _ => {
+                let sizes = &Config::get().line_sizes;
+                let k = sizes.len().min(MAX_SIZES);
+                let mut levels = [0u32; MAX_SIZES];
+                for (lv, a) in levels.iter_mut().zip(&self.levels[..k]) {
+                    *lv = a.load(Relaxed);
+                }
+                l.fps.compute(data, &sizes[..k], &levels[..k]);
+                let version = {
+                    let mut s = self.sampler.lock();
+                    s.absorb(&l.fps);
+                    self.publish_levels(&s);
+                    if l.small.len() >= SMALL_ENTRIES || l.small_bytes >= SMALL_BYTES {
+                        merge_repeats(l, &mut s);
+                        self.publish_levels(&s);
+                        l.small.clear();
+                        l.small_bytes = 0;
+                    }
+                    s.version()
+                };
+                let fps = l.fps.without_scratch();
+                l.small_bytes += fps.heap_bytes() + data.len() + 64;
+                // A key taken by other bytes: that entry's repeats are merged first.
+                if let Some(mut old) = l.small.remove(&key) {
+                    if old.repeats > 0 {
+                        let mut s = self.sampler.lock();
+                        merge_one(&mut old, &mut s);
+                        self.publish_levels(&s);
+                    }
+                }
+                let slot = l.batch.lens.len();
+                if exact {
+                    l.batch.push(data);
+                }
+                l.small.insert(
+                    key,
+                    SmallEntry {
+                        fps,
+                        version,
+                        bytes: data.into(),
+                        repeats: 0,
+                        slot,
+                        gen: l.batch_gen,
+                    },
+                );
+            }
+        }
+        // A batch of repeats is handed over too (after 64 Ki calls at most), so that the
+        // interning thread keeps up with the bytes it stands for.
+        if l.batch.bytes.len() >= LOCAL_BATCH || l.batch_calls >= 1 << 16 {
+            self.hand_over(l);
+        } else {
+            l.batch_calls += 1;
+        }
+    }
+
+    /// Mirrors the sampler's levels for the hot path.
+    fn publish_levels(&self, s: &LineSampler) {
+        for (a, lv) in self.levels.iter().zip(s.levels()) {
+            a.store(lv, Relaxed);
+        }
+    }
+
+    /// Moves a thread's batch to the pending buffer (giving up the memories when that is
+    /// full: the interning thread is behind).
+    fn hand_over(&self, l: &mut Local) {
+        if l.batch.lens.is_empty() {
+            return;
+        }
+        l.batch_gen += 1;
+        l.batch_calls = 0;
+        if !self.exact.load(Relaxed) {
+            l.batch = Pending::default();
+            return;
+        }
+        let mut p = self.pending.lock();
+        if p.bytes.len() + l.batch.bytes.len() > self.shares.pending {
+            let behind = p.bytes.len();
+            drop(p);
+            l.batch = Pending::default();
+            self.stop_exact(format!(
+                "the interning thread fell behind by {} (the pending buffer's share of the \
+                 budget)",
+                hicamp::footprint::human_bytes(behind as u64)
+            ));
+            return;
+        }
+        if p.lens.is_empty() && p.bytes.capacity() <= l.batch.bytes.capacity() {
+            std::mem::swap(&mut *p, &mut l.batch);
+            l.batch.clear();
+        } else {
+            p.append(&mut l.batch);
+        }
+        self.pending_len.store(p.bytes.len(), Relaxed);
+    }
+
+    /// Merges every thread's repeats into the sampler and its batch into the pending buffer:
+    /// after this the shared state holds all the payload captured so far.
+    pub(super) fn drain_locals(&self) {
+        let locals: Vec<Arc<Mutex<Local>>> = self.locals.lock().clone();
+        for l in &locals {
+            self.drain_one(&mut l.lock());
+        }
+        drop(locals);
+        // The states of threads that ended (only this list holds them now, so nothing can
+        // add to them): drained once more and let go.
+        self.locals.lock().retain(|l| {
+            if Arc::strong_count(l) > 1 {
+                return true;
+            }
+            self.drain_one(&mut l.lock());
+            false
+        });
+    }
+
+    fn drain_one(&self, l: &mut Local) {
+        if l.small.values().any(|e| e.repeats > 0) {
+            let mut s = self.sampler.lock();
+            merge_repeats(l, &mut s);
+            self.publish_levels(&s);
+        }
+        self.hand_over(l);
     }
 
     /// Gives up the exact memories (the first reason stays); the interning thread frees them.
@@ -441,6 +663,7 @@ impl Account {
     /// if that cannot be done by then. Once the memories are given up, frees them and the
     /// pending buffers.
     fn flush(&self, deadline: Option<Instant>) {
+        self.drain_locals();
         if deadline.is_some() && !self.exact.load(Acquire) {
             // A final report of an estimate: nothing to intern, nothing to wait for.
             drop(std::mem::take(&mut *self.pending.lock()));
@@ -486,7 +709,13 @@ impl Account {
             let h = self.hurry_until.load(Relaxed);
             self.exact.load(Relaxed) && (h == 0 || self.now_ns() < h)
         };
-        let r = it.ingest(&batch.bytes, &batch.lens, self.shares.memories, &hurry);
+        let r = it.ingest(
+            &batch.bytes,
+            &batch.lens,
+            &batch.reps,
+            self.shares.memories,
+            &hurry,
+        );
         for (a, v) in self
             .interned
             .iter()
@@ -494,8 +723,7 @@ impl Account {
         {
             a.store(v, Relaxed);
         }
-        batch.bytes.clear();
-        batch.lens.clear();
+        batch.clear();
         match r {
             Ok(()) => {
                 if batch.bytes.capacity() <= self.shares.pending {
@@ -715,6 +943,24 @@ impl Account {
     }
 }
 
+/// Absorbs one entry's pending repeats: counts only while the sampler's version is the one the
+/// entry went in at (its sampled lines are in the tables), else it is absorbed whole once.
+fn merge_one(e: &mut SmallEntry, s: &mut LineSampler) {
+    while e.repeats > 0 {
+        if !s.absorb_again(&e.fps, e.version) {
+            s.absorb(&e.fps);
+            e.version = s.version();
+        }
+        e.repeats -= 1;
+    }
+}
+
+fn merge_repeats(l: &mut Local, s: &mut LineSampler) {
+    for e in l.small.values_mut() {
+        merge_one(e, s);
+    }
+}
+
 /// Picks `PREFIX.PID.json`, or `PREFIX.PID.K.json` when an earlier image of this process (before
 /// an exec) took it, creating the file so that no other image takes it.
 fn claim_report_path(prefix: &std::path::Path, pid: i32) -> Option<PathBuf> {
@@ -802,8 +1048,84 @@ mod tests {
             p.compute(d, sizes, &vec![0; sizes.len()]);
             s.absorb(&p);
         }
+        acct.drain_locals();
         assert_eq!(acct.sampler.lock().estimates(), s.estimates());
         assert_eq!(acct.pending.lock().lens.len(), 4);
+    }
+
+    /// Small payloads go through this thread's state: repeats merged later end with the counts
+    /// of absorbing every payload; every payload reaches the pending buffer once drained.
+    #[test]
+    fn small_repeats_merged_later_change_no_count() {
+        let acct = Account::new();
+        let payloads: Vec<Vec<u8>> = (0..600u32)
+            .map(|i| {
+                let k = if i % 3 == 0 { i } else { i % 7 };
+                format!(
+                    "*2\r\n$3\r\nGET\r\n$9\r\nkey:{k:05}\r\n{}",
+                    "x".repeat((k % 90) as usize)
+                )
+                .into_bytes()
+            })
+            .collect();
+        for d in &payloads {
+            acct.capture(d.len(), Some(d), |_| {});
+        }
+        acct.drain_locals();
+        let sizes = &Config::get().line_sizes;
+        let mut s = LineSampler::new(sizes, Shares::of(Config::get().budget).sampler / 8 * 7);
+        let mut p = PayloadFps::default();
+        for d in &payloads {
+            let levels: Vec<u32> = s.levels().collect();
+            p.compute(d, sizes, &levels);
+            s.absorb(&p);
+        }
+        let (a, b) = (acct.sampler.lock().estimates(), s.estimates());
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(
+                x.line_size_report().logical_bytes,
+                y.line_size_report().logical_bytes
+            );
+            assert_eq!(x.line_size_report(), y.line_size_report());
+        }
+        // Each distinct payload once, with its count: the same bytes in all.
+        let pending = acct.pending.lock();
+        assert_eq!(pending.reps.iter().sum::<u64>(), payloads.len() as u64);
+        let mut off = 0;
+        let mut total = 0;
+        for (&n, &r) in pending.lens.iter().zip(&pending.reps) {
+            let p = &pending.bytes[off..off + n];
+            assert_eq!(
+                payloads.iter().filter(|q| q.as_slice() == p).count() as u64,
+                r
+            );
+            off += n;
+            total += n as u64 * r;
+        }
+        assert_eq!(total, payloads.iter().map(|p| p.len() as u64).sum::<u64>());
+    }
+
+    /// The state of a thread that ended is drained and let go (a thread-per-connection server
+    /// does not pile them up), its payload counted.
+    #[test]
+    fn an_ended_thread_state_is_drained_and_dropped() {
+        let acct: &'static Account = Box::leak(Box::new(Account::new()));
+        for _ in 0..3 {
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    acct.capture(5, Some(b"+OK\r\n"), |_| {});
+                }
+            })
+            .join()
+            .unwrap();
+        }
+        assert_eq!(acct.locals.lock().len(), 3);
+        acct.drain_locals();
+        assert!(acct.locals.lock().is_empty());
+        let e = acct.sampler.lock().estimates();
+        assert_eq!(e[0].line_size_report().logical_bytes, 150);
+        assert_eq!(acct.pending.lock().reps.iter().sum::<u64>(), 30);
     }
 
     #[test]

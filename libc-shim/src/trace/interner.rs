@@ -22,11 +22,37 @@ pub(super) struct Stop {
     pub(super) reason: String,
 }
 
-/// Payload waiting to be interned.
+/// Payload waiting to be interned: each payload once, with the number of times it came (a
+/// thread's repeats of a small payload are counted, not copied).
 #[derive(Debug, Default)]
 pub(super) struct Pending {
     pub(super) bytes: Vec<u8>,
     pub(super) lens: Vec<usize>,
+    /// Occurrences of each payload (at least 1), parallel to `lens`.
+    pub(super) reps: Vec<u64>,
+}
+
+impl Pending {
+    /// Appends one payload that came once.
+    pub(super) fn push(&mut self, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        self.lens.push(data.len());
+        self.reps.push(1);
+    }
+
+    /// Moves `other`'s payloads to the end of this one.
+    pub(super) fn append(&mut self, other: &mut Pending) {
+        self.bytes.extend_from_slice(&other.bytes);
+        self.lens.extend_from_slice(&other.lens);
+        self.reps.extend_from_slice(&other.reps);
+        other.clear();
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.bytes.clear();
+        self.lens.clear();
+        self.reps.clear();
+    }
 }
 
 /// One memory of one line size.
@@ -35,6 +61,8 @@ struct Sink {
     line_size: usize,
     mem: Option<Memory>,
     zero: ZeroLineCounter,
+    /// Zero-line bytes of repeats counted without feeding them to `zero` again.
+    zero_again: u64,
     error: Option<String>,
 }
 
@@ -96,6 +124,7 @@ impl Interner {
         &mut self,
         bytes: &[u8],
         lens: &[usize],
+        reps: &[u64],
         limit: u64,
         go_on: &dyn Fn() -> bool,
     ) -> Result<(), Stop> {
@@ -112,12 +141,14 @@ impl Interner {
                     line_size: ls,
                     mem,
                     zero: ZeroLineCounter::new(ls),
+                    zero_again: 0,
                     error,
                 });
             }
         }
         let mut off = 0;
-        for &n in lens {
+        for (i, &n) in lens.iter().enumerate() {
+            let r = reps.get(i).copied().unwrap_or(1).max(1);
             let Some(p) = bytes.get(off..off + n) else {
                 break;
             };
@@ -144,12 +175,42 @@ impl Interner {
                 }
             }
             off += n;
-            self.payloads += 1;
-            self.bytes += n as u64;
-            self.since_check += n as u64;
+            self.payloads += r;
+            self.bytes += n as u64 * r;
+            self.since_check += n as u64 * r;
             self.ingest_one(p);
+            if r > 1 {
+                self.repeat(p, r - 1);
+            }
         }
         Ok(())
+    }
+
+    /// `p`, just interned, came `k` more times: what interning it again would leave behind
+    /// (one more reference per memory each time), without looking it up again.
+    fn repeat(&mut self, p: &[u8], k: u64) {
+        let key = (p.len() <= CACHE_PAYLOAD_MAX).then(|| xxhash_rust::xxh3::xxh3_64(p));
+        let Some(c) = key
+            .and_then(|k| self.cache.get(&k))
+            .filter(|c| *c.bytes == *p)
+        else {
+            for _ in 0..k {
+                self.ingest_one(p);
+            }
+            return;
+        };
+        self.snapshot_hits += k;
+        for (s, seg) in self.sinks.iter_mut().zip(&c.segs) {
+            if let (Some(seg), Some(_)) = (seg, &s.mem) {
+                for _ in 0..k {
+                    std::mem::forget(seg.clone());
+                }
+                // Each item is cut from its own offset 0: every repeat has the same zero lines.
+                let before = s.zero.zero_bytes();
+                s.zero.feed_item(p);
+                s.zero_again += (s.zero.zero_bytes() - before) * (k - 1);
+            }
+        }
     }
 
     /// What the memories and the cache hold now, bytes.
@@ -235,9 +296,9 @@ impl Interner {
         self.sinks
             .iter()
             .filter_map(|s| {
-                s.mem
-                    .as_ref()
-                    .map(|m| LineSizeReport::from_stats(&m.stats(), s.zero.zero_bytes()))
+                s.mem.as_ref().map(|m| {
+                    LineSizeReport::from_stats(&m.stats(), s.zero.zero_bytes() + s.zero_again)
+                })
             })
             .collect()
     }

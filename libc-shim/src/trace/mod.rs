@@ -11,6 +11,13 @@
 //!                                                                     per line size, kept alive
 //! ```
 //!
+//! A payload under 1 KiB goes through its thread's own state first (one uncontended lock): a
+//! repeat of one the thread saw recently costs one hash and a compare, its counts are merged
+//! into the sampler later, and it travels to the interning thread as a count beside the one
+//! copy of its bytes in the thread's batch (handed to the pending buffer every 64 KiB or 64 Ki
+//! calls, and by the interning thread's tick and every report, which drain every thread's
+//! state first, so the report's numbers stay exact).
+//!
 //! Every payload's lines are fingerprinted on the calling thread for the estimate of
 //! `hicamp::footprint::sampled` (content-defined line sampling), which always sees all the
 //! payload and keeps its tables within their share of the budget. While the exact memories fit
