@@ -21,18 +21,19 @@
 //! Wake-ups (a futex-like protocol on the flag `Ingress::want`): a receiver
 //! that may sleep stores `want = true` and then checks its queue under the
 //! ingress lock; a sender pushes under that lock and, after unlocking,
-//! swaps `want` to false and writes a byte only if it was true. Either the
-//! receiver's check comes after the push (it sees the frame and does not
-//! sleep), or it comes before: then its store of `want` happens before its
-//! unlock, which happens before the sender's lock, so the sender sees
-//! `want` and writes. A receiver drains the channel only before it stores
-//! `want` and checks again, so a drain never eats the byte of a frame it
+//! swaps `want` to false and writes a wake-up (an eventfd count) only if it
+//! was true. Either the receiver's check comes after the push (it sees the
+//! frame and does not sleep), or it comes before: then its store of `want`
+//! happens before its unlock, which happens before the sender's lock, so
+//! the sender sees `want` and writes. A receiver drains the channel only before it stores
+//! `want` and checks again, so a drain never eats the wake-up of a frame it
 //! has not seen. Spurious wake-ups are possible; lost ones are not.
 
 use std::collections::{HashMap, VecDeque};
+use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -195,8 +196,8 @@ struct Ingress {
     /// The receiver may sleep on its channel: the next sender to push
     /// writes a wake-up (and clears this).
     want: AtomicBool,
-    /// A wake-up byte may be waiting in the channel (so the receiver makes
-    /// the system call to drain it only then). Set after the byte is sent.
+    /// A wake-up may be waiting in the channel (so the receiver makes
+    /// the system call to drain it only then). Set after it is written.
     armed: AtomicBool,
     /// Wake-ups are on: someone asked for the port's `rx_fd` and the port
     /// does not busy-poll (then only `arm_wakeup` sets `want`).
@@ -204,7 +205,9 @@ struct Ingress {
     /// Busy-poll mode.
     busy_poll: AtomicBool,
     rx_frames: AtomicU64,
-    wake: UnixDatagram,
+    /// The wake-up channel: an eventfd the sender adds 1 to and the
+    /// receiver polls and reads (resetting it).
+    wake: File,
 }
 
 fn lock_q(m: &Mutex<RxQueue>) -> MutexGuard<'_, RxQueue> {
@@ -215,16 +218,17 @@ impl Ingress {
     /// After a push: wakes the receiver if it may sleep. No lock is held.
     fn notify(&self) {
         if self.want.load(SeqCst) && self.want.swap(false, SeqCst) {
-            let _ = self.wake.send(&[1]);
+            let _ = (&self.wake).write(&1u64.to_ne_bytes());
             self.armed.store(true, SeqCst);
         }
     }
 
-    /// Drains the channel if a byte may be in it.
-    fn drain(&self, wait: &UnixDatagram) {
+    /// Drains the channel if a wake-up may be in it (one read resets the
+    /// eventfd's count).
+    fn drain(&self) {
         if self.armed.swap(false, SeqCst) {
-            let mut b = [0u8; 64];
-            while wait.recv(&mut b).is_ok() {}
+            let mut b = [0u8; 8];
+            let _ = (&self.wake).read(&mut b);
         }
     }
 
@@ -340,7 +344,6 @@ impl NetState {
             t.push(e);
         }
     }
-
 }
 
 /// A simulated network: a learning switch of ports on one virtual clock.
@@ -425,9 +428,7 @@ impl SimNet {
 
     /// Attaches a port whose ingress link has `cfg`.
     pub fn add_port(&self, cfg: LinkConfig) -> std::io::Result<SimPort> {
-        let (wake, wait) = UnixDatagram::pair()?;
-        wake.set_nonblocking(true)?;
-        wait.set_nonblocking(true)?;
+        let wake = crate::sys::eventfd::eventfd()?;
         let ingress = Arc::new(Ingress {
             queue: Mutex::new(RxQueue::default()),
             want: AtomicBool::new(false),
@@ -453,7 +454,6 @@ impl SimNet {
             index,
             mtu,
             name: format!("sim{index}"),
-            wait,
             spare: None,
             pool: Pool::default(),
             pushed: Vec::new(),
@@ -470,7 +470,6 @@ pub struct SimPort {
     index: usize,
     mtu: usize,
     name: String,
-    wait: UnixDatagram,
     /// The wire buffer of the last frame received, returned to the ingress'
     /// free list on the next receive (under the lock taken anyway).
     spare: Option<Vec<u8>>,
@@ -679,7 +678,7 @@ impl Port for SimPort {
         if !ing.busy_poll.load(SeqCst) && !ing.polled.swap(true, SeqCst) {
             ing.arm();
         }
-        Some(self.wait.as_raw_fd())
+        Some(self.ingress.wake.as_raw_fd())
     }
 
     fn max_frame(&self) -> usize {
@@ -817,13 +816,13 @@ impl SimPort {
             if ing.busy_poll.load(Relaxed) {
                 // Busy-poll: `arm_wakeup` stores `want` and checks again
                 // before the receiver sleeps.
-                ing.drain(&self.wait);
+                ing.drain();
             } else if ing.polled.load(Relaxed) && !ing.want.load(SeqCst) {
                 // The receiver may sleep after this: drain, ask for a
                 // wake-up, then check again (see the module's protocol).
                 // While `want` stays set no sender has pushed since the
                 // last check, so there is nothing to do.
-                ing.drain(&self.wait);
+                ing.drain();
                 ing.want.store(true, SeqCst);
                 f = Self::pop_due(ing, &mut None, now);
             }

@@ -688,10 +688,8 @@ fn ping_pong_side(mut port: SimPort, busy_poll: bool, first: bool, rounds: u32, 
         // Wait for frame i.
         loop {
             let mut got = None;
-            port.receive(&mut |_, f| {
-                got = Some(u32::from_le_bytes(f[12..16].try_into().unwrap()))
-            })
-            .unwrap();
+            port.receive(&mut |_, f| got = Some(u32::from_le_bytes(f[12..16].try_into().unwrap())))
+                .unwrap();
             if let Some(n) = got {
                 assert_eq!(n, i, "frames in order");
                 break;
