@@ -187,6 +187,8 @@ struct PortState {
 struct RxQueue {
     frames: VecDeque<InFlight>,
     free: Vec<Vec<u8>>,
+    /// Frames the receiver took.
+    rx_frames: u64,
 }
 
 /// A port's ingress: its queue and its wake-up state (see the module's
@@ -204,7 +206,6 @@ struct Ingress {
     polled: AtomicBool,
     /// Busy-poll mode.
     busy_poll: AtomicBool,
-    rx_frames: AtomicU64,
     /// The wake-up channel: an eventfd the sender adds 1 to and the
     /// receiver polls and reads (resetting it).
     wake: File,
@@ -411,8 +412,9 @@ impl SimNet {
     pub fn counters(&self, i: usize) -> SimCounters {
         let st = lock(&self.state.net);
         let p = &st.ports[i];
+        let rx_frames = lock_q(&p.ingress.queue).rx_frames;
         SimCounters {
-            rx_frames: p.ingress.rx_frames.load(Relaxed),
+            rx_frames,
             ..p.counters
         }
     }
@@ -435,7 +437,6 @@ impl SimNet {
             armed: AtomicBool::new(false),
             polled: AtomicBool::new(false),
             busy_poll: AtomicBool::new(false),
-            rx_frames: AtomicU64::new(0),
             wake,
         });
         let mtu = cfg.mtu;
@@ -457,6 +458,7 @@ impl SimNet {
             spare: None,
             pool: Pool::default(),
             pushed: Vec::new(),
+            peers: Vec::new(),
         })
     }
 }
@@ -475,8 +477,11 @@ pub struct SimPort {
     spare: Option<Vec<u8>>,
     /// Wire buffers for transmits.
     pool: Pool,
-    /// The ingresses a transmit pushed to (to notify after unlocking).
-    pushed: Vec<Arc<Ingress>>,
+    /// The ports a transmit pushed to (to notify after unlocking).
+    pushed: Vec<usize>,
+    /// Every port's ingress, by index (refreshed when ports are added), so
+    /// a transmit takes no reference per frame.
+    peers: Vec<Arc<Ingress>>,
 }
 
 impl std::fmt::Debug for SimPort {
@@ -494,15 +499,17 @@ impl SimPort {
     /// Queues `frame` for port `to` through its link's faults (the buffer
     /// moves onto the link, or back to `pool` if the link drops it). The
     /// switch lock is held; the port's ingress lock is taken here. Returns
-    /// the ingress when a frame was pushed (to notify after unlocking).
+    /// whether a frame was pushed (to notify after unlocking).
+    #[allow(clippy::too_many_arguments)]
     fn deliver(
         st: &mut NetState,
         pool: &mut Pool,
+        peers: &[Arc<Ingress>],
         now: u64,
         to: usize,
         vnet: &VirtioNetHdr,
         frame: Vec<u8>,
-    ) -> Option<Arc<Ingress>> {
+    ) -> bool {
         let cfg = &st.ports[to].cfg;
         let (loss, duplicate, corrupt, reorder) =
             (cfg.loss, cfg.duplicate, cfg.corrupt, cfg.reorder);
@@ -516,7 +523,7 @@ impl SimPort {
             st.ports[to].counters.lost += 1;
             st.log(TraceEvent::Lost { at: now, to });
             pool.recycle(frame);
-            return None;
+            return false;
         }
         let copies = if st.chance(duplicate) {
             st.ports[to].counters.duplicated += 1;
@@ -524,8 +531,7 @@ impl SimPort {
         } else {
             1
         };
-        let ingress = Arc::clone(&st.ports[to].ingress);
-        let mut q = lock_q(&ingress.queue);
+        let mut q = lock_q(&peers[to].queue);
         // Take back the buffers the receiver is done with.
         if pool.0.is_empty() {
             std::mem::swap(&mut pool.0, &mut q.free);
@@ -595,7 +601,7 @@ impl SimPort {
         if let Some(f) = frame {
             pool.recycle(f);
         }
-        pushed.then_some(ingress)
+        pushed
     }
 }
 
@@ -742,6 +748,10 @@ impl SimPort {
         let me = self.index;
         let mut guard = lock(&self.state.net);
         let st = &mut *guard;
+        if self.peers.len() != st.ports.len() {
+            self.peers = st.ports.iter().map(|p| Arc::clone(&p.ingress)).collect();
+        }
+        let peers = &self.peers[..];
         let first = frames.first();
         let (one, flood) = match first.get(0..6).and_then(|d| st.macs.get(d)) {
             Some(&to) if to != me => (Some(to), false),
@@ -767,11 +777,9 @@ impl SimPort {
             }
         }
         let last = others.clone().next_back();
-        let mut note = |i: Option<Arc<Ingress>>| {
-            if let Some(i) = i {
-                if !pushed.iter().any(|p| Arc::ptr_eq(p, &i)) {
-                    pushed.push(i);
-                }
+        let mut note = |d: usize, done: bool| {
+            if done && !pushed.contains(&d) {
+                pushed.push(d);
             }
         };
         frames.for_each(|frame| {
@@ -782,25 +790,28 @@ impl SimPort {
                 len: frame.len(),
             });
             if let Some(d) = one {
-                note(SimPort::deliver(st, pool, now, d, &vnet, frame));
+                note(d, SimPort::deliver(st, pool, peers, now, d, &vnet, frame));
             } else if let (true, Some(last)) = (flood, last) {
                 // Every other port gets a copy; the last one the buffer.
                 for d in others.clone() {
                     if d != last {
                         let mut b = pool.buffer();
                         b.extend_from_slice(&frame);
-                        note(SimPort::deliver(st, pool, now, d, &vnet, b));
+                        note(d, SimPort::deliver(st, pool, peers, now, d, &vnet, b));
                     }
                 }
-                note(SimPort::deliver(st, pool, now, last, &vnet, frame));
+                note(
+                    last,
+                    SimPort::deliver(st, pool, peers, now, last, &vnet, frame),
+                );
             } else {
                 pool.recycle(frame);
             }
         });
         drop(guard);
         // Wake-ups outside every lock, only to receivers that may sleep.
-        for i in pushed.drain(..) {
-            i.notify();
+        for d in pushed.drain(..) {
+            self.peers[d].notify();
         }
         Ok(TxOutcome::Sent)
     }
@@ -830,7 +841,6 @@ impl SimPort {
         let Some(f) = f else {
             return Ok(false);
         };
-        ing.rx_frames.fetch_add(1, Relaxed);
         if self.state.tracing.load(Relaxed) {
             lock(&self.state.net).log(TraceEvent::Delivered {
                 at: now,
@@ -855,6 +865,7 @@ impl SimPort {
         if q.frames.front().is_none_or(|f| f.due > now) {
             return None;
         }
+        q.rx_frames += 1;
         q.frames.pop_front()
     }
 }
