@@ -828,11 +828,14 @@ impl SimPort {
                 // Busy-poll: `arm_wakeup` stores `want` and checks again
                 // before the receiver sleeps.
                 ing.drain();
-            } else if ing.polled.load(Relaxed) && !ing.want.load(SeqCst) {
+            } else if ing.polled.load(Relaxed) && (!ing.want.load(SeqCst) || ing.armed.load(SeqCst))
+            {
                 // The receiver may sleep after this: drain, ask for a
                 // wake-up, then check again (see the module's protocol).
-                // While `want` stays set no sender has pushed since the
-                // last check, so there is nothing to do.
+                // While `want` stays set and nothing is in the channel no
+                // sender has pushed since the last check, so there is
+                // nothing to do (a wake-up whose sender set `armed` late is
+                // drained here, so level-triggered polls do not spin).
                 ing.drain();
                 ing.want.store(true, SeqCst);
                 f = Self::pop_due(ing, &mut None, now);
