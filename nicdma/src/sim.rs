@@ -9,15 +9,32 @@
 //!
 //! The wire holds each frame as bytes (the frame leaves the memory when the
 //! sending NIC puts it on the wire); those byte buffers are recycled through
-//! a pool, so a frame in flight costs one copy onto the wire and no
+//! pools, so a frame in flight costs one copy onto the wire and no
 //! allocation. A port's wake-up channel is written only once someone asked
 //! for its [`Port::rx_fd`] to poll.
+//!
+//! Locks: the switch (learning table, fault generator, counters, trace) is
+//! one mutex a sender holds to decide where a frame goes; each port's
+//! ingress queue is its own mutex, held only to push or pop. A receiver
+//! takes only its ingress lock, and no system call is made under any lock.
+//!
+//! Wake-ups (a futex-like protocol on the flag `Ingress::want`): a receiver
+//! that may sleep stores `want = true` and then checks its queue under the
+//! ingress lock; a sender pushes under that lock and, after unlocking,
+//! swaps `want` to false and writes a wake-up (an eventfd count) only if it
+//! was true. Either the receiver's check comes after the push (it sees the
+//! frame and does not sleep), or it comes before: then its store of `want`
+//! happens before its unlock, which happens before the sender's lock, so
+//! the sender sees `want` and writes. A receiver drains the channel only before it stores
+//! `want` and checks again, so a drain never eats the wake-up of a frame it
+//! has not seen. Spurious wake-ups are possible; lost ones are not.
 
 use std::collections::{HashMap, VecDeque};
+use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hicamp::Cursor;
@@ -157,20 +174,76 @@ struct InFlight {
 
 struct PortState {
     cfg: LinkConfig,
-    /// Frames in flight to this port, by (due, seq).
-    queue: VecDeque<InFlight>,
     busy_until: u64,
+    /// Every counter but `rx_frames` (kept by the receiver in its ingress).
     counters: SimCounters,
-    wake: UnixDatagram,
-    /// A wake-up byte may be waiting in the channel (so the receiver makes
-    /// the system call to drain it only then).
-    armed: bool,
-    /// Wake-ups are written to the port's channel: someone asked for its
-    /// `rx_fd` (and the port is not busy-polling), or a busy-polling
-    /// receiver armed one wake-up before it sleeps.
-    polled: bool,
-    /// Busy-poll mode: `polled` is one-shot, set by `arm_wakeup`.
-    busy_poll: bool,
+    ingress: Arc<Ingress>,
+}
+
+/// What the ingress lock guards: the frames in flight to the port, by
+/// (due, seq), and the wire buffers its receiver is done with (senders take
+/// them back when they push, so buffers circulate without allocation).
+#[derive(Default)]
+struct RxQueue {
+    frames: VecDeque<InFlight>,
+    free: Vec<Vec<u8>>,
+    /// Frames the receiver took.
+    rx_frames: u64,
+}
+
+/// A port's ingress: its queue and its wake-up state (see the module's
+/// documentation for the protocol).
+struct Ingress {
+    queue: Mutex<RxQueue>,
+    /// The receiver may sleep on its channel: the next sender to push
+    /// writes a wake-up (and clears this).
+    want: AtomicBool,
+    /// A wake-up may be waiting in the channel (so the receiver makes
+    /// the system call to drain it only then). Set after it is written.
+    armed: AtomicBool,
+    /// Wake-ups are on: someone asked for the port's `rx_fd` and the port
+    /// does not busy-poll (then only `arm_wakeup` sets `want`).
+    polled: AtomicBool,
+    /// Busy-poll mode.
+    busy_poll: AtomicBool,
+    /// The wake-up channel: an eventfd the sender adds 1 to and the
+    /// receiver polls and reads (resetting it).
+    wake: File,
+}
+
+fn lock_q(m: &Mutex<RxQueue>) -> MutexGuard<'_, RxQueue> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Ingress {
+    /// After a push: wakes the receiver if it may sleep. No lock is held.
+    fn notify(&self) {
+        if self.want.load(SeqCst) && self.want.swap(false, SeqCst) {
+            let _ = (&self.wake).write(&1u64.to_ne_bytes());
+            self.armed.store(true, SeqCst);
+        }
+    }
+
+    /// Drains the channel if a wake-up may be in it (one read resets the
+    /// eventfd's count).
+    fn drain(&self) {
+        if self.armed.swap(false, SeqCst) {
+            let mut b = [0u8; 8];
+            let _ = (&self.wake).read(&mut b);
+        }
+    }
+
+    /// Asks for a wake-up (the receiver may sleep), then checks the queue:
+    /// true when a frame is waiting after all (a wake-up is then written
+    /// unless a sender already did or will).
+    fn arm(&self) -> bool {
+        self.want.store(true, SeqCst);
+        let waiting = !lock_q(&self.queue).frames.is_empty();
+        if waiting {
+            self.notify();
+        }
+        waiting
+    }
 }
 
 /// Hashes a MAC address key (6 bytes, written as one slice) in a few
@@ -226,8 +299,32 @@ struct NetState {
     ports: Vec<PortState>,
     macs: HashMap<[u8; 6], usize, BuildHasherDefault<MacHasher>>,
     trace: Option<Vec<TraceEvent>>,
-    /// Wire buffers of delivered frames, for reuse.
-    pool: Vec<Vec<u8>>,
+}
+
+/// A sender's wire buffers, for reuse (its own: no lock).
+#[derive(Default)]
+struct Pool(Vec<Vec<u8>>);
+
+impl Pool {
+    /// An empty wire buffer.
+    fn buffer(&mut self) -> Vec<u8> {
+        let mut b = self.0.pop().unwrap_or_default();
+        b.clear();
+        b
+    }
+
+    fn recycle(&mut self, b: Vec<u8>) {
+        if self.0.len() < POOL_MAX && b.capacity() > 0 {
+            self.0.push(b);
+        }
+    }
+}
+
+/// What a network's ports share.
+struct Shared {
+    net: Mutex<NetState>,
+    /// A trace is being recorded (receivers take the switch lock only then).
+    tracing: AtomicBool,
 }
 
 impl NetState {
@@ -248,25 +345,12 @@ impl NetState {
             t.push(e);
         }
     }
-
-    /// An empty wire buffer.
-    fn buffer(&mut self) -> Vec<u8> {
-        let mut b = self.pool.pop().unwrap_or_default();
-        b.clear();
-        b
-    }
-
-    fn recycle(&mut self, b: Vec<u8>) {
-        if self.pool.len() < POOL_MAX && b.capacity() > 0 {
-            self.pool.push(b);
-        }
-    }
 }
 
 /// A simulated network: a learning switch of ports on one virtual clock.
 #[derive(Clone)]
 pub struct SimNet {
-    state: Arc<Mutex<NetState>>,
+    state: Arc<Shared>,
     clock: SimClock,
 }
 
@@ -286,14 +370,16 @@ impl SimNet {
     /// A network whose faults are drawn from `seed`.
     pub fn new(seed: u64, clock: SimClock) -> SimNet {
         SimNet {
-            state: Arc::new(Mutex::new(NetState {
-                rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-                seq: 0,
-                ports: Vec::new(),
-                macs: HashMap::default(),
-                trace: None,
-                pool: Vec::new(),
-            })),
+            state: Arc::new(Shared {
+                net: Mutex::new(NetState {
+                    rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+                    seq: 0,
+                    ports: Vec::new(),
+                    macs: HashMap::default(),
+                    trace: None,
+                }),
+                tracing: AtomicBool::new(false),
+            }),
             clock,
         }
     }
@@ -313,66 +399,89 @@ impl SimNet {
 
     /// Starts recording a trace of every event.
     pub fn record_trace(&self) {
-        lock(&self.state).trace = Some(Vec::new());
+        lock(&self.state.net).trace = Some(Vec::new());
+        self.state.tracing.store(true, SeqCst);
     }
 
     /// The trace recorded so far.
     pub fn trace(&self) -> Vec<TraceEvent> {
-        lock(&self.state).trace.clone().unwrap_or_default()
+        lock(&self.state.net).trace.clone().unwrap_or_default()
     }
 
     /// Counters of port `i`.
     pub fn counters(&self, i: usize) -> SimCounters {
-        lock(&self.state).ports[i].counters
+        let st = lock(&self.state.net);
+        let p = &st.ports[i];
+        let rx_frames = lock_q(&p.ingress.queue).rx_frames;
+        SimCounters {
+            rx_frames,
+            ..p.counters
+        }
     }
 
     /// The earliest time a queued frame is due (to advance the clock to).
     pub fn next_due(&self) -> Option<u64> {
-        let st = lock(&self.state);
+        let st = lock(&self.state.net);
         st.ports
             .iter()
-            .filter_map(|p| p.queue.front().map(|f| f.due))
+            .filter_map(|p| lock_q(&p.ingress.queue).frames.front().map(|f| f.due))
             .min()
     }
 
     /// Attaches a port whose ingress link has `cfg`.
     pub fn add_port(&self, cfg: LinkConfig) -> std::io::Result<SimPort> {
-        let (wake, wait) = UnixDatagram::pair()?;
-        wake.set_nonblocking(true)?;
-        wait.set_nonblocking(true)?;
-        let mut st = lock(&self.state);
+        let wake = crate::sys::eventfd::eventfd()?;
+        let ingress = Arc::new(Ingress {
+            queue: Mutex::new(RxQueue::default()),
+            want: AtomicBool::new(false),
+            armed: AtomicBool::new(false),
+            polled: AtomicBool::new(false),
+            busy_poll: AtomicBool::new(false),
+            wake,
+        });
+        let mtu = cfg.mtu;
+        let mut st = lock(&self.state.net);
         st.ports.push(PortState {
             cfg,
-            queue: VecDeque::new(),
             busy_until: 0,
             counters: SimCounters::default(),
-            wake,
-            armed: false,
-            polled: false,
-            busy_poll: false,
+            ingress: Arc::clone(&ingress),
         });
         let index = st.ports.len() - 1;
         Ok(SimPort {
             state: Arc::clone(&self.state),
+            ingress,
             clock: self.clock.clone(),
             index,
+            mtu,
             name: format!("sim{index}"),
-            wait,
             spare: None,
+            pool: Pool::default(),
+            pushed: Vec::new(),
+            peers: Vec::new(),
         })
     }
 }
 
 /// A port of a [`SimNet`].
 pub struct SimPort {
-    state: Arc<Mutex<NetState>>,
+    state: Arc<Shared>,
+    /// This port's ingress (also in the switch's table).
+    ingress: Arc<Ingress>,
     clock: SimClock,
     index: usize,
+    mtu: usize,
     name: String,
-    wait: UnixDatagram,
-    /// The wire buffer of the last frame received, returned to the pool on
-    /// the next receive (under the lock taken anyway).
+    /// The wire buffer of the last frame received, returned to the ingress'
+    /// free list on the next receive (under the lock taken anyway).
     spare: Option<Vec<u8>>,
+    /// Wire buffers for transmits.
+    pool: Pool,
+    /// The ports a transmit pushed to (to notify after unlocking).
+    pushed: Vec<usize>,
+    /// Every port's ingress, by index (refreshed when ports are added), so
+    /// a transmit takes no reference per frame.
+    peers: Vec<Arc<Ingress>>,
 }
 
 impl std::fmt::Debug for SimPort {
@@ -388,8 +497,19 @@ impl SimPort {
     }
 
     /// Queues `frame` for port `to` through its link's faults (the buffer
-    /// moves onto the link, or back to the pool if the link drops it).
-    fn deliver(st: &mut NetState, now: u64, to: usize, vnet: &VirtioNetHdr, frame: Vec<u8>) {
+    /// moves onto the link, or back to `pool` if the link drops it). The
+    /// switch lock is held; the port's ingress lock is taken here. Returns
+    /// whether a frame was pushed (to notify after unlocking).
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        st: &mut NetState,
+        pool: &mut Pool,
+        peers: &[Arc<Ingress>],
+        now: u64,
+        to: usize,
+        vnet: &VirtioNetHdr,
+        frame: Vec<u8>,
+    ) -> bool {
         let cfg = &st.ports[to].cfg;
         let (loss, duplicate, corrupt, reorder) =
             (cfg.loss, cfg.duplicate, cfg.corrupt, cfg.reorder);
@@ -399,12 +519,11 @@ impl SimPort {
             cfg.latency_ns,
             cfg.reorder_ns,
         );
-        let was_empty = st.ports[to].queue.is_empty();
         if st.chance(loss) {
             st.ports[to].counters.lost += 1;
             st.log(TraceEvent::Lost { at: now, to });
-            st.recycle(frame);
-            return;
+            pool.recycle(frame);
+            return false;
         }
         let copies = if st.chance(duplicate) {
             st.ports[to].counters.duplicated += 1;
@@ -412,16 +531,22 @@ impl SimPort {
         } else {
             1
         };
+        let mut q = lock_q(&peers[to].queue);
+        // Take back the buffers the receiver is done with.
+        if pool.0.is_empty() {
+            std::mem::swap(&mut pool.0, &mut q.free);
+        }
+        let mut pushed = false;
         let mut frame = Some(frame);
         for copy in 0..copies {
-            if st.ports[to].queue.len() >= queue_frames {
+            if q.frames.len() >= queue_frames {
                 st.ports[to].counters.overflow += 1;
                 continue;
             }
             let mut f = if copy + 1 == copies {
                 frame.take().expect("the last copy")
             } else {
-                let mut b = st.buffer();
+                let mut b = pool.buffer();
                 b.extend_from_slice(frame.as_deref().expect("not the last copy"));
                 b
             };
@@ -456,7 +581,6 @@ impl SimPort {
                     digest,
                 });
             }
-            let q = &mut st.ports[to].queue;
             let item = InFlight {
                 due,
                 seq,
@@ -464,26 +588,20 @@ impl SimPort {
                 frame: f,
             };
             // In order of (due, seq): usually the end of the queue.
-            if q.back().is_none_or(|x| (x.due, x.seq) <= (due, seq)) {
-                q.push_back(item);
+            let fr = &mut q.frames;
+            if fr.back().is_none_or(|x| (x.due, x.seq) <= (due, seq)) {
+                fr.push_back(item);
             } else {
-                let at = q.partition_point(|x| (x.due, x.seq) <= (due, seq));
-                q.insert(at, item);
+                let at = fr.partition_point(|x| (x.due, x.seq) <= (due, seq));
+                fr.insert(at, item);
             }
+            pushed = true;
         }
+        drop(q);
         if let Some(f) = frame {
-            st.recycle(f);
+            pool.recycle(f);
         }
-        // Edge-triggered wake-up: only when the queue stops being empty (the
-        // receiver drains the channel when it finds the queue empty), and
-        // only for a port someone polls.
-        let port = &mut st.ports[to];
-        if was_empty && !port.queue.is_empty() && port.polled {
-            let _ = port.wake.send(&[1]);
-            port.armed = true;
-            // A busy-polling receiver asked for this one wake-up only.
-            port.polled = !port.busy_poll;
-        }
+        pushed
     }
 }
 
@@ -494,28 +612,21 @@ impl SimPort {
     /// receiver calls [`SimPort::arm_wakeup`] just before it sleeps on
     /// [`Port::rx_fd`]; that arms one wake-up.
     pub fn set_busy_poll(&self, on: bool) {
-        let mut st = lock(&self.state);
-        let port = &mut st.ports[self.index];
-        port.busy_poll = on;
-        port.polled = !on;
+        let ing = &self.ingress;
+        ing.busy_poll.store(on, SeqCst);
+        ing.polled.store(!on, SeqCst);
+        if on {
+            ing.want.store(false, SeqCst);
+        } else {
+            ing.arm();
+        }
     }
 
     /// Before sleeping on [`Port::rx_fd`] in busy-poll mode: arms one
     /// wake-up for the next frame. Returns true (and writes the wake-up at
     /// once) when a frame is already waiting, so the caller need not sleep.
     pub fn arm_wakeup(&self) -> bool {
-        let mut st = lock(&self.state);
-        let port = &mut st.ports[self.index];
-        if port.queue.is_empty() {
-            port.polled = true;
-            return false;
-        }
-        if !port.armed {
-            let _ = port.wake.send(&[1]);
-            port.armed = true;
-        }
-        port.polled = !port.busy_poll;
-        true
+        self.ingress.arm()
     }
 }
 
@@ -569,20 +680,15 @@ impl Port for SimPort {
     /// frames are already waiting), unless the port busy-polls
     /// ([`SimPort::set_busy_poll`]): then only [`SimPort::arm_wakeup`] does.
     fn rx_fd(&self) -> Option<RawFd> {
-        let mut st = lock(&self.state);
-        let port = &mut st.ports[self.index];
-        if !port.polled && !port.busy_poll {
-            port.polled = true;
-            if !port.queue.is_empty() && !port.armed {
-                let _ = port.wake.send(&[1]);
-                port.armed = true;
-            }
+        let ing = &self.ingress;
+        if !ing.busy_poll.load(SeqCst) && !ing.polled.swap(true, SeqCst) {
+            ing.arm();
         }
-        Some(self.wait.as_raw_fd())
+        Some(self.ingress.wake.as_raw_fd())
     }
 
     fn max_frame(&self) -> usize {
-        lock(&self.state).ports[self.index].cfg.mtu
+        self.mtu
     }
 
     fn name(&self) -> &str {
@@ -600,16 +706,14 @@ impl SimPort {
         fill: impl FnOnce(&mut Vec<u8>),
     ) -> Result<TxOutcome, PortError> {
         let now = self.clock.now();
-        let mut guard = lock(&self.state);
-        let st = &mut *guard;
-        let mtu = st.ports[self.index].cfg.mtu;
+        let mtu = self.mtu;
         if len > mtu {
             return Err(PortError::TooLarge { len, max: mtu });
         }
         // The wire: the frame leaves the memory here (copied into a wire
         // buffer), and the port's "hardware" does the offloads the metadata
-        // asks for.
-        let mut wire = st.buffer();
+        // asks for. No lock is held for this.
+        let mut wire = self.pool.buffer();
         fill(&mut wire);
         let needs_offload =
             vnet.flags & F_NEEDS_CSUM != 0 || vnet.gso_type & !crate::meta::gso::ECN != 0;
@@ -623,7 +727,7 @@ impl SimPort {
             match done {
                 Ok(vnet) => (vnet, Frames::One(wire)),
                 Err(_) => {
-                    st.recycle(wire);
+                    self.pool.recycle(wire);
                     return Err(PortError::BadOffload);
                 }
             }
@@ -639,53 +743,76 @@ impl SimPort {
             };
             (vnet, Frames::One(wire))
         };
+        let pool = &mut self.pool;
+        let pushed = &mut self.pushed;
+        let me = self.index;
+        let mut guard = lock(&self.state.net);
+        let st = &mut *guard;
+        if self.peers.len() != st.ports.len() {
+            self.peers = st.ports.iter().map(|p| Arc::clone(&p.ingress)).collect();
+        }
+        let peers = &self.peers[..];
         let first = frames.first();
         let (one, flood) = match first.get(0..6).and_then(|d| st.macs.get(d)) {
-            Some(&to) if to != self.index => (Some(to), false),
+            Some(&to) if to != me => (Some(to), false),
             Some(_) => (None, false),
             None => (None, true),
         };
-        let full =
-            |st: &NetState, d: usize| st.ports[d].queue.len() >= st.ports[d].cfg.queue_frames;
-        let others = (0..st.ports.len()).filter(|&i| i != self.index);
+        let full = |st: &NetState, d: usize| {
+            lock_q(&st.ports[d].ingress.queue).frames.len() >= st.ports[d].cfg.queue_frames
+        };
+        let others = (0..st.ports.len()).filter(|&i| i != me);
         let blocked = match one {
             Some(d) => full(st, d),
             None => flood && others.clone().next().is_some() && others.clone().all(|d| full(st, d)),
         };
         if blocked {
-            frames.for_each(|f| st.recycle(f));
+            frames.for_each(|f| pool.recycle(f));
             return Ok(TxOutcome::Full);
         }
         if let Some(src) = first.get(6..12) {
             let src: [u8; 6] = src.try_into().expect("6 bytes");
-            if src[0] & 1 == 0 && st.macs.get(&src) != Some(&self.index) {
-                st.macs.insert(src, self.index);
+            if src[0] & 1 == 0 && st.macs.get(&src) != Some(&me) {
+                st.macs.insert(src, me);
             }
         }
         let last = others.clone().next_back();
+        let mut note = |d: usize, done: bool| {
+            if done && !pushed.contains(&d) {
+                pushed.push(d);
+            }
+        };
         frames.for_each(|frame| {
-            st.ports[self.index].counters.tx_frames += 1;
+            st.ports[me].counters.tx_frames += 1;
             st.log(TraceEvent::Sent {
                 at: now,
-                from: self.index,
+                from: me,
                 len: frame.len(),
             });
             if let Some(d) = one {
-                SimPort::deliver(st, now, d, &vnet, frame);
+                note(d, SimPort::deliver(st, pool, peers, now, d, &vnet, frame));
             } else if let (true, Some(last)) = (flood, last) {
                 // Every other port gets a copy; the last one the buffer.
                 for d in others.clone() {
                     if d != last {
-                        let mut b = st.buffer();
+                        let mut b = pool.buffer();
                         b.extend_from_slice(&frame);
-                        SimPort::deliver(st, now, d, &vnet, b);
+                        note(d, SimPort::deliver(st, pool, peers, now, d, &vnet, b));
                     }
                 }
-                SimPort::deliver(st, now, last, &vnet, frame);
+                note(
+                    last,
+                    SimPort::deliver(st, pool, peers, now, last, &vnet, frame),
+                );
             } else {
-                st.recycle(frame);
+                pool.recycle(frame);
             }
         });
+        drop(guard);
+        // Wake-ups outside every lock, only to receivers that may sleep.
+        for d in pushed.drain(..) {
+            self.peers[d].notify();
+        }
         Ok(TxOutcome::Sent)
     }
 
@@ -694,30 +821,54 @@ impl SimPort {
         deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
     ) -> Result<bool, PortError> {
         let now = self.clock.now();
-        let f = {
-            let mut st = lock(&self.state);
-            if let Some(b) = self.spare.take() {
-                st.recycle(b);
+        let ing = &*self.ingress;
+        let mut f = Self::pop_due(ing, &mut self.spare, now);
+        if f.is_none() {
+            if ing.busy_poll.load(Relaxed) {
+                // Busy-poll: `arm_wakeup` stores `want` and checks again
+                // before the receiver sleeps.
+                ing.drain();
+            } else if ing.polled.load(Relaxed) && (!ing.want.load(SeqCst) || ing.armed.load(SeqCst))
+            {
+                // The receiver may sleep after this: drain, ask for a
+                // wake-up, then check again (see the module's protocol).
+                // While `want` stays set and nothing is in the channel no
+                // sender has pushed since the last check, so there is
+                // nothing to do (a wake-up whose sender set `armed` late is
+                // drained here, so level-triggered polls do not spin).
+                ing.drain();
+                ing.want.store(true, SeqCst);
+                f = Self::pop_due(ing, &mut None, now);
             }
-            let port = &mut st.ports[self.index];
-            if port.queue.front().is_none_or(|f| f.due > now) {
-                if std::mem::take(&mut port.armed) {
-                    let mut b = [0u8; 64];
-                    while self.wait.recv(&mut b).is_ok() {}
-                }
-                return Ok(false);
-            }
-            let f = port.queue.pop_front().expect("a frame is due");
-            port.counters.rx_frames += 1;
-            st.log(TraceEvent::Delivered {
+        }
+        let Some(f) = f else {
+            return Ok(false);
+        };
+        if self.state.tracing.load(Relaxed) {
+            lock(&self.state.net).log(TraceEvent::Delivered {
                 at: now,
                 to: self.index,
                 seq: f.seq,
             });
-            f
-        };
+        }
         deposit(&f.vnet, &f.frame);
         self.spare = Some(f.frame);
         Ok(true)
+    }
+
+    /// Pops the first frame due at `now` under the ingress lock (returning
+    /// `spare` to the free list under it).
+    fn pop_due(ing: &Ingress, spare: &mut Option<Vec<u8>>, now: u64) -> Option<InFlight> {
+        let mut q = lock_q(&ing.queue);
+        if let Some(b) = spare.take() {
+            if q.free.len() < POOL_MAX {
+                q.free.push(b);
+            }
+        }
+        if q.frames.front().is_none_or(|f| f.due > now) {
+            return None;
+        }
+        q.rx_frames += 1;
+        q.frames.pop_front()
     }
 }

@@ -20,6 +20,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 pub mod bpf;
+pub mod eventfd;
 pub mod mem;
 pub mod netmap;
 pub mod sock;

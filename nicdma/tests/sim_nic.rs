@@ -638,3 +638,96 @@ fn fd_readable(fd: std::os::fd::RawFd) -> bool {
     let n = unsafe { libc::poll(&mut p, 1, 0) };
     n == 1 && p.revents & libc::POLLIN != 0
 }
+
+/// Polls `fd` readable for up to `ms` (`poll(2)`); false on a timeout.
+fn wait_readable(fd: std::os::fd::RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    #[allow(unsafe_code)]
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    n == 1
+}
+
+/// One side of a ping-pong over the sim link, sleeping on its wake-up
+/// descriptor whenever its queue is empty: `rounds` frames sent and as many
+/// received, with random pauses on both sides so that pushes land before,
+/// during and after the receiver's arm-and-check. A lost wake-up shows as a
+/// frame waiting after a long sleep that nothing ended (the sleep is only
+/// a backstop so that a lost wake-up fails the test instead of hanging it).
+fn ping_pong_side(mut port: SimPort, busy_poll: bool, first: bool, rounds: u32, seed: u64) {
+    use nicdma::{Port, TxOutcome};
+    let mut rng = Rng::new(seed);
+    port.set_busy_poll(busy_poll);
+    let fd = port.rx_fd().unwrap();
+    let pause = |rng: &mut Rng| match rng.below(8) {
+        0 => std::thread::sleep(std::time::Duration::from_micros(rng.below(200))),
+        1 | 2 => std::thread::yield_now(),
+        3 => (0..rng.below(2000)).for_each(|i| {
+            std::hint::black_box(i);
+        }),
+        _ => {}
+    };
+    let mut frame = [0u8; 60];
+    frame[..6].copy_from_slice(if first { &MAC_B } else { &MAC_A });
+    frame[6..12].copy_from_slice(if first { &MAC_A } else { &MAC_B });
+    let mut send = |port: &mut SimPort, i: u32| {
+        frame[12..16].copy_from_slice(&i.to_le_bytes());
+        assert_eq!(
+            port.transmit(&VirtioNetHdr::default(), &[&frame]).unwrap(),
+            TxOutcome::Sent
+        );
+    };
+    if first {
+        send(&mut port, 0);
+    }
+    for i in 0..rounds {
+        // Wait for frame i.
+        loop {
+            let mut got = None;
+            port.receive(&mut |_, f| got = Some(u32::from_le_bytes(f[12..16].try_into().unwrap())))
+                .unwrap();
+            if let Some(n) = got {
+                assert_eq!(n, i, "frames in order");
+                break;
+            }
+            pause(&mut rng);
+            if busy_poll && port.arm_wakeup() {
+                continue;
+            }
+            if !wait_readable(fd, 20_000) {
+                let mut waiting = false;
+                port.receive(&mut |_, _| waiting = true).unwrap();
+                assert!(!waiting, "lost wake-up: a frame waited through a sleep");
+                panic!("no frame in 20 s: the peer is stuck");
+            }
+        }
+        pause(&mut rng);
+        if first {
+            if i + 1 < rounds {
+                send(&mut port, i + 1);
+            }
+        } else {
+            send(&mut port, i);
+        }
+    }
+}
+
+/// Many round trips between two threads that each sleep on the wake-up
+/// descriptor when idle, in both wake-up modes: every frame wakes its
+/// receiver (no lost wake-up in the sender's push / receiver's arm race).
+#[test]
+fn no_lost_wakeup_in_many_round_trips() {
+    for busy_poll in [true, false] {
+        for seed in 0..4u64 {
+            let (_net, a, b) = SimNet::pair(seed, LinkConfig::default()).unwrap();
+            let rounds = 3000;
+            let t = std::thread::spawn(move || ping_pong_side(b, busy_poll, false, rounds, seed));
+            ping_pong_side(a, busy_poll, true, rounds, seed + 100);
+            t.join().expect("peer");
+        }
+    }
+}
