@@ -24,21 +24,7 @@ fn shim() -> &'static Path {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("workspace");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-q", "-p", "libc-shim"])
-            .current_dir(workspace);
-        if bin_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let out = cmd.output().expect("run cargo");
-        assert!(
-            out.status.success(),
-            "cargo build -p libc-shim failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let so = bin_dir.join("liblibc_shim.so");
-        assert!(so.is_file(), "{} was not built", so.display());
-        so
+        testkit::build_shim(env!("CARGO"), workspace, bin_dir)
     })
 }
 

@@ -152,6 +152,34 @@ impl Rng {
     }
 }
 
+/// Builds the LD_PRELOAD shim (`cargo build -p libc-shim`, `--release` when
+/// `bin_dir` is a release directory) with `cargo` in `workspace`, and returns
+/// its path in `bin_dir`; panics with cargo's output when the build fails.
+/// For the tests that run applications under `hicamp run`: pass
+/// `env!("CARGO")`, the workspace root and the directory of
+/// `env!("CARGO_BIN_EXE_hicamp")`.
+pub fn build_shim(
+    cargo: &str,
+    workspace: &std::path::Path,
+    bin_dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-q", "-p", "libc-shim"])
+        .current_dir(workspace);
+    if bin_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo build -p libc-shim failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let so = bin_dir.join("liblibc_shim.so");
+    assert!(so.is_file(), "{} was not built", so.display());
+    so
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
