@@ -113,3 +113,31 @@ fn compare_rejects_an_unknown_child_model() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model"));
 }
+
+#[test]
+fn a_run_killed_before_its_clean_up_leaves_nothing_for_long() {
+    // A directory of a run that Ctrl-C stopped before its clean-up: named for
+    // a process that has exited.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let stale = base.join(format!("hicamp-compare-{dead}"));
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("paste.pool"), b"left behind").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hicamp"))
+        .args(["compare", "--quick", "--no-recovery"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stale.exists(), "{} is still there", stale.display());
+}

@@ -227,6 +227,8 @@ pub fn includes(model: ModelKind) -> &'static str {
 }
 
 /// Makes the directory for a run's files; the caller removes what it made.
+/// Directories that runs killed before their clean-up (Ctrl-C) left behind,
+/// named for a process that no longer exists, are removed first.
 pub fn default_dir() -> PathBuf {
     let shm = Path::new("/dev/shm");
     let base = if shm.is_dir() {
@@ -234,7 +236,29 @@ pub fn default_dir() -> PathBuf {
     } else {
         std::env::temp_dir()
     };
+    remove_stale_dirs(&base);
     base.join(format!("hicamp-compare-{}", std::process::id()))
+}
+
+/// Removes `hicamp-compare-PID` directories under `base` whose PID is not a
+/// running process.
+fn remove_stale_dirs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("hicamp-compare-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn build(
