@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hicamp::{Config, Durability, Memory};
+use hicamp::{Config, Durability};
 use mio::net::{TcpListener as MioListener, TcpStream as MioStream};
 use mio::{Events, Interest, Poll, Token};
 use nicdma::backend::AnyPort;
@@ -314,16 +314,7 @@ fn hicamp_run(n: usize, wal: bool, mem: MemKind, dir: &Path, script: &Path) -> R
         ..Config::default()
     };
     let file = dir.join("e2e-hicamp.mem");
-    let _ = std::fs::remove_file(&file);
-    let memory = if wal {
-        Memory::create(&file, cfg)
-    } else {
-        Memory::new(Config {
-            durability: Durability::None,
-            ..cfg
-        })
-    }
-    .map_err(|e| e.to_string())?;
+    let memory = super::server_memory(&file, cfg, wal)?;
     let port = TapPort::open("").map_err(|e| format!("TAP: {e}"))?;
     let ns = NetNs::create().map_err(|e| format!("namespace: {e}"))?;
     let dev = port.name().to_owned();

@@ -226,6 +226,25 @@ pub fn includes(model: ModelKind) -> &'static str {
     }
 }
 
+/// The memory of a HICAMP server run: a new file at `file` (any earlier one removed) when
+/// it logs (`wal`), else a DRAM memory of `cfg` without durability.
+pub(crate) fn server_memory(
+    file: &Path,
+    cfg: hicamp::Config,
+    wal: bool,
+) -> Result<hicamp::Memory, String> {
+    let _ = std::fs::remove_file(file);
+    if wal {
+        hicamp::Memory::create(file, cfg)
+    } else {
+        hicamp::Memory::new(hicamp::Config {
+            durability: hicamp::Durability::None,
+            ..cfg
+        })
+    }
+    .map_err(|e| e.to_string())
+}
+
 /// Makes the directory for a run's files; the caller removes what it made.
 /// Directories that runs killed before their clean-up (Ctrl-C) left behind,
 /// named for a process that no longer exists, are removed first.

@@ -7,15 +7,14 @@
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
-use hicamp::{Config, Durability, Memory};
-use nicdma::sim::{LinkConfig, SimNet};
-use segstack::iface::{IfaceConfig, IfaceError, Interface};
-use segstack::sim::{SimPair, A_IP, B_IP};
+use hicamp::{Config, Durability};
+use segstack::iface::IfaceError;
+use segstack::sim::B_IP;
 use serde::Serialize;
 
 use super::traffic::{Traffic, Workload};
 use super::{MemKind, Options};
-use crate::phttpd::{is_transient, persistent_interface, Phttpd, RESPONSE_LEN};
+use crate::phttpd::{is_transient, sim_pair, Phttpd, RESPONSE_LEN};
 
 /// One sim-link run of HICAMP.
 #[derive(Debug, Clone, Serialize)]
@@ -76,33 +75,8 @@ pub fn run_one(
     };
     std::fs::create_dir_all(&opts.dir).map_err(|x| x.to_string())?;
     let file = opts.dir.join("sim-hicamp.mem");
-    let _ = std::fs::remove_file(&file);
-    let memory = if wal {
-        Memory::create(&file, cfg)
-    } else {
-        Memory::new(Config {
-            durability: Durability::None,
-            ..cfg
-        })
-    }
-    .map_err(|x| x.to_string())?;
-    let client_mem = Memory::new(Config::default()).map_err(|x| x.to_string())?;
-    let (net, pa, pb) =
-        SimNet::pair(1, LinkConfig::default()).map_err(|x| format!("sim link: {x}"))?;
-    let mut ca = IfaceConfig::new([2, 0, 0, 0, 0, 1], A_IP, 24);
-    ca.seed = 1;
-    ca.tcp.nagle = false;
-    let mut cb = IfaceConfig::new([2, 0, 0, 0, 0, 2], B_IP, 24);
-    cb.seed = 2;
-    cb.tcp.nagle = false;
-    let a = Interface::new(&client_mem, pa, ca).map_err(e)?;
-    let b = if wal {
-        persistent_interface(&memory, pb, cb)
-    } else {
-        Interface::new(&memory, pb, cb)
-    }
-    .map_err(e)?;
-    let mut pair = SimPair::from_parts(net, a, b);
+    let memory = super::server_memory(&file, cfg, wal)?;
+    let mut pair = sim_pair(&memory, wal)?;
     let mut server = Phttpd::new(&mut pair.b, 80, 0, wal).map_err(e)?;
     let now = pair.now();
     let conns: Vec<_> = (0..n)

@@ -27,13 +27,12 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hicamp::{Config, Memory};
 use nicdma::backend::{parse_cidr, AnyPort, BackendSpec};
-use nicdma::sim::{LinkConfig, SimNet};
 use nicdma::tap::{NetNs, TapPort};
 use nicdma::Port;
 use segstack::iface::{IfaceConfig, IfaceError, Interface};
-use segstack::sim::{SimPair, A_IP, B_IP};
+use segstack::sim::B_IP;
 
-use super::{is_transient, persistent_interface, rpc_request, Limits, Phttpd, RESPONSE_LEN};
+use super::{is_transient, rpc_request, server_interface, sim_pair, Limits, Phttpd, RESPONSE_LEN};
 
 #[derive(Parser, Debug)]
 #[command(about = "A PASTE-phttpd-like HTTP server on segstack")]
@@ -86,19 +85,6 @@ impl Args {
 
 /// The server's interface: with `--wal`, on the rings the file records
 /// (reused across restarts and kills, see [`persistent_interface`]).
-fn interface<P: Port>(
-    mem: &Memory,
-    wal: bool,
-    port: P,
-    cfg: IfaceConfig,
-) -> Result<Interface<P>, IfaceError> {
-    if wal {
-        persistent_interface(mem, port, cfg)
-    } else {
-        Interface::new(mem, port, cfg)
-    }
-}
-
 fn memory(args: &Args) -> Result<Memory, String> {
     let cfg = Config {
         capacity_lines: 1 << 24,
@@ -155,7 +141,7 @@ fn backend(args: &Args, spec: &BackendSpec) -> Result<(), String> {
     if let Some(mtu) = port.mtu() {
         cfg.mtu = mtu as usize;
     }
-    let iface = interface(&mem, args.wal.is_some(), port, cfg).map_err(|e| e.to_string())?;
+    let iface = server_interface(&mem, args.wal.is_some(), port, cfg).map_err(|e| e.to_string())?;
     println!("phttpd: serving on {ip}:{} through {spec}", args.port);
     serve(args, iface, &stop)
 }
@@ -172,8 +158,8 @@ fn tap(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("namespace: {e}"))?;
     let ip = Ipv4Addr::new(10, 79, 0, 2);
     let cfg = IfaceConfig::new([2, 0, 0, 0x79, 0, 2], ip, 24);
-    let iface =
-        interface(&mem, args.wal.is_some(), AnyPort::Tap(port), cfg).map_err(|e| e.to_string())?;
+    let iface = server_interface(&mem, args.wal.is_some(), AnyPort::Tap(port), cfg)
+        .map_err(|e| e.to_string())?;
     println!(
         "phttpd: serving on {ip}:{} (device {dev} in namespace {})",
         args.port,
@@ -238,20 +224,7 @@ fn serve(args: &Args, mut iface: Interface<AnyPort>, stop: &AtomicBool) -> Resul
 fn sim(args: &Args) -> Result<(), String> {
     let mem = memory(args)?;
     let e = |e: IfaceError| e.to_string();
-    // The client side lives in a memory of its own: the server's (a
-    // `--wal` file) holds only the server's rings and records.
-    let client_mem = Memory::new(Config::default()).map_err(|e| e.to_string())?;
-    let (net, pa, pb) =
-        SimNet::pair(1, LinkConfig::default()).map_err(|e| format!("sim link: {e}"))?;
-    let mut ca = IfaceConfig::new([2, 0, 0, 0, 0, 1], A_IP, 24);
-    ca.seed = 1;
-    ca.tcp.nagle = false;
-    let mut cb = IfaceConfig::new([2, 0, 0, 0, 0, 2], B_IP, 24);
-    cb.seed = 2;
-    cb.tcp.nagle = false;
-    let a = Interface::new(&client_mem, pa, ca).map_err(e)?;
-    let b = interface(&mem, args.wal.is_some(), pb, cb).map_err(e)?;
-    let mut pair = SimPair::from_parts(net, a, b);
+    let mut pair = sim_pair(&mem, args.wal.is_some())?;
     let mut server = Phttpd::new(&mut pair.b, args.port, 1 << 20, args.wal.is_some()).map_err(e)?;
     server.set_limits(args.limits());
     let now = pair.now();

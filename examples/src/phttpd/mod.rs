@@ -24,6 +24,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use hicamp::{Memory, Piece, Segment, SegmentId};
 use nicdma::{Nic, Port};
 use segstack::iface::{Event, IfaceConfig, IfaceError, Interface, SocketHandle};
+use segstack::sim::{SimPair, A_IP, B_IP};
 use segstack::Payload;
 
 use http::{HttpError, Method};
@@ -237,6 +238,40 @@ pub fn is_transient(e: &IfaceError) -> bool {
         e,
         IfaceError::Memory(_) | IfaceError::Nic(nicdma::NicError::Memory(_))
     )
+}
+
+/// A server's interface: on the rings recorded in `mem` ([`persistent_interface`]) when it
+/// logs (`wal`), on new ones otherwise.
+pub fn server_interface<P: Port>(
+    mem: &Memory,
+    wal: bool,
+    port: P,
+    cfg: IfaceConfig,
+) -> Result<Interface<P>, IfaceError> {
+    if wal {
+        persistent_interface(mem, port, cfg)
+    } else {
+        Interface::new(mem, port, cfg)
+    }
+}
+
+/// A sim link for phttpd: the server's interface (B, [`server_interface`]) in `server`,
+/// facing a client (A) in a DRAM memory of its own, so that a `--wal` file holds only the
+/// server's rings and records; Nagle off on both sides.
+pub fn sim_pair(server: &Memory, wal: bool) -> Result<SimPair, String> {
+    let e = |e: IfaceError| e.to_string();
+    let client_mem = Memory::new(hicamp::Config::default()).map_err(|e| e.to_string())?;
+    let (net, pa, pb) = nicdma::sim::SimNet::pair(1, nicdma::sim::LinkConfig::default())
+        .map_err(|e| format!("sim link: {e}"))?;
+    let mut ca = IfaceConfig::new([2, 0, 0, 0, 0, 1], A_IP, 24);
+    ca.seed = 1;
+    ca.tcp.nagle = false;
+    let mut cb = IfaceConfig::new([2, 0, 0, 0, 0, 2], B_IP, 24);
+    cb.seed = 2;
+    cb.tcp.nagle = false;
+    let a = Interface::new(&client_mem, pa, ca).map_err(e)?;
+    let b = server_interface(server, wal, pb, cb).map_err(e)?;
+    Ok(SimPair::from_parts(net, a, b))
 }
 
 /// Name of the directory entry recording a `--wal` server's NIC rings.
