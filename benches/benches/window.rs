@@ -208,6 +208,7 @@ fn benches(c: &mut Criterion) {
     );
     g.finish();
     check_commit_matches(&mem, id, &pages);
+    rounds(&seg, &data, &mem, &pages);
 }
 
 /// The window's commit and SegmentMut agree (checked once, outside the timing).
@@ -264,6 +265,181 @@ fn summary() {
         &c("SegmentMut::write_at x256", "segment_mut_write_at"),
         None,
     );
+}
+
+/// The machine's load average (1, 5, 15 minutes), as /proc/loadavg gives it.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Interleaved rounds: each round times every subject and its baseline once,
+/// one after the other (the order rotating round by round), so that a change
+/// of the machine's load hits them alike; the figures are the medians of the
+/// rounds, and the ratios the medians of each round's own ratio. This is the
+/// figure to quote on a shared machine (criterion runs each subject's samples
+/// in one block, minutes apart from its baseline's).
+///
+/// Run these alone with `cargo bench --bench window -- rounds` (a filter
+/// that matches no criterion benchmark).
+fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
+    let size = data.len();
+    let n = match run_mode() {
+        RunMode::Measure => 21,
+        RunMode::Quick => 7,
+        _ => 1,
+    };
+    let load_before = load();
+    let ra = WindowOptions::default();
+    let two = WindowOptions {
+        background_read_ahead: true,
+        ..WindowOptions::default()
+    };
+    let no_ra = WindowOptions {
+        read_ahead_pages: 0,
+        ..WindowOptions::default()
+    };
+    let mut dst = vec![1u8; size];
+    let id: SegmentId = mem.map().insert(seg.clone()).expect("map entry");
+    let mut w = Window::open_entry(mem, id).expect("window (needs userfaultfd)");
+    let _ = touch_pages(w.as_slice());
+    let mut m = seg.to_mut();
+    const COMMITS: u64 = 8;
+    let subjects: [&str; 9] = [
+        "memcpy",
+        "first touch, read-ahead",
+        "first touch, read-ahead + thread",
+        "first touch, no read-ahead",
+        "xor, cold window",
+        "xor, cursor",
+        "xor, Vec",
+        "256 page writes + commit",
+        "SegmentMut::write_at x256",
+    ];
+    let mut t = vec![Vec::new(); subjects.len()];
+    let mut direct = 0;
+    let mut copied = 0;
+    for r in 0..n {
+        for k in 0..subjects.len() {
+            let s = (k + r) % subjects.len();
+            let time = |f: &mut dyn FnMut()| {
+                let t0 = Instant::now();
+                f();
+                t0.elapsed().as_secs_f64()
+            };
+            let win = |opts: WindowOptions, f: fn(&[u8]) -> u64| {
+                let w = Window::open_with(seg, opts).expect("window (needs userfaultfd)");
+                let t0 = Instant::now();
+                black_box(f(w.as_slice()));
+                let e = t0.elapsed().as_secs_f64();
+                (e, w.stats())
+            };
+            let e = match s {
+                0 => time(&mut || {
+                    dst.copy_from_slice(black_box(data));
+                    black_box(dst.as_ptr());
+                }),
+                1 => {
+                    let (e, st) = win(ra, touch_pages);
+                    direct += st.direct_pages;
+                    copied += st.pages_copied;
+                    e
+                }
+                2 => win(two, touch_pages).0,
+                3 => win(no_ra, touch_pages).0,
+                4 => win(ra, xor_bytes).0,
+                5 => time(&mut || {
+                    black_box(cursor_xor(black_box(seg)));
+                }),
+                6 => time(&mut || {
+                    black_box(xor_bytes(black_box(data)));
+                }),
+                7 => {
+                    let e = time(&mut || {
+                        for i in 0..COMMITS {
+                            let s = w.as_mut_slice().expect("writable");
+                            let v = (r as u64 * COMMITS + i) ^ 0x5a5a;
+                            for &p in pages {
+                                s[p * PAGE + 100..p * PAGE + 108]
+                                    .copy_from_slice(&(v ^ p as u64).to_le_bytes());
+                            }
+                            w.commit().expect("commit");
+                        }
+                    });
+                    e / COMMITS as f64
+                }
+                _ => {
+                    let e = time(&mut || {
+                        for i in 0..COMMITS {
+                            let v = (r as u64 * COMMITS + i) ^ 0x5a5a;
+                            for &p in pages {
+                                m.write_at((p * PAGE + 100) as u64, &(v ^ p as u64).to_le_bytes())
+                                    .expect("write_at");
+                            }
+                        }
+                    });
+                    e / COMMITS as f64
+                }
+            };
+            t[s].push(e);
+        }
+    }
+    drop(w);
+    if !hicamp_benches::measuring() {
+        return;
+    }
+    println!();
+    println!(
+        "=== window interleaved rounds ({n} rounds, 64 B lines, {} MiB; load average {load_before} before, {} after) ===",
+        size / MIB,
+        load()
+    );
+    println!("pages copied straight from the arena (read-ahead window): {direct} of {copied}");
+    let gbps = |secs: f64| size as f64 / secs / 1e9;
+    let ratio = |a: usize, b: usize| {
+        let mut v: Vec<f64> = t[a].iter().zip(&t[b]).map(|(x, y)| y / x).collect();
+        median(&mut v)
+    };
+    for (s, name) in subjects.iter().enumerate() {
+        let med = median(&mut t[s].clone());
+        let mut line = if s >= 7 {
+            format!("{name:<36} median {:>9.1} us", med * 1e6)
+        } else {
+            format!(
+                "{name:<36} median {:>7.2} ms  {:>6.2} GB/s",
+                med * 1e3,
+                gbps(med)
+            )
+        };
+        match s {
+            1..=4 => line += &format!("  {:.3}x memcpy", ratio(s, 0)),
+            5 => line += &format!("  {:.3}x memcpy", ratio(s, 0)),
+            8 => line += &format!("  (window {:.3}x of it)", ratio(7, 8)),
+            _ => {}
+        }
+        if s == 4 {
+            line += &format!(", {:.3}x cursor", ratio(4, 5));
+        }
+        if s == 1 {
+            let ok = gbps(med) >= 2.0;
+            line += if ok {
+                "  [target >= 2 GB/s: met]"
+            } else {
+                "  [target >= 2 GB/s: NOT met]"
+            };
+        }
+        println!("{line}");
+    }
 }
 
 fn main() {

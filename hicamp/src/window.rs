@@ -185,6 +185,9 @@ pub struct WindowStats {
     pub wp_faults: u64,
     /// Pages filled by copy (`UFFDIO_COPY`).
     pub pages_copied: u64,
+    /// Of the pages copied, those copied straight from the arena (their
+    /// lines consecutive slots), with no gather into a staging page.
+    pub direct_pages: u64,
     /// Pages filled with the shared zero page (`UFFDIO_ZEROPAGE`).
     pub zero_pages: u64,
     /// Of the pages filled, those filled ahead of a fault.
@@ -249,34 +252,33 @@ struct Counters {
     wp: AtomicU64,
     copied: AtomicU64,
     zero: AtomicU64,
+    direct: AtomicU64,
     ahead: AtomicU64,
 }
 
 /// Lines prefetched ahead of the copy in [`gather`].
 const PREFETCH_AHEAD: usize = 32;
 
-/// Copies the bytes of `src` from `off` (a multiple of the line size) into
-/// `buf`; returns how many (short at the end of the segment).
+/// Collects into `s.leaves` the ids of the leaves of `src` that hold bytes
+/// `off..off + len` (clipped to the segment; `off` a multiple of the line
+/// size); returns how many bytes of the segment that is.
 ///
-/// The leaves of a large segment lie scattered over the arena, and a copy
-/// that waits for one line at a time runs at the memory latency, not its
-/// bandwidth. So: the interior lines right above the leaves are found (the
-/// levels above them are few and stay cached) and prefetched, the leaf ids
-/// are read from them, and each leaf is copied while the one
-/// [`PREFETCH_AHEAD`] places later is prefetched.
-fn gather(src: &Segment, off: u64, buf: &mut [u8], s: &mut Ids) -> usize {
+/// The interior lines right above the leaves are found (the levels above
+/// them are few and stay cached) and prefetched, and the leaf ids read from
+/// them.
+fn leaf_ids(src: &Segment, off: u64, len: usize, s: &mut Ids) -> usize {
     let store = &src.memory().inner.store;
     let tree = src.tree();
     let shift = store.shift();
     let ls = 1usize << shift;
-    let end = off.saturating_add(buf.len() as u64).min(tree.len);
+    let end = off.saturating_add(len as u64).min(tree.len);
+    s.leaves.clear();
     if off >= end {
         return 0;
     }
     let total = (end - off) as usize;
     let n = total.div_ceil(ls) as u64;
     let first = off >> shift;
-    s.leaves.clear();
     if tree.height == 0 {
         s.leaves.push(tree.root);
     } else {
@@ -297,7 +299,19 @@ fn gather(src: &Segment, off: u64, buf: &mut [u8], s: &mut Ids) -> usize {
             s.leaves.push(store.child(node, (i & mask) as usize));
         }
     }
-    let ids = &s.leaves;
+    total
+}
+
+/// Copies the lines `ids` into `buf` (the last one cut to what `buf` holds
+/// after the others; bytes past the lines are left as they are).
+///
+/// The leaves of a segment built piecemeal lie scattered over the arena,
+/// and a copy that waits for one line at a time runs at the memory latency,
+/// not its bandwidth: each line is copied while the one [`PREFETCH_AHEAD`]
+/// places later is prefetched.
+fn copy_lines(src: &Segment, ids: &[LineId], buf: &mut [u8]) {
+    let store = &src.memory().inner.store;
+    let ls = 1usize << store.shift();
     for id in ids.iter().take(PREFETCH_AHEAD) {
         crate::region::prefetch_ptr(store.line(*id).as_ptr());
     }
@@ -306,10 +320,32 @@ fn gather(src: &Segment, off: u64, buf: &mut [u8], s: &mut Ids) -> usize {
             crate::region::prefetch_ptr(store.line(*next).as_ptr());
         }
         let at = i * ls;
-        let take = ls.min(total - at);
+        if at >= buf.len() {
+            break;
+        }
+        let take = ls.min(buf.len() - at);
         buf[at..at + take].copy_from_slice(&store.line(*id)[..take]);
     }
+}
+
+/// Copies the bytes of `src` from `off` (a multiple of the line size) into
+/// `buf`; returns how many (short at the end of the segment).
+fn gather(src: &Segment, off: u64, buf: &mut [u8], s: &mut Ids) -> usize {
+    let total = leaf_ids(src, off, buf.len(), s);
+    copy_lines(src, &s.leaves, &mut buf[..total]);
     total
+}
+
+/// How a page of a fill is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PageFill {
+    /// All its leaves are the zero line (read-only windows: `UFFDIO_ZEROPAGE`).
+    Zero,
+    /// Its leaves are consecutive slots of the arena, a whole page of them:
+    /// copied straight from the arena.
+    Direct,
+    /// Gathered line by line into the staging buffer, then copied.
+    Gather,
 }
 
 /// Line ids of one fill: the interior lines above the leaves, the leaves.
@@ -446,6 +482,14 @@ impl Shared {
 
     /// Fills pages `first..first + n` from `src`; `wp` copies them in
     /// write-protected.
+    ///
+    /// Each page is classified by its leaf ids (no scan of its bytes): all
+    /// zero lines (read-only windows map the shared zero page, one
+    /// `UFFDIO_ZEROPAGE` per run of them), a whole page of consecutive
+    /// arena slots (copied straight from the arena, one `UFFDIO_COPY` per
+    /// run of pages that continue each other in the arena: a segment built
+    /// in order is laid out so), or anything else (gathered line by line
+    /// into the staging buffer, one `UFFDIO_COPY` per run of such pages).
     fn fill(
         &self,
         src: &Segment,
@@ -454,54 +498,86 @@ impl Shared {
         n: usize,
         wp: bool,
     ) -> Result<(), String> {
-        let buf = &mut scratch.buf[..n * self.page];
         let off = (first * self.page) as u64;
-        let got = gather(src, off, buf, &mut scratch.ids);
-        buf[got..].fill(0);
+        let got = leaf_ids(src, off, n * self.page, &mut scratch.ids);
+        let leaves = &scratch.ids.leaves;
+        let lpp = self.page / self.line_size;
+        let page_leaves = |i: usize| {
+            let a = (i * lpp).min(leaves.len());
+            let b = ((i + 1) * lpp).min(leaves.len());
+            &leaves[a..b]
+        };
+        let kind = |i: usize| {
+            let l = page_leaves(i);
+            if !self.writable && l.iter().all(|id| id.is_zero()) {
+                // (A shared zero page would take a write without a
+                // write-protect fault: writable windows copy zeros.)
+                PageFill::Zero
+            } else if l.len() == lpp
+                && !l[0].is_zero()
+                && l.windows(2).all(|w| w[1].0 == w[0].0.wrapping_add(1))
+            {
+                PageFill::Direct
+            } else {
+                PageFill::Gather
+            }
+        };
         // Counted (and marked filled) before the copies wake the faulting
         // threads, so that a thread that saw its page sees it counted.
         for p in first..first + n {
             self.filled.set(p);
         }
-        if self.writable {
-            // Zero pages are copied too: a shared zero page would take a
-            // write without a write-protect fault.
-            self.counters.copied.fetch_add(n as u64, Ordering::Relaxed);
-            self.copy(self.addr(first), buf, wp)?;
-        } else {
-            // A page is all zeros when all its leaves are line 0 (the DAG
-            // says so without a scan of the bytes).
-            let leaves = &scratch.ids.leaves[..got.div_ceil(self.line_size)];
-            let lpp = self.page / self.line_size;
-            let zero = |i: usize| {
-                let a = (i * lpp).min(leaves.len());
-                let b = ((i + 1) * lpp).min(leaves.len());
-                leaves[a..b].iter().all(|id| id.is_zero())
-            };
-            let mut i = 0;
-            while i < n {
-                let all_zero = zero(i);
-                let mut j = i + 1;
-                while j < n && zero(j) == all_zero {
-                    j += 1;
-                }
-                if all_zero {
-                    self.counters
-                        .zero
-                        .fetch_add((j - i) as u64, Ordering::Relaxed);
-                    self.zero(first + i..first + j)?;
-                } else {
-                    self.counters
-                        .copied
-                        .fetch_add((j - i) as u64, Ordering::Relaxed);
-                    self.copy(
-                        self.addr(first + i),
-                        &buf[i * self.page..j * self.page],
-                        false,
-                    )?;
-                }
-                i = j;
+        let store = &src.memory().inner.store;
+        let mut i = 0;
+        while i < n {
+            let k = kind(i);
+            let mut j = i + 1;
+            while j < n
+                && kind(j) == k
+                && (k != PageFill::Direct
+                    || page_leaves(j)[0].0 == page_leaves(j - 1)[lpp - 1].0.wrapping_add(1))
+            {
+                j += 1;
             }
+            let pages = (j - i) as u64;
+            match k {
+                PageFill::Zero => {
+                    self.counters.zero.fetch_add(pages, Ordering::Relaxed);
+                    self.zero(first + i..first + j)?;
+                }
+                PageFill::Direct => {
+                    self.counters.copied.fetch_add(pages, Ordering::Relaxed);
+                    self.counters.direct.fetch_add(pages, Ordering::Relaxed);
+                    let l0 = page_leaves(i)[0];
+                    let last = page_leaves(j - 1)[lpp - 1];
+                    let start = store.line(l0).as_ptr();
+                    let len = (j - i) * self.page;
+                    // The run's lines are consecutive slots; check that they
+                    // are one span of memory too before copying them as one.
+                    if store.line(last).as_ptr() as usize != start as usize + len - self.line_size {
+                        return Err("window: arena slots are not contiguous".into());
+                    }
+                    // SAFETY: `start..start + len` is the bytes of the
+                    // consecutive arena slots `l0..=last` (checked just
+                    // above to be one span): leaves of `src`, which the
+                    // caller holds, so they stay allocated and are never
+                    // written while we read them.
+                    let bytes = unsafe { std::slice::from_raw_parts(start, len) };
+                    self.copy(self.addr(first + i), bytes, wp)?;
+                }
+                PageFill::Gather => {
+                    self.counters.copied.fetch_add(pages, Ordering::Relaxed);
+                    let buf = &mut scratch.buf[..(j - i) * self.page];
+                    let from = i * lpp;
+                    let to = (j * lpp).min(leaves.len());
+                    // Bytes of the segment in these pages (the rest is zero).
+                    let bytes = got.saturating_sub(i * self.page).min(buf.len());
+                    copy_lines(src, &leaves[from..to], &mut buf[..bytes]);
+                    buf[bytes..].fill(0);
+                    self.copy(self.addr(first + i), buf, wp)?;
+                }
+            }
+            i = j;
         }
         Ok(())
     }
@@ -1139,6 +1215,7 @@ impl Window {
             missing_faults: c.missing.load(Ordering::Relaxed),
             wp_faults: c.wp.load(Ordering::Relaxed),
             pages_copied: c.copied.load(Ordering::Relaxed),
+            direct_pages: c.direct.load(Ordering::Relaxed),
             zero_pages: c.zero.load(Ordering::Relaxed),
             read_ahead_pages: c.ahead.load(Ordering::Relaxed),
             filled_pages: self.shared.filled.count(),

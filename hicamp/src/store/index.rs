@@ -16,6 +16,8 @@ use crossbeam_utils::CachePadded;
 use crate::sync::{epoch, AtomicPtr, AtomicUsize, Mutex};
 
 const FRESH_CHUNK: u64 = 16;
+/// Shortest batch of misses that takes its slots as one run (`take_run`).
+const RUN_MIN: usize = 8;
 /// How far ahead of its use a line is prefetched when a table grows.
 const PREFETCH_AHEAD: usize = 8;
 
@@ -154,6 +156,25 @@ impl Store {
             }
         }
         shard.free.pop()
+    }
+
+    /// A run of `n` consecutive fresh slots for one intern batch, handed
+    /// out in input order (see `intern_batches`), so that a segment built in
+    /// order has its leaves adjacent in the arena. `None` (the batch takes
+    /// slots one by one from `alloc_slot`) for a short batch, when freed
+    /// slots are waiting to be reused, or when the fresh range cannot give
+    /// the whole run (a partial one goes to a shard's list, not lost).
+    pub(super) fn take_run(&self, n: usize) -> Option<u32> {
+        if n < RUN_MIN || self.free_count.load(Relaxed) >= n as u64 {
+            return None;
+        }
+        let (start, end) = self.take_fresh(n as u64)?;
+        if end - start == n as u64 {
+            return Some(start as u32);
+        }
+        let mut shard = self.shards[0].lock.lock();
+        shard.free.extend((start as u32..end as u32).rev());
+        None
     }
 
     /// Moves at least `want` freed slots (or all there are) from the free

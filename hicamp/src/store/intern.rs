@@ -273,6 +273,7 @@ impl Store {
         let mut order = [0u16; B];
         let mut walk = [0u16; B];
         let mut first = [(0u32, false); B];
+        let mut slot = [0u32; B];
         let mut counts = [0u16; SHARDS + 1];
         let mut zeros = 0u64;
         let mut pinned_hits = 0u64;
@@ -376,6 +377,21 @@ impl Store {
             walk[..misses - i0].copy_from_slice(&order[i0..misses]);
             walk[misses - i0..misses].copy_from_slice(&order[..i0]);
             let at = |k: usize| walk[k] as usize;
+            // Slots in input order: the misses of the batch take one run of
+            // fresh slots, so the leaves of a segment built in order lie
+            // adjacent in the arena (a window copies such pages straight
+            // from it). Each slot goes onto its shard's list just before the
+            // line's insert pops it; a line that turns out a duplicate leaves
+            // its slot there for the shard's next insert.
+            let run = self.take_run(misses);
+            if let Some(mut next) = run {
+                for (s, &k) in slot[..m].iter_mut().zip(&key[..m]) {
+                    if k != SKIP {
+                        *s = next;
+                        next += 1;
+                    }
+                }
+            }
             let mut k = 0;
             while k < misses {
                 let sh = key[at(k)] as usize;
@@ -389,6 +405,9 @@ impl Store {
                 while k < misses && key[at(k)] as usize == sh {
                     let j = at(k);
                     let line = &group[j * ls..(j + 1) * ls];
+                    if run.is_some() {
+                        shard.free.push(slot[j]);
+                    }
                     let r = match self.find_or_insert(cell, &mut shard, kind, hashes[j], line) {
                         Some(r) => Ok(r),
                         None if matches!(probe, Some((_, Probe::Borrow | Probe::Own))) => {
