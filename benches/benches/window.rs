@@ -313,9 +313,17 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
     let id: SegmentId = mem.map().insert(seg.clone()).expect("map entry");
     let mut w = Window::open_entry(mem, id).expect("window (needs userfaultfd)");
     let _ = touch_pages(w.as_slice());
+    let id2: SegmentId = mem.map().insert(seg.clone()).expect("map entry");
+    let sync_wp = WindowOptions {
+        async_write_protect: false,
+        ..WindowOptions::default()
+    };
+    let mut w2 = Window::open_entry_with(mem, id2, sync_wp).expect("window (needs userfaultfd)");
+    let _ = touch_pages(w2.as_slice());
+    let async_wp = w.async_write_protect();
     let mut m = seg.to_mut();
     const COMMITS: u64 = 8;
-    let subjects: [&str; 9] = [
+    let subjects: [&str; 10] = [
         "memcpy",
         "first touch, read-ahead",
         "first touch, read-ahead + thread",
@@ -325,13 +333,21 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
         "xor, Vec",
         "256 page writes + commit",
         "SegmentMut::write_at x256",
+        "256 page writes + commit, WP faults",
     ];
+    // WINDOW_ROUNDS=1,3 times only those subjects (to profile one).
+    let only: Option<Vec<usize>> = std::env::var("WINDOW_ROUNDS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
     let mut t = vec![Vec::new(); subjects.len()];
     let mut direct = 0;
     let mut copied = 0;
     for r in 0..n {
         for k in 0..subjects.len() {
             let s = (k + r) % subjects.len();
+            if only.as_ref().is_some_and(|o| !o.contains(&s)) {
+                continue;
+            }
             let time = |f: &mut dyn FnMut()| {
                 let t0 = Instant::now();
                 f();
@@ -364,7 +380,8 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
                 6 => time(&mut || {
                     black_box(xor_bytes(black_box(data)));
                 }),
-                7 => {
+                7 | 9 => {
+                    let w = if s == 7 { &mut w } else { &mut w2 };
                     let e = time(&mut || {
                         for i in 0..COMMITS {
                             let s = w.as_mut_slice().expect("writable");
@@ -394,7 +411,7 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
             t[s].push(e);
         }
     }
-    drop(w);
+    drop((w, w2));
     if !hicamp_benches::measuring() {
         return;
     }
@@ -404,13 +421,24 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
         size / MIB,
         load()
     );
-    println!("pages copied straight from the arena (read-ahead window): {direct} of {copied}");
+    println!(
+        "pages copied straight from the arena (read-ahead window): {direct} of {copied}; \
+         writes tracked by {}",
+        if async_wp {
+            "async write-protect + PAGEMAP_SCAN"
+        } else {
+            "write-protect faults (no async write-protect here)"
+        }
+    );
     let gbps = |secs: f64| size as f64 / secs / 1e9;
     let ratio = |a: usize, b: usize| {
         let mut v: Vec<f64> = t[a].iter().zip(&t[b]).map(|(x, y)| y / x).collect();
         median(&mut v)
     };
     for (s, name) in subjects.iter().enumerate() {
+        if t[s].is_empty() {
+            continue;
+        }
         let med = median(&mut t[s].clone());
         let mut line = if s >= 7 {
             format!("{name:<36} median {:>9.1} us", med * 1e6)
@@ -424,7 +452,7 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
         match s {
             1..=4 => line += &format!("  {:.3}x memcpy", ratio(s, 0)),
             5 => line += &format!("  {:.3}x memcpy", ratio(s, 0)),
-            8 => line += &format!("  (window {:.3}x of it)", ratio(7, 8)),
+            7 | 9 => line += &format!("  {:.3}x SegmentMut::write_at", ratio(s, 8)),
             _ => {}
         }
         if s == 4 {

@@ -76,6 +76,51 @@ const USERFAULTFD_IOC_NEW: libc::c_ulong = 0xAA00;
 /// faults only (allowed to unprivileged users under `vm.unprivileged_userfaultfd = 0`).
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 
+/// `UFFD_FEATURE_WP_ASYNC` of linux/userfaultfd.h (Linux 6.7): the kernel
+/// resolves write-protect faults itself (no message to the handler), and
+/// `PAGEMAP_SCAN` tells which pages were written.
+const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+/// `PAGEMAP_SCAN` of linux/fs.h: `_IOWR('f', 16, struct pm_scan_arg)`, on an
+/// fd of /proc/self/pagemap (Linux 6.7).
+const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610;
+/// `PM_SCAN_WP_MATCHING`: write-protect the pages reported, atomically.
+const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// `PM_SCAN_CHECK_WPASYNC`: fail unless the range has async write-protect.
+const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+/// `PAGE_IS_WRITTEN`: written since it was last write-protected.
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+/// `PAGE_IS_PRESENT`: mapped.
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+/// `PAGE_IS_SWAPPED`: swapped out.
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
+
+/// `struct pm_scan_arg` of linux/fs.h.
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `struct page_region` of linux/fs.h.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
 /// What the fix is when userfaultfd cannot be opened.
 const FIX_PERMISSION: &str = "run as root (or with CAP_SYS_PTRACE), or allow unprivileged \
      userfaultfd with `sysctl -w vm.unprivileged_userfaultfd=1`, or give this user read-write \
@@ -165,6 +210,14 @@ pub struct WindowOptions {
     /// 1.01x and 1.16x (quick mode), 0.57x and 0.51x (full mode): it
     /// needs an idle core.
     pub background_read_ahead: bool,
+    /// Read-write windows: use the kernel's async write-protect
+    /// (`UFFD_FEATURE_WP_ASYNC` with `PAGEMAP_SCAN`, Linux 6.7) where it has
+    /// it. A first write to a page then costs a minor fault inside the
+    /// kernel instead of a round trip to the handler thread, and the
+    /// commit reads the written pages from the page tables (protecting them
+    /// again in the same call). Off: every first write raises a
+    /// write-protect fault the handler serves. On by default.
+    pub async_write_protect: bool,
 }
 
 impl Default for WindowOptions {
@@ -172,6 +225,7 @@ impl Default for WindowOptions {
         WindowOptions {
             read_ahead_pages: DEFAULT_READ_AHEAD_PAGES,
             background_read_ahead: false,
+            async_write_protect: true,
         }
     }
 }
@@ -368,6 +422,11 @@ struct Shared {
     /// Bytes of the segment visible through the window.
     len: u64,
     writable: bool,
+    /// Read-write windows on a kernel with async write-protect: writes
+    /// raise no message, and `scan_written` finds the written pages (an
+    /// fd of /proc/self/pagemap). `None`: write-protect faults reach the
+    /// handler, which marks the page dirty.
+    pagemap: Option<OwnedFd>,
     read_ahead: usize,
     background: bool,
     /// The version the pages are filled from. Holding it keeps its lines alive.
@@ -622,6 +681,56 @@ impl Shared {
                 self.fail(e);
             }
         }
+    }
+
+    /// With async write-protect: marks dirty the pages written since they
+    /// were last protected (`PAGEMAP_SCAN`), protecting them again when
+    /// `protect` (so that the next write shows). A no-op otherwise (the
+    /// handler marks pages dirty as their write-protect faults come).
+    fn scan_written(&self, protect: bool) -> Result<(), WindowError> {
+        let Some(pm) = &self.pagemap else {
+            return Ok(());
+        };
+        let mut regions = [PageRegion::default(); 64];
+        let end = (self.base + self.map_len) as u64;
+        let mut start = self.base as u64;
+        while start < end {
+            let mut arg = PmScanArg {
+                size: std::mem::size_of::<PmScanArg>() as u64,
+                flags: PM_SCAN_CHECK_WPASYNC | if protect { PM_SCAN_WP_MATCHING } else { 0 },
+                start,
+                end,
+                vec: regions.as_mut_ptr() as u64,
+                vec_len: regions.len() as u64,
+                // Written and there (an unpopulated page counts as
+                // written: it is not write-protected).
+                category_mask: PAGE_IS_WRITTEN,
+                category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                return_mask: PAGE_IS_WRITTEN,
+                ..PmScanArg::default()
+            };
+            // SAFETY: PAGEMAP_SCAN reads and writes one `pm_scan_arg` (`arg`,
+            // of the kernel's layout) and writes at most `vec_len` regions
+            // to `vec` (`regions`, that long); it only reads page tables of
+            // our own mapping and, with PM_SCAN_WP_MATCHING, write-protects
+            // pages of it (which only makes later writes set the flag again).
+            let r = unsafe { libc::ioctl(pm.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+            if r < 0 {
+                return Err(os_err("PAGEMAP_SCAN"));
+            }
+            for reg in &regions[..r as usize] {
+                let a = (reg.start as usize - self.base) / self.page;
+                let b = (reg.end as usize - self.base).div_ceil(self.page);
+                for p in a..b.min(self.pages()) {
+                    self.dirty.set(p);
+                }
+            }
+            if arg.walk_end <= start {
+                break;
+            }
+            start = arg.walk_end;
+        }
+        Ok(())
     }
 
     /// Makes the mapping inaccessible and wakes every waiter: a fault that
@@ -880,12 +989,13 @@ fn open_uffd() -> Result<(OwnedFd, bool), WindowError> {
     })
 }
 
-/// The UFFDIO_API handshake, asking for write-protect faults when `wp`.
-fn handshake(fd: &OwnedFd, wp: bool) -> Result<(), WindowError> {
-    let want = if wp {
-        sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP
-    } else {
-        0
+/// The UFFDIO_API handshake, asking for write-protect faults when `wp`
+/// (resolved by the kernel without a message when `async_wp`).
+fn handshake(fd: &OwnedFd, wp: bool, async_wp: bool) -> Result<(), WindowError> {
+    let want = match (wp, async_wp) {
+        (false, _) => 0,
+        (true, false) => sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP,
+        (true, true) => sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_ASYNC,
     };
     let mut api = sys::uffdio_api {
         api: sys::UFFD_API,
@@ -921,6 +1031,26 @@ fn handshake(fd: &OwnedFd, wp: bool) -> Result<(), WindowError> {
         });
     }
     Ok(())
+}
+
+/// True when `PAGEMAP_SCAN` works on `base..base + len` with async
+/// write-protect (the range is registered, nothing in it is mapped yet).
+fn scan_works(pm: &OwnedFd, base: usize, len: usize) -> bool {
+    let mut region = PageRegion::default();
+    let mut arg = PmScanArg {
+        size: std::mem::size_of::<PmScanArg>() as u64,
+        flags: PM_SCAN_CHECK_WPASYNC,
+        start: base as u64,
+        end: (base + len) as u64,
+        vec: &mut region as *mut PageRegion as u64,
+        vec_len: 1,
+        category_mask: PAGE_IS_WRITTEN,
+        return_mask: PAGE_IS_WRITTEN,
+        ..PmScanArg::default()
+    };
+    // SAFETY: PAGEMAP_SCAN reads and writes `arg` (the kernel's layout) and
+    // writes at most one region to `region`; it only reads page tables.
+    unsafe { libc::ioctl(pm.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) >= 0 }
 }
 
 /// Page size of the system.
@@ -968,6 +1098,16 @@ impl Window {
         entry: Option<(SegmentId, u64)>,
         opts: WindowOptions,
     ) -> Result<Window, WindowError> {
+        Window::create(mem, seg, entry, opts, opts.async_write_protect)
+    }
+
+    fn create(
+        mem: Memory,
+        seg: Segment,
+        entry: Option<(SegmentId, u64)>,
+        opts: WindowOptions,
+        allow_async: bool,
+    ) -> Result<Window, WindowError> {
         let len = seg.len();
         if len > MAX_WINDOW_LEN {
             return Err(WindowError::TooLong {
@@ -978,8 +1118,33 @@ impl Window {
         let writable = entry.is_some();
         let page = page_size();
         let map_len = (len as usize).div_ceil(page).max(1) * page;
-        let (fd, user_mode_only) = open_uffd()?;
-        handshake(&fd, writable)?;
+        // Read-write windows: async write-protect where the kernel has it
+        // (a write costs a minor fault in the kernel, not a round trip to
+        // the handler thread), else write-protect faults.
+        let pagemap = if writable && allow_async {
+            std::fs::File::open("/proc/self/pagemap")
+                .ok()
+                .map(OwnedFd::from)
+        } else {
+            None
+        };
+        let (fd, user_mode_only, pagemap) = match pagemap {
+            Some(pm) => {
+                let (fd, umo) = open_uffd()?;
+                if handshake(&fd, true, true).is_ok() {
+                    (fd, umo, Some(pm))
+                } else {
+                    let (fd, umo) = open_uffd()?;
+                    handshake(&fd, writable, false)?;
+                    (fd, umo, None)
+                }
+            }
+            None => {
+                let (fd, umo) = open_uffd()?;
+                handshake(&fd, writable, false)?;
+                (fd, umo, None)
+            }
+        };
         // SAFETY: `fd` is a userfaultfd we own; Uffd takes it over and closes it.
         let uffd = unsafe { Uffd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
         let prot = if writable {
@@ -1058,6 +1223,15 @@ impl Window {
                 }
             }));
         }
+        if let Some(pm) = &pagemap {
+            if !scan_works(pm, base as usize, map_len) {
+                // Async write-protect but no PAGEMAP_SCAN to read it back:
+                // start over with write-protect faults.
+                drop(unmap(WindowError::ReadOnly));
+                drop(uffd);
+                return Window::create(mem, seg, entry, opts, false);
+            }
+        }
         // SAFETY: eventfd(2) returns a new descriptor or -1.
         let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if stop < 0 {
@@ -1075,6 +1249,7 @@ impl Window {
             line_size: mem.line_size(),
             len,
             writable,
+            pagemap,
             read_ahead,
             background: opts.background_read_ahead && read_ahead > 1,
             source: Mutex::new(seg),
@@ -1178,6 +1353,13 @@ impl Window {
         self.shared.base as *const u8
     }
 
+    /// True for a read-write window whose writes are tracked by the
+    /// kernel's async write-protect (see
+    /// [`WindowOptions::async_write_protect`]).
+    pub fn async_write_protect(&self) -> bool {
+        self.shared.pagemap.is_some()
+    }
+
     /// The window's bytes. Pages fault in as they are touched.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `base..base + len` lies in our mapping (len <= map_len), which
@@ -1210,6 +1392,9 @@ impl Window {
 
     /// The fault handler's counters.
     pub fn stats(&self) -> WindowStats {
+        // (With async write-protect the written pages are only known from
+        // the page tables; a failed scan leaves the count short.)
+        let _ = self.shared.scan_written(false);
         let c = &self.shared.counters;
         WindowStats {
             missing_faults: c.missing.load(Ordering::Relaxed),
@@ -1302,6 +1487,7 @@ impl Window {
     /// over the base version; nothing is published and the pages stay dirty).
     pub fn snapshot(&mut self) -> Result<Segment, WindowError> {
         self.check_handler()?;
+        self.shared.scan_written(false)?;
         let dirty: Vec<usize> = (0..self.shared.pages())
             .filter(|&p| self.shared.dirty.get(p))
             .collect();
@@ -1322,6 +1508,9 @@ impl Window {
         };
         self.check_handler()?;
         let sh = Arc::clone(&self.shared);
+        // Async write-protect: the written pages are protected again by the
+        // scan that finds them.
+        sh.scan_written(true)?;
         let dirty = sh.dirty.take();
         if dirty.is_empty() {
             return Ok(version);
@@ -1334,6 +1523,9 @@ impl Window {
             e
         };
         for r in runs(&dirty) {
+            if sh.pagemap.is_some() {
+                break;
+            }
             if let Err(e) = sh
                 .uffd
                 .write_protect(sh.addr(r.start) as *mut libc::c_void, r.len() * sh.page)
@@ -1372,6 +1564,7 @@ impl Window {
         }
         self.check_handler()?;
         let sh = &self.shared;
+        sh.scan_written(false)?;
         // No background fill while pages go (see `Handler::fill_ahead`).
         let _source = sh.source.lock();
         let dirty = sh.dirty.take();

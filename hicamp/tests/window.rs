@@ -152,7 +152,7 @@ fn sequential_read_uses_read_ahead() {
         &seg,
         WindowOptions {
             read_ahead_pages: 8,
-            background_read_ahead: false,
+            ..WindowOptions::default()
         },
     )
     .unwrap();
@@ -231,7 +231,7 @@ fn pages_of_adjacent_deduplicated_zero_and_shared_lines() {
     for ra in [0, 3, 16, 256] {
         let opts = WindowOptions {
             read_ahead_pages: ra,
-            background_read_ahead: false,
+            ..WindowOptions::default()
         };
         let w = Window::open_with(&seg, opts).unwrap();
         assert_eq!(w.as_slice(), &data[..], "read-ahead {ra}");
@@ -356,7 +356,13 @@ fn writes_then_commit_give_the_root_of_segment_mut() {
         return;
     }
     let mut rng = Rng::new(0x19);
-    for round in 0..6 {
+    // Async write-protect (where the kernel has it) and write-protect faults.
+    for round in 0..12 {
+        let opts = WindowOptions {
+            async_write_protect: round < 6,
+            ..WindowOptions::default()
+        };
+        let round = round % 6;
         let len = [4096usize, 10_000, 300_000, 1 << 20, 5, 77_777][round];
         let data = random_content(&mut rng, len);
         let orig = mem.segment(&data).unwrap();
@@ -371,15 +377,22 @@ fn writes_then_commit_give_the_root_of_segment_mut() {
         }
         let expect = expect.freeze();
 
-        let mut w = Window::open_entry(&mem, id).unwrap();
+        let mut w = Window::open_entry_with(&mem, id, opts).unwrap();
         assert_eq!(w.entry(), Some((id, v0)));
+        if !opts.async_write_protect {
+            assert!(!w.async_write_protect());
+        }
         {
             let s = w.as_mut_slice().unwrap();
             for (off, b) in &writes {
                 s[*off..*off + b.len()].copy_from_slice(b);
             }
         }
-        assert!(w.stats().dirty_pages > 0);
+        let st = w.stats();
+        assert!(st.dirty_pages > 0, "{st:?}");
+        if w.async_write_protect() {
+            assert_eq!(st.wp_faults, 0, "no message per write: {st:?}");
+        }
         assert_eq!(w.snapshot().unwrap(), expect, "round {round}: snapshot");
         let v1 = w.commit().unwrap();
         assert_eq!(v1, v0 + 1);
@@ -415,10 +428,18 @@ fn commit_conflict_and_discard() {
     if !uffd_ok(&mem, true) {
         return;
     }
+    for async_wp in [true, false] {
+        conflict_and_discard(&mem, async_wp);
+    }
+}
+
+fn conflict_and_discard(mem: &Memory, async_wp: bool) {
+    let mem = mem.clone();
     let data = vec![b'q'; 40_000];
     let id = mem.map().create(&data).unwrap();
     let bg = WindowOptions {
         background_read_ahead: true,
+        async_write_protect: async_wp,
         ..WindowOptions::default()
     };
     let mut w = Window::open_entry_with(&mem, id, bg).unwrap();
