@@ -300,10 +300,17 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
         _ => 1,
     };
     let load_before = load();
-    let ra = WindowOptions::default();
+    // WINDOW_RA=pages: the read-ahead of the read-ahead subjects.
+    let ra = WindowOptions {
+        read_ahead_pages: std::env::var("WINDOW_RA")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(hicamp::DEFAULT_READ_AHEAD_PAGES),
+        ..WindowOptions::default()
+    };
     let two = WindowOptions {
         background_read_ahead: true,
-        ..WindowOptions::default()
+        ..ra
     };
     let no_ra = WindowOptions {
         read_ahead_pages: 0,

@@ -15,16 +15,30 @@
 //!       ^ first touch: missing fault            UFFDIO_COPY (UFFDIO_ZEROPAGE for
 //!       ^ first write (read-write): WP fault    all-zero pages of read-only windows),
 //!         -> page marked dirty, unprotected     read-ahead on sequential faults;
-//!                                               the next chunk is filled by a
-//!                                               second (read-ahead) thread meanwhile
+//!         (async WP: resolved by the kernel,    optionally the next chunk is filled
+//!          found by PAGEMAP_SCAN at commit)     by a second (read-ahead) thread
 //! ```
+//!
+//! A page whose leaves are consecutive slots of the arena (a segment built
+//! in order gets them: the store hands an intern batch's new lines one run
+//! of slots, in input order) is copied straight from the arena, and a run
+//! of such pages that continue each other in the arena is one
+//! `UFFDIO_COPY`; other pages (lines deduplicated to older segments,
+//! repeated lines, zero lines among others, a short tail) are gathered line
+//! by line into a staging buffer first. Runs of all-zero pages are one
+//! `UFFDIO_ZEROPAGE`. The kind of a page is told from its leaf ids alone.
 //!
 //! * A **read-only** window ([`Window::open`]) maps a [`Segment`]; the mapping is
 //!   `PROT_READ`.
 //! * A **read-write** window ([`Window::open_entry`]) maps a segment-map entry.
-//!   Pages are copied in write-protected (`UFFDIO_COPY_MODE_WP`); the first
-//!   write to a page raises a write-protect fault, which marks the page dirty
-//!   and removes the protection. [`Window::commit`] interns the dirty pages
+//!   Pages are copied in write-protected (`UFFDIO_COPY_MODE_WP`). Where the
+//!   kernel has async write-protect (`UFFD_FEATURE_WP_ASYNC`, Linux 6.7) the
+//!   first write to a page is resolved inside the kernel (a minor fault),
+//!   and the commit finds the written pages with `PAGEMAP_SCAN`, which
+//!   protects them again in the same call; elsewhere (or with
+//!   [`WindowOptions::async_write_protect`] off) the first write raises a
+//!   write-protect fault, and the handler marks the page dirty and removes
+//!   the protection. [`Window::commit`] interns the dirty pages
 //!   into a new version (copy-on-write up the DAG, through
 //!   [`SegmentMut::write_at`](crate::SegmentMut::write_at)) and publishes it
 //!   with the map's compare-and-swap: [`WindowError::Conflict`] if the entry
@@ -380,14 +394,6 @@ fn copy_lines(src: &Segment, ids: &[LineId], buf: &mut [u8]) {
         let take = ls.min(buf.len() - at);
         buf[at..at + take].copy_from_slice(&store.line(*id)[..take]);
     }
-}
-
-/// Copies the bytes of `src` from `off` (a multiple of the line size) into
-/// `buf`; returns how many (short at the end of the segment).
-fn gather(src: &Segment, off: u64, buf: &mut [u8], s: &mut Ids) -> usize {
-    let total = leaf_ids(src, off, buf.len(), s);
-    copy_lines(src, &s.leaves, &mut buf[..total]);
-    total
 }
 
 /// How a page of a fill is filled.
@@ -1450,7 +1456,7 @@ impl Window {
         let ls = src.memory().line_size();
         let mut m = src.to_mut();
         let bytes = self.as_slice();
-        let mut base = vec![0u8; sh.page];
+        let store = &src.memory().inner.store;
         let mut ids = Ids::default();
         for &p in dirty {
             let from = p * sh.page;
@@ -1459,15 +1465,17 @@ impl Window {
                 continue;
             }
             let cur = &bytes[from..to];
-            let old = &mut base[..to - from];
-            let got = gather(&src, from as u64, old, &mut ids);
-            old[got..].fill(0);
+            // Compared with the base's lines in place (no copy of the page).
+            leaf_ids(&src, from as u64, to - from, &mut ids);
+            let same = |i: usize| {
+                let e = (i + ls).min(cur.len());
+                match ids.leaves.get(i / ls) {
+                    Some(id) => cur[i..e] == store.line(*id)[..e - i],
+                    None => cur[i..e].iter().all(|&b| b == 0),
+                }
+            };
             let mut i = 0;
             while i < cur.len() {
-                let same = |i: usize| {
-                    let e = (i + ls).min(cur.len());
-                    cur[i..e] == old[i..e]
-                };
                 if same(i) {
                     i += ls;
                     continue;
