@@ -330,7 +330,8 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
     let async_wp = w.async_write_protect();
     let mut m = seg.to_mut();
     const COMMITS: u64 = 8;
-    let subjects: [&str; 10] = [
+    let id3: SegmentId = mem.map().insert(seg.clone()).expect("map entry");
+    let subjects: [&str; 11] = [
         "memcpy",
         "first touch, read-ahead",
         "first touch, read-ahead + thread",
@@ -341,6 +342,7 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
         "256 page writes + commit",
         "SegmentMut::write_at x256",
         "256 page writes + commit, WP faults",
+        "write_at x256 + freeze + map commit",
     ];
     // WINDOW_ROUNDS=1,3 times only those subjects (to profile one).
     let only: Option<Vec<usize>> = std::env::var("WINDOW_ROUNDS")
@@ -402,6 +404,21 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
                     });
                     e / COMMITS as f64
                 }
+                10 => {
+                    let e = time(&mut || {
+                        for i in 0..COMMITS {
+                            let (base, version) = mem.map().get_versioned(id3).expect("entry");
+                            let mut m = base.to_mut();
+                            let v = (r as u64 * COMMITS + i) ^ 0x5a5a;
+                            for &p in pages {
+                                m.write_at((p * PAGE + 100) as u64, &(v ^ p as u64).to_le_bytes())
+                                    .expect("write_at");
+                            }
+                            mem.map().commit(id3, version, m.freeze()).expect("commit");
+                        }
+                    });
+                    e / COMMITS as f64
+                }
                 _ => {
                     let e = time(&mut || {
                         for i in 0..COMMITS {
@@ -459,7 +476,13 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
         match s {
             1..=4 => line += &format!("  {:.3}x memcpy", ratio(s, 0)),
             5 => line += &format!("  {:.3}x memcpy", ratio(s, 0)),
-            7 | 9 => line += &format!("  {:.3}x SegmentMut::write_at", ratio(s, 8)),
+            7 | 9 => {
+                line += &format!(
+                    "  {:.3}x SegmentMut::write_at, {:.3}x write_at + freeze + commit",
+                    ratio(s, 8),
+                    ratio(s, 10)
+                )
+            }
             _ => {}
         }
         if s == 4 {
