@@ -163,9 +163,15 @@ impl Store {
     /// order has its leaves adjacent in the arena. `None` (the batch takes
     /// slots one by one from `alloc_slot`) for a short batch, when freed
     /// slots are waiting to be reused, or when the fresh range cannot give
-    /// the whole run (a partial one goes to a shard's list, not lost).
+    /// the whole run (a partial one, from a race or a failed file
+    /// reservation, goes to a shard's list, not lost).
     pub(super) fn take_run(&self, n: usize) -> Option<u32> {
-        if n < RUN_MIN || self.free_count.load(Relaxed) >= n as u64 {
+        if n < RUN_MIN
+            || self.free_count.load(Relaxed) >= n as u64
+            || self.next_fresh.load(Relaxed) + n as u64 > self.slots
+        {
+            // (Near the end of the fresh range the slots one by one; the
+            // line reserve is never taken for a run.)
             return None;
         }
         let (start, end) = self.take_fresh(n as u64)?;

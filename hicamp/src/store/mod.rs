@@ -56,7 +56,10 @@
 //! reaches the bitmap only after an epoch (below). When all of those are
 //! empty the store returns the slots waiting for an epoch that it can, drains
 //! the other shards' lists into the bitmap and retries once before it
-//! reports `CapacityExhausted`.
+//! reports `CapacityExhausted`. An intern batch of at least 8 new lines,
+//! when fewer freed slots wait than it needs, takes one run of fresh slots
+//! for them in input order (`take_run`), so that a segment built in order
+//! has its leaves adjacent in the arena (a window copies them from there).
 //!
 //! # Lock-free hits under epochs
 //!
