@@ -331,7 +331,11 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
     let mut m = seg.to_mut();
     const COMMITS: u64 = 8;
     let id3: SegmentId = mem.map().insert(seg.clone()).expect("map entry");
-    let subjects: [&str; 11] = [
+    let run_ahead = WindowOptions {
+        run_ahead_chunks: 4,
+        ..ra
+    };
+    let subjects: [&str; 13] = [
         "memcpy",
         "first touch, read-ahead",
         "first touch, read-ahead + thread",
@@ -343,6 +347,8 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
         "SegmentMut::write_at x256",
         "256 page writes + commit, WP faults",
         "write_at x256 + freeze + map commit",
+        "first touch, read-ahead + run-ahead 4",
+        "xor, cold window, run-ahead 4",
     ];
     // WINDOW_ROUNDS=1,3 times only those subjects (to profile one).
     let only: Option<Vec<usize>> = std::env::var("WINDOW_ROUNDS")
@@ -404,6 +410,8 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
                     });
                     e / COMMITS as f64
                 }
+                11 => win(run_ahead, touch_pages).0,
+                12 => win(run_ahead, xor_bytes).0,
                 10 => {
                     let e = time(&mut || {
                         for i in 0..COMMITS {
@@ -464,7 +472,7 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
             continue;
         }
         let med = median(&mut t[s].clone());
-        let mut line = if s >= 7 {
+        let mut line = if (7..=10).contains(&s) {
             format!("{name:<36} median {:>9.1} us", med * 1e6)
         } else {
             format!(
@@ -474,7 +482,7 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
             )
         };
         match s {
-            1..=4 => line += &format!("  {:.3}x memcpy", ratio(s, 0)),
+            1..=4 | 11 | 12 => line += &format!("  {:.3}x memcpy", ratio(s, 0)),
             5 => line += &format!("  {:.3}x memcpy", ratio(s, 0)),
             7 | 9 => {
                 line += &format!(
@@ -485,8 +493,12 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
             }
             _ => {}
         }
-        if s == 4 {
-            line += &format!(", {:.3}x cursor", ratio(4, 5));
+        if s == 4 || s == 12 {
+            line += &format!(", {:.3}x cursor", ratio(s, 5));
+        }
+        if s == 11 || s == 12 {
+            let without = if s == 11 { 1 } else { 4 };
+            line += &format!(", {:.3}x without run-ahead", ratio(s, without));
         }
         if s == 1 {
             let ok = gbps(med) >= 2.0;

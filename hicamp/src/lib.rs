@@ -112,5 +112,6 @@ pub use splice::{Piece, SpliceCounts};
 pub use stats::{MetadataPerLine, Stats};
 pub use store::WriteCounts;
 pub use window::{
-    Window, WindowError, WindowOptions, WindowStats, DEFAULT_READ_AHEAD_PAGES, MAX_WINDOW_LEN,
+    Window, WindowError, WindowOptions, WindowStats, DEFAULT_READ_AHEAD_PAGES,
+    DEFAULT_RUN_AHEAD_CHUNKS, MAX_WINDOW_LEN,
 };

@@ -158,6 +158,36 @@ fn sequential_read_uses_read_ahead() {
     .unwrap();
     assert_eq!(w.as_slice(), &data[..]);
     assert!(w.stats().read_ahead_pages > 0);
+    // Run-ahead: same bytes; a reader that stops early leaves at most the
+    // run-ahead (and one read-ahead chunk) filled past its last page.
+    let run = WindowOptions {
+        read_ahead_pages: 16,
+        run_ahead_chunks: 3,
+        ..WindowOptions::default()
+    };
+    let w = Window::open_with(&seg, run).unwrap();
+    assert_eq!(w.as_slice(), &data[..]);
+    assert_eq!(w.stats().filled_pages, 1024);
+    let w = Window::open_with(&seg, run).unwrap();
+    let first: u64 = w.as_slice()[..40 * 4096]
+        .iter()
+        .step_by(4096)
+        .map(|&b| u64::from(b))
+        .sum();
+    assert_eq!(
+        first,
+        data[..40 * 4096]
+            .iter()
+            .step_by(4096)
+            .map(|&b| u64::from(b))
+            .sum::<u64>()
+    );
+    let st = w.stats();
+    assert!(st.filled_pages >= 40, "{st:?}");
+    assert!(
+        st.filled_pages <= 40 + 3 * 16 + 16,
+        "bounded run-ahead: {st:?}"
+    );
     // The read-ahead thread: same bytes, fewer faults than pages.
     let bg = WindowOptions {
         background_read_ahead: true,
