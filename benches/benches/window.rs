@@ -299,6 +299,30 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
         RunMode::Quick => 7,
         _ => 1,
     };
+    // A segment of the same size whose leaves lie scattered over the arena
+    // (its lines were first interned in a random order): every page takes
+    // the gather path, as every page did before slots were allocated in
+    // input order.
+    let mem2 = memory_for(size, 64, 1 << 20);
+    let scattered = {
+        let data2 = random_bytes(size, SEED ^ 0x5ca7);
+        let lines = size / 64;
+        let mut perm: Vec<u32> = (0..lines as u32).collect();
+        let mut st = SEED;
+        for i in (1..lines).rev() {
+            let j = (hicamp_benches::splitmix64(&mut st) % (i as u64 + 1)) as usize;
+            perm.swap(i, j);
+        }
+        let mut shuffled = vec![0u8; size];
+        for (k, &l) in perm.iter().enumerate() {
+            let l = l as usize;
+            shuffled[k * 64..(k + 1) * 64].copy_from_slice(&data2[l * 64..(l + 1) * 64]);
+        }
+        let first = mem2.segment(&shuffled).expect("intern");
+        let seg2 = mem2.segment(&data2).expect("intern");
+        drop(first);
+        seg2
+    };
     let load_before = load();
     // WINDOW_RA=pages: the read-ahead of the read-ahead subjects.
     let ra = WindowOptions {
@@ -335,7 +359,7 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
         run_ahead_chunks: 4,
         ..ra
     };
-    let subjects: [&str; 13] = [
+    let subjects: [&str; 14] = [
         "memcpy",
         "first touch, read-ahead",
         "first touch, read-ahead + thread",
@@ -349,6 +373,7 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
         "write_at x256 + freeze + map commit",
         "first touch, read-ahead + run-ahead 4",
         "xor, cold window, run-ahead 4",
+        "first touch, read-ahead, scattered",
     ];
     // WINDOW_ROUNDS=1,3 times only those subjects (to profile one).
     let only: Option<Vec<usize>> = std::env::var("WINDOW_ROUNDS")
@@ -356,6 +381,7 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
     let mut t = vec![Vec::new(); subjects.len()];
     let mut direct = 0;
+    let mut scattered_direct = 0;
     let mut copied = 0;
     for r in 0..n {
         for k in 0..subjects.len() {
@@ -411,6 +437,14 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
                     e / COMMITS as f64
                 }
                 11 => win(run_ahead, touch_pages).0,
+                13 => {
+                    let w = Window::open_with(&scattered, ra).expect("window (needs userfaultfd)");
+                    let t0 = Instant::now();
+                    black_box(touch_pages(w.as_slice()));
+                    let e = t0.elapsed().as_secs_f64();
+                    scattered_direct += w.stats().direct_pages;
+                    e
+                }
                 12 => win(run_ahead, xor_bytes).0,
                 10 => {
                     let e = time(&mut || {
@@ -482,7 +516,7 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
             )
         };
         match s {
-            1..=4 | 11 | 12 => line += &format!("  {:.3}x memcpy", ratio(s, 0)),
+            1..=4 | 11..=13 => line += &format!("  {:.3}x memcpy", ratio(s, 0)),
             5 => line += &format!("  {:.3}x memcpy", ratio(s, 0)),
             7 | 9 => {
                 line += &format!(
@@ -495,6 +529,12 @@ fn rounds(seg: &Segment, data: &[u8], mem: &Memory, pages: &[usize]) {
         }
         if s == 4 || s == 12 {
             line += &format!(", {:.3}x cursor", ratio(s, 5));
+        }
+        if s == 13 {
+            line += &format!(
+                " (direct pages: {scattered_direct}); direct copies {:.3}x this",
+                ratio(1, 13)
+            );
         }
         if s == 11 || s == 12 {
             let without = if s == 11 { 1 } else { 4 };
