@@ -14,6 +14,13 @@
 //!
 //! Target: sequential first-touch read >= 2 GB/s with read-ahead.
 //!
+//! After criterion's groups, interleaved rounds time every subject once per
+//! round next to its baselines (see `rounds`); they add a segment whose
+//! leaves are scattered (every page gathered), the handler's run-ahead, and
+//! write + commit with write-protect faults instead of async write-protect.
+//! `cargo bench --bench window -- rounds` runs only them; `WINDOW_ROUNDS=1,13`
+//! only those subjects, `WINDOW_RA=pages` sets the read-ahead.
+//!
 //! On 64-byte lines. Under `cargo test --benches` the segments are 4 MiB and
 //! every routine runs once.
 

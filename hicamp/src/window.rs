@@ -241,9 +241,9 @@ pub struct WindowOptions {
     /// reader's faults, and a reader that works on its pages can find the
     /// next ones there; the pages filled beyond what was read stay within
     /// this bound. benches/benches/window.rs compares it in one run: on the
-    /// 2-core machine this was written on (load average 7-9) 4 chunks gave
-    /// 0.96-1.0x on first touch and 0.98-1.15x on a cold xor (no idle core
-    /// for the overlap).
+    /// 2-core machine this was written on (load average 5-7.5) 4 chunks
+    /// gave 0.94-1.09x on first touch and 0.95-1.16x on a cold xor (no idle
+    /// core for the overlap).
     pub run_ahead_chunks: usize,
 }
 
