@@ -170,7 +170,7 @@ impl Store {
             || self.free_count.load(Relaxed) >= n as u64
             || self.next_fresh.load(Relaxed) + n as u64 > self.slots
         {
-            // (Near the end of the fresh range the slots one by one; the
+            // (Near the end of the fresh range slots go one by one; the
             // line reserve is never taken for a run.)
             return None;
         }

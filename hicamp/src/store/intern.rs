@@ -382,7 +382,9 @@ impl Store {
             // adjacent in the arena (a window copies such pages straight
             // from it). Each slot goes onto its shard's list just before the
             // line's insert pops it; a line that turns out a duplicate leaves
-            // its slot there for the shard's next insert.
+            // its slot there for the shard's next insert. (With its slot
+            // pushed, `find_or_insert` cannot fail for want of one, so the
+            // loop below does not break with slots of the run unpushed.)
             let run = self.take_run(misses);
             if let Some(mut next) = run {
                 for (s, &k) in slot[..m].iter_mut().zip(&key[..m]) {
