@@ -242,10 +242,13 @@ impl<P: Port> BulkRig<P> {
         if let Some(t) = conn.and_then(|c| self.iface.tcp(c).ok()) {
             eprintln!("{:?}", t.stats());
         }
+        let m = self.iface.memory().stats();
         eprintln!(
-            "{:?}\n{:?}",
+            "{:?}\n{:?}\ninterior lines created {} / dedup hits {}",
             self.iface.stats(),
-            self.iface.nic().counters()
+            self.iface.nic().counters(),
+            m.interior_lines_created,
+            m.interior_dedup_hits
         );
     }
 

@@ -185,7 +185,13 @@ impl SendQueue {
         if phase == 0 {
             return len;
         }
-        let cut = (end - phase as u64).max(chunk_start);
+        let mut cut = end - phase as u64;
+        // A boundary in an earlier chunk counts when it is one there too
+        // (chunks that continue one segment, as a sender's successive
+        // partial takes do); else the chunk's start is the cut.
+        if cut < chunk_start && (cut <= off || self.phase_at(cut, grain).0 != 0) {
+            cut = chunk_start;
+        }
         if cut > off && (cut - off) as usize >= min.min(len) {
             (cut - off) as usize
         } else {
@@ -268,5 +274,19 @@ mod tests {
         q3.push(Payload::from_bytes(&mem, &bytes(5_000, 1)).unwrap());
         q3.push(Payload::from_bytes(&mem, &bytes(5_000, 2)).unwrap());
         assert_eq!(q3.shape_end(1, 5_500, 1024, 100), 5_000);
+        // chunks that continue one segment: the boundary in the earlier
+        // chunk is a boundary of the segment
+        let whole = Payload::from_bytes(&mem, &bytes(300_000, 4)).unwrap();
+        let mut q4 = SendQueue::new(1);
+        q4.push(whole.slice(0, 64_000));
+        q4.push(whole.slice(64_000, 64_064));
+        q4.push(whole.slice(64_064, 200_000));
+        assert_eq!(q4.shape_end(1, 65_160, 1024, 32_580), 64_512);
+        assert_eq!(q4.shape_end(1, 64_100, 1024, 32_000), 63_488);
+        // ... but not in a chunk of another segment (or another phase)
+        let mut q5 = SendQueue::new(1);
+        q5.push(whole.slice(0, 64_000));
+        q5.push(whole.slice(64_032, 200_000));
+        assert_eq!(q5.shape_end(1, 64_100, 1024, 32_000), 64_000);
     }
 }
