@@ -98,7 +98,10 @@ impl TcpSocket {
             // segment (it gives up less than one span of the window), so
             // the next one starts on one and the frame shares the
             // payload's interior lines.
-            len = self.tx.shape_end(self.snd_nxt, len, grain, len / 2);
+            // Never below one MSS (no runt segment while data waits).
+            len = self
+                .tx
+                .shape_end(self.snd_nxt, len, grain, (len / 2).max(mss));
         }
         let fin = self.fin_queued && self.snd_nxt + len as u64 == data_end;
         Some(Plan {
