@@ -29,8 +29,8 @@
 //!
 //! * a slot changes hands through the ring's own region of the segment map
 //!   ([`SlotMap`]): prepare binds a snapshot (one reference), the device
-//!   borrows it, harvest moves an RX slot's segment out to the stack (no count touched); no map lock, no map
-//!   entry written;
+//!   borrows it, harvest moves an RX slot's segment out to the stack (no
+//!   count touched); no map lock, no map entry written;
 //! * the TX DMA reads the metadata and gathers the frame's lines through the
 //!   memory into a reused gather list, no allocation; a port that copies
 //!   frames anyway (the sim's wire) reads them straight from the segment
