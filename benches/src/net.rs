@@ -145,11 +145,18 @@ pub fn veth_lab() -> VethLab {
     }
 }
 
-/// The memory of a bulk rig (4 Mi lines: a 64 MiB object, the frames in
-/// flight and the index).
+/// The memory of a bulk rig (4 Mi lines of 64 bytes: a 64 MiB object, the
+/// frames in flight and the index). `BULK_LINE=<bytes>` picks another line
+/// size (the same capacity in bytes), for the line-size comparison in
+/// benches/README.md.
 pub fn bulk_memory() -> Memory {
+    let line = std::env::var("BULK_LINE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(64);
     Memory::new(Config {
-        capacity_lines: 1 << 22,
+        line_size: line,
+        capacity_lines: (1 << 28) / line as u64,
         map_capacity: 1 << 16,
         ..Config::default()
     })
@@ -235,10 +242,13 @@ impl<P: Port> BulkRig<P> {
         if let Some(t) = conn.and_then(|c| self.iface.tcp(c).ok()) {
             eprintln!("{:?}", t.stats());
         }
+        let m = self.iface.memory().stats();
         eprintln!(
-            "{:?}\n{:?}",
+            "{:?}\n{:?}\ninterior lines created {} / dedup hits {}",
             self.iface.stats(),
-            self.iface.nic().counters()
+            self.iface.nic().counters(),
+            m.interior_lines_created,
+            m.interior_dedup_hits
         );
     }
 

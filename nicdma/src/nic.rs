@@ -17,7 +17,7 @@
 //!                                                        dedup happens here),
 //!                                                        completes
 //!  rx_harvest(out)      <-- one notification per pass --
-//!    snapshots of the RX segments: the stack segments
+//!    the RX segments move to the stack
 //! ```
 //!
 //! A ring segment holds [`DmaMeta`] at offset 0 and the frame at
@@ -29,8 +29,8 @@
 //!
 //! * a slot changes hands through the ring's own region of the segment map
 //!   ([`SlotMap`]): prepare binds a snapshot (one reference), the device
-//!   borrows it, harvest snapshots it (one reference); no map lock, no map
-//!   entry written;
+//!   borrows it, harvest moves an RX slot's segment out to the stack (no
+//!   count touched); no map lock, no map entry written;
 //! * the TX DMA reads the metadata and gathers the frame's lines through the
 //!   memory into a reused gather list, no allocation; a port that copies
 //!   frames anyway (the sim's wire) reads them straight from the segment
@@ -180,6 +180,9 @@ pub struct Nic<P: Port> {
     /// The TX DMA's gather list, reused from frame to frame (empty between
     /// frames; its element lifetime is re-chosen per frame by [`reuse`]).
     gather: Vec<&'static [u8]>,
+    /// The RX DMA's flat deposit buffer, reused from frame to frame (see
+    /// `deposit`).
+    rx_flat: Vec<u8>,
     irq_raise: UnixDatagram,
     irq_wait: UnixDatagram,
     irq_pending: bool,
@@ -208,6 +211,15 @@ fn status_ok(st: u16) -> bool {
 /// Chunks of a received frame whose splice pieces fit on the stack.
 const SMALL_CHUNKS: usize = 8;
 
+/// A deposit of more than this many lines is built from the NIC's flat
+/// buffer (fewer are interned line by line through a splice, which costs
+/// less than a tree build's batch for a few lines: an ACK).
+const FLAT_MIN_LINES: usize = 4;
+
+/// The largest deposit built from the flat buffer (the rest, never seen
+/// from a port, go through a splice).
+const FLAT_MAX: usize = 1 << 20;
+
 /// What one RX DMA write did to the memory's lines.
 #[derive(Debug, Clone, Copy, Default)]
 struct DepositCounts {
@@ -227,14 +239,23 @@ struct DepositCounts {
 /// interior levels built bottom-up). With `count_dedup`, the frame goes
 /// through the memory's counted write instead, which tells new lines from
 /// deduplicated ones at the price of a copy-on-write rebuild of the DAG.
+///
+/// A frame of more than [`FLAT_MIN_LINES`] lines is laid out in `flat` (the
+/// NIC's reused deposit buffer: the metadata, zeros, the frame) and built
+/// as one segment from it, as the memory's own splice of bytes would, but
+/// with no buffer allocated and zeroed per frame.
 fn deposit(
     mem: &Memory,
     meta: &DmaMeta,
     off: u16,
     chunks: &[&[u8]],
     count_dedup: bool,
+    flat: &mut Vec<u8>,
 ) -> Result<(Segment, DepositCounts), hicamp::Error> {
     let meta = meta.to_bytes();
+    let len: usize = chunks.iter().map(|c| c.len()).sum();
+    let total = usize::from(off) + len;
+    let ls = mem.line_size();
     if count_dedup {
         let mut b = mem.builder();
         b.write_at(0, &meta)?;
@@ -262,22 +283,44 @@ fn deposit(
         hicamp::Piece::Bytes(&meta),
         hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64),
     ];
-    let (seg, c) = if chunks.len() <= SMALL_CHUNKS {
+    let (seg, assembled) = if total > FLAT_MIN_LINES * ls && total <= FLAT_MAX {
+        if flat.len() < total {
+            flat.resize(total, 0);
+        }
+        flat[..META_LEN].copy_from_slice(&meta);
+        flat[META_LEN..usize::from(off)].fill(0);
+        let mut at = usize::from(off);
+        for c in chunks {
+            flat[at..at + c.len()].copy_from_slice(c);
+            at += c.len();
+        }
+        let seg = mem.segment(&flat[..total])?;
+        // The lines a splice would assemble: line 0 (the metadata's) and
+        // every line holding frame bytes.
+        let frame_lines = if len == 0 {
+            0
+        } else {
+            (total - 1) / ls - usize::from(off) / ls + 1
+        };
+        let shares_line0 = len > 0 && usize::from(off) < ls;
+        (seg, (frame_lines + usize::from(!shares_line0)) as u64)
+    } else if chunks.len() <= SMALL_CHUNKS {
         let mut stack = [hicamp::Piece::Zeros(0); 2 + SMALL_CHUNKS];
         stack[..2].copy_from_slice(&head);
         for (p, c) in stack[2..].iter_mut().zip(chunks) {
             *p = hicamp::Piece::Bytes(c);
         }
-        mem.splice(&stack[..2 + chunks.len()])?
+        let (seg, c) = mem.splice(&stack[..2 + chunks.len()])?;
+        (seg, c.assembled_lines)
     } else {
         let mut pieces = Vec::with_capacity(2 + chunks.len());
         pieces.extend_from_slice(&head);
         pieces.extend(chunks.iter().map(|c| hicamp::Piece::Bytes(c)));
-        mem.splice(&pieces)?
+        let (seg, c) = mem.splice(&pieces)?;
+        (seg, c.assembled_lines)
     };
     // The lines the frame touches that hold only zeros were interned as line
     // 0 (line 0 of the segment holds the metadata, which is never zero).
-    let ls = mem.line_size();
     let off = usize::from(off);
     let mut zero = 0;
     // Frame position, and whether the line being walked is zero so far
@@ -311,7 +354,7 @@ fn deposit(
     }
     let counts = DepositCounts {
         // Lines that hold frame bytes: not the metadata's own line.
-        written: c.assembled_lines - u64::from(off >= ls),
+        written: assembled - u64::from(off >= ls),
         dedup: 0,
         zero,
     };
@@ -394,6 +437,7 @@ impl<P: Port> Nic<P> {
             tx_errors_unreaped: 0,
             counters: NicCounters::default(),
             gather: Vec::new(),
+            rx_flat: Vec::new(),
             irq_raise,
             irq_wait,
             irq_pending: false,
@@ -558,16 +602,21 @@ impl<P: Port> Nic<P> {
         Ok(n)
     }
 
-    /// Takes up to `max` received segments (snapshots of the RX slots, which
-    /// become free; each keeps its segment until the next deposit replaces
-    /// it). Returns how many.
+    /// Takes up to `max` received segments out of the RX slots, which
+    /// become free (and bound to the empty segment). Returns how many.
+    ///
+    /// The slot gives its segment up rather than keep a snapshot until the
+    /// next deposit: a slot that kept one held every frame of the last lap
+    /// of the ring alive (256 slots of 64 KiB TSO frames: 16 MiB), so the
+    /// lines a stack was done with died a whole lap later, out of cache,
+    /// when the slot was written again.
     pub fn rx_harvest(&mut self, out: &mut Vec<Segment>, max: u32) -> Result<u32, NicError> {
         let n = self.rx.completed_unreaped().min(max);
         out.reserve(n as usize);
         for i in 0..n {
             let slot = self.rx.completed_slot(i).expect("counted");
-            // The stack's snapshot: one reference, no lock.
-            let seg = self.rx_slots.get(slot).cloned();
+            // The stack's segment: the slot's own reference moves, no lock.
+            let seg = self.rx_slots.take(slot);
             out.push(seg.unwrap_or_else(|| self.mem.empty()));
         }
         self.rx.reap(n)?;
@@ -714,6 +763,7 @@ impl<P: Port> Nic<P> {
                 break;
             };
             let mem = &self.mem;
+            let flat = &mut self.rx_flat;
             let mut result = None;
             let got = self
                 .port
@@ -727,7 +777,8 @@ impl<P: Port> Nic<P> {
                         gso_segs: 0,
                     };
                     result = Some(
-                        deposit(mem, &meta, off, chunks, count_dedup).map(|(s, c)| (s, c, len)),
+                        deposit(mem, &meta, off, chunks, count_dedup, flat)
+                            .map(|(s, c)| (s, c, len)),
                     );
                 })?;
             if !got {
@@ -741,8 +792,8 @@ impl<P: Port> Nic<P> {
                     continue;
                 }
             };
-            // The slot's previous segment (if the stack never harvested it)
-            // is released here.
+            // A slot's segment moved out when it was harvested: the slot is
+            // empty here (a deposit never overwrites an unharvested one).
             drop(self.rx_slots.replace(slot, seg));
             self.rx.complete(1)?;
             self.counters.rx_frames += 1;
@@ -787,9 +838,26 @@ mod tests {
                 *b = (i * 7 + 1) as u8 | 1;
             }
         }
+        let mut flat = Vec::new();
         for off in [META_LEN as u16, 62, 64, 100] {
             let meta = DmaMeta::frame(off, frame.len() as u32);
-            let (whole, wc) = deposit(&mem, &meta, off, &[&frame], false).unwrap();
+            let (whole, wc) = deposit(&mem, &meta, off, &[&frame], false, &mut Vec::new()).unwrap();
+            // The flat build is the memory's own splice of the same bytes,
+            // with the same count of lines written.
+            let mb = meta.to_bytes();
+            let (spliced, sc) = mem
+                .splice(&[
+                    hicamp::Piece::Bytes(&mb),
+                    hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64),
+                    hicamp::Piece::Bytes(&frame),
+                ])
+                .unwrap();
+            assert!(spliced == whole, "off {off}");
+            assert_eq!(
+                wc.written,
+                sc.assembled_lines - u64::from(usize::from(off) >= mem.line_size()),
+                "off {off}"
+            );
             for cuts in [
                 vec![1usize],
                 vec![63, 64, 65],
@@ -803,14 +871,14 @@ mod tests {
                     at = c;
                 }
                 chunks.push(&frame[at..]);
-                let (seg, c) = deposit(&mem, &meta, off, &chunks, false).unwrap();
+                let (seg, c) = deposit(&mem, &meta, off, &chunks, false, &mut flat).unwrap();
                 assert!(seg == whole, "off {off} cuts {cuts:?}");
                 assert_eq!(
                     (c.written, c.zero),
                     (wc.written, wc.zero),
                     "off {off} cuts {cuts:?}"
                 );
-                let (_, cc) = deposit(&mem, &meta, off, &chunks, true).unwrap();
+                let (_, cc) = deposit(&mem, &meta, off, &chunks, true, &mut flat).unwrap();
                 assert_eq!(cc.zero, wc.zero, "counted, off {off} cuts {cuts:?}");
             }
             if off % 64 == 0 {

@@ -130,6 +130,51 @@ fn lossless_bulk_is_byte_exact_and_copies_no_payload() {
     assert_eq!(pair.b.nic().counters().payload_bytes_copied, 0);
 }
 
+/// A TSO frame's payload keeps its offset modulo an interior line's span
+/// (1 KiB at 64-byte lines) and ends on such a boundary, so the frame's
+/// interior lines over the payload are the payload's own: found in the
+/// index (one dedup hit each), not built anew. The sender has its own
+/// memory, so its counts are the frames' (and the ACKs' deposits).
+#[test]
+fn tso_frames_share_the_payloads_interior_lines() {
+    let (ma, mb) = (mem(), mem());
+    let (net, pa, pb) = nicdma::sim::SimNet::pair(3, LinkConfig::default()).unwrap();
+    let ca = segstack::iface::IfaceConfig::new([2, 0, 0, 0, 0, 1], A_IP, 24);
+    let cb = segstack::iface::IfaceConfig::new([2, 0, 0, 0, 0, 2], B_IP, 24);
+    assert!(ca.tcp.tso_max >= 32 << 10, "TSO is on by default");
+    let a = segstack::iface::Interface::new(&ma, pa, ca).unwrap();
+    let b = segstack::iface::Interface::new(&mb, pb, cb).unwrap();
+    assert_eq!(a.config().tcp.tso_align, 1024);
+    let mut pair = SimPair::from_parts(net, a, b);
+    let bytes = data(4 << 20, 11);
+    let before = ma.stats();
+    // One payload segment: its object is built inside `bulk`, so count
+    // the object's own interior lines out (64 Ki leaves: 4096 + 256 + 16 + 1).
+    let got = bulk(&mut pair, &bytes, 4 << 20, 60_000_000_000);
+    assert!(got == bytes, "received bytes differ");
+    let after = ma.stats();
+    let s = pair.a.stats();
+    assert_eq!(s.tx_payload_copied, 0, "{s:?}");
+    let subtrees = (bytes.len() / 1024) as u64;
+    let hits = after.interior_dedup_hits - before.interior_dedup_hits;
+    let created = after.interior_lines_created - before.interior_lines_created;
+    // Nearly every whole KiB of payload went out under the object's own
+    // level-1 line (the first subtree of a frame holds its headers).
+    assert!(
+        hits >= subtrees * 9 / 10,
+        "{hits} interior hits for {subtrees} payload subtrees ({created} created)"
+    );
+    // New interior lines: the object's, a few per TSO frame (the header
+    // subtree and the levels above it), one per ACK deposit; far fewer
+    // than one per payload subtree.
+    let frames = pair.a.nic().counters().tx_frames;
+    let acks = pair.a.nic().counters().rx_frames;
+    assert!(
+        created <= 4369 + 8 * frames + acks + 64,
+        "{created} interior lines created for {frames} frames and {acks} ACKs"
+    );
+}
+
 fn lossy(seed: u64, loss: f64) {
     let m = mem();
     let link = LinkConfig {

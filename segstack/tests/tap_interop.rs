@@ -128,6 +128,7 @@ fn kernel_downloads_and_uploads_64_mib() {
     let mem = lab.iface.memory().clone();
     let want = mem.segment(&up).unwrap().digest();
     let lst = lab.iface.tcp_listen(7001).unwrap();
+    let before = *lab.iface.nic().counters();
     let our_ip = lab.our_ip;
     let client = lab.kernel(move || {
         let mut s = TcpStream::connect(SocketAddrV4::new(our_ip, 7001)).expect("connect");
@@ -171,6 +172,19 @@ fn kernel_downloads_and_uploads_64_mib() {
     assert_eq!(d, want, "upload digest differs");
     let total: usize = parts.iter().map(Payload::len).sum();
     assert_eq!(total, 64 << 20);
+    // The kernel handed the upload over as GSO super-frames (TSO offered
+    // with TUNSETOFFLOAD), each taken whole: one RX segment per frame, not
+    // one per MSS.
+    let after = lab.iface.nic().counters();
+    let (frames, bytes) = (
+        after.rx_frames - before.rx_frames,
+        after.rx_bytes - before.rx_bytes,
+    );
+    assert!(
+        bytes / frames.max(1) > 16 << 10,
+        "{frames} frames for {bytes} bytes: no GSO frames from the kernel?"
+    );
+    assert_eq!(after.payload_bytes_copied, 0);
 }
 
 #[test]

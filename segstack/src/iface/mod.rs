@@ -288,6 +288,7 @@ impl<P: Port> Interface<P> {
         let mem = nic.memory().clone();
         let mem = &mem;
         cfg.tcp.line_size = mem.line_size();
+        cfg.tcp.tso_align = mem.line_size() * mem.fanout();
         let mss_cap = cfg.mtu.saturating_sub(IP_LEN + 20).clamp(536, 65_495) as u16;
         cfg.tcp.mss = cfg.tcp.mss.min(mss_cap);
         let h = std::collections::hash_map::RandomState::new();

@@ -16,6 +16,10 @@ use crate::wire::{
 };
 use crate::Payload;
 
+/// The largest interior-line span a frame's headroom is padded to (the
+/// frame offset is a `u16`): 16 KiB, 256-byte lines.
+const MAX_SPAN: usize = 16 << 10;
+
 impl Inner {
     /// Builds and queues a TCP segment from `local` to `remote`: the header
     /// of `repr`, then the `payload` slices, cut at `gso_mss` by the NIC when
@@ -135,7 +139,20 @@ impl Inner {
         payload: &[Payload],
     ) -> Result<Segment, IfaceError> {
         let phase = payload.first().map_or(0, |p| p.offset() as usize);
-        let frame_off = frame::aligned_frame_off(self.mem.line_size(), hdrs.len(), phase);
+        let plen: usize = payload.iter().map(Payload::len).sum();
+        // A payload of at least two interior lines' spans (a TSO frame)
+        // keeps its offset modulo that span, so that whole subtrees of its
+        // leaves sit where they sit in the payload's segment and the
+        // frame's interior lines over them are found, not built (the
+        // headroom is zero lines, which cost nothing); a smaller one keeps
+        // its line phase.
+        let span = self.mem.line_size() * self.mem.fanout();
+        let grain = if plen >= 2 * span && span <= MAX_SPAN {
+            span
+        } else {
+            self.mem.line_size()
+        };
+        let frame_off = frame::aligned_frame_off(grain, hdrs.len(), phase);
         let (seg, counts) = frame::build(&self.mem, vnet, frame_off, hdrs, payload)?;
         self.stats.tx_payload_shared += counts.shared_bytes;
         self.stats.tx_payload_copied += counts.copied_bytes;

@@ -162,14 +162,36 @@ impl SendQueue {
             taken += (to - from) as usize;
             pos = s + to;
         }
-        if end >= self.end {
+        self.shape_end(off, len, line, min)
+    }
+
+    /// Pulls the end of a segment of `len` bytes at `off` back to a
+    /// multiple of `grain` in its chunk's segment (not before the chunk's
+    /// start), when that keeps at least `min` bytes (or `len`, if less);
+    /// a segment that ends the data keeps its length.
+    ///
+    /// With `grain` the span of a leaf line, the next segment starts
+    /// line-aligned; with the span of an interior line (a subtree of
+    /// leaves), a large segment ends on a subtree boundary of its payload's
+    /// segment, so that the next one starts on one: spliced behind headers
+    /// that end on a subtree boundary too, its interior lines are the
+    /// payload's own (deduplicated, not rebuilt).
+    pub(crate) fn shape_end(&self, off: u64, len: usize, grain: usize, min: usize) -> usize {
+        let end = off + len as u64;
+        if grain <= 1 || len == 0 || off < self.start || end >= self.end {
             return len;
         }
-        let (phase, chunk_start) = self.phase_at(end, line);
+        let (phase, chunk_start) = self.phase_at(end, grain);
         if phase == 0 {
             return len;
         }
-        let cut = (end - phase as u64).max(chunk_start);
+        let mut cut = end - phase as u64;
+        // A boundary in an earlier chunk counts when it is one there too
+        // (chunks that continue one segment, as a sender's successive
+        // partial takes do); else the chunk's start is the cut.
+        if cut < chunk_start && (cut <= off || self.phase_at(cut, grain).0 != 0) {
+            cut = chunk_start;
+        }
         if cut > off && (cut - off) as usize >= min.min(len) {
             (cut - off) as usize
         } else {
@@ -229,5 +251,42 @@ mod tests {
         assert_eq!(q2.shape(1, 1408, 64, 704), 1408);
         // at the end of the data nothing changes
         assert_eq!(q2.shape(10_001 - 100, 100, 64, 50), 100);
+    }
+
+    #[test]
+    fn large_segments_end_on_subtree_boundaries() {
+        let mem = Memory::new(Config::default()).unwrap();
+        let mut q = SendQueue::new(1);
+        // one payload at offset 100 of its segment
+        let seg = Payload::from_bytes(&mem, &bytes(300_000, 3)).unwrap();
+        q.push(seg.slice(100, seg.len()));
+        // a 65160-byte segment from offset 1 (payload offset 100) ends at
+        // the last 1 KiB boundary of the segment before 65260
+        assert_eq!(q.shape_end(1, 65_160, 1024, 32_580), 64_512 - 100);
+        // already on a boundary: unchanged
+        assert_eq!(q.shape_end(1 + 924, 64_512, 1024, 32_256), 64_512);
+        // the cut would keep less than `min`: unchanged
+        assert_eq!(q.shape_end(1, 1_000, 1024, 1_000), 1_000);
+        // the end of the data: unchanged
+        assert_eq!(q.shape_end(1, 299_900, 1024, 1), 299_900);
+        // a cut never goes before the start of the chunk holding the end
+        let mut q3 = SendQueue::new(1);
+        q3.push(Payload::from_bytes(&mem, &bytes(5_000, 1)).unwrap());
+        q3.push(Payload::from_bytes(&mem, &bytes(5_000, 2)).unwrap());
+        assert_eq!(q3.shape_end(1, 5_500, 1024, 100), 5_000);
+        // chunks that continue one segment: the boundary in the earlier
+        // chunk is a boundary of the segment
+        let whole = Payload::from_bytes(&mem, &bytes(300_000, 4)).unwrap();
+        let mut q4 = SendQueue::new(1);
+        q4.push(whole.slice(0, 64_000));
+        q4.push(whole.slice(64_000, 64_064));
+        q4.push(whole.slice(64_064, 200_000));
+        assert_eq!(q4.shape_end(1, 65_160, 1024, 32_580), 64_512);
+        assert_eq!(q4.shape_end(1, 64_100, 1024, 32_000), 63_488);
+        // ... but not in a chunk of another segment (or another phase)
+        let mut q5 = SendQueue::new(1);
+        q5.push(whole.slice(0, 64_000));
+        q5.push(whole.slice(64_032, 200_000));
+        assert_eq!(q5.shape_end(1, 64_100, 1024, 32_000), 64_000);
     }
 }

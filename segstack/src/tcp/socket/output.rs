@@ -92,6 +92,17 @@ impl TcpSocket {
         } else if self.snd_nxt + (len as u64) < data_end {
             len = self.tx.shape(self.snd_nxt, len, line, mss / 2);
         }
+        let grain = self.cfg.tso_align;
+        if len > mss && grain > line && len >= 2 * grain {
+            // A TSO segment ends on a subtree boundary of its payload's
+            // segment (it gives up less than one span of the window), so
+            // the next one starts on one and the frame shares the
+            // payload's interior lines.
+            // Never below one MSS (no runt segment while data waits).
+            len = self
+                .tx
+                .shape_end(self.snd_nxt, len, grain, (len / 2).max(mss));
+        }
         let fin = self.fin_queued && self.snd_nxt + len as u64 == data_end;
         Some(Plan {
             off: self.snd_nxt,

@@ -37,6 +37,15 @@ pub struct TcpConfig {
     /// emitted segment (rounded down to a multiple of the send MSS; the NIC
     /// cuts it into MSS-sized packets). Default 0.
     pub tso_max: usize,
+    /// The span of one interior line of the memory (line size times
+    /// fanout: 1024 bytes at 64-byte lines). A segmentation-offload segment
+    /// of at least two spans ends on a multiple of it in its payload's
+    /// segment, so that the next one starts on one; the interface puts
+    /// such a payload at the same offset modulo the span in its frame, so
+    /// the frame's interior lines over the payload are the payload's own
+    /// (found in the index, not built anew and released). 0 or 1 disables
+    /// it. Default 1024; the interface sets it from its memory.
+    pub tso_align: usize,
     /// Lower bound of the retransmission timeout. Default 200 ms (Linux).
     pub rto_min_ns: u64,
     /// Upper bound of the retransmission timeout. Default 120 s (Linux).
@@ -97,6 +106,7 @@ impl Default for TcpConfig {
             timestamps: true,
             line_size: 64,
             tso_max: 0,
+            tso_align: 1024,
             rto_min_ns: 200 * MS,
             rto_max_ns: 120_000 * MS,
             rto_initial_ns: 1000 * MS,
