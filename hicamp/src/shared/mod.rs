@@ -252,6 +252,23 @@ impl Default for SharedOptions {
 }
 
 impl SharedOptions {
+    /// The settings of the libc shim's local mode (`hicamp run --mode
+    /// local`): 4 KiB lines (a stream at 64-byte lines runs at a tenth of
+    /// kernel TCP), 256 MiB of lines, 1024 connections, 1024 names (the
+    /// listener and offer tables), 256 processes.
+    pub fn transport() -> SharedOptions {
+        SharedOptions {
+            line_size: 4096,
+            capacity_lines: 1 << 16,
+            stripes: 64,
+            procs: 256,
+            ledger: 4096,
+            names: 1024,
+            conns: 1024,
+            ring_entries: 256,
+        }
+    }
+
     fn geometry(&self) -> SharedResult<Geometry> {
         if !self.line_size.is_power_of_two() {
             return Err(SharedError::BadParameter(
@@ -1548,6 +1565,18 @@ impl SharedMemory {
         }
         Ok(())
     }
+}
+
+/// The start time of process `pid` (clock ticks since boot, from
+/// `/proc/PID/stat`), if it exists and is not a zombie.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    sys::start_time(pid)
+}
+
+/// True while process `pid` that started at `start` lives (not a zombie,
+/// not a reused pid).
+pub fn process_alive(pid: u32, start: u64) -> bool {
+    sys::alive(pid, start)
 }
 
 const NO_SLOT: u32 = u32::MAX;
