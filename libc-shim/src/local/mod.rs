@@ -365,8 +365,11 @@ fn report_path() -> PathBuf {
     }
 }
 
-fn report(v: serde_json::Value) {
+fn report(mut v: serde_json::Value) {
     use std::io::Write;
+    if let Some(id) = &crate::config::Config::get().run_id {
+        v["run"] = id.clone().into();
+    }
     let mut line = v.to_string();
     line.push('\n');
     if let Ok(mut f) = std::fs::OpenOptions::new()
