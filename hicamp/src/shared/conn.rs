@@ -687,6 +687,40 @@ impl Conn {
         self.wait_writable(false)
     }
 
+    /// Closes the peer's end on its behalf, as if it had closed it (FIN, or
+    /// RST if it left bytes unread): for a peer whose every descriptor is
+    /// gone while its process lives on (the shim's local mode, after a fork
+    /// shared the connection). Nothing if the peer's end is not open.
+    pub fn close_vanished_peer(&self) -> SharedResult<()> {
+        self.check_open()?;
+        let shm = &self.shm;
+        let (c, e) = (self.c, 1 - self.end);
+        let h = shm.v.conn(c);
+        shm.run(|| {
+            let ends = h.ends.load(SeqCst);
+            if end_bits(ends, e) != END_OPEN {
+                return Ok(());
+            }
+            let wr = shm.v.ring(c, e);
+            let rr = shm.v.ring(c, 1 - e);
+            let unread = rr.head.load(SeqCst) != rr.tail.load(SeqCst);
+            wr.wflags
+                .fetch_or(if unread { FIN | RST } else { FIN }, SeqCst);
+            wr.wseq.fetch_add(1, SeqCst);
+            sys::futex_wake(&wr.wseq, i32::MAX);
+            rr.rflags.fetch_or(CLOSED, SeqCst);
+            rr.rseq.fetch_add(1, SeqCst);
+            sys::futex_wake(&rr.rseq, i32::MAX);
+            if h.ends
+                .compare_exchange(ends, with_end(ends, e, END_CLOSED), SeqCst, SeqCst)
+                .is_ok()
+            {
+                h.slot[e as usize].store(0, SeqCst);
+            }
+            Ok(())
+        })
+    }
+
     /// Which end this is (0: the connecting end, 1: the accepting end).
     pub fn end(&self) -> u32 {
         self.end

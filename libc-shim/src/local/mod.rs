@@ -177,6 +177,9 @@ struct Entry {
     held_b: AtomicI32,
     /// Descriptor numbers of this process naming it.
     refs: AtomicU32,
+    /// A fork shared it: this process's last close is not the connection's (the peer sees the
+    /// last close anywhere as its pair end's hang-up, and closes our ring end for us).
+    forked: std::sync::atomic::AtomicBool,
     copied_in: AtomicU64,
     copied_out: AtomicU64,
     role: &'static str,
@@ -212,6 +215,12 @@ unsafe extern "C" fn atfork_prepare() {
 }
 
 unsafe extern "C" fn atfork_release() {
+    // SAFETY: `atfork_prepare` locked TABLE and forgot the guard: this thread holds it.
+    if let Some(st) = unsafe { &*TABLE.data_ptr() } {
+        for e in st.fds.values() {
+            e.forked.store(true, Relaxed);
+        }
+    }
     // SAFETY: `atfork_prepare` locked both and forgot the guards; this thread (the parent's
     // forking thread, or the child's only thread) unlocks them once.
     unsafe {
@@ -283,9 +292,32 @@ fn last_errno() -> c_int {
     guard::errno()
 }
 
+thread_local! {
+    /// The errno an operation's result carries, set once [`guard::shielded`] (which keeps the
+    /// caller's errno) has returned.
+    static PENDING: std::cell::Cell<c_int> = const { std::cell::Cell::new(0) };
+}
+
+/// Sets the errno the caller will see.
+fn set_err(e: c_int) {
+    let _ = PENDING.try_with(|p| p.set(e));
+}
+
 fn fail<T: From<i8>>(e: c_int) -> T {
-    guard::set_errno(e);
+    set_err(e);
     T::from(-1)
+}
+
+/// [`guard::shielded`], then the operation's errno, if it set one.
+fn run<R>(f: impl FnOnce() -> R) -> Option<R> {
+    let _ = PENDING.try_with(|p| p.set(0));
+    let r = guard::shielded(f);
+    if let Ok(e) = PENDING.try_with(|p| p.replace(0)) {
+        if e != 0 {
+            guard::set_errno(e);
+        }
+    }
+    r
 }
 
 fn sock_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
@@ -493,8 +525,13 @@ fn listener_check(mem: &SharedMemory, dst: SocketAddrV4) -> Option<String> {
 /// # Safety
 /// `addr` is the caller's address of `len` bytes.
 pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<c_int> {
-    if !on() || marked(fd) {
+    if !on() {
         return None;
+    }
+    if marked(fd) {
+        // Connected already (hiredis calls connect again to learn that).
+        guard::set_errno(libc::EISCONN);
+        return Some(-1);
     }
     let _g = Guard::enter()?;
     // SAFETY: the caller's address.
@@ -502,7 +539,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Optio
     if !is_tcp4(fd) {
         return None;
     }
-    guard::shielded(|| {
+    run(|| {
         // SAFETY: as above.
         unsafe { connect_local(fd, addr, len, dst) }
     })
@@ -622,7 +659,7 @@ unsafe fn connect_local(
                 "kernel",
                 Some(&reason),
             );
-            guard::set_errno(err);
+            set_err(err);
             return Some(ret);
         }
     }
@@ -660,7 +697,7 @@ unsafe fn connect_local(
             "broken",
             Some("cannot move the pair onto the descriptor"),
         );
-        guard::set_errno(err);
+        set_err(err);
         return Some(ret);
     }
     close_fd(a);
@@ -673,6 +710,7 @@ unsafe fn connect_local(
         hidden,
         held_b: AtomicI32::new(b),
         refs: AtomicU32::new(1),
+        forked: std::sync::atomic::AtomicBool::new(false),
         copied_in: AtomicU64::new(0),
         copied_out: AtomicU64::new(0),
         role: "client",
@@ -682,7 +720,9 @@ unsafe fn connect_local(
     with_table(|t| t.fds.insert(fd, e));
     set_mark(fd, true);
     report_route("client", &local.to_string(), &dst.to_string(), "local", None);
-    guard::set_errno(err);
+    if ret != 0 {
+        set_err(err);
+    }
     Some(ret)
 }
 
@@ -792,6 +832,7 @@ fn accept_local(fd: c_int, flags: c_int) {
         hidden,
         held_b: AtomicI32::new(-1),
         refs: AtomicU32::new(1),
+        forked: std::sync::atomic::AtomicBool::new(false),
         copied_in: AtomicU64::new(0),
         copied_out: AtomicU64::new(0),
         role: "server",
@@ -870,7 +911,7 @@ fn put_token(fd: c_int, c: &Conn) {
 pub fn send(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<ssize_t> {
     let e = entry(fd)?;
     let _g = Guard::enter()?;
-    guard::shielded(|| send_inner(fd, &e, bufs, flags))
+    run(|| send_inner(fd, &e, bufs, flags))
 }
 
 fn send_inner(fd: c_int, e: &Entry, bufs: &[&[u8]], flags: c_int) -> ssize_t {
@@ -938,22 +979,7 @@ fn send_error(err: &SharedError, flags: c_int) -> ssize_t {
 pub fn recv(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<ssize_t> {
     let e = entry(fd)?;
     let _g = Guard::enter()?;
-    guard::shielded(|| recv_inner(fd, &e, bufs, flags))
-}
-
-/// True when the pair's end has seen the peer's end close (EOF with nothing queued).
-fn pair_eof(fd: c_int) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: one writable byte.
-    let n = unsafe {
-        real::recv(
-            fd,
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_DONTWAIT | libc::MSG_PEEK,
-        )
-    };
-    n == 0
+    run(|| recv_inner(fd, &e, bufs, flags))
 }
 
 fn recv_inner(fd: c_int, e: &Entry, bufs: &mut [&mut [u8]], flags: c_int) -> ssize_t {
@@ -1043,17 +1069,15 @@ fn recv_inner(fd: c_int, e: &Entry, bufs: &mut [&mut [u8]], flags: c_int) -> ssi
                     }
                     return fail(libc::EINTR);
                 }
-                if n == 1 && !c.readable() && pair_eof(fd) {
-                    // The peer's end closed without FIN in the ring: it died (or is exiting).
-                    match c.check_peer() {
-                        Ok(true) => continue,
-                        _ => {
-                            eof_polls += 1;
-                            if eof_polls > 1000 {
-                                return total as ssize_t; // gone without a trace: EOF
-                            }
-                            std::thread::sleep(std::time::Duration::from_millis(2));
-                        }
+                if n == 1 && !c.readable() && p.revents & libc::POLLHUP != 0 {
+                    // The peer's pair end is closed everywhere, with no FIN in the ring: its
+                    // process died, or its last descriptor closed after a fork shared it.
+                    if !matches!(c.check_peer(), Ok(true)) {
+                        let _ = c.close_vanished_peer();
+                    }
+                    eof_polls += 1;
+                    if eof_polls > 100 {
+                        return total as ssize_t;
                     }
                 } else if n == 1 && !c.readable() {
                     // A stale token: take it, and do not spin.
@@ -1075,7 +1099,7 @@ fn recv_inner(fd: c_int, e: &Entry, bufs: &mut [&mut [u8]], flags: c_int) -> ssi
 pub fn shutdown(fd: c_int, how: c_int) -> Option<c_int> {
     let e = entry(fd)?;
     let _g = Guard::enter()?;
-    guard::shielded(|| {
+    run(|| {
         upkeep(&e);
         if how == libc::SHUT_WR || how == libc::SHUT_RDWR {
             if let Some(c) = e.conn.read().as_ref() {
@@ -1087,7 +1111,9 @@ pub fn shutdown(fd: c_int, how: c_int) -> Option<c_int> {
         let err = last_errno();
         // SAFETY: as above.
         unsafe { real::shutdown(e.hidden, how) };
-        guard::set_errno(err);
+        if r != 0 {
+            set_err(err);
+        }
         r
     })
 }
@@ -1095,7 +1121,7 @@ pub fn shutdown(fd: c_int, how: c_int) -> Option<c_int> {
 fn finish(e: &Entry) {
     let conn = e.conn.write().take();
     if let Some(c) = conn {
-        if c.owned() {
+        if c.owned() && !e.forked.load(Relaxed) {
             let _ = c.close();
         } else {
             c.disown();
