@@ -109,8 +109,8 @@ fn child(role: &str) {
             }
         }
         "client" => {
-            let mut s = TcpStream::connect(("127.0.0.1", var("PEER_PORT").parse().unwrap()))
-                .unwrap();
+            let mut s =
+                TcpStream::connect(("127.0.0.1", var("PEER_PORT").parse().unwrap())).unwrap();
             s.set_nodelay(true).unwrap();
             let r = if var("PEER_ECHO") == "1" {
                 let rounds: u64 = var("PEER_ROUNDS").parse().unwrap();
@@ -190,7 +190,10 @@ fn free_port() -> u16 {
 fn wait_port(port: u16) {
     let t0 = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "server did not start");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "server did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -213,9 +216,16 @@ fn have(p: &str, arg: &str) -> bool {
 fn redis(mode: &Mode, n: u64) -> (f64, f64) {
     let port = free_port();
     let mut sc = Command::new("redis-server");
-    sc.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-        .args(["--appendonly", "no", "--protected-mode", "no"])
-        .stdout(Stdio::null());
+    sc.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+    ])
+    .args(["--appendonly", "no", "--protected-mode", "no"])
+    .stdout(Stdio::null());
     mode.apply(&mut sc);
     let _srv = Reaper(sc.spawn().expect("redis-server"));
     wait_port(port);
@@ -257,7 +267,11 @@ fn nginx(mode: &Mode, dir: &Path, secs: u64) -> f64 {
     )
     .unwrap();
     let mut sc = Command::new("nginx");
-    sc.arg("-c").arg(&conf).arg("-p").arg(dir).stderr(Stdio::null());
+    sc.arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir)
+        .stderr(Stdio::null());
     mode.apply(&mut sc);
     let _srv = Reaper(sc.spawn().expect("nginx"));
     wait_port(port);
@@ -298,7 +312,10 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let so = shim();
     let dir = tempfile_dir();
-    let mem = PathBuf::from(format!("/dev/shm/hicamp-shim-local-bench.{}", std::process::id()));
+    let mem = PathBuf::from(format!(
+        "/dev/shm/hicamp-shim-local-bench.{}",
+        std::process::id()
+    ));
     let local = Mode {
         local: Some((so, mem.clone())),
     };
@@ -308,11 +325,16 @@ fn main() {
         (true, true) => (3, 256 << 20, 5000, 20_000, 3),
         (true, false) => (5, 1 << 30, 20_000, 100_000, 5),
     };
-    let do_redis = measuring && have("redis-server", "--version") && have("redis-benchmark", "--version");
+    let do_redis =
+        measuring && have("redis-server", "--version") && have("redis-benchmark", "--version");
     let do_nginx = measuring && have("nginx", "-v") && have("wrk", "-v");
     let mut r: [Vec<f64>; 10] = Default::default();
     for i in 0..rounds {
-        let order = if i % 2 == 0 { [&kernel, &local] } else { [&local, &kernel] };
+        let order = if i % 2 == 0 {
+            [&kernel, &local]
+        } else {
+            [&local, &kernel]
+        };
         for m in order {
             let k = usize::from(m.local.is_some());
             r[k].push(pair(m, false, stream, 0));
@@ -333,9 +355,16 @@ fn main() {
         assert!(c.is_clean(), "{c:?}");
     }
     let _ = std::fs::remove_file(&mem);
-    for e in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
+    for e in std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&format!("hicamp-shim-local-bench.{}.report", std::process::id())) {
+        if n.starts_with(&format!(
+            "hicamp-shim-local-bench.{}.report",
+            std::process::id()
+        )) {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -346,9 +375,23 @@ fn main() {
     let m = |i: usize| median(r[i].clone());
     println!("shim_local: local mode against kernel TCP loopback, medians of {rounds} rounds");
     let (ks, ls) = (m(0) / 1e9, m(1) / 1e9);
-    line("stream 64 KiB writes", "GB/s", ks, ls, ">= 2x", ls / ks >= 2.0);
+    line(
+        "stream 64 KiB writes",
+        "GB/s",
+        ks,
+        ls,
+        ">= 2x",
+        ls / ks >= 2.0,
+    );
     let (kp, lp) = (m(2) / 1e3, m(3) / 1e3);
-    line("ping-pong 14 B round trip", "us", kp, lp, "<= 0.5x", lp / kp <= 0.5);
+    line(
+        "ping-pong 14 B round trip",
+        "us",
+        kp,
+        lp,
+        "<= 0.5x",
+        lp / kp <= 0.5,
+    );
     if do_redis {
         let (ks, ls, kg, lg) = (m(4), m(5), m(6), m(7));
         line("redis SET", "req/s", ks, ls, ">= 1.5x", ls / ks >= 1.5);

@@ -101,10 +101,16 @@ impl Setup {
     /// The route lines every process of this test wrote (`*.local.PID.jsonl`).
     fn routes(&self) -> Vec<Value> {
         let mut out = Vec::new();
-        for e in std::fs::read_dir(self.dir.path()).expect("read dir").flatten() {
+        for e in std::fs::read_dir(self.dir.path())
+            .expect("read dir")
+            .flatten()
+        {
             let n = e.file_name().to_string_lossy().into_owned();
             if n.contains(".local.") && n.ends_with(".jsonl") {
-                for l in std::fs::read_to_string(e.path()).unwrap_or_default().lines() {
+                for l in std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                {
                     let v: Value = serde_json::from_str(l).expect("json line");
                     if v["event"] == "route" {
                         out.push(v);
@@ -205,7 +211,10 @@ fn stream(name: &str, total: u64) {
     let (srv, mut so) = Reaper::spawn(s.local("srv", &as_refs(&s.py(&["sink"]))));
     let port = first_line(&mut so);
     let text = run_ok(
-        s.local("cli", &as_refs(&s.py(&["source", &port, &total.to_string()]))),
+        s.local(
+            "cli",
+            &as_refs(&s.py(&["source", &port, &total.to_string()])),
+        ),
         600,
     );
     let l: Vec<&str> = text.lines().collect();
@@ -304,7 +313,11 @@ fn fallback_against_a_peer_not_under_the_shim() {
         let sent: u64 = text.trim().strip_prefix("ok ").unwrap().parse().unwrap();
         let (o, rest) = srv.wait(so, 60);
         assert!(o.status.success());
-        assert_eq!(rest.trim(), format!("echoed {sent}"), "extra or missing bytes");
+        assert_eq!(
+            rest.trim(),
+            format!("echoed {sent}"),
+            "extra or missing bytes"
+        );
         let routes = s.routes();
         assert_eq!(routes.len(), 3, "{routes:?}");
         for r in &routes {
@@ -329,7 +342,10 @@ fn another_memory_stays_on_tcp() {
     let b = Setup::new("mb");
     let (srv, mut so) = Reaper::spawn(a.local("srv", &as_refs(&a.py(&["sink"]))));
     let port = first_line(&mut so);
-    let text = run_ok(b.local("cli", &as_refs(&b.py(&["source", &port, "100000"]))), 60);
+    let text = run_ok(
+        b.local("cli", &as_refs(&b.py(&["source", &port, "100000"]))),
+        60,
+    );
     let l: Vec<&str> = text.lines().collect();
     assert_eq!(l[0], l[1]);
     srv.wait(so, 30);
@@ -404,7 +420,10 @@ fn forking_server_with_a_local_client() {
         Reaper::spawn(s.local("srv", &as_refs(&s.py(&["forkserver", &n.to_string()]))));
     let port = first_line(&mut so);
     let text = run_ok(
-        s.local("cli", &as_refs(&s.py(&["lines", &port, &n.to_string(), "50"]))),
+        s.local(
+            "cli",
+            &as_refs(&s.py(&["lines", &port, &n.to_string(), "50"])),
+        ),
         120,
     );
     assert_eq!(text.trim(), format!("ok {}", n * 50));
@@ -446,7 +465,10 @@ fn redis_benchmark_against_redis_server_in_local_mode() {
     ));
     let t0 = Instant::now();
     while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "redis did not start");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "redis did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let cli = |args: &[&str]| {
@@ -479,7 +501,10 @@ fn redis_benchmark_against_redis_server_in_local_mode() {
     );
     assert!(bench.contains("SET:") && bench.contains("GET:"), "{bench}");
     assert!(!bench.to_lowercase().contains("error"), "{bench}");
-    assert_eq!(cli(&["dbsize"]).trim().parse::<u64>().ok().map(|n| n >= 2), Some(true));
+    assert_eq!(
+        cli(&["dbsize"]).trim().parse::<u64>().ok().map(|n| n >= 2),
+        Some(true)
+    );
     let mut down = s.local("rc", &["redis-cli", "-p", &port, "shutdown", "nosave"]);
     let _ = down.output();
     let _ = srv.wait(so, 30);

@@ -877,21 +877,25 @@ impl MergedReport {
     /// The local mode's lines of the summary (empty in other modes).
     fn local_text(&self) -> String {
         let mut out = String::new();
-        let routes: Vec<_> = self.local.iter().filter(|v| v["event"] == "route").collect();
+        let routes: Vec<_> = self
+            .local
+            .iter()
+            .filter(|v| v["event"] == "route")
+            .collect();
         if routes.is_empty() {
             return out;
         }
         let count = |r: &str| routes.iter().filter(|v| v["route"] == r).count();
-        let (copied_in, copied_out) = self
-            .local
-            .iter()
-            .filter(|v| v["event"] == "close")
-            .fold((0, 0), |(a, b), v| {
-                (
-                    a + v["copied_in"].as_u64().unwrap_or(0),
-                    b + v["copied_out"].as_u64().unwrap_or(0),
-                )
-            });
+        let (copied_in, copied_out) =
+            self.local
+                .iter()
+                .filter(|v| v["event"] == "close")
+                .fold((0, 0), |(a, b), v| {
+                    (
+                        a + v["copied_in"].as_u64().unwrap_or(0),
+                        b + v["copied_out"].as_u64().unwrap_or(0),
+                    )
+                });
         let _ = writeln!(
             out,
             "hicamp run (local): {} connection ends: {} local, {} kernel, {} broken; copied {} B \

@@ -14,7 +14,8 @@ pub unsafe extern "C-unwind" fn send(
 ) -> ssize_t {
     if crate::local::marked(fd) {
         // SAFETY: the caller's buffer of `len` bytes.
-        if let Some(r) = crate::local::send(fd, &[unsafe { slice(buf, len) }.unwrap_or(&[])], flags) {
+        if let Some(r) = crate::local::send(fd, &[unsafe { slice(buf, len) }.unwrap_or(&[])], flags)
+        {
             return r;
         }
     }
@@ -42,7 +43,8 @@ pub unsafe extern "C-unwind" fn sendto(
 ) -> ssize_t {
     if crate::local::marked(fd) {
         // SAFETY: the caller's buffer of `len` bytes.
-        if let Some(r) = crate::local::send(fd, &[unsafe { slice(buf, len) }.unwrap_or(&[])], flags) {
+        if let Some(r) = crate::local::send(fd, &[unsafe { slice(buf, len) }.unwrap_or(&[])], flags)
+        {
             return r;
         }
     }

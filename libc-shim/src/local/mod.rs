@@ -223,10 +223,9 @@ unsafe extern "C" fn atfork_release() {
     }
     // SAFETY: `atfork_prepare` locked both and forgot the guards; this thread (the parent's
     // forking thread, or the child's only thread) unlocks them once.
-    unsafe {
-        TABLE.force_unlock();
-        MEM.force_unlock();
-    }
+    unsafe { TABLE.force_unlock() };
+    // SAFETY: as above.
+    unsafe { MEM.force_unlock() };
 }
 
 extern "C" fn at_exit() {
@@ -324,9 +323,7 @@ fn sock_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
     let mut v: c_int = 0;
     let mut len = std::mem::size_of::<c_int>() as socklen_t;
     // SAFETY: `v` and `len` are valid for an int option.
-    let r = unsafe {
-        real::getsockopt(fd, level, name, (&mut v as *mut c_int).cast(), &mut len)
-    };
+    let r = unsafe { real::getsockopt(fd, level, name, (&mut v as *mut c_int).cast(), &mut len) };
     (r == 0).then_some(v)
 }
 
@@ -719,7 +716,13 @@ unsafe fn connect_local(
     });
     with_table(|t| t.fds.insert(fd, e));
     set_mark(fd, true);
-    report_route("client", &local.to_string(), &dst.to_string(), "local", None);
+    report_route(
+        "client",
+        &local.to_string(),
+        &dst.to_string(),
+        "local",
+        None,
+    );
     if ret != 0 {
         set_err(err);
     }
@@ -757,10 +760,8 @@ fn accept_local(fd: c_int, flags: c_int) {
     if !is_tcp4(fd) {
         return;
     }
-    let (Some(local), Some(peer)) = (
-        v4(sys::sock_addr(fd, false)),
-        v4(sys::sock_addr(fd, true)),
-    ) else {
+    let (Some(local), Some(peer)) = (v4(sys::sock_addr(fd, false)), v4(sys::sock_addr(fd, true)))
+    else {
         return;
     };
     let (ls, ps) = (local.to_string(), peer.to_string());
@@ -965,8 +966,10 @@ fn send_error(err: &SharedError, flags: c_int) -> ssize_t {
     let en = match err {
         SharedError::Reset | SharedError::Shutdown => {
             if flags & libc::MSG_NOSIGNAL == 0 {
+                // SAFETY: pthread_self has no precondition.
+                let me = unsafe { libc::pthread_self() };
                 // SAFETY: raising SIGPIPE on this thread, as the kernel would.
-                unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGPIPE) };
+                unsafe { libc::pthread_kill(me, libc::SIGPIPE) };
             }
             libc::EPIPE
         }
@@ -1233,7 +1236,12 @@ pub unsafe fn ioctl(fd: c_int, req: libc::c_ulong, arg: libc::c_ulong) -> Option
     if req == libc::FIONREAD {
         let n = e.conn.read().as_ref().map_or(0, Conn::pending);
         // SAFETY: FIONREAD's argument is a writable int.
-        unsafe { std::ptr::write(arg as usize as *mut c_int, n.min(c_int::MAX as u64) as c_int) };
+        unsafe {
+            std::ptr::write(
+                arg as usize as *mut c_int,
+                n.min(c_int::MAX as u64) as c_int,
+            )
+        };
         return Some(0);
     }
     if req == libc::FIONBIO {
@@ -1263,8 +1271,10 @@ pub unsafe fn sendfile(
         // SAFETY: `buf` has `n` writable bytes.
         unsafe { libc::read(in_fd, buf.as_mut_ptr().cast::<c_void>(), n) }
     } else {
-        // SAFETY: the caller's offset; `buf` has `n` writable bytes.
-        unsafe { libc::pread64(in_fd, buf.as_mut_ptr().cast::<c_void>(), n, *off) }
+        // SAFETY: the caller's readable offset.
+        let at = unsafe { *off };
+        // SAFETY: `buf` has `n` writable bytes.
+        unsafe { libc::pread64(in_fd, buf.as_mut_ptr().cast::<c_void>(), n, at) }
     };
     if got <= 0 {
         return Some(got);
@@ -1311,10 +1321,14 @@ pub fn before_exec() {
 /// At exit: closes this process's connections (FIN, or RST with unread data).
 fn close_all() {
     let entries: Vec<Arc<Entry>> = with_table(|t| {
-        let v: Vec<_> = t.fds.drain().map(|(fd, e)| {
-            set_mark(fd, false);
-            e
-        }).collect();
+        let v: Vec<_> = t
+            .fds
+            .drain()
+            .map(|(fd, e)| {
+                set_mark(fd, false);
+                e
+            })
+            .collect();
         v
     });
     let mut seen: Vec<*const Entry> = Vec::new();
