@@ -272,8 +272,10 @@ pub unsafe extern "C-unwind" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_
 }
 
 fn fcntl_done(call: Call, fd: c_int, cmd: c_int, arg: c_ulong, ret: c_int) {
-    if matches!(cmd, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC) {
-        crate::local::duplicated(fd, ret);
+    match cmd {
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => crate::local::duplicated(fd, ret),
+        libc::F_SETFL if ret >= 0 => crate::local::set_flags(fd, arg as c_int),
+        _ => {}
     }
     if ret >= 0 && crate::stack::marked(fd) {
         match cmd {

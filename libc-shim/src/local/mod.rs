@@ -177,6 +177,8 @@ struct Entry {
     held_b: AtomicI32,
     /// Descriptor numbers of this process naming it.
     refs: AtomicU32,
+    /// `O_NONBLOCK` of the descriptor (kept by the `fcntl` and `ioctl` hooks).
+    nonblock: std::sync::atomic::AtomicBool,
     /// A fork shared it: this process's last close is not the connection's (the peer sees the
     /// last close anywhere as its pair end's hang-up, and closes our ring end for us).
     forked: std::sync::atomic::AtomicBool,
@@ -361,12 +363,6 @@ fn close_fd(fd: c_int) {
         // SAFETY: closing a descriptor of the shim's own.
         unsafe { real::close(fd) };
     }
-}
-
-fn nonblocking(fd: c_int) -> bool {
-    // SAFETY: F_GETFL takes no argument.
-    let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
-    fl >= 0 && fl & libc::O_NONBLOCK != 0
 }
 
 fn netns() -> u64 {
@@ -707,6 +703,7 @@ unsafe fn connect_local(
         hidden,
         held_b: AtomicI32::new(b),
         refs: AtomicU32::new(1),
+        nonblock: std::sync::atomic::AtomicBool::new(fl >= 0 && fl & libc::O_NONBLOCK != 0),
         forked: std::sync::atomic::AtomicBool::new(false),
         copied_in: AtomicU64::new(0),
         copied_out: AtomicU64::new(0),
@@ -833,6 +830,7 @@ fn accept_local(fd: c_int, flags: c_int) {
         hidden,
         held_b: AtomicI32::new(-1),
         refs: AtomicU32::new(1),
+        nonblock: std::sync::atomic::AtomicBool::new(flags & libc::SOCK_NONBLOCK != 0),
         forked: std::sync::atomic::AtomicBool::new(false),
         copied_in: AtomicU64::new(0),
         copied_out: AtomicU64::new(0),
@@ -922,7 +920,7 @@ fn send_inner(fd: c_int, e: &Entry, bufs: &[&[u8]], flags: c_int) -> ssize_t {
     let Some(c) = r.as_ref() else {
         return fail(libc::EBADF);
     };
-    let mut nb: Option<bool> = (flags & libc::MSG_DONTWAIT != 0).then_some(true);
+    let nb: Option<bool> = (flags & libc::MSG_DONTWAIT != 0).then_some(true);
     let mut total = 0usize;
     'bufs: for buf in bufs {
         let mut off = 0;
@@ -936,8 +934,7 @@ fn send_inner(fd: c_int, e: &Entry, bufs: &[&[u8]], flags: c_int) -> ssize_t {
                     put_token(fd, c);
                 }
                 Err(SharedError::WouldBlock) => {
-                    let block = !*nb.get_or_insert_with(|| nonblocking(fd));
-                    if !block {
+                    if nb.unwrap_or_else(|| e.nonblock.load(Relaxed)) {
                         break 'bufs;
                     }
                     if let Err(err) = c.wait_send_room() {
@@ -998,7 +995,7 @@ fn recv_inner(fd: c_int, e: &Entry, bufs: &mut [&mut [u8]], flags: c_int) -> ssi
     if want == 0 {
         return 0;
     }
-    let mut nb: Option<bool> = (flags & libc::MSG_DONTWAIT != 0).then_some(true);
+    let nb: Option<bool> = (flags & libc::MSG_DONTWAIT != 0).then_some(true);
     let mut total = 0usize;
     let mut eof_polls = 0u32;
     loop {
@@ -1052,7 +1049,7 @@ fn recv_inner(fd: c_int, e: &Entry, bufs: &mut [&mut [u8]], flags: c_int) -> ssi
             Ok(_) => return total as ssize_t, // EOF
             Err(SharedError::WouldBlock) => {
                 drop_token(fd, c);
-                if *nb.get_or_insert_with(|| nonblocking(fd)) {
+                if nb.unwrap_or_else(|| e.nonblock.load(Relaxed)) {
                     if total > 0 {
                         return total as ssize_t;
                     }
@@ -1210,6 +1207,15 @@ pub fn duplicated(old: c_int, new: c_int) {
     set_mark(new, true);
 }
 
+/// `fcntl(fd, F_SETFL, flags)` succeeded.
+pub fn set_flags(fd: c_int, flags: c_int) {
+    if marked(fd) {
+        if let Some(e) = entry(fd) {
+            e.nonblock.store(flags & libc::O_NONBLOCK != 0, Relaxed);
+        }
+    }
+}
+
 /// `dup2`/`dup3(old, new)` is about to replace `new`.
 pub fn dup_onto(old: c_int, new: c_int) {
     if old != new && marked(new) {
@@ -1246,7 +1252,13 @@ pub unsafe fn ioctl(fd: c_int, req: libc::c_ulong, arg: libc::c_ulong) -> Option
     }
     if req == libc::FIONBIO {
         // SAFETY: the caller's argument (an int pointer), passed on to the pair's end.
-        return Some(unsafe { real::ioctl(fd, req, arg) });
+        let r = unsafe { real::ioctl(fd, req, arg) };
+        if r == 0 && arg != 0 {
+            // SAFETY: FIONBIO's argument is an int the kernel just read.
+            let on = unsafe { std::ptr::read(arg as usize as *const c_int) } != 0;
+            e.nonblock.store(on, Relaxed);
+        }
+        return Some(r);
     }
     // SAFETY: as above, on the kernel socket.
     Some(unsafe { real::ioctl(e.hidden, req, arg) })
