@@ -170,6 +170,18 @@ def lines(port, nconn, nlines):
     print("ok", nconn * nlines, flush=True)
 
 
+def execpp(port):
+    # One round trip on a first connection, then exec a new image that ping-pongs on a second.
+    c = socket.create_connection(("127.0.0.1", port))
+    c.sendall(b"before exec")
+    got = b""
+    while len(got) < 11:
+        got += c.recv(100)
+    assert got == b"before exec", got
+    sys.stdout.flush()
+    os.execvp("python3", ["python3", __file__, "pingpong", str(port), "1", "5"])
+
+
 if __name__ == "__main__":
     m = sys.argv[1]
     a = [int(x) for x in sys.argv[2:]]
@@ -180,4 +192,5 @@ if __name__ == "__main__":
         "pingpong": lambda: pingpong(*a),
         "forkserver": lambda: forkserver(*a),
         "lines": lambda: lines(*a),
+        "execpp": lambda: execpp(*a),
     }[m]()

@@ -137,7 +137,9 @@ struct Reaper(Option<Child>);
 
 impl Reaper {
     fn spawn(mut c: Command) -> (Reaper, BufReader<ChildStdout>) {
+        use std::os::unix::process::CommandExt;
         let mut child = c
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -159,7 +161,7 @@ impl Reaper {
                 break;
             }
             if t0.elapsed() > Duration::from_secs(secs) {
-                let _ = child.kill();
+                kill_group(child.id());
                 let _ = child.wait();
                 let mut rest = String::new();
                 let _ = std::io::Read::read_to_string(&mut out, &mut rest);
@@ -177,10 +179,17 @@ impl Reaper {
 impl Drop for Reaper {
     fn drop(&mut self) {
         if let Some(c) = &mut self.0 {
-            let _ = c.kill();
+            kill_group(c.id());
             let _ = c.wait();
         }
     }
+}
+
+/// SIGKILL to the process group a [`Reaper`] child leads (the launcher and its command).
+fn kill_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .status();
 }
 
 fn first_line(out: &mut BufReader<ChildStdout>) -> String {
@@ -431,6 +440,27 @@ fn forking_server_with_a_local_client() {
     assert!(o.status.success(), "{rest}");
     let routes = s.routes();
     assert_eq!(routes.len(), 2 * n, "{routes:?}");
+    assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
+    s.check_clean();
+}
+
+/// A process with a local connection execs: the new image's connection negotiates again
+/// (local), and the old connection, whose descriptor the exec closed, ends (EOF at the server).
+#[test]
+fn after_exec_new_connections_negotiate_again() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new("exec");
+    let (srv, mut so) = Reaper::spawn(s.local("srv", &as_refs(&s.py(&["echo", "2"]))));
+    let port = first_line(&mut so);
+    let text = run_ok(s.local("cli", &as_refs(&s.py(&["execpp", &port]))), 120);
+    let sent: u64 = text.trim().strip_prefix("ok ").unwrap().parse().unwrap();
+    let (o, rest) = srv.wait(so, 60);
+    assert!(o.status.success());
+    assert_eq!(rest.trim(), format!("echoed {}", sent + 11));
+    let routes = s.routes();
+    assert_eq!(routes.len(), 4, "{routes:?}");
     assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
     s.check_clean();
 }

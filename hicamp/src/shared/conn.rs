@@ -775,9 +775,39 @@ impl Conn {
     /// writer took it in between, there are two bytes for one token: the
     /// reader reads one. So a byte stays in the descriptor whenever data is
     /// queued, and none stays when the ring is empty.
+    ///
+    /// A reader asleep in [`wait_readable_once`](Self::wait_readable_once)
+    /// that will drain everything queued (the ring's bytes fit the room it
+    /// announced) needs no token: the futex wakes it and it leaves the ring
+    /// empty. The writer's publish comes before its look at `reader_waiting`
+    /// and the reader clears it before it looks at the ring, so a skipped
+    /// publish is always one the reader sees.
     pub fn token_take(&self) -> bool {
         let w = self.wring();
+        let room = w.reader_waiting.load(SeqCst);
+        if room != 0 && w.bytes.load(SeqCst) <= u64::from(room) {
+            return false;
+        }
         w.tokens.load(SeqCst) == 0 && w.tokens.compare_exchange(0, 1, SeqCst, SeqCst).is_ok()
+    }
+
+    /// Sleeps on the ring's futex until something is readable or `timeout`
+    /// passes, announcing `room` (the bytes the caller will take: see
+    /// [`token_take`](Self::token_take)); true when readable.
+    pub fn wait_readable_once(&self, room: u32, timeout: Duration) -> SharedResult<bool> {
+        self.check_open()?;
+        if self.readable() {
+            return Ok(true);
+        }
+        let r = self.rring();
+        let s = r.wseq.load(SeqCst);
+        r.reader_waiting.store(room.max(1), SeqCst);
+        if !self.readable() {
+            sys::futex_wait(&r.wseq, s, timeout);
+        }
+        r.reader_waiting.store(0, SeqCst);
+        std::sync::atomic::fence(SeqCst);
+        Ok(self.readable())
     }
 
     /// Readiness tokens, reader's side: true when the caller must read one

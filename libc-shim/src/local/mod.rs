@@ -177,6 +177,8 @@ struct Entry {
     held_b: AtomicI32,
     /// Descriptor numbers of this process naming it.
     refs: AtomicU32,
+    /// Receives in a row that found nothing (a hang-up check after two).
+    empty_reads: AtomicU32,
     /// `O_NONBLOCK` of the descriptor (kept by the `fcntl` and `ioctl` hooks).
     nonblock: std::sync::atomic::AtomicBool,
     /// A fork shared it: this process's last close is not the connection's (the peer sees the
@@ -703,6 +705,7 @@ unsafe fn connect_local(
         hidden,
         held_b: AtomicI32::new(b),
         refs: AtomicU32::new(1),
+        empty_reads: AtomicU32::new(0),
         nonblock: std::sync::atomic::AtomicBool::new(fl >= 0 && fl & libc::O_NONBLOCK != 0),
         forked: std::sync::atomic::AtomicBool::new(false),
         copied_in: AtomicU64::new(0),
@@ -830,6 +833,7 @@ fn accept_local(fd: c_int, flags: c_int) {
         hidden,
         held_b: AtomicI32::new(-1),
         refs: AtomicU32::new(1),
+        empty_reads: AtomicU32::new(0),
         nonblock: std::sync::atomic::AtomicBool::new(flags & libc::SOCK_NONBLOCK != 0),
         forked: std::sync::atomic::AtomicBool::new(false),
         copied_in: AtomicU64::new(0),
@@ -982,6 +986,18 @@ pub fn recv(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<ssize_t> 
     run(|| recv_inner(fd, &e, bufs, flags))
 }
 
+/// True when the peer's end of the pair is closed (everywhere).
+fn pair_hung_up(fd: c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; no wait.
+    let n = unsafe { real::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & libc::POLLHUP != 0
+}
+
 fn recv_inner(fd: c_int, e: &Entry, bufs: &mut [&mut [u8]], flags: c_int) -> ssize_t {
     upkeep(e);
     let _r = e.recv_lock.lock();
@@ -1035,6 +1051,7 @@ fn recv_inner(fd: c_int, e: &Entry, bufs: &mut [&mut [u8]], flags: c_int) -> ssi
             }
         }
         if progressed > 0 {
+            e.empty_reads.store(0, Relaxed);
             total += progressed;
             if !peek {
                 e.copied_out.fetch_add(progressed as u64, Relaxed);
@@ -1053,36 +1070,47 @@ fn recv_inner(fd: c_int, e: &Entry, bufs: &mut [&mut [u8]], flags: c_int) -> ssi
                     if total > 0 {
                         return total as ssize_t;
                     }
+                    // Woken again with nothing to read: is the peer gone (a hang-up without
+                    // FIN in the ring)? Checked from the second empty read in a row, so that
+                    // the usual read-until-EAGAIN costs no system call.
+                    if e.empty_reads.fetch_add(1, Relaxed) >= 1 && eof_polls == 0 {
+                        let dead = matches!(c.check_peer(), Ok(true));
+                        if dead || pair_hung_up(fd) {
+                            if !dead {
+                                let _ = c.close_vanished_peer();
+                            }
+                            eof_polls += 1;
+                            continue;
+                        }
+                    }
                     return fail(libc::EAGAIN);
                 }
-                // Sleep in the kernel until the peer's token (or its close) arrives.
-                let mut p = libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd.
-                let n = unsafe { real::poll(&mut p, 1, 1000) };
-                if n < 0 && last_errno() == libc::EINTR {
-                    if total > 0 {
-                        return total as ssize_t;
+                // Sleep on the ring's futex: a writer that sees us asleep with room for all
+                // it queued wakes us with no token (one system call each side, as TCP).
+                let room = (want - total).min(u32::MAX as usize) as u32;
+                match c.wait_readable_once(room, std::time::Duration::from_millis(50)) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if matches!(c.check_peer(), Ok(true)) {
+                            continue;
+                        }
+                        if pair_hung_up(fd) {
+                            // The peer's pair end is closed everywhere with no FIN in the
+                            // ring: its last descriptor closed after a fork shared it (or
+                            // its process is dying).
+                            let _ = c.close_vanished_peer();
+                            eof_polls += 1;
+                            if eof_polls > 100 {
+                                return total as ssize_t;
+                            }
+                        }
                     }
-                    return fail(libc::EINTR);
-                }
-                if n == 1 && !c.readable() && p.revents & libc::POLLHUP != 0 {
-                    // The peer's pair end is closed everywhere, with no FIN in the ring: its
-                    // process died, or its last descriptor closed after a fork shared it.
-                    if !matches!(c.check_peer(), Ok(true)) {
-                        let _ = c.close_vanished_peer();
+                    Err(x) => {
+                        if total > 0 {
+                            return total as ssize_t;
+                        }
+                        return fail(errno_of(&x));
                     }
-                    eof_polls += 1;
-                    if eof_polls > 100 {
-                        return total as ssize_t;
-                    }
-                } else if n == 1 && !c.readable() {
-                    // A stale token: take it, and do not spin.
-                    drop_token(fd, c);
-                    std::thread::sleep(std::time::Duration::from_micros(200));
                 }
             }
             Err(x) => {
@@ -1307,13 +1335,25 @@ pub unsafe fn sendfile(
     Some(sent)
 }
 
-/// Before `exec`: withdraws this process's listener records.
+/// Before `exec`: closes the local connections whose descriptors close on exec (FIN to the
+/// peer; unless a fork shared them) and withdraws this process's listener records.
 pub fn before_exec() {
     if !on() {
         return;
     }
     let Some(_g) = Guard::enter() else { return };
     guard::shielded(|| {
+        let closing: Vec<(c_int, Arc<Entry>)> =
+            with_table(|t| t.fds.iter().map(|(fd, e)| (*fd, e.clone())).collect());
+        for (fd, e) in closing {
+            // SAFETY: F_GETFD takes no argument.
+            let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+            if fl >= 0 && fl & libc::FD_CLOEXEC != 0 && !e.forked.load(Relaxed) {
+                if let Some(c) = e.conn.read().as_ref() {
+                    let _ = c.shutdown_write();
+                }
+            }
+        }
         let pid = sys::getpid();
         let names: Vec<String> = with_table(|t| {
             t.listeners
