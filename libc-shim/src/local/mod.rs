@@ -45,8 +45,11 @@
 //! (`Conn::token_take`/`token_release`: at most one byte per direction, never a byte left
 //! behind an empty ring). `shutdown(SHUT_WR)` shuts the pair's end down too (EOF and
 //! `POLLRDHUP` at the peer), the last close closes it (`POLLHUP`). So kernel `epoll`, `poll`
-//! and `select` work on sets mixing local and kernel descriptors, and a blocked reader sleeps
-//! in the kernel (`poll` on its descriptor). Writability: the pair's end is always writable;
+//! and `select` work on sets mixing local and kernel descriptors. A reader blocked in `recv`
+//! sleeps on the ring's futex, announcing the room it has; a writer that finds it asleep with
+//! room for everything queued wakes it and puts no token (the reader drains the ring, so no
+//! readiness is owed): one system call each side per message, as TCP. Every 50 ms of sleep it
+//! checks for a dead or vanished peer. Writability: the pair's end is always writable;
 //! a full ring (4 MiB or 256 entries in flight) makes a non-blocking send fail with EAGAIN
 //! while `POLLOUT` still says writable (a spin, not a hang); a blocking send sleeps on the
 //! ring's futex.
@@ -81,6 +84,8 @@
 //! * A client's B end stays open in the client until the server has taken it (the client
 //!   closes it at its next operation on the connection): a client that idles in `epoll_wait`
 //!   right after connecting learns of the server's death only at its next operation.
+//! * A server that accepts through a path the shim does not see (io_uring, a statically linked
+//!   program after exec) never claims the offer: its client, committed, waits.
 //!
 //! # Report
 //!
@@ -1147,7 +1152,17 @@ pub fn shutdown(fd: c_int, how: c_int) -> Option<c_int> {
 }
 
 fn finish(e: &Entry) {
-    let conn = e.conn.write().take();
+    // Another thread may be asleep in a receive on it (holding the read lock): then FIN only,
+    // and the process's end closes with the process.
+    let conn = match e.conn.try_write_for(std::time::Duration::from_millis(200)) {
+        Some(mut w) => w.take(),
+        None => {
+            if let Some(c) = e.conn.read().as_ref() {
+                let _ = c.shutdown_write();
+            }
+            None
+        }
+    };
     if let Some(c) = conn {
         if c.owned() && !e.forked.load(Relaxed) {
             let _ = c.close();
