@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 use super::SharedError;
 
 pub(crate) const MAGIC: [u8; 8] = *b"HICSHM01";
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
 pub(crate) const HEADER: usize = 4096;
 pub(crate) const PROC_SLOT: usize = 64;
 pub(crate) const STRIPE: usize = 256;

@@ -308,8 +308,34 @@ const SEED_INTERIOR: u64 = 0x5eed_1e7e;
 const WAIT_SLICE: Duration = Duration::from_millis(5);
 
 #[inline]
+/// The hash of a line: of its bytes up to the last nonzero one (a line has
+/// a fixed size, so that prefix names it). A short message's line is mostly
+/// padding: [`Shm::build`] hashes only the message's bytes.
+#[inline]
 fn line_hash(interior: bool, data: &[u8]) -> u64 {
-    xxh3_64_with_seed(data, if interior { SEED_INTERIOR } else { SEED_LEAF })
+    prefix_hash(interior, trim_zeros(data))
+}
+
+#[inline]
+fn prefix_hash(interior: bool, prefix: &[u8]) -> u64 {
+    xxh3_64_with_seed(prefix, if interior { SEED_INTERIOR } else { SEED_LEAF })
+}
+
+/// `data` without its trailing zero bytes.
+#[inline]
+fn trim_zeros(data: &[u8]) -> &[u8] {
+    let mut end = data.len();
+    while end >= 8 {
+        let w = u64::from_ne_bytes(data[end - 8..end].try_into().unwrap_or([1; 8]));
+        if w != 0 {
+            break;
+        }
+        end -= 8;
+    }
+    while end > 0 && data[end - 1] == 0 {
+        end -= 1;
+    }
+    &data[..end]
 }
 
 /// Sorts `(stripe, id)` pairs by stripe: a counting sort for long lists.
@@ -1054,6 +1080,11 @@ impl Shm {
         // on a large memory each probe is otherwise a cache miss.
         let hashes: Vec<Option<u64>> = (0..n)
             .map(|i| {
+                if i == n - 1 && tail != 0 {
+                    // The padded last line: only the message's bytes can be nonzero.
+                    let t = trim_zeros(&data[data.len() - tail..]);
+                    return (!t.is_empty()).then(|| prefix_hash(false, t));
+                }
                 let line = line_at(i);
                 (!line.iter().all(|&b| b == 0)).then(|| line_hash(false, line))
             })
