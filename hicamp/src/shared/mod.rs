@@ -307,7 +307,6 @@ const SEED_INTERIOR: u64 = 0x5eed_1e7e;
 /// How long a waiter sleeps before it checks the liveness of whoever it waits for.
 const WAIT_SLICE: Duration = Duration::from_millis(5);
 
-#[inline]
 /// The hash of a line: of its bytes up to the last nonzero one (a line has
 /// a fixed size, so that prefix names it). A short message's line is mostly
 /// padding: [`Shm::build`] hashes only the message's bytes.

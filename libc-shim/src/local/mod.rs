@@ -918,8 +918,17 @@ fn put_token(fd: c_int, c: &Conn) {
 /// A send of `bufs` on local descriptor `fd` (`None`: not one).
 pub fn send(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<ssize_t> {
     let e = entry(fd)?;
-    let _g = Guard::enter()?;
-    run(|| send_inner(fd, &e, bufs, flags))
+    // Never a pass-through: the descriptor is the pair's end, whose bytes are tokens.
+    let Some(_g) = Guard::enter() else {
+        return Some(io_error());
+    };
+    run(|| send_inner(fd, &e, bufs, flags)).or_else(|| Some(io_error()))
+}
+
+/// -1 with EIO: a local descriptor the shim cannot serve (re-entered, or broken by a panic).
+fn io_error() -> ssize_t {
+    guard::set_errno(libc::EIO);
+    -1
 }
 
 fn send_inner(fd: c_int, e: &Entry, bufs: &[&[u8]], flags: c_int) -> ssize_t {
@@ -987,8 +996,10 @@ fn send_error(err: &SharedError, flags: c_int) -> ssize_t {
 /// A receive into `bufs` on local descriptor `fd` (`None`: not one).
 pub fn recv(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<ssize_t> {
     let e = entry(fd)?;
-    let _g = Guard::enter()?;
-    run(|| recv_inner(fd, &e, bufs, flags))
+    let Some(_g) = Guard::enter() else {
+        return Some(io_error());
+    };
+    run(|| recv_inner(fd, &e, bufs, flags)).or_else(|| Some(io_error()))
 }
 
 /// True when the peer's end of the pair is closed (everywhere).
