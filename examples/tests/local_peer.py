@@ -182,6 +182,49 @@ def execpp(port):
     os.execvp("python3", ["python3", __file__, "pingpong", str(port), "1", "5"])
 
 
+def forkclose():
+    # Accepts one connection, forks; the parent closes its copy at once, the child answers,
+    # closes its copy (no shutdown) and lives on for 5 s: the connection ends at that close.
+    s = listen()
+    c, _ = s.accept()
+    pid = os.fork()
+    if pid == 0:
+        d = c.recv(100)
+        c.sendall(d.upper())
+        c.close()
+        import time
+
+        time.sleep(5)
+        os._exit(0)
+    c.close()
+    os.waitpid(pid, 0)
+    print("done", flush=True)
+
+
+def eofwait(port):
+    # Non-blocking, through epoll: one exchange, then waits (at most 3 s) for EOF.
+    import time
+
+    c = socket.create_connection(("127.0.0.1", port))
+    c.sendall(b"hello")
+    c.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(c, selectors.EVENT_READ)
+    got = b""
+    t0 = time.time()
+    while time.time() - t0 < 3:
+        for _ in sel.select(0.5):
+            try:
+                d = c.recv(100)
+            except BlockingIOError:
+                continue
+            if not d:
+                print("eof", got.decode(), "%.1f" % (time.time() - t0), flush=True)
+                return
+            got += d
+    print("no eof", got.decode(), flush=True)
+
+
 if __name__ == "__main__":
     m = sys.argv[1]
     a = [int(x) for x in sys.argv[2:]]
@@ -193,4 +236,6 @@ if __name__ == "__main__":
         "forkserver": lambda: forkserver(*a),
         "lines": lambda: lines(*a),
         "execpp": lambda: execpp(*a),
+        "forkclose": lambda: forkclose(),
+        "eofwait": lambda: eofwait(*a),
     }[m]()

@@ -444,6 +444,26 @@ fn forking_server_with_a_local_client() {
     s.check_clean();
 }
 
+/// A connection a fork shared ends when its last descriptor closes, while both processes
+/// live: a non-blocking epoll client gets the reply, then EOF (long before the child exits).
+#[test]
+fn fork_shared_connection_ends_at_its_last_close() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new("fclose");
+    let (srv, mut so) = Reaper::spawn(s.local("srv", &as_refs(&s.py(&["forkclose"]))));
+    let port = first_line(&mut so);
+    let text = run_ok(s.local("cli", &as_refs(&s.py(&["eofwait", &port]))), 60);
+    assert!(text.starts_with("eof HELLO"), "{text}");
+    let (o, _) = srv.wait(so, 60);
+    assert!(o.status.success());
+    let routes = s.routes();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
+    s.check_clean();
+}
+
 /// A process with a local connection execs: the new image's connection negotiates again
 /// (local), and the old connection, whose descriptor the exec closed, ends (EOF at the server).
 #[test]
