@@ -962,6 +962,17 @@ fn send_inner(fd: c_int, e: &Entry, bufs: &[&[u8]], flags: c_int) -> ssize_t {
                         return send_error(&err, flags);
                     }
                 }
+                Err(SharedError::CapacityExhausted { .. }) => {
+                    // The memory is full (other connections' bytes in flight): like a full
+                    // socket buffer, EAGAIN or a wait.
+                    if total > 0 || nb.unwrap_or_else(|| e.nonblock.load(Relaxed)) {
+                        break 'bufs;
+                    }
+                    if pair_hung_up(fd) || matches!(c.check_peer(), Ok(true)) {
+                        return send_error(&SharedError::Reset, flags);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 Err(err) => {
                     if total > 0 {
                         break 'bufs;
