@@ -444,6 +444,30 @@ fn forking_server_with_a_local_client() {
     s.check_clean();
 }
 
+/// The launcher makes the memory when it is missing, and refuses a file that is not one
+/// before the command runs.
+#[test]
+fn launcher_makes_the_memory_and_refuses_a_bad_one() {
+    let s = Setup::new("launch");
+    let out = s.local("ok", &["true"]).output().expect("run hicamp");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    SharedMemory::open(&s.mem).expect("the launcher made the memory");
+    std::fs::write(&s.mem, b"not a memory").expect("write");
+    let marker = s.dir.path().join("ran");
+    let out = s
+        .local("bad", &["touch", &marker.display().to_string()])
+        .output()
+        .expect("run hicamp");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("local mode:"), "{err}");
+    assert!(!marker.exists(), "the command must not run");
+}
+
 /// A connection a fork shared ends when its last descriptor closes, while both processes
 /// live: a non-blocking epoll client gets the reply, then EOF (long before the child exits).
 #[test]
