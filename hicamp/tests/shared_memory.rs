@@ -378,6 +378,70 @@ fn close_with_unread_data_resets_the_peer() {
     assert_eq!(mem.check().unwrap().reachable, 0);
 }
 
+/// The shim's readiness tokens: one outstanding per direction, taken by the
+/// writer only when the ring gained data and none is out, released by the
+/// reader only when the ring is empty.
+#[test]
+fn readiness_tokens_follow_the_ring() {
+    let (_d, _p, mem) = fresh(64, 1 << 12);
+    let a = mem.connect().unwrap();
+    let b = mem.accept(a.id()).unwrap();
+    assert!(!b.token_release(), "no token yet");
+    a.send(b"one").unwrap();
+    assert!(a.token_take(), "first data: a token");
+    a.send(b"two").unwrap();
+    assert!(!a.token_take(), "one token at a time");
+    assert!(!b.token_release(), "data queued: the token stays");
+    assert_eq!(b.pending(), 6);
+    let mut buf = [0u8; 4];
+    assert_eq!(b.recv_nb(&mut buf, true, true).unwrap(), 4, "peek");
+    assert_eq!(b.pending(), 6, "a peek consumes nothing");
+    assert_eq!(b.recv_nb(&mut buf, true, false).unwrap(), 4);
+    assert!(!b.token_release(), "2 bytes still queued");
+    assert_eq!(b.recv_nb(&mut buf, true, false).unwrap(), 2);
+    assert!(b.token_release(), "empty: the reader takes the token out");
+    assert!(!b.token_release());
+    assert!(matches!(
+        b.recv_nb(&mut buf, true, false),
+        Err(SharedError::WouldBlock)
+    ));
+    a.send(b"three").unwrap();
+    assert!(a.token_take(), "new data after an empty ring: a new token");
+    drop(a);
+    drop(b);
+    clean(&mem);
+}
+
+/// A forked process takes an end over (`adopt`); a peer whose descriptors
+/// vanished is closed on its behalf (FIN, then the connection is freed).
+#[test]
+fn adopt_and_close_a_vanished_peer() {
+    let (_d, _p, mem) = fresh(64, 1 << 12);
+    let a = mem.connect().unwrap();
+    assert!(!a.peer_attached());
+    let b = mem.accept(a.id()).unwrap();
+    assert!(a.peer_attached() && a.owned() && b.owned());
+    let other = SharedMemory::open(_p.as_path()).unwrap();
+    let b2 = other.adopt(b.id(), b.end()).unwrap();
+    assert!(!b.owned() && b2.owned());
+    b.disown();
+    a.send(b"to b2").unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(b2.recv(&mut buf).unwrap(), 5);
+    a.close_vanished_peer().unwrap();
+    assert!(matches!(a.send_nb(b"x", true), Err(SharedError::Reset)));
+    assert_eq!(
+        a.recv_nb(&mut buf, true, false).unwrap(),
+        0,
+        "FIN from the vanished peer"
+    );
+    drop(b2);
+    drop(a);
+    drop(other);
+    clean(&mem);
+    assert_eq!(mem.check().unwrap().reachable, 0);
+}
+
 /// Profiling aid (`valgrind --tool=callgrind` on it): intern and release
 /// 4 MiB of unique data at 64-byte lines, 64 KiB at a time.
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `HICAMP_SHIM_MODE` | `trace`, `stack` (AF_INET sockets served by segstack: see [`crate::stack`] for its settings), or `off` (every call a plain pass-through) | `trace` |
+//! | `HICAMP_SHIM_MODE` | `trace`, `stack` (AF_INET sockets served by segstack: see [`crate::stack`] for its settings), `local` (TCP between shimmed processes through a shared memory: see [`crate::local`]), or `off` (every call a plain pass-through) | `trace` |
 //! | `HICAMP_SHIM_REPORT` | report path prefix: each process writes `PREFIX.PID.json` and `PREFIX.PID.txt` | none: the summary goes to `$TMPDIR/hicamp-shim.PID.txt` (never to fd 2, which may be a socket), diagnostics to `hicamp-shim.PID.log` there (`PREFIX.PID.log` with a prefix) |
 //! | `HICAMP_SHIM_LINE_SIZES` | line sizes to intern at, comma-separated | `64,256,1024,4096` |
 //! | `HICAMP_SHIM_INTERVAL` | seconds between periodic reports (0 = none) | 0 |
@@ -22,6 +22,9 @@ pub enum Mode {
     /// Serve AF_INET stream and datagram sockets with segstack over a nicdma port
     /// ([`crate::stack`]); everything else goes to the kernel unchanged.
     Stack,
+    /// TCP connections between processes under the shim that attach the same shared memory
+    /// exchange snapshots through it ([`crate::local`]); everything else goes to the kernel.
+    Local,
     /// Pass every call to the kernel and do nothing else.
     Off,
 }
@@ -61,9 +64,10 @@ impl Config {
             None | Some("") | Some("trace") => Mode::Trace,
             Some("off") => Mode::Off,
             Some("stack") => Mode::Stack,
+            Some("local") => Mode::Local,
             Some(other) => {
                 warn(format!(
-                    "HICAMP_SHIM_MODE={other}: unknown mode (trace, stack or off); using trace"
+                    "HICAMP_SHIM_MODE={other}: unknown mode (trace, stack, local or off); using trace"
                 ));
                 Mode::Trace
             }
@@ -249,9 +253,10 @@ mod tests {
         assert_eq!(c.signal, Some(libc::SIGUSR2));
         assert_eq!(c.report, Some(PathBuf::from("/tmp/r")));
         assert!(w.is_empty());
+        assert_eq!(parse(&[("HICAMP_SHIM_MODE", "local")]).0.mode, Mode::Local);
 
         let (c, w) = parse(&[
-            ("HICAMP_SHIM_MODE", "local"),
+            ("HICAMP_SHIM_MODE", "nearby"),
             ("HICAMP_SHIM_LINE_SIZES", "63"),
             ("HICAMP_SHIM_INTERVAL", "soon"),
             ("HICAMP_SHIM_SIGNAL", "KILL"),

@@ -35,6 +35,13 @@
 //! descriptor whose readiness the stack drives, so kernel `epoll`/`poll`/`select` work on
 //! mixed sets. See [`stack`]. Trace mode's hooks pay one bitmap load for it.
 //!
+//! # Local mode
+//!
+//! `HICAMP_SHIM_MODE=local`: a TCP connection between two processes under the shim that
+//! attach the same shared HICAMP memory switches to that memory's connection rings after the
+//! kernel's handshake, the kernel connection staying open underneath; every other connection
+//! stays on kernel TCP. See [`local`].
+//!
 //! # Rules the hooks keep
 //!
 //! * The real functions are resolved lazily with `dlsym(RTLD_NEXT)`, race-free (`real`).
@@ -58,7 +65,8 @@
 //! The crate denies unsafe code except in these modules, each block with a `// SAFETY:`
 //! comment: `real` (symbol lookup), `hooks` (the C entry points), `sys` (the shim's own system
 //! calls), `lifecycle` (the constructor, exit, fork and signal handlers), `fdtable` (the fd
-//! table's lock held across `fork`), `guard` (errno kept across the bookkeeping), `stack` (the
+//! table's lock held across `fork`), `guard` (errno kept across the bookkeeping), `local` (its descriptors and system calls),
+//! `stack` (the
 //! stack's descriptors, its fork handler and the socket calls it serves) and, in `trace`,
 //! `account` (the process's one account, published once) and `events` (the fork handlers). The
 //! `vfork` hook is a naked function (x86-64).
@@ -77,6 +85,8 @@ pub mod guard;
 pub mod hooks;
 #[allow(unsafe_code)]
 mod lifecycle;
+#[allow(unsafe_code)]
+pub mod local;
 #[allow(unsafe_code)]
 pub mod real;
 pub mod report;

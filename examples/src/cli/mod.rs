@@ -5,7 +5,7 @@
 //!              [--tar] [--no-cdc] [-L] [--cross-file-systems] [PATH|-...]
 //! hicamp fsck [--json] FILE
 //! hicamp stat [--json] FILE
-//! hicamp run [--report FILE] [--mode trace|stack ...] -- CMD ARGS...
+//! hicamp run [--report FILE] [--mode trace|stack|local ...] -- CMD ARGS...
 //! hicamp backends
 //! hicamp put [--create] FILE NAME PATH
 //! hicamp grep [--count] [--max-count N] FILE NAME PATTERN
@@ -87,6 +87,9 @@ enum ShimMode {
     /// AF_INET sockets are served by segstack over `--backend` (needs `--ip`); unix sockets,
     /// other families and 127.0.0.0/8 stay in the kernel.
     Stack,
+    /// TCP connections between processes under the shim that attach the same shared memory
+    /// (`--memory`) exchange snapshots through it; every other connection stays on kernel TCP.
+    Local,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +120,11 @@ struct RunArgs {
     /// Stack mode: the default gateway.
     #[arg(long, value_name = "ADDR")]
     gateway: Option<String>,
+
+    /// Local mode: the shared memory file (created if missing). Default
+    /// `/dev/shm/hicamp-local.EUID`.
+    #[arg(long, value_name = "PATH")]
+    memory: Option<PathBuf>,
 
     /// Stack mode with tap:NAME: the kernel's address on the TAP device, ADDR/PREFIX.
     #[arg(long, value_name = "ADDR/PREFIX")]
@@ -622,7 +630,7 @@ fn run_stat(args: &FileArgs) -> Result<(), Failure> {
 fn run_command(cli: &Cli, args: &RunArgs) -> ExitCode {
     use crate::cli::run;
     let stack = match args.mode {
-        ShimMode::Trace => None,
+        ShimMode::Trace | ShimMode::Local => None,
         ShimMode::Stack => Some(run::StackOptions {
             backend: args.backend.clone().unwrap_or_default(),
             ip: args.ip.clone().unwrap_or_default(),
@@ -641,6 +649,11 @@ fn run_command(cli: &Cli, args: &RunArgs) -> ExitCode {
                 .map(|b| vec![("HICAMP_SHIM_BUDGET".into(), b.to_string().into())])
                 .unwrap_or_default(),
             stack,
+            local: (args.mode == ShimMode::Local).then(|| {
+                args.memory
+                    .clone()
+                    .unwrap_or_else(run::default_local_memory)
+            }),
         })
     });
     match result {

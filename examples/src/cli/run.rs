@@ -4,7 +4,13 @@
 //! hicamp run [--report FILE] [--mode trace] [--budget SIZE] -- CMD ARGS...
 //! hicamp run --mode stack --backend tap:NAME --ip ADDR/PREFIX [--gateway ADDR]
 //!            [--host-ip ADDR/PREFIX] [--report FILE] -- CMD ARGS...
+//! hicamp run --mode local [--memory PATH] [--report FILE] -- CMD ARGS...
 //! ```
+//!
+//! In local mode TCP connections between processes under the shim that attach the same shared
+//! memory (`--memory`, default `/dev/shm/hicamp-local.EUID`, created if missing) go through it
+//! (see the shim's `local` module); the merged report's `local` lists each connection end's
+//! route (and a fallback's reason) and the bytes copied into and out of the memory.
 //!
 //! In stack mode the command's AF_INET sockets are served by segstack over the backend (see the
 //! shim's `stack` module). Before the command starts, the launcher checks the settings and the
@@ -96,6 +102,9 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+    /// Local mode cannot start (its memory).
+    #[error("local mode: {0}")]
+    Local(String),
     /// Stack mode cannot start (settings, privileges, backend).
     #[error("stack mode: {0}")]
     Stack(String),
@@ -149,6 +158,71 @@ pub struct RunOptions {
     pub env: Vec<(OsString, OsString)>,
     /// Stack mode, when given.
     pub stack: Option<StackOptions>,
+    /// Local mode, when given: the shared memory's path (created if missing).
+    pub local: Option<PathBuf>,
+}
+
+/// The default memory of local mode (the shim's default too): `/dev/shm/hicamp-local.EUID`.
+pub fn default_local_memory() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let euid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+    PathBuf::from(format!("/dev/shm/hicamp-local.{euid}"))
+}
+
+/// Local mode: the memory at `path` exists (made with the transport settings if missing) and
+/// opens; returns the shim's environment.
+fn prepare_local(path: &Path) -> Result<Vec<(OsString, OsString)>, RunError> {
+    use hicamp::shared::{SharedMemory, SharedOptions};
+    let err = |e: String| RunError::Local(format!("{}: {e}", path.display()));
+    if !path.exists() {
+        match SharedMemory::create(path, SharedOptions::transport()) {
+            Ok(_) => {}
+            Err(hicamp::shared::SharedError::Io { .. }) if path.exists() => {}
+            Err(e) => return Err(err(e.to_string())),
+        }
+    }
+    SharedMemory::open(path).map_err(|e| err(e.to_string()))?;
+    Ok(vec![
+        ("HICAMP_SHIM_MODE".into(), "local".into()),
+        ("HICAMP_LOCAL_MEMORY".into(), path.as_os_str().to_owned()),
+    ])
+}
+
+/// The local-mode report lines of run `run_id` beside `prefix` (`PREFIX.local.PID.jsonl`).
+pub fn local_reports(prefix: &Path, run_id: &str) -> Vec<serde_json::Value> {
+    let dir = prefix.parent().unwrap_or(Path::new("."));
+    let stem = prefix
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut files: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with(&format!("{stem}.local.")) && n.ends_with(".jsonl")
+            })
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for line in text.lines() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                if v["run"] == run_id {
+                    out.push(v);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `--mode stack`'s settings, as given on the command line.
@@ -408,6 +482,10 @@ pub struct MergedReport {
     /// (`stack` or `kernel` and why), the interface's and the port's counters, notes on
     /// options the stack does not honour.
     pub stack: Vec<serde_json::Value>,
+    /// Local mode: every decision (`event: route`: role, addresses, `route` local, kernel or
+    /// broken, and the fallback's `reason`) and every closed local connection (`event: close`:
+    /// bytes copied into the shared memory and out of it), from `FILE.local.PID.jsonl`.
+    pub local: Vec<serde_json::Value>,
 }
 
 /// One connection of the merged report: the process's [`ConnReport`] and its process id.
@@ -434,10 +512,13 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
     let Some((program, args)) = opts.command.split_first() else {
         return Err(RunError::NoCommand);
     };
-    let (stack_env, _made_tap) = match &opts.stack {
+    let (mut stack_env, _made_tap) = match &opts.stack {
         Some(o) => prepare_stack(o)?,
         None => (Vec::new(), MadeTap(None)),
     };
+    if let Some(mem) = &opts.local {
+        stack_env.extend(prepare_local(mem)?);
+    }
     let shim_str = opts.shim.to_string_lossy();
     if shim_str.contains([' ', ':']) {
         return Err(RunError::BadShimPath(opts.shim.clone()));
@@ -533,6 +614,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
             }
             merged.still_running = lingering;
             merged.stack = stack_reports(&prefix, &run_id);
+            merged.local = local_reports(&prefix, &run_id);
             merged.unwritten_reports = unwritten_reports(&prefix, started);
             let mut merged_path = None;
             if opts.report.is_some() {
@@ -680,6 +762,7 @@ pub fn merge(
         late_reports: None,
         unwritten_reports: Vec::new(),
         stack: Vec::new(),
+        local: Vec::new(),
     })
 }
 
@@ -791,9 +874,59 @@ impl MergedReport {
         out
     }
 
+    /// The local mode's lines of the summary (empty in other modes).
+    fn local_text(&self) -> String {
+        let mut out = String::new();
+        let routes: Vec<_> = self
+            .local
+            .iter()
+            .filter(|v| v["event"] == "route")
+            .collect();
+        if routes.is_empty() {
+            return out;
+        }
+        let count = |r: &str| routes.iter().filter(|v| v["route"] == r).count();
+        let (copied_in, copied_out) =
+            self.local
+                .iter()
+                .filter(|v| v["event"] == "close")
+                .fold((0, 0), |(a, b), v| {
+                    (
+                        a + v["copied_in"].as_u64().unwrap_or(0),
+                        b + v["copied_out"].as_u64().unwrap_or(0),
+                    )
+                });
+        let _ = writeln!(
+            out,
+            "hicamp run (local): {} connection ends: {} local, {} kernel, {} broken; copied {} B \
+             into the shared memory, {} B out of it",
+            routes.len(),
+            count("local"),
+            count("kernel"),
+            count("broken"),
+            copied_in,
+            copied_out,
+        );
+        let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+        for v in routes.iter().filter(|v| v["route"] != "local") {
+            *reasons
+                .entry(v["reason"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+        }
+        for (r, n) in reasons {
+            let _ = writeln!(out, "  fallback ({n}x): {r}");
+        }
+        out
+    }
+
     /// The human summary printed when the command ends.
     pub fn to_text(&self) -> String {
         let mut out = self.stack_text();
+        out.push_str(&self.local_text());
+        if !self.local.is_empty() && self.process_summaries.is_empty() {
+            out.push_str(&self.still_running_note());
+            return out;
+        }
         if !self.stack.is_empty() && self.process_summaries.is_empty() {
             out.push_str(&self.still_running_note());
             return out;
@@ -949,6 +1082,7 @@ mod tests {
             command: vec![],
             env: vec![],
             stack: None,
+            local: None,
         };
         assert!(matches!(run(&opts), Err(RunError::NoCommand)));
     }

@@ -166,6 +166,28 @@ impl SharedMemory {
     }
 }
 
+impl SharedMemory {
+    /// Takes over end `end` of connection `id` in this process: a forked
+    /// child that inherited it, or the parent again. Only one process may
+    /// use an end at a time; the last to adopt it owns it (its death closes
+    /// the end, its [`Conn::close`] sends FIN).
+    pub fn adopt(&self, id: ConnId, end: u32) -> SharedResult<Conn> {
+        let shm = &self.shm;
+        if id.0 >= shm.v.geo.conns || end > 1 {
+            return Err(SharedError::NotAcceptable(id.0));
+        }
+        let h = shm.v.conn(id.0);
+        shm.run(|| {
+            if h.state.load(Acquire) != 1 || end_bits(h.ends.load(Acquire), end) != END_OPEN {
+                return Err(SharedError::NotAcceptable(id.0).into());
+            }
+            h.slot[end as usize].store(shm.token, Release);
+            Ok(())
+        })?;
+        Ok(Conn::new(shm.clone(), id.0, end))
+    }
+}
+
 fn reset_ring(shm: &Shm, c: u32, r: u32) {
     let g = shm.v.ring(c, r);
     g.head.store(0, Relaxed);
@@ -176,6 +198,7 @@ fn reset_ring(shm: &Shm, c: u32, r: u32) {
     g.rflags.store(0, Relaxed);
     g.reader_waiting.store(0, Relaxed);
     g.writer_waiting.store(0, Relaxed);
+    g.tokens.store(0, Relaxed);
 }
 
 impl Shm {
@@ -329,12 +352,13 @@ impl Conn {
         seq: &std::sync::atomic::AtomicU32,
         waiting: &std::sync::atomic::AtomicU32,
         flag: u32,
+        nb: bool,
         ready: impl Fn() -> bool,
     ) -> SharedResult<()> {
         if ready() {
             return Ok(());
         }
-        if self.nonblocking {
+        if nb {
             return Err(SharedError::WouldBlock);
         }
         if !self.spin.is_zero() {
@@ -382,19 +406,19 @@ impl Conn {
         }
     }
 
-    fn wait_readable(&self) -> SharedResult<()> {
+    fn wait_readable(&self, nb: bool) -> SharedResult<()> {
         let r = self.rring();
-        self.wait(&r.wseq, &r.reader_waiting, 1, || self.readable())
+        self.wait(&r.wseq, &r.reader_waiting, 1, nb, || self.readable())
     }
 
-    fn wait_writable(&self) -> SharedResult<()> {
+    fn wait_writable(&self, nb: bool) -> SharedResult<()> {
         if self.writable() {
             return Ok(());
         }
         // A full ring: sleep until it is half empty (the reader wakes us
         // then, not at every entry it consumes), or until an error.
         let w = self.wring();
-        self.wait(&w.rseq, &w.writer_waiting, WAIT_HALF, || {
+        self.wait(&w.rseq, &w.writer_waiting, WAIT_HALF, nb, || {
             match self.wstate() {
                 WState::Full => false,
                 WState::Space => half_empty(&self.shm, w),
@@ -413,7 +437,7 @@ impl Conn {
     fn wait_consumed(&self) -> SharedResult<()> {
         let w = self.wring();
         let t = w.tail.load(Acquire);
-        self.wait(&w.rseq, &w.writer_waiting, WAIT_ANY, || {
+        self.wait(&w.rseq, &w.writer_waiting, WAIT_ANY, false, || {
             w.tail.load(Acquire) != t || !matches!(self.wstate(), WState::Space | WState::Full)
         })
     }
@@ -445,8 +469,8 @@ impl Conn {
         }
     }
 
-    fn ready_to_write(&self) -> SharedResult<()> {
-        self.wait_writable()?;
+    fn ready_to_write(&self, nb: bool) -> SharedResult<()> {
+        self.wait_writable(nb)?;
         match self.wstate() {
             WState::Space => Ok(()),
             WState::Shutdown => Err(SharedError::Shutdown),
@@ -461,10 +485,15 @@ impl Conn {
     /// `WouldBlock`). An error after some bytes were queued returns the
     /// count; the next call reports the error.
     pub fn send(&self, data: &[u8]) -> SharedResult<usize> {
+        self.send_nb(data, self.nonblocking)
+    }
+
+    /// [`send`](Self::send), non-blocking when `nb` whatever the end's mode.
+    pub fn send_nb(&self, data: &[u8], nb: bool) -> SharedResult<usize> {
         self.check_open()?;
         let mut sent = 0;
         while sent < data.len() {
-            if let Err(e) = self.ready_to_write() {
+            if let Err(e) = self.ready_to_write(nb) {
                 return if sent > 0 { Ok(sent) } else { Err(e) };
             }
             let n = (data.len() - sent).min(MAX_ENTRY);
@@ -482,7 +511,7 @@ impl Conn {
                 // the reader consumes something of ours, if anything of ours
                 // is in flight; otherwise report it.
                 Err(SharedError::CapacityExhausted { .. })
-                    if !self.nonblocking
+                    if !nb
                         && (self.in_flight() > 0
                             || self.wring().tail.load(Acquire) != tail_before) =>
                 {
@@ -518,7 +547,7 @@ impl Conn {
         if n == 0 {
             return Ok(());
         }
-        self.ready_to_write()?;
+        self.ready_to_write(self.nonblocking)?;
         let shm = &self.shm;
         shm.run(|| {
             shm.inc(root)?;
@@ -565,11 +594,17 @@ impl Conn {
     /// Receives into `buf`: copies what is queued (one copy, out of the
     /// lines), blocking while nothing is. 0 is EOF.
     pub fn recv(&self, buf: &mut [u8]) -> SharedResult<usize> {
+        self.recv_nb(buf, self.nonblocking, false)
+    }
+
+    /// [`recv`](Self::recv), non-blocking when `nb`; `peek` leaves the
+    /// bytes queued (`MSG_PEEK`).
+    pub fn recv_nb(&self, buf: &mut [u8], nb: bool, peek: bool) -> SharedResult<usize> {
         self.check_open()?;
         if buf.is_empty() {
             return Ok(0);
         }
-        self.wait_readable()?;
+        self.wait_readable(nb)?;
         match self.rstate() {
             RState::Reset => return Err(SharedError::Reset),
             RState::Eof => return Ok(0),
@@ -597,7 +632,9 @@ impl Conn {
                 off = 0;
             }
         }
-        self.consume(t, off, consumed, &dead)?;
+        if !peek {
+            self.consume(t, off, consumed, &dead)?;
+        }
         Ok(done)
     }
 
@@ -605,7 +642,7 @@ impl Conn {
     /// (segment, offset, length). `None` is EOF.
     pub fn recv_segment(&self) -> SharedResult<Option<(SharedSegment, u64, u64)>> {
         self.check_open()?;
-        self.wait_readable()?;
+        self.wait_readable(self.nonblocking)?;
         match self.rstate() {
             RState::Reset => return Err(SharedError::Reset),
             RState::Eof => return Ok(None),
@@ -641,6 +678,155 @@ impl Conn {
             slot,
         };
         Ok(Some((seg, eoff + off, elen - off.min(elen))))
+    }
+
+    /// Waits (blocking, whatever the end's mode) until `send` can queue
+    /// something, or has an error to report.
+    pub fn wait_send_room(&self) -> SharedResult<()> {
+        self.check_open()?;
+        self.wait_writable(false)
+    }
+
+    /// Closes the peer's end on its behalf, as if it had closed it (FIN, or
+    /// RST if it left bytes unread): for a peer whose every descriptor is
+    /// gone while its process lives on (the shim's local mode, after a fork
+    /// shared the connection). Nothing if the peer's end is not open.
+    pub fn close_vanished_peer(&self) -> SharedResult<()> {
+        self.check_open()?;
+        let shm = &self.shm;
+        let (c, e) = (self.c, 1 - self.end);
+        let h = shm.v.conn(c);
+        shm.run(|| {
+            let ends = h.ends.load(SeqCst);
+            if end_bits(ends, e) != END_OPEN {
+                return Ok(());
+            }
+            let wr = shm.v.ring(c, e);
+            let rr = shm.v.ring(c, 1 - e);
+            let unread = rr.head.load(SeqCst) != rr.tail.load(SeqCst);
+            wr.wflags
+                .fetch_or(if unread { FIN | RST } else { FIN }, SeqCst);
+            wr.wseq.fetch_add(1, SeqCst);
+            sys::futex_wake(&wr.wseq, i32::MAX);
+            rr.rflags.fetch_or(CLOSED, SeqCst);
+            rr.rseq.fetch_add(1, SeqCst);
+            sys::futex_wake(&rr.rseq, i32::MAX);
+            if h.ends
+                .compare_exchange(ends, with_end(ends, e, END_CLOSED), SeqCst, SeqCst)
+                .is_ok()
+            {
+                h.slot[e as usize].store(0, SeqCst);
+            }
+            Ok(())
+        })
+    }
+
+    /// Which end this is (0: the connecting end, 1: the accepting end).
+    pub fn end(&self) -> u32 {
+        self.end
+    }
+
+    /// True once the second end has attached (or attached and closed).
+    pub fn peer_attached(&self) -> bool {
+        let e = self.shm.v.conn(self.c).ends.load(Acquire);
+        end_bits(e, 1 - self.end) != END_NONE
+    }
+
+    /// True while this process is the one recorded as this end's owner
+    /// (after a fork, the process that last [adopted](SharedMemory::adopt) it).
+    pub fn owned(&self) -> bool {
+        self.shm.check_fork().is_ok()
+            && self.shm.v.conn(self.c).slot[self.end as usize].load(Acquire) == self.shm.token
+    }
+
+    /// Forgets this handle without closing the end (another process owns it now).
+    pub fn disown(mut self) {
+        self.closed = true;
+    }
+
+    /// Bytes queued for this end to read.
+    pub fn pending(&self) -> u64 {
+        let r = self.rring();
+        r.bytes
+            .load(Acquire)
+            .saturating_sub(r.tail_off.load(Relaxed))
+    }
+
+    /// If the peer's process is dead, reclaims what it held (which closes its
+    /// end: FIN, or RST if it had unread data) and returns true.
+    pub fn check_peer(&self) -> SharedResult<bool> {
+        self.shm.check_fork()?;
+        if self.peer_dead() {
+            self.shm.reclaim()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Readiness tokens, writer's side: after publishing, true when the
+    /// caller must put one token byte into its descriptor (the peer's
+    /// descriptor becomes readable). At most one token is outstanding per
+    /// direction.
+    ///
+    /// The protocol (both words sequentially consistent): the writer
+    /// publishes, then takes the token word 0 -> 1. The reader, finding the
+    /// ring empty, takes it 1 -> 0, looks at the ring again and either reads
+    /// its one byte (still empty) or gives the token back (data came). If the
+    /// writer took it in between, there are two bytes for one token: the
+    /// reader reads one. So a byte stays in the descriptor whenever data is
+    /// queued, and none stays when the ring is empty.
+    ///
+    /// A reader asleep in [`wait_readable_once`](Self::wait_readable_once)
+    /// that will drain everything queued (the ring's bytes fit the room it
+    /// announced) needs no token: the futex wakes it and it leaves the ring
+    /// empty. The writer's publish comes before its look at `reader_waiting`
+    /// and the reader clears it before it looks at the ring, so a skipped
+    /// publish is always one the reader sees.
+    pub fn token_take(&self) -> bool {
+        let w = self.wring();
+        let room = w.reader_waiting.load(SeqCst);
+        if room != 0 && w.bytes.load(SeqCst) <= u64::from(room) {
+            return false;
+        }
+        w.tokens.load(SeqCst) == 0 && w.tokens.compare_exchange(0, 1, SeqCst, SeqCst).is_ok()
+    }
+
+    /// Sleeps on the ring's futex until something is readable or `timeout`
+    /// passes, announcing `room` (the bytes the caller will take: see
+    /// [`token_take`](Self::token_take)); true when readable.
+    pub fn wait_readable_once(&self, room: u32, timeout: Duration) -> SharedResult<bool> {
+        self.check_open()?;
+        if self.readable() {
+            return Ok(true);
+        }
+        let r = self.rring();
+        let s = r.wseq.load(SeqCst);
+        r.reader_waiting.store(room.max(1), SeqCst);
+        if !self.readable() {
+            sys::futex_wait(&r.wseq, s, timeout);
+        }
+        r.reader_waiting.store(0, SeqCst);
+        std::sync::atomic::fence(SeqCst);
+        Ok(self.readable())
+    }
+
+    /// Readiness tokens, reader's side: true when the caller must read one
+    /// token byte out of its descriptor (see [`token_take`](Self::token_take)).
+    pub fn token_release(&self) -> bool {
+        let r = self.rring();
+        let empty = || r.head.load(SeqCst) == r.tail.load(SeqCst);
+        if r.tokens.load(SeqCst) != 1 || !empty() {
+            return false;
+        }
+        if r.tokens.compare_exchange(1, 0, SeqCst, SeqCst).is_err() {
+            return false;
+        }
+        if empty() {
+            return true;
+        }
+        // Data came: keep the byte for it (or, if the writer already put a
+        // second one, read one of the two).
+        r.tokens.compare_exchange(0, 1, SeqCst, SeqCst).is_err()
     }
 
     /// Shuts down the writing side: the peer reads what is queued, then EOF.

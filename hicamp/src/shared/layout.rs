@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 use super::SharedError;
 
 pub(crate) const MAGIC: [u8; 8] = *b"HICSHM01";
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 3;
 pub(crate) const HEADER: usize = 4096;
 pub(crate) const PROC_SLOT: usize = 64;
 pub(crate) const STRIPE: usize = 256;
@@ -139,7 +139,10 @@ pub(crate) struct RingHeader {
     /// Writer flags: `FIN` (no more data), `RST` (reset).
     pub wflags: AtomicU32,
     pub reader_waiting: AtomicU32,
-    pub _pad0: [u8; 48],
+    /// Readiness tokens the writer put into its descriptor for this ring
+    /// (0 or 1; the shim's local mode: see `Conn::token_take`).
+    pub tokens: AtomicU32,
+    pub _pad0: [u8; 44],
     pub tail: AtomicU32,
     /// Bumped on every event the writer waits for: its futex word.
     pub rseq: AtomicU32,

@@ -252,6 +252,23 @@ impl Default for SharedOptions {
 }
 
 impl SharedOptions {
+    /// The settings of the libc shim's local mode (`hicamp run --mode
+    /// local`): 4 KiB lines (a stream at 64-byte lines runs at a tenth of
+    /// kernel TCP), 256 MiB of lines, 1024 connections, 1024 names (the
+    /// listener and offer tables), 256 processes.
+    pub fn transport() -> SharedOptions {
+        SharedOptions {
+            line_size: 4096,
+            capacity_lines: 1 << 16,
+            stripes: 64,
+            procs: 256,
+            ledger: 4096,
+            names: 1024,
+            conns: 1024,
+            ring_entries: 256,
+        }
+    }
+
     fn geometry(&self) -> SharedResult<Geometry> {
         if !self.line_size.is_power_of_two() {
             return Err(SharedError::BadParameter(
@@ -290,9 +307,34 @@ const SEED_INTERIOR: u64 = 0x5eed_1e7e;
 /// How long a waiter sleeps before it checks the liveness of whoever it waits for.
 const WAIT_SLICE: Duration = Duration::from_millis(5);
 
+/// The hash of a line: of its bytes up to the last nonzero one (a line has
+/// a fixed size, so that prefix names it). A short message's line is mostly
+/// padding: [`Shm::build`] hashes only the message's bytes.
 #[inline]
 fn line_hash(interior: bool, data: &[u8]) -> u64 {
-    xxh3_64_with_seed(data, if interior { SEED_INTERIOR } else { SEED_LEAF })
+    prefix_hash(interior, trim_zeros(data))
+}
+
+#[inline]
+fn prefix_hash(interior: bool, prefix: &[u8]) -> u64 {
+    xxh3_64_with_seed(prefix, if interior { SEED_INTERIOR } else { SEED_LEAF })
+}
+
+/// `data` without its trailing zero bytes.
+#[inline]
+fn trim_zeros(data: &[u8]) -> &[u8] {
+    let mut end = data.len();
+    while end >= 8 {
+        let w = u64::from_ne_bytes(data[end - 8..end].try_into().unwrap_or([1; 8]));
+        if w != 0 {
+            break;
+        }
+        end -= 8;
+    }
+    while end > 0 && data[end - 1] == 0 {
+        end -= 1;
+    }
+    &data[..end]
 }
 
 /// Sorts `(stripe, id)` pairs by stripe: a counting sort for long lists.
@@ -1037,6 +1079,11 @@ impl Shm {
         // on a large memory each probe is otherwise a cache miss.
         let hashes: Vec<Option<u64>> = (0..n)
             .map(|i| {
+                if i == n - 1 && tail != 0 {
+                    // The padded last line: only the message's bytes can be nonzero.
+                    let t = trim_zeros(&data[data.len() - tail..]);
+                    return (!t.is_empty()).then(|| prefix_hash(false, t));
+                }
                 let line = line_at(i);
                 (!line.iter().all(|&b| b == 0)).then(|| line_hash(false, line))
             })
@@ -1548,6 +1595,18 @@ impl SharedMemory {
         }
         Ok(())
     }
+}
+
+/// The start time of process `pid` (clock ticks since boot, from
+/// `/proc/PID/stat`), if it exists and is not a zombie.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    sys::start_time(pid)
+}
+
+/// True while process `pid` that started at `start` lives (not a zombie,
+/// not a reused pid).
+pub fn process_alive(pid: u32, start: u64) -> bool {
+    sys::alive(pid, start)
 }
 
 const NO_SLOT: u32 = u32::MAX;

@@ -61,6 +61,14 @@ fn stat_of(pid: u32) -> Option<(u64, bool)> {
     Some((start, dead))
 }
 
+/// The start time of a live, non-zombie process `pid`.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    match stat_of(pid)? {
+        (s, false) => Some(s),
+        _ => None,
+    }
+}
+
 /// This process's start time (see [`stat_of`]); 0 if /proc is unreadable,
 /// in which case liveness falls back to the pid alone.
 pub(crate) fn own_start_time() -> u64 {

@@ -158,7 +158,7 @@ unsafe fn stack_recv1(
     addr: *mut sockaddr,
     alen: *mut socklen_t,
 ) -> Option<ssize_t> {
-    if !crate::stack::marked(fd) {
+    if !crate::stack::marked(fd) && !crate::local::marked(fd) {
         return None;
     }
     let b: &mut [u8] = if buf.is_null() || len == 0 {
@@ -167,6 +167,9 @@ unsafe fn stack_recv1(
         // SAFETY: the caller's buffer of `len` writable bytes.
         unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) }
     };
+    if crate::local::marked(fd) {
+        return crate::local::recv(fd, &mut [b], flags);
+    }
     let from = (!addr.is_null()).then_some((addr, alen));
     stk::recv(fd, &mut [b], flags, from).map(|r| r.0)
 }
@@ -176,13 +179,20 @@ unsafe fn stack_recv1(
 /// # Safety
 /// `msg` is the caller's valid msghdr.
 unsafe fn stack_recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> Option<ssize_t> {
-    if !crate::stack::marked(fd) || msg.is_null() {
+    if !crate::stack::marked(fd) && !crate::local::marked(fd) || msg.is_null() {
         return None;
     }
     // SAFETY: the caller's valid msghdr.
     let m = unsafe { &mut *msg };
     // SAFETY: its iovecs are the caller's writable buffers.
     let mut bufs = unsafe { iov_slices_mut(m.msg_iov, m.msg_iovlen as c_int) };
+    if crate::local::marked(fd) {
+        let r = crate::local::recv(fd, &mut bufs, flags)?;
+        if r >= 0 {
+            (m.msg_controllen, m.msg_flags) = (0, 0);
+        }
+        return Some(r);
+    }
     let name = m.msg_name.cast::<sockaddr>();
     let from = (!name.is_null()).then_some((name, &mut m.msg_namelen as *mut socklen_t));
     let (r, mf) = stk::recv(fd, &mut bufs, flags, from)?;
@@ -198,13 +208,16 @@ unsafe fn stack_recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> Option<ssi
 /// # Safety
 /// `msg` is the caller's valid msghdr.
 unsafe fn stack_sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> Option<ssize_t> {
-    if !crate::stack::marked(fd) || msg.is_null() {
+    if !crate::stack::marked(fd) && !crate::local::marked(fd) || msg.is_null() {
         return None;
     }
     // SAFETY: the caller's valid msghdr.
     let m = unsafe { &*msg };
     // SAFETY: its iovecs are the caller's readable buffers.
     let bufs = unsafe { iov_slices(m.msg_iov, m.msg_iovlen as c_int) };
+    if crate::local::marked(fd) {
+        return crate::local::send(fd, &bufs, flags);
+    }
     let dst = (!m.msg_name.is_null())
         .then_some((m.msg_name.cast::<sockaddr>().cast_const(), m.msg_namelen));
     stk::send(fd, &bufs, flags, dst)

@@ -61,6 +61,7 @@ extern "C" fn vfork_prepare() -> usize {
 /// Writes this image's report before `exec` replaces it.
 fn before_exec() {
     crate::stack::exiting("exec");
+    crate::local::before_exec();
     if let Some(_g) = active() {
         guard::shielded(|| {
             account().count(Call::Exec);

@@ -112,6 +112,12 @@ pub unsafe extern "C-unwind" fn __read_chk(
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn readv(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+    if crate::local::marked(fd) {
+        // SAFETY: the caller's iovecs.
+        if let Some(r) = crate::local::recv(fd, &mut unsafe { iov_slices_mut(iov, cnt) }, 0) {
+            return r;
+        }
+    }
     if crate::stack::marked(fd) {
         // SAFETY: the caller's iovecs.
         let mut bufs = unsafe { iov_slices_mut(iov, cnt) };
@@ -161,7 +167,7 @@ pub unsafe extern "C-unwind" fn recvmmsg(
     flags: c_int,
     timeout: *mut timespec,
 ) -> c_int {
-    if crate::stack::marked(fd) && !msgs.is_null() && vlen > 0 {
+    if (crate::stack::marked(fd) || crate::local::marked(fd)) && !msgs.is_null() && vlen > 0 {
         // One message (a blocking first one, as the kernel waits for the first).
         // SAFETY: the caller's first message.
         let m = unsafe { &mut *msgs };

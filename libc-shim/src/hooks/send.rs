@@ -12,6 +12,13 @@ pub unsafe extern "C-unwind" fn send(
     len: size_t,
     flags: c_int,
 ) -> ssize_t {
+    if crate::local::marked(fd) {
+        // SAFETY: the caller's buffer of `len` bytes.
+        if let Some(r) = crate::local::send(fd, &[unsafe { slice(buf, len) }.unwrap_or(&[])], flags)
+        {
+            return r;
+        }
+    }
     if crate::stack::marked(fd) {
         // SAFETY: the caller's buffer of `len` bytes.
         let b = unsafe { slice(buf, len) }.unwrap_or(&[]);
@@ -34,6 +41,13 @@ pub unsafe extern "C-unwind" fn sendto(
     addr: *const sockaddr,
     alen: socklen_t,
 ) -> ssize_t {
+    if crate::local::marked(fd) {
+        // SAFETY: the caller's buffer of `len` bytes.
+        if let Some(r) = crate::local::send(fd, &[unsafe { slice(buf, len) }.unwrap_or(&[])], flags)
+        {
+            return r;
+        }
+    }
     if crate::stack::marked(fd) {
         // SAFETY: the caller's buffer of `len` bytes.
         let b = unsafe { slice(buf, len) }.unwrap_or(&[]);
@@ -50,6 +64,12 @@ pub unsafe extern "C-unwind" fn sendto(
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn write(fd: c_int, buf: *const c_void, len: size_t) -> ssize_t {
+    if crate::local::marked(fd) {
+        // SAFETY: the caller's buffer of `len` bytes.
+        if let Some(r) = crate::local::send(fd, &[unsafe { slice(buf, len) }.unwrap_or(&[])], 0) {
+            return r;
+        }
+    }
     if crate::stack::marked(fd) {
         // SAFETY: the caller's buffer of `len` bytes.
         let b = unsafe { slice(buf, len) }.unwrap_or(&[]);
@@ -65,6 +85,12 @@ pub unsafe extern "C-unwind" fn write(fd: c_int, buf: *const c_void, len: size_t
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn writev(fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t {
+    if crate::local::marked(fd) {
+        // SAFETY: the caller's iovecs.
+        if let Some(r) = crate::local::send(fd, &unsafe { iov_slices(iov, cnt) }, 0) {
+            return r;
+        }
+    }
     if crate::stack::marked(fd) {
         // SAFETY: the caller's iovecs.
         let bufs = unsafe { iov_slices(iov, cnt) };
@@ -111,7 +137,7 @@ pub unsafe extern "C-unwind" fn sendmmsg(
     vlen: c_uint,
     flags: c_int,
 ) -> c_int {
-    if crate::stack::marked(fd) && !msgs.is_null() {
+    if (crate::stack::marked(fd) || crate::local::marked(fd)) && !msgs.is_null() {
         let mut n = 0;
         for i in 0..vlen as usize {
             // SAFETY: the caller's `vlen` messages.
@@ -145,6 +171,10 @@ pub unsafe extern "C-unwind" fn sendfile(
     count: size_t,
 ) -> ssize_t {
     // SAFETY: the caller's offset pointer (off_t is 64-bit here).
+    if let Some(r) = unsafe { crate::local::sendfile(out_fd, in_fd, off.cast(), count) } {
+        return r;
+    }
+    // SAFETY: the caller's offset pointer (off_t is 64-bit here).
     if let Some(r) = unsafe { stk::sendfile(out_fd, in_fd, off.cast(), count) } {
         return r;
     }
@@ -161,6 +191,10 @@ pub unsafe extern "C-unwind" fn sendfile64(
     off: *mut off64_t,
     count: size_t,
 ) -> ssize_t {
+    // SAFETY: the caller's offset pointer.
+    if let Some(r) = unsafe { crate::local::sendfile(out_fd, in_fd, off, count) } {
+        return r;
+    }
     // SAFETY: the caller's offset pointer.
     if let Some(r) = unsafe { stk::sendfile(out_fd, in_fd, off, count) } {
         return r;

@@ -76,6 +76,9 @@ pub unsafe extern "C-unwind" fn listen(fd: c_int, backlog: c_int) -> c_int {
     }
     // SAFETY: as above.
     let ret = unsafe { real::listen(fd, backlog) };
+    if ret == 0 {
+        crate::local::listening(fd);
+    }
     if let Some(_g) = active() {
         guard::shielded(|| {
             account().count(Call::Listen);
@@ -128,6 +131,7 @@ pub unsafe extern "C-unwind" fn accept(
     }
     // SAFETY: as above.
     let ret = unsafe { real::accept(fd, addr, len) };
+    crate::local::accepted(ret, 0);
     accepted(Call::Accept, fd, ret, addr, len, 0);
     ret
 }
@@ -145,6 +149,7 @@ pub unsafe extern "C-unwind" fn accept4(
     }
     // SAFETY: as above.
     let ret = unsafe { real::accept4(fd, addr, len, flags) };
+    crate::local::accepted(ret, flags);
     accepted(Call::Accept4, fd, ret, addr, len, flags);
     ret
 }
@@ -153,6 +158,10 @@ pub unsafe extern "C-unwind" fn accept4(
 pub unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     // SAFETY: the caller's address.
     if let Some(r) = unsafe { stk::connect(fd, addr, len) } {
+        return r;
+    }
+    // SAFETY: the caller's address.
+    if let Some(r) = unsafe { crate::local::connect(fd, addr, len) } {
         return r;
     }
     // SAFETY: as above.
@@ -173,7 +182,7 @@ pub unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: s
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn shutdown(fd: c_int, how: c_int) -> c_int {
-    if let Some(r) = stk::shutdown(fd, how) {
+    if let Some(r) = stk::shutdown(fd, how).or_else(|| crate::local::shutdown(fd, how)) {
         return r;
     }
     // SAFETY: as above.
@@ -185,6 +194,7 @@ pub unsafe extern "C-unwind" fn shutdown(fd: c_int, how: c_int) -> c_int {
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
     stk::closing(fd);
+    crate::local::closing(fd);
     if let Some(_g) = active() {
         guard::shielded(|| {
             account().count(Call::Close);
@@ -199,6 +209,7 @@ pub unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
 pub unsafe extern "C-unwind" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
     if flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) == 0 {
         stk::closing_range(first, last);
+        crate::local::closing_range(first, last);
     }
     // SAFETY: as above.
     let ret = unsafe { real::close_range(first, last, flags) };
@@ -215,6 +226,7 @@ pub unsafe extern "C-unwind" fn close_range(first: c_uint, last: c_uint, flags: 
 
 fn dup_done(call: Call, old: c_int, ret: c_int) {
     stk::duplicated(old, ret);
+    crate::local::duplicated(old, ret);
     if let Some(_g) = active() {
         guard::shielded(|| {
             account().count(call);
@@ -238,6 +250,7 @@ pub unsafe extern "C-unwind" fn dup2(old: c_int, new: c_int) -> c_int {
     // SAFETY: as above.
     let ret = {
         stk::dup_onto(old, new);
+        crate::local::dup_onto(old, new);
         // SAFETY: as above.
         unsafe { real::dup2(old, new) }
     };
@@ -250,6 +263,7 @@ pub unsafe extern "C-unwind" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_
     // SAFETY: as above.
     let ret = {
         stk::dup_onto(old, new);
+        crate::local::dup_onto(old, new);
         // SAFETY: as above.
         unsafe { real::dup3(old, new, flags) }
     };
@@ -258,6 +272,11 @@ pub unsafe extern "C-unwind" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_
 }
 
 fn fcntl_done(call: Call, fd: c_int, cmd: c_int, arg: c_ulong, ret: c_int) {
+    match cmd {
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => crate::local::duplicated(fd, ret),
+        libc::F_SETFL if ret >= 0 => crate::local::set_flags(fd, arg as c_int),
+        _ => {}
+    }
     if ret >= 0 && crate::stack::marked(fd) {
         match cmd {
             libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => stk::duplicated(fd, ret),
@@ -302,6 +321,10 @@ pub unsafe extern "C-unwind" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn ioctl(fd: c_int, req: c_ulong, arg: c_ulong) -> c_int {
     // SAFETY: the caller's argument for this request.
+    if let Some(r) = unsafe { crate::local::ioctl(fd, req, arg) } {
+        return r;
+    }
+    // SAFETY: the caller's argument for this request.
     if let Some(r) = unsafe { stk::ioctl(fd, req, arg) } {
         return r;
     }
@@ -328,6 +351,7 @@ pub unsafe extern "C-unwind" fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> c_int {
+    let fd = crate::local::kernel_fd(fd);
     // SAFETY: the caller's buffers.
     if let Some(r) = unsafe { stk::getsockopt(fd, level, name, val, len) } {
         return r;
@@ -346,6 +370,7 @@ pub unsafe extern "C-unwind" fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> c_int {
+    let fd = crate::local::kernel_fd(fd);
     // SAFETY: the caller's option bytes.
     if let Some(r) = unsafe { stk::setsockopt(fd, level, name, val, len) } {
         return r;
@@ -363,6 +388,7 @@ pub unsafe extern "C-unwind" fn getsockname(
     addr: *mut sockaddr,
     len: *mut socklen_t,
 ) -> c_int {
+    let fd = crate::local::kernel_fd(fd);
     // SAFETY: the caller's buffers.
     if let Some(r) = unsafe { stk::name(fd, addr, len, false) } {
         return r;
@@ -378,6 +404,7 @@ pub unsafe extern "C-unwind" fn getpeername(
     addr: *mut sockaddr,
     len: *mut socklen_t,
 ) -> c_int {
+    let fd = crate::local::kernel_fd(fd);
     // SAFETY: the caller's buffers.
     if let Some(r) = unsafe { stk::name(fd, addr, len, true) } {
         return r;

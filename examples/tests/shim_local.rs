@@ -1,0 +1,600 @@
+//! The shim's local mode with real processes: both ends under `hicamp run --mode local` (or
+//! the plain `LD_PRELOAD` environment) over one shared memory, against each other and against
+//! peers not under the shim. The peers are `local_peer.py` (python3) and redis.
+//!
+//! Every test uses its own memory (`/dev/shm/hicamp-test-local.PID.NAME`, removed at the end)
+//! and ports the kernel chose on 127.0.0.1. After the processes end, the memory is opened and
+//! checked: nothing may leak.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hicamp::shared::SharedMemory;
+use serde_json::Value;
+
+const HICAMP: &str = env!("CARGO_BIN_EXE_hicamp");
+const PEER: &str = include_str!("local_peer.py");
+
+fn shim() -> &'static Path {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    SHIM.get_or_init(|| {
+        let bin_dir = Path::new(HICAMP).parent().expect("binary directory");
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace");
+        testkit::build_shim(env!("CARGO"), workspace, bin_dir)
+    })
+}
+
+#[track_caller]
+fn missing(programs: &[&str]) -> bool {
+    programs
+        .iter()
+        .any(|p| testkit::require_program(p, "--version"))
+}
+
+/// One test's memory, report directory and peer script; the memory file goes at the end.
+struct Setup {
+    mem: PathBuf,
+    dir: tempfile::TempDir,
+    peer: PathBuf,
+}
+
+impl Setup {
+    fn new(name: &str) -> Setup {
+        shim();
+        let mem = PathBuf::from(format!(
+            "/dev/shm/hicamp-test-local.{}.{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&mem);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let peer = dir.path().join("local_peer.py");
+        std::fs::write(&peer, PEER).expect("write peer");
+        Setup { mem, dir, peer }
+    }
+
+    fn report(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `hicamp run --mode local --memory M --report R -- CMD`.
+    fn local(&self, report: &str, cmd: &[&str]) -> Command {
+        let mut c = Command::new(HICAMP);
+        c.args(["run", "--mode", "local", "--memory"])
+            .arg(&self.mem)
+            .arg("--report")
+            .arg(self.report(report))
+            .arg("--")
+            .args(cmd);
+        c
+    }
+
+    /// CMD under the shim through the plain environment (so that the test knows its pid).
+    fn preload(&self, report: &str, cmd: &[&str]) -> Command {
+        let mut c = Command::new(cmd[0]);
+        c.args(&cmd[1..])
+            .env("LD_PRELOAD", shim())
+            .env("HICAMP_SHIM_MODE", "local")
+            .env("HICAMP_LOCAL_MEMORY", &self.mem)
+            .env("HICAMP_SHIM_REPORT", self.report(report));
+        c
+    }
+
+    fn py(&self, args: &[&str]) -> Vec<String> {
+        let mut v = vec!["python3".to_string(), self.peer.display().to_string()];
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    }
+
+    /// Opens the memory after every process ended: nothing leaked.
+    fn check_clean(&self) {
+        let m = SharedMemory::open(&self.mem).expect("open the memory");
+        let c = m.check().expect("check");
+        assert!(c.is_clean(), "{c:?}");
+        assert_eq!(c.dead_processes, 0, "{c:?}");
+    }
+
+    /// The route lines every process of this test wrote (`*.local.PID.jsonl`).
+    fn routes(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(self.dir.path())
+            .expect("read dir")
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.contains(".local.") && n.ends_with(".jsonl") {
+                for l in std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                {
+                    let v: Value = serde_json::from_str(l).expect("json line");
+                    if v["event"] == "route" {
+                        out.push(v);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.mem);
+    }
+}
+
+fn as_refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Kills (SIGKILL) and reaps a child on drop.
+struct Reaper(Option<Child>);
+
+impl Reaper {
+    fn spawn(mut c: Command) -> (Reaper, BufReader<ChildStdout>) {
+        use std::os::unix::process::CommandExt;
+        let mut child = c
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let out = BufReader::new(child.stdout.take().expect("stdout"));
+        (Reaper(Some(child)), out)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.as_ref().expect("child").id()
+    }
+
+    /// Waits at most `secs` for the end; the rest of stdout and the stderr.
+    fn wait(mut self, mut out: BufReader<ChildStdout>, secs: u64) -> (Output, String) {
+        let mut child = self.0.take().expect("child");
+        let t0 = Instant::now();
+        loop {
+            if child.try_wait().expect("try_wait").is_some() {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(secs) {
+                kill_group(child.id());
+                let _ = child.wait();
+                let mut rest = String::new();
+                let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+                panic!("a peer did not end in {secs} s; its output: {rest}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+        let o = child.wait_with_output().expect("wait");
+        (o, rest)
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            kill_group(c.id());
+            let _ = c.wait();
+        }
+    }
+}
+
+/// SIGKILL to the process group a [`Reaper`] child leads (the launcher and its command).
+fn kill_group(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .status();
+}
+
+fn first_line(out: &mut BufReader<ChildStdout>) -> String {
+    let mut l = String::new();
+    out.read_line(&mut l).expect("read the port");
+    l.trim().to_string()
+}
+
+fn run_ok(mut c: Command, secs: u64) -> String {
+    let (r, out) = Reaper::spawn(std::mem::replace(&mut c, Command::new("true")));
+    let (o, text) = r.wait(out, secs);
+    assert!(
+        o.status.success(),
+        "status {:?}; stdout {text}; stderr {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text
+}
+
+/// A stream of `total` bytes from a client to a server, both in local mode; both digests agree
+/// and both ends are reported local.
+fn stream(name: &str, total: u64) {
+    if missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new(name);
+    let (srv, mut so) = Reaper::spawn(s.local("srv", &as_refs(&s.py(&["sink"]))));
+    let port = first_line(&mut so);
+    let text = run_ok(
+        s.local(
+            "cli",
+            &as_refs(&s.py(&["source", &port, &total.to_string()])),
+        ),
+        600,
+    );
+    let l: Vec<&str> = text.lines().collect();
+    assert_eq!(l.len(), 2, "{text}");
+    assert_eq!(l[0], l[1], "digests differ");
+    assert!(l[1].starts_with(&format!("{total} ")), "{text}");
+    let (o, _) = srv.wait(so, 60);
+    assert!(o.status.success());
+    let routes = s.routes();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
+    // The launcher's merged report lists them too, with the copies.
+    let merged: Value =
+        serde_json::from_slice(&std::fs::read(s.report("cli")).expect("merged")).expect("json");
+    let close = merged["local"]
+        .as_array()
+        .expect("local")
+        .iter()
+        .find(|v| v["event"] == "close")
+        .cloned()
+        .expect("close line");
+    assert_eq!(close["copied_in"].as_u64(), Some(total), "{close}");
+    s.check_clean();
+}
+
+#[test]
+fn stream_64mib_by_digest() {
+    stream("s64", 64 << 20);
+}
+
+/// The 1 GiB stream (a few seconds in local mode; run by the default test command).
+#[test]
+fn stream_1gib_by_digest() {
+    stream("s1g", 1 << 30);
+}
+
+#[test]
+fn pingpong_many_connections_with_poll_and_epoll() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new("pp");
+    let nconn = 40;
+    let (srv, mut so) =
+        Reaper::spawn(s.local("srv", &as_refs(&s.py(&["echo", &nconn.to_string()]))));
+    let port = first_line(&mut so);
+    let text = run_ok(
+        s.local(
+            "cli",
+            &as_refs(&s.py(&["pingpong", &port, &nconn.to_string(), "30"])),
+        ),
+        300,
+    );
+    let sent: u64 = text
+        .trim()
+        .strip_prefix("ok ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    let (o, rest) = srv.wait(so, 60);
+    assert!(o.status.success());
+    assert_eq!(rest.trim(), format!("echoed {sent}"));
+    let routes = s.routes();
+    assert_eq!(routes.len(), 2 * nconn, "{routes:?}");
+    assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
+    s.check_clean();
+}
+
+/// Server under the shim, client not (and the reverse): kernel TCP, byte-exact, nothing extra
+/// received by either, and the shimmed side reports the fallback and its reason.
+#[test]
+fn fallback_against_a_peer_not_under_the_shim() {
+    if missing(&["python3"]) {
+        return;
+    }
+    for shimmed_server in [true, false] {
+        let s = Setup::new(if shimmed_server { "fbs" } else { "fbc" });
+        let py = s.py(&["echo", "3"]);
+        let srv_cmd = if shimmed_server {
+            s.local("srv", &as_refs(&py))
+        } else {
+            let mut c = Command::new("python3");
+            c.args(&py[1..]);
+            c
+        };
+        let (srv, mut so) = Reaper::spawn(srv_cmd);
+        let port = first_line(&mut so);
+        let cli = s.py(&["pingpong", &port, "3", "20"]);
+        let cli_cmd = if shimmed_server {
+            let mut c = Command::new("python3");
+            c.args(&cli[1..]);
+            c
+        } else {
+            s.local("cli", &as_refs(&cli))
+        };
+        let text = run_ok(cli_cmd, 120);
+        let sent: u64 = text.trim().strip_prefix("ok ").unwrap().parse().unwrap();
+        let (o, rest) = srv.wait(so, 60);
+        assert!(o.status.success());
+        assert_eq!(
+            rest.trim(),
+            format!("echoed {sent}"),
+            "extra or missing bytes"
+        );
+        let routes = s.routes();
+        assert_eq!(routes.len(), 3, "{routes:?}");
+        for r in &routes {
+            assert_eq!(r["route"], "kernel", "{r}");
+            let why = r["reason"].as_str().unwrap_or("");
+            if shimmed_server {
+                assert!(why.contains("no offer"), "{r}");
+            } else {
+                assert!(why.contains("no listener"), "{r}");
+            }
+        }
+    }
+}
+
+/// Two memories: a client of memory B does not see a server of memory A.
+#[test]
+fn another_memory_stays_on_tcp() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let a = Setup::new("ma");
+    let b = Setup::new("mb");
+    let (srv, mut so) = Reaper::spawn(a.local("srv", &as_refs(&a.py(&["sink"]))));
+    let port = first_line(&mut so);
+    let text = run_ok(
+        b.local("cli", &as_refs(&b.py(&["source", &port, "100000"]))),
+        60,
+    );
+    let l: Vec<&str> = text.lines().collect();
+    assert_eq!(l[0], l[1]);
+    srv.wait(so, 30);
+    assert_eq!(a.routes()[0]["route"], "kernel");
+    assert_eq!(b.routes()[0]["route"], "kernel");
+}
+
+/// SIGKILL of either side mid-transfer: the survivor gets EOF or a reset or EPIPE (it ends,
+/// it does not hang), and the memory has no leak afterwards.
+#[test]
+fn sigkill_of_either_side_mid_transfer_leaks_nothing() {
+    if missing(&["python3"]) {
+        return;
+    }
+    for kill_client in [true, false] {
+        let s = Setup::new(if kill_client { "kc" } else { "ks" });
+        let (srv, mut so) = Reaper::spawn(s.preload("srv", &as_refs(&s.py(&["sink"]))));
+        let port = first_line(&mut so);
+        let (cli, co) = Reaper::spawn(s.preload(
+            "cli",
+            &as_refs(&s.py(&["source", &port, &(64u64 << 30).to_string()])),
+        ));
+        // Mid-transfer: both ends local, and bytes moving.
+        let t0 = Instant::now();
+        while s.routes().len() < 2 && t0.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(s.routes().len(), 2, "{:?}", s.routes());
+        std::thread::sleep(Duration::from_millis(300));
+        let victim = if kill_client { cli.pid() } else { srv.pid() };
+        let killed = Command::new("kill")
+            .args(["-KILL", &victim.to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let (o, text) = if kill_client {
+            let (o, rest) = srv.wait(so, 60);
+            drop(cli);
+            drop(co);
+            (o, rest)
+        } else {
+            let r = cli.wait(co, 60);
+            drop(srv);
+            r
+        };
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        if kill_client {
+            assert!(
+                text.contains("eof after") || text.contains("reset after"),
+                "{text} {err}"
+            );
+        } else {
+            assert!(
+                err.contains("BrokenPipe") || err.contains("ConnectionReset"),
+                "{text} {err}"
+            );
+        }
+        s.check_clean();
+    }
+}
+
+/// A forking server (each connection served by a forked child that adopts the ring end) and a
+/// local-mode client.
+#[test]
+fn forking_server_with_a_local_client() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new("fork");
+    let n = 5;
+    let (srv, mut so) =
+        Reaper::spawn(s.local("srv", &as_refs(&s.py(&["forkserver", &n.to_string()]))));
+    let port = first_line(&mut so);
+    let text = run_ok(
+        s.local(
+            "cli",
+            &as_refs(&s.py(&["lines", &port, &n.to_string(), "50"])),
+        ),
+        120,
+    );
+    assert_eq!(text.trim(), format!("ok {}", n * 50));
+    let (o, rest) = srv.wait(so, 60);
+    assert!(o.status.success(), "{rest}");
+    let routes = s.routes();
+    assert_eq!(routes.len(), 2 * n, "{routes:?}");
+    assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
+    s.check_clean();
+}
+
+/// The launcher makes the memory when it is missing, and refuses a file that is not one
+/// before the command runs.
+#[test]
+fn launcher_makes_the_memory_and_refuses_a_bad_one() {
+    let s = Setup::new("launch");
+    let out = s.local("ok", &["true"]).output().expect("run hicamp");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    SharedMemory::open(&s.mem).expect("the launcher made the memory");
+    std::fs::write(&s.mem, b"not a memory").expect("write");
+    let marker = s.dir.path().join("ran");
+    let out = s
+        .local("bad", &["touch", &marker.display().to_string()])
+        .output()
+        .expect("run hicamp");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("local mode:"), "{err}");
+    assert!(!marker.exists(), "the command must not run");
+}
+
+/// A connection a fork shared ends when its last descriptor closes, while both processes
+/// live: a non-blocking epoll client gets the reply, then EOF (long before the child exits).
+#[test]
+fn fork_shared_connection_ends_at_its_last_close() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new("fclose");
+    let (srv, mut so) = Reaper::spawn(s.local("srv", &as_refs(&s.py(&["forkclose"]))));
+    let port = first_line(&mut so);
+    let text = run_ok(s.local("cli", &as_refs(&s.py(&["eofwait", &port]))), 60);
+    assert!(text.starts_with("eof HELLO"), "{text}");
+    let (o, _) = srv.wait(so, 60);
+    assert!(o.status.success());
+    let routes = s.routes();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
+    s.check_clean();
+}
+
+/// A process with a local connection execs: the new image's connection negotiates again
+/// (local), and the old connection, whose descriptor the exec closed, ends (EOF at the server).
+#[test]
+fn after_exec_new_connections_negotiate_again() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new("exec");
+    let (srv, mut so) = Reaper::spawn(s.local("srv", &as_refs(&s.py(&["echo", "2"]))));
+    let port = first_line(&mut so);
+    let text = run_ok(s.local("cli", &as_refs(&s.py(&["execpp", &port]))), 120);
+    let sent: u64 = text.trim().strip_prefix("ok ").unwrap().parse().unwrap();
+    let (o, rest) = srv.wait(so, 60);
+    assert!(o.status.success());
+    assert_eq!(rest.trim(), format!("echoed {}", sent + 11));
+    let routes = s.routes();
+    assert_eq!(routes.len(), 4, "{routes:?}");
+    assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
+    s.check_clean();
+}
+
+/// redis-benchmark against redis-server, both in local mode: correct replies (redis-cli reads
+/// back what it wrote, redis-benchmark reports no error) and every connection local.
+#[test]
+fn redis_benchmark_against_redis_server_in_local_mode() {
+    if missing(&["redis-server", "redis-benchmark", "redis-cli"]) {
+        return;
+    }
+    let s = Setup::new("redis");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port().to_string()
+    };
+    let (srv, so) = Reaper::spawn(s.local(
+        "srv",
+        &[
+            "redis-server",
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+    ));
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "redis did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cli = |args: &[&str]| {
+        let mut v = vec!["redis-cli", "-p", &port];
+        v.extend_from_slice(args);
+        run_ok(s.local("rc", &v), 60)
+    };
+    let value = "x".repeat(5000);
+    assert_eq!(cli(&["set", "k1", &value]).trim(), "OK");
+    assert_eq!(cli(&["get", "k1"]).trim(), value);
+    let bench = run_ok(
+        s.local(
+            "bench",
+            &[
+                "redis-benchmark",
+                "-p",
+                &port,
+                "-n",
+                "4000",
+                "-c",
+                "10",
+                "-t",
+                "set,get",
+                "-d",
+                "100",
+                "-q",
+            ],
+        ),
+        300,
+    );
+    assert!(bench.contains("SET:") && bench.contains("GET:"), "{bench}");
+    assert!(!bench.to_lowercase().contains("error"), "{bench}");
+    assert_eq!(
+        cli(&["dbsize"]).trim().parse::<u64>().ok().map(|n| n >= 2),
+        Some(true)
+    );
+    let mut down = s.local("rc", &["redis-cli", "-p", &port, "shutdown", "nosave"]);
+    let _ = down.output();
+    let _ = srv.wait(so, 30);
+    let routes = s.routes();
+    assert!(routes.len() >= 2 * 13, "{routes:?}");
+    for r in &routes {
+        // The launcher's own probe of the port is the one connection without the shim.
+        if r["role"] == "server" && r["route"] == "kernel" {
+            continue;
+        }
+        assert_eq!(r["route"], "local", "{r}");
+    }
+    let local_server = routes
+        .iter()
+        .filter(|r| r["role"] == "server" && r["route"] == "local")
+        .count();
+    assert!(local_server >= 13, "{routes:?}");
+    s.check_clean();
+}

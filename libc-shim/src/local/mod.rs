@@ -1,0 +1,1432 @@
+//! Local mode: TCP connections between two processes under the shim that attach the same
+//! shared HICAMP memory ([`hicamp::shared`]) carry their bytes as snapshots in the memory's
+//! connection rings; the kernel's TCP connection stays open underneath.
+//!
+//! # Settings
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `HICAMP_SHIM_MODE=local` | this mode (`hicamp run --mode local` sets it) | |
+//! | `HICAMP_LOCAL_MEMORY` | the shared memory file (created with [`SharedOptions::transport`] if missing) | `/dev/shm/hicamp-local.EUID` |
+//!
+//! # Negotiation (after the kernel's handshake; nothing extra on the wire)
+//!
+//! ```text
+//!  server: listen(fd)   -> names["L/ip:port"] = pid start euid netns
+//!  client: connect(fd)  -> live listener in this memory, same netns and euid?
+//!                          bind(dst_ip:0) (the 4-tuple is known before the SYN),
+//!                          conn = memory.connect(), socketpair (A, B),
+//!                          names["O/ip:port/cport"] = pid start conn B-fd;
+//!                          real connect (a non-blocking one is waited for, at most 3 s);
+//!                          A dup3ed over fd (kernel socket kept at a hidden fd)
+//!  server: accept()     -> names["O/..."] found and unbound (the claim);
+//!                          pidfd_open + pidfd_getfd(B), memory.accept(conn);
+//!                          B dup3ed over the accepted fd (kernel socket hidden)
+//! ```
+//!
+//! Why this protocol: the offer is published *before* the SYN, so the accepting process
+//! (whichever process accepts: a forked child too) finds it by the 4-tuple the kernel gives
+//! it, with no byte on the TCP connection and no wait in either process. A peer not under the
+//! shim never sees anything: a client without the shim publishes no offer (the server stays on
+//! kernel TCP), a server without it publishes no listener (the client stays on kernel TCP).
+//! Another memory, mode off, a dead listener, another network namespace, another user (whose
+//! `pidfd_getfd` would be denied), a destination that is not a local address, or an
+//! unfinished handshake: kernel TCP, with the reason in the report. The client commits when
+//! its connect returns (it may send before the server accepts: the bytes wait in the ring);
+//! if the acceptor then cannot take B (`pidfd_getfd` denied: a worker that changed user), it
+//! closes its end of the ring, so the client sees EPIPE/EOF, not silence, and the server's
+//! application gets the kernel socket: that case is reported as `broken`.
+//!
+//! # Readiness
+//!
+//! The application's descriptor is one end of an AF_UNIX socketpair; the peer holds the other.
+//! A writer that publishes into an empty ring puts one token byte into *its* end, which makes
+//! the reader's descriptor readable; a reader that empties the ring takes the byte out
+//! (`Conn::token_take`/`token_release`: at most one byte per direction, never a byte left
+//! behind an empty ring). `shutdown(SHUT_WR)` shuts the pair's end down too (EOF and
+//! `POLLRDHUP` at the peer), the last close closes it (`POLLHUP`). So kernel `epoll`, `poll`
+//! and `select` work on sets mixing local and kernel descriptors. A reader blocked in `recv`
+//! sleeps on the ring's futex, announcing the room it has; a writer that finds it asleep with
+//! room for everything queued wakes it and puts no token (the reader drains the ring, so no
+//! readiness is owed): one system call each side per message, as TCP. Every 50 ms of sleep it
+//! checks for a dead or vanished peer. Writability: the pair's end is always writable;
+//! a full ring (4 MiB or 256 entries in flight) makes a non-blocking send fail with EAGAIN
+//! while `POLLOUT` still says writable (a spin, not a hang); a blocking send sleeps on the
+//! ring's futex.
+//!
+//! # Data path
+//!
+//! `send`/`write`/`writev`/`sendmsg`/`sendto`/`sendfile` copy the user's bytes once into lines
+//! of the shared memory (deduplicated across processes) and publish the snapshot;
+//! `recv`/`read`/`readv`/`recvmsg`/`recvfrom` copy out of the lines once. Both copies are in
+//! the report. `getsockname`, `getpeername`, `getsockopt`, `setsockopt` go to the kernel
+//! socket; `FIONREAD` gives the bytes in the ring.
+//!
+//! # Lifecycle
+//!
+//! * `shutdown(SHUT_WR)`: FIN in the ring (the peer reads the data, then EOF), the pair's end
+//!   and the kernel socket shut down. `close` (the last descriptor of it in the process): FIN,
+//!   or RST if bytes sent to us are unread (the peer's read gets ECONNRESET), and the kernel
+//!   socket closes. At exit, an `atexit` handler closes this process's connections the same
+//!   way.
+//! * A peer killed at any moment: its pair end closes, the reader wakes, finds the ring empty
+//!   without FIN, and the memory's recovery (its process is dead) closes the dead end: EOF, or
+//!   ECONNRESET if the dead process left bytes unread. A writer to a dead reader gets EPIPE.
+//! * `fork`: a child that inherits a local connection can use it: its first operation on it
+//!   *adopts* the ring end (the memory is reopened in the child, the end's owner becomes the
+//!   child). One process at a time: the last process to use an end owns it; a process that
+//!   does not own it closes only its descriptor (the forking server's parent closing the
+//!   accepted socket does not end the child's connection). The price: the owner's close ends
+//!   the connection even while a non-owner still holds the descriptor.
+//! * `exec`: the listener records of this process are withdrawn (the new image publishes again
+//!   when it listens); its new connections negotiate again. A local descriptor inherited
+//!   across exec is a plain unix socket in the new image.
+//! * A client's B end stays open in the client until the server has taken it (the client
+//!   closes it at its next operation on the connection): a client that idles in `epoll_wait`
+//!   right after connecting learns of the server's death only at its next operation.
+//! * A server that accepts through a path the shim does not see (io_uring, a statically linked
+//!   program after exec) never claims the offer: its client, committed, waits.
+//!
+//! # Report
+//!
+//! Each process appends one JSON line per decision and per closed connection to
+//! `PREFIX.local.PID.jsonl` (`HICAMP_SHIM_REPORT`, else `$TMPDIR/hicamp-shim`): role, addresses,
+//! route (`local`, `kernel`, `broken`) and, for a fallback, the reason; at close the bytes
+//! copied into the memory (`copied_in`) and out of it (`copied_out`).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Once};
+
+use hicamp::shared::{Conn, ConnId, SharedError, SharedMemory, SharedOptions};
+use libc::{c_int, c_void, sockaddr, socklen_t, ssize_t};
+use parking_lot::{Mutex, RwLock};
+
+use crate::guard::{self, Guard};
+use crate::{real, sys};
+
+/// Descriptors the marks cover.
+const MAX_FD: usize = 1 << 16;
+/// Hidden descriptors (kernel sockets, B ends) are moved at or above this number, out of the
+/// way of an application that expects the lowest free numbers.
+const HIDDEN_FD_MIN: c_int = 300;
+/// Longest wait for a non-blocking connect's handshake before the connection stays on TCP.
+const HANDSHAKE_WAIT_MS: c_int = 3000;
+/// Largest piece one ring entry takes.
+const CHUNK: usize = 1 << 20;
+
+static MARKS: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
+
+/// True when `fd` is a local-mode connection of this process.
+#[inline]
+pub fn marked(fd: c_int) -> bool {
+    let i = fd as u32 as usize;
+    i < MAX_FD && MARKS[i >> 6].load(Relaxed) & (1 << (i & 63)) != 0
+}
+
+fn set_mark(fd: c_int, on: bool) {
+    let i = fd as u32 as usize;
+    if i < MAX_FD {
+        if on {
+            MARKS[i >> 6].fetch_or(1 << (i & 63), Relaxed);
+        } else {
+            MARKS[i >> 6].fetch_and(!(1 << (i & 63)), Relaxed);
+        }
+    }
+}
+
+/// 0: not decided; 1: local mode; 2: another mode.
+static ON: AtomicU8 = AtomicU8::new(0);
+
+/// True in local mode.
+#[inline]
+pub fn on() -> bool {
+    match ON.load(Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = crate::config::Config::get().mode == crate::config::Mode::Local;
+            ON.store(if on { 1 } else { 2 }, Relaxed);
+            if on {
+                init();
+            }
+            on
+        }
+    }
+}
+
+/// The shared memory's path: `HICAMP_LOCAL_MEMORY`, else `/dev/shm/hicamp-local.EUID`.
+pub fn memory_path() -> PathBuf {
+    std::env::var_os("HICAMP_LOCAL_MEMORY")
+        .filter(|p| !p.is_empty())
+        .map_or_else(
+            || PathBuf::from(format!("/dev/shm/hicamp-local.{}", sys::geteuid())),
+            PathBuf::from,
+        )
+}
+
+/// One local connection of this process (shared by its descriptor numbers after `dup`).
+struct Entry {
+    /// The ring end (`None` once closed).
+    conn: RwLock<Option<Conn>>,
+    id: ConnId,
+    end: u32,
+    /// Serialises this process's senders, and its receivers (each ring is SPSC).
+    send_lock: Mutex<()>,
+    recv_lock: Mutex<()>,
+    /// The kernel TCP socket, kept open underneath.
+    hidden: c_int,
+    /// Client: its B end until the server has taken it (-1 after).
+    held_b: AtomicI32,
+    /// Descriptor numbers of this process naming it.
+    refs: AtomicU32,
+    /// Receives in a row that found nothing (a hang-up check after two).
+    empty_reads: AtomicU32,
+    /// `O_NONBLOCK` of the descriptor (kept by the `fcntl` and `ioctl` hooks).
+    nonblock: std::sync::atomic::AtomicBool,
+    /// A fork shared it: this process's last close is not the connection's (the peer sees the
+    /// last close anywhere as its pair end's hang-up, and closes our ring end for us).
+    forked: std::sync::atomic::AtomicBool,
+    copied_in: AtomicU64,
+    copied_out: AtomicU64,
+    role: &'static str,
+    local: String,
+    peer: String,
+}
+
+struct State {
+    fds: HashMap<c_int, Arc<Entry>>,
+    /// Listener records this process published: descriptor -> (name, publisher pid).
+    listeners: HashMap<c_int, (String, i32)>,
+}
+
+static TABLE: Mutex<Option<State>> = Mutex::new(None);
+static MEM: Mutex<Option<(i32, Arc<SharedMemory>)>> = Mutex::new(None);
+
+fn with_table<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    let mut g = TABLE.lock();
+    let st = g.get_or_insert_with(|| State {
+        fds: HashMap::new(),
+        listeners: HashMap::new(),
+    });
+    f(st)
+}
+
+fn entry(fd: c_int) -> Option<Arc<Entry>> {
+    with_table(|t| t.fds.get(&fd).cloned())
+}
+
+unsafe extern "C" fn atfork_prepare() {
+    std::mem::forget(MEM.lock());
+    std::mem::forget(TABLE.lock());
+}
+
+unsafe extern "C" fn atfork_release() {
+    // SAFETY: `atfork_prepare` locked TABLE and forgot the guard: this thread holds it.
+    if let Some(st) = unsafe { &*TABLE.data_ptr() } {
+        for e in st.fds.values() {
+            e.forked.store(true, Relaxed);
+        }
+    }
+    // SAFETY: `atfork_prepare` locked both and forgot the guards; this thread (the parent's
+    // forking thread, or the child's only thread) unlocks them once.
+    unsafe { TABLE.force_unlock() };
+    // SAFETY: as above.
+    unsafe { MEM.force_unlock() };
+}
+
+extern "C" fn at_exit() {
+    if let Some(_g) = Guard::enter() {
+        guard::shielded(close_all);
+    }
+}
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // SAFETY: the handlers are plain `unsafe extern "C" fn()`s that never unwind.
+        let r = unsafe {
+            libc::pthread_atfork(
+                Some(atfork_prepare),
+                Some(atfork_release),
+                Some(atfork_release),
+            )
+        };
+        if r != 0 {
+            sys::diag("local mode: pthread_atfork failed");
+        }
+        // SAFETY: registering a plain `extern "C" fn()`.
+        if unsafe { libc::atexit(at_exit) } != 0 {
+            sys::diag("local mode: atexit failed");
+        }
+    });
+}
+
+/// This process's attachment to the memory (reopened in a forked child; created if missing).
+fn memory() -> Result<Arc<SharedMemory>, String> {
+    let pid = sys::getpid();
+    let mut g = MEM.lock();
+    if let Some((p, m)) = g.as_ref() {
+        if *p == pid {
+            return Ok(m.clone());
+        }
+    }
+    if let Some((_, old)) = g.take() {
+        // A handle inherited through fork is not ours; dropping it does nothing.
+        drop(old);
+    }
+    let path = memory_path();
+    let m = match SharedMemory::open(&path) {
+        Ok(m) => m,
+        Err(SharedError::Io { .. }) if !path.exists() => {
+            match SharedMemory::create(&path, SharedOptions::transport()) {
+                Ok(m) => m,
+                Err(_) => SharedMemory::open(&path)
+                    .map_err(|e| format!("memory {}: {e}", path.display()))?,
+            }
+        }
+        Err(e) => return Err(format!("memory {}: {e}", path.display())),
+    };
+    let m = Arc::new(m);
+    *g = Some((pid, m.clone()));
+    Ok(m)
+}
+
+// ----- small system helpers -----
+
+fn last_errno() -> c_int {
+    guard::errno()
+}
+
+thread_local! {
+    /// The errno an operation's result carries, set once [`guard::shielded`] (which keeps the
+    /// caller's errno) has returned.
+    static PENDING: std::cell::Cell<c_int> = const { std::cell::Cell::new(0) };
+}
+
+/// Sets the errno the caller will see.
+fn set_err(e: c_int) {
+    let _ = PENDING.try_with(|p| p.set(e));
+}
+
+fn fail<T: From<i8>>(e: c_int) -> T {
+    set_err(e);
+    T::from(-1)
+}
+
+/// [`guard::shielded`], then the operation's errno, if it set one.
+fn run<R>(f: impl FnOnce() -> R) -> Option<R> {
+    let _ = PENDING.try_with(|p| p.set(0));
+    let r = guard::shielded(f);
+    if let Ok(e) = PENDING.try_with(|p| p.replace(0)) {
+        if e != 0 {
+            guard::set_errno(e);
+        }
+    }
+    r
+}
+
+fn sock_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+    let mut v: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as socklen_t;
+    // SAFETY: `v` and `len` are valid for an int option.
+    let r = unsafe { real::getsockopt(fd, level, name, (&mut v as *mut c_int).cast(), &mut len) };
+    (r == 0).then_some(v)
+}
+
+fn is_tcp4(fd: c_int) -> bool {
+    sock_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) == Some(libc::AF_INET)
+        && sock_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+}
+
+fn v4(a: Option<SocketAddr>) -> Option<SocketAddrV4> {
+    match a? {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(_) => None,
+    }
+}
+
+fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Moves `fd` to a hidden number (close-on-exec); returns it, or -1.
+fn hide(fd: c_int) -> c_int {
+    // SAFETY: F_DUPFD_CLOEXEC takes an int argument.
+    unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, HIDDEN_FD_MIN as libc::c_ulong) }
+}
+
+fn close_fd(fd: c_int) {
+    if fd >= 0 {
+        // SAFETY: closing a descriptor of the shim's own.
+        unsafe { real::close(fd) };
+    }
+}
+
+fn netns() -> u64 {
+    std::fs::metadata("/proc/self/ns/net").map_or(0, |m| {
+        use std::os::unix::fs::MetadataExt;
+        m.ino()
+    })
+}
+
+fn own_start() -> u64 {
+    hicamp::shared::process_start_time(sys::getpid() as u32).unwrap_or(0)
+}
+
+// ----- the report -----
+
+fn report_path() -> PathBuf {
+    let pid = sys::getpid();
+    match &crate::config::Config::get().report {
+        Some(prefix) => {
+            let mut p = prefix.clone().into_os_string();
+            p.push(format!(".local.{pid}.jsonl"));
+            p.into()
+        }
+        None => sys::tmp_dir().join(format!("hicamp-shim.local.{pid}.jsonl")),
+    }
+}
+
+fn report(mut v: serde_json::Value) {
+    use std::io::Write;
+    if let Some(id) = &crate::config::Config::get().run_id {
+        v["run"] = id.clone().into();
+    }
+    let mut line = v.to_string();
+    line.push('\n');
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(report_path())
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+fn report_route(role: &str, local: &str, peer: &str, route: &str, reason: Option<&str>) {
+    report(serde_json::json!({
+        "event": "route",
+        "pid": sys::getpid(),
+        "role": role,
+        "local": local,
+        "peer": peer,
+        "route": route,
+        "reason": reason,
+    }));
+}
+
+// ----- records in the memory's names table -----
+
+fn listener_name(a: SocketAddrV4) -> String {
+    format!("L/{a}")
+}
+
+fn offer_name(dst: SocketAddrV4, cport: u16) -> String {
+    format!("O/{dst}/{cport}")
+}
+
+fn read_record(mem: &SharedMemory, name: &str) -> Option<Vec<u64>> {
+    let seg = mem.lookup(name).ok()??;
+    let bytes = seg.to_vec().ok()?;
+    let s = String::from_utf8(bytes).ok()?;
+    s.split_ascii_whitespace().map(|x| x.parse().ok()).collect()
+}
+
+fn write_record(mem: &SharedMemory, name: &str, fields: &[u64]) -> Result<(), SharedError> {
+    let s = fields
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let seg = mem.intern(s.as_bytes())?;
+    mem.bind(name, &seg)
+}
+
+/// `listen` succeeded on `fd`: publish it (local mode).
+pub fn listening(fd: c_int) {
+    if !on() {
+        return;
+    }
+    let Some(_g) = Guard::enter() else { return };
+    guard::shielded(|| {
+        let e = last_errno();
+        if is_tcp4(fd) {
+            if let Some(a) = v4(sys::sock_addr(fd, false)) {
+                if let Ok(mem) = memory() {
+                    let name = listener_name(a);
+                    let rec = [
+                        sys::getpid() as u64,
+                        own_start(),
+                        sys::geteuid() as u64,
+                        netns(),
+                    ];
+                    match write_record(&mem, &name, &rec) {
+                        Ok(()) => with_table(|t| {
+                            t.listeners.insert(fd, (name, sys::getpid()));
+                        }),
+                        Err(err) => sys::diag(&format!("local mode: listener {a}: {err}")),
+                    }
+                }
+            }
+        }
+        guard::set_errno(e);
+    });
+}
+
+/// Why a connection to `dst` cannot go local (`None`: it can).
+fn listener_check(mem: &SharedMemory, dst: SocketAddrV4) -> Option<String> {
+    let names = [
+        listener_name(dst),
+        listener_name(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, dst.port())),
+    ];
+    let mut gone = None;
+    for name in &names {
+        let Some(rec) = read_record(mem, name) else {
+            continue;
+        };
+        if rec.len() < 4 {
+            continue;
+        }
+        if !hicamp::shared::process_alive(rec[0] as u32, rec[1]) {
+            let _ = mem.unbind(name);
+            gone = Some(format!("listener process {} gone", rec[0]));
+            continue;
+        }
+        if rec[3] != netns() {
+            return Some("listener in another network namespace".into());
+        }
+        if rec[2] != sys::geteuid() as u64 {
+            return Some(format!(
+                "listener runs as uid {}, not {} (pidfd_getfd would be denied)",
+                rec[2],
+                sys::geteuid()
+            ));
+        }
+        return None;
+    }
+    Some(gone.unwrap_or_else(|| {
+        "no listener under the shim in this memory (peer not shimmed, another memory, or mode off)"
+            .into()
+    }))
+}
+
+/// `connect` in local mode (`None`: not a local-mode candidate; the caller connects).
+///
+/// # Safety
+/// `addr` is the caller's address of `len` bytes.
+pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<c_int> {
+    if !on() {
+        return None;
+    }
+    if marked(fd) {
+        // Connected already (hiredis calls connect again to learn that).
+        guard::set_errno(libc::EISCONN);
+        return Some(-1);
+    }
+    let _g = Guard::enter()?;
+    // SAFETY: the caller's address.
+    let dst = v4(unsafe { sys::parse_sockaddr(addr, len) })?;
+    if !is_tcp4(fd) {
+        return None;
+    }
+    run(|| {
+        // SAFETY: as above.
+        unsafe { connect_local(fd, addr, len, dst) }
+    })
+    .flatten()
+}
+
+/// The kernel route, reported, for a client.
+fn client_kernel(fd: c_int, dst: SocketAddrV4, reason: &str) -> Option<c_int> {
+    let local = sys::sock_addr(fd, false).map_or(String::new(), |a| a.to_string());
+    report_route("client", &local, &dst.to_string(), "kernel", Some(reason));
+    None
+}
+
+/// # Safety
+/// As [`connect`].
+unsafe fn connect_local(
+    fd: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+    dst: SocketAddrV4,
+) -> Option<c_int> {
+    let mem = match memory() {
+        Ok(m) => m,
+        Err(e) => return client_kernel(fd, dst, &e),
+    };
+    if let Some(why) = listener_check(&mem, dst) {
+        return client_kernel(fd, dst, &why);
+    }
+    // The 4-tuple before the SYN: bind to the destination address (a local one) if unbound.
+    let mut local = v4(sys::sock_addr(fd, false))?;
+    if local.port() == 0 {
+        let sa = sockaddr_in(SocketAddrV4::new(*dst.ip(), 0));
+        // SAFETY: a valid sockaddr_in.
+        let r = unsafe {
+            real::bind(
+                fd,
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as socklen_t,
+            )
+        };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            return client_kernel(fd, dst, &format!("destination not a local address ({e})"));
+        }
+        local = v4(sys::sock_addr(fd, false))?;
+    }
+    let conn = match mem.connect() {
+        Ok(c) => c,
+        Err(e) => return client_kernel(fd, dst, &format!("ring: {e}")),
+    };
+    let mut sv = [-1; 2];
+    // SAFETY: `sv` has room for two descriptors.
+    if unsafe {
+        real::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return client_kernel(fd, dst, "socketpair failed");
+    }
+    let (a, b0) = (sv[0], sv[1]);
+    let b = hide(b0);
+    close_fd(b0);
+    let name = offer_name(dst, local.port());
+    let rec = [
+        sys::getpid() as u64,
+        own_start(),
+        conn.id().0 as u64,
+        b.max(0) as u64,
+    ];
+    let withdraw = |conn: Conn| {
+        let _ = mem.unbind(&name);
+        drop(conn);
+        close_fd(a);
+        close_fd(b);
+    };
+    if b < 0 {
+        withdraw(conn);
+        return client_kernel(fd, dst, "no descriptor for the pair");
+    }
+    if let Err(e) = write_record(&mem, &name, &rec) {
+        withdraw(conn);
+        return client_kernel(fd, dst, &format!("offer: {e}"));
+    }
+    // SAFETY: the caller's address.
+    let ret = unsafe { real::connect(fd, addr, len) };
+    let err = last_errno();
+    if ret != 0 {
+        let mut ok = false;
+        if err == libc::EINPROGRESS {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { real::poll(&mut p, 1, HANDSHAKE_WAIT_MS) };
+            ok = n == 1 && sock_int(fd, libc::SOL_SOCKET, libc::SO_ERROR) == Some(0);
+            if ok {
+                // The handshake is done; the application will see it through POLLOUT.
+            }
+        }
+        if !ok {
+            withdraw(conn);
+            let reason = if err == libc::EINPROGRESS {
+                "handshake not finished in 3 s".to_string()
+            } else {
+                format!("connect failed: {}", std::io::Error::from_raw_os_error(err))
+            };
+            report_route(
+                "client",
+                &local.to_string(),
+                &dst.to_string(),
+                "kernel",
+                Some(&reason),
+            );
+            set_err(err);
+            return Some(ret);
+        }
+    }
+    // Connected: the pair's end A takes the application's descriptor number.
+    let hidden = hide(fd);
+    // SAFETY: F_GETFL / F_GETFD take no argument.
+    let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    // SAFETY: as above.
+    let fdfl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+    let cloexec = if fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: F_SETFL with an int argument on our own descriptor.
+    unsafe {
+        real::fcntl(
+            a,
+            libc::F_SETFL,
+            (libc::O_RDWR | (fl.max(0) & libc::O_NONBLOCK)) as libc::c_ulong,
+        )
+    };
+    // SAFETY: `a` is ours; `fd` is the application's socket, now held at `hidden` too.
+    if hidden < 0 || unsafe { real::dup3(a, fd, cloexec) } != fd {
+        // The peer may take B and attach: close our end so it sees EOF, and stay on TCP.
+        close_fd(hidden);
+        let _ = mem.unbind(&name);
+        drop(conn);
+        close_fd(a);
+        close_fd(b);
+        report_route(
+            "client",
+            &local.to_string(),
+            &dst.to_string(),
+            "broken",
+            Some("cannot move the pair onto the descriptor"),
+        );
+        set_err(err);
+        return Some(ret);
+    }
+    close_fd(a);
+    let e = Arc::new(Entry {
+        conn: RwLock::new(Some(conn)),
+        id: ConnId(rec[2] as u32),
+        end: 0,
+        send_lock: Mutex::new(()),
+        recv_lock: Mutex::new(()),
+        hidden,
+        held_b: AtomicI32::new(b),
+        refs: AtomicU32::new(1),
+        empty_reads: AtomicU32::new(0),
+        nonblock: std::sync::atomic::AtomicBool::new(fl >= 0 && fl & libc::O_NONBLOCK != 0),
+        forked: std::sync::atomic::AtomicBool::new(false),
+        copied_in: AtomicU64::new(0),
+        copied_out: AtomicU64::new(0),
+        role: "client",
+        local: local.to_string(),
+        peer: dst.to_string(),
+    });
+    with_table(|t| t.fds.insert(fd, e));
+    set_mark(fd, true);
+    report_route(
+        "client",
+        &local.to_string(),
+        &dst.to_string(),
+        "local",
+        None,
+    );
+    if ret != 0 {
+        set_err(err);
+    }
+    Some(ret)
+}
+
+/// `accept`/`accept4` returned `fd` (local mode): claims the client's offer, if any.
+pub fn accepted(fd: c_int, flags: c_int) {
+    if fd < 0 || !on() {
+        return;
+    }
+    let Some(_g) = Guard::enter() else { return };
+    let e = last_errno();
+    guard::shielded(|| accept_local(fd, flags));
+    guard::set_errno(e);
+}
+
+fn pidfd_getfd(pid: u32, target: c_int) -> Result<c_int, String> {
+    // SAFETY: pidfd_open(pid, 0) has no memory arguments.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as c_int, 0) } as c_int;
+    if pidfd < 0 {
+        return Err(format!("pidfd_open: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: pidfd_getfd(pidfd, fd, 0) has no memory arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, target, 0) } as c_int;
+    let err = std::io::Error::last_os_error();
+    close_fd(pidfd);
+    if fd < 0 {
+        return Err(format!("pidfd_getfd: {err}"));
+    }
+    Ok(fd)
+}
+
+fn accept_local(fd: c_int, flags: c_int) {
+    if !is_tcp4(fd) {
+        return;
+    }
+    let (Some(local), Some(peer)) = (v4(sys::sock_addr(fd, false)), v4(sys::sock_addr(fd, true)))
+    else {
+        return;
+    };
+    let (ls, ps) = (local.to_string(), peer.to_string());
+    let mem = match memory() {
+        Ok(m) => m,
+        Err(e) => return report_route("server", &ls, &ps, "kernel", Some(&e)),
+    };
+    let name = offer_name(local, peer.port());
+    let rec = match read_record(&mem, &name) {
+        Some(r) if r.len() >= 4 && *peer.ip() == *local.ip() => r,
+        _ => {
+            return report_route(
+                "server",
+                &ls,
+                &ps,
+                "kernel",
+                Some("no offer: peer not under the shim in this memory"),
+            )
+        }
+    };
+    if !matches!(mem.unbind(&name), Ok(true)) {
+        return report_route("server", &ls, &ps, "kernel", Some("offer taken by another"));
+    }
+    let (pid, cid, bfd) = (rec[0] as u32, ConnId(rec[2] as u32), rec[3] as c_int);
+    let b = match pidfd_getfd(pid, bfd) {
+        Ok(b) => b,
+        Err(why) => {
+            // The client committed: close the ring end so that it sees EOF/EPIPE, not silence.
+            if let Ok(c) = mem.accept(cid) {
+                let _ = c.close();
+            }
+            return report_route("server", &ls, &ps, "broken", Some(&why));
+        }
+    };
+    let conn = match mem.accept(cid) {
+        Ok(c) => c,
+        Err(e) => {
+            close_fd(b);
+            return report_route("server", &ls, &ps, "kernel", Some(&format!("ring: {e}")));
+        }
+    };
+    let hidden = hide(fd);
+    let nb = if flags & libc::SOCK_NONBLOCK != 0 {
+        libc::O_NONBLOCK
+    } else {
+        0
+    };
+    // SAFETY: F_SETFL with an int argument on our own descriptor.
+    unsafe { real::fcntl(b, libc::F_SETFL, (libc::O_RDWR | nb) as libc::c_ulong) };
+    let cloexec = if flags & libc::SOCK_CLOEXEC != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: `b` is ours; `fd` is the accepted socket, now held at `hidden` too.
+    if hidden < 0 || unsafe { real::dup3(b, fd, cloexec) } != fd {
+        close_fd(hidden);
+        close_fd(b);
+        let _ = conn.close();
+        return report_route("server", &ls, &ps, "broken", Some("cannot move the pair"));
+    }
+    close_fd(b);
+    let e = Arc::new(Entry {
+        conn: RwLock::new(Some(conn)),
+        id: cid,
+        end: 1,
+        send_lock: Mutex::new(()),
+        recv_lock: Mutex::new(()),
+        hidden,
+        held_b: AtomicI32::new(-1),
+        refs: AtomicU32::new(1),
+        empty_reads: AtomicU32::new(0),
+        nonblock: std::sync::atomic::AtomicBool::new(flags & libc::SOCK_NONBLOCK != 0),
+        forked: std::sync::atomic::AtomicBool::new(false),
+        copied_in: AtomicU64::new(0),
+        copied_out: AtomicU64::new(0),
+        role: "server",
+        local: ls.clone(),
+        peer: ps.clone(),
+    });
+    with_table(|t| t.fds.insert(fd, e));
+    set_mark(fd, true);
+    report_route("server", &ls, &ps, "local", None);
+}
+
+// ----- per-operation upkeep -----
+
+/// Before an operation: closes the client's B end once the server took it; adopts the ring
+/// end if another process owns it (a forked child, or the parent after one).
+fn upkeep(e: &Entry) {
+    let b = e.held_b.load(Relaxed);
+    if b >= 0 {
+        let attached = e.conn.read().as_ref().is_some_and(Conn::peer_attached);
+        if attached && e.held_b.swap(-1, Relaxed) == b {
+            close_fd(b);
+        }
+    }
+    let owned = e.conn.read().as_ref().is_none_or(Conn::owned);
+    if !owned {
+        let mut w = e.conn.write();
+        if w.as_ref().is_some_and(|c| !c.owned()) {
+            if let Ok(mem) = memory() {
+                match mem.adopt(e.id, e.end) {
+                    Ok(c) => {
+                        if let Some(old) = w.replace(c) {
+                            old.disown();
+                        }
+                    }
+                    Err(err) => sys::diag(&format!("local mode: adopt {:?}: {err}", e.id)),
+                }
+            }
+        }
+    }
+}
+
+fn errno_of(e: &SharedError) -> c_int {
+    match e {
+        SharedError::Reset => libc::ECONNRESET,
+        SharedError::Shutdown => libc::EPIPE,
+        SharedError::WouldBlock => libc::EAGAIN,
+        _ => libc::EIO,
+    }
+}
+
+/// Reads the token byte `Conn::token_release` says is ours.
+fn drop_token(fd: c_int, c: &Conn) {
+    if c.token_release() {
+        let mut byte = 0u8;
+        // SAFETY: one writable byte.
+        unsafe { real::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_DONTWAIT) };
+    }
+}
+
+fn put_token(fd: c_int, c: &Conn) {
+    if c.token_take() {
+        let byte = 1u8;
+        // SAFETY: one readable byte.
+        unsafe {
+            real::send(
+                fd,
+                (&byte as *const u8).cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+    }
+}
+
+/// A send of `bufs` on local descriptor `fd` (`None`: not one).
+pub fn send(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<ssize_t> {
+    let e = entry(fd)?;
+    // Never a pass-through: the descriptor is the pair's end, whose bytes are tokens.
+    let Some(_g) = Guard::enter() else {
+        return Some(io_error());
+    };
+    run(|| send_inner(fd, &e, bufs, flags)).or_else(|| Some(io_error()))
+}
+
+/// -1 with EIO: a local descriptor the shim cannot serve (re-entered, or broken by a panic).
+fn io_error() -> ssize_t {
+    guard::set_errno(libc::EIO);
+    -1
+}
+
+fn send_inner(fd: c_int, e: &Entry, bufs: &[&[u8]], flags: c_int) -> ssize_t {
+    upkeep(e);
+    let _s = e.send_lock.lock();
+    let r = e.conn.read();
+    let Some(c) = r.as_ref() else {
+        return fail(libc::EBADF);
+    };
+    let nb: Option<bool> = (flags & libc::MSG_DONTWAIT != 0).then_some(true);
+    let mut total = 0usize;
+    'bufs: for buf in bufs {
+        let mut off = 0;
+        while off < buf.len() {
+            let piece = &buf[off..(off + CHUNK).min(buf.len())];
+            match c.send_nb(piece, true) {
+                Ok(n) => {
+                    off += n;
+                    total += n;
+                    e.copied_in.fetch_add(n as u64, Relaxed);
+                    put_token(fd, c);
+                }
+                Err(SharedError::WouldBlock) => {
+                    if nb.unwrap_or_else(|| e.nonblock.load(Relaxed)) {
+                        break 'bufs;
+                    }
+                    if let Err(err) = c.wait_send_room() {
+                        if total > 0 {
+                            break 'bufs;
+                        }
+                        return send_error(&err, flags);
+                    }
+                }
+                Err(SharedError::CapacityExhausted { .. }) => {
+                    // The memory is full (other connections' bytes in flight): like a full
+                    // socket buffer, EAGAIN or a wait.
+                    if total > 0 || nb.unwrap_or_else(|| e.nonblock.load(Relaxed)) {
+                        break 'bufs;
+                    }
+                    if pair_hung_up(fd) || matches!(c.check_peer(), Ok(true)) {
+                        return send_error(&SharedError::Reset, flags);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(err) => {
+                    if total > 0 {
+                        break 'bufs;
+                    }
+                    return send_error(&err, flags);
+                }
+            }
+        }
+    }
+    if total == 0 && bufs.iter().any(|b| !b.is_empty()) {
+        return fail(libc::EAGAIN);
+    }
+    total as ssize_t
+}
+
+fn send_error(err: &SharedError, flags: c_int) -> ssize_t {
+    let en = match err {
+        SharedError::Reset | SharedError::Shutdown => {
+            if flags & libc::MSG_NOSIGNAL == 0 {
+                // SAFETY: pthread_self has no precondition.
+                let me = unsafe { libc::pthread_self() };
+                // SAFETY: raising SIGPIPE on this thread, as the kernel would.
+                unsafe { libc::pthread_kill(me, libc::SIGPIPE) };
+            }
+            libc::EPIPE
+        }
+        other => errno_of(other),
+    };
+    fail(en)
+}
+
+/// A receive into `bufs` on local descriptor `fd` (`None`: not one).
+pub fn recv(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> Option<ssize_t> {
+    let e = entry(fd)?;
+    let Some(_g) = Guard::enter() else {
+        return Some(io_error());
+    };
+    run(|| recv_inner(fd, &e, bufs, flags)).or_else(|| Some(io_error()))
+}
+
+/// True when the peer's end of the pair is closed (everywhere).
+fn pair_hung_up(fd: c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; no wait.
+    let n = unsafe { real::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & libc::POLLHUP != 0
+}
+
+fn recv_inner(fd: c_int, e: &Entry, bufs: &mut [&mut [u8]], flags: c_int) -> ssize_t {
+    upkeep(e);
+    let _r = e.recv_lock.lock();
+    let r = e.conn.read();
+    let Some(c) = r.as_ref() else {
+        return fail(libc::EBADF);
+    };
+    let peek = flags & libc::MSG_PEEK != 0;
+    let waitall = flags & libc::MSG_WAITALL != 0 && !peek;
+    let want: usize = bufs.iter().map(|b| b.len()).sum();
+    if want == 0 {
+        return 0;
+    }
+    let nb: Option<bool> = (flags & libc::MSG_DONTWAIT != 0).then_some(true);
+    let mut total = 0usize;
+    let mut eof_polls = 0u32;
+    loop {
+        // Scatter what is queued over the buffers, after the `total` bytes already there.
+        let mut skip = total;
+        let mut res: Result<usize, SharedError> = Ok(0);
+        let mut progressed = 0usize;
+        for buf in bufs.iter_mut() {
+            if skip >= buf.len() {
+                skip -= buf.len();
+                continue;
+            }
+            let dst = &mut buf[skip..];
+            skip = 0;
+            if peek && total + progressed > 0 {
+                break; // peek reads from the front only: one buffer's worth
+            }
+            match c.recv_nb(dst, true, peek) {
+                Ok(0) => {
+                    if progressed == 0 {
+                        res = Ok(0);
+                    }
+                    break;
+                }
+                Ok(n) => {
+                    progressed += n;
+                    if n < dst.len() {
+                        break;
+                    }
+                }
+                Err(x) => {
+                    if progressed == 0 {
+                        res = Err(x);
+                    }
+                    break;
+                }
+            }
+        }
+        if progressed > 0 {
+            e.empty_reads.store(0, Relaxed);
+            total += progressed;
+            if !peek {
+                e.copied_out.fetch_add(progressed as u64, Relaxed);
+                drop_token(fd, c);
+            }
+            if !waitall || total >= want {
+                return total as ssize_t;
+            }
+            continue;
+        }
+        match res {
+            Ok(_) => return total as ssize_t, // EOF
+            Err(SharedError::WouldBlock) => {
+                drop_token(fd, c);
+                if nb.unwrap_or_else(|| e.nonblock.load(Relaxed)) {
+                    if total > 0 {
+                        return total as ssize_t;
+                    }
+                    // Woken again with nothing to read: is the peer gone (a hang-up without
+                    // FIN in the ring)? Checked from the second empty read in a row, so that
+                    // the usual read-until-EAGAIN costs no system call.
+                    if e.empty_reads.fetch_add(1, Relaxed) >= 1 && eof_polls == 0 {
+                        let dead = matches!(c.check_peer(), Ok(true));
+                        if dead || pair_hung_up(fd) {
+                            if !dead {
+                                let _ = c.close_vanished_peer();
+                            }
+                            eof_polls += 1;
+                            continue;
+                        }
+                    }
+                    return fail(libc::EAGAIN);
+                }
+                // Sleep on the ring's futex: a writer that sees us asleep with room for all
+                // it queued wakes us with no token (one system call each side, as TCP).
+                let room = (want - total).min(u32::MAX as usize) as u32;
+                match c.wait_readable_once(room, std::time::Duration::from_millis(50)) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if matches!(c.check_peer(), Ok(true)) {
+                            continue;
+                        }
+                        if pair_hung_up(fd) {
+                            // The peer's pair end is closed everywhere with no FIN in the
+                            // ring: its last descriptor closed after a fork shared it (or
+                            // its process is dying).
+                            let _ = c.close_vanished_peer();
+                            eof_polls += 1;
+                            if eof_polls > 100 {
+                                return total as ssize_t;
+                            }
+                        }
+                    }
+                    Err(x) => {
+                        if total > 0 {
+                            return total as ssize_t;
+                        }
+                        return fail(errno_of(&x));
+                    }
+                }
+            }
+            Err(x) => {
+                if total > 0 {
+                    return total as ssize_t;
+                }
+                return fail(errno_of(&x));
+            }
+        }
+    }
+}
+
+/// `shutdown` of a local descriptor (`None`: not one).
+pub fn shutdown(fd: c_int, how: c_int) -> Option<c_int> {
+    let e = entry(fd)?;
+    let _g = Guard::enter()?;
+    run(|| {
+        upkeep(&e);
+        if how == libc::SHUT_WR || how == libc::SHUT_RDWR {
+            if let Some(c) = e.conn.read().as_ref() {
+                let _ = c.shutdown_write();
+            }
+        }
+        // SAFETY: our descriptors (the pair's end is the application's number).
+        let r = unsafe { real::shutdown(fd, how) };
+        let err = last_errno();
+        // SAFETY: as above.
+        unsafe { real::shutdown(e.hidden, how) };
+        if r != 0 {
+            set_err(err);
+        }
+        r
+    })
+}
+
+fn finish(e: &Entry) {
+    // Another thread may be asleep in a receive on it (holding the read lock): then FIN only,
+    // and the process's end closes with the process.
+    let conn = match e.conn.try_write_for(std::time::Duration::from_millis(200)) {
+        Some(mut w) => w.take(),
+        None => {
+            if let Some(c) = e.conn.read().as_ref() {
+                let _ = c.shutdown_write();
+            }
+            None
+        }
+    };
+    if let Some(c) = conn {
+        if c.owned() && !e.forked.load(Relaxed) {
+            let _ = c.close();
+        } else {
+            c.disown();
+        }
+    }
+    close_fd(e.hidden);
+    let b = e.held_b.swap(-1, Relaxed);
+    close_fd(b);
+    report(serde_json::json!({
+        "event": "close",
+        "pid": sys::getpid(),
+        "role": e.role,
+        "local": e.local,
+        "peer": e.peer,
+        "copied_in": e.copied_in.load(Relaxed),
+        "copied_out": e.copied_out.load(Relaxed),
+    }));
+}
+
+/// `fd` is about to be closed (or replaced by `dup2`/`dup3`).
+pub fn closing(fd: c_int) {
+    if !on() {
+        return;
+    }
+    let lst = marked(fd) || with_table(|t| t.listeners.contains_key(&fd));
+    if !lst {
+        return;
+    }
+    let Some(_g) = Guard::enter() else { return };
+    let err = last_errno();
+    guard::shielded(|| {
+        set_mark(fd, false);
+        let (e, listener) = with_table(|t| (t.fds.remove(&fd), t.listeners.remove(&fd)));
+        if let Some((name, pid)) = listener {
+            if pid == sys::getpid() {
+                if let Ok(mem) = memory() {
+                    let _ = mem.unbind(&name);
+                }
+            }
+        }
+        if let Some(e) = e {
+            if e.refs.fetch_sub(1, Relaxed) == 1 {
+                finish(&e);
+            }
+        }
+    });
+    guard::set_errno(err);
+}
+
+/// `close_range(first, last)` is about to close these descriptors.
+pub fn closing_range(first: u32, last: u32) {
+    if !on() {
+        return;
+    }
+    let fds: Vec<c_int> = {
+        let Some(_g) = Guard::enter() else { return };
+        with_table(|t| {
+            t.fds
+                .keys()
+                .chain(t.listeners.keys())
+                .copied()
+                .filter(|&f| (first..=last).contains(&(f as u32)))
+                .collect()
+        })
+    };
+    for fd in fds {
+        closing(fd);
+    }
+}
+
+/// `new` is a duplicate of `old`.
+pub fn duplicated(old: c_int, new: c_int) {
+    if new < 0 || old == new || !marked(old) {
+        return;
+    }
+    let Some(_g) = Guard::enter() else { return };
+    with_table(|t| {
+        if let Some(e) = t.fds.get(&old).cloned() {
+            e.refs.fetch_add(1, Relaxed);
+            t.fds.insert(new, e);
+        }
+    });
+    set_mark(new, true);
+}
+
+/// `fcntl(fd, F_SETFL, flags)` succeeded.
+pub fn set_flags(fd: c_int, flags: c_int) {
+    if marked(fd) {
+        if let Some(e) = entry(fd) {
+            e.nonblock.store(flags & libc::O_NONBLOCK != 0, Relaxed);
+        }
+    }
+}
+
+/// `dup2`/`dup3(old, new)` is about to replace `new`.
+pub fn dup_onto(old: c_int, new: c_int) {
+    if old != new && marked(new) {
+        closing(new);
+    }
+}
+
+/// The descriptor socket-level calls (`getsockname`, `getsockopt`...) go to: the kernel socket
+/// of a local connection, else `fd` itself.
+pub fn kernel_fd(fd: c_int) -> c_int {
+    if !marked(fd) {
+        return fd;
+    }
+    entry(fd).map_or(fd, |e| e.hidden)
+}
+
+/// `ioctl` on a local descriptor: `FIONREAD` counts the ring's bytes; the rest goes to the
+/// kernel socket (`None`: not a local descriptor).
+///
+/// # Safety
+/// `arg` is the caller's argument for `req`.
+pub unsafe fn ioctl(fd: c_int, req: libc::c_ulong, arg: libc::c_ulong) -> Option<c_int> {
+    let e = entry(fd)?;
+    if req == libc::FIONREAD {
+        let n = e.conn.read().as_ref().map_or(0, Conn::pending);
+        // SAFETY: FIONREAD's argument is a writable int.
+        unsafe {
+            std::ptr::write(
+                arg as usize as *mut c_int,
+                n.min(c_int::MAX as u64) as c_int,
+            )
+        };
+        return Some(0);
+    }
+    if req == libc::FIONBIO {
+        // SAFETY: the caller's argument (an int pointer), passed on to the pair's end.
+        let r = unsafe { real::ioctl(fd, req, arg) };
+        if r == 0 && arg != 0 {
+            // SAFETY: FIONBIO's argument is an int the kernel just read.
+            let on = unsafe { std::ptr::read(arg as usize as *const c_int) } != 0;
+            e.nonblock.store(on, Relaxed);
+        }
+        return Some(r);
+    }
+    // SAFETY: as above, on the kernel socket.
+    Some(unsafe { real::ioctl(e.hidden, req, arg) })
+}
+
+/// `sendfile` to a local descriptor: read from `in_fd`, then send (one copy into the memory).
+///
+/// # Safety
+/// `off` is null or the caller's writable offset.
+pub unsafe fn sendfile(
+    out_fd: c_int,
+    in_fd: c_int,
+    off: *mut libc::off64_t,
+    count: usize,
+) -> Option<ssize_t> {
+    if !marked(out_fd) {
+        return None;
+    }
+    let n = count.min(CHUNK);
+    let mut buf = vec![0u8; n];
+    let got = if off.is_null() {
+        // SAFETY: `buf` has `n` writable bytes.
+        unsafe { libc::read(in_fd, buf.as_mut_ptr().cast::<c_void>(), n) }
+    } else {
+        // SAFETY: the caller's readable offset.
+        let at = unsafe { *off };
+        // SAFETY: `buf` has `n` writable bytes.
+        unsafe { libc::pread64(in_fd, buf.as_mut_ptr().cast::<c_void>(), n, at) }
+    };
+    if got <= 0 {
+        return Some(got);
+    }
+    let sent = send(out_fd, &[&buf[..got as usize]], 0)?;
+    if sent > 0 {
+        if off.is_null() {
+            if sent < got {
+                // Give back what was read but not sent.
+                // SAFETY: lseek on the caller's file.
+                unsafe { libc::lseek64(in_fd, (sent - got) as i64, libc::SEEK_CUR) };
+            }
+        } else {
+            // SAFETY: as above.
+            unsafe { *off += sent as i64 };
+        }
+    }
+    Some(sent)
+}
+
+/// Before `exec`: closes the local connections whose descriptors close on exec (FIN to the
+/// peer; unless a fork shared them) and withdraws this process's listener records.
+pub fn before_exec() {
+    if !on() {
+        return;
+    }
+    let Some(_g) = Guard::enter() else { return };
+    guard::shielded(|| {
+        let closing: Vec<(c_int, Arc<Entry>)> =
+            with_table(|t| t.fds.iter().map(|(fd, e)| (*fd, e.clone())).collect());
+        for (fd, e) in closing {
+            // SAFETY: F_GETFD takes no argument.
+            let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+            if fl >= 0 && fl & libc::FD_CLOEXEC != 0 && !e.forked.load(Relaxed) {
+                if let Some(c) = e.conn.read().as_ref() {
+                    let _ = c.shutdown_write();
+                }
+            }
+        }
+        let pid = sys::getpid();
+        let names: Vec<String> = with_table(|t| {
+            t.listeners
+                .values()
+                .filter(|(_, p)| *p == pid)
+                .map(|(n, _)| n.clone())
+                .collect()
+        });
+        if let Ok(mem) = memory() {
+            for n in names {
+                let _ = mem.unbind(&n);
+            }
+        }
+    });
+}
+
+/// At exit: closes this process's connections (FIN, or RST with unread data).
+fn close_all() {
+    let entries: Vec<Arc<Entry>> = with_table(|t| {
+        let v: Vec<_> = t
+            .fds
+            .drain()
+            .map(|(fd, e)| {
+                set_mark(fd, false);
+                e
+            })
+            .collect();
+        v
+    });
+    let mut seen: Vec<*const Entry> = Vec::new();
+    for e in entries {
+        let p = Arc::as_ptr(&e);
+        if !seen.contains(&p) {
+            seen.push(p);
+            finish(&e);
+        }
+    }
+    before_exec();
+}
