@@ -1233,7 +1233,10 @@ fn a_forked_child_shares_the_parents_stack_sockets() {
         .iter()
         .filter(|c| c["route"] == "stack" && c["peer"] == "10.109.0.1:9100")
         .count();
-    assert_eq!(stack_conns, 2, "the parent's and the child's connections: {r}");
+    assert_eq!(
+        stack_conns, 2,
+        "the parent's and the child's connections: {r}"
+    );
 }
 
 /// `socketserver.ForkingTCPServer` echo: the parent accepts, forks a child per connection and
@@ -1398,6 +1401,8 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
             "curl",
             &[
                 "-sS",
+                "--max-time",
+                "30",
                 "-o",
                 got.to_str().unwrap(),
                 "http://10.112.0.2:8080/page",
@@ -1454,6 +1459,10 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
         resp_bytes,
         "bytes sent = the responses nginx logged: {r}"
     );
-    assert!(n(&r["totals"]["sendfile_bytes"]) >= 38_000 * requests, "{r}");
+    // Every page went through sendfile (one per connection may be cut short when wrk stops).
+    assert!(
+        n(&r["totals"]["sendfile_bytes"]) >= 38_000 * requests.saturating_sub(16),
+        "{r}"
+    );
     assert!(n(&r["proxy"]["children"]) >= 2, "{r}");
 }

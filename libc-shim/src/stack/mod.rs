@@ -43,12 +43,22 @@
 //!   `read`, `readv`, `recvmsg`, `recvfrom` copy out of the received segments once. Both copies
 //!   are counted in the report, beside the interface's `tx_payload_copied` (bytes copied below
 //!   the socket API: 0 when the payload stays line-aligned).
-//! * **Processes.** A forked child shares nothing of the stack (its thread and port stay with
-//!   the parent): its stack descriptors become unix sockets whose peer is gone (end of
-//!   stream, `EPIPE`: the connection is the parent's), and its new sockets go to the kernel.
-//!   A stack descriptor inherited across `exec` is the unix end of its pair: the new image's
-//!   shim does not know it (its data path was the old image's stack, which is gone). See the
-//!   README for the planned multi-process design (one stack process, shared segment rings).
+//! * **Processes.** The process that made the stack is the *stack process*. A child forked
+//!   from it keeps its stack descriptors (A ends: readiness keeps working, since the stack
+//!   thread writes into B and A is one kernel object in every process) and sends its stack
+//!   calls to the stack process over a control connection ([`proxy`]): each request carries
+//!   the child's descriptor, recognised by A's inode and lent to its socket for one
+//!   non-blocking run of the same call ([`ops`]). The child closes its copies of the stack
+//!   process's own descriptors at fork. A socket that existed at a fork, or that a child used,
+//!   is *shared*: the stack process's last close leaves it an orphan until its B end hangs up
+//!   (the kernel's count of A copies in all processes reached 0), and only then closes its
+//!   connection. Chosen over a stack in shared memory because the stack, its lock and its port
+//!   stay in one address space (a child killed mid-call cannot corrupt them), a process that
+//!   never forked keeps its direct path, and the kernel already counts who holds a socket;
+//!   the price is two copies per byte of a child's payload through the channel (counted;
+//!   shared segment rings would remove them). When the stack process exits, children's stack
+//!   descriptors read end of stream and their stack calls fail. A stack descriptor inherited
+//!   across `exec` is only the unix end of its pair: the new image's shim does not know it.
 //! * **Exit.** At `exit` the stack keeps running up to 2 s so that data and FINs of closed
 //!   connections leave (the kernel would send them after the process is gone), then writes the
 //!   report `PREFIX.stack.PID.json`.

@@ -190,7 +190,13 @@ fn address(pid: c_int) -> (libc::sockaddr_un, socklen_t) {
 /// Moves `fd` to the upper half of the descriptor numbers (close-on-exec).
 fn move_high(fd: c_int) -> c_int {
     // SAFETY: F_DUPFD_CLOEXEC with an integer lower bound.
-    let high = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, ops::high_floor() as libc::c_ulong) };
+    let high = unsafe {
+        real::fcntl(
+            fd,
+            libc::F_DUPFD_CLOEXEC,
+            ops::high_floor() as libc::c_ulong,
+        )
+    };
     if high < 0 {
         return fd;
     }
@@ -228,14 +234,20 @@ fn send_msg(c: c_int, head: &[u8], data: &[&[u8]], fd: c_int) -> Result<(), c_in
         msg.msg_control = cbuf.as_mut_ptr().cast();
         // SAFETY: CMSG_SPACE is arithmetic.
         msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as _;
-        // SAFETY: the control buffer (64 bytes, aligned) holds one header and an int.
-        unsafe {
-            let cm = libc::CMSG_FIRSTHDR(&msg);
-            (*cm).cmsg_level = libc::SOL_SOCKET;
-            (*cm).cmsg_type = libc::SCM_RIGHTS;
-            (*cm).cmsg_len = libc::CMSG_LEN(4) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast::<c_int>(), fd);
-        }
+        // SAFETY: `msg` has a control buffer of `msg_controllen` bytes.
+        let cm = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        let hdr = libc::cmsghdr {
+            // SAFETY: CMSG_LEN is arithmetic.
+            cmsg_len: unsafe { libc::CMSG_LEN(4) } as _,
+            cmsg_level: libc::SOL_SOCKET,
+            cmsg_type: libc::SCM_RIGHTS,
+        };
+        // SAFETY: the 64-byte, 8-aligned buffer holds a header at its start.
+        unsafe { std::ptr::write(cm, hdr) };
+        // SAFETY: and an int after it (CMSG_SPACE(4) <= 64).
+        let data = unsafe { libc::CMSG_DATA(cm) };
+        // SAFETY: as above.
+        unsafe { std::ptr::write_unaligned(data.cast::<c_int>(), fd) };
     }
     loop {
         // SAFETY: a valid msghdr whose buffers live across the call.
@@ -291,20 +303,25 @@ fn recv_msg(
         }
     };
     let mut fd = -1;
-    // SAFETY: walking the control messages the kernel wrote into `cbuf`.
-    unsafe {
-        let mut cm = libc::CMSG_FIRSTHDR(&msg);
-        while !cm.is_null() {
-            if (*cm).cmsg_level == libc::SOL_SOCKET && (*cm).cmsg_type == libc::SCM_RIGHTS {
-                let v = std::ptr::read_unaligned(libc::CMSG_DATA(cm).cast::<c_int>());
-                if fd < 0 {
-                    fd = v;
-                } else {
-                    real::close(v);
-                }
+    // SAFETY: `msg` describes the control messages the kernel wrote into `cbuf`.
+    let mut cm = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cm.is_null() {
+        // SAFETY: a header inside `cbuf` (CMSG_FIRSTHDR/CMSG_NXTHDR check the bounds).
+        let hdr = unsafe { std::ptr::read_unaligned(cm) };
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: an SCM_RIGHTS message carries ints after its header.
+            let p = unsafe { libc::CMSG_DATA(cm) };
+            // SAFETY: as above (one descriptor: the control buffer was sized for few).
+            let v = unsafe { std::ptr::read_unaligned(p.cast::<c_int>()) };
+            if fd < 0 {
+                fd = v;
+            } else {
+                // SAFETY: an unexpected extra descriptor: ours to close.
+                unsafe { real::close(v) };
             }
-            cm = libc::CMSG_NXTHDR(&msg, cm);
         }
+        // SAFETY: as above.
+        cm = unsafe { libc::CMSG_NXTHDR(&msg, cm) };
     }
     let trunc = msg.msg_flags & libc::MSG_TRUNC != 0;
     Ok((n, fd, trunc))
@@ -321,13 +338,7 @@ pub(super) fn listen_for_children() {
         return;
     };
     // SAFETY: plain socket calls on our own descriptor.
-    let fd = unsafe {
-        real::socket(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
+    let fd = unsafe { real::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return;
     }
@@ -621,13 +632,12 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
     let sinp = (&mut sin as *mut libc::sockaddr_in).cast::<sockaddr>();
     let mut with_addr = false;
     let r: Option<i64> = ops::non_blocking(|| match req.op {
-        // SAFETY (all arms): the addresses point to `req.addr` (addrlen <= 16) or to `sin`,
-        // the buffers to `payload` and to vectors of the given lengths, all alive across the
-        // call.
+        // SAFETY: `addr` is null or `req.addr` (addrlen <= 16 bytes).
         BIND => unsafe { ops::bind(y, addr, req.addrlen) }.map(i64::from),
         LISTEN => ops::listen(y, req.a as c_int).map(i64::from),
         ACCEPT => {
             with_addr = true;
+            // SAFETY: `sinp` is `sin`, of `slen` bytes.
             let r = unsafe { ops::accept4(y, sinp, &mut slen, req.flags) };
             if let Some(na) = r.filter(|&na| na >= 0) {
                 done.pass_fd = na;
@@ -635,6 +645,7 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
             }
             r.map(i64::from)
         }
+        // SAFETY: `addr` is null or `req.addr` (addrlen <= 16 bytes).
         CONNECT => unsafe { ops::connect(y, addr, req.addrlen) }.map(i64::from),
         SEND => {
             TO_STACK.fetch_add(payload.len() as u64, Relaxed);
@@ -667,8 +678,10 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
         SHUTDOWN => ops::shutdown(y, req.a as c_int).map(i64::from),
         NAME => {
             with_addr = true;
+            // SAFETY: `sinp` is `sin`, of `slen` bytes.
             unsafe { ops::name(y, sinp, &mut slen, req.a != 0) }.map(i64::from)
         }
+        // SAFETY: `payload` holds the option's bytes.
         SETOPT => unsafe {
             ops::setsockopt(
                 y,
@@ -682,8 +695,15 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
         GETOPT => {
             let mut v = vec![0u8; (req.c.max(0) as usize).min(1024)];
             let mut l = v.len() as socklen_t;
+            // SAFETY: `v` has `l` writable bytes.
             let r = unsafe {
-                ops::getsockopt(y, req.a as c_int, req.b as c_int, v.as_mut_ptr().cast(), &mut l)
+                ops::getsockopt(
+                    y,
+                    req.a as c_int,
+                    req.b as c_int,
+                    v.as_mut_ptr().cast(),
+                    &mut l,
+                )
             };
             if r == Some(0) {
                 v.truncate(l as usize);
@@ -694,6 +714,7 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
         IOCTL => {
             let mut v: c_int = 0;
             let p = &mut v as *mut c_int as usize as libc::c_ulong;
+            // SAFETY: `p` points to an int (FIONREAD and SIOCOUTQ write one).
             let r = unsafe { ops::ioctl(y, req.a as libc::c_ulong, p) };
             if r == Some(0) {
                 done.out = v.to_ne_bytes().to_vec();
@@ -774,13 +795,7 @@ fn ctl() -> Result<c_int, c_int> {
         return Err(libc::ENETDOWN);
     }
     // SAFETY: plain socket calls on our own descriptor.
-    let s = unsafe {
-        real::socket(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
+    let s = unsafe { real::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
     if s < 0 {
         return Err(guard::errno());
     }
@@ -865,13 +880,7 @@ fn exchange(
             }
         }
     }
-    Ok((
-        Answer {
-            rep,
-            len: n - HEAD,
-        },
-        extra,
-    ))
+    Ok((Answer { rep, len: n - HEAD }, extra))
 }
 
 fn fail<T: From<i8>>(e: c_int) -> T {
