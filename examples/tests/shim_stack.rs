@@ -1466,3 +1466,61 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
     );
     assert!(n(&r["proxy"]["children"]) >= 2, "{r}");
 }
+
+/// inetd's way: the parent accepts and forks; the child puts the connection on its stdin and
+/// stdout and execs a new program, which echoes `argv[1]` bytes with plain `read`/`write` on
+/// descriptors 0 and 1.
+const EXEC_PARENT: &str = r#"
+import os, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9000)); s.listen(8)
+p, _ = s.accept(); p.close()  # wait_port's probe
+c, _ = s.accept()
+pid = os.fork()
+if pid == 0:
+    os.dup2(c.fileno(), 0); os.dup2(c.fileno(), 1)
+    os.execvp(sys.executable, [sys.executable, "-c", sys.argv[2], sys.argv[1]])
+c.close()
+_, st = os.waitpid(pid, 0)
+print("child", os.WEXITSTATUS(st), flush=True)
+"#;
+
+const EXEC_CHILD: &str = r#"
+import os, sys
+n, total = int(sys.argv[1]), 0
+while True:
+    d = os.read(0, 65536)
+    if not d:
+        break
+    v = memoryview(d)
+    while v:
+        v = v[os.write(1, v):]
+    total += len(d)
+os.close(0); os.close(1)
+sys.exit(0 if total == n else 3)
+"#;
+
+#[test]
+fn an_execed_child_serves_its_inherited_stack_connection() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let size = 1 << 20;
+    let srv = Reaper::spawn(lab.stack(
+        "texc0",
+        "10.113.0",
+        "exc.json",
+        &["python3", "-c", EXEC_PARENT, &size.to_string(), EXEC_CHILD],
+    ));
+    wait_port(&lab, "10.113.0.2", 9000);
+    echo_client(&lab, "10.113.0.2", 9000, 1, size);
+    let out = srv.finish(60);
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "child 0");
+    let merged = lab.report("exc.json");
+    let r = stack_report(&merged);
+    assert_eq!(n(&r["totals"]["received_bytes"]), size as u64, "{r}");
+    assert_eq!(n(&r["totals"]["sent_bytes"]), size as u64, "{r}");
+    assert_eq!(n(&r["proxy"]["payload_to_stack_bytes"]), size as u64, "{r}");
+}

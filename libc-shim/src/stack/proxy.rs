@@ -1424,3 +1424,79 @@ pub(super) fn set_nonblocking(fd: c_int, on: bool) {
     };
     let _ = exchange(fd, &mut req, &[], &mut [], true);
 }
+
+// ---- across exec ---------------------------------------------------------------------------
+
+/// The variable that hands a child's stack descriptors to the image it execs:
+/// `PID:FD/INODE,FD/INODE,...` (the stack process, and each descriptor that stays open).
+const EXEC_VAR: &str = "HICAMP_STACK_PROXY";
+
+/// Before `exec` in a child of a stack process: the environment entry for the new image (its
+/// stack descriptors without close-on-exec, and the stack process to reach), or `None` outside
+/// such a child.
+pub fn exec_entry() -> Option<std::ffi::CString> {
+    if !super::FORKED.load(Relaxed) || guard::in_vfork_child() {
+        return None;
+    }
+    let pid = STACK_PID.load(Relaxed);
+    let mut list = Vec::new();
+    for (w, word) in super::MARKS.iter().enumerate() {
+        let mut bits = word.load(Relaxed);
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let fd = (w * 64 + b) as c_int;
+            // SAFETY: F_GETFD takes no argument.
+            let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+            if fl >= 0 && fl & libc::FD_CLOEXEC == 0 {
+                list.push(format!("{fd}/{}", inode(fd)));
+            }
+        }
+    }
+    std::ffi::CString::new(format!("{EXEC_VAR}={pid}:{}", list.join(","))).ok()
+}
+
+/// True for an environment entry of [`EXEC_VAR`].
+pub fn is_exec_entry(entry: &[u8]) -> bool {
+    entry.starts_with(EXEC_VAR.as_bytes()) && entry.get(EXEC_VAR.len()) == Some(&b'=')
+}
+
+/// At load (the library's constructor): an image exec'ed by a child of a stack process takes
+/// over the stack descriptors the previous image handed down (each checked by its inode: a
+/// stale entry marks nothing) and reaches the same stack process.
+#[cfg_attr(test, allow(dead_code))]
+extern "C" fn inherit() {
+    let Ok(v) = std::env::var(EXEC_VAR) else {
+        return;
+    };
+    std::env::remove_var(EXEC_VAR);
+    let Some((pid, fds)) = v.split_once(':') else {
+        return;
+    };
+    let Ok(pid) = pid.parse::<c_int>() else {
+        return;
+    };
+    if pid <= 0 || crate::config::Config::get().mode != crate::config::Mode::Stack {
+        return;
+    }
+    STACK_PID.store(pid, Relaxed);
+    super::FORKED.store(true, Relaxed);
+    for e in fds.split(',').filter(|e| !e.is_empty()) {
+        let Some((fd, ino)) = e.split_once('/') else {
+            continue;
+        };
+        if let (Ok(fd), Ok(ino)) = (fd.parse::<c_int>(), ino.parse::<u64>()) {
+            if ino != 0 && inode(fd) == ino {
+                mark(fd);
+            }
+        }
+    }
+    // Its own children get their own control connections.
+    // SAFETY: the handler is an `extern "C" fn()` that never unwinds.
+    unsafe { libc::pthread_atfork(None, None, Some(super::atfork_child)) };
+}
+
+#[cfg(not(test))]
+#[used]
+#[link_section = ".init_array"]
+static INHERIT: extern "C" fn() = inherit;
