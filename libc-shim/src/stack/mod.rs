@@ -57,8 +57,10 @@
 //!   never forked keeps its direct path, and the kernel already counts who holds a socket;
 //!   the price is two copies per byte of a child's payload through the channel (counted;
 //!   shared segment rings would remove them). When the stack process exits, children's stack
-//!   descriptors read end of stream and their stack calls fail. A stack descriptor inherited
-//!   across `exec` is only the unix end of its pair: the new image's shim does not know it.
+//!   descriptors read end of stream and their stack calls fail. A child that execs hands its
+//!   stack descriptors (number and inode) and the stack's pid to the new image in the
+//!   environment (`HICAMP_STACK_PROXY`), which proxies them in turn; the stack process
+//!   execing ends its stack.
 //! * **Exit.** At `exit` the stack keeps running up to 2 s so that data and FINs of closed
 //!   connections leave (the kernel would send them after the process is gone), then writes the
 //!   report `PREFIX.stack.PID.json`.

@@ -35,6 +35,10 @@
 //!   listener: children's stack descriptors then read end of stream and writes fail with
 //!   `EPIPE`; a child's later stack operations fail (`ENETDOWN`, `EPIPE` for sends, end of
 //!   stream for receives).
+//! * **Exec.** A child that execs hands its stack descriptors to the new image:
+//!   `HICAMP_STACK_PROXY=PID:FD/INODE,...` in its environment (added by the exec hooks), taken
+//!   out again by the new image's constructor, which marks each descriptor whose inode still
+//!   matches and reaches the same stack process.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed};
