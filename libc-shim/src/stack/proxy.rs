@@ -933,6 +933,26 @@ unsafe fn get_addr(rep: &Rep, addr: *mut sockaddr, len: *mut socklen_t) {
     unsafe { std::ptr::write(len, rep.addrlen as socklen_t) };
 }
 
+/// True when a non-blocking receive or accept on the child's `fd` would find nothing: A holds
+/// no token (the stack had nothing to read at its last look, and would write one the moment it
+/// has) and no end-of-stream or hang-up, and the call does not block. The child then answers
+/// `EAGAIN` itself, without a round trip (nginx's receive after each response, a worker
+/// that lost the race for a connection).
+fn nothing_yet(fd: c_int, dontwait: bool) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    if unsafe { real::poll(&mut p, 1, 0) } != 0 {
+        return false;
+    }
+    // SAFETY: F_GETFL takes no argument.
+    let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    dontwait || (fl >= 0 && fl & libc::O_NONBLOCK != 0)
+}
+
 fn deadline(ms: u64) -> Option<Instant> {
     (ms > 0).then(|| Instant::now() + Duration::from_millis(ms))
 }
@@ -996,6 +1016,9 @@ pub(super) unsafe fn accept4(
     flags: c_int,
 ) -> Option<c_int> {
     let mut dl: Option<Option<Instant>> = None;
+    if !bit(&PMARKS, fd) && nothing_yet(fd, false) {
+        return Some(fail(libc::EAGAIN));
+    }
     loop {
         let mut req = Req {
             op: ACCEPT,
@@ -1202,6 +1225,9 @@ pub(super) fn recv(
     let dontwait = flags & libc::MSG_DONTWAIT != 0;
     let mut got = 0usize;
     let mut dl: Option<Option<Instant>> = None;
+    if !bit(&PMARKS, fd) && nothing_yet(fd, dontwait) {
+        return Some((fail(libc::EAGAIN), 0));
+    }
     loop {
         let want = (room - got).min(CHUNK);
         let mut req = Req {
