@@ -1532,3 +1532,46 @@ extern "C" fn inherit() {
 #[used]
 #[link_section = ".init_array"]
 static INHERIT: extern "C" fn() = inherit;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_are_64_bytes_and_round_trip() {
+        let r = Req {
+            op: SEND,
+            flags: -3,
+            a: 1 << 40,
+            addrlen: 16,
+            addr: [7; 16],
+            ..Req::default()
+        };
+        let mut back = Req::default();
+        head_bytes_mut(&mut back).copy_from_slice(head_bytes(&r));
+        assert_eq!(
+            (back.op, back.flags, back.a, back.addr),
+            (SEND, -3, 1 << 40, [7; 16])
+        );
+        assert_eq!(head_bytes(&Rep::default()).len(), HEAD);
+    }
+
+    #[test]
+    fn exec_entries_are_recognised_by_name_only() {
+        assert!(is_exec_entry(b"HICAMP_STACK_PROXY=12:3/99"));
+        assert!(is_exec_entry(b"HICAMP_STACK_PROXY="));
+        assert!(!is_exec_entry(b"HICAMP_STACK_PROXYX=1"));
+        assert!(!is_exec_entry(b"PATH=/bin"));
+    }
+
+    #[test]
+    fn the_control_address_is_abstract_and_names_the_pid() {
+        let (a, len) = address(4321);
+        assert_eq!(a.sun_path[0], 0);
+        let name: Vec<u8> = a.sun_path[1..len as usize - 2]
+            .iter()
+            .map(|&c| c as u8)
+            .collect();
+        assert_eq!(name, b"hicamp-stack.4321");
+    }
+}
