@@ -1175,7 +1175,8 @@ fn nginx_single_process_in_stack_mode_serves_curl_and_wrk() {
 }
 
 /// A forked child of the stack process: its copy of a stack connection works (the stack process
-/// serves it), its new socket goes to the stack too, and the parent's connection still works.
+/// serves it), its new stream and datagram sockets go to the stack too, and the parent's
+/// connection still works.
 const FORK_CHILD: &str = r#"
 import os, socket, sys
 K = sys.argv[1]
@@ -1187,6 +1188,10 @@ if pid == 0:
     k = socket.create_connection((K, 9100)); k.sendall(b"stack!"); ok = ok and k.recv(6) == b"stack!"
     ok = ok and k.getpeername() == (K, 9100) and k.getsockname()[0] == sys.argv[2]
     k.close()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
+    u.sendto(b"dgram", (K, 9102)); d, a = u.recvfrom(100)
+    ok = ok and d == b"dgram" and a == (K, 9102)
+    u.close()
     os._exit(0 if ok else 3)
 _, st = os.waitpid(pid, 0)
 assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
@@ -1200,7 +1205,7 @@ fn a_forked_child_shares_the_parents_stack_sockets() {
         return;
     }
     let lab = Lab::new();
-    let _echo = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_ECHO]));
+    let _peers = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_PEERS]));
     wait_port(&lab, "127.0.0.1", 9100);
     let out = lab
         .stack(
@@ -1220,13 +1225,13 @@ fn a_forked_child_shares_the_parents_stack_sockets() {
     let merged = lab.report("fork.json");
     let r = stack_report(&merged);
     // Everything went through the one stack: the parent's 11 bytes each way and the child's
-    // 5 on the inherited connection and 6 on its own.
-    assert_eq!(n(&r["totals"]["sent_bytes"]), 22, "{r}");
-    assert_eq!(n(&r["totals"]["received_bytes"]), 22, "{r}");
-    // The child's 11 bytes each way crossed the control channel: two copies per byte.
-    assert_eq!(n(&r["proxy"]["payload_to_stack_bytes"]), 11, "{r}");
-    assert_eq!(n(&r["proxy"]["payload_from_stack_bytes"]), 11, "{r}");
-    assert_eq!(n(&r["proxy"]["copied_bytes"]), 44, "{r}");
+    // 5 on the inherited connection, 6 on its own and a 5-byte datagram.
+    assert_eq!(n(&r["totals"]["sent_bytes"]), 27, "{r}");
+    assert_eq!(n(&r["totals"]["received_bytes"]), 27, "{r}");
+    // The child's 16 bytes each way crossed the control channel: two copies per byte.
+    assert_eq!(n(&r["proxy"]["payload_to_stack_bytes"]), 16, "{r}");
+    assert_eq!(n(&r["proxy"]["payload_from_stack_bytes"]), 16, "{r}");
+    assert_eq!(n(&r["proxy"]["copied_bytes"]), 64, "{r}");
     let stack_conns = r["connections"]
         .as_array()
         .unwrap()
