@@ -664,8 +664,12 @@ unsafe extern "C" fn atfork_child() {
         while bits != 0 {
             let b = bits.trailing_zeros() as usize;
             bits &= bits - 1;
+            let fd = (w * 64 + b) as c_int;
+            // A descriptor lent to a socket for a request is marked there, not here.
+            unmark(fd);
+            mark_pending(fd, false);
             // SAFETY: the stack process's descriptor, copied into this child: ours to close.
-            unsafe { real::close((w * 64 + b) as c_int) };
+            unsafe { real::close(fd) };
         }
     }
 }

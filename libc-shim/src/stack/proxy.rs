@@ -421,7 +421,17 @@ fn serve(c: c_int) {
         let Ok((n, fd, trunc)) = r else {
             break;
         };
+        if fd >= 0 {
+            // Lent for the request: a child forked meanwhile must not keep a copy (it would
+            // hold the socket open).
+            internal(fd, true);
+        }
         if n == 0 {
+            if fd >= 0 {
+                internal(fd, false);
+                // SAFETY: a descriptor that came with no request: ours to close.
+                unsafe { real::close(fd) };
+            }
             break;
         }
         REQUESTS.fetch_add(1, Relaxed);
@@ -438,10 +448,12 @@ fn serve(c: c_int) {
         }
         if fd >= 0 {
             unlend(fd);
+            internal(fd, false);
             // SAFETY: the descriptor the child passed: ours to close.
             unsafe { real::close(fd) };
         }
         for f in done.lent.iter().copied().filter(|&f| f != fd) {
+            internal(f, false);
             // SAFETY: a descriptor this thread made for the child: ours to close.
             unsafe { real::close(f) };
         }
@@ -646,6 +658,7 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
             // SAFETY: `sinp` is `sin`, of `slen` bytes.
             let r = unsafe { ops::accept4(y, sinp, &mut slen, req.flags) };
             if let Some(na) = r.filter(|&na| na >= 0) {
+                internal(na, true);
                 done.pass_fd = na;
                 done.lent.push(na);
             }
