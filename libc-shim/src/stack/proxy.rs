@@ -17,7 +17,8 @@
 //!   process recognises it by its inode (A's inode is recorded when the socket is made), lends
 //!   it to the socket for the call, and runs the very same operation as for its own threads
 //!   ([`super::ops`]), non-blocking; a child blocks on its own descriptor (`poll` on A) and
-//!   asks again. A child's new AF_INET socket is pending in the child; the first `bind`,
+//!   asks again. A non-blocking receive or accept whose A holds no token is answered `EAGAIN`
+//!   in the child, without a round trip (the stack writes a token the moment it has data). A child's new AF_INET socket is pending in the child; the first `bind`,
 //!   `connect`, `listen` or `sendto` sends the kernel socket itself, the stack process routes it
 //!   and, when it goes to the stack, sends back the new A end that the child `dup3`s over its
 //!   number. `accept` passes the accepted socket's A end back, installed at the lowest free
