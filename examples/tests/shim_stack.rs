@@ -1529,3 +1529,77 @@ fn an_execed_child_serves_its_inherited_stack_connection() {
     assert_eq!(n(&r["totals"]["sent_bytes"]), size as u64, "{r}");
     assert_eq!(n(&r["proxy"]["payload_to_stack_bytes"]), size as u64, "{r}");
 }
+
+/// The stack process exits while its child lives: the child's copy of the connection reads end
+/// of stream, sends fail with `EPIPE`, and a new stack socket's `connect` fails with
+/// `ENETDOWN`. The child writes what it saw to `argv[1]`.
+const STACK_EXITS_FIRST: &str = r#"
+import errno, os, socket, sys
+out, peer = sys.argv[1], sys.argv[2]
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9000)); s.listen(8)
+p, _ = s.accept(); p.close()  # wait_port's probe
+c, _ = s.accept()
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(w)
+    os.read(r, 1)  # end of file: the stack process is gone
+    got = c.recv(10)
+    try:
+        c.send(b"x", socket.MSG_NOSIGNAL); sent = "sent"
+    except OSError as e:
+        sent = errno.errorcode[e.errno]
+    try:
+        socket.create_connection((peer, 9100), timeout=5); new = "connected"
+    except OSError as e:
+        new = errno.errorcode.get(e.errno, str(e))
+    with open(out, "w") as f:
+        f.write(repr((got, sent, new)))
+    os._exit(0)
+print("parent leaves", flush=True)
+"#;
+
+#[test]
+fn a_child_outliving_the_stack_process_sees_its_connections_end() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let seen = lab.path("seen");
+    let srv = Reaper::spawn(lab.stack(
+        "tsex0",
+        "10.114.0",
+        "sex.json",
+        &[
+            "python3",
+            "-c",
+            STACK_EXITS_FIRST,
+            seen.to_str().unwrap(),
+            "10.114.0.1",
+        ],
+    ));
+    wait_port(&lab, "10.114.0.2", 9000);
+    // A kernel client that waits for the end of its connection (the stack process closes it
+    // as the kernel would at its exit).
+    let client = lab
+        .kernel(
+            "python3",
+            &[
+                "-c",
+                "import socket; s = socket.create_connection(('10.114.0.2', 9000)); \
+                 s.settimeout(30); assert s.recv(10) == b''",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&client);
+    let out = srv.finish(60);
+    assert_ok(&out);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let seen = std::fs::read_to_string(&seen).expect("the child's findings");
+    assert_eq!(seen, "(b'', 'EPIPE', 'ENETDOWN')");
+}
