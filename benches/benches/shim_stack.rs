@@ -8,7 +8,7 @@
 //! Workloads: redis-benchmark GET and SET (50 connections, pipelining 1 and 16; requests/s),
 //! nginx with a master and 2 worker processes serving wrk (a 4 KiB page, `sendfile on`, 50
 //! connections, 2 threads; requests/s: in stack mode the workers reach the master's stack over
-//! the control channel) and a 64 MiB download by curl from python's `http.server` (MB/s).
+//! the control channel), the same nginx in one process (`master_process off`: the direct path) and a 64 MiB download by curl from python's `http.server` (MB/s).
 //! Rounds alternate the two sides; each line prints both medians and the ratio stack/kernel
 //! (the issue's target for redis and nginx is >= 1.2). `HICAMP_STACK_BENCH_ONLY=nginx` (or
 //! `redis`, `curl`, comma-separated) runs only those workloads.
@@ -316,15 +316,21 @@ fn wanted(name: &str) -> bool {
         .unwrap_or(true)
 }
 
-/// One nginx round on one side (2 workers): wrk's requests/s.
-fn nginx_round(lab: &Lab, stack: bool, secs: u64) -> Result<f64, String> {
+/// One nginx round on one side, with a master and 2 workers (`workers`) or in one process:
+/// wrk's requests/s.
+fn nginx_round(lab: &Lab, stack: bool, secs: u64, workers: bool) -> Result<f64, String> {
     let side = if stack { "stack" } else { "kernel" };
+    let procs = if workers {
+        "master_process on; worker_processes 2;"
+    } else {
+        "master_process off; worker_processes 1;"
+    };
     let root = lab.dir.join(format!("ngx-{side}"));
     let _ = std::fs::create_dir_all(root.join("logs"));
     let r = root.display();
     let www = lab.dir.join("www").display().to_string();
     let conf = format!(
-        "user root; daemon off; master_process on; worker_processes 2; \
+        "user root; daemon off; {procs} \
          error_log {r}/logs/error.log; pid {r}/nginx.pid; \
          events {{ worker_connections 1024; }} \
          http {{ access_log off; sendfile on; server {{ listen 8080; root {www}; }} }}"
@@ -452,23 +458,30 @@ fn main() {
         let page: Vec<u8> = (0..4096u32).map(|i| b'a' + (i % 26) as u8).collect();
         if std::fs::write(dir.join("www/page"), page).is_ok() {
             let secs = env_u64("HICAMP_STACK_BENCH_SECS", 5);
-            let (mut s, mut k) = (Vec::new(), Vec::new());
-            for r in 0..rounds {
-                for stack in [r % 2 == 0, r % 2 == 1] {
-                    match nginx_round(&lab, stack, secs) {
-                        Ok(v) => (if stack { &mut s } else { &mut k }).push(v),
-                        Err(e) => eprintln!(
-                            "shim_stack: nginx round ({}): {e}",
-                            if stack { "stack" } else { "kernel" }
-                        ),
+            for workers in [true, false] {
+                let (mut s, mut k) = (Vec::new(), Vec::new());
+                for r in 0..rounds {
+                    for stack in [r % 2 == 0, r % 2 == 1] {
+                        match nginx_round(&lab, stack, secs, workers) {
+                            Ok(v) => (if stack { &mut s } else { &mut k }).push(v),
+                            Err(e) => eprintln!(
+                                "shim_stack: nginx round ({}): {e}",
+                                if stack { "stack" } else { "kernel" }
+                            ),
+                        }
                     }
                 }
+                let (ms, mk) = (median(&mut s), median(&mut k));
+                let what = if workers {
+                    "nginx 2 workers"
+                } else {
+                    "nginx 1 process"
+                };
+                println!(
+                    "{what} + wrk (50 conns, 4 KiB)  stack {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}",
+                    ms / mk
+                );
             }
-            let (ms, mk) = (median(&mut s), median(&mut k));
-            println!(
-                "nginx 2 workers + wrk (50 conns, 4 KiB)  stack {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}",
-                ms / mk
-            );
         }
     }
 
