@@ -5,17 +5,20 @@
 //! - **kernel**: the same server (or curl) runs on the kernel in namespace B, reached from A
 //!   over a veth pair.
 //!
-//! Workloads: redis-benchmark GET and SET (50 connections, pipelining 1 and 16; requests/s)
-//! and a 64 MiB download by curl from python's `http.server` (MB/s). Rounds alternate the two
-//! sides; each line prints both medians and the ratio stack/kernel (the issue's target for
-//! redis is >= 1.2).
+//! Workloads: redis-benchmark GET and SET (50 connections, pipelining 1 and 16; requests/s),
+//! nginx with a master and 2 worker processes serving wrk (a 4 KiB page, `sendfile on`, 50
+//! connections, 2 threads; requests/s: in stack mode the workers reach the master's stack over
+//! the control channel), the same nginx in one process (`master_process off`: the direct path) and a 64 MiB download by curl from python's `http.server` (MB/s).
+//! Rounds alternate the two sides; each line prints both medians and the ratio stack/kernel
+//! (the issue's target for redis and nginx is >= 1.2). `HICAMP_STACK_BENCH_ONLY=nginx` (or
+//! `redis`, `curl`, comma-separated) runs only those workloads.
 //!
 //! ```sh
 //! cargo bench -p hicamp-benches --bench shim_stack     # 3 rounds, 50000 requests
 //! HICAMP_STACK_BENCH_ROUNDS=5 HICAMP_STACK_BENCH_REQUESTS=100000 cargo bench -p hicamp-benches --bench shim_stack
 //! ```
 //!
-//! Needs root, iproute2, python3, curl, redis-server and redis-benchmark; a missing one skips
+//! Needs root, iproute2, python3, curl, redis-server, redis-benchmark, nginx and wrk; a missing one skips
 //! the workload with a message (a failure under `CI=true`). Under `cargo test --benches`
 //! nothing runs. Not a criterion benchmark: the subjects are processes, timed by the load
 //! generators themselves. `hicamp` and the shim are built first (release for `cargo bench`).
@@ -306,6 +309,80 @@ fn curl_round(lab: &Lab, stack: bool) -> Result<f64, String> {
     Ok(len as f64 / secs / 1e6)
 }
 
+/// A workload `HICAMP_STACK_BENCH_ONLY` selects (all when it is unset).
+fn wanted(name: &str) -> bool {
+    std::env::var("HICAMP_STACK_BENCH_ONLY")
+        .map(|v| v.split(',').any(|w| w.trim() == name))
+        .unwrap_or(true)
+}
+
+/// One nginx round on one side, with a master and 2 workers (`workers`) or in one process:
+/// wrk's requests/s.
+fn nginx_round(lab: &Lab, stack: bool, secs: u64, workers: bool) -> Result<f64, String> {
+    let side = if stack { "stack" } else { "kernel" };
+    let procs = if workers {
+        "master_process on; worker_processes 2;"
+    } else {
+        "master_process off; worker_processes 1;"
+    };
+    let root = lab.dir.join(format!("ngx-{side}"));
+    let _ = std::fs::create_dir_all(root.join("logs"));
+    let r = root.display();
+    let www = lab.dir.join("www").display().to_string();
+    let conf = format!(
+        "user root; daemon off; {procs} \
+         error_log {r}/logs/error.log; pid {r}/nginx.pid; \
+         events {{ worker_connections 1024; }} \
+         http {{ access_log off; sendfile on; server {{ listen 8080; root {www}; }} }}"
+    );
+    let conf_path = root.join("nginx.conf");
+    std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
+    let (conf_s, prefix) = (
+        conf_path.to_str().unwrap_or_default().to_string(),
+        root.to_str().unwrap_or_default().to_string(),
+    );
+    let args = ["nginx", "-c", conf_s.as_str(), "-p", prefix.as_str()];
+    let (mut server, host, ns) = if stack {
+        (spawn(lab.stack(&args))?, STACK_IP, &lab.a)
+    } else {
+        let mut c = lab.b.command("nginx");
+        c.args(&args[1..]);
+        (spawn(c)?, B_IP, &lab.b)
+    };
+    let result = (|| {
+        wait_port(&lab.a, host, 8080)?;
+        let out = lab
+            .a
+            .command("wrk")
+            .args([
+                "-t2",
+                "-c50",
+                &format!("-d{secs}s"),
+                &format!("http://{host}:8080/page"),
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("Non-2xx") {
+            return Err(format!("wrk saw errors: {text}"));
+        }
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .ok_or_else(|| format!("wrk said: {text}"))
+    })();
+    let _ = ns
+        .command("nginx")
+        .args(["-s", "quit", "-c", conf_s.as_str(), "-p", prefix.as_str()])
+        .output();
+    // The stack side's launcher removes its TAP once nginx is gone: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && server.0.try_wait().ok().flatten().is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    result
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -344,7 +421,8 @@ fn main() {
         "shim_stack: {rounds} rounds, alternating stack and kernel; medians, ratio stack/kernel"
     );
 
-    if !testkit::require_program("redis-benchmark", "--version")
+    if wanted("redis")
+        && !testkit::require_program("redis-benchmark", "--version")
         && !testkit::require_program("redis-server", "--version")
     {
         let mut s: Vec<[f64; 4]> = Vec::new();
@@ -371,7 +449,44 @@ fn main() {
         }
     }
 
-    if !testkit::require_program("curl", "--version")
+    // nginx -v and wrk -v print their versions (wrk exits 1): there if they start.
+    let starts = |p: &str| Command::new(p).arg("-v").output().map(drop);
+    if wanted("nginx")
+        && !testkit::require(starts("nginx"), "nginx")
+        && !testkit::require(starts("wrk"), "wrk")
+    {
+        let page: Vec<u8> = (0..4096u32).map(|i| b'a' + (i % 26) as u8).collect();
+        if std::fs::write(dir.join("www/page"), page).is_ok() {
+            let secs = env_u64("HICAMP_STACK_BENCH_SECS", 5);
+            for workers in [true, false] {
+                let (mut s, mut k) = (Vec::new(), Vec::new());
+                for r in 0..rounds {
+                    for stack in [r % 2 == 0, r % 2 == 1] {
+                        match nginx_round(&lab, stack, secs, workers) {
+                            Ok(v) => (if stack { &mut s } else { &mut k }).push(v),
+                            Err(e) => eprintln!(
+                                "shim_stack: nginx round ({}): {e}",
+                                if stack { "stack" } else { "kernel" }
+                            ),
+                        }
+                    }
+                }
+                let (ms, mk) = (median(&mut s), median(&mut k));
+                let what = if workers {
+                    "nginx 2 workers"
+                } else {
+                    "nginx 1 process"
+                };
+                println!(
+                    "{what} + wrk (50 conns, 4 KiB)  stack {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}",
+                    ms / mk
+                );
+            }
+        }
+    }
+
+    if wanted("curl")
+        && !testkit::require_program("curl", "--version")
         && !testkit::require_program("python3", "--version")
     {
         let blob: Vec<u8> = (0..64u32 << 20)

@@ -1174,8 +1174,9 @@ fn nginx_single_process_in_stack_mode_serves_curl_and_wrk() {
     assert!(n(&r["totals"]["sendfile_bytes"]) >= 38_000, "{r}");
 }
 
-/// A forked child: its copy of a stack connection reads end of stream and cannot send (the
-/// connection is the parent's, which still works); its new sockets go to the kernel.
+/// A forked child of the stack process: its copy of a stack connection works (the stack process
+/// serves it), its new stream and datagram sockets go to the stack too, and the parent's
+/// connection still works.
 const FORK_CHILD: &str = r#"
 import os, socket, sys
 K = sys.argv[1]
@@ -1183,12 +1184,14 @@ c = socket.create_connection((K, 9100))
 c.sendall(b"before"); assert c.recv(6) == b"before"
 pid = os.fork()
 if pid == 0:
-    ok = c.recv(10) == b""
-    try:
-        c.send(b"x", socket.MSG_NOSIGNAL); ok = False
-    except OSError:
-        pass
-    k = socket.create_connection((K, 9100)); k.sendall(b"kernel"); ok = ok and k.recv(6) == b"kernel"
+    c.sendall(b"child"); ok = c.recv(5) == b"child"
+    k = socket.create_connection((K, 9100)); k.sendall(b"stack!"); ok = ok and k.recv(6) == b"stack!"
+    ok = ok and k.getpeername() == (K, 9100) and k.getsockname()[0] == sys.argv[2]
+    k.close()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
+    u.sendto(b"dgram", (K, 9102)); d, a = u.recvfrom(100)
+    ok = ok and d == b"dgram" and a == (K, 9102)
+    u.close()
     os._exit(0 if ok else 3)
 _, st = os.waitpid(pid, 0)
 assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
@@ -1197,19 +1200,19 @@ print("FORK OK", flush=True)
 "#;
 
 #[test]
-fn a_forked_child_leaves_the_parents_stack_connections_alone() {
+fn a_forked_child_shares_the_parents_stack_sockets() {
     if missing(&["python3"]) {
         return;
     }
     let lab = Lab::new();
-    let _echo = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_ECHO]));
+    let _peers = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_PEERS]));
     wait_port(&lab, "127.0.0.1", 9100);
     let out = lab
         .stack(
             "tfork0",
             "10.109.0",
             "fork.json",
-            &["python3", "-c", FORK_CHILD, "10.109.0.1"],
+            &["python3", "-c", FORK_CHILD, "10.109.0.1", "10.109.0.2"],
         )
         .output()
         .unwrap();
@@ -1221,7 +1224,382 @@ fn a_forked_child_leaves_the_parents_stack_connections_alone() {
     );
     let merged = lab.report("fork.json");
     let r = stack_report(&merged);
-    // Only the parent's connection went through the stack: 11 bytes each way.
-    assert_eq!(n(&r["totals"]["sent_bytes"]), 11);
-    assert_eq!(n(&r["totals"]["received_bytes"]), 11);
+    // Everything went through the one stack: the parent's 11 bytes each way and the child's
+    // 5 on the inherited connection, 6 on its own and a 5-byte datagram.
+    assert_eq!(n(&r["totals"]["sent_bytes"]), 27, "{r}");
+    assert_eq!(n(&r["totals"]["received_bytes"]), 27, "{r}");
+    // The child's 16 bytes each way crossed the control channel: two copies per byte.
+    assert_eq!(n(&r["proxy"]["payload_to_stack_bytes"]), 16, "{r}");
+    assert_eq!(n(&r["proxy"]["payload_from_stack_bytes"]), 16, "{r}");
+    assert_eq!(n(&r["proxy"]["copied_bytes"]), 64, "{r}");
+    let stack_conns = r["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["route"] == "stack" && c["peer"] == "10.109.0.1:9100")
+        .count();
+    assert_eq!(
+        stack_conns, 2,
+        "the parent's and the child's connections: {r}"
+    );
+}
+
+/// `socketserver.ForkingTCPServer` echo: the parent accepts, forks a child per connection and
+/// closes its copy; each child serves its connection. Serves `N` connections, then waits for
+/// its children.
+const FORKING_ECHO: &str = r#"
+import socketserver, sys
+N = int(sys.argv[1])
+class H(socketserver.BaseRequestHandler):
+    def handle(self):
+        while True:
+            d = self.request.recv(65536)
+            if not d:
+                break
+            self.request.sendall(d)
+socketserver.ForkingTCPServer.allow_reuse_address = True
+srv = socketserver.ForkingTCPServer(("0.0.0.0", 9000), H)
+for _ in range(N):
+    srv.handle_request()
+while srv.active_children:
+    srv.collect_children(blocking=True)
+print("served", N, flush=True)
+"#;
+
+#[test]
+fn forking_tcp_server_echoes_concurrent_kernel_clients() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let srv = Reaper::spawn(lab.stack(
+        "tfrk0",
+        "10.110.0",
+        "frk.json",
+        &["python3", "-c", FORKING_ECHO, "7"],
+    ));
+    wait_port(&lab, "10.110.0.2", 9000);
+    // The probe was one connection: 6 concurrent clients of 1 MiB each make the 7.
+    echo_client(&lab, "10.110.0.2", 9000, 6, 1 << 20);
+    let out = srv.finish(120);
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "served 7");
+    let merged = lab.report("frk.json");
+    let r = stack_report(&merged);
+    let total = 6u64 << 20;
+    assert_eq!(n(&r["totals"]["received_bytes"]), total, "{r}");
+    assert_eq!(n(&r["totals"]["sent_bytes"]), total, "{r}");
+    // The children did all the reading and writing, through the control channel.
+    assert_eq!(n(&r["proxy"]["payload_to_stack_bytes"]), total, "{r}");
+    assert_eq!(n(&r["proxy"]["payload_from_stack_bytes"]), total, "{r}");
+    assert!(n(&r["proxy"]["children"]) >= 7, "{r}");
+    // Each connection closed once its child closed it (FIN, not a reset): all are recorded.
+    let closed = r["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["route"] == "stack" && c["open"] == false && c["peer"].is_string())
+        .count();
+    assert_eq!(closed, 7, "{r}");
+}
+
+/// The parent accepts, forks, and closes its copy at once; the child waits until the parent
+/// closed it, then echoes everything: the connection must not have been closed under it.
+const PARENT_CLOSES: &str = r#"
+import os, socket, sys, time
+SIZE = int(sys.argv[1])
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9000)); s.listen(8)
+p, _ = s.accept(); p.close()  # wait_port's probe
+c, _ = s.accept()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    s.close(); os.close(w)
+    os.read(r, 1)  # the parent closed its copy
+    total = 0
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d); total += len(d)
+    c.close()
+    os._exit(0 if total == SIZE else 3)
+c.close(); os.close(r)
+time.sleep(0.2)
+os.write(w, b"x")
+_, st = os.waitpid(pid, 0)
+print("child", os.WEXITSTATUS(st), flush=True)
+"#;
+
+#[test]
+fn a_parent_closing_its_copy_leaves_the_childs_connection_alone() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let size = 2 << 20;
+    let srv = Reaper::spawn(lab.stack(
+        "tpcl0",
+        "10.111.0",
+        "pcl.json",
+        &["python3", "-c", PARENT_CLOSES, &size.to_string()],
+    ));
+    wait_port(&lab, "10.111.0.2", 9000);
+    echo_client(&lab, "10.111.0.2", 9000, 1, size);
+    let out = srv.finish(60);
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "child 0");
+    let merged = lab.report("pcl.json");
+    let r = stack_report(&merged);
+    assert_eq!(n(&r["totals"]["received_bytes"]), size as u64, "{r}");
+    assert_eq!(n(&r["totals"]["sent_bytes"]), size as u64, "{r}");
+    let conn = r["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["route"] == "stack" && c["received_bytes"] == size as u64)
+        .cloned()
+        .unwrap_or_else(|| panic!("no connection carried the data: {r}"));
+    assert_eq!(conn["open"], false, "{conn}");
+}
+
+#[test]
+fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
+    let starts = |p: &str| Command::new(p).arg("-v").output().map(drop);
+    if missing(&["curl"])
+        || testkit::require(starts("nginx"), "nginx")
+        || testkit::require(starts("wrk"), "wrk")
+    {
+        return;
+    }
+    // A master (the stack process: it makes the listener) and 2 workers (forked children:
+    // they accept and serve through the stack process). Each request's worker pid and byte
+    // counts go to the access log.
+    let lab = Lab::new();
+    let root = lab.path("ngx2");
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::create_dir_all(root.join("logs")).unwrap();
+    let page = testkit::Rng::new(39).bytes(38_000);
+    std::fs::write(root.join("www/page"), &page).unwrap();
+    let r = root.display();
+    let conf = format!(
+        "user root; daemon off; master_process on; worker_processes 2; \
+         error_log {r}/logs/error.log; pid {r}/nginx.pid; events {{ worker_connections 256; }} \
+         http {{ log_format counts '$pid $request_length $bytes_sent $status'; \
+         access_log {r}/logs/access.log counts; sendfile on; \
+         server {{ listen 8080; root {r}/www; }} }}"
+    );
+    std::fs::write(root.join("nginx.conf"), conf).unwrap();
+    let conf = root.join("nginx.conf");
+    let (conf, prefix) = (conf.to_str().unwrap(), root.to_str().unwrap());
+    let srv = Reaper::spawn(lab.stack(
+        "tngx2",
+        "10.112.0",
+        "ngx2.json",
+        &["nginx", "-c", conf, "-p", prefix],
+    ));
+    wait_port(&lab, "10.112.0.2", 8080);
+    let got = lab.path("got");
+    let out = lab
+        .kernel(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "30",
+                "-o",
+                got.to_str().unwrap(),
+                "http://10.112.0.2:8080/page",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(std::fs::read(&got).unwrap() == page, "the page differs");
+    let out = lab
+        .kernel(
+            "wrk",
+            &["-t2", "-c16", "-d2s", "http://10.112.0.2:8080/page"],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Requests/sec"), "{text}");
+    assert!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "{text}"
+    );
+    let quit = lab
+        .kernel("nginx", &["-s", "quit", "-c", conf, "-p", prefix])
+        .output()
+        .unwrap();
+    assert_ok(&quit);
+    let out = srv.finish(60);
+    assert_ok(&out);
+    let log = std::fs::read_to_string(root.join("logs/access.log")).unwrap();
+    let (mut pids, mut req_bytes, mut resp_bytes, mut requests) =
+        (std::collections::BTreeSet::new(), 0u64, 0u64, 0u64);
+    for line in log.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 4, "{line}");
+        pids.insert(f[0].to_string());
+        req_bytes += f[1].parse::<u64>().unwrap();
+        resp_bytes += f[2].parse::<u64>().unwrap();
+        assert_eq!(f[3], "200", "{line}");
+        requests += 1;
+    }
+    assert!(requests > 1, "{log}");
+    assert_eq!(pids.len(), 2, "both workers served: {pids:?}");
+    let merged = lab.report("ngx2.json");
+    let r = stack_report(&merged);
+    assert_eq!(
+        n(&r["totals"]["received_bytes"]),
+        req_bytes,
+        "bytes received = the requests nginx logged: {r}"
+    );
+    assert_eq!(
+        n(&r["totals"]["sent_bytes"]),
+        resp_bytes,
+        "bytes sent = the responses nginx logged: {r}"
+    );
+    // Every page went through sendfile (one per connection may be cut short when wrk stops).
+    assert!(
+        n(&r["totals"]["sendfile_bytes"]) >= 38_000 * requests.saturating_sub(16),
+        "{r}"
+    );
+    assert!(n(&r["proxy"]["children"]) >= 2, "{r}");
+}
+
+/// inetd's way: the parent accepts and forks; the child puts the connection on its stdin and
+/// stdout and execs a new program, which echoes `argv[1]` bytes with plain `read`/`write` on
+/// descriptors 0 and 1.
+const EXEC_PARENT: &str = r#"
+import os, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9000)); s.listen(8)
+p, _ = s.accept(); p.close()  # wait_port's probe
+c, _ = s.accept()
+pid = os.fork()
+if pid == 0:
+    os.dup2(c.fileno(), 0); os.dup2(c.fileno(), 1)
+    os.execvp(sys.executable, [sys.executable, "-c", sys.argv[2], sys.argv[1]])
+c.close()
+_, st = os.waitpid(pid, 0)
+print("child", os.WEXITSTATUS(st), flush=True)
+"#;
+
+const EXEC_CHILD: &str = r#"
+import os, sys
+n, total = int(sys.argv[1]), 0
+while True:
+    d = os.read(0, 65536)
+    if not d:
+        break
+    v = memoryview(d)
+    while v:
+        v = v[os.write(1, v):]
+    total += len(d)
+os.close(0); os.close(1)
+sys.exit(0 if total == n else 3)
+"#;
+
+#[test]
+fn an_execed_child_serves_its_inherited_stack_connection() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let size = 1 << 20;
+    let srv = Reaper::spawn(lab.stack(
+        "texc0",
+        "10.113.0",
+        "exc.json",
+        &["python3", "-c", EXEC_PARENT, &size.to_string(), EXEC_CHILD],
+    ));
+    wait_port(&lab, "10.113.0.2", 9000);
+    echo_client(&lab, "10.113.0.2", 9000, 1, size);
+    let out = srv.finish(60);
+    assert_ok(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "child 0");
+    let merged = lab.report("exc.json");
+    let r = stack_report(&merged);
+    assert_eq!(n(&r["totals"]["received_bytes"]), size as u64, "{r}");
+    assert_eq!(n(&r["totals"]["sent_bytes"]), size as u64, "{r}");
+    assert_eq!(n(&r["proxy"]["payload_to_stack_bytes"]), size as u64, "{r}");
+}
+
+/// The stack process exits while its child lives: the child's copy of the connection reads end
+/// of stream, sends fail with `EPIPE`, and a new stack socket's `connect` fails with
+/// `ENETDOWN`. The child writes what it saw to `argv[1]`.
+const STACK_EXITS_FIRST: &str = r#"
+import errno, os, socket, sys
+out, peer = sys.argv[1], sys.argv[2]
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9000)); s.listen(8)
+p, _ = s.accept(); p.close()  # wait_port's probe
+c, _ = s.accept()
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(w)
+    os.read(r, 1)  # end of file: the stack process is gone
+    got = c.recv(10)
+    try:
+        c.send(b"x", socket.MSG_NOSIGNAL); sent = "sent"
+    except OSError as e:
+        sent = errno.errorcode[e.errno]
+    try:
+        socket.create_connection((peer, 9100), timeout=5); new = "connected"
+    except OSError as e:
+        new = errno.errorcode.get(e.errno, str(e))
+    with open(out, "w") as f:
+        f.write(repr((got, sent, new)))
+    os._exit(0)
+print("parent leaves", flush=True)
+"#;
+
+#[test]
+fn a_child_outliving_the_stack_process_sees_its_connections_end() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let seen = lab.path("seen");
+    let srv = Reaper::spawn(lab.stack(
+        "tsex0",
+        "10.114.0",
+        "sex.json",
+        &[
+            "python3",
+            "-c",
+            STACK_EXITS_FIRST,
+            seen.to_str().unwrap(),
+            "10.114.0.1",
+        ],
+    ));
+    wait_port(&lab, "10.114.0.2", 9000);
+    // A kernel client that waits for the end of its connection (the stack process closes it
+    // as the kernel would at its exit).
+    let client = lab
+        .kernel(
+            "python3",
+            &[
+                "-c",
+                "import socket; s = socket.create_connection(('10.114.0.2', 9000)); \
+                 s.settimeout(30); assert s.recv(10) == b''",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&client);
+    let out = srv.finish(60);
+    assert_ok(&out);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let seen = std::fs::read_to_string(&seen).expect("the child's findings");
+    assert_eq!(seen, "(b'', 'EPIPE', 'ENETDOWN')");
 }

@@ -1,4 +1,5 @@
-//! Process hooks: fork, the exec family (the report is written before the image goes) and
+//! Process hooks: fork, the exec family (the report is written before the image goes; a child
+//! of a stack process hands its stack descriptors to the new image in the environment) and
 //! `_exit`/`_Exit` (which skip `atexit` handlers).
 
 #![allow(clippy::missing_safety_doc)]
@@ -70,6 +71,44 @@ fn before_exec() {
     }
 }
 
+/// The environment for the new image when this process is a child of a stack process: `envp`
+/// (or `environ`) without an old hand-over entry, with this image's (see
+/// `stack::proxy::exec_entry`). `None`: the environment stays as it is.
+///
+/// # Safety
+/// `envp` is null or a null-terminated array of C strings.
+unsafe fn stack_env(envp: *const *const c_char) -> Option<(std::ffi::CString, Vec<*const c_char>)> {
+    let entry = crate::stack::proxy::exec_entry()?;
+    let mut v = Vec::new();
+    if !envp.is_null() {
+        for i in 0.. {
+            // SAFETY: a null-terminated array: entries up to the null are readable.
+            let p = unsafe { std::ptr::read(envp.wrapping_add(i)) };
+            if p.is_null() {
+                break;
+            }
+            // SAFETY: each entry is a C string.
+            let bytes = unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes();
+            if !crate::stack::proxy::is_exec_entry(bytes) {
+                v.push(p);
+            }
+        }
+    }
+    v.push(entry.as_ptr());
+    v.push(std::ptr::null());
+    Some((entry, v))
+}
+
+extern "C" {
+    static environ: *const *const c_char;
+}
+
+/// The process's environment array.
+fn environ_now() -> *const *const c_char {
+    // SAFETY: reading libc's `environ` pointer (exec reads it the same way).
+    unsafe { environ }
+}
+
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn execve(
     path: *const c_char,
@@ -77,6 +116,11 @@ pub unsafe extern "C-unwind" fn execve(
     envp: *const *const c_char,
 ) -> c_int {
     before_exec();
+    // SAFETY: the caller's environment array.
+    if let Some((_entry, env)) = unsafe { stack_env(envp) } {
+        // SAFETY: the caller's arguments with the new environment (alive across the call).
+        return unsafe { real::execve(path, argv, env.as_ptr()) };
+    }
     // SAFETY: as above.
     unsafe { real::execve(path, argv, envp) }
 }
@@ -84,6 +128,11 @@ pub unsafe extern "C-unwind" fn execve(
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
     before_exec();
+    // SAFETY: the process's environment array.
+    if let Some((_entry, env)) = unsafe { stack_env(environ_now()) } {
+        // SAFETY: as above.
+        return unsafe { real::execve(path, argv, env.as_ptr()) };
+    }
     // SAFETY: as above.
     unsafe { real::execv(path, argv) }
 }
@@ -91,6 +140,11 @@ pub unsafe extern "C-unwind" fn execv(path: *const c_char, argv: *const *const c
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
     before_exec();
+    // SAFETY: the process's environment array.
+    if let Some((_entry, env)) = unsafe { stack_env(environ_now()) } {
+        // SAFETY: as above.
+        return unsafe { real::execvpe(file, argv, env.as_ptr()) };
+    }
     // SAFETY: as above.
     unsafe { real::execvp(file, argv) }
 }
@@ -102,6 +156,11 @@ pub unsafe extern "C-unwind" fn execvpe(
     envp: *const *const c_char,
 ) -> c_int {
     before_exec();
+    // SAFETY: the caller's environment array.
+    if let Some((_entry, env)) = unsafe { stack_env(envp) } {
+        // SAFETY: as above.
+        return unsafe { real::execvpe(file, argv, env.as_ptr()) };
+    }
     // SAFETY: as above.
     unsafe { real::execvpe(file, argv, envp) }
 }
@@ -113,6 +172,11 @@ pub unsafe extern "C-unwind" fn fexecve(
     envp: *const *const c_char,
 ) -> c_int {
     before_exec();
+    // SAFETY: the caller's environment array.
+    if let Some((_entry, env)) = unsafe { stack_env(envp) } {
+        // SAFETY: as above.
+        return unsafe { real::fexecve(fd, argv, env.as_ptr()) };
+    }
     // SAFETY: as above.
     unsafe { real::fexecve(fd, argv, envp) }
 }

@@ -43,12 +43,24 @@
 //!   `read`, `readv`, `recvmsg`, `recvfrom` copy out of the received segments once. Both copies
 //!   are counted in the report, beside the interface's `tx_payload_copied` (bytes copied below
 //!   the socket API: 0 when the payload stays line-aligned).
-//! * **Processes.** A forked child shares nothing of the stack (its thread and port stay with
-//!   the parent): its stack descriptors become unix sockets whose peer is gone (end of
-//!   stream, `EPIPE`: the connection is the parent's), and its new sockets go to the kernel.
-//!   A stack descriptor inherited across `exec` is the unix end of its pair: the new image's
-//!   shim does not know it (its data path was the old image's stack, which is gone). See the
-//!   README for the planned multi-process design (one stack process, shared segment rings).
+//! * **Processes.** The process that made the stack is the *stack process*. A child forked
+//!   from it keeps its stack descriptors (A ends: readiness keeps working, since the stack
+//!   thread writes into B and A is one kernel object in every process) and sends its stack
+//!   calls to the stack process over a control connection ([`proxy`]): each request carries
+//!   the child's descriptor, recognised by A's inode and lent to its socket for one
+//!   non-blocking run of the same call ([`ops`]). The child closes its copies of the stack
+//!   process's own descriptors at fork. A socket that existed at a fork, or that a child used,
+//!   is *shared*: the stack process's last close leaves it an orphan until its B end hangs up
+//!   (the kernel's count of A copies in all processes reached 0), and only then closes its
+//!   connection. Chosen over a stack in shared memory because the stack, its lock and its port
+//!   stay in one address space (a child killed mid-call cannot corrupt them), a process that
+//!   never forked keeps its direct path, and the kernel already counts who holds a socket;
+//!   the price is two copies per byte of a child's payload through the channel (counted;
+//!   shared segment rings would remove them). When the stack process exits, children's stack
+//!   descriptors read end of stream and their stack calls fail. A child that execs hands its
+//!   stack descriptors (number and inode) and the stack's pid to the new image in the
+//!   environment (`HICAMP_STACK_PROXY`), which proxies them in turn; the stack process
+//!   execing ends its stack.
 //! * **Exit.** At `exit` the stack keeps running up to 2 s so that data and FINs of closed
 //!   connections leave (the kernel would send them after the process is gone), then writes the
 //!   report `PREFIX.stack.PID.json`.
@@ -71,6 +83,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::real;
 
 pub mod ops;
+pub mod proxy;
 
 /// Descriptors the fast check covers (larger ones stay in the kernel).
 const MAX_FD: usize = 1 << 16;
@@ -138,8 +151,27 @@ pub fn on() -> bool {
     }
 }
 
-/// Set in a forked child: the stack (its thread, its port) stayed with the parent.
+/// Set in a forked child of a stack process (or of such a child): its stack operations go to
+/// the stack process over the control channel ([`proxy`]).
 static FORKED: AtomicBool = AtomicBool::new(false);
+
+/// Forks this stack process made (a socket created before the latest fork may have copies in
+/// children: [`Sock::shared`]).
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// The stack process's own descriptors (B ends, the port, the eventfd, the orphan epoll, the
+/// control listener): a forked child closes its copies of them at once, so that a stack
+/// process's exit is seen by its children's A ends and the TAP is released with it.
+static INTERNAL: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
+
+/// Marks (or clears) one of the stack process's own descriptors.
+fn internal(fd: c_int, on: bool) {
+    set_bit(&INTERNAL, fd, on);
+}
+
+/// The epoll set of orphans' B ends (sockets no descriptor of this process refers to, which
+/// live while a child holds their A end): -1 until the stack exists.
+static ORPHANS: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 /// The stack mode's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,11 +320,27 @@ struct Sock {
     rd_shut: bool,
     wr_shut: bool,
     rec: ConnRecord,
+    /// A's inode: how a forked child's copy of A is recognised ([`proxy`]).
+    ino: u64,
+    /// [`FORKS`] when the socket was made.
+    epoch: u64,
+    /// A forked child has used it (or it was made for one).
+    proxied: bool,
+    /// No descriptor of this process refers to it, but a child's may: its B end waits in
+    /// [`ORPHANS`] for the hang-up that says every A copy is closed.
+    orphan: bool,
 }
 
 impl Sock {
+    /// This process's descriptor of A (-1: none; the stack then leaves A-side work, a token
+    /// drain or a fill, to the next call that has one).
     fn a(&self) -> c_int {
         self.fds.first().copied().unwrap_or(-1)
+    }
+
+    /// Copies of A may live in other processes: its last close here must not close it.
+    fn shared(&self) -> bool {
+        self.proxied || FORKS.load(Relaxed) > self.epoch
     }
 }
 
@@ -342,6 +390,8 @@ struct World {
     counters: Counters,
     notes: BTreeMap<String, u64>,
     next_id: u64,
+    /// A's inode -> socket slot (for forked children's requests).
+    inos: HashMap<u64, usize>,
 }
 
 static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| {
@@ -355,6 +405,7 @@ static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| {
         counters: Counters::default(),
         notes: BTreeMap::new(),
         next_id: 1,
+        inos: HashMap::new(),
     })
 });
 
@@ -425,6 +476,10 @@ impl World {
             established: false,
             rd_shut: false,
             wr_shut: false,
+            ino: proxy::inode(a),
+            epoch: FORKS.load(Relaxed),
+            proxied: false,
+            orphan: false,
             rec: ConnRecord {
                 id,
                 fd: a,
@@ -448,6 +503,12 @@ impl World {
         };
         self.fds.insert(a, slot);
         mark(a);
+        if let Some(s) = self.socks[slot].as_ref() {
+            internal(s.b, true);
+            if s.ino != 0 {
+                self.inos.insert(s.ino, slot);
+            }
+        }
         slot
     }
 }
@@ -493,6 +554,18 @@ fn start() -> Result<Engine, (c_int, String)> {
         return Err((crate::guard::errno(), "eventfd failed".into()));
     }
     WAKE.store(wake, Relaxed);
+    internal(wake, true);
+    // SAFETY: epoll_create1 has no memory precondition.
+    let orphans = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if orphans < 0 {
+        return Err((crate::guard::errno(), "epoll_create1 failed".into()));
+    }
+    ORPHANS.store(orphans, Relaxed);
+    internal(orphans, true);
+    if let Some(fd) = iface.nic().port().rx_fd() {
+        internal(fd, true);
+    }
+    proxy::STACK_SELF.store(crate::sys::getpid(), Relaxed);
     let seed = crate::sys::getpid() as u64 ^ crate::sys::unix_millis();
     let engine = Engine {
         iface,
@@ -512,14 +585,53 @@ fn start() -> Result<Engine, (c_int, String)> {
     // SAFETY: registering a plain `extern "C" fn()` with no precondition.
     unsafe { libc::atexit(at_exit) };
     // SAFETY: the handlers are `extern "C" fn()` that never unwind.
-    unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
+    unsafe {
+        libc::pthread_atfork(
+            Some(atfork_prepare),
+            Some(atfork_parent),
+            Some(atfork_child),
+        )
+    };
     Ok(engine)
 }
 
-/// In a forked child: the stack (its thread, its port, its lock) stayed with the parent. Each
-/// stack descriptor becomes a unix socket whose peer is gone (reads see end of stream, writes
-/// `EPIPE`), never a number a later `open` could take over; pending sockets are plain kernel
-/// sockets, and new sockets go to the kernel. Only system calls: the lock is never touched.
+/// Before a fork of the stack process: the control listener its children will reach it on.
+unsafe extern "C" fn atfork_prepare() {
+    if !FORKED.load(Relaxed) {
+        let _ = crate::guard::shielded(proxy::listen_for_children);
+    }
+}
+
+/// After a fork, in the stack process: every socket that exists now may have copies in the
+/// child.
+unsafe extern "C" fn atfork_parent() {
+    FORKS.fetch_add(1, Relaxed);
+}
+
+/// Blocks the asynchronous signals on one of the stack's own threads, so that the kernel never
+/// delivers the application's process-directed signals (SIGCHLD, SIGQUIT, SIGTERM...) to it: a
+/// handler run there would leave the application's own threads waiting (nginx's master sleeps
+/// in `sigsuspend` until a signal arrives on its thread, and stayed asleep with its workers
+/// gone when their SIGCHLD went to the stack thread).
+pub(crate) fn block_signals() {
+    // SAFETY: an all-zero sigset_t is valid; sigfillset/sigdelset initialise and edit it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe { libc::sigfillset(&mut set) };
+    for sig in [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGFPE,
+        libc::SIGILL,
+        libc::SIGTRAP,
+    ] {
+        // SAFETY: as above.
+        unsafe { libc::sigdelset(&mut set, sig) };
+    }
+    // SAFETY: changes only the calling thread's mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
 /// Waits (at most 3 s) until the kernel has the TAP device operational again after this
 /// process attached it: the kernel turns its queue on from a deferred work item (up to a
 /// second after the carrier came back), and until then it drops what it sends to us.
@@ -535,40 +647,30 @@ fn wait_operational(name: &str) {
     }
 }
 
+/// In a forked child: the stack (its thread, its port, its lock) stayed with the stack
+/// process, which serves this process's stack operations from now on ([`proxy`]): the
+/// descriptor marks stay (every stack descriptor is the A end of a pair whose B end the stack
+/// process keeps), the stack process's own descriptors (B ends, port, eventfd, listener) are
+/// closed here, and the control connection is made at the first operation. Only system calls
+/// and atomics: the world's lock is never touched in a child.
 unsafe extern "C" fn atfork_child() {
-    FORKED.store(true, Relaxed);
-    let mut sv = [-1; 2];
-    // SAFETY: `sv` has room for two descriptors.
-    let ok = unsafe {
-        real::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    } == 0;
-    if ok {
-        // SAFETY: our own descriptor.
-        unsafe { real::close(sv[1]) };
+    if !FORKED.load(Relaxed) {
+        proxy::STACK_PID.store(proxy::STACK_SELF.load(Relaxed), Relaxed);
+        FORKED.store(true, Relaxed);
     }
-    for (w, word) in MARKS.iter().enumerate() {
+    proxy::FORK_GEN.fetch_add(1, Relaxed);
+    for (w, word) in INTERNAL.iter().enumerate() {
         let mut bits = word.swap(0, Relaxed);
         while bits != 0 {
             let b = bits.trailing_zeros() as usize;
             bits &= bits - 1;
             let fd = (w * 64 + b) as c_int;
-            if ok {
-                // SAFETY: both descriptors are open; `fd` keeps its number.
-                unsafe { real::dup3(sv[0], fd, 0) };
-            }
+            // A descriptor lent to a socket for a request is marked there, not here.
+            unmark(fd);
+            mark_pending(fd, false);
+            // SAFETY: the stack process's descriptor, copied into this child: ours to close.
+            unsafe { real::close(fd) };
         }
-    }
-    for word in PMARKS.iter() {
-        word.store(0, Relaxed);
-    }
-    if ok {
-        // SAFETY: our own descriptor.
-        unsafe { real::close(sv[0]) };
     }
 }
 
@@ -587,6 +689,7 @@ pub fn exiting(reason: &'static str) {
                     .name("hicamp-stack-exit".into())
                     .spawn(move || {
                         crate::guard::enter_forever();
+                        block_signals();
                         let _ = crate::guard::shielded(|| finish(reason));
                     });
                 if let Ok(t) = t {
@@ -689,10 +792,13 @@ fn report_json(reason: &str) -> serde_json::Value {
             String::new(),
         ),
     };
+    // A forked child's payload crosses the control channel: copied into the kernel and out
+    // again, twice per byte below the socket API (counted here, where it arrives or leaves).
+    let proxied = proxy::stats();
     let below = match &w.engine {
         Some(e) => e.iface.stats().tx_payload_copied,
         None => 0,
-    };
+    } + proxied.copied_bytes;
     serde_json::json!({
         "tool": "hicamp libc-shim",
         "mode": "stack",
@@ -706,6 +812,7 @@ fn report_json(reason: &str) -> serde_json::Value {
         "totals": w.counters,
         "payload_bytes_copied_below_socket_api": below,
         "connections": conns,
+        "proxy": proxied,
         "notes": w.notes,
         "iface": iface,
         "port_copies": copies,
@@ -768,6 +875,7 @@ fn pump_from(w: &mut World, app: bool) {
 /// moved a timer earlier; then runs the interface and syncs the descriptors.
 fn stack_thread() {
     crate::guard::enter_forever();
+    block_signals();
     loop {
         if FINISHED.load(Relaxed) {
             return;
@@ -803,6 +911,11 @@ fn stack_thread() {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: ORPHANS.load(Relaxed),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // A port without a descriptor is polled every millisecond.
         let timeout = if port_fd < 0 && !(0..=1).contains(&timeout) {
@@ -810,14 +923,17 @@ fn stack_thread() {
         } else {
             timeout
         };
-        // SAFETY: two valid pollfds.
-        unsafe { real::poll(fds.as_mut_ptr(), 2, timeout) };
+        // SAFETY: three valid pollfds.
+        unsafe { real::poll(fds.as_mut_ptr(), 3, timeout) };
         if fds[1].revents != 0 {
             let mut buf = [0u8; 8];
             // SAFETY: an 8-byte buffer for an eventfd read.
             unsafe { real::read(fds[1].fd, buf.as_mut_ptr().cast(), 8) };
         }
         let mut w = lock();
+        if fds[2].revents != 0 {
+            ops::reap_orphans(&mut w);
+        }
         let rx0 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
         pump_from(&mut w, false);
         let rx1 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
@@ -963,10 +1079,10 @@ fn sync(e: &mut Engine, s: &mut Sock) {
         }
         _ => return,
     };
+    // Work on B needs nothing else; work on A (a drain, a fill) needs a descriptor of A in this
+    // process, which an orphan or a socket only children hold has not: the next call that
+    // brings one (a child's request lends its own) does it.
     let a = s.a();
-    if a < 0 {
-        return;
-    }
     if st.error && !s.hup_sig {
         s.hup_sig = true;
         s.eof_sig = true;
@@ -983,7 +1099,7 @@ fn sync(e: &mut Engine, s: &mut Sock) {
             {
                 s.tokens += 1;
             }
-        } else if s.tokens > 0 {
+        } else if s.tokens > 0 && a >= 0 {
             drain(a);
             s.tokens = 0;
         }
@@ -992,7 +1108,7 @@ fn sync(e: &mut Engine, s: &mut Sock) {
     if st.writable && s.filled {
         drain(s.b);
         s.filled = false;
-    } else if !st.writable && !s.filled && !s.hup_sig {
+    } else if !st.writable && !s.filled && !s.hup_sig && a >= 0 {
         let zeros = [0u8; 2048];
         for _ in 0..32 {
             if send_raw(a, &zeros) <= 0 {

@@ -11,11 +11,36 @@ use segstack::tcp::{Keepalive, TcpError};
 use segstack::Payload;
 
 use super::{
-    is_stack, lock, mark, mark_pending, marked, note, on, pump, sync, unmark, ConnRecord, Kind,
-    Opts, Pending, Sock, Tcp, World, FORKED,
+    internal, is_stack, lock, mark, mark_pending, marked, note, on, proxy, pump, sync, unmark,
+    ConnRecord, Kind, Opts, Pending, Sock, Tcp, World, FORKED, ORPHANS,
 };
 use crate::guard::{self, Guard};
 use crate::real;
+
+/// True in a forked child of the stack process: the call goes to the stack process.
+#[inline]
+fn child() -> bool {
+    FORKED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+thread_local! {
+    /// Set while the stack process serves a child's request: no call may block (the child
+    /// waits on its own descriptor).
+    static FORCE_NB: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every call non-blocking (a child's request).
+pub(super) fn non_blocking<R>(f: impl FnOnce() -> R) -> R {
+    FORCE_NB.with(|c| c.set(true));
+    let r = f();
+    FORCE_NB.with(|c| c.set(false));
+    r
+}
+
+/// A socket's calls do not block (its mode, or a child's request).
+fn nb(s: &Sock) -> bool {
+    s.nonblock || FORCE_NB.with(std::cell::Cell::get)
+}
 
 /// Enters the shim for a marked descriptor.
 #[inline]
@@ -104,7 +129,7 @@ unsafe fn write_addr(a: SocketAddrV4, addr: *mut sockaddr, len: *mut socklen_t) 
 }
 
 /// Waits until `fd` shows `events` (or hangs up), or the deadline passes (`EAGAIN`).
-fn wait(fd: c_int, events: i16, deadline: Option<Instant>) -> Result<(), c_int> {
+pub(super) fn wait(fd: c_int, events: i16, deadline: Option<Instant>) -> Result<(), c_int> {
     loop {
         let timeout = match deadline {
             None => -1,
@@ -140,7 +165,11 @@ fn deadline(t: Option<Duration>) -> Option<Instant> {
 
 /// After a successful `socket()`: an AF_INET stream or datagram socket is pending.
 pub fn socket_made(fd: c_int, domain: c_int, ty: c_int) {
-    if !on() || fd < 0 || FORKED.load(std::sync::atomic::Ordering::Relaxed) {
+    if !on() || fd < 0 {
+        return;
+    }
+    if child() {
+        proxy::socket_made(fd, domain, ty);
         return;
     }
     let Some(_g) = Guard::enter() else {
@@ -166,7 +195,7 @@ pub fn socket_made(fd: c_int, domain: c_int, ty: c_int) {
 
 /// After a successful `socketpair()` (unix sockets: the kernel's).
 pub fn socketpair_made(domain: c_int) {
-    if !on() {
+    if !on() || child() {
         return;
     }
     let Some(_g) = Guard::enter() else {
@@ -274,7 +303,7 @@ fn pair(nonblock: bool) -> Result<(c_int, c_int), c_int> {
 
 /// Where the stack's own descriptors go: the upper half of the soft descriptor limit (at most
 /// 32768), above the numbers an application takes first.
-fn high_floor() -> u64 {
+pub(super) fn high_floor() -> u64 {
     static FLOOR: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *FLOOR.get_or_init(|| {
         // SAFETY: an all-zero rlimit is valid.
@@ -361,6 +390,10 @@ fn keepalive(o: &Opts) -> Keepalive {
 /// The C contract of `bind`.
 pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<c_int> {
     let _g = enter(fd)?;
+    if child() {
+        // SAFETY: the caller's address of `len` bytes.
+        return unsafe { proxy::bind(fd, addr, len) };
+    }
     let mut w = lock();
     if w.pending.contains_key(&fd) {
         // SAFETY: the caller's address of `len` bytes.
@@ -417,6 +450,9 @@ pub unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<c
 /// `listen`.
 pub fn listen(fd: c_int, backlog: c_int) -> Option<c_int> {
     let _g = enter(fd)?;
+    if child() {
+        return proxy::listen(fd, backlog);
+    }
     let mut w = lock();
     if w.pending.get(&fd).is_some_and(|p| !p.dgram) {
         // listen without bind: any address, an ephemeral port.
@@ -471,11 +507,12 @@ pub unsafe fn accept4(
     flags: c_int,
 ) -> Option<c_int> {
     let _g = enter(fd)?;
-    if FORKED.load(std::sync::atomic::Ordering::Relaxed) && is_stack(fd) {
-        return Some(fail(libc::EIO));
-    }
     if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
         return Some(fail(libc::EINVAL));
+    }
+    if child() {
+        // SAFETY: the caller's buffers.
+        return unsafe { proxy::accept4(fd, addr, len, flags) };
     }
     loop {
         let mut w = lock();
@@ -495,7 +532,7 @@ pub unsafe fn accept4(
                 return Err(libc::EINVAL);
             };
             let h = q.pop_front();
-            let nb = s.nonblock;
+            let nb = nb(s);
             sync(e, s);
             Ok((h, nb, s.a(), s.opts.clone()))
         })
@@ -562,6 +599,10 @@ pub unsafe fn accept4(
 /// The C contract of `connect`.
 pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<c_int> {
     let _g = enter(fd)?;
+    if child() {
+        // SAFETY: the caller's address of `len` bytes.
+        return unsafe { proxy::connect(fd, addr, len) };
+    }
     // SAFETY: the caller's address of `len` bytes.
     let dst = unsafe { read_addr(addr, len) };
     let mut w = lock();
@@ -621,7 +662,7 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Optio
                 *t = Tcp::Connecting(h);
                 let o = s.opts.clone();
                 apply_opts(e, h, &o);
-                Ok(Some((s.nonblock, s.a(), s.opts.sndtimeo)))
+                Ok(Some((nb(s), s.a(), s.opts.sndtimeo)))
             }
         }
     })
@@ -675,8 +716,8 @@ pub fn send(
     dst: Option<(*const sockaddr, socklen_t)>,
 ) -> Option<isize> {
     let _g = enter(fd)?;
-    if FORKED.load(std::sync::atomic::Ordering::Relaxed) && is_stack(fd) {
-        return Some(fail(libc::EIO));
+    if child() {
+        return proxy::send(fd, bufs, flags, dst, false);
     }
     let mut w = lock();
     if w.pending.contains_key(&fd) {
@@ -774,7 +815,7 @@ pub fn send(
             let h = match s.kind {
                 Kind::Tcp(Tcp::Connected(h)) => h,
                 Kind::Tcp(Tcp::Connecting(_)) => {
-                    return if s.nonblock || dontwait {
+                    return if nb(s) || dontwait {
                         Step::Err(libc::EAGAIN)
                     } else {
                         Step::Block(s.a(), s.opts.sndtimeo)
@@ -799,7 +840,7 @@ pub fn send(
                 match e.iface.send_slice(h, b) {
                     Ok(0) | Err(IfaceError::WouldBlock) => {
                         sync(e, s);
-                        return if s.nonblock || dontwait {
+                        return if nb(s) || dontwait {
                             Step::Done
                         } else {
                             Step::Block(s.a(), s.opts.sndtimeo)
@@ -890,8 +931,8 @@ pub fn recv(
     from: Option<(*mut sockaddr, *mut socklen_t)>,
 ) -> Option<(isize, c_int)> {
     let _g = enter(fd)?;
-    if FORKED.load(std::sync::atomic::Ordering::Relaxed) && is_stack(fd) {
-        return Some((fail::<isize>(libc::EIO), 0));
+    if child() {
+        return proxy::recv(fd, bufs, flags, from);
     }
     let mut w = lock();
     if w.pending.contains_key(&fd) {
@@ -928,7 +969,7 @@ pub fn recv(
                     }) else {
                         return if s.rd_shut {
                             Step::Done(0)
-                        } else if s.nonblock || dontwait {
+                        } else if nb(s) || dontwait {
                             Step::Err(libc::EAGAIN)
                         } else {
                             Step::Block(s.a(), s.opts.rcvtimeo)
@@ -1036,7 +1077,7 @@ pub fn recv(
                     if any_eof || got == room || (got > 0 && !waitall) {
                         return Step::Done(0);
                     }
-                    if s.nonblock || dontwait {
+                    if nb(s) || dontwait {
                         return if got > 0 {
                             Step::Done(0)
                         } else {
@@ -1046,7 +1087,7 @@ pub fn recv(
                     Step::Block(s.a(), s.opts.rcvtimeo)
                 }
                 Kind::Tcp(Tcp::Connecting(_)) => {
-                    if s.nonblock || dontwait {
+                    if nb(s) || dontwait {
                         Step::Err(libc::EAGAIN)
                     } else {
                         Step::Block(s.a(), s.opts.rcvtimeo)
@@ -1131,7 +1172,12 @@ pub unsafe fn sendfile(out: c_int, inf: c_int, off: *mut i64, count: usize) -> O
             break;
         }
         let n = n as usize;
-        let r = send(out, &[&buf[..n]], 0, None)?;
+        let r = if child() {
+            let _g = Guard::enter()?;
+            proxy::send(out, &[&buf[..n]], 0, None, true)?
+        } else {
+            send(out, &[&buf[..n]], 0, None)?
+        };
         if r < 0 {
             if total > 0 {
                 break;
@@ -1155,7 +1201,9 @@ pub unsafe fn sendfile(out: c_int, inf: c_int, off: *mut i64, count: usize) -> O
         // SAFETY: the caller's offset.
         unsafe { std::ptr::write(off, p) };
     }
-    if let Some(_g) = Guard::enter() {
+    if child() {
+        // The stack process counted the bytes as sendfile's.
+    } else if let Some(_g) = Guard::enter() {
         lock().counters.sendfile_bytes += total as u64;
     }
     Some(total as isize)
@@ -1163,7 +1211,9 @@ pub unsafe fn sendfile(out: c_int, inf: c_int, off: *mut i64, count: usize) -> O
 
 // ---- descriptors ---------------------------------------------------------------------------
 
-/// Forgets `fd` as a descriptor of its socket; closes the socket with its last descriptor.
+/// Forgets `fd` as a descriptor of its socket; closes the socket with its last descriptor, or,
+/// when copies of its A end may live in forked children, when the last of them closes (the
+/// kernel counts them: B hangs up then; see [`reap_orphans`]).
 fn release(w: &mut World, fd: c_int) {
     if w.pending.remove(&fd).is_some() {
         mark_pending(fd, false);
@@ -1173,21 +1223,93 @@ fn release(w: &mut World, fd: c_int) {
         return;
     };
     unmark(fd);
-    let last = {
+    let (last, shared) = {
         let Some(s) = w.socks.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
         s.fds.retain(|&f| f != fd);
-        s.fds.is_empty()
+        (s.fds.is_empty(), s.shared())
     };
     if !last {
         return;
     }
+    if shared {
+        orphan(w, id);
+        return;
+    }
+    finalize(w, id);
+}
+
+/// A socket no descriptor of this process refers to any more, whose A end a child may still
+/// hold: it lives until B hangs up (every copy of A is closed).
+pub(super) fn orphan(w: &mut World, id: usize) {
+    let Some(s) = w.socks.get_mut(id).and_then(Option::as_mut) else {
+        return;
+    };
+    if s.orphan {
+        return;
+    }
+    s.orphan = true;
+    let mut ev = libc::epoll_event {
+        events: 0, // EPOLLHUP is always reported
+        u64: id as u64,
+    };
+    let ep = ORPHANS.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: a valid epoll_event; both descriptors are ours.
+    if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.b, &mut ev) } != 0 {
+        // No watch: close it now rather than never.
+        finalize(w, id);
+    }
+}
+
+/// True when every copy of the socket's A end is closed (B hangs up). A socket whose B end
+/// the stack shut down itself (a reset) hangs up at once: it is over in any case.
+fn hung_up(b: c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd: b,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let r = unsafe { real::poll(&mut p, 1, 0) };
+    r == 1 && p.revents & libc::POLLHUP != 0
+}
+
+/// The stack thread, when the orphan set is readable: closes orphans whose every A is closed.
+pub(super) fn reap_orphans(w: &mut World) {
+    let ep = ORPHANS.load(std::sync::atomic::Ordering::Relaxed);
+    let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    // SAFETY: `evs` has room for 64 events; no wait.
+    let n = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 64, 0) };
+    for ev in evs.iter().take(n.max(0) as usize) {
+        let id = ev.u64 as usize;
+        let done = w
+            .socks
+            .get(id)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.orphan && s.fds.is_empty() && hung_up(s.b));
+        if done {
+            finalize(w, id);
+        }
+    }
+}
+
+/// Closes the stack side of a socket: its connection (FIN, or a reset under `SO_LINGER` 0),
+/// its listener or port, and its B end.
+fn finalize(w: &mut World, id: usize) {
     let Some(mut s) = w.socks.get_mut(id).and_then(Option::take) else {
         return;
     };
+    if s.ino != 0 && w.inos.get(&s.ino) == Some(&id) {
+        w.inos.remove(&s.ino);
+    }
+    if s.orphan {
+        let ep = ORPHANS.load(std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: removing our own descriptor from our own epoll set.
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, s.b, std::ptr::null_mut()) };
+    }
     if super::debug() {
-        let what = format!("debug: release fd {fd} {:?}", s.kind);
+        let what = format!("debug: release {:?}", s.kind);
         note(w, what);
     }
     if let Some(e) = w.engine.as_mut() {
@@ -1217,6 +1339,7 @@ fn release(w: &mut World, fd: c_int) {
             _ => {}
         }
     }
+    internal(s.b, false);
     // SAFETY: our own descriptor.
     unsafe { real::close(s.b) };
     s.rec.open = false;
@@ -1229,7 +1352,8 @@ pub fn closing(fd: c_int) {
     let Some(_g) = enter(fd) else {
         return;
     };
-    if FORKED.load(std::sync::atomic::Ordering::Relaxed) {
+    if child() {
+        proxy::forget(fd);
         return;
     }
     let mut w = lock();
@@ -1238,7 +1362,13 @@ pub fn closing(fd: c_int) {
 
 /// `close_range` (not with CLOSE_RANGE_CLOEXEC): every marked descriptor in the range.
 pub fn closing_range(first: u32, last: u32) {
-    if !on() || FORKED.load(std::sync::atomic::Ordering::Relaxed) {
+    if !on() {
+        return;
+    }
+    if child() {
+        for fd in first..=last.min(super::MAX_FD as u32) {
+            proxy::forget(fd as c_int);
+        }
         return;
     }
     let Some(_g) = Guard::enter() else {
@@ -1273,6 +1403,10 @@ pub fn duplicated(old: c_int, new: c_int) {
     let Some(_g) = Guard::enter() else {
         return;
     };
+    if child() {
+        proxy::duplicated(old, new);
+        return;
+    }
     let mut w = lock();
     if w.pending.contains_key(&old) {
         // Two numbers of one kernel socket cannot both move: both stay in the kernel.
@@ -1296,6 +1430,10 @@ pub fn set_nonblocking(fd: c_int, on: bool) {
     let Some(_g) = Guard::enter() else {
         return;
     };
+    if child() {
+        proxy::set_nonblocking(fd, on);
+        return;
+    }
     let mut w = lock();
     if let Ok(id) = sock_id(&w, fd) {
         let _ = with(&mut w, id, |_, s, _| s.nonblock = on);
@@ -1312,6 +1450,10 @@ pub unsafe fn ioctl(fd: c_int, req: libc::c_ulong, arg: libc::c_ulong) -> Option
     }
     let _g = Guard::enter()?;
     let p = arg as usize as *mut c_int;
+    if child() {
+        // SAFETY: the caller's int pointer.
+        return unsafe { proxy::ioctl(fd, req, p) };
+    }
     let mut w = lock();
     let id = sock_id(&w, fd).ok()?;
     match req {
@@ -1356,6 +1498,9 @@ pub unsafe fn ioctl(fd: c_int, req: libc::c_ulong, arg: libc::c_ulong) -> Option
 /// `shutdown`.
 pub fn shutdown(fd: c_int, how: c_int) -> Option<c_int> {
     let _g = enter(fd)?;
+    if child() {
+        return proxy::shutdown(fd, how);
+    }
     let mut w = lock();
     if w.pending.contains_key(&fd) {
         return None;
@@ -1404,6 +1549,10 @@ pub unsafe fn name(
         return None;
     }
     let _g = Guard::enter()?;
+    if child() {
+        // SAFETY: the caller's buffers.
+        return unsafe { proxy::name(fd, addr, len, peer) };
+    }
     let mut w = lock();
     let id = sock_id(&w, fd).ok()?;
     let a = with(&mut w, id, |e, s, _| {
@@ -1519,6 +1668,10 @@ pub unsafe fn setsockopt(
     len: socklen_t,
 ) -> Option<c_int> {
     let _g = enter(fd)?;
+    if child() {
+        // SAFETY: the caller's option bytes.
+        return unsafe { proxy::setsockopt(fd, level, name, val, len) };
+    }
     let mut w = lock();
     if let Some(p) = w.pending.get_mut(&fd) {
         // SAFETY: the caller's option bytes.
@@ -1577,6 +1730,10 @@ pub unsafe fn getsockopt(
     let _g = Guard::enter()?;
     if val.is_null() || len.is_null() {
         return Some(fail(libc::EFAULT));
+    }
+    if child() {
+        // SAFETY: the caller's buffers.
+        return unsafe { proxy::getsockopt(fd, level, name, val, len) };
     }
     let mut w = lock();
     let id = sock_id(&w, fd).ok()?;

@@ -1,0 +1,1591 @@
+//! Forked children of the stack process: their stack operations are served by the stack
+//! process, over a control connection.
+//!
+//! The process that made the stack stays the *stack process*: its stack thread and port are
+//! the only ones. A child forked from it (or from such a child) keeps its copies of the stack
+//! descriptors (each the A end of a socketpair whose B end only the stack process holds: the
+//! child closes its copies of the stack process's own descriptors at fork), so readiness keeps
+//! working in the kernel across processes: the stack thread writes tokens into B and every
+//! process's `epoll`/`poll` on A sees them.
+//!
+//! * **Channel.** At its first stack operation a child connects an AF_UNIX `SOCK_SEQPACKET`
+//!   socket to the abstract name `hicamp-stack.PID` (the stack process's pid; the stack
+//!   process listens from its first `fork`). One connection per child thread, one server
+//!   thread per connection in the stack process; a request is one message and its reply one
+//!   message.
+//! * **Requests.** Each request carries the child's own descriptor (`SCM_RIGHTS`). The stack
+//!   process recognises it by its inode (A's inode is recorded when the socket is made), lends
+//!   it to the socket for the call, and runs the very same operation as for its own threads
+//!   ([`super::ops`]), non-blocking; a child blocks on its own descriptor (`poll` on A) and
+//!   asks again. A non-blocking receive or accept whose A holds no token is answered `EAGAIN`
+//!   in the child, without a round trip (the stack writes a token the moment it has data). A child's new AF_INET socket is pending in the child; the first `bind`,
+//!   `connect`, `listen` or `sendto` sends the kernel socket itself, the stack process routes it
+//!   and, when it goes to the stack, sends back the new A end that the child `dup3`s over its
+//!   number. `accept` passes the accepted socket's A end back, installed at the lowest free
+//!   number as the kernel's would be.
+//! * **Data.** Sends and receives carry the payload in the message: twice copied below the
+//!   socket API per byte (into the kernel's socket buffer and out of it), counted in the stack
+//!   process's report (`proxy`, and in `payload_bytes_copied_below_socket_api`). Rings of
+//!   segment references in memory shared by the processes would remove both copies.
+//! * **Lifetime.** A socket of the stack process that existed at a fork, or that a child used,
+//!   is *shared*: when the stack process closes its last descriptor of it, the socket stays
+//!   (an *orphan*) until its B end hangs up, which the kernel does when the last A copy in any
+//!   process is closed; only then does its connection close. So a `ForkingTCPServer` parent
+//!   closing its copy of an accepted connection leaves the child's connection alone.
+//! * **Stack process exit.** The stack process's exit closes B ends, the port and the
+//!   listener: children's stack descriptors then read end of stream and writes fail with
+//!   `EPIPE`; a child's later stack operations fail (`ENETDOWN`, `EPIPE` for sends, end of
+//!   stream for receives).
+//! * **Exec.** A child that execs hands its stack descriptors to the new image:
+//!   `HICAMP_STACK_PROXY=PID:FD/INODE,...` in its environment (added by the exec hooks), taken
+//!   out again by the new image's constructor, which marks each descriptor whose inode still
+//!   matches and reaches the same stack process.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use libc::{c_int, c_void, sockaddr, socklen_t};
+
+use super::{
+    bit, internal, is_stack, lock, mark, mark_pending, ops, unmark, Kind, Opts, Pending, PMARKS,
+};
+use crate::guard;
+use crate::real;
+
+/// This process's pid when it made the stack.
+pub(super) static STACK_SELF: AtomicI32 = AtomicI32::new(0);
+/// In a child: the stack process it reaches.
+pub(super) static STACK_PID: AtomicI32 = AtomicI32::new(0);
+/// Bumped in every forked child: a thread's control connection made before is its parent's.
+pub(super) static FORK_GEN: AtomicU64 = AtomicU64::new(1);
+/// The stack process's control listener (-1: none yet).
+static LISTENER: AtomicI32 = AtomicI32::new(-1);
+/// In a child: the stack process cannot be reached any more.
+static GONE: AtomicBool = AtomicBool::new(false);
+
+static CHILDREN: AtomicU64 = AtomicU64::new(0);
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+static TO_STACK: AtomicU64 = AtomicU64::new(0);
+static FROM_STACK: AtomicU64 = AtomicU64::new(0);
+
+/// The control channel's counters (the stack process's report).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(super) struct Stats {
+    /// Control connections children made.
+    pub children: u64,
+    /// Requests served.
+    pub requests: u64,
+    /// Payload children sent through the channel.
+    pub payload_to_stack_bytes: u64,
+    /// Payload children received through the channel.
+    pub payload_from_stack_bytes: u64,
+    /// Payload copies below the socket API the channel made (two per byte).
+    pub copied_bytes: u64,
+}
+
+/// The channel's counters.
+pub(super) fn stats() -> Stats {
+    let (to, from) = (TO_STACK.load(Relaxed), FROM_STACK.load(Relaxed));
+    Stats {
+        children: CHILDREN.load(Relaxed),
+        requests: REQUESTS.load(Relaxed),
+        payload_to_stack_bytes: to,
+        payload_from_stack_bytes: from,
+        copied_bytes: 2 * (to + from),
+    }
+}
+
+/// Payload per message (at least the largest UDP datagram).
+const CHUNK: usize = 64 * 1024;
+
+const BIND: u32 = 1;
+const LISTEN: u32 = 2;
+const ACCEPT: u32 = 3;
+const CONNECT: u32 = 4;
+const SEND: u32 = 5;
+const RECV: u32 = 6;
+const SHUTDOWN: u32 = 7;
+const NAME: u32 = 8;
+const SETOPT: u32 = 9;
+const GETOPT: u32 = 10;
+const IOCTL: u32 = 11;
+const SETNB: u32 = 12;
+
+/// A request's head (the payload follows it in the message).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct Req {
+    op: u32,
+    flags: i32,
+    a: i64,
+    b: i64,
+    c: i64,
+    addrlen: u32,
+    /// The descriptor is a pending socket of the child's.
+    pending: u32,
+    /// A send of `sendfile`'s.
+    sendfile: u32,
+    _pad: u32,
+    addr: [u8; 16],
+}
+
+/// A reply's head.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct Rep {
+    ret: i64,
+    errno: i32,
+    mflags: i32,
+    /// [`ANSWERED`], [`REAL`] or [`KERNEL`].
+    pass: u32,
+    nonblock: u32,
+    rcvtimeo_ms: u64,
+    sndtimeo_ms: u64,
+    addrlen: u32,
+    dgram: u32,
+    addr: [u8; 16],
+}
+
+const HEAD: usize = 64;
+const _: () = assert!(std::mem::size_of::<Req>() == HEAD && std::mem::size_of::<Rep>() == HEAD);
+
+/// The stack process answered.
+const ANSWERED: u32 = 0;
+/// Not the stack's call: the child makes the real call.
+const REAL: u32 = 1;
+/// As [`REAL`], and the socket is the kernel's from now on (no longer pending).
+const KERNEL: u32 = 2;
+
+fn head_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: `Req`/`Rep` are `repr(C)` integers and byte arrays without padding (asserted
+    // size), so all their bytes are initialised.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+fn head_bytes_mut<T: Copy>(v: &mut T) -> &mut [u8] {
+    // SAFETY: as above; every bit pattern is a valid `Req`/`Rep`.
+    unsafe { std::slice::from_raw_parts_mut((v as *mut T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// The inode of a descriptor (0 when fstat fails).
+pub(super) fn inode(fd: c_int) -> u64 {
+    // SAFETY: an all-zero stat is valid; fstat writes it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return 0;
+    }
+    st.st_ino
+}
+
+/// The control socket's abstract address for the stack process `pid`.
+fn address(pid: c_int) -> (libc::sockaddr_un, socklen_t) {
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let name = format!("hicamp-stack.{pid}");
+    for (i, b) in name.bytes().enumerate() {
+        a.sun_path[i + 1] = b as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + name.len();
+    (a, len as socklen_t)
+}
+
+/// Moves `fd` to the upper half of the descriptor numbers (close-on-exec).
+fn move_high(fd: c_int) -> c_int {
+    // SAFETY: F_DUPFD_CLOEXEC with an integer lower bound.
+    let high = unsafe {
+        real::fcntl(
+            fd,
+            libc::F_DUPFD_CLOEXEC,
+            ops::high_floor() as libc::c_ulong,
+        )
+    };
+    if high < 0 {
+        return fd;
+    }
+    // SAFETY: our own descriptor, now duplicated.
+    unsafe { real::close(fd) };
+    high
+}
+
+/// Sends `head` and `data` in one message, with `fd` (when >= 0).
+fn send_msg(c: c_int, head: &[u8], data: &[&[u8]], fd: c_int) -> Result<(), c_int> {
+    let mut joined = Vec::new();
+    let data: Vec<&[u8]> = if data.len() > 256 {
+        for d in data {
+            joined.extend_from_slice(d);
+        }
+        vec![&joined[..]]
+    } else {
+        data.to_vec()
+    };
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(1 + data.len());
+    for d in std::iter::once(&head).chain(data.iter()) {
+        if !d.is_empty() {
+            iov.push(libc::iovec {
+                iov_base: d.as_ptr() as *mut c_void,
+                iov_len: d.len(),
+            });
+        }
+    }
+    let mut cbuf = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    if fd >= 0 {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is arithmetic.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as _;
+        // SAFETY: `msg` has a control buffer of `msg_controllen` bytes.
+        let cm = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        let hdr = libc::cmsghdr {
+            // SAFETY: CMSG_LEN is arithmetic.
+            cmsg_len: unsafe { libc::CMSG_LEN(4) } as _,
+            cmsg_level: libc::SOL_SOCKET,
+            cmsg_type: libc::SCM_RIGHTS,
+        };
+        // SAFETY: the 64-byte, 8-aligned buffer holds a header at its start.
+        unsafe { std::ptr::write(cm, hdr) };
+        // SAFETY: and an int after it (CMSG_SPACE(4) <= 64).
+        let data = unsafe { libc::CMSG_DATA(cm) };
+        // SAFETY: as above.
+        unsafe { std::ptr::write_unaligned(data.cast::<c_int>(), fd) };
+    }
+    loop {
+        // SAFETY: a valid msghdr whose buffers live across the call.
+        let r = unsafe { real::sendmsg(c, &msg, libc::MSG_NOSIGNAL) };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = guard::errno();
+        if e != libc::EINTR {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives one message into `head` and `out`: the payload's length and the descriptor it
+/// carried (-1: none). 0 bytes: the peer is gone.
+fn recv_msg(
+    c: c_int,
+    head: &mut [u8],
+    out: &mut [&mut [u8]],
+    cloexec: bool,
+) -> Result<(usize, c_int, bool), c_int> {
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(1 + out.len());
+    iov.push(libc::iovec {
+        iov_base: head.as_mut_ptr().cast(),
+        iov_len: head.len(),
+    });
+    for o in out.iter_mut() {
+        if !o.is_empty() {
+            iov.push(libc::iovec {
+                iov_base: o.as_mut_ptr().cast(),
+                iov_len: o.len(),
+            });
+        }
+    }
+    let mut cbuf = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+    let flags = if cloexec { libc::MSG_CMSG_CLOEXEC } else { 0 };
+    let n = loop {
+        // SAFETY: a valid msghdr whose buffers live across the call.
+        let r = unsafe { real::recvmsg(c, &mut msg, flags) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = guard::errno();
+        if e != libc::EINTR {
+            return Err(e);
+        }
+    };
+    let mut fd = -1;
+    // SAFETY: `msg` describes the control messages the kernel wrote into `cbuf`.
+    let mut cm = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cm.is_null() {
+        // SAFETY: a header inside `cbuf` (CMSG_FIRSTHDR/CMSG_NXTHDR check the bounds).
+        let hdr = unsafe { std::ptr::read_unaligned(cm) };
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: an SCM_RIGHTS message carries ints after its header.
+            let p = unsafe { libc::CMSG_DATA(cm) };
+            // SAFETY: as above (one descriptor: the control buffer was sized for few).
+            let v = unsafe { std::ptr::read_unaligned(p.cast::<c_int>()) };
+            if fd < 0 {
+                fd = v;
+            } else {
+                // SAFETY: an unexpected extra descriptor: ours to close.
+                unsafe { real::close(v) };
+            }
+        }
+        // SAFETY: as above.
+        cm = unsafe { libc::CMSG_NXTHDR(&msg, cm) };
+    }
+    let trunc = msg.msg_flags & libc::MSG_TRUNC != 0;
+    Ok((n, fd, trunc))
+}
+
+// ---- the stack process's side --------------------------------------------------------------
+
+/// Called before a fork of the stack process: listens for its children (once).
+pub(super) fn listen_for_children() {
+    if LISTENER.load(Relaxed) >= 0 || !super::STARTED.load(Relaxed) {
+        return;
+    }
+    let Some(_g) = guard::Guard::enter() else {
+        return;
+    };
+    // SAFETY: plain socket calls on our own descriptor.
+    let fd = unsafe { real::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return;
+    }
+    let fd = move_high(fd);
+    let (a, len) = address(crate::sys::getpid());
+    // SAFETY: a valid sockaddr_un of `len` bytes.
+    let ok = unsafe { real::bind(fd, (&a as *const libc::sockaddr_un).cast(), len) } == 0
+        // SAFETY: our own descriptor.
+        && unsafe { real::listen(fd, 128) } == 0;
+    if !ok {
+        crate::sys::diag(&format!(
+            "stack mode: control listener: {}",
+            std::io::Error::from_raw_os_error(guard::errno())
+        ));
+        // SAFETY: our own descriptor.
+        unsafe { real::close(fd) };
+        return;
+    }
+    internal(fd, true);
+    LISTENER.store(fd, Relaxed);
+    let t = std::thread::Builder::new()
+        .name("hicamp-proxy".into())
+        .spawn(move || acceptor(fd));
+    if t.is_err() {
+        crate::sys::diag("stack mode: no thread for the control listener");
+    }
+}
+
+/// Accepts children's control connections; a thread serves each.
+fn acceptor(l: c_int) {
+    super::block_signals();
+    loop {
+        // SAFETY: accept on our own listener, no address wanted.
+        let c = unsafe {
+            real::accept4(
+                l,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if c < 0 {
+            match guard::errno() {
+                libc::EINTR | libc::ECONNABORTED => continue,
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                _ => return,
+            }
+        }
+        let c = move_high(c);
+        internal(c, true);
+        CHILDREN.fetch_add(1, Relaxed);
+        let t = std::thread::Builder::new()
+            .name("hicamp-proxy-conn".into())
+            .spawn(move || serve(c));
+        if t.is_err() {
+            internal(c, false);
+            // SAFETY: our own descriptor.
+            unsafe { real::close(c) };
+        }
+    }
+}
+
+/// Serves one child's control connection until the child closes it.
+fn serve(c: c_int) {
+    super::block_signals();
+    let mut buf = vec![0u8; CHUNK + 1024];
+    loop {
+        let mut req = Req::default();
+        let r = {
+            let mut out = [&mut buf[..]];
+            recv_msg(c, head_bytes_mut(&mut req), &mut out, true)
+        };
+        let Ok((n, fd, trunc)) = r else {
+            break;
+        };
+        if fd >= 0 {
+            // Lent for the request: a child forked meanwhile must not keep a copy (it would
+            // hold the socket open).
+            internal(fd, true);
+        }
+        if n == 0 {
+            if fd >= 0 {
+                internal(fd, false);
+                // SAFETY: a descriptor that came with no request: ours to close.
+                unsafe { real::close(fd) };
+            }
+            break;
+        }
+        REQUESTS.fetch_add(1, Relaxed);
+        let payload = &buf[..n.saturating_sub(HEAD).min(buf.len())];
+        let done = if n < HEAD || trunc || fd < 0 {
+            let e = if fd < 0 { libc::EBADF } else { libc::EMSGSIZE };
+            Done::error(e)
+        } else {
+            guard::shielded(|| handle(&req, payload, fd)).unwrap_or_else(|| Done::error(libc::EIO))
+        };
+        let sent = send_msg(c, head_bytes(&done.rep), &[&done.out], done.pass_fd);
+        for f in done.lent.iter().copied() {
+            unlend(f);
+        }
+        if fd >= 0 {
+            unlend(fd);
+            internal(fd, false);
+            // SAFETY: the descriptor the child passed: ours to close.
+            unsafe { real::close(fd) };
+        }
+        for f in done.lent.iter().copied().filter(|&f| f != fd) {
+            internal(f, false);
+            // SAFETY: a descriptor this thread made for the child: ours to close.
+            unsafe { real::close(f) };
+        }
+        if sent.is_err() {
+            break;
+        }
+    }
+    internal(c, false);
+    // SAFETY: our own descriptor.
+    unsafe { real::close(c) };
+}
+
+/// A served request: the reply, its payload, the descriptor it carries, and descriptors of this
+/// process lent to sockets for the request (forgotten and closed once the reply is out).
+struct Done {
+    rep: Rep,
+    out: Vec<u8>,
+    pass_fd: c_int,
+    lent: Vec<c_int>,
+}
+
+impl Done {
+    fn error(e: c_int) -> Done {
+        Done {
+            rep: Rep {
+                ret: -1,
+                errno: e,
+                ..Rep::default()
+            },
+            out: Vec::new(),
+            pass_fd: -1,
+            lent: Vec::new(),
+        }
+    }
+}
+
+/// What the child's descriptor is to the stack process.
+#[derive(PartialEq, Eq)]
+enum Lent {
+    Stack,
+    Pending,
+    Unknown,
+}
+
+/// Lends the child's descriptor `y` (received here) to its socket for the request.
+fn lend(y: c_int, pending: bool) -> Lent {
+    let ino = inode(y);
+    let mut w = lock();
+    if let Some(&id) = w.inos.get(&ino) {
+        if let Some(s) = w.socks.get_mut(id).and_then(Option::as_mut) {
+            s.fds.push(y);
+            s.proxied = true;
+            w.fds.insert(y, id);
+            mark(y);
+            return Lent::Stack;
+        }
+    }
+    if pending {
+        if let Some(dgram) = inet_type(y) {
+            w.pending.insert(
+                y,
+                Pending {
+                    dgram,
+                    opts: kernel_opts(y),
+                },
+            );
+            mark_pending(y, true);
+            return Lent::Pending;
+        }
+    }
+    Lent::Unknown
+}
+
+/// Takes a lent descriptor back from its socket. A socket left without a descriptor in this
+/// process is an orphan: it lives while the child's copies do.
+fn unlend(y: c_int) {
+    let mut w = lock();
+    if w.pending.remove(&y).is_some() {
+        mark_pending(y, false);
+    }
+    if let Some(id) = w.fds.remove(&y) {
+        unmark(y);
+        let empty = match w.socks.get_mut(id).and_then(Option::as_mut) {
+            Some(s) => {
+                s.fds.retain(|&f| f != y);
+                s.proxied = true;
+                s.fds.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            ops::orphan(&mut w, id);
+        }
+    }
+}
+
+/// `Some(dgram)` for an AF_INET stream or datagram socket.
+fn inet_type(fd: c_int) -> Option<bool> {
+    let dom = int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+    let ty = int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE)?;
+    (dom == libc::AF_INET && (ty == libc::SOCK_STREAM || ty == libc::SOCK_DGRAM))
+        .then_some(ty == libc::SOCK_DGRAM)
+}
+
+fn int_opt(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
+    let mut v: c_int = 0;
+    let mut l = 4 as socklen_t;
+    // SAFETY: an int-sized option buffer.
+    let r = unsafe { real::getsockopt(fd, level, name, (&mut v as *mut c_int).cast(), &mut l) };
+    (r == 0).then_some(v)
+}
+
+fn timeo_opt(fd: c_int, name: c_int) -> Option<Duration> {
+    // SAFETY: an all-zero timeval is valid.
+    let mut t: libc::timeval = unsafe { std::mem::zeroed() };
+    let mut l = std::mem::size_of::<libc::timeval>() as socklen_t;
+    // SAFETY: a timeval-sized option buffer.
+    let r = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&mut t as *mut libc::timeval).cast(),
+            &mut l,
+        )
+    };
+    let d = Duration::from_secs(t.tv_sec.max(0) as u64)
+        + Duration::from_micros(t.tv_usec.max(0) as u64);
+    (r == 0 && !d.is_zero()).then_some(d)
+}
+
+/// The options a child set on its pending socket, read back from the kernel socket.
+fn kernel_opts(fd: c_int) -> Opts {
+    let on = |level, name| int_opt(fd, level, name).is_some_and(|v| v != 0);
+    // SAFETY: an all-zero linger is valid.
+    let mut lg: libc::linger = unsafe { std::mem::zeroed() };
+    let mut l = std::mem::size_of::<libc::linger>() as socklen_t;
+    // SAFETY: a linger-sized option buffer.
+    let lr = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&mut lg as *mut libc::linger).cast(),
+            &mut l,
+        )
+    };
+    Opts {
+        reuseaddr: on(libc::SOL_SOCKET, libc::SO_REUSEADDR),
+        reuseport: on(libc::SOL_SOCKET, libc::SO_REUSEPORT),
+        keepalive: on(libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+        nodelay: on(libc::IPPROTO_TCP, libc::TCP_NODELAY),
+        linger: (lr == 0 && lg.l_onoff != 0).then_some(lg),
+        rcvtimeo: timeo_opt(fd, libc::SO_RCVTIMEO),
+        sndtimeo: timeo_opt(fd, libc::SO_SNDTIMEO),
+        ..Opts::default()
+    }
+}
+
+fn sockaddr_bytes(sin: &libc::sockaddr_in) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(head_bytes(sin));
+    b
+}
+
+/// Serves one request on the child's descriptor `y`.
+fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
+    let lent = lend(y, req.pending != 0);
+    let mut done = Done {
+        rep: Rep::default(),
+        out: Vec::new(),
+        pass_fd: -1,
+        lent: Vec::new(),
+    };
+    if lent == Lent::Unknown {
+        // Not (any more) a socket of the stack's: its connection is over.
+        match req.op {
+            RECV => done.rep.ret = 0,
+            SETNB => done.rep.ret = 0,
+            _ if req.pending != 0 => done.rep.pass = KERNEL,
+            SEND => (done.rep.ret, done.rep.errno) = (-1, libc::EPIPE),
+            _ => (done.rep.ret, done.rep.errno) = (-1, libc::ENOTCONN),
+        }
+        return done;
+    }
+    let addr = if req.addrlen == 0 {
+        std::ptr::null()
+    } else {
+        req.addr.as_ptr().cast::<sockaddr>()
+    };
+    // SAFETY: an all-zero sockaddr_in is valid.
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut slen = std::mem::size_of::<libc::sockaddr_in>() as socklen_t;
+    let sinp = (&mut sin as *mut libc::sockaddr_in).cast::<sockaddr>();
+    let mut with_addr = false;
+    let r: Option<i64> = ops::non_blocking(|| match req.op {
+        // SAFETY: `addr` is null or `req.addr` (addrlen <= 16 bytes).
+        BIND => unsafe { ops::bind(y, addr, req.addrlen) }.map(i64::from),
+        LISTEN => ops::listen(y, req.a as c_int).map(i64::from),
+        ACCEPT => {
+            with_addr = true;
+            // SAFETY: `sinp` is `sin`, of `slen` bytes.
+            let r = unsafe { ops::accept4(y, sinp, &mut slen, req.flags) };
+            if let Some(na) = r.filter(|&na| na >= 0) {
+                internal(na, true);
+                done.pass_fd = na;
+                done.lent.push(na);
+            }
+            r.map(i64::from)
+        }
+        // SAFETY: `addr` is null or `req.addr` (addrlen <= 16 bytes).
+        CONNECT => unsafe { ops::connect(y, addr, req.addrlen) }.map(i64::from),
+        SEND => {
+            TO_STACK.fetch_add(payload.len() as u64, Relaxed);
+            let dst = (!addr.is_null()).then_some((addr, req.addrlen));
+            let flags = req.flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+            let r = ops::send(y, &[payload], flags, dst);
+            if req.sendfile != 0 {
+                if let Some(n) = r.filter(|&n| n > 0) {
+                    lock().counters.sendfile_bytes += n as u64;
+                }
+            }
+            r.map(|n| n as i64)
+        }
+        RECV => {
+            let want = (req.a.max(0) as usize).min(CHUNK);
+            let mut data = vec![0u8; want];
+            let flags = (req.flags & !libc::MSG_WAITALL) | libc::MSG_DONTWAIT;
+            let r = ops::recv(y, &mut [&mut data[..]], flags, Some((sinp, &mut slen)));
+            if let Some((n, mf)) = r {
+                if n >= 0 {
+                    data.truncate((n as usize).min(want));
+                    FROM_STACK.fetch_add(data.len() as u64, Relaxed);
+                    done.out = data;
+                    done.rep.mflags = mf;
+                }
+            }
+            with_addr = true;
+            r.map(|(n, _)| n as i64)
+        }
+        SHUTDOWN => ops::shutdown(y, req.a as c_int).map(i64::from),
+        NAME => {
+            with_addr = true;
+            // SAFETY: `sinp` is `sin`, of `slen` bytes.
+            unsafe { ops::name(y, sinp, &mut slen, req.a != 0) }.map(i64::from)
+        }
+        // SAFETY: `payload` holds the option's bytes.
+        SETOPT => unsafe {
+            ops::setsockopt(
+                y,
+                req.a as c_int,
+                req.b as c_int,
+                payload.as_ptr().cast(),
+                payload.len() as socklen_t,
+            )
+        }
+        .map(i64::from),
+        GETOPT => {
+            let mut v = vec![0u8; (req.c.max(0) as usize).min(1024)];
+            let mut l = v.len() as socklen_t;
+            // SAFETY: `v` has `l` writable bytes.
+            let r = unsafe {
+                ops::getsockopt(
+                    y,
+                    req.a as c_int,
+                    req.b as c_int,
+                    v.as_mut_ptr().cast(),
+                    &mut l,
+                )
+            };
+            if r == Some(0) {
+                v.truncate(l as usize);
+                done.out = v;
+            }
+            r.map(i64::from)
+        }
+        IOCTL => {
+            let mut v: c_int = 0;
+            let p = &mut v as *mut c_int as usize as libc::c_ulong;
+            // SAFETY: `p` points to an int (FIONREAD and SIOCOUTQ write one).
+            let r = unsafe { ops::ioctl(y, req.a as libc::c_ulong, p) };
+            if r == Some(0) {
+                done.out = v.to_ne_bytes().to_vec();
+            }
+            r.map(i64::from)
+        }
+        SETNB => {
+            ops::set_nonblocking(y, req.a != 0);
+            Some(0)
+        }
+        _ => {
+            guard::set_errno(libc::EINVAL);
+            Some(-1)
+        }
+    });
+    let errno = guard::errno();
+    match r {
+        Some(v) => {
+            done.rep.ret = v;
+            if v < 0 {
+                done.rep.errno = errno;
+            }
+        }
+        None => {
+            done.rep.pass = if lent == Lent::Pending && !lock().pending.contains_key(&y) {
+                KERNEL
+            } else {
+                REAL
+            };
+        }
+    }
+    if with_addr && done.rep.ret >= 0 && r.is_some() {
+        done.rep.addr = sockaddr_bytes(&sin);
+        done.rep.addrlen = slen.min(16);
+    }
+    // A pending socket the call moved to the stack: its new A end goes back to the child.
+    if lent == Lent::Pending && is_stack(y) {
+        done.pass_fd = y;
+    }
+    // What the child needs to wait by itself: the socket's mode and timeouts.
+    let w = lock();
+    if let Some(s) = w
+        .fds
+        .get(&y)
+        .and_then(|&id| w.socks.get(id))
+        .and_then(Option::as_ref)
+    {
+        let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis().max(1) as u64);
+        done.rep.nonblock = u32::from(s.nonblock);
+        done.rep.rcvtimeo_ms = ms(s.opts.rcvtimeo);
+        done.rep.sndtimeo_ms = ms(s.opts.sndtimeo);
+        done.rep.dgram = u32::from(matches!(s.kind, Kind::Udp { .. }));
+    }
+    done
+}
+
+// ---- the child's side ----------------------------------------------------------------------
+
+thread_local! {
+    /// This thread's control connection and the fork generation it was made in.
+    static CTL: Cell<(u64, c_int)> = const { Cell::new((0, -1)) };
+}
+
+/// This thread's control connection, made at its first use in this process.
+fn ctl() -> Result<c_int, c_int> {
+    let gen = FORK_GEN.load(Relaxed);
+    let (g, fd) = CTL.try_with(Cell::get).unwrap_or((0, -1));
+    if g == gen && fd >= 0 {
+        return Ok(fd);
+    }
+    if fd >= 0 {
+        // The parent's connection, inherited: not ours to talk on.
+        // SAFETY: our copy of it.
+        unsafe { real::close(fd) };
+        let _ = CTL.try_with(|c| c.set((0, -1)));
+    }
+    if GONE.load(Relaxed) {
+        return Err(libc::ENETDOWN);
+    }
+    // SAFETY: plain socket calls on our own descriptor.
+    let s = unsafe { real::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(guard::errno());
+    }
+    let s = move_high(s);
+    let (a, len) = address(STACK_PID.load(Relaxed));
+    loop {
+        // SAFETY: a valid sockaddr_un of `len` bytes.
+        let r = unsafe { real::connect(s, (&a as *const libc::sockaddr_un).cast(), len) };
+        if r == 0 {
+            break;
+        }
+        if guard::errno() == libc::EINTR {
+            continue;
+        }
+        GONE.store(true, Relaxed);
+        // SAFETY: our own descriptor.
+        unsafe { real::close(s) };
+        return Err(libc::ENETDOWN);
+    }
+    let _ = CTL.try_with(|c| c.set((gen, s)));
+    Ok(s)
+}
+
+/// A reply.
+struct Answer {
+    rep: Rep,
+    /// Payload bytes received into the caller's buffers.
+    len: usize,
+}
+
+/// One request on the child's descriptor `fd`: `data` after the head, the reply's payload into
+/// `out`. A descriptor the reply carries: an accepted socket's (returned), or the new A end of
+/// a pending socket the stack took (installed over `fd` here).
+fn exchange(
+    fd: c_int,
+    req: &mut Req,
+    data: &[&[u8]],
+    out: &mut [&mut [u8]],
+    cloexec: bool,
+) -> Result<(Answer, c_int), c_int> {
+    let pending = bit(&PMARKS, fd);
+    req.pending = u32::from(pending);
+    let c = ctl()?;
+    let gone = |e: c_int| {
+        if matches!(e, libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) {
+            GONE.store(true, Relaxed);
+        }
+        libc::ENETDOWN
+    };
+    send_msg(c, head_bytes(req), data, fd).map_err(gone)?;
+    let mut rep = Rep::default();
+    let (n, passed, _) = recv_msg(c, head_bytes_mut(&mut rep), out, cloexec).map_err(gone)?;
+    if n == 0 {
+        GONE.store(true, Relaxed);
+        return Err(libc::ENETDOWN);
+    }
+    if n < HEAD {
+        return Err(libc::EIO);
+    }
+    if rep.pass == KERNEL {
+        mark_pending(fd, false);
+    }
+    let mut extra = -1;
+    if passed >= 0 {
+        if req.op == ACCEPT {
+            extra = passed;
+        } else {
+            // SAFETY: F_GETFD on the caller's descriptor.
+            let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+            let flags = if fl >= 0 && fl & libc::FD_CLOEXEC != 0 {
+                libc::O_CLOEXEC
+            } else {
+                0
+            };
+            // SAFETY: the received A end replaces the pending kernel socket at its number.
+            let r = unsafe { real::dup3(passed, fd, flags) };
+            // SAFETY: the received descriptor, now duplicated (or useless).
+            unsafe { real::close(passed) };
+            if r >= 0 {
+                mark_pending(fd, false);
+                mark(fd);
+            }
+        }
+    }
+    Ok((Answer { rep, len: n - HEAD }, extra))
+}
+
+fn fail<T: From<i8>>(e: c_int) -> T {
+    guard::set_errno(e);
+    T::from(-1)
+}
+
+/// An answer as a call's int result (`None`: make the real call).
+fn int_result(r: Result<(Answer, c_int), c_int>) -> Option<c_int> {
+    match r {
+        Err(e) => Some(fail(e)),
+        Ok((a, _)) if a.rep.pass != ANSWERED => None,
+        Ok((a, _)) if a.rep.ret < 0 => Some(fail(a.rep.errno)),
+        Ok((a, _)) => Some(a.rep.ret as c_int),
+    }
+}
+
+/// Copies the caller's address into the request (at most a sockaddr_in's 16 bytes).
+///
+/// # Safety
+/// `addr` points to `len` readable bytes (or is null).
+unsafe fn put_addr(req: &mut Req, addr: *const sockaddr, len: socklen_t) {
+    if addr.is_null() {
+        return;
+    }
+    let n = (len as usize).min(16);
+    // SAFETY: `n <= len` readable bytes at `addr`.
+    unsafe { std::ptr::copy_nonoverlapping(addr.cast::<u8>(), req.addr.as_mut_ptr(), n) };
+    req.addrlen = n.max(1) as u32;
+}
+
+/// Writes a reply's address to the caller's buffer (truncated as the kernel truncates).
+///
+/// # Safety
+/// `addr`/`len` are null or the caller's buffer and its length.
+unsafe fn get_addr(rep: &Rep, addr: *mut sockaddr, len: *mut socklen_t) {
+    if addr.is_null() || len.is_null() {
+        return;
+    }
+    // SAFETY: the caller's socklen_t.
+    let room = unsafe { std::ptr::read(len) } as usize;
+    let n = room.min(rep.addrlen as usize);
+    // SAFETY: `room >= n` writable bytes at `addr`.
+    unsafe { std::ptr::copy_nonoverlapping(rep.addr.as_ptr(), addr.cast::<u8>(), n) };
+    // SAFETY: as above.
+    unsafe { std::ptr::write(len, rep.addrlen as socklen_t) };
+}
+
+/// True when a non-blocking receive or accept on the child's `fd` would find nothing: A holds
+/// no token (the stack had nothing to read at its last look, and would write one the moment it
+/// has) and no end-of-stream or hang-up, and the call does not block. The child then answers
+/// `EAGAIN` itself, without a round trip (nginx's receive after each response, a worker
+/// that lost the race for a connection).
+fn nothing_yet(fd: c_int, dontwait: bool) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    if unsafe { real::poll(&mut p, 1, 0) } != 0 {
+        return false;
+    }
+    // SAFETY: F_GETFL takes no argument.
+    let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    dontwait || (fl >= 0 && fl & libc::O_NONBLOCK != 0)
+}
+
+fn deadline(ms: u64) -> Option<Instant> {
+    (ms > 0).then(|| Instant::now() + Duration::from_millis(ms))
+}
+
+/// After `socket()` in a child: an AF_INET stream or datagram socket is pending.
+pub(super) fn socket_made(fd: c_int, domain: c_int, ty: c_int) {
+    let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    if domain == libc::AF_INET && (base == libc::SOCK_STREAM || base == libc::SOCK_DGRAM) {
+        mark_pending(fd, true);
+    }
+}
+
+/// A child closes `fd`: only its marks go (the kernel counts the A end's copies).
+pub(super) fn forget(fd: c_int) {
+    unmark(fd);
+    mark_pending(fd, false);
+}
+
+/// A child duplicated `old` to `new`.
+pub(super) fn duplicated(old: c_int, new: c_int) {
+    if is_stack(old) {
+        mark(new);
+    } else if bit(&PMARKS, old) {
+        // Two numbers of one kernel socket cannot both move: both stay in the kernel.
+        mark_pending(old, false);
+    }
+}
+
+/// `bind` in a child.
+///
+/// # Safety
+/// `addr` points to `len` readable bytes (or is null).
+pub(super) unsafe fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<c_int> {
+    let mut req = Req {
+        op: BIND,
+        ..Req::default()
+    };
+    // SAFETY: the caller's address.
+    unsafe { put_addr(&mut req, addr, len) };
+    int_result(exchange(fd, &mut req, &[], &mut [], true))
+}
+
+/// `listen` in a child.
+pub(super) fn listen(fd: c_int, backlog: c_int) -> Option<c_int> {
+    let mut req = Req {
+        op: LISTEN,
+        a: i64::from(backlog),
+        ..Req::default()
+    };
+    int_result(exchange(fd, &mut req, &[], &mut [], true))
+}
+
+/// `accept4` in a child: the accepted socket's A end arrives at the lowest free number.
+///
+/// # Safety
+/// `addr`/`len` are null or the caller's buffer and its length.
+pub(super) unsafe fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> Option<c_int> {
+    let mut dl: Option<Option<Instant>> = None;
+    if !bit(&PMARKS, fd) && nothing_yet(fd, false) {
+        return Some(fail(libc::EAGAIN));
+    }
+    loop {
+        let mut req = Req {
+            op: ACCEPT,
+            flags,
+            ..Req::default()
+        };
+        let cloexec = flags & libc::SOCK_CLOEXEC != 0;
+        let (a, nfd) = match exchange(fd, &mut req, &[], &mut [], cloexec) {
+            Ok(x) => x,
+            Err(e) => return Some(fail(e)),
+        };
+        if a.rep.pass != ANSWERED {
+            return None;
+        }
+        if a.rep.ret >= 0 {
+            if nfd < 0 {
+                return Some(fail(libc::EMFILE));
+            }
+            mark(nfd);
+            // SAFETY: the caller's buffers.
+            unsafe { get_addr(&a.rep, addr, len) };
+            return Some(nfd);
+        }
+        if a.rep.errno != libc::EAGAIN || a.rep.nonblock != 0 {
+            return Some(fail(a.rep.errno));
+        }
+        let d = *dl.get_or_insert_with(|| deadline(a.rep.rcvtimeo_ms));
+        if let Err(e) = ops::wait(fd, libc::POLLIN, d) {
+            return Some(fail(e));
+        }
+    }
+}
+
+/// `connect` in a child: a blocking one waits on its own descriptor, then asks for SO_ERROR.
+///
+/// # Safety
+/// `addr` points to `len` readable bytes (or is null).
+pub(super) unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Option<c_int> {
+    let mut req = Req {
+        op: CONNECT,
+        ..Req::default()
+    };
+    // SAFETY: the caller's address.
+    unsafe { put_addr(&mut req, addr, len) };
+    let (a, _) = match exchange(fd, &mut req, &[], &mut [], true) {
+        Ok(x) => x,
+        Err(e) => return Some(fail(e)),
+    };
+    if a.rep.pass != ANSWERED {
+        return None;
+    }
+    if a.rep.ret >= 0 {
+        return Some(0);
+    }
+    if a.rep.errno != libc::EINPROGRESS || a.rep.nonblock != 0 {
+        return Some(fail(a.rep.errno));
+    }
+    if let Err(e) = ops::wait(fd, libc::POLLOUT, deadline(a.rep.sndtimeo_ms)) {
+        return Some(fail(if e == libc::EAGAIN {
+            libc::EINPROGRESS
+        } else {
+            e
+        }));
+    }
+    let mut v: c_int = 0;
+    let mut l = 4 as socklen_t;
+    // SAFETY: an int-sized option buffer.
+    let r = unsafe {
+        getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut v as *mut c_int).cast(),
+            &mut l,
+        )
+    };
+    match r {
+        Some(0) if v == 0 => Some(0),
+        Some(0) => Some(fail(v)),
+        other => other,
+    }
+}
+
+/// A send-family call in a child: the payload goes in messages of at most [`CHUNK`] bytes; a
+/// blocking call waits on its own descriptor while the stack's send buffer is full.
+pub(super) fn send(
+    fd: c_int,
+    bufs: &[&[u8]],
+    flags: c_int,
+    dst: Option<(*const sockaddr, socklen_t)>,
+    sendfile: bool,
+) -> Option<isize> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let dontwait = flags & libc::MSG_DONTWAIT != 0;
+    let (mut bi, mut off, mut sent) = (0usize, 0usize, 0usize);
+    let mut dl: Option<Option<Instant>> = None;
+    loop {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut n = 0usize;
+        let (mut i, mut o) = (bi, off);
+        while i < bufs.len() && n < CHUNK {
+            let b = &bufs[i][o..];
+            let take = b.len().min(CHUNK - n);
+            if take > 0 {
+                parts.push(&b[..take]);
+            }
+            n += take;
+            if take == b.len() {
+                i += 1;
+                o = 0;
+            } else {
+                o += take;
+            }
+        }
+        let mut req = Req {
+            op: SEND,
+            flags: flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            sendfile: u32::from(sendfile),
+            ..Req::default()
+        };
+        if let Some((a, l)) = dst.filter(|d| !d.0.is_null()) {
+            // SAFETY: the caller's address of `l` bytes.
+            unsafe { put_addr(&mut req, a, l) };
+        }
+        let (a, _) = match exchange(fd, &mut req, &parts, &mut [], true) {
+            Ok(x) => x,
+            Err(_) if sent > 0 => break,
+            Err(_) => return Some(send_failed(libc::EPIPE, flags)),
+        };
+        if a.rep.pass != ANSWERED {
+            return None;
+        }
+        let block = a.rep.nonblock == 0 && !dontwait;
+        if a.rep.ret >= 0 {
+            let mut r = a.rep.ret as usize;
+            sent += r;
+            while r > 0 && bi < bufs.len() {
+                let left = bufs[bi].len() - off;
+                if r >= left {
+                    r -= left;
+                    bi += 1;
+                    off = 0;
+                } else {
+                    off += r;
+                    r = 0;
+                }
+            }
+            while bi < bufs.len() && bufs[bi].len() == off {
+                bi += 1;
+                off = 0;
+            }
+            if sent >= total || a.rep.dgram != 0 {
+                break;
+            }
+            if (a.rep.ret as usize) < n {
+                if !block {
+                    break;
+                }
+                let d = *dl.get_or_insert_with(|| deadline(a.rep.sndtimeo_ms));
+                if ops::wait(fd, libc::POLLOUT, d).is_err() {
+                    break;
+                }
+            }
+            continue;
+        }
+        let e = a.rep.errno;
+        if e == libc::EAGAIN && block {
+            let d = *dl.get_or_insert_with(|| deadline(a.rep.sndtimeo_ms));
+            if let Err(x) = ops::wait(fd, libc::POLLOUT, d) {
+                if sent > 0 {
+                    break;
+                }
+                return Some(fail(x));
+            }
+            continue;
+        }
+        if sent > 0 {
+            break;
+        }
+        return Some(send_failed(e, flags));
+    }
+    Some(sent as isize)
+}
+
+fn send_failed(e: c_int, flags: c_int) -> isize {
+    if e == libc::EPIPE && flags & libc::MSG_NOSIGNAL == 0 {
+        // SAFETY: raise has no precondition.
+        unsafe { libc::raise(libc::SIGPIPE) };
+    }
+    fail(e)
+}
+
+/// A receive-family call in a child: at most [`CHUNK`] bytes per message; a blocking call waits
+/// on its own descriptor.
+pub(super) fn recv(
+    fd: c_int,
+    bufs: &mut [&mut [u8]],
+    flags: c_int,
+    from: Option<(*mut sockaddr, *mut socklen_t)>,
+) -> Option<(isize, c_int)> {
+    let room: usize = bufs.iter().map(|b| b.len()).sum();
+    let peek = flags & libc::MSG_PEEK != 0;
+    let waitall = flags & libc::MSG_WAITALL != 0 && !peek;
+    let dontwait = flags & libc::MSG_DONTWAIT != 0;
+    let mut got = 0usize;
+    let mut dl: Option<Option<Instant>> = None;
+    if !bit(&PMARKS, fd) && nothing_yet(fd, dontwait) {
+        return Some((fail(libc::EAGAIN), 0));
+    }
+    loop {
+        let want = (room - got).min(CHUNK);
+        let mut req = Req {
+            op: RECV,
+            flags: (flags & !libc::MSG_WAITALL) | libc::MSG_DONTWAIT,
+            a: want as i64,
+            ..Req::default()
+        };
+        let r = {
+            let mut outs: Vec<&mut [u8]> = Vec::new();
+            let (mut skip, mut left) = (got, want);
+            for b in bufs.iter_mut() {
+                if left == 0 {
+                    break;
+                }
+                if skip >= b.len() {
+                    skip -= b.len();
+                    continue;
+                }
+                let s = &mut b[skip..];
+                skip = 0;
+                let take = s.len().min(left);
+                outs.push(&mut s[..take]);
+                left -= take;
+            }
+            exchange(fd, &mut req, &[], &mut outs, true)
+        };
+        let a = match r {
+            Ok((a, _)) => a,
+            // The stack process is gone: end of stream.
+            Err(_) => return Some((got as isize, 0)),
+        };
+        if a.rep.pass != ANSWERED {
+            return None;
+        }
+        if a.rep.ret >= 0 {
+            if let Some((fa, fl)) = from {
+                if a.rep.addrlen > 0 && a.rep.dgram != 0 {
+                    // SAFETY: the caller's address buffer.
+                    unsafe { get_addr(&a.rep, fa, fl) };
+                }
+            }
+            if a.rep.dgram != 0 || peek {
+                return Some((a.rep.ret as isize, a.rep.mflags));
+            }
+            got += a.len.min(want);
+            if a.rep.ret == 0 || !waitall || got >= room {
+                return Some((got as isize, 0));
+            }
+            continue;
+        }
+        let e = a.rep.errno;
+        if e == libc::EAGAIN {
+            if got > 0 && !waitall {
+                return Some((got as isize, 0));
+            }
+            if a.rep.nonblock != 0 || dontwait {
+                return Some(if got > 0 {
+                    (got as isize, 0)
+                } else {
+                    (fail(e), 0)
+                });
+            }
+            let d = *dl.get_or_insert_with(|| deadline(a.rep.rcvtimeo_ms));
+            if let Err(x) = ops::wait(fd, libc::POLLIN, d) {
+                return Some(if got > 0 {
+                    (got as isize, 0)
+                } else {
+                    (fail(x), 0)
+                });
+            }
+            continue;
+        }
+        if got > 0 {
+            return Some((got as isize, 0));
+        }
+        return Some((fail(e), 0));
+    }
+}
+
+/// `shutdown` in a child.
+pub(super) fn shutdown(fd: c_int, how: c_int) -> Option<c_int> {
+    let mut req = Req {
+        op: SHUTDOWN,
+        a: i64::from(how),
+        ..Req::default()
+    };
+    int_result(exchange(fd, &mut req, &[], &mut [], true))
+}
+
+/// `getsockname`/`getpeername` in a child.
+///
+/// # Safety
+/// `addr`/`len` are null or the caller's buffer and its length.
+pub(super) unsafe fn name(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    peer: bool,
+) -> Option<c_int> {
+    let mut req = Req {
+        op: NAME,
+        a: i64::from(peer),
+        ..Req::default()
+    };
+    let r = exchange(fd, &mut req, &[], &mut [], true);
+    if let Ok((a, _)) = &r {
+        if a.rep.pass == ANSWERED && a.rep.ret >= 0 {
+            // SAFETY: the caller's buffers.
+            unsafe { get_addr(&a.rep, addr, len) };
+        }
+    }
+    int_result(r)
+}
+
+/// `setsockopt` in a child (a pending socket's options stay in the kernel socket, read back
+/// when the stack takes it).
+///
+/// # Safety
+/// `val` points to `len` readable bytes (or is null).
+pub(super) unsafe fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> Option<c_int> {
+    if bit(&PMARKS, fd) {
+        return None;
+    }
+    if val.is_null() {
+        return Some(fail(libc::EFAULT));
+    }
+    // SAFETY: `len` readable bytes at `val`.
+    let v = unsafe { std::slice::from_raw_parts(val.cast::<u8>(), (len as usize).min(1024)) };
+    let mut req = Req {
+        op: SETOPT,
+        a: i64::from(level),
+        b: i64::from(name),
+        ..Req::default()
+    };
+    int_result(exchange(fd, &mut req, &[v], &mut [], true))
+}
+
+/// `getsockopt` in a child.
+///
+/// # Safety
+/// `val`/`len` are the caller's valid buffer and its length.
+pub(super) unsafe fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *mut c_void,
+    len: *mut socklen_t,
+) -> Option<c_int> {
+    if bit(&PMARKS, fd) {
+        return None;
+    }
+    if val.is_null() || len.is_null() {
+        return Some(fail(libc::EFAULT));
+    }
+    // SAFETY: the caller's socklen_t.
+    let room = unsafe { std::ptr::read(len) } as usize;
+    // SAFETY: `room` writable bytes at `val`.
+    let out = unsafe { std::slice::from_raw_parts_mut(val.cast::<u8>(), room) };
+    let mut req = Req {
+        op: GETOPT,
+        a: i64::from(level),
+        b: i64::from(name),
+        c: room as i64,
+        ..Req::default()
+    };
+    let r = exchange(fd, &mut req, &[], &mut [out], true);
+    if let Ok((a, _)) = &r {
+        if a.rep.pass == ANSWERED && a.rep.ret == 0 {
+            // SAFETY: the caller's socklen_t.
+            unsafe { std::ptr::write(len, a.len as socklen_t) };
+        }
+    }
+    int_result(r)
+}
+
+/// `ioctl` in a child: FIONREAD/SIOCOUTQ asked, FIONBIO told (the A end takes it too).
+///
+/// # Safety
+/// `p` is the caller's int pointer for these requests.
+pub(super) unsafe fn ioctl(fd: c_int, req: libc::c_ulong, p: *mut c_int) -> Option<c_int> {
+    match req {
+        libc::FIONBIO => {
+            if !p.is_null() {
+                // SAFETY: FIONBIO's argument is an int pointer.
+                set_nonblocking(fd, unsafe { std::ptr::read(p) } != 0);
+            }
+            None
+        }
+        libc::FIONREAD | libc::TIOCOUTQ => {
+            if p.is_null() {
+                return Some(fail(libc::EFAULT));
+            }
+            let mut v = [0u8; 4];
+            let mut r = Req {
+                op: IOCTL,
+                a: req as i64,
+                ..Req::default()
+            };
+            let res = exchange(fd, &mut r, &[], &mut [&mut v[..]], true);
+            let out = int_result(res);
+            if out == Some(0) {
+                // SAFETY: an int pointer.
+                unsafe { std::ptr::write(p, c_int::from_ne_bytes(v)) };
+            }
+            out
+        }
+        _ => None,
+    }
+}
+
+/// `O_NONBLOCK` set or cleared in a child: the stack process's socket learns it.
+pub(super) fn set_nonblocking(fd: c_int, on: bool) {
+    let mut req = Req {
+        op: SETNB,
+        a: i64::from(on),
+        ..Req::default()
+    };
+    let _ = exchange(fd, &mut req, &[], &mut [], true);
+}
+
+// ---- across exec ---------------------------------------------------------------------------
+
+/// The variable that hands a child's stack descriptors to the image it execs:
+/// `PID:FD/INODE,FD/INODE,...` (the stack process, and each descriptor that stays open).
+const EXEC_VAR: &str = "HICAMP_STACK_PROXY";
+
+/// Before `exec` in a child of a stack process: the environment entry for the new image (its
+/// stack descriptors without close-on-exec, and the stack process to reach), or `None` outside
+/// such a child.
+pub fn exec_entry() -> Option<std::ffi::CString> {
+    if !super::FORKED.load(Relaxed) || guard::in_vfork_child() {
+        return None;
+    }
+    let pid = STACK_PID.load(Relaxed);
+    let mut list = Vec::new();
+    for (w, word) in super::MARKS.iter().enumerate() {
+        let mut bits = word.load(Relaxed);
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            let fd = (w * 64 + b) as c_int;
+            // SAFETY: F_GETFD takes no argument.
+            let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+            if fl >= 0 && fl & libc::FD_CLOEXEC == 0 {
+                list.push(format!("{fd}/{}", inode(fd)));
+            }
+        }
+    }
+    std::ffi::CString::new(format!("{EXEC_VAR}={pid}:{}", list.join(","))).ok()
+}
+
+/// True for an environment entry of [`EXEC_VAR`].
+pub fn is_exec_entry(entry: &[u8]) -> bool {
+    entry.starts_with(EXEC_VAR.as_bytes()) && entry.get(EXEC_VAR.len()) == Some(&b'=')
+}
+
+/// At load (the library's constructor): an image exec'ed by a child of a stack process takes
+/// over the stack descriptors the previous image handed down (each checked by its inode: a
+/// stale entry marks nothing) and reaches the same stack process.
+#[cfg_attr(test, allow(dead_code))]
+extern "C" fn inherit() {
+    let Ok(v) = std::env::var(EXEC_VAR) else {
+        return;
+    };
+    std::env::remove_var(EXEC_VAR);
+    let Some((pid, fds)) = v.split_once(':') else {
+        return;
+    };
+    let Ok(pid) = pid.parse::<c_int>() else {
+        return;
+    };
+    if pid <= 0 || crate::config::Config::get().mode != crate::config::Mode::Stack {
+        return;
+    }
+    STACK_PID.store(pid, Relaxed);
+    super::FORKED.store(true, Relaxed);
+    for e in fds.split(',').filter(|e| !e.is_empty()) {
+        let Some((fd, ino)) = e.split_once('/') else {
+            continue;
+        };
+        if let (Ok(fd), Ok(ino)) = (fd.parse::<c_int>(), ino.parse::<u64>()) {
+            if ino != 0 && inode(fd) == ino {
+                mark(fd);
+            }
+        }
+    }
+    // Its own children get their own control connections.
+    // SAFETY: the handler is an `extern "C" fn()` that never unwinds.
+    unsafe { libc::pthread_atfork(None, None, Some(super::atfork_child)) };
+}
+
+#[cfg(not(test))]
+#[used]
+#[link_section = ".init_array"]
+static INHERIT: extern "C" fn() = inherit;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_are_64_bytes_and_round_trip() {
+        let r = Req {
+            op: SEND,
+            flags: -3,
+            a: 1 << 40,
+            addrlen: 16,
+            addr: [7; 16],
+            ..Req::default()
+        };
+        let mut back = Req::default();
+        head_bytes_mut(&mut back).copy_from_slice(head_bytes(&r));
+        assert_eq!(
+            (back.op, back.flags, back.a, back.addr),
+            (SEND, -3, 1 << 40, [7; 16])
+        );
+        assert_eq!(head_bytes(&Rep::default()).len(), HEAD);
+    }
+
+    #[test]
+    fn exec_entries_are_recognised_by_name_only() {
+        assert!(is_exec_entry(b"HICAMP_STACK_PROXY=12:3/99"));
+        assert!(is_exec_entry(b"HICAMP_STACK_PROXY="));
+        assert!(!is_exec_entry(b"HICAMP_STACK_PROXYX=1"));
+        assert!(!is_exec_entry(b"PATH=/bin"));
+    }
+
+    #[test]
+    fn the_control_address_is_abstract_and_names_the_pid() {
+        let (a, len) = address(4321);
+        assert_eq!(a.sun_path[0], 0);
+        let name: Vec<u8> = a.sun_path[1..len as usize - 2]
+            .iter()
+            .map(|&c| c as u8)
+            .collect();
+        assert_eq!(name, b"hicamp-stack.4321");
+    }
+}
