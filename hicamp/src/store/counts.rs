@@ -38,7 +38,10 @@ const SWEEP_AFTER: usize = 4096;
 const SWEEP_AFTER: usize = 16;
 #[cfg(loom)]
 const SWEEP_AFTER: usize = 1;
+#[cfg(not(loom))]
 const SWEEP_RATIO: u64 = 16;
+#[cfg(loom)]
+const SWEEP_RATIO: u64 = 1 << 20;
 
 #[inline]
 pub(super) fn kind_bit(kind: LineKind) -> u32 {
