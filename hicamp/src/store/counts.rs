@@ -27,6 +27,9 @@ const FLUSH_AFTER: usize = 64;
 const RELEASE_BATCH: usize = 2048;
 /// How far ahead of its use a line or count word is prefetched.
 const PREFETCH_AHEAD: usize = 8;
+/// How far down the stack of a sweeping release an interior line's
+/// children's count words are prefetched before it is expanded.
+const COUNTS_AHEAD: usize = 4;
 /// A release switches to the sweep (`release_sweep`) once it has freed this
 /// many lines one batch at a time, and at least 1/[`SWEEP_RATIO`] of the
 /// lines in use. (Under loom: after the first batch, so that the model
@@ -90,7 +93,7 @@ impl Store {
     /// [`Store::release`] of the root of a DAG of about `lines` lines (a
     /// segment's length in lines): when the root dies and the DAG is a good
     /// share of the memory, the release goes over to the sweep
-    /// (`release_sweep`) as soon as a sixty-fourth of it has died, rather
+    /// (`release_sweep`) as soon as a 256th of it has died, rather
     /// than after a sixteenth of the memory.
     pub(crate) fn release_sized(&self, id: LineId, lines: u64) {
         if !id.is_zero() && self.dec_unless_last(id.0) {
@@ -315,7 +318,7 @@ impl Store {
 
     /// True when a release that has freed `freed` lines so far, of a DAG
     /// of about `expect` lines (0: unknown), should free the rest by
-    /// sweeping: enough of it has died (a sixty-fourth of `expect`, at least
+    /// sweeping: enough of it has died (a 256th of `expect`, at least
     /// [`SWEEP_AFTER`] lines), and it is a good share (1/[`SWEEP_RATIO`]) of
     /// the lines in use. A sweep reads every shard's whole table, and freeing
     /// a line one batch at a time costs about 30 times a swept slot, so a
@@ -323,7 +326,7 @@ impl Store {
     /// again as the release had cost.
     fn sweep_worthwhile(&self, freed: u64, expect: u64) -> bool {
         let expect = expect.max(freed);
-        if freed < (SWEEP_AFTER as u64).max(expect / 64) {
+        if freed < (SWEEP_AFTER as u64).max(expect / 256) {
             return false;
         }
         let high = self.next_fresh.load(Relaxed).min(self.slots) as i64;
@@ -399,6 +402,8 @@ impl Store {
             Some(true) => {
                 died[1] += 1;
                 mark(id);
+                // Its children are read a few iterations from now.
+                prefetch_ptr(self.line(LineId(id)).as_ptr());
                 expand.push(id);
             }
         };
@@ -406,8 +411,20 @@ impl Store {
             release(id, &mut expand);
         }
         while let Some(id) = expand.pop() {
-            if let Some(&next) = expand.last() {
-                prefetch_ptr(self.line(LineId(next)).as_ptr());
+            // The stack's top lines are the next to expand (their lines were
+            // prefetched when pushed): prefetch the count words of the
+            // children of the one [`COUNTS_AHEAD`] places down. A segment's
+            // children have ids scattered over the shards' slot runs, so
+            // their count words miss the cache.
+            let n = expand.len();
+            if n >= COUNTS_AHEAD {
+                for b in self
+                    .line(LineId(expand[n - COUNTS_AHEAD]))
+                    .as_chunks::<4>()
+                    .0
+                {
+                    prefetch_ptr(meta.as_ptr().wrapping_add(u32::from_le_bytes(*b) as usize));
+                }
             }
             for b in self.line(LineId(id)).as_chunks::<4>().0 {
                 let c = u32::from_le_bytes(*b);
