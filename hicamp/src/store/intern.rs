@@ -36,6 +36,8 @@ const PREFETCH_AHEAD: usize = 8;
 const RECLAIM_TRIES: usize = 112;
 /// Runs of at most this many lines go one line at a time.
 const SMALL_RUN: usize = 32;
+/// How far ahead of its lock-free probe a line's home bucket is prefetched.
+const BUCKET_AHEAD: usize = 16;
 /// Lines of a batch probed before a batch of misses stops probing.
 const SAMPLE: usize = 64;
 /// An interior level of at most this many bytes of lines is assembled on the
@@ -288,7 +290,9 @@ impl Store {
                     status[sstart + base + j] = Status::Created;
                     key[j] = SKIP;
                 } else {
-                    self.prefetch_index(h);
+                    if probe.is_none() {
+                        self.prefetch_index(h);
+                    }
                     hashes[j] = h;
                     key[j] = (h as usize & (SHARDS - 1)) as u8;
                 }
@@ -301,7 +305,22 @@ impl Store {
                 // probing: its lines would pay the lookup twice.
                 let mut probe_end = m;
                 let mut batch_hits = 0;
+                for j in 0..BUCKET_AHEAD.min(m) {
+                    if key[j] != SKIP {
+                        self.prefetch_index(hashes[j]);
+                    }
+                }
                 for j in 0..m + PREFETCH_AHEAD {
+                    // The home bucket is prefetched [`BUCKET_AHEAD`] lines
+                    // before it is read: a whole batch's buckets, prefetched
+                    // while hashing, no longer fit in L1 when their turn came
+                    // (a third of a duplicate line's time went waiting on
+                    // them).
+                    if let Some(&k) = key.get(j + BUCKET_AHEAD) {
+                        if j + BUCKET_AHEAD < probe_end && k != SKIP {
+                            self.prefetch_index(hashes[j + BUCKET_AHEAD]);
+                        }
+                    }
                     if j < probe_end && key[j] != SKIP {
                         first[j] = self.first_pinned(hashes[j], g);
                     }
@@ -313,6 +332,12 @@ impl Store {
                     }
                     if j + 1 == SAMPLE && batch_hits * 8 < SAMPLE {
                         probe_end = j + 1;
+                        // The rest goes to the locked path: its buckets now.
+                        for (&h, &k) in hashes[probe_end..m].iter().zip(&key[probe_end..m]) {
+                            if k != SKIP {
+                                self.prefetch_index(h);
+                            }
+                        }
                     }
                     if key[j] == SKIP {
                         continue;
