@@ -27,8 +27,10 @@ const FLUSH_AFTER: usize = 64;
 const RELEASE_BATCH: usize = 2048;
 /// How far ahead of its use a line or count word is prefetched.
 const PREFETCH_AHEAD: usize = 8;
-/// How far down the stack of a sweeping release an interior line's
-/// children's count words are prefetched before it is expanded.
+/// How far ahead in the queue of a sweeping release an interior line is
+/// prefetched before it is expanded ...
+const LINE_AHEAD: usize = 8;
+/// ... and its children's count words.
 const COUNTS_AHEAD: usize = 4;
 /// A release switches to the sweep (`release_sweep`) once it has freed this
 /// many lines one batch at a time, and at least 1/[`SWEEP_RATIO`] of the
@@ -387,10 +389,15 @@ impl Store {
                 Some(false)
             }
         };
-        // Depth first: `expand` holds dying interior lines whose children
-        // are still to release; a child loses its reference at once, and
-        // only the interior ones that die are pushed (a leaf's line is never
-        // read).
+        // Breadth first: `expand` is a queue of dying interior lines whose
+        // children are still to release (`head` is its front); a child loses
+        // its reference at once, and only the interior ones that die are
+        // queued (a leaf's line is never read). A queue, not a stack, so
+        // that the lines next in turn are known well ahead: the line
+        // [`LINE_AHEAD`] places on is prefetched, and the count words of the
+        // children of the one [`COUNTS_AHEAD`] places on (its line came in
+        // meanwhile). A segment's children have ids scattered over the
+        // shards' slot runs, so their count words miss the cache.
         let mut expand: Vec<u32> = Vec::new();
         let mut died = [0u64; 2];
         let mut release = |id: u32, expand: &mut Vec<u32>| match drop_ref(id) {
@@ -402,27 +409,21 @@ impl Store {
             Some(true) => {
                 died[1] += 1;
                 mark(id);
-                // Its children are read a few iterations from now.
-                prefetch_ptr(self.line(LineId(id)).as_ptr());
                 expand.push(id);
             }
         };
         for id in pending {
             release(id, &mut expand);
         }
-        while let Some(id) = expand.pop() {
-            // The stack's top lines are the next to expand (their lines were
-            // prefetched when pushed): prefetch the count words of the
-            // children of the one [`COUNTS_AHEAD`] places down. A segment's
-            // children have ids scattered over the shards' slot runs, so
-            // their count words miss the cache.
-            let n = expand.len();
-            if n >= COUNTS_AHEAD {
-                for b in self
-                    .line(LineId(expand[n - COUNTS_AHEAD]))
-                    .as_chunks::<4>()
-                    .0
-                {
+        let mut head = 0;
+        while head < expand.len() {
+            let id = expand[head];
+            head += 1;
+            if let Some(&next) = expand.get(head + LINE_AHEAD) {
+                prefetch_ptr(self.line(LineId(next)).as_ptr());
+            }
+            if let Some(&next) = expand.get(head + COUNTS_AHEAD) {
+                for b in self.line(LineId(next)).as_chunks::<4>().0 {
                     prefetch_ptr(meta.as_ptr().wrapping_add(u32::from_le_bytes(*b) as usize));
                 }
             }
@@ -431,6 +432,11 @@ impl Store {
                 if c != 0 {
                     release(c, &mut expand);
                 }
+            }
+            // Keep the queue to what is still to come.
+            if head >= 1 << 16 && head * 2 >= expand.len() {
+                expand.drain(..head);
+                head = 0;
             }
         }
         let n = died[0] + died[1];
