@@ -450,7 +450,8 @@ impl Store {
                 .get(((id >> 6) as usize).wrapping_sub(lo))
                 .is_some_and(|w| w >> (id & 63) & 1 != 0)
         };
-        for shard in shards.iter_mut() {
+        // Each shard is unlocked as soon as it is swept.
+        for mut shard in shards {
             let kind = shard.kind;
             let r = shard
                 .table
@@ -460,16 +461,20 @@ impl Store {
             removed[kind_index(kind)] += r;
         }
         // Lines kept out of the index (equal to an indexed one, from a
-        // non-canonical file) died too: they count in some shard of their kind.
+        // non-canonical file) died too: they count in some shard of their
+        // kind (rare: the shards are locked again one at a time).
         for k in 0..2 {
             let mut left = died[k].saturating_sub(removed[k]);
-            for shard in shards.iter_mut() {
+            for cell in self.shards.iter() {
+                if left == 0 {
+                    break;
+                }
+                let mut shard = cell.lock.lock();
                 let t = left.min(shard.live[k]);
                 shard.live[k] -= t;
                 left -= t;
             }
         }
-        drop(shards);
         self.defer_free_bits(dead, lo..=hi, n, guard);
         n as usize
     }
