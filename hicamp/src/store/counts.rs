@@ -357,7 +357,7 @@ impl Store {
         #[cfg(all(test, not(loom)))]
         tests::SWEEPS.with(|c| c.set(c.get() + 1));
         let meta = self.meta.as_slice();
-        let mut shards: Vec<_> = self.shards.iter().map(|c| c.lock.lock()).collect();
+        let shards: Vec<_> = self.shards.iter().map(|c| c.lock.lock()).collect();
         // Zeroed by the allocator: only the pages of dying ids are touched.
         let mut dead = vec![0u64; self.slots.div_ceil(64) as usize];
         let (mut lo, mut hi) = (usize::MAX, 0usize);
