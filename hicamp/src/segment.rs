@@ -52,7 +52,10 @@ impl Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         self.mem.inner.logical.add(-(self.tree.len as i64));
-        self.mem.inner.store.release(self.tree.root);
+        let store = &self.mem.inner.store;
+        // The length in lines tells a mass release early (see
+        // `Store::release_sized`).
+        store.release_sized(self.tree.root, self.tree.len >> store.shift());
     }
 }
 

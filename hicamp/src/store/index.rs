@@ -278,6 +278,35 @@ impl Store {
         });
     }
 
+    /// [`Store::defer_free`] for the `n` slots whose bits are set in the
+    /// words `words` of `bits` (a bitmap over every slot): the bitmap's words
+    /// are or-ed into the free bitmap, 64 slots at a time.
+    pub(super) fn defer_free_bits(
+        &self,
+        bits: Vec<u64>,
+        words: std::ops::RangeInclusive<usize>,
+        n: u64,
+        guard: &epoch::Guard,
+    ) {
+        if n == 0 {
+            return;
+        }
+        self.limbo.fetch_add(n, Relaxed);
+        let free = self.free_bits.clone();
+        let count = self.free_count.clone();
+        let limbo = self.limbo.clone();
+        guard.defer(move || {
+            for w in words {
+                if bits[w] != 0 {
+                    // Release: see `take_freed`.
+                    free[w].fetch_or(bits[w], Release);
+                }
+            }
+            count.fetch_add(n, Relaxed);
+            limbo.fetch_sub(n, Relaxed);
+        });
+    }
+
     /// The line in slot `id`, read without a reference by a pinned reader.
     ///
     /// The slot cannot be rewritten while `_guard` lives: a slot is written

@@ -36,6 +36,8 @@ const PREFETCH_AHEAD: usize = 8;
 const RECLAIM_TRIES: usize = 112;
 /// Runs of at most this many lines go one line at a time.
 const SMALL_RUN: usize = 32;
+/// How far ahead of its lock-free probe a line's home bucket is prefetched.
+const BUCKET_AHEAD: usize = 16;
 /// Lines of a batch probed before a batch of misses stops probing.
 const SAMPLE: usize = 64;
 /// An interior level of at most this many bytes of lines is assembled on the
@@ -279,6 +281,12 @@ impl Store {
         let mut pinned_hits = 0u64;
         let mut base = 0;
         let mut result = Ok(());
+        // Whether the last batch was probed to its end (mostly hits): this
+        // batch's home buckets are then prefetched a few lines ahead of the
+        // probe, not all while hashing (see the probe loop). A batch of
+        // misses keeps the prefetch while hashing, where it overlaps the
+        // hashing (the locked path reads the buckets much later).
+        let mut hits_ahead = false;
         'batches: while base < n {
             let m = B.min(n - base);
             let group = &lines[base * ls..(base + m) * ls];
@@ -289,7 +297,9 @@ impl Store {
                     status[sstart + base + j] = Status::Created;
                     key[j] = SKIP;
                 } else {
-                    self.prefetch_index(h);
+                    if !hits_ahead {
+                        self.prefetch_index(h);
+                    }
                     hashes[j] = h;
                     key[j] = (h as usize & (SHARDS - 1)) as u8;
                 }
@@ -302,7 +312,25 @@ impl Store {
                 // probing: its lines would pay the lookup twice.
                 let mut probe_end = m;
                 let mut batch_hits = 0;
+                let ahead = hits_ahead;
+                if ahead {
+                    for j in 0..BUCKET_AHEAD.min(m) {
+                        if key[j] != SKIP {
+                            self.prefetch_index(hashes[j]);
+                        }
+                    }
+                }
                 for j in 0..m + PREFETCH_AHEAD {
+                    // After a batch of hits, the home bucket is prefetched
+                    // [`BUCKET_AHEAD`] lines before it is read: a whole
+                    // batch's buckets, prefetched while hashing, no longer
+                    // fit in L1 when their turn came (a third of a duplicate
+                    // line's time went waiting on them).
+                    if let Some(&k) = key.get(j + BUCKET_AHEAD) {
+                        if ahead && j + BUCKET_AHEAD < probe_end && k != SKIP {
+                            self.prefetch_index(hashes[j + BUCKET_AHEAD]);
+                        }
+                    }
                     if j < probe_end && key[j] != SKIP {
                         first[j] = self.first_pinned(hashes[j], g);
                     }
@@ -314,6 +342,14 @@ impl Store {
                     }
                     if j + 1 == SAMPLE && batch_hits * 8 < SAMPLE {
                         probe_end = j + 1;
+                        if ahead {
+                            // The rest goes to the locked path: its buckets now.
+                            for (&h, &k) in hashes[probe_end..m].iter().zip(&key[probe_end..m]) {
+                                if k != SKIP {
+                                    self.prefetch_index(h);
+                                }
+                            }
+                        }
                     }
                     if key[j] == SKIP {
                         continue;
@@ -333,6 +369,7 @@ impl Store {
                     batch_hits += 1;
                 }
                 pinned_hits += batch_hits as u64;
+                hits_ahead = probe_end == m;
                 if key[..m].iter().all(|&k| k == SKIP) {
                     base += m; // every line found (or zero): nothing to lock
                     continue;

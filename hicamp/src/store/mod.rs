@@ -37,7 +37,18 @@
 //! a lock; the lines at their last reference are hashed together (their lines
 //! and index buckets prefetched), sorted by shard, and decided under one lock
 //! acquisition per shard and batch; the children of the interior lines that
-//! die form the next batch. Interning is batched the same way (hash and
+//! die form the next batch. A mass release (one that has freed a good share
+//! of the lines in use, or a segment drop whose length says it will) goes
+//! over to a *sweep* (`counts::release_sweep`): it takes every shard lock (in
+//! shard order; no other code holds two), drops the rest of its references
+//! depth first, marking each line that dies in a bitmap instead of hashing it
+//! and removing it from its bucket, then sweeps each shard's table once for
+//! the marked ids (`Table::sweep`: the overflow counts are recomputed from
+//! the survivors that may be away from home, the only lines it hashes) and
+//! returns the slots to the free bitmap 64 at a time after an epoch. The
+//! 1 -> 0 rule below holds unchanged (all the locks are held); lookups meanwhile
+//! refuse the dying lines (count 0) and wait for the locks, so a 256 MiB drop
+//! holds up other threads' misses for its duration. Interning is batched the same way (hash and
 //! prefetch a batch, probe every line without the lock, then sort the misses
 //! by shard, one lock per shard, and under it prefetch the candidates' counts
 //! and lines before comparing).

@@ -318,6 +318,85 @@ impl Buckets {
         }
     }
 
+    /// Removes every entry whose id `dead` holds, in one pass over the
+    /// buckets (the lock holder), and returns how many. No hash of a removed
+    /// entry is needed: the overflow counts are recomputed from the
+    /// survivors that may live past their home bucket (those in a bucket
+    /// whose predecessor's count is non-zero: an entry away from home passed
+    /// that bucket), which `rehash` hashes; every other survivor is at home.
+    ///
+    /// Readers without the lock see slots cleared one by one (they may miss
+    /// a dying entry, never invent one), and every overflow count on a
+    /// survivor's probe path stays at least 1 throughout (the old and the new
+    /// count both include it), so no survivor is hidden.
+    fn sweep(
+        &self,
+        mut dead: impl FnMut(u32) -> bool,
+        mut rehash: impl FnMut(u32) -> u64,
+    ) -> usize {
+        let n = self.n();
+        let idm = self.id_mask();
+        let mut removed = 0;
+        // Survivors that may be away from home: (bucket, id).
+        let mut away: Vec<(u32, u32)> = Vec::new();
+        let mut any_overflow = false;
+        let mut prev_over = self.b[n - 1].slot(OVERFLOW);
+        for b in 0..n {
+            let bucket = &self.b[b];
+            // SAFETY: as in `masks::<true>`: the caller is the writer side.
+            let w = unsafe { std::ptr::read(bucket.words.as_ptr().cast::<[u64; 8]>()) };
+            let over = (w[7] >> 32) as u32;
+            any_overflow |= over != 0;
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
+            let empty = unsafe { empties_sse2(&w) };
+            #[cfg(not(target_arch = "x86_64"))]
+            let empty = self.empties(b);
+            let mut used = !empty & SLOT_BITS;
+            let mut clear = 0u32;
+            while used != 0 {
+                let s = used.trailing_zeros() as usize;
+                used &= used - 1;
+                let id = (w[s / 2] >> (32 * (s & 1))) as u32 & idm;
+                if dead(id) {
+                    clear |= 1 << s;
+                } else if prev_over != 0 {
+                    away.push((b as u32, id));
+                }
+            }
+            if clear != 0 {
+                removed += clear.count_ones() as usize;
+                for (k, &word) in w.iter().enumerate() {
+                    let c = (clear >> (2 * k)) & 3;
+                    if c != 0 {
+                        let keep = !((u64::from(c & 1) * 0xffff_ffff)
+                            | (u64::from(c >> 1) * (0xffff_ffff << 32)));
+                        bucket.words[k].store(word & keep, Release);
+                    }
+                }
+            }
+            prev_over = over;
+        }
+        if !any_overflow || removed == 0 {
+            return removed;
+        }
+        let mut over = vec![0u32; n];
+        for (b, id) in away {
+            let home = Table::home_of(rehash(id), n);
+            let mut p = home;
+            while p != b as usize {
+                over[p] += 1;
+                p = if p + 1 == n { 0 } else { p + 1 };
+            }
+        }
+        for (b, &o) in over.iter().enumerate() {
+            if self.b[b].slot(OVERFLOW) != o {
+                self.b[b].set_slot(OVERFLOW, o);
+            }
+        }
+        removed
+    }
+
     /// Removes `id`, inserted under hash `h` (the lock holder); false when
     /// absent.
     fn remove(&self, h: u64, id: u32) -> bool {
@@ -498,6 +577,18 @@ impl Table {
         r
     }
 
+    /// Removes every entry whose id `dead` holds (see [`Buckets::sweep`];
+    /// `rehash` gives a surviving entry's hash); returns how many.
+    pub(super) fn sweep(
+        &mut self,
+        dead: impl FnMut(u32) -> bool,
+        rehash: impl FnMut(u32) -> u64,
+    ) -> usize {
+        let r = self.shared().sweep(dead, rehash);
+        self.len -= r;
+        r
+    }
+
     /// Every id in the table.
     pub(super) fn ids(&self) -> Vec<u32> {
         let t = self.shared();
@@ -606,6 +697,8 @@ mod tests {
         Remove(u32),
         Find(u32),
         Grow,
+        /// Removes every key `k` with `k % m == r` in one sweep.
+        Sweep(u32, u32),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -614,11 +707,12 @@ mod tests {
             3 => (1u32..300).prop_map(Op::Remove),
             3 => (1u32..300).prop_map(Op::Find),
             1 => Just(Op::Grow),
+            2 => (1u32..8, 0u32..8).prop_map(|(m, r)| Op::Sweep(m, r % m)),
         ]
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
         /// Against a HashMap model: ids are keys (as line contents are in the
         /// store); `spread` folds them onto few hashes; small id widths leave
         /// many tag bits, 32-bit ids none.
@@ -658,6 +752,12 @@ mod tests {
                         let ids = t.ids();
                         let hs: Vec<u64> = ids.iter().map(|&i| model[&i]).collect();
                         t.rebuild(t.grown(), &ids, &hs);
+                    }
+                    Op::Sweep(m, r) => {
+                        let want = model.keys().filter(|&&k| k % m == r).count();
+                        let got = t.sweep(|id| id % m == r, |id| model[&id]);
+                        prop_assert_eq!(got, want);
+                        model.retain(|&k, _| k % m != r);
                     }
                 }
                 prop_assert_eq!(t.len(), model.len());
