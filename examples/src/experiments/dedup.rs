@@ -42,8 +42,8 @@ use indicatif::ProgressBar;
 
 use super::cdc::{CdcCounter, CdcReport, CDC_AVERAGES};
 use super::fingerprint::{
-    expected_false_merges, max_lines, memory_metadata, slots_for, Estimate, LineCounter,
-    LineCounts, SLOT_BYTES,
+    expected_false_merges, fingerprinted_nodes, max_lines, memory_metadata, slots_for, Estimate,
+    LineCounter, LineCounts, Pyramid, SLOT_BYTES,
 };
 pub use super::input::{
     name_unreadable, InputSet, Item, Source, WalkOptions, MAX_NAMED, UNSIZED_FILE_CAP,
@@ -209,10 +209,39 @@ pub fn capacity_for(line_size: usize, lens: impl Iterator<Item = u64>) -> u64 {
         .min(max)
 }
 
+/// The bytes of a block.
+enum BlockData {
+    /// A read buffer and the bytes read into it.
+    Owned(Vec<u8>, usize),
+    /// Part of an item held in memory.
+    Shared(Arc<Vec<u8>>, Range<usize>),
+}
+
+/// The next bytes of an item (starting at a multiple of the chunk size within it), and,
+/// for the fingerprint method, the leaf fingerprints of its lines at every line size
+/// ([`Pyramid`], computed once by the reader instead of once per line size).
+struct Block {
+    data: BlockData,
+    fps: Pyramid,
+}
+
+impl Block {
+    fn bytes(&self) -> &[u8] {
+        match &self.data {
+            BlockData::Owned(v, n) => &v[..*n],
+            BlockData::Shared(v, r) => &v[r.clone()],
+        }
+    }
+}
+
+/// Line sizes of the pyramid: up to 16 << PYRAMID_TOP = 4096 B (the largest line and the
+/// page).
+const PYRAMID_TOP: usize = 8;
+
 /// What one item's reading sends to the workers.
 enum Msg {
     /// The next bytes of the current item.
-    Chunk(Arc<Vec<u8>>, Range<usize>),
+    Chunk(Arc<Block>),
     /// The current item is complete.
     End,
 }
@@ -315,8 +344,8 @@ impl Sink {
 
     fn apply(&mut self, msg: &Msg) -> bool {
         match (self, msg) {
-            (Sink::Line(l), Msg::Chunk(buf, r)) => {
-                l.chunk(&buf[r.clone()]);
+            (Sink::Line(l), Msg::Chunk(b)) => {
+                l.chunk(b.bytes());
                 l.error.is_none()
             }
             (Sink::Line(l), Msg::End) => {
@@ -325,21 +354,31 @@ impl Sink {
             }
             // Chunks keep page boundaries (chunk size is a multiple of the page size), so
             // adding chunk by chunk is adding the whole file.
-            (Sink::Page(p), Msg::Chunk(buf, r)) => {
-                p.add(&buf[r.clone()]);
+            (Sink::Page(p), Msg::Chunk(b)) => {
+                p.add(b.bytes());
                 true
             }
             (Sink::Page(_), Msg::End) => true,
-            (Sink::Fp(c, _), Msg::Chunk(buf, r)) => {
-                c.feed(&buf[r.clone()]);
+            (Sink::Fp(c, _), Msg::Chunk(b)) => {
+                let bytes = b.bytes();
+                match b.fps.level(c.line_size()) {
+                    // Whole lines by the reader's fingerprints, the rest (an item's last,
+                    // partial line) by bytes.
+                    Some(fps) if c.at_line_boundary() => {
+                        let whole = bytes.len() / c.line_size();
+                        c.feed_fps(&fps[..whole]);
+                        c.feed(&bytes[whole * c.line_size()..]);
+                    }
+                    _ => c.feed(bytes),
+                }
                 true
             }
             (Sink::Fp(c, _), Msg::End) => {
                 c.finish_item();
                 true
             }
-            (Sink::Cdc(c), Msg::Chunk(buf, r)) => {
-                c.feed(&buf[r.clone()]);
+            (Sink::Cdc(c), Msg::Chunk(b)) => {
+                c.feed(b.bytes());
                 true
             }
             (Sink::Cdc(c), Msg::End) => {
@@ -366,19 +405,36 @@ impl Sink {
 /// Reusable read buffers: a buffer is free again when no worker holds it any more.
 struct BufferPool {
     size: usize,
-    bufs: Vec<Arc<Vec<u8>>>,
+    bufs: Vec<Arc<Block>>,
+    /// Top level of the fingerprint pyramid to compute for each block, if any.
+    pyramid: Option<usize>,
 }
 
 impl BufferPool {
-    fn take(&mut self) -> Arc<Vec<u8>> {
+    fn take(&mut self) -> Arc<Block> {
         if let Some(i) = self.bufs.iter().position(|b| Arc::strong_count(b) == 1) {
             return self.bufs.swap_remove(i);
         }
-        Arc::new(vec![0; self.size])
+        Arc::new(Block {
+            data: BlockData::Owned(vec![0; self.size], 0),
+            fps: Pyramid::default(),
+        })
     }
 
-    fn give(&mut self, buf: Arc<Vec<u8>>) {
+    fn give(&mut self, buf: Arc<Block>) {
         self.bufs.push(buf);
+    }
+
+    /// A block of part of an item held in memory (not pooled).
+    fn shared(&self, data: &Arc<Vec<u8>>, r: Range<usize>) -> Arc<Block> {
+        let mut fps = Pyramid::default();
+        if let Some(top) = self.pyramid {
+            fps.compute(&data[r.clone()], top);
+        }
+        Arc::new(Block {
+            data: BlockData::Shared(data.clone(), r),
+            fps,
+        })
     }
 }
 
@@ -655,7 +711,18 @@ pub fn ingest(
             }));
         }
         let reader0 = thread_cpu();
-        let counts = read_all(input, opts.chunk_size, &senders, &abort, progress, warn);
+        // The fingerprint sinks take their lines' fingerprints from the reader (chunks start
+        // at multiples of the chunk size, a multiple of the largest line).
+        let pyramid = (opts.method == Method::Fingerprint).then_some(PYRAMID_TOP);
+        let counts = read_all(
+            input,
+            opts.chunk_size,
+            pyramid,
+            &senders,
+            &abort,
+            progress,
+            warn,
+        );
         let reader = thread_cpu()
             .zip(reader0)
             .map(|(b, a)| (b.0 - a.0, b.1 - a.1));
@@ -828,7 +895,11 @@ pub fn line_report_from_counts(c: &LineCounts) -> (LineSizeReport, LineEstimate)
         sample_rate: c.lines.rate,
         sampled_lines: c.lines.sampled,
         rel_err_95: c.lines.rel_err_95,
-        expected_false_merges: expected_false_merges(lines),
+        expected_false_merges: expected_false_merges(fingerprinted_nodes(
+            ls as usize,
+            leaves,
+            interior,
+        )),
     };
     (r, e)
 }
@@ -891,10 +962,18 @@ fn send_stream(
             return Err(());
         }
         let mut buf = pool.take();
-        let (n, err) = fill(r, Arc::get_mut(&mut buf).expect("buffer is free"));
+        let block = Arc::get_mut(&mut buf).expect("buffer is free");
+        let BlockData::Owned(data, len) = &mut block.data else {
+            unreachable!("pooled blocks own their buffer")
+        };
+        let (n, err) = fill(r, data);
+        *len = n;
+        if let (Some(top), true) = (pool.pyramid, n > 0) {
+            block.fps.compute(&data[..n], top);
+        }
         let shared = buf.clone();
         pool.give(buf);
-        if n > 0 && !send(&|| Msg::Chunk(shared.clone(), 0..n)) {
+        if n > 0 && !send(&|| Msg::Chunk(shared.clone())) {
             return Err(());
         }
         counts.bytes += n as u64;
@@ -920,6 +999,7 @@ fn send_stream(
 fn read_all(
     input: &InputSet,
     chunk_size: usize,
+    pyramid: Option<usize>,
     senders: &[mpsc::SyncSender<Msg>],
     abort: &AtomicBool,
     progress: &ProgressBar,
@@ -929,6 +1009,7 @@ fn read_all(
     let mut pool = BufferPool {
         size: chunk_size,
         bufs: Vec::new(),
+        pyramid,
     };
     let send =
         |make: &dyn Fn() -> Msg| -> bool { senders.iter().all(|tx| tx.send(make()).is_ok()) };
@@ -941,7 +1022,8 @@ fn read_all(
                 let mut off = 0;
                 while off < data.len() {
                     let end = (off + chunk_size).min(data.len());
-                    if !send(&|| Msg::Chunk(data.clone(), off..end)) {
+                    let block = pool.shared(data, off..end);
+                    if !send(&|| Msg::Chunk(block.clone())) {
                         break 'items;
                     }
                     off = end;

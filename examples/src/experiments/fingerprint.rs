@@ -17,8 +17,11 @@
 //!
 //! Identity: two lines count as one when their 64-bit xxh3 fingerprints are equal (leaves and
 //! interior lines are hashed with different seeds and carry a kind bit, so the kinds never
-//! alias). The expected number of false merges among `n` distinct lines is about
-//! `n^2 / 2^64`, which [`expected_false_merges`] gives and the report states.
+//! alias). A leaf of more than 16 bytes is fingerprinted by the fingerprints of its halves,
+//! down to 16-byte pieces ([`line_fp`]), so that one pass gives every line size ([`Pyramid`]).
+//! The expected number of false merges among `n` distinct fingerprints is about
+//! `n^2 / 2^65`, which [`expected_false_merges`] gives and the report states, `n` counting
+//! every node of the leaves' trees of halves ([`fingerprinted_nodes`]).
 //!
 //! # Bounded memory: distinct-count sampling
 //!
@@ -66,10 +69,118 @@ fn interior_fp(kids: &[u8]) -> u64 {
     xxh3_64_with_seed(kids, INTERIOR_SEED) | INTERIOR_BIT
 }
 
-/// A fingerprint of any block of bytes (pages, CDC chunks), never 0.
+/// A fingerprint of any block of bytes (CDC chunks), never 0.
 #[inline]
 pub fn block_fp(block: &[u8]) -> u64 {
     leaf_fp(block)
+}
+
+/// Lines of this size are fingerprinted by a hash of their bytes; larger power-of-two lines
+/// by the fingerprints of their two halves ([`line_fp`]).
+pub const PIECE: usize = 16;
+const COMBINE_SEED: u64 = 0x6869_6361_6d70_4332;
+
+/// The fingerprint of a `16 << level`-byte line whose halves have fingerprints `a` and `b`
+/// (0 for an all-zero half): 0 when both are 0, else never 0 (kind bit clear).
+#[inline]
+fn combine(a: u64, b: u64, level: usize) -> u64 {
+    if a | b == 0 {
+        return 0;
+    }
+    let mut buf = [0u8; 16];
+    buf[..8].copy_from_slice(&a.to_le_bytes());
+    buf[8..].copy_from_slice(&b.to_le_bytes());
+    let h = xxh3_64_with_seed(&buf, COMBINE_SEED.wrapping_add(level as u64)) & !INTERIOR_BIT;
+    if h == 0 {
+        2
+    } else {
+        h
+    }
+}
+
+/// The fingerprint of a 16-byte piece (0 when all-zero).
+#[inline]
+fn piece_fp(piece: &[u8; PIECE]) -> u64 {
+    if u128::from_ne_bytes(*piece) == 0 {
+        0
+    } else {
+        leaf_fp(piece)
+    }
+}
+
+/// The fingerprint of a leaf line, 0 when it is all zero.
+///
+/// A power-of-two line of more than [`PIECE`] bytes is fingerprinted as a tree: the
+/// fingerprint of its two halves' fingerprints (`combine`), down to 16-byte pieces hashed
+/// by [`leaf_fp`]. It is a function of the line's bytes like a hash of the whole line, but
+/// one pass over the input ([`Pyramid`]) gives the fingerprints of every line size at once.
+/// Any other line (and a 16-byte one) is hashed whole.
+pub fn line_fp(line: &[u8]) -> u64 {
+    let n = line.len();
+    if n > PIECE && n.is_power_of_two() {
+        let (lo, hi) = line.split_at(n / 2);
+        combine(
+            line_fp(lo),
+            line_fp(hi),
+            (n / PIECE).trailing_zeros() as usize,
+        )
+    } else if n == PIECE {
+        piece_fp(line.try_into().expect("16 bytes"))
+    } else if is_zero(line) {
+        0
+    } else {
+        leaf_fp(line)
+    }
+}
+
+/// The leaf fingerprints ([`line_fp`]) of the lines of one block of bytes at every
+/// power-of-two line size from 16 B up to a top size, computed in one pass: the 16-byte
+/// pieces are hashed and each size is combined from the one below. The block must start at a
+/// multiple of the top size within its item; its last line at each size is zero-padded
+/// (as the memory pads an item's last line).
+#[derive(Debug, Default)]
+pub struct Pyramid {
+    levels: Vec<Vec<u64>>,
+    len: usize,
+}
+
+impl Pyramid {
+    /// Computes the fingerprints of `data` up to `16 << top` bytes.
+    pub fn compute(&mut self, data: &[u8], top: usize) {
+        self.len = data.len();
+        let padded = data.len().next_multiple_of(PIECE << top);
+        self.levels.resize_with(top + 1, Vec::new);
+        self.levels.truncate(top + 1);
+        let l0 = &mut self.levels[0];
+        l0.clear();
+        l0.reserve(padded / PIECE);
+        let mut pieces = data.chunks_exact(PIECE);
+        l0.extend((&mut pieces).map(|p| piece_fp(p.try_into().expect("16 bytes"))));
+        let rest = pieces.remainder();
+        if !rest.is_empty() {
+            let mut p = [0u8; PIECE];
+            p[..rest.len()].copy_from_slice(rest);
+            l0.push(piece_fp(&p));
+        }
+        l0.resize(padded / PIECE, 0);
+        for k in 1..=top {
+            let (below, this) = self.levels.split_at_mut(k);
+            let (src, dst) = (&below[k - 1], &mut this[0]);
+            dst.clear();
+            dst.extend(src.chunks_exact(2).map(|p| combine(p[0], p[1], k)));
+        }
+    }
+
+    /// The fingerprints of the `line_size` lines covering the block (the last one
+    /// zero-padded), or `None` when that size was not computed.
+    pub fn level(&self, line_size: usize) -> Option<&[u64]> {
+        if line_size < PIECE || !line_size.is_power_of_two() {
+            return None;
+        }
+        let k = (line_size / PIECE).trailing_zeros() as usize;
+        let l = self.levels.get(k)?;
+        l.get(..self.len.div_ceil(line_size))
+    }
 }
 
 /// Expected number of pairs of distinct lines that share a 64-bit fingerprint among `n`
@@ -77,6 +188,19 @@ pub fn block_fp(block: &[u8]) -> u64 {
 pub fn expected_false_merges(n: u64) -> f64 {
     let n = n as f64;
     n * (n - 1.0) / 2.0 / 2f64.powi(64)
+}
+
+/// Distinct fingerprints a line size's count rests on, for [`expected_false_merges`]: its
+/// distinct `interior` lines, and for each of its distinct `leaves` every node of the tree
+/// of halves its fingerprint is built from ([`line_fp`]: `2 * line_size / 16 - 1` of them),
+/// an upper bound of the distinct fingerprints that could collide.
+pub fn fingerprinted_nodes(line_size: usize, leaves: u64, interior: u64) -> u64 {
+    let per_leaf = if line_size > PIECE && line_size.is_power_of_two() {
+        2 * (line_size / PIECE) as u64 - 1
+    } else {
+        1
+    };
+    interior.saturating_add(leaves.saturating_mul(per_leaf))
 }
 
 /// Tables from this size up are mapped on their own, aligned to 2 MiB and advised for
@@ -562,19 +686,39 @@ impl LineCounter {
         self.leaves_in_item = 0;
     }
 
+    /// True when the bytes fed of the current item end at a line boundary, so that
+    /// [`feed_fps`](Self::feed_fps) may be used.
+    pub fn at_line_boundary(&self) -> bool {
+        self.partial.is_empty()
+    }
+
+    /// Adds the next whole lines of the current item by their leaf fingerprints
+    /// ([`line_fp`], as a [`Pyramid`] gives them), `line_size` bytes each. The bytes fed so
+    /// far must end at a line boundary ([`at_line_boundary`](Self::at_line_boundary)).
+    pub fn feed_fps(&mut self, fps: &[u64]) {
+        debug_assert!(self.partial.is_empty());
+        self.c.logical_bytes += (fps.len() * self.ls) as u64;
+        for &fp in fps {
+            self.add_leaf(fp, self.ls);
+        }
+    }
+
     #[inline]
     fn leaf(&mut self, line: &[u8], real: usize) {
+        self.add_leaf(line_fp(line), real);
+    }
+
+    /// Adds a leaf of fingerprint `fp` (0: all zero) holding `real` bytes of the item.
+    #[inline]
+    fn add_leaf(&mut self, fp: u64, real: usize) {
         self.leaves_in_item += 1;
-        let fp = if is_zero(line) {
+        if fp == 0 {
             self.c.zero_leaves += 1;
             self.c.zero_bytes += real as u64;
-            0
         } else {
             self.c.leaf_writes += 1;
-            let fp = leaf_fp(line);
             self.push(fp);
-            fp
-        };
+        }
         if self.tree {
             self.child(0, fp);
         }
@@ -760,6 +904,40 @@ mod tests {
             assert!(s.insert(leaf_fp(&i.to_le_bytes())));
         }
         assert_eq!(s.sampled(), (8, 0));
+    }
+
+    /// The pyramid gives, at every size, the fingerprints `line_fp` gives each line cut from
+    /// the block and zero-padded; zero lines are 0 and no other line is.
+    #[test]
+    fn pyramid_matches_line_fps() {
+        let mut data = testkit::Rng::new(7).bytes(3 * 4096 + 100);
+        data[4096..4096 + 2048].fill(0); // zero lines up to 2 KiB
+        data[100..116].fill(0); // a zero 16-byte piece inside a non-zero line
+        let mut p = Pyramid::default();
+        for len in [data.len(), 4096, 4095, 17, 16, 1] {
+            let block = &data[..len];
+            p.compute(block, 8);
+            for k in 0..=8 {
+                let ls = PIECE << k;
+                let fps = p.level(ls).expect("computed");
+                assert_eq!(fps.len(), len.div_ceil(ls), "len {len} size {ls}");
+                for (i, &fp) in fps.iter().enumerate() {
+                    let mut line = block[i * ls..((i + 1) * ls).min(len)].to_vec();
+                    line.resize(ls, 0);
+                    assert_eq!(fp, line_fp(&line), "len {len} size {ls} line {i}");
+                    assert_eq!(fp == 0, is_zero(&line));
+                }
+            }
+        }
+        assert!(p.level(8192).is_none() && p.level(24).is_none());
+        // Halves swapped are a different line.
+        let a = [1u8; 16];
+        let b = [2u8; 16];
+        assert_ne!(line_fp(&[a, b].concat()), line_fp(&[b, a].concat()));
+        assert_ne!(
+            line_fp(&[a, [0; 16]].concat()),
+            line_fp(&[[0; 16], a].concat())
+        );
     }
 
     #[test]
