@@ -43,7 +43,7 @@ use indicatif::ProgressBar;
 use super::cdc::{CdcCounter, CdcReport, CDC_AVERAGES};
 use super::fingerprint::{
     expected_false_merges, fingerprinted_nodes, max_lines, memory_metadata, slots_for, Estimate,
-    LineCounter, LineCounts, Pyramid, SLOT_BYTES,
+    LineCounter, LineCounts, Pyramid, PyramidSpan, SLOT_BYTES,
 };
 pub use super::input::{
     name_unreadable, InputSet, Item, Source, WalkOptions, MAX_NAMED, UNSIZED_FILE_CAP,
@@ -211,32 +211,71 @@ pub fn capacity_for(line_size: usize, lens: impl Iterator<Item = u64>) -> u64 {
 
 /// The bytes of a block.
 enum BlockData {
-    /// A read buffer and the bytes read into it.
-    Owned(Vec<u8>, usize),
-    /// Part of an item held in memory.
-    Shared(Arc<Vec<u8>>, Range<usize>),
+    /// A read buffer.
+    Owned(Vec<u8>),
+    /// An item held in memory.
+    Shared(Arc<Vec<u8>>),
 }
 
-/// The next bytes of an item (starting at a multiple of the chunk size within it), and,
-/// for the fingerprint method, the leaf fingerprints of its lines at every line size
-/// ([`Pyramid`], computed once by the reader instead of once per line size).
+/// The next bytes of an item, in a block: they start at a multiple of the chunk size within
+/// the item (so every non-final piece of an item keeps its line and page boundaries).
+struct Seg {
+    /// Where in the block's data.
+    range: Range<usize>,
+    /// The item ends with these bytes.
+    end: bool,
+    /// Where its lines' fingerprints are in the block's pyramid.
+    span: PyramidSpan,
+}
+
+/// A buffer of pieces of items: one piece of a big item, or several small items whole (so
+/// that small files cost one message to the workers per buffer, not two each).
 struct Block {
     data: BlockData,
+    segs: Vec<Seg>,
+    /// For the fingerprint method, the leaf fingerprints of the pieces' lines at every
+    /// line size, computed once by the reader instead of once per line size.
     fps: Pyramid,
 }
 
 impl Block {
-    fn bytes(&self) -> &[u8] {
+    fn segs(&self) -> &[Seg] {
+        &self.segs
+    }
+
+    fn bytes(&self, seg: &Seg) -> &[u8] {
         match &self.data {
-            BlockData::Owned(v, n) => &v[..*n],
-            BlockData::Shared(v, r) => &v[r.clone()],
+            BlockData::Owned(v) => &v[seg.range.clone()],
+            BlockData::Shared(v) => &v[seg.range.clone()],
         }
     }
-}
 
-/// Line sizes of the pyramid: up to 16 << PYRAMID_TOP = 4096 B (the largest line and the
-/// page).
-const PYRAMID_TOP: usize = 8;
+    /// Bytes of the buffer in use.
+    fn filled(&self) -> usize {
+        self.segs().last().map_or(0, |s| s.range.end)
+    }
+
+    /// Adds a piece of `n` bytes at [`filled`](Self::filled) (already in the buffer) and
+    /// computes its fingerprints up to `pyramid`.
+    fn push(&mut self, n: usize, end: bool, pyramid: bool) {
+        let start = self.filled();
+        let range = start..start + n;
+        self.push_range(range, end, pyramid);
+    }
+
+    fn push_range(&mut self, range: Range<usize>, end: bool, pyramid: bool) {
+        let span = if pyramid {
+            let data = match &self.data {
+                BlockData::Owned(v) => &v[range.clone()],
+                BlockData::Shared(v) => &v[range.clone()],
+            };
+            self.fps.append(data)
+        } else {
+            PyramidSpan::default()
+        };
+        self.segs.push(Seg { range, end, span });
+    }
+}
 
 /// What one item's reading sends to the workers.
 enum Msg {
@@ -342,26 +381,22 @@ impl Sink {
         }
     }
 
-    fn apply(&mut self, msg: &Msg) -> bool {
-        match (self, msg) {
-            (Sink::Line(l), Msg::Chunk(b)) => {
-                l.chunk(b.bytes());
-                l.error.is_none()
-            }
-            (Sink::Line(l), Msg::End) => {
-                l.end();
+    /// Adds the next bytes of the current item, `fps` their lines' fingerprints if
+    /// computed.
+    fn chunk(&mut self, bytes: &[u8], fps: &Pyramid, span: &PyramidSpan) -> bool {
+        match self {
+            Sink::Line(l) => {
+                l.chunk(bytes);
                 l.error.is_none()
             }
             // Chunks keep page boundaries (chunk size is a multiple of the page size), so
             // adding chunk by chunk is adding the whole file.
-            (Sink::Page(p), Msg::Chunk(b)) => {
-                p.add(b.bytes());
+            Sink::Page(p) => {
+                p.add(bytes);
                 true
             }
-            (Sink::Page(_), Msg::End) => true,
-            (Sink::Fp(c, _), Msg::Chunk(b)) => {
-                let bytes = b.bytes();
-                match b.fps.level(c.line_size()) {
+            Sink::Fp(c, _) => {
+                match fps.level(span, c.line_size()) {
                     // Whole lines by the reader's fingerprints, the rest (an item's last,
                     // partial line) by bytes.
                     Some(fps) if c.at_line_boundary() => {
@@ -373,18 +408,48 @@ impl Sink {
                 }
                 true
             }
-            (Sink::Fp(c, _), Msg::End) => {
+            Sink::Cdc(c) => {
+                c.feed(bytes);
+                true
+            }
+        }
+    }
+
+    /// Ends the current item.
+    fn end(&mut self) -> bool {
+        match self {
+            Sink::Line(l) => {
+                l.end();
+                l.error.is_none()
+            }
+            Sink::Page(_) => true,
+            Sink::Fp(c, _) => {
                 c.finish_item();
                 true
             }
-            (Sink::Cdc(c), Msg::Chunk(b)) => {
-                c.feed(b.bytes());
-                true
-            }
-            (Sink::Cdc(c), Msg::End) => {
+            Sink::Cdc(c) => {
                 c.finish_item();
                 true
             }
+        }
+    }
+
+    fn apply(&mut self, msg: &Msg) -> bool {
+        match msg {
+            Msg::Chunk(b) => {
+                let mut ok = true;
+                for seg in b.segs() {
+                    // An empty item (a packed empty file) is only ended, as a stream's.
+                    if !seg.range.is_empty() {
+                        ok &= self.chunk(b.bytes(seg), &b.fps, &seg.span);
+                    }
+                    if seg.end {
+                        ok &= self.end();
+                    }
+                }
+                ok
+            }
+            Msg::End => self.end(),
         }
     }
 
@@ -406,17 +471,23 @@ impl Sink {
 struct BufferPool {
     size: usize,
     bufs: Vec<Arc<Block>>,
-    /// Top level of the fingerprint pyramid to compute for each block, if any.
-    pyramid: Option<usize>,
+    /// Compute the fingerprint pyramid of each block.
+    pyramid: bool,
 }
 
 impl BufferPool {
+    /// A free buffer, emptied.
     fn take(&mut self) -> Arc<Block> {
         if let Some(i) = self.bufs.iter().position(|b| Arc::strong_count(b) == 1) {
-            return self.bufs.swap_remove(i);
+            let mut b = self.bufs.swap_remove(i);
+            let block = Arc::get_mut(&mut b).expect("buffer is free");
+            block.segs.clear();
+            block.fps.clear();
+            return b;
         }
         Arc::new(Block {
-            data: BlockData::Owned(vec![0; self.size], 0),
+            data: BlockData::Owned(vec![0; self.size]),
+            segs: Vec::new(),
             fps: Pyramid::default(),
         })
     }
@@ -427,14 +498,13 @@ impl BufferPool {
 
     /// A block of part of an item held in memory (not pooled).
     fn shared(&self, data: &Arc<Vec<u8>>, r: Range<usize>) -> Arc<Block> {
-        let mut fps = Pyramid::default();
-        if let Some(top) = self.pyramid {
-            fps.compute(&data[r.clone()], top);
-        }
-        Arc::new(Block {
-            data: BlockData::Shared(data.clone(), r),
-            fps,
-        })
+        let mut b = Block {
+            data: BlockData::Shared(data.clone()),
+            segs: Vec::new(),
+            fps: Pyramid::default(),
+        };
+        b.push_range(r, false, self.pyramid);
+        Arc::new(b)
     }
 }
 
@@ -713,7 +783,7 @@ pub fn ingest(
         let reader0 = thread_cpu();
         // The fingerprint sinks take their lines' fingerprints from the reader (chunks start
         // at multiples of the chunk size, a multiple of the largest line).
-        let pyramid = (opts.method == Method::Fingerprint).then_some(PYRAMID_TOP);
+        let pyramid = opts.method == Method::Fingerprint;
         let counts = read_all(
             input,
             opts.chunk_size,
@@ -963,14 +1033,11 @@ fn send_stream(
         }
         let mut buf = pool.take();
         let block = Arc::get_mut(&mut buf).expect("buffer is free");
-        let BlockData::Owned(data, len) = &mut block.data else {
+        let BlockData::Owned(data) = &mut block.data else {
             unreachable!("pooled blocks own their buffer")
         };
         let (n, err) = fill(r, data);
-        *len = n;
-        if let (Some(top), true) = (pool.pyramid, n > 0) {
-            block.fps.compute(&data[..n], top);
-        }
+        block.push(n, false, pool.pyramid);
         let shared = buf.clone();
         pool.give(buf);
         if n > 0 && !send(&|| Msg::Chunk(shared.clone())) {
@@ -999,7 +1066,7 @@ fn send_stream(
 fn read_all(
     input: &InputSet,
     chunk_size: usize,
-    pyramid: Option<usize>,
+    pyramid: bool,
     senders: &[mpsc::SyncSender<Msg>],
     abort: &AtomicBool,
     progress: &ProgressBar,
@@ -1013,9 +1080,42 @@ fn read_all(
     };
     let send =
         |make: &dyn Fn() -> Msg| -> bool { senders.iter().all(|tx| tx.send(make()).is_ok()) };
+    // The block small files are being read into.
+    let mut packing: Option<Arc<Block>> = None;
     'items: for item in &input.items {
         if abort.load(Relaxed) {
             break;
+        }
+        // A file that fits a buffer is read whole into the block being packed (a fresh one
+        // when it does not fit what is left of it).
+        if let Item::File {
+            path,
+            len,
+            unsized_: false,
+        } = item
+        {
+            if let Ok(len) = usize::try_from(*len) {
+                if len <= chunk_size {
+                    let room = packing.as_ref().map_or(0, |b| chunk_size - b.filled());
+                    if len > room && !flush(&mut packing, &mut pool, &send) {
+                        break 'items;
+                    }
+                    pack_file(
+                        path,
+                        len,
+                        &mut packing,
+                        &mut pool,
+                        &mut counts,
+                        progress,
+                        warn,
+                    );
+                    continue;
+                }
+            }
+        }
+        // Anything else goes on its own, after what was packed.
+        if !flush(&mut packing, &mut pool, &send) {
+            break 'items;
         }
         match item {
             Item::Bytes { data, .. } => {
@@ -1159,7 +1259,62 @@ fn read_all(
         }
         counts.files += 1;
     }
+    flush(&mut packing, &mut pool, &send);
     counts
+}
+
+/// Sends the block being packed, if it holds anything. False when the workers are gone.
+fn flush(
+    packing: &mut Option<Arc<Block>>,
+    pool: &mut BufferPool,
+    send: &dyn Fn(&dyn Fn() -> Msg) -> bool,
+) -> bool {
+    let Some(block) = packing.take() else {
+        return true;
+    };
+    let ok = block.segs.is_empty() || send(&|| Msg::Chunk(block.clone()));
+    pool.give(block);
+    ok
+}
+
+/// Reads the file at `path`, of `len` bytes (at most what is left of the block being
+/// packed, which is taken from the pool if there is none), whole into the block.
+fn pack_file(
+    path: &std::path::Path,
+    len: usize,
+    packing: &mut Option<Arc<Block>>,
+    pool: &mut BufferPool,
+    counts: &mut ReadCounts,
+    progress: &ProgressBar,
+    warn: &mut dyn FnMut(&str),
+) {
+    let name = || path.display().to_string();
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            counts.skip(name(), &format!("skipping '{}': {e}", name()), warn);
+            return;
+        }
+    };
+    let block = packing.get_or_insert_with(|| pool.take());
+    let block = Arc::get_mut(block).expect("a block is not sent while it is packed");
+    let start = block.filled();
+    let BlockData::Owned(data) = &mut block.data else {
+        unreachable!("pooled blocks own their buffer")
+    };
+    let (n, err) = fill(&mut file.take(len as u64), &mut data[start..start + len]);
+    block.push(n, true, pool.pyramid);
+    counts.bytes += n as u64;
+    progress.inc(n as u64);
+    if let Some(e) = err {
+        counts.partial += 1;
+        name_unreadable(&mut counts.unreadable, name());
+        warn(&format!(
+            "error reading '{}' after {n} bytes: {e} (the bytes read are ingested)",
+            name()
+        ));
+    }
+    counts.files += 1;
 }
 
 #[cfg(test)]

@@ -133,27 +133,43 @@ pub fn line_fp(line: &[u8]) -> u64 {
     }
 }
 
-/// The leaf fingerprints ([`line_fp`]) of the lines of one block of bytes at every
-/// power-of-two line size from 16 B up to a top size, computed in one pass: the 16-byte
-/// pieces are hashed and each size is combined from the one below. The block must start at a
-/// multiple of the top size within its item; its last line at each size is zero-padded
-/// (as the memory pads an item's last line).
+/// Line sizes of a [`Pyramid`]: 16 B to 4096 B (every line size and the page).
+pub const PYRAMID_LEVELS: usize = 9;
+
+/// The leaf fingerprints ([`line_fp`]) of the lines of pieces of items at every line size
+/// from 16 B to 4096 B, computed in one pass per piece: the 16-byte pieces are hashed and
+/// each size is combined from the one below. A piece must start at a multiple of 4096 B
+/// within its item; its last line at each size is zero-padded (as the memory pads an item's
+/// last line).
 #[derive(Debug, Default)]
 pub struct Pyramid {
     levels: Vec<Vec<u64>>,
+}
+
+/// Where the fingerprints of one piece are in a [`Pyramid`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PyramidSpan {
+    start: [usize; PYRAMID_LEVELS],
     len: usize,
 }
 
 impl Pyramid {
-    /// Computes the fingerprints of `data` up to `16 << top` bytes.
-    pub fn compute(&mut self, data: &[u8], top: usize) {
-        self.len = data.len();
-        let padded = data.len().next_multiple_of(PIECE << top);
-        self.levels.resize_with(top + 1, Vec::new);
-        self.levels.truncate(top + 1);
+    /// Forgets every piece (keeps the allocations).
+    pub fn clear(&mut self) {
+        for l in &mut self.levels {
+            l.clear();
+        }
+    }
+
+    /// Adds the fingerprints of the lines of `data`.
+    pub fn append(&mut self, data: &[u8]) -> PyramidSpan {
+        self.levels.resize_with(PYRAMID_LEVELS, Vec::new);
+        let mut span = PyramidSpan {
+            start: [0; PYRAMID_LEVELS],
+            len: data.len(),
+        };
         let l0 = &mut self.levels[0];
-        l0.clear();
-        l0.reserve(padded / PIECE);
+        span.start[0] = l0.len();
         let mut pieces = data.chunks_exact(PIECE);
         l0.extend((&mut pieces).map(|p| piece_fp(p.try_into().expect("16 bytes"))));
         let rest = pieces.remainder();
@@ -162,24 +178,28 @@ impl Pyramid {
             p[..rest.len()].copy_from_slice(rest);
             l0.push(piece_fp(&p));
         }
-        l0.resize(padded / PIECE, 0);
-        for k in 1..=top {
+        for k in 1..PYRAMID_LEVELS {
             let (below, this) = self.levels.split_at_mut(k);
-            let (src, dst) = (&below[k - 1], &mut this[0]);
-            dst.clear();
-            dst.extend(src.chunks_exact(2).map(|p| combine(p[0], p[1], k)));
+            let (src, dst) = (&below[k - 1][span.start[k - 1]..], &mut this[0]);
+            span.start[k] = dst.len();
+            let mut pairs = src.chunks_exact(2);
+            dst.extend((&mut pairs).map(|p| combine(p[0], p[1], k)));
+            if let [last] = pairs.remainder() {
+                dst.push(combine(*last, 0, k));
+            }
         }
+        span
     }
 
-    /// The fingerprints of the `line_size` lines covering the block (the last one
-    /// zero-padded), or `None` when that size was not computed.
-    pub fn level(&self, line_size: usize) -> Option<&[u64]> {
+    /// The fingerprints of the `line_size` lines covering the piece of `span` (the last one
+    /// zero-padded), or `None` for a size a pyramid does not hold.
+    pub fn level(&self, span: &PyramidSpan, line_size: usize) -> Option<&[u64]> {
         if line_size < PIECE || !line_size.is_power_of_two() {
             return None;
         }
         let k = (line_size / PIECE).trailing_zeros() as usize;
         let l = self.levels.get(k)?;
-        l.get(..self.len.div_ceil(line_size))
+        l.get(span.start[k]..span.start[k] + span.len.div_ceil(line_size))
     }
 }
 
@@ -949,13 +969,11 @@ mod tests {
         let mut data = testkit::Rng::new(7).bytes(3 * 4096 + 100);
         data[4096..4096 + 2048].fill(0); // zero lines up to 2 KiB
         data[100..116].fill(0); // a zero 16-byte piece inside a non-zero line
-        let mut p = Pyramid::default();
-        for len in [data.len(), 4096, 4095, 17, 16, 1] {
-            let block = &data[..len];
-            p.compute(block, 8);
-            for k in 0..=8 {
+        fn check(p: &Pyramid, span: &PyramidSpan, block: &[u8]) {
+            let len = block.len();
+            for k in 0..PYRAMID_LEVELS {
                 let ls = PIECE << k;
-                let fps = p.level(ls).expect("computed");
+                let fps = p.level(span, ls).expect("computed");
                 assert_eq!(fps.len(), len.div_ceil(ls), "len {len} size {ls}");
                 for (i, &fp) in fps.iter().enumerate() {
                     let mut line = block[i * ls..((i + 1) * ls).min(len)].to_vec();
@@ -965,7 +983,21 @@ mod tests {
                 }
             }
         }
-        assert!(p.level(8192).is_none() && p.level(24).is_none());
+        let mut p = Pyramid::default();
+        let lens = [data.len(), 4096, 4095, 17, 16, 1, 0, 4096 + 2048];
+        // One piece per pyramid, then all of them in one.
+        for &len in &lens {
+            p.clear();
+            let span = p.append(&data[..len]);
+            check(&p, &span, &data[..len]);
+        }
+        p.clear();
+        let spans: Vec<PyramidSpan> = lens.iter().map(|&len| p.append(&data[..len])).collect();
+        for (&len, span) in lens.iter().zip(&spans) {
+            check(&p, span, &data[..len]);
+        }
+        let span = p.append(&data);
+        assert!(p.level(&span, 8192).is_none() && p.level(&span, 24).is_none());
         // Halves swapped are a different line.
         let a = [1u8; 16];
         let b = [2u8; 16];
