@@ -753,9 +753,42 @@ impl LineCounter {
     pub fn feed_fps(&mut self, fps: &[u64]) {
         debug_assert!(self.partial.is_empty());
         self.c.logical_bytes += (fps.len() * self.ls) as u64;
+        self.leaves_in_item += fps.len() as u64;
+        let mut zero = 0u64;
         for &fp in fps {
-            self.add_leaf(fp, self.ls);
+            if fp == 0 {
+                zero += 1;
+            } else {
+                self.push(fp);
+            }
         }
+        self.c.zero_leaves += zero;
+        self.c.zero_bytes += zero * self.ls as u64;
+        self.c.leaf_writes += fps.len() as u64 - zero;
+        if !self.tree {
+            return;
+        }
+        // Complete the pending group of leaves, then group whole runs of `F` leaves straight
+        // from `fps`; the rest waits for the next call.
+        let f = self.fanout;
+        let mut rest = fps;
+        if self.levels.is_empty() {
+            self.levels.push(Vec::with_capacity(f));
+        }
+        if !self.levels[0].is_empty() {
+            let take = (f - self.levels[0].len()).min(rest.len());
+            self.levels[0].extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.levels[0].len() == f {
+                self.group(0);
+            }
+        }
+        let mut groups = rest.chunks_exact(f);
+        for kids in &mut groups {
+            let fp = self.parent(kids);
+            self.child(1, fp);
+        }
+        self.levels[0].extend_from_slice(groups.remainder());
     }
 
     #[inline]
@@ -811,24 +844,30 @@ impl LineCounter {
 
     /// Makes the parent of the lines pending at `level` (zero-padded to `F` children).
     fn group(&mut self, level: usize) {
-        let kids = std::mem::take(&mut self.levels[level]);
-        let fp = if kids.iter().all(|&k| k == 0) {
-            self.c.zero_interior += 1;
-            0
-        } else {
-            self.c.interior_writes += 1;
-            self.scratch.fill(0);
-            for (d, k) in self.scratch.chunks_exact_mut(8).zip(&kids) {
-                d.copy_from_slice(&k.to_le_bytes());
-            }
-            let fp = interior_fp(&self.scratch);
-            self.push(fp);
-            fp
-        };
-        let mut kids = kids;
+        let mut kids = std::mem::take(&mut self.levels[level]);
+        let fp = self.parent(&kids);
         kids.clear();
         self.levels[level] = kids;
         self.child(level + 1, fp);
+    }
+
+    /// Counts the interior line whose children are `kids` (at most `F`; zero-padded to `F`)
+    /// and returns its fingerprint (0 when every child is 0).
+    #[inline]
+    fn parent(&mut self, kids: &[u64]) -> u64 {
+        if kids.iter().all(|&k| k == 0) {
+            self.c.zero_interior += 1;
+            return 0;
+        }
+        self.c.interior_writes += 1;
+        let n = kids.len() * 8;
+        for (d, k) in self.scratch[..n].chunks_exact_mut(8).zip(kids) {
+            d.copy_from_slice(&k.to_le_bytes());
+        }
+        self.scratch[n..].fill(0);
+        let fp = interior_fp(&self.scratch);
+        self.push(fp);
+        fp
     }
 
     /// The counts so far (call after [`finish_item`](Self::finish_item)).
