@@ -439,12 +439,19 @@ impl Sink {
             Msg::Chunk(b) => {
                 let mut ok = true;
                 for seg in b.segs() {
-                    // An empty item (a packed empty file) is only ended, as a stream's.
-                    if !seg.range.is_empty() {
-                        ok &= self.chunk(b.bytes(seg), &b.fps, &seg.span);
-                    }
-                    if seg.end {
-                        ok &= self.end();
+                    match self {
+                        // A whole small file is cut in place.
+                        Sink::Cdc(c) if seg.end => c.feed_last(b.bytes(seg)),
+                        _ => {
+                            // An empty item (a packed empty file) is only ended, as a
+                            // stream's.
+                            if !seg.range.is_empty() {
+                                ok &= self.chunk(b.bytes(seg), &b.fps, &seg.span);
+                            }
+                            if seg.end {
+                                ok &= self.end();
+                            }
+                        }
                     }
                 }
                 ok
