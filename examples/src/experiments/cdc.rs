@@ -53,9 +53,9 @@ pub struct CdcCounter {
     avg: usize,
     max: usize,
     /// FastCDC's masks for `avg` at normalization level 1 (small, large), as
-    /// `fastcdc::v2020::FastCDC::new` sets them: [`cut`](Self::cut) calls the crate's cut
-    /// function with the crate's gear table directly, without the two tables a `FastCDC`
-    /// copies for every buffer it is made for (a few per small file).
+    /// `fastcdc::v2020::FastCDC::new` sets them: [`cut`](Self::cut) cuts with them and the
+    /// crate's gear tables ([`gear_cut`]), without the two tables a `FastCDC` copies for
+    /// every buffer it is made for (a few per small file).
     masks: (u64, u64),
     /// Bytes of the current item not yet cut (always fewer than `max` between calls).
     carry: Vec<u8>,
@@ -68,6 +68,52 @@ pub struct CdcCounter {
     /// are the sum from `l` up (a single running total kept the bytes of chunks the set had
     /// dropped, and overstated the stored bytes past the budget).
     sampled_bytes: [u64; 65],
+}
+
+/// The `fastcdc` crate's gear tables (plain and shifted left by one), as its `FastCDC`
+/// uses them with seed 0.
+fn gear_tables() -> &'static (Box<[u64; 256]>, Box<[u64; 256]>) {
+    static TABLES: std::sync::OnceLock<(Box<[u64; 256]>, Box<[u64; 256]>)> =
+        std::sync::OnceLock::new();
+    TABLES.get_or_init(|| fastcdc::v2020::get_gear_with_seed(0))
+}
+
+/// The length of the first chunk of `src`: `fastcdc::v2020::cut_gear` (the same loop over
+/// pairs of bytes, the same tables and masks, so the same cut points), written over slices
+/// so that its inner loops need no bounds checks.
+fn gear_cut(src: &[u8], min: usize, avg: usize, max: usize, mask_s: u64, mask_l: u64) -> usize {
+    let (gear, gear_ls) = gear_tables();
+    let (gear, gear_ls) = (&**gear, &**gear_ls);
+    let mut remaining = src.len();
+    if remaining <= min {
+        return remaining;
+    }
+    let mut center = avg;
+    if remaining > max {
+        remaining = max;
+    } else if remaining < center {
+        center = remaining;
+    }
+    let mut index = min / 2;
+    let mut hash: u64 = 0;
+    for (mask, end) in [(mask_s, center / 2), (mask_l, remaining / 2)] {
+        if index >= end {
+            continue;
+        }
+        let mask_ls = mask << 1;
+        for (i, pair) in src[index * 2..end * 2].chunks_exact(2).enumerate() {
+            hash = (hash << 2).wrapping_add(gear_ls[pair[0] as usize]);
+            if hash & mask_ls == 0 {
+                return (index + i) * 2;
+            }
+            hash = hash.wrapping_add(gear[pair[1] as usize]);
+            if hash & mask == 0 {
+                return (index + i) * 2 + 1;
+            }
+        }
+        index = end;
+    }
+    remaining
 }
 
 /// The bucket of [`CdcCounter::sampled_bytes`] a fingerprint's chunk counts in.
@@ -171,16 +217,7 @@ impl CdcCounter {
             if !last && remaining <= self.max {
                 break;
             }
-            let (_, len) = fastcdc::v2020::cut(
-                &buf[pos..],
-                self.min,
-                self.avg,
-                self.max,
-                mask_s,
-                mask_l,
-                mask_s << 1,
-                mask_l << 1,
-            );
+            let len = gear_cut(&buf[pos..], self.min, self.avg, self.max, mask_s, mask_l);
             let end = pos + len;
             let chunk = &buf[pos..end];
             self.chunks += 1;

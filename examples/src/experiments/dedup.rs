@@ -178,8 +178,11 @@ pub fn default_memory_budget() -> u64 {
         .map_or(4 << 30, |kib| kib * 1024 / 2)
 }
 
-/// Bytes held outside the fingerprint sets: read buffers in flight, per-sink scratch, the
-/// program itself. Taken off the budget before it is split over the sets.
+/// Bytes held outside the fingerprint sets: read buffers in flight (at most
+/// `CHANNEL_DEPTH + 3` at once, as the workers share each one) with their fingerprint
+/// pyramids (about as big again), per-sink scratch, the program itself; the bound of
+/// `CHANNEL_DEPTH + 2` buffers per worker, 4 more and 32 MiB covers them. Taken off the
+/// budget before it is split over the sets.
 pub fn fixed_overhead(opts: &IngestOptions) -> u64 {
     let workers = opts.threads.max(1) as u64;
     (workers * (CHANNEL_DEPTH as u64 + 2) + 4) * opts.chunk_size as u64 + (32 << 20)
