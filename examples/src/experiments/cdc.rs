@@ -70,11 +70,12 @@ pub struct CdcCounter {
     sampled_bytes: [u64; 65],
 }
 
-/// The `fastcdc` crate's gear tables (plain and shifted left by one), as its `FastCDC`
-/// uses them with seed 0.
-fn gear_tables() -> &'static (Box<[u64; 256]>, Box<[u64; 256]>) {
-    static TABLES: std::sync::OnceLock<(Box<[u64; 256]>, Box<[u64; 256]>)> =
-        std::sync::OnceLock::new();
+/// A gear table and its twin shifted left by one.
+type GearTables = (Box<[u64; 256]>, Box<[u64; 256]>);
+
+/// The `fastcdc` crate's gear tables, as its `FastCDC` uses them with seed 0.
+fn gear_tables() -> &'static GearTables {
+    static TABLES: std::sync::OnceLock<GearTables> = std::sync::OnceLock::new();
     TABLES.get_or_init(|| fastcdc::v2020::get_gear_with_seed(0))
 }
 
