@@ -8,7 +8,7 @@
 //! one casync `.caidx` record (8-byte end offset + 32-byte chunk id), and every distinct chunk
 //! one index entry in the chunk store (32-byte id + 8-byte location).
 
-use fastcdc::v2020::FastCDC;
+use fastcdc::v2020::{logarithm2, MASKS};
 
 use super::fingerprint::{block_fp, Estimate, FpSet};
 
@@ -52,6 +52,11 @@ pub struct CdcCounter {
     min: usize,
     avg: usize,
     max: usize,
+    /// FastCDC's masks for `avg` at normalization level 1 (small, large), as
+    /// `fastcdc::v2020::FastCDC::new` sets them: [`cut`](Self::cut) cuts with them and the
+    /// crate's gear tables ([`gear_cut`]), without the two tables a `FastCDC` copies for
+    /// every buffer it is made for (a few per small file).
+    masks: (u64, u64),
     /// Bytes of the current item not yet cut (always fewer than `max` between calls).
     carry: Vec<u8>,
     set: FpSet,
@@ -63,6 +68,53 @@ pub struct CdcCounter {
     /// are the sum from `l` up (a single running total kept the bytes of chunks the set had
     /// dropped, and overstated the stored bytes past the budget).
     sampled_bytes: [u64; 65],
+}
+
+/// A gear table and its twin shifted left by one.
+type GearTables = (Box<[u64; 256]>, Box<[u64; 256]>);
+
+/// The `fastcdc` crate's gear tables, as its `FastCDC` uses them with seed 0.
+fn gear_tables() -> &'static GearTables {
+    static TABLES: std::sync::OnceLock<GearTables> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| fastcdc::v2020::get_gear_with_seed(0))
+}
+
+/// The length of the first chunk of `src`: `fastcdc::v2020::cut_gear` (the same loop over
+/// pairs of bytes, the same tables and masks, so the same cut points), written over slices
+/// so that its inner loops need no bounds checks.
+fn gear_cut(src: &[u8], min: usize, avg: usize, max: usize, mask_s: u64, mask_l: u64) -> usize {
+    let (gear, gear_ls) = gear_tables();
+    let (gear, gear_ls) = (&**gear, &**gear_ls);
+    let mut remaining = src.len();
+    if remaining <= min {
+        return remaining;
+    }
+    let mut center = avg;
+    if remaining > max {
+        remaining = max;
+    } else if remaining < center {
+        center = remaining;
+    }
+    let mut index = min / 2;
+    let mut hash: u64 = 0;
+    for (mask, end) in [(mask_s, center / 2), (mask_l, remaining / 2)] {
+        if index >= end {
+            continue;
+        }
+        let mask_ls = mask << 1;
+        for (i, pair) in src[index * 2..end * 2].chunks_exact(2).enumerate() {
+            hash = (hash << 2).wrapping_add(gear_ls[pair[0] as usize]);
+            if hash & mask_ls == 0 {
+                return (index + i) * 2;
+            }
+            hash = hash.wrapping_add(gear[pair[1] as usize]);
+            if hash & mask == 0 {
+                return (index + i) * 2 + 1;
+            }
+        }
+        index = end;
+    }
+    remaining
 }
 
 /// The bucket of [`CdcCounter::sampled_bytes`] a fingerprint's chunk counts in.
@@ -85,10 +137,12 @@ impl CdcCounter {
     }
 
     fn with_set(avg: usize, set: FpSet) -> Self {
+        let bits = logarithm2(avg as u32) as usize;
         CdcCounter {
             min: avg / 4,
             avg,
             max: avg * 4,
+            masks: (MASKS[bits + 1], MASKS[bits - 1]),
             carry: Vec::with_capacity(avg * 8),
             set,
             logical: 0,
@@ -131,6 +185,18 @@ impl CdcCounter {
         self.carry.extend_from_slice(&data[done..]);
     }
 
+    /// Adds the last bytes of the current item and ends it ([`feed`](Self::feed) and
+    /// [`finish_item`](Self::finish_item), without copying an item fed whole).
+    pub fn feed_last(&mut self, data: &[u8]) {
+        if self.carry.is_empty() {
+            self.logical += data.len() as u64;
+            self.cut(data, true);
+        } else {
+            self.feed(data);
+            self.finish_item();
+        }
+    }
+
     /// Ends the current item: the rest is cut.
     pub fn finish_item(&mut self) {
         let carry = std::mem::take(&mut self.carry);
@@ -145,14 +211,15 @@ impl CdcCounter {
         if buf.is_empty() {
             return 0;
         }
-        let cdc = FastCDC::new(buf, self.min as u32, self.avg as u32, self.max as u32);
+        let (mask_s, mask_l) = self.masks;
         let mut pos = 0;
         while pos < buf.len() {
             let remaining = buf.len() - pos;
             if !last && remaining <= self.max {
                 break;
             }
-            let (_, end) = cdc.cut(pos, remaining);
+            let len = gear_cut(&buf[pos..], self.min, self.avg, self.max, mask_s, mask_l);
+            let end = pos + len;
             let chunk = &buf[pos..end];
             self.chunks += 1;
             let fp = block_fp(chunk);
@@ -196,6 +263,7 @@ impl CdcCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fastcdc::v2020::FastCDC;
 
     /// Deterministic pseudo-random bytes (testkit's PRNG).
     fn noise(seed: u64, n: usize) -> Vec<u8> {
@@ -231,6 +299,14 @@ mod tests {
         }
         mixed.finish_item();
         assert_eq!(whole.report(), mixed.report());
+        // The last piece fed with the end of the item, whole or after a carry.
+        let mut last = CdcCounter::new(2048, u64::MAX);
+        last.feed_last(&data);
+        assert_eq!(whole.report(), last.report());
+        let mut last = CdcCounter::new(2048, u64::MAX);
+        last.feed(&data[..5_000]);
+        last.feed_last(&data[5_000..]);
+        assert_eq!(whole.report(), last.report());
         let direct = FastCDC::new(&data, 512, 2048, 8192).count() as u64;
         assert_eq!(whole.report().chunks, direct);
     }
@@ -261,6 +337,39 @@ mod tests {
             s.physical_bytes,
             s.estimate
         );
+    }
+
+    /// The chunks are the `fastcdc` crate's (its iterator over the whole item), at every
+    /// average size, on random and on low-entropy data.
+    #[test]
+    fn chunks_are_the_crates() {
+        let mut data = noise(11, 1 << 20);
+        data.extend(std::iter::repeat_n(0u8, 300_000));
+        data.extend((0..400_000u32).map(|i| (i % 251) as u8));
+        data.extend(noise(12, 200_000));
+        for avg in CDC_AVERAGES {
+            let (min, max) = (avg / 4, avg * 4);
+            let mut c = CdcCounter::new(avg, u64::MAX);
+            for p in data.chunks(1 << 18) {
+                c.feed(p);
+            }
+            c.finish_item();
+            let mut seen = std::collections::HashSet::new();
+            let (mut chunks, mut physical) = (0u64, 0u64);
+            for ch in FastCDC::new(&data, min as u32, avg as u32, max as u32) {
+                chunks += 1;
+                let bytes = &data[ch.offset..ch.offset + ch.length];
+                if seen.insert(block_fp(bytes)) {
+                    physical += bytes.len() as u64;
+                }
+            }
+            let r = c.report();
+            assert_eq!(
+                (r.chunks, r.unique_chunks, r.physical_bytes),
+                (chunks, seen.len() as u64, physical),
+                "avg {avg}"
+            );
+        }
     }
 
     #[test]

@@ -42,8 +42,8 @@ use indicatif::ProgressBar;
 
 use super::cdc::{CdcCounter, CdcReport, CDC_AVERAGES};
 use super::fingerprint::{
-    expected_false_merges, max_lines, memory_metadata, slots_for, Estimate, LineCounter,
-    LineCounts, SLOT_BYTES,
+    expected_false_merges, fingerprinted_nodes, max_lines, memory_metadata, slots_for, Estimate,
+    LineCounter, LineCounts, Pyramid, PyramidSpan, SLOT_BYTES,
 };
 pub use super::input::{
     name_unreadable, InputSet, Item, Source, WalkOptions, MAX_NAMED, UNSIZED_FILE_CAP,
@@ -178,8 +178,11 @@ pub fn default_memory_budget() -> u64 {
         .map_or(4 << 30, |kib| kib * 1024 / 2)
 }
 
-/// Bytes held outside the fingerprint sets: read buffers in flight, per-sink scratch, the
-/// program itself. Taken off the budget before it is split over the sets.
+/// Bytes held outside the fingerprint sets: read buffers in flight (at most
+/// `CHANNEL_DEPTH + 3` at once, as the workers share each one) with their fingerprint
+/// pyramids (about as big again), per-sink scratch, the program itself; the bound of
+/// `CHANNEL_DEPTH + 2` buffers per worker, 4 more and 32 MiB covers them. Taken off the
+/// budget before it is split over the sets.
 pub fn fixed_overhead(opts: &IngestOptions) -> u64 {
     let workers = opts.threads.max(1) as u64;
     (workers * (CHANNEL_DEPTH as u64 + 2) + 4) * opts.chunk_size as u64 + (32 << 20)
@@ -209,10 +212,78 @@ pub fn capacity_for(line_size: usize, lens: impl Iterator<Item = u64>) -> u64 {
         .min(max)
 }
 
+/// The bytes of a block.
+enum BlockData {
+    /// A read buffer.
+    Owned(Vec<u8>),
+    /// An item held in memory.
+    Shared(Arc<Vec<u8>>),
+}
+
+/// The next bytes of an item, in a block: they start at a multiple of the chunk size within
+/// the item (so every non-final piece of an item keeps its line and page boundaries).
+struct Seg {
+    /// Where in the block's data.
+    range: Range<usize>,
+    /// The item ends with these bytes.
+    end: bool,
+    /// Where its lines' fingerprints are in the block's pyramid.
+    span: PyramidSpan,
+}
+
+/// A buffer of pieces of items: one piece of a big item, or several small items whole (so
+/// that small files cost one message to the workers per buffer, not two each).
+struct Block {
+    data: BlockData,
+    segs: Vec<Seg>,
+    /// For the fingerprint method, the leaf fingerprints of the pieces' lines at every
+    /// line size, computed once by the reader instead of once per line size.
+    fps: Pyramid,
+}
+
+impl Block {
+    fn segs(&self) -> &[Seg] {
+        &self.segs
+    }
+
+    fn bytes(&self, seg: &Seg) -> &[u8] {
+        match &self.data {
+            BlockData::Owned(v) => &v[seg.range.clone()],
+            BlockData::Shared(v) => &v[seg.range.clone()],
+        }
+    }
+
+    /// Bytes of the buffer in use.
+    fn filled(&self) -> usize {
+        self.segs().last().map_or(0, |s| s.range.end)
+    }
+
+    /// Adds a piece of `n` bytes at [`filled`](Self::filled) (already in the buffer) and
+    /// computes its fingerprints up to `pyramid`.
+    fn push(&mut self, n: usize, end: bool, pyramid: bool) {
+        let start = self.filled();
+        let range = start..start + n;
+        self.push_range(range, end, pyramid);
+    }
+
+    fn push_range(&mut self, range: Range<usize>, end: bool, pyramid: bool) {
+        let span = if pyramid {
+            let data = match &self.data {
+                BlockData::Owned(v) => &v[range.clone()],
+                BlockData::Shared(v) => &v[range.clone()],
+            };
+            self.fps.append(data)
+        } else {
+            PyramidSpan::default()
+        };
+        self.segs.push(Seg { range, end, span });
+    }
+}
+
 /// What one item's reading sends to the workers.
 enum Msg {
     /// The next bytes of the current item.
-    Chunk(Arc<Vec<u8>>, Range<usize>),
+    Chunk(Arc<Block>),
     /// The current item is complete.
     End,
 }
@@ -313,39 +384,82 @@ impl Sink {
         }
     }
 
-    fn apply(&mut self, msg: &Msg) -> bool {
-        match (self, msg) {
-            (Sink::Line(l), Msg::Chunk(buf, r)) => {
-                l.chunk(&buf[r.clone()]);
-                l.error.is_none()
-            }
-            (Sink::Line(l), Msg::End) => {
-                l.end();
+    /// Adds the next bytes of the current item, `fps` their lines' fingerprints if
+    /// computed.
+    fn chunk(&mut self, bytes: &[u8], fps: &Pyramid, span: &PyramidSpan) -> bool {
+        match self {
+            Sink::Line(l) => {
+                l.chunk(bytes);
                 l.error.is_none()
             }
             // Chunks keep page boundaries (chunk size is a multiple of the page size), so
             // adding chunk by chunk is adding the whole file.
-            (Sink::Page(p), Msg::Chunk(buf, r)) => {
-                p.add(&buf[r.clone()]);
+            Sink::Page(p) => {
+                p.add(bytes);
                 true
             }
-            (Sink::Page(_), Msg::End) => true,
-            (Sink::Fp(c, _), Msg::Chunk(buf, r)) => {
-                c.feed(&buf[r.clone()]);
+            Sink::Fp(c, _) => {
+                match fps.level(span, c.line_size()) {
+                    // Whole lines by the reader's fingerprints, the rest (an item's last,
+                    // partial line) by bytes.
+                    Some(fps) if c.at_line_boundary() => {
+                        let whole = bytes.len() / c.line_size();
+                        c.feed_fps(&fps[..whole]);
+                        c.feed(&bytes[whole * c.line_size()..]);
+                    }
+                    _ => c.feed(bytes),
+                }
                 true
             }
-            (Sink::Fp(c, _), Msg::End) => {
+            Sink::Cdc(c) => {
+                c.feed(bytes);
+                true
+            }
+        }
+    }
+
+    /// Ends the current item.
+    fn end(&mut self) -> bool {
+        match self {
+            Sink::Line(l) => {
+                l.end();
+                l.error.is_none()
+            }
+            Sink::Page(_) => true,
+            Sink::Fp(c, _) => {
                 c.finish_item();
                 true
             }
-            (Sink::Cdc(c), Msg::Chunk(buf, r)) => {
-                c.feed(&buf[r.clone()]);
-                true
-            }
-            (Sink::Cdc(c), Msg::End) => {
+            Sink::Cdc(c) => {
                 c.finish_item();
                 true
             }
+        }
+    }
+
+    fn apply(&mut self, msg: &Msg) -> bool {
+        match msg {
+            Msg::Chunk(b) => {
+                let mut ok = true;
+                for seg in b.segs() {
+                    match self {
+                        // A whole small file is cut in place.
+                        Sink::Cdc(c) if seg.end => c.feed_last(b.bytes(seg)),
+                        _ => {
+                            // An empty item (a packed empty file) is only ended, as a
+                            // stream's.
+                            if !seg.range.is_empty() {
+                                ok &= self.chunk(b.bytes(seg), &b.fps, &seg.span);
+                            }
+                            if seg.end {
+                                ok &= self.end();
+                            }
+                        }
+                    }
+                }
+                ok
+            }
+            Msg::End => self.end(),
         }
     }
 
@@ -366,19 +480,41 @@ impl Sink {
 /// Reusable read buffers: a buffer is free again when no worker holds it any more.
 struct BufferPool {
     size: usize,
-    bufs: Vec<Arc<Vec<u8>>>,
+    bufs: Vec<Arc<Block>>,
+    /// Compute the fingerprint pyramid of each block.
+    pyramid: bool,
 }
 
 impl BufferPool {
-    fn take(&mut self) -> Arc<Vec<u8>> {
+    /// A free buffer, emptied.
+    fn take(&mut self) -> Arc<Block> {
         if let Some(i) = self.bufs.iter().position(|b| Arc::strong_count(b) == 1) {
-            return self.bufs.swap_remove(i);
+            let mut b = self.bufs.swap_remove(i);
+            let block = Arc::get_mut(&mut b).expect("buffer is free");
+            block.segs.clear();
+            block.fps.clear();
+            return b;
         }
-        Arc::new(vec![0; self.size])
+        Arc::new(Block {
+            data: BlockData::Owned(vec![0; self.size]),
+            segs: Vec::new(),
+            fps: Pyramid::default(),
+        })
     }
 
-    fn give(&mut self, buf: Arc<Vec<u8>>) {
+    fn give(&mut self, buf: Arc<Block>) {
         self.bufs.push(buf);
+    }
+
+    /// A block of part of an item held in memory (not pooled).
+    fn shared(&self, data: &Arc<Vec<u8>>, r: Range<usize>) -> Arc<Block> {
+        let mut b = Block {
+            data: BlockData::Shared(data.clone()),
+            segs: Vec::new(),
+            fps: Pyramid::default(),
+        };
+        b.push_range(r, false, self.pyramid);
+        Arc::new(b)
     }
 }
 
@@ -655,7 +791,18 @@ pub fn ingest(
             }));
         }
         let reader0 = thread_cpu();
-        let counts = read_all(input, opts.chunk_size, &senders, &abort, progress, warn);
+        // The fingerprint sinks take their lines' fingerprints from the reader (chunks start
+        // at multiples of the chunk size, a multiple of the largest line).
+        let pyramid = opts.method == Method::Fingerprint;
+        let counts = read_all(
+            input,
+            opts.chunk_size,
+            pyramid,
+            &senders,
+            &abort,
+            progress,
+            warn,
+        );
         let reader = thread_cpu()
             .zip(reader0)
             .map(|(b, a)| (b.0 - a.0, b.1 - a.1));
@@ -828,7 +975,11 @@ pub fn line_report_from_counts(c: &LineCounts) -> (LineSizeReport, LineEstimate)
         sample_rate: c.lines.rate,
         sampled_lines: c.lines.sampled,
         rel_err_95: c.lines.rel_err_95,
-        expected_false_merges: expected_false_merges(lines),
+        expected_false_merges: expected_false_merges(fingerprinted_nodes(
+            ls as usize,
+            leaves,
+            interior,
+        )),
     };
     (r, e)
 }
@@ -891,10 +1042,15 @@ fn send_stream(
             return Err(());
         }
         let mut buf = pool.take();
-        let (n, err) = fill(r, Arc::get_mut(&mut buf).expect("buffer is free"));
+        let block = Arc::get_mut(&mut buf).expect("buffer is free");
+        let BlockData::Owned(data) = &mut block.data else {
+            unreachable!("pooled blocks own their buffer")
+        };
+        let (n, err) = fill(r, data);
+        block.push(n, false, pool.pyramid);
         let shared = buf.clone();
         pool.give(buf);
-        if n > 0 && !send(&|| Msg::Chunk(shared.clone(), 0..n)) {
+        if n > 0 && !send(&|| Msg::Chunk(shared.clone())) {
             return Err(());
         }
         counts.bytes += n as u64;
@@ -920,6 +1076,7 @@ fn send_stream(
 fn read_all(
     input: &InputSet,
     chunk_size: usize,
+    pyramid: bool,
     senders: &[mpsc::SyncSender<Msg>],
     abort: &AtomicBool,
     progress: &ProgressBar,
@@ -929,19 +1086,54 @@ fn read_all(
     let mut pool = BufferPool {
         size: chunk_size,
         bufs: Vec::new(),
+        pyramid,
     };
     let send =
         |make: &dyn Fn() -> Msg| -> bool { senders.iter().all(|tx| tx.send(make()).is_ok()) };
+    // The block small files are being read into.
+    let mut packing: Option<Arc<Block>> = None;
     'items: for item in &input.items {
         if abort.load(Relaxed) {
             break;
+        }
+        // A file that fits a buffer is read whole into the block being packed (a fresh one
+        // when it does not fit what is left of it).
+        if let Item::File {
+            path,
+            len,
+            unsized_: false,
+        } = item
+        {
+            if let Ok(len) = usize::try_from(*len) {
+                if len <= chunk_size {
+                    let room = packing.as_ref().map_or(0, |b| chunk_size - b.filled());
+                    if len > room && !flush(&mut packing, &mut pool, &send) {
+                        break 'items;
+                    }
+                    pack_file(
+                        path,
+                        len,
+                        &mut packing,
+                        &mut pool,
+                        &mut counts,
+                        progress,
+                        warn,
+                    );
+                    continue;
+                }
+            }
+        }
+        // Anything else goes on its own, after what was packed.
+        if !flush(&mut packing, &mut pool, &send) {
+            break 'items;
         }
         match item {
             Item::Bytes { data, .. } => {
                 let mut off = 0;
                 while off < data.len() {
                     let end = (off + chunk_size).min(data.len());
-                    if !send(&|| Msg::Chunk(data.clone(), off..end)) {
+                    let block = pool.shared(data, off..end);
+                    if !send(&|| Msg::Chunk(block.clone())) {
                         break 'items;
                     }
                     off = end;
@@ -1077,7 +1269,62 @@ fn read_all(
         }
         counts.files += 1;
     }
+    flush(&mut packing, &mut pool, &send);
     counts
+}
+
+/// Sends the block being packed, if it holds anything. False when the workers are gone.
+fn flush(
+    packing: &mut Option<Arc<Block>>,
+    pool: &mut BufferPool,
+    send: &dyn Fn(&dyn Fn() -> Msg) -> bool,
+) -> bool {
+    let Some(block) = packing.take() else {
+        return true;
+    };
+    let ok = block.segs.is_empty() || send(&|| Msg::Chunk(block.clone()));
+    pool.give(block);
+    ok
+}
+
+/// Reads the file at `path`, of `len` bytes (at most what is left of the block being
+/// packed, which is taken from the pool if there is none), whole into the block.
+fn pack_file(
+    path: &std::path::Path,
+    len: usize,
+    packing: &mut Option<Arc<Block>>,
+    pool: &mut BufferPool,
+    counts: &mut ReadCounts,
+    progress: &ProgressBar,
+    warn: &mut dyn FnMut(&str),
+) {
+    let name = || path.display().to_string();
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            counts.skip(name(), &format!("skipping '{}': {e}", name()), warn);
+            return;
+        }
+    };
+    let block = packing.get_or_insert_with(|| pool.take());
+    let block = Arc::get_mut(block).expect("a block is not sent while it is packed");
+    let start = block.filled();
+    let BlockData::Owned(data) = &mut block.data else {
+        unreachable!("pooled blocks own their buffer")
+    };
+    let (n, err) = fill(&mut file.take(len as u64), &mut data[start..start + len]);
+    block.push(n, true, pool.pyramid);
+    counts.bytes += n as u64;
+    progress.inc(n as u64);
+    if let Some(e) = err {
+        counts.partial += 1;
+        name_unreadable(&mut counts.unreadable, name());
+        warn(&format!(
+            "error reading '{}' after {n} bytes: {e} (the bytes read are ingested)",
+            name()
+        ));
+    }
+    counts.files += 1;
 }
 
 #[cfg(test)]

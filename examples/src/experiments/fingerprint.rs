@@ -17,8 +17,11 @@
 //!
 //! Identity: two lines count as one when their 64-bit xxh3 fingerprints are equal (leaves and
 //! interior lines are hashed with different seeds and carry a kind bit, so the kinds never
-//! alias). The expected number of false merges among `n` distinct lines is about
-//! `n^2 / 2^64`, which [`expected_false_merges`] gives and the report states.
+//! alias). A leaf of more than 16 bytes is fingerprinted by the fingerprints of its halves,
+//! down to 16-byte pieces ([`line_fp`]), so that one pass gives every line size ([`Pyramid`]).
+//! The expected number of false merges among `n` distinct fingerprints is about
+//! `n^2 / 2^65`, which [`expected_false_merges`] gives and the report states, `n` counting
+//! every node of the leaves' trees of halves ([`fingerprinted_nodes`]).
 //!
 //! # Bounded memory: distinct-count sampling
 //!
@@ -66,10 +69,138 @@ fn interior_fp(kids: &[u8]) -> u64 {
     xxh3_64_with_seed(kids, INTERIOR_SEED) | INTERIOR_BIT
 }
 
-/// A fingerprint of any block of bytes (pages, CDC chunks), never 0.
+/// A fingerprint of any block of bytes (CDC chunks), never 0.
 #[inline]
 pub fn block_fp(block: &[u8]) -> u64 {
     leaf_fp(block)
+}
+
+/// Lines of this size are fingerprinted by a hash of their bytes; larger power-of-two lines
+/// by the fingerprints of their two halves ([`line_fp`]).
+pub const PIECE: usize = 16;
+const COMBINE_SEED: u64 = 0x6869_6361_6d70_4332;
+
+/// The fingerprint of a `16 << level`-byte line whose halves have fingerprints `a` and `b`
+/// (0 for an all-zero half): 0 when both are 0, else never 0 (kind bit clear).
+#[inline]
+fn combine(a: u64, b: u64, level: usize) -> u64 {
+    if a | b == 0 {
+        return 0;
+    }
+    let mut buf = [0u8; 16];
+    buf[..8].copy_from_slice(&a.to_le_bytes());
+    buf[8..].copy_from_slice(&b.to_le_bytes());
+    let h = xxh3_64_with_seed(&buf, COMBINE_SEED.wrapping_add(level as u64)) & !INTERIOR_BIT;
+    if h == 0 {
+        2
+    } else {
+        h
+    }
+}
+
+/// The fingerprint of a 16-byte piece (0 when all-zero).
+#[inline]
+fn piece_fp(piece: &[u8; PIECE]) -> u64 {
+    if u128::from_ne_bytes(*piece) == 0 {
+        0
+    } else {
+        leaf_fp(piece)
+    }
+}
+
+/// The fingerprint of a leaf line, 0 when it is all zero.
+///
+/// A power-of-two line of more than [`PIECE`] bytes is fingerprinted as a tree: the
+/// fingerprint of its two halves' fingerprints (`combine`), down to 16-byte pieces hashed
+/// by [`leaf_fp`]. It is a function of the line's bytes like a hash of the whole line, but
+/// one pass over the input ([`Pyramid`]) gives the fingerprints of every line size at once.
+/// Any other line (and a 16-byte one) is hashed whole.
+pub fn line_fp(line: &[u8]) -> u64 {
+    let n = line.len();
+    if n > PIECE && n.is_power_of_two() {
+        let (lo, hi) = line.split_at(n / 2);
+        combine(
+            line_fp(lo),
+            line_fp(hi),
+            (n / PIECE).trailing_zeros() as usize,
+        )
+    } else if n == PIECE {
+        piece_fp(line.try_into().expect("16 bytes"))
+    } else if is_zero(line) {
+        0
+    } else {
+        leaf_fp(line)
+    }
+}
+
+/// Line sizes of a [`Pyramid`]: 16 B to 4096 B (every line size and the page).
+pub const PYRAMID_LEVELS: usize = 9;
+
+/// The leaf fingerprints ([`line_fp`]) of the lines of pieces of items at every line size
+/// from 16 B to 4096 B, computed in one pass per piece: the 16-byte pieces are hashed and
+/// each size is combined from the one below. A piece must start at a multiple of 4096 B
+/// within its item; its last line at each size is zero-padded (as the memory pads an item's
+/// last line).
+#[derive(Debug, Default)]
+pub struct Pyramid {
+    levels: Vec<Vec<u64>>,
+}
+
+/// Where the fingerprints of one piece are in a [`Pyramid`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PyramidSpan {
+    start: [usize; PYRAMID_LEVELS],
+    len: usize,
+}
+
+impl Pyramid {
+    /// Forgets every piece (keeps the allocations).
+    pub fn clear(&mut self) {
+        for l in &mut self.levels {
+            l.clear();
+        }
+    }
+
+    /// Adds the fingerprints of the lines of `data`.
+    pub fn append(&mut self, data: &[u8]) -> PyramidSpan {
+        self.levels.resize_with(PYRAMID_LEVELS, Vec::new);
+        let mut span = PyramidSpan {
+            start: [0; PYRAMID_LEVELS],
+            len: data.len(),
+        };
+        let l0 = &mut self.levels[0];
+        span.start[0] = l0.len();
+        let mut pieces = data.chunks_exact(PIECE);
+        l0.extend((&mut pieces).map(|p| piece_fp(p.try_into().expect("16 bytes"))));
+        let rest = pieces.remainder();
+        if !rest.is_empty() {
+            let mut p = [0u8; PIECE];
+            p[..rest.len()].copy_from_slice(rest);
+            l0.push(piece_fp(&p));
+        }
+        for k in 1..PYRAMID_LEVELS {
+            let (below, this) = self.levels.split_at_mut(k);
+            let (src, dst) = (&below[k - 1][span.start[k - 1]..], &mut this[0]);
+            span.start[k] = dst.len();
+            let mut pairs = src.chunks_exact(2);
+            dst.extend((&mut pairs).map(|p| combine(p[0], p[1], k)));
+            if let [last] = pairs.remainder() {
+                dst.push(combine(*last, 0, k));
+            }
+        }
+        span
+    }
+
+    /// The fingerprints of the `line_size` lines covering the piece of `span` (the last one
+    /// zero-padded), or `None` for a size a pyramid does not hold.
+    pub fn level(&self, span: &PyramidSpan, line_size: usize) -> Option<&[u64]> {
+        if line_size < PIECE || !line_size.is_power_of_two() {
+            return None;
+        }
+        let k = (line_size / PIECE).trailing_zeros() as usize;
+        let l = self.levels.get(k)?;
+        l.get(span.start[k]..span.start[k] + span.len.div_ceil(line_size))
+    }
 }
 
 /// Expected number of pairs of distinct lines that share a 64-bit fingerprint among `n`
@@ -77,6 +208,19 @@ pub fn block_fp(block: &[u8]) -> u64 {
 pub fn expected_false_merges(n: u64) -> f64 {
     let n = n as f64;
     n * (n - 1.0) / 2.0 / 2f64.powi(64)
+}
+
+/// Distinct fingerprints a line size's count rests on, for [`expected_false_merges`]: its
+/// distinct `interior` lines, and for each of its distinct `leaves` every node of the tree
+/// of halves its fingerprint is built from ([`line_fp`]: `2 * line_size / 16 - 1` of them),
+/// an upper bound of the distinct fingerprints that could collide.
+pub fn fingerprinted_nodes(line_size: usize, leaves: u64, interior: u64) -> u64 {
+    let per_leaf = if line_size > PIECE && line_size.is_power_of_two() {
+        2 * (line_size / PIECE) as u64 - 1
+    } else {
+        1
+    };
+    interior.saturating_add(leaves.saturating_mul(per_leaf))
 }
 
 /// Tables from this size up are mapped on their own, aligned to 2 MiB and advised for
@@ -144,6 +288,27 @@ impl Slots {
     }
 }
 
+/// The sampling level a table of `cap` slots starts at when it may meet at most
+/// `max_entries` distinct fingerprints: one below the lowest level at which all of them would
+/// fit (0 when they fit unsampled).
+///
+/// Sampling is a function of the fingerprints only, so a set ends at the lowest level `s`
+/// whose sample of the whole input fits (`D_s <= T`), whatever level it started at, as long
+/// as it started at or below `s`; starting higher loses nothing then, and skips the inserts
+/// of the levels below (at `--memory 1G` on /usr/lib, three quarters of all inserts). With
+/// `max_entries` fitting at level `p`, the set ends at `p` or `p - 1` whenever at least about
+/// half the lines it may meet are distinct (`D > max_entries / 2`): exactly as if it had
+/// started at 0. Inputs with fewer distinct lines may end one level or more higher than a set
+/// starting at 0 would, with a sample rate (and interval) the report states as always.
+pub fn start_level(max_entries: u64, cap: usize) -> u32 {
+    let fit = (cap as u64).saturating_mul(4) / 5;
+    let mut p = 0;
+    while p < MAX_LEVEL && (max_entries >> p) > fit {
+        p += 1;
+    }
+    p.saturating_sub(1)
+}
+
 /// A table is full past this load (4/5).
 fn full_at(len: usize, cap: usize) -> bool {
     (len + 1) * 5 > cap * 4
@@ -194,6 +359,16 @@ impl FpSet {
     pub fn with_max_entries(budget: u64, max_entries: u64) -> Self {
         let slots = slots_for(max_entries).min(budget / SLOT_BYTES);
         Self::with_slots(budget, slots)
+    }
+
+    /// [`FpSet::with_max_entries`], starting at the sampling level below the one at which
+    /// `max_entries` distinct fingerprints would fit the table (see
+    /// [`start_level`]): the inserts of the lower levels, which would all be dropped when
+    /// the input has at least about half that many distinct fingerprints, are not made.
+    pub fn with_max_entries_presampled(budget: u64, max_entries: u64) -> Self {
+        let mut set = Self::with_max_entries(budget, max_entries);
+        set.level = start_level(max_entries, set.cap);
+        set
     }
 
     fn with_slots(budget: u64, slots: u64) -> Self {
@@ -365,8 +540,10 @@ impl FpSet {
             .expect("a table below full load has a free slot");
         self.len = 0;
         self.counts = [0; 2];
-        for k in 1..=self.cap {
-            let p = (start + k) % self.cap;
+        // Slots start+1, ..., cap-1, 0, ..., start, without a division per slot (which
+        // was most of the pass's time).
+        let order = (start + 1..self.cap).chain(0..=start);
+        for p in order {
             let e = self.table.get(p);
             if e == 0 {
                 continue;
@@ -486,7 +663,11 @@ impl LineCounter {
     /// [`LineCounter::new`] with a set sized once for at most `max_lines` distinct lines
     /// (see [`max_lines`]).
     pub fn with_max_lines(line_size: usize, tree: bool, budget: u64, max_lines: u64) -> Self {
-        Self::with_set(line_size, tree, FpSet::with_max_entries(budget, max_lines))
+        Self::with_set(
+            line_size,
+            tree,
+            FpSet::with_max_entries_presampled(budget, max_lines),
+        )
     }
 
     fn with_set(line_size: usize, tree: bool, set: FpSet) -> Self {
@@ -560,19 +741,72 @@ impl LineCounter {
         self.leaves_in_item = 0;
     }
 
+    /// True when the bytes fed of the current item end at a line boundary, so that
+    /// [`feed_fps`](Self::feed_fps) may be used.
+    pub fn at_line_boundary(&self) -> bool {
+        self.partial.is_empty()
+    }
+
+    /// Adds the next whole lines of the current item by their leaf fingerprints
+    /// ([`line_fp`], as a [`Pyramid`] gives them), `line_size` bytes each. The bytes fed so
+    /// far must end at a line boundary ([`at_line_boundary`](Self::at_line_boundary)).
+    pub fn feed_fps(&mut self, fps: &[u64]) {
+        debug_assert!(self.partial.is_empty());
+        self.c.logical_bytes += (fps.len() * self.ls) as u64;
+        self.leaves_in_item += fps.len() as u64;
+        let mut zero = 0u64;
+        for &fp in fps {
+            if fp == 0 {
+                zero += 1;
+            } else {
+                self.push(fp);
+            }
+        }
+        self.c.zero_leaves += zero;
+        self.c.zero_bytes += zero * self.ls as u64;
+        self.c.leaf_writes += fps.len() as u64 - zero;
+        if !self.tree {
+            return;
+        }
+        // Complete the pending group of leaves, then group whole runs of `F` leaves straight
+        // from `fps`; the rest waits for the next call.
+        let f = self.fanout;
+        let mut rest = fps;
+        if self.levels.is_empty() {
+            self.levels.push(Vec::with_capacity(f));
+        }
+        if !self.levels[0].is_empty() {
+            let take = (f - self.levels[0].len()).min(rest.len());
+            self.levels[0].extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.levels[0].len() == f {
+                self.group(0);
+            }
+        }
+        let mut groups = rest.chunks_exact(f);
+        for kids in &mut groups {
+            let fp = self.parent(kids);
+            self.child(1, fp);
+        }
+        self.levels[0].extend_from_slice(groups.remainder());
+    }
+
     #[inline]
     fn leaf(&mut self, line: &[u8], real: usize) {
+        self.add_leaf(line_fp(line), real);
+    }
+
+    /// Adds a leaf of fingerprint `fp` (0: all zero) holding `real` bytes of the item.
+    #[inline]
+    fn add_leaf(&mut self, fp: u64, real: usize) {
         self.leaves_in_item += 1;
-        let fp = if is_zero(line) {
+        if fp == 0 {
             self.c.zero_leaves += 1;
             self.c.zero_bytes += real as u64;
-            0
         } else {
             self.c.leaf_writes += 1;
-            let fp = leaf_fp(line);
             self.push(fp);
-            fp
-        };
+        }
         if self.tree {
             self.child(0, fp);
         }
@@ -610,24 +844,30 @@ impl LineCounter {
 
     /// Makes the parent of the lines pending at `level` (zero-padded to `F` children).
     fn group(&mut self, level: usize) {
-        let kids = std::mem::take(&mut self.levels[level]);
-        let fp = if kids.iter().all(|&k| k == 0) {
-            self.c.zero_interior += 1;
-            0
-        } else {
-            self.c.interior_writes += 1;
-            self.scratch.fill(0);
-            for (d, k) in self.scratch.chunks_exact_mut(8).zip(&kids) {
-                d.copy_from_slice(&k.to_le_bytes());
-            }
-            let fp = interior_fp(&self.scratch);
-            self.push(fp);
-            fp
-        };
-        let mut kids = kids;
+        let mut kids = std::mem::take(&mut self.levels[level]);
+        let fp = self.parent(&kids);
         kids.clear();
         self.levels[level] = kids;
         self.child(level + 1, fp);
+    }
+
+    /// Counts the interior line whose children are `kids` (at most `F`; zero-padded to `F`)
+    /// and returns its fingerprint (0 when every child is 0).
+    #[inline]
+    fn parent(&mut self, kids: &[u64]) -> u64 {
+        if kids.iter().all(|&k| k == 0) {
+            self.c.zero_interior += 1;
+            return 0;
+        }
+        self.c.interior_writes += 1;
+        let n = kids.len() * 8;
+        for (d, k) in self.scratch[..n].chunks_exact_mut(8).zip(kids) {
+            d.copy_from_slice(&k.to_le_bytes());
+        }
+        self.scratch[n..].fill(0);
+        let fp = interior_fp(&self.scratch);
+        self.push(fp);
+        fp
     }
 
     /// The counts so far (call after [`finish_item`](Self::finish_item)).
@@ -718,6 +958,7 @@ mod tests {
         let fps: Vec<u64> = (1..=30_000u64).map(|i| leaf_fp(&i.to_le_bytes())).collect();
         // A table that cannot grow (budget = its size) and cannot hold them all.
         let mut s = FpSet::with_max_entries(16 << 10, 1 << 20);
+        assert_eq!(s.level(), 0);
         assert_eq!(s.bytes().0, 16 << 10);
         for &fp in &fps {
             s.insert(fp);
@@ -758,6 +999,77 @@ mod tests {
             assert!(s.insert(leaf_fp(&i.to_le_bytes())));
         }
         assert_eq!(s.sampled(), (8, 0));
+    }
+
+    /// The pyramid gives, at every size, the fingerprints `line_fp` gives each line cut from
+    /// the block and zero-padded; zero lines are 0 and no other line is.
+    #[test]
+    fn pyramid_matches_line_fps() {
+        let mut data = testkit::Rng::new(7).bytes(3 * 4096 + 100);
+        data[4096..4096 + 2048].fill(0); // zero lines up to 2 KiB
+        data[100..116].fill(0); // a zero 16-byte piece inside a non-zero line
+        fn check(p: &Pyramid, span: &PyramidSpan, block: &[u8]) {
+            let len = block.len();
+            for k in 0..PYRAMID_LEVELS {
+                let ls = PIECE << k;
+                let fps = p.level(span, ls).expect("computed");
+                assert_eq!(fps.len(), len.div_ceil(ls), "len {len} size {ls}");
+                for (i, &fp) in fps.iter().enumerate() {
+                    let mut line = block[i * ls..((i + 1) * ls).min(len)].to_vec();
+                    line.resize(ls, 0);
+                    assert_eq!(fp, line_fp(&line), "len {len} size {ls} line {i}");
+                    assert_eq!(fp == 0, is_zero(&line));
+                }
+            }
+        }
+        let mut p = Pyramid::default();
+        let lens = [data.len(), 4096, 4095, 17, 16, 1, 0, 4096 + 2048];
+        // One piece per pyramid, then all of them in one.
+        for &len in &lens {
+            p.clear();
+            let span = p.append(&data[..len]);
+            check(&p, &span, &data[..len]);
+        }
+        p.clear();
+        let spans: Vec<PyramidSpan> = lens.iter().map(|&len| p.append(&data[..len])).collect();
+        for (&len, span) in lens.iter().zip(&spans) {
+            check(&p, span, &data[..len]);
+        }
+        let span = p.append(&data);
+        assert!(p.level(&span, 8192).is_none() && p.level(&span, 24).is_none());
+        // Halves swapped are a different line.
+        let a = [1u8; 16];
+        let b = [2u8; 16];
+        assert_ne!(line_fp(&[a, b].concat()), line_fp(&[b, a].concat()));
+        assert_ne!(
+            line_fp(&[a, [0; 16]].concat()),
+            line_fp(&[[0; 16], a].concat())
+        );
+    }
+
+    /// A presampled set ends at the level and with the sample of a set that starts at 0,
+    /// when at least half the fingerprints it was told of are distinct.
+    #[test]
+    fn presampled_set_ends_as_an_unsampled_start() {
+        let max = 100_000u64;
+        for distinct in [max, max * 3 / 4, max / 2 + 2_000] {
+            let fps: Vec<u64> = (0..max)
+                .map(|i| leaf_fp(&(i % distinct + 1).to_le_bytes()))
+                .collect();
+            let mut from0 = FpSet::with_max_entries(64 << 10, max);
+            let mut pre = FpSet::with_max_entries_presampled(64 << 10, max);
+            assert!(pre.level() > 0 && from0.level() == 0);
+            from0.insert_batch(&fps);
+            pre.insert_batch(&fps);
+            assert_eq!(pre.level(), from0.level(), "distinct {distinct}");
+            assert_eq!(pre.sampled(), from0.sampled(), "distinct {distinct}");
+        }
+        assert_eq!(start_level(1000, 10_000), 0);
+        assert_eq!(start_level(8000, 10_000), 0);
+        assert_eq!(start_level(8001, 10_000), 0);
+        assert_eq!(start_level(16_001, 10_000), 0);
+        assert_eq!(start_level(16_002, 10_000), 1);
+        assert_eq!(start_level(64_008, 10_000), 3);
     }
 
     #[test]
