@@ -134,6 +134,17 @@ impl Builder<'_> {
     /// Puts the nodes of level `j` under parents of level `j + 1` (a whole
     /// number of groups unless this is the end of the result).
     fn carry(&mut self, j: usize) -> Result<()> {
+        let n = if j == 0 {
+            self.leaves.len()
+        } else {
+            self.upper.get(j - 1).map_or(0, Vec::len)
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        if j == 0 {
+            self.done += n as u64;
+        }
         if self.upper.len() <= j {
             self.upper.resize_with(j + 1, Vec::new);
         }
@@ -142,15 +153,16 @@ impl Builder<'_> {
         } else {
             std::mem::take(&mut self.upper[j - 1])
         };
-        if from.is_empty() {
-            self.put_back(j, from);
-            return Ok(());
-        }
-        if j == 0 {
-            self.done += from.len() as u64;
-        }
         // Consumes the references in `from`, on success and on error.
-        let r = self.store.intern_interior_level(&from, &mut self.upper[j]);
+        let r = if from.len() <= self.store.fanout() {
+            // One parent (a frame's header subtree, its top lines): one
+            // intern, no level vectors.
+            self.store
+                .intern_interior(&from)
+                .map(|id| self.upper[j].push(id))
+        } else {
+            self.store.intern_interior_level(&from, &mut self.upper[j])
+        };
         from.clear();
         self.put_back(j, from);
         r
@@ -174,6 +186,9 @@ impl Builder<'_> {
                 self.store.release(id);
                 return Err(e);
             }
+        }
+        if self.upper.len() < k as usize {
+            self.upper.resize_with(k as usize, Vec::new);
         }
         self.upper[k as usize - 1].push(id);
         self.done += 1 << (self.fs * k);
@@ -370,10 +385,32 @@ impl Builder<'_> {
 impl Drop for Builder<'_> {
     fn drop(&mut self) {
         self.store.release_all(&self.leaves);
-        for l in &self.upper {
+        self.leaves.clear();
+        for l in &mut self.upper {
             self.store.release_all(l);
+            l.clear();
+        }
+        // The (empty) vectors go back for this thread's next splice, unless
+        // a huge splice grew them.
+        if self.leaves.capacity() <= KEEP_LEAVES {
+            let levels = (
+                std::mem::take(&mut self.leaves),
+                std::mem::take(&mut self.upper),
+            );
+            LEVELS.set(Some(levels));
         }
     }
+}
+
+/// Level vectors of up to this many leaves are kept for the next splice.
+const KEEP_LEAVES: usize = 1 << 14;
+
+/// Level vectors (see [`Builder`]) kept between splices: no allocation per
+/// frame on a thread that builds frames.
+type Levels = (Vec<LineId>, Vec<Vec<LineId>>);
+
+thread_local! {
+    static LEVELS: std::cell::Cell<Option<Levels>> = const { std::cell::Cell::new(None) };
 }
 
 /// A splice of bytes and zeros only (a received frame: its metadata line,
@@ -475,11 +512,12 @@ impl Memory {
     /// [`Memory::splice`] leaf by leaf (`total`: the pieces' length, checked).
     fn splice_built(&self, pieces: &[Piece<'_>], total: u64) -> Result<(Segment, SpliceCounts)> {
         let store = &self.inner.store;
+        let (leaves, upper) = LEVELS.take().unwrap_or_default();
         let mut b = Builder {
             store,
             fs: store.shift() - 2,
-            leaves: Vec::new(),
-            upper: Vec::new(),
+            leaves,
+            upper,
             done: 0,
             buf: LineBuf::new(store.line_size()),
             fill: 0,

@@ -165,7 +165,10 @@ fn tso_frames_share_the_payloads_interior_lines() {
     // payload went out under the object's own level-1 line, taken whole.
     let frames = pair.a.nic().counters().tx_frames;
     let acks = pair.a.nic().counters().rx_frames;
-    assert!(frames * 16 < subtrees, "{frames} frames: TSO frames expected");
+    assert!(
+        frames * 16 < subtrees,
+        "{frames} frames: TSO frames expected"
+    );
     assert!(
         created + hits <= 4369 + 8 * frames + acks + 64,
         "{created} interior lines created and {hits} found for {frames} frames, \
