@@ -233,3 +233,29 @@ fn frame_shaped_splice_shares_interior_lines() {
     drop((s, r, src));
     assert_eq!(m.live_lines(), 0);
 }
+
+/// A splice that runs out of lines after taking subtrees gives every
+/// reference back: an error, and no line left once the handles are dropped.
+#[test]
+fn a_full_memory_mid_splice_leaks_nothing() {
+    let ls = 64usize;
+    let span = ls * (ls / 4); // 1 KiB
+    let m = Memory::new(Config {
+        line_size: ls,
+        capacity_lines: 1 << 11,
+        ..Config::default()
+    })
+    .unwrap();
+    let data: Vec<u8> = (0..64 * span).map(|i| (i % 251) as u8 + 1).collect();
+    let src = m.segment(&data).unwrap();
+    let r = SegmentSlice::new(src.clone(), 0, 32 * span);
+    // Unique bytes after the shared subtrees: more lines than are free.
+    let fresh: Vec<u8> = (0..2048 * ls)
+        .map(|i| ((i / 4) as u32).wrapping_mul(2654435761).to_le_bytes()[i % 4])
+        .collect();
+    let res = m.splice(&[Piece::Range(&r), Piece::Bytes(&fresh), Piece::Range(&r)]);
+    assert!(res.is_err(), "the memory should be full");
+    drop(res);
+    drop((r, src));
+    assert_eq!(m.live_lines(), 0);
+}
