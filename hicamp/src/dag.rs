@@ -57,42 +57,6 @@ pub(crate) fn build(store: &Store, data: &[u8]) -> Result<Tree> {
     })
 }
 
-/// Builds the interior levels over `leaves` (owned references, consumed on
-/// success and on error) for a segment of `len` bytes.
-pub(crate) fn build_from_leaves(store: &Store, mut level: Vec<LineId>, len: u64) -> Result<Tree> {
-    debug_assert_eq!(level.len() as u64, leaves_for(len, store.shift()));
-    if let Err(e) = check_len(len) {
-        store.release_all(&level);
-        return Err(e);
-    }
-    if len == 0 {
-        return Ok(Tree::default());
-    }
-    let height = height_for(level.len() as u64, fanout_shift(store));
-    let mut next = Vec::new();
-    for _ in 0..height {
-        if level.len() <= store.fanout() {
-            // The top line (a small segment's only interior line): one
-            // intern, no level vectors (no allocation per frame or message).
-            let id = store.intern_interior(&level)?;
-            level.clear();
-            level.push(id);
-            continue;
-        }
-        if next.capacity() == 0 {
-            next.reserve(level.len() / store.fanout() + 1);
-        }
-        next.clear();
-        store.intern_interior_level(&level, &mut next)?;
-        std::mem::swap(&mut level, &mut next);
-    }
-    Ok(Tree {
-        root: level[0],
-        height,
-        len,
-    })
-}
-
 /// The lines a read of leaves `first..=last` reaches, walking the DAG as a
 /// cursor does: every interior line on the paths from the root, once each
 /// (no descent into an all-zero subtree), and every non-zero leaf line.
@@ -401,6 +365,18 @@ impl<'a> Walker<'a> {
     /// The leaf line under the current position (borrowed).
     pub(crate) fn leaf(&self) -> LineId {
         self.path[0]
+    }
+
+    /// The node `level` lines above the current leaf (borrowed; `level` at
+    /// most the height): the subtree whose span holds the current position.
+    pub(crate) fn node(&self, level: u32) -> LineId {
+        debug_assert!(level <= self.tree.height);
+        self.path[level as usize]
+    }
+
+    /// The height of the walked tree.
+    pub(crate) fn height(&self) -> u32 {
+        self.tree.height
     }
 
     pub(crate) fn remaining(&self) -> u64 {

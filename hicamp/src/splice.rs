@@ -10,7 +10,7 @@
 //! place in the result) are assembled by copying, and [`SpliceCounts`] says
 //! exactly how many source bytes that copied.
 
-use crate::dag::{self, Walker};
+use crate::dag::{self, Tree, Walker, MAX_HEIGHT};
 use crate::error::{Error, Result};
 use crate::id::{LineId, LineKind};
 use crate::memory::Memory;
@@ -48,7 +48,8 @@ impl Piece<'_> {
 /// What a splice shared and what it copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpliceCounts {
-    /// Source lines reused as they are (one reference each, no byte copied).
+    /// Source leaf lines reused as they are (no byte copied): one reference
+    /// each, or none when under a shared subtree.
     pub shared_lines: u64,
     /// Bytes of [`Piece::Range`]s carried by shared lines.
     pub shared_bytes: u64,
@@ -56,6 +57,9 @@ pub struct SpliceCounts {
     pub copied_bytes: u64,
     /// Lines assembled from bytes (then interned, so they may dedup).
     pub assembled_lines: u64,
+    /// Interior lines of a source taken whole (one reference on each, none
+    /// on the leaves under it, which `shared_lines` counts).
+    pub shared_subtrees: u64,
 }
 
 /// The line being assembled: on the stack for lines of up to 128 bytes (no
@@ -97,16 +101,135 @@ impl std::ops::DerefMut for LineBuf {
 /// Whole input lines from this many on are interned as one batch.
 const BATCH_LINES: usize = 2;
 
-/// Assembles the result leaf by leaf; owns the references in `leaves`.
+/// Assembles the result: whole source subtrees where they land aligned on
+/// the result's own subtrees, leaves elsewhere. Owns every reference in
+/// `leaves` and `upper`.
+///
+/// The result's nodes are kept per level, not yet under a parent: `leaves`
+/// are nodes of height 0 and `upper[k - 1]` nodes of height `k`, and every
+/// node of a higher level precedes, in the result, every node of a lower one.
+/// Since a node of height `k` spans `F^k` leaves, the nodes of the levels
+/// above `j` end on a multiple of `F^(j + 1)` leaves: the nodes of level `j`
+/// start on a boundary of their parents, and grouping them `F` at a time
+/// (the last group zero-padded, at the end) gives the canonical parents.
 struct Builder<'a> {
     store: &'a Store,
+    /// log2 of the fanout.
+    fs: u32,
     leaves: Vec<LineId>,
+    upper: Vec<Vec<LineId>>,
+    /// Leaves under the nodes of `upper`.
+    done: u64,
     buf: LineBuf,
     fill: usize,
     counts: SpliceCounts,
 }
 
 impl Builder<'_> {
+    /// Leaves of the result so far (a partly filled `buf` not counted).
+    fn pos(&self) -> u64 {
+        self.done + self.leaves.len() as u64
+    }
+
+    /// Puts the nodes of level `j` under parents of level `j + 1` (a whole
+    /// number of groups unless this is the end of the result).
+    fn carry(&mut self, j: usize) -> Result<()> {
+        let n = if j == 0 {
+            self.leaves.len()
+        } else {
+            self.upper.get(j - 1).map_or(0, Vec::len)
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        if j == 0 {
+            self.done += n as u64;
+        }
+        if self.upper.len() <= j {
+            self.upper.resize_with(j + 1, Vec::new);
+        }
+        let mut from = if j == 0 {
+            std::mem::take(&mut self.leaves)
+        } else {
+            std::mem::take(&mut self.upper[j - 1])
+        };
+        // Consumes the references in `from`, on success and on error.
+        let r = if from.len() <= self.store.fanout() {
+            // One parent (a frame's header subtree, its top lines): one
+            // intern, no level vectors.
+            self.store
+                .intern_interior(&from)
+                .map(|id| self.upper[j].push(id))
+        } else {
+            self.store.intern_interior_level(&from, &mut self.upper[j])
+        };
+        from.clear();
+        self.put_back(j, from);
+        r
+    }
+
+    fn put_back(&mut self, j: usize, v: Vec<LineId>) {
+        if j == 0 {
+            self.leaves = v;
+        } else {
+            self.upper[j - 1] = v;
+        }
+    }
+
+    /// Appends `id` (an owned reference), a node of height `k >= 1`, at a
+    /// result position on a multiple of `F^k` leaves with no partial line.
+    fn subtree(&mut self, k: u32, id: LineId) -> Result<()> {
+        debug_assert!(k >= 1 && self.fill == 0);
+        debug_assert!(self.pos().is_multiple_of(1 << (self.fs * k)));
+        for j in 0..k as usize {
+            if let Err(e) = self.carry(j) {
+                self.store.release(id);
+                return Err(e);
+            }
+        }
+        if self.upper.len() < k as usize {
+            self.upper.resize_with(k as usize, Vec::new);
+        }
+        self.upper[k as usize - 1].push(id);
+        self.done += 1 << (self.fs * k);
+        Ok(())
+    }
+
+    /// The largest `k` (at most `max_k`) such that the result position and
+    /// source leaf `src` are multiples of `F^k` leaves and `F^k <= avail`.
+    fn aligned_level(&self, src: u64, avail: u64, max_k: u32) -> u32 {
+        if self.fill != 0 {
+            return 0;
+        }
+        let both = src | self.pos();
+        let mut k = 0;
+        while k < max_k {
+            let sh = self.fs * (k + 1);
+            if sh >= 63 || both & ((1u64 << sh) - 1) != 0 || (1u64 << sh) > avail {
+                break;
+            }
+            k += 1;
+        }
+        k
+    }
+
+    /// The root over the nodes built, for a result of `n` leaves (at least
+    /// one, `buf` flushed).
+    fn finish(&mut self, n: u64) -> Result<(LineId, u32)> {
+        debug_assert_eq!(self.pos(), n);
+        let h = dag::height_for(n, self.fs);
+        for j in 0..h as usize {
+            self.carry(j)?;
+        }
+        let top = if h == 0 {
+            &mut self.leaves
+        } else {
+            &mut self.upper[h as usize - 1]
+        };
+        debug_assert_eq!(top.len(), 1);
+        Ok((top.pop().expect("one root"), h))
+    }
+
     fn flush(&mut self) -> Result<()> {
         let (id, _) = self.store.intern(LineKind::Leaf, &self.buf)?;
         self.leaves.push(id);
@@ -159,6 +282,14 @@ impl Builder<'_> {
         let ls = self.buf.len() as u64;
         while n > 0 {
             if self.fill == 0 && n >= ls {
+                // An aligned run of whole zero subtrees is line 0 at its
+                // level (no leaf pushed for each).
+                let k = self.aligned_level(0, n / ls, MAX_HEIGHT as u32);
+                if k >= 1 {
+                    self.subtree(k, LineId::ZERO)?;
+                    n -= ls << (self.fs * k);
+                    continue;
+                }
                 self.leaves.push(LineId::ZERO);
                 n -= ls;
                 continue;
@@ -178,11 +309,36 @@ impl Builder<'_> {
     /// source segment (zero-padded, like the result's last line) is reusable.
     fn range(&mut self, seg: &Segment, off: u64, len: u64, last: bool) -> Result<()> {
         let ls = self.buf.len() as u64;
+        let shift = ls.trailing_zeros();
         let mut w = Walker::new(self.store, seg.tree(), off);
         let end = off + len;
+        let to_end = last && end == seg.len();
         while w.pos() < end {
             let left = end - w.pos();
-            let whole = left >= ls || (last && end == seg.len());
+            let whole = left >= ls || to_end;
+            // Whole source leaves left (the source's zero-padded last one
+            // counts when the result ends with it too).
+            let avail = if to_end {
+                left.div_ceil(ls)
+            } else {
+                left >> shift
+            };
+            if self.fill == 0 && w.pos().is_multiple_of(ls) && avail >> self.fs != 0 {
+                // A whole source subtree landing on a whole subtree of the
+                // result: one reference on its root, whatever its size.
+                let k = self.aligned_level(w.pos() >> shift, avail, w.height());
+                if k >= 1 {
+                    let id = w.node(k);
+                    self.store.acquire(id);
+                    self.subtree(k, id)?;
+                    let n = (ls << (self.fs * k)).min(left);
+                    self.counts.shared_subtrees += 1;
+                    self.counts.shared_lines += 1 << (self.fs * k);
+                    self.counts.shared_bytes += n;
+                    w.advance(n);
+                    continue;
+                }
+            }
             if self.fill == 0 && left >= 2 * ls {
                 // A run of whole sibling leaves under one interior line: their
                 // ids straight from the parent, no walk leaf by leaf.
@@ -229,7 +385,32 @@ impl Builder<'_> {
 impl Drop for Builder<'_> {
     fn drop(&mut self) {
         self.store.release_all(&self.leaves);
+        self.leaves.clear();
+        for l in &mut self.upper {
+            self.store.release_all(l);
+            l.clear();
+        }
+        // The (empty) vectors go back for this thread's next splice, unless
+        // a huge splice grew them.
+        if self.leaves.capacity() <= KEEP_LEAVES {
+            let levels = (
+                std::mem::take(&mut self.leaves),
+                std::mem::take(&mut self.upper),
+            );
+            LEVELS.set(Some(levels));
+        }
     }
+}
+
+/// Level vectors of up to this many leaves are kept for the next splice.
+const KEEP_LEAVES: usize = 1 << 14;
+
+/// Level vectors (see [`Builder`]) kept between splices: no allocation per
+/// frame on a thread that builds frames.
+type Levels = (Vec<LineId>, Vec<Vec<LineId>>);
+
+thread_local! {
+    static LEVELS: std::cell::Cell<Option<Levels>> = const { std::cell::Cell::new(None) };
 }
 
 /// A splice of bytes and zeros only (a received frame: its metadata line,
@@ -331,9 +512,13 @@ impl Memory {
     /// [`Memory::splice`] leaf by leaf (`total`: the pieces' length, checked).
     fn splice_built(&self, pieces: &[Piece<'_>], total: u64) -> Result<(Segment, SpliceCounts)> {
         let store = &self.inner.store;
+        let (leaves, upper) = LEVELS.take().unwrap_or_default();
         let mut b = Builder {
             store,
-            leaves: Vec::with_capacity(dag::leaves_for(total, store.shift()) as usize),
+            fs: store.shift() - 2,
+            leaves,
+            upper,
+            done: 0,
             buf: LineBuf::new(store.line_size()),
             fill: 0,
             counts: SpliceCounts::default(),
@@ -352,9 +537,17 @@ impl Memory {
         if b.fill > 0 {
             b.flush()?;
         }
-        let leaves = std::mem::take(&mut b.leaves);
+        let tree = if total == 0 {
+            Tree::default()
+        } else {
+            let (root, height) = b.finish(dag::leaves_for(total, store.shift()))?;
+            Tree {
+                root,
+                height,
+                len: total,
+            }
+        };
         let counts = b.counts;
-        let tree = dag::build_from_leaves(store, leaves, total)?;
         Ok((Segment::from_tree(self.clone(), tree), counts))
     }
 }
