@@ -6,8 +6,18 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `HICAMP_SHIM_MODE=local` | this mode (`hicamp run --mode local` sets it) | |
+//! | `HICAMP_SHIM_MODE=local` | this mode (`hicamp run --mode local` sets it); `trace,local` and `stack,local` run it beside trace or stack mode (below) | |
 //! | `HICAMP_LOCAL_MEMORY` | the shared memory file (created with [`SharedOptions::transport`] if missing) | `/dev/shm/hicamp-local.EUID` |
+//!
+//! # Beside trace or stack mode
+//!
+//! `trace,local`: connections that go local are served here; the ones that stay on kernel TCP
+//! (fallbacks, with their reason in this mode's report) are traced and counted as in trace
+//! mode. `stack,local`: stack mode decides first; it leaves loopback (127.0.0.0/8) sockets in
+//! the kernel, and those negotiate here (a listener bound to a loopback address publishes
+//! itself; one bound to `0.0.0.0` is the stack's and is not reachable over loopback); every
+//! other AF_INET socket is the stack's, reported in its `PREFIX.stack.PID.json`. So each
+//! connection's route is in one of the two reports.
 //!
 //! # Negotiation (after the kernel's handshake; nothing extra on the wire)
 //!
@@ -140,14 +150,14 @@ fn set_mark(fd: c_int, on: bool) {
 /// 0: not decided; 1: local mode; 2: another mode.
 static ON: AtomicU8 = AtomicU8::new(0);
 
-/// True in local mode.
+/// True in local mode (alone, or beside trace or stack mode).
 #[inline]
 pub fn on() -> bool {
     match ON.load(Relaxed) {
         1 => true,
         2 => false,
         _ => {
-            let on = crate::config::Config::get().mode == crate::config::Mode::Local;
+            let on = crate::config::Config::get().local;
             ON.store(if on { 1 } else { 2 }, Relaxed);
             if on {
                 init();
