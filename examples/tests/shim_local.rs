@@ -823,3 +823,114 @@ fn trace_and_local_mode_in_one_process() {
     assert_eq!(merged["received_bytes"].as_u64(), Some(kernel_bytes), "{m}");
     s.check_clean();
 }
+
+// ----- writability follows the ring -----
+
+/// A slow reader: one connection, 64 KiB per receive with a pause after each, until EOF;
+/// replies `BYTES SHA256`.
+const SLOW_SINK: &str = r#"
+import hashlib, socket, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+h = hashlib.sha256()
+n = 0
+while True:
+    d = c.recv(1 << 16)
+    if not d:
+        break
+    h.update(d)
+    n += len(d)
+    time.sleep(0.0005)
+c.sendall(("%d %s" % (n, h.hexdigest())).encode())
+c.close()
+"#;
+
+/// A non-blocking writer in an epoll loop: sends TOTAL bytes to PORT, counting its epoll
+/// wake-ups and its EAGAINs; then checks the sink's digest. Prints `ok BYTES WAKES EAGAINS`.
+const EPOLL_WRITER: &str = r#"
+import hashlib, os, select, socket, sys
+port, total = int(sys.argv[1]), int(sys.argv[2])
+block = os.urandom(1 << 20) * 2
+c = socket.create_connection(("127.0.0.1", port))
+c.setblocking(False)
+ep = select.epoll()
+ep.register(c.fileno(), select.EPOLLOUT)
+h = hashlib.sha256()
+sent = wakes = eagains = 0
+while sent < total:
+    ep.poll()
+    wakes += 1
+    while sent < total:
+        off = sent % (1 << 20)
+        piece = memoryview(block)[off : off + min(total - sent, 1 << 20)]
+        try:
+            k = c.send(piece)
+        except BlockingIOError:
+            eagains += 1
+            break
+        h.update(piece[:k])
+        sent += k
+c.setblocking(True)
+c.shutdown(socket.SHUT_WR)
+r = b""
+while True:
+    d = c.recv(4096)
+    if not d:
+        break
+    r += d
+want = "%d %s" % (sent, h.hexdigest())
+if r.decode() != want:
+    print("mismatch", r.decode(), want, flush=True)
+    sys.exit(1)
+print("ok", sent, wakes, eagains, flush=True)
+"#;
+
+/// `POLLOUT` follows the ring: a non-blocking epoll writer against a slow reader sleeps while
+/// the ring is full instead of spinning on EAGAIN. A spinning writer returns from epoll_wait
+/// with nothing to send thousands of times per reader pause; here every wake-up and every
+/// EAGAIN must move 16 KiB on average (the reader frees 64 KiB per receive), and the stream
+/// arrives byte-exact.
+#[test]
+fn nonblocking_writer_sleeps_while_the_ring_is_full() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new("pollout");
+    let (srv, mut so) = Reaper::spawn(s.local("srv", &["python3", "-c", SLOW_SINK]));
+    let port = first_line(&mut so);
+    let total: u64 = 32 << 20;
+    let text = run_ok(
+        s.local(
+            "cli",
+            &["python3", "-c", EPOLL_WRITER, &port, &total.to_string()],
+        ),
+        300,
+    );
+    let f: Vec<u64> = text
+        .trim()
+        .strip_prefix("ok ")
+        .unwrap_or_else(|| panic!("writer failed: {text}"))
+        .split(' ')
+        .map(|x| x.parse().expect("a number"))
+        .collect();
+    let (sent, wakes, eagains) = (f[0], f[1], f[2]);
+    eprintln!("{total} bytes: {wakes} epoll wake-ups, {eagains} EAGAINs");
+    assert_eq!(sent, total);
+    assert!(
+        eagains > 0,
+        "the ring never filled: the reader was not slow enough ({text})"
+    );
+    assert!(
+        wakes <= total / (16 << 10) && eagains <= total / (16 << 10),
+        "the writer spun: {wakes} epoll wake-ups and {eagains} EAGAINs for {total} bytes"
+    );
+    let (o, _) = srv.wait(so, 60);
+    assert!(o.status.success());
+    let routes = s.routes();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
+    s.check_clean();
+}

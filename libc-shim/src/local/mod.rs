@@ -59,9 +59,14 @@
 //! sleeps on the ring's futex, announcing the room it has; a writer that finds it asleep with
 //! room for everything queued wakes it and puts no token (the reader drains the ring, so no
 //! readiness is owed): one system call each side per message, as TCP. Every 50 ms of sleep it
-//! checks for a dead or vanished peer. Writability: the pair's end is always writable;
-//! a full ring (4 MiB or 256 entries in flight) makes a non-blocking send fail with EAGAIN
-//! while `POLLOUT` still says writable (a spin, not a hang); a blocking send sleeps on the
+//! checks for a dead or vanished peer. Writability follows the ring: each pair end's send
+//! buffer is small (16 KiB); a non-blocking send that finds the ring full (4 MiB or 256
+//! entries in flight) writes filler bytes into its end until the end stops polling writable,
+//! records their count in the ring (`Conn::fillers_add`), looks at the ring once more (room
+//! may have opened meanwhile), and fails with EAGAIN; the reader, after each receive that
+//! consumed (room opened), reads exactly that many bytes out (`Conn::fillers_take`: one load
+//! when there are none), and the writer's end polls writable again. Only byte counts matter
+//! to the token protocol, so fillers and tokens mix freely. A blocking send sleeps on the
 //! ring's futex.
 //!
 //! # Data path
@@ -614,6 +619,8 @@ unsafe fn connect_local(
         return client_kernel(fd, dst, "socketpair failed");
     }
     let (a, b0) = (sv[0], sv[1]);
+    shrink_sndbuf(a);
+    shrink_sndbuf(b0);
     let b = hide(b0);
     close_fd(b0);
     let name = offer_name(dst, local.port());
@@ -925,6 +932,89 @@ fn put_token(fd: c_int, c: &Conn) {
     }
 }
 
+/// Send buffer of each end of the pair (the kernel doubles it): room for the token byte and
+/// one filler chunk (see [`fill`]).
+const PAIR_SNDBUF: c_int = 8192;
+/// Filler bytes per send while the ring is full: enough to take the end past a quarter of its
+/// send buffer (where it stops polling writable), not past all of it (a token still fits).
+const FILL_CHUNK: usize = 8192;
+
+fn shrink_sndbuf(fd: c_int) {
+    let v: c_int = PAIR_SNDBUF;
+    // SAFETY: an int option of the right size on our own descriptor.
+    unsafe {
+        real::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&v as *const c_int).cast(),
+            std::mem::size_of::<c_int>() as socklen_t,
+        )
+    };
+}
+
+fn pollout(fd: c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; no wait.
+    let n = unsafe { real::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & libc::POLLOUT != 0 && p.revents & (libc::POLLHUP | libc::POLLERR) == 0
+}
+
+/// The ring is full and a non-blocking send found no room: filler bytes go into `fd` until it
+/// stops polling writable, and the ring records them; the reader takes them out when it
+/// consumes (room opened), which makes `fd` writable again. So `POLLOUT` follows the ring and
+/// an epoll writer sleeps instead of spinning on EAGAIN. Only the number of bytes in the
+/// reader's descriptor matters to the token protocol; the reader reads exactly the fillers.
+fn fill(fd: c_int, c: &Conn) {
+    static ZEROS: [u8; FILL_CHUNK] = [0; FILL_CHUNK];
+    let mut n = 0u32;
+    for _ in 0..4 {
+        if !pollout(fd) {
+            break;
+        }
+        // SAFETY: FILL_CHUNK readable bytes.
+        let r = unsafe {
+            real::send(
+                fd,
+                ZEROS.as_ptr().cast(),
+                FILL_CHUNK,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if r <= 0 {
+            break;
+        }
+        n += r as u32;
+    }
+    c.fillers_add(n);
+}
+
+/// Reads the filler bytes the peer put into our descriptor while its ring was full (after a
+/// receive consumed: room opened).
+fn drain_fillers(fd: c_int, c: &Conn) {
+    let mut left = c.fillers_take() as usize;
+    let mut buf = [0u8; 4096];
+    while left > 0 {
+        // SAFETY: a writable buffer of at least the length given.
+        let r = unsafe {
+            real::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                left.min(buf.len()),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r <= 0 {
+            break;
+        }
+        left -= r as usize;
+    }
+}
+
 /// A send of `bufs` on local descriptor `fd` (`None`: not one).
 pub fn send(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<ssize_t> {
     let e = entry(fd)?;
@@ -950,6 +1040,7 @@ fn send_inner(fd: c_int, e: &Entry, bufs: &[&[u8]], flags: c_int) -> ssize_t {
     };
     let nb: Option<bool> = (flags & libc::MSG_DONTWAIT != 0).then_some(true);
     let mut total = 0usize;
+    let mut filled = false;
     'bufs: for buf in bufs {
         let mut off = 0;
         while off < buf.len() {
@@ -963,6 +1054,13 @@ fn send_inner(fd: c_int, e: &Entry, bufs: &[&[u8]], flags: c_int) -> ssize_t {
                 }
                 Err(SharedError::WouldBlock) => {
                     if nb.unwrap_or_else(|| e.nonblock.load(Relaxed)) {
+                        if total == 0 && !filled {
+                            // Not writable until the reader makes room; then look again
+                            // (room may have opened before the fillers landed).
+                            filled = true;
+                            fill(fd, c);
+                            continue;
+                        }
                         break 'bufs;
                     }
                     if let Err(err) = c.wait_send_room() {
@@ -1092,6 +1190,7 @@ fn recv_inner(fd: c_int, e: &Entry, bufs: &mut [&mut [u8]], flags: c_int) -> ssi
             total += progressed;
             if !peek {
                 e.copied_out.fetch_add(progressed as u64, Relaxed);
+                drain_fillers(fd, c);
                 drop_token(fd, c);
             }
             if !waitall || total >= want {
