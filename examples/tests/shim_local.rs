@@ -688,9 +688,9 @@ fn client_total(text: &str) -> u64 {
         .expect("a count")
 }
 
-/// Stack mode with local mode: one client process talks at the same time to a shimmed echo
-/// server over loopback (route local, through the memory) and to a kernel echo server over the
-/// TAP link (route stack, through segstack), byte-exact on both.
+/// Stack mode with local mode: one client process talks at the same time to an echo server
+/// (under stack,local too) over loopback (route local, through the memory) and to a kernel echo
+/// server over the TAP link (route stack, through segstack), byte-exact on both.
 #[test]
 fn stack_and_local_mode_in_one_process() {
     use nicdma::tap::{netns_supported, NetNs};
@@ -700,9 +700,11 @@ fn stack_and_local_mode_in_one_process() {
     let s = Setup::new("stackloc");
     let ns = NetNs::create().expect("create a namespace");
     let tap = format!("hl{}", std::process::id() % 1_000_000);
-    // The local peer: local mode alone, on 127.0.0.1 in the namespace.
+    // The local peer: under stack,local too (its own TAP link), on 127.0.0.1 in the namespace.
     let mut c = ns.command(HICAMP);
-    c.args(["run", "--mode", "local", "--memory"])
+    c.args(["run", "--mode", "local,stack", "--backend"])
+        .arg(format!("tap:{tap}s"))
+        .args(["--ip", "10.77.2.2/24", "--host-ip", "10.77.2.1/24", "--memory"])
         .arg(&s.mem)
         .arg("--report")
         .arg(s.report("lsrv"))
