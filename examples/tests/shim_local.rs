@@ -704,7 +704,13 @@ fn stack_and_local_mode_in_one_process() {
     let mut c = ns.command(HICAMP);
     c.args(["run", "--mode", "local,stack", "--backend"])
         .arg(format!("tap:{tap}s"))
-        .args(["--ip", "10.77.2.2/24", "--host-ip", "10.77.2.1/24", "--memory"])
+        .args([
+            "--ip",
+            "10.77.2.2/24",
+            "--host-ip",
+            "10.77.2.1/24",
+            "--memory",
+        ])
         .arg(&s.mem)
         .arg("--report")
         .arg(s.report("lsrv"))

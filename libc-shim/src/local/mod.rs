@@ -60,7 +60,7 @@
 //! room for everything queued wakes it and puts no token (the reader drains the ring, so no
 //! readiness is owed): one system call each side per message, as TCP. Every 50 ms of sleep it
 //! checks for a dead or vanished peer. Writability follows the ring: each pair end's send
-//! buffer is small (16 KiB); a non-blocking send that finds the ring full (4 MiB or 256
+//! buffer is small (24 KiB); a non-blocking send that finds the ring full (4 MiB or 256
 //! entries in flight) writes filler bytes into its end until the end stops polling writable,
 //! records their count in the ring (`Conn::fillers_add`), looks at the ring once more (room
 //! may have opened meanwhile), and fails with EAGAIN; the reader, after each receive that
@@ -932,11 +932,12 @@ fn put_token(fd: c_int, c: &Conn) {
     }
 }
 
-/// Send buffer of each end of the pair (the kernel doubles it): room for the token byte and
-/// one filler chunk (see [`fill`]).
-const PAIR_SNDBUF: c_int = 8192;
+/// Send buffer of each end of the pair (the kernel doubles it: 24 KiB): room for the token
+/// bytes and the fillers (see [`fill`]).
+const PAIR_SNDBUF: c_int = 12288;
 /// Filler bytes per send while the ring is full: enough to take the end past a quarter of its
-/// send buffer (where it stops polling writable), not past all of it (a token still fits).
+/// send buffer (6 KiB: there it stops polling writable), not past all of it (a token still
+/// fits).
 const FILL_CHUNK: usize = 8192;
 
 fn shrink_sndbuf(fd: c_int) {
@@ -989,6 +990,23 @@ fn fill(fd: c_int, c: &Conn) {
             break;
         }
         n += r as u32;
+    }
+    if n > 0 {
+        // A 1-byte tail: the reader reads exactly `n` bytes from the front, so when a token
+        // byte sits in front of the fillers one filler byte stays behind: this small one, not
+        // a byte of the big chunk (whose memory would keep this end unwritable).
+        // SAFETY: one readable byte.
+        if unsafe {
+            real::send(
+                fd,
+                ZEROS.as_ptr().cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        } == 1
+        {
+            n += 1;
+        }
     }
     c.fillers_add(n);
 }
