@@ -772,8 +772,8 @@ fn stack_and_local_mode_in_one_process() {
     s.check_clean();
 }
 
-/// Trace mode with local mode: one client process talks at the same time to a shimmed echo
-/// server (route local) and to one not under the shim (route kernel, the fallback: trace mode
+/// Trace mode with local mode: one client process talks at the same time to an echo server
+/// under trace,local too (route local) and to one not under the shim (route kernel, the fallback: trace mode
 /// counts its bytes), both over loopback, byte-exact.
 #[test]
 fn trace_and_local_mode_in_one_process() {
@@ -781,7 +781,15 @@ fn trace_and_local_mode_in_one_process() {
         return;
     }
     let s = Setup::new("traceloc");
-    let (lsrv, mut lo) = Reaper::spawn(s.local("lsrv", &as_refs(&s.py(&["echo", "1"]))));
+    // The local peer: under trace,local too.
+    let mut c = Command::new(HICAMP);
+    c.args(["run", "--mode", "trace,local", "--memory"])
+        .arg(&s.mem)
+        .arg("--report")
+        .arg(s.report("lsrv"))
+        .arg("--")
+        .args(s.py(&["echo", "1"]));
+    let (lsrv, mut lo) = Reaper::spawn(c);
     let lport = first_line(&mut lo);
     let mut c = Command::new("python3");
     c.args(&s.py(&["echo", "1"])[1..]);
