@@ -598,3 +598,355 @@ fn redis_benchmark_against_redis_server_in_local_mode() {
     assert!(local_server >= 13, "{routes:?}");
     s.check_clean();
 }
+
+// ----- local mode beside stack mode and trace mode -----
+
+/// A client of several echo servers at once (args: HOST PORT ... ROUNDS): on each connection a
+/// writer thread sends ROUNDS messages of varied sizes then shuts down, a reader thread reads
+/// the echo until EOF; both digests must agree. Prints `ok BYTES` (all connections).
+const MULTI_CLIENT: &str = r#"
+import hashlib, random, socket, sys, threading
+args = sys.argv[1:]
+rounds = int(args[-1])
+targets = [(args[i], int(args[i + 1])) for i in range(0, len(args) - 1, 2)]
+result = {}
+def conn(i, host, port):
+    c = socket.create_connection((host, port))
+    rng = random.Random(i)
+    sent = hashlib.sha256()
+    total = [0]
+    def writer():
+        for _ in range(rounds):
+            size = rng.choice([1, 14, 1000, 4096, 65536, 200001, 777777])
+            msg = rng.randbytes(size)
+            c.sendall(msg)
+            sent.update(msg)
+            total[0] += size
+        c.shutdown(socket.SHUT_WR)
+    w = threading.Thread(target=writer)
+    w.start()
+    got = hashlib.sha256()
+    n = 0
+    while True:
+        d = c.recv(1 << 16)
+        if not d:
+            break
+        got.update(d)
+        n += len(d)
+    w.join()
+    c.close()
+    result[i] = (n == total[0] and got.digest() == sent.digest(), n, total[0])
+ts = [threading.Thread(target=conn, args=(i, h, p)) for i, (h, p) in enumerate(targets)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+bad = [(i, r) for i, r in result.items() if not r[0]]
+if bad or len(result) != len(targets):
+    print("mismatch", bad, result, flush=True)
+    sys.exit(1)
+print("ok", sum(r[1] for r in result.values()), flush=True)
+"#;
+
+/// A kernel echo server of one connection on 0.0.0.0:PORT; prints `echoed BYTES` at its end.
+const KERNEL_ECHO: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(8)
+print("listening", flush=True)
+c, _ = s.accept()
+n = 0
+while True:
+    d = c.recv(1 << 16)
+    if not d:
+        break
+    n += len(d)
+    c.sendall(d)
+c.close()
+print("echoed", n, flush=True)
+"#;
+
+/// `echoed N` of an echo server's output.
+fn echoed(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("echoed "))
+        .unwrap_or_else(|| panic!("no echo count in {text:?}"))
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+/// `ok N` of the client's output.
+fn client_total(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("ok "))
+        .unwrap_or_else(|| panic!("client failed: {text:?}"))
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+/// Stack mode with local mode: one client process talks at the same time to an echo server
+/// (under stack,local too) over loopback (route local, through the memory) and to a kernel echo
+/// server over the TAP link (route stack, through segstack), byte-exact on both.
+#[test]
+fn stack_and_local_mode_in_one_process() {
+    use nicdma::tap::{netns_supported, NetNs};
+    if testkit::require(netns_supported(), "root and iproute2") || missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new("stackloc");
+    let ns = NetNs::create().expect("create a namespace");
+    let tap = format!("hl{}", std::process::id() % 1_000_000);
+    // The local peer: under stack,local too (its own TAP link), on 127.0.0.1 in the namespace.
+    let mut c = ns.command(HICAMP);
+    c.args(["run", "--mode", "local,stack", "--backend"])
+        .arg(format!("tap:{tap}s"))
+        .args([
+            "--ip",
+            "10.77.2.2/24",
+            "--host-ip",
+            "10.77.2.1/24",
+            "--memory",
+        ])
+        .arg(&s.mem)
+        .arg("--report")
+        .arg(s.report("lsrv"))
+        .arg("--")
+        .args(s.py(&["echo", "1"]));
+    let (lsrv, mut lo) = Reaper::spawn(c);
+    let lport = first_line(&mut lo);
+    // The kernel peer on the TAP link (it listens on every address before the TAP exists).
+    let mut c = ns.command("python3");
+    c.args(["-c", KERNEL_ECHO, "9000"]);
+    let (ksrv, mut ko) = Reaper::spawn(c);
+    assert_eq!(first_line(&mut ko), "listening");
+    let mut c = ns.command(HICAMP);
+    c.args(["run", "--mode", "stack,local", "--backend"])
+        .arg(format!("tap:{tap}"))
+        .args([
+            "--ip",
+            "10.77.1.2/24",
+            "--host-ip",
+            "10.77.1.1/24",
+            "--memory",
+        ])
+        .arg(&s.mem)
+        .arg("--report")
+        .arg(s.report("cli"))
+        .args(["--", "python3", "-c", MULTI_CLIENT])
+        .args(["127.0.0.1", &lport, "10.77.1.1", "9000", "12"]);
+    let text = run_ok(c, 300);
+    let total = client_total(&text);
+    let (o, rest) = lsrv.wait(lo, 60);
+    assert!(o.status.success(), "{rest}");
+    let local_bytes = echoed(&rest);
+    let (o, rest) = ksrv.wait(ko, 60);
+    assert!(o.status.success(), "{rest}");
+    let stack_bytes = echoed(&rest);
+    assert!(local_bytes > 0 && stack_bytes > 0);
+    assert_eq!(local_bytes + stack_bytes, total, "{text}");
+    // Routes: the loopback connection is local at both ends; the TAP one is the stack's.
+    let routes = s.routes();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
+    let merged: Value =
+        serde_json::from_slice(&std::fs::read(s.report("cli")).expect("merged")).expect("json");
+    let local = merged["local"].as_array().expect("local lines");
+    assert!(
+        local
+            .iter()
+            .any(|v| v["event"] == "route" && v["route"] == "local" && v["role"] == "client"),
+        "{merged}"
+    );
+    let stack = merged["stack"].as_array().expect("stack reports");
+    assert_eq!(stack.len(), 1, "{merged}");
+    assert!(
+        stack[0].to_string().contains("10.77.1.1:9000"),
+        "the stack report names the TAP connection: {}",
+        stack[0]
+    );
+    drop(ns);
+    s.check_clean();
+}
+
+/// Trace mode with local mode: one client process talks at the same time to an echo server
+/// under trace,local too (route local) and to one not under the shim (route kernel, the fallback: trace mode
+/// counts its bytes), both over loopback, byte-exact.
+#[test]
+fn trace_and_local_mode_in_one_process() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new("traceloc");
+    // The local peer: under trace,local too.
+    let mut c = Command::new(HICAMP);
+    c.args(["run", "--mode", "trace,local", "--memory"])
+        .arg(&s.mem)
+        .arg("--report")
+        .arg(s.report("lsrv"))
+        .arg("--")
+        .args(s.py(&["echo", "1"]));
+    let (lsrv, mut lo) = Reaper::spawn(c);
+    let lport = first_line(&mut lo);
+    let mut c = Command::new("python3");
+    c.args(&s.py(&["echo", "1"])[1..]);
+    let (ksrv, mut ko) = Reaper::spawn(c);
+    let kport = first_line(&mut ko);
+    let mut c = Command::new(HICAMP);
+    c.args(["run", "--mode", "trace,local", "--memory"])
+        .arg(&s.mem)
+        .arg("--report")
+        .arg(s.report("cli"))
+        .args(["--", "python3", "-c", MULTI_CLIENT])
+        .args(["127.0.0.1", &lport, "127.0.0.1", &kport, "12"]);
+    let text = run_ok(c, 300);
+    let total = client_total(&text);
+    let (o, rest) = lsrv.wait(lo, 60);
+    assert!(o.status.success(), "{rest}");
+    let local_bytes = echoed(&rest);
+    let (o, rest) = ksrv.wait(ko, 60);
+    assert!(o.status.success(), "{rest}");
+    let kernel_bytes = echoed(&rest);
+    assert!(local_bytes > 0 && kernel_bytes > 0);
+    assert_eq!(local_bytes + kernel_bytes, total, "{text}");
+    let routes = s.routes();
+    assert_eq!(routes.len(), 3, "{routes:?}");
+    let to = |port: &str| {
+        routes
+            .iter()
+            .filter(|r| r["role"] == "client" && r["peer"] == format!("127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+    };
+    let (l, k) = (to(&lport), to(&kport));
+    assert!(l.len() == 1 && l[0]["route"] == "local", "{routes:?}");
+    assert!(k.len() == 1 && k[0]["route"] == "kernel", "{routes:?}");
+    assert!(
+        k[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no listener"),
+        "{routes:?}"
+    );
+    // Trace mode counted the kernel connection's bytes (and none of the local one's).
+    let merged: Value =
+        serde_json::from_slice(&std::fs::read(s.report("cli")).expect("merged")).expect("json");
+    let m = merged.to_string();
+    assert!(m.contains(&format!("127.0.0.1:{kport}")), "{merged}");
+    assert_eq!(merged["sent_bytes"].as_u64(), Some(kernel_bytes), "{m}");
+    assert_eq!(merged["received_bytes"].as_u64(), Some(kernel_bytes), "{m}");
+    s.check_clean();
+}
+
+// ----- writability follows the ring -----
+
+/// A slow reader: one connection, 64 KiB per receive with a pause after each, until EOF;
+/// replies `BYTES SHA256`.
+const SLOW_SINK: &str = r#"
+import hashlib, socket, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+h = hashlib.sha256()
+n = 0
+while True:
+    d = c.recv(1 << 16)
+    if not d:
+        break
+    h.update(d)
+    n += len(d)
+    time.sleep(0.0005)
+c.sendall(("%d %s" % (n, h.hexdigest())).encode())
+c.close()
+"#;
+
+/// A non-blocking writer in an epoll loop: sends TOTAL bytes to PORT, counting its epoll
+/// wake-ups and its EAGAINs; then checks the sink's digest. Prints `ok BYTES WAKES EAGAINS`.
+const EPOLL_WRITER: &str = r#"
+import hashlib, os, select, socket, sys
+port, total = int(sys.argv[1]), int(sys.argv[2])
+block = os.urandom(1 << 20) * 2
+c = socket.create_connection(("127.0.0.1", port))
+c.setblocking(False)
+ep = select.epoll()
+ep.register(c.fileno(), select.EPOLLOUT)
+h = hashlib.sha256()
+sent = wakes = eagains = 0
+while sent < total:
+    ep.poll()
+    wakes += 1
+    while sent < total:
+        off = sent % (1 << 20)
+        piece = memoryview(block)[off : off + min(total - sent, 1 << 20)]
+        try:
+            k = c.send(piece)
+        except BlockingIOError:
+            eagains += 1
+            break
+        h.update(piece[:k])
+        sent += k
+c.setblocking(True)
+c.shutdown(socket.SHUT_WR)
+r = b""
+while True:
+    d = c.recv(4096)
+    if not d:
+        break
+    r += d
+want = "%d %s" % (sent, h.hexdigest())
+if r.decode() != want:
+    print("mismatch", r.decode(), want, flush=True)
+    sys.exit(1)
+print("ok", sent, wakes, eagains, flush=True)
+"#;
+
+/// `POLLOUT` follows the ring: a non-blocking epoll writer against a slow reader sleeps while
+/// the ring is full instead of spinning on EAGAIN. A spinning writer returns from epoll_wait
+/// with nothing to send thousands of times per reader pause; here every wake-up and every
+/// EAGAIN must move 16 KiB on average (the reader frees 64 KiB per receive), and the stream
+/// arrives byte-exact.
+#[test]
+fn nonblocking_writer_sleeps_while_the_ring_is_full() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new("pollout");
+    let (srv, mut so) = Reaper::spawn(s.local("srv", &["python3", "-c", SLOW_SINK]));
+    let port = first_line(&mut so);
+    let total: u64 = 32 << 20;
+    let text = run_ok(
+        s.local(
+            "cli",
+            &["python3", "-c", EPOLL_WRITER, &port, &total.to_string()],
+        ),
+        300,
+    );
+    let f: Vec<u64> = text
+        .trim()
+        .strip_prefix("ok ")
+        .unwrap_or_else(|| panic!("writer failed: {text}"))
+        .split(' ')
+        .map(|x| x.parse().expect("a number"))
+        .collect();
+    let (sent, wakes, eagains) = (f[0], f[1], f[2]);
+    eprintln!("{total} bytes: {wakes} epoll wake-ups, {eagains} EAGAINs");
+    assert_eq!(sent, total);
+    assert!(
+        eagains > 0,
+        "the ring never filled: the reader was not slow enough ({text})"
+    );
+    assert!(
+        wakes <= total / (16 << 10) && eagains <= total / (16 << 10),
+        "the writer spun: {wakes} epoll wake-ups and {eagains} EAGAINs for {total} bytes"
+    );
+    let (o, _) = srv.wait(so, 60);
+    assert!(o.status.success());
+    let routes = s.routes();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
+    s.check_clean();
+}

@@ -2,7 +2,7 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `HICAMP_SHIM_MODE` | `trace`, `stack` (AF_INET sockets served by segstack: see [`crate::stack`] for its settings), `local` (TCP between shimmed processes through a shared memory: see [`crate::local`]), or `off` (every call a plain pass-through) | `trace` |
+//! | `HICAMP_SHIM_MODE` | `trace`, `stack` (AF_INET sockets served by segstack: see [`crate::stack`] for its settings), `local` (TCP between shimmed processes through a shared memory: see [`crate::local`]), `trace,local` or `stack,local` (local mode beside the other: loopback TCP between shimmed processes goes local, the rest as in trace or stack mode), or `off` (every call a plain pass-through) | `trace` |
 //! | `HICAMP_SHIM_REPORT` | report path prefix: each process writes `PREFIX.PID.json` and `PREFIX.PID.txt` | none: the summary goes to `$TMPDIR/hicamp-shim.PID.txt` (never to fd 2, which may be a socket), diagnostics to `hicamp-shim.PID.log` there (`PREFIX.PID.log` with a prefix) |
 //! | `HICAMP_SHIM_LINE_SIZES` | line sizes to intern at, comma-separated | `64,256,1024,4096` |
 //! | `HICAMP_SHIM_INTERVAL` | seconds between periodic reports (0 = none) | 0 |
@@ -32,8 +32,11 @@ pub enum Mode {
 /// Parsed settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// The mode.
+    /// The mode: [`Mode::Local`] alone, or the mode local mode runs beside (`trace,local`,
+    /// `stack,local`).
     pub mode: Mode,
+    /// Local mode is on: alone ([`Mode::Local`]) or beside trace or stack mode.
+    pub local: bool,
     /// Report path prefix.
     pub report: Option<PathBuf>,
     /// Line sizes, ascending, without repeats.
@@ -60,16 +63,15 @@ impl Config {
     /// Parses settings from `get` (an environment lookup); bad values are reported through
     /// `warn` and replaced by the default.
     pub fn parse(get: impl Fn(&str) -> Option<String>, warn: &mut dyn FnMut(String)) -> Config {
-        let mode = match get("HICAMP_SHIM_MODE").as_deref().map(str::trim) {
-            None | Some("") | Some("trace") => Mode::Trace,
-            Some("off") => Mode::Off,
-            Some("stack") => Mode::Stack,
-            Some("local") => Mode::Local,
-            Some(other) => {
+        let (mode, local) = match get("HICAMP_SHIM_MODE").as_deref().map(parse_mode) {
+            None => (Mode::Trace, false),
+            Some(Ok(m)) => m,
+            Some(Err(other)) => {
                 warn(format!(
-                    "HICAMP_SHIM_MODE={other}: unknown mode (trace, stack, local or off); using trace"
+                    "HICAMP_SHIM_MODE={other}: unknown mode (trace, stack, local, trace,local, \
+                     stack,local or off); using trace"
                 ));
-                Mode::Trace
+                (Mode::Trace, false)
             }
         };
         let report = get("HICAMP_SHIM_REPORT")
@@ -134,6 +136,7 @@ impl Config {
         };
         Config {
             mode,
+            local,
             report,
             line_sizes,
             interval,
@@ -152,6 +155,35 @@ impl Config {
                 &mut |msg| crate::sys::diag(&msg),
             )
         })
+    }
+}
+
+/// `HICAMP_SHIM_MODE`'s value -> (mode, local mode on); the value back when it is not a mode.
+/// `local` may be combined with `trace` or `stack` (`stack,local`, in either order).
+pub fn parse_mode(s: &str) -> Result<(Mode, bool), &str> {
+    let mut base = None;
+    let mut local = false;
+    for part in s.split(',').map(str::trim) {
+        let m = match part {
+            "local" if !local => {
+                local = true;
+                continue;
+            }
+            "trace" | "" if s.trim().is_empty() => Mode::Trace,
+            "trace" => Mode::Trace,
+            "stack" => Mode::Stack,
+            "off" => Mode::Off,
+            _ => return Err(s),
+        };
+        if base.replace(m).is_some() {
+            return Err(s);
+        }
+    }
+    match (base, local) {
+        (None, false) => Ok((Mode::Trace, false)),
+        (None, true) => Ok((Mode::Local, true)),
+        (Some(Mode::Off), true) => Err(s),
+        (Some(m), l) => Ok((m, l)),
     }
 }
 
@@ -254,6 +286,24 @@ mod tests {
         assert_eq!(c.report, Some(PathBuf::from("/tmp/r")));
         assert!(w.is_empty());
         assert_eq!(parse(&[("HICAMP_SHIM_MODE", "local")]).0.mode, Mode::Local);
+        assert_eq!(parse_mode("local"), Ok((Mode::Local, true)));
+        assert_eq!(parse_mode("stack,local"), Ok((Mode::Stack, true)));
+        assert_eq!(parse_mode(" local , stack"), Ok((Mode::Stack, true)));
+        assert_eq!(parse_mode("trace,local"), Ok((Mode::Trace, true)));
+        assert_eq!(parse_mode("stack"), Ok((Mode::Stack, false)));
+        assert_eq!(parse_mode(""), Ok((Mode::Trace, false)));
+        for bad in [
+            "off,local",
+            "stack,trace",
+            "local,local",
+            "stack,",
+            "nearby,local",
+        ] {
+            assert_eq!(parse_mode(bad), Err(bad), "{bad}");
+        }
+        let (c, w) = parse(&[("HICAMP_SHIM_MODE", "stack,local")]);
+        assert!(c.mode == Mode::Stack && c.local && w.is_empty());
+        assert!(!parse(&[("HICAMP_SHIM_MODE", "stack")]).0.local);
 
         let (c, w) = parse(&[
             ("HICAMP_SHIM_MODE", "nearby"),

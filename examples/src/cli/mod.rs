@@ -5,7 +5,7 @@
 //!              [--tar] [--no-cdc] [-L] [--cross-file-systems] [PATH|-...]
 //! hicamp fsck [--json] FILE
 //! hicamp stat [--json] FILE
-//! hicamp run [--report FILE] [--mode trace|stack|local ...] -- CMD ARGS...
+//! hicamp run [--report FILE] [--mode trace|stack|local|trace,local|stack,local ...] -- CMD
 //! hicamp backends
 //! hicamp put [--create] FILE NAME PATH
 //! hicamp grep [--count] [--max-count N] FILE NAME PATTERN
@@ -90,6 +90,13 @@ enum ShimMode {
     /// TCP connections between processes under the shim that attach the same shared memory
     /// (`--memory`) exchange snapshots through it; every other connection stays on kernel TCP.
     Local,
+    /// Trace mode, with local mode for TCP between processes under the shim.
+    #[value(name = "trace,local", alias = "local,trace")]
+    TraceLocal,
+    /// Stack mode, with local mode for loopback TCP (127.0.0.0/8) between processes under
+    /// the shim.
+    #[value(name = "stack,local", alias = "local,stack")]
+    StackLocal,
 }
 
 #[derive(Debug, Args)]
@@ -630,8 +637,8 @@ fn run_stat(args: &FileArgs) -> Result<(), Failure> {
 fn run_command(cli: &Cli, args: &RunArgs) -> ExitCode {
     use crate::cli::run;
     let stack = match args.mode {
-        ShimMode::Trace | ShimMode::Local => None,
-        ShimMode::Stack => Some(run::StackOptions {
+        ShimMode::Trace | ShimMode::Local | ShimMode::TraceLocal => None,
+        ShimMode::Stack | ShimMode::StackLocal => Some(run::StackOptions {
             backend: args.backend.clone().unwrap_or_default(),
             ip: args.ip.clone().unwrap_or_default(),
             gateway: args.gateway.clone(),
@@ -649,11 +656,16 @@ fn run_command(cli: &Cli, args: &RunArgs) -> ExitCode {
                 .map(|b| vec![("HICAMP_SHIM_BUDGET".into(), b.to_string().into())])
                 .unwrap_or_default(),
             stack,
-            local: (args.mode == ShimMode::Local).then(|| {
+            local: matches!(
+                args.mode,
+                ShimMode::Local | ShimMode::TraceLocal | ShimMode::StackLocal
+            )
+            .then(|| {
                 args.memory
                     .clone()
                     .unwrap_or_else(run::default_local_memory)
             }),
+            trace: args.mode == ShimMode::TraceLocal,
         })
     });
     match result {

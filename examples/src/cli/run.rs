@@ -5,7 +5,14 @@
 //! hicamp run --mode stack --backend tap:NAME --ip ADDR/PREFIX [--gateway ADDR]
 //!            [--host-ip ADDR/PREFIX] [--report FILE] -- CMD ARGS...
 //! hicamp run --mode local [--memory PATH] [--report FILE] -- CMD ARGS...
+//! hicamp run --mode trace,local [--memory PATH] [--report FILE] -- CMD ARGS...
+//! hicamp run --mode stack,local --backend tap:NAME --ip ADDR/PREFIX [--memory PATH] ... -- CMD
 //! ```
+//!
+//! `trace,local` and `stack,local` run local mode beside the other mode: TCP over loopback
+//! between processes under the shim goes through the memory (or falls back to kernel TCP, as
+//! in local mode), the rest is traced or served by segstack as in trace or stack mode (stack
+//! mode leaves 127.0.0.0/8 to the kernel, which is where local mode takes over).
 //!
 //! In local mode TCP connections between processes under the shim that attach the same shared
 //! memory (`--memory`, default `/dev/shm/hicamp-local.EUID`, created if missing) go through it
@@ -160,6 +167,8 @@ pub struct RunOptions {
     pub stack: Option<StackOptions>,
     /// Local mode, when given: the shared memory's path (created if missing).
     pub local: Option<PathBuf>,
+    /// With `local`: trace mode beside it (`trace,local`); ignored with `stack` (`stack,local`).
+    pub trace: bool,
 }
 
 /// The default memory of local mode (the shim's default too): `/dev/shm/hicamp-local.EUID`.
@@ -171,7 +180,7 @@ pub fn default_local_memory() -> PathBuf {
 
 /// Local mode: the memory at `path` exists (made with the transport settings if missing) and
 /// opens; returns the shim's environment.
-fn prepare_local(path: &Path) -> Result<Vec<(OsString, OsString)>, RunError> {
+fn prepare_local(path: &Path, mode: &str) -> Result<Vec<(OsString, OsString)>, RunError> {
     use hicamp::shared::{SharedMemory, SharedOptions};
     let err = |e: String| RunError::Local(format!("{}: {e}", path.display()));
     if !path.exists() {
@@ -183,7 +192,7 @@ fn prepare_local(path: &Path) -> Result<Vec<(OsString, OsString)>, RunError> {
     }
     SharedMemory::open(path).map_err(|e| err(e.to_string()))?;
     Ok(vec![
-        ("HICAMP_SHIM_MODE".into(), "local".into()),
+        ("HICAMP_SHIM_MODE".into(), mode.into()),
         ("HICAMP_LOCAL_MEMORY".into(), path.as_os_str().to_owned()),
     ])
 }
@@ -517,7 +526,13 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome, RunError> {
         None => (Vec::new(), MadeTap(None)),
     };
     if let Some(mem) = &opts.local {
-        stack_env.extend(prepare_local(mem)?);
+        let mode = match (&opts.stack, opts.trace) {
+            (Some(_), _) => "stack,local",
+            (None, true) => "trace,local",
+            (None, false) => "local",
+        };
+        // Later entries win: this mode replaces stack mode's `stack`.
+        stack_env.extend(prepare_local(mem, mode)?);
     }
     let shim_str = opts.shim.to_string_lossy();
     if shim_str.contains([' ', ':']) {
@@ -1083,6 +1098,7 @@ mod tests {
             env: vec![],
             stack: None,
             local: None,
+            trace: false,
         };
         assert!(matches!(run(&opts), Err(RunError::NoCommand)));
     }

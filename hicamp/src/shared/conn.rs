@@ -199,6 +199,7 @@ fn reset_ring(shm: &Shm, c: u32, r: u32) {
     g.reader_waiting.store(0, Relaxed);
     g.writer_waiting.store(0, Relaxed);
     g.tokens.store(0, Relaxed);
+    g.filled.store(0, Relaxed);
 }
 
 impl Shm {
@@ -808,6 +809,29 @@ impl Conn {
         r.reader_waiting.store(0, SeqCst);
         std::sync::atomic::fence(SeqCst);
         Ok(self.readable())
+    }
+
+    /// Writability, writer's side: the caller put `n` filler bytes into its
+    /// descriptor (the ring is full: its descriptor stops polling writable
+    /// once its send buffer is full). Called after the bytes are written;
+    /// the reader takes them out with [`fillers_take`](Self::fillers_take)
+    /// after it consumes, which makes the writer's descriptor writable again.
+    /// Only the byte count matters: together with the token bytes it is what
+    /// the reader's descriptor holds.
+    pub fn fillers_add(&self, n: u32) {
+        if n != 0 {
+            self.wring().filled.fetch_add(n, SeqCst);
+        }
+    }
+
+    /// Writability, reader's side: the filler bytes the caller must read out
+    /// of its descriptor now (0 almost always: one load).
+    pub fn fillers_take(&self) -> u32 {
+        let r = self.rring();
+        if r.filled.load(SeqCst) == 0 {
+            return 0;
+        }
+        r.filled.swap(0, SeqCst)
     }
 
     /// Readiness tokens, reader's side: true when the caller must read one

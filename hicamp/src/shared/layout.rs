@@ -142,7 +142,10 @@ pub(crate) struct RingHeader {
     /// Readiness tokens the writer put into its descriptor for this ring
     /// (0 or 1; the shim's local mode: see `Conn::token_take`).
     pub tokens: AtomicU32,
-    pub _pad0: [u8; 44],
+    /// Filler bytes the writer put into its descriptor while the ring was full, not yet
+    /// taken out by the reader (the shim's local mode: see `Conn::fillers_add`).
+    pub filled: AtomicU32,
+    pub _pad0: [u8; 40],
     pub tail: AtomicU32,
     /// Bumped on every event the writer waits for: its futex word.
     pub rseq: AtomicU32,

@@ -6,8 +6,18 @@
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
-//! | `HICAMP_SHIM_MODE=local` | this mode (`hicamp run --mode local` sets it) | |
+//! | `HICAMP_SHIM_MODE=local` | this mode (`hicamp run --mode local` sets it); `trace,local` and `stack,local` run it beside trace or stack mode (below) | |
 //! | `HICAMP_LOCAL_MEMORY` | the shared memory file (created with [`SharedOptions::transport`] if missing) | `/dev/shm/hicamp-local.EUID` |
+//!
+//! # Beside trace or stack mode
+//!
+//! `trace,local`: connections that go local are served here; the ones that stay on kernel TCP
+//! (fallbacks, with their reason in this mode's report) are traced and counted as in trace
+//! mode. `stack,local`: stack mode decides first; it leaves loopback (127.0.0.0/8) sockets in
+//! the kernel, and those negotiate here (a listener bound to a loopback address publishes
+//! itself; one bound to `0.0.0.0` is the stack's and is not reachable over loopback); every
+//! other AF_INET socket is the stack's, reported in its `PREFIX.stack.PID.json`. So each
+//! connection's route is in one of the two reports.
 //!
 //! # Negotiation (after the kernel's handshake; nothing extra on the wire)
 //!
@@ -49,9 +59,14 @@
 //! sleeps on the ring's futex, announcing the room it has; a writer that finds it asleep with
 //! room for everything queued wakes it and puts no token (the reader drains the ring, so no
 //! readiness is owed): one system call each side per message, as TCP. Every 50 ms of sleep it
-//! checks for a dead or vanished peer. Writability: the pair's end is always writable;
-//! a full ring (4 MiB or 256 entries in flight) makes a non-blocking send fail with EAGAIN
-//! while `POLLOUT` still says writable (a spin, not a hang); a blocking send sleeps on the
+//! checks for a dead or vanished peer. Writability follows the ring: each pair end's send
+//! buffer is small (24 KiB); a non-blocking send that finds the ring full (4 MiB or 256
+//! entries in flight) writes filler bytes into its end until the end stops polling writable,
+//! records their count in the ring (`Conn::fillers_add`), looks at the ring once more (room
+//! may have opened meanwhile), and fails with EAGAIN; the reader, after each receive that
+//! consumed (room opened), reads exactly that many bytes out (`Conn::fillers_take`: one load
+//! when there are none), and the writer's end polls writable again. Only byte counts matter
+//! to the token protocol, so fillers and tokens mix freely. A blocking send sleeps on the
 //! ring's futex.
 //!
 //! # Data path
@@ -140,14 +155,14 @@ fn set_mark(fd: c_int, on: bool) {
 /// 0: not decided; 1: local mode; 2: another mode.
 static ON: AtomicU8 = AtomicU8::new(0);
 
-/// True in local mode.
+/// True in local mode (alone, or beside trace or stack mode).
 #[inline]
 pub fn on() -> bool {
     match ON.load(Relaxed) {
         1 => true,
         2 => false,
         _ => {
-            let on = crate::config::Config::get().mode == crate::config::Mode::Local;
+            let on = crate::config::Config::get().local;
             ON.store(if on { 1 } else { 2 }, Relaxed);
             if on {
                 init();
@@ -604,6 +619,8 @@ unsafe fn connect_local(
         return client_kernel(fd, dst, "socketpair failed");
     }
     let (a, b0) = (sv[0], sv[1]);
+    shrink_sndbuf(a);
+    shrink_sndbuf(b0);
     let b = hide(b0);
     close_fd(b0);
     let name = offer_name(dst, local.port());
@@ -915,6 +932,107 @@ fn put_token(fd: c_int, c: &Conn) {
     }
 }
 
+/// Send buffer of each end of the pair (the kernel doubles it: 24 KiB): room for the token
+/// bytes and the fillers (see [`fill`]).
+const PAIR_SNDBUF: c_int = 12288;
+/// Filler bytes per send while the ring is full: enough to take the end past a quarter of its
+/// send buffer (6 KiB: there it stops polling writable), not past all of it (a token still
+/// fits).
+const FILL_CHUNK: usize = 8192;
+
+fn shrink_sndbuf(fd: c_int) {
+    let v: c_int = PAIR_SNDBUF;
+    // SAFETY: an int option of the right size on our own descriptor.
+    unsafe {
+        real::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&v as *const c_int).cast(),
+            std::mem::size_of::<c_int>() as socklen_t,
+        )
+    };
+}
+
+fn pollout(fd: c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; no wait.
+    let n = unsafe { real::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & libc::POLLOUT != 0 && p.revents & (libc::POLLHUP | libc::POLLERR) == 0
+}
+
+/// The ring is full and a non-blocking send found no room: filler bytes go into `fd` until it
+/// stops polling writable, and the ring records them; the reader takes them out when it
+/// consumes (room opened), which makes `fd` writable again. So `POLLOUT` follows the ring and
+/// an epoll writer sleeps instead of spinning on EAGAIN. Only the number of bytes in the
+/// reader's descriptor matters to the token protocol; the reader reads exactly the fillers.
+fn fill(fd: c_int, c: &Conn) {
+    static ZEROS: [u8; FILL_CHUNK] = [0; FILL_CHUNK];
+    let mut n = 0u32;
+    for _ in 0..4 {
+        if !pollout(fd) {
+            break;
+        }
+        // SAFETY: FILL_CHUNK readable bytes.
+        let r = unsafe {
+            real::send(
+                fd,
+                ZEROS.as_ptr().cast(),
+                FILL_CHUNK,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if r <= 0 {
+            break;
+        }
+        n += r as u32;
+    }
+    if n > 0 {
+        // A 1-byte tail: the reader reads exactly `n` bytes from the front, so when a token
+        // byte sits in front of the fillers one filler byte stays behind: this small one, not
+        // a byte of the big chunk (whose memory would keep this end unwritable).
+        // SAFETY: one readable byte.
+        if unsafe {
+            real::send(
+                fd,
+                ZEROS.as_ptr().cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        } == 1
+        {
+            n += 1;
+        }
+    }
+    c.fillers_add(n);
+}
+
+/// Reads the filler bytes the peer put into our descriptor while its ring was full (after a
+/// receive consumed: room opened).
+fn drain_fillers(fd: c_int, c: &Conn) {
+    let mut left = c.fillers_take() as usize;
+    let mut buf = [0u8; 4096];
+    while left > 0 {
+        // SAFETY: a writable buffer of at least the length given.
+        let r = unsafe {
+            real::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                left.min(buf.len()),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r <= 0 {
+            break;
+        }
+        left -= r as usize;
+    }
+}
+
 /// A send of `bufs` on local descriptor `fd` (`None`: not one).
 pub fn send(fd: c_int, bufs: &[&[u8]], flags: c_int) -> Option<ssize_t> {
     let e = entry(fd)?;
@@ -940,6 +1058,7 @@ fn send_inner(fd: c_int, e: &Entry, bufs: &[&[u8]], flags: c_int) -> ssize_t {
     };
     let nb: Option<bool> = (flags & libc::MSG_DONTWAIT != 0).then_some(true);
     let mut total = 0usize;
+    let mut filled = false;
     'bufs: for buf in bufs {
         let mut off = 0;
         while off < buf.len() {
@@ -953,6 +1072,13 @@ fn send_inner(fd: c_int, e: &Entry, bufs: &[&[u8]], flags: c_int) -> ssize_t {
                 }
                 Err(SharedError::WouldBlock) => {
                     if nb.unwrap_or_else(|| e.nonblock.load(Relaxed)) {
+                        if total == 0 && !filled {
+                            // Not writable until the reader makes room; then look again
+                            // (room may have opened before the fillers landed).
+                            filled = true;
+                            fill(fd, c);
+                            continue;
+                        }
                         break 'bufs;
                     }
                     if let Err(err) = c.wait_send_room() {
@@ -1082,6 +1208,7 @@ fn recv_inner(fd: c_int, e: &Entry, bufs: &mut [&mut [u8]], flags: c_int) -> ssi
             total += progressed;
             if !peek {
                 e.copied_out.fetch_add(progressed as u64, Relaxed);
+                drain_fillers(fd, c);
                 drop_token(fd, c);
             }
             if !waitall || total >= want {
