@@ -1,5 +1,6 @@
-//! Readiness hooks (poll, select, epoll): passed through and counted (the stack mode will
-//! serve them).
+//! Readiness hooks (poll, select, epoll): passed through and counted. In stack mode, an
+//! epoll instance holding a stack socket also holds the port, and `epoll_wait` runs the
+//! interface inline when it fires ([`crate::stack::inline`]).
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -100,7 +101,76 @@ pub unsafe extern "C-unwind" fn epoll_ctl(
 ) -> c_int {
     count(Call::EpollCtl);
     // SAFETY: as above.
-    unsafe { real::epoll_ctl(epfd, op, fd, ev) }
+    let r = unsafe { real::epoll_ctl(epfd, op, fd, ev) };
+    if r == 0 && op == libc::EPOLL_CTL_ADD && crate::stack::is_stack(fd) {
+        if let Some(_g) = active() {
+            guard::shielded(|| crate::stack::inline::register(epfd));
+        }
+    }
+    r
+}
+
+/// `epoll_pwait` on an instance that holds the port: the port's events are removed from what
+/// the caller sees; when it fired, the interface runs here, and the wait resumes for the time
+/// left when none of the caller's events remain.
+///
+/// # Safety
+/// The caller's `epoll_pwait` arguments.
+unsafe fn epoll_inline(
+    epfd: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const sigset_t,
+) -> c_int {
+    use crate::stack::inline;
+    let deadline = (timeout >= 0)
+        .then(|| std::time::Instant::now() + std::time::Duration::from_millis(timeout as u64));
+    let mut last = false;
+    let mut retried = false;
+    loop {
+        let t = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    last = true;
+                    0
+                } else {
+                    // Rounded up, as the kernel rounds.
+                    left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as c_int
+                }
+            }
+        };
+        let waiting = inline::Waiting::enter();
+        // SAFETY: the caller's arguments.
+        let n = unsafe { real::epoll_pwait(epfd, ev, max, t, mask) };
+        let err = guard::errno();
+        drop(waiting);
+        if n <= 0 {
+            guard::set_errno(err);
+            return n;
+        }
+        // SAFETY: the kernel wrote `n` events at `ev`.
+        let (kept, fired) = unsafe { inline::filter(ev, n as usize) };
+        if fired {
+            if let Some(_g) = Guard::enter() {
+                inline::run();
+            }
+        }
+        if kept > 0 {
+            guard::set_errno(err);
+            return kept as c_int;
+        }
+        if last {
+            if fired && !retried {
+                // One more look, for what the pass just made ready.
+                retried = true;
+                continue;
+            }
+            return 0;
+        }
+    }
 }
 
 #[cfg_attr(not(test), no_mangle)]
@@ -111,6 +181,10 @@ pub unsafe extern "C-unwind" fn epoll_wait(
     timeout: c_int,
 ) -> c_int {
     count(Call::EpollWait);
+    if crate::stack::inline::registered(epfd) && !guard::inside() {
+        // SAFETY: as above.
+        return unsafe { epoll_inline(epfd, ev, max, timeout, std::ptr::null()) };
+    }
     // SAFETY: as above.
     unsafe { real::epoll_wait(epfd, ev, max, timeout) }
 }
@@ -124,6 +198,10 @@ pub unsafe extern "C-unwind" fn epoll_pwait(
     mask: *const sigset_t,
 ) -> c_int {
     count(Call::EpollPwait);
+    if crate::stack::inline::registered(epfd) && !guard::inside() {
+        // SAFETY: as above.
+        return unsafe { epoll_inline(epfd, ev, max, timeout, mask) };
+    }
     // SAFETY: as above.
     unsafe { real::epoll_pwait(epfd, ev, max, timeout, mask) }
 }

@@ -82,6 +82,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::real;
 
+pub mod inline;
 pub mod ops;
 pub mod proxy;
 
@@ -564,6 +565,7 @@ fn start() -> Result<Engine, (c_int, String)> {
     internal(orphans, true);
     if let Some(fd) = iface.nic().port().rx_fd() {
         internal(fd, true);
+        inline::set_port(fd);
     }
     proxy::STACK_SELF.store(crate::sys::getpid(), Relaxed);
     let seed = crate::sys::getpid() as u64 ^ crate::sys::unix_millis();
@@ -846,6 +848,7 @@ fn pump_from(w: &mut World, app: bool) {
 /// moved a timer earlier; then runs the interface and syncs the descriptors.
 fn stack_thread() {
     crate::guard::enter_forever();
+    let mut grace = false;
     loop {
         if FINISHED.load(Relaxed) {
             return;
@@ -870,9 +873,16 @@ fn stack_thread() {
             };
             (e.iface.nic().port().rx_fd().unwrap_or(-1), t)
         };
+        // While an application thread waits on the port, it runs the interface ([`inline`]).
+        let (with_port, cap) = inline::stack_plan(&mut grace);
+        let timeout = match (timeout, cap) {
+            (_, -1) => timeout,
+            (-1, c) => c,
+            (t, c) => t.min(c),
+        };
         let mut fds = [
             libc::pollfd {
-                fd: port_fd,
+                fd: if with_port { port_fd } else { -1 },
                 events: libc::POLLIN,
                 revents: 0,
             },
