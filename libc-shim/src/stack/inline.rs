@@ -7,6 +7,9 @@
 //!   wait) poll the port beside their own descriptor; one such thread at a time holds the port
 //!   ([`Poller`]), the others sleep on their descriptors only (the poller's pass writes their
 //!   tokens).
+//! * **`poll`/`ppoll`** on a set holding a stack socket: a copy of the set with the port
+//!   appended, when no other thread holds the port (else the plain call). `select`/`pselect`
+//!   are not inline yet: the stack thread serves them as before.
 //! * **epoll**: when the first stack socket is added to an epoll instance, the port joins it
 //!   (edge-triggered, data [`TAG`]); `epoll_wait` removes the tag's events from what the
 //!   application sees, runs the interface when it fired, and waits again for the time left
@@ -217,19 +220,20 @@ pub(super) fn stack_plan(grace: &mut bool) -> (bool, c_int) {
 /// # Safety
 /// `ev` points to `n` initialised events.
 pub unsafe fn filter(ev: *mut libc::epoll_event, n: usize) -> (usize, bool) {
+    if ev.is_null() || n == 0 {
+        return (0, false);
+    }
+    // SAFETY: `n` initialised events at `ev` (the caller's contract).
+    let evs = unsafe { std::slice::from_raw_parts_mut(ev, n) };
     let mut kept = 0;
     let mut fired = false;
     for i in 0..n {
-        // SAFETY: `i < n` initialised events (the caller's contract).
-        let e = unsafe { std::ptr::read(ev.add(i)) };
+        let e = evs[i];
         if e.u64 == TAG {
             fired = true;
             continue;
         }
-        if kept != i {
-            // SAFETY: `kept < i < n`.
-            unsafe { std::ptr::write(ev.add(kept), e) };
-        }
+        evs[kept] = e;
         kept += 1;
     }
     (kept, fired)

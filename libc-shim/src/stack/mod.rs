@@ -36,6 +36,9 @@
 //!   (a send is transmitted at once), and a stack thread sleeps in `poll` on the port's
 //!   descriptor and an eventfd with the next timer as timeout, so retransmission, delayed ACK,
 //!   keepalive and TIME-WAIT run while the application sleeps in a blocking call.
+//! * **Inline polling** ([`inline`]): an application thread waiting for a stack socket
+//!   (blocking call, `poll`, `epoll_wait`) also waits on the port and runs the interface
+//!   itself when a frame arrives; the stack thread then sleeps on its timers and eventfd only.
 //! * **Data path.** `send`, `write`, `writev`, `sendmsg`, `sendto` copy the user's bytes into
 //!   a segment once (segstack's byte API: small writes append to the socket's tail segment, and
 //!   the memory deduplicates lines); from there only snapshots move (send queue =
