@@ -137,7 +137,7 @@ pub unsafe extern "C-unwind" fn epoll_ctl(
     // SAFETY: as above.
     let r = unsafe { real::epoll_ctl(epfd, op, fd, ev) };
     if r == 0 && op == libc::EPOLL_CTL_ADD && crate::stack::is_stack(fd) {
-        if let Some(_g) = active() {
+        if let Some(_g) = Guard::enter() {
             guard::shielded(|| crate::stack::inline::register(epfd));
         }
     }
