@@ -626,6 +626,100 @@ fn epoll_poll_select_on_a_mix_of_kernel_and_stack_descriptors() {
     assert!(n(&r["totals"]["kernel_other_sockets"]) >= 1, "{r}");
 }
 
+/// Inline polling (the port joins an epoll set holding a stack socket): the application's
+/// epoll sees only its own descriptors (never the port's tag, even with one event slot, and
+/// nothing at all when its descriptors are idle while another thread's traffic runs the
+/// interface), EPOLLET and EPOLLONESHOT keep their meaning, and a thread blocked in `recv`
+/// and a thread in `epoll_wait` both progress at once.
+const INLINE_MIX: &str = r#"
+import os, select, socket, sys, threading
+host = sys.argv[1]
+N = 300
+errors = []
+def blocking():
+    try:
+        c = socket.create_connection((host, 9100))
+        for i in range(N):
+            msg = b"b%05d" % i
+            c.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                d = c.recv(64)
+                assert d, "eof"
+                got += d
+            assert got == msg, (got, msg)
+        c.close()
+    except Exception as e:
+        errors.append(repr(e))
+t = threading.Thread(target=blocking); t.start()
+r, w = os.pipe()
+c = socket.create_connection((host, 9100)); c.setblocking(False)
+idle = socket.create_connection((host, 9100)); idle.setblocking(False)
+ep = select.epoll()
+ep.register(r, select.EPOLLIN)
+ep.register(idle.fileno(), select.EPOLLIN)
+ep.register(c.fileno(), select.EPOLLIN | select.EPOLLET)
+mine = {r, c.fileno(), idle.fileno()}
+for i in range(N):
+    msg = b"e%05d" % i
+    c.send(msg)
+    got = b""
+    while len(got) < len(msg):
+        evs = ep.poll(10, 1 if i % 2 else 8)
+        assert evs, "timed out"
+        for fd, ev in evs:
+            assert fd in mine, ("foreign event", fd, ev)
+            assert fd == c.fileno(), ("unexpected ready", fd, ev)
+            while True:
+                try:
+                    d = c.recv(64)
+                except BlockingIOError:
+                    break
+                assert d, "eof"
+                got += d
+    assert got == msg, (got, msg)
+# Idle descriptors while the other thread's traffic (if any is left) runs the interface.
+assert ep.poll(0.2) == []
+# EPOLLONESHOT: one report, then none until re-armed.
+ep.modify(c.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
+c.send(b"one")
+evs = ep.poll(10)
+assert [fd for fd, _ in evs] == [c.fileno()], evs
+assert ep.poll(0.2) == []
+ep.modify(c.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
+assert [fd for fd, _ in ep.poll(10)] == [c.fileno()]
+os.write(w, b"x")
+assert sorted(fd for fd, _ in ep.poll(10)) == sorted([r])
+t.join(60)
+assert not t.is_alive() and not errors, errors
+print("ALL OK", flush=True)
+"#;
+
+#[test]
+fn inline_polling_keeps_epoll_sets_and_blocking_readers_right() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let _echo = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_ECHO]));
+    wait_port(&lab, "127.0.0.1", 9100);
+    let out = lab
+        .stack(
+            "tinl0",
+            "10.120.0",
+            "inline.json",
+            &["python3", "-c", INLINE_MIX, "10.120.0.1"],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ALL OK"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 const LOOPBACK: &str = r#"
 import socket
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)

@@ -1,5 +1,6 @@
-//! Readiness hooks (poll, select, epoll): passed through and counted (the stack mode will
-//! serve them).
+//! Readiness hooks (poll, select, epoll): passed through and counted. In stack mode, an
+//! epoll instance holding a stack socket also holds the port, and `epoll_wait` runs the
+//! interface inline when it fires ([`crate::stack::inline`]).
 
 #![allow(clippy::missing_safety_doc)]
 
@@ -9,6 +10,17 @@ use super::*;
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int {
     count(Call::Poll);
+    let ts = (timeout >= 0).then(|| timespec {
+        tv_sec: (timeout / 1000) as libc::time_t,
+        tv_nsec: (timeout % 1000) as libc::c_long * 1_000_000,
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const timespec);
+    // SAFETY: the caller's arguments; `tsp` is null or points to `ts`.
+    if let Some(r) = unsafe { poll_inline(fds, n, tsp, std::ptr::null()) } {
+        return r;
+    }
     // SAFETY: as above.
     unsafe { real::poll(fds, n, timeout) }
 }
@@ -21,6 +33,19 @@ pub unsafe extern "C-unwind" fn __poll_chk(
     fdslen: size_t,
 ) -> c_int {
     count(Call::PollChk);
+    if fdslen / std::mem::size_of::<pollfd>() >= n as usize {
+        let ts = (timeout >= 0).then(|| timespec {
+            tv_sec: (timeout / 1000) as libc::time_t,
+            tv_nsec: (timeout % 1000) as libc::c_long * 1_000_000,
+        });
+        let tsp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const timespec);
+        // SAFETY: the caller's arguments (the array's size checked); `tsp` is null or `ts`.
+        if let Some(r) = unsafe { poll_inline(fds, n, tsp, std::ptr::null()) } {
+            return r;
+        }
+    }
     // SAFETY: as above.
     unsafe { real::__poll_chk(fds, n, timeout, fdslen) }
 }
@@ -33,6 +58,10 @@ pub unsafe extern "C-unwind" fn ppoll(
     mask: *const sigset_t,
 ) -> c_int {
     count(Call::Ppoll);
+    // SAFETY: the caller's arguments.
+    if let Some(r) = unsafe { poll_inline(fds, n, ts, mask) } {
+        return r;
+    }
     // SAFETY: as above.
     unsafe { real::ppoll(fds, n, ts, mask) }
 }
@@ -46,6 +75,12 @@ pub unsafe extern "C-unwind" fn __ppoll_chk(
     fdslen: size_t,
 ) -> c_int {
     count(Call::PpollChk);
+    if fdslen / std::mem::size_of::<pollfd>() >= n as usize {
+        // SAFETY: the caller's arguments (the array's size checked).
+        if let Some(r) = unsafe { poll_inline(fds, n, ts, mask) } {
+            return r;
+        }
+    }
     // SAFETY: as above.
     unsafe { real::__ppoll_chk(fds, n, ts, mask, fdslen) }
 }
@@ -100,7 +135,167 @@ pub unsafe extern "C-unwind" fn epoll_ctl(
 ) -> c_int {
     count(Call::EpollCtl);
     // SAFETY: as above.
-    unsafe { real::epoll_ctl(epfd, op, fd, ev) }
+    let r = unsafe { real::epoll_ctl(epfd, op, fd, ev) };
+    if r == 0 && op == libc::EPOLL_CTL_ADD && crate::stack::is_stack(fd) {
+        if let Some(_g) = Guard::enter() {
+            guard::shielded(|| crate::stack::inline::register(epfd));
+        }
+    }
+    r
+}
+
+/// `ppoll` on a set holding a stack socket, when this thread can hold the port: the port joins
+/// a copy of the set, and when it fires the interface runs here; the wait resumes for the time
+/// left when none of the caller's descriptors is ready. `None`: not such a set (or another
+/// thread holds the port): the caller makes the plain call.
+///
+/// # Safety
+/// The caller's `ppoll` arguments.
+unsafe fn poll_inline(
+    fds: *mut pollfd,
+    n: nfds_t,
+    ts: *const timespec,
+    mask: *const sigset_t,
+) -> Option<c_int> {
+    use crate::stack::inline;
+    use std::time::{Duration, Instant};
+    if fds.is_null() || n == 0 || n > 65_536 || !crate::stack::on() || guard::inside() {
+        return None;
+    }
+    // SAFETY: the caller's `n` pollfds.
+    let app = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
+    if !app.iter().any(|p| crate::stack::is_stack(p.fd)) {
+        return None;
+    }
+    let deadline = if ts.is_null() {
+        None
+    } else {
+        // SAFETY: the caller's timespec.
+        let t = unsafe { std::ptr::read(ts) };
+        if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
+            return None;
+        }
+        Some(Instant::now() + Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
+    };
+    let mut set: Vec<pollfd> = Vec::with_capacity(app.len() + 1);
+    let mut retried = false;
+    let mut first = true;
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let lts = left.map(|l| timespec {
+            tv_sec: l.as_secs() as libc::time_t,
+            tv_nsec: l.subsec_nanos() as libc::c_long,
+        });
+        let lp = lts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const timespec);
+        let Some(p) = inline::Poller::take() else {
+            if first {
+                return None;
+            }
+            // SAFETY: the caller's arguments, the time left.
+            return Some(unsafe { real::ppoll(fds, n, lp, mask) });
+        };
+        first = false;
+        set.clear();
+        set.extend_from_slice(app);
+        set.push(pollfd {
+            fd: p.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: `n + 1` valid pollfds; `lp` is null or `lts`.
+        let r = unsafe { real::ppoll(set.as_mut_ptr(), n + 1, lp, mask) };
+        let err = guard::errno();
+        drop(p);
+        if r < 0 {
+            guard::set_errno(err);
+            return Some(r);
+        }
+        let fired = set[app.len()].revents != 0;
+        for (a, s) in app.iter_mut().zip(&set) {
+            a.revents = s.revents;
+        }
+        let ready = r - c_int::from(fired);
+        if fired {
+            if let Some(_g) = Guard::enter() {
+                inline::run();
+            }
+        }
+        if ready > 0 || r == 0 {
+            guard::set_errno(err);
+            return Some(ready);
+        }
+        if left.is_some_and(|l| l.is_zero()) {
+            if retried {
+                return Some(0);
+            }
+            retried = true;
+        }
+    }
+}
+
+/// `epoll_pwait` on an instance that holds the port: the port's events are removed from what
+/// the caller sees; when it fired, the interface runs here, and the wait resumes for the time
+/// left when none of the caller's events remain.
+///
+/// # Safety
+/// The caller's `epoll_pwait` arguments.
+unsafe fn epoll_inline(
+    epfd: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const sigset_t,
+) -> c_int {
+    use crate::stack::inline;
+    let deadline = (timeout >= 0)
+        .then(|| std::time::Instant::now() + std::time::Duration::from_millis(timeout as u64));
+    let mut last = false;
+    let mut retried = false;
+    loop {
+        let t = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    last = true;
+                    0
+                } else {
+                    // Rounded up, as the kernel rounds.
+                    left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as c_int
+                }
+            }
+        };
+        let waiting = inline::Waiting::enter();
+        // SAFETY: the caller's arguments.
+        let n = unsafe { real::epoll_pwait(epfd, ev, max, t, mask) };
+        let err = guard::errno();
+        drop(waiting);
+        if n <= 0 {
+            guard::set_errno(err);
+            return n;
+        }
+        // SAFETY: the kernel wrote `n` events at `ev`.
+        let (kept, fired) = unsafe { inline::filter(ev, n as usize) };
+        if fired {
+            if let Some(_g) = Guard::enter() {
+                inline::run();
+            }
+        }
+        if kept > 0 {
+            guard::set_errno(err);
+            return kept as c_int;
+        }
+        if last {
+            if fired && !retried {
+                // One more look, for what the pass just made ready.
+                retried = true;
+                continue;
+            }
+            return 0;
+        }
+    }
 }
 
 #[cfg_attr(not(test), no_mangle)]
@@ -111,6 +306,10 @@ pub unsafe extern "C-unwind" fn epoll_wait(
     timeout: c_int,
 ) -> c_int {
     count(Call::EpollWait);
+    if crate::stack::inline::registered(epfd) && !guard::inside() {
+        // SAFETY: as above.
+        return unsafe { epoll_inline(epfd, ev, max, timeout, std::ptr::null()) };
+    }
     // SAFETY: as above.
     unsafe { real::epoll_wait(epfd, ev, max, timeout) }
 }
@@ -124,6 +323,10 @@ pub unsafe extern "C-unwind" fn epoll_pwait(
     mask: *const sigset_t,
 ) -> c_int {
     count(Call::EpollPwait);
+    if crate::stack::inline::registered(epfd) && !guard::inside() {
+        // SAFETY: as above.
+        return unsafe { epoll_inline(epfd, ev, max, timeout, mask) };
+    }
     // SAFETY: as above.
     unsafe { real::epoll_pwait(epfd, ev, max, timeout, mask) }
 }

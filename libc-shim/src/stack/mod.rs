@@ -36,6 +36,9 @@
 //!   (a send is transmitted at once), and a stack thread sleeps in `poll` on the port's
 //!   descriptor and an eventfd with the next timer as timeout, so retransmission, delayed ACK,
 //!   keepalive and TIME-WAIT run while the application sleeps in a blocking call.
+//! * **Inline polling** ([`inline`]): an application thread waiting for a stack socket
+//!   (blocking call, `poll`, `epoll_wait`) also waits on the port and runs the interface
+//!   itself when a frame arrives; the stack thread then sleeps on its timers and eventfd only.
 //! * **Data path.** `send`, `write`, `writev`, `sendmsg`, `sendto` copy the user's bytes into
 //!   a segment once (segstack's byte API: small writes append to the socket's tail segment, and
 //!   the memory deduplicates lines); from there only snapshots move (send queue =
@@ -82,6 +85,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::real;
 
+pub mod inline;
 pub mod ops;
 pub mod proxy;
 
@@ -564,6 +568,7 @@ fn start() -> Result<Engine, (c_int, String)> {
     internal(orphans, true);
     if let Some(fd) = iface.nic().port().rx_fd() {
         internal(fd, true);
+        inline::set_port(fd);
     }
     proxy::STACK_SELF.store(crate::sys::getpid(), Relaxed);
     let seed = crate::sys::getpid() as u64 ^ crate::sys::unix_millis();
@@ -876,6 +881,7 @@ fn pump_from(w: &mut World, app: bool) {
 fn stack_thread() {
     crate::guard::enter_forever();
     block_signals();
+    let mut grace = false;
     loop {
         if FINISHED.load(Relaxed) {
             return;
@@ -900,9 +906,16 @@ fn stack_thread() {
             };
             (e.iface.nic().port().rx_fd().unwrap_or(-1), t)
         };
+        // While an application thread waits on the port, it runs the interface ([`inline`]).
+        let (with_port, cap) = inline::stack_plan(&mut grace);
+        let timeout = match (timeout, cap) {
+            (_, -1) => timeout,
+            (-1, c) => c,
+            (t, c) => t.min(c),
+        };
         let mut fds = [
             libc::pollfd {
-                fd: port_fd,
+                fd: if with_port { port_fd } else { -1 },
                 events: libc::POLLIN,
                 revents: 0,
             },

@@ -128,7 +128,9 @@ unsafe fn write_addr(a: SocketAddrV4, addr: *mut sockaddr, len: *mut socklen_t) 
     unsafe { std::ptr::write(len, full as socklen_t) };
 }
 
-/// Waits until `fd` shows `events` (or hangs up), or the deadline passes (`EAGAIN`).
+/// Waits until `fd` shows `events` (or hangs up), or the deadline passes (`EAGAIN`). The
+/// caller holds no lock: when this thread can hold the port, it waits on it too and runs the
+/// interface itself when a frame arrives ([`super::inline`]).
 pub(super) fn wait(fd: c_int, events: i16, deadline: Option<Instant>) -> Result<(), c_int> {
     loop {
         let timeout = match deadline {
@@ -141,18 +143,31 @@ pub(super) fn wait(fd: c_int, events: i16, deadline: Option<Instant>) -> Result<
                 left.as_millis().clamp(1, i32::MAX as u128) as c_int
             }
         };
-        let mut p = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let r = unsafe { real::poll(&mut p, 1, timeout) };
-        if r > 0 {
+        let poller = super::inline::Poller::take();
+        let mut p = [
+            libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: poller.as_ref().map_or(-1, |p| p.fd),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds (a negative descriptor is skipped).
+        let r = unsafe { real::poll(p.as_mut_ptr(), 2, timeout) };
+        let err = guard::errno();
+        drop(poller);
+        if p[1].revents != 0 {
+            super::inline::run();
+        }
+        if p[0].revents != 0 {
             return Ok(());
         }
-        if r < 0 && guard::errno() != libc::EINTR {
-            return Err(guard::errno());
+        if r < 0 && err != libc::EINTR {
+            return Err(err);
         }
     }
 }
@@ -1349,6 +1364,7 @@ fn finalize(w: &mut World, id: usize) {
 
 /// `close`: the stack side first; the hook then closes the descriptor itself.
 pub fn closing(fd: c_int) {
+    super::inline::forget(fd);
     let Some(_g) = enter(fd) else {
         return;
     };
@@ -1364,6 +1380,9 @@ pub fn closing(fd: c_int) {
 pub fn closing_range(first: u32, last: u32) {
     if !on() {
         return;
+    }
+    for fd in first..=last.min(super::MAX_FD as u32) {
+        super::inline::forget(fd as c_int);
     }
     if child() {
         for fd in first..=last.min(super::MAX_FD as u32) {
@@ -1389,6 +1408,9 @@ pub fn closing_range(first: u32, last: u32) {
 
 /// Before `dup2`/`dup3` onto `new`: `new` is closed by the call.
 pub fn dup_onto(old: c_int, new: c_int) {
+    if old != new {
+        super::inline::forget(new);
+    }
     if old != new && marked(new) {
         closing(new);
     }

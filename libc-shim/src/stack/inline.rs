@@ -1,0 +1,272 @@
+//! Inline polling: an application thread that waits for a stack socket also waits on the
+//! port's descriptor, and when a frame arrives it runs the interface itself, on its own way to
+//! the application, as the kernel runs its receive path in softirq context. Without it each
+//! request crossed two thread hand-offs (TAP -> stack thread -> token -> application thread).
+//!
+//! * **Blocking calls** (`recv`, `accept`, `connect`, `send` on a full buffer: [`super::ops`]'s
+//!   wait) poll the port beside their own descriptor; one such thread at a time holds the port
+//!   ([`Poller`]), the others sleep on their descriptors only (the poller's pass writes their
+//!   tokens).
+//! * **`poll`/`ppoll`** on a set holding a stack socket: a copy of the set with the port
+//!   appended, when no other thread holds the port (else the plain call). `select`/`pselect`
+//!   are not inline yet: the stack thread serves them as before.
+//! * **epoll**: when the first stack socket is added to an epoll instance, the port joins it
+//!   (edge-triggered, data [`TAG`]); `epoll_wait` removes the tag's events from what the
+//!   application sees, runs the interface when it fired, and waits again for the time left
+//!   when no event of the application's remains (the pass made its sockets ready, so that
+//!   second wait returns at once). Level/edge triggering and `EPOLLONESHOT` of the
+//!   application's own registrations are the kernel's, untouched. A forked child sharing such
+//!   an instance drops the tag's events and never runs the interface (it has none).
+//! * **The stack thread** keeps the timers, and the port whenever no application thread waits
+//!   on it: while one does ([`WAITERS`] > 0) it sleeps on its eventfd and the next timer only
+//!   (at most 10 ms, a safety net), the last waiter to leave wakes it, and it then waits 1 ms
+//!   more without the port (an event loop is usually back in its wait by then) before it takes
+//!   the port again. A frame that arrives while no thread waits is thus served at most 1 ms
+//!   late, and only when the application is not waiting for the stack anyway.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use libc::c_int;
+
+use super::{lock, pump, FORKED, MAX_FD, WAKE};
+use crate::real;
+
+/// The data of the port's registration in an application's epoll instance.
+pub const TAG: u64 = 0x4869_6361_6d70_5054;
+
+/// The port's descriptor (-1: none, or not the stack process).
+static PORT: AtomicI32 = AtomicI32::new(-1);
+/// Application threads in a wait that includes the port.
+static WAITERS: AtomicU32 = AtomicU32::new(0);
+/// The stack thread sleeps without the port: the last waiter to leave wakes it.
+static WANT_WAKE: AtomicBool = AtomicBool::new(false);
+/// A blocking call's wait holds the port.
+static POLLER: AtomicBool = AtomicBool::new(false);
+/// Epoll instances (by descriptor) the port was added to.
+static REG: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
+
+/// Inline polling is on unless `HICAMP_STACK_INLINE=0`.
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("HICAMP_STACK_INLINE").is_none_or(|v| v != "0"))
+}
+
+/// Records the port's descriptor (the stack started).
+pub(super) fn set_port(fd: c_int) {
+    if enabled() {
+        PORT.store(fd, Relaxed);
+    }
+}
+
+/// The port's descriptor for this process's waits (-1 in a forked child).
+fn port() -> c_int {
+    if FORKED.load(Relaxed) {
+        -1
+    } else {
+        PORT.load(Relaxed)
+    }
+}
+
+fn bit(fd: c_int) -> Option<(usize, u64)> {
+    let i = fd as u32 as usize;
+    (i < MAX_FD).then_some((i >> 6, 1u64 << (i & 63)))
+}
+
+/// True when the port was added to epoll instance `epfd`.
+#[inline]
+pub fn registered(epfd: c_int) -> bool {
+    bit(epfd).is_some_and(|(w, m)| REG[w].load(Relaxed) & m != 0)
+}
+
+/// `fd` is closed (or replaced): it is no epoll instance of ours any more.
+#[inline]
+pub fn forget(fd: c_int) {
+    if let Some((w, m)) = bit(fd) {
+        if REG[w].load(Relaxed) & m != 0 {
+            REG[w].fetch_and(!m, Relaxed);
+        }
+    }
+}
+
+/// After a stack socket was added to epoll instance `epfd`: the port joins it (once).
+pub fn register(epfd: c_int) {
+    let port = port();
+    if port < 0 || registered(epfd) {
+        return;
+    }
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+        u64: TAG,
+    };
+    // SAFETY: a valid epoll_event; the kernel checks both descriptors.
+    let r = unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, port, &mut ev) };
+    if r == 0 || crate::guard::errno() == libc::EEXIST {
+        if let Some((w, m)) = bit(epfd) {
+            REG[w].fetch_or(m, Relaxed);
+        }
+    }
+}
+
+/// An application thread's wait that includes the port (dropped when it returns).
+#[derive(Debug)]
+pub struct Waiting(());
+
+impl Waiting {
+    /// Enters a wait on the port (`None` in a process without the port).
+    pub fn enter() -> Option<Waiting> {
+        if port() < 0 {
+            return None;
+        }
+        WAITERS.fetch_add(1, SeqCst);
+        Some(Waiting(()))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if WAITERS.fetch_sub(1, SeqCst) == 1 && WANT_WAKE.swap(false, SeqCst) {
+            wake_stack();
+        }
+    }
+}
+
+fn wake_stack() {
+    let fd = WAKE.load(Relaxed);
+    if fd >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte buffer for an eventfd write.
+        unsafe { real::write(fd, one.as_ptr().cast(), 8) };
+    }
+}
+
+/// A blocking call's hold on the port: only one such wait polls it at a time.
+#[derive(Debug)]
+pub struct Poller {
+    _w: Waiting,
+    /// The port's descriptor.
+    pub fd: c_int,
+}
+
+impl Poller {
+    /// Takes the port for one wait (`None`: another thread holds it, or no port here).
+    pub fn take() -> Option<Poller> {
+        let fd = port();
+        if fd < 0 || POLLER.swap(true, SeqCst) {
+            return None;
+        }
+        match Waiting::enter() {
+            Some(w) => Some(Poller { _w: w, fd }),
+            None => {
+                POLLER.store(false, SeqCst);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        POLLER.store(false, SeqCst);
+    }
+}
+
+/// The port fired in an application thread's wait: runs the interface here (and again while
+/// work is due at once: frames left in the port, a window update owed). The caller is inside
+/// the shim (holds a [`crate::guard::Guard`]) and holds no lock.
+pub fn run() {
+    if port() < 0 {
+        return;
+    }
+    let _ = crate::guard::shielded(|| {
+        let mut w = lock();
+        for _ in 0..8 {
+            pump(&mut w);
+            let Some(e) = w.engine.as_ref() else {
+                break;
+            };
+            let now = e.now();
+            if e.iface.poll_at().is_none_or(|at| at > now) {
+                break;
+            }
+        }
+    });
+}
+
+/// The stack thread's plan for its next sleep: whether it waits on the port, and the longest
+/// sleep in milliseconds (-1: until the next timer). `grace` carries "woken by the last
+/// waiter" from one call to the next.
+pub(super) fn stack_plan(grace: &mut bool) -> (bool, c_int) {
+    if PORT.load(Relaxed) < 0 {
+        return (true, -1);
+    }
+    if WAITERS.load(SeqCst) > 0 {
+        WANT_WAKE.store(true, SeqCst);
+        if WAITERS.load(SeqCst) > 0 {
+            *grace = true;
+            return (false, 10);
+        }
+        WANT_WAKE.store(false, SeqCst);
+    }
+    if std::mem::take(grace) {
+        return (false, 1);
+    }
+    (true, -1)
+}
+
+/// Removes the port's events from `n` events at `ev`; returns how many remain and whether the
+/// port fired.
+///
+/// # Safety
+/// `ev` points to `n` initialised events.
+pub unsafe fn filter(ev: *mut libc::epoll_event, n: usize) -> (usize, bool) {
+    if ev.is_null() || n == 0 {
+        return (0, false);
+    }
+    // SAFETY: `n` initialised events at `ev` (the caller's contract).
+    let evs = unsafe { std::slice::from_raw_parts_mut(ev, n) };
+    let mut kept = 0;
+    let mut fired = false;
+    for i in 0..n {
+        let e = evs[i];
+        if e.u64 == TAG {
+            fired = true;
+            continue;
+        }
+        evs[kept] = e;
+        kept += 1;
+    }
+    (kept, fired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_drops_only_the_tag() {
+        let mk = |u: u64| libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: u,
+        };
+        let mut v = [mk(1), mk(TAG), mk(3), mk(TAG), mk(5)];
+        // SAFETY: five initialised events.
+        let (n, fired) = unsafe { filter(v.as_mut_ptr(), v.len()) };
+        assert!(fired);
+        assert_eq!(n, 3);
+        let kept: Vec<u64> = v[..n].iter().map(|e| e.u64).collect();
+        assert_eq!(kept, [1, 3, 5]);
+        let mut w = [mk(7)];
+        // SAFETY: one initialised event.
+        assert_eq!(unsafe { filter(w.as_mut_ptr(), 1) }, (1, false));
+    }
+
+    #[test]
+    fn registrations_are_per_descriptor() {
+        assert!(!registered(900) && !registered(-1) && !registered(1 << 20));
+        REG[900 >> 6].fetch_or(1 << (900 & 63), Relaxed);
+        assert!(registered(900) && !registered(901));
+        forget(900);
+        assert!(!registered(900));
+    }
+}
