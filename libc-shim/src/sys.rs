@@ -315,6 +315,50 @@ pub fn cmdline() -> String {
     out
 }
 
+/// Starts one of the shim's own threads with every asynchronous signal blocked from its first
+/// instruction (the mask is inherited from the creating thread, which blocks them around the
+/// spawn), so that the kernel never delivers the application's process-directed signals
+/// (SIGCHLD, SIGQUIT, SIGTERM...) to it. A handler run on a shim thread would leave the
+/// application's own threads waiting: nginx's master sleeps in `sigsuspend` until a signal
+/// arrives on its thread, and stayed asleep with its workers gone when their SIGCHLD went to a
+/// shim thread. Synchronous signals (faults) stay deliverable.
+pub fn spawn_quiet<F, T>(
+    name: &str,
+    stack_size: Option<usize>,
+    f: F,
+) -> std::io::Result<std::thread::JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    // SAFETY: an all-zero sigset_t is valid storage; sigfillset/sigdelset initialise and edit it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t.
+    unsafe { libc::sigfillset(&mut set) };
+    for sig in [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGFPE,
+        libc::SIGILL,
+        libc::SIGTRAP,
+    ] {
+        // SAFETY: as above.
+        unsafe { libc::sigdelset(&mut set, sig) };
+    }
+    // SAFETY: changes only the calling thread's mask; `old` receives the previous one.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+    let mut b = std::thread::Builder::new().name(name.into());
+    if let Some(n) = stack_size {
+        b = b.stack_size(n);
+    }
+    let r = b.spawn(f);
+    // SAFETY: restores the calling thread's own mask, saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    r
+}
+
 /// Puts the calling thread in the SCHED_IDLE class (best effort).
 pub fn set_idle_priority() {
     // SAFETY: an all-zero sched_param is valid (priority 0, the only one SCHED_IDLE takes).

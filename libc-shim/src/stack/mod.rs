@@ -583,9 +583,7 @@ fn start() -> Result<Engine, (c_int, String)> {
     // The standard library's panic message would go to fd 2, which may be a socket.
     std::panic::set_hook(Box::new(|info| crate::sys::diag(&format!("panic: {info}"))));
     STARTED.store(true, Relaxed);
-    std::thread::Builder::new()
-        .name("hicamp-stack".into())
-        .spawn(stack_thread)
+    crate::sys::spawn_quiet("hicamp-stack", None, stack_thread)
         .map_err(|e| (libc::EAGAIN, format!("stack thread: {e}")))?;
     // SAFETY: registering a plain `extern "C" fn()` with no precondition.
     unsafe { libc::atexit(at_exit) };
@@ -690,13 +688,11 @@ pub fn exiting(reason: &'static str) {
     if ON.load(Relaxed) == 1 && !FORKED.load(Relaxed) && STARTED.load(Relaxed) {
         if let Some(_g) = crate::guard::Guard::enter() {
             crate::guard::shielded(|| {
-                let t = std::thread::Builder::new()
-                    .name("hicamp-stack-exit".into())
-                    .spawn(move || {
-                        crate::guard::enter_forever();
-                        block_signals();
-                        let _ = crate::guard::shielded(|| finish(reason));
-                    });
+                let t = crate::sys::spawn_quiet("hicamp-stack-exit", None, move || {
+                    crate::guard::enter_forever();
+                    block_signals();
+                    let _ = crate::guard::shielded(|| finish(reason));
+                });
                 if let Ok(t) = t {
                     let _ = t.join();
                 }

@@ -364,9 +364,7 @@ pub(super) fn listen_for_children() {
     }
     internal(fd, true);
     LISTENER.store(fd, Relaxed);
-    let t = std::thread::Builder::new()
-        .name("hicamp-proxy".into())
-        .spawn(move || acceptor(fd));
+    let t = crate::sys::spawn_quiet("hicamp-proxy", None, move || acceptor(fd));
     if t.is_err() {
         crate::sys::diag("stack mode: no thread for the control listener");
     }
@@ -398,9 +396,7 @@ fn acceptor(l: c_int) {
         let c = move_high(c);
         internal(c, true);
         CHILDREN.fetch_add(1, Relaxed);
-        let t = std::thread::Builder::new()
-            .name("hicamp-proxy-conn".into())
-            .spawn(move || serve(c));
+        let t = crate::sys::spawn_quiet("hicamp-proxy-conn", None, move || serve(c));
         if t.is_err() {
             internal(c, false);
             // SAFETY: our own descriptor.

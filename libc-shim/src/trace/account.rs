@@ -588,10 +588,7 @@ impl Account {
         if self.bg.compare_exchange(0, 1, AcqRel, Acquire).is_err() {
             return;
         }
-        let spawned = std::thread::Builder::new()
-            .name("hicamp-shim".into())
-            .stack_size(256 << 10)
-            .spawn(move || self.thread_main());
+        let spawned = sys::spawn_quiet("hicamp-shim", Some(256 << 10), move || self.thread_main());
         if let Err(e) = spawned {
             self.bg.store(2, Release);
             sys::diag(&format!(
