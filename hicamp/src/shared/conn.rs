@@ -52,6 +52,25 @@ const PEER_CHECK: Duration = Duration::from_millis(50);
 /// 10 us spin made the ping-pong 7x slower than sleeping at once.
 const DEFAULT_SPIN: Duration = Duration::ZERO;
 
+/// Upper bound of the adaptive spin in microseconds (0: off); see
+/// [`set_adaptive_spin`].
+static ADAPTIVE_MAX_US: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// The spin an adaptive waiter tries after its budget fell to zero, once
+/// every [`PROBE_EVERY`] waits.
+const PROBE_US: u32 = 4;
+const PROBE_EVERY: u32 = 16;
+
+/// Lets every connection end of this process whose fixed spin is zero spin
+/// adaptively before it sleeps, up to `max`: the budget doubles after a spin
+/// that saw the peer's data (a peer running on another core answers within
+/// microseconds, where a futex sleep and wake-up costs tens of them on a
+/// VM) and halves after one that did not (a loaded machine, where spinning
+/// takes the core the peer needs), down to zero with a short probe every
+/// 16 waits. `Duration::ZERO` turns it off (the default).
+pub fn set_adaptive_spin(max: Duration) {
+    ADAPTIVE_MAX_US.store(max.as_micros().min(u32::MAX as u128) as u32, Relaxed);
+}
+
 /// `writer_waiting` values: the writer sleeps until the ring is half empty,
 /// or until any entry is consumed.
 const WAIT_HALF: u32 = 1;
@@ -90,6 +109,10 @@ pub struct Conn {
     end: u32,
     nonblocking: bool,
     spin: Duration,
+    /// The adaptive spin's budget in microseconds, and waits since it fell
+    /// to zero.
+    adapt_us: std::sync::atomic::AtomicU32,
+    adapt_waits: std::sync::atomic::AtomicU32,
     closed: bool,
 }
 
@@ -272,6 +295,8 @@ impl Conn {
             end,
             nonblocking: false,
             spin: DEFAULT_SPIN,
+            adapt_us: std::sync::atomic::AtomicU32::new(PROBE_US),
+            adapt_waits: std::sync::atomic::AtomicU32::new(0),
             closed: false,
         }
     }
@@ -347,7 +372,77 @@ impl Conn {
         s != 0 && !self.shm.slot_alive(s - 1)
     }
 
-    /// Waits on `seq` until `ready()`; spins for `self.spin` first.
+    /// The spin before a sleep: the fixed one if set, else the adaptive
+    /// budget (true: adaptive).
+    fn spin_budget(&self) -> (Duration, bool) {
+        if !self.spin.is_zero() {
+            return (self.spin, false);
+        }
+        let max = ADAPTIVE_MAX_US.load(Relaxed);
+        if max == 0 {
+            return (Duration::ZERO, false);
+        }
+        let mut us = self.adapt_us.load(Relaxed).min(max);
+        if us == 0
+            && self
+                .adapt_waits
+                .fetch_add(1, Relaxed)
+                .is_multiple_of(PROBE_EVERY)
+        {
+            us = PROBE_US.min(max);
+        }
+        (Duration::from_micros(u64::from(us)), true)
+    }
+
+    /// Adapts the spin budget to what the last spin saw.
+    fn spin_outcome(&self, adaptive: bool, won: bool) {
+        if !adaptive {
+            return;
+        }
+        let max = ADAPTIVE_MAX_US.load(Relaxed);
+        let us = self.adapt_us.load(Relaxed);
+        let next = if won {
+            us.saturating_mul(2).clamp(PROBE_US, max.max(PROBE_US))
+        } else if us < 2 * PROBE_US {
+            0
+        } else {
+            us / 2
+        };
+        self.adapt_us.store(next, Relaxed);
+    }
+
+    /// Spins for the budget of [`Self::spin_budget`] until `ready()`; true
+    /// when it saw it.
+    fn spin_until(&self, ready: &impl Fn() -> bool) -> bool {
+        let (spin, adaptive) = self.spin_budget();
+        if spin.is_zero() {
+            return false;
+        }
+        // Poll, yielding the core between polls: a peer on the same core
+        // runs at once, and a peer on another core is seen without a futex
+        // round trip.
+        let t0 = Instant::now();
+        loop {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+                if ready() {
+                    self.spin_outcome(adaptive, true);
+                    return true;
+                }
+            }
+            std::thread::yield_now();
+            if ready() {
+                self.spin_outcome(adaptive, true);
+                return true;
+            }
+            if t0.elapsed() >= spin {
+                self.spin_outcome(adaptive, false);
+                return false;
+            }
+        }
+    }
+
+    /// Waits on `seq` until `ready()`; spins first (see [`Self::spin_budget`]).
     fn wait(
         &self,
         seq: &std::sync::atomic::AtomicU32,
@@ -362,26 +457,8 @@ impl Conn {
         if nb {
             return Err(SharedError::WouldBlock);
         }
-        if !self.spin.is_zero() {
-            // Poll, yielding the core between polls: a peer on the same
-            // core runs at once, and a peer on another core is seen without
-            // a futex round trip.
-            let t0 = Instant::now();
-            loop {
-                for _ in 0..32 {
-                    std::hint::spin_loop();
-                    if ready() {
-                        return Ok(());
-                    }
-                }
-                std::thread::yield_now();
-                if ready() {
-                    return Ok(());
-                }
-                if t0.elapsed() >= self.spin {
-                    break;
-                }
-            }
+        if self.spin_until(&ready) {
+            return Ok(());
         }
         let mut slept = Duration::ZERO;
         loop {
@@ -797,7 +874,7 @@ impl Conn {
     /// [`token_take`](Self::token_take)); true when readable.
     pub fn wait_readable_once(&self, room: u32, timeout: Duration) -> SharedResult<bool> {
         self.check_open()?;
-        if self.readable() {
+        if self.readable() || self.spin_until(&|| self.readable()) {
             return Ok(true);
         }
         let r = self.rring();

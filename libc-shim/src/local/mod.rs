@@ -306,7 +306,25 @@ fn memory() -> Result<Arc<SharedMemory>, String> {
     };
     let m = Arc::new(m);
     *g = Some((pid, m.clone()));
+    hicamp::shared::set_adaptive_spin(spin_setting());
     Ok(m)
+}
+
+/// The adaptive spin of blocked readers and writers: `HICAMP_LOCAL_SPIN_US` (0 turns it
+/// off), by default 50 us where more than one CPU is online (with one, a spinning waiter only
+/// delays the peer it waits for).
+fn spin_setting() -> std::time::Duration {
+    let us = std::env::var("HICAMP_LOCAL_SPIN_US")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+                50
+            } else {
+                0
+            }
+        });
+    std::time::Duration::from_micros(us)
 }
 
 // ----- small system helpers -----
