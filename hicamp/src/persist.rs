@@ -588,12 +588,34 @@ pub(crate) fn create_file(
 }
 
 fn lock(file: &File, path: &Path) -> Result<()> {
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::InUse {
-            path: path.display().to_string(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_err(path, "lock", e)),
+    try_lock_for(path, || file.try_lock())
+}
+
+/// How long a lock held by another open file description is waited for before the file is
+/// reported in use. A process that forks holds a copy of every descriptor until its child
+/// execs (or exits), the lock of a memory it just closed included: such a holder lets go
+/// within milliseconds, a real user of the file does not.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Takes a lock with `try_lock`, retrying a contended one for [`LOCK_GRACE`].
+fn try_lock_for(
+    path: &Path,
+    try_lock: impl Fn() -> std::result::Result<(), std::fs::TryLockError>,
+) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        match try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_GRACE => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::InUse {
+                    path: path.display().to_string(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(path, "lock", e)),
+        }
     }
 }
 
@@ -629,15 +651,7 @@ pub(crate) fn read_checked(path: &Path, write: bool) -> Result<Checked> {
     if write {
         lock(&file, path)?;
     } else {
-        match file.try_lock_shared() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::InUse {
-                    path: path.display().to_string(),
-                })
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(path, "lock", e)),
-        }
+        try_lock_for(path, || file.try_lock_shared())?;
     }
     let meta = file.metadata().map_err(|e| io_err(path, "stat", e))?;
     if !meta.is_file() {
