@@ -38,19 +38,7 @@ fn shim() -> PathBuf {
     let exe = std::env::current_exe().expect("exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("ws");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-q", "-p", "libc-shim"])
-        .current_dir(workspace);
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let out = cmd.output().expect("cargo");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir.join("liblibc_shim.so")
+    testkit::build_shim(env!("CARGO"), workspace, dir)
 }
 
 /// How a process runs: under the shim in local mode (with this memory), or plain.

@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -18,14 +17,7 @@ const HICAMP: &str = env!("CARGO_BIN_EXE_hicamp");
 
 /// Builds the shim into the directory of the `hicamp` binary (once per test binary).
 fn shim() -> &'static Path {
-    static SHIM: OnceLock<PathBuf> = OnceLock::new();
-    SHIM.get_or_init(|| {
-        let bin_dir = Path::new(HICAMP).parent().expect("binary directory");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace");
-        testkit::build_shim(env!("CARGO"), workspace, bin_dir)
-    })
+    testkit::shim_beside(HICAMP, env!("CARGO"), env!("CARGO_MANIFEST_DIR"))
 }
 
 /// True (the test returns) when one of `programs` does not run (`PROGRAM --version`).

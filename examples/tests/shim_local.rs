@@ -9,7 +9,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use hicamp::shared::SharedMemory;
@@ -19,14 +18,7 @@ const HICAMP: &str = env!("CARGO_BIN_EXE_hicamp");
 const PEER: &str = include_str!("local_peer.py");
 
 fn shim() -> &'static Path {
-    static SHIM: OnceLock<PathBuf> = OnceLock::new();
-    SHIM.get_or_init(|| {
-        let bin_dir = Path::new(HICAMP).parent().expect("binary directory");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace");
-        testkit::build_shim(env!("CARGO"), workspace, bin_dir)
-    })
+    testkit::shim_beside(HICAMP, env!("CARGO"), env!("CARGO_MANIFEST_DIR"))
 }
 
 #[track_caller]

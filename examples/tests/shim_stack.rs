@@ -10,7 +10,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nicdma::tap::{netns_supported, NetNs};
@@ -20,14 +19,7 @@ const HICAMP: &str = env!("CARGO_BIN_EXE_hicamp");
 
 /// Builds the shim next to the `hicamp` binary under test (once per test binary).
 fn shim() -> &'static Path {
-    static SHIM: OnceLock<PathBuf> = OnceLock::new();
-    SHIM.get_or_init(|| {
-        let bin_dir = Path::new(HICAMP).parent().expect("binary directory");
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace");
-        testkit::build_shim(env!("CARGO"), workspace, bin_dir)
-    })
+    testkit::shim_beside(HICAMP, env!("CARGO"), env!("CARGO_MANIFEST_DIR"))
 }
 
 /// True (the test returns) when root, iproute2 or one of `programs` is missing.
@@ -158,6 +150,46 @@ fn assert_ok(out: &Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The kernel's curl gets `page` byte-exactly from the nginx on `ip`, wrk (`threads`,
+/// `conns`, 2 s) gets no error, then `nginx -s quit` with nginx's `conf` and `prefix`.
+fn serve_page_then_quit(
+    lab: &Lab,
+    ip: &str,
+    page: &[u8],
+    threads: &str,
+    conns: &str,
+    conf: &str,
+    prefix: &str,
+) {
+    let url = format!("http://{ip}:8080/page");
+    let got = lab.path("got");
+    let out = lab
+        .kernel(
+            "curl",
+            &["-sS", "--max-time", "30", "-o", got.to_str().unwrap(), &url],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(std::fs::read(&got).unwrap() == page, "the page differs");
+    let out = lab
+        .kernel("wrk", &[threads, conns, "-d2s", &url])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Requests/sec"), "{text}");
+    assert!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "{text}"
+    );
+    let quit = lab
+        .kernel("nginx", &["-s", "quit", "-c", conf, "-p", prefix])
+        .output()
+        .unwrap();
+    assert_ok(&quit);
 }
 
 /// Waits until `ip:port` accepts a kernel connection from inside the namespace.
@@ -1227,40 +1259,7 @@ fn nginx_single_process_in_stack_mode_serves_curl_and_wrk() {
         &["nginx", "-c", conf, "-p", prefix],
     ));
     wait_port(&lab, "10.106.0.2", 8080);
-    let got = lab.path("got");
-    let out = lab
-        .kernel(
-            "curl",
-            &[
-                "-sS",
-                "-o",
-                got.to_str().unwrap(),
-                "http://10.106.0.2:8080/page",
-            ],
-        )
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    assert!(std::fs::read(&got).unwrap() == page, "the page differs");
-    let out = lab
-        .kernel(
-            "wrk",
-            &["-t1", "-c8", "-d2s", "http://10.106.0.2:8080/page"],
-        )
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Requests/sec"), "{text}");
-    assert!(
-        !text.contains("Non-2xx") && !text.contains("Socket errors"),
-        "{text}"
-    );
-    let quit = lab
-        .kernel("nginx", &["-s", "quit", "-c", conf, "-p", prefix])
-        .output()
-        .unwrap();
-    assert_ok(&quit);
+    serve_page_then_quit(&lab, "10.106.0.2", &page, "-t1", "-c8", conf, prefix);
     let out = srv.finish(30);
     assert_ok(&out);
     let merged = lab.report("ngx.json");
@@ -1494,42 +1493,7 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
         &["nginx", "-c", conf, "-p", prefix],
     ));
     wait_port(&lab, "10.112.0.2", 8080);
-    let got = lab.path("got");
-    let out = lab
-        .kernel(
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "30",
-                "-o",
-                got.to_str().unwrap(),
-                "http://10.112.0.2:8080/page",
-            ],
-        )
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    assert!(std::fs::read(&got).unwrap() == page, "the page differs");
-    let out = lab
-        .kernel(
-            "wrk",
-            &["-t2", "-c16", "-d2s", "http://10.112.0.2:8080/page"],
-        )
-        .output()
-        .unwrap();
-    assert_ok(&out);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Requests/sec"), "{text}");
-    assert!(
-        !text.contains("Non-2xx") && !text.contains("Socket errors"),
-        "{text}"
-    );
-    let quit = lab
-        .kernel("nginx", &["-s", "quit", "-c", conf, "-p", prefix])
-        .output()
-        .unwrap();
-    assert_ok(&quit);
+    serve_page_then_quit(&lab, "10.112.0.2", &page, "-t2", "-c16", conf, prefix);
     let out = srv.finish(60);
     assert_ok(&out);
     let log = std::fs::read_to_string(root.join("logs/access.log")).unwrap();

@@ -180,6 +180,22 @@ pub fn build_shim(
     so
 }
 
+/// [`build_shim`] for the tests that run `hicamp run`, once per test binary:
+/// pass `env!("CARGO_BIN_EXE_hicamp")`, `env!("CARGO")` and
+/// `env!("CARGO_MANIFEST_DIR")` of a crate at the workspace's top level.
+pub fn shim_beside(hicamp: &str, cargo: &str, manifest_dir: &str) -> &'static std::path::Path {
+    static SHIM: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    SHIM.get_or_init(|| {
+        let bin_dir = std::path::Path::new(hicamp)
+            .parent()
+            .expect("binary directory");
+        let workspace = std::path::Path::new(manifest_dir)
+            .parent()
+            .expect("workspace");
+        build_shim(cargo, workspace, bin_dir)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -611,30 +611,6 @@ unsafe extern "C" fn atfork_parent() {
     FORKS.fetch_add(1, Relaxed);
 }
 
-/// Blocks the asynchronous signals on one of the stack's own threads, so that the kernel never
-/// delivers the application's process-directed signals (SIGCHLD, SIGQUIT, SIGTERM...) to it: a
-/// handler run there would leave the application's own threads waiting (nginx's master sleeps
-/// in `sigsuspend` until a signal arrives on its thread, and stayed asleep with its workers
-/// gone when their SIGCHLD went to the stack thread).
-pub(crate) fn block_signals() {
-    // SAFETY: an all-zero sigset_t is valid; sigfillset/sigdelset initialise and edit it.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t.
-    unsafe { libc::sigfillset(&mut set) };
-    for sig in [
-        libc::SIGSEGV,
-        libc::SIGBUS,
-        libc::SIGFPE,
-        libc::SIGILL,
-        libc::SIGTRAP,
-    ] {
-        // SAFETY: as above.
-        unsafe { libc::sigdelset(&mut set, sig) };
-    }
-    // SAFETY: changes only the calling thread's mask.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-}
-
 /// Waits (at most 3 s) until the kernel has the TAP device operational again after this
 /// process attached it: the kernel turns its queue on from a deferred work item (up to a
 /// second after the carrier came back), and until then it drops what it sends to us.
@@ -690,7 +666,6 @@ pub fn exiting(reason: &'static str) {
             crate::guard::shielded(|| {
                 let t = crate::sys::spawn_quiet("hicamp-stack-exit", None, move || {
                     crate::guard::enter_forever();
-                    block_signals();
                     let _ = crate::guard::shielded(|| finish(reason));
                 });
                 if let Ok(t) = t {
@@ -876,7 +851,6 @@ fn pump_from(w: &mut World, app: bool) {
 /// moved a timer earlier; then runs the interface and syncs the descriptors.
 fn stack_thread() {
     crate::guard::enter_forever();
-    block_signals();
     let mut grace = false;
     loop {
         if FINISHED.load(Relaxed) {

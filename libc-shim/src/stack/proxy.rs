@@ -372,7 +372,6 @@ pub(super) fn listen_for_children() {
 
 /// Accepts children's control connections; a thread serves each.
 fn acceptor(l: c_int) {
-    super::block_signals();
     loop {
         // SAFETY: accept on our own listener, no address wanted.
         let c = unsafe {
@@ -407,7 +406,6 @@ fn acceptor(l: c_int) {
 
 /// Serves one child's control connection until the child closes it.
 fn serve(c: c_int) {
-    super::block_signals();
     let mut buf = vec![0u8; CHUNK + 1024];
     loop {
         let mut req = Req::default();
