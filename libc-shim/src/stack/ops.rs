@@ -1410,9 +1410,9 @@ pub fn closing_range(first: u32, last: u32) {
 pub fn dup_onto(old: c_int, new: c_int) {
     if old != new {
         super::inline::forget(new);
-    }
-    if old != new && marked(new) {
-        closing(new);
+        if marked(new) {
+            closing(new);
+        }
     }
 }
 
