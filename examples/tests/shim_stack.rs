@@ -752,6 +752,153 @@ fn inline_polling_keeps_epoll_sets_and_blocking_readers_right() {
     );
 }
 
+/// Epoll registrations of stack sockets kept by the stack (no tokens): `epoll_ctl`'s errors,
+/// EPOLLET (one report per arrival, none while the data only waits), level-triggered reports
+/// until the data is read, EPOLLONESHOT until re-armed, EPOLLOUT, `maxevents` 1 with two
+/// ready sockets (both reported, in turn), a set mixing a pipe with stack sockets, a thread
+/// woken by traffic that another thread's call ran through the interface, an epoll instance
+/// nested in another (its registrations move into the kernel), and `select`/`poll` on stack
+/// sockets afterwards.
+const SHADOW_EPOLL: &str = r#"
+import errno, os, select, socket, sys, threading, time
+host = sys.argv[1]
+def conn():
+    c = socket.create_connection((host, 9100)); c.setblocking(False); return c
+def drain(c):
+    got = b""
+    while True:
+        try:
+            d = c.recv(65536)
+        except BlockingIOError:
+            return got
+        assert d, "eof"
+        got += d
+def wait_for(ep, want, t=10):
+    end = time.time() + t
+    while time.time() < end:
+        evs = ep.poll(0.5)
+        if evs:
+            return evs
+    raise AssertionError(("timed out", want))
+a, b = conn(), conn()
+ep = select.epoll()
+ep.register(a.fileno(), select.EPOLLIN | select.EPOLLET)
+for bad, code in [(lambda: ep.register(a.fileno(), select.EPOLLIN), errno.EEXIST),
+                  (lambda: ep.modify(b.fileno(), select.EPOLLIN), errno.ENOENT),
+                  (lambda: ep.unregister(b.fileno()), errno.ENOENT)]:
+    try:
+        bad(); raise AssertionError("no error")
+    except OSError as e:
+        assert e.errno == code, (e, code)
+# EPOLLET: reported once per arrival; unread data alone is no new edge.
+a.send(b"one")
+assert [fd for fd, _ in wait_for(ep, "a")] == [a.fileno()]
+assert ep.poll(0.2) == []
+a.send(b"two")
+assert [fd for fd, _ in wait_for(ep, "a again")] == [a.fileno()]
+time.sleep(0.1)
+got = drain(a)
+assert got == b"onetwo", got
+# Level-triggered: reported while data waits, not after it is read.
+ep.modify(a.fileno(), select.EPOLLIN)
+a.send(b"lt")
+wait_for(ep, "lt")
+time.sleep(0.1)
+assert [fd for fd, _ in ep.poll(0)] == [a.fileno()]
+assert [fd for fd, _ in ep.poll(0)] == [a.fileno()]
+assert drain(a) == b"lt"
+assert ep.poll(0.2) == []
+# EPOLLONESHOT: one report, then none until re-armed.
+ep.modify(a.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
+a.send(b"x")
+wait_for(ep, "oneshot")
+assert ep.poll(0.2) == []
+ep.modify(a.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
+assert [fd for fd, _ in ep.poll(10)] == [a.fileno()]
+time.sleep(0.1); assert drain(a) == b"x"
+# EPOLLOUT, and maxevents 1 with two ready sockets: both, in turn.
+ep.unregister(a.fileno())
+assert ep.poll(0.2) == []
+ep.register(a.fileno(), select.EPOLLOUT)
+ep.register(b.fileno(), select.EPOLLOUT)
+seen = set()
+for _ in range(4):
+    evs = ep.poll(10, 1)
+    assert len(evs) == 1 and evs[0][1] & select.EPOLLOUT, evs
+    seen.add(evs[0][0])
+assert seen == {a.fileno(), b.fileno()}, seen
+ep.modify(a.fileno(), select.EPOLLIN)
+ep.modify(b.fileno(), select.EPOLLIN)
+# A mix with a pipe.
+r, w = os.pipe()
+ep.register(r, select.EPOLLIN)
+os.write(w, b"p"); b.send(b"bee")
+fds = set()
+end = time.time() + 10
+while fds != {r, b.fileno()} and time.time() < end:
+    fds |= {fd for fd, _ in ep.poll(1)}
+assert fds == {r, b.fileno()}, fds
+os.read(r, 1); time.sleep(0.1); assert drain(b) == b"bee"
+# Another thread sleeps in epoll_wait while this one's blocking calls run the interface.
+woke = []
+def sleeper():
+    evs = ep.poll(20)
+    woke.append([fd for fd, _ in evs])
+t = threading.Thread(target=sleeper); t.start()
+time.sleep(0.2)
+blk = socket.create_connection((host, 9100))
+a.send(b"wake")
+for i in range(50):
+    blk.sendall(b"k%03d" % i); assert blk.recv(4) == b"k%03d" % i
+t.join(30)
+assert woke == [[a.fileno()]], woke
+time.sleep(0.1); assert drain(a) == b"wake"
+# Nested: the inner instance's registrations move into the kernel.
+outer = select.epoll()
+outer.register(ep.fileno(), select.EPOLLIN)
+a.send(b"nest")
+assert [fd for fd, _ in wait_for(outer, "outer")] == [ep.fileno()]
+assert [fd for fd, _ in ep.poll(10)] == [a.fileno()]
+time.sleep(0.1); assert drain(a) == b"nest"
+# select and poll on stack sockets.
+b.send(b"sel")
+rl, _, _ = select.select([b], [], [], 10)
+assert rl == [b], rl
+time.sleep(0.1); assert drain(b) == b"sel"
+rl, wl, _ = select.select([b], [b], [], 0.2)
+assert rl == [] and wl == [b], (rl, wl)
+p = select.poll(); p.register(b.fileno(), select.POLLIN)
+b.send(b"pol")
+assert [fd for fd, _ in p.poll(10000)] == [b.fileno()]
+print("ALL OK", flush=True)
+"#;
+
+#[test]
+fn epoll_registrations_of_stack_sockets_keep_their_semantics() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let _echo = Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_ECHO]));
+    wait_port(&lab, "127.0.0.1", 9100);
+    let out = lab
+        .stack(
+            "tshd0",
+            "10.120.0",
+            "shadow.json",
+            &["python3", "-c", SHADOW_EPOLL, "10.120.0.1"],
+        )
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ALL OK"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 const LOOPBACK: &str = r#"
 import socket
 s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)

@@ -94,6 +94,27 @@ pub unsafe extern "C-unwind" fn select(
     tv: *mut timeval,
 ) -> c_int {
     count(Call::Select);
+    // Stack sockets in the sets: served as an inline ppoll ([`crate::stack::ready::select`]).
+    let ts = if tv.is_null() {
+        None
+    } else {
+        // SAFETY: the caller's timeval (not null).
+        let t = unsafe { *tv };
+        (t.tv_sec >= 0 && (0..1_000_000).contains(&t.tv_usec)).then(|| timespec {
+            tv_sec: t.tv_sec,
+            tv_nsec: t.tv_usec as libc::c_long * 1000,
+        })
+    };
+    if tv.is_null() || ts.is_some() {
+        let tsp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const timespec);
+        // SAFETY: the caller's sets and timeval; `tsp` is null or points to `ts`.
+        let s = unsafe { crate::stack::ready::select(n, [r, w, e], tsp, std::ptr::null(), tv) };
+        if let Some(r) = s {
+            return r;
+        }
+    }
     // SAFETY: as above.
     unsafe { real::select(n, r, w, e, tv) }
 }
@@ -108,6 +129,11 @@ pub unsafe extern "C-unwind" fn pselect(
     mask: *const sigset_t,
 ) -> c_int {
     count(Call::Pselect);
+    // SAFETY: the caller's arguments (pselect leaves its timeout alone).
+    let s = unsafe { crate::stack::ready::select(n, [r, w, e], ts, mask, std::ptr::null_mut()) };
+    if let Some(r) = s {
+        return r;
+    }
     // SAFETY: as above.
     unsafe { real::pselect(n, r, w, e, ts, mask) }
 }
@@ -134,11 +160,16 @@ pub unsafe extern "C-unwind" fn epoll_ctl(
     ev: *mut libc::epoll_event,
 ) -> c_int {
     count(Call::EpollCtl);
+    // Stack sockets' registrations are the stack's own ([`crate::stack::ready`]).
+    // SAFETY: the caller's arguments.
+    if let Some(r) = unsafe { crate::stack::ready::ctl(epfd, op, fd, ev) } {
+        return r;
+    }
     // SAFETY: as above.
     let r = unsafe { real::epoll_ctl(epfd, op, fd, ev) };
     if r == 0 && op == libc::EPOLL_CTL_ADD && crate::stack::is_stack(fd) {
         if let Some(_g) = Guard::enter() {
-            guard::shielded(|| crate::stack::inline::register(epfd));
+            let _ = guard::shielded(|| crate::stack::inline::register(epfd));
         }
     }
     r
@@ -166,6 +197,9 @@ unsafe fn poll_inline(
     let app = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
     if !app.iter().any(|p| crate::stack::is_stack(p.fd)) {
         return None;
+    }
+    if let Some(_g) = Guard::enter() {
+        guard::shielded(|| crate::stack::ready::kernel_waits(app.iter().map(|p| p.fd)));
     }
     let deadline = if ts.is_null() {
         None
@@ -307,6 +341,10 @@ pub unsafe extern "C-unwind" fn epoll_wait(
 ) -> c_int {
     count(Call::EpollWait);
     if crate::stack::inline::registered(epfd) && !guard::inside() {
+        if crate::stack::ready::active() {
+            // SAFETY: as above.
+            return unsafe { crate::stack::ready::wait(epfd, ev, max, timeout, std::ptr::null()) };
+        }
         // SAFETY: as above.
         return unsafe { epoll_inline(epfd, ev, max, timeout, std::ptr::null()) };
     }
@@ -324,6 +362,10 @@ pub unsafe extern "C-unwind" fn epoll_pwait(
 ) -> c_int {
     count(Call::EpollPwait);
     if crate::stack::inline::registered(epfd) && !guard::inside() {
+        if crate::stack::ready::active() {
+            // SAFETY: as above.
+            return unsafe { crate::stack::ready::wait(epfd, ev, max, timeout, mask) };
+        }
         // SAFETY: as above.
         return unsafe { epoll_inline(epfd, ev, max, timeout, mask) };
     }

@@ -59,6 +59,12 @@ pub(super) fn set_port(fd: c_int) {
     }
 }
 
+/// The port's descriptor for this process's waits (-1 in a forked child, or with inline
+/// polling off).
+pub(super) fn port_fd() -> c_int {
+    port()
+}
+
 /// The port's descriptor for this process's waits (-1 in a forked child).
 fn port() -> c_int {
     if FORKED.load(Relaxed) {
@@ -79,33 +85,47 @@ pub fn registered(epfd: c_int) -> bool {
     bit(epfd).is_some_and(|(w, m)| REG[w].load(Relaxed) & m != 0)
 }
 
-/// `fd` is closed (or replaced): it is no epoll instance of ours any more.
+/// `fd` is closed (or replaced): it is no epoll instance of ours any more (its stack
+/// sockets' registrations go with it).
 #[inline]
 pub fn forget(fd: c_int) {
     if let Some((w, m)) = bit(fd) {
         if REG[w].load(Relaxed) & m != 0 {
             REG[w].fetch_and(!m, Relaxed);
+            super::ready::drop_set(fd);
         }
     }
 }
 
-/// After a stack socket was added to epoll instance `epfd`: the port joins it (once).
-pub fn register(epfd: c_int) {
+/// After a stack socket was added to epoll instance `epfd` (or before one is registered
+/// there): the port joins it, and [`super::ready`]'s kick descriptor (once). Errors are the
+/// kernel's for `epfd` (`EBADF`, `EINVAL`: not an epoll instance).
+pub fn register(epfd: c_int) -> Result<(), c_int> {
     let port = port();
     if port < 0 || registered(epfd) {
-        return;
+        return Ok(());
     }
-    let mut ev = libc::epoll_event {
-        events: (libc::EPOLLIN | libc::EPOLLET) as u32,
-        u64: TAG,
-    };
-    // SAFETY: a valid epoll_event; the kernel checks both descriptors.
-    let r = unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, port, &mut ev) };
-    if r == 0 || crate::guard::errno() == libc::EEXIST {
-        if let Some((w, m)) = bit(epfd) {
-            REG[w].fetch_or(m, Relaxed);
+    for (fd, tag) in [
+        (port, TAG),
+        (super::ready::kick_fd(), super::ready::KICK_TAG),
+    ] {
+        if fd < 0 {
+            continue;
+        }
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: tag,
+        };
+        // SAFETY: a valid epoll_event; the kernel checks both descriptors.
+        let r = unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if r != 0 && crate::guard::errno() != libc::EEXIST {
+            return Err(crate::guard::errno());
         }
     }
+    if let Some((w, m)) = bit(epfd) {
+        REG[w].fetch_or(m, Relaxed);
+    }
+    Ok(())
 }
 
 /// An application thread's wait that includes the port (dropped when it returns).
@@ -129,6 +149,60 @@ impl Drop for Waiting {
             wake_stack();
         }
     }
+}
+
+/// An event loop's wait ([`super::ready::wait`]): holds the port like [`Waiting`], but leaving
+/// it does not wake the stack thread: the loop comes back to its wait and sees what arrived
+/// meanwhile (the port's edge waits in its epoll set), and it runs the timers there. The stack
+/// thread stays off the port while a loop waited within the last [`LOOP_QUIET_MS`].
+#[derive(Debug)]
+pub struct LoopWaiting(());
+
+/// Milliseconds after an event loop's last wait during which the stack thread leaves the
+/// port (and the timers) to it; it looks again at the end of each such period.
+const LOOP_QUIET_MS: c_int = 10;
+
+/// Event loops in their wait now.
+static LOOPS_IN: AtomicU32 = AtomicU32::new(0);
+
+/// `Instant` of the last event loop wait, as ms since the stack's start (0: none yet).
+static LOOP_SEEN: AtomicU64 = AtomicU64::new(0);
+
+impl LoopWaiting {
+    /// Enters an event loop's wait (`None` in a process without the port).
+    pub fn enter() -> Option<LoopWaiting> {
+        if port() < 0 {
+            return None;
+        }
+        WAITERS.fetch_add(1, SeqCst);
+        LOOPS_IN.fetch_add(1, SeqCst);
+        LOOP_SEEN.store(now_ms().max(1), Relaxed);
+        Some(LoopWaiting(()))
+    }
+}
+
+impl Drop for LoopWaiting {
+    fn drop(&mut self) {
+        LOOP_SEEN.store(now_ms().max(1), Relaxed);
+        LOOPS_IN.fetch_sub(1, SeqCst);
+        WAITERS.fetch_sub(1, SeqCst);
+    }
+}
+
+fn now_ms() -> u64 {
+    static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    T0.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// True while an event loop waited on the port within the last [`LOOP_QUIET_MS`].
+fn loop_active() -> bool {
+    if LOOPS_IN.load(SeqCst) > 0 {
+        return true;
+    }
+    let seen = LOOP_SEEN.load(Relaxed);
+    seen != 0 && now_ms().saturating_sub(seen) < LOOP_QUIET_MS as u64
 }
 
 fn wake_stack() {
@@ -180,6 +254,7 @@ pub fn run() {
     }
     let _ = crate::guard::shielded(|| {
         let mut w = lock();
+        super::rearm(&mut w);
         for _ in 0..8 {
             pump(&mut w);
             let Some(e) = w.engine.as_ref() else {
@@ -193,25 +268,31 @@ pub fn run() {
     });
 }
 
-/// The stack thread's plan for its next sleep: whether it waits on the port, and the longest
-/// sleep in milliseconds (-1: until the next timer). `grace` carries "woken by the last
-/// waiter" from one call to the next.
-pub(super) fn stack_plan(grace: &mut bool) -> (bool, c_int) {
+/// The stack thread's plan for its next sleep: whether it waits on the port, the longest
+/// sleep in milliseconds (-1: until the next timer), and whether it runs the timers. `grace`
+/// carries "woken by the last waiter" from one call to the next.
+pub(super) fn stack_plan(grace: &mut bool) -> (bool, c_int, bool) {
     if PORT.load(Relaxed) < 0 {
-        return (true, -1);
+        return (true, -1, true);
+    }
+    if loop_active() {
+        // An event loop holds the port and runs the timers when it waits; the stack thread
+        // looks again in a while (the loop may have gone to sleep elsewhere).
+        *grace = false;
+        return (false, LOOP_QUIET_MS, false);
     }
     if WAITERS.load(SeqCst) > 0 {
         WANT_WAKE.store(true, SeqCst);
         if WAITERS.load(SeqCst) > 0 {
             *grace = true;
-            return (false, 10);
+            return (false, 10, true);
         }
         WANT_WAKE.store(false, SeqCst);
     }
     if std::mem::take(grace) {
-        return (false, 1);
+        return (false, 1, true);
     }
-    (true, -1)
+    (true, -1, true)
 }
 
 /// Removes the port's events from `n` events at `ev`; returns how many remain and whether the

@@ -88,6 +88,7 @@ use crate::real;
 pub mod inline;
 pub mod ops;
 pub mod proxy;
+pub mod ready;
 
 /// Descriptors the fast check covers (larger ones stay in the kernel).
 const MAX_FD: usize = 1 << 16;
@@ -333,6 +334,16 @@ struct Sock {
     /// No descriptor of this process refers to it, but a child's may: its B end waits in
     /// [`ORPHANS`] for the hang-up that says every A copy is closed.
     orphan: bool,
+    /// A's readiness is kept up to date with tokens: a thread may wait on A in the kernel
+    /// (a blocking call, `poll`, `select`, a kernel epoll set). Sticky. Without it (and
+    /// while no other process holds A) the socket is *quiet*: only [`ready`]'s epoll
+    /// registrations see its readiness, from `mask` and `seq`, without system calls.
+    tokens_on: bool,
+    /// Its readiness as epoll bits, as of the last [`sync`].
+    mask: u32,
+    /// Raised by [`sync`] at each wake-up an edge-triggered registration reports (new
+    /// data, a readiness bit that rose).
+    seq: u64,
 }
 
 impl Sock {
@@ -345,6 +356,11 @@ impl Sock {
     /// Copies of A may live in other processes: its last close here must not close it.
     fn shared(&self) -> bool {
         self.proxied || FORKS.load(Relaxed) > self.epoch
+    }
+
+    /// A's readiness must be kept in the kernel (tokens, fill): see [`Sock::tokens_on`].
+    fn tokens(&self) -> bool {
+        self.tokens_on || self.shared()
     }
 }
 
@@ -396,6 +412,8 @@ struct World {
     next_id: u64,
     /// A's inode -> socket slot (for forked children's requests).
     inos: HashMap<u64, usize>,
+    /// Epoll instances (by descriptor) holding stack sockets' registrations ([`ready`]).
+    epolls: HashMap<c_int, ready::Set>,
 }
 
 static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| {
@@ -410,6 +428,7 @@ static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| {
         notes: BTreeMap::new(),
         next_id: 1,
         inos: HashMap::new(),
+        epolls: HashMap::new(),
     })
 });
 
@@ -423,10 +442,35 @@ static SLEEP_UNTIL: AtomicU64 = AtomicU64::new(u64::MAX);
 /// spins spent a fifth of redis-server's time in the scheduler. A panic inside cannot leave
 /// the world half-changed in a way the next call could not live with (every hook is
 /// shielded), so a poisoned lock is taken as it is.
-fn lock() -> MutexGuard<'static, World> {
-    WORLD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock() -> WorldGuard {
+    WorldGuard(
+        WORLD
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+}
+
+/// The world's lock held. When it is let go after a quiet socket's readiness rose while
+/// another thread sleeps in an epoll wait of [`ready`], that thread is woken ([`ready::kick`]).
+struct WorldGuard(MutexGuard<'static, World>);
+
+impl std::ops::Deref for WorldGuard {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WorldGuard {
+    fn deref_mut(&mut self) -> &mut World {
+        &mut self.0
+    }
+}
+
+impl Drop for WorldGuard {
+    fn drop(&mut self) {
+        ready::kick();
+    }
 }
 
 fn note(w: &mut World, what: String) {
@@ -484,6 +528,9 @@ impl World {
             epoch: FORKS.load(Relaxed),
             proxied: false,
             orphan: false,
+            tokens_on: !ready::enabled(),
+            mask: 0,
+            seq: 0,
             rec: ConnRecord {
                 id,
                 fd: a,
@@ -566,9 +613,18 @@ fn start() -> Result<Engine, (c_int, String)> {
     }
     ORPHANS.store(orphans, Relaxed);
     internal(orphans, true);
+    let mut iface = iface;
     if let Some(fd) = iface.nic().port().rx_fd() {
         internal(fd, true);
         inline::set_port(fd);
+        if inline::port_fd() >= 0 {
+            if let AnyPort::Tap(t) = iface.nic_mut().port_mut() {
+                // Every arrival is seen by a waiter that rearms ([`inline::run`]) or by the
+                // stack thread, which rearms before each pass.
+                t.set_lazy_rx(true);
+            }
+            ready::init();
+        }
     }
     proxy::STACK_SELF.store(crate::sys::getpid(), Relaxed);
     let seed = crate::sys::getpid() as u64 ^ crate::sys::unix_millis();
@@ -601,6 +657,7 @@ fn start() -> Result<Engine, (c_int, String)> {
 /// Before a fork of the stack process: the control listener its children will reach it on.
 unsafe extern "C" fn atfork_prepare() {
     if !FORKED.load(Relaxed) {
+        let _ = crate::guard::shielded(ready::materialize_all);
         let _ = crate::guard::shielded(proxy::listen_for_children);
     }
 }
@@ -837,7 +894,8 @@ fn pump_from(w: &mut World, app: bool) {
         return;
     }
     let at = e.iface.poll_at().unwrap_or(u64::MAX);
-    if at < SLEEP_UNTIL.load(Relaxed) {
+    // A thread that waits in [`ready::wait`] runs the timers itself when it is back there.
+    if at < SLEEP_UNTIL.load(Relaxed) && !ready::looper() {
         let fd = WAKE.load(Relaxed);
         if fd >= 0 {
             let one = 1u64.to_ne_bytes();
@@ -856,14 +914,16 @@ fn stack_thread() {
         if FINISHED.load(Relaxed) {
             return;
         }
+        // While an application thread waits on the port, it runs the interface ([`inline`]);
+        // while an event loop waits, it also runs the timers ([`ready::wait`]).
+        let (with_port, cap, timers) = inline::stack_plan(&mut grace);
         let (port_fd, timeout) = {
             let w = lock();
             let Some(e) = w.engine.as_ref() else {
                 return;
             };
             let now = e.now();
-            let at = e.iface.poll_at();
-            SLEEP_UNTIL.store(at.unwrap_or(u64::MAX), Relaxed);
+            let at = if timers { e.iface.poll_at() } else { None };
             // The thread sleeps until a frame, a timer, or an application thread's wake-up:
             // no periodic tick. Frames the interface already took out of the port (the
             // device pass of its flush deposits what arrived meanwhile into the RX ring,
@@ -874,14 +934,18 @@ fn stack_thread() {
                 None => -1,
                 Some(at) => at.saturating_sub(now).div_ceil(1_000_000).min(60_000) as c_int,
             };
+            let t = match (t, cap) {
+                (_, -1) => t,
+                (-1, c) => c,
+                (t, c) => t.min(c),
+            };
+            let until = if t < 0 {
+                u64::MAX
+            } else {
+                now.saturating_add(t as u64 * 1_000_000)
+            };
+            SLEEP_UNTIL.store(until, Relaxed);
             (e.iface.nic().port().rx_fd().unwrap_or(-1), t)
-        };
-        // While an application thread waits on the port, it runs the interface ([`inline`]).
-        let (with_port, cap) = inline::stack_plan(&mut grace);
-        let timeout = match (timeout, cap) {
-            (_, -1) => timeout,
-            (-1, c) => c,
-            (t, c) => t.min(c),
         };
         let mut fds = [
             libc::pollfd {
@@ -917,6 +981,8 @@ fn stack_thread() {
         if fds[2].revents != 0 {
             ops::reap_orphans(&mut w);
         }
+        // Lazy receive: this pass may not have seen the port (it slept without it).
+        rearm(&mut w);
         let rx0 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
         pump_from(&mut w, false);
         let rx1 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
@@ -929,6 +995,15 @@ fn stack_thread() {
                 (false, false, false) => "timer",
             };
             note(&mut w, format!("debug: {why}"));
+        }
+    }
+}
+
+/// Lets the next pass read the port (lazy receive: see `TapPort::set_lazy_rx`).
+fn rearm(w: &mut World) {
+    if let Some(e) = w.engine.as_mut() {
+        if let AnyPort::Tap(t) = e.iface.nic_mut().port_mut() {
+            t.rearm();
         }
     }
 }
@@ -980,6 +1055,16 @@ struct Now {
     error: bool,
     writable: bool,
     rxq: usize,
+}
+
+/// Records a socket's readiness `m`; a bit that rose, or `more` (new data), is a wake-up for
+/// edge-triggered registrations.
+fn set_mask(s: &mut Sock, m: u32, more: bool) {
+    if m & !s.mask != 0 || more {
+        s.seq = s.seq.wrapping_add(1);
+        ready::dirty();
+    }
+    s.mask = m;
 }
 
 /// Brings a socket's A end up to date with its stack state.
@@ -1060,8 +1145,30 @@ fn sync(e: &mut Engine, s: &mut Sock) {
                 rxq: queue.iter().map(|d| d.1.len()).sum(),
             }
         }
-        _ => return,
+        _ => {
+            // Not connected yet: A is an empty socket pair end, writable.
+            set_mask(s, libc::EPOLLOUT as u32, false);
+            return;
+        }
     };
+    {
+        let hup = st.error || s.hup_sig;
+        let eof = st.eof || s.eof_sig || hup;
+        let mut m = 0u32;
+        if st.readable || eof {
+            m |= libc::EPOLLIN as u32;
+        }
+        if eof {
+            m |= libc::EPOLLRDHUP as u32;
+        }
+        if hup {
+            m |= (libc::EPOLLHUP | libc::EPOLLOUT) as u32;
+        }
+        if st.writable {
+            m |= libc::EPOLLOUT as u32;
+        }
+        set_mask(s, m, st.rxq > s.last_rxq);
+    }
     // Work on B needs nothing else; work on A (a drain, a fill) needs a descriptor of A in this
     // process, which an orphan or a socket only children hold has not: the next call that
     // brings one (a child's request lends its own) does it.
@@ -1073,6 +1180,11 @@ fn sync(e: &mut Engine, s: &mut Sock) {
     } else if st.eof && !s.eof_sig {
         s.eof_sig = true;
         shutdown_raw(s.b, libc::SHUT_WR);
+    }
+    if !s.tokens() {
+        // Quiet: its readiness is read from `mask` ([`ready`]).
+        s.last_rxq = st.rxq;
+        return;
     }
     if !s.eof_sig {
         if st.readable {

@@ -132,6 +132,8 @@ unsafe fn write_addr(a: SocketAddrV4, addr: *mut sockaddr, len: *mut socklen_t) 
 /// caller holds no lock: when this thread can hold the port, it waits on it too and runs the
 /// interface itself when a frame arrives ([`super::inline`]).
 pub(super) fn wait(fd: c_int, events: i16, deadline: Option<Instant>) -> Result<(), c_int> {
+    // The wait is on the descriptor, in the kernel: the socket needs its tokens.
+    super::ready::kernel_waits([fd]);
     loop {
         let timeout = match deadline {
             None => -1,
@@ -1238,6 +1240,7 @@ fn release(w: &mut World, fd: c_int) {
         return;
     };
     unmark(fd);
+    super::ready::fd_closed(w, fd);
     let (last, shared) = {
         let Some(s) = w.socks.get_mut(id).and_then(Option::as_mut) else {
             return;

@@ -162,6 +162,13 @@ pub struct TapPort {
     wire: Box<[u8]>,
     /// The copy counters.
     copies: PortCopies,
+    /// Lazy receive ([`TapPort::set_lazy_rx`]) is on.
+    lazy_rx: bool,
+    /// Lazy receive: a read found the device empty, and nobody has said
+    /// since that it became readable ([`TapPort::rearm`]).
+    rx_idle: bool,
+    /// Reads skipped because the device was known to be empty.
+    rx_skipped: u64,
 }
 
 impl fmt::Debug for TapPort {
@@ -227,6 +234,9 @@ impl TapPort {
             flat: Vec::with_capacity(MAX_FRAME),
             wire: vec![0; MAX_FRAME].into_boxed_slice(),
             copies: PortCopies::default(),
+            lazy_rx: false,
+            rx_idle: false,
+            rx_skipped: 0,
         };
         port.set_offload(Offload::DEFAULT)?;
         Ok(port)
@@ -244,6 +254,31 @@ impl TapPort {
     /// The offloads in force.
     pub fn offload(&self) -> Offload {
         self.offload
+    }
+
+    /// Lazy receive: after a read finds the device empty, [`Port::receive`]
+    /// answers "nothing" without a system call until [`TapPort::rearm`]. For
+    /// an owner that learns of every arrival from the descriptor's readiness
+    /// (an edge-triggered epoll registration, or a poll on it) and rearms
+    /// before it runs the device: then a pass that transmits (or runs
+    /// timers) makes no read that can only say `EAGAIN`, and a pass that
+    /// receives makes one such read at most, however often the device runs.
+    /// Off by default: an owner that does not rearm would never receive
+    /// again.
+    pub fn set_lazy_rx(&mut self, on: bool) {
+        self.lazy_rx = on;
+        self.rx_idle = false;
+    }
+
+    /// The descriptor was seen readable (or may have been): the next
+    /// receive reads again (lazy receive only).
+    pub fn rearm(&mut self) {
+        self.rx_idle = false;
+    }
+
+    /// Reads lazy receive skipped (the device was known to be empty).
+    pub fn rx_skipped(&self) -> u64 {
+        self.rx_skipped
     }
 
     /// Waits up to `timeout` for a frame to arrive; returns whether one (may
@@ -388,12 +423,16 @@ impl Port for TapPort {
         self.copies
     }
 
-    /// One `read` into the port's buffer; the header and the frame are lent
-    /// to `deposit`. `num_buffers` is 0 (the kernel does not merge buffers).
+    /// One `read` into the port's buffer (none while lazy receive knows the
+    /// device is empty); the header and the frame are lent to `deposit`. `num_buffers` is 0 (the kernel does not merge buffers).
     fn receive(
         &mut self,
         deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
     ) -> Result<bool, PortError> {
+        if self.rx_idle {
+            self.rx_skipped += 1;
+            return Ok(false);
+        }
         // Older kernels write only the 10-byte legacy header and skip the
         // rest: clear `num_buffers` so no stale bytes show through.
         self.rx_buf[10..VNET_HDR_LEN].fill(0);
@@ -401,7 +440,10 @@ impl Port for TapPort {
             match (&self.file).read(&mut self.rx_buf) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.rx_idle = self.lazy_rx;
+                    return Ok(false);
+                }
                 Err(e) => return Err(data_err("read", e)),
             }
         };

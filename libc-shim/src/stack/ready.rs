@@ -1,0 +1,681 @@
+//! Readiness of stack sockets from the stack's own state: epoll without tokens.
+//!
+//! A stack socket's descriptor is end A of a socket pair, and the kernel sees its readiness
+//! only through tokens that the stack writes into end B ([`super::sync`]): a `send` per batch
+//! of new data, a drain per read, and a second `epoll_wait` to collect what a pass of the
+//! interface made ready. Here an epoll instance of the stack process keeps its stack sockets'
+//! registrations in a *shadow* table instead of the kernel's:
+//!
+//! * `epoll_ctl` on a stack socket ([`ctl`]) records (events, data) in the instance's
+//!   [`Set`], with the kernel's errors (`EEXIST`, `ENOENT`, `EINVAL`, `EBADF`); the port and
+//!   the kick descriptor join the instance (edge-triggered, filtered out of what the
+//!   application sees).
+//! * `epoll_wait` ([`wait`]) reports the registered sockets that are ready from their `mask`
+//!   (level-triggered; `EPOLLET`: once per wake-up, [`super::Sock::seq`]; `EPOLLONESHOT`:
+//!   disarmed until `EPOLL_CTL_MOD`; `EPOLLRDHUP` when asked for; `EPOLLHUP` always), merged
+//!   with the kernel's events of the same instance. With nothing ready it sleeps in the
+//!   kernel's `epoll_wait` on the instance (the port, the kick descriptor and the
+//!   application's kernel descriptors) for the time left, or until the stack's next timer,
+//!   which it then runs itself: the stack thread stays off the per-request path.
+//! * A socket whose readiness rose while another thread sleeps in such a wait (a pass on
+//!   another thread, the stack thread's timers) wakes it through the kick eventfd, written
+//!   when the world's lock is let go ([`kick`]). A pass made by the waiting thread itself
+//!   costs no system call.
+//! * Sockets registered only this way are *quiet*: no tokens. A socket gets tokens (sticky)
+//!   when a thread may wait on its descriptor in the kernel: a blocking call, `poll`,
+//!   `select`, a kernel epoll set (a forked child's, or an instance nested in another epoll
+//!   instance, which is then *materialized*: its registrations move into the kernel), and
+//!   every socket that exists at a `fork` (children wait on their copies of A in the kernel;
+//!   every instance is materialized before the fork, since a child shares it).
+//!
+//! Not seen (documented limits): `io_uring` on a stack socket (never served anyway),
+//! `epoll_pwait2`, and an epoll descriptor `dup`ed (registrations are kept by number).
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64};
+use std::time::{Duration, Instant};
+
+use libc::c_int;
+
+use super::{inline, internal, is_stack, lock, sync, World, FORKED};
+use crate::guard::{self, Guard};
+use crate::real;
+
+/// The data of the kick descriptor's registration in an application's epoll instance.
+pub const KICK_TAG: u64 = 0x4869_6361_6d70_4b4b;
+
+/// The kick eventfd (-1: none). Edge-triggered in every shadowed instance and never read:
+/// each write is one edge (the counter cannot reach its limit at one per write).
+static KICK: AtomicI32 = AtomicI32::new(-1);
+/// Threads inside [`wait`] (collecting, or asleep in the kernel).
+static SLEEPERS: AtomicU32 = AtomicU32::new(0);
+/// A quiet socket's readiness rose since the last [`kick`].
+static DIRTY: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// This thread is inside [`wait`].
+    static SLEEPING: Cell<bool> = const { Cell::new(false) };
+    /// This thread has waited in [`wait`]: an event loop, which comes back to its wait.
+    static LOOPER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Shadow registrations are on: inline polling is (`HICAMP_STACK_INLINE`), the port has a
+/// descriptor, and `HICAMP_STACK_SHADOW` is not `0`.
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("HICAMP_STACK_SHADOW").is_none_or(|v| v != "0"))
+        && inline::port_fd() >= 0
+        && KICK.load(Relaxed) >= 0
+}
+
+/// Makes the kick descriptor (the stack started).
+pub(super) fn init() {
+    // SAFETY: eventfd has no memory precondition.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd >= 0 {
+        internal(fd, true);
+        KICK.store(fd, Relaxed);
+    }
+}
+
+/// The kick descriptor (-1: none).
+pub(super) fn kick_fd() -> c_int {
+    if FORKED.load(Relaxed) {
+        -1
+    } else {
+        KICK.load(Relaxed)
+    }
+}
+
+/// A quiet socket's readiness rose (called under the world's lock).
+#[inline]
+pub(super) fn dirty() {
+    DIRTY.store(true, Relaxed);
+}
+
+/// The world's lock is let go: when a quiet socket's readiness rose and a thread other than
+/// this one is in [`wait`], it is woken.
+#[inline]
+pub(super) fn kick() {
+    if !DIRTY.load(Relaxed) {
+        return;
+    }
+    let me = u32::from(SLEEPING.with(Cell::get));
+    if SLEEPERS.load(SeqCst) <= me {
+        DIRTY.store(false, Relaxed);
+        return;
+    }
+    DIRTY.store(false, Relaxed);
+    let fd = KICK.load(Relaxed);
+    if fd >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte buffer for an eventfd write.
+        unsafe { real::write(fd, one.as_ptr().cast(), 8) };
+    }
+}
+
+/// This thread is an event loop (it waited in [`wait`]).
+pub(super) fn looper() -> bool {
+    LOOPER.with(Cell::get)
+}
+
+/// One stack socket's registration in an epoll instance.
+#[derive(Debug, Clone, Copy)]
+struct Reg {
+    fd: c_int,
+    events: u32,
+    data: u64,
+    /// `EPOLLONESHOT`: reported once, then off until `EPOLL_CTL_MOD`.
+    armed: bool,
+    /// `EPOLLET`: the socket's `seq` last reported.
+    seen: u64,
+}
+
+/// The stack sockets registered in one epoll instance.
+#[derive(Debug, Default)]
+pub struct Set {
+    regs: Vec<Reg>,
+    /// Where the next collection starts (ready sockets beyond `maxevents` are reported by the
+    /// next wait, round robin).
+    cursor: usize,
+    /// The registrations moved into the kernel (a fork, a nested instance): this instance is
+    /// the kernel's from now on.
+    materialized: bool,
+}
+
+fn fail(e: c_int) -> c_int {
+    guard::set_errno(e);
+    -1
+}
+
+/// Turns tokens on for socket `id` (a thread may wait on its descriptor in the kernel).
+fn tokens_on(w: &mut World, id: usize) {
+    let World { engine, socks, .. } = w;
+    if let (Some(e), Some(Some(s))) = (engine.as_mut(), socks.get_mut(id)) {
+        if !s.tokens_on {
+            s.tokens_on = true;
+            sync(e, s);
+        }
+    }
+}
+
+/// Before a thread waits in the kernel on `fds` (a blocking call, `poll`, `select`): their
+/// stack sockets keep their descriptors' readiness with tokens from now on.
+pub fn kernel_waits(fds: impl IntoIterator<Item = c_int>) {
+    if FORKED.load(Relaxed) || !enabled() {
+        return;
+    }
+    let mut w = None;
+    for fd in fds {
+        if !is_stack(fd) || tokened(fd) {
+            continue;
+        }
+        let w = w.get_or_insert_with(lock);
+        if let Some(&id) = w.fds.get(&fd) {
+            if w.socks
+                .get(id)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| !s.tokens_on)
+            {
+                tokens_on(w, id);
+            }
+            set_tokened(fd, true);
+        }
+    }
+}
+
+/// Descriptors whose socket is known to have tokens (saves [`kernel_waits`] the lock).
+static TOKENED: [AtomicU64; super::MAX_FD / 64] = [const { AtomicU64::new(0) }; super::MAX_FD / 64];
+
+fn tokened(fd: c_int) -> bool {
+    let i = fd as u32 as usize;
+    i < super::MAX_FD && TOKENED[i >> 6].load(Relaxed) & (1 << (i & 63)) != 0
+}
+
+fn set_tokened(fd: c_int, on: bool) {
+    let i = fd as u32 as usize;
+    if i < super::MAX_FD {
+        if on {
+            TOKENED[i >> 6].fetch_or(1 << (i & 63), Relaxed);
+        } else {
+            TOKENED[i >> 6].fetch_and(!(1 << (i & 63)), Relaxed);
+        }
+    }
+}
+
+/// `epoll_ctl` in stack mode. `None`: the plain call (not a stack socket, a forked child, a
+/// materialized instance, shadowing off); stack sockets that go to a kernel instance get
+/// tokens, and an epoll instance of ours added to another one is materialized first.
+///
+/// # Safety
+/// The caller's `epoll_ctl` arguments.
+pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> Option<c_int> {
+    if !super::on() || guard::inside() || FORKED.load(Relaxed) {
+        return None;
+    }
+    if !is_stack(fd) {
+        if op == libc::EPOLL_CTL_ADD && inline::registered(fd) {
+            if let Some(_g) = Guard::enter() {
+                guard::shielded(|| materialize(&mut lock(), fd));
+            }
+        }
+        return None;
+    }
+    let _g = Guard::enter()?;
+    // SAFETY: the caller's arguments.
+    let (r, err) = guard::shielded(|| (unsafe { ctl_locked(epfd, op, fd, ev) }, guard::errno()))?;
+    // `shielded` keeps the caller's errno: a failure's is set here.
+    if r.is_some_and(|r| r < 0) {
+        guard::set_errno(err);
+    }
+    r
+}
+
+/// [`ctl`] for a stack socket.
+///
+/// # Safety
+/// As [`ctl`].
+unsafe fn ctl_locked(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    ev: *mut libc::epoll_event,
+) -> Option<c_int> {
+    let mut w = lock();
+    let id = *w.fds.get(&fd)?;
+    if !enabled() || w.epolls.get(&epfd).is_some_and(|s| s.materialized) {
+        if op == libc::EPOLL_CTL_ADD || op == libc::EPOLL_CTL_MOD {
+            tokens_on(&mut w, id);
+        }
+        return None;
+    }
+    if epfd == fd {
+        return Some(fail(libc::EINVAL));
+    }
+    let read_ev = || {
+        if ev.is_null() {
+            None
+        } else {
+            // SAFETY: the caller's epoll_event (checked for null).
+            Some(unsafe { std::ptr::read_unaligned(ev) })
+        }
+    };
+    match op {
+        libc::EPOLL_CTL_ADD => {
+            let Some(e) = read_ev() else {
+                return Some(fail(libc::EFAULT));
+            };
+            if !inline::registered(epfd) {
+                if let Err(e) = inline::register(epfd) {
+                    return Some(fail(e));
+                }
+                // A new instance (a closed one's number may have left a table behind).
+                w.epolls.insert(epfd, Set::default());
+            }
+            let set = w.epolls.entry(epfd).or_default();
+            if set.regs.iter().any(|r| r.fd == fd) {
+                return Some(fail(libc::EEXIST));
+            }
+            set.regs.push(Reg {
+                fd,
+                events: e.events,
+                data: e.u64,
+                armed: true,
+                seen: u64::MAX,
+            });
+            Some(0)
+        }
+        libc::EPOLL_CTL_MOD => {
+            let Some(e) = read_ev() else {
+                return Some(fail(libc::EFAULT));
+            };
+            let Some(r) = w
+                .epolls
+                .get_mut(&epfd)
+                .and_then(|s| s.regs.iter_mut().find(|r| r.fd == fd))
+            else {
+                return Some(fail(if inline::registered(epfd) {
+                    libc::ENOENT
+                } else {
+                    // An instance we never saw a stack socket in: the kernel's answer.
+                    return None;
+                }));
+            };
+            // The kernel polls the descriptor again on a modification: a ready socket is
+            // reported (edge-triggered too).
+            *r = Reg {
+                fd,
+                events: e.events,
+                data: e.u64,
+                armed: true,
+                seen: u64::MAX,
+            };
+            Some(0)
+        }
+        libc::EPOLL_CTL_DEL => {
+            let set = w.epolls.get_mut(&epfd)?;
+            let before = set.regs.len();
+            set.regs.retain(|r| r.fd != fd);
+            Some(if set.regs.len() < before {
+                0
+            } else {
+                fail(libc::ENOENT)
+            })
+        }
+        _ => Some(fail(libc::EINVAL)),
+    }
+}
+
+/// `fd` (a stack socket's descriptor) is closed: its registrations go (the kernel drops an
+/// epoll registration with its file; a `dup`ed number's registration is not kept here).
+pub(super) fn fd_closed(w: &mut World, fd: c_int) {
+    set_tokened(fd, false);
+    for set in w.epolls.values_mut() {
+        set.regs.retain(|r| r.fd != fd);
+    }
+}
+
+/// Epoll instance `epfd` is closed: its registrations go.
+pub(super) fn drop_set(epfd: c_int) {
+    if FORKED.load(Relaxed) {
+        return;
+    }
+    // Inside the shim (the world's lock may be held): the table stays, and is replaced when
+    // the number next becomes a shadowed instance ([`ctl`]).
+    if let Some(_g) = Guard::enter() {
+        guard::shielded(|| {
+            lock().epolls.remove(&epfd);
+        });
+    }
+}
+
+/// Moves instance `epfd`'s registrations into the kernel (tokens on for their sockets): a
+/// kernel wait the shim does not see may follow (a fork, a nested instance).
+fn materialize(w: &mut World, epfd: c_int) {
+    let Some(set) = w.epolls.get_mut(&epfd) else {
+        return;
+    };
+    if set.materialized {
+        return;
+    }
+    set.materialized = true;
+    let regs = std::mem::take(&mut set.regs);
+    for r in regs {
+        let Some(&id) = w.fds.get(&r.fd) else {
+            continue;
+        };
+        tokens_on(w, id);
+        let mut ev = libc::epoll_event {
+            // A spent one-shot registration: armed for nothing (the kernel adds ERR and HUP).
+            events: if r.armed {
+                r.events
+            } else {
+                libc::EPOLLONESHOT as u32
+            },
+            u64: r.data,
+        };
+        // SAFETY: a valid epoll_event; the kernel checks both descriptors.
+        unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, r.fd, &mut ev) };
+    }
+}
+
+/// Before a fork of the stack process: every instance is materialized (a child shares the
+/// kernel's instance, not this table) and every socket gets tokens (a child waits on A).
+pub(super) fn materialize_all() {
+    let mut w = lock();
+    let sets: Vec<c_int> = w.epolls.keys().copied().collect();
+    for epfd in sets {
+        materialize(&mut w, epfd);
+    }
+    let ids: Vec<usize> = (0..w.socks.len()).collect();
+    for id in ids {
+        tokens_on(&mut w, id);
+    }
+}
+
+/// Fills `ev` with the ready registrations of `epfd`; returns how many, and the milliseconds
+/// until the stack's next timer (`None`: none).
+fn collect(epfd: c_int, ev: &mut [libc::epoll_event]) -> (usize, Option<u64>) {
+    let max = ev.len();
+    let mut w = lock();
+    let World {
+        engine,
+        socks,
+        fds,
+        epolls,
+        ..
+    } = &mut *w;
+    let Some(e) = engine.as_mut() else {
+        return (0, None);
+    };
+    let mut n = 0;
+    if let Some(set) = epolls.get_mut(&epfd) {
+        let len = set.regs.len();
+        let start = if len == 0 { 0 } else { set.cursor % len };
+        for i in 0..len {
+            if n == max {
+                set.cursor = (start + i) % len;
+                break;
+            }
+            let r = &mut set.regs[(start + i) % len];
+            if !r.armed {
+                continue;
+            }
+            let Some(s) = fds
+                .get(&r.fd)
+                .and_then(|&id| socks.get_mut(id))
+                .and_then(Option::as_mut)
+            else {
+                continue;
+            };
+            sync(e, s);
+            let m = s.mask & (r.events | (libc::EPOLLERR | libc::EPOLLHUP) as u32);
+            if m == 0 {
+                continue;
+            }
+            if r.events & libc::EPOLLET as u32 != 0 {
+                if r.seen == s.seq {
+                    continue;
+                }
+                r.seen = s.seq;
+            }
+            if r.events & libc::EPOLLONESHOT as u32 != 0 {
+                r.armed = false;
+            }
+            ev[n] = libc::epoll_event {
+                events: m,
+                u64: r.data,
+            };
+            n += 1;
+        }
+    }
+    let now = e.now();
+    let due = e
+        .iface
+        .poll_at()
+        .map(|at| at.saturating_sub(now).div_ceil(1_000_000));
+    (n, due)
+}
+
+/// A thread inside [`wait`] (counted for [`kick`]).
+struct Sleeper;
+
+impl Sleeper {
+    fn enter() -> Sleeper {
+        SLEEPERS.fetch_add(1, SeqCst);
+        SLEEPING.with(|c| c.set(true));
+        Sleeper
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        SLEEPING.with(|c| c.set(false));
+        SLEEPERS.fetch_sub(1, SeqCst);
+    }
+}
+
+/// True when [`wait`] serves epoll waits in this process.
+pub fn active() -> bool {
+    !FORKED.load(Relaxed) && enabled()
+}
+
+/// Removes the port's and the kick's events from `ev`; returns how many remain, whether the
+/// port fired and whether a kick did.
+fn filter(ev: &mut [libc::epoll_event]) -> (usize, bool, bool) {
+    let mut kept = 0;
+    let (mut fired, mut kicked) = (false, false);
+    for i in 0..ev.len() {
+        let e = ev[i];
+        match e.u64 {
+            inline::TAG => fired = true,
+            KICK_TAG => kicked = true,
+            _ => {
+                ev[kept] = e;
+                kept += 1;
+            }
+        }
+    }
+    (kept, fired, kicked)
+}
+
+/// `epoll_pwait` on an instance that holds the port, in the stack process: ready stack
+/// sockets from the shadow registrations, merged with the kernel's events; the interface runs
+/// here when the port fires, and the stack's timers when they are due first.
+///
+/// # Safety
+/// The caller's `epoll_pwait` arguments.
+pub unsafe fn wait(
+    epfd: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const libc::sigset_t,
+) -> c_int {
+    if ev.is_null() || max <= 0 {
+        // The kernel's EINVAL/EFAULT.
+        // SAFETY: the caller's arguments.
+        return unsafe { real::epoll_pwait(epfd, ev, max, timeout, mask) };
+    }
+    LOOPER.with(|c| c.set(true));
+    let max = max as usize;
+    // SAFETY: the caller's array of `max` events (checked for null); the kernel writes it too.
+    let evs = unsafe { std::slice::from_raw_parts_mut(ev, max) };
+    let deadline = (timeout >= 0).then(|| Instant::now() + Duration::from_millis(timeout as u64));
+    // The kernel's part was asked since the last collection found nothing.
+    let mut asked = false;
+    let mut timer_rounds = 0u32;
+    loop {
+        let sleeper = Sleeper::enter();
+        let (n, due) = match Guard::enter() {
+            Some(_g) => guard::shielded(|| collect(epfd, evs)).unwrap_or((0, None)),
+            None => (0, None),
+        };
+        if n > 0 && (asked || n == max) {
+            return n as c_int;
+        }
+        let left = deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .as_nanos()
+                .div_ceil(1_000_000)
+                .min(i32::MAX as u128) as c_int
+        });
+        let user = if n > 0 { 0 } else { left.unwrap_or(-1) };
+        // The stack's timers, when due first (at least 1 ms after a round that ran them, so
+        // that a timer the interface cannot serve yet does not spin).
+        let mut t = user;
+        let mut timer = false;
+        if let Some(d) = due {
+            let d = (d.min(i32::MAX as u64) as c_int).max(c_int::from(timer_rounds > 0));
+            if t < 0 || d < t {
+                t = d;
+                timer = true;
+            }
+        }
+        let waiting = inline::LoopWaiting::enter();
+        let rest = &mut evs[n..];
+        // SAFETY: room for `max - n` events at `rest`; the caller's mask.
+        let k = unsafe { real::epoll_pwait(epfd, rest.as_mut_ptr(), rest.len() as c_int, t, mask) };
+        let err = guard::errno();
+        drop(waiting);
+        drop(sleeper);
+        if k < 0 {
+            if n > 0 {
+                return n as c_int;
+            }
+            guard::set_errno(err);
+            return k;
+        }
+        let room = rest.len();
+        let (kept, fired, kicked) = filter(&mut rest[..(k as usize).min(room)]);
+        let timer_due = timer && k == 0;
+        if fired || timer_due {
+            if let Some(_g) = Guard::enter() {
+                inline::run();
+            }
+        }
+        let total = n + kept;
+        if total > 0 {
+            guard::set_errno(err);
+            return total as c_int;
+        }
+        asked = true;
+        timer_rounds = if timer_due { timer_rounds + 1 } else { 0 };
+        if !(fired || kicked || timer_due) {
+            // The caller's time is up (the kernel returned nothing before it).
+            return 0;
+        }
+    }
+}
+
+/// `select`/`pselect` on sets holding a stack socket: served as `ppoll` on the same
+/// descriptors, which is inline ([`crate::hooks::readiness::ppoll`]: the waiting thread runs
+/// the interface when the port fires). Readable means `POLLIN`, `POLLHUP` or `POLLERR`
+/// (the kernel's `POLLIN_SET`), writable `POLLOUT` or `POLLERR`, exceptional `POLLPRI`; a
+/// closed descriptor in a set is `EBADF`. `update` (plain `select`): `*tv` is left with the
+/// time not slept, as Linux leaves it. `None`: no stack socket in the sets (or `n` beyond
+/// `FD_SETSIZE`): the plain call.
+///
+/// # Safety
+/// The caller's `select` arguments (sets of `FD_SETSIZE` bits, or null).
+pub unsafe fn select(
+    n: c_int,
+    sets: [*mut libc::fd_set; 3],
+    ts: *const libc::timespec,
+    mask: *const libc::sigset_t,
+    update: *mut libc::timeval,
+) -> Option<c_int> {
+    if !super::on() || guard::inside() || n <= 0 || n > libc::FD_SETSIZE as c_int {
+        return None;
+    }
+    const BITS: [i16; 3] = [libc::POLLIN, libc::POLLOUT, libc::POLLPRI];
+    // SAFETY: the caller's sets (null checked), `fd < n <= FD_SETSIZE`.
+    let isset = |s: *mut libc::fd_set, fd: c_int| !s.is_null() && unsafe { libc::FD_ISSET(fd, s) };
+    let mut pfds: Vec<libc::pollfd> = Vec::new();
+    let mut stack = false;
+    for fd in 0..n {
+        let events = sets
+            .iter()
+            .zip(BITS)
+            .filter(|(s, _)| isset(**s, fd))
+            .fold(0, |a, (_, b)| a | b);
+        if events != 0 {
+            stack |= is_stack(fd);
+            pfds.push(libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            });
+        }
+    }
+    if !stack {
+        return None;
+    }
+    let t0 = Instant::now();
+    // SAFETY: `pfds` are valid pollfds; the caller's timeout and mask.
+    let r = unsafe {
+        crate::hooks::readiness::ppoll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ts, mask)
+    };
+    if r < 0 {
+        return Some(r);
+    }
+    if pfds.iter().any(|p| p.revents & libc::POLLNVAL != 0) {
+        guard::set_errno(libc::EBADF);
+        return Some(-1);
+    }
+    for s in sets.iter().filter(|s| !s.is_null()) {
+        for p in &pfds {
+            // SAFETY: the caller's set (not null), `p.fd < n`.
+            unsafe { libc::FD_CLR(p.fd, *s) };
+        }
+    }
+    let want = [
+        libc::POLLIN | libc::POLLHUP | libc::POLLERR,
+        libc::POLLOUT | libc::POLLERR,
+        libc::POLLPRI,
+    ];
+    let mut count = 0;
+    for p in &pfds {
+        for ((s, bit), w) in sets.iter().zip(BITS).zip(want) {
+            if !s.is_null() && p.events & bit != 0 && p.revents & w != 0 {
+                // SAFETY: as above.
+                unsafe { libc::FD_SET(p.fd, *s) };
+                count += 1;
+            }
+        }
+    }
+    if !update.is_null() && !ts.is_null() {
+        // SAFETY: the caller's timeout, as a timespec (not null).
+        let t = unsafe { std::ptr::read(ts) };
+        let total = Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
+        let left = total.saturating_sub(t0.elapsed());
+        let tv = libc::timeval {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_usec: left.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: the caller's timeval (not null).
+        unsafe { std::ptr::write(update, tv) };
+    }
+    Some(count)
+}
