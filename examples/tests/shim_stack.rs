@@ -757,8 +757,8 @@ fn inline_polling_keeps_epoll_sets_and_blocking_readers_right() {
 /// until the data is read, EPOLLONESHOT until re-armed, EPOLLOUT, `maxevents` 1 with two
 /// ready sockets (both reported, in turn), a set mixing a pipe with stack sockets, a thread
 /// woken by traffic that another thread's call ran through the interface, an epoll instance
-/// nested in another (its registrations move into the kernel), and `select`/`poll` on stack
-/// sockets afterwards.
+/// nested in another (its registrations move into the kernel), `select`/`poll` on stack
+/// sockets afterwards, and a forked child waiting on an instance made before the fork.
 const SHADOW_EPOLL: &str = r#"
 import errno, os, select, socket, sys, threading, time
 host = sys.argv[1]
@@ -870,6 +870,20 @@ assert rl == [] and wl == [b], (rl, wl)
 p = select.poll(); p.register(b.fileno(), select.POLLIN)
 b.send(b"pol")
 assert [fd for fd, _ in p.poll(10000)] == [b.fileno()]
+time.sleep(0.1); assert drain(b) == b"pol"
+# A fork: a shadowed instance moves into the kernel, which the child shares.
+d = conn()
+ep2 = select.epoll(); ep2.register(d.fileno(), select.EPOLLIN)
+assert ep2.poll(0.1) == []
+pid = os.fork()
+if pid == 0:
+    evs = ep2.poll(10)
+    os._exit(0 if [fd for fd, _ in evs] == [d.fileno()] else 1)
+d.send(b"fork")
+_, st = os.waitpid(pid, 0)
+assert st == 0, st
+assert [fd for fd, _ in ep2.poll(10)] == [d.fileno()]
+time.sleep(0.1); assert drain(d) == b"fork"
 print("ALL OK", flush=True)
 "#;
 

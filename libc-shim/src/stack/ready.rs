@@ -526,10 +526,14 @@ pub unsafe fn wait(
     // The kernel's part was asked since the last collection found nothing.
     let mut asked = false;
     let mut timer_rounds = 0u32;
+    let room = if max > 1 { max - 1 } else { max };
     loop {
         let sleeper = Sleeper::enter();
         let (n, due) = match Guard::enter() {
-            Some(_g) => guard::shielded(|| collect(epfd, evs)).unwrap_or((0, None)),
+            // One slot stays for the kernel's part (with more than one), so that stack
+            // sockets that stay ready cannot starve the instance's kernel descriptors and the
+            // port.
+            Some(_g) => guard::shielded(|| collect(epfd, &mut evs[..room])).unwrap_or((0, None)),
             None => (0, None),
         };
         if n > 0 && (asked || n == max) {
@@ -678,4 +682,34 @@ pub unsafe fn select(
         unsafe { std::ptr::write(update, tv) };
     }
     Some(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_takes_out_the_port_and_the_kick() {
+        let mk = |u: u64| libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: u,
+        };
+        let mut v = [mk(1), mk(inline::TAG), mk(3), mk(KICK_TAG), mk(5)];
+        let (n, fired, kicked) = filter(&mut v);
+        assert!(fired && kicked);
+        let kept: Vec<u64> = v[..n].iter().map(|e| e.u64).collect();
+        assert_eq!(kept, [1, 3, 5]);
+        let mut w = [mk(7), mk(KICK_TAG)];
+        assert_eq!(filter(&mut w), (1, false, true));
+        assert_eq!(filter(&mut []), (0, false, false));
+    }
+
+    #[test]
+    fn tokened_marks_are_per_descriptor() {
+        assert!(!tokened(1200) && !tokened(-1) && !tokened(1 << 20));
+        set_tokened(1200, true);
+        assert!(tokened(1200) && !tokened(1201));
+        set_tokened(1200, false);
+        assert!(!tokened(1200));
+    }
 }
