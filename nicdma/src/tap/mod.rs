@@ -533,4 +533,38 @@ mod tests {
             })
         ));
     }
+
+    #[test]
+    fn lazy_receive_skips_reads_until_rearmed() {
+        let root = if testkit::is_root() {
+            Ok(())
+        } else {
+            Err("not root")
+        };
+        if testkit::require(root, "root (a TAP device)") {
+            return;
+        }
+        // The kernel names the device (tapN): no clash with other tests.
+        let mut port = TapPort::open("").expect("TAP");
+        let mut got = 0;
+        let mut rx = |_: &VirtioNetHdr, _: &[u8]| got += 1;
+        // Off: every receive reads.
+        assert!(!port.receive(&mut rx).unwrap());
+        assert!(!port.receive(&mut rx).unwrap());
+        assert_eq!(port.rx_skipped(), 0);
+        port.set_lazy_rx(true);
+        assert!(!port.receive(&mut rx).unwrap()); // reads: EAGAIN
+        assert!(!port.receive(&mut rx).unwrap()); // known empty: skipped
+        assert!(!port.receive(&mut rx).unwrap());
+        assert_eq!(port.rx_skipped(), 2);
+        port.rearm();
+        assert!(!port.receive(&mut rx).unwrap()); // reads again
+        assert_eq!(port.rx_skipped(), 2);
+        assert!(!port.receive(&mut rx).unwrap());
+        assert_eq!(port.rx_skipped(), 3);
+        port.set_lazy_rx(false);
+        assert!(!port.receive(&mut rx).unwrap());
+        assert_eq!(port.rx_skipped(), 3);
+        assert_eq!(got, 0);
+    }
 }
