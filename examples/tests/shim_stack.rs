@@ -757,8 +757,8 @@ fn inline_polling_keeps_epoll_sets_and_blocking_readers_right() {
 /// until the data is read, EPOLLONESHOT until re-armed, EPOLLOUT, `maxevents` 1 with two
 /// ready sockets (both reported, in turn), a set mixing a pipe with stack sockets, a thread
 /// woken by traffic that another thread's call ran through the interface, an epoll instance
-/// nested in another (its registrations move into the kernel), `select`/`poll` on stack
-/// sockets afterwards, and a forked child waiting on an instance made before the fork.
+/// nested in another or polled (its registrations move into the kernel), `select`/`poll` on
+/// stack sockets afterwards, and a forked child waiting on an instance made before the fork.
 const SHADOW_EPOLL: &str = r#"
 import errno, os, select, socket, sys, threading, time
 host = sys.argv[1]
@@ -860,6 +860,15 @@ a.send(b"nest")
 assert [fd for fd, _ in wait_for(outer, "outer")] == [ep.fileno()]
 assert [fd for fd, _ in ep.poll(10)] == [a.fileno()]
 time.sleep(0.1); assert drain(a) == b"nest"
+# poll on an epoll descriptor: its registrations move into the kernel, which the poll sees.
+ep3 = select.epoll(); ep3.register(b.fileno(), select.EPOLLIN)
+p3 = select.poll(); p3.register(ep3.fileno(), select.POLLIN)
+p3.poll(0)
+b.send(b"pep")
+assert [fd for fd, _ in p3.poll(10000)] == [ep3.fileno()]
+assert [fd for fd, _ in ep3.poll(10)] == [b.fileno()]
+time.sleep(0.1); assert drain(b) == b"pep"
+ep3.close()
 # select and poll on stack sockets.
 b.send(b"sel")
 rl, _, _ = select.select([b], [], [], 10)

@@ -195,6 +195,11 @@ unsafe fn poll_inline(
     }
     // SAFETY: the caller's `n` pollfds.
     let app = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
+    if app.iter().any(|p| crate::stack::inline::registered(p.fd)) {
+        if let Some(_g) = Guard::enter() {
+            guard::shielded(|| crate::stack::ready::polled(app.iter().map(|p| p.fd)));
+        }
+    }
     if !app.iter().any(|p| crate::stack::is_stack(p.fd)) {
         return None;
     }

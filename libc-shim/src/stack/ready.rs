@@ -24,7 +24,8 @@
 //! * Sockets registered only this way are *quiet*: no tokens. A socket gets tokens (sticky)
 //!   when a thread may wait on its descriptor in the kernel: a blocking call, `poll`,
 //!   `select`, a kernel epoll set (a forked child's, or an instance nested in another epoll
-//!   instance, which is then *materialized*: its registrations move into the kernel), and
+//!   instance or passed to `poll`/`select`, which is then *materialized*: its registrations
+//!   move into the kernel), and
 //!   every socket that exists at a `fork` (children wait on their copies of A in the kernel;
 //!   every instance is materialized before the fork, since a child shares it).
 //!
@@ -200,6 +201,22 @@ fn set_tokened(fd: c_int, on: bool) {
             TOKENED[i >> 6].fetch_or(1 << (i & 63), Relaxed);
         } else {
             TOKENED[i >> 6].fetch_and(!(1 << (i & 63)), Relaxed);
+        }
+    }
+}
+
+/// Before `poll`/`select` waits in the kernel on `fds`: an epoll instance of ours among them
+/// is materialized (a poll on an epoll descriptor sees only the kernel's registrations).
+pub fn polled(fds: impl IntoIterator<Item = c_int>) {
+    if FORKED.load(Relaxed) {
+        return;
+    }
+    for fd in fds {
+        if inline::registered(fd) {
+            let mut w = lock();
+            if w.epolls.get(&fd).is_some_and(|s| !s.materialized) {
+                materialize(&mut w, fd);
+            }
         }
     }
 }
@@ -618,6 +635,7 @@ pub unsafe fn select(
     let isset = |s: *mut libc::fd_set, fd: c_int| !s.is_null() && unsafe { libc::FD_ISSET(fd, s) };
     let mut pfds: Vec<libc::pollfd> = Vec::new();
     let mut stack = false;
+    let mut epolls = false;
     for fd in 0..n {
         let events = sets
             .iter()
@@ -626,11 +644,17 @@ pub unsafe fn select(
             .fold(0, |a, (_, b)| a | b);
         if events != 0 {
             stack |= is_stack(fd);
+            epolls |= inline::registered(fd);
             pfds.push(libc::pollfd {
                 fd,
                 events,
                 revents: 0,
             });
+        }
+    }
+    if epolls {
+        if let Some(_g) = Guard::enter() {
+            guard::shielded(|| polled(pfds.iter().map(|p| p.fd)));
         }
     }
     if !stack {
