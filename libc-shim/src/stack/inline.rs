@@ -8,17 +8,16 @@
 //!   ([`Poller`]), the others sleep on their descriptors only (the poller's pass writes their
 //!   tokens).
 //! * **`poll`/`ppoll`** on a set holding a stack socket: a copy of the set with the port
-//!   appended, when no other thread holds the port (else the plain call). `select`/`pselect`
-//!   are not inline yet: the stack thread serves them as before.
+//!   appended, when no other thread holds the port (else the plain call); `select`/`pselect`
+//!   are served as `ppoll` ([`super::ready::select`]).
 //! * **epoll**: when the first stack socket is added to an epoll instance, the port joins it
-//!   (edge-triggered, data [`TAG`]); `epoll_wait` removes the tag's events from what the
-//!   application sees, runs the interface when it fired, and waits again for the time left
-//!   when no event of the application's remains (the pass made its sockets ready, so that
-//!   second wait returns at once). Level/edge triggering and `EPOLLONESHOT` of the
-//!   application's own registrations are the kernel's, untouched. A forked child sharing such
-//!   an instance drops the tag's events and never runs the interface (it has none).
-//! * **The stack thread** keeps the timers, and the port whenever no application thread waits
-//!   on it: while one does ([`WAITERS`] > 0) it sleeps on its eventfd and the next timer only
+//!   (edge-triggered, data [`TAG`]); the stack sockets' registrations are the stack's own and
+//!   `epoll_wait` runs the interface when the port fires ([`super::ready`]). A forked child
+//!   sharing such an instance drops the tag's events and never runs the interface (it has
+//!   none).
+//! * **The stack thread** leaves the port and the timers to an event loop that waited within
+//!   the last 10 ms ([`LoopWaiting`]). Otherwise it keeps the timers, and the port whenever
+//!   no application thread waits on it: while one does ([`WAITERS`] > 0) it sleeps on its eventfd and the next timer only
 //!   (at most 10 ms, a safety net), the last waiter to leave wakes it, and it then waits 1 ms
 //!   more without the port (an event loop is usually back in its wait by then) before it takes
 //!   the port again. A frame that arrives while no thread waits is thus served at most 1 ms

@@ -25,8 +25,11 @@
 //!   application's descriptor number (same number, same `O_NONBLOCK`/`FD_CLOEXEC`). Unix
 //!   sockets and other families never leave the kernel.
 //! * **Readiness.** A stack socket *is* a real descriptor, so kernel `epoll`, `poll`, `select`
-//!   on sets mixing kernel and stack descriptors work unchanged and sleep in the kernel. The
-//!   stack drives A's readiness from the B end: a token byte written into A makes it readable
+//!   on sets mixing kernel and stack descriptors work and sleep in the kernel. In the stack
+//!   process, epoll registrations of stack sockets are the stack's own ([`ready`]: readiness
+//!   from the stack's state, no system call per event), and a socket no kernel wait can see
+//!   (registered only there) has no tokens. For the others the stack drives A's readiness
+//!   from the B end: a token byte written into A makes it readable
 //!   (one more byte per batch of new data, so that `EPOLLET` sees an edge), `shutdown(B,
 //!   SHUT_WR)` is end of stream (`POLLIN|POLLRDHUP`), `shutdown(B, SHUT_RDWR)` a reset or
 //!   refused connection (`POLLHUP`). A's send buffer is shrunk to the minimum and filled while
