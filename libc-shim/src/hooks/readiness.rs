@@ -22,6 +22,10 @@ pub unsafe extern "C-unwind" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int
         return r;
     }
     // SAFETY: as above.
+    if let Some(r) = unsafe { crate::local::ready::ppoll(fds, n, tsp, std::ptr::null()) } {
+        return r;
+    }
+    // SAFETY: as above.
     unsafe { real::poll(fds, n, timeout) }
 }
 
@@ -45,6 +49,10 @@ pub unsafe extern "C-unwind" fn __poll_chk(
         if let Some(r) = unsafe { poll_inline(fds, n, tsp, std::ptr::null()) } {
             return r;
         }
+        // SAFETY: as above.
+        if let Some(r) = unsafe { crate::local::ready::ppoll(fds, n, tsp, std::ptr::null()) } {
+            return r;
+        }
     }
     // SAFETY: as above.
     unsafe { real::__poll_chk(fds, n, timeout, fdslen) }
@@ -60,6 +68,10 @@ pub unsafe extern "C-unwind" fn ppoll(
     count(Call::Ppoll);
     // SAFETY: the caller's arguments.
     if let Some(r) = unsafe { poll_inline(fds, n, ts, mask) } {
+        return r;
+    }
+    // SAFETY: as above.
+    if let Some(r) = unsafe { crate::local::ready::ppoll(fds, n, ts, mask) } {
         return r;
     }
     // SAFETY: as above.
@@ -80,6 +92,10 @@ pub unsafe extern "C-unwind" fn __ppoll_chk(
         if let Some(r) = unsafe { poll_inline(fds, n, ts, mask) } {
             return r;
         }
+        // SAFETY: as above.
+        if let Some(r) = unsafe { crate::local::ready::ppoll(fds, n, ts, mask) } {
+            return r;
+        }
     }
     // SAFETY: as above.
     unsafe { real::__ppoll_chk(fds, n, ts, mask, fdslen) }
@@ -94,6 +110,21 @@ pub unsafe extern "C-unwind" fn select(
     tv: *mut timeval,
 ) -> c_int {
     count(Call::Select);
+    let ts = (!tv.is_null()).then(|| {
+        // SAFETY: the caller's timeval.
+        let t = unsafe { std::ptr::read(tv) };
+        timespec {
+            tv_sec: t.tv_sec,
+            tv_nsec: t.tv_usec as libc::c_long * 1000,
+        }
+    });
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const timespec);
+    // SAFETY: the caller's sets; `tsp` is null or points to `ts`.
+    if let Some(x) = unsafe { crate::local::ready::pselect(n, r, w, e, tsp, std::ptr::null()) } {
+        return x;
+    }
     // SAFETY: as above.
     unsafe { real::select(n, r, w, e, tv) }
 }
@@ -108,6 +139,10 @@ pub unsafe extern "C-unwind" fn pselect(
     mask: *const sigset_t,
 ) -> c_int {
     count(Call::Pselect);
+    // SAFETY: the caller's arguments.
+    if let Some(x) = unsafe { crate::local::ready::pselect(n, r, w, e, ts, mask) } {
+        return x;
+    }
     // SAFETY: as above.
     unsafe { real::pselect(n, r, w, e, ts, mask) }
 }
@@ -116,14 +151,18 @@ pub unsafe extern "C-unwind" fn pselect(
 pub unsafe extern "C-unwind" fn epoll_create(size: c_int) -> c_int {
     count(Call::EpollCreate);
     // SAFETY: as above.
-    unsafe { real::epoll_create(size) }
+    let fd = unsafe { real::epoll_create(size) };
+    crate::local::ready::created(fd);
+    fd
 }
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn epoll_create1(flags: c_int) -> c_int {
     count(Call::EpollCreate1);
     // SAFETY: as above.
-    unsafe { real::epoll_create1(flags) }
+    let fd = unsafe { real::epoll_create1(flags) };
+    crate::local::ready::created(fd);
+    fd
 }
 
 #[cfg_attr(not(test), no_mangle)]
@@ -134,6 +173,10 @@ pub unsafe extern "C-unwind" fn epoll_ctl(
     ev: *mut libc::epoll_event,
 ) -> c_int {
     count(Call::EpollCtl);
+    // SAFETY: the caller's arguments.
+    if let Some(r) = unsafe { crate::local::ready::epoll_ctl(epfd, op, fd, ev) } {
+        return r;
+    }
     // SAFETY: as above.
     let r = unsafe { real::epoll_ctl(epfd, op, fd, ev) };
     if r == 0 && op == libc::EPOLL_CTL_ADD && crate::stack::is_stack(fd) {
@@ -310,6 +353,12 @@ pub unsafe extern "C-unwind" fn epoll_wait(
         // SAFETY: as above.
         return unsafe { epoll_inline(epfd, ev, max, timeout, std::ptr::null()) };
     }
+    // SAFETY: the caller's arguments.
+    if let Some(r) =
+        unsafe { crate::local::ready::epoll_wait(epfd, ev, max, timeout, std::ptr::null()) }
+    {
+        return r;
+    }
     // SAFETY: as above.
     unsafe { real::epoll_wait(epfd, ev, max, timeout) }
 }
@@ -326,6 +375,10 @@ pub unsafe extern "C-unwind" fn epoll_pwait(
     if crate::stack::inline::registered(epfd) && !guard::inside() {
         // SAFETY: as above.
         return unsafe { epoll_inline(epfd, ev, max, timeout, mask) };
+    }
+    // SAFETY: the caller's arguments.
+    if let Some(r) = unsafe { crate::local::ready::epoll_wait(epfd, ev, max, timeout, mask) } {
+        return r;
     }
     // SAFETY: as above.
     unsafe { real::epoll_pwait(epfd, ev, max, timeout, mask) }

@@ -122,6 +122,8 @@ use parking_lot::{Mutex, RwLock};
 use crate::guard::{self, Guard};
 use crate::{real, sys};
 
+pub mod ready;
+
 /// Descriptors the marks cover.
 const MAX_FD: usize = 1 << 16;
 /// Hidden descriptors (kernel sockets, B ends) are moved at or above this number, out of the
@@ -236,6 +238,20 @@ fn entry(fd: c_int) -> Option<Arc<Entry>> {
 unsafe extern "C" fn atfork_prepare() {
     std::mem::forget(MEM.lock());
     std::mem::forget(TABLE.lock());
+    // Both processes may wait on a shared connection, or on an epoll instance holding it, in
+    // ways the other's hooks do not see: tokens on for good, before the child exists.
+    // SAFETY: this thread holds TABLE (locked above, guard forgotten).
+    if let Some(st) = unsafe { &*TABLE.data_ptr() } {
+        for e in st.fds.values() {
+            if !e.forked.load(Relaxed) {
+                if let Some(g) = e.conn.try_read() {
+                    if let Some(c) = g.as_ref() {
+                        c.pin();
+                    }
+                }
+            }
+        }
+    }
 }
 
 unsafe extern "C" fn atfork_release() {
@@ -308,6 +324,16 @@ fn memory() -> Result<Arc<SharedMemory>, String> {
     *g = Some((pid, m.clone()));
     hicamp::shared::set_adaptive_spin(spin_setting());
     Ok(m)
+}
+
+/// `HICAMP_LOCAL_TOKENS=always`: every connection keeps readiness tokens on (today's
+/// protocol before userspace readiness: for a process that waits on its descriptors in ways
+/// the hooks do not see, such as io_uring or raw system calls).
+fn tokens_always() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("HICAMP_LOCAL_TOKENS").is_ok_and(|v| v.trim() == "always")
+    })
 }
 
 /// The adaptive spin of blocked readers and writers: `HICAMP_LOCAL_SPIN_US` (0 turns it
@@ -736,6 +762,9 @@ unsafe fn connect_local(
         return Some(ret);
     }
     close_fd(a);
+    if tokens_always() {
+        conn.pin();
+    }
     let e = Arc::new(Entry {
         conn: RwLock::new(Some(conn)),
         id: ConnId(rec[2] as u32),
@@ -864,6 +893,9 @@ fn accept_local(fd: c_int, flags: c_int) {
         return report_route("server", &ls, &ps, "broken", Some("cannot move the pair"));
     }
     close_fd(b);
+    if tokens_always() {
+        conn.pin();
+    }
     let e = Arc::new(Entry {
         conn: RwLock::new(Some(conn)),
         id: cid,
@@ -1356,6 +1388,11 @@ pub fn closing(fd: c_int) {
     if !on() {
         return;
     }
+    if let Some(_g) = Guard::enter() {
+        let err = last_errno();
+        guard::shielded(|| ready::closing(fd));
+        guard::set_errno(err);
+    }
     let lst = marked(fd) || with_table(|t| t.listeners.contains_key(&fd));
     if !lst {
         return;
@@ -1385,6 +1422,9 @@ pub fn closing(fd: c_int) {
 pub fn closing_range(first: u32, last: u32) {
     if !on() {
         return;
+    }
+    if let Some(_g) = Guard::enter() {
+        guard::shielded(|| ready::closing_range(first, last));
     }
     let fds: Vec<c_int> = {
         let Some(_g) = Guard::enter() else { return };
