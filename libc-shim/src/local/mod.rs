@@ -112,7 +112,10 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::{Arc, Once};
 
 use hicamp::shared::{Conn, ConnId, SharedError, SharedMemory, SharedOptions};
@@ -231,8 +234,64 @@ fn with_table<R>(f: impl FnOnce(&mut State) -> R) -> R {
     f(st)
 }
 
+/// One descriptor number's entry, for the lookup of every operation without a global lock: a
+/// reader announces itself in `readers` before it loads the pointer; a writer swaps the
+/// pointer, then waits for the readers before it drops the old reference.
+struct Slot {
+    p: AtomicPtr<Entry>,
+    readers: AtomicU32,
+}
+
+static SLOTS: [Slot; MAX_FD] = [const {
+    Slot {
+        p: AtomicPtr::new(std::ptr::null_mut()),
+        readers: AtomicU32::new(0),
+    }
+}; MAX_FD];
+
 fn entry(fd: c_int) -> Option<Arc<Entry>> {
-    with_table(|t| t.fds.get(&fd).cloned())
+    let i = fd as u32 as usize;
+    if i >= MAX_FD {
+        return with_table(|t| t.fds.get(&fd).cloned());
+    }
+    let s = &SLOTS[i];
+    s.readers.fetch_add(1, SeqCst);
+    let p = s.p.load(SeqCst);
+    let e = (!p.is_null()).then(|| {
+        // SAFETY: `p` came from `Arc::into_raw` in `slot_set`, whose reference is dropped only
+        // after no reader is announced (this one is, until below).
+        unsafe { Arc::increment_strong_count(p) };
+        // SAFETY: the strong count just taken for this `Arc`.
+        unsafe { Arc::from_raw(p) }
+    });
+    s.readers.fetch_sub(1, SeqCst);
+    e
+}
+
+/// Sets descriptor `fd`'s entry (the caller holds TABLE, which it updates too).
+fn slot_set(fd: c_int, e: Option<&Arc<Entry>>) {
+    let i = fd as u32 as usize;
+    if i >= MAX_FD {
+        return;
+    }
+    let s = &SLOTS[i];
+    let new = e.map_or(std::ptr::null_mut(), |e| Arc::into_raw(e.clone()).cast_mut());
+    let old = s.p.swap(new, SeqCst);
+    if old.is_null() {
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    while s.readers.load(SeqCst) != 0 {
+        if t0.elapsed() > std::time::Duration::from_millis(5) {
+            // A reader that never leaves: one copied in by fork, mid-lookup. The old
+            // reference is kept (a small leak) rather than freed under it.
+            return;
+        }
+        std::hint::spin_loop();
+    }
+    // SAFETY: `old` came from `Arc::into_raw` above (an earlier call); no reader can still
+    // load it (the swap came before the wait), so this reference is ours to drop.
+    unsafe { drop(Arc::from_raw(old)) };
 }
 
 unsafe extern "C" fn atfork_prepare() {
@@ -783,7 +842,10 @@ unsafe fn connect_local(
         local: local.to_string(),
         peer: dst.to_string(),
     });
-    with_table(|t| t.fds.insert(fd, e));
+    with_table(|t| {
+        slot_set(fd, Some(&e));
+        t.fds.insert(fd, e)
+    });
     set_mark(fd, true);
     report_route(
         "client",
@@ -914,7 +976,10 @@ fn accept_local(fd: c_int, flags: c_int) {
         local: ls.clone(),
         peer: ps.clone(),
     });
-    with_table(|t| t.fds.insert(fd, e));
+    with_table(|t| {
+        slot_set(fd, Some(&e));
+        t.fds.insert(fd, e)
+    });
     set_mark(fd, true);
     report_route("server", &ls, &ps, "local", None);
 }
@@ -1401,7 +1466,10 @@ pub fn closing(fd: c_int) {
     let err = last_errno();
     guard::shielded(|| {
         set_mark(fd, false);
-        let (e, listener) = with_table(|t| (t.fds.remove(&fd), t.listeners.remove(&fd)));
+        let (e, listener) = with_table(|t| {
+            slot_set(fd, None);
+            (t.fds.remove(&fd), t.listeners.remove(&fd))
+        });
         if let Some((name, pid)) = listener {
             if pid == sys::getpid() {
                 if let Ok(mem) = memory() {
@@ -1451,6 +1519,7 @@ pub fn duplicated(old: c_int, new: c_int) {
     with_table(|t| {
         if let Some(e) = t.fds.get(&old).cloned() {
             e.refs.fetch_add(1, Relaxed);
+            slot_set(new, Some(&e));
             t.fds.insert(new, e);
         }
     });
@@ -1600,6 +1669,7 @@ fn close_all() {
             .drain()
             .map(|(fd, e)| {
                 set_mark(fd, false);
+                slot_set(fd, None);
                 e
             })
             .collect();
