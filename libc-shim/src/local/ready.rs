@@ -90,8 +90,11 @@ struct Inst {
     /// Kernel descriptors added through the hook (an over-count after a close is harmless).
     kernel: u32,
     exposed: bool,
-    /// The kick eventfd of an exposed instance (-1: none).
+    /// The kick eventfd (-1: none yet).
     kick: c_int,
+    /// Threads asleep in the kernel on it (a registration added or re-armed meanwhile kicks
+    /// them: their pins do not cover it).
+    sleepers: u32,
     calls: u32,
     last_kernel: Instant,
     /// Where the next scan starts (fairness among local descriptors).
@@ -115,6 +118,7 @@ fn inst_or_new(epfd: c_int) -> Arc<Mutex<Inst>> {
                 kernel: 0,
                 exposed: false,
                 kick: -1,
+                sleepers: 0,
                 calls: 0,
                 last_kernel: Instant::now(),
                 rr: 0,
@@ -261,23 +265,41 @@ fn expose(epfd: c_int) {
         // SAFETY: a valid event for a registered descriptor.
         unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, r.fd, &mut kev) };
     }
+    ensure_kick(epfd, &mut i);
+    kick_if_ready(&mut i);
+}
+
+/// Gives instance `epfd` its kick: an eventfd in it (level-triggered), set to wake a thread
+/// asleep in it when a registration changes, or (exposed) to keep it readable.
+fn ensure_kick(epfd: c_int, i: &mut Inst) {
+    if i.kick >= 0 {
+        return;
+    }
     // SAFETY: eventfd has no memory arguments.
     let k = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if k >= 0 {
-        let kk = super::hide(k);
-        super::close_fd(k);
-        let mut ev = epoll_event {
-            events: IN,
-            u64: KICK,
-        };
-        // SAFETY: a valid event for our own eventfd.
-        if kk >= 0 && unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, kk, &mut ev) } == 0 {
-            i.kick = kk;
-        } else {
-            super::close_fd(kk);
-        }
+    if k < 0 {
+        return;
     }
-    kick_if_ready(&mut i);
+    let kk = super::hide(k);
+    super::close_fd(k);
+    let mut ev = epoll_event {
+        events: IN,
+        u64: KICK,
+    };
+    // SAFETY: a valid event for our own eventfd.
+    if kk >= 0 && unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, kk, &mut ev) } == 0 {
+        i.kick = kk;
+    } else {
+        super::close_fd(kk);
+    }
+}
+
+fn kick(i: &Inst) {
+    if i.kick >= 0 {
+        let one: u64 = 1;
+        // SAFETY: eight readable bytes into our eventfd.
+        unsafe { libc::write(i.kick, (&one as *const u64).cast(), 8) };
+    }
 }
 
 /// An exposed instance: sets the kick while a level-triggered registration has bytes no token
@@ -305,10 +327,8 @@ fn kick_if_ready(i: &mut Inst) {
             }
         }
     }
-    if ready && i.kick >= 0 {
-        let one: u64 = 1;
-        // SAFETY: eight readable bytes into our eventfd.
-        unsafe { libc::write(i.kick, (&one as *const u64).cast(), 8) };
+    if ready {
+        kick(i);
     }
 }
 
@@ -394,6 +414,10 @@ fn ctl_local(epfd: c_int, op: c_int, fd: c_int, e: Arc<Entry>, app: Option<epoll
                     hup: 0,
                     pinned,
                 });
+            }
+            ensure_kick(epfd, &mut g);
+            if g.sleepers > 0 {
+                kick(&g);
             }
             kick_if_ready(&mut g);
             0
@@ -680,12 +704,14 @@ pub unsafe fn epoll_wait(
                 disarm(&w);
                 continue;
             }
+            i.lock().sleepers += 1;
             ms_left(deadline)
         };
         // SAFETY: the caller's arguments.
         let k = unsafe { real::epoll_pwait(epfd, ev, max as c_int, t, mask) };
         let err = guard::errno();
         if t != 0 {
+            i.lock().sleepers -= 1;
             disarm(&w);
         }
         if k < 0 {
