@@ -128,7 +128,8 @@ fn inst_or_new(epfd: c_int) -> Arc<Mutex<Inst>> {
 }
 
 fn conn_of<R>(e: &Entry, f: impl FnOnce(&Conn) -> R) -> Option<R> {
-    e.conn.read().as_ref().map(f)
+    // Recursive: a spin holds the read guards of every registration it watches.
+    e.conn.read_recursive().as_ref().map(f)
 }
 
 /// The epoll bits a ring state gives (before the application's mask).
@@ -473,7 +474,11 @@ fn collect(epfd: c_int, i: &mut Inst, out: &mut Vec<epoll_event>, room: usize) {
         if r.disabled {
             continue;
         }
-        let Some(p) = conn_of(&r.e, Conn::poll_bits) else {
+        let Some(p) = conn_of(&r.e, |c| {
+            // A level-triggered reader: one look at the ring decides most of the time.
+            (r.events & (OUT | ET) != 0 || r.hup != 0 || c.readable()).then(|| c.poll_bits())
+        })
+        .flatten() else {
             continue;
         };
         let m = bits_of(&p, r.hup) & (r.events | HUP | ERR);
@@ -563,9 +568,27 @@ fn wanted(i: &Inst) -> Vec<Want> {
         .collect()
 }
 
-fn any_ready(w: &[Want]) -> bool {
-    w.iter()
-        .any(|x| conn_of(&x.e, |c| x.ready(&c.poll_bits())).unwrap_or(false))
+/// Spins (the adaptive budget of the first registration's ring) until a registration is
+/// ready; true when one was.
+fn spin(w: &[Want]) -> bool {
+    let guards: Vec<_> = w.iter().map(|x| x.e.conn.read_recursive()).collect();
+    let conns: Vec<(&Want, &Conn)> = w
+        .iter()
+        .zip(&guards)
+        .filter_map(|(x, g)| g.as_ref().map(|c| (x, c)))
+        .collect();
+    let Some((_, first)) = conns.first() else {
+        return false;
+    };
+    first.spin_until_ready(&|| {
+        conns.iter().any(|(x, c)| {
+            if x.events & (OUT | ET) == 0 && x.hup == 0 {
+                c.readable()
+            } else {
+                x.ready(&c.poll_bits())
+            }
+        })
+    })
 }
 
 /// Before a kernel sleep: pins the rings (tokens on), clears a stale token of an empty ring
@@ -688,12 +711,8 @@ pub unsafe fn epoll_wait(
         let w = wanted(&i.lock());
         if timeout != 0 && !spun {
             spun = true;
-            if let Some(x) = w.first() {
-                let seen =
-                    conn_of(&x.e, |c| c.spin_until_ready(&|| any_ready(&w))).unwrap_or(false);
-                if seen {
-                    continue;
-                }
+            if spin(&w) {
+                continue;
             }
         }
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
