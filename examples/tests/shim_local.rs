@@ -1011,6 +1011,16 @@ check("level again", ep.poll(0), [(fd, IN)])
 check("level bytes", s.recv(10), b"z")
 check("level drained", ep.poll(0), [])
 
+# A duplicate of the instance's descriptor waits the same way; closing it keeps the instance.
+d = select.epoll.fromfd(os.dup(ep.fileno()))
+c.sendall(b"d")
+check("duplicate instance", d.poll(5), [(fd, IN)])
+check("dup bytes", s.recv(10), b"d")
+d.close()
+c.sendall(b"e")
+check("instance after its duplicate closed", ep.poll(5), [(fd, IN)])
+check("e bytes", s.recv(10), b"e")
+
 # A wait with a timeout sleeps (little CPU) and times out; a sender thread wakes a
 # blocking wait.
 r0 = resource.getrusage(resource.RUSAGE_SELF)

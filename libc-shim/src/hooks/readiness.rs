@@ -383,3 +383,36 @@ pub unsafe extern "C-unwind" fn epoll_pwait(
     // SAFETY: as above.
     unsafe { real::epoll_pwait(epfd, ev, max, timeout, mask) }
 }
+
+/// `epoll_pwait2`: counted as `epoll_pwait`; an instance holding a local-mode descriptor waits
+/// through [`crate::local::ready`] (the timeout rounded up to milliseconds).
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn epoll_pwait2(
+    epfd: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    ts: *const timespec,
+    mask: *const sigset_t,
+) -> c_int {
+    count(Call::EpollPwait);
+    if crate::local::ready::is_epoll(epfd) {
+        let ms = if ts.is_null() {
+            Some(-1)
+        } else {
+            // SAFETY: the caller's timespec.
+            let t = unsafe { std::ptr::read(ts) };
+            (t.tv_sec >= 0 && (0..1_000_000_000).contains(&t.tv_nsec)).then(|| {
+                let ns = t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128;
+                ns.div_ceil(1_000_000).min(i32::MAX as u128) as c_int
+            })
+        };
+        if let Some(ms) = ms {
+            // SAFETY: the caller's arguments.
+            if let Some(r) = unsafe { crate::local::ready::epoll_wait(epfd, ev, max, ms, mask) } {
+                return r;
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe { real::epoll_pwait2(epfd, ev, max, ts, mask) }
+}

@@ -50,24 +50,49 @@
 //! # Readiness
 //!
 //! The application's descriptor is one end of an AF_UNIX socketpair; the peer holds the other.
-//! A writer that publishes into an empty ring puts one token byte into *its* end, which makes
-//! the reader's descriptor readable; a reader that empties the ring takes the byte out
-//! (`Conn::token_take`/`token_release`: at most one byte per direction, never a byte left
-//! behind an empty ring). `shutdown(SHUT_WR)` shuts the pair's end down too (EOF and
-//! `POLLRDHUP` at the peer), the last close closes it (`POLLHUP`). So kernel `epoll`, `poll`
-//! and `select` work on sets mixing local and kernel descriptors. A reader blocked in `recv`
-//! sleeps on the ring's futex, announcing the room it has; a writer that finds it asleep with
-//! room for everything queued wakes it and puts no token (the reader drains the ring, so no
-//! readiness is owed): one system call each side per message, as TCP. Every 50 ms of sleep it
-//! checks for a dead or vanished peer. Writability follows the ring: each pair end's send
-//! buffer is small (24 KiB); a non-blocking send that finds the ring full (4 MiB or 256
-//! entries in flight) writes filler bytes into its end until the end stops polling writable,
-//! records their count in the ring (`Conn::fillers_add`), looks at the ring once more (room
-//! may have opened meanwhile), and fails with EAGAIN; the reader, after each receive that
-//! consumed (room opened), reads exactly that many bytes out (`Conn::fillers_take`: one load
-//! when there are none), and the writer's end polls writable again. Only byte counts matter
-//! to the token protocol, so fillers and tokens mix freely. A blocking send sleeps on the
-//! ring's futex.
+//! `shutdown(SHUT_WR)` shuts the pair's end down too (EOF and `POLLRDHUP` at the peer), the
+//! last close closes it (`POLLHUP`).
+//!
+//! **From the rings** ([`ready`]): `epoll_wait`/`epoll_pwait`, `poll`/`ppoll` and
+//! `select`/`pselect` look at the rings of local descriptors first (shared-memory loads). Each
+//! epoll instance holding a local descriptor keeps a shadow registration of it (the
+//! application's events and data; `EPOLLET`, `EPOLLONESHOT`, `EPOLLRDHUP` emulated from the
+//! ring's sequence words); its kernel registration is the shim's (edge-triggered, a data word
+//! of its own), so a kernel event on it is only a wake-up. A wait returns the ready local
+//! events at once, with the kernel descriptors' events from a zero-timeout `epoll_wait` every
+//! 4th such call or 200 us (so kernel descriptors are not starved; local ones are scanned
+//! round-robin). With nothing ready it spins (the adaptive budget of
+//! [`hicamp::shared::set_adaptive_spin`]), then *arms* and sleeps in the kernel.
+//!
+//! **Tokens only for a sleeper**: a writer that publishes puts one token byte into its end of
+//! the pair (which makes the reader's descriptor readable to the kernel) only while the ring's
+//! `pins` word is nonzero (`Conn::pin`). A waiter about to sleep in a kernel wait that can see
+//! the descriptor pins the ring, looks at it again, clears a stale token, and sleeps; the writer
+//! publishes before it looks at the pins (both sequentially consistent), so either the waiter
+//! sees the data or the writer puts the token. While the reader's process is awake no token is
+//! written or read: no system call per message on either side. The token protocol itself is
+//! unchanged (`Conn::token_take`/`token_release`: at most one byte per direction, never a
+//! byte left behind an empty ring).
+//!
+//! Waits the hooks do not see keep tokens on for good: a `fork` pins every connection of the
+//! process (either process may wait on it, or on an inherited epoll instance); an epoll
+//! instance added to another one or polled by `poll`/`select` is *exposed*: its local
+//! descriptors stay pinned, their kernel registrations follow the application's trigger mode,
+//! and its kick eventfd is set while bytes published before the exposure (no token stands for
+//! them) are queued. `HICAMP_LOCAL_TOKENS=always` pins every connection from the start: for a
+//! process that waits through io_uring or raw system calls, which the shim cannot see. A
+//! registration added or re-armed while a thread sleeps in the instance kicks it.
+//!
+//! A reader blocked in `recv` sleeps on the ring's futex, announcing the room it has; a writer
+//! that finds it asleep wakes it (no token). Every 50 ms of sleep it checks for a dead or
+//! vanished peer. Writability follows the ring: each pair end's send buffer is small (24 KiB);
+//! a non-blocking send (or a wait for `EPOLLOUT`/`POLLOUT`) that finds the ring full (4 MiB or
+//! 256 entries in flight) writes filler bytes into its end until the end stops polling
+//! writable, records their count in the ring (`Conn::fillers_add`), looks at the ring once
+//! more (room may have opened meanwhile), and fails with EAGAIN (or sleeps); the reader, after
+//! each receive that consumed (room opened), reads exactly that many bytes out
+//! (`Conn::fillers_take`: one load when there are none), and the writer's end polls writable
+//! again: that is the kernel's wake-up. A blocking send sleeps on the ring's futex.
 //!
 //! # Data path
 //!
@@ -1512,6 +1537,11 @@ pub fn closing_range(first: u32, last: u32) {
 
 /// `new` is a duplicate of `old`.
 pub fn duplicated(old: c_int, new: c_int) {
+    if on() {
+        if let Some(_g) = Guard::enter() {
+            guard::shielded(|| ready::duplicated(old, new));
+        }
+    }
     if new < 0 || old == new || !marked(old) {
         return;
     }
@@ -1537,7 +1567,7 @@ pub fn set_flags(fd: c_int, flags: c_int) {
 
 /// `dup2`/`dup3(old, new)` is about to replace `new`.
 pub fn dup_onto(old: c_int, new: c_int) {
-    if old != new && marked(new) {
+    if old != new && (marked(new) || ready::is_epoll(new)) {
         closing(new);
     }
 }

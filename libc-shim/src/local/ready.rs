@@ -179,7 +179,11 @@ pub fn closing(fd: c_int) {
     if bit(&EPOLL_FDS, fd) {
         set_bit(&EPOLL_FDS, fd, false);
         set_bit(&EXPOSED, fd, false);
-        let gone = INSTS.write().as_mut().and_then(|m| m.remove(&fd));
+        let gone = INSTS.write().as_mut().and_then(|m| {
+            let i = m.remove(&fd)?;
+            // Another number (a `dup`) still names the instance: it stays.
+            (!m.values().any(|v| Arc::ptr_eq(v, &i))).then_some(i)
+        });
         if let Some(i) = gone {
             let mut i = i.lock();
             for r in i.regs.drain(..) {
@@ -207,6 +211,26 @@ pub fn closing(fd: c_int) {
                     true
                 }
             });
+        }
+    }
+}
+
+/// True when `fd` is an epoll instance created in this process (local mode).
+pub fn is_epoll(fd: c_int) -> bool {
+    bit(&EPOLL_FDS, fd)
+}
+
+/// `new` is a duplicate of `old`: an epoll instance answers to both numbers.
+pub fn duplicated(old: c_int, new: c_int) {
+    if new < 0 || old == new || !bit(&EPOLL_FDS, old) {
+        return;
+    }
+    set_bit(&EPOLL_FDS, new, true);
+    set_bit(&EXPOSED, new, bit(&EXPOSED, old));
+    let mut g = INSTS.write();
+    if let Some(m) = g.as_mut() {
+        if let Some(i) = m.get(&old).cloned() {
+            m.insert(new, i);
         }
     }
 }
