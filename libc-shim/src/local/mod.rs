@@ -80,7 +80,8 @@
 //! descriptors stay pinned, their kernel registrations follow the application's trigger mode,
 //! and its kick eventfd is set while bytes published before the exposure (no token stands for
 //! them) are queued. `HICAMP_LOCAL_TOKENS=always` pins every connection from the start: for a
-//! process that waits through io_uring or raw system calls, which the shim cannot see. A
+//! process that waits through io_uring or raw system calls, which the shim cannot see; so does
+//! `stack,local` (stack mode's epoll hooks run its interface inline). A
 //! registration added or re-armed while a thread sleeps in the instance kicks it.
 //!
 //! A reader blocked in `recv` sleeps on the ring's futex, announcing the room it has; a writer
@@ -417,6 +418,7 @@ fn tokens_always() -> bool {
     static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *V.get_or_init(|| {
         std::env::var("HICAMP_LOCAL_TOKENS").is_ok_and(|v| v.trim() == "always")
+            || !ready::active()
     })
 }
 

@@ -165,9 +165,17 @@ fn edge_key(p: &PollBits, events: u32) -> (u32, u32) {
     )
 }
 
+/// Readiness from the rings: local mode alone or beside trace mode. Beside stack mode (whose
+/// epoll hooks run the interface inline) every local connection keeps tokens on for good
+/// (`super::tokens_always`), and the kernel's readiness is the application's.
+#[inline]
+pub fn active() -> bool {
+    super::on() && !crate::stack::on()
+}
+
 /// `epoll_create`/`epoll_create1` returned `fd`.
 pub fn created(fd: c_int) {
-    if fd >= 0 && super::on() {
+    if fd >= 0 && active() {
         set_bit(&EPOLL_FDS, fd, true);
         set_bit(&EXPOSED, fd, false);
     }
@@ -368,7 +376,7 @@ fn unkick(kick: c_int) {
 /// # Safety
 /// The caller's `epoll_ctl` arguments.
 pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event) -> Option<c_int> {
-    if !super::on() || guard::inside() {
+    if !active() || guard::inside() {
         return None;
     }
     let nested = op == libc::EPOLL_CTL_ADD && bit(&EPOLL_FDS, fd);
@@ -673,7 +681,7 @@ pub unsafe fn epoll_wait(
     timeout: c_int,
     mask: *const sigset_t,
 ) -> Option<c_int> {
-    if !super::on() || guard::inside() || !bit(&EPOLL_FDS, epfd) || ev.is_null() || max <= 0 {
+    if !active() || guard::inside() || !bit(&EPOLL_FDS, epfd) || ev.is_null() || max <= 0 {
         return None;
     }
     let i = inst(epfd)?;
@@ -822,7 +830,7 @@ pub unsafe fn ppoll(
     ts: *const timespec,
     mask: *const sigset_t,
 ) -> Option<c_int> {
-    if !super::on() || guard::inside() || fds.is_null() || n == 0 || n > 1 << 20 {
+    if !active() || guard::inside() || fds.is_null() || n == 0 || n > 1 << 20 {
         return None;
     }
     // SAFETY: the caller's `n` pollfds.
@@ -936,7 +944,7 @@ pub unsafe fn pselect(
     ts: *const timespec,
     mask: *const sigset_t,
 ) -> Option<c_int> {
-    if !super::on() || guard::inside() || !(1..=libc::FD_SETSIZE as c_int).contains(&nfds) {
+    if !active() || guard::inside() || !(1..=libc::FD_SETSIZE as c_int).contains(&nfds) {
         return None;
     }
     let isset = |s: *mut libc::fd_set, fd: c_int| {
