@@ -353,10 +353,9 @@ pub unsafe extern "C-unwind" fn epoll_wait(
         // SAFETY: as above.
         return unsafe { epoll_inline(epfd, ev, max, timeout, std::ptr::null()) };
     }
+    let mask = std::ptr::null();
     // SAFETY: the caller's arguments.
-    if let Some(r) =
-        unsafe { crate::local::ready::epoll_wait(epfd, ev, max, timeout, std::ptr::null()) }
-    {
+    if let Some(r) = unsafe { crate::local::ready::epoll_wait(epfd, ev, max, timeout, mask) } {
         return r;
     }
     // SAFETY: as above.

@@ -301,7 +301,9 @@ fn slot_set(fd: c_int, e: Option<&Arc<Entry>>) {
         return;
     }
     let s = &SLOTS[i];
-    let new = e.map_or(std::ptr::null_mut(), |e| Arc::into_raw(e.clone()).cast_mut());
+    let new = e.map_or(std::ptr::null_mut(), |e| {
+        Arc::into_raw(e.clone()).cast_mut()
+    });
     let old = s.p.swap(new, SeqCst);
     if old.is_null() {
         return;
@@ -417,8 +419,7 @@ fn memory() -> Result<Arc<SharedMemory>, String> {
 fn tokens_always() -> bool {
     static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *V.get_or_init(|| {
-        std::env::var("HICAMP_LOCAL_TOKENS").is_ok_and(|v| v.trim() == "always")
-            || !ready::active()
+        std::env::var("HICAMP_LOCAL_TOKENS").is_ok_and(|v| v.trim() == "always") || !ready::active()
     })
 }
 

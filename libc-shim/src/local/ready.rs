@@ -160,7 +160,11 @@ fn bits_of(p: &PollBits, hup: u32) -> u32 {
 /// directions it asked for (a new publish, FIN or RST in; a consume or close out).
 fn edge_key(p: &PollBits, events: u32) -> (u32, u32) {
     (
-        if events & (IN | RDHUP) != 0 { p.in_seq } else { 0 },
+        if events & (IN | RDHUP) != 0 {
+            p.in_seq
+        } else {
+            0
+        },
         if events & OUT != 0 { p.out_seq } else { 0 },
     )
 }
@@ -916,8 +920,8 @@ pub unsafe fn ppoll(
         }
         for (k, e) in &locals {
             let p = &mut set[*k];
-            let bits = conn_of(e, |c| poll_bits_of(&c.poll_bits(), p.revents))
-                .unwrap_or(libc::POLLNVAL);
+            let bits =
+                conn_of(e, |c| poll_bits_of(&c.poll_bits(), p.revents)).unwrap_or(libc::POLLNVAL);
             p.revents = bits & (p.events | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL);
         }
         let count = set.iter().filter(|p| p.revents != 0).count() as c_int;
