@@ -627,7 +627,7 @@ fn spin(w: &[Want]) -> bool {
     })
 }
 
-/// Before a kernel sleep: pins the rings (tokens on), clears a stale token of an empty ring
+/// Before a kernel sleep: pins the rings of readers (tokens on), clears a stale token of an empty ring
 /// (so that the next token is a new edge), fills the rings of writers waiting for room (so
 /// that the drain is one). True when something is ready after all (the caller unpins and does
 /// not sleep).
@@ -635,7 +635,9 @@ fn arm(w: &[Want]) -> bool {
     let mut ready = false;
     for x in w {
         conn_of(&x.e, |c| {
-            c.pin();
+            if x.events & IN != 0 {
+                c.pin();
+            }
             let p = c.poll_bits();
             if x.ready(&p) {
                 ready = true;
@@ -655,8 +657,10 @@ fn arm(w: &[Want]) -> bool {
     ready
 }
 
+/// Drops the pins [`arm`] took (only a reader needs tokens: writability and hang-ups reach the
+/// kernel through the pair's send buffer and its shutdown).
 fn disarm(w: &[Want]) {
-    for x in w {
+    for x in w.iter().filter(|x| x.events & IN != 0) {
         conn_of(&x.e, Conn::unpin);
     }
 }
