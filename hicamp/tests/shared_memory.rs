@@ -388,7 +388,10 @@ fn readiness_tokens_follow_the_ring() {
     let a = mem.connect().unwrap();
     let b = mem.accept(a.id()).unwrap();
     a.send(b"unpinned").unwrap();
-    assert!(!a.token_take(), "no pin: the reader looks at the ring itself");
+    assert!(
+        !a.token_take(),
+        "no pin: the reader looks at the ring itself"
+    );
     assert!(b.readable() && b.poll_bits().data);
     let mut big = [0u8; 16];
     assert_eq!(b.recv_nb(&mut big, true, false).unwrap(), 8);
@@ -430,7 +433,10 @@ fn readiness_tokens_follow_the_ring() {
     let seq = p.in_seq;
     a.shutdown_write().unwrap();
     let p = b.poll_bits();
-    assert!(p.fin && p.in_seq != seq, "FIN is an event of the incoming ring");
+    assert!(
+        p.fin && p.in_seq != seq,
+        "FIN is an event of the incoming ring"
+    );
     drop(a);
     drop(b);
     clean(&mem);

@@ -710,42 +710,44 @@ pub unsafe fn epoll_wait(
         }
     }
     loop {
-        // 1. The rings.
+        // 1. The rings, and every 4th call or 200 us the kernel descriptors (one slot kept
+        //    for them, so that local descriptors always ready cannot starve them).
         local.clear();
-        let (kernel, exposed) = {
+        let (due, exposed) = {
             let mut g = i.lock();
-            collect(epfd, &mut g, &mut local, max);
-            (g.kernel > 0, g.exposed)
-        };
-        if !local.is_empty() {
-            let mut nk = 0;
-            let room = max - local.len();
-            let due = {
-                let mut g = i.lock();
-                g.calls = g.calls.wrapping_add(1);
-                let due = (kernel || exposed)
-                    && room > 0
-                    && (g.calls.is_multiple_of(KERNEL_EVERY)
-                        || g.last_kernel.elapsed() >= KERNEL_EVERY_TIME);
-                if due {
-                    g.last_kernel = Instant::now();
-                }
-                due
-            };
+            g.calls = g.calls.wrapping_add(1);
+            let due = (g.kernel > 0 || g.exposed)
+                && (g.calls.is_multiple_of(KERNEL_EVERY)
+                    || g.last_kernel.elapsed() >= KERNEL_EVERY_TIME);
             if due {
+                g.last_kernel = Instant::now();
+            }
+            collect(epfd, &mut g, &mut local, if due { max - 1 } else { max });
+            (due, g.exposed)
+        };
+        if !local.is_empty() || due {
+            let mut nk = 0;
+            if due {
+                let room = max - local.len();
                 // SAFETY: `room` events at the front of the caller's array.
                 let k = unsafe { real::epoll_pwait(epfd, ev, room as c_int, 0, mask) };
+                let mut g = i.lock();
                 if k > 0 {
-                    let mut g = i.lock();
                     nk = filter(&mut g, &mut out[..k as usize]);
+                }
+                if nk == 0 && local.is_empty() {
+                    // The slot kept for the kernel (all of a 1-event array) went unused.
+                    collect(epfd, &mut g, &mut local, max);
                 }
             }
             let n = nk + local.len();
-            out[nk..n].copy_from_slice(&local);
-            if exposed {
-                kick_if_ready(&mut i.lock());
+            if n > 0 {
+                out[nk..n].copy_from_slice(&local);
+                if exposed {
+                    kick_if_ready(&mut i.lock());
+                }
+                return Some(n as c_int);
             }
-            return Some(n as c_int);
         }
         // 2. Nothing local ready: a look at the kernel, or a wait.
         let w = wanted(&i.lock());
