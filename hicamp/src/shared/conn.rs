@@ -920,6 +920,18 @@ impl Conn {
         self.rring().tokens.load(SeqCst) != 0
     }
 
+    /// Readiness tokens, reader's side: takes the outstanding token back
+    /// whatever the ring holds; true when the caller must read its byte. For
+    /// a reader whose only kernel waits are its own edge-triggered ones: with
+    /// bytes queued and the token out, the next publish would write no new
+    /// byte (no new edge).
+    pub fn token_reset(&self) -> bool {
+        self.rring()
+            .tokens
+            .compare_exchange(1, 0, SeqCst, SeqCst)
+            .is_ok()
+    }
+
     /// The readiness of this end in one look, for `epoll`/`poll` emulation.
     pub fn poll_bits(&self) -> PollBits {
         let r = self.rring();

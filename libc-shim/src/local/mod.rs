@@ -232,6 +232,9 @@ struct Entry {
     empty_reads: AtomicU32,
     /// `O_NONBLOCK` of the descriptor (kept by the `fcntl` and `ioctl` hooks).
     nonblock: std::sync::atomic::AtomicBool,
+    /// Registrations of it in exposed epoll instances (see [`ready`]): their tokens serve
+    /// waits the shim does not see.
+    exposed: AtomicU32,
     /// A fork shared it: this process's last close is not the connection's (the peer sees the
     /// last close anywhere as its pair end's hang-up, and closes our ring end for us).
     forked: std::sync::atomic::AtomicBool,
@@ -863,6 +866,7 @@ unsafe fn connect_local(
         refs: AtomicU32::new(1),
         empty_reads: AtomicU32::new(0),
         nonblock: std::sync::atomic::AtomicBool::new(fl >= 0 && fl & libc::O_NONBLOCK != 0),
+        exposed: AtomicU32::new(0),
         forked: std::sync::atomic::AtomicBool::new(false),
         copied_in: AtomicU64::new(0),
         copied_out: AtomicU64::new(0),
@@ -997,6 +1001,7 @@ fn accept_local(fd: c_int, flags: c_int) {
         refs: AtomicU32::new(1),
         empty_reads: AtomicU32::new(0),
         nonblock: std::sync::atomic::AtomicBool::new(flags & libc::SOCK_NONBLOCK != 0),
+        exposed: AtomicU32::new(0),
         forked: std::sync::atomic::AtomicBool::new(false),
         copied_in: AtomicU64::new(0),
         copied_out: AtomicU64::new(0),
@@ -1054,10 +1059,15 @@ fn errno_of(e: &SharedError) -> c_int {
 /// Reads the token byte `Conn::token_release` says is ours.
 fn drop_token(fd: c_int, c: &Conn) {
     if c.token_release() {
-        let mut byte = 0u8;
-        // SAFETY: one writable byte.
-        unsafe { real::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_DONTWAIT) };
+        read_token_byte(fd);
     }
+}
+
+/// Reads one token byte out of the pair's end `fd`.
+fn read_token_byte(fd: c_int) {
+    let mut byte = 0u8;
+    // SAFETY: one writable byte.
+    unsafe { real::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_DONTWAIT) };
 }
 
 fn put_token(fd: c_int, c: &Conn) {

@@ -268,7 +268,20 @@ pub fn closing_range(first: u32, last: u32) {
 fn release(r: &Reg) {
     if r.pinned {
         conn_of(&r.e, Conn::unpin);
+        r.e.exposed.fetch_sub(1, Relaxed);
     }
+}
+
+/// Takes a pin for good on `r` (an exposed instance's registration).
+fn pin_for_good(e: &Entry) {
+    conn_of(e, Conn::pin);
+    e.exposed.fetch_add(1, Relaxed);
+}
+
+/// True when the tokens of `e`'s ring may serve a wait the shim does not see (after a fork, in
+/// an exposed instance, or tokens always on): then a token stays while bytes are queued.
+fn tokens_shared(e: &Entry) -> bool {
+    super::tokens_always() || e.forked.load(Relaxed) || e.exposed.load(Relaxed) > 0
 }
 
 /// The shim's kernel registration of a local descriptor: edge-triggered (a wake-up per token,
@@ -295,7 +308,7 @@ fn expose(epfd: c_int) {
     i.exposed = true;
     for r in &mut i.regs {
         if !r.pinned {
-            conn_of(&r.e, Conn::pin);
+            pin_for_good(&r.e);
             r.pinned = true;
         }
         let mut kev = kernel_event(r.fd, r.events, r.disabled, true);
@@ -439,7 +452,7 @@ fn ctl_local(epfd: c_int, op: c_int, fd: c_int, e: Arc<Entry>, app: Option<epoll
             } else {
                 let pinned = g.exposed;
                 if pinned {
-                    conn_of(&e, Conn::pin);
+                    pin_for_good(&e);
                 }
                 g.regs.push(Reg {
                     fd,
@@ -643,8 +656,15 @@ fn arm(w: &[Want]) -> bool {
                 ready = true;
                 return;
             }
-            if x.events & IN != 0 && !p.data && c.token_held() {
-                super::drop_token(x.fd, c);
+            if x.events & IN != 0 && c.token_held() {
+                if !p.data {
+                    super::drop_token(x.fd, c);
+                } else if x.events & ET != 0 && !tokens_shared(&x.e) && c.token_reset() {
+                    // Edge-triggered with bytes left unread (reported already) and a token
+                    // out: the next publish must write a new byte (a new edge), so the token
+                    // goes now; no wait the shim does not see relies on it.
+                    super::read_token_byte(x.fd);
+                }
             }
             if x.events & OUT != 0 && !p.writable {
                 super::fill(x.fd, c);
