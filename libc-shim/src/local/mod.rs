@@ -82,7 +82,10 @@
 //! them) are queued. `HICAMP_LOCAL_TOKENS=always` pins every connection from the start: for a
 //! process that waits through io_uring or raw system calls, which the shim cannot see; so does
 //! `stack,local` (stack mode's epoll hooks run its interface inline). A
-//! registration added or re-armed while a thread sleeps in the instance kicks it.
+//! registration added or re-armed while a thread sleeps in the instance kicks it. An
+//! edge-triggered waiter that left bytes unread takes its outstanding token back before it
+//! sleeps (`Conn::token_reset`, unless tokens are on for good), so that the next publish writes
+//! a new byte: a new edge.
 //!
 //! A reader blocked in `recv` sleeps on the ring's futex, announcing the room it has; a writer
 //! that finds it asleep wakes it (no token). Every 50 ms of sleep it checks for a dead or
