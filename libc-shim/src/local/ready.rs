@@ -716,8 +716,26 @@ pub unsafe fn epoll_wait(
     if i.lock().regs.is_empty() {
         return None;
     }
-    let _g = Guard::enter()?;
-    let max = max as usize;
+    let g = Guard::enter()?;
+    // SAFETY: the caller's arguments.
+    guard::shielded(|| unsafe { wait_shadow(epfd, &i, g, ev, max as usize, timeout, mask) })
+}
+
+/// [`epoll_wait`] on shadowed instance `i`; `g` is dropped while the thread sleeps in the
+/// kernel (a signal handler may then use the hooks).
+///
+/// # Safety
+/// The caller's `epoll_pwait` arguments (`max` > 0).
+unsafe fn wait_shadow(
+    epfd: c_int,
+    i: &Arc<Mutex<Inst>>,
+    g: Guard,
+    ev: *mut epoll_event,
+    max: usize,
+    timeout: c_int,
+    mask: *const sigset_t,
+) -> c_int {
+    let mut guard_held = Some(g);
     // SAFETY: the caller's array of `max` events.
     let out = unsafe { std::slice::from_raw_parts_mut(ev, max) };
     let deadline = (timeout >= 0).then(|| Instant::now() + Duration::from_millis(timeout as u64));
@@ -766,7 +784,7 @@ pub unsafe fn epoll_wait(
                 if exposed {
                     kick_if_ready(&mut i.lock());
                 }
-                return Some(n as c_int);
+                return n as c_int;
             }
         }
         // 2. Nothing local ready: a look at the kernel, or a wait.
@@ -778,26 +796,31 @@ pub unsafe fn epoll_wait(
             }
         }
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
-        let t = if timeout == 0 || expired {
-            0
-        } else {
+        let sleep = timeout != 0 && !expired;
+        let t = if sleep {
             if arm(&w) {
                 disarm(&w);
                 continue;
             }
             i.lock().sleepers += 1;
+            guard_held = None;
             ms_left(deadline)
+        } else {
+            0
         };
         // SAFETY: the caller's arguments.
         let k = unsafe { real::epoll_pwait(epfd, ev, max as c_int, t, mask) };
         let err = guard::errno();
-        if t != 0 {
-            i.lock().sleepers -= 1;
+        if sleep {
+            guard_held = Guard::enter();
+            let mut g = i.lock();
+            g.sleepers = g.sleepers.saturating_sub(1);
+            drop(g);
             disarm(&w);
         }
         if k < 0 {
             guard::set_errno(err);
-            return Some(k);
+            return k;
         }
         let mut g = i.lock();
         let nk = filter(&mut g, &mut out[..k as usize]);
@@ -809,11 +832,12 @@ pub unsafe fn epoll_wait(
             kick_if_ready(&mut g);
         }
         drop(g);
-        if n > 0 || t == 0 && (timeout == 0 || expired) {
-            return Some(n as c_int);
+        if n > 0 || !sleep {
+            drop(guard_held);
+            return n as c_int;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Some(0);
+            return 0;
         }
     }
 }
@@ -887,7 +911,26 @@ pub unsafe fn ppoll(
         }
         Some(Instant::now() + Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
     };
-    let _g = Guard::enter()?;
+    let g = Guard::enter()?;
+    // SAFETY: the caller's arguments.
+    guard::shielded(|| unsafe { poll_shadow(fds, n, deadline, mask, g) })
+}
+
+/// [`ppoll`] on a set holding local descriptors; `g` is dropped while the thread sleeps in the
+/// kernel (a signal handler may then use the hooks).
+///
+/// # Safety
+/// The caller's `ppoll` arguments (`n` > 0 pollfds at `fds`).
+unsafe fn poll_shadow(
+    fds: *mut pollfd,
+    n: libc::nfds_t,
+    deadline: Option<Instant>,
+    mask: *const sigset_t,
+    g: Guard,
+) -> c_int {
+    let mut held = Some(g);
+    // SAFETY: the caller's `n` pollfds.
+    let set = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
     let locals: Locals = set
         .iter()
         .enumerate()
@@ -936,13 +979,19 @@ pub unsafe fn ppoll(
         let lp = lts
             .as_ref()
             .map_or(std::ptr::null(), |t| t as *const timespec);
+        if !zero {
+            held = None;
+        }
         // SAFETY: the caller's pollfds and mask; `lp` points to `lts`.
         let r = unsafe { real::ppoll(fds, n, lp, mask) };
         let err = guard::errno();
+        if held.is_none() {
+            held = Guard::enter();
+        }
         disarm(&w);
         if r < 0 {
             guard::set_errno(err);
-            return Some(r);
+            return r;
         }
         for (k, e) in &locals {
             let p = &mut set[*k];
@@ -952,7 +1001,7 @@ pub unsafe fn ppoll(
         }
         let count = set.iter().filter(|p| p.revents != 0).count() as c_int;
         if count > 0 || expired || deadline.is_some_and(|d| Instant::now() >= d) {
-            return Some(count);
+            return count;
         }
         if zero && !expired {
             // Ready at the arm but not now (another thread took it): wait again.
