@@ -1143,3 +1143,51 @@ fn readiness_from_the_rings_matches_kernel_semantics() {
     assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
     s.check_clean();
 }
+
+/// A process holding an io_uring instance, then a local connection; a raw `poll` system call
+/// (not the libc function the shim hooks: the kind of wait the shim cannot see, as io_uring's
+/// own) must see the bytes. Prints `ok`, `no io_uring` or the difference.
+const URING_RAW_POLL: &str = r#"
+import ctypes, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 8, params)  # io_uring_setup
+if ring < 0:
+    print("no io_uring", ctypes.get_errno(), flush=True)
+    sys.exit(0)
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen(1)
+c = socket.create_connection(l.getsockname())
+s, _ = l.accept()
+c.sendall(b"x")
+pfd = ctypes.create_string_buffer(struct.pack("ihh", s.fileno(), 1, 0))
+n = libc.syscall(7, pfd, 1, 5000)  # SYS_poll, POLLIN, 5 s
+fd, ev, rev = struct.unpack("ihh", pfd.raw[:8])
+if n != 1 or not rev & 1:
+    print("raw poll saw nothing:", n, rev, flush=True)
+    sys.exit(1)
+if s.recv(10) != b"x":
+    print("bytes differ", flush=True)
+    sys.exit(1)
+print("ok", flush=True)
+"#;
+
+/// A process that holds an io_uring keeps readiness tokens on (its waits are not the shim's):
+/// see [`URING_RAW_POLL`].
+#[test]
+fn a_process_with_io_uring_keeps_tokens_on() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new("uring");
+    let text = run_ok(s.local("one", &["python3", "-c", URING_RAW_POLL]), 60);
+    if text.starts_with("no io_uring") && testkit::skip(format!("io_uring_setup failed: {text}")) {
+        return;
+    }
+    assert_eq!(text.trim(), "ok", "{text}");
+    let routes = s.routes();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
+    s.check_clean();
+}

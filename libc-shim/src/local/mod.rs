@@ -79,9 +79,11 @@
 //! instance added to another one or polled by `poll`/`select` is *exposed*: its local
 //! descriptors stay pinned, their kernel registrations follow the application's trigger mode,
 //! and its kick eventfd is set while bytes published before the exposure (no token stands for
-//! them) are queued. `HICAMP_LOCAL_TOKENS=always` pins every connection from the start: for a
-//! process that waits through io_uring or raw system calls, which the shim cannot see; so does
-//! `stack,local` (stack mode's epoll hooks run its interface inline). A
+//! them) are queued. A process holding an io_uring instance (looked for in `/proc/self/fd` when
+//! a connection goes local, at most once a second) pins every connection for good: its waits
+//! are not the shim's. `HICAMP_LOCAL_TOKENS=always` pins every connection from the start: for
+//! a process that waits through raw system calls, or makes its io_uring after its last
+//! connection; so does `stack,local` (stack mode's epoll hooks run its interface inline). A
 //! registration added or re-armed while a thread sleeps in the instance kicks it. An
 //! edge-triggered waiter that left bytes unread takes its outstanding token back before it
 //! sleeps (`Conn::token_reset`, unless tokens are on for good), so that the next publish writes
@@ -427,6 +429,53 @@ fn tokens_always() -> bool {
     *V.get_or_init(|| {
         std::env::var("HICAMP_LOCAL_TOKENS").is_ok_and(|v| v.trim() == "always") || !ready::active()
     })
+}
+
+/// Set once an io_uring instance was seen among this process's descriptors.
+static URING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// When `/proc/self/fd` was last looked through (milliseconds since the first look, plus 1).
+static URING_SCAN: AtomicU64 = AtomicU64::new(0);
+
+/// True once the process holds an io_uring instance, whose waits (a poll of a local
+/// descriptor, or of an epoll instance holding one) the shim cannot see: every connection then
+/// keeps tokens on for good. Looked for when a connection goes local, at most once a second
+/// (so an io_uring made after the last look is seen at a later connection). The caller does
+/// not hold TABLE.
+fn uring_seen() -> bool {
+    static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    if URING.load(Relaxed) {
+        return true;
+    }
+    let now = T0
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1;
+    let last = URING_SCAN.load(Relaxed);
+    if last != 0 && now < last + 1000 {
+        return false;
+    }
+    if URING_SCAN
+        .compare_exchange(last, now, Relaxed, Relaxed)
+        .is_err()
+    {
+        return false;
+    }
+    let found = std::fs::read_dir("/proc/self/fd").is_ok_and(|d| {
+        d.flatten().any(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[io_uring]")
+        })
+    });
+    if found && !URING.swap(true, Relaxed) {
+        with_table(|t| {
+            for e in t.fds.values() {
+                if let Some(c) = e.conn.read_recursive().as_ref() {
+                    c.pin();
+                }
+            }
+        });
+    }
+    found
 }
 
 /// The adaptive spin of blocked readers and writers: `HICAMP_LOCAL_SPIN_US` (0 turns it
@@ -855,7 +904,7 @@ unsafe fn connect_local(
         return Some(ret);
     }
     close_fd(a);
-    if tokens_always() {
+    if tokens_always() || uring_seen() {
         conn.pin();
     }
     let e = Arc::new(Entry {
@@ -990,7 +1039,7 @@ fn accept_local(fd: c_int, flags: c_int) {
         return report_route("server", &ls, &ps, "broken", Some("cannot move the pair"));
     }
     close_fd(b);
-    if tokens_always() {
+    if tokens_always() || uring_seen() {
         conn.pin();
     }
     let e = Arc::new(Entry {

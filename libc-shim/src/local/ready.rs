@@ -281,7 +281,10 @@ fn pin_for_good(e: &Entry) {
 /// True when the tokens of `e`'s ring may serve a wait the shim does not see (after a fork, in
 /// an exposed instance, or tokens always on): then a token stays while bytes are queued.
 fn tokens_shared(e: &Entry) -> bool {
-    super::tokens_always() || e.forked.load(Relaxed) || e.exposed.load(Relaxed) > 0
+    super::tokens_always()
+        || super::URING.load(Relaxed)
+        || e.forked.load(Relaxed)
+        || e.exposed.load(Relaxed) > 0
 }
 
 /// The shim's kernel registration of a local descriptor: edge-triggered (a wake-up per token,
