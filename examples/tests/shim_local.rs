@@ -983,6 +983,19 @@ fd = s.fileno()
 # Edge-triggered: one event per arrival, none for bytes left unread.
 ep = select.epoll()
 ep.register(fd, IN | ET)
+try:
+    ep.register(fd, IN)
+    check("a second register", "no error", "EEXIST")
+except FileExistsError:
+    pass
+c3, s3 = pair()
+try:
+    ep.modify(s3.fileno(), IN)
+    check("modify before register", "no error", "ENOENT")
+except FileNotFoundError:
+    pass
+c3.close()
+s3.close()
 check("empty ET", ep.poll(0), [])
 c.sendall(b"a" * 10)
 check("ET first", ep.poll(5), [(fd, IN)])
@@ -1139,7 +1152,7 @@ fn readiness_from_the_rings_matches_kernel_semantics() {
     let text = run_ok(s.local("one", &["python3", "-c", READINESS]), 120);
     assert_eq!(text.trim(), "ok", "{text}");
     let routes = s.routes();
-    assert_eq!(routes.len(), 4, "{routes:?}");
+    assert_eq!(routes.len(), 6, "{routes:?}");
     assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
     s.check_clean();
 }

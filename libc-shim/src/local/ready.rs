@@ -419,7 +419,7 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event)
     let _g = Guard::enter()?;
     // SAFETY: the caller's event, when the operation reads one.
     let app = (!ev.is_null() && op != libc::EPOLL_CTL_DEL).then(|| unsafe { std::ptr::read(ev) });
-    let r = guard::shielded(|| ctl_local(epfd, op, fd, e, app));
+    let r = super::run(|| ctl_local(epfd, op, fd, e, app));
     r.or_else(|| {
         guard::set_errno(libc::EIO);
         Some(-1)
@@ -430,13 +430,14 @@ fn ctl_local(epfd: c_int, op: c_int, fd: c_int, e: Arc<Entry>, app: Option<epoll
     match op {
         libc::EPOLL_CTL_ADD | libc::EPOLL_CTL_MOD => {
             let Some(app) = app else {
-                guard::set_errno(libc::EFAULT);
+                super::set_err(libc::EFAULT);
                 return -1;
             };
             let mut kev = kernel_event(fd, app.events, false, bit(&EXPOSED, epfd));
             // SAFETY: a valid event.
             let r = unsafe { real::epoll_ctl(epfd, op, fd, &mut kev) };
             if r != 0 {
+                super::set_err(guard::errno());
                 return r;
             }
             let i = inst_or_new(epfd);
@@ -490,7 +491,9 @@ fn ctl_local(epfd: c_int, op: c_int, fd: c_int, e: Arc<Entry>, app: Option<epoll
                     }
                 });
             }
-            guard::set_errno(err);
+            if r != 0 {
+                super::set_err(err);
+            }
             r
         }
     }
@@ -721,7 +724,7 @@ pub unsafe fn epoll_wait(
     }
     let g = Guard::enter()?;
     // SAFETY: the caller's arguments.
-    guard::shielded(|| unsafe { wait_shadow(epfd, &i, g, ev, max as usize, timeout, mask) })
+    super::run(|| unsafe { wait_shadow(epfd, &i, g, ev, max as usize, timeout, mask) })
 }
 
 /// [`epoll_wait`] on shadowed instance `i`; `g` is dropped while the thread sleeps in the
@@ -822,7 +825,7 @@ unsafe fn wait_shadow(
             disarm(&w);
         }
         if k < 0 {
-            guard::set_errno(err);
+            super::set_err(err);
             return k;
         }
         let mut g = i.lock();
@@ -916,7 +919,7 @@ pub unsafe fn ppoll(
     };
     let g = Guard::enter()?;
     // SAFETY: the caller's arguments.
-    guard::shielded(|| unsafe { poll_shadow(fds, n, deadline, mask, g) })
+    super::run(|| unsafe { poll_shadow(fds, n, deadline, mask, g) })
 }
 
 /// [`ppoll`] on a set holding local descriptors; `g` is dropped while the thread sleeps in the
@@ -993,7 +996,7 @@ unsafe fn poll_shadow(
         }
         disarm(&w);
         if r < 0 {
-            guard::set_errno(err);
+            super::set_err(err);
             return r;
         }
         for (k, e) in &locals {
