@@ -316,6 +316,7 @@ fn main() {
     let do_redis =
         measuring && have("redis-server", "--version") && have("redis-benchmark", "--version");
     let do_nginx = measuring && have("nginx", "-v") && have("wrk", "-v");
+    let load_before = loadavg();
     let mut r: [Vec<f64>; 10] = Default::default();
     for i in 0..rounds {
         let order = if i % 2 == 0 {
@@ -361,7 +362,11 @@ fn main() {
         return;
     }
     let m = |i: usize| median(r[i].clone());
-    println!("shim_local: local mode against kernel TCP loopback, medians of {rounds} rounds");
+    println!(
+        "shim_local: local mode against kernel TCP loopback, medians of {rounds} rounds \
+         (load average {load_before} before, {} after)",
+        loadavg()
+    );
     let (ks, ls) = (m(0) / 1e9, m(1) / 1e9);
     line(
         "stream 64 KiB writes",
@@ -389,6 +394,14 @@ fn main() {
         let (k, l) = (m(8), m(9));
         line("nginx + wrk 4 KiB", "req/s", k, l, "(none)", true);
     }
+}
+
+/// The 1-minute load average (`/proc/loadavg`), or `?`.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn tempfile_dir() -> PathBuf {

@@ -942,3 +942,265 @@ fn nonblocking_writer_sleeps_while_the_ring_is_full() {
     assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
     s.check_clean();
 }
+
+// ----- readiness from the rings (epoll, poll, select in user space) -----
+
+/// One process holds both ends of a local connection (it listens, connects to itself and
+/// accepts) and checks what epoll, poll and select report for it against kernel TCP semantics:
+/// edge-triggered and one-shot registrations, `EPOLLRDHUP`, an epoll instance inside another
+/// one and polled by `poll` (bytes queued before the nesting included), and waits with a
+/// timeout that sleep until a thread sends. Prints `ok`, or the first difference.
+const READINESS: &str = r#"
+import os, resource, select, socket, sys, threading, time
+IN, OUT, ET, ONE, RDHUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLET, select.EPOLLONESHOT, select.EPOLLRDHUP
+
+def pair():
+    l = socket.socket()
+    l.bind(("127.0.0.1", 0))
+    l.listen(4)
+    c = socket.create_connection(l.getsockname())
+    s, _ = l.accept()
+    l.close()
+    s.setblocking(False)
+    return c, s
+
+def check(what, got, want):
+    if got != want:
+        print("FAIL", what, "got", got, "want", want, flush=True)
+        sys.exit(1)
+
+def later(sock, data, delay):
+    def run():
+        time.sleep(delay)
+        sock.sendall(data)
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+c, s = pair()
+fd = s.fileno()
+
+# Edge-triggered: one event per arrival, none for bytes left unread.
+ep = select.epoll()
+ep.register(fd, IN | ET)
+try:
+    ep.register(fd, IN)
+    check("a second register", "no error", "EEXIST")
+except FileExistsError:
+    pass
+c3, s3 = pair()
+try:
+    ep.modify(s3.fileno(), IN)
+    check("modify before register", "no error", "ENOENT")
+except FileNotFoundError:
+    pass
+c3.close()
+s3.close()
+check("empty ET", ep.poll(0), [])
+c.sendall(b"a" * 10)
+check("ET first", ep.poll(5), [(fd, IN)])
+check("ET again without new bytes", ep.poll(0.2), [])
+check("partial read", s.recv(3), b"aaa")
+check("ET after a partial read", ep.poll(0.1), [])
+c.sendall(b"b")
+check("ET on new bytes behind unread ones", ep.poll(5), [(fd, IN)])
+check("read all", s.recv(100), b"a" * 7 + b"b")
+t = later(c, b"c" * 10, 0.2)
+check("ET woken from a blocking wait", ep.poll(-1), [(fd, IN)])
+t.join()
+check("ET partial read after a wake", s.recv(4), b"cccc")
+t = later(c, b"d", 0.2)
+check("ET woken again behind unread bytes", ep.poll(-1), [(fd, IN)])
+t.join()
+check("ET rest", s.recv(100), b"c" * 6 + b"d")
+
+# One-shot: one event until re-armed.
+ep.modify(fd, IN | ONE)
+c.sendall(b"x")
+check("oneshot first", ep.poll(5), [(fd, IN)])
+c.sendall(b"y")
+check("oneshot disarmed", ep.poll(0.2), [])
+ep.modify(fd, IN | ONE)
+check("oneshot re-armed", ep.poll(5), [(fd, IN)])
+check("oneshot bytes", s.recv(10), b"xy")
+
+# Level-triggered: reported while bytes are queued.
+ep.modify(fd, IN)
+c.sendall(b"z")
+check("level first", ep.poll(5), [(fd, IN)])
+check("level again", ep.poll(0), [(fd, IN)])
+check("level bytes", s.recv(10), b"z")
+check("level drained", ep.poll(0), [])
+
+# A duplicate of the instance's descriptor waits the same way; closing it keeps the instance.
+d = select.epoll.fromfd(os.dup(ep.fileno()))
+c.sendall(b"d")
+check("duplicate instance", d.poll(5), [(fd, IN)])
+check("dup bytes", s.recv(10), b"d")
+d.close()
+c.sendall(b"e")
+check("instance after its duplicate closed", ep.poll(5), [(fd, IN)])
+check("e bytes", s.recv(10), b"e")
+
+# A wait with a timeout sleeps (little CPU) and times out; a sender thread wakes a
+# blocking wait.
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+check("timed out", ep.poll(0.5), [])
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+if cpu > 0.3:
+    print("FAIL a 0.5 s wait used", cpu, "s of CPU", flush=True)
+    sys.exit(1)
+t = later(c, b"w", 0.2)
+check("woken from a blocking wait", ep.poll(-1), [(fd, IN)])
+t.join()
+check("wake bytes", s.recv(10), b"w")
+t = later(c, b"v", 0.2)
+p = select.poll()
+p.register(fd, select.POLLIN)
+check("poll woken", p.poll(-1), [(fd, select.POLLIN)])
+t.join()
+check("poll bytes", s.recv(10), b"v")
+check("poll drained", p.poll(0), [])
+t = later(c, b"u", 0.2)
+check("select woken", select.select([fd], [], [], 30)[0], [fd])
+t.join()
+check("select bytes", s.recv(10), b"u")
+check("select drained", select.select([fd], [], [], 0)[0], [])
+check("writable", select.select([], [fd], [], 0)[1], [fd])
+
+# Nested: the inner instance holds the connection (level-triggered); bytes queued before the
+# nesting make the outer one ready too, and stay visible after a partial read.
+ep.close()
+inner = select.epoll()
+inner.register(fd, IN)
+c.sendall(b"early")
+time.sleep(0.05)
+outer = select.epoll()
+outer.register(inner.fileno(), IN)
+check("outer sees bytes queued before nesting", outer.poll(5), [(inner.fileno(), IN)])
+check("inner reports", inner.poll(0), [(fd, IN)])
+check("early partial", s.recv(2), b"ea")
+check("outer still ready (level)", outer.poll(5), [(inner.fileno(), IN)])
+check("early rest", s.recv(10), b"rly")
+inner.poll(0)
+check("outer idle once drained", outer.poll(0.2), [])
+t = later(c, b"late", 0.2)
+check("outer woken by new bytes", outer.poll(-1), [(inner.fileno(), IN)])
+t.join()
+check("inner after wake", inner.poll(0), [(fd, IN)])
+check("late bytes", s.recv(10), b"late")
+
+# poll on an epoll instance holding the connection.
+inner.poll(0)
+pp = select.poll()
+pp.register(inner.fileno(), select.POLLIN)
+check("polled instance idle", pp.poll(200), [])
+t = later(c, b"pp", 0.2)
+check("polled instance woken", pp.poll(-1), [(inner.fileno(), select.POLLIN)])
+t.join()
+check("pp bytes", s.recv(10), b"pp")
+outer.close()
+inner.close()
+
+# One event per wait: descriptors that stay ready (nothing is read) do not starve the others,
+# kernel (a pipe) or local.
+c2, s2 = pair()
+r, w = os.pipe()
+ep = select.epoll()
+for f in (fd, s2.fileno(), r):
+    ep.register(f, IN)
+c.sendall(b"1")
+c2.sendall(b"2")
+os.write(w, b"3")
+seen = set()
+for _ in range(40):
+    for f, e in ep.poll(5, 1):
+        seen.add(f)
+check("one-event waits reach every ready descriptor", sorted(seen), sorted([fd, s2.fileno(), r]))
+check("fair 1", s.recv(10), b"1")
+check("fair 2", s2.recv(10), b"2")
+ep.close()
+os.close(r)
+os.close(w)
+c2.close()
+s2.close()
+
+# EOF: EPOLLRDHUP with EPOLLIN, then recv gives b"".
+ep = select.epoll()
+ep.register(fd, IN | RDHUP)
+c.shutdown(socket.SHUT_WR)
+ev = ep.poll(5)
+if len(ev) != 1 or not (ev[0][1] & IN and ev[0][1] & RDHUP):
+    print("FAIL rdhup", ev, flush=True)
+    sys.exit(1)
+check("eof", s.recv(10), b"")
+c.close()
+s.close()
+print("ok", flush=True)
+"#;
+
+/// Epoll (edge-triggered, one-shot, level, `EPOLLRDHUP`), poll and select on a local
+/// connection, an epoll instance nested in another and one polled by `poll`, and timed waits
+/// that sleep: see [`READINESS`].
+#[test]
+fn readiness_from_the_rings_matches_kernel_semantics() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new("ready");
+    let text = run_ok(s.local("one", &["python3", "-c", READINESS]), 120);
+    assert_eq!(text.trim(), "ok", "{text}");
+    let routes = s.routes();
+    assert_eq!(routes.len(), 6, "{routes:?}");
+    assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
+    s.check_clean();
+}
+
+/// A process holding an io_uring instance, then a local connection; a raw `poll` system call
+/// (not the libc function the shim hooks: the kind of wait the shim cannot see, as io_uring's
+/// own) must see the bytes. Prints `ok`, `no io_uring` or the difference.
+const URING_RAW_POLL: &str = r#"
+import ctypes, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 8, params)  # io_uring_setup
+if ring < 0:
+    print("no io_uring", ctypes.get_errno(), flush=True)
+    sys.exit(0)
+l = socket.socket()
+l.bind(("127.0.0.1", 0))
+l.listen(1)
+c = socket.create_connection(l.getsockname())
+s, _ = l.accept()
+c.sendall(b"x")
+pfd = ctypes.create_string_buffer(struct.pack("ihh", s.fileno(), 1, 0))
+n = libc.syscall(7, pfd, 1, 5000)  # SYS_poll, POLLIN, 5 s
+fd, ev, rev = struct.unpack("ihh", pfd.raw[:8])
+if n != 1 or not rev & 1:
+    print("raw poll saw nothing:", n, rev, flush=True)
+    sys.exit(1)
+if s.recv(10) != b"x":
+    print("bytes differ", flush=True)
+    sys.exit(1)
+print("ok", flush=True)
+"#;
+
+/// A process that holds an io_uring keeps readiness tokens on (its waits are not the shim's):
+/// see [`URING_RAW_POLL`].
+#[test]
+fn a_process_with_io_uring_keeps_tokens_on() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let s = Setup::new("uring");
+    let text = run_ok(s.local("one", &["python3", "-c", URING_RAW_POLL]), 60);
+    if text.starts_with("no io_uring") && testkit::skip(format!("io_uring_setup failed: {text}")) {
+        return;
+    }
+    assert_eq!(text.trim(), "ok", "{text}");
+    let routes = s.routes();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
+    s.check_clean();
+}

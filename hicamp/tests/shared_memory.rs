@@ -378,15 +378,28 @@ fn close_with_unread_data_resets_the_peer() {
     assert_eq!(mem.check().unwrap().reachable, 0);
 }
 
-/// The shim's readiness tokens: one outstanding per direction, taken by the
-/// writer only when the ring gained data and none is out, released by the
-/// reader only when the ring is empty.
+/// The shim's readiness tokens: none while the reader holds no pin; then
+/// one outstanding per direction, taken by the writer only when the ring
+/// gained data and none is out, released by the reader only when the ring is
+/// empty.
 #[test]
 fn readiness_tokens_follow_the_ring() {
     let (_d, _p, mem) = fresh(64, 1 << 12);
     let a = mem.connect().unwrap();
     let b = mem.accept(a.id()).unwrap();
+    a.send(b"unpinned").unwrap();
+    assert!(
+        !a.token_take(),
+        "no pin: the reader looks at the ring itself"
+    );
+    assert!(b.readable() && b.poll_bits().data);
+    let mut big = [0u8; 16];
+    assert_eq!(b.recv_nb(&mut big, true, false).unwrap(), 8);
+    b.pin();
+    b.pin();
+    b.unpin();
     assert!(!b.token_release(), "no token yet");
+    assert!(!b.token_held());
     a.send(b"one").unwrap();
     assert!(a.token_take(), "first data: a token");
     a.send(b"two").unwrap();
@@ -407,6 +420,23 @@ fn readiness_tokens_follow_the_ring() {
     ));
     a.send(b"three").unwrap();
     assert!(a.token_take(), "new data after an empty ring: a new token");
+    assert!(b.token_held());
+    assert_eq!(b.recv_nb(&mut buf, true, false).unwrap(), 4);
+    assert_eq!(b.recv_nb(&mut buf, true, false).unwrap(), 1);
+    assert!(b.token_release());
+    b.unpin();
+    b.unpin(); // one too many: stays at zero
+    a.send(b"four").unwrap();
+    assert!(!a.token_take(), "unpinned again: no token");
+    let p = b.poll_bits();
+    assert!(p.data && p.writable && !p.fin && !p.rst);
+    let seq = p.in_seq;
+    a.shutdown_write().unwrap();
+    let p = b.poll_bits();
+    assert!(
+        p.fin && p.in_seq != seq,
+        "FIN is an event of the incoming ring"
+    );
     drop(a);
     drop(b);
     clean(&mem);

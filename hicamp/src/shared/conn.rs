@@ -122,6 +122,27 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+/// One look at an end's readiness ([`Conn::poll_bits`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PollBits {
+    /// Bytes queued to read.
+    pub data: bool,
+    /// The peer shut down its writing side (EOF after the data).
+    pub fin: bool,
+    /// The peer reset the connection.
+    pub rst: bool,
+    /// `send` would not block.
+    pub writable: bool,
+    /// The peer closed its end (our writes fail).
+    pub peer_closed: bool,
+    /// This end shut down its writing side.
+    pub write_shut: bool,
+    /// Bumped by every event of the incoming ring (a publish, FIN, RST).
+    pub in_seq: u32,
+    /// Bumped by every event of the outgoing ring (a consume, the peer's close).
+    pub out_seq: u32,
+}
+
 enum RState {
     Data,
     Eof,
@@ -223,6 +244,7 @@ fn reset_ring(shm: &Shm, c: u32, r: u32) {
     g.writer_waiting.store(0, Relaxed);
     g.tokens.store(0, Relaxed);
     g.filled.store(0, Relaxed);
+    g.pins.store(0, Relaxed);
 }
 
 impl Shm {
@@ -862,11 +884,78 @@ impl Conn {
     /// publish is always one the reader sees.
     pub fn token_take(&self) -> bool {
         let w = self.wring();
+        if w.pins.load(SeqCst) == 0 {
+            return false;
+        }
         let room = w.reader_waiting.load(SeqCst);
         if room != 0 && w.bytes.load(SeqCst) <= u64::from(room) {
             return false;
         }
         w.tokens.load(SeqCst) == 0 && w.tokens.compare_exchange(0, 1, SeqCst, SeqCst).is_ok()
+    }
+
+    /// Readiness tokens, reader's side: keeps them on for this end's incoming
+    /// ring until the matching [`unpin`](Self::unpin). While no pin is held
+    /// the writer puts no token (see [`token_take`](Self::token_take)): the
+    /// reader's process looks at the ring itself. A thread about to block in
+    /// a kernel wait that can see the reader's descriptor pins, then looks
+    /// at the ring again ([`readable`](Self::readable)): the writer publishes
+    /// before it looks at the pins, and both are sequentially consistent, so
+    /// either the reader sees the data or the writer puts the token.
+    pub fn pin(&self) {
+        self.rring().pins.fetch_add(1, SeqCst);
+    }
+
+    /// Drops a pin taken by [`pin`](Self::pin).
+    pub fn unpin(&self) {
+        let _ = self
+            .rring()
+            .pins
+            .fetch_update(SeqCst, SeqCst, |p| p.checked_sub(1));
+    }
+
+    /// True while a token byte is owed or outstanding for this end's
+    /// incoming ring (see [`token_take`](Self::token_take)).
+    pub fn token_held(&self) -> bool {
+        self.rring().tokens.load(SeqCst) != 0
+    }
+
+    /// Readiness tokens, reader's side: takes the outstanding token back
+    /// whatever the ring holds; true when the caller must read its byte. For
+    /// a reader whose only kernel waits are its own edge-triggered ones: with
+    /// bytes queued and the token out, the next publish would write no new
+    /// byte (no new edge).
+    pub fn token_reset(&self) -> bool {
+        self.rring()
+            .tokens
+            .compare_exchange(1, 0, SeqCst, SeqCst)
+            .is_ok()
+    }
+
+    /// The readiness of this end in one look, for `epoll`/`poll` emulation.
+    pub fn poll_bits(&self) -> PollBits {
+        let r = self.rring();
+        let w = self.wring();
+        let in_seq = r.wseq.load(SeqCst);
+        let out_seq = w.rseq.load(SeqCst);
+        let f = r.wflags.load(Acquire);
+        PollBits {
+            data: r.head.load(Acquire) != r.tail.load(Relaxed),
+            fin: f & FIN != 0,
+            rst: f & RST != 0,
+            writable: self.writable(),
+            peer_closed: w.rflags.load(Acquire) & CLOSED != 0,
+            write_shut: w.wflags.load(Relaxed) & FIN != 0,
+            in_seq,
+            out_seq,
+        }
+    }
+
+    /// Spins with this end's adaptive budget (see [`set_adaptive_spin`])
+    /// until `ready()`; true when it saw it. For a caller that waits on
+    /// several ends at once (the shim's `epoll_wait`).
+    pub fn spin_until_ready(&self, ready: &impl Fn() -> bool) -> bool {
+        self.spin_until(ready)
     }
 
     /// Sleeps on the ring's futex until something is readable or `timeout`

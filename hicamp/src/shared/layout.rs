@@ -145,7 +145,11 @@ pub(crate) struct RingHeader {
     /// Filler bytes the writer put into its descriptor while the ring was full, not yet
     /// taken out by the reader (the shim's local mode: see `Conn::fillers_add`).
     pub filled: AtomicU32,
-    pub _pad0: [u8; 40],
+    /// Reasons the reader's process keeps tokens on (the shim's local mode: a thread that may
+    /// be blocked in a kernel wait that can see the reader's descriptor, a fork, a nested
+    /// epoll). At 0 the writer puts no token: see `Conn::pin`.
+    pub pins: AtomicU32,
+    pub _pad0: [u8; 36],
     pub tail: AtomicU32,
     /// Bumped on every event the writer waits for: its futex word.
     pub rseq: AtomicU32,

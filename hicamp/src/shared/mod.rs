@@ -102,7 +102,7 @@ use std::time::Duration;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-pub use conn::{set_adaptive_spin, Conn, ConnId};
+pub use conn::{set_adaptive_spin, Conn, ConnId, PollBits};
 pub use layout::MAX_SHARED_NAME;
 use layout::{Geometry, View, MAGIC, STRIPE_CACHE, VERSION};
 pub use recovery::SharedCheck;

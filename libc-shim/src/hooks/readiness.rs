@@ -22,6 +22,10 @@ pub unsafe extern "C-unwind" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int
         return r;
     }
     // SAFETY: as above.
+    if let Some(r) = unsafe { crate::local::ready::ppoll(fds, n, tsp, std::ptr::null()) } {
+        return r;
+    }
+    // SAFETY: as above.
     unsafe { real::poll(fds, n, timeout) }
 }
 
@@ -45,6 +49,10 @@ pub unsafe extern "C-unwind" fn __poll_chk(
         if let Some(r) = unsafe { poll_inline(fds, n, tsp, std::ptr::null()) } {
             return r;
         }
+        // SAFETY: as above.
+        if let Some(r) = unsafe { crate::local::ready::ppoll(fds, n, tsp, std::ptr::null()) } {
+            return r;
+        }
     }
     // SAFETY: as above.
     unsafe { real::__poll_chk(fds, n, timeout, fdslen) }
@@ -63,6 +71,10 @@ pub unsafe extern "C-unwind" fn ppoll(
         return r;
     }
     // SAFETY: as above.
+    if let Some(r) = unsafe { crate::local::ready::ppoll(fds, n, ts, mask) } {
+        return r;
+    }
+    // SAFETY: as above.
     unsafe { real::ppoll(fds, n, ts, mask) }
 }
 
@@ -78,6 +90,10 @@ pub unsafe extern "C-unwind" fn __ppoll_chk(
     if fdslen / std::mem::size_of::<pollfd>() >= n as usize {
         // SAFETY: the caller's arguments (the array's size checked).
         if let Some(r) = unsafe { poll_inline(fds, n, ts, mask) } {
+            return r;
+        }
+        // SAFETY: as above.
+        if let Some(r) = unsafe { crate::local::ready::ppoll(fds, n, ts, mask) } {
             return r;
         }
     }
@@ -114,6 +130,12 @@ pub unsafe extern "C-unwind" fn select(
         if let Some(r) = s {
             return r;
         }
+        // Local connections in the sets: from their rings ([`crate::local::ready::pselect`]).
+        // SAFETY: the caller's sets; `tsp` is null or points to `ts`.
+        if let Some(x) = unsafe { crate::local::ready::pselect(n, r, w, e, tsp, std::ptr::null()) }
+        {
+            return x;
+        }
     }
     // SAFETY: as above.
     unsafe { real::select(n, r, w, e, tv) }
@@ -134,6 +156,10 @@ pub unsafe extern "C-unwind" fn pselect(
     if let Some(r) = s {
         return r;
     }
+    // SAFETY: the caller's arguments.
+    if let Some(x) = unsafe { crate::local::ready::pselect(n, r, w, e, ts, mask) } {
+        return x;
+    }
     // SAFETY: as above.
     unsafe { real::pselect(n, r, w, e, ts, mask) }
 }
@@ -142,14 +168,18 @@ pub unsafe extern "C-unwind" fn pselect(
 pub unsafe extern "C-unwind" fn epoll_create(size: c_int) -> c_int {
     count(Call::EpollCreate);
     // SAFETY: as above.
-    unsafe { real::epoll_create(size) }
+    let fd = unsafe { real::epoll_create(size) };
+    crate::local::ready::created(fd);
+    fd
 }
 
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn epoll_create1(flags: c_int) -> c_int {
     count(Call::EpollCreate1);
     // SAFETY: as above.
-    unsafe { real::epoll_create1(flags) }
+    let fd = unsafe { real::epoll_create1(flags) };
+    crate::local::ready::created(fd);
+    fd
 }
 
 #[cfg_attr(not(test), no_mangle)]
@@ -163,6 +193,11 @@ pub unsafe extern "C-unwind" fn epoll_ctl(
     // Stack sockets' registrations are the stack's own ([`crate::stack::ready`]).
     // SAFETY: the caller's arguments.
     if let Some(r) = unsafe { crate::stack::ready::ctl(epfd, op, fd, ev) } {
+        return r;
+    }
+    // Local connections' registrations are shadowed too ([`crate::local::ready`]).
+    // SAFETY: the caller's arguments.
+    if let Some(r) = unsafe { crate::local::ready::epoll_ctl(epfd, op, fd, ev) } {
         return r;
     }
     // SAFETY: as above.
@@ -353,6 +388,11 @@ pub unsafe extern "C-unwind" fn epoll_wait(
         // SAFETY: as above.
         return unsafe { epoll_inline(epfd, ev, max, timeout, std::ptr::null()) };
     }
+    let mask = std::ptr::null();
+    // SAFETY: the caller's arguments.
+    if let Some(r) = unsafe { crate::local::ready::epoll_wait(epfd, ev, max, timeout, mask) } {
+        return r;
+    }
     // SAFETY: as above.
     unsafe { real::epoll_wait(epfd, ev, max, timeout) }
 }
@@ -374,6 +414,53 @@ pub unsafe extern "C-unwind" fn epoll_pwait(
         // SAFETY: as above.
         return unsafe { epoll_inline(epfd, ev, max, timeout, mask) };
     }
+    // SAFETY: the caller's arguments.
+    if let Some(r) = unsafe { crate::local::ready::epoll_wait(epfd, ev, max, timeout, mask) } {
+        return r;
+    }
     // SAFETY: as above.
     unsafe { real::epoll_pwait(epfd, ev, max, timeout, mask) }
+}
+
+/// `epoll_pwait2`: counted as `epoll_pwait`; an instance holding a local-mode descriptor waits
+/// through [`crate::local::ready`] (the timeout rounded up to milliseconds).
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C-unwind" fn epoll_pwait2(
+    epfd: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    ts: *const timespec,
+    mask: *const sigset_t,
+) -> c_int {
+    count(Call::EpollPwait);
+    let shadowed = crate::stack::inline::registered(epfd) && !guard::inside();
+    if shadowed || crate::local::ready::is_epoll(epfd) {
+        let ms = if ts.is_null() {
+            Some(-1)
+        } else {
+            // SAFETY: the caller's timespec.
+            let t = unsafe { std::ptr::read(ts) };
+            (t.tv_sec >= 0 && (0..1_000_000_000).contains(&t.tv_nsec)).then(|| {
+                let ns = t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128;
+                ns.div_ceil(1_000_000).min(i32::MAX as u128) as c_int
+            })
+        };
+        if let Some(ms) = ms {
+            if shadowed {
+                // Stack sockets registered here are in the stack's shadow table only.
+                if crate::stack::ready::active() {
+                    // SAFETY: the caller's arguments.
+                    return unsafe { crate::stack::ready::wait(epfd, ev, max, ms, mask) };
+                }
+                // SAFETY: the caller's arguments.
+                return unsafe { epoll_inline(epfd, ev, max, ms, mask) };
+            }
+            // SAFETY: the caller's arguments.
+            if let Some(r) = unsafe { crate::local::ready::epoll_wait(epfd, ev, max, ms, mask) } {
+                return r;
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe { real::epoll_pwait2(epfd, ev, max, ts, mask) }
 }

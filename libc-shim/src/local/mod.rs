@@ -50,24 +50,55 @@
 //! # Readiness
 //!
 //! The application's descriptor is one end of an AF_UNIX socketpair; the peer holds the other.
-//! A writer that publishes into an empty ring puts one token byte into *its* end, which makes
-//! the reader's descriptor readable; a reader that empties the ring takes the byte out
-//! (`Conn::token_take`/`token_release`: at most one byte per direction, never a byte left
-//! behind an empty ring). `shutdown(SHUT_WR)` shuts the pair's end down too (EOF and
-//! `POLLRDHUP` at the peer), the last close closes it (`POLLHUP`). So kernel `epoll`, `poll`
-//! and `select` work on sets mixing local and kernel descriptors. A reader blocked in `recv`
-//! sleeps on the ring's futex, announcing the room it has; a writer that finds it asleep with
-//! room for everything queued wakes it and puts no token (the reader drains the ring, so no
-//! readiness is owed): one system call each side per message, as TCP. Every 50 ms of sleep it
-//! checks for a dead or vanished peer. Writability follows the ring: each pair end's send
-//! buffer is small (24 KiB); a non-blocking send that finds the ring full (4 MiB or 256
-//! entries in flight) writes filler bytes into its end until the end stops polling writable,
-//! records their count in the ring (`Conn::fillers_add`), looks at the ring once more (room
-//! may have opened meanwhile), and fails with EAGAIN; the reader, after each receive that
-//! consumed (room opened), reads exactly that many bytes out (`Conn::fillers_take`: one load
-//! when there are none), and the writer's end polls writable again. Only byte counts matter
-//! to the token protocol, so fillers and tokens mix freely. A blocking send sleeps on the
-//! ring's futex.
+//! `shutdown(SHUT_WR)` shuts the pair's end down too (EOF and `POLLRDHUP` at the peer), the
+//! last close closes it (`POLLHUP`).
+//!
+//! **From the rings** ([`ready`]): `epoll_wait`/`epoll_pwait`, `poll`/`ppoll` and
+//! `select`/`pselect` look at the rings of local descriptors first (shared-memory loads). Each
+//! epoll instance holding a local descriptor keeps a shadow registration of it (the
+//! application's events and data; `EPOLLET`, `EPOLLONESHOT`, `EPOLLRDHUP` emulated from the
+//! ring's sequence words); its kernel registration is the shim's (edge-triggered, a data word
+//! of its own), so a kernel event on it is only a wake-up. A wait returns the ready local
+//! events at once, with the kernel descriptors' events from a zero-timeout `epoll_wait` every
+//! 4th such call or 200 us (so kernel descriptors are not starved; local ones are scanned
+//! round-robin). With nothing ready it spins (the adaptive budget of
+//! [`hicamp::shared::set_adaptive_spin`]), then *arms* and sleeps in the kernel.
+//!
+//! **Tokens only for a sleeper**: a writer that publishes puts one token byte into its end of
+//! the pair (which makes the reader's descriptor readable to the kernel) only while the ring's
+//! `pins` word is nonzero (`Conn::pin`). A waiter about to sleep in a kernel wait that can see
+//! the descriptor pins the ring, looks at it again, clears a stale token, and sleeps; the writer
+//! publishes before it looks at the pins (both sequentially consistent), so either the waiter
+//! sees the data or the writer puts the token. While the reader's process is awake no token is
+//! written or read: no system call per message on either side. The token protocol itself is
+//! unchanged (`Conn::token_take`/`token_release`: at most one byte per direction, never a
+//! byte left behind an empty ring).
+//!
+//! Waits the hooks do not see keep tokens on for good: a `fork` pins every connection of the
+//! process (either process may wait on it, or on an inherited epoll instance); an epoll
+//! instance added to another one or polled by `poll`/`select` is *exposed*: its local
+//! descriptors stay pinned, their kernel registrations follow the application's trigger mode,
+//! and its kick eventfd is set while bytes published before the exposure (no token stands for
+//! them) are queued. A process holding an io_uring instance (looked for in `/proc/self/fd` when
+//! a connection goes local, at most once a second) pins every connection for good: its waits
+//! are not the shim's. `HICAMP_LOCAL_TOKENS=always` pins every connection from the start: for
+//! a process that waits through raw system calls, or makes its io_uring after its last
+//! connection; so does `stack,local` (stack mode's epoll hooks run its interface inline). A
+//! registration added or re-armed while a thread sleeps in the instance kicks it. An
+//! edge-triggered waiter that left bytes unread takes its outstanding token back before it
+//! sleeps (`Conn::token_reset`, unless tokens are on for good), so that the next publish writes
+//! a new byte: a new edge.
+//!
+//! A reader blocked in `recv` sleeps on the ring's futex, announcing the room it has; a writer
+//! that finds it asleep wakes it (no token). Every 50 ms of sleep it checks for a dead or
+//! vanished peer. Writability follows the ring: each pair end's send buffer is small (24 KiB);
+//! a non-blocking send (or a wait for `EPOLLOUT`/`POLLOUT`) that finds the ring full (4 MiB or
+//! 256 entries in flight) writes filler bytes into its end until the end stops polling
+//! writable, records their count in the ring (`Conn::fillers_add`), looks at the ring once
+//! more (room may have opened meanwhile), and fails with EAGAIN (or sleeps); the reader, after
+//! each receive that consumed (room opened), reads exactly that many bytes out
+//! (`Conn::fillers_take`: one load when there are none), and the writer's end polls writable
+//! again: that is the kernel's wake-up. A blocking send sleeps on the ring's futex.
 //!
 //! # Data path
 //!
@@ -112,7 +143,10 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8,
+    Ordering::{Relaxed, SeqCst},
+};
 use std::sync::{Arc, Once};
 
 use hicamp::shared::{Conn, ConnId, SharedError, SharedMemory, SharedOptions};
@@ -121,6 +155,8 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::guard::{self, Guard};
 use crate::{real, sys};
+
+pub mod ready;
 
 /// Descriptors the marks cover.
 const MAX_FD: usize = 1 << 16;
@@ -201,6 +237,9 @@ struct Entry {
     empty_reads: AtomicU32,
     /// `O_NONBLOCK` of the descriptor (kept by the `fcntl` and `ioctl` hooks).
     nonblock: std::sync::atomic::AtomicBool,
+    /// Registrations of it in exposed epoll instances (see [`ready`]): their tokens serve
+    /// waits the shim does not see.
+    exposed: AtomicU32,
     /// A fork shared it: this process's last close is not the connection's (the peer sees the
     /// last close anywhere as its pair end's hang-up, and closes our ring end for us).
     forked: std::sync::atomic::AtomicBool,
@@ -229,13 +268,85 @@ fn with_table<R>(f: impl FnOnce(&mut State) -> R) -> R {
     f(st)
 }
 
+/// One descriptor number's entry, for the lookup of every operation without a global lock: a
+/// reader announces itself in `readers` before it loads the pointer; a writer swaps the
+/// pointer, then waits for the readers before it drops the old reference.
+struct Slot {
+    p: AtomicPtr<Entry>,
+    readers: AtomicU32,
+}
+
+static SLOTS: [Slot; MAX_FD] = [const {
+    Slot {
+        p: AtomicPtr::new(std::ptr::null_mut()),
+        readers: AtomicU32::new(0),
+    }
+}; MAX_FD];
+
 fn entry(fd: c_int) -> Option<Arc<Entry>> {
-    with_table(|t| t.fds.get(&fd).cloned())
+    let i = fd as u32 as usize;
+    if i >= MAX_FD {
+        return with_table(|t| t.fds.get(&fd).cloned());
+    }
+    let s = &SLOTS[i];
+    s.readers.fetch_add(1, SeqCst);
+    let p = s.p.load(SeqCst);
+    let e = (!p.is_null()).then(|| {
+        // SAFETY: `p` came from `Arc::into_raw` in `slot_set`, whose reference is dropped only
+        // after no reader is announced (this one is, until below).
+        unsafe { Arc::increment_strong_count(p) };
+        // SAFETY: the strong count just taken for this `Arc`.
+        unsafe { Arc::from_raw(p) }
+    });
+    s.readers.fetch_sub(1, SeqCst);
+    e
+}
+
+/// Sets descriptor `fd`'s entry (the caller holds TABLE, which it updates too).
+fn slot_set(fd: c_int, e: Option<&Arc<Entry>>) {
+    let i = fd as u32 as usize;
+    if i >= MAX_FD {
+        return;
+    }
+    let s = &SLOTS[i];
+    let new = e.map_or(std::ptr::null_mut(), |e| {
+        Arc::into_raw(e.clone()).cast_mut()
+    });
+    let old = s.p.swap(new, SeqCst);
+    if old.is_null() {
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    while s.readers.load(SeqCst) != 0 {
+        if t0.elapsed() > std::time::Duration::from_millis(5) {
+            // A reader that never leaves: one copied in by fork, mid-lookup. The old
+            // reference is kept (a small leak) rather than freed under it.
+            return;
+        }
+        std::hint::spin_loop();
+    }
+    // SAFETY: `old` came from `Arc::into_raw` above (an earlier call); no reader can still
+    // load it (the swap came before the wait), so this reference is ours to drop.
+    unsafe { drop(Arc::from_raw(old)) };
 }
 
 unsafe extern "C" fn atfork_prepare() {
     std::mem::forget(MEM.lock());
     std::mem::forget(TABLE.lock());
+    // Both processes may wait on a shared connection, or on an epoll instance holding it, in
+    // ways the other's hooks do not see: tokens on for good, before the child exists.
+    // SAFETY: this thread holds TABLE (locked above, guard forgotten).
+    if let Some(st) = unsafe { &*TABLE.data_ptr() } {
+        for e in st.fds.values() {
+            if !e.forked.load(Relaxed) {
+                if let Some(g) = e.conn.try_read() {
+                    if let Some(c) = g.as_ref() {
+                        c.pin();
+                    }
+                }
+            }
+        }
+    }
 }
 
 unsafe extern "C" fn atfork_release() {
@@ -308,6 +419,63 @@ fn memory() -> Result<Arc<SharedMemory>, String> {
     *g = Some((pid, m.clone()));
     hicamp::shared::set_adaptive_spin(spin_setting());
     Ok(m)
+}
+
+/// `HICAMP_LOCAL_TOKENS=always`: every connection keeps readiness tokens on (today's
+/// protocol before userspace readiness: for a process that waits on its descriptors in ways
+/// the hooks do not see, such as io_uring or raw system calls).
+fn tokens_always() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("HICAMP_LOCAL_TOKENS").is_ok_and(|v| v.trim() == "always") || !ready::active()
+    })
+}
+
+/// Set once an io_uring instance was seen among this process's descriptors.
+static URING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// When `/proc/self/fd` was last looked through (milliseconds since the first look, plus 1).
+static URING_SCAN: AtomicU64 = AtomicU64::new(0);
+
+/// True once the process holds an io_uring instance, whose waits (a poll of a local
+/// descriptor, or of an epoll instance holding one) the shim cannot see: every connection then
+/// keeps tokens on for good. Looked for when a connection goes local, at most once a second
+/// (so an io_uring made after the last look is seen at a later connection). The caller does
+/// not hold TABLE.
+fn uring_seen() -> bool {
+    static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    if URING.load(Relaxed) {
+        return true;
+    }
+    let now = T0
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1;
+    let last = URING_SCAN.load(Relaxed);
+    if last != 0 && now < last + 1000 {
+        return false;
+    }
+    if URING_SCAN
+        .compare_exchange(last, now, Relaxed, Relaxed)
+        .is_err()
+    {
+        return false;
+    }
+    let found = std::fs::read_dir("/proc/self/fd").is_ok_and(|d| {
+        d.flatten().any(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:[io_uring]")
+        })
+    });
+    if found && !URING.swap(true, Relaxed) {
+        with_table(|t| {
+            for e in t.fds.values() {
+                if let Some(c) = e.conn.read_recursive().as_ref() {
+                    c.pin();
+                }
+            }
+        });
+    }
+    found
 }
 
 /// The adaptive spin of blocked readers and writers: `HICAMP_LOCAL_SPIN_US` (0 turns it
@@ -736,6 +904,9 @@ unsafe fn connect_local(
         return Some(ret);
     }
     close_fd(a);
+    if tokens_always() || uring_seen() {
+        conn.pin();
+    }
     let e = Arc::new(Entry {
         conn: RwLock::new(Some(conn)),
         id: ConnId(rec[2] as u32),
@@ -747,6 +918,7 @@ unsafe fn connect_local(
         refs: AtomicU32::new(1),
         empty_reads: AtomicU32::new(0),
         nonblock: std::sync::atomic::AtomicBool::new(fl >= 0 && fl & libc::O_NONBLOCK != 0),
+        exposed: AtomicU32::new(0),
         forked: std::sync::atomic::AtomicBool::new(false),
         copied_in: AtomicU64::new(0),
         copied_out: AtomicU64::new(0),
@@ -754,7 +926,10 @@ unsafe fn connect_local(
         local: local.to_string(),
         peer: dst.to_string(),
     });
-    with_table(|t| t.fds.insert(fd, e));
+    with_table(|t| {
+        slot_set(fd, Some(&e));
+        t.fds.insert(fd, e)
+    });
     set_mark(fd, true);
     report_route(
         "client",
@@ -864,6 +1039,9 @@ fn accept_local(fd: c_int, flags: c_int) {
         return report_route("server", &ls, &ps, "broken", Some("cannot move the pair"));
     }
     close_fd(b);
+    if tokens_always() || uring_seen() {
+        conn.pin();
+    }
     let e = Arc::new(Entry {
         conn: RwLock::new(Some(conn)),
         id: cid,
@@ -875,6 +1053,7 @@ fn accept_local(fd: c_int, flags: c_int) {
         refs: AtomicU32::new(1),
         empty_reads: AtomicU32::new(0),
         nonblock: std::sync::atomic::AtomicBool::new(flags & libc::SOCK_NONBLOCK != 0),
+        exposed: AtomicU32::new(0),
         forked: std::sync::atomic::AtomicBool::new(false),
         copied_in: AtomicU64::new(0),
         copied_out: AtomicU64::new(0),
@@ -882,7 +1061,10 @@ fn accept_local(fd: c_int, flags: c_int) {
         local: ls.clone(),
         peer: ps.clone(),
     });
-    with_table(|t| t.fds.insert(fd, e));
+    with_table(|t| {
+        slot_set(fd, Some(&e));
+        t.fds.insert(fd, e)
+    });
     set_mark(fd, true);
     report_route("server", &ls, &ps, "local", None);
 }
@@ -929,10 +1111,15 @@ fn errno_of(e: &SharedError) -> c_int {
 /// Reads the token byte `Conn::token_release` says is ours.
 fn drop_token(fd: c_int, c: &Conn) {
     if c.token_release() {
-        let mut byte = 0u8;
-        // SAFETY: one writable byte.
-        unsafe { real::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_DONTWAIT) };
+        read_token_byte(fd);
     }
+}
+
+/// Reads one token byte out of the pair's end `fd`.
+fn read_token_byte(fd: c_int) {
+    let mut byte = 0u8;
+    // SAFETY: one writable byte.
+    unsafe { real::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_DONTWAIT) };
 }
 
 fn put_token(fd: c_int, c: &Conn) {
@@ -1356,6 +1543,11 @@ pub fn closing(fd: c_int) {
     if !on() {
         return;
     }
+    if let Some(_g) = Guard::enter() {
+        let err = last_errno();
+        guard::shielded(|| ready::closing(fd));
+        guard::set_errno(err);
+    }
     let lst = marked(fd) || with_table(|t| t.listeners.contains_key(&fd));
     if !lst {
         return;
@@ -1364,7 +1556,10 @@ pub fn closing(fd: c_int) {
     let err = last_errno();
     guard::shielded(|| {
         set_mark(fd, false);
-        let (e, listener) = with_table(|t| (t.fds.remove(&fd), t.listeners.remove(&fd)));
+        let (e, listener) = with_table(|t| {
+            slot_set(fd, None);
+            (t.fds.remove(&fd), t.listeners.remove(&fd))
+        });
         if let Some((name, pid)) = listener {
             if pid == sys::getpid() {
                 if let Ok(mem) = memory() {
@@ -1386,6 +1581,9 @@ pub fn closing_range(first: u32, last: u32) {
     if !on() {
         return;
     }
+    if let Some(_g) = Guard::enter() {
+        guard::shielded(|| ready::closing_range(first, last));
+    }
     let fds: Vec<c_int> = {
         let Some(_g) = Guard::enter() else { return };
         with_table(|t| {
@@ -1404,6 +1602,11 @@ pub fn closing_range(first: u32, last: u32) {
 
 /// `new` is a duplicate of `old`.
 pub fn duplicated(old: c_int, new: c_int) {
+    if on() {
+        if let Some(_g) = Guard::enter() {
+            guard::shielded(|| ready::duplicated(old, new));
+        }
+    }
     if new < 0 || old == new || !marked(old) {
         return;
     }
@@ -1411,6 +1614,7 @@ pub fn duplicated(old: c_int, new: c_int) {
     with_table(|t| {
         if let Some(e) = t.fds.get(&old).cloned() {
             e.refs.fetch_add(1, Relaxed);
+            slot_set(new, Some(&e));
             t.fds.insert(new, e);
         }
     });
@@ -1428,7 +1632,7 @@ pub fn set_flags(fd: c_int, flags: c_int) {
 
 /// `dup2`/`dup3(old, new)` is about to replace `new`.
 pub fn dup_onto(old: c_int, new: c_int) {
-    if old != new && marked(new) {
+    if old != new && (marked(new) || ready::is_epoll(new)) {
         closing(new);
     }
 }
@@ -1560,6 +1764,7 @@ fn close_all() {
             .drain()
             .map(|(fd, e)| {
                 set_mark(fd, false);
+                slot_set(fd, None);
                 e
             })
             .collect();

@@ -30,7 +30,8 @@
 //!   every instance is materialized before the fork, since a child shares it).
 //!
 //! Not seen (documented limits): `io_uring` on a stack socket (never served anyway),
-//! `epoll_pwait2`, and an epoll descriptor `dup`ed (registrations are kept by number).
+//! and an epoll descriptor `dup`ed (registrations are kept by number). `epoll_pwait2` waits here
+//! too, its timeout rounded up to milliseconds.
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
