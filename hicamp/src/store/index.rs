@@ -342,39 +342,33 @@ impl Store {
         t.find_pinned(h, |id| lines_eq(self.line_pinned(id, guard), line))
     }
 
-    /// The first step of a pinned lookup of `h` (see
-    /// `Buckets::first_candidate`), prefetching the candidate's line.
+    /// Every shard's published bucket array, read once for a batch of
+    /// pinned lookups (a lookup then costs no load of its shard's cell). An
+    /// array replaced meanwhile stays readable while `_guard` lives (its
+    /// release is deferred past it) and its entries were in the index during
+    /// the pin; it may lack newer ones, which then miss to the locked path.
     #[inline]
-    pub(super) fn first_pinned(&self, h: u64, guard: &epoch::Guard) -> (u32, bool) {
-        let cell = &self.shards[h as usize & (SHARDS - 1)];
-        let p = cell.published.load(Acquire);
-        // SAFETY: as in `find_pinned`.
-        let t = unsafe { &*p };
-        let (id, more) = t.first_candidate(h);
-        if id != 0 {
-            prefetch_ptr(self.line_pinned(id, guard).as_ptr());
-        }
-        (id, more)
+    pub(super) fn published_tables<'g>(&'g self, _guard: &'g epoch::Guard) -> [&'g Buckets; SHARDS] {
+        std::array::from_fn(|s| {
+            let p = self.shards[s].published.load(Acquire);
+            // SAFETY: as in `find_pinned`: `published` points at a live
+            // array whose release waits for this guard.
+            unsafe { &*p }
+        })
     }
 
-    /// The second step: `line` is at `id` (from `first_pinned`), or, when
-    /// there are `more` candidates, wherever the full lookup finds it.
-    #[inline]
-    pub(super) fn finish_pinned(
-        &self,
-        h: u64,
-        line: &[u8],
-        (id, more): (u32, bool),
-        guard: &epoch::Guard,
-    ) -> Option<u32> {
-        if id != 0 && lines_eq(self.line_pinned(id, guard), line) {
-            return Some(id);
-        }
-        if more {
-            self.find_pinned(h, line, guard)
-        } else {
-            None
-        }
+    /// The line in slot `id` (an entry of a published array) compared with
+    /// `line`, for a pinned reader (see `line_pinned`).
+    #[inline(always)]
+    pub(super) fn eq_pinned(&self, id: u32, line: &[u8], guard: &epoch::Guard) -> bool {
+        lines_eq(self.line_pinned(id, guard), line)
+    }
+
+    /// Prefetches the line in slot `id` (an entry of a published array),
+    /// for a pinned reader.
+    #[inline(always)]
+    pub(super) fn prefetch_pinned(&self, id: u32, guard: &epoch::Guard) {
+        prefetch_ptr(self.line_pinned(id, guard).as_ptr());
     }
 
     #[inline]

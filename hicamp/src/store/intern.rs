@@ -290,6 +290,9 @@ impl Store {
         'batches: while base < n {
             let m = B.min(n - base);
             let group = &lines[base * ls..(base + m) * ls];
+            // The shards' published tables, read once per batch (a lookup
+            // then loads no shard cell).
+            let tabs = probe.map(|(g, _)| self.published_tables(g));
             for (j, line) in group.chunks_exact(ls).enumerate() {
                 let h = line_hash(kind, line);
                 if h == zero_h && is_zero(line) {
@@ -298,47 +301,58 @@ impl Store {
                     key[j] = SKIP;
                 } else {
                     if !hits_ahead {
-                        self.prefetch_index(h);
+                        match &tabs {
+                            Some(t) => t[h as usize & (SHARDS - 1)].prefetch_home(h),
+                            None => self.prefetch_index(h),
+                        }
                     }
                     hashes[j] = h;
                     key[j] = (h as usize & (SHARDS - 1)) as u8;
                 }
             }
-            if let Some((g, mode)) = probe {
+            if let (Some((g, mode)), Some(tabs)) = (probe, &tabs) {
                 // Pipelined: the home bucket of line `j + PREFETCH_AHEAD` is
-                // read (prefetched while hashing) and its first candidate's
-                // line prefetched while line `j` is compared. A batch whose
+                // read (prefetched earlier) and its first candidate's line
+                // prefetched while line `j` is compared. A batch whose
                 // first `SAMPLE` lines are nearly all misses (new data) stops
                 // probing: its lines would pay the lookup twice.
+                let tab = |h: u64| tabs[h as usize & (SHARDS - 1)];
+                let first_of = |h: u64| {
+                    let c = tab(h).first_candidate(h);
+                    if c.0 != 0 {
+                        self.prefetch_pinned(c.0, g);
+                    }
+                    c
+                };
                 let mut probe_end = m;
                 let mut batch_hits = 0;
                 let ahead = hits_ahead;
                 if ahead {
-                    for j in 0..BUCKET_AHEAD.min(m) {
-                        if key[j] != SKIP {
-                            self.prefetch_index(hashes[j]);
-                        }
-                    }
-                }
-                for j in 0..m + PREFETCH_AHEAD {
                     // After a batch of hits, the home bucket is prefetched
                     // [`BUCKET_AHEAD`] lines before it is read: a whole
                     // batch's buckets, prefetched while hashing, no longer
                     // fit in L1 when their turn came (a third of a duplicate
                     // line's time went waiting on them).
-                    if let Some(&k) = key.get(j + BUCKET_AHEAD) {
-                        if ahead && j + BUCKET_AHEAD < probe_end && k != SKIP {
-                            self.prefetch_index(hashes[j + BUCKET_AHEAD]);
+                    for (&h, &k) in hashes[..m].iter().zip(&key[..m]).take(BUCKET_AHEAD) {
+                        if k != SKIP {
+                            tab(h).prefetch_home(h);
                         }
                     }
-                    if j < probe_end && key[j] != SKIP {
-                        first[j] = self.first_pinned(hashes[j], g);
+                }
+                for j in 0..PREFETCH_AHEAD.min(m) {
+                    if key[j] != SKIP {
+                        first[j] = first_of(hashes[j]);
                     }
-                    let Some(j) = j.checked_sub(PREFETCH_AHEAD) else {
-                        continue;
-                    };
-                    if j >= probe_end {
-                        break;
+                }
+                let mut j = 0;
+                while j < probe_end {
+                    let a = j + BUCKET_AHEAD;
+                    if ahead && a < probe_end && key[a] != SKIP {
+                        tab(hashes[a]).prefetch_home(hashes[a]);
+                    }
+                    let c = j + PREFETCH_AHEAD;
+                    if c < probe_end && key[c] != SKIP {
+                        first[c] = first_of(hashes[c]);
                     }
                     if j + 1 == SAMPLE && batch_hits * 8 < SAMPLE {
                         probe_end = j + 1;
@@ -346,27 +360,37 @@ impl Store {
                             // The rest goes to the locked path: its buckets now.
                             for (&h, &k) in hashes[probe_end..m].iter().zip(&key[probe_end..m]) {
                                 if k != SKIP {
-                                    self.prefetch_index(h);
+                                    tab(h).prefetch_home(h);
                                 }
                             }
                         }
                     }
-                    if key[j] == SKIP {
-                        continue;
+                    if key[j] != SKIP {
+                        let h = hashes[j];
+                        let line = &group[j * ls..(j + 1) * ls];
+                        let (id, more) = first[j];
+                        let found = if id != 0 && self.eq_pinned(id, line, g) {
+                            Some(id)
+                        } else if more {
+                            tab(h).find_pinned(h, |x| self.eq_pinned(x, line, g))
+                        } else {
+                            None
+                        };
+                        if let Some(id) = found {
+                            let st = match mode {
+                                Probe::Borrow => Some(Status::Borrowed),
+                                _ if self.inc_unless_zero(id) => Some(Status::Hit),
+                                _ => None, // dying: the locked path decides
+                            };
+                            if let Some(st) = st {
+                                out[start + base + j] = LineId(id);
+                                status[sstart + base + j] = st;
+                                key[j] = SKIP;
+                                batch_hits += 1;
+                            }
+                        }
                     }
-                    let line = &group[j * ls..(j + 1) * ls];
-                    let Some(id) = self.finish_pinned(hashes[j], line, first[j], g) else {
-                        continue;
-                    };
-                    let st = match mode {
-                        Probe::Borrow => Status::Borrowed,
-                        _ if self.inc_unless_zero(id) => Status::Hit,
-                        _ => continue, // dying: the locked path decides
-                    };
-                    out[start + base + j] = LineId(id);
-                    status[sstart + base + j] = st;
-                    key[j] = SKIP;
-                    batch_hits += 1;
+                    j += 1;
                 }
                 pinned_hits += batch_hits as u64;
                 hits_ahead = probe_end == m;
@@ -755,7 +779,10 @@ impl Store {
         // hits gives back every child: no vector grown per level).
         let mut back = [LineId::ZERO; 64];
         let mut nb = 0;
-        for g in 0..groups {
+        // A level of borrowed children (a duplicate build) has nothing to
+        // give back: one pass over the statuses instead of one per group.
+        let none_owned = !cst.iter().any(|st| st.owned());
+        for g in (0..groups).filter(|_| !none_owned) {
             if status.get(sstart + g) != Some(&Status::Created) {
                 let range = g * f..((g + 1) * f).min(children.len());
                 for (c, st) in children[range.clone()].iter().zip(&cst[range]) {

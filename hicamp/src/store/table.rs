@@ -80,6 +80,40 @@ impl Bucket {
         w.store(new, Release);
     }
 
+    /// The bucket as four 16-byte vectors, for a reader without the lock.
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    #[inline(always)]
+    fn load_sse2(&self) -> [std::arch::x86_64::__m128i; 4] {
+        use std::arch::x86_64::__m128i;
+        let p = self.words.as_ptr();
+        let (a, b, c, d): (__m128i, __m128i, __m128i, __m128i);
+        // SAFETY: `p` is the bucket's 64 bytes, 64-byte aligned and live
+        // while `&self` is. The loads are in assembly, so they are the
+        // machine's loads, not Rust's non-atomic ones: on x86_64 an aligned
+        // 16-byte load reads each aligned 8-byte half in one access, as the
+        // `AtomicU64` loads of `load` do, and every load has acquire order
+        // in hardware (TSO); the fence below keeps the compiler from moving
+        // later reads (the candidate line's) above them. The lock holder's
+        // stores are atomic, so a concurrent update is seen per word, never
+        // torn, exactly as with `load`.
+        unsafe {
+            std::arch::asm!(
+                "movdqa {a}, xmmword ptr [{p}]",
+                "movdqa {b}, xmmword ptr [{p} + 16]",
+                "movdqa {c}, xmmword ptr [{p} + 32]",
+                "movdqa {d}, xmmword ptr [{p} + 48]",
+                p = in(reg) p,
+                a = out(xmm_reg) a,
+                b = out(xmm_reg) b,
+                c = out(xmm_reg) c,
+                d = out(xmm_reg) d,
+                options(nostack, preserves_flags, readonly),
+            );
+        }
+        std::sync::atomic::compiler_fence(Acquire);
+        [a, b, c, d]
+    }
+
     /// The sixteen words (slots and overflow count).
     #[inline(always)]
     fn load(&self) -> [u64; 8] {
@@ -203,51 +237,69 @@ impl Buckets {
         self.masks::<LOCKED>(b, tag, self.tmask).0
     }
 
+    /// Prefetches the home bucket of `h` (a hint: any address is harmless).
+    #[inline(always)]
+    pub(super) fn prefetch_home(&self, h: u64) {
+        crate::region::prefetch_ptr(self.b.as_ptr().wrapping_add(Table::home_of(h, self.n())));
+    }
+
+    /// For a reader without the lock: bit `s` set when slot `s` of bucket
+    /// `b` is used and has the tag of `h`, and the bucket's overflow count,
+    /// from one read of the bucket (four 16-byte loads on x86_64, then one
+    /// compare per four slots and a single mask extraction).
+    #[inline(always)]
+    fn probe_bucket(&self, b: usize, h: u64) -> (u32, u32) {
+        let tag = self.tag(h);
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        {
+            let v = self.b[b].load_sse2();
+            // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
+            unsafe { probe_sse2(&v, tag, self.tmask) }
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        {
+            let w = self.b[b].load();
+            let (mut hit, _) = self.masks::<false>(b, tag, self.tmask);
+            hit &= SLOT_BITS;
+            (hit, (w[7] >> 32) as u32)
+        }
+    }
+
     /// The first step of a lookup, for a pipelined probe: the first id of the
     /// home bucket of `h` whose tag matches (0 if none), and whether the
     /// lookup could have any other candidate (a second tag match, or entries
     /// that overflowed past the home bucket).
-    #[inline]
+    #[inline(always)]
     pub(super) fn first_candidate(&self, h: u64) -> (u32, bool) {
         let b = Table::home_of(h, self.n());
-        let w = self.b[b].load();
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
-        let m = unsafe { masks_sse2(&w, self.tag(h), self.tmask) }.0 & SLOT_BITS;
-        #[cfg(not(target_arch = "x86_64"))]
-        let m = self.masks::<false>(b, self.tag(h), self.tmask).0;
-        let overflow = (w[7] >> 32) as u32;
+        let (m, overflow) = self.probe_bucket(b, h);
         if m == 0 {
             return (0, overflow != 0);
         }
-        let s = m.trailing_zeros() as usize;
-        let id = (w[s / 2] >> (32 * (s & 1))) as u32 & self.id_mask();
-        (id, m & (m - 1) != 0 || overflow != 0)
+        // The slot is read again: it may have changed since the bucket was
+        // compared (then the caller compares another line, or finds 0 and
+        // takes the general walk): any id read is an entry of the table.
+        let id = self.b[b].slot(m.trailing_zeros() as usize) & self.id_mask();
+        (id, m & (m - 1) != 0 || overflow != 0 || id == 0)
     }
 
     /// [`Buckets::find`] for a reader without the lock, with the home
-    /// bucket done from one load of its words (the ids taken from them, the
-    /// overflow count too): most lookups end there. Entries that overflowed
-    /// past the home bucket take the general walk.
+    /// bucket compared from one read of its words: most lookups end there.
+    /// Entries that overflowed past the home bucket take the general walk.
     #[inline]
     pub(super) fn find_pinned(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
         let b = Table::home_of(h, self.n());
-        let w = self.b[b].load();
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
-        let mut m = unsafe { hits_sse2(&w, self.tag(h), self.tmask) } & SLOT_BITS;
-        #[cfg(not(target_arch = "x86_64"))]
-        let mut m = self.masks::<false>(b, self.tag(h), self.tmask).0;
+        let (mut m, overflow) = self.probe_bucket(b, h);
         let idm = self.id_mask();
         while m != 0 {
             let s = m.trailing_zeros() as usize;
             m &= m - 1;
-            let id = (w[s / 2] >> (32 * (s & 1))) as u32 & idm;
+            let id = self.b[b].slot(s) & idm;
             if id != 0 && eq(id) {
                 return Some(id);
             }
         }
-        if (w[7] >> 32) as u32 == 0 {
+        if overflow == 0 {
             return None;
         }
         self.find::<false>(h, eq)
@@ -644,6 +696,32 @@ fn masks_sse2(w: &[u64; 8], tag: u32, tmask: u32) -> (u32, u32) {
         empty |= (_mm_movemask_ps(_mm_castsi128_ps(zero)) as u32) << (4 * q);
     }
     (hit, empty)
+}
+
+/// Bit `s` set when slot `s` of the bucket `v` is used and equals `tag`
+/// under `tmask` (slots 0..15), and the overflow count (word 15). The four
+/// compares are packed into one byte mask; the test for an empty slot is
+/// needed only when `tag` is 0 (a non-zero tag never matches an empty slot).
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[target_feature(enable = "sse2")]
+#[inline]
+fn probe_sse2(v: &[std::arch::x86_64::__m128i; 4], tag: u32, tmask: u32) -> (u32, u32) {
+    use std::arch::x86_64::*;
+    let t = _mm_set1_epi32(tag as i32);
+    let k = _mm_set1_epi32(tmask as i32);
+    let eq = |x: __m128i| _mm_cmpeq_epi32(_mm_and_si128(x, k), t);
+    let mut e = [eq(v[0]), eq(v[1]), eq(v[2]), eq(v[3])];
+    if tag == 0 {
+        let z = _mm_setzero_si128();
+        for (e, &x) in e.iter_mut().zip(v) {
+            *e = _mm_andnot_si128(_mm_cmpeq_epi32(x, z), *e);
+        }
+    }
+    let lo = _mm_packs_epi32(e[0], e[1]);
+    let hi = _mm_packs_epi32(e[2], e[3]);
+    let m = _mm_movemask_epi8(_mm_packs_epi16(lo, hi)) as u32 & SLOT_BITS;
+    let overflow = _mm_cvtsi128_si32(_mm_shuffle_epi32::<0xff>(v[3])) as u32;
+    (m, overflow)
 }
 
 /// The second mask of [`masks_sse2`] alone (bit `s` when word `s` is zero).
