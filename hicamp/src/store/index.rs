@@ -379,21 +379,14 @@ impl Store {
         prefetch_ptr(base.wrapping_add(Table::home_of(h, n)));
     }
 
-    /// Before a run of lookups in one shard (lock held): prefetches the
-    /// count word and the line of every tag-matching candidate, and, for the
-    /// lookups that have none (likely new lines), the slots the free list
-    /// will hand out next, so that the misses of the whole run overlap.
-    pub(super) fn prefetch_run(&self, shard: &Shard, hashes: impl Iterator<Item = u64>) {
+    /// Before a run of `n` lookups in one shard (lock held), most of them
+    /// new lines (the lock-free probe found the duplicates): prefetches the
+    /// count words and lines of the slots the free list will hand out next,
+    /// so that the misses of the whole run overlap. (The home buckets were
+    /// prefetched while hashing.)
+    pub(super) fn prefetch_run(&self, shard: &Shard, n: usize) {
         let meta = self.meta.as_slice();
-        let mut misses = 0;
-        for h in hashes {
-            let n = shard.table.candidates(h, |id| {
-                prefetch_ptr(meta.as_ptr().wrapping_add(id as usize));
-                prefetch_ptr(self.line(LineId(id)).as_ptr());
-            });
-            misses += usize::from(n == 0);
-        }
-        for &id in shard.free.iter().rev().take(misses) {
+        for &id in shard.free.iter().rev().take(n) {
             prefetch_ptr(meta.as_ptr().wrapping_add(id as usize));
             prefetch_ptr(self.line(LineId(id)).as_ptr());
         }
@@ -436,11 +429,19 @@ impl Store {
         }
         let meta = self.meta.as_slice();
         let kbit = kind_bit(kind);
-        let found = shard.table.find(h, |id| {
+        let mut at_place = None;
+        let found = shard.table.find_or_place(h, |id| {
             meta[id as usize].load(Relaxed) & INTERIOR_BIT == kbit
                 && lines_eq(self.line(LineId(id)), line)
         });
-        if let Some(id) = found {
+        let at = match found {
+            Ok(id) => Some(id),
+            Err(at) => {
+                at_place = at;
+                None
+            }
+        };
+        if let Some(id) = at {
             let m = &meta[id as usize];
             let prev = m.fetch_add(1, Relaxed);
             if prev & COUNT_MASK >= SATURATED {
@@ -454,7 +455,7 @@ impl Store {
         // this thread owns it exclusively; it is published below, under the lock.
         unsafe { self.arena.write(id, line) };
         meta[id as usize].store(kbit | 1, Relaxed);
-        shard.table.insert(h, id);
+        shard.table.insert_at(h, id, at_place);
         shard.live[kind_index(kind)] += 1;
         shard.created[kind_index(kind)] += 1;
         if self.durability != Durability::None {

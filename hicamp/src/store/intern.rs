@@ -464,7 +464,7 @@ impl Store {
                 while run_end < misses && key[at(run_end)] as usize == sh {
                     run_end += 1;
                 }
-                self.prefetch_run(&shard, (k..run_end).map(|i| hashes[at(i)]));
+                self.prefetch_run(&shard, run_end - k);
                 while k < misses && key[at(k)] as usize == sh {
                     let j = at(k);
                     let line = &group[j * ls..(j + 1) * ls];

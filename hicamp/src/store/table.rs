@@ -115,6 +115,7 @@ impl Bucket {
     }
 
     /// The sixteen words (slots and overflow count).
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     #[inline(always)]
     fn load(&self) -> [u64; 8] {
         std::array::from_fn(|k| self.words[k].load(Acquire))
@@ -167,24 +168,25 @@ impl Buckets {
     /// the bucket meanwhile and it is read with plain loads.
     #[inline(always)]
     fn masks<const LOCKED: bool>(&self, b: usize, tag: u32, tmask: u32) -> (u32, u32) {
-        let w = if LOCKED {
-            // SAFETY: only the table's writer side writes buckets, and the
-            // caller is it (`LOCKED`), so this read races with no write
-            // (lock-free readers only read); `[AtomicU64; 8]` has the layout
-            // of `[u64; 8]`.
-            unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) }
-        } else {
-            self.b[b].load()
-        };
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
         {
+            // The vector loads serve both sides (see `load_sse2`).
+            let v = self.b[b].load_sse2();
             // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64
-            // CPU has the feature `masks_sse2` is compiled for.
-            let (hit, empty) = unsafe { masks_sse2(&w, tag, tmask) };
-            (hit & SLOT_BITS, empty & SLOT_BITS)
+            // CPU has the feature `masks_packed` is compiled for.
+            unsafe { masks_packed(&v, tag, tmask) }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
         {
+            let w = if LOCKED {
+                // SAFETY: only the table's writer side writes buckets, and
+                // the caller is it (`LOCKED`), so this read races with no
+                // write (lock-free readers only read); `[AtomicU64; 8]` has
+                // the layout of `[u64; 8]`.
+                unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) }
+            } else {
+                self.b[b].load()
+            };
             let (mut hit, mut empty) = (0u32, 0u32);
             for s in 0..BUCKET_SLOTS {
                 let v = (w[s / 2] >> (32 * (s & 1))) as u32;
@@ -196,39 +198,16 @@ impl Buckets {
     }
 
     /// Bit `s` set when slot `s` of bucket `b` holds exactly `v` (non-zero;
-    /// writer side: plain loads, see [`Table`]).
+    /// writer side).
     #[inline(always)]
     fn hits_locked(&self, b: usize, v: u32) -> u32 {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: as in `empties`.
-            let w = unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) };
-            // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
-            unsafe { hits_sse2(&w, v, u32::MAX) & SLOT_BITS }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            self.masks::<true>(b, v, u32::MAX).0
-        }
+        self.masks::<true>(b, v, u32::MAX).0
     }
 
-    /// Bit `s` set when slot `s` of bucket `b` is empty (writer side: plain
-    /// loads, see [`Table`]).
+    /// Bit `s` set when slot `s` of bucket `b` is empty (writer side).
     #[inline(always)]
     fn empties(&self, b: usize) -> u32 {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: as in `masks::<true>`: only the writer side, the
-            // caller, writes buckets; `[AtomicU64; 8]` has the layout of
-            // `[u64; 8]`.
-            let w = unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) };
-            // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
-            unsafe { empties_sse2(&w) & SLOT_BITS }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            self.masks::<true>(b, 0, 0).1
-        }
+        self.masks::<true>(b, 0, 0).1
     }
 
     /// Bit `s` set when slot `s` of bucket `b` is used and has `tag`.
@@ -337,20 +316,61 @@ impl Buckets {
         None
     }
 
-    /// Calls `f` on each id of the home bucket of `h` whose tag matches
-    /// (the candidates a lookup will compare first); returns how many.
-    /// Writer side only (plain loads: see [`Table`]).
+    /// The writer side's lookup before an insert: the first id in the probe
+    /// sequence of `h` for which `eq` holds, or else where an insert of `h`
+    /// goes (the first bucket of the walk with an empty slot, and the slot;
+    /// `None` when the walk ended before one), so that a miss reads each
+    /// bucket once (see [`Buckets::insert_at`]).
     #[inline]
-    fn candidates(&self, h: u64, mut f: impl FnMut(u32)) -> u32 {
-        let b = Table::home_of(h, self.n());
-        let mut m = self.matches::<true>(b, self.tag(h));
-        let n = m.count_ones();
-        while m != 0 {
-            let s = m.trailing_zeros() as usize;
-            m &= m - 1;
-            f(self.b[b].slot(s) & self.id_mask());
+    fn find_or_place(
+        &self,
+        h: u64,
+        mut eq: impl FnMut(u32) -> bool,
+    ) -> Result<u32, Option<(usize, usize)>> {
+        let n = self.n();
+        let tag = self.tag(h);
+        let idm = self.id_mask();
+        let mut b = Table::home_of(h, n);
+        let mut at = None;
+        for _ in 0..n {
+            let (mut m, empty) = self.masks::<true>(b, tag, self.tmask);
+            while m != 0 {
+                let s = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let id = self.b[b].slot(s) & idm;
+                if id != 0 && eq(id) {
+                    return Ok(id);
+                }
+            }
+            if at.is_none() && empty != 0 {
+                at = Some((b, empty.trailing_zeros() as usize));
+            }
+            if self.b[b].slot(OVERFLOW) == 0 {
+                break;
+            }
+            b = if b + 1 == n { 0 } else { b + 1 };
         }
-        n
+        Err(at)
+    }
+
+    /// Adds `id` under hash `h` at `at`, from [`Buckets::find_or_place`]
+    /// with no change to the table since (the lock holder): the buckets from
+    /// the home one up to `at` were all full, so each counts one more entry
+    /// past it, as [`Buckets::insert`] would have done. `None`: a plain
+    /// insert.
+    fn insert_at(&self, h: u64, id: u32, at: Option<(usize, usize)>) {
+        let Some((b, s)) = at else {
+            return self.insert(h, id);
+        };
+        debug_assert_eq!(self.b[b].slot(s), 0);
+        self.b[b].set_slot(s, self.tag(h) | id);
+        let n = self.n();
+        let mut p = Table::home_of(h, n);
+        while p != b {
+            let o = self.b[p].slot(OVERFLOW);
+            self.b[p].set_slot(OVERFLOW, o + 1);
+            p = if p + 1 == n { 0 } else { p + 1 };
+        }
     }
 
     /// Adds `id` under hash `h` (the lock holder; a free slot exists).
@@ -607,10 +627,24 @@ impl Table {
         self.shared().find::<true>(h, eq)
     }
 
-    /// See [`Buckets::candidates`].
+    /// See [`Buckets::find_or_place`].
     #[inline]
-    pub(super) fn candidates(&self, h: u64, f: impl FnMut(u32)) -> u32 {
-        self.shared().candidates(h, f)
+    pub(super) fn find_or_place(
+        &self,
+        h: u64,
+        eq: impl FnMut(u32) -> bool,
+    ) -> Result<u32, Option<(usize, usize)>> {
+        self.shared().find_or_place(h, eq)
+    }
+
+    /// Adds `id` under hash `h` where [`Table::find_or_place`] said (with
+    /// no change to the table since). The caller grew the table first when
+    /// [`Table::full`], and knows `id` is absent.
+    pub(super) fn insert_at(&mut self, h: u64, id: u32, at: Option<(usize, usize)>) {
+        debug_assert!(id != 0 && id & !self.shared().id_mask() == 0);
+        debug_assert!(self.len < self.shared().n() * BUCKET_SLOTS);
+        self.shared().insert_at(h, id, at);
+        self.len += 1;
     }
 
     /// Adds `id` under hash `h`. The caller grows the table first when
@@ -676,26 +710,32 @@ impl Table {
     }
 }
 
-/// For each word `s` of `w` (sixteen `u32`, two per `u64`): bit `s` of the
-/// first mask when the word is non-zero and equals `tag` under `tmask`, bit
-/// `s` of the second when it is zero (four 4-lane compares; the caller masks
-/// off word 15).
-#[cfg(target_arch = "x86_64")]
+/// For each slot `s` of the bucket `v` (slots 0..15): bit `s` of the first
+/// mask when the slot is used and equals `tag` under `tmask`, bit `s` of the
+/// second when it is empty (the four compares packed into one byte mask).
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 #[target_feature(enable = "sse2")]
-fn masks_sse2(w: &[u64; 8], tag: u32, tmask: u32) -> (u32, u32) {
+#[inline]
+fn masks_packed(v: &[std::arch::x86_64::__m128i; 4], tag: u32, tmask: u32) -> (u32, u32) {
     use std::arch::x86_64::*;
     let t = _mm_set1_epi32(tag as i32);
     let k = _mm_set1_epi32(tmask as i32);
     let z = _mm_setzero_si128();
-    let (mut hit, mut empty) = (0u32, 0u32);
-    for q in 0..4 {
-        let v = _mm_set_epi64x(w[2 * q + 1] as i64, w[2 * q] as i64);
-        let zero = _mm_cmpeq_epi32(v, z);
-        let eq = _mm_cmpeq_epi32(_mm_and_si128(v, k), t);
-        hit |= (_mm_movemask_ps(_mm_castsi128_ps(_mm_andnot_si128(zero, eq))) as u32) << (4 * q);
-        empty |= (_mm_movemask_ps(_mm_castsi128_ps(zero)) as u32) << (4 * q);
-    }
-    (hit, empty)
+    let zs = [
+        _mm_cmpeq_epi32(v[0], z),
+        _mm_cmpeq_epi32(v[1], z),
+        _mm_cmpeq_epi32(v[2], z),
+        _mm_cmpeq_epi32(v[3], z),
+    ];
+    let eq = |q: usize| _mm_andnot_si128(zs[q], _mm_cmpeq_epi32(_mm_and_si128(v[q], k), t));
+    let pack = |a: __m128i, b: __m128i, c: __m128i, d: __m128i| {
+        let m = _mm_packs_epi16(_mm_packs_epi32(a, b), _mm_packs_epi32(c, d));
+        _mm_movemask_epi8(m) as u32 & SLOT_BITS
+    };
+    (
+        pack(eq(0), eq(1), eq(2), eq(3)),
+        pack(zs[0], zs[1], zs[2], zs[3]),
+    )
 }
 
 /// Bit `s` set when slot `s` of the bucket `v` is used and equals `tag`
@@ -724,7 +764,7 @@ fn probe_sse2(v: &[std::arch::x86_64::__m128i; 4], tag: u32, tmask: u32) -> (u32
     (m, overflow)
 }
 
-/// The second mask of [`masks_sse2`] alone (bit `s` when word `s` is zero).
+/// Bit `s` set when word `s` of `w` (sixteen `u32`, two per `u64`) is zero.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse2")]
 fn empties_sse2(w: &[u64; 8]) -> u32 {
@@ -736,25 +776,6 @@ fn empties_sse2(w: &[u64; 8]) -> u32 {
         empty |= (_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(v, z))) as u32) << (4 * q);
     }
     empty
-}
-
-/// The first mask of [`masks_sse2`] alone (bit `s` when word `s` is
-/// non-zero and equals `tag` under `tmask`): what a lock-free lookup needs.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "sse2")]
-fn hits_sse2(w: &[u64; 8], tag: u32, tmask: u32) -> u32 {
-    use std::arch::x86_64::*;
-    let t = _mm_set1_epi32(tag as i32);
-    let k = _mm_set1_epi32(tmask as i32);
-    let z = _mm_setzero_si128();
-    let mut hit = 0u32;
-    for q in 0..4 {
-        let v = _mm_set_epi64x(w[2 * q + 1] as i64, w[2 * q] as i64);
-        let zero = _mm_cmpeq_epi32(v, z);
-        let eq = _mm_cmpeq_epi32(_mm_and_si128(v, k), t);
-        hit |= (_mm_movemask_ps(_mm_castsi128_ps(_mm_andnot_si128(zero, eq))) as u32) << (4 * q);
-    }
-    hit
 }
 
 #[cfg(test)]
@@ -772,6 +793,8 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u32),
+        /// Insert through `find_or_place` and `insert_at` (the store's path).
+        Place(u32),
         Remove(u32),
         Find(u32),
         Grow,
@@ -781,7 +804,8 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (1u32..300).prop_map(Op::Insert),
+            2 => (1u32..300).prop_map(Op::Insert),
+            3 => (1u32..300).prop_map(Op::Place),
             3 => (1u32..300).prop_map(Op::Remove),
             3 => (1u32..300).prop_map(Op::Find),
             1 => Just(Op::Grow),
@@ -818,6 +842,25 @@ mod tests {
                             model.insert(k, h);
                         }
                     }
+                    Op::Place(k) => {
+                        let h = h_of(k, spread);
+                        if t.full() {
+                            let ids = t.ids();
+                            let hs: Vec<u64> = ids.iter().map(|&i| model[&i]).collect();
+                            t.rebuild(t.grown(), &ids, &hs);
+                        }
+                        match t.find_or_place(h, |id| id == k) {
+                            Ok(id) => {
+                                prop_assert_eq!(id, k);
+                                prop_assert!(model.contains_key(&k));
+                            }
+                            Err(at) => {
+                                prop_assert!(!model.contains_key(&k));
+                                t.insert_at(h, k, at);
+                                model.insert(k, h);
+                            }
+                        }
+                    }
                     Op::Remove(k) => {
                         let h = h_of(k, spread);
                         prop_assert_eq!(t.remove(h, k), model.remove(&k).is_some());
@@ -825,6 +868,15 @@ mod tests {
                     Op::Find(k) => {
                         let h = h_of(k, spread);
                         prop_assert_eq!(t.find(h, |id| id == k), model.get(&k).map(|_| k));
+                        // The lock-free reader's paths agree.
+                        let b = t.shared();
+                        prop_assert_eq!(b.find_pinned(h, |id| id == k), model.get(&k).map(|_| k));
+                        let (first, more) = b.first_candidate(h);
+                        if model.contains_key(&k) {
+                            prop_assert!(first == k || more);
+                        } else {
+                            prop_assert!(first != k);
+                        }
                     }
                     Op::Grow => {
                         let ids = t.ids();
