@@ -133,10 +133,17 @@ impl Store {
     /// slots of a mass release are handed out again in ascending runs, so
     /// the next intern writes the arena and the counts a few pages at a time
     /// (as a fresh memory does), not at random across the whole arena.
+    #[inline]
     pub(super) fn alloc_slot(&self, shard: &mut Shard) -> Option<u32> {
         if let Some(id) = shard.free.pop() {
             return Some(id);
         }
+        self.alloc_slot_refill(shard)
+    }
+
+    /// [`Store::alloc_slot`] when the shard's list is empty.
+    #[inline(never)]
+    fn alloc_slot_refill(&self, shard: &mut Shard) -> Option<u32> {
         // Small memories take few slots at a time (little reserved metadata);
         // busy shards take more (fewer trips to the shared state).
         let chunk = if shard.created[0] + shard.created[1] < 1024 {
@@ -399,6 +406,8 @@ impl Store {
     /// in runs), not at random over the arena: one counting pass by the id's
     /// high bits, about one key per line, is enough for that locality and
     /// costs a fraction of a full sort (which was a third of a growth).
+    #[cold]
+    #[inline(never)]
     pub(super) fn grow(&self, cell: &ShardCell, shard: &mut Shard) {
         let ids = approx_sorted(shard.table.ids(), self.slots);
         let kind = shard.kind;
@@ -416,6 +425,7 @@ impl Store {
 
     /// Looks a full line up under its shard lock, inserting it when absent.
     /// `None` means no free slot could be found without draining.
+    #[inline]
     pub(super) fn find_or_insert(
         &self,
         cell: &ShardCell,
