@@ -409,6 +409,25 @@ impl Store {
     #[cold]
     #[inline(never)]
     pub(super) fn grow(&self, cell: &ShardCell, shard: &mut Shard) {
+        let n = shard.table.grown();
+        self.grow_to(cell, shard, n);
+    }
+
+    /// Makes room in a shard's table for `extra` more entries at once (one
+    /// rebuild to a load of 3/4, instead of a growth by 1.5x every few
+    /// inserts), when a batch of new lines says that many are coming. The
+    /// estimate is capped at twice a fair share of the slots.
+    pub(super) fn reserve(&self, cell: &ShardCell, shard: &mut Shard, extra: usize) {
+        let cap = (self.slots as usize / (SHARDS / 2)).saturating_mul(2);
+        let want = shard.table.len() + extra.min(cap);
+        if !shard.table.fits(want) {
+            self.grow_to(cell, shard, Table::buckets_for(want));
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow_to(&self, cell: &ShardCell, shard: &mut Shard, buckets: usize) {
         let ids = approx_sorted(shard.table.ids(), self.slots);
         let kind = shard.kind;
         let mut hashes = Vec::with_capacity(ids.len());
@@ -418,8 +437,7 @@ impl Store {
             }
             hashes.push(line_hash(kind, self.line(LineId(id))));
         }
-        let n = shard.table.grown();
-        shard.table.rebuild(n, &ids, &hashes);
+        shard.table.rebuild(buckets, &ids, &hashes);
         cell.set_hint(&shard.table);
     }
 

@@ -455,11 +455,24 @@ impl Store {
                     }
                 }
             }
+            // A batch of nearly all new lines with more batches to come (a
+            // segment of new data): each shard makes room for its share of
+            // the new lines of the whole run at once, so the index grows
+            // once, while nearly empty, not by 1.5x every few inserts (which
+            // rehashed every line about twice over).
+            let reserve = if misses * 8 >= m * 7 && n - base > m {
+                ((n - base) * misses / m).div_ceil(SHARDS / 2)
+            } else {
+                0
+            };
             let mut k = 0;
             while k < misses {
                 let sh = key[at(k)] as usize;
                 let cell = &self.shards[sh];
                 let mut shard = cell.lock.lock();
+                if reserve != 0 {
+                    self.reserve(cell, &mut shard, reserve);
+                }
                 let mut run_end = k;
                 while run_end < misses && key[at(run_end)] as usize == sh {
                     run_end += 1;

@@ -615,6 +615,12 @@ impl Table {
         (self.len + 1) * 8 > self.shared().n() * BUCKET_SLOTS * 7
     }
 
+    /// True when `n` entries fit under the maximum load (7/8).
+    #[inline]
+    pub(super) fn fits(&self, n: usize) -> bool {
+        n * 8 <= self.shared().n() * BUCKET_SLOTS * 7
+    }
+
     /// The bucket count after the next growth (1.5x).
     pub(super) fn grown(&self) -> usize {
         let n = self.shared().n();
