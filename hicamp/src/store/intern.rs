@@ -956,6 +956,46 @@ mod tests {
     use crate::store::line_hash;
     use crate::{Config, Memory};
 
+    /// A segment of new lines larger than a batch reserves each shard's
+    /// share of the index up front: every line is found again afterwards,
+    /// a second intern creates nothing, and the index is sized for what
+    /// arrived (about 3/4 full), not for more.
+    #[test]
+    fn a_large_new_segment_reserves_the_index_once() {
+        let m = Memory::new(Config {
+            line_size: 64,
+            capacity_lines: 1 << 16,
+            map_capacity: 2,
+            ..Config::default()
+        })
+        .unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let data: Vec<u8> = (0..(20_000 * 64))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let s = m.segment(&data).unwrap();
+        let live = m.live_lines();
+        assert!(live > 20_000);
+        let index = m.stats().index_bytes as f64 / live as f64;
+        assert!(index < 6.5, "index {index:.2} B per line");
+        let again = m.segment(&data).unwrap();
+        assert_eq!(m.live_lines(), live, "a duplicate created a line");
+        assert_eq!(again.to_vec(), data);
+        let store = &m.inner.store;
+        for line in data.chunks_exact(64) {
+            let h = line_hash(LineKind::Leaf, line);
+            let guard = store.epochs.pin();
+            assert!(store.find_pinned(h, line, &guard).is_some());
+        }
+        drop((s, again));
+        assert_eq!(m.live_lines(), 0);
+    }
+
     /// A borrowed child that dies before its parent is created stops the
     /// level with `Retry`, and the level still consumes the owned children.
     #[test]
