@@ -443,7 +443,7 @@ impl Store {
 
     /// Looks a full line up under its shard lock, inserting it when absent.
     /// `None` means no free slot could be found without draining.
-    #[inline]
+    #[inline(always)]
     pub(super) fn find_or_insert(
         &self,
         cell: &ShardCell,
@@ -457,33 +457,28 @@ impl Store {
         }
         let meta = self.meta.as_slice();
         let kbit = kind_bit(kind);
-        let mut at_place = None;
         let found = shard.table.find_or_place(h, |id| {
             meta[id as usize].load(Relaxed) & INTERIOR_BIT == kbit
                 && lines_eq(self.line(LineId(id)), line)
         });
-        let at = match found {
-            Ok(id) => Some(id),
-            Err(at) => {
-                at_place = at;
-                None
+        let place = match found {
+            Ok(id) => {
+                let m = &meta[id as usize];
+                let prev = m.fetch_add(1, Relaxed);
+                if prev & COUNT_MASK >= SATURATED {
+                    m.store(kbit | SATURATED, Relaxed);
+                }
+                shard.hits[kind_index(kind)] += 1;
+                return Some((LineId(id), false));
             }
+            Err(place) => place,
         };
-        if let Some(id) = at {
-            let m = &meta[id as usize];
-            let prev = m.fetch_add(1, Relaxed);
-            if prev & COUNT_MASK >= SATURATED {
-                m.store(kbit | SATURATED, Relaxed);
-            }
-            shard.hits[kind_index(kind)] += 1;
-            return Some((LineId(id), false));
-        }
         let id = self.alloc_slot(shard)?;
         // SAFETY: `id` was just taken from a free list or the fresh range, so
         // this thread owns it exclusively; it is published below, under the lock.
         unsafe { self.arena.write(id, line) };
         meta[id as usize].store(kbit | 1, Relaxed);
-        shard.table.insert_at(h, id, at_place);
+        shard.table.insert_at(h, id, place);
         shard.live[kind_index(kind)] += 1;
         shard.created[kind_index(kind)] += 1;
         if self.durability != Durability::None {

@@ -318,19 +318,15 @@ impl Buckets {
 
     /// The writer side's lookup before an insert: the first id in the probe
     /// sequence of `h` for which `eq` holds, or else where an insert of `h`
-    /// goes (the first bucket of the walk with an empty slot, and the slot;
-    /// `None` when the walk ended before one), so that a miss reads each
-    /// bucket once (see [`Buckets::insert_at`]).
-    #[inline]
-    fn find_or_place(
-        &self,
-        h: u64,
-        mut eq: impl FnMut(u32) -> bool,
-    ) -> Result<u32, Option<(usize, usize)>> {
+    /// goes (see [`Place`]), so that a miss reads each bucket once (see
+    /// [`Buckets::insert_at`]).
+    #[inline(always)]
+    fn find_or_place(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Result<u32, Place> {
         let n = self.n();
         let tag = self.tag(h);
         let idm = self.id_mask();
-        let mut b = Table::home_of(h, n);
+        let home = Table::home_of(h, n);
+        let mut b = home;
         let mut at = None;
         for _ in 0..n {
             let (mut m, empty) = self.masks::<true>(b, tag, self.tmask);
@@ -350,22 +346,22 @@ impl Buckets {
             }
             b = if b + 1 == n { 0 } else { b + 1 };
         }
-        Err(at)
+        Err(Place { home, tag, at })
     }
 
-    /// Adds `id` under hash `h` at `at`, from [`Buckets::find_or_place`]
+    /// Adds `id` under hash `h` at `place`, from [`Buckets::find_or_place`]
     /// with no change to the table since (the lock holder): the buckets from
-    /// the home one up to `at` were all full, so each counts one more entry
-    /// past it, as [`Buckets::insert`] would have done. `None`: a plain
-    /// insert.
-    fn insert_at(&self, h: u64, id: u32, at: Option<(usize, usize)>) {
-        let Some((b, s)) = at else {
+    /// the home one up to the place were all full, so each counts one more
+    /// entry past it, as [`Buckets::insert`] would have done.
+    #[inline(always)]
+    fn insert_at(&self, h: u64, id: u32, place: Place) {
+        let Some((b, s)) = place.at else {
             return self.insert(h, id);
         };
         debug_assert_eq!(self.b[b].slot(s), 0);
-        self.b[b].set_slot(s, self.tag(h) | id);
+        self.b[b].set_slot(s, place.tag | id);
         let n = self.n();
-        let mut p = Table::home_of(h, n);
+        let mut p = place.home;
         while p != b {
             let o = self.b[p].slot(OVERFLOW);
             self.b[p].set_slot(OVERFLOW, o + 1);
@@ -495,6 +491,17 @@ impl Buckets {
         }
         false
     }
+}
+
+/// Where an insert goes, from a lookup that missed
+/// ([`Table::find_or_place`]): the home bucket, the tag field, and the first
+/// bucket of the walk with an empty slot and that slot (`None` when the walk
+/// ended before one: the insert walks on).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Place {
+    home: usize,
+    tag: u32,
+    at: Option<(usize, usize)>,
 }
 
 /// A bucket array replaced by growth, waiting to be handed to the epoch
@@ -634,22 +641,19 @@ impl Table {
     }
 
     /// See [`Buckets::find_or_place`].
-    #[inline]
-    pub(super) fn find_or_place(
-        &self,
-        h: u64,
-        eq: impl FnMut(u32) -> bool,
-    ) -> Result<u32, Option<(usize, usize)>> {
+    #[inline(always)]
+    pub(super) fn find_or_place(&self, h: u64, eq: impl FnMut(u32) -> bool) -> Result<u32, Place> {
         self.shared().find_or_place(h, eq)
     }
 
     /// Adds `id` under hash `h` where [`Table::find_or_place`] said (with
     /// no change to the table since). The caller grew the table first when
     /// [`Table::full`], and knows `id` is absent.
-    pub(super) fn insert_at(&mut self, h: u64, id: u32, at: Option<(usize, usize)>) {
+    #[inline(always)]
+    pub(super) fn insert_at(&mut self, h: u64, id: u32, place: Place) {
         debug_assert!(id != 0 && id & !self.shared().id_mask() == 0);
         debug_assert!(self.len < self.shared().n() * BUCKET_SLOTS);
-        self.shared().insert_at(h, id, at);
+        self.shared().insert_at(h, id, place);
         self.len += 1;
     }
 
@@ -860,9 +864,9 @@ mod tests {
                                 prop_assert_eq!(id, k);
                                 prop_assert!(model.contains_key(&k));
                             }
-                            Err(at) => {
+                            Err(place) => {
                                 prop_assert!(!model.contains_key(&k));
-                                t.insert_at(h, k, at);
+                                t.insert_at(h, k, place);
                                 model.insert(k, h);
                             }
                         }
