@@ -355,7 +355,10 @@ impl Store {
     /// release is deferred past it) and its entries were in the index during
     /// the pin; it may lack newer ones, which then miss to the locked path.
     #[inline]
-    pub(super) fn published_tables<'g>(&'g self, _guard: &'g epoch::Guard) -> [&'g Buckets; SHARDS] {
+    pub(super) fn published_tables<'g>(
+        &'g self,
+        _guard: &'g epoch::Guard,
+    ) -> [&'g Buckets; SHARDS] {
         std::array::from_fn(|s| {
             let p = self.shards[s].published.load(Acquire);
             // SAFETY: as in `find_pinned`: `published` points at a live
