@@ -133,10 +133,17 @@ impl Store {
     /// slots of a mass release are handed out again in ascending runs, so
     /// the next intern writes the arena and the counts a few pages at a time
     /// (as a fresh memory does), not at random across the whole arena.
+    #[inline]
     pub(super) fn alloc_slot(&self, shard: &mut Shard) -> Option<u32> {
         if let Some(id) = shard.free.pop() {
             return Some(id);
         }
+        self.alloc_slot_refill(shard)
+    }
+
+    /// [`Store::alloc_slot`] when the shard's list is empty.
+    #[inline(never)]
+    fn alloc_slot_refill(&self, shard: &mut Shard) -> Option<u32> {
         // Small memories take few slots at a time (little reserved metadata);
         // busy shards take more (fewer trips to the shared state).
         let chunk = if shard.created[0] + shard.created[1] < 1024 {
@@ -342,39 +349,36 @@ impl Store {
         t.find_pinned(h, |id| lines_eq(self.line_pinned(id, guard), line))
     }
 
-    /// The first step of a pinned lookup of `h` (see
-    /// `Buckets::first_candidate`), prefetching the candidate's line.
+    /// Every shard's published bucket array, read once for a batch of
+    /// pinned lookups (a lookup then costs no load of its shard's cell). An
+    /// array replaced meanwhile stays readable while `_guard` lives (its
+    /// release is deferred past it) and its entries were in the index during
+    /// the pin; it may lack newer ones, which then miss to the locked path.
     #[inline]
-    pub(super) fn first_pinned(&self, h: u64, guard: &epoch::Guard) -> (u32, bool) {
-        let cell = &self.shards[h as usize & (SHARDS - 1)];
-        let p = cell.published.load(Acquire);
-        // SAFETY: as in `find_pinned`.
-        let t = unsafe { &*p };
-        let (id, more) = t.first_candidate(h);
-        if id != 0 {
-            prefetch_ptr(self.line_pinned(id, guard).as_ptr());
-        }
-        (id, more)
+    pub(super) fn published_tables<'g>(
+        &'g self,
+        _guard: &'g epoch::Guard,
+    ) -> [&'g Buckets; SHARDS] {
+        std::array::from_fn(|s| {
+            let p = self.shards[s].published.load(Acquire);
+            // SAFETY: as in `find_pinned`: `published` points at a live
+            // array whose release waits for this guard.
+            unsafe { &*p }
+        })
     }
 
-    /// The second step: `line` is at `id` (from `first_pinned`), or, when
-    /// there are `more` candidates, wherever the full lookup finds it.
-    #[inline]
-    pub(super) fn finish_pinned(
-        &self,
-        h: u64,
-        line: &[u8],
-        (id, more): (u32, bool),
-        guard: &epoch::Guard,
-    ) -> Option<u32> {
-        if id != 0 && lines_eq(self.line_pinned(id, guard), line) {
-            return Some(id);
-        }
-        if more {
-            self.find_pinned(h, line, guard)
-        } else {
-            None
-        }
+    /// The line in slot `id` (an entry of a published array) compared with
+    /// `line`, for a pinned reader (see `line_pinned`).
+    #[inline(always)]
+    pub(super) fn eq_pinned(&self, id: u32, line: &[u8], guard: &epoch::Guard) -> bool {
+        lines_eq(self.line_pinned(id, guard), line)
+    }
+
+    /// Prefetches the line in slot `id` (an entry of a published array),
+    /// for a pinned reader.
+    #[inline(always)]
+    pub(super) fn prefetch_pinned(&self, id: u32, guard: &epoch::Guard) {
+        prefetch_ptr(self.line_pinned(id, guard).as_ptr());
     }
 
     #[inline]
@@ -385,21 +389,14 @@ impl Store {
         prefetch_ptr(base.wrapping_add(Table::home_of(h, n)));
     }
 
-    /// Before a run of lookups in one shard (lock held): prefetches the
-    /// count word and the line of every tag-matching candidate, and, for the
-    /// lookups that have none (likely new lines), the slots the free list
-    /// will hand out next, so that the misses of the whole run overlap.
-    pub(super) fn prefetch_run(&self, shard: &Shard, hashes: impl Iterator<Item = u64>) {
+    /// Before a run of `n` lookups in one shard (lock held), most of them
+    /// new lines (the lock-free probe found the duplicates): prefetches the
+    /// count words and lines of the slots the free list will hand out next,
+    /// so that the misses of the whole run overlap. (The home buckets were
+    /// prefetched while hashing.)
+    pub(super) fn prefetch_run(&self, shard: &Shard, n: usize) {
         let meta = self.meta.as_slice();
-        let mut misses = 0;
-        for h in hashes {
-            let n = shard.table.candidates(h, |id| {
-                prefetch_ptr(meta.as_ptr().wrapping_add(id as usize));
-                prefetch_ptr(self.line(LineId(id)).as_ptr());
-            });
-            misses += usize::from(n == 0);
-        }
-        for &id in shard.free.iter().rev().take(misses) {
+        for &id in shard.free.iter().rev().take(n) {
             prefetch_ptr(meta.as_ptr().wrapping_add(id as usize));
             prefetch_ptr(self.line(LineId(id)).as_ptr());
         }
@@ -412,7 +409,28 @@ impl Store {
     /// in runs), not at random over the arena: one counting pass by the id's
     /// high bits, about one key per line, is enough for that locality and
     /// costs a fraction of a full sort (which was a third of a growth).
+    #[cold]
+    #[inline(never)]
     pub(super) fn grow(&self, cell: &ShardCell, shard: &mut Shard) {
+        let n = shard.table.grown();
+        self.grow_to(cell, shard, n);
+    }
+
+    /// Makes room in a shard's table for `extra` more entries at once (one
+    /// rebuild to a load of 3/4, instead of a growth by 1.5x every few
+    /// inserts), when a batch of new lines says that many are coming. The
+    /// estimate is capped at twice a fair share of the slots.
+    pub(super) fn reserve(&self, cell: &ShardCell, shard: &mut Shard, extra: usize) {
+        let cap = (self.slots as usize / (SHARDS / 2)).saturating_mul(2);
+        let want = shard.table.len() + extra.min(cap);
+        if !shard.table.fits(want) {
+            self.grow_to(cell, shard, Table::buckets_for(want));
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow_to(&self, cell: &ShardCell, shard: &mut Shard, buckets: usize) {
         let ids = approx_sorted(shard.table.ids(), self.slots);
         let kind = shard.kind;
         let mut hashes = Vec::with_capacity(ids.len());
@@ -422,13 +440,13 @@ impl Store {
             }
             hashes.push(line_hash(kind, self.line(LineId(id))));
         }
-        let n = shard.table.grown();
-        shard.table.rebuild(n, &ids, &hashes);
+        shard.table.rebuild(buckets, &ids, &hashes);
         cell.set_hint(&shard.table);
     }
 
     /// Looks a full line up under its shard lock, inserting it when absent.
     /// `None` means no free slot could be found without draining.
+    #[inline(always)]
     pub(super) fn find_or_insert(
         &self,
         cell: &ShardCell,
@@ -442,25 +460,28 @@ impl Store {
         }
         let meta = self.meta.as_slice();
         let kbit = kind_bit(kind);
-        let found = shard.table.find(h, |id| {
+        let found = shard.table.find_or_place(h, |id| {
             meta[id as usize].load(Relaxed) & INTERIOR_BIT == kbit
                 && lines_eq(self.line(LineId(id)), line)
         });
-        if let Some(id) = found {
-            let m = &meta[id as usize];
-            let prev = m.fetch_add(1, Relaxed);
-            if prev & COUNT_MASK >= SATURATED {
-                m.store(kbit | SATURATED, Relaxed);
+        let place = match found {
+            Ok(id) => {
+                let m = &meta[id as usize];
+                let prev = m.fetch_add(1, Relaxed);
+                if prev & COUNT_MASK >= SATURATED {
+                    m.store(kbit | SATURATED, Relaxed);
+                }
+                shard.hits[kind_index(kind)] += 1;
+                return Some((LineId(id), false));
             }
-            shard.hits[kind_index(kind)] += 1;
-            return Some((LineId(id), false));
-        }
+            Err(place) => place,
+        };
         let id = self.alloc_slot(shard)?;
         // SAFETY: `id` was just taken from a free list or the fresh range, so
         // this thread owns it exclusively; it is published below, under the lock.
         unsafe { self.arena.write(id, line) };
         meta[id as usize].store(kbit | 1, Relaxed);
-        shard.table.insert(h, id);
+        shard.table.insert_at(h, id, place);
         shard.live[kind_index(kind)] += 1;
         shard.created[kind_index(kind)] += 1;
         if self.durability != Durability::None {

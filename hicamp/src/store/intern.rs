@@ -290,6 +290,9 @@ impl Store {
         'batches: while base < n {
             let m = B.min(n - base);
             let group = &lines[base * ls..(base + m) * ls];
+            // The shards' published tables, read once per batch (a lookup
+            // then loads no shard cell).
+            let tabs = probe.map(|(g, _)| self.published_tables(g));
             for (j, line) in group.chunks_exact(ls).enumerate() {
                 let h = line_hash(kind, line);
                 if h == zero_h && is_zero(line) {
@@ -298,47 +301,58 @@ impl Store {
                     key[j] = SKIP;
                 } else {
                     if !hits_ahead {
-                        self.prefetch_index(h);
+                        match &tabs {
+                            Some(t) => t[h as usize & (SHARDS - 1)].prefetch_home(h),
+                            None => self.prefetch_index(h),
+                        }
                     }
                     hashes[j] = h;
                     key[j] = (h as usize & (SHARDS - 1)) as u8;
                 }
             }
-            if let Some((g, mode)) = probe {
+            if let (Some((g, mode)), Some(tabs)) = (probe, &tabs) {
                 // Pipelined: the home bucket of line `j + PREFETCH_AHEAD` is
-                // read (prefetched while hashing) and its first candidate's
-                // line prefetched while line `j` is compared. A batch whose
+                // read (prefetched earlier) and its first candidate's line
+                // prefetched while line `j` is compared. A batch whose
                 // first `SAMPLE` lines are nearly all misses (new data) stops
                 // probing: its lines would pay the lookup twice.
+                let tab = |h: u64| tabs[h as usize & (SHARDS - 1)];
+                let first_of = |h: u64| {
+                    let c = tab(h).first_candidate(h);
+                    if c.0 != 0 {
+                        self.prefetch_pinned(c.0, g);
+                    }
+                    c
+                };
                 let mut probe_end = m;
                 let mut batch_hits = 0;
                 let ahead = hits_ahead;
                 if ahead {
-                    for j in 0..BUCKET_AHEAD.min(m) {
-                        if key[j] != SKIP {
-                            self.prefetch_index(hashes[j]);
-                        }
-                    }
-                }
-                for j in 0..m + PREFETCH_AHEAD {
                     // After a batch of hits, the home bucket is prefetched
                     // [`BUCKET_AHEAD`] lines before it is read: a whole
                     // batch's buckets, prefetched while hashing, no longer
                     // fit in L1 when their turn came (a third of a duplicate
                     // line's time went waiting on them).
-                    if let Some(&k) = key.get(j + BUCKET_AHEAD) {
-                        if ahead && j + BUCKET_AHEAD < probe_end && k != SKIP {
-                            self.prefetch_index(hashes[j + BUCKET_AHEAD]);
+                    for (&h, &k) in hashes[..m].iter().zip(&key[..m]).take(BUCKET_AHEAD) {
+                        if k != SKIP {
+                            tab(h).prefetch_home(h);
                         }
                     }
-                    if j < probe_end && key[j] != SKIP {
-                        first[j] = self.first_pinned(hashes[j], g);
+                }
+                for j in 0..PREFETCH_AHEAD.min(m) {
+                    if key[j] != SKIP {
+                        first[j] = first_of(hashes[j]);
                     }
-                    let Some(j) = j.checked_sub(PREFETCH_AHEAD) else {
-                        continue;
-                    };
-                    if j >= probe_end {
-                        break;
+                }
+                let mut j = 0;
+                while j < probe_end {
+                    let a = j + BUCKET_AHEAD;
+                    if ahead && a < probe_end && key[a] != SKIP {
+                        tab(hashes[a]).prefetch_home(hashes[a]);
+                    }
+                    let c = j + PREFETCH_AHEAD;
+                    if c < probe_end && key[c] != SKIP {
+                        first[c] = first_of(hashes[c]);
                     }
                     if j + 1 == SAMPLE && batch_hits * 8 < SAMPLE {
                         probe_end = j + 1;
@@ -346,27 +360,37 @@ impl Store {
                             // The rest goes to the locked path: its buckets now.
                             for (&h, &k) in hashes[probe_end..m].iter().zip(&key[probe_end..m]) {
                                 if k != SKIP {
-                                    self.prefetch_index(h);
+                                    tab(h).prefetch_home(h);
                                 }
                             }
                         }
                     }
-                    if key[j] == SKIP {
-                        continue;
+                    if key[j] != SKIP {
+                        let h = hashes[j];
+                        let line = &group[j * ls..(j + 1) * ls];
+                        let (id, more) = first[j];
+                        let found = if id != 0 && self.eq_pinned(id, line, g) {
+                            Some(id)
+                        } else if more {
+                            tab(h).find_pinned(h, |x| self.eq_pinned(x, line, g))
+                        } else {
+                            None
+                        };
+                        if let Some(id) = found {
+                            let st = match mode {
+                                Probe::Borrow => Some(Status::Borrowed),
+                                _ if self.inc_unless_zero(id) => Some(Status::Hit),
+                                _ => None, // dying: the locked path decides
+                            };
+                            if let Some(st) = st {
+                                out[start + base + j] = LineId(id);
+                                status[sstart + base + j] = st;
+                                key[j] = SKIP;
+                                batch_hits += 1;
+                            }
+                        }
                     }
-                    let line = &group[j * ls..(j + 1) * ls];
-                    let Some(id) = self.finish_pinned(hashes[j], line, first[j], g) else {
-                        continue;
-                    };
-                    let st = match mode {
-                        Probe::Borrow => Status::Borrowed,
-                        _ if self.inc_unless_zero(id) => Status::Hit,
-                        _ => continue, // dying: the locked path decides
-                    };
-                    out[start + base + j] = LineId(id);
-                    status[sstart + base + j] = st;
-                    key[j] = SKIP;
-                    batch_hits += 1;
+                    j += 1;
                 }
                 pinned_hits += batch_hits as u64;
                 hits_ahead = probe_end == m;
@@ -431,16 +455,29 @@ impl Store {
                     }
                 }
             }
+            // A batch of nearly all new lines with more batches to come (a
+            // segment of new data): each shard makes room for its share of
+            // the new lines of the whole run at once, so the index grows
+            // once, while nearly empty, not by 1.5x every few inserts (which
+            // rehashed every line about twice over).
+            let reserve = if misses * 8 >= m * 7 && n - base > m {
+                ((n - base) * misses / m).div_ceil(SHARDS / 2)
+            } else {
+                0
+            };
             let mut k = 0;
             while k < misses {
                 let sh = key[at(k)] as usize;
                 let cell = &self.shards[sh];
                 let mut shard = cell.lock.lock();
+                if reserve != 0 {
+                    self.reserve(cell, &mut shard, reserve);
+                }
                 let mut run_end = k;
                 while run_end < misses && key[at(run_end)] as usize == sh {
                     run_end += 1;
                 }
-                self.prefetch_run(&shard, (k..run_end).map(|i| hashes[at(i)]));
+                self.prefetch_run(&shard, run_end - k);
                 while k < misses && key[at(k)] as usize == sh {
                     let j = at(k);
                     let line = &group[j * ls..(j + 1) * ls];
@@ -755,7 +792,10 @@ impl Store {
         // hits gives back every child: no vector grown per level).
         let mut back = [LineId::ZERO; 64];
         let mut nb = 0;
-        for g in 0..groups {
+        // A level of borrowed children (a duplicate build) has nothing to
+        // give back: one pass over the statuses instead of one per group.
+        let none_owned = !cst.iter().any(|st| st.owned());
+        for g in (0..groups).filter(|_| !none_owned) {
             if status.get(sstart + g) != Some(&Status::Created) {
                 let range = g * f..((g + 1) * f).min(children.len());
                 for (c, st) in children[range.clone()].iter().zip(&cst[range]) {
@@ -915,6 +955,46 @@ mod tests {
     use crate::id::LineKind;
     use crate::store::line_hash;
     use crate::{Config, Memory};
+
+    /// A segment of new lines larger than a batch reserves each shard's
+    /// share of the index up front: every line is found again afterwards,
+    /// a second intern creates nothing, and the index is sized for what
+    /// arrived (about 3/4 full), not for more.
+    #[test]
+    fn a_large_new_segment_reserves_the_index_once() {
+        let m = Memory::new(Config {
+            line_size: 64,
+            capacity_lines: 1 << 16,
+            map_capacity: 2,
+            ..Config::default()
+        })
+        .unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let data: Vec<u8> = (0..(20_000 * 64))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let s = m.segment(&data).unwrap();
+        let live = m.live_lines();
+        assert!(live > 20_000);
+        let index = m.stats().index_bytes as f64 / live as f64;
+        assert!(index < 6.5, "index {index:.2} B per line");
+        let again = m.segment(&data).unwrap();
+        assert_eq!(m.live_lines(), live, "a duplicate created a line");
+        assert_eq!(again.to_vec(), data);
+        let store = &m.inner.store;
+        for line in data.chunks_exact(64) {
+            let h = line_hash(LineKind::Leaf, line);
+            let guard = store.epochs.pin();
+            assert!(store.find_pinned(h, line, &guard).is_some());
+        }
+        drop((s, again));
+        assert_eq!(m.live_lines(), 0);
+    }
 
     /// A borrowed child that dies before its parent is created stops the
     /// level with `Retry`, and the level still consumes the owned children.

@@ -22,7 +22,9 @@
 //! buckets, so every word is read and written atomically: a bucket is eight
 //! `AtomicU64`, two slots each (slot `2k` in the low half of word `k`, the
 //! overflow count in the high half of word 7), which keeps the 64-byte layout
-//! and lets a reader take a whole bucket in eight plain loads. Only the holder
+//! and lets a reader take a whole bucket in eight plain loads (on x86_64, four
+//! 16-byte loads in inline assembly, each 8-byte half read in one access:
+//! `Bucket::load_sse2`), compared four slots per instruction. Only the holder
 //! of the shard lock writes (load, change one half, store with `Release`), so
 //! a word never needs a compare-and-swap; a reader loads with `Acquire`, so a
 //! slot it sees comes with the line and count written before it was stored.
@@ -80,7 +82,42 @@ impl Bucket {
         w.store(new, Release);
     }
 
+    /// The bucket as four 16-byte vectors, for a reader without the lock.
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    #[inline(always)]
+    fn load_sse2(&self) -> [std::arch::x86_64::__m128i; 4] {
+        use std::arch::x86_64::__m128i;
+        let p = self.words.as_ptr();
+        let (a, b, c, d): (__m128i, __m128i, __m128i, __m128i);
+        // SAFETY: `p` is the bucket's 64 bytes, 64-byte aligned and live
+        // while `&self` is. The loads are in assembly, so they are the
+        // machine's loads, not Rust's non-atomic ones: on x86_64 an aligned
+        // 16-byte load reads each aligned 8-byte half in one access, as the
+        // `AtomicU64` loads of `load` do, and every load has acquire order
+        // in hardware (TSO); the fence below keeps the compiler from moving
+        // later reads (the candidate line's) above them. The lock holder's
+        // stores are atomic, so a concurrent update is seen per word, never
+        // torn, exactly as with `load`.
+        unsafe {
+            std::arch::asm!(
+                "movdqa {a}, xmmword ptr [{p}]",
+                "movdqa {b}, xmmword ptr [{p} + 16]",
+                "movdqa {c}, xmmword ptr [{p} + 32]",
+                "movdqa {d}, xmmword ptr [{p} + 48]",
+                p = in(reg) p,
+                a = out(xmm_reg) a,
+                b = out(xmm_reg) b,
+                c = out(xmm_reg) c,
+                d = out(xmm_reg) d,
+                options(nostack, preserves_flags, readonly),
+            );
+        }
+        std::sync::atomic::compiler_fence(Acquire);
+        [a, b, c, d]
+    }
+
     /// The sixteen words (slots and overflow count).
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     #[inline(always)]
     fn load(&self) -> [u64; 8] {
         std::array::from_fn(|k| self.words[k].load(Acquire))
@@ -133,24 +170,25 @@ impl Buckets {
     /// the bucket meanwhile and it is read with plain loads.
     #[inline(always)]
     fn masks<const LOCKED: bool>(&self, b: usize, tag: u32, tmask: u32) -> (u32, u32) {
-        let w = if LOCKED {
-            // SAFETY: only the table's writer side writes buckets, and the
-            // caller is it (`LOCKED`), so this read races with no write
-            // (lock-free readers only read); `[AtomicU64; 8]` has the layout
-            // of `[u64; 8]`.
-            unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) }
-        } else {
-            self.b[b].load()
-        };
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
         {
+            // The vector loads serve both sides (see `load_sse2`).
+            let v = self.b[b].load_sse2();
             // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64
-            // CPU has the feature `masks_sse2` is compiled for.
-            let (hit, empty) = unsafe { masks_sse2(&w, tag, tmask) };
-            (hit & SLOT_BITS, empty & SLOT_BITS)
+            // CPU has the feature `masks_packed` is compiled for.
+            unsafe { masks_packed(&v, tag, tmask) }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
         {
+            let w = if LOCKED {
+                // SAFETY: only the table's writer side writes buckets, and
+                // the caller is it (`LOCKED`), so this read races with no
+                // write (lock-free readers only read); `[AtomicU64; 8]` has
+                // the layout of `[u64; 8]`.
+                unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) }
+            } else {
+                self.b[b].load()
+            };
             let (mut hit, mut empty) = (0u32, 0u32);
             for s in 0..BUCKET_SLOTS {
                 let v = (w[s / 2] >> (32 * (s & 1))) as u32;
@@ -162,39 +200,16 @@ impl Buckets {
     }
 
     /// Bit `s` set when slot `s` of bucket `b` holds exactly `v` (non-zero;
-    /// writer side: plain loads, see [`Table`]).
+    /// writer side).
     #[inline(always)]
     fn hits_locked(&self, b: usize, v: u32) -> u32 {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: as in `empties`.
-            let w = unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) };
-            // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
-            unsafe { hits_sse2(&w, v, u32::MAX) & SLOT_BITS }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            self.masks::<true>(b, v, u32::MAX).0
-        }
+        self.masks::<true>(b, v, u32::MAX).0
     }
 
-    /// Bit `s` set when slot `s` of bucket `b` is empty (writer side: plain
-    /// loads, see [`Table`]).
+    /// Bit `s` set when slot `s` of bucket `b` is empty (writer side).
     #[inline(always)]
     fn empties(&self, b: usize) -> u32 {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: as in `masks::<true>`: only the writer side, the
-            // caller, writes buckets; `[AtomicU64; 8]` has the layout of
-            // `[u64; 8]`.
-            let w = unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) };
-            // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
-            unsafe { empties_sse2(&w) & SLOT_BITS }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            self.masks::<true>(b, 0, 0).1
-        }
+        self.masks::<true>(b, 0, 0).1
     }
 
     /// Bit `s` set when slot `s` of bucket `b` is used and has `tag`.
@@ -203,51 +218,69 @@ impl Buckets {
         self.masks::<LOCKED>(b, tag, self.tmask).0
     }
 
+    /// Prefetches the home bucket of `h` (a hint: any address is harmless).
+    #[inline(always)]
+    pub(super) fn prefetch_home(&self, h: u64) {
+        crate::region::prefetch_ptr(self.b.as_ptr().wrapping_add(Table::home_of(h, self.n())));
+    }
+
+    /// For a reader without the lock: bit `s` set when slot `s` of bucket
+    /// `b` is used and has the tag of `h`, and the bucket's overflow count,
+    /// from one read of the bucket (four 16-byte loads on x86_64, then one
+    /// compare per four slots and a single mask extraction).
+    #[inline(always)]
+    fn probe_bucket(&self, b: usize, h: u64) -> (u32, u32) {
+        let tag = self.tag(h);
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        {
+            let v = self.b[b].load_sse2();
+            // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
+            unsafe { probe_sse2(&v, tag, self.tmask) }
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        {
+            let w = self.b[b].load();
+            let (mut hit, _) = self.masks::<false>(b, tag, self.tmask);
+            hit &= SLOT_BITS;
+            (hit, (w[7] >> 32) as u32)
+        }
+    }
+
     /// The first step of a lookup, for a pipelined probe: the first id of the
     /// home bucket of `h` whose tag matches (0 if none), and whether the
     /// lookup could have any other candidate (a second tag match, or entries
     /// that overflowed past the home bucket).
-    #[inline]
+    #[inline(always)]
     pub(super) fn first_candidate(&self, h: u64) -> (u32, bool) {
         let b = Table::home_of(h, self.n());
-        let w = self.b[b].load();
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
-        let m = unsafe { masks_sse2(&w, self.tag(h), self.tmask) }.0 & SLOT_BITS;
-        #[cfg(not(target_arch = "x86_64"))]
-        let m = self.masks::<false>(b, self.tag(h), self.tmask).0;
-        let overflow = (w[7] >> 32) as u32;
+        let (m, overflow) = self.probe_bucket(b, h);
         if m == 0 {
             return (0, overflow != 0);
         }
-        let s = m.trailing_zeros() as usize;
-        let id = (w[s / 2] >> (32 * (s & 1))) as u32 & self.id_mask();
-        (id, m & (m - 1) != 0 || overflow != 0)
+        // The slot is read again: it may have changed since the bucket was
+        // compared (then the caller compares another line, or finds 0 and
+        // takes the general walk): any id read is an entry of the table.
+        let id = self.b[b].slot(m.trailing_zeros() as usize) & self.id_mask();
+        (id, m & (m - 1) != 0 || overflow != 0 || id == 0)
     }
 
     /// [`Buckets::find`] for a reader without the lock, with the home
-    /// bucket done from one load of its words (the ids taken from them, the
-    /// overflow count too): most lookups end there. Entries that overflowed
-    /// past the home bucket take the general walk.
+    /// bucket compared from one read of its words: most lookups end there.
+    /// Entries that overflowed past the home bucket take the general walk.
     #[inline]
     pub(super) fn find_pinned(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
         let b = Table::home_of(h, self.n());
-        let w = self.b[b].load();
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
-        let mut m = unsafe { hits_sse2(&w, self.tag(h), self.tmask) } & SLOT_BITS;
-        #[cfg(not(target_arch = "x86_64"))]
-        let mut m = self.masks::<false>(b, self.tag(h), self.tmask).0;
+        let (mut m, overflow) = self.probe_bucket(b, h);
         let idm = self.id_mask();
         while m != 0 {
             let s = m.trailing_zeros() as usize;
             m &= m - 1;
-            let id = (w[s / 2] >> (32 * (s & 1))) as u32 & idm;
+            let id = self.b[b].slot(s) & idm;
             if id != 0 && eq(id) {
                 return Some(id);
             }
         }
-        if (w[7] >> 32) as u32 == 0 {
+        if overflow == 0 {
             return None;
         }
         self.find::<false>(h, eq)
@@ -285,20 +318,57 @@ impl Buckets {
         None
     }
 
-    /// Calls `f` on each id of the home bucket of `h` whose tag matches
-    /// (the candidates a lookup will compare first); returns how many.
-    /// Writer side only (plain loads: see [`Table`]).
-    #[inline]
-    fn candidates(&self, h: u64, mut f: impl FnMut(u32)) -> u32 {
-        let b = Table::home_of(h, self.n());
-        let mut m = self.matches::<true>(b, self.tag(h));
-        let n = m.count_ones();
-        while m != 0 {
-            let s = m.trailing_zeros() as usize;
-            m &= m - 1;
-            f(self.b[b].slot(s) & self.id_mask());
+    /// The writer side's lookup before an insert: the first id in the probe
+    /// sequence of `h` for which `eq` holds, or else where an insert of `h`
+    /// goes (see [`Place`]), so that a miss reads each bucket once (see
+    /// [`Buckets::insert_at`]).
+    #[inline(always)]
+    fn find_or_place(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Result<u32, Place> {
+        let n = self.n();
+        let tag = self.tag(h);
+        let idm = self.id_mask();
+        let home = Table::home_of(h, n);
+        let mut b = home;
+        let mut at = None;
+        for _ in 0..n {
+            let (mut m, empty) = self.masks::<true>(b, tag, self.tmask);
+            while m != 0 {
+                let s = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let id = self.b[b].slot(s) & idm;
+                if id != 0 && eq(id) {
+                    return Ok(id);
+                }
+            }
+            if at.is_none() && empty != 0 {
+                at = Some((b, empty.trailing_zeros() as usize));
+            }
+            if self.b[b].slot(OVERFLOW) == 0 {
+                break;
+            }
+            b = if b + 1 == n { 0 } else { b + 1 };
         }
-        n
+        Err(Place { home, tag, at })
+    }
+
+    /// Adds `id` under hash `h` at `place`, from [`Buckets::find_or_place`]
+    /// with no change to the table since (the lock holder): the buckets from
+    /// the home one up to the place were all full, so each counts one more
+    /// entry past it, as [`Buckets::insert`] would have done.
+    #[inline(always)]
+    fn insert_at(&self, h: u64, id: u32, place: Place) {
+        let Some((b, s)) = place.at else {
+            return self.insert(h, id);
+        };
+        debug_assert_eq!(self.b[b].slot(s), 0);
+        self.b[b].set_slot(s, place.tag | id);
+        let n = self.n();
+        let mut p = place.home;
+        while p != b {
+            let o = self.b[p].slot(OVERFLOW);
+            self.b[p].set_slot(OVERFLOW, o + 1);
+            p = if p + 1 == n { 0 } else { p + 1 };
+        }
     }
 
     /// Adds `id` under hash `h` (the lock holder; a free slot exists).
@@ -425,6 +495,17 @@ impl Buckets {
     }
 }
 
+/// Where an insert goes, from a lookup that missed
+/// ([`Table::find_or_place`]): the home bucket, the tag field, and the first
+/// bucket of the walk with an empty slot and that slot (`None` when the walk
+/// ended before one: the insert walks on).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Place {
+    home: usize,
+    tag: u32,
+    at: Option<(usize, usize)>,
+}
+
 /// A bucket array replaced by growth, waiting to be handed to the epoch
 /// collector once the new one is published.
 pub(super) struct Retired(NonNull<Buckets>);
@@ -543,6 +624,12 @@ impl Table {
         (self.len + 1) * 8 > self.shared().n() * BUCKET_SLOTS * 7
     }
 
+    /// True when `n` entries fit under the maximum load (7/8).
+    #[inline]
+    pub(super) fn fits(&self, n: usize) -> bool {
+        n * 8 <= self.shared().n() * BUCKET_SLOTS * 7
+    }
+
     /// The bucket count after the next growth (1.5x).
     pub(super) fn grown(&self) -> usize {
         let n = self.shared().n();
@@ -555,10 +642,21 @@ impl Table {
         self.shared().find::<true>(h, eq)
     }
 
-    /// See [`Buckets::candidates`].
-    #[inline]
-    pub(super) fn candidates(&self, h: u64, f: impl FnMut(u32)) -> u32 {
-        self.shared().candidates(h, f)
+    /// See [`Buckets::find_or_place`].
+    #[inline(always)]
+    pub(super) fn find_or_place(&self, h: u64, eq: impl FnMut(u32) -> bool) -> Result<u32, Place> {
+        self.shared().find_or_place(h, eq)
+    }
+
+    /// Adds `id` under hash `h` where [`Table::find_or_place`] said (with
+    /// no change to the table since). The caller grew the table first when
+    /// [`Table::full`], and knows `id` is absent.
+    #[inline(always)]
+    pub(super) fn insert_at(&mut self, h: u64, id: u32, place: Place) {
+        debug_assert!(id != 0 && id & !self.shared().id_mask() == 0);
+        debug_assert!(self.len < self.shared().n() * BUCKET_SLOTS);
+        self.shared().insert_at(h, id, place);
+        self.len += 1;
     }
 
     /// Adds `id` under hash `h`. The caller grows the table first when
@@ -624,29 +722,61 @@ impl Table {
     }
 }
 
-/// For each word `s` of `w` (sixteen `u32`, two per `u64`): bit `s` of the
-/// first mask when the word is non-zero and equals `tag` under `tmask`, bit
-/// `s` of the second when it is zero (four 4-lane compares; the caller masks
-/// off word 15).
-#[cfg(target_arch = "x86_64")]
+/// For each slot `s` of the bucket `v` (slots 0..15): bit `s` of the first
+/// mask when the slot is used and equals `tag` under `tmask`, bit `s` of the
+/// second when it is empty (the four compares packed into one byte mask).
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 #[target_feature(enable = "sse2")]
-fn masks_sse2(w: &[u64; 8], tag: u32, tmask: u32) -> (u32, u32) {
+#[inline]
+fn masks_packed(v: &[std::arch::x86_64::__m128i; 4], tag: u32, tmask: u32) -> (u32, u32) {
     use std::arch::x86_64::*;
     let t = _mm_set1_epi32(tag as i32);
     let k = _mm_set1_epi32(tmask as i32);
     let z = _mm_setzero_si128();
-    let (mut hit, mut empty) = (0u32, 0u32);
-    for q in 0..4 {
-        let v = _mm_set_epi64x(w[2 * q + 1] as i64, w[2 * q] as i64);
-        let zero = _mm_cmpeq_epi32(v, z);
-        let eq = _mm_cmpeq_epi32(_mm_and_si128(v, k), t);
-        hit |= (_mm_movemask_ps(_mm_castsi128_ps(_mm_andnot_si128(zero, eq))) as u32) << (4 * q);
-        empty |= (_mm_movemask_ps(_mm_castsi128_ps(zero)) as u32) << (4 * q);
-    }
-    (hit, empty)
+    let zs = [
+        _mm_cmpeq_epi32(v[0], z),
+        _mm_cmpeq_epi32(v[1], z),
+        _mm_cmpeq_epi32(v[2], z),
+        _mm_cmpeq_epi32(v[3], z),
+    ];
+    let eq = |q: usize| _mm_andnot_si128(zs[q], _mm_cmpeq_epi32(_mm_and_si128(v[q], k), t));
+    let pack = |a: __m128i, b: __m128i, c: __m128i, d: __m128i| {
+        let m = _mm_packs_epi16(_mm_packs_epi32(a, b), _mm_packs_epi32(c, d));
+        _mm_movemask_epi8(m) as u32 & SLOT_BITS
+    };
+    (
+        pack(eq(0), eq(1), eq(2), eq(3)),
+        pack(zs[0], zs[1], zs[2], zs[3]),
+    )
 }
 
-/// The second mask of [`masks_sse2`] alone (bit `s` when word `s` is zero).
+/// Bit `s` set when slot `s` of the bucket `v` is used and equals `tag`
+/// under `tmask` (slots 0..15), and the overflow count (word 15). The four
+/// compares are packed into one byte mask; the test for an empty slot is
+/// needed only when `tag` is 0 (a non-zero tag never matches an empty slot).
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[target_feature(enable = "sse2")]
+#[inline]
+fn probe_sse2(v: &[std::arch::x86_64::__m128i; 4], tag: u32, tmask: u32) -> (u32, u32) {
+    use std::arch::x86_64::*;
+    let t = _mm_set1_epi32(tag as i32);
+    let k = _mm_set1_epi32(tmask as i32);
+    let eq = |x: __m128i| _mm_cmpeq_epi32(_mm_and_si128(x, k), t);
+    let mut e = [eq(v[0]), eq(v[1]), eq(v[2]), eq(v[3])];
+    if tag == 0 {
+        let z = _mm_setzero_si128();
+        for (e, &x) in e.iter_mut().zip(v) {
+            *e = _mm_andnot_si128(_mm_cmpeq_epi32(x, z), *e);
+        }
+    }
+    let lo = _mm_packs_epi32(e[0], e[1]);
+    let hi = _mm_packs_epi32(e[2], e[3]);
+    let m = _mm_movemask_epi8(_mm_packs_epi16(lo, hi)) as u32 & SLOT_BITS;
+    let overflow = _mm_cvtsi128_si32(_mm_shuffle_epi32::<0xff>(v[3])) as u32;
+    (m, overflow)
+}
+
+/// Bit `s` set when word `s` of `w` (sixteen `u32`, two per `u64`) is zero.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse2")]
 fn empties_sse2(w: &[u64; 8]) -> u32 {
@@ -658,25 +788,6 @@ fn empties_sse2(w: &[u64; 8]) -> u32 {
         empty |= (_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(v, z))) as u32) << (4 * q);
     }
     empty
-}
-
-/// The first mask of [`masks_sse2`] alone (bit `s` when word `s` is
-/// non-zero and equals `tag` under `tmask`): what a lock-free lookup needs.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "sse2")]
-fn hits_sse2(w: &[u64; 8], tag: u32, tmask: u32) -> u32 {
-    use std::arch::x86_64::*;
-    let t = _mm_set1_epi32(tag as i32);
-    let k = _mm_set1_epi32(tmask as i32);
-    let z = _mm_setzero_si128();
-    let mut hit = 0u32;
-    for q in 0..4 {
-        let v = _mm_set_epi64x(w[2 * q + 1] as i64, w[2 * q] as i64);
-        let zero = _mm_cmpeq_epi32(v, z);
-        let eq = _mm_cmpeq_epi32(_mm_and_si128(v, k), t);
-        hit |= (_mm_movemask_ps(_mm_castsi128_ps(_mm_andnot_si128(zero, eq))) as u32) << (4 * q);
-    }
-    hit
 }
 
 #[cfg(test)]
@@ -694,6 +805,8 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Insert(u32),
+        /// Insert through `find_or_place` and `insert_at` (the store's path).
+        Place(u32),
         Remove(u32),
         Find(u32),
         Grow,
@@ -703,7 +816,8 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (1u32..300).prop_map(Op::Insert),
+            2 => (1u32..300).prop_map(Op::Insert),
+            3 => (1u32..300).prop_map(Op::Place),
             3 => (1u32..300).prop_map(Op::Remove),
             3 => (1u32..300).prop_map(Op::Find),
             1 => Just(Op::Grow),
@@ -740,6 +854,25 @@ mod tests {
                             model.insert(k, h);
                         }
                     }
+                    Op::Place(k) => {
+                        let h = h_of(k, spread);
+                        if t.full() {
+                            let ids = t.ids();
+                            let hs: Vec<u64> = ids.iter().map(|&i| model[&i]).collect();
+                            t.rebuild(t.grown(), &ids, &hs);
+                        }
+                        match t.find_or_place(h, |id| id == k) {
+                            Ok(id) => {
+                                prop_assert_eq!(id, k);
+                                prop_assert!(model.contains_key(&k));
+                            }
+                            Err(place) => {
+                                prop_assert!(!model.contains_key(&k));
+                                t.insert_at(h, k, place);
+                                model.insert(k, h);
+                            }
+                        }
+                    }
                     Op::Remove(k) => {
                         let h = h_of(k, spread);
                         prop_assert_eq!(t.remove(h, k), model.remove(&k).is_some());
@@ -747,6 +880,15 @@ mod tests {
                     Op::Find(k) => {
                         let h = h_of(k, spread);
                         prop_assert_eq!(t.find(h, |id| id == k), model.get(&k).map(|_| k));
+                        // The lock-free reader's paths agree.
+                        let b = t.shared();
+                        prop_assert_eq!(b.find_pinned(h, |id| id == k), model.get(&k).map(|_| k));
+                        let (first, more) = b.first_candidate(h);
+                        if model.contains_key(&k) {
+                            prop_assert!(first == k || more);
+                        } else {
+                            prop_assert!(first != k);
+                        }
                     }
                     Op::Grow => {
                         let ids = t.ids();
