@@ -251,18 +251,26 @@ fn received_frames_are_released_by_the_next_poll() {
             "round {round}: the frame's lines died"
         );
     }
-    // Taken and dropped before the next poll: that poll releases it.
-    iface
-        .nic_mut()
-        .port_mut()
-        .arrived
-        .push_back(udp_frame(&[0xc3; 300]));
-    iface.poll(5).expect("poll");
-    drop(iface.udp_recv(h).expect("datagram"));
-    assert!(
-        mem.live_lines() > idle,
-        "the interface still holds the frame"
-    );
-    iface.poll(6).expect("poll");
-    assert_eq!(mem.live_lines(), idle);
+    // Taken and dropped before the next poll: that poll releases them (one
+    // frame, and a batch of three).
+    for n in [1u8, 3] {
+        for k in 0..n {
+            let body = [0xc3 ^ k ^ (n << 4); 300];
+            iface
+                .nic_mut()
+                .port_mut()
+                .arrived
+                .push_back(udp_frame(&body));
+        }
+        iface.poll(5).expect("poll");
+        for _ in 0..n {
+            drop(iface.udp_recv(h).expect("datagram"));
+        }
+        assert!(
+            mem.live_lines() > idle,
+            "the interface still holds the frames"
+        );
+        iface.poll(6).expect("poll");
+        assert_eq!(mem.live_lines(), idle, "{n} frames");
+    }
 }
