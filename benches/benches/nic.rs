@@ -113,7 +113,10 @@ fn phase_dma_rx(r: &mut Rig) {
 /// Driver B: snapshots of the RX segments for the stack.
 #[inline(never)]
 fn phase_harvest(r: &mut Rig) {
-    r.out.clear();
+    // The last batch's segments are retired together, as segstack's
+    // interface does with each poll's frames (one batched release of the
+    // lines that die, not one per frame).
+    r._mem.release_segments(r.out.drain(..));
     let n = r.b.rx_harvest(&mut r.out, BATCH as u32).expect("harvest");
     assert_eq!(n as usize, BATCH);
     r.b.ack();

@@ -437,6 +437,18 @@ fn profile(n: usize, requests: u64) {
         per(p.client.stats().tx_frames - c0),
         per(p.server_iface.stats().tx_frames - s0),
     );
+    if std::env::var_os("RPC_PROFILE_STATS").is_some() {
+        println!(
+            "server {:?}\nserver nic {:?}",
+            p.server_iface.stats(),
+            p.server_iface.nic().counters()
+        );
+        println!(
+            "client {:?}\nclient nic {:?}",
+            p.client.stats(),
+            p.client.nic().counters()
+        );
+    }
 }
 
 // ---- the kernel over loopback ------------------------------------------------

@@ -262,6 +262,9 @@ pub struct Interface<P: Port> {
     inner: Inner,
     sockets: SocketSet,
     rx: Vec<Segment>,
+    /// Received segments the last poll ingested, kept until the next poll
+    /// releases them together (`retire_rx`).
+    rx_retired: Vec<Segment>,
     events: Vec<Event>,
 }
 
@@ -311,6 +314,7 @@ impl<P: Port> Interface<P> {
             },
             sockets: SocketSet::default(),
             rx: Vec::new(),
+            rx_retired: Vec::new(),
             events: Vec::new(),
         }
     }
@@ -351,6 +355,7 @@ impl<P: Port> Interface<P> {
     /// socket's timers and output, transmit with one doorbell. Returns the
     /// sockets with news (readable, writable after back-pressure, closed).
     pub fn poll(&mut self, now: u64) -> Result<&[Event], IfaceError> {
+        self.retire_rx();
         self.nic.rx_refill()?;
         self.nic.dma()?;
         self.nic.tx_reap()?;
@@ -394,6 +399,7 @@ impl<P: Port> Interface<P> {
             }
             for seg in rx.drain(..) {
                 self.ingress(now, &seg);
+                self.rx_retired.push(seg);
             }
             if let Err(e) = self.nic.rx_refill().and_then(|_| self.nic.dma()) {
                 break Err(e);
@@ -401,6 +407,21 @@ impl<P: Port> Interface<P> {
         };
         self.rx = rx;
         result.map_err(Into::into)
+    }
+
+    /// Releases the segments the last poll received. A frame's payload
+    /// lives on in the sockets it reached (and in the application, which
+    /// usually drops it before the next poll: a request parsed, a
+    /// response copied out), so a frame's lines mostly die here, in one
+    /// [`Memory::release_segments`] for every frame of the last poll,
+    /// instead of one release per frame wherever its last piece was dropped.
+    fn retire_rx(&mut self) {
+        match self.rx_retired.len() {
+            0 => {}
+            // One frame: a plain drop costs less than a batch of one.
+            1 => self.rx_retired.clear(),
+            _ => self.inner.mem.release_segments(self.rx_retired.drain(..)),
+        }
     }
 
     /// When the next poll is due for timers (absolute ns), if any. Early

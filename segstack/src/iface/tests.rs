@@ -203,3 +203,74 @@ fn poll_at_is_due_while_received_frames_wait_in_the_ring() {
     assert_eq!(iface.nic().port().sent, 12);
     assert_eq!(iface.poll_at(), None, "nothing left after {polls} polls");
 }
+
+/// A received frame is released by the next poll once the application has
+/// dropped what it took (the interface keeps each frame of a poll until
+/// then, to release them together): the frame's own lines (metadata,
+/// headers, interior) die, and a frame still held by the application
+/// lives on.
+#[test]
+fn received_frames_are_released_by_the_next_poll() {
+    let mem = Memory::new(hicamp::Config {
+        capacity_lines: 1 << 16,
+        map_capacity: 1 << 12,
+        ..hicamp::Config::default()
+    })
+    .expect("memory");
+    let port = LatePort::default();
+    let mut iface =
+        Interface::new(&mem, port, IfaceConfig::new(US_MAC, US, 24)).expect("interface");
+    iface.add_neighbour(PEER, PEER_MAC, 0);
+    let h = iface.udp_bind(7).expect("bind");
+    iface.poll(1).expect("poll");
+    let idle = mem.live_lines();
+    for round in 0..3u8 {
+        // A datagram of 200 distinct bytes: lines no other frame has.
+        let body: Vec<u8> = (0..200u32)
+            .map(|i| (i as u8).wrapping_mul(31) ^ round.wrapping_mul(97))
+            .collect();
+        iface
+            .nic_mut()
+            .port_mut()
+            .arrived
+            .push_back(udp_frame(&body));
+        iface.poll(2).expect("poll");
+        let (_, p) = iface.udp_recv(h).expect("datagram");
+        assert_eq!(p.to_vec(), body);
+        let held = mem.live_lines();
+        assert!(held > idle, "the frame is in memory");
+        // Still held by the application: the next poll lets go of the
+        // interface's reference only.
+        iface.poll(3).expect("poll");
+        assert_eq!(p.to_vec(), body, "the payload outlives the poll");
+        drop(p);
+        iface.poll(4).expect("poll");
+        assert_eq!(
+            mem.live_lines(),
+            idle,
+            "round {round}: the frame's lines died"
+        );
+    }
+    // Taken and dropped before the next poll: that poll releases them (one
+    // frame, and a batch of three).
+    for n in [1u8, 3] {
+        for k in 0..n {
+            let body = [0xc3 ^ k ^ (n << 4); 300];
+            iface
+                .nic_mut()
+                .port_mut()
+                .arrived
+                .push_back(udp_frame(&body));
+        }
+        iface.poll(5).expect("poll");
+        for _ in 0..n {
+            drop(iface.udp_recv(h).expect("datagram"));
+        }
+        assert!(
+            mem.live_lines() > idle,
+            "the interface still holds the frames"
+        );
+        iface.poll(6).expect("poll");
+        assert_eq!(mem.live_lines(), idle, "{n} frames");
+    }
+}
