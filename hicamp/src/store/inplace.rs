@@ -51,6 +51,8 @@ const CHUNK_BYTES: usize = 256 << 10;
 /// Attempts to reclaim slots waiting for an epoch before a full memory stops
 /// the read (as `intern_hashed` does: yields, then 1 ms sleeps).
 const RECLAIM_TRIES: usize = 112;
+/// Lock-free probes of a chunk before a chunk of misses stops probing.
+const PROBE_SAMPLE: i32 = 64;
 
 /// Why an in-place build stopped short of its length, or failed.
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +287,14 @@ impl Store {
             let cell = &self.shards[(first + t) % SHARDS];
             {
                 let mut shard = cell.lock.lock();
+                // Freed slots in bulk (ascending runs from the free bitmap), then one by one
+                // (the fresh range).
+                let short = n.saturating_sub(shard.free.len());
+                if short > 0 && self.free_count.load(Relaxed) as i64 > 0 {
+                    self.take_freed(&mut shard, short);
+                }
+                let keep = shard.free.len().saturating_sub(n);
+                ids.extend(shard.free.drain(keep..).rev());
                 while ids.len() < n {
                     match self.alloc_slot(&mut shard) {
                         Some(id) => ids.push(id),
@@ -329,46 +339,83 @@ impl Store {
         let start = out.len();
         out.resize(start + ids.len(), LineId::ZERO);
         let zero_h = self.zero_hash[ki];
+        let n = ids.len();
         let mut back = Vec::new();
-        let mut hashes = Vec::with_capacity(ids.len());
-        let mut misses: Vec<(u8, u32)> = Vec::new();
-        let (mut zeros, mut pinned) = (0u64, 0u64);
-        let guard = LOCK_FREE_HITS.then(|| self.epochs.pin());
+        // Hash every line, prefetching the home bucket of each non-zero one.
+        let mut hashes = Vec::with_capacity(n);
+        let mut zero = vec![false; n];
         for (j, &id) in ids.iter().enumerate() {
             let line = self.line(LineId(id));
             let h = line_hash(kind, line);
-            hashes.push(h);
             if h == zero_h && is_zero(line) {
+                zero[j] = true;
+            } else {
+                self.prefetch_index(h);
+            }
+            hashes.push(h);
+        }
+        // Probe without the lock; a chunk whose first `PROBE_SAMPLE` probes are nearly all
+        // misses (new data) stops probing: its lines would pay the lookup twice.
+        let mut misses: Vec<u32> = Vec::with_capacity(n);
+        let (mut zeros, mut pinned) = (0u64, 0u64);
+        let guard = LOCK_FREE_HITS.then(|| self.epochs.pin());
+        let (mut probed, mut found) = (0, 0);
+        for (j, &id) in ids.iter().enumerate() {
+            if zero[j] {
                 zeros += 1;
                 back.push(id);
                 continue;
             }
-            if let Some(g) = &guard {
-                if let Some(hit) = self.find_pinned(h, line, g) {
+            if let Some(g) = guard.as_ref().filter(|_| probed >= 0) {
+                probed += 1;
+                if let Some(hit) = self.find_pinned(hashes[j], self.line(LineId(id)), g) {
                     if self.inc_unless_zero(hit) {
                         out[start + j] = LineId(hit);
                         pinned += 1;
+                        found += 1;
                         back.push(id);
                         continue;
                     }
                 }
+                if probed == PROBE_SAMPLE && found * 8 < PROBE_SAMPLE {
+                    probed = -1;
+                }
             }
-            misses.push(((h as usize & (SHARDS - 1)) as u8, j as u32));
+            misses.push(j as u32);
         }
         drop(guard);
-        // One lock per shard; in input order within a shard, so that of
-        // equal lines in the chunk the first is indexed.
-        misses.sort_unstable();
+        // Counting sort of the misses by shard, in input order within a shard (so that of
+        // equal lines in the chunk the first is indexed): one lock per shard.
+        let shard_of = |j: u32| hashes[j as usize] as usize & (SHARDS - 1);
+        let mut at = [0usize; SHARDS + 1];
+        for &j in &misses {
+            at[shard_of(j) + 1] += 1;
+        }
+        for k in 1..=SHARDS {
+            at[k] += at[k - 1];
+        }
+        let mut sorted = vec![0u32; misses.len()];
+        for &j in &misses {
+            let k = &mut at[shard_of(j)];
+            sorted[*k] = j;
+            *k += 1;
+        }
+        let misses = sorted;
         let meta = self.meta.as_slice();
         let kbit = kind_bit(kind);
         let (mut created, mut hits) = (0u64, 0u64);
         let mut k = 0;
         while k < misses.len() {
-            let sh = misses[k].0 as usize;
+            let sh = shard_of(misses[k]);
+            let end = misses[k..]
+                .iter()
+                .position(|&j| shard_of(j) != sh)
+                .map_or(misses.len(), |e| k + e);
             let cell = &self.shards[sh];
             let mut shard = cell.lock.lock();
-            while k < misses.len() && misses[k].0 as usize == sh {
-                let j = misses[k].1 as usize;
+            self.prefetch_run(&shard, misses[k..end].iter().map(|&j| hashes[j as usize]));
+            while k < end {
+                let j = misses[k] as usize;
                 let (id, h) = (ids[j], hashes[j]);
                 let line = self.line(LineId(id));
                 if shard.table.full() {

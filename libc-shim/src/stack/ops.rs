@@ -1164,7 +1164,7 @@ pub unsafe fn sendfile(out: c_int, inf: c_int, off: *mut i64, count: usize) -> O
     if !is_stack(out) {
         return None;
     }
-    if !child() {
+    if !child() && !sendfile_copies() {
         // SAFETY: the caller's contract.
         if let Some(r) = unsafe { sendfile_in_place(out, inf, off, count) } {
             return Some(r);
@@ -1172,6 +1172,13 @@ pub unsafe fn sendfile(out: c_int, inf: c_int, off: *mut i64, count: usize) -> O
     }
     // SAFETY: the caller's contract.
     unsafe { sendfile_copy(out, inf, off, count) }
+}
+
+/// `HICAMP_STACK_SENDFILE=copy` keeps every `sendfile` on the buffered path (the way it was
+/// before the in-place one: for same-run comparisons).
+fn sendfile_copies() -> bool {
+    static COPY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *COPY.get_or_init(|| std::env::var_os("HICAMP_STACK_SENDFILE").is_some_and(|v| v == "copy"))
 }
 
 /// The most one step of [`sendfile_in_place`] reads under the stack's lock before it lets
