@@ -53,6 +53,8 @@ const CHUNK_BYTES: usize = 256 << 10;
 const RECLAIM_TRIES: usize = 112;
 /// Lock-free probes of a chunk before a chunk of misses stops probing.
 const PROBE_SAMPLE: i32 = 64;
+/// How far ahead of its compare a line's bucket is read (and its candidate prefetched).
+const PROBE_AHEAD: usize = 8;
 
 /// Why an in-place build stopped short of its length, or failed.
 #[derive(Debug, thiserror::Error)]
@@ -360,7 +362,20 @@ impl Store {
         let (mut zeros, mut pinned) = (0u64, 0u64);
         let guard = LOCK_FREE_HITS.then(|| self.epochs.pin());
         let (mut probed, mut found) = (0, 0);
-        for (j, &id) in ids.iter().enumerate() {
+        // Pipelined as `intern_batches` does: line `j + PROBE_AHEAD`'s bucket is read (and its
+        // first candidate's line prefetched) while line `j` is compared.
+        let mut first = [(0u32, false); 2 * PROBE_AHEAD];
+        for i in 0..n + PROBE_AHEAD {
+            if let Some(g) = guard.as_ref().filter(|_| probed >= 0 && i < n && !zero[i]) {
+                if let Some(&h) = hashes.get(i + PROBE_AHEAD) {
+                    self.prefetch_index(h);
+                }
+                first[i % (2 * PROBE_AHEAD)] = self.first_pinned(hashes[i], g);
+            }
+            let Some(j) = i.checked_sub(PROBE_AHEAD) else {
+                continue;
+            };
+            let id = ids[j];
             if zero[j] {
                 zeros += 1;
                 back.push(id);
@@ -368,7 +383,10 @@ impl Store {
             }
             if let Some(g) = guard.as_ref().filter(|_| probed >= 0) {
                 probed += 1;
-                if let Some(hit) = self.find_pinned(hashes[j], self.line(LineId(id)), g) {
+                let line = self.line(LineId(id));
+                if let Some(hit) =
+                    self.finish_pinned(hashes[j], line, first[j % (2 * PROBE_AHEAD)], g)
+                {
                     if self.inc_unless_zero(hit) {
                         out[start + j] = LineId(hit);
                         pinned += 1;
