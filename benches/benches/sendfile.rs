@@ -71,6 +71,7 @@ fn memory(len: usize) -> Memory {
 /// Builds the file's segments in place; the time.
 fn in_place(mem: &Memory, f: &std::fs::File, len: usize) -> (Duration, Vec<Segment>) {
     let t = Instant::now();
+    let mut reads = 0;
     let mut segs = Vec::with_capacity(len / STEP + 1);
     let mut at = 0u64;
     while (at as usize) < len {
@@ -84,11 +85,17 @@ fn in_place(mem: &Memory, f: &std::fs::File, len: usize) -> (Duration, Vec<Segme
             })
             .expect("in place");
         assert_eq!(r.counts.copied_bytes, 0);
+        reads += r.counts.reads;
         at += r.segment.len();
         segs.push(r.segment);
     }
-    (t.elapsed(), segs)
+    let t = t.elapsed();
+    READS.store(reads, std::sync::atomic::Ordering::Relaxed);
+    (t, segs)
 }
+
+/// Reader calls of the last in-place build.
+static READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Builds them through a buffer; the time.
 fn copied(mem: &Memory, f: &std::fs::File, len: usize) -> (Duration, Vec<Segment>) {
@@ -157,11 +164,12 @@ fn into_segments(rounds: u64, len: usize) {
         let (ia, cb) = (median(a), median(b));
         let mib = len as f64 / (1 << 20) as f64;
         println!(
-            "into segments, {} memory, {} MiB: in place {:.1} ms ({:.0} MiB/s), pread + copy {:.1} ms ({:.0} MiB/s), in place / copy time {:.2}",
+            "into segments, {} memory, {} MiB: in place {:.1} ms ({:.0} MiB/s, {} preads), pread + copy {:.1} ms ({:.0} MiB/s), in place / copy time {:.2}",
             if warm { "reused" } else { "fresh" },
             mib,
             ia * 1e3,
             mib / ia,
+            READS.load(std::sync::atomic::Ordering::Relaxed),
             cb * 1e3,
             mib / cb,
             ia / cb
