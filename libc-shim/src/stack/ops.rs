@@ -1196,7 +1196,8 @@ const MAX_RW_COUNT: usize = 0x7fff_f000;
 ///
 /// Reads at most what the send buffer takes, so the offset (`*off`, or the file position
 /// when `off` is null, moved with `lseek`) advances by exactly what was queued: a full
-/// non-blocking socket gives `EAGAIN` and moves nothing. A short file ends the call with what
+/// non-blocking socket gives `EAGAIN` (or what was queued before it filled) and moves nothing
+/// more; a blocking one waits for room until `count` is queued. A short file ends the call with what
 /// was there (0 at its end); a read error after some bytes returns those, before any its errno.
 /// `None` (the copying path decides) for other files, a pending or UDP socket, or `count` 0.
 ///
@@ -1325,7 +1326,9 @@ unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize)
                 }
                 Ok(_) | Err(IfaceError::WouldBlock) => {
                     sync(e, s);
-                    if sent > 0 {
+                    // A blocking socket waits for room as the kernel's sendfile does (a
+                    // timeout or a signal then returns what was queued).
+                    if nb(s) && sent > 0 {
                         Step::Done
                     } else if nb(s) {
                         Step::Err(libc::EAGAIN)
