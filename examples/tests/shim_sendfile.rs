@@ -167,10 +167,11 @@ fn n(v: &Value) -> u64 {
 /// `/blocking` (offset argument), `/position` (offset None: the file position moves and
 /// must end at the file's end), `/nonblocking` (offset argument on a non-blocking socket:
 /// `EAGAIN` while the send buffer is full, the offset moving only by what was queued). It
-/// checks the kernel's offset semantics as it goes, serves `argv[3]` requests and prints the
-/// header bytes it sent.
+/// checks the kernel's offset semantics as it goes (and, first, its errors: `EBADF` for a file
+/// not open for reading, `EINVAL` for a negative offset), serves `argv[3]` requests and prints
+/// the header bytes it sent.
 const SERVER: &str = r#"
-import os, select, socket, sys
+import errno, os, select, socket, sys
 ip, path, want = sys.argv[1], sys.argv[2], int(sys.argv[3])
 size = os.path.getsize(path)
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -189,6 +190,21 @@ while served < want:
         c.close()
         continue
     mode = req.split(b" ")[1].decode()
+    if served == 0:
+        # The kernel's errors, nothing sent: a file not open for reading, a negative offset.
+        with open(path, "ab") as w:
+            try:
+                os.sendfile(c.fileno(), w.fileno(), 0, 100)
+                raise SystemExit("sendfile from a write-only file succeeded")
+            except OSError as e:
+                assert e.errno == errno.EBADF, e
+        with open(path, "rb") as f:
+            try:
+                os.sendfile(c.fileno(), f.fileno(), -1, 100)
+                raise SystemExit("sendfile at a negative offset succeeded")
+            except OSError as e:
+                assert e.errno == errno.EINVAL, e
+        print("errors ok", flush=True)
     head = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % size
     c.sendall(head)
     header_bytes += len(head)
@@ -310,6 +326,7 @@ fn sendfile_serves_64_mib_to_curl_with_no_byte_copied_by_the_shim() {
         .parse()
         .unwrap();
     eprintln!("{text}");
+    assert!(text.contains("errors ok"), "{text}");
     let eagain: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("eagain "))
