@@ -175,7 +175,7 @@ fn into_segments(rounds: u64, len: usize) {
             ia / cb
         );
     }
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn tempfile_dir() -> PathBuf {
