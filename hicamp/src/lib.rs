@@ -102,6 +102,7 @@ pub use error::{Error, Result};
 pub use fsck::{fsck, FsckReport};
 pub use id::{LineId, LineKind, SegmentId};
 pub use map::{MapEntry, SegmentMap};
+pub use memory::ReadSegment;
 pub use memory::{Damage, Memory, OpenOptions, Recovery};
 pub use persist::{FORMAT_VERSION, MAGIC};
 pub use region::{flush_cache_lines_of, flush_instruction, persist_fence};
@@ -110,7 +111,7 @@ pub use shape::MAX_SEGMENT_LEN;
 pub use slice::SegmentSlice;
 pub use splice::{Piece, SpliceCounts};
 pub use stats::{MetadataPerLine, Stats};
-pub use store::WriteCounts;
+pub use store::{ReadCounts, ReadError, WriteCounts};
 pub use window::{
     Window, WindowError, WindowOptions, WindowStats, DEFAULT_READ_AHEAD_PAGES,
     DEFAULT_RUN_AHEAD_CHUNKS, MAX_WINDOW_LEN,

@@ -84,6 +84,21 @@ impl Drop for Inner {
     }
 }
 
+/// A segment read in place ([`Memory::segment_from_reader`]).
+#[derive(Debug)]
+pub struct ReadSegment {
+    /// The bytes read (fewer than asked at the end of the input or when
+    /// `stopped` says why).
+    pub segment: Segment,
+    /// What the build read and made (`copied_bytes` is 0: hicamp copied
+    /// nothing).
+    pub counts: store::ReadCounts,
+    /// Why the segment is shorter than asked, when the reader failed or the
+    /// memory filled after some bytes were read (`None`: every byte, or the
+    /// end of the input).
+    pub stopped: Option<store::ReadError>,
+}
+
 /// What opening a memory file found and repaired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Recovery {
@@ -474,6 +489,43 @@ impl Memory {
     pub fn segment(&self, data: &[u8]) -> Result<Segment> {
         let tree = dag::build(&self.inner.store, data)?;
         Ok(Segment::from_tree(self.clone(), tree))
+    }
+
+    /// Builds a segment of up to `len` bytes that `read` writes straight
+    /// into free line slots of this memory (a `pread` of a file, say): the
+    /// reader's copy is the only one. The lines are then deduplicated where
+    /// they lie (a duplicate or zero line gives its slot back, a new line is
+    /// indexed in place) and the interior levels built as [`Memory::segment`]
+    /// builds them, so the segment equals `segment` of the same bytes.
+    ///
+    /// `read` is called with the bytes of consecutive free slots (a run of
+    /// fresh slots per 256 KiB, or shorter runs of reused ones), in order,
+    /// until `len` bytes were read or it returns `Ok(0)` (end of input: a
+    /// shorter segment). `ErrorKind::Interrupted` is retried. Another error,
+    /// or a memory that fills, ends the segment where it is (the reason in
+    /// [`ReadSegment::stopped`]), or is the error when no byte was read.
+    /// Every slot the build took and did not keep is returned, on every path.
+    pub fn segment_from_reader(
+        &self,
+        len: u64,
+        mut read: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
+    ) -> std::result::Result<ReadSegment, store::ReadError> {
+        dag::check_len(len)?;
+        let shift = self.inner.store.shift();
+        let f = self
+            .inner
+            .store
+            .intern_tree_from(len, &mut read, |n| dag::height_for(n as u64, shift - 2))?;
+        let tree = Tree {
+            root: f.root,
+            height: f.height,
+            len: f.counts.bytes,
+        };
+        Ok(ReadSegment {
+            segment: Segment::from_tree(self.clone(), tree),
+            counts: f.counts,
+            stopped: f.stopped,
+        })
     }
 
     /// A segment of `len` zero bytes (costs no line at all).

@@ -472,6 +472,15 @@ impl Arena {
         }
     }
 
+    /// The address of a slot, for a caller that fills slots it owns in place
+    /// (`store::inplace`: a reader writes them); writing through it is bound
+    /// by [`Arena::write`]'s contract, for every slot written.
+    #[inline]
+    pub(crate) fn slot_ptr(&self, slot: u32) -> *mut u8 {
+        debug_assert!(slot != 0 && (slot as usize) < self.slots);
+        self.base.wrapping_add((slot as usize) << self.shift)
+    }
+
     /// Number of slots (including slot 0).
     pub(crate) fn slots(&self) -> usize {
         self.slots

@@ -194,7 +194,7 @@ impl Store {
     /// bitmap to the shard's list, scanning on from the shared cursor so
     /// that the shards take consecutive runs; the list pops them in
     /// ascending order.
-    fn take_freed(&self, shard: &mut Shard, want: usize) {
+    pub(super) fn take_freed(&self, shard: &mut Shard, want: usize) {
         let words = &self.free_bits[..];
         let mut cursor = self.free_cursor.lock();
         let at = shard.free.len();

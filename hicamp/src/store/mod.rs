@@ -169,6 +169,7 @@ mod counts;
 #[deny(unsafe_code)]
 mod durability;
 mod index;
+mod inplace;
 #[deny(unsafe_code)]
 mod intern;
 mod recovery;
@@ -189,6 +190,7 @@ use crate::sync::{count_array, AtomicPtr, AtomicU64, AtomicUsize, CountArray, Mu
 
 pub(crate) use counts::INTERIOR_BIT;
 use index::{Shard, ShardCell};
+pub use inplace::{ReadCounts, ReadError};
 pub(crate) use recovery::{analyze, using_reserve, Analysis, EntryState, UNREACHED};
 use table::Table;
 

@@ -1154,7 +1154,11 @@ pub fn recv(
     }
 }
 
-/// `sendfile` from a file into a stack socket: the file is read straight into segments.
+/// `sendfile` from a file into a stack socket. From a regular file into a TCP socket of the
+/// stack process the file is read straight into segments ([`sendfile_in_place`]: one copy,
+/// the kernel's `pread` into free line slots of the stack's memory); from other files, into
+/// UDP sockets and in forked children it is read into a buffer and sent from there
+/// ([`sendfile_copy`]).
 ///
 /// # Safety
 /// The C contract of `sendfile`.
@@ -1162,6 +1166,264 @@ pub unsafe fn sendfile(out: c_int, inf: c_int, off: *mut i64, count: usize) -> O
     if !is_stack(out) {
         return None;
     }
+    if !child() && !sendfile_copies() {
+        // SAFETY: the caller's contract.
+        if let Some(r) = unsafe { sendfile_in_place(out, inf, off, count) } {
+            return Some(r);
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { sendfile_copy(out, inf, off, count) }
+}
+
+/// `HICAMP_STACK_SENDFILE=copy` keeps every `sendfile` on the buffered path (the way it was
+/// before the in-place one: for same-run comparisons).
+fn sendfile_copies() -> bool {
+    static COPY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *COPY.get_or_init(|| std::env::var_os("HICAMP_STACK_SENDFILE").is_some_and(|v| v == "copy"))
+}
+
+/// The most one step of [`sendfile_in_place`] reads under the stack's lock before it lets
+/// the frames out and the stack thread in.
+const SENDFILE_STEP: usize = 1 << 20;
+
+/// The kernel's cap on one transfer (`MAX_RW_COUNT`).
+const MAX_RW_COUNT: usize = 0x7fff_f000;
+
+/// `sendfile` from a regular file into a TCP socket of the stack process, in place: the
+/// kernel's `pread` writes the file's bytes into free line slots of the stack's memory
+/// (`hicamp::Memory::segment_from_reader`: lines deduplicated where they lie, no copy by
+/// hicamp), and the segment is queued as a snapshot. Nothing is counted at the socket API
+/// (`api_copy_in_bytes`) or below it; the bytes count in `sendfile_bytes`.
+///
+/// Reads at most what the send buffer takes, so the offset (`*off`, or the file position
+/// when `off` is null, moved with `lseek`) advances by exactly what was queued: a full
+/// non-blocking socket gives `EAGAIN` (or what was queued before it filled) and moves nothing
+/// more; a blocking one waits for room until `count` is queued. A short file ends the call with what
+/// was there (0 at its end); a read error after some bytes returns those, before any its errno.
+/// `None` (the copying path decides) for other files, a pending or UDP socket, or `count` 0.
+///
+/// # Safety
+/// The C contract of `sendfile`.
+unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize) -> Option<isize> {
+    if count == 0 {
+        return None;
+    }
+    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid stat buffer.
+    if unsafe { libc::fstat(inf, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let _g = enter(out)?;
+    let mut w = lock();
+    if w.pending.contains_key(&out) {
+        return None;
+    }
+    let id = sock_id(&w, out).ok()?;
+    if !matches!(
+        w.socks.get(id).and_then(Option::as_ref).map(|s| &s.kind),
+        Some(Kind::Tcp(_))
+    ) {
+        return None;
+    }
+    let start = if off.is_null() {
+        // SAFETY: lseek on the caller's descriptor (no change of position).
+        let p = unsafe { libc::lseek(inf, 0, libc::SEEK_CUR) };
+        if p < 0 {
+            return None;
+        }
+        p
+    } else {
+        // SAFETY: the caller's offset.
+        let p = unsafe { std::ptr::read(off) };
+        if p < 0 {
+            return Some(fail::<isize>(libc::EINVAL));
+        }
+        p
+    };
+    let count = count.min(MAX_RW_COUNT);
+    let mut sent = 0usize;
+    let mut dl: Option<Option<Instant>> = None;
+    loop {
+        enum Step {
+            More,
+            Done,
+            Block(c_int, Option<Duration>),
+            Err(c_int),
+        }
+        let step = with(&mut w, id, |e, s, c| {
+            let h = match s.kind {
+                Kind::Tcp(Tcp::Connected(h)) => h,
+                Kind::Tcp(Tcp::Connecting(_)) => {
+                    return if nb(s) {
+                        Step::Err(libc::EAGAIN)
+                    } else {
+                        Step::Block(s.a(), s.opts.sndtimeo)
+                    };
+                }
+                _ => return Step::Err(libc::EPIPE),
+            };
+            if s.so_error != 0 && !s.err_taken {
+                s.err_taken = true;
+                return Step::Err(std::mem::take(&mut s.so_error));
+            }
+            if s.wr_shut {
+                return Step::Err(libc::EPIPE);
+            }
+            let space = match e.iface.tcp(h) {
+                Ok(t) => t.config().send_buf.saturating_sub(t.send_queue()),
+                Err(_) => return Step::Err(libc::EPIPE),
+            };
+            let want = space.min(count - sent).min(SENDFILE_STEP);
+            let r = if want == 0 {
+                // Full: a zero-length segment (no line) whose send fails with WouldBlock
+                // tells the stack that a writer waits (a writable event follows).
+                e.mem.zeroed(1).map_err(|_| ReadStop::Memory)
+            } else {
+                let at = start + sent as i64;
+                let mut pos = 0i64;
+                match e.mem.segment_from_reader(want as u64, |buf| {
+                    // SAFETY: `buf` is `buf.len()` writable bytes.
+                    let n =
+                        unsafe { libc::pread(inf, buf.as_mut_ptr().cast(), buf.len(), at + pos) };
+                    if n < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    pos += n as i64;
+                    Ok(n as usize)
+                }) {
+                    Ok(r) => {
+                        if r.segment.is_empty() {
+                            // End of file.
+                            return Step::Done;
+                        }
+                        Ok(r.segment)
+                    }
+                    Err(hicamp::ReadError::Read(err)) => {
+                        Err(ReadStop::Errno(err.raw_os_error().unwrap_or(libc::EIO)))
+                    }
+                    Err(hicamp::ReadError::Memory(_)) => Err(ReadStop::Memory),
+                }
+            };
+            let seg = match r {
+                Ok(seg) => seg,
+                Err(_) if sent > 0 => return Step::Done,
+                Err(ReadStop::Errno(x)) => return Step::Err(x),
+                Err(ReadStop::Memory) => return Step::Err(libc::ENOBUFS),
+            };
+            let len = if want == 0 { 0 } else { seg.len() as usize };
+            match e.iface.send(h, Payload::from_segment(seg)) {
+                Ok(n) if want > 0 => {
+                    c.sendfile_bytes += n as u64;
+                    sent += n;
+                    if n < len || len < want || sent == count {
+                        // Short (end of file, a read error or a full memory: the next call
+                        // tells), or all of it.
+                        sync(e, s);
+                        Step::Done
+                    } else {
+                        Step::More
+                    }
+                }
+                Ok(_) | Err(IfaceError::WouldBlock) => {
+                    sync(e, s);
+                    // A blocking socket waits for room as the kernel's sendfile does (a
+                    // timeout or a signal then returns what was queued).
+                    if nb(s) && sent > 0 {
+                        Step::Done
+                    } else if nb(s) {
+                        Step::Err(libc::EAGAIN)
+                    } else {
+                        Step::Block(s.a(), s.opts.sndtimeo)
+                    }
+                }
+                Err(IfaceError::Tcp(TcpError::Reset | TcpError::TimedOut)) if s.err_taken => {
+                    Step::Err(libc::EPIPE)
+                }
+                Err(IfaceError::Tcp(TcpError::Reset)) => {
+                    s.err_taken = true;
+                    s.so_error = 0;
+                    Step::Err(libc::ECONNRESET)
+                }
+                Err(IfaceError::Tcp(TcpError::TimedOut)) => {
+                    s.err_taken = true;
+                    s.so_error = 0;
+                    Step::Err(libc::ETIMEDOUT)
+                }
+                Err(IfaceError::Tcp(TcpError::NoMemory)) => Step::Err(libc::ENOBUFS),
+                Err(_) => Step::Err(libc::EPIPE),
+            }
+        });
+        let step = match step {
+            Ok(s) => s,
+            Err(e) => Step::Err(e),
+        };
+        match step {
+            Step::More => {
+                // Let the frames out and the stack thread in between steps.
+                pump(&mut w);
+                drop(w);
+                w = lock();
+            }
+            Step::Done => break,
+            Step::Block(a, timeo) => {
+                pump(&mut w);
+                drop(w);
+                let d = *dl.get_or_insert_with(|| deadline(timeo));
+                let r = wait(a, libc::POLLOUT, d);
+                w = lock();
+                if let Err(e) = r {
+                    if sent > 0 {
+                        break;
+                    }
+                    return Some(fail::<isize>(e));
+                }
+            }
+            Step::Err(e) => {
+                if sent > 0 {
+                    break;
+                }
+                if e == libc::EPIPE {
+                    // SAFETY: raise has no precondition.
+                    unsafe { libc::raise(libc::SIGPIPE) };
+                }
+                return Some(fail::<isize>(e));
+            }
+        }
+    }
+    let _ = with(&mut w, id, |_, s, c| {
+        c.sent_bytes += sent as u64;
+        c.send_calls += 1;
+        s.rec.sent_bytes += sent as u64;
+        s.rec.send_calls += 1;
+    });
+    pump(&mut w);
+    drop(w);
+    let end = start + sent as i64;
+    if off.is_null() {
+        // SAFETY: lseek on the caller's descriptor.
+        unsafe { libc::lseek(inf, end, libc::SEEK_SET) };
+    } else {
+        // SAFETY: the caller's offset.
+        unsafe { std::ptr::write(off, end) };
+    }
+    Some(sent as isize)
+}
+
+/// Why [`sendfile_in_place`] read nothing.
+enum ReadStop {
+    Errno(c_int),
+    Memory,
+}
+
+/// `sendfile` through a buffer: the file is read into it, then sent (the one counted copy
+/// into segments, `api_copy_in_bytes`). For files that are not regular, UDP sockets and
+/// forked children (whose sends cross the control channel).
+///
+/// # Safety
+/// The C contract of `sendfile`.
+unsafe fn sendfile_copy(out: c_int, inf: c_int, off: *mut i64, count: usize) -> Option<isize> {
     let mut buf = vec![0u8; count.min(1 << 20)];
     let mut pos = if off.is_null() {
         None
