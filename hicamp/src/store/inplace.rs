@@ -361,6 +361,9 @@ impl Store {
         let mut misses: Vec<u32> = Vec::with_capacity(n);
         let (mut zeros, mut pinned) = (0u64, 0u64);
         let guard = LOCK_FREE_HITS.then(|| self.epochs.pin());
+        // The 64 shards' published tables, read once for the chunk.
+        let tabs = guard.as_ref().map(|g| self.published_tables(g));
+        let tab = |h: u64| tabs.as_ref().map(|t| t[h as usize & (SHARDS - 1)]);
         let (mut probed, mut found) = (0, 0);
         // Pipelined as `intern_batches` does: line `j + PROBE_AHEAD`'s bucket is read (and its
         // first candidate's line prefetched) while line `j` is compared.
@@ -370,7 +373,13 @@ impl Store {
                 if let Some(&h) = hashes.get(i + PROBE_AHEAD) {
                     self.prefetch_index(h);
                 }
-                first[i % (2 * PROBE_AHEAD)] = self.first_pinned(hashes[i], g);
+                if let Some(t) = tab(hashes[i]) {
+                    let c = t.first_candidate(hashes[i]);
+                    if c.0 != 0 {
+                        self.prefetch_pinned(c.0, g);
+                    }
+                    first[i % (2 * PROBE_AHEAD)] = c;
+                }
             }
             let Some(j) = i.checked_sub(PROBE_AHEAD) else {
                 continue;
@@ -384,9 +393,16 @@ impl Store {
             if let Some(g) = guard.as_ref().filter(|_| probed >= 0) {
                 probed += 1;
                 let line = self.line(LineId(id));
-                if let Some(hit) =
-                    self.finish_pinned(hashes[j], line, first[j % (2 * PROBE_AHEAD)], g)
-                {
+                let h = hashes[j];
+                let (cand, more) = first[j % (2 * PROBE_AHEAD)];
+                let hit = if cand != 0 && self.eq_pinned(cand, line, g) {
+                    Some(cand)
+                } else if more {
+                    tab(h).and_then(|t| t.find_pinned(h, |x| self.eq_pinned(x, line, g)))
+                } else {
+                    None
+                };
+                if let Some(hit) = hit {
                     if self.inc_unless_zero(hit) {
                         out[start + j] = LineId(hit);
                         pinned += 1;
@@ -431,7 +447,6 @@ impl Store {
                 .map_or(misses.len(), |e| k + e);
             let cell = &self.shards[sh];
             let mut shard = cell.lock.lock();
-            self.prefetch_run(&shard, misses[k..end].iter().map(|&j| hashes[j as usize]));
             while k < end {
                 let j = misses[k] as usize;
                 let (id, h) = (ids[j], hashes[j]);
