@@ -157,10 +157,35 @@ fn port_rx(port: &mut AnyPort, iters: u64) -> Duration {
     t.elapsed()
 }
 
-/// segstack over the `kind` port on the lab's `p0`, the kernel peer in A.
+/// The jumbo MTU of the second bulk round (`BACKENDS_JUMBO_MTU`, default
+/// 64000; 0 skips the round): AF_XDP sends and receives it as multi-buffer
+/// frames (16-17 UMEM frames, one descriptor each).
+fn jumbo_mtu() -> u32 {
+    std::env::var("BACKENDS_JUMBO_MTU")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64_000)
+}
+
+/// Sets the MTU of both veth ends.
+fn set_mtu(lab: &Lab, mtu: u32) {
+    let m = mtu.to_string();
+    lab.a
+        .ip(&["link", "set", "dev", "k0", "mtu", &m])
+        .expect("k0 mtu");
+    lab.b
+        .ip(&["link", "set", "dev", "p0", "mtu", &m])
+        .expect("p0 mtu");
+}
+
+/// segstack over the `kind` port on the lab's `p0`, the kernel peer in A;
+/// its MTU and MSS follow the interface's.
 fn bulk_rig(lab: &Lab, kind: &str) -> BulkRig<AnyPort> {
     let port = open_port(lab, kind);
-    let cfg = net::bulk_config(port.mac().expect("mac"), SEG_IP, 24);
+    let mut cfg = net::bulk_config(port.mac().expect("mac"), SEG_IP, 24);
+    let mtu = port.mtu().map_or(1500, |m| m as usize);
+    cfg.mtu = mtu.min(port.max_frame().saturating_sub(14));
+    cfg.tcp.mss = (cfg.mtu - 40).min(65_495) as u16;
     let iface = Interface::new(&net::bulk_memory(), port, cfg).expect("iface");
     let mut r = BulkRig::new(iface, Arc::clone(&lab.a), SEG_IP, bulk_len());
     r.port = 6000;
@@ -292,38 +317,57 @@ fn benches(c: &mut Criterion, kind: &str) {
     }
     g.finish();
 
-    let mut g = Group::new(c, "backends-bulk", Profile::Large);
-    g.throughput_bytes(bulk_len() as u64);
     let data = Arc::new(random_bytes(bulk_len(), 0xb2));
+    let jumbo = jumbo_mtu();
+    for mtu in [1500, jumbo] {
+        if mtu == 0 {
+            continue;
+        }
+        set_mtu(&lab, mtu);
+        bulk_group(c, &lab, kind, &data, &bulk_group_name(mtu));
+    }
+    set_mtu(&lab, 1500);
+}
+
+/// The bulk group's name at `mtu` (`backends-bulk` at 1500).
+fn bulk_group_name(mtu: u32) -> String {
+    if mtu == 1500 {
+        "backends-bulk".into()
+    } else {
+        format!("backends-bulk-mtu{mtu}")
+    }
+}
+
+/// segstack over `kind` both ways, and kernel TCP both ways, over the lab's
+/// veth at its current MTU.
+fn bulk_group(c: &mut Criterion, lab: &Lab, kind: &str, data: &Arc<Vec<u8>>, name: &str) {
+    let mut g = Group::new(c, name, Profile::Large);
+    g.throughput_bytes(bulk_len() as u64);
     g.bench(
         "kernel-tcp-veth-b-to-a",
         || (),
-        |(), iters| (0..iters).map(|_| kernel_tcp_once(&lab, &data, true)).sum(),
+        |(), iters| (0..iters).map(|_| kernel_tcp_once(lab, data, true)).sum(),
     );
     g.bench(
         "kernel-tcp-veth-a-to-b",
         || (),
-        |(), iters| {
-            (0..iters)
-                .map(|_| kernel_tcp_once(&lab, &data, false))
-                .sum()
-        },
+        |(), iters| (0..iters).map(|_| kernel_tcp_once(lab, data, false)).sum(),
     );
     g.bench(
         &format!("segstack-{kind}-to-kernel"),
-        || bulk_rig(&lab, kind),
+        || bulk_rig(lab, kind),
         |r, iters| {
             let d = (0..iters).map(|_| r.send_once()).sum();
-            record_copies("bulk segstack -> kernel".into(), r.iface.nic().port());
+            record_copies(format!("{name} segstack -> kernel"), r.iface.nic().port());
             d
         },
     );
     g.bench(
         &format!("kernel-to-segstack-{kind}"),
-        || bulk_rig(&lab, kind),
+        || bulk_rig(lab, kind),
         |r, iters| {
             let d = (0..iters).map(|_| r.recv_once()).sum();
-            record_copies("bulk kernel -> segstack".into(), r.iface.nic().port());
+            record_copies(format!("{name} kernel -> segstack"), r.iface.nic().port());
             d
         },
     );
@@ -380,30 +424,37 @@ fn main() {
             );
         }
     }
-    print_vs(
-        &subject(
-            format!("segstack over {kind} -> kernel"),
-            format!("backends-bulk/segstack-{kind}-to-kernel"),
-            len,
-        ),
-        &subject(
-            "kernel TCP over the veth (B -> A)",
-            "backends-bulk/kernel-tcp-veth-b-to-a",
-            len,
-        ),
-        Some(hicamp_benches::Target::MinRatio(1.0)),
-    );
-    print_vs(
-        &subject(
-            format!("kernel -> segstack over {kind}"),
-            format!("backends-bulk/kernel-to-segstack-{kind}"),
-            len,
-        ),
-        &subject(
-            "kernel TCP over the veth (A -> B)",
-            "backends-bulk/kernel-tcp-veth-a-to-b",
-            len,
-        ),
-        Some(hicamp_benches::Target::MinRatio(1.0)),
-    );
+    for mtu in [1500, jumbo_mtu()] {
+        if mtu == 0 {
+            continue;
+        }
+        let g = bulk_group_name(mtu);
+        println!("bulk 64 MiB over the veth at MTU {mtu}:");
+        print_vs(
+            &subject(
+                format!("segstack over {kind} -> kernel (MTU {mtu})"),
+                format!("{g}/segstack-{kind}-to-kernel"),
+                len,
+            ),
+            &subject(
+                format!("kernel TCP over the veth (B -> A, MTU {mtu})"),
+                format!("{g}/kernel-tcp-veth-b-to-a"),
+                len,
+            ),
+            Some(hicamp_benches::Target::MinRatio(1.0)),
+        );
+        print_vs(
+            &subject(
+                format!("kernel -> segstack over {kind} (MTU {mtu})"),
+                format!("{g}/kernel-to-segstack-{kind}"),
+                len,
+            ),
+            &subject(
+                format!("kernel TCP over the veth (A -> B, MTU {mtu})"),
+                format!("{g}/kernel-tcp-veth-a-to-b"),
+                len,
+            ),
+            Some(hicamp_benches::Target::MinRatio(1.0)),
+        );
+    }
 }

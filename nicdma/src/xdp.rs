@@ -69,8 +69,16 @@ const XDP_UMEM_REG: libc::c_int = 4;
 const XDP_UMEM_FILL_RING: libc::c_int = 5;
 const XDP_UMEM_COMPLETION_RING: libc::c_int = 6;
 const XDP_STATISTICS: libc::c_int = 7;
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
 const XDP_COPY: u16 = 1 << 1;
 const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+const XDP_USE_SG: u16 = 1 << 4;
+/// `xdp_desc.options`: more descriptors of this frame follow.
+const XDP_PKT_CONTD: u32 = 1;
+/// The most descriptors of one multi-buffer frame: copy-mode TX builds an
+/// skb of the first in its head and the rest in page frags
+/// (`MAX_SKB_FRAGS`, 17).
+const MAX_DESCS: usize = 18;
 const XDP_RING_NEED_WAKEUP: u32 = 1;
 const PGOFF_RX: u64 = 0;
 const PGOFF_TX: u64 = 0x8000_0000;
@@ -92,6 +100,28 @@ pub struct XdpConfig {
     /// Coalesce runs of TCP segments into GSO frames on receive (LRO, see
     /// `ringrx`); no extra copy.
     pub lro: bool,
+    /// Multi-buffer frames (`XDP_USE_SG` and a program loaded with
+    /// `BPF_F_XDP_HAS_FRAGS`): a frame longer than one UMEM frame spans
+    /// several descriptors (`XDP_PKT_CONTD`), so the interface's MTU may
+    /// exceed the frame size (a 64000-byte MTU on a veth: one skb per 64
+    /// KB instead of per 1.5 KB). Where the kernel refuses it, the port
+    /// opens without it (see [`XdpPort::multi_buffer`]).
+    pub multi_buffer: bool,
+    /// Where the program attaches.
+    pub mode: XdpMode,
+}
+
+/// Where the XDP program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Generic XDP (`XDP_FLAGS_SKB_MODE`): in the kernel's skb receive
+    /// path; every driver has it.
+    Generic,
+    /// Native (driver) XDP (`XDP_FLAGS_DRV_MODE`): in the driver's receive
+    /// path (a veth has it); the socket still binds in copy mode.
+    Native,
+    /// Native where the driver takes it, else generic.
+    Auto,
 }
 
 impl Default for XdpConfig {
@@ -99,9 +129,11 @@ impl Default for XdpConfig {
         XdpConfig {
             queue: 0,
             frames: 4096,
-            frame_size: 2048,
+            frame_size: 4096,
             ring: 2048,
             lro: true,
+            multi_buffer: true,
+            mode: XdpMode::Generic,
         }
     }
 }
@@ -174,6 +206,78 @@ impl Ring {
     }
 }
 
+/// The TX frames, handed out as runs of consecutive frames (one frame's
+/// bytes are contiguous in the UMEM however many descriptors carry it), in
+/// ring order; a frame comes back when the kernel completes it, and the
+/// ring's tail moves past every completed frame (completions may come out
+/// of order: the peer frees skbs in its own order).
+#[derive(Debug)]
+struct TxFrames {
+    /// The first TX frame's index in the UMEM.
+    first: u32,
+    /// Frames in the TX half.
+    n: u32,
+    /// Frames handed out so far (a run that would wrap starts at 0, the
+    /// frames skipped at the end counted as handed out and done).
+    head: u64,
+    /// Frames given back so far (`tail <= head`).
+    tail: u64,
+    /// Per frame: not in flight (completed, or never sent).
+    done: Vec<bool>,
+}
+
+impl TxFrames {
+    fn new(first: u32, n: u32) -> TxFrames {
+        TxFrames {
+            first,
+            n,
+            head: 0,
+            tail: 0,
+            done: vec![true; n as usize],
+        }
+    }
+
+    fn free(&self) -> u32 {
+        self.n - (self.head - self.tail) as u32
+    }
+
+    /// Where a run of `need` frames would start (its offset in the TX half)
+    /// and how many frames at the end it skips, if there is room.
+    fn place(&self, need: u32) -> Option<(u32, u32)> {
+        let pos = (self.head % u64::from(self.n)) as u32;
+        let skip = if pos + need > self.n { self.n - pos } else { 0 };
+        (need <= self.n && skip + need <= self.free()).then_some(((pos + skip) % self.n, skip))
+    }
+
+    /// Takes the run [`TxFrames::place`] found.
+    fn take(&mut self, start: u32, skip: u32, need: u32) {
+        self.head += u64::from(skip);
+        for i in 0..need {
+            self.done[(start + i) as usize] = false;
+        }
+        self.head += u64::from(need);
+        // The skipped frames are done: the tail passes them when it comes.
+        self.advance();
+    }
+
+    /// Frame `idx` of the UMEM was completed.
+    fn complete(&mut self, idx: u32) {
+        if let Some(d) = idx
+            .checked_sub(self.first)
+            .and_then(|i| self.done.get_mut(i as usize))
+        {
+            *d = true;
+        }
+    }
+
+    /// Moves the tail past completed frames.
+    fn advance(&mut self) {
+        while self.tail < self.head && self.done[(self.tail % u64::from(self.n)) as usize] {
+            self.tail += 1;
+        }
+    }
+}
+
 /// A [`Port`] on one queue of an interface through AF_XDP.
 pub struct XdpPort {
     // Declared first: dropped first, detaching the program before the socket
@@ -191,8 +295,12 @@ pub struct XdpPort {
     name: String,
     mac: [u8; 6],
     mtu: u32,
-    /// Free TX frames (UMEM addresses).
-    tx_free: Vec<u64>,
+    /// Whether the socket is bound with `XDP_USE_SG`.
+    sg: bool,
+    /// Whether the program runs in native (driver) mode.
+    native: bool,
+    /// The TX frames (the UMEM's upper half), handed out in runs.
+    tx_frames: TxFrames,
     /// TX descriptors published but not yet taken by the kernel.
     tx_pending: bool,
     /// The RX frame lent by the last `receive`, to go back to the fill ring.
@@ -267,8 +375,8 @@ impl XdpPort {
     /// kernel without AF_XDP (or without XDP links).
     pub fn with_config(name: &str, cfg: XdpConfig) -> Result<XdpPort, PortError> {
         if !cfg.frames.is_power_of_two()
-            || cfg.frames < 4
             || !matches!(cfg.frame_size, 2048 | 4096)
+            || cfg.frames / 2 < MAX_DESCS as u32
             || !cfg.ring.is_power_of_two()
             || cfg.ring < cfg.frames / 2
         {
@@ -276,7 +384,7 @@ impl XdpPort {
                 op: "AF_XDP sizes",
                 source: io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    "frames a power of two >= 4, frame size 2048 or 4096, rings powers of two >= frames/2",
+                    "frames a power of two >= 36, frame size 2048 or 4096, rings powers of two >= frames/2",
                 ),
             });
         }
@@ -376,29 +484,46 @@ impl XdpPort {
         }
         fill.local = half;
         fill.publish(fill.producer);
-        let tx_free = (half..cfg.frames)
-            .rev()
-            .map(|i| u64::from(i) * fs as u64)
-            .collect();
+        let tx_frames = TxFrames::new(half, cfg.frames - half);
+        // Copy-mode TX sends at most this many descriptors per kick (32 by
+        // default): let one kick send the whole ring (best effort, Linux
+        // 6.17+).
+        let _ = sock::setsockopt_int(
+            xsk.as_fd(),
+            SOL_XDP,
+            XDP_MAX_TX_SKB_BUDGET,
+            cfg.ring.min(i32::MAX as u32) as i32,
+        );
 
         // struct sockaddr_xdp { u16 family, flags; u32 ifindex, queue_id,
         // shared_umem_fd; }
-        let mut sa = [0u8; 16];
-        sa[0..2].copy_from_slice(&(AF_XDP as u16).to_ne_bytes());
-        sa[2..4].copy_from_slice(&(XDP_COPY | XDP_USE_NEED_WAKEUP).to_ne_bytes());
-        sa[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-        sa[8..12].copy_from_slice(&cfg.queue.to_ne_bytes());
+        let sockaddr = |sg: bool| {
+            let mut sa = [0u8; 16];
+            let flags = XDP_COPY | XDP_USE_NEED_WAKEUP | if sg { XDP_USE_SG } else { 0 };
+            sa[0..2].copy_from_slice(&(AF_XDP as u16).to_ne_bytes());
+            sa[2..4].copy_from_slice(&flags.to_ne_bytes());
+            sa[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+            sa[8..12].copy_from_slice(&cfg.queue.to_ne_bytes());
+            sa
+        };
+        let mut sg = cfg.multi_buffer;
         // A queue freed by a process that just exited stays busy for about
         // a second: retry for a while.
         let t0 = Instant::now();
         loop {
-            match sock::bind(xsk.as_fd(), &sa) {
+            match sock::bind(xsk.as_fd(), &sockaddr(sg)) {
                 Ok(()) => break,
                 Err(e)
                     if e.raw_os_error() == Some(libc::EBUSY)
                         && t0.elapsed() < Duration::from_secs(3) =>
                 {
                     std::thread::sleep(Duration::from_millis(50));
+                }
+                // A kernel before 6.6 has no multi-buffer AF_XDP: without.
+                Err(e)
+                    if sg && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) =>
+                {
+                    sg = false;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     return Err(PortError::Os {
@@ -422,7 +547,17 @@ impl XdpPort {
             .map_err(os("bpf(MAP_UPDATE_ELEM)"))?;
         let insns = bpf::redirect_program(map.as_fd());
         let mut log = vec![0u8; 4096];
-        let prog = bpf::prog_load_xdp(&insns, &mut log).map_err(|e| match e.raw_os_error() {
+        // Frags-capable where the socket takes multi-buffer frames (the
+        // kernel hands the program page-sized pieces instead of linearizing
+        // each jumbo frame); a kernel without frags programs (before 5.18)
+        // gets the plain one.
+        let prog = if sg {
+            bpf::prog_load_xdp_flags(&insns, bpf::BPF_F_XDP_HAS_FRAGS, &mut log)
+                .or_else(|_| bpf::prog_load_xdp(&insns, &mut log))
+        } else {
+            bpf::prog_load_xdp(&insns, &mut log)
+        };
+        let prog = prog.map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM | libc::EACCES) => PortError::NotPermitted("bpf(PROG_LOAD)"),
             _ => {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
@@ -438,14 +573,38 @@ impl XdpPort {
                 }
             }
         })?;
-        let link =
-            bpf::xdp_link_create(prog.as_fd(), ifindex, bpf::XDP_FLAGS_SKB_MODE).map_err(|e| {
+        let mut native = matches!(cfg.mode, XdpMode::Native | XdpMode::Auto);
+        let attach = |native: bool| {
+            let flags = if native {
+                bpf::XDP_FLAGS_DRV_MODE
+            } else {
+                bpf::XDP_FLAGS_SKB_MODE
+            };
+            bpf::xdp_link_create(prog.as_fd(), ifindex, flags)
+        };
+        let mut link = attach(native);
+        if native && cfg.mode == XdpMode::Auto {
+            if let Err(e) = &link {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ERANGE)
+                ) {
+                    native = false;
+                    link = attach(false);
+                }
+            }
+        }
+        let link = link.map_err(|e| {
                 match e.raw_os_error() {
                     Some(libc::EBUSY | libc::EEXIST) => PortError::XdpBusy(name.into()),
                     Some(libc::EPERM | libc::EACCES) => PortError::NotPermitted("bpf(LINK_CREATE)"),
                     Some(libc::EINVAL) => PortError::Unsupported {
                         backend: "af_xdp",
                         why: format!("XDP links (BPF_LINK_CREATE, Linux 5.9+) refused: {e}"),
+                    },
+                    Some(libc::EOPNOTSUPP | libc::ERANGE) if native => PortError::Unsupported {
+                        backend: "af_xdp",
+                        why: format!("{name} refuses native XDP (its driver has none, or its MTU is too large for it): {e}"),
                     },
                     _ => PortError::Os {
                         op: "bpf(LINK_CREATE)",
@@ -468,9 +627,11 @@ impl XdpPort {
             name: name.to_owned(),
             mac,
             mtu,
-            tx_free,
+            sg,
+            native,
+            tx_frames,
             tx_pending: false,
-            rx_held: Vec::with_capacity(ringrx::LRO_MAX),
+            rx_held: Vec::with_capacity(ringrx::LRO_MAX.max(MAX_DESCS)),
             copies: PortCopies::default(),
         })
     }
@@ -483,6 +644,16 @@ impl XdpPort {
     /// The interface's MTU.
     pub fn mtu(&self) -> u32 {
         self.mtu
+    }
+
+    /// Whether the socket takes multi-buffer frames (`XDP_USE_SG`).
+    pub fn multi_buffer(&self) -> bool {
+        self.sg
+    }
+
+    /// Whether the program runs in native (driver) mode, not generic.
+    pub fn native(&self) -> bool {
+        self.native
     }
 
     /// The sizes in force.
@@ -518,13 +689,15 @@ impl XdpPort {
         for _ in 0..n {
             let at = self.comp.slot(self.comp.local, 8);
             if let Some(b) = self.comp.map.read::<8>(at) {
-                let addr = u64::from_ne_bytes(b) & !(u64::from(self.cfg.frame_size) - 1);
-                self.tx_free.push(addr);
+                let idx = u64::from_ne_bytes(b) / u64::from(self.cfg.frame_size);
+                self.tx_frames
+                    .complete(u32::try_from(idx).unwrap_or(u32::MAX));
             }
             self.comp.local = self.comp.local.wrapping_add(1);
         }
         if n > 0 {
             self.comp.publish(self.comp.consumer);
+            self.tx_frames.advance();
         }
     }
 
@@ -546,13 +719,16 @@ impl XdpPort {
         lro: bool,
         deposit: &mut dyn FnMut(&VirtioNetHdr, &[&[u8]]),
     ) -> Result<bool, PortError> {
-        let mut held = std::mem::take(&mut self.rx_held);
-        for &addr in &held {
-            self.refill(addr);
+        if !self.rx_held.is_empty() {
+            // Back to the fill ring in one batch (one index store).
+            for &addr in &self.rx_held {
+                let at = self.fill.slot(self.fill.local, 8);
+                self.fill.map.write(at, &addr.to_ne_bytes());
+                self.fill.local = self.fill.local.wrapping_add(1);
+            }
+            self.fill.publish(self.fill.producer);
+            self.rx_held.clear();
         }
-        held.clear();
-        self.rx_held = held;
-        let fs = u64::from(self.cfg.frame_size);
         loop {
             let avail = self.rx.available() as usize;
             if avail == 0 {
@@ -562,37 +738,74 @@ impl XdpPort {
                 }
                 return Ok(false);
             }
-            let n = if lro { avail.min(ringrx::LRO_MAX) } else { 1 };
-            // The waiting descriptors: (frame base, address, length, valid).
-            let mut descs = [(0u64, 0usize, 0usize, false); ringrx::LRO_MAX];
-            for (i, d) in descs.iter_mut().enumerate().take(n) {
-                let at = self.rx.slot(self.rx.local.wrapping_add(i as u32), 16);
-                if let Some(b) = self.rx.map.read::<16>(at) {
-                    let addr = u64::from_ne_bytes(b[0..8].try_into().expect("8"));
-                    let len = u32::from_ne_bytes(b[8..12].try_into().expect("4")) as usize;
-                    let base = addr & !(fs - 1);
-                    let ok = (addr - base) as usize + len <= fs as usize
-                        && self.umem.slice(addr as usize, len).is_some();
-                    *d = (base, addr as usize, len, ok);
+            // The first frame's descriptors: one, or (multi-buffer) a run
+            // ending with one without XDP_PKT_CONTD.
+            let mut descs = [RxDesc::default(); MAX_DESCS];
+            let mut k = 0;
+            let mut whole = false;
+            while k < avail.min(MAX_DESCS) {
+                descs[k] = self.rx_desc(k as u32);
+                k += 1;
+                if descs[k - 1].options & XDP_PKT_CONTD == 0 {
+                    whole = true;
+                    break;
                 }
             }
-            if !descs[0].3 {
-                // A descriptor outside the UMEM or past its frame: drop it
-                // (the frame, if it is one of ours, goes back).
+            if !whole && k < MAX_DESCS {
+                // The kernel publishes a frame's descriptors together: the
+                // rest is on its way.
+                return Ok(false);
+            }
+            if !whole || descs[..k].iter().any(|d| !d.ok) {
+                // A descriptor outside the UMEM or past its frame, or a
+                // frame of more pieces than the kernel makes: drop it (its
+                // frames that are ours go back).
                 self.copies.rx_dropped += 1;
-                self.rx.local = self.rx.local.wrapping_add(1);
+                self.rx.local = self.rx.local.wrapping_add(k as u32);
                 self.rx.publish(self.rx.consumer);
-                if descs[0].0 < self.umem.len() as u64 {
-                    self.refill(descs[0].0);
+                for d in &descs[..k] {
+                    if d.base < self.umem.len() as u64 {
+                        self.refill(d.base);
+                    }
                 }
                 continue;
             }
+            if k > 1 {
+                // A multi-buffer frame: its pieces, lent where they lie.
+                let umem = &self.umem;
+                let mut pieces: [&[u8]; MAX_DESCS] = [&[]; MAX_DESCS];
+                for (p, d) in pieces.iter_mut().zip(&descs[..k]) {
+                    *p = umem.slice(d.addr, d.len).unwrap_or(&[]);
+                }
+                let bytes: usize = pieces[..k].iter().map(|p| p.len()).sum();
+                deposit(&VirtioNetHdr::default(), &pieces[..k]);
+                self.rx_done(&descs[..k], 1, bytes);
+                return Ok(true);
+            }
+            // Single-buffer frames: with `lro`, the run of them waiting.
+            let n = if lro {
+                let mut n = 1;
+                while n < avail.min(ringrx::LRO_MAX) {
+                    let d = self.rx_desc(n as u32);
+                    if d.options & XDP_PKT_CONTD != 0 || !d.ok {
+                        break;
+                    }
+                    n += 1;
+                }
+                n
+            } else {
+                1
+            };
+            let mut run = [RxDesc::default(); ringrx::LRO_MAX];
+            run[0] = descs[0];
+            for (i, d) in run.iter_mut().enumerate().take(n).skip(1) {
+                *d = self.rx_desc(i as u32);
+            }
             let umem = &self.umem;
             let frame = |i: usize| {
-                descs
-                    .get(i)
-                    .filter(|d| i < n && d.3)
-                    .and_then(|d| umem.slice(d.1, d.2))
+                run.get(i)
+                    .filter(|d| i < n && d.ok)
+                    .and_then(|d| umem.slice(d.addr, d.len))
             };
             let mut hdr = [0u8; ringrx::LRO_HDR_MAX];
             let (k, merged) = if lro {
@@ -616,49 +829,125 @@ impl XdpPort {
             };
             let bytes: usize = pieces[..count].iter().map(|p| p.len()).sum();
             deposit(&vnet, &pieces[..count]);
-            for d in &descs[..k] {
-                self.rx_held.push(d.0);
-            }
-            self.rx.local = self.rx.local.wrapping_add(k as u32);
-            self.rx.publish(self.rx.consumer);
-            self.copies.rx_frames += k as u64;
+            self.rx_done(&run[..k], k as u64, bytes);
             self.copies.rx_coalesced += k as u64 - 1;
-            self.copies.rx_copy_bytes += bytes as u64;
             return Ok(true);
         }
+    }
+
+    /// RX descriptor `i` past our consumer index.
+    fn rx_desc(&self, i: u32) -> RxDesc {
+        let fs = u64::from(self.cfg.frame_size);
+        let at = self.rx.slot(self.rx.local.wrapping_add(i), 16);
+        let Some(b) = self.rx.map.read::<16>(at) else {
+            return RxDesc::default();
+        };
+        let addr = u64::from_ne_bytes(b[0..8].try_into().expect("8"));
+        let len = u32::from_ne_bytes(b[8..12].try_into().expect("4")) as usize;
+        let options = u32::from_ne_bytes(b[12..16].try_into().expect("4"));
+        let base = addr & !(fs - 1);
+        let ok = (addr - base) as usize + len <= fs as usize
+            && self.umem.slice(addr as usize, len).is_some();
+        RxDesc {
+            base,
+            addr: addr as usize,
+            len,
+            options,
+            ok,
+        }
+    }
+
+    /// Consumes the descriptors `descs` (lent: their frames go back to the
+    /// fill ring at the next receive) of `frames` frames, `bytes` long.
+    fn rx_done(&mut self, descs: &[RxDesc], frames: u64, bytes: usize) {
+        self.rx_held.extend(descs.iter().map(|d| d.base));
+        self.rx.local = self.rx.local.wrapping_add(descs.len() as u32);
+        self.rx.publish(self.rx.consumer);
+        self.copies.rx_frames += frames;
+        self.copies.rx_copy_bytes += bytes as u64;
+    }
+}
+
+/// One RX descriptor as read: its frame's base, the data's address and
+/// length, its options, and whether it lies within one UMEM frame.
+#[derive(Debug, Clone, Copy, Default)]
+struct RxDesc {
+    base: u64,
+    addr: usize,
+    len: usize,
+    options: u32,
+    ok: bool,
+}
+
+impl XdpPort {
+    /// UMEM frames a TX frame of `len` bytes takes.
+    fn frames_for(&self, len: usize) -> u32 {
+        len.max(1).div_ceil(self.cfg.frame_size as usize) as u32
     }
 }
 
 impl TxSlots for XdpPort {
+    /// Frames of the largest size that fit now (a multi-buffer frame takes
+    /// a run of UMEM frames, one descriptor each).
     fn free(&mut self) -> usize {
         self.reap();
-        (self.tx.room() as usize).min(self.tx_free.len())
+        let per = self.frames_for(self.capacity());
+        let frames = self.tx_frames.free().min(self.tx.room());
+        (frames.saturating_sub(per - 1) / per) as usize
     }
 
     fn capacity(&self) -> usize {
-        (self.cfg.frame_size as usize).min(self.mtu as usize + 14)
+        let wire = self.mtu as usize + 14;
+        let fs = self.cfg.frame_size as usize;
+        if self.sg {
+            wire.min(fs * MAX_DESCS)
+        } else {
+            wire.min(fs)
+        }
     }
 
     fn next(&mut self, len: usize) -> Result<&mut [u8], PortError> {
-        let addr = *self.tx_free.last().ok_or(PortError::Disconnected)?;
+        let max = self.capacity();
+        if len > max {
+            return Err(PortError::TooLarge { len, max });
+        }
+        let (start, _) = self
+            .tx_frames
+            .place(self.frames_for(len))
+            .ok_or(PortError::Disconnected)?;
+        let addr = (self.tx_frames.first + start) as usize * self.cfg.frame_size as usize;
         self.umem
-            .slice_mut(addr as usize, len)
-            .ok_or(PortError::TooLarge {
-                len,
-                max: self.cfg.frame_size as usize,
-            })
+            .slice_mut(addr, len)
+            .ok_or(PortError::TooLarge { len, max })
     }
 
+    /// Hands the frame [`TxSlots::next`] gave to the kernel: one
+    /// descriptor per UMEM frame it spans, all but the last marked
+    /// `XDP_PKT_CONTD`.
     fn commit(&mut self, len: usize) {
-        let Some(addr) = self.tx_free.pop() else {
+        let need = self.frames_for(len);
+        let Some((start, skip)) = self.tx_frames.place(need) else {
             return;
         };
-        let at = self.tx.slot(self.tx.local, 16);
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_ne_bytes());
-        d[8..12].copy_from_slice(&(len as u32).to_ne_bytes());
-        self.tx.map.write(at, &d);
-        self.tx.local = self.tx.local.wrapping_add(1);
+        if self.tx.room() < need {
+            return;
+        }
+        self.tx_frames.take(start, skip, need);
+        let fs = self.cfg.frame_size as usize;
+        let mut left = len;
+        for i in 0..need {
+            let addr = u64::from(self.tx_frames.first + start + i) * fs as u64;
+            let n = left.min(fs);
+            left -= n;
+            let at = self.tx.slot(self.tx.local, 16);
+            let mut d = [0u8; 16];
+            d[0..8].copy_from_slice(&addr.to_ne_bytes());
+            d[8..12].copy_from_slice(&(n as u32).to_ne_bytes());
+            let opts = if i + 1 < need { XDP_PKT_CONTD } else { 0 };
+            d[12..16].copy_from_slice(&opts.to_ne_bytes());
+            self.tx.map.write(at, &d);
+            self.tx.local = self.tx.local.wrapping_add(1);
+        }
         self.tx.publish(self.tx.producer);
         self.tx_pending = true;
     }
