@@ -39,7 +39,7 @@ use hicamp_benches::{
 use nicdma::backend::AnyPort;
 use nicdma::packet::PacketPort;
 use nicdma::tap::{netns_supported, NetNs};
-use nicdma::xdp::XdpPort;
+use nicdma::xdp::{XdpConfig, XdpMode, XdpPort};
 use nicdma::{Port, TxOutcome, VirtioNetHdr};
 use segstack::iface::Interface;
 
@@ -87,10 +87,27 @@ fn open_port(lab: &Lab, kind: &str) -> AnyPort {
     lab.b
         .run_in(|| match kind {
             "af_packet" => PacketPort::open("p0").map(AnyPort::AfPacket),
-            _ => XdpPort::open("p0").map(AnyPort::AfXdp),
+            _ => XdpPort::with_config("p0", xdp_config()).map(AnyPort::AfXdp),
         })
         .expect("enter B")
         .unwrap_or_else(|e| panic!("{kind}: {e}"))
+}
+
+/// The AF_XDP ports' configuration: the defaults, but for `XDP_SG=0` (no
+/// multi-buffer), `XDP_CSUM=0` (no TX checksum offload) and `XDP_MODE=
+/// native|auto` (where the program attaches), for comparisons.
+fn xdp_config() -> XdpConfig {
+    let off = |var: &str| std::env::var(var).is_ok_and(|v| v == "0");
+    XdpConfig {
+        multi_buffer: !off("XDP_SG"),
+        csum_offload: !off("XDP_CSUM"),
+        mode: match std::env::var("XDP_MODE").as_deref() {
+            Ok("native") => XdpMode::Native,
+            Ok("auto") => XdpMode::Auto,
+            _ => XdpMode::Generic,
+        },
+        ..XdpConfig::default()
+    }
 }
 
 /// Transmits `iters` copies of `frame`, one flush per 64; returns the time.
@@ -419,8 +436,8 @@ fn main() {
         println!("port copy counters (cumulative per port; rx_copy_bytes: the one RX copy out of the kernel-shared region into lines; tx_gather_bytes: the DMA gather into it):");
         for (k, c) in COPIES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             println!(
-                "  {k}: rx {} frames ({} coalesced into GSO frames), {} B copied, {} dropped; tx {} frames, {} B gathered, {} TSO segments; {} kicks",
-                c.rx_frames, c.rx_coalesced, c.rx_copy_bytes, c.rx_dropped, c.tx_frames, c.tx_gather_bytes, c.tx_tso_segments, c.kicks
+                "  {k}: rx {} frames ({} coalesced into GSO frames), {} B copied, {} dropped; tx {} frames, {} B gathered, {} TSO segments, {} checksums left to the kernel; {} kicks",
+                c.rx_frames, c.rx_coalesced, c.rx_copy_bytes, c.rx_dropped, c.tx_frames, c.tx_gather_bytes, c.tx_tso_segments, c.tx_csum_offloaded, c.kicks
             );
         }
     }

@@ -4,7 +4,7 @@
 //! place; a GSO super-frame cut into wire segments, each gathered straight
 //! into its own buffer, so no intermediate frame exists).
 
-use crate::meta::{gso, VirtioNetHdr};
+use crate::meta::{gso, VirtioNetHdr, F_NEEDS_CSUM};
 use crate::offload::{self, Tso4Plan, TSO4_MAX_HDR};
 use crate::port::{PortCopies, PortError, TxOutcome};
 
@@ -19,6 +19,20 @@ pub(crate) trait TxSlots {
     /// Hands the buffer [`TxSlots::next`] gave to the kernel (queued until
     /// the port's flush).
     fn commit(&mut self, len: usize);
+    /// Whether the kernel takes a frame with its checksum left partial
+    /// (virtio `F_NEEDS_CSUM`: the pseudo-header sum in the field), to be
+    /// completed by it or taken as verified by a local peer, as a NIC's
+    /// checksum offload: [`TxSlots::commit_partial`] then, and no checksum
+    /// here.
+    fn csum_offload(&self) -> bool {
+        false
+    }
+    /// [`TxSlots::commit`] of a frame whose checksum at `csum_start +
+    /// csum_offset` is left partial (only called where
+    /// [`TxSlots::csum_offload`]).
+    fn commit_partial(&mut self, len: usize, _csum_start: u16, _csum_offset: u16) {
+        self.commit(len);
+    }
 }
 
 /// Reads a gathered frame sequentially out of its chunks.
@@ -69,6 +83,7 @@ pub(crate) fn place(
         if slots.free() == 0 {
             return Ok(TxOutcome::Full);
         }
+        let partial = vnet.flags & F_NEEDS_CSUM != 0 && slots.csum_offload();
         let buf = slots.next(len)?;
         ChunkReader {
             chunks,
@@ -76,6 +91,17 @@ pub(crate) fn place(
             off: 0,
         }
         .copy_to(buf);
+        if partial {
+            let (start, off) = (vnet.csum_start, vnet.csum_offset);
+            if usize::from(start) + usize::from(off) + 2 > len {
+                return Err(PortError::BadOffload);
+            }
+            slots.commit_partial(len, start, off);
+            copies.tx_frames += 1;
+            copies.tx_gather_bytes += len as u64;
+            copies.tx_csum_offloaded += 1;
+            return Ok(TxOutcome::Sent);
+        }
         match offload::apply_tx_in_place(vnet, buf) {
             Some(Ok(_)) => {}
             _ => return Err(PortError::BadOffload),
@@ -124,7 +150,6 @@ pub(crate) fn place(
 mod tests {
     use super::*;
     use crate::checksum::{checksum, fold, sum};
-    use crate::meta::F_NEEDS_CSUM;
 
     struct VecSlots {
         cap: usize,

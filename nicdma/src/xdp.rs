@@ -75,6 +75,21 @@ const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
 const XDP_USE_SG: u16 = 1 << 4;
 /// `xdp_desc.options`: more descriptors of this frame follow.
 const XDP_PKT_CONTD: u32 = 1;
+/// `xdp_desc.options`: a `struct xsk_tx_metadata` precedes the data.
+const XDP_TX_METADATA: u32 = 1 << 1;
+/// `xsk_tx_metadata.flags`: complete the checksum at `csum_start +
+/// csum_offset` (copy mode: the skb goes out `CHECKSUM_PARTIAL`).
+const XDP_TXMD_FLAGS_CHECKSUM: u64 = 1 << 1;
+/// `XDP_UMEM_UNALIGNED_CHUNK_FLAG`.
+const XDP_UMEM_UNALIGNED_CHUNK_FLAG: u32 = 1;
+/// `XDP_UMEM_TX_METADATA_LEN`: the registration's `tx_metadata_len` is
+/// meant (Linux 6.11+; without it the kernel ignores the field).
+const XDP_UMEM_TX_METADATA_LEN: u32 = 1 << 2;
+/// `sizeof(struct xsk_tx_metadata)`: the UMEM's `tx_metadata_len`.
+const TX_META_LEN: u32 = 24;
+/// Unaligned-mode RX addresses carry the data's offset in their top 16
+/// bits.
+const XSK_UNALIGNED_BUF_OFFSET_SHIFT: u32 = 48;
 /// The most descriptors of one multi-buffer frame: copy-mode TX builds an
 /// skb of the first in its head and the rest in page frags
 /// (`MAX_SKB_FRAGS`, 17).
@@ -109,6 +124,14 @@ pub struct XdpConfig {
     pub multi_buffer: bool,
     /// Where the program attaches.
     pub mode: XdpMode,
+    /// TX checksum offload through AF_XDP TX metadata (Linux 6.11+): a
+    /// frame asking for its checksum goes to the kernel with it partial
+    /// (`XDP_TXMD_FLAGS_CHECKSUM`), which on a veth the peer takes as
+    /// verified, so neither the port nor the peer reads the payload for
+    /// it. Needs an unaligned-chunk UMEM with `tx_metadata_len`, so that a
+    /// multi-buffer frame stays contiguous behind its metadata; where the
+    /// kernel refuses that, the port completes checksums itself.
+    pub csum_offload: bool,
 }
 
 /// Where the XDP program attaches.
@@ -134,6 +157,7 @@ impl Default for XdpConfig {
             lro: true,
             multi_buffer: true,
             mode: XdpMode::Generic,
+            csum_offload: true,
         }
     }
 }
@@ -224,6 +248,8 @@ struct TxFrames {
     tail: u64,
     /// Per frame: not in flight (completed, or never sent).
     done: Vec<bool>,
+    /// Per frame that starts a run: the run's length (1 elsewhere).
+    run: Vec<u32>,
 }
 
 impl TxFrames {
@@ -234,6 +260,7 @@ impl TxFrames {
             head: 0,
             tail: 0,
             done: vec![true; n as usize],
+            run: vec![1; n as usize],
         }
     }
 
@@ -254,18 +281,25 @@ impl TxFrames {
         self.head += u64::from(skip);
         for i in 0..need {
             self.done[(start + i) as usize] = false;
+            self.run[(start + i) as usize] = 1;
         }
+        self.run[start as usize] = need;
         self.head += u64::from(need);
         // The skipped frames are done: the tail passes them when it comes.
         self.advance();
     }
 
-    /// Frame `idx` of the UMEM was completed.
+    /// The run starting at frame `idx` of the UMEM (or frame `idx` alone)
+    /// was completed.
     fn complete(&mut self, idx: u32) {
-        if let Some(d) = idx
-            .checked_sub(self.first)
-            .and_then(|i| self.done.get_mut(i as usize))
-        {
+        let Some(i) = idx.checked_sub(self.first).map(|i| i as usize) else {
+            return;
+        };
+        let Some(&len) = self.run.get(i) else {
+            return;
+        };
+        let end = (i + len as usize).min(self.done.len());
+        for d in &mut self.done[i..end] {
             *d = true;
         }
     }
@@ -299,6 +333,8 @@ pub struct XdpPort {
     sg: bool,
     /// Whether the program runs in native (driver) mode.
     native: bool,
+    /// The UMEM's `tx_metadata_len` (0: no TX metadata, aligned chunks).
+    meta: u32,
     /// The TX frames (the UMEM's upper half), handed out in runs.
     tx_frames: TxFrames,
     /// TX descriptors published but not yet taken by the kernel.
@@ -418,13 +454,31 @@ impl XdpPort {
         let umem = Mmap::anonymous(cfg.frames as usize * fs).map_err(os("mmap UMEM"))?;
         // struct xdp_umem_reg { u64 addr, len; u32 chunk_size, headroom,
         // flags, tx_metadata_len; }
-        let mut reg = Vec::with_capacity(32);
-        reg.extend_from_slice(&umem.addr().to_ne_bytes());
-        reg.extend_from_slice(&(umem.len() as u64).to_ne_bytes());
-        for v in [cfg.frame_size, 0, 0, 0] {
-            reg.extend_from_slice(&v.to_ne_bytes());
+        let reg = |flags: u32, meta: u32| {
+            let mut reg = Vec::with_capacity(32);
+            reg.extend_from_slice(&umem.addr().to_ne_bytes());
+            reg.extend_from_slice(&(umem.len() as u64).to_ne_bytes());
+            for v in [cfg.frame_size, 0, flags, meta] {
+                reg.extend_from_slice(&v.to_ne_bytes());
+            }
+            sock::setsockopt(xsk.as_fd(), SOL_XDP, XDP_UMEM_REG, &reg)
+        };
+        // TX metadata for the checksum offload, in unaligned-chunk mode
+        // (aligned chunks would need every descriptor of a multi-buffer
+        // frame to leave room for metadata before it, breaking the frame's
+        // contiguity); a kernel without it (before 6.11) gets plain chunks.
+        let mut meta = 0;
+        if cfg.csum_offload
+            && reg(
+                XDP_UMEM_UNALIGNED_CHUNK_FLAG | XDP_UMEM_TX_METADATA_LEN,
+                TX_META_LEN,
+            )
+            .is_ok()
+        {
+            meta = TX_META_LEN;
+        } else {
+            reg(0, 0).map_err(os("XDP_UMEM_REG"))?;
         }
-        sock::setsockopt(xsk.as_fd(), SOL_XDP, XDP_UMEM_REG, &reg).map_err(os("XDP_UMEM_REG"))?;
         for (opt, what) in [
             (XDP_UMEM_FILL_RING, "XDP_UMEM_FILL_RING"),
             (XDP_UMEM_COMPLETION_RING, "XDP_UMEM_COMPLETION_RING"),
@@ -629,6 +683,7 @@ impl XdpPort {
             mtu,
             sg,
             native,
+            meta,
             tx_frames,
             tx_pending: false,
             rx_held: Vec::with_capacity(ringrx::LRO_MAX.max(MAX_DESCS)),
@@ -654,6 +709,11 @@ impl XdpPort {
     /// Whether the program runs in native (driver) mode, not generic.
     pub fn native(&self) -> bool {
         self.native
+    }
+
+    /// Whether frames go out with their checksum partial (TX metadata).
+    pub fn csum_offload(&self) -> bool {
+        self.meta != 0
     }
 
     /// The sizes in force.
@@ -689,9 +749,16 @@ impl XdpPort {
         for _ in 0..n {
             let at = self.comp.slot(self.comp.local, 8);
             if let Some(b) = self.comp.map.read::<8>(at) {
-                let idx = u64::from_ne_bytes(b) / u64::from(self.cfg.frame_size);
-                self.tx_frames
-                    .complete(u32::try_from(idx).unwrap_or(u32::MAX));
+                // A run's first descriptor starts `meta` bytes into its first
+                // frame; it completes the run (all of a frame's descriptors
+                // complete together, with its skb). The others (at other
+                // offsets when `meta` > 0) are skipped.
+                let fs = u64::from(self.cfg.frame_size);
+                let start = u64::from_ne_bytes(b).wrapping_sub(u64::from(self.meta));
+                if start % fs == 0 {
+                    self.tx_frames
+                        .complete(u32::try_from(start / fs).unwrap_or(u32::MAX));
+                }
             }
             self.comp.local = self.comp.local.wrapping_add(1);
         }
@@ -842,7 +909,14 @@ impl XdpPort {
         let Some(b) = self.rx.map.read::<16>(at) else {
             return RxDesc::default();
         };
-        let addr = u64::from_ne_bytes(b[0..8].try_into().expect("8"));
+        let raw = u64::from_ne_bytes(b[0..8].try_into().expect("8"));
+        let addr = if self.meta != 0 {
+            // Unaligned chunks: the base we gave, plus the offset on top.
+            (raw & ((1 << XSK_UNALIGNED_BUF_OFFSET_SHIFT) - 1))
+                + (raw >> XSK_UNALIGNED_BUF_OFFSET_SHIFT)
+        } else {
+            raw
+        };
         let len = u32::from_ne_bytes(b[8..12].try_into().expect("4")) as usize;
         let options = u32::from_ne_bytes(b[12..16].try_into().expect("4"));
         let base = addr & !(fs - 1);
@@ -880,29 +954,87 @@ struct RxDesc {
 }
 
 impl XdpPort {
-    /// UMEM frames a TX frame of `len` bytes takes.
+    /// UMEM frames a TX frame of `len` bytes takes (its data starts `meta`
+    /// bytes into the first, behind its metadata).
     fn frames_for(&self, len: usize) -> u32 {
-        len.max(1).div_ceil(self.cfg.frame_size as usize) as u32
+        (self.meta as usize + len.max(1)).div_ceil(self.cfg.frame_size as usize) as u32
+    }
+
+    /// The bytes one TX descriptor carries at most (its length plus the
+    /// metadata room the kernel checks before it fit a chunk).
+    fn desc_max(&self) -> usize {
+        (self.cfg.frame_size - self.meta) as usize
+    }
+
+    /// Queues the frame of `len` bytes at the next run of TX frames: one
+    /// descriptor per `desc_max` bytes, all but the last marked
+    /// `XDP_PKT_CONTD`; with `csum`, the first carries TX metadata asking
+    /// for the checksum at (start, offset).
+    fn queue_tx(&mut self, len: usize, csum: Option<(u16, u16)>) {
+        let need = self.frames_for(len);
+        let Some((start, skip)) = self.tx_frames.place(need) else {
+            return;
+        };
+        let step = self.desc_max();
+        let descs = len.max(1).div_ceil(step) as u32;
+        if self.tx.room() < descs {
+            return;
+        }
+        self.tx_frames.take(start, skip, need);
+        let fs = u64::from(self.cfg.frame_size);
+        let base = u64::from(self.tx_frames.first + start) * fs;
+        let data = base + u64::from(self.meta);
+        let mut opts0 = 0;
+        if let (Some((cs, co)), true) = (csum, self.meta != 0) {
+            // struct xsk_tx_metadata { u64 flags; union { struct { u16
+            // csum_start, csum_offset; u64 launch_time; } request; ... } }
+            let mut m = [0u8; TX_META_LEN as usize];
+            m[0..8].copy_from_slice(&XDP_TXMD_FLAGS_CHECKSUM.to_ne_bytes());
+            m[8..10].copy_from_slice(&cs.to_ne_bytes());
+            m[10..12].copy_from_slice(&co.to_ne_bytes());
+            self.umem.write(base as usize, &m);
+            opts0 = XDP_TX_METADATA;
+        }
+        let mut left = len;
+        for i in 0..descs {
+            let addr = data + u64::from(i) * step as u64;
+            let n = left.min(step);
+            left -= n;
+            let at = self.tx.slot(self.tx.local, 16);
+            let mut d = [0u8; 16];
+            d[0..8].copy_from_slice(&addr.to_ne_bytes());
+            d[8..12].copy_from_slice(&(n as u32).to_ne_bytes());
+            let mut opts = if i + 1 < descs { XDP_PKT_CONTD } else { 0 };
+            if i == 0 {
+                opts |= opts0;
+            }
+            d[12..16].copy_from_slice(&opts.to_ne_bytes());
+            self.tx.map.write(at, &d);
+            self.tx.local = self.tx.local.wrapping_add(1);
+        }
+        self.tx.publish(self.tx.producer);
+        self.tx_pending = true;
     }
 }
 
 impl TxSlots for XdpPort {
     /// Frames of the largest size that fit now (a multi-buffer frame takes
-    /// a run of UMEM frames, one descriptor each).
+    /// a run of UMEM frames and one descriptor per `desc_max` bytes).
     fn free(&mut self) -> usize {
         self.reap();
-        let per = self.frames_for(self.capacity());
-        let frames = self.tx_frames.free().min(self.tx.room());
-        (frames.saturating_sub(per - 1) / per) as usize
+        let cap = self.capacity();
+        let per = self.frames_for(cap);
+        let per_desc = cap.div_ceil(self.desc_max()) as u32;
+        let frames = self.tx_frames.free().saturating_sub(per - 1) / per;
+        frames.min(self.tx.room() / per_desc) as usize
     }
 
     fn capacity(&self) -> usize {
         let wire = self.mtu as usize + 14;
-        let fs = self.cfg.frame_size as usize;
         if self.sg {
-            wire.min(fs * MAX_DESCS)
+            wire.min(self.desc_max() * MAX_DESCS)
         } else {
-            wire.min(fs)
+            wire.min(self.desc_max())
         }
     }
 
@@ -915,41 +1047,23 @@ impl TxSlots for XdpPort {
             .tx_frames
             .place(self.frames_for(len))
             .ok_or(PortError::Disconnected)?;
-        let addr = (self.tx_frames.first + start) as usize * self.cfg.frame_size as usize;
+        let addr = (self.tx_frames.first + start) as usize * self.cfg.frame_size as usize
+            + self.meta as usize;
         self.umem
             .slice_mut(addr, len)
             .ok_or(PortError::TooLarge { len, max })
     }
 
-    /// Hands the frame [`TxSlots::next`] gave to the kernel: one
-    /// descriptor per UMEM frame it spans, all but the last marked
-    /// `XDP_PKT_CONTD`.
     fn commit(&mut self, len: usize) {
-        let need = self.frames_for(len);
-        let Some((start, skip)) = self.tx_frames.place(need) else {
-            return;
-        };
-        if self.tx.room() < need {
-            return;
-        }
-        self.tx_frames.take(start, skip, need);
-        let fs = self.cfg.frame_size as usize;
-        let mut left = len;
-        for i in 0..need {
-            let addr = u64::from(self.tx_frames.first + start + i) * fs as u64;
-            let n = left.min(fs);
-            left -= n;
-            let at = self.tx.slot(self.tx.local, 16);
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&addr.to_ne_bytes());
-            d[8..12].copy_from_slice(&(n as u32).to_ne_bytes());
-            let opts = if i + 1 < need { XDP_PKT_CONTD } else { 0 };
-            d[12..16].copy_from_slice(&opts.to_ne_bytes());
-            self.tx.map.write(at, &d);
-            self.tx.local = self.tx.local.wrapping_add(1);
-        }
-        self.tx.publish(self.tx.producer);
-        self.tx_pending = true;
+        self.queue_tx(len, None);
+    }
+
+    fn csum_offload(&self) -> bool {
+        self.meta != 0
+    }
+
+    fn commit_partial(&mut self, len: usize, csum_start: u16, csum_offset: u16) {
+        self.queue_tx(len, Some((csum_start, csum_offset)));
     }
 }
 
