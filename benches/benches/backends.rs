@@ -47,7 +47,18 @@ use segstack::iface::Interface;
 static COPIES: std::sync::Mutex<Vec<(String, nicdma::PortCopies)>> =
     std::sync::Mutex::new(Vec::new());
 
+/// The kernel's drop counters of each AF_XDP port bench.
+static XDP_STATS: std::sync::Mutex<Vec<(String, nicdma::xdp::XdpStats)>> =
+    std::sync::Mutex::new(Vec::new());
+
 fn record_copies(key: String, port: &AnyPort) {
+    if let AnyPort::AfXdp(p) = port {
+        if let Ok(st) = p.stats() {
+            let mut v = XDP_STATS.lock().unwrap_or_else(|e| e.into_inner());
+            v.retain(|(k, _)| *k != key);
+            v.push((key.clone(), st));
+        }
+    }
     let mut v = COPIES.lock().unwrap_or_else(|e| e.into_inner());
     v.retain(|(k, _)| *k != key);
     v.push((key, port.copies()));
@@ -439,6 +450,10 @@ fn main() {
                 "  {k}: rx {} frames ({} coalesced into GSO frames), {} B copied, {} dropped; tx {} frames, {} B gathered, {} TSO segments, {} checksums left to the kernel; {} kicks",
                 c.rx_frames, c.rx_coalesced, c.rx_copy_bytes, c.rx_dropped, c.tx_frames, c.tx_gather_bytes, c.tx_tso_segments, c.tx_csum_offloaded, c.kicks
             );
+        }
+        println!("AF_XDP sockets' kernel counters (XDP_STATISTICS, cumulative per port):");
+        for (k, st) in XDP_STATS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            println!("  {k}: {st:?}");
         }
     }
     for mtu in [1500, jumbo_mtu()] {

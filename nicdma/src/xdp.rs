@@ -5,7 +5,7 @@
 //! ```text
 //!            UMEM (this process's memory, registered with XDP_UMEM_REG)
 //!  +------------------------------+------------------------------+
-//!  | RX frames 0 .. n/2           | TX frames n/2 .. n           |
+//!  | RX frames 0 .. n/2           | TX frames n/2 .. n (in runs) |
 //!  +------------------------------+------------------------------+
 //!    ^ fill ring: empty frames      ^ TX ring: frames to send
 //!    | for the kernel               | (the TX DMA gathers lines here,
@@ -18,15 +18,31 @@
 //!
 //! * The program: `r2 = ctx->rx_queue_index; r1 = xskmap; r3 = XDP_PASS;
 //!   call bpf_redirect_map; exit` (see `sys::bpf::redirect_program`), loaded
-//!   with the `bpf()` system call, attached in generic (SKB) mode through a
-//!   BPF link: the link is a descriptor of this process, so the program goes
-//!   away when the port drops or the process dies, even by SIGKILL. Frames
-//!   for other queues, or while no socket is in the map, pass to the kernel.
+//!   with the `bpf()` system call (with `BPF_F_XDP_HAS_FRAGS` where the
+//!   socket takes multi-buffer frames), attached in generic (SKB) mode, or
+//!   native mode with [`XdpMode`], through a BPF link: the link is a
+//!   descriptor of this process, so the program goes away when the port
+//!   drops or the process dies, even by SIGKILL. Frames for other queues,
+//!   or while no socket is in the map, pass to the kernel.
+//! * Multi-buffer ([`XdpConfig::multi_buffer`], on by default: `XDP_USE_SG`):
+//!   a frame longer than one UMEM frame spans several descriptors
+//!   (`XDP_PKT_CONTD` on all but the last), so the interface's MTU may be a
+//!   jumbo one (64000 on a veth: one skb per 64 KB instead of per 1.5 KB).
+//!   RX lends such a frame as one chunk per descriptor; TX takes a run of
+//!   consecutive UMEM frames, so the gather writes one contiguous buffer
+//!   and the port cuts it into descriptors.
+//! * TX checksum offload ([`XdpConfig::csum_offload`]): a frame that asks
+//!   for its checksum goes out with it partial and TX metadata asking the
+//!   kernel for it (`XDP_TXMD_FLAGS_CHECKSUM`); the skb is then
+//!   `CHECKSUM_PARTIAL`, which a veth peer takes as verified, so nobody
+//!   reads the payload for it. It needs an unaligned-chunk UMEM with
+//!   `tx_metadata_len` (so that a multi-buffer frame stays contiguous
+//!   behind its 24 bytes of metadata).
 //! * On a veth the socket runs in copy mode (zero-copy binds fail there): the
-//!   kernel copies each frame into a UMEM frame (at offset 256), and the
+//!   kernel copies each frame into UMEM frames (at offset 256), and the
 //!   port copies it once more into segment lines (counted in
 //!   [`PortCopies::rx_copy_bytes`]). The UMEM cannot be the line memory: the
-//!   kernel writes whole frames (up to a frame size of 2048 bytes, at an
+//!   kernel writes whole frames (up to a frame size of 4096 bytes, at an
 //!   offset of its choosing) while the memory's lines are 64-byte slots
 //!   that are hashed and deduplicated in place. What would remove the copy:
 //!   a zero-copy driver and a line store whose leaf lines live in the UMEM
@@ -40,7 +56,9 @@
 //! * need_wakeup is on: the TX kick (`sendto`) and the fill-ring kick
 //!   (`recvfrom`) are made only when the kernel asks (in copy mode, TX
 //!   always needs the kick); TX is batched: frames queue during a NIC pass
-//!   and one [`Port::flush`] kicks them out.
+//!   and one [`Port::flush`] kicks them out (one kick may send the whole
+//!   ring: `XDP_MAX_TX_SKB_BUDGET`); lent RX frames go back to the fill
+//!   ring in one batch at the next receive.
 //! * The link partner must send wire frames: on a veth, turn its checksum
 //!   and segmentation offloads off (`ethtool -K <peer> tx off tso off gso
 //!   off`): XDP sees neither the partial-checksum metadata nor GSO.
@@ -1146,6 +1164,52 @@ ring_port!(XdpPort);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tx_runs_wrap_and_come_back_out_of_order() {
+        let mut t = TxFrames::new(8, 8);
+        // Runs of 3, 3: the third would wrap, so it skips the last 2 frames.
+        let (a, skip) = t.place(3).expect("room");
+        assert_eq!((a, skip), (0, 0));
+        t.take(a, skip, 3);
+        let (b, skip) = t.place(3).expect("room");
+        assert_eq!((b, skip), (3, 0));
+        t.take(b, skip, 3);
+        assert_eq!(t.free(), 2);
+        assert_eq!(
+            t.place(3),
+            None,
+            "2 frames left at the end, none at the start"
+        );
+        // The second run completes first: nothing comes back until the first
+        // does (the tail stops at it).
+        t.complete(8 + b);
+        t.advance();
+        assert_eq!(t.free(), 2);
+        t.complete(8 + a);
+        t.advance();
+        assert_eq!(t.free(), 8);
+        // Now a run of 3 at frame 6 would wrap: it skips 6 and 7 and starts
+        // at 0; the skipped frames are free again as soon as the tail passes
+        // them.
+        let (c, skip) = t.place(3).expect("room");
+        assert_eq!((c, skip), (0, 2));
+        t.take(c, skip, 3);
+        assert_eq!(
+            t.free(),
+            5,
+            "the skipped frames were done: the tail passed them"
+        );
+        t.complete(8 + c);
+        t.advance();
+        assert_eq!(t.free(), 8);
+        // Larger than the ring, and completions outside it, are refused.
+        assert_eq!(t.place(9), None);
+        t.complete(3);
+        t.complete(100);
+        t.advance();
+        assert_eq!(t.free(), 8);
+    }
 
     #[test]
     fn bad_sizes_and_missing_interfaces_are_errors() {
