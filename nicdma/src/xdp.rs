@@ -169,9 +169,12 @@ impl Default for XdpConfig {
     fn default() -> Self {
         XdpConfig {
             queue: 0,
-            frames: 4096,
+            // 16 MiB of RX frames: more than a 4 MiB receive window of
+            // 1500-byte frames takes (2900), so a slow receiver never finds
+            // the fill ring empty.
+            frames: 8192,
             frame_size: 4096,
-            ring: 2048,
+            ring: 4096,
             lro: true,
             multi_buffer: true,
             mode: XdpMode::Generic,
