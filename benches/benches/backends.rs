@@ -105,8 +105,9 @@ fn open_port(lab: &Lab, kind: &str) -> AnyPort {
 }
 
 /// The AF_XDP ports' configuration: the defaults, but for `XDP_SG=0` (no
-/// multi-buffer), `XDP_CSUM=0` (no TX checksum offload) and `XDP_MODE=
-/// native|auto` (where the program attaches), for comparisons.
+/// multi-buffer: the port then refuses the jumbo round's MTU, so use it
+/// with `BACKENDS_JUMBO_MTU=0`), `XDP_CSUM=0` (no TX checksum offload) and
+/// `XDP_MODE=native|auto` (where the program attaches), for comparisons.
 fn xdp_config() -> XdpConfig {
     let off = |var: &str| std::env::var(var).is_ok_and(|v| v == "0");
     XdpConfig {

@@ -105,6 +105,9 @@ const XDP_UMEM_UNALIGNED_CHUNK_FLAG: u32 = 1;
 const XDP_UMEM_TX_METADATA_LEN: u32 = 1 << 2;
 /// `sizeof(struct xsk_tx_metadata)`: the UMEM's `tx_metadata_len`.
 const TX_META_LEN: u32 = 24;
+/// The headroom the kernel leaves before a received frame in its UMEM
+/// frame (`XDP_PACKET_HEADROOM`).
+const XDP_PACKET_HEADROOM: u32 = 256;
 /// Unaligned-mode RX addresses carry the data's offset in their top 16
 /// bits.
 const XSK_UNALIGNED_BUF_OFFSET_SHIFT: u32 = 48;
@@ -688,6 +691,21 @@ impl XdpPort {
                 }
             })?;
         let (mac, mtu) = iface_info(name)?;
+        // Without multi-buffer the kernel drops every frame longer than one
+        // UMEM frame (less its 256 bytes of headroom): say so now rather
+        // than lose them.
+        let rx_max = cfg.frame_size - XDP_PACKET_HEADROOM;
+        if !sg && mtu + 14 > rx_max {
+            return Err(PortError::Unsupported {
+                backend: "af_xdp",
+                why: format!(
+                    "{name}'s MTU {mtu} makes frames of up to {} bytes, more than one UMEM frame holds ({rx_max}), and multi-buffer AF_XDP (XDP_USE_SG, Linux 6.6+) is {}: lower the MTU to {} or less",
+                    mtu + 14,
+                    if cfg.multi_buffer { "refused by this kernel" } else { "off" },
+                    rx_max - 14
+                ),
+            });
+        }
         Ok(XdpPort {
             link,
             _prog: prog,

@@ -6,6 +6,8 @@
 //!   datagram of the kernel arrives as one multi-buffer frame (several RX
 //!   descriptors), byte-exact, and one the port sends (several TX
 //!   descriptors) reaches a kernel UDP socket byte-exact.
+//! - `a_jumbo_mtu_without_multi_buffer_is_a_clear_error`: a port that
+//!   could not receive the interface's largest frames refuses to open.
 //! - `partial_checksums_are_completed_by_the_kernel`: a frame sent with its
 //!   checksum left partial (TX metadata) reaches the kernel's socket, and
 //!   the kernel counts no invalid descriptor.
@@ -18,8 +20,8 @@ use std::time::{Duration, Instant};
 use nicdma::checksum::{checksum, fold, pseudo_header, sum};
 use nicdma::meta::F_NEEDS_CSUM;
 use nicdma::tap::{netns_supported, NetNs};
-use nicdma::xdp::XdpPort;
-use nicdma::{Port, TxOutcome, VirtioNetHdr};
+use nicdma::xdp::{XdpConfig, XdpPort};
+use nicdma::{Port, PortError, TxOutcome, VirtioNetHdr};
 
 fn skip() -> bool {
     testkit::require(netns_supported(), "root and iproute2")
@@ -184,6 +186,44 @@ fn jumbo_frames_cross_both_ways() {
     assert!(f[42..] == inn[..], "the jumbo frame's payload differs");
     let st = xdp.stats().expect("stats");
     assert_eq!(st.rx_dropped + st.tx_invalid_descs, 0, "{st:?}");
+}
+
+#[test]
+fn a_jumbo_mtu_without_multi_buffer_is_a_clear_error() {
+    if skip() {
+        return;
+    }
+    let (ns, _) = lab(3, 9000);
+    let r = ns
+        .run_in(|| {
+            XdpPort::with_config(
+                "p0",
+                XdpConfig {
+                    multi_buffer: false,
+                    ..XdpConfig::default()
+                },
+            )
+            .map(drop)
+        })
+        .unwrap();
+    let Err(e) = r else {
+        panic!("a port without multi-buffer opened at MTU 9000");
+    };
+    assert!(
+        matches!(
+            e,
+            PortError::Unsupported {
+                backend: "af_xdp",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("MTU 9000") && msg.contains("3826"), "{msg}");
+    // Nothing stays attached after the refusal.
+    let link = ns.ip(&["link", "show", "dev", "p0"]).expect("ip link");
+    assert!(!link.contains("xdp"), "{link}");
 }
 
 #[test]
