@@ -39,7 +39,7 @@ use hicamp_benches::{
 use nicdma::backend::AnyPort;
 use nicdma::packet::PacketPort;
 use nicdma::tap::{netns_supported, NetNs};
-use nicdma::xdp::XdpPort;
+use nicdma::xdp::{XdpConfig, XdpMode, XdpPort};
 use nicdma::{Port, TxOutcome, VirtioNetHdr};
 use segstack::iface::Interface;
 
@@ -47,7 +47,18 @@ use segstack::iface::Interface;
 static COPIES: std::sync::Mutex<Vec<(String, nicdma::PortCopies)>> =
     std::sync::Mutex::new(Vec::new());
 
+/// The kernel's drop counters of each AF_XDP port bench.
+static XDP_STATS: std::sync::Mutex<Vec<(String, nicdma::xdp::XdpStats)>> =
+    std::sync::Mutex::new(Vec::new());
+
 fn record_copies(key: String, port: &AnyPort) {
+    if let AnyPort::AfXdp(p) = port {
+        if let Ok(st) = p.stats() {
+            let mut v = XDP_STATS.lock().unwrap_or_else(|e| e.into_inner());
+            v.retain(|(k, _)| *k != key);
+            v.push((key.clone(), st));
+        }
+    }
     let mut v = COPIES.lock().unwrap_or_else(|e| e.into_inner());
     v.retain(|(k, _)| *k != key);
     v.push((key, port.copies()));
@@ -87,10 +98,28 @@ fn open_port(lab: &Lab, kind: &str) -> AnyPort {
     lab.b
         .run_in(|| match kind {
             "af_packet" => PacketPort::open("p0").map(AnyPort::AfPacket),
-            _ => XdpPort::open("p0").map(AnyPort::AfXdp),
+            _ => XdpPort::with_config("p0", xdp_config()).map(AnyPort::AfXdp),
         })
         .expect("enter B")
         .unwrap_or_else(|e| panic!("{kind}: {e}"))
+}
+
+/// The AF_XDP ports' configuration: the defaults, but for `XDP_SG=0` (no
+/// multi-buffer: the port then refuses the jumbo round's MTU, so use it
+/// with `BACKENDS_JUMBO_MTU=0`), `XDP_CSUM=0` (no TX checksum offload) and
+/// `XDP_MODE=native|auto` (where the program attaches), for comparisons.
+fn xdp_config() -> XdpConfig {
+    let off = |var: &str| std::env::var(var).is_ok_and(|v| v == "0");
+    XdpConfig {
+        multi_buffer: !off("XDP_SG"),
+        csum_offload: !off("XDP_CSUM"),
+        mode: match std::env::var("XDP_MODE").as_deref() {
+            Ok("native") => XdpMode::Native,
+            Ok("auto") => XdpMode::Auto,
+            _ => XdpMode::Generic,
+        },
+        ..XdpConfig::default()
+    }
 }
 
 /// Transmits `iters` copies of `frame`, one flush per 64; returns the time.
@@ -157,10 +186,35 @@ fn port_rx(port: &mut AnyPort, iters: u64) -> Duration {
     t.elapsed()
 }
 
-/// segstack over the `kind` port on the lab's `p0`, the kernel peer in A.
+/// The jumbo MTU of the second bulk round (`BACKENDS_JUMBO_MTU`, default
+/// 64000; 0 skips the round): AF_XDP sends and receives it as multi-buffer
+/// frames (16-17 UMEM frames, one descriptor each).
+fn jumbo_mtu() -> u32 {
+    std::env::var("BACKENDS_JUMBO_MTU")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64_000)
+}
+
+/// Sets the MTU of both veth ends.
+fn set_mtu(lab: &Lab, mtu: u32) {
+    let m = mtu.to_string();
+    lab.a
+        .ip(&["link", "set", "dev", "k0", "mtu", &m])
+        .expect("k0 mtu");
+    lab.b
+        .ip(&["link", "set", "dev", "p0", "mtu", &m])
+        .expect("p0 mtu");
+}
+
+/// segstack over the `kind` port on the lab's `p0`, the kernel peer in A;
+/// its MTU and MSS follow the interface's.
 fn bulk_rig(lab: &Lab, kind: &str) -> BulkRig<AnyPort> {
     let port = open_port(lab, kind);
-    let cfg = net::bulk_config(port.mac().expect("mac"), SEG_IP, 24);
+    let mut cfg = net::bulk_config(port.mac().expect("mac"), SEG_IP, 24);
+    let mtu = port.mtu().map_or(1500, |m| m as usize);
+    cfg.mtu = mtu.min(port.max_frame().saturating_sub(14));
+    cfg.tcp.mss = (cfg.mtu - 40).min(65_495) as u16;
     let iface = Interface::new(&net::bulk_memory(), port, cfg).expect("iface");
     let mut r = BulkRig::new(iface, Arc::clone(&lab.a), SEG_IP, bulk_len());
     r.port = 6000;
@@ -292,38 +346,57 @@ fn benches(c: &mut Criterion, kind: &str) {
     }
     g.finish();
 
-    let mut g = Group::new(c, "backends-bulk", Profile::Large);
-    g.throughput_bytes(bulk_len() as u64);
     let data = Arc::new(random_bytes(bulk_len(), 0xb2));
+    let jumbo = jumbo_mtu();
+    for mtu in [1500, jumbo] {
+        if mtu == 0 {
+            continue;
+        }
+        set_mtu(&lab, mtu);
+        bulk_group(c, &lab, kind, &data, &bulk_group_name(mtu));
+    }
+    set_mtu(&lab, 1500);
+}
+
+/// The bulk group's name at `mtu` (`backends-bulk` at 1500).
+fn bulk_group_name(mtu: u32) -> String {
+    if mtu == 1500 {
+        "backends-bulk".into()
+    } else {
+        format!("backends-bulk-mtu{mtu}")
+    }
+}
+
+/// segstack over `kind` both ways, and kernel TCP both ways, over the lab's
+/// veth at its current MTU.
+fn bulk_group(c: &mut Criterion, lab: &Lab, kind: &str, data: &Arc<Vec<u8>>, name: &str) {
+    let mut g = Group::new(c, name, Profile::Large);
+    g.throughput_bytes(bulk_len() as u64);
     g.bench(
         "kernel-tcp-veth-b-to-a",
         || (),
-        |(), iters| (0..iters).map(|_| kernel_tcp_once(&lab, &data, true)).sum(),
+        |(), iters| (0..iters).map(|_| kernel_tcp_once(lab, data, true)).sum(),
     );
     g.bench(
         "kernel-tcp-veth-a-to-b",
         || (),
-        |(), iters| {
-            (0..iters)
-                .map(|_| kernel_tcp_once(&lab, &data, false))
-                .sum()
-        },
+        |(), iters| (0..iters).map(|_| kernel_tcp_once(lab, data, false)).sum(),
     );
     g.bench(
         &format!("segstack-{kind}-to-kernel"),
-        || bulk_rig(&lab, kind),
+        || bulk_rig(lab, kind),
         |r, iters| {
             let d = (0..iters).map(|_| r.send_once()).sum();
-            record_copies("bulk segstack -> kernel".into(), r.iface.nic().port());
+            record_copies(format!("{name} segstack -> kernel"), r.iface.nic().port());
             d
         },
     );
     g.bench(
         &format!("kernel-to-segstack-{kind}"),
-        || bulk_rig(&lab, kind),
+        || bulk_rig(lab, kind),
         |r, iters| {
             let d = (0..iters).map(|_| r.recv_once()).sum();
-            record_copies("bulk kernel -> segstack".into(), r.iface.nic().port());
+            record_copies(format!("{name} kernel -> segstack"), r.iface.nic().port());
             d
         },
     );
@@ -375,35 +448,46 @@ fn main() {
         println!("port copy counters (cumulative per port; rx_copy_bytes: the one RX copy out of the kernel-shared region into lines; tx_gather_bytes: the DMA gather into it):");
         for (k, c) in COPIES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             println!(
-                "  {k}: rx {} frames ({} coalesced into GSO frames), {} B copied, {} dropped; tx {} frames, {} B gathered, {} TSO segments; {} kicks",
-                c.rx_frames, c.rx_coalesced, c.rx_copy_bytes, c.rx_dropped, c.tx_frames, c.tx_gather_bytes, c.tx_tso_segments, c.kicks
+                "  {k}: rx {} frames ({} coalesced into GSO frames), {} B copied, {} dropped; tx {} frames, {} B gathered, {} TSO segments, {} checksums left to the kernel; {} kicks",
+                c.rx_frames, c.rx_coalesced, c.rx_copy_bytes, c.rx_dropped, c.tx_frames, c.tx_gather_bytes, c.tx_tso_segments, c.tx_csum_offloaded, c.kicks
             );
         }
+        println!("AF_XDP sockets' kernel counters (XDP_STATISTICS, cumulative per port):");
+        for (k, st) in XDP_STATS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            println!("  {k}: {st:?}");
+        }
     }
-    print_vs(
-        &subject(
-            format!("segstack over {kind} -> kernel"),
-            format!("backends-bulk/segstack-{kind}-to-kernel"),
-            len,
-        ),
-        &subject(
-            "kernel TCP over the veth (B -> A)",
-            "backends-bulk/kernel-tcp-veth-b-to-a",
-            len,
-        ),
-        Some(hicamp_benches::Target::MinRatio(1.0)),
-    );
-    print_vs(
-        &subject(
-            format!("kernel -> segstack over {kind}"),
-            format!("backends-bulk/kernel-to-segstack-{kind}"),
-            len,
-        ),
-        &subject(
-            "kernel TCP over the veth (A -> B)",
-            "backends-bulk/kernel-tcp-veth-a-to-b",
-            len,
-        ),
-        Some(hicamp_benches::Target::MinRatio(1.0)),
-    );
+    for mtu in [1500, jumbo_mtu()] {
+        if mtu == 0 {
+            continue;
+        }
+        let g = bulk_group_name(mtu);
+        println!("bulk 64 MiB over the veth at MTU {mtu}:");
+        print_vs(
+            &subject(
+                format!("segstack over {kind} -> kernel (MTU {mtu})"),
+                format!("{g}/segstack-{kind}-to-kernel"),
+                len,
+            ),
+            &subject(
+                format!("kernel TCP over the veth (B -> A, MTU {mtu})"),
+                format!("{g}/kernel-tcp-veth-b-to-a"),
+                len,
+            ),
+            Some(hicamp_benches::Target::MinRatio(1.0)),
+        );
+        print_vs(
+            &subject(
+                format!("kernel -> segstack over {kind} (MTU {mtu})"),
+                format!("{g}/kernel-to-segstack-{kind}"),
+                len,
+            ),
+            &subject(
+                format!("kernel TCP over the veth (A -> B, MTU {mtu})"),
+                format!("{g}/kernel-tcp-veth-a-to-b"),
+                len,
+            ),
+            Some(hicamp_benches::Target::MinRatio(1.0)),
+        );
+    }
 }

@@ -184,6 +184,22 @@ impl Tso4Plan {
     /// rest; then lengths, id, sequence number, flags and both checksums are
     /// fixed up.
     pub fn write(&self, i: usize, s: &mut [u8], fill: impl FnOnce(&mut [u8])) {
+        self.write_with(i, s, fill, false);
+    }
+
+    /// [`Tso4Plan::write`], but the TCP checksum is left partial (the
+    /// pseudo-header sum, as `F_NEEDS_CSUM` has it) for a port whose kernel
+    /// completes it, at [`Tso4Plan::csum_start`] + 16.
+    pub fn write_partial(&self, i: usize, s: &mut [u8], fill: impl FnOnce(&mut [u8])) {
+        self.write_with(i, s, fill, true);
+    }
+
+    /// Where each segment's TCP header (the checksummed part) starts.
+    pub fn csum_start(&self) -> u16 {
+        (14 + self.ihl) as u16
+    }
+
+    fn write_with(&self, i: usize, s: &mut [u8], fill: impl FnOnce(&mut [u8]), partial: bool) {
         let (hdr_len, ihl, tcp_len) = (self.hdr_len, self.ihl, self.tcp_len);
         let l4 = 14 + ihl;
         let piece = self.piece_len(i);
@@ -212,7 +228,11 @@ impl Tso4Plan {
         s[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
         let mut acc = sum(0, &s[26..34]); // source and destination address
         acc += 6 + (tcp_len + piece) as u64;
-        let tc = !fold(sum(acc, &s[l4..]));
+        let tc = if partial {
+            fold(acc)
+        } else {
+            !fold(sum(acc, &s[l4..]))
+        };
         s[l4 + 16..l4 + 18].copy_from_slice(&tc.to_be_bytes());
     }
 }

@@ -82,6 +82,10 @@ pub struct PortCopies {
     pub tx_gather_bytes: u64,
     /// Wire frames made by software segmentation (TSO) in the port.
     pub tx_tso_segments: u64,
+    /// Frames handed to the kernel with their checksum left partial (the
+    /// kernel completes it or its local peer takes it as verified: AF_XDP
+    /// TX metadata), not completed by the port.
+    pub tx_csum_offloaded: u64,
     /// System calls made to kick the kernel (TX sends, RX/fill wake-ups).
     pub kicks: u64,
 }

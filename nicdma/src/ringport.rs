@@ -55,10 +55,11 @@ pub(crate) fn receive<B: RingBackend>(
     b: &mut B,
     deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),
 ) -> Result<bool, PortError> {
-    b.lend(false, &mut |h, chunks| {
-        if let [f] = chunks {
-            deposit(h, f);
-        }
+    b.lend(false, &mut |h, chunks| match chunks {
+        [f] => deposit(h, f),
+        // A multi-buffer frame (AF_XDP with XDP_USE_SG): joined, as a
+        // caller of `receive` wants one slice.
+        _ => deposit(h, &chunks.concat()),
     })
 }
 

@@ -4,7 +4,7 @@
 //! place; a GSO super-frame cut into wire segments, each gathered straight
 //! into its own buffer, so no intermediate frame exists).
 
-use crate::meta::{gso, VirtioNetHdr};
+use crate::meta::{gso, VirtioNetHdr, F_NEEDS_CSUM};
 use crate::offload::{self, Tso4Plan, TSO4_MAX_HDR};
 use crate::port::{PortCopies, PortError, TxOutcome};
 
@@ -19,6 +19,20 @@ pub(crate) trait TxSlots {
     /// Hands the buffer [`TxSlots::next`] gave to the kernel (queued until
     /// the port's flush).
     fn commit(&mut self, len: usize);
+    /// Whether the kernel takes a frame with its checksum left partial
+    /// (virtio `F_NEEDS_CSUM`: the pseudo-header sum in the field), to be
+    /// completed by it or taken as verified by a local peer, as a NIC's
+    /// checksum offload: [`TxSlots::commit_partial`] then, and no checksum
+    /// here.
+    fn csum_offload(&self) -> bool {
+        false
+    }
+    /// [`TxSlots::commit`] of a frame whose checksum at `csum_start +
+    /// csum_offset` is left partial (only called where
+    /// [`TxSlots::csum_offload`]).
+    fn commit_partial(&mut self, len: usize, _csum_start: u16, _csum_offset: u16) {
+        self.commit(len);
+    }
 }
 
 /// Reads a gathered frame sequentially out of its chunks.
@@ -69,6 +83,7 @@ pub(crate) fn place(
         if slots.free() == 0 {
             return Ok(TxOutcome::Full);
         }
+        let partial = vnet.flags & F_NEEDS_CSUM != 0 && slots.csum_offload();
         let buf = slots.next(len)?;
         ChunkReader {
             chunks,
@@ -76,6 +91,17 @@ pub(crate) fn place(
             off: 0,
         }
         .copy_to(buf);
+        if partial {
+            let (start, off) = (vnet.csum_start, vnet.csum_offset);
+            if usize::from(start) + usize::from(off) + 2 > len {
+                return Err(PortError::BadOffload);
+            }
+            slots.commit_partial(len, start, off);
+            copies.tx_frames += 1;
+            copies.tx_gather_bytes += len as u64;
+            copies.tx_csum_offloaded += 1;
+            return Ok(TxOutcome::Sent);
+        }
         match offload::apply_tx_in_place(vnet, buf) {
             Some(Ok(_)) => {}
             _ => return Err(PortError::BadOffload),
@@ -108,11 +134,19 @@ pub(crate) fn place(
     if slots.free() < n {
         return Ok(TxOutcome::Full);
     }
+    // A kernel that completes checksums gets each segment's partial.
+    let partial = slots.csum_offload();
     for i in 0..n {
         let seg_len = plan.segment_len(i);
         let buf = slots.next(seg_len)?;
-        plan.write(i, buf, |dst| rd.copy_to(dst));
-        slots.commit(seg_len);
+        if partial {
+            plan.write_partial(i, buf, |dst| rd.copy_to(dst));
+            slots.commit_partial(seg_len, plan.csum_start(), 16);
+            copies.tx_csum_offloaded += 1;
+        } else {
+            plan.write(i, buf, |dst| rd.copy_to(dst));
+            slots.commit(seg_len);
+        }
         copies.tx_frames += 1;
         copies.tx_gather_bytes += seg_len as u64;
     }
@@ -124,13 +158,41 @@ pub(crate) fn place(
 mod tests {
     use super::*;
     use crate::checksum::{checksum, fold, sum};
-    use crate::meta::F_NEEDS_CSUM;
 
     struct VecSlots {
         cap: usize,
         free: usize,
         cur: Vec<u8>,
         out: Vec<Vec<u8>>,
+    }
+
+    /// Slots of a kernel that completes checksums: each partial one is
+    /// completed here, as the kernel would.
+    struct OffloadSlots(VecSlots, usize);
+
+    impl TxSlots for OffloadSlots {
+        fn free(&mut self) -> usize {
+            self.0.free()
+        }
+        fn capacity(&self) -> usize {
+            self.0.capacity()
+        }
+        fn next(&mut self, len: usize) -> Result<&mut [u8], PortError> {
+            self.0.next(len)
+        }
+        fn commit(&mut self, len: usize) {
+            self.0.commit(len);
+        }
+        fn csum_offload(&self) -> bool {
+            true
+        }
+        fn commit_partial(&mut self, len: usize, start: u16, off: u16) {
+            let (start, at) = (usize::from(start), usize::from(start + off));
+            let c = checksum(&self.0.cur[start..]);
+            self.0.cur[at..at + 2].copy_from_slice(&c.to_be_bytes());
+            self.1 += 1;
+            self.0.commit(len);
+        }
     }
 
     impl TxSlots for VecSlots {
@@ -206,6 +268,58 @@ mod tests {
             assert_eq!(checksum(&s[14..34]), 0);
             assert_eq!(!fold(sum(acc, &s[34..])), 0);
         }
+    }
+
+    #[test]
+    fn partial_checksums_completed_by_the_kernel_match_the_port_s() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i * 13) as u8).collect();
+        let mut f = tcp_super_frame(&payload);
+        let vnet = VirtioNetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: gso::TCPV4,
+            gso_size: 1448,
+            hdr_len: 54,
+            csum_start: 34,
+            csum_offset: 16,
+            ..Default::default()
+        };
+        let (_, want) = offload::apply_tx(&vnet, f.clone()).unwrap();
+        let mut slots = OffloadSlots(
+            VecSlots {
+                cap: 1514,
+                free: 8,
+                cur: Vec::new(),
+                out: Vec::new(),
+            },
+            0,
+        );
+        let mut c = PortCopies::default();
+        let chunks: Vec<&[u8]> = f.chunks(41).collect();
+        assert_eq!(
+            place(&vnet, &chunks, &mut slots, &mut c).unwrap(),
+            TxOutcome::Sent
+        );
+        assert_eq!(slots.0.out, want, "TSO segments");
+        assert_eq!((slots.1, c.tx_csum_offloaded), (4, 4));
+        // A plain frame asking for its checksum: the pseudo-header sum in
+        // the field, as the stack leaves it.
+        f.truncate(54 + 100);
+        f[16..18].copy_from_slice(&140u16.to_be_bytes());
+        let acc = sum(0, &f[26..34]) + 6 + 120;
+        f[50..52].copy_from_slice(&fold(acc).to_be_bytes());
+        let plain = VirtioNetHdr {
+            gso_type: gso::NONE,
+            gso_size: 0,
+            ..vnet
+        };
+        let (_, want) = offload::apply_tx(&plain, f.clone()).unwrap();
+        let chunks: Vec<&[u8]> = f.chunks(41).collect();
+        assert_eq!(
+            place(&plain, &chunks, &mut slots, &mut c).unwrap(),
+            TxOutcome::Sent
+        );
+        assert_eq!(slots.0.out.last(), want.last(), "plain frame");
+        assert_eq!((slots.1, c.tx_csum_offloaded), (5, 5));
     }
 
     #[test]

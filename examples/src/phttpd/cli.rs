@@ -139,7 +139,11 @@ fn backend(args: &Args, spec: &BackendSpec) -> Result<(), String> {
     let mut cfg = IfaceConfig::new(mac, ip, prefix);
     cfg.gateway = args.gateway;
     if let Some(mtu) = port.mtu() {
-        cfg.mtu = mtu as usize;
+        // The MTU the port can carry, and segments as large as it (a jumbo
+        // MTU on a veth: AF_XDP multi-buffer frames), as the kernel's MSS
+        // follows its MTU.
+        cfg.mtu = (mtu as usize).min(nicdma::Port::max_frame(&port).saturating_sub(14));
+        cfg.tcp.mss = cfg.mtu.saturating_sub(40).clamp(536, 65_495) as u16;
     }
     let iface = server_interface(&mem, args.wal.is_some(), port, cfg).map_err(|e| e.to_string())?;
     println!("phttpd: serving on {ip}:{} through {spec}", args.port);

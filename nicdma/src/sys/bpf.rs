@@ -24,6 +24,12 @@ pub const BPF_PROG_TYPE_XDP: u32 = 6;
 pub const BPF_XDP: u32 = 37;
 /// `XDP_FLAGS_SKB_MODE`: generic XDP, in the kernel's skb path.
 pub const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+/// `XDP_FLAGS_DRV_MODE`: native XDP, in the driver's receive path.
+pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+/// `BPF_F_XDP_HAS_FRAGS` (prog_flags): the program takes multi-buffer
+/// (`xdp.frags`) frames, so the kernel hands it frames longer than a page
+/// in pieces instead of linearizing (or dropping) them.
+pub const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
 /// `BPF_FUNC_redirect_map`.
 pub const BPF_FUNC_REDIRECT_MAP: i32 = 51;
 /// `XDP_PASS`.
@@ -96,6 +102,11 @@ pub fn map_update_u32(map: BorrowedFd<'_>, key: u32, value: u32) -> io::Result<(
 /// Loads an XDP program of `insns` (8-byte instructions); on a verifier
 /// error, `log` holds its message.
 pub fn prog_load_xdp(insns: &[u64], log: &mut [u8]) -> io::Result<OwnedFd> {
+    prog_load_xdp_flags(insns, 0, log)
+}
+
+/// [`prog_load_xdp`] with `prog_flags` (e.g. [`BPF_F_XDP_HAS_FRAGS`]).
+pub fn prog_load_xdp_flags(insns: &[u64], flags: u32, log: &mut [u8]) -> io::Result<OwnedFd> {
     let license = b"GPL\0";
     let mut a = [0u8; ATTR_LEN];
     put32(&mut a, 0, BPF_PROG_TYPE_XDP);
@@ -107,6 +118,7 @@ pub fn prog_load_xdp(insns: &[u64], log: &mut [u8]) -> io::Result<OwnedFd> {
         put32(&mut a, 28, log.len().min(u32::MAX as usize) as u32);
         put64(&mut a, 32, log.as_mut_ptr() as u64);
     }
+    put32(&mut a, 44, flags); // prog_flags
     a[48..54].copy_from_slice(b"nicdma"); // prog_name
     put32(&mut a, 68, BPF_XDP); // expected_attach_type
     owned(bpf(BPF_PROG_LOAD, &mut a)?)
