@@ -10,7 +10,8 @@
 //! connections, 2 threads; requests/s: in stack mode the workers reach the master's stack over
 //! the control channel), the same nginx in one process (`master_process off`: the direct path) and a 64 MiB download by curl from python's `http.server` (MB/s).
 //! Rounds alternate the two sides; each line prints both medians and the ratio stack/kernel
-//! (the issue's target for redis and nginx is >= 1.2). `HICAMP_STACK_BENCH_ONLY=nginx` (or
+//! (the issue's target for redis and nginx is >= 1.2); for redis also the server's CPU time
+//! per request (less noisy than the rates on a loaded host). `HICAMP_STACK_BENCH_ONLY=nginx` (or
 //! `redis`, `curl`, comma-separated) runs only those workloads.
 //!
 //! ```sh
@@ -245,8 +246,24 @@ fn redis_bench(lab: &Lab, host: &str, p: u32, n: u64) -> Result<(f64, f64), Stri
     }
 }
 
-/// One redis round on one side: (GET p1, SET p1, GET p16, SET p16).
-fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 4], String> {
+/// CPU seconds (user + system) of this process's reaped children: `cutime` + `cstime` of
+/// `/proc/self/stat`, in USER_HZ (100 on Linux).
+fn children_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): cutime is field 16, cstime 17.
+    let t = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (t(16) + t(17)) / 100.0
+}
+
+/// One redis round on one side: (GET p1, SET p1, GET p16, SET p16, the server's CPU
+/// microseconds per request over the four runs).
+fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 5], String> {
     let args = redis_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (server, host) = if stack {
@@ -264,8 +281,16 @@ fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 4], String> {
         .command("redis-cli")
         .args(["-h", host, "shutdown", "nosave"])
         .output();
+    // The server's CPU: what its reaping adds to the children's (it exits by itself first).
+    let mut server = server;
+    let c0 = children_cpu();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.0.try_wait().is_ok_and(|s| s.is_none()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(server);
-    Ok([g1, s1, g16, s16])
+    let cpu_us = (children_cpu() - c0) * 1e6 / (10 * n) as f64;
+    Ok([g1, s1, g16, s16, cpu_us])
 }
 
 /// One 64 MiB download: MB/s. The server is python's http.server on A's kernel; the client
@@ -425,8 +450,8 @@ fn main() {
         && !testkit::require_program("redis-benchmark", "--version")
         && !testkit::require_program("redis-server", "--version")
     {
-        let mut s: Vec<[f64; 4]> = Vec::new();
-        let mut k: Vec<[f64; 4]> = Vec::new();
+        let mut s: Vec<[f64; 5]> = Vec::new();
+        let mut k: Vec<[f64; 5]> = Vec::new();
         for r in 0..rounds {
             for stack in [r % 2 == 0, r % 2 == 1] {
                 match redis_round(&lab, stack, n) {
@@ -447,6 +472,12 @@ fn main() {
                 ms / mk
             );
         }
+        let ms = median(&mut s.iter().map(|v| v[4]).collect::<Vec<_>>());
+        let mk = median(&mut k.iter().map(|v| v[4]).collect::<Vec<_>>());
+        println!(
+            "redis server CPU per request (all four runs)  stack {ms:>6.2} us  kernel {mk:>6.2} us  ratio {:.3}",
+            ms / mk
+        );
     }
 
     // nginx -v and wrk -v print their versions (wrk exits 1): there if they start.
