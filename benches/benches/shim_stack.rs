@@ -17,6 +17,7 @@
 //! ```sh
 //! cargo bench -p hicamp-benches --bench shim_stack     # 3 rounds, 50000 requests
 //! HICAMP_STACK_BENCH_ROUNDS=5 HICAMP_STACK_BENCH_REQUESTS=100000 cargo bench -p hicamp-benches --bench shim_stack
+//! HICAMP_STACK_BENCH_IDLE=500 HICAMP_STACK_BENCH_ONLY=redis cargo bench -p hicamp-benches --bench shim_stack
 //! ```
 //!
 //! Needs root, iproute2, python3, curl, redis-server, redis-benchmark, nginx and wrk; a missing one skips
@@ -261,6 +262,34 @@ fn children_cpu() -> f64 {
     (t(16) + t(17)) / 100.0
 }
 
+/// Holds `idle` connections to `host:6379` open from namespace A (`HICAMP_STACK_BENCH_IDLE`:
+/// a server with many quiet clients and a few busy ones); returns once they are open.
+fn idle_clients(lab: &Lab, host: &str, idle: u64) -> Result<Option<Reaper>, String> {
+    if idle == 0 {
+        return Ok(None);
+    }
+    let prog = format!(
+        "import socket, sys, time\n\
+         s = [socket.create_connection(('{host}', 6379)) for _ in range({idle})]\n\
+         print('open', flush=True)\n\
+         time.sleep(3600)\n"
+    );
+    let mut c = lab.a.command("python3");
+    c.args(["-c", &prog])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut r = Reaper(c.spawn().map_err(|e| e.to_string())?);
+    let mut line = String::new();
+    if let Some(out) = r.0.stdout.take() {
+        use std::io::BufRead;
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    if line.trim() != "open" {
+        return Err(format!("{idle} idle connections did not open"));
+    }
+    Ok(Some(r))
+}
+
 /// One redis round on one side: (GET p1, SET p1, GET p16, SET p16, the server's CPU
 /// microseconds per request over the four runs).
 fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 5], String> {
@@ -274,8 +303,10 @@ fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 5], String> {
         (spawn(c)?, B_IP)
     };
     wait_port(&lab.a, host, 6379)?;
+    let idle = idle_clients(lab, host, env_u64("HICAMP_STACK_BENCH_IDLE", 0))?;
     let (g1, s1) = redis_bench(lab, host, 1, n)?;
     let (g16, s16) = redis_bench(lab, host, 16, n * 4)?;
+    drop(idle);
     let _ = lab
         .a
         .command("redis-cli")
@@ -450,6 +481,10 @@ fn main() {
         && !testkit::require_program("redis-benchmark", "--version")
         && !testkit::require_program("redis-server", "--version")
     {
+        let idle = env_u64("HICAMP_STACK_BENCH_IDLE", 0);
+        if idle > 0 {
+            println!("shim_stack: redis with {idle} more connections open and idle");
+        }
         let mut s: Vec<[f64; 5]> = Vec::new();
         let mut k: Vec<[f64; 5]> = Vec::new();
         for r in 0..rounds {
