@@ -14,8 +14,8 @@
 //!   (level-triggered; `EPOLLET`: once per wake-up, [`super::Sock::seq`]; `EPOLLONESHOT`:
 //!   disarmed until `EPOLL_CTL_MOD`; `EPOLLRDHUP` when asked for; `EPOLLHUP` always), merged
 //!   with the kernel's events of the same instance. It looks only at the instance's ready
-//!   list ([`Set::ready`]), fed by `EPOLL_CTL_ADD`/`MOD` and by the sockets whose readiness
-//!   rose ([`distribute`]), not at every registration. With nothing ready it sleeps in the
+//!   list (`Set::ready`), fed by `EPOLL_CTL_ADD`/`MOD` and by the sockets whose readiness
+//!   rose (`distribute`), not at every registration. With nothing ready it sleeps in the
 //!   kernel's `epoll_wait` on the instance (the port, the kick descriptor and the
 //!   application's kernel descriptors) for the time left, or until the stack's next timer,
 //!   which it then runs itself: the stack thread stays off the per-request path.
