@@ -10,12 +10,14 @@
 //! connections, 2 threads; requests/s: in stack mode the workers reach the master's stack over
 //! the control channel), the same nginx in one process (`master_process off`: the direct path) and a 64 MiB download by curl from python's `http.server` (MB/s).
 //! Rounds alternate the two sides; each line prints both medians and the ratio stack/kernel
-//! (the issue's target for redis and nginx is >= 1.2). `HICAMP_STACK_BENCH_ONLY=nginx` (or
+//! (the issue's target for redis and nginx is >= 1.2); for redis also the server's CPU time
+//! per request (less noisy than the rates on a loaded host). `HICAMP_STACK_BENCH_ONLY=nginx` (or
 //! `redis`, `curl`, comma-separated) runs only those workloads.
 //!
 //! ```sh
 //! cargo bench -p hicamp-benches --bench shim_stack     # 3 rounds, 50000 requests
 //! HICAMP_STACK_BENCH_ROUNDS=5 HICAMP_STACK_BENCH_REQUESTS=100000 cargo bench -p hicamp-benches --bench shim_stack
+//! HICAMP_STACK_BENCH_IDLE=500 HICAMP_STACK_BENCH_ONLY=redis cargo bench -p hicamp-benches --bench shim_stack
 //! ```
 //!
 //! Needs root, iproute2, python3, curl, redis-server, redis-benchmark, nginx and wrk; a missing one skips
@@ -245,8 +247,52 @@ fn redis_bench(lab: &Lab, host: &str, p: u32, n: u64) -> Result<(f64, f64), Stri
     }
 }
 
-/// One redis round on one side: (GET p1, SET p1, GET p16, SET p16).
-fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 4], String> {
+/// CPU seconds (user + system) of this process's reaped children: `cutime` + `cstime` of
+/// `/proc/self/stat`, in USER_HZ (100 on Linux).
+fn children_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): cutime is field 16, cstime 17.
+    let t = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (t(16) + t(17)) / 100.0
+}
+
+/// Holds `idle` connections to `host:6379` open from namespace A (`HICAMP_STACK_BENCH_IDLE`:
+/// a server with many quiet clients and a few busy ones); returns once they are open.
+fn idle_clients(lab: &Lab, host: &str, idle: u64) -> Result<Option<Reaper>, String> {
+    if idle == 0 {
+        return Ok(None);
+    }
+    let prog = format!(
+        "import socket, sys, time\n\
+         s = [socket.create_connection(('{host}', 6379)) for _ in range({idle})]\n\
+         print('open', flush=True)\n\
+         time.sleep(3600)\n"
+    );
+    let mut c = lab.a.command("python3");
+    c.args(["-c", &prog])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut r = Reaper(c.spawn().map_err(|e| e.to_string())?);
+    let mut line = String::new();
+    if let Some(out) = r.0.stdout.take() {
+        use std::io::BufRead;
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    if line.trim() != "open" {
+        return Err(format!("{idle} idle connections did not open"));
+    }
+    Ok(Some(r))
+}
+
+/// One redis round on one side: (GET p1, SET p1, GET p16, SET p16, the server's CPU
+/// microseconds per request over the four runs).
+fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 5], String> {
     let args = redis_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (server, host) = if stack {
@@ -257,15 +303,25 @@ fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 4], String> {
         (spawn(c)?, B_IP)
     };
     wait_port(&lab.a, host, 6379)?;
+    let idle = idle_clients(lab, host, env_u64("HICAMP_STACK_BENCH_IDLE", 0))?;
     let (g1, s1) = redis_bench(lab, host, 1, n)?;
     let (g16, s16) = redis_bench(lab, host, 16, n * 4)?;
+    drop(idle);
     let _ = lab
         .a
         .command("redis-cli")
         .args(["-h", host, "shutdown", "nosave"])
         .output();
+    // The server's CPU: what its reaping adds to the children's (it exits by itself first).
+    let mut server = server;
+    let c0 = children_cpu();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.0.try_wait().is_ok_and(|s| s.is_none()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(server);
-    Ok([g1, s1, g16, s16])
+    let cpu_us = (children_cpu() - c0) * 1e6 / (10 * n) as f64;
+    Ok([g1, s1, g16, s16, cpu_us])
 }
 
 /// One 64 MiB download: MB/s. The server is python's http.server on A's kernel; the client
@@ -425,8 +481,12 @@ fn main() {
         && !testkit::require_program("redis-benchmark", "--version")
         && !testkit::require_program("redis-server", "--version")
     {
-        let mut s: Vec<[f64; 4]> = Vec::new();
-        let mut k: Vec<[f64; 4]> = Vec::new();
+        let idle = env_u64("HICAMP_STACK_BENCH_IDLE", 0);
+        if idle > 0 {
+            println!("shim_stack: redis with {idle} more connections open and idle");
+        }
+        let mut s: Vec<[f64; 5]> = Vec::new();
+        let mut k: Vec<[f64; 5]> = Vec::new();
         for r in 0..rounds {
             for stack in [r % 2 == 0, r % 2 == 1] {
                 match redis_round(&lab, stack, n) {
@@ -447,6 +507,12 @@ fn main() {
                 ms / mk
             );
         }
+        let ms = median(&mut s.iter().map(|v| v[4]).collect::<Vec<_>>());
+        let mk = median(&mut k.iter().map(|v| v[4]).collect::<Vec<_>>());
+        println!(
+            "redis server CPU per request (all four runs)  stack {ms:>6.2} us  kernel {mk:>6.2} us  ratio {:.3}",
+            ms / mk
+        );
     }
 
     // nginx -v and wrk -v print their versions (wrk exits 1): there if they start.

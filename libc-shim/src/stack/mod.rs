@@ -347,6 +347,12 @@ struct Sock {
     /// Raised by [`sync`] at each wake-up an edge-triggered registration reports (new
     /// data, a readiness bit that rose).
     seq: u64,
+    /// Its slot in [`World::socks`].
+    slot: usize,
+    /// In [`Engine::watch`]: a pass syncs it whether or not the interface reports it.
+    watched: bool,
+    /// In [`Engine::changed`]: its readiness rose since [`ready`] last looked.
+    changed: bool,
 }
 
 impl Sock {
@@ -394,6 +400,15 @@ struct Engine {
     settings: Settings,
     /// Handles closed by the application that TCP may still be finishing.
     closing: Vec<SocketHandle>,
+    /// A handle's index -> the slot of the socket that last synced it (checked on use: a
+    /// handle may be reused).
+    by_handle: Vec<usize>,
+    /// Slots a pass syncs although the interface may not report them ([`watched`]).
+    watch: Vec<usize>,
+    /// Slots whose readiness rose ([`set_mask`]), for [`ready`]'s ready lists.
+    changed: Vec<usize>,
+    /// The handles a pass reported (scratch).
+    touched: Vec<usize>,
 }
 
 impl Engine {
@@ -534,6 +549,10 @@ impl World {
             tokens_on: !ready::enabled(),
             mask: 0,
             seq: 0,
+            slot: 0,
+            // Synced by the next pass (which also learns its handle): see [`watched`].
+            watched: true,
+            changed: false,
             rec: ConnRecord {
                 id,
                 fd: a,
@@ -547,14 +566,23 @@ impl World {
         self.counters.stack_sockets += 1;
         let slot = match self.socks.iter().position(Option::is_none) {
             Some(i) => {
-                self.socks[i] = Some(s);
+                self.socks[i] = Some(Sock { slot: i, ..s });
                 i
             }
             None => {
-                self.socks.push(Some(s));
-                self.socks.len() - 1
+                let i = self.socks.len();
+                self.socks.push(Some(Sock { slot: i, ..s }));
+                i
             }
         };
+        match self.engine.as_mut() {
+            Some(e) => e.watch.push(slot),
+            None => {
+                if let Some(s) = self.socks[slot].as_mut() {
+                    s.watched = false;
+                }
+            }
+        }
         self.fds.insert(a, slot);
         mark(a);
         if let Some(s) = self.socks[slot].as_ref() {
@@ -638,6 +666,10 @@ fn start() -> Result<Engine, (c_int, String)> {
         next_port: 49_152 + (seed % 8_000) as u16 * 2,
         settings,
         closing: Vec::new(),
+        by_handle: Vec::new(),
+        watch: Vec::new(),
+        changed: Vec::new(),
+        touched: Vec::new(),
     };
     // The standard library's panic message would go to fd 2, which may be a socket.
     std::panic::set_hook(Box::new(|info| crate::sys::diag(&format!("panic: {info}"))));
@@ -881,18 +913,29 @@ fn pump_from(w: &mut World, app: bool) {
         engine,
         socks,
         notes,
+        epolls,
         ..
     } = w;
     let Some(e) = engine.as_mut() else {
         return;
     };
     let now = e.now();
-    if let Err(err) = e.iface.poll(now) {
-        *notes.entry(format!("interface poll: {err}")).or_insert(0) += 1;
+    let mut touched = std::mem::take(&mut e.touched);
+    touched.clear();
+    match e.iface.poll(now) {
+        Ok(events) => touched.extend(events.iter().map(|ev| ev.handle.0)),
+        Err(err) => {
+            *notes.entry(format!("interface poll: {err}")).or_insert(0) += 1;
+            // What the pass did before it failed is not reported: every socket is synced.
+            touched.clear();
+            for s in socks.iter_mut().flatten() {
+                sync(e, s);
+            }
+        }
     }
-    for s in socks.iter_mut().flatten() {
-        sync(e, s);
-    }
+    sync_touched(e, socks, &touched);
+    e.touched = touched;
+    ready::distribute(e, socks, epolls);
     if !app {
         return;
     }
@@ -906,6 +949,59 @@ fn pump_from(w: &mut World, app: bool) {
             unsafe { real::write(fd, one.as_ptr().cast(), 8) };
         }
     }
+}
+
+/// Syncs the sockets a pass may have changed: those the interface reported (`touched`
+/// handles: new data, EOF, a reset, room after back-pressure) and the watched ones, whose
+/// readiness can change without a report ([`watched`]). The rest kept their state: the work
+/// is proportional to what changed, not to the sockets.
+fn sync_touched(e: &mut Engine, socks: &mut [Option<Sock>], touched: &[usize]) {
+    for &h in touched {
+        let Some(&slot) = e.by_handle.get(h) else {
+            continue;
+        };
+        // A handle no socket holds (a connection in a listener's queue, a closed one) or one
+        // reused since: skipped (a socket made for it is watched until its first sync).
+        if let Some(s) = socks.get_mut(slot).and_then(Option::as_mut) {
+            if handle(&s.kind) == Some(h) {
+                sync(e, s);
+            }
+        }
+    }
+    // Off the list first (a slot may be on it twice: a socket closed, its slot reused), then
+    // synced: those that stay watched go back on it.
+    let mut watch = std::mem::take(&mut e.watch);
+    watch.retain(|&slot| {
+        socks
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .is_some_and(|s| std::mem::take(&mut s.watched))
+    });
+    for &slot in &watch {
+        if let Some(s) = socks.get_mut(slot).and_then(Option::as_mut) {
+            sync(e, s);
+        }
+    }
+    watch.clear();
+    watch.append(&mut e.watch);
+    e.watch = watch;
+}
+
+/// The index of a socket's stack handle, if it has one.
+fn handle(k: &Kind) -> Option<usize> {
+    match k {
+        Kind::Tcp(Tcp::Connecting(h) | Tcp::Connected(h) | Tcp::Listening(h, ..))
+        | Kind::Udp { h: Some(h), .. } => Some(h.0),
+        _ => None,
+    }
+}
+
+/// A pass syncs this socket whether or not the interface reports it: a listener (its accept
+/// queue fills without a report), a connection under way (its handshake ends without one),
+/// UDP, a socket without a handle yet, and a connection that is not writable (the ACK that
+/// opens room is reported only after a send that would have blocked).
+fn watched(s: &Sock) -> bool {
+    !matches!(s.kind, Kind::Tcp(Tcp::Connected(_))) || s.mask & libc::EPOLLOUT as u32 == 0
 }
 
 /// The stack thread: sleeps until a frame arrives, a timer is due, or an application thread
@@ -1061,17 +1157,37 @@ struct Now {
 }
 
 /// Records a socket's readiness `m`; a bit that rose, or `more` (new data), is a wake-up for
-/// edge-triggered registrations.
-fn set_mask(s: &mut Sock, m: u32, more: bool) {
+/// edge-triggered registrations, and puts the socket on [`Engine::changed`].
+fn set_mask(e: &mut Engine, s: &mut Sock, m: u32, more: bool) {
     if m & !s.mask != 0 || more {
         s.seq = s.seq.wrapping_add(1);
         ready::dirty();
+        if !s.changed {
+            s.changed = true;
+            e.changed.push(s.slot);
+        }
     }
     s.mask = m;
 }
 
-/// Brings a socket's A end up to date with its stack state.
+/// Brings a socket's A end up to date with its stack state; records its handle, and keeps
+/// it in [`Engine::watch`] while it is [`watched`].
 fn sync(e: &mut Engine, s: &mut Sock) {
+    sync_state(e, s);
+    if let Some(h) = handle(&s.kind) {
+        if e.by_handle.len() <= h {
+            e.by_handle.resize(h + 1, usize::MAX);
+        }
+        e.by_handle[h] = s.slot;
+    }
+    if !s.watched && watched(s) {
+        s.watched = true;
+        e.watch.push(s.slot);
+    }
+}
+
+/// [`sync`] without the bookkeeping.
+fn sync_state(e: &mut Engine, s: &mut Sock) {
     let st = match &mut s.kind {
         Kind::Tcp(Tcp::Connecting(h)) | Kind::Tcp(Tcp::Connected(h)) => {
             let h = *h;
@@ -1150,7 +1266,7 @@ fn sync(e: &mut Engine, s: &mut Sock) {
         }
         _ => {
             // Not connected yet: A is an empty socket pair end, writable.
-            set_mask(s, libc::EPOLLOUT as u32, false);
+            set_mask(e, s, libc::EPOLLOUT as u32, false);
             return;
         }
     };
@@ -1170,7 +1286,7 @@ fn sync(e: &mut Engine, s: &mut Sock) {
         if st.writable {
             m |= libc::EPOLLOUT as u32;
         }
-        set_mask(s, m, st.rxq > s.last_rxq);
+        set_mask(e, s, m, st.rxq > s.last_rxq);
     }
     // Work on B needs nothing else; work on A (a drain, a fill) needs a descriptor of A in this
     // process, which an orphan or a socket only children hold has not: the next call that

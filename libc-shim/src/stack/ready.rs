@@ -13,7 +13,9 @@
 //! * `epoll_wait` ([`wait`]) reports the registered sockets that are ready from their `mask`
 //!   (level-triggered; `EPOLLET`: once per wake-up, [`super::Sock::seq`]; `EPOLLONESHOT`:
 //!   disarmed until `EPOLL_CTL_MOD`; `EPOLLRDHUP` when asked for; `EPOLLHUP` always), merged
-//!   with the kernel's events of the same instance. With nothing ready it sleeps in the
+//!   with the kernel's events of the same instance. It looks only at the instance's ready
+//!   list (`Set::ready`), fed by `EPOLL_CTL_ADD`/`MOD` and by the sockets whose readiness
+//!   rose (`distribute`), not at every registration. With nothing ready it sleeps in the
 //!   kernel's `epoll_wait` on the instance (the port, the kick descriptor and the
 //!   application's kernel descriptors) for the time left, or until the stack's next timer,
 //!   which it then runs itself: the stack thread stays off the per-request path.
@@ -127,25 +129,84 @@ pub(super) fn looper() -> bool {
 /// One stack socket's registration in an epoll instance.
 #[derive(Debug, Clone, Copy)]
 struct Reg {
-    fd: c_int,
     events: u32,
     data: u64,
     /// `EPOLLONESHOT`: reported once, then off until `EPOLL_CTL_MOD`.
     armed: bool,
     /// `EPOLLET`: the socket's `seq` last reported.
     seen: u64,
+    /// On the instance's ready list.
+    listed: bool,
+}
+
+impl Reg {
+    fn new(e: &libc::epoll_event) -> Reg {
+        Reg {
+            events: e.events,
+            data: e.u64,
+            armed: true,
+            seen: u64::MAX,
+            listed: false,
+        }
+    }
 }
 
 /// The stack sockets registered in one epoll instance.
 #[derive(Debug, Default)]
 pub struct Set {
-    regs: Vec<Reg>,
-    /// Where the next collection starts (ready sockets beyond `maxevents` are reported by the
-    /// next wait, round robin).
-    cursor: usize,
+    /// By descriptor.
+    regs: std::collections::HashMap<c_int, Reg>,
+    /// The registrations that may be ready, as the kernel's ready list: a registration joins
+    /// when it is added or modified and when its socket's readiness rises
+    /// ([`super::Engine::changed`], [`distribute`]); a wait ([`collect`]) looks at these only,
+    /// and a level-triggered one that it reports stays (at the back: ready sockets beyond
+    /// `maxevents` are reported by the next waits, round robin). An entry whose registration
+    /// is gone or not `listed` is stale and skipped.
+    ready: std::collections::VecDeque<c_int>,
     /// The registrations moved into the kernel (a fork, a nested instance): this instance is
     /// the kernel's from now on.
     materialized: bool,
+}
+
+impl Set {
+    /// Puts `fd`'s registration on the ready list (once).
+    fn list(&mut self, fd: c_int) {
+        if let Some(r) = self.regs.get_mut(&fd) {
+            if !r.listed {
+                r.listed = true;
+                self.ready.push_back(fd);
+            }
+        }
+    }
+}
+
+/// The sockets whose readiness rose ([`super::Engine::changed`]) join the ready lists of the
+/// instances they are registered in. Called under the world's lock after a pass and before
+/// a wait collects: O(changed sockets x instances).
+pub(super) fn distribute(
+    e: &mut super::Engine,
+    socks: &mut [Option<super::Sock>],
+    epolls: &mut std::collections::HashMap<c_int, Set>,
+) {
+    if e.changed.is_empty() {
+        return;
+    }
+    for slot in e.changed.drain(..) {
+        let Some(s) = socks.get_mut(slot).and_then(Option::as_mut) else {
+            continue;
+        };
+        if !std::mem::take(&mut s.changed) {
+            continue;
+        }
+        for set in epolls.values_mut() {
+            if set.materialized || set.regs.is_empty() {
+                continue;
+            }
+            for &fd in &s.fds {
+                set.list(fd);
+            }
+        }
+    }
 }
 
 fn fail(e: c_int) -> c_int {
@@ -294,27 +355,19 @@ unsafe fn ctl_locked(
                 w.epolls.insert(epfd, Set::default());
             }
             let set = w.epolls.entry(epfd).or_default();
-            if set.regs.iter().any(|r| r.fd == fd) {
+            if set.regs.contains_key(&fd) {
                 return Some(fail(libc::EEXIST));
             }
-            set.regs.push(Reg {
-                fd,
-                events: e.events,
-                data: e.u64,
-                armed: true,
-                seen: u64::MAX,
-            });
+            set.regs.insert(fd, Reg::new(&e));
+            // The kernel polls a descriptor it adds: a ready socket is reported.
+            set.list(fd);
             Some(0)
         }
         libc::EPOLL_CTL_MOD => {
             let Some(e) = read_ev() else {
                 return Some(fail(libc::EFAULT));
             };
-            let Some(r) = w
-                .epolls
-                .get_mut(&epfd)
-                .and_then(|s| s.regs.iter_mut().find(|r| r.fd == fd))
-            else {
+            let Some(set) = w.epolls.get_mut(&epfd).filter(|s| s.regs.contains_key(&fd)) else {
                 return Some(fail(if inline::registered(epfd) {
                     libc::ENOENT
                 } else {
@@ -324,20 +377,18 @@ unsafe fn ctl_locked(
             };
             // The kernel polls the descriptor again on a modification: a ready socket is
             // reported (edge-triggered too).
-            *r = Reg {
-                fd,
-                events: e.events,
-                data: e.u64,
-                armed: true,
-                seen: u64::MAX,
-            };
+            if let Some(r) = set.regs.get_mut(&fd) {
+                *r = Reg {
+                    listed: r.listed,
+                    ..Reg::new(&e)
+                };
+            }
+            set.list(fd);
             Some(0)
         }
         libc::EPOLL_CTL_DEL => {
             let set = w.epolls.get_mut(&epfd)?;
-            let before = set.regs.len();
-            set.regs.retain(|r| r.fd != fd);
-            Some(if set.regs.len() < before {
+            Some(if set.regs.remove(&fd).is_some() {
                 0
             } else {
                 fail(libc::ENOENT)
@@ -352,7 +403,7 @@ unsafe fn ctl_locked(
 pub(super) fn fd_closed(w: &mut World, fd: c_int) {
     set_tokened(fd, false);
     for set in w.epolls.values_mut() {
-        set.regs.retain(|r| r.fd != fd);
+        set.regs.remove(&fd);
     }
 }
 
@@ -380,9 +431,10 @@ fn materialize(w: &mut World, epfd: c_int) {
         return;
     }
     set.materialized = true;
+    set.ready.clear();
     let regs = std::mem::take(&mut set.regs);
-    for r in regs {
-        let Some(&id) = w.fds.get(&r.fd) else {
+    for (fd, r) in regs {
+        let Some(&id) = w.fds.get(&fd) else {
             continue;
         };
         tokens_on(w, id);
@@ -396,7 +448,7 @@ fn materialize(w: &mut World, epfd: c_int) {
             u64: r.data,
         };
         // SAFETY: a valid epoll_event; the kernel checks both descriptors.
-        unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, r.fd, &mut ev) };
+        unsafe { real::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
     }
 }
 
@@ -415,7 +467,8 @@ pub(super) fn materialize_all() {
 }
 
 /// Fills `ev` with the ready registrations of `epfd`; returns how many, and the milliseconds
-/// until the stack's next timer (`None`: none).
+/// until the stack's next timer (`None`: none). Looks at the instance's ready list only
+/// ([`Set::ready`]), each entry at most once.
 fn collect(epfd: c_int, ev: &mut [libc::epoll_event]) -> (usize, Option<u64>) {
     let max = ev.len();
     let mut w = lock();
@@ -429,21 +482,25 @@ fn collect(epfd: c_int, ev: &mut [libc::epoll_event]) -> (usize, Option<u64>) {
     let Some(e) = engine.as_mut() else {
         return (0, None);
     };
+    distribute(e, socks, epolls);
     let mut n = 0;
     if let Some(set) = epolls.get_mut(&epfd) {
-        let len = set.regs.len();
-        let start = if len == 0 { 0 } else { set.cursor % len };
-        for i in 0..len {
-            if n == max {
-                set.cursor = (start + i) % len;
+        // Level-triggered registrations reported now: back on the list after this round.
+        let mut again: Vec<c_int> = Vec::new();
+        let mut left = set.ready.len();
+        while left > 0 && n < max {
+            left -= 1;
+            let Some(fd) = set.ready.pop_front() else {
                 break;
-            }
-            let r = &mut set.regs[(start + i) % len];
-            if !r.armed {
+            };
+            let Some(r) = set.regs.get_mut(&fd) else {
+                continue;
+            };
+            if !std::mem::take(&mut r.listed) || !r.armed {
                 continue;
             }
             let Some(s) = fds
-                .get(&r.fd)
+                .get(&fd)
                 .and_then(|&id| socks.get_mut(id))
                 .and_then(Option::as_mut)
             else {
@@ -459,6 +516,8 @@ fn collect(epfd: c_int, ev: &mut [libc::epoll_event]) -> (usize, Option<u64>) {
                     continue;
                 }
                 r.seen = s.seq;
+            } else if r.events & libc::EPOLLONESHOT as u32 == 0 {
+                again.push(fd);
             }
             if r.events & libc::EPOLLONESHOT as u32 != 0 {
                 r.armed = false;
@@ -468,6 +527,9 @@ fn collect(epfd: c_int, ev: &mut [libc::epoll_event]) -> (usize, Option<u64>) {
                 u64: r.data,
             };
             n += 1;
+        }
+        for fd in again {
+            set.list(fd);
         }
     }
     let now = e.now();
