@@ -75,6 +75,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod fdbits;
 #[allow(unsafe_code)]
 pub mod fdtable;
 #[allow(unsafe_code)]

@@ -76,6 +76,24 @@ pub fn diag_path() -> std::path::PathBuf {
     }
 }
 
+/// When a wait with timeout `ts` ends: `Some(None)` for a null `ts` (no timeout), `None` for
+/// a timespec the kernel would refuse (the caller leaves the plain call to give its `EINVAL`).
+///
+/// # Safety
+/// `ts` is null or points to a readable `timespec`.
+pub unsafe fn deadline(ts: *const libc::timespec) -> Option<Option<std::time::Instant>> {
+    if ts.is_null() {
+        return Some(None);
+    }
+    // SAFETY: the caller's timespec, not null.
+    let t = unsafe { std::ptr::read(ts) };
+    if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
+        return None;
+    }
+    let d = std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
+    Some(std::time::Instant::now().checked_add(d))
+}
+
 /// The calling process's id (a system call each time: never a value cached across fork).
 pub fn getpid() -> i32 {
     // SAFETY: getpid has no precondition.

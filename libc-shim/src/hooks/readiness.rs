@@ -224,7 +224,7 @@ unsafe fn poll_inline(
     mask: *const sigset_t,
 ) -> Option<c_int> {
     use crate::stack::inline;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
     if fds.is_null() || n == 0 || n > 65_536 || !crate::stack::on() || guard::inside() {
         return None;
     }
@@ -241,16 +241,8 @@ unsafe fn poll_inline(
     if let Some(_g) = Guard::enter() {
         guard::shielded(|| crate::stack::ready::kernel_waits(app.iter().map(|p| p.fd)));
     }
-    let deadline = if ts.is_null() {
-        None
-    } else {
-        // SAFETY: the caller's timespec.
-        let t = unsafe { std::ptr::read(ts) };
-        if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
-            return None;
-        }
-        Some(Instant::now() + Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
-    };
+    // SAFETY: the caller's timespec (or null).
+    let deadline = unsafe { crate::sys::deadline(ts) }?;
     let mut set: Vec<pollfd> = Vec::with_capacity(app.len() + 1);
     let mut retried = false;
     let mut first = true;

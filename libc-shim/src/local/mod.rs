@@ -158,8 +158,7 @@ use crate::{real, sys};
 
 pub mod ready;
 
-/// Descriptors the marks cover.
-const MAX_FD: usize = 1 << 16;
+use crate::fdbits::{FdBits, MAX_FD};
 /// Hidden descriptors (kernel sockets, B ends) are moved at or above this number, out of the
 /// way of an application that expects the lowest free numbers.
 const HIDDEN_FD_MIN: c_int = 300;
@@ -168,24 +167,16 @@ const HANDSHAKE_WAIT_MS: c_int = 3000;
 /// Largest piece one ring entry takes.
 const CHUNK: usize = 1 << 20;
 
-static MARKS: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
+static MARKS: FdBits = FdBits::new();
 
 /// True when `fd` is a local-mode connection of this process.
 #[inline]
 pub fn marked(fd: c_int) -> bool {
-    let i = fd as u32 as usize;
-    i < MAX_FD && MARKS[i >> 6].load(Relaxed) & (1 << (i & 63)) != 0
+    MARKS.get(fd)
 }
 
 fn set_mark(fd: c_int, on: bool) {
-    let i = fd as u32 as usize;
-    if i < MAX_FD {
-        if on {
-            MARKS[i >> 6].fetch_or(1 << (i & 63), Relaxed);
-        } else {
-            MARKS[i >> 6].fetch_and(!(1 << (i & 63)), Relaxed);
-        }
-    }
+    MARKS.set(fd, on);
 }
 
 /// 0: not decided; 1: local mode; 2: another mode.

@@ -12,7 +12,7 @@
 //! (the kick) in it keeps it readable while a level-triggered local registration is ready.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,8 @@ use hicamp::shared::{Conn, PollBits};
 use libc::{c_int, epoll_event, pollfd, sigset_t, timespec};
 use parking_lot::{Mutex, RwLock};
 
-use super::{marked, Entry, MAX_FD};
+use super::{marked, Entry};
+use crate::fdbits::FdBits;
 use crate::guard::{self, Guard};
 use crate::real;
 
@@ -48,25 +49,9 @@ const KERNEL_EVERY_TIME: Duration = Duration::from_micros(200);
 const BACKSTOP: Duration = Duration::from_secs(1);
 
 /// Descriptors created by `epoll_create`/`epoll_create1` in this process.
-static EPOLL_FDS: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
+static EPOLL_FDS: FdBits = FdBits::new();
 /// Epoll descriptors seen inside another wait (nested, or polled).
-static EXPOSED: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
-
-fn bit(map: &[AtomicU64; MAX_FD / 64], fd: c_int) -> bool {
-    let i = fd as u32 as usize;
-    i < MAX_FD && map[i >> 6].load(Relaxed) & (1 << (i & 63)) != 0
-}
-
-fn set_bit(map: &[AtomicU64; MAX_FD / 64], fd: c_int, on: bool) {
-    let i = fd as u32 as usize;
-    if i < MAX_FD {
-        if on {
-            map[i >> 6].fetch_or(1 << (i & 63), Relaxed);
-        } else {
-            map[i >> 6].fetch_and(!(1 << (i & 63)), Relaxed);
-        }
-    }
-}
+static EXPOSED: FdBits = FdBits::new();
 
 /// One local descriptor's registration in an instance.
 struct Reg {
@@ -180,17 +165,17 @@ pub fn active() -> bool {
 /// `epoll_create`/`epoll_create1` returned `fd`.
 pub fn created(fd: c_int) {
     if fd >= 0 && active() {
-        set_bit(&EPOLL_FDS, fd, true);
-        set_bit(&EXPOSED, fd, false);
+        EPOLL_FDS.set(fd, true);
+        EXPOSED.set(fd, false);
     }
 }
 
 /// `fd` is about to be closed: an epoll instance's shadow goes, a local descriptor leaves the
 /// instances that hold it.
 pub fn closing(fd: c_int) {
-    if bit(&EPOLL_FDS, fd) {
-        set_bit(&EPOLL_FDS, fd, false);
-        set_bit(&EXPOSED, fd, false);
+    if EPOLL_FDS.get(fd) {
+        EPOLL_FDS.set(fd, false);
+        EXPOSED.set(fd, false);
         let gone = INSTS.write().as_mut().and_then(|m| {
             let i = m.remove(&fd)?;
             // Another number (a `dup`) still names the instance: it stays.
@@ -229,16 +214,16 @@ pub fn closing(fd: c_int) {
 
 /// True when `fd` is an epoll instance created in this process (local mode).
 pub fn is_epoll(fd: c_int) -> bool {
-    bit(&EPOLL_FDS, fd)
+    EPOLL_FDS.get(fd)
 }
 
 /// `new` is a duplicate of `old`: an epoll instance answers to both numbers.
 pub fn duplicated(old: c_int, new: c_int) {
-    if new < 0 || old == new || !bit(&EPOLL_FDS, old) {
+    if new < 0 || old == new || !EPOLL_FDS.get(old) {
         return;
     }
-    set_bit(&EPOLL_FDS, new, true);
-    set_bit(&EXPOSED, new, bit(&EXPOSED, old));
+    EPOLL_FDS.set(new, true);
+    EXPOSED.set(new, EXPOSED.get(old));
     let mut g = INSTS.write();
     if let Some(m) = g.as_mut() {
         if let Some(i) = m.get(&old).cloned() {
@@ -302,7 +287,7 @@ fn kernel_event(fd: c_int, events: u32, disabled: bool, exposed: bool) -> epoll_
 /// Makes an instance exposed: its local descriptors keep tokens on for good, and its kick
 /// eventfd is set while a level-triggered registration is ready.
 fn expose(epfd: c_int) {
-    set_bit(&EXPOSED, epfd, true);
+    EXPOSED.set(epfd, true);
     let Some(i) = inst(epfd) else { return };
     let mut i = i.lock();
     if i.exposed {
@@ -399,13 +384,13 @@ pub unsafe fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut epoll_event)
     if !active() || guard::inside() {
         return None;
     }
-    let nested = op == libc::EPOLL_CTL_ADD && bit(&EPOLL_FDS, fd);
+    let nested = op == libc::EPOLL_CTL_ADD && EPOLL_FDS.get(fd);
     if !marked(fd) {
         if nested {
             if let Some(_g) = Guard::enter() {
                 guard::shielded(|| expose(fd));
             }
-        } else if op == libc::EPOLL_CTL_ADD && bit(&EPOLL_FDS, epfd) {
+        } else if op == libc::EPOLL_CTL_ADD && EPOLL_FDS.get(epfd) {
             if let Some(i) = inst(epfd) {
                 i.lock().kernel += 1;
             } else {
@@ -433,7 +418,7 @@ fn ctl_local(epfd: c_int, op: c_int, fd: c_int, e: Arc<Entry>, app: Option<epoll
                 super::set_err(libc::EFAULT);
                 return -1;
             };
-            let mut kev = kernel_event(fd, app.events, false, bit(&EXPOSED, epfd));
+            let mut kev = kernel_event(fd, app.events, false, EXPOSED.get(epfd));
             // SAFETY: a valid event.
             let r = unsafe { real::epoll_ctl(epfd, op, fd, &mut kev) };
             if r != 0 {
@@ -441,8 +426,8 @@ fn ctl_local(epfd: c_int, op: c_int, fd: c_int, e: Arc<Entry>, app: Option<epoll
                 return r;
             }
             let i = inst_or_new(epfd);
-            set_bit(&EPOLL_FDS, epfd, true);
-            let exposed = bit(&EXPOSED, epfd);
+            EPOLL_FDS.set(epfd, true);
+            let exposed = EXPOSED.get(epfd);
             if exposed && !i.lock().exposed {
                 expose(epfd);
             }
@@ -502,7 +487,7 @@ fn ctl_local(epfd: c_int, op: c_int, fd: c_int, e: Arc<Entry>, app: Option<epoll
 /// True when `epfd` is an instance holding local descriptors (its waits go to [`epoll_wait`]).
 #[inline]
 pub fn shadowed(epfd: c_int) -> bool {
-    bit(&EPOLL_FDS, epfd)
+    EPOLL_FDS.get(epfd)
         && INSTS
             .read()
             .as_ref()
@@ -715,7 +700,7 @@ pub unsafe fn epoll_wait(
     timeout: c_int,
     mask: *const sigset_t,
 ) -> Option<c_int> {
-    if !active() || guard::inside() || !bit(&EPOLL_FDS, epfd) || ev.is_null() || max <= 0 {
+    if !active() || guard::inside() || !EPOLL_FDS.get(epfd) || ev.is_null() || max <= 0 {
         return None;
     }
     let i = inst(epfd)?;
@@ -897,7 +882,7 @@ pub unsafe fn ppoll(
     let set = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
     let mut any = false;
     for p in set.iter() {
-        if bit(&EPOLL_FDS, p.fd) && !bit(&EXPOSED, p.fd) {
+        if EPOLL_FDS.get(p.fd) && !EXPOSED.get(p.fd) {
             if let Some(_g) = Guard::enter() {
                 guard::shielded(|| expose(p.fd));
             }
@@ -907,16 +892,8 @@ pub unsafe fn ppoll(
     if !any {
         return None;
     }
-    let deadline = if ts.is_null() {
-        None
-    } else {
-        // SAFETY: the caller's timespec.
-        let t = unsafe { std::ptr::read(ts) };
-        if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
-            return None;
-        }
-        Some(Instant::now() + Duration::new(t.tv_sec as u64, t.tv_nsec as u32))
-    };
+    // SAFETY: the caller's timespec (or null).
+    let deadline = unsafe { crate::sys::deadline(ts) }?;
     let g = Guard::enter()?;
     // SAFETY: the caller's arguments.
     super::run(|| unsafe { poll_shadow(fds, n, deadline, mask, g) })
@@ -1050,7 +1027,7 @@ pub unsafe fn pselect(
             ev |= libc::POLLPRI;
         }
         if ev != 0 {
-            any |= marked(fd) || bit(&EPOLL_FDS, fd);
+            any |= marked(fd) || EPOLL_FDS.get(fd);
             set.push(pollfd {
                 fd,
                 events: ev,

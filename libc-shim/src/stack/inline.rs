@@ -28,7 +28,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::R
 
 use libc::c_int;
 
-use super::{lock, pump, FORKED, MAX_FD, WAKE};
+use super::{lock, pump, FORKED, WAKE};
+use crate::fdbits::FdBits;
 use crate::real;
 
 /// The data of the port's registration in an application's epoll instance.
@@ -43,7 +44,7 @@ static WANT_WAKE: AtomicBool = AtomicBool::new(false);
 /// A blocking call's wait holds the port.
 static POLLER: AtomicBool = AtomicBool::new(false);
 /// Epoll instances (by descriptor) the port was added to.
-static REG: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
+static REG: FdBits = FdBits::new();
 
 /// Inline polling is on unless `HICAMP_STACK_INLINE=0`.
 fn enabled() -> bool {
@@ -73,26 +74,18 @@ fn port() -> c_int {
     }
 }
 
-fn bit(fd: c_int) -> Option<(usize, u64)> {
-    let i = fd as u32 as usize;
-    (i < MAX_FD).then_some((i >> 6, 1u64 << (i & 63)))
-}
-
 /// True when the port was added to epoll instance `epfd`.
 #[inline]
 pub fn registered(epfd: c_int) -> bool {
-    bit(epfd).is_some_and(|(w, m)| REG[w].load(Relaxed) & m != 0)
+    REG.get(epfd)
 }
 
 /// `fd` is closed (or replaced): it is no epoll instance of ours any more (its stack
 /// sockets' registrations go with it).
 #[inline]
 pub fn forget(fd: c_int) {
-    if let Some((w, m)) = bit(fd) {
-        if REG[w].load(Relaxed) & m != 0 {
-            REG[w].fetch_and(!m, Relaxed);
-            super::ready::drop_set(fd);
-        }
+    if REG.take(fd) {
+        super::ready::drop_set(fd);
     }
 }
 
@@ -121,9 +114,7 @@ pub fn register(epfd: c_int) -> Result<(), c_int> {
             return Err(crate::guard::errno());
         }
     }
-    if let Some((w, m)) = bit(epfd) {
-        REG[w].fetch_or(m, Relaxed);
-    }
+    REG.set(epfd, true);
     Ok(())
 }
 
@@ -344,7 +335,7 @@ mod tests {
     #[test]
     fn registrations_are_per_descriptor() {
         assert!(!registered(900) && !registered(-1) && !registered(1 << 20));
-        REG[900 >> 6].fetch_or(1 << (900 & 63), Relaxed);
+        REG.set(900, true);
         assert!(registered(900) && !registered(901));
         forget(900);
         assert!(!registered(900));

@@ -93,53 +93,35 @@ pub mod ops;
 pub mod proxy;
 pub mod ready;
 
-/// Descriptors the fast check covers (larger ones stay in the kernel).
-const MAX_FD: usize = 1 << 16;
+use crate::fdbits::{FdBits, MAX_FD};
 
 /// One bit per stack socket descriptor; [`PMARKS`]: one per pending AF_INET kernel socket.
 /// All zero outside stack mode: the hooks' only cost there is two loads.
-static MARKS: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
-static PMARKS: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
-
-#[inline]
-fn bit(map: &[AtomicU64; MAX_FD / 64], fd: c_int) -> bool {
-    let i = fd as u32 as usize;
-    i < MAX_FD && map[i >> 6].load(Relaxed) & (1 << (i & 63)) != 0
-}
+static MARKS: FdBits = FdBits::new();
+static PMARKS: FdBits = FdBits::new();
 
 /// True when `fd` is a pending or stack socket.
 #[inline]
 pub fn marked(fd: c_int) -> bool {
-    bit(&MARKS, fd) || bit(&PMARKS, fd)
+    MARKS.get(fd) || PMARKS.get(fd)
 }
 
 /// True when `fd` is a stack socket.
 #[inline]
 pub fn is_stack(fd: c_int) -> bool {
-    bit(&MARKS, fd)
-}
-
-fn set_bit(map: &[AtomicU64; MAX_FD / 64], fd: c_int, on: bool) {
-    let i = fd as u32 as usize;
-    if i < MAX_FD {
-        if on {
-            map[i >> 6].fetch_or(1 << (i & 63), Relaxed);
-        } else {
-            map[i >> 6].fetch_and(!(1 << (i & 63)), Relaxed);
-        }
-    }
+    MARKS.get(fd)
 }
 
 fn mark(fd: c_int) {
-    set_bit(&MARKS, fd, true);
+    MARKS.set(fd, true);
 }
 
 fn unmark(fd: c_int) {
-    set_bit(&MARKS, fd, false);
+    MARKS.set(fd, false);
 }
 
 fn mark_pending(fd: c_int, on: bool) {
-    set_bit(&PMARKS, fd, on);
+    PMARKS.set(fd, on);
 }
 
 /// 0: not decided; 1: stack mode; 2: another mode.
@@ -170,11 +152,11 @@ static FORKS: AtomicU64 = AtomicU64::new(0);
 /// The stack process's own descriptors (B ends, the port, the eventfd, the orphan epoll, the
 /// control listener): a forked child closes its copies of them at once, so that a stack
 /// process's exit is seen by its children's A ends and the TAP is released with it.
-static INTERNAL: [AtomicU64; MAX_FD / 64] = [const { AtomicU64::new(0) }; MAX_FD / 64];
+static INTERNAL: FdBits = FdBits::new();
 
 /// Marks (or clears) one of the stack process's own descriptors.
 fn internal(fd: c_int, on: bool) {
-    set_bit(&INTERNAL, fd, on);
+    INTERNAL.set(fd, on);
 }
 
 /// The epoll set of orphans' B ends (sockets no descriptor of this process refers to, which
@@ -730,19 +712,13 @@ unsafe extern "C" fn atfork_child() {
         FORKED.store(true, Relaxed);
     }
     proxy::FORK_GEN.fetch_add(1, Relaxed);
-    for (w, word) in INTERNAL.iter().enumerate() {
-        let mut bits = word.swap(0, Relaxed);
-        while bits != 0 {
-            let b = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            let fd = (w * 64 + b) as c_int;
-            // A descriptor lent to a socket for a request is marked there, not here.
-            unmark(fd);
-            mark_pending(fd, false);
-            // SAFETY: the stack process's descriptor, copied into this child: ours to close.
-            unsafe { real::close(fd) };
-        }
-    }
+    INTERNAL.drain(|fd| {
+        // A descriptor lent to a socket for a request is marked there, not here.
+        unmark(fd);
+        mark_pending(fd, false);
+        // SAFETY: the stack process's descriptor, copied into this child: ours to close.
+        unsafe { real::close(fd) };
+    });
 }
 
 extern "C" fn at_exit() {

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 
 use super::{
-    bit, internal, is_stack, lock, mark, mark_pending, ops, unmark, Kind, Opts, Pending, PMARKS,
+    internal, is_stack, lock, mark, mark_pending, ops, unmark, Kind, Opts, Pending, PMARKS,
 };
 use crate::guard;
 use crate::real;
@@ -850,7 +850,7 @@ fn exchange(
     out: &mut [&mut [u8]],
     cloexec: bool,
 ) -> Result<(Answer, c_int), c_int> {
-    let pending = bit(&PMARKS, fd);
+    let pending = PMARKS.get(fd);
     req.pending = u32::from(pending);
     let c = ctl()?;
     let gone = |e: c_int| {
@@ -985,7 +985,7 @@ pub(super) fn forget(fd: c_int) {
 pub(super) fn duplicated(old: c_int, new: c_int) {
     if is_stack(old) {
         mark(new);
-    } else if bit(&PMARKS, old) {
+    } else if PMARKS.get(old) {
         // Two numbers of one kernel socket cannot both move: both stay in the kernel.
         mark_pending(old, false);
     }
@@ -1026,7 +1026,7 @@ pub(super) unsafe fn accept4(
     flags: c_int,
 ) -> Option<c_int> {
     let mut dl: Option<Option<Instant>> = None;
-    if !bit(&PMARKS, fd) && nothing_yet(fd, false) {
+    if !PMARKS.get(fd) && nothing_yet(fd, false) {
         return Some(fail(libc::EAGAIN));
     }
     loop {
@@ -1235,7 +1235,7 @@ pub(super) fn recv(
     let dontwait = flags & libc::MSG_DONTWAIT != 0;
     let mut got = 0usize;
     let mut dl: Option<Option<Instant>> = None;
-    if !bit(&PMARKS, fd) && nothing_yet(fd, dontwait) {
+    if !PMARKS.get(fd) && nothing_yet(fd, dontwait) {
         return Some((fail(libc::EAGAIN), 0));
     }
     loop {
@@ -1365,7 +1365,7 @@ pub(super) unsafe fn setsockopt(
     val: *const c_void,
     len: socklen_t,
 ) -> Option<c_int> {
-    if bit(&PMARKS, fd) {
+    if PMARKS.get(fd) {
         return None;
     }
     if val.is_null() {
@@ -1393,7 +1393,7 @@ pub(super) unsafe fn getsockopt(
     val: *mut c_void,
     len: *mut socklen_t,
 ) -> Option<c_int> {
-    if bit(&PMARKS, fd) {
+    if PMARKS.get(fd) {
         return None;
     }
     if val.is_null() || len.is_null() {
@@ -1480,17 +1480,11 @@ pub fn exec_entry() -> Option<std::ffi::CString> {
     }
     let pid = STACK_PID.load(Relaxed);
     let mut list = Vec::new();
-    for (w, word) in super::MARKS.iter().enumerate() {
-        let mut bits = word.load(Relaxed);
-        while bits != 0 {
-            let b = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            let fd = (w * 64 + b) as c_int;
-            // SAFETY: F_GETFD takes no argument.
-            let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
-            if fl >= 0 && fl & libc::FD_CLOEXEC == 0 {
-                list.push(format!("{fd}/{}", inode(fd)));
-            }
+    for fd in super::MARKS.members() {
+        // SAFETY: F_GETFD takes no argument.
+        let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+        if fl >= 0 && fl & libc::FD_CLOEXEC == 0 {
+            list.push(format!("{fd}/{}", inode(fd)));
         }
     }
     std::ffi::CString::new(format!("{EXEC_VAR}={pid}:{}", list.join(","))).ok()

@@ -37,12 +37,13 @@
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
 
 use super::{inline, internal, is_stack, lock, sync, World, FORKED};
+use crate::fdbits::FdBits;
 use crate::guard::{self, Guard};
 use crate::real;
 
@@ -251,22 +252,14 @@ pub fn kernel_waits(fds: impl IntoIterator<Item = c_int>) {
 }
 
 /// Descriptors whose socket is known to have tokens (saves [`kernel_waits`] the lock).
-static TOKENED: [AtomicU64; super::MAX_FD / 64] = [const { AtomicU64::new(0) }; super::MAX_FD / 64];
+static TOKENED: FdBits = FdBits::new();
 
 fn tokened(fd: c_int) -> bool {
-    let i = fd as u32 as usize;
-    i < super::MAX_FD && TOKENED[i >> 6].load(Relaxed) & (1 << (i & 63)) != 0
+    TOKENED.get(fd)
 }
 
 fn set_tokened(fd: c_int, on: bool) {
-    let i = fd as u32 as usize;
-    if i < super::MAX_FD {
-        if on {
-            TOKENED[i >> 6].fetch_or(1 << (i & 63), Relaxed);
-        } else {
-            TOKENED[i >> 6].fetch_and(!(1 << (i & 63)), Relaxed);
-        }
-    }
+    TOKENED.set(fd, on);
 }
 
 /// Before `poll`/`select` waits in the kernel on `fds`: an epoll instance of ours among them
