@@ -179,7 +179,7 @@ use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+use crate::hash::xxh3_64_with_seed;
 
 use crate::config::Durability;
 use crate::id::{LineId, LineKind};
