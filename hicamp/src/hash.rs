@@ -133,6 +133,42 @@ mod x86 {
         s
     }
 
+    /// The first 32 bytes of `b` (panics if shorter).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(b: &[u8]) -> __m256i {
+        let b = &b[..32];
+        // SAFETY: `b` holds 32 bytes; the load is unaligned.
+        unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+    }
+
+    /// The first four words of `w` (panics if shorter).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load64(w: &[u64]) -> __m256i {
+        let w = &w[..4];
+        // SAFETY: `w` holds 32 bytes; the load is unaligned.
+        unsafe { _mm256_loadu_si256(w.as_ptr().cast()) }
+    }
+
+    /// `v` into the first four words of `w` (panics if shorter).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn store64(w: &mut [u64], v: __m256i) {
+        let w = &mut w[..4];
+        // SAFETY: `w` holds 32 bytes; the store is unaligned.
+        unsafe { _mm256_storeu_si256(w.as_mut_ptr().cast(), v) }
+    }
+
     /// One 64-byte stripe into the accumulators (`XXH3_accumulate_512`).
     ///
     /// # Safety
@@ -140,17 +176,11 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn accumulate(acc: &mut [__m256i; 2], stripe: &[u8], secret: &[u8]) {
-        let (stripe, secret) = (&stripe[..STRIPE_LEN], &secret[..STRIPE_LEN]);
         for (i, a) in acc.iter_mut().enumerate() {
-            // SAFETY: both slices hold 64 bytes (re-sliced above, which
-            // panics rather than reads out of bounds), so the 32-byte
-            // unaligned loads at 0 and 32 are in bounds.
-            let (x, k) = unsafe {
-                (
-                    _mm256_loadu_si256(stripe.as_ptr().add(32 * i).cast()),
-                    _mm256_loadu_si256(secret.as_ptr().add(32 * i).cast()),
-                )
-            };
+            // SAFETY: the caller guarantees AVX2.
+            let x = unsafe { load(&stripe[32 * i..]) };
+            // SAFETY: the caller guarantees AVX2.
+            let k = unsafe { load(&secret[32 * i..]) };
             let dk = _mm256_xor_si256(x, k);
             // The high 32 bits of each lane, moved down (_MM_SHUFFLE(0,3,0,1)).
             let dk_hi = _mm256_shuffle_epi32::<0x31>(dk);
@@ -168,12 +198,10 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn scramble(acc: &mut [__m256i; 2], secret: &[u8]) {
-        let secret = &secret[..STRIPE_LEN];
         let prime = _mm256_set1_epi32(P32_1 as i32);
         for (i, a) in acc.iter_mut().enumerate() {
-            // SAFETY: `secret` holds 64 bytes, so the load at 32 * i (< 64)
-            // of 32 bytes is in bounds.
-            let k = unsafe { _mm256_loadu_si256(secret.as_ptr().add(32 * i).cast()) };
+            // SAFETY: the caller guarantees AVX2.
+            let k = unsafe { load(&secret[32 * i..]) };
             let dv = _mm256_xor_si256(*a, _mm256_srli_epi64::<47>(*a));
             let dk = _mm256_xor_si256(dv, k);
             let dk_hi = _mm256_shuffle_epi32::<0x31>(dk);
@@ -208,13 +236,12 @@ mod x86 {
         assert!(data.len() > super::MID_SIZE_MAX);
         let secret = custom_secret(seed);
         let init: [u64; 8] = [P32_3, P64_1, P64_2, P64_3, P64_4, P32_2, P64_5, P32_1];
-        // SAFETY: `init` holds 64 bytes: two unaligned 32-byte loads.
-        let mut acc = unsafe {
-            [
-                _mm256_loadu_si256(init.as_ptr().cast()),
-                _mm256_loadu_si256(init.as_ptr().add(4).cast()),
-            ]
-        };
+        let (lo, hi) = init.split_at(4);
+        // SAFETY: the caller guarantees AVX2.
+        let acc0 = unsafe { load64(lo) };
+        // SAFETY: the caller guarantees AVX2.
+        let acc1 = unsafe { load64(hi) };
+        let mut acc = [acc0, acc1];
         let len = data.len();
         let blocks = (len - 1) / BLOCK_LEN;
         for block in data[..blocks * BLOCK_LEN].chunks_exact(BLOCK_LEN) {
@@ -239,11 +266,11 @@ mod x86 {
             )
         };
         let mut out = [0u64; 8];
-        // SAFETY: `out` holds 64 bytes: two unaligned 32-byte stores.
-        unsafe {
-            _mm256_storeu_si256(out.as_mut_ptr().cast(), acc[0]);
-            _mm256_storeu_si256(out.as_mut_ptr().add(4).cast(), acc[1]);
-        }
+        let (lo, hi) = out.split_at_mut(4);
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { store64(lo, acc[0]) };
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { store64(hi, acc[1]) };
         let mut h = (len as u64).wrapping_mul(P64_1);
         for i in 0..4 {
             h = h.wrapping_add(mul128_fold64(
