@@ -22,6 +22,7 @@ const SEED: u64 = 0x9e37_79b9;
 
 /// Nanoseconds per hash of `data` over about 2 MiB of input, with `hash`
 /// (generic, so each is inlined as at its call sites).
+#[inline(never)]
 fn ns_per_hash(hash: impl Fn(&[u8], u64) -> u64, data: &[u8], check: &mut u64) -> f64 {
     let iters = (2 << 20) / data.len().max(64);
     let t = Instant::now();
@@ -60,9 +61,15 @@ fn main() {
         let d = &data[1..1 + size];
         let (mut old, mut new) = (Vec::new(), Vec::new());
         let (mut a, mut b) = (0u64, 0u64);
-        for _ in 0..rounds {
+        // Alternate which goes first, so neither always runs on a warmed-up core.
+        for r in 0..rounds {
+            if r % 2 == 1 {
+                new.push(ns_per_hash(hicamp::hash::xxh3_64_with_seed, d, &mut b));
+            }
             old.push(ns_per_hash(xxhash_rust::xxh3::xxh3_64_with_seed, d, &mut a));
-            new.push(ns_per_hash(hicamp::hash::xxh3_64_with_seed, d, &mut b));
+            if r % 2 == 0 {
+                new.push(ns_per_hash(hicamp::hash::xxh3_64_with_seed, d, &mut b));
+            }
         }
         assert_eq!(a, b, "the two paths disagree at {size} B");
         let (o, n) = (median(old), median(new));

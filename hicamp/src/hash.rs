@@ -23,10 +23,22 @@ const MID_SIZE_MAX: usize = 240;
 /// has it and `data` is longer than 240 bytes.
 #[inline]
 pub fn xxh3_64_with_seed(data: &[u8], seed: u64) -> u64 {
+    if data.len() <= MID_SIZE_MAX {
+        portable(data, seed)
+    } else {
+        long(data, seed)
+    }
+}
+
+/// The long-input half of [`xxh3_64_with_seed`], out of line so that the
+/// short path inlined at every call site stays as small as `xxhash-rust`'s.
+#[inline(never)]
+fn long(data: &[u8], seed: u64) -> u64 {
     #[cfg(target_arch = "x86_64")]
-    if data.len() > MID_SIZE_MAX && std::is_x86_feature_detected!("avx2") {
+    if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above), the one
-        // requirement of `long_avx2`; its length precondition (> 240) holds.
+        // requirement of `long_avx2`; its length precondition (> 240) holds
+        // (the caller's branch).
         return unsafe { x86::long_avx2(data, seed) };
     }
     portable(data, seed)
