@@ -60,6 +60,8 @@
 //!   its shard lock, and the unsafe `children_of`/`line_of` readers used by the
 //!   single-threaded recovery walk (`store::counts`, `store::intern` and
 //!   `store::durability` deny unsafe code again);
+//! * `hash`: the AVX2 XXH3 long-input loop ([`hash`]), called only after
+//!   runtime detection of AVX2;
 //! * `fsck`: line reads (through `store::line_of`) of a file it mapped itself;
 //! * `shared`: the memory mapped by several processes ([`shared`]): its
 //!   mapping accessors, line reads and writes under its own protocol, and the
@@ -77,6 +79,8 @@ mod error;
 pub mod footprint;
 #[allow(unsafe_code)]
 mod fsck;
+#[allow(unsafe_code)]
+pub mod hash;
 mod id;
 mod map;
 mod memory;

@@ -37,7 +37,7 @@
 
 use std::ops::Range;
 
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+use hicamp::hash::xxh3_64_with_seed;
 
 const LEAF_SEED: u64 = 0x6869_6361_6d70_4c46;
 const INTERIOR_SEED: u64 = 0x6869_6361_6d70_494e;

@@ -100,7 +100,7 @@ use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::Duration;
 
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+use crate::hash::xxh3_64_with_seed;
 
 pub use conn::{set_adaptive_spin, Conn, ConnId, PollBits};
 pub use layout::MAX_SHARED_NAME;

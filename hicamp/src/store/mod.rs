@@ -179,9 +179,9 @@ use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
-use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::config::Durability;
+use crate::hash::xxh3_64_with_seed;
 use crate::id::{LineId, LineKind};
 use crate::persist::Layout;
 use crate::region::{Arena, Backing};
