@@ -174,12 +174,23 @@ fn spawn(mut c: Command) -> Result<Reaper, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Waits until `ip:port` accepts a connection from namespace `ns`.
-fn wait_port(ns: &NetNs, ip: &str, port: u16) -> Result<(), String> {
+/// Waits until `ip:port` accepts a connection from namespace `ns`; an error as soon as
+/// `server` (when given) has exited without listening.
+fn wait_port(
+    ns: &NetNs,
+    ip: &str,
+    port: u16,
+    mut server: Option<&mut Reaper>,
+) -> Result<(), String> {
     let probe =
         format!("import socket; socket.create_connection(('{ip}', {port}), timeout=1).close()");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
+        if let Some(Ok(Some(st))) = server.as_mut().map(|s| s.0.try_wait()) {
+            return Err(format!(
+                "the server exited ({st}) before listening on {ip}:{port}"
+            ));
+        }
         let ok = ns
             .command("python3")
             .args(["-c", &probe])
@@ -295,14 +306,14 @@ fn idle_clients(lab: &Lab, host: &str, idle: u64) -> Result<Option<Reaper>, Stri
 fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 5], String> {
     let args = redis_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (server, host) = if stack {
+    let (mut server, host) = if stack {
         (spawn(lab.stack(&args))?, STACK_IP)
     } else {
         let mut c = lab.b.command(args[0]);
         c.args(&args[1..]);
         (spawn(c)?, B_IP)
     };
-    wait_port(&lab.a, host, 6379)?;
+    wait_port(&lab.a, host, 6379, Some(&mut server))?;
     let idle = idle_clients(lab, host, env_u64("HICAMP_STACK_BENCH_IDLE", 0))?;
     let (g1, s1) = redis_bench(lab, host, 1, n)?;
     let (g16, s16) = redis_bench(lab, host, 16, n * 4)?;
@@ -313,7 +324,6 @@ fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 5], String> {
         .args(["-h", host, "shutdown", "nosave"])
         .output();
     // The server's CPU: what its reaping adds to the children's (it exits by itself first).
-    let mut server = server;
     let c0 = children_cpu();
     let deadline = Instant::now() + Duration::from_secs(10);
     while server.0.try_wait().is_ok_and(|s| s.is_none()) && Instant::now() < deadline {
@@ -406,7 +416,7 @@ fn nginx_round(lab: &Lab, stack: bool, secs: u64, workers: bool) -> Result<f64, 
         (spawn(c)?, B_IP, &lab.b)
     };
     let result = (|| {
-        wait_port(&lab.a, host, 8080)?;
+        wait_port(&lab.a, host, 8080, Some(&mut server))?;
         let out = lab
             .a
             .command("wrk")
@@ -576,7 +586,7 @@ fn main() {
                 .spawn()
                 .map(Reaper);
             if let Ok(_srv) = srv {
-                let _ = wait_port(&lab.a, "127.0.0.1", 8000);
+                let _ = wait_port(&lab.a, "127.0.0.1", 8000, None);
                 let (mut s, mut k) = (Vec::new(), Vec::new());
                 for r in 0..rounds {
                     for stack in [r % 2 == 0, r % 2 == 1] {
