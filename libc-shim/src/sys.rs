@@ -76,6 +76,50 @@ pub fn diag_path() -> std::path::PathBuf {
     }
 }
 
+/// The signals a thread had blocked before [`Blocked::all`] blocked them all, restored on drop.
+///
+/// A shadow wait (stack or local mode) that goes to sleep blocks every signal first and sleeps
+/// in `epoll_pwait` with the thread's own mask ([`Blocked::old`]), as `pselect` does: a signal
+/// that arrives while the wait looks at its rings or runs the interface stays pending until
+/// the sleep, which it then interrupts (`EINTR` to the application, whose handler has run).
+/// Without it, a handler that ran between two of the wait's own sleeps (an event loop's quit
+/// flag: nginx's `SIGQUIT`) was followed by a sleep with no timeout, and the application never
+/// got back to its loop.
+pub struct Blocked(libc::sigset_t);
+
+impl Blocked {
+    /// Blocks every signal of this thread.
+    pub fn all() -> Blocked {
+        // SAFETY: an all-zero `sigset_t` is a valid (empty) set.
+        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a pointer to a set we own.
+        unsafe { libc::sigfillset(&mut all) };
+        // SAFETY: pointers to sets we own; no other precondition.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) };
+        Blocked(old)
+    }
+
+    /// The thread's mask from before the block (for the sleep's `epoll_pwait`).
+    pub fn old(&self) -> *const libc::sigset_t {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Blocked")
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        // SAFETY: the mask saved by `all`; `pthread_sigmask` does not touch errno.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
 /// When a wait with timeout `ts` ends: `Some(None)` for a null `ts` (no timeout), `None` for
 /// a timespec the kernel would refuse (the caller leaves the plain call to give its `EINVAL`).
 ///

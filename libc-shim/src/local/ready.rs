@@ -732,6 +732,9 @@ unsafe fn wait_shadow(
     let deadline = (timeout >= 0).then(|| Instant::now() + Duration::from_millis(timeout as u64));
     let mut local: Vec<epoll_event> = Vec::new();
     let mut spun = false;
+    // Set before the first spin or sleep (see `sys::Blocked`); the thread's mask comes back
+    // on every return.
+    let mut blocked: Option<crate::sys::Blocked> = None;
     {
         let g = i.lock();
         if g.exposed && g.kick >= 0 {
@@ -778,7 +781,13 @@ unsafe fn wait_shadow(
                 return n as c_int;
             }
         }
-        // 2. Nothing local ready: a look at the kernel, or a wait.
+        // 2. Nothing local ready: a look at the kernel, or a wait. Signals are blocked
+        //    first and the rings looked at again under the block, so that a handler that
+        //    runs meanwhile interrupts the sleep instead of preceding it.
+        if timeout != 0 && blocked.is_none() {
+            blocked = Some(crate::sys::Blocked::all());
+            continue;
+        }
         let w = wanted(&i.lock());
         if timeout != 0 && !spun {
             spun = true;
@@ -799,8 +808,13 @@ unsafe fn wait_shadow(
         } else {
             0
         };
-        // SAFETY: the caller's arguments.
-        let k = unsafe { real::epoll_pwait(epfd, ev, max as c_int, t, mask) };
+        // The sleep's mask: the caller's, else the thread's own from before the block.
+        let m = match (&blocked, mask.is_null()) {
+            (Some(b), true) => b.old(),
+            _ => mask,
+        };
+        // SAFETY: the caller's arguments; `m` is the caller's mask or a saved one.
+        let k = unsafe { real::epoll_pwait(epfd, ev, max as c_int, t, m) };
         let err = guard::errno();
         if sleep {
             guard_held = Guard::enter();

@@ -575,37 +575,6 @@ fn filter(ev: &mut [libc::epoll_event]) -> (usize, bool, bool) {
     (kept, fired, kicked)
 }
 
-/// The signals a thread had blocked before [`wait`] blocked them all, restored on drop.
-///
-/// A wait that goes to sleep blocks every signal first and sleeps in `epoll_pwait` with the
-/// thread's own mask, as `pselect` does: a signal that arrives while the wait looks at the
-/// stack or runs the interface stays pending until the sleep, which it then interrupts
-/// (`EINTR` to the application, whose handler has run). Without it, a handler that ran between
-/// two of the wait's own sleeps (an event loop's quit flag: nginx's `SIGQUIT`) was followed by
-/// a sleep with no timeout, and the application never got back to its loop.
-struct Blocked(libc::sigset_t);
-
-impl Blocked {
-    fn all() -> Blocked {
-        // SAFETY: an all-zero `sigset_t` is a valid (empty) set.
-        let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: a pointer to a set we own.
-        unsafe { libc::sigfillset(&mut all) };
-        // SAFETY: pointers to sets we own; no other precondition.
-        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) };
-        Blocked(old)
-    }
-}
-
-impl Drop for Blocked {
-    fn drop(&mut self) {
-        // SAFETY: the mask saved by `all`; `pthread_sigmask` does not touch errno.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
-    }
-}
-
 /// `epoll_pwait` on an instance that holds the port, in the stack process: ready stack
 /// sockets from the shadow registrations, merged with the kernel's events; the interface runs
 /// here when the port fires, and the stack's timers when they are due first.
@@ -635,7 +604,7 @@ pub unsafe fn wait(
     let room = if max > 1 { max - 1 } else { max };
     // Set before the first sleep (and the look at the stack that precedes it); dropped, so
     // the thread's mask restored, on every return.
-    let mut blocked: Option<Blocked> = None;
+    let mut blocked: Option<crate::sys::Blocked> = None;
     loop {
         let sleeper = Sleeper::enter();
         let (n, due) = match Guard::enter() {
@@ -684,14 +653,14 @@ pub unsafe fn wait(
         }
         if t != 0 && blocked.is_none() {
             // About to sleep: block signals, then look at the stack again under the block.
-            blocked = Some(Blocked::all());
+            blocked = Some(crate::sys::Blocked::all());
             drop(sleeper);
             continue;
         }
         // The sleep's mask: the caller's (`epoll_pwait`), else the thread's own from before
         // the block; a signal that arrived meanwhile interrupts it at once.
         let sleep_mask = match (&blocked, mask.is_null()) {
-            (Some(b), true) => &b.0 as *const libc::sigset_t,
+            (Some(b), true) => b.old(),
             _ => mask,
         };
         let waiting = inline::LoopWaiting::enter();
