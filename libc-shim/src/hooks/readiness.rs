@@ -364,6 +364,31 @@ unsafe fn epoll_inline(
     }
 }
 
+/// The shim's own wait on epoll instance `epfd` (timeout in milliseconds): through the stack's
+/// shadow table (or inline polling) when the port is registered there, stack sockets being
+/// known to no kernel set, else through local mode's rings; `None`: the kernel's call.
+///
+/// # Safety
+/// The caller's `epoll_pwait` arguments.
+unsafe fn shim_wait(
+    epfd: c_int,
+    ev: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    mask: *const sigset_t,
+) -> Option<c_int> {
+    if crate::stack::inline::registered(epfd) && !guard::inside() {
+        if crate::stack::ready::active() {
+            // SAFETY: the caller's arguments.
+            return Some(unsafe { crate::stack::ready::wait(epfd, ev, max, timeout, mask) });
+        }
+        // SAFETY: the caller's arguments.
+        return Some(unsafe { epoll_inline(epfd, ev, max, timeout, mask) });
+    }
+    // SAFETY: the caller's arguments.
+    unsafe { crate::local::ready::epoll_wait(epfd, ev, max, timeout, mask) }
+}
+
 #[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C-unwind" fn epoll_wait(
     epfd: c_int,
@@ -372,17 +397,8 @@ pub unsafe extern "C-unwind" fn epoll_wait(
     timeout: c_int,
 ) -> c_int {
     count(Call::EpollWait);
-    if crate::stack::inline::registered(epfd) && !guard::inside() {
-        if crate::stack::ready::active() {
-            // SAFETY: as above.
-            return unsafe { crate::stack::ready::wait(epfd, ev, max, timeout, std::ptr::null()) };
-        }
-        // SAFETY: as above.
-        return unsafe { epoll_inline(epfd, ev, max, timeout, std::ptr::null()) };
-    }
-    let mask = std::ptr::null();
-    // SAFETY: the caller's arguments.
-    if let Some(r) = unsafe { crate::local::ready::epoll_wait(epfd, ev, max, timeout, mask) } {
+    // SAFETY: the caller's arguments, no mask.
+    if let Some(r) = unsafe { shim_wait(epfd, ev, max, timeout, std::ptr::null()) } {
         return r;
     }
     // SAFETY: as above.
@@ -398,16 +414,8 @@ pub unsafe extern "C-unwind" fn epoll_pwait(
     mask: *const sigset_t,
 ) -> c_int {
     count(Call::EpollPwait);
-    if crate::stack::inline::registered(epfd) && !guard::inside() {
-        if crate::stack::ready::active() {
-            // SAFETY: as above.
-            return unsafe { crate::stack::ready::wait(epfd, ev, max, timeout, mask) };
-        }
-        // SAFETY: as above.
-        return unsafe { epoll_inline(epfd, ev, max, timeout, mask) };
-    }
     // SAFETY: the caller's arguments.
-    if let Some(r) = unsafe { crate::local::ready::epoll_wait(epfd, ev, max, timeout, mask) } {
+    if let Some(r) = unsafe { shim_wait(epfd, ev, max, timeout, mask) } {
         return r;
     }
     // SAFETY: as above.
@@ -425,8 +433,7 @@ pub unsafe extern "C-unwind" fn epoll_pwait2(
     mask: *const sigset_t,
 ) -> c_int {
     count(Call::EpollPwait);
-    let shadowed = crate::stack::inline::registered(epfd) && !guard::inside();
-    if shadowed || crate::local::ready::is_epoll(epfd) {
+    if crate::stack::inline::registered(epfd) || crate::local::ready::is_epoll(epfd) {
         let ms = if ts.is_null() {
             Some(-1)
         } else {
@@ -438,17 +445,8 @@ pub unsafe extern "C-unwind" fn epoll_pwait2(
             })
         };
         if let Some(ms) = ms {
-            if shadowed {
-                // Stack sockets registered here are in the stack's shadow table only.
-                if crate::stack::ready::active() {
-                    // SAFETY: the caller's arguments.
-                    return unsafe { crate::stack::ready::wait(epfd, ev, max, ms, mask) };
-                }
-                // SAFETY: the caller's arguments.
-                return unsafe { epoll_inline(epfd, ev, max, ms, mask) };
-            }
-            // SAFETY: the caller's arguments.
-            if let Some(r) = unsafe { crate::local::ready::epoll_wait(epfd, ev, max, ms, mask) } {
+            // SAFETY: the caller's arguments, the timeout in milliseconds.
+            if let Some(r) = unsafe { shim_wait(epfd, ev, max, ms, mask) } {
                 return r;
             }
         }
