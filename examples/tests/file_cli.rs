@@ -73,8 +73,23 @@ fn fsck_finds_an_orphan_and_exits_3() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("orphan"), "{out}");
     assert!(out.contains("INCONSISTENT"));
-    // stat opens the file, which recovers it; fsck is then clean.
-    assert_eq!(hicamp(&["stat", p.to_str().unwrap()]).0, 0);
+    // stat reports the orphan an open reclaims, and leaves the file as it
+    // was (byte for byte); stat --repair keeps the recovery, and fsck is then
+    // clean.
+    let before = std::fs::read(&p).unwrap();
+    let (code, out, _) = hicamp(&["stat", "--json", p.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["recovery"]["orphans_reclaimed"].as_u64().unwrap() >= 1,
+        "{out}"
+    );
+    assert!(
+        std::fs::read(&p).unwrap() == before,
+        "stat changed the file"
+    );
+    assert_eq!(hicamp(&["fsck", p.to_str().unwrap()]).0, 3);
+    assert_eq!(hicamp(&["stat", "--repair", p.to_str().unwrap()]).0, 0);
     assert_eq!(hicamp(&["fsck", p.to_str().unwrap()]).0, 0);
 }
 

@@ -65,8 +65,9 @@ fn check(mount: &mounts::Mount) {
         assert!(out.contains("consistent"), "{out}");
         let (code, out, err) = hicamp(&["stat".as_ref(), p.as_os_str()]);
         assert_eq!(code, 0, "{out}{err}");
-        // A sparse copy on the full file system: reported by fsck, and stat
-        // (which opens it for writing) fails with a clear error.
+        // A sparse copy on the full file system: reported by fsck; stat
+        // (read-only) reads it, stat --repair (which must fill its holes)
+        // fails with a clear error.
         let q = mount.path().join("sparse-copy.hicamp");
         let copied = Command::new("cp")
             .arg("--sparse=always")
@@ -81,6 +82,8 @@ fn check(mount: &mounts::Mount) {
             let (code, out, err) = hicamp(&["fsck".as_ref(), q.as_os_str()]);
             assert!(code == 3 || code == 0, "{out}{err}");
             let (code, out, err) = hicamp(&["stat".as_ref(), q.as_os_str()]);
+            assert_eq!(code, 0, "{out}{err}");
+            let (code, out, err) = hicamp(&["stat".as_ref(), "--repair".as_ref(), q.as_os_str()]);
             assert!(
                 code == 0 || err.contains("no space left"),
                 "{code}: {out}{err}"

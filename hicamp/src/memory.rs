@@ -128,6 +128,12 @@ pub struct OpenOptions {
     /// digest mismatch, a damaged directory) instead of salvaging it. A write
     /// torn by a crash is not damage.
     pub strict: bool,
+    /// Open without writing the file and without excluding other readers
+    /// (a shared lock, as [`crate::fsck`] takes; a writer that holds the file
+    /// makes the open fail): the file is mapped privately, copy-on-write, so
+    /// recovery and every later change happen in this process only and are
+    /// lost at close. For inspection (`hicamp stat`, `hicamp grep`).
+    pub read_only: bool,
 }
 
 /// What opening (or checking) a memory file found damaged. Everything named
@@ -308,7 +314,11 @@ impl Memory {
         let path = path.as_ref();
         let name = path.display().to_string();
         let t = std::time::Instant::now();
-        let opened = persist::open_file(path)?;
+        let opened = if options.read_only {
+            persist::open_copy(path)?
+        } else {
+            persist::open_file(path)?
+        };
         let (backing, config, layout) = (opened.backing.clone(), opened.config, opened.layout);
         let was_clean = persist::read_clean(&backing);
         let store = Store::new(&backing, &layout, &config);
@@ -345,11 +355,13 @@ impl Memory {
             persist::rewrite_header(path, &opened)?;
         }
         drop(opened);
-        persist::write_state(&backing, false).map_err(|e| Error::Io {
-            path: name.clone(),
-            op: "write state",
-            message: e.to_string(),
-        })?;
+        if !options.read_only {
+            persist::write_state(&backing, false).map_err(|e| Error::Io {
+                path: name.clone(),
+                op: "write state",
+                message: e.to_string(),
+            })?;
+        }
         map.repair(&a)?;
         let rebuilt = store.rebuild(&a);
         let logical = map.recover(&a);

@@ -756,7 +756,26 @@ pub(crate) fn open_file(path: &Path) -> Result<Opened> {
     })
 }
 
-/// A memory file opened for writing by [`open_file`].
+/// Opens a memory file read-only, as a private copy-on-write mapping (see
+/// `Backing::file_copy`): what an open does (recovery, repairs) happens in
+/// this process only, and the file is never written.
+pub(crate) fn open_copy(path: &Path) -> Result<Opened> {
+    let c = read_checked(path, false)?;
+    let name = path.display().to_string();
+    let space = Space::new(&name, &c.config, c.layout, c.reserved);
+    let backing = Backing::file_copy(c.file, c.layout.len as usize, space)
+        .map_err(|e| io_err(path, "map", e))?;
+    Ok(Opened {
+        backing,
+        config: c.config,
+        layout: c.layout,
+        header_restored: c.header_restored,
+        header_rewrite: false,
+    })
+}
+
+/// A memory file opened for writing by [`open_file`] (or read-only by
+/// [`open_copy`]).
 pub(crate) struct Opened {
     pub backing: std::sync::Arc<Backing>,
     pub config: Config,

@@ -141,6 +141,9 @@ pub(crate) struct Backing {
     len: usize,
     /// The file, for a persistent memory (kept open: it holds the lock).
     file: Option<File>,
+    /// The file behind a private copy ([`Backing::file_copy`]): kept open
+    /// only for its shared lock; nothing is ever written to it.
+    _held: Option<File>,
     /// The file's reserved space (see `persist::Space`).
     space: Option<Space>,
     /// Free line slots set aside for unbinding (see `store::keep_reserve`).
@@ -169,6 +172,7 @@ impl Backing {
             map,
             len,
             file: None,
+            _held: None,
             space: None,
             line_reserve: parking_lot::Mutex::new(Vec::new()),
         }))
@@ -183,6 +187,32 @@ impl Backing {
             map,
             len,
             file: Some(file),
+            _held: None,
+            space: Some(space),
+            line_reserve: parking_lot::Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// A private, copy-on-write mapping of the whole of `file` (opened
+    /// read-only, its length checked by the caller): pages are read from the
+    /// file as they are touched, and what the memory writes (recovery's
+    /// counts, the index) stays in this process. It behaves as an anonymous
+    /// memory: nothing is synced or written back, and no reservation touches
+    /// the file (`space` only tells how much of it is reserved).
+    pub(crate) fn file_copy(file: File, len: usize, space: Space) -> std::io::Result<Arc<Backing>> {
+        // SAFETY: a private mapping: our writes never reach the file. The
+        // file may change under it only by a writer, which the shared lock
+        // `file` holds (kept open in `_held`) excludes; and the caller
+        // checked that the file is at least `len` bytes, so no page of the
+        // mapping lies past its end.
+        let map = unsafe { MmapOptions::new().len(len).map_copy(&file)? };
+        let map = MmapRaw::from(map);
+        Ok(Arc::new(Backing {
+            base: map.as_mut_ptr(),
+            map,
+            len,
+            file: None,
+            _held: Some(file),
             space: Some(space),
             line_reserve: parking_lot::Mutex::new(Vec::new()),
         }))

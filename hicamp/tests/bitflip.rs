@@ -60,7 +60,13 @@ fn header_u64(b: &[u8], off: usize) -> usize {
 /// the damage was reported.
 fn check(p: &Path, pristine: &[u8], named: &BTreeMap<String, Vec<u8>>, what: &str) -> bool {
     let report = fsck(p).unwrap_or_else(|e| panic!("{what}: fsck: {e}"));
-    let strict = Memory::open_with(p, OpenOptions { strict: true });
+    let strict = Memory::open_with(
+        p,
+        OpenOptions {
+            strict: true,
+            ..Default::default()
+        },
+    );
     let refused = strict.is_err();
     drop(strict);
     let m = Memory::open(p).unwrap_or_else(|e| panic!("{what}: salvaging open: {e}"));
@@ -205,7 +211,14 @@ fn every_bit_of_the_header() {
         assert!(report.damage.header_restored, "{what}: {report:?}");
         assert!(!report.is_consistent(), "{what}");
         assert!(
-            Memory::open_with(&p, OpenOptions { strict: true }).is_err(),
+            Memory::open_with(
+                &p,
+                OpenOptions {
+                    strict: true,
+                    ..Default::default()
+                }
+            )
+            .is_err(),
             "{what}: strict open took it"
         );
         // The strict open changed nothing.

@@ -219,7 +219,14 @@ fn corrupt_entries_and_lines_are_detected() {
     let off = map_off(&p) + 2 * 64;
     write_at(&p, off, &[0xAB; 64]);
     assert!(!fsck(&p).unwrap().is_consistent());
-    let e = Memory::open_with(&p, OpenOptions { strict: true }).unwrap_err();
+    let e = Memory::open_with(
+        &p,
+        OpenOptions {
+            strict: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
     assert!(e.to_string().contains("map entry 2"), "{e}");
     let m = Memory::open(&p).unwrap();
@@ -272,7 +279,14 @@ fn corrupt_entries_and_lines_are_detected() {
     write_at(&p, (e2 + newer * 32 + 8) as u64, &[0xFF; 8]);
     let r = fsck(&p).unwrap();
     assert!(!r.is_consistent());
-    assert!(Memory::open_with(&p, OpenOptions { strict: true }).is_err());
+    assert!(Memory::open_with(
+        &p,
+        OpenOptions {
+            strict: true,
+            ..Default::default()
+        }
+    )
+    .is_err());
     let m = Memory::open(&p).unwrap();
     assert_eq!(m.damage().unwrap().slots_damaged.len(), 1);
 }
@@ -463,7 +477,14 @@ fn a_named_entry_written_after_bind_is_not_damage() {
         m.map().append(id, b"and appended").unwrap();
         m.sync().unwrap();
     }
-    let m = Memory::open_with(&p, OpenOptions { strict: true }).expect("strict open");
+    let m = Memory::open_with(
+        &p,
+        OpenOptions {
+            strict: true,
+            ..Default::default()
+        },
+    )
+    .expect("strict open");
     let dmg = m.damage().cloned().unwrap_or_default();
     assert!(!dmg.is_corrupt(), "{dmg:?}");
     assert_eq!(dmg.changed_since_bind, 1, "{dmg:?}");
@@ -475,4 +496,51 @@ fn a_named_entry_written_after_bind_is_not_damage() {
     drop((seg, m));
     let r = fsck(&p).unwrap();
     assert!(r.is_consistent(), "{:?}", r.problems);
+}
+
+#[test]
+fn a_read_only_open_never_writes_the_file() {
+    let (_d, p) = tmp();
+    let bytes = data(20_000, 11);
+    {
+        let m = Memory::create(&p, cfg(Durability::Msync)).unwrap();
+        m.bind("a", m.segment(&bytes).unwrap()).unwrap();
+    }
+    let before = std::fs::read(&p).unwrap();
+    let ro = OpenOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    {
+        let m = Memory::open_with(&p, ro).unwrap();
+        assert_eq!(m.get_named("a").unwrap().unwrap().to_vec(), bytes);
+        // Two read-only opens at once (shared locks).
+        let m2 = Memory::open_with(&p, ro).unwrap();
+        assert_eq!(
+            m2.get_named("a").unwrap().unwrap().len(),
+            bytes.len() as u64
+        );
+        // Changes stay in this process.
+        m.bind("b", m.segment(b"private").unwrap()).unwrap();
+        m.unbind("a").unwrap();
+        m.sync().unwrap();
+    }
+    assert!(
+        std::fs::read(&p).unwrap() == before,
+        "a read-only open changed the file"
+    );
+    // A writer excludes read-only opens, and the other way round.
+    {
+        let _w = Memory::open(&p).unwrap();
+        assert!(matches!(
+            Memory::open_with(&p, ro),
+            Err(Error::InUse { .. })
+        ));
+    }
+    let r = Memory::open_with(&p, ro).unwrap();
+    assert!(matches!(Memory::open(&p), Err(Error::InUse { .. })));
+    drop(r);
+    let m = Memory::open(&p).unwrap();
+    assert_eq!(m.get_named("a").unwrap().unwrap().to_vec(), bytes);
+    assert!(m.get_named("b").unwrap().is_none());
 }

@@ -60,8 +60,10 @@ enum Command {
     /// reachable from the committed roots, canonical DAGs, named segments' digests, orphans.
     /// Exit status 0 when consistent, 3 when not, 1 when the file cannot be examined.
     Fsck(FileArgs),
-    /// Open a memory file (which recovers it after a crash) and print its footprint.
-    Stat(FileArgs),
+    /// Print a memory file's footprint and what opening it would recover or repair, without
+    /// changing it (a private copy-on-write mapping; a shared lock, as fsck's). With
+    /// `--repair`, open it for writing instead, so the recovery and repairs are kept.
+    Stat(StatArgs),
     /// Run a command under the libc shim (LD_PRELOAD): every socket payload of its processes
     /// is interned into HICAMP memory; print the merged report when it ends. Exit status: the
     /// command's.
@@ -145,6 +147,17 @@ struct RunArgs {
         allow_hyphen_values = true
     )]
     command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Args)]
+struct StatArgs {
+    #[command(flatten)]
+    file: FileArgs,
+
+    /// Open the file for writing: recovery after a crash and the repairs it reports are
+    /// written back (the file must not be in use).
+    #[arg(long)]
+    repair: bool,
 }
 
 #[derive(Debug, Args)]
@@ -539,8 +552,17 @@ fn run_fsck(args: &FileArgs) -> Result<(), Failure> {
     }
 }
 
-fn run_stat(args: &FileArgs) -> Result<(), Failure> {
-    let mem = hicamp::Memory::open(&args.file)?;
+fn run_stat(stat: &StatArgs) -> Result<(), Failure> {
+    let args = &stat.file;
+    // Without --repair: what an open would recover is reported and the file
+    // is left as it was (it may be read-only, or open in another reader).
+    let mem = hicamp::Memory::open_with(
+        &args.file,
+        hicamp::OpenOptions {
+            read_only: !stat.repair,
+            ..Default::default()
+        },
+    )?;
     let rec = mem.recovery().unwrap_or_default();
     let damage = mem.damage().cloned().unwrap_or_default();
     let st = mem.stats();

@@ -89,7 +89,14 @@ pub(super) fn run_grep(args: &GrepArgs, quiet: bool) -> Result<(), Failure> {
     if pattern.is_empty() {
         return Err(Failure::Error("the pattern is empty".into()));
     }
-    let mem = Memory::open(&args.file)?;
+    // Read-only: grep never writes the file (a private copy-on-write map).
+    let mem = Memory::open_with(
+        &args.file,
+        hicamp::OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )?;
     let seg = mem.get_named(&args.name)?.ok_or_else(|| {
         Failure::Error(format!(
             "{}: no segment named {:?}",
