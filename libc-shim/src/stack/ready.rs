@@ -156,7 +156,7 @@ impl Reg {
 #[derive(Debug, Default)]
 pub struct Set {
     /// By descriptor.
-    regs: std::collections::HashMap<c_int, Reg>,
+    regs: super::FdMap<Reg>,
     /// The registrations that may be ready, as the kernel's ready list: a registration joins
     /// when it is added or modified and when its socket's readiness rises
     /// ([`super::Engine::changed`], [`distribute`]); a wait ([`collect`]) looks at these only,
@@ -167,6 +167,8 @@ pub struct Set {
     /// The registrations moved into the kernel (a fork, a nested instance): this instance is
     /// the kernel's from now on.
     materialized: bool,
+    /// Scratch for [`collect`]'s level-triggered registrations (kept: no allocation per wait).
+    again: Vec<c_int>,
 }
 
 impl Set {
@@ -187,7 +189,7 @@ impl Set {
 pub(super) fn distribute(
     e: &mut super::Engine,
     socks: &mut [Option<super::Sock>],
-    epolls: &mut std::collections::HashMap<c_int, Set>,
+    epolls: &mut super::FdMap<Set>,
 ) {
     if e.changed.is_empty() {
         return;
@@ -479,7 +481,7 @@ fn collect(epfd: c_int, ev: &mut [libc::epoll_event]) -> (usize, Option<u64>) {
     let mut n = 0;
     if let Some(set) = epolls.get_mut(&epfd) {
         // Level-triggered registrations reported now: back on the list after this round.
-        let mut again: Vec<c_int> = Vec::new();
+        let mut again = std::mem::take(&mut set.again);
         let mut left = set.ready.len();
         while left > 0 && n < max {
             left -= 1;
@@ -521,9 +523,11 @@ fn collect(epfd: c_int, ev: &mut [libc::epoll_event]) -> (usize, Option<u64>) {
             };
             n += 1;
         }
-        for fd in again {
+        for &fd in &again {
             set.list(fd);
         }
+        again.clear();
+        set.again = again;
     }
     let now = e.now();
     let due = e
