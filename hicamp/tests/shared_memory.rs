@@ -485,3 +485,111 @@ fn profile_intern_release_64b() {
     }
     clean(&mem);
 }
+
+/// Stream bytes go into owned lines (no index) while the reader keeps up: a
+/// stream several times the memory's size stays byte-exact while the reader's
+/// released slots are reused by the writer, and nothing leaks.
+#[test]
+fn owned_stream_lines_are_byte_exact_across_slot_reuse() {
+    let cap = 1 << 11; // 8 MiB of 4 KiB lines
+    let (_d, path, mem) = fresh(4096, cap);
+    let a = mem.connect().unwrap();
+    // One message, unread: owned lines, outside the index, and the check is clean.
+    assert_eq!(a.send(&vec![7u8; 65_536]).unwrap(), 65_536);
+    let c = mem.check().unwrap();
+    assert!(c.is_clean(), "{c:?}");
+    assert_eq!((c.owned, c.reachable), (17, 17), "16 leaves + 1 interior, owned");
+    let id = a.id();
+    let total: usize = 64 << 20;
+    let mut rng = Rng::new(11);
+    let data = rng.bytes(total);
+    let want = data.clone();
+    let reader = std::thread::spawn(move || {
+        let mem = SharedMemory::open(&path).unwrap();
+        let b = mem.accept(id).unwrap();
+        let mut first = vec![0u8; 65_536];
+        let mut got = 0;
+        while got < first.len() {
+            got += b.recv(&mut first[got..]).unwrap();
+        }
+        assert!(first.iter().all(|&x| x == 7));
+        let mut buf = vec![0u8; 50_000];
+        let mut off = 0usize;
+        loop {
+            let n = b.recv(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(buf[..n] == want[off..off + n], "bytes differ at {off}");
+            off += n;
+        }
+        assert_eq!(off, want.len());
+    });
+    // Sizes that do and do not fill lines, and a message longer than one entry.
+    let mut off = 0;
+    let mut k = 0usize;
+    while off < total {
+        let n = [65_536, 1, 4096, 100_000, 3_000_000, 7][k % 6].min(total - off);
+        let mut sent = 0;
+        while sent < n {
+            sent += a.send(&data[off + sent..off + n]).unwrap();
+        }
+        off += n;
+        k += 1;
+    }
+    a.shutdown_write().unwrap();
+    reader.join().unwrap();
+    let st = mem.stats();
+    assert!(st.high_water <= cap as u64, "{st:?}");
+    drop(a);
+    let c = mem.check().unwrap();
+    assert!(c.is_clean(), "{c:?}");
+    assert_eq!((c.reachable, c.owned), (0, 0));
+    assert_eq!(c.free, c.high_water - 1, "every used slot is free again");
+}
+
+/// Once a backlog sits in the ring, `send` interns: a payload repeated while
+/// the reader does not read is stored once past the backlog threshold.
+#[test]
+fn repeated_payload_is_deduplicated_once_a_backlog_sits() {
+    let (_d, path, mem) = fresh(4096, 1 << 12);
+    let a = mem.connect().unwrap();
+    let b = mem.accept(a.id()).unwrap();
+    let msg = Rng::new(5).bytes(65_536);
+    let sends = 48u64; // 3 MiB: under the ring's 4 MiB
+    for _ in 0..sends {
+        assert_eq!(a.send(&msg).unwrap(), msg.len());
+    }
+    let c = mem.check().unwrap();
+    assert!(c.is_clean(), "{c:?}");
+    // Below the threshold (256 KiB = 4 messages): owned, 17 lines each; from
+    // there on one interned copy (17 lines) shared by every later message.
+    let owned_msgs = hicamp::shared::DEDUP_BACKLOG / msg.len() as u64;
+    assert_eq!(c.owned, owned_msgs * 17, "{c:?}");
+    assert_eq!(c.reachable, owned_msgs * 17 + 17, "{c:?}");
+    assert!(c.reachable * 8 < sends * 17);
+    // Mixed entries read back byte-exact and release cleanly.
+    let mut buf = vec![0u8; 65_536];
+    for _ in 0..sends {
+        let mut got = 0;
+        while got < buf.len() {
+            got += b.recv(&mut buf[got..]).unwrap();
+        }
+        assert!(buf == msg);
+    }
+    // Dedup off (0) and always-owned (MAX) are honoured.
+    let mut a = a;
+    a.set_dedup_backlog(0);
+    a.send(&msg).unwrap();
+    a.send(&msg).unwrap();
+    assert_eq!(mem.check().unwrap().owned, 0);
+    a.set_dedup_backlog(u64::MAX);
+    a.send(&msg).unwrap();
+    assert_eq!(mem.check().unwrap().owned, 17);
+    drop(b);
+    drop(a);
+    let _ = path;
+    let c = mem.check().unwrap();
+    assert!(c.is_clean(), "{c:?}");
+    assert_eq!(c.reachable, 0);
+}

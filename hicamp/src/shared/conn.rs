@@ -43,6 +43,8 @@ const END_OPEN: u32 = 1;
 const END_CLOSED: u32 = 2;
 /// Bytes in flight per direction before the writer waits.
 pub(crate) const RING_BYTES: u64 = 4 << 20;
+/// Default backlog from which `send` deduplicates ([`Conn::set_dedup_backlog`]).
+pub const DEDUP_BACKLOG: u64 = 256 << 10;
 /// Longest segment one `send` entry holds.
 const MAX_ENTRY: usize = 1 << 20;
 /// Sleep between liveness checks of the peer.
@@ -114,6 +116,9 @@ pub struct Conn {
     adapt_us: std::sync::atomic::AtomicU32,
     adapt_waits: std::sync::atomic::AtomicU32,
     closed: bool,
+    /// Unconsumed bytes in the outgoing ring from which `send` interns
+    /// (deduplicates) instead of writing owned lines.
+    dedup_backlog: u64,
 }
 
 impl std::fmt::Debug for Conn {
@@ -320,7 +325,16 @@ impl Conn {
             adapt_us: std::sync::atomic::AtomicU32::new(PROBE_US),
             adapt_waits: std::sync::atomic::AtomicU32::new(0),
             closed: false,
+            dedup_backlog: DEDUP_BACKLOG,
         }
+    }
+
+    /// Sets the backlog (unconsumed bytes in this end's outgoing ring) from
+    /// which `send` deduplicates: below it, `send` writes owned lines (no
+    /// hash, no index); at or above it, it interns. 0: always intern;
+    /// `u64::MAX`: never. Default [`DEDUP_BACKLOG`].
+    pub fn set_dedup_backlog(&mut self, bytes: u64) {
+        self.dedup_backlog = bytes;
     }
 
     /// The connection's id, for [`SharedMemory::accept`].
@@ -600,8 +614,19 @@ impl Conn {
             let chunk = &data[sent..sent + n];
             let shm = &self.shm;
             let tail_before = self.wring().tail.load(Acquire);
+            // Owned lines while the reader keeps up; interned (deduplicated)
+            // ones once a backlog sits in the ring (see the module docs).
+            let owned = self.wring().bytes.load(Acquire) < self.dedup_backlog;
             let r = shm.run(|| {
-                let (root, height) = shm.build(chunk)?;
+                let built = if owned {
+                    shm.build_owned(chunk)?
+                } else {
+                    None
+                };
+                let (root, height) = match built {
+                    Some(x) => x,
+                    None => shm.build(chunk)?,
+                };
                 self.publish(root, height, n as u64, 0, n as u64);
                 Ok(())
             });
