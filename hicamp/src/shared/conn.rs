@@ -7,8 +7,25 @@
 //! ```
 //!
 //! Each entry owns one reference to its root: `send` copies the caller's
-//! bytes into lines once (deduplicated) and publishes the root; `recv`
-//! copies out of the lines once and releases the entry when it is used up.
+//! bytes into lines once and publishes the root; `recv` copies out of the
+//! lines once and releases the entry when it is used up.
+//!
+//! **Owned or deduplicated.** While the reader keeps up, a stream's bytes
+//! live for microseconds: hashing and indexing them (about half the
+//! writer's time at 4 KiB lines, the rest being the one copy) saves no
+//! memory. So `send` writes *owned* lines (`Shm::build_owned`: slots from
+//! the free stack, no hash, no index, no stripe lock) while fewer than
+//! [`DEDUP_BACKLOG`] bytes (256 KiB) sit unconsumed in the ring, and the
+//! reader's last release gives those slots straight back to the free stack,
+//! after its copy-out (the entry's reference is dropped only then). From
+//! 256 KiB on, bytes are waiting for a slow or absent reader and may sit
+//! for long: `send` interns them (hash + index, deduplicated across
+//! processes and connections), as before. 256 KiB is four 64 KiB messages,
+//! more than a reader that keeps up leaves queued, and bounds the bytes one
+//! direction stores without deduplication to 256 KiB plus one entry (at
+//! most 1 MiB), against the ring's 4 MiB. A memory without free-stack slots
+//! for an owned build interns too. [`Conn::set_dedup_backlog`] changes it
+//! per end (0: always deduplicate).
 //! A reader with nothing to read sleeps on the ring's event word (`wseq`),
 //! after an optional bounded spin ([`Conn::set_spin`], off by default); the
 //! writer wakes it only when it says it sleeps (`reader_waiting`), so a busy

@@ -22,7 +22,7 @@
 //!   like the main memory's: leaves, then interior lines of `line_size / 4`
 //!   child ids, height and zero subtrees as in `shape`), recorded in its
 //!   process's **ledger** in the mapping. Equal content gives the equal root
-//!   in every process. [`SharedSegment::snapshot`] is one count increment and
+//!   in every process (interned segments; not a connection's owned lines). [`SharedSegment::snapshot`] is one count increment and
 //!   one ledger word.
 //! * [`Conn`]: a connection of two SPSC rings of snapshots (root, height,
 //!   length, offset, byte count) with futex wake-ups, FIN/RST/CLOSED flags in
@@ -60,6 +60,17 @@
 //! the open reclaims what dead processes held, the check compares every
 //! count with the references from the roots, every reachable line with the
 //! index, and every other slot with the free lists.
+//!
+//! **Owned lines** (`Shm::build_owned`, the connections' stream bytes while
+//! the reader keeps up: see `conn.rs`) bypass the index: their slots come
+//! from the free stack (or fresh) under the allocator lock alone, carry the
+//! `OWNED` flag and count 1, and are reachable only through references to
+//! their root, so the count of one can reach 0 without a stripe lock (no
+//! lookup can revive it) and the slot goes back to the free stack. Equal
+//! content does not give equal roots for them. Recovery counts them from
+//! the roots like any line (a dead process's owned slots, published or not,
+//! are freed by the recount) and leaves them out of the index; the check
+//! counts them apart (`SharedCheck::owned`).
 //!
 //! Slots: each stripe keeps up to 62 free slots for itself (taken under its
 //! lock), refilled from a free stack and a fresh-slot counter under one

@@ -103,7 +103,9 @@
 //! # Data path
 //!
 //! `send`/`write`/`writev`/`sendmsg`/`sendto`/`sendfile` copy the user's bytes once into lines
-//! of the shared memory (deduplicated across processes) and publish the snapshot;
+//! of the shared memory and publish the snapshot: owned lines (no hash, no index) while the
+//! reader keeps up, lines deduplicated across processes once 256 KiB sit unread in the ring
+//! (`hicamp::shared::Conn::set_dedup_backlog`);
 //! `recv`/`read`/`readv`/`recvmsg`/`recvfrom` copy out of the lines once. Both copies are in
 //! the report. `getsockname`, `getpeername`, `getsockopt`, `setsockopt` go to the kernel
 //! socket; `FIONREAD` gives the bytes in the ring.
