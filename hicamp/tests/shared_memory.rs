@@ -568,14 +568,25 @@ fn repeated_payload_is_deduplicated_once_a_backlog_sits() {
     assert_eq!(c.owned, owned_msgs * 17, "{c:?}");
     assert_eq!(c.reachable, owned_msgs * 17 + 17, "{c:?}");
     assert!(c.reachable * 8 < sends * 17);
-    // Mixed entries read back byte-exact and release cleanly.
     let mut buf = vec![0u8; 65_536];
-    for _ in 0..sends {
+    let read_one = |buf: &mut Vec<u8>| {
         let mut got = 0;
         while got < buf.len() {
             got += b.recv(&mut buf[got..]).unwrap();
         }
-        assert!(buf == msg);
+        assert!(*buf == msg);
+    };
+    // A reader that consumed since the previous send is active: its bytes go
+    // into owned lines whatever the backlog; the send after that, with no
+    // consumption in between, deduplicates again.
+    // (A check wakes every ring's waiters, which counts as a move: check after both.)
+    read_one(&mut buf);
+    a.send(&msg).unwrap();
+    a.send(&msg).unwrap();
+    assert_eq!(mem.check().unwrap().owned, (owned_msgs - 1) * 17 + 17);
+    // Mixed entries read back byte-exact and release cleanly.
+    for _ in 0..sends + 1 {
+        read_one(&mut buf);
     }
     // Dedup off (0) and always-owned (MAX) are honoured.
     let mut a = a;

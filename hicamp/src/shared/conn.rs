@@ -14,18 +14,23 @@
 //! live for microseconds: hashing and indexing them (about half the
 //! writer's time at 4 KiB lines, the rest being the one copy) saves no
 //! memory. So `send` writes *owned* lines (`Shm::build_owned`: slots from
-//! the free stack, no hash, no index, no stripe lock) while fewer than
-//! [`DEDUP_BACKLOG`] bytes (256 KiB) sit unconsumed in the ring, and the
-//! reader's last release gives those slots straight back to the free stack,
-//! after its copy-out (the entry's reference is dropped only then). From
-//! 256 KiB on, bytes are waiting for a slow or absent reader and may sit
-//! for long: `send` interns them (hash + index, deduplicated across
-//! processes and connections), as before. 256 KiB is four 64 KiB messages,
-//! more than a reader that keeps up leaves queued, and bounds the bytes one
-//! direction stores without deduplication to 256 KiB plus one entry (at
-//! most 1 MiB), against the ring's 4 MiB. A memory without free-stack slots
-//! for an owned build interns too. [`Conn::set_dedup_backlog`] changes it
-//! per end (0: always deduplicate).
+//! the free stack, no hash, no index, no stripe lock), and the reader's
+//! last release gives those slots straight back to the free stack, after
+//! its copy-out (the entry's reference is dropped only then). Bytes that
+//! *sit* are deduplicated: when [`DEDUP_BACKLOG`] bytes (256 KiB) or more
+//! are unconsumed in the ring **and** the reader consumed nothing since the
+//! writer's previous `send` (the ring's `rseq` did not move), the reader is
+//! stalled or absent, and `send` interns (hash + index, deduplicated across
+//! processes and connections), as before. 256 KiB is four 64 KiB messages:
+//! below it nothing is worth deduplicating, and a stalled reader leaves at
+//! most 256 KiB plus one entry (1 MiB at most) undeduplicated per direction,
+//! against the ring's 4 MiB. A writer faster than an active reader keeps
+//! the ring full; deduplicating there (the backlog alone) halved the
+//! stream (2.2-2.7 against 4.2-4.8 GB/s with owned lines only, same runs)
+//! and saved nothing, since the reader frees those bytes within
+//! milliseconds. A memory without free-stack slots for an owned build
+//! interns too. [`Conn::set_dedup_backlog`] changes the threshold per end
+//! (0: always deduplicate, `u64::MAX`: never).
 //! A reader with nothing to read sleeps on the ring's event word (`wseq`),
 //! after an optional bounded spin ([`Conn::set_spin`], off by default); the
 //! writer wakes it only when it says it sleeps (`reader_waiting`), so a busy
@@ -136,6 +141,9 @@ pub struct Conn {
     /// Unconsumed bytes in the outgoing ring from which `send` interns
     /// (deduplicates) instead of writing owned lines.
     dedup_backlog: u64,
+    /// The outgoing ring's `rseq` at the previous `send` (the reader
+    /// consumed since when it differs).
+    seen_rseq: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Conn {
@@ -343,12 +351,14 @@ impl Conn {
             adapt_waits: std::sync::atomic::AtomicU32::new(0),
             closed: false,
             dedup_backlog: DEDUP_BACKLOG,
+            seen_rseq: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
     /// Sets the backlog (unconsumed bytes in this end's outgoing ring) from
     /// which `send` deduplicates: below it, `send` writes owned lines (no
-    /// hash, no index); at or above it, it interns. 0: always intern;
+    /// hash, no index); at or above it, it interns unless the reader
+    /// consumed something since the previous `send`. 0: always intern;
     /// `u64::MAX`: never. Default [`DEDUP_BACKLOG`].
     pub fn set_dedup_backlog(&mut self, bytes: u64) {
         self.dedup_backlog = bytes;
@@ -632,8 +642,15 @@ impl Conn {
             let shm = &self.shm;
             let tail_before = self.wring().tail.load(Acquire);
             // Owned lines while the reader keeps up; interned (deduplicated)
-            // ones once a backlog sits in the ring (see the module docs).
-            let owned = self.wring().bytes.load(Acquire) < self.dedup_backlog;
+            // ones once a backlog sits in the ring and the reader consumed
+            // nothing since our previous send (see the module docs).
+            let owned = {
+                let w = self.wring();
+                let seq = w.rseq.load(Acquire);
+                let moved = self.seen_rseq.swap(seq, Relaxed) != seq;
+                let t = self.dedup_backlog;
+                !(t == 0 || (w.bytes.load(Acquire) >= t && !moved))
+            };
             let r = shm.run(|| {
                 let built = if owned {
                     shm.build_owned(chunk)?
