@@ -498,7 +498,11 @@ fn owned_stream_lines_are_byte_exact_across_slot_reuse() {
     assert_eq!(a.send(&vec![7u8; 65_536]).unwrap(), 65_536);
     let c = mem.check().unwrap();
     assert!(c.is_clean(), "{c:?}");
-    assert_eq!((c.owned, c.reachable), (17, 17), "16 leaves + 1 interior, owned");
+    assert_eq!(
+        (c.owned, c.reachable),
+        (17, 17),
+        "16 leaves + 1 interior, owned"
+    );
     let id = a.id();
     let total: usize = 64 << 20;
     let mut rng = Rng::new(11);
@@ -576,16 +580,19 @@ fn repeated_payload_is_deduplicated_once_a_backlog_sits() {
         }
         assert!(*buf == msg);
     };
-    // A reader that consumed since the previous send is active: its bytes go
-    // into owned lines whatever the backlog; the send after that, with no
-    // consumption in between, deduplicates again.
-    // (A check wakes every ring's waiters, which counts as a move: check after both.)
+    // A reader that consumed is active: the next 256 KiB of sends go into owned
+    // lines whatever the backlog; past them with no consumption, dedup again.
+    // (A check wakes every ring's waiters, which counts as a move: check after.)
     read_one(&mut buf);
-    a.send(&msg).unwrap();
-    a.send(&msg).unwrap();
-    assert_eq!(mem.check().unwrap().owned, (owned_msgs - 1) * 17 + 17);
+    for _ in 0..6 {
+        a.send(&msg).unwrap();
+    }
+    assert_eq!(
+        mem.check().unwrap().owned,
+        (owned_msgs - 1) * 17 + owned_msgs * 17
+    );
     // Mixed entries read back byte-exact and release cleanly.
-    for _ in 0..sends + 1 {
+    for _ in 0..sends + 5 {
         read_one(&mut buf);
     }
     // Dedup off (0) and always-owned (MAX) are honoured.

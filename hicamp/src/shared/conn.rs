@@ -18,16 +18,20 @@
 //! last release gives those slots straight back to the free stack, after
 //! its copy-out (the entry's reference is dropped only then). Bytes that
 //! *sit* are deduplicated: when [`DEDUP_BACKLOG`] bytes (256 KiB) or more
-//! are unconsumed in the ring **and** the reader consumed nothing since the
-//! writer's previous `send` (the ring's `rseq` did not move), the reader is
-//! stalled or absent, and `send` interns (hash + index, deduplicated across
-//! processes and connections), as before. 256 KiB is four 64 KiB messages:
-//! below it nothing is worth deduplicating, and a stalled reader leaves at
-//! most 256 KiB plus one entry (1 MiB at most) undeduplicated per direction,
-//! against the ring's 4 MiB. A writer faster than an active reader keeps
-//! the ring full; deduplicating there (the backlog alone) halved the
-//! stream (2.2-2.7 against 4.2-4.8 GB/s with owned lines only, same runs)
-//! and saved nothing, since the reader frees those bytes within
+//! are unconsumed in the ring **and** the reader consumed nothing (the
+//! ring's `rseq` did not move) while the writer sent the last 256 KiB, the
+//! reader is stalled or absent, and `send` interns (hash + index,
+//! deduplicated across processes and connections), as before. 256 KiB is
+//! four 64 KiB messages, within which a reader that keeps up consumes;
+//! what a stalled reader leaves undeduplicated is what was queued before
+//! it stalled (at most the ring's 4 MiB, as for any unique bytes) and the
+//! first 256 KiB plus one entry (at most 1 MiB) sent after. A writer faster
+//! than an active reader keeps the ring full: deduplicating on the backlog
+//! alone halved the stream (2.2-2.7 against 4.2-4.8 GB/s with owned lines
+//! only, same runs), and on "no consumption since the previous send" still
+//! interned a large share of the sends (the writer's profile showed as
+//! much hashing as copying), while saving nothing: the reader frees those
+//! bytes within
 //! milliseconds. A memory without free-stack slots for an owned build
 //! interns too. [`Conn::set_dedup_backlog`] changes the threshold per end
 //! (0: always deduplicate, `u64::MAX`: never).
@@ -144,6 +148,8 @@ pub struct Conn {
     /// The outgoing ring's `rseq` at the previous `send` (the reader
     /// consumed since when it differs).
     seen_rseq: std::sync::atomic::AtomicU32,
+    /// Bytes sent since `rseq` was last seen to move.
+    idle_run: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Conn {
@@ -352,13 +358,14 @@ impl Conn {
             closed: false,
             dedup_backlog: DEDUP_BACKLOG,
             seen_rseq: std::sync::atomic::AtomicU32::new(0),
+            idle_run: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Sets the backlog (unconsumed bytes in this end's outgoing ring) from
     /// which `send` deduplicates: below it, `send` writes owned lines (no
-    /// hash, no index); at or above it, it interns unless the reader
-    /// consumed something since the previous `send`. 0: always intern;
+    /// hash, no index); at or above it, it interns if the reader consumed
+    /// nothing during the last `bytes` of sends. 0: always intern;
     /// `u64::MAX`: never. Default [`DEDUP_BACKLOG`].
     pub fn set_dedup_backlog(&mut self, bytes: u64) {
         self.dedup_backlog = bytes;
@@ -643,20 +650,19 @@ impl Conn {
             let tail_before = self.wring().tail.load(Acquire);
             // Owned lines while the reader keeps up; interned (deduplicated)
             // ones once a backlog sits in the ring and the reader consumed
-            // nothing since our previous send (see the module docs).
+            // nothing during as many bytes of our sends (see the module docs).
             let owned = {
                 let w = self.wring();
                 let seq = w.rseq.load(Acquire);
-                let moved = self.seen_rseq.swap(seq, Relaxed) != seq;
+                if self.seen_rseq.swap(seq, Relaxed) != seq {
+                    self.idle_run.store(0, Relaxed);
+                }
                 let t = self.dedup_backlog;
-                !(t == 0 || (w.bytes.load(Acquire) >= t && !moved))
+                let run = self.idle_run.fetch_add(n as u64, Relaxed);
+                !(t == 0 || (w.bytes.load(Acquire) >= t && run >= t))
             };
             let r = shm.run(|| {
-                let built = if owned {
-                    shm.build_owned(chunk)?
-                } else {
-                    None
-                };
+                let built = if owned { shm.build_owned(chunk)? } else { None };
                 let (root, height) = match built {
                     Some(x) => x,
                     None => shm.build(chunk)?,

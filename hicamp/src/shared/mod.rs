@@ -1151,9 +1151,7 @@ impl Shm {
                                     // line is ours alone until its slot is freed.
                                     let line = unsafe { self.v.line(id) };
                                     for ch in line.chunks_exact(4) {
-                                        let x = u32::from_le_bytes(
-                                            ch.try_into().expect("4 bytes"),
-                                        );
+                                        let x = u32::from_le_bytes(ch.try_into().expect("4 bytes"));
                                         if x != 0 {
                                             next.push(x);
                                         }
