@@ -611,3 +611,67 @@ fn repeated_payload_is_deduplicated_once_a_backlog_sits() {
     assert!(c.is_clean(), "{c:?}");
     assert_eq!(c.reachable, 0);
 }
+
+/// CPU time of each side of a 64 KiB stream between two threads (4 KiB
+/// lines, the shim's transport memory shape), with every send interned
+/// (dedup backlog 0: the path before owned lines) and with the default policy.
+/// CPU time, unlike wall time, hardly moves with the machine's load.
+/// `cargo test -p hicamp --test shared_memory -- --ignored --nocapture cpu_per`
+#[test]
+#[ignore]
+fn stream_cpu_per_message_interned_against_owned() {
+    fn cpu_ns() -> u64 {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `t` is a valid timespec for clock_gettime to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    }
+    let msgs = 8192u64; // 512 MiB
+    for round in 0..2 {
+        for backlog in [0, hicamp::shared::DEDUP_BACKLOG] {
+            let (_d, path, mem) = fresh(4096, 1 << 16);
+            let mut a = mem.connect().unwrap();
+            a.set_dedup_backlog(backlog);
+            let id = a.id();
+            let reader = std::thread::spawn(move || {
+                let mem = SharedMemory::open(&path).unwrap();
+                let b = mem.accept(id).unwrap();
+                let mut buf = vec![0u8; 65_536];
+                let t0 = cpu_ns();
+                let mut n = 0u64;
+                loop {
+                    let k = b.recv(&mut buf).unwrap();
+                    if k == 0 {
+                        break;
+                    }
+                    n += k as u64;
+                }
+                (n, cpu_ns() - t0)
+            });
+            let mut rng = Rng::new(1);
+            // More distinct messages than the ring holds (4 MiB): no dedup hits.
+            let bufs: Vec<Vec<u8>> = (0..128).map(|_| rng.bytes(65_536)).collect();
+            let t0 = cpu_ns();
+            let w0 = std::time::Instant::now();
+            for i in 0..msgs {
+                a.send(&bufs[i as usize % 128]).unwrap();
+            }
+            a.shutdown_write().unwrap();
+            let wcpu = cpu_ns() - t0;
+            let (n, rcpu) = reader.join().unwrap();
+            let wall = w0.elapsed();
+            assert_eq!(n, msgs * 65_536);
+            println!(
+                "round {round} dedup backlog {backlog:>7}: writer {:>6.2} us, reader {:>6.2} us CPU per 64 KiB; {:.2} GB/s wall",
+                wcpu as f64 / msgs as f64 / 1e3,
+                rcpu as f64 / msgs as f64 / 1e3,
+                n as f64 / wall.as_secs_f64() / 1e9
+            );
+            drop(a);
+            clean(&mem);
+        }
+    }
+}
