@@ -675,3 +675,41 @@ fn stream_cpu_per_message_interned_against_owned() {
         }
     }
 }
+
+/// A memory smaller than the ring: owned builds that find too few free-stack
+/// slots fall back to interning (which can use the stripe caches), and a full
+/// memory makes the writer wait for the reader; the stream stays byte-exact.
+#[test]
+fn owned_builds_fall_back_when_the_memory_is_nearly_full() {
+    let (_d, path, mem) = fresh(4096, 80); // 320 KiB of lines
+    let a = mem.connect().unwrap();
+    let id = a.id();
+    let mut rng = Rng::new(21);
+    let data = rng.bytes(8 << 20);
+    let want = data.clone();
+    let reader = std::thread::spawn(move || {
+        let mem = SharedMemory::open(&path).unwrap();
+        let b = mem.accept(id).unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 10_000];
+        loop {
+            let n = b.recv(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got == want);
+    });
+    for chunk in data.chunks(65_536) {
+        let mut sent = 0;
+        while sent < chunk.len() {
+            sent += a.send(&chunk[sent..]).unwrap();
+        }
+    }
+    a.shutdown_write().unwrap();
+    reader.join().unwrap();
+    drop(a);
+    let c = mem.check().unwrap();
+    assert!(c.is_clean() && c.reachable == 0, "{c:?}");
+}
