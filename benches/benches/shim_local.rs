@@ -15,6 +15,7 @@
 //! ```sh
 //! cargo bench -p hicamp-benches --bench shim_local               # 5 rounds
 //! cargo bench -p hicamp-benches --bench shim_local -- --quick    # 3 short rounds
+//! cargo bench -p hicamp-benches --bench shim_local -- --no-apps  # stream and ping-pong only
 //! ```
 //!
 //! A missing redis or nginx/wrk skips that workload with a message. Under `cargo test
@@ -313,9 +314,11 @@ fn main() {
         (true, true) => (3, 256 << 20, 5000, 20_000, 3),
         (true, false) => (5, 1 << 30, 20_000, 100_000, 5),
     };
+    // `--no-apps`: the stream and the ping-pong only (no redis, no nginx).
+    let apps = measuring && !std::env::args().any(|a| a == "--no-apps");
     let do_redis =
-        measuring && have("redis-server", "--version") && have("redis-benchmark", "--version");
-    let do_nginx = measuring && have("nginx", "-v") && have("wrk", "-v");
+        apps && have("redis-server", "--version") && have("redis-benchmark", "--version");
+    let do_nginx = apps && have("nginx", "-v") && have("wrk", "-v");
     let load_before = loadavg();
     let mut r: [Vec<f64>; 10] = Default::default();
     for i in 0..rounds {

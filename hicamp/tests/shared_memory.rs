@@ -485,3 +485,231 @@ fn profile_intern_release_64b() {
     }
     clean(&mem);
 }
+
+/// Stream bytes go into owned lines (no index) while the reader keeps up: a
+/// stream several times the memory's size stays byte-exact while the reader's
+/// released slots are reused by the writer, and nothing leaks.
+#[test]
+fn owned_stream_lines_are_byte_exact_across_slot_reuse() {
+    let cap = 1 << 11; // 8 MiB of 4 KiB lines
+    let (_d, path, mem) = fresh(4096, cap);
+    let a = mem.connect().unwrap();
+    // One message, unread: owned lines, outside the index, and the check is clean.
+    assert_eq!(a.send(&vec![7u8; 65_536]).unwrap(), 65_536);
+    let c = mem.check().unwrap();
+    assert!(c.is_clean(), "{c:?}");
+    assert_eq!(
+        (c.owned, c.reachable),
+        (17, 17),
+        "16 leaves + 1 interior, owned"
+    );
+    let id = a.id();
+    let total: usize = 64 << 20;
+    let mut rng = Rng::new(11);
+    let data = rng.bytes(total);
+    let want = data.clone();
+    let reader = std::thread::spawn(move || {
+        let mem = SharedMemory::open(&path).unwrap();
+        let b = mem.accept(id).unwrap();
+        let mut first = vec![0u8; 65_536];
+        let mut got = 0;
+        while got < first.len() {
+            got += b.recv(&mut first[got..]).unwrap();
+        }
+        assert!(first.iter().all(|&x| x == 7));
+        let mut buf = vec![0u8; 50_000];
+        let mut off = 0usize;
+        loop {
+            let n = b.recv(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(buf[..n] == want[off..off + n], "bytes differ at {off}");
+            off += n;
+        }
+        assert_eq!(off, want.len());
+    });
+    // Sizes that do and do not fill lines, and a message longer than one entry.
+    let mut off = 0;
+    let mut k = 0usize;
+    while off < total {
+        let n = [65_536, 1, 4096, 100_000, 3_000_000, 7][k % 6].min(total - off);
+        let mut sent = 0;
+        while sent < n {
+            sent += a.send(&data[off + sent..off + n]).unwrap();
+        }
+        off += n;
+        k += 1;
+    }
+    a.shutdown_write().unwrap();
+    reader.join().unwrap();
+    let st = mem.stats();
+    assert!(st.high_water <= cap as u64, "{st:?}");
+    drop(a);
+    let c = mem.check().unwrap();
+    assert!(c.is_clean(), "{c:?}");
+    assert_eq!((c.reachable, c.owned), (0, 0));
+    assert_eq!(c.free, c.high_water - 1, "every used slot is free again");
+}
+
+/// Once a backlog sits in the ring, `send` interns: a payload repeated while
+/// the reader does not read is stored once past the backlog threshold.
+#[test]
+fn repeated_payload_is_deduplicated_once_a_backlog_sits() {
+    let (_d, path, mem) = fresh(4096, 1 << 12);
+    let a = mem.connect().unwrap();
+    let b = mem.accept(a.id()).unwrap();
+    let msg = Rng::new(5).bytes(65_536);
+    let sends = 48u64; // 3 MiB: under the ring's 4 MiB
+    for _ in 0..sends {
+        assert_eq!(a.send(&msg).unwrap(), msg.len());
+    }
+    let c = mem.check().unwrap();
+    assert!(c.is_clean(), "{c:?}");
+    // Below the threshold (256 KiB = 4 messages): owned, 17 lines each; from
+    // there on one interned copy (17 lines) shared by every later message.
+    let owned_msgs = hicamp::shared::DEDUP_BACKLOG / msg.len() as u64;
+    assert_eq!(c.owned, owned_msgs * 17, "{c:?}");
+    assert_eq!(c.reachable, owned_msgs * 17 + 17, "{c:?}");
+    assert!(c.reachable * 8 < sends * 17);
+    let mut buf = vec![0u8; 65_536];
+    let read_one = |buf: &mut Vec<u8>| {
+        let mut got = 0;
+        while got < buf.len() {
+            got += b.recv(&mut buf[got..]).unwrap();
+        }
+        assert!(*buf == msg);
+    };
+    // A reader that consumed is active: the next 256 KiB of sends go into owned
+    // lines whatever the backlog; past them with no consumption, dedup again.
+    // (A check wakes every ring's waiters, which counts as a move: check after.)
+    read_one(&mut buf);
+    for _ in 0..6 {
+        a.send(&msg).unwrap();
+    }
+    assert_eq!(
+        mem.check().unwrap().owned,
+        (owned_msgs - 1) * 17 + owned_msgs * 17
+    );
+    // Mixed entries read back byte-exact and release cleanly.
+    for _ in 0..sends + 5 {
+        read_one(&mut buf);
+    }
+    // Dedup off (0) and always-owned (MAX) are honoured.
+    let mut a = a;
+    a.set_dedup_backlog(0);
+    a.send(&msg).unwrap();
+    a.send(&msg).unwrap();
+    assert_eq!(mem.check().unwrap().owned, 0);
+    a.set_dedup_backlog(u64::MAX);
+    a.send(&msg).unwrap();
+    assert_eq!(mem.check().unwrap().owned, 17);
+    drop(b);
+    drop(a);
+    let _ = path;
+    let c = mem.check().unwrap();
+    assert!(c.is_clean(), "{c:?}");
+    assert_eq!(c.reachable, 0);
+}
+
+/// CPU time of each side of a 64 KiB stream between two threads (4 KiB
+/// lines, the shim's transport memory shape), with every send interned
+/// (dedup backlog 0: the path before owned lines) and with the default policy.
+/// CPU time, unlike wall time, hardly moves with the machine's load.
+/// `cargo test -p hicamp --test shared_memory -- --ignored --nocapture cpu_per`
+#[test]
+#[ignore]
+fn stream_cpu_per_message_interned_against_owned() {
+    fn cpu_ns() -> u64 {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `t` is a valid timespec for clock_gettime to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    }
+    let msgs = 8192u64; // 512 MiB
+    for round in 0..2 {
+        for backlog in [0, hicamp::shared::DEDUP_BACKLOG] {
+            let (_d, path, mem) = fresh(4096, 1 << 16);
+            let mut a = mem.connect().unwrap();
+            a.set_dedup_backlog(backlog);
+            let id = a.id();
+            let reader = std::thread::spawn(move || {
+                let mem = SharedMemory::open(&path).unwrap();
+                let b = mem.accept(id).unwrap();
+                let mut buf = vec![0u8; 65_536];
+                let t0 = cpu_ns();
+                let mut n = 0u64;
+                loop {
+                    let k = b.recv(&mut buf).unwrap();
+                    if k == 0 {
+                        break;
+                    }
+                    n += k as u64;
+                }
+                (n, cpu_ns() - t0)
+            });
+            let mut rng = Rng::new(1);
+            // More distinct messages than the ring holds (4 MiB): no dedup hits.
+            let bufs: Vec<Vec<u8>> = (0..128).map(|_| rng.bytes(65_536)).collect();
+            let t0 = cpu_ns();
+            let w0 = std::time::Instant::now();
+            for i in 0..msgs {
+                a.send(&bufs[i as usize % 128]).unwrap();
+            }
+            a.shutdown_write().unwrap();
+            let wcpu = cpu_ns() - t0;
+            let (n, rcpu) = reader.join().unwrap();
+            let wall = w0.elapsed();
+            assert_eq!(n, msgs * 65_536);
+            println!(
+                "round {round} dedup backlog {backlog:>7}: writer {:>6.2} us, reader {:>6.2} us CPU per 64 KiB; {:.2} GB/s wall",
+                wcpu as f64 / msgs as f64 / 1e3,
+                rcpu as f64 / msgs as f64 / 1e3,
+                n as f64 / wall.as_secs_f64() / 1e9
+            );
+            drop(a);
+            clean(&mem);
+        }
+    }
+}
+
+/// A memory smaller than the ring: owned builds that find too few free-stack
+/// slots fall back to interning (which can use the stripe caches), and a full
+/// memory makes the writer wait for the reader; the stream stays byte-exact.
+#[test]
+fn owned_builds_fall_back_when_the_memory_is_nearly_full() {
+    let (_d, path, mem) = fresh(4096, 80); // 320 KiB of lines
+    let a = mem.connect().unwrap();
+    let id = a.id();
+    let mut rng = Rng::new(21);
+    let data = rng.bytes(8 << 20);
+    let want = data.clone();
+    let reader = std::thread::spawn(move || {
+        let mem = SharedMemory::open(&path).unwrap();
+        let b = mem.accept(id).unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 10_000];
+        loop {
+            let n = b.recv(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got == want);
+    });
+    for chunk in data.chunks(65_536) {
+        let mut sent = 0;
+        while sent < chunk.len() {
+            sent += a.send(&chunk[sent..]).unwrap();
+        }
+    }
+    a.shutdown_write().unwrap();
+    reader.join().unwrap();
+    drop(a);
+    let c = mem.check().unwrap();
+    assert!(c.is_clean() && c.reachable == 0, "{c:?}");
+}

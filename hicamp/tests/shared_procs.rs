@@ -184,7 +184,10 @@ fn child() {
             assert_eq!(c.recv(&mut x).unwrap(), 0);
         }
         "send_forever" => {
-            let c = mem.accept(ConnId(env_u64("SHM_CONN") as u32)).unwrap();
+            let mut c = mem.accept(ConnId(env_u64("SHM_CONN") as u32)).unwrap();
+            if let Ok(b) = std::env::var("SHM_DEDUP_BACKLOG") {
+                c.set_dedup_backlog(b.parse().unwrap());
+            }
             stream_bytes(1, u64::MAX, |b| {
                 c.send(b).unwrap();
             });
@@ -434,10 +437,25 @@ fn ping_pong_over_many_connections() {
 
 #[test]
 fn writer_killed_mid_transfer_gives_eof_and_no_leak() {
+    // The default (owned lines, interned past a backlog), then owned lines only
+    // (no index: the killed writer's slots are freed by the recount alone).
+    for backlog in [hicamp::shared::DEDUP_BACKLOG, u64::MAX] {
+        writer_killed(backlog);
+    }
+}
+
+fn writer_killed(backlog: u64) {
     let dir = tempfile::tempdir().unwrap();
     let (path, mem) = create(dir.path(), 4096, 1 << 13);
     let c = mem.connect().unwrap();
-    let mut kid = spawn("send_forever", &path, &[("SHM_CONN", c.id().0.to_string())]);
+    let mut kid = spawn(
+        "send_forever",
+        &path,
+        &[
+            ("SHM_CONN", c.id().0.to_string()),
+            ("SHM_DEDUP_BACKLOG", backlog.to_string()),
+        ],
+    );
     let mut buf = vec![0u8; 65_536];
     let mut got = 0u64;
     while got < 32 << 20 {

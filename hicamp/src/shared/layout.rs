@@ -9,7 +9,8 @@
 //!   ledger   P x E x u32: root lines each attached process holds
 //!   stripes  S x 256 B: robust lock word + a cache of up to 62 free slots
 //!   index    S x B x u32: open-addressing tables of line ids, one per stripe
-//!   meta     N x 16 B: count (bit 31 = interior) and content hash per line
+//!   meta     N x 16 B: count (bit 31 = interior), flags (owned) and
+//!            content hash per line
 //!   free     N x u32: the free stack of line slots
 //!   names    M x 128 B: name -> (root, height, length), two versions + current
 //!   conns    C x (2 rings): SPSC rings of snapshots, one per direction
@@ -21,7 +22,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
 use super::SharedError;
 
 pub(crate) const MAGIC: [u8; 8] = *b"HICSHM01";
-pub(crate) const VERSION: u32 = 3;
+/// 4: `Meta::flags` (owned, unindexed stream lines).
+pub(crate) const VERSION: u32 = 4;
 pub(crate) const HEADER: usize = 4096;
 pub(crate) const PROC_SLOT: usize = 64;
 pub(crate) const STRIPE: usize = 256;
@@ -93,7 +95,9 @@ pub(crate) struct Stripe {
 pub(crate) struct Meta {
     /// Bit 31: interior line; bits 0..31: references.
     pub count: AtomicU32,
-    pub _pad: u32,
+    /// `OWNED` (bit 0): a stream line written without the index (see
+    /// `Shm::build_owned`); its hash is unused. 0 on a free slot.
+    pub flags: AtomicU32,
     pub hash: AtomicU64,
 }
 
@@ -425,6 +429,23 @@ impl View {
         // SAFETY: l bytes at p are mapped; immutability while the slice
         // lives is the caller's contract.
         unsafe { std::slice::from_raw_parts(p, l) }
+    }
+
+    /// Writes `data` (at most a line) at the start of a freshly allocated
+    /// line; the rest of the line keeps whatever it held (an owned stream
+    /// line: nothing reads past its segment's length).
+    ///
+    /// # Safety
+    /// As [`write_line`](Self::write_line): slot `id` is the caller's alone.
+    #[inline]
+    pub unsafe fn write_line_prefix(&self, id: u32, data: &[u8]) {
+        assert!(id < self.geo.capacity && data.len() <= self.geo.line_size());
+        let l = self.geo.line_size();
+        // SAFETY: id < capacity: the line lies inside the arena.
+        let p = unsafe { self.base.add(self.geo.off_arena + id as usize * l) };
+        // SAFETY: data.len() <= l bytes of the line, mapped and ours alone (the
+        // caller's contract); `data` is the caller's buffer, not in the arena's slot.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) }
     }
 
     /// Writes a freshly allocated line.

@@ -22,7 +22,7 @@
 //!   like the main memory's: leaves, then interior lines of `line_size / 4`
 //!   child ids, height and zero subtrees as in `shape`), recorded in its
 //!   process's **ledger** in the mapping. Equal content gives the equal root
-//!   in every process. [`SharedSegment::snapshot`] is one count increment and
+//!   in every process (interned segments; not a connection's owned lines). [`SharedSegment::snapshot`] is one count increment and
 //!   one ledger word.
 //! * [`Conn`]: a connection of two SPSC rings of snapshots (root, height,
 //!   length, offset, byte count) with futex wake-ups, FIN/RST/CLOSED flags in
@@ -60,6 +60,17 @@
 //! the open reclaims what dead processes held, the check compares every
 //! count with the references from the roots, every reachable line with the
 //! index, and every other slot with the free lists.
+//!
+//! **Owned lines** (`Shm::build_owned`, the connections' stream bytes while
+//! the reader keeps up: see `conn.rs`) bypass the index: their slots come
+//! from the free stack (or fresh) under the allocator lock alone, carry the
+//! `OWNED` flag and count 1, and are reachable only through references to
+//! their root, so the count of one can reach 0 without a stripe lock (no
+//! lookup can revive it) and the slot goes back to the free stack. Equal
+//! content does not give equal roots for them. Recovery counts them from
+//! the roots like any line (a dead process's owned slots, published or not,
+//! are freed by the recount) and leaves them out of the index; the check
+//! counts them apart (`SharedCheck::owned`).
 //!
 //! Slots: each stripe keeps up to 62 free slots for itself (taken under its
 //! lock), refilled from a free stack and a fresh-slot counter under one
@@ -102,7 +113,7 @@ use std::time::Duration;
 
 use crate::hash::xxh3_64_with_seed;
 
-pub use conn::{set_adaptive_spin, Conn, ConnId, PollBits};
+pub use conn::{set_adaptive_spin, Conn, ConnId, PollBits, DEDUP_BACKLOG};
 pub use layout::MAX_SHARED_NAME;
 use layout::{Geometry, View, MAGIC, STRIPE_CACHE, VERSION};
 pub use recovery::SharedCheck;
@@ -297,6 +308,8 @@ impl SharedOptions {
 }
 
 const INTERIOR: u32 = 1 << 31;
+/// `Meta::flags`: an owned (unindexed) line, see [`Shm::build_owned`].
+pub(crate) const OWNED: u32 = 1;
 const COUNT: u32 = INTERIOR - 1;
 /// A count this high saturates: the line is never freed (a leak, never a
 /// use after free), like the main store's.
@@ -818,6 +831,126 @@ impl Shm {
         Ok(())
     }
 
+    /// Takes `k` free slots for owned lines, under the allocator lock only
+    /// (no stripe): the free stack first, then fresh slots. `Ok(None)` when
+    /// fewer than `k` are there (the rest sit in stripe caches, or nothing
+    /// is left): the caller interns instead, which can use those.
+    fn alloc_owned(&self, k: usize, out: &mut Vec<u32>) -> R<bool> {
+        let h = self.v.header();
+        let cap = self.v.geo.capacity;
+        let _g = self.lock(&h.alloc_lock)?;
+        let top = h.free_top.load(Relaxed).min(cap);
+        let fresh_next = h.next_fresh.load(Relaxed).min(cap);
+        let fresh = cap - fresh_next;
+        if (top as u64 + fresh as u64) < k as u64 {
+            return Ok(false);
+        }
+        let take = top.min(k as u32);
+        out.clear();
+        for i in 0..take {
+            let x = self.v.free_slot(top - 1 - i).load(Relaxed);
+            if x == 0 || x >= cap {
+                return Err(Fail::E(SharedError::Corrupt(format!(
+                    "free stack holds line id {x}"
+                ))));
+            }
+            out.push(x);
+        }
+        let more = k as u32 - take;
+        out.extend(fresh_next..fresh_next + more);
+        h.free_top.store(top - take, Relaxed);
+        h.next_fresh.store(fresh_next + more, Relaxed);
+        Ok(true)
+    }
+
+    /// Gives owned slots back (their counts are 0 and their flags cleared):
+    /// onto the free stack, under the allocator lock once.
+    fn free_owned(&self, ids: &[u32]) -> R<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let h = self.v.header();
+        let _g = self.lock(&h.alloc_lock)?;
+        let top = h.free_top.load(Relaxed);
+        if top
+            .checked_add(ids.len() as u32)
+            .is_none_or(|t| t > self.v.geo.capacity)
+        {
+            return Err(Fail::E(SharedError::Corrupt("free stack overflow".into())));
+        }
+        for (k, &id) in ids.iter().enumerate() {
+            self.v.free_slot(top + k as u32).store(id, Relaxed);
+        }
+        h.free_top.store(top + ids.len() as u32, Relaxed);
+        Ok(())
+    }
+
+    /// Builds the DAG of `data` from **owned** lines: slots taken under the
+    /// allocator lock alone, written once (the one copy), with a count of 1
+    /// and the `OWNED` flag, and no hash, no index entry, no stripe lock.
+    /// Such a line is reachable only through the references to its root
+    /// (so nothing can find it to add a reference at 0), and its last
+    /// release gives its slot straight back to the free stack. For stream
+    /// bytes that the reader copies out and releases microseconds later,
+    /// where deduplication would cost more than it saves (see `conn.rs`).
+    /// `Ok(None)`: not enough slots outside the stripe caches (intern instead).
+    pub(crate) fn build_owned(&self, data: &[u8]) -> R<Option<(u32, u32)>> {
+        if data.is_empty() {
+            return Ok(Some((0, 0)));
+        }
+        if data.len() as u64 > crate::shape::MAX_SEGMENT_LEN {
+            return Err(Fail::E(SharedError::TooLong(data.len() as u64)));
+        }
+        let l = self.v.geo.line_size();
+        let fshift = self.v.geo.line_shift - 2;
+        let fan = l / 4;
+        let n = data.len().div_ceil(l);
+        let height = crate::shape::height_for(n as u64, fshift);
+        let mut total = n;
+        let mut w = n;
+        for _ in 0..height {
+            w = w.div_ceil(fan);
+            total += w;
+        }
+        let mut ids = Vec::with_capacity(total);
+        if !self.alloc_owned(total, &mut ids)? {
+            return Ok(None);
+        }
+        for (i, chunk) in data.chunks(l).enumerate() {
+            let id = ids[i];
+            // SAFETY: `id` was just taken from the free stack (or fresh)
+            // under the allocator lock: no one else holds or can find it
+            // until the caller publishes the root.
+            unsafe { self.v.write_line_prefix(id, chunk) };
+            let m = self.v.meta(id);
+            m.flags.store(OWNED, Relaxed);
+            m.count.store(1, Release);
+        }
+        let mut level = 0..n;
+        let mut next_id = n;
+        let mut pad = vec![0u8; l];
+        for _ in 0..height {
+            let start = next_id;
+            for group in ids[level.clone()].chunks(fan) {
+                pad.fill(0);
+                for (i, &x) in group.iter().enumerate() {
+                    pad[i * 4..i * 4 + 4].copy_from_slice(&x.to_le_bytes());
+                }
+                let id = ids[next_id];
+                // SAFETY: as for the leaves above.
+                unsafe { self.v.write_line(id, &pad) };
+                let m = self.v.meta(id);
+                m.flags.store(OWNED, Relaxed);
+                m.count.store(INTERIOR | 1, Release);
+                next_id += 1;
+            }
+            level = start..next_id;
+        }
+        debug_assert_eq!(next_id, total);
+        debug_assert_eq!(level.len(), 1);
+        Ok(Some((ids[level.start], height)))
+    }
+
     /// Interns one line: returns it with one more reference, and whether it
     /// already existed.
     fn intern_line(&self, interior: bool, data: &[u8]) -> R<(u32, bool)> {
@@ -979,6 +1112,7 @@ impl Shm {
         let mut round: Vec<u32> = ids.iter().copied().filter(|&x| x != 0).collect();
         let mut last: Vec<(u32, u32)> = Vec::new();
         let mut next: Vec<u32> = Vec::new();
+        let mut freed: Vec<u32> = Vec::new();
         while !round.is_empty() {
             for &id in &round {
                 if id < self.v.geo.capacity {
@@ -1000,20 +1134,40 @@ impl Shm {
                     if n >= SATURATED {
                         break;
                     }
-                    if n == 1 {
+                    // An owned line is in no index: nothing can find it to add
+                    // a reference at 0, so its last one drops without a lock.
+                    let owned = m.flags.load(Relaxed) & OWNED != 0;
+                    if n == 1 && !owned {
                         let (s, home) = self.place_of(id);
                         crate::region::prefetch_ptr(self.v.bucket(s, home));
                         last.push((s, id));
                         break;
                     }
-                    match m.count.compare_exchange_weak(c, c - 1, Release, Acquire) {
-                        Ok(_) => break,
+                    match m.count.compare_exchange_weak(c, c - 1, AcqRel, Acquire) {
+                        Ok(_) => {
+                            if n == 1 {
+                                if c & INTERIOR != 0 {
+                                    // SAFETY: the last reference is gone: the
+                                    // line is ours alone until its slot is freed.
+                                    let line = unsafe { self.v.line(id) };
+                                    for ch in line.chunks_exact(4) {
+                                        let x = u32::from_le_bytes(ch.try_into().expect("4 bytes"));
+                                        if x != 0 {
+                                            next.push(x);
+                                        }
+                                    }
+                                }
+                                m.count.store(0, Relaxed);
+                                m.flags.store(0, Relaxed);
+                                freed.push(id);
+                            }
+                            break;
+                        }
                         Err(x) => c = x,
                     }
                 }
             }
             group_by_stripe(&mut last, self.v.geo.stripes);
-            next.clear();
             let mut i = 0;
             while i < last.len() {
                 let s = last[i].0;
@@ -1044,8 +1198,9 @@ impl Shm {
                 }
             }
             std::mem::swap(&mut round, &mut next);
+            next.clear();
         }
-        Ok(())
+        self.free_owned(&freed)
     }
 
     /// Builds the DAG of `data`: its root with one reference, and its height.

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering::*;
 use std::time::Duration;
 
-use super::{line_hash, sys, SharedError, SharedResult, Shm, COUNT, INTERIOR, SATURATED};
+use super::{line_hash, sys, SharedError, SharedResult, Shm, COUNT, INTERIOR, OWNED, SATURATED};
 
 /// What [`SharedMemory::check`](super::SharedMemory::check) found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,8 +20,11 @@ pub struct SharedCheck {
     /// Reachable lines whose count differs from their references, and
     /// unreachable ones with a nonzero count.
     pub count_mismatches: u64,
-    /// Reachable lines the dedup index cannot find.
+    /// Reachable lines the dedup index cannot find (owned stream lines,
+    /// which are never indexed, excepted).
     pub unindexed: u64,
+    /// Reachable owned lines: stream bytes written without the index.
+    pub owned: u64,
     /// Slots listed free twice, or free and reachable at once.
     pub double_free: u64,
     /// Line ids out of range met in roots or interior lines.
@@ -225,12 +228,17 @@ impl Shm {
             let c = counts[id as usize];
             if c == 0 {
                 m.count.store(0, Relaxed);
+                m.flags.store(0, Relaxed);
                 v.free_slot(nfree).store(id, Relaxed);
                 nfree += 1;
                 continue;
             }
             let kind = m.count.load(Relaxed) & INTERIOR;
             m.count.store(kind | c.min(SATURATED), Relaxed);
+            if m.flags.load(Relaxed) & OWNED != 0 {
+                // Owned lines stay out of the index.
+                continue;
+            }
             // SAFETY: the world is stopped and the line is reachable.
             let h = line_hash(kind != 0, unsafe { v.line(id) });
             m.hash.store(h, Relaxed);
@@ -316,6 +324,10 @@ impl Shm {
                 if have != want && !(have >= SATURATED && want >= SATURATED) {
                     rep.count_mismatches += 1;
                 }
+                if v.meta(id).flags.load(Relaxed) & OWNED != 0 {
+                    rep.owned += 1;
+                    continue;
+                }
                 // SAFETY: the world is stopped and the line is reachable.
                 let h = line_hash(actual & INTERIOR != 0, unsafe { v.line(id) });
                 let (s, home) = self.stripe_of(h);
@@ -337,7 +349,7 @@ impl Shm {
                     rep.unindexed += 1;
                 }
             } else {
-                if actual & COUNT != 0 {
+                if actual & COUNT != 0 || v.meta(id).flags.load(Relaxed) != 0 {
                     rep.count_mismatches += 1;
                 }
                 if !free[id as usize] {

@@ -103,7 +103,10 @@
 //! # Data path
 //!
 //! `send`/`write`/`writev`/`sendmsg`/`sendto`/`sendfile` copy the user's bytes once into lines
-//! of the shared memory (deduplicated across processes) and publish the snapshot;
+//! of the shared memory and publish the snapshot: owned lines (no hash, no index) while the
+//! reader keeps up, lines deduplicated across processes once 256 KiB sit unread in the ring
+//! and the reader consumed nothing since the previous send
+//! (`hicamp::shared::Conn::set_dedup_backlog`, `HICAMP_LOCAL_DEDUP_BACKLOG`);
 //! `recv`/`read`/`readv`/`recvmsg`/`recvfrom` copy out of the lines once. Both copies are in
 //! the report. `getsockname`, `getpeername`, `getsockopt`, `setsockopt` go to the kernel
 //! socket; `FIONREAD` gives the bytes in the ring.
@@ -410,6 +413,22 @@ fn memory() -> Result<Arc<SharedMemory>, String> {
     *g = Some((pid, m.clone()));
     hicamp::shared::set_adaptive_spin(spin_setting());
     Ok(m)
+}
+
+/// `HICAMP_LOCAL_DEDUP_BACKLOG=BYTES`: the unread bytes in a connection's ring from which
+/// `send` deduplicates (if the reader is stalled) instead of writing owned lines (0: always,
+/// as before owned lines; by default `hicamp::shared::DEDUP_BACKLOG`, 256 KiB).
+fn tuned(mut c: Conn) -> Conn {
+    static V: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let v = V.get_or_init(|| {
+        std::env::var("HICAMP_LOCAL_DEDUP_BACKLOG")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    });
+    if let Some(b) = *v {
+        c.set_dedup_backlog(b);
+    }
+    c
 }
 
 /// `HICAMP_LOCAL_TOKENS=always`: every connection keeps readiness tokens on (today's
@@ -779,7 +798,7 @@ unsafe fn connect_local(
         local = v4(sys::sock_addr(fd, false))?;
     }
     let conn = match mem.connect() {
-        Ok(c) => c,
+        Ok(c) => tuned(c),
         Err(e) => return client_kernel(fd, dst, &format!("ring: {e}")),
     };
     let mut sv = [-1; 2];
@@ -1003,7 +1022,7 @@ fn accept_local(fd: c_int, flags: c_int) {
         }
     };
     let conn = match mem.accept(cid) {
-        Ok(c) => c,
+        Ok(c) => tuned(c),
         Err(e) => {
             close_fd(b);
             return report_route("server", &ls, &ps, "kernel", Some(&format!("ring: {e}")));
@@ -1079,7 +1098,7 @@ fn upkeep(e: &Entry) {
             if let Ok(mem) = memory() {
                 match mem.adopt(e.id, e.end) {
                     Ok(c) => {
-                        if let Some(old) = w.replace(c) {
+                        if let Some(old) = w.replace(tuned(c)) {
                             old.disown();
                         }
                     }
