@@ -131,7 +131,7 @@ struct RunArgs {
     gateway: Option<String>,
 
     /// Local mode: the shared memory file (created if missing). Default
-    /// `/dev/shm/hicamp-local.EUID`.
+    /// `/dev/shm/hicamp-local.EUID.vN` (N: the shared format's version).
     #[arg(long, value_name = "PATH")]
     memory: Option<PathBuf>,
 

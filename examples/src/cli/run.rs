@@ -15,7 +15,7 @@
 //! mode leaves 127.0.0.0/8 to the kernel, which is where local mode takes over).
 //!
 //! In local mode TCP connections between processes under the shim that attach the same shared
-//! memory (`--memory`, default `/dev/shm/hicamp-local.EUID`, created if missing) go through it
+//! memory (`--memory`, default `/dev/shm/hicamp-local.EUID.vN`, created if missing) go through it
 //! (see the shim's `local` module); the merged report's `local` lists each connection end's
 //! route (and a fallback's reason) and the bytes copied into and out of the memory.
 //!
@@ -171,11 +171,16 @@ pub struct RunOptions {
     pub trace: bool,
 }
 
-/// The default memory of local mode (the shim's default too): `/dev/shm/hicamp-local.EUID`.
+/// The default memory of local mode (the shim's default too):
+/// `/dev/shm/hicamp-local.EUID.vVERSION` (the shared format's version: a memory an older
+/// build left does not stand in the way).
 pub fn default_local_memory() -> PathBuf {
     use std::os::unix::fs::MetadataExt;
     let euid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
-    PathBuf::from(format!("/dev/shm/hicamp-local.{euid}"))
+    PathBuf::from(format!(
+        "/dev/shm/hicamp-local.{euid}.v{}",
+        hicamp::shared::FORMAT_VERSION
+    ))
 }
 
 /// Local mode: the memory at `path` exists (made with the transport settings if missing) and

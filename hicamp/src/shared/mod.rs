@@ -115,6 +115,11 @@ use crate::hash::xxh3_64_with_seed;
 
 pub use conn::{set_adaptive_spin, Conn, ConnId, PollBits, DEDUP_BACKLOG};
 pub use layout::MAX_SHARED_NAME;
+
+/// The version of the shared memory's format: a memory of another version does not open.
+/// Default paths carry it (see the shim's local mode), so that a memory left by an older
+/// build is not in the way of a newer one.
+pub const FORMAT_VERSION: u32 = layout::VERSION;
 use layout::{Geometry, View, MAGIC, STRIPE_CACHE, VERSION};
 pub use recovery::SharedCheck;
 

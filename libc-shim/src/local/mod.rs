@@ -7,7 +7,7 @@
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `HICAMP_SHIM_MODE=local` | this mode (`hicamp run --mode local` sets it); `trace,local` and `stack,local` run it beside trace or stack mode (below) | |
-//! | `HICAMP_LOCAL_MEMORY` | the shared memory file (created with [`SharedOptions::transport`] if missing) | `/dev/shm/hicamp-local.EUID` |
+//! | `HICAMP_LOCAL_MEMORY` | the shared memory file (created with [`SharedOptions::transport`] if missing) | `/dev/shm/hicamp-local.EUID.vN` (N: [`hicamp::shared::FORMAT_VERSION`]) |
 //!
 //! # Beside trace or stack mode
 //!
@@ -202,12 +202,20 @@ pub fn on() -> bool {
     }
 }
 
-/// The shared memory's path: `HICAMP_LOCAL_MEMORY`, else `/dev/shm/hicamp-local.EUID`.
+/// The shared memory's path: `HICAMP_LOCAL_MEMORY`, else
+/// `/dev/shm/hicamp-local.EUID.vN` (N: the shared format's version, so that a memory an older
+/// build left is not in the way).
 pub fn memory_path() -> PathBuf {
     std::env::var_os("HICAMP_LOCAL_MEMORY")
         .filter(|p| !p.is_empty())
         .map_or_else(
-            || PathBuf::from(format!("/dev/shm/hicamp-local.{}", sys::geteuid())),
+            || {
+                PathBuf::from(format!(
+                    "/dev/shm/hicamp-local.{}.v{}",
+                    sys::geteuid(),
+                    hicamp::shared::FORMAT_VERSION
+                ))
+            },
             PathBuf::from,
         )
 }
