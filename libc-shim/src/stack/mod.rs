@@ -917,7 +917,12 @@ fn pump_from(w: &mut World, app: bool) {
     }
     let at = e.iface.poll_at().unwrap_or(u64::MAX);
     // A thread that waits in [`ready::wait`] runs the timers itself when it is back there.
-    if at < SLEEP_UNTIL.load(Relaxed) && !ready::looper() {
+    // The stack thread's sleep is rounded up to a whole millisecond, so a timer less than one
+    // before its wake-up is the one it sleeps for (or as late as that one may be anyway): no
+    // kick. Without the slack a forked child's every request woke the stack thread (a
+    // server thread's pass found the same earliest timer, a fraction of a millisecond before
+    // the rounded wake-up), and it then fought the server threads for the lock.
+    if at.saturating_add(1_000_000) < SLEEP_UNTIL.load(Relaxed) && !ready::looper() {
         let fd = WAKE.load(Relaxed);
         if fd >= 0 {
             let one = 1u64.to_ne_bytes();
