@@ -1854,10 +1854,13 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
         req_bytes,
         "bytes received = the requests nginx logged: {r}"
     );
+    // A worker's send is posted to the stack process without waiting for its answer when it
+    // fits the socket's room: one that then meets the connection reset by wrk as it stops is
+    // dropped (as the kernel drops what a reset finds in its send buffer) and counted.
     assert_eq!(
-        n(&r["totals"]["sent_bytes"]),
+        n(&r["totals"]["sent_bytes"]) + n(&r["proxy"]["posted_lost_bytes"]),
         resp_bytes,
-        "bytes sent = the responses nginx logged: {r}"
+        "bytes sent (and posted, then dropped by a reset) = the responses nginx logged: {r}"
     );
     // Every page went through sendfile (one per connection may be cut short when wrk stops).
     assert!(

@@ -25,8 +25,10 @@
 //!   once: the stack process serves a channel's requests in order, so the next call on the
 //!   socket finds it done. Room only grows meanwhile (acknowledgements) unless another process
 //!   sends on the socket; a posted send that then finds less waits in the stack process for
-//!   room (`posted_send_waits`), and one that meets a reset is dropped as the kernel drops its
-//!   send buffer (`posted_lost_bytes`; the error goes to the child's next call). nginx's
+//!   room (`posted_send_waits`), and one that meets a reset (or a connection already gone) is
+//!   dropped as the kernel drops its send buffer (`posted_lost_bytes`; the error goes to the
+//!   child's next call). Room is reported only while both sides are open (`ESTABLISHED`):
+//!   after the peer's FIN, sends wait for their answers and errors come as the kernel's. nginx's
 //!   response (header `writev` + body through `sendfile`) so costs no round trip: one per
 //!   request is left, its receive.
 //! * **Pending sockets.** A child's new AF_INET socket is pending in the child; the first `bind`,
@@ -481,7 +483,9 @@ fn serve(c: c_int) {
             unlend(f);
         }
         if fd >= 0 {
-            unlend(fd);
+            if !done.unlent {
+                unlend(fd);
+            }
             internal(fd, false);
             // SAFETY: the descriptor the child passed: ours to close.
             unsafe { real::close(fd) };
@@ -507,6 +511,8 @@ struct Done {
     out: Vec<u8>,
     pass_fd: c_int,
     lent: Vec<c_int>,
+    /// The child's descriptor is back from its socket ([`unlend`] done).
+    unlent: bool,
 }
 
 impl Done {
@@ -520,6 +526,7 @@ impl Done {
             out: Vec::new(),
             pass_fd: -1,
             lent: Vec::new(),
+            unlent: false,
         }
     }
 }
@@ -564,7 +571,11 @@ fn lend(y: c_int, pending: bool) -> Lent {
 /// Takes a lent descriptor back from its socket. A socket left without a descriptor in this
 /// process is an orphan: it lives while the child's copies do.
 fn unlend(y: c_int) {
-    let mut w = lock();
+    unlend_in(&mut lock(), y);
+}
+
+/// [`unlend`] under the caller's lock.
+fn unlend_in(w: &mut super::World, y: c_int) {
     if w.pending.remove(&y).is_some() {
         mark_pending(y, false);
     }
@@ -579,7 +590,7 @@ fn unlend(y: c_int) {
             None => false,
         };
         if empty {
-            ops::orphan(&mut w, id);
+            ops::orphan(w, id);
         }
     }
 }
@@ -713,7 +724,15 @@ fn room(w: &super::World, fd: c_int) -> u32 {
         return 0;
     };
     match e.iface.tcp(h) {
-        Ok(t) if t.can_send() && !s.wr_shut && s.so_error == 0 => {
+        // Only while both sides are open: after the peer's FIN (or a reset) the child's sends
+        // wait for their answers, so that an error reaches the application as the kernel's
+        // would.
+        Ok(t)
+            if t.state() == segstack::tcp::State::Established
+                && t.can_send()
+                && !s.wr_shut
+                && s.so_error == 0 =>
+        {
             let free = t.config().send_buf.saturating_sub(t.send_queue());
             free.min(u32::MAX as usize) as u32
         }
@@ -729,9 +748,14 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
         out: Vec::new(),
         pass_fd: -1,
         lent: Vec::new(),
+        unlent: false,
     };
     if lent == Lent::Unknown {
         // Not (any more) a socket of the stack's: its connection is over.
+        if req.op == SEND && req.mode & NOREPLY != 0 {
+            // The child already told the application it went: dropped, as a reset drops it.
+            POSTED_LOST.fetch_add(payload.len() as u64, Relaxed);
+        }
         match req.op {
             RECV => done.rep.ret = 0,
             SETNB => done.rep.ret = 0,
@@ -880,14 +904,17 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
         done.pass_fd = y;
     }
     // What the child needs to wait by itself: the socket's mode and timeouts; and the room
-    // it may post sends into (the accepted socket's for an accept).
-    let w = lock();
+    // it may post sends into (the accepted socket's for an accept). Then the descriptor goes
+    // back, under the same lock (one lock less per request: the stack thread and the other
+    // server threads contend for it).
+    let mut w = lock();
     done.rep.room = room(&w, if req.op == ACCEPT { done.pass_fd } else { y });
     if let Some(s) = w
         .fds
         .get(&y)
         .and_then(|&id| w.socks.get(id))
         .and_then(Option::as_ref)
+        .filter(|_| req.mode & NOREPLY == 0)
     {
         let ms =
             |d: Option<Duration>| d.map_or(0, |d| d.as_millis().clamp(1, u32::MAX as u128) as u32);
@@ -896,6 +923,8 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
         done.rep.sndtimeo_ms = ms(s.opts.sndtimeo);
         done.rep.dgram = u32::from(matches!(s.kind, Kind::Udp { .. }));
     }
+    unlend_in(&mut w, y);
+    done.unlent = true;
     done
 }
 
