@@ -671,11 +671,15 @@ fn start() -> Result<Engine, (c_int, String)> {
     Ok(engine)
 }
 
-/// Before a fork of the stack process: the control listener its children will reach it on.
+/// Before a fork of the stack process: the control listener its children will reach it on
+/// (in a forked child: [`proxy::barrier`]).
 unsafe extern "C" fn atfork_prepare() {
     if !FORKED.load(Relaxed) {
         let _ = crate::guard::shielded(ready::materialize_all);
         let _ = crate::guard::shielded(proxy::listen_for_children);
+    } else {
+        // A child forking: its posted sends are served before its own child's calls.
+        let _ = crate::guard::shielded(proxy::barrier);
     }
 }
 

@@ -28,7 +28,10 @@
 //!   room (`posted_send_waits`), and one that meets a reset (or a connection already gone) is
 //!   dropped as the kernel drops its send buffer (`posted_lost_bytes`; the error goes to the
 //!   child's next call). Room is reported only while both sides are open (`ESTABLISHED`):
-//!   after the peer's FIN, sends wait for their answers and errors come as the kernel's. nginx's
+//!   after the peer's FIN, sends wait for their answers and errors come as the kernel's. Only
+//!   while one thread of the child talks to the stack process (one channel): another thread's
+//!   call would cross another channel and could overtake a post. Before a `fork` or an `exec`
+//!   the thread waits until its posts are served ([`barrier`]). nginx's
 //!   response (header `writev` + body through `sendfile`) so costs no round trip: one per
 //!   request is left, its receive.
 //! * **Pending sockets.** A child's new AF_INET socket is pending in the child; the first `bind`,
@@ -958,6 +961,49 @@ fn take_room(fd: c_int, n: usize) -> bool {
 thread_local! {
     /// This thread's control connection and the fork generation it was made in.
     static CTL: Cell<(u64, c_int)> = const { Cell::new((0, -1)) };
+    /// This thread posted sends since its last answered request.
+    static UNCONFIRMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The fork generation in which [`CHANNELS`] counts.
+static CHANNELS_GEN: AtomicU64 = AtomicU64::new(0);
+/// Control connections this process made in that generation.
+static CHANNELS: AtomicU64 = AtomicU64::new(0);
+
+/// Sends are posted only while one thread of this process talks to the stack process: the
+/// channel keeps one thread's calls in order, but a posted send of one thread and a later
+/// call of another on the same socket would cross different channels (and server threads).
+/// From a process's second channel on, every send waits for its answer (a send posted by the
+/// first thread just before the second thread's first call is the one case left unordered).
+fn posting_allowed() -> bool {
+    CHANNELS_GEN.load(Relaxed) == FORK_GEN.load(Relaxed) && CHANNELS.load(Relaxed) <= 1
+}
+
+/// Waits until the stack process has served this thread's posted sends (a request without a
+/// descriptor, answered `EBADF` after them): before a `fork` (a child's calls on the same
+/// sockets go over its own channels) and an `exec` (the new image's too).
+pub(super) fn barrier() {
+    if !UNCONFIRMED.try_with(Cell::get).unwrap_or(false) {
+        return;
+    }
+    let _ = UNCONFIRMED.try_with(|u| u.set(false));
+    let gen = FORK_GEN.load(Relaxed);
+    let Some((g, c)) = CTL.try_with(Cell::get).ok() else {
+        return;
+    };
+    if g != gen || c < 0 {
+        return;
+    }
+    let req = Req::default();
+    if send_msg(c, head_bytes(&req), &[], -1).is_ok() {
+        let mut rep = Rep::default();
+        let _ = recv_msg(c, head_bytes_mut(&mut rep), &mut [], true);
+    }
+}
+
+/// `pthread_atfork`'s prepare handler in an image a child exec'ed.
+extern "C" fn atfork_prepare_exec() {
+    barrier();
 }
 
 /// This thread's control connection, made at its first use in this process.
@@ -998,6 +1044,10 @@ fn ctl() -> Result<c_int, c_int> {
         return Err(libc::ENETDOWN);
     }
     let _ = CTL.try_with(|c| c.set((gen, s)));
+    if CHANNELS_GEN.swap(gen, Relaxed) != gen {
+        CHANNELS.store(0, Relaxed);
+    }
+    CHANNELS.fetch_add(1, Relaxed);
     Ok(s)
 }
 
@@ -1030,6 +1080,8 @@ fn exchange(
     send_msg(c, head_bytes(req), data, fd).map_err(gone)?;
     let mut rep = Rep::default();
     let (n, passed, _) = recv_msg(c, head_bytes_mut(&mut rep), out, cloexec).map_err(gone)?;
+    // Served in order: whatever this thread posted before is done.
+    let _ = UNCONFIRMED.try_with(|u| u.set(false));
     if n == 0 {
         GONE.store(true, Relaxed);
         return Err(libc::ENETDOWN);
@@ -1079,7 +1131,7 @@ fn post(fd: c_int, bufs: &[&[u8]], flags: c_int, sendfile: bool) -> Option<usize
         return None;
     }
     let c = ctl().ok()?;
-    if !take_room(fd, total) {
+    if !posting_allowed() || !take_room(fd, total) {
         return None;
     }
     let req = Req {
@@ -1090,7 +1142,10 @@ fn post(fd: c_int, bufs: &[&[u8]], flags: c_int, sendfile: bool) -> Option<usize
         ..Req::default()
     };
     match send_msg(c, head_bytes(&req), bufs, fd) {
-        Ok(()) => Some(total),
+        Ok(()) => {
+            let _ = UNCONFIRMED.try_with(|u| u.set(true));
+            Some(total)
+        }
         Err(e) => {
             set_room(fd, 0);
             if matches!(e, libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) {
@@ -1689,6 +1744,7 @@ pub fn exec_entry() -> Option<std::ffi::CString> {
     if !super::FORKED.load(Relaxed) || guard::in_vfork_child() {
         return None;
     }
+    barrier();
     let pid = STACK_PID.load(Relaxed);
     let mut list = Vec::new();
     for fd in super::MARKS.members() {
@@ -1738,7 +1794,7 @@ extern "C" fn inherit() {
     }
     // Its own children get their own control connections.
     // SAFETY: the handler is an `extern "C" fn()` that never unwinds.
-    unsafe { libc::pthread_atfork(None, None, Some(super::atfork_child)) };
+    unsafe { libc::pthread_atfork(Some(atfork_prepare_exec), None, Some(super::atfork_child)) };
 }
 
 #[cfg(not(test))]
