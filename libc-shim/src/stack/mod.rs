@@ -884,7 +884,47 @@ fn write_report(reason: &str) {
 /// Runs the interface once and brings every socket's descriptor up to date; wakes the stack
 /// thread when a timer became due earlier than it planned.
 fn pump(w: &mut World) {
-    pump_from(w, true);
+    let deferred = PUMPS_DEFERRED.with(|d| match d.get() {
+        1 | 2 => {
+            d.set(2);
+            true
+        }
+        // Not deferring, one owed: this pump is it.
+        3 => {
+            d.set(0);
+            false
+        }
+        _ => false,
+    });
+    if !deferred {
+        pump_from(w, true);
+    }
+}
+
+thread_local! {
+    /// A control-channel server thread serving a child's request ([`proxy`]): 0 pumps at once,
+    /// 1 defers them, 2 defers one owed, 3 pumps at once and owes one.
+    static PUMPS_DEFERRED: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Defers (`true`) this thread's pumps, or stops deferring them (the one owed stays owed
+/// until [`pump_owed`]): a server thread runs the interface once for the requests a child
+/// queued (nginx's header `writev` and page, posted together, leave in one pass).
+pub(super) fn defer_pumps(on: bool) {
+    PUMPS_DEFERRED.with(|d| match (on, d.get()) {
+        (true, 0) => d.set(1),
+        (false, 1) => d.set(0),
+        (false, 2) => d.set(3),
+        _ => {}
+    });
+}
+
+/// Runs the pump this thread owes (deferred), if any; deferral ends.
+pub(super) fn pump_owed() {
+    let owed = PUMPS_DEFERRED.with(|d| d.replace(0) >= 2);
+    if owed {
+        pump(&mut lock());
+    }
 }
 
 /// [`pump`]; `app` is false on the stack thread, which computes its own next wake-up.
