@@ -698,11 +698,15 @@ fn start() -> Result<Engine, (c_int, String)> {
     Ok(engine)
 }
 
-/// Before a fork of the stack process: the control listener its children will reach it on.
+/// Before a fork of the stack process: the control listener its children will reach it on
+/// (in a forked child: [`proxy::barrier`]).
 unsafe extern "C" fn atfork_prepare() {
     if !FORKED.load(Relaxed) {
         let _ = crate::guard::shielded(ready::materialize_all);
         let _ = crate::guard::shielded(proxy::listen_for_children);
+    } else {
+        // A child forking: its posted sends are served before its own child's calls.
+        let _ = crate::guard::shielded(proxy::barrier);
     }
 }
 
@@ -907,7 +911,47 @@ fn write_report(reason: &str) {
 /// Runs the interface once and brings every socket's descriptor up to date; wakes the stack
 /// thread when a timer became due earlier than it planned.
 fn pump(w: &mut World) {
-    pump_from(w, true);
+    let deferred = PUMPS_DEFERRED.with(|d| match d.get() {
+        1 | 2 => {
+            d.set(2);
+            true
+        }
+        // Not deferring, one owed: this pump is it.
+        3 => {
+            d.set(0);
+            false
+        }
+        _ => false,
+    });
+    if !deferred {
+        pump_from(w, true);
+    }
+}
+
+thread_local! {
+    /// A control-channel server thread serving a child's request ([`proxy`]): 0 pumps at once,
+    /// 1 defers them, 2 defers one owed, 3 pumps at once and owes one.
+    static PUMPS_DEFERRED: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Defers (`true`) this thread's pumps, or stops deferring them (the one owed stays owed
+/// until [`pump_owed`]): a server thread runs the interface once for the requests a child
+/// queued (nginx's header `writev` and page, posted together, leave in one pass).
+pub(super) fn defer_pumps(on: bool) {
+    PUMPS_DEFERRED.with(|d| match (on, d.get()) {
+        (true, 0) => d.set(1),
+        (false, 1) => d.set(0),
+        (false, 2) => d.set(3),
+        _ => {}
+    });
+}
+
+/// Runs the pump this thread owes (deferred), if any; deferral ends.
+pub(super) fn pump_owed() {
+    let owed = PUMPS_DEFERRED.with(|d| d.replace(0) >= 2);
+    if owed {
+        pump(&mut lock());
+    }
 }
 
 /// [`pump`]; `app` is false on the stack thread, which computes its own next wake-up.
@@ -944,7 +988,12 @@ fn pump_from(w: &mut World, app: bool) {
     }
     let at = e.iface.poll_at().unwrap_or(u64::MAX);
     // A thread that waits in [`ready::wait`] runs the timers itself when it is back there.
-    if at < SLEEP_UNTIL.load(Relaxed) && !ready::looper() {
+    // The stack thread's sleep is rounded up to a whole millisecond, so a timer less than one
+    // before its wake-up is the one it sleeps for (or as late as that one may be anyway): no
+    // kick. Without the slack a forked child's every request woke the stack thread (a
+    // server thread's pass found the same earliest timer, a fraction of a millisecond before
+    // the rounded wake-up), and it then fought the server threads for the lock.
+    if at.saturating_add(1_000_000) < SLEEP_UNTIL.load(Relaxed) && !ready::looper() {
         let fd = WAKE.load(Relaxed);
         if fd >= 0 {
             let one = 1u64.to_ne_bytes();

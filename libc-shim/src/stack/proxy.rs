@@ -18,7 +18,25 @@
 //!   it to the socket for the call, and runs the very same operation as for its own threads
 //!   ([`super::ops`]), non-blocking; a child blocks on its own descriptor (`poll` on A) and
 //!   asks again. A non-blocking receive or accept whose A holds no token is answered `EAGAIN`
-//!   in the child, without a round trip (the stack writes a token the moment it has data). A child's new AF_INET socket is pending in the child; the first `bind`,
+//!   in the child, without a round trip (the stack writes a token the moment it has data).
+//! * **Posted sends.** Every answer on a connected TCP socket reports its send room (for
+//!   `accept`, the new socket's); the child keeps it per descriptor and posts a send that
+//!   fits (at most [`CHUNK`] bytes) without waiting for its answer, returning its length at
+//!   once: the stack process serves a channel's requests in order, so the next call on the
+//!   socket finds it done. Room only grows meanwhile (acknowledgements) unless another process
+//!   sends on the socket; a posted send that then finds less waits in the stack process for
+//!   room (`posted_send_waits`), and one that meets a reset (or a connection already gone) is
+//!   dropped as the kernel drops its send buffer (`posted_lost_bytes`; the error goes to the
+//!   child's next call). Room is reported only while both sides are open (`ESTABLISHED`):
+//!   after the peer's FIN, sends wait for their answers and errors come as the kernel's. Only
+//!   while one thread of the child talks to the stack process (one channel): another thread's
+//!   call would cross another channel and could overtake a post. Before a `fork` or an `exec`
+//!   the thread waits until its posts are served ([`barrier`]). A server thread runs the
+//!   interface once for the requests queued together on its channel (up to 8), before it
+//!   sleeps or waits for room, not once per request. nginx's
+//!   response (header `writev` + body through `sendfile`) so costs no round trip: one per
+//!   request is left, its receive.
+//! * **Pending sockets.** A child's new AF_INET socket is pending in the child; the first `bind`,
 //!   `connect`, `listen` or `sendto` sends the kernel socket itself, the stack process routes it
 //!   and, when it goes to the stack, sends back the new A end that the child `dup3`s over its
 //!   number. `accept` passes the accepted socket's A end back, installed at the lowest free
@@ -42,7 +60,7 @@
 //!   matches and reaches the same stack process.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use libc::{c_int, c_void, sockaddr, socklen_t};
@@ -68,6 +86,9 @@ static CHILDREN: AtomicU64 = AtomicU64::new(0);
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
 static TO_STACK: AtomicU64 = AtomicU64::new(0);
 static FROM_STACK: AtomicU64 = AtomicU64::new(0);
+static POSTED: AtomicU64 = AtomicU64::new(0);
+static POSTED_WAITS: AtomicU64 = AtomicU64::new(0);
+static POSTED_LOST: AtomicU64 = AtomicU64::new(0);
 
 /// The control channel's counters (the stack process's report).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -82,6 +103,14 @@ pub(super) struct Stats {
     pub payload_from_stack_bytes: u64,
     /// Payload copies below the socket API the channel made (two per byte).
     pub copied_bytes: u64,
+    /// Of the requests, sends the child posted without waiting for an answer.
+    pub posted_sends: u64,
+    /// Posted sends that found less room than the child counted on (another process sent
+    /// on the socket meanwhile): the stack process waited for room before its next request.
+    pub posted_send_waits: u64,
+    /// Bytes of posted sends the connection's error (reset, timeout) dropped, as the kernel
+    /// drops what a reset finds in its send buffer.
+    pub posted_lost_bytes: u64,
 }
 
 /// The channel's counters.
@@ -93,6 +122,9 @@ pub(super) fn stats() -> Stats {
         payload_to_stack_bytes: to,
         payload_from_stack_bytes: from,
         copied_bytes: 2 * (to + from),
+        posted_sends: POSTED.load(Relaxed),
+        posted_send_waits: POSTED_WAITS.load(Relaxed),
+        posted_lost_bytes: POSTED_LOST.load(Relaxed),
     }
 }
 
@@ -126,9 +158,14 @@ struct Req {
     pending: u32,
     /// A send of `sendfile`'s.
     sendfile: u32,
-    _pad: u32,
+    /// [`NOREPLY`]: the child does not wait for an answer (a posted send).
+    mode: u32,
     addr: [u8; 16],
 }
+
+/// A request the child does not wait for: a send that fits the room the stack process last
+/// reported for the socket (see [`Rep::room`]).
+const NOREPLY: u32 = 1;
 
 /// A reply's head.
 #[repr(C)]
@@ -140,8 +177,12 @@ struct Rep {
     /// [`ANSWERED`], [`REAL`] or [`KERNEL`].
     pass: u32,
     nonblock: u32,
-    rcvtimeo_ms: u64,
-    sndtimeo_ms: u64,
+    rcvtimeo_ms: u32,
+    sndtimeo_ms: u32,
+    /// Bytes the socket's send buffer takes now (0 for anything but a connected TCP socket);
+    /// for `accept`, the accepted socket's. The child posts sends up to it without waiting.
+    room: u32,
+    _spare: u32,
     addrlen: u32,
     dgram: u32,
     addr: [u8; 16],
@@ -407,7 +448,15 @@ fn acceptor(l: c_int) {
 /// Serves one child's control connection until the child closes it.
 fn serve(c: c_int) {
     let mut buf = vec![0u8; CHUNK + 1024];
+    let mut batch = 0u32;
     loop {
+        // The interface runs once for the requests that were queued together (at most 8),
+        // before this thread sleeps.
+        batch += 1;
+        if batch >= 8 || !queued(c) {
+            super::pump_owed();
+            batch = 0;
+        }
         let mut req = Req::default();
         let r = {
             let mut out = [&mut buf[..]];
@@ -435,14 +484,24 @@ fn serve(c: c_int) {
             let e = if fd < 0 { libc::EBADF } else { libc::EMSGSIZE };
             Done::error(e)
         } else {
-            guard::shielded(|| handle(&req, payload, fd)).unwrap_or_else(|| Done::error(libc::EIO))
+            super::defer_pumps(true);
+            let d = guard::shielded(|| handle(&req, payload, fd));
+            super::defer_pumps(false);
+            d.unwrap_or_else(|| Done::error(libc::EIO))
         };
-        let sent = send_msg(c, head_bytes(&done.rep), &[&done.out], done.pass_fd);
+        let sent = if req.mode & NOREPLY != 0 {
+            POSTED.fetch_add(1, Relaxed);
+            Ok(())
+        } else {
+            send_msg(c, head_bytes(&done.rep), &[&done.out], done.pass_fd)
+        };
         for f in done.lent.iter().copied() {
             unlend(f);
         }
         if fd >= 0 {
-            unlend(fd);
+            if !done.unlent {
+                unlend(fd);
+            }
             internal(fd, false);
             // SAFETY: the descriptor the child passed: ours to close.
             unsafe { real::close(fd) };
@@ -461,6 +520,17 @@ fn serve(c: c_int) {
     unsafe { real::close(c) };
 }
 
+/// True when the child's next request is already queued on `c`.
+fn queued(c: c_int) -> bool {
+    let mut p = libc::pollfd {
+        fd: c,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { real::poll(&mut p, 1, 0) > 0 }
+}
+
 /// A served request: the reply, its payload, the descriptor it carries, and descriptors of this
 /// process lent to sockets for the request (forgotten and closed once the reply is out).
 struct Done {
@@ -468,6 +538,8 @@ struct Done {
     out: Vec<u8>,
     pass_fd: c_int,
     lent: Vec<c_int>,
+    /// The child's descriptor is back from its socket ([`unlend`] done).
+    unlent: bool,
 }
 
 impl Done {
@@ -481,6 +553,7 @@ impl Done {
             out: Vec::new(),
             pass_fd: -1,
             lent: Vec::new(),
+            unlent: false,
         }
     }
 }
@@ -525,7 +598,11 @@ fn lend(y: c_int, pending: bool) -> Lent {
 /// Takes a lent descriptor back from its socket. A socket left without a descriptor in this
 /// process is an orphan: it lives while the child's copies do.
 fn unlend(y: c_int) {
-    let mut w = lock();
+    unlend_in(&mut lock(), y);
+}
+
+/// [`unlend`] under the caller's lock.
+fn unlend_in(w: &mut super::World, y: c_int) {
     if w.pending.remove(&y).is_some() {
         mark_pending(y, false);
     }
@@ -540,7 +617,7 @@ fn unlend(y: c_int) {
             None => false,
         };
         if empty {
-            ops::orphan(&mut w, id);
+            ops::orphan(w, id);
         }
     }
 }
@@ -614,6 +691,84 @@ fn sockaddr_bytes(sin: &libc::sockaddr_in) -> [u8; 16] {
     b
 }
 
+/// A send the child posted without waiting: the child already returned its length to the
+/// application, so all of it must go. It fits the room the last answer reported, unless
+/// another process sent on the socket meanwhile: then this thread waits for room (the child's
+/// next request on this channel waits with it). An error drops the rest, as a reset drops
+/// the kernel's send buffer; the socket keeps the error for the child's next call.
+fn posted_send(y: c_int, payload: &[u8], flags: c_int) -> Option<isize> {
+    let mut off = 0usize;
+    let limit = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = ops::send(y, &[&payload[off..]], flags, None)?;
+        if r >= 0 {
+            off += r as usize;
+            if off >= payload.len() {
+                return Some(off as isize);
+            }
+        } else if guard::errno() != libc::EAGAIN {
+            let e = guard::errno();
+            POSTED_LOST.fetch_add((payload.len() - off) as u64, Relaxed);
+            if matches!(e, libc::ECONNRESET | libc::ETIMEDOUT) {
+                // Nobody saw it: the child's next call on the socket reports it.
+                let mut w = lock();
+                if let Some(s) = w
+                    .fds
+                    .get(&y)
+                    .copied()
+                    .and_then(|id| w.socks.get_mut(id))
+                    .and_then(Option::as_mut)
+                {
+                    s.so_error = e;
+                    s.err_taken = false;
+                }
+            }
+            return Some(r);
+        }
+        POSTED_WAITS.fetch_add(1, Relaxed);
+        // What this thread queued must leave (and the interface run) for room to come.
+        super::pump_owed();
+        if ops::wait(y, libc::POLLOUT, Some(limit)).is_err() {
+            POSTED_LOST.fetch_add((payload.len() - off) as u64, Relaxed);
+            return Some(off as isize);
+        }
+    }
+}
+
+/// Bytes the send buffer of the socket on this process's descriptor `fd` takes now (0 for
+/// anything but a connected TCP socket).
+fn room(w: &super::World, fd: c_int) -> u32 {
+    let Some(e) = w.engine.as_ref() else {
+        return 0;
+    };
+    let Some(s) = w
+        .fds
+        .get(&fd)
+        .and_then(|&id| w.socks.get(id))
+        .and_then(Option::as_ref)
+    else {
+        return 0;
+    };
+    let Kind::Tcp(super::Tcp::Connected(h)) = s.kind else {
+        return 0;
+    };
+    match e.iface.tcp(h) {
+        // Only while both sides are open: after the peer's FIN (or a reset) the child's sends
+        // wait for their answers, so that an error reaches the application as the kernel's
+        // would.
+        Ok(t)
+            if t.state() == segstack::tcp::State::Established
+                && t.can_send()
+                && !s.wr_shut
+                && s.so_error == 0 =>
+        {
+            let free = t.config().send_buf.saturating_sub(t.send_queue());
+            free.min(u32::MAX as usize) as u32
+        }
+        _ => 0,
+    }
+}
+
 /// Serves one request on the child's descriptor `y`.
 fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
     let lent = lend(y, req.pending != 0);
@@ -622,9 +777,14 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
         out: Vec::new(),
         pass_fd: -1,
         lent: Vec::new(),
+        unlent: false,
     };
     if lent == Lent::Unknown {
         // Not (any more) a socket of the stack's: its connection is over.
+        if req.op == SEND && req.mode & NOREPLY != 0 {
+            // The child already told the application it went: dropped, as a reset drops it.
+            POSTED_LOST.fetch_add(payload.len() as u64, Relaxed);
+        }
         match req.op {
             RECV => done.rep.ret = 0,
             SETNB => done.rep.ret = 0,
@@ -665,7 +825,11 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
             TO_STACK.fetch_add(payload.len() as u64, Relaxed);
             let dst = (!addr.is_null()).then_some((addr, req.addrlen));
             let flags = req.flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-            let r = ops::send(y, &[payload], flags, dst);
+            let r = if req.mode & NOREPLY != 0 {
+                posted_send(y, payload, flags)
+            } else {
+                ops::send(y, &[payload], flags, dst)
+            };
             if req.sendfile != 0 {
                 if let Some(n) = r.filter(|&n| n > 0) {
                     lock().counters.sendfile_bytes += n as u64;
@@ -768,28 +932,104 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
     if lent == Lent::Pending && is_stack(y) {
         done.pass_fd = y;
     }
-    // What the child needs to wait by itself: the socket's mode and timeouts.
-    let w = lock();
+    // What the child needs to wait by itself: the socket's mode and timeouts; and the room
+    // it may post sends into (the accepted socket's for an accept). Then the descriptor goes
+    // back, under the same lock (one lock less per request: the stack thread and the other
+    // server threads contend for it).
+    let mut w = lock();
+    done.rep.room = room(&w, if req.op == ACCEPT { done.pass_fd } else { y });
     if let Some(s) = w
         .fds
         .get(&y)
         .and_then(|&id| w.socks.get(id))
         .and_then(Option::as_ref)
+        .filter(|_| req.mode & NOREPLY == 0)
     {
-        let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis().max(1) as u64);
+        let ms =
+            |d: Option<Duration>| d.map_or(0, |d| d.as_millis().clamp(1, u32::MAX as u128) as u32);
         done.rep.nonblock = u32::from(s.nonblock);
         done.rep.rcvtimeo_ms = ms(s.opts.rcvtimeo);
         done.rep.sndtimeo_ms = ms(s.opts.sndtimeo);
         done.rep.dgram = u32::from(matches!(s.kind, Kind::Udp { .. }));
     }
+    unlend_in(&mut w, y);
+    done.unlent = true;
     done
 }
 
 // ---- the child's side ----------------------------------------------------------------------
 
+/// In a child: per descriptor, the send room the stack process's last answer on it reported,
+/// less what the child posted since (0: unknown or none; a send then waits for its answer).
+/// Room only grows meanwhile (acknowledgements), unless another process sends on the socket.
+static ROOM: [AtomicU32; crate::fdbits::MAX_FD] =
+    [const { AtomicU32::new(0) }; crate::fdbits::MAX_FD];
+
+fn room_of(fd: c_int) -> Option<&'static AtomicU32> {
+    ROOM.get(usize::try_from(fd).ok()?)
+}
+
+fn set_room(fd: c_int, v: u32) {
+    if let Some(r) = room_of(fd) {
+        r.store(v, Relaxed);
+    }
+}
+
+/// Takes `n` bytes of `fd`'s room, if it has them.
+fn take_room(fd: c_int, n: usize) -> bool {
+    let (Some(r), Ok(n)) = (room_of(fd), u32::try_from(n)) else {
+        return false;
+    };
+    r.fetch_update(Relaxed, Relaxed, |v| v.checked_sub(n))
+        .is_ok()
+}
+
 thread_local! {
     /// This thread's control connection and the fork generation it was made in.
     static CTL: Cell<(u64, c_int)> = const { Cell::new((0, -1)) };
+    /// This thread posted sends since its last answered request.
+    static UNCONFIRMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The fork generation in which [`CHANNELS`] counts.
+static CHANNELS_GEN: AtomicU64 = AtomicU64::new(0);
+/// Control connections this process made in that generation.
+static CHANNELS: AtomicU64 = AtomicU64::new(0);
+
+/// Sends are posted only while one thread of this process talks to the stack process: the
+/// channel keeps one thread's calls in order, but a posted send of one thread and a later
+/// call of another on the same socket would cross different channels (and server threads).
+/// From a process's second channel on, every send waits for its answer (a send posted by the
+/// first thread just before the second thread's first call is the one case left unordered).
+fn posting_allowed() -> bool {
+    CHANNELS_GEN.load(Relaxed) == FORK_GEN.load(Relaxed) && CHANNELS.load(Relaxed) <= 1
+}
+
+/// Waits until the stack process has served this thread's posted sends (a request without a
+/// descriptor, answered `EBADF` after them): before a `fork` (a child's calls on the same
+/// sockets go over its own channels) and an `exec` (the new image's too).
+pub(super) fn barrier() {
+    if !UNCONFIRMED.try_with(Cell::get).unwrap_or(false) {
+        return;
+    }
+    let _ = UNCONFIRMED.try_with(|u| u.set(false));
+    let gen = FORK_GEN.load(Relaxed);
+    let Some((g, c)) = CTL.try_with(Cell::get).ok() else {
+        return;
+    };
+    if g != gen || c < 0 {
+        return;
+    }
+    let req = Req::default();
+    if send_msg(c, head_bytes(&req), &[], -1).is_ok() {
+        let mut rep = Rep::default();
+        let _ = recv_msg(c, head_bytes_mut(&mut rep), &mut [], true);
+    }
+}
+
+/// `pthread_atfork`'s prepare handler in an image a child exec'ed.
+extern "C" fn atfork_prepare_exec() {
+    barrier();
 }
 
 /// This thread's control connection, made at its first use in this process.
@@ -830,6 +1070,10 @@ fn ctl() -> Result<c_int, c_int> {
         return Err(libc::ENETDOWN);
     }
     let _ = CTL.try_with(|c| c.set((gen, s)));
+    if CHANNELS_GEN.swap(gen, Relaxed) != gen {
+        CHANNELS.store(0, Relaxed);
+    }
+    CHANNELS.fetch_add(1, Relaxed);
     Ok(s)
 }
 
@@ -862,6 +1106,8 @@ fn exchange(
     send_msg(c, head_bytes(req), data, fd).map_err(gone)?;
     let mut rep = Rep::default();
     let (n, passed, _) = recv_msg(c, head_bytes_mut(&mut rep), out, cloexec).map_err(gone)?;
+    // Served in order: whatever this thread posted before is done.
+    let _ = UNCONFIRMED.try_with(|u| u.set(false));
     if n == 0 {
         GONE.store(true, Relaxed);
         return Err(libc::ENETDOWN);
@@ -872,10 +1118,14 @@ fn exchange(
     if rep.pass == KERNEL {
         mark_pending(fd, false);
     }
+    if rep.pass == ANSWERED && req.op != ACCEPT {
+        set_room(fd, rep.room);
+    }
     let mut extra = -1;
     if passed >= 0 {
         if req.op == ACCEPT {
             extra = passed;
+            set_room(passed, rep.room);
         } else {
             // SAFETY: F_GETFD on the caller's descriptor.
             let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
@@ -891,10 +1141,45 @@ fn exchange(
             if r >= 0 {
                 mark_pending(fd, false);
                 mark(fd);
+                set_room(fd, rep.room);
             }
         }
     }
     Ok((Answer { rep, len: n - HEAD }, extra))
+}
+
+/// Posts a send the stack process's last answer said fits: the request goes out and the child
+/// does not wait for its answer (the stack process serves the channel's requests in order, so
+/// a later call on the socket sees it done). `None`: not posted (no room known, or no channel).
+fn post(fd: c_int, bufs: &[&[u8]], flags: c_int, sendfile: bool) -> Option<usize> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    if total == 0 || total > CHUNK || flags & libc::MSG_OOB != 0 || PMARKS.get(fd) {
+        return None;
+    }
+    let c = ctl().ok()?;
+    if !posting_allowed() || !take_room(fd, total) {
+        return None;
+    }
+    let req = Req {
+        op: SEND,
+        flags: flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        sendfile: u32::from(sendfile),
+        mode: NOREPLY,
+        ..Req::default()
+    };
+    match send_msg(c, head_bytes(&req), bufs, fd) {
+        Ok(()) => {
+            let _ = UNCONFIRMED.try_with(|u| u.set(true));
+            Some(total)
+        }
+        Err(e) => {
+            set_room(fd, 0);
+            if matches!(e, libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) {
+                GONE.store(true, Relaxed);
+            }
+            None
+        }
+    }
 }
 
 fn fail<T: From<i8>>(e: c_int) -> T {
@@ -963,8 +1248,8 @@ fn nothing_yet(fd: c_int, dontwait: bool) -> bool {
     dontwait || (fl >= 0 && fl & libc::O_NONBLOCK != 0)
 }
 
-fn deadline(ms: u64) -> Option<Instant> {
-    (ms > 0).then(|| Instant::now() + Duration::from_millis(ms))
+fn deadline(ms: u32) -> Option<Instant> {
+    (ms > 0).then(|| Instant::now() + Duration::from_millis(u64::from(ms)))
 }
 
 /// After `socket()` in a child: an AF_INET stream or datagram socket is pending.
@@ -977,12 +1262,14 @@ pub(super) fn socket_made(fd: c_int, domain: c_int, ty: c_int) {
 
 /// A child closes `fd`: only its marks go (the kernel counts the A end's copies).
 pub(super) fn forget(fd: c_int) {
+    set_room(fd, 0);
     unmark(fd);
     mark_pending(fd, false);
 }
 
 /// A child duplicated `old` to `new`.
 pub(super) fn duplicated(old: c_int, new: c_int) {
+    set_room(new, 0);
     if is_stack(old) {
         mark(new);
     } else if PMARKS.get(old) {
@@ -1121,6 +1408,11 @@ pub(super) fn send(
     dst: Option<(*const sockaddr, socklen_t)>,
     sendfile: bool,
 ) -> Option<isize> {
+    if dst.is_none_or(|d| d.0.is_null()) {
+        if let Some(n) = post(fd, bufs, flags, sendfile) {
+            return Some(n as isize);
+        }
+    }
     let total: usize = bufs.iter().map(|b| b.len()).sum();
     let dontwait = flags & libc::MSG_DONTWAIT != 0;
     let (mut bi, mut off, mut sent) = (0usize, 0usize, 0usize);
@@ -1478,6 +1770,7 @@ pub fn exec_entry() -> Option<std::ffi::CString> {
     if !super::FORKED.load(Relaxed) || guard::in_vfork_child() {
         return None;
     }
+    barrier();
     let pid = STACK_PID.load(Relaxed);
     let mut list = Vec::new();
     for fd in super::MARKS.members() {
@@ -1527,7 +1820,7 @@ extern "C" fn inherit() {
     }
     // Its own children get their own control connections.
     // SAFETY: the handler is an `extern "C" fn()` that never unwinds.
-    unsafe { libc::pthread_atfork(None, None, Some(super::atfork_child)) };
+    unsafe { libc::pthread_atfork(Some(atfork_prepare_exec), None, Some(super::atfork_child)) };
 }
 
 #[cfg(not(test))]
