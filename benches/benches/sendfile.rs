@@ -22,10 +22,11 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use hicamp::{Config, Memory, Segment};
+use hicamp_benches::apps::{hicamp_with_shim, Reaper};
 use hicamp_benches::{run_mode, RunMode};
 use nicdma::tap::{netns_supported, NetNs};
 
@@ -184,51 +185,6 @@ fn tempfile_dir() -> PathBuf {
     d
 }
 
-/// `hicamp` of this build's profile, with the shim beside it (built when missing).
-fn hicamp() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("no target directory")?;
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace")?;
-    for args in [
-        &["build", "-q", "-p", "libc-shim"][..],
-        &["build", "-q", "-p", "hicamp-examples", "--bin", "hicamp"][..],
-    ] {
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(args).current_dir(workspace);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "cargo build failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-    }
-    let h = dir.join("hicamp");
-    if h.is_file() && dir.join("liblibc_shim.so").is_file() {
-        Ok(h)
-    } else {
-        Err(format!("{} or the shim was not built", h.display()))
-    }
-}
-
-/// Kills and reaps a child on drop.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Serves `argv[2]` once with `os.sendfile` (a probe connection that sends nothing is
 /// skipped).
 const SERVER: &str = r#"
@@ -343,7 +299,7 @@ fn download(rounds: u64, len: usize) {
     {
         return;
     }
-    let hicamp = match hicamp() {
+    let hicamp = match hicamp_with_shim() {
         Ok(h) => h,
         Err(e) => panic!("{e}"),
     };

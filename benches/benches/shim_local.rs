@@ -24,7 +24,9 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use hicamp_benches::apps::Reaper;
 use std::time::{Duration, Instant};
 
 const MSG: usize = 64 * 1024;
@@ -58,15 +60,6 @@ impl Mode {
         } else {
             c.env_remove("LD_PRELOAD");
         }
-    }
-}
-
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -9,6 +9,8 @@
 //!   targets to stdout from those very samples: criterion's report and the
 //!   summary describe the same measurements, and nothing is timed twice.
 //!
+//! * [`apps`]: the `hicamp` launcher and shim of this build, and [`apps::Reaper`] for the
+//!   benches that run applications.
 //! * [`net`]: the network benches' backend choice (`--backend`), veth lab and
 //!   backend-generic segstack bulk loop.
 //!
@@ -28,6 +30,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput};
 use hicamp::{Config, Memory};
 
+pub mod apps;
 pub mod net;
 
 /// One kibibyte.
