@@ -88,6 +88,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::real;
 
+mod filecache;
 pub mod inline;
 pub mod ops;
 pub mod proxy;
@@ -854,6 +855,7 @@ fn report_json(reason: &str) -> serde_json::Value {
         "ip": ip,
         "stack_error": w.failed.as_ref().map(|f| f.1.clone()),
         "totals": w.counters,
+        "sendfile_cache": filecache::report(),
         "payload_bytes_copied_below_socket_api": below,
         "connections": conns,
         "proxy": proxied,
