@@ -587,6 +587,8 @@ fn start() -> Result<Engine, (c_int, String)> {
         ));
     }
     let settings = Settings::from_env().map_err(|e| (libc::EINVAL, e))?;
+    // Read now: an application may clear its environment later (nginx keeps only TZ).
+    ops::sendfile_settings();
     let mem = Memory::new(hicamp::Config {
         capacity_lines: 1 << 24,
         map_capacity: 1 << 20,

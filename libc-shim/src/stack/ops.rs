@@ -1177,6 +1177,13 @@ pub unsafe fn sendfile(out: c_int, inf: c_int, off: *mut i64, count: usize) -> O
     unsafe { sendfile_copy(out, inf, off, count) }
 }
 
+/// Reads sendfile's settings from the environment (`HICAMP_STACK_SENDFILE`,
+/// `HICAMP_SENDFILE_CACHE`) when the stack starts, before an application may clear it.
+pub(super) fn sendfile_settings() {
+    sendfile_copies();
+    drop(filecache::cache());
+}
+
 /// `HICAMP_STACK_SENDFILE=copy` keeps every `sendfile` on the buffered path (the way it was
 /// before the in-place one: for same-run comparisons).
 fn sendfile_copies() -> bool {
