@@ -1440,7 +1440,7 @@ unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize)
     Some(sent as isize)
 }
 
-/// `want` bytes of `inf` at `at`, `pread` straight into line slots of `mem`; counted in the
+/// `want` bytes of `inf` at `at`, `preadv` straight into line slots of `mem`; counted in the
 /// sendfile cache's `read_bytes`/`read_calls`. A memory too full for them empties the sendfile
 /// cache (its snapshots may hold the lines) and tries once more.
 fn read_range(
@@ -1452,9 +1452,13 @@ fn read_range(
     let mut retried = false;
     loop {
         let mut pos = 0i64;
-        let r = mem.segment_from_reader(want as u64, |buf| {
-            // SAFETY: `buf` is `buf.len()` writable bytes.
-            let n = unsafe { libc::pread(inf, buf.as_mut_ptr().cast(), buf.len(), at + pos) };
+        // One `preadv` fills every run of free slots of a chunk (scattered reused slots made
+        // 16-26 `pread`s of a 4 KiB page).
+        let r = mem.segment_from_vectored_reader(want as u64, |bufs| {
+            let cnt = bufs.len().min(1024) as c_int;
+            // SAFETY: `IoSliceMut` is ABI-compatible with `struct iovec` on Unix; the first
+            // `cnt` (at most IOV_MAX) describe writable buffers borrowed for the call.
+            let n = unsafe { libc::preadv(inf, bufs.as_mut_ptr().cast(), cnt, at + pos) };
             if n < 0 {
                 return Err(std::io::Error::last_os_error());
             }
