@@ -1157,7 +1157,7 @@ pub fn recv(
 
 /// `sendfile` from a file into a stack socket. From a regular file into a TCP socket of the
 /// stack process the file is read straight into segments ([`sendfile_in_place`]: one copy,
-/// the kernel's `pread` into free line slots of the stack's memory); from other files, into
+/// the kernel's `preadv` into free line slots of the stack's memory); from other files, into
 /// UDP sockets and in forked children it is read into a buffer and sent from there
 /// ([`sendfile_copy`]).
 ///
@@ -1199,8 +1199,8 @@ const SENDFILE_STEP: usize = 1 << 20;
 const MAX_RW_COUNT: usize = 0x7fff_f000;
 
 /// `sendfile` from a regular file into a TCP socket of the stack process, in place: the
-/// kernel's `pread` writes the file's bytes into free line slots of the stack's memory
-/// (`hicamp::Memory::segment_from_reader`: lines deduplicated where they lie, no copy by
+/// kernel's `preadv` writes the file's bytes into free line slots of the stack's memory
+/// (`hicamp::Memory::segment_from_vectored_reader`: lines deduplicated where they lie, no copy by
 /// hicamp), and the segment is queued as a snapshot. Nothing is counted at the socket API
 /// (`api_copy_in_bytes`) or below it; the bytes count in `sendfile_bytes`. A range read
 /// before from the same unchanged file is queued from the sendfile cache ([`filecache`]):
