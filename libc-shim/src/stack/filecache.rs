@@ -381,6 +381,45 @@ mod tests {
         assert_eq!(m.live_lines(), 0, "the cache held the only references");
     }
 
+    /// A memory too full for a read: the process's cache is emptied (its snapshots held the
+    /// lines) and the read succeeds on the second try.
+    #[test]
+    fn a_full_memory_empties_the_cache_and_the_read_is_retried() {
+        use std::os::fd::AsRawFd;
+        let m = Memory::new(Config {
+            capacity_lines: 1 << 10,
+            ..Config::default()
+        })
+        .unwrap();
+        // Distinct lines (no dedup between them): an xorshift stream.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut bytes = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        // Snapshots in the process's cache holding most of the memory.
+        let held = m.segment(&bytes(64 * 800)).unwrap();
+        cache().put(FileId { dev: 9, ino: 9 }, V, 0, held.len(), &held, NOW);
+        drop(held);
+        assert_eq!(cache().stats.entries, 1);
+        let data = bytes(64 * 400);
+        let path = std::env::temp_dir().join(format!("hicamp-sfcache-{}", std::process::id()));
+        std::fs::write(&path, &data).unwrap();
+        let f = std::fs::File::open(&path).unwrap();
+        let got = super::super::ops::read_range(&m, f.as_raw_fd(), 0, data.len());
+        std::fs::remove_file(&path).unwrap();
+        let got = got.expect("read after the cache was emptied");
+        assert!(got.stopped.is_none(), "{:?}", got.stopped);
+        assert_eq!(got.segment.to_vec(), data);
+        assert_eq!(cache().stats.entries, 0);
+    }
+
     #[test]
     fn off_keeps_nothing() {
         let m = mem();

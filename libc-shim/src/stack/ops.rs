@@ -1443,7 +1443,7 @@ unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize)
 /// `want` bytes of `inf` at `at`, `preadv` straight into line slots of `mem`; counted in the
 /// sendfile cache's `read_bytes`/`read_calls`. A memory too full for them empties the sendfile
 /// cache (its snapshots may hold the lines) and tries once more.
-fn read_range(
+pub(super) fn read_range(
     mem: &hicamp::Memory,
     inf: c_int,
     at: i64,
