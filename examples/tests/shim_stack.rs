@@ -2209,3 +2209,161 @@ fn sendfile_serves_64_mib_to_curl_with_no_byte_copied_by_the_shim() {
         "{r}"
     );
 }
+
+// The sendfile cache (`libc-shim/src/stack/filecache.rs`): a range sent before from the same
+// unchanged file is queued again as a snapshot, with no read and no intern.
+
+/// Serves `argv[3]` requests, each with a header (`sendall`) and the whole file at `argv[2]`
+/// through `os.sendfile` (the file opened per request, as nginx does); a request for
+/// `/rewrite` first rewrites the file in place with the next content from `argv[4]` (same size,
+/// no truncation). Prints the header bytes it sent.
+const SENDFILE_CACHE_SERVER: &str = r#"
+import os, socket, sys
+ip, path, want, nxt = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((ip, 8080)); s.listen(8)
+header_bytes = 0
+served = 0
+while served < want:
+    c, _ = s.accept()
+    req = b""
+    while b"\r\n\r\n" not in req:
+        d = c.recv(4096)
+        if not d:
+            break
+        req += d
+    if not req:
+        # A probe that only connected.
+        c.close()
+        continue
+    served += 1
+    if req.split(b" ")[1] == b"/rewrite":
+        with open(nxt, "rb") as n, open(path, "r+b") as f:
+            f.write(n.read())
+    size = os.path.getsize(path)
+    head = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % size
+    c.sendall(head)
+    header_bytes += len(head)
+    with open(path, "rb") as f:
+        sent = 0
+        while sent < size:
+            n = os.sendfile(c.fileno(), f.fileno(), sent, size - sent)
+            assert n > 0, n
+            sent += n
+    c.shutdown(socket.SHUT_WR)
+    while c.recv(4096):
+        pass
+    c.close()
+print("header_bytes", header_bytes, flush=True)
+"#;
+
+#[test]
+fn sendfile_cache_serves_unchanged_files_without_reading_and_changed_ones_fresh() {
+    if missing(&["curl", "python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let mut rng = testkit::Rng::new(0x5fc);
+    // Not line-aligned; same size before and after the rewrite.
+    let size = 8192 - 37;
+    let a = rng.bytes(size);
+    let b = rng.bytes(size);
+    let file = lab.path("page");
+    let next = lab.path("next");
+    std::fs::write(&next, &b).unwrap();
+    // (path, expected body) per request: A three times, B right after the in-place rewrite
+    // (too recent to be kept), then B twice after the file settled.
+    let plan: [(&str, &[u8], bool); 6] = [
+        ("/", &a, false),
+        ("/", &a, false),
+        ("/", &a, false),
+        ("/rewrite", &b, false),
+        ("/", &b, true),
+        ("/", &b, false),
+    ];
+    // The cache keeps a file only when it has not changed for a second (filecache::SETTLE_NS).
+    let settle = Duration::from_millis(1200);
+    for (k, cache) in ["", "0"].into_iter().enumerate() {
+        std::fs::write(&file, &a).unwrap();
+        std::thread::sleep(settle);
+        let report = format!("sfcache{k}.json");
+        let mut cmd = lab.stack(
+            "tsfc0",
+            "10.122.0",
+            &report,
+            &[
+                "python3",
+                "-c",
+                SENDFILE_CACHE_SERVER,
+                "10.122.0.2",
+                file.to_str().unwrap(),
+                &plan.len().to_string(),
+                next.to_str().unwrap(),
+            ],
+        );
+        if !cache.is_empty() {
+            cmd.env("HICAMP_SENDFILE_CACHE", cache);
+        }
+        let srv = Reaper::spawn(cmd);
+        wait_port(&lab, "10.122.0.2", 8080);
+        for (path, want, settle_first) in plan {
+            if settle_first {
+                std::thread::sleep(settle);
+            }
+            let got = lab.path("got");
+            let out = lab
+                .kernel(
+                    "curl",
+                    &[
+                        "-sS",
+                        "--max-time",
+                        "30",
+                        "-o",
+                        got.to_str().unwrap(),
+                        &format!("http://10.122.0.2:8080{path}"),
+                    ],
+                )
+                .output()
+                .unwrap();
+            assert_ok(&out);
+            let body = std::fs::read(&got).unwrap();
+            assert!(
+                body == want,
+                "{path} (cache {cache:?}): a stale or wrong body"
+            );
+        }
+        let out = srv.finish(30);
+        assert_ok(&out);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let header_bytes: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("header_bytes "))
+            .unwrap_or_else(|| panic!("{text}"))
+            .parse()
+            .unwrap();
+        let merged = lab.report(&report);
+        let r = stack_report(&merged);
+        let c = &r["sendfile_cache"];
+        eprintln!("cache {cache:?}: {c}");
+        let s = size as u64;
+        let bodies = s * plan.len() as u64;
+        assert_eq!(n(&r["totals"]["sendfile_bytes"]), bodies, "{r}");
+        assert_eq!(n(&r["totals"]["api_copy_in_bytes"]), header_bytes, "{r}");
+        assert_eq!(n(&r["payload_bytes_copied_below_socket_api"]), 0, "{r}");
+        if cache.is_empty() {
+            // Read: A once, B after the rewrite (too recent: not kept), B once settled. Every
+            // other body came from a snapshot: 0 bytes read, 0 copied.
+            assert_eq!(n(&c["read_bytes"]), 3 * s, "{c}");
+            assert_eq!(n(&c["hit_bytes"]), 3 * s, "{c}");
+            assert_eq!(n(&c["hits"]), 3, "{c}");
+            assert_eq!(n(&c["invalidated"]), 1, "{c}");
+            assert_eq!(n(&c["racy"]), 1, "{c}");
+            assert_eq!(n(&c["inserted"]), 2, "{c}");
+            assert_eq!(n(&c["entries"]), 1, "{c}");
+        } else {
+            assert_eq!(n(&c["budget_bytes"]), 0, "{c}");
+            assert_eq!(n(&c["read_bytes"]), bodies, "{c}");
+            assert_eq!(n(&c["hits"]) + n(&c["inserted"]), 0, "{c}");
+        }
+    }
+}

@@ -522,6 +522,24 @@ impl Memory {
         len: u64,
         mut read: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
     ) -> std::result::Result<ReadSegment, store::ReadError> {
+        // The first buffer only: one run of consecutive slots per call.
+        self.segment_from_vectored_reader(len, |bufs: &mut [std::io::IoSliceMut<'_>]| {
+            match bufs.first_mut() {
+                Some(b) => read(b),
+                None => Ok(0),
+            }
+        })
+    }
+
+    /// [`Memory::segment_from_reader`] with a vectored reader (a `preadv`, say): `read` is
+    /// given the buffers of every run of consecutive free slots of a chunk (up to 256 KiB)
+    /// at once, in order, so that one call can fill them all; it returns the bytes it wrote,
+    /// filling the buffers in order (the next call gets what is left).
+    pub fn segment_from_vectored_reader(
+        &self,
+        len: u64,
+        mut read: impl FnMut(&mut [std::io::IoSliceMut<'_>]) -> std::io::Result<usize>,
+    ) -> std::result::Result<ReadSegment, store::ReadError> {
         dag::check_len(len)?;
         let shift = self.inner.store.shift();
         let f = self

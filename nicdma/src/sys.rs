@@ -117,6 +117,14 @@ impl IfReq {
     }
 }
 
+fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
@@ -161,6 +169,51 @@ pub fn tun_set_offload(fd: BorrowedFd<'_>, flags: libc::c_uint) -> io::Result<()
         )
     };
     check(ret).map(drop)
+}
+
+/// The most iovecs [`writev_runs`] passes (the header's included).
+pub const RUNS_MAX: usize = 128;
+
+/// `writev` of `head` then `chunks`, one iovec per run of chunks that lie end to end in
+/// memory (consecutive line slots of an arena), if that makes fewer than `max_iov` iovecs
+/// (`head`'s included; at most [`RUNS_MAX`]); `None` (nothing written) when it would not.
+pub fn writev_runs(
+    fd: BorrowedFd<'_>,
+    head: &[u8],
+    chunks: &[&[u8]],
+    max_iov: usize,
+) -> Option<io::Result<usize>> {
+    let max_iov = max_iov.min(RUNS_MAX);
+    let empty = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    let mut iov = [empty; RUNS_MAX];
+    iov[0] = libc::iovec {
+        iov_base: head.as_ptr() as *mut libc::c_void,
+        iov_len: head.len(),
+    };
+    let mut n = 1;
+    for c in chunks.iter().filter(|c| !c.is_empty()) {
+        let last = &mut iov[n - 1];
+        if n > 1 && (last.iov_base as usize).wrapping_add(last.iov_len) == c.as_ptr() as usize {
+            last.iov_len += c.len();
+            continue;
+        }
+        if n + 1 >= max_iov {
+            return None;
+        }
+        iov[n] = libc::iovec {
+            iov_base: c.as_ptr() as *mut libc::c_void,
+            iov_len: c.len(),
+        };
+        n += 1;
+    }
+    // SAFETY: `iov[..n]` describes `head` and runs of `chunks` only: a run is chunks that lie
+    // end to end, so its bytes are exactly theirs, all borrowed for this call (readable, and
+    // only read: `writev` copies from them). The fd is live because it is borrowed.
+    let ret = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), n as libc::c_int) };
+    Some(check_size(ret))
 }
 
 /// Waits up to `timeout_ms` (negative: forever) for `fd` to poll readable.

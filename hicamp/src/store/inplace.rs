@@ -34,7 +34,7 @@
 //! were read, and a typed error when none were; slots are returned on every
 //! path (a guard gives them back if the reader panics).
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::sync::atomic::Ordering::*;
 
 use super::counts::{kind_bit, COUNT_MASK, INTERIOR_BIT, SATURATED};
@@ -132,7 +132,7 @@ impl Store {
     pub(crate) fn intern_tree_from(
         &self,
         len: u64,
-        read: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+        read: &mut dyn FnMut(&mut [IoSliceMut<'_>]) -> io::Result<usize>,
         height: impl Fn(usize) -> u32,
     ) -> Result<Filled, ReadError> {
         let ls = self.line_size();
@@ -189,7 +189,7 @@ impl Store {
     fn fill_chunk(
         &self,
         want: usize,
-        read: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+        read: &mut dyn FnMut(&mut [IoSliceMut<'_>]) -> io::Result<usize>,
         out: &mut Vec<LineId>,
         counts: &mut ReadCounts,
     ) -> (usize, ChunkEnd) {
@@ -211,53 +211,59 @@ impl Store {
             }
         }
         let room = (held.ids.len() * ls).min(want);
-        // Read run by run of consecutive slots: one call for a fresh run.
-        let mut got = 0;
-        let mut end = ChunkEnd::More;
+        // One buffer per run of consecutive slots, all handed to the reader at once (a
+        // vectored reader fills them in one call; a plain one reads the first run per call).
+        let mut bufs: Vec<IoSliceMut<'_>> = Vec::new();
         let mut i = 0;
-        'runs: while i < held.ids.len() && got < room {
+        let mut planned = 0;
+        while i < held.ids.len() && planned < room {
             let mut k = 1;
             while i + k < held.ids.len() && held.ids[i + k] == held.ids[i] + k as u32 {
                 k += 1;
             }
-            let len = (k * ls).min(room - got);
+            let len = (k * ls).min(room - planned);
             let p = self.arena.slot_ptr(held.ids[i]);
-            // SAFETY: slots `ids[i]..ids[i] + k` are consecutive (checked
-            // above), in the arena (they came from the free lists or the fresh
-            // range), and this thread owns them exclusively: taken, not
-            // published, so no index entry, parent or reader can reach them,
-            // and no other slice over them lives. `len <= k * ls`.
+            // SAFETY: slots `ids[i]..ids[i] + k` are consecutive (checked above), in the
+            // arena (they came from the free lists or the fresh range), and this thread owns
+            // them exclusively: taken, not published, so no index entry, parent or reader can
+            // reach them. The runs are disjoint (each slot is in `ids` once), so the buffers
+            // do not overlap, and they are dropped before the slots are published or given
+            // back (below). `len <= k * ls`.
             let buf = unsafe { std::slice::from_raw_parts_mut(p, len) };
-            let mut at = 0;
-            while at < len {
-                counts.reads += 1;
-                match read(&mut buf[at..]) {
-                    Ok(0) => {
-                        end = ChunkEnd::Eof;
-                        got += at;
-                        break 'runs;
-                    }
-                    Ok(n) if n <= len - at => at += n,
-                    Ok(_) => {
-                        let e = io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "the reader reported more bytes than its buffer holds",
-                        );
-                        end = ChunkEnd::Stop(e.into());
-                        got += at;
-                        break 'runs;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => counts.interrupted += 1,
-                    Err(e) => {
-                        end = ChunkEnd::Stop(e.into());
-                        got += at;
-                        break 'runs;
-                    }
-                }
-            }
-            got += at;
+            bufs.push(IoSliceMut::new(buf));
+            planned += len;
             i += k;
         }
+        let mut got = 0;
+        let mut end = ChunkEnd::More;
+        let mut rest: &mut [IoSliceMut<'_>] = &mut bufs;
+        while got < room {
+            counts.reads += 1;
+            match read(rest) {
+                Ok(0) => {
+                    end = ChunkEnd::Eof;
+                    break;
+                }
+                Ok(n) if n <= room - got => {
+                    got += n;
+                    IoSliceMut::advance_slices(&mut rest, n);
+                }
+                Ok(_) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the reader reported more bytes than its buffers hold",
+                    );
+                    end = ChunkEnd::Stop(e.into());
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => counts.interrupted += 1,
+                Err(e) => {
+                    end = ChunkEnd::Stop(e.into());
+                    break;
+                }
+            }
+        }
+        drop(bufs);
         if matches!(end, ChunkEnd::More) && got < want {
             // Fewer slots than asked: the memory is nearly full.
             end = ChunkEnd::Stop(self.arena().backing().exhausted(self.capacity()).into());
@@ -604,6 +610,81 @@ mod tests {
             pos += n;
             Ok(n)
         }
+    }
+
+    /// A vectored reader over `data`: fills the buffers in order, sometimes short, sometimes
+    /// interrupted.
+    fn vreader(
+        data: &[u8],
+        seed: u64,
+    ) -> impl FnMut(&mut [io::IoSliceMut<'_>]) -> io::Result<usize> + '_ {
+        let mut r = testkit::Rng::new(seed);
+        let mut pos = 0;
+        move |bufs: &mut [io::IoSliceMut<'_>]| {
+            if r.one_in(6) {
+                return Err(io::Error::from(io::ErrorKind::Interrupted));
+            }
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            let mut limit = if r.one_in(3) {
+                1 + r.index(total.max(1))
+            } else {
+                total
+            };
+            let mut n = 0;
+            for b in bufs.iter_mut() {
+                let k = b.len().min(limit).min(data.len() - pos);
+                b[..k].copy_from_slice(&data[pos..pos + k]);
+                pos += k;
+                n += k;
+                limit -= k;
+                if k < b.len() {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+    }
+
+    /// A vectored reader fills the scattered runs of reused slots in one call per chunk.
+    #[test]
+    fn a_vectored_reader_fills_every_run_of_a_chunk_at_once() {
+        let m = memory(1 << 14, 64);
+        let mut r = testkit::Rng::new(31);
+        let junk = r.bytes(400_000);
+        let s = m.segment(&junk).unwrap();
+        drop(s);
+        let data = content(32, 200_000, 64);
+        FALLBACKS.with(|c| c.set(0));
+        let mut calls = 0u64;
+        let mut pos = 0;
+        let got = m
+            .segment_from_vectored_reader(data.len() as u64, |bufs| {
+                calls += 1;
+                let mut n = 0;
+                for b in bufs.iter_mut() {
+                    let k = b.len().min(data.len() - pos);
+                    b[..k].copy_from_slice(&data[pos..pos + k]);
+                    pos += k;
+                    n += k;
+                }
+                Ok(n)
+            })
+            .unwrap();
+        assert!(FALLBACKS.with(|c| c.get()) > 0, "no scattered slots");
+        assert_eq!(got.segment, m.segment(&data).unwrap());
+        // One call per 256 KiB chunk: 200 000 bytes are one chunk.
+        assert_eq!((calls, got.counts.reads), (1, 1));
+        drop(got);
+        assert_eq!(m.live_lines(), 0);
+        no_leak(&m);
+        // Short and interrupted vectored reads still build the same segment.
+        let data = content(33, 300_000, 64);
+        let got = m
+            .segment_from_vectored_reader(data.len() as u64, vreader(&data, 34))
+            .unwrap();
+        assert_eq!(got.segment, m.segment(&data).unwrap());
+        drop(got);
+        no_leak(&m);
     }
 
     #[track_caller]

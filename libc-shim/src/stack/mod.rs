@@ -88,6 +88,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::real;
 
+mod filecache;
 pub mod inline;
 pub mod ops;
 pub mod proxy;
@@ -612,6 +613,8 @@ fn start() -> Result<Engine, (c_int, String)> {
         ));
     }
     let settings = Settings::from_env().map_err(|e| (libc::EINVAL, e))?;
+    // Read now: an application may clear its environment later (nginx keeps only TZ).
+    ops::sendfile_settings();
     let mem = Memory::new(hicamp::Config {
         capacity_lines: 1 << 24,
         map_capacity: 1 << 20,
@@ -885,6 +888,7 @@ fn report_json(reason: &str) -> serde_json::Value {
         "ip": ip,
         "stack_error": w.failed.as_ref().map(|f| f.1.clone()),
         "totals": w.counters,
+        "sendfile_cache": filecache::report(),
         "payload_bytes_copied_below_socket_api": below,
         "connections": conns,
         "proxy": proxied,

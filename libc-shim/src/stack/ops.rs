@@ -10,6 +10,7 @@ use segstack::iface::IfaceError;
 use segstack::tcp::{Keepalive, TcpError};
 use segstack::Payload;
 
+use super::filecache;
 use super::{
     internal, is_stack, lock, mark, mark_pending, marked, note, on, proxy, pump, sync, unmark,
     ConnRecord, Kind, Opts, Pending, Sock, Tcp, World, FORKED, ORPHANS,
@@ -1156,7 +1157,7 @@ pub fn recv(
 
 /// `sendfile` from a file into a stack socket. From a regular file into a TCP socket of the
 /// stack process the file is read straight into segments ([`sendfile_in_place`]: one copy,
-/// the kernel's `pread` into free line slots of the stack's memory); from other files, into
+/// the kernel's `preadv` into free line slots of the stack's memory); from other files, into
 /// UDP sockets and in forked children it is read into a buffer and sent from there
 /// ([`sendfile_copy`]).
 ///
@@ -1176,6 +1177,13 @@ pub unsafe fn sendfile(out: c_int, inf: c_int, off: *mut i64, count: usize) -> O
     unsafe { sendfile_copy(out, inf, off, count) }
 }
 
+/// Reads sendfile's settings from the environment (`HICAMP_STACK_SENDFILE`,
+/// `HICAMP_SENDFILE_CACHE`) when the stack starts, before an application may clear it.
+pub(super) fn sendfile_settings() {
+    sendfile_copies();
+    drop(filecache::cache());
+}
+
 /// `HICAMP_STACK_SENDFILE=copy` keeps every `sendfile` on the buffered path (the way it was
 /// before the in-place one: for same-run comparisons).
 fn sendfile_copies() -> bool {
@@ -1191,10 +1199,12 @@ const SENDFILE_STEP: usize = 1 << 20;
 const MAX_RW_COUNT: usize = 0x7fff_f000;
 
 /// `sendfile` from a regular file into a TCP socket of the stack process, in place: the
-/// kernel's `pread` writes the file's bytes into free line slots of the stack's memory
-/// (`hicamp::Memory::segment_from_reader`: lines deduplicated where they lie, no copy by
+/// kernel's `preadv` writes the file's bytes into free line slots of the stack's memory
+/// (`hicamp::Memory::segment_from_vectored_reader`: lines deduplicated where they lie, no copy by
 /// hicamp), and the segment is queued as a snapshot. Nothing is counted at the socket API
-/// (`api_copy_in_bytes`) or below it; the bytes count in `sendfile_bytes`.
+/// (`api_copy_in_bytes`) or below it; the bytes count in `sendfile_bytes`. A range read
+/// before from the same unchanged file is queued from the sendfile cache ([`filecache`]):
+/// no read, no intern (`sendfile_cache.hit_bytes`; `read_bytes` counts what was read).
 ///
 /// Reads at most what the send buffer takes, so the offset (`*off`, or the file position
 /// when `off` is null, moved with `lseek`) advances by exactly what was queued: a full
@@ -1215,6 +1225,10 @@ unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize)
     if unsafe { libc::fstat(inf, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return None;
     }
+    // The cache's key and the clock the file's times are compared with (a file changed in
+    // the last second is not kept: see `filecache`).
+    let (file, version) = filecache::of_stat(&st);
+    let read_at = filecache::now_ns();
     let _g = enter(out)?;
     let mut w = lock();
     if w.pending.contains_key(&out) {
@@ -1275,35 +1289,50 @@ unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize)
                 Ok(t) => t.config().send_buf.saturating_sub(t.send_queue()),
                 Err(_) => return Step::Err(libc::EPIPE),
             };
-            let want = space.min(count - sent).min(SENDFILE_STEP);
+            let whole = (count - sent).min(SENDFILE_STEP);
+            let want = space.min(whole);
             let r = if want == 0 {
                 // Full: a zero-length segment (no line) whose send fails with WouldBlock
                 // tells the stack that a writer waits (a writable event follows).
                 e.mem.zeroed(1).map_err(|_| ReadStop::Memory)
             } else {
                 let at = start + sent as i64;
-                let mut pos = 0i64;
-                match e.mem.segment_from_reader(want as u64, |buf| {
-                    // SAFETY: `buf` is `buf.len()` writable bytes.
-                    let n =
-                        unsafe { libc::pread(inf, buf.as_mut_ptr().cast(), buf.len(), at + pos) };
-                    if n < 0 {
-                        return Err(std::io::Error::last_os_error());
+                // A range the send buffer did not cut is looked up in (and kept by) the
+                // cache: a hit is queued as it is, with no read and no intern.
+                let cached = want == whole;
+                let hit = if cached {
+                    filecache::cache().get(file, version, at, want as u64)
+                } else {
+                    None
+                };
+                match hit {
+                    Some(seg) => {
+                        filecache::cache().stats.hit_bytes += seg.len();
+                        Ok(seg)
                     }
-                    pos += n as i64;
-                    Ok(n as usize)
-                }) {
-                    Ok(r) => {
-                        if r.segment.is_empty() {
-                            // End of file.
-                            return Step::Done;
+                    None => match read_range(&e.mem, inf, at, want) {
+                        Ok(r) => {
+                            if r.segment.is_empty() {
+                                // End of file.
+                                return Step::Done;
+                            }
+                            if cached && r.stopped.is_none() {
+                                filecache::cache().put(
+                                    file,
+                                    version,
+                                    at,
+                                    want as u64,
+                                    &r.segment,
+                                    read_at,
+                                );
+                            }
+                            Ok(r.segment)
                         }
-                        Ok(r.segment)
-                    }
-                    Err(hicamp::ReadError::Read(err)) => {
-                        Err(ReadStop::Errno(err.raw_os_error().unwrap_or(libc::EIO)))
-                    }
-                    Err(hicamp::ReadError::Memory(_)) => Err(ReadStop::Memory),
+                        Err(hicamp::ReadError::Read(err)) => {
+                            Err(ReadStop::Errno(err.raw_os_error().unwrap_or(libc::EIO)))
+                        }
+                        Err(hicamp::ReadError::Memory(_)) => Err(ReadStop::Memory),
+                    },
                 }
             };
             let seg = match r {
@@ -1409,6 +1438,48 @@ unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize)
         unsafe { std::ptr::write(off, end) };
     }
     Some(sent as isize)
+}
+
+/// `want` bytes of `inf` at `at`, `preadv` straight into line slots of `mem`; counted in the
+/// sendfile cache's `read_bytes`/`read_calls`. A memory too full for them empties the sendfile
+/// cache (its snapshots may hold the lines) and tries once more.
+pub(super) fn read_range(
+    mem: &hicamp::Memory,
+    inf: c_int,
+    at: i64,
+    want: usize,
+) -> Result<hicamp::ReadSegment, hicamp::ReadError> {
+    let mut retried = false;
+    loop {
+        let mut pos = 0i64;
+        // One `preadv` fills every run of free slots of a chunk (scattered reused slots made
+        // 16-26 `pread`s of a 4 KiB page).
+        let r = mem.segment_from_vectored_reader(want as u64, |bufs| {
+            let cnt = bufs.len().min(1024) as c_int;
+            // SAFETY: `IoSliceMut` is ABI-compatible with `struct iovec` on Unix; the first
+            // `cnt` (at most IOV_MAX) describe writable buffers borrowed for the call.
+            let n = unsafe { libc::preadv(inf, bufs.as_mut_ptr().cast(), cnt, at + pos) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            pos += n as i64;
+            Ok(n as usize)
+        });
+        let full = match &r {
+            Ok(r) => matches!(r.stopped, Some(hicamp::ReadError::Memory(_))),
+            Err(e) => matches!(e, hicamp::ReadError::Memory(_)),
+        };
+        if let Ok(r) = &r {
+            let mut fc = filecache::cache();
+            fc.stats.read_bytes += r.counts.bytes;
+            fc.stats.read_calls += r.counts.reads;
+        }
+        if full && !retried && filecache::cache().clear() > 0 {
+            retried = true;
+            continue;
+        }
+        return r;
+    }
 }
 
 /// Why [`sendfile_in_place`] read nothing.
