@@ -18,7 +18,9 @@
 //! `rx:<MiB>[:<reps>]` runs no benchmark: transfers of that size, the
 //! segstack side inside `BulkRig::send_once` / `BulkRig::recv_once`, for
 //! `valgrind --tool=callgrind --collect-atstart=no
-//! --toggle-collect=*send_once*` (instructions per MiB) or perf.
+//! --toggle-collect=*send_once*` (instructions per MiB) or perf; each
+//! transfer prints its wall time and segstack's thread's CPU time (which a
+//! loaded machine disturbs far less).
 
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -138,8 +140,15 @@ fn main() {
             } else {
                 r.send_once()
             };
+            let cpu = r.last_cpu.map_or(String::new(), |c| {
+                format!(
+                    "; segstack's thread on CPU {:.1} ms ({:.2} GB per CPU-second)",
+                    c.as_secs_f64() * 1e3,
+                    n as f64 / c.as_secs_f64().max(1e-9) / 1e9
+                )
+            });
             println!(
-                "bulk profile {spec}: {n} bytes in {d:?} ({:.2} GB/s)",
+                "bulk profile {spec}: {n} bytes in {d:?} ({:.2} GB/s){cpu}",
                 n as f64 / d.as_secs_f64() / 1e9
             );
         }

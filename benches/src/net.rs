@@ -198,6 +198,18 @@ pub struct BulkRig<P: Port> {
     pub port: u16,
     /// Namespaces that must outlive the port (the one its device is in).
     pub keep: Vec<Arc<NetNs>>,
+    /// CPU time of segstack's thread in the last transfer (see [`thread_cpu`]),
+    /// when the kernel reports it.
+    pub last_cpu: Option<Duration>,
+}
+
+/// Time the calling thread has spent on a CPU (`/proc/thread-self/schedstat`,
+/// nanoseconds), or `None` where the kernel does not report it. On a loaded
+/// machine a transfer's CPU time varies far less than its wall clock.
+pub fn thread_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns = s.split_whitespace().next()?.parse::<u64>().ok()?;
+    Some(Duration::from_nanos(ns))
 }
 
 impl<P: Port> BulkRig<P> {
@@ -214,6 +226,7 @@ impl<P: Port> BulkRig<P> {
             t0: Instant::now(),
             port: 5000,
             keep: Vec::new(),
+            last_cpu: None,
         }
     }
 
@@ -273,6 +286,7 @@ impl<P: Port> BulkRig<P> {
         let mut conn = None;
         let mut left = self.object.clone();
         let mut closed = false;
+        let cpu0 = thread_cpu();
         while rx.try_recv().is_err() {
             self.step();
             if conn.is_none() {
@@ -286,6 +300,7 @@ impl<P: Port> BulkRig<P> {
                 }
             }
         }
+        self.last_cpu = thread_cpu().zip(cpu0).map(|(b, a)| b.saturating_sub(a));
         let (n, d) = client.join().expect("client");
         self.debug(conn);
         assert_eq!(n, self.object.len());
@@ -318,6 +333,7 @@ impl<P: Port> BulkRig<P> {
         let mut conn = None;
         let mut got = 0usize;
         let mut chunks = Vec::new();
+        let cpu0 = thread_cpu();
         let elapsed = loop {
             self.step();
             if conn.is_none() {
@@ -328,6 +344,7 @@ impl<P: Port> BulkRig<P> {
                 match self.iface.recv_into(c, usize::MAX, &mut chunks) {
                     Ok(0) => {
                         let e = t.elapsed();
+                        self.last_cpu = thread_cpu().zip(cpu0).map(|(b, a)| b.saturating_sub(a));
                         self.iface.close(c).expect("close");
                         break e;
                     }

@@ -398,3 +398,76 @@ fn idle_sockets_keep_their_events_and_timers() {
         assert_eq!(pair.a.tcp(c).unwrap().state(), State::Established);
     }
 }
+
+/// A poll that ingests a long run of received frames acknowledges them
+/// while it goes on, not once at its end (the bulk sender would otherwise
+/// wait, idle, for the whole run to be deposited): with 2-frame device
+/// passes, the poll in which the receiver takes in at least 512 KiB sends
+/// more than one frame.
+#[test]
+fn a_long_receive_is_acknowledged_during_the_poll() {
+    let m = mem();
+    let mut pair = SimPair::new(&m, LinkConfig::default(), 5, |c| {
+        c.nic.rx_batch = 2;
+        c.tcp.recv_buf = 8 << 20;
+    })
+    .unwrap();
+    let lst = pair.b.tcp_listen(PORT).unwrap();
+    let now = pair.now();
+    let c = pair
+        .a
+        .tcp_connect(SocketAddrV4::new(B_IP, PORT), now)
+        .unwrap();
+    let bytes = data(16 << 20, 9);
+    let mut left = Payload::from_bytes(&m, &bytes).unwrap();
+    let mut srv = None;
+    let mut chunks = Vec::new();
+    let mut best = (0u64, 0u64);
+    for _ in 0..100_000 {
+        let now = pair.now();
+        if !left.is_empty() {
+            match pair.a.send_some(c, &mut left) {
+                Ok(_) | Err(IfaceError::WouldBlock) => {}
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        pair.a.poll(now).unwrap();
+        let rx0 = pair.b.stats().rx_payload_bytes;
+        let tx0 = pair.b.stats().tx_frames;
+        pair.b.poll(now).unwrap();
+        let (rx, tx) = (
+            pair.b.stats().rx_payload_bytes - rx0,
+            pair.b.stats().tx_frames - tx0,
+        );
+        if rx > best.0 {
+            best = (rx, tx);
+        }
+        if rx >= 512 << 10 {
+            assert!(
+                tx >= 2,
+                "a poll took in {rx} bytes and sent {tx} frames (one ACK at its end)"
+            );
+            return;
+        }
+        if srv.is_none() {
+            srv = pair.b.tcp_accept(lst).unwrap();
+        }
+        // The receiver reads only now and then, so that its window lets
+        // runs of frames pile up on the link.
+        if let Some(h) = srv {
+            if pair.b.tcp(h).unwrap().recv_queue() > 4 << 20 {
+                chunks.clear();
+                let _ = pair.b.recv_into(h, usize::MAX, &mut chunks);
+            }
+        }
+        let next = [pair.net.next_due(), pair.a.poll_at(), pair.b.poll_at()]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(t) = next {
+            let t = t.max(now + 1_000);
+            pair.net.clock().advance(t - now);
+        }
+    }
+    panic!("no poll took in 512 KiB (the largest: {best:?})");
+}
