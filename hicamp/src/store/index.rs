@@ -191,14 +191,18 @@ impl Store {
     }
 
     /// Moves at least `want` freed slots (or all there are) from the free
-    /// bitmap to the shard's list, scanning on from the shared cursor so
-    /// that the shards take consecutive runs; the list pops them in
-    /// ascending order.
+    /// bitmap to the shard's list, scanning on from the shared cursor (or
+    /// from the lowest word freed since the last scan, `free_hint`, when that
+    /// is behind it) so that the shards take consecutive runs; the list pops
+    /// them in ascending order.
     pub(super) fn take_freed(&self, shard: &mut Shard, want: usize) {
         let words = &self.free_bits[..];
         let mut cursor = self.free_cursor.lock();
         let at = shard.free.len();
-        let mut w = *cursor;
+        // From the lowest word freed since the last scan when that is behind
+        // the cursor (a slot freed during this scan lowers the hint again).
+        let hint = self.free_hint.swap(u64::MAX, Relaxed);
+        let mut w = (*cursor).min(usize::try_from(hint).unwrap_or(usize::MAX));
         for _ in 0..words.len() {
             if w >= words.len() {
                 w = 0;
@@ -231,6 +235,7 @@ impl Store {
     pub(super) fn free_slot(&self, id: u32) {
         // Release: see `take_freed`.
         self.free_bits[(id >> 6) as usize].fetch_or(1 << (id & 63), Release);
+        self.free_hint.fetch_min(u64::from(id >> 6), Relaxed);
     }
 
     /// Moves every shard's free list to the free bitmap, and returns the
@@ -275,11 +280,15 @@ impl Store {
         let bits = self.free_bits.clone();
         let count = self.free_count.clone();
         let limbo = self.limbo.clone();
+        let hint = self.free_hint.clone();
         guard.defer(move || {
+            let mut low = u32::MAX;
             for id in ids {
                 // Release: see `take_freed`.
                 bits[(id >> 6) as usize].fetch_or(1 << (id & 63), Release);
+                low = low.min(id >> 6);
             }
+            hint.fetch_min(u64::from(low), Relaxed);
             count.fetch_add(n, Relaxed);
             limbo.fetch_sub(n, Relaxed);
         });
@@ -302,12 +311,18 @@ impl Store {
         let free = self.free_bits.clone();
         let count = self.free_count.clone();
         let limbo = self.limbo.clone();
+        let hint = self.free_hint.clone();
         guard.defer(move || {
+            let mut low = None;
             for w in words {
                 if bits[w] != 0 {
                     // Release: see `take_freed`.
                     free[w].fetch_or(bits[w], Release);
+                    low = low.or(Some(w));
                 }
+            }
+            if let Some(w) = low {
+                hint.fetch_min(w as u64, Relaxed);
             }
             count.fetch_add(n, Relaxed);
             limbo.fetch_sub(n, Relaxed);

@@ -388,6 +388,12 @@ pub(crate) struct Store {
     epochs: Epochs,
     /// The word of `free_bits` the next scan starts at.
     free_cursor: Mutex<usize>,
+    /// The lowest word of `free_bits` a slot was returned to since the last
+    /// scan (`u64::MAX`: none): a scan starts there when it is behind the
+    /// cursor. Lines that die soon after they were made (received frames,
+    /// a stream) free slots just behind the cursor; without the hint every
+    /// scan walked the whole bitmap from the cursor round to them.
+    free_hint: Arc<AtomicU64>,
     zero: [AtomicU64; 2],
     /// The hash of the all-zero line, by kind (a batch tells zero lines by
     /// their hash, then checks the bytes).
@@ -492,6 +498,7 @@ impl Store {
                 CachePadded::new(AtomicU64::new(0)),
             ],
             free_cursor: Mutex::new(0),
+            free_hint: Arc::new(AtomicU64::new(u64::MAX)),
             zero: [AtomicU64::new(0), AtomicU64::new(0)],
             zero_hash: with_line(config.line_size, |z| {
                 [
