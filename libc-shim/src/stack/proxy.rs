@@ -34,17 +34,42 @@
 //!   the thread waits until its posts are served ([`barrier`]). A server thread runs the
 //!   interface once for the requests queued together on its channel (up to 8), before it
 //!   sleeps or waits for room, not once per request. nginx's
-//!   response (header `writev` + body through `sendfile`) so costs no round trip: one per
-//!   request is left, its receive.
+//!   response (header `writev` + body through `sendfile`) so costs no round trip, and with
+//!   pushed receives (below) neither does its request.
 //! * **Pending sockets.** A child's new AF_INET socket is pending in the child; the first `bind`,
 //!   `connect`, `listen` or `sendto` sends the kernel socket itself, the stack process routes it
 //!   and, when it goes to the stack, sends back the new A end that the child `dup3`s over its
 //!   number. `accept` passes the accepted socket's A end back, installed at the lowest free
 //!   number as the kernel's would be.
-//! * **Data.** Sends and receives carry the payload in the message: twice copied below the
-//!   socket API per byte (into the kernel's socket buffer and out of it), counted in the stack
-//!   process's report (`proxy`, and in `payload_bytes_copied_below_socket_api`). Rings of
-//!   segment references in memory shared by the processes would remove both copies.
+//! * **Pushed receives.** A child's first receive on a TCP connection that no descriptor of
+//!   the stack process refers to (one the child accepted, or one its parent closed after the
+//!   fork) switches the socket to *pushed* ([`switch_on`], answered with `Rep::pushed`): under
+//!   the stack's lock the token bytes in A are drained, and from then on every pass that syncs
+//!   the socket writes its received bytes into B instead of tokens ([`push`]). The child's
+//!   `recv`/`read`/`readv`/`recvmsg` on A is then its own kernel call, with no round trip:
+//!   `MSG_PEEK` and `MSG_WAITALL` as the kernel's socket pair does them, a blocking call waits
+//!   on A with the socket's `SO_RCVTIMEO` (each answer carries it), `FIONREAD` adds A's bytes
+//!   to the stack's (one request). B full: the rest stays in segstack's receive queue (the
+//!   window closes as a kernel socket's would) and B's `EPOLLOUT` is armed once in an epoll
+//!   set the stack thread polls ([`spilled`]). The end: `shutdown(B, SHUT_WR)` once the
+//!   peer's FIN came and every byte went; at A's end of stream the child asks the stack's own
+//!   receive once (`Req::b` = 1): 0, or the connection's error (`ECONNRESET`, `ETIMEDOUT`)
+//!   once and then 0, after bytes the stack still held when it failed. A reset also shuts
+//!   only B's write side (B must hang up only when every A is closed: a reset orphan released
+//!   at once would answer the child's question with a plain end of stream), so a child's
+//!   `poll` on a reset pushed socket sees `POLLIN|POLLRDHUP`, not the kernel's
+//!   `POLLHUP|POLLERR`; the error comes with the next receive. Never switched back: the
+//!   stack process has no descriptor of it (one it received later over a unix socket is a
+//!   plain socket pair end there), and another child's receive request is answered `pushed`
+//!   (it then reads A too). Tokens never reach a pushed A; accept, `EPOLLOUT` (A's fill) and
+//!   the other calls are as before. `HICAMP_STACK_PUSH=0` (read at load) turns it off.
+//! * **Data.** Sends and receives not pushed carry the payload in the message; pushed bytes go
+//!   through B and A. Either way twice copied below the socket API per byte (into the kernel's
+//!   socket buffer and out of it), counted in the stack process's report (`proxy`:
+//!   `payload_from_stack_bytes` includes `pushed_bytes`; and in
+//!   `payload_bytes_copied_below_socket_api`); a push's copy out of the received segments is
+//!   counted as a receive's (`api_copy_out_bytes`). Rings of segment references in memory
+//!   shared by the processes would remove both copies.
 //! * **Lifetime.** A socket of the stack process that existed at a fork, or that a child used,
 //!   is *shared*: when the stack process closes its last descriptor of it, the socket stays
 //!   (an *orphan*) until its B end hangs up, which the kernel does when the last A copy in any
@@ -1333,6 +1358,7 @@ fn exchange(
         if req.op == ACCEPT {
             extra = passed;
             set_room(passed, rep.room);
+            set_pushed(passed, false, 0);
         } else {
             // SAFETY: F_GETFD on the caller's descriptor.
             let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
@@ -2140,6 +2166,8 @@ pub fn is_exec_entry(entry: &[u8]) -> bool {
 /// stale entry marks nothing) and reaches the same stack process.
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn inherit() {
+    // Read at load: an application may replace its environment later (nginx does).
+    let _ = push_enabled();
     let Ok(v) = std::env::var(EXEC_VAR) else {
         return;
     };
