@@ -54,7 +54,9 @@
 //!   thread writes into B and A is one kernel object in every process) and sends its stack
 //!   calls to the stack process over a control connection ([`proxy`]): each request carries
 //!   the child's descriptor, recognised by A's inode and lent to its socket for one
-//!   non-blocking run of the same call ([`ops`]). The child closes its copies of the stack
+//!   non-blocking run of the same call ([`ops`]); a connection only children hold has its
+//!   received bytes *pushed* into B, so a child's receive reads A with no request
+//!   ([`proxy::push`]). The child closes its copies of the stack
 //!   process's own descriptors at fork. A socket that existed at a fork, or that a child used,
 //!   is *shared*: the stack process's last close leaves it an orphan until its B end hangs up
 //!   (the kernel's count of A copies in all processes reached 0), and only then closes its
