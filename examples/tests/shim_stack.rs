@@ -2010,6 +2010,189 @@ fn a_child_outliving_the_stack_process_sees_its_connections_end() {
     assert_eq!(seen, "(b'', 'EPIPE', 'ENETDOWN')");
 }
 
+// ---- pushed receives (a forked child reads its connections' bytes from A) ------------------
+
+/// Kernel peers for the pushed receives: 9110 streams `argv[1]` bytes of a pattern and closes;
+/// 9111 sends 1000 bytes, waits for one, and resets (`SO_LINGER` 0). wait_port's probe is
+/// one more connection to each.
+const PUSH_PEERS: &str = r#"
+import socket, struct, sys, threading
+SIZE = int(sys.argv[1])
+block = bytes((i * 131 + 7) % 251 for i in range(65521))
+data = (block * (SIZE // len(block) + 1))[:SIZE]
+def listener(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(8)
+    return s
+def stream(c):
+    try:
+        c.sendall(data)
+    except OSError:
+        pass
+    c.close()
+def reset(c):
+    try:
+        c.sendall(bytes(range(250)) * 4)
+        if c.recv(1):
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    c.close()
+def serve(port, f):
+    s = listener(port)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=f, args=(c,), daemon=True).start()
+threading.Thread(target=serve, args=(9111, reset), daemon=True).start()
+serve(9110, stream)
+"#;
+
+/// The stack process forks; the child connects to the streamer, lets more arrive than B holds
+/// (`FIONREAD`: A's bytes and the stack's), and reads the stream with `recv`,
+/// `recv_into(MSG_WAITALL)`, `readv` (a `MSG_PEEK` first), checks
+/// every byte and the end of stream (twice); then, on the resetter's connection, a receive
+/// that times out (`SO_RCVTIMEO`), the 1000 bytes, and the reset (`ECONNRESET`, then end of
+/// stream). Prints `PUSH OK` when the child saw all that.
+const PUSHED_RECEIVES: &str = r#"
+import errno, fcntl, os, socket, struct, sys, termios, time
+K, SIZE = sys.argv[1], int(sys.argv[2])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect((K, 9))  # starts the stack
+pid = os.fork()
+if pid == 0:
+    fails = []
+    block = bytes((i * 131 + 7) % 251 for i in range(65521))
+    want = (block * (SIZE // len(block) + 1))[:SIZE]
+    c = socket.create_connection((K, 9110))
+    got = bytearray()
+    first = c.recv(5000)
+    got += first
+    peek = c.recv(16, socket.MSG_PEEK)
+    if peek != want[len(got):len(got) + len(peek)] or not peek:
+        fails.append("peek")
+    avail = fcntl.ioctl(c.fileno(), termios.FIONREAD, struct.pack("i", 0))
+    if struct.unpack("i", avail)[0] < len(peek):
+        fails.append("fionread")
+    # Wait until more has arrived than B holds (about 200 KB): the rest waits in the stack,
+    # which must push it when A is read (a spill).
+    polls = 0
+    while polls < 3000:
+        polls += 1
+        v = struct.unpack("i", fcntl.ioctl(c.fileno(), termios.FIONREAD, struct.pack("i", 0)))[0]
+        if v >= 300000:
+            break
+        time.sleep(0.01)
+    if v < 300000:
+        fails.append("fionread stayed at %d" % v)
+    print("POLLS", polls, flush=True)
+    i = 0
+    while True:
+        i += 1
+        if i % 3 == 0:
+            d = c.recv(65536)
+        elif i % 3 == 1:
+            b = bytearray(100000)
+            n = c.recv_into(b, 100000, socket.MSG_WAITALL)
+            if n != 100000 and len(got) + n != SIZE:
+                fails.append("waitall short %d at %d" % (n, len(got)))
+            d = bytes(b[:n])
+        else:
+            x, y = bytearray(3000), bytearray(50000)
+            n = os.readv(c.fileno(), [x, y])
+            d = bytes((x + y)[:n])
+        if not d:
+            break
+        got += d
+    if bytes(got) != want:
+        fails.append("stream %d of %d bytes" % (len(got), SIZE))
+    if c.recv(10) != b"":
+        fails.append("eof twice")
+    c.close()
+    r = socket.create_connection((K, 9111))
+    r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 300000))
+    got = b""
+    while len(got) < 1000:
+        d = r.recv(1000 - len(got))
+        if not d:
+            break
+        got += d
+    if got != bytes(range(250)) * 4:
+        fails.append("reset conn bytes %d" % len(got))
+    try:
+        r.recv(10); fails.append("no timeout")
+    except OSError as e:
+        if e.errno != errno.EAGAIN:
+            fails.append("timeout " + errno.errorcode.get(e.errno, "?"))
+    r.sendall(b"x")
+    r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 30, 0))
+    try:
+        d = r.recv(10); fails.append("no reset: %r" % d)
+    except ConnectionResetError:
+        pass
+    if r.recv(10) != b"":
+        fails.append("eof after reset")
+    r.close()
+    print("CHILD", fails, flush=True)
+    os._exit(0 if not fails else 3)
+_, st = os.waitpid(pid, 0)
+assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
+print("PUSH OK", flush=True)
+"#;
+
+#[test]
+fn a_forked_childs_receives_are_pushed_byte_exact_with_eof_and_reset() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let size: u64 = 8 << 20;
+    let _peers = Reaper::spawn(lab.kernel("python3", &["-c", PUSH_PEERS, &size.to_string()]));
+    wait_port(&lab, "127.0.0.1", 9110);
+    wait_port(&lab, "127.0.0.1", 9111);
+    let out = lab
+        .stack(
+            "tpush0",
+            "10.116.0",
+            "push.json",
+            &[
+                "python3",
+                "-c",
+                PUSHED_RECEIVES,
+                "10.116.0.1",
+                &size.to_string(),
+            ],
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("CHILD []"), "{stdout}");
+    assert_ok(&out);
+    assert!(stdout.contains("PUSH OK"), "{stdout}");
+    let merged = lab.report("push.json");
+    let r = stack_report(&merged);
+    let total = size + 1000;
+    assert_eq!(n(&r["totals"]["received_bytes"]), total, "{r}");
+    assert_eq!(n(&r["proxy"]["payload_from_stack_bytes"]), total, "{r}");
+    assert_eq!(n(&r["proxy"]["copied_bytes"]), 2 * (total + 1), "{r}");
+    assert_eq!(n(&r["proxy"]["pushed_sockets"]), 2, "{r}");
+    // The first receive on each connection is a request (its answer switches the socket to
+    // pushed receives); the rest of the bytes came through A.
+    assert!(n(&r["proxy"]["pushed_bytes"]) >= total - 2 * 65536, "{r}");
+    // More arrived than B holds while the child did not read: the rest was pushed later.
+    assert!(n(&r["proxy"]["push_spills"]) >= 1, "{r}");
+    // Requests: 2 connects, 2 first receives, the options, the FIONREADs, the 1-byte send,
+    // and the ends of stream; through the channel the 8 MiB alone took at least 128.
+    let polls: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("POLLS "))
+        .and_then(|v| v.parse().ok())
+        .expect("the child's FIONREAD count");
+    let requests = n(&r["proxy"]["requests"]);
+    assert!(
+        requests <= 24 + polls,
+        "{requests} requests ({polls} FIONREADs): {r}"
+    );
+}
+
 // `sendfile` from a regular file into a stack TCP socket: the file's bytes reach segments
 // with one copy, the kernel's `pread` into the stack's line slots, so the report counts none
 // of them at the socket API (`api_copy_in_bytes`) or below it, and the offset semantics are

@@ -54,7 +54,9 @@
 //!   thread writes into B and A is one kernel object in every process) and sends its stack
 //!   calls to the stack process over a control connection ([`proxy`]): each request carries
 //!   the child's descriptor, recognised by A's inode and lent to its socket for one
-//!   non-blocking run of the same call ([`ops`]). The child closes its copies of the stack
+//!   non-blocking run of the same call ([`ops`]); a connection only children hold has its
+//!   received bytes *pushed* into B, so a child's receive reads A with no request
+//!   ([`proxy::push`]). The child closes its copies of the stack
 //!   process's own descriptors at fork. A socket that existed at a fork, or that a child used,
 //!   is *shared*: the stack process's last close leaves it an orphan until its B end hangs up
 //!   (the kernel's count of A copies in all processes reached 0), and only then closes its
@@ -163,6 +165,9 @@ fn internal(fd: c_int, on: bool) {
 /// The epoll set of orphans' B ends (sockets no descriptor of this process refers to, which
 /// live while a child holds their A end): -1 until the stack exists.
 static ORPHANS: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+/// An epoll set of pushed sockets' B ends (`EPOLLOUT | EPOLLONESHOT`, armed while bytes wait
+/// in the stack because B was full): the stack thread pushes the rest when B has room.
+static SPILLS: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 /// The stack mode's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,6 +341,11 @@ struct Sock {
     watched: bool,
     /// In [`Engine::changed`]: its readiness rose since [`ready`] last looked.
     changed: bool,
+    /// Pushed: received bytes go into B as they arrive (no tokens), so a forked child reads
+    /// them from A with its own kernel call ([`proxy::push`]). Sticky.
+    pushed: bool,
+    /// B is in [`SPILLS`] (armed or not).
+    spill_reg: bool,
 }
 
 impl Sock {
@@ -542,6 +552,8 @@ impl World {
             opts,
             bound_ip,
             tokens: 0,
+            pushed: false,
+            spill_reg: false,
             last_rxq: 0,
             eof_sig: false,
             hup_sig: false,
@@ -655,6 +667,12 @@ fn start() -> Result<Engine, (c_int, String)> {
     }
     ORPHANS.store(orphans, Relaxed);
     internal(orphans, true);
+    // SAFETY: epoll_create1 has no memory precondition.
+    let spills = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if spills >= 0 {
+        SPILLS.store(spills, Relaxed);
+        internal(spills, true);
+    }
     let mut iface = iface;
     if let Some(fd) = iface.nic().port().rx_fd() {
         internal(fd, true);
@@ -873,6 +891,11 @@ fn report_json(reason: &str) -> serde_json::Value {
     // A forked child's payload crosses the control channel: copied into the kernel and out
     // again, twice per byte below the socket API (counted here, where it arrives or leaves).
     let proxied = proxy::stats();
+    // Bytes pushed into B ends were taken out of the received segments by a copy, as a
+    // receive takes them ([`proxy::push`]).
+    let mut totals = w.counters;
+    totals.api_copy_out_bytes += proxied.pushed_bytes;
+    totals.received_bytes += proxied.pushed_bytes;
     let below = match &w.engine {
         Some(e) => e.iface.stats().tx_payload_copied,
         None => 0,
@@ -887,7 +910,7 @@ fn report_json(reason: &str) -> serde_json::Value {
         "backend": backend,
         "ip": ip,
         "stack_error": w.failed.as_ref().map(|f| f.1.clone()),
-        "totals": w.counters,
+        "totals": totals,
         "sendfile_cache": filecache::report(),
         "payload_bytes_copied_below_socket_api": below,
         "connections": conns,
@@ -1118,6 +1141,11 @@ fn stack_thread() {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: SPILLS.load(Relaxed),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // A port without a descriptor is polled every millisecond.
         let timeout = if port_fd < 0 && !(0..=1).contains(&timeout) {
@@ -1125,8 +1153,8 @@ fn stack_thread() {
         } else {
             timeout
         };
-        // SAFETY: three valid pollfds.
-        unsafe { real::poll(fds.as_mut_ptr(), 3, timeout) };
+        // SAFETY: four valid pollfds (a negative descriptor is skipped).
+        unsafe { real::poll(fds.as_mut_ptr(), 4, timeout) };
         if fds[1].revents != 0 {
             let mut buf = [0u8; 8];
             // SAFETY: an 8-byte buffer for an eventfd read.
@@ -1135,6 +1163,9 @@ fn stack_thread() {
         let mut w = lock();
         if fds[2].revents != 0 {
             ops::reap_orphans(&mut w);
+        }
+        if fds[3].revents != 0 {
+            proxy::spilled(&mut w);
         }
         // Lazy receive: this pass may not have seen the port (it slept without it).
         rearm(&mut w);
@@ -1348,11 +1379,27 @@ fn sync_state(e: &mut Engine, s: &mut Sock) {
     // process, which an orphan or a socket only children hold has not: the next call that
     // brings one (a child's request lends its own) does it.
     let a = s.a();
+    // A pushed socket's bytes go into B first; its end of stream waits until all went.
+    let left = if s.pushed && !s.hup_sig {
+        proxy::push(e, s)
+    } else {
+        0
+    };
     if st.error && !s.hup_sig {
         s.hup_sig = true;
         s.eof_sig = true;
-        shutdown_raw(s.b, libc::SHUT_RDWR);
-    } else if st.eof && !s.eof_sig {
+        // A pushed socket's child learns the error from the stack's receive, asked when A
+        // ends: B's read side stays open, so that B hangs up only when every A is closed (a
+        // reset orphan would otherwise be released before the child asked).
+        shutdown_raw(
+            s.b,
+            if s.pushed {
+                libc::SHUT_WR
+            } else {
+                libc::SHUT_RDWR
+            },
+        );
+    } else if st.eof && !s.eof_sig && (left == 0 || s.rd_shut) {
         s.eof_sig = true;
         shutdown_raw(s.b, libc::SHUT_WR);
     }
@@ -1361,7 +1408,7 @@ fn sync_state(e: &mut Engine, s: &mut Sock) {
         s.last_rxq = st.rxq;
         return;
     }
-    if !s.eof_sig {
+    if !s.eof_sig && !s.pushed {
         if st.readable {
             if (s.tokens == 0 || st.rxq > s.last_rxq)
                 && s.tokens < TOKEN_CAP

@@ -34,17 +34,42 @@
 //!   the thread waits until its posts are served ([`barrier`]). A server thread runs the
 //!   interface once for the requests queued together on its channel (up to 8), before it
 //!   sleeps or waits for room, not once per request. nginx's
-//!   response (header `writev` + body through `sendfile`) so costs no round trip: one per
-//!   request is left, its receive.
+//!   response (header `writev` + body through `sendfile`) so costs no round trip, and with
+//!   pushed receives (below) neither does its request.
 //! * **Pending sockets.** A child's new AF_INET socket is pending in the child; the first `bind`,
 //!   `connect`, `listen` or `sendto` sends the kernel socket itself, the stack process routes it
 //!   and, when it goes to the stack, sends back the new A end that the child `dup3`s over its
 //!   number. `accept` passes the accepted socket's A end back, installed at the lowest free
 //!   number as the kernel's would be.
-//! * **Data.** Sends and receives carry the payload in the message: twice copied below the
-//!   socket API per byte (into the kernel's socket buffer and out of it), counted in the stack
-//!   process's report (`proxy`, and in `payload_bytes_copied_below_socket_api`). Rings of
-//!   segment references in memory shared by the processes would remove both copies.
+//! * **Pushed receives.** A child's first receive on a TCP connection that no descriptor of
+//!   the stack process refers to (one the child accepted, or one its parent closed after the
+//!   fork) switches the socket to *pushed* ([`switch_on`], answered with `Rep::pushed`): under
+//!   the stack's lock the token bytes in A are drained, and from then on every pass that syncs
+//!   the socket writes its received bytes into B instead of tokens ([`push`]). The child's
+//!   `recv`/`read`/`readv`/`recvmsg` on A is then its own kernel call, with no round trip:
+//!   `MSG_PEEK` and `MSG_WAITALL` as the kernel's socket pair does them, a blocking call waits
+//!   on A with the socket's `SO_RCVTIMEO` (each answer carries it), `FIONREAD` adds A's bytes
+//!   to the stack's (one request). B full: the rest stays in segstack's receive queue (the
+//!   window closes as a kernel socket's would) and B's `EPOLLOUT` is armed once in an epoll
+//!   set the stack thread polls ([`spilled`]). The end: `shutdown(B, SHUT_WR)` once the
+//!   peer's FIN came and every byte went; at A's end of stream the child asks the stack's own
+//!   receive once (`Req::b` = 1): 0, or the connection's error (`ECONNRESET`, `ETIMEDOUT`)
+//!   once and then 0, after bytes the stack still held when it failed. A reset also shuts
+//!   only B's write side (B must hang up only when every A is closed: a reset orphan released
+//!   at once would answer the child's question with a plain end of stream), so a child's
+//!   `poll` on a reset pushed socket sees `POLLIN|POLLRDHUP`, not the kernel's
+//!   `POLLHUP|POLLERR`; the error comes with the next receive. Never switched back: the
+//!   stack process has no descriptor of it (one it received later over a unix socket is a
+//!   plain socket pair end there), and another child's receive request is answered `pushed`
+//!   (it then reads A too). Tokens never reach a pushed A; accept, `EPOLLOUT` (A's fill) and
+//!   the other calls are as before. `HICAMP_STACK_PUSH=0` (read at load) turns it off.
+//! * **Data.** Sends and receives not pushed carry the payload in the message; pushed bytes go
+//!   through B and A. Either way twice copied below the socket API per byte (into the kernel's
+//!   socket buffer and out of it), counted in the stack process's report (`proxy`:
+//!   `payload_from_stack_bytes` includes `pushed_bytes`; and in
+//!   `payload_bytes_copied_below_socket_api`); a push's copy out of the received segments is
+//!   counted as a receive's (`api_copy_out_bytes`). Rings of segment references in memory
+//!   shared by the processes would remove both copies.
 //! * **Lifetime.** A socket of the stack process that existed at a fork, or that a child used,
 //!   is *shared*: when the stack process closes its last descriptor of it, the socket stays
 //!   (an *orphan*) until its B end hangs up, which the kernel does when the last A copy in any
@@ -89,6 +114,10 @@ static FROM_STACK: AtomicU64 = AtomicU64::new(0);
 static POSTED: AtomicU64 = AtomicU64::new(0);
 static POSTED_WAITS: AtomicU64 = AtomicU64::new(0);
 static POSTED_LOST: AtomicU64 = AtomicU64::new(0);
+static PUSHED_SOCKETS: AtomicU64 = AtomicU64::new(0);
+static PUSHED_BYTES: AtomicU64 = AtomicU64::new(0);
+static PUSHES: AtomicU64 = AtomicU64::new(0);
+static SPILLS_ARMED: AtomicU64 = AtomicU64::new(0);
 
 /// The control channel's counters (the stack process's report).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -111,6 +140,16 @@ pub(super) struct Stats {
     /// Bytes of posted sends the connection's error (reset, timeout) dropped, as the kernel
     /// drops what a reset finds in its send buffer.
     pub posted_lost_bytes: u64,
+    /// Connections switched to pushed receives (a child's first receive on a connection no
+    /// descriptor of the stack process refers to).
+    pub pushed_sockets: u64,
+    /// Of `payload_from_stack_bytes`, bytes the stack pushed into B ends (a child then reads
+    /// them from A with no request).
+    pub pushed_bytes: u64,
+    /// Writes into B ends that pushed them.
+    pub pushes: u64,
+    /// Times B was full with bytes left in the stack: its writability was watched.
+    pub push_spills: u64,
 }
 
 /// The channel's counters.
@@ -125,6 +164,10 @@ pub(super) fn stats() -> Stats {
         posted_sends: POSTED.load(Relaxed),
         posted_send_waits: POSTED_WAITS.load(Relaxed),
         posted_lost_bytes: POSTED_LOST.load(Relaxed),
+        pushed_sockets: PUSHED_SOCKETS.load(Relaxed),
+        pushed_bytes: PUSHED_BYTES.load(Relaxed),
+        pushes: PUSHES.load(Relaxed),
+        push_spills: SPILLS_ARMED.load(Relaxed),
     }
 }
 
@@ -182,7 +225,8 @@ struct Rep {
     /// Bytes the socket's send buffer takes now (0 for anything but a connected TCP socket);
     /// for `accept`, the accepted socket's. The child posts sends up to it without waiting.
     room: u32,
-    _spare: u32,
+    /// The socket's receives are pushed ([`push`]): the child reads A itself.
+    pushed: u32,
     addrlen: u32,
     dgram: u32,
     addr: [u8; 16],
@@ -769,6 +813,152 @@ fn room(w: &super::World, fd: c_int) -> u32 {
     }
 }
 
+/// `HICAMP_STACK_PUSH=0` keeps children's receives as requests (for comparisons).
+fn push_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("HICAMP_STACK_PUSH").is_none_or(|v| v != "0"))
+}
+
+/// For the socket on this process's descriptor `y`: `Some(eof)` when it is pushed (`eof`: B's
+/// write side is shut, every byte went), `None` otherwise.
+fn pushed_state(y: c_int) -> Option<bool> {
+    let w = lock();
+    let s = w
+        .fds
+        .get(&y)
+        .and_then(|&id| w.socks.get(id))
+        .and_then(Option::as_ref)?;
+    s.pushed.then_some(s.eof_sig)
+}
+
+/// A child's receive on the socket lent as `y` switches it to pushed receives, when the
+/// socket is a TCP connection, still receiving, and no descriptor of the stack process refers
+/// to it (only the lent one): nothing but children read it then, and they read A. The token
+/// bytes A holds go first (a child must never read them as data), then what the stack holds
+/// is pushed. Never switched back. True when the socket is pushed.
+fn switch_on(w: &mut super::World, y: c_int) -> bool {
+    let super::World {
+        engine, socks, fds, ..
+    } = w;
+    let Some(s) = fds
+        .get(&y)
+        .and_then(|&id| socks.get_mut(id))
+        .and_then(Option::as_mut)
+    else {
+        return false;
+    };
+    if s.pushed {
+        return true;
+    }
+    let Some(e) = engine.as_mut() else {
+        return false;
+    };
+    if !push_enabled()
+        || !matches!(s.kind, Kind::Tcp(super::Tcp::Connected(_)))
+        || s.fds.as_slice() != [y]
+        || s.eof_sig
+        || s.rd_shut
+    {
+        return false;
+    }
+    // Under the lock: no token can be written meanwhile. A holds nothing but tokens (B wrote
+    // nothing else into it).
+    super::drain(y);
+    s.tokens = 0;
+    s.pushed = true;
+    PUSHED_SOCKETS.fetch_add(1, Relaxed);
+    super::sync(e, s);
+    true
+}
+
+thread_local! {
+    /// The buffer [`push`] copies received bytes through on this thread.
+    static PUSH_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Pushes what the pushed socket `s` received into its B end: each byte is copied out of the
+/// received segments once (as a receive copies it: counted as `api_copy_out_bytes`), into
+/// the kernel's socket pair (B), and out again by the child's own receive on A: the two
+/// copies below the socket API that the channel made before (`copied_bytes`). What B does not
+/// take stays in the stack's receive queue (its window closes as a kernel socket's would),
+/// and B's writability is watched ([`spilled`]). Returns the bytes left in the stack.
+pub(super) fn push(e: &mut super::Engine, s: &mut super::Sock) -> usize {
+    let Kind::Tcp(super::Tcp::Connected(h)) = s.kind else {
+        return 0;
+    };
+    let left = PUSH_BUF.with(|b| {
+        let mut buf = b.borrow_mut();
+        if buf.len() < CHUNK {
+            buf.resize(CHUNK, 0);
+        }
+        loop {
+            let n = match e.iface.peek_slice(h, &mut buf[..]) {
+                Ok(n) if n > 0 => n,
+                _ => return 0,
+            };
+            let k = super::send_raw(s.b, &buf[..n]);
+            if k <= 0 {
+                return n;
+            }
+            let k = k as usize;
+            // Taken out of the queue: snapshots dropped, nothing copied.
+            let _ = e.iface.recv(h, k);
+            PUSHES.fetch_add(1, Relaxed);
+            PUSHED_BYTES.fetch_add(k as u64, Relaxed);
+            FROM_STACK.fetch_add(k as u64, Relaxed);
+            s.rec.received_bytes += k as u64;
+            if k < n {
+                return n - k;
+            }
+        }
+    });
+    if left > 0 {
+        arm_spill(s);
+    }
+    left
+}
+
+/// Watches B's writability once (bytes wait in the stack for room in B).
+fn arm_spill(s: &mut super::Sock) {
+    let ep = super::SPILLS.load(Relaxed);
+    if ep < 0 {
+        return;
+    }
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLOUT | libc::EPOLLONESHOT) as u32,
+        u64: s.slot as u64,
+    };
+    let op = if s.spill_reg {
+        libc::EPOLL_CTL_MOD
+    } else {
+        libc::EPOLL_CTL_ADD
+    };
+    // SAFETY: a valid epoll_event; both descriptors are ours.
+    if unsafe { libc::epoll_ctl(ep, op, s.b, &mut ev) } == 0 {
+        s.spill_reg = true;
+        SPILLS_ARMED.fetch_add(1, Relaxed);
+    }
+}
+
+/// The stack thread, when a watched B end has room: pushes the rest.
+pub(super) fn spilled(w: &mut super::World) {
+    let ep = super::SPILLS.load(Relaxed);
+    let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    // SAFETY: `evs` has room for 64 events; no wait.
+    let n = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 64, 0) };
+    let super::World { engine, socks, .. } = w;
+    let Some(e) = engine.as_mut() else {
+        return;
+    };
+    for ev in evs.iter().take(n.max(0) as usize) {
+        if let Some(s) = socks.get_mut(ev.u64 as usize).and_then(Option::as_mut) {
+            if s.pushed {
+                super::sync(e, s);
+            }
+        }
+    }
+}
+
 /// Serves one request on the child's descriptor `y`.
 fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
     let lent = lend(y, req.pending != 0);
@@ -836,6 +1026,14 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
                 }
             }
             r.map(|n| n as i64)
+        }
+        // Pushed: what arrived is in A (or on its way there); the child reads it itself. Only
+        // once everything went into B and B's write side is shut does the stack's own receive
+        // say how the stream ended (0, or the reset's error once): `req.b` asks that.
+        RECV if pushed_state(y).is_some_and(|eof| req.b == 0 || !eof) => {
+            done.rep.pushed = 1;
+            guard::set_errno(libc::EAGAIN);
+            Some(-1)
         }
         RECV => {
             let want = (req.a.max(0) as usize).min(CHUNK);
@@ -937,6 +1135,9 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
     // back, under the same lock (one lock less per request: the stack thread and the other
     // server threads contend for it).
     let mut w = lock();
+    if req.op == RECV && r.is_some() {
+        done.rep.pushed = u32::from(switch_on(&mut w, y));
+    }
     done.rep.room = room(&w, if req.op == ACCEPT { done.pass_fd } else { y });
     if let Some(s) = w
         .fds
@@ -973,6 +1174,35 @@ fn set_room(fd: c_int, v: u32) {
     if let Some(r) = room_of(fd) {
         r.store(v, Relaxed);
     }
+}
+
+/// In a child: per descriptor, its socket's receives are pushed (the child reads A itself).
+static PUSHED: [AtomicBool; crate::fdbits::MAX_FD] =
+    [const { AtomicBool::new(false) }; crate::fdbits::MAX_FD];
+/// In a child: per descriptor, the socket's `SO_RCVTIMEO` in milliseconds (0: none), as the
+/// stack process's last answer on it said (a pushed receive waits by itself).
+static RCVTIMEO: [AtomicU32; crate::fdbits::MAX_FD] =
+    [const { AtomicU32::new(0) }; crate::fdbits::MAX_FD];
+
+fn is_pushed(fd: c_int) -> bool {
+    usize::try_from(fd)
+        .ok()
+        .and_then(|i| PUSHED.get(i))
+        .is_some_and(|p| p.load(Relaxed))
+}
+
+fn set_pushed(fd: c_int, on: bool, rcvtimeo_ms: u32) {
+    if let Some(i) = usize::try_from(fd).ok().filter(|&i| i < PUSHED.len()) {
+        PUSHED[i].store(on, Relaxed);
+        RCVTIMEO[i].store(rcvtimeo_ms, Relaxed);
+    }
+}
+
+fn rcvtimeo_of(fd: c_int) -> u32 {
+    usize::try_from(fd)
+        .ok()
+        .and_then(|i| RCVTIMEO.get(i))
+        .map_or(0, |t| t.load(Relaxed))
 }
 
 /// Takes `n` bytes of `fd`'s room, if it has them.
@@ -1120,12 +1350,15 @@ fn exchange(
     }
     if rep.pass == ANSWERED && req.op != ACCEPT {
         set_room(fd, rep.room);
+        // Pushed is sticky; the receive timeout follows the socket's option.
+        set_pushed(fd, is_pushed(fd) || rep.pushed != 0, rep.rcvtimeo_ms);
     }
     let mut extra = -1;
     if passed >= 0 {
         if req.op == ACCEPT {
             extra = passed;
             set_room(passed, rep.room);
+            set_pushed(passed, false, 0);
         } else {
             // SAFETY: F_GETFD on the caller's descriptor.
             let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
@@ -1263,6 +1496,7 @@ pub(super) fn socket_made(fd: c_int, domain: c_int, ty: c_int) {
 /// A child closes `fd`: only its marks go (the kernel counts the A end's copies).
 pub(super) fn forget(fd: c_int) {
     set_room(fd, 0);
+    set_pushed(fd, false, 0);
     unmark(fd);
     mark_pending(fd, false);
 }
@@ -1270,6 +1504,7 @@ pub(super) fn forget(fd: c_int) {
 /// A child duplicated `old` to `new`.
 pub(super) fn duplicated(old: c_int, new: c_int) {
     set_room(new, 0);
+    set_pushed(new, is_pushed(old), rcvtimeo_of(old));
     if is_stack(old) {
         mark(new);
     } else if PMARKS.get(old) {
@@ -1527,6 +1762,9 @@ pub(super) fn recv(
     let dontwait = flags & libc::MSG_DONTWAIT != 0;
     let mut got = 0usize;
     let mut dl: Option<Option<Instant>> = None;
+    if is_pushed(fd) {
+        return Some(pushed_recv(fd, bufs, flags, 0));
+    }
     if !PMARKS.get(fd) && nothing_yet(fd, dontwait) {
         return Some((fail(libc::EAGAIN), 0));
     }
@@ -1582,6 +1820,13 @@ pub(super) fn recv(
             continue;
         }
         let e = a.rep.errno;
+        if e == libc::EAGAIN && a.rep.pushed != 0 && a.rep.dgram == 0 {
+            // From now on the bytes come through A.
+            if got > 0 && !waitall {
+                return Some((got as isize, 0));
+            }
+            return Some(pushed_recv(fd, bufs, flags, got));
+        }
         if e == libc::EAGAIN {
             if got > 0 && !waitall {
                 return Some((got as isize, 0));
@@ -1607,6 +1852,118 @@ pub(super) fn recv(
             return Some((got as isize, 0));
         }
         return Some((fail(e), 0));
+    }
+}
+
+/// A receive on a pushed socket in a child: the kernel's socket pair holds the bytes (the
+/// stack pushes them into B as they arrive), so this is A's own receive, without a request:
+/// `MSG_PEEK` and `MSG_WAITALL` as the kernel's, a blocking call waits on A (with the
+/// socket's `SO_RCVTIMEO`: `EAGAIN` when it expires). A's end of stream (the stack shut B's
+/// write side once every byte was pushed, or shut it all at a reset) asks the stack process
+/// how the stream ended: 0, or the connection's error once (`ECONNRESET`, `ETIMEDOUT`), then
+/// 0, as the kernel reports them after the bytes that came before. `got` bytes are in `bufs`
+/// already.
+fn pushed_recv(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int, mut got: usize) -> (isize, c_int) {
+    let room: usize = bufs.iter().map(|b| b.len()).sum();
+    let peek = flags & libc::MSG_PEEK != 0;
+    let waitall = flags & libc::MSG_WAITALL != 0 && !peek;
+    // SAFETY: F_GETFL takes no argument.
+    let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    let nonblock = flags & libc::MSG_DONTWAIT != 0 || (fl >= 0 && fl & libc::O_NONBLOCK != 0);
+    let mut dl: Option<Option<Instant>> = None;
+    loop {
+        if got >= room {
+            return (got as isize, 0);
+        }
+        let r = {
+            let mut iov: Vec<libc::iovec> = Vec::with_capacity(bufs.len());
+            let mut skip = got;
+            for b in bufs.iter_mut() {
+                if skip >= b.len() {
+                    skip -= b.len();
+                    continue;
+                }
+                let s = &mut b[skip..];
+                skip = 0;
+                iov.push(libc::iovec {
+                    iov_base: s.as_mut_ptr().cast(),
+                    iov_len: s.len(),
+                });
+            }
+            // SAFETY: an all-zero msghdr is valid.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = iov.len() as _;
+            // SAFETY: a valid msghdr whose buffers are the caller's, live across the call.
+            unsafe { real::recvmsg(fd, &mut msg, (flags & libc::MSG_PEEK) | libc::MSG_DONTWAIT) }
+        };
+        if r > 0 {
+            if peek {
+                return (r, 0);
+            }
+            got += r as usize;
+            if !waitall || got >= room {
+                return (got as isize, 0);
+            }
+            continue;
+        }
+        if r == 0 && room > 0 {
+            if got > 0 {
+                return (got as isize, 0);
+            }
+            return end_of_pushed(fd, bufs, flags);
+        }
+        let e = if r == 0 { libc::EAGAIN } else { guard::errno() };
+        if e == libc::EINTR {
+            continue;
+        }
+        if e != libc::EAGAIN || nonblock || room == 0 {
+            return if got > 0 {
+                (got as isize, 0)
+            } else {
+                (fail(e), 0)
+            };
+        }
+        let d = *dl.get_or_insert_with(|| deadline(rcvtimeo_of(fd)));
+        if let Err(x) = ops::wait(fd, libc::POLLIN, d) {
+            return if got > 0 {
+                (got as isize, 0)
+            } else {
+                (fail(x), 0)
+            };
+        }
+    }
+}
+
+/// A pushed socket's A is at its end: the stack process's own receive says how the stream
+/// ended (every byte was pushed before B's write side was shut). A stack process that is gone
+/// ended it.
+fn end_of_pushed(fd: c_int, bufs: &mut [&mut [u8]], flags: c_int) -> (isize, c_int) {
+    let mut left = CHUNK;
+    let mut outs: Vec<&mut [u8]> = Vec::new();
+    for b in bufs.iter_mut() {
+        if left == 0 {
+            break;
+        }
+        let take = b.len().min(left);
+        outs.push(&mut b[..take]);
+        left -= take;
+    }
+    let mut req = Req {
+        op: RECV,
+        flags: (flags & !(libc::MSG_WAITALL | libc::MSG_PEEK)) | libc::MSG_DONTWAIT,
+        a: (CHUNK - left) as i64,
+        b: 1,
+        ..Req::default()
+    };
+    // Bytes the stack still held when the connection failed come here, in order (A is
+    // empty), then the error.
+    match exchange(fd, &mut req, &[], &mut outs, true) {
+        Ok((a, _)) if a.rep.pass == ANSWERED && a.rep.ret < 0 && a.rep.errno != libc::EAGAIN => {
+            (fail(a.rep.errno), 0)
+        }
+        Ok((a, _)) if a.rep.pass == ANSWERED && a.rep.ret > 0 => (a.len as isize, 0),
+        _ => (0, 0),
     }
 }
 
@@ -1738,8 +2095,24 @@ pub(super) unsafe fn ioctl(fd: c_int, req: libc::c_ulong, p: *mut c_int) -> Opti
             let res = exchange(fd, &mut r, &[], &mut [&mut v[..]], true);
             let out = int_result(res);
             if out == Some(0) {
+                let mut n = c_int::from_ne_bytes(v);
+                if req == libc::FIONREAD && is_pushed(fd) {
+                    // Pushed: the bytes in A, and those still waiting in the stack.
+                    let mut in_a: c_int = 0;
+                    // SAFETY: FIONREAD writes an int.
+                    if unsafe {
+                        real::ioctl(
+                            fd,
+                            libc::FIONREAD,
+                            &mut in_a as *mut c_int as usize as libc::c_ulong,
+                        )
+                    } == 0
+                    {
+                        n = n.saturating_add(in_a);
+                    }
+                }
                 // SAFETY: an int pointer.
-                unsafe { std::ptr::write(p, c_int::from_ne_bytes(v)) };
+                unsafe { std::ptr::write(p, n) };
             }
             out
         }
@@ -1793,6 +2166,8 @@ pub fn is_exec_entry(entry: &[u8]) -> bool {
 /// stale entry marks nothing) and reaches the same stack process.
 #[cfg_attr(test, allow(dead_code))]
 extern "C" fn inherit() {
+    // Read at load: an application may replace its environment later (nginx does).
+    let _ = push_enabled();
     let Ok(v) = std::env::var(EXEC_VAR) else {
         return;
     };
