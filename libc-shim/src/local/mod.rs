@@ -16,8 +16,9 @@
 //! mode. `stack,local`: stack mode decides first; it leaves loopback (127.0.0.0/8) sockets in
 //! the kernel, and those negotiate here (a listener bound to a loopback address publishes
 //! itself; one bound to `0.0.0.0` is the stack's and is not reachable over loopback); every
-//! other AF_INET socket is the stack's, reported in its `PREFIX.stack.PID.json`. So each
-//! connection's route is in one of the two reports.
+//! other AF_INET socket is the stack's, reported in its `PREFIX.stack.PID.json` (AF_INET6
+//! sockets, which stack mode leaves in the kernel, negotiate here). So each connection's route
+//! is in one of the two reports.
 //!
 //! # Negotiation (after the kernel's handshake; nothing extra on the wire)
 //!
@@ -33,6 +34,15 @@
 //!                          pidfd_open + pidfd_getfd(B), memory.accept(conn);
 //!                          B dup3ed over the accepted fd (kernel socket hidden)
 //! ```
+//!
+//! **IPv4 and IPv6.** Both families negotiate. Listeners and offers are named by the
+//! *normalised* address: an IPv4-mapped one (`::ffff:127.0.0.1`, what a dual-stack socket sees
+//! of an IPv4 peer, or an IPv6 client's destination) by its IPv4 form, an IPv6 one as `[::1]:port`
+//! without flow label or scope. So an IPv6 client of an IPv4 listener, and an IPv4 client of a
+//! dual-stack `[::]` listener, name the 4-tuple as the acceptor does. A client looks up the
+//! listener bound to its destination, the wildcard of that family, and for an IPv4 destination
+//! `L/[::]:port` if its record says dual-stack (a fifth field: `IPV6_V6ONLY` off). An IPv6
+//! client binds to the destination in its own form (port 0) before the SYN, as an IPv4 one does.
 //!
 //! Why this protocol: the offer is published *before* the SYN, so the accepting process
 //! (whichever process accepts: a forked child too) finds it by the 4-tuple the kernel gives
