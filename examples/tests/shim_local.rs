@@ -1207,19 +1207,21 @@ fn a_process_with_io_uring_keeps_tokens_on() {
 
 // ----- IPv6 -----
 
-/// A one-connection sink: `V6SINK FAMILY` listens on `::1` (`6`), on a dual-stack `[::]`
-/// (`dual`) or on 127.0.0.1 (`4`), prints its port, receives until EOF, replies `BYTES SHA256`.
+/// A one-connection sink: `V6SINK FAMILY [PORT]` listens on `::1` (`6`), on a dual-stack
+/// `[::]` (`dual`) or on 127.0.0.1 (`4`), prints its port, receives until EOF, replies
+/// `BYTES SHA256`.
 const V6SINK: &str = r#"
 import hashlib, socket, sys
 fam = sys.argv[1]
+port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
 if fam == "4":
     s = socket.socket(socket.AF_INET)
-    s.bind(("127.0.0.1", 0))
+    s.bind(("127.0.0.1", port))
 else:
     s = socket.socket(socket.AF_INET6)
     if fam == "dual":
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind(("::1" if fam == "6" else "::", 0))
+    s.bind(("::1" if fam == "6" else "::", port))
 s.listen(4)
 print(s.getsockname()[1], flush=True)
 c, _ = s.accept()
@@ -1340,4 +1342,68 @@ fn ipv6_connections_go_local() {
             .unwrap_or("")
             .starts_with("[::1]:"));
     }
+}
+
+/// `V6ONLY_HOLD FLAG`: listens on `[::]` with `IPV6_V6ONLY` on, prints its port, and holds the
+/// listener until the file FLAG exists.
+const V6ONLY_HOLD: &str = r#"
+import os, socket, sys, time
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s.bind(("::", 0))
+s.listen(4)
+print(s.getsockname()[1], flush=True)
+t0 = time.time()
+while not os.path.exists(sys.argv[1]) and time.time() - t0 < 120:
+    time.sleep(0.02)
+s.close()
+"#;
+
+/// A shimmed `IPV6_V6ONLY` listener on `[::]:P` is not offered to IPv4 clients: a shimmed IPv4
+/// client of an unshimmed 127.0.0.1:P listener (the same port) stays on kernel TCP with the
+/// reason, and the unshimmed server gets every byte.
+#[test]
+fn ipv6_only_listener_is_not_offered_to_ipv4_clients() {
+    if missing(&["python3"]) || testkit::require(ipv6_loopback(), "an IPv6 loopback") {
+        return;
+    }
+    let s = Setup::new("v6only");
+    let flag = s.dir.path().join("done");
+    let flag_s = flag.display().to_string();
+    let (hold, mut ho) = Reaper::spawn(s.local("hold", &["python3", "-c", V6ONLY_HOLD, &flag_s]));
+    let port = first_line(&mut ho);
+    let mut c = Command::new("python3");
+    c.args(["-c", V6SINK, "4", &port]);
+    let (srv, mut so) = Reaper::spawn(c);
+    assert_eq!(first_line(&mut so), port);
+    let total: u64 = 1 << 20;
+    let text = run_ok(
+        s.local(
+            "cli",
+            &[
+                "python3",
+                "-c",
+                V6SOURCE,
+                "127.0.0.1",
+                &port,
+                &total.to_string(),
+            ],
+        ),
+        120,
+    );
+    let l: Vec<&str> = text.lines().collect();
+    assert_eq!(l.len(), 2, "{text}");
+    assert_eq!(l[0], l[1], "digests differ: {text}");
+    assert!(l[1].starts_with(&format!("{total} ")), "{text}");
+    let (o, rest) = srv.wait(so, 60);
+    assert!(o.status.success(), "{rest}");
+    std::fs::write(&flag, b"").expect("flag");
+    let (o, rest) = hold.wait(ho, 60);
+    assert!(o.status.success(), "{rest}");
+    let routes = s.routes();
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes[0]["route"], "kernel", "{routes:?}");
+    let why = routes[0]["reason"].as_str().unwrap_or("");
+    assert!(why.contains("no listener"), "{routes:?}");
+    s.check_clean();
 }
