@@ -1407,3 +1407,46 @@ fn ipv6_only_listener_is_not_offered_to_ipv4_clients() {
     assert!(why.contains("no listener"), "{routes:?}");
     s.check_clean();
 }
+
+/// An `IPV6_V6ONLY` client to `::ffff:127.0.0.1` of a shimmed IPv4 listener: the kernel's
+/// error (ENETUNREACH, as without the shim) and a kernel route with its reason; the listener
+/// then serves an IPv4 client locally.
+#[test]
+fn ipv6_only_client_to_a_mapped_address_gets_the_kernels_error() {
+    if missing(&["python3"]) || testkit::require(ipv6_loopback(), "an IPv6 loopback") {
+        return;
+    }
+    const V6ONLY_CLIENT: &str = r#"
+import errno, socket, sys
+c = socket.socket(socket.AF_INET6)
+c.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+try:
+    c.connect(("::ffff:127.0.0.1", int(sys.argv[1])))
+    print("connected")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno))
+"#;
+    let s = Setup::new("v6oc");
+    let (srv, mut so) = Reaper::spawn(s.local("srv", &["python3", "-c", V6SINK, "4"]));
+    let port = first_line(&mut so);
+    let text = run_ok(s.local("v6c", &["python3", "-c", V6ONLY_CLIENT, &port]), 60);
+    assert_eq!(text.trim(), "ENETUNREACH");
+    let text = run_ok(
+        s.local(
+            "cli",
+            &["python3", "-c", V6SOURCE, "127.0.0.1", &port, "100000"],
+        ),
+        60,
+    );
+    let l: Vec<&str> = text.lines().collect();
+    assert!(l.len() == 2 && l[0] == l[1], "{text}");
+    let (o, rest) = srv.wait(so, 60);
+    assert!(o.status.success(), "{rest}");
+    let routes = s.routes();
+    assert_eq!(routes.len(), 3, "{routes:?}");
+    let kernel: Vec<_> = routes.iter().filter(|r| r["route"] == "kernel").collect();
+    assert_eq!(kernel.len(), 1, "{routes:?}");
+    let why = kernel[0]["reason"].as_str().unwrap_or("");
+    assert!(why.contains("IPV6_V6ONLY"), "{routes:?}");
+    s.check_clean();
+}

@@ -843,6 +843,17 @@ unsafe fn connect_local(
     raw: SocketAddr,
 ) -> Option<c_int> {
     let dst = norm(raw);
+    if dst.is_ipv4()
+        && raw.is_ipv6()
+        && sock_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1)
+    {
+        // The kernel refuses it (ENETUNREACH): let it say so.
+        return client_kernel(
+            fd,
+            dst,
+            "IPv4-mapped destination from an IPV6_V6ONLY socket",
+        );
+    }
     let mem = match memory() {
         Ok(m) => m,
         Err(e) => return client_kernel(fd, dst, &e),
