@@ -1204,3 +1204,249 @@ fn a_process_with_io_uring_keeps_tokens_on() {
     assert!(routes.iter().all(|r| r["route"] == "local"), "{routes:?}");
     s.check_clean();
 }
+
+// ----- IPv6 -----
+
+/// A one-connection sink: `V6SINK FAMILY [PORT]` listens on `::1` (`6`), on a dual-stack
+/// `[::]` (`dual`) or on 127.0.0.1 (`4`), prints its port, receives until EOF, replies
+/// `BYTES SHA256`.
+const V6SINK: &str = r#"
+import hashlib, socket, sys
+fam = sys.argv[1]
+port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+if fam == "4":
+    s = socket.socket(socket.AF_INET)
+    s.bind(("127.0.0.1", port))
+else:
+    s = socket.socket(socket.AF_INET6)
+    if fam == "dual":
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::1" if fam == "6" else "::", port))
+s.listen(4)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+h = hashlib.sha256()
+n = 0
+while True:
+    d = c.recv(1 << 16)
+    if not d:
+        break
+    h.update(d)
+    n += len(d)
+c.sendall(("%d %s" % (n, h.hexdigest())).encode())
+c.close()
+"#;
+
+/// `V6SOURCE HOST PORT TOTAL`: sends TOTAL pseudo-random bytes over IPv6 when HOST has a
+/// colon (IPv4 otherwise), then prints the sink's reply and its own `BYTES SHA256`.
+const V6SOURCE: &str = r#"
+import hashlib, os, socket, sys
+host, port, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+c = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+c.connect((host, port))
+block = os.urandom(1 << 20)
+h = hashlib.sha256()
+sent = 0
+while sent < total:
+    piece = block[sent % 4093 : sent % 4093 + min(total - sent, 1 << 18)]
+    c.sendall(piece)
+    h.update(piece)
+    sent += len(piece)
+c.shutdown(socket.SHUT_WR)
+r = b""
+while True:
+    d = c.recv(4096)
+    if not d:
+        break
+    r += d
+print(r.decode(), flush=True)
+print("%d %s" % (sent, h.hexdigest()), flush=True)
+"#;
+
+/// Whether the host has an IPv6 loopback (`::1` on `lo`).
+fn ipv6_loopback() -> Result<(), String> {
+    let t = std::fs::read_to_string("/proc/net/if_inet6").map_err(|e| format!("if_inet6: {e}"))?;
+    t.lines()
+        .any(|l| l.starts_with("00000000000000000000000000000001"))
+        .then_some(())
+        .ok_or_else(|| "no ::1 in /proc/net/if_inet6".into())
+}
+
+/// One stream from `V6SOURCE` to `V6SINK`, each under the shim or not; byte-exact. Returns
+/// the routes both wrote.
+fn v6_stream(name: &str, sink: &str, host: &str, shim_srv: bool, shim_cli: bool) -> Vec<Value> {
+    let s = Setup::new(name);
+    let cmd = |shimmed: bool, report: &str, args: &[&str]| {
+        let mut a = vec!["python3", "-c"];
+        a.extend_from_slice(args);
+        if shimmed {
+            s.local(report, &a)
+        } else {
+            let mut c = Command::new("python3");
+            c.args(&a[1..]);
+            c
+        }
+    };
+    let (srv, mut so) = Reaper::spawn(cmd(shim_srv, "srv", &[V6SINK, sink]));
+    let port = first_line(&mut so);
+    let total = (3 << 20) + 12345;
+    let text = run_ok(
+        cmd(
+            shim_cli,
+            "cli",
+            &[V6SOURCE, host, &port, &total.to_string()],
+        ),
+        120,
+    );
+    let l: Vec<&str> = text.lines().collect();
+    assert_eq!(l.len(), 2, "{text}");
+    assert_eq!(l[0], l[1], "digests differ: {text}");
+    assert!(l[1].starts_with(&format!("{total} ")), "{text}");
+    let (o, rest) = srv.wait(so, 60);
+    assert!(o.status.success(), "{rest}");
+    let routes = s.routes();
+    s.check_clean();
+    routes
+}
+
+/// IPv6 connections between shimmed processes go local: over `::1`; an IPv4 client of a
+/// dual-stack `[::]` listener; an IPv6 client to `::ffff:127.0.0.1` of an IPv4 listener (both
+/// sides name the connection by the IPv4 form). Against a peer not under the shim, IPv6 stays
+/// on kernel TCP with the reason, each direction, byte-exact.
+#[test]
+fn ipv6_connections_go_local() {
+    if missing(&["python3"]) || testkit::require(ipv6_loopback(), "an IPv6 loopback") {
+        return;
+    }
+    for (name, sink, host, peer) in [
+        ("v6", "6", "::1", "[::1]"),
+        ("v6dual", "dual", "127.0.0.1", "127.0.0.1"),
+        ("v6mapped", "4", "::ffff:127.0.0.1", "127.0.0.1"),
+    ] {
+        let routes = v6_stream(name, sink, host, true, true);
+        assert_eq!(routes.len(), 2, "{name}: {routes:?}");
+        for r in &routes {
+            assert_eq!(r["route"], "local", "{name}: {routes:?}");
+            let l = r["local"].as_str().unwrap_or("");
+            assert!(l.starts_with(peer), "{name}: {r}");
+        }
+    }
+    for (shim_srv, why) in [(true, "no offer"), (false, "no listener")] {
+        let routes = v6_stream("v6fb", "6", "::1", shim_srv, !shim_srv);
+        assert_eq!(routes.len(), 1, "{routes:?}");
+        assert_eq!(routes[0]["route"], "kernel", "{routes:?}");
+        let reason = routes[0]["reason"].as_str().unwrap_or("");
+        assert!(reason.contains(why), "{routes:?}");
+        assert!(routes[0]["peer"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("[::1]:"));
+    }
+}
+
+/// `V6ONLY_HOLD FLAG`: listens on `[::]` with `IPV6_V6ONLY` on, prints its port, and holds the
+/// listener until the file FLAG exists.
+const V6ONLY_HOLD: &str = r#"
+import os, socket, sys, time
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s.bind(("::", 0))
+s.listen(4)
+print(s.getsockname()[1], flush=True)
+t0 = time.time()
+while not os.path.exists(sys.argv[1]) and time.time() - t0 < 120:
+    time.sleep(0.02)
+s.close()
+"#;
+
+/// A shimmed `IPV6_V6ONLY` listener on `[::]:P` is not offered to IPv4 clients: a shimmed IPv4
+/// client of an unshimmed 127.0.0.1:P listener (the same port) stays on kernel TCP with the
+/// reason, and the unshimmed server gets every byte.
+#[test]
+fn ipv6_only_listener_is_not_offered_to_ipv4_clients() {
+    if missing(&["python3"]) || testkit::require(ipv6_loopback(), "an IPv6 loopback") {
+        return;
+    }
+    let s = Setup::new("v6only");
+    let flag = s.dir.path().join("done");
+    let flag_s = flag.display().to_string();
+    let (hold, mut ho) = Reaper::spawn(s.local("hold", &["python3", "-c", V6ONLY_HOLD, &flag_s]));
+    let port = first_line(&mut ho);
+    let mut c = Command::new("python3");
+    c.args(["-c", V6SINK, "4", &port]);
+    let (srv, mut so) = Reaper::spawn(c);
+    assert_eq!(first_line(&mut so), port);
+    let total: u64 = 1 << 20;
+    let text = run_ok(
+        s.local(
+            "cli",
+            &[
+                "python3",
+                "-c",
+                V6SOURCE,
+                "127.0.0.1",
+                &port,
+                &total.to_string(),
+            ],
+        ),
+        120,
+    );
+    let l: Vec<&str> = text.lines().collect();
+    assert_eq!(l.len(), 2, "{text}");
+    assert_eq!(l[0], l[1], "digests differ: {text}");
+    assert!(l[1].starts_with(&format!("{total} ")), "{text}");
+    let (o, rest) = srv.wait(so, 60);
+    assert!(o.status.success(), "{rest}");
+    std::fs::write(&flag, b"").expect("flag");
+    let (o, rest) = hold.wait(ho, 60);
+    assert!(o.status.success(), "{rest}");
+    let routes = s.routes();
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes[0]["route"], "kernel", "{routes:?}");
+    let why = routes[0]["reason"].as_str().unwrap_or("");
+    assert!(why.contains("no listener"), "{routes:?}");
+    s.check_clean();
+}
+
+/// An `IPV6_V6ONLY` client to `::ffff:127.0.0.1` of a shimmed IPv4 listener: the kernel's
+/// error (ENETUNREACH, as without the shim) and a kernel route with its reason; the listener
+/// then serves an IPv4 client locally.
+#[test]
+fn ipv6_only_client_to_a_mapped_address_gets_the_kernels_error() {
+    if missing(&["python3"]) || testkit::require(ipv6_loopback(), "an IPv6 loopback") {
+        return;
+    }
+    const V6ONLY_CLIENT: &str = r#"
+import errno, socket, sys
+c = socket.socket(socket.AF_INET6)
+c.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+try:
+    c.connect(("::ffff:127.0.0.1", int(sys.argv[1])))
+    print("connected")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno))
+"#;
+    let s = Setup::new("v6oc");
+    let (srv, mut so) = Reaper::spawn(s.local("srv", &["python3", "-c", V6SINK, "4"]));
+    let port = first_line(&mut so);
+    let text = run_ok(s.local("v6c", &["python3", "-c", V6ONLY_CLIENT, &port]), 60);
+    assert_eq!(text.trim(), "ENETUNREACH");
+    let text = run_ok(
+        s.local(
+            "cli",
+            &["python3", "-c", V6SOURCE, "127.0.0.1", &port, "100000"],
+        ),
+        60,
+    );
+    let l: Vec<&str> = text.lines().collect();
+    assert!(l.len() == 2 && l[0] == l[1], "{text}");
+    let (o, rest) = srv.wait(so, 60);
+    assert!(o.status.success(), "{rest}");
+    let routes = s.routes();
+    assert_eq!(routes.len(), 3, "{routes:?}");
+    let kernel: Vec<_> = routes.iter().filter(|r| r["route"] == "kernel").collect();
+    assert_eq!(kernel.len(), 1, "{routes:?}");
+    let why = kernel[0]["reason"].as_str().unwrap_or("");
+    assert!(why.contains("IPV6_V6ONLY"), "{routes:?}");
+    s.check_clean();
+}

@@ -16,8 +16,9 @@
 //! mode. `stack,local`: stack mode decides first; it leaves loopback (127.0.0.0/8) sockets in
 //! the kernel, and those negotiate here (a listener bound to a loopback address publishes
 //! itself; one bound to `0.0.0.0` is the stack's and is not reachable over loopback); every
-//! other AF_INET socket is the stack's, reported in its `PREFIX.stack.PID.json`. So each
-//! connection's route is in one of the two reports.
+//! other AF_INET socket is the stack's, reported in its `PREFIX.stack.PID.json` (AF_INET6
+//! sockets, which stack mode leaves in the kernel, negotiate here). So each connection's route
+//! is in one of the two reports.
 //!
 //! # Negotiation (after the kernel's handshake; nothing extra on the wire)
 //!
@@ -33,6 +34,15 @@
 //!                          pidfd_open + pidfd_getfd(B), memory.accept(conn);
 //!                          B dup3ed over the accepted fd (kernel socket hidden)
 //! ```
+//!
+//! **IPv4 and IPv6.** Both families negotiate. Listeners and offers are named by the
+//! *normalised* address: an IPv4-mapped one (`::ffff:127.0.0.1`, what a dual-stack socket sees
+//! of an IPv4 peer, or an IPv6 client's destination) by its IPv4 form, an IPv6 one as `[::1]:port`
+//! without flow label or scope. So an IPv6 client of an IPv4 listener, and an IPv4 client of a
+//! dual-stack `[::]` listener, name the 4-tuple as the acceptor does. A client looks up the
+//! listener bound to its destination, the wildcard of that family, and for an IPv4 destination
+//! `L/[::]:port` if its record says dual-stack (a fifth field: `IPV6_V6ONLY` off). An IPv6
+//! client binds to the destination in its own form (port 0) before the SYN, as an IPv4 one does.
 //!
 //! Why this protocol: the offer is published *before* the SYN, so the accepting process
 //! (whichever process accepts: a forked child too) finds it by the 4-tuple the kernel gives
@@ -144,7 +154,7 @@
 //! copied into the memory (`copied_in`) and out of it (`copied_out`).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 use std::sync::atomic::{
     AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8,
@@ -555,16 +565,30 @@ fn sock_int(fd: c_int, level: c_int, name: c_int) -> Option<c_int> {
     (r == 0).then_some(v)
 }
 
-fn is_tcp4(fd: c_int) -> bool {
-    sock_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) == Some(libc::AF_INET)
-        && sock_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+/// The family of a TCP socket (`AF_INET` or `AF_INET6`), or `None` for any other socket.
+fn tcp_family(fd: c_int) -> Option<c_int> {
+    let f = sock_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?;
+    ((f == libc::AF_INET || f == libc::AF_INET6)
+        && sock_int(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM))
+    .then_some(f)
 }
 
-fn v4(a: Option<SocketAddr>) -> Option<SocketAddrV4> {
-    match a? {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(_) => None,
+/// The address both sides name a listener or an offer by: an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`, what a dual-stack socket sees of an IPv4 peer) in its IPv4 form; an
+/// IPv6 one without flow label and scope.
+fn norm(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V4(_) => a,
+        SocketAddr::V6(v) => match v.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddr::V4(SocketAddrV4::new(ip, v.port())),
+            None => SocketAddr::V6(SocketAddrV6::new(*v.ip(), v.port(), 0, 0)),
+        },
     }
+}
+
+/// The kernel's name of `fd` (or of its peer), normalised ([`norm`]).
+fn sock_name(fd: c_int, peer: bool) -> Option<SocketAddr> {
+    sys::sock_addr(fd, peer).map(norm)
 }
 
 fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
@@ -575,6 +599,28 @@ fn sockaddr_in(a: SocketAddrV4) -> libc::sockaddr_in {
             s_addr: u32::from(*a.ip()).to_be(),
         },
         sin_zero: [0; 8],
+    }
+}
+
+fn sockaddr_in6(a: SocketAddrV6) -> libc::sockaddr_in6 {
+    libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: a.port().to_be(),
+        sin6_flowinfo: a.flowinfo(),
+        sin6_addr: libc::in6_addr {
+            s6_addr: a.ip().octets(),
+        },
+        sin6_scope_id: a.scope_id(),
+    }
+}
+
+/// The wildcard address of `a`'s family, with `a`'s port.
+fn unspecified(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V4(_) => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, a.port())),
+        SocketAddr::V6(_) => {
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, a.port(), 0, 0))
+        }
     }
 }
 
@@ -646,11 +692,12 @@ fn report_route(role: &str, local: &str, peer: &str, route: &str, reason: Option
 
 // ----- records in the memory's names table -----
 
-fn listener_name(a: SocketAddrV4) -> String {
+/// `L/1.2.3.4:80` or `L/[::1]:80` (the address normalised: [`norm`]).
+fn listener_name(a: SocketAddr) -> String {
     format!("L/{a}")
 }
 
-fn offer_name(dst: SocketAddrV4, cport: u16) -> String {
+fn offer_name(dst: SocketAddr, cport: u16) -> String {
     format!("O/{dst}/{cport}")
 }
 
@@ -679,15 +726,21 @@ pub fn listening(fd: c_int) {
     let Some(_g) = Guard::enter() else { return };
     guard::shielded(|| {
         let e = last_errno();
-        if is_tcp4(fd) {
-            if let Some(a) = v4(sys::sock_addr(fd, false)) {
+        if let Some(family) = tcp_family(fd) {
+            if let Some(a) = sock_name(fd, false) {
                 if let Ok(mem) = memory() {
                     let name = listener_name(a);
+                    // A dual-stack `[::]` listener accepts IPv4 clients too.
+                    let dual = family == libc::AF_INET6
+                        && a.ip().is_unspecified()
+                        && a.is_ipv6()
+                        && sock_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(0);
                     let rec = [
                         sys::getpid() as u64,
                         own_start(),
                         sys::geteuid() as u64,
                         netns(),
+                        u64::from(dual),
                     ];
                     match write_record(&mem, &name, &rec) {
                         Ok(()) => with_table(|t| {
@@ -703,17 +756,24 @@ pub fn listening(fd: c_int) {
 }
 
 /// Why a connection to `dst` cannot go local (`None`: it can).
-fn listener_check(mem: &SharedMemory, dst: SocketAddrV4) -> Option<String> {
-    let names = [
-        listener_name(dst),
-        listener_name(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, dst.port())),
+///
+/// `dst` is normalised ([`norm`]): the listener bound to it, the wildcard of its family, and
+/// for an IPv4 destination a dual-stack `[::]` listener (record field 4 set).
+fn listener_check(mem: &SharedMemory, dst: SocketAddr) -> Option<String> {
+    let mut names = vec![
+        (listener_name(dst), false),
+        (listener_name(unspecified(dst)), false),
     ];
+    if dst.is_ipv4() {
+        let any6 = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, dst.port(), 0, 0));
+        names.push((listener_name(any6), true));
+    }
     let mut gone = None;
-    for name in &names {
+    for (name, need_dual) in &names {
         let Some(rec) = read_record(mem, name) else {
             continue;
         };
-        if rec.len() < 4 {
+        if rec.len() < 4 || (*need_dual && rec.get(4) != Some(&1)) {
             continue;
         }
         if !hicamp::shared::process_alive(rec[0] as u32, rec[1]) {
@@ -754,20 +814,22 @@ pub unsafe fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> Optio
     }
     let _g = Guard::enter()?;
     // SAFETY: the caller's address.
-    let dst = v4(unsafe { sys::parse_sockaddr(addr, len) })?;
-    if !is_tcp4(fd) {
+    let raw = unsafe { sys::parse_sockaddr(addr, len) }?;
+    let family = tcp_family(fd)?;
+    // An address of the other family: the kernel's error (EAFNOSUPPORT, EINVAL).
+    if (family == libc::AF_INET) != raw.is_ipv4() {
         return None;
     }
     run(|| {
         // SAFETY: as above.
-        unsafe { connect_local(fd, addr, len, dst) }
+        unsafe { connect_local(fd, addr, len, raw) }
     })
     .flatten()
 }
 
 /// The kernel route, reported, for a client.
-fn client_kernel(fd: c_int, dst: SocketAddrV4, reason: &str) -> Option<c_int> {
-    let local = sys::sock_addr(fd, false).map_or(String::new(), |a| a.to_string());
+fn client_kernel(fd: c_int, dst: SocketAddr, reason: &str) -> Option<c_int> {
+    let local = sock_name(fd, false).map_or(String::new(), |a| a.to_string());
     report_route("client", &local, &dst.to_string(), "kernel", Some(reason));
     None
 }
@@ -778,8 +840,20 @@ unsafe fn connect_local(
     fd: c_int,
     addr: *const sockaddr,
     len: socklen_t,
-    dst: SocketAddrV4,
+    raw: SocketAddr,
 ) -> Option<c_int> {
+    let dst = norm(raw);
+    if dst.is_ipv4()
+        && raw.is_ipv6()
+        && sock_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) == Some(1)
+    {
+        // The kernel refuses it (ENETUNREACH): let it say so.
+        return client_kernel(
+            fd,
+            dst,
+            "IPv4-mapped destination from an IPV6_V6ONLY socket",
+        );
+    }
     let mem = match memory() {
         Ok(m) => m,
         Err(e) => return client_kernel(fd, dst, &e),
@@ -788,22 +862,38 @@ unsafe fn connect_local(
         return client_kernel(fd, dst, &why);
     }
     // The 4-tuple before the SYN: bind to the destination address (a local one) if unbound.
-    let mut local = v4(sys::sock_addr(fd, false))?;
+    // (An IPv6 socket binds to the caller's form of the address: `::ffff:a.b.c.d` stays so.)
+    let mut local = sock_name(fd, false)?;
     if local.port() == 0 {
-        let sa = sockaddr_in(SocketAddrV4::new(*dst.ip(), 0));
-        // SAFETY: a valid sockaddr_in.
-        let r = unsafe {
-            real::bind(
-                fd,
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as socklen_t,
-            )
+        let r = match raw {
+            SocketAddr::V4(d) => {
+                let sa = sockaddr_in(SocketAddrV4::new(*d.ip(), 0));
+                // SAFETY: a valid sockaddr_in of the size given.
+                unsafe {
+                    real::bind(
+                        fd,
+                        (&sa as *const libc::sockaddr_in).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as socklen_t,
+                    )
+                }
+            }
+            SocketAddr::V6(d) => {
+                let sa = sockaddr_in6(SocketAddrV6::new(*d.ip(), 0, 0, d.scope_id()));
+                // SAFETY: a valid sockaddr_in6 of the size given.
+                unsafe {
+                    real::bind(
+                        fd,
+                        (&sa as *const libc::sockaddr_in6).cast(),
+                        std::mem::size_of::<libc::sockaddr_in6>() as socklen_t,
+                    )
+                }
+            }
         };
         if r != 0 {
             let e = std::io::Error::last_os_error();
             return client_kernel(fd, dst, &format!("destination not a local address ({e})"));
         }
-        local = v4(sys::sock_addr(fd, false))?;
+        local = sock_name(fd, false)?;
     }
     let conn = match mem.connect() {
         Ok(c) => tuned(c),
@@ -990,11 +1080,11 @@ fn pidfd_getfd(pid: u32, target: c_int) -> Result<c_int, String> {
 }
 
 fn accept_local(fd: c_int, flags: c_int) {
-    if !is_tcp4(fd) {
+    if tcp_family(fd).is_none() {
         return;
     }
-    let (Some(local), Some(peer)) = (v4(sys::sock_addr(fd, false)), v4(sys::sock_addr(fd, true)))
-    else {
+    // Normalised: a dual-stack listener's IPv4 client has the name its offer was made under.
+    let (Some(local), Some(peer)) = (sock_name(fd, false), sock_name(fd, true)) else {
         return;
     };
     let (ls, ps) = (local.to_string(), peer.to_string());
@@ -1004,7 +1094,7 @@ fn accept_local(fd: c_int, flags: c_int) {
     };
     let name = offer_name(local, peer.port());
     let rec = match read_record(&mem, &name) {
-        Some(r) if r.len() >= 4 && *peer.ip() == *local.ip() => r,
+        Some(r) if r.len() >= 4 && peer.ip() == local.ip() => r,
         _ => {
             return report_route(
                 "server",
