@@ -13,7 +13,7 @@ use segstack::Payload;
 use super::filecache;
 use super::{
     internal, is_stack, lock, mark, mark_pending, marked, note, on, proxy, pump, sync, unmark,
-    ConnRecord, Kind, Opts, Pending, Sock, Tcp, World, FORKED, ORPHANS,
+    ConnRecord, Kind, Opts, Pending, Sock, Tcp, World, WorldGuard, FORKED, ORPHANS,
 };
 use crate::guard::{self, Guard};
 use crate::real;
@@ -824,11 +824,7 @@ pub fn send(
     let dontwait = flags & libc::MSG_DONTWAIT != 0;
     let mut dl: Option<Option<Instant>> = None;
     loop {
-        enum Step {
-            Done,
-            Block(c_int, Option<Duration>),
-            Err(c_int),
-        }
+        use SendStep as Step;
         let step = with(&mut w, id, |e, s, c| {
             let h = match s.kind {
                 Kind::Tcp(Tcp::Connected(h)) => h,
@@ -873,22 +869,7 @@ pub fn send(
                             off = 0;
                         }
                     }
-                    // The error is reported once (the kernel's sk_err); then EPIPE.
-                    Err(IfaceError::Tcp(TcpError::Reset | TcpError::TimedOut)) if s.err_taken => {
-                        return Step::Err(libc::EPIPE)
-                    }
-                    Err(IfaceError::Tcp(TcpError::Reset)) => {
-                        s.err_taken = true;
-                        s.so_error = 0;
-                        return Step::Err(libc::ECONNRESET);
-                    }
-                    Err(IfaceError::Tcp(TcpError::TimedOut)) => {
-                        s.err_taken = true;
-                        s.so_error = 0;
-                        return Step::Err(libc::ETIMEDOUT);
-                    }
-                    Err(IfaceError::Tcp(TcpError::NoMemory)) => return Step::Err(libc::ENOBUFS),
-                    Err(_) => return Step::Err(libc::EPIPE),
+                    Err(err) => return Step::Err(send_errno(s, &err)),
                 }
             }
             Step::Done
@@ -897,34 +878,13 @@ pub fn send(
             Ok(s) => s,
             Err(e) => Step::Err(e),
         };
-        match step {
-            Step::Done => break,
-            Step::Block(a, timeo) => {
-                pump(&mut w);
-                drop(w);
-                let d = *dl.get_or_insert_with(|| deadline(timeo));
-                let r = wait(a, libc::POLLOUT, d);
-                w = lock();
-                if let Err(e) = r {
-                    if sent > 0 {
-                        break;
-                    }
-                    return Some(fail::<isize>(e));
-                }
+        match after_step(w, step, sent, &mut dl, flags & libc::MSG_NOSIGNAL == 0) {
+            AfterStep::Again(g) => w = g,
+            AfterStep::Stop(g) => {
+                w = g;
+                break;
             }
-            Step::Err(e) => {
-                if sent > 0 {
-                    break;
-                }
-                if e == libc::EAGAIN {
-                    return Some(fail::<isize>(e));
-                }
-                if e == libc::EPIPE && flags & libc::MSG_NOSIGNAL == 0 {
-                    // SAFETY: raise has no precondition.
-                    unsafe { libc::raise(libc::SIGPIPE) };
-                }
-                return Some(fail::<isize>(e));
-            }
+            AfterStep::Fail(e) => return Some(fail::<isize>(e)),
         }
     }
     if sent == 0 && total > 0 {
@@ -938,6 +898,89 @@ pub fn send(
     });
     pump(&mut w);
     Some(sent as isize)
+}
+
+/// One step of a TCP send loop (`send`, `sendfile`), taken under the lock.
+enum SendStep {
+    /// Part queued, more to come: let the frames out, then go on.
+    More,
+    /// Finished (everything queued, or what fits without blocking).
+    Done,
+    /// No room: wait on this descriptor for `POLLOUT`, with the socket's send timeout.
+    Block(c_int, Option<Duration>),
+    /// Failed with this errno.
+    Err(c_int),
+}
+
+/// What a send loop does after a step.
+enum AfterStep {
+    /// Take the next step (the lock is held again).
+    Again(WorldGuard),
+    /// Stop and report what was sent (the lock is held).
+    Stop(WorldGuard),
+    /// Fail with this errno (nothing was sent).
+    Fail(c_int),
+}
+
+/// The part `send` and `sendfile` share after a step: runs the interface and lets the stack
+/// thread in between steps, waits (unlocked) for room until the first wait's deadline, and
+/// turns an error into a short count when something was sent already, else into the error
+/// (raising `SIGPIPE` for `EPIPE` when `sigpipe`).
+fn after_step(
+    mut w: WorldGuard,
+    step: SendStep,
+    sent: usize,
+    dl: &mut Option<Option<Instant>>,
+    sigpipe: bool,
+) -> AfterStep {
+    match step {
+        SendStep::More => {
+            pump(&mut w);
+            drop(w);
+            AfterStep::Again(lock())
+        }
+        SendStep::Done => AfterStep::Stop(w),
+        SendStep::Block(a, timeo) => {
+            pump(&mut w);
+            drop(w);
+            let d = *dl.get_or_insert_with(|| deadline(timeo));
+            let r = wait(a, libc::POLLOUT, d);
+            let w = lock();
+            match r {
+                Ok(()) => AfterStep::Again(w),
+                Err(_) if sent > 0 => AfterStep::Stop(w),
+                Err(e) => AfterStep::Fail(e),
+            }
+        }
+        SendStep::Err(_) if sent > 0 => AfterStep::Stop(w),
+        SendStep::Err(e) => {
+            if e == libc::EPIPE && sigpipe {
+                // SAFETY: raise has no precondition.
+                unsafe { libc::raise(libc::SIGPIPE) };
+            }
+            AfterStep::Fail(e)
+        }
+    }
+}
+
+/// The errno of a TCP send the stack refused (not for lack of room), as the kernel gives it:
+/// a reset or a timeout once (its `sk_err`, which `SO_ERROR` then no longer reports), then
+/// `EPIPE`; no memory for the segment is `ENOBUFS`. For `send` and `sendfile` alike.
+fn send_errno(s: &mut Sock, err: &IfaceError) -> c_int {
+    match err {
+        IfaceError::Tcp(TcpError::Reset | TcpError::TimedOut) if s.err_taken => libc::EPIPE,
+        IfaceError::Tcp(e @ (TcpError::Reset | TcpError::TimedOut)) => {
+            s.err_taken = true;
+            s.so_error = 0;
+            if matches!(e, TcpError::Reset) {
+                libc::ECONNRESET
+            } else {
+                libc::ETIMEDOUT
+            }
+        }
+        IfaceError::Tcp(TcpError::NoMemory) => libc::ENOBUFS,
+        _ => libc::EPIPE,
+    }
 }
 
 /// A receive: into `bufs`; `from` receives the sender's address. Returns the bytes and the
@@ -1260,12 +1303,7 @@ unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize)
     let mut sent = 0usize;
     let mut dl: Option<Option<Instant>> = None;
     loop {
-        enum Step {
-            More,
-            Done,
-            Block(c_int, Option<Duration>),
-            Err(c_int),
-        }
+        use SendStep as Step;
         let step = with(&mut w, id, |e, s, c| {
             let h = match s.kind {
                 Kind::Tcp(Tcp::Connected(h)) => h,
@@ -1367,58 +1405,21 @@ unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize)
                         Step::Block(s.a(), s.opts.sndtimeo)
                     }
                 }
-                Err(IfaceError::Tcp(TcpError::Reset | TcpError::TimedOut)) if s.err_taken => {
-                    Step::Err(libc::EPIPE)
-                }
-                Err(IfaceError::Tcp(TcpError::Reset)) => {
-                    s.err_taken = true;
-                    s.so_error = 0;
-                    Step::Err(libc::ECONNRESET)
-                }
-                Err(IfaceError::Tcp(TcpError::TimedOut)) => {
-                    s.err_taken = true;
-                    s.so_error = 0;
-                    Step::Err(libc::ETIMEDOUT)
-                }
-                Err(IfaceError::Tcp(TcpError::NoMemory)) => Step::Err(libc::ENOBUFS),
-                Err(_) => Step::Err(libc::EPIPE),
+                Err(err) => Step::Err(send_errno(s, &err)),
             }
         });
         let step = match step {
             Ok(s) => s,
             Err(e) => Step::Err(e),
         };
-        match step {
-            Step::More => {
-                // Let the frames out and the stack thread in between steps.
-                pump(&mut w);
-                drop(w);
-                w = lock();
+        // sendfile has no MSG_NOSIGNAL: a broken connection raises SIGPIPE, as the kernel's.
+        match after_step(w, step, sent, &mut dl, true) {
+            AfterStep::Again(g) => w = g,
+            AfterStep::Stop(g) => {
+                w = g;
+                break;
             }
-            Step::Done => break,
-            Step::Block(a, timeo) => {
-                pump(&mut w);
-                drop(w);
-                let d = *dl.get_or_insert_with(|| deadline(timeo));
-                let r = wait(a, libc::POLLOUT, d);
-                w = lock();
-                if let Err(e) = r {
-                    if sent > 0 {
-                        break;
-                    }
-                    return Some(fail::<isize>(e));
-                }
-            }
-            Step::Err(e) => {
-                if sent > 0 {
-                    break;
-                }
-                if e == libc::EPIPE {
-                    // SAFETY: raise has no precondition.
-                    unsafe { libc::raise(libc::SIGPIPE) };
-                }
-                return Some(fail::<isize>(e));
-            }
+            AfterStep::Fail(e) => return Some(fail::<isize>(e)),
         }
     }
     let _ = with(&mut w, id, |_, s, c| {
