@@ -8,18 +8,21 @@ import socket
 import sys
 
 
-def listen():
-    s = socket.socket()
+def listen(fam="4", port=0):
+    # On 127.0.0.1 (`4`), on ::1 (`6`) or on a dual-stack [::] (`dual`).
+    s = socket.socket(socket.AF_INET if fam == "4" else socket.AF_INET6)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", 0))
+    if fam == "dual":
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(({"4": "127.0.0.1", "6": "::1", "dual": "::"}[fam], int(port)))
     s.listen(128)
     print(s.getsockname()[1], flush=True)
     return s
 
 
-def sink():
+def sink(fam="4", port=0):
     # Receives one connection until EOF; replies "<bytes> <sha256>".
-    s = listen()
+    s = listen(fam, port)
     c, _ = s.accept()
     h = hashlib.sha256()
     n = 0
@@ -42,9 +45,11 @@ def sink():
         print("reply failed:", e, flush=True)
 
 
-def source(port, total):
-    # Sends `total` pseudo-random bytes, shuts down, prints the sink's reply and its own digest.
-    c = socket.create_connection(("127.0.0.1", port))
+def source(port, total, host="127.0.0.1"):
+    # Sends `total` pseudo-random bytes to HOST (IPv4 or IPv6), shuts down, prints the sink's
+    # reply and its own digest.
+    c = socket.create_connection((host, int(port)))
+    total = int(total)
     block = os.urandom(1 << 20) * 2
     h = hashlib.sha256()
     sent = 0
@@ -227,9 +232,9 @@ def eofwait(port):
 
 if __name__ == "__main__":
     m = sys.argv[1]
-    a = [int(x) for x in sys.argv[2:]]
+    a = [int(x) for x in sys.argv[2:]] if m not in ("sink", "source") else sys.argv[2:]
     {
-        "sink": lambda: sink(),
+        "sink": lambda: sink(*a),
         "source": lambda: source(*a),
         "echo": lambda: echo(*a),
         "pingpong": lambda: pingpong(*a),

@@ -1207,62 +1207,6 @@ fn a_process_with_io_uring_keeps_tokens_on() {
 
 // ----- IPv6 -----
 
-/// A one-connection sink: `V6SINK FAMILY [PORT]` listens on `::1` (`6`), on a dual-stack
-/// `[::]` (`dual`) or on 127.0.0.1 (`4`), prints its port, receives until EOF, replies
-/// `BYTES SHA256`.
-const V6SINK: &str = r#"
-import hashlib, socket, sys
-fam = sys.argv[1]
-port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-if fam == "4":
-    s = socket.socket(socket.AF_INET)
-    s.bind(("127.0.0.1", port))
-else:
-    s = socket.socket(socket.AF_INET6)
-    if fam == "dual":
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind(("::1" if fam == "6" else "::", port))
-s.listen(4)
-print(s.getsockname()[1], flush=True)
-c, _ = s.accept()
-h = hashlib.sha256()
-n = 0
-while True:
-    d = c.recv(1 << 16)
-    if not d:
-        break
-    h.update(d)
-    n += len(d)
-c.sendall(("%d %s" % (n, h.hexdigest())).encode())
-c.close()
-"#;
-
-/// `V6SOURCE HOST PORT TOTAL`: sends TOTAL pseudo-random bytes over IPv6 when HOST has a
-/// colon (IPv4 otherwise), then prints the sink's reply and its own `BYTES SHA256`.
-const V6SOURCE: &str = r#"
-import hashlib, os, socket, sys
-host, port, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-c = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-c.connect((host, port))
-block = os.urandom(1 << 20)
-h = hashlib.sha256()
-sent = 0
-while sent < total:
-    piece = block[sent % 4093 : sent % 4093 + min(total - sent, 1 << 18)]
-    c.sendall(piece)
-    h.update(piece)
-    sent += len(piece)
-c.shutdown(socket.SHUT_WR)
-r = b""
-while True:
-    d = c.recv(4096)
-    if not d:
-        break
-    r += d
-print(r.decode(), flush=True)
-print("%d %s" % (sent, h.hexdigest()), flush=True)
-"#;
-
 /// Whether the host has an IPv6 loopback (`::1` on `lo`).
 fn ipv6_loopback() -> Result<(), String> {
     let t = std::fs::read_to_string("/proc/net/if_inet6").map_err(|e| format!("if_inet6: {e}"))?;
@@ -1272,29 +1216,28 @@ fn ipv6_loopback() -> Result<(), String> {
         .ok_or_else(|| "no ::1 in /proc/net/if_inet6".into())
 }
 
-/// One stream from `V6SOURCE` to `V6SINK`, each under the shim or not; byte-exact. Returns
-/// the routes both wrote.
+/// One stream from the peer's `source` (to HOST) to its `sink` (on FAMILY: `4`, `6` or
+/// `dual`), each under the shim or not; byte-exact. Returns the routes both wrote.
 fn v6_stream(name: &str, sink: &str, host: &str, shim_srv: bool, shim_cli: bool) -> Vec<Value> {
     let s = Setup::new(name);
     let cmd = |shimmed: bool, report: &str, args: &[&str]| {
-        let mut a = vec!["python3", "-c"];
-        a.extend_from_slice(args);
+        let a = s.py(args);
         if shimmed {
-            s.local(report, &a)
+            s.local(report, &as_refs(&a))
         } else {
-            let mut c = Command::new("python3");
+            let mut c = Command::new(&a[0]);
             c.args(&a[1..]);
             c
         }
     };
-    let (srv, mut so) = Reaper::spawn(cmd(shim_srv, "srv", &[V6SINK, sink]));
+    let (srv, mut so) = Reaper::spawn(cmd(shim_srv, "srv", &["sink", sink]));
     let port = first_line(&mut so);
     let total = (3 << 20) + 12345;
     let text = run_ok(
         cmd(
             shim_cli,
             "cli",
-            &[V6SOURCE, host, &port, &total.to_string()],
+            &["source", &port, &total.to_string(), host],
         ),
         120,
     );
@@ -1372,22 +1315,16 @@ fn ipv6_only_listener_is_not_offered_to_ipv4_clients() {
     let flag_s = flag.display().to_string();
     let (hold, mut ho) = Reaper::spawn(s.local("hold", &["python3", "-c", V6ONLY_HOLD, &flag_s]));
     let port = first_line(&mut ho);
-    let mut c = Command::new("python3");
-    c.args(["-c", V6SINK, "4", &port]);
+    let a = s.py(&["sink", "4", &port]);
+    let mut c = Command::new(&a[0]);
+    c.args(&a[1..]);
     let (srv, mut so) = Reaper::spawn(c);
     assert_eq!(first_line(&mut so), port);
     let total: u64 = 1 << 20;
     let text = run_ok(
         s.local(
             "cli",
-            &[
-                "python3",
-                "-c",
-                V6SOURCE,
-                "127.0.0.1",
-                &port,
-                &total.to_string(),
-            ],
+            &as_refs(&s.py(&["source", &port, &total.to_string()])),
         ),
         120,
     );
@@ -1427,15 +1364,12 @@ except OSError as e:
     print(errno.errorcode.get(e.errno, e.errno))
 "#;
     let s = Setup::new("v6oc");
-    let (srv, mut so) = Reaper::spawn(s.local("srv", &["python3", "-c", V6SINK, "4"]));
+    let (srv, mut so) = Reaper::spawn(s.local("srv", &as_refs(&s.py(&["sink"]))));
     let port = first_line(&mut so);
     let text = run_ok(s.local("v6c", &["python3", "-c", V6ONLY_CLIENT, &port]), 60);
     assert_eq!(text.trim(), "ENETUNREACH");
     let text = run_ok(
-        s.local(
-            "cli",
-            &["python3", "-c", V6SOURCE, "127.0.0.1", &port, "100000"],
-        ),
+        s.local("cli", &as_refs(&s.py(&["source", &port, "100000"]))),
         60,
     );
     let l: Vec<&str> = text.lines().collect();

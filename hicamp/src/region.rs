@@ -166,31 +166,32 @@ impl Backing {
             .no_reserve_swap()
             .map_anon()
             .map_err(|e| Error::BadConfig(format!("cannot map {len} bytes: {e}")))?;
-        let map = MmapRaw::from(map);
-        Ok(Arc::new(Backing {
+        Ok(Backing::over(MmapRaw::from(map), len, None, None, None))
+    }
+
+    fn over(
+        map: MmapRaw,
+        len: usize,
+        file: Option<File>,
+        held: Option<File>,
+        space: Option<Space>,
+    ) -> Arc<Backing> {
+        Arc::new(Backing {
             base: map.as_mut_ptr(),
             map,
             len,
-            file: None,
-            _held: None,
-            space: None,
+            file,
+            _held: held,
+            space,
             line_reserve: parking_lot::Mutex::new(Vec::new()),
-        }))
+        })
     }
 
     /// A shared mapping of the whole of `file` (whose length the caller
     /// checked). Only its reserved space (`space`) is ever touched.
     pub(crate) fn file(file: File, len: usize, space: Space) -> std::io::Result<Arc<Backing>> {
         let map = MmapOptions::new().len(len).map_raw(&file)?;
-        Ok(Arc::new(Backing {
-            base: map.as_mut_ptr(),
-            map,
-            len,
-            file: Some(file),
-            _held: None,
-            space: Some(space),
-            line_reserve: parking_lot::Mutex::new(Vec::new()),
-        }))
+        Ok(Backing::over(map, len, Some(file), None, Some(space)))
     }
 
     /// A private, copy-on-write mapping of the whole of `file` (opened
@@ -206,16 +207,13 @@ impl Backing {
         // checked that the file is at least `len` bytes, so no page of the
         // mapping lies past its end.
         let map = unsafe { MmapOptions::new().len(len).map_copy(&file)? };
-        let map = MmapRaw::from(map);
-        Ok(Arc::new(Backing {
-            base: map.as_mut_ptr(),
-            map,
+        Ok(Backing::over(
+            MmapRaw::from(map),
             len,
-            file: None,
-            _held: Some(file),
-            space: Some(space),
-            line_reserve: parking_lot::Mutex::new(Vec::new()),
-        }))
+            None,
+            Some(file),
+            Some(space),
+        ))
     }
 
     /// The free line slots set aside for unbinding (see

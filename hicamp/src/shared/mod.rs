@@ -355,6 +355,16 @@ fn trim_zeros(data: &[u8]) -> &[u8] {
     &data[..end]
 }
 
+/// Appends the non-zero child ids of an interior line (4-byte little-endian slots).
+fn push_children(line: &[u8], out: &mut Vec<u32>) {
+    for ch in line.chunks_exact(4) {
+        let x = u32::from_le_bytes(ch.try_into().expect("4 bytes"));
+        if x != 0 {
+            out.push(x);
+        }
+    }
+}
+
 /// Sorts `(stripe, id)` pairs by stripe: a counting sort for long lists.
 fn group_by_stripe(v: &mut Vec<(u32, u32)>, stripes: u32) {
     if v.len() <= 32 {
@@ -1154,13 +1164,7 @@ impl Shm {
                                 if c & INTERIOR != 0 {
                                     // SAFETY: the last reference is gone: the
                                     // line is ours alone until its slot is freed.
-                                    let line = unsafe { self.v.line(id) };
-                                    for ch in line.chunks_exact(4) {
-                                        let x = u32::from_le_bytes(ch.try_into().expect("4 bytes"));
-                                        if x != 0 {
-                                            next.push(x);
-                                        }
-                                    }
+                                    push_children(unsafe { self.v.line(id) }, &mut next);
                                 }
                                 m.count.store(0, Relaxed);
                                 m.flags.store(0, Relaxed);
@@ -1190,13 +1194,7 @@ impl Shm {
                         // SAFETY: the line is out of the index with count 0
                         // under its stripe's lock: no one else can reach it;
                         // its slot is not free yet.
-                        let line = unsafe { self.v.line(id) };
-                        for ch in line.chunks_exact(4) {
-                            let x = u32::from_le_bytes(ch.try_into().expect("4 bytes"));
-                            if x != 0 {
-                                next.push(x);
-                            }
-                        }
+                        push_children(unsafe { self.v.line(id) }, &mut next);
                     }
                     m.count.store(0, Relaxed);
                     self.free(s, id)?;
