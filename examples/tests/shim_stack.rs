@@ -159,6 +159,18 @@ fn assert_ok(out: &Output) {
     );
 }
 
+/// [`assert_ok`], and the program printed `marker` (both streams shown when it did not).
+#[track_caller]
+fn assert_printed(out: &Output, marker: &str) {
+    assert_ok(out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(marker),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The kernel's curl gets `page` byte-exactly from the nginx on `ip`, wrk (`threads`,
 /// `conns`, 2 s) gets no error, then `nginx -s quit` with nginx's `conf` and `prefix`.
 fn serve_page_then_quit(
@@ -653,12 +665,7 @@ fn epoll_poll_select_on_a_mix_of_kernel_and_stack_descriptors() {
         .unwrap();
     assert_ok(&out);
     let out = prog.finish(60);
-    assert_ok(&out);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ALL OK"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_printed(&out, "ALL OK");
     let merged = lab.report("mix.json");
     let r = stack_report(&merged);
     // The unix socketpair stayed in the kernel.
@@ -751,12 +758,7 @@ fn inline_polling_keeps_epoll_sets_and_blocking_readers_right() {
         )
         .output()
         .unwrap();
-    assert_ok(&out);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ALL OK"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_printed(&out, "ALL OK");
 }
 
 /// Epoll registrations of stack sockets kept by the stack (no tokens): `epoll_ctl`'s errors,
@@ -920,13 +922,7 @@ fn epoll_registrations_of_stack_sockets_keep_their_semantics() {
         )
         .output()
         .unwrap();
-    assert_ok(&out);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ALL OK"),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_printed(&out, "ALL OK");
 }
 
 /// Many stack sockets in one epoll instance, a few active at a time: every socket a pass
@@ -999,13 +995,7 @@ fn epoll_on_many_stack_sockets_reports_every_one_a_pass_made_ready() {
         )
         .output()
         .unwrap();
-    assert_ok(&out);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("ALL OK"),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_printed(&out, "ALL OK");
 }
 
 const LOOPBACK: &str = r#"
@@ -1377,12 +1367,7 @@ fn socket_semantics_on_stack_sockets() {
         )
         .output()
         .unwrap();
-    assert_ok(&out);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("SEMANTICS OK"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_printed(&out, "SEMANTICS OK");
     let merged = lab.report("sem.json");
     let r = stack_report(&merged);
     let notes = r["notes"].as_object().expect("notes");
@@ -1565,12 +1550,7 @@ fn a_forked_child_shares_the_parents_stack_sockets() {
         )
         .output()
         .unwrap();
-    assert_ok(&out);
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("FORK OK"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_printed(&out, "FORK OK");
     let merged = lab.report("fork.json");
     let r = stack_report(&merged);
     // Everything went through the one stack: the parent's 11 bytes each way and the child's
