@@ -229,13 +229,19 @@ impl Store {
         shard.free[at..].reverse();
     }
 
-    /// Marks a slot free in the bitmap (its count word is already zero);
-    /// the caller adds the number of slots it marked to `free_count`.
-    #[inline]
-    pub(super) fn free_slot(&self, id: u32) {
-        // Release: see `take_freed`.
-        self.free_bits[(id >> 6) as usize].fetch_or(1 << (id & 63), Release);
-        self.free_hint.fetch_min(u64::from(id >> 6), Relaxed);
+    /// Marks slots free in the bitmap (their count words are already zero)
+    /// and lowers `free_hint` once for all of them; the caller adds the
+    /// number of slots it marked to `free_count`.
+    pub(super) fn free_slots(&self, ids: impl IntoIterator<Item = u32>) {
+        let mut low = u32::MAX;
+        for id in ids {
+            // Release: see `take_freed`.
+            self.free_bits[(id >> 6) as usize].fetch_or(1 << (id & 63), Release);
+            low = low.min(id >> 6);
+        }
+        if low != u32::MAX {
+            self.free_hint.fetch_min(u64::from(low), Relaxed);
+        }
     }
 
     /// Moves every shard's free list to the free bitmap, and returns the
@@ -246,9 +252,7 @@ impl Store {
         for cell in self.shards.iter() {
             let mut shard = cell.lock.lock();
             let n = shard.free.len();
-            for id in shard.free.drain(..) {
-                self.free_slot(id);
-            }
+            self.free_slots(shard.free.drain(..));
             self.free_count.fetch_add(n as u64, Relaxed);
         }
     }

@@ -332,9 +332,7 @@ impl Store {
         if ids.is_empty() {
             return;
         }
-        for &id in ids {
-            self.free_slot(id);
-        }
+        self.free_slots(ids.iter().copied());
         self.free_count.fetch_add(ids.len() as u64, Relaxed);
     }
 

@@ -457,9 +457,7 @@ impl Store {
                 r.duplicates += 1;
             }
         }
-        for &id in &free {
-            self.free_slot(id);
-        }
+        self.free_slots(free.iter().copied());
         self.free_count.store(free.len() as u64, Relaxed);
         self.next_fresh.store(high, Relaxed);
         r
@@ -505,7 +503,7 @@ impl Store {
             let mut list = backing.line_reserve();
             while list.len() as u64 > n {
                 let id = list.pop().expect("non-empty");
-                self.free_slot(id);
+                self.free_slots([id]);
                 self.free_count.fetch_add(1, Relaxed);
             }
             if list.len() as u64 == n {
