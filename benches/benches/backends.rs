@@ -72,26 +72,16 @@ fn bulk_len() -> usize {
     }
 }
 
-/// Ethernet/IPv4/UDP of `len` bytes from segstack's address to A's kernel
-/// (port 9), checksums complete (UDP's 0: none).
+/// A `len`-byte UDP frame from segstack's address to the kernel's discard
+/// port (no UDP checksum).
 fn udp_frame(lab: &Lab, len: usize) -> Vec<u8> {
-    let mut f = lab.k0_mac.to_vec();
-    f.extend_from_slice(&lab.p0_mac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let ip_len = (len - 14) as u16;
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&ip_len.to_be_bytes());
-    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0]);
-    ip.extend_from_slice(&SEG_IP.octets());
-    ip.extend_from_slice(&KERNEL_A.octets());
-    let c = nicdma::checksum::checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&[0x30, 0x39, 0, 9]);
-    f.extend_from_slice(&(ip_len - 20).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.resize(len, 0x5a);
-    f
+    testkit::frame::udp_frame(
+        (lab.k0_mac, lab.p0_mac),
+        (SEG_IP.octets(), KERNEL_A.octets()),
+        (12345, 9),
+        &vec![0x5a; len - 42],
+        testkit::frame::UdpChecksum::Zero,
+    )
 }
 
 fn open_port(lab: &Lab, kind: &str) -> AnyPort {

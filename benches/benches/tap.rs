@@ -24,29 +24,16 @@ use nicdma::{Port, TxOutcome, VirtioNetHdr};
 const KERNEL_MAC: [u8; 6] = [2, 0, 0, 0x78, 0, 1];
 const OUR_MAC: [u8; 6] = [2, 0, 0, 0x78, 0, 2];
 
-fn csum(data: &[u8]) -> u16 {
-    nicdma::checksum::checksum(data)
-}
-
-/// Ethernet/IPv4/UDP of `len` bytes from 10.78.0.2 to 10.78.0.1:9 (UDP
-/// checksum 0: none, allowed on IPv4).
+/// A `len`-byte UDP frame from 10.78.0.2:12345 to the kernel's discard
+/// port (no UDP checksum).
 fn udp_frame(len: usize) -> Vec<u8> {
-    let mut f = KERNEL_MAC.to_vec();
-    f.extend_from_slice(&OUR_MAC);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let ip_len = (len - 14) as u16;
-    let mut ip = vec![0x45, 0];
-    ip.extend_from_slice(&ip_len.to_be_bytes());
-    ip.extend_from_slice(&[0, 1, 0x40, 0, 64, 17, 0, 0, 10, 78, 0, 2, 10, 78, 0, 1]);
-    let c = csum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    let udp_len = ip_len - 20;
-    f.extend_from_slice(&[0x30, 0x39, 0, 9]);
-    f.extend_from_slice(&udp_len.to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.resize(len, 0x5a);
-    f
+    testkit::frame::udp_frame(
+        (KERNEL_MAC, OUR_MAC),
+        ([10, 78, 0, 2], [10, 78, 0, 1]),
+        (12345, 9),
+        &vec![0x5a; len - 42],
+        testkit::frame::UdpChecksum::Zero,
+    )
 }
 
 fn benches(c: &mut Criterion) {

@@ -226,43 +226,17 @@ fn drop_privileges_in_this_thread() -> bool {
     gid == 0 && uid == 0
 }
 
-/// A UDP frame from 10.78.<k>.2:9 to the kernel's 10.78.<k>.1:9 (discard),
-/// with full checksums, `payload` bytes of payload.
+/// A UDP frame from 10.78.<k>.2:9 to 10.78.<k>.1:9 with `payload` bytes
+/// (0, 1, 2, ...) and a complete checksum.
 fn udp_frame(k: u8, src_mac: [u8; 6], dst_mac: [u8; 6], payload: usize) -> Vec<u8> {
-    use nicdma::checksum::{checksum, fold, pseudo_header, sum};
-    let mut f = Vec::with_capacity(42 + payload);
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let total = (20 + 8 + payload) as u16;
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, 78, k, 2]);
-    ip[16..20].copy_from_slice(&[10, 78, k, 1]);
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    let ulen = (8 + payload) as u16;
-    let mut udp = vec![0u8; 8 + payload];
-    udp[0..2].copy_from_slice(&9u16.to_be_bytes());
-    udp[2..4].copy_from_slice(&9u16.to_be_bytes());
-    udp[4..6].copy_from_slice(&ulen.to_be_bytes());
-    for (i, b) in udp[8..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    let acc = pseudo_header(
-        std::net::Ipv4Addr::new(10, 78, k, 2),
-        std::net::Ipv4Addr::new(10, 78, k, 1),
-        17,
-        u32::from(ulen),
-    );
-    let c = !fold(sum(acc, &udp));
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&udp);
-    f
+    let data: Vec<u8> = (0..payload).map(|i| i as u8).collect();
+    testkit::frame::udp_frame(
+        (dst_mac, src_mac),
+        ([10, 78, k, 2], [10, 78, k, 1]),
+        (9, 9),
+        &data,
+        testkit::frame::UdpChecksum::Full,
+    )
 }
 
 /// Sends `n` frames through `port` (flushing as a NIC pass would), returns

@@ -28,6 +28,7 @@ use nicdma::checksum::{checksum, fold, pseudo_header, sum};
 use nicdma::meta::{gso, F_NEEDS_CSUM};
 use nicdma::tap::{netns_supported, NetNs, Offload, TapPort};
 use nicdma::{Port, PortError, TxOutcome, VirtioNetHdr};
+use testkit::frame::{eth, ipv4, udp, UdpChecksum};
 
 /// The MAC address the user-space responder answers with.
 const OUR_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x77, 0x00, 0x02];
@@ -118,54 +119,6 @@ fn complete_csum(hdr: &VirtioNetHdr, frame: &mut [u8]) {
         c = 0xffff; // UDP says "no checksum" with 0
     }
     frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
-}
-
-fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// An IPv4 header (no options) with a correct checksum, then `payload`.
-fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, id: u16, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0u8; 20];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
-    p[4..6].copy_from_slice(&id.to_be_bytes());
-    p[8] = 64;
-    p[9] = proto;
-    p[12..16].copy_from_slice(&src);
-    p[16..20].copy_from_slice(&dst);
-    let c = checksum(&p);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
-}
-
-/// A UDP datagram; `partial`: the checksum field holds only the pseudo-header
-/// sum (to be completed by whoever honours `F_NEEDS_CSUM`).
-fn udp(src: [u8; 4], dst: [u8; 4], ports: (u16, u16), payload: &[u8], partial: bool) -> Vec<u8> {
-    let len = 8 + payload.len();
-    let mut u = Vec::with_capacity(len);
-    u.extend_from_slice(&ports.0.to_be_bytes());
-    u.extend_from_slice(&ports.1.to_be_bytes());
-    u.extend_from_slice(&(len as u16).to_be_bytes());
-    u.extend_from_slice(&[0, 0]);
-    u.extend_from_slice(payload);
-    let pseudo = pseudo_sum(src, dst, IP_UDP, len);
-    let c = if partial {
-        fold(pseudo)
-    } else {
-        match !fold(sum(pseudo, &u)) {
-            0 => 0xffff,
-            c => c,
-        }
-    };
-    u[6..8].copy_from_slice(&c.to_be_bytes());
-    u
 }
 
 /// Checks an IPv4 packet's header (returns header length and total length).
@@ -438,7 +391,13 @@ fn bridge_completes_partial_checksums_and_segments_gso() {
     // 1. UDP with a partial checksum; b has no offloads, so the kernel
     //    completes it on the way out.
     br.b.set_offload(Offload::NONE).expect("offload none");
-    let datagram = udp(SRC_IP, DST_IP, (40000, 9), &payload[..500], true);
+    let datagram = udp(
+        SRC_IP,
+        DST_IP,
+        (40000, 9),
+        &payload[..500],
+        UdpChecksum::Partial,
+    );
     let frame = eth(
         DST_MAC,
         SRC_MAC,
@@ -712,7 +671,13 @@ fn tap_frame_rate() {
         // receive, checksum check, then dropped; the ICMP errors it answers
         // with are rate-limited).
         let payload = vec![0x5a; frame_len - 42];
-        let datagram = udp(lab.our_ip, lab.kernel_ip, (40000, 9), &payload, false);
+        let datagram = udp(
+            lab.our_ip,
+            lab.kernel_ip,
+            (40000, 9),
+            &payload,
+            UdpChecksum::Full,
+        );
         let frame = eth(
             KERNEL_MAC,
             OUR_MAC,

@@ -17,11 +17,11 @@
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-use nicdma::checksum::{checksum, fold, pseudo_header, sum};
 use nicdma::meta::F_NEEDS_CSUM;
 use nicdma::tap::{netns_supported, NetNs};
 use nicdma::xdp::{XdpConfig, XdpPort};
 use nicdma::{Port, PortError, TxOutcome, VirtioNetHdr};
+use testkit::frame::{self, UdpChecksum};
 
 fn skip() -> bool {
     testkit::require(netns_supported(), "root and iproute2")
@@ -69,42 +69,18 @@ fn lab(k: u8, mtu: u32) -> (NetNs, [u8; 6]) {
 /// the UDP checksum complete, or (`partial`) the pseudo-header sum only, as
 /// a stack asking for checksum offload leaves it.
 fn udp_frame(k: u8, src: [u8; 6], dst: [u8; 6], port: u16, data: &[u8], partial: bool) -> Vec<u8> {
-    let mut f = Vec::with_capacity(42 + data.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let mut ip = [0u8; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((28 + data.len()) as u16).to_be_bytes());
-    ip[6] = 0x40; // DF
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, 79, k, 2]);
-    ip[16..20].copy_from_slice(&[10, 79, k, 1]);
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    let ulen = (8 + data.len()) as u16;
-    let mut udp = Vec::with_capacity(8 + data.len());
-    udp.extend_from_slice(&7u16.to_be_bytes());
-    udp.extend_from_slice(&port.to_be_bytes());
-    udp.extend_from_slice(&ulen.to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(data);
-    let acc = pseudo_header(
-        Ipv4Addr::new(10, 79, k, 2),
-        Ipv4Addr::new(10, 79, k, 1),
-        17,
-        u32::from(ulen),
-    );
-    let c = if partial {
-        fold(acc)
+    let csum = if partial {
+        UdpChecksum::Partial
     } else {
-        !fold(sum(acc, &udp))
+        UdpChecksum::Full
     };
-    udp[6..8].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&udp);
-    f
+    frame::udp_frame(
+        (dst, src),
+        ([10, 79, k, 2], [10, 79, k, 1]),
+        (7, port),
+        data,
+        csum,
+    )
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -7,6 +7,8 @@
 //!   test prints `skipped: ...` and returns; with `CI=true` or
 //!   `HICAMP_REQUIRE_ALL=1` it **fails** instead, so a CI machine that lacks
 //!   root or the applications cannot lose kernel coverage quietly.
+//! * [`frame`]: Ethernet/IPv4/UDP frames for tests that send to a kernel
+//!   peer.
 //!
 //! ```
 //! fn kernel_test() {
@@ -21,6 +23,8 @@
 #![warn(missing_docs)]
 
 use std::fmt::Display;
+
+pub mod frame;
 
 /// True when a missing prerequisite must fail the test instead of skipping
 /// it: `CI` is `true` or `1`, or `HICAMP_REQUIRE_ALL` is `1`.
