@@ -115,6 +115,14 @@ impl Lab {
             "tap" => format!("tap:{TAP}"),
             other => format!("{other}:{VETH}"),
         };
+        // A link an earlier launcher left (it was killed before it could remove it) would
+        // hold the same addresses.
+        for dev in [TAP, VETH] {
+            if self.a.ip(&["-o", "link", "show", "dev", dev]).is_ok() {
+                eprintln!("shim_stack: {dev} was left behind; removing it");
+                let _ = self.a.ip(&["link", "del", "dev", dev]);
+            }
+        }
         let mut c = self.a.command(self.hicamp.to_str().unwrap_or("hicamp"));
         c.args([
             "-q",
@@ -134,9 +142,17 @@ impl Lab {
     }
 }
 
+/// Where the servers' standard error goes (shown when one does not listen).
+fn server_log() -> PathBuf {
+    std::env::temp_dir().join(format!("hicamp-stack-bench-{}.err", std::process::id()))
+}
+
 fn spawn(mut c: Command) -> Result<Reaper, String> {
+    let err = std::fs::File::create(server_log())
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null());
     c.stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(err)
         .spawn()
         .map(Reaper)
         .map_err(|e| e.to_string())
@@ -155,8 +171,10 @@ fn wait_port(
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Some(Ok(Some(st))) = server.as_mut().map(|s| s.0.try_wait()) {
+            let log = std::fs::read_to_string(server_log()).unwrap_or_default();
             return Err(format!(
-                "the server exited ({st}) before listening on {ip}:{port}"
+                "the server exited ({st}) before listening on {ip}:{port}: {}",
+                log.trim()
             ));
         }
         let ok = ns
@@ -170,7 +188,8 @@ fn wait_port(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(format!("nothing listens on {ip}:{port}"))
+    let log = std::fs::read_to_string(server_log()).unwrap_or_default();
+    Err(format!("nothing listens on {ip}:{port}: {}", log.trim()))
 }
 
 fn redis_args() -> Vec<String> {
@@ -626,4 +645,5 @@ fn main() {
     }
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(server_log());
 }

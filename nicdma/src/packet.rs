@@ -35,11 +35,15 @@
 //!   frame (merged headers in a small buffer, payloads where they lie in
 //!   the ring; see `ringrx`), so the stack handles one frame and sends one
 //!   ACK; the copy into lines stays one.
-//! * The link partner must not hand over GSO super-frames (the frames would
-//!   be truncated to the ring's frame size and dropped, counted in
-//!   `rx_dropped`): on a veth, turn segmentation offloads off on the other
-//!   end (`ethtool -K <peer> tso off gso off`). Partial checksums are fine:
-//!   the port passes them on as `F_NEEDS_CSUM`.
+//! * GSO on receive ([`PacketConfig::vnet_hdr`], on by default): the RX
+//!   socket has `PACKET_VNET_HDR`, so the kernel writes a virtio header in
+//!   front of each frame and hands a GSO frame (a veth peer's TSO: up to
+//!   64 KiB) over whole in one 68 KiB slot; it is lent alone with that
+//!   header (`gso_type`, `gso_size`, partial checksum), never coalesced.
+//!   Without it, the link partner must not hand over GSO frames (they
+//!   would be cut to the slot and dropped, counted in `rx_dropped`): turn
+//!   its segmentation offloads off (`ethtool -K <peer> tso off gso off`).
+//!   Partial checksums are fine: the port passes them on as `F_NEEDS_CSUM`.
 
 use std::fmt;
 use std::io;
@@ -62,6 +66,9 @@ const PACKET_VERSION: libc::c_int = 10;
 const PACKET_TX_RING: libc::c_int = 13;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const PACKET_VNET_HDR: libc::c_int = 15;
+/// `struct virtio_net_hdr` as AF_PACKET writes it in front of a frame.
+const PKT_VNET_LEN: usize = 10;
 const TPACKET_V2: libc::c_int = 1;
 const ETH_P_ALL: u16 = 0x0003;
 
@@ -88,9 +95,14 @@ const TP2_DATA_OFF: usize = 32;
 pub struct PacketConfig {
     /// RX frame slots.
     pub rx_frames: usize,
-    /// Bytes of one RX frame slot (a power of two, at least 2048: the
-    /// frame and the ring's 66-byte header must fit).
+    /// Bytes of one RX frame slot: 2048 or 4096, or a multiple of 4096 (the
+    /// frame and the ring's header of about 80 bytes must fit; with
+    /// `vnet_hdr`, a GSO frame of up to 64 KiB).
     pub rx_frame_size: usize,
+    /// Receive with `PACKET_VNET_HDR`: the kernel hands over GSO frames
+    /// (a veth peer's TSO, GRO) whole with their virtio header, so a
+    /// 64 KiB send of the kernel is one frame here, not 45.
+    pub vnet_hdr: bool,
     /// TX frames.
     pub tx_frames: usize,
     /// Bytes of one TX frame slot (a power of two, at least 2048).
@@ -103,8 +115,9 @@ pub struct PacketConfig {
 impl Default for PacketConfig {
     fn default() -> Self {
         PacketConfig {
-            rx_frames: 4096,
-            rx_frame_size: 2048,
+            rx_frames: 512,
+            rx_frame_size: 68 << 10,
+            vnet_hdr: true,
             tx_frames: 1024,
             tx_frame_size: 2048,
             lro: true,
@@ -205,14 +218,14 @@ impl PacketPort {
             source: io::Error::new(io::ErrorKind::InvalidInput, what.to_owned()),
         };
         if cfg.rx_frames == 0
-            || !cfg.rx_frame_size.is_power_of_two()
-            || cfg.rx_frame_size < 2048
+            || !(matches!(cfg.rx_frame_size, 2048 | 4096) || cfg.rx_frame_size.is_multiple_of(4096))
             || cfg.tx_frames == 0
             || !cfg.tx_frame_size.is_power_of_two()
             || cfg.tx_frame_size < 2048
         {
             return Err(bad_cfg(
-                "frame sizes powers of two >= 2048, frame counts > 0",
+                "RX frame size 2048, 4096 or a multiple of 4096, TX frame size a power of \
+                 two >= 2048, frame counts > 0",
             ));
         }
         let ifindex =
@@ -248,6 +261,10 @@ impl PacketPort {
         // Best effort (Linux 4.20+); without it, outgoing frames are skipped
         // by their packet type.
         let _ = sock::setsockopt_int(rx.as_fd(), SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
+        // Before the ring (the kernel refuses it after); without it (a kernel
+        // that has no virtio headers on rings) the peer must not send GSO frames.
+        let vnet_hdr = cfg.vnet_hdr
+            && sock::setsockopt_int(rx.as_fd(), SOL_PACKET, PACKET_VNET_HDR, 1).is_ok();
         let (req, rx_frames, rx_len) = ring_req(cfg.rx_frames, cfg.rx_frame_size);
         sock::setsockopt(rx.as_fd(), SOL_PACKET, PACKET_RX_RING, &req)
             .map_err(|e| setup_err("PACKET_RX_RING", e))?;
@@ -282,6 +299,7 @@ impl PacketPort {
             cfg: PacketConfig {
                 rx_frames,
                 tx_frames,
+                vnet_hdr,
                 ..cfg
             },
             rx_head: 0,
@@ -355,6 +373,8 @@ struct Pkt {
     frame: Option<(usize, usize)>,
     status: u32,
     outgoing: bool,
+    /// The virtio header in front of the frame (with `vnet_hdr`).
+    vnet: Option<VirtioNetHdr>,
 }
 
 impl PacketPort {
@@ -374,11 +394,23 @@ impl PacketPort {
             .rx_ring
             .read::<1>(at + TP2_HDR_LEN + 10)
             .map_or(0, |b| b[0]);
+        let vnet = if self.cfg.vnet_hdr && mac >= TP2_HDR_LEN + PKT_VNET_LEN {
+            self.rx_ring
+                .read::<PKT_VNET_LEN>(at + mac - PKT_VNET_LEN)
+                .and_then(|b| {
+                    let mut h = [0u8; crate::meta::VNET_HDR_LEN];
+                    h[..PKT_VNET_LEN].copy_from_slice(&b);
+                    VirtioNetHdr::from_bytes(&h)
+                })
+        } else {
+            None
+        };
         Pkt {
             frame: (snaplen == len && status & TP_STATUS_COPY == 0 && at + mac + snaplen <= end)
                 .then_some((at + mac, snaplen)),
             status,
             outgoing: pkttype == PACKET_OUTGOING,
+            vnet,
         }
     }
 
@@ -409,9 +441,14 @@ impl PacketPort {
                 if p.outgoing || p.frame.is_none() {
                     break;
                 }
+                // A GSO frame is lent alone, as the kernel made it.
+                let gso = p.vnet.is_some_and(|h| h.gso_type != crate::meta::gso::NONE);
+                if gso && good > 0 {
+                    break;
+                }
                 run[good] = p;
                 good += 1;
-                if good == n {
+                if good == n || gso {
                     break;
                 }
             }
@@ -446,7 +483,9 @@ impl PacketPort {
                 None => {
                     let f = frame(0).unwrap_or(&[]);
                     pieces[0] = f;
-                    let vnet = if first.status & TP_STATUS_CSUMNOTREADY != 0 {
+                    let vnet = if let Some(h) = first.vnet {
+                        h
+                    } else if first.status & TP_STATUS_CSUMNOTREADY != 0 {
                         partial_csum_hdr(f)
                     } else if first.status & TP_STATUS_CSUM_VALID != 0 {
                         VirtioNetHdr {

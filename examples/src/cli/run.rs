@@ -333,9 +333,8 @@ fn wait_up(dev: &str) {
 
 /// For `af_packet:NAME` and `af_xdp:NAME`: makes the veth pair NAME <-> `NAME-k` when NAME is
 /// missing (NAME: no kernel address, no IPv6, no forwarding, no ARP answers; `NAME-k`: the
-/// kernel's side, `--host-ip`, segmentation offloads off so that it hands NAME no frames
-/// larger than the MTU), or checks an existing NAME; either way the kernel must not own the
-/// stack's address (it would answer the stack's traffic on NAME: RSTs, ARP replies).
+/// kernel's side, `--host-ip`), or checks an existing NAME; either way the kernel must not own
+/// the stack's address (it would answer the stack's traffic on NAME: RSTs, ARP replies).
 fn prepare_veth(
     spec: &nicdma::backend::BackendSpec,
     name: &str,
@@ -375,17 +374,6 @@ fn prepare_veth(
         dev_sysctl("ipv6", name, "disable_ipv6", "1");
         dev_sysctl("ipv4", name, "forwarding", "0");
         dev_sysctl("ipv4", name, "arp_ignore", "8");
-        // GSO super-frames from the kernel's TCP would reach the ring truncated.
-        let out = Command::new("ethtool")
-            .args(["-K", &peer, "tso", "off", "gso", "off", "gro", "off"])
-            .output()
-            .map_err(|e| err(format!("cannot run `ethtool -K {peer} tso off gso off`: {e}")))?;
-        if !out.status.success() {
-            return Err(err(format!(
-                "`ethtool -K {peer} tso off gso off` failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
         if let Some(h) = host {
             ip_cmd(&["addr", "replace", h, "dev", &peer])?;
         }
@@ -421,6 +409,26 @@ fn prepare_veth(
         return Err(err(format!(
             "--ip {ip} is the kernel's own address (on {dev}); the kernel would answer the \
              stack's traffic"
+        )));
+    }
+    Ok(())
+}
+
+/// Turns segmentation offloads off on `dev`, so that it hands its peer no frame larger than the
+/// MTU (an AF_XDP socket, or an AF_PACKET ring without virtio headers, would drop them).
+fn offloads_off(dev: &str) -> Result<(), RunError> {
+    let out = Command::new("ethtool")
+        .args(["-K", dev, "tso", "off", "gso", "off"])
+        .output()
+        .map_err(|e| {
+            RunError::Stack(format!(
+                "cannot run `ethtool -K {dev} tso off gso off`: {e}"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(RunError::Stack(format!(
+            "`ethtool -K {dev} tso off gso off` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
     Ok(())
@@ -509,10 +517,21 @@ fn prepare_stack(o: &StackOptions) -> Result<(Vec<(OsString, OsString)>, MadeTap
     }
     // The backend must open here (a TAP attached by another process, a missing interface,
     // missing privileges): found out before the command starts.
-    drop(
-        spec.open()
-            .map_err(|e| err(format!("--backend {spec} does not work here: {e}")))?,
-    );
+    let port = spec
+        .open()
+        .map_err(|e| err(format!("--backend {spec} does not work here: {e}")))?;
+    // The veth pair it made: GSO frames from the kernel's end reach an AF_PACKET ring whole
+    // (with virtio headers), but not an AF_XDP socket.
+    if let Some(name) = &made.0 {
+        let whole = match &port {
+            nicdma::backend::AnyPort::AfPacket(p) => p.config().vnet_hdr,
+            _ => false,
+        };
+        if !whole && !matches!(spec, BackendSpec::Tap(_)) {
+            offloads_off(&veth_peer(name))?;
+        }
+    }
+    drop(port);
     let mut env: Vec<(OsString, OsString)> = vec![
         ("HICAMP_SHIM_MODE".into(), "stack".into()),
         ("HICAMP_STACK_BACKEND".into(), spec.to_string().into()),
