@@ -147,14 +147,30 @@ fn server_log() -> PathBuf {
     std::env::temp_dir().join(format!("hicamp-stack-bench-{}.err", std::process::id()))
 }
 
-fn spawn(mut c: Command) -> Result<Reaper, String> {
+/// A server in its own process group, killed whole on drop: a launcher killed alone would
+/// leave its application running on the stack and its link in place.
+struct Group(Reaper);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if self.0 .0.try_wait().is_ok_and(|s| s.is_none()) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0 .0.id())])
+                .output();
+        }
+    }
+}
+
+fn spawn(mut c: Command) -> Result<Group, String> {
+    use std::os::unix::process::CommandExt as _;
+    c.process_group(0);
     let err = std::fs::File::create(server_log())
         .map(Stdio::from)
         .unwrap_or_else(|_| Stdio::null());
     c.stdout(Stdio::null())
         .stderr(err)
         .spawn()
-        .map(Reaper)
+        .map(|c| Group(Reaper(c)))
         .map_err(|e| e.to_string())
 }
 
@@ -164,13 +180,13 @@ fn wait_port(
     ns: &NetNs,
     ip: &str,
     port: u16,
-    mut server: Option<&mut Reaper>,
+    mut server: Option<&mut Group>,
 ) -> Result<(), String> {
     let probe =
         format!("import socket; socket.create_connection(('{ip}', {port}), timeout=1).close()");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Some(Ok(Some(st))) = server.as_mut().map(|s| s.0.try_wait()) {
+        if let Some(Ok(Some(st))) = server.as_mut().map(|s| s.0 .0.try_wait()) {
             let log = std::fs::read_to_string(server_log()).unwrap_or_default();
             return Err(format!(
                 "the server exited ({st}) before listening on {ip}:{port}: {}",
@@ -313,7 +329,7 @@ fn redis_round(lab: &Lab, stack: Option<&str>, n: u64) -> Result<[f64; 5], Strin
     // The server's CPU: what its reaping adds to the children's (it exits by itself first).
     let c0 = children_cpu();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while server.0.try_wait().is_ok_and(|s| s.is_none()) && Instant::now() < deadline {
+    while server.0 .0.try_wait().is_ok_and(|s| s.is_none()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(server);
@@ -439,7 +455,7 @@ fn nginx_round(lab: &Lab, stack: Option<&str>, secs: u64, workers: bool) -> Resu
         .output();
     // The stack side's launcher removes its TAP once nginx is gone: wait for it.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && server.0.try_wait().ok().flatten().is_none() {
+    while Instant::now() < deadline && server.0 .0.try_wait().ok().flatten().is_none() {
         std::thread::sleep(Duration::from_millis(50));
     }
     result

@@ -415,19 +415,22 @@ fn prepare_veth(
 }
 
 /// Turns segmentation offloads off on `dev`, so that it hands its peer no frame larger than the
-/// MTU (an AF_XDP socket, or an AF_PACKET ring without virtio headers, would drop them).
-fn offloads_off(dev: &str) -> Result<(), RunError> {
+/// MTU (an AF_XDP socket, or an AF_PACKET ring without virtio headers, would drop them), and
+/// with `csum` its checksum offload too (an AF_XDP socket gets a frame the kernel left with a
+/// partial checksum with no word of it, and the stack drops it as corrupt).
+fn offloads_off(dev: &str, csum: bool) -> Result<(), RunError> {
+    let mut args = vec!["-K", dev, "tso", "off", "gso", "off"];
+    if csum {
+        args.extend(["tx", "off"]);
+    }
     let out = Command::new("ethtool")
-        .args(["-K", dev, "tso", "off", "gso", "off"])
+        .args(&args)
         .output()
-        .map_err(|e| {
-            RunError::Stack(format!(
-                "cannot run `ethtool -K {dev} tso off gso off`: {e}"
-            ))
-        })?;
+        .map_err(|e| RunError::Stack(format!("cannot run `ethtool {}`: {e}", args.join(" "))))?;
     if !out.status.success() {
         return Err(RunError::Stack(format!(
-            "`ethtool -K {dev} tso off gso off` failed: {}",
+            "`ethtool {}` failed: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -520,15 +523,18 @@ fn prepare_stack(o: &StackOptions) -> Result<(Vec<(OsString, OsString)>, MadeTap
     let port = spec
         .open()
         .map_err(|e| err(format!("--backend {spec} does not work here: {e}")))?;
-    // The veth pair it made: GSO frames from the kernel's end reach an AF_PACKET ring whole
-    // (with virtio headers), but not an AF_XDP socket.
+    // The veth pair it made: GSO frames and partial checksums from the kernel's end reach an
+    // AF_PACKET ring whole (with virtio headers), but not an AF_XDP socket.
     if let Some(name) = &made.0 {
         let whole = match &port {
             nicdma::backend::AnyPort::AfPacket(p) => p.config().vnet_hdr,
             _ => false,
         };
         if !whole && !matches!(spec, BackendSpec::Tap(_)) {
-            offloads_off(&veth_peer(name))?;
+            offloads_off(
+                &veth_peer(name),
+                matches!(spec, BackendSpec::AfXdp { .. }),
+            )?;
         }
     }
     drop(port);
