@@ -173,6 +173,20 @@ fn stack_report(merged: &Value) -> &Value {
     &s[0]
 }
 
+/// The kernel's `Tcp: OutRsts` in the lab's namespace.
+fn kernel_out_rsts(lab: &Lab) -> u64 {
+    let out = lab.kernel("cat", &["/proc/net/snmp"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap_or(""), tcp.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(k, _)| *k == "OutRsts")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Tcp OutRsts in {text}"))
+}
+
 fn redis_stat(lab: &Lab, host: &str, key: &str) -> u64 {
     let out = lab
         .kernel("redis-cli", &["-h", host, "info", "stats"])
@@ -225,6 +239,13 @@ fn redis_server_over_af_packet_serves_the_kernels_redis_benchmark() {
         .expect("pred0's MAC")
         .to_owned();
     assert!(neigh.contains(&mac), "neighbour {neigh:?}, pred0 is {mac}");
+    // A port nothing listens on: refused by the stack's RST, never by the kernel (which sees
+    // the SYN on pred0 too, and must not take it for its own).
+    let rsts0 = kernel_out_rsts(&lab);
+    let probe = "import socket\ntry:\n    socket.create_connection(('10.94.0.2', 6380), timeout=5)\n    print('connected')\nexcept ConnectionRefusedError:\n    print('refused')\n";
+    let out = lab.kernel("python3", &["-c", probe]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "refused");
+    assert_eq!(kernel_out_rsts(&lab), rsts0, "the kernel sent RSTs");
     for pipeline in ["1", "16"] {
         let out = lab
             .kernel(
