@@ -225,9 +225,15 @@ fn redis_server_over_af_packet_serves_the_kernels_redis_benchmark() {
     ));
     wait_port(&lab, "10.94.0.2", 6379);
     // The launcher's link: no kernel address on the stack's end, the host's on the peer.
-    let own = lab.ns.ip(&["-o", "-4", "addr", "show", "dev", "pred0"]).unwrap();
+    let own = lab
+        .ns
+        .ip(&["-o", "-4", "addr", "show", "dev", "pred0"])
+        .unwrap();
     assert!(own.trim().is_empty(), "pred0 has kernel addresses: {own}");
-    let peer = lab.ns.ip(&["-o", "-4", "addr", "show", "dev", "pred0-k"]).unwrap();
+    let peer = lab
+        .ns
+        .ip(&["-o", "-4", "addr", "show", "dev", "pred0-k"])
+        .unwrap();
     assert!(peer.contains("10.94.0.1/24"), "{peer}");
     // ARP: the kernel learned the stack's address at the stack's end's MAC.
     let mac = lab.ns.ip(&["-o", "link", "show", "dev", "pred0"]).unwrap();
@@ -434,7 +440,9 @@ fn launcher_refuses_bad_af_packet_settings_before_the_command_runs() {
     );
     // An existing interface with a kernel address, and one without a peer for --host-ip.
     lab.ns
-        .ip(&["link", "add", "pdum0", "type", "veth", "peer", "name", "pdx0"])
+        .ip(&[
+            "link", "add", "pdum0", "type", "veth", "peer", "name", "pdx0",
+        ])
         .unwrap();
     lab.ns
         .ip(&["addr", "add", "10.92.0.1/24", "dev", "pdum0"])
@@ -446,7 +454,9 @@ fn launcher_refuses_bad_af_packet_settings_before_the_command_runs() {
         "has kernel IPv4 addresses",
     );
     lab.ns
-        .ip(&["link", "add", "pdum1", "type", "veth", "peer", "name", "pdx1"])
+        .ip(&[
+            "link", "add", "pdum1", "type", "veth", "peer", "name", "pdx1",
+        ])
         .unwrap();
     refused(
         &lab,

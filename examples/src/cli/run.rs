@@ -531,10 +531,7 @@ fn prepare_stack(o: &StackOptions) -> Result<(Vec<(OsString, OsString)>, MadeTap
             _ => false,
         };
         if !whole && !matches!(spec, BackendSpec::Tap(_)) {
-            offloads_off(
-                &veth_peer(name),
-                matches!(spec, BackendSpec::AfXdp { .. }),
-            )?;
+            offloads_off(&veth_peer(name), matches!(spec, BackendSpec::AfXdp { .. }))?;
         }
     }
     drop(port);
