@@ -414,17 +414,13 @@ fn prepare_veth(
     Ok(())
 }
 
-/// Turns segmentation offloads off on `dev`, so that it hands its peer no frame larger than the
-/// MTU (an AF_XDP socket, or an AF_PACKET ring without virtio headers, would drop them), and
-/// with `csum` its checksum offload too (an AF_XDP socket gets a frame the kernel left with a
-/// partial checksum with no word of it, and the stack drops it as corrupt).
-fn offloads_off(dev: &str, csum: bool) -> Result<(), RunError> {
-    let mut args = vec!["-K", dev, "tso", "off", "gso", "off"];
-    if csum {
-        args.extend(["tx", "off"]);
-    }
+/// Turns segmentation and checksum offloads off on `dev` (the kernel's end of an AF_XDP veth
+/// pair): an AF_XDP socket would drop a GSO frame larger than the MTU, and it gets a frame the
+/// kernel left with a partial checksum with no word of it (the stack drops it as corrupt).
+fn offloads_off(dev: &str) -> Result<(), RunError> {
+    let args = ["-K", dev, "tso", "off", "gso", "off", "tx", "off"];
     let out = Command::new("ethtool")
-        .args(&args)
+        .args(args)
         .output()
         .map_err(|e| RunError::Stack(format!("cannot run `ethtool {}`: {e}", args.join(" "))))?;
     if !out.status.success() {
@@ -519,22 +515,23 @@ fn prepare_stack(o: &StackOptions) -> Result<(Vec<(OsString, OsString)>, MadeTap
         }
     }
     // The backend must open here (a TAP attached by another process, a missing interface,
-    // missing privileges): found out before the command starts.
-    let port = spec
-        .open()
-        .map_err(|e| err(format!("--backend {spec} does not work here: {e}")))?;
-    // The veth pair it made: GSO frames and partial checksums from the kernel's end reach an
-    // AF_PACKET ring whole (with virtio headers), but not an AF_XDP socket.
-    if let Some(name) = &made.0 {
-        let whole = match &port {
-            nicdma::backend::AnyPort::AfPacket(p) => p.config().vnet_hdr,
-            _ => false,
-        };
-        if !whole && !matches!(spec, BackendSpec::Tap(_)) {
-            offloads_off(&veth_peer(name), matches!(spec, BackendSpec::AfXdp { .. }))?;
+    // missing privileges): found out before the command starts. Not for a veth pair made just
+    // now for AF_PACKET (as root, nothing else holds it): each packet socket's ring set-up and
+    // close waits for an RCU grace period, about 100 ms for the two sockets here.
+    let fresh_packet = made.0.is_some() && matches!(spec, BackendSpec::AfPacket(_));
+    if !fresh_packet {
+        let port = spec
+            .open()
+            .map_err(|e| err(format!("--backend {spec} does not work here: {e}")))?;
+        // The veth pair it made: GSO frames and partial checksums from the kernel's end reach
+        // an AF_PACKET ring whole (with virtio headers), but not an AF_XDP socket.
+        if let Some(name) = &made.0 {
+            if matches!(spec, BackendSpec::AfXdp { .. }) {
+                offloads_off(&veth_peer(name))?;
+            }
         }
+        drop(port);
     }
-    drop(port);
     let mut env: Vec<(OsString, OsString)> = vec![
         ("HICAMP_SHIM_MODE".into(), "stack".into()),
         ("HICAMP_STACK_BACKEND".into(), spec.to_string().into()),
