@@ -1,10 +1,11 @@
 //! Stack mode against the kernel, same run, same kind of virtual link:
 //!
 //! - **stack**: the server (or curl) runs under `hicamp run --mode stack` in namespace A over
-//!   the backend `SHIM_STACK_BACKEND` names: `af_packet` (the default: AF_PACKET rings on a
-//!   veth pair the launcher makes, the link closest to the kernel's), `tap` (a TAP device the
-//!   launcher makes), `af_xdp` (AF_XDP, generic mode, on a veth pair), a comma-separated list,
-//!   or `all`; the load generator is the kernel's, in A, across that link;
+//!   the backend `SHIM_STACK_BACKEND` names: `tap` (the default: a TAP device the launcher
+//!   makes; the best of the three in every workload measured), `af_packet` (AF_PACKET rings on
+//!   a veth pair the launcher makes, the link closest to the kernel's), `af_xdp` (AF_XDP,
+//!   generic mode, on a veth pair), a comma-separated list, or `all`; the load generator is the
+//!   kernel's, in A, across that link;
 //! - **kernel**: the same server (or curl) runs on the kernel in namespace B, reached from A
 //!   over a veth pair.
 //!
@@ -470,10 +471,10 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// The backends `SHIM_STACK_BACKEND` asks for (default `af_packet`; `all`: every one).
+/// The backends `SHIM_STACK_BACKEND` asks for (default `tap`; `all`: every one).
 fn backends() -> Result<Vec<&'static str>, String> {
-    const ALL: [&str; 3] = ["af_packet", "tap", "af_xdp"];
-    let v = std::env::var("SHIM_STACK_BACKEND").unwrap_or_else(|_| "af_packet".into());
+    const ALL: [&str; 3] = ["tap", "af_packet", "af_xdp"];
+    let v = std::env::var("SHIM_STACK_BACKEND").unwrap_or_else(|_| "tap".into());
     if v.trim() == "all" {
         return Ok(ALL.to_vec());
     }
