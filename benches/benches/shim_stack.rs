@@ -1,7 +1,11 @@
 //! Stack mode against the kernel, same run, same kind of virtual link:
 //!
-//! - **stack**: the server (or curl) runs under `hicamp run --mode stack` on a TAP device the
-//!   launcher makes in namespace A; the load generator is the kernel's, in A, across the TAP;
+//! - **stack**: the server (or curl) runs under `hicamp run --mode stack` in namespace A over
+//!   the backend `SHIM_STACK_BACKEND` names: `tap` (the default: a TAP device the launcher
+//!   makes; the best of the three in every workload measured), `af_packet` (AF_PACKET rings on
+//!   a veth pair the launcher makes, the link closest to the kernel's), `af_xdp` (AF_XDP,
+//!   generic mode, on a veth pair), a comma-separated list, or `all`; the load generator is the
+//!   kernel's, in A, across that link;
 //! - **kernel**: the same server (or curl) runs on the kernel in namespace B, reached from A
 //!   over a veth pair.
 //!
@@ -10,7 +14,8 @@
 //! connections, 2 threads; requests/s: in stack mode the workers reach the master's stack over
 //! the control channel), the same nginx in one process (`master_process off`: the direct path) and a 64 MiB download by curl from python's `http.server` (MB/s from the process's start to
 //! its exit, and the transfer alone by curl's own clock).
-//! Rounds alternate the two sides; each line prints both medians and the ratio stack/kernel
+//! Each round runs the kernel and every backend asked for, in a rotating order; each line
+//! prints a backend's median, the kernel's median of the same rounds and the ratio stack/kernel
 //! (the issue's target for redis and nginx is >= 1.2); for redis also the server's CPU time
 //! per request (less noisy than the rates on a loaded host). `HICAMP_STACK_BENCH_ONLY=nginx` (or
 //! `redis`, `curl`, comma-separated) runs only those workloads.
@@ -19,6 +24,7 @@
 //! cargo bench -p hicamp-benches --bench shim_stack     # 3 rounds, 50000 requests
 //! HICAMP_STACK_BENCH_ROUNDS=5 HICAMP_STACK_BENCH_REQUESTS=100000 cargo bench -p hicamp-benches --bench shim_stack
 //! HICAMP_STACK_BENCH_IDLE=500 HICAMP_STACK_BENCH_ONLY=redis cargo bench -p hicamp-benches --bench shim_stack
+//! SHIM_STACK_BACKEND=all cargo bench -p hicamp-benches --bench shim_stack   # tap, af_packet, af_xdp
 //! ```
 //!
 //! Needs root, iproute2, python3, curl, redis-server, redis-benchmark, nginx and wrk; a missing one skips
@@ -52,6 +58,9 @@ struct Lab {
 }
 
 const TAP: &str = "hsbench0";
+/// The stack's end of the veth pair the launcher makes for `af_packet`/`af_xdp` (the kernel's
+/// end, `hsbv0-k`, gets [`A_TAP_IP`]).
+const VETH: &str = "hsbv0";
 const STACK_IP: &str = "10.120.0.2";
 const A_TAP_IP: &str = "10.120.0.1";
 const A_VETH_IP: &str = "10.121.0.1";
@@ -101,8 +110,20 @@ impl Lab {
         Ok(Lab { a, b, hicamp, dir })
     }
 
-    /// `hicamp run --mode stack` in A.
-    fn stack(&self, args: &[&str]) -> Command {
+    /// `hicamp run --mode stack` in A over `backend` (`tap`, `af_packet`, `af_xdp`).
+    fn stack(&self, backend: &str, args: &[&str]) -> Command {
+        let spec = match backend {
+            "tap" => format!("tap:{TAP}"),
+            other => format!("{other}:{VETH}"),
+        };
+        // A link an earlier launcher left (it was killed before it could remove it) would
+        // hold the same addresses.
+        for dev in [TAP, VETH] {
+            if self.a.ip(&["-o", "link", "show", "dev", dev]).is_ok() {
+                eprintln!("shim_stack: {dev} was left behind; removing it");
+                let _ = self.a.ip(&["link", "del", "dev", dev]);
+            }
+        }
         let mut c = self.a.command(self.hicamp.to_str().unwrap_or("hicamp"));
         c.args([
             "-q",
@@ -110,7 +131,7 @@ impl Lab {
             "--mode",
             "stack",
             "--backend",
-            &format!("tap:{TAP}"),
+            &spec,
             "--ip",
             &format!("{STACK_IP}/24"),
             "--host-ip",
@@ -122,11 +143,35 @@ impl Lab {
     }
 }
 
-fn spawn(mut c: Command) -> Result<Reaper, String> {
+/// Where the servers' standard error goes (shown when one does not listen).
+fn server_log() -> PathBuf {
+    std::env::temp_dir().join(format!("hicamp-stack-bench-{}.err", std::process::id()))
+}
+
+/// A server in its own process group, killed whole on drop: a launcher killed alone would
+/// leave its application running on the stack and its link in place.
+struct Group(Reaper);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if self.0 .0.try_wait().is_ok_and(|s| s.is_none()) {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0 .0.id())])
+                .output();
+        }
+    }
+}
+
+fn spawn(mut c: Command) -> Result<Group, String> {
+    use std::os::unix::process::CommandExt as _;
+    c.process_group(0);
+    let err = std::fs::File::create(server_log())
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null());
     c.stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(err)
         .spawn()
-        .map(Reaper)
+        .map(|c| Group(Reaper(c)))
         .map_err(|e| e.to_string())
 }
 
@@ -136,15 +181,17 @@ fn wait_port(
     ns: &NetNs,
     ip: &str,
     port: u16,
-    mut server: Option<&mut Reaper>,
+    mut server: Option<&mut Group>,
 ) -> Result<(), String> {
     let probe =
         format!("import socket; socket.create_connection(('{ip}', {port}), timeout=1).close()");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Some(Ok(Some(st))) = server.as_mut().map(|s| s.0.try_wait()) {
+        if let Some(Ok(Some(st))) = server.as_mut().map(|s| s.0 .0.try_wait()) {
+            let log = std::fs::read_to_string(server_log()).unwrap_or_default();
             return Err(format!(
-                "the server exited ({st}) before listening on {ip}:{port}"
+                "the server exited ({st}) before listening on {ip}:{port}: {}",
+                log.trim()
             ));
         }
         let ok = ns
@@ -158,7 +205,8 @@ fn wait_port(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(format!("nothing listens on {ip}:{port}"))
+    let log = std::fs::read_to_string(server_log()).unwrap_or_default();
+    Err(format!("nothing listens on {ip}:{port}: {}", log.trim()))
 }
 
 fn redis_args() -> Vec<String> {
@@ -259,11 +307,11 @@ fn idle_clients(lab: &Lab, host: &str, idle: u64) -> Result<Option<Reaper>, Stri
 
 /// One redis round on one side: (GET p1, SET p1, GET p16, SET p16, the server's CPU
 /// microseconds per request over the four runs).
-fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 5], String> {
+fn redis_round(lab: &Lab, stack: Option<&str>, n: u64) -> Result<[f64; 5], String> {
     let args = redis_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (mut server, host) = if stack {
-        (spawn(lab.stack(&args))?, STACK_IP)
+    let (mut server, host) = if let Some(b) = stack {
+        (spawn(lab.stack(b, &args))?, STACK_IP)
     } else {
         let mut c = lab.b.command(args[0]);
         c.args(&args[1..]);
@@ -282,7 +330,7 @@ fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 5], String> {
     // The server's CPU: what its reaping adds to the children's (it exits by itself first).
     let c0 = children_cpu();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while server.0.try_wait().is_ok_and(|s| s.is_none()) && Instant::now() < deadline {
+    while server.0 .0.try_wait().is_ok_and(|s| s.is_none()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(server);
@@ -296,9 +344,9 @@ fn redis_round(lab: &Lab, stack: bool, n: u64) -> Result<[f64; 5], String> {
 /// includes the process's start and exit, which in stack mode is the launcher's work too
 /// (the TAP made and brought up, the memory, the stack's report: 60-90 ms here, about a
 /// quarter of a 64 MiB download); the second is the transfer alone (`%{speed_download}`).
-fn curl_round(lab: &Lab, stack: bool) -> Result<(f64, f64), String> {
+fn curl_round(lab: &Lab, stack: Option<&str>) -> Result<(f64, f64), String> {
     let out_file = lab.dir.join("got");
-    let url_host = if stack { A_TAP_IP } else { A_VETH_IP };
+    let url_host = if stack.is_some() { A_TAP_IP } else { A_VETH_IP };
     let url = format!("http://{url_host}:8000/blob");
     let args = [
         "curl",
@@ -312,8 +360,8 @@ fn curl_round(lab: &Lab, stack: bool) -> Result<(f64, f64), String> {
         url.as_str(),
     ];
     let t0 = Instant::now();
-    let out = if stack {
-        lab.stack(&args).output()
+    let out = if let Some(b) = stack {
+        lab.stack(b, &args).output()
     } else {
         let mut c = lab.b.command("curl");
         c.args(&args[1..]);
@@ -349,8 +397,8 @@ fn wanted(name: &str) -> bool {
 
 /// One nginx round on one side, with a master and 2 workers (`workers`) or in one process:
 /// wrk's requests/s.
-fn nginx_round(lab: &Lab, stack: bool, secs: u64, workers: bool) -> Result<f64, String> {
-    let side = if stack { "stack" } else { "kernel" };
+fn nginx_round(lab: &Lab, stack: Option<&str>, secs: u64, workers: bool) -> Result<f64, String> {
+    let side = stack.unwrap_or("kernel");
     let procs = if workers {
         "master_process on; worker_processes 2;"
     } else {
@@ -373,8 +421,8 @@ fn nginx_round(lab: &Lab, stack: bool, secs: u64, workers: bool) -> Result<f64, 
         root.to_str().unwrap_or_default().to_string(),
     );
     let args = ["nginx", "-c", conf_s.as_str(), "-p", prefix.as_str()];
-    let (mut server, host, ns) = if stack {
-        (spawn(lab.stack(&args))?, STACK_IP, &lab.a)
+    let (mut server, host, ns) = if let Some(b) = stack {
+        (spawn(lab.stack(b, &args))?, STACK_IP, &lab.a)
     } else {
         let mut c = lab.b.command("nginx");
         c.args(&args[1..]);
@@ -408,7 +456,7 @@ fn nginx_round(lab: &Lab, stack: bool, secs: u64, workers: bool) -> Result<f64, 
         .output();
     // The stack side's launcher removes its TAP once nginx is gone: wait for it.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && server.0.try_wait().ok().flatten().is_none() {
+    while Instant::now() < deadline && server.0 .0.try_wait().ok().flatten().is_none() {
         std::thread::sleep(Duration::from_millis(50));
     }
     result
@@ -423,6 +471,56 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The backends `SHIM_STACK_BACKEND` asks for (default `tap`; `all`: every one).
+fn backends() -> Result<Vec<&'static str>, String> {
+    const ALL: [&str; 3] = ["tap", "af_packet", "af_xdp"];
+    let v = std::env::var("SHIM_STACK_BACKEND").unwrap_or_else(|_| "tap".into());
+    if v.trim() == "all" {
+        return Ok(ALL.to_vec());
+    }
+    let mut out = Vec::new();
+    for w in v.split(',').map(str::trim) {
+        match ALL.iter().find(|b| **b == w) {
+            Some(b) if !out.contains(b) => out.push(*b),
+            Some(_) => {}
+            None => {
+                return Err(format!(
+                    "SHIM_STACK_BACKEND: unknown backend {w:?} (tap, af_packet, af_xdp, all)"
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `rounds` rounds of `one` on the kernel and on each backend (the order rotating each
+/// round); the results: the kernel's, then each backend's.
+fn rounds_of<T>(
+    what: &str,
+    rounds: u64,
+    backends: &[&str],
+    mut one: impl FnMut(Option<&str>) -> Result<T, String>,
+) -> (Vec<T>, Vec<Vec<T>>) {
+    let sides: Vec<Option<&str>> = std::iter::once(None)
+        .chain(backends.iter().map(|b| Some(*b)))
+        .collect();
+    let mut out: Vec<Vec<T>> = sides.iter().map(|_| Vec::new()).collect();
+    for r in 0..rounds as usize {
+        for j in 0..sides.len() {
+            let i = (r + j) % sides.len();
+            match one(sides[i]) {
+                Ok(v) => out[i].push(v),
+                Err(e) => eprintln!(
+                    "shim_stack: {what} round ({}): {e}",
+                    sides[i].unwrap_or("kernel")
+                ),
+            }
+        }
+    }
+    let kernel = out.remove(0);
+    (kernel, out)
+}
+
 fn main() {
     if run_mode() != RunMode::Measure && run_mode() != RunMode::Quick {
         return;
@@ -430,6 +528,13 @@ fn main() {
     if testkit::require(netns_supported(), "root and iproute2") {
         return;
     }
+    let backends = match backends() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("shim_stack: {e}");
+            std::process::exit(2);
+        }
+    };
     let hicamp = match hicamp_with_shim() {
         Ok(h) => h,
         Err(e) => {
@@ -449,7 +554,8 @@ fn main() {
     let rounds = env_u64("HICAMP_STACK_BENCH_ROUNDS", 3);
     let n = env_u64("HICAMP_STACK_BENCH_REQUESTS", 50_000);
     println!(
-        "shim_stack: {rounds} rounds, alternating stack and kernel; medians, ratio stack/kernel"
+        "shim_stack: {rounds} rounds of the kernel and {} in rotating order; medians, ratio stack/kernel",
+        backends.join(", ")
     );
 
     if wanted("redis")
@@ -460,34 +566,24 @@ fn main() {
         if idle > 0 {
             println!("shim_stack: redis with {idle} more connections open and idle");
         }
-        let mut s: Vec<[f64; 5]> = Vec::new();
-        let mut k: Vec<[f64; 5]> = Vec::new();
-        for r in 0..rounds {
-            for stack in [r % 2 == 0, r % 2 == 1] {
-                match redis_round(&lab, stack, n) {
-                    Ok(v) => (if stack { &mut s } else { &mut k }).push(v),
-                    Err(e) => eprintln!(
-                        "shim_stack: redis round ({}): {e}",
-                        if stack { "stack" } else { "kernel" }
-                    ),
-                }
-            }
-        }
+        let (k, per) = rounds_of("redis", rounds, &backends, |b| redis_round(&lab, b, n));
         let names = ["GET -P 1", "SET -P 1", "GET -P 16", "SET -P 16"];
-        for (i, name) in names.iter().enumerate() {
-            let ms = median(&mut s.iter().map(|v| v[i]).collect::<Vec<_>>());
-            let mk = median(&mut k.iter().map(|v| v[i]).collect::<Vec<_>>());
+        for (b, s) in backends.iter().zip(&per) {
+            for (i, name) in names.iter().enumerate() {
+                let ms = median(&mut s.iter().map(|v| v[i]).collect::<Vec<_>>());
+                let mk = median(&mut k.iter().map(|v| v[i]).collect::<Vec<_>>());
+                println!(
+                    "redis {name:<10} (50 conns)  {b:<9} {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}",
+                    ms / mk
+                );
+            }
+            let ms = median(&mut s.iter().map(|v| v[4]).collect::<Vec<_>>());
+            let mk = median(&mut k.iter().map(|v| v[4]).collect::<Vec<_>>());
             println!(
-                "redis {name:<10} (50 conns)  stack {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}",
+                "redis server CPU per request (all four runs)  {b:<9} {ms:>6.2} us  kernel {mk:>6.2} us  ratio {:.3}",
                 ms / mk
             );
         }
-        let ms = median(&mut s.iter().map(|v| v[4]).collect::<Vec<_>>());
-        let mk = median(&mut k.iter().map(|v| v[4]).collect::<Vec<_>>());
-        println!(
-            "redis server CPU per request (all four runs)  stack {ms:>6.2} us  kernel {mk:>6.2} us  ratio {:.3}",
-            ms / mk
-        );
     }
 
     // nginx -v and wrk -v print their versions (wrk exits 1): there if they start.
@@ -500,28 +596,22 @@ fn main() {
         if std::fs::write(dir.join("www/page"), page).is_ok() {
             let secs = env_u64("HICAMP_STACK_BENCH_SECS", 5);
             for workers in [true, false] {
-                let (mut s, mut k) = (Vec::new(), Vec::new());
-                for r in 0..rounds {
-                    for stack in [r % 2 == 0, r % 2 == 1] {
-                        match nginx_round(&lab, stack, secs, workers) {
-                            Ok(v) => (if stack { &mut s } else { &mut k }).push(v),
-                            Err(e) => eprintln!(
-                                "shim_stack: nginx round ({}): {e}",
-                                if stack { "stack" } else { "kernel" }
-                            ),
-                        }
-                    }
-                }
-                let (ms, mk) = (median(&mut s), median(&mut k));
+                let (mut k, per) = rounds_of("nginx", rounds, &backends, |b| {
+                    nginx_round(&lab, b, secs, workers)
+                });
+                let mk = median(&mut k);
                 let what = if workers {
                     "nginx 2 workers"
                 } else {
                     "nginx 1 process"
                 };
-                println!(
-                    "{what} + wrk (50 conns, 4 KiB)  stack {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}",
-                    ms / mk
-                );
+                for (b, mut s) in backends.iter().zip(per) {
+                    let ms = median(&mut s);
+                    println!(
+                        "{what} + wrk (50 conns, 4 KiB)  {b:<9} {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}",
+                        ms / mk
+                    );
+                }
             }
         }
     }
@@ -552,32 +642,25 @@ fn main() {
                 .map(Reaper);
             if let Ok(_srv) = srv {
                 let _ = wait_port(&lab.a, "127.0.0.1", 8000, None);
-                let (mut s, mut k) = (Vec::new(), Vec::new());
-                let (mut so, mut ko) = (Vec::new(), Vec::new());
-                for r in 0..rounds {
-                    for stack in [r % 2 == 0, r % 2 == 1] {
-                        match curl_round(&lab, stack) {
-                            Ok((wall, own)) => {
-                                (if stack { &mut s } else { &mut k }).push(wall);
-                                (if stack { &mut so } else { &mut ko }).push(own);
-                            }
-                            Err(e) => eprintln!("shim_stack: curl round: {e}"),
-                        }
-                    }
+                let (k, per) = rounds_of("curl", rounds, &backends, |b| curl_round(&lab, b));
+                let mk = median(&mut k.iter().map(|v| v.0).collect::<Vec<_>>());
+                let mko = median(&mut k.iter().map(|v| v.1).collect::<Vec<_>>());
+                for (b, s) in backends.iter().zip(&per) {
+                    let ms = median(&mut s.iter().map(|v| v.0).collect::<Vec<_>>());
+                    let mso = median(&mut s.iter().map(|v| v.1).collect::<Vec<_>>());
+                    println!(
+                        "curl 64 MiB download        {b:<9} {ms:>10.1} MB/s   kernel {mk:>10.1} MB/s   ratio {:.3}",
+                        ms / mk
+                    );
+                    println!(
+                        "  transfer (curl's clock)   {b:<9} {mso:>10.1} MB/s   kernel {mko:>10.1} MB/s   ratio {:.3}",
+                        mso / mko
+                    );
                 }
-                let (ms, mk) = (median(&mut s), median(&mut k));
-                println!(
-                    "curl 64 MiB download        stack {ms:>10.1} MB/s   kernel {mk:>10.1} MB/s   ratio {:.3}",
-                    ms / mk
-                );
-                let (ms, mk) = (median(&mut so), median(&mut ko));
-                println!(
-                    "  transfer (curl's clock)   stack {ms:>10.1} MB/s   kernel {mk:>10.1} MB/s   ratio {:.3}",
-                    ms / mk
-                );
             }
         }
     }
     drop(lab);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(server_log());
 }

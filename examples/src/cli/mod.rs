@@ -118,7 +118,9 @@ struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = run::parse_budget)]
     budget: Option<u64>,
 
-    /// Stack mode: the NIC backend (`tap:NAME` is created and brought up if missing).
+    /// Stack mode: the NIC backend: `tap:NAME` (created and brought up if missing),
+    /// `af_packet:NAME` or `af_xdp:NAME[:QUEUE]` (a missing NAME is made as a veth pair
+    /// NAME <-> NAME-k, the kernel's end being NAME-k).
     #[arg(long, value_name = "BACKEND")]
     backend: Option<String>,
 
@@ -135,7 +137,8 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     memory: Option<PathBuf>,
 
-    /// Stack mode with tap:NAME: the kernel's address on the TAP device, ADDR/PREFIX.
+    /// Stack mode: the kernel's address on the link, ADDR/PREFIX (on the TAP device, or on
+    /// NAME-k, the kernel's end of an af_packet/af_xdp veth pair).
     #[arg(long, value_name = "ADDR/PREFIX")]
     host_ip: Option<String>,
 

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! hicamp run [--report FILE] [--mode trace] [--budget SIZE] -- CMD ARGS...
-//! hicamp run --mode stack --backend tap:NAME --ip ADDR/PREFIX [--gateway ADDR]
-//!            [--host-ip ADDR/PREFIX] [--report FILE] -- CMD ARGS...
+//! hicamp run --mode stack --backend tap:NAME|af_packet:NAME|af_xdp:NAME[:QUEUE]
+//!            --ip ADDR/PREFIX [--gateway ADDR] [--host-ip ADDR/PREFIX] [--report FILE] -- CMD ARGS...
 //! hicamp run --mode local [--memory PATH] [--report FILE] -- CMD ARGS...
 //! hicamp run --mode trace,local [--memory PATH] [--report FILE] -- CMD ARGS...
 //! hicamp run --mode stack,local --backend tap:NAME --ip ADDR/PREFIX [--memory PATH] ... -- CMD
@@ -22,8 +22,11 @@
 //! In stack mode the command's AF_INET sockets are served by segstack over the backend (see the
 //! shim's `stack` module). Before the command starts, the launcher checks the settings and the
 //! backend, and for `tap:NAME` creates the device if it is missing (persistent, removed again
-//! afterwards), gives the kernel's side `--host-ip` and brings it up; any failure is an error
-//! and the command does not run. Each process that used the stack writes
+//! afterwards), gives the kernel's side `--host-ip` and brings it up; for `af_packet:NAME` and
+//! `af_xdp:NAME` it makes a missing NAME as a veth pair NAME <-> `NAME-k` (NAME: the stack's,
+//! no kernel address; `NAME-k`: the kernel's, with `--host-ip`; removed afterwards) and checks
+//! that the kernel does not own the stack's address; any failure is an error and the command
+//! does not run. Each process that used the stack writes
 //! `FILE.stack.PID.json`; the merged report lists them under `stack`.
 //!
 //! `--budget` bounds each traced process's shim memory (`HICAMP_SHIM_BUDGET`, default 256M):
@@ -252,7 +255,8 @@ pub struct StackOptions {
     pub host_ip: Option<String>,
 }
 
-/// A TAP device the launcher made (deleted when the run ends).
+/// A TAP device or veth pair the launcher made (deleted when the run ends: deleting one end
+/// of a veth pair deletes both).
 #[derive(Debug)]
 struct MadeTap(Option<String>);
 
@@ -274,6 +278,154 @@ fn ip_cmd(args: &[&str]) -> Result<(), RunError> {
     if !out.status.success() {
         return Err(RunError::Stack(format!(
             "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// `ip ARGS`' standard output (empty when it fails).
+fn ip_out(args: &[&str]) -> String {
+    Command::new("ip")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The name of the kernel's end of the veth pair the launcher makes for `af_packet:NAME` and
+/// `af_xdp:NAME`: `NAME-k`.
+pub fn veth_peer(name: &str) -> String {
+    format!("{name}-k")
+}
+
+/// Whether `name` can be an interface name (and, with `-k` appended, its peer's): 1-13 bytes
+/// of letters, digits, `_`, `-`, `.`.
+fn good_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 13
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Writes a sysctl of one interface (`/proc/sys/net/FAMILY/conf/DEV/KEY`), best effort.
+fn dev_sysctl(family: &str, dev: &str, key: &str, value: &str) {
+    let _ = std::fs::write(format!("/proc/sys/net/{family}/conf/{dev}/{key}"), value);
+}
+
+/// Waits (at most 3 s) until the kernel reports `dev` operational: until then it may drop
+/// what it sends through it (its queue is turned on by a deferred work item).
+fn wait_up(dev: &str) {
+    let path = format!("/sys/class/net/{dev}/operstate");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        match std::fs::read_to_string(&path) {
+            Ok(s) if s.trim() == "up" => return,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(_) => return,
+        }
+    }
+}
+
+/// For `af_packet:NAME` and `af_xdp:NAME`: makes the veth pair NAME <-> `NAME-k` when NAME is
+/// missing (NAME: no kernel address, no IPv6, no forwarding, no ARP answers; `NAME-k`: the
+/// kernel's side, `--host-ip`), or checks an existing NAME; either way the kernel must not own
+/// the stack's address (it would answer the stack's traffic on NAME: RSTs, ARP replies).
+fn prepare_veth(
+    spec: &nicdma::backend::BackendSpec,
+    name: &str,
+    ip: std::net::Ipv4Addr,
+    host: Option<&str>,
+    made: &mut MadeTap,
+) -> Result<(), RunError> {
+    let err = |m: String| RunError::Stack(m);
+    if !good_ifname(name) {
+        return Err(err(format!(
+            "--backend {spec}: bad interface name {name:?} (1-13 letters, digits, '_', '-', '.'; \
+             the launcher names the kernel's end of the veth pair {name:?}-k)"
+        )));
+    }
+    if !is_root() {
+        return Err(err(format!(
+            "--backend {spec}: packet sockets (CAP_NET_RAW) and a veth pair (CAP_NET_ADMIN) \
+             need root; run as root"
+        )));
+    }
+    let peer = veth_peer(name);
+    let exists = Path::new("/sys/class/net").join(name).exists();
+    if !exists {
+        if Path::new("/sys/class/net").join(&peer).exists() {
+            return Err(err(format!(
+                "--backend {spec}: {name} is missing but {peer} (its peer's name) exists"
+            )));
+        }
+        ip_cmd(&[
+            "link", "add", "dev", name, "type", "veth", "peer", "name", &peer,
+        ])?;
+        made.0 = Some(name.to_owned());
+        // The stack's end: the kernel keeps no address there, sends nothing from it (IPv6
+        // would send router and neighbour solicitations), forwards nothing that arrives on it
+        // (the stack's own frames to a third address) and answers no ARP on it.
+        let _ = ip_cmd(&["link", "set", "dev", name, "addrgenmode", "none"]);
+        dev_sysctl("ipv6", name, "disable_ipv6", "1");
+        dev_sysctl("ipv4", name, "forwarding", "0");
+        dev_sysctl("ipv4", name, "arp_ignore", "8");
+        if let Some(h) = host {
+            ip_cmd(&["addr", "replace", h, "dev", &peer])?;
+        }
+        ip_cmd(&["link", "set", "dev", &peer, "up"])?;
+        ip_cmd(&["link", "set", "dev", name, "up"])?;
+        wait_up(name);
+        wait_up(&peer);
+    } else {
+        let own = ip_out(&["-o", "-4", "addr", "show", "dev", name]);
+        if !own.trim().is_empty() {
+            return Err(err(format!(
+                "--backend {spec}: {name} has kernel IPv4 addresses; the kernel would answer \
+                 the stack's traffic on it (remove them, or name a missing interface and the \
+                 launcher makes a veth pair)"
+            )));
+        }
+        if let Some(h) = host {
+            if !Path::new("/sys/class/net").join(&peer).exists() {
+                return Err(err(format!(
+                    "--host-ip: {name} exists and has no peer named {peer}; give the kernel's \
+                     side its address yourself"
+                )));
+            }
+            ip_cmd(&["addr", "replace", h, "dev", &peer])?;
+            ip_cmd(&["link", "set", "dev", &peer, "up"])?;
+        }
+        ip_cmd(&["link", "set", "dev", name, "up"])?;
+    }
+    let all = ip_out(&["-o", "-4", "addr", "show"]);
+    let mine = format!(" {ip}/");
+    if let Some(line) = all.lines().find(|l| l.contains(&mine)) {
+        let dev = line.split_whitespace().nth(1).unwrap_or("?");
+        return Err(err(format!(
+            "--ip {ip} is the kernel's own address (on {dev}); the kernel would answer the \
+             stack's traffic"
+        )));
+    }
+    Ok(())
+}
+
+/// Turns segmentation and checksum offloads off on `dev` (the kernel's end of an AF_XDP veth
+/// pair): an AF_XDP socket would drop a GSO frame larger than the MTU, and it gets a frame the
+/// kernel left with a partial checksum with no word of it (the stack drops it as corrupt).
+fn offloads_off(dev: &str) -> Result<(), RunError> {
+    let args = ["-K", dev, "tso", "off", "gso", "off", "tx", "off"];
+    let out = Command::new("ethtool")
+        .args(args)
+        .output()
+        .map_err(|e| RunError::Stack(format!("cannot run `ethtool {}`: {e}", args.join(" "))))?;
+    if !out.status.success() {
+        return Err(RunError::Stack(format!(
+            "`ethtool {}` failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
@@ -350,20 +502,36 @@ fn prepare_stack(o: &StackOptions) -> Result<(Vec<(OsString, OsString)>, MadeTap
             }
             ip_cmd(&["link", "set", "dev", name, "up"])?;
         }
+        BackendSpec::AfPacket(name) | BackendSpec::AfXdp { iface: name, .. } => {
+            prepare_veth(&spec, name, ip, host.as_deref(), &mut made)?;
+        }
         _ => {
             if host.is_some() {
                 return Err(err(format!(
-                    "--host-ip applies to tap:NAME only ({spec} binds an existing interface)"
+                    "--host-ip applies to tap:NAME, af_packet:NAME and af_xdp:NAME only \
+                     ({spec} binds an existing interface)"
                 )));
             }
         }
     }
     // The backend must open here (a TAP attached by another process, a missing interface,
-    // missing privileges): found out before the command starts.
-    drop(
-        spec.open()
-            .map_err(|e| err(format!("--backend {spec} does not work here: {e}")))?,
-    );
+    // missing privileges): found out before the command starts. Not for a veth pair made just
+    // now for AF_PACKET (as root, nothing else holds it): each packet socket's ring set-up and
+    // close waits for an RCU grace period, about 100 ms for the two sockets here.
+    let fresh_packet = made.0.is_some() && matches!(spec, BackendSpec::AfPacket(_));
+    if !fresh_packet {
+        let port = spec
+            .open()
+            .map_err(|e| err(format!("--backend {spec} does not work here: {e}")))?;
+        // The veth pair it made: GSO frames and partial checksums from the kernel's end reach
+        // an AF_PACKET ring whole (with virtio headers), but not an AF_XDP socket.
+        if let Some(name) = &made.0 {
+            if matches!(spec, BackendSpec::AfXdp { .. }) {
+                offloads_off(&veth_peer(name))?;
+            }
+        }
+        drop(port);
+    }
     let mut env: Vec<(OsString, OsString)> = vec![
         ("HICAMP_SHIM_MODE".into(), "stack".into()),
         ("HICAMP_STACK_BACKEND".into(), spec.to_string().into()),
