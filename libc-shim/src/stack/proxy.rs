@@ -2618,6 +2618,86 @@ mod tests {
     }
 
     #[test]
+    fn a_file_key_round_trips_and_a_wrong_length_is_refused() {
+        // SAFETY: an all-zero stat is valid for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        // SAFETY: `st` is writable; the file is open.
+        let r = unsafe { libc::fstat(fd, &mut st) };
+        assert_eq!(r, 0);
+        let k = FileKey::of(&st);
+        let back = FileKey::from_bytes(head_bytes(&k)).unwrap();
+        assert_eq!(back.key(), filecache::of_stat(&st));
+        assert!(FileKey::from_bytes(&head_bytes(&k)[1..]).is_none());
+        assert!(FileKey::from_bytes(&[0u8; 41]).is_none());
+    }
+
+    /// The inode of a descriptor, and closes it.
+    fn ino_and_close(fd: c_int) -> u64 {
+        let i = inode(fd);
+        // SAFETY: a descriptor the test owns.
+        unsafe { libc::close(fd) };
+        i
+    }
+
+    #[test]
+    fn a_message_carries_two_descriptors_and_recv_msg_closes_the_second() {
+        let mut sp = [-1; 2];
+        // SAFETY: `sp` has room for two descriptors.
+        let r =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, sp.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        // Two pipes: their read ends are two files (a pipe's ends share one inode).
+        let (mut p, mut q) = ([-1; 2], [-1; 2]);
+        // SAFETY: `p` and `q` have room for two descriptors each.
+        assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::pipe(q.as_mut_ptr()) }, 0);
+        let p = [p[0], q[0], p[1], q[1]];
+        let (ia, ib) = (inode(p[0]), inode(p[1]));
+        assert_ne!(ia, ib);
+        let req = Req {
+            op: SENDFILE,
+            ..Req::default()
+        };
+        // Nothing queued: a non-blocking receive says so.
+        let mut head = Req::default();
+        let mut buf = [0u8; 16];
+        let got = recv_msg_fds(
+            sp[1],
+            head_bytes_mut(&mut head),
+            &mut [&mut buf[..]],
+            true,
+            libc::MSG_DONTWAIT,
+        );
+        assert_eq!(got.err(), Some(libc::EAGAIN));
+        send_msg_fds(sp[0], head_bytes(&req), &[b"key"], &[p[0], -1, p[1]]).unwrap();
+        let (n, [x, y], trunc) = recv_msg_fds(
+            sp[1],
+            head_bytes_mut(&mut head),
+            &mut [&mut buf[..]],
+            true,
+            libc::MSG_DONTWAIT,
+        )
+        .unwrap();
+        assert_eq!(
+            (n, head.op, &buf[..3], trunc),
+            (HEAD + 3, SENDFILE, &b"key"[..], false)
+        );
+        assert_eq!((ino_and_close(x), ino_and_close(y)), (ia, ib));
+        // recv_msg keeps the first and closes the second.
+        send_msg_fds(sp[0], head_bytes(&req), &[], &[p[1], p[0]]).unwrap();
+        let (n, x, _) = recv_msg(sp[1], head_bytes_mut(&mut head), &mut [], true).unwrap();
+        assert_eq!(n, HEAD);
+        assert_eq!(ino_and_close(x), ib);
+        for fd in sp.into_iter().chain(p) {
+            // SAFETY: descriptors the test owns.
+            unsafe { libc::close(fd) };
+        }
+    }
+
+    #[test]
     fn the_control_address_is_abstract_and_names_the_pid() {
         let (a, len) = address(4321);
         assert_eq!(a.sun_path[0], 0);
