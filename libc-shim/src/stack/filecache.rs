@@ -92,6 +92,9 @@ pub(super) struct Stats {
     pub read_bytes: u64,
     /// `pread` calls of in-place sendfile.
     pub read_calls: u64,
+    /// Bytes copied to queue a forked child's range at the line phase of the header before
+    /// it (once per cached range; in `payload_bytes_copied_below_socket_api`).
+    pub phased_copy_bytes: u64,
     /// Ranges kept.
     pub inserted: u64,
     /// Ranges not kept: the file had changed too recently ([`SETTLE_NS`]).

@@ -904,7 +904,8 @@ fn report_json(reason: &str) -> serde_json::Value {
     let below = match &w.engine {
         Some(e) => e.iface.stats().tx_payload_copied,
         None => 0,
-    } + proxied.copied_bytes;
+    } + proxied.copied_bytes
+        + filecache::cache().stats.phased_copy_bytes;
     serde_json::json!({
         "tool": "hicamp libc-shim",
         "mode": "stack",

@@ -1507,18 +1507,19 @@ const PHASED_MAX: usize = 64 << 10;
 /// `seg` again with `phase` zero bytes in front (its bytes start at that line phase), or
 /// `None` for phase 0 or when the memory is full (the caller queues `seg` as it is: a frame
 /// then copies what it cannot share). The one copy of the range's lines, paid once per
-/// sendfile cache entry.
+/// sendfile cache entry (`sendfile_cache.phased_copy_bytes`).
 fn at_phase(mem: &hicamp::Memory, seg: &hicamp::Segment, phase: u32) -> Option<hicamp::Segment> {
     if phase == 0 {
         return None;
     }
     let all = Payload::from_segment(seg.clone());
-    let (out, _) = mem
+    let (out, counts) = mem
         .splice(&[
             hicamp::Piece::Zeros(u64::from(phase)),
             hicamp::Piece::Range(&all),
         ])
         .ok()?;
+    filecache::cache().stats.phased_copy_bytes += counts.copied_bytes;
     Some(out)
 }
 
