@@ -1861,6 +1861,16 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
         "{r}"
     );
     assert!(n(&r["proxy"]["children"]) >= 2, "{r}");
+    // The workers' pages crossed the control channel as their files' descriptors (the stack
+    // process read them, or queued them from its sendfile cache): only headers as bytes.
+    assert!(
+        n(&r["proxy"]["sendfile_bytes"]) >= 38_000 * requests.saturating_sub(16),
+        "{r}"
+    );
+    assert!(
+        n(&r["proxy"]["payload_to_stack_bytes"]) <= 1024 * requests,
+        "{r}"
+    );
 }
 
 /// inetd's way: the parent accepts and forks; the child puts the connection on its stdin and
@@ -2187,13 +2197,16 @@ fn a_forked_childs_receives_are_pushed_byte_exact_with_eof_and_reset() {
 /// copy) and a file body through `os.sendfile`, in the mode the path names:
 /// `/blocking` (offset argument), `/position` (offset None: the file position moves and
 /// must end at the file's end), `/nonblocking` (offset argument on a non-blocking socket:
-/// `EAGAIN` while the send buffer is full, the offset moving only by what was queued). It
-/// checks the kernel's offset semantics as it goes (and, first, its errors: `EBADF` for a file
-/// not open for reading, `EINVAL` for a negative offset), serves `argv[3]` requests and prints
-/// the header bytes it sent.
+/// `EAGAIN` while the send buffer is full, the offset moving only by what was queued),
+/// `/pieces` (offset None, 16 KiB per call: each fits the send buffer). It checks the kernel's
+/// offset semantics as it goes (and, first, its errors: `EBADF` for a file not open for
+/// reading, `EINVAL` for a negative offset), serves `argv[3]` requests and prints the header
+/// bytes it sent. With `argv[4]` = `fork`, a forked child serves each connection (the parent
+/// closes its copy and waits for the child).
 const SENDFILE_SERVER: &str = r#"
 import errno, os, select, socket, sys
 ip, path, want = sys.argv[1], sys.argv[2], int(sys.argv[3])
+forking = len(sys.argv) > 4 and sys.argv[4] == "fork"
 size = os.path.getsize(path)
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((ip, 8080)); s.listen(8)
@@ -2211,6 +2224,16 @@ while served < want:
         c.close()
         continue
     mode = req.split(b" ")[1].decode()
+    head = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % size
+    header_bytes += len(head)
+    if forking:
+        pid = os.fork()
+        if pid:
+            c.close()
+            _, st = os.waitpid(pid, 0)
+            assert st == 0, st
+            served += 1
+            continue
     if served == 0:
         # The kernel's errors, nothing sent: a file not open for reading, a negative offset.
         with open(path, "ab") as w:
@@ -2226,15 +2249,21 @@ while served < want:
             except OSError as e:
                 assert e.errno == errno.EINVAL, e
         print("errors ok", flush=True)
-    head = b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % size
     c.sendall(head)
-    header_bytes += len(head)
     with open(path, "rb") as f:
         if mode == "/position":
             f.seek(0)
             sent = 0
             while sent < size:
                 n = os.sendfile(c.fileno(), f.fileno(), None, size - sent + 4096)
+                assert n > 0, n
+                sent += n
+                assert f.tell() == sent, (f.tell(), sent)
+            assert os.sendfile(c.fileno(), f.fileno(), None, 4096) == 0
+        elif mode == "/pieces":
+            sent = 0
+            while sent < size:
+                n = os.sendfile(c.fileno(), f.fileno(), None, 16384)
                 assert n > 0, n
                 sent += n
                 assert f.tell() == sent, (f.tell(), sent)
@@ -2265,6 +2294,8 @@ while served < want:
     while c.recv(4096):
         pass
     c.close()
+    if forking:
+        os._exit(0)
     served += 1
 print("header_bytes", header_bytes, flush=True)
 "#;
@@ -2375,6 +2406,112 @@ fn sendfile_serves_64_mib_to_curl_with_no_byte_copied_by_the_shim() {
     assert!(
         n(&r["payload_bytes_copied_below_socket_api"]) <= 64 << 10,
         "{r}"
+    );
+}
+
+/// A forked child's `sendfile` crosses the control channel without its bytes: the request
+/// carries the file's descriptor (posted when the transfer fits the socket's room, answered
+/// otherwise) and the stack process reads the file into segments itself. The same server as
+/// above, with a child per connection, serves 16 MiB in each of the four modes byte-exactly,
+/// with the kernel's offset semantics and errors; only the headers cross the channel.
+#[test]
+fn a_forked_childs_sendfile_passes_the_file_not_its_bytes() {
+    if missing(&["curl", "python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let mut rng = testkit::Rng::new(0x5e4e);
+    let block = rng.bytes(1 << 20);
+    let mut data = Vec::with_capacity(16 << 20);
+    for k in 0..16 {
+        match k % 4 {
+            0 => data.extend_from_slice(&block),
+            1 => data.extend(std::iter::repeat_n(0u8, 1 << 20)),
+            _ => data.extend(rng.bytes(1 << 20)),
+        }
+    }
+    data.truncate((16 << 20) - 37);
+    let file = lab.path("blob");
+    std::fs::write(&file, &data).unwrap();
+    let modes = ["/blocking", "/position", "/nonblocking", "/pieces"];
+    let srv = Reaper::spawn(lab.stack(
+        "tsendf1",
+        "10.123.0",
+        "sendfile1.json",
+        &[
+            "python3",
+            "-c",
+            SENDFILE_SERVER,
+            "10.123.0.2",
+            file.to_str().unwrap(),
+            &modes.len().to_string(),
+            "fork",
+        ],
+    ));
+    wait_port(&lab, "10.123.0.2", 8080);
+    for mode in modes {
+        let got = lab.path("got");
+        let rate: &[&str] = if mode == "/nonblocking" {
+            &["--limit-rate", "16M"]
+        } else {
+            &[]
+        };
+        let out = lab
+            .kernel("curl", rate)
+            .args([
+                "-sS",
+                "--max-time",
+                "120",
+                "-o",
+                got.to_str().unwrap(),
+                &format!("http://10.123.0.2:8080{mode}"),
+            ])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let srv = srv.kill();
+            panic!(
+                "{mode}: {}\nserver: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&srv.stdout),
+                String::from_utf8_lossy(&srv.stderr)
+            );
+        }
+        let body = std::fs::read(&got).unwrap();
+        assert_eq!(body.len(), data.len(), "{mode}");
+        assert!(body == data, "{mode}: the body differs");
+    }
+    let out = srv.finish(60);
+    assert_printed(&out, "errors ok");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header_bytes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("header_bytes "))
+        .unwrap_or_else(|| panic!("{text}"))
+        .parse()
+        .unwrap();
+    let r = stack_report(&lab.report("sendfile1.json")).clone();
+    let bodies = data.len() as u64 * modes.len() as u64;
+    assert_eq!(n(&r["totals"]["sendfile_bytes"]), bodies, "{r}");
+    assert_eq!(n(&r["totals"]["sent_bytes"]), bodies + header_bytes, "{r}");
+    let p = &r["proxy"];
+    // The files' bytes never crossed the channel: only the headers did.
+    assert_eq!(n(&p["payload_to_stack_bytes"]), header_bytes, "{r}");
+    assert_eq!(n(&p["sendfile_bytes"]), bodies, "{r}");
+    assert_eq!(n(&p["posted_lost_bytes"]), 0, "{r}");
+    // `/pieces` (16 KiB calls) are posted; the large calls are answered, and the
+    // non-blocking ones met a full buffer.
+    assert!(n(&p["posted_sendfiles"]) >= 16, "{r}");
+    assert!(n(&p["sendfiles"]) > n(&p["posted_sendfiles"]), "{r}");
+    let eagain: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("eagain "))
+        .unwrap_or_else(|| panic!("{text}"))
+        .parse()
+        .unwrap();
+    assert!(
+        eagain > 0,
+        "the non-blocking child never met a full buffer: {text}"
     );
 }
 

@@ -92,6 +92,9 @@ pub(super) struct Stats {
     pub read_bytes: u64,
     /// `pread` calls of in-place sendfile.
     pub read_calls: u64,
+    /// Bytes copied to queue a forked child's range at the line phase of the header before
+    /// it (once per cached range; in `payload_bytes_copied_below_socket_api`).
+    pub phased_copy_bytes: u64,
     /// Ranges kept.
     pub inserted: u64,
     /// Ranges not kept: the file had changed too recently ([`SETTLE_NS`]).
@@ -107,17 +110,20 @@ pub(super) struct Stats {
     pub budget_bytes: u64,
 }
 
+/// A range: (offset, length asked, line phase of its snapshot).
+type Range = (i64, u64, u32);
+
 struct File {
     version: Version,
-    /// (offset, length asked) -> (snapshot, its LRU tick).
-    ranges: HashMap<(i64, u64), (Segment, u64)>,
+    /// range -> (snapshot, its LRU tick).
+    ranges: HashMap<Range, (Segment, u64)>,
 }
 
 /// The cache (see the module docs).
 pub(super) struct FileCache {
     files: HashMap<FileId, File>,
     /// LRU order: tick -> range.
-    lru: BTreeMap<u64, (FileId, i64, u64)>,
+    lru: BTreeMap<u64, (FileId, Range)>,
     tick: u64,
     budget: u64,
     max_entries: usize,
@@ -146,12 +152,25 @@ impl FileCache {
 
     /// A snapshot of `len` bytes at `off` of `file` at `version`, or `None` (counted as a miss
     /// when the cache is on). A file whose version differs loses every range.
+    #[cfg(test)]
     pub(super) fn get(
         &mut self,
         file: FileId,
         version: Version,
         off: i64,
         len: u64,
+    ) -> Option<Segment> {
+        self.get_at(file, version, (off, len, 0))
+    }
+
+    /// [`FileCache::get`] of a range whose snapshot starts at a line phase: its bytes begin
+    /// at offset `range.2` of the snapshot (zeros before them), so that they keep their line
+    /// phase behind the bytes queued before them on the socket (see [`super::ops`]).
+    pub(super) fn get_at(
+        &mut self,
+        file: FileId,
+        version: Version,
+        range: Range,
     ) -> Option<Segment> {
         if !self.enabled() {
             return None;
@@ -166,13 +185,13 @@ impl FileCache {
             self.stats.misses += 1;
             return None;
         };
-        let Some((seg, t)) = f.ranges.get_mut(&(off, len)) else {
+        let Some((seg, t)) = f.ranges.get_mut(&range) else {
             self.stats.misses += 1;
             return None;
         };
         self.lru.remove(t);
         *t = tick;
-        self.lru.insert(tick, (file, off, len));
+        self.lru.insert(tick, (file, range));
         self.stats.hits += 1;
         Some(seg.clone())
     }
@@ -180,6 +199,7 @@ impl FileCache {
     /// Keeps `seg` (the bytes of `len` asked at `off`) for `file` at `version`, read when the
     /// clock said `now_ns` (realtime). Not kept: the cache is off, the range is too long or
     /// longer than the budget, or the file changed less than [`SETTLE_NS`] before `now_ns`.
+    #[cfg(test)]
     pub(super) fn put(
         &mut self,
         file: FileId,
@@ -189,7 +209,19 @@ impl FileCache {
         seg: &Segment,
         now_ns: i64,
     ) {
-        if !self.enabled() || len > MAX_RANGE || seg.len() > self.budget {
+        self.put_at(file, version, (off, len, 0), seg, now_ns);
+    }
+
+    /// [`FileCache::put`] of a snapshot whose bytes start at line phase `range.2`.
+    pub(super) fn put_at(
+        &mut self,
+        file: FileId,
+        version: Version,
+        range: Range,
+        seg: &Segment,
+        now_ns: i64,
+    ) {
+        if !self.enabled() || range.1 > MAX_RANGE || seg.len() > self.budget {
             return;
         }
         if version.ctime_ns.max(version.mtime_ns) > now_ns.saturating_sub(SETTLE_NS) {
@@ -205,20 +237,20 @@ impl FileCache {
             version,
             ranges: HashMap::new(),
         });
-        if let Some((old, t)) = f.ranges.insert((off, len), (seg.clone(), tick)) {
+        if let Some((old, t)) = f.ranges.insert(range, (seg.clone(), tick)) {
             self.lru.remove(&t);
             self.stats.bytes -= old.len();
             self.stats.entries -= 1;
         }
-        self.lru.insert(tick, (file, off, len));
+        self.lru.insert(tick, (file, range));
         self.stats.bytes += seg.len();
         self.stats.entries += 1;
         self.stats.inserted += 1;
         while self.stats.bytes > self.budget || self.stats.entries as usize > self.max_entries {
-            let Some((_, (fid, o, l))) = self.lru.pop_first() else {
+            let Some((_, (fid, r))) = self.lru.pop_first() else {
                 break;
             };
-            self.remove(fid, o, l);
+            self.remove(fid, r);
             self.stats.evicted += 1;
         }
     }
@@ -234,11 +266,11 @@ impl FileCache {
         n
     }
 
-    fn remove(&mut self, file: FileId, off: i64, len: u64) {
+    fn remove(&mut self, file: FileId, range: Range) {
         let Some(f) = self.files.get_mut(&file) else {
             return;
         };
-        if let Some((seg, _)) = f.ranges.remove(&(off, len)) {
+        if let Some((seg, _)) = f.ranges.remove(&range) {
             self.stats.bytes -= seg.len();
             self.stats.entries -= 1;
         }
@@ -249,7 +281,7 @@ impl FileCache {
 
     fn drop_file(&mut self, file: FileId) {
         if let Some(f) = self.files.remove(&file) {
-            for ((_, _), (seg, t)) in f.ranges {
+            for (_, (seg, t)) in f.ranges {
                 self.lru.remove(&t);
                 self.stats.bytes -= seg.len();
                 self.stats.entries -= 1;
@@ -326,6 +358,9 @@ mod tests {
         assert_eq!(c.get(F, V, 0, 4096), Some(s.clone()));
         assert!(c.get(F, V, 0, 100).is_none(), "another length");
         assert!(c.get(F, V, 1, 4096).is_none(), "another offset");
+        assert!(c.get_at(F, V, (0, 4096, 48)).is_none(), "another phase");
+        c.put_at(F, V, (0, 4096, 48), &s, NOW);
+        assert_eq!(c.get_at(F, V, (0, 4096, 48)), Some(s.clone()));
         for v in [
             Version { size: 101, ..V },
             Version { mtime_ns: 6, ..V },
@@ -335,9 +370,9 @@ mod tests {
             assert!(c.get(F, v, 0, 4096).is_none(), "{v:?}");
             assert!(c.get(F, V, 0, 4096).is_none(), "dropped, {v:?}");
         }
-        assert_eq!(c.stats.invalidated, 3);
+        assert_eq!(c.stats.invalidated, 4);
         assert_eq!((c.stats.entries, c.stats.bytes), (0, 0));
-        assert_eq!(c.stats.hits, 1);
+        assert_eq!(c.stats.hits, 2);
     }
 
     #[test]

@@ -346,6 +346,10 @@ struct Sock {
     pushed: bool,
     /// B is in [`SPILLS`] (armed or not).
     spill_reg: bool,
+    /// `rec.sent_bytes` at the end of its last `sendfile`: the bytes written since then lie
+    /// in one tail segment from a line boundary on ([`ops`]'s `sendfile` queues a small file
+    /// range at their line phase, so that it shares a frame with them without a copy).
+    sendfile_end: u64,
 }
 
 impl Sock {
@@ -554,6 +558,7 @@ impl World {
             tokens: 0,
             pushed: false,
             spill_reg: false,
+            sendfile_end: 0,
             last_rxq: 0,
             eof_sig: false,
             hup_sig: false,
@@ -899,7 +904,8 @@ fn report_json(reason: &str) -> serde_json::Value {
     let below = match &w.engine {
         Some(e) => e.iface.stats().tx_payload_copied,
         None => 0,
-    } + proxied.copied_bytes;
+    } + proxied.copied_bytes
+        + filecache::cache().stats.phased_copy_bytes;
     serde_json::json!({
         "tool": "hicamp libc-shim",
         "mode": "stack",

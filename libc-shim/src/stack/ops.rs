@@ -1210,9 +1210,16 @@ pub unsafe fn sendfile(out: c_int, inf: c_int, off: *mut i64, count: usize) -> O
     if !is_stack(out) {
         return None;
     }
-    if !child() && !sendfile_copies() {
+    if child() && !sendfile_copies() {
+        if let Some(_g) = Guard::enter() {
+            // SAFETY: the caller's contract.
+            if let Some(r) = unsafe { proxy::sendfile(out, inf, off, count) } {
+                return Some(r);
+            }
+        }
+    } else if !sendfile_copies() {
         // SAFETY: the caller's contract.
-        if let Some(r) = unsafe { sendfile_in_place(out, inf, off, count) } {
+        if let Some(r) = unsafe { sendfile_in_place(out, inf, off, count, None, true, false) } {
             return Some(r);
         }
     }
@@ -1239,7 +1246,7 @@ fn sendfile_copies() -> bool {
 const SENDFILE_STEP: usize = 1 << 20;
 
 /// The kernel's cap on one transfer (`MAX_RW_COUNT`).
-const MAX_RW_COUNT: usize = 0x7fff_f000;
+pub(super) const MAX_RW_COUNT: usize = 0x7fff_f000;
 
 /// `sendfile` from a regular file into a TCP socket of the stack process, in place: the
 /// kernel's `preadv` writes the file's bytes into free line slots of the stack's memory
@@ -1256,21 +1263,42 @@ const MAX_RW_COUNT: usize = 0x7fff_f000;
 /// was there (0 at its end); a read error after some bytes returns those, before any its errno.
 /// `None` (the copying path decides) for other files, a pending or UDP socket, or `count` 0.
 ///
+/// `known`: the file's key from the caller's `fstat` (a forked child's; else this call's).
+/// `sigpipe`: `EPIPE` raises `SIGPIPE` (not for a child's request). `phased`: a small range
+/// is queued at the line phase of the bytes written since the last sendfile (a child's
+/// posted header and page leave in one frame).
+///
 /// # Safety
 /// The C contract of `sendfile`.
-unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize) -> Option<isize> {
+unsafe fn sendfile_in_place(
+    out: c_int,
+    inf: c_int,
+    off: *mut i64,
+    count: usize,
+    known: Option<(filecache::FileId, filecache::Version)>,
+    sigpipe: bool,
+    phased: bool,
+) -> Option<isize> {
     if count == 0 {
         return None;
     }
-    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid stat buffer.
-    if unsafe { libc::fstat(inf, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return None;
-    }
-    // The cache's key and the clock the file's times are compared with (a file changed in
-    // the last second is not kept: see `filecache`).
-    let (file, version) = filecache::of_stat(&st);
+    // The cache's key (from the caller's `fstat` when known: a forked child's, made just
+    // before it posted the call), and the clock the file's times are compared with (a file
+    // changed in the last second is not kept: see `filecache`).
+    let (file, version) = match known {
+        Some(k) => k,
+        None => {
+            // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `st` is a valid stat buffer.
+            if unsafe { libc::fstat(inf, &mut st) } != 0
+                || st.st_mode & libc::S_IFMT != libc::S_IFREG
+            {
+                return None;
+            }
+            filecache::of_stat(&st)
+        }
+    };
     let read_at = filecache::now_ns();
     let _g = enter(out)?;
     let mut w = lock();
@@ -1332,55 +1360,84 @@ unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize)
             let r = if want == 0 {
                 // Full: a zero-length segment (no line) whose send fails with WouldBlock
                 // tells the stack that a writer waits (a writable event follows).
-                e.mem.zeroed(1).map_err(|_| ReadStop::Memory)
+                e.mem
+                    .zeroed(1)
+                    .map(Payload::from_segment)
+                    .map_err(|_| ReadStop::Memory)
             } else {
                 let at = start + sent as i64;
                 // A range the send buffer did not cut is looked up in (and kept by) the
                 // cache: a hit is queued as it is, with no read and no intern.
                 let cached = want == whole;
+                let mut fc = filecache::cache();
+                // A forked child's small range behind bytes written since the last sendfile
+                // (an HTTP header, posted just before it: the server thread's one pass sends
+                // both in one frame) is kept at their line phase: then that frame shares the
+                // range's lines instead of copying them (segstack keeps the phase of a
+                // frame's first byte; only the line where the two meet is assembled). Built
+                // once per cached range. Not in the stack process's own calls: its header
+                // leaves in a frame of its own first, and a body starting off a line would
+                // cost that line's copy in the next.
+                let phase = if phased && cached && sent == 0 && want <= PHASED_MAX && fc.enabled() {
+                    let line = e.mem.line_size().max(1) as u64;
+                    (s.rec.sent_bytes.wrapping_sub(s.sendfile_end) % line) as u32
+                } else {
+                    0
+                };
+                let range = (at, want as u64, phase);
                 let hit = if cached {
-                    filecache::cache().get(file, version, at, want as u64)
+                    fc.get_at(file, version, range)
                 } else {
                     None
                 };
                 match hit {
                     Some(seg) => {
-                        filecache::cache().stats.hit_bytes += seg.len();
-                        Ok(seg)
+                        fc.stats.hit_bytes += seg.len() - u64::from(phase);
+                        drop(fc);
+                        let n = (seg.len() - u64::from(phase)) as usize;
+                        Ok(Payload::new(seg, u64::from(phase), n))
                     }
-                    None => match read_range(&e.mem, inf, at, want) {
-                        Ok(r) => {
-                            if r.segment.is_empty() {
-                                // End of file.
-                                return Step::Done;
+                    None => {
+                        drop(fc);
+                        match read_range(&e.mem, inf, at, want) {
+                            Ok(r) => {
+                                if r.segment.is_empty() {
+                                    // End of file.
+                                    return Step::Done;
+                                }
+                                let n = r.segment.len() as usize;
+                                let seg = match at_phase(&e.mem, &r.segment, phase) {
+                                    Some(p) => p,
+                                    None => r.segment,
+                                };
+                                let off = seg.len() - n as u64;
+                                if cached && r.stopped.is_none() {
+                                    filecache::cache().put_at(
+                                        file,
+                                        version,
+                                        (at, want as u64, off as u32),
+                                        &seg,
+                                        read_at,
+                                    );
+                                }
+                                Ok(Payload::new(seg, off, n))
                             }
-                            if cached && r.stopped.is_none() {
-                                filecache::cache().put(
-                                    file,
-                                    version,
-                                    at,
-                                    want as u64,
-                                    &r.segment,
-                                    read_at,
-                                );
+                            Err(hicamp::ReadError::Read(err)) => {
+                                Err(ReadStop::Errno(err.raw_os_error().unwrap_or(libc::EIO)))
                             }
-                            Ok(r.segment)
+                            Err(hicamp::ReadError::Memory(_)) => Err(ReadStop::Memory),
                         }
-                        Err(hicamp::ReadError::Read(err)) => {
-                            Err(ReadStop::Errno(err.raw_os_error().unwrap_or(libc::EIO)))
-                        }
-                        Err(hicamp::ReadError::Memory(_)) => Err(ReadStop::Memory),
-                    },
+                    }
                 }
             };
-            let seg = match r {
-                Ok(seg) => seg,
+            let payload = match r {
+                Ok(p) => p,
                 Err(_) if sent > 0 => return Step::Done,
                 Err(ReadStop::Errno(x)) => return Step::Err(x),
                 Err(ReadStop::Memory) => return Step::Err(libc::ENOBUFS),
             };
-            let len = if want == 0 { 0 } else { seg.len() as usize };
-            match e.iface.send(h, Payload::from_segment(seg)) {
+            let len = if want == 0 { 0 } else { payload.len() };
+            match e.iface.send(h, payload) {
                 Ok(n) if want > 0 => {
                     c.sendfile_bytes += n as u64;
                     sent += n;
@@ -1412,8 +1469,9 @@ unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize)
             Ok(s) => s,
             Err(e) => Step::Err(e),
         };
-        // sendfile has no MSG_NOSIGNAL: a broken connection raises SIGPIPE, as the kernel's.
-        match after_step(w, step, sent, &mut dl, true) {
+        // sendfile has no MSG_NOSIGNAL: a broken connection raises SIGPIPE, as the kernel's
+        // (in the caller's process: not for a child's posted call).
+        match after_step(w, step, sent, &mut dl, sigpipe) {
             AfterStep::Again(g) => w = g,
             AfterStep::Stop(g) => {
                 w = g;
@@ -1427,6 +1485,7 @@ unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize)
         c.send_calls += 1;
         s.rec.sent_bytes += sent as u64;
         s.rec.send_calls += 1;
+        s.sendfile_end = s.rec.sent_bytes;
     });
     pump(&mut w);
     drop(w);
@@ -1439,6 +1498,46 @@ unsafe fn sendfile_in_place(out: c_int, inf: c_int, off: *mut i64, count: usize)
         unsafe { std::ptr::write(off, end) };
     }
     Some(sent as isize)
+}
+
+/// The longest file range [`sendfile_in_place`] queues at the line phase of the bytes before
+/// it (one TSO frame's worth: longer ones share every frame but the first anyway).
+const PHASED_MAX: usize = 64 << 10;
+
+/// `seg` again with `phase` zero bytes in front (its bytes start at that line phase), or
+/// `None` for phase 0 or when the memory is full (the caller queues `seg` as it is: a frame
+/// then copies what it cannot share). The one copy of the range's lines, paid once per
+/// sendfile cache entry (`sendfile_cache.phased_copy_bytes`).
+fn at_phase(mem: &hicamp::Memory, seg: &hicamp::Segment, phase: u32) -> Option<hicamp::Segment> {
+    if phase == 0 {
+        return None;
+    }
+    let all = Payload::from_segment(seg.clone());
+    let (out, counts) = mem
+        .splice(&[
+            hicamp::Piece::Zeros(u64::from(phase)),
+            hicamp::Piece::Range(&all),
+        ])
+        .ok()?;
+    filecache::cache().stats.phased_copy_bytes += counts.copied_bytes;
+    Some(out)
+}
+
+/// A forked child's posted `sendfile` ([`proxy`]), in the stack process: `count` bytes of
+/// `inf` (the child's file, passed with the request) at `at` into the socket lent as `out`,
+/// read in place or queued from the sendfile cache under the child's key (its `fstat` of
+/// the file). Non-blocking (as every request of a child), no `SIGPIPE` (the child's call
+/// returned already). `None`: not a TCP socket of the stack's.
+pub(super) fn sendfile_posted(
+    out: c_int,
+    inf: c_int,
+    at: i64,
+    count: usize,
+    key: (filecache::FileId, filecache::Version),
+) -> Option<isize> {
+    let mut off = at;
+    // SAFETY: `off` is a valid offset for the call; `inf` a descriptor this process holds.
+    unsafe { sendfile_in_place(out, inf, &mut off, count, Some(key), false, true) }
 }
 
 /// `want` bytes of `inf` at `at`, `preadv` straight into line slots of `mem`; counted in the

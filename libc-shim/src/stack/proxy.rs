@@ -36,6 +36,14 @@
 //!   sleeps or waits for room, not once per request. nginx's
 //!   response (header `writev` + body through `sendfile`) so costs no round trip, and with
 //!   pushed receives (below) neither does its request.
+//! * **Posted sendfile.** A child's `sendfile` from a regular file that fits the room is
+//!   posted as well, without its bytes: the request carries the file's descriptor next to the
+//!   socket's (`SCM_RIGHTS`), the offset, the count (what the file holds from the offset, at
+//!   most the asked count) and the child's `fstat` key; the stack process reads the range
+//!   straight into segments or queues it from its sendfile cache ([`super::filecache`],
+//!   keyed by that `fstat`), as for its own `sendfile`. The child moves the offset and returns
+//!   the count at once. A file truncated meanwhile, or an error, drops the rest
+//!   (`posted_lost_bytes`). `HICAMP_STACK_SENDFILE=copy` keeps the buffered path.
 //! * **Pending sockets.** A child's new AF_INET socket is pending in the child; the first `bind`,
 //!   `connect`, `listen` or `sendto` sends the kernel socket itself, the stack process routes it
 //!   and, when it goes to the stack, sends back the new A end that the child `dup3`s over its
@@ -63,8 +71,8 @@
 //!   plain socket pair end there), and another child's receive request is answered `pushed`
 //!   (it then reads A too). Tokens never reach a pushed A; accept, `EPOLLOUT` (A's fill) and
 //!   the other calls are as before. `HICAMP_STACK_PUSH=0` (read at load) turns it off.
-//! * **Data.** Sends and receives not pushed carry the payload in the message; pushed bytes go
-//!   through B and A. Either way twice copied below the socket API per byte (into the kernel's
+//! * **Data.** Sends and receives not pushed carry the payload in the message (posted
+//!   `sendfile`s carry none); pushed bytes go through B and A. Either way twice copied below the socket API per byte (into the kernel's
 //!   socket buffer and out of it), counted in the stack process's report (`proxy`:
 //!   `payload_from_stack_bytes` includes `pushed_bytes`; and in
 //!   `payload_bytes_copied_below_socket_api`); a push's copy out of the received segments is
@@ -91,7 +99,8 @@ use std::time::{Duration, Instant};
 use libc::{c_int, c_void, sockaddr, socklen_t};
 
 use super::{
-    internal, is_stack, lock, mark, mark_pending, ops, unmark, Kind, Opts, Pending, PMARKS,
+    filecache, internal, is_stack, lock, mark, mark_pending, ops, unmark, Kind, Opts, Pending,
+    PMARKS,
 };
 use crate::guard;
 use crate::real;
@@ -118,6 +127,9 @@ static PUSHED_SOCKETS: AtomicU64 = AtomicU64::new(0);
 static PUSHED_BYTES: AtomicU64 = AtomicU64::new(0);
 static PUSHES: AtomicU64 = AtomicU64::new(0);
 static SPILLS_ARMED: AtomicU64 = AtomicU64::new(0);
+static SENDFILES: AtomicU64 = AtomicU64::new(0);
+static POSTED_SENDFILES: AtomicU64 = AtomicU64::new(0);
+static SENDFILE_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// The control channel's counters (the stack process's report).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -150,6 +162,14 @@ pub(super) struct Stats {
     pub pushes: u64,
     /// Times B was full with bytes left in the stack: its writability was watched.
     pub push_spills: u64,
+    /// Requests that were children's `sendfile`s from regular files: the file's descriptor
+    /// came with the request and the stack process read the file in place (or queued its
+    /// range from the sendfile cache); no byte of it crossed the channel.
+    pub sendfiles: u64,
+    /// Of those, posted (the transfer fitted the socket's room; also in `posted_sends`).
+    pub posted_sendfiles: u64,
+    /// The bytes they queued (in the totals' `sendfile_bytes`, not in the payload counts).
+    pub sendfile_bytes: u64,
 }
 
 /// The channel's counters.
@@ -168,6 +188,9 @@ pub(super) fn stats() -> Stats {
         pushed_bytes: PUSHED_BYTES.load(Relaxed),
         pushes: PUSHES.load(Relaxed),
         push_spills: SPILLS_ARMED.load(Relaxed),
+        sendfiles: SENDFILES.load(Relaxed),
+        posted_sendfiles: POSTED_SENDFILES.load(Relaxed),
+        sendfile_bytes: SENDFILE_BYTES.load(Relaxed),
     }
 }
 
@@ -186,6 +209,54 @@ const SETOPT: u32 = 9;
 const GETOPT: u32 = 10;
 const IOCTL: u32 = 11;
 const SETNB: u32 = 12;
+/// A child's `sendfile` from a regular file, posted: the file's descriptor travels with the
+/// socket's, its key (the child's `fstat`) as the payload; the bytes never cross the channel.
+const SENDFILE: u32 = 13;
+
+/// The sendfile cache's key of a file as a child's `fstat` saw it (a [`SENDFILE`]'s payload).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: i64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl FileKey {
+    fn of(st: &libc::stat) -> FileKey {
+        let (f, v) = filecache::of_stat(st);
+        FileKey {
+            dev: f.dev,
+            ino: f.ino,
+            size: v.size,
+            mtime_ns: v.mtime_ns,
+            ctime_ns: v.ctime_ns,
+        }
+    }
+
+    fn key(&self) -> (filecache::FileId, filecache::Version) {
+        (
+            filecache::FileId {
+                dev: self.dev,
+                ino: self.ino,
+            },
+            filecache::Version {
+                size: self.size,
+                mtime_ns: self.mtime_ns,
+                ctime_ns: self.ctime_ns,
+            },
+        )
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<FileKey> {
+        let mut k = FileKey::default();
+        let dst = head_bytes_mut(&mut k);
+        (b.len() == dst.len()).then(|| dst.copy_from_slice(b))?;
+        Some(k)
+    }
+}
 
 /// A request's head (the payload follows it in the message).
 #[repr(C)]
@@ -297,6 +368,12 @@ fn move_high(fd: c_int) -> c_int {
 
 /// Sends `head` and `data` in one message, with `fd` (when >= 0).
 fn send_msg(c: c_int, head: &[u8], data: &[&[u8]], fd: c_int) -> Result<(), c_int> {
+    send_msg_fds(c, head, data, &[fd])
+}
+
+/// Sends `head` and `data` in one message, with the descriptors of `fds` that are >= 0 (at
+/// most two).
+fn send_msg_fds(c: c_int, head: &[u8], data: &[&[u8]], fds: &[c_int]) -> Result<(), c_int> {
     let mut joined = Vec::new();
     let data: Vec<&[u8]> = if data.len() > 256 {
         for d in data {
@@ -315,29 +392,38 @@ fn send_msg(c: c_int, head: &[u8], data: &[&[u8]], fd: c_int) -> Result<(), c_in
             });
         }
     }
+    let mut pass = [0 as c_int; 2];
+    let mut k = 0usize;
+    for &f in fds.iter().filter(|&&f| f >= 0).take(2) {
+        pass[k] = f;
+        k += 1;
+    }
     let mut cbuf = [0u64; 8];
     // SAFETY: an all-zero msghdr is valid.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
     msg.msg_iovlen = iov.len() as _;
-    if fd >= 0 {
+    if k > 0 {
+        let bytes = (4 * k) as u32;
         msg.msg_control = cbuf.as_mut_ptr().cast();
         // SAFETY: CMSG_SPACE is arithmetic.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as _;
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(bytes) } as _;
         // SAFETY: `msg` has a control buffer of `msg_controllen` bytes.
         let cm = unsafe { libc::CMSG_FIRSTHDR(&msg) };
         let hdr = libc::cmsghdr {
             // SAFETY: CMSG_LEN is arithmetic.
-            cmsg_len: unsafe { libc::CMSG_LEN(4) } as _,
+            cmsg_len: unsafe { libc::CMSG_LEN(bytes) } as _,
             cmsg_level: libc::SOL_SOCKET,
             cmsg_type: libc::SCM_RIGHTS,
         };
         // SAFETY: the 64-byte, 8-aligned buffer holds a header at its start.
         unsafe { std::ptr::write(cm, hdr) };
-        // SAFETY: and an int after it (CMSG_SPACE(4) <= 64).
-        let data = unsafe { libc::CMSG_DATA(cm) };
-        // SAFETY: as above.
-        unsafe { std::ptr::write_unaligned(data.cast::<c_int>(), fd) };
+        // SAFETY: and `k` (<= 2) ints after it (CMSG_SPACE(8) <= 64).
+        let data = unsafe { libc::CMSG_DATA(cm) }.cast::<c_int>();
+        for (i, &f) in pass.iter().take(k).enumerate() {
+            // SAFETY: as above.
+            unsafe { std::ptr::write_unaligned(data.wrapping_add(i), f) };
+        }
     }
     loop {
         // SAFETY: a valid msghdr whose buffers live across the call.
@@ -353,13 +439,30 @@ fn send_msg(c: c_int, head: &[u8], data: &[&[u8]], fd: c_int) -> Result<(), c_in
 }
 
 /// Receives one message into `head` and `out`: the payload's length and the descriptor it
-/// carried (-1: none). 0 bytes: the peer is gone.
+/// carried (-1: none). 0 bytes: the peer is gone. A second descriptor is closed.
 fn recv_msg(
     c: c_int,
     head: &mut [u8],
     out: &mut [&mut [u8]],
     cloexec: bool,
 ) -> Result<(usize, c_int, bool), c_int> {
+    let (n, [fd, extra], trunc) = recv_msg_fds(c, head, out, cloexec, 0)?;
+    if extra >= 0 {
+        // SAFETY: an unexpected extra descriptor: ours to close.
+        unsafe { real::close(extra) };
+    }
+    Ok((n, fd, trunc))
+}
+
+/// [`recv_msg`] with up to two descriptors (-1: none; any more are closed) and more `flags`
+/// (`MSG_DONTWAIT`).
+fn recv_msg_fds(
+    c: c_int,
+    head: &mut [u8],
+    out: &mut [&mut [u8]],
+    cloexec: bool,
+    flags: c_int,
+) -> Result<(usize, [c_int; 2], bool), c_int> {
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(1 + out.len());
     iov.push(libc::iovec {
         iov_base: head.as_mut_ptr().cast(),
@@ -380,7 +483,7 @@ fn recv_msg(
     msg.msg_iovlen = iov.len() as _;
     msg.msg_control = cbuf.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
-    let flags = if cloexec { libc::MSG_CMSG_CLOEXEC } else { 0 };
+    let flags = flags | if cloexec { libc::MSG_CMSG_CLOEXEC } else { 0 };
     let n = loop {
         // SAFETY: a valid msghdr whose buffers live across the call.
         let r = unsafe { real::recvmsg(c, &mut msg, flags) };
@@ -392,29 +495,37 @@ fn recv_msg(
             return Err(e);
         }
     };
-    let mut fd = -1;
+    let mut fds = [-1 as c_int; 2];
+    let mut k = 0usize;
     // SAFETY: `msg` describes the control messages the kernel wrote into `cbuf`.
     let mut cm = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     while !cm.is_null() {
         // SAFETY: a header inside `cbuf` (CMSG_FIRSTHDR/CMSG_NXTHDR check the bounds).
         let hdr = unsafe { std::ptr::read_unaligned(cm) };
         if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
-            // SAFETY: an SCM_RIGHTS message carries ints after its header.
-            let p = unsafe { libc::CMSG_DATA(cm) };
-            // SAFETY: as above (one descriptor: the control buffer was sized for few).
-            let v = unsafe { std::ptr::read_unaligned(p.cast::<c_int>()) };
-            if fd < 0 {
-                fd = v;
-            } else {
-                // SAFETY: an unexpected extra descriptor: ours to close.
-                unsafe { real::close(v) };
+            // SAFETY: CMSG_LEN is arithmetic.
+            let base = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = (hdr.cmsg_len as usize).saturating_sub(base) / 4;
+            // SAFETY: an SCM_RIGHTS message carries `count` ints after its header, inside
+            // `cbuf` (the kernel truncates what does not fit, setting MSG_CTRUNC).
+            let p = unsafe { libc::CMSG_DATA(cm) }.cast::<c_int>();
+            for i in 0..count {
+                // SAFETY: as above.
+                let v = unsafe { std::ptr::read_unaligned(p.wrapping_add(i)) };
+                if k < 2 {
+                    fds[k] = v;
+                    k += 1;
+                } else {
+                    // SAFETY: an unexpected extra descriptor: ours to close.
+                    unsafe { real::close(v) };
+                }
             }
         }
         // SAFETY: as above.
         cm = unsafe { libc::CMSG_NXTHDR(&msg, cm) };
     }
     let trunc = msg.msg_flags & libc::MSG_TRUNC != 0;
-    Ok((n, fd, trunc))
+    Ok((n, fds, trunc))
 }
 
 // ---- the stack process's side --------------------------------------------------------------
@@ -495,18 +606,31 @@ fn serve(c: c_int) {
     let mut batch = 0u32;
     loop {
         // The interface runs once for the requests that were queued together (at most 8),
-        // before this thread sleeps.
+        // before this thread sleeps: a request already queued is taken without a wait (no
+        // poll first: one system call per request).
         batch += 1;
-        if batch >= 8 || !queued(c) {
+        if batch >= 8 {
             super::pump_owed();
             batch = 0;
         }
         let mut req = Req::default();
-        let r = {
+        let mut r = {
             let mut out = [&mut buf[..]];
-            recv_msg(c, head_bytes_mut(&mut req), &mut out, true)
+            recv_msg_fds(
+                c,
+                head_bytes_mut(&mut req),
+                &mut out,
+                true,
+                libc::MSG_DONTWAIT,
+            )
         };
-        let Ok((n, fd, trunc)) = r else {
+        if matches!(r, Err(libc::EAGAIN)) {
+            super::pump_owed();
+            batch = 0;
+            let mut out = [&mut buf[..]];
+            r = recv_msg_fds(c, head_bytes_mut(&mut req), &mut out, true, 0);
+        }
+        let Ok((n, [fd, file], trunc)) = r else {
             break;
         };
         if fd >= 0 {
@@ -514,12 +638,24 @@ fn serve(c: c_int) {
             // hold the socket open).
             internal(fd, true);
         }
+        // A posted sendfile's file, read for the request and closed after it.
+        if file >= 0 {
+            internal(file, true);
+        }
+        let close_file = || {
+            if file >= 0 {
+                internal(file, false);
+                // SAFETY: the file the child passed: ours to close.
+                unsafe { real::close(file) };
+            }
+        };
         if n == 0 {
             if fd >= 0 {
                 internal(fd, false);
                 // SAFETY: a descriptor that came with no request: ours to close.
                 unsafe { real::close(fd) };
             }
+            close_file();
             break;
         }
         REQUESTS.fetch_add(1, Relaxed);
@@ -529,7 +665,7 @@ fn serve(c: c_int) {
             Done::error(e)
         } else {
             super::defer_pumps(true);
-            let d = guard::shielded(|| handle(&req, payload, fd));
+            let d = guard::shielded(|| handle(&req, payload, fd, file));
             super::defer_pumps(false);
             d.unwrap_or_else(|| Done::error(libc::EIO))
         };
@@ -555,6 +691,7 @@ fn serve(c: c_int) {
             // SAFETY: a descriptor this thread made for the child: ours to close.
             unsafe { real::close(f) };
         }
+        close_file();
         if sent.is_err() {
             break;
         }
@@ -562,17 +699,6 @@ fn serve(c: c_int) {
     internal(c, false);
     // SAFETY: our own descriptor.
     unsafe { real::close(c) };
-}
-
-/// True when the child's next request is already queued on `c`.
-fn queued(c: c_int) -> bool {
-    let mut p = libc::pollfd {
-        fd: c,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no wait.
-    unsafe { real::poll(&mut p, 1, 0) > 0 }
 }
 
 /// A served request: the reply, its payload, the descriptor it carries, and descriptors of this
@@ -779,6 +905,91 @@ fn posted_send(y: c_int, payload: &[u8], flags: c_int) -> Option<isize> {
     }
 }
 
+/// One non-blocking step of a child's `sendfile` (see [`SENDFILE`]): at most `req.b` bytes of
+/// the file `file` at offset `req.a` into the socket lent as `y`, read in place into segments
+/// or queued from the sendfile cache under the child's key (its `fstat`). The bytes queued
+/// (0 at the file's end), or -1 with errno (`EAGAIN`: no room). `None`: not a TCP socket of
+/// the stack's.
+fn sendfile_once(y: c_int, file: c_int, req: &Req, payload: &[u8]) -> Option<isize> {
+    let (Some(key), true, Ok(count)) = (
+        FileKey::from_bytes(payload),
+        file >= 0 && req.a >= 0,
+        usize::try_from(req.b),
+    ) else {
+        guard::set_errno(libc::EINVAL);
+        return Some(-1);
+    };
+    if count == 0 {
+        return Some(0);
+    }
+    let r = ops::sendfile_posted(y, file, req.a, count, key.key());
+    if let Some(n) = r {
+        if n > 0 {
+            SENDFILE_BYTES.fetch_add(n as u64, Relaxed);
+        }
+    }
+    r
+}
+
+/// A `sendfile` the child posted (see [`SENDFILE`]): the child already returned `req.b`, so
+/// all of it must go. As [`posted_send`]: waits for room when another process sent meanwhile,
+/// and an error (or a file that ended early: truncated since the child's `fstat`) drops the
+/// rest, counted in `posted_lost_bytes`. Returns the bytes queued.
+fn posted_sendfile(y: c_int, file: c_int, req: &Req, payload: &[u8]) -> i64 {
+    POSTED_SENDFILES.fetch_add(1, Relaxed);
+    let count = req.b.max(0) as usize;
+    let mut sent = 0usize;
+    let limit = Instant::now() + Duration::from_secs(60);
+    let lost = |sent: usize| {
+        POSTED_LOST.fetch_add((count - sent) as u64, Relaxed);
+        sent as i64
+    };
+    while sent < count {
+        let step = Req {
+            a: req.a + sent as i64,
+            b: (count - sent) as i64,
+            ..*req
+        };
+        let r = match sendfile_once(y, file, &step, payload) {
+            Some(r) => r,
+            // Not a TCP socket of the stack's (any more): its connection is over.
+            None => return lost(sent),
+        };
+        if r > 0 {
+            sent += r as usize;
+            continue;
+        }
+        if r == 0 {
+            // The file ended before `count` (truncated since the child looked).
+            return lost(sent);
+        }
+        let e = guard::errno();
+        if e != libc::EAGAIN {
+            if matches!(e, libc::ECONNRESET | libc::ETIMEDOUT) {
+                // Nobody saw it: the child's next call on the socket reports it.
+                let mut w = lock();
+                if let Some(s) = w
+                    .fds
+                    .get(&y)
+                    .copied()
+                    .and_then(|id| w.socks.get_mut(id))
+                    .and_then(Option::as_mut)
+                {
+                    s.so_error = e;
+                    s.err_taken = false;
+                }
+            }
+            return lost(sent);
+        }
+        POSTED_WAITS.fetch_add(1, Relaxed);
+        super::pump_owed();
+        if ops::wait(y, libc::POLLOUT, Some(limit)).is_err() {
+            return lost(sent);
+        }
+    }
+    sent as i64
+}
+
 /// Bytes the send buffer of the socket on this process's descriptor `fd` takes now (0 for
 /// anything but a connected TCP socket).
 fn room(w: &super::World, fd: c_int) -> u32 {
@@ -960,7 +1171,7 @@ pub(super) fn spilled(w: &mut super::World) {
 }
 
 /// Serves one request on the child's descriptor `y`.
-fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
+fn handle(req: &Req, payload: &[u8], y: c_int, file: c_int) -> Done {
     let lent = lend(y, req.pending != 0);
     let mut done = Done {
         rep: Rep::default(),
@@ -974,6 +1185,9 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
         if req.op == SEND && req.mode & NOREPLY != 0 {
             // The child already told the application it went: dropped, as a reset drops it.
             POSTED_LOST.fetch_add(payload.len() as u64, Relaxed);
+        }
+        if req.op == SENDFILE {
+            POSTED_LOST.fetch_add(req.b.max(0) as u64, Relaxed);
         }
         match req.op {
             RECV => done.rep.ret = 0,
@@ -1100,6 +1314,14 @@ fn handle(req: &Req, payload: &[u8], y: c_int) -> Done {
         SETNB => {
             ops::set_nonblocking(y, req.a != 0);
             Some(0)
+        }
+        SENDFILE if req.mode & NOREPLY != 0 => {
+            SENDFILES.fetch_add(1, Relaxed);
+            Some(posted_sendfile(y, file, req, payload))
+        }
+        SENDFILE => {
+            SENDFILES.fetch_add(1, Relaxed);
+            sendfile_once(y, file, req, payload).map(|n| n as i64)
         }
         _ => {
             guard::set_errno(libc::EINVAL);
@@ -1413,6 +1635,167 @@ fn post(fd: c_int, bufs: &[&[u8]], flags: c_int, sendfile: bool) -> Option<usize
             None
         }
     }
+}
+
+/// `sendfile` in a child from a regular file into a stack socket, without its bytes: each
+/// request carries the file's descriptor and its key (this `fstat`) instead of the data (see
+/// [`SENDFILE`]), and the stack process reads the file into segments itself (or queues the
+/// range from its sendfile cache): no byte crosses the channel, none is copied by the shim.
+/// When the socket's room (see [`post`]) takes the whole transfer (`count`, or what the file
+/// holds from the offset on) the request is posted and the count returned at once; otherwise
+/// it is answered with what was queued, and a blocking socket waits on its own descriptor for
+/// room and asks again, as [`send`] does. The offset (`*off`, or the file position) moves by
+/// what was queued. `None`: not served here (a file that is not regular or not open for
+/// reading, an offset at or past the end, a pending socket: the buffered path decides).
+///
+/// # Safety
+/// The C contract of `sendfile`.
+pub(super) unsafe fn sendfile(
+    out: c_int,
+    inf: c_int,
+    off: *mut i64,
+    count: usize,
+) -> Option<isize> {
+    if count == 0 || PMARKS.get(out) {
+        return None;
+    }
+    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid stat buffer.
+    if unsafe { libc::fstat(inf, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    // SAFETY: F_GETFL takes no argument.
+    let fl = unsafe { real::fcntl(inf, libc::F_GETFL, 0) };
+    if fl < 0 || fl & libc::O_ACCMODE == libc::O_WRONLY {
+        return None;
+    }
+    let start = if off.is_null() {
+        // SAFETY: lseek on the caller's descriptor (no change of position).
+        unsafe { libc::lseek(inf, 0, libc::SEEK_CUR) }
+    } else {
+        // SAFETY: the caller's offset.
+        unsafe { std::ptr::read(off) }
+    };
+    let n = count
+        .min(ops::MAX_RW_COUNT)
+        .min(usize::try_from(st.st_size.saturating_sub(start)).unwrap_or(0));
+    if start < 0 || n == 0 {
+        return None;
+    }
+    let key = FileKey::of(&st);
+    let c = ctl().ok()?;
+    let moved = |done: usize| {
+        let end = start + done as i64;
+        if off.is_null() {
+            // SAFETY: lseek on the caller's descriptor.
+            unsafe { libc::lseek(inf, end, libc::SEEK_SET) };
+        } else {
+            // SAFETY: the caller's offset.
+            unsafe { std::ptr::write(off, end) };
+        }
+    };
+    let mut done = 0usize;
+    let mut dl: Option<Option<Instant>> = None;
+    while done < n {
+        let mut req = Req {
+            op: SENDFILE,
+            flags: libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            a: start + done as i64,
+            b: (n - done) as i64,
+            ..Req::default()
+        };
+        if posting_allowed() && take_room(out, n - done) {
+            req.mode = NOREPLY;
+            match send_msg_fds(c, head_bytes(&req), &[head_bytes(&key)], &[out, inf]) {
+                Ok(()) => {
+                    let _ = UNCONFIRMED.try_with(|u| u.set(true));
+                    done = n;
+                    break;
+                }
+                Err(e) => {
+                    set_room(out, 0);
+                    if matches!(e, libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) {
+                        GONE.store(true, Relaxed);
+                    }
+                    if done > 0 {
+                        break;
+                    }
+                    return Some(send_failed(libc::EPIPE, 0));
+                }
+            }
+        }
+        let a = match exchange_fds(out, inf, &mut req, &[head_bytes(&key)]) {
+            Ok(a) => a,
+            Err(_) if done > 0 => break,
+            Err(_) => return Some(send_failed(libc::EPIPE, 0)),
+        };
+        if a.rep.pass != ANSWERED {
+            if done > 0 {
+                break;
+            }
+            return None;
+        }
+        if a.rep.ret > 0 {
+            let asked = n - done;
+            done += a.rep.ret as usize;
+            if a.rep.nonblock != 0 && (a.rep.ret as usize) < asked {
+                // What fitted: a non-blocking call returns it.
+                break;
+            }
+            continue;
+        }
+        if a.rep.ret == 0 {
+            // The file ended early (truncated since the `fstat`).
+            break;
+        }
+        let e = a.rep.errno;
+        let block = a.rep.nonblock == 0;
+        if e == libc::EAGAIN && block {
+            let d = *dl.get_or_insert_with(|| deadline(a.rep.sndtimeo_ms));
+            if let Err(x) = ops::wait(out, libc::POLLOUT, d) {
+                if done > 0 {
+                    break;
+                }
+                return Some(fail(x));
+            }
+            continue;
+        }
+        if done > 0 {
+            break;
+        }
+        // sendfile has no MSG_NOSIGNAL: EPIPE raises SIGPIPE, as the kernel's.
+        return Some(send_failed(e, 0));
+    }
+    moved(done);
+    Some(done as isize)
+}
+
+/// [`exchange`] for a request that carries a second descriptor (a file) and `data`.
+fn exchange_fds(fd: c_int, file: c_int, req: &mut Req, data: &[&[u8]]) -> Result<Answer, c_int> {
+    let c = ctl()?;
+    let gone = |e: c_int| {
+        if matches!(e, libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) {
+            GONE.store(true, Relaxed);
+        }
+        libc::ENETDOWN
+    };
+    send_msg_fds(c, head_bytes(req), data, &[fd, file]).map_err(gone)?;
+    let mut rep = Rep::default();
+    let (n, _, _) = recv_msg(c, head_bytes_mut(&mut rep), &mut [], true).map_err(gone)?;
+    // Served in order: whatever this thread posted before is done.
+    let _ = UNCONFIRMED.try_with(|u| u.set(false));
+    if n == 0 {
+        GONE.store(true, Relaxed);
+        return Err(libc::ENETDOWN);
+    }
+    if n < HEAD {
+        return Err(libc::EIO);
+    }
+    if rep.pass == ANSWERED {
+        set_room(fd, rep.room);
+    }
+    Ok(Answer { rep, len: n - HEAD })
 }
 
 fn fail<T: From<i8>>(e: c_int) -> T {
@@ -2232,6 +2615,86 @@ mod tests {
         assert!(is_exec_entry(b"HICAMP_STACK_PROXY="));
         assert!(!is_exec_entry(b"HICAMP_STACK_PROXYX=1"));
         assert!(!is_exec_entry(b"PATH=/bin"));
+    }
+
+    #[test]
+    fn a_file_key_round_trips_and_a_wrong_length_is_refused() {
+        // SAFETY: an all-zero stat is valid for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        // SAFETY: `st` is writable; the file is open.
+        let r = unsafe { libc::fstat(fd, &mut st) };
+        assert_eq!(r, 0);
+        let k = FileKey::of(&st);
+        let back = FileKey::from_bytes(head_bytes(&k)).unwrap();
+        assert_eq!(back.key(), filecache::of_stat(&st));
+        assert!(FileKey::from_bytes(&head_bytes(&k)[1..]).is_none());
+        assert!(FileKey::from_bytes(&[0u8; 41]).is_none());
+    }
+
+    /// The inode of a descriptor, and closes it.
+    fn ino_and_close(fd: c_int) -> u64 {
+        let i = inode(fd);
+        // SAFETY: a descriptor the test owns.
+        unsafe { libc::close(fd) };
+        i
+    }
+
+    #[test]
+    fn a_message_carries_two_descriptors_and_recv_msg_closes_the_second() {
+        let mut sp = [-1; 2];
+        // SAFETY: `sp` has room for two descriptors.
+        let r =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0, sp.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        // Two pipes: their read ends are two files (a pipe's ends share one inode).
+        let (mut p, mut q) = ([-1; 2], [-1; 2]);
+        // SAFETY: `p` and `q` have room for two descriptors each.
+        assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::pipe(q.as_mut_ptr()) }, 0);
+        let p = [p[0], q[0], p[1], q[1]];
+        let (ia, ib) = (inode(p[0]), inode(p[1]));
+        assert_ne!(ia, ib);
+        let req = Req {
+            op: SENDFILE,
+            ..Req::default()
+        };
+        // Nothing queued: a non-blocking receive says so.
+        let mut head = Req::default();
+        let mut buf = [0u8; 16];
+        let got = recv_msg_fds(
+            sp[1],
+            head_bytes_mut(&mut head),
+            &mut [&mut buf[..]],
+            true,
+            libc::MSG_DONTWAIT,
+        );
+        assert_eq!(got.err(), Some(libc::EAGAIN));
+        send_msg_fds(sp[0], head_bytes(&req), &[b"key"], &[p[0], -1, p[1]]).unwrap();
+        let (n, [x, y], trunc) = recv_msg_fds(
+            sp[1],
+            head_bytes_mut(&mut head),
+            &mut [&mut buf[..]],
+            true,
+            libc::MSG_DONTWAIT,
+        )
+        .unwrap();
+        assert_eq!(
+            (n, head.op, &buf[..3], trunc),
+            (HEAD + 3, SENDFILE, &b"key"[..], false)
+        );
+        assert_eq!((ino_and_close(x), ino_and_close(y)), (ia, ib));
+        // recv_msg keeps the first and closes the second.
+        send_msg_fds(sp[0], head_bytes(&req), &[], &[p[1], p[0]]).unwrap();
+        let (n, x, _) = recv_msg(sp[1], head_bytes_mut(&mut head), &mut [], true).unwrap();
+        assert_eq!(n, HEAD);
+        assert_eq!(ino_and_close(x), ib);
+        for fd in sp.into_iter().chain(p) {
+            // SAFETY: descriptors the test owns.
+            unsafe { libc::close(fd) };
+        }
     }
 
     #[test]
