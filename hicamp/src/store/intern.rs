@@ -444,10 +444,12 @@ impl Store {
             walk[..misses - i0].copy_from_slice(&order[i0..misses]);
             walk[misses - i0..misses].copy_from_slice(&order[..i0]);
             let at = |k: usize| walk[k] as usize;
-            // Slots in input order: the misses of the batch take one run of
-            // fresh slots, so the leaves of a segment built in order lie
-            // adjacent in the arena (a window copies such pages straight
-            // from it). Each slot goes onto its shard's list just before the
+            // The misses of the batch take their slots at once
+            // (`take_batch`): a run of fresh slots in input order, so the
+            // leaves of a segment built in order lie adjacent in the arena
+            // (a window copies such pages straight from it), or the lowest
+            // freed slots in insert order (one ascending write stream).
+            // Each slot goes onto its shard's list just before the
             // line's insert pops it; a line that turns out a duplicate leaves
             // its slot there for the shard's next insert. (With its slot
             // pushed, `find_or_insert` cannot fail for want of one, so the
