@@ -22,6 +22,7 @@
 
 use std::sync::atomic::Ordering::*;
 
+use super::index::Slots;
 use super::{is_zero, kind_index, line_hash, with_line, Store, WriteCounts, SHARDS};
 use crate::error::{Error, Result};
 use crate::id::{LineId, LineKind};
@@ -38,6 +39,8 @@ const RECLAIM_TRIES: usize = 112;
 const SMALL_RUN: usize = 32;
 /// How far ahead of its lock-free probe a line's home bucket is prefetched.
 const BUCKET_AHEAD: usize = 16;
+/// How far ahead of its locked insert a line's home bucket is prefetched.
+const LOCKED_AHEAD: usize = 16;
 /// Lines of a batch probed before a batch of misses stops probing.
 const SAMPLE: usize = 64;
 /// An interior level of at most this many bytes of lines is assembled on the
@@ -276,6 +279,7 @@ impl Store {
         let mut walk = [0u16; B];
         let mut first = [(0u32, false); B];
         let mut slot = [0u32; B];
+        let mut ids = [0u32; B];
         let mut counts = [0u16; SHARDS + 1];
         let mut zeros = 0u64;
         let mut pinned_hits = 0u64;
@@ -293,6 +297,17 @@ impl Store {
             // The shards' published tables, read once per batch (a lookup
             // then loads no shard cell).
             let tabs = probe.map(|(g, _)| self.published_tables(g));
+            // The lines whose home bucket is prefetched while hashing: the
+            // probe's sample, after a batch of misses (the probe prefetches
+            // the rest [`BUCKET_AHEAD`] lines ahead, the locked inserts
+            // [`LOCKED_AHEAD`] lines ahead: a whole batch's buckets,
+            // prefetched here, had left the cache by their turn, and the
+            // prefetches queued behind each other).
+            let pre = if tabs.is_some() && !hits_ahead {
+                SAMPLE.min(m)
+            } else {
+                0
+            };
             for (j, line) in group.chunks_exact(ls).enumerate() {
                 let h = line_hash(kind, line);
                 if h == zero_h && is_zero(line) {
@@ -300,10 +315,9 @@ impl Store {
                     status[sstart + base + j] = Status::Created;
                     key[j] = SKIP;
                 } else {
-                    if !hits_ahead {
-                        match &tabs {
-                            Some(t) => t[h as usize & (SHARDS - 1)].prefetch_home(h),
-                            None => self.prefetch_index(h),
+                    if j < pre {
+                        if let Some(t) = &tabs {
+                            t[h as usize & (SHARDS - 1)].prefetch_home(h);
                         }
                     }
                     hashes[j] = h;
@@ -347,7 +361,7 @@ impl Store {
                 let mut j = 0;
                 while j < probe_end {
                     let a = j + BUCKET_AHEAD;
-                    if ahead && a < probe_end && key[a] != SKIP {
+                    if a >= pre && a < probe_end && key[a] != SKIP {
                         tab(hashes[a]).prefetch_home(hashes[a]);
                     }
                     let c = j + PREFETCH_AHEAD;
@@ -356,14 +370,6 @@ impl Store {
                     }
                     if j + 1 == SAMPLE && batch_hits * 8 < SAMPLE {
                         probe_end = j + 1;
-                        if ahead {
-                            // The rest goes to the locked path: its buckets now.
-                            for (&h, &k) in hashes[probe_end..m].iter().zip(&key[probe_end..m]) {
-                                if k != SKIP {
-                                    tab(h).prefetch_home(h);
-                                }
-                            }
-                        }
                     }
                     if key[j] != SKIP {
                         let h = hashes[j];
@@ -438,23 +444,34 @@ impl Store {
             walk[..misses - i0].copy_from_slice(&order[i0..misses]);
             walk[misses - i0..misses].copy_from_slice(&order[..i0]);
             let at = |k: usize| walk[k] as usize;
-            // Slots in input order: the misses of the batch take one run of
-            // fresh slots, so the leaves of a segment built in order lie
-            // adjacent in the arena (a window copies such pages straight
-            // from it). Each slot goes onto its shard's list just before the
+            // The misses of the batch take their slots at once
+            // (`take_batch`): a run of fresh slots in input order, so the
+            // leaves of a segment built in order lie adjacent in the arena
+            // (a window copies such pages straight from it), or the lowest
+            // freed slots in insert order (one ascending write stream).
+            // Each slot goes onto its shard's list just before the
             // line's insert pops it; a line that turns out a duplicate leaves
             // its slot there for the shard's next insert. (With its slot
             // pushed, `find_or_insert` cannot fail for want of one, so the
             // loop below does not break with slots of the run unpushed.)
-            let run = self.take_run(misses);
-            if let Some(mut next) = run {
-                for (s, &k) in slot[..m].iter_mut().zip(&key[..m]) {
-                    if k != SKIP {
-                        *s = next;
-                        next += 1;
+            let slots = self.take_batch(misses, &mut ids);
+            match slots {
+                Some(Slots::InputOrder) => {
+                    let mut next = ids[..misses].iter();
+                    for (s, &k) in slot[..m].iter_mut().zip(&key[..m]) {
+                        if k != SKIP {
+                            *s = next.next().copied().unwrap_or(0);
+                        }
                     }
                 }
+                Some(Slots::WalkOrder) => {
+                    for (k, &id) in ids[..misses].iter().enumerate() {
+                        slot[at(k)] = id;
+                    }
+                }
+                None => {}
             }
+            let run = slots.is_some();
             // A batch of nearly all new lines with more batches to come (a
             // segment of new data): each shard makes room for its share of
             // the new lines of the whole run at once, so the index grows
@@ -465,6 +482,17 @@ impl Store {
             } else {
                 0
             };
+            // The inserts' home buckets, [`LOCKED_AHEAD`] lines ahead in
+            // the walk (through the shards' hints: a table grown meanwhile
+            // publishes a new one).
+            let prefetch_bucket = |k: usize| {
+                if k < misses {
+                    self.prefetch_index(hashes[at(k)]);
+                }
+            };
+            for k in 0..LOCKED_AHEAD {
+                prefetch_bucket(k);
+            }
             let mut k = 0;
             while k < misses {
                 let sh = key[at(k)] as usize;
@@ -477,11 +505,24 @@ impl Store {
                 while run_end < misses && key[at(run_end)] as usize == sh {
                     run_end += 1;
                 }
-                self.prefetch_run(&shard, run_end - k);
+                match slots {
+                    // The slots the run's inserts will write: a fresh run's
+                    // (input order) are spread over the batch's range, and
+                    // no hardware prefetcher follows them.
+                    Some(Slots::InputOrder) => {
+                        for kk in k..run_end {
+                            self.prefetch_slot(slot[at(kk)]);
+                        }
+                    }
+                    // One ascending stream: the hardware prefetcher's.
+                    Some(Slots::WalkOrder) => {}
+                    None => self.prefetch_run(&shard, run_end - k),
+                }
                 while k < misses && key[at(k)] as usize == sh {
+                    prefetch_bucket(k + LOCKED_AHEAD);
                     let j = at(k);
                     let line = &group[j * ls..(j + 1) * ls];
-                    if run.is_some() {
+                    if run {
                         shard.free.push(slot[j]);
                     }
                     let r = match self.find_or_insert(cell, &mut shard, kind, hashes[j], line) {

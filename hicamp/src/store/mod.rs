@@ -455,6 +455,7 @@ impl Store {
         // index slot holds tag bits of the hash.
         let id_bits = (u64::BITS - (slots - 1).leading_zeros()).clamp(1, 32);
         let epochs = Epochs::new();
+        let pool = index::pool_for(slots);
         let shards = (0..SHARDS)
             .map(|i| {
                 let shard = Shard {
@@ -463,7 +464,7 @@ impl Store {
                     } else {
                         LineKind::Leaf
                     },
-                    table: Table::new(id_bits, 1),
+                    table: Table::with_pool(id_bits, 1, pool.clone()),
                     free: Vec::new(),
                     live: [0; 2],
                     created: [0; 2],

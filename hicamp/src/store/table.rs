@@ -45,6 +45,9 @@ pub(super) const BUCKET_SLOTS: usize = 15;
 
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use crate::region::HugePool;
 use std::sync::atomic::Ordering::*;
 
 /// One cache line of the table.
@@ -130,27 +133,80 @@ pub(super) struct Buckets {
     id_bits: u32,
     /// The tag bits of a slot (`!id_mask`; 0 when ids take all 32 bits).
     tmask: u32,
-    b: Box<[Bucket]>,
+    /// `n` buckets: from the memory's huge-page pool when `pool` is set,
+    /// else a boxed slice (`Box::into_raw`).
+    ptr: NonNull<Bucket>,
+    n: usize,
+    pool: Option<Arc<HugePool>>,
+}
+
+// SAFETY: `Buckets` owns its array exclusively (a boxed slice, or an extent
+// of the pool that only it frees) and is otherwise a `Box<[Bucket]>` of
+// atomics: sending it, or sharing it between threads, is as safe as that.
+unsafe impl Send for Buckets {}
+// SAFETY: as above.
+unsafe impl Sync for Buckets {}
+
+impl Drop for Buckets {
+    fn drop(&mut self) {
+        match &self.pool {
+            Some(pool) => pool.free(self.ptr.cast(), self.n * std::mem::size_of::<Bucket>()),
+            // SAFETY: without a pool, `ptr`/`n` came from `Box::into_raw` of
+            // a boxed slice of `n` buckets (`Buckets::new`), freed only here.
+            None => drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    self.ptr.as_ptr(),
+                    self.n,
+                ))
+            }),
+        }
+    }
 }
 
 impl Buckets {
-    fn new(id_bits: u32, n: usize) -> Buckets {
+    /// `n` (at least 1) empty buckets, from `pool` when it has room.
+    fn new(id_bits: u32, n: usize, pool: Option<&Arc<HugePool>>) -> Buckets {
         debug_assert!((1..=32).contains(&id_bits));
         let idm = if id_bits >= 32 {
             u32::MAX
         } else {
             (1 << id_bits) - 1
         };
+        let n = n.max(1);
+        let from_pool = pool.and_then(|pool| {
+            let p = pool.alloc(n * std::mem::size_of::<Bucket>())?;
+            Some((p.cast::<Bucket>(), Arc::clone(pool)))
+        });
+        let (ptr, pool) = match from_pool {
+            Some((p, pool)) => (p, Some(pool)),
+            None => {
+                let b: Box<[Bucket]> = (0..n).map(|_| Bucket::default()).collect();
+                let p = Box::into_raw(b).cast::<Bucket>();
+                // (A boxed slice's pointer is never null.)
+                (NonNull::new(p).unwrap_or(NonNull::dangling()), None)
+            }
+        };
         Buckets {
             id_bits,
             tmask: !idm,
-            b: (0..n.max(1)).map(|_| Bucket::default()).collect(),
+            ptr,
+            n,
+            pool,
         }
+    }
+
+    /// The buckets.
+    #[inline(always)]
+    fn b(&self) -> &[Bucket] {
+        // SAFETY: `ptr` points at `n` initialised buckets (zeroed atomics:
+        // a boxed slice, or a zeroed pool extent, see `HugePool::alloc`,
+        // 64-byte aligned like every extent) that live as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.n) }
     }
 
     #[inline]
     fn n(&self) -> usize {
-        self.b.len()
+        self.n
     }
 
     #[inline]
@@ -173,7 +229,7 @@ impl Buckets {
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         {
             // The vector loads serve both sides (see `load_sse2`).
-            let v = self.b[b].load_sse2();
+            let v = self.b()[b].load_sse2();
             // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64
             // CPU has the feature `masks_packed` is compiled for.
             unsafe { masks_packed(&v, tag, tmask) }
@@ -185,9 +241,9 @@ impl Buckets {
                 // the caller is it (`LOCKED`), so this read races with no
                 // write (lock-free readers only read); `[AtomicU64; 8]` has
                 // the layout of `[u64; 8]`.
-                unsafe { std::ptr::read(self.b[b].words.as_ptr().cast::<[u64; 8]>()) }
+                unsafe { std::ptr::read(self.b()[b].words.as_ptr().cast::<[u64; 8]>()) }
             } else {
-                self.b[b].load()
+                self.b()[b].load()
             };
             let (mut hit, mut empty) = (0u32, 0u32);
             for s in 0..BUCKET_SLOTS {
@@ -221,7 +277,7 @@ impl Buckets {
     /// Prefetches the home bucket of `h` (a hint: any address is harmless).
     #[inline(always)]
     pub(super) fn prefetch_home(&self, h: u64) {
-        crate::region::prefetch_ptr(self.b.as_ptr().wrapping_add(Table::home_of(h, self.n())));
+        crate::region::prefetch_ptr(self.ptr.as_ptr().wrapping_add(Table::home_of(h, self.n())));
     }
 
     /// For a reader without the lock: bit `s` set when slot `s` of bucket
@@ -233,13 +289,13 @@ impl Buckets {
         let tag = self.tag(h);
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         {
-            let v = self.b[b].load_sse2();
+            let v = self.b()[b].load_sse2();
             // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
             unsafe { probe_sse2(&v, tag, self.tmask) }
         }
         #[cfg(not(all(target_arch = "x86_64", not(miri))))]
         {
-            let w = self.b[b].load();
+            let w = self.b()[b].load();
             let (mut hit, _) = self.masks::<false>(b, tag, self.tmask);
             hit &= SLOT_BITS;
             (hit, (w[7] >> 32) as u32)
@@ -260,7 +316,7 @@ impl Buckets {
         // The slot is read again: it may have changed since the bucket was
         // compared (then the caller compares another line, or finds 0 and
         // takes the general walk): any id read is an entry of the table.
-        let id = self.b[b].slot(m.trailing_zeros() as usize) & self.id_mask();
+        let id = self.b()[b].slot(m.trailing_zeros() as usize) & self.id_mask();
         (id, m & (m - 1) != 0 || overflow != 0 || id == 0)
     }
 
@@ -275,7 +331,7 @@ impl Buckets {
         while m != 0 {
             let s = m.trailing_zeros() as usize;
             m &= m - 1;
-            let id = self.b[b].slot(s) & idm;
+            let id = self.b()[b].slot(s) & idm;
             if id != 0 && eq(id) {
                 return Some(id);
             }
@@ -305,12 +361,12 @@ impl Buckets {
             while m != 0 {
                 let s = m.trailing_zeros() as usize;
                 m &= m - 1;
-                let id = self.b[b].slot(s) & idm;
+                let id = self.b()[b].slot(s) & idm;
                 if id != 0 && eq(id) {
                     return Some(id);
                 }
             }
-            if self.b[b].slot(OVERFLOW) == 0 {
+            if self.b()[b].slot(OVERFLOW) == 0 {
                 return None;
             }
             b = if b + 1 == n { 0 } else { b + 1 };
@@ -335,7 +391,7 @@ impl Buckets {
             while m != 0 {
                 let s = m.trailing_zeros() as usize;
                 m &= m - 1;
-                let id = self.b[b].slot(s) & idm;
+                let id = self.b()[b].slot(s) & idm;
                 if id != 0 && eq(id) {
                     return Ok(id);
                 }
@@ -343,7 +399,7 @@ impl Buckets {
             if at.is_none() && empty != 0 {
                 at = Some((b, empty.trailing_zeros() as usize));
             }
-            if self.b[b].slot(OVERFLOW) == 0 {
+            if self.b()[b].slot(OVERFLOW) == 0 {
                 break;
             }
             b = if b + 1 == n { 0 } else { b + 1 };
@@ -360,13 +416,13 @@ impl Buckets {
         let Some((b, s)) = place.at else {
             return self.insert(h, id);
         };
-        debug_assert_eq!(self.b[b].slot(s), 0);
-        self.b[b].set_slot(s, place.tag | id);
+        debug_assert_eq!(self.b()[b].slot(s), 0);
+        self.b()[b].set_slot(s, place.tag | id);
         let n = self.n();
         let mut p = place.home;
         while p != b {
-            let o = self.b[p].slot(OVERFLOW);
-            self.b[p].set_slot(OVERFLOW, o + 1);
+            let o = self.b()[p].slot(OVERFLOW);
+            self.b()[p].set_slot(OVERFLOW, o + 1);
             p = if p + 1 == n { 0 } else { p + 1 };
         }
     }
@@ -379,11 +435,11 @@ impl Buckets {
         loop {
             let empty = self.empties(b);
             if empty != 0 {
-                self.b[b].set_slot(empty.trailing_zeros() as usize, v);
+                self.b()[b].set_slot(empty.trailing_zeros() as usize, v);
                 return;
             }
-            let o = self.b[b].slot(OVERFLOW);
-            self.b[b].set_slot(OVERFLOW, o + 1);
+            let o = self.b()[b].slot(OVERFLOW);
+            self.b()[b].set_slot(OVERFLOW, o + 1);
             b = if b + 1 == n { 0 } else { b + 1 };
         }
     }
@@ -410,9 +466,9 @@ impl Buckets {
         // Survivors that may be away from home: (bucket, id).
         let mut away: Vec<(u32, u32)> = Vec::new();
         let mut any_overflow = false;
-        let mut prev_over = self.b[n - 1].slot(OVERFLOW);
+        let mut prev_over = self.b()[n - 1].slot(OVERFLOW);
         for b in 0..n {
-            let bucket = &self.b[b];
+            let bucket = &self.b()[b];
             // SAFETY: as in `masks::<true>`: the caller is the writer side.
             let w = unsafe { std::ptr::read(bucket.words.as_ptr().cast::<[u64; 8]>()) };
             let over = (w[7] >> 32) as u32;
@@ -460,8 +516,8 @@ impl Buckets {
             }
         }
         for (b, &o) in over.iter().enumerate() {
-            if self.b[b].slot(OVERFLOW) != o {
-                self.b[b].set_slot(OVERFLOW, o);
+            if self.b()[b].slot(OVERFLOW) != o {
+                self.b()[b].set_slot(OVERFLOW, o);
             }
         }
         removed
@@ -477,16 +533,16 @@ impl Buckets {
         for _ in 0..n {
             let hit = self.hits_locked(b, v);
             if hit != 0 {
-                self.b[b].set_slot(hit.trailing_zeros() as usize, 0);
+                self.b()[b].set_slot(hit.trailing_zeros() as usize, 0);
                 let mut p = home;
                 while p != b {
-                    let o = self.b[p].slot(OVERFLOW);
-                    self.b[p].set_slot(OVERFLOW, o - 1);
+                    let o = self.b()[p].slot(OVERFLOW);
+                    self.b()[p].set_slot(OVERFLOW, o - 1);
                     p = if p + 1 == n { 0 } else { p + 1 };
                 }
                 return true;
             }
-            if self.b[b].slot(OVERFLOW) == 0 {
+            if self.b()[b].slot(OVERFLOW) == 0 {
                 break;
             }
             b = if b + 1 == n { 0 } else { b + 1 };
@@ -523,7 +579,7 @@ impl Retired {
     /// reader that could have loaded it has unpinned (the caller runs this
     /// from an epoch-deferred function), or there never were such readers.
     pub(super) unsafe fn free(self) {
-        // SAFETY: from `Box::into_raw` (`Table::new`/`rebuild`), freed once
+        // SAFETY: from `Box::into_raw` (`Table::with_pool`/`rebuild`), freed once
         // (`self` is consumed); no reader is left by the caller's contract.
         drop(unsafe { Box::from_raw(self.0.as_ptr()) });
     }
@@ -541,6 +597,8 @@ pub(super) struct Table {
     len: usize,
     /// Arrays replaced since the last publication (see `ShardCell::set_hint`).
     retired: std::cell::Cell<Vec<Retired>>,
+    /// Where the arrays come from, for a large memory (see [`HugePool`]).
+    pool: Option<Arc<HugePool>>,
 }
 
 // SAFETY: the table owns its arrays (`cur`, `retired`) exclusively; other
@@ -563,11 +621,14 @@ impl Drop for Table {
 
 impl Table {
     /// An empty table of `buckets` buckets for line ids of `id_bits` bits.
-    pub(super) fn new(id_bits: u32, buckets: usize) -> Table {
+    /// Its arrays come from `pool` while it has room (the heap otherwise).
+    pub(super) fn with_pool(id_bits: u32, buckets: usize, pool: Option<Arc<HugePool>>) -> Table {
+        let b = Buckets::new(id_bits, buckets, pool.as_ref());
         Table {
-            cur: NonNull::from(Box::leak(Box::new(Buckets::new(id_bits, buckets)))),
+            cur: NonNull::from(Box::leak(Box::new(b))),
             len: 0,
             retired: Default::default(),
+            pool,
         }
     }
 
@@ -602,6 +663,15 @@ impl Table {
         (((h >> 32) * n as u64) >> 32) as usize
     }
 
+    /// True when the current array lies in the table's pool.
+    #[cfg(test)]
+    pub(super) fn in_pool(&self) -> bool {
+        let b = self.shared();
+        b.pool
+            .as_ref()
+            .is_some_and(|p| p.holds(b.ptr.as_ptr().cast()))
+    }
+
     /// Entries.
     pub(super) fn len(&self) -> usize {
         self.len
@@ -615,7 +685,7 @@ impl Table {
     /// Base of the bucket array and the bucket count (for prefetch hints).
     pub(super) fn hint(&self) -> (*const Bucket, usize) {
         let b = self.shared();
-        (b.b.as_ptr(), b.n())
+        (b.ptr.as_ptr().cast_const(), b.n())
     }
 
     /// True when one more entry would pass the maximum load (7/8).
@@ -692,7 +762,7 @@ impl Table {
         let t = self.shared();
         let idm = t.id_mask();
         let mut v = Vec::with_capacity(self.len);
-        for b in t.b.iter() {
+        for b in t.b().iter() {
             v.extend(
                 (0..BUCKET_SLOTS)
                     .map(|s| b.slot(s))
@@ -710,6 +780,7 @@ impl Table {
         let t = Buckets::new(
             self.shared().id_bits,
             buckets.max(Self::buckets_for(ids.len())),
+            self.pool.as_ref(),
         );
         for (&id, &h) in ids.iter().zip(hashes) {
             t.insert(h, id);
@@ -835,8 +906,13 @@ mod tests {
             ops in proptest::collection::vec(op(), 1..250),
             spread in 1u32..64,
             id_bits in prop_oneof![Just(9u32), Just(16), Just(32)],
+            pooled in any::<bool>(),
         ) {
-            let mut t = Table::new(id_bits, 1);
+            // A pool of 16 buckets: the small tables come from it (and
+            // reuse the extents of the ones growth replaced), larger ones
+            // from the heap.
+            let pool = pooled.then(|| Arc::new(HugePool::new(16 * 64).expect("map")));
+            let mut t = Table::with_pool(id_bits, 1, pool);
             let mut model: HashMap<u32, u64> = HashMap::new();
             for op in ops {
                 match op {
@@ -894,6 +970,11 @@ mod tests {
                         let ids = t.ids();
                         let hs: Vec<u64> = ids.iter().map(|&i| model[&i]).collect();
                         t.rebuild(t.grown(), &ids, &hs);
+                        for r in t.take_retired() {
+                            // SAFETY: no reader but this test, which holds
+                            // no reference into the replaced array.
+                            unsafe { r.free() };
+                        }
                     }
                     Op::Sweep(m, r) => {
                         let want = model.keys().filter(|&&k| k % m == r).count();
@@ -916,12 +997,12 @@ mod tests {
                     let home = Table::home_of(h, n);
                     let v = t.shared().tag(h) | k;
                     let mut b = home;
-                    while !(0..BUCKET_SLOTS).any(|s| t.shared().b[b].slot(s) == v) {
+                    while !(0..BUCKET_SLOTS).any(|s| t.shared().b()[b].slot(s) == v) {
                         want[b] += 1;
                         b = (b + 1) % n;
                     }
                 }
-                let got: Vec<u32> = t.shared().b.iter().map(|b| b.slot(OVERFLOW)).collect();
+                let got: Vec<u32> = t.shared().b().iter().map(|b| b.slot(OVERFLOW)).collect();
                 prop_assert_eq!(got, want);
             }
         }
