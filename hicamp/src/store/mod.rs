@@ -172,6 +172,7 @@ mod index;
 mod inplace;
 #[deny(unsafe_code)]
 mod intern;
+mod owned;
 mod recovery;
 mod table;
 
@@ -363,6 +364,10 @@ pub(crate) struct StoreCounters {
     pub free_list_bytes: u64,
     pub refcount_bytes: u64,
     pub high_water: u64,
+    /// Live owned lines (also counted in `live`), by kind.
+    pub owned: [u64; 2],
+    /// Owned lines made, by kind.
+    pub owned_created: [u64; 2],
 }
 
 pub(crate) struct Store {
@@ -403,6 +408,8 @@ pub(crate) struct Store {
     /// Serialises persist barriers, so that a commit never passes lines that a
     /// concurrent barrier took but has not finished flushing.
     flush_lock: Mutex<()>,
+    /// Owned (unindexed) lines: see `owned`.
+    owned: owned::Owned,
 }
 
 /// The child ids of an interior line, read straight from the arena (for the
@@ -513,6 +520,7 @@ impl Store {
             },
             pm_latency_ns: config.pm_write_latency_ns,
             flush_lock: Mutex::new(()),
+            owned: owned::Owned::new(!backing.is_file()),
         }
     }
 
@@ -573,7 +581,11 @@ impl Store {
         }
         for k in 0..2 {
             c.hits[k] += self.pinned_hits[k].load(Relaxed);
+            c.owned[k] = self.owned.live[k].load(Relaxed);
+            c.owned_created[k] = self.owned.created[k].load(Relaxed);
+            c.live[k] += c.owned[k];
         }
+        c.free_list_bytes += (self.owned.free.lock().capacity() * 4) as u64;
         c.zero = [self.zero[0].load(Relaxed), self.zero[1].load(Relaxed)];
         c.high_water = self.next_fresh.load(Relaxed).min(self.slots);
         // The bitmap's pages beyond the high-water mark are never touched.
