@@ -93,8 +93,15 @@ pub struct NicConfig {
     pub rx_batch: u32,
     /// Count deduplicated lines on receive (`rx_lines_dedup`): the RX DMA
     /// then writes through the memory's counted copy-on-write path, which
-    /// costs about 1.4x the plain deposit. Off by default.
+    /// costs about 1.4x the plain deposit. Off by default. Implies
+    /// [`NicConfig::rx_dedup`].
     pub rx_dedup_counts: bool,
+    /// Deduplicate received lines (intern them in the memory's index). Off
+    /// by default: the RX DMA writes a frame into owned lines, kept out of
+    /// the index ([`Memory::segment_owned`]), since most received lines live
+    /// only until the application copies them out. The environment variable
+    /// `HICAMP_RX_DEDUP=1` turns it on for every NIC.
+    pub rx_dedup: bool,
 }
 
 impl Default for NicConfig {
@@ -106,8 +113,14 @@ impl Default for NicConfig {
             tx_batch: 64,
             rx_batch: 64,
             rx_dedup_counts: false,
+            rx_dedup: false,
         }
     }
+}
+
+/// True when `HICAMP_RX_DEDUP=1` asks every NIC to deduplicate on receive.
+fn rx_dedup_from_env() -> bool {
+    std::env::var_os("HICAMP_RX_DEDUP").is_some_and(|v| v == "1")
 }
 
 /// What the NIC did, in total.
@@ -247,11 +260,16 @@ struct DepositCounts {
 /// NIC's reused deposit buffer: the metadata, zeros, the frame) and built
 /// as one segment from it, as the memory's own splice of bytes would, but
 /// with no buffer allocated and zeroed per frame.
+///
+/// With `dedup` off (the default), every frame (up to [`FLAT_MAX`]) is laid
+/// out in `flat` and written into owned lines ([`Memory::segment_owned`]):
+/// a copy into free slots, no hash, no index.
 fn deposit(
     mem: &Memory,
     meta: &DmaMeta,
     off: u16,
     chunks: &[&[u8]],
+    dedup: bool,
     count_dedup: bool,
     flat: &mut Vec<u8>,
 ) -> Result<(Segment, DepositCounts), hicamp::Error> {
@@ -286,7 +304,8 @@ fn deposit(
         hicamp::Piece::Bytes(&meta),
         hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64),
     ];
-    let (seg, assembled) = if total > FLAT_MIN_LINES * ls && total <= FLAT_MAX {
+    let owned = !dedup && mem.owned_lines_enabled();
+    let (seg, assembled) = if (owned || total > FLAT_MIN_LINES * ls) && total <= FLAT_MAX {
         if flat.len() < total {
             flat.resize(total, 0);
         }
@@ -297,7 +316,11 @@ fn deposit(
             flat[at..at + c.len()].copy_from_slice(c);
             at += c.len();
         }
-        let seg = mem.segment(&flat[..total])?;
+        let seg = if owned {
+            mem.segment_owned(&flat[..total])?
+        } else {
+            mem.segment(&flat[..total])?
+        };
         // The lines a splice would assemble: line 0 (the metadata's) and
         // every line holding frame bytes.
         let frame_lines = if len == 0 {
@@ -430,6 +453,7 @@ impl<P: Port> Nic<P> {
             port,
             cfg: NicConfig {
                 rx_frame_off: cfg.rx_frame_off.max(META_LEN as u16),
+                rx_dedup: cfg.rx_dedup || cfg.rx_dedup_counts || rx_dedup_from_env(),
                 ..cfg
             },
             tx_slots: SlotMap::new(&tx),
@@ -769,6 +793,7 @@ impl<P: Port> Nic<P> {
         let mut done = 0;
         let off = self.cfg.rx_frame_off;
         let count_dedup = self.cfg.rx_dedup_counts;
+        let dedup = self.cfg.rx_dedup;
         while done < self.cfg.rx_batch {
             let Some(slot) = self.rx.nic_slot(0) else {
                 // Out of posted RX slots: whatever waits stays in the port
@@ -791,7 +816,7 @@ impl<P: Port> Nic<P> {
                         gso_segs: 0,
                     };
                     result = Some(
-                        deposit(mem, &meta, off, chunks, count_dedup, flat)
+                        deposit(mem, &meta, off, chunks, dedup, count_dedup, flat)
                             .map(|(s, c)| (s, c, len)),
                     );
                 })?;
@@ -853,9 +878,13 @@ mod tests {
             }
         }
         let mut flat = Vec::new();
-        for off in [META_LEN as u16, 62, 64, 100] {
+        let offs = [META_LEN as u16, 62, 64, 100];
+        for (dedup, off) in [true, false].into_iter().flat_map(|d| offs.map(|o| (d, o))) {
             let meta = DmaMeta::frame(off, frame.len() as u32);
-            let (whole, wc) = deposit(&mem, &meta, off, &[&frame], false, &mut Vec::new()).unwrap();
+            let (whole, wc) =
+                deposit(&mem, &meta, off, &[&frame], dedup, false, &mut Vec::new()).unwrap();
+            // Owned lines unless asked to deduplicate.
+            assert_eq!(whole.is_canonical(), dedup, "off {off}");
             // The flat build is the memory's own splice of the same bytes,
             // with the same count of lines written.
             let mb = meta.to_bytes();
@@ -885,14 +914,14 @@ mod tests {
                     at = c;
                 }
                 chunks.push(&frame[at..]);
-                let (seg, c) = deposit(&mem, &meta, off, &chunks, false, &mut flat).unwrap();
+                let (seg, c) = deposit(&mem, &meta, off, &chunks, dedup, false, &mut flat).unwrap();
                 assert!(seg == whole, "off {off} cuts {cuts:?}");
                 assert_eq!(
                     (c.written, c.zero),
                     (wc.written, wc.zero),
                     "off {off} cuts {cuts:?}"
                 );
-                let (_, cc) = deposit(&mem, &meta, off, &chunks, true, &mut flat).unwrap();
+                let (_, cc) = deposit(&mem, &meta, off, &chunks, true, true, &mut flat).unwrap();
                 assert_eq!(cc.zero, wc.zero, "counted, off {off} cuts {cuts:?}");
             }
             if off % 64 == 0 {
