@@ -305,7 +305,8 @@ fn deposit(
         hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64),
     ];
     let owned = !dedup && mem.owned_lines_enabled();
-    let (seg, assembled) = if (owned || total > FLAT_MIN_LINES * ls) && total <= FLAT_MAX {
+    let (seg, assembled, flat_zero) = if (owned || total > FLAT_MIN_LINES * ls) && total <= FLAT_MAX
+    {
         if flat.len() < total {
             flat.resize(total, 0);
         }
@@ -329,7 +330,22 @@ fn deposit(
             (total - 1) / ls - usize::from(off) / ls + 1
         };
         let shares_line0 = len > 0 && usize::from(off) < ls;
-        (seg, (frame_lines + usize::from(!shares_line0)) as u64)
+        // The frame's lines that hold only zeros (not line 0, the
+        // metadata's), read a word at a time from the flat copy.
+        let first = (usize::from(off) / ls).max(1);
+        let zero = if len == 0 {
+            0
+        } else {
+            flat[(first * ls).min(total)..total]
+                .chunks(ls)
+                .filter(|l| is_zero(l))
+                .count() as u64
+        };
+        (
+            seg,
+            (frame_lines + usize::from(!shares_line0)) as u64,
+            Some(zero),
+        )
     } else if chunks.len() <= SMALL_CHUNKS {
         let mut stack = [hicamp::Piece::Zeros(0); 2 + SMALL_CHUNKS];
         stack[..2].copy_from_slice(&head);
@@ -337,17 +353,39 @@ fn deposit(
             *p = hicamp::Piece::Bytes(c);
         }
         let (seg, c) = mem.splice(&stack[..2 + chunks.len()])?;
-        (seg, c.assembled_lines)
+        (seg, c.assembled_lines, None)
     } else {
         let mut pieces = Vec::with_capacity(2 + chunks.len());
         pieces.extend_from_slice(&head);
         pieces.extend(chunks.iter().map(|c| hicamp::Piece::Bytes(c)));
         let (seg, c) = mem.splice(&pieces)?;
-        (seg, c.assembled_lines)
+        (seg, c.assembled_lines, None)
     };
     // The lines the frame touches that hold only zeros were interned as line
     // 0 (line 0 of the segment holds the metadata, which is never zero).
     let off = usize::from(off);
+    let zero = match flat_zero {
+        Some(z) => z,
+        None => zero_lines(chunks, off, ls),
+    };
+    let counts = DepositCounts {
+        // Lines that hold frame bytes: not the metadata's own line.
+        written: assembled - u64::from(off >= ls),
+        dedup: 0,
+        zero,
+    };
+    Ok((seg, counts))
+}
+
+/// True when every byte is zero (a word at a time).
+fn is_zero(b: &[u8]) -> bool {
+    let (words, rest) = b.as_chunks::<8>();
+    words.iter().fold(0u64, |a, w| a | u64::from_ne_bytes(*w)) == 0 && rest.iter().all(|x| *x == 0)
+}
+
+/// The lines holding bytes of the frame `chunks` (at `off`) that hold only
+/// zeros, line 0 (the metadata's) aside.
+fn zero_lines(chunks: &[&[u8]], off: usize, ls: usize) -> u64 {
     let mut zero = 0;
     // Frame position, and whether the line being walked is zero so far
     // (and where its frame bytes start, absolutely).
@@ -378,13 +416,7 @@ fn deposit(
     if off + pos != line_first && line_first >= ls && line_zero {
         zero += 1;
     }
-    let counts = DepositCounts {
-        // Lines that hold frame bytes: not the metadata's own line.
-        written: assembled - u64::from(off >= ls),
-        dedup: 0,
-        zero,
-    };
-    Ok((seg, counts))
+    zero
 }
 
 impl<P: Port> std::fmt::Debug for Nic<P> {

@@ -104,7 +104,7 @@ impl Store {
     pub(crate) fn release_sized(&self, id: LineId, lines: u64) {
         if !id.is_zero() && self.dec_unless_last(id.0) {
             if self.is_owned(id) {
-                self.release_owned(vec![id.0]);
+                self.release_owned(&[id.0]);
             } else {
                 self.release_last(vec![id.0], lines);
             }
@@ -134,7 +134,7 @@ impl Store {
             }
         }
         if !owned.is_empty() {
-            self.release_owned(owned);
+            self.release_owned(&owned);
         }
         if !last.is_empty() {
             self.release_last(last, 0);
@@ -232,7 +232,7 @@ impl Store {
                     if !owned.is_empty() {
                         debug_assert!(false, "an indexed line has owned children");
                         cand.retain(|&c| !self.is_owned(LineId(c)));
-                        self.release_owned(owned);
+                        self.release_owned(&owned);
                     }
                 }
                 continue;

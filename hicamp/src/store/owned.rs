@@ -33,6 +33,38 @@ use super::{is_zero, Store};
 use crate::error::{Error, Result};
 use crate::id::{LineId, LineKind};
 
+thread_local! {
+    /// Per-thread vectors of `build_owned` and `release_owned` (no
+    /// allocation per frame): slot ids, and two levels of line ids.
+    static SCRATCH: std::cell::Cell<Option<Box<Scratch>>> = const { std::cell::Cell::new(None) };
+}
+
+#[derive(Default)]
+struct Scratch {
+    ids: Vec<u32>,
+    freed: Vec<u32>,
+    level: Vec<LineId>,
+    next: Vec<LineId>,
+}
+
+impl Scratch {
+    fn take() -> Box<Scratch> {
+        SCRATCH.with(|c| c.take()).unwrap_or_default()
+    }
+
+    fn put_back(mut self: Box<Self>) {
+        // Keep a big frame's vectors from pinning memory for good.
+        if self.ids.capacity() > 1 << 16 {
+            *self = Scratch::default();
+        }
+        self.ids.clear();
+        self.freed.clear();
+        self.level.clear();
+        self.next.clear();
+        SCRATCH.with(|c| c.set(Some(self)));
+    }
+}
+
 /// The owned free stack keeps at most this many slots; the rest go to the
 /// free bitmap.
 const STACK_MAX: usize = 1 << 14;
@@ -182,8 +214,25 @@ impl Store {
             w = w.div_ceil(fan);
             total += w;
         }
-        let mut ids = Vec::with_capacity(total);
-        if !self.alloc_owned(total, &mut ids) {
+        let mut sc = Scratch::take();
+        let r = self.build_owned_in(data, h, total, &mut sc);
+        sc.put_back();
+        r
+    }
+
+    fn build_owned_in(
+        &self,
+        data: &[u8],
+        h: u32,
+        total: usize,
+        sc: &mut Scratch,
+    ) -> Result<(LineId, u32)> {
+        let ls = self.line_size();
+        let fan = self.fanout();
+        let Scratch {
+            ids, level, next, ..
+        } = sc;
+        if !self.alloc_owned(total, ids) {
             return Err(Error::CapacityExhausted {
                 capacity: self.capacity(),
             });
@@ -191,7 +240,6 @@ impl Store {
         let meta = self.meta.as_slice();
         let mut used = 0;
         let mut made = [0u64; 2];
-        let mut level: Vec<LineId> = Vec::with_capacity(n);
         for chunk in data.chunks(ls) {
             if is_zero(chunk) {
                 level.push(LineId::ZERO);
@@ -207,7 +255,6 @@ impl Store {
             made[0] += 1;
             level.push(LineId(id));
         }
-        let mut next = Vec::with_capacity(n.div_ceil(fan));
         for _ in 0..h {
             next.clear();
             for group in level.chunks(fan) {
@@ -228,7 +275,7 @@ impl Store {
                 made[1] += 1;
                 next.push(LineId(id));
             }
-            std::mem::swap(&mut level, &mut next);
+            std::mem::swap(level, next);
         }
         debug_assert_eq!(level.len(), 1);
         self.give_back_owned(&ids[used..]);
@@ -245,10 +292,21 @@ impl Store {
     /// 1, held by this thread), and what dies below them: owned children
     /// whose last reference goes are freed here, and the references to
     /// indexed children go through [`Store::release_all`].
-    pub(super) fn release_owned(&self, mut stack: Vec<u32>) {
+    pub(super) fn release_owned(&self, roots: &[u32]) {
+        let mut sc = Scratch::take();
+        self.release_owned_in(roots, &mut sc);
+        sc.put_back();
+    }
+
+    fn release_owned_in(&self, roots: &[u32], sc: &mut Scratch) {
         let meta = self.meta.as_slice();
-        let mut freed: Vec<u32> = Vec::with_capacity(stack.len() * 2);
-        let mut indexed: Vec<LineId> = Vec::new();
+        let Scratch {
+            ids: stack,
+            freed,
+            level: indexed,
+            ..
+        } = sc;
+        stack.extend_from_slice(roots);
         let mut died = [0u64; 2];
         while let Some(id) = stack.pop() {
             // Acquire: the other holders' last reads of the line (their
@@ -283,9 +341,9 @@ impl Store {
                 self.owned.live[k].fetch_sub(*d, Relaxed);
             }
         }
-        self.give_back_owned(&freed);
+        self.give_back_owned(freed);
         if !indexed.is_empty() {
-            self.release_all(&indexed);
+            self.release_all(indexed);
         }
     }
 }
