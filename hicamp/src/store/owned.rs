@@ -240,21 +240,46 @@ impl Store {
         let meta = self.meta.as_slice();
         let mut used = 0;
         let mut made = [0u64; 2];
-        for chunk in data.chunks(ls) {
+        let leaf = kind_bit(LineKind::Leaf) | OWNED_BIT | 1;
+        // 64-byte lines (the default) go through a loop of fixed-size
+        // copies and zero tests; other sizes and a short last line through
+        // the general one.
+        let rest = if ls == 64 {
+            let (lines, rest) = data.as_chunks::<64>();
+            for line in lines {
+                if is_zero(line) {
+                    level.push(LineId::ZERO);
+                    continue;
+                }
+                let id = ids[used];
+                used += 1;
+                // SAFETY: `id` was just taken from the free slots, so this
+                // thread owns it exclusively (64 bytes at `slot_ptr`, one
+                // line); nothing can reach it (it is never in the index)
+                // until the caller hands out the root.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(line.as_ptr(), self.arena.slot_ptr(id), 64);
+                }
+                meta[id as usize].store(leaf, Relaxed);
+                level.push(LineId(id));
+            }
+            rest
+        } else {
+            data
+        };
+        for chunk in rest.chunks(ls) {
             if is_zero(chunk) {
                 level.push(LineId::ZERO);
                 continue;
             }
             let id = ids[used];
             used += 1;
-            // SAFETY: `id` was just taken from the free slots, so this
-            // thread owns it exclusively; nothing can reach it (it is never
-            // in the index) until the caller hands out the root.
+            // SAFETY: as above.
             unsafe { self.arena.write(id, chunk) };
-            meta[id as usize].store(kind_bit(LineKind::Leaf) | OWNED_BIT | 1, Relaxed);
-            made[0] += 1;
+            meta[id as usize].store(leaf, Relaxed);
             level.push(LineId(id));
         }
+        made[0] = used as u64;
         for _ in 0..h {
             next.clear();
             for group in level.chunks(fan) {
@@ -473,6 +498,34 @@ mod tests {
                 })
                 .collect();
             drop(segs);
+            empty_and_whole(&mem);
+        }
+    }
+
+    /// Every line size: the same bytes and shape as the canonical build
+    /// (zero lines included), and nothing left.
+    #[test]
+    fn owned_segments_at_every_line_size() {
+        for ls in [16usize, 32, 64, 128, 4096] {
+            let mem = Memory::new(Config {
+                line_size: ls,
+                capacity_lines: 1 << 12,
+                map_capacity: 4,
+                ..Config::default()
+            })
+            .unwrap();
+            for len in [1usize, ls - 1, ls, 3 * ls + 5, 40 * ls] {
+                let mut d: Vec<u8> = (0..len as u32).map(|i| (i % 251) as u8 | 1).collect();
+                // A zero line in the middle.
+                if len > 2 * ls {
+                    d[ls..2 * ls].fill(0);
+                }
+                let o = mem.segment_owned(&d).unwrap();
+                let c = mem.segment(&d).unwrap();
+                assert_eq!(o.to_vec(), d, "ls {ls} len {len}");
+                assert_eq!(o.height(), c.height(), "ls {ls} len {len}");
+                assert!(o == c, "ls {ls} len {len}");
+            }
             empty_and_whole(&mem);
         }
     }
