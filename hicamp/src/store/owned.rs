@@ -450,7 +450,7 @@ mod tests {
         while v.len() < len {
             let k = seed[i % seed.len()];
             i += 1;
-            let b = if k % 5 == 0 { 0 } else { k };
+            let b = if k.is_multiple_of(5) { 0 } else { k };
             let n = (len - v.len()).min(64);
             v.extend(std::iter::repeat_n(b, n));
         }
@@ -479,7 +479,8 @@ mod tests {
             live,
             "{st:?}"
         );
-        assert!(o == canon && canon == o);
+        assert!(o == canon);
+        assert!(canon == o, "== is symmetric");
         assert_eq!(hash_of(&o), hash_of(&canon));
         // The canonical copy behind the hash is the existing segment's.
         assert_eq!(mem.live_lines(), 2 * live);
