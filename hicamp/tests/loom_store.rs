@@ -148,17 +148,7 @@ fn batched_release_races_a_lookup() {
 /// given back too early): every read is right and nothing is left.
 #[test]
 fn owned_drops_race_lookups() {
-    let mut b = loom::model::Builder::new();
-    b.preemption_bound = Some(2);
-    b.check(|| {
-        big_stack(|| {
-            let mem = memory();
-            owned_race(&mem);
-            no_line_left(&mem);
-        })
-        .join()
-        .unwrap();
-    });
+    model(owned_race);
 }
 
 fn owned_race(mem: &Memory) {

@@ -133,8 +133,10 @@ impl Store {
                     }
                 }
                 if ids.len() == n {
-                    // Stock up for the next frames.
-                    while extra.len() < REFILL.max(want) {
+                    // Stock up for the next frames (a small memory keeps
+                    // its slots where every path finds them).
+                    let stock = REFILL.max(want).min((self.slots / 256) as usize);
+                    while extra.len() < stock {
                         match self.alloc_slot(&mut shard) {
                             Some(id) => extra.push(id),
                             None => break,
