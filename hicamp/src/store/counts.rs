@@ -1,5 +1,6 @@
 //! Reference counts: one `u32` per slot, mapped beside the arena. Bit 31 is
-//! the kind (set = interior), bits 0..31 the count; a count that reaches
+//! the kind (set = interior), bit 30 the owned flag (`owned`), bits 0..30
+//! the count; a count that reaches
 //! [`SATURATED`] is never freed again. A count goes from 1 to 0 only under the
 //! line's shard lock, which is what keeps the index and the counts in step;
 //! a lookup without the lock only ever increments a count it sees above 0

@@ -20,7 +20,8 @@
 //! bitmap.
 //!
 //! Reference counts live in a mapped `u32` array beside the arena: bit 31 is
-//! the kind (set = interior), bits 0..31 the count. The rule that makes the
+//! the kind (set = interior), bit 30 marks an owned line (`owned`), bits
+//! 0..30 the count. The rule that makes the
 //! index and the counts agree: a count goes from 1 to 0 only under the shard
 //! lock, and in the same critical section the line leaves the index. A
 //! lookup under the lock increments a count it sees in the index (never 0
@@ -29,7 +30,7 @@
 //! read-modify-write of the same word, so exactly one of them sees the 1. So
 //! no lookup revives a line that is being freed. Other increments happen
 //! without the lock, which is sound because whoever increments already holds
-//! a reference. A count that reaches 2^30 saturates: the line is never freed
+//! a reference. A count that reaches 2^29 saturates: the line is never freed
 //! again (a leak, never corruption), like the kernel's `refcount_t`.
 //!
 //! Releases are batched (`release_all`, which `release` also ends in when a
@@ -156,6 +157,9 @@
 //! * `table`: one shard's table (buckets, tags, overflow counts);
 //! * `counts`: reference counts (acquire, release, reclamation);
 //! * `intern`: interning single lines and batches of lines;
+//! * `owned`: owned lines, kept out of the index (received frames; bit 30
+//!   of the count word; not to be confused with an "owned hit" above, a
+//!   lookup that takes a reference);
 //! * `durability`: the persist barrier (lines flushed before a root is
 //!   published);
 //! * `recovery`: the walk of a file's committed DAGs and the rebuild of the
