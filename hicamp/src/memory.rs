@@ -503,6 +503,37 @@ impl Memory {
         Ok(Segment::from_tree(self.clone(), tree))
     }
 
+    /// A segment holding a copy of `data` in **owned** lines: lines kept out
+    /// of the dedup index (no hash, no lookup, no lock; the last release
+    /// gives the slot straight back), for data that lives briefly and is
+    /// not worth deduplicating, such as received frames. Such a segment
+    /// equals (and hashes like) a segment of the same bytes, but `==`
+    /// compares its content and `Hash` interns a canonical copy once (see
+    /// [`Segment::is_canonical`]). Slices, splices and writes of it share
+    /// its lines. A file-backed memory makes canonical segments here
+    /// (`Memory::segment`): its recovery and fsck know only canonical DAGs.
+    pub fn segment_owned(&self, data: &[u8]) -> Result<Segment> {
+        let store = &self.inner.store;
+        if !store.owned_enabled() || data.is_empty() {
+            return self.segment(data);
+        }
+        dag::check_len(data.len() as u64)?;
+        let fs = store.shift() - 2;
+        let (root, height) = store.build_owned(data, |n| dag::height_for(n as u64, fs))?;
+        let tree = Tree {
+            root,
+            height,
+            len: data.len() as u64,
+        };
+        Ok(Segment::from_tree(self.clone(), tree))
+    }
+
+    /// True when this memory makes owned lines in
+    /// [`Memory::segment_owned`] (a volatile memory).
+    pub fn owned_lines_enabled(&self) -> bool {
+        self.inner.store.owned_enabled()
+    }
+
     /// Builds a segment of up to `len` bytes that `read` writes straight
     /// into free line slots of this memory (a `pread` of a file, say): the
     /// reader's copy is the only one. The lines are then deduplicated where

@@ -4,6 +4,7 @@
 //! chunk).
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use crate::dag::{self, Tree, Walker};
 use crate::error::{Error, Result};
@@ -11,30 +12,93 @@ use crate::id::LineId;
 use crate::memory::Memory;
 
 /// Owns one reference to a tree root and accounts its logical bytes.
+///
+/// A tree whose root is an owned line (it holds owned lines, kept out of the
+/// dedup index: see [`Memory::segment_owned`]) is not canonical: equal
+/// content need not give an equal root. `canon` then caches, once asked
+/// for, the canonical tree of the same bytes (one more reference, released
+/// with the handle), so that `Hash` is stable and agrees with `==`.
 struct Handle {
     mem: Memory,
     tree: Tree,
+    canon: OnceLock<Option<Tree>>,
 }
 
 impl Handle {
     fn new(mem: Memory, tree: Tree) -> Handle {
         mem.inner.logical.add(tree.len as i64);
-        Handle { mem, tree }
+        Handle {
+            mem,
+            tree,
+            canon: OnceLock::new(),
+        }
     }
 
     /// Replaces the tree by `new` (an owned reference) and releases the old.
     fn replace(&mut self, new: Tree) {
         let old = std::mem::replace(&mut self.tree, new);
         self.mem.inner.logical.add(new.len as i64 - old.len as i64);
+        self.drop_canon();
         self.mem.inner.store.release(old.root);
+    }
+
+    /// Releases the cached canonical tree, if any.
+    fn drop_canon(&mut self) {
+        if let Some(Some(c)) = self.canon.take() {
+            self.mem.inner.store.release(c.root);
+        }
     }
 
     /// Gives up the reference (and its logical bytes) without releasing it:
     /// the caller moves both elsewhere, e.g. into a map entry.
     fn into_tree(mut self) -> (Memory, Tree) {
+        self.drop_canon();
         // What is left behind is the empty tree, whose drop releases nothing.
         let tree = std::mem::take(&mut self.tree);
         (self.mem.clone(), tree)
+    }
+
+    /// True when the tree holds no owned line (its root is not owned).
+    #[inline]
+    fn is_canonical(&self) -> bool {
+        !self.mem.inner.store.is_owned(self.tree.root)
+    }
+
+    /// The canonical tree of this content: the tree itself when it is
+    /// canonical, else a canonical copy interned once and kept (`None` when
+    /// the memory had no room for it).
+    fn canonical_tree(&self) -> Option<Tree> {
+        if self.is_canonical() {
+            return Some(self.tree);
+        }
+        *self.canon.get_or_init(|| {
+            let store = &self.mem.inner.store;
+            let mut v = vec![0u8; self.tree.len as usize];
+            Walker::new(store, self.tree, 0).copy_to(&mut v);
+            dag::build(store, &v).ok()
+        })
+    }
+
+    /// True when both trees hold the same bytes (a walk of both).
+    fn content_eq(&self, other: &Handle) -> bool {
+        if self.tree.len != other.tree.len {
+            return false;
+        }
+        let store = &self.mem.inner.store;
+        let mut a = Walker::new(store, self.tree, 0);
+        let mut b = Walker::new(&other.mem.inner.store, other.tree, 0);
+        loop {
+            let (ca, cb) = (a.chunk(), b.chunk());
+            if ca.is_empty() || cb.is_empty() {
+                return ca.is_empty() && cb.is_empty();
+            }
+            let n = ca.len().min(cb.len());
+            if ca[..n] != cb[..n] {
+                return false;
+            }
+            a.advance(n as u64);
+            b.advance(n as u64);
+        }
     }
 
     fn read_at(&self, off: u64, buf: &mut [u8]) -> Result<usize> {
@@ -51,6 +115,7 @@ impl Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        self.drop_canon();
         self.mem.inner.logical.add(-(self.tree.len as i64));
         let store = &self.mem.inner.store;
         // The length in lines tells a mass release early (see
@@ -63,7 +128,9 @@ impl Drop for Handle {
 ///
 /// `clone()` is a HICAMP snapshot: one reference-count increment, no byte
 /// copied. Two segments of one memory are equal exactly when their contents
-/// are, and comparing them is O(1) (root line and length).
+/// are, and comparing them is O(1) (root line and length) when both are
+/// canonical; a segment of owned lines ([`Memory::segment_owned`]) compares
+/// by content, and hashes by the root of a canonical copy made once.
 pub struct Segment {
     h: Handle,
 }
@@ -115,6 +182,22 @@ impl Segment {
     /// Height of the DAG (0: the root is the only leaf).
     pub fn height(&self) -> u32 {
         self.h.tree.height
+    }
+
+    /// True when the DAG holds no owned line ([`Memory::segment_owned`]):
+    /// then its root is the one root of its content, and `==` is O(1).
+    pub fn is_canonical(&self) -> bool {
+        self.h.is_canonical()
+    }
+
+    /// A canonical segment of the same bytes: a snapshot of this one when
+    /// it is canonical, else the content interned (deduplicated) anew.
+    pub fn canonical(&self) -> Result<Segment> {
+        if self.is_canonical() {
+            return Ok(self.clone());
+        }
+        let v = self.to_vec();
+        self.h.mem.segment(&v)
     }
 
     /// The lines a read of `len` bytes from `off` reaches (clamped to the
@@ -221,18 +304,35 @@ impl Clone for Segment {
 }
 
 impl PartialEq for Segment {
+    /// Same memory and same bytes: the same root and length, or, when
+    /// either side holds owned lines, the same content (a walk of both).
     fn eq(&self, other: &Segment) -> bool {
-        self.h.mem.same(&other.h.mem)
-            && self.h.tree.root == other.h.tree.root
-            && self.len() == other.len()
+        if !self.h.mem.same(&other.h.mem) || self.len() != other.len() {
+            return false;
+        }
+        if self.h.tree.root == other.h.tree.root {
+            return true;
+        }
+        if self.h.is_canonical() && other.h.is_canonical() {
+            return false;
+        }
+        self.h.content_eq(&other.h)
     }
 }
 
 impl Eq for Segment {}
 
 impl std::hash::Hash for Segment {
+    /// The canonical root and the length. A segment of owned lines interns
+    /// a canonical copy the first time (kept in the handle). Should the
+    /// memory have no room for it, the length alone is hashed, for that
+    /// handle's life: a canonical segment of the same bytes then hashes
+    /// differently (a known limit; `==` stays right).
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.h.tree.root.hash(state);
+        match self.h.canonical_tree() {
+            Some(t) => t.root.hash(state),
+            None => u64::MAX.hash(state),
+        }
         self.h.tree.len.hash(state);
     }
 }

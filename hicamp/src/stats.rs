@@ -49,6 +49,13 @@ pub struct Stats {
     pub zero_leaf_hits: u64,
     /// Interior writes whose children were all zero (stored nowhere).
     pub zero_interior_hits: u64,
+    /// Of `leaf_lines`, owned ones (kept out of the dedup index:
+    /// [`Memory::segment_owned`]).
+    pub owned_leaf_lines: u64,
+    /// Of `interior_lines`, owned ones.
+    pub owned_interior_lines: u64,
+    /// Owned lines ever made (leaf and interior; not in `*_lines_created`).
+    pub owned_lines_created: u64,
 }
 
 impl Stats {
@@ -77,6 +84,9 @@ impl Stats {
             interior_dedup_hits: c.hits[1],
             zero_leaf_hits: c.zero[0],
             zero_interior_hits: c.zero[1],
+            owned_leaf_lines: c.owned[0],
+            owned_interior_lines: c.owned[1],
+            owned_lines_created: c.owned_created[0] + c.owned_created[1],
         }
     }
 

@@ -140,3 +140,31 @@ fn batched_release_races_a_lookup() {
         .unwrap();
     });
 }
+
+/// An owned segment (its line out of the index, its count reaching 0
+/// without a lock) loses its two handles in two threads, while one of them
+/// interns the same content canonically (a new, indexed line: equal by
+/// content) and the other interns new content (which would take a slot
+/// given back too early): every read is right and nothing is left.
+#[test]
+fn owned_drops_race_lookups() {
+    model(owned_race);
+}
+
+fn owned_race(mem: &Memory) {
+    {
+        let a = mem.segment_owned(&LINE).unwrap();
+        let b = a.clone();
+        let t = big_stack(move || {
+            let c = b.memory().segment(&LINE).unwrap();
+            assert!(c == b, "owned and canonical views differ");
+            drop(b);
+            assert_eq!(c.to_vec(), LINE, "read a recycled line");
+        });
+        drop(a);
+        let o = mem.segment(&OTHER).unwrap();
+        assert_eq!(o.to_vec(), OTHER);
+        t.join().unwrap();
+        drop(o);
+    }
+}

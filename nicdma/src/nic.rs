@@ -93,8 +93,15 @@ pub struct NicConfig {
     pub rx_batch: u32,
     /// Count deduplicated lines on receive (`rx_lines_dedup`): the RX DMA
     /// then writes through the memory's counted copy-on-write path, which
-    /// costs about 1.4x the plain deposit. Off by default.
+    /// costs about 1.4x the plain deposit. Off by default. Implies
+    /// [`NicConfig::rx_dedup`].
     pub rx_dedup_counts: bool,
+    /// Deduplicate received lines (intern them in the memory's index). Off
+    /// by default: the RX DMA writes a frame into owned lines, kept out of
+    /// the index ([`Memory::segment_owned`]), since most received lines live
+    /// only until the application copies them out. The environment variable
+    /// `HICAMP_RX_DEDUP=1` turns it on for every NIC.
+    pub rx_dedup: bool,
 }
 
 impl Default for NicConfig {
@@ -106,8 +113,14 @@ impl Default for NicConfig {
             tx_batch: 64,
             rx_batch: 64,
             rx_dedup_counts: false,
+            rx_dedup: false,
         }
     }
+}
+
+/// True when `HICAMP_RX_DEDUP=1` asks every NIC to deduplicate on receive.
+fn rx_dedup_from_env() -> bool {
+    std::env::var_os("HICAMP_RX_DEDUP").is_some_and(|v| v == "1")
 }
 
 /// What the NIC did, in total.
@@ -247,11 +260,16 @@ struct DepositCounts {
 /// NIC's reused deposit buffer: the metadata, zeros, the frame) and built
 /// as one segment from it, as the memory's own splice of bytes would, but
 /// with no buffer allocated and zeroed per frame.
+///
+/// With `dedup` off (the default), every frame (up to [`FLAT_MAX`]) is laid
+/// out in `flat` and written into owned lines ([`Memory::segment_owned`]):
+/// a copy into free slots, no hash, no index.
 fn deposit(
     mem: &Memory,
     meta: &DmaMeta,
     off: u16,
     chunks: &[&[u8]],
+    dedup: bool,
     count_dedup: bool,
     flat: &mut Vec<u8>,
 ) -> Result<(Segment, DepositCounts), hicamp::Error> {
@@ -286,7 +304,9 @@ fn deposit(
         hicamp::Piece::Bytes(&meta),
         hicamp::Piece::Zeros(u64::from(off) - META_LEN as u64),
     ];
-    let (seg, assembled) = if total > FLAT_MIN_LINES * ls && total <= FLAT_MAX {
+    let owned = !dedup && mem.owned_lines_enabled();
+    let (seg, assembled, flat_zero) = if (owned || total > FLAT_MIN_LINES * ls) && total <= FLAT_MAX
+    {
         if flat.len() < total {
             flat.resize(total, 0);
         }
@@ -297,7 +317,11 @@ fn deposit(
             flat[at..at + c.len()].copy_from_slice(c);
             at += c.len();
         }
-        let seg = mem.segment(&flat[..total])?;
+        let seg = if owned {
+            mem.segment_owned(&flat[..total])?
+        } else {
+            mem.segment(&flat[..total])?
+        };
         // The lines a splice would assemble: line 0 (the metadata's) and
         // every line holding frame bytes.
         let frame_lines = if len == 0 {
@@ -306,7 +330,22 @@ fn deposit(
             (total - 1) / ls - usize::from(off) / ls + 1
         };
         let shares_line0 = len > 0 && usize::from(off) < ls;
-        (seg, (frame_lines + usize::from(!shares_line0)) as u64)
+        // The frame's lines that hold only zeros (not line 0, the
+        // metadata's), read a word at a time from the flat copy.
+        let first = (usize::from(off) / ls).max(1);
+        let zero = if len == 0 {
+            0
+        } else {
+            flat[(first * ls).min(total)..total]
+                .chunks(ls)
+                .filter(|l| is_zero(l))
+                .count() as u64
+        };
+        (
+            seg,
+            (frame_lines + usize::from(!shares_line0)) as u64,
+            Some(zero),
+        )
     } else if chunks.len() <= SMALL_CHUNKS {
         let mut stack = [hicamp::Piece::Zeros(0); 2 + SMALL_CHUNKS];
         stack[..2].copy_from_slice(&head);
@@ -314,17 +353,39 @@ fn deposit(
             *p = hicamp::Piece::Bytes(c);
         }
         let (seg, c) = mem.splice(&stack[..2 + chunks.len()])?;
-        (seg, c.assembled_lines)
+        (seg, c.assembled_lines, None)
     } else {
         let mut pieces = Vec::with_capacity(2 + chunks.len());
         pieces.extend_from_slice(&head);
         pieces.extend(chunks.iter().map(|c| hicamp::Piece::Bytes(c)));
         let (seg, c) = mem.splice(&pieces)?;
-        (seg, c.assembled_lines)
+        (seg, c.assembled_lines, None)
     };
     // The lines the frame touches that hold only zeros were interned as line
     // 0 (line 0 of the segment holds the metadata, which is never zero).
     let off = usize::from(off);
+    let zero = match flat_zero {
+        Some(z) => z,
+        None => zero_lines(chunks, off, ls),
+    };
+    let counts = DepositCounts {
+        // Lines that hold frame bytes: not the metadata's own line.
+        written: assembled - u64::from(off >= ls),
+        dedup: 0,
+        zero,
+    };
+    Ok((seg, counts))
+}
+
+/// True when every byte is zero (a word at a time).
+fn is_zero(b: &[u8]) -> bool {
+    let (words, rest) = b.as_chunks::<8>();
+    words.iter().fold(0u64, |a, w| a | u64::from_ne_bytes(*w)) == 0 && rest.iter().all(|x| *x == 0)
+}
+
+/// The lines holding bytes of the frame `chunks` (at `off`) that hold only
+/// zeros, line 0 (the metadata's) aside.
+fn zero_lines(chunks: &[&[u8]], off: usize, ls: usize) -> u64 {
     let mut zero = 0;
     // Frame position, and whether the line being walked is zero so far
     // (and where its frame bytes start, absolutely).
@@ -355,13 +416,7 @@ fn deposit(
     if off + pos != line_first && line_first >= ls && line_zero {
         zero += 1;
     }
-    let counts = DepositCounts {
-        // Lines that hold frame bytes: not the metadata's own line.
-        written: assembled - u64::from(off >= ls),
-        dedup: 0,
-        zero,
-    };
-    Ok((seg, counts))
+    zero
 }
 
 impl<P: Port> std::fmt::Debug for Nic<P> {
@@ -430,6 +485,7 @@ impl<P: Port> Nic<P> {
             port,
             cfg: NicConfig {
                 rx_frame_off: cfg.rx_frame_off.max(META_LEN as u16),
+                rx_dedup: cfg.rx_dedup || cfg.rx_dedup_counts || rx_dedup_from_env(),
                 ..cfg
             },
             tx_slots: SlotMap::new(&tx),
@@ -769,6 +825,7 @@ impl<P: Port> Nic<P> {
         let mut done = 0;
         let off = self.cfg.rx_frame_off;
         let count_dedup = self.cfg.rx_dedup_counts;
+        let dedup = self.cfg.rx_dedup;
         while done < self.cfg.rx_batch {
             let Some(slot) = self.rx.nic_slot(0) else {
                 // Out of posted RX slots: whatever waits stays in the port
@@ -791,7 +848,7 @@ impl<P: Port> Nic<P> {
                         gso_segs: 0,
                     };
                     result = Some(
-                        deposit(mem, &meta, off, chunks, count_dedup, flat)
+                        deposit(mem, &meta, off, chunks, dedup, count_dedup, flat)
                             .map(|(s, c)| (s, c, len)),
                     );
                 })?;
@@ -853,9 +910,13 @@ mod tests {
             }
         }
         let mut flat = Vec::new();
-        for off in [META_LEN as u16, 62, 64, 100] {
+        let offs = [META_LEN as u16, 62, 64, 100];
+        for (dedup, off) in [true, false].into_iter().flat_map(|d| offs.map(|o| (d, o))) {
             let meta = DmaMeta::frame(off, frame.len() as u32);
-            let (whole, wc) = deposit(&mem, &meta, off, &[&frame], false, &mut Vec::new()).unwrap();
+            let (whole, wc) =
+                deposit(&mem, &meta, off, &[&frame], dedup, false, &mut Vec::new()).unwrap();
+            // Owned lines unless asked to deduplicate.
+            assert_eq!(whole.is_canonical(), dedup, "off {off}");
             // The flat build is the memory's own splice of the same bytes,
             // with the same count of lines written.
             let mb = meta.to_bytes();
@@ -885,14 +946,14 @@ mod tests {
                     at = c;
                 }
                 chunks.push(&frame[at..]);
-                let (seg, c) = deposit(&mem, &meta, off, &chunks, false, &mut flat).unwrap();
+                let (seg, c) = deposit(&mem, &meta, off, &chunks, dedup, false, &mut flat).unwrap();
                 assert!(seg == whole, "off {off} cuts {cuts:?}");
                 assert_eq!(
                     (c.written, c.zero),
                     (wc.written, wc.zero),
                     "off {off} cuts {cuts:?}"
                 );
-                let (_, cc) = deposit(&mem, &meta, off, &chunks, true, &mut flat).unwrap();
+                let (_, cc) = deposit(&mem, &meta, off, &chunks, true, true, &mut flat).unwrap();
                 assert_eq!(cc.zero, wc.zero, "counted, off {off} cuts {cuts:?}");
             }
             if off % 64 == 0 {

@@ -1,5 +1,6 @@
 //! Reference counts: one `u32` per slot, mapped beside the arena. Bit 31 is
-//! the kind (set = interior), bits 0..31 the count; a count that reaches
+//! the kind (set = interior), bit 30 the owned flag (`owned`), bits 0..30
+//! the count; a count that reaches
 //! [`SATURATED`] is never freed again. A count goes from 1 to 0 only under the
 //! line's shard lock, which is what keeps the index and the counts in step;
 //! a lookup without the lock only ever increments a count it sees above 0
@@ -16,8 +17,12 @@ use crate::sync::epoch;
 /// Kind bit of a reference-count word (set = interior line). The one
 /// definition: the file format (`persist`) and `fsck` read the same words.
 pub(crate) const INTERIOR_BIT: u32 = 1 << 31;
-pub(super) const COUNT_MASK: u32 = !INTERIOR_BIT;
-pub(super) const SATURATED: u32 = 1 << 30;
+/// Owned bit of a reference-count word: a line kept out of the index (see
+/// `owned`). Only volatile memories hold owned lines, so a file's count
+/// words never carry it.
+pub(crate) const OWNED_BIT: u32 = 1 << 30;
+pub(super) const COUNT_MASK: u32 = OWNED_BIT - 1;
+pub(super) const SATURATED: u32 = 1 << 29;
 /// A release that frees at least this many lines pushes its deferred slots
 /// to the epoch collector and advances the epoch (so that a large release's
 /// slots come back at once); smaller ones leave them in the thread's bag.
@@ -81,7 +86,7 @@ impl Store {
         let prev = m.fetch_add(1, Relaxed);
         debug_assert!(prev & COUNT_MASK != 0, "acquire of a free line {id}");
         if prev & COUNT_MASK >= SATURATED {
-            m.store((prev & INTERIOR_BIT) | SATURATED, Relaxed);
+            m.store((prev & !COUNT_MASK) | SATURATED, Relaxed);
         }
     }
 
@@ -99,7 +104,11 @@ impl Store {
     /// than after a sixteenth of the memory.
     pub(crate) fn release_sized(&self, id: LineId, lines: u64) {
         if !id.is_zero() && self.dec_unless_last(id.0) {
-            self.release_last(vec![id.0], lines);
+            if self.is_owned(id) {
+                self.release_owned(&[id.0]);
+            } else {
+                self.release_last(vec![id.0], lines);
+            }
         }
     }
 
@@ -112,13 +121,21 @@ impl Store {
     pub(crate) fn release_all(&self, ids: &[LineId]) {
         let meta = self.meta.as_slice();
         let mut last = Vec::new();
+        let mut owned = Vec::new();
         for (j, id) in ids.iter().enumerate() {
             if let Some(next) = ids.get(j + PREFETCH_AHEAD) {
                 prefetch_ptr(meta.as_ptr().wrapping_add(next.0 as usize));
             }
             if !id.is_zero() && self.dec_unless_last(id.0) {
-                last.push(id.0);
+                if self.is_owned(*id) {
+                    owned.push(id.0);
+                } else {
+                    last.push(id.0);
+                }
             }
+        }
+        if !owned.is_empty() {
+            self.release_owned(&owned);
         }
         if !last.is_empty() {
             self.release_last(last, 0);
@@ -154,7 +171,7 @@ impl Store {
     /// Drops one reference unless it is the last; true when it is the last
     /// (the count is left at 1, the caller finishes under the shard lock).
     #[inline]
-    fn dec_unless_last(&self, id: u32) -> bool {
+    pub(super) fn dec_unless_last(&self, id: u32) -> bool {
         let m = &self.meta.as_slice()[id as usize];
         let mut c = m.load(Relaxed);
         loop {
@@ -205,6 +222,20 @@ impl Store {
                     }
                 }
                 pending.truncate(at);
+                // An indexed line never has an owned child (see `owned`);
+                // should one turn up, it is freed without the index.
+                if self.owned.used.load(Relaxed) {
+                    let owned: Vec<u32> = cand
+                        .iter()
+                        .copied()
+                        .filter(|&c| self.is_owned(LineId(c)))
+                        .collect();
+                    if !owned.is_empty() {
+                        debug_assert!(false, "an indexed line has owned children");
+                        cand.retain(|&c| !self.is_owned(LineId(c)));
+                        self.release_owned(&owned);
+                    }
+                }
                 continue;
             }
             for chunk in cand.chunks(RELEASE_BATCH) {
@@ -373,8 +404,8 @@ impl Store {
             lo = lo.min(w);
             hi = hi.max(w);
         };
-        // Drops one reference; `Some(interior)` when the line died.
-        let drop_ref = |id: u32| -> Option<bool> {
+        // Drops one reference; `Some(count word before)` when the line died.
+        let drop_ref = |id: u32| -> Option<u32> {
             let m = &meta[id as usize];
             let c = m.load(Relaxed);
             debug_assert!(c & COUNT_MASK != 0, "release of a free line L{id}");
@@ -388,12 +419,10 @@ impl Store {
             if prev & COUNT_MASK != 1 {
                 return None;
             }
-            if prev & INTERIOR_BIT != 0 {
+            if prev & (INTERIOR_BIT | OWNED_BIT) != 0 {
                 m.store(0, Relaxed);
-                Some(true)
-            } else {
-                Some(false)
             }
+            Some(prev)
         };
         // Breadth first: `expand` is a queue of dying interior lines whose
         // children are still to release (`head` is its front); a child loses
@@ -405,17 +434,22 @@ impl Store {
         // meanwhile). A segment's children have ids scattered over the
         // shards' slot runs, so their count words miss the cache.
         let mut expand: Vec<u32> = Vec::new();
+        // Indexed lines that died, by kind, and owned ones (not in any
+        // table: their slots return with the rest, their counts apart).
         let mut died = [0u64; 2];
-        let mut release = |id: u32, expand: &mut Vec<u32>| match drop_ref(id) {
-            None => {}
-            Some(false) => {
-                died[0] += 1;
+        let mut owned_died = [0u64; 2];
+        let mut release = |id: u32, expand: &mut Vec<u32>| {
+            if let Some(prev) = drop_ref(id) {
+                let k = usize::from(prev & INTERIOR_BIT != 0);
+                if prev & OWNED_BIT != 0 {
+                    owned_died[k] += 1;
+                } else {
+                    died[k] += 1;
+                }
                 mark(id);
-            }
-            Some(true) => {
-                died[1] += 1;
-                mark(id);
-                expand.push(id);
+                if k == 1 {
+                    expand.push(id);
+                }
             }
         };
         for id in pending {
@@ -445,7 +479,12 @@ impl Store {
                 head = 0;
             }
         }
-        let n = died[0] + died[1];
+        for (k, d) in owned_died.iter().enumerate() {
+            if *d > 0 {
+                self.owned.live[k].fetch_sub(*d, Relaxed);
+            }
+        }
+        let n = died[0] + died[1] + owned_died[0] + owned_died[1];
         if n == 0 {
             return 0;
         }

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering::*;
 
-use super::counts::{kind_bit, COUNT_MASK, INTERIOR_BIT, SATURATED};
+use super::counts::{kind_bit, COUNT_MASK, INTERIOR_BIT, OWNED_BIT, SATURATED};
 use super::table::{Bucket, Buckets, Table};
 use super::{kind_index, line_hash, Store, SHARDS};
 use crate::config::Durability;
@@ -356,6 +356,7 @@ impl Store {
     /// memory is otherwise full).
     pub(super) fn drain_free_lists(&self) {
         self.reclaim();
+        self.drain_owned();
         for cell in self.shards.iter() {
             let mut shard = cell.lock.lock();
             let n = shard.free.len();
@@ -619,6 +620,12 @@ impl Store {
         // SAFETY: `id` was just taken from a free list or the fresh range, so
         // this thread owns it exclusively; it is published below, under the lock.
         unsafe { self.arena.write(id, line) };
+        if kind == LineKind::Interior && self.has_owned_child(line) {
+            // Above an owned line: owned too, out of the index (`owned`).
+            meta[id as usize].store(kbit | OWNED_BIT | 1, Relaxed);
+            self.note_owned(kind, 1);
+            return Some((LineId(id), true));
+        }
         meta[id as usize].store(kbit | 1, Relaxed);
         shard.table.insert_at(h, id, place);
         shard.live[kind_index(kind)] += 1;

@@ -517,6 +517,7 @@ impl Store {
             - self.free_count.load(Relaxed) as i64
             - self.limbo.load(Relaxed) as i64
             - listed as i64
+            - self.owned_stack_len() as i64
             - reserve as i64
     }
 }

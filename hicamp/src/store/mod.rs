@@ -20,7 +20,8 @@
 //! bitmap.
 //!
 //! Reference counts live in a mapped `u32` array beside the arena: bit 31 is
-//! the kind (set = interior), bits 0..31 the count. The rule that makes the
+//! the kind (set = interior), bit 30 marks an owned line (`owned`), bits
+//! 0..30 the count. The rule that makes the
 //! index and the counts agree: a count goes from 1 to 0 only under the shard
 //! lock, and in the same critical section the line leaves the index. A
 //! lookup under the lock increments a count it sees in the index (never 0
@@ -29,7 +30,7 @@
 //! read-modify-write of the same word, so exactly one of them sees the 1. So
 //! no lookup revives a line that is being freed. Other increments happen
 //! without the lock, which is sound because whoever increments already holds
-//! a reference. A count that reaches 2^30 saturates: the line is never freed
+//! a reference. A count that reaches 2^29 saturates: the line is never freed
 //! again (a leak, never corruption), like the kernel's `refcount_t`.
 //!
 //! Releases are batched (`release_all`, which `release` also ends in when a
@@ -156,6 +157,9 @@
 //! * `table`: one shard's table (buckets, tags, overflow counts);
 //! * `counts`: reference counts (acquire, release, reclamation);
 //! * `intern`: interning single lines and batches of lines;
+//! * `owned`: owned lines, kept out of the index (received frames; bit 30
+//!   of the count word; not to be confused with an "owned hit" above, a
+//!   lookup that takes a reference);
 //! * `durability`: the persist barrier (lines flushed before a root is
 //!   published);
 //! * `recovery`: the walk of a file's committed DAGs and the rebuild of the
@@ -172,6 +176,7 @@ mod index;
 mod inplace;
 #[deny(unsafe_code)]
 mod intern;
+mod owned;
 mod recovery;
 mod table;
 
@@ -363,6 +368,10 @@ pub(crate) struct StoreCounters {
     pub free_list_bytes: u64,
     pub refcount_bytes: u64,
     pub high_water: u64,
+    /// Live owned lines (also counted in `live`), by kind.
+    pub owned: [u64; 2],
+    /// Owned lines made, by kind.
+    pub owned_created: [u64; 2],
 }
 
 pub(crate) struct Store {
@@ -403,6 +412,8 @@ pub(crate) struct Store {
     /// Serialises persist barriers, so that a commit never passes lines that a
     /// concurrent barrier took but has not finished flushing.
     flush_lock: Mutex<()>,
+    /// Owned (unindexed) lines: see `owned`.
+    owned: owned::Owned,
 }
 
 /// The child ids of an interior line, read straight from the arena (for the
@@ -514,6 +525,7 @@ impl Store {
             },
             pm_latency_ns: config.pm_write_latency_ns,
             flush_lock: Mutex::new(()),
+            owned: owned::Owned::new(!backing.is_file()),
         }
     }
 
@@ -574,7 +586,11 @@ impl Store {
         }
         for k in 0..2 {
             c.hits[k] += self.pinned_hits[k].load(Relaxed);
+            c.owned[k] = self.owned.live[k].load(Relaxed);
+            c.owned_created[k] = self.owned.created[k].load(Relaxed);
+            c.live[k] += c.owned[k];
         }
+        c.free_list_bytes += (self.owned.free.lock().capacity() * 4) as u64;
         c.zero = [self.zero[0].load(Relaxed), self.zero[1].load(Relaxed)];
         c.high_water = self.next_fresh.load(Relaxed).min(self.slots);
         // The bitmap's pages beyond the high-water mark are never touched.

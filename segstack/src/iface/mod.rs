@@ -169,6 +169,7 @@ impl IfaceConfig {
                 tx_batch: 256,
                 rx_batch: 256,
                 rx_dedup_counts: false,
+                rx_dedup: false,
             },
         }
     }
