@@ -2654,7 +2654,12 @@ fn sendfile_cache_serves_unchanged_files_without_reading_and_changed_ones_fresh(
         let bodies = s * plan.len() as u64;
         assert_eq!(n(&r["totals"]["sendfile_bytes"]), bodies, "{r}");
         assert_eq!(n(&r["totals"]["api_copy_in_bytes"]), header_bytes, "{r}");
-        assert_eq!(n(&r["payload_bytes_copied_below_socket_api"]), 0, "{r}");
+        // Deferred transmit (on by default): a reply's header and body leave in one frame,
+        // which assembles the one line where they meet (the header is not line-aligned); the
+        // rest of the body is shared. With `HICAMP_STACK_DEFER=0` the header leaves alone and
+        // nothing is copied.
+        let below = n(&r["payload_bytes_copied_below_socket_api"]);
+        assert!(below <= 64 * plan.len() as u64 && below % 64 == 0, "{below}: {r}");
         if cache.is_empty() {
             // Read: A once, B after the rewrite (too recent: not kept), B once settled. Every
             // other body came from a snapshot: 0 bytes read, 0 copied.
