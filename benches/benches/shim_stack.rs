@@ -671,7 +671,7 @@ fn main() {
         if std::fs::write(dir.join("www/page"), page).is_ok() {
             let secs = env_u64("HICAMP_STACK_BENCH_SECS", 5);
             for workers in [true, false] {
-                let (mut k, per) = rounds_of("nginx", rounds, &backends, |b| {
+                let (k, per) = rounds_of("nginx", rounds, &backends, |b| {
                     nginx_round(&lab, b, secs, workers)
                 });
                 let mk = median(&mut k.iter().map(|v| v.0).collect::<Vec<_>>());

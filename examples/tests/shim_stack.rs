@@ -2659,7 +2659,10 @@ fn sendfile_cache_serves_unchanged_files_without_reading_and_changed_ones_fresh(
         // rest of the body is shared. With `HICAMP_STACK_DEFER=0` the header leaves alone and
         // nothing is copied.
         let below = n(&r["payload_bytes_copied_below_socket_api"]);
-        assert!(below <= 64 * plan.len() as u64 && below % 64 == 0, "{below}: {r}");
+        assert!(
+            below <= 64 * plan.len() as u64 && below % 64 == 0,
+            "{below}: {r}"
+        );
         if cache.is_empty() {
             // Read: A once, B after the rewrite (too recent: not kept), B once settled. Every
             // other body came from a snapshot: 0 bytes read, 0 copied.

@@ -13,8 +13,7 @@ use segstack::Payload;
 use super::filecache;
 use super::{
     internal, is_stack, lock, mark, mark_pending, marked, note, on, proxy, pump, pump_send, sync,
-    unmark,
-    ConnRecord, Kind, Opts, Pending, Sock, Tcp, World, WorldGuard, FORKED, ORPHANS,
+    unmark, ConnRecord, Kind, Opts, Pending, Sock, Tcp, World, WorldGuard, FORKED, ORPHANS,
 };
 use crate::guard::{self, Guard};
 use crate::real;
