@@ -1384,8 +1384,10 @@ unsafe fn sendfile_in_place(
                 // defer (the header is still queued: both leave in the pass of its next
                 // wait); without deferral its header leaves in a frame of its own first, and
                 // a body starting off a line would cost that line's copy in the next.
-                let phased = phased || super::deferring();
-                let phase = if phased && cached && sent == 0 && want <= PHASED_MAX && fc.enabled() {
+                // (A range read at a phase costs no copy: [`read_range_at`]; with the cache off
+                // too.)
+                let phased = (phased && cached && fc.enabled()) || super::deferring();
+                let phase = if phased && sent == 0 && want <= PHASED_MAX {
                     let line = e.mem.line_size().max(1) as u64;
                     (s.rec.sent_bytes.wrapping_sub(s.sendfile_end) % line) as u32
                 } else {
