@@ -36,9 +36,12 @@
 //!   the stack socket cannot take data (connecting, send buffer full), so `POLLOUT` means
 //!   what it means for a kernel socket; the B end drains it when room opens.
 //! * **One stack per process**, behind one lock: application threads call into it directly
-//!   (a send is transmitted at once), and a stack thread sleeps in `poll` on the port's
-//!   descriptor and an eventfd with the next timer as timeout, so retransmission, delayed ACK,
-//!   keepalive and TIME-WAIT run while the application sleeps in a blocking call.
+//!   (a send queues its data; the pass that transmits it runs at the thread's next wait in
+//!   the shim, a full batch, or the stack thread's tick: *deferred transmit*,
+//!   `pump_send`, `HICAMP_STACK_DEFER=0` turns it off), and a stack thread sleeps in `poll`
+//!   on the port's descriptor and an eventfd with the next timer as timeout, so
+//!   retransmission, delayed ACK, keepalive and TIME-WAIT run while the application sleeps in
+//!   a blocking call.
 //! * **Inline polling** ([`inline`]): an application thread waiting for a stack socket
 //!   (blocking call, `poll`, `epoll_wait`) also waits on the port and runs the interface
 //!   itself when a frame arrives; the stack thread then sleeps on its timers and eventfd only.
