@@ -112,10 +112,20 @@ impl Lab {
 
     /// `hicamp run --mode stack` in A over `backend` (`tap`, `af_packet`, `af_xdp`).
     fn stack(&self, backend: &str, args: &[&str]) -> Command {
-        let spec = match backend {
+        // `NAME-nodefer`: the same backend with deferred transmit off (`HICAMP_STACK_DEFER=0`).
+        let (name, nodefer) = match backend.strip_suffix("-nodefer") {
+            Some(b) => (b, true),
+            None => (backend, false),
+        };
+        let spec = match name {
             "tap" => format!("tap:{TAP}"),
             other => format!("{other}:{VETH}"),
         };
+        // The stack's report (frame counters): removed before the run, read after it.
+        let report = self.report(backend);
+        for (_, f) in stack_reports(&report) {
+            let _ = std::fs::remove_file(f);
+        }
         // A link an earlier launcher left (it was killed before it could remove it) would
         // hold the same addresses.
         for dev in [TAP, VETH] {
@@ -125,9 +135,14 @@ impl Lab {
             }
         }
         let mut c = self.a.command(self.hicamp.to_str().unwrap_or("hicamp"));
+        if nodefer {
+            c.env("HICAMP_STACK_DEFER", "0");
+        }
         c.args([
             "-q",
             "run",
+            "--report",
+            report.to_str().unwrap_or_default(),
             "--mode",
             "stack",
             "--backend",
@@ -141,6 +156,40 @@ impl Lab {
         .args(args);
         c
     }
+}
+
+impl Lab {
+    /// The report path of a stack-side run on `backend`.
+    fn report(&self, backend: &str) -> PathBuf {
+        self.dir.join(format!("report-{backend}.json"))
+    }
+
+    /// Frames the stack sent and port kicks (TX flushes), summed over the run's stack reports
+    /// (0 when there are none).
+    fn frames(&self, backend: &str) -> (f64, f64) {
+        let mut out = (0.0, 0.0);
+        for (text, _) in stack_reports(&self.report(backend)) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            out.0 += v["iface"]["tx_frames"].as_f64().unwrap_or(0.0);
+            out.1 += v["port_copies"]["kicks"].as_f64().unwrap_or(0.0);
+        }
+        out
+    }
+}
+
+/// The stack reports `PREFIX.stack.PID.json` next to `prefix`: (contents, path).
+fn stack_reports(prefix: &std::path::Path) -> Vec<(String, PathBuf)> {
+    let (Some(dir), Some(name)) = (prefix.parent(), prefix.file_name()) else {
+        return Vec::new();
+    };
+    let start = format!("{}.stack.", name.to_string_lossy());
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&start))
+        .filter_map(|e| Some((std::fs::read_to_string(e.path()).ok()?, e.path())))
+        .collect()
 }
 
 /// Where the servers' standard error goes (shown when one does not listen).
@@ -306,8 +355,8 @@ fn idle_clients(lab: &Lab, host: &str, idle: u64) -> Result<Option<Reaper>, Stri
 }
 
 /// One redis round on one side: (GET p1, SET p1, GET p16, SET p16, the server's CPU
-/// microseconds per request over the four runs).
-fn redis_round(lab: &Lab, stack: Option<&str>, n: u64) -> Result<[f64; 5], String> {
+/// microseconds per request over the four runs, the stack's frames and kicks per request).
+fn redis_round(lab: &Lab, stack: Option<&str>, n: u64) -> Result<[f64; 7], String> {
     let args = redis_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (mut server, host) = if let Some(b) = stack {
@@ -335,7 +384,9 @@ fn redis_round(lab: &Lab, stack: Option<&str>, n: u64) -> Result<[f64; 5], Strin
     }
     drop(server);
     let cpu_us = (children_cpu() - c0) * 1e6 / (10 * n) as f64;
-    Ok([g1, s1, g16, s16, cpu_us])
+    let (frames, kicks) = stack.map_or((0.0, 0.0), |b| lab.frames(b));
+    let reqs = (10 * n) as f64;
+    Ok([g1, s1, g16, s16, cpu_us, frames / reqs, kicks / reqs])
 }
 
 /// One 64 MiB download: (MB/s from the spawn to the exit, MB/s by curl's own clock). The
@@ -397,7 +448,12 @@ fn wanted(name: &str) -> bool {
 
 /// One nginx round on one side, with a master and 2 workers (`workers`) or in one process:
 /// wrk's requests/s.
-fn nginx_round(lab: &Lab, stack: Option<&str>, secs: u64, workers: bool) -> Result<f64, String> {
+fn nginx_round(
+    lab: &Lab,
+    stack: Option<&str>,
+    secs: u64,
+    workers: bool,
+) -> Result<(f64, f64, f64), String> {
     let side = stack.unwrap_or("kernel");
     let procs = if workers {
         "master_process on; worker_processes 2;"
@@ -445,10 +501,18 @@ fn nginx_round(lab: &Lab, stack: Option<&str>, secs: u64, workers: bool) -> Resu
         if text.contains("Non-2xx") {
             return Err(format!("wrk saw errors: {text}"));
         }
-        text.lines()
+        let rate = text
+            .lines()
             .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .ok_or_else(|| format!("wrk said: {text}"))
+            .ok_or_else(|| format!("wrk said: {text}"))?;
+        // "N requests in Ts, ..."
+        let reqs = text
+            .lines()
+            .find_map(|l| l.trim().split_once(" requests in"))
+            .and_then(|(v, _)| v.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        Ok((rate, reqs))
     })();
     let _ = ns
         .command("nginx")
@@ -459,7 +523,10 @@ fn nginx_round(lab: &Lab, stack: Option<&str>, secs: u64, workers: bool) -> Resu
     while Instant::now() < deadline && server.0 .0.try_wait().ok().flatten().is_none() {
         std::thread::sleep(Duration::from_millis(50));
     }
-    result
+    let (rate, reqs) = result?;
+    // Frames and kicks per request (curl's request in the report too: negligible).
+    let (frames, kicks) = stack.map_or((0.0, 0.0), |b| lab.frames(b));
+    Ok((rate, frames / reqs, kicks / reqs))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -474,13 +541,16 @@ fn median(v: &mut [f64]) -> f64 {
 /// The backends `SHIM_STACK_BACKEND` asks for (default `tap`; `all`: every one).
 fn backends() -> Result<Vec<&'static str>, String> {
     const ALL: [&str; 3] = ["tap", "af_packet", "af_xdp"];
+    // Also accepted: `tap-nodefer`, `af_packet-nodefer` (deferred transmit off: a same-run
+    // baseline for it).
+    const MORE: [&str; 3] = ["tap-nodefer", "af_packet-nodefer", "af_xdp-nodefer"];
     let v = std::env::var("SHIM_STACK_BACKEND").unwrap_or_else(|_| "tap".into());
     if v.trim() == "all" {
         return Ok(ALL.to_vec());
     }
     let mut out = Vec::new();
     for w in v.split(',').map(str::trim) {
-        match ALL.iter().find(|b| **b == w) {
+        match ALL.iter().chain(&MORE).find(|b| **b == w) {
             Some(b) if !out.contains(b) => out.push(*b),
             Some(_) => {}
             None => {
@@ -583,6 +653,11 @@ fn main() {
                 "redis server CPU per request (all four runs)  {b:<9} {ms:>6.2} us  kernel {mk:>6.2} us  ratio {:.3}",
                 ms / mk
             );
+            let f = median(&mut s.iter().map(|v| v[5]).collect::<Vec<_>>());
+            let kk = median(&mut s.iter().map(|v| v[6]).collect::<Vec<_>>());
+            println!(
+                "redis stack TX per request (all four runs)    {b:<9} {f:>6.3} frames  {kk:>6.3} kicks"
+            );
         }
     }
 
@@ -596,19 +671,21 @@ fn main() {
         if std::fs::write(dir.join("www/page"), page).is_ok() {
             let secs = env_u64("HICAMP_STACK_BENCH_SECS", 5);
             for workers in [true, false] {
-                let (mut k, per) = rounds_of("nginx", rounds, &backends, |b| {
+                let (k, per) = rounds_of("nginx", rounds, &backends, |b| {
                     nginx_round(&lab, b, secs, workers)
                 });
-                let mk = median(&mut k);
+                let mk = median(&mut k.iter().map(|v| v.0).collect::<Vec<_>>());
                 let what = if workers {
                     "nginx 2 workers"
                 } else {
                     "nginx 1 process"
                 };
-                for (b, mut s) in backends.iter().zip(per) {
-                    let ms = median(&mut s);
+                for (b, s) in backends.iter().zip(per) {
+                    let ms = median(&mut s.iter().map(|v| v.0).collect::<Vec<_>>());
+                    let f = median(&mut s.iter().map(|v| v.1).collect::<Vec<_>>());
+                    let kk = median(&mut s.iter().map(|v| v.2).collect::<Vec<_>>());
                     println!(
-                        "{what} + wrk (50 conns, 4 KiB)  {b:<9} {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}",
+                        "{what} + wrk (50 conns, 4 KiB)  {b:<9} {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}  {f:.3} frames/req  {kk:.3} kicks/req",
                         ms / mk
                     );
                 }

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering::R
 
 use libc::c_int;
 
-use super::{lock, pump, FORKED, WAKE};
+use super::{lock, pump, FORKED};
 use crate::fdbits::FdBits;
 use crate::real;
 
@@ -128,6 +128,8 @@ impl Waiting {
         if port() < 0 {
             return None;
         }
+        // Output deferred by this process's sends leaves before the thread sleeps.
+        super::flush_deferred();
         WAITERS.fetch_add(1, SeqCst);
         Some(Waiting(()))
     }
@@ -196,12 +198,7 @@ fn loop_active() -> bool {
 }
 
 fn wake_stack() {
-    let fd = WAKE.load(Relaxed);
-    if fd >= 0 {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: an 8-byte buffer for an eventfd write.
-        unsafe { real::write(fd, one.as_ptr().cast(), 8) };
-    }
+    super::wake_stack();
 }
 
 /// A blocking call's hold on the port: only one such wait polls it at a time.

@@ -36,9 +36,12 @@
 //!   the stack socket cannot take data (connecting, send buffer full), so `POLLOUT` means
 //!   what it means for a kernel socket; the B end drains it when room opens.
 //! * **One stack per process**, behind one lock: application threads call into it directly
-//!   (a send is transmitted at once), and a stack thread sleeps in `poll` on the port's
-//!   descriptor and an eventfd with the next timer as timeout, so retransmission, delayed ACK,
-//!   keepalive and TIME-WAIT run while the application sleeps in a blocking call.
+//!   (a send queues its data; the pass that transmits it runs at the thread's next wait in
+//!   the shim, a full batch, or the stack thread's tick: *deferred transmit*,
+//!   `pump_send`, `HICAMP_STACK_DEFER=0` turns it off), and a stack thread sleeps in `poll`
+//!   on the port's descriptor and an eventfd with the next timer as timeout, so
+//!   retransmission, delayed ACK, keepalive and TIME-WAIT run while the application sleeps in
+//!   a blocking call.
 //! * **Inline polling** ([`inline`]): an application thread waiting for a stack socket
 //!   (blocking call, `poll`, `epoll_wait`) also waits on the port and runs the interface
 //!   itself when a frame arrives; the stack thread then sleeps on its timers and eventfd only.
@@ -75,7 +78,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -691,6 +694,7 @@ fn start() -> Result<Engine, (c_int, String)> {
             ready::init();
         }
     }
+    defer_init();
     proxy::STACK_SELF.store(crate::sys::getpid(), Relaxed);
     let seed = crate::sys::getpid() as u64 ^ crate::sys::unix_millis();
     let engine = Engine {
@@ -728,6 +732,7 @@ fn start() -> Result<Engine, (c_int, String)> {
 /// (in a forked child: [`proxy::barrier`]).
 unsafe extern "C" fn atfork_prepare() {
     if !FORKED.load(Relaxed) {
+        let _ = crate::guard::shielded(flush_deferred);
         let _ = crate::guard::shielded(ready::materialize_all);
         let _ = crate::guard::shielded(proxy::listen_for_children);
     } else {
@@ -921,6 +926,12 @@ fn report_json(reason: &str) -> serde_json::Value {
         "payload_bytes_copied_below_socket_api": below,
         "connections": conns,
         "proxy": proxied,
+        "defer": {
+            "on": DEFER_ON.load(Relaxed),
+            "deferred_sends": DEFERS.load(Relaxed),
+            "passes_with_deferred_output": DEFER_FLUSHES.load(Relaxed),
+            "safety_net_passes": DEFER_NET_PASSES.load(Relaxed),
+        },
         "notes": w.notes,
         "iface": iface,
         "port_copies": copies,
@@ -939,6 +950,134 @@ fn write_report(reason: &str) {
     if let Err(e) = crate::sys::replace(&path, &bytes) {
         crate::sys::diag(&format!("stack report {}: {e}", path.display()));
     }
+}
+
+// ---- deferred transmit ---------------------------------------------------------------------
+
+/// Deferred transmit is on: `HICAMP_STACK_DEFER` is not `0` and inline polling has the port
+/// (so that the application's waits are the shim's). Decided when the stack starts.
+static DEFER_ON: AtomicBool = AtomicBool::new(false);
+/// A send queued output that no pass has transmitted yet (set and cleared under the world's
+/// lock; read without it by the stack thread's tick and by the wait points).
+static PENDING: AtomicBool = AtomicBool::new(false);
+/// When [`PENDING`] was set ([`defer_now`]).
+static PENDING_SINCE: AtomicU64 = AtomicU64::new(0);
+/// Bytes the sends queued since the last pass.
+static PENDING_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Sends deferred so far (the stack thread's tick looks whether it moved).
+static DEFERS: AtomicU64 = AtomicU64::new(0);
+/// The stack thread ticks every [`DEFER_TICK_NS`] (sends defer): the safety net.
+static TICKING: AtomicBool = AtomicBool::new(false);
+/// The stack thread's eventfd was written for a reason other than starting its ticks.
+static WAKE_OTHER: AtomicBool = AtomicBool::new(false);
+/// Passes the stack thread's tick made for output left pending (report).
+static DEFER_NET_PASSES: AtomicU64 = AtomicU64::new(0);
+/// Sends that deferred, and passes that found output pending (report).
+static DEFER_FLUSHES: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes after which a send runs its pass at once (a full batch).
+const DEFER_BATCH: u64 = 64 << 10;
+/// The stack thread's tick while sends defer, and the age after which output left pending is
+/// transmitted by it: output waits at most about 1.5 ticks (750 us) for a thread that
+/// computes or sleeps outside the shim.
+const DEFER_TICK_NS: u64 = 500_000;
+
+fn defer_now() -> u64 {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    T0.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Decides [`DEFER_ON`] (the stack starts; the environment is read now, as an application may
+/// clear it later).
+fn defer_init() {
+    let env = std::env::var_os("HICAMP_STACK_DEFER").is_none_or(|v| v != "0");
+    DEFER_ON.store(env && inline::port_fd() >= 0, Relaxed);
+    defer_now();
+}
+
+/// After a send queued `bytes`: its pass runs at the thread's next wait in the shim (or any
+/// call that runs a pass), when a full batch waits, or from the stack thread's tick; at once
+/// with deferral off, on a control-channel server thread and for a child's request.
+fn pump_send(w: &mut World, bytes: usize) {
+    let served = PUMPS_DEFERRED.with(std::cell::Cell::get) != 0 || ops::forced_nb();
+    if !DEFER_ON.load(Relaxed) || served {
+        pump(w);
+        return;
+    }
+    let total = PENDING_BYTES.fetch_add(bytes as u64, Relaxed) + bytes as u64;
+    if total >= DEFER_BATCH {
+        pump(w);
+        return;
+    }
+    DEFERS.fetch_add(1, Relaxed);
+    if !PENDING.load(Relaxed) {
+        PENDING_SINCE.store(defer_now(), Relaxed);
+        PENDING.store(true, SeqCst);
+        if !TICKING.swap(true, SeqCst) {
+            // The stack thread sleeps without a tick: it starts ticking (no pass).
+            wake_raw();
+        }
+    }
+}
+
+/// Output deferred by sends waits for a pass (called under the world's lock).
+fn deferring() -> bool {
+    PENDING.load(Relaxed)
+}
+
+/// Before a thread waits (or calls anything that must see the output out): runs the pass
+/// deferred sends owe. The caller holds no lock.
+fn flush_deferred() {
+    if PENDING.load(Relaxed) {
+        let mut w = lock();
+        flush_locked(&mut w);
+    }
+}
+
+/// [`flush_deferred`] with the lock held.
+fn flush_locked(w: &mut World) {
+    if PENDING.load(Relaxed) {
+        pump(w);
+    }
+}
+
+/// Writes the stack thread's eventfd.
+fn wake_raw() {
+    let fd = WAKE.load(Relaxed);
+    if fd >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte buffer for an eventfd write.
+        unsafe { real::write(fd, one.as_ptr().cast(), 8) };
+    }
+}
+
+/// Wakes the stack thread for its ordinary work (a pass).
+fn wake_stack() {
+    WAKE_OTHER.store(true, SeqCst);
+    wake_raw();
+}
+
+/// The stack thread's tick: transmits output left pending for at least a tick; stops ticking
+/// after a tick in which no send deferred. `seen`: [`DEFERS`] at the last tick.
+fn defer_tick(seen: &mut u64) {
+    if PENDING.load(SeqCst) {
+        if defer_now().saturating_sub(PENDING_SINCE.load(Relaxed)) >= DEFER_TICK_NS / 2 {
+            let mut w = lock();
+            if PENDING.load(Relaxed) {
+                DEFER_NET_PASSES.fetch_add(1, Relaxed);
+                pump_from(&mut w, false);
+            }
+        }
+    } else {
+        let d = DEFERS.load(Relaxed);
+        if d == *seen {
+            TICKING.store(false, SeqCst);
+            if PENDING.load(SeqCst) {
+                TICKING.store(true, SeqCst);
+            }
+        }
+    }
+    *seen = DEFERS.load(Relaxed);
 }
 
 /// Runs the interface once and brings every socket's descriptor up to date; wakes the stack
@@ -999,6 +1138,11 @@ fn pump_from(w: &mut World, app: bool) {
     let Some(e) = engine.as_mut() else {
         return;
     };
+    // This pass transmits what sends deferred.
+    if PENDING.swap(false, Relaxed) {
+        DEFER_FLUSHES.fetch_add(1, Relaxed);
+    }
+    PENDING_BYTES.store(0, Relaxed);
     let now = e.now();
     let mut touched = std::mem::take(&mut e.touched);
     touched.clear();
@@ -1027,12 +1171,7 @@ fn pump_from(w: &mut World, app: bool) {
     // server thread's pass found the same earliest timer, a fraction of a millisecond before
     // the rounded wake-up), and it then fought the server threads for the lock.
     if at.saturating_add(1_000_000) < SLEEP_UNTIL.load(Relaxed) && !ready::looper() {
-        let fd = WAKE.load(Relaxed);
-        if fd >= 0 {
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: an 8-byte buffer for an eventfd write.
-            unsafe { real::write(fd, one.as_ptr().cast(), 8) };
-        }
+        wake_stack();
     }
 }
 
@@ -1094,6 +1233,7 @@ fn watched(s: &Sock) -> bool {
 fn stack_thread() {
     crate::guard::enter_forever();
     let mut grace = false;
+    let mut defers_seen = 0u64;
     loop {
         if FINISHED.load(Relaxed) {
             return;
@@ -1107,7 +1247,12 @@ fn stack_thread() {
                 return;
             };
             let now = e.now();
-            let at = if timers { e.iface.poll_at() } else { None };
+            let mut at = if timers { e.iface.poll_at() } else { None };
+            if PENDING.load(Relaxed) {
+                // Output deferred by sends makes `poll_at` say now: it is the tick's
+                // ([`defer_tick`]), not a reason to run a pass at once.
+                at = at.map(|a| a.max(now.saturating_add(DEFER_TICK_NS)));
+            }
             // The thread sleeps until a frame, a timer, or an application thread's wake-up:
             // no periodic tick. Frames the interface already took out of the port (the
             // device pass of its flush deposits what arrived meanwhile into the RX ring,
@@ -1159,12 +1304,47 @@ fn stack_thread() {
         } else {
             timeout
         };
-        // SAFETY: four valid pollfds (a negative descriptor is skipped).
-        unsafe { real::poll(fds.as_mut_ptr(), 4, timeout) };
+        // While sends defer, the sleep is cut to the tick ([`defer_tick`]).
+        let tick = TICKING.load(SeqCst);
+        let tick_first = tick && (timeout < 0 || timeout as u64 * 1_000_000 > DEFER_TICK_NS);
+        let ts = if tick_first {
+            Some(libc::timespec {
+                tv_sec: 0,
+                tv_nsec: DEFER_TICK_NS as libc::c_long,
+            })
+        } else if timeout >= 0 {
+            Some(libc::timespec {
+                tv_sec: libc::time_t::from(timeout / 1000),
+                tv_nsec: libc::c_long::from(timeout % 1000) * 1_000_000,
+            })
+        } else {
+            None
+        };
+        let tsp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: four valid pollfds (a negative descriptor is skipped); `tsp` is null or
+        // `ts`; no signal mask.
+        let r = unsafe { real::ppoll(fds.as_mut_ptr(), 4, tsp, std::ptr::null()) };
+        let mut other = true;
         if fds[1].revents != 0 {
             let mut buf = [0u8; 8];
             // SAFETY: an 8-byte buffer for an eventfd read.
             unsafe { real::read(fds[1].fd, buf.as_mut_ptr().cast(), 8) };
+            // Only woken to start ticking: no pass.
+            other = WAKE_OTHER.swap(false, SeqCst);
+        }
+        let only_tick = if r == 0 {
+            tick_first
+        } else {
+            !other && fds.iter().filter(|p| p.revents != 0).count() == 1
+        };
+        if only_tick {
+            defer_tick(&mut defers_seen);
+            continue;
+        }
+        if tick {
+            defer_tick(&mut defers_seen);
         }
         let mut w = lock();
         if fds[2].revents != 0 {

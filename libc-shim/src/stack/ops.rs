@@ -12,8 +12,8 @@ use segstack::Payload;
 
 use super::filecache;
 use super::{
-    internal, is_stack, lock, mark, mark_pending, marked, note, on, proxy, pump, sync, unmark,
-    ConnRecord, Kind, Opts, Pending, Sock, Tcp, World, WorldGuard, FORKED, ORPHANS,
+    internal, is_stack, lock, mark, mark_pending, marked, note, on, proxy, pump, pump_send, sync,
+    unmark, ConnRecord, Kind, Opts, Pending, Sock, Tcp, World, WorldGuard, FORKED, ORPHANS,
 };
 use crate::guard::{self, Guard};
 use crate::real;
@@ -36,6 +36,11 @@ pub(super) fn non_blocking<R>(f: impl FnOnce() -> R) -> R {
     let r = f();
     FORCE_NB.with(|c| c.set(false));
     r
+}
+
+/// This thread serves a child's request ([`non_blocking`]).
+pub(super) fn forced_nb() -> bool {
+    FORCE_NB.with(std::cell::Cell::get)
 }
 
 /// A socket's calls do not block (its mode, or a child's request).
@@ -896,7 +901,7 @@ pub fn send(
         s.rec.sent_bytes += sent as u64;
         s.rec.send_calls += 1;
     });
-    pump(&mut w);
+    pump_send(&mut w, sent);
     Some(sent as isize)
 }
 
@@ -1375,10 +1380,14 @@ unsafe fn sendfile_in_place(
                 // both in one frame) is kept at their line phase: then that frame shares the
                 // range's lines instead of copying them (segstack keeps the phase of a
                 // frame's first byte; only the line where the two meet is assembled). Built
-                // once per cached range. Not in the stack process's own calls: its header
-                // leaves in a frame of its own first, and a body starting off a line would
-                // cost that line's copy in the next.
-                let phase = if phased && cached && sent == 0 && want <= PHASED_MAX && fc.enabled() {
+                // once per cached range. In the stack process's own calls only while sends
+                // defer (the header is still queued: both leave in the pass of its next
+                // wait); without deferral its header leaves in a frame of its own first, and
+                // a body starting off a line would cost that line's copy in the next.
+                // (A range read at a phase costs no copy: [`read_range_at`]; with the cache off
+                // too.)
+                let phased = (phased && cached && fc.enabled()) || super::deferring();
+                let phase = if phased && sent == 0 && want <= PHASED_MAX {
                     let line = e.mem.line_size().max(1) as u64;
                     (s.rec.sent_bytes.wrapping_sub(s.sendfile_end) % line) as u32
                 } else {
@@ -1399,18 +1408,14 @@ unsafe fn sendfile_in_place(
                     }
                     None => {
                         drop(fc);
-                        match read_range(&e.mem, inf, at, want) {
+                        match read_range_at(&e.mem, inf, at, want, phase) {
                             Ok(r) => {
-                                if r.segment.is_empty() {
+                                if r.segment.len() <= u64::from(phase) {
                                     // End of file.
                                     return Step::Done;
                                 }
-                                let n = r.segment.len() as usize;
-                                let seg = match at_phase(&e.mem, &r.segment, phase) {
-                                    Some(p) => p,
-                                    None => r.segment,
-                                };
-                                let off = seg.len() - n as u64;
+                                let seg = r.segment;
+                                let off = u64::from(phase);
                                 if cached && r.stopped.is_none() {
                                     filecache::cache().put_at(
                                         file,
@@ -1420,6 +1425,7 @@ unsafe fn sendfile_in_place(
                                         read_at,
                                     );
                                 }
+                                let n = (seg.len() - off) as usize;
                                 Ok(Payload::new(seg, off, n))
                             }
                             Err(hicamp::ReadError::Read(err)) => {
@@ -1487,7 +1493,7 @@ unsafe fn sendfile_in_place(
         s.rec.send_calls += 1;
         s.sendfile_end = s.rec.sent_bytes;
     });
-    pump(&mut w);
+    pump_send(&mut w, sent);
     drop(w);
     let end = start + sent as i64;
     if off.is_null() {
@@ -1504,23 +1510,62 @@ unsafe fn sendfile_in_place(
 /// it (one TSO frame's worth: longer ones share every frame but the first anyway).
 const PHASED_MAX: usize = 64 << 10;
 
-/// `seg` again with `phase` zero bytes in front (its bytes start at that line phase), or
-/// `None` for phase 0 or when the memory is full (the caller queues `seg` as it is: a frame
-/// then copies what it cannot share). The one copy of the range's lines, paid once per
-/// sendfile cache entry (`sendfile_cache.phased_copy_bytes`).
-fn at_phase(mem: &hicamp::Memory, seg: &hicamp::Segment, phase: u32) -> Option<hicamp::Segment> {
+/// [`read_range`] with `phase` zero bytes in front, so that the file's bytes start at that
+/// line phase: the zeros are written into the first slots, then `preadv` reads the file
+/// behind them (no copy: `sendfile_cache.phased_copy_bytes` stays 0). The segment holds
+/// `phase` more bytes than were read; `read_bytes` counts the file's only.
+fn read_range_at(
+    mem: &hicamp::Memory,
+    inf: c_int,
+    at: i64,
+    want: usize,
+    phase: u32,
+) -> Result<hicamp::ReadSegment, hicamp::ReadError> {
     if phase == 0 {
-        return None;
+        return read_range(mem, inf, at, want);
     }
-    let all = Payload::from_segment(seg.clone());
-    let (out, counts) = mem
-        .splice(&[
-            hicamp::Piece::Zeros(u64::from(phase)),
-            hicamp::Piece::Range(&all),
-        ])
-        .ok()?;
-    filecache::cache().stats.phased_copy_bytes += counts.copied_bytes;
-    Some(out)
+    let mut pos = 0i64;
+    let mut zeros = phase as usize;
+    let mut iov: Vec<libc::iovec> = Vec::new();
+    let r = mem.segment_from_vectored_reader(want as u64 + u64::from(phase), |bufs| {
+        let mut filled = 0usize;
+        iov.clear();
+        for b in bufs.iter_mut() {
+            let z = zeros.min(b.len());
+            if z > 0 {
+                b[..z].fill(0);
+                zeros -= z;
+                filled += z;
+            }
+            if z < b.len() && iov.len() < 1024 {
+                let rest = &mut b[z..];
+                iov.push(libc::iovec {
+                    iov_base: rest.as_mut_ptr().cast(),
+                    iov_len: rest.len(),
+                });
+            }
+        }
+        if iov.is_empty() {
+            return Ok(filled);
+        }
+        // SAFETY: each iovec describes a writable part of a buffer borrowed for the call (at
+        // most IOV_MAX of them).
+        let n = unsafe { libc::preadv(inf, iov.as_ptr(), iov.len() as c_int, at + pos) };
+        if n < 0 {
+            if filled > 0 {
+                return Ok(filled);
+            }
+            return Err(std::io::Error::last_os_error());
+        }
+        pos += n as i64;
+        Ok(filled + n as usize)
+    });
+    if let Ok(r) = &r {
+        let mut fc = filecache::cache();
+        fc.stats.read_bytes += r.counts.bytes.saturating_sub(u64::from(phase));
+        fc.stats.read_calls += r.counts.reads;
+    }
+    r
 }
 
 /// A forked child's posted `sendfile` ([`proxy`]), in the stack process: `count` bytes of

@@ -231,7 +231,12 @@ fn tokens_on(w: &mut World, id: usize) {
 /// Before a thread waits in the kernel on `fds` (a blocking call, `poll`, `select`): their
 /// stack sockets keep their descriptors' readiness with tokens from now on.
 pub fn kernel_waits(fds: impl IntoIterator<Item = c_int>) {
-    if FORKED.load(Relaxed) || !enabled() {
+    if FORKED.load(Relaxed) {
+        return;
+    }
+    // The thread is about to sleep: output deferred by sends leaves first.
+    super::flush_deferred();
+    if !enabled() {
         return;
     }
     let mut w = None;
@@ -467,6 +472,8 @@ pub(super) fn materialize_all() {
 fn collect(epfd: c_int, ev: &mut [libc::epoll_event]) -> (usize, Option<u64>) {
     let max = ev.len();
     let mut w = lock();
+    // An event loop's wait: what its sends deferred leaves now, in one pass.
+    super::flush_locked(&mut w);
     let World {
         engine,
         socks,
