@@ -7,170 +7,27 @@
 //! prints "skipped: ..." and passes, except under `CI=true` or `HICAMP_REQUIRE_ALL=1`, where
 //! it fails (`testkit::require`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod stacklab;
 
-use nicdma::tap::{netns_supported, NetNs};
-use serde_json::Value;
+use std::process::Command;
 
-const HICAMP: &str = env!("CARGO_BIN_EXE_hicamp");
+use stacklab::*;
 
-/// Builds the shim next to the `hicamp` binary under test (once per test binary).
-fn shim() -> &'static Path {
-    testkit::shim_beside(HICAMP, env!("CARGO"), env!("CARGO_MANIFEST_DIR"))
+/// The launcher on `af_packet:DEV` (it makes the veth pair DEV <-> DEV-k).
+trait AfPacket {
+    fn af_packet(&self, dev: &str, net: &str, report: &str, args: &[&str]) -> Command;
 }
 
-/// True (the test returns) when root, iproute2, ethtool or one of `programs` is missing.
+impl AfPacket for Lab {
+    fn af_packet(&self, dev: &str, net: &str, report: &str, args: &[&str]) -> Command {
+        self.stack_on(&format!("af_packet:{dev}"), net, report, &[], args)
+    }
+}
+
+/// [`stacklab::missing`], and ethtool (this file's doc names it as a prerequisite).
 #[track_caller]
-fn missing(programs: &[&str]) -> bool {
-    testkit::require(netns_supported(), "root and iproute2")
-        || testkit::require_program("ethtool", "--version")
-        || programs
-            .iter()
-            .any(|p| testkit::require_program(p, "--version"))
-}
-
-struct Lab {
-    ns: NetNs,
-    dir: tempfile::TempDir,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        shim();
-        Lab {
-            ns: NetNs::create().expect("create a namespace"),
-            dir: tempfile::tempdir().expect("temporary directory"),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `hicamp run --mode stack --backend af_packet:DEV` with the stack at `net.2` and the
-    /// kernel (on `DEV-k`) at `net.1`, inside the namespace.
-    fn stack(&self, dev: &str, net: &str, report: &str, args: &[&str]) -> Command {
-        let mut c = self.ns.command(HICAMP);
-        c.args([
-            "run",
-            "--mode",
-            "stack",
-            "--backend",
-            &format!("af_packet:{dev}"),
-            "--ip",
-            &format!("{net}.2/24"),
-            "--host-ip",
-            &format!("{net}.1/24"),
-            "--report",
-        ])
-        .arg(self.path(report))
-        .arg("--")
-        .args(args);
-        c
-    }
-
-    fn kernel(&self, program: &str, args: &[&str]) -> Command {
-        let mut c = self.ns.command(program);
-        c.args(args);
-        c
-    }
-
-    fn report(&self, name: &str) -> Value {
-        let p = self.path(name);
-        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
-        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parse {}: {e}", p.display()))
-    }
-
-    /// Whether interface `dev` exists in the namespace.
-    fn has_link(&self, dev: &str) -> bool {
-        self.ns
-            .ip(&["-o", "link", "show", "dev", dev])
-            .is_ok_and(|s| !s.trim().is_empty())
-    }
-}
-
-/// Kills and reaps a child on drop: no process outlives a failed test.
-struct Reaper(Option<Child>);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Reaper {
-    fn spawn(mut c: Command) -> Reaper {
-        Reaper(Some(
-            c.stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn"),
-        ))
-    }
-
-    /// Waits at most `secs` for the end; the output.
-    fn finish(mut self, secs: u64) -> Output {
-        let mut c = self.0.take().expect("child");
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while c.try_wait().expect("wait").is_none() {
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let out = c.wait_with_output().expect("output");
-                panic!(
-                    "did not end within {secs} s:\n{}\n{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        c.wait_with_output().expect("output")
-    }
-}
-
-#[track_caller]
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Waits until `ip:port` accepts a kernel connection from inside the namespace.
-fn wait_port(lab: &Lab, ip: &str, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let probe =
-        format!("import socket; socket.create_connection(('{ip}', {port}), timeout=1).close()");
-    while Instant::now() < deadline {
-        if lab
-            .kernel("python3", &["-c", &probe])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("nothing listens on {ip}:{port}");
-}
-
-fn n(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
-}
-
-/// The one stack report of a run (its process used the stack).
-fn stack_report(merged: &Value) -> &Value {
-    let s = merged["stack"].as_array().expect("stack reports");
-    assert_eq!(s.len(), 1, "one process used the stack: {merged}");
-    &s[0]
+fn missing_af(programs: &[&str]) -> bool {
+    missing(&[&["ethtool"], programs].concat())
 }
 
 /// The kernel's `Tcp: OutRsts` in the lab's namespace.
@@ -187,25 +44,13 @@ fn kernel_out_rsts(lab: &Lab) -> u64 {
         .unwrap_or_else(|| panic!("no Tcp OutRsts in {text}"))
 }
 
-fn redis_stat(lab: &Lab, host: &str, key: &str) -> u64 {
-    let out = lab
-        .kernel("redis-cli", &["-h", host, "info", "stats"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {text}"))
-}
-
 #[test]
 fn redis_server_over_af_packet_serves_the_kernels_redis_benchmark() {
-    if missing(&["redis-server", "redis-benchmark", "redis-cli", "python3"]) {
+    if missing_af(&["redis-server", "redis-benchmark", "redis-cli", "python3"]) {
         return;
     }
     let lab = Lab::new();
-    let srv = Reaper::spawn(lab.stack(
+    let srv = Reaper::spawn(lab.af_packet(
         "pred0",
         "10.94.0",
         "redis.json",
@@ -301,7 +146,7 @@ fn redis_server_over_af_packet_serves_the_kernels_redis_benchmark() {
 
 #[test]
 fn curl_downloads_64_mib_byte_exactly_over_af_packet() {
-    if missing(&["curl", "python3"]) {
+    if missing_af(&["curl", "python3"]) {
         return;
     }
     let lab = Lab::new();
@@ -325,7 +170,7 @@ fn curl_downloads_64_mib_byte_exactly_over_af_packet() {
     let out_file = lab.path("got");
     let headers = lab.path("headers");
     let out = lab
-        .stack(
+        .af_packet(
             "pcurl0",
             "10.95.0",
             "curl.json",
@@ -403,7 +248,7 @@ fn refused(lab: &Lab, user: Option<&str>, args: &[&str], want: &str) {
 
 #[test]
 fn launcher_refuses_bad_af_packet_settings_before_the_command_runs() {
-    if missing(&["setpriv"]) {
+    if missing_af(&["setpriv"]) {
         return;
     }
     let lab = Lab::new();

@@ -879,20 +879,7 @@ fn posted_send(y: c_int, payload: &[u8], flags: c_int) -> Option<isize> {
         } else if guard::errno() != libc::EAGAIN {
             let e = guard::errno();
             POSTED_LOST.fetch_add((payload.len() - off) as u64, Relaxed);
-            if matches!(e, libc::ECONNRESET | libc::ETIMEDOUT) {
-                // Nobody saw it: the child's next call on the socket reports it.
-                let mut w = lock();
-                if let Some(s) = w
-                    .fds
-                    .get(&y)
-                    .copied()
-                    .and_then(|id| w.socks.get_mut(id))
-                    .and_then(Option::as_mut)
-                {
-                    s.so_error = e;
-                    s.err_taken = false;
-                }
-            }
+            park_error(y, e);
             return Some(r);
         }
         POSTED_WAITS.fetch_add(1, Relaxed);
@@ -902,6 +889,25 @@ fn posted_send(y: c_int, payload: &[u8], flags: c_int) -> Option<isize> {
             POSTED_LOST.fetch_add((payload.len() - off) as u64, Relaxed);
             return Some(off as isize);
         }
+    }
+}
+
+/// A posted send or sendfile failed after the child had returned: nobody saw the error, so a
+/// reset or timeout is left on the socket (`SO_ERROR`) for the child's next call to report.
+fn park_error(y: c_int, e: c_int) {
+    if !matches!(e, libc::ECONNRESET | libc::ETIMEDOUT) {
+        return;
+    }
+    let mut w = lock();
+    if let Some(s) = w
+        .fds
+        .get(&y)
+        .copied()
+        .and_then(|id| w.socks.get_mut(id))
+        .and_then(Option::as_mut)
+    {
+        s.so_error = e;
+        s.err_taken = false;
     }
 }
 
@@ -965,20 +971,7 @@ fn posted_sendfile(y: c_int, file: c_int, req: &Req, payload: &[u8]) -> i64 {
         }
         let e = guard::errno();
         if e != libc::EAGAIN {
-            if matches!(e, libc::ECONNRESET | libc::ETIMEDOUT) {
-                // Nobody saw it: the child's next call on the socket reports it.
-                let mut w = lock();
-                if let Some(s) = w
-                    .fds
-                    .get(&y)
-                    .copied()
-                    .and_then(|id| w.socks.get_mut(id))
-                    .and_then(Option::as_mut)
-                {
-                    s.so_error = e;
-                    s.err_taken = false;
-                }
-            }
+            park_error(y, e);
             return lost(sent);
         }
         POSTED_WAITS.fetch_add(1, Relaxed);
