@@ -8,7 +8,7 @@
 //! "skipped: ..." and passes, except under `CI=true` or `HICAMP_REQUIRE_ALL=1`, where it fails
 //! (`testkit::require`).
 
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -2063,24 +2063,84 @@ while served < want:
 print("header_bytes", header_bytes, flush=True)
 "#;
 
+/// The sendfile tests' file: `mib` MiB of 1 MiB blocks (a repeated one, zeros, random ones:
+/// repeated and zero lines among random ones), less 37 bytes (a tail that is not line-aligned).
+fn sendfile_blob(seed: u64, mib: usize) -> Vec<u8> {
+    let mut rng = testkit::Rng::new(seed);
+    let block = rng.bytes(1 << 20);
+    let mut data = Vec::with_capacity(mib << 20);
+    for k in 0..mib {
+        match k % 4 {
+            0 => data.extend_from_slice(&block),
+            1 => data.resize(data.len() + (1 << 20), 0),
+            _ => data.extend(rng.bytes(1 << 20)),
+        }
+    }
+    data.truncate((mib << 20) - 37);
+    data
+}
+
+/// The kernel's curl fetches each of `modes` from the server `srv` on `ip:8080` and gets `data`
+/// byte-exactly (`/nonblocking` at `slow_rate`); then the server's output once it ended.
+fn fetch_modes(
+    lab: &Lab,
+    srv: Reaper,
+    ip: &str,
+    modes: &[&str],
+    data: &[u8],
+    slow_rate: &str,
+) -> Output {
+    for mode in modes {
+        let got = lab.path("got");
+        let rate: &[&str] = if *mode == "/nonblocking" {
+            &["--limit-rate", slow_rate]
+        } else {
+            &[]
+        };
+        let out = lab
+            .kernel("curl", rate)
+            .args([
+                "-sS",
+                "--max-time",
+                "120",
+                "-o",
+                got.to_str().unwrap(),
+                &format!("http://{ip}:8080{mode}"),
+            ])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let srv = srv.kill();
+            panic!(
+                "{mode}: {}\nserver: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&srv.stdout),
+                String::from_utf8_lossy(&srv.stderr)
+            );
+        }
+        let body = std::fs::read(&got).unwrap();
+        assert_eq!(body.len(), data.len(), "{mode}");
+        assert!(body == data, "{mode}: the body differs");
+    }
+    srv.finish(60)
+}
+
+/// The number a server printed on its line `KEY N`.
+#[track_caller]
+fn printed(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+}
+
 #[test]
 fn sendfile_serves_64_mib_to_curl_with_no_byte_copied_by_the_shim() {
     if missing(&["curl", "python3"]) {
         return;
     }
     let lab = Lab::new();
-    let mut rng = testkit::Rng::new(0x5e4d);
-    // Repeated and zero lines among random ones, and a tail that is not line-aligned.
-    let block = rng.bytes(1 << 20);
-    let mut data = Vec::with_capacity(64 << 20);
-    for k in 0..64 {
-        match k % 4 {
-            0 => data.extend_from_slice(&block),
-            1 => data.extend(std::iter::repeat_n(0u8, 1 << 20)),
-            _ => data.extend(rng.bytes(1 << 20)),
-        }
-    }
-    data.truncate((64 << 20) - 37);
+    let data = sendfile_blob(0x5e4d, 64);
     let file = lab.path("blob");
     std::fs::write(&file, &data).unwrap();
     let modes = ["/blocking", "/position", "/nonblocking"];
@@ -2098,56 +2158,14 @@ fn sendfile_serves_64_mib_to_curl_with_no_byte_copied_by_the_shim() {
         ],
     ));
     wait_port(&lab, "10.121.0.2", 8080);
-    for mode in modes {
-        let got = lab.path("got");
-        // The non-blocking server meets a full send buffer often behind a slow reader.
-        let rate: &[&str] = if mode == "/nonblocking" {
-            &["--limit-rate", "64M"]
-        } else {
-            &[]
-        };
-        let out = lab
-            .kernel("curl", rate)
-            .args([
-                "-sS",
-                "--max-time",
-                "120",
-                "-o",
-                got.to_str().unwrap(),
-                &format!("http://10.121.0.2:8080{mode}"),
-            ])
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            let srv = srv.kill();
-            panic!(
-                "{mode}: {}\nserver: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&srv.stdout),
-                String::from_utf8_lossy(&srv.stderr)
-            );
-        }
-        let body = std::fs::read(&got).unwrap();
-        assert_eq!(body.len(), data.len(), "{mode}");
-        assert!(body == data, "{mode}: the body differs");
-    }
-    let out = srv.finish(60);
+    // The non-blocking server meets a full send buffer often behind a slow reader.
+    let out = fetch_modes(&lab, srv, "10.121.0.2", &modes, &data, "64M");
     assert_ok(&out);
     let text = String::from_utf8_lossy(&out.stdout);
-    let header_bytes: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("header_bytes "))
-        .unwrap_or_else(|| panic!("{text}"))
-        .parse()
-        .unwrap();
+    let header_bytes = printed(&text, "header_bytes");
     eprintln!("{text}");
     assert!(text.contains("errors ok"), "{text}");
-    let eagain: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("eagain "))
-        .unwrap_or_else(|| panic!("{text}"))
-        .parse()
-        .unwrap();
+    let eagain = printed(&text, "eagain");
     assert!(
         eagain > 0,
         "the non-blocking sender never met a full buffer: {text}"
@@ -2183,17 +2201,7 @@ fn a_forked_childs_sendfile_passes_the_file_not_its_bytes() {
         return;
     }
     let lab = Lab::new();
-    let mut rng = testkit::Rng::new(0x5e4e);
-    let block = rng.bytes(1 << 20);
-    let mut data = Vec::with_capacity(16 << 20);
-    for k in 0..16 {
-        match k % 4 {
-            0 => data.extend_from_slice(&block),
-            1 => data.extend(std::iter::repeat_n(0u8, 1 << 20)),
-            _ => data.extend(rng.bytes(1 << 20)),
-        }
-    }
-    data.truncate((16 << 20) - 37);
+    let data = sendfile_blob(0x5e4e, 16);
     let file = lab.path("blob");
     std::fs::write(&file, &data).unwrap();
     let modes = ["/blocking", "/position", "/nonblocking", "/pieces"];
@@ -2212,47 +2220,10 @@ fn a_forked_childs_sendfile_passes_the_file_not_its_bytes() {
         ],
     ));
     wait_port(&lab, "10.123.0.2", 8080);
-    for mode in modes {
-        let got = lab.path("got");
-        let rate: &[&str] = if mode == "/nonblocking" {
-            &["--limit-rate", "16M"]
-        } else {
-            &[]
-        };
-        let out = lab
-            .kernel("curl", rate)
-            .args([
-                "-sS",
-                "--max-time",
-                "120",
-                "-o",
-                got.to_str().unwrap(),
-                &format!("http://10.123.0.2:8080{mode}"),
-            ])
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            let srv = srv.kill();
-            panic!(
-                "{mode}: {}\nserver: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&srv.stdout),
-                String::from_utf8_lossy(&srv.stderr)
-            );
-        }
-        let body = std::fs::read(&got).unwrap();
-        assert_eq!(body.len(), data.len(), "{mode}");
-        assert!(body == data, "{mode}: the body differs");
-    }
-    let out = srv.finish(60);
+    let out = fetch_modes(&lab, srv, "10.123.0.2", &modes, &data, "16M");
     assert_printed(&out, "errors ok");
     let text = String::from_utf8_lossy(&out.stdout);
-    let header_bytes: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("header_bytes "))
-        .unwrap_or_else(|| panic!("{text}"))
-        .parse()
-        .unwrap();
+    let header_bytes = printed(&text, "header_bytes");
     let r = stack_report(&lab.report("sendfile1.json")).clone();
     let bodies = data.len() as u64 * modes.len() as u64;
     assert_eq!(n(&r["totals"]["sendfile_bytes"]), bodies, "{r}");
@@ -2266,12 +2237,7 @@ fn a_forked_childs_sendfile_passes_the_file_not_its_bytes() {
     // non-blocking ones met a full buffer.
     assert!(n(&p["posted_sendfiles"]) >= 16, "{r}");
     assert!(n(&p["sendfiles"]) > n(&p["posted_sendfiles"]), "{r}");
-    let eagain: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("eagain "))
-        .unwrap_or_else(|| panic!("{text}"))
-        .parse()
-        .unwrap();
+    let eagain = printed(&text, "eagain");
     assert!(
         eagain > 0,
         "the non-blocking child never met a full buffer: {text}"
@@ -2403,12 +2369,7 @@ fn sendfile_cache_serves_unchanged_files_without_reading_and_changed_ones_fresh(
         let out = srv.finish(30);
         assert_ok(&out);
         let text = String::from_utf8_lossy(&out.stdout);
-        let header_bytes: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("header_bytes "))
-            .unwrap_or_else(|| panic!("{text}"))
-            .parse()
-            .unwrap();
+        let header_bytes = printed(&text, "header_bytes");
         let merged = lab.report(&report);
         let r = stack_report(&merged);
         let c = &r["sendfile_cache"];
