@@ -191,11 +191,17 @@ impl Segment {
     }
 
     /// A canonical segment of the same bytes: a snapshot of this one when
-    /// it is canonical, else the content interned (deduplicated) anew.
+    /// it is canonical, else a snapshot of its canonical copy (interned
+    /// once and kept, the copy `Hash` uses).
     pub fn canonical(&self) -> Result<Segment> {
-        if self.is_canonical() {
-            return Ok(self.clone());
+        if let Some(t) = self.h.canonical_tree() {
+            self.h.mem.inner.store.acquire(t.root);
+            return Ok(Segment {
+                h: Handle::new(self.h.mem.clone(), t),
+            });
         }
+        // The memory had no room for the copy: intern again, for its error
+        // (or its success, should room have come since).
         let v = self.to_vec();
         self.h.mem.segment(&v)
     }
