@@ -202,6 +202,15 @@ fn run_ok(mut c: Command, secs: u64) -> String {
     text
 }
 
+/// The sink's and the source's lines (`LEN DIGEST` each) agree, and `total` bytes went.
+#[track_caller]
+fn assert_digests(text: &str, total: u64) {
+    let l: Vec<&str> = text.lines().collect();
+    assert_eq!(l.len(), 2, "{text}");
+    assert_eq!(l[0], l[1], "digests differ: {text}");
+    assert!(l[1].starts_with(&format!("{total} ")), "{text}");
+}
+
 /// A stream of `total` bytes from a client to a server, both in local mode; both digests agree
 /// and both ends are reported local.
 fn stream(name: &str, total: u64) {
@@ -218,10 +227,7 @@ fn stream(name: &str, total: u64) {
         ),
         600,
     );
-    let l: Vec<&str> = text.lines().collect();
-    assert_eq!(l.len(), 2, "{text}");
-    assert_eq!(l[0], l[1], "digests differ");
-    assert!(l[1].starts_with(&format!("{total} ")), "{text}");
+    assert_digests(&text, total);
     let (o, _) = srv.wait(so, 60);
     assert!(o.status.success());
     let routes = s.routes();
@@ -1241,10 +1247,7 @@ fn v6_stream(name: &str, sink: &str, host: &str, shim_srv: bool, shim_cli: bool)
         ),
         120,
     );
-    let l: Vec<&str> = text.lines().collect();
-    assert_eq!(l.len(), 2, "{text}");
-    assert_eq!(l[0], l[1], "digests differ: {text}");
-    assert!(l[1].starts_with(&format!("{total} ")), "{text}");
+    assert_digests(&text, total);
     let (o, rest) = srv.wait(so, 60);
     assert!(o.status.success(), "{rest}");
     let routes = s.routes();
@@ -1328,10 +1331,7 @@ fn ipv6_only_listener_is_not_offered_to_ipv4_clients() {
         ),
         120,
     );
-    let l: Vec<&str> = text.lines().collect();
-    assert_eq!(l.len(), 2, "{text}");
-    assert_eq!(l[0], l[1], "digests differ: {text}");
-    assert!(l[1].starts_with(&format!("{total} ")), "{text}");
+    assert_digests(&text, total);
     let (o, rest) = srv.wait(so, 60);
     assert!(o.status.success(), "{rest}");
     std::fs::write(&flag, b"").expect("flag");
