@@ -670,15 +670,8 @@ mod tests {
     use crate::store::{line_hash, WriteCounts};
     use crate::{Config, Memory};
 
-    fn random_lines(lines: usize, mut x: u64) -> Vec<u8> {
-        (0..lines * 64)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+    fn random_lines(lines: usize, seed: u64) -> Vec<u8> {
+        testkit::Rng::new(seed).bytes(lines * 64)
     }
 
     /// After a mass release, each intern batch of new lines takes the

@@ -1010,15 +1010,7 @@ mod tests {
             ..Config::default()
         })
         .unwrap();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..(20_000 * 64))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = testkit::Rng::new(0x9e37_79b9_7f4a_7c15).bytes(20_000 * 64);
         let s = m.segment(&data).unwrap();
         let live = m.live_lines();
         assert!(live > 20_000);
