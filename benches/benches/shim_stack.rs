@@ -112,10 +112,16 @@ impl Lab {
 
     /// `hicamp run --mode stack` in A over `backend` (`tap`, `af_packet`, `af_xdp`).
     fn stack(&self, backend: &str, args: &[&str]) -> Command {
-        // `NAME-nodefer`: the same backend with deferred transmit off (`HICAMP_STACK_DEFER=0`).
-        let (name, nodefer) = match backend.strip_suffix("-nodefer") {
+        // `NAME-old`: the same backend with the shim `SHIM_STACK_OLD` names (a build kept
+        // aside: a same-run baseline for a change).
+        let (base, old) = match backend.strip_suffix("-old") {
             Some(b) => (b, true),
             None => (backend, false),
+        };
+        // `NAME-nodefer`: the same backend with deferred transmit off (`HICAMP_STACK_DEFER=0`).
+        let (name, nodefer) = match base.strip_suffix("-nodefer") {
+            Some(b) => (b, true),
+            None => (base, false),
         };
         let spec = match name {
             "tap" => format!("tap:{TAP}"),
@@ -137,6 +143,11 @@ impl Lab {
         let mut c = self.a.command(self.hicamp.to_str().unwrap_or("hicamp"));
         if nodefer {
             c.env("HICAMP_STACK_DEFER", "0");
+        }
+        if old {
+            if let Some(so) = std::env::var_os("SHIM_STACK_OLD") {
+                c.env("HICAMP_SHIM", so);
+            }
         }
         c.args([
             "-q",
@@ -453,7 +464,7 @@ fn nginx_round(
     stack: Option<&str>,
     secs: u64,
     workers: bool,
-) -> Result<(f64, f64, f64), String> {
+) -> Result<(f64, f64, f64, f64), String> {
     let side = stack.unwrap_or("kernel");
     let procs = if workers {
         "master_process on; worker_processes 2;"
@@ -518,15 +529,18 @@ fn nginx_round(
         .command("nginx")
         .args(["-s", "quit", "-c", conf_s.as_str(), "-p", prefix.as_str()])
         .output();
-    // The stack side's launcher removes its TAP once nginx is gone: wait for it.
+    // The stack side's launcher removes its TAP once nginx is gone: wait for it. The
+    // server's CPU: what its reaping adds to the children's (wrk and the quit were reaped).
+    let c0 = children_cpu();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline && server.0 .0.try_wait().ok().flatten().is_none() {
         std::thread::sleep(Duration::from_millis(50));
     }
+    let cpu = children_cpu() - c0;
     let (rate, reqs) = result?;
     // Frames and kicks per request (curl's request in the report too: negligible).
     let (frames, kicks) = stack.map_or((0.0, 0.0), |b| lab.frames(b));
-    Ok((rate, frames / reqs, kicks / reqs))
+    Ok((rate, frames / reqs, kicks / reqs, cpu * 1e6 / reqs))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -543,7 +557,15 @@ fn backends() -> Result<Vec<&'static str>, String> {
     const ALL: [&str; 3] = ["tap", "af_packet", "af_xdp"];
     // Also accepted: `tap-nodefer`, `af_packet-nodefer` (deferred transmit off: a same-run
     // baseline for it).
-    const MORE: [&str; 3] = ["tap-nodefer", "af_packet-nodefer", "af_xdp-nodefer"];
+    // `NAME-old`: the shim `SHIM_STACK_OLD` names (a same-run baseline for a change).
+    const MORE: [&str; 6] = [
+        "tap-nodefer",
+        "af_packet-nodefer",
+        "af_xdp-nodefer",
+        "tap-old",
+        "af_packet-old",
+        "af_xdp-old",
+    ];
     let v = std::env::var("SHIM_STACK_BACKEND").unwrap_or_else(|_| "tap".into());
     if v.trim() == "all" {
         return Ok(ALL.to_vec());
@@ -555,7 +577,7 @@ fn backends() -> Result<Vec<&'static str>, String> {
             Some(_) => {}
             None => {
                 return Err(format!(
-                    "SHIM_STACK_BACKEND: unknown backend {w:?} (tap, af_packet, af_xdp, all)"
+                    "SHIM_STACK_BACKEND: unknown backend {w:?} (tap, af_packet, af_xdp, all; NAME-nodefer, NAME-old)"
                 ))
             }
         }
@@ -663,18 +685,29 @@ fn main() {
 
     // nginx -v and wrk -v print their versions (wrk exits 1): there if they start.
     let starts = |p: &str| Command::new(p).arg("-v").output().map(drop);
-    if wanted("nginx")
+    if (wanted("nginx") || wanted("nginx1") || wanted("nginx2"))
         && !testkit::require(starts("nginx"), "nginx")
         && !testkit::require(starts("wrk"), "wrk")
     {
         let page: Vec<u8> = (0..4096u32).map(|i| b'a' + (i % 26) as u8).collect();
         if std::fs::write(dir.join("www/page"), page).is_ok() {
             let secs = env_u64("HICAMP_STACK_BENCH_SECS", 5);
-            for workers in [true, false] {
+            // `nginx1`/`nginx2` in HICAMP_STACK_BENCH_ONLY: only the one-process or the
+            // 2-worker nginx.
+            let which = |w: bool| {
+                let only = std::env::var("HICAMP_STACK_BENCH_ONLY").unwrap_or_default();
+                let (one, two) = (
+                    only.split(',').any(|x| x.trim() == "nginx1"),
+                    only.split(',').any(|x| x.trim() == "nginx2"),
+                );
+                (!one && !two) || (w && two) || (!w && one)
+            };
+            for workers in [true, false].into_iter().filter(|w| which(*w)) {
                 let (k, per) = rounds_of("nginx", rounds, &backends, |b| {
                     nginx_round(&lab, b, secs, workers)
                 });
                 let mk = median(&mut k.iter().map(|v| v.0).collect::<Vec<_>>());
+                let ck = median(&mut k.iter().map(|v| v.3).collect::<Vec<_>>());
                 let what = if workers {
                     "nginx 2 workers"
                 } else {
@@ -687,6 +720,11 @@ fn main() {
                     println!(
                         "{what} + wrk (50 conns, 4 KiB)  {b:<9} {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}  {f:.3} frames/req  {kk:.3} kicks/req",
                         ms / mk
+                    );
+                    let cs = median(&mut s.iter().map(|v| v.3).collect::<Vec<_>>());
+                    println!(
+                        "{what} server CPU per request  {b:<9} {cs:>6.2} us  kernel {ck:>6.2} us  ratio {:.3}",
+                        cs / ck
                     );
                 }
             }
