@@ -936,6 +936,8 @@ fn report_json(reason: &str) -> serde_json::Value {
             "deferred_sends": DEFERS.load(Relaxed),
             "passes_with_deferred_output": DEFER_FLUSHES.load(Relaxed),
             "safety_net_passes": DEFER_NET_PASSES.load(Relaxed),
+            "ticks": DEFER_TICKS.load(Relaxed),
+            "idle_ticks": DEFER_IDLE_TICKS.load(Relaxed),
         },
         "notes": w.notes,
         "iface": iface,
@@ -982,10 +984,23 @@ static DEFER_FLUSHES: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes after which a send runs its pass at once (a full batch).
 const DEFER_BATCH: u64 = 64 << 10;
-/// The stack thread's tick while sends defer, and the age after which output left pending is
-/// transmitted by it: output waits at most about 1.5 ticks (750 us) for a thread that
-/// computes or sleeps outside the shim.
+/// The stack thread's shortest tick while sends defer, and the age after which output left
+/// pending is transmitted by it. A tick that finds nothing to transmit (the application's
+/// waits in the shim flushed its output, the common case of an event loop) doubles the next
+/// one, up to [`DEFER_TICK_MAX_NS`]; a tick that transmits output left pending makes them
+/// short again. So output waits at most about 1.5 short ticks (750 us) while a thread keeps
+/// leaving it (it computes or sleeps outside the shim), and at most about one long tick
+/// (4.25 ms) the first time after a run of ticks that found nothing; an event loop's process
+/// is woken about 250 times a second instead of 2000.
 const DEFER_TICK_NS: u64 = 500_000;
+/// The longest tick ([`DEFER_TICK_NS`]).
+const DEFER_TICK_MAX_NS: u64 = 4_000_000;
+/// The stack thread's tick now (between [`DEFER_TICK_NS`] and [`DEFER_TICK_MAX_NS`]).
+static TICK_NS: AtomicU64 = AtomicU64::new(DEFER_TICK_NS);
+/// Ticks that found nothing to transmit (report).
+static DEFER_IDLE_TICKS: AtomicU64 = AtomicU64::new(0);
+/// Ticks (report).
+static DEFER_TICKS: AtomicU64 = AtomicU64::new(0);
 
 fn defer_now() -> u64 {
     static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -1065,12 +1080,15 @@ fn wake_stack() {
 /// The stack thread's tick: transmits output left pending for at least a tick; stops ticking
 /// after a tick in which no send deferred. `seen`: [`DEFERS`] at the last tick.
 fn defer_tick(seen: &mut u64) {
+    DEFER_TICKS.fetch_add(1, Relaxed);
+    let mut idle = true;
     if PENDING.load(SeqCst) {
         if defer_now().saturating_sub(PENDING_SINCE.load(Relaxed)) >= DEFER_TICK_NS / 2 {
             let mut w = lock();
             if PENDING.load(Relaxed) {
                 DEFER_NET_PASSES.fetch_add(1, Relaxed);
                 pump_from(&mut w, false);
+                idle = false;
             }
         }
     } else {
@@ -1079,9 +1097,21 @@ fn defer_tick(seen: &mut u64) {
             TICKING.store(false, SeqCst);
             if PENDING.load(SeqCst) {
                 TICKING.store(true, SeqCst);
+            } else {
+                // Ticking stops: the next run of deferred sends starts with short ticks.
+                TICK_NS.store(DEFER_TICK_NS, Relaxed);
+                *seen = DEFERS.load(Relaxed);
+                return;
             }
         }
     }
+    let t = if idle {
+        DEFER_IDLE_TICKS.fetch_add(1, Relaxed);
+        (TICK_NS.load(Relaxed) * 2).min(DEFER_TICK_MAX_NS)
+    } else {
+        DEFER_TICK_NS
+    };
+    TICK_NS.store(t, Relaxed);
     *seen = DEFERS.load(Relaxed);
 }
 
@@ -1322,11 +1352,12 @@ fn stack_thread() {
         };
         // While sends defer, the sleep is cut to the tick ([`defer_tick`]).
         let tick = TICKING.load(SeqCst);
-        let tick_first = tick && (timeout < 0 || timeout as u64 * 1_000_000 > DEFER_TICK_NS);
+        let tick_ns = TICK_NS.load(Relaxed);
+        let tick_first = tick && (timeout < 0 || timeout as u64 * 1_000_000 > tick_ns);
         let ts = if tick_first {
             Some(libc::timespec {
                 tv_sec: 0,
-                tv_nsec: DEFER_TICK_NS as libc::c_long,
+                tv_nsec: tick_ns as libc::c_long,
             })
         } else if timeout >= 0 {
             Some(libc::timespec {
