@@ -110,18 +110,48 @@ pub(super) struct Stats {
     pub budget_bytes: u64,
 }
 
+/// The cache's maps: keyed by inode numbers and file offsets (not chosen by a peer), hashed by
+/// a multiply-rotate per word instead of SipHash (two lookups per `sendfile`: SipHash was 0.2%
+/// of a one-process nginx's samples).
+type Map<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<WordHash>>;
+
+/// [`Map`]'s hasher: each word folded in with a rotate and a multiplication by a large odd
+/// constant.
+#[derive(Default)]
+pub(super) struct WordHash(u64);
+
+impl std::hash::Hasher for WordHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_i64(&mut self, i: i64) {
+        self.write_u64(i as u64);
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+}
+
 /// A range: (offset, length asked, line phase of its snapshot).
 type Range = (i64, u64, u32);
 
 struct File {
     version: Version,
     /// range -> (snapshot, its LRU tick).
-    ranges: HashMap<Range, (Segment, u64)>,
+    ranges: Map<Range, (Segment, u64)>,
 }
 
 /// The cache (see the module docs).
 pub(super) struct FileCache {
-    files: HashMap<FileId, File>,
+    files: Map<FileId, File>,
     /// LRU order: tick -> range.
     lru: BTreeMap<u64, (FileId, Range)>,
     tick: u64,
@@ -133,7 +163,7 @@ pub(super) struct FileCache {
 impl FileCache {
     pub(super) fn new(budget: u64, max_entries: usize) -> FileCache {
         FileCache {
-            files: HashMap::new(),
+            files: Map::default(),
             lru: BTreeMap::new(),
             tick: 0,
             budget,
@@ -235,7 +265,7 @@ impl FileCache {
         let tick = self.tick;
         let f = self.files.entry(file).or_insert_with(|| File {
             version,
-            ranges: HashMap::new(),
+            ranges: Map::default(),
         });
         if let Some((old, t)) = f.ranges.insert(range, (seg.clone(), tick)) {
             self.lru.remove(&t);
