@@ -140,25 +140,17 @@ impl Inner {
     ) -> Result<Segment, IfaceError> {
         let phase = payload.first().map_or(0, |p| p.offset() as usize);
         let plen: usize = payload.iter().map(Payload::len).sum();
-        let ls = self.mem.line_size();
         // A payload of at least two interior lines' spans (a TSO frame)
         // keeps its offset modulo that span, so that whole subtrees of its
         // leaves sit where they sit in the payload's segment and the
         // frame's interior lines over them are found, not built (the
         // headroom is zero lines, which cost nothing); a smaller one keeps
         // its line phase.
-        let span = ls * self.mem.fanout();
-        let (grain, phase) = if plen >= 2 * span && span <= MAX_SPAN {
-            (span, phase)
-        } else if let Some(p) = span_phase(payload, ls, span) {
-            // A slice of a span or more behind a small one (an HTTP header
-            // and the file's page behind it): the big one keeps its offset
-            // modulo the span, so that its whole subtrees are shared (one
-            // reference each, not one per leaf) and the frame interns only
-            // the interior lines at its edges.
-            (span, p)
+        let span = self.mem.line_size() * self.mem.fanout();
+        let grain = if plen >= 2 * span && span <= MAX_SPAN {
+            span
         } else {
-            (ls, phase)
+            self.mem.line_size()
         };
         let frame_off = frame::aligned_frame_off(grain, hdrs.len(), phase);
         let (seg, counts) = frame::build(&self.mem, vnet, frame_off, hdrs, payload)?;
@@ -204,31 +196,6 @@ impl Inner {
     }
 }
 
-/// The payload's start modulo `span` that puts its longest slice (at least
-/// one `span` long) at its own offset modulo `span`, when that start also
-/// keeps the first slice's line phase (`ls`): the slices meet at their line
-/// phases, as the send queue and the phased sendfile ranges lay them out.
-/// `None` with one slice (the line or span rule already covers it), or when
-/// no slice is long enough or the phases disagree.
-fn span_phase(payload: &[Payload], ls: usize, span: usize) -> Option<usize> {
-    if payload.len() < 2 || span > MAX_SPAN || !span.is_multiple_of(ls) {
-        return None;
-    }
-    // (length, bytes before it, its offset) of the longest slice.
-    let mut before = 0usize;
-    let mut best: Option<(usize, usize, usize)> = None;
-    for p in payload {
-        if p.len() >= span && best.is_none_or(|(len, ..)| p.len() > len) {
-            best = Some((p.len(), before, p.offset() as usize));
-        }
-        before += p.len();
-    }
-    let (_, before, at) = best?;
-    let start = (at % span + span - before % span) % span;
-    let first = payload.first().map_or(0, |p| p.offset() as usize);
-    (start % ls == first % ls).then_some(start)
-}
-
 /// `seg` (a built frame) with its Ethernet destination replaced: a
 /// copy-on-write of the one header line.
 pub(super) fn patch_dst_mac(seg: &Segment, mac: EthernetAddress) -> Result<Segment, hicamp::Error> {
@@ -240,74 +207,4 @@ pub(super) fn patch_dst_mac(seg: &Segment, mac: EthernetAddress) -> Result<Segme
     let mut m = seg.to_mut();
     m.write_at(u64::from(meta.frame_off), &mac.0)?;
     Ok(m.freeze())
-}
-
-#[cfg(test)]
-mod span_tests {
-    use super::*;
-    use hicamp::{Memory, SegmentSlice};
-
-    /// A header written at a line boundary, then a page read at the header's line phase (the
-    /// phased sendfile range): the page keeps its offset modulo the span, so its whole
-    /// subtrees are shared as subtrees, and nothing but the line where the two meet is copied.
-    #[test]
-    fn a_big_slice_behind_a_small_one_shares_its_subtrees() {
-        let mem = Memory::new(hicamp::Config::default()).unwrap();
-        let ls = mem.line_size();
-        let span = ls * mem.fanout();
-        let header: Vec<u8> = (0..241u32).map(|i| (i * 13 + 7) as u8).collect();
-        let phase = header.len() % ls;
-        let mut page = vec![0u8; phase];
-        page.extend((0..4096u32).map(|i| (i * 7 + 1) as u8));
-        let h = SegmentSlice::from_bytes(&mem, &header).unwrap();
-        let p = SegmentSlice::new(
-            SegmentSlice::from_bytes(&mem, &page)
-                .unwrap()
-                .segment()
-                .clone(),
-            phase as u64,
-            4096,
-        );
-        let payload = [h, p];
-        let start = span_phase(&payload, ls, span).expect("the page sets the phase");
-        assert_eq!(start % ls, 0, "the header keeps its line phase");
-        assert_eq!((start + header.len()) % span, phase);
-        let hdrs = [0x55u8; 66];
-        let off = frame::aligned_frame_off(span, hdrs.len(), start);
-        let (seg, counts) =
-            frame::build(&mem, VirtioNetHdr::default(), off, &hdrs, &payload).unwrap();
-        assert!(counts.shared_subtrees >= 3, "{counts:?}");
-        assert_eq!(counts.copied_bytes, ls as u64, "{counts:?}");
-        let (_, bytes) = frame::frame_bytes(&seg).unwrap();
-        assert_eq!(&bytes[..66], &hdrs);
-        assert_eq!(&bytes[66..66 + header.len()], &header[..]);
-        assert_eq!(&bytes[66 + header.len()..], &page[phase..]);
-        // The line rule alone shares the page leaf by leaf.
-        let off = frame::aligned_frame_off(ls, hdrs.len(), 0);
-        let (_, counts) =
-            frame::build(&mem, VirtioNetHdr::default(), off, &hdrs, &payload).unwrap();
-        assert_eq!(counts.shared_subtrees, 0, "{counts:?}");
-    }
-
-    #[test]
-    fn span_phase_needs_a_long_slice_and_agreeing_phases() {
-        let mem = Memory::new(hicamp::Config::default()).unwrap();
-        let ls = mem.line_size();
-        let span = ls * mem.fanout();
-        let small = SegmentSlice::from_bytes(&mem, &[1u8; 100]).unwrap();
-        let big = SegmentSlice::from_bytes(&mem, &vec![2u8; 2 * span]).unwrap();
-        // One slice: the existing rules.
-        assert_eq!(span_phase(std::slice::from_ref(&big), ls, span), None);
-        // No slice a span long.
-        assert_eq!(span_phase(&[small.clone(), small.clone()], ls, span), None);
-        // The big slice at offset 0 behind 100 bytes: its phase (0) is not the small one's
-        // line phase after 100 bytes.
-        assert_eq!(span_phase(&[small.clone(), big.clone()], ls, span), None);
-        // Behind a whole number of lines it is.
-        let lines = SegmentSlice::from_bytes(&mem, &vec![3u8; 2 * ls]).unwrap();
-        assert_eq!(
-            span_phase(&[lines, big], ls, span),
-            Some((span - 2 * ls) % span)
-        );
-    }
 }
