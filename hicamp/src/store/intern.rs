@@ -231,7 +231,7 @@ impl Store {
         status: &mut Vec<Status>,
         guard: Option<&Guard>,
         probe: Probe,
-        prepare: &mut dyn FnMut(usize) -> bool,
+        prepare: Option<&mut dyn FnMut(usize) -> bool>,
     ) -> std::result::Result<(), Fail> {
         // Small runs (a write of a few lines) get small batch arrays: the
         // arrays are initialised on every call.
@@ -257,7 +257,7 @@ impl Store {
         status: &mut Vec<Status>,
         guard: Option<&Guard>,
         probe: Probe,
-        prepare: &mut dyn FnMut(usize) -> bool,
+        mut prepare: Option<&mut dyn FnMut(usize) -> bool>,
     ) -> std::result::Result<(), Fail> {
         let ls = self.line_size();
         debug_assert_eq!(lines.len() % ls, 0);
@@ -405,7 +405,7 @@ impl Store {
                     continue;
                 }
                 for (j, &k) in key[..m].iter().enumerate() {
-                    if k != SKIP && !prepare(base + j) {
+                    if k != SKIP && prepare.as_mut().is_some_and(|p| !p(base + j)) {
                         result = Err(Fail::Retry);
                         break 'batches;
                     }
@@ -518,6 +518,33 @@ impl Store {
                     Some(Slots::WalkOrder) => {}
                     None => self.prefetch_run(&shard, run_end - k),
                 }
+                // A run of new leaves with their slots taken and room in the
+                // table (the common case of new data): no free-list round
+                // trip, no growth check and no failure path per line.
+                if run
+                    && kind == LineKind::Leaf
+                    && shard.table.fits(shard.table.len() + (run_end - k))
+                {
+                    let mut created = 0;
+                    while k < run_end {
+                        prefetch_bucket(k + LOCKED_AHEAD);
+                        let j = at(k);
+                        let line = &group[j * ls..(j + 1) * ls];
+                        let (id, new) =
+                            self.find_or_insert_into(&mut shard, kind, hashes[j], line, slot[j]);
+                        out[start + base + j] = LineId(id);
+                        status[sstart + base + j] = if new {
+                            Status::Created
+                        } else {
+                            Status::Hit
+                        };
+                        created += u64::from(new);
+                        k += 1;
+                    }
+                    shard.live[kind_index(kind)] += created;
+                    shard.created[kind_index(kind)] += created;
+                    continue;
+                }
                 while k < misses && key[at(k)] as usize == sh {
                     prefetch_bucket(k + LOCKED_AHEAD);
                     let j = at(k);
@@ -611,7 +638,7 @@ impl Store {
         status: &mut Vec<Status>,
         guard: Option<&Guard>,
         probe: Probe,
-        prepare: &mut dyn FnMut(usize) -> bool,
+        mut prepare: Option<&mut dyn FnMut(usize) -> bool>,
     ) -> std::result::Result<(), Fail> {
         let ls = self.line_size();
         let n = lines.len() >> self.shift;
@@ -647,7 +674,7 @@ impl Store {
                         continue;
                     }
                 }
-                if !prepare(j) {
+                if prepare.as_mut().is_some_and(|p| !p(j)) {
                     result = Err(Fail::Retry);
                     break;
                 }
@@ -712,14 +739,12 @@ impl Store {
             status,
             guard,
             probe,
-            &mut |_| true,
+            None,
         )?;
         if full < data.len() {
             let r = with_line(ls, |buf| {
                 buf[..data.len() - full].copy_from_slice(&data[full..]);
-                self.intern_run(LineKind::Leaf, buf, out, status, guard, probe, &mut |_| {
-                    true
-                })
+                self.intern_run(LineKind::Leaf, buf, out, status, guard, probe, None)
             });
             if let Err(e) = r {
                 let owned: Vec<LineId> = out[start..]
@@ -823,7 +848,7 @@ impl Store {
             status,
             guard,
             probe,
-            &mut prepare,
+            Some(&mut prepare),
         );
         // Groups that did not create their line (found it, or were never
         // done) still own their owned child references: give them back.
