@@ -533,11 +533,7 @@ impl Store {
                         let (id, new) =
                             self.find_or_insert_into(&mut shard, kind, hashes[j], line, slot[j]);
                         out[start + base + j] = LineId(id);
-                        status[sstart + base + j] = if new {
-                            Status::Created
-                        } else {
-                            Status::Hit
-                        };
+                        status[sstart + base + j] = if new { Status::Created } else { Status::Hit };
                         created += u64::from(new);
                         k += 1;
                     }

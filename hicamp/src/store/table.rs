@@ -859,7 +859,10 @@ fn masks_packed(v: &[std::arch::x86_64::__m128i; 4], base: u32, smax: u32) -> (u
     let out = outside(v, base, smax);
     let miss = |q: usize| _mm_or_si128(zs[q], out[q]);
     let pack = |a: __m128i, b: __m128i, c: __m128i, d: __m128i| {
-        _mm_movemask_epi8(_mm_packs_epi16(_mm_packs_epi32(a, b), _mm_packs_epi32(c, d))) as u32
+        _mm_movemask_epi8(_mm_packs_epi16(
+            _mm_packs_epi32(a, b),
+            _mm_packs_epi32(c, d),
+        )) as u32
     };
     (
         !pack(miss(0), miss(1), miss(2), miss(3)) & SLOT_BITS,
@@ -882,9 +885,7 @@ fn outside(
     let bias = _mm_set1_epi32(i32::MIN);
     let b = _mm_set1_epi32(base as i32);
     let lim = _mm_set1_epi32((smax ^ 0x8000_0000) as i32);
-    std::array::from_fn(|q| {
-        _mm_cmpgt_epi32(_mm_xor_si128(_mm_sub_epi32(v[q], b), bias), lim)
-    })
+    std::array::from_fn(|q| _mm_cmpgt_epi32(_mm_xor_si128(_mm_sub_epi32(v[q], b), bias), lim))
 }
 
 /// Bit `s` set when slot `s` of the bucket `v` is used and lies in
