@@ -406,10 +406,12 @@ impl Store {
                     base += m; // every line found (or zero): nothing to lock
                     continue;
                 }
-                for (j, &k) in key[..m].iter().enumerate() {
-                    if k != SKIP && prepare.as_mut().is_some_and(|p| !p(base + j)) {
-                        result = Err(Fail::Retry);
-                        break 'batches;
+                if let Some(p) = prepare.as_mut() {
+                    for (j, &k) in key[..m].iter().enumerate() {
+                        if k != SKIP && !p(base + j) {
+                            result = Err(Fail::Retry);
+                            break 'batches;
+                        }
                     }
                 }
             }
@@ -503,10 +505,16 @@ impl Store {
                 if reserve != 0 {
                     self.reserve(cell, &mut shard, reserve);
                 }
-                let mut run_end = k;
-                while run_end < misses && key[at(run_end)] as usize == sh {
-                    run_end += 1;
-                }
+                // The run's end in the walk, from the shard's end in `order`
+                // (the walk is `order` rotated by `i0`).
+                let end = counts[sh] as usize;
+                let run_end = if end > i0 {
+                    end - i0
+                } else {
+                    end + misses - i0
+                };
+                debug_assert!((k..run_end).all(|x| key[at(x)] as usize == sh));
+                debug_assert!(run_end == misses || key[at(run_end)] as usize != sh);
                 match slots {
                     // The slots the run's inserts will write: a fresh run's
                     // (input order) are spread over the batch's range, and

@@ -872,7 +872,8 @@ fn masks_packed(v: &[std::arch::x86_64::__m128i; 4], base: u32, smax: u32) -> (u
 
 /// Per 32-bit lane of the bucket `v`: all ones when the lane's value minus
 /// `base` (wrapping) is above `smax` (unsigned: SSE2 compares signed
-/// lanes, so both sides are biased by 2^31).
+/// lanes, so both sides are biased by 2^31; the difference's bias is folded
+/// into the base: adding 2^31 is subtracting it).
 #[cfg(all(target_arch = "x86_64", not(miri)))]
 #[target_feature(enable = "sse2")]
 #[inline]
@@ -882,10 +883,9 @@ fn outside(
     smax: u32,
 ) -> [std::arch::x86_64::__m128i; 4] {
     use std::arch::x86_64::*;
-    let bias = _mm_set1_epi32(i32::MIN);
-    let b = _mm_set1_epi32(base as i32);
+    let b = _mm_set1_epi32(base.wrapping_sub(0x8000_0000) as i32);
     let lim = _mm_set1_epi32((smax ^ 0x8000_0000) as i32);
-    std::array::from_fn(|q| _mm_cmpgt_epi32(_mm_xor_si128(_mm_sub_epi32(v[q], b), bias), lim))
+    std::array::from_fn(|q| _mm_cmpgt_epi32(_mm_sub_epi32(v[q], b), lim))
 }
 
 /// Bit `s` set when slot `s` of the bucket `v` is used and lies in
