@@ -636,6 +636,52 @@ impl Store {
         Some((LineId(id), true))
     }
 
+    /// [`Store::find_or_insert`] of a leaf into a shard whose table has room
+    /// (the caller checked [`Table::fits`]), with the slot `id` taken for it
+    /// (back to the shard's list when the line turns out to exist). Returns
+    /// the line and whether it was created; the caller counts the created
+    /// lines into the shard's `live` and `created`.
+    #[inline(always)]
+    pub(super) fn find_or_insert_into(
+        &self,
+        shard: &mut Shard,
+        kind: LineKind,
+        h: u64,
+        line: &[u8],
+        id: u32,
+    ) -> (u32, bool) {
+        debug_assert!(kind == LineKind::Leaf && !shard.table.full());
+        debug_assert_eq!(shard.kind, kind);
+        let meta = self.meta.as_slice();
+        let found = shard
+            .table
+            .find_or_place(h, |x| lines_eq(self.line(LineId(x)), line));
+        match found {
+            Ok(x) => {
+                let m = &meta[x as usize];
+                let prev = m.fetch_add(1, Relaxed);
+                if prev & COUNT_MASK >= SATURATED {
+                    m.store(kind_bit(kind) | SATURATED, Relaxed);
+                }
+                shard.hits[kind_index(kind)] += 1;
+                shard.free.push(id);
+                (x, false)
+            }
+            Err(place) => {
+                // SAFETY: `id` was taken for this insert (`take_batch`), so
+                // this thread owns it exclusively; it is published below,
+                // under the lock.
+                unsafe { self.arena.write(id, line) };
+                meta[id as usize].store(kind_bit(kind) | 1, Relaxed);
+                shard.table.insert_at(h, id, place);
+                if self.durability != Durability::None {
+                    shard.pending.push(id);
+                }
+                (id, true)
+            }
+        }
+    }
+
     /// Adds an existing line to the index; false when an equal line is already
     /// there (a non-canonical file), in which case the line stays out of it.
     pub(super) fn index_insert_existing(

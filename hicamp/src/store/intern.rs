@@ -49,6 +49,8 @@ const SMALL_LEVEL_BYTES: usize = 512;
 /// An interior level over at most this many children keeps their statuses on
 /// the stack.
 const SMALL_LEVEL_CHILDREN: usize = 64;
+/// Interior lines of a level assembled and interned at a time.
+const LEVEL_CHUNK: usize = BATCH;
 /// `key` of a line that needs no locked lookup (zero, or found lock-free).
 const SKIP: u8 = SHARDS as u8;
 
@@ -231,7 +233,7 @@ impl Store {
         status: &mut Vec<Status>,
         guard: Option<&Guard>,
         probe: Probe,
-        prepare: &mut dyn FnMut(usize) -> bool,
+        prepare: Option<&mut dyn FnMut(usize) -> bool>,
     ) -> std::result::Result<(), Fail> {
         // Small runs (a write of a few lines) get small batch arrays: the
         // arrays are initialised on every call.
@@ -257,7 +259,7 @@ impl Store {
         status: &mut Vec<Status>,
         guard: Option<&Guard>,
         probe: Probe,
-        prepare: &mut dyn FnMut(usize) -> bool,
+        mut prepare: Option<&mut dyn FnMut(usize) -> bool>,
     ) -> std::result::Result<(), Fail> {
         let ls = self.line_size();
         debug_assert_eq!(lines.len() % ls, 0);
@@ -404,10 +406,12 @@ impl Store {
                     base += m; // every line found (or zero): nothing to lock
                     continue;
                 }
-                for (j, &k) in key[..m].iter().enumerate() {
-                    if k != SKIP && !prepare(base + j) {
-                        result = Err(Fail::Retry);
-                        break 'batches;
+                if let Some(p) = prepare.as_mut() {
+                    for (j, &k) in key[..m].iter().enumerate() {
+                        if k != SKIP && !p(base + j) {
+                            result = Err(Fail::Retry);
+                            break 'batches;
+                        }
                     }
                 }
             }
@@ -501,10 +505,16 @@ impl Store {
                 if reserve != 0 {
                     self.reserve(cell, &mut shard, reserve);
                 }
-                let mut run_end = k;
-                while run_end < misses && key[at(run_end)] as usize == sh {
-                    run_end += 1;
-                }
+                // The run's end in the walk, from the shard's end in `order`
+                // (the walk is `order` rotated by `i0`).
+                let end = counts[sh] as usize;
+                let run_end = if end > i0 {
+                    end - i0
+                } else {
+                    end + misses - i0
+                };
+                debug_assert!((k..run_end).all(|x| key[at(x)] as usize == sh));
+                debug_assert!(run_end == misses || key[at(run_end)] as usize != sh);
                 match slots {
                     // The slots the run's inserts will write: a fresh run's
                     // (input order) are spread over the batch's range, and
@@ -517,6 +527,29 @@ impl Store {
                     // One ascending stream: the hardware prefetcher's.
                     Some(Slots::WalkOrder) => {}
                     None => self.prefetch_run(&shard, run_end - k),
+                }
+                // A run of new leaves with their slots taken and room in the
+                // table (the common case of new data): no free-list round
+                // trip, no growth check and no failure path per line.
+                if run
+                    && kind == LineKind::Leaf
+                    && shard.table.fits(shard.table.len() + (run_end - k))
+                {
+                    let mut created = 0;
+                    while k < run_end {
+                        prefetch_bucket(k + LOCKED_AHEAD);
+                        let j = at(k);
+                        let line = &group[j * ls..(j + 1) * ls];
+                        let (id, new) =
+                            self.find_or_insert_into(&mut shard, kind, hashes[j], line, slot[j]);
+                        out[start + base + j] = LineId(id);
+                        status[sstart + base + j] = if new { Status::Created } else { Status::Hit };
+                        created += u64::from(new);
+                        k += 1;
+                    }
+                    shard.live[kind_index(kind)] += created;
+                    shard.created[kind_index(kind)] += created;
+                    continue;
                 }
                 while k < misses && key[at(k)] as usize == sh {
                     prefetch_bucket(k + LOCKED_AHEAD);
@@ -611,7 +644,7 @@ impl Store {
         status: &mut Vec<Status>,
         guard: Option<&Guard>,
         probe: Probe,
-        prepare: &mut dyn FnMut(usize) -> bool,
+        mut prepare: Option<&mut dyn FnMut(usize) -> bool>,
     ) -> std::result::Result<(), Fail> {
         let ls = self.line_size();
         let n = lines.len() >> self.shift;
@@ -647,7 +680,7 @@ impl Store {
                         continue;
                     }
                 }
-                if !prepare(j) {
+                if prepare.as_mut().is_some_and(|p| !p(j)) {
                     result = Err(Fail::Retry);
                     break;
                 }
@@ -712,14 +745,12 @@ impl Store {
             status,
             guard,
             probe,
-            &mut |_| true,
+            None,
         )?;
         if full < data.len() {
             let r = with_line(ls, |buf| {
                 buf[..data.len() - full].copy_from_slice(&data[full..]);
-                self.intern_run(LineKind::Leaf, buf, out, status, guard, probe, &mut |_| {
-                    true
-                })
+                self.intern_run(LineKind::Leaf, buf, out, status, guard, probe, None)
             });
             if let Err(e) = r {
                 let owned: Vec<LineId> = out[start..]
@@ -788,43 +819,71 @@ impl Store {
     ) -> std::result::Result<(), Fail> {
         let f = self.fanout();
         let groups = children.len().div_ceil(f);
-        // The level's lines: on the stack for a small level (a frame's or a
-        // message's tree: no allocation per build), else on the heap.
+        // The level's lines, assembled [`LEVEL_CHUNK`] at a time into one
+        // buffer: on the stack for a small level (a frame's or a message's
+        // tree: no allocation per build), else one heap buffer reused for
+        // every chunk (a whole level's lines, 1/16 of the data, were a fresh
+        // allocation and page faults on every large build).
         let mut stack = [0u8; SMALL_LEVEL_BYTES];
         let mut heap;
-        let bytes: &mut [u8] = if groups << self.shift <= SMALL_LEVEL_BYTES {
-            &mut stack[..groups << self.shift]
+        let chunk_groups = groups.min(LEVEL_CHUNK);
+        let buf: &mut [u8] = if chunk_groups << self.shift <= SMALL_LEVEL_BYTES {
+            &mut stack[..chunk_groups << self.shift]
         } else {
-            heap = vec![0u8; groups << self.shift];
+            heap = vec![0u8; chunk_groups << self.shift];
             &mut heap
         };
-        for (b, c) in bytes.chunks_exact_mut(4).zip(children) {
-            b.copy_from_slice(&c.0.to_le_bytes());
-        }
         let sstart = status.len();
-        // A group the probe missed will create its line on the locked path
-        // (or find it there): it needs a reference to every child first.
-        let mut prepare = |g: usize| {
-            let range = g * f..((g + 1) * f).min(children.len());
-            for (c, st) in children[range.clone()].iter().zip(&mut cst[range]) {
-                if *st == Status::Borrowed {
-                    if !self.inc_unless_zero(c.0) {
-                        return false;
-                    }
-                    *st = Status::Hit;
-                }
+        let start = out.len();
+        let mut res = Ok(());
+        for g0 in (0..groups).step_by(LEVEL_CHUNK) {
+            let ng = (groups - g0).min(LEVEL_CHUNK);
+            let kids = &children[g0 * f..((g0 + ng) * f).min(children.len())];
+            let bytes = &mut buf[..ng << self.shift];
+            bytes.fill(0);
+            for (b, c) in bytes.chunks_exact_mut(4).zip(kids) {
+                b.copy_from_slice(&c.0.to_le_bytes());
             }
-            true
-        };
-        let res = self.intern_run(
-            LineKind::Interior,
-            bytes,
-            out,
-            status,
-            guard,
-            probe,
-            &mut prepare,
-        );
+            // A group the probe missed will create its line on the locked
+            // path (or find it there): it needs a reference to every child
+            // first.
+            let mut prepare = |g: usize| {
+                let g = g0 + g;
+                let range = g * f..((g + 1) * f).min(children.len());
+                for (c, st) in children[range.clone()].iter().zip(&mut cst[range]) {
+                    if *st == Status::Borrowed {
+                        if !self.inc_unless_zero(c.0) {
+                            return false;
+                        }
+                        *st = Status::Hit;
+                    }
+                }
+                true
+            };
+            res = self.intern_run(
+                LineKind::Interior,
+                bytes,
+                out,
+                status,
+                guard,
+                probe,
+                Some(&mut prepare),
+            );
+            if res.is_err() {
+                // As the failed chunk's own call did for its lines: the
+                // owned lines of the earlier chunks are released too (a
+                // created line's release gives back its children).
+                let owned: Vec<LineId> = out[start..]
+                    .iter()
+                    .zip(&status[sstart..])
+                    .filter(|(_, st)| st.owned())
+                    .map(|(id, _)| *id)
+                    .collect();
+                out.truncate(start);
+                self.release_all(&owned);
+                break;
+            }
+        }
         // Groups that did not create their line (found it, or were never
         // done) still own their owned child references: give them back.
         // A created group's line consumed them (on error it was released
@@ -996,6 +1055,47 @@ mod tests {
     use crate::id::LineKind;
     use crate::store::line_hash;
     use crate::{Config, Memory};
+
+    /// An interior level of more than one chunk (`LEVEL_CHUNK` lines) that
+    /// runs out of slots in its second chunk: the build fails with nothing
+    /// left alive (the first chunk's lines and every leaf are released), and
+    /// the same data builds once there is room, equal to its bytes.
+    #[test]
+    fn a_level_that_fails_in_a_later_chunk_leaks_nothing() {
+        let groups = super::LEVEL_CHUNK + 300;
+        let leaves = groups * 16;
+        let data = testkit::Rng::new(5).bytes(leaves * 64);
+        // Room for the leaves and the first chunk of the level, not all of it.
+        let m = Memory::new(Config {
+            line_size: 64,
+            capacity_lines: (leaves + super::LEVEL_CHUNK + 100) as u64,
+            map_capacity: 2,
+            ..Config::default()
+        })
+        .expect("memory");
+        let e = m.segment(&data).expect_err("too large");
+        assert!(matches!(e, crate::Error::CapacityExhausted { .. }), "{e:?}");
+        assert_eq!(m.live_lines(), 0, "a failed build releases what it built");
+        let half = m.segment(&data[..leaves * 32]).expect("half fits");
+        assert_eq!(half.to_vec(), &data[..leaves * 32]);
+        drop(half);
+        assert_eq!(m.live_lines(), 0);
+        let big = Memory::new(Config {
+            line_size: 64,
+            capacity_lines: (2 * leaves) as u64,
+            map_capacity: 2,
+            ..Config::default()
+        })
+        .expect("memory");
+        let s = big.segment(&data).expect("fits");
+        assert_eq!(s.to_vec(), data);
+        let (mut lines, mut level) = (leaves, leaves);
+        while level > 1 {
+            level = level.div_ceil(16);
+            lines += level;
+        }
+        assert_eq!(big.live_lines(), lines as u64);
+    }
 
     /// A segment of new lines larger than a batch reserves each shard's
     /// share of the index up front: every line is found again afterwards,

@@ -462,9 +462,7 @@ impl Store {
         let slots = layout.slots;
         let arena = backing.arena(layout.arena_off as usize, config.line_size, slots as usize);
         let meta = count_array(backing, layout.meta_off as usize, slots as usize);
-        // A line id takes the bits its largest slot needs; the rest of each
-        // index slot holds tag bits of the hash.
-        let id_bits = (u64::BITS - (slots - 1).leading_zeros()).clamp(1, 32);
+        // Index slots hold `tag * slots + id` (see `table::Buckets`).
         let epochs = Epochs::new();
         let pool = index::pool_for(slots);
         let shards = (0..SHARDS)
@@ -475,7 +473,7 @@ impl Store {
                     } else {
                         LineKind::Leaf
                     },
-                    table: Table::with_pool(id_bits, 1, pool.clone()),
+                    table: Table::with_pool(slots, 1, pool.clone()),
                     free: Vec::new(),
                     live: [0; 2],
                     created: [0; 2],

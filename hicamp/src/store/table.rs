@@ -3,20 +3,24 @@
 //!
 //! ```text
 //!   bucket (64 bytes)  [ s0 s1 ... s14 | overflow ]
-//!   slot (u32)         [ tag (32 - id_bits bits) | line id (id_bits bits) ]   0 = empty
+//!   slot (u32)         tag * S + line id, for S the memory's slot count   0 = empty
 //!   home bucket        ((h >> 32) * buckets) >> 32     any bucket count, so growth is by 1.5x
-//!   tag                bits 8.. of h (bits 0..6 pick the shard)
+//!   tag                ((bits 8..32 of h) * floor(2^32 / S)) >> 24, in 0..floor(2^32 / S)
 //! ```
 //!
-//! A line id needs `id_bits` bits (enough for the memory's slot count); the
-//! rest of the slot holds tag bits of the hash, so most non-matching slots are
-//! skipped without reading their line (a memory of 2^24 lines keeps 7 tag
-//! bits). An entry lives in its home bucket or, when that is full, in the
+//! A slot is a mixed-radix number (see [`Buckets`]): the line id (below S)
+//! and as many tag values of the hash as fit in the rest of the 32 bits, so
+//! most non-matching slots are skipped without reading their line (a memory
+//! of 9.0 M slots keeps 477 tag values, 8.9 bits; a bit field would keep 8).
+//! A slot matches a tag when it lies in `tag * S ..= tag * S + S - 1`: one
+//! subtraction and one unsigned compare per slot, four slots per SSE2
+//! instruction. An entry lives in its home bucket or, when that is full, in the
 //! first bucket after it with room; `overflow` counts the entries that probed
 //! past a bucket, so a lookup stops at the first bucket whose count is 0 and
 //! deletion needs no shifting (F14's scheme). The table stores no hash: growth
 //! rehashes the lines themselves (the caller passes the hashes), which is
-//! what lets a slot be 4 bytes.
+//! what lets a slot be 4 bytes. The index is not persisted (a file's index
+//! is rebuilt when it is opened), so the encoding is free to change.
 //!
 //! Readers without the shard lock (the lock-free hit path) walk the same
 //! buckets, so every word is read and written atomically: a bucket is eight
@@ -127,12 +131,27 @@ impl Bucket {
     }
 }
 
-/// A bucket array and the id width its slots use: what a reader without the
+/// A bucket array and the slot encoding it uses: what a reader without the
 /// lock needs to probe.
+///
+/// A slot holds `tag * range + id` (mixed radix): `range` is the id range of
+/// the memory (ids `1..range`), `tag` one of `tags = floor(2^32 / range)`
+/// values taken from the hash, so the tag field is as wide as the ids leave
+/// room for, not a whole number of bits (9.0 M slots: 477 tags, 8.9 bits,
+/// where a bit field kept 8). A slot matches the tag when `slot - tag *
+/// range <= range - 1` (unsigned), and its id is that difference; only
+/// sweeps and rebuilds, which see slots of every tag, need `slot % range`.
 pub(super) struct Buckets {
-    id_bits: u32,
-    /// The tag bits of a slot (`!id_mask`; 0 when ids take all 32 bits).
-    tmask: u32,
+    /// The id range (ids `1..range`), for rebuilds.
+    range: u64,
+    /// Tag values (`floor(2^32 / range)`, at least 1: 1 = no tag).
+    tags: u32,
+    /// `range - 1`, at most `u32::MAX`: the largest difference of a slot and
+    /// its tag base.
+    smax: u32,
+    /// `u64::MAX / range + 1`, for `slot % range` by multiplication
+    /// (Lemire's fastmod); unused (0) when `tags == 1` (a slot is its id).
+    fastm: u64,
     /// `n` buckets: from the memory's huge-page pool when `pool` is set,
     /// else a boxed slice (`Box::into_raw`).
     ptr: NonNull<Bucket>,
@@ -164,14 +183,14 @@ impl Drop for Buckets {
 }
 
 impl Buckets {
-    /// `n` (at least 1) empty buckets, from `pool` when it has room.
-    fn new(id_bits: u32, n: usize, pool: Option<&Arc<HugePool>>) -> Buckets {
-        debug_assert!((1..=32).contains(&id_bits));
-        let idm = if id_bits >= 32 {
-            u32::MAX
-        } else {
-            (1 << id_bits) - 1
-        };
+    /// `n` (at least 1) empty buckets, from `pool` when it has room, for
+    /// line ids below `range` (at most 2^32).
+    fn new(range: u64, n: usize, pool: Option<&Arc<HugePool>>) -> Buckets {
+        debug_assert!((2..=1 << 32).contains(&range));
+        let range = range.clamp(2, 1 << 32);
+        let tags = ((1u64 << 32) / range) as u32;
+        let smax = (range - 1) as u32;
+        let fastm = if tags > 1 { u64::MAX / range + 1 } else { 0 };
         let n = n.max(1);
         let from_pool = pool.and_then(|pool| {
             let p = pool.alloc(n * std::mem::size_of::<Bucket>())?;
@@ -187,8 +206,10 @@ impl Buckets {
             }
         };
         Buckets {
-            id_bits,
-            tmask: !idm,
+            range,
+            tags,
+            smax,
+            fastm,
             ptr,
             n,
             pool,
@@ -209,30 +230,45 @@ impl Buckets {
         self.n
     }
 
-    #[inline]
-    fn id_mask(&self) -> u32 {
-        !self.tmask
-    }
-
-    /// The tag field of hash `h` (already in place above the id bits).
-    #[inline]
+    /// The tag base of hash `h`: its tag (from bits 8..32 of `h`: bits
+    /// 0..6 pick the shard, the high half the home bucket) times the range.
+    #[inline(always)]
     fn tag(&self, h: u64) -> u32 {
-        (((h >> 8) as u32) << (self.id_bits & 31)) & self.tmask
+        let x = u64::from((h >> 8) as u32 & 0xff_ffff);
+        let t = ((x * u64::from(self.tags)) >> 24) as u32;
+        t.wrapping_mul(self.smax.wrapping_add(1))
     }
 
-    /// Bit `s` set when slot `s` of bucket `b` is used and equals `tag`
-    /// under `tmask`; and bit `s` set when slot `s` is empty. `LOCKED`: the
+    /// The id of a used slot of any tag (`slot % range`).
+    #[inline(always)]
+    fn id_of(&self, v: u32) -> u32 {
+        if self.fastm == 0 {
+            return v;
+        }
+        let low = self.fastm.wrapping_mul(u64::from(v));
+        ((u128::from(low) * u128::from(self.range)) >> 64) as u32
+    }
+
+    /// True when `id` can be stored (below the range).
+    fn holds(&self, id: u32) -> bool {
+        u64::from(id) < self.range
+    }
+
+    /// Bit `s` set when slot `s` of bucket `b` is used and lies in
+    /// `base..=base + smax` (has the tag whose base is `base`, for `smax` the
+    /// table's; equals `base`, for `smax` 0); and bit `s` set when slot `s`
+    /// is empty. `LOCKED`: the
     /// caller is the table's writer side (see [`Table`]), so nothing writes
     /// the bucket meanwhile and it is read with plain loads.
     #[inline(always)]
-    fn masks<const LOCKED: bool>(&self, b: usize, tag: u32, tmask: u32) -> (u32, u32) {
+    fn masks<const LOCKED: bool>(&self, b: usize, base: u32, smax: u32) -> (u32, u32) {
         #[cfg(all(target_arch = "x86_64", not(miri)))]
         {
             // The vector loads serve both sides (see `load_sse2`).
             let v = self.b()[b].load_sse2();
             // SAFETY: SSE2 is part of the x86_64 baseline, so every x86_64
             // CPU has the feature `masks_packed` is compiled for.
-            unsafe { masks_packed(&v, tag, tmask) }
+            unsafe { masks_packed(&v, base, smax) }
         }
         #[cfg(not(all(target_arch = "x86_64", not(miri))))]
         {
@@ -248,7 +284,7 @@ impl Buckets {
             let (mut hit, mut empty) = (0u32, 0u32);
             for s in 0..BUCKET_SLOTS {
                 let v = (w[s / 2] >> (32 * (s & 1))) as u32;
-                hit |= u32::from((v & tmask) == tag && v != 0) << s;
+                hit |= u32::from(v.wrapping_sub(base) <= smax && v != 0) << s;
                 empty |= u32::from(v == 0) << s;
             }
             (hit, empty)
@@ -259,7 +295,7 @@ impl Buckets {
     /// writer side).
     #[inline(always)]
     fn hits_locked(&self, b: usize, v: u32) -> u32 {
-        self.masks::<true>(b, v, u32::MAX).0
+        self.masks::<true>(b, v, 0).0
     }
 
     /// Bit `s` set when slot `s` of bucket `b` is empty (writer side).
@@ -268,10 +304,26 @@ impl Buckets {
         self.masks::<true>(b, 0, 0).1
     }
 
-    /// Bit `s` set when slot `s` of bucket `b` is used and has `tag`.
+    /// Bit `s` set when slot `s` of bucket `b` is used and has the tag
+    /// whose base is `tag`.
     #[inline(always)]
     fn matches<const LOCKED: bool>(&self, b: usize, tag: u32) -> u32 {
-        self.masks::<LOCKED>(b, tag, self.tmask).0
+        self.masks::<LOCKED>(b, tag, self.smax).0
+    }
+
+    /// The id in slot value `v` if it has the tag whose base is `tag`, else
+    /// 0. A reader without the lock re-reads a slot after its bucket matched
+    /// (it may have changed since): an id returned is that of an entry with
+    /// this tag (below the range, so inside the arena), never the
+    /// difference of some other entry and the base.
+    #[inline(always)]
+    fn id_in(&self, v: u32, tag: u32) -> u32 {
+        let d = v.wrapping_sub(tag);
+        if d <= self.smax {
+            d
+        } else {
+            0
+        }
     }
 
     /// Prefetches the home bucket of `h` (a hint: any address is harmless).
@@ -291,12 +343,12 @@ impl Buckets {
         {
             let v = self.b()[b].load_sse2();
             // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
-            unsafe { probe_sse2(&v, tag, self.tmask) }
+            unsafe { probe_sse2(&v, tag, self.smax) }
         }
         #[cfg(not(all(target_arch = "x86_64", not(miri))))]
         {
             let w = self.b()[b].load();
-            let (mut hit, _) = self.masks::<false>(b, tag, self.tmask);
+            let (mut hit, _) = self.masks::<false>(b, tag, self.smax);
             hit &= SLOT_BITS;
             (hit, (w[7] >> 32) as u32)
         }
@@ -316,7 +368,7 @@ impl Buckets {
         // The slot is read again: it may have changed since the bucket was
         // compared (then the caller compares another line, or finds 0 and
         // takes the general walk): any id read is an entry of the table.
-        let id = self.b()[b].slot(m.trailing_zeros() as usize) & self.id_mask();
+        let id = self.id_in(self.b()[b].slot(m.trailing_zeros() as usize), self.tag(h));
         (id, m & (m - 1) != 0 || overflow != 0 || id == 0)
     }
 
@@ -327,11 +379,11 @@ impl Buckets {
     pub(super) fn find_pinned(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
         let b = Table::home_of(h, self.n());
         let (mut m, overflow) = self.probe_bucket(b, h);
-        let idm = self.id_mask();
+        let tag = self.tag(h);
         while m != 0 {
             let s = m.trailing_zeros() as usize;
             m &= m - 1;
-            let id = self.b()[b].slot(s) & idm;
+            let id = self.id_in(self.b()[b].slot(s), tag);
             if id != 0 && eq(id) {
                 return Some(id);
             }
@@ -354,14 +406,13 @@ impl Buckets {
     ) -> Option<u32> {
         let n = self.n();
         let tag = self.tag(h);
-        let idm = self.id_mask();
         let mut b = Table::home_of(h, n);
         for _ in 0..n {
             let mut m = self.matches::<LOCKED>(b, tag);
             while m != 0 {
                 let s = m.trailing_zeros() as usize;
                 m &= m - 1;
-                let id = self.b()[b].slot(s) & idm;
+                let id = self.id_in(self.b()[b].slot(s), tag);
                 if id != 0 && eq(id) {
                     return Some(id);
                 }
@@ -382,16 +433,15 @@ impl Buckets {
     fn find_or_place(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Result<u32, Place> {
         let n = self.n();
         let tag = self.tag(h);
-        let idm = self.id_mask();
         let home = Table::home_of(h, n);
         let mut b = home;
         let mut at = None;
         for _ in 0..n {
-            let (mut m, empty) = self.masks::<true>(b, tag, self.tmask);
+            let (mut m, empty) = self.masks::<true>(b, tag, self.smax);
             while m != 0 {
                 let s = m.trailing_zeros() as usize;
                 m &= m - 1;
-                let id = self.b()[b].slot(s) & idm;
+                let id = self.id_in(self.b()[b].slot(s), tag);
                 if id != 0 && eq(id) {
                     return Ok(id);
                 }
@@ -417,7 +467,7 @@ impl Buckets {
             return self.insert(h, id);
         };
         debug_assert_eq!(self.b()[b].slot(s), 0);
-        self.b()[b].set_slot(s, place.tag | id);
+        self.b()[b].set_slot(s, place.tag + id);
         let n = self.n();
         let mut p = place.home;
         while p != b {
@@ -430,7 +480,7 @@ impl Buckets {
     /// Adds `id` under hash `h` (the lock holder; a free slot exists).
     fn insert(&self, h: u64, id: u32) {
         let n = self.n();
-        let v = self.tag(h) | id;
+        let v = self.tag(h) + id;
         let mut b = Table::home_of(h, n);
         loop {
             let empty = self.empties(b);
@@ -461,7 +511,6 @@ impl Buckets {
         mut rehash: impl FnMut(u32) -> u64,
     ) -> usize {
         let n = self.n();
-        let idm = self.id_mask();
         let mut removed = 0;
         // Survivors that may be away from home: (bucket, id).
         let mut away: Vec<(u32, u32)> = Vec::new();
@@ -483,7 +532,7 @@ impl Buckets {
             while used != 0 {
                 let s = used.trailing_zeros() as usize;
                 used &= used - 1;
-                let id = (w[s / 2] >> (32 * (s & 1))) as u32 & idm;
+                let id = self.id_of((w[s / 2] >> (32 * (s & 1))) as u32);
                 if dead(id) {
                     clear |= 1 << s;
                 } else if prev_over != 0 {
@@ -527,7 +576,7 @@ impl Buckets {
     /// absent.
     fn remove(&self, h: u64, id: u32) -> bool {
         let n = self.n();
-        let v = self.tag(h) | id;
+        let v = self.tag(h) + id;
         let home = Table::home_of(h, n);
         let mut b = home;
         for _ in 0..n {
@@ -620,10 +669,10 @@ impl Drop for Table {
 }
 
 impl Table {
-    /// An empty table of `buckets` buckets for line ids of `id_bits` bits.
+    /// An empty table of `buckets` buckets for line ids below `range`.
     /// Its arrays come from `pool` while it has room (the heap otherwise).
-    pub(super) fn with_pool(id_bits: u32, buckets: usize, pool: Option<Arc<HugePool>>) -> Table {
-        let b = Buckets::new(id_bits, buckets, pool.as_ref());
+    pub(super) fn with_pool(range: u64, buckets: usize, pool: Option<Arc<HugePool>>) -> Table {
+        let b = Buckets::new(range, buckets, pool.as_ref());
         Table {
             cur: NonNull::from(Box::leak(Box::new(b))),
             len: 0,
@@ -723,7 +772,7 @@ impl Table {
     /// [`Table::full`], and knows `id` is absent.
     #[inline(always)]
     pub(super) fn insert_at(&mut self, h: u64, id: u32, place: Place) {
-        debug_assert!(id != 0 && id & !self.shared().id_mask() == 0);
+        debug_assert!(id != 0 && self.shared().holds(id));
         debug_assert!(self.len < self.shared().n() * BUCKET_SLOTS);
         self.shared().insert_at(h, id, place);
         self.len += 1;
@@ -732,7 +781,7 @@ impl Table {
     /// Adds `id` under hash `h`. The caller grows the table first when
     /// [`Table::full`] (so a free slot exists) and knows `id` is absent.
     pub(super) fn insert(&mut self, h: u64, id: u32) {
-        debug_assert!(id != 0 && id & !self.shared().id_mask() == 0);
+        debug_assert!(id != 0 && self.shared().holds(id));
         debug_assert!(self.len < self.shared().n() * BUCKET_SLOTS);
         self.shared().insert(h, id);
         self.len += 1;
@@ -760,14 +809,13 @@ impl Table {
     /// Every id in the table.
     pub(super) fn ids(&self) -> Vec<u32> {
         let t = self.shared();
-        let idm = t.id_mask();
         let mut v = Vec::with_capacity(self.len);
         for b in t.b().iter() {
             v.extend(
                 (0..BUCKET_SLOTS)
                     .map(|s| b.slot(s))
                     .filter(|s| *s != 0)
-                    .map(|s| s & idm),
+                    .map(|s| t.id_of(s)),
             );
         }
         v
@@ -778,7 +826,7 @@ impl Table {
     pub(super) fn rebuild(&mut self, buckets: usize, ids: &[u32], hashes: &[u64]) {
         debug_assert_eq!(ids.len(), hashes.len());
         let t = Buckets::new(
-            self.shared().id_bits,
+            self.shared().range,
             buckets.max(Self::buckets_for(ids.len())),
             self.pool.as_ref(),
         );
@@ -794,15 +842,13 @@ impl Table {
 }
 
 /// For each slot `s` of the bucket `v` (slots 0..15): bit `s` of the first
-/// mask when the slot is used and equals `tag` under `tmask`, bit `s` of the
-/// second when it is empty (the four compares packed into one byte mask).
+/// mask when the slot is used and lies in `base..=base + smax`, bit `s` of
+/// the second when it is empty (the four compares packed into one byte mask).
 #[cfg(all(target_arch = "x86_64", not(miri)))]
 #[target_feature(enable = "sse2")]
 #[inline]
-fn masks_packed(v: &[std::arch::x86_64::__m128i; 4], tag: u32, tmask: u32) -> (u32, u32) {
+fn masks_packed(v: &[std::arch::x86_64::__m128i; 4], base: u32, smax: u32) -> (u32, u32) {
     use std::arch::x86_64::*;
-    let t = _mm_set1_epi32(tag as i32);
-    let k = _mm_set1_epi32(tmask as i32);
     let z = _mm_setzero_si128();
     let zs = [
         _mm_cmpeq_epi32(v[0], z),
@@ -810,39 +856,57 @@ fn masks_packed(v: &[std::arch::x86_64::__m128i; 4], tag: u32, tmask: u32) -> (u
         _mm_cmpeq_epi32(v[2], z),
         _mm_cmpeq_epi32(v[3], z),
     ];
-    let eq = |q: usize| _mm_andnot_si128(zs[q], _mm_cmpeq_epi32(_mm_and_si128(v[q], k), t));
+    let out = outside(v, base, smax);
+    let miss = |q: usize| _mm_or_si128(zs[q], out[q]);
     let pack = |a: __m128i, b: __m128i, c: __m128i, d: __m128i| {
-        let m = _mm_packs_epi16(_mm_packs_epi32(a, b), _mm_packs_epi32(c, d));
-        _mm_movemask_epi8(m) as u32 & SLOT_BITS
+        _mm_movemask_epi8(_mm_packs_epi16(
+            _mm_packs_epi32(a, b),
+            _mm_packs_epi32(c, d),
+        )) as u32
     };
     (
-        pack(eq(0), eq(1), eq(2), eq(3)),
-        pack(zs[0], zs[1], zs[2], zs[3]),
+        !pack(miss(0), miss(1), miss(2), miss(3)) & SLOT_BITS,
+        pack(zs[0], zs[1], zs[2], zs[3]) & SLOT_BITS,
     )
 }
 
-/// Bit `s` set when slot `s` of the bucket `v` is used and equals `tag`
-/// under `tmask` (slots 0..15), and the overflow count (word 15). The four
-/// compares are packed into one byte mask; the test for an empty slot is
-/// needed only when `tag` is 0 (a non-zero tag never matches an empty slot).
+/// Per 32-bit lane of the bucket `v`: all ones when the lane's value minus
+/// `base` (wrapping) is above `smax` (unsigned: SSE2 compares signed
+/// lanes, so both sides are biased by 2^31; the difference's bias is folded
+/// into the base: adding 2^31 is subtracting it).
 #[cfg(all(target_arch = "x86_64", not(miri)))]
 #[target_feature(enable = "sse2")]
 #[inline]
-fn probe_sse2(v: &[std::arch::x86_64::__m128i; 4], tag: u32, tmask: u32) -> (u32, u32) {
+fn outside(
+    v: &[std::arch::x86_64::__m128i; 4],
+    base: u32,
+    smax: u32,
+) -> [std::arch::x86_64::__m128i; 4] {
     use std::arch::x86_64::*;
-    let t = _mm_set1_epi32(tag as i32);
-    let k = _mm_set1_epi32(tmask as i32);
-    let eq = |x: __m128i| _mm_cmpeq_epi32(_mm_and_si128(x, k), t);
-    let mut e = [eq(v[0]), eq(v[1]), eq(v[2]), eq(v[3])];
-    if tag == 0 {
+    let b = _mm_set1_epi32(base.wrapping_sub(0x8000_0000) as i32);
+    let lim = _mm_set1_epi32((smax ^ 0x8000_0000) as i32);
+    std::array::from_fn(|q| _mm_cmpgt_epi32(_mm_sub_epi32(v[q], b), lim))
+}
+
+/// Bit `s` set when slot `s` of the bucket `v` is used and lies in
+/// `base..=base + smax` (slots 0..15), and the overflow count (word 15). The
+/// four compares are packed into one byte mask; the test for an empty slot
+/// is needed only when `base` is 0 (an empty slot, 0, is below any other).
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[target_feature(enable = "sse2")]
+#[inline]
+fn probe_sse2(v: &[std::arch::x86_64::__m128i; 4], base: u32, smax: u32) -> (u32, u32) {
+    use std::arch::x86_64::*;
+    let mut e = outside(v, base, smax);
+    if base == 0 {
         let z = _mm_setzero_si128();
         for (e, &x) in e.iter_mut().zip(v) {
-            *e = _mm_andnot_si128(_mm_cmpeq_epi32(x, z), *e);
+            *e = _mm_or_si128(_mm_cmpeq_epi32(x, z), *e);
         }
     }
     let lo = _mm_packs_epi32(e[0], e[1]);
     let hi = _mm_packs_epi32(e[2], e[3]);
-    let m = _mm_movemask_epi8(_mm_packs_epi16(lo, hi)) as u32 & SLOT_BITS;
+    let m = !(_mm_movemask_epi8(_mm_packs_epi16(lo, hi)) as u32) & SLOT_BITS;
     let overflow = _mm_cvtsi128_si32(_mm_shuffle_epi32::<0xff>(v[3])) as u32;
     (m, overflow)
 }
@@ -896,6 +960,38 @@ mod tests {
         ]
     }
 
+    /// The mixed-radix slot: every tag base plus every id decodes back (by
+    /// difference and by `id_of`), a slot of another tag is never taken for
+    /// an id, and the tag values cover `0..tags`.
+    #[test]
+    fn slots_encode_tag_and_id() {
+        let mut rng = testkit::Rng::new(11);
+        for range in [2u64, 3, 300, 512, 70_000, 9_019_500, (1 << 31) + 1, 1 << 32] {
+            let b = Buckets::new(range, 1, None);
+            assert_eq!(u64::from(b.tags), (1u64 << 32) / range);
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..2000 {
+                let h = rng.next_u64();
+                let tag = b.tag(h);
+                assert_eq!(u64::from(tag) % range, 0);
+                seen.insert(u64::from(tag) / range);
+                let id = (rng.next_u64() % (range - 1)) as u32 + 1;
+                let v = tag + id;
+                assert_eq!(b.id_in(v, tag), id);
+                assert_eq!(b.id_of(v), id);
+                assert_eq!(u64::from(b.id_of(v)), u64::from(v) % range);
+                let other = b.tag(rng.next_u64());
+                if other != tag {
+                    assert_eq!(b.id_in(v, other), 0);
+                }
+            }
+            assert!(seen.iter().all(|&t| t < u64::from(b.tags)));
+            if b.tags >= 400 {
+                assert!(seen.len() >= 350, "{range}: {} tags seen", seen.len());
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         /// Against a HashMap model: ids are keys (as line contents are in the
@@ -905,14 +1001,14 @@ mod tests {
         fn table_matches_model(
             ops in proptest::collection::vec(op(), 1..250),
             spread in 1u32..64,
-            id_bits in prop_oneof![Just(9u32), Just(16), Just(32)],
+            range in prop_oneof![Just(300u64), Just(512), Just(70_000), Just(1 << 32)],
             pooled in any::<bool>(),
         ) {
             // A pool of 16 buckets: the small tables come from it (and
             // reuse the extents of the ones growth replaced), larger ones
             // from the heap.
             let pool = pooled.then(|| Arc::new(HugePool::new(16 * 64).expect("map")));
-            let mut t = Table::with_pool(id_bits, 1, pool);
+            let mut t = Table::with_pool(range, 1, pool);
             let mut model: HashMap<u32, u64> = HashMap::new();
             for op in ops {
                 match op {
@@ -995,7 +1091,7 @@ mod tests {
                 let mut want = vec![0u32; n];
                 for (&k, &h) in &model {
                     let home = Table::home_of(h, n);
-                    let v = t.shared().tag(h) | k;
+                    let v = t.shared().tag(h) + k;
                     let mut b = home;
                     while !(0..BUCKET_SLOTS).any(|s| t.shared().b()[b].slot(s) == v) {
                         want[b] += 1;
