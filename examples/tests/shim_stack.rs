@@ -1552,6 +1552,20 @@ fn a_parent_closing_its_copy_leaves_the_childs_connection_alone() {
 
 #[test]
 fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
+    nginx_two_workers(true);
+}
+
+#[test]
+fn nginx_with_two_workers_through_the_stack_process_serves_wrk_and_curl() {
+    nginx_two_workers(false);
+}
+
+/// A master (the stack process: it makes the listener) and 2 workers (forked children).
+/// `rehome`: each worker re-homes the listener at its first `epoll_ctl` and serves its
+/// connections in a stack of its own, on its own queue of the TAP device (the master's queue
+/// detaches); else (`HICAMP_STACK_REHOME=0`) the workers accept and serve through the stack
+/// process. Each request's worker pid and byte counts go to the access log.
+fn nginx_two_workers(rehome: bool) {
     let starts = |p: &str| Command::new(p).arg("-v").output().map(drop);
     if missing(&["curl"])
         || testkit::require(starts("nginx"), "nginx")
@@ -1559,9 +1573,6 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
     {
         return;
     }
-    // A master (the stack process: it makes the listener) and 2 workers (forked children:
-    // they accept and serve through the stack process). Each request's worker pid and byte
-    // counts go to the access log.
     let lab = Lab::new();
     let root = lab.path("ngx2");
     std::fs::create_dir_all(root.join("www")).unwrap();
@@ -1579,14 +1590,17 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
     std::fs::write(root.join("nginx.conf"), conf).unwrap();
     let conf = root.join("nginx.conf");
     let (conf, prefix) = (conf.to_str().unwrap(), root.to_str().unwrap());
-    let srv = Reaper::spawn(lab.stack(
-        "tngx2",
-        "10.112.0",
-        "ngx2.json",
-        &["nginx", "-c", conf, "-p", prefix],
-    ));
-    wait_port(&lab, "10.112.0.2", 8080);
-    serve_page_then_quit(&lab, "10.112.0.2", &page, "-t2", "-c16", conf, prefix);
+    let (tap, net) = if rehome {
+        ("tngx2", "10.112.0")
+    } else {
+        ("tngx2p", "10.112.1")
+    };
+    let ip = format!("{net}.2");
+    let mut cmd = lab.stack(tap, net, "ngx2.json", &["nginx", "-c", conf, "-p", prefix]);
+    cmd.env("HICAMP_STACK_REHOME", if rehome { "1" } else { "0" });
+    let srv = Reaper::spawn(cmd);
+    wait_port(&lab, &ip, 8080);
+    serve_page_then_quit(&lab, &ip, &page, "-t2", "-c16", conf, prefix);
     let out = srv.finish(60);
     assert_ok(&out);
     let log = std::fs::read_to_string(root.join("logs/access.log")).unwrap();
@@ -1604,7 +1618,12 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
     assert!(requests > 1, "{log}");
     assert_eq!(pids.len(), 2, "both workers served: {pids:?}");
     let merged = lab.report("ngx2.json");
+    if rehome {
+        check_rehomed(&merged, &pids, requests, req_bytes, resp_bytes);
+        return;
+    }
     let r = stack_report(&merged);
+    assert_eq!(n(&r["rehome"]["child_stacks"]), 0, "{r}");
     assert_eq!(
         n(&r["totals"]["received_bytes"]),
         req_bytes,
@@ -1633,6 +1652,57 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
     assert!(
         n(&r["proxy"]["payload_to_stack_bytes"]) <= 1024 * requests,
         "{r}"
+    );
+}
+
+/// The reports of a re-homed nginx: the master's (stack 0: 2 child stacks, its listener
+/// re-homed by both, its queue detached, no connection of its own) and one per worker (its
+/// own stack, the listener made again, every byte nginx logged, nothing through a control
+/// channel).
+fn check_rehomed(
+    merged: &serde_json::Value,
+    pids: &std::collections::BTreeSet<String>,
+    requests: u64,
+    req_bytes: u64,
+    resp_bytes: u64,
+) {
+    let stacks = merged["stack"].as_array().expect("stack reports");
+    assert_eq!(stacks.len(), 3, "the master and 2 workers: {merged}");
+    let master = stacks
+        .iter()
+        .find(|r| n(&r["rehome"]["index"]) == 0)
+        .expect("the master's report");
+    let m = &master["rehome"];
+    assert_eq!(n(&m["child_stacks"]), 2, "{master}");
+    assert_eq!(n(&m["rehomed_listeners"]), 2, "{master}");
+    assert!(n(&m["queue_detaches"]) >= 1, "{master}");
+    assert_eq!(n(&m["refused"]), 0, "{master}");
+    // The workers' connections never crossed the control channel: the master served only
+    // their questions (a query and a commit each), moved no payload, pushed nothing.
+    assert_eq!(n(&master["proxy"]["requests"]), 4, "{master}");
+    assert_eq!(n(&master["proxy"]["payload_to_stack_bytes"]), 0, "{master}");
+    assert_eq!(
+        n(&master["proxy"]["payload_from_stack_bytes"]),
+        0,
+        "{master}"
+    );
+    assert_eq!(n(&master["proxy"]["pushed_sockets"]), 0, "{master}");
+    assert_eq!(n(&master["proxy"]["sendfiles"]), 0, "{master}");
+    let (mut rx, mut tx, mut sendfile) = (0, 0, 0);
+    for w in stacks.iter().filter(|r| n(&r["rehome"]["index"]) > 0) {
+        assert!(pids.contains(&w["pid"].to_string()), "{w} {pids:?}");
+        assert_eq!(n(&w["rehome"]["own_listeners"]), 1, "{w}");
+        assert_eq!(n(&w["proxy"]["requests"]), 0, "{w}");
+        assert_eq!(n(&w["rehome"]["queue_detaches"]), 0, "{w}");
+        rx += n(&w["totals"]["received_bytes"]);
+        tx += n(&w["totals"]["sent_bytes"]);
+        sendfile += n(&w["totals"]["sendfile_bytes"]);
+    }
+    assert_eq!(rx, req_bytes, "bytes received = the requests nginx logged");
+    assert_eq!(tx, resp_bytes, "bytes sent = the responses nginx logged");
+    assert!(
+        sendfile >= 38_000 * requests.saturating_sub(16),
+        "{sendfile}"
     );
 }
 

@@ -98,6 +98,7 @@ pub mod inline;
 pub mod ops;
 pub mod proxy;
 pub mod ready;
+mod rehome;
 
 use crate::fdbits::{FdBits, MAX_FD};
 
@@ -460,21 +461,7 @@ impl std::hash::Hasher for FdHash {
     }
 }
 
-static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| {
-    Mutex::new(World {
-        pending: FdMap::default(),
-        fds: FdMap::default(),
-        socks: Vec::new(),
-        engine: None,
-        failed: None,
-        records: Vec::new(),
-        counters: Counters::default(),
-        notes: BTreeMap::new(),
-        next_id: 1,
-        inos: HashMap::new(),
-        epolls: FdMap::default(),
-    })
-});
+static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| Mutex::new(World::empty()));
 
 /// The stack thread's wake-up eventfd (-1 until the stack exists).
 static WAKE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
@@ -522,6 +509,23 @@ fn note(w: &mut World, what: String) {
 }
 
 impl World {
+    /// A world without a stack yet.
+    fn empty() -> World {
+        World {
+            pending: FdMap::default(),
+            fds: FdMap::default(),
+            socks: Vec::new(),
+            engine: None,
+            failed: None,
+            records: Vec::new(),
+            counters: Counters::default(),
+            notes: BTreeMap::new(),
+            next_id: 1,
+            inos: HashMap::new(),
+            epolls: FdMap::default(),
+        }
+    }
+
     /// The engine, made on first use (opens the port, starts the stack thread).
     fn engine(&mut self) -> Result<&mut Engine, c_int> {
         if self.engine.is_none() {
@@ -593,6 +597,8 @@ impl World {
             },
         };
         self.counters.stack_sockets += 1;
+        // A stack process whose queue is detached ([`rehome`]) needs the network again.
+        rehome::need_network(self);
         let slot = match self.socks.iter().position(Option::is_none) {
             Some(i) => {
                 self.socks[i] = Some(Sock { slot: i, ..s });
@@ -632,7 +638,11 @@ fn start() -> Result<Engine, (c_int, String)> {
             "a forked child cannot use the parent's stack".into(),
         ));
     }
-    let settings = Settings::from_env().map_err(|e| (libc::EINVAL, e))?;
+    // A forked child starting its own stack ([`rehome`]) takes the stack process's settings.
+    let settings = match rehome::child_settings() {
+        Some(s) => s,
+        None => Settings::from_env().map_err(|e| (libc::EINVAL, e))?,
+    };
     // Read now: an application may clear its environment later (nginx keeps only TZ).
     ops::sendfile_settings();
     let mem = Memory::new(hicamp::Config {
@@ -656,6 +666,7 @@ fn start() -> Result<Engine, (c_int, String)> {
     let mac = port.mac().unwrap_or([2, 0x68, 0x63, 0x61, 0x6d, 0x70]);
     let mut cfg = IfaceConfig::new(mac, settings.ip, settings.prefix);
     cfg.gateway = settings.gateway;
+    rehome::configure(&port, &mut cfg);
     if let Some(mtu) = port.mtu() {
         cfg.mtu = mtu as usize;
     }
@@ -715,35 +726,58 @@ fn start() -> Result<Engine, (c_int, String)> {
     STARTED.store(true, Relaxed);
     crate::sys::spawn_quiet("hicamp-stack", None, stack_thread)
         .map_err(|e| (libc::EAGAIN, format!("stack thread: {e}")))?;
-    // SAFETY: registering a plain `extern "C" fn()` with no precondition.
-    unsafe { libc::atexit(at_exit) };
-    // SAFETY: the handlers are `extern "C" fn()` that never unwind.
-    unsafe {
-        libc::pthread_atfork(
-            Some(atfork_prepare),
-            Some(atfork_parent),
-            Some(atfork_child),
-        )
-    };
+    // Once: a forked child that starts a stack of its own ([`rehome`]) inherited them.
+    if !HOOKED.swap(true, Relaxed) {
+        // SAFETY: registering a plain `extern "C" fn()` with no precondition.
+        unsafe { libc::atexit(at_exit) };
+        // SAFETY: the handlers are `extern "C" fn()` that never unwind.
+        unsafe {
+            libc::pthread_atfork(
+                Some(atfork_prepare),
+                Some(atfork_parent),
+                Some(atfork_child),
+            )
+        };
+    }
     Ok(engine)
 }
 
 /// Before a fork of the stack process: the control listener its children will reach it on
-/// (in a forked child: [`proxy::barrier`]).
+/// (in a forked child: [`proxy::barrier`]). The world's lock is then held across the fork,
+/// so that the child's copy of it is unlocked: a child may start a stack of its own
+/// ([`rehome`]).
 unsafe extern "C" fn atfork_prepare() {
     if !FORKED.load(Relaxed) {
         let _ = crate::guard::shielded(flush_deferred);
         let _ = crate::guard::shielded(ready::materialize_all);
         let _ = crate::guard::shielded(proxy::listen_for_children);
+        let _ = crate::guard::shielded(|| {
+            let g = WORLD
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            HELD.with(|h| *h.borrow_mut() = Some(g));
+        });
     } else {
         // A child forking: its posted sends are served before its own child's calls.
         let _ = crate::guard::shielded(proxy::barrier);
     }
 }
 
+thread_local! {
+    /// The world's lock, held by the forking thread across a fork ([`atfork_prepare`]).
+    static HELD: std::cell::RefCell<Option<MutexGuard<'static, World>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Lets go of the world's lock held across a fork.
+fn release_held() {
+    let _ = HELD.try_with(|h| h.borrow_mut().take());
+}
+
 /// After a fork, in the stack process: every socket that exists now may have copies in the
 /// child.
 unsafe extern "C" fn atfork_parent() {
+    release_held();
     FORKS.fetch_add(1, Relaxed);
 }
 
@@ -769,6 +803,8 @@ fn wait_operational(name: &str) {
 /// closed here, and the control connection is made at the first operation. Only system calls
 /// and atomics: the world's lock is never touched in a child.
 unsafe extern "C" fn atfork_child() {
+    // The lock's copy is released by the only thread: no waiter exists in this process.
+    release_held();
     if !FORKED.load(Relaxed) {
         proxy::STACK_PID.store(proxy::STACK_SELF.load(Relaxed), Relaxed);
         FORKED.store(true, Relaxed);
@@ -808,6 +844,9 @@ pub fn exiting(reason: &'static str) {
 
 /// Set once the stack started in this process.
 static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// The exit and fork handlers are registered (inherited by a forked child).
+static HOOKED: AtomicBool = AtomicBool::new(false);
 
 static FINISHED: AtomicBool = AtomicBool::new(false);
 
@@ -926,6 +965,7 @@ fn report_json(reason: &str) -> serde_json::Value {
         "payload_bytes_copied_below_socket_api": below,
         "connections": conns,
         "proxy": proxied,
+        "rehome": rehome::stats(),
         "defer": {
             "on": DEFER_ON.load(Relaxed),
             "deferred_sends": DEFERS.load(Relaxed),
@@ -1278,7 +1318,12 @@ fn stack_thread() {
         };
         let mut fds = [
             libc::pollfd {
-                fd: if with_port { port_fd } else { -1 },
+                // A detached queue ([`rehome`]) polls as an error: not watched.
+                fd: if with_port && rehome::attached() {
+                    port_fd
+                } else {
+                    -1
+                },
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -1357,6 +1402,7 @@ fn stack_thread() {
         rearm(&mut w);
         let rx0 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
         pump_from(&mut w, false);
+        rehome::maybe_detach(&mut w);
         let rx1 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
         if debug() {
             let why = match (fds[0].revents != 0, fds[1].revents != 0, rx1 > rx0) {
