@@ -1706,6 +1706,123 @@ fn check_rehomed(
     );
 }
 
+/// Many short connections, one request each (HTTP/1.0: nginx closes), from 4 threads of a
+/// kernel client; each must be answered with the whole page within 10 s (a connection whose
+/// SYN went to a queue nobody accepts on would time out). Prints `ANSWERED n OF m`.
+const SHORT_CONNS: &str = r#"
+import socket, sys, threading
+ip, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+req = b"GET /small HTTP/1.0\r\nHost: x\r\n\r\n"
+ok, bad = [0], []
+lock = threading.Lock()
+def run(k):
+    for i in range(n):
+        try:
+            s = socket.create_connection((ip, 8080), timeout=10)
+            s.settimeout(10)
+            s.sendall(req)
+            got = b""
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += d
+            s.close()
+            good = got.startswith(b"HTTP/1.1 200") and got.endswith(b"x" * size)
+        except Exception as e:
+            good, got = False, repr(e).encode()
+        with lock:
+            if good:
+                ok[0] += 1
+            else:
+                bad.append(got[:80])
+ts = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print("ANSWERED", ok[0], "OF", 4 * n, bad[:3], flush=True)
+"#;
+
+#[test]
+fn nginx_two_workers_answer_every_short_connection_with_the_masters_queue_detached() {
+    if missing(&["python3"])
+        || testkit::require(Command::new("nginx").arg("-v").output().map(drop), "nginx")
+    {
+        return;
+    }
+    let lab = Lab::new();
+    let root = lab.path("ngxs");
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::create_dir_all(root.join("logs")).unwrap();
+    std::fs::write(root.join("www/small"), vec![b'x'; 600]).unwrap();
+    let r = root.display();
+    let conf = format!(
+        "user root; daemon off; master_process on; worker_processes 2; \
+         error_log {r}/logs/error.log; pid {r}/nginx.pid; events {{ worker_connections 256; }} \
+         http {{ access_log off; server {{ listen 8080; root {r}/www; }} }}"
+    );
+    std::fs::write(root.join("nginx.conf"), conf).unwrap();
+    let conf = root.join("nginx.conf");
+    let (conf, prefix) = (conf.to_str().unwrap(), root.to_str().unwrap());
+    let srv = Reaper::spawn(lab.stack(
+        "tngxs",
+        "10.112.2",
+        "ngxs.json",
+        &["nginx", "-c", conf, "-p", prefix],
+    ));
+    wait_port(&lab, "10.112.2.2", 8080);
+    let per_thread = 150;
+    let out = lab
+        .kernel(
+            "python3",
+            &[
+                "-c",
+                SHORT_CONNS,
+                "10.112.2.2",
+                &per_thread.to_string(),
+                "600",
+            ],
+        )
+        .output()
+        .unwrap();
+    let quit = lab
+        .kernel("nginx", &["-s", "quit", "-c", conf, "-p", prefix])
+        .output()
+        .unwrap();
+    assert_ok(&quit);
+    let srv_out = srv.finish(60);
+    assert_ok(&srv_out);
+    assert_printed(
+        &out,
+        &format!("ANSWERED {} OF {} []", 4 * per_thread, 4 * per_thread),
+    );
+    let merged = lab.report("ngxs.json");
+    let stacks = merged["stack"].as_array().expect("stack reports");
+    assert_eq!(stacks.len(), 3, "the master and 2 workers: {merged}");
+    let master = stacks
+        .iter()
+        .find(|r| n(&r["rehome"]["index"]) == 0)
+        .expect("the master's report");
+    assert_eq!(n(&master["rehome"]["child_stacks"]), 2, "{master}");
+    assert!(n(&master["rehome"]["queue_detaches"]) >= 1, "{master}");
+    assert_eq!(n(&master["rehome"]["queue_attaches"]), 0, "{master}");
+    // Every connection was accepted by a worker's own stack: the workers' reports list them.
+    let accepted: usize = stacks
+        .iter()
+        .filter(|r| n(&r["rehome"]["index"]) > 0)
+        .map(|r| {
+            r["connections"].as_array().map_or(0, |c| {
+                c.iter()
+                    .filter(|c| c["why"] != "AF_INET listener, re-homed from the stack process")
+                    .count()
+            })
+        })
+        .sum();
+    assert!(
+        accepted >= 4 * per_thread,
+        "{accepted} connections in the workers' stacks"
+    );
+}
+
 /// inetd's way: the parent accepts and forks; the child puts the connection on its stdin and
 /// stdout and execs a new program, which echoes `argv[1]` bytes with plain `read`/`write` on
 /// descriptors 0 and 1.
