@@ -1823,6 +1823,102 @@ fn nginx_two_workers_answer_every_short_connection_with_the_masters_queue_detach
     );
 }
 
+/// A prefork server: the parent listens (and `dup`s the listener), forks 2 children that block
+/// in `accept` on it, and waits for them; each child answers a line with its pid, and exits
+/// at `quit`.
+const PREFORK: &str = r#"
+import os, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9300)); s.listen(64)
+d = os.dup(s.fileno())
+kids = []
+for k in range(2):
+    pid = os.fork()
+    if pid == 0:
+        while True:
+            c, _ = s.accept()
+            try:
+                data = c.recv(100)
+                if data == b"quit":
+                    c.sendall(b"bye"); c.close(); os._exit(0)
+                if data:
+                    c.sendall(b"%d:" % os.getpid() + data)
+            except OSError:
+                pass
+            c.close()
+    kids.append(pid)
+print("READY", flush=True)
+for p in kids:
+    _, st = os.waitpid(p, 0)
+    assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
+print("PREFORK DONE", flush=True)
+"#;
+
+/// The kernel's client of [`PREFORK`]: `n` connections (`hello`), then `quit` until both
+/// children are gone; prints the pids that answered.
+const PREFORK_CLIENT: &str = r#"
+import socket, sys, time
+ip, n = sys.argv[1], int(sys.argv[2])
+pids, answered = set(), 0
+for i in range(n):
+    c = socket.create_connection((ip, 9300), timeout=10)
+    c.sendall(b"hello")
+    r = c.recv(100)
+    c.close()
+    pid, _, rest = r.partition(b":")
+    if rest == b"hello":
+        answered += 1
+        pids.add(int(pid))
+byes = 0
+while byes < 2:
+    try:
+        c = socket.create_connection((ip, 9300), timeout=2)
+        c.sendall(b"quit")
+        byes += c.recv(100) == b"bye"
+        c.close()
+    except OSError:
+        time.sleep(0.1)
+print("ANSWERED", answered, "PIDS", len(pids), flush=True)
+"#;
+
+#[test]
+fn prefork_children_blocking_in_accept_re_home_the_listener() {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let srv = Reaper::spawn(lab.stack(
+        "tpref",
+        "10.112.3",
+        "pref.json",
+        &["python3", "-c", PREFORK],
+    ));
+    wait_port(&lab, "10.112.3.2", 9300);
+    let out = lab
+        .kernel("python3", &["-c", PREFORK_CLIENT, "10.112.3.2", "60"])
+        .output()
+        .unwrap();
+    let srv_out = srv.finish(60);
+    assert_printed(&srv_out, "PREFORK DONE");
+    assert_printed(&out, "ANSWERED 60 PIDS 2");
+    let merged = lab.report("pref.json");
+    let stacks = merged["stack"].as_array().expect("stack reports");
+    assert_eq!(stacks.len(), 3, "the parent and 2 children: {merged}");
+    let parent = stacks
+        .iter()
+        .find(|r| n(&r["rehome"]["index"]) == 0)
+        .expect("the parent's report");
+    // Each child asked about both numbers of the listener once (one A end) and made it again.
+    assert_eq!(n(&parent["rehome"]["child_stacks"]), 2, "{parent}");
+    assert_eq!(n(&parent["rehome"]["rehomed_listeners"]), 2, "{parent}");
+    assert!(n(&parent["rehome"]["queue_detaches"]) >= 1, "{parent}");
+    assert_eq!(n(&parent["proxy"]["payload_to_stack_bytes"]), 0, "{parent}");
+    for c in stacks.iter().filter(|r| n(&r["rehome"]["index"]) > 0) {
+        assert_eq!(n(&c["rehome"]["own_listeners"]), 1, "{c}");
+        assert_eq!(n(&c["proxy"]["requests"]), 0, "{c}");
+    }
+}
+
 /// inetd's way: the parent accepts and forks; the child puts the connection on its stdin and
 /// stdout and execs a new program, which echoes `argv[1]` bytes with plain `read`/`write` on
 /// descriptors 0 and 1.

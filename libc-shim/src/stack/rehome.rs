@@ -217,9 +217,17 @@ pub(super) fn before_use(fd: c_int) {
     if PMARKS.members().next().is_some() {
         return;
     }
-    let mut found = Vec::with_capacity(fds.len());
-    for (i, &f) in fds.iter().enumerate() {
-        match proxy::rehome(f, false, i == 0) {
+    let mut found: Vec<(c_int, Listener)> = Vec::with_capacity(fds.len());
+    // Numbers `dup`ed from one another (one A end): made once, then duplicated again.
+    let (mut inos, mut dups) = (Vec::new(), Vec::new());
+    for &f in &fds {
+        let ino = proxy::inode(f);
+        if let Some(&(_, g)) = inos.iter().find(|(i, _)| *i == ino) {
+            dups.push((f, g));
+            continue;
+        }
+        inos.push((ino, f));
+        match proxy::rehome(f, false, found.is_empty()) {
             Some(l) => found.push((f, l)),
             None => return,
         }
@@ -238,6 +246,33 @@ pub(super) fn before_use(fd: c_int) {
                 l.addr
             ));
         }
+    }
+    for (f, g) in dups {
+        dup_again(f, g);
+    }
+}
+
+/// `fd` was a `dup` of `g`'s inherited A end: it becomes one of `g`'s new one.
+fn dup_again(fd: c_int, g: c_int) {
+    // SAFETY: F_GETFD on the caller's descriptor.
+    let fl = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+    let flags = if fl >= 0 && fl & libc::FD_CLOEXEC != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: `g`'s new A end replaces the inherited one at `fd`.
+    if unsafe { real::dup3(g, fd, flags) } < 0 {
+        return;
+    }
+    proxy::forget(fd);
+    let mut w = lock();
+    if let Some(&id) = w.fds.get(&g) {
+        if let Some(s) = w.socks.get_mut(id).and_then(Option::as_mut) {
+            s.fds.push(fd);
+        }
+        w.fds.insert(fd, id);
+        super::mark(fd);
     }
 }
 
@@ -259,7 +294,9 @@ fn become_stack(index: u32) -> Result<(), c_int> {
     super::ready::forget_inherited();
     super::inline::forget_inherited();
     match w.engine() {
-        Ok(_) => {
+        Ok(e) => {
+            // The shim's own choices (`bind` to port 0, UDP) start in this stack's range.
+            e.next_port = ephemeral_range(index).0;
             super::DEFER_ON.store(defer && super::inline::port_fd() >= 0, Relaxed);
             // The stack process's world, copied by fork: its descriptors are closed here, its
             // memory is the stack process's copy-on-write image. Never dropped (its port and
