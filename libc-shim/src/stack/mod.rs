@@ -9,6 +9,7 @@
 //! | `HICAMP_STACK_BACKEND` | `tap:NAME` (an existing TAP device: the launcher makes it), `af_packet:IFACE`, `af_xdp:IFACE[:QUEUE]` |
 //! | `HICAMP_STACK_IP` | the stack's `ADDR/PREFIX` |
 //! | `HICAMP_STACK_GATEWAY` | default gateway (optional) |
+//! | `HICAMP_STACK_REHOME=0` | forked children never re-home listeners ([`rehome`]) |
 //!
 //! # Design
 //!
@@ -71,7 +72,9 @@
 //!   descriptors read end of stream and their stack calls fail. A child that execs hands its
 //!   stack descriptors (number and inode) and the stack's pid to the new image in the
 //!   environment (`HICAMP_STACK_PROXY`), which proxies them in turn; the stack process
-//!   execing ends its stack.
+//!   execing ends its stack. A child that accepts on inherited listeners (nginx's workers)
+//!   instead *re-homes* them into a stack of its own on its own queue of the TAP device
+//!   ([`rehome`]): no channel for its connections.
 //! * **Exit.** At `exit` the stack keeps running up to 2 s so that data and FINs of closed
 //!   connections leave (the kernel would send them after the process is gone), then writes the
 //!   report `PREFIX.stack.PID.json`.

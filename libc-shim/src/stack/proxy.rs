@@ -1,5 +1,6 @@
 //! Forked children of the stack process: their stack operations are served by the stack
-//! process, over a control connection.
+//! process, over a control connection (unless the child re-homed its listeners into a stack
+//! of its own: [`super::rehome`]; then it asks only that, here).
 //!
 //! The process that made the stack stays the *stack process*: its stack thread and port are
 //! the only ones. A child forked from it (or from such a child) keeps its copies of the stack
