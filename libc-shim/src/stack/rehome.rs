@@ -405,10 +405,15 @@ pub(super) fn serve(y: c_int, commit: bool, first: bool) -> Result<Listener, c_i
         return Err(libc::EBUSY);
     }
     let o = &s.opts;
-    let opts = u32::from(o.reuseaddr) * O_REUSEADDR
-        | u32::from(o.reuseport) * O_REUSEPORT
-        | u32::from(o.nodelay) * O_NODELAY
-        | u32::from(o.keepalive) * O_KEEPALIVE;
+    let opts = [
+        (o.reuseaddr, O_REUSEADDR),
+        (o.reuseport, O_REUSEPORT),
+        (o.nodelay, O_NODELAY),
+        (o.keepalive, O_KEEPALIVE),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .fold(0, |a, (_, bit)| a | bit);
     let l = Listener {
         addr,
         backlog: *backlog,
