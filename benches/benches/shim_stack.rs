@@ -62,6 +62,9 @@ struct Lab {
 }
 
 const TAP: &str = "hsbench0";
+/// The TAP device was made single-queue by [`Lab::stack`] (`tap-1q`): the next call removes
+/// it without a word.
+static ONE_QUEUE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The stack's end of the veth pair the launcher makes for `af_packet`/`af_xdp` (the kernel's
 /// end, `hsbv0-k`, gets [`A_TAP_IP`]).
 const VETH: &str = "hsbv0";
@@ -127,6 +130,13 @@ impl Lab {
             Some(b) => (b, true),
             None => (name, false),
         };
+        // `tap-1q`: the TAP device made single-queue here first (the launcher makes it
+        // multi-queue), so that one queue is compared with one queue of a multi-queue device;
+        // forked children then cannot re-home.
+        let (name, one_queue) = match name.strip_suffix("-1q") {
+            Some(b) => (b, true),
+            None => (name, false),
+        };
         let spec = match name {
             "tap" => format!("tap:{TAP}"),
             other => format!("{other}:{VETH}"),
@@ -140,9 +150,23 @@ impl Lab {
         // hold the same addresses.
         for dev in [TAP, VETH] {
             if self.a.ip(&["-o", "link", "show", "dev", dev]).is_ok() {
-                eprintln!("shim_stack: {dev} was left behind; removing it");
+                if !(dev == TAP && ONE_QUEUE.swap(false, std::sync::atomic::Ordering::Relaxed)) {
+                    eprintln!("shim_stack: {dev} was left behind; removing it");
+                }
                 let _ = self.a.ip(&["link", "del", "dev", dev]);
             }
+        }
+        if one_queue
+            && self
+                .a
+                .ip(&["tuntap", "add", "dev", TAP, "mode", "tap"])
+                .is_ok()
+        {
+            // Left for the next round to remove (the launcher removes only what it made).
+            ONE_QUEUE.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = self
+                .a
+                .ip(&["link", "set", "dev", TAP, "addrgenmode", "none"]);
         }
         let mut c = self.a.command(self.hicamp.to_str().unwrap_or("hicamp"));
         if nodefer {
@@ -545,6 +569,28 @@ fn nginx_round(
     };
     let result = (|| {
         wait_port(&lab.a, host, 8080, Some(&mut server))?;
+        // One answered request: the workers serve (in stack mode, a connection the master
+        // queued before its workers re-homed the listener is reset when its queue detaches).
+        let probe = format!(
+            "import socket\n\
+             c = socket.create_connection(('{host}', 8080), timeout=2)\n\
+             c.sendall(b'GET /page HTTP/1.0\\r\\n\\r\\n')\n\
+             assert c.recv(100).startswith(b'HTTP/1.1 200')\n"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !lab
+            .a
+            .command("python3")
+            .args(["-c", &probe])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            if Instant::now() > deadline {
+                return Err("nginx answered no request".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let out = lab
             .a
             .command("wrk")
@@ -613,11 +659,14 @@ fn backends() -> Result<Vec<&'static str>, String> {
     // baseline for it).
     // `tap-norehome`: nginx's workers through the master's stack (the control channel), the
     // baseline of re-homed listeners.
-    const MORE: [&str; 4] = [
+    // `tap-1q`: a single-queue TAP device (made by the bench), against the launcher's
+    // multi-queue one.
+    const MORE: [&str; 5] = [
         "tap-nodefer",
         "af_packet-nodefer",
         "af_xdp-nodefer",
         "tap-norehome",
+        "tap-1q",
     ];
     let v = std::env::var("SHIM_STACK_BACKEND").unwrap_or_else(|_| "tap".into());
     if v.trim() == "all" {

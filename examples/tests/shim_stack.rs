@@ -1600,6 +1600,7 @@ fn nginx_two_workers(rehome: bool) {
     cmd.env("HICAMP_STACK_REHOME", if rehome { "1" } else { "0" });
     let srv = Reaper::spawn(cmd);
     wait_port(&lab, &ip, 8080);
+    wait_served(&lab, &ip, 8080, "GET /page HTTP/1.0\r\n\r\n", "200 OK");
     serve_page_then_quit(&lab, &ip, &page, "-t2", "-c16", conf, prefix);
     let out = srv.finish(60);
     assert_ok(&out);
@@ -1770,6 +1771,13 @@ fn nginx_two_workers_answer_every_short_connection_with_the_masters_queue_detach
         &["nginx", "-c", conf, "-p", prefix],
     ));
     wait_port(&lab, "10.112.2.2", 8080);
+    wait_served(
+        &lab,
+        "10.112.2.2",
+        8080,
+        "GET /small HTTP/1.0\r\n\r\n",
+        "200 OK",
+    );
     let per_thread = 150;
     let out = lab
         .kernel(
@@ -1894,6 +1902,7 @@ fn prefork_children_blocking_in_accept_re_home_the_listener() {
         &["python3", "-c", PREFORK],
     ));
     wait_port(&lab, "10.112.3.2", 9300);
+    wait_served(&lab, "10.112.3.2", 9300, "probe", ":probe");
     let out = lab
         .kernel("python3", &["-c", PREFORK_CLIENT, "10.112.3.2", "60"])
         .output()

@@ -238,8 +238,8 @@ pub(super) fn before_use(fd: c_int) {
     if become_stack(index).is_err() {
         return;
     }
-    for (f, l) in found {
-        let _ = proxy::rehome(f, true, false);
+    for (i, (f, l)) in found.into_iter().enumerate() {
+        let _ = proxy::rehome(f, true, i == 0);
         if let Err(e) = listen_again(f, &l) {
             crate::sys::diag(&format!(
                 "stack mode: re-homing descriptor {f} ({}): errno {e}",
@@ -370,8 +370,8 @@ fn listen_again(fd: c_int, l: &Listener) -> Result<(), c_int> {
 
 /// A child's [`REHOME`](super::proxy) request on its descriptor `y` (lent to its socket):
 /// a query (`commit` false) answers whether the socket is a listener the child may make
-/// again, with its address, backlog and options; a commit records it as re-homed. `first`
-/// (a query): the child's first, which hands out its stack index.
+/// again, with its address, backlog and options; a commit records it as re-homed. `first`:
+/// the child's first query (it gets its stack index) or commit (a child stack counted).
 pub(super) fn serve(y: c_int, commit: bool, first: bool) -> Result<Listener, c_int> {
     if !ENABLED.load(Relaxed) {
         return Err(libc::EOPNOTSUPP);
@@ -422,7 +422,7 @@ pub(super) fn serve(y: c_int, commit: bool, first: bool) -> Result<Listener, c_i
         rcvtimeo_ms: o
             .rcvtimeo
             .map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32),
-        index: if first {
+        index: if first && !commit {
             NEXT_INDEX.fetch_add(1, Relaxed)
         } else {
             0
@@ -430,6 +430,9 @@ pub(super) fn serve(y: c_int, commit: bool, first: bool) -> Result<Listener, c_i
     };
     if commit {
         REHOMED.fetch_add(1, Relaxed);
+        if first {
+            CHILD_STACKS.fetch_add(1, Relaxed);
+        }
         if !inos.0.contains(&s.ino) {
             inos.0.push(s.ino);
         }
@@ -440,8 +443,6 @@ pub(super) fn serve(y: c_int, commit: bool, first: bool) -> Result<Listener, c_i
             }
         }
         maybe_detach(&mut w);
-    } else if first {
-        CHILD_STACKS.fetch_add(1, Relaxed);
     }
     Ok(l)
 }
