@@ -1832,10 +1832,10 @@ fn nginx_two_workers_answer_every_short_connection_with_the_masters_queue_detach
 }
 
 /// A prefork server: the parent listens (and `dup`s the listener), forks 2 children that block
-/// in `accept` on it, and waits for them; each child answers a line with its pid, and exits
+/// in `accept` on it (`argv[1]` = `select`: in `select` first), and waits for them; each child answers a line with its pid, and exits
 /// at `quit`.
 const PREFORK: &str = r#"
-import os, socket, sys
+import os, select, socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 9300)); s.listen(64)
 d = os.dup(s.fileno())
@@ -1844,6 +1844,8 @@ for k in range(2):
     pid = os.fork()
     if pid == 0:
         while True:
+            if sys.argv[1] == "select":
+                select.select([s], [], [])
             c, _ = s.accept()
             try:
                 data = c.recv(100)
@@ -1891,20 +1893,25 @@ print("ANSWERED", answered, "PIDS", len(pids), flush=True)
 
 #[test]
 fn prefork_children_blocking_in_accept_re_home_the_listener() {
+    prefork("accept", "tpref", "10.112.3");
+}
+
+#[test]
+fn prefork_children_waiting_in_select_re_home_the_listener() {
+    prefork("select", "tprefs", "10.112.4");
+}
+
+fn prefork(mode: &str, tap: &str, net: &str) {
     if missing(&["python3"]) {
         return;
     }
     let lab = Lab::new();
-    let srv = Reaper::spawn(lab.stack(
-        "tpref",
-        "10.112.3",
-        "pref.json",
-        &["python3", "-c", PREFORK],
-    ));
-    wait_port(&lab, "10.112.3.2", 9300);
-    wait_served(&lab, "10.112.3.2", 9300, "probe", ":probe");
+    let ip = format!("{net}.2");
+    let srv = Reaper::spawn(lab.stack(tap, net, "pref.json", &["python3", "-c", PREFORK, mode]));
+    wait_port(&lab, &ip, 9300);
+    wait_served(&lab, &ip, 9300, "probe", ":probe");
     let out = lab
-        .kernel("python3", &["-c", PREFORK_CLIENT, "10.112.3.2", "60"])
+        .kernel("python3", &["-c", PREFORK_CLIENT, &ip, "60"])
         .output()
         .unwrap();
     let srv_out = srv.finish(60);

@@ -232,6 +232,17 @@ fn tokens_on(w: &mut World, id: usize) {
 /// stack sockets keep their descriptors' readiness with tokens from now on.
 pub fn kernel_waits(fds: impl IntoIterator<Item = c_int>) {
     if FORKED.load(Relaxed) {
+        // A child waiting on an inherited listener (a prefork server's `poll`/`select` before
+        // its `accept`) may get a stack of its own: then its sockets need their tokens.
+        if super::rehome::enabled() {
+            let fds: Vec<c_int> = fds.into_iter().filter(|&fd| is_stack(fd)).collect();
+            for &fd in &fds {
+                super::rehome::before_use(fd);
+            }
+            if !FORKED.load(Relaxed) {
+                kernel_waits(fds);
+            }
+        }
         return;
     }
     // The thread is about to sleep: output deferred by sends leaves first.

@@ -7,8 +7,9 @@
 //! and ran at 0.45x the kernel's requests/s.
 //!
 //! * **When.** A child whose first stack operation on an inherited descriptor is `accept`/
-//!   `accept4`, or adding it to an epoll set (`EPOLL_CTL_ADD`: nginx's workers add their
-//!   listeners, then `epoll_wait` and `accept4`), asks the stack process about *every* stack
+//!   `accept4`, adding it to an epoll set (`EPOLL_CTL_ADD`: nginx's workers add their
+//!   listeners, then `epoll_wait` and `accept4`) or a kernel wait on it (`poll`, `ppoll`,
+//!   `select`: a prefork server's wait before its `accept`), asks the stack process about *every* stack
 //!   descriptor it holds ([`REHOME`](super::proxy) request, query). It re-homes only when all
 //!   of them are listening TCP sockets that the stack process does not accept on itself
 //!   (a `ForkingTCPServer` parent accepts and its children serve: that path stays the proxy),
@@ -59,9 +60,9 @@
 //!   child alive at once shares the first child's range). Replies are steered by the flow
 //!   table after the first transmit (the SYN): ageing as above.
 //! * **Limits.** Only the TAP backend (af_packet/af_xdp keep the proxy). A re-homed child's
-//!   own children reach its stack (not the original one). Readiness waits with `poll`/`select`
-//!   do not re-home (the following `accept` does, and a connection the stack process
-//!   queued meanwhile is reset when it detaches). `HICAMP_STACK_REHOME=0` (read by the stack
+//!   own children reach its stack (not the original one). Connections the stack process
+//!   queued before its children re-homed a listener (between its `listen` and their first
+//!   use) are reset when its queue detaches. `HICAMP_STACK_REHOME=0` (read by the stack
 //!   process when its stack starts) turns it off.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -84,6 +85,11 @@ use crate::real;
 static ENABLED: AtomicBool = AtomicBool::new(false);
 /// This process's stack index: 0 for the stack process, `k` for re-homed child `k`.
 static INDEX: AtomicU32 = AtomicU32::new(0);
+/// Re-homing is on in this process tree.
+pub(super) fn enabled() -> bool {
+    ENABLED.load(Relaxed)
+}
+
 /// The stack process: the next index it hands out.
 static NEXT_INDEX: AtomicU32 = AtomicU32::new(1);
 /// The stack process: some listener of its was re-homed (the queue may detach).
