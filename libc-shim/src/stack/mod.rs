@@ -808,6 +808,7 @@ fn wait_operational(name: &str) {
 unsafe extern "C" fn atfork_child() {
     // The lock's copy is released by the only thread: no waiter exists in this process.
     release_held();
+    rehome::forked();
     if !FORKED.load(Relaxed) {
         proxy::STACK_PID.store(proxy::STACK_SELF.load(Relaxed), Relaxed);
         FORKED.store(true, Relaxed);

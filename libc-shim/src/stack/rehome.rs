@@ -90,6 +90,12 @@ pub(super) fn enabled() -> bool {
     ENABLED.load(Relaxed)
 }
 
+/// In a new child (a fork handler: atomics only): it has asked nothing yet.
+pub(super) fn forked() {
+    GAVE_UP.store(false, Relaxed);
+    ASKED.drain(|_| ());
+}
+
 /// The stack process: the next index it hands out.
 static NEXT_INDEX: AtomicU32 = AtomicU32::new(1);
 /// The stack process: some listener of its was re-homed (the queue may detach).
@@ -98,6 +104,9 @@ static ANY: AtomicBool = AtomicBool::new(false);
 static DETACHED: AtomicBool = AtomicBool::new(false);
 /// In a child: descriptors asked about already (never asked again).
 static ASKED: FdBits = FdBits::new();
+/// In a child: re-homing was refused or failed once; the process stays proxied (no more
+/// questions: a proxied child's later connections would each cost one).
+static GAVE_UP: AtomicBool = AtomicBool::new(false);
 /// In a child about to start its own stack: the stack process's settings.
 static CHILD_SETTINGS: Mutex<Option<Settings>> = Mutex::new(None);
 
@@ -213,9 +222,16 @@ const O_KEEPALIVE: u32 = 8;
 /// when it can (see the module docs). Afterwards [`FORKED`] says whether the process still
 /// proxies. Called inside the shim (a [`crate::guard::Guard`] held).
 pub(super) fn before_use(fd: c_int) {
-    if !ENABLED.load(Relaxed) || !FORKED.load(Relaxed) || !is_stack(fd) || ASKED.get(fd) {
+    if !ENABLED.load(Relaxed)
+        || !FORKED.load(Relaxed)
+        || GAVE_UP.load(Relaxed)
+        || !is_stack(fd)
+        || ASKED.get(fd)
+    {
         return;
     }
+    // Whatever happens below, this process asks at most once.
+    GAVE_UP.store(true, Relaxed);
     let fds: Vec<c_int> = MARKS.members().collect();
     for &f in &fds {
         ASKED.set(f, true);
