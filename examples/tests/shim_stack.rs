@@ -1858,6 +1858,17 @@ for k in range(2):
             c.close()
     kids.append(pid)
 print("READY", flush=True)
+if sys.argv[1] == "dial":
+    # The parent needs the network once its children re-homed the listener: its queue
+    # attaches for one connection to the kernel's echo server, and detaches again.
+    import time
+    go, done, kip = sys.argv[2], sys.argv[3], sys.argv[4]
+    while not os.path.exists(go):
+        time.sleep(0.05)
+    k = socket.create_connection((kip, 9100), timeout=10)
+    k.sendall(b"ping"); ok = k.recv(4) == b"ping"
+    k.close()
+    open(done, "w").write("ok" if ok else "bad")
 for p in kids:
     _, st = os.waitpid(p, 0)
     assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
@@ -1901,15 +1912,59 @@ fn prefork_children_waiting_in_select_re_home_the_listener() {
     prefork("select", "tprefs", "10.112.4");
 }
 
+#[test]
+fn a_parent_whose_children_re_homed_attaches_its_queue_to_connect_and_detaches_again() {
+    prefork("dial", "tprefd", "10.112.5");
+}
+
 fn prefork(mode: &str, tap: &str, net: &str) {
     if missing(&["python3"]) {
         return;
     }
     let lab = Lab::new();
     let ip = format!("{net}.2");
-    let srv = Reaper::spawn(lab.stack(tap, net, "pref.json", &["python3", "-c", PREFORK, mode]));
+    let (go, done) = (lab.path("go"), lab.path("dialed"));
+    let kip = format!("{net}.1");
+    let dial = mode == "dial";
+    let _peers = dial.then(|| Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_PEERS])));
+    if dial {
+        wait_port(&lab, "127.0.0.1", 9100);
+    }
+    let (go_s, done_s) = (go.to_str().unwrap(), done.to_str().unwrap());
+    let srv = Reaper::spawn(lab.stack(
+        tap,
+        net,
+        "pref.json",
+        &["python3", "-c", PREFORK, mode, go_s, done_s, &kip],
+    ));
     wait_port(&lab, &ip, 9300);
     wait_served(&lab, &ip, 9300, "probe", ":probe");
+    if dial {
+        std::fs::write(&go, "go").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(std::fs::read_to_string(&done).unwrap_or_default(), "ok");
+        // The device is back to the children's 2 queues (the parent's detached again) before
+        // the client connects: a SYN the parent took while attached would wait in its
+        // backlog (a limit of re-homing).
+        let queues = || {
+            let out = lab
+                .kernel("ls", &[&format!("/sys/class/net/{tap}/queues")])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter(|q| q.starts_with("tx-"))
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while queues() != 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(queues(), 2);
+    }
     let out = lab
         .kernel("python3", &["-c", PREFORK_CLIENT, &ip, "60"])
         .output()
@@ -1928,6 +1983,14 @@ fn prefork(mode: &str, tap: &str, net: &str) {
     assert_eq!(n(&parent["rehome"]["child_stacks"]), 2, "{parent}");
     assert_eq!(n(&parent["rehome"]["rehomed_listeners"]), 2, "{parent}");
     assert!(n(&parent["rehome"]["queue_detaches"]) >= 1, "{parent}");
+    if dial {
+        // Its queue came back for its connection and left again once it was closed (the
+        // TIME-WAIT does not hold it): the children's 60 connections after it were answered.
+        assert!(n(&parent["rehome"]["queue_attaches"]) >= 1, "{parent}");
+        assert!(n(&parent["rehome"]["queue_detaches"]) >= 2, "{parent}");
+        assert_eq!(n(&parent["totals"]["sent_bytes"]), 4, "{parent}");
+        assert_eq!(n(&parent["totals"]["received_bytes"]), 4, "{parent}");
+    }
     assert_eq!(n(&parent["proxy"]["payload_to_stack_bytes"]), 0, "{parent}");
     for c in stacks.iter().filter(|r| n(&r["rehome"]["index"]) > 0) {
         assert_eq!(n(&c["rehome"]["own_listeners"]), 1, "{c}");

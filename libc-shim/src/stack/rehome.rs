@@ -34,7 +34,8 @@
 //!   the stacks listening on the port; the SYN-ACK pins the flow to that stack's queue.
 //! * **The stack process's queue.** It never accepts on a re-homed listener, so a SYN hashed
 //!   to its queue would wait in its backlog for ever: while every socket it has is a re-homed
-//!   listener (no connection, no UDP socket, nothing closing), it *detaches* its queue
+//!   listener (no connection, no UDP socket, no closed connection with data or a FIN not yet
+//!   acknowledged), it *detaches* its queue
 //!   (`TUNSETQUEUE`, `IFF_DETACH_QUEUE`; connections queued in those listeners' backlogs
 //!   meanwhile are reset first), and it attaches it again (`IFF_ATTACH_QUEUE`) as soon as it
 //!   makes a stack socket or accepts on a listener (its own, or a proxied child's). While
@@ -74,6 +75,7 @@ use std::time::Duration;
 use libc::c_int;
 use nicdma::backend::AnyPort;
 use segstack::iface::IfaceConfig;
+use segstack::tcp::State;
 
 use super::{is_stack, lock, proxy, Kind, Opts, Settings, Tcp, World, FORKED, MARKS, PMARKS};
 use crate::fdbits::FdBits;
@@ -511,7 +513,7 @@ pub(super) fn need_network(w: &mut World) {
 }
 
 /// The stack process's queue detaches while every socket it has is a re-homed listener
-/// nobody accepts on through it, and no connection is closing. Connections its re-homed
+/// nobody accepts on through it, and no closed connection has data or a FIN unacknowledged. Connections its re-homed
 /// listeners queued meanwhile are reset first (their resets leave before the detach).
 pub(super) fn maybe_detach(w: &mut World) {
     if !ANY.load(Relaxed) || DETACHED.load(Relaxed) {
@@ -534,7 +536,16 @@ pub(super) fn maybe_detach(w: &mut World) {
     let Some(e) = engine.as_mut() else {
         return;
     };
-    if !e.closing.is_empty() {
+    // Closed connections whose FIN is acknowledged (TIME-WAIT, FIN-WAIT-2) do not hold the
+    // queue: a retransmitted FIN of the peer is then dropped, as the kernel would drop it
+    // after the time-wait.
+    let busy = e.closing.iter().any(|&h| {
+        e.iface.tcp(h).is_ok_and(|t| {
+            !matches!(t.state(), State::Closed | State::TimeWait | State::FinWait2)
+                || t.send_queue() > 0
+        })
+    });
+    if busy {
         return;
     }
     for s in socks.iter_mut().flatten() {
