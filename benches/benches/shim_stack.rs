@@ -11,8 +11,11 @@
 //!
 //! Workloads: redis-benchmark GET and SET (50 connections, pipelining 1 and 16; requests/s),
 //! nginx with a master and 2 worker processes serving wrk (a 4 KiB page, `sendfile on`, 50
-//! connections, 2 threads; requests/s: in stack mode the workers reach the master's stack over
-//! the control channel), the same nginx in one process (`master_process off`: the direct path) and a 64 MiB download by curl from python's `http.server` (MB/s from the process's start to
+//! connections, 2 threads; requests/s, and the server's CPU time and system calls per request
+//! over its life, counted with `perf stat -e raw_syscalls:sys_enter` when perf can: in stack
+//! mode each worker re-homes the listener into a stack of its own on its own TAP queue; the
+//! backend `tap-norehome` is the same with `HICAMP_STACK_REHOME=0`, the workers reaching the
+//! master's stack over the control channel), the same nginx in one process (`master_process off`: the direct path) and a 64 MiB download by curl from python's `http.server` (MB/s from the process's start to
 //! its exit, and the transfer alone by curl's own clock).
 //! Each round runs the kernel and every backend asked for, in a rotating order; each line
 //! prints a backend's median, the kernel's median of the same rounds and the ratio stack/kernel
@@ -25,6 +28,7 @@
 //! HICAMP_STACK_BENCH_ROUNDS=5 HICAMP_STACK_BENCH_REQUESTS=100000 cargo bench -p hicamp-benches --bench shim_stack
 //! HICAMP_STACK_BENCH_IDLE=500 HICAMP_STACK_BENCH_ONLY=redis cargo bench -p hicamp-benches --bench shim_stack
 //! SHIM_STACK_BACKEND=all cargo bench -p hicamp-benches --bench shim_stack   # tap, af_packet, af_xdp
+//! SHIM_STACK_BACKEND=tap,tap-norehome HICAMP_STACK_BENCH_ONLY=nginx cargo bench -p hicamp-benches --bench shim_stack
 //! ```
 //!
 //! Needs root, iproute2, python3, curl, redis-server, redis-benchmark, nginx and wrk; a missing one skips
@@ -58,6 +62,9 @@ struct Lab {
 }
 
 const TAP: &str = "hsbench0";
+/// The TAP device was made single-queue by [`Lab::stack`] (`tap-1q`): the next call removes
+/// it without a word.
+static ONE_QUEUE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The stack's end of the veth pair the launcher makes for `af_packet`/`af_xdp` (the kernel's
 /// end, `hsbv0-k`, gets [`A_TAP_IP`]).
 const VETH: &str = "hsbv0";
@@ -118,10 +125,23 @@ impl Lab {
             Some(b) => (b, true),
             None => (backend, false),
         };
-        // `NAME-nodefer`: the same backend with deferred transmit off (`HICAMP_STACK_DEFER=0`).
+        // `NAME-nodefer`: the same backend with deferred transmit off (`HICAMP_STACK_DEFER=0`);
+        // `NAME-norehome`: forked children do not re-home listeners (`HICAMP_STACK_REHOME=0`:
+        // nginx's workers reach the master's stack over the control channel).
         let (name, nodefer) = match base.strip_suffix("-nodefer") {
             Some(b) => (b, true),
             None => (base, false),
+        };
+        let (name, norehome) = match name.strip_suffix("-norehome") {
+            Some(b) => (b, true),
+            None => (name, false),
+        };
+        // `tap-1q`: the TAP device made single-queue here first (the launcher makes it
+        // multi-queue), so that one queue is compared with one queue of a multi-queue device;
+        // forked children then cannot re-home.
+        let (name, one_queue) = match name.strip_suffix("-1q") {
+            Some(b) => (b, true),
+            None => (name, false),
         };
         let spec = match name {
             "tap" => format!("tap:{TAP}"),
@@ -136,9 +156,23 @@ impl Lab {
         // hold the same addresses.
         for dev in [TAP, VETH] {
             if self.a.ip(&["-o", "link", "show", "dev", dev]).is_ok() {
-                eprintln!("shim_stack: {dev} was left behind; removing it");
+                if !(dev == TAP && ONE_QUEUE.swap(false, std::sync::atomic::Ordering::Relaxed)) {
+                    eprintln!("shim_stack: {dev} was left behind; removing it");
+                }
                 let _ = self.a.ip(&["link", "del", "dev", dev]);
             }
+        }
+        if one_queue
+            && self
+                .a
+                .ip(&["tuntap", "add", "dev", TAP, "mode", "tap"])
+                .is_ok()
+        {
+            // Left for the next round to remove (the launcher removes only what it made).
+            ONE_QUEUE.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = self
+                .a
+                .ip(&["link", "set", "dev", TAP, "addrgenmode", "none"]);
         }
         let mut c = self.a.command(self.hicamp.to_str().unwrap_or("hicamp"));
         if nodefer {
@@ -148,6 +182,9 @@ impl Lab {
             if let Some(so) = std::env::var_os("SHIM_STACK_OLD") {
                 c.env("HICAMP_SHIM", so);
             }
+        }
+        if norehome {
+            c.env("HICAMP_STACK_REHOME", "0");
         }
         c.args([
             "-q",
@@ -457,14 +494,55 @@ fn wanted(name: &str) -> bool {
         .unwrap_or(true)
 }
 
+/// `c` run under `perf stat`, counting the system calls of it and every process it forks
+/// (`raw_syscalls:sys_enter`) into `out`; `c` itself when perf cannot count them here.
+fn count_syscalls(c: Command, out: &std::path::Path) -> Command {
+    let _ = std::fs::remove_file(out);
+    let works = Command::new("perf")
+        .args(["stat", "-x,", "-e", "raw_syscalls:sys_enter", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !works {
+        return c;
+    }
+    let mut p = Command::new("perf");
+    p.args(["stat", "-x,", "-e", "raw_syscalls:sys_enter", "-o"])
+        .arg(out)
+        .arg("--")
+        .arg(c.get_program())
+        .args(c.get_args());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => p.env(k, v),
+            None => p.env_remove(k),
+        };
+    }
+    p
+}
+
+/// The count `perf stat -x,` wrote to `out` (NaN when none).
+fn syscalls_counted(out: &std::path::Path) -> f64 {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("raw_syscalls:sys_enter"))
+        .and_then(|l| l.split(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// One nginx round on one side, with a master and 2 workers (`workers`) or in one process:
-/// wrk's requests/s.
+/// (wrk's requests/s, the stack's TX frames and kicks per request, the server's CPU
+/// microseconds and system calls per request, counted over its whole life: every process of
+/// it, the launcher's included on the stack side).
 fn nginx_round(
     lab: &Lab,
     stack: Option<&str>,
     secs: u64,
     workers: bool,
-) -> Result<(f64, f64, f64, f64), String> {
+) -> Result<(f64, f64, f64, f64, f64), String> {
     let side = stack.unwrap_or("kernel");
     let procs = if workers {
         "master_process on; worker_processes 2;"
@@ -488,15 +566,42 @@ fn nginx_round(
         root.to_str().unwrap_or_default().to_string(),
     );
     let args = ["nginx", "-c", conf_s.as_str(), "-p", prefix.as_str()];
+    let counts = root.join("syscalls.txt");
     let (mut server, host, ns) = if let Some(b) = stack {
-        (spawn(lab.stack(b, &args))?, STACK_IP, &lab.a)
+        (
+            spawn(count_syscalls(lab.stack(b, &args), &counts))?,
+            STACK_IP,
+            &lab.a,
+        )
     } else {
         let mut c = lab.b.command("nginx");
         c.args(&args[1..]);
-        (spawn(c)?, B_IP, &lab.b)
+        (spawn(count_syscalls(c, &counts))?, B_IP, &lab.b)
     };
     let result = (|| {
         wait_port(&lab.a, host, 8080, Some(&mut server))?;
+        // One answered request: the workers serve (in stack mode, a connection the master
+        // queued before its workers re-homed the listener is reset when its queue detaches).
+        let probe = format!(
+            "import socket\n\
+             c = socket.create_connection(('{host}', 8080), timeout=2)\n\
+             c.sendall(b'GET /page HTTP/1.0\\r\\n\\r\\n')\n\
+             assert c.recv(100).startswith(b'HTTP/1.1 200')\n"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !lab
+            .a
+            .command("python3")
+            .args(["-c", &probe])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            if Instant::now() > deadline {
+                return Err("nginx answered no request".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let out = lab
             .a
             .command("wrk")
@@ -529,8 +634,8 @@ fn nginx_round(
         .command("nginx")
         .args(["-s", "quit", "-c", conf_s.as_str(), "-p", prefix.as_str()])
         .output();
-    // The stack side's launcher removes its TAP once nginx is gone: wait for it. The
-    // server's CPU: what its reaping adds to the children's (wrk and the quit were reaped).
+    // The stack side's launcher removes its TAP once nginx is gone: wait for it. The server's
+    // CPU time is what its reaping adds to the children's (wrk and the quit are reaped).
     let c0 = children_cpu();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline && server.0 .0.try_wait().ok().flatten().is_none() {
@@ -540,7 +645,13 @@ fn nginx_round(
     let (rate, reqs) = result?;
     // Frames and kicks per request (curl's request in the report too: negligible).
     let (frames, kicks) = stack.map_or((0.0, 0.0), |b| lab.frames(b));
-    Ok((rate, frames / reqs, kicks / reqs, cpu * 1e6 / reqs))
+    Ok((
+        rate,
+        frames / reqs,
+        kicks / reqs,
+        cpu * 1e6 / reqs,
+        syscalls_counted(&counts) / reqs,
+    ))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -557,14 +668,19 @@ fn backends() -> Result<Vec<&'static str>, String> {
     const ALL: [&str; 3] = ["tap", "af_packet", "af_xdp"];
     // Also accepted: `tap-nodefer`, `af_packet-nodefer` (deferred transmit off: a same-run
     // baseline for it).
-    // `NAME-old`: the shim `SHIM_STACK_OLD` names (a same-run baseline for a change).
-    const MORE: [&str; 6] = [
+    // `tap-norehome`: nginx's workers through the master's stack (the control channel), the
+    // baseline of re-homed listeners.
+    // `tap-1q`: a single-queue TAP device (made by the bench), against the launcher's
+    // multi-queue one.
+    const MORE: [&str; 8] = [
         "tap-nodefer",
         "af_packet-nodefer",
         "af_xdp-nodefer",
         "tap-old",
         "af_packet-old",
         "af_xdp-old",
+        "tap-norehome",
+        "tap-1q",
     ];
     let v = std::env::var("SHIM_STACK_BACKEND").unwrap_or_else(|_| "tap".into());
     if v.trim() == "all" {
@@ -577,7 +693,7 @@ fn backends() -> Result<Vec<&'static str>, String> {
             Some(_) => {}
             None => {
                 return Err(format!(
-                    "SHIM_STACK_BACKEND: unknown backend {w:?} (tap, af_packet, af_xdp, all; NAME-nodefer, NAME-old)"
+                    "SHIM_STACK_BACKEND: unknown backend {w:?} (tap, af_packet, af_xdp, all; NAME-nodefer, NAME-old, tap-norehome, tap-1q)"
                 ))
             }
         }
@@ -708,6 +824,7 @@ fn main() {
                 });
                 let mk = median(&mut k.iter().map(|v| v.0).collect::<Vec<_>>());
                 let ck = median(&mut k.iter().map(|v| v.3).collect::<Vec<_>>());
+                let sk = median(&mut k.iter().map(|v| v.4).collect::<Vec<_>>());
                 let what = if workers {
                     "nginx 2 workers"
                 } else {
@@ -717,14 +834,14 @@ fn main() {
                     let ms = median(&mut s.iter().map(|v| v.0).collect::<Vec<_>>());
                     let f = median(&mut s.iter().map(|v| v.1).collect::<Vec<_>>());
                     let kk = median(&mut s.iter().map(|v| v.2).collect::<Vec<_>>());
+                    let cs = median(&mut s.iter().map(|v| v.3).collect::<Vec<_>>());
+                    let ss = median(&mut s.iter().map(|v| v.4).collect::<Vec<_>>());
                     println!(
-                        "{what} + wrk (50 conns, 4 KiB)  {b:<9} {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}  {f:.3} frames/req  {kk:.3} kicks/req",
+                        "{what} + wrk (50 conns, 4 KiB)  {b:<12} {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}  {f:.3} frames/req  {kk:.3} kicks/req",
                         ms / mk
                     );
-                    let cs = median(&mut s.iter().map(|v| v.3).collect::<Vec<_>>());
                     println!(
-                        "{what} server CPU per request  {b:<9} {cs:>6.2} us  kernel {ck:>6.2} us  ratio {:.3}",
-                        cs / ck
+                        "{what} server per request          {b:<12} {cs:>6.1} us CPU {ss:>5.1} syscalls  kernel {ck:>6.1} us CPU {sk:>5.1} syscalls"
                     );
                 }
             }

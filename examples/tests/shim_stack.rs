@@ -1552,6 +1552,20 @@ fn a_parent_closing_its_copy_leaves_the_childs_connection_alone() {
 
 #[test]
 fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
+    nginx_two_workers(true);
+}
+
+#[test]
+fn nginx_with_two_workers_through_the_stack_process_serves_wrk_and_curl() {
+    nginx_two_workers(false);
+}
+
+/// A master (the stack process: it makes the listener) and 2 workers (forked children).
+/// `rehome`: each worker re-homes the listener at its first `epoll_ctl` and serves its
+/// connections in a stack of its own, on its own queue of the TAP device (the master's queue
+/// detaches); else (`HICAMP_STACK_REHOME=0`) the workers accept and serve through the stack
+/// process. Each request's worker pid and byte counts go to the access log.
+fn nginx_two_workers(rehome: bool) {
     let starts = |p: &str| Command::new(p).arg("-v").output().map(drop);
     if missing(&["curl"])
         || testkit::require(starts("nginx"), "nginx")
@@ -1559,9 +1573,6 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
     {
         return;
     }
-    // A master (the stack process: it makes the listener) and 2 workers (forked children:
-    // they accept and serve through the stack process). Each request's worker pid and byte
-    // counts go to the access log.
     let lab = Lab::new();
     let root = lab.path("ngx2");
     std::fs::create_dir_all(root.join("www")).unwrap();
@@ -1579,14 +1590,18 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
     std::fs::write(root.join("nginx.conf"), conf).unwrap();
     let conf = root.join("nginx.conf");
     let (conf, prefix) = (conf.to_str().unwrap(), root.to_str().unwrap());
-    let srv = Reaper::spawn(lab.stack(
-        "tngx2",
-        "10.112.0",
-        "ngx2.json",
-        &["nginx", "-c", conf, "-p", prefix],
-    ));
-    wait_port(&lab, "10.112.0.2", 8080);
-    serve_page_then_quit(&lab, "10.112.0.2", &page, "-t2", "-c16", conf, prefix);
+    let (tap, net) = if rehome {
+        ("tngx2", "10.112.0")
+    } else {
+        ("tngx2p", "10.112.1")
+    };
+    let ip = format!("{net}.2");
+    let mut cmd = lab.stack(tap, net, "ngx2.json", &["nginx", "-c", conf, "-p", prefix]);
+    cmd.env("HICAMP_STACK_REHOME", if rehome { "1" } else { "0" });
+    let srv = Reaper::spawn(cmd);
+    wait_port(&lab, &ip, 8080);
+    wait_served(&lab, &ip, 8080, "GET /page HTTP/1.0\r\n\r\n", "200 OK");
+    serve_page_then_quit(&lab, &ip, &page, "-t2", "-c16", conf, prefix);
     let out = srv.finish(60);
     assert_ok(&out);
     let log = std::fs::read_to_string(root.join("logs/access.log")).unwrap();
@@ -1604,7 +1619,12 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
     assert!(requests > 1, "{log}");
     assert_eq!(pids.len(), 2, "both workers served: {pids:?}");
     let merged = lab.report("ngx2.json");
+    if rehome {
+        check_rehomed(&merged, &pids, requests, req_bytes, resp_bytes);
+        return;
+    }
     let r = stack_report(&merged);
+    assert_eq!(n(&r["rehome"]["child_stacks"]), 0, "{r}");
     assert_eq!(
         n(&r["totals"]["received_bytes"]),
         req_bytes,
@@ -1634,6 +1654,348 @@ fn nginx_with_two_workers_in_stack_mode_serves_wrk_and_curl() {
         n(&r["proxy"]["payload_to_stack_bytes"]) <= 1024 * requests,
         "{r}"
     );
+}
+
+/// The reports of a re-homed nginx: the master's (stack 0: 2 child stacks, its listener
+/// re-homed by both, its queue detached, no connection of its own) and one per worker (its
+/// own stack, the listener made again, every byte nginx logged, nothing through a control
+/// channel).
+fn check_rehomed(
+    merged: &serde_json::Value,
+    pids: &std::collections::BTreeSet<String>,
+    requests: u64,
+    req_bytes: u64,
+    resp_bytes: u64,
+) {
+    let stacks = merged["stack"].as_array().expect("stack reports");
+    assert_eq!(stacks.len(), 3, "the master and 2 workers: {merged}");
+    let master = stacks
+        .iter()
+        .find(|r| n(&r["rehome"]["index"]) == 0)
+        .expect("the master's report");
+    let m = &master["rehome"];
+    assert_eq!(n(&m["child_stacks"]), 2, "{master}");
+    assert_eq!(n(&m["rehomed_listeners"]), 2, "{master}");
+    assert!(n(&m["queue_detaches"]) >= 1, "{master}");
+    assert_eq!(n(&m["refused"]), 0, "{master}");
+    // The workers' connections never crossed the control channel: the master served only
+    // their questions (a query and a commit each), moved no payload, pushed nothing.
+    assert_eq!(n(&master["proxy"]["requests"]), 4, "{master}");
+    assert_eq!(n(&master["proxy"]["payload_to_stack_bytes"]), 0, "{master}");
+    assert_eq!(
+        n(&master["proxy"]["payload_from_stack_bytes"]),
+        0,
+        "{master}"
+    );
+    assert_eq!(n(&master["proxy"]["pushed_sockets"]), 0, "{master}");
+    assert_eq!(n(&master["proxy"]["sendfiles"]), 0, "{master}");
+    let (mut rx, mut tx, mut sendfile) = (0, 0, 0);
+    for w in stacks.iter().filter(|r| n(&r["rehome"]["index"]) > 0) {
+        assert!(pids.contains(&w["pid"].to_string()), "{w} {pids:?}");
+        assert_eq!(n(&w["rehome"]["own_listeners"]), 1, "{w}");
+        assert_eq!(n(&w["proxy"]["requests"]), 0, "{w}");
+        assert_eq!(n(&w["rehome"]["queue_detaches"]), 0, "{w}");
+        rx += n(&w["totals"]["received_bytes"]);
+        tx += n(&w["totals"]["sent_bytes"]);
+        sendfile += n(&w["totals"]["sendfile_bytes"]);
+    }
+    assert_eq!(rx, req_bytes, "bytes received = the requests nginx logged");
+    assert_eq!(tx, resp_bytes, "bytes sent = the responses nginx logged");
+    assert!(
+        sendfile >= 38_000 * requests.saturating_sub(16),
+        "{sendfile}"
+    );
+}
+
+/// Many short connections, one request each (HTTP/1.0: nginx closes), from 4 threads of a
+/// kernel client; each must be answered with the whole page within 10 s (a connection whose
+/// SYN went to a queue nobody accepts on would time out). Prints `ANSWERED n OF m`.
+const SHORT_CONNS: &str = r#"
+import socket, sys, threading
+ip, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+req = b"GET /small HTTP/1.0\r\nHost: x\r\n\r\n"
+ok, bad = [0], []
+lock = threading.Lock()
+def run(k):
+    for i in range(n):
+        try:
+            s = socket.create_connection((ip, 8080), timeout=10)
+            s.settimeout(10)
+            s.sendall(req)
+            got = b""
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += d
+            s.close()
+            good = got.startswith(b"HTTP/1.1 200") and got.endswith(b"x" * size)
+        except Exception as e:
+            good, got = False, repr(e).encode()
+        with lock:
+            if good:
+                ok[0] += 1
+            else:
+                bad.append(got[:80])
+ts = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print("ANSWERED", ok[0], "OF", 4 * n, bad[:3], flush=True)
+"#;
+
+#[test]
+fn nginx_two_workers_answer_every_short_connection_with_the_masters_queue_detached() {
+    if missing(&["python3"])
+        || testkit::require(Command::new("nginx").arg("-v").output().map(drop), "nginx")
+    {
+        return;
+    }
+    let lab = Lab::new();
+    let root = lab.path("ngxs");
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::create_dir_all(root.join("logs")).unwrap();
+    std::fs::write(root.join("www/small"), vec![b'x'; 600]).unwrap();
+    let r = root.display();
+    let conf = format!(
+        "user root; daemon off; master_process on; worker_processes 2; \
+         error_log {r}/logs/error.log; pid {r}/nginx.pid; events {{ worker_connections 256; }} \
+         http {{ access_log off; server {{ listen 8080; root {r}/www; }} }}"
+    );
+    std::fs::write(root.join("nginx.conf"), conf).unwrap();
+    let conf = root.join("nginx.conf");
+    let (conf, prefix) = (conf.to_str().unwrap(), root.to_str().unwrap());
+    let srv = Reaper::spawn(lab.stack(
+        "tngxs",
+        "10.112.2",
+        "ngxs.json",
+        &["nginx", "-c", conf, "-p", prefix],
+    ));
+    wait_port(&lab, "10.112.2.2", 8080);
+    wait_served(
+        &lab,
+        "10.112.2.2",
+        8080,
+        "GET /small HTTP/1.0\r\n\r\n",
+        "200 OK",
+    );
+    let per_thread = 150;
+    let out = lab
+        .kernel(
+            "python3",
+            &[
+                "-c",
+                SHORT_CONNS,
+                "10.112.2.2",
+                &per_thread.to_string(),
+                "600",
+            ],
+        )
+        .output()
+        .unwrap();
+    let quit = lab
+        .kernel("nginx", &["-s", "quit", "-c", conf, "-p", prefix])
+        .output()
+        .unwrap();
+    assert_ok(&quit);
+    let srv_out = srv.finish(60);
+    assert_ok(&srv_out);
+    assert_printed(
+        &out,
+        &format!("ANSWERED {} OF {} []", 4 * per_thread, 4 * per_thread),
+    );
+    let merged = lab.report("ngxs.json");
+    let stacks = merged["stack"].as_array().expect("stack reports");
+    assert_eq!(stacks.len(), 3, "the master and 2 workers: {merged}");
+    let master = stacks
+        .iter()
+        .find(|r| n(&r["rehome"]["index"]) == 0)
+        .expect("the master's report");
+    assert_eq!(n(&master["rehome"]["child_stacks"]), 2, "{master}");
+    assert!(n(&master["rehome"]["queue_detaches"]) >= 1, "{master}");
+    assert_eq!(n(&master["rehome"]["queue_attaches"]), 0, "{master}");
+    // Every connection was accepted by a worker's own stack: the workers' reports list them.
+    let accepted: usize = stacks
+        .iter()
+        .filter(|r| n(&r["rehome"]["index"]) > 0)
+        .map(|r| {
+            r["connections"].as_array().map_or(0, |c| {
+                c.iter()
+                    .filter(|c| c["why"] != "AF_INET listener, re-homed from the stack process")
+                    .count()
+            })
+        })
+        .sum();
+    assert!(
+        accepted >= 4 * per_thread,
+        "{accepted} connections in the workers' stacks"
+    );
+}
+
+/// A prefork server: the parent listens (and `dup`s the listener), forks 2 children that block
+/// in `accept` on it (`argv[1]` = `select`: in `select` first), and waits for them; each child answers a line with its pid, and exits
+/// at `quit`.
+const PREFORK: &str = r#"
+import os, select, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 9300)); s.listen(64)
+d = os.dup(s.fileno())
+kids = []
+for k in range(2):
+    pid = os.fork()
+    if pid == 0:
+        while True:
+            if sys.argv[1] == "select":
+                select.select([s], [], [])
+            c, _ = s.accept()
+            try:
+                data = c.recv(100)
+                if data == b"quit":
+                    c.sendall(b"bye"); c.close(); os._exit(0)
+                if data:
+                    c.sendall(b"%d:" % os.getpid() + data)
+            except OSError:
+                pass
+            c.close()
+    kids.append(pid)
+print("READY", flush=True)
+if sys.argv[1] == "dial":
+    # The parent needs the network once its children re-homed the listener: its queue
+    # attaches for one connection to the kernel's echo server, and detaches again.
+    import time
+    go, done, kip = sys.argv[2], sys.argv[3], sys.argv[4]
+    while not os.path.exists(go):
+        time.sleep(0.05)
+    k = socket.create_connection((kip, 9100), timeout=10)
+    k.sendall(b"ping"); ok = k.recv(4) == b"ping"
+    k.close()
+    open(done, "w").write("ok" if ok else "bad")
+for p in kids:
+    _, st = os.waitpid(p, 0)
+    assert os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, st
+print("PREFORK DONE", flush=True)
+"#;
+
+/// The kernel's client of [`PREFORK`]: `n` connections (`hello`), then `quit` until both
+/// children are gone; prints the pids that answered.
+const PREFORK_CLIENT: &str = r#"
+import socket, sys, time
+ip, n = sys.argv[1], int(sys.argv[2])
+pids, answered = set(), 0
+for i in range(n):
+    c = socket.create_connection((ip, 9300), timeout=10)
+    c.sendall(b"hello")
+    r = c.recv(100)
+    c.close()
+    pid, _, rest = r.partition(b":")
+    if rest == b"hello":
+        answered += 1
+        pids.add(int(pid))
+byes = 0
+while byes < 2:
+    try:
+        c = socket.create_connection((ip, 9300), timeout=2)
+        c.sendall(b"quit")
+        byes += c.recv(100) == b"bye"
+        c.close()
+    except OSError:
+        time.sleep(0.1)
+print("ANSWERED", answered, "PIDS", len(pids), flush=True)
+"#;
+
+#[test]
+fn prefork_children_blocking_in_accept_re_home_the_listener() {
+    prefork("accept", "tpref", "10.112.3");
+}
+
+#[test]
+fn prefork_children_waiting_in_select_re_home_the_listener() {
+    prefork("select", "tprefs", "10.112.4");
+}
+
+#[test]
+fn a_parent_whose_children_re_homed_attaches_its_queue_to_connect_and_detaches_again() {
+    prefork("dial", "tprefd", "10.112.5");
+}
+
+fn prefork(mode: &str, tap: &str, net: &str) {
+    if missing(&["python3"]) {
+        return;
+    }
+    let lab = Lab::new();
+    let ip = format!("{net}.2");
+    let (go, done) = (lab.path("go"), lab.path("dialed"));
+    let kip = format!("{net}.1");
+    let dial = mode == "dial";
+    let _peers = dial.then(|| Reaper::spawn(lab.kernel("python3", &["-c", KERNEL_PEERS])));
+    if dial {
+        wait_port(&lab, "127.0.0.1", 9100);
+    }
+    let (go_s, done_s) = (go.to_str().unwrap(), done.to_str().unwrap());
+    let srv = Reaper::spawn(lab.stack(
+        tap,
+        net,
+        "pref.json",
+        &["python3", "-c", PREFORK, mode, go_s, done_s, &kip],
+    ));
+    wait_port(&lab, &ip, 9300);
+    wait_served(&lab, &ip, 9300, "probe", ":probe");
+    if dial {
+        std::fs::write(&go, "go").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(std::fs::read_to_string(&done).unwrap_or_default(), "ok");
+        // The device is back to the children's 2 queues (the parent's detached again) before
+        // the client connects: a SYN the parent took while attached would wait in its
+        // backlog (a limit of re-homing).
+        let queues = || {
+            let out = lab
+                .kernel("ls", &[&format!("/sys/class/net/{tap}/queues")])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter(|q| q.starts_with("tx-"))
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while queues() != 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(queues(), 2);
+    }
+    let out = lab
+        .kernel("python3", &["-c", PREFORK_CLIENT, &ip, "60"])
+        .output()
+        .unwrap();
+    let srv_out = srv.finish(60);
+    assert_printed(&srv_out, "PREFORK DONE");
+    assert_printed(&out, "ANSWERED 60 PIDS 2");
+    let merged = lab.report("pref.json");
+    let stacks = merged["stack"].as_array().expect("stack reports");
+    assert_eq!(stacks.len(), 3, "the parent and 2 children: {merged}");
+    let parent = stacks
+        .iter()
+        .find(|r| n(&r["rehome"]["index"]) == 0)
+        .expect("the parent's report");
+    // Each child asked about both numbers of the listener once (one A end) and made it again.
+    assert_eq!(n(&parent["rehome"]["child_stacks"]), 2, "{parent}");
+    assert_eq!(n(&parent["rehome"]["rehomed_listeners"]), 2, "{parent}");
+    assert!(n(&parent["rehome"]["queue_detaches"]) >= 1, "{parent}");
+    if dial {
+        // Its queue came back for its connection and left again once it was closed (the
+        // TIME-WAIT does not hold it): the children's 60 connections after it were answered.
+        assert!(n(&parent["rehome"]["queue_attaches"]) >= 1, "{parent}");
+        assert!(n(&parent["rehome"]["queue_detaches"]) >= 2, "{parent}");
+        assert_eq!(n(&parent["totals"]["sent_bytes"]), 4, "{parent}");
+        assert_eq!(n(&parent["totals"]["received_bytes"]), 4, "{parent}");
+    }
+    assert_eq!(n(&parent["proxy"]["payload_to_stack_bytes"]), 0, "{parent}");
+    for c in stacks.iter().filter(|r| n(&r["rehome"]["index"]) > 0) {
+        assert_eq!(n(&c["rehome"]["own_listeners"]), 1, "{c}");
+        assert_eq!(n(&c["proxy"]["requests"]), 0, "{c}");
+    }
 }
 
 /// inetd's way: the parent accepts and forks; the child puts the connection on its stdin and

@@ -34,6 +34,13 @@ pub const IFF_TAP: libc::c_short = 0x0002;
 pub const IFF_NO_PI: libc::c_short = 0x1000;
 /// `ifr_flags`: each frame carries a virtio-net header first.
 pub const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// `ifr_flags`: the device has one queue per attached descriptor (the kernel spreads
+/// flows over them).
+pub const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+/// `TUNSETQUEUE` flag: attach this descriptor's queue again.
+pub const IFF_ATTACH_QUEUE: libc::c_short = 0x0200;
+/// `TUNSETQUEUE` flag: detach this descriptor's queue (the kernel sends it nothing).
+pub const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
 
 /// `TUNSETOFFLOAD` flags: what the kernel may hand us (it always accepts
 /// these from us). Partial checksums.
@@ -77,6 +84,8 @@ pub const TUNSETIFF: u32 = iow(b'T', 202, std::mem::size_of::<libc::c_int>());
 pub const TUNSETOFFLOAD: u32 = iow(b'T', 208, std::mem::size_of::<libc::c_uint>());
 /// `_IOW('T', 216, int)`: size of the virtio-net header on each frame.
 pub const TUNSETVNETHDRSZ: u32 = iow(b'T', 216, std::mem::size_of::<libc::c_int>());
+/// `_IOW('T', 217, int)`: attach or detach a multi-queue device's queue (an `ifreq`).
+pub const TUNSETQUEUE: u32 = iow(b'T', 217, std::mem::size_of::<libc::c_int>());
 
 /// The prefix of `struct ifreq` that the TUN ioctls use: the name and
 /// `ifr_flags`, padded to the full size of the union (24 bytes on 64-bit
@@ -140,6 +149,21 @@ pub fn tun_set_iff(fd: BorrowedFd<'_>, req: &mut IfReq) -> io::Result<()> {
     // the pointer, and `req` is an exclusive reference to 40 bytes, the full
     // size of `struct ifreq`.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as libc::Ioctl, req as *mut IfReq) };
+    check(ret).map(drop)
+}
+
+/// `ioctl(fd, TUNSETQUEUE, req)`: `req.flags` is [`IFF_ATTACH_QUEUE`] or
+/// [`IFF_DETACH_QUEUE`].
+pub fn tun_set_queue(fd: BorrowedFd<'_>, req: &mut IfReq) -> io::Result<()> {
+    // SAFETY: `fd` is live (borrowed); TUNSETQUEUE reads `sizeof(struct ifreq)` bytes
+    // through the pointer, which `IfReq` covers (40 bytes, asserted above).
+    let ret = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            TUNSETQUEUE as libc::Ioctl,
+            req as *mut IfReq,
+        )
+    };
     check(ret).map(drop)
 }
 
@@ -282,6 +306,7 @@ mod tests {
         assert_eq!(TUNSETIFF, 0x4004_54ca);
         assert_eq!(TUNSETOFFLOAD, 0x4004_54d0);
         assert_eq!(TUNSETVNETHDRSZ, 0x4004_54d8);
+        assert_eq!(TUNSETQUEUE, 0x4004_54d9);
     }
 
     #[test]

@@ -493,7 +493,9 @@ fn prepare_stack(o: &StackOptions) -> Result<(Vec<(OsString, OsString)>, MadeTap
             }
             let exists = Path::new("/sys/class/net").join(name).exists();
             if !exists {
-                ip_cmd(&["tuntap", "add", "dev", name, "mode", "tap"])?;
+                // Multi-queue: forked children of the application may attach queues of their own
+                // (libc-shim's re-homed listeners).
+                ip_cmd(&["tuntap", "add", "dev", name, "mode", "tap", "multi_queue"])?;
                 made.0 = Some(name.clone());
                 let _ = ip_cmd(&["link", "set", "dev", name, "addrgenmode", "none"]);
             }

@@ -246,6 +246,36 @@ pub fn wait_port(lab: &Lab, ip: &str, port: u16) {
     panic!("nothing listens on {ip}:{port}");
 }
 
+/// Waits until a server forked workers that re-homed its listener: a request (`request`,
+/// on `ip:port`) is answered (`expect` in the reply). Connections the stack process queued
+/// before its children re-homed the listener are reset when its queue detaches; one answered
+/// request means a worker serves from a stack of its own and the stack process's queue is
+/// detached.
+pub fn wait_served(lab: &Lab, ip: &str, port: u16, request: &str, expect: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let probe = format!(
+        "import socket, sys\n\
+         c = socket.create_connection(('{ip}', {port}), timeout=2)\n\
+         c.sendall({request:?}.encode())\n\
+         got = b''\n\
+         while True:\n    d = c.recv(65536)\n    got += d\n    \
+         if not d or {expect:?}.encode() in got: break\n\
+         sys.exit(0 if {expect:?}.encode() in got else 1)\n"
+    );
+    while Instant::now() < deadline {
+        if lab
+            .kernel("python3", &["-c", &probe])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no answer from {ip}:{port}");
+}
+
 pub fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }

@@ -46,6 +46,13 @@ static POLLER: AtomicBool = AtomicBool::new(false);
 /// Epoll instances (by descriptor) the port was added to.
 static REG: FdBits = FdBits::new();
 
+/// A forked child starts a stack of its own ([`super::rehome`]): the epoll instances the
+/// stack process added its port to are not this process's.
+pub(super) fn forget_inherited() {
+    REG.drain(|_| ());
+    PORT.store(-1, Relaxed);
+}
+
 /// Inline polling is on unless `HICAMP_STACK_INLINE=0`.
 fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

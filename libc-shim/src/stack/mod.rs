@@ -9,6 +9,7 @@
 //! | `HICAMP_STACK_BACKEND` | `tap:NAME` (an existing TAP device: the launcher makes it), `af_packet:IFACE`, `af_xdp:IFACE[:QUEUE]` |
 //! | `HICAMP_STACK_IP` | the stack's `ADDR/PREFIX` |
 //! | `HICAMP_STACK_GATEWAY` | default gateway (optional) |
+//! | `HICAMP_STACK_REHOME=0` | forked children never re-home listeners ([`rehome`]) |
 //!
 //! # Design
 //!
@@ -71,7 +72,9 @@
 //!   descriptors read end of stream and their stack calls fail. A child that execs hands its
 //!   stack descriptors (number and inode) and the stack's pid to the new image in the
 //!   environment (`HICAMP_STACK_PROXY`), which proxies them in turn; the stack process
-//!   execing ends its stack.
+//!   execing ends its stack. A child that accepts on inherited listeners (nginx's workers)
+//!   instead *re-homes* them into a stack of its own on its own queue of the TAP device
+//!   ([`rehome`]): no channel for its connections.
 //! * **Exit.** At `exit` the stack keeps running up to 2 s so that data and FINs of closed
 //!   connections leave (the kernel would send them after the process is gone), then writes the
 //!   report `PREFIX.stack.PID.json`.
@@ -98,6 +101,7 @@ pub mod inline;
 pub mod ops;
 pub mod proxy;
 pub mod ready;
+mod rehome;
 
 use crate::fdbits::{FdBits, MAX_FD};
 
@@ -460,29 +464,26 @@ impl std::hash::Hasher for FdHash {
     }
 }
 
-static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| {
-    Mutex::new(World {
-        pending: FdMap::default(),
-        fds: FdMap::default(),
-        socks: Vec::new(),
-        engine: None,
-        failed: None,
-        records: Vec::new(),
-        counters: Counters::default(),
-        notes: BTreeMap::new(),
-        next_id: 1,
-        inos: HashMap::new(),
-        epolls: FdMap::default(),
-    })
-});
+static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| Mutex::new(World::empty()));
 
 /// The stack thread's wake-up eventfd (-1 until the stack exists).
 static WAKE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 /// When the stack thread will wake by itself (engine ns; `u64::MAX`: never).
 static SLEEP_UNTIL: AtomicU64 = AtomicU64::new(u64::MAX);
-/// The engine's clock origin and the port's descriptor (-1: none), for the stack thread's
-/// plans that need nothing else of the world (set once when the stack starts).
-static PLAN: std::sync::OnceLock<(Instant, c_int)> = std::sync::OnceLock::new();
+/// The engine's clock origin, for the stack thread's plans that need nothing else of the
+/// world: nanoseconds after [`PLAN_BASE`] (`u64::MAX`: no stack yet). Set whenever a stack
+/// starts, a re-homed child's included (its engine's clock starts anew), and read without a
+/// lock, so a fork in the middle of a read leaves nothing locked in the child.
+static PLAN_T0: AtomicU64 = AtomicU64::new(u64::MAX);
+/// The instant [`PLAN_T0`] counts from (set once per process tree; a child inherits it).
+static PLAN_BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// The engine's clock (as `Engine::now`) from [`PLAN_T0`], if a stack started.
+fn plan_now() -> Option<u64> {
+    let t0 = PLAN_T0.load(Relaxed);
+    let base = PLAN_BASE.get()?;
+    (t0 != u64::MAX).then(|| (base.elapsed().as_nanos() as u64).saturating_sub(t0))
+}
 
 /// The world's lock. A futex lock (std's), not a spinning one: the application's threads and
 /// the stack thread hand it back and forth on every frame, and a lock that yields while it
@@ -525,6 +526,23 @@ fn note(w: &mut World, what: String) {
 }
 
 impl World {
+    /// A world without a stack yet.
+    fn empty() -> World {
+        World {
+            pending: FdMap::default(),
+            fds: FdMap::default(),
+            socks: Vec::new(),
+            engine: None,
+            failed: None,
+            records: Vec::new(),
+            counters: Counters::default(),
+            notes: BTreeMap::new(),
+            next_id: 1,
+            inos: HashMap::new(),
+            epolls: FdMap::default(),
+        }
+    }
+
     /// The engine, made on first use (opens the port, starts the stack thread).
     fn engine(&mut self) -> Result<&mut Engine, c_int> {
         if self.engine.is_none() {
@@ -596,6 +614,8 @@ impl World {
             },
         };
         self.counters.stack_sockets += 1;
+        // A stack process whose queue is detached ([`rehome`]) needs the network again.
+        rehome::need_network(self);
         let slot = match self.socks.iter().position(Option::is_none) {
             Some(i) => {
                 self.socks[i] = Some(Sock { slot: i, ..s });
@@ -635,7 +655,11 @@ fn start() -> Result<Engine, (c_int, String)> {
             "a forked child cannot use the parent's stack".into(),
         ));
     }
-    let settings = Settings::from_env().map_err(|e| (libc::EINVAL, e))?;
+    // A forked child starting its own stack ([`rehome`]) takes the stack process's settings.
+    let settings = match rehome::child_settings() {
+        Some(s) => s,
+        None => Settings::from_env().map_err(|e| (libc::EINVAL, e))?,
+    };
     // Read now: an application may clear its environment later (nginx keeps only TZ).
     ops::sendfile_settings();
     let mem = Memory::new(hicamp::Config {
@@ -659,6 +683,7 @@ fn start() -> Result<Engine, (c_int, String)> {
     let mac = port.mac().unwrap_or([2, 0x68, 0x63, 0x61, 0x6d, 0x70]);
     let mut cfg = IfaceConfig::new(mac, settings.ip, settings.prefix);
     cfg.gateway = settings.gateway;
+    rehome::configure(&port, &mut cfg);
     if let Some(mtu) = port.mtu() {
         cfg.mtu = mtu as usize;
     }
@@ -701,7 +726,8 @@ fn start() -> Result<Engine, (c_int, String)> {
     proxy::STACK_SELF.store(crate::sys::getpid(), Relaxed);
     let seed = crate::sys::getpid() as u64 ^ crate::sys::unix_millis();
     let t0 = Instant::now();
-    let _ = PLAN.set((t0, iface.nic().port().rx_fd().unwrap_or(-1)));
+    let base = *PLAN_BASE.get_or_init(|| t0);
+    PLAN_T0.store(t0.duration_since(base).as_nanos() as u64, Relaxed);
     let engine = Engine {
         iface,
         mem,
@@ -720,35 +746,58 @@ fn start() -> Result<Engine, (c_int, String)> {
     STARTED.store(true, Relaxed);
     crate::sys::spawn_quiet("hicamp-stack", None, stack_thread)
         .map_err(|e| (libc::EAGAIN, format!("stack thread: {e}")))?;
-    // SAFETY: registering a plain `extern "C" fn()` with no precondition.
-    unsafe { libc::atexit(at_exit) };
-    // SAFETY: the handlers are `extern "C" fn()` that never unwind.
-    unsafe {
-        libc::pthread_atfork(
-            Some(atfork_prepare),
-            Some(atfork_parent),
-            Some(atfork_child),
-        )
-    };
+    // Once: a forked child that starts a stack of its own ([`rehome`]) inherited them.
+    if !HOOKED.swap(true, Relaxed) {
+        // SAFETY: registering a plain `extern "C" fn()` with no precondition.
+        unsafe { libc::atexit(at_exit) };
+        // SAFETY: the handlers are `extern "C" fn()` that never unwind.
+        unsafe {
+            libc::pthread_atfork(
+                Some(atfork_prepare),
+                Some(atfork_parent),
+                Some(atfork_child),
+            )
+        };
+    }
     Ok(engine)
 }
 
 /// Before a fork of the stack process: the control listener its children will reach it on
-/// (in a forked child: [`proxy::barrier`]).
+/// (in a forked child: [`proxy::barrier`]). The world's lock is then held across the fork,
+/// so that the child's copy of it is unlocked: a child may start a stack of its own
+/// ([`rehome`]).
 unsafe extern "C" fn atfork_prepare() {
     if !FORKED.load(Relaxed) {
         let _ = crate::guard::shielded(flush_deferred);
         let _ = crate::guard::shielded(ready::materialize_all);
         let _ = crate::guard::shielded(proxy::listen_for_children);
+        let _ = crate::guard::shielded(|| {
+            let g = WORLD
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            HELD.with(|h| *h.borrow_mut() = Some(g));
+        });
     } else {
         // A child forking: its posted sends are served before its own child's calls.
         let _ = crate::guard::shielded(proxy::barrier);
     }
 }
 
+thread_local! {
+    /// The world's lock, held by the forking thread across a fork ([`atfork_prepare`]).
+    static HELD: std::cell::RefCell<Option<MutexGuard<'static, World>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Lets go of the world's lock held across a fork.
+fn release_held() {
+    let _ = HELD.try_with(|h| h.borrow_mut().take());
+}
+
 /// After a fork, in the stack process: every socket that exists now may have copies in the
 /// child.
 unsafe extern "C" fn atfork_parent() {
+    release_held();
     FORKS.fetch_add(1, Relaxed);
 }
 
@@ -774,6 +823,9 @@ fn wait_operational(name: &str) {
 /// closed here, and the control connection is made at the first operation. Only system calls
 /// and atomics: the world's lock is never touched in a child.
 unsafe extern "C" fn atfork_child() {
+    // The lock's copy is released by the only thread: no waiter exists in this process.
+    release_held();
+    rehome::forked();
     if !FORKED.load(Relaxed) {
         proxy::STACK_PID.store(proxy::STACK_SELF.load(Relaxed), Relaxed);
         FORKED.store(true, Relaxed);
@@ -813,6 +865,9 @@ pub fn exiting(reason: &'static str) {
 
 /// Set once the stack started in this process.
 static STARTED: AtomicBool = AtomicBool::new(false);
+
+/// The exit and fork handlers are registered (inherited by a forked child).
+static HOOKED: AtomicBool = AtomicBool::new(false);
 
 static FINISHED: AtomicBool = AtomicBool::new(false);
 
@@ -931,6 +986,7 @@ fn report_json(reason: &str) -> serde_json::Value {
         "payload_bytes_copied_below_socket_api": below,
         "connections": conns,
         "proxy": proxied,
+        "rehome": rehome::stats(),
         "defer": {
             "on": DEFER_ON.load(Relaxed),
             "deferred_sends": DEFERS.load(Relaxed),
@@ -1276,17 +1332,15 @@ fn stack_thread() {
         // While an application thread waits on the port, it runs the interface ([`inline`]);
         // while an event loop waits, it also runs the timers ([`ready::wait`]).
         let (with_port, cap, timers) = inline::stack_plan(&mut grace);
-        let quick = (!with_port && !timers && cap >= 0)
-            .then(|| PLAN.get())
-            .flatten();
-        let (port_fd, timeout) = if let Some(&(t0, port_fd)) = quick {
+        let quick = (!with_port && !timers && cap >= 0).then(plan_now).flatten();
+        let (port_fd, timeout) = if let Some(now) = quick {
             // An event loop holds the port and runs the timers: this sleep needs nothing of
             // the world, and its lock (which the loop's thread holds most of the time under
             // load) is not taken: with the defer tick's 2000 wake-ups a second, that was a
             // futex wait here and a futex wake in the application per wake-up.
-            let now = t0.elapsed().as_nanos() as u64;
+            // (The port is not polled: the loop's thread holds it.)
             SLEEP_UNTIL.store(now.saturating_add(cap as u64 * 1_000_000), Relaxed);
-            (port_fd, cap)
+            (-1, cap)
         } else {
             let w = lock();
             let Some(e) = w.engine.as_ref() else {
@@ -1324,7 +1378,12 @@ fn stack_thread() {
         };
         let mut fds = [
             libc::pollfd {
-                fd: if with_port { port_fd } else { -1 },
+                // A detached queue ([`rehome`]) polls as an error: not watched.
+                fd: if with_port && rehome::attached() {
+                    port_fd
+                } else {
+                    -1
+                },
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -1404,6 +1463,7 @@ fn stack_thread() {
         rearm(&mut w);
         let rx0 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
         pump_from(&mut w, false);
+        rehome::maybe_detach(&mut w);
         let rx1 = w.engine.as_ref().map_or(0, |e| e.iface.stats().rx_frames);
         if debug() {
             let why = match (fds[0].revents != 0, fds[1].revents != 0, rx1 > rx0) {

@@ -288,7 +288,7 @@ fn to_stack(w: &mut World, fd: c_int) -> Result<usize, c_int> {
 
 /// A socketpair for a stack socket: (A, B). A's send buffer is the smallest (it is filled to
 /// make A unwritable); B is the stack's (non-blocking, close-on-exec).
-fn pair(nonblock: bool) -> Result<(c_int, c_int), c_int> {
+pub(super) fn pair(nonblock: bool) -> Result<(c_int, c_int), c_int> {
     let mut sv = [-1; 2];
     let ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
     // SAFETY: `sv` has room for two descriptors.
@@ -534,6 +534,10 @@ pub unsafe fn accept4(
         return Some(fail(libc::EINVAL));
     }
     if child() {
+        // A child's first accept on an inherited listener may give it a stack of its own.
+        super::rehome::before_use(fd);
+    }
+    if child() {
         // SAFETY: the caller's buffers.
         return unsafe { proxy::accept4(fd, addr, len, flags) };
     }
@@ -546,6 +550,7 @@ pub unsafe fn accept4(
             Ok(id) => id,
             Err(e) => return Some(fail(e)),
         };
+        super::rehome::accepting(&mut w, id);
         let got = with(&mut w, id, |e, s, _| {
             if !matches!(s.kind, Kind::Tcp(Tcp::Listening(..))) {
                 return Err(libc::EINVAL);

@@ -1,5 +1,6 @@
 //! Forked children of the stack process: their stack operations are served by the stack
-//! process, over a control connection.
+//! process, over a control connection (unless the child re-homed its listeners into a stack
+//! of its own: [`super::rehome`]; then it asks only that, here).
 //!
 //! The process that made the stack stays the *stack process*: its stack thread and port are
 //! the only ones. A child forked from it (or from such a child) keeps its copies of the stack
@@ -212,6 +213,11 @@ const SETNB: u32 = 12;
 /// A child's `sendfile` from a regular file, posted: the file's descriptor travels with the
 /// socket's, its key (the child's `fstat`) as the payload; the bytes never cross the channel.
 const SENDFILE: u32 = 13;
+/// A child asks whether it may make a listener again in a stack of its own (`a` = 0), or says
+/// it did (`a` = 1); `b` = 1 on its first question (see [`super::rehome`]). The answer: the
+/// port (`ret`), the address (`addr`), the backlog (`addrlen`), the options (`mflags`), the
+/// child's stack index (`errno`).
+const REHOME: u32 = 14;
 
 /// The sendfile cache's key of a file as a child's `fstat` saw it (a [`SENDFILE`]'s payload).
 #[repr(C)]
@@ -1312,6 +1318,27 @@ fn handle(req: &Req, payload: &[u8], y: c_int, file: c_int) -> Done {
             SENDFILES.fetch_add(1, Relaxed);
             Some(posted_sendfile(y, file, req, payload))
         }
+        REHOME => match super::rehome::serve(y, req.a != 0, req.b != 0) {
+            Ok(l) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: l.addr.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from(*l.addr.ip()).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                done.rep.addr = sockaddr_bytes(&sin);
+                done.rep.addrlen = l.backlog as u32;
+                done.rep.mflags = l.opts as i32;
+                done.rep.errno = l.index as i32;
+                Some(i64::from(l.addr.port()))
+            }
+            Err(e) => {
+                guard::set_errno(e);
+                Some(-1)
+            }
+        },
         SENDFILE => {
             SENDFILES.fetch_add(1, Relaxed);
             sendfile_once(y, file, req, payload).map(|n| n as i64)
@@ -1886,6 +1913,55 @@ pub(super) fn duplicated(old: c_int, new: c_int) {
     } else if PMARKS.get(old) {
         // Two numbers of one kernel socket cannot both move: both stay in the kernel.
         mark_pending(old, false);
+    }
+}
+
+/// A child's [`REHOME`] request on its stack descriptor `fd`: `None` when the stack process
+/// says no (or cannot be asked).
+pub(super) fn rehome(fd: c_int, commit: bool, first: bool) -> Option<super::rehome::Listener> {
+    let mut req = Req {
+        op: REHOME,
+        a: i64::from(commit),
+        b: i64::from(first),
+        ..Req::default()
+    };
+    let (a, _) = exchange(fd, &mut req, &[], &mut [], true).ok()?;
+    if a.rep.pass != ANSWERED || a.rep.ret < 0 {
+        return None;
+    }
+    let port = u16::from_be_bytes([a.rep.addr[2], a.rep.addr[3]]);
+    let ip = std::net::Ipv4Addr::new(a.rep.addr[4], a.rep.addr[5], a.rep.addr[6], a.rep.addr[7]);
+    Some(super::rehome::Listener {
+        addr: std::net::SocketAddrV4::new(ip, port),
+        backlog: (a.rep.addrlen as usize).max(1),
+        opts: a.rep.mflags as u32,
+        nonblock: a.rep.nonblock != 0,
+        rcvtimeo_ms: a.rep.rcvtimeo_ms,
+        index: a.rep.errno.max(0) as u32,
+    })
+}
+
+/// A child starts a stack of its own ([`super::rehome`]): it listens for its own children when
+/// it forks, and its report counts its own channel.
+pub(super) fn new_stack() {
+    LISTENER.store(-1, Relaxed);
+    for c in [
+        &CHILDREN,
+        &REQUESTS,
+        &TO_STACK,
+        &FROM_STACK,
+        &POSTED,
+        &POSTED_WAITS,
+        &POSTED_LOST,
+        &PUSHED_SOCKETS,
+        &PUSHED_BYTES,
+        &PUSHES,
+        &SPILLS_ARMED,
+        &SENDFILES,
+        &POSTED_SENDFILES,
+        &SENDFILE_BYTES,
+    ] {
+        c.store(0, Relaxed);
     }
 }
 

@@ -232,6 +232,17 @@ fn tokens_on(w: &mut World, id: usize) {
 /// stack sockets keep their descriptors' readiness with tokens from now on.
 pub fn kernel_waits(fds: impl IntoIterator<Item = c_int>) {
     if FORKED.load(Relaxed) {
+        // A child waiting on an inherited listener (a prefork server's `poll`/`select` before
+        // its `accept`) may get a stack of its own: then its sockets need their tokens.
+        if super::rehome::enabled() {
+            let fds: Vec<c_int> = fds.into_iter().filter(|&fd| is_stack(fd)).collect();
+            for &fd in &fds {
+                super::rehome::before_use(fd);
+            }
+            if !FORKED.load(Relaxed) {
+                kernel_waits(fds);
+            }
+        }
         return;
     }
     // The thread is about to sleep: output deferred by sends leaves first.
@@ -260,6 +271,12 @@ pub fn kernel_waits(fds: impl IntoIterator<Item = c_int>) {
 
 /// Descriptors whose socket is known to have tokens (saves [`kernel_waits`] the lock).
 static TOKENED: FdBits = FdBits::new();
+
+/// A forked child starts a stack of its own ([`super::rehome`]): the stack process's marks,
+/// copied by fork, name none of its descriptors.
+pub(super) fn forget_inherited() {
+    TOKENED.drain(|_| ());
+}
 
 fn tokened(fd: c_int) -> bool {
     TOKENED.get(fd)
@@ -292,7 +309,16 @@ pub fn polled(fds: impl IntoIterator<Item = c_int>) {
 /// # Safety
 /// The caller's `epoll_ctl` arguments.
 pub unsafe fn ctl(epfd: c_int, op: c_int, fd: c_int, ev: *mut libc::epoll_event) -> Option<c_int> {
-    if !super::on() || guard::inside() || FORKED.load(Relaxed) {
+    if !super::on() || guard::inside() {
+        return None;
+    }
+    if FORKED.load(Relaxed) && op == libc::EPOLL_CTL_ADD && is_stack(fd) {
+        // A child adding an inherited listener may get a stack of its own.
+        if let Some(_g) = Guard::enter() {
+            guard::shielded(|| super::rehome::before_use(fd));
+        }
+    }
+    if FORKED.load(Relaxed) {
         return None;
     }
     if !is_stack(fd) {

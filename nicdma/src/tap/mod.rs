@@ -184,6 +184,13 @@ pub struct TapPort {
     rx_idle: bool,
     /// Reads skipped because the device was known to be empty.
     rx_skipped: u64,
+    /// The device is multi-queue (`IFF_MULTI_QUEUE`): this descriptor is one of its queues.
+    multi_queue: bool,
+    /// This queue is detached ([`TapPort::set_attached`]): the kernel sends it nothing, and
+    /// frames transmitted meanwhile are dropped (counted in `detached_tx_drops`).
+    detached: bool,
+    /// Frames transmitted while the queue was detached (dropped).
+    detached_tx_drops: u64,
 }
 
 impl fmt::Debug for TapPort {
@@ -223,7 +230,25 @@ impl TapPort {
     /// `/dev/net/tun`); `Os` otherwise, e.g. for a name longer than 15 bytes
     /// or one taken by a device that is not a free TAP device.
     pub fn open(name: &str) -> Result<TapPort, PortError> {
-        let flags = sys::IFF_TAP | sys::IFF_NO_PI | sys::IFF_VNET_HDR;
+        // Multi-queue first (a new device is made so, and another process may attach a queue
+        // of it later); a device made single-queue refuses that flag with EINVAL.
+        match Self::open_with(name, true) {
+            Err(PortError::Os { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                Self::open_with(name, false)
+            }
+            r => r,
+        }
+    }
+
+    /// [`TapPort::open`] with or without `IFF_MULTI_QUEUE`. Every queue of a multi-queue
+    /// device is a [`TapPort`] of its own (same name); the kernel spreads the flows it sends
+    /// over the attached queues (`tun_automq_select_queue`: the queue that last transmitted a
+    /// flow, remembered 3 s, else a hash of the flow).
+    pub fn open_with(name: &str, multi_queue: bool) -> Result<TapPort, PortError> {
+        let mut flags = sys::IFF_TAP | sys::IFF_NO_PI | sys::IFF_VNET_HDR;
+        if multi_queue {
+            flags |= sys::IFF_MULTI_QUEUE;
+        }
         let mut req = sys::IfReq::new(name, flags).ok_or_else(|| PortError::Os {
             op: "TUNSETIFF",
             source: io::Error::new(
@@ -252,9 +277,57 @@ impl TapPort {
             lazy_rx: false,
             rx_idle: false,
             rx_skipped: 0,
+            multi_queue,
+            detached: false,
+            detached_tx_drops: 0,
         };
         port.set_offload(Offload::DEFAULT)?;
         Ok(port)
+    }
+
+    /// Whether the device is multi-queue (this port is one of its queues).
+    pub fn multi_queue(&self) -> bool {
+        self.multi_queue
+    }
+
+    /// Whether this queue is attached (it always is on a single-queue device).
+    pub fn attached(&self) -> bool {
+        !self.detached
+    }
+
+    /// Frames transmitted while the queue was detached (dropped).
+    pub fn detached_tx_drops(&self) -> u64 {
+        self.detached_tx_drops
+    }
+
+    /// Attaches (`true`) or detaches this queue of a multi-queue device (`TUNSETQUEUE`). A
+    /// detached queue gets no frames (the kernel moves its last queue into the freed index
+    /// and spreads flows over the others); receives find nothing and transmits are dropped
+    /// without a system call. Errors: `Os` with `EINVAL` on a single-queue device or for the
+    /// last attached queue's detach on some kernels.
+    pub fn set_attached(&mut self, on: bool) -> Result<(), PortError> {
+        if on != self.detached {
+            return Ok(());
+        }
+        if !self.multi_queue {
+            return Err(PortError::Os {
+                op: "TUNSETQUEUE",
+                source: io::Error::from_raw_os_error(libc::EINVAL),
+            });
+        }
+        let flags = if on {
+            sys::IFF_ATTACH_QUEUE
+        } else {
+            sys::IFF_DETACH_QUEUE
+        };
+        let mut req = sys::IfReq::new("", flags).ok_or_else(|| PortError::Os {
+            op: "TUNSETQUEUE",
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        })?;
+        sys::tun_set_queue(self.file.as_fd(), &mut req).map_err(|e| setup_err("TUNSETQUEUE", e))?;
+        self.detached = !on;
+        self.rx_idle = false;
+        Ok(())
     }
 
     /// Changes the offloads the kernel may use on frames it hands to us
@@ -361,6 +434,10 @@ impl Port for TapPort {
                 max: MAX_FRAME,
             });
         }
+        if self.detached {
+            self.detached_tx_drops += 1;
+            return Ok(TxOutcome::Sent);
+        }
         let hdr = vnet.to_bytes();
         let (written, gathered) = loop {
             match self.write_frame(&hdr, chunks) {
@@ -404,6 +481,10 @@ impl Port for TapPort {
                 len,
                 max: MAX_FRAME,
             }));
+        }
+        if self.detached {
+            self.detached_tx_drops += 1;
+            return Some(Ok(TxOutcome::Sent));
         }
         let n = frame.copy_to_slice(&mut self.wire[..len]);
         if n != len {
@@ -454,6 +535,10 @@ impl Port for TapPort {
     ) -> Result<bool, PortError> {
         if self.rx_idle {
             self.rx_skipped += 1;
+            return Ok(false);
+        }
+        if self.detached {
+            // The kernel answers EBADFD on a detached queue: nothing can arrive.
             return Ok(false);
         }
         // Older kernels write only the 10-byte legacy header and skip the
@@ -637,6 +722,41 @@ mod tests {
         assert!(!port.receive(&mut rx).unwrap());
         assert_eq!(port.rx_skipped(), 3);
         assert_eq!(got, 0);
+    }
+
+    #[test]
+    fn a_multi_queue_device_takes_a_second_queue_that_detaches_and_attaches() {
+        let root = if testkit::is_root() {
+            Ok(())
+        } else {
+            Err("not root")
+        };
+        if testkit::require(root, "root (a TAP device)") {
+            return;
+        }
+        let mut first = TapPort::open("").expect("TAP");
+        assert!(first.multi_queue());
+        let name = first.name().to_owned();
+        let mut second = TapPort::open(&name).expect("a second queue of the device");
+        assert!(second.multi_queue() && second.attached());
+        second.set_attached(false).expect("detach");
+        assert!(!second.attached());
+        let mut got = 0;
+        // Detached: nothing arrives, and a frame transmitted is dropped (counted).
+        assert!(!second.receive(&mut |_, _| got += 1).unwrap());
+        let out = second
+            .transmit(&VirtioNetHdr::default(), &[&[0xff; 60][..]])
+            .unwrap();
+        assert_eq!(out, TxOutcome::Sent);
+        assert_eq!(second.detached_tx_drops(), 1);
+        second.set_attached(true).expect("attach");
+        assert!(second.attached());
+        assert!(!second.receive(&mut |_, _| got += 1).unwrap());
+        assert_eq!(got, 0);
+        // The first queue is untouched; a single-queue open of the device is refused.
+        assert!(first.attached());
+        assert!(TapPort::open_with(&name, false).is_err());
+        first.set_attached(true).expect("already attached: no call");
     }
 
     /// The kernel's cost of a TAP `writev` by iovec count, against a gather into one buffer

@@ -132,6 +132,14 @@ pub struct IfaceConfig {
     pub arp_queue: usize,
     /// Seeds initial sequence numbers and ephemeral ports.
     pub seed: u64,
+    /// The range (inclusive) local ports of outgoing connections come from. Stacks that
+    /// share one address on one link (queues of one multi-queue device) take disjoint
+    /// ranges, so that two never pick the same 4-tuple.
+    pub ephemeral: (u16, u16),
+    /// Answer a segment of an unknown connection with a reset (RFC 793). Off for a stack
+    /// that shares its address with others on one link: the segment may be another stack's
+    /// (a flow the link steered to the wrong queue), so it is dropped (`rx_no_socket`).
+    pub rst_unknown: bool,
     /// The NIC's rings.
     pub nic: NicConfig,
 }
@@ -159,6 +167,8 @@ impl IfaceConfig {
             arp_retry_ns: 200_000_000,
             arp_queue: 64,
             seed: 0x5e65_7ac4,
+            ephemeral: (49_152, u16::MAX),
+            rst_unknown: true,
             nic: NicConfig {
                 tx_slots: 1024,
                 rx_slots: 1024,
@@ -305,7 +315,11 @@ impl<P: Port> Interface<P> {
             nic,
             inner: Inner {
                 mem: mem.clone(),
-                next_port: 49_152 + (secret.0 % 16_000) as u16,
+                next_port: {
+                    let (lo, hi) = cfg.ephemeral;
+                    let (lo, hi) = (lo.min(hi), lo.max(hi));
+                    lo + (secret.0 % (u64::from(hi - lo) + 1)) as u16
+                },
                 cfg,
                 neighbours: Neighbours::new(),
                 txq: VecDeque::new(),
@@ -323,6 +337,12 @@ impl<P: Port> Interface<P> {
     /// The configuration (with the TCP settings the interface derived).
     pub fn config(&self) -> &IfaceConfig {
         &self.inner.cfg
+    }
+
+    /// Turns [`IfaceConfig::rst_unknown`] on or off (the link became shared, or stopped
+    /// being).
+    pub fn set_rst_unknown(&mut self, on: bool) {
+        self.inner.cfg.rst_unknown = on;
     }
 
     /// The memory packets live in.

@@ -268,6 +268,9 @@ impl<P: Port> Interface<P> {
             }
         }
         self.inner.stats.rx_no_socket += 1;
+        if !self.inner.cfg.rst_unknown {
+            return;
+        }
         // `reply_rst` swaps the ports.
         if let Some(rst) = crate::tcp::reply_rst(&tcp, payload.len()) {
             if self

@@ -64,9 +64,11 @@ impl<P: Port> Interface<P> {
     }
 
     fn free_local(&mut self, remote: SocketAddrV4) -> Result<SocketAddrV4, IfaceError> {
-        for _ in 0..16_384 {
-            let p = self.inner.next_port;
-            self.inner.next_port = if p == u16::MAX { 49_152 } else { p + 1 };
+        let (lo, hi) = self.inner.cfg.ephemeral;
+        let (lo, hi) = (lo.min(hi), lo.max(hi));
+        for _ in 0..=u32::from(hi - lo) {
+            let p = self.inner.next_port.clamp(lo, hi);
+            self.inner.next_port = if p >= hi { lo } else { p + 1 };
             let local = SocketAddrV4::new(self.inner.cfg.ip, p);
             if !self.sockets.tcp_demux.contains_key(&(local, remote))
                 && !self.sockets.listeners.contains_key(&p)
