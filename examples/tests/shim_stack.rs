@@ -1242,20 +1242,15 @@ fn nginx_single_process_in_stack_mode_serves_curl_and_wrk() {
     // One process (`master_process off`): a master with workers forks, which stack mode does
     // not serve yet. `sendfile on`: the page goes through the shim's sendfile.
     let lab = Lab::new();
-    let root = lab.path("ngx");
-    std::fs::create_dir_all(root.join("www")).unwrap();
-    std::fs::create_dir_all(root.join("logs")).unwrap();
     let page = testkit::Rng::new(38).bytes(38_000);
-    std::fs::write(root.join("www/page"), &page).unwrap();
-    let r = root.display();
-    let conf = format!(
-        "daemon off; master_process off; worker_processes 1; error_log {r}/logs/error.log; \
-         pid {r}/nginx.pid; events {{ worker_connections 256; }} \
-         http {{ access_log off; sendfile on; server {{ listen 8080; root {r}/www; }} }}"
+    let (_, conf, prefix) = nginx_site(
+        &lab,
+        "ngx",
+        &[("page", &page)],
+        "master_process off; worker_processes 1;",
+        "access_log off; sendfile on;",
     );
-    std::fs::write(root.join("nginx.conf"), conf).unwrap();
-    let conf = root.join("nginx.conf");
-    let (conf, prefix) = (conf.to_str().unwrap(), root.to_str().unwrap());
+    let (conf, prefix) = (conf.as_str(), prefix.as_str());
     let srv = Reaper::spawn(lab.stack(
         "tngx0",
         "10.106.0",
@@ -1574,22 +1569,16 @@ fn nginx_two_workers(rehome: bool) {
         return;
     }
     let lab = Lab::new();
-    let root = lab.path("ngx2");
-    std::fs::create_dir_all(root.join("www")).unwrap();
-    std::fs::create_dir_all(root.join("logs")).unwrap();
     let page = testkit::Rng::new(39).bytes(38_000);
-    std::fs::write(root.join("www/page"), &page).unwrap();
-    let r = root.display();
-    let conf = format!(
-        "user root; daemon off; master_process on; worker_processes 2; \
-         error_log {r}/logs/error.log; pid {r}/nginx.pid; events {{ worker_connections 256; }} \
-         http {{ log_format counts '$pid $request_length $bytes_sent $status'; \
-         access_log {r}/logs/access.log counts; sendfile on; \
-         server {{ listen 8080; root {r}/www; }} }}"
+    let (root, conf, prefix) = nginx_site(
+        &lab,
+        "ngx2",
+        &[("page", &page)],
+        "user root; master_process on; worker_processes 2;",
+        "log_format counts '$pid $request_length $bytes_sent $status'; \
+         access_log ROOT/logs/access.log counts; sendfile on;",
     );
-    std::fs::write(root.join("nginx.conf"), conf).unwrap();
-    let conf = root.join("nginx.conf");
-    let (conf, prefix) = (conf.to_str().unwrap(), root.to_str().unwrap());
+    let (conf, prefix) = (conf.as_str(), prefix.as_str());
     let (tap, net) = if rehome {
         ("tngx2", "10.112.0")
     } else {
@@ -1751,19 +1740,14 @@ fn nginx_two_workers_answer_every_short_connection_with_the_masters_queue_detach
         return;
     }
     let lab = Lab::new();
-    let root = lab.path("ngxs");
-    std::fs::create_dir_all(root.join("www")).unwrap();
-    std::fs::create_dir_all(root.join("logs")).unwrap();
-    std::fs::write(root.join("www/small"), vec![b'x'; 600]).unwrap();
-    let r = root.display();
-    let conf = format!(
-        "user root; daemon off; master_process on; worker_processes 2; \
-         error_log {r}/logs/error.log; pid {r}/nginx.pid; events {{ worker_connections 256; }} \
-         http {{ access_log off; server {{ listen 8080; root {r}/www; }} }}"
+    let (_, conf, prefix) = nginx_site(
+        &lab,
+        "ngxs",
+        &[("small", &[b'x'; 600])],
+        "user root; master_process on; worker_processes 2;",
+        "access_log off;",
     );
-    std::fs::write(root.join("nginx.conf"), conf).unwrap();
-    let conf = root.join("nginx.conf");
-    let (conf, prefix) = (conf.to_str().unwrap(), root.to_str().unwrap());
+    let (conf, prefix) = (conf.as_str(), prefix.as_str());
     let srv = Reaper::spawn(lab.stack(
         "tngxs",
         "10.112.2",
@@ -2886,4 +2870,35 @@ fn deferred_sends_reach_the_peer_during_a_computation_and_before_a_blocking_rece
     // Each request left before its blocking receive slept (at the receive's wait, not by the
     // tick): the tick's passes are far fewer than the rounds.
     assert!(n(&d["safety_net_passes"]) < 150, "{d}");
+}
+
+/// An nginx site in the lab's directory `name`: `www/` holding `files`, `logs/`, and an
+/// `nginx.conf` (in the foreground, listening on 8080 with `www/` as its root; `procs`: the
+/// process directives; `http`: the http block's directives before its server, `ROOT` standing
+/// for the site's directory). Returns the directory, the conf's path and nginx's prefix.
+fn nginx_site(
+    lab: &Lab,
+    name: &str,
+    files: &[(&str, &[u8])],
+    procs: &str,
+    http: &str,
+) -> (std::path::PathBuf, String, String) {
+    let root = lab.path(name);
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::create_dir_all(root.join("logs")).unwrap();
+    for (file, bytes) in files {
+        std::fs::write(root.join("www").join(file), bytes).unwrap();
+    }
+    let r = root.display().to_string();
+    let http = http.replace("ROOT", &r);
+    let conf = format!(
+        "daemon off; {procs} error_log {r}/logs/error.log; pid {r}/nginx.pid; \
+         events {{ worker_connections 256; }} \
+         http {{ {http} server {{ listen 8080; root {r}/www; }} }}"
+    );
+    let path = root.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let conf = path.to_str().unwrap().to_owned();
+    let prefix = r;
+    (root, conf, prefix)
 }

@@ -229,21 +229,29 @@ pub fn serve_page_then_quit(
 
 /// Waits until `ip:port` accepts a kernel connection from inside the namespace.
 pub fn wait_port(lab: &Lab, ip: &str, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
     let probe =
         format!("import socket; socket.create_connection(('{ip}', {port}), timeout=1).close()");
+    if !probe_until(lab, &probe) {
+        panic!("nothing listens on {ip}:{port}");
+    }
+}
+
+/// Runs the python program `probe` in the kernel's namespace every 100 ms until it exits 0
+/// (true) or 30 s passed (false).
+fn probe_until(lab: &Lab, probe: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if lab
-            .kernel("python3", &["-c", &probe])
+            .kernel("python3", &["-c", probe])
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
         {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("nothing listens on {ip}:{port}");
+    false
 }
 
 /// Waits until a server forked workers that re-homed its listener: a request (`request`,
@@ -252,7 +260,6 @@ pub fn wait_port(lab: &Lab, ip: &str, port: u16) {
 /// request means a worker serves from a stack of its own and the stack process's queue is
 /// detached.
 pub fn wait_served(lab: &Lab, ip: &str, port: u16, request: &str, expect: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
     let probe = format!(
         "import socket, sys\n\
          c = socket.create_connection(('{ip}', {port}), timeout=2)\n\
@@ -262,18 +269,9 @@ pub fn wait_served(lab: &Lab, ip: &str, port: u16, request: &str, expect: &str) 
          if not d or {expect:?}.encode() in got: break\n\
          sys.exit(0 if {expect:?}.encode() in got else 1)\n"
     );
-    while Instant::now() < deadline {
-        if lab
-            .kernel("python3", &["-c", &probe])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    if !probe_until(lab, &probe) {
+        panic!("no answer from {ip}:{port}");
     }
-    panic!("no answer from {ip}:{port}");
 }
 
 pub fn n(v: &Value) -> u64 {
