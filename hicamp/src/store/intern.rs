@@ -621,16 +621,28 @@ impl Store {
             self.pinned_hits[kind_index(kind)].fetch_add(pinned_hits, Relaxed);
         }
         if result.is_err() {
-            let owned: Vec<LineId> = out[start..]
-                .iter()
-                .zip(&status[sstart..])
-                .filter(|(_, st)| st.owned())
-                .map(|(id, _)| *id)
-                .collect();
-            out.truncate(start);
-            self.release_all(&owned);
+            self.release_run(out, status, (start, sstart));
         }
         result
+    }
+
+    /// Gives back the owned lines of a run that failed (its ids from
+    /// `out[start..]`, their statuses from `status[sstart..]`) and takes its
+    /// ids out of `out`.
+    fn release_run(
+        &self,
+        out: &mut Vec<LineId>,
+        status: &[Status],
+        (start, sstart): (usize, usize),
+    ) {
+        let owned: Vec<LineId> = out[start..]
+            .iter()
+            .zip(&status[sstart..])
+            .filter(|(_, st)| st.owned())
+            .map(|(id, _)| *id)
+            .collect();
+        out.truncate(start);
+        self.release_all(&owned);
     }
 
     /// [`Store::intern_run`] for a few lines: one at a time, with none of
@@ -873,14 +885,7 @@ impl Store {
                 // As the failed chunk's own call did for its lines: the
                 // owned lines of the earlier chunks are released too (a
                 // created line's release gives back its children).
-                let owned: Vec<LineId> = out[start..]
-                    .iter()
-                    .zip(&status[sstart..])
-                    .filter(|(_, st)| st.owned())
-                    .map(|(id, _)| *id)
-                    .collect();
-                out.truncate(start);
-                self.release_all(&owned);
+                self.release_run(out, status, (start, sstart));
                 break;
             }
         }
