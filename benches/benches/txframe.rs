@@ -88,14 +88,17 @@ fn main() {
         ..Config::default()
     })
     .expect("memory");
-    assert!(mem.owned_lines_enabled(), "a volatile memory makes owned lines");
+    assert!(
+        mem.owned_lines_enabled(),
+        "a volatile memory makes owned lines"
+    );
     let cases = cases(&mem);
     // Zero copies below the socket API in both modes.
     for c in &cases {
         for owned in [false, true] {
             let hdrs = [1u8; HDRS];
-            let (_, counts) = tx_frame(&mem, owned, VirtioNetHdr::default(), &hdrs, &c.payload)
-                .expect("frame");
+            let (_, counts) =
+                tx_frame(&mem, owned, VirtioNetHdr::default(), &hdrs, &c.payload).expect("frame");
             assert_eq!(counts.copied_bytes, 0, "{}: payload copied", c.name);
         }
     }

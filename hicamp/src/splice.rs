@@ -200,7 +200,8 @@ impl Builder<'_> {
             match r {
                 Ok(id) => self.upper[j].push(id),
                 Err(e) => {
-                    self.store.release_all(&from[((g + 1) * fan).min(from.len())..]);
+                    self.store
+                        .release_all(&from[((g + 1) * fan).min(from.len())..]);
                     return Err(e);
                 }
             }

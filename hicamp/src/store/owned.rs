@@ -570,10 +570,18 @@ mod tests {
         }
         // Bytes and zeros only (an ACK, an ARP reply): the flat path.
         let (o, _) = mem
-            .splice_owned(&[Piece::Bytes(&meta), Piece::Zeros(10), Piece::Bytes(&hdrs[..54])])
+            .splice_owned(&[
+                Piece::Bytes(&meta),
+                Piece::Zeros(10),
+                Piece::Bytes(&hdrs[..54]),
+            ])
             .unwrap();
         let (c, _) = mem
-            .splice(&[Piece::Bytes(&meta), Piece::Zeros(10), Piece::Bytes(&hdrs[..54])])
+            .splice(&[
+                Piece::Bytes(&meta),
+                Piece::Zeros(10),
+                Piece::Bytes(&hdrs[..54]),
+            ])
             .unwrap();
         assert!(o == c && !o.is_canonical());
         drop((o, c));

@@ -314,7 +314,13 @@ mod tests {
             assert_eq!(meta.vnet, vnet);
             let want: Vec<u8> = hdrs
                 .iter()
-                .chain(payload.iter().flat_map(|p| p.to_vec()).collect::<Vec<_>>().iter())
+                .chain(
+                    payload
+                        .iter()
+                        .flat_map(|p| p.to_vec())
+                        .collect::<Vec<_>>()
+                        .iter(),
+                )
                 .copied()
                 .collect();
             assert_eq!(bytes, want);
