@@ -123,6 +123,13 @@ struct Builder<'a> {
     buf: LineBuf,
     fill: usize,
     counts: SpliceCounts,
+    /// Assembled lines, and interior lines over an owned line, are made
+    /// owned ([`Memory::splice_owned`]): no hash, no index.
+    owned: bool,
+    /// Owned slots taken and not yet used (`Store::owned_line`).
+    spare: Vec<u32>,
+    /// Owned lines made, by kind.
+    made: [u64; 2],
 }
 
 impl Builder<'_> {
@@ -154,7 +161,9 @@ impl Builder<'_> {
             std::mem::take(&mut self.upper[j - 1])
         };
         // Consumes the references in `from`, on success and on error.
-        let r = if from.len() <= self.store.fanout() {
+        let r = if self.owned && from.iter().any(|&c| self.store.is_owned(c)) {
+            self.owned_level(&from, j)
+        } else if from.len() <= self.store.fanout() {
             // One parent (a frame's header subtree, its top lines): one
             // intern, no level vectors.
             self.store
@@ -166,6 +175,38 @@ impl Builder<'_> {
         from.clear();
         self.put_back(j, from);
         r
+    }
+
+    /// The parents of `from` (level `j`) into `upper[j]`: owned over a
+    /// group holding an owned line, interned over the others (a payload's
+    /// own subtree stays canonical and is found). Consumes the references
+    /// in `from`, on success and on error.
+    fn owned_level(&mut self, from: &[LineId], j: usize) -> Result<()> {
+        let fan = self.store.fanout();
+        let ls = self.buf.len();
+        for (g, group) in from.chunks(fan).enumerate() {
+            let r = if group.iter().any(|&c| self.store.is_owned(c)) {
+                crate::store::with_line(ls, |buf| {
+                    for (b, c) in buf.chunks_exact_mut(4).zip(group) {
+                        b.copy_from_slice(&c.0.to_le_bytes());
+                    }
+                    self.store
+                        .owned_line(LineKind::Interior, buf, &mut self.spare, &mut self.made)
+                })
+                .inspect_err(|_| self.store.release_all(group))
+            } else {
+                self.store.intern_interior(group)
+            };
+            match r {
+                Ok(id) => self.upper[j].push(id),
+                Err(e) => {
+                    self.store
+                        .release_all(&from[((g + 1) * fan).min(from.len())..]);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn put_back(&mut self, j: usize, v: Vec<LineId>) {
@@ -231,7 +272,12 @@ impl Builder<'_> {
     }
 
     fn flush(&mut self) -> Result<()> {
-        let (id, _) = self.store.intern(LineKind::Leaf, &self.buf)?;
+        let id = if self.owned {
+            self.store
+                .owned_line(LineKind::Leaf, &self.buf, &mut self.spare, &mut self.made)?
+        } else {
+            self.store.intern(LineKind::Leaf, &self.buf)?.0
+        };
         self.leaves.push(id);
         self.buf.fill(0);
         self.fill = 0;
@@ -242,7 +288,7 @@ impl Builder<'_> {
     fn bytes(&mut self, mut data: &[u8], from_range: bool) -> Result<()> {
         let ls = self.buf.len();
         while !data.is_empty() {
-            if self.fill == 0 && data.len() >= BATCH_LINES * ls {
+            if self.fill == 0 && data.len() >= BATCH_LINES * ls && !self.owned {
                 // Whole lines straight from the input, interned as one batch
                 // (hashes and index probes pipelined, misses locked once per
                 // shard) instead of one `intern` per line.
@@ -384,6 +430,9 @@ impl Builder<'_> {
 
 impl Drop for Builder<'_> {
     fn drop(&mut self) {
+        // Counted before any of them can be released below.
+        self.store.give_back_spare(&mut self.spare, &mut self.made);
+        SPARE.set(Some(std::mem::take(&mut self.spare)));
         self.store.release_all(&self.leaves);
         self.leaves.clear();
         for l in &mut self.upper {
@@ -411,6 +460,8 @@ type Levels = (Vec<LineId>, Vec<Vec<LineId>>);
 
 thread_local! {
     static LEVELS: std::cell::Cell<Option<Levels>> = const { std::cell::Cell::new(None) };
+    /// The spare owned slots vector of [`Builder`] (empty between splices).
+    static SPARE: std::cell::Cell<Option<Vec<u32>>> = const { std::cell::Cell::new(None) };
 }
 
 /// A splice of bytes and zeros only (a received frame: its metadata line,
@@ -424,6 +475,21 @@ const FLAT_MAX: u64 = 1 << 20;
 const FLAT_MIN_LINES: u64 = 4;
 /// Flat copies of at most this many bytes are on the stack.
 const FLAT_STACK: usize = 2048;
+
+/// Copies `pieces` (`Bytes` and `Zeros` only) into `flat` (zeroed, their
+/// length).
+fn fill_flat(pieces: &[Piece<'_>], flat: &mut [u8]) {
+    let mut at = 0;
+    for p in pieces {
+        match *p {
+            Piece::Bytes(d) => flat[at..at + d.len()].copy_from_slice(d),
+            // Already zero.
+            Piece::Zeros(_) => {}
+            Piece::Range(_) => unreachable!("fill_flat takes no ranges"),
+        }
+        at += p.len() as usize;
+    }
+}
 
 /// The lines that [`Builder`] assembles for `pieces` (no `Range` among
 /// them): every line but those it skips as whole lines of a `Zeros` piece.
@@ -465,16 +531,7 @@ impl Memory {
             heap = vec![0u8; total];
             &mut heap
         };
-        let mut at = 0;
-        for p in pieces {
-            match *p {
-                Piece::Bytes(d) => flat[at..at + d.len()].copy_from_slice(d),
-                // Already zero.
-                Piece::Zeros(_) => {}
-                Piece::Range(_) => unreachable!("splice_flat takes no ranges"),
-            }
-            at += p.len() as usize;
-        }
+        fill_flat(pieces, flat);
         let store = &self.inner.store;
         let tree = dag::build(store, flat)?;
         let counts = SpliceCounts {
@@ -506,11 +563,61 @@ impl Memory {
         if flat && !pieces.iter().any(|p| matches!(p, Piece::Range(_))) {
             return self.splice_flat(pieces, total as usize);
         }
-        self.splice_built(pieces, total)
+        self.splice_built(pieces, total, false)
     }
 
-    /// [`Memory::splice`] leaf by leaf (`total`: the pieces' length, checked).
-    fn splice_built(&self, pieces: &[Piece<'_>], total: u64) -> Result<(Segment, SpliceCounts)> {
+    /// [`Memory::splice`] whose own lines are **owned** (see
+    /// [`Memory::segment_owned`]): the lines assembled from `Bytes`, `Zeros`
+    /// and the copied parts of `Range`s, and every interior line above one
+    /// of them, are kept out of the dedup index (no hash, no lookup; the
+    /// last release gives the slot straight back). The whole lines and
+    /// subtrees shared from `Range`s stay what they are (one more reference
+    /// each), and so do interior lines over shared lines only. For a TX
+    /// frame: headers and headroom in lines of its own, the payload
+    /// referenced. The result equals `splice` of the same pieces. A memory
+    /// without owned lines (file-backed) splices as `splice`.
+    pub fn splice_owned(&self, pieces: &[Piece<'_>]) -> Result<(Segment, SpliceCounts)> {
+        if !self.owned_lines_enabled() {
+            return self.splice(pieces);
+        }
+        let mut total: u64 = 0;
+        for p in pieces {
+            if let Piece::Range(s) = *p {
+                if !s.segment().memory().same(self) {
+                    return Err(Error::ForeignSegment);
+                }
+            }
+            total = total.saturating_add(p.len());
+        }
+        dag::check_len(total)?;
+        if total > 0 && total <= FLAT_MAX && !pieces.iter().any(|p| matches!(p, Piece::Range(_))) {
+            let mut stack = [0u8; FLAT_STACK];
+            let mut heap;
+            let flat: &mut [u8] = if total as usize <= FLAT_STACK {
+                &mut stack[..total as usize]
+            } else {
+                heap = vec![0u8; total as usize];
+                &mut heap
+            };
+            fill_flat(pieces, flat);
+            let seg = self.segment_owned(flat)?;
+            let counts = SpliceCounts {
+                assembled_lines: assembled_lines(pieces, self.line_size() as u64),
+                ..SpliceCounts::default()
+            };
+            return Ok((seg, counts));
+        }
+        self.splice_built(pieces, total, true)
+    }
+
+    /// [`Memory::splice`] leaf by leaf (`total`: the pieces' length, checked),
+    /// its own lines `owned` or interned.
+    fn splice_built(
+        &self,
+        pieces: &[Piece<'_>],
+        total: u64,
+        owned: bool,
+    ) -> Result<(Segment, SpliceCounts)> {
         let store = &self.inner.store;
         let (leaves, upper) = LEVELS.take().unwrap_or_default();
         let mut b = Builder {
@@ -522,6 +629,9 @@ impl Memory {
             buf: LineBuf::new(store.line_size()),
             fill: 0,
             counts: SpliceCounts::default(),
+            owned,
+            spare: SPARE.take().unwrap_or_default(),
+            made: [0; 2],
         };
         // Index of the last piece with any bytes.
         let last = pieces.iter().rposition(|p| p.len() > 0);
@@ -729,7 +839,7 @@ mod tests {
                 .collect();
             let total = pieces.iter().map(Piece::len).sum::<u64>();
             let (a, ca) = m.splice_flat(&pieces, total as usize).unwrap();
-            let (b, cb) = m.splice_built(&pieces, total).unwrap();
+            let (b, cb) = m.splice_built(&pieces, total, false).unwrap();
             proptest::prop_assert_eq!(&a, &b);
             proptest::prop_assert_eq!(ca, cb);
             drop((a, b));

@@ -70,6 +70,9 @@ impl Scratch {
 const STACK_MAX: usize = 1 << 14;
 /// Slots an empty owned stack takes from a shard at once (beyond the need).
 const REFILL: usize = 256;
+/// Slots [`Store::owned_line`] takes from the owned stack at once (a TX
+/// frame's header and interior lines: one lock for the frame).
+pub(crate) const OWNED_BATCH: usize = 8;
 
 impl Store {
     /// True when this memory may hold owned lines (a volatile memory).
@@ -315,6 +318,58 @@ impl Store {
         Ok((level[0], h))
     }
 
+    /// One owned line of `kind` holding `line` (a whole line; for an
+    /// interior line, child ids whose references it takes over), its slot
+    /// from `spare` (refilled from the owned stack [`OWNED_BATCH`] at a
+    /// time; the caller gives what is left back with
+    /// [`Store::give_back_spare`]). An all-zero line is line 0. Counts the
+    /// line into `made` (by kind; the caller passes it to
+    /// [`Store::note_owned`]). On error (the memory is full) nothing is
+    /// taken: the caller still owns the children's references.
+    pub(crate) fn owned_line(
+        &self,
+        kind: LineKind,
+        line: &[u8],
+        spare: &mut Vec<u32>,
+        made: &mut [u64; 2],
+    ) -> Result<LineId> {
+        debug_assert!(self.owned.enabled && line.len() == self.line_size());
+        if is_zero(line) {
+            return Ok(LineId::ZERO);
+        }
+        if spare.is_empty() && !self.alloc_owned(OWNED_BATCH, spare) && !self.alloc_owned(1, spare)
+        {
+            return Err(Error::CapacityExhausted {
+                capacity: self.capacity(),
+            });
+        }
+        if !self.owned.used.load(Relaxed) {
+            self.owned.used.store(true, Relaxed);
+        }
+        let id = spare.pop().expect("refilled");
+        // SAFETY: `id` was taken from the free slots (the owned stack or a
+        // shard's), so this thread owns it exclusively; nothing can reach it
+        // (it is never in the index) until the caller hands out the root.
+        unsafe { self.arena.write(id, line) };
+        self.meta.as_slice()[id as usize].store(kind_bit(kind) | OWNED_BIT | 1, Relaxed);
+        made[super::kind_index(kind)] += 1;
+        Ok(LineId(id))
+    }
+
+    /// Gives the slots [`Store::owned_line`] did not use back to the owned
+    /// stack, and counts the lines it made.
+    pub(crate) fn give_back_spare(&self, spare: &mut Vec<u32>, made: &mut [u64; 2]) {
+        self.give_back_owned(spare);
+        spare.clear();
+        for (k, m) in made.iter_mut().enumerate() {
+            if *m > 0 {
+                self.owned.live[k].fetch_add(*m, Relaxed);
+                self.owned.created[k].fetch_add(*m, Relaxed);
+                *m = 0;
+            }
+        }
+    }
+
     /// Frees the owned lines of `stack`, each at its last reference (count
     /// 1, held by this thread), and what dies below them: owned children
     /// whose last reference goes are freed here, and the references to
@@ -457,6 +512,80 @@ mod tests {
             v.extend(std::iter::repeat_n(b, n));
         }
         v
+    }
+
+    /// A frame spliced with owned lines (`splice_owned`): metadata, zero
+    /// headroom and headers in owned lines, the payload's aligned lines
+    /// and subtrees shared (not copied, still indexed), unaligned parts
+    /// copied into owned lines; equal to `splice` of the same pieces, and
+    /// every slot back after the drops.
+    #[test]
+    fn splice_owned_frames_share_the_payload_and_free() {
+        let mem = memory(1 << 14);
+        let small = bytes(&[3, 7, 11, 13], 200);
+        let page: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 1) as u8).collect();
+        let big: Vec<u8> = (0..40_000u32).map(|i| (i * 13 + 5) as u8 | 1).collect();
+        let meta = [9u8; 32];
+        let hdrs: Vec<u8> = (0..240u8).map(|i| i | 0x80).collect();
+        for payload in [&small, &page, &big] {
+            let src = mem.segment(payload).unwrap();
+            let live = mem.live_lines();
+            // Unaligned (copied), line-aligned (leaves shared) and, at 752
+            // zeros, subtree-aligned (whole subtrees of the payload shared).
+            for (zeros, from) in [(0u64, 0usize), (40, 3), (48, 0), (112, 64), (752, 0)] {
+                let sl = SegmentSlice::new(src.clone(), from as u64, payload.len() - from);
+                let pieces = [
+                    Piece::Bytes(&meta),
+                    Piece::Zeros(zeros),
+                    Piece::Bytes(&hdrs),
+                    Piece::Range(&sl),
+                ];
+                let (o, oc) = mem.splice_owned(&pieces).unwrap();
+                let (c, cc) = mem.splice(&pieces).unwrap();
+                assert_eq!(o.to_vec(), c.to_vec());
+                assert!(o == c && !o.is_canonical() && c.is_canonical());
+                assert_eq!(o.height(), c.height());
+                assert_eq!(hash_of(&o), hash_of(&c));
+                assert_eq!(
+                    (oc.shared_bytes, oc.copied_bytes),
+                    (cc.shared_bytes, cc.copied_bytes)
+                );
+                let st = mem.stats();
+                assert!(st.owned_leaf_lines >= 1, "{st:?}");
+                let aligned = (32 + zeros + 240) % 64 == from as u64 % 64;
+                assert_eq!(oc.copied_bytes == 0, aligned, "{oc:?}");
+                if zeros == 752 && payload.len() >= 2048 {
+                    assert!(oc.shared_subtrees > 0, "{oc:?}");
+                }
+                drop(c);
+                // Every line the owned frame's interior references is
+                // either owned or was indexed before (the payload's).
+                drop(o);
+                assert_eq!(mem.live_lines(), live);
+                let st = mem.stats();
+                assert_eq!((st.owned_leaf_lines, st.owned_interior_lines), (0, 0));
+            }
+            drop(src);
+            empty_and_whole(&mem);
+        }
+        // Bytes and zeros only (an ACK, an ARP reply): the flat path.
+        let (o, _) = mem
+            .splice_owned(&[
+                Piece::Bytes(&meta),
+                Piece::Zeros(10),
+                Piece::Bytes(&hdrs[..54]),
+            ])
+            .unwrap();
+        let (c, _) = mem
+            .splice(&[
+                Piece::Bytes(&meta),
+                Piece::Zeros(10),
+                Piece::Bytes(&hdrs[..54]),
+            ])
+            .unwrap();
+        assert!(o == c && !o.is_canonical());
+        drop((o, c));
+        empty_and_whole(&mem);
     }
 
     /// An owned segment: the same bytes, the same shape, owned lines that

@@ -60,6 +60,7 @@ mod tx;
 #[cfg(any(test, feature = "test-support"))]
 pub use fuzz::IngressFuzzer;
 pub use socket_set::SocketHandle;
+pub use tx::tx_frame;
 
 use neighbour::Neighbours;
 use socket_set::{Sock, SocketSet};
@@ -140,6 +141,13 @@ pub struct IfaceConfig {
     /// that shares its address with others on one link: the segment may be another stack's
     /// (a flow the link steered to the wrong queue), so it is dropped (`rx_no_socket`).
     pub rst_unknown: bool,
+    /// Build TX frames' own lines (metadata, headroom and header lines, and
+    /// the interior lines above them) interned in the dedup index, as
+    /// before owned lines existed; off by default: a volatile memory makes
+    /// them owned lines (no hash, no index; see `Memory::splice_owned`),
+    /// the payload's lines shared either way. `HICAMP_TX_DEDUP=1` turns it
+    /// on for every interface.
+    pub tx_dedup: bool,
     /// The NIC's rings.
     pub nic: NicConfig,
 }
@@ -169,6 +177,7 @@ impl IfaceConfig {
             seed: 0x5e65_7ac4,
             ephemeral: (49_152, u16::MAX),
             rst_unknown: true,
+            tx_dedup: false,
             nic: NicConfig {
                 tx_slots: 1024,
                 rx_slots: 1024,
@@ -247,6 +256,9 @@ struct Inner {
     neighbours: Neighbours,
     /// Built frames waiting for room in the TX ring.
     txq: VecDeque<Segment>,
+    /// TX frames' own lines are owned lines (not `tx_dedup`, and the
+    /// memory makes them).
+    tx_owned: bool,
     stats: IfaceStats,
     ident: u16,
     next_port: u16,
@@ -265,6 +277,12 @@ impl Inner {
         h.write_u64(self.secret.1);
         (h.finish() as u32).wrapping_add((now / 4_000) as u32)
     }
+}
+
+/// True when `HICAMP_TX_DEDUP=1` asks every interface to intern its TX
+/// frames' own lines ([`IfaceConfig::tx_dedup`]).
+fn tx_dedup_from_env() -> bool {
+    std::env::var_os("HICAMP_TX_DEDUP").is_some_and(|v| v == "1")
 }
 
 /// An IPv4 interface over a NIC.
@@ -302,6 +320,7 @@ impl<P: Port> Interface<P> {
         let mem = nic.memory().clone();
         let mem = &mem;
         cfg.tcp.line_size = mem.line_size();
+        cfg.tx_dedup |= tx_dedup_from_env();
         cfg.tcp.tso_align = mem.line_size() * mem.fanout();
         let mss_cap = cfg.mtu.saturating_sub(IP_LEN + 20).clamp(536, 65_495) as u16;
         cfg.tcp.mss = cfg.tcp.mss.min(mss_cap);
@@ -311,6 +330,7 @@ impl<P: Port> Interface<P> {
         let mut b = h.build_hasher();
         b.write_u64(!cfg.seed);
         let secret = (a.finish(), b.finish());
+        let tx_owned = !cfg.tx_dedup && mem.owned_lines_enabled();
         Interface {
             nic,
             inner: Inner {
@@ -323,6 +343,7 @@ impl<P: Port> Interface<P> {
                 cfg,
                 neighbours: Neighbours::new(),
                 txq: VecDeque::new(),
+                tx_owned,
                 stats: IfaceStats::default(),
                 ident: (secret.1 & 0xffff) as u16,
                 secret,

@@ -1,11 +1,15 @@
 //! TX: building frames. Headers are written into headroom in front of the
-//! payload and the payload's own lines are spliced behind them by nicdma's
-//! frame builder ([`nicdma::frame`]); checksums and segmentation are left to
-//! the NIC when offload is on.
+//! payload and the payload's own lines are spliced behind them; checksums
+//! and segmentation are left to the NIC when offload is on. The frame's own
+//! lines (metadata, headroom, headers, the interior lines above them) are
+//! owned lines on a volatile memory ([`hicamp::Memory::splice_owned`]: no
+//! hash, no index, freed straight back when the NIC is done), or interned
+//! by nicdma's frame builder ([`nicdma::frame`]) with
+//! `IfaceConfig::tx_dedup`.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use hicamp::Segment;
+use hicamp::{Piece, Segment};
 use nicdma::frame;
 use nicdma::meta::{gso, F_NEEDS_CSUM};
 use nicdma::{DmaMeta, VirtioNetHdr, META_LEN};
@@ -130,30 +134,14 @@ impl Inner {
         Ok(())
     }
 
-    /// The frame segment: `hdrs` placed so that the first payload byte keeps
-    /// its offset within a line, then the payload pieces.
+    /// The frame segment ([`tx_frame`]), counted.
     fn frame(
         &mut self,
         vnet: VirtioNetHdr,
         hdrs: &[u8],
         payload: &[Payload],
     ) -> Result<Segment, IfaceError> {
-        let phase = payload.first().map_or(0, |p| p.offset() as usize);
-        let plen: usize = payload.iter().map(Payload::len).sum();
-        // A payload of at least two interior lines' spans (a TSO frame)
-        // keeps its offset modulo that span, so that whole subtrees of its
-        // leaves sit where they sit in the payload's segment and the
-        // frame's interior lines over them are found, not built (the
-        // headroom is zero lines, which cost nothing); a smaller one keeps
-        // its line phase.
-        let span = self.mem.line_size() * self.mem.fanout();
-        let grain = if plen >= 2 * span && span <= MAX_SPAN {
-            span
-        } else {
-            self.mem.line_size()
-        };
-        let frame_off = frame::aligned_frame_off(grain, hdrs.len(), phase);
-        let (seg, counts) = frame::build(&self.mem, vnet, frame_off, hdrs, payload)?;
+        let (seg, counts) = tx_frame(&self.mem, self.tx_owned, vnet, hdrs, payload)?;
         self.stats.tx_payload_shared += counts.shared_bytes;
         self.stats.tx_payload_copied += counts.copied_bytes;
         Ok(seg)
@@ -196,6 +184,76 @@ impl Inner {
     }
 }
 
+/// A TX frame segment as the interface builds it: `vnet` in the metadata,
+/// `hdrs` placed so that the first payload byte keeps its offset within a
+/// line (within an interior line's span for a payload of at least two
+/// spans), then the payload pieces, shared where they line up. `owned`:
+/// the frame's own lines are owned lines (`IfaceConfig::tx_dedup` off on a
+/// volatile memory), else interned. Public for the TX frame bench.
+pub fn tx_frame(
+    mem: &hicamp::Memory,
+    owned: bool,
+    vnet: VirtioNetHdr,
+    hdrs: &[u8],
+    payload: &[Payload],
+) -> Result<(Segment, hicamp::SpliceCounts), hicamp::Error> {
+    let phase = payload.first().map_or(0, |p| p.offset() as usize);
+    let plen: usize = payload.iter().map(Payload::len).sum();
+    // A payload of at least two interior lines' spans (a TSO frame) keeps
+    // its offset modulo that span, so that whole subtrees of its leaves sit
+    // where they sit in the payload's segment and the frame's interior
+    // lines over them are found, not built (the headroom is zero lines,
+    // which cost nothing); a smaller one keeps its line phase.
+    let span = mem.line_size() * mem.fanout();
+    let grain = if plen >= 2 * span && span <= MAX_SPAN {
+        span
+    } else {
+        mem.line_size()
+    };
+    let frame_off = frame::aligned_frame_off(grain, hdrs.len(), phase);
+    if owned {
+        build_owned(mem, vnet, frame_off, hdrs, payload)
+    } else {
+        frame::build(mem, vnet, frame_off, hdrs, payload)
+    }
+}
+
+/// [`frame::build`] with the frame's own lines owned
+/// ([`hicamp::Memory::splice_owned`]): the metadata line, the headroom and
+/// header lines and the interior lines above them are kept out of the dedup
+/// index (no hash, no probe, no insert; the last release gives the slots
+/// straight back), the payload's lines and subtrees referenced as they are.
+fn build_owned(
+    mem: &hicamp::Memory,
+    vnet: VirtioNetHdr,
+    frame_off: u16,
+    hdrs: &[u8],
+    payload: &[Payload],
+) -> Result<(Segment, hicamp::SpliceCounts), hicamp::Error> {
+    let frame_off = frame_off.max(META_LEN as u16);
+    let plen: usize = payload.iter().map(Payload::len).sum();
+    let meta = DmaMeta {
+        vnet,
+        ..DmaMeta::frame(frame_off, (hdrs.len() + plen) as u32)
+    }
+    .to_bytes();
+    let m = Piece::Bytes(&meta);
+    let z = Piece::Zeros(u64::from(frame_off) - META_LEN as u64);
+    let h = Piece::Bytes(hdrs);
+    // The common shapes on the stack: no allocation per frame.
+    match payload {
+        [] => mem.splice_owned(&[m, z, h]),
+        [a] => mem.splice_owned(&[m, z, h, Piece::Range(a)]),
+        [a, b] => mem.splice_owned(&[m, z, h, Piece::Range(a), Piece::Range(b)]),
+        _ => {
+            let mut pieces = Vec::with_capacity(3 + payload.len());
+            pieces.extend([m, z, h]);
+            pieces.extend(payload.iter().map(Piece::Range));
+            mem.splice_owned(&pieces)
+        }
+    }
+}
+
 /// `seg` (a built frame) with its Ethernet destination replaced: a
 /// copy-on-write of the one header line.
 pub(super) fn patch_dst_mac(seg: &Segment, mac: EthernetAddress) -> Result<Segment, hicamp::Error> {
@@ -207,4 +265,73 @@ pub(super) fn patch_dst_mac(seg: &Segment, mac: EthernetAddress) -> Result<Segme
     let mut m = seg.to_mut();
     m.write_at(u64::from(meta.frame_off), &mac.0)?;
     Ok(m.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use hicamp::{Config, Memory, SegmentSlice};
+    use nicdma::{frame_bytes, VirtioNetHdr};
+
+    use super::tx_frame;
+
+    /// Owned and interned frames: the same bytes and metadata, the payload
+    /// shared (not copied) either way, the owned frame's own lines out of
+    /// the index and all of them back when the frames are released.
+    #[test]
+    fn owned_frames_match_interned_ones_and_free() {
+        let mem = Memory::new(Config {
+            line_size: 64,
+            capacity_lines: 1 << 14,
+            ..Config::default()
+        })
+        .unwrap();
+        assert!(mem.owned_lines_enabled());
+        let reply: Vec<u8> = (0..200u32).map(|i| (i * 31 + 7) as u8).collect();
+        let http: Vec<u8> = (0..240u32).map(|i| (i * 17 + 3) as u8 | 0x20).collect();
+        let page: Vec<u8> = (0..4096u32).map(|i| (i * 13 + 5) as u8 | 1).collect();
+        let hdrs: Vec<u8> = (0..66u8).map(|i| i.wrapping_mul(29) | 1).collect();
+        let seg = |b: &[u8]| SegmentSlice::new(mem.segment(b).unwrap(), 0, b.len());
+        // A page behind its HTTP header as `writev` copies them: one
+        // segment (two slices of it, as a send queue may hold them).
+        let resp: Vec<u8> = http.iter().chain(&page).copied().collect();
+        let r = mem.segment(&resp).unwrap();
+        let halves = vec![
+            SegmentSlice::new(r.clone(), 0, 1024),
+            SegmentSlice::new(r, 1024, resp.len() - 1024),
+        ];
+        let cases = [vec![], vec![seg(&reply)], vec![seg(&resp)], halves];
+        let live = mem.live_lines();
+        for payload in &cases {
+            let vnet = VirtioNetHdr {
+                gso_size: 1448,
+                ..VirtioNetHdr::default()
+            };
+            let (o, oc) = tx_frame(&mem, true, vnet, &hdrs, payload).unwrap();
+            let (d, dc) = tx_frame(&mem, false, vnet, &hdrs, payload).unwrap();
+            assert!(!o.is_canonical() && d.is_canonical());
+            assert_eq!(frame_bytes(&o), frame_bytes(&d));
+            let (meta, bytes) = frame_bytes(&o).unwrap();
+            assert_eq!(meta.vnet, vnet);
+            let want: Vec<u8> = hdrs
+                .iter()
+                .chain(
+                    payload
+                        .iter()
+                        .flat_map(|p| p.to_vec())
+                        .collect::<Vec<_>>()
+                        .iter(),
+                )
+                .copied()
+                .collect();
+            assert_eq!(bytes, want);
+            assert_eq!(oc.copied_bytes, 0);
+            assert_eq!(oc, dc);
+            let st = mem.stats();
+            assert!(st.owned_leaf_lines >= 1, "{st:?}");
+            drop((o, d));
+            let st = mem.stats();
+            assert_eq!((st.owned_leaf_lines, st.owned_interior_lines), (0, 0));
+            assert_eq!(mem.live_lines(), live);
+        }
+    }
 }
