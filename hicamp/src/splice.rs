@@ -541,16 +541,12 @@ impl Memory {
         Ok((Segment::from_tree(self.clone(), tree), counts))
     }
 
-    /// A new segment holding `pieces` one after another.
-    ///
-    /// Whole lines of [`Piece::Range`]s that fall on whole lines of the result
-    /// are shared, not copied: splice a payload at an offset congruent to its
-    /// source offset modulo the line size and its bytes stay where they are.
-    /// Equal content gives the equal segment however it was spliced.
-    pub fn splice(&self, pieces: &[Piece<'_>]) -> Result<(Segment, SpliceCounts)> {
+    /// The length of a splice of `pieces`, checked: every slice is of this
+    /// memory (a slice is in bounds by construction), and the total fits a
+    /// segment.
+    fn splice_len(&self, pieces: &[Piece<'_>]) -> Result<u64> {
         let mut total: u64 = 0;
         for p in pieces {
-            // A slice is in bounds by construction; it must be ours.
             if let Piece::Range(s) = *p {
                 if !s.segment().memory().same(self) {
                     return Err(Error::ForeignSegment);
@@ -559,6 +555,17 @@ impl Memory {
             total = total.saturating_add(p.len());
         }
         dag::check_len(total)?;
+        Ok(total)
+    }
+
+    /// A new segment holding `pieces` one after another.
+    ///
+    /// Whole lines of [`Piece::Range`]s that fall on whole lines of the result
+    /// are shared, not copied: splice a payload at an offset congruent to its
+    /// source offset modulo the line size and its bytes stay where they are.
+    /// Equal content gives the equal segment however it was spliced.
+    pub fn splice(&self, pieces: &[Piece<'_>]) -> Result<(Segment, SpliceCounts)> {
+        let total = self.splice_len(pieces)?;
         let flat = total > FLAT_MIN_LINES << self.inner.store.shift() && total <= FLAT_MAX;
         if flat && !pieces.iter().any(|p| matches!(p, Piece::Range(_))) {
             return self.splice_flat(pieces, total as usize);
@@ -580,16 +587,7 @@ impl Memory {
         if !self.owned_lines_enabled() {
             return self.splice(pieces);
         }
-        let mut total: u64 = 0;
-        for p in pieces {
-            if let Piece::Range(s) = *p {
-                if !s.segment().memory().same(self) {
-                    return Err(Error::ForeignSegment);
-                }
-            }
-            total = total.saturating_add(p.len());
-        }
-        dag::check_len(total)?;
+        let total = self.splice_len(pieces)?;
         if total > 0 && total <= FLAT_MAX && !pieces.iter().any(|p| matches!(p, Piece::Range(_))) {
             let mut stack = [0u8; FLAT_STACK];
             let mut heap;

@@ -38,6 +38,29 @@ pub fn build(
     hdrs: &[u8],
     payload: &[SegmentSlice],
 ) -> Result<(Segment, SpliceCounts), hicamp::Error> {
+    build_lines(mem, false, vnet, frame_off, hdrs, payload)
+}
+
+/// [`build`], with the frame's own lines (the metadata line, the headroom
+/// and header lines, the interior lines above them) owned when `owned`
+/// ([`Memory::splice_owned`]: kept out of the dedup index, given straight
+/// back by the last release), interned otherwise; the payload's lines and
+/// subtrees are referenced as they are either way.
+pub fn build_lines(
+    mem: &Memory,
+    owned: bool,
+    vnet: VirtioNetHdr,
+    frame_off: u16,
+    hdrs: &[u8],
+    payload: &[SegmentSlice],
+) -> Result<(Segment, SpliceCounts), hicamp::Error> {
+    let splice = |pieces: &[Piece]| {
+        if owned {
+            mem.splice_owned(pieces)
+        } else {
+            mem.splice(pieces)
+        }
+    };
     let frame_off = frame_off.max(META_LEN as u16);
     let plen: usize = payload.iter().map(SegmentSlice::len).sum();
     let meta = DmaMeta {
@@ -51,14 +74,14 @@ pub fn build(
     // The common shapes (a frame of up to two payload slices) on the stack:
     // no allocation per frame.
     match payload {
-        [] => mem.splice(&[m, z, h]),
-        [a] => mem.splice(&[m, z, h, Piece::Range(a)]),
-        [a, b] => mem.splice(&[m, z, h, Piece::Range(a), Piece::Range(b)]),
+        [] => splice(&[m, z, h]),
+        [a] => splice(&[m, z, h, Piece::Range(a)]),
+        [a, b] => splice(&[m, z, h, Piece::Range(a), Piece::Range(b)]),
         _ => {
             let mut pieces = Vec::with_capacity(3 + payload.len());
             pieces.extend([m, z, h]);
             pieces.extend(payload.iter().map(Piece::Range));
-            mem.splice(&pieces)
+            splice(&pieces)
         }
     }
 }

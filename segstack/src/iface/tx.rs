@@ -9,7 +9,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use hicamp::{Piece, Segment};
+use hicamp::Segment;
 use nicdma::frame;
 use nicdma::meta::{gso, F_NEEDS_CSUM};
 use nicdma::{DmaMeta, VirtioNetHdr, META_LEN};
@@ -211,47 +211,7 @@ pub fn tx_frame(
         mem.line_size()
     };
     let frame_off = frame::aligned_frame_off(grain, hdrs.len(), phase);
-    if owned {
-        build_owned(mem, vnet, frame_off, hdrs, payload)
-    } else {
-        frame::build(mem, vnet, frame_off, hdrs, payload)
-    }
-}
-
-/// [`frame::build`] with the frame's own lines owned
-/// ([`hicamp::Memory::splice_owned`]): the metadata line, the headroom and
-/// header lines and the interior lines above them are kept out of the dedup
-/// index (no hash, no probe, no insert; the last release gives the slots
-/// straight back), the payload's lines and subtrees referenced as they are.
-fn build_owned(
-    mem: &hicamp::Memory,
-    vnet: VirtioNetHdr,
-    frame_off: u16,
-    hdrs: &[u8],
-    payload: &[Payload],
-) -> Result<(Segment, hicamp::SpliceCounts), hicamp::Error> {
-    let frame_off = frame_off.max(META_LEN as u16);
-    let plen: usize = payload.iter().map(Payload::len).sum();
-    let meta = DmaMeta {
-        vnet,
-        ..DmaMeta::frame(frame_off, (hdrs.len() + plen) as u32)
-    }
-    .to_bytes();
-    let m = Piece::Bytes(&meta);
-    let z = Piece::Zeros(u64::from(frame_off) - META_LEN as u64);
-    let h = Piece::Bytes(hdrs);
-    // The common shapes on the stack: no allocation per frame.
-    match payload {
-        [] => mem.splice_owned(&[m, z, h]),
-        [a] => mem.splice_owned(&[m, z, h, Piece::Range(a)]),
-        [a, b] => mem.splice_owned(&[m, z, h, Piece::Range(a), Piece::Range(b)]),
-        _ => {
-            let mut pieces = Vec::with_capacity(3 + payload.len());
-            pieces.extend([m, z, h]);
-            pieces.extend(payload.iter().map(Piece::Range));
-            mem.splice_owned(&pieces)
-        }
-    }
+    frame::build_lines(mem, owned, vnet, frame_off, hdrs, payload)
 }
 
 /// `seg` (a built frame) with its Ethernet destination replaced: a
