@@ -408,7 +408,7 @@ impl<P: Port> Interface<P> {
         self.retire_rx();
         self.nic.rx_refill()?;
         self.nic.dma()?;
-        self.nic.tx_reap()?;
+        self.nic.tx_reap_release()?;
         // The device pass of `flush` also deposits frames that arrived in the
         // meantime: they are in the RX ring, no longer in the port (a TAP
         // descriptor is then not readable, so a caller sleeping on it would
@@ -708,7 +708,7 @@ impl<P: Port> Interface<P> {
             }
             self.nic.tx_doorbell()?;
             self.nic.dma()?;
-            self.nic.tx_reap()?;
+            self.nic.tx_reap_release()?;
             if self.inner.txq.is_empty() || self.nic.tx_room() == 0 {
                 break;
             }
