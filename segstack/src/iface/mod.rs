@@ -142,12 +142,12 @@ pub struct IfaceConfig {
     /// (a flow the link steered to the wrong queue), so it is dropped (`rx_no_socket`).
     pub rst_unknown: bool,
     /// Build TX frames' own lines (metadata, headroom and header lines, and
-    /// the interior lines above them) interned in the dedup index (the
-    /// default). Off, a volatile memory makes them owned lines (no hash, no
+    /// the interior lines above them) interned in the dedup index. Off (the
+    /// default), a volatile memory makes them owned lines (no hash, no
     /// index; see `Memory::splice_owned`), the payload's lines shared either
-    /// way: 0.43x the instructions per 200-byte reply frame. Not the default
-    /// yet: with it off, phttpd's `without_wal_bodies_are_released_once_answered`
-    /// finds about one owned leaf line per POST left live (not found yet).
+    /// way: 0.43x the instructions per 200-byte reply frame; owned frames
+    /// die when their TX slots are reaped (`Nic::tx_reap_release`). A
+    /// file-backed memory interns them either way.
     /// `HICAMP_TX_DEDUP=0` turns it off for every interface, `=1` on.
     pub tx_dedup: bool,
     /// The NIC's rings.
@@ -179,7 +179,7 @@ impl IfaceConfig {
             seed: 0x5e65_7ac4,
             ephemeral: (49_152, u16::MAX),
             rst_unknown: true,
-            tx_dedup: true,
+            tx_dedup: false,
             nic: NicConfig {
                 tx_slots: 1024,
                 rx_slots: 1024,
