@@ -136,6 +136,11 @@ impl Lab {
             Some(b) => (b, true),
             None => (name, false),
         };
+        // `NAME-txdedup`: TX frames' own lines interned, not owned (`HICAMP_TX_DEDUP=1`).
+        let (name, txdedup) = match name.strip_suffix("-txdedup") {
+            Some(b) => (b, true),
+            None => (name, false),
+        };
         // `tap-1q`: the TAP device made single-queue here first (the launcher makes it
         // multi-queue), so that one queue is compared with one queue of a multi-queue device;
         // forked children then cannot re-home.
@@ -185,6 +190,9 @@ impl Lab {
         }
         if norehome {
             c.env("HICAMP_STACK_REHOME", "0");
+        }
+        if txdedup {
+            c.env("HICAMP_TX_DEDUP", "1");
         }
         c.args([
             "-q",
@@ -672,7 +680,7 @@ fn backends() -> Result<Vec<&'static str>, String> {
     // baseline of re-homed listeners.
     // `tap-1q`: a single-queue TAP device (made by the bench), against the launcher's
     // multi-queue one.
-    const MORE: [&str; 8] = [
+    const MORE: [&str; 9] = [
         "tap-nodefer",
         "af_packet-nodefer",
         "af_xdp-nodefer",
@@ -681,6 +689,7 @@ fn backends() -> Result<Vec<&'static str>, String> {
         "af_xdp-old",
         "tap-norehome",
         "tap-1q",
+        "tap-txdedup",
     ];
     let v = std::env::var("SHIM_STACK_BACKEND").unwrap_or_else(|_| "tap".into());
     if v.trim() == "all" {
@@ -693,7 +702,7 @@ fn backends() -> Result<Vec<&'static str>, String> {
             Some(_) => {}
             None => {
                 return Err(format!(
-                    "SHIM_STACK_BACKEND: unknown backend {w:?} (tap, af_packet, af_xdp, all; NAME-nodefer, NAME-old, tap-norehome, tap-1q)"
+                    "SHIM_STACK_BACKEND: unknown backend {w:?} (tap, af_packet, af_xdp, all; NAME-nodefer, NAME-old, tap-norehome, tap-1q, tap-txdedup)"
                 ))
             }
         }
