@@ -664,14 +664,7 @@ impl Drop for Tmpfs {
 /// opened again.
 #[test]
 fn a_full_file_system_under_wal_refuses_posts_and_the_server_keeps_serving() {
-    if testkit::require(
-        if testkit::is_root() {
-            Ok(())
-        } else {
-            Err("not root")
-        },
-        "root (mounts a tmpfs)",
-    ) {
+    if testkit::require_root("root (mounts a tmpfs)") {
         return;
     }
     let fs = Tmpfs::mount("24m").expect("mount tmpfs");

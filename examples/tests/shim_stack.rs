@@ -1239,8 +1239,8 @@ fn nginx_single_process_in_stack_mode_serves_curl_and_wrk() {
     {
         return;
     }
-    // One process (`master_process off`): a master with workers forks, which stack mode does
-    // not serve yet. `sendfile on`: the page goes through the shim's sendfile.
+    // One process (`master_process off`; the 2-worker tests below fork). `sendfile on`: the
+    // page goes through the shim's sendfile.
     let lab = Lab::new();
     let page = testkit::Rng::new(38).bytes(38_000);
     let (_, conf, prefix) = nginx_site(

@@ -77,6 +77,11 @@ pub fn require_program(program: &str, arg: &str) -> bool {
     }
 }
 
+/// [`require`] of root (`what`: what needs it, e.g. "root (a TAP device)").
+pub fn require_root(what: &str) -> bool {
+    require(if is_root() { Ok(()) } else { Err("not root") }, what)
+}
+
 /// True when the process runs as root.
 pub fn is_root() -> bool {
     // The effective uid of `/proc/self` is ours; reading it needs no unsafe.

@@ -765,15 +765,8 @@ impl Store {
                 self.intern_run(LineKind::Leaf, buf, out, status, guard, probe, None)
             });
             if let Err(e) = r {
-                let owned: Vec<LineId> = out[start..]
-                    .iter()
-                    .zip(&status[sstart..])
-                    .filter(|(_, st)| st.owned())
-                    .map(|(id, _)| *id)
-                    .collect();
-                out.truncate(start);
+                self.release_run(out, status, (start, sstart));
                 status.truncate(sstart);
-                self.release_all(&owned);
                 return Err(e);
             }
         }

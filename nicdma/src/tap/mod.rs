@@ -692,12 +692,7 @@ mod tests {
 
     #[test]
     fn lazy_receive_skips_reads_until_rearmed() {
-        let root = if testkit::is_root() {
-            Ok(())
-        } else {
-            Err("not root")
-        };
-        if testkit::require(root, "root (a TAP device)") {
+        if testkit::require_root("root (a TAP device)") {
             return;
         }
         // The kernel names the device (tapN): no clash with other tests.
@@ -726,12 +721,7 @@ mod tests {
 
     #[test]
     fn a_multi_queue_device_takes_a_second_queue_that_detaches_and_attaches() {
-        let root = if testkit::is_root() {
-            Ok(())
-        } else {
-            Err("not root")
-        };
-        if testkit::require(root, "root (a TAP device)") {
+        if testkit::require_root("root (a TAP device)") {
             return;
         }
         let mut first = TapPort::open("").expect("TAP");
