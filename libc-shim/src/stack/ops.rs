@@ -1405,11 +1405,11 @@ unsafe fn sendfile_in_place(
                     None
                 };
                 match hit {
-                    Some(seg) => {
-                        fc.stats.hit_bytes += seg.len() - u64::from(phase);
+                    Some((seg, kept)) => {
+                        fc.stats.hit_bytes += seg.len() - u64::from(kept);
                         drop(fc);
-                        let n = (seg.len() - u64::from(phase)) as usize;
-                        Ok(Payload::new(seg, u64::from(phase), n))
+                        let n = (seg.len() - u64::from(kept)) as usize;
+                        Ok(Payload::new(seg, u64::from(kept), n))
                     }
                     None => {
                         drop(fc);
