@@ -1,7 +1,9 @@
 //! `fsck`: a read-only consistency check of a memory file.
 //!
 //! Checks that every stored reference count equals the references reachable
-//! from the committed roots, that stored kinds match the lines' places in the
+//! from the committed roots (a count byte holds `min(count, 63)`: the rest of
+//! a larger count lives only in a running memory's overflow table, rebuilt by
+//! every open, so a byte at 63 must have at least 63 references), that stored kinds match the lines' places in the
 //! DAGs, that every DAG is canonical (no stored all-zero line, no two equal
 //! lines, zeros past each segment's end, heights that fit lengths), that the
 //! directory of names parses and every named segment's BLAKE3 digest
@@ -16,7 +18,7 @@ use crate::error::Result;
 use crate::memory::Damage;
 use crate::persist;
 use crate::shape::leaves_for;
-use crate::store::{self, is_zero, line_hash, line_of, INTERIOR_BIT, UNREACHED};
+use crate::store::{self, encode_count, is_zero, line_hash, line_of, INTERIOR_BIT, UNREACHED};
 use crate::LineKind;
 
 const MAX_MESSAGES: usize = 100;
@@ -116,7 +118,7 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
         config.line_size,
         layout.slots as usize,
     );
-    let meta = backing.u32s(layout.meta_off as usize, layout.slots as usize);
+    let meta = backing.u8s(layout.meta_off as usize, layout.slots as usize);
     let words = backing.u64s(
         layout.map_off as usize,
         config.map_capacity as usize * persist::ENTRY_WORDS,
@@ -169,11 +171,12 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
         } else {
             r.leaf_lines += 1;
         }
-        if count != a.counts[id] {
+        if count != encode_count(u64::from(a.counts[id])) {
             r.refcount_mismatches += 1;
             if r.clean_close {
                 r.problem(format!(
-                    "L{id}: stored count {count}, {} references reach it",
+                    "L{id}: stored count {count}{}, {} references reach it",
+                    if count == store::ESC { " (or more)" } else { "" },
                     a.counts[id]
                 ));
             }

@@ -7,7 +7,9 @@
 //!                  header is restored from it); at 2048 the state word
 //!                  (clean close)
 //!  arena_off       line arena: (capacity + 1) lines, slot 0 = the zero line
-//!  meta_off        reference counts: one u32 per slot (bit 31 = interior)
+//!  meta_off        reference counts: one byte per slot (bit 7 = interior,
+//!                  bits 0..6 = min(count, 63); bit 6, owned, is never set
+//!                  in a file)
 //!  map_off         segment map: 64 bytes per entry = two 32-byte slots
 //!                  { w0 = root | height << 32 | live << 40, len, version,
 //!                    checksum }, the newer valid one is current
@@ -19,7 +21,10 @@
 //! visited once), which reclaims lines orphaned by a crash (written but never
 //! committed, or freed but not yet recycled) and needs no log. The dedup index
 //! is not persisted: rebuilding it costs one hash per live line, which the
-//! walk has to read anyway.
+//! walk has to read anyway. Nor are the counts above 63: the store keeps
+//! their rest in a volatile overflow table (`store::counts`), which the same
+//! walk rebuilds; a cleanly closed file holds 63 for them (what `fsck`
+//! checks), and the exact value only in its DAGs.
 //!
 //! A map entry is updated by writing the slot that is not current, so a write
 //! torn by a crash leaves the previous version valid (checksums tell which).
@@ -43,8 +48,13 @@ pub const MAGIC: [u8; 8] = *b"HICAMPMF";
 ///
 /// Version 2 added the reserved-space words (the file is allocated as it
 /// fills, never written where it is sparse) and single-bit repair of map
-/// slots; version 1 files are refused with a clear error.
-pub const FORMAT_VERSION: u32 = 2;
+/// slots; version 3 made the reference counts one byte per slot (they were
+/// a `u32`: the count region and every offset after it moved). Files of
+/// earlier versions are refused with a clear error
+/// ([`Error::OldFormat`]).
+pub const FORMAT_VERSION: u32 = 3;
+/// Bytes of reference count per slot.
+pub(crate) const COUNT_BYTES: u64 = 1;
 const HEADER_LEN: usize = 80;
 /// The header's copy. Written at create, and on every read-write open that
 /// finds it missing (files of earlier builds) or different; a header that
@@ -76,7 +86,7 @@ impl Layout {
         let slots = c.capacity_lines + 1;
         let arena_off = 4096;
         let meta_off = arena_off + round_page(slots * c.line_size as u64);
-        let map_off = meta_off + round_page(slots * 4);
+        let map_off = meta_off + round_page(slots * COUNT_BYTES);
         let len = map_off + round_page(u64::from(c.map_capacity) * ENTRY_WORDS as u64 * 8);
         Layout {
             slots,
@@ -256,7 +266,7 @@ impl Reserved {
         [
             (0, 4096),
             (l.arena_off, round_page(self.slots * line_size)),
-            (l.meta_off, round_page(self.slots * 4)),
+            (l.meta_off, round_page(self.slots * COUNT_BYTES)),
             (l.map_off, round_page(self.entries * ENTRY_WORDS as u64 * 8)),
         ]
     }
@@ -392,7 +402,11 @@ impl Space {
         let ls = self.line_size;
         let try_to = |to: u64| -> Result<()> {
             self.allocate(file, l.arena_off + cur * ls, (to - cur) * ls)?;
-            self.allocate(file, l.meta_off + cur * 4, (to - cur) * 4)
+            self.allocate(
+                file,
+                l.meta_off + cur * COUNT_BYTES,
+                (to - cur) * COUNT_BYTES,
+            )
         };
         let mut to = want.min(l.slots);
         if try_to(to).is_err() {

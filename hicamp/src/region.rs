@@ -13,7 +13,7 @@
 //! is released and the slot goes back to a free list.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU64, AtomicU8};
 use std::sync::Arc;
 
 use memmap2::{MmapMut, MmapOptions, MmapRaw};
@@ -325,11 +325,11 @@ impl Backing {
         }
     }
 
-    /// A view of `len` `AtomicU32`s at `off`.
-    pub(crate) fn u32s(self: &Arc<Self>, off: usize, len: usize) -> AtomicU32Array {
-        assert!(off.is_multiple_of(4096) && off + len * 4 <= self.len);
-        AtomicU32Array {
-            ptr: self.base.wrapping_add(off) as *const AtomicU32,
+    /// A view of `len` `AtomicU8`s at `off` (the reference-count bytes).
+    pub(crate) fn u8s(self: &Arc<Self>, off: usize, len: usize) -> AtomicU8Array {
+        assert!(off.is_multiple_of(4096) && off + len <= self.len);
+        AtomicU8Array {
+            ptr: self.base.wrapping_add(off) as *const AtomicU8,
             len,
             _backing: Arc::clone(self),
         }
@@ -538,23 +538,23 @@ pub(crate) fn prefetch_ptr<T>(p: *const T) {
     let _ = p;
 }
 
-/// An array of `AtomicU32` inside a backing mapping.
-pub(crate) struct AtomicU32Array {
-    ptr: *const AtomicU32,
+/// An array of `AtomicU8` inside a backing mapping.
+pub(crate) struct AtomicU8Array {
+    ptr: *const AtomicU8,
     len: usize,
     _backing: Arc<Backing>,
 }
 
 // SAFETY: the array is only accessed through atomics.
-unsafe impl Send for AtomicU32Array {}
+unsafe impl Send for AtomicU8Array {}
 // SAFETY: as above.
-unsafe impl Sync for AtomicU32Array {}
+unsafe impl Sync for AtomicU8Array {}
 
-impl AtomicU32Array {
-    pub(crate) fn as_slice(&self) -> &[AtomicU32] {
-        // SAFETY: the range is inside the mapping (checked at construction),
-        // 4096-aligned, and lives as long as `self` holds the backing; any bit
-        // pattern is a valid AtomicU32, which has the layout of u32.
+impl AtomicU8Array {
+    pub(crate) fn as_slice(&self) -> &[AtomicU8] {
+        // SAFETY: the range is inside the mapping (checked at construction)
+        // and lives as long as `self` holds the backing; any bit pattern is
+        // a valid AtomicU8, which has the layout of u8.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }

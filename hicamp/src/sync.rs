@@ -9,9 +9,9 @@
 //! is enough for anonymous memories, the only kind a loom test makes.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize};
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize};
+pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize};
 
 #[cfg(not(loom))]
 pub(crate) use parking_lot::Mutex;
@@ -32,40 +32,40 @@ impl<T> Mutex<T> {
     }
 }
 
-/// The reference-count words of every slot.
+/// The reference-count bytes of every slot.
 #[cfg(not(loom))]
-pub(crate) type CountArray = crate::region::AtomicU32Array;
+pub(crate) type CountArray = crate::region::AtomicU8Array;
 
-/// The reference-count words of every slot (loom: a plain boxed slice).
+/// The reference-count bytes of every slot (loom: a plain boxed slice).
 #[cfg(loom)]
 #[derive(Debug)]
-pub(crate) struct CountArray(Box<[AtomicU32]>);
+pub(crate) struct CountArray(Box<[AtomicU8]>);
 
 #[cfg(loom)]
 impl CountArray {
-    pub(crate) fn as_slice(&self) -> &[AtomicU32] {
+    pub(crate) fn as_slice(&self) -> &[AtomicU8] {
         &self.0
     }
 }
 
-/// The count words of `slots` slots at `off` in `backing`.
+/// The count bytes of `slots` slots at `off` in `backing`.
 #[cfg(not(loom))]
 pub(crate) fn count_array(
     backing: &std::sync::Arc<crate::region::Backing>,
     off: usize,
     slots: usize,
 ) -> CountArray {
-    backing.u32s(off, slots)
+    backing.u8s(off, slots)
 }
 
-/// The count words of `slots` slots (loom: all zero, as in a fresh mapping).
+/// The count bytes of `slots` slots (loom: all zero, as in a fresh mapping).
 #[cfg(loom)]
 pub(crate) fn count_array(
     _backing: &std::sync::Arc<crate::region::Backing>,
     _off: usize,
     slots: usize,
 ) -> CountArray {
-    CountArray((0..slots).map(|_| AtomicU32::new(0)).collect())
+    CountArray((0..slots).map(|_| AtomicU8::new(0)).collect())
 }
 
 /// `n` zeroed atomics from zeroed allocator memory: pages never written cost

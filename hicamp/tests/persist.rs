@@ -297,7 +297,7 @@ fn fsck_reports_orphans_and_bad_counts() {
     // An orphan: a slot with a count that nothing reaches (as a crash leaves).
     let b = std::fs::read(&p).unwrap();
     let meta_off = u64::from_le_bytes(b[48..56].try_into().unwrap());
-    write_at(&p, meta_off + 4 * 10_000, &3u32.to_le_bytes());
+    write_at(&p, meta_off + 10_000, &[3]);
     let r = fsck(&p).unwrap();
     assert_eq!(r.orphans, 1);
     assert!(!r.is_consistent());
@@ -309,7 +309,7 @@ fn fsck_reports_orphans_and_bad_counts() {
     // A wrong count on a reachable line.
     let r0 = fsck(&p).unwrap();
     assert!(r0.leaf_lines > 0);
-    write_at(&p, meta_off + 4, &77u32.to_le_bytes());
+    write_at(&p, meta_off + 1, &[77]);
     let r = fsck(&p).unwrap();
     assert!(r.refcount_mismatches >= 1 || r.orphans >= 1, "{r:?}");
     assert!(!r.is_consistent());

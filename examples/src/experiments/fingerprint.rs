@@ -1076,7 +1076,7 @@ mod tests {
     fn metadata_model_matches_known_sizes() {
         // 6 452 831 lines at 16 B: 64 shards of 262 144 slots (measured on a real memory).
         let (r, i, f) = memory_metadata(6_452_831);
-        assert_eq!(r, 4 * 6_452_832);
+        assert_eq!(r, 6_452_832);
         assert_eq!(i, 134_217_728);
         assert_eq!(f, 65_536);
     }

@@ -510,11 +510,12 @@ pub struct SizeEstimate {
 const MEMORY_INDEX_SHARDS: u64 = 64;
 
 /// The metadata a HICAMP memory holding `lines` lines would report (the model of
-/// `hicamp::Stats`): reference counts at 4 bytes per slot (`lines + 1`: slot 0 is the zero
-/// line), the dedup index at 8 bytes per slot of 64 power-of-two shard tables under 3/4 load,
+/// `hicamp::Stats`): reference counts at 1 byte per slot (`lines + 1`: slot 0 is the zero
+/// line; the overflow table of counts above 63 is left out, as a few lines at most have
+/// one), the dedup index at 8 bytes per slot of 64 power-of-two shard tables under 3/4 load,
 /// the free lists at one slot batch per shard. Returns (refcount, index, free list) bytes.
 pub fn memory_metadata(lines: u64) -> (u64, u64, u64) {
-    let refcount = 4 * (lines + 1);
+    let refcount = lines + 1;
     let per_shard = lines.div_ceil(MEMORY_INDEX_SHARDS);
     let mut cap = 8u64;
     while (per_shard + 1) * 4 > cap * 3 {

@@ -1,28 +1,64 @@
-//! Reference counts: one `u32` per slot, mapped beside the arena. Bit 31 is
-//! the kind (set = interior), bit 30 the owned flag (`owned`), bits 0..30
-//! the count; a count that reaches
-//! [`SATURATED`] is never freed again. A count goes from 1 to 0 only under the
-//! line's shard lock, which is what keeps the index and the counts in step;
-//! a lookup without the lock only ever increments a count it sees above 0
-//! ([`Store::inc_unless_zero`]). A freed slot returns to the free bitmap
-//! after an epoch (see the store's module documentation).
+//! Reference counts: one byte per slot, mapped beside the arena. Bit 7 is
+//! the kind (set = interior), bit 6 the owned flag (`owned`), bits 0..6 the
+//! count. Counts 1..[`ESC`] are exact; the count field at [`ESC`] (63) means
+//! "`ESC` + extra", the extra kept in a volatile overflow table
+//! ([`Overflow`], absent = 0). A line with an extra of `u32::MAX` is never
+//! freed again (it leaks, never corrupts; the kernel's `refcount_t`).
+//!
+//! A count goes from 1 to 0 only under the line's shard lock, which is what
+//! keeps the index and the counts in step; a lookup without the lock only
+//! ever increments a count it sees above 0 ([`Store::inc_unless_zero`]). A
+//! freed slot returns to the free bitmap after an epoch (see the store's
+//! module documentation).
+//!
+//! The escape protocol. Below [`ESC`] a count moves by a compare-and-swap of
+//! its byte, without any lock (c -> c + 1 may reach `ESC` with no entry: the
+//! extra is then 0). At `ESC` every move takes the overflow shard of the id
+//! (`Overflow::shard`) and re-reads the byte under it: an increment adds
+//! to the extra; a decrement takes one off the extra (the entry goes at 0)
+//! or, with no extra, stores `ESC - 1`. That store is the only way out of
+//! `ESC`, and it happens under the overflow lock, so while a thread holds
+//! that lock and sees `ESC` the byte stays at `ESC` (every other mover of an
+//! `ESC` byte waits for the lock); a thread that finds the byte below `ESC`
+//! under the lock lets go and retries its compare-and-swap. So the count
+//! `byte + extra` is always exact, a count of 1 (the only one that can go to
+//! 0) has no extra, and the 1 -> 0 rule is unchanged. The overflow lock is
+//! a leaf: it is taken under a shard lock (a hit, a release) but nothing is
+//! ever taken under it.
+//!
+//! For a memory file the count bytes are the file's `meta` section, and the
+//! extras are not kept: counts are derived state, recounted from the
+//! committed roots on every open (`recovery`), which rebuilds the extras
+//! with them. A clean close leaves `min(count, ESC)` in each byte (what
+//! `fsck` checks).
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::Ordering::*;
+
+use crossbeam_utils::CachePadded;
 
 use super::{kind_index, line_hash, Store, SHARDS};
 use crate::id::{LineId, LineKind};
 use crate::region::prefetch_ptr;
-use crate::sync::epoch;
+use crate::sync::{epoch, AtomicU8, Mutex};
 
-/// Kind bit of a reference-count word (set = interior line). The one
-/// definition: the file format (`persist`) and `fsck` read the same words.
-pub(crate) const INTERIOR_BIT: u32 = 1 << 31;
-/// Owned bit of a reference-count word: a line kept out of the index (see
+/// Kind bit of a reference-count byte (set = interior line). The one
+/// definition: the file format (`persist`) and `fsck` read the same bytes.
+pub(crate) const INTERIOR_BIT: u8 = 1 << 7;
+/// Owned bit of a reference-count byte: a line kept out of the index (see
 /// `owned`). Only volatile memories hold owned lines, so a file's count
-/// words never carry it.
-pub(crate) const OWNED_BIT: u32 = 1 << 30;
-pub(super) const COUNT_MASK: u32 = OWNED_BIT - 1;
-pub(super) const SATURATED: u32 = 1 << 29;
+/// bytes never carry it.
+pub(crate) const OWNED_BIT: u8 = 1 << 6;
+pub(crate) const COUNT_MASK: u8 = OWNED_BIT - 1;
+/// The count field's escape: `ESC` means `ESC` + the line's extra in the
+/// overflow table. (Under loom: 2, so that two threads cross it.)
+#[cfg(not(loom))]
+pub(crate) const ESC: u8 = COUNT_MASK;
+#[cfg(loom)]
+pub(crate) const ESC: u8 = 2;
+/// An extra at this value never moves again: the line is never freed.
+const EXTRA_SATURATED: u32 = u32::MAX;
 /// A release that frees at least this many lines pushes its deferred slots
 /// to the epoch collector and advances the epoch (so that a large release's
 /// slots come back at once); smaller ones leave them in the thread's bag.
@@ -30,12 +66,12 @@ const FLUSH_AFTER: usize = 64;
 /// Lines whose last reference goes, freed together (hashed, sorted by shard,
 /// one lock acquisition per shard).
 const RELEASE_BATCH: usize = 2048;
-/// How far ahead of its use a line or count word is prefetched.
+/// How far ahead of its use a line or count byte is prefetched.
 const PREFETCH_AHEAD: usize = 8;
 /// How far ahead in the queue of a sweeping release an interior line is
 /// prefetched before it is expanded ...
 const LINE_AHEAD: usize = 8;
-/// ... and its children's count words.
+/// ... and its children's count bytes.
 const COUNTS_AHEAD: usize = 4;
 /// A release switches to the sweep (`release_sweep`) once it has freed this
 /// many lines one batch at a time, and at least 1/[`SWEEP_RATIO`] of the
@@ -54,25 +90,207 @@ const SWEEP_RATIO: u64 = 16;
 const SWEEP_RATIO: u64 = 1 << 20;
 
 #[inline]
-pub(super) fn kind_bit(kind: LineKind) -> u32 {
+pub(super) fn kind_bit(kind: LineKind) -> u8 {
     match kind {
         LineKind::Leaf => 0,
         LineKind::Interior => INTERIOR_BIT,
     }
 }
 
+/// The byte's count field for a count: exact below [`ESC`], `ESC` above
+/// (what a file's clean close leaves, and what `fsck` expects).
+pub(crate) fn encode_count(count: u64) -> u8 {
+    count.min(u64::from(ESC)) as u8
+}
+
+/// Hashes a line id for the overflow table (one multiply: ids are distinct
+/// integers, and the table uses the high bits for its tags).
+#[derive(Default, Clone, Copy)]
+pub(super) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        let x = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 29);
+    }
+}
+
+type ExtraMap = HashMap<u32, u32, BuildHasherDefault<IdHasher>>;
+
+/// Shards of the overflow table (by the low bits of the id).
+const OVERFLOW_SHARDS: usize = 64;
+
+/// The extras of the counts at [`ESC`]: line id -> extra (absent = 0),
+/// sharded by id, each shard a mutex (the escape protocol in the module
+/// documentation). Volatile: a file's extras are recounted on open.
+pub(crate) struct Overflow {
+    shards: Box<[CachePadded<Mutex<ExtraMap>>]>,
+}
+
+impl std::fmt::Debug for Overflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overflow").finish_non_exhaustive()
+    }
+}
+
+impl Overflow {
+    pub(crate) fn new() -> Overflow {
+        Overflow {
+            shards: (0..OVERFLOW_SHARDS)
+                .map(|_| CachePadded::new(Mutex::new(ExtraMap::default())))
+                .collect(),
+        }
+    }
+
+    #[inline]
+    fn shard(&self, id: u32) -> &Mutex<ExtraMap> {
+        &self.shards[id as usize & (OVERFLOW_SHARDS - 1)]
+    }
+
+    /// Bytes the table takes (entries of 8 bytes and a control byte each, at
+    /// the tables' allocated capacity; about, as `HashMap` does not say).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| {
+                let cap = s.lock().capacity() as u64;
+                if cap == 0 {
+                    0
+                } else {
+                    // hashbrown: buckets = next power of two of 8/7 capacity.
+                    let buckets = (cap * 8 / 7).next_power_of_two();
+                    buckets * 9 + 16
+                }
+            })
+            .sum()
+    }
+
+    /// Lines with an extra.
+    pub(crate) fn entries(&self) -> u64 {
+        self.shards.iter().map(|s| s.lock().len() as u64).sum()
+    }
+}
+
 impl Store {
-    /// Reference count of a line (0 for the zero line and free slots).
+    #[inline(always)]
+    fn count_byte(&self, id: u32) -> &AtomicU8 {
+        &self.meta.as_slice()[id as usize]
+    }
+
+    /// Reference count of a line (0 for the zero line and free slots), up
+    /// to `u32::MAX`.
     pub(crate) fn refcount(&self, id: LineId) -> u32 {
-        self.meta.as_slice()[id.0 as usize].load(Relaxed) & COUNT_MASK
+        u32::try_from(self.refcount_exact(id.0)).unwrap_or(u32::MAX)
+    }
+
+    /// The exact count: the byte's, plus the extra at [`ESC`].
+    pub(crate) fn refcount_exact(&self, id: u32) -> u64 {
+        let m = self.count_byte(id);
+        let c = m.load(Relaxed) & COUNT_MASK;
+        if c < ESC {
+            return u64::from(c);
+        }
+        let t = self.overflow.shard(id).lock();
+        let c = m.load(Relaxed) & COUNT_MASK;
+        if c < ESC {
+            return u64::from(c);
+        }
+        u64::from(c) + u64::from(t.get(&id).copied().unwrap_or(0))
+    }
+
+    /// Sets the count of a line nobody else can reach yet (a rebuild before
+    /// the memory is shared): its byte, and its extra above [`ESC`].
+    pub(super) fn set_count(&self, id: u32, flags: u8, count: u64) {
+        let c = encode_count(count);
+        self.count_byte(id).store(flags | c, Relaxed);
+        let mut t = self.overflow.shard(id).lock();
+        if c == ESC && count > u64::from(ESC) {
+            let extra = (count - u64::from(ESC)).min(u64::from(EXTRA_SATURATED)) as u32;
+            t.insert(id, extra);
+        } else {
+            t.remove(&id);
+        }
     }
 
     /// Kind of a live line.
     pub(crate) fn kind(&self, id: LineId) -> LineKind {
-        if self.meta.as_slice()[id.0 as usize].load(Relaxed) & INTERIOR_BIT != 0 {
+        if self.count_byte(id.0).load(Relaxed) & INTERIOR_BIT != 0 {
             LineKind::Interior
         } else {
             LineKind::Leaf
+        }
+    }
+
+    /// Adds one to the extra of a line whose byte is at [`ESC`]; false when
+    /// the byte has left `ESC` meanwhile (the caller retries).
+    #[cold]
+    fn overflow_inc(&self, id: u32) -> bool {
+        let mut t = self.overflow.shard(id).lock();
+        if self.count_byte(id).load(Relaxed) & COUNT_MASK != ESC {
+            return false;
+        }
+        let e = t.entry(id).or_insert(0);
+        *e = e.saturating_add(1);
+        true
+    }
+
+    /// Takes one off a count at [`ESC`] (never its last: an escaped count is
+    /// above 1): off the extra, or, with none, the byte down to `ESC - 1`
+    /// (the only move out of `ESC`, always under this lock). False when the
+    /// byte has left `ESC` meanwhile (the caller retries).
+    #[cold]
+    fn overflow_dec(&self, id: u32) -> bool {
+        let mut t = self.overflow.shard(id).lock();
+        let m = self.count_byte(id);
+        let c = m.load(Relaxed);
+        if c & COUNT_MASK != ESC {
+            return false;
+        }
+        match t.get_mut(&id) {
+            Some(e) if *e == EXTRA_SATURATED => {}
+            Some(e) => {
+                *e -= 1;
+                if *e == 0 {
+                    t.remove(&id);
+                }
+            }
+            // Release, as every decrement: this thread's reads of the line
+            // come before a later 1 -> 0 step (an acquire read-modify-write
+            // of the same byte).
+            None => m.store(c - 1, Release),
+        }
+        true
+    }
+
+    /// Adds one to a count the caller knows is above 0 (it holds a
+    /// reference, or the line is in the index and the shard lock is held).
+    #[inline(always)]
+    pub(super) fn increment(&self, id: u32) {
+        let m = self.count_byte(id);
+        let mut c = m.load(Relaxed);
+        loop {
+            debug_assert!(c & COUNT_MASK != 0, "increment of a free line L{id}");
+            if c & COUNT_MASK >= ESC {
+                if self.overflow_inc(id) {
+                    return;
+                }
+                c = m.load(Relaxed);
+                continue;
+            }
+            match m.compare_exchange_weak(c, c + 1, Relaxed, Relaxed) {
+                Ok(_) => return,
+                Err(now) => c = now,
+            }
         }
     }
 
@@ -82,12 +300,7 @@ impl Store {
         if id.is_zero() {
             return;
         }
-        let m = &self.meta.as_slice()[id.0 as usize];
-        let prev = m.fetch_add(1, Relaxed);
-        debug_assert!(prev & COUNT_MASK != 0, "acquire of a free line {id}");
-        if prev & COUNT_MASK >= SATURATED {
-            m.store((prev & !COUNT_MASK) | SATURATED, Relaxed);
-        }
+        self.increment(id.0);
     }
 
     /// Drops one reference; a line whose count reaches zero releases its
@@ -151,15 +364,20 @@ impl Store {
     /// or this returns false.
     #[inline]
     pub(super) fn inc_unless_zero(&self, id: u32) -> bool {
-        let m = &self.meta.as_slice()[id as usize];
+        let m = self.count_byte(id);
         let mut c = m.load(Relaxed);
         loop {
             let count = c & COUNT_MASK;
             if count == 0 {
                 return false;
             }
-            if count >= SATURATED {
-                return true;
+            if count >= ESC {
+                // Above 1: the line cannot die while its byte is at `ESC`.
+                if self.overflow_inc(id) {
+                    return true;
+                }
+                c = m.load(Relaxed);
+                continue;
             }
             match m.compare_exchange_weak(c, c + 1, Relaxed, Relaxed) {
                 Ok(_) => return true,
@@ -172,19 +390,56 @@ impl Store {
     /// (the count is left at 1, the caller finishes under the shard lock).
     #[inline]
     pub(super) fn dec_unless_last(&self, id: u32) -> bool {
-        let m = &self.meta.as_slice()[id as usize];
+        let m = self.count_byte(id);
         let mut c = m.load(Relaxed);
         loop {
             let count = c & COUNT_MASK;
             debug_assert!(count != 0, "release of a free line L{id}");
-            if count >= SATURATED || count == 0 {
+            if count == 0 {
                 return false;
             }
             if count == 1 {
                 return true;
             }
+            if count >= ESC {
+                if self.overflow_dec(id) {
+                    return false;
+                }
+                c = m.load(Relaxed);
+                continue;
+            }
             match m.compare_exchange_weak(c, c - 1, Release, Relaxed) {
                 Ok(_) => return false,
+                Err(now) => c = now,
+            }
+        }
+    }
+
+    /// Drops one reference, under the line's shard lock (or all of them);
+    /// `Some(the byte before)` when it was the last: the byte is then 0 (the
+    /// 1 -> 0 step, acquire-release: this thread's reads of the line come
+    /// before a later releaser's 1 -> 0, and the one that frees sees every
+    /// earlier releaser's reads done).
+    #[inline]
+    fn dec_locked(&self, id: u32) -> Option<u8> {
+        let m = self.count_byte(id);
+        let mut c = m.load(Relaxed);
+        loop {
+            let count = c & COUNT_MASK;
+            debug_assert!(count != 0, "release of a free line L{id}");
+            if count == 0 {
+                return None;
+            }
+            if count >= ESC {
+                if self.overflow_dec(id) {
+                    return None;
+                }
+                c = m.load(Relaxed);
+                continue;
+            }
+            let next = if count == 1 { 0 } else { c - 1 };
+            match m.compare_exchange_weak(c, next, AcqRel, Relaxed) {
+                Ok(_) => return (count == 1).then_some(c),
                 Err(now) => c = now,
             }
         }
@@ -320,11 +575,9 @@ impl Store {
                 let j = order[k] as usize;
                 k += 1;
                 let id = batch[j];
-                let m = &meta[id as usize];
-                let prev = m.fetch_sub(1, AcqRel);
-                if prev & COUNT_MASK != 1 {
+                let Some(prev) = self.dec_locked(id) else {
                     continue; // a lookup took a reference meanwhile
-                }
+                };
                 let kind = if prev & INTERIOR_BIT != 0 {
                     LineKind::Interior
                 } else {
@@ -343,7 +596,6 @@ impl Store {
                             .filter(|c| *c != 0),
                     );
                 }
-                m.store(0, Relaxed);
                 freed.push(id);
             }
         }
@@ -404,26 +656,8 @@ impl Store {
             lo = lo.min(w);
             hi = hi.max(w);
         };
-        // Drops one reference; `Some(count word before)` when the line died.
-        let drop_ref = |id: u32| -> Option<u32> {
-            let m = &meta[id as usize];
-            let c = m.load(Relaxed);
-            debug_assert!(c & COUNT_MASK != 0, "release of a free line L{id}");
-            if c & COUNT_MASK >= SATURATED {
-                return None;
-            }
-            // AcqRel as in `free_batch`: this thread's reads of the line
-            // come before the 1 -> 0 step of a later releaser, and the one
-            // that frees sees every earlier releaser's reads done.
-            let prev = m.fetch_sub(1, AcqRel);
-            if prev & COUNT_MASK != 1 {
-                return None;
-            }
-            if prev & (INTERIOR_BIT | OWNED_BIT) != 0 {
-                m.store(0, Relaxed);
-            }
-            Some(prev)
-        };
+        // Drops one reference; `Some(count byte before)` when the line died.
+        let drop_ref = |id: u32| -> Option<u8> { self.dec_locked(id) };
         // Breadth first: `expand` is a queue of dying interior lines whose
         // children are still to release (`head` is its front); a child loses
         // its reference at once, and only the interior ones that die are

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering::*;
 
-use super::counts::{kind_bit, COUNT_MASK, INTERIOR_BIT, OWNED_BIT, SATURATED};
+use super::counts::{kind_bit, INTERIOR_BIT, OWNED_BIT};
 use super::table::{Bucket, Buckets, Table};
 use super::{kind_index, line_hash, Store, SHARDS};
 use crate::config::Durability;
@@ -606,11 +606,7 @@ impl Store {
             .find_or_place(h, |id| lines_eq(self.line(LineId(id)), line));
         let place = match found {
             Ok(id) => {
-                let m = &meta[id as usize];
-                let prev = m.fetch_add(1, Relaxed);
-                if prev & COUNT_MASK >= SATURATED {
-                    m.store(kbit | SATURATED, Relaxed);
-                }
+                self.increment(id);
                 shard.hits[kind_index(kind)] += 1;
                 return Some((LineId(id), false));
             }
@@ -658,11 +654,7 @@ impl Store {
             .find_or_place(h, |x| lines_eq(self.line(LineId(x)), line));
         match found {
             Ok(x) => {
-                let m = &meta[x as usize];
-                let prev = m.fetch_add(1, Relaxed);
-                if prev & COUNT_MASK >= SATURATED {
-                    m.store(kind_bit(kind) | SATURATED, Relaxed);
-                }
+                self.increment(x);
                 shard.hits[kind_index(kind)] += 1;
                 shard.free.push(id);
                 (x, false)

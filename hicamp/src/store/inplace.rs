@@ -37,7 +37,7 @@
 use std::io::{self, IoSliceMut};
 use std::sync::atomic::Ordering::*;
 
-use super::counts::{kind_bit, COUNT_MASK, INTERIOR_BIT, SATURATED};
+use super::counts::{kind_bit, INTERIOR_BIT};
 use super::index::lines_eq;
 use super::{is_zero, kind_index, line_hash, Store, WriteCounts, SHARDS};
 use crate::config::Durability;
@@ -463,11 +463,7 @@ impl Store {
                         && lines_eq(self.line(LineId(c)), line)
                 });
                 if let Some(c) = found {
-                    let m = &meta[c as usize];
-                    let prev = m.fetch_add(1, Relaxed);
-                    if prev & COUNT_MASK >= SATURATED {
-                        m.store(kbit | SATURATED, Relaxed);
-                    }
+                    self.increment(c);
                     shard.hits[ki] += 1;
                     out[start + j] = LineId(c);
                     hits += 1;

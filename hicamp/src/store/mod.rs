@@ -14,14 +14,17 @@
 //! A lookup compares the tag bits and then the full content: a hash never
 //! decides equality. The kind is bit 5 of the hash, so a shard's table holds
 //! lines of one kind, and a content match is a kind match. Line id 0 is the
-//! all-zero line and never enters the index. Metadata per live line: 4 bytes
-//! of count, and 64/15 bytes per index slot at a load between 7/12 and 7/8
+//! all-zero line and never enters the index. Metadata per live line: 1 byte
+//! of count (plus an overflow entry for the rare line referenced 63 times or
+//! more), and 64/15 bytes per index slot at a load between 7/12 and 7/8
 //! (growth is 1.5x), about 5-7 bytes per line, plus one bit per slot of free
 //! bitmap.
 //!
-//! Reference counts live in a mapped `u32` array beside the arena: bit 31 is
-//! the kind (set = interior), bit 30 marks an owned line (`owned`), bits
-//! 0..30 the count. The rule that makes the
+//! Reference counts live in a mapped byte array beside the arena: bit 7 is
+//! the kind (set = interior), bit 6 marks an owned line (`owned`), bits 0..6
+//! the count; the count 63 is an escape to an overflow table that holds the
+//! rest (`counts`: moves at the escape take that table's lock, the only way
+//! out of it is a decrement under that lock). The rule that makes the
 //! index and the counts agree: a count goes from 1 to 0 only under the shard
 //! lock, and in the same critical section the line leaves the index. A
 //! lookup under the lock increments a count it sees in the index (never 0
@@ -30,8 +33,9 @@
 //! read-modify-write of the same word, so exactly one of them sees the 1. So
 //! no lookup revives a line that is being freed. Other increments happen
 //! without the lock, which is sound because whoever increments already holds
-//! a reference. A count that reaches 2^29 saturates: the line is never freed
-//! again (a leak, never corruption), like the kernel's `refcount_t`.
+//! a reference. A count whose extra reaches `u32::MAX` saturates: the line is
+//! never freed again (a leak, never corruption), like the kernel's
+//! `refcount_t`.
 //!
 //! Releases are batched (`release_all`, which `release` also ends in when a
 //! count reaches its last reference): counts above one are decremented without
@@ -157,8 +161,8 @@
 //! * `table`: one shard's table (buckets, tags, overflow counts);
 //! * `counts`: reference counts (acquire, release, reclamation);
 //! * `intern`: interning single lines and batches of lines;
-//! * `owned`: owned lines, kept out of the index (received frames; bit 30
-//!   of the count word; not to be confused with an "owned hit" above, a
+//! * `owned`: owned lines, kept out of the index (received frames; bit 6
+//!   of the count byte; not to be confused with an "owned hit" above, a
 //!   lookup that takes a reference);
 //! * `durability`: the persist barrier (lines flushed before a root is
 //!   published);
@@ -193,7 +197,7 @@ use crate::region::{Arena, Backing};
 use crate::sync::epoch::Epochs;
 use crate::sync::{count_array, AtomicPtr, AtomicU64, AtomicUsize, CountArray, Mutex};
 
-pub(crate) use counts::INTERIOR_BIT;
+pub(crate) use counts::{encode_count, ESC, INTERIOR_BIT};
 use index::{Shard, ShardCell};
 pub use inplace::{ReadCounts, ReadError};
 pub(crate) use recovery::{analyze, using_reserve, Analysis, EntryState, UNREACHED};
@@ -372,6 +376,8 @@ pub(crate) struct StoreCounters {
     pub owned: [u64; 2],
     /// Owned lines made, by kind.
     pub owned_created: [u64; 2],
+    /// Lines whose count is above `counts::ESC` (with an overflow entry).
+    pub overflow_lines: u64,
 }
 
 pub(crate) struct Store {
@@ -414,6 +420,8 @@ pub(crate) struct Store {
     flush_lock: Mutex<()>,
     /// Owned (unindexed) lines: see `owned`.
     owned: owned::Owned,
+    /// The extras of counts at `counts::ESC` (see `counts`).
+    overflow: counts::Overflow,
 }
 
 /// The child ids of an interior line, read straight from the arena (for the
@@ -524,6 +532,7 @@ impl Store {
             pm_latency_ns: config.pm_write_latency_ns,
             flush_lock: Mutex::new(()),
             owned: owned::Owned::new(!backing.is_file()),
+            overflow: counts::Overflow::new(),
         }
     }
 
@@ -593,7 +602,9 @@ impl Store {
         c.high_water = self.next_fresh.load(Relaxed).min(self.slots);
         // The bitmap's pages beyond the high-water mark are never touched.
         c.free_list_bytes += c.high_water.div_ceil(64) * 8;
-        c.refcount_bytes = c.high_water * 4;
+        // One count byte per slot ever used, and the overflow table.
+        c.refcount_bytes = c.high_water + self.overflow.bytes();
+        c.overflow_lines = self.overflow.entries();
         c
     }
 }

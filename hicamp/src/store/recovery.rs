@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering::*;
 
-use super::counts::{kind_bit, COUNT_MASK, SATURATED};
+use super::counts::{encode_count, kind_bit, COUNT_MASK};
 use super::line_of;
 use super::{children_of, kind_index, line_hash, Store, SHARDS};
 use crate::directory::{self, NamedSegment, DIRECTORY};
@@ -442,11 +442,12 @@ impl Store {
             } else {
                 LineKind::Leaf
             };
-            let count = a.counts[id].min(SATURATED);
-            if stored & COUNT_MASK != a.counts[id] {
+            // The byte says `min(count, ESC)` (the extras are not in the
+            // file: they are rebuilt here, with the counts).
+            if stored & COUNT_MASK != encode_count(u64::from(a.counts[id])) {
                 r.repaired += 1;
             }
-            m.store(kind_bit(kind) | count, Relaxed);
+            self.set_count(id as u32, kind_bit(kind), u64::from(a.counts[id]));
             let line = self.line(LineId(id as u32));
             let hash = line_hash(kind, line);
             let cell = &self.shards[hash as usize & (SHARDS - 1)];
