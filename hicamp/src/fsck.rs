@@ -1,9 +1,9 @@
 //! `fsck`: a read-only consistency check of a memory file.
 //!
 //! Checks that every stored reference count equals the references reachable
-//! from the committed roots (a count byte holds `min(count, 63)`: the rest of
-//! a larger count lives only in a running memory's overflow table, rebuilt by
-//! every open, so a byte at 63 must have at least 63 references), that stored kinds match the lines' places in the
+//! from the committed roots (a count byte holds `min(count, 63)`; the rest of
+//! a larger count, its extra, is in the extras section a clean close writes:
+//! byte + extra must be exact), that stored kinds match the lines' places in the
 //! DAGs, that every DAG is canonical (no stored all-zero line, no two equal
 //! lines, zeros past each segment's end, heights that fit lengths), that the
 //! directory of names parses and every named segment's BLAKE3 digest
@@ -97,6 +97,20 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
         unallocated_bytes: checked.unallocated,
         ..FsckReport::default()
     };
+    // The extras of the counts above 63 (written by a clean close only).
+    let extras: HashMap<u32, u32> = if r.clean_close {
+        let page = backing.read_bytes(0, 4096);
+        match persist::read_extras(&checked.file, &page, &layout) {
+            Ok(pairs) => pairs.into_iter().collect(),
+            Err(what) => {
+                r.problem(what);
+                HashMap::new()
+            }
+        }
+    } else {
+        HashMap::new()
+    };
+    let mut extras_seen = 0usize;
     drop(checked.file);
     if checked.header_restored {
         r.damage.header_restored = true;
@@ -171,14 +185,25 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
         } else {
             r.leaf_lines += 1;
         }
-        if count != encode_count(u64::from(a.counts[id])) {
+        let extra = extras.get(&(id as u32)).copied();
+        extras_seen += usize::from(extra.is_some());
+        let walked = u64::from(a.counts[id]);
+        let byte_ok = count == encode_count(walked);
+        // Only a clean close writes the extras: after a crash the bytes are
+        // compared alone.
+        let extra_ok = !r.clean_close
+            || count != store::ESC
+            || u64::from(extra.unwrap_or(0)) == walked.saturating_sub(u64::from(store::ESC))
+            || (extra == Some(u32::MAX) && walked >= u64::from(store::ESC) + u64::from(u32::MAX));
+        if !byte_ok || !extra_ok || (count != store::ESC && extra.is_some()) {
             r.refcount_mismatches += 1;
             if r.clean_close {
-                r.problem(format!(
-                    "L{id}: stored count {count}{}, {} references reach it",
-                    if count == store::ESC { " (or more)" } else { "" },
-                    a.counts[id]
-                ));
+                r.problem(match extra {
+                    Some(e) => format!(
+                        "L{id}: stored count {count} + extra {e}, {walked} references reach it"
+                    ),
+                    None => format!("L{id}: stored count {count}, {walked} references reach it"),
+                });
             }
         }
         if (stored & INTERIOR_BIT != 0) != interior {
@@ -202,6 +227,12 @@ pub fn fsck(path: impl AsRef<Path>) -> Result<FsckReport> {
             .entry((interior, line_hash(kind, line)))
             .or_default()
             .push(id as u32);
+    }
+    if extras_seen < extras.len() {
+        r.problem(format!(
+            "{} count extras name lines that nothing reaches",
+            extras.len() - extras_seen
+        ));
     }
     if r.orphans > 0 {
         r.problem(format!(

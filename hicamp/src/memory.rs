@@ -79,8 +79,13 @@ impl Drop for Inner {
             return;
         }
         let _ = self.store.persist_barrier();
+        // The counts above 63 (a file that cannot take them stays unclean:
+        // the next open recounts).
+        let saved = self.store.save_extras();
         let _ = self.backing.msync(0, self.backing.len());
-        let _ = persist::write_state(&self.backing, true);
+        if saved.is_ok() {
+            let _ = persist::write_state(&self.backing, true);
+        }
     }
 }
 

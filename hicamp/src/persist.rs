@@ -13,6 +13,13 @@
 //!  map_off         segment map: 64 bytes per entry = two 32-byte slots
 //!                  { w0 = root | height << 32 | live << 40, len, version,
 //!                    checksum }, the newer valid one is current
+//!  extra_off       count extras: (line id u32, extra u32) pairs, ascending
+//!                  ids, for the lines whose count is 63 + extra (extra > 0);
+//!                  written by a clean close only, their number and checksum
+//!                  in the header page at 2072 (room for
+//!                  min(slots, (slots * fanout + map capacity) / 64 + 1)
+//!                  pairs: each such line has 64 references or more; the
+//!                  pages are allocated when written)
 //! ```
 //!
 //! Only the map entries are the truth. Reference counts, the dedup index and
@@ -21,10 +28,12 @@
 //! visited once), which reclaims lines orphaned by a crash (written but never
 //! committed, or freed but not yet recycled) and needs no log. The dedup index
 //! is not persisted: rebuilding it costs one hash per live line, which the
-//! walk has to read anyway. Nor are the counts above 63: the store keeps
-//! their rest in a volatile overflow table (`store::counts`), which the same
-//! walk rebuilds; a cleanly closed file holds 63 for them (what `fsck`
-//! checks), and the exact value only in its DAGs.
+//! walk has to read anyway. The counts above 63 keep their rest in the
+//! store's volatile overflow table (`store::counts`), which the same walk
+//! rebuilds; a clean close writes it to the extras section, so that `fsck`
+//! of a cleanly closed file checks every count exactly (byte + extra).
+//! Nothing reads the section on open: after a crash it is stale, and the
+//! state word says so.
 //!
 //! A map entry is updated by writing the slot that is not current, so a write
 //! torn by a crash leaves the previous version valid (checksums tell which).
@@ -63,6 +72,11 @@ const BACKUP_OFF: usize = 1024;
 const STATE_OFF: usize = 2048;
 /// The two reserved-space words (line slots, map entries).
 const SPACE_OFF: usize = 2056;
+/// The extras section's words: pairs written, and their checksum.
+const EXTRAS_OFF: usize = 2072;
+/// Seed of the extras' checksum (xxh3 of the pairs' bytes, seeded with
+/// this plus the number of pairs).
+pub const EXTRAS_SEED: u64 = 0xe5c0_0000;
 /// Words per map entry (two slots of four).
 pub(crate) const ENTRY_WORDS: usize = 8;
 pub(crate) const LIVE_BIT: u64 = 1 << 40;
@@ -78,6 +92,9 @@ pub(crate) struct Layout {
     pub arena_off: u64,
     pub meta_off: u64,
     pub map_off: u64,
+    pub extra_off: u64,
+    /// Pairs the extras section holds at most.
+    pub extra_cap: u64,
     pub len: u64,
 }
 
@@ -87,15 +104,84 @@ impl Layout {
         let arena_off = 4096;
         let meta_off = arena_off + round_page(slots * c.line_size as u64);
         let map_off = meta_off + round_page(slots * COUNT_BYTES);
-        let len = map_off + round_page(u64::from(c.map_capacity) * ENTRY_WORDS as u64 * 8);
+        let extra_off = map_off + round_page(u64::from(c.map_capacity) * ENTRY_WORDS as u64 * 8);
+        // A line with an extra has at least 64 references, from interior
+        // lines (a fanout each) and map entries (one each).
+        let fanout = c.line_size as u64 / 4;
+        let extra_cap = slots.min((slots * fanout + u64::from(c.map_capacity)) / 64 + 1);
+        let len = extra_off + round_page(extra_cap * 8);
         Layout {
             slots,
             arena_off,
             meta_off,
             map_off,
+            extra_off,
+            extra_cap,
             len,
         }
     }
+}
+
+/// Writes the count extras (`(id, extra)` pairs, ascending ids) to the
+/// extras section of a memory file and its words to the header page, after
+/// allocating the section's pages. A clean close does this before it marks
+/// the file clean; an error (the file system is full) leaves it unclean.
+pub(crate) fn write_extras(b: &Backing, l: &Layout, pairs: &[(u32, u32)]) -> Result<()> {
+    let n = pairs.len() as u64;
+    let (Some(space), Some(file)) = (b.space(), b.file_handle()) else {
+        return Ok(());
+    };
+    if n > l.extra_cap {
+        // Cannot happen (see `Layout::extra_cap`): refuse rather than spill.
+        return Err(Error::Corrupt {
+            path: space.path().to_string(),
+            what: format!("{n} count extras exceed the section's {}", l.extra_cap),
+        });
+    }
+    let bytes: Vec<u8> = pairs
+        .iter()
+        .flat_map(|(id, e)| id.to_le_bytes().into_iter().chain(e.to_le_bytes()))
+        .collect();
+    space.allocate(file, l.extra_off, bytes.len() as u64)?;
+    b.write_bytes(l.extra_off as usize, &bytes);
+    let mut words = [0u8; 16];
+    words[..8].copy_from_slice(&n.to_le_bytes());
+    words[8..].copy_from_slice(&xxh3_64_with_seed(&bytes, EXTRAS_SEED + n).to_le_bytes());
+    b.write_bytes(EXTRAS_OFF, &words);
+    Ok(())
+}
+
+/// Reads the extras section of a cleanly closed file (`page`: its header
+/// page): the pairs, or what is wrong with them.
+pub(crate) fn read_extras(
+    file: &File,
+    page: &[u8],
+    l: &Layout,
+) -> std::result::Result<Vec<(u32, u32)>, String> {
+    use std::os::unix::fs::FileExt;
+    let n = get_u64(page, EXTRAS_OFF);
+    if n > l.extra_cap {
+        return Err(format!(
+            "the count extras claim {n} pairs, the section holds {}",
+            l.extra_cap
+        ));
+    }
+    let mut bytes = vec![0u8; n as usize * 8];
+    file.read_exact_at(&mut bytes, l.extra_off)
+        .map_err(|e| format!("the count extras cannot be read: {e}"))?;
+    if xxh3_64_with_seed(&bytes, EXTRAS_SEED + n) != get_u64(page, EXTRAS_OFF + 8) {
+        return Err("the count extras fail their checksum".into());
+    }
+    let pairs: Vec<(u32, u32)> = bytes
+        .as_chunks::<8>()
+        .0
+        .iter()
+        .map(|p| (get_u32(p, 0), get_u32(p, 4)))
+        .collect();
+    if pairs.windows(2).any(|w| w[0].0 >= w[1].0) || pairs.iter().any(|p| p.1 == 0) {
+        return Err("the count extras are not in order, or hold a zero".into());
+    }
+    Ok(pairs)
 }
 
 fn put_u32(b: &mut [u8], off: usize, v: u32) {
@@ -181,6 +267,7 @@ pub(crate) fn decode_header(path: &str, b: &[u8], file_len: u64) -> Result<(Conf
         meta_off: get_u64(b, 48),
         map_off: get_u64(b, 56),
         len: get_u64(b, 64),
+        ..layout
     };
     if stored != layout {
         return Err(corrupt("region offsets do not match the config".into()));
@@ -345,7 +432,7 @@ impl Space {
     }
 
     /// Allocates the pages of `off..off + len` (page-rounded).
-    fn allocate(&self, file: &File, off: u64, len: u64) -> Result<()> {
+    pub(crate) fn allocate(&self, file: &File, off: u64, len: u64) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -447,7 +534,7 @@ impl Space {
     }
 
     fn layout_entries(&self) -> u64 {
-        (self.layout.len - self.layout.map_off) / (ENTRY_WORDS as u64 * 8)
+        (self.layout.extra_off - self.layout.map_off) / (ENTRY_WORDS as u64 * 8)
     }
 }
 

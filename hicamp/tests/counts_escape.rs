@@ -197,9 +197,9 @@ fn a_file_keeps_counts_above_the_escape() {
     }
 }
 
-/// fsck reads a count byte at the escape as "63 or more": a byte below it
-/// on a line with more references, or at it on a line with fewer, is a
-/// mismatch; a reopen repairs both.
+/// A count byte on the wrong side of the escape: below it on a line with
+/// more references (its extra then names a line below the escape), or at
+/// it on a line with fewer, is a mismatch; a reopen repairs both.
 #[test]
 fn fsck_catches_a_wrong_count_byte_at_the_escape() {
     let d = tempfile::tempdir().unwrap();
@@ -222,18 +222,96 @@ fn fsck_catches_a_wrong_count_byte_at_the_escape() {
     write_at(&p, byte(id), &[62]);
     let r = fsck(&p).unwrap();
     assert_eq!(r.refcount_mismatches, 1, "{:?}", r.problems);
-    assert!(r.problems.iter().any(|s| s.contains("stored count 62, 100")));
+    assert!(r.problems.iter().any(|s| s.contains("stored count 62 + extra 37, 100")));
     write_at(&p, byte(id), &[ESC as u8]);
     assert!(fsck(&p).unwrap().is_consistent());
     // At the escape with one reference.
     write_at(&p, byte(single), &[ESC as u8]);
     let r = fsck(&p).unwrap();
     assert_eq!(r.refcount_mismatches, 1, "{:?}", r.problems);
-    assert!(r.problems.iter().any(|s| s.contains("(or more), 1 ")));
+    assert!(r.problems.iter().any(|s| s.contains("stored count 63, 1 ")));
     {
         let m = Memory::open(&p).unwrap();
         assert_eq!(m.recovery().unwrap().refcounts_repaired, 1);
         assert_eq!((m.refcount(id), m.refcount(single)), (100, 1));
+    }
+    assert!(fsck(&p).unwrap().is_consistent());
+}
+
+/// The extras section of a cleanly closed file: fsck checks byte + extra
+/// exactly, and catches a wrong extra (with a valid checksum), a damaged
+/// section, and an extra for a line below the escape.
+#[test]
+fn fsck_catches_a_wrong_extra() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("extra.hicamp");
+    let id = {
+        let m = Memory::create(&p, config(512)).unwrap();
+        let id = bind_pairs(&m, 100);
+        assert_eq!(m.refcount(id), 100);
+        id
+    };
+    assert!(fsck(&p).unwrap().is_consistent());
+    let b = std::fs::read(&p).unwrap();
+    let n = u64::from_le_bytes(b[2072..2080].try_into().unwrap());
+    assert_eq!(n, 1, "one line above the escape");
+    // The section follows the map (512 entries of 64 bytes).
+    let map_off = u64::from_le_bytes(b[56..64].try_into().unwrap());
+    let extra_off = map_off + 512 * 64;
+    let at = extra_off as usize;
+    assert_eq!(b[at..at + 4], id.get().to_le_bytes());
+    assert_eq!(u32::from_le_bytes(b[at + 4..at + 8].try_into().unwrap()), 100 - ESC);
+    let write_pairs = |pairs: &[(u32, u32)]| {
+        let bytes: Vec<u8> = pairs
+            .iter()
+            .flat_map(|(i, e)| i.to_le_bytes().into_iter().chain(e.to_le_bytes()))
+            .collect();
+        write_at(&p, extra_off, &bytes);
+        let n = pairs.len() as u64;
+        let sum = xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, 0xe5c0_0000 + n);
+        let mut w = n.to_le_bytes().to_vec();
+        w.extend_from_slice(&sum.to_le_bytes());
+        write_at(&p, 2072, &w);
+    };
+    // A wrong extra.
+    write_pairs(&[(id.get(), 100 - ESC + 1)]);
+    let r = fsck(&p).unwrap();
+    assert_eq!(r.refcount_mismatches, 1, "{:?}", r.problems);
+    assert!(
+        r.problems.iter().any(|s| s.contains("stored count 63 + extra 38, 100 references")),
+        "{:?}",
+        r.problems
+    );
+    // No extra at all.
+    write_pairs(&[]);
+    let r = fsck(&p).unwrap();
+    assert_eq!(r.refcount_mismatches, 1, "{:?}", r.problems);
+    // An extra for a line below the escape (the first pair's own line).
+    let single = {
+        // Read the id without changing the file: a read-only open.
+        let m = Memory::open_with(
+            &p,
+            hicamp::OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        id_of(&m, &line(0))
+    };
+    write_pairs(&[(single.get().min(id.get()), 5), (single.get().max(id.get()), 37)]);
+    let r = fsck(&p).unwrap();
+    assert_eq!(r.refcount_mismatches, 1, "{:?}", r.problems);
+    // A damaged section.
+    write_pairs(&[(id.get(), 37)]);
+    assert!(fsck(&p).unwrap().is_consistent());
+    write_at(&p, extra_off + 4, &[99]);
+    let r = fsck(&p).unwrap();
+    assert!(r.problems.iter().any(|s| s.contains("checksum")), "{:?}", r.problems);
+    // An open recounts (the section is never read) and a close rewrites it.
+    {
+        let m = Memory::open(&p).unwrap();
+        assert_eq!(m.refcount(id), 100);
     }
     assert!(fsck(&p).unwrap().is_consistent());
 }

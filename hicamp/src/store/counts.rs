@@ -26,11 +26,12 @@
 //! a leaf: it is taken under a shard lock (a hit, a release) but nothing is
 //! ever taken under it.
 //!
-//! For a memory file the count bytes are the file's `meta` section, and the
-//! extras are not kept: counts are derived state, recounted from the
-//! committed roots on every open (`recovery`), which rebuilds the extras
-//! with them. A clean close leaves `min(count, ESC)` in each byte (what
-//! `fsck` checks).
+//! For a memory file the count bytes are the file's `meta` section. Counts
+//! are derived state, recounted from the committed roots on every open
+//! (`recovery`), which rebuilds the extras with them (so a crash loses
+//! nothing); a clean close also writes the extras to the file's extras
+//! section (`persist::write_extras`), so that `fsck` checks every count of
+//! a cleanly closed file exactly (byte + extra).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -178,6 +179,18 @@ impl Overflow {
     /// Lines with an extra.
     pub(crate) fn entries(&self) -> u64 {
         self.shards.iter().map(|s| s.lock().len() as u64).sum()
+    }
+
+    /// Every `(id, extra)`, in ascending ids (a consistent snapshot when
+    /// no count moves meanwhile: a clean close).
+    pub(crate) fn pairs(&self) -> Vec<(u32, u32)> {
+        let mut v: Vec<(u32, u32)> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.lock().iter().map(|(&k, &e)| (k, e)).collect::<Vec<_>>())
+            .collect();
+        v.sort_unstable();
+        v
     }
 }
 

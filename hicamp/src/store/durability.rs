@@ -4,9 +4,17 @@
 
 use super::Store;
 use crate::config::Durability;
+use crate::error::Result;
 use crate::region::store_fence;
 
 impl Store {
+    /// Writes the count extras (the overflow table: see `counts`) to a
+    /// memory file's extras section, for a clean close: every handle is
+    /// gone, so nothing moves a count meanwhile. A no-op for other memories.
+    pub(crate) fn save_extras(&self) -> Result<()> {
+        crate::persist::write_extras(self.arena.backing(), &self.layout, &self.overflow.pairs())
+    }
+
     /// Makes every line created so far durable (per the durability mode) before
     /// the caller publishes a root that refers to them.
     pub(crate) fn persist_barrier(&self) -> std::io::Result<()> {

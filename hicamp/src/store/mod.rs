@@ -422,6 +422,8 @@ pub(crate) struct Store {
     owned: owned::Owned,
     /// The extras of counts at `counts::ESC` (see `counts`).
     overflow: counts::Overflow,
+    /// Where the backing's regions are (a file's extras section).
+    layout: Layout,
 }
 
 /// The child ids of an interior line, read straight from the arena (for the
@@ -533,6 +535,7 @@ impl Store {
             flush_lock: Mutex::new(()),
             owned: owned::Owned::new(!backing.is_file()),
             overflow: counts::Overflow::new(),
+            layout: *layout,
         }
     }
 
