@@ -142,7 +142,7 @@ pub(crate) fn write_extras(b: &Backing, l: &Layout, pairs: &[(u32, u32)]) -> Res
         .iter()
         .flat_map(|(id, e)| id.to_le_bytes().into_iter().chain(e.to_le_bytes()))
         .collect();
-    space.allocate(file, l.extra_off, bytes.len() as u64)?;
+    space.allocate_new(file, l.extra_off, bytes.len() as u64)?;
     b.write_bytes(l.extra_off as usize, &bytes);
     let mut words = [0u8; 16];
     words[..8].copy_from_slice(&n.to_le_bytes());
@@ -432,7 +432,7 @@ impl Space {
     }
 
     /// Allocates the pages of `off..off + len` (page-rounded).
-    pub(crate) fn allocate(&self, file: &File, off: u64, len: u64) -> Result<()> {
+    fn allocate(&self, file: &File, off: u64, len: u64) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -442,6 +442,30 @@ impl Space {
             self.failed.store(true, Relaxed);
             space_err(&self.path, end - start, e)
         })
+    }
+
+    /// [`Space::allocate`] of space the file never had: refused (`NoSpace`)
+    /// when it would dig into the blocks the file system keeps for root
+    /// (`statvfs`'s `f_bavail`). A process running as root could take them,
+    /// and a 16 MiB ext4 filled that way killed it with SIGBUS on a store
+    /// into fallocated pages (the file system had nothing left for its own
+    /// use: `tests/nospace.rs`, once the count bytes shrank and more lines
+    /// fit before the first refusal).
+    pub(crate) fn allocate_new(&self, file: &File, off: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let bytes = round_page(off + len) - (off & !4095);
+        if let Ok(avail) = crate::region::available_bytes(file) {
+            if avail < bytes {
+                self.failed.store(true, Relaxed);
+                return Err(Error::NoSpace {
+                    path: self.path.clone(),
+                    bytes,
+                });
+            }
+        }
+        self.allocate(file, off, len)
     }
 
     /// Allocates every reserved range again (a no-op where the blocks exist;
@@ -488,8 +512,8 @@ impl Space {
         let l = self.layout;
         let ls = self.line_size;
         let try_to = |to: u64| -> Result<()> {
-            self.allocate(file, l.arena_off + cur * ls, (to - cur) * ls)?;
-            self.allocate(
+            self.allocate_new(file, l.arena_off + cur * ls, (to - cur) * ls)?;
+            self.allocate_new(
                 file,
                 l.meta_off + cur * COUNT_BYTES,
                 (to - cur) * COUNT_BYTES,
@@ -523,9 +547,9 @@ impl Space {
         let eb = ENTRY_WORDS as u64 * 8;
         let mut to = end.div_ceil(1024).saturating_mul(1024).min(cap);
         let off = self.layout.map_off + cur * eb;
-        if self.allocate(file, off, (to - cur) * eb).is_err() {
+        if self.allocate_new(file, off, (to - cur) * eb).is_err() {
             to = end.min(cap);
-            self.allocate(file, off, (to - cur) * eb)?;
+            self.allocate_new(file, off, (to - cur) * eb)?;
         }
         self.failed.store(false, Relaxed);
         self.publish(b, 1, to);
