@@ -26,7 +26,11 @@ fn config(map_capacity: u32) -> Config {
 fn line(k: u32) -> Vec<u8> {
     let mut l = vec![0u8; 64];
     l[..4].copy_from_slice(&(k + 1).to_le_bytes());
-    l[8..16].copy_from_slice(&u64::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+    l[8..16].copy_from_slice(
+        &u64::from(k)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .to_le_bytes(),
+    );
     l[63] = 0x5a;
     l
 }
@@ -74,7 +78,7 @@ fn a_line_referenced_1000_times_is_freed_at_zero() {
     let mut copies = copies;
     while let Some(s) = copies.pop() {
         drop(s);
-        if copies.len() % 97 == 0 {
+        if copies.len().is_multiple_of(97) {
             assert_eq!(mem.refcount(id) as usize, 801 + copies.len());
         }
     }
@@ -222,7 +226,10 @@ fn fsck_catches_a_wrong_count_byte_at_the_escape() {
     write_at(&p, byte(id), &[62]);
     let r = fsck(&p).unwrap();
     assert_eq!(r.refcount_mismatches, 1, "{:?}", r.problems);
-    assert!(r.problems.iter().any(|s| s.contains("stored count 62 + extra 37, 100")));
+    assert!(r
+        .problems
+        .iter()
+        .any(|s| s.contains("stored count 62 + extra 37, 100")));
     write_at(&p, byte(id), &[ESC as u8]);
     assert!(fsck(&p).unwrap().is_consistent());
     // At the escape with one reference.
@@ -260,7 +267,10 @@ fn fsck_catches_a_wrong_extra() {
     let extra_off = map_off + 512 * 64;
     let at = extra_off as usize;
     assert_eq!(b[at..at + 4], id.get().to_le_bytes());
-    assert_eq!(u32::from_le_bytes(b[at + 4..at + 8].try_into().unwrap()), 100 - ESC);
+    assert_eq!(
+        u32::from_le_bytes(b[at + 4..at + 8].try_into().unwrap()),
+        100 - ESC
+    );
     let write_pairs = |pairs: &[(u32, u32)]| {
         let bytes: Vec<u8> = pairs
             .iter()
@@ -278,7 +288,9 @@ fn fsck_catches_a_wrong_extra() {
     let r = fsck(&p).unwrap();
     assert_eq!(r.refcount_mismatches, 1, "{:?}", r.problems);
     assert!(
-        r.problems.iter().any(|s| s.contains("stored count 63 + extra 38, 100 references")),
+        r.problems
+            .iter()
+            .any(|s| s.contains("stored count 63 + extra 38, 100 references")),
         "{:?}",
         r.problems
     );
@@ -299,7 +311,10 @@ fn fsck_catches_a_wrong_extra() {
         .unwrap();
         id_of(&m, &line(0))
     };
-    write_pairs(&[(single.get().min(id.get()), 5), (single.get().max(id.get()), 37)]);
+    write_pairs(&[
+        (single.get().min(id.get()), 5),
+        (single.get().max(id.get()), 37),
+    ]);
     let r = fsck(&p).unwrap();
     assert_eq!(r.refcount_mismatches, 1, "{:?}", r.problems);
     // A damaged section.
@@ -307,7 +322,11 @@ fn fsck_catches_a_wrong_extra() {
     assert!(fsck(&p).unwrap().is_consistent());
     write_at(&p, extra_off + 4, &[99]);
     let r = fsck(&p).unwrap();
-    assert!(r.problems.iter().any(|s| s.contains("checksum")), "{:?}", r.problems);
+    assert!(
+        r.problems.iter().any(|s| s.contains("checksum")),
+        "{:?}",
+        r.problems
+    );
     // An open recounts (the section is never read) and a close rewrites it.
     {
         let m = Memory::open(&p).unwrap();
