@@ -913,6 +913,36 @@ mod tests {
         }
     }
 
+    /// A count far past the escape has one overflow entry, which goes when
+    /// the count comes back below it; the counts of a line at the escape
+    /// with no extra (63 exactly) step down through the byte.
+    #[test]
+    fn the_overflow_entry_lives_only_above_the_escape() {
+        let mem = memory(1 << 10);
+        let s = mem.segment(&pool_line(1)).unwrap();
+        let id = s.root();
+        let store = &mem.inner.store;
+        let esc = usize::from(super::ESC);
+        let mut copies: Vec<Segment> = (1..esc).map(|_| s.clone()).collect();
+        assert_eq!(store.refcount(id), super::ESC.into());
+        assert_eq!(store.counters().overflow_lines, 0, "63 needs no entry");
+        copies.extend((0..500).map(|_| s.clone()));
+        assert_eq!(store.counters().overflow_lines, 1);
+        assert_eq!(store.overflow.pairs(), vec![(id.0, 500)]);
+        copies.truncate(esc - 1);
+        assert_eq!(store.counters().overflow_lines, 0, "the entry stayed");
+        assert_eq!(store.refcount(id), super::ESC.into());
+        copies.pop();
+        assert_eq!(store.refcount(id), u32::from(super::ESC) - 1);
+        drop(copies);
+        assert_eq!(store.refcount(id), 1);
+        drop(s);
+        assert_eq!(mem.live_lines(), 0);
+        // Metadata: a byte per slot used, and the table's bytes.
+        let c = store.counters();
+        assert!(c.refcount_bytes >= c.high_water, "{c:?}");
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         /// Key, first pool line, lines, stride.
