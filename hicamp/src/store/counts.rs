@@ -221,17 +221,16 @@ impl Store {
         u64::from(c) + u64::from(t.get(&id).copied().unwrap_or(0))
     }
 
-    /// Sets the count of a line nobody else can reach yet (a rebuild before
-    /// the memory is shared): its byte, and its extra above [`ESC`].
+    /// Sets the count of a line nobody else can reach yet, in a store whose
+    /// overflow table has no entry for it (a rebuild before the memory is
+    /// shared): its byte, and its extra above [`ESC`] (only those take the
+    /// overflow lock).
     pub(super) fn set_count(&self, id: u32, flags: u8, count: u64) {
         let c = encode_count(count);
         self.count_byte(id).store(flags | c, Relaxed);
-        let mut t = self.overflow.shard(id).lock();
-        if c == ESC && count > u64::from(ESC) {
+        if count > u64::from(ESC) {
             let extra = (count - u64::from(ESC)).min(u64::from(EXTRA_SATURATED)) as u32;
-            t.insert(id, extra);
-        } else {
-            t.remove(&id);
+            self.overflow.shard(id).lock().insert(id, extra);
         }
     }
 
