@@ -923,14 +923,14 @@ mod tests {
         let store = &mem.inner.store;
         let esc = usize::from(super::ESC);
         let mut copies: Vec<Segment> = (1..esc).map(|_| s.clone()).collect();
-        assert_eq!(store.refcount(id), super::ESC.into());
+        assert_eq!(store.refcount(id), u32::from(super::ESC));
         assert_eq!(store.counters().overflow_lines, 0, "63 needs no entry");
         copies.extend((0..500).map(|_| s.clone()));
         assert_eq!(store.counters().overflow_lines, 1);
         assert_eq!(store.overflow.pairs(), vec![(id.0, 500)]);
         copies.truncate(esc - 1);
         assert_eq!(store.counters().overflow_lines, 0, "the entry stayed");
-        assert_eq!(store.refcount(id), super::ESC.into());
+        assert_eq!(store.refcount(id), u32::from(super::ESC));
         copies.pop();
         assert_eq!(store.refcount(id), u32::from(super::ESC) - 1);
         drop(copies);
