@@ -51,6 +51,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use hicamp::{Memory, Segment, SegmentId};
 
+use crate::frame::{TxDesc, TxFrame};
 use crate::meta::{offset, status, DmaMeta, VirtioNetHdr, META_LEN};
 use crate::port::{Port, PortError, TxOutcome};
 use crate::ring::{RingError, SegRing, SlotMap};
@@ -128,6 +129,8 @@ fn rx_dedup_from_env() -> bool {
 pub struct NicCounters {
     /// Frames transmitted.
     pub tx_frames: u64,
+    /// Of those, frames from inline descriptors ([`TxDesc`]).
+    pub tx_inline: u64,
     /// Frame bytes transmitted.
     pub tx_bytes: u64,
     /// Lines the TX DMA read through the memory (metadata and frame).
@@ -182,6 +185,9 @@ pub struct Nic<P: Port> {
     rx: SegRing,
     /// The TX ring's region of the segment map.
     tx_slots: SlotMap,
+    /// The TX slots' inline descriptors ([`TxDesc`], by slot index): a slot
+    /// holds one of these or a frame segment in `tx_slots`.
+    tx_desc: Box<[Option<TxDesc>]>,
     /// The RX ring's region of the segment map.
     rx_slots: SlotMap,
     tx_prepared: u32,
@@ -421,6 +427,37 @@ fn zero_lines(chunks: &[&[u8]], off: usize, ls: usize) -> u64 {
     zero
 }
 
+/// Counts a transmit attempt of a frame of `len` bytes (`lines` read
+/// through the memory; `prev`: the status the slot carries). `None`: the
+/// port is full, the slot stays posted for a later pass; else the status
+/// the device writes into the slot, if any (success writes none unless the
+/// slot carries a stale error).
+fn settle(
+    counters: &mut NicCounters,
+    sent: Result<TxOutcome, PortError>,
+    len: u32,
+    lines: u64,
+    prev: u16,
+) -> Result<Option<Option<u16>>, NicError> {
+    match sent {
+        Ok(TxOutcome::Full) => {
+            counters.tx_full += 1;
+            Ok(None)
+        }
+        Ok(TxOutcome::Sent) => {
+            counters.tx_frames += 1;
+            counters.tx_bytes += u64::from(len);
+            counters.tx_lines_read += lines;
+            Ok(Some((!status_ok(prev)).then_some(status::OK)))
+        }
+        Err(PortError::Disconnected) => Err(PortError::Disconnected.into()),
+        Err(_) => {
+            counters.tx_port_errors += 1;
+            Ok(Some(Some(status::PORT_ERROR)))
+        }
+    }
+}
+
 impl<P: Port> std::fmt::Debug for Nic<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Nic")
@@ -491,6 +528,7 @@ impl<P: Port> Nic<P> {
                 ..cfg
             },
             tx_slots: SlotMap::new(&tx),
+            tx_desc: (0..tx.size()).map(|_| None).collect(),
             rx_slots: SlotMap::new(&rx),
             tx,
             rx,
@@ -602,6 +640,7 @@ impl<P: Port> Nic<P> {
         // release of the dying lines, not one per frame).
         // (A segment held elsewhere too, whose root keeps a count above
         // one, loses its reference here: a decrement, nothing to batch.)
+        debug_assert!(self.tx_desc(slot).is_none(), "descriptors leave at reap");
         if let Some(old) = self.tx_slots.replace(slot, frame.clone()) {
             if self.mem.refcount(old.root()) == 1 {
                 self.tx_retired.push(old);
@@ -609,6 +648,51 @@ impl<P: Port> Nic<P> {
         }
         self.tx_prepared += 1;
         Ok(true)
+    }
+
+    /// Puts `desc` (inline headers, payload snapshots) into the next free TX
+    /// slot: no frame segment is built, the slot's segment stays the empty
+    /// one. Gives `desc` back when the ring is full. No doorbell.
+    pub fn tx_prepare_desc(&mut self, desc: TxDesc) -> Result<Option<TxDesc>, NicError> {
+        let Some(slot) = self.tx.free_slot(self.tx_prepared) else {
+            return Ok(Some(desc));
+        };
+        if !desc.in_memory(&self.mem) {
+            return Err(hicamp::Error::ForeignSegment.into());
+        }
+        // A segment an earlier frame left in the slot (`tx_reap` keeps
+        // them) is retired as `tx_prepare` retires it.
+        if let Some(old) = self.tx_slots.take(slot) {
+            if self.mem.refcount(old.root()) == 1 {
+                self.tx_retired.push(old);
+            }
+        }
+        let i = self.tx_index(slot);
+        self.tx_desc[i] = Some(desc);
+        self.tx_prepared += 1;
+        Ok(None)
+    }
+
+    /// [`Nic::tx_prepare`] or [`Nic::tx_prepare_desc`], as `frame` is; gives
+    /// it back when the ring is full.
+    pub fn tx_prepare_frame(&mut self, frame: TxFrame) -> Result<Option<TxFrame>, NicError> {
+        match frame {
+            TxFrame::Inline(d) => Ok(self.tx_prepare_desc(d)?.map(TxFrame::Inline)),
+            TxFrame::Segment(s) => Ok((!self.tx_prepare(&s)?).then_some(TxFrame::Segment(s))),
+        }
+    }
+
+    /// The inline descriptor TX slot `slot` holds, if it holds one (from
+    /// its prepare until it is reaped).
+    pub fn tx_desc(&self, slot: SegmentId) -> Option<&TxDesc> {
+        self.tx_desc[self.tx_index(slot)].as_ref()
+    }
+
+    /// The index of TX slot `slot` in the ring.
+    fn tx_index(&self, slot: SegmentId) -> usize {
+        let i = slot.get().wrapping_sub(self.tx.ids().start) as usize;
+        assert!(i < self.tx_desc.len(), "{slot:?} is not a TX slot");
+        i
     }
 
     /// Posts every prepared TX slot to the device (one doorbell). Returns how
@@ -664,18 +748,21 @@ impl<P: Port> Nic<P> {
             let (mut ok, mut bad) = (0, 0);
             for i in 0..n {
                 let slot = self.tx.completed_slot(i).expect("counted");
-                let st = self.tx_slots.get(slot).and_then(|seg| {
-                    let at = offset::STATUS as usize;
-                    let mut st = [0u8; 2];
-                    match seg.cursor().chunk().get(at..at + 2) {
-                        Some(b) => st.copy_from_slice(b),
-                        None => {
-                            if seg.read_at(offset::STATUS, &mut st).ok()? < 2 {
-                                return None;
+                let desc = self.tx_desc(slot).map(TxDesc::status);
+                let st = desc.or_else(|| {
+                    self.tx_slots.get(slot).and_then(|seg| {
+                        let at = offset::STATUS as usize;
+                        let mut st = [0u8; 2];
+                        match seg.cursor().chunk().get(at..at + 2) {
+                            Some(b) => st.copy_from_slice(b),
+                            None => {
+                                if seg.read_at(offset::STATUS, &mut st).ok()? < 2 {
+                                    return None;
+                                }
                             }
                         }
-                    }
-                    Some(u16::from_le_bytes(st))
+                        Some(u16::from_le_bytes(st))
+                    })
                 });
                 if st.is_some_and(status_ok) {
                     ok += 1;
@@ -685,6 +772,14 @@ impl<P: Port> Nic<P> {
             }
             (ok, bad)
         };
+        // A descriptor leaves its slot at reap either way: it holds nothing
+        // but its payload's references, which a lap of the ring must not
+        // keep alive.
+        for i in 0..n {
+            let slot = self.tx.completed_slot(i).expect("counted");
+            let at = self.tx_index(slot);
+            drop(self.tx_desc[at].take());
+        }
         if release {
             for i in 0..n {
                 let slot = self.tx.completed_slot(i).expect("counted");
@@ -777,71 +872,83 @@ impl<P: Port> Nic<P> {
             let Some(slot) = self.tx.nic_slot(0) else {
                 break;
             };
-            self.counters.tx_lines_read += 1;
-            // The device reads the slot's segment through the memory: the
-            // metadata first, then the frame's lines into the gather list.
-            let seg = self.tx_slots.get(slot);
-            let meta = seg.map(|seg| {
-                // One cursor walks the metadata's line, then the frame's.
-                let c = seg.cursor();
-                let first = c.chunk();
-                let meta = if first.len() >= META_LEN {
-                    DmaMeta::parse(&first[..META_LEN], seg.len())
-                } else {
-                    DmaMeta::read(seg)
+            let at = self.tx_index(slot);
+            let write = if let Some(d) = self.tx_desc[at].as_ref() {
+                // An inline descriptor: the headers from the slot, the
+                // payload's lines through the memory, one gather list.
+                let mut chunks = reuse(std::mem::take(&mut self.gather));
+                let lines = d.gather(&mut chunks) as u64;
+                let sent = self.port.transmit(&d.meta().vnet, &chunks);
+                self.gather = reuse(chunks);
+                let (len, prev) = (d.meta().frame_len, d.status());
+                let ok = matches!(sent, Ok(TxOutcome::Sent));
+                let Some(write) = settle(&mut self.counters, sent, len, lines, prev)? else {
+                    break;
                 };
-                (meta, c)
-            });
-            let write = match meta {
-                None | Some((Err(_), _)) => {
-                    self.counters.tx_bad += 1;
-                    Some(status::BAD_FRAME)
+                self.counters.tx_inline += u64::from(ok);
+                if let (Some(st), Some(d)) = (write, self.tx_desc[at].as_mut()) {
+                    d.set_status(st);
+                    if !status_ok(st) {
+                        self.tx_errors_unreaped += 1;
+                    }
                 }
-                Some((Ok(meta), mut c)) => {
-                    let (off, len) = (u64::from(meta.frame_off), meta.frame_len as usize);
-                    c.advance(usize::from(meta.frame_off));
-                    // A port that copies the frame reads it straight through
-                    // the cursor; else the lines go into the gather list.
-                    let (sent, lines) = match self.port.transmit_from(&meta.vnet, &mut c, len) {
-                        Some(sent) => {
-                            let shift = self.mem.line_size().trailing_zeros();
-                            let lines = if len == 0 {
-                                0
-                            } else {
-                                ((off + len as u64 - 1) >> shift) - (off >> shift) + 1
-                            };
-                            (sent, lines)
-                        }
-                        None => {
-                            let mut chunks = reuse(std::mem::take(&mut self.gather));
-                            // Runs of sibling lines straight from their
-                            // parent line (DmaMeta::parse checked that the
-                            // frame lies within the segment).
-                            c.gather(len, &mut chunks);
-                            let sent = self.port.transmit(&meta.vnet, &chunks);
-                            let lines = chunks.len() as u64;
-                            self.gather = reuse(chunks);
-                            (sent, lines)
-                        }
+                None
+            } else {
+                self.counters.tx_lines_read += 1;
+                // The device reads the slot's segment through the memory:
+                // the metadata first, then the frame's lines into the
+                // gather list.
+                let seg = self.tx_slots.get(slot);
+                let meta = seg.map(|seg| {
+                    // One cursor walks the metadata's line, then the frame's.
+                    let c = seg.cursor();
+                    let first = c.chunk();
+                    let meta = if first.len() >= META_LEN {
+                        DmaMeta::parse(&first[..META_LEN], seg.len())
+                    } else {
+                        DmaMeta::read(seg)
                     };
-                    match sent {
-                        Ok(TxOutcome::Full) => {
-                            self.counters.tx_full += 1;
+                    (meta, c)
+                });
+                match meta {
+                    None | Some((Err(_), _)) => {
+                        self.counters.tx_bad += 1;
+                        Some(status::BAD_FRAME)
+                    }
+                    Some((Ok(meta), mut c)) => {
+                        let (off, len) = (u64::from(meta.frame_off), meta.frame_len as usize);
+                        c.advance(usize::from(meta.frame_off));
+                        // A port that copies the frame reads it straight
+                        // through the cursor; else the lines go into the
+                        // gather list.
+                        let (sent, lines) = match self.port.transmit_from(&meta.vnet, &mut c, len) {
+                            Some(sent) => {
+                                let shift = self.mem.line_size().trailing_zeros();
+                                let lines = if len == 0 {
+                                    0
+                                } else {
+                                    ((off + len as u64 - 1) >> shift) - (off >> shift) + 1
+                                };
+                                (sent, lines)
+                            }
+                            None => {
+                                let mut chunks = reuse(std::mem::take(&mut self.gather));
+                                // Runs of sibling lines straight from their
+                                // parent line (DmaMeta::parse checked that
+                                // the frame lies within the segment).
+                                c.gather(len, &mut chunks);
+                                let sent = self.port.transmit(&meta.vnet, &chunks);
+                                let lines = chunks.len() as u64;
+                                self.gather = reuse(chunks);
+                                (sent, lines)
+                            }
+                        };
+                        let Some(write) =
+                            settle(&mut self.counters, sent, meta.frame_len, lines, meta.status)?
+                        else {
                             break;
-                        }
-                        Ok(TxOutcome::Sent) => {
-                            self.counters.tx_frames += 1;
-                            self.counters.tx_bytes += u64::from(meta.frame_len);
-                            self.counters.tx_lines_read += lines;
-                            // Success leaves the segment as the driver made it,
-                            // unless it carries a stale error status.
-                            (!status_ok(meta.status)).then_some(status::OK)
-                        }
-                        Err(PortError::Disconnected) => return Err(PortError::Disconnected.into()),
-                        Err(_) => {
-                            self.counters.tx_port_errors += 1;
-                            Some(status::PORT_ERROR)
-                        }
+                        };
+                        write
                     }
                 }
             };
