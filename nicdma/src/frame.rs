@@ -11,6 +11,10 @@
 //! ([`hicamp::Memory::splice`]); [`aligned_frame_off`] picks the headroom so
 //! that the payload keeps its offset within a line, which makes every whole
 //! payload line shared rather than copied.
+//!
+//! [`TxDesc`] is the other form of a TX slot: the same metadata, the
+//! headers inline and snapshots of the payload, no segment built
+//! ([`TxFrame`] is either).
 
 use hicamp::{Memory, Piece, Segment, SegmentSlice, SpliceCounts};
 
@@ -300,6 +304,9 @@ impl std::fmt::Debug for TxDesc {
 
 /// What a TX slot is given: a frame segment (metadata at offset 0, the
 /// frame at `frame_off`) or a descriptor with inline headers.
+// A descriptor is large (about 320 bytes: the headers and two payload
+// slices inline) by design: a queued frame costs no allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxFrame {
     /// A ring segment ([`build`]).

@@ -23,6 +23,33 @@
 //! A ring segment holds [`DmaMeta`] at offset 0 and the frame at
 //! `frame_off`; the bytes between are headroom for protocol headers.
 //!
+//! # TX slots: frame segments and inline descriptors
+//!
+//! A TX slot is a segment id of the ring, and its metadata travels with the
+//! slot. It is given one of two things:
+//!
+//! * a **frame segment** ([`Nic::tx_prepare`]): the [`DmaMeta`], headroom,
+//!   the headers and the payload's lines spliced behind them, one segment
+//!   the slot's id is bound to (the seed's model; what [`Nic::tx_slots`]
+//!   shows, what the sim's wire reads through a cursor);
+//! * an **inline descriptor** ([`TxDesc`], [`Nic::tx_prepare_desc`]), as an
+//!   mlx5 send WQE carries a frame's L2-L4 headers inline and points at its
+//!   payload buffers: the slot's [`DmaMeta`] and header bytes in the slot,
+//!   and snapshots of the payload's segments ([`hicamp::SegmentSlice`]s, a
+//!   reference each). The slot's id stays bound to the empty segment; the
+//!   device gathers [headers, payload lines] into the port's gather list,
+//!   and no frame segment is built or released (about 470 instructions per
+//!   frame to make and drop one, against 3400 to build and release a 200-byte
+//!   reply's owned frame segment). Its status is written into the
+//!   descriptor (no copy-on-write), read back at reap as a segment's, and
+//!   the descriptor leaves its slot when the slot is reaped, by either reap.
+//!
+//! ```text
+//!  slot id  -> frame segment: | DmaMeta | headroom | headers | payload lines |
+//!  slot id  -> TxDesc:        DmaMeta, headers (inline), [SegmentSlice, ...]
+//!                                                         '-> payload lines
+//! ```
+//!
 //! # What a frame costs
 //!
 //! The per-frame work is what a NIC does and no more:
@@ -32,7 +59,8 @@
 //!   borrows it, harvest moves an RX slot's segment out to the stack (no
 //!   count touched); no map lock, no map entry written;
 //! * the TX DMA reads the metadata and gathers the frame's lines through the
-//!   memory into a reused gather list, no allocation; a port that copies
+//!   memory into a reused gather list, no allocation (an inline
+//!   descriptor: its headers, then its payload slices' lines); a port that copies
 //!   frames anyway (the sim's wire) reads them straight from the segment
 //!   instead ([`Port::transmit_from`]: one pass, whole runs of sibling
 //!   lines at a time, no gather list and no second copy);
