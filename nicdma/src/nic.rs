@@ -1309,6 +1309,9 @@ mod tests {
             let (_, want) = crate::frame::frame_bytes(&f).unwrap();
             assert_eq!(d.to_vec(), want);
             assert_eq!(d.frame_len(), want.len());
+            let as_seg = d.to_segment(&mem, true).unwrap();
+            assert_eq!(crate::frame::frame_bytes(&as_seg).unwrap().1, want);
+            drop(as_seg);
             let made = mem.stats().owned_lines_created;
             let live = mem.live_lines();
             for nic_frame in [TxFrame::Inline(d.clone()), TxFrame::Segment(f.clone())] {

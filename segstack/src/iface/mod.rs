@@ -237,7 +237,8 @@ pub struct IfaceStats {
     pub echo_replies: u64,
     /// Payload bytes put into TX frames.
     pub tx_payload_bytes: u64,
-    /// Of those, bytes carried by shared (reused) lines.
+    /// Of those, bytes carried by shared (reused) lines (every byte of an
+    /// inline descriptor's payload: referenced where it lies).
     pub tx_payload_shared: u64,
     /// Of those, bytes the stack copied into new lines (partial lines whose
     /// offset did not line up with their place behind the headers).
