@@ -158,7 +158,13 @@ pub struct IfaceConfig {
     /// the payload's segments) instead of frame segments: no frame lines are
     /// built or released, the port gathers [headers, payload lines]. On by
     /// default; `HICAMP_TX_INLINE=0` turns it off for every interface
-    /// (`=1` on).
+    /// (`=1` on). A file-backed memory keeps frame segments either way
+    /// (the interface clears it): in phttpd's full-file-system test
+    /// (`a_full_file_system_under_wal_refuses_posts_and_the_server_keeps_serving`)
+    /// the server, once its log filled the file system, takes a new
+    /// connection only while the TX ring's lap of interned frames (kept
+    /// until each slot's next prepare) gives lines back as it turns; with
+    /// descriptors nothing does, and the SYN's RX deposit finds no line.
     pub tx_inline: bool,
     /// The NIC's rings.
     pub nic: NicConfig,
@@ -354,6 +360,7 @@ impl<P: Port> Interface<P> {
         if let Some(on) = tx_inline_from_env() {
             cfg.tx_inline = on;
         }
+        cfg.tx_inline &= mem.owned_lines_enabled();
         cfg.tcp.tso_align = mem.line_size() * mem.fanout();
         let mss_cap = cfg.mtu.saturating_sub(IP_LEN + 20).clamp(536, 65_495) as u16;
         cfg.tcp.mss = cfg.tcp.mss.min(mss_cap);
