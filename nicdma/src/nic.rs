@@ -743,8 +743,8 @@ impl<P: Port> Nic<P> {
 
     /// Recycles completed TX slots: reads each one's status from its
     /// metadata (each slot keeps its segment until the next prepare replaces
-    /// it, as a ring buffer does). Returns (completed OK, completed with an
-    /// error).
+    /// it, as a ring buffer does; an inline descriptor leaves its slot
+    /// here). Returns (completed OK, completed with an error).
     pub fn tx_reap(&mut self) -> Result<(u32, u32), NicError> {
         self.reap_tx(false)
     }
