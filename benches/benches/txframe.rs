@@ -2,7 +2,10 @@
 //! (`segstack::iface::tx_frame`): frames' own lines (metadata, headroom,
 //! headers, interior lines above them) as owned lines (the default on a
 //! volatile memory) against interned ones (`IfaceConfig::tx_dedup`,
-//! `HICAMP_TX_DEDUP=1`) in the same binary. Two shapes:
+//! `HICAMP_TX_DEDUP=1`), and against no frame segment at all: a TX
+//! descriptor with the headers inline and snapshots of the payload
+//! (`segstack::iface::tx_desc`, `IfaceConfig::tx_inline`, the default), in
+//! the same binary. Two shapes:
 //!
 //! * `reply`: a 200-byte reply (redis, a small RPC) behind 66 bytes of
 //!   Ethernet + IPv4 + TCP-with-timestamps headers;
@@ -16,16 +19,21 @@
 //! Without arguments: median wall-clock ns per frame over rounds, both
 //! modes interleaved. For instruction counts (deterministic on a loaded
 //! host), run one configuration under callgrind with
-//! `TXFRAME_MODE=owned|dedup TXFRAME_CASE=reply|page TXFRAME_N=frames`,
+//! `TXFRAME_MODE=owned|dedup|inline TXFRAME_CASE=reply|page TXFRAME_N=frames`,
 //! twice with different N, and divide the difference by the difference of N.
+//! `TXFRAME_GATHER=1` adds what the device does with each frame before the
+//! port's system call: read the metadata and gather the frame's chunks
+//! (a segment's lines through its cursor; a descriptor's inline headers and
+//! its payload's lines), as `Nic::dma` does.
 #![forbid(unsafe_code)]
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use hicamp::{Config, Memory, Segment, SegmentSlice};
-use nicdma::VirtioNetHdr;
-use segstack::iface::tx_frame;
+use nicdma::frame::TxDesc;
+use nicdma::{DmaMeta, VirtioNetHdr, META_LEN};
+use segstack::iface::{tx_desc, tx_frame};
 
 const HDRS: usize = 66;
 const BATCH: usize = 32;
@@ -57,13 +65,66 @@ fn cases(mem: &Memory) -> Vec<Case> {
     ]
 }
 
-/// Builds and releases `n` frames (a multiple of [`BATCH`] rounded up).
-fn run(mem: &Memory, owned: bool, payload: &[SegmentSlice], n: usize, salt: u32) {
+/// How a frame reaches the NIC.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// A frame segment, its own lines interned.
+    Dedup,
+    /// A frame segment, its own lines owned.
+    Owned,
+    /// A descriptor with inline headers, no frame segment.
+    Inline,
+}
+
+const MODES: [Mode; 3] = [Mode::Dedup, Mode::Owned, Mode::Inline];
+
+/// The device's read of a frame segment: the metadata, then the frame's
+/// lines into `chunks` (as `Nic::dma` gathers them). Returns the chunks.
+fn gather_segment(seg: &Segment, chunks: &mut Vec<&'static [u8]>) -> usize {
+    let c = seg.cursor();
+    let first = c.chunk();
+    let meta = if first.len() >= META_LEN {
+        DmaMeta::parse(&first[..META_LEN], seg.len())
+    } else {
+        DmaMeta::read(seg)
+    }
+    .expect("meta");
+    let mut c = c;
+    c.advance(usize::from(meta.frame_off));
+    let mut v = reuse(std::mem::take(chunks));
+    c.gather(meta.frame_len as usize, &mut v);
+    let n = black_box(v.len());
+    *chunks = reuse(v);
+    n
+}
+
+/// The device's read of a descriptor: its headers, then its payload's
+/// lines into `chunks`.
+fn gather_desc(d: &TxDesc, chunks: &mut Vec<&'static [u8]>) -> usize {
+    let mut v = reuse(std::mem::take(chunks));
+    d.gather(&mut v);
+    let n = black_box(v.len());
+    *chunks = reuse(v);
+    n
+}
+
+/// An empty vector of slices with the allocation of `v` (as `Nic` reuses
+/// its gather list).
+fn reuse<'b>(mut v: Vec<&[u8]>) -> Vec<&'b [u8]> {
+    v.clear();
+    v.into_iter().map(|_| -> &'b [u8] { &[] }).collect()
+}
+
+/// Builds and releases `n` frames (a multiple of [`BATCH`] rounded up),
+/// gathering each one first when `gather`.
+fn run(mem: &Memory, mode: Mode, gather: bool, payload: &[SegmentSlice], n: usize, salt: u32) {
     let mut hdrs = [0u8; HDRS];
     for (i, b) in hdrs.iter_mut().enumerate() {
         *b = (i as u8).wrapping_mul(29) | 1;
     }
     let mut frames: Vec<Segment> = Vec::with_capacity(BATCH);
+    let mut descs: Vec<TxDesc> = Vec::with_capacity(BATCH);
+    let mut chunks: Vec<&'static [u8]> = Vec::with_capacity(256);
     let mut k = salt;
     for _ in 0..n.div_ceil(BATCH) {
         for _ in 0..BATCH {
@@ -72,12 +133,27 @@ fn run(mem: &Memory, owned: bool, payload: &[SegmentSlice], n: usize, salt: u32)
             hdrs[18..20].copy_from_slice(&(k as u16).to_be_bytes());
             hdrs[38..42].copy_from_slice(&k.wrapping_mul(4336).to_be_bytes());
             hdrs[58..62].copy_from_slice(&(k >> 3).to_be_bytes());
-            let (seg, counts) =
-                tx_frame(mem, owned, VirtioNetHdr::default(), &hdrs, payload).expect("frame");
-            debug_assert_eq!(counts.copied_bytes, 0);
-            frames.push(black_box(seg));
+            if mode == Mode::Inline {
+                let d = tx_desc(VirtioNetHdr::default(), &hdrs, payload).expect("desc");
+                descs.push(black_box(d));
+            } else {
+                let owned = mode == Mode::Owned;
+                let (seg, counts) =
+                    tx_frame(mem, owned, VirtioNetHdr::default(), &hdrs, payload).expect("frame");
+                debug_assert_eq!(counts.copied_bytes, 0);
+                frames.push(black_box(seg));
+            }
+        }
+        if gather {
+            for d in &descs {
+                gather_desc(d, &mut chunks);
+            }
+            for s in &frames {
+                gather_segment(s, &mut chunks);
+            }
         }
         frames.clear();
+        descs.clear();
     }
 }
 
@@ -93,20 +169,25 @@ fn main() {
         "a volatile memory makes owned lines"
     );
     let cases = cases(&mem);
-    // Zero copies below the socket API in both modes.
+    // Zero copies below the socket API in every mode, and the same bytes.
     for c in &cases {
+        let hdrs = [1u8; HDRS];
+        let d = tx_desc(VirtioNetHdr::default(), &hdrs, &c.payload).expect("desc");
         for owned in [false, true] {
-            let hdrs = [1u8; HDRS];
-            let (_, counts) =
+            let (seg, counts) =
                 tx_frame(&mem, owned, VirtioNetHdr::default(), &hdrs, &c.payload).expect("frame");
             assert_eq!(counts.copied_bytes, 0, "{}: payload copied", c.name);
+            let (_, bytes) = nicdma::frame_bytes(&seg).expect("frame bytes");
+            assert_eq!(bytes, d.to_vec(), "{}: descriptor's frame differs", c.name);
         }
     }
+    let gather = std::env::var_os("TXFRAME_GATHER").is_some_and(|v| v == "1");
     if let Ok(mode) = std::env::var("TXFRAME_MODE") {
-        let owned = match mode.as_str() {
-            "owned" => true,
-            "dedup" => false,
-            m => panic!("TXFRAME_MODE={m}: owned or dedup"),
+        let m = match mode.as_str() {
+            "owned" => Mode::Owned,
+            "dedup" => Mode::Dedup,
+            "inline" => Mode::Inline,
+            m => panic!("TXFRAME_MODE={m}: owned, dedup or inline"),
         };
         let name = std::env::var("TXFRAME_CASE").unwrap_or_else(|_| "reply".into());
         let n: usize = std::env::var("TXFRAME_N")
@@ -117,30 +198,33 @@ fn main() {
             .iter()
             .find(|c| c.name == name)
             .unwrap_or_else(|| panic!("TXFRAME_CASE={name}: reply or page"));
-        run(&mem, owned, &c.payload, n, 0);
-        println!("txframe {name} {mode} frames={n}");
+        run(&mem, m, gather, &c.payload, n, 0);
+        println!("txframe {name} {mode} gather={gather} frames={n}");
         return;
     }
     let n = 20_000;
     let rounds = 9;
-    println!("TX frame build + release, ns per frame (median of {rounds} rounds of {n} frames)");
+    println!(
+        "TX frame build + release{}, ns per frame (median of {rounds} rounds of {n} frames)",
+        if gather { " + gather" } else { "" }
+    );
     for c in &cases {
-        let mut t = [Vec::new(), Vec::new()];
+        let mut t = [Vec::new(), Vec::new(), Vec::new()];
         for r in 0..rounds {
-            for (m, owned) in [false, true].into_iter().enumerate() {
+            for (i, m) in MODES.into_iter().enumerate() {
                 let start = Instant::now();
-                run(&mem, owned, &c.payload, n, r * n as u32);
-                t[m].push(start.elapsed().as_nanos() as f64 / n as f64);
+                run(&mem, m, gather, &c.payload, n, r * n as u32);
+                t[i].push(start.elapsed().as_nanos() as f64 / n as f64);
             }
         }
         for v in &mut t {
             v.sort_by(f64::total_cmp);
         }
-        let (d, o) = (t[0][rounds as usize / 2], t[1][rounds as usize / 2]);
+        let [d, o, i] = [0, 1, 2].map(|k| t[k][rounds as usize / 2]);
         println!(
-            "  {:5}  interned (tx_dedup) {d:7.1}  owned {o:7.1}  owned/interned {:.2}",
+            "  {:5}  interned (tx_dedup) {d:7.1}  owned {o:7.1}  inline {i:7.1}  inline/owned {:.2}",
             c.name,
-            o / d
+            i / o
         );
     }
 }

@@ -11,6 +11,10 @@
 //! ([`hicamp::Memory::splice`]); [`aligned_frame_off`] picks the headroom so
 //! that the payload keeps its offset within a line, which makes every whole
 //! payload line shared rather than copied.
+//!
+//! [`TxDesc`] is the other form of a TX slot: the same metadata, the
+//! headers inline and snapshots of the payload, no segment built
+//! ([`TxFrame`] is either).
 
 use hicamp::{Memory, Piece, Segment, SegmentSlice, SpliceCounts};
 
@@ -102,6 +106,223 @@ pub fn frame_bytes(seg: &Segment) -> Option<(DmaMeta, Vec<u8>)> {
     let mut frame = vec![0u8; meta.frame_len as usize];
     seg.read_at(u64::from(meta.frame_off), &mut frame).ok()?;
     Some((meta, frame))
+}
+
+/// The most header bytes a [`TxDesc`] carries inline: Ethernet, IPv4 and
+/// TCP with their largest options (14 + 60 + 60), rounded up.
+pub const INLINE_MAX: usize = 136;
+
+/// Why a [`TxDesc`] could not be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DescError {
+    /// More header bytes than a descriptor carries inline.
+    #[error("{0} header bytes exceed the {INLINE_MAX} a TX descriptor carries inline")]
+    HeadersTooLong(usize),
+    /// The frame is longer than the metadata's 32-bit length says.
+    #[error("a frame of {0} bytes is too long for its metadata")]
+    TooLong(u64),
+    /// A payload slice lives in another memory than the NIC's.
+    #[error("a payload slice lives in another memory")]
+    ForeignPayload,
+}
+
+/// The payload snapshots of a [`TxDesc`]: up to two in the descriptor
+/// itself (no allocation per frame), more on the heap.
+#[derive(Clone, PartialEq, Eq)]
+enum Slices {
+    Zero,
+    One(SegmentSlice),
+    Two([SegmentSlice; 2]),
+    Many(Box<[SegmentSlice]>),
+}
+
+/// A TX descriptor with inline headers: the second form of a TX ring slot,
+/// beside a frame segment.
+///
+/// As an mlx5 send WQE carries a frame's L2-L4 headers inline and points
+/// at its payload buffers, the descriptor carries the slot's metadata (a
+/// [`DmaMeta`]: offloads, status, frame length), the header bytes, and
+/// snapshots ([`SegmentSlice`]s: one reference each, no byte touched) of
+/// the payload's segments. The device gathers the headers and the payload's
+/// lines straight into the port's gather list; no frame segment is built,
+/// and nothing is released at completion but the payload references.
+///
+/// ```text
+///  TX slot (a segment id of the ring)
+///   +-- DmaMeta (vnet, status, frame_len)   the slot's metadata
+///   +-- headers, inline (<= INLINE_MAX)     Ethernet + IP + L4
+///   +-- payload snapshots ----------------> lines of the sender's segments
+/// ```
+///
+/// The frame on the wire is the one [`build`] would make of the same
+/// headers and payload (a frame segment with the headers spliced in front of
+/// the payload's lines).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TxDesc {
+    meta: DmaMeta,
+    hdr_len: u8,
+    hdrs: [u8; INLINE_MAX],
+    payload: Slices,
+}
+
+impl TxDesc {
+    /// A descriptor for the frame `hdrs` then the `payload` slices, with
+    /// `vnet`'s offloads; its status reads `PENDING` until the device
+    /// reports an error.
+    pub fn new(
+        vnet: VirtioNetHdr,
+        hdrs: &[u8],
+        payload: &[SegmentSlice],
+    ) -> Result<TxDesc, DescError> {
+        if hdrs.len() > INLINE_MAX {
+            return Err(DescError::HeadersTooLong(hdrs.len()));
+        }
+        let plen: u64 = payload.iter().map(|p| p.len() as u64).sum();
+        let len = hdrs.len() as u64 + plen;
+        let frame_len = u32::try_from(len).map_err(|_| DescError::TooLong(len))?;
+        let mut h = [0u8; INLINE_MAX];
+        h[..hdrs.len()].copy_from_slice(hdrs);
+        let payload = match payload {
+            [] => Slices::Zero,
+            [a] => Slices::One(a.clone()),
+            [a, b] => Slices::Two([a.clone(), b.clone()]),
+            many => Slices::Many(many.into()),
+        };
+        Ok(TxDesc {
+            meta: DmaMeta {
+                vnet,
+                ..DmaMeta::frame(0, frame_len)
+            },
+            hdr_len: hdrs.len() as u8,
+            hdrs: h,
+            payload,
+        })
+    }
+
+    /// The slot's metadata (`frame_off` is 0: the frame starts with the
+    /// inline headers).
+    pub fn meta(&self) -> &DmaMeta {
+        &self.meta
+    }
+
+    /// The completion status ([`crate::meta::status`]).
+    pub fn status(&self) -> u16 {
+        self.meta.status
+    }
+
+    /// Sets the completion status (the device's report).
+    pub fn set_status(&mut self, st: u16) {
+        self.meta.status = st;
+    }
+
+    /// The inline header bytes.
+    pub fn headers(&self) -> &[u8] {
+        &self.hdrs[..usize::from(self.hdr_len)]
+    }
+
+    /// The inline header bytes, mutably (a neighbour's resolved address
+    /// patched into a waiting frame).
+    pub fn headers_mut(&mut self) -> &mut [u8] {
+        &mut self.hdrs[..usize::from(self.hdr_len)]
+    }
+
+    /// The payload snapshots, in order.
+    pub fn payload(&self) -> &[SegmentSlice] {
+        match &self.payload {
+            Slices::Zero => &[],
+            Slices::One(a) => std::slice::from_ref(a),
+            Slices::Two(a) => a,
+            Slices::Many(v) => v,
+        }
+    }
+
+    /// The frame's length in bytes (headers and payload).
+    pub fn frame_len(&self) -> usize {
+        self.meta.frame_len as usize
+    }
+
+    /// Appends the frame to `out` as chunks, in order: the inline headers,
+    /// then the payload's lines as the memory holds them (runs of sibling
+    /// lines read from their parent line at once). Returns how many of the
+    /// chunks are payload lines read through the memory.
+    pub fn gather<'a>(&'a self, out: &mut Vec<&'a [u8]>) -> usize {
+        if self.hdr_len > 0 {
+            out.push(self.headers());
+        }
+        let before = out.len();
+        for p in self.payload() {
+            if !p.is_empty() {
+                p.segment().cursor_at(p.offset()).gather(p.len(), out);
+            }
+        }
+        out.len() - before
+    }
+
+    /// Whether every payload slice lives in `mem`.
+    pub fn in_memory(&self, mem: &Memory) -> bool {
+        self.payload()
+            .iter()
+            .all(|p| p.segment().memory().same(mem))
+    }
+
+    /// The frame as a ring segment ([`build_lines`]: `owned` frame lines or
+    /// interned ones), for whatever needs the frame as a segment.
+    pub fn to_segment(&self, mem: &Memory, owned: bool) -> Result<Segment, hicamp::Error> {
+        let phase = self.payload().first().map_or(0, |p| p.offset() as usize);
+        let off = aligned_frame_off(mem.line_size(), usize::from(self.hdr_len), phase);
+        Ok(build_lines(
+            mem,
+            owned,
+            self.meta.vnet,
+            off,
+            self.headers(),
+            self.payload(),
+        )?
+        .0)
+    }
+
+    /// The frame's bytes (for tests and tools; copies).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.frame_len());
+        v.extend_from_slice(self.headers());
+        for p in self.payload() {
+            v.extend(p.chunks().flatten());
+        }
+        v
+    }
+}
+
+impl std::fmt::Debug for TxDesc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxDesc")
+            .field("meta", &self.meta)
+            .field("hdr_len", &self.hdr_len)
+            .field("payload", &self.payload())
+            .finish()
+    }
+}
+
+/// What a TX slot is given: a frame segment (metadata at offset 0, the
+/// frame at `frame_off`) or a descriptor with inline headers.
+// A descriptor is large (about 320 bytes: the headers and two payload
+// slices inline) by design: a queued frame costs no allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxFrame {
+    /// A ring segment ([`build`]).
+    Segment(Segment),
+    /// A descriptor with inline headers and payload snapshots.
+    Inline(TxDesc),
+}
+
+impl TxFrame {
+    /// The frame's bytes (for tests and tools; copies).
+    pub fn frame_bytes(&self) -> Option<(DmaMeta, Vec<u8>)> {
+        match self {
+            TxFrame::Segment(s) => frame_bytes(s),
+            TxFrame::Inline(d) => Some((d.meta, d.to_vec())),
+        }
+    }
 }
 
 #[cfg(test)]

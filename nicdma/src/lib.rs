@@ -22,7 +22,10 @@
 //!   whose status still reads `PENDING` was sent); the
 //!   frame follows after some headroom. [`frame`] builds and reads these
 //!   segments (the layout is drawn there), splicing the payload's own lines
-//!   behind the headers.
+//!   behind the headers. A TX slot may instead hold a descriptor with the
+//!   headers inline and snapshots of the payload ([`frame::TxDesc`], as an
+//!   mlx5 WQE carries inline headers): the same metadata with the slot, no
+//!   frame segment to build or release (see [`nic`]).
 //! * The [`Nic`] is the driver's batch interface and the DMA engine: the
 //!   driver prepares a batch of segments and rings one doorbell; the NIC
 //!   reads them through the memory (the "memory controller") and writes

@@ -112,10 +112,16 @@ fn bulk(pair: &mut SimPair, bytes: &[u8], chunk: usize, max_ns: u64) -> Vec<u8> 
     got
 }
 
+/// Both TX forms: inline descriptors (the default) and frame segments.
 #[test]
 fn lossless_bulk_is_byte_exact_and_copies_no_payload() {
+    lossless_bulk(true);
+    lossless_bulk(false);
+}
+
+fn lossless_bulk(inline: bool) {
     let m = mem();
-    let mut pair = SimPair::new(&m, LinkConfig::default(), 1, |_| {}).unwrap();
+    let mut pair = SimPair::new(&m, LinkConfig::default(), 1, |c| c.tx_inline = inline).unwrap();
     let bytes = data(8 << 20, 7);
     let got = bulk(&mut pair, &bytes, 64 << 10, 60_000_000_000);
     assert_eq!(got.len(), bytes.len());
@@ -128,6 +134,10 @@ fn lossless_bulk_is_byte_exact_and_copies_no_payload() {
     );
     assert_eq!(pair.a.nic().counters().payload_bytes_copied, 0);
     assert_eq!(pair.b.nic().counters().payload_bytes_copied, 0);
+    // (`HICAMP_TX_INLINE` overrides the configuration.)
+    let inline = pair.a.config().tx_inline;
+    let c = pair.a.nic().counters();
+    assert_eq!(c.tx_inline == c.tx_frames, inline, "{c:?}");
 }
 
 /// A TSO frame's payload keeps its offset modulo an interior line's span
@@ -210,10 +220,18 @@ fn bulk_survives_other_seeds() {
     }
 }
 
+/// Both TX forms; the first datagrams wait for ARP, and the peer's address
+/// is patched into them (a descriptor's inline headers, a frame segment's
+/// header line).
 #[test]
 fn udp_datagrams_round_trip() {
+    udp_round_trip(true);
+    udp_round_trip(false);
+}
+
+fn udp_round_trip(inline: bool) {
     let m = mem();
-    let mut pair = SimPair::new(&m, LinkConfig::default(), 3, |_| {}).unwrap();
+    let mut pair = SimPair::new(&m, LinkConfig::default(), 3, |c| c.tx_inline = inline).unwrap();
     let ua = pair.a.udp_bind(7000).unwrap();
     let ub = pair.b.udp_bind(7001).unwrap();
     let msgs: Vec<Vec<u8>> = (0..50).map(|i| data(1 + i * 29, i as u64)).collect();

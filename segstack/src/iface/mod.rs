@@ -41,6 +41,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use hicamp::{Memory, Segment};
+use nicdma::frame::TxFrame;
 use nicdma::{Nic, NicConfig, NicError, Port};
 
 use crate::tcp::{State, TcpConfig, TcpError};
@@ -60,7 +61,7 @@ mod tx;
 #[cfg(any(test, feature = "test-support"))]
 pub use fuzz::IngressFuzzer;
 pub use socket_set::SocketHandle;
-pub use tx::tx_frame;
+pub use tx::{tx_desc, tx_frame};
 
 use neighbour::Neighbours;
 use socket_set::{Sock, SocketSet};
@@ -149,7 +150,22 @@ pub struct IfaceConfig {
     /// die when their TX slots are reaped (`Nic::tx_reap_release`). A
     /// file-backed memory interns them either way.
     /// `HICAMP_TX_DEDUP=0` turns it off for every interface, `=1` on.
+    /// Applies to frame segments ([`IfaceConfig::tx_inline`] off, or ARP's
+    /// waiting frames as built).
     pub tx_dedup: bool,
+    /// Hand the NIC TX descriptors with inline headers
+    /// ([`nicdma::frame::TxDesc`]: the headers in the slot, snapshots of
+    /// the payload's segments) instead of frame segments: no frame lines are
+    /// built or released, the port gathers [headers, payload lines]. On by
+    /// default; `HICAMP_TX_INLINE=0` turns it off for every interface
+    /// (`=1` on). A file-backed memory keeps frame segments either way
+    /// (the interface clears it): in phttpd's full-file-system test
+    /// (`a_full_file_system_under_wal_refuses_posts_and_the_server_keeps_serving`)
+    /// the server, once its log filled the file system, takes a new
+    /// connection only while the TX ring's lap of interned frames (kept
+    /// until each slot's next prepare) gives lines back as it turns; with
+    /// descriptors nothing does, and the SYN's RX deposit finds no line.
+    pub tx_inline: bool,
     /// The NIC's rings.
     pub nic: NicConfig,
 }
@@ -180,6 +196,7 @@ impl IfaceConfig {
             ephemeral: (49_152, u16::MAX),
             rst_unknown: true,
             tx_dedup: false,
+            tx_inline: true,
             nic: NicConfig {
                 tx_slots: 1024,
                 rx_slots: 1024,
@@ -226,7 +243,8 @@ pub struct IfaceStats {
     pub echo_replies: u64,
     /// Payload bytes put into TX frames.
     pub tx_payload_bytes: u64,
-    /// Of those, bytes carried by shared (reused) lines.
+    /// Of those, bytes carried by shared (reused) lines (every byte of an
+    /// inline descriptor's payload: referenced where it lies).
     pub tx_payload_shared: u64,
     /// Of those, bytes the stack copied into new lines (partial lines whose
     /// offset did not line up with their place behind the headers).
@@ -257,7 +275,7 @@ struct Inner {
     cfg: IfaceConfig,
     neighbours: Neighbours,
     /// Built frames waiting for room in the TX ring.
-    txq: VecDeque<Segment>,
+    txq: VecDeque<TxFrame>,
     /// TX frames' own lines are owned lines (not `tx_dedup`, and the
     /// memory makes them).
     tx_owned: bool,
@@ -285,6 +303,16 @@ impl Inner {
 /// interface (`0` or `1`), if it does.
 fn tx_dedup_from_env() -> Option<bool> {
     match std::env::var_os("HICAMP_TX_DEDUP")?.to_str()? {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    }
+}
+
+/// [`IfaceConfig::tx_inline`] as `HICAMP_TX_INLINE` sets it for every
+/// interface (`0` or `1`), if it does.
+fn tx_inline_from_env() -> Option<bool> {
+    match std::env::var_os("HICAMP_TX_INLINE")?.to_str()? {
         "0" => Some(false),
         "1" => Some(true),
         _ => None,
@@ -329,6 +357,10 @@ impl<P: Port> Interface<P> {
         if let Some(on) = tx_dedup_from_env() {
             cfg.tx_dedup = on;
         }
+        if let Some(on) = tx_inline_from_env() {
+            cfg.tx_inline = on;
+        }
+        cfg.tx_inline &= mem.owned_lines_enabled();
         cfg.tcp.tso_align = mem.line_size() * mem.fanout();
         let mss_cap = cfg.mtu.saturating_sub(IP_LEN + 20).clamp(536, 65_495) as u16;
         cfg.tcp.mss = cfg.tcp.mss.min(mss_cap);
@@ -713,11 +745,11 @@ impl<P: Port> Interface<P> {
             return Ok(());
         }
         loop {
-            while let Some(seg) = self.inner.txq.front() {
-                if !self.nic.tx_prepare(seg)? {
+            while let Some(f) = self.inner.txq.pop_front() {
+                if let Some(f) = self.nic.tx_prepare_frame(f)? {
+                    self.inner.txq.push_front(f);
                     break;
                 }
-                self.inner.txq.pop_front();
                 self.inner.stats.tx_frames += 1;
             }
             self.nic.tx_doorbell()?;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use hicamp::Segment;
+use nicdma::frame::TxFrame;
 
 use super::tx::patch_dst_mac;
 use super::Inner;
@@ -20,7 +20,7 @@ pub(super) struct Neighbour {
     expires: u64,
     last_request: Option<u64>,
     /// Frames waiting for the address (their destination MAC is patched in).
-    pub(super) waiting: Vec<Segment>,
+    pub(super) waiting: Vec<TxFrame>,
 }
 
 /// The neighbour table.
@@ -90,9 +90,10 @@ impl Inner {
         n.mac = Some(mac);
         n.expires = now.saturating_add(ttl);
         let waiting = std::mem::take(&mut n.waiting);
-        for seg in waiting {
-            // Patch the destination MAC into the frame's header line.
-            match patch_dst_mac(&seg, mac) {
+        for f in waiting {
+            // Patch the destination MAC into the frame's header line (a
+            // descriptor's inline headers).
+            match patch_dst_mac(f, mac) {
                 Ok(s) => self.txq.push_back(s),
                 Err(_) => self.stats.tx_dropped += 1,
             }

@@ -291,6 +291,9 @@ fn owned_tx_frames_die_once_transmitted() {
     .expect("memory");
     let mut cfg = IfaceConfig::new(US_MAC, US, 24);
     cfg.tx_dedup = false;
+    // Frame segments (`HICAMP_TX_INLINE=1` overrides it: then no owned
+    // line is made, and the test ends below).
+    cfg.tx_inline = false;
     cfg.nic.tx_slots = 16;
     let mut iface = Interface::new(&mem, LatePort::default(), cfg).expect("interface");
     iface.add_neighbour(PEER, PEER_MAC, 0);
@@ -315,4 +318,50 @@ fn owned_tx_frames_die_once_transmitted() {
         assert_eq!(mem.live_lines(), idle, "datagram {k}: its frame died");
     }
     assert_eq!(iface.nic().port().sent, 64);
+}
+
+/// A datagram sent as an inline TX descriptor (`IfaceConfig::tx_inline`)
+/// makes no frame line at all, and its payload, which the application let
+/// go of, lives until its slot is reaped and no longer: the descriptor's
+/// payload references die once it is transmitted (fails with a ring that
+/// keeps descriptors for a lap: 64 datagrams through 16 slots).
+#[test]
+fn inline_tx_descriptors_die_once_transmitted() {
+    let mem = Memory::new(hicamp::Config {
+        capacity_lines: 1 << 16,
+        map_capacity: 1 << 12,
+        ..hicamp::Config::default()
+    })
+    .expect("memory");
+    let mut cfg = IfaceConfig::new(US_MAC, US, 24);
+    cfg.tx_inline = true;
+    cfg.nic.tx_slots = 16;
+    let mut iface = Interface::new(&mem, LatePort::default(), cfg).expect("interface");
+    if !iface.config().tx_inline {
+        // HICAMP_TX_INLINE=0 (it overrides the config).
+        return;
+    }
+    iface.add_neighbour(PEER, PEER_MAC, 0);
+    let h = iface.udp_bind(7).expect("bind");
+    iface.poll(1).expect("poll");
+    let idle = mem.live_lines();
+    let made = mem.stats().owned_lines_created;
+    for k in 0..64u32 {
+        // 300 bytes no other datagram has.
+        let body: Vec<u8> = (0..300u32)
+            .map(|i| ((k << 9 | i).wrapping_mul(0x9e37_79b9) >> 24) as u8)
+            .collect();
+        let p = crate::Payload::from_bytes(&mem, &body).expect("payload");
+        iface
+            .udp_send(h, SocketAddrV4::new(PEER, 9), &p, 2)
+            .expect("send");
+        drop(p);
+        assert!(mem.live_lines() > idle, "datagram {k}: queued, alive");
+        iface.poll(2).expect("poll");
+        assert_eq!(mem.live_lines(), idle, "datagram {k}: its payload died");
+    }
+    assert_eq!(iface.nic().port().sent, 64);
+    assert_eq!(iface.nic().counters().tx_inline, 64);
+    assert_eq!(mem.stats().owned_lines_created, made, "no frame lines");
+    assert_eq!(iface.stats().tx_payload_copied, 0);
 }

@@ -6,11 +6,17 @@
 //! hash, no index, freed straight back when the NIC is done), or interned
 //! by nicdma's frame builder ([`nicdma::frame`]) with
 //! `IfaceConfig::tx_dedup`.
+//!
+//! By default (`IfaceConfig::tx_inline`) no frame segment is built: the
+//! frame goes to the NIC as a TX descriptor with the headers inline and
+//! snapshots of the payload ([`nicdma::frame::TxDesc`], as an mlx5 WQE
+//! carries inline headers and points at the payload's buffers), and the
+//! port gathers [headers, payload lines] into its iovec.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use hicamp::Segment;
-use nicdma::frame;
+use nicdma::frame::{self, TxDesc, TxFrame};
 use nicdma::meta::{gso, F_NEEDS_CSUM};
 use nicdma::{DmaMeta, VirtioNetHdr, META_LEN};
 
@@ -134,17 +140,26 @@ impl Inner {
         Ok(())
     }
 
-    /// The frame segment ([`tx_frame`]), counted.
+    /// The frame: a descriptor with inline headers ([`tx_desc`]) when
+    /// `IfaceConfig::tx_inline`, else a frame segment ([`tx_frame`]),
+    /// counted.
     fn frame(
         &mut self,
         vnet: VirtioNetHdr,
         hdrs: &[u8],
         payload: &[Payload],
-    ) -> Result<Segment, IfaceError> {
+    ) -> Result<TxFrame, IfaceError> {
+        if self.cfg.tx_inline && hdrs.len() <= frame::INLINE_MAX {
+            if let Ok(d) = tx_desc(vnet, hdrs, payload) {
+                // Every payload byte is referenced where it lies.
+                self.stats.tx_payload_shared += (d.frame_len() - hdrs.len()) as u64;
+                return Ok(TxFrame::Inline(d));
+            }
+        }
         let (seg, counts) = tx_frame(&self.mem, self.tx_owned, vnet, hdrs, payload)?;
         self.stats.tx_payload_shared += counts.shared_bytes;
         self.stats.tx_payload_copied += counts.copied_bytes;
-        Ok(seg)
+        Ok(TxFrame::Segment(seg))
     }
 
     fn in_subnet(&self, ip: Ipv4Addr) -> bool {
@@ -214,17 +229,37 @@ pub fn tx_frame(
     frame::build_lines(mem, owned, vnet, frame_off, hdrs, payload)
 }
 
-/// `seg` (a built frame) with its Ethernet destination replaced: a
-/// copy-on-write of the one header line.
-pub(super) fn patch_dst_mac(seg: &Segment, mac: EthernetAddress) -> Result<Segment, hicamp::Error> {
-    let meta = DmaMeta::read(seg).map_err(|_| hicamp::Error::BadOffset {
+/// A TX descriptor with `hdrs` inline and snapshots of `payload` (no frame
+/// segment; see [`TxDesc`]). Public for the TX frame bench.
+pub fn tx_desc(
+    vnet: VirtioNetHdr,
+    hdrs: &[u8],
+    payload: &[Payload],
+) -> Result<TxDesc, frame::DescError> {
+    TxDesc::new(vnet, hdrs, payload)
+}
+
+/// `f` (a built frame) with its Ethernet destination replaced: in a
+/// descriptor's inline headers, or a copy-on-write of a frame segment's one
+/// header line.
+pub(super) fn patch_dst_mac(f: TxFrame, mac: EthernetAddress) -> Result<TxFrame, hicamp::Error> {
+    let seg = match f {
+        TxFrame::Inline(mut d) => {
+            let h = d.headers_mut();
+            let n = h.len().min(mac.0.len());
+            h[..n].copy_from_slice(&mac.0[..n]);
+            return Ok(TxFrame::Inline(d));
+        }
+        TxFrame::Segment(seg) => seg,
+    };
+    let meta = DmaMeta::read(&seg).map_err(|_| hicamp::Error::BadOffset {
         offset: 0,
         len: META_LEN as u64,
         seg_len: seg.len(),
     })?;
     let mut m = seg.to_mut();
     m.write_at(u64::from(meta.frame_off), &mac.0)?;
-    Ok(m.freeze())
+    Ok(TxFrame::Segment(m.freeze()))
 }
 
 #[cfg(test)]
