@@ -106,36 +106,6 @@ pub(super) enum Slots {
     WalkOrder,
 }
 
-/// `ids` (below `slots`) in ascending order of `id >> s`, with `s` such
-/// that there are about as many keys as ids: one counting pass (fewer than
-/// 256 ids are returned as they are).
-fn approx_sorted(ids: Vec<u32>, slots: u64) -> Vec<u32> {
-    let n = ids.len();
-    if n < 256 {
-        // (A few hundred lines: their order does not matter, and a sort of
-        // them was a fifth of the small tables' growth.)
-        return ids;
-    }
-    let id_bits = u64::BITS - slots.leading_zeros();
-    let key_bits = usize::BITS - n.leading_zeros();
-    let s = id_bits.saturating_sub(key_bits);
-    let keys = ((slots - 1) >> s) as usize + 1;
-    let mut at = vec![0u32; keys + 1];
-    for &id in &ids {
-        at[(id >> s) as usize + 1] += 1;
-    }
-    for k in 1..at.len() {
-        at[k] += at[k - 1];
-    }
-    let mut out = vec![0u32; n];
-    for &id in &ids {
-        let k = &mut at[(id >> s) as usize];
-        out[*k as usize] = id;
-        *k += 1;
-    }
-    out
-}
-
 /// Line equality, inlined for 64-byte lines (eight word compares folded
 /// into one test, no call to `memcmp`).
 #[inline(always)]
@@ -543,10 +513,14 @@ impl Store {
     /// (they are live and the shard lock is held, so their content is
     /// stable).
     ///
-    /// The lines are read in about ascending id order (a shard's slots come
-    /// in runs), not at random over the arena: one counting pass by the id's
-    /// high bits, about one key per line, is enough for that locality and
-    /// costs a fraction of a full sort (which was a third of a growth).
+    /// The lines are read in bucket order, each prefetched
+    /// [`PREFETCH_AHEAD`] lines before it is hashed, and their new homes
+    /// come in about that order too (a home is monotone in the hash, so
+    /// `Table::rebuild` fills the new array front to back). Reading them in
+    /// about ascending id order instead (a counting pass by the id's high
+    /// bits) cost 36 instructions per entry and was no faster: on-CPU time of
+    /// 256 MiB interned as 4 KiB segments, medians of three alternated runs,
+    /// 1.49 s in bucket order, 1.60 s sorted.
     #[cold]
     #[inline(never)]
     pub(super) fn grow(&self, cell: &ShardCell, shard: &mut Shard) {
@@ -570,7 +544,7 @@ impl Store {
     #[cold]
     #[inline(never)]
     fn grow_to(&self, cell: &ShardCell, shard: &mut Shard, buckets: usize) {
-        let ids = approx_sorted(shard.table.ids(), self.slots);
+        let ids = shard.table.ids();
         let kind = shard.kind;
         let mut hashes = Vec::with_capacity(ids.len());
         for (j, &id) in ids.iter().enumerate() {
