@@ -905,15 +905,16 @@ impl Table {
     pub(super) fn ids(&self) -> Vec<u32> {
         let t = self.shared();
         let mut v = Vec::with_capacity(self.len);
-        for (b, bucket) in t.b().iter().enumerate() {
+        for bucket in t.b() {
             // SAFETY: as in `masks::<true>`: `&self` is the writer side.
             let w = unsafe { std::ptr::read(bucket.words.as_ptr().cast::<[u64; 8]>()) };
             #[cfg(target_arch = "x86_64")]
             // SAFETY: SSE2 is part of the x86_64 baseline (see `masks`).
             let empty = unsafe { empties_sse2(&w) };
             #[cfg(not(target_arch = "x86_64"))]
-            let empty = t.empties(b);
-            let _ = b;
+            let empty = (0..BUCKET_SLOTS).fold(0u32, |m, s| {
+                m | u32::from((w[s / 2] >> (32 * (s & 1))) as u32 == 0) << s
+            });
             let mut used = !empty & SLOT_BITS;
             while used != 0 {
                 let s = used.trailing_zeros() as usize;
