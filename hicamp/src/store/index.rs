@@ -84,15 +84,15 @@ const POOL_MIN_SLOTS: u64 = 1 << 20;
 
 /// The pool for the index tables of a memory of `slots` line slots (`None`:
 /// the heap). It has room for the tables of every slot at the lowest load
-/// after a growth (14/15 / 1.25 = 0.75: 64/15 / 0.75 = 5.7 bytes per entry)
-/// twice over (11.4, rounded up to 12 bytes per slot), for the arrays
+/// after a growth (14/15 / 1.5 = 0.62: 64/15 / 0.62 = 6.9 bytes per entry)
+/// twice over (13.7, rounded up to 14 bytes per slot), for the arrays
 /// replaced by growth that wait for an epoch and for fragmentation; tables
 /// that do not fit go to the heap.
 pub(super) fn pool_for(slots: u64) -> Option<std::sync::Arc<HugePool>> {
     if cfg!(loom) || slots < POOL_MIN_SLOTS {
         return None;
     }
-    let len = usize::try_from(slots.checked_mul(12)?).ok()?;
+    let len = usize::try_from(slots.checked_mul(14)?).ok()?;
     let len = (len + (4 << 20)).checked_next_multiple_of(2 << 20)?;
     HugePool::new(len).map(std::sync::Arc::new)
 }
@@ -509,7 +509,7 @@ impl Store {
         prefetch_ptr(self.line(LineId(id)).as_ptr());
     }
 
-    /// Grows a shard's table by 1.25x (`Table::grown`), rehashing its lines
+    /// Grows a shard's table by 1.5x (`Table::grown`), rehashing its lines
     /// (they are live and the shard lock is held, so their content is
     /// stable).
     ///
@@ -530,7 +530,7 @@ impl Store {
 
     /// Makes room in a shard's table for `extra` more entries at once (one
     /// rebuild to a load of 5/6, `Table::buckets_for`, instead of a growth
-    /// by 1.25x every few inserts), when a batch of new lines says that many
+    /// by 1.5x every few inserts), when a batch of new lines says that many
     /// are coming. The estimate is capped at twice a fair share of the
     /// slots.
     pub(super) fn reserve(&self, cell: &ShardCell, shard: &mut Shard, extra: usize) {
