@@ -485,7 +485,15 @@ impl Store {
         let cell = &self.shards[h as usize & (SHARDS - 1)];
         let base = cell.hint_ptr.load(Relaxed);
         let n = cell.hint_len.load(Relaxed);
-        prefetch_ptr(base.wrapping_add(Table::home_of(h, n)));
+        // The home bucket and the next: a miss reads on past its home bucket
+        // in 6% of the lookups that fill a table to 5/6 (a reserve; 29% near
+        // the end, more up to the maximum of 14/15), and that bucket was a
+        // cache miss of its own (on-CPU time of a warm 256 MiB unique
+        // intern, medians of 7 alternated runs: 0.206 s with the home bucket
+        // alone, 0.196 s with both; 0.187 s at the old 3/4 fill).
+        let home = base.wrapping_add(Table::home_of(h, n));
+        prefetch_ptr(home);
+        prefetch_ptr(home.wrapping_add(1));
     }
 
     /// Before a run of `n` lookups in one shard (lock held), most of them
