@@ -238,9 +238,7 @@ impl Buckets {
         let (ptr, pool) = match from_pool {
             Some((p, pool)) => (p, Some(pool)),
             None => {
-                // SAFETY: a bucket is eight `AtomicU64`, for which all-zero
-                // bytes are a valid value (0: empty slots, no overflow).
-                let b: Box<[Bucket]> = unsafe { Box::new_zeroed_slice(n).assume_init() };
+                let b: Box<[Bucket]> = (0..n).map(|_| Bucket::default()).collect();
                 let p = Box::into_raw(b).cast::<Bucket>();
                 // (A boxed slice's pointer is never null.)
                 (NonNull::new(p).unwrap_or(NonNull::dangling()), None)
