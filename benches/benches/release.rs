@@ -13,6 +13,9 @@
 //!   64-byte lines against the 4 KiB page model (KSM,
 //!   `hicamp_examples::experiments::pagededup`) on the same bytes (target >=
 //!   1.7x). These are counts, not timings: printed in the summary.
+//! * Index bytes per live line over 17 working sets from 1 MiB to 256 MiB
+//!   (one segment, and 4 KiB segments), mean and max (target <= 5.3 B mean,
+//!   <= 5.8 B max): also counts, printed last.
 #![forbid(unsafe_code)]
 
 use std::cell::OnceCell;
@@ -23,7 +26,7 @@ use criterion::Criterion;
 use hicamp::Segment;
 use hicamp_benches::{
     measuring, memory_for, print_header, print_vs, random_bytes, size_label, subject, working_sets,
-    Group, Profile, Target, KIB, LARGE,
+    Group, Profile, Target, KIB, LARGE, MIB,
 };
 use hicamp_examples::experiments::pagededup::PageDedup;
 
@@ -188,6 +191,56 @@ fn summary() {
             if ratio >= 1.7 { "MET" } else { "NOT MET" }
         );
         drop((a, b2));
+    }
+    index_sweep();
+}
+
+/// Index bytes per live line over working sets from 1 MiB to 256 MiB (17
+/// sizes, a factor of sqrt 2 apart), each interned into a fresh memory as
+/// one segment (the store reserves each shard's share of the index up front)
+/// and as 4 KiB segments (the tables grow step by step); target: mean <=
+/// 5.3 B, max <= 5.8 B. Prefixes of one random buffer.
+fn index_sweep() {
+    let sizes: Vec<usize> = (0..17)
+        .map(|k| ((MIB as f64) * 2f64.powf(f64::from(k) / 2.0)) as usize / LINE * LINE)
+        .collect();
+    let data = random_bytes(sizes[sizes.len() - 1], SEED + 2);
+    let per_line = |segs: &dyn Fn(&hicamp::Memory, &[u8]) -> Vec<Segment>, size: usize| {
+        let mem = memory_for(2 * size, LINE, 0);
+        let kept = segs(&mem, &data[..size]);
+        let s = mem.stats();
+        let b = s.index_bytes as f64 / s.live_lines() as f64;
+        drop(kept);
+        b
+    };
+    let one = |mem: &hicamp::Memory, d: &[u8]| vec![mem.segment(d).expect("intern")];
+    let small = |mem: &hicamp::Memory, d: &[u8]| {
+        d.chunks(SMALL_SEG)
+            .map(|c| mem.segment(c).expect("intern"))
+            .collect()
+    };
+    for (name, f) in [
+        (
+            "one segment",
+            &one as &dyn Fn(&hicamp::Memory, &[u8]) -> Vec<Segment>,
+        ),
+        ("4 KiB segments", &small),
+    ] {
+        let b: Vec<f64> = sizes.iter().map(|&size| per_line(f, size)).collect();
+        let mean = b.iter().sum::<f64>() / b.len() as f64;
+        let max = b.iter().copied().fold(0.0, f64::max);
+        let list: Vec<String> = b.iter().map(|x| format!("{x:.2}")).collect();
+        println!(
+            "index bytes per live line, 1-256 MiB unique ({} sizes, {name}): mean {mean:.2} B, \
+             max {max:.2} B [{}] ; target mean <= 5.3, max <= 5.8: {}",
+            sizes.len(),
+            list.join(" "),
+            if mean <= 5.3 && max <= 5.8 {
+                "MET"
+            } else {
+                "NOT MET"
+            }
+        );
     }
 }
 
