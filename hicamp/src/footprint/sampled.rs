@@ -512,16 +512,16 @@ const MEMORY_INDEX_SHARDS: u64 = 64;
 /// The metadata a HICAMP memory holding `lines` lines would report (the model of
 /// `hicamp::Stats`): reference counts at 1 byte per slot (`lines + 1`: slot 0 is the zero
 /// line; the overflow table of counts above 63 is left out, as a few lines at most have
-/// one), the dedup index at 8 bytes per slot of 64 power-of-two shard tables under 3/4 load,
-/// the free lists at one slot batch per shard. Returns (refcount, index, free list) bytes.
+/// one), the dedup index as 64 shard tables of 64-byte buckets of 15 slots at the load a
+/// table sits at on average between its growths (0.78: it grows by 1.5x at 14/15), at
+/// least one bucket each, the free lists at one slot batch per shard. Returns (refcount,
+/// index, free list) bytes.
 pub fn memory_metadata(lines: u64) -> (u64, u64, u64) {
     let refcount = lines + 1;
     let per_shard = lines.div_ceil(MEMORY_INDEX_SHARDS);
-    let mut cap = 8u64;
-    while (per_shard + 1) * 4 > cap * 3 {
-        cap *= 2;
-    }
-    let index = MEMORY_INDEX_SHARDS * cap * 8;
+    // ceil(per_shard / (15 * 0.78)), in integers.
+    let buckets = (per_shard * 100).div_ceil(15 * 78).max(1);
+    let index = MEMORY_INDEX_SHARDS * buckets * 64;
     let batch = if per_shard >= 1024 { 256 } else { 16 };
     (refcount, index, MEMORY_INDEX_SHARDS * batch * 4)
 }
