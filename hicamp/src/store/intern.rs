@@ -1098,7 +1098,7 @@ mod tests {
     /// A segment of new lines larger than a batch reserves each shard's
     /// share of the index up front: every line is found again afterwards,
     /// a second intern creates nothing, and the index is sized for what
-    /// arrived (about 3/4 full), not for more.
+    /// arrived (about 5/6 full), not for more.
     #[test]
     fn a_large_new_segment_reserves_the_index_once() {
         let m = Memory::new(Config {

@@ -16,9 +16,10 @@
 //! lines of one kind, and a content match is a kind match. Line id 0 is the
 //! all-zero line and never enters the index. Metadata per live line: 1 byte
 //! of count (plus an overflow entry for the rare line referenced 63 times or
-//! more), and 64/15 bytes per index slot at a load between 7/12 and 7/8
-//! (growth is 1.5x), about 5-7 bytes per line, plus one bit per slot of free
-//! bitmap.
+//! more), and 64/15 bytes per index slot at a load of 5/6 after a batch of
+//! new lines reserved its share, between 0.62 and 14/15 in a table that grows
+//! insert by insert (growth is 1.5x): about 5.1-6.9 bytes per line, plus one
+//! bit per slot of free bitmap.
 //!
 //! Reference counts live in a mapped byte array beside the arena: bit 7 is
 //! the kind (set = interior), bit 6 marks an owned line (`owned`), bits 0..6
