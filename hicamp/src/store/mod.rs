@@ -490,6 +490,7 @@ impl Store {
                     created: [0; 2],
                     hits: [0; 2],
                     pending: Vec::new(),
+                    reserved: 0,
                 };
                 let cell = ShardCell {
                     hint_ptr: AtomicPtr::new(std::ptr::null_mut()),
