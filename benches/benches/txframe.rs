@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use hicamp::{Config, Memory, Segment, SegmentSlice};
 use nicdma::frame::TxDesc;
-use nicdma::{DmaMeta, VirtioNetHdr, META_LEN};
+use nicdma::VirtioNetHdr;
 use segstack::iface::{tx_desc, tx_frame};
 
 const HDRS: usize = 66;
@@ -81,16 +81,7 @@ const MODES: [Mode; 3] = [Mode::Dedup, Mode::Owned, Mode::Inline];
 /// The device's read of a frame segment: the metadata, then the frame's
 /// lines into `chunks` (as `Nic::dma` gathers them). Returns the chunks.
 fn gather_segment(seg: &Segment, chunks: &mut Vec<&'static [u8]>) -> usize {
-    let c = seg.cursor();
-    let first = c.chunk();
-    let meta = if first.len() >= META_LEN {
-        DmaMeta::parse(&first[..META_LEN], seg.len())
-    } else {
-        DmaMeta::read(seg)
-    }
-    .expect("meta");
-    let mut c = c;
-    c.advance(usize::from(meta.frame_off));
+    let (meta, mut c) = nicdma::frame::open_frame(seg).expect("meta");
     let mut v = reuse(std::mem::take(chunks));
     c.gather(meta.frame_len as usize, &mut v);
     let n = black_box(v.len());

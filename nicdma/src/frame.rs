@@ -16,9 +16,9 @@
 //! headers inline and snapshots of the payload, no segment built
 //! ([`TxFrame`] is either).
 
-use hicamp::{Memory, Piece, Segment, SegmentSlice, SpliceCounts};
+use hicamp::{Cursor, Memory, Piece, Segment, SegmentSlice, SpliceCounts};
 
-use crate::meta::{DmaMeta, VirtioNetHdr, META_LEN};
+use crate::meta::{DmaMeta, MetaError, VirtioNetHdr, META_LEN};
 
 /// The frame offset at which `hdr_len` bytes of headers put the first
 /// payload byte at `payload_phase` within a line of `line_size` bytes (the
@@ -98,6 +98,22 @@ pub fn tx_segment(
     frame: &[u8],
 ) -> Result<Segment, hicamp::Error> {
     Ok(build(mem, vnet, frame_off, frame, &[])?.0)
+}
+
+/// The device's read of a ring segment: its metadata, and a cursor at the
+/// frame's first byte (one cursor walks the metadata's line, then the
+/// frame's). [`DmaMeta::parse`] checked that the frame lies within the
+/// segment.
+pub fn open_frame(seg: &Segment) -> Result<(DmaMeta, Cursor<'_>), MetaError> {
+    let mut c = seg.cursor();
+    let first = c.chunk();
+    let meta = if first.len() >= META_LEN {
+        DmaMeta::parse(&first[..META_LEN], seg.len())
+    } else {
+        DmaMeta::read(seg)
+    }?;
+    c.advance(usize::from(meta.frame_off));
+    Ok((meta, c))
 }
 
 /// The frame bytes of a ring segment (for tests and tools; copies).

@@ -926,26 +926,13 @@ impl<P: Port> Nic<P> {
                 // The device reads the slot's segment through the memory:
                 // the metadata first, then the frame's lines into the
                 // gather list.
-                let seg = self.tx_slots.get(slot);
-                let meta = seg.map(|seg| {
-                    // One cursor walks the metadata's line, then the frame's.
-                    let c = seg.cursor();
-                    let first = c.chunk();
-                    let meta = if first.len() >= META_LEN {
-                        DmaMeta::parse(&first[..META_LEN], seg.len())
-                    } else {
-                        DmaMeta::read(seg)
-                    };
-                    (meta, c)
-                });
-                match meta {
-                    None | Some((Err(_), _)) => {
+                match self.tx_slots.get(slot).map(crate::frame::open_frame) {
+                    None | Some(Err(_)) => {
                         self.counters.tx_bad += 1;
                         Some(status::BAD_FRAME)
                     }
-                    Some((Ok(meta), mut c)) => {
+                    Some(Ok((meta, mut c))) => {
                         let (off, len) = (u64::from(meta.frame_off), meta.frame_len as usize);
-                        c.advance(usize::from(meta.frame_off));
                         // A port that copies the frame reads it straight
                         // through the cursor; else the lines go into the
                         // gather list.
