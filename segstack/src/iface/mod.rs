@@ -149,7 +149,7 @@ pub struct IfaceConfig {
     /// way: 0.43x the instructions per 200-byte reply frame; owned frames
     /// die when their TX slots are reaped (`Nic::tx_reap_release`). A
     /// file-backed memory interns them either way.
-    /// `HICAMP_TX_DEDUP=0` turns it off for every interface, `=1` on.
+    /// `HICAMP_TX_DEDUP=0` or `=1` sets its default ([`IfaceConfig::new`]).
     /// Applies to frame segments ([`IfaceConfig::tx_inline`] off, or ARP's
     /// waiting frames as built).
     pub tx_dedup: bool,
@@ -157,8 +157,8 @@ pub struct IfaceConfig {
     /// ([`nicdma::frame::TxDesc`]: the headers in the slot, snapshots of
     /// the payload's segments) instead of frame segments: no frame lines are
     /// built or released, the port gathers [headers, payload lines]. On by
-    /// default; `HICAMP_TX_INLINE=0` turns it off for every interface
-    /// (`=1` on). A file-backed memory keeps frame segments either way
+    /// default; `HICAMP_TX_INLINE=0` or `=1` sets the default
+    /// ([`IfaceConfig::new`]). A file-backed memory keeps frame segments either way
     /// (the interface clears it): in phttpd's full-file-system test
     /// (`a_full_file_system_under_wal_refuses_posts_and_the_server_keeps_serving`)
     /// the server, once its log filled the file system, takes a new
@@ -195,8 +195,8 @@ impl IfaceConfig {
             seed: 0x5e65_7ac4,
             ephemeral: (49_152, u16::MAX),
             rst_unknown: true,
-            tx_dedup: false,
-            tx_inline: true,
+            tx_dedup: switch_from_env("HICAMP_TX_DEDUP", false),
+            tx_inline: switch_from_env("HICAMP_TX_INLINE", true),
             nic: NicConfig {
                 tx_slots: 1024,
                 rx_slots: 1024,
@@ -299,23 +299,13 @@ impl Inner {
     }
 }
 
-/// [`IfaceConfig::tx_dedup`] as `HICAMP_TX_DEDUP` sets it for every
-/// interface (`0` or `1`), if it does.
-fn tx_dedup_from_env() -> Option<bool> {
-    match std::env::var_os("HICAMP_TX_DEDUP")?.to_str()? {
-        "0" => Some(false),
-        "1" => Some(true),
-        _ => None,
-    }
-}
-
-/// [`IfaceConfig::tx_inline`] as `HICAMP_TX_INLINE` sets it for every
-/// interface (`0` or `1`), if it does.
-fn tx_inline_from_env() -> Option<bool> {
-    match std::env::var_os("HICAMP_TX_INLINE")?.to_str()? {
-        "0" => Some(false),
-        "1" => Some(true),
-        _ => None,
+/// A switch's default as the environment variable `name` sets it (`0` or
+/// `1`; anything else, or nothing, leaves `default`).
+fn switch_from_env(name: &str, default: bool) -> bool {
+    match std::env::var_os(name).as_deref().and_then(|v| v.to_str()) {
+        Some("0") => false,
+        Some("1") => true,
+        _ => default,
     }
 }
 
@@ -354,12 +344,6 @@ impl<P: Port> Interface<P> {
         let mem = nic.memory().clone();
         let mem = &mem;
         cfg.tcp.line_size = mem.line_size();
-        if let Some(on) = tx_dedup_from_env() {
-            cfg.tx_dedup = on;
-        }
-        if let Some(on) = tx_inline_from_env() {
-            cfg.tx_inline = on;
-        }
         cfg.tx_inline &= mem.owned_lines_enabled();
         cfg.tcp.tso_align = mem.line_size() * mem.fanout();
         let mss_cap = cfg.mtu.saturating_sub(IP_LEN + 20).clamp(536, 65_495) as u16;
