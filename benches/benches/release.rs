@@ -195,23 +195,28 @@ fn summary() {
     index_sweep();
 }
 
-/// Index bytes per live line over working sets from 1 MiB to 256 MiB (17
+/// Two copies of a random file over working sets from 1 MiB to 256 MiB (17
 /// sizes, a factor of sqrt 2 apart), each interned into a fresh memory as
-/// one segment (the store reserves each shard's share of the index up front)
-/// and as 4 KiB segments (the tables grow step by step); target: mean <=
-/// 5.3 B, max <= 5.8 B. Prefixes of one random buffer.
+/// one segment per copy (the store reserves each shard's share of the index
+/// up front) and as 4 KiB segments (the tables grow step by step): the
+/// index bytes per live line after the first copy, and the dedup ratio
+/// after the second (metadata included), against the 4 KiB page model of
+/// the same two copies; the issue's target is the ratio's, >= 1.7x.
+/// Prefixes of one random buffer.
 fn index_sweep() {
     let sizes: Vec<usize> = (0..17)
         .map(|k| ((MIB as f64) * 2f64.powf(f64::from(k) / 2.0)) as usize / LINE * LINE)
         .collect();
     let data = random_bytes(sizes[sizes.len() - 1], SEED + 2);
-    let per_line = |segs: &dyn Fn(&hicamp::Memory, &[u8]) -> Vec<Segment>, size: usize| {
+    let two_copies = |segs: &dyn Fn(&hicamp::Memory, &[u8]) -> Vec<Segment>, size: usize| {
         let mem = memory_for(2 * size, LINE, 0);
-        let kept = segs(&mem, &data[..size]);
+        let first = segs(&mem, &data[..size]);
         let s = mem.stats();
-        let b = s.index_bytes as f64 / s.live_lines() as f64;
-        drop(kept);
-        b
+        let index = s.index_bytes as f64 / s.live_lines() as f64;
+        let second = segs(&mem, &data[..size]);
+        let ratio = mem.stats().dedup_ratio();
+        drop((first, second));
+        (index, ratio)
     };
     let one = |mem: &hicamp::Memory, d: &[u8]| vec![mem.segment(d).expect("intern")];
     let small = |mem: &hicamp::Memory, d: &[u8]| {
@@ -219,27 +224,38 @@ fn index_sweep() {
             .map(|c| mem.segment(c).expect("intern"))
             .collect()
     };
+    let pages: Vec<f64> = sizes
+        .iter()
+        .map(|&size| {
+            let mut p = PageDedup::new(4 * KIB);
+            p.add(&data[..size]);
+            p.add(&data[..size]);
+            p.report().dedup_ratio
+        })
+        .collect();
+    let (pmin, pmax) = pages
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
     for (name, f) in [
         (
-            "one segment",
+            "one segment per copy",
             &one as &dyn Fn(&hicamp::Memory, &[u8]) -> Vec<Segment>,
         ),
         ("4 KiB segments", &small),
     ] {
-        let b: Vec<f64> = sizes.iter().map(|&size| per_line(f, size)).collect();
-        let mean = b.iter().sum::<f64>() / b.len() as f64;
-        let max = b.iter().copied().fold(0.0, f64::max);
-        let list: Vec<String> = b.iter().map(|x| format!("{x:.2}")).collect();
+        let r: Vec<(f64, f64)> = sizes.iter().map(|&size| two_copies(f, size)).collect();
+        let mean = |v: &dyn Fn(&(f64, f64)) -> f64| r.iter().map(v).sum::<f64>() / r.len() as f64;
+        let (imean, rmean) = (mean(&|x| x.0), mean(&|x| x.1));
+        let imax = r.iter().map(|x| x.0).fold(0.0, f64::max);
+        let rmin = r.iter().map(|x| x.1).fold(f64::INFINITY, f64::min);
+        let list: Vec<String> = r.iter().map(|x| format!("{:.3}", x.1)).collect();
         println!(
-            "index bytes per live line, 1-256 MiB unique ({} sizes, {name}): mean {mean:.2} B, \
-             max {max:.2} B [{}] ; target mean <= 5.3, max <= 5.8: {}",
+            "two copies of a random file, 1-256 MiB ({} sizes, {name}): ratio mean {rmean:.3}x, \
+             min {rmin:.3}x [{}] (index per live line mean {imean:.2} B, max {imax:.2} B) ; \
+             4 KiB page model (KSM): {pmin:.3}-{pmax:.3}x ; target >= 1.7x at every size: {}",
             sizes.len(),
             list.join(" "),
-            if mean <= 5.3 && max <= 5.8 {
-                "MET"
-            } else {
-                "NOT MET"
-            }
+            if rmin >= 1.7 { "MET" } else { "NOT MET" }
         );
     }
 }
