@@ -362,6 +362,13 @@ impl Port for AnyPort {
         self.port_mut().transmit_from(vnet, frame, len)
     }
 
+    fn transmit_desc(
+        &mut self,
+        desc: &mut crate::frame::TxDesc,
+    ) -> Option<Result<TxOutcome, PortError>> {
+        self.port_mut().transmit_desc(desc)
+    }
+
     fn receive(
         &mut self,
         deposit: &mut dyn FnMut(&VirtioNetHdr, &[u8]),

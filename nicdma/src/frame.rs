@@ -252,6 +252,20 @@ impl TxDesc {
         }
     }
 
+    /// Takes the descriptor whole, for a device that reads it later (a
+    /// writer thread), and leaves in its place the same metadata and headers
+    /// without the payload's references: what the slot still needs until it
+    /// is reaped (its status).
+    pub fn take(&mut self) -> TxDesc {
+        let hollow = TxDesc {
+            meta: self.meta,
+            hdr_len: self.hdr_len,
+            hdrs: self.hdrs,
+            payload: Slices::Zero,
+        };
+        std::mem::replace(self, hollow)
+    }
+
     /// The frame's length in bytes (headers and payload).
     pub fn frame_len(&self) -> usize {
         self.meta.frame_len as usize

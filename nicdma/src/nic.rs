@@ -254,6 +254,19 @@ fn reuse<'b>(mut v: Vec<&[u8]>) -> Vec<&'b [u8]> {
     v.into_iter().map(|_| -> &'b [u8] { &[] }).collect()
 }
 
+/// The lines a descriptor's payload spans (what its gather reads).
+fn payload_lines(d: &TxDesc, line_size: usize) -> u64 {
+    let shift = line_size.trailing_zeros();
+    d.payload()
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (off, len) = (p.offset(), p.len() as u64);
+            ((off + len - 1) >> shift) - (off >> shift) + 1
+        })
+        .sum()
+}
+
 /// A transmitted segment's status says it completed without error: `OK`, or
 /// `PENDING` (the device writes no status on success).
 fn status_ok(st: u16) -> bool {
@@ -901,13 +914,22 @@ impl<P: Port> Nic<P> {
                 break;
             };
             let at = self.tx_index(slot);
-            let write = if let Some(d) = self.tx_desc[at].as_ref() {
+            let write = if let Some(d) = self.tx_desc[at].as_mut() {
                 // An inline descriptor: the headers from the slot, the
-                // payload's lines through the memory, one gather list.
-                let mut chunks = reuse(std::mem::take(&mut self.gather));
-                let lines = d.gather(&mut chunks) as u64;
-                let sent = self.port.transmit(&d.meta().vnet, &chunks);
-                self.gather = reuse(chunks);
+                // payload's lines through the memory, one gather list; or,
+                // for a port whose device reads descriptors later (a writer
+                // thread), the descriptor itself.
+                let spans = payload_lines(d, self.mem.line_size());
+                let (sent, lines) = match self.port.transmit_desc(d) {
+                    Some(sent) => (sent, spans),
+                    None => {
+                        let mut chunks = reuse(std::mem::take(&mut self.gather));
+                        let lines = d.gather(&mut chunks) as u64;
+                        let sent = self.port.transmit(&d.meta().vnet, &chunks);
+                        self.gather = reuse(chunks);
+                        (sent, lines)
+                    }
+                };
                 let (len, prev) = (d.meta().frame_len, d.status());
                 let ok = matches!(sent, Ok(TxOutcome::Sent));
                 let Some(write) = settle(&mut self.counters, sent, len, lines, prev)? else {

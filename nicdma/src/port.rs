@@ -88,6 +88,11 @@ pub struct PortCopies {
     pub tx_csum_offloaded: u64,
     /// System calls made to kick the kernel (TX sends, RX/fill wake-ups).
     pub kicks: u64,
+    /// Of the frames sent, those a TX writer thread wrote (the TAP port's
+    /// [`crate::tap::TxThread`]: the kernel's work beside the application's).
+    pub tx_threaded: u64,
+    /// Frames a TX writer thread's write failed on (dropped).
+    pub tx_thread_errors: u64,
 }
 
 /// What happened to a frame offered for transmission.
@@ -117,6 +122,19 @@ pub trait Port: Send {
         len: usize,
     ) -> Option<Result<TxOutcome, PortError>> {
         let _ = (vnet, frame, len);
+        None
+    }
+
+    /// Offers an inline TX descriptor whole, for a port whose device reads
+    /// it later (a writer thread). A port that sends it takes it
+    /// ([`crate::frame::TxDesc::take`]: the payload's references move to the
+    /// device, which gathers the lines itself and drops them once written).
+    /// `None`: the port takes no descriptors (the default), and the NIC
+    /// gathers the frame now and calls [`Port::transmit`].
+    fn transmit_desc(
+        &mut self,
+        _desc: &mut crate::frame::TxDesc,
+    ) -> Option<Result<TxOutcome, PortError>> {
         None
     }
 

@@ -240,6 +240,43 @@ pub fn writev_runs(
     Some(check_size(ret))
 }
 
+/// Forks this process has made (a counter the child side of every `fork` bumps), so that a
+/// thread's owner learns that it runs in a child, where the thread is not, without a
+/// `getpid` system call per check. `None` when the fork handler could not be registered
+/// (`pthread_atfork`: ENOMEM): the owner must then compare pids.
+pub fn fork_generation() -> Option<u64> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        // SAFETY: `bump` is an `extern "C" fn()` with no preconditions that only touches an
+        // atomic; registering it has no memory precondition.
+        unsafe { libc::pthread_atfork(None, None, Some(bump)) == 0 }
+    });
+    ok.then(|| FORK_GEN.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+static FORK_GEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn bump() {
+    FORK_GEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Waits up to `timeout_ms` for `fd` to poll writable; returns whether it did.
+pub fn poll_writable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid, exclusively borrowed `pollfd` (nfds = 1)
+    // that lives across the call; its fd is live because it is borrowed.
+    let ret = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    match check(ret) {
+        Ok(n) => Ok(n > 0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Waits up to `timeout_ms` (negative: forever) for `fd` to poll readable.
 /// Returns whether it did; an interrupted wait counts as "not yet".
 pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<bool> {

@@ -10,6 +10,7 @@
 //! | `HICAMP_STACK_IP` | the stack's `ADDR/PREFIX` |
 //! | `HICAMP_STACK_GATEWAY` | default gateway (optional) |
 //! | `HICAMP_STACK_REHOME=0` | forked children never re-home listeners ([`rehome`]) |
+//! | `HICAMP_TAP_TX_THREAD` | TAP frames of at least this many bytes (default 2048) are written by a writer thread, beside the application; `0`: none |
 //!
 //! # Design
 //!
@@ -710,6 +711,9 @@ fn start() -> Result<Engine, (c_int, String)> {
         internal(spills, true);
     }
     let mut iface = iface;
+    if let AnyPort::Tap(t) = iface.nic_mut().port_mut() {
+        t.set_tx_thread(tap_tx_thread());
+    }
     if let Some(fd) = iface.nic().port().rx_fd() {
         internal(fd, true);
         inline::set_port(fd);
@@ -943,7 +947,8 @@ fn report_json(reason: &str) -> serde_json::Value {
                 serde_json::json!({
                     "rx_frames": c.rx_frames, "rx_copy_bytes": c.rx_copy_bytes,
                     "tx_frames": c.tx_frames, "tx_gather_bytes": c.tx_gather_bytes,
-                    "kicks": c.kicks,
+                    "kicks": c.kicks, "tx_threaded": c.tx_threaded,
+                    "tx_thread_errors": c.tx_thread_errors,
                 }),
                 serde_json::json!({"memory": format!("{m:?}"), "nic": format!("{:?}", e.iface.nic().counters()), "iface": format!("{st:?}")}),
                 e.settings.backend.to_string(),
@@ -1061,6 +1066,21 @@ static DEFER_TICKS: AtomicU64 = AtomicU64::new(0);
 fn defer_now() -> u64 {
     static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     T0.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Frames of at least this many bytes go to the TAP port's writer thread by default
+/// (`TapPort::set_tx_thread`): TSO frames and full-size segments, not ACKs or small replies.
+pub(crate) const TAP_TX_THREAD_MIN: usize = 2048;
+
+/// The TAP writer thread's threshold: `HICAMP_TAP_TX_THREAD` (bytes; `0` or `off`: no
+/// writer thread), else [`TAP_TX_THREAD_MIN`]. Read when the stack starts, as an
+/// application may clear its environment later.
+fn tap_tx_thread() -> Option<usize> {
+    match std::env::var("HICAMP_TAP_TX_THREAD") {
+        Err(_) => Some(TAP_TX_THREAD_MIN),
+        Ok(v) if v == "0" || v.eq_ignore_ascii_case("off") => None,
+        Ok(v) => Some(v.trim().parse().unwrap_or(TAP_TX_THREAD_MIN)),
+    }
 }
 
 /// Decides [`DEFER_ON`] (the stack starts; the environment is read now, as an application may

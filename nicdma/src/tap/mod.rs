@@ -65,13 +65,18 @@ use std::io::{self, IoSlice, Read, Write};
 use std::ops::BitOr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hicamp::Cursor;
 
+use crate::frame::TxDesc;
 use crate::meta::{VirtioNetHdr, VNET_HDR_LEN};
 use crate::port::{Port, PortCopies, PortError, TxOutcome};
 use crate::sys;
+
+mod txthread;
+pub use txthread::{TxThread, MAX_IN_FLIGHT};
 
 #[cfg(any(test, feature = "test-support"))]
 mod netns;
@@ -164,7 +169,8 @@ impl fmt::Debug for Offload {
 /// virtio-net header on every frame). Dropping it closes the descriptor, and
 /// the kernel removes the device.
 pub struct TapPort {
-    file: File,
+    /// The queue's descriptor (shared with the TX writer thread, when one runs).
+    file: Arc<File>,
     name: String,
     offload: Offload,
     /// One received frame: the header, then up to [`MAX_FRAME`] bytes.
@@ -191,6 +197,8 @@ pub struct TapPort {
     detached: bool,
     /// Frames transmitted while the queue was detached (dropped).
     detached_tx_drops: u64,
+    /// Large frames go to a writer thread ([`TapPort::set_tx_thread`]).
+    tx_thread: Option<TxThread>,
 }
 
 impl fmt::Debug for TapPort {
@@ -267,7 +275,7 @@ impl TapPort {
         sys::tun_set_vnet_hdr_sz(file.as_fd(), VNET_HDR_LEN as libc::c_int)
             .map_err(|e| setup_err("TUNSETVNETHDRSZ", e))?;
         let mut port = TapPort {
-            file,
+            file: Arc::new(file),
             name: req.name(),
             offload: Offload::NONE,
             rx_buf: vec![0; VNET_HDR_LEN + MAX_FRAME].into_boxed_slice(),
@@ -280,6 +288,7 @@ impl TapPort {
             multi_queue,
             detached: false,
             detached_tx_drops: 0,
+            tx_thread: None,
         };
         port.set_offload(Offload::DEFAULT)?;
         Ok(port)
@@ -383,22 +392,21 @@ impl TapPort {
         hdr: &[u8; VNET_HDR_LEN],
         chunks: &[&[u8]],
     ) -> io::Result<(usize, usize)> {
-        // Runs of chunks that lie end to end (consecutive line slots) go as one iovec each,
-        // with no copy of ours, when they are few.
-        if chunks.len() < STACK_IOV {
-            if let Some(r) = sys::writev_runs(self.file.as_fd(), hdr, chunks, GATHER_FROM + 1) {
-                return Ok((r?, 0));
-            }
-        }
-        // Else one gather into the bounce buffer, then one contiguous iovec. The kernel
-        // copies the frame either way; walking many 64-byte iovecs in `copy_from_iter` costs
-        // more than this gather plus one contiguous copy (see `GATHER_FROM`).
-        self.flat.clear();
-        for c in chunks {
-            self.flat.extend_from_slice(c);
-        }
-        let n = (&self.file).write_vectored(&[IoSlice::new(hdr), IoSlice::new(&self.flat)])?;
-        Ok((n, self.flat.len()))
+        write_frame(&self.file, &mut self.flat, hdr, chunks)
+    }
+
+    /// Sends frames of at least `min_len` bytes through a writer thread (`None`: every frame
+    /// is written by the caller, the default). See [`TxThread`]: the kernel's work of a
+    /// large frame (its copy into an skb and the peer's receive path) then runs beside the
+    /// application instead of in its thread; small frames are written inline while nothing
+    /// waits for the writer.
+    pub fn set_tx_thread(&mut self, min_len: Option<usize>) {
+        self.tx_thread = min_len.map(TxThread::new);
+    }
+
+    /// The TX writer thread's state, when [`TapPort::set_tx_thread`] turned it on.
+    pub fn tx_thread(&self) -> Option<&TxThread> {
+        self.tx_thread.as_ref()
     }
 
     /// Iovecs `write_frame` uses for a frame of `chunks` chunks (the header's included), and
@@ -421,7 +429,73 @@ impl TapPort {
     }
 }
 
+/// Writes one frame to `file`: the header, then the chunks as they lie (runs of chunks that
+/// lie end to end as one iovec each) when they are few, else gathered into `flat` and written
+/// as one iovec. Returns the bytes written and the bytes gathered (0: none).
+fn write_frame(
+    file: &File,
+    flat: &mut Vec<u8>,
+    hdr: &[u8; VNET_HDR_LEN],
+    chunks: &[&[u8]],
+) -> io::Result<(usize, usize)> {
+    // Runs of chunks that lie end to end (consecutive line slots) go as one iovec each,
+    // with no copy of ours, when they are few.
+    if chunks.len() < STACK_IOV {
+        if let Some(r) = sys::writev_runs(file.as_fd(), hdr, chunks, GATHER_FROM + 1) {
+            return Ok((r?, 0));
+        }
+    }
+    // Else one gather into the bounce buffer, then one contiguous iovec. The kernel
+    // copies the frame either way; walking many 64-byte iovecs in `copy_from_iter` costs
+    // more than this gather plus one contiguous copy (see `GATHER_FROM`).
+    flat.clear();
+    for c in chunks {
+        flat.extend_from_slice(c);
+    }
+    let n = (&*file).write_vectored(&[IoSlice::new(hdr), IoSlice::new(flat)])?;
+    Ok((n, flat.len()))
+}
+
+/// An empty vector of chunks with `v`'s allocation, for borrows of another lifetime.
+fn reuse<'b>(mut v: Vec<&[u8]>) -> Vec<&'b [u8]> {
+    v.clear();
+    v.into_iter().map(|_| -> &'b [u8] { &[] }).collect()
+}
+
 impl Port for TapPort {
+    /// With a writer thread ([`TapPort::set_tx_thread`]): a large frame, or any while
+    /// frames wait for the writer, is queued to it as a snapshot of the descriptor (the
+    /// payload's lines gathered by the writer, as a DMA engine reads them); `Full` while
+    /// [`MAX_IN_FLIGHT`] frames wait. Else `None`: the NIC gathers and calls
+    /// [`Port::transmit`].
+    fn transmit_desc(&mut self, desc: &mut TxDesc) -> Option<Result<TxOutcome, PortError>> {
+        let t = self.tx_thread.as_mut()?;
+        let len = desc.frame_len();
+        if !t.takes(len) {
+            return None;
+        }
+        if len > MAX_FRAME {
+            return Some(Err(PortError::TooLarge {
+                len,
+                max: MAX_FRAME,
+            }));
+        }
+        if self.detached {
+            self.detached_tx_drops += 1;
+            return Some(Ok(TxOutcome::Sent));
+        }
+        let hdr = desc.meta().vnet.to_bytes();
+        match t.queue(&self.file, hdr, desc) {
+            Ok(true) => {
+                self.copies.tx_frames += 1;
+                self.copies.kicks += 1;
+                Some(Ok(TxOutcome::Sent))
+            }
+            Ok(false) => Some(Ok(TxOutcome::Full)),
+            Err(e) => Some(Err(data_err("TX writer thread", e))),
+        }
+    }
+
     /// One `writev`: the header, then one iovec per chunk (a frame of many
     /// chunks: one gathered iovec, see `write_frame`). `EAGAIN` (the
     /// socket's send buffer is full) is back-pressure. A device that is down
@@ -439,6 +513,11 @@ impl Port for TapPort {
             return Ok(TxOutcome::Sent);
         }
         let hdr = vnet.to_bytes();
+        if self.tx_thread.as_ref().is_some_and(|t| t.in_flight() > 0) {
+            // A frame the writer thread does not take (no descriptor: a frame segment)
+            // while frames wait there: written only once they are, in order.
+            return Ok(TxOutcome::Full);
+        }
         let (written, gathered) = loop {
             match self.write_frame(&hdr, chunks) {
                 Ok(n) => break n,
@@ -486,6 +565,10 @@ impl Port for TapPort {
             self.detached_tx_drops += 1;
             return Some(Ok(TxOutcome::Sent));
         }
+        if self.tx_thread.as_ref().is_some_and(|t| t.in_flight() > 0) {
+            // Frames wait for the writer thread: this one goes after them.
+            return Some(Ok(TxOutcome::Full));
+        }
         let n = frame.copy_to_slice(&mut self.wire[..len]);
         if n != len {
             return Some(Err(PortError::Os {
@@ -496,7 +579,7 @@ impl Port for TapPort {
         let hdr = vnet.to_bytes();
         let iov = [IoSlice::new(&hdr), IoSlice::new(&self.wire[..len])];
         let written = loop {
-            match (&self.file).write_vectored(&iov) {
+            match (&*self.file).write_vectored(&iov) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -524,7 +607,13 @@ impl Port for TapPort {
     /// frames), one `writev` each. RX is the NIC's deposit from the
     /// port's read buffer (counted by the NIC), not here.
     fn copies(&self) -> PortCopies {
-        self.copies
+        let mut c = self.copies;
+        if let Some(t) = &self.tx_thread {
+            c.tx_threaded = t.written();
+            c.tx_thread_errors = t.errors();
+            c.tx_gather_bytes += t.gathered();
+        }
+        c
     }
 
     /// One `read` into the port's buffer (none while lazy receive knows the
@@ -545,7 +634,7 @@ impl Port for TapPort {
         // rest: clear `num_buffers` so no stale bytes show through.
         self.rx_buf[10..VNET_HDR_LEN].fill(0);
         let n = loop {
-            match (&self.file).read(&mut self.rx_buf) {
+            match (&*self.file).read(&mut self.rx_buf) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -798,7 +887,7 @@ mod tests {
             // Lines in separate allocations, as scattered slots are.
             let lines: Vec<Vec<u8>> = f.chunks(64).map(<[u8]>::to_vec).collect();
             let chunks: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
-            let file = &port.file;
+            let file: &File = &port.file;
             let mut once = |mode: usize| {
                 let mut file = file;
                 let r = match mode {
