@@ -2534,6 +2534,13 @@ fn sendfile_serves_64_mib_to_curl_with_no_byte_copied_by_the_shim() {
         n(&r["payload_bytes_copied_below_socket_api"]) <= 64 << 10,
         "{r}"
     );
+    // The TSO frames went out through the TAP port's writer thread (the default), and the
+    // bytes above arrived whole through it.
+    assert!(
+        n(&r["port_copies"]["tx_threaded"]) * 2 > n(&r["port_copies"]["tx_frames"]),
+        "{r}"
+    );
+    assert_eq!(n(&r["port_copies"]["tx_thread_errors"]), 0, "{r}");
 }
 
 /// A forked child's `sendfile` crosses the control channel without its bytes: the request
