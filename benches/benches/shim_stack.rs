@@ -17,6 +17,8 @@
 //! backend `tap-norehome` is the same with `HICAMP_STACK_REHOME=0`, the workers reaching the
 //! master's stack over the control channel), the same nginx in one process (`master_process off`: the direct path) and a 64 MiB download by curl from python's `http.server` (MB/s from the process's start to
 //! its exit, and the transfer alone by curl's own clock).
+//! The backend `tap-notxthread` is `tap` with `HICAMP_TAP_TX_THREAD=0`: every frame written to
+//! the TAP by the thread that runs the interface, not large ones by the port's writer thread.
 //! Each round runs the kernel and every backend asked for, in a rotating order; each line
 //! prints a backend's median, the kernel's median of the same rounds and the ratio stack/kernel
 //! (the target for redis and nginx is >= 1.2); for redis also the server's CPU time
@@ -136,6 +138,12 @@ impl Lab {
             Some(b) => (b, true),
             None => (name, false),
         };
+        // `NAME-notxthread`: no TAP writer thread (`HICAMP_TAP_TX_THREAD=0`): every frame
+        // written by the thread that runs the interface.
+        let (name, notxthread) = match name.strip_suffix("-notxthread") {
+            Some(b) => (b, true),
+            None => (name, false),
+        };
         // `NAME-txdedup`: TX frames' own lines interned, not owned (`HICAMP_TX_DEDUP=1`).
         let (name, txdedup) = match name.strip_suffix("-txdedup") {
             Some(b) => (b, true),
@@ -190,6 +198,9 @@ impl Lab {
         }
         if norehome {
             c.env("HICAMP_STACK_REHOME", "0");
+        }
+        if notxthread {
+            c.env("HICAMP_TAP_TX_THREAD", "0");
         }
         if txdedup {
             c.env("HICAMP_TX_DEDUP", "1");
@@ -680,7 +691,7 @@ fn backends() -> Result<Vec<&'static str>, String> {
     // baseline of re-homed listeners.
     // `tap-1q`: a single-queue TAP device (made by the bench), against the launcher's
     // multi-queue one.
-    const MORE: [&str; 9] = [
+    const MORE: [&str; 10] = [
         "tap-nodefer",
         "af_packet-nodefer",
         "af_xdp-nodefer",
@@ -690,6 +701,7 @@ fn backends() -> Result<Vec<&'static str>, String> {
         "tap-norehome",
         "tap-1q",
         "tap-txdedup",
+        "tap-notxthread",
     ];
     let v = std::env::var("SHIM_STACK_BACKEND").unwrap_or_else(|_| "tap".into());
     if v.trim() == "all" {
@@ -702,7 +714,7 @@ fn backends() -> Result<Vec<&'static str>, String> {
             Some(_) => {}
             None => {
                 return Err(format!(
-                    "SHIM_STACK_BACKEND: unknown backend {w:?} (tap, af_packet, af_xdp, all; NAME-nodefer, NAME-old, tap-norehome, tap-1q, tap-txdedup)"
+                    "SHIM_STACK_BACKEND: unknown backend {w:?} (tap, af_packet, af_xdp, all; NAME-nodefer, NAME-old, tap-norehome, tap-1q, tap-txdedup, tap-notxthread)"
                 ))
             }
         }
