@@ -393,6 +393,34 @@ fn children_cpu() -> f64 {
     (t(16) + t(17)) / 100.0
 }
 
+/// CPU seconds (user + system) of the live processes of process group `pgid` (a server and
+/// everything it started: the launcher, the application, its children), from `/proc`.
+fn group_cpu(pgid: u32) -> f64 {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut ticks = 0.0;
+    for e in rd.flatten() {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // `rest` starts at field 3 (state): pgrp is field 5, utime 14, stime 15.
+        let field = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok());
+        if field(5) == Some(f64::from(pgid)) {
+            ticks += field(14).unwrap_or(0.0) + field(15).unwrap_or(0.0);
+        }
+    }
+    ticks / 100.0
+}
+
 /// Holds `idle` connections to `host:6379` open from namespace A (`HICAMP_STACK_BENCH_IDLE`:
 /// a server with many quiet clients and a few busy ones); returns once they are open.
 fn idle_clients(lab: &Lab, host: &str, idle: u64) -> Result<Option<Reaper>, String> {
@@ -422,8 +450,10 @@ fn idle_clients(lab: &Lab, host: &str, idle: u64) -> Result<Option<Reaper>, Stri
 }
 
 /// One redis round on one side: (GET p1, SET p1, GET p16, SET p16, the server's CPU
-/// microseconds per request over the four runs, the stack's frames and kicks per request).
-fn redis_round(lab: &Lab, stack: Option<&str>, n: u64) -> Result<[f64; 7], String> {
+/// microseconds per request over the four runs, the stack's frames and kicks per request, then
+/// CPU microseconds per request at pipelining 1: the server's, the load generator's; the same
+/// at 16).
+fn redis_round(lab: &Lab, stack: Option<&str>, n: u64) -> Result<[f64; 11], String> {
     let args = redis_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (mut server, host) = if let Some(b) = stack {
@@ -435,9 +465,23 @@ fn redis_round(lab: &Lab, stack: Option<&str>, n: u64) -> Result<[f64; 7], Strin
     };
     wait_port(&lab.a, host, 6379, Some(&mut server))?;
     let idle = idle_clients(lab, host, env_u64("HICAMP_STACK_BENCH_IDLE", 0))?;
+    // Each pipelining level's CPU per request: the server's (its process group, live) and
+    // the load generator's (reaped, so in this process's children's times).
+    let pgid = server.0 .0.id();
+    let cpu = || (group_cpu(pgid), children_cpu());
+    let a = cpu();
     let (g1, s1) = redis_bench(lab, host, 1, n)?;
+    let b = cpu();
     let (g16, s16) = redis_bench(lab, host, 16, n * 4)?;
+    let c = cpu();
     drop(idle);
+    let per = |d: f64, reqs: u64| d * 1e6 / (2 * reqs) as f64;
+    let split = [
+        per(b.0 - a.0, n),
+        per(b.1 - a.1, n),
+        per(c.0 - b.0, n * 4),
+        per(c.1 - b.1, n * 4),
+    ];
     let _ = lab
         .a
         .command("redis-cli")
@@ -453,7 +497,19 @@ fn redis_round(lab: &Lab, stack: Option<&str>, n: u64) -> Result<[f64; 7], Strin
     let cpu_us = (children_cpu() - c0) * 1e6 / (10 * n) as f64;
     let (frames, kicks) = stack.map_or((0.0, 0.0), |b| lab.frames(b));
     let reqs = (10 * n) as f64;
-    Ok([g1, s1, g16, s16, cpu_us, frames / reqs, kicks / reqs])
+    Ok([
+        g1,
+        s1,
+        g16,
+        s16,
+        cpu_us,
+        frames / reqs,
+        kicks / reqs,
+        split[0],
+        split[1],
+        split[2],
+        split[3],
+    ])
 }
 
 /// One 64 MiB download: (MB/s from the spawn to the exit, MB/s by curl's own clock). The
@@ -817,6 +873,20 @@ fn main() {
             println!(
                 "redis stack TX per request (all four runs)    {b:<9} {f:>6.3} frames  {kk:>6.3} kicks"
             );
+            // Both ends share this machine's cores: where both are busy, the rate follows
+            // the CPU the two spend per request together, the load generator's included.
+            for (p, i) in [(1, 7), (16, 9)] {
+                let m = |v: &[[f64; 11]], j: usize| {
+                    median(&mut v.iter().map(|x| x[j]).collect::<Vec<_>>())
+                };
+                let (ss, sc) = (m(s, i), m(s, i + 1));
+                let (ks, kc) = (m(&k, i), m(&k, i + 1));
+                println!(
+                    "redis -P {p:<2} CPU per request  {b:<9} server {ss:>5.2} us + load generator {sc:>5.2} us = {:>5.2} us  kernel {ks:>5.2} + {kc:>5.2} = {:>5.2} us",
+                    ss + sc,
+                    ks + kc
+                );
+            }
         }
     }
 
