@@ -513,10 +513,19 @@ impl Port for TapPort {
             return Ok(TxOutcome::Sent);
         }
         let hdr = vnet.to_bytes();
-        if self.tx_thread.as_ref().is_some_and(|t| t.in_flight() > 0) {
-            // A frame the writer thread does not take (no descriptor: a frame segment)
-            // while frames wait there: written only once they are, in order.
-            return Ok(TxOutcome::Full);
+        if let Some(t) = self.tx_thread.as_mut().filter(|t| t.in_flight() > 0) {
+            // A frame that is no descriptor (a frame segment) while frames wait for the
+            // writer: a copy goes behind them, in order (counted as gathered).
+            return match t.queue_copy(hdr, chunks) {
+                Ok(true) => {
+                    self.copies.tx_frames += 1;
+                    self.copies.kicks += 1;
+                    self.copies.tx_gather_bytes += len as u64;
+                    Ok(TxOutcome::Sent)
+                }
+                Ok(false) => Ok(TxOutcome::Full),
+                Err(e) => Err(data_err("TX writer thread", e)),
+            };
         }
         let (written, gathered) = loop {
             match self.write_frame(&hdr, chunks) {
@@ -566,8 +575,9 @@ impl Port for TapPort {
             return Some(Ok(TxOutcome::Sent));
         }
         if self.tx_thread.as_ref().is_some_and(|t| t.in_flight() > 0) {
-            // Frames wait for the writer thread: this one goes after them.
-            return Some(Ok(TxOutcome::Full));
+            // Frames wait for the writer thread: this one goes after them, a copy gathered
+            // by [`Port::transmit`].
+            return None;
         }
         let n = frame.copy_to_slice(&mut self.wire[..len]);
         if n != len {
@@ -601,6 +611,14 @@ impl Port for TapPort {
         self.copies.kicks += 1;
         self.copies.tx_gather_bytes += len as u64;
         Some(Ok(TxOutcome::Sent))
+    }
+
+    /// The pass's frames queued for the writer thread go to it (one wake-up).
+    fn flush(&mut self) -> Result<(), PortError> {
+        match self.tx_thread.as_mut() {
+            Some(t) => t.flush().map_err(|e| data_err("TX writer thread", e)),
+            None => Ok(()),
+        }
     }
 
     /// TX: frames written, bytes gathered into the bounce buffers (large
