@@ -8,13 +8,17 @@
 //! - kernel -> segstack: a std `TcpStream` in the namespace writes the bytes,
 //!   segstack receives them as payload snapshots of the RX segments (the
 //!   kernel hands 64 KiB TSO frames over the TAP) and drops them;
+//! - segstack -> kernel again over TAP with the port's TX writer thread
+//!   (`TapPort::set_tx_thread`, frames of at least 2048 bytes: what stack mode
+//!   uses), so the kernel's receive of each frame runs beside segstack;
 //! - baseline, same run: the kernel sending to itself over loopback TCP.
 //!
 //! Needs root (TAP, namespaces); without it the segstack side is skipped with
 //! a message and only the baseline runs (under `CI=true` it fails instead).
 //!
 //! The segstack loop is the backend-generic one of `hicamp_benches::net`
-//! (the `backends` bench runs it too). `BULK_PROFILE=tx:<MiB>[:<reps>]` or
+//! (the `backends` bench runs it too). `BULK_PROFILE=tx:<MiB>[:<reps>]` (with
+//! `BULK_TX_THREAD` set: through the writer thread) or
 //! `rx:<MiB>[:<reps>]` runs no benchmark: transfers of that size, the
 //! segstack side inside `BulkRig::send_once` / `BulkRig::recv_once`, for
 //! `valgrind --tool=callgrind --collect-atstart=no
@@ -54,9 +58,15 @@ fn len() -> usize {
 /// moved into a new namespace, 10.81.0.1/24; segstack is 10.81.0.2), or a
 /// ring backend (`af_xdp`, `af_packet`) on the veth lab's `p0` with the
 /// kernel peer in namespace A (see [`net::veth_lab`]).
-fn seg_rig(kind: &str) -> BulkRig<AnyPort> {
+///
+/// `tx_thread`: the TAP port writes frames of at least 2048 bytes from its writer thread
+/// (`TapPort::set_tx_thread`, as stack mode does), not from segstack's.
+fn seg_rig(kind: &str, tx_thread: bool) -> BulkRig<AnyPort> {
     if kind == "tap" {
-        let tap = TapPort::open("").expect("TAP");
+        let mut tap = TapPort::open("").expect("TAP");
+        if tx_thread {
+            tap.set_tx_thread(Some(2048));
+        }
         let ns = NetNs::create().expect("namespace");
         let dev = tap.name().to_owned();
         ns.adopt(&dev, Some("10.81.0.1/24")).expect("adopt");
@@ -108,12 +118,19 @@ fn benches(c: &mut Criterion, kind: &str) {
     if !testkit::require(netns_supported(), "root and iproute2 (segstack over TAP)") {
         g.bench(
             &format!("segstack-{kind}-to-kernel"),
-            || seg_rig(kind),
+            || seg_rig(kind, false),
             |r, iters| (0..iters).map(|_| r.send_once()).sum(),
         );
+        if kind == "tap" {
+            g.bench(
+                "segstack-tap-txthread-to-kernel",
+                || seg_rig(kind, true),
+                |r, iters| (0..iters).map(|_| r.send_once()).sum(),
+            );
+        }
         g.bench(
             &format!("kernel-to-segstack-{kind}"),
-            || seg_rig(kind),
+            || seg_rig(kind, false),
             |r, iters| (0..iters).map(|_| r.recv_once()).sum(),
         );
     }
@@ -128,7 +145,7 @@ fn benches(c: &mut Criterion, kind: &str) {
 fn main() {
     let kind = net::backend_choice("tap");
     if let Ok(spec) = std::env::var("BULK_PROFILE") {
-        let mut r = seg_rig(&kind);
+        let mut r = seg_rig(&kind, std::env::var_os("BULK_TX_THREAD").is_some());
         let n = len();
         let reps: usize = spec
             .split(':')
@@ -168,6 +185,22 @@ fn main() {
             &subject(
                 format!("segstack over {kind} -> kernel"),
                 tx,
+                Some(LEN as u64),
+            ),
+            &subject(
+                "kernel -> kernel over loopback",
+                "bulk/kernel-loopback",
+                Some(LEN as u64),
+            ),
+            None,
+        );
+    }
+    let txt = "bulk/segstack-tap-txthread-to-kernel";
+    if median_ns(txt).is_some() {
+        print_vs(
+            &subject(
+                "segstack over tap (TX writer thread) -> kernel",
+                txt,
                 Some(LEN as u64),
             ),
             &subject(
