@@ -178,52 +178,31 @@ fn main() {
     print_header(&format!(
         "Bulk TCP, 64 MiB between segstack (over {kind}) and the kernel"
     ));
-    let tx = format!("bulk/segstack-{kind}-to-kernel");
-    let rx = format!("bulk/kernel-to-segstack-{kind}");
-    if median_ns(&tx).is_some() {
-        print_vs(
-            &subject(
-                format!("segstack over {kind} -> kernel"),
-                tx,
-                Some(LEN as u64),
-            ),
-            &subject(
-                "kernel -> kernel over loopback",
-                "bulk/kernel-loopback",
-                Some(LEN as u64),
-            ),
-            None,
-        );
-    }
-    let txt = "bulk/segstack-tap-txthread-to-kernel";
-    if median_ns(txt).is_some() {
-        print_vs(
-            &subject(
-                "segstack over tap (TX writer thread) -> kernel",
-                txt,
-                Some(LEN as u64),
-            ),
-            &subject(
-                "kernel -> kernel over loopback",
-                "bulk/kernel-loopback",
-                Some(LEN as u64),
-            ),
-            None,
-        );
-    }
-    if median_ns(&rx).is_some() {
-        print_vs(
-            &subject(
-                format!("kernel -> segstack over {kind}"),
-                rx,
-                Some(LEN as u64),
-            ),
-            &subject(
-                "kernel -> kernel over loopback",
-                "bulk/kernel-loopback",
-                Some(LEN as u64),
-            ),
-            None,
-        );
+    let subjects = [
+        (
+            format!("segstack over {kind} -> kernel"),
+            format!("bulk/segstack-{kind}-to-kernel"),
+        ),
+        (
+            "segstack over tap (TX writer thread) -> kernel".to_string(),
+            "bulk/segstack-tap-txthread-to-kernel".to_string(),
+        ),
+        (
+            format!("kernel -> segstack over {kind}"),
+            format!("bulk/kernel-to-segstack-{kind}"),
+        ),
+    ];
+    for (label, key) in subjects {
+        if median_ns(&key).is_some() {
+            print_vs(
+                &subject(label, key, Some(LEN as u64)),
+                &subject(
+                    "kernel -> kernel over loopback",
+                    "bulk/kernel-loopback",
+                    Some(LEN as u64),
+                ),
+                None,
+            );
+        }
     }
 }

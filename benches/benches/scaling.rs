@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use hicamp::{Memory, Segment};
-use hicamp_benches::{memory_for, print_header, random_bytes, MIB};
+use hicamp_benches::{median, memory_for, print_header, random_bytes, MIB};
 
 const PER_THREAD: usize = 8 * MIB;
 const LINE: usize = 64;
@@ -35,15 +35,6 @@ fn parallel_intern(mem: &Memory, data: &[Vec<u8>]) -> (Duration, Vec<Segment>) {
             .collect::<Vec<_>>()
     });
     (start.elapsed(), segs)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// `pairs` pairs of (1 thread, 2 threads) on `mem`: (median 1-thread GB/s,

@@ -43,7 +43,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hicamp_benches::apps::{hicamp_with_shim, Reaper};
-use hicamp_benches::{run_mode, RunMode};
+use hicamp_benches::{median, run_mode, RunMode};
 use nicdma::tap::{netns_supported, NetNs};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -727,15 +727,6 @@ fn nginx_round(
         cpu * 1e6 / reqs,
         syscalls_counted(&counts) / reqs,
     ))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// The backends `SHIM_STACK_BACKEND` asks for (default `tap`; `all`: every one).

@@ -349,6 +349,17 @@ pub fn time_loop_keep<O>(iters: u64, mut f: impl FnMut() -> O) -> Duration {
     total
 }
 
+/// The median of `v` (sorted in place; the mean of the middle two for an even
+/// count; NaN when empty).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// The median time per iteration of benchmark `key` over criterion's measured
 /// samples (in quick mode, its last two batches), in nanoseconds. `None` when
 /// nothing was measured (test mode, filtered out).

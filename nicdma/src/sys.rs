@@ -260,39 +260,39 @@ extern "C" fn bump() {
     FORK_GEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Waits up to `timeout_ms` for `fd` to poll writable; returns whether it did.
-pub fn poll_writable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<bool> {
+/// Polls `fd` alone for `events` up to `timeout_ms` (negative: forever); the
+/// events it reported (0: none in time, or the wait was interrupted).
+fn poll_one(
+    fd: BorrowedFd<'_>,
+    events: libc::c_short,
+    timeout_ms: libc::c_int,
+) -> io::Result<libc::c_short> {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
-        events: libc::POLLOUT,
+        events,
         revents: 0,
     };
     // SAFETY: `pfd` is one valid, exclusively borrowed `pollfd` (nfds = 1)
     // that lives across the call; its fd is live because it is borrowed.
     let ret = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
     match check(ret) {
-        Ok(n) => Ok(n > 0),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Ok(n) if n > 0 => Ok(pfd.revents),
+        Ok(_) => Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
         Err(e) => Err(e),
     }
+}
+
+/// Waits up to `timeout_ms` for `fd` to poll writable; returns whether it did.
+pub fn poll_writable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<bool> {
+    Ok(poll_one(fd, libc::POLLOUT, timeout_ms)? != 0)
 }
 
 /// Waits up to `timeout_ms` (negative: forever) for `fd` to poll readable.
 /// Returns whether it did; an interrupted wait counts as "not yet".
 pub fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: libc::c_int) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is one valid, exclusively borrowed `pollfd` (nfds = 1)
-    // that lives across the call; its fd is live because it is borrowed.
-    let ret = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-    match check(ret) {
-        Ok(n) => Ok(n > 0 && pfd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
-        Err(e) => Err(e),
-    }
+    let r = poll_one(fd, libc::POLLIN, timeout_ms)?;
+    Ok(r & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0)
 }
 
 /// [`poll_readable`] on a raw descriptor (a port's [`rx_fd`]): `poll` touches

@@ -429,6 +429,24 @@ impl TapPort {
     }
 }
 
+impl TapPort {
+    /// What becomes of a frame of `len` bytes before it is written, when anything: too
+    /// large (an error), or dropped on a detached queue (counted, `Sent`).
+    fn refuse(&mut self, len: usize) -> Option<Result<TxOutcome, PortError>> {
+        if len > MAX_FRAME {
+            return Some(Err(PortError::TooLarge {
+                len,
+                max: MAX_FRAME,
+            }));
+        }
+        if self.detached {
+            self.detached_tx_drops += 1;
+            return Some(Ok(TxOutcome::Sent));
+        }
+        None
+    }
+}
+
 /// Writes one frame to `file`: the header, then the chunks as they lie (runs of chunks that
 /// lie end to end as one iovec each) when they are few, else gathered into `flat` and written
 /// as one iovec. Returns the bytes written and the bytes gathered (0: none).
@@ -474,16 +492,10 @@ impl Port for TapPort {
         if !t.takes(len) {
             return None;
         }
-        if len > MAX_FRAME {
-            return Some(Err(PortError::TooLarge {
-                len,
-                max: MAX_FRAME,
-            }));
+        if let Some(out) = self.refuse(len) {
+            return Some(out);
         }
-        if self.detached {
-            self.detached_tx_drops += 1;
-            return Some(Ok(TxOutcome::Sent));
-        }
+        let t = self.tx_thread.as_mut()?;
         let hdr = desc.meta().vnet.to_bytes();
         match t.queue(&self.file, hdr, desc) {
             Ok(true) => {
@@ -502,15 +514,8 @@ impl Port for TapPort {
     /// refuses frames with `EIO` (an `Os` error).
     fn transmit(&mut self, vnet: &VirtioNetHdr, chunks: &[&[u8]]) -> Result<TxOutcome, PortError> {
         let len: usize = chunks.iter().map(|c| c.len()).sum();
-        if len > MAX_FRAME {
-            return Err(PortError::TooLarge {
-                len,
-                max: MAX_FRAME,
-            });
-        }
-        if self.detached {
-            self.detached_tx_drops += 1;
-            return Ok(TxOutcome::Sent);
+        if let Some(out) = self.refuse(len) {
+            return out;
         }
         let hdr = vnet.to_bytes();
         if let Some(t) = self.tx_thread.as_mut().filter(|t| t.in_flight() > 0) {
@@ -564,15 +569,8 @@ impl Port for TapPort {
         if len < FLAT_FROM {
             return None;
         }
-        if len > MAX_FRAME {
-            return Some(Err(PortError::TooLarge {
-                len,
-                max: MAX_FRAME,
-            }));
-        }
-        if self.detached {
-            self.detached_tx_drops += 1;
-            return Some(Ok(TxOutcome::Sent));
+        if let Some(out) = self.refuse(len) {
+            return Some(out);
         }
         if self.tx_thread.as_ref().is_some_and(|t| t.in_flight() > 0) {
             // Frames wait for the writer thread: this one goes after them, a copy gathered

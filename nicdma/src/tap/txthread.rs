@@ -217,12 +217,7 @@ impl TxThread {
                 thread,
             });
         }
-        let Some(Writer { shared, .. }) = self.writer.as_ref() else {
-            return Err(io::Error::other("TAP writer missing"));
-        };
-        if shared.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT {
-            // Full: what waits in the batch goes now, so that room opens.
-            self.flush()?;
+        if !self.room()? {
             return Ok(false);
         }
         self.push(Job {
@@ -237,11 +232,7 @@ impl TxThread {
     /// [`MAX_IN_FLIGHT`] frames wait already. Only while frames wait (else the caller writes
     /// it itself).
     pub fn queue_copy(&mut self, hdr: [u8; VNET_HDR_LEN], chunks: &[&[u8]]) -> io::Result<bool> {
-        let Some(shared) = self.live() else {
-            return Err(io::Error::other("TAP writer missing"));
-        };
-        if shared.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT {
-            self.flush()?;
+        if !self.room()? {
             return Ok(false);
         }
         self.push(Job {
@@ -249,6 +240,19 @@ impl TxThread {
             frame: Frame::Bytes(chunks.concat()),
         })?;
         Ok(true)
+    }
+
+    /// Whether one more frame may wait for the writer (fewer than [`MAX_IN_FLIGHT`] do);
+    /// when not, what waits in the batch goes now, so that room opens.
+    fn room(&mut self) -> io::Result<bool> {
+        let Some(shared) = self.live() else {
+            return Err(io::Error::other("TAP writer missing"));
+        };
+        if shared.in_flight.load(Ordering::Acquire) < MAX_IN_FLIGHT {
+            return Ok(true);
+        }
+        self.flush()?;
+        Ok(false)
     }
 
     fn push(&mut self, job: Job) -> io::Result<()> {
