@@ -909,6 +909,19 @@ fn finish(reason: &str) {
         drop(w);
         std::thread::sleep(Duration::from_millis(2));
     }
+    // Frames the TAP port's writer thread still holds (the last ACKs and FINs) are written
+    // before the process ends it (at most 200 ms more).
+    let deadline = Instant::now() + Duration::from_millis(200);
+    loop {
+        let waiting = match lock().engine.as_ref().map(|e| e.iface.nic().port()) {
+            Some(AnyPort::Tap(t)) => t.tx_thread().map_or(0, |x| x.in_flight()),
+            _ => 0,
+        };
+        if waiting == 0 || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     write_report(reason);
 }
 
