@@ -382,15 +382,14 @@ fn redis_bench(lab: &Lab, host: &str, p: u32, n: u64) -> Result<(f64, f64), Stri
 /// `/proc/self/stat`, in USER_HZ (100 on Linux).
 fn children_cpu() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    (stat_field(&stat, 16).unwrap_or(0.0) + stat_field(&stat, 17).unwrap_or(0.0)) / 100.0
+}
+
+/// Field `i` (1-based, as proc(5) numbers them; 3 or more) of a `/proc/PID/stat` text.
+fn stat_field(stat: &str, i: usize) -> Option<f64> {
+    // Fields after the command name (which may hold spaces), starting at field 3.
     let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state): cutime is field 16, cstime 17.
-    let t = |i: usize| {
-        f.get(i - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (t(16) + t(17)) / 100.0
+    rest.split_whitespace().nth(i.checked_sub(3)?)?.parse().ok()
 }
 
 /// CPU seconds (user + system) of the live processes of process group `pgid` (a server and
@@ -410,12 +409,9 @@ fn group_cpu(pgid: u32) -> f64 {
             continue;
         }
         let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // `rest` starts at field 3 (state): pgrp is field 5, utime 14, stime 15.
-        let field = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok());
-        if field(5) == Some(f64::from(pgid)) {
-            ticks += field(14).unwrap_or(0.0) + field(15).unwrap_or(0.0);
+        // pgrp is field 5, utime 14, stime 15.
+        if stat_field(&stat, 5) == Some(f64::from(pgid)) {
+            ticks += stat_field(&stat, 14).unwrap_or(0.0) + stat_field(&stat, 15).unwrap_or(0.0);
         }
     }
     ticks / 100.0

@@ -60,6 +60,29 @@ fn launcher_refuses_bad_settings_before_the_command_runs() {
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(!marker.exists(), "{args:?}: the command ran");
     }
+    // A bad writer-thread threshold is refused by the launcher too (the shim would only
+    // find it when the stack starts, inside the application).
+    let out = Command::new(HICAMP)
+        .args([
+            "run",
+            "--mode",
+            "stack",
+            "--backend",
+            "tap:t0",
+            "--ip",
+            "10.0.0.2/24",
+        ])
+        .args(["--", "touch", m])
+        .env("HICAMP_TAP_TX_THREAD", "2k")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "HICAMP_TAP_TX_THREAD=2k was accepted"
+    );
+    assert!(err.contains("HICAMP_TAP_TX_THREAD"), "{err}");
+    assert!(!marker.exists(), "HICAMP_TAP_TX_THREAD=2k: the command ran");
 }
 
 #[test]

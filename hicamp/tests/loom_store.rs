@@ -57,7 +57,13 @@ fn no_line_left(mem: &Memory) {
 /// Explores `body` over every interleaving, on a fresh memory, and checks
 /// that no line is left after it.
 fn model(body: fn(&Memory)) {
-    loom::model(move || {
+    loom::model(on_fresh_memory(body));
+}
+
+/// `body` on a fresh memory (in a thread with a big stack), then the check
+/// that no line is left: one execution of a model.
+fn on_fresh_memory(body: fn(&Memory)) -> impl Fn() + Send + Sync + 'static {
+    move || {
         big_stack(move || {
             let mem = memory();
             body(&mem);
@@ -65,7 +71,7 @@ fn model(body: fn(&Memory)) {
         })
         .join()
         .unwrap();
-    });
+    }
 }
 
 /// The last holder drops while another thread interns the same content.
@@ -173,15 +179,7 @@ fn owned_race(mem: &Memory) {
 fn model_bounded(body: fn(&Memory)) {
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(3);
-    b.check(move || {
-        big_stack(move || {
-            let mem = memory();
-            body(&mem);
-            no_line_left(&mem);
-        })
-        .join()
-        .unwrap();
-    });
+    b.check(on_fresh_memory(body));
 }
 
 /// Under loom the count byte escapes at 2 (`counts::ESC`): copies of a

@@ -446,6 +446,11 @@ fn prepare_stack(o: &StackOptions) -> Result<(Vec<(OsString, OsString)>, MadeTap
         .backend
         .parse()
         .map_err(|e| err(format!("--backend: {e}")))?;
+    // The shim reads it when the stack starts: a bad value is refused here, before the
+    // command runs, not met by the application as EINVAL.
+    if let Ok(v) = std::env::var("HICAMP_TAP_TX_THREAD") {
+        nicdma::tap::parse_tx_thread(&v).map_err(|e| err(format!("HICAMP_TAP_TX_THREAD: {e}")))?;
+    }
     if spec == BackendSpec::Sim {
         return Err(err(
             "--backend sim: the simulated link has no peer for an application".into(),

@@ -35,7 +35,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::Ordering::*;
+use std::sync::atomic::Ordering::{self, *};
 
 use crossbeam_utils::CachePadded;
 
@@ -102,6 +102,17 @@ pub(super) fn kind_bit(kind: LineKind) -> u8 {
 /// (what a file's clean close leaves, and what `fsck` expects).
 pub(crate) fn encode_count(count: u64) -> u8 {
     count.min(u64::from(ESC)) as u8
+}
+
+/// What a move of a count byte does next ([`Store::step_count`]).
+enum Step<T> {
+    /// Finished, with this result.
+    Done(T),
+    /// Read the byte again (it moved under the overflow table's lock).
+    Reload,
+    /// Swap the byte read for this one; finished with the result if it was
+    /// still that byte.
+    Cas(u8, T),
 }
 
 /// Hashes a line id for the overflow table (one multiply: ids are distinct
@@ -288,21 +299,44 @@ impl Store {
     /// reference, or the line is in the index and the shard lock is held).
     #[inline(always)]
     pub(super) fn increment(&self, id: u32) {
+        self.step_count(id, Relaxed, |c| {
+            debug_assert!(c & COUNT_MASK != 0, "increment of a free line L{id}");
+            if c & COUNT_MASK >= ESC {
+                self.escaped(self.overflow_inc(id), ())
+            } else {
+                Step::Cas(c + 1, ())
+            }
+        })
+    }
+
+    /// The one loop every move of a count byte runs: `decide` sees the byte
+    /// and says what to do ([`Step`]); a `Cas` that loses a race asks again
+    /// with the byte it lost to, with `order` on success.
+    #[inline(always)]
+    fn step_count<T>(&self, id: u32, order: Ordering, mut decide: impl FnMut(u8) -> Step<T>) -> T {
         let m = self.count_byte(id);
         let mut c = m.load(Relaxed);
         loop {
-            debug_assert!(c & COUNT_MASK != 0, "increment of a free line L{id}");
-            if c & COUNT_MASK >= ESC {
-                if self.overflow_inc(id) {
-                    return;
-                }
-                c = m.load(Relaxed);
-                continue;
+            match decide(c) {
+                Step::Done(t) => return t,
+                Step::Reload => c = m.load(Relaxed),
+                Step::Cas(next, t) => match m.compare_exchange_weak(c, next, order, Relaxed) {
+                    Ok(_) => return t,
+                    Err(now) => c = now,
+                },
             }
-            match m.compare_exchange_weak(c, c + 1, Relaxed, Relaxed) {
-                Ok(_) => return,
-                Err(now) => c = now,
-            }
+        }
+    }
+
+    /// The step after a move in the overflow table (the byte is at `ESC`):
+    /// done with `t` when it moved there, else (the byte left `ESC` under the
+    /// table's lock meanwhile) read the byte again.
+    #[inline(always)]
+    fn escaped<T>(&self, moved: bool, t: T) -> Step<T> {
+        if moved {
+            Step::Done(t)
+        } else {
+            Step::Reload
         }
     }
 
@@ -376,55 +410,28 @@ impl Store {
     /// or this returns false.
     #[inline]
     pub(super) fn inc_unless_zero(&self, id: u32) -> bool {
-        let m = self.count_byte(id);
-        let mut c = m.load(Relaxed);
-        loop {
-            let count = c & COUNT_MASK;
-            if count == 0 {
-                return false;
-            }
-            if count >= ESC {
-                // Above 1: the line cannot die while its byte is at `ESC`.
-                if self.overflow_inc(id) {
-                    return true;
-                }
-                c = m.load(Relaxed);
-                continue;
-            }
-            match m.compare_exchange_weak(c, c + 1, Relaxed, Relaxed) {
-                Ok(_) => return true,
-                Err(now) => c = now,
-            }
-        }
+        self.step_count(id, Relaxed, |c| match c & COUNT_MASK {
+            0 => Step::Done(false),
+            // Above 1: the line cannot die while its byte is at `ESC`.
+            count if count >= ESC => self.escaped(self.overflow_inc(id), true),
+            _ => Step::Cas(c + 1, true),
+        })
     }
 
     /// Drops one reference unless it is the last; true when it is the last
     /// (the count is left at 1, the caller finishes under the shard lock).
     #[inline]
     pub(super) fn dec_unless_last(&self, id: u32) -> bool {
-        let m = self.count_byte(id);
-        let mut c = m.load(Relaxed);
-        loop {
+        self.step_count(id, Release, |c| {
             let count = c & COUNT_MASK;
             debug_assert!(count != 0, "release of a free line L{id}");
-            if count == 0 {
-                return false;
+            match count {
+                0 => Step::Done(false),
+                1 => Step::Done(true),
+                _ if count >= ESC => self.escaped(self.overflow_dec(id), false),
+                _ => Step::Cas(c - 1, false),
             }
-            if count == 1 {
-                return true;
-            }
-            if count >= ESC {
-                if self.overflow_dec(id) {
-                    return false;
-                }
-                c = m.load(Relaxed);
-                continue;
-            }
-            match m.compare_exchange_weak(c, c - 1, Release, Relaxed) {
-                Ok(_) => return false,
-                Err(now) => c = now,
-            }
-        }
+        })
     }
 
     /// Drops one reference, under the line's shard lock (or all of them);
@@ -434,27 +441,16 @@ impl Store {
     /// earlier releaser's reads done).
     #[inline]
     fn dec_locked(&self, id: u32) -> Option<u8> {
-        let m = self.count_byte(id);
-        let mut c = m.load(Relaxed);
-        loop {
+        self.step_count(id, AcqRel, |c| {
             let count = c & COUNT_MASK;
             debug_assert!(count != 0, "release of a free line L{id}");
-            if count == 0 {
-                return None;
+            match count {
+                0 => Step::Done(None),
+                _ if count >= ESC => self.escaped(self.overflow_dec(id), None),
+                1 => Step::Cas(0, Some(c)),
+                _ => Step::Cas(c - 1, None),
             }
-            if count >= ESC {
-                if self.overflow_dec(id) {
-                    return None;
-                }
-                c = m.load(Relaxed);
-                continue;
-            }
-            let next = if count == 1 { 0 } else { c - 1 };
-            match m.compare_exchange_weak(c, next, AcqRel, Relaxed) {
-                Ok(_) => return (count == 1).then_some(c),
-                Err(now) => c = now,
-            }
-        }
+        })
     }
 
     /// Finishes the release of `last`: lines whose count this thread saw at 1

@@ -663,6 +663,7 @@ fn start() -> Result<Engine, (c_int, String)> {
     };
     // Read now: an application may clear its environment later (nginx keeps only TZ).
     ops::sendfile_settings();
+    let tx_thread = tap_tx_thread().map_err(|e| (libc::EINVAL, e))?;
     let mem = Memory::new(hicamp::Config {
         capacity_lines: 1 << 24,
         map_capacity: 1 << 20,
@@ -712,7 +713,7 @@ fn start() -> Result<Engine, (c_int, String)> {
     }
     let mut iface = iface;
     if let AnyPort::Tap(t) = iface.nic_mut().port_mut() {
-        t.set_tx_thread(tap_tx_thread());
+        t.set_tx_thread(tx_thread);
     }
     if let Some(fd) = iface.nic().port().rx_fd() {
         internal(fd, true);
@@ -1086,13 +1087,12 @@ fn defer_now() -> u64 {
 pub(crate) const TAP_TX_THREAD_MIN: usize = 2048;
 
 /// The TAP writer thread's threshold: `HICAMP_TAP_TX_THREAD` (bytes; `0` or `off`: no
-/// writer thread), else [`TAP_TX_THREAD_MIN`]. Read when the stack starts, as an
-/// application may clear its environment later.
-fn tap_tx_thread() -> Option<usize> {
+/// writer thread), else [`TAP_TX_THREAD_MIN`]; an error for a value that is neither. Read
+/// when the stack starts, as an application may clear its environment later.
+fn tap_tx_thread() -> Result<Option<usize>, String> {
     match std::env::var("HICAMP_TAP_TX_THREAD") {
-        Err(_) => Some(TAP_TX_THREAD_MIN),
-        Ok(v) if v == "0" || v.eq_ignore_ascii_case("off") => None,
-        Ok(v) => Some(v.trim().parse().unwrap_or(TAP_TX_THREAD_MIN)),
+        Err(_) => Ok(Some(TAP_TX_THREAD_MIN)),
+        Ok(v) => nicdma::tap::parse_tx_thread(&v).map_err(|e| format!("HICAMP_TAP_TX_THREAD: {e}")),
     }
 }
 

@@ -76,7 +76,7 @@ use crate::port::{Port, PortCopies, PortError, TxOutcome};
 use crate::sys;
 
 mod txthread;
-pub use txthread::{TxThread, MAX_IN_FLIGHT};
+pub use txthread::{parse_tx_thread, TxThread, MAX_IN_FLIGHT};
 
 #[cfg(any(test, feature = "test-support"))]
 mod netns;

@@ -43,6 +43,19 @@ use std::sync::Arc;
 use crate::frame::TxDesc;
 use crate::meta::VNET_HDR_LEN;
 
+/// The writer thread's threshold from a setting's text (`HICAMP_TAP_TX_THREAD`):
+/// `0` or `off`: no writer thread (`None`); else frames of at least that many
+/// bytes go to it; an error for anything else.
+pub fn parse_tx_thread(v: &str) -> Result<Option<usize>, String> {
+    let v = v.trim();
+    if v == "0" || v.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| format!("{v:?} is not a frame size in bytes (or 0/off)"))
+}
+
 /// Frames queued for the writer at most (the NIC's slot stays posted beyond).
 pub const MAX_IN_FLIGHT: usize = 256;
 
@@ -210,14 +223,7 @@ impl TxThread {
                 thread,
             });
         }
-        if !self.room()? {
-            return Ok(false);
-        }
-        self.push(Job {
-            hdr,
-            frame: Frame::Desc(desc.take()),
-        })?;
-        Ok(true)
+        self.enqueue(hdr, || Frame::Desc(desc.take()))
     }
 
     /// Queues a copy of the frame `chunks` (one that is no descriptor) behind the frames
@@ -225,38 +231,33 @@ impl TxThread {
     /// [`MAX_IN_FLIGHT`] frames wait already. Only while frames wait (else the caller writes
     /// it itself).
     pub fn queue_copy(&mut self, hdr: [u8; VNET_HDR_LEN], chunks: &[&[u8]]) -> io::Result<bool> {
-        if !self.room()? {
-            return Ok(false);
-        }
-        self.push(Job {
-            hdr,
-            frame: Frame::Bytes(chunks.concat()),
-        })?;
-        Ok(true)
+        self.enqueue(hdr, || Frame::Bytes(chunks.concat()))
     }
 
-    /// Whether one more frame may wait for the writer (fewer than [`MAX_IN_FLIGHT`] do);
-    /// when not, what waits in the batch goes now, so that room opens.
-    fn room(&mut self) -> io::Result<bool> {
+    /// Adds the frame `frame` makes to the batch when fewer than [`MAX_IN_FLIGHT`] wait for
+    /// the writer (`frame` is called only then); else sends the batch, so that room opens,
+    /// and answers `Ok(false)`.
+    fn enqueue(
+        &mut self,
+        hdr: [u8; VNET_HDR_LEN],
+        frame: impl FnOnce() -> Frame,
+    ) -> io::Result<bool> {
         let Some(shared) = self.live() else {
             return Err(io::Error::other("TAP writer missing"));
         };
-        if shared.in_flight.load(Ordering::Acquire) < MAX_IN_FLIGHT {
-            return Ok(true);
+        if shared.in_flight.load(Ordering::Acquire) >= MAX_IN_FLIGHT {
+            self.flush()?;
+            return Ok(false);
         }
-        self.flush()?;
-        Ok(false)
-    }
-
-    fn push(&mut self, job: Job) -> io::Result<()> {
-        if let Some(s) = self.live() {
-            s.in_flight.fetch_add(1, Ordering::AcqRel);
-        }
-        self.batch.push(job);
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.batch.push(Job {
+            hdr,
+            frame: frame(),
+        });
         if self.batch.len() >= FLUSH_AT {
             self.flush()?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -435,6 +436,16 @@ mod tests {
             before,
             "a frame's lines outlived its write"
         );
+    }
+
+    #[test]
+    fn the_setting_parses_or_says_why_not() {
+        assert_eq!(parse_tx_thread("0"), Ok(None));
+        assert_eq!(parse_tx_thread(" OFF "), Ok(None));
+        assert_eq!(parse_tx_thread("2048"), Ok(Some(2048)));
+        let e = parse_tx_thread("2k").unwrap_err();
+        assert!(e.contains("\"2k\""), "{e}");
+        assert!(parse_tx_thread("-1").is_err());
     }
 
     /// A wire that takes nothing: the queue stops at MAX_IN_FLIGHT frames (back-pressure),

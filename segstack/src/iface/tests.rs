@@ -56,6 +56,16 @@ impl Port for LatePort {
     }
 }
 
+/// A volatile memory of 64 Ki lines and 4 Ki map entries (what these tests need).
+fn small_memory() -> Memory {
+    Memory::new(hicamp::Config {
+        capacity_lines: 1 << 16,
+        map_capacity: 1 << 12,
+        ..hicamp::Config::default()
+    })
+    .expect("memory")
+}
+
 /// The Ethernet and IPv4 headers of a frame from the peer to us.
 fn headers(proto: u8, payload_len: usize) -> Vec<u8> {
     let ip = Ipv4Repr {
@@ -129,12 +139,7 @@ fn udp_frame(payload: &[u8]) -> Vec<u8> {
 /// until the kernel's retransmission timer fired.
 #[test]
 fn a_frame_deposited_by_the_flush_is_ingested_by_the_same_poll() {
-    let mem = Memory::new(hicamp::Config {
-        capacity_lines: 1 << 16,
-        map_capacity: 1 << 12,
-        ..hicamp::Config::default()
-    })
-    .expect("memory");
+    let mem = small_memory();
     let port = LatePort {
         script: VecDeque::from([udp_frame(b"late news")]),
         ..LatePort::default()
@@ -173,12 +178,7 @@ fn a_frame_deposited_by_the_flush_is_ingested_by_the_same_poll() {
 /// descriptor that will not turn readable.
 #[test]
 fn poll_at_is_due_while_received_frames_wait_in_the_ring() {
-    let mem = Memory::new(hicamp::Config {
-        capacity_lines: 1 << 16,
-        map_capacity: 1 << 12,
-        ..hicamp::Config::default()
-    })
-    .expect("memory");
+    let mem = small_memory();
     let port = LatePort {
         script: (1..12).map(ping).collect(),
         arrived: VecDeque::from([ping(0)]),
@@ -211,12 +211,7 @@ fn poll_at_is_due_while_received_frames_wait_in_the_ring() {
 /// lives on.
 #[test]
 fn received_frames_are_released_by_the_next_poll() {
-    let mem = Memory::new(hicamp::Config {
-        capacity_lines: 1 << 16,
-        map_capacity: 1 << 12,
-        ..hicamp::Config::default()
-    })
-    .expect("memory");
+    let mem = small_memory();
     let port = LatePort::default();
     let mut iface =
         Interface::new(&mem, port, IfaceConfig::new(US_MAC, US, 24)).expect("interface");
@@ -283,12 +278,7 @@ fn received_frames_are_released_by_the_next_poll() {
 /// phttpd answering 20k POSTs with owned ones.)
 #[test]
 fn owned_tx_frames_die_once_transmitted() {
-    let mem = Memory::new(hicamp::Config {
-        capacity_lines: 1 << 16,
-        map_capacity: 1 << 12,
-        ..hicamp::Config::default()
-    })
-    .expect("memory");
+    let mem = small_memory();
     let mut cfg = IfaceConfig::new(US_MAC, US, 24);
     cfg.tx_dedup = false;
     // Frame segments.
@@ -323,12 +313,7 @@ fn owned_tx_frames_die_once_transmitted() {
 /// keeps descriptors for a lap: 64 datagrams through 16 slots).
 #[test]
 fn inline_tx_descriptors_die_once_transmitted() {
-    let mem = Memory::new(hicamp::Config {
-        capacity_lines: 1 << 16,
-        map_capacity: 1 << 12,
-        ..hicamp::Config::default()
-    })
-    .expect("memory");
+    let mem = small_memory();
     let mut cfg = IfaceConfig::new(US_MAC, US, 24);
     cfg.tx_inline = true;
     cfg.nic.tx_slots = 16;
