@@ -229,8 +229,12 @@ pub fn serve_page_then_quit(
 
 /// Waits until `ip:port` accepts a kernel connection from inside the namespace.
 pub fn wait_port(lab: &Lab, ip: &str, port: u16) {
+    // Timeout 3 s, past the kernel's first SYN retransmission (1 s): a probe whose first
+    // SYN found no stack yet then connects once, instead of giving up at the very moment
+    // the retransmitted SYN is answered and leaving the server a connection it counts (a
+    // thread-per-connection test once saw 10 connections served where 9 were made).
     let probe =
-        format!("import socket; socket.create_connection(('{ip}', {port}), timeout=1).close()");
+        format!("import socket; socket.create_connection(('{ip}', {port}), timeout=3).close()");
     if !probe_until(lab, &probe) {
         panic!("nothing listens on {ip}:{port}");
     }
