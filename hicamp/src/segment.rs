@@ -159,6 +159,27 @@ impl Segment {
         self.h.into_tree()
     }
 
+    /// Gives up this handle but not its reference: the root keeps it, and
+    /// the memory's logical bytes keep counting the segment, until the
+    /// memory itself goes. Unlike `std::mem::forget`, this does not keep the
+    /// memory alive: dropping its last `Memory` still frees it all. For an
+    /// account that must describe every snapshot ever taken (the shim's
+    /// trace mode).
+    pub fn hold_forever(self) {
+        let _ = self.h.into_tree();
+    }
+
+    /// `k` more snapshots held as [`Segment::hold_forever`] holds them: the
+    /// same counts as `k` times `self.clone().hold_forever()`, in one step
+    /// of the root's count (a count past the byte's range takes one trip to
+    /// the overflow table, not `k`).
+    pub fn hold_snapshots(&self, k: u64) {
+        let inner = &self.h.mem.inner;
+        inner.store.acquire_many(self.h.tree.root, k);
+        let bytes = self.h.tree.len.saturating_mul(k);
+        inner.logical.add(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     /// The memory this segment lives in.
     pub fn memory(&self) -> &Memory {
         &self.h.mem

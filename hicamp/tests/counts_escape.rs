@@ -137,6 +137,83 @@ fn threads_crossing_the_escape_leave_an_exact_count() {
     assert_eq!(mem.live_lines(), 0);
 }
 
+/// `hold_snapshots(k)` leaves the counts `k` clones held forever would, from
+/// every side of the escape (a byte that stays below it, one that reaches it
+/// exactly, one that crosses it, one already past it), and the logical bytes
+/// count each; the counts come back down exactly as the real handles go.
+#[test]
+fn held_snapshots_count_as_clones_across_the_escape() {
+    for start in [1u32, 30, 62, 63, 64, 70] {
+        for k in [1u64, 2, 33, 62, 63, 64, 500] {
+            let mem = Memory::new(config(4)).unwrap();
+            let c = common();
+            let seg = mem.segment(&c).unwrap();
+            let id = seg.root();
+            let clones: Vec<Segment> = (1..start).map(|_| seg.clone()).collect();
+            seg.hold_snapshots(k);
+            let want = u64::from(start) + k;
+            assert_eq!(u64::from(mem.refcount(id)), want, "start {start}, k {k}");
+            assert_eq!(mem.stats().logical_bytes, want * 64, "start {start}, k {k}");
+            drop(clones);
+            assert_eq!(u64::from(mem.refcount(id)), 1 + k, "start {start}, k {k}");
+            seg.hold_forever();
+            assert_eq!(u64::from(mem.refcount(id)), 1 + k, "start {start}, k {k}");
+            assert_eq!(mem.stats().logical_bytes, (1 + k) * 64);
+            assert_eq!(mem.live_lines(), 1);
+        }
+    }
+}
+
+/// Threads hold snapshots in bulk while others take and drop references to
+/// the same line across the escape: the final count is the bulk total.
+#[test]
+fn held_snapshots_racing_clones_leave_an_exact_count() {
+    let mem = Memory::new(config(4)).unwrap();
+    let c = common();
+    let hot = mem.segment(&c).unwrap();
+    let id = hot.root();
+    let ks = [1u64, 7, 40, 63, 100];
+    std::thread::scope(|s| {
+        for t in 0..4usize {
+            let hot = &hot;
+            s.spawn(move || {
+                let mut held = Vec::new();
+                for i in 0..2000usize {
+                    if t % 2 == 0 {
+                        hot.hold_snapshots(ks[(i + t) % ks.len()]);
+                    } else {
+                        held.push(hot.clone());
+                        if held.len() >= 90 {
+                            held.truncate(i % 30);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let per_thread: u64 = (0..2000usize).map(|i| ks[i % ks.len()]).sum();
+    assert_eq!(u64::from(mem.refcount(id)), 1 + 2 * per_thread);
+}
+
+/// Segments held forever do not keep their memory alive: a memory file
+/// whose handles were all held forever is closed when its last `Memory`
+/// goes, and opens again (a handle kept by `std::mem::forget` would keep it
+/// open: `InUse`).
+#[test]
+fn held_segments_let_their_memory_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("held.hicamp");
+    let mem = Memory::create(&p, config(4)).unwrap();
+    let seg = mem.segment(&pair(1)).unwrap();
+    seg.hold_snapshots(100);
+    seg.hold_forever();
+    mem.segment(&pair(2)).unwrap().hold_forever();
+    drop(mem);
+    let again = Memory::open(&p).unwrap();
+    // Nothing was bound, so the recount frees every held line.
+    assert_eq!(again.live_lines(), 0);
+}
+
 /// `n` pair segments bound by name (`p0`, `p1`, ...), and the id of the
 /// common line (count `n` once the handles are gone).
 fn bind_pairs(mem: &Memory, n: u32) -> LineId {

@@ -234,3 +234,34 @@ fn lookups_cross_the_escape_racing_the_last_drop() {
         drop(o);
     });
 }
+
+/// A bulk hold (`Segment::hold_snapshots`: one move of the count past the
+/// escape, under the overflow lock) races a copy and two drops that take
+/// the same count into the escape and back out without it: the count ends
+/// exactly at the holder's reference plus the held ones.
+#[test]
+fn bulk_holds_cross_the_escape_racing_copies() {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(|| {
+        big_stack(|| {
+            let mem = memory();
+            let a = mem.segment(&LINE).unwrap();
+            let id = a.root();
+            let b = a.clone();
+            let t = big_stack(move || {
+                let c = b.clone();
+                drop(b);
+                assert_eq!(c.to_vec(), LINE);
+                drop(c);
+            });
+            a.hold_snapshots(2);
+            t.join().unwrap();
+            assert_eq!(mem.refcount(id), 3);
+            a.hold_forever();
+            assert_eq!(mem.refcount(id), 3);
+        })
+        .join()
+        .unwrap();
+    });
+}

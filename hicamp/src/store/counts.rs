@@ -340,6 +340,53 @@ impl Store {
         }
     }
 
+    /// Takes `k` more references to a line the caller already holds: one
+    /// compare-and-swap while the count stays within the byte, else one
+    /// trip to the overflow table ([`Store::overflow_add`]).
+    pub(crate) fn acquire_many(&self, id: LineId, k: u64) {
+        if id.is_zero() || k == 0 {
+            return;
+        }
+        self.step_count(id.0, Relaxed, |c| {
+            let n = u64::from(c & COUNT_MASK);
+            debug_assert!(n != 0, "acquire_many of a free line {id:?}");
+            if n + k <= u64::from(ESC) {
+                // Reaching ESC with no extra is what `increment` does too.
+                Step::Cas(c + k as u8, ())
+            } else {
+                self.escaped(self.overflow_add(id.0, c, k), ())
+            }
+        })
+    }
+
+    /// Adds `k` to a count whose byte was `c` and which `k` takes past
+    /// [`ESC`]: under the overflow lock, a byte below `ESC` moves up to `ESC`
+    /// (the rest goes to the extra) and a byte at `ESC` adds `k` to its
+    /// extra. False when the byte is no longer `c` (the caller reads it
+    /// again). Moving up to `ESC` under the lock keeps the protocol: a
+    /// reader that sees `ESC` takes the lock and so sees the extra too.
+    #[cold]
+    fn overflow_add(&self, id: u32, c: u8, k: u64) -> bool {
+        let mut t = self.overflow.shard(id).lock();
+        let m = self.count_byte(id);
+        let n = u64::from(c & COUNT_MASK);
+        let add = if n >= u64::from(ESC) {
+            if m.load(Relaxed) != c {
+                return false;
+            }
+            k
+        } else {
+            let up = (c & !COUNT_MASK) | ESC;
+            if m.compare_exchange(c, up, Relaxed, Relaxed).is_err() {
+                return false;
+            }
+            n + k - u64::from(ESC)
+        };
+        let e = t.entry(id).or_insert(0);
+        *e = u32::try_from(u64::from(*e).saturating_add(add)).unwrap_or(EXTRA_SATURATED);
+        true
+    }
+
     /// Takes one more reference to a line the caller already holds.
     #[inline]
     pub(crate) fn acquire(&self, id: LineId) {

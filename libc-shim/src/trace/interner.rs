@@ -2,16 +2,20 @@
 //! interned in batches from the pending buffer, and small repeated payloads become snapshots.
 
 use hicamp::footprint::{LineSizeReport, ZeroLineCounter};
-use hicamp::Memory;
+use hicamp::{Memory, Segment};
 
 use crate::config::Config;
 
 /// Arena of each memory (reserved virtually; only used lines cost RAM).
 const ARENA_BYTES: u64 = 16 << 30;
-/// Payloads up to this size are remembered whole, so that a repeat is a snapshot.
-const CACHE_PAYLOAD_MAX: usize = 512;
-/// Payloads remembered.
+/// Payloads up to this size are remembered whole, so that a repeat is a snapshot. (A
+/// pipelined batch of requests is a few hundred bytes to a few KiB: redis-benchmark's 16
+/// GETs are 592.)
+const CACHE_PAYLOAD_MAX: usize = 4096;
+/// Payloads remembered ...
 const CACHE_ENTRIES: usize = 1 << 14;
+/// ... and their bytes, at most.
+const CACHE_BYTES: u64 = 16 << 20;
 /// The memories' footprint is checked against the budget after this many payload bytes.
 const CHECK_BYTES: u64 = 1 << 20;
 
@@ -69,7 +73,7 @@ struct Sink {
 /// A recent small payload and its segment in each memory (`None` where that memory failed).
 ///
 /// The cached handles are the first occurrence's own references (not extra ones), so the
-/// memories' statistics stay exact; an entry that leaves the cache forgets its handles.
+/// memories' statistics stay exact; an entry that leaves the cache holds its handles forever (`Segment::hold_forever`).
 #[derive(Debug)]
 struct Cached {
     bytes: Vec<u8>,
@@ -79,7 +83,7 @@ struct Cached {
 impl Drop for Cached {
     fn drop(&mut self) {
         for s in self.segs.drain(..).flatten() {
-            std::mem::forget(s);
+            s.hold_forever();
         }
     }
 }
@@ -202,9 +206,7 @@ impl Interner {
         self.snapshot_hits += k;
         for (s, seg) in self.sinks.iter_mut().zip(&c.segs) {
             if let (Some(seg), Some(_)) = (seg, &s.mem) {
-                for _ in 0..k {
-                    std::mem::forget(seg.clone());
-                }
+                seg.hold_snapshots(k);
                 // Each item is cut from its own offset 0: every repeat has the same zero lines.
                 let before = s.zero.zero_bytes();
                 s.zero.feed_item(p);
@@ -234,7 +236,7 @@ impl Interner {
     }
 
     /// Interns one payload into every memory. Every handle made is kept (in the cache) or
-    /// forgotten: its reference (and its logical bytes) stay counted for the life of the
+    /// held forever (`Segment::hold_forever`): its reference (and its logical bytes) stay counted for the life of the
     /// process, which is what the report measures.
     fn ingest_one(&mut self, p: &[u8]) {
         let key = (p.len() <= CACHE_PAYLOAD_MAX).then(|| xxhash_rust::xxh3::xxh3_64(p));
@@ -245,7 +247,7 @@ impl Interner {
                 self.snapshot_hits += 1;
                 for (s, seg) in self.sinks.iter_mut().zip(&c.segs) {
                     if let (Some(seg), Some(_)) = (seg, &s.mem) {
-                        std::mem::forget(seg.clone());
+                        seg.hold_snapshots(1);
                         s.zero.feed_item(p);
                     }
                 }
@@ -275,8 +277,8 @@ impl Interner {
         }
         match key {
             Some(k) => {
-                if self.cache.len() >= CACHE_ENTRIES {
-                    self.cache.clear(); // the handles are forgotten, their counts stay
+                if self.cache.len() >= CACHE_ENTRIES || self.cache_bytes >= CACHE_BYTES {
+                    self.cache.clear(); // the handles are held forever, their counts stay
                     self.cache_bytes = 0;
                 }
                 self.cache_bytes += p.len() as u64 + 64;
@@ -288,7 +290,7 @@ impl Interner {
                     },
                 );
             }
-            None => segs.into_iter().flatten().for_each(std::mem::forget),
+            None => segs.into_iter().flatten().for_each(Segment::hold_forever),
         }
     }
 

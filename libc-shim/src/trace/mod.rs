@@ -28,8 +28,9 @@
 //! up (freed, except at exit) and the report's footprint is the estimate, saying why, with the
 //! method, sample rate and 95% bound. Byte, call and per-connection totals are exact always.
 //!
-//! While exact, every segment is kept alive until the process ends (its handle is forgotten,
-//! which keeps its reference and its logical bytes counted), so the memories' statistics
+//! While exact, every segment is kept alive until the process ends (its handle is given up
+//! with `Segment::hold_forever`, which keeps its reference and its logical bytes counted but
+//! not the memory itself, so memories given up are freed), so the memories' statistics
 //! describe all the payload the process moved: the footprint a HICAMP stack would need to hold
 //! it.
 //!
