@@ -21,7 +21,9 @@
 //! the TAP by the thread that runs the interface, not large ones by the port's writer thread.
 //! Each round runs the kernel and every backend asked for, in a rotating order; each line
 //! prints a backend's median, the kernel's median of the same rounds and the ratio stack/kernel
-//! (the target for redis and nginx is >= 1.2); for redis also the server's CPU time
+//! (the target for redis and nginx is >= 1.2), and for redis and nginx the median of
+//! the rounds' own ratios with their range ("paired": the host's speed drifts by more than the
+//! gap between the sides over a run, and a round's two sides run back to back); for redis also the server's CPU time
 //! per request (less noisy than the rates on a loaded host). `HICAMP_STACK_BENCH_ONLY=nginx` (or
 //! `redis`, `curl`, comma-separated) runs only those workloads.
 //!
@@ -772,16 +774,17 @@ fn rounds_of<T>(
     rounds: u64,
     backends: &[&str],
     mut one: impl FnMut(Option<&str>) -> Result<T, String>,
-) -> (Vec<T>, Vec<Vec<T>>) {
+) -> (Vec<Option<T>>, Vec<Vec<Option<T>>>) {
     let sides: Vec<Option<&str>> = std::iter::once(None)
         .chain(backends.iter().map(|b| Some(*b)))
         .collect();
-    let mut out: Vec<Vec<T>> = sides.iter().map(|_| Vec::new()).collect();
+    let mut out: Vec<Vec<Option<T>>> = sides.iter().map(|_| Vec::new()).collect();
     for r in 0..rounds as usize {
         for j in 0..sides.len() {
             let i = (r + j) % sides.len();
+            out[i].push(None);
             match one(sides[i]) {
-                Ok(v) => out[i].push(v),
+                Ok(v) => out[i][r] = Some(v),
                 Err(e) => eprintln!(
                     "shim_stack: {what} round ({}): {e}",
                     sides[i].unwrap_or("kernel")
@@ -791,6 +794,30 @@ fn rounds_of<T>(
     }
     let kernel = out.remove(0);
     (kernel, out)
+}
+
+/// The rounds that gave a result.
+fn done<T: Copy>(v: &[Option<T>]) -> Vec<T> {
+    v.iter().flatten().copied().collect()
+}
+
+/// The median of the per-round ratios stack / kernel of figure `f` over the rounds where both
+/// gave one (each round runs both sides back to back, so the host's drift over a run, which
+/// moves both, cancels), with their range.
+fn paired<T>(s: &[Option<T>], k: &[Option<T>], f: impl Fn(&T) -> f64) -> String {
+    let mut r: Vec<f64> = s
+        .iter()
+        .zip(k)
+        .filter_map(|(a, b)| Some(f(a.as_ref()?) / f(b.as_ref()?)))
+        .filter(|x| x.is_finite())
+        .collect();
+    if r.is_empty() {
+        return "paired -".into();
+    }
+    let (lo, hi) = r
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
+    format!("paired {:.3} ({lo:.3}-{hi:.3})", median(&mut r))
 }
 
 fn main() {
@@ -838,15 +865,18 @@ fn main() {
         if idle > 0 {
             println!("shim_stack: redis with {idle} more connections open and idle");
         }
-        let (k, per) = rounds_of("redis", rounds, &backends, |b| redis_round(&lab, b, n));
+        let (ko, pero) = rounds_of("redis", rounds, &backends, |b| redis_round(&lab, b, n));
+        let k = done(&ko);
         let names = ["GET -P 1", "SET -P 1", "GET -P 16", "SET -P 16"];
-        for (b, s) in backends.iter().zip(&per) {
+        for (b, so) in backends.iter().zip(&pero) {
+            let s = &done(so);
             for (i, name) in names.iter().enumerate() {
                 let ms = median(&mut s.iter().map(|v| v[i]).collect::<Vec<_>>());
                 let mk = median(&mut k.iter().map(|v| v[i]).collect::<Vec<_>>());
                 println!(
-                    "redis {name:<10} (50 conns)  {b:<9} {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}",
-                    ms / mk
+                    "redis {name:<10} (50 conns)  {b:<9} {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}  {}",
+                    ms / mk,
+                    paired(so, &ko, |v| v[i])
                 );
             }
             let ms = median(&mut s.iter().map(|v| v[4]).collect::<Vec<_>>());
@@ -897,9 +927,10 @@ fn main() {
                 (!one && !two) || (w && two) || (!w && one)
             };
             for workers in [true, false].into_iter().filter(|w| which(*w)) {
-                let (k, per) = rounds_of("nginx", rounds, &backends, |b| {
+                let (ko, pero) = rounds_of("nginx", rounds, &backends, |b| {
                     nginx_round(&lab, b, secs, workers)
                 });
+                let k = done(&ko);
                 let mk = median(&mut k.iter().map(|v| v.0).collect::<Vec<_>>());
                 let ck = median(&mut k.iter().map(|v| v.3).collect::<Vec<_>>());
                 let sk = median(&mut k.iter().map(|v| v.4).collect::<Vec<_>>());
@@ -908,15 +939,17 @@ fn main() {
                 } else {
                     "nginx 1 process"
                 };
-                for (b, s) in backends.iter().zip(per) {
+                for (b, so) in backends.iter().zip(&pero) {
+                    let s = done(so);
                     let ms = median(&mut s.iter().map(|v| v.0).collect::<Vec<_>>());
                     let f = median(&mut s.iter().map(|v| v.1).collect::<Vec<_>>());
                     let kk = median(&mut s.iter().map(|v| v.2).collect::<Vec<_>>());
                     let cs = median(&mut s.iter().map(|v| v.3).collect::<Vec<_>>());
                     let ss = median(&mut s.iter().map(|v| v.4).collect::<Vec<_>>());
                     println!(
-                        "{what} + wrk (50 conns, 4 KiB)  {b:<12} {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}  {f:.3} frames/req  {kk:.3} kicks/req",
-                        ms / mk
+                        "{what} + wrk (50 conns, 4 KiB)  {b:<12} {ms:>10.0} req/s  kernel {mk:>10.0} req/s  ratio {:.3}  {}  {f:.3} frames/req  {kk:.3} kicks/req",
+                        ms / mk,
+                        paired(so, &ko, |v| v.0)
                     );
                     println!(
                         "{what} server per request          {b:<12} {cs:>6.1} us CPU {ss:>5.1} syscalls  kernel {ck:>6.1} us CPU {sk:>5.1} syscalls"
@@ -952,7 +985,9 @@ fn main() {
                 .map(Reaper);
             if let Ok(_srv) = srv {
                 let _ = wait_port(&lab.a, "127.0.0.1", 8000, None);
-                let (k, per) = rounds_of("curl", rounds, &backends, |b| curl_round(&lab, b));
+                let (ko, pero) = rounds_of("curl", rounds, &backends, |b| curl_round(&lab, b));
+                let k = done(&ko);
+                let per: Vec<Vec<_>> = pero.iter().map(|s| done(s)).collect();
                 let mk = median(&mut k.iter().map(|v| v.0).collect::<Vec<_>>());
                 let mko = median(&mut k.iter().map(|v| v.1).collect::<Vec<_>>());
                 for (b, s) in backends.iter().zip(&per) {
