@@ -73,7 +73,8 @@ struct Sink {
 /// A recent small payload and its segment in each memory (`None` where that memory failed).
 ///
 /// The cached handles are the first occurrence's own references (not extra ones), so the
-/// memories' statistics stay exact; an entry that leaves the cache holds its handles forever (`Segment::hold_forever`).
+/// memories' statistics stay exact; an entry that leaves the cache holds its handles forever
+/// (`Segment::hold_forever`).
 #[derive(Debug)]
 struct Cached {
     bytes: Vec<u8>,
@@ -236,8 +237,8 @@ impl Interner {
     }
 
     /// Interns one payload into every memory. Every handle made is kept (in the cache) or
-    /// held forever (`Segment::hold_forever`): its reference (and its logical bytes) stay counted for the life of the
-    /// process, which is what the report measures.
+    /// held forever (`Segment::hold_forever`): its reference (and its logical bytes) stay
+    /// counted for the life of the memory, which is what the report measures.
     fn ingest_one(&mut self, p: &[u8]) {
         let key = (p.len() <= CACHE_PAYLOAD_MAX).then(|| xxhash_rust::xxh3::xxh3_64(p));
         if let Some(c) = key.and_then(|k| self.cache.get(&k)) {
