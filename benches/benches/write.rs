@@ -10,7 +10,8 @@
 //! Target: a copy-on-write of one line < 2 us.
 //!
 //! Also a 255-byte HTTP reply header made a new segment (`Memory::segment`, as a stack-mode
-//! `send` does; and through a builder's `append`), against copying it into a new `Vec`.
+//! `send` does; and through a builder's `append`), and its first 100 bytes as owned lines (as
+//! the NIC deposits a received frame), against copying the header into a new `Vec`.
 #![forbid(unsafe_code)]
 
 use std::hint::black_box;
@@ -199,6 +200,16 @@ fn small_writes(c: &mut Criterion) {
             drop(b.snapshot());
         })
     });
+    // A received frame's build: owned lines (not interned), as the NIC deposits a frame.
+    g.bench(
+        "segment_owned",
+        || memory_for(SIZE, LINE, EXTRA_LINES),
+        |mem, iters| {
+            time_loop(iters, || {
+                drop(mem.segment_owned(black_box(&hdr[..100])).expect("owned"))
+            })
+        },
+    );
     g.bench(
         "vec_copy",
         || (),
@@ -226,6 +237,14 @@ fn summary() {
     let vec = s("Vec copy", "vec_copy");
     print_vs(&s("Memory::segment", "segment"), &vec, None);
     print_vs(&s("builder + append", "builder_append"), &vec, None);
+    print_vs(
+        &s(
+            "Memory::segment_owned, 100 B (a frame's receive)",
+            "segment_owned",
+        ),
+        &vec,
+        None,
+    );
 }
 
 fn main() {

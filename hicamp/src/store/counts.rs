@@ -770,7 +770,7 @@ impl Store {
         }
         for (k, d) in owned_died.iter().enumerate() {
             if *d > 0 {
-                self.owned.live[k].fetch_sub(*d, Relaxed);
+                self.owned.released[k].fetch_add(*d, Release);
             }
         }
         let n = died[0] + died[1] + owned_died[0] + owned_died[1];

@@ -598,8 +598,7 @@ impl Store {
         }
         for k in 0..2 {
             c.hits[k] += self.pinned_hits[k].load(Relaxed);
-            c.owned[k] = self.owned.live[k].load(Relaxed);
-            c.owned_created[k] = self.owned.created[k].load(Relaxed);
+            (c.owned[k], c.owned_created[k]) = self.owned.live(k);
             c.live[k] += c.owned[k];
         }
         c.free_list_bytes += (self.owned.free.lock().capacity() * 4) as u64;

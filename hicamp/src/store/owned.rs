@@ -106,7 +106,6 @@ impl Store {
     /// child).
     pub(super) fn note_owned(&self, kind: LineKind, n: u64) {
         let k = super::kind_index(kind);
-        self.owned.live[k].fetch_add(n, Relaxed);
         self.owned.created[k].fetch_add(n, Relaxed);
     }
 
@@ -311,7 +310,6 @@ impl Store {
         self.give_back_owned(&ids[used..]);
         for (k, m) in made.iter().enumerate() {
             if *m > 0 {
-                self.owned.live[k].fetch_add(*m, Relaxed);
                 self.owned.created[k].fetch_add(*m, Relaxed);
             }
         }
@@ -363,7 +361,6 @@ impl Store {
         spare.clear();
         for (k, m) in made.iter_mut().enumerate() {
             if *m > 0 {
-                self.owned.live[k].fetch_add(*m, Relaxed);
                 self.owned.created[k].fetch_add(*m, Relaxed);
                 *m = 0;
             }
@@ -420,7 +417,7 @@ impl Store {
         }
         for (k, d) in died.iter().enumerate() {
             if *d > 0 {
-                self.owned.live[k].fetch_sub(*d, Relaxed);
+                self.owned.released[k].fetch_add(*d, Release);
             }
         }
         self.give_back_owned(freed);
@@ -442,10 +439,12 @@ pub(crate) struct Owned {
     pub(super) free: crate::sync::Mutex<Vec<u32>>,
     /// The shard the next refill takes its slots from.
     pub(super) next_shard: crate::sync::AtomicUsize,
-    /// Live owned lines, by kind.
-    pub(super) live: [crossbeam_utils::CachePadded<crate::sync::AtomicU64>; 2],
     /// Owned lines made, by kind.
-    pub(super) created: [crate::sync::AtomicU64; 2],
+    pub(super) created: [crossbeam_utils::CachePadded<crate::sync::AtomicU64>; 2],
+    /// Owned lines freed, by kind. The live ones are the difference (see
+    /// [`Owned::live`]): a frame's build then moves one counter per kind,
+    /// not two (they were a quarter of a 64-byte frame's build).
+    pub(super) released: [crossbeam_utils::CachePadded<crate::sync::AtomicU64>; 2],
 }
 
 impl Owned {
@@ -457,12 +456,24 @@ impl Owned {
             used: std::sync::atomic::AtomicBool::new(false),
             free: crate::sync::Mutex::new(Vec::new()),
             next_shard: crate::sync::AtomicUsize::new(0),
-            live: [
+            created: [
                 CachePadded::new(AtomicU64::new(0)),
                 CachePadded::new(AtomicU64::new(0)),
             ],
-            created: [AtomicU64::new(0), AtomicU64::new(0)],
+            released: [
+                CachePadded::new(AtomicU64::new(0)),
+                CachePadded::new(AtomicU64::new(0)),
+            ],
         }
+    }
+
+    /// Live owned lines of kind `k`, and those made. The freed count is read first (acquire,
+    /// against the release of every free): every line is made before it is freed, so the
+    /// made count read after it is never smaller.
+    pub(super) fn live(&self, k: usize) -> (u64, u64) {
+        let released = self.released[k].load(Acquire);
+        let created = self.created[k].load(Relaxed);
+        (created.saturating_sub(released), created)
     }
 }
 
