@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hicamp_benches::{run_mode, RunMode};
+use hicamp_benches::{median, run_mode, stat_field, RunMode};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -300,27 +300,11 @@ fn redis_round(p: Preload, requests: u64) -> Round {
 /// CPU seconds (user and system, all threads) process `pid` has used.
 fn cpu_secs(pid: u32) -> Result<f64, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    // Fields after the command (which may hold spaces) start at the state, field 3.
-    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok());
-    let (Some(u), Some(s)) = (ticks(14), ticks(15)) else {
+    let (Some(u), Some(s)) = (stat_field(&stat, 14), stat_field(&stat, 15)) else {
         return Err(format!("cannot read the CPU time in /proc/{pid}/stat"));
     };
     // /proc counts in USER_HZ ticks, 100 per second on Linux whatever the kernel's HZ.
-    Ok((u + s) as f64 / 100.0)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    Ok((u + s) / 100.0)
 }
 
 /// The rounds of one workload, alternating sides; prints each round, returns per side the

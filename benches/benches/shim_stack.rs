@@ -23,8 +23,8 @@
 //! prints a backend's median, the kernel's median of the same rounds and the ratio stack/kernel
 //! (the issue's target for redis and nginx is >= 1.2), and for redis and nginx the median of
 //! the rounds' own ratios with their range ("paired": the host's speed drifts by more than the
-//! gap between the sides over a run, and a round's two sides run back to back); for redis also the server's CPU time
-//! per request (less noisy than the rates on a loaded host). `HICAMP_STACK_BENCH_ONLY=nginx` (or
+//! gap between the sides over a run, and a round's two sides run back to back); for redis also
+//! the server's CPU time per request (less noisy than the rates on a loaded host). `HICAMP_STACK_BENCH_ONLY=nginx` (or
 //! `redis`, `curl`, comma-separated) runs only those workloads.
 //!
 //! ```sh
@@ -45,7 +45,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hicamp_benches::apps::{hicamp_with_shim, Reaper};
-use hicamp_benches::{median, run_mode, RunMode};
+use hicamp_benches::{median, run_mode, stat_field, RunMode};
 use nicdma::tap::{netns_supported, NetNs};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -385,13 +385,6 @@ fn redis_bench(lab: &Lab, host: &str, p: u32, n: u64) -> Result<(f64, f64), Stri
 fn children_cpu() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     (stat_field(&stat, 16).unwrap_or(0.0) + stat_field(&stat, 17).unwrap_or(0.0)) / 100.0
-}
-
-/// Field `i` (1-based, as proc(5) numbers them; 3 or more) of a `/proc/PID/stat` text.
-fn stat_field(stat: &str, i: usize) -> Option<f64> {
-    // Fields after the command name (which may hold spaces), starting at field 3.
-    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    rest.split_whitespace().nth(i.checked_sub(3)?)?.parse().ok()
 }
 
 /// CPU seconds (user + system) of the live processes of process group `pgid` (a server and

@@ -360,6 +360,13 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Field `i` (1-based, as proc(5) numbers them; 3 or more) of a `/proc/PID/stat` text.
+pub fn stat_field(stat: &str, i: usize) -> Option<f64> {
+    // Fields after the command name (which may hold spaces), starting at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    rest.split_whitespace().nth(i.checked_sub(3)?)?.parse().ok()
+}
+
 /// The median time per iteration of benchmark `key` over criterion's measured
 /// samples (in quick mode, its last two batches), in nanoseconds. `None` when
 /// nothing was measured (test mode, filtered out).

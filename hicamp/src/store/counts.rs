@@ -254,19 +254,6 @@ impl Store {
         }
     }
 
-    /// Adds one to the extra of a line whose byte is at [`ESC`]; false when
-    /// the byte has left `ESC` meanwhile (the caller retries).
-    #[cold]
-    fn overflow_inc(&self, id: u32) -> bool {
-        let mut t = self.overflow.shard(id).lock();
-        if self.count_byte(id).load(Relaxed) & COUNT_MASK != ESC {
-            return false;
-        }
-        let e = t.entry(id).or_insert(0);
-        *e = e.saturating_add(1);
-        true
-    }
-
     /// Takes one off a count at [`ESC`] (never its last: an escaped count is
     /// above 1): off the extra, or, with none, the byte down to `ESC - 1`
     /// (the only move out of `ESC`, always under this lock). False when the
@@ -302,7 +289,7 @@ impl Store {
         self.step_count(id, Relaxed, |c| {
             debug_assert!(c & COUNT_MASK != 0, "increment of a free line L{id}");
             if c & COUNT_MASK >= ESC {
-                self.escaped(self.overflow_inc(id), ())
+                self.escaped(self.overflow_add(id, c, 1), ())
             } else {
                 Step::Cas(c + 1, ())
             }
@@ -360,10 +347,10 @@ impl Store {
     }
 
     /// Adds `k` to a count whose byte was `c` and which `k` takes past
-    /// [`ESC`]: under the overflow lock, a byte below `ESC` moves up to `ESC`
-    /// (the rest goes to the extra) and a byte at `ESC` adds `k` to its
-    /// extra. False when the byte is no longer `c` (the caller reads it
-    /// again). Moving up to `ESC` under the lock keeps the protocol: a
+    /// [`ESC`] (every increment of an escaped count, `k` = 1 included):
+    /// under the overflow lock, a byte below `ESC` moves up to `ESC` (the
+    /// rest goes to the extra) and a byte at `ESC` adds `k` to its extra.
+    /// False when the byte is no longer `c` (the caller reads it again). Moving up to `ESC` under the lock keeps the protocol: a
     /// reader that sees `ESC` takes the lock and so sees the extra too.
     #[cold]
     fn overflow_add(&self, id: u32, c: u8, k: u64) -> bool {
@@ -460,7 +447,7 @@ impl Store {
         self.step_count(id, Relaxed, |c| match c & COUNT_MASK {
             0 => Step::Done(false),
             // Above 1: the line cannot die while its byte is at `ESC`.
-            count if count >= ESC => self.escaped(self.overflow_inc(id), true),
+            count if count >= ESC => self.escaped(self.overflow_add(id, c, 1), true),
             _ => Step::Cas(c + 1, true),
         })
     }

@@ -266,17 +266,15 @@ impl Drop for TxThread {
         let Some(w) = self.writer.take() else {
             return;
         };
-        if w.at == here() {
-            let batch = std::mem::take(&mut self.batch);
-            let n = batch.len();
-            if n > 0 && w.tx.send(batch).is_err() {
-                w.shared.in_flight.fetch_sub(n, Ordering::AcqRel);
-            }
-        }
         if w.at != here() {
             // In another process than the writer's, its queue is not ours (see `queue`).
             std::mem::forget(w);
             return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let n = batch.len();
+        if n > 0 && w.tx.send(batch).is_err() {
+            w.shared.in_flight.fetch_sub(n, Ordering::AcqRel);
         }
         // The writer writes what waits (dropping what the wire does not take now), then
         // ends with the queue; joined, so that the descriptor it shares closes with the port.
