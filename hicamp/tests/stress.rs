@@ -167,3 +167,59 @@ fn threads_share_lines_and_entries_safely() {
         st.leaf_dedup_hits + st.interior_dedup_hits
     );
 }
+
+/// Logical bytes stay exact when handles are made on one thread and
+/// dropped on another, by more threads than there are per-thread stripes
+/// (the rest share a locked one), over waves of threads that exit and hand
+/// their stripes to the next wave.
+#[test]
+fn logical_bytes_stay_exact_across_threads_and_their_exits() {
+    let mem = Memory::new(Config::default()).unwrap();
+    let base = mem.segment(&content(1, 1000)).unwrap();
+    let len = base.len() as u64;
+    for wave in 0..3u64 {
+        let threads = 48;
+        let (tx, rx) = mpsc::channel::<Vec<Segment>>();
+        let start = std::sync::Barrier::new(threads);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let tx = tx.clone();
+                let (base, start) = (&base, &start);
+                s.spawn(move || {
+                    // All at once, a churn of handles made and dropped.
+                    start.wait();
+                    for _ in 0..20_000 {
+                        drop(std::hint::black_box(base.clone()));
+                    }
+                    // Then 100 handles, passed on.
+                    let v: Vec<Segment> = (0..100).map(|_| base.clone()).collect();
+                    tx.send(v).unwrap();
+                    // And drops some made elsewhere (or its own).
+                    if t % 2 == 1 {
+                        drop(base.clone());
+                    }
+                });
+            }
+            drop(tx);
+            let mut held: Vec<Vec<Segment>> = rx.iter().collect();
+            assert_eq!(held.len(), threads);
+            assert_eq!(
+                mem.stats().logical_bytes,
+                len * (1 + 100 * threads as u64),
+                "wave {wave}: every handle counted once"
+            );
+            // Dropped on other threads than the ones that made them.
+            for chunk in held.chunks_mut(8) {
+                let chunk: Vec<Vec<Segment>> = chunk.iter_mut().map(std::mem::take).collect();
+                s.spawn(move || drop(chunk));
+            }
+        });
+        assert_eq!(
+            mem.stats().logical_bytes,
+            len,
+            "wave {wave}: back to one handle"
+        );
+    }
+    drop(base);
+    assert_eq!(mem.stats().logical_bytes, 0);
+}
