@@ -176,7 +176,7 @@ fn threads_share_lines_and_entries_safely() {
 fn logical_bytes_stay_exact_across_threads_and_their_exits() {
     let mem = Memory::new(Config::default()).unwrap();
     let base = mem.segment(&content(1, 1000)).unwrap();
-    let len = base.len() as u64;
+    let len = base.len();
     for wave in 0..3u64 {
         let threads = 48;
         let (tx, rx) = mpsc::channel::<Vec<Segment>>();
