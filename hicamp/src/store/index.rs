@@ -317,10 +317,23 @@ impl Store {
     /// number of slots it marked to `free_count`.
     pub(super) fn free_slots(&self, ids: impl IntoIterator<Item = u32>) {
         let mut low = u32::MAX;
+        // Ids of one bitmap word in a row (a frame's or a run's slots) are
+        // set with one locked OR (one per id was 80% of a bulk receive's
+        // return of owned slots).
+        let (mut word, mut bits) = (u32::MAX, 0u64);
         for id in ids {
-            // Release: see `take_freed`.
-            self.free_bits[(id >> 6) as usize].fetch_or(1 << (id & 63), Release);
-            low = low.min(id >> 6);
+            if id >> 6 != word {
+                if bits != 0 {
+                    // Release: see `take_freed`.
+                    self.free_bits[word as usize].fetch_or(bits, Release);
+                }
+                (word, bits) = (id >> 6, 0);
+                low = low.min(word);
+            }
+            bits |= 1 << (id & 63);
+        }
+        if bits != 0 {
+            self.free_bits[word as usize].fetch_or(bits, Release);
         }
         if low != u32::MAX {
             self.free_hint.fetch_min(u64::from(low), Relaxed);
