@@ -127,7 +127,9 @@ impl Pattern {
                     .map(|(t, d)| s.spawn(move || self.run(t, d)))
                     .collect(),
             };
-            hs.into_iter().map(|h| h.join().expect("thread")).sum()
+            hs.into_iter()
+                .map(|h| h.join().expect("thread"))
+                .fold(0u64, u64::wrapping_add)
         });
         std::hint::black_box(sum);
         start.elapsed()
