@@ -1,7 +1,8 @@
 //! The memory: a line store, a segment map and the accounting, shared by every
 //! handle through one `Arc`.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::*};
+use std::cell::Cell;
+use std::sync::atomic::{compiler_fence, AtomicBool, AtomicI64, Ordering::*};
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
@@ -26,7 +27,8 @@ use crate::store::{self, Store};
 /// third of a `Segment::clone` (perf annotate of the RPC bench).
 const OWNED_STRIPES: usize = 32;
 /// The stripe of threads that own none (more threads than stripes, or a
-/// thread whose claim was already dropped at its exit): locked adds.
+/// thread whose claim was already dropped at its exit), and of a signal
+/// handler that interrupts its thread's own add: locked adds.
 const SHARED_STRIPE: usize = OWNED_STRIPES;
 
 /// Which stripes a live thread owns (the same index in every memory).
@@ -34,24 +36,35 @@ static STRIPE_TAKEN: [AtomicBool; OWNED_STRIPES] =
     [const { AtomicBool::new(false) }; OWNED_STRIPES];
 
 /// A thread's claim on a stripe, given back when the thread exits.
-struct StripeClaim(usize);
+struct StripeClaim {
+    index: usize,
+    /// Set while this thread's load-and-store add is under way: a signal
+    /// handler that runs on the thread meanwhile (and makes or drops a
+    /// handle: `write` on a stack socket is async-signal-safe) sees it and
+    /// adds to the shared stripe, so neither add is lost.
+    busy: Cell<bool>,
+}
 
 impl StripeClaim {
     fn take() -> StripeClaim {
-        for (i, t) in STRIPE_TAKEN.iter().enumerate() {
-            // Acquire: the stores of the stripe's last owner (in every
-            // memory) come before this thread's first load of it.
-            if !t.load(Relaxed) && t.compare_exchange(false, true, Acquire, Relaxed).is_ok() {
-                return StripeClaim(i);
-            }
+        let index = STRIPE_TAKEN
+            .iter()
+            .position(|t| {
+                // Acquire: the stores of the stripe's last owner (in every
+                // memory) come before this thread's first load of it.
+                !t.load(Relaxed) && t.compare_exchange(false, true, Acquire, Relaxed).is_ok()
+            })
+            .unwrap_or(SHARED_STRIPE);
+        StripeClaim {
+            index,
+            busy: Cell::new(false),
         }
-        StripeClaim(SHARED_STRIPE)
     }
 }
 
 impl Drop for StripeClaim {
     fn drop(&mut self) {
-        if let Some(t) = STRIPE_TAKEN.get(self.0) {
+        if let Some(t) = STRIPE_TAKEN.get(self.index) {
             t.store(false, Release);
         }
     }
@@ -76,15 +89,25 @@ impl StripedCounter {
 
     #[inline]
     pub(crate) fn add(&self, v: i64) {
-        match STRIPE.try_with(|c| c.0) {
-            Ok(s) if s < OWNED_STRIPES => {
-                // This thread is the stripe's only writer (see `StripeClaim`).
-                let st = &self.stripes[s];
+        let owned = STRIPE
+            .try_with(|c| {
+                if c.index >= OWNED_STRIPES || c.busy.get() {
+                    return false;
+                }
+                // This thread is the stripe's only writer (see `StripeClaim`);
+                // the fences keep the flag around the add for a signal
+                // handler on this thread (they emit no instruction).
+                c.busy.set(true);
+                compiler_fence(SeqCst);
+                let st = &self.stripes[c.index];
                 st.store(st.load(Relaxed).wrapping_add(v), Relaxed);
-            }
-            _ => {
-                self.stripes[SHARED_STRIPE].fetch_add(v, Relaxed);
-            }
+                compiler_fence(SeqCst);
+                c.busy.set(false);
+                true
+            })
+            .unwrap_or(false);
+        if !owned {
+            self.stripes[SHARED_STRIPE].fetch_add(v, Relaxed);
         }
     }
 
