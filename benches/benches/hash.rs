@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use hicamp::hash::Path;
-use hicamp_benches::random_bytes;
+use hicamp_benches::{median, random_bytes};
 
 const SIZES: [usize; 7] = [64, 128, 256, 512, 1024, 4096, 65536];
 const SEED: u64 = 0x9e37_79b9;
@@ -34,11 +34,6 @@ fn ns_per_hash(hash: impl Fn(&[u8], u64) -> u64, data: &[u8], check: &mut u64) -
     let ns = t.elapsed().as_nanos() as f64 / iters as f64;
     *check = check.wrapping_add(black_box(x));
     ns
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -72,7 +67,7 @@ fn main() {
             }
         }
         assert_eq!(a, b, "the two paths disagree at {size} B");
-        let (o, n) = (median(old), median(new));
+        let (o, n) = (median(&mut old), median(&mut new));
         println!(
             "hash {size:>6} B: xxhash-rust {o:9.1} ns ({:6.2} GB/s)  hicamp::hash {n:9.1} ns ({:6.2} GB/s)  speedup {:.2}x",
             size as f64 / o,

@@ -25,6 +25,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use hicamp::shared::{Conn, ConnId, SharedMemory, SharedOptions};
+use hicamp_benches::median;
 
 const MSG: usize = 64 * 1024;
 const PING: usize = 14;
@@ -267,11 +268,6 @@ fn with_tcp<T>(role: &str, total: u64, f: impl FnOnce(&mut TcpStream) -> T) -> T
     r
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     let role = var("LOCAL_BENCH_CHILD");
     if !role.is_empty() {
@@ -334,9 +330,13 @@ fn main() {
         return;
     }
     let gbs = |x: f64| x / 1e9;
-    let (st, s4, s6) = (median(s_tcp), median(s_4k), median(s_64));
-    let sp = median(s_poll);
-    let (pt, ps, pz) = (median(p_tcp), median(p_spin), median(p_sleep));
+    let (st, s4, s6) = (median(&mut s_tcp), median(&mut s_4k), median(&mut s_64));
+    let sp = median(&mut s_poll);
+    let (pt, ps, pz) = (
+        median(&mut p_tcp),
+        median(&mut p_spin),
+        median(&mut p_sleep),
+    );
     println!(
         "local: stream of 64 KiB messages, {} MiB per sample, median of {} samples",
         p.stream_bytes >> 20,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use hicamp::{Config, Memory, Segment};
 use hicamp_benches::apps::{hicamp_with_shim, Reaper};
-use hicamp_benches::{run_mode, RunMode};
+use hicamp_benches::{median, run_mode, RunMode};
 use nicdma::tap::{netns_supported, NetNs};
 
 const STEP: usize = 1 << 20;
@@ -37,11 +37,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The file's content: random MiBs, repeats of one MiB and zero MiBs.
@@ -162,7 +157,7 @@ fn into_segments(rounds: u64, len: usize) {
                 }
             }
         }
-        let (ia, cb) = (median(a), median(b));
+        let (ia, cb) = (median(&mut a), median(&mut b));
         let mib = len as f64 / (1 << 20) as f64;
         println!(
             "into segments, {} memory, {} MiB: in place {:.1} ms ({:.0} MiB/s, {} preads), pread + copy {:.1} ms ({:.0} MiB/s), in place / copy time {:.2}",
@@ -325,7 +320,7 @@ fn download(rounds: u64, len: usize) {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let mb = len as f64 / 1e6;
-    let (ia, cb) = (median(a), median(b));
+    let (ia, cb) = (median(&mut a), median(&mut b));
     println!(
         "download {} MiB, sendfile in stack mode to the kernel's curl: in place {:.0} MB/s, copy {:.0} MB/s, ratio {:.2}",
         len >> 20,

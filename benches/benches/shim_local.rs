@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use hicamp_benches::apps::Reaper;
+use hicamp_benches::median;
 use std::time::{Duration, Instant};
 
 const MSG: usize = 64 * 1024;
@@ -271,11 +272,6 @@ fn nginx(mode: &Mode, dir: &Path, secs: u64) -> f64 {
         .unwrap_or_else(|| panic!("no Requests/sec in {text}"))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn line(what: &str, unit: &str, k: f64, l: f64, target: &str, met: bool) {
     println!(
         "  {what:<28} kernel {k:>10.2} {unit:<5} local {l:>10.2} {unit:<5} ratio {:5.2}x ; target {target}: {}",
@@ -357,7 +353,7 @@ fn main() {
         println!("shim_local: test mode, stream and ping-pong checked");
         return;
     }
-    let m = |i: usize| median(r[i].clone());
+    let m = |i: usize| median(&mut r[i].clone());
     println!(
         "shim_local: local mode against kernel TCP loopback, medians of {rounds} rounds \
          (load average {load_before} before, {} after)",

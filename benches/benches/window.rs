@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use hicamp::{Memory, Segment, SegmentId, Window, WindowOptions};
 use hicamp_benches::{
-    memory_for, print_header, print_vs, random_bytes, run_mode, subject, time_loop, xor_bytes,
-    Group, Profile, RunMode, Target, MIB,
+    median, memory_for, print_header, print_vs, random_bytes, run_mode, subject, time_loop,
+    xor_bytes, Group, Profile, RunMode, Target, MIB,
 };
 
 const SEED: u64 = 0x3141_0019;
@@ -279,15 +279,6 @@ fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
 }
 
 /// Interleaved rounds: each round times every subject and its baseline once,
