@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use hicamp::Segment;
 use hicamp_benches::{
-    measuring, memory_for, print_header, print_vs, random_bytes, size_label, subject, working_sets,
-    Group, Profile, Target, KIB, LARGE, MIB,
+    measuring, memory_for, print_header, print_vs, random_bytes, range, size_label, subject,
+    working_sets, Group, Profile, Target, KIB, LARGE, MIB,
 };
 use hicamp_examples::experiments::pagededup::PageDedup;
 
@@ -233,9 +233,7 @@ fn index_sweep() {
             p.report().dedup_ratio
         })
         .collect();
-    let (pmin, pmax) = pages
-        .iter()
-        .fold((f64::INFINITY, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
+    let (pmin, pmax) = range(&pages);
     for (name, f) in [
         (
             "one segment per copy",

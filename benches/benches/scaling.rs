@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use hicamp::{Memory, Segment};
 use hicamp_benches::{
-    median, memory_for, print_header, random_bytes, run_mode, splitmix64, RunMode, MIB,
+    median, memory_for, print_header, random_bytes, range, run_mode, splitmix64, RunMode, MIB,
 };
 
 const PER_THREAD: usize = 8 * MIB;
@@ -160,8 +160,7 @@ fn pairs_with(run: &dyn Fn(usize) -> Duration, pairs: usize) -> (f64, f64, f64, 
             }
         }
     }
-    let lo = ratio.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = ratio.iter().copied().fold(0.0, f64::max);
+    let (lo, hi) = range(&ratio);
     (
         median(&mut one),
         median(&mut two),

@@ -807,9 +807,7 @@ fn paired<T>(s: &[Option<T>], k: &[Option<T>], f: impl Fn(&T) -> f64) -> String 
     if r.is_empty() {
         return "paired -".into();
     }
-    let (lo, hi) = r
-        .iter()
-        .fold((f64::INFINITY, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
+    let (lo, hi) = hicamp_benches::range(&r);
     format!("paired {:.3} ({lo:.3}-{hi:.3})", median(&mut r))
 }
 

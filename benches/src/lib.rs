@@ -360,6 +360,15 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The lowest and highest of `v` (`(inf, -inf)` when empty): the spread
+/// printed beside a median.
+pub fn range(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        })
+}
+
 /// Field `i` (1-based, as proc(5) numbers them; 3 or more) of a `/proc/PID/stat` text.
 pub fn stat_field(stat: &str, i: usize) -> Option<f64> {
     // Fields after the command name (which may hold spaces), starting at field 3.
