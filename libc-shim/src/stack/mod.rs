@@ -442,28 +442,9 @@ struct World {
     epolls: FdMap<ready::Set>,
 }
 
-/// A map keyed by descriptor, with one multiplication as its hash (SipHash was 0.3-0.4% of
-/// a stack-mode redis-server's samples, in `send`, `recv` and the epoll wait's lookups).
-type FdMap<V> = HashMap<c_int, V, std::hash::BuildHasherDefault<FdHash>>;
-
-/// [`FdMap`]'s hasher: the descriptor times a large odd constant (Fibonacci hashing), so
-/// that the high bits the table's tags use differ between neighbouring descriptors.
-#[derive(Default)]
-struct FdHash(u64);
-
-impl std::hash::Hasher for FdHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_i32(&mut self, i: i32) {
-        self.0 = u64::from(i as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
+/// A map keyed by descriptor, with one multiplication as its hash
+/// ([`crate::fdtable::FdHasher`]).
+type FdMap<V> = HashMap<c_int, V, std::hash::BuildHasherDefault<crate::fdtable::FdHasher>>;
 
 static WORLD: LazyLock<Mutex<World>> = LazyLock::new(|| Mutex::new(World::empty()));
 
