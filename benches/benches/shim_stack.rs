@@ -24,8 +24,9 @@
 //! (the issue's target for redis and nginx is >= 1.2), and for redis and nginx the median of
 //! the rounds' own ratios with their range ("paired": the host's speed drifts by more than the
 //! gap between the sides over a run, and a round's two sides run back to back); for redis also
-//! the server's CPU time per request (less noisy than the rates on a loaded host). `HICAMP_STACK_BENCH_ONLY=nginx` (or
-//! `redis`, `curl`, comma-separated) runs only those workloads.
+//! the server's CPU time per request (less noisy than the rates on a loaded host).
+//! `HICAMP_STACK_BENCH_ONLY=nginx` (or `redis`, `curl`, comma-separated) runs only those
+//! workloads.
 //!
 //! ```sh
 //! cargo bench -p hicamp-benches --bench shim_stack     # 3 rounds, 50000 requests

@@ -350,8 +350,9 @@ impl Store {
     /// [`ESC`] (every increment of an escaped count, `k` = 1 included):
     /// under the overflow lock, a byte below `ESC` moves up to `ESC` (the
     /// rest goes to the extra) and a byte at `ESC` adds `k` to its extra.
-    /// False when the byte is no longer `c` (the caller reads it again). Moving up to `ESC` under the lock keeps the protocol: a
-    /// reader that sees `ESC` takes the lock and so sees the extra too.
+    /// False when the byte is no longer `c` (the caller reads it again).
+    /// Moving up to `ESC` under the lock keeps the protocol: a reader that
+    /// sees `ESC` takes the lock and so sees the extra too.
     #[cold]
     fn overflow_add(&self, id: u32, c: u8, k: u64) -> bool {
         let mut t = self.overflow.shard(id).lock();
